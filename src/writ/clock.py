@@ -1,0 +1,88 @@
+"""Time: the store's clock, and RFC 3339 on the wire.
+
+Inside writ a time is a float of seconds since the epoch, always taken from the store's
+clock (an embedded store reads the host's; PostgreSQL its ``clock_timestamp()``), never a
+client's. :class:`ManualClock` lets tests move time by hand instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+
+from .errors import Invalid
+
+
+class Clock:
+    """Wall-clock seconds that never run backwards within one process."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def now(self) -> float:
+        t = time.time()
+        if t < self._last:  # the host clock stepped back: hold still rather than reorder
+            return self._last
+        self._last = t
+        return t
+
+
+class ManualClock(Clock):
+    """A clock that moves only when told to (for tests and the demo)."""
+
+    def __init__(self, start: float = 1_778_926_620.0) -> None:  # 2026-05-16T10:17:00Z
+        super().__init__()
+        self.t = float(start)
+
+    def now(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> float:
+        self.t += seconds
+        return self.t
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """``1778926620.5`` → ``'2026-05-16T10:17:00.500000Z'`` (microseconds, UTC)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``'90s'``, ``'15m'``, ``'2h'`` → seconds."""
+    m = _RELATIVE.match(text.strip())
+    if not m:
+        raise Invalid(f"duration {text!r} is not like '90s', '15m', '2h' or '1d'")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_time(text: str | float | int, now: float | None = None) -> float:
+    """Parse an RFC 3339 / ISO 8601 time (or epoch seconds, or ``-15m`` relative to now)."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip()
+    if not s:
+        raise Invalid("time is empty: give RFC 3339 like 2026-05-16T02:17:00Z")
+    if s.startswith("-") and _RELATIVE.match(s):
+        return (time.time() if now is None else now) - parse_duration(s[1:])
+    if s == "now":
+        return time.time() if now is None else now
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(s.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise Invalid(
+            f"time {s!r} is not RFC 3339 (like 2026-05-16T02:17:00Z) or epoch seconds"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()

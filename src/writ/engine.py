@@ -1,0 +1,1122 @@
+"""The engine: write authority, decided in store transactions. No HTTP, no SQL.
+
+Every operation is one store transaction (:meth:`writ.stores.base.Store.transact`) that
+makes its change and appends its audit row together. The server, the CLI, the MCP adapter
+and the gate are thin shells over this class.
+
+Waiting is a FIFO queue kept in the store, shared by all conflicting resources. A request
+that cannot be granted joins it (``lease.queued``); whenever a lease ends or a waiter leaves,
+:meth:`Engine._dispatch` grants, inside that same transaction, every queued request that is
+no longer blocked by a held lease or by an *earlier* conflicting waiter — so nobody is
+overtaken, and the waiter learns of its grant from a notification, not by polling. A
+waiter also sleeps until the moment its blocker would expire, so an expired holder is
+replaced on time even when nobody sweeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import resources
+from .clock import rfc3339
+from .errors import (
+    Conflict,
+    Forbidden,
+    Held,
+    Invalid,
+    LeaseLost,
+    NotFound,
+    Unauthenticated,
+    WritError,
+)
+from .ledger import Verification, verify
+from .models import KINDS, Lease, Principal, Waiter, new_id
+from .policy import Policy
+from .stores.base import Store, Tx
+
+log = logging.getLogger("writ.engine")
+
+NAME = re.compile(r"[a-z0-9._-]{1,64}")
+MAX_TTL_S = 3600
+MAX_WAIT_S = 300
+MAX_INTENT = 1000
+SYSTEM = "writ"  # agent_id of rows writ writes on its own (expiry, bootstrap)
+
+Gate = Callable[[Tx, Principal, "Request"], Awaitable["WritError | None"]]
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return "writ_" + secrets.token_urlsafe(32)
+
+
+@dataclass(slots=True)
+class Request:
+    """A validated acquire request."""
+
+    resource: str
+    intent: str
+    ttl_s: float
+    wait_s: float
+    touches: list[str]
+    consent_id: str | None
+    rollback: dict[str, Any] | None
+    principal: str
+    expand: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "resource": self.resource,
+            "intent": self.intent,
+            "ttl_s": self.ttl_s,
+            "wait_s": self.wait_s,
+            "touches": self.touches,
+            "consent_id": self.consent_id,
+            "rollback": self.rollback,
+        }
+
+
+@dataclass(slots=True)
+class Blocked:
+    """Why a request could not be granted now."""
+
+    lease: Lease | None  # the conflicting holder (or the queue head's blocker)
+    until: float | None  # when the blocker would expire on its own (store clock)
+    position: int  # 1 + conflicting waiters ahead
+    reason: str = "held"  # "held" | "queue" | "lock_delay"
+
+
+@dataclass(slots=True)
+class _Queued:
+    waiter: Waiter
+    blocked: Blocked
+    now: float
+
+
+@dataclass
+class _Waits:
+    futures: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+
+
+class Engine:
+    """writ's decisions over one store and one policy."""
+
+    def __init__(self, store: Store, policy: Policy | None = None) -> None:
+        self.store = store
+        self.policy = policy or Policy()
+        self.blast = self.policy.blast
+        self._waits = _Waits()
+        self._audit_seq = 0
+        self._audit_changed = asyncio.Event()
+        self._auth_cache: dict[str, Principal] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._gates: list[Gate] = []  # safety rules checked at every grant
+        self._on_end: list[Callable[[Tx, Lease], Awaitable[None]]] = []  # lease-ended hooks
+        self._tickers: list[Callable[[], Awaitable[Any]]] = []  # periodic duties
+        self.sweep_interval = 1.0
+        self._closing = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, background: bool = True) -> None:
+        """Open the store, create the bootstrap admin, start the sweeper."""
+        self.store.set_listener(self._on_note)
+        await self.store.open()
+        self._audit_seq = (await self.store.read(lambda tx: tx.audit_head()))[0]
+        token = os.environ.get("WRIT_ADMIN_TOKEN")
+        if token:
+            await self.bootstrap_admin(token)
+        if background:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._sweeper()))
+
+    async def stop(self) -> None:
+        self._closing = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        await self.store.close()
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _on_note(self, kind: str, payload: dict[str, Any]) -> None:
+        if kind == "granted":
+            fut = self._waits.futures.get(payload["waiter_id"])
+            if fut is not None and not fut.done():
+                fut.set_result(payload)
+        elif kind == "audit":
+            seq = int(payload.get("seq", 0))
+            if seq > self._audit_seq:
+                self._audit_seq = seq
+                ev, self._audit_changed = self._audit_changed, asyncio.Event()
+                ev.set()
+
+    # ------------------------------------------------------------------ principals
+    async def authenticate(self, token: str | None) -> Principal:
+        """The principal a bearer token belongs to, or :class:`Unauthenticated`."""
+        if not token:
+            raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+        h = hash_token(token)
+        p = self._auth_cache.get(h)
+        if p is not None:
+            return p
+        p = await self.store.read(lambda tx: tx.principal_by_token(h))
+        if p is None:
+            raise Unauthenticated("unknown token: ask an admin for a principal (writ principal add)")
+        if len(self._auth_cache) > 100_000:
+            self._auth_cache.clear()
+        self._auth_cache[h] = p
+        return p
+
+    async def bootstrap_admin(self, token: str) -> None:
+        """Create principal ``admin`` (human, admin) with ``token`` unless it exists."""
+
+        async def fn(tx: Tx) -> None:
+            if await tx.get_principal("admin") is not None:
+                return
+            await self._insert_principal(tx, SYSTEM, "admin", "human", None, None, True, token)
+
+        await self.store.transact(fn)
+
+    async def add_principal(
+        self,
+        actor: Principal | None,
+        name: str,
+        kind: str,
+        vendor: str | None = None,
+        wake: str | None = None,
+        admin: bool = False,
+        token: str | None = None,
+    ) -> tuple[Principal, str]:
+        """Register a principal; returns it with its token (shown only now).
+
+        ``actor`` None means an operator working offline on the store itself.
+        """
+        if actor is not None and not actor.admin:
+            raise Forbidden("only an admin may add principals", actor=actor.name)
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise Invalid("name must be 1-64 of a-z 0-9 . _ -", field="name")
+        if kind not in KINDS:
+            raise Invalid(f"kind must be one of {', '.join(KINDS)}", field="kind")
+        if vendor is not None and (not isinstance(vendor, str) or len(vendor) > 200):
+            raise Invalid("vendor must be a string of at most 200 characters", field="vendor")
+        if wake is not None:
+            _check_route(wake, "wake")
+        if admin and kind not in ("human", "queue"):
+            raise Invalid("only a human or a queue may be an admin", field="admin")
+        tok = token or new_token()
+        by = actor.name if actor else "operator"
+
+        async def fn(tx: Tx) -> Principal:
+            return await self._insert_principal(tx, by, name, kind, vendor, wake, admin, tok)
+
+        p = await self.store.transact(fn)
+        return p, tok
+
+    async def _insert_principal(
+        self, tx: Tx, by: str, name: str, kind: str, vendor: str | None, wake: str | None,
+        admin: bool, token: str,
+    ) -> Principal:
+        p = Principal(name=name, kind=kind, vendor=vendor, wake=wake, admin=admin, created_at=tx.now())
+        await tx.insert_principal(p, hash_token(token))
+        await tx.append({
+            "event": "principal.added",
+            "agent_id": by,
+            "resource": f"principals/{name}",
+            "notes": f"{by} added {kind} {name!r}"
+            + (f" (vendor {vendor})" if vendor else "")
+            + (" as admin" if admin else "")
+            + (f"; wake {wake}" if wake else ""),
+        })
+        return p
+
+    async def list_principals(self) -> list[dict[str, Any]]:
+        return [p.to_dict() for p in await self.store.read(lambda tx: tx.list_principals())]
+
+    async def principal(self, name: str) -> Principal | None:
+        return await self.store.read(lambda tx: tx.get_principal(name))
+
+    # ------------------------------------------------------------------ leases
+    def validate_request(
+        self,
+        principal: Principal,
+        resource: Any,
+        intent: Any,
+        ttl_s: Any = 30,
+        wait_s: Any = 0,
+        touches: Any = None,
+        consent_id: Any = None,
+        rollback: Any = None,
+    ) -> Request:
+        resources.validate(resource)
+        if not isinstance(intent, str) or not intent.strip():
+            raise Invalid("intent is required: say in a few words what you will change", field="intent")
+        if len(intent) > MAX_INTENT:
+            raise Invalid(f"intent is at most {MAX_INTENT} characters", field="intent")
+        ttl = _number(ttl_s, "ttl_s", 1, MAX_TTL_S)
+        wait = _number(wait_s, "wait_s", 0, MAX_WAIT_S)
+        if touches is None:
+            touches = ["*"]
+        if (
+            not isinstance(touches, list)
+            or not touches
+            or not all(isinstance(t, str) and 0 < len(t) <= 128 for t in touches)
+            or len(touches) > 64
+        ):
+            raise Invalid("touches must be a list of 1-64 attribute names (or ['*'])", field="touches")
+        if consent_id is not None and not isinstance(consent_id, str):
+            raise Invalid("consent_id must be a string", field="consent_id")
+        if rollback is not None and not isinstance(rollback, dict):
+            raise Invalid("rollback must be an object", field="rollback")
+        return Request(
+            resource=resource,
+            intent=intent.strip(),
+            ttl_s=ttl,
+            wait_s=wait,
+            touches=list(dict.fromkeys(touches)),
+            consent_id=consent_id,
+            rollback=rollback,
+            principal=principal.name,
+            expand=self.blast.expand(resource),
+        )
+
+    async def acquire(self, principal: Principal, **kwargs: Any) -> dict[str, Any]:
+        """Grant write authority, waiting up to ``wait_s`` in the FIFO queue.
+
+        Raises :class:`Held` (with ``holder`` and ``queue_position``) when the wait ends
+        without a grant, or the error of a safety rule (frozen, consent required).
+        """
+        req = self.validate_request(principal, **kwargs)
+        if req.rollback is not None:
+            req.rollback = await self._check_rollback_plan(req.rollback)
+        waiter_id = new_id("wt")
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waits.futures[waiter_id] = fut
+        try:
+            out = await self.store.transact(lambda tx: self._acquire_tx(tx, principal, req, waiter_id))
+            if isinstance(out, WritError):
+                raise out
+            if isinstance(out, Lease):
+                return out.to_dict()
+            return await self._wait(principal, req, out, fut)
+        finally:
+            self._waits.futures.pop(waiter_id, None)
+
+    async def _acquire_tx(
+        self, tx: Tx, principal: Principal, req: Request, waiter_id: str
+    ) -> Lease | _Queued | WritError:
+        err = await self._run_gates(tx, principal, req)
+        if err is not None:
+            await self._deny(tx, req, None, err.message)
+            return err
+        blocked = await self._blocked(tx, req, None)
+        if blocked is None:
+            return await self._grant(tx, req)
+        if req.wait_s <= 0:
+            return await self._refuse(tx, req, blocked)
+        now = tx.now()
+        w = await tx.insert_waiter(
+            Waiter(
+                waiter_id=waiter_id,
+                seq=0,
+                resource=req.resource,
+                principal=req.principal,
+                request=req.to_json(),
+                enqueued_at=now,
+                deadline=now + req.wait_s,
+            )
+        )
+        b = blocked.lease
+        await tx.append({
+            "event": "lease.queued",
+            "agent_id": req.principal,
+            "resource": req.resource,
+            "lock_holder": b.holder if b else "none",
+            "lock_key": b.lock_key if b else None,
+            "lock_acquired_at": rfc3339(b.acquired_at) if b else None,
+            "fencing_token": b.fencing_token if b else None,
+            "notes": f"queued at position {blocked.position} for up to {req.wait_s:g}s: "
+            + _blocked_text(req.resource, blocked),
+        })
+        return _Queued(w, blocked, now)
+
+    async def _wait(
+        self,
+        principal: Principal,
+        req: Request,
+        queued: _Queued,
+        fut: asyncio.Future[dict[str, Any]],
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + req.wait_s
+        blocked, store_now = queued.blocked, queued.now
+        waiter = queued.waiter
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                timeout = remaining
+                if blocked.until is not None:
+                    timeout = min(timeout, max(blocked.until - store_now, 0.0) + 0.001)
+                if not fut.done() and timeout > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(fut), timeout)
+                if fut.done():
+                    return await self._collect(fut.result())
+                final = deadline - loop.time() <= 0
+                out = await self.store.transact(lambda tx: self._recheck_tx(tx, req, waiter, final))
+                if isinstance(out, WritError):
+                    raise out
+                if isinstance(out, Lease):
+                    return out.to_dict()
+                blocked, store_now = out.blocked, out.now
+        except asyncio.CancelledError:
+            # the caller went away: leave the queue, and give back a lease granted meanwhile
+            await asyncio.shield(self._abandon(waiter))
+            raise
+
+    async def _collect(self, note: dict[str, Any]) -> dict[str, Any]:
+        if "error" in note:
+            from .errors import error_from_body
+
+            raise error_from_body(0, {"error": note["error"]})
+        lease = await self.store.read(lambda tx: tx.get_lease(note["lease_id"]))
+        if lease is None:  # pragma: no cover - the grant committed before the note
+            raise NotFound("granted lease vanished")
+        return lease.to_dict()
+
+    async def _recheck_tx(
+        self, tx: Tx, req: Request, waiter: Waiter, final: bool
+    ) -> Lease | _Queued | WritError:
+        granted = await tx.lease_for_request(waiter.waiter_id)
+        if granted is not None:
+            return granted
+        # expire what is due among the blockers: that dispatches, maybe to this waiter
+        await self._expire_due(tx, req.expand)
+        granted = await tx.lease_for_request(waiter.waiter_id)
+        if granted is not None:
+            return granted
+        blocked = await self._blocked(tx, req, waiter.seq)
+        if blocked is None:  # free, but nobody dispatched yet (e.g. a lock-delay ended)
+            await tx.delete_waiter(waiter.waiter_id)
+            await self._dispatch(tx, req.expand)
+            granted = await tx.lease_for_request(waiter.waiter_id)
+            if granted is not None:
+                return granted
+            blocked = await self._blocked(tx, req, None)
+            if blocked is None:
+                return await self._grant(tx, req, waiter.waiter_id)
+        if not final:
+            return _Queued(waiter, blocked, tx.now())
+        await tx.delete_waiter(waiter.waiter_id)
+        err = await self._refuse(tx, req, blocked, waited=True)
+        await self._dispatch(tx, req.expand)  # those behind us may go now
+        return err
+
+    async def _abandon(self, waiter: Waiter) -> None:
+        async def fn(tx: Tx) -> None:
+            if await tx.delete_waiter(waiter.waiter_id):
+                await self._dispatch(tx, self.blast.expand(waiter.resource))
+                return
+            lease = await tx.lease_for_request(waiter.waiter_id)
+            if lease is not None and lease.state == "held":
+                await self._end(tx, lease, "released", waiter.principal,
+                                notes="released: the waiting caller disconnected before the grant reached it")
+
+        with contextlib.suppress(WritError):
+            await self.store.transact(fn)
+
+    async def _run_gates(self, tx: Tx, principal: Principal, req: Request) -> WritError | None:
+        for gate in self._gates:
+            err = await gate(tx, principal, req)
+            if err is not None:
+                return err
+        return None
+
+    async def _blocked(self, tx: Tx, req: Request, before_seq: int | None) -> Blocked | None:
+        """What stands between ``req`` and a grant right now, or None."""
+        now = tx.now()
+        held = await tx.held_related(req.expand)
+        if held:
+            lease = min(held, key=lambda l: l.expires_at)
+            position = 1 + await tx.count_waiters_related(req.expand, before_seq)
+            return Blocked(lease, max(l.expires_at for l in held), position)
+        delays = [
+            d for d in await tx.objects_related("delay", req.expand, ["active"])
+            if (d.get("expires_at_ts") or 0) > now
+        ]
+        if delays:
+            until = max(d["expires_at_ts"] for d in delays)
+            position = 1 + await tx.count_waiters_related(req.expand, before_seq)
+            return Blocked(None, until, position, "lock_delay")
+        ahead = await tx.waiters_related(req.expand, before_seq, limit=1)
+        if ahead:
+            position = 1 + await tx.count_waiters_related(req.expand, before_seq)
+            head = self.blast.expand(ahead[0].resource)
+            head_held = await tx.held_related(head)
+            lease = min(head_held, key=lambda l: l.expires_at) if head_held else None
+            return Blocked(lease, lease.expires_at if lease else now + 0.05, position, "queue")
+        return None
+
+    async def _grant(self, tx: Tx, req: Request, request_id: str | None = None) -> Lease:
+        now = tx.now()
+        token = await tx.next_token()
+        lease = Lease(
+            lease_id=new_id("ls"),
+            resource=req.resource,
+            holder=req.principal,
+            intent=req.intent,
+            fencing_token=token,
+            acquired_at=now,
+            expires_at=now + req.ttl_s,
+            ttl_s=req.ttl_s,
+            touches=req.touches,
+            state="held",
+            rollback=req.rollback,
+        )
+        await tx.insert_lease(lease, request_id)
+        rb = req.rollback or {}
+        await tx.append({
+            "event": "lease.granted",
+            "agent_id": req.principal,
+            "resource": req.resource,
+            "lock_holder": req.principal,
+            "lock_key": lease.lock_key,
+            "lock_acquired_at": rfc3339(now),
+            "fencing_token": token,
+            "rollback_allowed": bool(rb.get("allowed")),
+            "rollback_path": rb.get("path"),
+            "rollback_key_holder": rb.get("key_holder"),
+            "human_override_queue": rb.get("override_queue") or self.policy.default_override_queue,
+            "rollback_denominator": rb.get("denominator"),
+            "notes": f"granted {lease.lease_id} for {req.intent!r}, ttl {req.ttl_s:g}s, touches "
+            + ",".join(req.touches),
+        })
+        return lease
+
+    async def _refuse(self, tx: Tx, req: Request, blocked: Blocked, waited: bool = False) -> Held:
+        text = _blocked_text(req.resource, blocked)
+        await self._deny(tx, req, blocked.lease, ("waited %gs; " % req.wait_s if waited else "") + text)
+        return await self._held_error(tx, req.resource, blocked, text)
+
+    async def _held_error(self, tx: Tx, resource: str, blocked: Blocked, text: str) -> Held:
+        holder: dict[str, Any] | None = None
+        if blocked.lease is not None:
+            b = blocked.lease
+            p = await tx.get_principal(b.holder)
+            holder = {
+                "holder": b.holder,
+                "resource": b.resource,
+                "intent": b.intent,
+                "acquired_at": rfc3339(b.acquired_at),
+                "expires_at": rfc3339(b.expires_at),
+                "wake": p.wake if p else None,
+                "fencing_token": b.fencing_token,
+            }
+        hint = (
+            "retry with wait_s > 0 to queue for it"
+            if blocked.reason != "lock_delay"
+            else "retry with wait_s > 0; the lock-delay ends by itself"
+        )
+        return Held(
+            f"{text}; {hint}",
+            holder=holder,
+            queue_position=blocked.position,
+            reason=blocked.reason,
+            retry_at=rfc3339(blocked.until) if blocked.until else None,
+        )
+
+    async def _deny(self, tx: Tx, req: Request, blocker: Lease | None, why: str) -> None:
+        await tx.append({
+            "event": "lease.denied",
+            "agent_id": req.principal,
+            "resource": req.resource,
+            "lock_holder": blocker.holder if blocker else "none",
+            "lock_key": blocker.lock_key if blocker else None,
+            "lock_acquired_at": rfc3339(blocker.acquired_at) if blocker else None,
+            "fencing_token": blocker.fencing_token if blocker else None,
+            "notes": f"refused {req.intent!r}: {why}",
+        })
+
+    async def _dispatch(self, tx: Tx, paths: Sequence[str]) -> None:
+        """Grant, in FIFO order, every queued request related to ``paths`` that is free."""
+        candidates = await tx.waiters_related(paths)
+        seen: list[tuple[str, ...]] = []
+        for w in candidates:
+            exp = self.blast.expand(w.resource)
+            # anything conflicting with an earlier candidate waits behind it (or its grant)
+            if any(self.blast.conflicts(w.resource, p) for s in seen for p in s[:1]):
+                seen.append((w.resource,))
+                continue
+            seen.append((w.resource,))
+            r = w.request
+            req = Request(
+                resource=w.resource, intent=r["intent"], ttl_s=float(r["ttl_s"]),
+                wait_s=float(r["wait_s"]), touches=list(r["touches"]),
+                consent_id=r.get("consent_id"), rollback=r.get("rollback"),
+                principal=w.principal, expand=exp,
+            )
+            if await self._blocked(tx, req, w.seq) is not None:
+                continue
+            principal = await tx.get_principal(w.principal)
+            err = await self._run_gates(tx, principal, req) if principal else None
+            await tx.delete_waiter(w.waiter_id)
+            if err is not None:
+                await self._deny(tx, req, None, err.message)
+                tx.notify("granted", {"waiter_id": w.waiter_id, "error": err.to_body()["error"]})
+                continue
+            lease = await self._grant(tx, req, w.waiter_id)
+            tx.notify("granted", {"waiter_id": w.waiter_id, "lease_id": lease.lease_id})
+
+    async def _end(
+        self,
+        tx: Tx,
+        lease: Lease,
+        state: str,
+        by: str,
+        notes: str,
+        extra: dict[str, Any] | None = None,
+        lock_delay: bool = False,
+    ) -> Lease:
+        """End a held lease (released, expired, revoked), write its row, serve the queue."""
+        now = tx.now()
+        lease.state = state
+        lease.ended_at = now
+        await tx.update_lease(lease)
+        rb = lease.rollback or {}
+        await tx.append({
+            "event": f"lease.{state}",
+            "agent_id": by,
+            "resource": lease.resource,
+            "lock_holder": lease.holder,
+            "lock_key": lease.lock_key,
+            "lock_acquired_at": rfc3339(lease.acquired_at),
+            "fencing_token": lease.fencing_token,
+            "rollback_allowed": bool(rb.get("allowed")),
+            "rollback_path": rb.get("path"),
+            "rollback_key_holder": rb.get("key_holder"),
+            "human_override_queue": rb.get("override_queue") or self.policy.default_override_queue,
+            "rollback_denominator": rb.get("denominator"),
+            "notes": notes,
+            **(extra or {}),
+        })
+        if lock_delay:
+            delay = self.policy.rule_for(lease.resource).lock_delay_s
+            if delay > 0:
+                await tx.put_object(
+                    "delay", lease.lease_id, lease.resource, "active",
+                    {"lease_id": lease.lease_id, "resource": lease.resource,
+                     "holder": lease.holder, "until": rfc3339(now + delay)},
+                    expires_at=now + delay,
+                )
+        for hook in self._on_end:
+            await hook(tx, lease)
+        await self._dispatch(tx, self.blast.expand(lease.resource))
+        return lease
+
+    async def _expire(self, tx: Tx, lease: Lease) -> Lease:
+        late = tx.now() - lease.expires_at
+        return await self._end(
+            tx, lease, "expired", SYSTEM,
+            notes=f"expired: not renewed within its ttl of {lease.ttl_s:g}s"
+            + (f" (found {late:.3f}s late)" if late > 0.5 else ""),
+            lock_delay=True,
+        )
+
+    async def _expire_due(self, tx: Tx, paths: Sequence[str]) -> None:
+        now = tx.now()
+        for lease in await tx.held_related(paths):
+            if lease.expires_at <= now:
+                await self._expire(tx, lease)
+        for d in await tx.objects_related("delay", paths, ["active"]):
+            if (d.get("expires_at_ts") or 0) <= now:
+                await tx.put_object("delay", d["lease_id"], d["resource"], "done",
+                                    {k: v for k, v in d.items() if k not in ("state", "expires_at_ts")},
+                                    d["expires_at_ts"])
+                await self._dispatch(tx, self.blast.expand(d["resource"]))
+
+    async def _own_lease(self, tx: Tx, principal: Principal, lease_id: str) -> Lease:
+        if not isinstance(lease_id, str) or not lease_id:
+            raise Invalid("lease_id is required", field="lease_id")
+        lease = await tx.get_lease(lease_id, for_update=True)
+        if lease is None:
+            raise NotFound(f"no lease {lease_id!r}", lease_id=lease_id)
+        if lease.holder != principal.name:
+            raise Forbidden(
+                f"lease {lease_id} is held by {lease.holder}, not {principal.name}",
+                holder=lease.holder,
+            )
+        return lease
+
+    async def _lost(self, tx: Tx, lease: Lease) -> LeaseLost | None:
+        """:class:`LeaseLost` when the lease no longer holds (expiring it if due)."""
+        if lease.state == "held" and lease.expires_at <= tx.now():
+            await self._expire(tx, lease)
+        if lease.state != "held":
+            return LeaseLost(
+                f"lease {lease.lease_id} on {lease.resource} was {lease.state} at "
+                f"{rfc3339(lease.ended_at)}; acquire again (a new fencing token) before writing",
+                lease_id=lease.lease_id,
+                state=lease.state,
+                fencing_token=lease.fencing_token,
+            )
+        return None
+
+    async def renew(self, principal: Principal, lease_id: str, ttl_s: Any = None) -> dict[str, Any]:
+        """Extend a held lease by ``ttl_s`` (default: its own ttl) from now."""
+        ttl = None if ttl_s is None else _number(ttl_s, "ttl_s", 1, MAX_TTL_S)
+
+        async def fn(tx: Tx) -> Lease | WritError:
+            lease = await self._own_lease(tx, principal, lease_id)
+            lost = await self._lost(tx, lease)
+            if lost is not None:
+                return lost
+            now = tx.now()
+            if ttl is not None:
+                lease.ttl_s = ttl
+            lease.expires_at = now + lease.ttl_s
+            await tx.update_lease(lease)
+            await tx.append({
+                "event": "lease.renewed",
+                "agent_id": principal.name,
+                "resource": lease.resource,
+                "lock_holder": lease.holder,
+                "lock_key": lease.lock_key,
+                "lock_acquired_at": rfc3339(lease.acquired_at),
+                "fencing_token": lease.fencing_token,
+                "notes": f"renewed until {rfc3339(lease.expires_at)}",
+            })
+            return lease
+
+        out = await self.store.transact(fn)
+        if isinstance(out, WritError):
+            raise out
+        return out.to_dict()
+
+    async def release(self, principal: Principal, lease_id: str) -> dict[str, Any]:
+        """Give up a held lease; the queue is served at once (no lock-delay)."""
+
+        async def fn(tx: Tx) -> Lease | WritError:
+            lease = await self._own_lease(tx, principal, lease_id)
+            lost = await self._lost(tx, lease)
+            if lost is not None:
+                return lost
+            return await self._end(tx, lease, "released", principal.name, notes="released by its holder")
+
+        out = await self.store.transact(fn)
+        if isinstance(out, WritError):
+            raise out
+        return out.to_dict()
+
+    async def revoke(
+        self,
+        principal: Principal,
+        lease_id: str,
+        runbook: Any,
+        paged: Any,
+        reason: Any,
+        waive_lock_delay: bool = False,
+    ) -> dict[str, Any]:
+        """Force-release a lease: humans and queues only, with provenance."""
+        if not principal.is_human:
+            raise Forbidden(
+                f"{principal.name} is a {principal.kind}: only humans and queues may revoke a "
+                "lease (agents may ask a human queue to do it)",
+                kind=principal.kind,
+            )
+        fields_ = {"runbook": runbook, "paged": paged, "reason": reason}
+        missing = [k for k, v in fields_.items() if not isinstance(v, str) or not v.strip()]
+        if missing:
+            raise Invalid(
+                "a revoke must say how: " + ", ".join(missing)
+                + " required (runbook followed, who was paged, and why)",
+                fields=missing,
+            )
+
+        async def fn(tx: Tx) -> Lease | WritError:
+            lease = await tx.get_lease(lease_id, for_update=True) if isinstance(lease_id, str) else None
+            if lease is None:
+                raise NotFound(f"no lease {lease_id!r}", lease_id=lease_id)
+            lost = await self._lost(tx, lease)
+            if lost is not None:
+                return lost
+            provenance = {
+                "revoked_by": principal.name,
+                "via_runbook": runbook.strip(),
+                "at": rfc3339(tx.now()),
+                "after_paging": paged.strip(),
+            }
+            return await self._end(
+                tx, lease, "revoked", principal.name,
+                notes=f"revoked {lease.holder}'s lease: {reason.strip()}"
+                + (" (lock-delay waived)" if waive_lock_delay else ""),
+                extra={"second_key_revoke_provenance": provenance, "approved_by": principal.name},
+                lock_delay=not waive_lock_delay,
+            )
+
+        out = await self.store.transact(fn)
+        if isinstance(out, WritError):
+            raise out
+        return out.to_dict()
+
+    async def get_lease(self, lease_id: str) -> dict[str, Any]:
+        async def fn(tx: Tx) -> dict[str, Any] | None:
+            lease = await tx.get_lease(lease_id)
+            return lease.to_dict(tx.now()) if lease else None
+
+        out = await self.store.read(fn)
+        if out is None:
+            raise NotFound(f"no lease {lease_id!r}", lease_id=lease_id)
+        return out
+
+    async def list_leases(
+        self, prefix: str | None = None, state: str | None = None, limit: int = 1000,
+        holder: str | None = None,
+    ) -> list[dict[str, Any]]:
+        if prefix:
+            resources.validate(prefix, "resource")
+        if state is not None and state not in ("held", "released", "expired", "revoked"):
+            raise Invalid("state must be held, released, expired or revoked", field="state")
+        limit = int(_number(limit, "limit", 1, 100_000))
+
+        async def fn(tx: Tx) -> list[dict[str, Any]]:
+            now = tx.now()
+            # a held lease past its expiry is expired, whether or not the sweeper wrote it yet
+            want = "held" if state in ("held", "expired") else state
+            out = [l.to_dict(now) for l in await tx.list_leases(prefix, want, limit, holder)]
+            if state == "held":
+                out = [d for d in out if d["state"] == "held"]
+            if state == "expired":
+                more = [l.to_dict(now) for l in await tx.list_leases(prefix, "expired", limit, holder)]
+                out = sorted([d for d in out if d["state"] == "expired"] + more,
+                             key=lambda d: -d["fencing_token"])[:limit]
+            return out
+
+        return await self.store.read(fn)
+
+    async def resource_status(self, resource: str) -> dict[str, Any]:
+        resources.validate(resource)
+        exp = self.blast.expand(resource)
+
+        async def fn(tx: Tx) -> dict[str, Any]:
+            now = tx.now()
+            held = [l for l in await tx.held_related(exp) if l.expires_at > now]
+            own = [l for l in held if l.resource == resource] or held
+            queue = await tx.waiters_related(exp)
+            protected = [
+                c for c in await tx.objects_related("change", exp, ["protected"])
+                if (c.get("expires_at_ts") or 0) > now
+            ]
+            freezes = [f for f in await tx.objects_related("freeze", exp, ["active"])
+                       if not f.get("expires_at_ts") or f["expires_at_ts"] > now]
+            delays = [d for d in await tx.objects_related("delay", exp, ["active"])
+                      if (d.get("expires_at_ts") or 0) > now]
+            return {
+                "resource": resource,
+                "lease": own[0].to_dict(now) if own else None,
+                "conflicting": [l.to_dict(now) for l in held],
+                "queue": [
+                    {"position": i + 1, "principal": w.principal, "resource": w.resource,
+                     "intent": w.request.get("intent"), "since": rfc3339(w.enqueued_at),
+                     "deadline": rfc3339(w.deadline)}
+                    for i, w in enumerate(queue)
+                ],
+                "protected_changes": [_public(c) for c in protected],
+                "frozen": bool(freezes),
+                "freezes": [_public(f) for f in freezes],
+                "lock_delay_until": max((d["until"] for d in delays), default=None),
+                "blast_radius": list(exp),
+            }
+
+        return await self.store.read(fn)
+
+    async def status(self, prefix: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Held leases under ``prefix`` with their waiter counts (``writ status``)."""
+        leases = await self.list_leases(prefix, "held", limit)
+
+        async def fn(tx: Tx) -> list[int]:
+            return [
+                await tx.count_waiters_related(self.blast.expand(l["resource"])) for l in leases
+            ]
+
+        counts = await self.store.read(fn)
+        for lease, n in zip(leases, counts, strict=True):
+            lease["waiters"] = n
+        return leases
+
+    async def fence(self, resource: str, token: Any) -> dict[str, Any]:
+        """Is ``token`` the fencing token of the lease holding ``resource`` right now?"""
+        resources.validate(resource)
+        try:
+            tok = int(token)
+        except (TypeError, ValueError):
+            raise Invalid("token must be an integer fencing token", field="token") from None
+        covering = [p for p in self.blast.expand(resource)
+                    if p == resource or resources.related(p, resource)]
+
+        async def fn(tx: Tx) -> dict[str, Any]:
+            now = tx.now()
+            held = [
+                l for l in await tx.held_related(covering)
+                if l.expires_at > now
+                and any(l.resource == p or resources.under(p, l.resource) for p in covering)
+            ]
+            current = held[0].fencing_token if held else None
+            return {"resource": resource, "current": current == tok, "current_token": current,
+                    "holder": held[0].holder if held else None}
+
+        return await self.store.read(fn)
+
+    async def who(self, resource: str, at: float | None = None) -> dict[str, Any]:
+        """Who held write authority on ``resource`` at ``at`` (default now), from the ledger.
+
+        A lease on the resource, on an ancestor of it, or on a member of its blast-radius
+        group counts; such leases exclude each other, so at most one answers.
+        """
+        resources.validate(resource)
+        covering = sorted({a for p in self.blast.expand(resource)
+                           for a in (p, *resources.ancestors(p))})
+
+        async def fn(tx: Tx) -> dict[str, Any]:
+            t = tx.now() if at is None else at
+            grant = await tx.audit_latest(covering, ["lease.granted"], t)
+            lease = None
+            if grant is not None:
+                ended = [r for r in await tx.audit_for_lock_key(grant["lock_key"])
+                         if r["event"] in ("lease.released", "lease.expired", "lease.revoked")
+                         and r["seq"] > grant["seq"]]
+                end_ts = ended[0]["timestamp"] if ended else None
+                if end_ts is None or end_ts > rfc3339(t):  # type: ignore[operator]
+                    token = grant["fencing_token"]
+                    found = await tx.list_leases(grant["resource"], None, 1000)
+                    match = [l for l in found if l.fencing_token == token]
+                    lease = match[0].to_dict() if match else None
+                    holder = grant["lock_holder"]
+                    return {"resource": resource, "at": rfc3339(t), "lock_holder": holder,
+                            "lock_key": grant["lock_key"], "lease": lease}
+            return {"resource": resource, "at": rfc3339(t), "lock_holder": "none",
+                    "lock_key": None, "lease": None}
+
+        return await self.store.read(fn)
+
+    # ------------------------------------------------------------------ ledger
+    async def audit(
+        self, after_seq: int = 0, limit: int = 1000, prefix: str | None = None,
+        since: float | None = None, until: float | None = None,
+    ) -> dict[str, Any]:
+        if prefix:
+            resources.validate(prefix, "resource")
+        limit = int(_number(limit, "limit", 1, 100_000))
+        after = int(_number(after_seq, "after_seq", 0, 2**62))
+        rows = await self.store.read(lambda tx: tx.audit_rows(after, limit, prefix, since, until))
+        return {"rows": rows, "next_after_seq": rows[-1]["seq"] if rows else after}
+
+    async def events(
+        self, prefix: str | None = None, after_seq: int = 0, wait_s: Any = 0, limit: int = 1000
+    ) -> dict[str, Any]:
+        """Rows under ``prefix`` after ``after_seq``; long-polls up to ``wait_s`` for one."""
+        wait = _number(wait_s, "wait_s", 0, MAX_WAIT_S)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        after = int(_number(after_seq, "after_seq", 0, 2**62))
+        while True:
+            changed = self._audit_changed
+            out = await self.audit(after, limit, prefix)
+            if out["rows"]:
+                return out
+            # nothing under the prefix yet: skip ahead to the head we have seen
+            after = max(after, min(self._audit_seq, out["next_after_seq"] or after))
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return {"rows": [], "next_after_seq": max(after, int(_number(after_seq, "after_seq", 0, 2**62)))}
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    async def verify(self) -> Verification:
+        """Recompute the whole hash chain (constant memory)."""
+
+        async def triples():  # type: ignore[no-untyped-def]
+            async for chunk in self.store.audit_stream():
+                for t in chunk:
+                    yield t
+
+        # verify() is synchronous over an iterable: feed it chunk by chunk
+        result: Verification | None = None
+        prev_seq, prev_hash, total = 1, None, 0
+        from .ledger import GENESIS
+
+        prev_hash = GENESIS
+        async for chunk in self.store.audit_stream():
+            part = verify(chunk, prev_seq, prev_hash)
+            total += part.rows
+            if not part.ok:
+                return Verification(False, total, part.head, part.first_bad_seq, part.reason)
+            prev_seq, prev_hash = prev_seq + part.rows, part.head
+        result = Verification(True, total, prev_hash, None)
+        return result
+
+    # ------------------------------------------------------------------ background
+    async def sweep(self) -> int:
+        """Expire every lease past its ttl (and end lock-delays); returns leases expired."""
+
+        async def fn(tx: Tx) -> int:
+            now = tx.now()
+            due = await tx.due_leases(now, 500)
+            for lease in due:
+                fresh = await tx.get_lease(lease.lease_id, for_update=True)
+                if fresh is not None and fresh.state == "held" and fresh.expires_at <= now:
+                    await self._expire(tx, fresh)
+            for d in await tx.objects_due("delay", "active", now, 500):
+                await tx.put_object("delay", d["lease_id"], d["resource"], "done",
+                                    {k: v for k, v in d.items() if k not in ("state", "expires_at_ts")},
+                                    d["expires_at_ts"])
+                await self._dispatch(tx, self.blast.expand(d["resource"]))
+            return len(due)
+
+        n = await self.store.transact(fn)
+        for tick in self._tickers:
+            await tick()
+        return n
+
+    async def _sweeper(self) -> None:
+        while not self._closing:
+            try:
+                await self.sweep()
+                nxt = await self.store.read(lambda tx: _next_due(tx))
+                delay = self.sweep_interval if nxt is None else min(self.sweep_interval, max(nxt, 0.005))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the sweeper must outlive a store hiccup
+                log.exception("sweep failed; retrying")
+                delay = self.sweep_interval
+            await asyncio.sleep(delay)
+
+    # ------------------------------------------------------------------ rollback plans
+    async def _check_rollback_plan(self, plan: dict[str, Any]) -> dict[str, Any]:
+        allowed = plan.get("allowed", False)
+        if not isinstance(allowed, bool):
+            raise Invalid("rollback.allowed must be true or false", field="rollback.allowed")
+        out: dict[str, Any] = {"allowed": allowed}
+        for key in ("path", "key_holder", "override_queue", "denominator"):
+            v = plan.get(key)
+            if v is not None and (not isinstance(v, str) or not v.strip()):
+                raise Invalid(f"rollback.{key} must be a non-empty string", field=f"rollback.{key}")
+            out[key] = v
+        unknown = set(plan) - {"allowed", "path", "key_holder", "override_queue", "denominator"}
+        if unknown:
+            raise Invalid(f"rollback has unknown fields {sorted(unknown)}", field="rollback")
+        if not allowed:
+            return out
+        missing = [k for k in ("path", "key_holder", "override_queue") if not out.get(k)]
+        if missing:
+            raise Invalid(
+                "rollback.allowed=true needs " + ", ".join(f"rollback.{m}" for m in missing)
+                + ": a literal route, the human queue that holds the key, and the queue to page"
+                " (no queue name, no rollback)",
+                field="rollback",
+            )
+        _check_route(out["path"], "rollback.path")
+        warnings: list[str] = []
+        for key in ("key_holder", "override_queue"):
+            name = out[key]
+            p = await self.principal(name)
+            if p is None:
+                raise Invalid(
+                    f"rollback.{key} {name!r} is not a registered principal; register the human "
+                    "queue first (writ principal add NAME --kind queue)",
+                    field=f"rollback.{key}",
+                )
+            if p.kind in ("agent", "portal"):
+                raise Invalid(
+                    f"rollback.{key} {name!r} is a{'n' if p.kind == 'agent' else ''} {p.kind}: "
+                    "agents may request rollback; only a human queue holds the key"
+                    + (" (a vendor portal holding the key is a loyalty oath, not a second key)"
+                       if p.kind == "portal" else ""),
+                    field=f"rollback.{key}",
+                )
+            if p.kind == "human":
+                warnings.append(f"rollback.{key} {name!r} is a person, not a queue with a rotation")
+        if warnings:
+            out["warnings"] = warnings
+        return out
+
+
+_ROUTE_SMELL = re.compile(r"\b(dashboard|console|button|portal|click|ui)\b", re.I)
+
+
+def _check_route(value: Any, field: str) -> str:
+    """A literal route: a path beginning with '/', or an http(s):// URL — not a label."""
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid(f"{field} must be a route like /ops/rollback?txn=8841 or https://...", field=field)
+    v = value.strip()
+    if not (v.startswith("/") or re.match(r"^https?://[^\s/]+", v)) or re.search(r"\s", v):
+        raise Invalid(
+            f"{field} {value!r} is not a literal route: give a path beginning with '/' or an "
+            "http(s):// URL that names what it calls (not a dashboard, console or button label)",
+            field=field,
+        )
+    if _ROUTE_SMELL.search(v.replace("_", " ").replace("-", " ")):
+        raise Invalid(
+            f"{field} {value!r} looks like a dashboard, console or button, not a rollback entry "
+            "point: name the literal route writ should call",
+            field=field,
+        )
+    return v
+
+
+def _number(value: Any, field: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise Invalid(f"{field} must be a number between {lo:g} and {hi:g}", field=field) from None
+    if value != value or not lo <= value <= hi:
+        raise Invalid(f"{field} must be between {lo:g} and {hi:g}, not {value}", field=field)
+    return float(value)
+
+
+def _blocked_text(resource: str, b: Blocked) -> str:
+    if b.reason == "lock_delay":
+        return (f"{resource} is in lock-delay after its holder died, until {rfc3339(b.until)}")
+    if b.lease is None:
+        return f"{resource} has {b.position - 1} conflicting request(s) queued ahead"
+    l = b.lease
+    on = "" if l.resource == resource else f" (on {l.resource})"
+    text = (
+        f"{resource} is held by {l.holder}{on} since {rfc3339(l.acquired_at)} for "
+        f"{l.intent!r}, until {rfc3339(l.expires_at)}"
+    )
+    if b.reason == "queue":
+        text = f"{b.position - 1} conflicting request(s) queued ahead; the first waits on: " + text
+    return text
+
+
+def _public(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k != "expires_at_ts"}
+
+
+async def _next_due(tx: Tx) -> float | None:
+    nxt = await tx.next_expiry()
+    return None if nxt is None else nxt - tx.now()
+
+
+def now_monotonic() -> float:
+    return time.monotonic()

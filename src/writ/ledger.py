@@ -1,0 +1,176 @@
+"""The audit ledger: one hash-chained row per state change.
+
+Row fields are exactly those of PROTOCOL.md (:data:`FIELDS`). A row is sealed by
+
+    hash = sha256_hex(prev_hash + canonical_json(row without "hash"))
+
+where ``canonical_json`` is JSON with sorted keys, no spaces (``","`` and ``":"``), and
+non-ASCII characters kept as UTF-8. The first row's ``prev_hash`` is 64 zeros. Stores keep
+the canonical text (``body``) as written, so verification rehashes the exact bytes and any
+change to a row — its body, its hash, or its place in the chain — is found and named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .clock import rfc3339
+
+FIELDS: tuple[str, ...] = (
+    "seq",
+    "timestamp",
+    "event",
+    "agent_id",
+    "resource",
+    "lock_holder",
+    "lock_key",
+    "lock_acquired_at",
+    "fencing_token",
+    "rollback_allowed",
+    "rollback_path",
+    "rollback_key_holder",
+    "approved_by",
+    "human_override_queue",
+    "rollback_denominator",
+    "rollback_denominator_is_defect",
+    "second_key_revoke_provenance",
+    "notes",
+    "prev_hash",
+    "hash",
+)
+GENESIS = "0" * 64
+_DEFAULTS: dict[str, Any] = {
+    "lock_holder": "none",
+    "lock_key": None,
+    "lock_acquired_at": None,
+    "fencing_token": None,
+    "rollback_allowed": False,
+    "rollback_path": None,
+    "rollback_key_holder": None,
+    "approved_by": None,
+    "human_override_queue": None,
+    "rollback_denominator": None,
+    "rollback_denominator_is_defect": False,
+    "second_key_revoke_provenance": None,
+    "notes": None,
+}
+
+
+def canonical(obj: Any) -> str:
+    """The canonical JSON text that is hashed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def digest(prev_hash: str, body: str) -> str:
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A row ready for the store: its fields, canonical body and hash."""
+
+    seq: int
+    timestamp: float
+    event: str
+    resource: str
+    lock_key: str | None
+    lock_holder: str
+    body: str
+    hash: str
+
+    def row(self) -> dict[str, Any]:
+        return row_from(self.body, self.hash)
+
+
+def seal(seq: int, prev_hash: str, at: float, fields: dict[str, Any]) -> Sealed:
+    """Fill defaults, stamp ``seq``/``timestamp``/``prev_hash`` and hash the row."""
+    row = dict(_DEFAULTS)
+    row.update(fields)
+    if not row.get("lock_holder"):
+        row["lock_holder"] = "none"
+    row["seq"] = seq
+    row["timestamp"] = rfc3339(at)
+    row["prev_hash"] = prev_hash
+    unknown = set(row) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"not audit fields: {sorted(unknown)}")
+    body = canonical(row)
+    return Sealed(
+        seq=seq,
+        timestamp=at,
+        event=row["event"],
+        resource=row["resource"],
+        lock_key=row["lock_key"],
+        lock_holder=row["lock_holder"],
+        body=body,
+        hash=digest(prev_hash, body),
+    )
+
+
+def row_from(body: str, hash_: str) -> dict[str, Any]:
+    """The wire row (fields in PROTOCOL.md order) from a stored body and hash."""
+    data = json.loads(body)
+    data["hash"] = hash_
+    return {k: data.get(k) for k in FIELDS}
+
+
+@dataclass(slots=True)
+class Verification:
+    ok: bool
+    rows: int
+    head: str
+    first_bad_seq: int | None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ok": self.ok,
+            "rows": self.rows,
+            "head": self.head,
+            "first_bad_seq": self.first_bad_seq,
+        }
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+def verify(
+    stored: Iterable[tuple[int, str, str]],
+    start_seq: int = 1,
+    start_hash: str = GENESIS,
+) -> Verification:
+    """Check a chain of stored ``(seq, body, hash)`` triples in seq order.
+
+    Names the first row whose hash does not match its bytes, whose ``prev_hash`` does not
+    name the row before it, or whose ``seq`` breaks the 1, 2, 3, ... order.
+    """
+    prev, expect, n = start_hash, start_seq, 0
+    loads, sha = json.loads, hashlib.sha256
+    for seq, body, hash_ in stored:
+        bad: str | None = None
+        if seq != expect:
+            bad = f"seq {seq} where {expect} was expected (a row is missing or extra)"
+        elif sha((prev + body).encode()).hexdigest() != hash_:
+            bad = "hash does not match the row's bytes (the row or its hash was changed)"
+        else:
+            try:
+                data = loads(body)
+            except ValueError:
+                data = None
+            if not isinstance(data, dict) or data.get("seq") != seq:
+                bad = "row body does not carry its own seq"
+            elif data.get("prev_hash") != prev:
+                bad = "prev_hash does not name the row before it"
+        if bad:
+            return Verification(False, n, prev, seq if seq == expect else expect, bad)
+        prev, expect, n = hash_, expect + 1, n + 1
+    return Verification(True, n, prev, None)
+
+
+def iter_rows(stored: Iterable[tuple[int, str, str]]) -> Iterator[dict[str, Any]]:
+    for _seq, body, hash_ in stored:
+        yield row_from(body, hash_)

@@ -1,0 +1,98 @@
+"""The records writ keeps: principals, leases, waiters. Plain dataclasses, no I/O."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clock import rfc3339
+
+KINDS = ("agent", "human", "queue", "portal")
+LEASE_STATES = ("held", "released", "expired", "revoked")
+
+
+def new_id(prefix: str) -> str:
+    """A short random identifier like ``ls_3kq9…`` (URL-safe, 96 bits)."""
+    return f"{prefix}_{secrets.token_urlsafe(12)}"
+
+
+@dataclass(slots=True)
+class Principal:
+    name: str
+    kind: str
+    vendor: str | None = None
+    wake: str | None = None
+    admin: bool = False
+    created_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "vendor": self.vendor,
+            "wake": self.wake,
+            "admin": self.admin,
+            "created_at": rfc3339(self.created_at),
+        }
+
+    @property
+    def is_human(self) -> bool:
+        """Humans and human on-call queues hold keys; agents and portals never do."""
+        return self.kind in ("human", "queue")
+
+
+@dataclass(slots=True)
+class Lease:
+    lease_id: str
+    resource: str
+    holder: str
+    intent: str
+    fencing_token: int
+    acquired_at: float
+    expires_at: float
+    ttl_s: float
+    touches: list[str] = field(default_factory=lambda: ["*"])
+    state: str = "held"
+    rollback: dict[str, Any] | None = None
+    ended_at: float | None = None
+
+    @property
+    def lock_key(self) -> str:
+        return f"{self.resource}/{self.fencing_token}"
+
+    def to_dict(self, now: float | None = None) -> dict[str, Any]:
+        """The wire Lease. A held lease past its expiry reads as ``expired``."""
+        state = self.state
+        if state == "held" and now is not None and self.expires_at <= now:
+            state = "expired"
+        ttl = int(self.ttl_s) if float(self.ttl_s).is_integer() else self.ttl_s
+        return {
+            "lease_id": self.lease_id,
+            "resource": self.resource,
+            "holder": self.holder,
+            "intent": self.intent,
+            "fencing_token": self.fencing_token,
+            "lock_key": self.lock_key,
+            "acquired_at": rfc3339(self.acquired_at),
+            "expires_at": rfc3339(self.expires_at),
+            "ttl_s": ttl,
+            "touches": list(self.touches),
+            "state": state,
+            "rollback": self.rollback,
+            "ended_at": rfc3339(self.ended_at),
+        }
+
+
+@dataclass(slots=True)
+class Waiter:
+    """A request queued behind a conflicting lease (FIFO by ``seq``)."""
+
+    waiter_id: str
+    seq: int
+    resource: str
+    principal: str
+    request: dict[str, Any]
+    enqueued_at: float
+    deadline: float
+    lease_id: str | None = None  # set when granted by a handoff

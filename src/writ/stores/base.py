@@ -1,0 +1,254 @@
+"""The store contract: what the engine needs from a backend, and nothing about SQL.
+
+A store keeps writ's state (principals, leases, the wait queue, the policy objects of the
+safety rules) and its audit ledger, and gives the engine two things:
+
+* ``await store.transact(fn)`` runs ``fn(tx)`` atomically: every write it makes, and every
+  audit row it appends, commits together or not at all. ``fn`` is an ``async`` function that
+  awaits only ``tx`` methods. If it raises, nothing it did is kept; to keep its writes (an
+  audit row recording a refusal, say) yet fail the call, it *returns* the error and the engine
+  raises it after the commit. A store may run many transactions in one commit (group
+  commit); each still succeeds or fails alone. ``transact`` returns only once the commit is
+  durable: an acknowledged change survives a killed process and a power cut.
+* ``await store.read(fn)`` runs ``fn(tx)`` on a consistent, committed snapshot.
+
+Rules every backend keeps:
+
+* **Time** comes from the store's clock (``tx.now()``), never a client's: the host clock
+  for an embedded store, the database's ``clock_timestamp()`` for a server database.
+  Times are float seconds since the epoch.
+* **Fencing tokens** come from ``tx.next_token()``: strictly increasing across the whole
+  store — every process that shares it, every restart — and never reused, even when the
+  transaction that drew one rolls back.
+* **The ledger** has one total order: ``seq`` 1, 2, 3, ... without gaps, each row hashed onto
+  the one before (:mod:`writ.ledger`). Rows are appended only by ``tx.append``, in the
+  transaction of the change they record; the store refuses UPDATE and DELETE on them.
+* **Notifications**: ``tx.notify(kind, payload)`` is delivered after commit, to the listener
+  of every process that shares the store (``store.set_listener``); nothing is delivered
+  if the transaction rolls back. After every commit that appended rows the store also
+  delivers ``("audit", {"seq": head})``.
+* **Related lookups** (``held_related``, ``waiters_related``, ``objects_related``) return
+  the records whose resource is equal to, an ancestor of, or a descendant of any of the given
+  paths, using indexes (see :func:`writ.resources.related_clauses`), so their cost does not
+  grow with the number of leases held.
+* Driver errors never escape: a backend raises :class:`writ.errors.Unavailable` when the
+  database cannot be reached, and the engine's own errors pass through unchanged.
+
+Stores are chosen by URL scheme (:func:`writ.stores.open_store`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from ..ledger import Sealed
+from ..models import Lease, Principal, Waiter
+
+T = TypeVar("T")
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+class Tx(ABC):
+    """One transaction's view of the store. Methods are ``async`` but must not be awaited
+    outside the transaction function they were handed to."""
+
+    # ---- clock and tokens -------------------------------------------------------------
+    @abstractmethod
+    def now(self) -> float:
+        """The store's clock, in seconds since the epoch."""
+
+    @abstractmethod
+    async def next_token(self) -> int:
+        """The next fencing token: greater than every token this store ever handed out."""
+
+    # ---- principals ---------------------------------------------------------------------
+    @abstractmethod
+    async def insert_principal(self, principal: Principal, token_hash: str) -> None:
+        """Add a principal; :class:`~writ.errors.Conflict` if the name is taken."""
+
+    @abstractmethod
+    async def get_principal(self, name: str) -> Principal | None: ...
+
+    @abstractmethod
+    async def principal_by_token(self, token_hash: str) -> Principal | None: ...
+
+    @abstractmethod
+    async def list_principals(self) -> list[Principal]: ...
+
+    # ---- leases -------------------------------------------------------------------------
+    @abstractmethod
+    async def insert_lease(self, lease: Lease, request_id: str | None = None) -> None:
+        """Store a new lease; ``request_id`` names the queued request it was granted to."""
+
+    @abstractmethod
+    async def update_lease(self, lease: Lease) -> None:
+        """Write back a lease's ``state``, ``expires_at``, ``ttl_s`` and ``ended_at``."""
+
+    @abstractmethod
+    async def get_lease(self, lease_id: str, for_update: bool = False) -> Lease | None:
+        """A lease by id; ``for_update`` locks its row until the transaction ends."""
+
+    @abstractmethod
+    async def lease_for_request(self, request_id: str) -> Lease | None:
+        """The lease granted to a queued request, if it was granted."""
+
+    @abstractmethod
+    async def held_related(self, paths: Sequence[str]) -> list[Lease]:
+        """Leases in state ``held`` (past their expiry or not) related to any path,
+        locked for update in a server database."""
+
+    @abstractmethod
+    async def due_leases(self, now: float, limit: int) -> list[Lease]:
+        """Held leases whose ``expires_at`` is at or before ``now``, earliest first."""
+
+    @abstractmethod
+    async def next_expiry(self) -> float | None:
+        """The earliest ``expires_at`` among held leases, or None."""
+
+    @abstractmethod
+    async def list_leases(
+        self, prefix: str | None, state: str | None, limit: int, holder: str | None = None
+    ) -> list[Lease]:
+        """Leases under ``prefix`` (or all), newest first."""
+
+    # ---- wait queue ---------------------------------------------------------------------
+    @abstractmethod
+    async def insert_waiter(self, waiter: Waiter) -> Waiter:
+        """Queue a request; the store assigns ``seq``, greater than every earlier one."""
+
+    @abstractmethod
+    async def delete_waiter(self, waiter_id: str) -> bool:
+        """Remove a queued request; False when it was no longer queued."""
+
+    @abstractmethod
+    async def waiters_related(
+        self, paths: Sequence[str], before_seq: int | None = None, limit: int | None = None
+    ) -> list[Waiter]:
+        """Queued requests related to any path (``seq < before_seq`` if given), FIFO order."""
+
+    @abstractmethod
+    async def count_waiters_related(
+        self, paths: Sequence[str], before_seq: int | None = None
+    ) -> int: ...
+
+    # ---- policy objects (changes, consents, rollbacks, freezes, ...) -------------------
+    @abstractmethod
+    async def put_object(
+        self,
+        kind: str,
+        obj_id: str,
+        resource: str,
+        state: str,
+        data: dict[str, Any],
+        expires_at: float | None = None,
+    ) -> None:
+        """Insert or replace a policy object (a JSON document with indexed columns)."""
+
+    @abstractmethod
+    async def get_object(
+        self, kind: str, obj_id: str, for_update: bool = False
+    ) -> dict[str, Any] | None:
+        """The object's ``data`` (with ``state``/``expires_at`` columns merged in), or None."""
+
+    @abstractmethod
+    async def objects_related(
+        self, kind: str, paths: Sequence[str], states: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Objects of a kind whose resource is related to any path, oldest first."""
+
+    @abstractmethod
+    async def objects_due(self, kind: str, state: str, now: float, limit: int) -> list[dict[str, Any]]:
+        """Objects of a kind and state whose ``expires_at`` is at or before ``now``."""
+
+    @abstractmethod
+    async def list_objects(
+        self, kind: str, states: Sequence[str] | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]: ...
+
+    # ---- ledger -------------------------------------------------------------------------
+    @abstractmethod
+    async def append(self, fields: dict[str, Any]) -> Sealed:
+        """Append one audit row (sealed onto the chain head) in this transaction."""
+
+    @abstractmethod
+    async def audit_rows(
+        self,
+        after_seq: int = 0,
+        limit: int = 1000,
+        prefix: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows in seq order after ``after_seq``, optionally under ``prefix`` and within
+        ``[since, until]``."""
+
+    @abstractmethod
+    async def audit_head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the last row, ``(0, GENESIS)`` when empty."""
+
+    @abstractmethod
+    async def audit_latest(
+        self, resources: Sequence[str], events: Sequence[str], at: float
+    ) -> dict[str, Any] | None:
+        """The last row at or before ``at`` for one of ``resources`` (exact) with one of
+        ``events``."""
+
+    @abstractmethod
+    async def audit_for_lock_key(self, lock_key: str) -> list[dict[str, Any]]:
+        """Every row naming a lock key, in seq order."""
+
+    def notify(self, kind: str, payload: dict[str, Any]) -> None:
+        """Deliver ``(kind, payload)`` to every listener after this transaction commits."""
+        self.notes.append((kind, payload))
+
+    notes: list[tuple[str, dict[str, Any]]]
+
+
+class Store(ABC):
+    """A backend. Open with :func:`writ.stores.open_store`; close when done."""
+
+    url: str
+
+    def __init__(self) -> None:
+        self._listener: Listener | None = None
+
+    def set_listener(self, listener: Listener | None) -> None:
+        """Receive every notification, from this process and any other sharing the store."""
+        self._listener = listener
+
+    def _deliver(self, notes: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        if self._listener is None:
+            return
+        for kind, payload in notes:
+            self._listener(kind, payload)
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect, create or migrate the schema (recording each migration)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def transact(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run ``fn`` in one durable, atomic transaction (see the module docstring)."""
+
+    @abstractmethod
+    async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run ``fn`` on a committed snapshot; writes are not allowed."""
+
+    @abstractmethod
+    def audit_stream(self, after_seq: int = 0, batch: int = 10_000) -> AsyncIterator[
+        list[tuple[int, str, str]]
+    ]:
+        """Stored ``(seq, body, hash)`` triples in seq order, in batches (for verify and
+        export of ledgers of any size in constant memory)."""
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,349 @@
+"""The HTTP protocol (PROTOCOL.md) over the engine: FastAPI routes, auth, errors.
+
+Thin by design: each route authenticates, hands its validated body to one engine call and
+returns the engine's answer. Errors are mapped in one place: every :class:`WritError` is
+answered with its own status and ``{"error": {"code", "message", ...}}``; malformed JSON,
+wrong types, unknown routes and oversized bodies get the same shape. Never a 500 for bad
+input.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__
+from .clock import parse_time
+from .engine import Engine
+from .errors import Invalid, TooLarge, Unauthenticated, WritError
+from .models import Principal
+
+log = logging.getLogger("writ.server")
+
+MAX_BODY = 1 << 20  # 1 MiB
+MAX_HEADERS = 16 << 10  # 16 KiB of request headers in all
+
+
+# ----------------------------------------------------------------------------- bodies
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PrincipalIn(_Body):
+    name: str = Field(description="1-64 of a-z 0-9 . _ -", examples=["perf-agent"])
+    kind: Literal["agent", "human", "queue", "portal"]
+    vendor: str | None = None
+    wake: str | None = Field(None, description="the exact call that wakes this principal")
+    admin: bool = False
+
+
+class RollbackPlan(_Body):
+    allowed: bool = False
+    path: str | None = Field(None, examples=["/internal/db/rollback?txn=8841"])
+    key_holder: str | None = Field(None, examples=["svc-ops-princess"])
+    override_queue: str | None = Field(None, examples=["svc-ops-princess"])
+    denominator: str | None = Field(None, examples=["incident_minutes"])
+
+
+class AcquireIn(_Body):
+    resource: str = Field(examples=["prod/db"])
+    intent: str = Field(examples=["double capacity"])
+    ttl_s: float = Field(30, ge=1, le=3600)
+    wait_s: float = Field(0, ge=0, le=300)
+    touches: list[str] | None = Field(None, examples=[["capacity"]])
+    consent_id: str | None = None
+    rollback: RollbackPlan | None = None
+
+
+class RenewIn(_Body):
+    ttl_s: float | None = Field(None, ge=1, le=3600)
+
+
+class RevokeIn(_Body):
+    runbook: str = Field(examples=["R-44"])
+    paged: str = Field(examples=["oncall-jane"])
+    reason: str = Field(examples=["holder stuck after 02:17 alert"])
+    waive_lock_delay: bool = False
+
+
+# ----------------------------------------------------------------------------- middleware
+class LimitBody:
+    """Refuse request bodies over ``MAX_BODY`` and header blocks over ``MAX_HEADERS``
+    with 413 before the app reads them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers") or []
+        if sum(len(k) + len(v) for k, v in headers) > MAX_HEADERS:
+            await _send_error(send, TooLarge(f"request headers exceed {MAX_HEADERS} bytes"))
+            return
+        for k, v in headers:
+            if k == b"content-length":
+                try:
+                    n = int(v)
+                except ValueError:
+                    await _send_error(send, Invalid("content-length is not a number"))
+                    return
+                if n > MAX_BODY:
+                    await _send_error(send, TooLarge(f"request body of {n} bytes exceeds {MAX_BODY}"))
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > MAX_BODY:
+                    raise TooLarge(f"request body exceeds {MAX_BODY} bytes")
+            return msg
+
+        await self.app(scope, limited, send)
+
+
+async def _send_error(send: Send, err: WritError) -> None:
+    import json
+
+    body = json.dumps(err.to_body()).encode()
+    await send({
+        "type": "http.response.start",
+        "status": err.status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+# ----------------------------------------------------------------------------- auth
+async def principal(request: Request) -> Principal:
+    """The caller, from ``Authorization: Bearer <token>``; 401 otherwise."""
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+    engine: Engine = request.app.state.engine
+    return await engine.authenticate(token.strip())
+
+
+Me = Annotated[Principal, Depends(principal)]
+
+
+# ----------------------------------------------------------------------------- app
+def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
+    """The ASGI app. Starts and stops ``engine`` with the app's lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if start_engine:
+            await engine.start()
+        try:
+            yield
+        finally:
+            if start_engine:
+                await engine.stop()
+
+    app = FastAPI(
+        title="writ",
+        version=__version__,
+        summary="Vendor-neutral write authority for autonomous agents (protocol v1).",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.add_middleware(LimitBody)
+
+    @app.exception_handler(WritError)
+    async def _writ_error(request: Request, exc: WritError) -> JSONResponse:
+        return JSONResponse(exc.to_body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in exc.errors():
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
+            if e.get("type") == "json_invalid":
+                problems.append("the body is not valid JSON")
+            elif e.get("type") == "missing":
+                problems.append(f"{loc} is required")
+            elif e.get("type") == "extra_forbidden":
+                problems.append(f"{loc} is not a known field")
+            else:
+                problems.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+        err = Invalid("; ".join(dict.fromkeys(problems)) or "invalid request", problems=problems)
+        return JSONResponse(err.to_body(), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "invalid", 401: "unauthenticated", 403: "forbidden"}.get(
+            exc.status_code, "invalid"
+        )
+        status = exc.status_code if exc.status_code != 405 else 405
+        msg = (
+            f"no route {request.method} {request.url.path}; see /openapi.json"
+            if exc.status_code in (404, 405)
+            else str(exc.detail)
+        )
+        return JSONResponse({"error": {"code": code, "message": msg}}, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            {"error": {"code": "internal", "message": "writ hit an internal error; nothing was changed "
+                       "unless the response said so. The server log has the details."}},
+            status_code=500,
+        )
+
+    # -- health and principals ---------------------------------------------------------
+    @app.get("/v1/health", tags=["meta"])
+    async def health() -> dict[str, Any]:
+        return {"ok": True, "version": __version__, "store": engine.store.url.split("://")[0]}
+
+    @app.post("/v1/principals", status_code=201, tags=["principals"])
+    async def add_principal(me: Me, body: PrincipalIn) -> dict[str, Any]:
+        p, token = await engine.add_principal(me, body.name, body.kind, body.vendor, body.wake, body.admin)
+        return {**p.to_dict(), "token": token}
+
+    @app.get("/v1/principals", tags=["principals"])
+    async def list_principals(me: Me) -> dict[str, Any]:
+        return {"principals": await engine.list_principals()}
+
+    @app.get("/v1/whoami", tags=["principals"])
+    async def whoami(me: Me) -> dict[str, Any]:
+        return me.to_dict()
+
+    # -- leases ------------------------------------------------------------------------
+    @app.post("/v1/leases", status_code=201, tags=["leases"])
+    async def acquire(me: Me, body: AcquireIn) -> dict[str, Any]:
+        return await engine.acquire(
+            me,
+            resource=body.resource,
+            intent=body.intent,
+            ttl_s=body.ttl_s,
+            wait_s=body.wait_s,
+            touches=body.touches,
+            consent_id=body.consent_id,
+            rollback=body.rollback.model_dump() if body.rollback else None,
+        )
+
+    @app.post("/v1/leases/{lease_id}/renew", tags=["leases"])
+    async def renew(me: Me, lease_id: str, body: Annotated[RenewIn | None, Body()] = None) -> dict[str, Any]:
+        return await engine.renew(me, lease_id, body.ttl_s if body else None)
+
+    @app.post("/v1/leases/{lease_id}/release", tags=["leases"])
+    async def release(me: Me, lease_id: str) -> dict[str, Any]:
+        return await engine.release(me, lease_id)
+
+    @app.post("/v1/leases/{lease_id}/revoke", tags=["leases"])
+    async def revoke(me: Me, lease_id: str, body: RevokeIn) -> dict[str, Any]:
+        return await engine.revoke(me, lease_id, body.runbook, body.paged, body.reason, body.waive_lock_delay)
+
+    @app.get("/v1/leases/{lease_id}", tags=["leases"])
+    async def get_lease(me: Me, lease_id: str) -> dict[str, Any]:
+        return await engine.get_lease(lease_id)
+
+    @app.get("/v1/leases", tags=["leases"])
+    async def list_leases(
+        me: Me,
+        resource: str | None = None,
+        state: Literal["held", "released", "expired", "revoked"] | None = None,
+        holder: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+    ) -> dict[str, Any]:
+        return {"leases": await engine.list_leases(resource, state, limit, holder)}
+
+    @app.get("/v1/status", tags=["leases"])
+    async def status(
+        me: Me, resource: str | None = None, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000
+    ) -> dict[str, Any]:
+        return {"leases": await engine.status(resource, limit)}
+
+    @app.get("/v1/resources/{resource:path}", tags=["leases"])
+    async def resource_status(me: Me, resource: str) -> dict[str, Any]:
+        return await engine.resource_status(resource)
+
+    @app.get("/v1/who", tags=["leases"])
+    async def who(me: Me, resource: str, at: str | None = None) -> dict[str, Any]:
+        return await engine.who(resource, parse_time(at) if at else None)
+
+    @app.get("/v1/fence", tags=["leases"])
+    async def fence(me: Me, resource: str, token: int) -> dict[str, Any]:
+        return await engine.fence(resource, token)
+
+    # -- ledger ------------------------------------------------------------------------
+    @app.get("/v1/audit", tags=["audit"])
+    async def audit(
+        me: Me,
+        after_seq: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+        resource: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> dict[str, Any]:
+        return await engine.audit(
+            after_seq, limit, resource,
+            parse_time(since) if since else None,
+            parse_time(until) if until else None,
+        )
+
+    @app.get("/v1/audit/verify", tags=["audit"])
+    async def audit_verify(me: Me) -> dict[str, Any]:
+        return (await engine.verify()).to_dict()
+
+    @app.get("/v1/events", tags=["audit"])
+    async def events(
+        me: Me,
+        resource: str | None = None,
+        after_seq: Annotated[int, Query(ge=0)] = 0,
+        wait_s: Annotated[float, Query(ge=0, le=300)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> dict[str, Any]:
+        return await engine.events(resource, after_seq, wait_s, limit)
+
+    for extend in EXTENSIONS:
+        extend(app, engine, principal)
+    return app
+
+
+# Route modules of later features register here: extend(app, engine, auth_dependency).
+EXTENSIONS: list[Callable[[FastAPI, Engine, Callable[[Request], Awaitable[Principal]]], None]] = []
+
+
+def run(
+    store_url: str,
+    host: str = "127.0.0.1",
+    port: int = 7411,
+    policy_path: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve writ until interrupted (``writ serve``)."""
+    import uvicorn
+
+    from .policy import load
+    from .stores import open_store
+
+    policy = load(policy_path)
+    engine = Engine(open_store(store_url), policy)
+    app = create_app(engine)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+        h11_max_incomplete_event_size=MAX_HEADERS,
+    )

@@ -30,7 +30,6 @@ from typing import Any
 from . import resources
 from .clock import rfc3339
 from .errors import (
-    Conflict,
     Forbidden,
     Held,
     Invalid,
@@ -125,9 +124,63 @@ class Engine:
         self._tasks: list[asyncio.Task[Any]] = []
         self._gates: list[Gate] = []  # safety rules checked at every grant
         self._on_end: list[Callable[[Tx, Lease], Awaitable[None]]] = []  # lease-ended hooks
+        self._on_grant: list[Callable[[Tx, Request, Lease], Awaitable[None]]] = []
         self._tickers: list[Callable[[], Awaitable[Any]]] = []  # periodic duties
         self.sweep_interval = 1.0
         self._closing = False
+        # the safety rules, each in its own module, hook themselves in here
+        from .consent import Consents
+        from .freezes import Freezes
+        from .rollbacks import Rollbacks
+        from .stuck import Stuck
+        from .wake import Caller
+
+        self.caller = Caller(self)
+        self.consents = Consents(self)
+        self.rollbacks = Rollbacks(self)
+        self.freezes = Freezes(self)
+        self.stuck = Stuck(self)
+
+    # ------------------------------------------------------------------ helpers for rows
+    def override_queue(self, lease: Lease) -> str | None:
+        """The human queue paged for ``lease``: its rollback plan's, else the policy's."""
+        return (lease.rollback or {}).get("override_queue") or self.policy.default_override_queue
+
+    def lease_row(self, lease: Lease, event: str, agent: str, notes: str, **extra: Any) -> dict[str, Any]:
+        """Audit fields of a row about ``lease`` (its lock and its rollback plan)."""
+        rb = lease.rollback or {}
+        return {
+            "event": event,
+            "agent_id": agent,
+            "resource": lease.resource,
+            "lock_holder": lease.holder,
+            "lock_key": lease.lock_key,
+            "lock_acquired_at": rfc3339(lease.acquired_at),
+            "fencing_token": lease.fencing_token,
+            "rollback_allowed": bool(rb.get("allowed")),
+            "rollback_path": rb.get("path"),
+            "rollback_key_holder": rb.get("key_holder"),
+            "human_override_queue": self.override_queue(lease),
+            "rollback_denominator": rb.get("denominator"),
+            "notes": notes,
+            **extra,
+        }
+
+    async def holder_name(self, tx: Tx, resource: str) -> str:
+        """Who holds write authority over ``resource`` now (``"none"`` when nobody)."""
+        now = tx.now()
+        covering = {a for p in self.blast.expand(resource) for a in (p, *resources.ancestors(p))}
+        for lease in await tx.held_related(self.blast.expand(resource)):
+            if lease.expires_at > now and lease.resource in covering:
+                return lease.holder
+        return "none"
+
+    def call_later(
+        self, tx: Tx, kind: str, route: str | None, payload: dict[str, Any], row: dict[str, Any]
+    ) -> None:
+        """Make an outbound wake/page call once ``tx`` commits; its outcome is a row."""
+        fields = {k: v for k, v in row.items() if k not in ("event", "notes")}
+        tx.after_commit(lambda: self.caller.call(kind, route, payload, fields))
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, background: bool = True) -> None:
@@ -149,6 +202,7 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        await self.caller.close()
         await self.store.close()
 
     async def __aenter__(self) -> Engine:
@@ -493,23 +547,14 @@ class Engine:
             rollback=req.rollback,
         )
         await tx.insert_lease(lease, request_id)
-        rb = req.rollback or {}
-        await tx.append({
-            "event": "lease.granted",
-            "agent_id": req.principal,
-            "resource": req.resource,
-            "lock_holder": req.principal,
-            "lock_key": lease.lock_key,
-            "lock_acquired_at": rfc3339(now),
-            "fencing_token": token,
-            "rollback_allowed": bool(rb.get("allowed")),
-            "rollback_path": rb.get("path"),
-            "rollback_key_holder": rb.get("key_holder"),
-            "human_override_queue": rb.get("override_queue") or self.policy.default_override_queue,
-            "rollback_denominator": rb.get("denominator"),
-            "notes": f"granted {lease.lease_id} for {req.intent!r}, ttl {req.ttl_s:g}s, touches "
-            + ",".join(req.touches),
-        })
+        warn = "; ".join((req.rollback or {}).get("warnings") or [])
+        await tx.append(self.lease_row(
+            lease, "lease.granted", req.principal,
+            f"granted {lease.lease_id} for {req.intent!r}, ttl {req.ttl_s:g}s, touches "
+            + ",".join(req.touches) + (f"; warning: {warn}" if warn else ""),
+        ))
+        for hook in self._on_grant:
+            await hook(tx, req, lease)
         return lease
 
     async def _refuse(self, tx: Tx, req: Request, blocked: Blocked, waited: bool = False) -> Held:
@@ -601,23 +646,7 @@ class Engine:
         lease.state = state
         lease.ended_at = now
         await tx.update_lease(lease)
-        rb = lease.rollback or {}
-        await tx.append({
-            "event": f"lease.{state}",
-            "agent_id": by,
-            "resource": lease.resource,
-            "lock_holder": lease.holder,
-            "lock_key": lease.lock_key,
-            "lock_acquired_at": rfc3339(lease.acquired_at),
-            "fencing_token": lease.fencing_token,
-            "rollback_allowed": bool(rb.get("allowed")),
-            "rollback_path": rb.get("path"),
-            "rollback_key_holder": rb.get("key_holder"),
-            "human_override_queue": rb.get("override_queue") or self.policy.default_override_queue,
-            "rollback_denominator": rb.get("denominator"),
-            "notes": notes,
-            **(extra or {}),
-        })
+        await tx.append(self.lease_row(lease, f"lease.{state}", by, notes, **(extra or {})))
         if lock_delay:
             delay = self.policy.rule_for(lease.resource).lock_delay_s
             if delay > 0:

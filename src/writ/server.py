@@ -75,6 +75,37 @@ class RevokeIn(_Body):
     waive_lock_delay: bool = False
 
 
+class ChangeIn(_Body):
+    attribute: str = Field(examples=["capacity"])
+    summary: str = Field(examples=["capacity 4→8"])
+    before: Any = None
+    after: Any = None
+    protect_s: float | None = Field(None, ge=0, le=86_400)
+    fencing_token: int | None = Field(None, description="checked against the lease's, if given")
+
+
+class ConsentIn(_Body):
+    change_id: str
+    reason: str
+
+
+class RollbackIn(_Body):
+    lease_id: str | None = None
+    change_id: str | None = None
+    reason: str
+
+
+class DefectIn(_Body):
+    notes: str
+
+
+class FreezeIn(_Body):
+    prefix: str = Field(examples=["prod"])
+    reason: str
+    until: str | None = Field(None, description="RFC 3339 time, or a duration like 30m")
+    allow: list[str] | None = None
+
+
 # ----------------------------------------------------------------------------- middleware
 class LimitBody:
     """Refuse request bodies over ``MAX_BODY`` and header blocks over ``MAX_HEADERS``
@@ -311,6 +342,82 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> dict[str, Any]:
         return await engine.events(resource, after_seq, wait_s, limit)
+
+    # -- changes and consent ---------------------------------------------------------------
+    @app.post("/v1/leases/{lease_id}/changes", status_code=201, tags=["consent"])
+    async def record_change(me: Me, lease_id: str, body: ChangeIn) -> dict[str, Any]:
+        return await engine.consents.record_change(
+            me, lease_id, body.attribute, body.summary, body.before, body.after, body.protect_s,
+            body.fencing_token,
+        )
+
+    @app.get("/v1/changes/{change_id}", tags=["consent"])
+    async def get_change(me: Me, change_id: str) -> dict[str, Any]:
+        return await engine.consents.get_change(change_id)
+
+    @app.post("/v1/consents", status_code=201, tags=["consent"])
+    async def ask_consent(me: Me, body: ConsentIn) -> dict[str, Any]:
+        return await engine.consents.ask(me, body.change_id, body.reason)
+
+    @app.post("/v1/consents/{consent_id}/grant", tags=["consent"])
+    async def grant_consent(me: Me, consent_id: str) -> dict[str, Any]:
+        return await engine.consents.answer(me, consent_id, True)
+
+    @app.post("/v1/consents/{consent_id}/deny", tags=["consent"])
+    async def deny_consent(me: Me, consent_id: str) -> dict[str, Any]:
+        return await engine.consents.answer(me, consent_id, False)
+
+    @app.get("/v1/consents/{consent_id}", tags=["consent"])
+    async def get_consent(
+        me: Me, consent_id: str, wait_s: Annotated[float, Query(ge=0, le=300)] = 0
+    ) -> dict[str, Any]:
+        return await engine.consents.get(consent_id, wait_s)
+
+    # -- rollbacks ---------------------------------------------------------------------------
+    @app.post("/v1/rollbacks", status_code=201, tags=["rollback"])
+    async def request_rollback(me: Me, body: RollbackIn) -> dict[str, Any]:
+        return await engine.rollbacks.request(me, body.lease_id, body.change_id, body.reason)
+
+    @app.get("/v1/rollbacks", tags=["rollback"])
+    async def list_rollbacks(
+        me: Me,
+        status: Literal["pending", "approved", "denied", "executed", "failed"] | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> dict[str, Any]:
+        return {"rollbacks": await engine.rollbacks.list(status, limit)}
+
+    @app.get("/v1/rollbacks/{rollback_id}", tags=["rollback"])
+    async def get_rollback(me: Me, rollback_id: str) -> dict[str, Any]:
+        return await engine.rollbacks.get(rollback_id)
+
+    @app.post("/v1/rollbacks/{rollback_id}/approve", tags=["rollback"])
+    async def approve_rollback(me: Me, rollback_id: str) -> dict[str, Any]:
+        return await engine.rollbacks.answer(me, rollback_id, True)
+
+    @app.post("/v1/rollbacks/{rollback_id}/deny", tags=["rollback"])
+    async def deny_rollback(me: Me, rollback_id: str) -> dict[str, Any]:
+        return await engine.rollbacks.answer(me, rollback_id, False)
+
+    @app.post("/v1/rollbacks/{rollback_id}/defect", tags=["rollback"])
+    async def defect_rollback(me: Me, rollback_id: str, body: DefectIn) -> dict[str, Any]:
+        return await engine.rollbacks.defect(me, rollback_id, body.notes)
+
+    # -- freezes -----------------------------------------------------------------------------
+    @app.post("/v1/freezes", status_code=201, tags=["freeze"])
+    async def freeze(me: Me, body: FreezeIn) -> dict[str, Any]:
+        return await engine.freezes.freeze(me, body.prefix, body.reason, body.until, body.allow)
+
+    @app.post("/v1/freezes/{freeze_id}/lift", tags=["freeze"])
+    async def lift(me: Me, freeze_id: str) -> dict[str, Any]:
+        return await engine.freezes.lift(me, freeze_id)
+
+    @app.get("/v1/freezes", tags=["freeze"])
+    async def list_freezes(me: Me, all: bool = False) -> dict[str, Any]:
+        return {"freezes": await engine.freezes.list(all)}
+
+    @app.get("/v1/policy", tags=["meta"])
+    async def policy(me: Me) -> dict[str, Any]:
+        return engine.policy.to_dict()
 
     for extend in EXTENSIONS:
         extend(app, engine, principal)

@@ -203,6 +203,17 @@ class Tx(ABC):
         """Deliver ``(kind, payload)`` to every listener after this transaction commits."""
         self.notes.append((kind, payload))
 
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` in this process once this transaction has committed (never if it
+        rolls back) — for work that must happen once, where the decision was made, such as
+        an outbound wake call. Stores call :meth:`committed` after the commit."""
+        self.__dict__.setdefault("_after_commit", []).append(fn)
+
+    def committed(self) -> None:
+        """Run the :meth:`after_commit` callbacks (called by the store)."""
+        for fn in self.__dict__.pop("_after_commit", []):
+            fn()
+
     notes: list[tuple[str, dict[str, Any]]]
 
 

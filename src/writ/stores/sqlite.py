@@ -518,6 +518,7 @@ class SQLiteStore(Store):
         assert c is not None
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         notes: list[tuple[str, dict[str, Any]]] = []
+        done: list[SQLiteTx] = []
         try:
             c.execute("BEGIN IMMEDIATE")
             # another process may have written since our last batch: re-read the heads
@@ -547,6 +548,7 @@ class SQLiteStore(Store):
             c.execute("RELEASE tx")
             outcomes.append((fut, result, None))
             notes.extend(tx.notes)
+            done.append(tx)
         if self._token != token0:
             c.execute("UPDATE meta SET value = ? WHERE key = 'fencing_token'", (self._token,))
         try:
@@ -571,6 +573,8 @@ class SQLiteStore(Store):
         if self._head != head0:
             notes.append(("audit", {"seq": self._head[0]}))
         self._deliver(notes)
+        for tx in done:
+            tx.committed()
 
     @staticmethod
     def _fail_all(batch: Sequence[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:

@@ -1,0 +1,306 @@
+"""Revert protection: changes recorded under a lease, and the consent to undo them.
+
+A change recorded by a lease's holder is *protected* for ``protect_s``. While it is, a lease
+asked for by a different principal, on a conflicting resource, whose ``touches`` include the
+change's attribute (or ``*``), is refused with 409 ``consent_required`` naming the change,
+its author and ``protected_until``. The requester asks the author (``POST /v1/consents``),
+who is woken through its ``wake`` route; the author or a human/queue grants or denies.
+Unanswered by ``consent_timeout_s``, the request becomes ``expired`` — never ``denied`` —
+and escalates to the author's override queue (the one in the author's rollback plan, or the
+policy's default), which is paged and may still grant or deny. A granted consent is used
+by one grant of its requester on a lease that the change blocks, then it is ``used``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from .clock import rfc3339
+from .errors import ConsentRequired, Forbidden, Invalid, NotFound, WritError
+from .models import Lease, Principal, new_id
+from .stores.base import Tx
+
+if TYPE_CHECKING:
+    from .engine import Engine, Request
+
+CHANGE, CONSENT = "change", "consent"
+MAX_TEXT = 2000
+
+
+def _text(value: Any, field: str, required: bool = True, limit: int = MAX_TEXT) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid(f"{field} is required: a few plain words", field=field)
+    if len(value) > limit:
+        raise Invalid(f"{field} is at most {limit} characters", field=field)
+    return value.strip()
+
+
+def _public(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k != "expires_at_ts"}
+
+
+class Consents:
+    """Changes, revert protection and consent (wired into the engine at construction)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        engine._gates.append(self.gate)
+        engine._on_grant.append(self.on_grant)
+        engine._tickers.append(self.tick)
+
+    # ------------------------------------------------------------------ changes
+    async def record_change(
+        self,
+        me: Principal,
+        lease_id: str,
+        attribute: Any,
+        summary: Any,
+        before: Any = None,
+        after: Any = None,
+        protect_s: Any = None,
+        fencing_token: Any = None,
+    ) -> dict[str, Any]:
+        attr = _text(attribute, "attribute", limit=128)
+        summ = _text(summary, "summary")
+        if protect_s is not None and (
+            isinstance(protect_s, bool) or not isinstance(protect_s, (int, float)) or not 0 <= protect_s <= 86_400
+        ):
+            raise Invalid("protect_s must be between 0 and 86400 seconds", field="protect_s")
+        eng = self.engine
+
+        async def fn(tx: Tx) -> dict[str, Any] | WritError:
+            lease = await eng._own_lease(tx, me, lease_id)
+            lost = await eng._lost(tx, lease)
+            if lost is not None:
+                return lost
+            if fencing_token is not None and fencing_token != lease.fencing_token:
+                return Forbidden(
+                    f"fencing token {fencing_token} is not this lease's ({lease.fencing_token})",
+                    fencing_token=lease.fencing_token,
+                )
+            now = tx.now()
+            window = float(protect_s) if protect_s is not None else eng.policy.rule_for(lease.resource).protect_s
+            change = {
+                "change_id": new_id("chg"),
+                "resource": lease.resource,
+                "author": me.name,
+                "attribute": attr,
+                "summary": summ,
+                "before": before,
+                "after": after,
+                "lease_id": lease.lease_id,
+                "fencing_token": lease.fencing_token,
+                "at": rfc3339(now),
+                "protected_until": rfc3339(now + window),
+                "override_queue": eng.override_queue(lease),
+            }
+            await tx.put_object(CHANGE, change["change_id"], lease.resource,
+                                "protected" if window > 0 else "recorded", change, now + window)
+            await tx.append(eng.lease_row(lease, "change.recorded", me.name,
+                                          f"{attr}: {summ}; protected until {change['protected_until']}"))
+            return change
+
+        out = await eng.store.transact(fn)
+        if isinstance(out, WritError):
+            raise out
+        return out
+
+    async def get_change(self, change_id: str) -> dict[str, Any]:
+        c = await self.engine.store.read(lambda tx: tx.get_object(CHANGE, change_id))
+        if c is None:
+            raise NotFound(f"no change {change_id!r}", change_id=change_id)
+        return _public(c)
+
+    # ------------------------------------------------------------------ the gate
+    async def gate(self, tx: Tx, me: Principal | None, req: Request) -> WritError | None:
+        """Refuse a grant that would undo another principal's protected change."""
+        now = tx.now()
+        touches = set(req.touches)
+        for c in await tx.objects_related(CHANGE, req.expand, ["protected"]):
+            if (c.get("expires_at_ts") or 0) <= now or c["author"] == req.principal:
+                continue
+            if not ("*" in touches or c["attribute"] in touches or c["attribute"] == "*"):
+                continue
+            if req.consent_id:
+                consent = await tx.get_object(CONSENT, req.consent_id)
+                if (
+                    consent is not None
+                    and consent["state"] == "granted"
+                    and consent["change_id"] == c["change_id"]
+                    and consent["requester"] == req.principal
+                ):
+                    continue
+            return ConsentRequired(
+                f"{c['author']} changed {c['attribute']} on {c['resource']} at {c['at']} "
+                f"({c['summary']}); it is protected until {c['protected_until']}. Ask first: "
+                f"POST /v1/consents {{\"change_id\": \"{c['change_id']}\", \"reason\": ...}}, "
+                "then retry with the granted consent_id",
+                change=_public(c),
+                author=c["author"],
+                protected_until=c["protected_until"],
+                ask={"method": "POST", "path": "/v1/consents", "body": {"change_id": c["change_id"]}},
+            )
+        return None
+
+    async def on_grant(self, tx: Tx, req: Request, lease: Lease) -> None:
+        if not req.consent_id:
+            return
+        consent = await tx.get_object(CONSENT, req.consent_id)
+        if consent is None or consent["state"] != "granted" or consent["requester"] != req.principal:
+            return
+        consent.update(status="used", used_by_lease=lease.lease_id, used_at=rfc3339(tx.now()))
+        await tx.put_object(CONSENT, consent["consent_id"], consent["resource"], "used",
+                            _strip(consent), None)
+        await tx.append(self.engine.lease_row(
+            lease, "consent.used", req.principal,
+            f"consent {consent['consent_id']} from {consent.get('answered_by')} used for "
+            f"change {consent['change_id']} by {consent['author']}",
+            approved_by=consent.get("answered_by"),
+        ))
+
+    # ------------------------------------------------------------------ consents
+    async def ask(self, me: Principal, change_id: Any, reason: Any) -> dict[str, Any]:
+        why = _text(reason, "reason")
+        if not isinstance(change_id, str) or not change_id:
+            raise Invalid("change_id is required", field="change_id")
+        eng = self.engine
+
+        async def fn(tx: Tx) -> dict[str, Any]:
+            change = await tx.get_object(CHANGE, change_id)
+            if change is None:
+                raise NotFound(f"no change {change_id!r}", change_id=change_id)
+            if change["author"] == me.name:
+                raise Invalid("this is your own change: you need nobody's consent to touch it")
+            now = tx.now()
+            timeout = eng.policy.rule_for(change["resource"]).consent_timeout_s
+            consent = {
+                "consent_id": new_id("cns"),
+                "change_id": change_id,
+                "resource": change["resource"],
+                "attribute": change["attribute"],
+                "requester": me.name,
+                "author": change["author"],
+                "reason": why,
+                "status": "pending",
+                "requested_at": rfc3339(now),
+                "expires_at": rfc3339(now + timeout),
+                "escalated_to": None,
+                "answered_by": None,
+                "answered_at": None,
+            }
+            await tx.put_object(CONSENT, consent["consent_id"], change["resource"], "pending",
+                                consent, now + timeout)
+            row = {
+                "agent_id": me.name,
+                "resource": change["resource"],
+                "lock_holder": await eng.holder_name(tx, change["resource"]),
+                "human_override_queue": change.get("override_queue"),
+                "notes": f"{me.name} asks {change['author']} to undo {change['attribute']} "
+                f"({change['summary']}): {why}; answer by {consent['expires_at']}",
+            }
+            await tx.append({"event": "consent.requested", **row})
+            author = await tx.get_principal(change["author"])
+            eng.call_later(tx, "wake", author.wake if author else None,
+                           {"to": change["author"], "reason": "consent requested",
+                            "consent": consent, "change": _public(change)}, row)
+            return consent
+
+        return await eng.store.transact(fn)
+
+    async def answer(self, me: Principal, consent_id: str, grant: bool) -> dict[str, Any]:
+        eng = self.engine
+
+        async def fn(tx: Tx) -> dict[str, Any]:
+            consent = await tx.get_object(CONSENT, consent_id, for_update=True)
+            if consent is None:
+                raise NotFound(f"no consent {consent_id!r}", consent_id=consent_id)
+            state = consent["state"]
+            if state == "pending" and tx.now() >= (consent.get("expires_at_ts") or 0):
+                state = "expired"  # the sweeper has not got to it yet; humans may still answer
+            if me.name == consent["requester"]:
+                raise Forbidden("you cannot answer your own consent request")
+            if state == "pending":
+                if me.name != consent["author"] and not me.is_human:
+                    raise Forbidden(
+                        f"only the author ({consent['author']}) or a human/queue may answer this consent"
+                    )
+            elif state == "expired":
+                if not me.is_human:
+                    raise Forbidden(
+                        "this consent expired unanswered and was escalated: only a human or the "
+                        f"override queue ({consent.get('escalated_to')}) may answer it now"
+                    )
+            else:
+                raise Invalid(f"consent {consent_id} is already {state}", status=state)
+            now = tx.now()
+            consent.update(
+                status="granted" if grant else "denied",
+                answered_by=me.name,
+                answered_at=rfc3339(now),
+            )
+            await tx.put_object(CONSENT, consent_id, consent["resource"], consent["status"], _strip(consent), None)
+            await tx.append({
+                "event": f"consent.{consent['status']}",
+                "agent_id": me.name,
+                "resource": consent["resource"],
+                "lock_holder": await eng.holder_name(tx, consent["resource"]),
+                "approved_by": me.name if grant else None,
+                "notes": f"{me.name} {consent['status']} {consent['requester']}'s request to undo "
+                f"{consent['attribute']} (change {consent['change_id']} by {consent['author']})",
+            })
+            return consent
+
+        out = await eng.store.transact(fn)
+        return _public(out)
+
+    async def get(self, consent_id: str, wait_s: float = 0) -> dict[str, Any]:
+        """A consent; with ``wait_s``, wait until it is no longer pending (long poll)."""
+        eng = self.engine
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            changed = eng._audit_changed
+            c = await eng.store.read(lambda tx: tx.get_object(CONSENT, consent_id))
+            if c is None:
+                raise NotFound(f"no consent {consent_id!r}", consent_id=consent_id)
+            remaining = deadline - loop.time()
+            if c["state"] != "pending" or remaining <= 0:
+                return _public(c)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    async def tick(self) -> None:
+        """Expire unanswered consents and escalate them to the override queue."""
+        eng = self.engine
+
+        async def fn(tx: Tx) -> None:
+            for c in await tx.objects_due(CONSENT, "pending", tx.now(), 200):
+                change = await tx.get_object(CHANGE, c["change_id"])
+                queue = (change or {}).get("override_queue") or eng.policy.default_override_queue
+                c.update(status="expired", escalated_to=queue)
+                await tx.put_object(CONSENT, c["consent_id"], c["resource"], "expired", _strip(c), None)
+                row = {
+                    "agent_id": "writ",
+                    "resource": c["resource"],
+                    "lock_holder": await eng.holder_name(tx, c["resource"]),
+                    "human_override_queue": queue,
+                }
+                await tx.append({
+                    **row,
+                    "event": "consent.expired",
+                    "notes": f"{c['author']} did not answer {c['requester']}'s consent request by "
+                    f"{c['expires_at']}: expired (not denied); escalated to {queue or 'nobody: no queue'}",
+                })
+                q = await tx.get_principal(queue) if queue else None
+                eng.call_later(tx, "page", q.wake if q else None,
+                               {"to": queue, "reason": "consent unanswered", "consent": _public(c)}, row)
+
+        await eng.store.transact(fn)
+
+
+def _strip(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in ("state", "expires_at_ts")}

@@ -1,0 +1,210 @@
+"""Rollback with a human-held key.
+
+Anyone may ask for a rollback of a lease (or of a change made under one) whose rollback plan
+allows it. The route, key holder and override queue are frozen into the request when it is
+made. Only the key-holder queue — or a human — may approve or deny, never the requester and
+never an agent or a portal: "agents may request rollback; only the human queue holds the
+key". Approval is single-use: writ POSTs the frozen route once (a relative route against
+the policy's ``rollback_base_url``) and records ``executed`` or ``failed`` with the
+response status, the approver as ``approved_by``. A human may later mark an executed
+rollback a *defect* (``rollback_denominator_is_defect: true``): it was a new failure, not
+recovery, and never reads as clean history.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .clock import rfc3339
+from .consent import CHANGE, _strip, _text
+from .errors import Forbidden, Invalid, NotFound
+from .models import Principal, new_id
+from .stores.base import Tx
+from .wake import CallResult, resolve
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+ROLLBACK = "rollback"
+KEY_RULE = "agents may request rollback; only the human queue holds the key"
+
+
+def _public(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k != "expires_at_ts"}
+
+
+class Rollbacks:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _row(self, rb: dict[str, Any], event: str, agent: str, notes: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "event": event,
+            "agent_id": agent,
+            "resource": rb["resource"],
+            "lock_holder": rb.get("lock_holder") or "none",
+            "lock_key": rb.get("lock_key"),
+            "lock_acquired_at": rb.get("lock_acquired_at"),
+            "fencing_token": rb.get("fencing_token"),
+            "rollback_allowed": True,
+            "rollback_path": rb["path"],
+            "rollback_key_holder": rb["key_holder"],
+            "human_override_queue": rb["override_queue"],
+            "rollback_denominator": rb.get("denominator"),
+            "notes": notes,
+            **extra,
+        }
+
+    async def request(
+        self, me: Principal, lease_id: Any = None, change_id: Any = None, reason: Any = None
+    ) -> dict[str, Any]:
+        why = _text(reason, "reason")
+        if bool(lease_id) == bool(change_id):
+            raise Invalid("give exactly one of lease_id or change_id", field="lease_id")
+        eng = self.engine
+
+        async def fn(tx: Tx) -> dict[str, Any]:
+            lid = lease_id
+            change = None
+            if change_id:
+                change = await tx.get_object(CHANGE, str(change_id))
+                if change is None:
+                    raise NotFound(f"no change {change_id!r}", change_id=change_id)
+                lid = change["lease_id"]
+            lease = await tx.get_lease(str(lid))
+            if lease is None:
+                raise NotFound(f"no lease {lid!r}", lease_id=lid)
+            plan = lease.rollback or {}
+            if not plan.get("allowed"):
+                raise Invalid(
+                    f"lease {lease.lease_id} ({lease.holder} on {lease.resource}) has no rollback "
+                    "plan (rollback.allowed was not true at acquire): there is no route to call; "
+                    "page a human instead",
+                    lease_id=lease.lease_id,
+                )
+            now = tx.now()
+            rb = {
+                "rollback_id": new_id("rb"),
+                "status": "pending",
+                "lease_id": lease.lease_id,
+                "change_id": change["change_id"] if change else None,
+                "resource": lease.resource,
+                "lock_holder": lease.holder,
+                "lock_key": lease.lock_key,
+                "lock_acquired_at": rfc3339(lease.acquired_at),
+                "fencing_token": lease.fencing_token,
+                "path": plan["path"],
+                "key_holder": plan["key_holder"],
+                "override_queue": plan["override_queue"],
+                "denominator": plan.get("denominator"),
+                "requested_by": me.name,
+                "reason": why,
+                "requested_at": rfc3339(now),
+                "approved_by": None,
+                "denied_by": None,
+                "executed_at": None,
+                "response_status": None,
+                "error": None,
+                "defect": False,
+            }
+            await tx.put_object(ROLLBACK, rb["rollback_id"], lease.resource, "pending", rb)
+            row = self._row(rb, "rollback.requested", me.name,
+                            f"{me.name} asks {plan['key_holder']} to roll back {lease.lock_key}: {why}")
+            await tx.append(row)
+            holder = await tx.get_principal(plan["key_holder"])
+            eng.call_later(tx, "page", holder.wake if holder else None,
+                           {"to": plan["key_holder"], "reason": "rollback awaits your key", "rollback": rb},
+                           row)
+            return rb
+
+        return await eng.store.transact(fn)
+
+    async def get(self, rollback_id: str) -> dict[str, Any]:
+        rb = await self.engine.store.read(lambda tx: tx.get_object(ROLLBACK, rollback_id))
+        if rb is None:
+            raise NotFound(f"no rollback {rollback_id!r}", rollback_id=rollback_id)
+        return _public(rb)
+
+    async def list(self, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = await self.engine.store.read(
+            lambda tx: tx.list_objects(ROLLBACK, [status] if status else None, limit)
+        )
+        return [_public(r) for r in rows]
+
+    @staticmethod
+    def _check_key(me: Principal, rb: dict[str, Any]) -> None:
+        if me.kind in ("agent", "portal"):
+            raise Forbidden(f"{me.name} is a{'n' if me.kind == 'agent' else ''} {me.kind}: {KEY_RULE}",
+                            key_holder=rb["key_holder"])
+        if me.name == rb["requested_by"]:
+            raise Forbidden(f"{me.name} requested this rollback and cannot also approve it: "
+                            "the key is a second key", key_holder=rb["key_holder"])
+        if me.name != rb["key_holder"] and me.kind != "human":
+            raise Forbidden(f"only the key holder ({rb['key_holder']}) or a human may answer this rollback",
+                            key_holder=rb["key_holder"])
+
+    async def answer(self, me: Principal, rollback_id: str, approve: bool) -> dict[str, Any]:
+        eng = self.engine
+
+        async def decide(tx: Tx) -> dict[str, Any]:
+            rb = await tx.get_object(ROLLBACK, rollback_id, for_update=True)
+            if rb is None:
+                raise NotFound(f"no rollback {rollback_id!r}", rollback_id=rollback_id)
+            self._check_key(me, rb)
+            if rb["state"] != "pending":
+                raise Invalid(f"rollback {rollback_id} is already {rb['state']}: approval is single-use",
+                              status=rb["state"])
+            status = "approved" if approve else "denied"
+            rb.update(status=status, **({"approved_by": me.name} if approve else {"denied_by": me.name}))
+            await tx.put_object(ROLLBACK, rollback_id, rb["resource"], status, _strip(rb))
+            await tx.append(self._row(
+                rb, f"rollback.{status}", me.name,
+                f"{me.name} {status} {rb['requested_by']}'s rollback of {rb['lock_key']}"
+                + (f"; calling {rb['path']}" if approve else ""),
+                approved_by=me.name if approve else None,
+            ))
+            return rb
+
+        rb = await eng.store.transact(decide)
+        if not approve:
+            return _public(rb)
+        try:
+            url = resolve(rb["path"], eng.policy.rollback_base_url)
+        except Invalid as exc:
+            result = CallResult(rb["path"], False, None, 0, exc.message)
+        else:
+            result = await eng.caller.post(url, {"rollback": _public(rb), "approved_by": me.name}, attempts=1)
+
+        async def record(tx: Tx) -> dict[str, Any]:
+            cur = await tx.get_object(ROLLBACK, rollback_id, for_update=True)
+            assert cur is not None
+            status = "executed" if result.ok else "failed"
+            cur.update(status=status, executed_at=rfc3339(tx.now()), response_status=result.status,
+                       error=None if result.ok else result.describe())
+            await tx.put_object(ROLLBACK, rollback_id, cur["resource"], status, _strip(cur))
+            await tx.append(self._row(cur, f"rollback.{status}", me.name,
+                                      f"rollback {rollback_id}: {result.describe()}", approved_by=me.name))
+            return cur
+
+        return _public(await eng.store.transact(record))
+
+    async def defect(self, me: Principal, rollback_id: str, notes: Any) -> dict[str, Any]:
+        text = _text(notes, "notes")
+        if not me.is_human:
+            raise Forbidden("only a human or a queue may mark a rollback as a defect")
+
+        async def fn(tx: Tx) -> dict[str, Any]:
+            rb = await tx.get_object(ROLLBACK, rollback_id, for_update=True)
+            if rb is None:
+                raise NotFound(f"no rollback {rollback_id!r}", rollback_id=rollback_id)
+            if rb["state"] not in ("executed", "failed"):
+                raise Invalid(f"rollback {rollback_id} is {rb['state']}: only a rollback that ran can be a defect")
+            rb.update(defect=True, defect_notes=text, defect_by=me.name)
+            await tx.put_object(ROLLBACK, rollback_id, rb["resource"], rb["state"], _strip(rb))
+            await tx.append(self._row(rb, "rollback.defect", me.name,
+                                      f"{me.name}: the rollback was a new defect, not recovery: {text}",
+                                      approved_by=rb.get("approved_by"),
+                                      rollback_denominator_is_defect=True))
+            return rb
+
+        return _public(await self.engine.store.transact(fn))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import resources
-from .clock import parse_time, rfc3339
+from .clock import parse_duration, parse_time, rfc3339
 from .consent import _strip, _text
 from .errors import Forbidden, Frozen, Invalid, NotFound, WritError
 from .models import Principal, new_id
@@ -64,7 +64,12 @@ class Freezes:
 
         async def fn(tx: Tx) -> dict[str, Any]:
             now = tx.now()
-            until_ts = parse_time(until, now) if until not in (None, "") else None
+            until_ts = None
+            if until not in (None, ""):
+                text = str(until).strip()
+                # "30m", "2h": a duration from now; otherwise an RFC 3339 time (or epoch seconds)
+                until_ts = now + parse_duration(text) if text[-1:] in "smhd" and text[:1].isdigit() \
+                    and not text[:4].isdigit() else parse_time(text, now)
             if until_ts is not None and until_ts <= now:
                 raise Invalid("until is in the past", field="until")
             for name in allow:

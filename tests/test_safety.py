@@ -1,0 +1,455 @@
+"""The safety rules over the HTTP protocol: revert protection and consent, human-held
+rollback keys, stuck locks that wake and page, lock-delay, freezes and watchers.
+
+Clock-driven rules run on a :class:`ManualClock`; wake, page and rollback calls go to a real
+HTTP server in a thread that records what it received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from writ.clock import ManualClock
+from writ.engine import Engine
+from writ.policy import parse
+from writ.server import create_app
+from writ.stores.sqlite import SQLiteStore
+
+POLICY = """
+rollback_base_url = "{base}"
+default_override_queue = "svc-ops-princess"
+
+[blast_radius]
+db-tier = ["prod/db", "routing/db-tier", "capacity/db"]
+
+[[rules]]
+prefix = "prod"
+protect_s = 900
+max_hold_s = 600
+page_after_s = 60
+lock_delay_s = 5
+consent_timeout_s = 120
+"""
+
+
+class Receiver:
+    """A real HTTP endpoint that records every POST (wake, page and rollback routes)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.status: dict[str, int] = {}
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                outer.calls.append((self.path, json.loads(body or b"{}")))
+                code = outer.status.get(self.path.split("?")[0], 200)
+                self.send_response(code)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def paths(self) -> list[str]:
+        return [p for p, _ in self.calls]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+class World:
+    def __init__(self, engine: Engine, http: httpx.AsyncClient, clock: ManualClock, rx: Receiver):
+        self.engine, self.http, self.clock, self.rx = engine, http, clock, rx
+        self.tokens: dict[str, str] = {}
+
+    async def add(self, name: str, kind: str, wake: str | None = None) -> str:
+        p, token = await self.engine.add_principal(None, name, kind, wake=wake)
+        self.tokens[name] = token
+        return token
+
+    def h(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[name]}"}
+
+    async def post(self, who: str, path: str, body: Any = None) -> httpx.Response:
+        return await self.http.post(path, json=body, headers=self.h(who))
+
+    async def get(self, who: str, path: str) -> httpx.Response:
+        return await self.http.get(path, headers=self.h(who))
+
+    async def tick(self, seconds: float) -> None:
+        """Move the store clock, run the periodic duties, and wait for outbound calls."""
+        self.clock.advance(seconds)
+        await self.engine.sweep()
+        await self.engine.caller.drain()
+
+    async def rows(self, event: str | None = None) -> list[dict[str, Any]]:
+        rows = (await self.engine.audit(0, 100_000))["rows"]
+        return [r for r in rows if event is None or r["event"] == event]
+
+
+@pytest.fixture
+async def world(tmp_path: Any, receiver: Receiver) -> AsyncIterator[World]:
+    clock = ManualClock()
+    engine = Engine(SQLiteStore(f"sqlite:///{tmp_path}/w.db", clock=clock),
+                    parse(POLICY.format(base=receiver.base)))
+    engine.caller.backoff = 0.01
+    await engine.start(background=False)
+    app = create_app(engine, start_engine=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://writ") as http:
+        w = World(engine, http, clock, receiver)
+        await w.add("perf-agent", "agent", wake=f"{receiver.base}/wake/perf")
+        await w.add("cost-agent", "agent", wake="/wake/cost")  # a route, against rollback_base_url
+        await w.add("routing-agent", "agent")
+        await w.add("svc-ops-princess", "queue", wake=f"{receiver.base}/page/ops")
+        await w.add("oncall-jane", "human")
+        await w.add("vendor-portal-button", "portal")
+        await w.add("agent-autocleanup-7", "agent")
+        yield w
+    await engine.stop()
+
+
+async def _perf_change(w: World) -> dict[str, Any]:
+    """perf-agent holds prod/db, records capacity 4→8 and releases."""
+    r = await w.post("perf-agent", "/v1/leases",
+                     {"resource": "prod/db", "intent": "double capacity", "touches": ["capacity"]})
+    assert r.status_code == 201, r.text
+    lease = r.json()
+    r = await w.post("perf-agent", f"/v1/leases/{lease['lease_id']}/changes",
+                     {"attribute": "capacity", "summary": "capacity 4→8", "before": 4, "after": 8,
+                      "fencing_token": lease["fencing_token"]})
+    assert r.status_code == 201, r.text
+    change = r.json()
+    assert (await w.post("perf-agent", f"/v1/leases/{lease['lease_id']}/release")).status_code == 200
+    return change
+
+
+async def test_the_0217_story(world: World) -> None:
+    """Cost-agent cannot undo perf-agent's fresh capacity change without consent; an
+    unanswered request expires (not denied) and pages the queue; a grant works once."""
+    w = world
+    change = await _perf_change(w)
+    assert change["author"] == "perf-agent"
+    cost = {"resource": "prod/db", "intent": "consolidate instances", "touches": ["capacity"]}
+
+    r = await w.post("cost-agent", "/v1/leases", cost)
+    assert r.status_code == 409
+    err = r.json()["error"]
+    assert err["code"] == "consent_required"
+    assert err["change"]["change_id"] == change["change_id"]
+    assert err["author"] == "perf-agent"
+    assert err["protected_until"] == change["protected_until"]
+    assert "/v1/consents" in err["message"]
+
+    # a lease that does not touch capacity is not held back
+    r = await w.post("routing-agent", "/v1/leases",
+                     {"resource": "routing/db-tier", "intent": "reroute", "touches": ["routing"]})
+    assert r.status_code == 201
+    await w.post("routing-agent", f"/v1/leases/{r.json()['lease_id']}/release")
+
+    # asking wakes perf-agent through its wake route; perf-agent denies
+    r = await w.post("cost-agent", "/v1/consents", {"change_id": change["change_id"], "reason": "overprovisioned"})
+    assert r.status_code == 201, r.text
+    consent = r.json()
+    assert consent["status"] == "pending" and consent["author"] == "perf-agent"
+    await w.engine.caller.drain()
+    assert "/wake/perf" in w.rx.paths()
+    assert w.rx.calls[-1][1]["consent"]["consent_id"] == consent["consent_id"]
+    assert (await w.post("cost-agent", f"/v1/consents/{consent['consent_id']}/grant")).status_code == 403
+    r = await w.post("perf-agent", f"/v1/consents/{consent['consent_id']}/deny")
+    assert r.status_code == 200 and r.json()["status"] == "denied"
+    r = await w.post("cost-agent", "/v1/leases", {**cost, "consent_id": consent["consent_id"]})
+    assert r.json()["error"]["code"] == "consent_required"
+
+    # a second request left unanswered expires — never "denied" — and pages the queue
+    r = await w.post("cost-agent", "/v1/consents", {"change_id": change["change_id"], "reason": "still over"})
+    second = r.json()
+    await w.tick(121)
+    r = await w.get("cost-agent", f"/v1/consents/{second['consent_id']}")
+    assert r.json()["status"] == "expired"
+    assert r.json()["escalated_to"] == "svc-ops-princess"
+    assert "/page/ops" in w.rx.paths()
+    expired = await w.rows("consent.expired")
+    assert expired and expired[-1]["human_override_queue"] == "svc-ops-princess"
+    assert "not denied" in expired[-1]["notes"]
+    # the author may no longer answer; the queue may
+    assert (await w.post("perf-agent", f"/v1/consents/{second['consent_id']}/grant")).status_code == 403
+    r = await w.post("svc-ops-princess", f"/v1/consents/{second['consent_id']}/grant")
+    assert r.status_code == 200 and r.json()["status"] == "granted"
+
+    # the granted consent lets cost-agent in once, and only cost-agent
+    r = await w.post("routing-agent", "/v1/leases",
+                     {"resource": "prod/db", "intent": "x", "touches": ["capacity"],
+                      "consent_id": second["consent_id"]})
+    assert r.json()["error"]["code"] == "consent_required"
+    r = await w.post("cost-agent", "/v1/leases", {**cost, "consent_id": second["consent_id"]})
+    assert r.status_code == 201, r.text
+    await w.post("cost-agent", f"/v1/leases/{r.json()['lease_id']}/release")
+    r = await w.post("cost-agent", "/v1/leases", {**cost, "consent_id": second["consent_id"]})
+    assert r.json()["error"]["code"] == "consent_required"
+    r = await w.get("cost-agent", f"/v1/consents/{second['consent_id']}")
+    assert r.json()["status"] == "used"
+    used = await w.rows("consent.used")
+    assert used[-1]["approved_by"] == "svc-ops-princess"
+
+    # after the window the change no longer protects
+    await w.tick(900)
+    r = await w.post("cost-agent", "/v1/leases", cost)
+    assert r.status_code == 201
+
+
+async def test_consent_long_poll_returns_on_answer(world: World) -> None:
+    """GET /v1/consents/{id}?wait_s= returns as soon as the author answers."""
+    w = world
+    change = await _perf_change(w)
+    consent = (await w.post("cost-agent", "/v1/consents",
+                            {"change_id": change["change_id"], "reason": "r"})).json()
+    poll = asyncio.create_task(w.get("cost-agent", f"/v1/consents/{consent['consent_id']}?wait_s=30"))
+    await asyncio.sleep(0.05)
+    assert not poll.done()
+    await w.post("perf-agent", f"/v1/consents/{consent['consent_id']}/grant")
+    r = await asyncio.wait_for(poll, 5)
+    assert r.json()["status"] == "granted"
+
+
+async def test_rollback_key_holder_must_be_human(world: World) -> None:
+    """An agent or a portal as rollback key holder is refused at acquire, saying why."""
+    w = world
+    base = {"resource": "prod/db", "intent": "migrate"}
+    for holder, word in (("agent-autocleanup-7", "agent"), ("vendor-portal-button", "portal")):
+        plan = {"allowed": True, "path": "/ops/rollback?txn=1", "key_holder": holder,
+                "override_queue": "svc-ops-princess"}
+        r = await w.post("perf-agent", "/v1/leases", {**base, "rollback": plan})
+        assert r.status_code == 422
+        msg = r.json()["error"]["message"]
+        assert holder in msg and word in msg and "human queue holds the key" in msg
+    for path in ("ops dashboard", "https://ops.internal/dashboard/rollback", "Rollback button"):
+        plan = {"allowed": True, "path": path, "key_holder": "svc-ops-princess",
+                "override_queue": "svc-ops-princess"}
+        r = await w.post("perf-agent", "/v1/leases", {**base, "rollback": plan})
+        assert r.status_code == 422, path
+    plan = {"allowed": True, "path": "/ops/rollback?txn=1", "key_holder": "svc-ops-princess"}
+    r = await w.post("perf-agent", "/v1/leases", {**base, "rollback": plan})
+    assert r.status_code == 422 and "queue" in r.json()["error"]["message"]
+    # a named person is accepted, with a warning in the grant row
+    plan = {"allowed": True, "path": "/ops/rollback?txn=1", "key_holder": "oncall-jane",
+            "override_queue": "svc-ops-princess"}
+    r = await w.post("perf-agent", "/v1/leases", {**base, "rollback": plan})
+    assert r.status_code == 201
+    assert "person" in (await w.rows("lease.granted"))[-1]["notes"]
+
+
+async def test_rollback_needs_the_human_key(world: World) -> None:
+    """Agents may request rollback; only the key-holder queue (or a human) approves, once;
+    the frozen route is called exactly once and the rows carry the key's columns."""
+    w = world
+    plan = {"allowed": True, "path": "/ops/rollback?txn=8841", "key_holder": "svc-ops-princess",
+            "override_queue": "svc-ops-princess", "denominator": "incident_minutes"}
+    r = await w.post("perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "scale", "rollback": plan})
+    lease = r.json()
+    r = await w.post("cost-agent", "/v1/rollbacks", {"lease_id": lease["lease_id"], "reason": "db latency"})
+    assert r.status_code == 201, r.text
+    rb = r.json()
+    assert rb["status"] == "pending" and rb["path"] == plan["path"] and rb["requested_by"] == "cost-agent"
+    for who in ("cost-agent", "perf-agent", "vendor-portal-button"):
+        r = await w.post(who, f"/v1/rollbacks/{rb['rollback_id']}/approve")
+        assert r.status_code == 403
+        assert "only the human queue holds the key" in r.json()["error"]["message"] or who == "cost-agent"
+    before = len([p for p in w.rx.paths() if p.startswith("/ops/rollback")])
+    r = await w.post("svc-ops-princess", f"/v1/rollbacks/{rb['rollback_id']}/approve")
+    assert r.status_code == 200, r.text
+    done = r.json()
+    assert done["status"] == "executed" and done["response_status"] == 200
+    assert done["approved_by"] == "svc-ops-princess"
+    calls = [c for c in w.rx.calls if c[0].startswith("/ops/rollback")]
+    assert len(calls) == before + 1 and calls[-1][0] == "/ops/rollback?txn=8841"
+    r = await w.post("svc-ops-princess", f"/v1/rollbacks/{rb['rollback_id']}/approve")
+    assert r.status_code == 422  # single use
+    row = (await w.rows("rollback.executed"))[-1]
+    assert row["approved_by"] == "svc-ops-princess"
+    assert row["rollback_path"] == plan["path"]
+    assert row["rollback_key_holder"] == "svc-ops-princess"
+    assert row["human_override_queue"] == "svc-ops-princess"
+    assert row["rollback_denominator"] == "incident_minutes"
+    assert row["lock_holder"] == "perf-agent"
+    # a human later says the rollback was a new defect
+    assert (await w.post("perf-agent", f"/v1/rollbacks/{rb['rollback_id']}/defect",
+                         {"notes": "x"})).status_code == 403
+    r = await w.post("oncall-jane", f"/v1/rollbacks/{rb['rollback_id']}/defect",
+                     {"notes": "the rollback dropped the new replica"})
+    assert r.status_code == 200
+    assert (await w.rows("rollback.defect"))[-1]["rollback_denominator_is_defect"] is True
+
+
+async def test_failed_rollback_route_is_recorded(world: World) -> None:
+    """A rollback route answering 500 is recorded as failed, with the status."""
+    w = world
+    w.rx.status["/ops/broken"] = 500
+    plan = {"allowed": True, "path": "/ops/broken", "key_holder": "svc-ops-princess",
+            "override_queue": "svc-ops-princess"}
+    lease = (await w.post("perf-agent", "/v1/leases",
+                          {"resource": "prod/db", "intent": "x", "rollback": plan})).json()
+    rb = (await w.post("perf-agent", "/v1/rollbacks", {"lease_id": lease["lease_id"], "reason": "r"})).json()
+    r = await w.post("oncall-jane", f"/v1/rollbacks/{rb['rollback_id']}/approve")
+    assert r.json()["status"] == "failed" and r.json()["response_status"] == 500
+    assert (await w.rows("rollback.failed"))[-1]["approved_by"] == "oncall-jane"
+
+
+async def test_stuck_lock_wakes_then_pages(world: World) -> None:
+    """Held past max_hold_s (renewals don't reset it): wake the holder, then page the queue."""
+    w = world
+    lease = (await w.post("perf-agent", "/v1/leases",
+                          {"resource": "prod/db", "intent": "x", "ttl_s": 300})).json()
+    await w.tick(299)
+    assert (await w.post("perf-agent", f"/v1/leases/{lease['lease_id']}/renew")).status_code == 200
+    await w.tick(299)
+    assert not await w.rows("lease.stuck")
+    assert (await w.post("perf-agent", f"/v1/leases/{lease['lease_id']}/renew")).status_code == 200
+    await w.tick(3)  # 601 s held
+    stuck = await w.rows("lease.stuck")
+    assert len(stuck) == 1 and stuck[0]["lock_holder"] == "perf-agent"
+    assert "/wake/perf" in stuck[0]["notes"]
+    assert "/wake/perf" in w.rx.paths()
+    assert (await w.rows("wake.delivered"))[-1]["notes"].endswith("-> 200")
+    assert not await w.rows("lease.paged")
+    await w.tick(61)
+    paged = await w.rows("lease.paged")
+    assert len(paged) == 1 and paged[0]["human_override_queue"] == "svc-ops-princess"
+    assert "/page/ops" in w.rx.paths()
+    assert await w.rows("page.delivered")
+    await w.tick(61)
+    assert len(await w.rows("lease.paged")) == 1  # paged once
+
+
+async def test_failed_wake_is_a_row(world: World) -> None:
+    """A wake call that fails after its retries is recorded as wake.failed."""
+    w = world
+    w.rx.status["/wake/perf"] = 503
+    await w.post("perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x", "ttl_s": 3600})
+    await w.tick(601)
+    failed = await w.rows("wake.failed")
+    assert failed and "503" in failed[-1]["notes"] and "3 attempt" in failed[-1]["notes"]
+    assert w.rx.paths().count("/wake/perf") == 3
+
+
+async def test_lock_delay_after_expiry_not_after_release(world: World) -> None:
+    """After a holder dies (expiry) conflicting grants wait lock_delay_s; a clean release
+    frees at once; a revoke applies the delay unless waived."""
+    w = world
+    body = {"resource": "prod/db", "intent": "x", "ttl_s": 10}
+    await w.post("perf-agent", "/v1/leases", body)
+    await w.tick(11)
+    r = await w.post("cost-agent", "/v1/leases", body)
+    assert r.status_code == 409 and r.json()["error"]["reason"] == "lock_delay"
+    await w.tick(5)
+    r = await w.post("cost-agent", "/v1/leases", body)
+    assert r.status_code == 201
+    await w.post("cost-agent", f"/v1/leases/{r.json()['lease_id']}/release")
+    r = await w.post("perf-agent", "/v1/leases", body)
+    assert r.status_code == 201  # no delay after a clean release
+    revoke = {"runbook": "R-44", "paged": "oncall-jane", "reason": "stuck"}
+    await w.post("oncall-jane", f"/v1/leases/{r.json()['lease_id']}/revoke", revoke)
+    assert (await w.post("cost-agent", "/v1/leases", body)).json()["error"]["reason"] == "lock_delay"
+    await w.tick(5)
+    r = await w.post("cost-agent", "/v1/leases", body)
+    assert r.status_code == 201
+    await w.post("oncall-jane", f"/v1/leases/{r.json()['lease_id']}/revoke", {**revoke, "waive_lock_delay": True})
+    assert (await w.post("perf-agent", "/v1/leases", body)).status_code == 201
+
+
+async def test_waiter_is_granted_when_lock_delay_ends(world: World) -> None:
+    """A waiter queued behind a lock-delay is granted once the delay ends."""
+    w = world
+    body = {"resource": "prod/db", "intent": "x", "ttl_s": 10}
+    await w.post("perf-agent", "/v1/leases", body)
+    await w.tick(11)
+    waiter = asyncio.create_task(w.post("cost-agent", "/v1/leases", {**body, "wait_s": 30}))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    await w.tick(5)
+    r = await asyncio.wait_for(waiter, 5)
+    assert r.status_code == 201 and r.json()["holder"] == "cost-agent"
+
+
+async def test_freeze_refuses_grants_but_not_allowed(world: World) -> None:
+    """A human freezes a prefix: new grants under it (or above it) get 423, except the
+    allowed principals; agents cannot freeze; lifting ends it."""
+    w = world
+    r = await w.post("perf-agent", "/v1/freezes", {"prefix": "prod", "reason": "incident"})
+    assert r.status_code == 403
+    r = await w.post("svc-ops-princess", "/v1/freezes",
+                     {"prefix": "prod", "reason": "incident 4411", "allow": ["routing-agent"]})
+    assert r.status_code == 201, r.text
+    fz = r.json()
+    for res in ("prod/db", "prod"):
+        r = await w.post("perf-agent", "/v1/leases", {"resource": res, "intent": "x"})
+        assert r.status_code == 423 and r.json()["error"]["code"] == "frozen"
+        assert "incident 4411" in r.json()["error"]["message"]
+    assert (await w.post("perf-agent", "/v1/leases", {"resource": "staging/db", "intent": "x"})).status_code == 201
+    r = await w.post("routing-agent", "/v1/leases", {"resource": "prod/db", "intent": "x"})
+    assert r.status_code == 201
+    await w.post("routing-agent", f"/v1/leases/{r.json()['lease_id']}/release")
+    assert len((await w.get("perf-agent", "/v1/freezes")).json()["freezes"]) == 1
+    assert (await w.get("perf-agent", "/v1/resources/prod/db")).json()["frozen"] is True
+    assert (await w.post("svc-ops-princess", f"/v1/freezes/{fz['freeze_id']}/lift")).status_code == 200
+    assert (await w.post("perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x"})).status_code == 201
+
+
+async def test_freeze_until_expires(world: World) -> None:
+    """A freeze with ``until`` ends by itself."""
+    w = world
+    r = await w.post("oncall-jane", "/v1/freezes", {"prefix": "prod", "reason": "deploy", "until": "yesterday"})
+    assert r.status_code == 422
+    r = await w.post("oncall-jane", "/v1/freezes", {"prefix": "prod", "reason": "deploy", "until": "10m"})
+    assert r.status_code == 201, r.text
+    assert r.json()["until"].startswith("2026-05-16T10:27:00")
+    assert (await w.post("perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x"})).status_code == 423
+    await w.tick(601)
+    assert (await w.post("perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x"})).status_code == 201
+    assert await w.rows("freeze.expired")
+
+
+async def test_watcher_sees_a_grant_without_polling(world: World) -> None:
+    """A watcher long-polling /v1/events is answered by the grant itself, not a poll tick."""
+    w = world
+    head = (await w.get("routing-agent", "/v1/audit?limit=100000")).json()["next_after_seq"]
+    loop = asyncio.get_running_loop()
+    watch = asyncio.create_task(
+        w.get("routing-agent", f"/v1/events?resource=prod&after_seq={head}&wait_s=30")
+    )
+    await asyncio.sleep(0.05)
+    assert not watch.done()
+    t0 = loop.time()
+    await w.post("perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x"})
+    r = await asyncio.wait_for(watch, 5)
+    elapsed = loop.time() - t0
+    rows = r.json()["rows"]
+    assert rows and rows[0]["event"] == "lease.granted" and rows[0]["resource"] == "prod/db"
+    assert elapsed < 1.0  # woken by the commit, far inside the 30 s wait
+    # rows outside the prefix do not wake it with a wrong answer
+    nxt = r.json()["next_after_seq"]
+    watch = asyncio.create_task(w.get("routing-agent", f"/v1/events?resource=prod&after_seq={nxt}&wait_s=0.3"))
+    await w.post("cost-agent", "/v1/leases", {"resource": "staging/x", "intent": "x"})
+    assert (await watch).json()["rows"] == []

@@ -75,6 +75,15 @@ class RevokeIn(_Body):
     waive_lock_delay: bool = False
 
 
+class GateCheckIn(_Body):
+    caller_token: str | None = Field(None, description="the caller's own writ bearer token")
+    lease_id: str | None = None
+    fencing_token: int | str | None = None
+    resource: str
+    method: str = "POST"
+    path: str = "/"
+
+
 class ChangeIn(_Body):
     attribute: str = Field(examples=["capacity"])
     summary: str = Field(examples=["capacity 4→8"])
@@ -132,6 +141,28 @@ class LimitBody:
                 if n > MAX_BODY:
                     await _send_error(send, TooLarge(f"request body of {n} bytes exceeds {MAX_BODY}"))
                     return
+        if not any(k == b"content-length" for k, _ in headers):
+            # no declared length (chunked): read the body here, up to the limit, so an
+            # oversized one gets 413 (raising from receive() reaches FastAPI as a 400)
+            buffered: list[Message] = []
+            size = 0
+            while True:
+                msg = await receive()
+                buffered.append(msg)
+                if msg["type"] != "http.request":
+                    break
+                size += len(msg.get("body", b""))
+                if size > MAX_BODY:
+                    await _send_error(send, TooLarge(f"request body exceeds {MAX_BODY} bytes"))
+                    return
+                if not msg.get("more_body", False):
+                    break
+
+            async def replay() -> Message:
+                return buffered.pop(0) if buffered else await receive()
+
+            await self.app(scope, replay, send)
+            return
         seen = 0
 
         async def limited() -> Message:
@@ -220,7 +251,7 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
         code = {404: "not_found", 405: "invalid", 401: "unauthenticated", 403: "forbidden"}.get(
             exc.status_code, "invalid"
         )
-        status = exc.status_code if exc.status_code != 405 else 405
+        status = 422 if exc.status_code == 400 else exc.status_code  # `invalid` is 422
         msg = (
             f"no route {request.method} {request.url.path}; see /openapi.json"
             if exc.status_code in (404, 405)
@@ -414,6 +445,13 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     @app.get("/v1/freezes", tags=["freeze"])
     async def list_freezes(me: Me, all: bool = False) -> dict[str, Any]:
         return {"freezes": await engine.freezes.list(all)}
+
+    @app.post("/v1/gate/check", tags=["gate"])
+    async def gate_check(me: Me, body: GateCheckIn) -> dict[str, Any]:
+        """For `writ gate`: decide one mutating request and record it (gate.passed/refused)."""
+        return await engine.gate_check(
+            me, body.caller_token, body.lease_id, body.fencing_token, body.resource, body.method, body.path
+        )
 
     @app.get("/v1/policy", tags=["meta"])
     async def policy(me: Me) -> dict[str, Any]:

@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +37,7 @@ from .errors import (
     Unauthenticated,
     WritError,
 )
-from .ledger import Verification, verify
+from .ledger import GENESIS, Verification, verify
 from .models import KINDS, Lease, Principal, Waiter, new_id
 from .policy import Policy
 from .stores.base import Store, Tx
@@ -606,14 +605,14 @@ class Engine:
     async def _dispatch(self, tx: Tx, paths: Sequence[str]) -> None:
         """Grant, in FIFO order, every queued request related to ``paths`` that is free."""
         candidates = await tx.waiters_related(paths)
-        seen: list[tuple[str, ...]] = []
+        earlier: list[str] = []  # resources of the candidates already considered
         for w in candidates:
             exp = self.blast.expand(w.resource)
-            # anything conflicting with an earlier candidate waits behind it (or its grant)
-            if any(self.blast.conflicts(w.resource, p) for s in seen for p in s[:1]):
-                seen.append((w.resource,))
+            # one that conflicts with an earlier candidate waits behind it (or behind its grant)
+            blocked_in_line = any(self.blast.conflicts(w.resource, e) for e in earlier)
+            earlier.append(w.resource)
+            if blocked_in_line:
                 continue
-            seen.append((w.resource,))
             r = w.request
             req = Request(
                 resource=w.resource, intent=r["intent"], ttl_s=float(r["ttl_s"]),
@@ -1012,7 +1011,9 @@ class Engine:
 
         async def fn(tx: Tx) -> dict[str, Any]:
             t = tx.now() if at is None else at
-            grant = await tx.audit_latest(covering, ["lease.granted"], t)
+            # a time from the wire names a whole microsecond (as rows are shown): include
+            # the rows stamped within it, e.g. a grant asked about at its own acquired_at
+            grant = await tx.audit_latest(covering, ["lease.granted"], t if at is None else t + 5e-7)
             lease = None
             if grant is not None:
                 ended = [r for r in await tx.audit_for_lock_key(grant["lock_key"])
@@ -1066,27 +1067,15 @@ class Engine:
                 await asyncio.wait_for(changed.wait(), remaining)
 
     async def verify(self) -> Verification:
-        """Recompute the whole hash chain (constant memory)."""
-
-        async def triples():  # type: ignore[no-untyped-def]
-            async for chunk in self.store.audit_stream():
-                for t in chunk:
-                    yield t
-
-        # verify() is synchronous over an iterable: feed it chunk by chunk
-        result: Verification | None = None
-        prev_seq, prev_hash, total = 1, None, 0
-        from .ledger import GENESIS
-
-        prev_hash = GENESIS
+        """Recompute the whole hash chain, batch by batch (constant memory)."""
+        seq, head, total = 1, GENESIS, 0
         async for chunk in self.store.audit_stream():
-            part = verify(chunk, prev_seq, prev_hash)
+            part = verify(chunk, seq, head)
             total += part.rows
             if not part.ok:
                 return Verification(False, total, part.head, part.first_bad_seq, part.reason)
-            prev_seq, prev_hash = prev_seq + part.rows, part.head
-        result = Verification(True, total, prev_hash, None)
-        return result
+            seq, head = seq + part.rows, part.head
+        return Verification(True, total, head, None)
 
     # ------------------------------------------------------------------ background
     async def sweep(self) -> int:
@@ -1232,6 +1221,3 @@ async def _next_due(tx: Tx) -> float | None:
     nxt = await tx.next_expiry()
     return None if nxt is None else nxt - tx.now()
 
-
-def now_monotonic() -> float:
-    return time.monotonic()

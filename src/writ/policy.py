@@ -105,7 +105,8 @@ def parse(text: str, path: str = "<policy>") -> Policy:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
-        raise PolicyError(path, f"not valid TOML: {exc}", int(m.group(1)) if m else None) from None
+        line = int(m.group(1)) if m else (len(text.rstrip().splitlines()) or 1)
+        raise PolicyError(path, f"not valid TOML: {exc}", line) from None
     for key in data:
         if key not in TOP_KEYS:
             raise PolicyError(

@@ -1014,20 +1014,21 @@ class Engine:
             # a time from the wire names a whole microsecond (as rows are shown): include
             # the rows stamped within it, e.g. a grant asked about at its own acquired_at
             grant = await tx.audit_latest(covering, ["lease.granted"], t if at is None else t + 5e-7)
-            lease = None
             if grant is not None:
-                ended = [r for r in await tx.audit_for_lock_key(grant["lock_key"])
-                         if r["event"] in ("lease.released", "lease.expired", "lease.revoked")
-                         and r["seq"] > grant["seq"]]
-                end_ts = ended[0]["timestamp"] if ended else None
-                if end_ts is None or end_ts > rfc3339(t):  # type: ignore[operator]
-                    token = grant["fencing_token"]
-                    found = await tx.list_leases(grant["resource"], None, 1000)
-                    match = [l for l in found if l.fencing_token == token]
-                    lease = match[0].to_dict() if match else None
-                    holder = grant["lock_holder"]
-                    return {"resource": resource, "at": rfc3339(t), "lock_holder": holder,
-                            "lock_key": grant["lock_key"], "lease": lease}
+                # held over [grant, end): a release, revoke or expiry row stamped at t means
+                # free at t. Leases on one resource never overlap, so the last such row on
+                # the grant's resource after the grant is this lease's end (one index probe).
+                end = await tx.audit_latest([grant["resource"]], _END_EVENTS,
+                                            t if at is None else t + 5e-7)
+                lease = await _granted_lease(tx, grant)
+                # an expiry is exact at the lease's last expires_at, even when the sweeper
+                # wrote its row later; a held lease renewed after t had not lapsed at t
+                lapsed = lease is not None and lease.state in ("held", "expired") \
+                    and lease.expires_at <= t
+                if (end is None or end["seq"] < grant["seq"]) and not lapsed:
+                    return {"resource": resource, "at": rfc3339(t),
+                            "lock_holder": grant["lock_holder"], "lock_key": grant["lock_key"],
+                            "lease": lease.to_dict() if lease else None}
             return {"resource": resource, "at": rfc3339(t), "lock_holder": "none",
                     "lock_key": None, "lease": None}
 
@@ -1215,6 +1216,20 @@ def _blocked_text(resource: str, b: Blocked) -> str:
 
 def _public(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k != "expires_at_ts"}
+
+
+_END_EVENTS = ("lease.released", "lease.expired", "lease.revoked")
+_GRANTED_ID = re.compile(r"granted (\S+) for ")
+
+
+async def _granted_lease(tx: Tx, grant: dict[str, Any]) -> Lease | None:
+    """The lease a ``lease.granted`` row records (its id is in the row's notes)."""
+    m = _GRANTED_ID.match(grant.get("notes") or "")
+    lease = await tx.get_lease(m.group(1)) if m else None
+    if lease is None:  # a ledger imported without its leases, or notes in another form
+        found = await tx.list_leases(grant["resource"], None, 100)
+        lease = next((l for l in found if l.fencing_token == grant["fencing_token"]), None)
+    return lease if lease is not None and lease.fencing_token == grant["fencing_token"] else None
 
 
 async def _next_due(tx: Tx) -> float | None:

@@ -40,14 +40,40 @@ Stores are chosen by URL scheme (:func:`writ.stores.open_store`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from ..errors import Invalid
 from ..ledger import Sealed
 from ..models import Lease, Principal, Waiter
 
 T = TypeVar("T")
 Listener = Callable[[str, dict[str, Any]], None]
+
+#: The columns of each table in a dump (:meth:`Store.export_rows`), the same for every
+#: backend. Times are float seconds since the epoch; ``touches``, ``rollback``,
+#: ``request`` and ``data`` are decoded JSON; audit rows carry their stored ``body`` and
+#: ``hash`` unchanged.
+TABLES: dict[str, tuple[str, ...]] = {
+    "principals": ("name", "kind", "vendor", "wake", "admin", "token_hash", "created_at"),
+    "leases": ("lease_id", "resource", "holder", "intent", "fencing_token", "acquired_at",
+               "expires_at", "ttl_s", "touches", "state", "rollback", "ended_at", "request_id"),
+    "waiters": ("seq", "waiter_id", "resource", "principal", "request", "enqueued_at",
+                "deadline"),
+    "objects": ("kind", "id", "resource", "state", "data", "created_at", "expires_at"),
+    "audit": ("seq", "ts", "event", "resource", "lock_key", "body", "hash"),
+}
+
+
+def check_empty(url: str, counts: dict[str, int]) -> None:
+    """Refuse to import into a store that already holds records (for backends)."""
+    held = {t: n for t, n in counts.items() if n}
+    if held:
+        raise Invalid(
+            f"store {url} is not empty ("
+            + ", ".join(f"{n} {t}" for t, n in held.items())
+            + "): import into a new, empty store"
+        )
 
 
 class Tx(ABC):
@@ -256,6 +282,30 @@ class Store(ABC):
     ]:
         """Stored ``(seq, body, hash)`` triples in seq order, in batches (for verify and
         export of ledgers of any size in constant memory)."""
+
+    # ---- moving a store (writ migrate) --------------------------------------------------
+    @abstractmethod
+    def export_rows(self, batch: int = 10_000) -> AsyncIterator[
+        tuple[str, list[dict[str, Any]]]
+    ]:
+        """Everything the store keeps, as ``(table, rows)`` batches from one consistent
+        snapshot, in the order :meth:`import_rows` needs: ``meta`` (one row,
+        ``{"fencing_token": last token handed out}``), then ``principals``, ``leases``,
+        ``waiters``, ``objects`` and ``audit`` (in seq order), with the columns of
+        :data:`TABLES`. Rows are the same plain JSON values on every backend (JSON columns
+        decoded, booleans as booleans); ``token_hash`` is included, so a dump is a secret.
+        """
+
+    @abstractmethod
+    async def import_rows(
+        self, batches: AsyncIterable[tuple[str, list[dict[str, Any]]]]
+    ) -> dict[str, int]:
+        """Load an :meth:`export_rows` dump into this store, which must be empty
+        (:class:`~writ.errors.Invalid` otherwise), in one transaction: all of it or none.
+        Every value is kept as given — audit rows verbatim (body and hash, so the chain
+        verifies as before), waiter ``seq``, lease tokens — and the next fencing token is
+        greater than both the dump's counter and every lease token in it. Returns the rows
+        loaded per table (``meta``: the fencing token counter)."""
 
     async def __aenter__(self) -> Store:
         await self.open()

@@ -15,11 +15,19 @@ and see a consistent chain, but a server does not hear their notifications.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
@@ -29,7 +37,7 @@ from ..errors import Conflict, Invalid, Unavailable, WritError
 from ..ledger import GENESIS, Sealed, row_from, seal
 from ..models import Lease, Principal, Waiter
 from ..resources import related_clauses
-from .base import Store, Tx
+from .base import TABLES, Store, Tx, check_empty
 
 T = TypeVar("T")
 
@@ -532,7 +540,7 @@ class SQLiteStore(Store):
         for fn, fut in batch:
             if fut.done():
                 continue
-            head, token = self._head, self._token
+            head = self._head
             c.execute("SAVEPOINT tx")
             tx = SQLiteTx(self, c, writable=True)
             try:
@@ -540,7 +548,9 @@ class SQLiteStore(Store):
             except BaseException as exc:  # noqa: BLE001 - every error goes to its caller
                 c.execute("ROLLBACK TO tx")
                 c.execute("RELEASE tx")
-                self._head, self._token = head, token
+                # the chain head goes back; the token counter does not: a token drawn by
+                # a transaction that rolled back is never handed out again (contract)
+                self._head = head
                 if isinstance(exc, sqlite3.Error):
                     exc = Unavailable(f"store error: {exc}")
                 outcomes.append((fut, None, exc))
@@ -625,3 +635,111 @@ class SQLiteStore(Store):
         finally:
             if conn is not self._r:
                 conn.close()
+
+    # -- export and import -----------------------------------------------------------------
+    async def export_rows(
+        self, batch: int = 10_000
+    ) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+        if self._r is None:
+            raise Unavailable("store is closed")
+        conn = self._r if self.memory else self._connect()
+        try:
+            if not self.memory:
+                conn.execute("BEGIN")  # one snapshot for the whole dump (WAL)
+            r = conn.execute("SELECT value FROM meta WHERE key = 'fencing_token'").fetchone()
+            yield "meta", [{"fencing_token": int(r[0]) if r else 0}]
+            for table in ("principals", "leases", "waiters", "objects", "audit"):
+                cols = TABLES[table]
+                key = "kind, id" if table == "objects" else cols[0]
+                cur = conn.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {key}")
+                while True:
+                    rows = cur.fetchmany(batch)
+                    if not rows:
+                        break
+                    yield table, [_export_row(table, cols, r) for r in rows]
+                    await asyncio.sleep(0)
+        finally:
+            if not self.memory:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("COMMIT")
+                conn.close()
+
+    async def import_rows(
+        self, batches: AsyncIterable[tuple[str, list[dict[str, Any]]]]
+    ) -> dict[str, int]:
+        c = self._w
+        if c is None:
+            raise Unavailable("store is closed")
+        while self._draining:  # take the writer between two group commits
+            await self._idle.wait()
+        self._draining = True
+        self._idle.clear()
+        counts: dict[str, int] = {}
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                check_empty(self.url, {
+                    t: int(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+                    for t in ("principals", "leases", "waiters", "objects", "audit")
+                })
+                token = 0
+                async for table, rows in batches:
+                    if table == "meta":
+                        token = max([token, *(int(r.get("fencing_token") or 0) for r in rows)])
+                        continue
+                    if table not in TABLES:
+                        raise Invalid(f"cannot import unknown table {table!r}")
+                    cols = TABLES[table]
+                    c.executemany(
+                        f"INSERT INTO {table} ({', '.join(cols)})"
+                        f" VALUES ({','.join('?' * len(cols))})",
+                        [_import_row(table, cols, r) for r in rows],
+                    )
+                    counts[table] = counts.get(table, 0) + len(rows)
+                    if table == "leases" and rows:
+                        token = max(token, *(int(r["fencing_token"]) for r in rows))
+                c.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'fencing_token'",
+                          (token,))
+                counts["meta"] = token
+                await asyncio.get_running_loop().run_in_executor(self._io, c.execute, "COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    c.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise Unavailable(f"import into {self.path!r} failed: {exc}") from exc
+        finally:
+            self._draining = False
+            self._idle.set()
+            if self._pending:
+                self._draining = True
+                self._idle.clear()
+                asyncio.get_running_loop().create_task(self._drain())
+        return counts
+
+
+_SQLITE_JSON = {("leases", "touches"), ("leases", "rollback"), ("waiters", "request"),
+                ("objects", "data")}
+
+
+def _export_row(table: str, cols: Sequence[str], r: Sequence[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for col, v in zip(cols, r, strict=True):
+        if (table, col) in _SQLITE_JSON and v is not None:
+            v = json.loads(v)
+        elif col == "admin":
+            v = bool(v)
+        out[col] = v
+    return out
+
+
+def _import_row(table: str, cols: Sequence[str], r: dict[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    for col in cols:
+        v = r.get(col)
+        if (table, col) in _SQLITE_JSON and v is not None:
+            v = json.dumps(v)
+        elif col == "admin":
+            v = int(bool(v))
+        out.append(v)
+    return out

@@ -1,0 +1,497 @@
+"""The store contract (writ.stores.base), checked directly on every backend.
+
+Each test runs on SQLite and on PostgreSQL (``store_url`` fixture); the tests named
+``test_pg_*`` are about what only a shared server database has: several processes, a
+network between them, and a server that can go away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from tests.stores_fixtures import Backend, pg_url, with_query
+from writ.errors import Conflict, Held, Unavailable
+from writ.ledger import GENESIS, verify
+from writ.models import Lease, Principal, Waiter
+from writ.stores import Store, Tx, open_store
+
+
+def _lease(resource: str, token: int, holder: str = "a", now: float = 0.0) -> Lease:
+    return Lease(
+        lease_id=f"ls_{resource.replace('/', '_')}_{token}",
+        resource=resource,
+        holder=holder,
+        intent="test",
+        fencing_token=token,
+        acquired_at=now,
+        expires_at=now + 30,
+        ttl_s=30,
+    )
+
+
+async def _tokens(store: Store, n: int) -> list[int]:
+    async def fn(tx: Tx) -> list[int]:
+        return [await tx.next_token() for _ in range(n)]
+
+    return await store.transact(fn)
+
+
+async def _append(store: Store, *resources: str) -> list[int]:
+    async def fn(tx: Tx) -> list[int]:
+        return [
+            (await tx.append({"event": "test.row", "agent_id": "t", "resource": r})).seq
+            for r in resources
+        ]
+
+    return await store.transact(fn)
+
+
+async def _stored(store: Store) -> list[tuple[int, str, str]]:
+    out: list[tuple[int, str, str]] = []
+    async for chunk in store.audit_stream():
+        out += chunk
+    return out
+
+
+class Notes:
+    """A store listener that records every note."""
+
+    def __init__(self, store: Store) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+        self.arrived = asyncio.Event()
+        store.set_listener(self)
+
+    def __call__(self, kind: str, payload: dict[str, Any]) -> None:
+        self.seen.append((kind, payload))
+        self.arrived.set()
+
+    def kinds(self) -> list[str]:
+        return [k for k, _ in self.seen]
+
+    async def wait_for(self, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+        async def poll() -> dict[str, Any]:
+            while True:
+                for k, p in self.seen:
+                    if k == kind:
+                        return p
+                self.arrived.clear()
+                await self.arrived.wait()
+
+        return await asyncio.wait_for(poll(), timeout)
+
+
+# ------------------------------------------------------------------------- tokens
+async def test_tokens_strictly_increase_across_reopen(backend: Backend) -> None:
+    """Fencing tokens increase within a transaction, across transactions and restarts."""
+    s = backend.open_store()
+    await s.open()
+    first = await _tokens(s, 3) + await _tokens(s, 2)
+    await s.close()
+    s = backend.open_store()
+    await s.open()
+    later = await _tokens(s, 2)
+    await s.close()
+    seq = first + later
+    assert all(a < b for a, b in zip(seq, seq[1:], strict=False)), seq
+
+
+async def test_token_of_a_rolled_back_transaction_is_never_reused(store: Store) -> None:
+    drawn: list[int] = []
+
+    async def fails(tx: Tx) -> None:
+        drawn.append(await tx.next_token())
+        raise ValueError("changed my mind")
+
+    with pytest.raises(ValueError):
+        await store.transact(fails)
+    (after,) = await _tokens(store, 1)
+    assert after > drawn[0]
+
+
+# ------------------------------------------------------------------------- ledger
+async def test_ledger_is_one_gapless_hash_chain(store: Store) -> None:
+    assert await store.read(lambda tx: tx.audit_head()) == (0, GENESIS)
+    await _append(store, "a")
+    await _append(store, "b", "c")  # two rows in one transaction
+    seqs = await _append(store, "d")
+    assert seqs == [4]
+    stored = await _stored(store)
+    assert [s for s, _, _ in stored] == [1, 2, 3, 4]
+    result = verify(stored)
+    assert result.ok and result.rows == 4
+    assert await store.read(lambda tx: tx.audit_head()) == (4, stored[-1][2])
+    rows = await store.read(lambda tx: tx.audit_rows(0, 10))
+    assert [r["resource"] for r in rows] == ["a", "b", "c", "d"]
+    assert rows[0]["prev_hash"] == GENESIS and rows[0]["lock_holder"] == "none"
+    assert [r["timestamp"] for r in rows] == sorted(r["timestamp"] for r in rows)
+
+
+async def test_audit_stream_pages_in_seq_order(store: Store) -> None:
+    for i in range(5):
+        await _append(store, *[f"r/{i}/{j}" for j in range(5)])
+    chunks = [c async for c in store.audit_stream(after_seq=3, batch=10)]
+    assert [len(c) for c in chunks] == [10, 10, 2]
+    assert [t[0] for c in chunks for t in c] == list(range(4, 26))
+
+
+async def test_audit_reads_by_prefix_time_and_lock_key(store: Store) -> None:
+    async def fn(tx: Tx) -> None:
+        for r, key in (
+            ("prod/db", "prod/db/1"),
+            ("prod/dbx", None),
+            ("prod/db/x", "prod/db/1"),
+            ("prod", None),
+        ):
+            await tx.append(
+                {"event": "lease.granted", "agent_id": "t", "resource": r, "lock_key": key}
+            )
+        # a write transaction sees its own rows
+        assert len(await tx.audit_for_lock_key("prod/db/1")) == 2
+
+    await store.transact(fn)
+    under = await store.read(lambda tx: tx.audit_rows(0, 100, "prod/db"))
+    assert [r["resource"] for r in under] == ["prod/db", "prod/db/x"]
+    keyed = await store.read(lambda tx: tx.audit_for_lock_key("prod/db/1"))
+    assert [r["seq"] for r in keyed] == [1, 3]
+    now = await store.read(lambda tx: _now(tx))
+    latest = await store.read(
+        lambda tx: tx.audit_latest(["prod", "prod/db"], ["lease.granted"], now + 1)
+    )
+    assert latest is not None and latest["resource"] == "prod"
+    assert (
+        await store.read(lambda tx: tx.audit_latest(["prod/db"], ["lease.granted"], now - 3600))
+        is None
+    )
+
+
+async def _now(tx: Tx) -> float:
+    return tx.now()
+
+
+async def test_audit_rows_refuse_update_and_delete(backend: Backend, store: Store) -> None:
+    await _append(store, "a", "b")
+    for stmt in ("UPDATE audit SET body = '{}' WHERE seq = 1", "DELETE FROM audit WHERE seq = 2"):
+        with pytest.raises(Exception, match="append-only"):
+            await backend.sql(stmt)
+    assert verify(await _stored(store)).ok
+
+
+async def test_pg_audit_refuses_truncate_and_replica_mode(pg_backend: Backend) -> None:
+    """TRUNCATE is refused too, and the triggers fire under session_replication_role =
+    replica (which silences ordinary triggers, e.g. during logical replication)."""
+    backend = pg_backend
+    store = backend.open_store()
+    await store.open()
+    await _append(store, "a", "b")
+    for stmt in ("TRUNCATE audit", "UPDATE audit SET body = '{}'", "DELETE FROM audit"):
+        for replica in (False, True):
+            with pytest.raises(Exception, match="append-only"):
+                await backend.sql(stmt, replica=replica)
+    assert len(await _stored(store)) == 2
+    await store.close()
+
+
+# ------------------------------------------------------------------------- atomicity
+async def test_a_failed_transaction_keeps_nothing(store: Store) -> None:
+    notes = Notes(store)
+    await _append(store, "before")
+    head = await store.read(lambda tx: tx.audit_head())
+    notes.seen.clear()
+
+    async def fails(tx: Tx) -> None:
+        await tx.insert_principal(Principal("ghost", "agent", created_at=tx.now()), "h-ghost")
+        await tx.insert_lease(_lease("prod/db", await tx.next_token(), "ghost", tx.now()))
+        await tx.put_object("change", "c1", "prod/db", "protected", {"x": 1})
+        await tx.append({"event": "test.row", "agent_id": "ghost", "resource": "prod/db"})
+        tx.notify("granted", {"waiter_id": "w"})
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await store.transact(fails)
+
+    async def look(tx: Tx) -> Any:
+        return (
+            await tx.get_principal("ghost"),
+            await tx.held_related(["prod/db"]),
+            await tx.get_object("change", "c1"),
+            await tx.audit_head(),
+        )
+
+    assert await store.read(look) == (None, [], None, head)
+    assert notes.seen == []
+    # and the store goes on: the next transaction appends right after the old head
+    assert await _append(store, "after") == [head[0] + 1]
+    assert verify(await _stored(store)).ok
+
+
+async def test_a_returned_error_commits(store: Store) -> None:
+    async def refuse(tx: Tx) -> Held:
+        await tx.append({"event": "lease.denied", "agent_id": "a", "resource": "prod/db"})
+        return Held("prod/db is held")
+
+    out = await store.transact(refuse)
+    assert isinstance(out, Held)
+    rows = await store.read(lambda tx: tx.audit_rows())
+    assert [r["event"] for r in rows] == ["lease.denied"]
+
+
+async def test_engine_errors_pass_through_unchanged(store: Store) -> None:
+    async def dup(tx: Tx) -> None:
+        await tx.insert_principal(Principal("p", "agent", created_at=tx.now()), "h1")
+        await tx.insert_principal(Principal("p", "human", created_at=tx.now()), "h2")
+
+    with pytest.raises(Conflict):
+        await store.transact(dup)
+    assert await store.read(lambda tx: tx.list_principals()) == []
+
+
+async def test_reads_cannot_write(store: Store) -> None:
+    with pytest.raises(RuntimeError, match="read transaction"):
+        await store.read(lambda tx: tx.next_token())
+
+
+async def test_after_commit_runs_once_and_only_on_commit(store: Store) -> None:
+    ran: list[str] = []
+
+    async def ok(tx: Tx) -> None:
+        tx.after_commit(lambda: ran.append("ok"))
+
+    async def fails(tx: Tx) -> None:
+        tx.after_commit(lambda: ran.append("fails"))
+        raise ValueError
+
+    await store.transact(ok)
+    with pytest.raises(ValueError):
+        await store.transact(fails)
+    assert ran == ["ok"]
+
+
+# ------------------------------------------------------------------------- notifications
+async def test_notifications_are_delivered_after_commit_only(store: Store) -> None:
+    notes = Notes(store)
+
+    async def fn(tx: Tx) -> None:
+        tx.notify("granted", {"waiter_id": "w1", "lease_id": "ls_1"})
+        await tx.append({"event": "lease.granted", "agent_id": "a", "resource": "r"})
+        assert notes.seen == []  # nothing before the commit
+
+    await store.transact(fn)
+    assert ("granted", {"waiter_id": "w1", "lease_id": "ls_1"}) in notes.seen
+    assert ("audit", {"seq": 1}) in notes.seen
+
+    notes.seen.clear()
+
+    async def quiet(tx: Tx) -> None:
+        tx.notify("granted", {"waiter_id": "w2"})
+        raise KeyError("no")
+
+    with pytest.raises(KeyError):
+        await store.transact(quiet)
+    await asyncio.sleep(0.05)
+    assert notes.seen == []
+
+
+async def test_pg_notifications_reach_every_process(pg_backend: Backend) -> None:
+    """A second store on the same database (another ``writ serve``) hears the first's
+    notifications — after commit, never for a rollback — and not its own echo twice."""
+    store, other = pg_backend.open_store(), pg_backend.open_store()
+    await store.open()
+    await other.open()
+    try:
+        theirs, ours = Notes(other), Notes(store)
+
+        async def rolled_back(tx: Tx) -> None:
+            tx.notify("granted", {"waiter_id": "never"})
+            await tx.append({"event": "x", "agent_id": "a", "resource": "r"})
+            raise ValueError
+
+        with pytest.raises(ValueError):
+            await store.transact(rolled_back)
+
+        async def fn(tx: Tx) -> None:
+            tx.notify("granted", {"waiter_id": "w1", "lease_id": "ls_1", "big": "x" * 20_000})
+            await tx.append({"event": "x", "agent_id": "a", "resource": "r"})
+
+        t0 = time.perf_counter()
+        await store.transact(fn)
+        got = await theirs.wait_for("granted")
+        latency = time.perf_counter() - t0
+        assert got["waiter_id"] == "w1" and got["lease_id"] == "ls_1"
+        assert got.get("truncated") is True  # too large for NOTIFY: cut, not lost
+        assert (await theirs.wait_for("audit"))["seq"] == 1
+        assert latency < 1.0, latency
+        await asyncio.sleep(0.05)
+        assert [k for k in theirs.kinds() if k == "granted"] == ["granted"]
+        assert ours.kinds().count("granted") == 1  # delivered locally, echo ignored
+    finally:
+        await other.close()
+        await store.close()
+
+
+# ------------------------------------------------------------------------- lookups
+RESOURCES = ["a", "a/b", "a/b/c", "a/b/c/d", "a/bc", "a/b0", "a/b-x", "a/b.x", "ab", "b", "a/x"]
+
+
+async def test_related_lookups_are_exact(store: Store) -> None:
+    """Related means equal, ancestor or descendant: not a sibling that shares a prefix."""
+
+    async def fill(tx: Tx) -> None:
+        for r in RESOURCES:
+            await tx.insert_lease(_lease(r, await tx.next_token(), now=tx.now()))
+            await tx.insert_waiter(Waiter(f"w-{r}", 0, r, "a", {"intent": "i"}, tx.now(), 1e12))
+            await tx.put_object("change", f"c-{r}", r, "protected", {"r": r})
+
+    await store.transact(fill)
+    want = {"a", "a/b", "a/b/c", "a/b/c/d"}
+
+    async def look(tx: Tx) -> Any:
+        held = await tx.held_related(["a/b"])
+        waiters = await tx.waiters_related(["a/b"])
+        objects = await tx.objects_related("change", ["a/b"], ["protected"])
+        none = await tx.objects_related("change", ["a/b"], ["expired"])
+        both = await tx.held_related(["a/b/c", "b"])
+        count = await tx.count_waiters_related(["a/b"])
+        before = await tx.waiters_related(["a/b"], before_seq=waiters[2].seq, limit=1)
+        return held, waiters, objects, none, both, count, before
+
+    held, waiters, objects, none, both, count, before = await store.read(look)
+    assert {l.resource for l in held} == want
+    assert [l.fencing_token for l in held] == sorted(l.fencing_token for l in held)
+    assert [w.resource for w in waiters] == [r for r in RESOURCES if r in want]  # FIFO
+    assert {o["r"] for o in objects} == want and none == []
+    assert {l.resource for l in both} == {"a", "a/b", "a/b/c", "a/b/c/d", "b"}
+    assert count == 4
+    assert [w.resource for w in before] == ["a"]
+
+
+async def test_lease_round_trip_and_queries(store: Store) -> None:
+    async def fn(tx: Tx) -> Lease:
+        lease = _lease("prod/db", await tx.next_token(), "agent-1", tx.now())
+        lease.rollback = {"allowed": True, "path": "/rb"}
+        lease.touches = ["capacity"]
+        await tx.insert_lease(lease, request_id="wt_1")
+        return lease
+
+    lease = await store.transact(fn)
+
+    async def end(tx: Tx) -> None:
+        got = await tx.get_lease(lease.lease_id, for_update=True)
+        assert got == lease
+        got.state, got.ended_at = "released", tx.now()
+        await tx.update_lease(got)
+
+    await store.transact(end)
+
+    async def look(tx: Tx) -> Any:
+        return (
+            await tx.lease_for_request("wt_1"),
+            await tx.list_leases("prod", None, 10),
+            await tx.list_leases(None, "held", 10),
+            await tx.next_expiry(),
+        )
+
+    by_request, listed, held, nxt = await store.read(look)
+    assert by_request is not None and by_request.state == "released"
+    assert by_request.rollback == {"allowed": True, "path": "/rb"}
+    assert [l.lease_id for l in listed] == [lease.lease_id]
+    assert held == [] and nxt is None
+
+
+# ------------------------------------------------------------------------- PostgreSQL
+async def test_pg_unreachable_database_is_unavailable() -> None:
+    base = pg_url()
+    bad = with_query(base.replace(":5432", ":1"), connect_timeout="1")
+    store = open_store(bad)
+    with pytest.raises(Unavailable, match="could not open"):
+        await store.open()
+
+
+async def test_pg_time_is_the_database_clock(pg_backend: Backend) -> None:
+    backend = pg_backend
+    store = backend.open_store()
+    await store.open()
+    db_now = (await backend.sql("SELECT extract(epoch FROM clock_timestamp())::float8"))[0][0]
+    times = [await store.transact(_now) for _ in range(5)]
+    assert times == sorted(times)
+    assert abs(times[0] - db_now) < 5
+    await store.close()
+    with pytest.raises(Exception, match="database clock"):
+        open_store(backend.url, clock=object())
+
+
+async def test_pg_servers_starting_together_migrate_once(pg_backend: Backend) -> None:
+    backend = pg_backend
+    stores = [backend.open_store() for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        rows = await backend.sql("SELECT version, name FROM writ_migrations")
+        assert rows == [(1, "initial schema")]
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_pg_recovers_from_killed_connections(pg_backend: Backend) -> None:
+    """Every connection of a store is killed (as in a PostgreSQL restart): the next
+    request still succeeds, and the listener comes back and says it resynchronized."""
+    backend = pg_backend
+    name = "writ_kill_" + (backend.schema or "x")[-12:]
+    store = open_store(with_query(backend.url, application_name=name))
+    await store.open()
+    notes = Notes(store)
+    try:
+        await _append(store, "before")
+        killed = await backend.sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            name,
+        )
+        assert len(killed) >= 2  # the pool and the LISTEN connection
+        assert await _append(store, "after") == [2]  # retried on a fresh connection
+        assert await store.read(lambda tx: tx.audit_head()) == (2, (await _stored(store))[-1][2])
+        resync = await notes.wait_for("resync")
+        assert resync["seq"] >= 1
+        # and other processes' notes flow again
+        other = backend.open_store()
+        await other.open()
+        try:
+            notes.seen.clear()
+            await _append(other, "from-the-other")
+            assert (await notes.wait_for("audit"))["seq"] == 3
+        finally:
+            await other.close()
+    finally:
+        await store.close()
+
+
+async def test_pg_conflicting_writers_serialize(pg_backend: Backend) -> None:
+    """Two "servers" each run 20 check-then-insert transactions at once on one row that
+    does not exist yet: exactly one inserts (no phantom race), and the ledger is one
+    chain without gaps."""
+    backend = pg_backend
+    a, b = backend.open_store(), backend.open_store()
+    await a.open()
+    await b.open()
+    try:
+
+        async def claim(tx: Tx) -> bool:
+            if await tx.held_related(["prod/db"]):
+                await tx.append({"event": "lease.denied", "agent_id": "x", "resource": "prod/db"})
+                return False
+            await tx.insert_lease(_lease("prod/db", await tx.next_token(), now=tx.now()))
+            await tx.append({"event": "lease.granted", "agent_id": "x", "resource": "prod/db"})
+            return True
+
+        results = await asyncio.gather(*(s.transact(claim) for s in [a, b] * 20))
+        assert results.count(True) == 1
+        stored = await _stored(a)
+        assert [s for s, _, _ in stored] == list(range(1, 41)) and verify(stored).ok
+        events = [json.loads(body)["event"] for _, body, _ in stored]
+        assert events[0] == "lease.granted" and events.count("lease.granted") == 1
+    finally:
+        await a.close()
+        await b.close()

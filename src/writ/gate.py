@@ -1,0 +1,498 @@
+"""``writ gate``: a reverse proxy that makes write authority binding (PROTOCOL.md, Gate).
+
+Put it in front of a production admin API and give the API's credentials only to the gate.
+Reads and unmapped routes pass straight through. A mutating request on a route of the
+routes file passes only when the caller shows a lease that writ says is held *right now* by
+that caller on the route's resource, with that lease's fencing token, and the token is not
+lower than one already passed for the resource::
+
+    POST /admin/db/scale                       POST /admin/db/scale
+    Authorization: Bearer <agent's writ token>  Writ-Fencing-Token: 8841
+    Writ-Lease: 01J...                 ──gate──▶ Writ-Holder: perf-agent
+    Writ-Fencing-Token: 8841                    Writ-Resource: prod/db
+                                                (no writ token, no Writ-Lease)
+
+The decision is writ's (``POST /v1/gate/check``), which writes the ``gate.passed`` or
+``gate.refused`` audit row in the same transaction; the gate also remembers the highest
+token it passed per resource and refuses anything lower, as a second guard. A refusal is
+``423`` with ``{"error": {"code": "held" | "lease_lost" | "unauthenticated", "message",
+"holder", ...}}`` and the upstream never sees the request, nor its body. When writ cannot
+be reached the gate fails closed: ``503``, never an unchecked write.
+
+Bodies stream both ways (nothing is buffered), connections to the upstream are pooled.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import posixpath
+import re
+import socket
+import sys
+import tomllib
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+from starlette.background import BackgroundTask
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from . import __version__, resources
+from .errors import Invalid
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "MUTATING",
+    "Gate",
+    "Route",
+    "load_routes",
+    "parse_listen",
+    "parse_routes",
+    "serve",
+]
+
+log = logging.getLogger("writ.gate")
+
+DEFAULT_LISTEN = "127.0.0.1:7412"
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+# headers only the gate may set towards the upstream, or only writ may read
+WRIT_HEADERS = frozenset({
+    "writ-lease", "writ-fencing-token", "writ-holder", "writ-resource", "writ-authorization",
+})
+METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
+
+
+# ----------------------------------------------------------------------------- routes
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One ``[[route]]`` of the routes file: requests whose path matches the glob ``path``
+    with one of ``methods`` need write authority on ``resource``."""
+
+    path: str
+    resource: str
+    methods: frozenset[str] = MUTATING
+
+    def matches(self, methods: Iterable[str], paths: Iterable[str]) -> bool:
+        """Glob match (``fnmatch``, case-insensitive: ``*`` also crosses ``/``)."""
+        if not self.methods & set(methods):
+            return False
+        pattern = self.path.lower()
+        return any(fnmatch.fnmatchcase(p.lower(), pattern) for p in paths)
+
+
+def parse_routes(text: str, source: str = "routes.toml") -> list[Route]:
+    """Routes from TOML text: ``[[route]]`` tables with ``path``, ``resource`` and
+    optional ``methods``. Raises :class:`~writ.errors.Invalid` naming the bad entry."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise Invalid(f"{source}: not valid TOML: {exc}", field="routes") from exc
+    unknown = set(data) - {"route"}
+    if unknown:
+        raise Invalid(f"{source}: unknown table(s) {sorted(unknown)}; expected [[route]]",
+                      field="routes")
+    entries = data.get("route", [])
+    if not isinstance(entries, list):
+        raise Invalid(f"{source}: route must be an array of tables ([[route]])", field="routes")
+    routes: list[Route] = []
+    for i, entry in enumerate(entries, 1):
+        where = f"{source}: route #{i}"
+        if not isinstance(entry, dict):
+            raise Invalid(f"{where} is not a table", field="routes")
+        extra = set(entry) - {"path", "methods", "resource"}
+        if extra:
+            raise Invalid(f"{where}: unknown key(s) {sorted(extra)}; expected path, methods, "
+                          "resource", field="routes")
+        path = entry.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise Invalid(f"{where}: path must be a glob beginning with '/', like "
+                          "\"/admin/db/*\"", field="routes")
+        try:
+            resource = resources.validate(entry.get("resource"))
+        except Invalid as exc:
+            raise Invalid(f"{where}: {exc.message}", field="routes") from exc
+        methods = entry.get("methods", sorted(MUTATING))
+        if (not isinstance(methods, list) or not methods
+                or not all(isinstance(m, str) and re.fullmatch(r"[A-Za-z]{1,16}", m)
+                           for m in methods)):
+            raise Invalid(f"{where}: methods must be a non-empty list of HTTP methods, like "
+                          "[\"POST\", \"DELETE\"]", field="routes")
+        routes.append(Route(path, resource, frozenset(m.upper() for m in methods)))
+    return routes
+
+
+def load_routes(path: str | Path) -> list[Route]:
+    """:func:`parse_routes` of a file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise Invalid(f"cannot read routes file {p}: {exc.strerror}", field="routes") from exc
+    return parse_routes(text, str(p))
+
+
+def request_paths(path: str) -> set[str]:
+    """The forms of a (decoded) request path an upstream might act on.
+
+    A request is mapped when any of them matches a route, so ``/admin//db/x``,
+    ``/admin/./db/x``, ``/x/../admin/db/x``, ``/admin%2Fdb/x`` and ``/admin\\db\\x`` cannot
+    slip a write past a route for ``/admin/db/*``.
+    """
+    out = {path}
+    for p in (path, unquote(path)):
+        p = re.sub(r"/{2,}", "/", p.replace("\\", "/"))
+        norm = posixpath.normpath(p) if p else "/"
+        out.update((p, norm))
+        if p.endswith("/") and norm != "/":
+            out.add(norm + "/")
+    return out
+
+
+def _bearer(value: str | None) -> str | None:
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **details}},
+                        status_code=status)
+
+
+def _refusal_text(method: str, path: str, resource: str, decision: Mapping[str, Any]) -> str:
+    code, reason = decision.get("code"), decision.get("reason") or "refused"
+    holder = decision.get("holder")
+    who = (
+        f"{holder['holder']} holds {holder['resource']} ({holder.get('intent')!r}) since "
+        f"{holder.get('acquired_at')} until {holder.get('expires_at')}"
+        if isinstance(holder, dict) else f"nobody holds {resource} right now"
+    )
+    if code == "unauthenticated":
+        nxt = ("send your own writ token as 'Authorization: Bearer <token>' (or "
+               "'Writ-Authorization: Bearer <token>') with Writ-Lease and Writ-Fencing-Token")
+    elif code == "lease_lost":
+        nxt = (f"your write authority on {resource} is gone: acquire a new lease (a new fencing "
+               "token) before writing again")
+    else:
+        nxt = (f"acquire a lease on {resource} (POST /v1/leases, waiting with wait_s if it is "
+               "held) and send Writ-Lease and Writ-Fencing-Token with the request")
+    return f"{method} {path} needs write authority on {resource}: {reason}. {who}; {nxt}"
+
+
+# ----------------------------------------------------------------------------- the proxy
+class Gate:
+    """The gate as an ASGI app.
+
+    ``url`` and ``token`` are writ's address and the gate's own writ token (a principal
+    of its own; it needs no special rights). ``upstream`` is the base URL requests go to
+    (a path prefix is kept). ``upstream_headers`` are set on every forwarded request
+    (typically the upstream's own credentials, so that only the gate can write).
+    ``timeout`` bounds the upstream (connect and each read); ``writ_timeout`` bounds
+    one decision. The transports are for tests.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        upstream: str,
+        routes: list[Route],
+        *,
+        upstream_headers: Mapping[str, str] | None = None,
+        timeout: float = 60.0,
+        writ_timeout: float = 5.0,
+        max_connections: int = 100,
+        upstream_transport: httpx.AsyncBaseTransport | None = None,
+        writ_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not token:
+            raise Invalid("the gate needs its own writ token (--token or WRIT_TOKEN)",
+                          field="token")
+        self.url = url.rstrip("/")
+        if "://" not in self.url:
+            self.url = "http://" + self.url
+        self.upstream = httpx.URL(upstream if "://" in upstream else "http://" + upstream)
+        if self.upstream.scheme not in ("http", "https") or not self.upstream.host:
+            raise Invalid(f"upstream must be an http(s) URL, not {upstream!r}", field="upstream")
+        self._prefix = self.upstream.raw_path.split(b"?")[0].rstrip(b"/")
+        self.routes = list(routes)
+        self.upstream_headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in (upstream_headers or {}).items()
+        ]
+        self.highest: dict[str, int] = {}  # resource -> highest fencing token passed here
+        self._token = token
+        self._timeout = timeout
+        self._writ_timeout = writ_timeout
+        self._max_connections = max_connections
+        self._upstream_transport = upstream_transport
+        self._writ_transport = writ_transport
+        self._upstream_client: httpx.AsyncClient | None = None
+        self._writ_client: httpx.AsyncClient | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _clients(self) -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
+        if self._upstream_client is None or self._writ_client is None:
+            limits = httpx.Limits(max_connections=self._max_connections,
+                                  max_keepalive_connections=self._max_connections)
+            self._upstream_client = httpx.AsyncClient(
+                transport=self._upstream_transport, limits=limits, follow_redirects=False,
+                timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, 10.0)),
+            )
+            self._writ_client = httpx.AsyncClient(
+                base_url=self.url, transport=self._writ_transport, limits=limits,
+                timeout=self._writ_timeout,
+                headers={"Authorization": f"Bearer {self._token}",
+                         "User-Agent": f"writ-gate/{__version__}"},
+            )
+        return self._upstream_client, self._writ_client
+
+    async def aclose(self) -> None:
+        for c in (self._upstream_client, self._writ_client):
+            if c is not None:
+                await c.aclose()
+        self._upstream_client = self._writ_client = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            response = await self.handle(scope, receive)
+            await response(scope, receive, send)
+        else:  # websocket: refuse the handshake, the gate cannot judge frames
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                self._clients()
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- one request ----------------------------------------------------------------------
+    def route_for(self, method: str, path: str, headers: Headers) -> Route | None:
+        """The first route (in file order) this request falls under, or None."""
+        methods = {method.upper()}
+        for name in METHOD_OVERRIDES:  # an upstream may honour these: judge them too
+            methods.update(v.strip().upper() for v in headers.getlist(name) if v.strip())
+        paths = request_paths(path)
+        for route in self.routes:
+            if route.matches(methods, paths):
+                return route
+        return None
+
+    async def handle(self, scope: Scope, receive: Receive) -> Response:
+        """Decide and forward one HTTP request; the answer to send back."""
+        method = str(scope["method"]).upper()
+        path = str(scope.get("path") or "/")
+        headers = Headers(scope=scope)
+        route = self.route_for(method, path, headers)
+        if route is None:
+            return await self._forward(scope, receive, headers, None)
+        decision = await self.decide(route, method, path, headers)
+        if isinstance(decision, Response):
+            return decision
+        return await self._forward(scope, receive, headers, decision)
+
+    async def decide(
+        self, route: Route, method: str, path: str, headers: Headers
+    ) -> dict[str, Any] | Response:
+        """Ask writ; the passed decision, or the refusal (423, or 503 failing closed)."""
+        _, writ = self._clients()
+        caller = _bearer(headers.get("writ-authorization")) or _bearer(headers.get("authorization"))
+        body = {
+            "caller_token": caller,
+            "lease_id": (headers.get("writ-lease") or "").strip()[:128] or None,
+            "fencing_token": (headers.get("writ-fencing-token") or "").strip()[:32] or None,
+            "resource": route.resource,
+            "method": method,
+            "path": path[:512],
+        }
+        try:
+            r = await writ.post("/v1/gate/check", json=body)
+            answer = r.json() if r.content else {}
+        except (httpx.HTTPError, ValueError) as exc:
+            log.error("writ at %s unreachable, refusing %s %s: %s", self.url, method, path, exc)
+            return _error(503, "unavailable",
+                          f"writ at {self.url} cannot be reached ({type(exc).__name__}), so "
+                          f"{method} {path} cannot be checked and is refused (the gate fails "
+                          "closed); retry once writ is back", resource=route.resource)
+        if r.status_code != 200 or not isinstance(answer, dict) or "passed" not in answer:
+            err = answer.get("error", {}) if isinstance(answer, dict) else {}
+            log.error("writ refused the gate's check (%s): %s", r.status_code, err)
+            return _error(503, "unavailable",
+                          f"writ answered the gate's check with {r.status_code} "
+                          f"({err.get('code', 'error')}: {err.get('message', '')}); the gate is "
+                          f"misconfigured or writ is failing, so {method} {path} is refused",
+                          resource=route.resource)
+        if not answer["passed"]:
+            code = answer.get("code") or "held"
+            log.info("refused %s %s (%s): %s", method, path, code, answer.get("reason"))
+            return _error(423, code, _refusal_text(method, path, route.resource, answer),
+                          holder=answer.get("holder"), reason=answer.get("reason"),
+                          resource=route.resource)
+        token = int(answer["fencing_token"])
+        highest = self.highest.get(route.resource, 0)
+        if token < highest:  # writ's store forgot a higher token this gate already passed
+            log.error("writ passed token %s on %s but this gate already passed %s: refusing",
+                      token, route.resource, highest)
+            reason = f"fencing token {token} is lower than {highest}, already passed by this gate"
+            return _error(423, "lease_lost",
+                          _refusal_text(method, path, route.resource,
+                                        {"code": "lease_lost", "reason": reason}),
+                          holder=answer.get("holder"), reason=reason, resource=route.resource)
+        self.highest[route.resource] = token
+        log.info("passed %s %s for %s with token %s", method, path, answer.get("caller"), token)
+        return {**answer, "resource": route.resource}
+
+    def _upstream_headers(
+        self, scope: Scope, headers: Headers, passed: Mapping[str, Any] | None
+    ) -> list[tuple[bytes, bytes]]:
+        connection = {
+            t.strip().lower() for v in headers.getlist("connection") for t in v.split(",")
+        }
+        drop = HOP_BY_HOP | WRIT_HEADERS | connection | {"host"}
+        # Authorization carries the caller's writ token when it came with writ headers (and
+        # no separate Writ-Authorization): that token never leaves the gate.
+        if "writ-authorization" not in headers and (
+            passed is not None or "writ-lease" in headers or "writ-fencing-token" in headers
+        ):
+            drop |= {"authorization"}
+        replaced = {k for k, _ in self.upstream_headers}
+        out = [
+            (k, v) for k, v in scope["headers"]
+            if k.decode("latin-1").lower() not in drop and k.lower() not in replaced
+        ]
+        out += self.upstream_headers
+        client = scope.get("client")
+        forwarded = headers.get("x-forwarded-for")
+        if client:
+            forwarded = f"{forwarded}, {client[0]}" if forwarded else str(client[0])
+        out = [(k, v) for k, v in out if k.lower() not in (b"x-forwarded-for",
+                                                          b"x-forwarded-proto",
+                                                          b"x-forwarded-host")]
+        if forwarded:
+            out.append((b"x-forwarded-for", forwarded.encode("latin-1")))
+        out.append((b"x-forwarded-proto", str(scope.get("scheme", "http")).encode("latin-1")))
+        if "host" in headers:
+            out.append((b"x-forwarded-host", headers["host"].encode("latin-1")))
+        if passed is not None:
+            out += [
+                (b"writ-fencing-token", str(passed["fencing_token"]).encode()),
+                (b"writ-holder", str(passed.get("caller", "")).encode("latin-1")),
+                (b"writ-resource", str(passed["resource"]).encode("latin-1")),
+            ]
+        return out
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, headers: Headers, passed: Mapping[str, Any] | None
+    ) -> Response:
+        upstream, _ = self._clients()
+        raw_path: bytes = scope.get("raw_path") or str(scope["path"]).encode()
+        query: bytes = scope.get("query_string") or b""
+        target = self._prefix + raw_path + (b"?" + query if query else b"")
+        url = self.upstream.copy_with(raw_path=target)
+        has_body = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+        request = upstream.build_request(
+            scope["method"], url,
+            headers=self._upstream_headers(scope, headers, passed),
+            content=_body(receive) if has_body else None,
+        )
+        try:
+            response = await upstream.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            return _error(504, "upstream_timeout",
+                          f"the upstream {self.upstream} did not answer in time ({exc!r})")
+        except httpx.HTTPError as exc:
+            return _error(502, "bad_gateway",
+                          f"the upstream {self.upstream} cannot be reached: {exc!r}")
+        connection = {
+            t.strip().lower() for v in response.headers.get_list("connection") for t in v.split(",")
+        }
+        drop = HOP_BY_HOP | connection
+        out = StreamingResponse(
+            response.aiter_raw(), status_code=response.status_code,
+            background=BackgroundTask(response.aclose),
+        )
+        out.raw_headers = [
+            (k.lower(), v) for k, v in response.headers.raw
+            if k.decode("latin-1").lower() not in drop
+        ]
+        return out
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body, chunk by chunk as the client sends it."""
+    while True:
+        msg: Message = await receive()
+        if msg["type"] == "http.disconnect":
+            raise httpx.ReadError("the client went away mid-body")
+        chunk = msg.get("body", b"")
+        if chunk:
+            yield chunk
+        if not msg.get("more_body", False):
+            return
+
+
+# ----------------------------------------------------------------------------- serving
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:7412`` for IPv6; a bare ``PORT`` means 127.0.0.1)."""
+    text = listen.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise Invalid(f"--listen must be HOST:PORT, like {DEFAULT_LISTEN}, not {listen!r}",
+                      field="listen")
+    return host, int(port)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0 picks a free one: read it from ``getsockname()``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(gate: Gate, listen: str = DEFAULT_LISTEN, log_level: str = "warning") -> None:
+    """Serve ``gate`` until interrupted; announce the address on stderr once listening."""
+    import uvicorn
+
+    host, port = parse_listen(listen)
+    sock = bind(host, port)
+    bound = sock.getsockname()
+    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    config = uvicorn.Config(gate, log_level=log_level, access_log=False, server_header=False,
+                            lifespan="on", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    print(f"writ gate: listening on http://{shown}:{bound[1]} -> {gate.upstream} "
+          f"({len(gate.routes)} route(s), writ at {gate.url})", file=sys.stderr, flush=True)
+    server.run(sockets=[sock])
+
+
+def describe(routes: list[Route]) -> str:
+    """The routes as JSON lines (for ``writ gate --check``)."""
+    return "\n".join(json.dumps({"path": r.path, "methods": sorted(r.methods),
+                                 "resource": r.resource}) for r in routes)

@@ -17,6 +17,7 @@ import os
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
@@ -33,7 +34,9 @@ __all__ = [
     "backend",
     "engine",
     "make_engine",
+    "no_admin_env",
     "pg_backend",
+    "pg_schemas",
     "pg_url",
     "store",
     "store_url",
@@ -140,25 +143,38 @@ def _drop_schema(base: str, schema: str) -> None:
         c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+@pytest.fixture(scope="session")
+def pg_schemas() -> Iterator[Callable[[pytest.FixtureRequest], str]]:
+    """``new(request)`` → the URL of a fresh schema, dropped when the requesting fixture
+    is torn down — in the background (a DROP costs as much as a short test); every one is
+    gone when the session ends."""
+    base = pg_url()
+    janitor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writ-test-drop")
+
+    def new(request: pytest.FixtureRequest) -> str:
+        schema = "writ_t_" + secrets.token_hex(6)
+        request.addfinalizer(lambda: janitor.submit(_drop_schema, base, schema))
+        return with_query(base, schema=schema)
+
+    yield new
+    janitor.shutdown(wait=True)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """A fresh store URL on each backend (a temp SQLite file; a new PostgreSQL schema)."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'writ.db'}"
-        return
-    base = pg_url()
-    schema = "writ_t_" + secrets.token_hex(6)
-    yield with_query(base, schema=schema)
-    _drop_schema(base, schema)
+        return f"sqlite:///{tmp_path / 'writ.db'}"
+    new: Callable[[pytest.FixtureRequest], str] = request.getfixturevalue("pg_schemas")
+    return new(request)
 
 
 @pytest.fixture
-def pg_backend() -> Iterator[Backend]:
+def pg_backend(
+    request: pytest.FixtureRequest, pg_schemas: Callable[[pytest.FixtureRequest], str]
+) -> Backend:
     """PostgreSQL only (for what only a shared server database has), in a fresh schema."""
-    base = pg_url()
-    schema = "writ_t_" + secrets.token_hex(6)
-    yield Backend("postgres", with_query(base, schema=schema), None)
-    _drop_schema(base, schema)
+    return Backend("postgres", pg_schemas(request), None)
 
 
 @pytest.fixture
@@ -179,7 +195,13 @@ async def store(backend: Backend) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def make_engine(backend: Backend) -> AsyncIterator[Callable[..., Any]]:
+def no_admin_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engines started in this test create no bootstrap admin, whatever the environment."""
+    monkeypatch.delenv("WRIT_ADMIN_TOKEN", raising=False)
+
+
+@pytest.fixture
+async def make_engine(backend: Backend, no_admin_env: None) -> AsyncIterator[Callable[..., Any]]:
     """``await make_engine(policy=None)``: a started engine (no background sweeper) on the
     test's store; call it twice for two "servers" sharing one PostgreSQL store."""
     engines: list[Engine] = []

@@ -8,6 +8,7 @@ network between them, and a server that can go away.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from typing import Any
@@ -73,7 +74,7 @@ class Notes:
     def kinds(self) -> list[str]:
         return [k for k, _ in self.seen]
 
-    async def wait_for(self, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+    async def wait_for(self, kind: str, within: float = 5.0) -> dict[str, Any]:
         async def poll() -> dict[str, Any]:
             while True:
                 for k, p in self.seen:
@@ -82,7 +83,7 @@ class Notes:
                 self.arrived.clear()
                 await self.arrived.wait()
 
-        return await asyncio.wait_for(poll(), timeout)
+        return await asyncio.wait_for(poll(), within)
 
 
 # ------------------------------------------------------------------------- tokens
@@ -97,7 +98,7 @@ async def test_tokens_strictly_increase_across_reopen(backend: Backend) -> None:
     later = await _tokens(s, 2)
     await s.close()
     seq = first + later
-    assert all(a < b for a, b in zip(seq, seq[1:], strict=False)), seq
+    assert all(a < b for a, b in itertools.pairwise(seq)), seq
 
 
 async def test_token_of_a_rolled_back_transaction_is_never_reused(store: Store) -> None:

@@ -478,6 +478,13 @@ class Engine:
                 return granted
             blocked = await self._blocked(tx, req, None)
             if blocked is None:
+                # the safety rules hold here too: a dispatch may have refused this waiter
+                # already, and its note may not have reached us yet (another server's)
+                principal = await tx.get_principal(req.principal)
+                err = await self._run_gates(tx, principal, req) if principal else None
+                if err is not None:
+                    await self._deny(tx, req, None, err.message)
+                    return err
                 return await self._grant(tx, req, waiter.waiter_id)
         if not final:
             return _Queued(waiter, blocked, tx.now())

@@ -229,6 +229,31 @@ async def test_a_cancelled_waiter_leaves_the_queue(engine: Engine) -> None:
     assert (await asyncio.wait_for(wc, 5))["holder"] == "agent-c"
 
 
+async def test_a_dead_servers_waiter_is_dropped_not_granted(
+    engine: Engine, backend: Backend
+) -> None:
+    """A waiter whose server died stays in the queue; once its wait is over, the next
+    dispatch drops it (one row says so) instead of granting it a lease nobody collects."""
+    a, b = await adds(engine, "agent-a", "agent-b")
+    lease = await grant(engine, a, "prod/db")
+    ghost = Principal("agent-ghost", "agent")
+    req = engine.validate_request(ghost, resource="prod/db", intent="orphaned")
+
+    async def orphan(tx: Any) -> None:
+        await tx.insert_waiter(
+            Waiter("wt_ghost", 0, "prod/db", "agent-ghost", req.to_json(), tx.now(), tx.now() + 1)
+        )
+
+    await engine.store.transact(orphan)
+    wb = waiting(engine, b, "prod/db")
+    await queued(engine, "agent-b")
+    await backend.advance(5)  # the ghost's wait ended 4 s ago; agent-a's lease still runs
+    await engine.release(a, lease["lease_id"])
+    assert (await asyncio.wait_for(wb, 5))["holder"] == "agent-b"
+    dropped = [r for r in await rows(engine, "lease.denied") if r["agent_id"] == "agent-ghost"]
+    assert len(dropped) == 1 and "nobody collected it" in dropped[0]["notes"]
+
+
 # ------------------------------------------------------------------------- expiry
 async def test_expiry_and_late_renew_or_release_never_free_a_successor(
     engine: Engine, backend: Backend

@@ -48,6 +48,7 @@ NAME = re.compile(r"[a-z0-9._-]{1,64}")
 MAX_TTL_S = 3600
 MAX_WAIT_S = 300
 MAX_INTENT = 1000
+STALE_WAITER_S = 2.0  # a waiter this far past its deadline has no caller left
 SYSTEM = "writ"  # agent_id of rows writ writes on its own (expiry, bootstrap)
 
 Gate = Callable[[Tx, Principal, "Request"], Awaitable["WritError | None"]]
@@ -613,13 +614,9 @@ class Engine:
         """Grant, in FIFO order, every queued request related to ``paths`` that is free."""
         candidates = await tx.waiters_related(paths)
         earlier: list[str] = []  # resources of the candidates already considered
+        now = tx.now()
         for w in candidates:
             exp = self.blast.expand(w.resource)
-            # one that conflicts with an earlier candidate waits behind it (or behind its grant)
-            blocked_in_line = any(self.blast.conflicts(w.resource, e) for e in earlier)
-            earlier.append(w.resource)
-            if blocked_in_line:
-                continue
             r = w.request
             req = Request(
                 resource=w.resource, intent=r["intent"], ttl_s=float(r["ttl_s"]),
@@ -627,6 +624,18 @@ class Engine:
                 consent_id=r.get("consent_id"), rollback=r.get("rollback"),
                 principal=w.principal, expand=exp,
             )
+            if w.deadline + STALE_WAITER_S < now:
+                # its wait ended and nobody came for the answer: the caller, or the server
+                # it waited on, is gone; a grant would block the queue for a whole ttl
+                await tx.delete_waiter(w.waiter_id)
+                await self._deny(tx, req, None, f"its wait ended at {rfc3339(w.deadline)} "
+                                 "and nobody collected it (its caller or server is gone)")
+                continue
+            # one that conflicts with an earlier candidate waits behind it (or behind its grant)
+            blocked_in_line = any(self.blast.conflicts(w.resource, e) for e in earlier)
+            earlier.append(w.resource)
+            if blocked_in_line:
+                continue
             if await self._blocked(tx, req, w.seq) is not None:
                 continue
             principal = await tx.get_principal(w.principal)

@@ -599,6 +599,9 @@ class Engine:
         )
 
     async def _deny(self, tx: Tx, req: Request, blocker: Lease | None, why: str) -> None:
+        if blocker is None:  # refused by a safety rule: the row still names who holds it now
+            held = [l for l in await tx.held_related(req.expand) if l.expires_at > tx.now()]
+            blocker = held[0] if held else None
         await tx.append({
             "event": "lease.denied",
             "agent_id": req.principal,

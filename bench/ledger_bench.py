@@ -1,0 +1,241 @@
+"""``python -m bench.ledger_bench`` — the evidence commands on a 1,000,000-row ledger.
+
+Builds a SQLite store whose ledger holds ``--rows`` sealed audit rows (default 1,000,000:
+leases granted, renewed, changed, refused and released on ``--resources`` resources, one row
+every 0.25 s of simulated time, plus their lease records), by bulk-inserting rows sealed with
+:func:`writ.ledger.seal` straight into the store file. Then it times, each in a fresh
+process as a user would run it:
+
+* ``writ audit verify --store`` — the whole chain (target: >= 200,000 rows/s);
+* ``writ who RESOURCE --at T`` — answered by the engine over the store (target: < 1 s);
+* ``writ postmortem --resource RESOURCE`` — one resource's whole history (target: < 1 s);
+
+and the same three calls in-process (without interpreter start-up). Prints a table.
+The ledger is kept under ``--dir`` (default: a temp folder) and reused when it exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from writ.clock import parse_time, rfc3339
+from writ.ledger import GENESIS, seal
+
+START = parse_time("2026-05-01T00:00:00Z")
+STEP = 0.25  # seconds of simulated time between rows
+TARGET = "prod/db"  # the resource the who/postmortem probes ask about
+HOLDERS = ("perf-agent", "cost-agent", "routing-agent", "deploy-bot", "batch-runner")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build(path: Path, rows: int, n_resources: int) -> dict[str, Any]:
+    """Write a store with ``rows`` audit rows at ``path``; returns facts for the probes."""
+    from writ.stores.sqlite import SQLiteStore
+
+    url = f"sqlite:///{path}"
+    store = SQLiteStore(url)
+
+    async def init() -> None:
+        await store.open()
+        await store.close()
+
+    asyncio.run(init())
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute("PRAGMA synchronous = OFF")
+    c.execute("PRAGMA cache_size = -200000")
+    c.execute("BEGIN")
+    names = [TARGET] + [f"fleet/svc-{i:04d}/db" for i in range(n_resources - 1)]
+    # per resource: the open lease (token, holder, acquired_at, renewals left)
+    open_: dict[str, tuple[int, str, float, int]] = {}
+    prev, token, seq, t = GENESIS, 0, 0, START
+    audit: list[tuple[Any, ...]] = []
+    leases: list[tuple[Any, ...]] = []
+    probe: dict[str, Any] = {}
+    rb = {"rollback_allowed": True, "rollback_path": "/internal/db/rollback",
+          "rollback_key_holder": "svc-ops-princess", "human_override_queue": "svc-ops-princess",
+          "rollback_denominator": "incident_minutes"}
+    i = 0
+    while seq < rows:
+        # about one row in n_resources is on TARGET; the rest spread over the fleet
+        res = TARGET if i % n_resources == 0 else names[1 + (i * 7919) % (len(names) - 1)]
+        i += 1
+        t += STEP
+        cur = open_.get(res)
+        if cur is None:
+            token += 1
+            holder = HOLDERS[(token * 7) % len(HOLDERS)]
+            acq = rfc3339(t)
+            fields = {"event": "lease.granted", "agent_id": holder, "resource": res,
+                      "lock_holder": holder, "lock_key": f"{res}/{token}", "lock_acquired_at": acq,
+                      "fencing_token": token, **rb,
+                      "notes": f"granted ls_bench{token} for 'tune {res}', ttl 30s, touches *"}
+            open_[res] = (token, holder, t, 1 + token % 4)
+            leases.append((f"ls_bench{token}", res, holder, f"tune {res}", token, t, t + 30, 30.0,
+                           '["*"]', "released", None, None, None))
+        else:
+            tok, holder, acq_t, left = cur
+            base = {"agent_id": holder, "resource": res, "lock_holder": holder,
+                    "lock_key": f"{res}/{tok}", "lock_acquired_at": rfc3339(acq_t),
+                    "fencing_token": tok, **rb}
+            if left > 0:
+                kind = (tok + left) % 3
+                if kind == 0:
+                    fields = {**base, "event": "change.recorded",
+                              "notes": f"capacity: capacity {left}->{left * 2}; protected until "
+                              f"{rfc3339(t + 900)}"}
+                elif kind == 1:
+                    other = HOLDERS[(tok + 1) % len(HOLDERS)]
+                    fields = {**base, "event": "lease.denied", "agent_id": other,
+                              "rollback_allowed": False, "rollback_path": None,
+                              "rollback_key_holder": None, "rollback_denominator": None,
+                              "notes": f"refused 'consolidate': {res} is held by {holder}"}
+                else:
+                    fields = {**base, "event": "lease.renewed",
+                              "notes": f"renewed until {rfc3339(t + 30)}"}
+                open_[res] = (tok, holder, acq_t, left - 1)
+            else:
+                fields = {**base, "event": "lease.released", "notes": "released by its holder"}
+                del open_[res]
+                if res == TARGET and seq > rows // 2 and "who_at" not in probe:
+                    probe["who_at"] = rfc3339((acq_t + t) / 2)
+                    probe["who_holder"] = holder
+        seq += 1
+        s = seal(seq, prev, t, fields)
+        prev = s.hash
+        audit.append((s.seq, s.timestamp, s.event, s.resource, s.lock_key, s.body, s.hash))
+        if len(audit) >= 50_000:
+            c.executemany("INSERT INTO audit (seq, ts, event, resource, lock_key, body, hash)"
+                          " VALUES (?,?,?,?,?,?,?)", audit)
+            c.executemany("INSERT INTO leases (lease_id, resource, holder, intent, fencing_token,"
+                          " acquired_at, expires_at, ttl_s, touches, state, rollback, ended_at,"
+                          " request_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", leases)
+            audit.clear()
+            leases.clear()
+            log(f"  {seq:,} rows")
+    if audit:
+        c.executemany("INSERT INTO audit (seq, ts, event, resource, lock_key, body, hash)"
+                      " VALUES (?,?,?,?,?,?,?)", audit)
+    if leases:
+        c.executemany("INSERT INTO leases (lease_id, resource, holder, intent, fencing_token,"
+                      " acquired_at, expires_at, ttl_s, touches, state, rollback, ended_at,"
+                      " request_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", leases)
+    c.execute("UPDATE meta SET value = ? WHERE key = 'fencing_token'", (token,))
+    c.execute("COMMIT")
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    n_target = c.execute("SELECT count(*) FROM audit WHERE resource = ?", (TARGET,)).fetchone()[0]
+    c.close()
+    return {"rows": seq, "target_rows": n_target, **probe}
+
+
+def facts(path: Path) -> dict[str, Any]:
+    """Recover the probe facts of an existing bench ledger."""
+    c = sqlite3.connect(path)
+    rows = c.execute("SELECT max(seq) FROM audit").fetchone()[0] or 0
+    n_target = c.execute("SELECT count(*) FROM audit WHERE resource = ?", (TARGET,)).fetchone()[0]
+    mid = c.execute("SELECT ts FROM audit WHERE resource = ? AND event = 'lease.granted' AND"
+                    " seq > ? ORDER BY seq LIMIT 1", (TARGET, rows // 2)).fetchone()
+    c.close()
+    return {"rows": rows, "target_rows": n_target,
+            "who_at": rfc3339(mid[0] + STEP) if mid else rfc3339(START)}
+
+
+def timed(cmd: list[str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if p.returncode not in (0, 1):
+        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()}")
+    return dt, (p.stdout.strip().splitlines() or [""])[0][:90]
+
+
+async def in_process(url: str, at: str) -> dict[str, float]:
+    from writ.engine import Engine
+    from writ.postmortem import Query, StoreSource, collect
+    from writ.stores import open_store
+
+    engine = Engine(open_store(url))
+    await engine.start(background=False)
+    try:
+        out: dict[str, float] = {}
+        t0 = time.perf_counter()
+        v = await engine.verify()
+        out["verify"] = time.perf_counter() - t0
+        out["verify_rows"] = float(v.rows)
+        t0 = time.perf_counter()
+        await engine.who(TARGET, parse_time(at))
+        out["who"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        report = await collect(StoreSource(engine), Query([TARGET]))
+        out["postmortem"] = time.perf_counter() - t0
+        out["postmortem_rows"] = float(report["source"]["rows"])
+        return out
+    finally:
+        await engine.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.ledger_bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--resources", type=int, default=1000)
+    ap.add_argument("--dir", default=None, help="keep the ledger here (reused when present)")
+    args = ap.parse_args(argv)
+    folder = Path(args.dir or tempfile.mkdtemp(prefix="writ-ledger-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"ledger-{args.rows}.db"
+    if path.exists():
+        log(f"reusing {path}")
+        info = facts(path)
+    else:
+        log(f"building {args.rows:,} rows in {path} ...")
+        t0 = time.perf_counter()
+        info = build(path, args.rows, args.resources)
+        log(f"built in {time.perf_counter() - t0:.1f}s ({os.path.getsize(path) / 1e6:.0f} MB)")
+    url = f"sqlite:///{path}"
+    at = info.get("who_at") or rfc3339(START)
+    writ = [sys.executable, "-m", "writ.cli"]
+    results: list[tuple[str, str, str, str]] = []
+
+    dt, line = timed([*writ, "audit", "verify", "--store", url])
+    results.append(("writ audit verify --store", f"{dt:.2f} s",
+                    f"{info['rows'] / dt:,.0f} rows/s", line))
+    dt, line = timed([*writ, "who", TARGET, "--at", at, "--store", url])
+    results.append((f"writ who {TARGET} --at", f"{dt:.3f} s", "", line))
+    out = folder / "postmortem.html"
+    dt, line = timed([*writ, "postmortem", "--resource", TARGET, "--store", url,
+                      "--format", "html", "--out", str(out)])
+    results.append((f"writ postmortem --resource {TARGET}", f"{dt:.3f} s",
+                    f"{info['target_rows']:,} rows", line))
+    inproc = asyncio.run(in_process(url, at))
+    results.append(("  in-process engine.verify()", f"{inproc['verify']:.2f} s",
+                    f"{inproc['verify_rows'] / inproc['verify']:,.0f} rows/s", ""))
+    results.append(("  in-process engine.who()", f"{inproc['who'] * 1000:.1f} ms", "", ""))
+    results.append(("  in-process postmortem collect()", f"{inproc['postmortem'] * 1000:.0f} ms",
+                    f"{inproc['postmortem_rows']:,.0f} rows", ""))
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"writ evidence on a {info['rows']:,}-row ledger "
+                  f"({info['target_rows']:,} rows on {TARGET})")
+    for col in ("command", "time", "rate / size", "output"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(*r)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

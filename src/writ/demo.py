@@ -1,0 +1,465 @@
+"""``writ demo``: 02:17, replayed twice on a simulated clock.
+
+The seed's incident: a DB latency alert at 02:17; a perf-agent doubles capacity, a cost-agent
+sees overprovisioning and consolidates, a routing-agent reroutes traffic through the DB tier;
+by 02:19 the DB is down. Every decision was correct on its own.
+
+Both runs use the same three agents and the same simulated database (:class:`SimDB`: capacity
+in instances, load in requests per second, p99 latency from utilisation, and a failure
+threshold: above 100% utilisation for 40 s, it falls over).
+
+* **Run 1, uncoordinated.** All three act on what they see. The consolidation and the reroute
+  land together, the DB runs at 155% and goes down at 02:19:00.
+* **Run 2, through writ** — the real engine, an embedded SQLite store in a temp folder, driven
+  over the HTTP protocol in-process on a :class:`~writ.clock.ManualClock`, with the seed's
+  policy (blast radius ``db-tier = prod/db, routing/db-tier, capacity/db``). perf holds
+  ``prod/db`` and records capacity 4→8; cost's consolidation is refused (``consent_required``),
+  it asks, perf does not answer, the request expires (not a denial) and escalates to
+  ``svc-ops-princess``, who denies it; routing waits in the queue on the blast radius and
+  reroutes only once perf is done. The DB stays up.
+
+The demo prints both timelines side by side and writes the run-2 postmortem (Markdown and
+HTML) before it exits. It is deterministic: the clock is fixed (2026-05-16T02:17:00Z) and,
+for the demo only, ids are drawn from a counter instead of :func:`secrets.token_urlsafe`, so
+the ledger, its hashes and the postmortem are the same bytes on every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import math
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .clock import ManualClock, parse_time, rfc3339
+
+__all__ = ["START", "SimDB", "run", "run_demo"]
+
+START = parse_time("2026-05-16T02:17:00Z")
+END = 240  # seconds of simulated time
+TICK = 10
+ALERT_MS = 250.0
+POLICY = """
+default_override_queue = "svc-ops-princess"
+
+[blast_radius]
+db-tier = ["prod/db", "routing/db-tier", "capacity/db"]
+
+[[rules]]
+prefix = "prod"
+protect_s = 900
+max_hold_s = 600
+page_after_s = 60
+lock_delay_s = 5
+consent_timeout_s = 120
+"""
+AGENTS = {  # name: (kind, vendor, wake route)
+    "perf-agent": ("agent", "vendor-a", "https://perf-agent.vendor-a.example/wake"),
+    "cost-agent": ("agent", "vendor-b", "https://cost-agent.vendor-b.example/wake"),
+    "routing-agent": ("agent", "vendor-c", "https://routing-agent.vendor-c.example/wake"),
+    "svc-ops-princess": ("queue", None, "https://oncall.example/page/svc-ops-princess"),
+}
+ROLLBACK = {"allowed": True, "path": "/internal/db/capacity/rollback?to=4",
+            "key_holder": "svc-ops-princess", "override_queue": "svc-ops-princess",
+            "denominator": "incident_minutes"}
+
+
+# ----------------------------------------------------------------------------- the DB
+@dataclass
+class SimDB:
+    """A deterministic toy database: instances, load, p99 latency and a failure threshold."""
+
+    instances: int = 4
+    rps_per_instance: float = 100.0
+    base_rps: float = 380.0
+    rerouted_rps: float = 0.0
+    fail_after_s: float = 40.0
+    over_since: float | None = None
+    down_at: float | None = None
+    pending: list[tuple[float, str, float]] = field(default_factory=list)
+
+    @property
+    def load(self) -> float:
+        return self.base_rps + self.rerouted_rps
+
+    @property
+    def utilization(self) -> float:
+        return self.load / (self.instances * self.rps_per_instance)
+
+    @property
+    def p99_ms(self) -> float | None:
+        if self.down_at is not None:
+            return None
+        u = self.utilization
+        return 20.0 / (1.0 - u) if u < 0.99 else 2000.0
+
+    def later(self, at: float, attr: str, value: float) -> None:
+        """A change that takes effect at ``at`` (draining, route propagation)."""
+        self.pending.append((at, attr, value))
+
+    def advance(self, now: float) -> list[str]:
+        """Apply due changes, then check the failure threshold; returns what happened."""
+        out: list[str] = []
+        for item in sorted(p for p in self.pending if p[0] <= now):
+            self.pending.remove(item)
+            _, attr, value = item
+            if attr == "instances":
+                self.instances = int(value)
+                out.append(f"consolidation done: {self.instances} instances")
+            else:
+                self.rerouted_rps = value
+                out.append(f"reroute live: {self.load:.0f} rps on the DB")
+        if self.down_at is None:
+            if self.utilization > 1.0:
+                self.over_since = now if self.over_since is None else self.over_since
+                if now - self.over_since >= self.fail_after_s:
+                    self.down_at = now
+                    out.append(f"DB DOWN: {self.utilization:.0%} of capacity for "
+                               f"{now - self.over_since:.0f}s, connections exhausted")
+            else:
+                self.over_since = None
+        return out
+
+    def state(self) -> str:
+        if self.down_at is not None:
+            return "DOWN"
+        p99 = self.p99_ms or 0.0
+        return f"{self.instances}×, {self.load:.0f} rps, " + (
+            f"{p99:.0f} ms" if self.utilization < 0.99 else "saturated")
+
+
+def hms(offset: float) -> str:
+    return (rfc3339(START + offset) or "")[11:19]
+
+
+@dataclass
+class Run:
+    name: str
+    db: SimDB = field(default_factory=SimDB)
+    events: list[tuple[float, str, str]] = field(default_factory=list)  # (t, text, db)
+
+    def log(self, t: float, text: str) -> None:
+        self.events.append((t, text, self.db.state()))
+
+
+# ----------------------------------------------------------------------------- run 1
+def run_uncoordinated() -> Run:
+    """All three agents act on what they see; nothing serialises them."""
+    run = Run("without writ")
+    db = run.db
+    for t in range(0, END + 1, TICK):
+        for line in db.advance(t):
+            run.log(t, line)
+        if t == 0:
+            run.log(t, f"ALERT DB p99 {db.p99_ms:.0f}ms > {ALERT_MS:.0f}ms")
+        elif t == 10:
+            db.instances *= 2
+            run.log(t, "perf-agent doubles capacity 4→8")
+        elif t == 30 and (db.p99_ms or 1e9) < 100:
+            db.later(t + 50, "rerouted_rps", 240)
+            run.log(t, f"routing-agent sees p99 {db.p99_ms:.0f}ms: reroutes cache misses "
+                    "through the DB tier (+240 rps, live in 50s)")
+        elif t == 40 and db.utilization < 0.5:
+            target = math.ceil(db.load / (0.95 * db.rps_per_instance))
+            db.later(t + 30, "instances", target)
+            run.log(t, f"cost-agent sees {db.utilization:.0%} utilisation: consolidates "
+                    f"{db.instances}→{target} (drains in 30s)")
+        if db.down_at is not None:
+            break
+    return run
+
+
+# ----------------------------------------------------------------------------- run 2
+@contextlib.contextmanager
+def counter_ids() -> Iterator[None]:
+    """Make writ's random ids a counter for the demo (restored afterwards)."""
+    n = [0]
+
+    def new_id(prefix: str) -> str:
+        n[0] += 1
+        return f"{prefix}_demo{n[0]:04d}"
+
+    mods = [importlib.import_module(f"writ.{m}")
+            for m in ("models", "engine", "consent", "rollbacks", "freezes")]
+    saved = [(m, m.new_id) for m in mods if hasattr(m, "new_id")]
+    for m, _ in saved:
+        m.new_id = new_id  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for m, fn in saved:
+            m.new_id = fn  # type: ignore[attr-defined]
+
+
+class World:
+    """The engine behind the in-process HTTP app, and the three agents' tokens."""
+
+    def __init__(self, engine: Any, http: httpx.AsyncClient, clock: ManualClock) -> None:
+        self.engine, self.http, self.clock = engine, http, clock
+        self.tokens: dict[str, str] = {}
+        self.calls: list[tuple[float, str, dict[str, Any]]] = []
+
+    async def post(self, who: str, path: str, body: Any = None) -> httpx.Response:
+        return await self.http.post(path, json=body,
+                                    headers={"Authorization": f"Bearer {self.tokens[who]}"})
+
+    def on_call(self, request: httpx.Request) -> httpx.Response:
+        """writ's outbound wake and page calls land here (the agents' and queue's routes)."""
+        import json
+
+        self.calls.append((self.clock.t - START, str(request.url), json.loads(request.content)))
+        return httpx.Response(200)
+
+
+async def run_through_writ(workdir: Path) -> tuple[Run, Any]:
+    """Run 2: the same agents, each asking writ first. Returns the run and the engine's
+    store URL (the store is closed)."""
+    from .engine import Engine
+    from .policy import parse
+    from .server import create_app
+    from .stores.sqlite import SQLiteStore
+
+    run = Run("through writ")
+    db = run.db
+    clock = ManualClock(START)
+    url = f"sqlite:///{workdir / 'writ-demo.db'}"
+    engine = Engine(SQLiteStore(url, clock=clock), parse(POLICY, "demo-policy.toml"))
+    w: World
+    app = create_app(engine, start_engine=False)
+    await engine.start(background=False)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://writ") as http:
+            w = World(engine, http, clock)
+            engine.caller.transport = httpx.MockTransport(w.on_call)
+            for name, (kind, vendor, wake) in AGENTS.items():
+                _, token = await engine.add_principal(None, name, kind, vendor=vendor, wake=wake)
+                w.tokens[name] = token
+            await _script(w, run, db)
+    finally:
+        await engine.stop()
+    return run, url
+
+
+async def _script(w: World, run: Run, db: SimDB) -> None:
+    perf_lease: dict[str, Any] = {}
+    routing: asyncio.Task[httpx.Response] | None = None
+    routing_lease: dict[str, Any] = {}
+    consent: dict[str, Any] = {}
+    seen_calls = 0
+    for t in range(0, END + 1, TICK):
+        w.clock.t = START + t
+        await w.engine.sweep()  # expiries, consent timeouts, stuck locks
+        await w.engine.caller.drain()
+        for line in db.advance(t):
+            run.log(t, line)
+        if t == 0:
+            run.log(t, f"ALERT DB p99 {db.p99_ms:.0f}ms > {ALERT_MS:.0f}ms")
+        elif t == 10:
+            r = await w.post("perf-agent", "/v1/leases", {
+                "resource": "prod/db", "intent": "double capacity: p99 over the alert",
+                "ttl_s": 120, "touches": ["capacity"], "rollback": ROLLBACK})
+            perf_lease = _ok(r, 201)
+            _ok(await w.post("perf-agent", f"/v1/leases/{perf_lease['lease_id']}/changes", {
+                "attribute": "capacity", "summary": "capacity 4→8", "before": 4, "after": 8,
+                "fencing_token": perf_lease["fencing_token"]}), 201)
+            db.instances = 8
+            run.log(t, f"perf-agent holds prod/db (token {perf_lease['fencing_token']}); "
+                    "doubles capacity 4→8, recorded")
+        elif t == 30:
+            routing = asyncio.ensure_future(w.post("routing-agent", "/v1/leases", {
+                "resource": "routing/db-tier", "intent": "reroute cache misses via the DB tier",
+                "ttl_s": 120, "wait_s": 120, "touches": ["routing"]}))
+            await _settle()
+            run.log(t, "routing-agent asks for routing/db-tier: queued behind perf-agent "
+                    "(blast radius db-tier)")
+        elif t == 40:
+            r = await w.post("cost-agent", "/v1/leases", {
+                "resource": "prod/db", "intent": "consolidate instances: overprovisioned",
+                "ttl_s": 60, "touches": ["capacity"]})
+            err = r.json()["error"]
+            run.log(t, f"cost-agent wants to consolidate 8→4: REFUSED {err['code']} "
+                    f"(perf-agent's change protected until {err['protected_until'][11:19]})")
+            r = await w.post("cost-agent", "/v1/consents", {
+                "change_id": err["change"]["change_id"],
+                "reason": f"8 instances at {db.utilization:.0%}: overprovisioned"})
+            consent = _ok(r, 201)
+            run.log(t, "cost-agent asks perf-agent's consent; writ wakes perf-agent")
+        elif t == 100:
+            _ok(await w.post("perf-agent", f"/v1/leases/{perf_lease['lease_id']}/release"), 200)
+            assert routing is not None
+            routing_lease = _ok(await routing, 201)
+            run.log(t, f"perf-agent: p99 {db.p99_ms:.0f}ms for a minute, releases prod/db; "
+                    f"routing-agent granted at once (token {routing_lease['fencing_token']})")
+            db.later(t + 50, "rerouted_rps", 240)
+            _ok(await w.post("routing-agent", f"/v1/leases/{routing_lease['lease_id']}/changes", {
+                "attribute": "routing", "summary": "cache-miss reads via the DB tier, +240 rps",
+                "fencing_token": routing_lease["fencing_token"]}), 201)
+            run.log(t, f"routing-agent re-checks: 8 instances, p99 {db.p99_ms:.0f}ms; reroutes "
+                    "(+240 rps, live in 50s), recorded")
+        elif t == 150:
+            _ok(await w.post("routing-agent",
+                             f"/v1/leases/{routing_lease['lease_id']}/release"), 200)
+            run.log(t, "routing-agent: reroute live, releases routing/db-tier")
+        elif t == 180:
+            r = await w.post("svc-ops-princess", f"/v1/consents/{consent['consent_id']}/deny")
+            _ok(r, 200)
+            run.log(t, "svc-ops-princess (on call) denies cost-agent: no consolidation during "
+                    "an open latency incident")
+        await w.engine.caller.drain()  # outbound calls of this step land in this step
+        for at, route, payload in w.calls[seen_calls:]:
+            who = str(payload.get("to"))
+            why = str(payload.get("reason"))
+            if "consent unanswered" in why:
+                run.log(at, f"perf-agent never answered: consent EXPIRED (not denied), "
+                        f"escalated; writ pages {who}")
+            elif route.endswith("/wake") and "consent" in why:
+                continue  # told with the request above
+            else:
+                run.log(at, f"writ calls {who}: {why}")
+        seen_calls = len(w.calls)
+    if db.down_at is None:
+        run.log(END, f"DB up: {db.state()}")
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def _ok(r: httpx.Response, status: int) -> dict[str, Any]:
+    if r.status_code != status:
+        raise RuntimeError(f"demo step failed: {r.request.method} {r.request.url.path} -> "
+                           f"{r.status_code} {r.text}")
+    out: dict[str, Any] = r.json()
+    return out
+
+
+# ----------------------------------------------------------------------------- output
+@dataclass
+class Result:
+    uncoordinated: Run
+    coordinated: Run
+    files: list[Path]
+    rows: int
+    head: str
+    verified: bool
+
+
+async def run_demo(out_dir: str | Path = "writ-demo") -> Result:
+    """Both runs; writes the run-2 postmortem into ``out_dir``."""
+    from .engine import Engine
+    from .postmortem import Query, StoreSource, collect, to_markdown
+    from .postmortem_html import to_html
+    from .stores.sqlite import SQLiteStore
+
+    run1 = run_uncoordinated()
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="writ-demo-") as tmp, counter_ids():
+        run2, url = await run_through_writ(Path(tmp))
+        engine = Engine(SQLiteStore(url, clock=ManualClock(START + END)))
+        await engine.start(background=False)
+        try:
+            v = await engine.verify()
+            report = await collect(
+                StoreSource(engine, label="the demo's embedded SQLite store"),
+                Query(["prod", "routing", "capacity"], START, START + END,
+                      title="02:17 DB latency incident — prod/db and its blast radius"),
+            )
+        finally:
+            await engine.stop()
+    md, html = out / "postmortem.md", out / "postmortem.html"
+    _write(out, {md: to_markdown(report), html: to_html(report)})
+    return Result(run1, run2, [md, html], v.rows, v.head, v.ok)
+
+
+def _write(folder: Path, files: dict[Path, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, text in files.items():
+        path.write_text(text, encoding="utf-8")
+
+
+def render(result: Result, console: Any) -> None:
+    """Print both timelines side by side, then the outcome and the files written."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    console.print(Text("writ demo — 02:17, replayed on a simulated clock (2026-05-16, UTC)",
+                       style="bold"))
+    console.print("Three agents from three vendors, one database. Same agents, same DB model, "
+                  "twice.\n")
+    table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False)
+    table.add_column("UTC", style="dim", no_wrap=True)
+    table.add_column("run 1: without writ", ratio=1)
+    table.add_column("DB (inst, load, p99)", no_wrap=True, min_width=20)
+    table.add_column("run 2: through writ", ratio=1)
+    table.add_column("DB (inst, load, p99)", no_wrap=True, min_width=20)
+    a = _by_time(result.uncoordinated.events)
+    b = _by_time(result.coordinated.events)
+    shown = ["", ""]  # the DB state each run last showed: print it only when it changes
+    for t in sorted(set(a) | set(b)):
+        left, right = a.get(t, []), b.get(t, [])
+        for i in range(max(len(left), len(right))):
+            cells: list[Any] = [hms(t) if i == 0 else ""]
+            for k, side in enumerate((left, right)):
+                text, state = side[i] if i < len(side) else ("", "")
+                cells += [_style(text), _db(state if state != shown[k] else "")]
+                shown[k] = state or shown[k]
+            table.add_row(*cells)
+    console.print(table)
+    one, two = result.uncoordinated.db, result.coordinated.db
+    if one.down_at is not None:
+        console.print(Text(f"Without writ: the DB went down at {hms(one.down_at)}. Every "
+                           "decision was correct on its own.", style="bold red"))
+    if two.down_at is None:
+        console.print(Text(f"With writ:    the DB stayed up: {two.state()} at {hms(END)}.",
+                           style="bold green"))
+    console.print(f"Audit ledger: {result.rows} rows, hash chain "
+                  f"{'verified' if result.verified else 'BROKEN'}, head {result.head[:16]}…")
+    console.print("Postmortem written before the demo exited: "
+                  + ", ".join(str(p) for p in result.files))
+
+
+def _by_time(events: list[tuple[float, str, str]]) -> dict[float, list[tuple[str, str]]]:
+    out: dict[float, list[tuple[str, str]]] = {}
+    for t, text, db in events:
+        out.setdefault(t, []).append((text, db))
+    return out
+
+
+def _style(text: str) -> Any:
+    from rich.text import Text
+
+    if not text:
+        return ""
+    for word, style in (("DOWN", "bold red"), ("REFUSED", "red"), ("ALERT", "yellow"),
+                        ("EXPIRED", "yellow"), ("denies", "magenta"), ("DB up", "bold green"),
+                        ("queued", "cyan"), ("granted", "green")):
+        if word in text:
+            return Text(text, style=style)
+    return Text(text)
+
+
+def _db(state: str) -> Any:
+    from rich.text import Text
+
+    if not state:
+        return ""
+    return Text(state, style="bold red" if state == "DOWN" else "")
+
+
+def run(out_dir: str | Path = "writ-demo", console: Any = None) -> Result:
+    """``writ demo``: run both, print, write the postmortem; returns the result."""
+    from rich.console import Console
+
+    result = asyncio.run(run_demo(out_dir))
+    render(result, console or Console())
+    return result

@@ -222,7 +222,7 @@ def test_write_without_a_lease_is_423_and_never_reaches_the_upstream(rig: Rig) -
     assert "writ token" in err["message"]
     err = refused(rig.http.post("/admin/db/scale", json={"to": 8},
                                 headers=rig.headers(rig.agent_token)), "held")
-    assert "acquire a lease" in err["message"] and err["holder"] is None
+    assert "Acquire a lease" in err["message"] and err["holder"] is None
     refused(rig.http.delete("/admin/db/x", headers=rig.headers("not-a-token")), "unauthenticated")
     assert rig.upstream.count("/admin/db") == before
 

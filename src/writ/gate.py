@@ -178,18 +178,18 @@ def _refusal_text(method: str, path: str, resource: str, decision: Mapping[str, 
     who = (
         f"{holder['holder']} holds {holder['resource']} ({holder.get('intent')!r}) since "
         f"{holder.get('acquired_at')} until {holder.get('expires_at')}"
-        if isinstance(holder, dict) else f"nobody holds {resource} right now"
+        if isinstance(holder, dict) else f"Nobody holds {resource} right now"
     )
     if code == "unauthenticated":
-        nxt = ("send your own writ token as 'Authorization: Bearer <token>' (or "
+        nxt = ("Send your own writ token as 'Authorization: Bearer <token>' (or "
                "'Writ-Authorization: Bearer <token>') with Writ-Lease and Writ-Fencing-Token")
     elif code == "lease_lost":
-        nxt = (f"your write authority on {resource} is gone: acquire a new lease (a new fencing "
+        nxt = (f"Your write authority on {resource} is gone: acquire a new lease (a new fencing "
                "token) before writing again")
     else:
-        nxt = (f"acquire a lease on {resource} (POST /v1/leases, waiting with wait_s if it is "
+        nxt = (f"Acquire a lease on {resource} (POST /v1/leases, waiting with wait_s if it is "
                "held) and send Writ-Lease and Writ-Fencing-Token with the request")
-    return f"{method} {path} needs write authority on {resource}: {reason}. {who}; {nxt}"
+    return f"{method} {path} needs write authority on {resource}: {reason}. {who}. {nxt}."
 
 
 # ----------------------------------------------------------------------------- the proxy

@@ -32,12 +32,13 @@ HTTP_TOKEN = "mcp-endpoint-secret"
 # ----------------------------------------------------------------------------- harness
 @asynccontextmanager
 async def agent_session(
-    writ: LiveServer, token: str, transport: str, url: str | None = None
+    writ: LiveServer, token: str, transport: str, url: str | None = None, *options: str
 ) -> AsyncIterator[ClientSession]:
     """A `ClientSession` to a fresh `writ mcp` process that acts with ``token``."""
     env = {"WRIT_URL": url or writ.url, "WRIT_TOKEN": token}
     if transport == "stdio":
-        params = StdioServerParameters(command=sys.executable, args=["-m", "writ.cli", "mcp"],
+        params = StdioServerParameters(command=sys.executable,
+                                       args=["-m", "writ.cli", "mcp", *options],
                                        env={**os.environ, **env})
         async with stdio_client(params, errlog=sys.stderr) as (read, write), \
                 ClientSession(read, write) as session:
@@ -247,6 +248,20 @@ async def test_bad_token_and_unreachable_writ_are_explained(
         text = await refused(a, "acquire_write_authority", resource=people.resource,
                              intent="x")
         assert "cannot be reached" in text and "Nothing was granted" in text
+
+
+async def test_a_human_token_is_refused_unless_allowed(live_server: LiveServer,
+                                                       people: People) -> None:
+    """Started with a queue's (human) token, the tools refuse to act: a model must not answer
+    consents with human authority. --allow-human-token is the deliberate way out."""
+    async with agent_session(live_server, people.queue_token, "stdio") as q:
+        text = await refused(q, "whoami")
+        assert people.queue in text and "human" in text and "Nothing was done" in text
+        text = await refused(q, "answer_consent", consent_id="cns_x", decision="grant")
+        assert "agent's own token" in text
+    async with agent_session(live_server, people.queue_token, "stdio", None,
+                             "--allow-human-token") as q:
+        assert (await call(q, "whoami"))["kind"] == "queue"
 
 
 async def test_http_endpoint_needs_its_bearer_token(live_server: LiveServer,

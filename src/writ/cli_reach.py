@@ -92,19 +92,23 @@ def gate_command(
 @click.option("--http-token", envvar="WRIT_MCP_HTTP_TOKEN", default=None,
               help="HTTP: require 'Authorization: Bearer <this>' from MCP clients "
               "(or WRIT_MCP_HTTP_TOKEN).")
+@click.option("--allow-human-token", is_flag=True,
+              help="Let the tools act with a human's, a queue's or an admin's token (refused by "
+              "default: a model must not answer consents with human authority).")
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]),
               help="Log level on stderr.")
 def mcp_command(
     transport: str, url: str, token: str, host: str, port: int, path: str,
-    http_token: str | None, log_level: str,
+    http_token: str | None, allow_human_token: bool, log_level: str,
 ) -> None:
     """MCP server exposing writ as tools, for any MCP-speaking agent.
 
     Tools: acquire_write_authority, renew_lease, release_lease, who_holds, resource_status,
     record_change, ask_consent, answer_consent, request_rollback, watch_events and more;
-    resources writ://resources/{path}. One process acts for one principal (its token);
-    no tool approves rollbacks or acts as anyone else.
+    resources writ://resources/{path}. One process acts for one principal (its token,
+    which must be an agent's unless --allow-human-token); no tool approves rollbacks or acts
+    as anyone else.
     """
     try:
         import anyio
@@ -118,7 +122,7 @@ def mcp_command(
     client = AsyncClient(url, token)
     try:
         anyio.run(lambda: serve(client, transport, host, port, path,  # type: ignore[arg-type]
-                                http_token, log_level))
+                                http_token, log_level, allow_human_token))
     except KeyboardInterrupt:
         pass
     except OSError as exc:

@@ -20,6 +20,7 @@ Transports: stdio (the default; the client starts ``writ mcp``) and streamable H
 from __future__ import annotations
 
 import hmac
+import inspect
 import json
 import sys
 from collections.abc import Awaitable
@@ -49,6 +50,7 @@ from .errors import (
 __all__ = ["DEFAULT_HTTP_PORT", "INSTRUCTIONS", "TOOL_NAMES", "create_server", "serve"]
 
 DEFAULT_HTTP_PORT = 7413
+HUMAN_KINDS = ("human", "queue")
 MAX_EVENTS = 200
 
 INSTRUCTIONS = """\
@@ -176,21 +178,55 @@ def guidance(err: WritError) -> str:
     return f"{head}\n{nxt}\nDetails: {json.dumps(details, default=str)}"
 
 
-async def _call(aw: Awaitable[Any]) -> dict[str, Any]:
-    try:
-        result = await aw
-    except WritError as err:
-        raise ToolError(guidance(err)) from err
-    return dict(result) if isinstance(result, dict) else {"result": result}
+def _discard(aw: Awaitable[Any]) -> None:
+    if inspect.iscoroutine(aw):
+        aw.close()
 
 
 # ----------------------------------------------------------------------------- the server
-def create_server(client: AsyncClient, name: str = "writ") -> MCPServer[Any]:
-    """An :class:`MCPServer` whose tools call writ through ``client`` (one principal)."""
+def create_server(
+    client: AsyncClient, name: str = "writ", allow_human: bool = False
+) -> MCPServer[Any]:
+    """An :class:`MCPServer` whose tools call writ through ``client`` (one principal).
+
+    Unless ``allow_human``, the tools refuse to work when the token belongs to a human, a
+    queue or an admin: a model must never answer consents or act with a human's authority.
+    """
     server: MCPServer[Any] = MCPServer(
         name, title="writ write authority", version=__version__, instructions=INSTRUCTIONS,
         log_level="WARNING",
     )
+    identity: dict[str, Any] = {}
+
+    async def _guard() -> None:
+        """Check once whose token this server holds (refusing human authority)."""
+        if allow_human or identity.get("name"):
+            return
+        if "refusal" not in identity:
+            me = await client.whoami()
+            if me.get("kind") not in HUMAN_KINDS and not me.get("admin"):
+                identity.update(me)
+                return
+            identity["refusal"] = (
+                f"This MCP server holds the token of {me.get('name')}, a"
+                f"{'n admin' if me.get('admin') else ' ' + str(me.get('kind'))}: a model must "
+                "not act with a human's authority (answering consents, human-only routes). "
+                "Nothing was done. The operator must start `writ mcp` with an agent's own token "
+                "(or pass --allow-human-token deliberately)."
+            )
+        raise ToolError(identity["refusal"])
+
+    async def _call(aw: Awaitable[Any]) -> dict[str, Any]:
+        try:
+            try:
+                await _guard()
+            except BaseException:
+                _discard(aw)
+                raise
+            result = await aw
+        except WritError as err:
+            raise ToolError(guidance(err)) from err
+        return dict(result) if isinstance(result, dict) else {"result": result}
 
     @server.tool(annotations=_WRITE)
     async def acquire_write_authority(
@@ -420,9 +456,9 @@ def create_server(client: AsyncClient, name: str = "writ") -> MCPServer[Any]:
     # ---- resources -----------------------------------------------------------------------
     async def _read(aw: Awaitable[Any]) -> str:
         try:
-            return json.dumps(await aw, indent=2)
-        except WritError as err:
-            raise ResourceError(guidance(err)) from err
+            return json.dumps(await _call(aw), indent=2)
+        except ToolError as err:
+            raise ResourceError(str(err)) from err
 
     @server.resource("writ://resources/{+path}", name="resource", mime_type="application/json",
                      description="A resource's current lease, queue, protected changes and "
@@ -479,9 +515,10 @@ async def serve(
     path: str = "/mcp",
     http_token: str | None = None,
     log_level: str = "warning",
+    allow_human: bool = False,
 ) -> None:
     """Run the MCP server until its client goes away (stdio) or it is interrupted (http)."""
-    server = create_server(client)
+    server = create_server(client, allow_human=allow_human)
     try:
         if transport == "stdio":
             await server.run_stdio_async()

@@ -1,0 +1,136 @@
+"""Summarise a py-spy raw profile of the writ server (``python -m bench.run --profile``).
+
+    python -m bench.profile bench/results/profile-writ-sqlite-<time>.txt [--top 25]
+
+Prints (1) self time by component — each sample charged to the innermost frame that
+belongs to a known layer (HTTP parsing, Starlette, FastAPI, pydantic, JSON, engine, ledger,
+SQLite statements, the commit thread, the event loop) — and (2) inclusive time of the
+functions that matter for the hot path, and (3) the top self-time frames. Startup samples
+(module imports) are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+
+# (component, pattern on "function (file:line)"), first match from the leaf wins
+LAYERS: list[tuple[str, re.Pattern[str]]] = [
+    (
+        "SQLite COMMIT (fsync, commit thread)",
+        re.compile(r"concurrent/futures/thread\.py|threading\.py"),
+    ),
+    ("JSON encode/decode (stdlib json)", re.compile(r"\(json/")),
+    ("ledger seal (canonical JSON + sha256)", re.compile(r"writ/ledger\.py")),
+    ("SQLite statements (sqlite.py)", re.compile(r"writ/stores/sqlite\.py")),
+    ("writ models/clock (to_dict, rfc3339)", re.compile(r"writ/(models|clock)\.py")),
+    ("writ resources/policy (validate, expand)", re.compile(r"writ/(resources|policy)\.py")),
+    ("writ engine", re.compile(r"writ/engine\.py")),
+    ("writ other (server.py routes, middleware)", re.compile(r"writ/")),
+    ("FastAPI jsonable_encoder", re.compile(r"fastapi/encoders\.py")),
+    ("pydantic (validation, serialization)", re.compile(r"pydantic|fastapi/_compat")),
+    ("FastAPI routing + dependencies", re.compile(r"\(fastapi/")),
+    ("Starlette (routing, middleware, Request/Response)", re.compile(r"starlette/")),
+    ("uvicorn + httptools (HTTP parsing, ASGI glue)", re.compile(r"uvicorn/|httptools")),
+    ("event loop (asyncio/uvloop)", re.compile(r"asyncio/|uvloop")),
+    ("secrets/hashlib/uuid", re.compile(r"secrets\.py|hashlib|uuid|random\.py|base64")),
+    (
+        "typing/enum/abc/copy (library glue)",
+        re.compile(r"typing\.py|enum\.py|_collections_abc|abc\.py|copy\.py|dataclasses"),
+    ),
+]
+
+INCLUSIVE = [
+    ("uvicorn request cycle (run_asgi)", r"run_asgi \(uvicorn"),
+    ("LimitBody middleware and below", r"__call__ \(writ/server\.py"),
+    ("FastAPI request_response handler", r"app \(fastapi/routing\.py|app \(starlette/routing\.py"),
+    ("  solve_dependencies (auth + body)", r"solve_dependencies \("),
+    (
+        "    auth: principal()/authenticate",
+        r"principal \(writ/server\.py|authenticate \(writ/engine",
+    ),
+    (
+        "    body: request.json()/body parse",
+        r"\bjson \(starlette/requests|body \(starlette/requests",
+    ),
+    (
+        "    body: pydantic AcquireIn validation",
+        r"request_body_to_args|_validate_value_with_model_field|validate_python",
+    ),
+    ("  run_endpoint_function (engine call)", r"run_endpoint_function \("),
+    ("  serialize_response (pydantic + jsonable_encoder)", r"serialize_response \("),
+    ("  JSONResponse render (json.dumps)", r"render \(starlette/responses"),
+    ("engine.acquire", r"acquire \(writ/engine"),
+    ("engine.release", r"release \(writ/engine"),
+    ("store.transact/_drain/_commit_batch", r"_commit_batch|_drain \(writ|transact \(writ"),
+    ("  transaction bodies (_run_now)", r"_run_now \("),
+    ("  ledger seal", r"seal \(writ/ledger"),
+    ("  COMMIT in worker thread", r"concurrent/futures/thread\.py"),
+    ("Lease.to_dict", r"to_dict \(writ/models"),
+    ("rfc3339", r"rfc3339 \(writ/clock"),
+]
+
+
+def parse(path: str) -> list[tuple[list[str], int]]:
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            stack, _, n = line.rpartition(" ")
+            frames = stack.split(";")
+            if any("importlib._bootstrap" in fr for fr in frames):
+                continue  # startup
+            out.append((frames, int(n)))
+    return out
+
+
+def component(frames: list[str]) -> str:
+    for fr in reversed(frames):
+        for name, pat in LAYERS:
+            if pat.search(fr):
+                return name
+    return "other (" + re.sub(r" \(.*", "", frames[-1]) + ")"
+
+
+def summarise(path: str, top: int = 25) -> str:
+    stacks = parse(path)
+    total = sum(n for _, n in stacks) or 1
+    lines = [f"{path}: {total} samples (startup excluded)", "", "self time by component:"]
+    by = collections.Counter()
+    for frames, n in stacks:
+        by[component(frames)] += n
+    for name, n in by.most_common():
+        lines.append(f"  {100 * n / total:5.1f}%  {name}")
+    lines += ["", "inclusive time:"]
+    for label, pat in INCLUSIVE:
+        rx = re.compile(pat)
+        n = sum(c for frames, c in stacks if any(rx.search(fr) for fr in frames))
+        lines.append(f"  {100 * n / total:5.1f}%  {label}")
+    lines += ["", f"top {top} self-time frames:"]
+    leaf = collections.Counter()
+    for frames, n in stacks:
+        leaf[frames[-1]] += n
+    for fr, n in leaf.most_common(top):
+        lines.append(f"  {100 * n / total:5.1f}%  {fr}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.profile",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("file")
+    ap.add_argument("--top", type=int, default=25)
+    a = ap.parse_args(argv)
+    print(summarise(a.file, a.top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -531,6 +531,28 @@ async def test_queue_kind_may_revoke(writ: Writ) -> None:
     assert r.status_code == 200 and r.json()["state"] == "revoked"
 
 
+async def test_the_same_app_serves_again_after_its_lifespan_ended(
+    tmp_path: Path, admin_env: None
+) -> None:
+    """An app whose lifespan ran and ended can be started again (test clients and reloaders
+    do this): writes still commit, and the sweeper expires an unrenewed lease by itself."""
+    engine = Engine(open_store(f"sqlite:///{tmp_path / 'writ.db'}"), parse(POLICY_TEXT))
+    app = create_app(engine)
+    for round_ in range(2):
+        async with asyncio.timeout(10), app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://writ.test",
+                                         event_hooks={"response": [_no_500]}) as client:
+                w = Writ(client, engine)
+                tok = await w.principal(f"agent-{round_}")
+                if round_ == 0:
+                    await w.grant(tok, "again/first")
+                    continue
+                lease = await w.grant(tok, "again/second", ttl_s=1)
+                row = await w.wait_for_event("lease.expired", "again/second")
+                assert row["lock_key"] == lease["lock_key"] and row["agent_id"] == "writ"
+
+
 # ----------------------------------------------------------------------------- auth
 def _routes(app: Any) -> list[tuple[str, str]]:
     out = []

@@ -185,6 +185,7 @@ class Engine:
     # ------------------------------------------------------------------ lifecycle
     async def start(self, background: bool = True) -> None:
         """Open the store, create the bootstrap admin, start the sweeper."""
+        self._closing = False  # an engine may be started again after stop()
         self.store.set_listener(self._on_note)
         await self.store.open()
         self._audit_seq = (await self.store.read(lambda tx: tx.audit_head()))[0]

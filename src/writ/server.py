@@ -459,7 +459,57 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
 
     for extend in EXTENSIONS:
         extend(app, engine, principal)
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _document_errors(generate())
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+# Error answers every route may give (PROTOCOL.md), documented in /openapi.json.
+ERROR_RESPONSES: dict[int, str] = {
+    401: "unauthenticated: missing or unknown bearer token",
+    403: "forbidden: the caller's kind or identity may not do this",
+    404: "not_found: no such lease, principal, consent, ...",
+    409: "held / consent_required / conflict",
+    410: "lease_lost: the lease expired, was revoked or released",
+    413: "too_large: request body or headers too large",
+    422: "invalid: bad input; the message says what was wrong",
+    423: "frozen: a human froze the resource",
+    503: "unavailable: the store cannot be reached right now",
+}
+
+
+def _document_errors(schema: dict[str, Any]) -> None:
+    """Give every operation the real error shape instead of FastAPI's ``detail`` one."""
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                "additionalProperties": True,
+            }
+        },
+    }
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path, ops in schema.get("paths", {}).items():
+        for op in ops.values():
+            responses = op.setdefault("responses", {})
+            for status, text in ERROR_RESPONSES.items():
+                if path == "/v1/health" and status not in (413, 503):
+                    continue
+                responses[str(status)] = {"description": text, "content": ref}
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
 
 
 # Route modules of later features register here: extend(app, engine, auth_dependency).

@@ -493,6 +493,8 @@ class SQLiteStore(Store):
             conn.close()
         self._w = self._r = None
         self._io.shutdown(wait=True)
+        # the store may be opened again (an app's lifespan can run twice): a fresh executor
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writ-sqlite-commit")
 
     # -- writes: group commit ------------------------------------------------------------
     async def transact(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
@@ -512,7 +514,13 @@ class SQLiteStore(Store):
             while self._pending:
                 await asyncio.sleep(0)  # let the requests arriving in this tick join the batch
                 batch, self._pending = self._pending, []
-                await self._commit_batch(loop, batch)
+                try:
+                    await self._commit_batch(loop, batch)
+                except Exception as exc:  # never leave a caller waiting on a failed batch
+                    if self._w is not None and self._w.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._w.execute("ROLLBACK")
+                    self._fail_all(batch, exc)
         finally:
             self._draining = False
             self._idle.set()
@@ -563,7 +571,7 @@ class SQLiteStore(Store):
             c.execute("UPDATE meta SET value = ? WHERE key = 'fencing_token'", (self._token,))
         try:
             await loop.run_in_executor(self._io, c.execute, "COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # sqlite3.Error, or the executor refusing work
             try:
                 c.execute("ROLLBACK")
             except sqlite3.Error:

@@ -200,9 +200,11 @@ def rig(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> It
         "--upstream-header", "X-Admin-Key: only-the-gate-knows",
     ]) as gate_url:
         r = Rig(live_server, upstream, upstream_url, gate_url, res)
-        yield r
-        r.http.close()
-        r.admin.close()
+        try:
+            yield r
+        finally:
+            r.http.close()
+            r.admin.close()
 
 
 def refused(r: httpx.Response, code: str) -> dict[str, Any]:
@@ -266,6 +268,27 @@ def test_current_lease_passes_with_fencing_token_and_holder_not_the_writ_token(r
         assert r.headers.get_list("set-cookie") == ["a=1; Path=/; SameSite=lax", "b=2"]
     finally:
         rig.release(rig.agent_token, lease)
+
+
+def test_a_lease_on_an_ancestor_covers_the_route_and_an_unrelated_one_does_not(
+    rig: Rig,
+) -> None:
+    """Write authority on the parent resource covers /admin/db/*; on a sibling it does not."""
+    parent = rig.db.rsplit("/", 1)[0]
+    lease = rig.acquire(rig.agent_token, parent)
+    try:
+        r = rig.http.post("/admin/db/x", headers=rig.headers(rig.agent_token, lease))
+        assert r.status_code == 200
+        assert rig.upstream.seen[-1]["headers"]["writ-resource"] == rig.db
+    finally:
+        rig.release(rig.agent_token, lease)
+    sibling = rig.acquire(rig.agent_token, f"{parent}/queue")
+    try:
+        err = refused(rig.http.post("/admin/db/x", headers=rig.headers(rig.agent_token, sibling)),
+                      "held")
+        assert "does not cover" in err["reason"]
+    finally:
+        rig.release(rig.agent_token, sibling)
 
 
 def test_writ_token_may_travel_in_writ_authorization(rig: Rig) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .clock import parse_time
 from .postmortem import _consent_outcome, duration, verification_text, when
+from .resources import under
 
 __all__ = ["timeline_svg", "to_html"]
 
@@ -70,10 +71,10 @@ def timeline_svg(rep: dict[str, Any]) -> str:
     items = [("bar", "holder"), ("wait", "waited in queue"), ("x", "refused"),
              ("diamond", "change recorded"), ("circle", "consent asked / answered"),
              ("tri", "rollback asked / decided"), ("square", "revoked"),
-             ("flag", "stuck, wake or page")]
+             ("flag", "stuck, wake or page"), ("band", "frozen")]
     lx, ly = 20.0, 20.0
     for kind, label in items:
-        wdt = 18 + _text_w(label, 11.5, 0.55) + 4
+        wdt = 18 + _text_w(label, 11.5, 0.5) + 10
         if lx + wdt > W - RIGHT:
             lx, ly = 20.0, ly + 18
         o.append(_mark(kind, lx + 7, ly, GREY if kind == "wait" else _color(kind), legend=True))
@@ -109,6 +110,17 @@ def timeline_svg(rep: dict[str, Any]) -> str:
         o.append(f'<text x="{LEFT - 12}" y="{y + LANE / 2 + 4}" font-size="12.5" '
                  f'font-family="ui-monospace,SFMono-Regular,Menlo,Consolas,monospace" '
                  f'fill="#111827" text-anchor="end">{escape(_short(res, 24))}</text>')
+    # freezes: a hatched band over every lane under the frozen prefix
+    for prefix, x_from, x_to, by in _freeze_spans(rep["freezes"]):
+        x1, x2 = _x(x_from, t0, t1), _x(x_to, t0, t1)
+        hit = sorted(i for r, i in index.items() if under(r, prefix))
+        for n, i in enumerate(hit):
+            o.append(f'<g>{_tip(f"{prefix} frozen by {by}", when(x_from), when(x_to))}'
+                     f'<rect x="{x1:.1f}" y="{top + i * LANE + 2}" width="{max(x2 - x1, 3):.1f}" '
+                     f'height="{LANE - 4}" fill="url(#hatch)" opacity="0.8"/>'
+                     + (_label(f"frozen by {by}", x1 + 4, top + i * LANE + 13, "#1e40af")
+                        if n == 0 else "")
+                     + "</g>")
     # waits: dashed line in the lower part of the lane
     for q in rep["waits"]:
         lane = index.get(q["resource"])
@@ -231,6 +243,9 @@ def _mark(kind: str, x: float, y: float, c: str, legend: bool = False) -> str:
     if kind == "bar":
         return (f'<rect x="{x - 7:.1f}" y="{y - 6:.1f}" width="14" height="12" rx="3" '
                 f'fill="{PALETTE[0]}"/>')
+    if kind == "band":
+        return (f'<rect x="{x - 7:.1f}" y="{y - 6:.1f}" width="14" height="12" '
+                'fill="url(#hatch)" stroke="#d1d5db"/>')
     if kind == "wait":
         return (f'<line x1="{x - 8:.1f}" y1="{y:.1f}" x2="{x + 8:.1f}" y2="{y:.1f}" stroke="{c}" '
                 'stroke-width="2" stroke-dasharray="4 2"/>')
@@ -261,6 +276,29 @@ def _mark(kind: str, x: float, y: float, c: str, legend: bool = False) -> str:
     return ""
 
 
+def _label(text: str, x: float, y: float, color: str, size: float = 10.5) -> str:
+    """A text label that stays inside the plot (anchored at its end near the right edge)."""
+    if x + _text_w(text, size, 0.55) > W - RIGHT:
+        return (f'<text x="{W - RIGHT - 4}" y="{y}" font-size="{size}" fill="{color}" '
+                f'text-anchor="end">{escape(text)}</text>')
+    return f'<text x="{x:.1f}" y="{y}" font-size="{size}" fill="{color}">{escape(text)}</text>'
+
+
+def _freeze_spans(freezes: list[dict[str, Any]]) -> list[tuple[str, str, str | None, str]]:
+    """``(prefix, from, to or None, by)`` of each freeze in the window."""
+    out: list[tuple[str, str, str | None, str]] = []
+    open_: dict[str, tuple[str, str]] = {}
+    for f in freezes:
+        prefix = str(f["resource"])
+        if f["event"] == "freeze.created":
+            open_[prefix] = (f["at"], str(f["agent"]))
+        elif prefix in open_:
+            start, by = open_.pop(prefix)
+            out.append((prefix, start, f["at"], by))
+    out += [(p, start, None, by) for p, (start, by) in open_.items()]
+    return out
+
+
 def _short(s: str, n: int) -> str:
     return s if len(s) <= n else "…" + s[-(n - 1):]
 
@@ -285,7 +323,7 @@ h2 .n{color:var(--muted);font-weight:500;font-size:13px;margin-left:6px}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(96px,1fr));gap:10px;
  background:none;border:0;padding:0}
 .card{background:#fff;border:1px solid var(--line);border-radius:10px;padding:12px 14px}
-.card .v{font-size:19px;font-weight:700;line-height:1.25;white-space:nowrap}
+.card .v{font-size:18px;font-weight:700;line-height:1.25;white-space:nowrap}
 .card .k{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.06em}
 .card.bad .v{color:#b91c1c}.card.good .v{color:#047857}
 ul.summary{margin:0;padding-left:20px}ul.summary li{margin:3px 0}

@@ -370,20 +370,42 @@ class SQLiteTx(Tx):
         since: float | None = None, until: float | None = None,
     ) -> list[dict[str, Any]]:
         where, args = ["seq > ?"], [after_seq]  # type: list[str], list[Any]
-        if prefix:
-            where.append("(resource = ? OR (resource >= ? AND resource < ?))")
-            args += [prefix, prefix + "/", prefix + "0"]
+        ts_sql, ts_args = [], []  # type: list[str], list[Any]
         if since is not None:
-            where.append("ts >= ?")
-            args.append(since)
+            ts_sql.append("ts >= ?")
+            ts_args.append(since)
         if until is not None:
-            where.append("ts <= ?")
-            args.append(until)
+            ts_sql.append("ts <= ?")
+            ts_args.append(until)
+        if prefix or ts_sql:
+            # walk an index of the filter, never the whole table in seq order: the time
+            # index for a window of few rows, else the resource index ("+col" rules an
+            # index out)
+            where[0] = "+seq > ?"
+        if prefix and (not ts_sql or not self._few_rows(since, until)):
+            ts2 = [t.replace("ts", "+ts") for t in ts_sql]
+            where.append("((resource = ?" + "".join(f" AND {t}" for t in ts_sql)
+                         + ") OR (resource >= ? AND resource < ?"
+                         + "".join(f" AND {t}" for t in ts2) + "))")
+            args += [prefix, *ts_args, prefix + "/", prefix + "0", *ts_args]
+        else:
+            where += ts_sql
+            args += ts_args
+            if prefix:
+                where.append("(+resource = ? OR (+resource >= ? AND +resource < ?))")
+                args += [prefix, prefix + "/", prefix + "0"]
         rows = self.c.execute(
             f"SELECT body, hash FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
             [*args, limit],
         )
         return [row_from(b, h) for b, h in rows]
+
+    def _few_rows(self, since: float | None, until: float | None, cap: int = 50_000) -> bool:
+        """Does the window hold at most ``cap`` rows (all resources)? Counts index entries."""
+        sql = "SELECT count(*) FROM (SELECT 1 FROM audit WHERE ts >= ? AND ts <= ? LIMIT ?)"
+        lo = float("-inf") if since is None else since
+        hi = float("inf") if until is None else until
+        return int(self.c.execute(sql, (lo, hi, cap + 1)).fetchone()[0]) <= cap
 
     async def audit_head(self) -> tuple[int, str]:
         r = self.c.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()

@@ -1,0 +1,259 @@
+"""Signed checkpoints: a rewrite of history after a checkpoint is found and named."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from writ.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    generate_key,
+    load_private_key,
+    load_public_key,
+    make,
+    parse,
+    read_checkpoint,
+    verify_store,
+    write_checkpoint,
+    write_key,
+)
+from writ.cli import main
+from writ.clock import ManualClock, parse_time
+from writ.engine import Engine
+from writ.ledger import GENESIS, canonical, seal
+from writ.stores.sqlite import SQLiteStore
+
+T0 = parse_time("2026-05-16T02:17:00Z")
+
+
+async def _fill(engine: Engine, n: int) -> None:
+    for i in range(n):
+        await engine.add_principal(None, f"agent-{i}", "agent")
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    e = Engine(SQLiteStore(f"sqlite:///{tmp_path}/w.db", clock=ManualClock(T0)))
+    await e.start(background=False)
+    await _fill(e, 10)
+    yield e
+    await e.stop()
+
+
+def _db(tmp_path: Path) -> sqlite3.Connection:
+    c = sqlite3.connect(tmp_path / "w.db", isolation_level=None)
+    c.execute("DROP TRIGGER IF EXISTS audit_no_update")
+    c.execute("DROP TRIGGER IF EXISTS audit_no_delete")
+    return c
+
+
+def _edit(tmp_path: Path, seq: int, rehash: bool) -> None:
+    """Change the notes of row ``seq`` as someone with write access to the file would;
+    with ``rehash``, re-seal every row from there on so the chain verifies again."""
+    c = _db(tmp_path)
+    rows = c.execute("SELECT seq, ts, body FROM audit WHERE seq >= ? ORDER BY seq",
+                     (seq,)).fetchall()
+    prev = c.execute("SELECT hash FROM audit WHERE seq = ?", (seq - 1,)).fetchone()
+    prev_hash = prev[0] if prev else GENESIS
+    for i, (s, ts, body) in enumerate(rows):
+        fields = json.loads(body)
+        if i == 0:
+            fields["notes"] = "nothing to see here"
+        if not rehash:
+            c.execute("UPDATE audit SET body = ? WHERE seq = ?", (canonical(fields), s))
+            break
+        for k in ("seq", "timestamp", "prev_hash"):
+            fields.pop(k)
+        sealed = seal(s, prev_hash, ts, fields)
+        c.execute("UPDATE audit SET body = ?, hash = ? WHERE seq = ?",
+                  (sealed.body, sealed.hash, s))
+        prev_hash = sealed.hash
+    c.close()
+
+
+async def test_text_format_round_trips_and_signature_holds(engine: Engine) -> None:
+    key = generate_key()
+    cp = await make(engine.store, key)
+    text = cp.text()
+    lines = text.splitlines()
+    assert lines[0] == "writ-checkpoint: 1"
+    assert [ln.split(": ")[0] for ln in lines] == [
+        "writ-checkpoint", "seq", "hash", "time", "signed_at", "key_id", "public_key", "signature"]
+    assert cp.seq == 10 and cp.time == "2026-05-16T02:17:00.000000Z"
+    back = parse(text)
+    assert back == cp
+    back.check_signature(key.public_key())
+    # an edited line breaks the signature
+    forged = parse(text.replace(f"seq: {cp.seq}", "seq: 3"))
+    with pytest.raises(CheckpointError, match="signature does not match"):
+        forged.check_signature()
+
+
+async def test_valid_checkpoint_passes_and_the_ledger_may_grow(engine: Engine) -> None:
+    key = generate_key()
+    cp = await make(engine.store, key)
+    await _fill_more(engine)
+    out = await verify_store(engine.store, [cp], key.public_key())
+    assert out.ok and out.rows == 15 and out.checkpoints[0]["ok"] is True
+
+
+async def _fill_more(engine: Engine) -> None:
+    for i in range(5):
+        await engine.add_principal(None, f"late-{i}", "agent")
+
+
+async def test_edited_row_before_checkpoint_is_named(engine: Engine, tmp_path: Path) -> None:
+    """A row changed in place (without re-hashing) fails at that row."""
+    cp = await make(engine.store, generate_key())
+    _edit(tmp_path, 4, rehash=False)
+    out = await verify_store(engine.store, [cp])
+    assert not out.ok and out.first_bad_seq == 4
+    assert "row 4" in (out.reason or "") and "checkpoint seq 10" in (out.reason or "")
+
+
+async def test_rehashed_rewrite_is_caught_only_by_the_checkpoint(engine: Engine,
+                                                                 tmp_path: Path) -> None:
+    """Rewriting a row and re-sealing the chain fools `audit verify` but not the checkpoint;
+    two checkpoints narrow down where the rewrite began."""
+    key = generate_key()
+    early = await make(engine.store, key)  # seq 10
+    await _fill_more(engine)
+    late = await make(engine.store, key)  # seq 15
+    _edit(tmp_path, 12, rehash=True)
+    assert (await engine.verify()).ok  # the chain alone cannot tell
+    out = await verify_store(engine.store, [early, late], key.public_key())
+    assert not out.ok and out.first_bad_seq == 15
+    assert "rows 11..15 were rewritten" in (out.reason or "")
+    assert [c["ok"] for c in out.checkpoints] == [True, False]
+
+
+async def test_removed_rows_are_found(engine: Engine, tmp_path: Path) -> None:
+    cp = await make(engine.store, generate_key())
+    c = _db(tmp_path)
+    c.execute("DELETE FROM audit WHERE seq > 7")
+    c.close()
+    out = await verify_store(engine.store, [cp])
+    assert not out.ok and out.first_bad_seq == 8 and "were removed" in (out.reason or "")
+
+
+async def test_wrong_key_fails(engine: Engine) -> None:
+    cp = await make(engine.store, generate_key())
+    with pytest.raises(CheckpointError, match="not by the trusted key"):
+        await verify_store(engine.store, [cp], generate_key().public_key())
+
+
+def test_key_files(tmp_path: Path) -> None:
+    priv, pub = write_key(tmp_path / "k")
+    assert oct(os.stat(priv).st_mode & 0o777) == "0o600"
+    assert pub.name == "k.pub"
+    key = load_private_key(priv)
+    assert load_public_key(pub).public_bytes_raw() == key.public_key().public_bytes_raw()
+    with pytest.raises(CheckpointError, match="refusing to overwrite"):
+        write_key(priv)
+    (tmp_path / "junk").write_text("not a key")
+    with pytest.raises(CheckpointError):
+        load_private_key(tmp_path / "junk")
+
+
+async def test_checkpointer_writes_one_every_n_rows(engine: Engine, tmp_path: Path) -> None:
+    """The server's ticker signs the head whenever N rows have been added."""
+    key = generate_key()
+    folder = tmp_path / "cps"
+    cpr = Checkpointer(engine, key, folder, every=4)
+    await engine.sweep()  # 10 rows: first checkpoint
+    await engine.sweep()  # nothing new
+    await _fill_more(engine)  # 15 rows
+    await engine.sweep()
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "checkpoint-000000000010.txt", "checkpoint-000000000015.txt"]
+    cps = [read_checkpoint(p) for p in sorted(folder.iterdir())]
+    assert (await verify_store(engine.store, cps, key.public_key())).ok
+    # a new Checkpointer carries on from the newest file
+    assert Checkpointer(engine, key, folder, every=4).last_seq == 15 == cpr.last_seq
+
+
+async def _store_with_rows(path: Path) -> None:
+    e = Engine(SQLiteStore(f"sqlite:///{path}", clock=ManualClock(T0)))
+    await e.start(background=False)
+    await _fill(e, 6)
+    await e.stop()
+
+
+def test_cli_keygen_checkpoint_verify(tmp_path: Path) -> None:
+    """`writ audit keygen`, `audit checkpoint`, `audit verify --checkpoint` end to end;
+    tampering makes verify exit 1 naming the row."""
+    import asyncio
+
+    db = tmp_path / "w.db"
+    asyncio.run(_store_with_rows(db))
+    url = f"sqlite:///{db}"
+    r = CliRunner()
+    key = tmp_path / "ck.key"
+    res = r.invoke(main, ["audit", "keygen", "--out", str(key)])
+    assert res.exit_code == 0, res.output
+    assert "key id" in res.output
+    cpf = tmp_path / "cp.txt"
+    res = r.invoke(main, ["audit", "checkpoint", "--key", str(key), "--store", url,
+                          "--out", str(cpf)])
+    assert res.exit_code == 0, res.output
+    assert read_checkpoint(cpf).seq == 6
+    res = r.invoke(main, ["audit", "verify", "--store", url, "--checkpoint", str(cpf),
+                          "--pubkey", f"{key}.pub"])
+    assert res.exit_code == 0, res.output
+    assert "extends checkpoint seq 6" in res.output and "the trusted key" in res.output
+    res = r.invoke(main, ["audit", "verify", "--store", url])  # unchanged without the option
+    assert res.exit_code == 0 and "6 rows" in res.output
+    _edit(tmp_path, 3, rehash=True)
+    res = r.invoke(main, ["audit", "verify", "--store", url, "--checkpoint", str(cpf)])
+    assert res.exit_code == 1
+    assert "BROKEN at seq 6" in res.output and "rows 1..6 were rewritten" in res.output
+    res = r.invoke(main, ["audit", "verify-checkpoint", str(cpf), "--store", url])
+    assert res.exit_code == 1
+    other = tmp_path / "other.key"
+    write_key(other)
+    res = r.invoke(main, ["audit", "verify", "--store", url, "--checkpoint", str(cpf),
+                          "--pubkey", f"{other}.pub"])
+    assert res.exit_code == 1 and "not by the trusted key" in res.output
+
+
+def test_serve_has_checkpoint_options() -> None:
+    res = CliRunner().invoke(main, ["serve", "--help"])
+    assert res.exit_code == 0
+    for opt in ("--checkpoint-every", "--checkpoint-key", "--checkpoint-dir"):
+        assert opt in res.output
+
+
+def test_install_checkpointer_hooks_into_every_app(tmp_path: Path) -> None:
+    """`writ serve --checkpoint-every N` wires a Checkpointer into the app's engine."""
+    from writ import server
+    from writ.cli_evidence import install_checkpointer
+
+    priv, _ = write_key(tmp_path / "k")
+    before = list(server.EXTENSIONS)
+    try:
+        install_checkpointer(str(priv), str(tmp_path / "cps"), 3)
+        e = Engine(SQLiteStore(f"sqlite:///{tmp_path}/s.db"))
+        app = server.create_app(e, start_engine=False)
+        cpr = app.state.checkpointer
+        assert isinstance(cpr, Checkpointer) and cpr.every == 3
+        assert cpr.tick in e._tickers
+    finally:
+        server.EXTENSIONS[:] = before
+
+
+def test_write_checkpoint_is_atomic_text(tmp_path: Path) -> None:
+    from writ.checkpoint import sign
+
+    key = generate_key()
+    cp = sign(key, 5, "ab" * 32, "2026-05-16T02:17:00.000000Z", "2026-05-16T02:18:00.000000Z")
+    p = write_checkpoint(cp, tmp_path / "x" / "cp.txt")
+    assert p.read_text() == cp.text() and not list((tmp_path / "x").glob(".*"))
+    with pytest.raises(CheckpointError):
+        parse(cp.text().replace("hash: ", "hash: zz"))

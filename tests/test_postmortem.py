@@ -1,0 +1,368 @@
+"""``writ postmortem``: the incident report, drafted from the ledger alone.
+
+One scripted incident on a manual clock exercises every section: grants and a handoff, a
+change, a consent refusal answered and used, a queued wait, a rollback approved by the
+key-holder queue and executed, a revocation with provenance, a stuck lock woken and paged,
+and a freeze. The report must name each with its exact second and cite its row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from writ.cli import main
+from writ.clock import ManualClock, parse_time
+from writ.engine import Engine
+from writ.errors import ConsentRequired
+from writ.ledger import seal
+from writ.models import Principal
+from writ.policy import parse
+from writ.postmortem import HttpSource, Query, StoreSource, build, collect, to_json, to_markdown
+from writ.postmortem_html import timeline_svg, to_html
+from writ.stores.sqlite import SQLiteStore
+
+T0 = parse_time("2026-05-16T10:00:00Z")
+POLICY = """
+rollback_base_url = "http://rollback.test"
+default_override_queue = "svc-ops-princess"
+
+[blast_radius]
+db-tier = ["prod/db", "routing/db-tier", "capacity/db"]
+
+[[rules]]
+prefix = "prod"
+protect_s = 900
+max_hold_s = 600
+page_after_s = 60
+lock_delay_s = 5
+consent_timeout_s = 120
+"""
+PLAN = {"allowed": True, "path": "/internal/db/rollback?txn=8841",
+        "key_holder": "svc-ops-princess", "override_queue": "svc-ops-princess",
+        "denominator": "incident_minutes"}
+
+
+class Incident:
+    def __init__(self, engine: Engine, clock: ManualClock, path: Path) -> None:
+        self.engine, self.clock, self.path = engine, clock, path
+        self.p: dict[str, Principal] = {}
+
+    async def at(self, offset: float) -> None:
+        self.clock.t = T0 + offset
+        await self.engine.sweep()
+        await self.engine.caller.drain()
+
+    async def lease(self, who: str, resource: str, **kw: Any) -> dict[str, Any]:
+        return await self.engine.acquire(self.p[who], resource=resource, **kw)
+
+
+async def _script(x: Incident) -> None:
+    e, p = x.engine, x.p
+    await x.at(0)
+    perf = await x.lease("perf-agent", "prod/db", intent="double capacity", ttl_s=300,
+                         touches=["capacity"], rollback=PLAN)
+    change = await e.consents.record_change(p["perf-agent"], perf["lease_id"], "capacity",
+                                            "capacity 4→8", 4, 8)
+    await x.at(5)
+    with pytest.raises(ConsentRequired):
+        await x.lease("cost-agent", "prod/db", intent="consolidate", touches=["capacity"])
+    await x.at(6)
+    consent = await e.consents.ask(p["cost-agent"], change["change_id"], "overprovisioned")
+    await x.at(10)
+    await e.consents.answer(p["perf-agent"], consent["consent_id"], True)
+    await x.at(12)
+    await e.release(p["perf-agent"], perf["lease_id"])
+    await x.at(13)
+    cost = await x.lease("cost-agent", "prod/db", intent="consolidate", touches=["capacity"],
+                         consent_id=consent["consent_id"], ttl_s=60)
+    await x.at(20)
+    await e.release(p["cost-agent"], cost["lease_id"])
+    await x.at(30)
+    routing = await x.lease("routing-agent", "routing/db-tier", intent="reroute", ttl_s=300,
+                            touches=["routing"])
+    await x.at(31)
+    waiting = asyncio.ensure_future(x.lease("perf-agent", "prod/db", intent="scale again",
+                                            ttl_s=300, wait_s=60, rollback=PLAN))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await x.at(40)
+    await e.release(p["routing-agent"], routing["lease_id"])
+    perf2 = await asyncio.wait_for(waiting, 5)
+    await x.at(50)
+    rb = await e.rollbacks.request(p["cost-agent"], lease_id=perf2["lease_id"],
+                                   reason="latency still high")
+    await x.at(55)
+    await e.rollbacks.answer(p["svc-ops-princess"], rb["rollback_id"], True)
+    await x.at(60)
+    await e.revoke(p["oncall-jane"], perf2["lease_id"], "R-44", "oncall-jane",
+                   "stuck after rollback")
+    await x.at(100)
+    await x.lease("batch-agent", "prod/cache", intent="reindex", ttl_s=3600)
+    await x.at(701)  # past max_hold_s: stuck, woken
+    await x.at(762)  # still held a minute later: paged
+    await x.at(800)
+    fz = await e.freezes.freeze(p["svc-ops-princess"], "prod", "incident 4411")
+    await x.at(810)
+    await e.freezes.lift(p["svc-ops-princess"], fz["freeze_id"])
+
+
+@pytest.fixture
+async def incident(tmp_path: Path) -> AsyncIterator[Incident]:
+    clock = ManualClock(T0 - 60)
+    engine = Engine(SQLiteStore(f"sqlite:///{tmp_path}/w.db", clock=clock), parse(POLICY))
+    engine.caller.transport = httpx.MockTransport(lambda r: httpx.Response(200))
+    engine.caller.backoff = 0.001
+    await engine.start(background=False)
+    x = Incident(engine, clock, tmp_path / "w.db")
+    for name, kind in (("perf-agent", "agent"), ("cost-agent", "agent"),
+                       ("routing-agent", "agent"), ("batch-agent", "agent"),
+                       ("svc-ops-princess", "queue"), ("oncall-jane", "human")):
+        wake = f"http://wake.test/{name}"
+        x.p[name] = (await engine.add_principal(None, name, kind, wake=wake))[0]
+    await _script(x)
+    yield x
+    await engine.stop()
+
+
+async def _report(x: Incident, query: Query | None = None) -> dict[str, Any]:
+    return await collect(StoreSource(x.engine, label="test store"),
+                         query or Query(["prod", "routing"], T0, T0 + 900))
+
+
+async def test_every_section_names_its_rows_with_exact_seconds(incident: Incident) -> None:
+    rep = await _report(incident)
+    md = to_markdown(rep)
+    # holders, including the handoff at 10:00:40 and the revocation at 10:01:00
+    holders = [(h["resource"], h["holder"], h["from"][11:19], (h["to"] or "-")[11:19] or "-",
+                h["ended"]) for h in rep["holders"]]
+    assert holders == [
+        ("prod/db", "perf-agent", "10:00:00", "10:00:12", "released"),
+        ("prod/db", "cost-agent", "10:00:13", "10:00:20", "released"),
+        ("routing/db-tier", "routing-agent", "10:00:30", "10:00:40", "released"),
+        ("prod/db", "perf-agent", "10:00:40", "10:01:00", "revoked"),
+        ("prod/cache", "batch-agent", "10:01:40", "-", "held"),
+    ]
+    # the refusal, with why, and the holder at that moment
+    (ref,) = rep["refusals"]
+    assert ref["kind"] == "consent_required" and ref["at"][11:19] == "10:00:05"
+    assert ref["holder"] == "perf-agent" and "protected until" in ref["reason"]
+    # the wait in the queue on the blast radius, and how it ended
+    (wait,) = rep["waits"]
+    assert (wait["agent"], wait["at"][11:19], wait["outcome"], wait["until"][11:19]) == (
+        "perf-agent", "10:00:31", "granted", "10:00:40")
+    # consent: asked, granted by the author, used
+    (c,) = rep["consents"]
+    assert (c["requester"], c["author"], c["status"], c["answered_by"]) == (
+        "cost-agent", "perf-agent", "used", "perf-agent")
+    assert (c["at"][11:19], c["answered_at"][11:19], c["used_at"][11:19]) == (
+        "10:00:06", "10:00:10", "10:00:13")
+    # rollback: asked by an agent, approved by the key-holder queue, executed
+    (rb,) = rep["rollbacks"]
+    assert (rb["requested_by"], rb["key_holder"], rb["status"], rb["decided_by"]) == (
+        "cost-agent", "svc-ops-princess", "executed", "svc-ops-princess")
+    assert rb["decided_at"][11:19] == "10:00:55" and "-> 200" in rb["result"]
+    # revocation with its provenance
+    (rv,) = rep["revocations"]
+    assert rv["provenance"]["revoked_by"] == "oncall-jane"
+    assert rv["provenance"]["via_runbook"] == "R-44"
+    assert rv["provenance"]["after_paging"] == "oncall-jane"
+    # stuck lock: woken at 10:11:41, paged at 10:12:42
+    steps = [(s["event"], s["at"][11:19]) for s in rep["stuck"] if s["resource"] == "prod/cache"]
+    assert ("lease.stuck", "10:11:41") in steps and ("lease.paged", "10:12:42") in steps
+    assert any(e.startswith("page.") for e, _ in steps)
+    assert [f["event"] for f in rep["freezes"]] == ["freeze.created", "freeze.lifted"]
+    # the markdown says all of it, citing rows
+    for needle in ("## Summary", "## Impact window", "## Timeline",
+                   "## Who held write authority when", "## Changes made",
+                   "## What writ refused, and why", "## Consents and their answers",
+                   "## Rollbacks and who approved them", "## Stuck locks, wakes and pages",
+                   "## Revocations (with provenance)", "## Contaminated or suspicious rows (lint)",
+                   "## Chain verification", "| 10:00:05 |", "consent_required",
+                   "executed by svc-ops-princess at 10:00:55", "| R-44 |", "capacity 4→8"):
+        assert needle in md, needle
+    assert f"[{rb['decision_seq']}]" in md
+
+
+async def test_chain_of_the_rows_used_is_verified_honestly(incident: Incident) -> None:
+    rep = await _report(incident, Query(["prod/db"], T0, T0 + 900))
+    v = rep["verification"]
+    assert v["ok"] and v["rows_ok"] == v["rows"] > 0
+    # a filtered subset: the seq range between its rows was re-verified from the store
+    assert v["segment"]["contiguous"] is False and v["segment"]["ok"]
+    assert v["segment"]["rows"] == v["last_seq"] - v["first_seq"] + 1
+    text = to_markdown(rep)
+    assert "re-verified link by link" in text and "Not proven here" in text
+    # tamper with a row inside the window: the report says which
+    row = next(r for r in rep["timeline"] if r["event"] == "change.recorded")
+    c = sqlite3.connect(incident.path, isolation_level=None)
+    c.execute("DROP TRIGGER audit_no_update")
+    body = c.execute("SELECT body FROM audit WHERE seq = ?", (row["seq"],)).fetchone()[0]
+    c.execute("UPDATE audit SET body = ? WHERE seq = ?",
+              (body.replace("capacity 4→8", "capacity 4→4"), row["seq"]))
+    c.close()
+    bad = (await _report(incident, Query(["prod/db"], T0, T0 + 900)))["verification"]
+    assert not bad["ok"]
+    assert any(b["seq"] == row["seq"] for b in bad["bad"])
+    assert f"row {row['seq']}" in bad["segment"]["reason"]
+
+
+async def test_window_opening_mid_lease_shows_the_holder_from_before(incident: Incident) -> None:
+    """A lease granted before --since is still drawn, from its grant, marked as such."""
+    rep = await _report(incident, Query(["prod/cache"], T0 + 300, T0 + 900))
+    (h,) = rep["holders"]
+    assert h["holder"] == "batch-agent" and h["before_window"]
+    assert h["from"][11:19] == "10:01:40" and h["to"] is None
+    assert "(before window)" in to_markdown(rep)
+
+
+async def test_around_and_window(incident: Incident) -> None:
+    q = Query.around("2026-05-16T10:00:45Z", 5.0, ["prod"])
+    rep = await _report(incident, q)
+    assert rep["window"]["from"].startswith("2026-05-16T10:00:40")
+    assert rep["window"]["to"].startswith("2026-05-16T10:00:50")
+    assert {r["event"] for r in rep["timeline"]} <= {"lease.granted", "lease.released",
+                                                       "rollback.requested"}
+    assert all("10:00:40" <= r["at"][11:19] <= "10:00:50" for r in rep["timeline"])
+
+
+async def test_html_is_self_contained_with_a_drawn_chart(incident: Incident) -> None:
+    rep = await _report(incident)
+    html = to_html(rep)
+    _keep(html)
+    assert html.startswith("<!doctype html>") and html.rstrip().endswith("</html>")
+    assert "<script" not in html and not re.search(r"""(src|href)\s*=\s*["']?https?:""", html)
+    assert "@import" not in html and not re.search(r"url\(\s*['\"]?(https?:|//)", html)
+    svg = timeline_svg(rep)
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    # one lane per resource, a labelled bar per holder, a legend, marks and an axis
+    for lane in ("prod/db", "routing/db-tier", "prod/cache"):
+        assert f">{lane}</text>" in svg
+    assert svg.count("<rect x=") >= len(rep["holders"])
+    for word in ("perf-agent", "routing-agent", "batch-agent", "refused", "change recorded",
+                 "revoked", "rollback", ">10:04</text>"):
+        assert word in svg, word
+    assert "batch-agent · token" in svg  # a wide bar carries the holder and its token
+
+
+async def test_json_and_http_source_agree(incident: Incident) -> None:
+    """The report from a server (paging GET /v1/audit) equals the offline one."""
+    from writ.client import AsyncClient
+    from writ.server import create_app
+
+    _, token = await incident.engine.add_principal(None, "auditor", "human")
+    q = Query(["prod", "routing"], T0, T0 + 900)
+    offline = await _report(incident, q)
+    app = create_app(incident.engine, start_engine=False)
+    async with AsyncClient("http://writ", token,
+                           transport=httpx.ASGITransport(app=app)) as client:
+        online = await collect(HttpSource(client, label="test store"), q)
+    assert json.loads(to_json(online)) == json.loads(to_json(offline))
+
+
+def _keep(html: str) -> None:
+    """WRIT_KEEP_HTML=FILE keeps the page, to look at it in a (headless) browser."""
+    if os.environ.get("WRIT_KEEP_HTML"):
+        Path(os.environ["WRIT_KEEP_HTML"]).write_text(html)
+
+
+def test_lint_section_flags_contaminated_rows() -> None:
+    """Rows from elsewhere (no lock holder, an agent holding the rollback key) are named."""
+    prev, rows = "0" * 64, []
+    fields = [
+        {"event": "lease.granted", "agent_id": "perf-agent", "resource": "prod/db",
+         "lock_holder": "perf-agent", "lock_key": "prod/db/1", "fencing_token": 1,
+         "notes": "granted ls_1 for 'x', ttl 30s, touches *"},
+        {"event": "rollback.requested", "agent_id": "cost-agent", "resource": "prod/db",
+         "lock_holder": "perf-agent", "lock_key": "prod/db/1", "rollback_allowed": True,
+         "rollback_path": "/ops/rollback?txn=1", "rollback_key_holder": "agent-autocleanup-7",
+         "human_override_queue": "svc-ops-princess", "notes": "x"},
+    ]
+    for i, f in enumerate(fields, start=1):
+        s = seal(i, prev, T0 + i, f)
+        rows.append(s.row())
+        prev = s.hash
+    rows[0]["lock_holder"] = ""  # contaminated evidence (and no longer matches its hash)
+    rep = build(rows, Query(), kinds={"svc-ops-princess": "queue", "perf-agent": "agent",
+                                      "cost-agent": "agent"})
+    flagged = {f["seq"]: f["verdict"] for f in rep["lint"]["rows"]}
+    assert flagged == {1: "contaminated", 2: "suspicious"}
+    assert rep["lint"]["rows"][0]["verdict"] == "contaminated"  # worst first
+    md = to_markdown(rep)
+    assert "contaminated" in md and "agent-autocleanup-7" in md
+
+
+def test_cli_writes_each_format(tmp_path: Path, incident_db: Path) -> None:
+    url = f"sqlite:///{incident_db}"
+    r = CliRunner()
+    for fmt, head in (("md", "# "), ("html", "<!doctype html>"), ("json", "{")):
+        out = tmp_path / f"pm.{fmt}"
+        res = r.invoke(main, ["postmortem", "--store", url, "--resource", "prod", "--since",
+                              "2026-05-16T10:00:00Z", "--until", "2026-05-16T10:15:00Z",
+                              "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        assert out.read_text().startswith(head)
+        assert "refusals" in res.output
+    res = r.invoke(main, ["postmortem", "--store", url, "--around", "2026-05-16T10:00:05Z",
+                          "--window", "10s"])
+    assert res.exit_code == 0 and "| 10:00:05 |" in res.output
+    res = r.invoke(main, ["postmortem", "--store", url, "--around", "x", "--since", "y"])
+    assert res.exit_code == 2
+    res = r.invoke(main, ["postmortem", "--store", f"sqlite:///{tmp_path}/nope.db"])
+    assert res.exit_code == 1 and "no store" in res.output
+
+
+@pytest.fixture
+def incident_db(tmp_path: Path) -> Path:
+    """The scripted incident's store file, closed (for the CLI)."""
+
+    async def make() -> Path:
+        clock = ManualClock(T0 - 60)
+        path = tmp_path / "incident.db"
+        engine = Engine(SQLiteStore(f"sqlite:///{path}", clock=clock), parse(POLICY))
+        engine.caller.transport = httpx.MockTransport(lambda r: httpx.Response(200))
+        await engine.start(background=False)
+        x = Incident(engine, clock, path)
+        for name, kind in (("perf-agent", "agent"), ("cost-agent", "agent"),
+                           ("routing-agent", "agent"), ("batch-agent", "agent"),
+                           ("svc-ops-princess", "queue"), ("oncall-jane", "human")):
+            x.p[name] = (await engine.add_principal(None, name, kind))[0]
+        await _script(x)
+        await engine.stop()
+        return path
+
+    return asyncio.run(make())
+
+
+async def test_reads_by_index_never_a_full_scan(incident: Incident) -> None:
+    """Every audit query the report makes searches an index (resource or time)."""
+    store = incident.engine.store
+    assert isinstance(store, SQLiteStore) and store._r is not None
+    seen: list[str] = []
+    store._r.set_trace_callback(seen.append)
+    try:
+        await _report(incident, Query(["prod/db"], T0, T0 + 900))
+        await _report(incident, Query(["prod"]))
+        await _report(incident, Query([], T0, T0 + 60))
+    finally:
+        store._r.set_trace_callback(None)
+    c = sqlite3.connect(incident.path)
+    checked = 0
+    for sql in seen:
+        if "FROM audit" in sql and "seq >" in sql and "LIMIT" in sql:
+            plan = " | ".join(r[3] for r in c.execute("EXPLAIN QUERY PLAN " + sql))
+            assert "SCAN audit" not in plan, (sql, plan)
+            assert "INDEX" in plan, (sql, plan)
+            checked += 1
+    c.close()
+    assert checked >= 3

@@ -736,7 +736,7 @@ class PostgresStore(Store):
         self._inflight: set[asyncio.Task[Any]] = set()
         self._listener_task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
-        self._seen_seq = 0
+        self._heard_seq = 0
         self._checking = False
         self._closed = True
         self.transactions = 0  # committed write transactions (for tests and benchmarks)
@@ -770,7 +770,6 @@ class PostgresStore(Store):
             await pool.open(wait=True, timeout=self.pool_timeout + 5)
         self._pool = pool
         self._closed = False
-        self._seen_seq = await self._head_seq()
         self._listener_task = asyncio.get_running_loop().create_task(self._listen())
         try:
             await asyncio.wait_for(self._listening.wait(), self.pool_timeout + 5)
@@ -822,12 +821,6 @@ class PostgresStore(Store):
         if self._closed or self._pool is None:
             raise Unavailable("store is closed")
         return self._pool
-
-    async def _head_seq(self) -> int:
-        async def fn(tx: Tx) -> int:
-            return (await tx.audit_head())[0]
-
-        return await self.read(fn)
 
     # -- writes ----------------------------------------------------------------------------
     async def transact(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
@@ -904,8 +897,6 @@ class PostgresStore(Store):
 
     def _committed(self, tx: PgTx, notes: list[tuple[str, dict[str, Any]]]) -> None:
         self.transactions += 1
-        if tx._head[0] > self._seen_seq:
-            self._seen_seq = tx._head[0]
         self._deliver(notes)
         tx.committed()
 
@@ -1027,6 +1018,10 @@ class PostgresStore(Store):
                 if lost_at is not None:
                     await self._resync(conn, time.monotonic() - lost_at)
                     lost_at = None
+                elif not self._listening.is_set():  # first start: hear from the head on
+                    cur = await conn.execute("SELECT seq FROM audit_head")
+                    row = await cur.fetchone()
+                    self._heard_seq = max(self._heard_seq, int(row[0]) if row else 0)
                 self._listening.set()
                 delay = 0.05
                 while not self._closed:
@@ -1052,16 +1047,17 @@ class PostgresStore(Store):
     def _on_notify(self, text: str) -> None:
         try:
             msg = json.loads(text)
-            if msg.get("i") == self.instance:
-                return  # our own commit: delivered already, right after it
             notes = [(str(k), dict(p)) for k, p in msg["n"]]
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed writ notification: %.200s", text)
             return
+        # NOTIFY arrives in commit order, our own echo included: having heard row n, this
+        # listener has heard every row up to n (what a resync starts from)
         for kind, payload in notes:
-            if kind == "audit" and int(payload.get("seq", 0)) > self._seen_seq:
-                self._seen_seq = int(payload["seq"])
-        self._deliver(notes)
+            if kind == "audit":
+                self._heard_seq = max(self._heard_seq, int(payload.get("seq", 0)))
+        if msg.get("i") != self.instance:  # our own notes were delivered at commit
+            self._deliver(notes)
 
     async def _resync(self, conn: psycopg.AsyncConnection[Any], outage_s: float) -> None:
         """After the LISTEN connection came back: notifications sent meanwhile are lost, so
@@ -1072,13 +1068,13 @@ class PostgresStore(Store):
             "SELECT request_id, lease_id FROM leases WHERE request_id IS NOT NULL AND"
             " acquired_at >= coalesce((SELECT ts FROM audit WHERE seq = %s), 0)"
             " ORDER BY fencing_token LIMIT 10000",
-            (self._seen_seq,),
+            (self._heard_seq,),
         )
         grants = await cur.fetchall()
         cur = await conn.execute("SELECT seq FROM audit_head")
         row = await cur.fetchone()
         head = int(row[0]) if row else 0
-        self._seen_seq = max(self._seen_seq, head)
+        self._heard_seq = max(self._heard_seq, head)
         await self._refresh_pool()
         notes: list[tuple[str, dict[str, Any]]] = [
             ("granted", {"waiter_id": r, "lease_id": l}) for r, l in grants
@@ -1173,7 +1169,6 @@ class PostgresStore(Store):
                     " (SELECT max(seq) FROM waiters) IS NOT NULL)"
                 )
                 counts["meta"] = token
-        self._seen_seq = max(self._seen_seq, last_audit[0] if last_audit else 0)
         return counts
 
 

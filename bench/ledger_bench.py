@@ -7,8 +7,9 @@ every 0.25 s of simulated time, plus their lease records), by bulk-inserting row
 process as a user would run it:
 
 * ``writ audit verify --store`` — the whole chain (target: >= 200,000 rows/s);
-* ``writ who RESOURCE --at T`` — answered by the engine over the store (target: < 1 s);
-* ``writ postmortem --resource RESOURCE`` — one resource's whole history (target: < 1 s);
+* ``writ postmortem --resource RESOURCE --store`` — one resource's whole history (< 1 s);
+* ``writ who RESOURCE --at T`` and ``writ postmortem --url`` against ``writ serve`` on the
+  same store (< 1 s);
 
 and the same three calls in-process (without interpreter start-up). Prints a table.
 The ledger is kept under ``--dir`` (default: a temp folder) and reused when it exists.
@@ -18,14 +19,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import secrets
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from writ.clock import parse_time, rfc3339
 from writ.ledger import GENESIS, seal
@@ -151,6 +158,30 @@ def facts(path: Path) -> dict[str, Any]:
             "who_at": rfc3339(mid[0] + STEP) if mid else rfc3339(START)}
 
 
+@contextlib.contextmanager
+def serving(url: str) -> Iterator[tuple[str, str]]:
+    """``writ serve`` on the bench store (an admin token from WRIT_ADMIN_TOKEN)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "writ_bench_" + secrets.token_hex(8)
+    env = {**os.environ, "WRIT_ADMIN_TOKEN": token}
+    proc = subprocess.Popen([sys.executable, "-m", "writ.cli", "serve", "--store", url,
+                             "--port", str(port), "--log-level", "warning"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(base + "/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        yield base, token
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def timed(cmd: list[str]) -> tuple[float, str]:
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -211,13 +242,19 @@ def main(argv: list[str] | None = None) -> None:
     dt, line = timed([*writ, "audit", "verify", "--store", url])
     results.append(("writ audit verify --store", f"{dt:.2f} s",
                     f"{info['rows'] / dt:,.0f} rows/s", line))
-    dt, line = timed([*writ, "who", TARGET, "--at", at, "--store", url])
-    results.append((f"writ who {TARGET} --at", f"{dt:.3f} s", "", line))
     out = folder / "postmortem.html"
     dt, line = timed([*writ, "postmortem", "--resource", TARGET, "--store", url,
                       "--format", "html", "--out", str(out)])
-    results.append((f"writ postmortem --resource {TARGET}", f"{dt:.3f} s",
+    results.append((f"writ postmortem --resource {TARGET} --store", f"{dt:.3f} s",
                     f"{info['target_rows']:,} rows", line))
+    with serving(url) as (base, token):
+        api = ["--url", base, "--token", token]
+        dt, line = timed([*writ, "who", TARGET, "--at", at, *api])
+        results.append((f"writ who {TARGET} --at T (server)", f"{dt:.3f} s", "", line))
+        dt, line = timed([*writ, "postmortem", "--resource", TARGET, *api, "--format", "html",
+                          "--out", str(folder / "postmortem-http.html")])
+        results.append((f"writ postmortem --resource {TARGET} --url", f"{dt:.3f} s",
+                        f"{info['target_rows']:,} rows", line))
     inproc = asyncio.run(in_process(url, at))
     results.append(("  in-process engine.verify()", f"{inproc['verify']:.2f} s",
                     f"{inproc['verify_rows'] / inproc['verify']:,.0f} rows/s", ""))

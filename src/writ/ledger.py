@@ -158,12 +158,12 @@ def verify(
             bad = "hash does not match the row's bytes (the row or its hash was changed)"
         elif (
             # fast path: canonical bodies sort their keys, so the top level has
-            # ..."prev_hash":"<hex>","resource":... and ends ..."seq":N,"timestamp":"..."}.
-            # (The hash above already binds the row to the one before; this only checks
-            # the body agrees.) Anything unusual falls through to the full parse below.
-            f',"prev_hash":"{prev}","resource":' in body
-            and body.endswith('"}')
-            and body[body.rfind(',"seq":') + 7:body.rfind(',"timestamp":"')] == str(seq)
+            # ..."prev_hash":"<hex>","resource":... and ends with
+            # ,"seq":N,"timestamp":"<27 characters>"} (the hash above already binds the row
+            # to the one before; this only checks the body agrees). Anything unusual falls
+            # through to the full parse below.
+            body[-29 - len(tail := f',"seq":{seq},"timestamp":"'):-29] == tail
+            and f',"prev_hash":"{prev}","resource":' in body
         ):
             pass
         else:

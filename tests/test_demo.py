@@ -37,8 +37,9 @@ def test_down_without_writ_up_with_it(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "With writ:    the DB stayed up" in text
     assert "hash chain verified" in text
     assert "writ-demo/postmortem.md, writ-demo/postmortem.html" in text
-    for step in ("REFUSED consent_required", "queued behind perf-agent", "EXPIRED (not denied)",
-                 "svc-ops-princess (on call) denies", "routing-agent granted at once"):
+    for step in ("REFUSED consent_required", "QUEUED behind perf-agent",
+                 "EXPIRED unanswered (not a denial)", "svc-ops-princess (on call) DENIES",
+                 "routing-agent GRANTED"):
         assert step in text, step
     # the postmortem names each refusal, wait and consent answer with its exact second
     assert "| 02:17:40 | 8 | cost-agent | prod/db | consent_required | perf-agent |" in md
@@ -59,7 +60,7 @@ def test_cli_names_the_files(tmp_path: Path) -> None:
 
 def test_the_simulated_db_falls_over_after_40s_above_capacity() -> None:
     db = SimDB(instances=4, base_rps=380)
-    assert round(db.p99_ms or 0) == 400 and db.state() == "4×, 380 rps, 400 ms"
+    assert round(db.p99_ms or 0) == 400 and db.state() == "4× 380rps 400ms"
     db.rerouted_rps = 240  # 155 %
     assert db.advance(0) == [] and db.down_at is None
     assert db.advance(30) == [] and db.down_at is None

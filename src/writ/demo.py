@@ -115,14 +115,14 @@ class SimDB:
                 out.append(f"consolidation done: {self.instances} instances")
             else:
                 self.rerouted_rps = value
-                out.append(f"reroute live: {self.load:.0f} rps on the DB")
+                out.append(f"reroute live: {self.load:.0f} rps")
         if self.down_at is None:
             if self.utilization > 1.0:
                 self.over_since = now if self.over_since is None else self.over_since
                 if now - self.over_since >= self.fail_after_s:
                     self.down_at = now
                     out.append(f"DB DOWN: {self.utilization:.0%} of capacity for "
-                               f"{now - self.over_since:.0f}s, connections exhausted")
+                               f"{now - self.over_since:.0f} s")
             else:
                 self.over_since = None
         return out
@@ -131,8 +131,8 @@ class SimDB:
         if self.down_at is not None:
             return "DOWN"
         p99 = self.p99_ms or 0.0
-        return f"{self.instances}×, {self.load:.0f} rps, " + (
-            f"{p99:.0f} ms" if self.utilization < 0.99 else "saturated")
+        return f"{self.instances}× {self.load:.0f}rps " + (
+            f"{p99:.0f}ms" if self.utilization < 0.99 else ">2s")
 
 
 def hms(offset: float) -> str:
@@ -158,19 +158,19 @@ def run_uncoordinated() -> Run:
         for line in db.advance(t):
             run.log(t, line)
         if t == 0:
-            run.log(t, f"ALERT DB p99 {db.p99_ms:.0f}ms > {ALERT_MS:.0f}ms")
+            run.log(t, f"ALERT: DB p99 {db.p99_ms:.0f} ms > {ALERT_MS:.0f} ms")
         elif t == 10:
             db.instances *= 2
             run.log(t, "perf-agent doubles capacity 4→8")
         elif t == 30 and (db.p99_ms or 1e9) < 100:
             db.later(t + 50, "rerouted_rps", 240)
-            run.log(t, f"routing-agent sees p99 {db.p99_ms:.0f}ms: reroutes cache misses "
-                    "through the DB tier (+240 rps, live in 50s)")
+            run.log(t, f"routing-agent sees p99 {db.p99_ms:.0f} ms: reroutes cache misses via "
+                    "the DB tier (+240 rps in 50 s)")
         elif t == 40 and db.utilization < 0.5:
             target = math.ceil(db.load / (0.95 * db.rps_per_instance))
             db.later(t + 30, "instances", target)
-            run.log(t, f"cost-agent sees {db.utilization:.0%} utilisation: consolidates "
-                    f"{db.instances}→{target} (drains in 30s)")
+            run.log(t, f"cost-agent sees {db.utilization:.0%} use: consolidates "
+                    f"{db.instances}→{target} (drains in 30 s)")
         if db.down_at is not None:
             break
     return run
@@ -261,7 +261,7 @@ async def _script(w: World, run: Run, db: SimDB) -> None:
         for line in db.advance(t):
             run.log(t, line)
         if t == 0:
-            run.log(t, f"ALERT DB p99 {db.p99_ms:.0f}ms > {ALERT_MS:.0f}ms")
+            run.log(t, f"ALERT: DB p99 {db.p99_ms:.0f} ms > {ALERT_MS:.0f} ms")
         elif t == 10:
             r = await w.post("perf-agent", "/v1/leases", {
                 "resource": "prod/db", "intent": "double capacity: p99 over the alert",
@@ -271,22 +271,22 @@ async def _script(w: World, run: Run, db: SimDB) -> None:
                 "attribute": "capacity", "summary": "capacity 4→8", "before": 4, "after": 8,
                 "fencing_token": perf_lease["fencing_token"]}), 201)
             db.instances = 8
-            run.log(t, f"perf-agent holds prod/db (token {perf_lease['fencing_token']}); "
-                    "doubles capacity 4→8, recorded")
+            run.log(t, f"perf-agent holds prod/db (token {perf_lease['fencing_token']}), "
+                    "doubles capacity 4→8")
         elif t == 30:
             routing = asyncio.ensure_future(w.post("routing-agent", "/v1/leases", {
                 "resource": "routing/db-tier", "intent": "reroute cache misses via the DB tier",
                 "ttl_s": 120, "wait_s": 120, "touches": ["routing"]}))
             await _settle()
-            run.log(t, "routing-agent asks for routing/db-tier: queued behind perf-agent "
+            run.log(t, "routing-agent asks for routing/db-tier: QUEUED behind perf-agent "
                     "(blast radius db-tier)")
         elif t == 40:
             r = await w.post("cost-agent", "/v1/leases", {
                 "resource": "prod/db", "intent": "consolidate instances: overprovisioned",
                 "ttl_s": 60, "touches": ["capacity"]})
             err = r.json()["error"]
-            run.log(t, f"cost-agent wants to consolidate 8→4: REFUSED {err['code']} "
-                    f"(perf-agent's change protected until {err['protected_until'][11:19]})")
+            run.log(t, f"cost-agent asks to consolidate 8→4: REFUSED {err['code']} "
+                    f"(perf-agent's change, protected until {err['protected_until'][11:19]})")
             r = await w.post("cost-agent", "/v1/consents", {
                 "change_id": err["change"]["change_id"],
                 "reason": f"8 instances at {db.utilization:.0%}: overprovisioned"})
@@ -296,30 +296,29 @@ async def _script(w: World, run: Run, db: SimDB) -> None:
             _ok(await w.post("perf-agent", f"/v1/leases/{perf_lease['lease_id']}/release"), 200)
             assert routing is not None
             routing_lease = _ok(await routing, 201)
-            run.log(t, f"perf-agent: p99 {db.p99_ms:.0f}ms for a minute, releases prod/db; "
-                    f"routing-agent granted at once (token {routing_lease['fencing_token']})")
+            run.log(t, "perf-agent releases prod/db; routing-agent GRANTED "
+                    f"(token {routing_lease['fencing_token']})")
             db.later(t + 50, "rerouted_rps", 240)
             _ok(await w.post("routing-agent", f"/v1/leases/{routing_lease['lease_id']}/changes", {
                 "attribute": "routing", "summary": "cache-miss reads via the DB tier, +240 rps",
                 "fencing_token": routing_lease["fencing_token"]}), 201)
-            run.log(t, f"routing-agent re-checks: 8 instances, p99 {db.p99_ms:.0f}ms; reroutes "
-                    "(+240 rps, live in 50s), recorded")
+            run.log(t, f"routing-agent re-checks ({db.instances}×, {db.p99_ms:.0f} ms), reroutes "
+                    "(+240 rps in 50 s)")
         elif t == 150:
             _ok(await w.post("routing-agent",
                              f"/v1/leases/{routing_lease['lease_id']}/release"), 200)
-            run.log(t, "routing-agent: reroute live, releases routing/db-tier")
+            run.log(t, "routing-agent releases routing/db-tier")
         elif t == 180:
             r = await w.post("svc-ops-princess", f"/v1/consents/{consent['consent_id']}/deny")
             _ok(r, 200)
-            run.log(t, "svc-ops-princess (on call) denies cost-agent: no consolidation during "
-                    "an open latency incident")
+            run.log(t, "svc-ops-princess (on call) DENIES the consolidation: not during an "
+                    "open incident")
         await w.engine.caller.drain()  # outbound calls of this step land in this step
         for at, route, payload in w.calls[seen_calls:]:
             who = str(payload.get("to"))
             why = str(payload.get("reason"))
             if "consent unanswered" in why:
-                run.log(at, f"perf-agent never answered: consent EXPIRED (not denied), "
-                        f"escalated; writ pages {who}")
+                run.log(at, f"consent EXPIRED unanswered (not a denial); writ pages {who}")
             elif route.endswith("/wake") and "consent" in why:
                 continue  # told with the request above
             else:
@@ -399,9 +398,9 @@ def render(result: Result, console: Any) -> None:
     table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False)
     table.add_column("UTC", style="dim", no_wrap=True)
     table.add_column("run 1: without writ", ratio=1)
-    table.add_column("DB (inst, load, p99)", no_wrap=True, min_width=20)
+    table.add_column("DB", no_wrap=True, min_width=15)
     table.add_column("run 2: through writ", ratio=1)
-    table.add_column("DB (inst, load, p99)", no_wrap=True, min_width=20)
+    table.add_column("DB", no_wrap=True, min_width=15)
     a = _by_time(result.uncoordinated.events)
     b = _by_time(result.coordinated.events)
     shown = ["", ""]  # the DB state each run last showed: print it only when it changes
@@ -441,8 +440,8 @@ def _style(text: str) -> Any:
     if not text:
         return ""
     for word, style in (("DOWN", "bold red"), ("REFUSED", "red"), ("ALERT", "yellow"),
-                        ("EXPIRED", "yellow"), ("denies", "magenta"), ("DB up", "bold green"),
-                        ("queued", "cyan"), ("granted", "green")):
+                        ("EXPIRED", "yellow"), ("DENIES", "magenta"), ("DB up", "bold green"),
+                        ("QUEUED", "cyan"), ("GRANTED", "green")):
         if word in text:
             return Text(text, style=style)
     return Text(text)

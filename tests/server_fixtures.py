@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,35 @@ import pytest
 
 ADMIN_TOKEN = "test-admin-token-live"
 
-__all__ = ["ADMIN_TOKEN", "LiveServer", "live_server", "serve", "unique"]
+__all__ = ["ADMIN_TOKEN", "LiveServer", "in_background", "live_server", "serve", "unique"]
 
 
 def unique(prefix: str = "t") -> str:
     """A fresh name that is a valid principal name and resource segment."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@contextmanager
+def in_background(fn: Callable[[], object], delay: float = 0.0) -> Iterator[None]:
+    """Run ``fn`` in a thread while the block runs; join it after, re-raising its error."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            if delay:
+                time.sleep(delay)
+            fn()
+        except BaseException as exc:  # handed to the test after the join
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(15)
+    if errors:
+        raise errors[0]
 
 
 def free_port() -> int:
@@ -39,11 +62,12 @@ def free_port() -> int:
 class LiveServer:
     """A running server: its URL, its engine, and helpers to make principals."""
 
-    def __init__(self, url: str, engine: Any, store_url: str) -> None:
+    def __init__(self, url: str, engine: Any, store_url: str, stop: Any) -> None:
         self.url = url
         self.engine = engine
         self.store_url = store_url
         self.admin_token = ADMIN_TOKEN
+        self.stop = stop  # stop(): shut the server down now (idempotent)
 
     def client(self, token: str | None = None, **kw: Any) -> Any:
         from writ.client import Client
@@ -94,11 +118,15 @@ def serve(store_path: Path, policy: Any = None) -> Iterator[LiveServer]:
             os.environ.pop("WRIT_ADMIN_TOKEN", None)
         else:
             os.environ["WRIT_ADMIN_TOKEN"] = saved
-    try:
-        yield LiveServer(f"http://127.0.0.1:{port}", engine, store_url)
-    finally:
+
+    def stop() -> None:
         server.should_exit = True
         thread.join(15)
+
+    try:
+        yield LiveServer(f"http://127.0.0.1:{port}", engine, store_url, stop)
+    finally:
+        stop()
 
 
 @pytest.fixture(scope="session")

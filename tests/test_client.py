@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 import writ
-from tests.server_fixtures import LiveServer, free_port, serve, unique
+from tests.server_fixtures import LiveServer, free_port, in_background, serve, unique
 from writ.client import DEFAULT_URL, AsyncClient, Client
 
 
@@ -156,9 +156,9 @@ def test_audit_paging_last_seq_and_verify(live_server: LiveServer, agent: Client
 
 def test_watch_sees_a_grant_made_elsewhere(live_server: LiveServer, agent: Client) -> None:
     res = unique("r")
-    stream = agent.watch(res)  # starts at the newest row
-    threading.Timer(0.1, lambda: agent.acquire(res, "watched", ttl_s=5)).start()
-    row = next(stream)
+    stream = agent.watch(res, after_seq=agent.last_seq())
+    with in_background(lambda: agent.acquire(res, "watched", ttl_s=5), delay=0.1):
+        row = next(stream)  # the long poll answers when the grant commits
     assert row["event"] == "lease.granted" and row["resource"] == res
 
 
@@ -242,8 +242,8 @@ def test_consent_flow(live_server: LiveServer) -> None:
         asked = cost.ask_consent(change["change_id"], "overprovisioned")
         assert asked["status"] == "pending"
         assert cost.consent(asked["consent_id"])["status"] == "pending"
-        threading.Timer(0.1, lambda: perf.grant_consent(asked["consent_id"])).start()
-        assert cost.consent(asked["consent_id"], wait_s=5)["status"] == "granted"
+        with in_background(lambda: perf.grant_consent(asked["consent_id"]), delay=0.1):
+            assert cost.consent(asked["consent_id"], wait_s=5)["status"] == "granted"
         ok = cost.acquire(res, "consolidate", touches=["capacity"],
                           consent_id=asked["consent_id"])
         cost.release(ok["lease_id"])

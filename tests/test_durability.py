@@ -292,3 +292,39 @@ def test_hand_edited_audit_row_is_named_by_verify(server: Server) -> None:
     server.kill()
     offline = offline_verify(server.db)
     assert offline["ok"] is False and offline["first_bad_seq"] == k, offline
+
+
+def test_a_waiter_that_hangs_up_leaves_the_queue(server: Server) -> None:
+    """A waiter whose client disconnects gives up its place: when the holder releases, the
+    next live waiter gets the lease at once, and the dead one never holds it."""
+    server.start()
+    with server.client() as admin:
+        holder, dead, live = (add_agent(admin, n) for n in ("holder", "dead", "live"))
+    with server.client(holder) as h, server.client(live) as lv:
+        held = h.post("/v1/leases", json={"resource": "hang/up", "intent": "hold"}).json()
+        with server.client(dead) as d, pytest.raises(httpx.ReadTimeout):
+            d.post("/v1/leases", json={"resource": "hang/up", "intent": "wait", "wait_s": 60},
+                   timeout=httpx.Timeout(10, read=0.5))
+        # the hung-up request is dropped from the queue (an audit row says so)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            queue = h.get("/v1/resources/hang/up").json()["queue"]
+            if not queue:
+                break
+            time.sleep(0.05)
+        assert queue == [], queue
+
+        result: dict[str, Any] = {}
+        waiter = threading.Thread(target=lambda: result.update(r=lv.post(
+            "/v1/leases", json={"resource": "hang/up", "intent": "wait", "wait_s": 30})))
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while not h.get("/v1/resources/hang/up").json()["queue"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert h.post(f"/v1/leases/{held['lease_id']}/release").status_code == 200
+        waiter.join(10)
+        assert result["r"].status_code == 201, result["r"].text
+        assert result["r"].json()["holder"] == "live"
+        leases = h.get("/v1/leases", params={"resource": "hang"}).json()["leases"]
+        assert "dead" not in {x["holder"] for x in leases}

@@ -389,6 +389,75 @@ async def test_waiter_times_out_with_held_and_leaves_the_queue(writ: Writ) -> No
     assert r.json()["queue"] == []
 
 
+async def test_concurrent_conflicting_requests_grant_at_most_one(writ: Writ) -> None:
+    """Many agents asking at once for one resource, its ancestors, descendants and blast-
+    radius partners: the leases granted never conflict, every loser is told who won, and
+    every fencing token is distinct."""
+    names = [f"racer-{i}" for i in range(12)]
+    toks = [await writ.principal(n) for n in names]
+    targets = ["prod/db", "prod", "prod/db/a", "capacity/db", "routing/db-tier", "prod/db/b"]
+    rs = await asyncio.gather(*(writ.acquire(t, targets[i % len(targets)], ttl_s=60)
+                                for i, t in enumerate(toks)))
+    won = [r.json() for r in rs if r.status_code == 201]
+    assert len(won) == 1, [r.text for r in rs]
+    winner = won[0]
+    for r in rs:
+        if r.status_code != 201:
+            assert error(r, 409, "held")["holder"]["holder"] == winner["holder"]
+    # and on unrelated resources all win, each with its own token
+    rs = await asyncio.gather(*(writ.acquire(t, f"solo/{i}") for i, t in enumerate(toks)))
+    assert all(r.status_code == 201 for r in rs)
+    tokens = [winner["fencing_token"], *(r.json()["fencing_token"] for r in rs)]
+    assert len(set(tokens)) == len(tokens)
+
+
+async def test_a_cancelled_waiter_gives_up_its_place(writ: Writ) -> None:
+    """A waiting caller that goes away leaves the queue: the next waiter is served on
+    release, and the one that left never holds the lease."""
+    h = await writ.principal("holder")
+    gone = await writ.principal("gone")
+    nxt = await writ.principal("next")
+    held = await writ.grant(h, "cancel/r", ttl_s=60)
+    first = asyncio.create_task(writ.acquire(gone, "cancel/r", wait_s=60))
+    await writ.wait_for_event("lease.queued", "cancel", "gone")
+    second = asyncio.create_task(writ.acquire(nxt, "cancel/r", wait_s=60))
+    await writ.wait_for_event("lease.queued", "cancel", "next")
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    # the engine takes it out of the queue as the request is torn down
+    deadline = time.monotonic() + 5
+    while True:
+        r = await writ.c.get("/v1/resources/cancel/r", headers=writ.auth(h))
+        queue = [q["principal"] for q in r.json()["queue"]]
+        if queue == ["next"] or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.01)
+    assert queue == ["next"]
+    await writ.release(h, held["lease_id"])
+    got = await asyncio.wait_for(second, 10)
+    assert got.status_code == 201 and got.json()["holder"] == "next"
+    r = await writ.c.get("/v1/leases", params={"resource": "cancel"}, headers=writ.auth(h))
+    assert "gone" not in {x["holder"] for x in r.json()["leases"]}
+
+
+async def test_a_timed_out_waiter_does_not_hold_up_those_behind(writ: Writ) -> None:
+    """When the head of the queue gives up (its wait_s ran out), the waiters behind it keep
+    their order and are served on the next release."""
+    h = await writ.principal("holder")
+    quick = await writ.principal("quick")
+    patient = await writ.principal("patient")
+    held = await writ.grant(h, "tmo/r", ttl_s=60)
+    first = asyncio.create_task(writ.acquire(quick, "tmo/r", wait_s=0.3))
+    await writ.wait_for_event("lease.queued", "tmo", "quick")
+    second = asyncio.create_task(writ.acquire(patient, "tmo/r", wait_s=30))
+    error(await first, 409, "held")
+    assert not second.done()
+    await writ.release(h, held["lease_id"])
+    got = await asyncio.wait_for(second, 10)
+    assert got.status_code == 201 and got.json()["holder"] == "patient"
+
+
 # ----------------------------------------------------------------------------- expiry
 async def test_unrenewed_lease_expires_and_a_late_release_never_frees_the_successor(
     writ: Writ,

@@ -9,10 +9,12 @@ input.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,10 +26,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__
 from .clock import parse_time
 from .engine import Engine
-from .errors import Invalid, TooLarge, Unauthenticated, WritError
+from .errors import Invalid, TooLarge, Unauthenticated, Unavailable, WritError
 from .models import Principal
 
 log = logging.getLogger("writ.server")
+T = TypeVar("T")
 
 MAX_BODY = 1 << 20  # 1 MiB
 MAX_HEADERS = 16 << 10  # 16 KiB of request headers in all
@@ -189,6 +192,32 @@ async def _send_error(send: Send, err: WritError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _unless_hung_up(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` (maybe a wait in the queue), cancelling it if the client disconnects:
+    a caller who hung up gives up its place in the queue, and any lease granted meanwhile
+    (the engine's cancellation path). Servers do not cancel a handler on disconnect."""
+    task = asyncio.ensure_future(work)
+
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(hung_up())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise Unavailable("the caller hung up while waiting; its place in the queue was given up")
+    return task.result()
+
+
 # ----------------------------------------------------------------------------- auth
 async def principal(request: Request) -> Principal:
     """The caller, from ``Authorization: Bearer <token>``; 401 otherwise."""
@@ -288,8 +317,8 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
 
     # -- leases ------------------------------------------------------------------------
     @app.post("/v1/leases", status_code=201, tags=["leases"])
-    async def acquire(me: Me, body: AcquireIn) -> dict[str, Any]:
-        return await engine.acquire(
+    async def acquire(me: Me, body: AcquireIn, request: Request) -> dict[str, Any]:
+        return await _unless_hung_up(request, engine.acquire(
             me,
             resource=body.resource,
             intent=body.intent,
@@ -298,7 +327,7 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
             touches=body.touches,
             consent_id=body.consent_id,
             rollback=body.rollback.model_dump() if body.rollback else None,
-        )
+        ))
 
     @app.post("/v1/leases/{lease_id}/renew", tags=["leases"])
     async def renew(me: Me, lease_id: str, body: Annotated[RenewIn | None, Body()] = None) -> dict[str, Any]:

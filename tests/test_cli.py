@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -498,16 +497,15 @@ def test_watch_prints_rows_live_and_stops_on_ctrl_c(agent_env: dict[str, str],
 
 
 # ----------------------------------------------------------------------------- migrate
-def test_migrate_calls_writ_migrate(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("writ.migrate")
-    calls: list[tuple[str, str]] = []
-
-    async def migrate(src: str, dst: str) -> dict[str, int]:
-        calls.append((src, dst))
-        return {"rows": 3}
-
-    fake.migrate = migrate  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "writ.migrate", fake)
-    result = ok(["migrate", "--from", "sqlite:///a.db", "--to", "postgresql://h/db"])
-    assert calls == [("sqlite:///a.db", "postgresql://h/db")]
-    assert json.loads(result.stdout) == {"rows": 3}
+def test_migrate_copies_a_store_that_then_verifies(tmp_path: Path) -> None:
+    src, dst = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    env = {"WRIT_ADMIN_TOKEN": None}
+    token = ok(["principal", "add", "ops", "--kind", "human", "--admin", "--store", src],
+               env).stdout.split("token: ")[1].strip()
+    result = ok(["migrate", "--from", src, "--to", dst], env)
+    assert result.stdout.startswith("copied:") and "audit head seq 1" in result.stdout
+    assert ok(["audit", "verify", "--store", dst], env).stdout.startswith("ok: 1 rows")
+    with serve(tmp_path / "b.db") as srv, srv.client(token) as c:
+        assert c.whoami()["name"] == "ops"  # the token hash came along
+    again = cli(["migrate", "--from", src, "--to", dst], env)
+    assert again.exit_code == 1 and again.stderr.startswith("writ: invalid:")

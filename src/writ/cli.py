@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import os
 import signal
@@ -982,26 +981,34 @@ def watch(prefix: str | None, after_seq: int | None, url: str, token: str | None
 # ----------------------------------------------------------------------------- migrate
 @main.command()
 @click.option("--from", "src", required=True, metavar="URL", help="Store URL to copy from.")
-@click.option("--to", "dst", required=True, metavar="URL", help="Store URL to copy into.")
-def migrate(src: str, dst: str) -> None:
-    """Copy a whole store (principals, leases, audit log) to another store URL."""
-    try:
-        from .migrate import migrate as do_migrate  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        if exc.name not in ("writ.migrate",):
-            raise Failed(f"writ migrate cannot load: {exc}") from exc
-        raise Failed("writ migrate is not available in this build (no writ.migrate)") from exc
-    result = do_migrate(src, dst)
-    if inspect.isawaitable(result):
-        result = asyncio.run(_awaited(result))
-    if isinstance(result, dict):
-        _echo_json(result)
-    elif result is not None:
-        click.echo(str(result))
+@click.option("--to", "dst", required=True, metavar="URL",
+              help="Empty store URL to copy into (e.g. postgresql://user@host:5432/writ).")
+@json_option
+def migrate(src: str, dst: str, as_json: bool) -> None:
+    """Copy a whole store into an empty one on any backend, and verify the copy.
 
+    Principals (token hashes), leases, the wait queue, policy objects, the fencing-token
+    counter and the audit log row for row. Stop the servers on the source first. Exits 1
+    if the copy does not verify.
+    """
+    from .migrate import migrate as copy_store
 
-async def _awaited(aw: Awaitable[T]) -> T:
-    return await aw
+    def progress(table: str, rows: int) -> None:
+        if not as_json:
+            click.echo(f"  {table}: {rows} rows", err=True)
+
+    out = asyncio.run(copy_store(src, dst, progress))
+    if as_json:
+        _echo_json(out)
+    else:
+        tables = ", ".join(f"{n} {t}" for t, n in (out.get("tables") or {}).items())
+        head = out.get("head") or {}
+        click.echo(
+            f"{'copied' if out.get('ok') else 'COPY DOES NOT VERIFY'}: {out.get('source')} -> "
+            f"{out.get('destination')} ({tables}); audit head seq {head.get('seq')}"
+        )
+    if not out.get("ok"):
+        sys.exit(EXIT_REFUSED)
 
 
 # ----------------------------------------------------------------------------- plug-ins

@@ -12,6 +12,7 @@ import itertools
 import json
 import time
 from typing import Any
+from urllib.parse import urlparse, urlunparse
 
 import pytest
 
@@ -496,3 +497,59 @@ async def test_pg_conflicting_writers_serialize(pg_backend: Backend) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_pg_a_server_role_that_does_not_own_the_ledger_cannot_rewrite_it(
+    pg_backend: Backend,
+) -> None:
+    """docs/postgres.md, "Hardening the ledger": migrate as the owner, serve as a role with
+    row rights only. It serves; it cannot UPDATE the ledger or switch its triggers off."""
+    import psycopg
+
+    owner = pg_backend.open_store()
+    await owner.open()
+    await owner.close()
+    role = "writ_srv_" + (pg_backend.schema or "x")[-12:]
+    schema = pg_backend.schema
+    grants = [
+        f"CREATE ROLE {role} LOGIN",
+        f"GRANT USAGE ON SCHEMA {schema} TO {role}",
+        f"GRANT SELECT, INSERT ON {schema}.audit TO {role}",
+        f"GRANT SELECT, UPDATE ON {schema}.audit_head TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.leases, {schema}.waiters,"
+        f" {schema}.objects, {schema}.principals TO {role}",
+        f"GRANT SELECT ON {schema}.writ_migrations TO {role}",
+        f"GRANT USAGE ON SEQUENCE {schema}.fencing_token, {schema}.waiters_seq_seq TO {role}",
+    ]
+    for g in grants:
+        await pg_backend.sql(g)
+    parts = urlparse(pg_backend.url)
+    as_role = urlunparse(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port or 5432}"))
+    try:
+        store = open_store(as_role)
+        try:
+            await store.open()
+        except Unavailable as exc:
+            pytest.skip(f"cannot log in as a new role here: {exc}")
+        try:
+            assert await _append(store, "a", "b") == [1, 2]
+            assert (await _tokens(store, 1))[0] >= 1
+            conninfo = urlunparse(
+                parts._replace(
+                    netloc=parts.netloc.replace(parts.username or "postgres", role, 1), query=""
+                )
+            )
+            async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as c:
+                for stmt in (
+                    f"UPDATE {schema}.audit SET body = '{{}}'",
+                    f"ALTER TABLE {schema}.audit DISABLE TRIGGER audit_no_update",
+                    f"TRUNCATE {schema}.audit",
+                ):
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                        await c.execute(stmt)
+            assert verify(await _stored(store)).ok
+        finally:
+            await store.close()
+    finally:
+        await pg_backend.sql(f"DROP OWNED BY {role}")
+        await pg_backend.sql(f"DROP ROLE {role}")

@@ -222,10 +222,8 @@ def _translate(what: str) -> Iterator[None]:
         if not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
             log.error("PostgreSQL store: %s failed", what, exc_info=exc)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise Unavailable(
-            f"the PostgreSQL store could not {what}: {reason}; nothing of this request was"
-            " kept, retry shortly",
-        ) from exc
+        tail = "" if what == "open the store" else "; nothing of this request was kept, retry"
+        raise Unavailable(f"the PostgreSQL store could not {what}: {reason}{tail}") from exc
 
 
 def _broken(conn: psycopg.AsyncConnection[Any]) -> bool:
@@ -778,7 +776,15 @@ class PostgresStore(Store):
 
     async def _migrate(self, c: psycopg.AsyncConnection[Any]) -> None:
         """Apply missing migrations, recorded in ``writ_migrations``, under an advisory
-        transaction lock so that servers starting together do not race."""
+        transaction lock so that servers starting together do not race. Nothing is
+        locked or created when the schema is current: a server may run as a role that is
+        not allowed DDL (see docs/postgres.md, "Hardening the ledger")."""
+        cur = await c.execute("SELECT to_regclass('writ_migrations') IS NOT NULL")
+        row = await cur.fetchone()
+        if row and row[0]:
+            cur = await c.execute("SELECT version FROM writ_migrations")
+            if {r[0] for r in await cur.fetchall()} >= set(range(1, len(MIGRATIONS) + 1)):
+                return
         async with c.transaction():
             await c.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             if self.schema:

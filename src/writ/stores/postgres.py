@@ -706,7 +706,8 @@ class PostgresStore(Store):
         self.pool_timeout = take("pool_timeout", 5.0, 0.1, 600)
         self.statement_timeout = take("statement_timeout", 10.0, 0.1, 3600)
         self.idle_timeout = take("idle_timeout", 10.0, 0.1, 3600)
-        options = [query.pop("options", "")] if query.get("options") else []
+        user_options = query.pop("options", "")  # kept, with ours after it
+        options = [user_options] if user_options else []
         if self.schema:
             options.append(f"-c search_path={self.schema}")
         options += [
@@ -1113,6 +1114,8 @@ class PostgresStore(Store):
                 # one snapshot for the whole dump
                 async with conn.transaction():
                     await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    # the consumer may take its time between batches (it is writing them)
+                    await conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
                     cur = await conn.execute("SELECT last_value, is_called FROM fencing_token")
                     last, called = await cur.fetchone()  # type: ignore[misc]
                     yield "meta", [{"fencing_token": int(last) if called else 0}]

@@ -47,7 +47,8 @@ def rfc3339(ts: float | None) -> str | None:
     """``1778926620.5`` → ``'2026-05-16T10:17:00.500000Z'`` (microseconds, UTC)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat pads the year to four digits (strftime's %Y does not, for years < 1000)
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
@@ -62,8 +63,19 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+_MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
+_MAX_TS = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
 def parse_time(text: str | float | int, now: float | None = None) -> float:
     """Parse an RFC 3339 / ISO 8601 time (or epoch seconds, or ``-15m`` relative to now)."""
+    t = _parse_time(text, now)
+    if not _MIN_TS <= t <= _MAX_TS:  # also refuses NaN
+        raise Invalid(f"time {text!r} is out of range: give RFC 3339 like 2026-05-16T02:17:00Z")
+    return t
+
+
+def _parse_time(text: str | float | int, now: float | None = None) -> float:
     if isinstance(text, (int, float)):
         return float(text)
     s = str(text).strip()

@@ -650,12 +650,13 @@ def _impact(rep: dict[str, Any]) -> dict[str, Any]:
 def _summary(rep: dict[str, Any]) -> list[str]:
     w = rep["window"]
     out = []
+    day = bool(w["multi_day"])
     if not rep["source"]["rows"]:
         return [f"The ledger has no rows for {', '.join(rep['source']['resources'])} between "
                 f"{w['from'] or 'the beginning'} and {w['to'] or 'now'}."]
     lanes = rep["lanes"]
     out.append(
-        f"Between {when(w['from'], w['multi_day'])} and {when(w['to'], w['multi_day'])} UTC "
+        f"Between {when(w['from'], day)} and {when(w['to'], day)} UTC "
         f"({duration(w['seconds'])}), the ledger records {rep['source']['rows']} rows on "
         f"{len(lanes)} resource{'s' if len(lanes) != 1 else ''} by "
         f"{len(rep['agents'])} principal{'s' if len(rep['agents']) != 1 else ''} "
@@ -669,9 +670,10 @@ def _summary(rep: dict[str, Any]) -> list[str]:
     if rep["changes"]:
         out.append(f"{len(rep['changes'])} change{'s were' if len(rep['changes']) != 1 else ' was'}"
                    " recorded under a lease: " + "; ".join(
-                       f"{c['agent']} {c['summary'] or c['notes']} at {when(c['at'])}"
+                       f"{c['agent']} {c['summary'] or c['notes']} at {when(c['at'], day)}"
                        for c in rep["changes"][:4])
-                   + ("; ..." if len(rep["changes"]) > 4 else "") + ".")
+                   + (f"; and {len(rep['changes']) - 4} more" if len(rep["changes"]) > 4 else "")
+                   + ".")
     if rep["refusals"]:
         kinds: dict[str, int] = defaultdict(int)
         for r in rep["refusals"]:
@@ -682,21 +684,21 @@ def _summary(rep: dict[str, Any]) -> list[str]:
     if rep["waits"]:
         out.append(f"{len(rep['waits'])} request{'s' if len(rep['waits']) != 1 else ''} waited "
                    "in the queue: " + "; ".join(
-                       f"{w['agent']} on {w['resource']} from {when(w['at'])} "
-                       f"({w['outcome']}{' at ' + when(w['until']) if w['until'] else ''})"
+                       f"{w['agent']} on {w['resource']} from {when(w['at'], day)} "
+                       f"({w['outcome']}{' at ' + when(w['until'], day) if w['until'] else ''})"
                        for w in rep["waits"][:4]) + ".")
     if rep["consents"]:
         out.append("Consent was asked " + "; ".join(
-            f"by {c['requester']} of {c['author']} at {when(c['at'])}: {_consent_outcome(c)}"
+            f"by {c['requester']} of {c['author']} at {when(c['at'], day)}: {_consent_outcome(c)}"
             for c in rep["consents"][:4]) + ".")
     if rep["rollbacks"]:
         out.append("Rollbacks: " + "; ".join(
-            f"{r['requested_by']} asked at {when(r['at'])}, {r['status']}"
+            f"{r['requested_by']} asked at {when(r['at'], day)}, {r['status']}"
             + (f" by {r['decided_by']}" if r["decided_by"] else "")
             for r in rep["rollbacks"][:4]) + ".")
     if rep["revocations"]:
         out.append("Revoked: " + "; ".join(
-            f"{r['holder']}'s lease on {r['resource']} by {r['agent']} at {when(r['at'])}"
+            f"{r['holder']}'s lease on {r['resource']} by {r['agent']} at {when(r['at'], day)}"
             for r in rep["revocations"][:4]) + ".")
     stuck = [s for s in rep["stuck"] if s["event"] in ("lease.stuck", "lease.paged")]
     if stuck:

@@ -224,6 +224,15 @@ def test_sigkill_under_load_keeps_every_acknowledged_lease_and_row(server: Serve
                 assert lease["lock_key"] in ended
         # every row anyone read before the kill is there, byte for byte (same hash)
         assert seen_rows and all(rows[seq - 1]["hash"] == h for seq, h in seen_rows.items())
+        # and the converse, from the store's side: no lease without its rows (same transaction)
+        ends = {r["lock_key"]: r["event"] for r in rows
+                if r["event"] in ("lease.released", "lease.expired", "lease.revoked")}
+        every = c.get("/v1/leases", params={"resource": "load", "limit": 100_000}).json()["leases"]
+        assert len(every) >= len(acked)
+        for lease in every:
+            assert lease["lock_key"] in granted, lease
+            if lease["state"] != "held":
+                assert ends.get(lease["lock_key"]) == f"lease.{lease['state']}", lease
         # at most one lease held per resource, as before the kill
         held = c.get("/v1/leases", params={"resource": "load", "state": "held"}).json()["leases"]
         assert len({x["resource"] for x in held}) == len(held)
@@ -328,3 +337,27 @@ def test_a_waiter_that_hangs_up_leaves_the_queue(server: Server) -> None:
         assert result["r"].json()["holder"] == "live"
         leases = h.get("/v1/leases", params={"resource": "hang"}).json()["leases"]
         assert "dead" not in {x["holder"] for x in leases}
+
+
+def test_the_real_server_answers_bad_requests_in_the_error_shape(server: Server) -> None:
+    """Through uvicorn itself: no token 401, oversized headers and bodies (declared or
+    chunked) 413, malformed JSON 422, all as ``{"error": {"code", "message"}}``."""
+    server.start()
+    json_ct = {"content-type": "application/json"}
+    with server.client() as c, httpx.Client(base_url=server.url, timeout=10) as anon:
+        assert anon.get("/v1/health").status_code == 200
+        cases = [
+            (anon.get("/v1/leases"), 401, "unauthenticated"),
+            (c.get("/v1/leases", headers={"x-big": "a" * 40_000}), 413, "too_large"),
+            (c.post("/v1/leases", content=b"x" * (2 << 20), headers=json_ct), 413, "too_large"),
+            (c.post("/v1/leases", content=iter([b"x" * (64 << 10)] * 40), headers=json_ct),
+             413, "too_large"),
+            (c.post("/v1/leases", content=b"{oops", headers=json_ct), 422, "invalid"),
+            (c.post("/v1/leases", json={"resource": "Prod", "intent": "x"}), 422, "invalid"),
+        ]
+        for r, status, code in cases:
+            assert r.status_code == status, (r.status_code, r.text)
+            assert r.headers["content-type"].startswith("application/json")
+            assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+        # the server is still fine afterwards
+        assert c.get("/v1/audit/verify").json()["ok"] is True

@@ -551,6 +551,10 @@ def run(
             if lease.lost.is_set():
                 _stop_child(proc, lease.error, grace)
         rc = proc.wait()
+        if lease.lost.is_set():
+            with contextlib.suppress(LeaseLost):
+                lease.close()  # stops renewing; nothing to release
+            sys.exit(EXIT_LEASE_LOST)
         try:
             lease.close()
         except LeaseLost as exc:
@@ -562,6 +566,7 @@ def run(
 def _stop_child(proc: subprocess.Popen[bytes], error: LeaseLost | None, grace: float) -> None:
     why = error.message if error else "lease lost"
     if proc.poll() is not None:
+        click.echo(f"writ run: {why} (the command had already exited)", err=True)
         return
     click.echo(f"writ run: {why}; sending SIGTERM to pid {proc.pid}", err=True)
     proc.terminate()

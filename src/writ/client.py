@@ -34,10 +34,8 @@ import httpx
 
 from . import __version__
 from .errors import (
-    Forbidden,
     Invalid,
     LeaseLost,
-    NotFound,
     Unauthenticated,
     Unavailable,
     WritError,
@@ -47,6 +45,7 @@ from .errors import (
 __all__ = ["DEFAULT_URL", "AsyncClient", "AsyncLease", "Client", "Lease"]
 
 log = logging.getLogger("writ.client")
+log.addHandler(logging.NullHandler())  # a library: silent unless the application logs
 
 DEFAULT_URL = "http://127.0.0.1:7411"
 DEFAULT_TIMEOUT = 10.0
@@ -733,10 +732,8 @@ class _LeaseState:
 
     @staticmethod
     def _fatal(exc: WritError) -> bool:
-        """A renewal error that means the lease is gone (not a transient failure)."""
-        return isinstance(exc, (LeaseLost, NotFound, Forbidden)) or (
-            400 <= exc.status < 500 and not isinstance(exc, Unavailable)
-        )
+        """A renewal refused (410 lost, 403, 404, ...) rather than failed in transit or 5xx."""
+        return 400 <= exc.status < 500
 
 
 class Lease(_LeaseState):

@@ -7,10 +7,12 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from tests.stores_fixtures import Backend
 from writ.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -257,3 +259,20 @@ def test_write_checkpoint_is_atomic_text(tmp_path: Path) -> None:
     assert p.read_text() == cp.text() and not list((tmp_path / "x").glob(".*"))
     with pytest.raises(CheckpointError):
         parse(cp.text().replace("hash: ", "hash: zz"))
+
+
+async def test_checkpoint_on_every_backend(make_engine: Any, backend: Backend) -> None:
+    """A checkpoint holds as the ledger grows, and an edited row fails it, on each store."""
+    e = await make_engine()
+    await _fill(e, 5)
+    key = generate_key()
+    cp = await make(e.store, key)
+    await _fill_more(e)
+    assert (await verify_store(e.store, [cp], key.public_key())).ok
+    rows = (await e.audit(0, 100))["rows"]
+    row = rows[2]
+    body = canonical({k: v for k, v in row.items() if k != "hash"} | {"notes": "edited"})
+    await backend.tamper(row["seq"], body)
+    out = await verify_store(e.store, [cp], key.public_key())
+    assert not out.ok and out.first_bad_seq == row["seq"]
+    assert f"row {row['seq']} changed after checkpoint seq {cp.seq}" in (out.reason or "")

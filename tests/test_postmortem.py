@@ -366,3 +366,26 @@ async def test_reads_by_index_never_a_full_scan(incident: Incident) -> None:
             checked += 1
     c.close()
     assert checked >= 3
+
+
+async def test_report_on_every_backend(make_engine: Any) -> None:
+    """The same story reads the same from SQLite and PostgreSQL (indexed reads, probes)."""
+    e = await make_engine(POLICY.replace('rollback_base_url = "http://rollback.test"\n', ""))
+    p = {n: (await e.add_principal(None, n, k))[0]
+         for n, k in (("perf-agent", "agent"), ("cost-agent", "agent"))}
+    lease = await e.acquire(p["perf-agent"], resource="prod/db", intent="double capacity",
+                            touches=["capacity"], ttl_s=300)
+    await e.consents.record_change(p["perf-agent"], lease["lease_id"], "capacity", "4→8")
+    with pytest.raises(ConsentRequired):
+        await e.acquire(p["cost-agent"], resource="prod/db", intent="consolidate",
+                        touches=["capacity"])
+    await e.release(p["perf-agent"], lease["lease_id"])
+    rep = await collect(StoreSource(e), Query(["prod"]))
+    assert [(h["holder"], h["ended"]) for h in rep["holders"]] == [("perf-agent", "released")]
+    assert [r["kind"] for r in rep["refusals"]] == ["consent_required"]
+    assert rep["refusals"][0]["holder"] == "perf-agent"
+    assert rep["changes"][0]["summary"] == "4→8"
+    assert rep["verification"]["ok"] and rep["verification"]["segment"]["ok"]
+    since = parse_time(rep["window"]["from"])
+    again = await collect(StoreSource(e), Query(["prod/db"], since, since + 3600))
+    assert again["holders"][0]["lock_key"] == rep["holders"][0]["lock_key"]

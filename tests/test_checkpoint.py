@@ -276,3 +276,33 @@ async def test_checkpoint_on_every_backend(make_engine: Any, backend: Backend) -
     out = await verify_store(e.store, [cp], key.public_key())
     assert not out.ok and out.first_bad_seq == row["seq"]
     assert f"row {row['seq']} changed after checkpoint seq {cp.seq}" in (out.reason or "")
+
+
+def test_checkpoint_and_verify_through_a_server(tmp_path: Path) -> None:
+    """`audit checkpoint --url` signs the served head; `audit verify --checkpoint --url`
+    fails once the rows up to it were rewritten and re-hashed under the server."""
+    from tests.server_fixtures import serve
+
+    key = tmp_path / "k"
+    write_key(key)
+    r = CliRunner()
+    with serve(tmp_path / "w.db") as srv:
+        srv.principal("agent")
+        srv.principal("agent")
+        env = srv.env()
+        cpf = tmp_path / "cp.txt"
+        res = r.invoke(main, ["audit", "checkpoint", "--key", str(key), "--out", str(cpf)], env=env)
+        assert res.exit_code == 0, res.output
+        cp = read_checkpoint(cpf)
+        assert cp.seq >= 3
+        srv.principal("agent")  # the ledger grows after the checkpoint
+        res = r.invoke(main, ["audit", "verify", "--checkpoint", str(cpf), "--pubkey",
+                              f"{key}.pub"], env=env)
+        assert res.exit_code == 0, res.output
+        assert f"extends checkpoint seq {cp.seq}" in res.output
+        _edit(tmp_path, 2, rehash=True)
+        res = r.invoke(main, ["audit", "verify", "--checkpoint", str(cpf), "--json"], env=env)
+        assert res.exit_code == 1
+        out = json.loads(res.output)
+        assert out["ok"] is False and out["first_bad_seq"] == cp.seq
+        assert "rewritten and re-hashed" in out["reason"]

@@ -389,3 +389,20 @@ async def test_report_on_every_backend(make_engine: Any) -> None:
     since = parse_time(rep["window"]["from"])
     again = await collect(StoreSource(e), Query(["prod/db"], since, since + 3600))
     assert again["holders"][0]["lock_key"] == rep["holders"][0]["lock_key"]
+
+
+def test_cli_reads_a_server(tmp_path: Path) -> None:
+    """`writ postmortem --url --token` pages GET /v1/audit of a running server."""
+    from tests.server_fixtures import serve
+
+    with serve(tmp_path / "w.db") as srv:
+        name, token = srv.principal("agent")
+        with srv.client(token) as c:
+            lease = c.acquire("prod/db", "double capacity", ttl_s=60)
+            c.release(lease["lease_id"])
+        res = CliRunner().invoke(main, ["postmortem", "--resource", "prod", "--format", "json"],
+                                 env=srv.env())
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output)
+    assert [(h["holder"], h["ended"]) for h in rep["holders"]] == [(name, "released")]
+    assert rep["lint"]["registry"] is True and rep["verification"]["ok"]

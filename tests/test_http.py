@@ -412,8 +412,9 @@ async def test_concurrent_conflicting_requests_grant_at_most_one(writ: Writ) -> 
 
 
 async def test_a_cancelled_waiter_gives_up_its_place(writ: Writ) -> None:
-    """A waiting caller that goes away leaves the queue: the next waiter is served on
-    release, and the one that left never holds the lease."""
+    """A waiting caller that goes away leaves the queue (a ``lease.denied`` row ends its
+    ``lease.queued`` one): the next waiter is served on release, and the one that left never
+    holds the lease."""
     h = await writ.principal("holder")
     gone = await writ.principal("gone")
     nxt = await writ.principal("next")
@@ -434,6 +435,9 @@ async def test_a_cancelled_waiter_gives_up_its_place(writ: Writ) -> None:
             break
         await asyncio.sleep(0.01)
     assert queue == ["next"]
+    rows = [x for x in await writ.audit("cancel") if x["agent_id"] == "gone"]
+    assert [x["event"] for x in rows] == ["lease.queued", "lease.denied"]
+    assert rows[1]["lock_holder"] == "holder" and "disconnected" in rows[1]["notes"]
     await writ.release(h, held["lease_id"])
     got = await asyncio.wait_for(second, 10)
     assert got.status_code == 201 and got.json()["holder"] == "next"

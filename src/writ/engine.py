@@ -35,6 +35,7 @@ from .errors import (
     LeaseLost,
     NotFound,
     Unauthenticated,
+    Unavailable,
     WritError,
 )
 from .ledger import GENESIS, Verification, verify
@@ -437,9 +438,26 @@ class Engine:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(fut), timeout)
                 if fut.done():
-                    return await self._collect(fut.result())
+                    try:
+                        return await self._collect(fut.result())
+                    except Unavailable:  # granted, but the store is out of reach: read again
+                        if deadline - loop.time() <= 0:
+                            raise
+                        await asyncio.sleep(0.25)
+                        continue
                 final = deadline - loop.time() <= 0
-                out = await self.store.transact(lambda tx: self._recheck_tx(tx, req, waiter, final))
+                try:
+                    out = await self.store.transact(
+                        lambda tx: self._recheck_tx(tx, req, waiter, final)
+                    )
+                except Unavailable:
+                    if final:
+                        raise
+                    # the store is out of reach for now (a database restart): keep our place
+                    # in the queue and look again, rather than answer 503 and leave an entry
+                    # behind that would be granted a lease nobody collects
+                    await asyncio.sleep(min(0.25, max(deadline - loop.time(), 0.0)))
+                    continue
                 if isinstance(out, WritError):
                     raise out
                 if isinstance(out, Lease):
@@ -498,6 +516,20 @@ class Engine:
     async def _abandon(self, waiter: Waiter) -> None:
         async def fn(tx: Tx) -> None:
             if await tx.delete_waiter(waiter.waiter_id):
+                # leaving the queue is a state change too: its row ends the lease.queued one
+                held = await tx.held_related(self.blast.expand(waiter.resource))
+                b = held[0] if held else None
+                await tx.append({
+                    "event": "lease.denied",
+                    "agent_id": waiter.principal,
+                    "resource": waiter.resource,
+                    "lock_holder": b.holder if b else "none",
+                    "lock_key": b.lock_key if b else None,
+                    "lock_acquired_at": rfc3339(b.acquired_at) if b else None,
+                    "fencing_token": b.fencing_token if b else None,
+                    "notes": f"withdrawn {waiter.request.get('intent')!r}: the waiting caller "
+                    "disconnected before a grant",
+                })
                 await self._dispatch(tx, self.blast.expand(waiter.resource))
                 return
             lease = await tx.lease_for_request(waiter.waiter_id)

@@ -331,7 +331,7 @@ async def test_two_servers_sixteen_agents_one_resource(servers: list[str]) -> No
     rows = await ledger(servers[1])
     stats = check_history(rows, load)
     wakes = sorted(stats["cross_server_wakes"])
-    assert stats["grants"] > 50 and len(wakes) > 10, stats | {"statuses": load.statuses}
+    assert stats["grants"] > 30 and len(wakes) > 10, stats | {"statuses": load.statuses}
     p50, p95 = statistics.median(wakes), wakes[int(len(wakes) * 0.95)]
     print(
         f"\n{stats['grants']} grants, {len(wakes)} cross-server wakes: "
@@ -339,7 +339,9 @@ async def test_two_servers_sixteen_agents_one_resource(servers: list[str]) -> No
     )
     # release request sent on server A -> the waiter's 201 arrives from server B: two HTTP
     # exchanges, the releasing transaction, NOTIFY, and the waiter's read of its lease
-    assert p50 < 0.050, wakes
+    # (~8 ms on an idle 2-core machine). Without the notification the waiter would wake on
+    # its timer: the holder's ttl (10 s) or its own deadline (5 s).
+    assert p50 < 0.100 and wakes[-1] < 1.0, wakes
     assert (await verify(servers[0]))["ok"]
 
 

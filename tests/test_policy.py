@@ -68,3 +68,20 @@ def test_load_missing_file() -> None:
     with pytest.raises(PolicyError, match="cannot read"):
         load("does-not-exist.toml")
     assert load(None).rules == []
+
+
+def test_policy_check_command(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`writ policy check` says ok with a summary, or FILE:LINE: reason and exit 1."""
+    from click.testing import CliRunner
+
+    from writ.cli import main
+
+    good = tmp_path / "good.toml"
+    good.write_text(GOOD)
+    r = CliRunner().invoke(main, ["policy", "check", str(good)])
+    assert r.exit_code == 0 and "ok" in r.output and "db-tier" in r.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rules]]\nprefix = "prod"\nlock_delay_s = "5s"\n')
+    r = CliRunner().invoke(main, ["policy", "check", str(bad)])
+    assert r.exit_code == 1
+    assert f"{bad}:3: lock_delay_s must be a number" in r.output

@@ -251,6 +251,35 @@ def serve(store: str, host: str, port: int, policy: str | None, log_level: str) 
     run(store, host, port, policy, log_level=log_level)
 
 
+@main.group()
+def policy() -> None:
+    """Check policy files offline."""
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+@json_option
+def policy_check(file: str, as_json: bool) -> None:
+    """Read policy FILE as `writ serve --policy FILE` would: exit 0 and summarise it, or
+    exit 1 with FILE:LINE: reason."""
+    from .policy import load
+
+    pol = load(file)
+    if as_json:
+        _echo_json(pol.to_dict())
+        return
+    groups = pol.blast.groups
+    click.echo(f"{file}: ok — {len(groups)} blast-radius group(s), {len(pol.rules)} rule(s)")
+    for names, members in groups:
+        click.echo(f"  group {'+'.join(sorted(names))}: {', '.join(members)}")
+    for r in pol.rules:
+        click.echo(
+            f"  rule {r.prefix or '(everything)'}: protect_s={r.protect_s:g} max_hold_s="
+            f"{'-' if r.max_hold_s is None else f'{r.max_hold_s:g}'} page_after_s={r.page_after_s:g} "
+            f"lock_delay_s={r.lock_delay_s:g} consent_timeout_s={r.consent_timeout_s:g}"
+        )
+
+
 # ----------------------------------------------------------------------------- principals
 @main.group()
 def principal() -> None:

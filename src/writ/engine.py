@@ -516,6 +516,20 @@ class Engine:
     async def _abandon(self, waiter: Waiter) -> None:
         async def fn(tx: Tx) -> None:
             if await tx.delete_waiter(waiter.waiter_id):
+                # leaving the queue is a state change too: its row ends the lease.queued one
+                held = await tx.held_related(self.blast.expand(waiter.resource))
+                b = held[0] if held else None
+                await tx.append({
+                    "event": "lease.denied",
+                    "agent_id": waiter.principal,
+                    "resource": waiter.resource,
+                    "lock_holder": b.holder if b else "none",
+                    "lock_key": b.lock_key if b else None,
+                    "lock_acquired_at": rfc3339(b.acquired_at) if b else None,
+                    "fencing_token": b.fencing_token if b else None,
+                    "notes": f"withdrawn {waiter.request.get('intent')!r}: the waiting caller "
+                    "disconnected before a grant",
+                })
                 await self._dispatch(tx, self.blast.expand(waiter.resource))
                 return
             lease = await tx.lease_for_request(waiter.waiter_id)

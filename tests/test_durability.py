@@ -10,6 +10,7 @@ the database file by hand, and verify names that row.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -56,8 +57,9 @@ class Server:
         )
         env = {**os.environ, "WRIT_ADMIN_TOKEN": ADMIN}
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=out,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code], env=env, stdout=out, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -89,8 +91,9 @@ class Server:
         return self.proc.wait(15)
 
     def client(self, token: str = ADMIN) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
-                            timeout=10)
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
 
 
 @pytest.fixture
@@ -156,8 +159,15 @@ def test_sigkill_under_load_keeps_every_acknowledged_lease_and_row(server: Serve
                 keep = n % 4 == 0  # held across the kill, on a resource of its own
                 resource = f"load/{name}/k{n}" if keep else f"load/shared/r{(i + n) % 3}"
                 try:
-                    r = c.post("/v1/leases", json={"resource": resource, "intent": f"{name} #{n}",
-                                                   "ttl_s": 60, "wait_s": 1})
+                    r = c.post(
+                        "/v1/leases",
+                        json={
+                            "resource": resource,
+                            "intent": f"{name} #{n}",
+                            "ttl_s": 60,
+                            "wait_s": 1,
+                        },
+                    )
                 except httpx.TransportError:
                     return
                 if r.status_code != 201:
@@ -191,8 +201,9 @@ def test_sigkill_under_load_keeps_every_acknowledged_lease_and_row(server: Serve
                     after = row["seq"]
                 time.sleep(0.02)
 
-    threads = [threading.Thread(target=worker, args=(n, t, i)) for i, (n, t) in
-               enumerate(tokens.items())]
+    threads = [
+        threading.Thread(target=worker, args=(n, t, i)) for i, (n, t) in enumerate(tokens.items())
+    ]
     threads.append(threading.Thread(target=reader))
     for t in threads:
         t.start()
@@ -203,8 +214,10 @@ def test_sigkill_under_load_keeps_every_acknowledged_lease_and_row(server: Serve
         t.join(15)
         assert not t.is_alive()
     assert len(acked) >= 10, f"too little load before the kill: {len(acked)}\n{server.logs()}"
-    print(f"acknowledged before SIGKILL: {len(acked)} grants, {len(released)} releases, "
-          f"{len(seen_rows)} audit rows read")
+    print(
+        f"acknowledged before SIGKILL: {len(acked)} grants, {len(released)} releases, "
+        f"{len(seen_rows)} audit rows read"
+    )
 
     server.start()
     with server.client() as c:
@@ -225,8 +238,11 @@ def test_sigkill_under_load_keeps_every_acknowledged_lease_and_row(server: Serve
         # every row anyone read before the kill is there, byte for byte (same hash)
         assert seen_rows and all(rows[seq - 1]["hash"] == h for seq, h in seen_rows.items())
         # and the converse, from the store's side: no lease without its rows (same transaction)
-        ends = {r["lock_key"]: r["event"] for r in rows
-                if r["event"] in ("lease.released", "lease.expired", "lease.revoked")}
+        ends = {
+            r["lock_key"]: r["event"]
+            for r in rows
+            if r["event"] in ("lease.released", "lease.expired", "lease.revoked")
+        }
         every = c.get("/v1/leases", params={"resource": "load", "limit": 100_000}).json()["leases"]
         assert len(every) >= len(acked)
         for lease in every:
@@ -301,6 +317,25 @@ def test_hand_edited_audit_row_is_named_by_verify(server: Server) -> None:
     server.kill()
     offline = offline_verify(server.db)
     assert offline["ok"] is False and offline["first_bad_seq"] == k, offline
+    # and the command an operator runs: `writ audit verify --store URL` exits 1 naming row K
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from writ.cli import main; main()",
+            "audit",
+            "verify",
+            "--store",
+            f"sqlite:///{server.db}",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "WRIT_ADMIN_TOKEN": ""},
+    )
+    assert cli.returncode == 1, (cli.stdout, cli.stderr)
+    assert json.loads(cli.stdout)["first_bad_seq"] == k, cli.stdout
 
 
 def test_a_waiter_that_hangs_up_leaves_the_queue(server: Server) -> None:
@@ -312,8 +347,11 @@ def test_a_waiter_that_hangs_up_leaves_the_queue(server: Server) -> None:
     with server.client(holder) as h, server.client(live) as lv:
         held = h.post("/v1/leases", json={"resource": "hang/up", "intent": "hold"}).json()
         with server.client(dead) as d, pytest.raises(httpx.ReadTimeout):
-            d.post("/v1/leases", json={"resource": "hang/up", "intent": "wait", "wait_s": 60},
-                   timeout=httpx.Timeout(10, read=0.5))
+            d.post(
+                "/v1/leases",
+                json={"resource": "hang/up", "intent": "wait", "wait_s": 60},
+                timeout=httpx.Timeout(10, read=0.5),
+            )
         # the hung-up request is dropped from the queue (an audit row says so)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -324,8 +362,13 @@ def test_a_waiter_that_hangs_up_leaves_the_queue(server: Server) -> None:
         assert queue == [], queue
 
         result: dict[str, Any] = {}
-        waiter = threading.Thread(target=lambda: result.update(r=lv.post(
-            "/v1/leases", json={"resource": "hang/up", "intent": "wait", "wait_s": 30})))
+        waiter = threading.Thread(
+            target=lambda: result.update(
+                r=lv.post(
+                    "/v1/leases", json={"resource": "hang/up", "intent": "wait", "wait_s": 30}
+                )
+            )
+        )
         waiter.start()
         deadline = time.monotonic() + 10
         while not h.get("/v1/resources/hang/up").json()["queue"]:
@@ -350,8 +393,11 @@ def test_the_real_server_answers_bad_requests_in_the_error_shape(server: Server)
             (anon.get("/v1/leases"), 401, "unauthenticated"),
             (c.get("/v1/leases", headers={"x-big": "a" * 40_000}), 413, "too_large"),
             (c.post("/v1/leases", content=b"x" * (2 << 20), headers=json_ct), 413, "too_large"),
-            (c.post("/v1/leases", content=iter([b"x" * (64 << 10)] * 40), headers=json_ct),
-             413, "too_large"),
+            (
+                c.post("/v1/leases", content=iter([b"x" * (64 << 10)] * 40), headers=json_ct),
+                413,
+                "too_large",
+            ),
             (c.post("/v1/leases", content=b"{oops", headers=json_ct), 422, "invalid"),
             (c.post("/v1/leases", json={"resource": "Prod", "intent": "x"}), 422, "invalid"),
         ]

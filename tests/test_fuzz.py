@@ -15,7 +15,6 @@ import shutil
 import tempfile
 from typing import Any
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
@@ -92,7 +91,11 @@ def test_every_route_answers_within_its_schema(case: Any) -> None:
     # 401, unless the request is refused before anyone is asked who the caller is: no such
     # route or method, a body too large or not JSON at all
     assert bad.status_code in (401, 404, 405, 413, 422), (
-        case.method, case.formatted_path, bad.status_code, bad.text[:500])
+        case.method,
+        case.formatted_path,
+        bad.status_code,
+        bad.text[:500],
+    )
     if bad.status_code in (404, 405):
         assert "no route" in bad.json()["error"]["message"], bad.text
     case.validate_response(bad, checks=CHECKS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -124,7 +125,8 @@ async def serve(db: Path, clock: ManualClock | None = None) -> AsyncIterator[Wri
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://writ.test",
+            transport=transport,
+            base_url="http://writ.test",
             event_hooks={"response": [_no_500]},
         ) as client:
             w = Writ(client, engine)
@@ -155,7 +157,9 @@ def error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- exclusion
-async def test_held_names_the_holder_on_same_descendant_ancestor_and_blast_radius(writ: Writ) -> None:
+async def test_held_names_the_holder_on_same_descendant_ancestor_and_blast_radius(
+    writ: Writ,
+) -> None:
     """A second agent is refused 409 ``held`` on the same resource, a descendant, an
     ancestor and a member of the same blast-radius group; the error names the holder
     (holder, resource, intent, acquired_at, expires_at, wake) and a queue position."""
@@ -165,8 +169,15 @@ async def test_held_names_the_holder_on_same_descendant_ancestor_and_blast_radiu
 
     # same, descendant, ancestor, group members, a group member's descendant, and an
     # ancestor of a group member (authority on "capacity" covers "capacity/db")
-    for target in ("prod/db", "prod/db/replica-1", "prod", "routing/db-tier", "capacity/db",
-                   "capacity/db/shard-3", "capacity"):
+    for target in (
+        "prod/db",
+        "prod/db/replica-1",
+        "prod",
+        "routing/db-tier",
+        "capacity/db",
+        "capacity/db/shard-3",
+        "capacity",
+    ):
         err = error(await writ.acquire(b, target), 409, "held")
         holder = err["holder"]
         assert HOLDER_FIELDS <= set(holder), holder
@@ -189,8 +200,14 @@ async def test_unrelated_resources_are_granted(writ: Writ) -> None:
     b = await writ.principal("agent-b")
     held = await writ.grant(a, "prod/db")
     tokens = [held["fencing_token"]]
-    for target in ("prod/cache", "prod/db-replica", "prod/dbx", "routing/web", "capacity/cpu",
-                   "staging/db"):
+    for target in (
+        "prod/cache",
+        "prod/db-replica",
+        "prod/dbx",
+        "routing/web",
+        "capacity/cpu",
+        "staging/db",
+    ):
         lease = await writ.grant(b, target)
         assert lease["holder"] == "agent-b"
         assert lease["lock_key"] == f"{target}/{lease['fencing_token']}"
@@ -250,7 +267,7 @@ async def test_fencing_tokens_strictly_increase_across_release_expiry_revoke_and
         tokens.append((await w.grant(a, "unrelated/thing"))["fencing_token"])
     async with serve(db, clock) as w:
         tokens.append((await w.grant(a, "other/thing"))["fencing_token"])
-    assert all(x < y for x, y in zip(tokens, tokens[1:], strict=False)), tokens
+    assert all(x < y for x, y in itertools.pairwise(tokens)), tokens
 
 
 async def test_fence_route_reports_the_current_token(writ: Writ) -> None:
@@ -260,11 +277,17 @@ async def test_fence_route_reports_the_current_token(writ: Writ) -> None:
     old = await writ.grant(a, "prod/db")
     await writ.release(a, old["lease_id"])
     new = await writ.grant(a, "prod/db")
-    r = await writ.c.get("/v1/fence", params={"resource": "prod/db", "token": new["fencing_token"]},
-                         headers=writ.auth(a))
+    r = await writ.c.get(
+        "/v1/fence",
+        params={"resource": "prod/db", "token": new["fencing_token"]},
+        headers=writ.auth(a),
+    )
     assert r.json()["current"] is True and r.json()["current_token"] == new["fencing_token"]
-    r = await writ.c.get("/v1/fence", params={"resource": "prod/db", "token": old["fencing_token"]},
-                         headers=writ.auth(a))
+    r = await writ.c.get(
+        "/v1/fence",
+        params={"resource": "prod/db", "token": old["fencing_token"]},
+        headers=writ.auth(a),
+    )
     assert r.json()["current"] is False and r.json()["current_token"] == new["fencing_token"]
 
 
@@ -342,8 +365,9 @@ async def test_waiters_are_served_in_arrival_order(writ: Writ) -> None:
         order.append(lease["holder"])
         assert lease["fencing_token"] > current["fencing_token"]
         # exactly one lease held under fifo; everyone behind is still waiting
-        r = await writ.c.get("/v1/leases", params={"resource": "fifo", "state": "held"},
-                             headers=writ.auth(h))
+        r = await writ.c.get(
+            "/v1/leases", params={"resource": "fifo", "state": "held"}, headers=writ.auth(h)
+        )
         assert [x["holder"] for x in r.json()["leases"]] == [expected]
         assert not any(t.done() for n, t in tasks.items() if n not in order)
         current = lease | {"_token": toks.get(expected, late)}
@@ -396,8 +420,9 @@ async def test_concurrent_conflicting_requests_grant_at_most_one(writ: Writ) -> 
     names = [f"racer-{i}" for i in range(12)]
     toks = [await writ.principal(n) for n in names]
     targets = ["prod/db", "prod", "prod/db/a", "capacity/db", "routing/db-tier", "prod/db/b"]
-    rs = await asyncio.gather(*(writ.acquire(t, targets[i % len(targets)], ttl_s=60)
-                                for i, t in enumerate(toks)))
+    rs = await asyncio.gather(
+        *(writ.acquire(t, targets[i % len(targets)], ttl_s=60) for i, t in enumerate(toks))
+    )
     won = [r.json() for r in rs if r.status_code == 201]
     assert len(won) == 1, [r.text for r in rs]
     winner = won[0]
@@ -481,19 +506,28 @@ async def test_unrenewed_lease_expires_and_a_late_release_never_frees_the_succes
 
     r = await writ.c.get(f"/v1/leases/{old['lease_id']}", headers=writ.auth(a))
     assert r.json()["state"] == "expired"
-    lost = error(await writ.c.post(f"/v1/leases/{old['lease_id']}/renew", json={},
-                                   headers=writ.auth(a)), 410, "lease_lost")
+    lost = error(
+        await writ.c.post(f"/v1/leases/{old['lease_id']}/renew", json={}, headers=writ.auth(a)),
+        410,
+        "lease_lost",
+    )
     assert "expired" in lost["message"]
-    error(await writ.c.post(f"/v1/leases/{old['lease_id']}/renew", headers=writ.auth(a)),
-          410, "lease_lost")
+    error(
+        await writ.c.post(f"/v1/leases/{old['lease_id']}/renew", headers=writ.auth(a)),
+        410,
+        "lease_lost",
+    )
     error(await writ.release(a, old["lease_id"]), 410, "lease_lost")
 
     r = await writ.c.get(f"/v1/leases/{new['lease_id']}", headers=writ.auth(b))
     assert r.json()["state"] == "held"
     r = await writ.c.get("/v1/resources/prod/db", headers=writ.auth(b))
     assert r.json()["lease"]["lease_id"] == new["lease_id"]
-    r = await writ.c.get("/v1/fence", params={"resource": "prod/db", "token": new["fencing_token"]},
-                         headers=writ.auth(b))
+    r = await writ.c.get(
+        "/v1/fence",
+        params={"resource": "prod/db", "token": new["fencing_token"]},
+        headers=writ.auth(b),
+    )
     assert r.json()["current"] is True
     rows = await writ.audit("prod/db")
     expired = [x for x in rows if x["event"] == "lease.expired"]
@@ -525,15 +559,19 @@ async def test_renew_extends_and_keeps_the_token(tmp_path: Path, admin_env: None
         b = await w.principal("agent-b")
         lease = await w.grant(a, "prod/db", ttl_s=10)
         clock.advance(8)
-        r = await w.c.post(f"/v1/leases/{lease['lease_id']}/renew", json={"ttl_s": 10},
-                           headers=w.auth(a))
+        r = await w.c.post(
+            f"/v1/leases/{lease['lease_id']}/renew", json={"ttl_s": 10}, headers=w.auth(a)
+        )
         assert r.status_code == 200, r.text
         assert r.json()["fencing_token"] == lease["fencing_token"]
         assert r.json()["expires_at"] > lease["expires_at"]
         clock.advance(8)  # 16s after the grant: alive only thanks to the renew
         error(await w.acquire(b, "prod/db"), 409, "held")
-        error(await w.c.post(f"/v1/leases/{lease['lease_id']}/renew", headers=w.auth(b)),
-              403, "forbidden")
+        error(
+            await w.c.post(f"/v1/leases/{lease['lease_id']}/renew", headers=w.auth(b)),
+            403,
+            "forbidden",
+        )
 
 
 # ----------------------------------------------------------------------------- release, revoke
@@ -567,8 +605,11 @@ async def test_revoke_needs_a_human_and_full_provenance(writ: Writ) -> None:
         body = {k: v for k, v in full.items() if k != missing}
         err = error(await writ.c.post(url, json=body, headers=writ.auth(jane)), 422, "invalid")
         assert missing in err["message"], err
-    err = error(await writ.c.post(url, json={**full, "runbook": "  "}, headers=writ.auth(jane)),
-                422, "invalid")
+    err = error(
+        await writ.c.post(url, json={**full, "runbook": "  "}, headers=writ.auth(jane)),
+        422,
+        "invalid",
+    )
     assert "runbook" in err["message"]
     error(await writ.c.post(url, headers=writ.auth(jane)), 422, "invalid")
     r = await writ.c.get(f"/v1/leases/{lease['lease_id']}", headers=writ.auth(a))
@@ -598,9 +639,11 @@ async def test_queue_kind_may_revoke(writ: Writ) -> None:
     a = await writ.principal("agent-a")
     q = await writ.principal("svc-ops", kind="queue")
     lease = await writ.grant(a, "prod/db")
-    r = await writ.c.post(f"/v1/leases/{lease['lease_id']}/revoke",
-                          json={"runbook": "R-1", "paged": "svc-ops", "reason": "stuck"},
-                          headers=writ.auth(q))
+    r = await writ.c.post(
+        f"/v1/leases/{lease['lease_id']}/revoke",
+        json={"runbook": "R-1", "paged": "svc-ops", "reason": "stuck"},
+        headers=writ.auth(q),
+    )
     assert r.status_code == 200 and r.json()["state"] == "revoked"
 
 
@@ -613,9 +656,11 @@ async def test_the_same_app_serves_again_after_its_lifespan_ended(
     app = create_app(engine)
     for round_ in range(2):
         async with asyncio.timeout(10), app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                         base_url="http://writ.test",
-                                         event_hooks={"response": [_no_500]}) as client:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://writ.test",
+                event_hooks={"response": [_no_500]},
+            ) as client:
                 w = Writ(client, engine)
                 tok = await w.principal(f"agent-{round_}")
                 if round_ == 0:
@@ -670,8 +715,9 @@ async def test_every_route_but_health_needs_a_valid_token(writ: Writ) -> None:
 async def test_only_admins_add_principals_and_tokens_are_never_listed(writ: Writ) -> None:
     """A non-admin adding a principal gets 403; the principal list shows no tokens."""
     a = await writ.principal("agent-a")
-    r = await writ.c.post("/v1/principals", json={"name": "x", "kind": "agent"},
-                          headers=writ.auth(a))
+    r = await writ.c.post(
+        "/v1/principals", json={"name": "x", "kind": "agent"}, headers=writ.auth(a)
+    )
     error(r, 403, "forbidden")
     r = await writ.c.get("/v1/principals", headers=writ.auth(a))
     assert r.status_code == 200
@@ -679,8 +725,9 @@ async def test_only_admins_add_principals_and_tokens_are_never_listed(writ: Writ
     assert a not in text and ADMIN not in text
     assert all("token" not in p for p in r.json()["principals"])
     # a name that exists already is refused, not a 500
-    r = await writ.c.post("/v1/principals", json={"name": "agent-a", "kind": "agent"},
-                          headers=writ.admin)
+    r = await writ.c.post(
+        "/v1/principals", json={"name": "agent-a", "kind": "agent"}, headers=writ.admin
+    )
     assert r.status_code == 409, r.text
 
 
@@ -690,16 +737,21 @@ async def test_malformed_json_is_422_with_a_message(writ: Writ) -> None:
     a = await writ.principal("agent-a")
     for body in (b"{not json", b"", b"[1,2", b'{"resource": "prod/db",}', b"\xff\xfe"):
         r = await writ.c.post(
-            "/v1/leases", content=body,
+            "/v1/leases",
+            content=body,
             headers={**writ.auth(a), "content-type": "application/json"},
         )
         err = error(r, 422, "invalid")
         assert "json" in err["message"].lower() or "required" in err["message"], err
-    r = await writ.c.post("/v1/leases", content=b"[]",
-                          headers={**writ.auth(a), "content-type": "application/json"})
+    r = await writ.c.post(
+        "/v1/leases", content=b"[]", headers={**writ.auth(a), "content-type": "application/json"}
+    )
     error(r, 422, "invalid")
-    r = await writ.c.post("/v1/leases", content=b"resource=prod/db",
-                          headers={**writ.auth(a), "content-type": "text/plain"})
+    r = await writ.c.post(
+        "/v1/leases",
+        content=b"resource=prod/db",
+        headers={**writ.auth(a), "content-type": "text/plain"},
+    )
     error(r, 422, "invalid")
 
 
@@ -769,9 +821,15 @@ async def test_unknown_lease_is_404(writ: Writ) -> None:
     error(await writ.c.get("/v1/leases/ls_nope", headers=writ.auth(a)), 404, "not_found")
     error(await writ.c.post("/v1/leases/ls_nope/renew", headers=writ.auth(a)), 404, "not_found")
     error(await writ.release(a, "ls_nope"), 404, "not_found")
-    error(await writ.c.post("/v1/leases/ls_nope/revoke",
-                            json={"runbook": "r", "paged": "p", "reason": "x"},
-                            headers=writ.auth(jane)), 404, "not_found")
+    error(
+        await writ.c.post(
+            "/v1/leases/ls_nope/revoke",
+            json={"runbook": "r", "paged": "p", "reason": "x"},
+            headers=writ.auth(jane),
+        ),
+        404,
+        "not_found",
+    )
     error(await writ.c.get("/v1/no-such-route", headers=writ.auth(a)), 404, "not_found")
 
 
@@ -779,16 +837,18 @@ async def test_oversized_body_is_413(writ: Writ) -> None:
     """A body over 1 MiB is 413 ``too_large``, declared or streamed without a length."""
     a = await writ.principal("agent-a")
     big = json.dumps({"resource": "prod/db", "intent": "x" * (2 << 20)}).encode()
-    r = await writ.c.post("/v1/leases", content=big,
-                          headers={**writ.auth(a), "content-type": "application/json"})
+    r = await writ.c.post(
+        "/v1/leases", content=big, headers={**writ.auth(a), "content-type": "application/json"}
+    )
     error(r, 413, "too_large")
 
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(40):
             yield b"x" * (64 << 10)
 
-    r = await writ.c.post("/v1/leases", content=chunks(),
-                          headers={**writ.auth(a), "content-type": "application/json"})
+    r = await writ.c.post(
+        "/v1/leases", content=chunks(), headers={**writ.auth(a), "content-type": "application/json"}
+    )
     error(r, 413, "too_large")
     r = await writ.c.get("/v1/leases", headers=writ.auth(a))
     assert r.json()["leases"] == []
@@ -835,19 +895,31 @@ async def test_audit_rows_have_exactly_the_protocol_fields_and_verify(writ: Writ
     jane = await writ.principal("jane", kind="human")
     l1 = await writ.grant(a, "prod/db", ttl_s=60)
     error(await writ.acquire(b, "prod/db"), 409, "held")
-    await writ.c.post(f"/v1/leases/{l1['lease_id']}/renew", json={"ttl_s": 30}, headers=writ.auth(a))
+    await writ.c.post(
+        f"/v1/leases/{l1['lease_id']}/renew", json={"ttl_s": 30}, headers=writ.auth(a)
+    )
     waiter = asyncio.create_task(writ.acquire(b, "prod/db", wait_s=30))
     await writ.wait_for_event("lease.queued", "prod/db", "agent-b")
     await writ.release(a, l1["lease_id"])
     l2 = (await waiter).json()
-    await writ.c.post(f"/v1/leases/{l2['lease_id']}/revoke",
-                      json={"runbook": "R", "paged": "p", "reason": "r"}, headers=writ.auth(jane))
+    await writ.c.post(
+        f"/v1/leases/{l2['lease_id']}/revoke",
+        json={"runbook": "R", "paged": "p", "reason": "r"},
+        headers=writ.auth(jane),
+    )
     await writ.grant(a, "solo/x", intent="naïve ünïcode ✓")
 
     rows = await writ.audit()
     events = {r["event"] for r in rows}
-    assert {"principal.added", "lease.granted", "lease.denied", "lease.renewed", "lease.queued",
-            "lease.released", "lease.revoked"} <= events, events
+    assert {
+        "principal.added",
+        "lease.granted",
+        "lease.denied",
+        "lease.renewed",
+        "lease.queued",
+        "lease.released",
+        "lease.revoked",
+    } <= events, events
     prev = GENESIS
     for i, row in enumerate(rows, start=1):
         assert list(row) == AUDIT_FIELDS, list(row)
@@ -892,6 +964,7 @@ async def test_who_answers_from_the_ledger(writ: Writ) -> None:
     await writ.release(a, lease["lease_id"])
     r = await writ.c.get("/v1/who", params={"resource": "prod/db"}, headers=writ.auth(a))
     assert r.json()["lock_holder"] == "none" and r.json()["lease"] is None
-    r = await writ.c.get("/v1/who", params={"resource": "prod/db", "at": lease["acquired_at"]},
-                         headers=writ.auth(a))
+    r = await writ.c.get(
+        "/v1/who", params={"resource": "prod/db", "at": lease["acquired_at"]}, headers=writ.auth(a)
+    )
     assert r.json()["lock_holder"] == "agent-a"

@@ -124,6 +124,13 @@ def all_rows(c: httpx.Client) -> list[dict[str, Any]]:
         after = page[-1]["seq"]
 
 
+def wait_until(condition: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
 def offline_verify(db: Path) -> dict[str, Any]:
     """``writ audit verify`` offline: the engine over the store file, no server."""
 
@@ -208,12 +215,12 @@ def test_sigkill_under_load_keeps_every_acknowledged_lease_and_row(server: Serve
     for t in threads:
         t.start()
     time.sleep(1.0)
+    wait_until(lambda: len(acked) >= 20, timeout=10)  # a slow machine gets a little longer
     server.kill()  # mid-traffic: requests are in flight
     stop.set()
     for t in threads:
         t.join(15)
         assert not t.is_alive()
-    assert len(acked) >= 10, f"too little load before the kill: {len(acked)}\n{server.logs()}"
     print(
         f"acknowledged before SIGKILL: {len(acked)} grants, {len(released)} releases, "
         f"{len(seen_rows)} audit rows read"
@@ -346,20 +353,21 @@ def test_a_waiter_that_hangs_up_leaves_the_queue(server: Server) -> None:
         holder, dead, live = (add_agent(admin, n) for n in ("holder", "dead", "live"))
     with server.client(holder) as h, server.client(live) as lv:
         held = h.post("/v1/leases", json={"resource": "hang/up", "intent": "hold"}).json()
-        with server.client(dead) as d, pytest.raises(httpx.ReadTimeout):
-            d.post(
-                "/v1/leases",
-                json={"resource": "hang/up", "intent": "wait", "wait_s": 60},
-                timeout=httpx.Timeout(10, read=0.5),
-            )
-        # the hung-up request is dropped from the queue (an audit row says so)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            queue = h.get("/v1/resources/hang/up").json()["queue"]
-            if not queue:
-                break
-            time.sleep(0.05)
-        assert queue == [], queue
+        # the dead waiter: a raw connection, closed once its request is queued
+        body = json.dumps({"resource": "hang/up", "intent": "wait", "wait_s": 60}).encode()
+        host, port = server.url.removeprefix("http://").split(":")
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(
+            b"POST /v1/leases HTTP/1.1\r\nHost: writ\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {dead}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        wait_until(lambda: h.get("/v1/resources/hang/up").json()["queue"] != [])
+        sock.close()
+        # the hung-up request is dropped from the queue, and a row says so
+        wait_until(lambda: h.get("/v1/resources/hang/up").json()["queue"] == [])
+        rows = [r for r in all_rows(h) if r["agent_id"] == "dead"]
+        assert [r["event"] for r in rows] == ["lease.queued", "lease.denied"], rows
 
         result: dict[str, Any] = {}
         waiter = threading.Thread(
@@ -370,10 +378,7 @@ def test_a_waiter_that_hangs_up_leaves_the_queue(server: Server) -> None:
             )
         )
         waiter.start()
-        deadline = time.monotonic() + 10
-        while not h.get("/v1/resources/hang/up").json()["queue"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(lambda: h.get("/v1/resources/hang/up").json()["queue"] != [])
         assert h.post(f"/v1/leases/{held['lease_id']}/release").status_code == 200
         waiter.join(10)
         assert result["r"].status_code == 201, result["r"].text

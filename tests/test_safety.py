@@ -131,6 +131,16 @@ async def world(tmp_path: Any, receiver: Receiver) -> AsyncIterator[World]:
     await engine.stop()
 
 
+async def _lint_clean(w: World) -> None:
+    """writ's own rows pass its own lint: no agent named as an approver, no missing holder."""
+    from writ.lint import check_row
+
+    kinds = {p["name"]: p["kind"] for p in await w.engine.list_principals()}
+    for row in await w.rows():
+        rules = {f.rule for f in check_row(row, kinds=kinds).findings}
+        assert not rules & {"approver-agent", "approver-portal", "missing-lock-holder"}, row
+
+
 async def _perf_change(w: World) -> dict[str, Any]:
     """perf-agent holds prod/db, records capacity 4→8 and releases."""
     r = await w.post("perf-agent", "/v1/leases",
@@ -214,6 +224,8 @@ async def test_the_0217_story(world: World) -> None:
     used = await w.rows("consent.used")
     assert used[-1]["approved_by"] == "svc-ops-princess"
 
+    await _lint_clean(w)
+
     # after the window the change no longer protects
     await w.tick(900)
     r = await w.post("cost-agent", "/v1/leases", cost)
@@ -232,6 +244,11 @@ async def test_consent_long_poll_returns_on_answer(world: World) -> None:
     await w.post("perf-agent", f"/v1/consents/{consent['consent_id']}/grant")
     r = await asyncio.wait_for(poll, 5)
     assert r.json()["status"] == "granted"
+    # the author agent's consent is used; the rows name no agent as approver
+    lease = (await w.post("cost-agent", "/v1/leases", {"resource": "prod/db", "intent": "x",
+                                                       "consent_id": consent["consent_id"]})).json()
+    assert lease["holder"] == "cost-agent"
+    await _lint_clean(w)
 
 
 async def test_rollback_key_holder_must_be_human(world: World) -> None:

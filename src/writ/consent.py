@@ -159,7 +159,7 @@ class Consents:
             lease, "consent.used", req.principal,
             f"consent {consent['consent_id']} from {consent.get('answered_by')} used for "
             f"change {consent['change_id']} by {consent['author']}",
-            approved_by=consent.get("answered_by"),
+            approved_by=consent.get("approved_by"),
         ))
 
     # ------------------------------------------------------------------ consents
@@ -241,6 +241,7 @@ class Consents:
                 status="granted" if grant else "denied",
                 answered_by=me.name,
                 answered_at=rfc3339(now),
+                approved_by=me.name if grant and me.is_human else None,
             )
             await tx.put_object(CONSENT, consent_id, consent["resource"], consent["status"], _strip(consent), None)
             await tx.append({
@@ -248,7 +249,8 @@ class Consents:
                 "agent_id": me.name,
                 "resource": consent["resource"],
                 "lock_holder": await eng.holder_name(tx, consent["resource"]),
-                "approved_by": me.name if grant else None,
+                # approved_by names a human key only: an author agent's consent is in the notes
+                "approved_by": me.name if grant and me.is_human else None,
                 "notes": f"{me.name} {consent['status']} {consent['requester']}'s request to undo "
                 f"{consent['attribute']} (change {consent['change_id']} by {consent['author']})",
             })

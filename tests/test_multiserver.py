@@ -434,8 +434,12 @@ async def test_postgresql_restart_under_load(
     pg_backend: Backend, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """The real thing: ``pg_ctlcluster restart`` while 16 agents contend."""
-    if not os.environ.get("WRIT_SLOW") and "slow" not in (request.config.getoption("-m") or ""):
-        pytest.skip("restarts the whole PostgreSQL server: run with WRIT_SLOW=1 or -m slow")
+    wanted = os.environ.get("WRIT_SLOW") or os.environ.get("WRIT_TEST_PG_RESTART")
+    if not wanted and "slow" not in (request.config.getoption("-m") or ""):
+        pytest.skip(
+            "restarts the whole PostgreSQL server: run with WRIT_TEST_PG_RESTART=1 (CI does), "
+            "WRIT_SLOW=1 or -m slow"
+        )
     cmd = _restart_command(pg_backend.url)
     if cmd is None:
         pytest.skip("needs a local PostgreSQL that pg_ctlcluster can restart, as root")

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -1162,7 +1163,7 @@ class Engine:
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the sweeper must outlive a store hiccup
-                log.exception("sweep failed; retrying")
+                log.warning("sweep failed (%s); retrying in %.1fs", sys.exc_info()[1], self.sweep_interval)
                 delay = self.sweep_interval
             await asyncio.sleep(delay)
 

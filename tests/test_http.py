@@ -1,7 +1,7 @@
 """The HTTP API in-process, checked the way an outside client sees it (issue 2, "Done means").
 
-Every test talks raw HTTP (httpx over ``ASGITransport``) to ``create_app`` over a real
-SQLite file, with the app's lifespan running (the engine's sweeper included). A response
+Every test talks raw HTTP (httpx over ``ASGITransport``) to ``create_app`` over each store
+of the contract suite (a real SQLite file, and PostgreSQL when ``WRIT_TEST_POSTGRES_URL`` is set), with the app's lifespan running (the engine's sweeper included). A response
 hook fails any test that ever receives a 500.
 """
 
@@ -117,10 +117,11 @@ async def _no_500(response: httpx.Response) -> None:
 
 
 @asynccontextmanager
-async def serve(db: Path, clock: ManualClock | None = None) -> AsyncIterator[Writ]:
-    """A fresh app and engine over the SQLite file ``db``, lifespan running."""
+async def serve(db: Path | str, clock: ManualClock | None = None) -> AsyncIterator[Writ]:
+    """A fresh app and engine over the SQLite file ``db`` (or a store URL), lifespan running."""
     options = {"clock": clock} if clock is not None else {}
-    engine = Engine(open_store(f"sqlite:///{db}", **options), parse(POLICY_TEXT))
+    url = db if isinstance(db, str) else f"sqlite:///{db}"
+    engine = Engine(open_store(url, **options), parse(POLICY_TEXT))
     app = create_app(engine)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -140,8 +141,9 @@ def admin_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def writ(tmp_path: Path, admin_env: None) -> AsyncIterator[Writ]:
-    async with serve(tmp_path / "writ.db") as w:
+async def writ(store_url: str, admin_env: None) -> AsyncIterator[Writ]:
+    """The app over each store of the contract suite (SQLite, and PostgreSQL when given)."""
+    async with serve(store_url) as w:
         yield w
 
 

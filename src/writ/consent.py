@@ -19,28 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from .clock import rfc3339
 from .errors import ConsentRequired, Forbidden, Invalid, NotFound, WritError
-from .models import Lease, Principal, new_id
+from .models import Lease, Principal, data, new_id, public
 from .stores.base import Tx
+from .validate import text
 
 if TYPE_CHECKING:
     from .engine import Engine, Request
 
 CHANGE, CONSENT = "change", "consent"
-MAX_TEXT = 2000
 
-
-def _text(value: Any, field: str, required: bool = True, limit: int = MAX_TEXT) -> str | None:
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise Invalid(f"{field} is required: a few plain words", field=field)
-    if len(value) > limit:
-        raise Invalid(f"{field} is at most {limit} characters", field=field)
-    return value.strip()
-
-
-def _public(obj: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k != "expires_at_ts"}
 
 
 class Consents:
@@ -64,8 +51,8 @@ class Consents:
         protect_s: Any = None,
         fencing_token: Any = None,
     ) -> dict[str, Any]:
-        attr = _text(attribute, "attribute", limit=128)
-        summ = _text(summary, "summary")
+        attr = text(attribute, "attribute", limit=128)
+        summ = text(summary, "summary")
         if protect_s is not None and (
             isinstance(protect_s, bool) or not isinstance(protect_s, (int, float)) or not 0 <= protect_s <= 86_400
         ):
@@ -113,7 +100,7 @@ class Consents:
         c = await self.engine.store.read(lambda tx: tx.get_object(CHANGE, change_id))
         if c is None:
             raise NotFound(f"no change {change_id!r}", change_id=change_id)
-        return _public(c)
+        return public(c)
 
     # ------------------------------------------------------------------ the gate
     async def gate(self, tx: Tx, me: Principal | None, req: Request) -> WritError | None:
@@ -139,7 +126,7 @@ class Consents:
                 f"({c['summary']}); it is protected until {c['protected_until']}. Ask first: "
                 f"POST /v1/consents {{\"change_id\": \"{c['change_id']}\", \"reason\": ...}}, "
                 "then retry with the granted consent_id",
-                change=_public(c),
+                change=public(c),
                 author=c["author"],
                 protected_until=c["protected_until"],
                 ask={"method": "POST", "path": "/v1/consents", "body": {"change_id": c["change_id"]}},
@@ -154,7 +141,7 @@ class Consents:
             return
         consent.update(status="used", used_by_lease=lease.lease_id, used_at=rfc3339(tx.now()))
         await tx.put_object(CONSENT, consent["consent_id"], consent["resource"], "used",
-                            _strip(consent), None)
+                            data(consent), None)
         await tx.append(self.engine.lease_row(
             lease, "consent.used", req.principal,
             f"consent {consent['consent_id']} from {consent.get('answered_by')} used for "
@@ -164,7 +151,7 @@ class Consents:
 
     # ------------------------------------------------------------------ consents
     async def ask(self, me: Principal, change_id: Any, reason: Any) -> dict[str, Any]:
-        why = _text(reason, "reason")
+        why = text(reason, "reason")
         if not isinstance(change_id, str) or not change_id:
             raise Invalid("change_id is required", field="change_id")
         eng = self.engine
@@ -206,7 +193,7 @@ class Consents:
             author = await tx.get_principal(change["author"])
             eng.call_later(tx, "wake", author.wake if author else None,
                            {"to": change["author"], "reason": "consent requested",
-                            "consent": consent, "change": _public(change)}, row)
+                            "consent": consent, "change": public(change)}, row)
             return consent
 
         return await eng.store.transact(fn)
@@ -243,7 +230,7 @@ class Consents:
                 answered_at=rfc3339(now),
                 approved_by=me.name if grant and me.is_human else None,
             )
-            await tx.put_object(CONSENT, consent_id, consent["resource"], consent["status"], _strip(consent), None)
+            await tx.put_object(CONSENT, consent_id, consent["resource"], consent["status"], data(consent), None)
             await tx.append({
                 "event": f"consent.{consent['status']}",
                 "agent_id": me.name,
@@ -257,7 +244,7 @@ class Consents:
             return consent
 
         out = await eng.store.transact(fn)
-        return _public(out)
+        return public(out)
 
     async def get(self, consent_id: str, wait_s: float = 0) -> dict[str, Any]:
         """A consent; with ``wait_s``, wait until it is no longer pending (long poll)."""
@@ -271,7 +258,7 @@ class Consents:
                 raise NotFound(f"no consent {consent_id!r}", consent_id=consent_id)
             remaining = deadline - loop.time()
             if c["state"] != "pending" or remaining <= 0:
-                return _public(c)
+                return public(c)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining)
 
@@ -284,7 +271,7 @@ class Consents:
                 change = await tx.get_object(CHANGE, c["change_id"])
                 queue = (change or {}).get("override_queue") or eng.policy.default_override_queue
                 c.update(status="expired", escalated_to=queue)
-                await tx.put_object(CONSENT, c["consent_id"], c["resource"], "expired", _strip(c), None)
+                await tx.put_object(CONSENT, c["consent_id"], c["resource"], "expired", data(c), None)
                 row = {
                     "agent_id": "writ",
                     "resource": c["resource"],
@@ -299,10 +286,7 @@ class Consents:
                 })
                 q = await tx.get_principal(queue) if queue else None
                 eng.call_later(tx, "page", q.wake if q else None,
-                               {"to": queue, "reason": "consent unanswered", "consent": _public(c)}, row)
+                               {"to": queue, "reason": "consent unanswered", "consent": public(c)}, row)
 
         await eng.store.transact(fn)
 
-
-def _strip(obj: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k not in ("state", "expires_at_ts")}

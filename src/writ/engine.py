@@ -39,10 +39,12 @@ from .errors import (
     Unavailable,
     WritError,
 )
-from .ledger import GENESIS, Verification, verify
-from .models import KINDS, Lease, Principal, Waiter, new_id
+from .ledger import Verification
+from .models import KINDS, Lease, Principal, Waiter, new_id, public
 from .policy import Policy
+from .routes import check_route
 from .stores.base import Store, Tx
+from .validate import number
 
 log = logging.getLogger("writ.engine")
 
@@ -132,7 +134,9 @@ class Engine:
         self._closing = False
         # the safety rules, each in its own module, hook themselves in here
         from .consent import Consents
+        from .fencing import Fencing
         from .freezes import Freezes
+        from .history import History
         from .rollbacks import Rollbacks
         from .stuck import Stuck
         from .wake import Caller
@@ -142,6 +146,8 @@ class Engine:
         self.rollbacks = Rollbacks(self)
         self.freezes = Freezes(self)
         self.stuck = Stuck(self)
+        self.fencing = Fencing(self)
+        self.history = History(self)
 
     # ------------------------------------------------------------------ helpers for rows
     def override_queue(self, lease: Lease) -> str | None:
@@ -277,7 +283,7 @@ class Engine:
         if vendor is not None and (not isinstance(vendor, str) or len(vendor) > 200):
             raise Invalid("vendor must be a string of at most 200 characters", field="vendor")
         if wake is not None:
-            _check_route(wake, "wake")
+            check_route(wake, "wake")
         if admin and kind not in ("human", "queue"):
             raise Invalid("only a human or a queue may be an admin", field="admin")
         tok = token or new_token()
@@ -329,8 +335,8 @@ class Engine:
             raise Invalid("intent is required: say in a few words what you will change", field="intent")
         if len(intent) > MAX_INTENT:
             raise Invalid(f"intent is at most {MAX_INTENT} characters", field="intent")
-        ttl = _number(ttl_s, "ttl_s", 1, MAX_TTL_S)
-        wait = _number(wait_s, "wait_s", 0, MAX_WAIT_S)
+        ttl = number(ttl_s, "ttl_s", 1, MAX_TTL_S)
+        wait = number(wait_s, "wait_s", 0, MAX_WAIT_S)
         if touches is None:
             touches = ["*"]
         if (
@@ -364,7 +370,7 @@ class Engine:
         """
         req = self.validate_request(principal, **kwargs)
         if req.rollback is not None:
-            req.rollback = await self._check_rollback_plan(req.rollback)
+            req.rollback = await self.rollbacks.check_plan(req.rollback)
         waiter_id = new_id("wt")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waits.futures[waiter_id] = fut
@@ -765,7 +771,7 @@ class Engine:
 
     async def renew(self, principal: Principal, lease_id: str, ttl_s: Any = None) -> dict[str, Any]:
         """Extend a held lease by ``ttl_s`` (default: its own ttl) from now."""
-        ttl = None if ttl_s is None else _number(ttl_s, "ttl_s", 1, MAX_TTL_S)
+        ttl = None if ttl_s is None else number(ttl_s, "ttl_s", 1, MAX_TTL_S)
 
         async def fn(tx: Tx) -> Lease | WritError:
             lease = await self._own_lease(tx, principal, lease_id)
@@ -878,7 +884,7 @@ class Engine:
             resources.validate(prefix, "resource")
         if state is not None and state not in ("held", "released", "expired", "revoked"):
             raise Invalid("state must be held, released, expired or revoked", field="state")
-        limit = int(_number(limit, "limit", 1, 100_000))
+        limit = int(number(limit, "limit", 1, 100_000))
 
         async def fn(tx: Tx) -> list[dict[str, Any]]:
             now = tx.now()
@@ -922,9 +928,9 @@ class Engine:
                      "deadline": rfc3339(w.deadline)}
                     for i, w in enumerate(queue)
                 ],
-                "protected_changes": [_public(c) for c in protected],
+                "protected_changes": [public(c) for c in protected],
                 "frozen": bool(freezes),
-                "freezes": [_public(f) for f in freezes],
+                "freezes": [public(f) for f in freezes],
                 "lock_delay_until": max((d["until"] for d in delays), default=None),
                 "blast_radius": list(exp),
             }
@@ -945,191 +951,34 @@ class Engine:
             lease["waiters"] = n
         return leases
 
+    # ------------------------------------------------------------------ fencing and history
     async def fence(self, resource: str, token: Any) -> dict[str, Any]:
-        """Is ``token`` the fencing token of the lease holding ``resource`` right now?"""
-        resources.validate(resource)
-        try:
-            tok = int(token)
-        except (TypeError, ValueError):
-            raise Invalid("token must be an integer fencing token", field="token") from None
-        covering = [p for p in self.blast.expand(resource)
-                    if p == resource or resources.related(p, resource)]
+        """See :meth:`writ.fencing.Fencing.fence`."""
+        return await self.fencing.fence(resource, token)
 
-        async def fn(tx: Tx) -> dict[str, Any]:
-            now = tx.now()
-            held = [
-                l for l in await tx.held_related(covering)
-                if l.expires_at > now
-                and any(l.resource == p or resources.under(p, l.resource) for p in covering)
-            ]
-            current = held[0].fencing_token if held else None
-            return {"resource": resource, "current": current == tok, "current_token": current,
-                    "holder": held[0].holder if held else None}
-
-        return await self.store.read(fn)
-
-    async def gate_check(
-        self,
-        gate: Principal,
-        caller_token: str | None,
-        lease_id: Any,
-        fencing_token: Any,
-        resource: str,
-        method: str,
-        path: str,
-    ) -> dict[str, Any]:
-        """Decide one mutating request at a gate, and record the decision as a row.
-
-        It passes only when the caller's lease ``lease_id`` is held right now on
-        ``resource`` (or an ancestor, or a member of its blast radius) by the caller, with
-        exactly ``fencing_token``, and that token is not lower than the highest this store
-        has passed for the resource. The decision and its row (``gate.passed`` or
-        ``gate.refused``) commit together.
-        """
-        resources.validate(resource)
-        method = str(method)[:16].upper()
-        path = str(path)[:512]
-        try:
-            caller: Principal | None = await self.authenticate(caller_token)
-        except Unauthenticated:
-            caller = None
-        try:
-            token = int(fencing_token) if fencing_token not in (None, "") else None
-        except (TypeError, ValueError):
-            token = None
-        covering = {a for p in self.blast.expand(resource) for a in (p, *resources.ancestors(p))}
-
-        async def fn(tx: Tx) -> dict[str, Any]:
-            now = tx.now()
-            held = [l for l in await tx.held_related(self.blast.expand(resource))
-                    if l.expires_at > now and l.resource in covering]
-            current = held[0] if held else None
-            mark = await tx.get_object("gatemark", resource)
-            highest = int(mark["token"]) if mark else 0
-            lease = await tx.get_lease(lease_id) if isinstance(lease_id, str) and lease_id else None
-            code, why = "held", ""
-            if caller is None:
-                code, why = "unauthenticated", "no valid writ token in Authorization"
-            elif lease is None or token is None:
-                why = "no Writ-Lease / Writ-Fencing-Token of a lease on this resource"
-            elif lease.holder != caller.name:
-                why = f"lease {lease.lease_id} belongs to {lease.holder}, not {caller.name}"
-            elif lease.state != "held" or lease.expires_at <= now:
-                code = "lease_lost"
-                why = f"lease {lease.lease_id} is {'expired' if lease.state == 'held' else lease.state}"
-            elif current is None or current.lease_id != lease.lease_id:
-                why = f"lease {lease.lease_id} on {lease.resource} does not cover {resource}"
-            elif token != lease.fencing_token:
-                code, why = "lease_lost", f"fencing token {token} is not the lease's ({lease.fencing_token})"
-            elif token < highest:
-                code, why = "lease_lost", f"fencing token {token} is lower than {highest}, already passed"
-            else:
-                code = "passed"
-            who = caller.name if caller else "unknown"
-            row = {
-                "event": "gate.passed" if code == "passed" else "gate.refused",
-                "agent_id": who,
-                "resource": resource,
-                "lock_holder": current.holder if current else "none",
-                "lock_key": current.lock_key if current else None,
-                "lock_acquired_at": rfc3339(current.acquired_at) if current else None,
-                "fencing_token": current.fencing_token if current else None,
-                "notes": f"{method} {path} via {gate.name}: "
-                + ("passed with token %s" % token if code == "passed" else f"refused: {why}"),
-            }
-            await tx.append(row)
-            if code == "passed" and token is not None and token > highest:
-                await tx.put_object("gatemark", resource, resource, "active", {"token": token})
-            holder = None
-            if current is not None:
-                p = await tx.get_principal(current.holder)
-                holder = {"holder": current.holder, "resource": current.resource,
-                          "intent": current.intent, "acquired_at": rfc3339(current.acquired_at),
-                          "expires_at": rfc3339(current.expires_at), "wake": p.wake if p else None}
-            return {"passed": code == "passed", "code": None if code == "passed" else code,
-                    "reason": why or None, "holder": holder, "caller": who,
-                    "fencing_token": token if code == "passed" else None}
-
-        return await self.store.transact(fn)
+    async def gate_check(self, gate: Principal, caller_token: str | None, lease_id: Any,
+                         fencing_token: Any, resource: str, method: str, path: str) -> dict[str, Any]:
+        """See :meth:`writ.fencing.Fencing.gate_check`."""
+        return await self.fencing.gate_check(gate, caller_token, lease_id, fencing_token,
+                                             resource, method, path)
 
     async def who(self, resource: str, at: float | None = None) -> dict[str, Any]:
-        """Who held write authority on ``resource`` at ``at`` (default now), from the ledger.
+        """See :meth:`writ.history.History.who`."""
+        return await self.history.who(resource, at)
 
-        A lease on the resource, on an ancestor of it, or on a member of its blast-radius
-        group counts; such leases exclude each other, so at most one answers.
-        """
-        resources.validate(resource)
-        covering = sorted({a for p in self.blast.expand(resource)
-                           for a in (p, *resources.ancestors(p))})
+    async def audit(self, after_seq: int = 0, limit: int = 1000, prefix: str | None = None,
+                    since: float | None = None, until: float | None = None) -> dict[str, Any]:
+        """See :meth:`writ.history.History.audit`."""
+        return await self.history.audit(after_seq, limit, prefix, since, until)
 
-        async def fn(tx: Tx) -> dict[str, Any]:
-            t = tx.now() if at is None else at
-            # a time from the wire names a whole microsecond (as rows are shown): include
-            # the rows stamped within it, e.g. a grant asked about at its own acquired_at
-            grant = await tx.audit_latest(covering, ["lease.granted"], t if at is None else t + 5e-7)
-            if grant is not None:
-                # held over [grant, end): a release, revoke or expiry row stamped at t means
-                # free at t. Leases on one resource never overlap, so the last such row on
-                # the grant's resource after the grant is this lease's end (one index probe).
-                end = await tx.audit_latest([grant["resource"]], _END_EVENTS,
-                                            t if at is None else t + 5e-7)
-                lease = await _granted_lease(tx, grant)
-                # an expiry is exact at the lease's last expires_at, even when the sweeper
-                # wrote its row later; a held lease renewed after t had not lapsed at t
-                lapsed = lease is not None and lease.state in ("held", "expired") \
-                    and lease.expires_at <= t
-                if (end is None or end["seq"] < grant["seq"]) and not lapsed:
-                    return {"resource": resource, "at": rfc3339(t),
-                            "lock_holder": grant["lock_holder"], "lock_key": grant["lock_key"],
-                            "lease": lease.to_dict() if lease else None}
-            return {"resource": resource, "at": rfc3339(t), "lock_holder": "none",
-                    "lock_key": None, "lease": None}
-
-        return await self.store.read(fn)
-
-    # ------------------------------------------------------------------ ledger
-    async def audit(
-        self, after_seq: int = 0, limit: int = 1000, prefix: str | None = None,
-        since: float | None = None, until: float | None = None,
-    ) -> dict[str, Any]:
-        if prefix:
-            resources.validate(prefix, "resource")
-        limit = int(_number(limit, "limit", 1, 100_000))
-        after = int(_number(after_seq, "after_seq", 0, 2**62))
-        rows = await self.store.read(lambda tx: tx.audit_rows(after, limit, prefix, since, until))
-        return {"rows": rows, "next_after_seq": rows[-1]["seq"] if rows else after}
-
-    async def events(
-        self, prefix: str | None = None, after_seq: int = 0, wait_s: Any = 0, limit: int = 1000
-    ) -> dict[str, Any]:
-        """Rows under ``prefix`` after ``after_seq``; long-polls up to ``wait_s`` for one."""
-        wait = _number(wait_s, "wait_s", 0, MAX_WAIT_S)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        after = int(_number(after_seq, "after_seq", 0, 2**62))
-        while True:
-            changed = self._audit_changed
-            out = await self.audit(after, limit, prefix)
-            if out["rows"]:
-                return out
-            # nothing under the prefix yet: skip ahead to the head we have seen
-            after = max(after, min(self._audit_seq, out["next_after_seq"] or after))
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return {"rows": [], "next_after_seq": max(after, int(_number(after_seq, "after_seq", 0, 2**62)))}
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+    async def events(self, prefix: str | None = None, after_seq: int = 0, wait_s: Any = 0,
+                     limit: int = 1000) -> dict[str, Any]:
+        """See :meth:`writ.history.History.events`."""
+        return await self.history.events(prefix, after_seq, wait_s, limit)
 
     async def verify(self) -> Verification:
-        """Recompute the whole hash chain, batch by batch (constant memory)."""
-        seq, head, total = 1, GENESIS, 0
-        async for chunk in self.store.audit_stream():
-            part = verify(chunk, seq, head)
-            total += part.rows
-            if not part.ok:
-                return Verification(False, total, part.head, part.first_bad_seq, part.reason)
-            seq, head = seq + part.rows, part.head
-        return Verification(True, total, head, None)
+        """See :meth:`writ.history.History.verify`."""
+        return await self.history.verify()
 
     # ------------------------------------------------------------------ background
     async def sweep(self) -> int:
@@ -1167,88 +1016,6 @@ class Engine:
                 delay = self.sweep_interval
             await asyncio.sleep(delay)
 
-    # ------------------------------------------------------------------ rollback plans
-    async def _check_rollback_plan(self, plan: dict[str, Any]) -> dict[str, Any]:
-        allowed = plan.get("allowed", False)
-        if not isinstance(allowed, bool):
-            raise Invalid("rollback.allowed must be true or false", field="rollback.allowed")
-        out: dict[str, Any] = {"allowed": allowed}
-        for key in ("path", "key_holder", "override_queue", "denominator"):
-            v = plan.get(key)
-            if v is not None and (not isinstance(v, str) or not v.strip()):
-                raise Invalid(f"rollback.{key} must be a non-empty string", field=f"rollback.{key}")
-            out[key] = v
-        unknown = set(plan) - {"allowed", "path", "key_holder", "override_queue", "denominator"}
-        if unknown:
-            raise Invalid(f"rollback has unknown fields {sorted(unknown)}", field="rollback")
-        if not allowed:
-            return out
-        missing = [k for k in ("path", "key_holder", "override_queue") if not out.get(k)]
-        if missing:
-            raise Invalid(
-                "rollback.allowed=true needs " + ", ".join(f"rollback.{m}" for m in missing)
-                + ": a literal route, the human queue that holds the key, and the queue to page"
-                " (no queue name, no rollback)",
-                field="rollback",
-            )
-        _check_route(out["path"], "rollback.path")
-        warnings: list[str] = []
-        for key in ("key_holder", "override_queue"):
-            name = out[key]
-            p = await self.principal(name)
-            if p is None:
-                raise Invalid(
-                    f"rollback.{key} {name!r} is not a registered principal; register the human "
-                    "queue first (writ principal add NAME --kind queue)",
-                    field=f"rollback.{key}",
-                )
-            if p.kind in ("agent", "portal"):
-                raise Invalid(
-                    f"rollback.{key} {name!r} is a{'n' if p.kind == 'agent' else ''} {p.kind}: "
-                    "agents may request rollback; only a human queue holds the key"
-                    + (" (a vendor portal holding the key is a loyalty oath, not a second key)"
-                       if p.kind == "portal" else ""),
-                    field=f"rollback.{key}",
-                )
-            if p.kind == "human":
-                warnings.append(f"rollback.{key} {name!r} is a person, not a queue with a rotation")
-        if warnings:
-            out["warnings"] = warnings
-        return out
-
-
-_ROUTE_SMELL = re.compile(r"\b(dashboard|console|button|portal|click|ui)\b", re.I)
-
-
-def _check_route(value: Any, field: str) -> str:
-    """A literal route: a path beginning with '/', or an http(s):// URL — not a label."""
-    if not isinstance(value, str) or not value.strip():
-        raise Invalid(f"{field} must be a route like /ops/rollback?txn=8841 or https://...", field=field)
-    v = value.strip()
-    if not (v.startswith("/") or re.match(r"^https?://[^\s/]+", v)) or re.search(r"\s", v):
-        raise Invalid(
-            f"{field} {value!r} is not a literal route: give a path beginning with '/' or an "
-            "http(s):// URL that names what it calls (not a dashboard, console or button label)",
-            field=field,
-        )
-    if _ROUTE_SMELL.search(v.replace("_", " ").replace("-", " ")):
-        raise Invalid(
-            f"{field} {value!r} looks like a dashboard, console or button, not a rollback entry "
-            "point: name the literal route writ should call",
-            field=field,
-        )
-    return v
-
-
-def _number(value: Any, field: str, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise Invalid(f"{field} must be a number between {lo:g} and {hi:g}", field=field) from None
-    if value != value or not lo <= value <= hi:
-        raise Invalid(f"{field} must be between {lo:g} and {hi:g}, not {value}", field=field)
-    return float(value)
 
 
 def _blocked_text(resource: str, b: Blocked) -> str:
@@ -1266,23 +1033,6 @@ def _blocked_text(resource: str, b: Blocked) -> str:
         text = f"{b.position - 1} conflicting request(s) queued ahead; the first waits on: " + text
     return text
 
-
-def _public(obj: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k != "expires_at_ts"}
-
-
-_END_EVENTS = ("lease.released", "lease.expired", "lease.revoked")
-_GRANTED_ID = re.compile(r"granted (\S+) for ")
-
-
-async def _granted_lease(tx: Tx, grant: dict[str, Any]) -> Lease | None:
-    """The lease a ``lease.granted`` row records (its id is in the row's notes)."""
-    m = _GRANTED_ID.match(grant.get("notes") or "")
-    lease = await tx.get_lease(m.group(1)) if m else None
-    if lease is None:  # a ledger imported without its leases, or notes in another form
-        found = await tx.list_leases(grant["resource"], None, 100)
-        lease = next((l for l in found if l.fencing_token == grant["fencing_token"]), None)
-    return lease if lease is not None and lease.fencing_token == grant["fencing_token"] else None
 
 
 async def _next_due(tx: Tx) -> float | None:

@@ -13,19 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from . import resources
 from .clock import parse_duration, parse_time, rfc3339
-from .consent import _strip, _text
 from .errors import Forbidden, Frozen, Invalid, NotFound, WritError
-from .models import Principal, new_id
+from .models import Principal, data, new_id, public
 from .stores.base import Tx
+from .validate import text
 
 if TYPE_CHECKING:
     from .engine import Engine, Request
 
 FREEZE = "freeze"
 
-
-def _public(obj: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k != "expires_at_ts"}
 
 
 class Freezes:
@@ -45,7 +42,7 @@ class Freezes:
                 f"{f['prefix']} is frozen by {f['by']} since {f['at']}"
                 + (f" until {f['until']}" if f.get("until") else " until lifted")
                 + f": {f['reason']}. Ask {f['by']} to lift it or to add you to its allow list",
-                freeze=_public(f),
+                freeze=public(f),
             )
         return None
 
@@ -56,7 +53,7 @@ class Freezes:
             raise Forbidden(f"{me.name} is a{'n' if me.kind == 'agent' else ''} {me.kind}: "
                             "only humans and queues may freeze")
         resources.validate(prefix, "prefix")
-        why = _text(reason, "reason")
+        why = text(reason, "reason")
         if allow is None:
             allow = []
         if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
@@ -113,7 +110,7 @@ class Freezes:
             if f["state"] != "active":
                 raise Invalid(f"freeze {freeze_id} is already {f['state']}")
             f.update(lifted_by=me.name, lifted_at=rfc3339(tx.now()))
-            await tx.put_object(FREEZE, freeze_id, f["prefix"], "lifted", _strip(f), None)
+            await tx.put_object(FREEZE, freeze_id, f["prefix"], "lifted", data(f), None)
             await tx.append({
                 "event": "freeze.lifted",
                 "agent_id": me.name,
@@ -122,7 +119,7 @@ class Freezes:
                 "approved_by": me.name,
                 "notes": f"{me.name} lifted the freeze on {f['prefix']} ({f['reason']})",
             })
-            return _public({**f, "state": "lifted"})
+            return public({**f, "state": "lifted"})
 
         return await self.engine.store.transact(fn)
 
@@ -133,7 +130,7 @@ class Freezes:
             now = tx.now()
             rows = await tx.list_objects(FREEZE, None if include_ended else ["active"], 1000)
             return [
-                _public(f) for f in rows
+                public(f) for f in rows
                 if include_ended or f.get("expires_at_ts") is None or f["expires_at_ts"] > now
             ]
 
@@ -142,7 +139,7 @@ class Freezes:
     async def tick(self) -> None:
         async def fn(tx: Tx) -> None:
             for f in await tx.objects_due(FREEZE, "active", tx.now(), 200):
-                await tx.put_object(FREEZE, f["freeze_id"], f["prefix"], "expired", _strip(f), f["expires_at_ts"])
+                await tx.put_object(FREEZE, f["freeze_id"], f["prefix"], "expired", data(f), f["expires_at_ts"])
                 await tx.append({
                     "event": "freeze.expired",
                     "agent_id": "writ",

@@ -62,6 +62,7 @@ from typing import IO, Any, NamedTuple
 from .errors import Invalid
 from .ledger import FIELDS
 from .models import KINDS
+from .routes import route_problem
 
 __all__ = [
     "RULES", "VERDICTS", "Finding", "Linter", "Result", "Rule", "Unreadable", "check_row",
@@ -310,20 +311,12 @@ def _rollback_without_path(row: Row, lt: Linter) -> list[Hit] | None:
     return None
 
 
-# Kept in step with writ.engine._check_route, which refuses the same paths at lease time.
-_ROUTE = re.compile(r"^(/|https?://[^\s/]+)\S*$")
-_ROUTE_SMELL = re.compile(r"\b(dashboard|console|button|portal|click|ui)\b", re.I)
-
-
 def _rollback_path_not_route(row: Row, lt: Linter) -> list[Hit] | None:
     path = row.get("rollback_path")
     if _blank(path):
         return None
-    if not isinstance(path, str) or not _ROUTE.match(path.strip()):
-        why = "is not a literal route (a path beginning with '/' or an http(s):// URL)"
-    elif _ROUTE_SMELL.search(path.replace("_", " ").replace("-", " ")):
-        why = "is a dashboard, console or button, not the rollback entry point"
-    else:
+    why = route_problem(path)  # the same test writ applies to rollback plans at acquire
+    if why is None:
         return None
     return [("rollback_path", f"rollback_path {path!r} {why}: if rollback_path is a dashboard, "
              "it's not a rollback_path", False)]

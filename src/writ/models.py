@@ -96,3 +96,14 @@ class Waiter:
     enqueued_at: float
     deadline: float
     lease_id: str | None = None  # set when granted by a handoff
+
+
+def public(obj: dict[str, Any]) -> dict[str, Any]:
+    """A stored policy object as shown on the wire (without the store's ``expires_at_ts``)."""
+    return {k: v for k, v in obj.items() if k != "expires_at_ts"}
+
+
+def data(obj: dict[str, Any]) -> dict[str, Any]:
+    """A stored policy object's own document, to write back (without the columns the store
+    merged in: ``state`` and ``expires_at_ts``)."""
+    return {k: v for k, v in obj.items() if k not in ("state", "expires_at_ts")}

@@ -16,11 +16,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .clock import rfc3339
-from .consent import CHANGE, _strip, _text
+from .consent import CHANGE
 from .errors import Forbidden, Invalid, NotFound
-from .models import Principal, new_id
+from .models import Principal, data, new_id, public
+from .routes import check_route, resolve
 from .stores.base import Tx
-from .wake import CallResult, resolve
+from .validate import text
+from .wake import CallResult
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -29,13 +31,60 @@ ROLLBACK = "rollback"
 KEY_RULE = "agents may request rollback; only the human queue holds the key"
 
 
-def _public(obj: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k != "expires_at_ts"}
-
 
 class Rollbacks:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    async def check_plan(self, plan: dict[str, Any]) -> dict[str, Any]:
+        """Validate a lease's rollback plan at acquire: a literal route, and a key held by a
+        human queue (a person is accepted with a warning; an agent or portal never)."""
+        allowed = plan.get("allowed", False)
+        if not isinstance(allowed, bool):
+            raise Invalid("rollback.allowed must be true or false", field="rollback.allowed")
+        out: dict[str, Any] = {"allowed": allowed}
+        for key in ("path", "key_holder", "override_queue", "denominator"):
+            v = plan.get(key)
+            if v is not None and (not isinstance(v, str) or not v.strip()):
+                raise Invalid(f"rollback.{key} must be a non-empty string", field=f"rollback.{key}")
+            out[key] = v
+        unknown = set(plan) - {"allowed", "path", "key_holder", "override_queue", "denominator"}
+        if unknown:
+            raise Invalid(f"rollback has unknown fields {sorted(unknown)}", field="rollback")
+        if not allowed:
+            return out
+        missing = [k for k in ("path", "key_holder", "override_queue") if not out.get(k)]
+        if missing:
+            raise Invalid(
+                "rollback.allowed=true needs " + ", ".join(f"rollback.{m}" for m in missing)
+                + ": a literal route, the human queue that holds the key, and the queue to page"
+                " (no queue name, no rollback)",
+                field="rollback",
+            )
+        check_route(out["path"], "rollback.path")
+        warnings: list[str] = []
+        for key in ("key_holder", "override_queue"):
+            name = out[key]
+            p = await self.engine.principal(name)
+            if p is None:
+                raise Invalid(
+                    f"rollback.{key} {name!r} is not a registered principal; register the human "
+                    "queue first (writ principal add NAME --kind queue)",
+                    field=f"rollback.{key}",
+                )
+            if p.kind in ("agent", "portal"):
+                raise Invalid(
+                    f"rollback.{key} {name!r} is a{'n' if p.kind == 'agent' else ''} {p.kind}: "
+                    "agents may request rollback; only a human queue holds the key"
+                    + (" (a vendor portal holding the key is a loyalty oath, not a second key)"
+                       if p.kind == "portal" else ""),
+                    field=f"rollback.{key}",
+                )
+            if p.kind == "human":
+                warnings.append(f"rollback.{key} {name!r} is a person, not a queue with a rotation")
+        if warnings:
+            out["warnings"] = warnings
+        return out
 
     def _row(self, rb: dict[str, Any], event: str, agent: str, notes: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -58,7 +107,7 @@ class Rollbacks:
     async def request(
         self, me: Principal, lease_id: Any = None, change_id: Any = None, reason: Any = None
     ) -> dict[str, Any]:
-        why = _text(reason, "reason")
+        why = text(reason, "reason")
         if bool(lease_id) == bool(change_id):
             raise Invalid("give exactly one of lease_id or change_id", field="lease_id")
         eng = self.engine
@@ -123,13 +172,13 @@ class Rollbacks:
         rb = await self.engine.store.read(lambda tx: tx.get_object(ROLLBACK, rollback_id))
         if rb is None:
             raise NotFound(f"no rollback {rollback_id!r}", rollback_id=rollback_id)
-        return _public(rb)
+        return public(rb)
 
     async def list(self, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         rows = await self.engine.store.read(
             lambda tx: tx.list_objects(ROLLBACK, [status] if status else None, limit)
         )
-        return [_public(r) for r in rows]
+        return [public(r) for r in rows]
 
     @staticmethod
     def _check_key(me: Principal, rb: dict[str, Any]) -> None:
@@ -156,7 +205,7 @@ class Rollbacks:
                               status=rb["state"])
             status = "approved" if approve else "denied"
             rb.update(status=status, **({"approved_by": me.name} if approve else {"denied_by": me.name}))
-            await tx.put_object(ROLLBACK, rollback_id, rb["resource"], status, _strip(rb))
+            await tx.put_object(ROLLBACK, rollback_id, rb["resource"], status, data(rb))
             await tx.append(self._row(
                 rb, f"rollback.{status}", me.name,
                 f"{me.name} {status} {rb['requested_by']}'s rollback of {rb['lock_key']}"
@@ -167,13 +216,13 @@ class Rollbacks:
 
         rb = await eng.store.transact(decide)
         if not approve:
-            return _public(rb)
+            return public(rb)
         try:
             url = resolve(rb["path"], eng.policy.rollback_base_url)
         except Invalid as exc:
             result = CallResult(rb["path"], False, None, 0, exc.message)
         else:
-            result = await eng.caller.post(url, {"rollback": _public(rb), "approved_by": me.name}, attempts=1)
+            result = await eng.caller.post(url, {"rollback": public(rb), "approved_by": me.name}, attempts=1)
 
         async def record(tx: Tx) -> dict[str, Any]:
             cur = await tx.get_object(ROLLBACK, rollback_id, for_update=True)
@@ -181,15 +230,15 @@ class Rollbacks:
             status = "executed" if result.ok else "failed"
             cur.update(status=status, executed_at=rfc3339(tx.now()), response_status=result.status,
                        error=None if result.ok else result.describe())
-            await tx.put_object(ROLLBACK, rollback_id, cur["resource"], status, _strip(cur))
+            await tx.put_object(ROLLBACK, rollback_id, cur["resource"], status, data(cur))
             await tx.append(self._row(cur, f"rollback.{status}", me.name,
                                       f"rollback {rollback_id}: {result.describe()}", approved_by=me.name))
             return cur
 
-        return _public(await eng.store.transact(record))
+        return public(await eng.store.transact(record))
 
     async def defect(self, me: Principal, rollback_id: str, notes: Any) -> dict[str, Any]:
-        text = _text(notes, "notes")
+        why = text(notes, "notes")
         if not me.is_human:
             raise Forbidden("only a human or a queue may mark a rollback as a defect")
 
@@ -199,12 +248,12 @@ class Rollbacks:
                 raise NotFound(f"no rollback {rollback_id!r}", rollback_id=rollback_id)
             if rb["state"] not in ("executed", "failed"):
                 raise Invalid(f"rollback {rollback_id} is {rb['state']}: only a rollback that ran can be a defect")
-            rb.update(defect=True, defect_notes=text, defect_by=me.name)
-            await tx.put_object(ROLLBACK, rollback_id, rb["resource"], rb["state"], _strip(rb))
+            rb.update(defect=True, defect_notes=why, defect_by=me.name)
+            await tx.put_object(ROLLBACK, rollback_id, rb["resource"], rb["state"], data(rb))
             await tx.append(self._row(rb, "rollback.defect", me.name,
-                                      f"{me.name}: the rollback was a new defect, not recovery: {text}",
+                                      f"{me.name}: the rollback was a new defect, not recovery: {why}",
                                       approved_by=rb.get("approved_by"),
                                       rollback_denominator_is_defect=True))
             return rb
 
-        return _public(await self.engine.store.transact(fn))
+        return public(await self.engine.store.transact(fn))

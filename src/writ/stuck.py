@@ -15,8 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .clock import rfc3339
-from .consent import _strip
-from .models import Lease
+from .models import Lease, data
 from .stores.base import Tx
 
 if TYPE_CHECKING:
@@ -65,18 +64,18 @@ class Stuck:
                 lease = await tx.get_lease(hc["lease_id"], for_update=True)
                 if lease is None or lease.state != "held" or lease.expires_at <= now:
                     await tx.put_object(HOLDCHECK, hc["lease_id"], hc.get("resource", lease.resource if lease else ""),
-                                        "done", _strip(hc), None)
+                                        "done", data(hc), None)
                     continue
                 page_after = eng.policy.rule_for(lease.resource).page_after_s
                 await self._wake(tx, lease, f"has been held {now - lease.acquired_at:.0f}s, past max_hold_s "
                                  f"{hc['max_hold_s']:g}")
                 await tx.put_object(HOLDCHECK, lease.lease_id, lease.resource, "woken",
-                                    {**_strip(hc), "woken_at": rfc3339(now)}, now + page_after)
+                                    {**data(hc), "woken_at": rfc3339(now)}, now + page_after)
             for hc in await tx.objects_due(HOLDCHECK, "woken", now, 200):
                 lease = await tx.get_lease(hc["lease_id"], for_update=True)
                 if lease is None or lease.state != "held" or lease.expires_at <= now:
                     await tx.put_object(HOLDCHECK, hc["lease_id"], lease.resource if lease else "",
-                                        "done", _strip(hc), None)
+                                        "done", data(hc), None)
                     continue
                 queue = eng.override_queue(lease)
                 q = await tx.get_principal(queue) if queue else None
@@ -91,6 +90,6 @@ class Stuck:
                 eng.call_later(tx, "page", route, {"to": queue, "reason": "stuck lock", "lease": lease.to_dict()},
                                row)
                 await tx.put_object(HOLDCHECK, lease.lease_id, lease.resource, "paged",
-                                    {**_strip(hc), "paged_at": rfc3339(now)}, None)
+                                    {**data(hc), "paged_at": rfc3339(now)}, None)
 
         await eng.store.transact(fn)

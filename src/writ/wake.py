@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from .errors import Invalid
+from .routes import resolve
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -42,17 +43,6 @@ class CallResult:
         return f"{head} -> " + (f"HTTP {self.status}" if self.status else (self.error or "failed")) + (
             f" after {self.attempts} attempt(s)"
         )
-
-
-def resolve(route: str, base_url: str | None) -> str:
-    """An absolute URL for a wake or rollback route (relative ones need a base URL)."""
-    if route.startswith(("http://", "https://")):
-        return route
-    if not base_url:
-        raise Invalid(
-            f"route {route!r} is relative and the policy sets no rollback_base_url to call it against"
-        )
-    return base_url.rstrip("/") + "/" + route.lstrip("/")
 
 
 class Caller:

@@ -1,0 +1,131 @@
+"""Fencing: is this token the current one? — for resources and for ``writ gate``.
+
+A fencing token is the proof a writer shows a resource: the resource accepts a write only
+with the token of the lease that holds it right now (and never one lower than it has seen),
+so a holder that was paused past its ttl cannot write into its successor's term.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import resources
+from .clock import rfc3339
+from .errors import Invalid, Unauthenticated
+from .models import Principal
+from .stores.base import Tx
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+
+class Fencing:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def fence(self, resource: str, token: Any) -> dict[str, Any]:
+        """Is ``token`` the fencing token of the lease holding ``resource`` right now?"""
+        resources.validate(resource)
+        try:
+            tok = int(token)
+        except (TypeError, ValueError):
+            raise Invalid("token must be an integer fencing token", field="token") from None
+        covering = [p for p in self.engine.blast.expand(resource)
+                    if p == resource or resources.related(p, resource)]
+
+        async def fn(tx: Tx) -> dict[str, Any]:
+            now = tx.now()
+            held = [
+                l for l in await tx.held_related(covering)
+                if l.expires_at > now
+                and any(l.resource == p or resources.under(p, l.resource) for p in covering)
+            ]
+            current = held[0].fencing_token if held else None
+            return {"resource": resource, "current": current == tok, "current_token": current,
+                    "holder": held[0].holder if held else None}
+
+        return await self.engine.store.read(fn)
+
+    async def gate_check(
+        self,
+        gate: Principal,
+        caller_token: str | None,
+        lease_id: Any,
+        fencing_token: Any,
+        resource: str,
+        method: str,
+        path: str,
+    ) -> dict[str, Any]:
+        """Decide one mutating request at a gate, and record the decision as a row.
+
+        It passes only when the caller's lease ``lease_id`` is held right now on
+        ``resource`` (or an ancestor, or a member of its blast radius) by the caller, with
+        exactly ``fencing_token``, and that token is not lower than the highest this store
+        has passed for the resource. The decision and its row (``gate.passed`` or
+        ``gate.refused``) commit together.
+        """
+        resources.validate(resource)
+        method = str(method)[:16].upper()
+        path = str(path)[:512]
+        try:
+            caller: Principal | None = await self.engine.authenticate(caller_token)
+        except Unauthenticated:
+            caller = None
+        try:
+            token = int(fencing_token) if fencing_token not in (None, "") else None
+        except (TypeError, ValueError):
+            token = None
+        covering = {a for p in self.engine.blast.expand(resource) for a in (p, *resources.ancestors(p))}
+
+        async def fn(tx: Tx) -> dict[str, Any]:
+            now = tx.now()
+            held = [l for l in await tx.held_related(self.engine.blast.expand(resource))
+                    if l.expires_at > now and l.resource in covering]
+            current = held[0] if held else None
+            mark = await tx.get_object("gatemark", resource)
+            highest = int(mark["token"]) if mark else 0
+            lease = await tx.get_lease(lease_id) if isinstance(lease_id, str) and lease_id else None
+            code, why = "held", ""
+            if caller is None:
+                code, why = "unauthenticated", "no valid writ token in Authorization"
+            elif lease is None or token is None:
+                why = "no Writ-Lease / Writ-Fencing-Token of a lease on this resource"
+            elif lease.holder != caller.name:
+                why = f"lease {lease.lease_id} belongs to {lease.holder}, not {caller.name}"
+            elif lease.state != "held" or lease.expires_at <= now:
+                code = "lease_lost"
+                why = f"lease {lease.lease_id} is {'expired' if lease.state == 'held' else lease.state}"
+            elif current is None or current.lease_id != lease.lease_id:
+                why = f"lease {lease.lease_id} on {lease.resource} does not cover {resource}"
+            elif token != lease.fencing_token:
+                code, why = "lease_lost", f"fencing token {token} is not the lease's ({lease.fencing_token})"
+            elif token < highest:
+                code, why = "lease_lost", f"fencing token {token} is lower than {highest}, already passed"
+            else:
+                code = "passed"
+            who = caller.name if caller else "unknown"
+            row = {
+                "event": "gate.passed" if code == "passed" else "gate.refused",
+                "agent_id": who,
+                "resource": resource,
+                "lock_holder": current.holder if current else "none",
+                "lock_key": current.lock_key if current else None,
+                "lock_acquired_at": rfc3339(current.acquired_at) if current else None,
+                "fencing_token": current.fencing_token if current else None,
+                "notes": f"{method} {path} via {gate.name}: "
+                + ("passed with token %s" % token if code == "passed" else f"refused: {why}"),
+            }
+            await tx.append(row)
+            if code == "passed" and token is not None and token > highest:
+                await tx.put_object("gatemark", resource, resource, "active", {"token": token})
+            holder = None
+            if current is not None:
+                p = await tx.get_principal(current.holder)
+                holder = {"holder": current.holder, "resource": current.resource,
+                          "intent": current.intent, "acquired_at": rfc3339(current.acquired_at),
+                          "expires_at": rfc3339(current.expires_at), "wake": p.wake if p else None}
+            return {"passed": code == "passed", "code": None if code == "passed" else code,
+                    "reason": why or None, "holder": holder, "caller": who,
+                    "fencing_token": token if code == "passed" else None}
+
+        return await self.engine.store.transact(fn)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ MAX_WAIT_S = 300
 class History:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._watches: dict[tuple[Any, ...], _Watch] = {}
 
     async def who(self, resource: str, at: float | None = None) -> dict[str, Any]:
         """Who held write authority on ``resource`` at ``at`` (default now), from the ledger.
@@ -78,18 +78,57 @@ class History:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         after = int(number(after_seq, "after_seq", 0, 2**62))
-        while True:
-            changed = self.engine._audit_changed
-            out = await self.audit(after, limit, prefix)
-            if out["rows"]:
-                return out
-            # nothing under the prefix yet: skip ahead to the head we have seen
-            after = max(after, min(self.engine._audit_seq, out["next_after_seq"] or after))
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return {"rows": [], "next_after_seq": max(after, int(number(after_seq, "after_seq", 0, 2**62)))}
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+        out = await self.audit(after, limit, prefix)
+        if out["rows"] or deadline <= loop.time():
+            return out
+        # Wait with every long-poll asking the same question: one task re-reads after each
+        # commit for all of them, so 1,000 watchers cost one query per commit, and none of
+        # them wakes up until a row matches (each waking on every commit starves the loop).
+        key = (prefix, after, limit)
+        watch = self._watches.get(key)
+        if watch is None or watch.answer.done():
+            watch = self._watches[key] = _Watch(loop.create_future())
+            watch.task = loop.create_task(self._watch(key, watch))
+        watch.waiters += 1
+        try:
+            found = await asyncio.wait_for(asyncio.shield(watch.answer), deadline - loop.time())
+            return {**found, "rows": list(found["rows"])}
+        except TimeoutError:
+            return {"rows": [], "next_after_seq": after}
+        finally:
+            watch.waiters -= 1
+            if watch.waiters == 0 and not watch.answer.done():  # nobody is waiting any more
+                if self._watches.get(key) is watch:
+                    del self._watches[key]
+                if watch.idle:  # between reads; a read in progress ends the task after it
+                    watch.task.cancel()
+
+    async def _watch(self, key: tuple[Any, ...], watch: _Watch) -> None:
+        """Re-read ``key``'s rows after every commit until some exist; answer the watchers.
+        Each read starts after the latest commit it was told of, so no row is missed."""
+        prefix, after, limit = key
+        try:
+            while True:
+                changed = self.engine._audit_changed
+                out = await self.audit(after, limit, prefix)
+                if out["rows"]:
+                    watch.answer.set_result(out)
+                    return
+                if watch.waiters == 0:
+                    return
+                watch.idle = True
+                try:
+                    await changed.wait()
+                finally:
+                    watch.idle = False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a store error reaches every watcher, as it would one
+            watch.answer.set_exception(exc)
+            watch.answer.exception()  # retrieved: the watchers may all have timed out
+        finally:
+            if self._watches.get(key) is watch:
+                del self._watches[key]
 
     async def verify(self) -> Verification:
         """Recompute the whole hash chain, batch by batch (constant memory)."""
@@ -101,6 +140,18 @@ class History:
                 return Verification(False, total, part.head, part.first_bad_seq, part.reason)
             seq, head = seq + part.rows, part.head
         return Verification(True, total, head, None)
+
+
+class _Watch:
+    """The long-polls waiting for the same rows, and the task that looks for them."""
+
+    __slots__ = ("answer", "idle", "task", "waiters")
+
+    def __init__(self, answer: asyncio.Future[dict[str, Any]]) -> None:
+        self.answer = answer
+        self.task: asyncio.Task[None]
+        self.waiters = 0
+        self.idle = False  # waiting for a commit (not reading the store)
 
 
 _END_EVENTS = ("lease.released", "lease.expired", "lease.revoked")

@@ -226,8 +226,9 @@ async def test_the_0217_story(world: World) -> None:
 
     await _lint_clean(w)
 
-    # after the window the change no longer protects
+    # after the window the change no longer protects, and leaves the grant check
     await w.tick(900)
+    assert (await w.get("cost-agent", f"/v1/changes/{change['change_id']}")).json()["state"] == "lapsed"
     r = await w.post("cost-agent", "/v1/leases", cost)
     assert r.status_code == 201
 

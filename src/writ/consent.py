@@ -107,7 +107,7 @@ class Consents:
         """Refuse a grant that would undo another principal's protected change."""
         now = tx.now()
         touches = set(req.touches)
-        for c in await tx.objects_related(CHANGE, req.expand, ["protected"]):
+        for c in await self.engine.policy_objects(tx, req.expand, CHANGE):
             if (c.get("expires_at_ts") or 0) <= now or c["author"] == req.principal:
                 continue
             if not ("*" in touches or c["attribute"] in touches or c["attribute"] == "*"):
@@ -263,10 +263,14 @@ class Consents:
                 await asyncio.wait_for(changed.wait(), remaining)
 
     async def tick(self) -> None:
-        """Expire unanswered consents and escalate them to the override queue."""
+        """Lapse changes past their window; expire unanswered consents and escalate them."""
         eng = self.engine
 
         async def fn(tx: Tx) -> None:
+            # a change past its window no longer protects: take it out of the grant check
+            for ch in await tx.objects_due(CHANGE, "protected", tx.now(), 500):
+                await tx.put_object(CHANGE, ch["change_id"], ch["resource"], "lapsed", data(ch),
+                                    ch["expires_at_ts"])
             for c in await tx.objects_due(CONSENT, "pending", tx.now(), 200):
                 change = await tx.get_object(CHANGE, c["change_id"])
                 queue = (change or {}).get("override_queue") or eng.policy.default_override_queue

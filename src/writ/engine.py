@@ -53,6 +53,11 @@ MAX_TTL_S = 3600
 MAX_WAIT_S = 300
 MAX_INTENT = 1000
 STALE_WAITER_S = 2.0  # a waiter this far past its deadline has no caller left
+# the policy objects a grant is checked against, fetched together (one query where the
+# store can): lock-delays, freezes, protected changes
+POLICY_OBJECTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("delay", ("active",)), ("freeze", ("active",)), ("change", ("protected",)),
+)
 SYSTEM = "writ"  # agent_id of rows writ writes on its own (expiry, bootstrap)
 
 Gate = Callable[[Tx, Principal, "Request"], Awaitable["WritError | None"]]
@@ -173,6 +178,10 @@ class Engine:
             "notes": notes,
             **extra,
         }
+
+    async def policy_objects(self, tx: Tx, paths: Sequence[str], kind: str) -> list[dict[str, Any]]:
+        """The standing policy objects of ``kind`` related to ``paths`` (see POLICY_OBJECTS)."""
+        return (await tx.objects_related_many(POLICY_OBJECTS, paths))[kind]
 
     async def holder_name(self, tx: Tx, resource: str) -> str:
         """Who holds write authority over ``resource`` now (``"none"`` when nobody)."""
@@ -563,7 +572,7 @@ class Engine:
             position = 1 + await tx.count_waiters_related(req.expand, before_seq)
             return Blocked(lease, max(l.expires_at for l in held), position)
         delays = [
-            d for d in await tx.objects_related("delay", req.expand, ["active"])
+            d for d in await self.policy_objects(tx, req.expand, "delay")
             if (d.get("expires_at_ts") or 0) > now
         ]
         if delays:
@@ -735,7 +744,7 @@ class Engine:
         for lease in await tx.held_related(paths):
             if lease.expires_at <= now:
                 await self._expire(tx, lease)
-        for d in await tx.objects_related("delay", paths, ["active"]):
+        for d in await self.policy_objects(tx, paths, "delay"):
             if (d.get("expires_at_ts") or 0) <= now:
                 await tx.put_object("delay", d["lease_id"], d["resource"], "done",
                                     {k: v for k, v in d.items() if k not in ("state", "expires_at_ts")},

@@ -33,7 +33,7 @@ class Freezes:
 
     async def gate(self, tx: Tx, me: Principal | None, req: Request) -> WritError | None:
         now = tx.now()
-        for f in await tx.objects_related(FREEZE, req.expand, ["active"]):
+        for f in await self.engine.policy_objects(tx, req.expand, FREEZE):
             if f.get("expires_at_ts") is not None and f["expires_at_ts"] <= now:
                 continue
             if req.principal in (f.get("allow") or []):

@@ -184,6 +184,14 @@ class Tx(ABC):
     ) -> list[dict[str, Any]]:
         """Objects of a kind whose resource is related to any path, oldest first."""
 
+    async def objects_related_many(
+        self, specs: Sequence[tuple[str, Sequence[str]]], paths: Sequence[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """:meth:`objects_related` for several ``(kind, states)`` at once, by kind. A store
+        may answer with one query, and repeat the answer within the transaction until it
+        writes; this default asks once per kind."""
+        return {kind: await self.objects_related(kind, paths, states) for kind, states in specs}
+
     @abstractmethod
     async def objects_due(self, kind: str, state: str, now: float, limit: int) -> list[dict[str, Any]]:
         """Objects of a kind and state whose ``expires_at`` is at or before ``now``."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -121,13 +122,19 @@ def _object(r: Sequence[Any]) -> dict[str, Any]:
 
 
 def _related_sql(column: str, paths: Sequence[str]) -> tuple[str, list[Any]]:
+    sql, args = _related_sql_cached(column, tuple(paths))
+    return sql, list(args)
+
+
+@functools.lru_cache(maxsize=4096)
+def _related_sql_cached(column: str, paths: tuple[str, ...]) -> tuple[str, tuple[Any, ...]]:
     exact, ranges = related_clauses(paths)
     parts = [f"{column} IN ({','.join('?' * len(exact))})"]
     args: list[Any] = list(exact)
     for lo, hi in ranges:
         parts.append(f"({column} >= ? AND {column} < ?)")
         args += [lo, hi]
-    return "(" + " OR ".join(parts) + ")", args
+    return "(" + " OR ".join(parts) + ")", tuple(args)
 
 
 def _run_now(coro: Coroutine[Any, Any, T]) -> T:
@@ -147,6 +154,7 @@ class SQLiteTx(Tx):
         self.writable = writable
         self.notes = []
         self._now = store.clock.now()
+        self._memo: dict[Any, Any] = {}  # repeated reads within this tx, until it writes
 
     def now(self) -> float:
         return self._now
@@ -154,6 +162,7 @@ class SQLiteTx(Tx):
     def _w(self) -> None:
         if not self.writable:
             raise RuntimeError("write in a read transaction")
+        self._memo.clear()
 
     async def next_token(self) -> int:
         self._w()
@@ -222,13 +231,19 @@ class SQLiteTx(Tx):
         return _lease(r) if r else None
 
     async def held_related(self, paths: Sequence[str]) -> list[Lease]:
+        key = ("held", tuple(paths))
+        hit = self._memo.get(key)
+        if hit is not None:
+            return list(hit)
         where, args = _related_sql("resource", paths)
         rows = self.c.execute(
             f"SELECT {_LEASE_COLS} FROM leases WHERE state = 'held' AND {where}"
             " ORDER BY fencing_token",
             args,
         )
-        return [_lease(r) for r in rows]
+        out = [_lease(r) for r in rows]
+        self._memo[key] = out
+        return list(out)
 
     async def due_leases(self, now: float, limit: int) -> list[Lease]:
         rows = self.c.execute(
@@ -334,6 +349,29 @@ class SQLiteTx(Tx):
             sql += f" AND state IN ({','.join('?' * len(states))})"
             args += list(states)
         return [_object(r) for r in self.c.execute(sql + " ORDER BY created_at, id", args)]
+
+    async def objects_related_many(
+        self, specs: Sequence[tuple[str, Sequence[str]]], paths: Sequence[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        key = ("objects", tuple((k, tuple(st)) for k, st in specs), tuple(paths))
+        hit = self._memo.get(key)
+        if hit is None:
+            where, args = _related_sql("resource", paths)
+            kinds = [k for k, _ in specs]
+            states = sorted({st for _, sts in specs for st in sts})
+            rows = self.c.execute(
+                f"SELECT kind, data, state, expires_at FROM objects WHERE kind IN"
+                f" ({','.join('?' * len(kinds))}) AND {where}"
+                f" AND state IN ({','.join('?' * len(states))}) ORDER BY created_at, id",
+                [*kinds, *args, *states],
+            ).fetchall()
+            wanted = {k: set(sts) for k, sts in specs}
+            hit = {k: [] for k in wanted}
+            for kind, *rest in rows:
+                if rest[1] in wanted[kind]:
+                    hit[kind].append(_object(rest))
+            self._memo[key] = hit
+        return {k: list(v) for k, v in hit.items()}
 
     async def objects_due(self, kind: str, state: str, now: float, limit: int) -> list[dict[str, Any]]:
         rows = self.c.execute(

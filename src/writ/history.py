@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import resources
 from .clock import rfc3339
-from .ledger import GENESIS, Verification, verify
+from .ledger import Verification, verify_stream
 from .models import Lease
 from .stores.base import Tx
 from .validate import number
@@ -132,14 +132,7 @@ class History:
 
     async def verify(self) -> Verification:
         """Recompute the whole hash chain, batch by batch (constant memory)."""
-        seq, head, total = 1, GENESIS, 0
-        async for chunk in self.engine.store.audit_stream():
-            part = verify(chunk, seq, head)
-            total += part.rows
-            if not part.ok:
-                return Verification(False, total, part.head, part.first_bad_seq, part.reason)
-            seq, head = seq + part.rows, part.head
-        return Verification(True, total, head, None)
+        return await verify_stream(self.engine.store.audit_stream())
 
 
 class _Watch:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,6 +179,18 @@ def verify(
             return Verification(False, n, prev, seq if seq == expect else expect, bad)
         prev, expect, n = hash_, expect + 1, n + 1
     return Verification(True, n, prev, None)
+
+
+async def verify_stream(chunks: AsyncIterable[list[tuple[int, str, str]]]) -> Verification:
+    """:func:`verify` over a store's ``audit_stream`` batches, in constant memory."""
+    seq, head, total = 1, GENESIS, 0
+    async for chunk in chunks:
+        part = verify(chunk, seq, head)
+        total += part.rows
+        if not part.ok:
+            return Verification(False, total, part.head, part.first_bad_seq, part.reason)
+        seq, head = seq + part.rows, part.head
+    return Verification(True, total, head, None)
 
 
 def iter_rows(stored: Iterable[tuple[int, str, str]]) -> Iterator[dict[str, Any]]:

@@ -12,12 +12,12 @@ snapshot are not copied.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 from .errors import Invalid
-from .ledger import GENESIS, Verification, verify
+from .ledger import GENESIS, Verification, verify, verify_stream
 from .stores import Store, open_store
 
 __all__ = ["migrate", "verify_store"]
@@ -36,18 +36,8 @@ def redact(url: str) -> str:
 
 async def verify_store(store: Store) -> Verification:
     """Recompute a store's whole hash chain, in constant memory."""
-    return await _verify_chunks(store.audit_stream())
+    return await verify_stream(store.audit_stream())
 
-
-async def _verify_chunks(chunks: AsyncIterable[list[tuple[int, str, str]]]) -> Verification:
-    seq, head, total = 1, GENESIS, 0
-    async for chunk in chunks:
-        part = verify(chunk, seq, head)
-        total += part.rows
-        if not part.ok:
-            return Verification(False, total, part.head, part.first_bad_seq, part.reason)
-        seq, head = seq + part.rows, part.head
-    return Verification(True, total, head, None)
 
 
 class _Copy:

@@ -49,6 +49,15 @@ from ..ledger import GENESIS, Sealed, row_from, seal
 from ..models import Lease, Principal, Waiter
 from ..resources import related_clauses
 from .base import TABLES, Store, Tx, check_empty
+from .rows import (
+    LEASE_COLS,
+    PRINCIPAL_COLS,
+    WAITER_COLS,
+    to_lease,
+    to_object,
+    to_principal,
+    to_waiter,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("writ.stores.postgres")
@@ -133,54 +142,14 @@ _BEGIN_READ = (
     " (SELECT ts FROM audit_head))"
 )
 
-_LEASE_COLS = (
-    "lease_id, resource, holder, intent, fencing_token, acquired_at, expires_at, ttl_s, "
-    "touches, state, rollback, ended_at"
-)
-_PRINCIPAL_COLS = "name, kind, vendor, wake, admin, created_at"
-_WAITER_COLS = "seq, waiter_id, resource, principal, request, enqueued_at, deadline"
 
 
-def _lease(r: Sequence[Any]) -> Lease:
-    return Lease(
-        lease_id=r[0],
-        resource=r[1],
-        holder=r[2],
-        intent=r[3],
-        fencing_token=r[4],
-        acquired_at=r[5],
-        expires_at=r[6],
-        ttl_s=r[7],
-        touches=json.loads(r[8]),
-        state=r[9],
-        rollback=json.loads(r[10]) if r[10] else None,
-        ended_at=r[11],
-    )
 
 
-def _principal(r: Sequence[Any]) -> Principal:
-    return Principal(
-        name=r[0], kind=r[1], vendor=r[2], wake=r[3], admin=bool(r[4]), created_at=r[5]
-    )
 
 
-def _waiter(r: Sequence[Any]) -> Waiter:
-    return Waiter(
-        waiter_id=r[1],
-        seq=r[0],
-        resource=r[2],
-        principal=r[3],
-        request=json.loads(r[4]),
-        enqueued_at=r[5],
-        deadline=r[6],
-    )
 
 
-def _object(r: Sequence[Any]) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(r[0])
-    data["state"] = r[1]
-    data["expires_at_ts"] = r[2]
-    return data
 
 
 def _related_sql(column: str, paths: Sequence[str]) -> tuple[str, list[Any]]:
@@ -308,24 +277,24 @@ class PgTx(Tx):
             raise Conflict(f"principal {principal.name!r} already exists", name=principal.name)
 
     async def get_principal(self, name: str) -> Principal | None:
-        r = await self._one(f"SELECT {_PRINCIPAL_COLS} FROM principals WHERE name = %s", (name,))
-        return _principal(r) if r else None
+        r = await self._one(f"SELECT {PRINCIPAL_COLS} FROM principals WHERE name = %s", (name,))
+        return to_principal(r) if r else None
 
     async def principal_by_token(self, token_hash: str) -> Principal | None:
         r = await self._one(
-            f"SELECT {_PRINCIPAL_COLS} FROM principals WHERE token_hash = %s", (token_hash,)
+            f"SELECT {PRINCIPAL_COLS} FROM principals WHERE token_hash = %s", (token_hash,)
         )
-        return _principal(r) if r else None
+        return to_principal(r) if r else None
 
     async def list_principals(self) -> list[Principal]:
-        rows = await self._all(f"SELECT {_PRINCIPAL_COLS} FROM principals ORDER BY name")
-        return [_principal(r) for r in rows]
+        rows = await self._all(f"SELECT {PRINCIPAL_COLS} FROM principals ORDER BY name")
+        return [to_principal(r) for r in rows]
 
     # ---- leases ---------------------------------------------------------------------
     async def insert_lease(self, lease: Lease, request_id: str | None = None) -> None:
         self._w()
         await self.c.execute(
-            f"INSERT INTO leases ({_LEASE_COLS}, request_id)"
+            f"INSERT INTO leases ({LEASE_COLS}, request_id)"
             " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
             (
                 lease.lease_id,
@@ -355,15 +324,15 @@ class PgTx(Tx):
     async def get_lease(self, lease_id: str, for_update: bool = False) -> Lease | None:
         lock = self._lock if for_update else ""
         r = await self._one(
-            f"SELECT {_LEASE_COLS} FROM leases WHERE lease_id = %s{lock}", (lease_id,)
+            f"SELECT {LEASE_COLS} FROM leases WHERE lease_id = %s{lock}", (lease_id,)
         )
-        return _lease(r) if r else None
+        return to_lease(r) if r else None
 
     async def lease_for_request(self, request_id: str) -> Lease | None:
         r = await self._one(
-            f"SELECT {_LEASE_COLS} FROM leases WHERE request_id = %s", (request_id,)
+            f"SELECT {LEASE_COLS} FROM leases WHERE request_id = %s", (request_id,)
         )
-        return _lease(r) if r else None
+        return to_lease(r) if r else None
 
     async def held_related(self, paths: Sequence[str]) -> list[Lease]:
         # The rows are locked, but what makes conflicting grants exclusive is the
@@ -371,19 +340,19 @@ class PgTx(Tx):
         # row exists yet to lock (see the module docstring).
         where, args = _related_sql("resource", paths)
         rows = await self._all(
-            f"SELECT {_LEASE_COLS} FROM leases WHERE state = 'held' AND {where}"
+            f"SELECT {LEASE_COLS} FROM leases WHERE state = 'held' AND {where}"
             f" ORDER BY fencing_token{self._lock}",
             args,
         )
-        return [_lease(r) for r in rows]
+        return [to_lease(r) for r in rows]
 
     async def due_leases(self, now: float, limit: int) -> list[Lease]:
         rows = await self._all(
-            f"SELECT {_LEASE_COLS} FROM leases WHERE state = 'held' AND expires_at <= %s"
+            f"SELECT {LEASE_COLS} FROM leases WHERE state = 'held' AND expires_at <= %s"
             " ORDER BY expires_at LIMIT %s",
             (now, limit),
         )
-        return [_lease(r) for r in rows]
+        return [to_lease(r) for r in rows]
 
     async def next_expiry(self) -> float | None:
         r = await self._one("SELECT min(expires_at) FROM leases WHERE state = 'held'")
@@ -404,11 +373,11 @@ class PgTx(Tx):
             where.append("holder = %s")
             args.append(holder)
         rows = await self._all(
-            f"SELECT {_LEASE_COLS} FROM leases WHERE {' AND '.join(where)}"
+            f"SELECT {LEASE_COLS} FROM leases WHERE {' AND '.join(where)}"
             " ORDER BY fencing_token DESC LIMIT %s",
             [*args, limit],
         )
-        return [_lease(r) for r in rows]
+        return [to_lease(r) for r in rows]
 
     # ---- wait queue -----------------------------------------------------------------
     async def insert_waiter(self, waiter: Waiter) -> Waiter:
@@ -442,11 +411,11 @@ class PgTx(Tx):
         if before_seq is not None:
             where += " AND seq < %s"
             args.append(before_seq)
-        query = f"SELECT {_WAITER_COLS} FROM waiters WHERE {where} ORDER BY seq"
+        query = f"SELECT {WAITER_COLS} FROM waiters WHERE {where} ORDER BY seq"
         if limit is not None:
             query += " LIMIT %s"
             args.append(int(limit))
-        return [_waiter(r) for r in await self._all(query, args)]
+        return [to_waiter(r) for r in await self._all(query, args)]
 
     async def count_waiters_related(
         self, paths: Sequence[str], before_seq: int | None = None
@@ -485,7 +454,7 @@ class PgTx(Tx):
             f"SELECT data, state, expires_at FROM objects WHERE kind = %s AND id = %s{lock}",
             (kind, obj_id),
         )
-        return _object(r) if r else None
+        return to_object(r) if r else None
 
     async def objects_related(
         self, kind: str, paths: Sequence[str], states: Sequence[str] | None = None
@@ -496,7 +465,7 @@ class PgTx(Tx):
         if states:
             query += " AND state = ANY(%s)"
             args.append(list(states))
-        return [_object(r) for r in await self._all(query + " ORDER BY created_at, id", args)]
+        return [to_object(r) for r in await self._all(query + " ORDER BY created_at, id", args)]
 
     async def objects_due(
         self, kind: str, state: str, now: float, limit: int
@@ -506,7 +475,7 @@ class PgTx(Tx):
             " AND expires_at IS NOT NULL AND expires_at <= %s ORDER BY expires_at LIMIT %s",
             (kind, state, now, limit),
         )
-        return [_object(r) for r in rows]
+        return [to_object(r) for r in rows]
 
     async def list_objects(
         self, kind: str, states: Sequence[str] | None = None, limit: int = 1000
@@ -516,7 +485,7 @@ class PgTx(Tx):
             query += " AND state = ANY(%s)"
             args.append(list(states))
         query += " ORDER BY created_at DESC, id LIMIT %s"
-        return [_object(r) for r in await self._all(query, [*args, limit])]
+        return [to_object(r) for r in await self._all(query, [*args, limit])]
 
     # ---- ledger ---------------------------------------------------------------------
     async def append(self, fields: dict[str, Any]) -> Sealed:

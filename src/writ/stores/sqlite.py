@@ -39,6 +39,13 @@ from ..ledger import GENESIS, Sealed, row_from, seal
 from ..models import Lease, Principal, Waiter
 from ..resources import related_clauses
 from .base import TABLES, Store, Tx, check_empty
+from .rows import (
+    LEASE_COLS,
+    to_lease,
+    to_object,
+    to_principal,
+    to_waiter,
+)
 
 T = TypeVar("T")
 
@@ -87,38 +94,12 @@ MIGRATIONS: list[tuple[str, str]] = [
     ),
 ]
 
-_LEASE_COLS = (
-    "lease_id, resource, holder, intent, fencing_token, acquired_at, expires_at, ttl_s, "
-    "touches, state, rollback, ended_at"
-)
 
 
-def _lease(r: Sequence[Any]) -> Lease:
-    return Lease(
-        lease_id=r[0],
-        resource=r[1],
-        holder=r[2],
-        intent=r[3],
-        fencing_token=r[4],
-        acquired_at=r[5],
-        expires_at=r[6],
-        ttl_s=r[7],
-        touches=json.loads(r[8]),
-        state=r[9],
-        rollback=json.loads(r[10]) if r[10] else None,
-        ended_at=r[11],
-    )
 
 
-def _principal(r: Sequence[Any]) -> Principal:
-    return Principal(name=r[0], kind=r[1], vendor=r[2], wake=r[3], admin=bool(r[4]), created_at=r[5])
 
 
-def _object(r: Sequence[Any]) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(r[0])
-    data["state"] = r[1]
-    data["expires_at_ts"] = r[2]
-    return data
 
 
 def _related_sql(column: str, paths: Sequence[str]) -> tuple[str, list[Any]]:
@@ -187,26 +168,26 @@ class SQLiteTx(Tx):
             "SELECT name, kind, vendor, wake, admin, created_at FROM principals WHERE name = ?",
             (name,),
         ).fetchone()
-        return _principal(r) if r else None
+        return to_principal(r) if r else None
 
     async def principal_by_token(self, token_hash: str) -> Principal | None:
         r = self.c.execute(
             "SELECT name, kind, vendor, wake, admin, created_at FROM principals WHERE token_hash = ?",
             (token_hash,),
         ).fetchone()
-        return _principal(r) if r else None
+        return to_principal(r) if r else None
 
     async def list_principals(self) -> list[Principal]:
         rows = self.c.execute(
             "SELECT name, kind, vendor, wake, admin, created_at FROM principals ORDER BY name"
         )
-        return [_principal(r) for r in rows]
+        return [to_principal(r) for r in rows]
 
     # leases
     async def insert_lease(self, lease: Lease, request_id: str | None = None) -> None:
         self._w()
         self.c.execute(
-            f"INSERT INTO leases ({_LEASE_COLS}, request_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO leases ({LEASE_COLS}, request_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (lease.lease_id, lease.resource, lease.holder, lease.intent, lease.fencing_token,
              lease.acquired_at, lease.expires_at, lease.ttl_s, json.dumps(lease.touches),
              lease.state, json.dumps(lease.rollback) if lease.rollback else None,
@@ -221,14 +202,14 @@ class SQLiteTx(Tx):
         )
 
     async def get_lease(self, lease_id: str, for_update: bool = False) -> Lease | None:
-        r = self.c.execute(f"SELECT {_LEASE_COLS} FROM leases WHERE lease_id = ?", (lease_id,)).fetchone()
-        return _lease(r) if r else None
+        r = self.c.execute(f"SELECT {LEASE_COLS} FROM leases WHERE lease_id = ?", (lease_id,)).fetchone()
+        return to_lease(r) if r else None
 
     async def lease_for_request(self, request_id: str) -> Lease | None:
         r = self.c.execute(
-            f"SELECT {_LEASE_COLS} FROM leases WHERE request_id = ?", (request_id,)
+            f"SELECT {LEASE_COLS} FROM leases WHERE request_id = ?", (request_id,)
         ).fetchone()
-        return _lease(r) if r else None
+        return to_lease(r) if r else None
 
     async def held_related(self, paths: Sequence[str]) -> list[Lease]:
         key = ("held", tuple(paths))
@@ -237,21 +218,21 @@ class SQLiteTx(Tx):
             return list(hit)
         where, args = _related_sql("resource", paths)
         rows = self.c.execute(
-            f"SELECT {_LEASE_COLS} FROM leases WHERE state = 'held' AND {where}"
+            f"SELECT {LEASE_COLS} FROM leases WHERE state = 'held' AND {where}"
             " ORDER BY fencing_token",
             args,
         )
-        out = [_lease(r) for r in rows]
+        out = [to_lease(r) for r in rows]
         self._memo[key] = out
         return list(out)
 
     async def due_leases(self, now: float, limit: int) -> list[Lease]:
         rows = self.c.execute(
-            f"SELECT {_LEASE_COLS} FROM leases WHERE state = 'held' AND expires_at <= ?"
+            f"SELECT {LEASE_COLS} FROM leases WHERE state = 'held' AND expires_at <= ?"
             " ORDER BY expires_at LIMIT ?",
             (now, limit),
         )
-        return [_lease(r) for r in rows]
+        return [to_lease(r) for r in rows]
 
     async def next_expiry(self) -> float | None:
         r = self.c.execute("SELECT min(expires_at) FROM leases WHERE state = 'held'").fetchone()
@@ -271,11 +252,11 @@ class SQLiteTx(Tx):
             where.append("holder = ?")
             args.append(holder)
         rows = self.c.execute(
-            f"SELECT {_LEASE_COLS} FROM leases WHERE {' AND '.join(where)}"
+            f"SELECT {LEASE_COLS} FROM leases WHERE {' AND '.join(where)}"
             " ORDER BY fencing_token DESC LIMIT ?",
             [*args, limit],
         )
-        return [_lease(r) for r in rows]
+        return [to_lease(r) for r in rows]
 
     # waiters
     async def insert_waiter(self, waiter: Waiter) -> Waiter:
@@ -307,8 +288,7 @@ class SQLiteTx(Tx):
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [
-            Waiter(waiter_id=r[1], seq=r[0], resource=r[2], principal=r[3],
-                   request=json.loads(r[4]), enqueued_at=r[5], deadline=r[6])
+            to_waiter(r)
             for r in self.c.execute(sql, args)
         ]
 
@@ -337,7 +317,7 @@ class SQLiteTx(Tx):
         r = self.c.execute(
             "SELECT data, state, expires_at FROM objects WHERE kind = ? AND id = ?", (kind, obj_id)
         ).fetchone()
-        return _object(r) if r else None
+        return to_object(r) if r else None
 
     async def objects_related(
         self, kind: str, paths: Sequence[str], states: Sequence[str] | None = None
@@ -348,7 +328,7 @@ class SQLiteTx(Tx):
         if states:
             sql += f" AND state IN ({','.join('?' * len(states))})"
             args += list(states)
-        return [_object(r) for r in self.c.execute(sql + " ORDER BY created_at, id", args)]
+        return [to_object(r) for r in self.c.execute(sql + " ORDER BY created_at, id", args)]
 
     async def objects_related_many(
         self, specs: Sequence[tuple[str, Sequence[str]]], paths: Sequence[str]
@@ -369,7 +349,7 @@ class SQLiteTx(Tx):
             hit = {k: [] for k in wanted}
             for kind, *rest in rows:
                 if rest[1] in wanted[kind]:
-                    hit[kind].append(_object(rest))
+                    hit[kind].append(to_object(rest))
             self._memo[key] = hit
         return {k: list(v) for k, v in hit.items()}
 
@@ -379,7 +359,7 @@ class SQLiteTx(Tx):
             " AND expires_at IS NOT NULL AND expires_at <= ? ORDER BY expires_at LIMIT ?",
             (kind, state, now, limit),
         )
-        return [_object(r) for r in rows]
+        return [to_object(r) for r in rows]
 
     async def list_objects(
         self, kind: str, states: Sequence[str] | None = None, limit: int = 1000
@@ -389,7 +369,7 @@ class SQLiteTx(Tx):
             sql += f" AND state IN ({','.join('?' * len(states))})"
             args += list(states)
         sql += " ORDER BY created_at DESC, id LIMIT ?"
-        return [_object(r) for r in self.c.execute(sql, [*args, limit])]
+        return [to_object(r) for r in self.c.execute(sql, [*args, limit])]
 
     # ledger
     async def append(self, fields: dict[str, Any]) -> Sealed:

@@ -144,8 +144,9 @@ class History:
 
     def select(self, f: str | None = None, type_: str | None = None) -> list[Op]:
         """The operations named ``f`` that completed as ``type_`` (either may be None)."""
-        return [o for o in self.ops if (f is None or o.f == f)
-                and (type_ is None or o.type == type_)]
+        return [
+            o for o in self.ops if (f is None or o.f == f) and (type_ is None or o.type == type_)
+        ]
 
     def pending(self) -> list[Op]:
         """Operations never completed (a recording client forgot one: a test bug)."""
@@ -164,15 +165,20 @@ class Conflicts:
     within a group when it is related to one of the group's members: a lease on ``prod``
     covers ``prod/db`` and so everything ``prod/db`` is grouped with).
 
-    ``groups`` is the policy's ``[blast_radius]`` table: ``{name: [resource, ...]}``.
+    ``groups`` is the policy's ``[blast_radius]`` table: ``{name: [resource, ...]}``. Groups
+    are taken as written: a server that merges overlapping groups only excludes more, and
+    the checker holds it to the protocol's minimum.
     """
 
     def __init__(self, groups: Mapping[str, Sequence[str]] | None = None) -> None:
         self.groups = [tuple(members) for members in (groups or {}).values()]
 
     def _groups_of(self, resource: str) -> set[int]:
-        return {i for i, members in enumerate(self.groups)
-                if any(_related(resource, m) for m in members)}
+        return {
+            i
+            for i, members in enumerate(self.groups)
+            if any(_related(resource, m) for m in members)
+        }
 
     def __call__(self, a: str, b: str) -> bool:
         return _related(a, b) or bool(self._groups_of(a) & self._groups_of(b))
@@ -307,8 +313,10 @@ def _server_order(
         if event == "lease.granted":
             report.stats["grants"] += 1
             if token is None or token <= last_token:
-                report.error(f"seq {row['seq']}: token {token} granted after {last_token} "
-                             "(fencing tokens must strictly increase in grant order)")
+                report.error(
+                    f"seq {row['seq']}: token {token} granted after {last_token} "
+                    "(fencing tokens must strictly increase in grant order)"
+                )
             last_token = max(last_token, token or 0)
             for other in held.values():
                 if conflicts(other["resource"], row["resource"]):
@@ -316,7 +324,8 @@ def _server_order(
                         f"seq {row['seq']}: {row['lock_holder']} granted {row['resource']} "
                         f"(token {token}) while {other['lock_holder']} held "
                         f"{other['resource']} (token {other['fencing_token']}, "
-                        f"seq {other['seq']})")
+                        f"seq {other['seq']})"
+                    )
             grants[token] = held[token] = row
         elif event in END_EVENTS:
             report.stats[event] += 1
@@ -324,11 +333,12 @@ def _server_order(
             if grant is None:
                 why = "it had already ended" if token in ends else "it was never granted"
                 report.error(f"seq {row['seq']}: {event} of token {token}, but {why}")
-            elif (grant["resource"], grant["lock_holder"]) != (row["resource"],
-                                                                row["lock_holder"]):
-                report.error(f"seq {row['seq']}: {event} of token {token} names "
-                             f"{row['lock_holder']} on {row['resource']}, but it was granted "
-                             f"to {grant['lock_holder']} on {grant['resource']}")
+            elif (grant["resource"], grant["lock_holder"]) != (row["resource"], row["lock_holder"]):
+                report.error(
+                    f"seq {row['seq']}: {event} of token {token} names "
+                    f"{row['lock_holder']} on {row['resource']}, but it was granted "
+                    f"to {grant['lock_holder']} on {grant['resource']}"
+                )
             ends.setdefault(token, row)
         elif event == "lease.renewed" and token not in held:
             report.error(f"seq {row['seq']}: token {token} renewed while not held")
@@ -354,8 +364,10 @@ def _acquires(history: History, grants: Mapping[int, Mapping[str, Any]], report:
         if row is None:
             report.error(f"acknowledged grant missing from the ledger: {op}")
         elif (row["resource"], row["lock_holder"]) != (op.resource, op.process):
-            report.error(f"ledger grant of token {op.token} is {row['lock_holder']} on "
-                         f"{row['resource']}, but the client was acknowledged {op}")
+            report.error(
+                f"ledger grant of token {op.token} is {row['lock_holder']} on "
+                f"{row['resource']}, but the client was acknowledged {op}"
+            )
     # linearizable tokens: acknowledged before b was invoked => a lower token than b's
     done = sorted((o for o in acked if o.token is not None), key=lambda o: o.complete_t or 0)
     best: Op | None = None  # the highest-token acquire completed so far
@@ -385,8 +397,10 @@ def _releases(
     for op in history.select("release", "ok"):
         end = ends.get(op.token or -1)
         if end is None or end["event"] != "lease.released" or end["agent_id"] != op.process:
-            report.error(f"acknowledged release has no lease.released row by its holder: {op} "
-                         f"(ledger: {end and end['event']})")
+            report.error(
+                f"acknowledged release has no lease.released row by its holder: {op} "
+                f"(ledger: {end and end['event']})"
+            )
     for op in history.select("release", "fail"):
         if op.status != 410:
             continue
@@ -400,11 +414,15 @@ def _releases(
             continue
         asked = [o for o in by_token.get(token, ()) if o.type in ("ok", "info")]
         if not asked:
-            report.error(f"seq {end['seq']}: lease token {token} of {end['lock_holder']} was "
-                         "released, but its holder never asked for that release")
+            report.error(
+                f"seq {end['seq']}: lease token {token} of {end['lock_holder']} was "
+                "released, but its holder never asked for that release"
+            )
         elif end["agent_id"] != end["lock_holder"]:
-            report.error(f"seq {end['seq']}: {end['agent_id']} released {end['lock_holder']}'s "
-                         f"lease (token {token})")
+            report.error(
+                f"seq {end['seq']}: {end['agent_id']} released {end['lock_holder']}'s "
+                f"lease (token {token})"
+            )
     # successors that stayed held across a late release (the protocol's case, counted)
     acq = {o.token: o for o in history.select("acquire", "ok")}
     for late in (o for o in history.select("release", "fail") if o.status == 410):
@@ -416,8 +434,12 @@ def _releases(
                 continue
             got = acq.get(token)
             rel = [o for o in by_token.get(token, ()) if o.type == "ok"]
-            if got is not None and (got.complete_t or 0) < late.invoke_t and rel and \
-                    rel[0].invoke_t > (late.complete_t or 0):
+            if (
+                got is not None
+                and (got.complete_t or 0) < late.invoke_t
+                and rel
+                and rel[0].invoke_t > (late.complete_t or 0)
+            ):
                 report.stats["successor_held_across_late_release"] += 1
 
 
@@ -435,9 +457,11 @@ def _register(
     per_key = Counter(o.key for o in writes)
     for key in sorted(set(per_key) | set(register.keys)):
         if register.value(key) != per_key.get(key, 0):
-            report.error(f"register {key}: value {register.value(key)} after "
-                         f"{per_key.get(key, 0)} acknowledged increments (lost or phantom "
-                         "update)")
+            report.error(
+                f"register {key}: value {register.value(key)} after "
+                f"{per_key.get(key, 0)} acknowledged increments (lost or phantom "
+                "update)"
+            )
         tokens = [t for t, _ in register.accepted(key)]
         if any(a > b for a, b in itertools.pairwise(tokens)):
             report.error(f"register {key}: accepted tokens went down: {tokens}")
@@ -446,5 +470,6 @@ def _register(
         if grant is None or grant["lock_holder"] != op.process:
             report.error(f"acknowledged write with a token not granted to its writer: {op}")
         elif op.key is not None and not conflicts(grant["resource"], op.key):
-            report.error(f"acknowledged write outside the writer's lease ({grant['resource']}): "
-                         f"{op}")
+            report.error(
+                f"acknowledged write outside the writer's lease ({grant['resource']}): {op}"
+            )

@@ -87,7 +87,10 @@ class ServerProcess:
         env = {**os.environ, "WRIT_ADMIN_TOKEN": ADMIN}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", code], env=env, stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-c", code],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 preexec_fn=raise_fd_limit,
             )
         deadline = time.monotonic() + 30
@@ -142,8 +145,9 @@ def server_process(store_url: str, tmp: Path, policy: str | None = None) -> Iter
 
 
 async def add_principals(url: str, kind: str, names: list[str]) -> list[str]:
-    async with httpx.AsyncClient(base_url=url, timeout=30,
-                                 headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=30, headers={"Authorization": f"Bearer {ADMIN}"}
+    ) as c:
         tokens = []
         for name in names:
             r = await c.post("/v1/principals", json={"name": name, "kind": kind})
@@ -154,8 +158,9 @@ async def add_principals(url: str, kind: str, names: list[str]) -> list[str]:
 
 async def all_rows(url: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(base_url=url, timeout=60,
-                                 headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=60, headers={"Authorization": f"Bearer {ADMIN}"}
+    ) as c:
         after = 0
         while True:
             r = await c.get("/v1/audit", params={"after_seq": after, "limit": 10000})
@@ -176,10 +181,17 @@ async def verify(url: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- the checker
-def row(seq: int, event: str, resource: str, holder: str, token: int,
-        agent: str | None = None) -> dict[str, Any]:
-    return {"seq": seq, "event": event, "resource": resource, "lock_holder": holder,
-            "fencing_token": token, "agent_id": agent or holder}
+def row(
+    seq: int, event: str, resource: str, holder: str, token: int, agent: str | None = None
+) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "event": event,
+        "resource": resource,
+        "lock_holder": holder,
+        "fencing_token": token,
+        "agent_id": agent or holder,
+    }
 
 
 def acked(h: History, who: str, f: str, resource: str, **fields: Any) -> None:
@@ -192,17 +204,27 @@ def test_checker_accepts_a_clean_history() -> None:
     acked(h, "a", "release", "tank", token=1)
     acked(h, "b", "acquire", "tank/a", token=2, lease_id="l2")
     acked(h, "c", "acquire", "pump", token=3, lease_id="l3")  # unrelated to tank/a: fine
-    rows = [row(1, "lease.granted", "tank", "a", 1), row(2, "lease.released", "tank", "a", 1),
-            row(3, "lease.granted", "tank/a", "b", 2), row(4, "lease.granted", "pump", "c", 3)]
+    rows = [
+        row(1, "lease.granted", "tank", "a", 1),
+        row(2, "lease.released", "tank", "a", 1),
+        row(3, "lease.granted", "tank/a", "b", 2),
+        row(4, "lease.granted", "pump", "c", 3),
+    ]
     report = check(h, rows, Conflicts(GROUPS))
     assert report.ok, report
     assert report.stats["grants"] == 3 and report.stats["held_at_end"] == 2
 
 
-@pytest.mark.parametrize(("first", "second"), [
-    ("tank", "tank/a"), ("tank/a", "tank"), ("tank/b", "pump"), ("tank", "pump"),
-    ("pump", "tank/b/deep"),
-])
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("tank", "tank/a"),
+        ("tank/a", "tank"),
+        ("tank/b", "pump"),
+        ("tank", "pump"),
+        ("pump", "tank/b/deep"),
+    ],
+)
 def test_checker_finds_overlapping_holders(first: str, second: str) -> None:
     """Conflicts by hierarchy and by blast-radius group, in either order."""
     rows = [row(1, "lease.granted", first, "a", 1), row(2, "lease.granted", second, "b", 2)]
@@ -211,9 +233,14 @@ def test_checker_finds_overlapping_holders(first: str, second: str) -> None:
 
 
 def test_checker_finds_tokens_out_of_order_and_double_ends() -> None:
-    rows = [row(1, "lease.granted", "x", "a", 5), row(2, "lease.released", "x", "a", 5),
-            row(3, "lease.granted", "x", "b", 5), row(4, "lease.expired", "x", "b", 5),
-            row(5, "lease.released", "x", "b", 5), row(6, "lease.revoked", "y", "c", 9)]
+    rows = [
+        row(1, "lease.granted", "x", "a", 5),
+        row(2, "lease.released", "x", "a", 5),
+        row(3, "lease.granted", "x", "b", 5),
+        row(4, "lease.expired", "x", "b", 5),
+        row(5, "lease.released", "x", "b", 5),
+        row(6, "lease.revoked", "y", "c", 9),
+    ]
     errors = "\n".join(check(History(), rows).errors)
     assert "must strictly increase" in errors
     assert "already ended" in errors and "never granted" in errors
@@ -234,8 +261,12 @@ def test_checker_finds_a_late_release_that_freed_a_lease() -> None:
     acked(h, "a", "acquire", "x", token=1)
     h.fail(h.invoke("a", "release", "x", token=1), status=410)
     acked(h, "b", "acquire", "x", token=2)
-    rows = [row(1, "lease.granted", "x", "a", 1), row(2, "lease.released", "x", "a", 1),
-            row(3, "lease.granted", "x", "b", 2), row(4, "lease.released", "x", "b", 2, "a")]
+    rows = [
+        row(1, "lease.granted", "x", "a", 1),
+        row(2, "lease.released", "x", "a", 1),
+        row(3, "lease.granted", "x", "b", 2),
+        row(4, "lease.released", "x", "b", 2, "a"),
+    ]
     errors = "\n".join(check(h, rows).errors)
     assert "refused as late (410) still released" in errors
     assert "never asked for that release" in errors  # b's lease ended by nobody's request
@@ -244,6 +275,7 @@ def test_checker_finds_a_late_release_that_freed_a_lease() -> None:
 async def test_checker_finds_a_lost_update_when_holders_overlap() -> None:
     """Without writ saying which token is current, two overlapping holders lose an
     increment; with it, the stale write is refused and nothing is lost."""
+
     async def is_current(resource: str, token: int) -> bool:
         return token == 2  # writ's answer: b holds x now
 
@@ -307,8 +339,9 @@ def spared(agent: str) -> bool:
     return agent in ("agent-01", "agent-02")
 
 
-async def contend(url: str, agents: dict[str, str], human: str, seconds: float,
-                  seed: int) -> tuple[History, FencedRegister]:
+async def contend(
+    url: str, agents: dict[str, str], human: str, seconds: float, seed: int
+) -> tuple[History, FencedRegister]:
     """Agents acquire (some waiting), read and write every register their lease covers
     through fencing tokens, sometimes renew, sometimes stall past their ttl, and release;
     a human revokes a held lease now and then. Returns the history and the register."""
@@ -319,8 +352,9 @@ async def contend(url: str, agents: dict[str, str], human: str, seconds: float,
     admin = {"Authorization": f"Bearer {ADMIN}"}
 
     async def is_current(resource: str, token: int) -> bool:
-        r = await http.get("/v1/fence", params={"resource": resource, "token": token},
-                           headers=admin)
+        r = await http.get(
+            "/v1/fence", params={"resource": resource, "token": token}, headers=admin
+        )
         assert r.status_code == 200, r.text
         return bool(r.json()["current"])
 
@@ -389,10 +423,16 @@ async def contend(url: str, agents: dict[str, str], human: str, seconds: float,
             if not held:
                 continue
             victim = rnd.choice(held)
-            r = await http.post(f"/v1/leases/{victim['lease_id']}/revoke", headers=auth, json={
-                "runbook": "R-7", "paged": "oncall", "reason": "fault test",
-                "waive_lock_delay": rnd.random() < 0.5,
-            })
+            r = await http.post(
+                f"/v1/leases/{victim['lease_id']}/revoke",
+                headers=auth,
+                json={
+                    "runbook": "R-7",
+                    "paged": "oncall",
+                    "reason": "fault test",
+                    "waive_lock_delay": rnd.random() < 0.5,
+                },
+            )
             assert r.status_code in (200, 410), r.text
 
     rnd = random.Random(seed)
@@ -411,15 +451,18 @@ async def run_contention(store_url: str, tmp: Path, n_agents: int, seconds: floa
         names = [f"agent-{i:02d}" for i in range(n_agents)]
         tokens = await add_principals(srv.url, "agent", names)
         (human,) = await add_principals(srv.url, "queue", ["oncall"])
-        history, register = await contend(srv.url, dict(zip(names, tokens, strict=True)),
-                                          human, seconds, seed=7)
+        history, register = await contend(
+            srv.url, dict(zip(names, tokens, strict=True)), human, seconds, seed=7
+        )
         rows = await all_rows(srv.url)
         report = check(history, rows, Conflicts(GROUPS), register)
         assert report.ok, report
         assert (await verify(srv.url))["ok"] is True
         stats = report.stats
-        print(f"\ncontention on {store_url.split(':')[0]}: {dict(stats)}; "
-              f"registers { {k: register.value(k) for k in register.keys} }")
+        print(
+            f"\ncontention on {store_url.split(':')[0]}: {dict(stats)}; "
+            f"registers { {k: register.value(k) for k in register.keys} }"
+        )
         # the faults really happened, and the run did real work
         assert stats["grants"] >= n_agents * seconds / 2.5, stats  # stalls block everyone
         assert stats["writes_ok"] >= stats["grants"] / 2, stats
@@ -492,10 +535,24 @@ def gate_for(live: LiveServer, res: str, tmp: Path) -> Iterator[tuple[str, Upstr
     routes.write_text(f'[[route]]\npath = "/admin/tank/*"\nresource = "{res}"\n')
     _, gate_token = live.principal("portal", unique("gate"))
     upstream = Upstream()
-    with serve_asgi(upstream.app) as upstream_url, run_writ([
-        "gate", "--url", live.url, "--token", gate_token, "--upstream", upstream_url,
-        "--listen", "127.0.0.1:0", "--routes", str(routes),
-    ]) as gate_url:
+    with (
+        serve_asgi(upstream.app) as upstream_url,
+        run_writ(
+            [
+                "gate",
+                "--url",
+                live.url,
+                "--token",
+                gate_token,
+                "--upstream",
+                upstream_url,
+                "--listen",
+                "127.0.0.1:0",
+                "--routes",
+                str(routes),
+            ]
+        ) as gate_url,
+    ):
         yield gate_url, upstream
 
 
@@ -510,12 +567,17 @@ def test_a_paused_holder_is_fenced_off_and_learns_it_lost(
     old, old_token = live_server.principal("agent")
     new, new_token = live_server.principal("agent")
     history = History()
-    with gate_for(live_server, res, tmp_path) as (gate_url, upstream), \
-            live_server.client() as admin, live_server.client(new_token) as successor:
+    with (
+        gate_for(live_server, res, tmp_path) as (gate_url, upstream),
+        live_server.client() as admin,
+        live_server.client(new_token) as successor,
+    ):
         acq_old = history.invoke(old, "acquire", res)
         proc = subprocess.Popen(
             [sys.executable, "-c", HOLDER, live_server.url, old_token, res, gate_url],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         try:
             assert proc.stdout is not None and proc.stdin is not None
@@ -535,23 +597,36 @@ def test_a_paused_holder_is_fenced_off_and_learns_it_lost(
             fence = admin.fence(res, first["token"])
             assert fence["current"] is False and fence["current_token"] == lease["fencing_token"]
             seen = len(upstream.seen)
-            r = httpx.post(gate_url + "/admin/tank/level", json={"note": "stale"}, timeout=30,
-                           headers={"Authorization": f"Bearer {old_token}",
-                                    "Writ-Lease": first["lease_id"],
-                                    "Writ-Fencing-Token": str(first["token"])})
+            r = httpx.post(
+                gate_url + "/admin/tank/level",
+                json={"note": "stale"},
+                timeout=30,
+                headers={
+                    "Authorization": f"Bearer {old_token}",
+                    "Writ-Lease": first["lease_id"],
+                    "Writ-Fencing-Token": str(first["token"]),
+                },
+            )
             assert r.status_code == 423 and r.json()["error"]["code"] == "lease_lost", r.text
-            r = httpx.post(gate_url + "/admin/tank/level", json={"note": "successor"},
-                           timeout=30, headers={"Authorization": f"Bearer {new_token}",
-                                                "Writ-Lease": lease["lease_id"],
-                                                "Writ-Fencing-Token": str(lease["fencing_token"])})
+            r = httpx.post(
+                gate_url + "/admin/tank/level",
+                json={"note": "successor"},
+                timeout=30,
+                headers={
+                    "Authorization": f"Bearer {new_token}",
+                    "Writ-Lease": lease["lease_id"],
+                    "Writ-Fencing-Token": str(lease["fencing_token"]),
+                },
+            )
             assert r.status_code == 200, r.text
             assert len(upstream.seen) == seen + 1
             assert upstream.seen[-1]["headers"]["writ-holder"] == new
 
             # resume the old holder: it tries to write, then to release, as if nothing happened
             os.kill(proc.pid, signal.SIGCONT)
-            rel_old = history.invoke(old, "release", res, lease_id=first["lease_id"],
-                                     token=first["token"])
+            rel_old = history.invoke(
+                old, "release", res, lease_id=first["lease_id"], token=first["token"]
+            )
             proc.stdin.write("go\n")
             proc.stdin.flush()
             out = json.loads(proc.stdout.readline())
@@ -571,8 +646,9 @@ def test_a_paused_holder_is_fenced_off_and_learns_it_lost(
         # the late release freed nobody: the successor still holds, with its token current
         assert successor.get_lease(lease["lease_id"])["state"] == "held"
         assert admin.fence(res, lease["fencing_token"])["current"] is True
-        rel_new = history.invoke(new, "release", res, lease_id=lease["lease_id"],
-                                 token=lease["fencing_token"])
+        rel_new = history.invoke(
+            new, "release", res, lease_id=lease["lease_id"], token=lease["fencing_token"]
+        )
         successor.release(lease["lease_id"])
         history.ok(rel_new, status=200)
         rows = [r for r in admin.iter_audit(0) if r["resource"] == res]
@@ -583,8 +659,15 @@ def test_a_paused_holder_is_fenced_off_and_learns_it_lost(
 
 
 # ----------------------------------------------------------------------------- 1,000 long-polls
-async def long_poll(host: str, port: int, token: str, prefix: str, after: int,
-                    wait_s: float, ready: asyncio.Queue[None]) -> tuple[float, dict[str, Any]]:
+async def long_poll(
+    host: str,
+    port: int,
+    token: str,
+    prefix: str,
+    after: int,
+    wait_s: float,
+    ready: asyncio.Queue[None],
+) -> tuple[float, dict[str, Any]]:
     """One ``GET /v1/events`` over a raw socket; returns (time answered, body)."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
@@ -597,8 +680,11 @@ async def long_poll(host: str, port: int, token: str, prefix: str, after: int,
         head = await reader.readuntil(b"\r\n\r\n")
         answered = time.monotonic()
         status = head.split(b" ", 2)[1]
-        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:"))
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
         body = json.loads(await reader.readexactly(length))
         assert status == b"200", (status, body)
         return answered, body
@@ -608,8 +694,9 @@ async def long_poll(host: str, port: int, token: str, prefix: str, after: int,
             await writer.wait_closed()
 
 
-async def others(c: httpx.AsyncClient, tokens: list[str], rounds: int,
-                 on_step: Any = None) -> list[float]:
+async def others(
+    c: httpx.AsyncClient, tokens: list[str], rounds: int, on_step: Any = None
+) -> list[float]:
     """Workers acquire and release their own resources; the latency of every call."""
     latencies: list[float] = []
 
@@ -617,8 +704,11 @@ async def others(c: httpx.AsyncClient, tokens: list[str], rounds: int,
         auth = {"Authorization": f"Bearer {token}"}
         for _ in range(rounds):
             t0 = time.monotonic()
-            r = await c.post("/v1/leases", headers=auth, json={
-                "resource": f"work/{i}", "intent": "meanwhile", "ttl_s": 30})
+            r = await c.post(
+                "/v1/leases",
+                headers=auth,
+                json={"resource": f"work/{i}", "intent": "meanwhile", "ttl_s": 30},
+            )
             assert r.status_code == 201, r.text
             t1 = time.monotonic()
             rr = await c.post(f"/v1/leases/{r.json()['lease_id']}/release", headers=auth)
@@ -646,9 +736,12 @@ async def run_long_polls(tmp: Path, n: int) -> None:
             rss_before, fds_before = srv.rss(), srv.open_fds()
 
             ready: asyncio.Queue[None] = asyncio.Queue()
-            polls = [asyncio.ensure_future(long_poll("127.0.0.1", srv.port, watcher, "watch",
-                                                     head, 120, ready))
-                     for _ in range(n)]
+            polls = [
+                asyncio.ensure_future(
+                    long_poll("127.0.0.1", srv.port, watcher, "watch", head, 120, ready)
+                )
+                for _ in range(n)
+            ]
             for _ in range(n):  # every request is sent ...
                 await asyncio.wait_for(ready.get(), 60)
             deadline = time.monotonic() + 60  # ... every connection is accepted (give or
@@ -671,8 +764,11 @@ async def run_long_polls(tmp: Path, n: int) -> None:
 
             # a row under the prefix answers every one of them
             t0 = time.monotonic()
-            r = await c.post("/v1/leases", headers={"Authorization": f"Bearer {workers[0]}"},
-                             json={"resource": "watch/x", "intent": "wake them", "ttl_s": 30})
+            r = await c.post(
+                "/v1/leases",
+                headers={"Authorization": f"Bearer {workers[0]}"},
+                json={"resource": "watch/x", "intent": "wake them", "ttl_s": 30},
+            )
             assert r.status_code == 201, r.text
             done, pending = await asyncio.wait(polls, timeout=60)
             sample()
@@ -685,10 +781,12 @@ async def run_long_polls(tmp: Path, n: int) -> None:
             assert (await c.get("/v1/health")).status_code == 200  # and it is still fine
         growth = (peak - rss_before) / 2**20
         base, busy = statistics.median(alone), statistics.median(loaded)
-        print(f"\n{n} long-polls: others p50 {base * 1e3:.1f} -> {busy * 1e3:.1f} ms, "
-              f"p99 {p99(alone) * 1e3:.1f} -> {p99(loaded) * 1e3:.1f} ms; all answered "
-              f"{fan_out:.2f} s after the row; RSS {rss_before / 2**20:.0f} MiB -> peak "
-              f"{peak / 2**20:.0f} MiB")
+        print(
+            f"\n{n} long-polls: others p50 {base * 1e3:.1f} -> {busy * 1e3:.1f} ms, "
+            f"p99 {p99(alone) * 1e3:.1f} -> {p99(loaded) * 1e3:.1f} ms; all answered "
+            f"{fan_out:.2f} s after the row; RSS {rss_before / 2**20:.0f} MiB -> peak "
+            f"{peak / 2**20:.0f} MiB"
+        )
         assert p99(loaded) < 1.0, loaded[-10:]
         # waiting long-polls cost nothing per unrelated commit (before they were woken by
         # every commit, and the median call took ~10x as long with 1,000 of them)
@@ -717,8 +815,7 @@ async def test_long_polls_wait_together_and_leave_nothing_behind(engine: Engine)
     assert not any(w.done() for w in waiting)
     await engine.acquire(me, resource="watch/x", intent="wake them")
     for out in await asyncio.wait_for(asyncio.gather(*waiting), 20):
-        assert [(r["event"], r["resource"]) for r in out["rows"]] == [("lease.granted",
-                                                                       "watch/x")]
+        assert [(r["event"], r["resource"]) for r in out["rows"]] == [("lease.granted", "watch/x")]
         assert out["next_after_seq"] == out["rows"][0]["seq"]
     for _ in range(3):
         await asyncio.sleep(0)

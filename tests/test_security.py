@@ -73,8 +73,13 @@ class World:
         return {"Authorization": f"Bearer {self.tokens[name]}"}
 
     async def call(self, name: str, req: Req, **headers: str) -> httpx.Response:
-        return await self.c.request(req.method, req.path, json=req.json, params=req.params,
-                                    headers={**self.auth(name), **headers})
+        return await self.c.request(
+            req.method,
+            req.path,
+            json=req.json,
+            params=req.params,
+            headers={**self.auth(name), **headers},
+        )
 
     async def ok(self, name: str, req: Req) -> dict[str, Any]:
         r = await self.call(name, req)
@@ -83,44 +88,59 @@ class World:
         return out
 
     async def add(self, name: str, kind: str, admin: bool = False) -> str:
-        r = await self.c.post("/v1/principals", headers={"Authorization": f"Bearer {ADMIN}"},
-                              json={"name": name, "kind": kind, "admin": admin})
+        r = await self.c.post(
+            "/v1/principals",
+            headers={"Authorization": f"Bearer {ADMIN}"},
+            json={"name": name, "kind": kind, "admin": admin},
+        )
         assert r.status_code == 201, r.text
         self.tokens[name] = r.json()["token"]
         return name
 
     async def lease(self, holder: str = "owner", rollback: bool = False) -> dict[str, Any]:
-        body: dict[str, Any] = {"resource": f"sec/{unique('r')}", "intent": "matrix",
-                                "ttl_s": 300}
+        body: dict[str, Any] = {"resource": f"sec/{unique('r')}", "intent": "matrix", "ttl_s": 300}
         if rollback:
-            body["rollback"] = {"allowed": True, "path": "/internal/sec/rollback?txn=1",
-                                "key_holder": self.callers["queue"],
-                                "override_queue": self.callers["queue"]}
+            body["rollback"] = {
+                "allowed": True,
+                "path": "/internal/sec/rollback?txn=1",
+                "key_holder": self.callers["queue"],
+                "override_queue": self.callers["queue"],
+            }
         return await self.ok(holder, Req("POST", "/v1/leases", body))
 
     async def change(self) -> dict[str, Any]:
         lease = await self.lease("author")
-        return await self.ok("author", Req("POST", f"/v1/leases/{lease['lease_id']}/changes",
-                                           {"attribute": "capacity", "summary": "4 -> 8"}))
+        return await self.ok(
+            "author",
+            Req(
+                "POST",
+                f"/v1/leases/{lease['lease_id']}/changes",
+                {"attribute": "capacity", "summary": "4 -> 8"},
+            ),
+        )
 
     async def consent(self) -> dict[str, Any]:
         change = await self.change()
-        return await self.ok("requester", Req("POST", "/v1/consents",
-                                              {"change_id": change["change_id"],
-                                               "reason": "undo it"}))
+        return await self.ok(
+            "requester",
+            Req("POST", "/v1/consents", {"change_id": change["change_id"], "reason": "undo it"}),
+        )
 
     async def rollback(self, ran: bool = False) -> dict[str, Any]:
         lease = await self.lease(rollback=True)
-        rb = await self.ok("requester", Req("POST", "/v1/rollbacks",
-                                            {"lease_id": lease["lease_id"], "reason": "bad"}))
+        rb = await self.ok(
+            "requester",
+            Req("POST", "/v1/rollbacks", {"lease_id": lease["lease_id"], "reason": "bad"}),
+        )
         if ran:  # approved by another human: it runs (and fails: no base URL to call)
             await self.ok("approver", Req("POST", f"/v1/rollbacks/{rb['rollback_id']}/approve"))
         return rb
 
     async def freeze(self) -> dict[str, Any]:
-        return await self.ok("approver", Req("POST", "/v1/freezes",
-                                             {"prefix": f"sec/{unique('f')}",
-                                              "reason": "incident"}))
+        return await self.ok(
+            "approver",
+            Req("POST", "/v1/freezes", {"prefix": f"sec/{unique('f')}", "reason": "incident"}),
+        )
 
 
 @asynccontextmanager
@@ -128,9 +148,10 @@ async def world(store_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     monkeypatch.setenv("WRIT_ADMIN_TOKEN", ADMIN)
     engine = Engine(open_store(store_url))
     app = create_app(engine)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://writ.test"
-    ) as c:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://writ.test") as c,
+    ):
         w = World(c, engine)
         w.app = app  # type: ignore[attr-defined]
         w.tokens["admin"] = ADMIN
@@ -139,8 +160,12 @@ async def world(store_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
                 w.callers[kind] = "admin"
             else:
                 w.callers[kind] = await w.add(f"the-{kind}", kind)
-        for name, kind in (("owner", "agent"), ("author", "agent"), ("requester", "agent"),
-                           ("approver", "human")):
+        for name, kind in (
+            ("owner", "agent"),
+            ("author", "agent"),
+            ("requester", "agent"),
+            ("approver", "human"),
+        ):
             await w.add(name, kind)
         yield w
 
@@ -218,8 +243,9 @@ async def _get_rollback(w: World) -> Req:
 
 async def _fence(w: World) -> Req:
     lease = await w.lease()
-    return Req("GET", "/v1/fence", params={"resource": lease["resource"],
-                                           "token": lease["fencing_token"]})
+    return Req(
+        "GET", "/v1/fence", params={"resource": lease["resource"], "token": lease["fencing_token"]}
+    )
 
 
 async def _lift(w: World) -> Req:
@@ -228,10 +254,18 @@ async def _lift(w: World) -> Req:
 
 async def _gate_check(w: World) -> Req:
     lease = await w.lease()
-    return Req("POST", "/v1/gate/check", {
-        "caller_token": w.tokens["owner"], "lease_id": lease["lease_id"],
-        "fencing_token": lease["fencing_token"], "resource": lease["resource"],
-        "method": "POST", "path": "/admin/x"})
+    return Req(
+        "POST",
+        "/v1/gate/check",
+        {
+            "caller_token": w.tokens["owner"],
+            "lease_id": lease["lease_id"],
+            "fencing_token": lease["fencing_token"],
+            "resource": lease["resource"],
+            "method": "POST",
+            "path": "/admin/x",
+        },
+    )
 
 
 REVOKE = {"runbook": "R-1", "paged": "oncall", "reason": "stuck"}
@@ -248,7 +282,9 @@ MATRIX: dict[tuple[str, str], tuple[frozenset[str], Build]] = {
     ("POST", "/v1/leases/{lease_id}/release"): (HOLDER_ONLY, _on_lease("release")),
     ("POST", "/v1/leases/{lease_id}/revoke"): (HUMANS, _on_lease("revoke", REVOKE)),
     ("POST", "/v1/leases/{lease_id}/changes"): (
-        HOLDER_ONLY, _on_lease("changes", {"attribute": "capacity", "summary": "4 -> 2"})),
+        HOLDER_ONLY,
+        _on_lease("changes", {"attribute": "capacity", "summary": "4 -> 2"}),
+    ),
     ("GET", "/v1/leases/{lease_id}"): (ANY, _get_lease),
     ("GET", "/v1/leases"): (ANY, _const(Req("GET", "/v1/leases"))),
     ("GET", "/v1/status"): (ANY, _const(Req("GET", "/v1/status"))),
@@ -269,9 +305,13 @@ MATRIX: dict[tuple[str, str], tuple[frozenset[str], Build]] = {
     ("POST", "/v1/rollbacks/{rollback_id}/approve"): (HUMANS, _on_rollback("approve")),
     ("POST", "/v1/rollbacks/{rollback_id}/deny"): (HUMANS, _on_rollback("deny")),
     ("POST", "/v1/rollbacks/{rollback_id}/defect"): (
-        HUMANS, _on_rollback("defect", ran=True, body={"notes": "made it worse"})),
-    ("POST", "/v1/freezes"): (HUMANS, _const(Req("POST", "/v1/freezes",
-                                                  {"prefix": "sec/frozen", "reason": "x"}))),
+        HUMANS,
+        _on_rollback("defect", ran=True, body={"notes": "made it worse"}),
+    ),
+    ("POST", "/v1/freezes"): (
+        HUMANS,
+        _const(Req("POST", "/v1/freezes", {"prefix": "sec/frozen", "reason": "x"})),
+    ),
     ("POST", "/v1/freezes/{freeze_id}/lift"): (HUMANS, _lift),
     ("GET", "/v1/freezes"): (ANY, _const(Req("GET", "/v1/freezes"))),
     ("POST", "/v1/gate/check"): (ANY, _gate_check),
@@ -297,7 +337,8 @@ async def test_every_kind_on_every_route(store_url: str, monkeypatch: pytest.Mon
         assert routes - PUBLIC == set(MATRIX), (
             "routes without a row in MATRIX (say who may call them): "
             f"{sorted(routes - PUBLIC - set(MATRIX))}; rows without a route: "
-            f"{sorted(set(MATRIX) - routes)}")
+            f"{sorted(set(MATRIX) - routes)}"
+        )
         seen: list[str] = []
         for (method, path), (allowed, build) in MATRIX.items():
             for kind in KINDS:
@@ -350,16 +391,22 @@ async def test_the_holder_may_do_what_others_may_not(
         lease = await w.lease()
         lid = lease["lease_id"]
         await w.ok("owner", Req("POST", f"/v1/leases/{lid}/renew"))
-        await w.ok("owner", Req("POST", f"/v1/leases/{lid}/changes",
-                                {"attribute": "capacity", "summary": "4 -> 2"}))
+        await w.ok(
+            "owner",
+            Req(
+                "POST", f"/v1/leases/{lid}/changes", {"attribute": "capacity", "summary": "4 -> 2"}
+            ),
+        )
         await w.ok("owner", Req("POST", f"/v1/leases/{lid}/release"))
         other_queue = await w.add("other-queue", "queue")
         rb = await w.rollback()
         r = await w.call(other_queue, Req("POST", f"/v1/rollbacks/{rb['rollback_id']}/approve"))
         assert r.status_code == 403, r.text
         lease = await w.lease(rollback=True)
-        rb = await w.ok("approver", Req("POST", "/v1/rollbacks",
-                                        {"lease_id": lease["lease_id"], "reason": "mine"}))
+        rb = await w.ok(
+            "approver",
+            Req("POST", "/v1/rollbacks", {"lease_id": lease["lease_id"], "reason": "mine"}),
+        )
         r = await w.call("approver", Req("POST", f"/v1/rollbacks/{rb['rollback_id']}/approve"))
         assert r.status_code == 403 and "second key" in r.text, r.text
         # the author of a change may answer a consent about it (an agent, the one exception)
@@ -367,8 +414,20 @@ async def test_the_holder_may_do_what_others_may_not(
         await w.ok("author", Req("POST", f"/v1/consents/{consent['consent_id']}/grant"))
 
 
-IMPOSTOR_FIELDS = ("as", "me", "principal", "agent_id", "holder", "requester", "author",
-                   "actor", "on_behalf_of", "approved_by", "revoked_by", "caller")
+IMPOSTOR_FIELDS = (
+    "as",
+    "me",
+    "principal",
+    "agent_id",
+    "holder",
+    "requester",
+    "author",
+    "actor",
+    "on_behalf_of",
+    "approved_by",
+    "revoked_by",
+    "caller",
+)
 
 
 async def test_nobody_names_another_principal_as_me(
@@ -410,13 +469,20 @@ async def test_every_route_but_health_needs_a_valid_token(
         assert doc_paths == DOCS, doc_paths
         wrong = "writ_" + "x" * 43
         for method, path in sorted(routes):
-            req = _unique_body(await MATRIX[(method, path)][1](w)) if (method, path) in MATRIX \
+            req = (
+                _unique_body(await MATRIX[(method, path)][1](w))
+                if (method, path) in MATRIX
                 else Req(method, path)
-            for headers in ({}, {"Authorization": f"Bearer {wrong}"},
-                            {"Authorization": f"Bearer {w.tokens['owner']}x"},
-                            {"Authorization": f"Basic {w.tokens['owner']}"}):
-                r = await w.c.request(req.method, req.path, json=req.json, params=req.params,
-                                      headers=headers)
+            )
+            for headers in (
+                {},
+                {"Authorization": f"Bearer {wrong}"},
+                {"Authorization": f"Bearer {w.tokens['owner']}x"},
+                {"Authorization": f"Basic {w.tokens['owner']}"},
+            ):
+                r = await w.c.request(
+                    req.method, req.path, json=req.json, params=req.params, headers=headers
+                )
                 if (method, path) in PUBLIC:
                     assert r.status_code == 200, r.text
                     continue
@@ -481,8 +547,13 @@ _NOT_SECRET = ("fencing", "token_hash", "tokens", "next_token", "_token_")
 
 
 def _secret_name(node: ast.expr) -> str | None:
-    name = node.attr if isinstance(node, ast.Attribute) else \
-        node.id if isinstance(node, ast.Name) else None
+    name = (
+        node.attr
+        if isinstance(node, ast.Attribute)
+        else node.id
+        if isinstance(node, ast.Name)
+        else None
+    )
     if name is None:
         return None
     low = name.lower()
@@ -532,7 +603,8 @@ async def test_no_token_in_principals_or_audit_rows(
         listed = await w.ok(w.callers["portal"], Req("GET", "/v1/principals"))
         assert listed["principals"] and all(
             set(p) == {"name", "kind", "vendor", "wake", "admin", "created_at"}
-            for p in listed["principals"]), listed
+            for p in listed["principals"]
+        ), listed
         rows = json.dumps(await _rows_after(w, 0))
         for name, tok in w.tokens.items():
             assert tok not in rows, f"{name}'s token is in the ledger"
@@ -551,8 +623,9 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
         s.stop()
 
 
-def exchange(port: int, head: bytes, body: Iterator[bytes] | None = None
-             ) -> tuple[int, dict[str, str], bytes]:
+def exchange(
+    port: int, head: bytes, body: Iterator[bytes] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """Send a raw request over a socket (``body`` chunk by chunk, stopping early if the
     server answers first); returns the status, headers and body of the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
@@ -562,7 +635,7 @@ def exchange(port: int, head: bytes, body: Iterator[bytes] | None = None
             view = memoryview(chunk)
             while view:
                 try:
-                    view = view[s.send(view):]
+                    view = view[s.send(view) :]
                 except BlockingIOError:
                     pass
                 try:
@@ -581,8 +654,9 @@ def exchange(port: int, head: bytes, body: Iterator[bytes] | None = None
             data += more
         raw_head, _, rest = data.partition(b"\r\n\r\n")
         lines = raw_head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in
-                   (line.partition(":") for line in lines[1:])}
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+        }
         length = int(headers.get("content-length", "0"))
         while len(rest) < length:
             more = s.recv(65536)
@@ -592,8 +666,12 @@ def exchange(port: int, head: bytes, body: Iterator[bytes] | None = None
 
 
 def _head_of(method: str, path: str, *extra: str) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: writ.test", f"Authorization: Bearer {ADMIN}",
-             *extra]
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        "Host: writ.test",
+        f"Authorization: Bearer {ADMIN}",
+        *extra,
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
@@ -618,13 +696,24 @@ def test_a_body_over_1_mib_is_413_before_it_is_read(real_server: ServerProcess) 
     """Content-Length over the limit: 413 on the headers alone; exactly the limit is read
     (and is then bad JSON, 422)."""
     port = real_server.port
-    status, _, body = exchange(port, _head_of(
-        "POST", "/v1/leases", "Content-Type: application/json",
-        f"Content-Length: {MAX_BODY + 1}"), iter([b" " * (64 << 10)]))
+    status, _, body = exchange(
+        port,
+        _head_of(
+            "POST",
+            "/v1/leases",
+            "Content-Type: application/json",
+            f"Content-Length: {MAX_BODY + 1}",
+        ),
+        iter([b" " * (64 << 10)]),
+    )
     assert str(MAX_BODY) in _too_large(status, body)
-    status, _, body = exchange(port, _head_of(
-        "POST", "/v1/leases", "Content-Type: application/json",
-        f"Content-Length: {MAX_BODY}"), iter([b" " * MAX_BODY]))
+    status, _, body = exchange(
+        port,
+        _head_of(
+            "POST", "/v1/leases", "Content-Type: application/json", f"Content-Length: {MAX_BODY}"
+        ),
+        iter([b" " * MAX_BODY]),
+    )
     assert status == 422 and json.loads(body)["error"]["code"] == "invalid", body[:300]
 
 
@@ -632,16 +721,23 @@ def test_a_chunked_body_over_1_mib_is_413(real_server: ServerProcess) -> None:
     """No Content-Length (chunked): 413 once more than the limit has arrived; a chunked
     body under the limit is served as usual."""
     port = real_server.port
-    status, _, body = exchange(port, _head_of(
-        "POST", "/v1/leases", "Content-Type: application/json",
-        "Transfer-Encoding: chunked"), _chunks(MAX_BODY + (256 << 10)))
+    status, _, body = exchange(
+        port,
+        _head_of(
+            "POST", "/v1/leases", "Content-Type: application/json", "Transfer-Encoding: chunked"
+        ),
+        _chunks(MAX_BODY + (256 << 10)),
+    )
     _too_large(status, body)
     good = json.dumps({"resource": f"sec/{unique('c')}", "intent": "chunked"}).encode()
     pieces = [good[:10], good[10:]]
-    status, _, body = exchange(port, _head_of(
-        "POST", "/v1/leases", "Content-Type: application/json",
-        "Transfer-Encoding: chunked"),
-        iter([*(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces), b"0\r\n\r\n"]))
+    status, _, body = exchange(
+        port,
+        _head_of(
+            "POST", "/v1/leases", "Content-Type: application/json", "Transfer-Encoding: chunked"
+        ),
+        iter([*(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces), b"0\r\n\r\n"]),
+    )
     assert status == 201, body[:300]
 
 
@@ -656,8 +752,9 @@ def test_huge_headers_are_413(real_server: ServerProcess, shape: str) -> None:
     }[shape]
     status, _, body = exchange(real_server.port, _head_of("GET", "/v1/whoami", *extra))
     assert "headers" in _too_large(status, body)
-    status, _, body = exchange(real_server.port,
-                               _head_of("GET", "/v1/whoami", f"X-Ok: {'a' * (10 << 10)}"))
+    status, _, body = exchange(
+        real_server.port, _head_of("GET", "/v1/whoami", f"X-Ok: {'a' * (10 << 10)}")
+    )
     assert status == 200 and json.loads(body)["name"] == "admin"
 
 
@@ -666,7 +763,8 @@ def test_malformed_requests_never_get_a_500(real_server: ServerProcess) -> None:
     well-formed requests get writ's own answers; the server stays up and logs no error."""
     port = real_server.port
     framing = [
-        ("Content-Length: abc",), ("Content-Length: -5",),
+        ("Content-Length: abc",),
+        ("Content-Length: -5",),
         ("Content-Length: 5", "Transfer-Encoding: chunked"),  # request smuggling shape
         ("Content-Length: 2", f"Content-Length: {MAX_BODY * 3}"),
     ]
@@ -679,8 +777,14 @@ def test_malformed_requests_never_get_a_500(real_server: ServerProcess) -> None:
         (_head_of("GET", "/v1/whoami", "X-Latin: \xff\xfe"), 200),
         (b"GET /v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n", 401),
         (b"GET /v1/health HTTP/1.0\r\n\r\n", 200),
-        (_head_of("POST", "/v1/leases", "Content-Type: application/json",
-                  "Content-Length: 200000") + b"[" * 100000 + b"]" * 100000, 422),
+        (
+            _head_of(
+                "POST", "/v1/leases", "Content-Type: application/json", "Content-Length: 200000"
+            )
+            + b"[" * 100000
+            + b"]" * 100000,
+            422,
+        ),
     ]
     for head, want in odd:
         status, _, body = exchange(port, head)

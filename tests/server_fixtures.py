@@ -99,8 +99,13 @@ def serve(store_path: Path, policy: Any = None) -> Iterator[LiveServer]:
     engine = Engine(open_store(store_url), policy)
     port = free_port()
     config = uvicorn.Config(
-        create_app(engine), host="127.0.0.1", port=port, log_level="warning", ws="none",
-        lifespan="on", access_log=False,
+        create_app(engine),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        ws="none",
+        lifespan="on",
+        access_log=False,
     )
     server = uvicorn.Server(config)
     saved = os.environ.get("WRIT_ADMIN_TOKEN")

@@ -60,8 +60,9 @@ def _edit(tmp_path: Path, seq: int, rehash: bool) -> None:
     """Change the notes of row ``seq`` as someone with write access to the file would;
     with ``rehash``, re-seal every row from there on so the chain verifies again."""
     c = _db(tmp_path)
-    rows = c.execute("SELECT seq, ts, body FROM audit WHERE seq >= ? ORDER BY seq",
-                     (seq,)).fetchall()
+    rows = c.execute(
+        "SELECT seq, ts, body FROM audit WHERE seq >= ? ORDER BY seq", (seq,)
+    ).fetchall()
     prev = c.execute("SELECT hash FROM audit WHERE seq = ?", (seq - 1,)).fetchone()
     prev_hash = prev[0] if prev else GENESIS
     for i, (s, ts, body) in enumerate(rows):
@@ -74,8 +75,9 @@ def _edit(tmp_path: Path, seq: int, rehash: bool) -> None:
         for k in ("seq", "timestamp", "prev_hash"):
             fields.pop(k)
         sealed = seal(s, prev_hash, ts, fields)
-        c.execute("UPDATE audit SET body = ?, hash = ? WHERE seq = ?",
-                  (sealed.body, sealed.hash, s))
+        c.execute(
+            "UPDATE audit SET body = ?, hash = ? WHERE seq = ?", (sealed.body, sealed.hash, s)
+        )
         prev_hash = sealed.hash
     c.close()
 
@@ -87,7 +89,15 @@ async def test_text_format_round_trips_and_signature_holds(engine: Engine) -> No
     lines = text.splitlines()
     assert lines[0] == "writ-checkpoint: 1"
     assert [ln.split(": ")[0] for ln in lines] == [
-        "writ-checkpoint", "seq", "hash", "time", "signed_at", "key_id", "public_key", "signature"]
+        "writ-checkpoint",
+        "seq",
+        "hash",
+        "time",
+        "signed_at",
+        "key_id",
+        "public_key",
+        "signature",
+    ]
     assert cp.seq == 10 and cp.time == "2026-05-16T02:17:00.000000Z"
     back = parse(text)
     assert back == cp
@@ -120,8 +130,9 @@ async def test_edited_row_before_checkpoint_is_named(engine: Engine, tmp_path: P
     assert "row 4" in (out.reason or "") and "checkpoint seq 10" in (out.reason or "")
 
 
-async def test_rehashed_rewrite_is_caught_only_by_the_checkpoint(engine: Engine,
-                                                                 tmp_path: Path) -> None:
+async def test_rehashed_rewrite_is_caught_only_by_the_checkpoint(
+    engine: Engine, tmp_path: Path
+) -> None:
     """Rewriting a row and re-sealing the chain fools `audit verify` but not the checkpoint;
     two checkpoints narrow down where the rewrite began."""
     key = generate_key()
@@ -174,7 +185,9 @@ async def test_checkpointer_writes_one_every_n_rows(engine: Engine, tmp_path: Pa
     await _fill_more(engine)  # 15 rows
     await engine.sweep()
     assert sorted(p.name for p in folder.iterdir()) == [
-        "checkpoint-000000000010.txt", "checkpoint-000000000015.txt"]
+        "checkpoint-000000000010.txt",
+        "checkpoint-000000000015.txt",
+    ]
     cps = [read_checkpoint(p) for p in sorted(folder.iterdir())]
     assert (await verify_store(engine.store, cps, key.public_key())).ok
     # a new Checkpointer carries on from the newest file
@@ -202,12 +215,15 @@ def test_cli_keygen_checkpoint_verify(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "key id" in res.output
     cpf = tmp_path / "cp.txt"
-    res = r.invoke(main, ["audit", "checkpoint", "--key", str(key), "--store", url,
-                          "--out", str(cpf)])
+    res = r.invoke(
+        main, ["audit", "checkpoint", "--key", str(key), "--store", url, "--out", str(cpf)]
+    )
     assert res.exit_code == 0, res.output
     assert read_checkpoint(cpf).seq == 6
-    res = r.invoke(main, ["audit", "verify", "--store", url, "--checkpoint", str(cpf),
-                          "--pubkey", f"{key}.pub"])
+    res = r.invoke(
+        main,
+        ["audit", "verify", "--store", url, "--checkpoint", str(cpf), "--pubkey", f"{key}.pub"],
+    )
     assert res.exit_code == 0, res.output
     assert "extends checkpoint seq 6" in res.output and "the trusted key" in res.output
     res = r.invoke(main, ["audit", "verify", "--store", url])  # unchanged without the option
@@ -220,8 +236,10 @@ def test_cli_keygen_checkpoint_verify(tmp_path: Path) -> None:
     assert res.exit_code == 1
     other = tmp_path / "other.key"
     write_key(other)
-    res = r.invoke(main, ["audit", "verify", "--store", url, "--checkpoint", str(cpf),
-                          "--pubkey", f"{other}.pub"])
+    res = r.invoke(
+        main,
+        ["audit", "verify", "--store", url, "--checkpoint", str(cpf), "--pubkey", f"{other}.pub"],
+    )
     assert res.exit_code == 1 and "not by the trusted key" in res.output
 
 
@@ -296,8 +314,9 @@ def test_checkpoint_and_verify_through_a_server(tmp_path: Path) -> None:
         cp = read_checkpoint(cpf)
         assert cp.seq >= 3
         srv.principal("agent")  # the ledger grows after the checkpoint
-        res = r.invoke(main, ["audit", "verify", "--checkpoint", str(cpf), "--pubkey",
-                              f"{key}.pub"], env=env)
+        res = r.invoke(
+            main, ["audit", "verify", "--checkpoint", str(cpf), "--pubkey", f"{key}.pub"], env=env
+        )
         assert res.exit_code == 0, res.output
         assert f"extends checkpoint seq {cp.seq}" in res.output
         _edit(tmp_path, 2, rehash=True)

@@ -123,16 +123,28 @@ def test_unreachable_server_is_one_line_exit_1() -> None:
 
 
 # ----------------------------------------------------------------------------- serve
-def test_serve_passes_its_options_to_the_server(monkeypatch: pytest.MonkeyPatch,
-                                                tmp_path: Path) -> None:
+def test_serve_passes_its_options_to_the_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import writ.server
 
     calls: list[tuple[Any, ...]] = []
     monkeypatch.setattr(writ.server, "run", lambda *a, **kw: calls.append((*a, kw)))
     policy = tmp_path / "writ.toml"
     policy.write_text("")
-    ok(["serve", "--store", "sqlite:///x.db", "--host", "0.0.0.0", "--port", "9000",
-        "--policy", str(policy)])
+    ok(
+        [
+            "serve",
+            "--store",
+            "sqlite:///x.db",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "9000",
+            "--policy",
+            str(policy),
+        ]
+    )
     assert calls == [("sqlite:///x.db", "0.0.0.0", 9000, str(policy), {"log_level": "info"})]
     ok(["serve"], env={"WRIT_STORE": "sqlite:///env.db"})
     assert calls[-1][:4] == ("sqlite:///env.db", "127.0.0.1", 7411, None)
@@ -142,8 +154,9 @@ def test_serve_passes_its_options_to_the_server(monkeypatch: pytest.MonkeyPatch,
 def test_principal_add_offline_then_use_the_token(tmp_path: Path) -> None:
     """`principal add --store` works on a store with no server; the token works later."""
     db = tmp_path / "offline.db"
-    result = ok(["principal", "add", "ops-lead", "--kind", "human", "--admin",
-                 "--store", f"sqlite:///{db}"])
+    result = ok(
+        ["principal", "add", "ops-lead", "--kind", "human", "--admin", "--store", f"sqlite:///{db}"]
+    )
     token = result.stdout.split("token: ")[1].strip()
     assert token.startswith("writ_")
     assert "shown only once" in result.stderr
@@ -155,16 +168,29 @@ def test_principal_add_offline_then_use_the_token(tmp_path: Path) -> None:
 def test_principal_add_and_list_through_the_api(live_server: LiveServer) -> None:
     name = unique("queue")
     env = live_server.env()
-    result = ok(["principal", "add", name, "--kind", "queue", "--wake",
-                 "https://pager.example/wake", "--json"], env)
+    result = ok(
+        [
+            "principal",
+            "add",
+            name,
+            "--kind",
+            "queue",
+            "--wake",
+            "https://pager.example/wake",
+            "--json",
+        ],
+        env,
+    )
     assert json.loads(result.stdout)["token"].startswith("writ_")
     assert name in ok(["principal", "list"], env).stdout
     listed = json.loads(ok(["principal", "list", "--json"], env).stdout)["principals"]
     assert {"name": name, "kind": "queue"}.items() <= next(
-        p for p in listed if p["name"] == name).items()
+        p for p in listed if p["name"] == name
+    ).items()
     _, agent_token = live_server.principal("agent")
-    refused = cli(["principal", "add", unique("x"), "--kind", "agent"],
-                  live_server.env(agent_token))
+    refused = cli(
+        ["principal", "add", unique("x"), "--kind", "agent"], live_server.env(agent_token)
+    )
     assert refused.exit_code == 1 and "forbidden" in refused.stderr
 
 
@@ -181,8 +207,7 @@ def test_acquire_renew_release(agent_env: dict[str, str], live_server: LiveServe
     assert gone.exit_code == 1 and gone.stderr.startswith("writ: lease_lost:")
 
 
-def test_held_refusal_names_the_holder(agent_env: dict[str, str],
-                                       live_server: LiveServer) -> None:
+def test_held_refusal_names_the_holder(agent_env: dict[str, str], live_server: LiveServer) -> None:
     res = unique("r")
     lease = json.loads(ok(["acquire", res, "--intent", "first", "--json"], agent_env).stdout)
     _, other = live_server.principal("agent")
@@ -201,8 +226,9 @@ def test_revoke_needs_a_human(agent_env: dict[str, str], human_env: dict[str, st
 
 def test_status_table(agent_env: dict[str, str], live_server: LiveServer) -> None:
     res = unique("r")
-    lease = json.loads(ok(["acquire", f"{res}/db", "--intent", "resize", "--json"],
-                          agent_env).stdout)
+    lease = json.loads(
+        ok(["acquire", f"{res}/db", "--intent", "resize", "--json"], agent_env).stdout
+    )
     table = ok(["status", res], {**agent_env, "COLUMNS": "200"}).stdout
     for column in ("RESOURCE", "HOLDER", "INTENT", "FENCING TOKEN", "EXPIRES", "WAITERS"):
         assert column in table
@@ -233,8 +259,7 @@ def test_fence(agent_env: dict[str, str]) -> None:
 
 
 # ----------------------------------------------------------------------------- audit
-def test_audit_verify_and_export_through_the_api(agent_env: dict[str, str],
-                                                  tmp_path: Path) -> None:
+def test_audit_verify_and_export_through_the_api(agent_env: dict[str, str], tmp_path: Path) -> None:
     res = unique("r")
     lease_id = ok(["acquire", res, "--intent", "x", "-q"], agent_env).stdout.strip()
     ok(["release", lease_id], agent_env)
@@ -243,8 +268,10 @@ def test_audit_verify_and_export_through_the_api(agent_env: dict[str, str],
     assert [json.loads(l)["event"] for l in lines] == ["lease.granted", "lease.released"]
     first = json.loads(lines[0])["seq"]
     out = tmp_path / "audit.jsonl"
-    result = ok(["audit", "export", "--resource", res, "--after-seq", str(first),
-                 "--out", str(out)], agent_env)
+    result = ok(
+        ["audit", "export", "--resource", res, "--after-seq", str(first), "--out", str(out)],
+        agent_env,
+    )
     assert [json.loads(l)["event"] for l in out.read_text().splitlines()] == ["lease.released"]
     assert "exported 1 rows" in result.stderr
 
@@ -267,16 +294,29 @@ def test_audit_offline_verify_names_the_tampered_row(tmp_path: Path) -> None:
     con.close()
     result = cli(["audit", "verify", "--store", store])
     assert result.exit_code == 1 and "BROKEN at seq 2" in result.stderr
-    assert json.loads(cli(["audit", "verify", "--store", store, "--json"]).stdout)[
-        "first_bad_seq"] == 2
+    assert (
+        json.loads(cli(["audit", "verify", "--store", store, "--json"]).stdout)["first_bad_seq"]
+        == 2
+    )
     missing = cli(["audit", "verify", "--store", f"sqlite:///{tmp_path / 'nope.db'}"])
     assert missing.exit_code == 1 and "no store at" in missing.stderr
 
 
 # ----------------------------------------------------------------------------- writ run
 def run_args(res: str, out: Path, *extra: str, child: tuple[str, ...] = ()) -> list[str]:
-    return ["run", res, "--intent", "batch job", *extra, "--",
-            sys.executable, "-c", CHILD, str(out), *child]
+    return [
+        "run",
+        res,
+        "--intent",
+        "batch job",
+        *extra,
+        "--",
+        sys.executable,
+        "-c",
+        CHILD,
+        str(out),
+        *child,
+    ]
 
 
 def test_run_passes_the_lease_and_the_exit_status(agent_env: dict[str, str]) -> None:
@@ -286,8 +326,19 @@ def test_run_passes_the_lease_and_the_exit_status(agent_env: dict[str, str]) -> 
     assert result.exit_code == 3
     after = json.loads(ok(["status", res, "--json"], agent_env).stdout)["leases"]
     assert after == []  # released when the command exited
-    killed = cli(["run", res, "--intent", "x", "--", sys.executable, "-c",
-                  "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], agent_env)
+    killed = cli(
+        [
+            "run",
+            res,
+            "--intent",
+            "x",
+            "--",
+            sys.executable,
+            "-c",
+            "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+        ],
+        agent_env,
+    )
     assert killed.exit_code == 128 + signal.SIGKILL
     missing = cli(["run", res, "--intent", "x", "--", "writ-no-such-command"], agent_env)
     assert missing.exit_code == 127 and "cannot run" in missing.stderr
@@ -295,16 +346,19 @@ def test_run_passes_the_lease_and_the_exit_status(agent_env: dict[str, str]) -> 
 
 def test_run_gives_the_child_its_lease(agent_env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "env.txt"
-    code = ("import os, sys; open(sys.argv[1], 'w').write(' '.join(os.environ[k] for k in "
-            "('WRIT_LEASE_ID', 'WRIT_FENCING_TOKEN', 'WRIT_LOCK_KEY')))")
+    code = (
+        "import os, sys; open(sys.argv[1], 'w').write(' '.join(os.environ[k] for k in "
+        "('WRIT_LEASE_ID', 'WRIT_FENCING_TOKEN', 'WRIT_LOCK_KEY')))"
+    )
     res = unique("r")
     ok(["run", res, "--intent", "x", "--", sys.executable, "-c", code, str(out)], agent_env)
     lease_id, token, lock_key = out.read_text().split()
     assert lock_key == f"{res}/{token}" and lease_id.startswith("ls_")
 
 
-def test_run_refused_exits_1_without_running(agent_env: dict[str, str],
-                                             live_server: LiveServer, tmp_path: Path) -> None:
+def test_run_refused_exits_1_without_running(
+    agent_env: dict[str, str], live_server: LiveServer, tmp_path: Path
+) -> None:
     res = unique("r")
     ok(["acquire", res, "--intent", "x"], agent_env)
     _, other = live_server.principal("agent")
@@ -346,8 +400,10 @@ def test_run_kills_a_stubborn_child_after_the_grace(
 
     started = time.monotonic()
     with in_background(revoke):
-        result = cli(run_args(unique("r"), out, "--ttl", "1", "--grace", "0.3",
-                              child=("ignore-term",)), agent_env)
+        result = cli(
+            run_args(unique("r"), out, "--ttl", "1", "--grace", "0.3", child=("ignore-term",)),
+            agent_env,
+        )
     assert result.exit_code == EXIT_LEASE_LOST
     assert "SIGKILL" in result.stderr
     assert "SIGTERM" in out.read_text()
@@ -378,9 +434,15 @@ def test_run_kills_the_child_when_the_lease_expired_during_a_stall(
     lease, the next renewal gets 410, and the child is stopped."""
     out = tmp_path / "child.txt"
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from writ.cli import main; main()",
-         *run_args(unique("r"), out, "--ttl", "1", "--grace", "2")],
-        env={**os.environ, **agent_env}, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from writ.cli import main; main()",
+            *run_args(unique("r"), out, "--ttl", "1", "--grace", "2"),
+        ],
+        env={**os.environ, **agent_env},
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_until(lambda: child_started(out))
@@ -401,29 +463,61 @@ def test_change_consent_flow(live_server: LiveServer) -> None:
     _, perf = live_server.principal("agent")
     _, cost = live_server.principal("agent")
     perf_env, cost_env = live_server.env(perf), live_server.env(cost)
-    lease_id = ok(["acquire", res, "--intent", "double capacity", "--touches", "capacity", "-q"],
-                  perf_env).stdout.strip()
-    change = json.loads(ok(["change", lease_id, "--attribute", "capacity", "--summary",
-                            "capacity 4→8", "--before", "4", "--after", "8", "--protect", "600",
-                            "--json"], perf_env).stdout)
+    lease_id = ok(
+        ["acquire", res, "--intent", "double capacity", "--touches", "capacity", "-q"], perf_env
+    ).stdout.strip()
+    change = json.loads(
+        ok(
+            [
+                "change",
+                lease_id,
+                "--attribute",
+                "capacity",
+                "--summary",
+                "capacity 4→8",
+                "--before",
+                "4",
+                "--after",
+                "8",
+                "--protect",
+                "600",
+                "--json",
+            ],
+            perf_env,
+        ).stdout
+    )
     assert change["attribute"] == "capacity"
     ok(["release", lease_id], perf_env)
     refused = cli(["acquire", res, "--intent", "consolidate", "--touches", "capacity"], cost_env)
     assert refused.exit_code == 1 and "consent_required" in refused.stderr
-    denied = json.loads(ok(["consent", "ask", change["change_id"], "--reason", "x", "--json"],
-                           cost_env).stdout)
+    denied = json.loads(
+        ok(["consent", "ask", change["change_id"], "--reason", "x", "--json"], cost_env).stdout
+    )
     assert "denied" in ok(["consent", "deny", denied["consent_id"]], perf_env).stdout
-    asked = json.loads(ok(["consent", "ask", change["change_id"], "--reason", "x", "--json"],
-                          cost_env).stdout)
+    asked = json.loads(
+        ok(["consent", "ask", change["change_id"], "--reason", "x", "--json"], cost_env).stdout
+    )
     no_answer = cli(["consent", "show", asked["consent_id"], "--wait", "0.2"], cost_env)
     assert no_answer.exit_code == 0 and "pending" in no_answer.stdout
     assert "granted" in ok(["consent", "grant", asked["consent_id"]], perf_env).stdout
-    ok(["acquire", res, "--intent", "consolidate", "--touches", "capacity", "--consent",
-        asked["consent_id"]], cost_env)
+    ok(
+        [
+            "acquire",
+            res,
+            "--intent",
+            "consolidate",
+            "--touches",
+            "capacity",
+            "--consent",
+            asked["consent_id"],
+        ],
+        cost_env,
+    )
 
 
-def test_consent_ask_wait_exit_codes(live_server: LiveServer,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_consent_ask_wait_exit_codes(
+    live_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--wait: 0 when granted, 1 when denied, 3 when nobody answered in time."""
     _, perf = live_server.principal("agent")
     _, cost = live_server.principal("agent")
@@ -453,11 +547,27 @@ def test_rollback_and_freeze_commands(live_server: LiveServer) -> None:
     queue, queue_token = live_server.principal("queue")
     _, agent_token = live_server.principal("agent")
     agent_env, queue_env = live_server.env(agent_token), live_server.env(queue_token)
-    lease_id = ok(["acquire", res, "--intent", "x", "--rollback-path", "/ops/rollback?txn=1",
-                   "--key-holder", queue, "--override-queue", queue, "-q"],
-                  agent_env).stdout.strip()
-    rb = json.loads(ok(["rollback", "request", "--lease", lease_id, "--reason", "worse",
-                        "--json"], agent_env).stdout)
+    lease_id = ok(
+        [
+            "acquire",
+            res,
+            "--intent",
+            "x",
+            "--rollback-path",
+            "/ops/rollback?txn=1",
+            "--key-holder",
+            queue,
+            "--override-queue",
+            queue,
+            "-q",
+        ],
+        agent_env,
+    ).stdout.strip()
+    rb = json.loads(
+        ok(
+            ["rollback", "request", "--lease", lease_id, "--reason", "worse", "--json"], agent_env
+        ).stdout
+    )
     refused = cli(["rollback", "approve", rb["rollback_id"]], agent_env)
     assert refused.exit_code == 1 and "only the human queue holds the key" in refused.stderr
     assert "denied" in ok(["rollback", "deny", rb["rollback_id"]], queue_env).stdout
@@ -465,8 +575,9 @@ def test_rollback_and_freeze_commands(live_server: LiveServer) -> None:
     assert rb["rollback_id"] in ok(["rollback", "list", "--status", "denied"], agent_env).stdout
     ok(["release", lease_id], agent_env)
 
-    f = json.loads(ok(["freeze", res, "--reason", "incident", "--until", "30m", "--json"],
-                      queue_env).stdout)
+    f = json.loads(
+        ok(["freeze", res, "--reason", "incident", "--until", "30m", "--json"], queue_env).stdout
+    )
     frozen = cli(["acquire", f"{res}/db", "--intent", "x"], agent_env)
     assert frozen.exit_code == 1 and "frozen" in frozen.stderr
     assert f["freeze_id"] in ok(["freezes"], {**queue_env, "COLUMNS": "200"}).stdout
@@ -474,15 +585,25 @@ def test_rollback_and_freeze_commands(live_server: LiveServer) -> None:
     ok(["acquire", f"{res}/db", "--intent", "x"], agent_env)
 
 
-def test_watch_prints_rows_live_and_stops_on_ctrl_c(agent_env: dict[str, str],
-                                                    live_server: LiveServer) -> None:
+def test_watch_prints_rows_live_and_stops_on_ctrl_c(
+    agent_env: dict[str, str], live_server: LiveServer
+) -> None:
     res = unique("r")
     with live_server.client() as c:
         head = c.last_seq()
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from writ.cli import main; main()", "watch", res,
-         "--after-seq", str(head)],
-        env={**os.environ, **agent_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-c",
+            "from writ.cli import main; main()",
+            "watch",
+            res,
+            "--after-seq",
+            str(head),
+        ],
+        env={**os.environ, **agent_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
@@ -500,8 +621,11 @@ def test_watch_prints_rows_live_and_stops_on_ctrl_c(agent_env: dict[str, str],
 def test_migrate_copies_a_store_that_then_verifies(tmp_path: Path) -> None:
     src, dst = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
     env = {"WRIT_ADMIN_TOKEN": None}
-    token = ok(["principal", "add", "ops", "--kind", "human", "--admin", "--store", src],
-               env).stdout.split("token: ")[1].strip()
+    token = (
+        ok(["principal", "add", "ops", "--kind", "human", "--admin", "--store", src], env)
+        .stdout.split("token: ")[1]
+        .strip()
+    )
     result = ok(["migrate", "--from", src, "--to", dst], env)
     assert result.stdout.startswith("copied:") and "audit head seq 1" in result.stdout
     assert ok(["audit", "verify", "--store", dst], env).stdout.startswith("ok: 1 rows")

@@ -172,15 +172,17 @@ def test_lease_renews_in_the_background(live_server: LiveServer, agent: Client) 
         lease.check()
         assert agent.get_lease(lease.lease_id)["state"] == "held"
         assert lease.headers() == {
-            "Writ-Lease": lease.lease_id, "Writ-Fencing-Token": str(lease.fencing_token),
+            "Writ-Lease": lease.lease_id,
+            "Writ-Fencing-Token": str(lease.fencing_token),
         }
         assert lease.lock_key == f"{res}/{lease.fencing_token}"
         assert not lease.lost.is_set()
     assert agent.get_lease(lease.lease_id)["state"] == "released"
 
 
-def test_revoked_lease_raises_lease_lost(live_server: LiveServer, agent: Client,
-                                         human: Client) -> None:
+def test_revoked_lease_raises_lease_lost(
+    live_server: LiveServer, agent: Client, human: Client
+) -> None:
     """A human revokes the lease mid-block: check() raises, and so does leaving the block."""
     lost: list[writ.LeaseLost] = []
     with pytest.raises(writ.LeaseLost) as exc:
@@ -195,8 +197,9 @@ def test_revoked_lease_raises_lease_lost(live_server: LiveServer, agent: Client,
     assert lost and lost[0] is exc.value
 
 
-def test_body_exception_wins_over_lease_lost(live_server: LiveServer, agent: Client,
-                                              human: Client) -> None:
+def test_body_exception_wins_over_lease_lost(
+    live_server: LiveServer, agent: Client, human: Client
+) -> None:
     with pytest.raises(KeyError), agent.lease(unique("r"), intent="job", ttl_s=1) as lease:
         human.revoke(lease.lease_id, "R-7", "oncall", "stuck holder")
         lease.lost.wait(5)
@@ -244,8 +247,7 @@ def test_consent_flow(live_server: LiveServer) -> None:
         assert cost.consent(asked["consent_id"])["status"] == "pending"
         with in_background(lambda: perf.grant_consent(asked["consent_id"]), delay=0.1):
             assert cost.consent(asked["consent_id"], wait_s=5)["status"] == "granted"
-        ok = cost.acquire(res, "consolidate", touches=["capacity"],
-                          consent_id=asked["consent_id"])
+        ok = cost.acquire(res, "consolidate", touches=["capacity"], consent_id=asked["consent_id"])
         cost.release(ok["lease_id"])
         with pytest.raises(writ.ConsentRequired):
             cost.acquire(res, "again", touches=["capacity"])

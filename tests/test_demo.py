@@ -19,8 +19,11 @@ def _run(folder: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, str]:
     result = run(console=Console(file=buf, width=160, color_system=None, force_terminal=False))
     out = folder / "writ-demo"
     steps = "\n".join(t for _, t, _ in result.coordinated.events)
-    return (buf.getvalue() + "\n" + steps, (out / "postmortem.md").read_text(),
-            (out / "postmortem.html").read_text())
+    return (
+        buf.getvalue() + "\n" + steps,
+        (out / "postmortem.md").read_text(),
+        (out / "postmortem.html").read_text(),
+    )
 
 
 def test_two_runs_print_and_write_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,16 +40,24 @@ def test_down_without_writ_up_with_it(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "With writ:    the DB stayed up" in text
     assert "hash chain verified" in text
     assert "writ-demo/postmortem.md, writ-demo/postmortem.html" in text
-    for step in ("REFUSED consent_required", "QUEUED behind perf-agent",
-                 "EXPIRED unanswered (not a denial)", "svc-ops-princess (on call) DENIES",
-                 "routing-agent GRANTED"):
+    for step in (
+        "REFUSED consent_required",
+        "QUEUED behind perf-agent",
+        "EXPIRED unanswered (not a denial)",
+        "svc-ops-princess (on call) DENIES",
+        "routing-agent GRANTED",
+    ):
         assert step in text, step
     # the postmortem names each refusal, wait and consent answer with its exact second
     assert "| 02:17:40 | 8 | cost-agent | prod/db | consent_required | perf-agent |" in md
-    assert "| 02:17:30 | 7 | routing-agent | routing/db-tier | 1 | perf-agent | granted at " \
-           "02:18:40" in md
-    assert ("expired unanswered at 02:19:40 (escalated to svc-ops-princess), then denied by "
-            "svc-ops-princess at 02:20:00") in md
+    assert (
+        "| 02:17:30 | 7 | routing-agent | routing/db-tier | 1 | perf-agent | granted at "
+        "02:18:40" in md
+    )
+    assert (
+        "expired unanswered at 02:19:40 (escalated to svc-ops-princess), then denied by "
+        "svc-ops-princess at 02:20:00"
+    ) in md
     assert "| prod/db | perf-agent | prod/db/1 | 02:17:10 | 02:18:40 |" in md
     assert "<svg" in html and "perf-agent · token 1" in html
 

@@ -16,11 +16,17 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def run_example(live_server: LiveServer, *cmd: str) -> str:
-    env = {**os.environ, "WRIT_URL": live_server.url, "WRIT_ADMIN_TOKEN": live_server.admin_token,
-           "WRIT": f"{shlex.quote(sys.executable)} -m writ.cli", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "WRIT_URL": live_server.url,
+        "WRIT_ADMIN_TOKEN": live_server.admin_token,
+        "WRIT": f"{shlex.quote(sys.executable)} -m writ.cli",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("WRIT_TOKEN", None)
-    done = subprocess.run(cmd, cwd=EXAMPLES.parent, env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        cmd, cwd=EXAMPLES.parent, env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 

@@ -42,10 +42,15 @@ class Upstream:
 
     def __init__(self) -> None:
         self.seen: list[dict[str, Any]] = []
-        self.app = Starlette(routes=[StarletteRoute(
-            "/{path:path}", self.handle,
-            methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-        )])
+        self.app = Starlette(
+            routes=[
+                StarletteRoute(
+                    "/{path:path}",
+                    self.handle,
+                    methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+                )
+            ]
+        )
 
     async def handle(self, request: Request) -> Response:
         digest, size = hashlib.sha256(), 0
@@ -62,8 +67,9 @@ class Upstream:
         }
         self.seen.append(entry)
         if request.url.path == "/admin/db/export":
-            return StreamingResponse(_pattern(BIG), media_type="application/octet-stream",
-                                     headers={"x-total": str(BIG)})
+            return StreamingResponse(
+                _pattern(BIG), media_type="application/octet-stream", headers={"x-total": str(BIG)}
+            )
         response = JSONResponse({"ok": True, "size": size, "sha256": entry["sha256"]})
         response.set_cookie("a", "1")
         response.raw_headers.append((b"set-cookie", b"b=2"))
@@ -86,8 +92,15 @@ async def _pattern(n: int) -> AsyncIterator[bytes]:
 def serve_asgi(app: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn in a thread on a free port; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on", access_log=False, ws="none")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        ws="none",
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"upstream-{port}", daemon=True)
     thread.start()
@@ -106,8 +119,11 @@ def serve_asgi(app: Any) -> Iterator[str]:
 def run_writ(args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
     """Run ``writ ARGS`` as a child process until it prints 'listening on URL'; yield URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "writ.cli", *args], stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "writ.cli", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, **(env or {})},
     )
     lines: queue.Queue[str] = queue.Queue()
@@ -145,8 +161,9 @@ def run_writ(args: list[str], env: dict[str, str] | None = None) -> Iterator[str
 class Rig:
     """writ + upstream + gate, and the principals of the tests."""
 
-    def __init__(self, writ: LiveServer, upstream: Upstream, upstream_url: str, gate_url: str,
-                 res: str) -> None:
+    def __init__(
+        self, writ: LiveServer, upstream: Upstream, upstream_url: str, gate_url: str, res: str
+    ) -> None:
         self.writ = writ
         self.upstream = upstream
         self.upstream_url = upstream_url
@@ -168,8 +185,12 @@ class Rig:
         with self.writ.client(token) as c:
             c.release(lease["lease_id"])
 
-    def headers(self, token: str | None, lease: dict[str, Any] | None = None,
-                fencing_token: int | None = None) -> dict[str, str]:
+    def headers(
+        self,
+        token: str | None,
+        lease: dict[str, Any] | None = None,
+        fencing_token: int | None = None,
+    ) -> dict[str, str]:
         h = {}
         if token:
             h["Authorization"] = f"Bearer {token}"
@@ -194,11 +215,26 @@ def rig(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> It
     )
     _, gate_token = live_server.principal("portal", unique("gate"))
     upstream = Upstream()
-    with serve_asgi(upstream.app) as upstream_url, run_writ([
-        "gate", "--url", live_server.url, "--token", gate_token, "--upstream", upstream_url,
-        "--listen", "127.0.0.1:0", "--routes", str(routes),
-        "--upstream-header", "X-Admin-Key: only-the-gate-knows",
-    ]) as gate_url:
+    with (
+        serve_asgi(upstream.app) as upstream_url,
+        run_writ(
+            [
+                "gate",
+                "--url",
+                live_server.url,
+                "--token",
+                gate_token,
+                "--upstream",
+                upstream_url,
+                "--listen",
+                "127.0.0.1:0",
+                "--routes",
+                str(routes),
+                "--upstream-header",
+                "X-Admin-Key: only-the-gate-knows",
+            ]
+        ) as gate_url,
+    ):
         r = Rig(live_server, upstream, upstream_url, gate_url, res)
         try:
             yield r
@@ -222,8 +258,10 @@ def test_write_without_a_lease_is_423_and_never_reaches_the_upstream(rig: Rig) -
     before = rig.upstream.count("/admin/db")
     err = refused(rig.http.post("/admin/db/scale", json={"to": 8}), "unauthenticated")
     assert "writ token" in err["message"]
-    err = refused(rig.http.post("/admin/db/scale", json={"to": 8},
-                                headers=rig.headers(rig.agent_token)), "held")
+    err = refused(
+        rig.http.post("/admin/db/scale", json={"to": 8}, headers=rig.headers(rig.agent_token)),
+        "held",
+    )
     assert "Acquire a lease" in err["message"] and err["holder"] is None
     refused(rig.http.delete("/admin/db/x", headers=rig.headers("not-a-token")), "unauthenticated")
     assert rig.upstream.count("/admin/db") == before
@@ -251,8 +289,12 @@ def test_current_lease_passes_with_fencing_token_and_holder_not_the_writ_token(r
     upstream header, and neither the caller's writ token nor Writ-Lease."""
     lease = rig.acquire(rig.agent_token)
     try:
-        h = {**rig.headers(rig.agent_token, lease), "Writ-Holder": "forged",
-             "Connection": "keep-alive, X-Hop", "X-Hop": "drop me"}
+        h = {
+            **rig.headers(rig.agent_token, lease),
+            "Writ-Holder": "forged",
+            "Connection": "keep-alive, X-Hop",
+            "X-Hop": "drop me",
+        }
         r = rig.http.post("/admin/db/scale?dry=0", json={"to": 8}, headers=h)
         assert r.status_code == 200, r.text
         seen = rig.upstream.seen[-1]
@@ -284,8 +326,9 @@ def test_a_lease_on_an_ancestor_covers_the_route_and_an_unrelated_one_does_not(
         rig.release(rig.agent_token, lease)
     sibling = rig.acquire(rig.agent_token, f"{parent}/queue")
     try:
-        err = refused(rig.http.post("/admin/db/x", headers=rig.headers(rig.agent_token, sibling)),
-                      "held")
+        err = refused(
+            rig.http.post("/admin/db/x", headers=rig.headers(rig.agent_token, sibling)), "held"
+        )
         assert "does not cover" in err["reason"]
     finally:
         rig.release(rig.agent_token, sibling)
@@ -295,8 +338,12 @@ def test_writ_token_may_travel_in_writ_authorization(rig: Rig) -> None:
     """With Writ-Authorization, the caller's own Authorization goes on to the upstream."""
     lease = rig.acquire(rig.agent_token)
     try:
-        h = {"Writ-Authorization": f"Bearer {rig.agent_token}", "Authorization": "Basic dXA6c3c=",
-             "Writ-Lease": lease["lease_id"], "Writ-Fencing-Token": str(lease["fencing_token"])}
+        h = {
+            "Writ-Authorization": f"Bearer {rig.agent_token}",
+            "Authorization": "Basic dXA6c3c=",
+            "Writ-Lease": lease["lease_id"],
+            "Writ-Fencing-Token": str(lease["fencing_token"]),
+        }
         assert rig.http.patch("/admin/db/x", headers=h).status_code == 200
         hdrs = rig.upstream.seen[-1]["headers"]
         assert hdrs["authorization"] == "Basic dXA6c3c=" and "writ-authorization" not in hdrs
@@ -359,13 +406,21 @@ def test_replayed_lower_token_is_refused(rig: Rig) -> None:
     new = rig.acquire(rig.other_token)
     try:
         assert new["fencing_token"] > old["fencing_token"]
-        assert rig.http.post("/admin/db/a",
-                             headers=rig.headers(rig.other_token, new)).status_code == 200
+        assert (
+            rig.http.post("/admin/db/a", headers=rig.headers(rig.other_token, new)).status_code
+            == 200
+        )
         before = rig.upstream.count("/admin/db")
-        refused(rig.http.post("/admin/db/a", headers=rig.headers(rig.agent_token, old)),
-                "lease_lost")
-        err = refused(rig.http.post("/admin/db/a", headers=rig.headers(
-            rig.other_token, new, fencing_token=old["fencing_token"])), "lease_lost")
+        refused(
+            rig.http.post("/admin/db/a", headers=rig.headers(rig.agent_token, old)), "lease_lost"
+        )
+        err = refused(
+            rig.http.post(
+                "/admin/db/a",
+                headers=rig.headers(rig.other_token, new, fencing_token=old["fencing_token"]),
+            ),
+            "lease_lost",
+        )
         assert str(old["fencing_token"]) in err["reason"]
         assert rig.upstream.count("/admin/db") == before
     finally:
@@ -391,8 +446,9 @@ def test_every_mutating_request_is_one_audit_row(rig: Rig) -> None:
     rows = rig.gate_rows(seq)
     expected = [e for _, e in sent if e]
     assert [r["event"] for r in rows] == [f"gate.{e}" for e in expected]
-    for row, (method, n) in zip(rows, [("POST", 1), ("DELETE", 2), ("PUT", 3), ("PATCH", 5)],
-                                strict=True):
+    for row, (method, n) in zip(
+        rows, [("POST", 1), ("DELETE", 2), ("PUT", 3), ("PATCH", 5)], strict=True
+    ):
         assert f"{method} /admin/db/{n}" in row["notes"]
         assert row["resource"] == rig.db and row["lock_holder"] == rig.agent
     assert rows[0]["agent_id"] == rig.agent and rows[0]["fencing_token"] == lease["fencing_token"]
@@ -406,6 +462,7 @@ def test_large_bodies_stream_through_intact(rig: Rig) -> None:
     comes back byte for byte."""
     lease = rig.acquire(rig.agent_token)
     try:
+
         def upload() -> Iterator[bytes]:
             block = os.urandom(64 << 10)
             for _ in range(BIG // len(block)):
@@ -413,8 +470,9 @@ def test_large_bodies_stream_through_intact(rig: Rig) -> None:
 
         chunks = list(upload())
         expected = hashlib.sha256(b"".join(chunks)).hexdigest()
-        r = rig.http.put("/admin/db/restore", content=iter(chunks),
-                         headers=rig.headers(rig.agent_token, lease))
+        r = rig.http.put(
+            "/admin/db/restore", content=iter(chunks), headers=rig.headers(rig.agent_token, lease)
+        )
         assert r.status_code == 200, r.text
         assert r.json() == {"ok": True, "size": BIG, "sha256": expected}
         assert rig.upstream.seen[-1]["headers"].get("transfer-encoding") == "chunked"
@@ -427,15 +485,24 @@ def test_large_bodies_stream_through_intact(rig: Rig) -> None:
             digest.update(chunk)
             size += len(chunk)
     assert size == BIG
-    assert digest.hexdigest() == hashlib.sha256(
-        (bytes(range(256)) * 256) * (BIG // (64 << 10))).hexdigest()
+    assert (
+        digest.hexdigest()
+        == hashlib.sha256((bytes(range(256)) * 256) * (BIG // (64 << 10))).hexdigest()
+    )
 
 
 # ----------------------------------------------------------------------------- evasion
-@pytest.mark.parametrize("path", [
-    "/admin//db/x", "/admin/./db/x", "/public/../admin/db/x", "/admin%2Fdb/x",
-    "/ADMIN/DB/x", "/admin/db%2F..%2Fdb/x",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin//db/x",
+        "/admin/./db/x",
+        "/public/../admin/db/x",
+        "/admin%2Fdb/x",
+        "/ADMIN/DB/x",
+        "/admin/db%2F..%2Fdb/x",
+    ],
+)
 def test_disguised_paths_are_still_gated(rig: Rig, path: str) -> None:
     """Paths an upstream may normalize onto a mapped route need the lease too (sent raw)."""
     before = len(rig.upstream.seen)
@@ -453,8 +520,10 @@ def test_disguised_paths_are_still_gated(rig: Rig, path: str) -> None:
 def test_method_override_headers_are_judged_too(rig: Rig) -> None:
     """A POST that says it is a DELETE is gated by a DELETE-only route."""
     before = rig.upstream.count("/admin/cache")
-    refused(rig.http.post("/admin/cache/all", headers={"X-HTTP-Method-Override": "DELETE"}),
-            "unauthenticated")
+    refused(
+        rig.http.post("/admin/cache/all", headers={"X-HTTP-Method-Override": "DELETE"}),
+        "unauthenticated",
+    )
     refused(rig.http.delete("/admin/cache/all", headers=rig.headers(rig.agent_token)), "held")
     assert rig.upstream.count("/admin/cache") == before
     lease = rig.acquire(rig.agent_token, rig.cache)
@@ -468,11 +537,17 @@ def test_method_override_headers_are_judged_too(rig: Rig) -> None:
 # ----------------------------------------------------------------------------- fail closed
 async def test_unreachable_writ_fails_closed_with_503(rig: Rig) -> None:
     """With writ down, a mapped write is 503 and never forwarded; reads still pass."""
-    gate = Gate(f"http://127.0.0.1:{free_port()}", "gate-token", rig.upstream_url,
-                [Route("/admin/db/*", rig.db)], writ_timeout=2)
+    gate = Gate(
+        f"http://127.0.0.1:{free_port()}",
+        "gate-token",
+        rig.upstream_url,
+        [Route("/admin/db/*", rig.db)],
+        writ_timeout=2,
+    )
     before = len(rig.upstream.seen)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gate),
-                                 base_url="http://gate.test") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gate), base_url="http://gate.test"
+    ) as c:
         r = await c.post("/admin/db/x", headers=rig.headers(rig.agent_token))
         assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
         assert "fails closed" in r.json()["error"]["message"]
@@ -487,8 +562,9 @@ async def test_gate_with_a_bad_token_of_its_own_fails_closed(rig: Rig) -> None:
     lease = rig.acquire(rig.agent_token)
     try:
         before = len(rig.upstream.seen)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gate),
-                                     base_url="http://gate.test") as c:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gate), base_url="http://gate.test"
+        ) as c:
             r = await c.post("/admin/db/x", headers=rig.headers(rig.agent_token, lease))
         assert r.status_code == 503 and "unauthenticated" in r.json()["error"]["message"]
         assert len(rig.upstream.seen) == before
@@ -499,8 +575,10 @@ async def test_gate_with_a_bad_token_of_its_own_fails_closed(rig: Rig) -> None:
 
 # ----------------------------------------------------------------------------- units
 def test_routes_file_is_checked_with_the_entry_named(tmp_path: Path) -> None:
-    routes = parse_routes('[[route]]\npath = "/a/*"\nresource = "prod/db"\n'
-                          '[[route]]\npath = "/b"\nmethods = ["get"]\nresource = "x"\n')
+    routes = parse_routes(
+        '[[route]]\npath = "/a/*"\nresource = "prod/db"\n'
+        '[[route]]\npath = "/b"\nmethods = ["get"]\nresource = "x"\n'
+    )
     assert routes[0].methods == {"POST", "PUT", "PATCH", "DELETE"}
     assert routes[1].methods == {"GET"}
     for text, needle in [

@@ -69,15 +69,26 @@ SEED_PROVENANCE = "svc-ops-princess revoked via runbook R-44 at 04:12Z after pag
 
 # A full row the way writ's own ledger writes it.
 FULL = {
-    "seq": 7, "timestamp": "2026-05-16T02:17:03.120000Z", "event": "lease.granted",
-    "agent_id": "perf-agent", "resource": "prod/db", "lock_holder": "perf-agent",
-    "lock_key": "prod/db/8841", "lock_acquired_at": "2026-05-16T02:17:03.120000Z",
-    "fencing_token": 8841, "rollback_allowed": True,
+    "seq": 7,
+    "timestamp": "2026-05-16T02:17:03.120000Z",
+    "event": "lease.granted",
+    "agent_id": "perf-agent",
+    "resource": "prod/db",
+    "lock_holder": "perf-agent",
+    "lock_key": "prod/db/8841",
+    "lock_acquired_at": "2026-05-16T02:17:03.120000Z",
+    "fencing_token": 8841,
+    "rollback_allowed": True,
     "rollback_path": "/internal/db/rollback?txn=8841",
-    "rollback_key_holder": "svc-ops-princess", "approved_by": None,
-    "human_override_queue": "svc-ops-princess", "rollback_denominator": "incident_minutes",
-    "rollback_denominator_is_defect": False, "second_key_revoke_provenance": None,
-    "notes": "granted", "prev_hash": "0" * 64, "hash": "a" * 64,
+    "rollback_key_holder": "svc-ops-princess",
+    "approved_by": None,
+    "human_override_queue": "svc-ops-princess",
+    "rollback_denominator": "incident_minutes",
+    "rollback_denominator_is_defect": False,
+    "second_key_revoke_provenance": None,
+    "notes": "granted",
+    "prev_hash": "0" * 64,
+    "hash": "a" * 64,
 }
 
 
@@ -88,21 +99,39 @@ def rules_of(result: Any) -> set[str]:
 @pytest.mark.parametrize(
     ("row", "verdict", "fired", "quiet"),
     [
-        (SEED_LITERAL_ROUTE, "accept", {"queue-field-variant"},
-         {"rollback-path-not-route", "rollback-path-without-queue"}),
+        (
+            SEED_LITERAL_ROUTE,
+            "accept",
+            {"queue-field-variant"},
+            {"rollback-path-not-route", "rollback-path-without-queue"},
+        ),
         (SEED_HUMAN_QUEUE, "accept", set(), set()),
         (SEED_SCRIPT_KEY, "reject", {"key-holder-agent", "rollback-path-without-queue"}, set()),
         (SEED_ACCEPT, "accept", set(), set()),
-        (SEED_DEFECT, "reject", {"denominator-is-defect", "rollback-path-without-queue"},
-         {"key-holder-agent", "key-holder-portal", "key-holder-unknown", "key-holder-person"}),
+        (
+            SEED_DEFECT,
+            "reject",
+            {"denominator-is-defect", "rollback-path-without-queue"},
+            {"key-holder-agent", "key-holder-portal", "key-holder-unknown", "key-holder-person"},
+        ),
         ({"rollback_key_holder": "agent-autocleanup-7"}, "suspicious", {"key-holder-agent"}, set()),
         ({"rollback_key_holder": "svc-ops-princess"}, "accept", set(), set()),
         ({"rollback_key_holder": "vendor-portal-button"}, "reject", {"key-holder-portal"}, set()),
         ({"second_key_revoke_provenance": SEED_PROVENANCE}, "accept", set(), set()),
         ({"second_key_revoked": True}, "reject", {"revoke-without-provenance"}, set()),
     ],
-    ids=["literal-route", "human-queue", "script-key", "accepted", "defect", "table-agent",
-         "table-queue", "table-portal", "provenance", "bare-boolean"],
+    ids=[
+        "literal-route",
+        "human-queue",
+        "script-key",
+        "accepted",
+        "defect",
+        "table-agent",
+        "table-queue",
+        "table-portal",
+        "provenance",
+        "bare-boolean",
+    ],
 )
 def test_seed_rows_get_the_seeds_verdicts(row, verdict, fired, quiet):
     """Every row the seed posts gets the seed's verdict, for the seed's reasons."""
@@ -118,7 +147,10 @@ def test_the_seeds_literal_route_row_reads_its_variant_queue_field():
     """human_override_agent stands in for human_override_queue, with a warning naming it."""
     (finding,) = check_row(SEED_LITERAL_ROUTE, fragment=True).findings
     assert (finding.rule, finding.field, finding.verdict) == (
-        "queue-field-variant", "human_override_agent", "accept")
+        "queue-field-variant",
+        "human_override_agent",
+        "accept",
+    )
     assert "human_override_queue" in finding.reason
 
 
@@ -146,10 +178,16 @@ def test_seed_fragments_are_contaminated_when_judged_as_full_rows():
     result = check_row(SEED_ACCEPT)
     assert result.verdict == "contaminated"
     assert {f.field for f in result.findings if f.rule.startswith("missing")} == {
-        "timestamp", "agent_id", "resource", "lock_holder", "rollback_allowed"}
+        "timestamp",
+        "agent_id",
+        "resource",
+        "lock_holder",
+        "rollback_allowed",
+    }
 
 
 # --------------------------------------------------------------------------- each rule, both sides
+
 
 def F(**fields: Any) -> dict[str, Any]:
     """A full, clean row with some fields replaced (``...`` deletes one)."""
@@ -165,27 +203,42 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "key-holder-agent": (F(rollback_key_holder="agent-autocleanup-7"), F()),
     "key-holder-unknown": (F(rollback_key_holder="x7"), F()),
     "key-holder-person": (F(rollback_key_holder="ops-princess"), F()),
-    "rollback-without-key-holder": (F(rollback_key_holder=None),
-                                    F(rollback_key_holder=None, rollback_allowed=False)),
+    "rollback-without-key-holder": (
+        F(rollback_key_holder=None),
+        F(rollback_key_holder=None, rollback_allowed=False),
+    ),
     "rollback-without-path": (F(rollback_path=None), F(rollback_path=None, rollback_allowed=False)),
-    "rollback-path-not-route": (F(rollback_path="Vendor Console > Rollback"),
-                                F(rollback_path="https://ops.internal/rollback?txn=8841")),
+    "rollback-path-not-route": (
+        F(rollback_path="Vendor Console > Rollback"),
+        F(rollback_path="https://ops.internal/rollback?txn=8841"),
+    ),
     "rollback-path-without-queue": (F(human_override_queue=None), F()),
-    "queue-field-variant": (F(human_override_queue=..., human_override_agent="svc-ops-princess"),
-                            F()),
+    "queue-field-variant": (
+        F(human_override_queue=..., human_override_agent="svc-ops-princess"),
+        F(),
+    ),
     "override-queue-not-human": (F(human_override_queue="cost-agent"), F()),
     "approver-agent": (F(approved_by="cost-agent"), F(approved_by="svc-ops-princess")),
     "approver-portal": (F(approved_by="vendor-dashboard"), F(approved_by="jane.doe")),
-    "denominator-is-defect": (F(rollback_denominator_is_defect=True),
-                              F(rollback_denominator_is_defect=False)),
-    "revoke-without-provenance": (F(second_key_revoked=True),
-                                  F(second_key_revoked=True,
-                                    second_key_revoke_provenance=SEED_PROVENANCE)),
-    "revoke-provenance-incomplete": (F(second_key_revoke_provenance={"revoked_by": "jane"}),
-                                     F(second_key_revoke_provenance={
-                                         "revoked_by": "svc-ops-princess", "via_runbook": "R-44",
-                                         "at": "2026-05-16T04:12:00Z",
-                                         "after_paging": "oncall-jane"})),
+    "denominator-is-defect": (
+        F(rollback_denominator_is_defect=True),
+        F(rollback_denominator_is_defect=False),
+    ),
+    "revoke-without-provenance": (
+        F(second_key_revoked=True),
+        F(second_key_revoked=True, second_key_revoke_provenance=SEED_PROVENANCE),
+    ),
+    "revoke-provenance-incomplete": (
+        F(second_key_revoke_provenance={"revoked_by": "jane"}),
+        F(
+            second_key_revoke_provenance={
+                "revoked_by": "svc-ops-princess",
+                "via_runbook": "R-44",
+                "at": "2026-05-16T04:12:00Z",
+                "after_paging": "oncall-jane",
+            }
+        ),
+    ),
 }
 
 
@@ -208,10 +261,13 @@ def test_rule_fires_on_its_case_and_not_on_the_clean_one(rule):
 
 @pytest.mark.parametrize(
     ("key_holder", "rule", "verdict"),
-    [("svc-ops-princess", None, "accept"), ("ops-princess", "key-holder-person", "accept"),
-     ("agent-autocleanup-7", "key-holder-agent", "suspicious"),
-     ("vendor-portal-button", "key-holder-portal", "reject"),
-     ("the platform", "key-holder-unknown", "suspicious")],
+    [
+        ("svc-ops-princess", None, "accept"),
+        ("ops-princess", "key-holder-person", "accept"),
+        ("agent-autocleanup-7", "key-holder-agent", "suspicious"),
+        ("vendor-portal-button", "key-holder-portal", "reject"),
+        ("the platform", "key-holder-unknown", "suspicious"),
+    ],
 )
 def test_key_holder_kinds_set_the_verdict(key_holder, rule, verdict):
     result = check_row(F(rollback_key_holder=key_holder))
@@ -232,8 +288,16 @@ def test_empty_lock_holder_is_contaminated_even_in_a_fragment():
     assert check_row({"agent_id": "perf-agent"}, fragment=True).verdict == "accept"
 
 
-@pytest.mark.parametrize("path", ["Rollback button", "https://vendor.example/ui/rollback",
-                                  "/ops/dashboard/rollback", "open the console", "rollback"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "Rollback button",
+        "https://vendor.example/ui/rollback",
+        "/ops/dashboard/rollback",
+        "open the console",
+        "rollback",
+    ],
+)
 def test_rollback_paths_that_are_not_routes_are_rejected(path):
     result = check_row({"rollback_path": path, "human_override_queue": "q-oncall"}, fragment=True)
     assert rules_of(result) == {"rollback-path-not-route"}
@@ -242,11 +306,16 @@ def test_rollback_paths_that_are_not_routes_are_rejected(path):
 
 @pytest.mark.parametrize(
     ("provenance", "missing"),
-    [(SEED_PROVENANCE, ""),
-     ("revoked by jane via runbook R-7 at 2026-05-16T04:12Z, paged oncall-db", ""),
-     ("svc-ops-princess revoked it", "runbook, when, paged"),
-     ({"revoked_by": "jane", "via_runbook": "R-44", "at": "04:12Z", "after_paging": []}, "paged"),
-     (True, "who, runbook, when, paged")],
+    [
+        (SEED_PROVENANCE, ""),
+        ("revoked by jane via runbook R-7 at 2026-05-16T04:12Z, paged oncall-db", ""),
+        ("svc-ops-princess revoked it", "runbook, when, paged"),
+        (
+            {"revoked_by": "jane", "via_runbook": "R-44", "at": "04:12Z", "after_paging": []},
+            "paged",
+        ),
+        (True, "who, runbook, when, paged"),
+    ],
 )
 def test_revocation_provenance_must_name_who_runbook_when_and_paged(provenance, missing):
     result = check_row({"second_key_revoke_provenance": provenance}, fragment=True)
@@ -260,7 +329,8 @@ def test_revocation_provenance_must_name_who_runbook_when_and_paged(provenance, 
 
 def test_rollback_allowed_accepts_the_strings_people_write_for_true():
     assert "rollback-without-path" in rules_of(
-        check_row({"rollback_allowed": "true"}, fragment=True))
+        check_row({"rollback_allowed": "true"}, fragment=True)
+    )
     assert check_row({"rollback_allowed": "false"}, fragment=True).verdict == "accept"
 
 
@@ -271,14 +341,30 @@ def test_a_non_object_row_is_contaminated():
 
 # --------------------------------------------------------------------------- principal kinds
 
+
 @pytest.mark.parametrize(
     ("name", "kind"),
-    [("svc-ops-princess", "queue"), ("oncall-jane", "queue"), ("db-ops", "queue"),
-     ("platform-sre", "queue"), ("ops-princess", "human"), ("Marco", "human"),
-     ("jane.doe", "human"), ("agent-autocleanup-7", "agent"), ("perf-agent", "agent"),
-     ("checkout-refund-runner", "agent"), ("nightly-cron", "agent"), ("dependabot", "agent"),
-     ("vendor-portal-button", "portal"), ("acme-dashboard", "portal"), ("vendor-ui", "portal"),
-     ("the platform", "unknown"), ("none", "unknown"), ("x7", "unknown"), ("", "unknown")],
+    [
+        ("svc-ops-princess", "queue"),
+        ("oncall-jane", "queue"),
+        ("db-ops", "queue"),
+        ("platform-sre", "queue"),
+        ("ops-princess", "human"),
+        ("Marco", "human"),
+        ("jane.doe", "human"),
+        ("agent-autocleanup-7", "agent"),
+        ("perf-agent", "agent"),
+        ("checkout-refund-runner", "agent"),
+        ("nightly-cron", "agent"),
+        ("dependabot", "agent"),
+        ("vendor-portal-button", "portal"),
+        ("acme-dashboard", "portal"),
+        ("vendor-ui", "portal"),
+        ("the platform", "unknown"),
+        ("none", "unknown"),
+        ("x7", "unknown"),
+        ("", "unknown"),
+    ],
 )
 def test_name_heuristics(name, kind):
     assert guess_kind(name) == kind
@@ -286,10 +372,15 @@ def test_name_heuristics(name, kind):
 
 def test_a_principals_map_overrides_the_heuristics_and_is_not_a_guess():
     kinds = {"agent-autocleanup-7": "queue", "svc-ops-princess": "agent"}
-    assert check_row({"rollback_key_holder": "agent-autocleanup-7"}, fragment=True,
-                     kinds=kinds).verdict == "accept"
-    (f,) = check_row({"rollback_key_holder": "svc-ops-princess"}, fragment=True,
-                     kinds=kinds).findings
+    assert (
+        check_row(
+            {"rollback_key_holder": "agent-autocleanup-7"}, fragment=True, kinds=kinds
+        ).verdict
+        == "accept"
+    )
+    (f,) = check_row(
+        {"rollback_key_holder": "svc-ops-princess"}, fragment=True, kinds=kinds
+    ).findings
     assert (f.rule, f.guessed) == ("key-holder-agent", False)
     assert "principals map" in f.reason
 
@@ -312,6 +403,7 @@ def test_load_principals_refuses_bad_files_with_invalid(tmp_path, text):
 
 # --------------------------------------------------------------------------- reading rows
 
+
 def read(data: str | bytes) -> list[tuple[int, Any]]:
     stream = io.BytesIO(data) if isinstance(data, bytes) else io.StringIO(data)
     return list(iter_rows(stream))
@@ -328,8 +420,7 @@ def test_jsonl_skips_blank_lines_and_keeps_going_past_malformed_lines():
 
 def test_pretty_printed_objects_and_arrays_of_rows_are_read():
     text = '{\n  "a": 1,\n  "b": {"c": 2}\n}\n[{"a": 2},\n {"a": 3}]\n{"rows": [{"a": 4}]}\n'
-    assert read(text) == [(1, {"a": 1, "b": {"c": 2}}), (2, {"a": 2}), (3, {"a": 3}),
-                          (4, {"a": 4})]
+    assert read(text) == [(1, {"a": 1, "b": {"c": 2}}), (2, {"a": 2}), (3, {"a": 3}), (4, {"a": 4})]
 
 
 def test_a_json_array_streams_across_chunks_with_line_numbers():
@@ -357,6 +448,7 @@ def test_a_broken_pretty_printed_row_is_one_error_and_the_next_row_is_read():
 
 def test_reading_is_lazy():
     """The first row arrives after one chunk, not after the whole input was read."""
+
     class Counting(io.BytesIO):
         consumed = 0
 
@@ -386,6 +478,7 @@ def test_an_unterminated_array_is_reported():
 
 # --------------------------------------------------------------------------- the CLI
 
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
@@ -406,8 +499,11 @@ def test_cli_jsonl_prints_one_object_per_row_in_order(runner, tmp_path):
     res = runner.invoke(lint_command, ["--format", "jsonl", path])
     assert res.exit_code == 1
     out = jsonl(res.stdout)
-    assert [(o["row"], o["verdict"]) for o in out] == [(1, "accept"), (2, "contaminated"),
-                                                       (3, "accept")]
+    assert [(o["row"], o["verdict"]) for o in out] == [
+        (1, "accept"),
+        (2, "contaminated"),
+        (3, "accept"),
+    ]
     assert out[0] == {"row": 1, "verdict": "accept", "findings": []}
     assert all(set(f) == {"rule", "field", "verdict", "reason"} for f in out[1]["findings"])
 
@@ -448,8 +544,7 @@ def test_cli_json_is_one_document_with_a_summary(runner, tmp_path):
 
 @pytest.mark.parametrize("args", [["-"], []])
 def test_cli_reads_stdin(runner, args):
-    res = runner.invoke(lint_command, ["--format", "jsonl", *args],
-                        input=json.dumps(FULL) + "\n")
+    res = runner.invoke(lint_command, ["--format", "jsonl", *args], input=json.dumps(FULL) + "\n")
     assert res.exit_code == 0
     assert jsonl(res.stdout) == [{"row": 1, "verdict": "accept", "findings": []}]
 
@@ -486,17 +581,22 @@ def test_cli_reads_a_json_array(runner, tmp_path):
     assert [o["row"] for o in jsonl(res.stdout)] == [1, 2, 3]
 
 
-@pytest.mark.parametrize(("name", "body"), [
-    ("p.toml", '"agent-autocleanup-7" = "queue"\n'),
-    ("p.json", '{"agent-autocleanup-7": "queue"}'),
-])
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("p.toml", '"agent-autocleanup-7" = "queue"\n'),
+        ("p.json", '{"agent-autocleanup-7": "queue"}'),
+    ],
+)
 def test_cli_principals_file_overrides_heuristics(runner, tmp_path, name, body):
     rows = write(tmp_path, "r.jsonl", [{**SEED_SCRIPT_KEY, "human_override_queue": "q-oncall"}])
     (tmp_path / name).write_text(body)
     plain = runner.invoke(lint_command, ["--fragment", "--format", "jsonl", rows])
     assert jsonl(plain.stdout)[0]["verdict"] == "suspicious"
-    res = runner.invoke(lint_command, ["--fragment", "--format", "jsonl",
-                                       "--principals", str(tmp_path / name), rows])
+    res = runner.invoke(
+        lint_command,
+        ["--fragment", "--format", "jsonl", "--principals", str(tmp_path / name), rows],
+    )
     assert res.exit_code == 0, res.output
     assert jsonl(res.stdout)[0]["verdict"] == "accept"
 
@@ -529,9 +629,12 @@ def test_cli_takes_kinds_from_a_server_registry(runner):
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_port}"
-        res = runner.invoke(lint_command, ["--server", url, "--format", "jsonl", "--fragment",
-                                           "-"], input='{"rollback_key_holder": "ops-princess"}',
-                            env={"WRIT_TOKEN": "tok-123"})
+        res = runner.invoke(
+            lint_command,
+            ["--server", url, "--format", "jsonl", "--fragment", "-"],
+            input='{"rollback_key_holder": "ops-princess"}',
+            env={"WRIT_TOKEN": "tok-123"},
+        )
     finally:
         server.shutdown()
         server.server_close()

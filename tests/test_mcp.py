@@ -37,20 +37,28 @@ async def agent_session(
     """A `ClientSession` to a fresh `writ mcp` process that acts with ``token``."""
     env = {"WRIT_URL": url or writ.url, "WRIT_TOKEN": token}
     if transport == "stdio":
-        params = StdioServerParameters(command=sys.executable,
-                                       args=["-m", "writ.cli", "mcp", *options],
-                                       env={**os.environ, **env})
-        async with stdio_client(params, errlog=sys.stderr) as (read, write), \
-                ClientSession(read, write) as session:
+        params = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "writ.cli", "mcp", *options],
+            env={**os.environ, **env},
+        )
+        async with (
+            stdio_client(params, errlog=sys.stderr) as (read, write),
+            ClientSession(read, write) as session,
+        ):
             await session.initialize()
             yield session
         return
     args = ["mcp", "--transport", "http", "--port", "0", "--http-token", HTTP_TOKEN]
     with run_writ(args, env) as url:
-        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {HTTP_TOKEN}"},
-                                      timeout=httpx2.Timeout(30, read=300)) as http, \
-                streamable_http_client(url, http_client=http) as (read, write), \
-                ClientSession(read, write) as session:
+        async with (
+            httpx2.AsyncClient(
+                headers={"Authorization": f"Bearer {HTTP_TOKEN}"},
+                timeout=httpx2.Timeout(30, read=300),
+            ) as http,
+            streamable_http_client(url, http_client=http) as (read, write),
+            ClientSession(read, write) as session,
+        ):
             await session.initialize()
             yield session
 
@@ -94,22 +102,36 @@ async def test_two_agents_exclusion_consent_and_rollback(
     """Agent A holds; agent B is refused with A named; A records a change; B needs and gets
     A's consent through tools; B can request a rollback but nothing lets it approve one."""
     p = people
-    plan = {"allowed": True, "path": "/internal/db/rollback?txn=1", "key_holder": p.queue,
-            "override_queue": p.queue, "denominator": "incident_minutes"}
-    async with agent_session(live_server, p.a_token, transport) as a, \
-            agent_session(live_server, p.b_token, transport) as b:
+    plan = {
+        "allowed": True,
+        "path": "/internal/db/rollback?txn=1",
+        "key_holder": p.queue,
+        "override_queue": p.queue,
+        "denominator": "incident_minutes",
+    }
+    async with (
+        agent_session(live_server, p.a_token, transport) as a,
+        agent_session(live_server, p.b_token, transport) as b,
+    ):
         assert (await call(a, "whoami"))["name"] == p.a
         assert (await call(b, "whoami"))["name"] == p.b
 
-        lease = await call(a, "acquire_write_authority", resource=p.resource,
-                           intent="double capacity", ttl_s=120, touches=["capacity"],
-                           rollback=plan)
+        lease = await call(
+            a,
+            "acquire_write_authority",
+            resource=p.resource,
+            intent="double capacity",
+            ttl_s=120,
+            touches=["capacity"],
+            rollback=plan,
+        )
         assert lease["holder"] == p.a and lease["state"] == "held"
         assert lease["lock_key"] == f"{p.resource}/{lease['fencing_token']}"
         assert "renew_lease" in lease["next"]
 
-        text = await refused(b, "acquire_write_authority", resource=p.resource,
-                             intent="consolidate instances")
+        text = await refused(
+            b, "acquire_write_authority", resource=p.resource, intent="consolidate instances"
+        )
         assert p.a in text and lease["expires_at"] in text and "double capacity" in text
         assert "wait_s" in text  # what to do next
 
@@ -121,33 +143,55 @@ async def test_two_agents_exclusion_consent_and_rollback(
 
         renewed = await call(a, "renew_lease", lease_id=lease["lease_id"], ttl_s=60)
         assert renewed["fencing_token"] == lease["fencing_token"]
-        change = await call(a, "record_change", lease_id=lease["lease_id"],
-                            attribute="capacity", summary="capacity 4 -> 8", before=4, after=8)
+        change = await call(
+            a,
+            "record_change",
+            lease_id=lease["lease_id"],
+            attribute="capacity",
+            summary="capacity 4 -> 8",
+            before=4,
+            after=8,
+        )
         # B cannot release or renew A's lease: it can only act as itself
         assert "Forbidden" in await refused(b, "release_lease", lease_id=lease["lease_id"])
         await call(a, "release_lease", lease_id=lease["lease_id"])
 
-        text = await refused(b, "acquire_write_authority", resource=p.resource,
-                             intent="consolidate instances", touches=["capacity"])
+        text = await refused(
+            b,
+            "acquire_write_authority",
+            resource=p.resource,
+            intent="consolidate instances",
+            touches=["capacity"],
+        )
         assert p.a in text and change["change_id"] in text and "ask_consent" in text
 
-        consent = await call(b, "ask_consent", change_id=change["change_id"],
-                             reason="cost is over budget")
+        consent = await call(
+            b, "ask_consent", change_id=change["change_id"], reason="cost is over budget"
+        )
         assert consent["status"] == "pending" and consent["author"] == p.a
-        assert "Forbidden" in await refused(b, "answer_consent",
-                                            consent_id=consent["consent_id"], decision="grant")
-        answered = await call(a, "answer_consent", consent_id=consent["consent_id"],
-                              decision="grant")
+        assert "Forbidden" in await refused(
+            b, "answer_consent", consent_id=consent["consent_id"], decision="grant"
+        )
+        answered = await call(
+            a, "answer_consent", consent_id=consent["consent_id"], decision="grant"
+        )
         assert answered["status"] == "granted"
-        assert (await call(b, "get_consent", consent_id=consent["consent_id"]))["status"] == \
-            "granted"
-        lease_b = await call(b, "acquire_write_authority", resource=p.resource,
-                             intent="consolidate instances", touches=["capacity"],
-                             consent_id=consent["consent_id"])
+        assert (await call(b, "get_consent", consent_id=consent["consent_id"]))[
+            "status"
+        ] == "granted"
+        lease_b = await call(
+            b,
+            "acquire_write_authority",
+            resource=p.resource,
+            intent="consolidate instances",
+            touches=["capacity"],
+            consent_id=consent["consent_id"],
+        )
         assert lease_b["holder"] == p.b and lease_b["fencing_token"] > lease["fencing_token"]
 
-        rb = await call(b, "request_rollback", lease_id=lease["lease_id"],
-                        reason="the DB went down at 02:19")
+        rb = await call(
+            b, "request_rollback", lease_id=lease["lease_id"], reason="the DB went down at 02:19"
+        )
         assert rb["status"] == "pending" and rb["key_holder"] == p.queue
         assert rb["requested_by"] == p.b
         assert p.queue in rb["next"] and "cannot" in rb["next"]
@@ -183,8 +227,15 @@ async def test_tools_never_take_an_identity_and_none_approves(
         for t in tools:
             assert t.description and len(t.description) > 40, t.name
             props = t.input_schema.get("properties", {})
-            assert not set(props) & {"token", "principal", "as_principal", "holder", "agent",
-                                     "requester", "author"}, t.name
+            assert not set(props) & {
+                "token",
+                "principal",
+                "as_principal",
+                "holder",
+                "agent",
+                "requester",
+                "author",
+            }, t.name
             for prop in props.values():
                 assert prop.get("description"), t.name
         templates = (await a.list_resource_templates()).resource_templates
@@ -196,19 +247,28 @@ async def test_watch_events_returns_rows_as_they_happen(
 ) -> None:
     """watch_events from now waits for the next event under the resource; its cursor resumes
     without repeats."""
-    async with agent_session(live_server, people.a_token, "stdio") as a, \
-            agent_session(live_server, people.b_token, "stdio") as b:
+    async with (
+        agent_session(live_server, people.a_token, "stdio") as a,
+        agent_session(live_server, people.b_token, "stdio") as b,
+    ):
         first = await call(a, "watch_events", resource=people.resource, wait_s=0)
         assert first["rows"] == []
-        lease = await call(b, "acquire_write_authority", resource=people.resource,
-                           intent="observe me")
-        got = await call(a, "watch_events", resource=people.resource,
-                         after_seq=first["next_after_seq"], wait_s=10)
+        lease = await call(
+            b, "acquire_write_authority", resource=people.resource, intent="observe me"
+        )
+        got = await call(
+            a,
+            "watch_events",
+            resource=people.resource,
+            after_seq=first["next_after_seq"],
+            wait_s=10,
+        )
         assert [r["event"] for r in got["rows"]] == ["lease.granted"]
         assert got["rows"][0]["lock_holder"] == people.b
         await call(b, "release_lease", lease_id=lease["lease_id"])
-        more = await call(a, "watch_events", resource=people.resource,
-                          after_seq=got["next_after_seq"], wait_s=10)
+        more = await call(
+            a, "watch_events", resource=people.resource, after_seq=got["next_after_seq"], wait_s=10
+        )
         assert [r["event"] for r in more["rows"]] == ["lease.released"]
 
 
@@ -218,8 +278,7 @@ async def test_lost_lease_and_bad_arguments_tell_the_agent_what_to_do(
     """A revoked lease is a tool error telling the agent to stop writing; schema violations
     are tool errors too, not crashes."""
     async with agent_session(live_server, people.a_token, "stdio") as a:
-        lease = await call(a, "acquire_write_authority", resource=people.resource,
-                           intent="risky")
+        lease = await call(a, "acquire_write_authority", resource=people.resource, intent="risky")
         _, human_token = live_server.principal("human")
         with live_server.client(human_token) as human:
             human.revoke(lease["lease_id"], runbook="R-1", paged="oncall", reason="stuck")
@@ -227,8 +286,9 @@ async def test_lost_lease_and_bad_arguments_tell_the_agent_what_to_do(
         assert "stop writing" in text and "revoked" in text
         text = await refused(a, "acquire_write_authority", resource="Bad Name!", intent="x")
         assert "resource" in text
-        text = await refused(a, "acquire_write_authority", resource=people.resource,
-                             intent="x", ttl_s=0)
+        text = await refused(
+            a, "acquire_write_authority", resource=people.resource, intent="x", ttl_s=0
+        )
         assert "ttl_s" in text
         text = await refused(a, "request_rollback", reason="r")
         assert "exactly one of lease_id or change_id" in text
@@ -240,18 +300,17 @@ async def test_bad_token_and_unreachable_writ_are_explained(
     """An MCP server started with a wrong token, or pointing at no writ, says so and that
     nothing was granted."""
     async with agent_session(live_server, "not-a-token", "stdio") as a:
-        text = await refused(a, "acquire_write_authority", resource=people.resource,
-                             intent="x")
+        text = await refused(a, "acquire_write_authority", resource=people.resource, intent="x")
         assert "token" in text and "Nothing was done" in text
     dead = f"http://127.0.0.1:{free_port()}"
     async with agent_session(live_server, people.a_token, "stdio", url=dead) as a:
-        text = await refused(a, "acquire_write_authority", resource=people.resource,
-                             intent="x")
+        text = await refused(a, "acquire_write_authority", resource=people.resource, intent="x")
         assert "cannot be reached" in text and "Nothing was granted" in text
 
 
-async def test_a_human_token_is_refused_unless_allowed(live_server: LiveServer,
-                                                       people: People) -> None:
+async def test_a_human_token_is_refused_unless_allowed(
+    live_server: LiveServer, people: People
+) -> None:
     """Started with a queue's (human) token, the tools refuse to act: a model must not answer
     consents with human authority. --allow-human-token is the deliberate way out."""
     async with agent_session(live_server, people.queue_token, "stdio") as q:
@@ -259,18 +318,24 @@ async def test_a_human_token_is_refused_unless_allowed(live_server: LiveServer,
         assert people.queue in text and "human" in text and "Nothing was done" in text
         text = await refused(q, "answer_consent", consent_id="cns_x", decision="grant")
         assert "agent's own token" in text
-    async with agent_session(live_server, people.queue_token, "stdio", None,
-                             "--allow-human-token") as q:
+    async with agent_session(
+        live_server, people.queue_token, "stdio", None, "--allow-human-token"
+    ) as q:
         assert (await call(q, "whoami"))["kind"] == "queue"
 
 
-async def test_http_endpoint_needs_its_bearer_token(live_server: LiveServer,
-                                                    people: People) -> None:
+async def test_http_endpoint_needs_its_bearer_token(
+    live_server: LiveServer, people: People
+) -> None:
     """With --http-token, an MCP request without it is 401 and reaches no tool."""
     env = {"WRIT_URL": live_server.url, "WRIT_TOKEN": people.a_token}
-    with run_writ(["mcp", "--transport", "http", "--port", "0", "--http-token", HTTP_TOKEN],
-                  env) as url:
+    with run_writ(
+        ["mcp", "--transport", "http", "--port", "0", "--http-token", HTTP_TOKEN], env
+    ) as url:
         async with httpx.AsyncClient() as c:
-            r = await c.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-                             headers={"Accept": "application/json, text/event-stream"})
+            r = await c.post(
+                url,
+                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                headers={"Accept": "application/json, text/event-stream"},
+            )
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"

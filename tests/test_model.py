@@ -42,11 +42,15 @@ class EngineVsModel(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.dir = tempfile.TemporaryDirectory()
         self.clock = ManualClock()
-        self.engine = Engine(SQLiteStore(f"sqlite:///{self.dir.name}/m.db", clock=self.clock), parse(POLICY))
+        self.engine = Engine(
+            SQLiteStore(f"sqlite:///{self.dir.name}/m.db", clock=self.clock), parse(POLICY)
+        )
         self.run(self.engine.start(background=False))
         self.p = {}
         for name in [*AGENTS, "ops"]:
-            p, _ = self.run(self.engine.add_principal(None, name, "queue" if name == "ops" else "agent"))
+            p, _ = self.run(
+                self.engine.add_principal(None, name, "queue" if name == "ops" else "agent")
+            )
             self.p[name] = p
         self.leases: list[M] = []
         self.last_token = 0
@@ -63,11 +67,15 @@ class EngineVsModel(RuleBasedStateMachine):
         now = self.clock.now()
         return [m for m in self.leases if not m.ended and m.expires > now]
 
-    @rule(agent=st.sampled_from(AGENTS), resource=st.sampled_from(RESOURCES), ttl=st.integers(1, 20))
+    @rule(
+        agent=st.sampled_from(AGENTS), resource=st.sampled_from(RESOURCES), ttl=st.integers(1, 20)
+    )
     def acquire(self, agent: str, resource: str, ttl: int) -> None:
         blocked = [m for m in self.live() if self.engine.blast.conflicts(resource, m.resource)]
         try:
-            lease = self.run(self.engine.acquire(self.p[agent], resource=resource, intent="t", ttl_s=ttl))
+            lease = self.run(
+                self.engine.acquire(self.p[agent], resource=resource, intent="t", ttl_s=ttl)
+            )
         except Held as e:
             assert blocked, f"refused {resource} with nothing conflicting held"
             assert e.holder["holder"] in {m.holder for m in blocked}

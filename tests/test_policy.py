@@ -46,12 +46,12 @@ def test_most_specific_prefix_wins() -> None:
     [
         ('[[rules]]\nprefix = "prod"\nprotect_s = -1\n', 3, "protect_s"),
         ('[[rules]]\nprefix = "prod"\nmax_hold = 5\n', 3, "unknown rule setting 'max_hold'"),
-        ('bogus = 1\n', 1, "unknown setting 'bogus'"),
+        ("bogus = 1\n", 1, "unknown setting 'bogus'"),
         ('[blast_radius]\ng = ["Prod/DB"]\n', 2, "segment"),
-        ('[[rules]]\nprotect_s = 5\n', 1, "prefix"),
+        ("[[rules]]\nprotect_s = 5\n", 1, "prefix"),
         ('rollback_base_url = "ftp://x"\n', 1, "http"),
         ('[[rules]]\nprefix = "a"\nprotect_s = "ten"\n', 3, "number"),
-        ('x = [\n', 1, "not valid TOML"),
+        ("x = [\n", 1, "not valid TOML"),
     ],
 )
 def test_bad_files_name_line_and_reason(text: str, line: int, words: str) -> None:

@@ -48,9 +48,13 @@ page_after_s = 60
 lock_delay_s = 5
 consent_timeout_s = 120
 """
-PLAN = {"allowed": True, "path": "/internal/db/rollback?txn=8841",
-        "key_holder": "svc-ops-princess", "override_queue": "svc-ops-princess",
-        "denominator": "incident_minutes"}
+PLAN = {
+    "allowed": True,
+    "path": "/internal/db/rollback?txn=8841",
+    "key_holder": "svc-ops-princess",
+    "override_queue": "svc-ops-princess",
+    "denominator": "incident_minutes",
+}
 
 
 class Incident:
@@ -70,10 +74,17 @@ class Incident:
 async def _script(x: Incident) -> None:
     e, p = x.engine, x.p
     await x.at(0)
-    perf = await x.lease("perf-agent", "prod/db", intent="double capacity", ttl_s=300,
-                         touches=["capacity"], rollback=PLAN)
-    change = await e.consents.record_change(p["perf-agent"], perf["lease_id"], "capacity",
-                                            "capacity 4→8", 4, 8)
+    perf = await x.lease(
+        "perf-agent",
+        "prod/db",
+        intent="double capacity",
+        ttl_s=300,
+        touches=["capacity"],
+        rollback=PLAN,
+    )
+    change = await e.consents.record_change(
+        p["perf-agent"], perf["lease_id"], "capacity", "capacity 4→8", 4, 8
+    )
     await x.at(5)
     with pytest.raises(ConsentRequired):
         await x.lease("cost-agent", "prod/db", intent="consolidate", touches=["capacity"])
@@ -84,29 +95,39 @@ async def _script(x: Incident) -> None:
     await x.at(12)
     await e.release(p["perf-agent"], perf["lease_id"])
     await x.at(13)
-    cost = await x.lease("cost-agent", "prod/db", intent="consolidate", touches=["capacity"],
-                         consent_id=consent["consent_id"], ttl_s=60)
+    cost = await x.lease(
+        "cost-agent",
+        "prod/db",
+        intent="consolidate",
+        touches=["capacity"],
+        consent_id=consent["consent_id"],
+        ttl_s=60,
+    )
     await x.at(20)
     await e.release(p["cost-agent"], cost["lease_id"])
     await x.at(30)
-    routing = await x.lease("routing-agent", "routing/db-tier", intent="reroute", ttl_s=300,
-                            touches=["routing"])
+    routing = await x.lease(
+        "routing-agent", "routing/db-tier", intent="reroute", ttl_s=300, touches=["routing"]
+    )
     await x.at(31)
-    waiting = asyncio.ensure_future(x.lease("perf-agent", "prod/db", intent="scale again",
-                                            ttl_s=300, wait_s=60, rollback=PLAN))
+    waiting = asyncio.ensure_future(
+        x.lease("perf-agent", "prod/db", intent="scale again", ttl_s=300, wait_s=60, rollback=PLAN)
+    )
     for _ in range(20):
         await asyncio.sleep(0)
     await x.at(40)
     await e.release(p["routing-agent"], routing["lease_id"])
     perf2 = await asyncio.wait_for(waiting, 5)
     await x.at(50)
-    rb = await e.rollbacks.request(p["cost-agent"], lease_id=perf2["lease_id"],
-                                   reason="latency still high")
+    rb = await e.rollbacks.request(
+        p["cost-agent"], lease_id=perf2["lease_id"], reason="latency still high"
+    )
     await x.at(55)
     await e.rollbacks.answer(p["svc-ops-princess"], rb["rollback_id"], True)
     await x.at(60)
-    await e.revoke(p["oncall-jane"], perf2["lease_id"], "R-44", "oncall-jane",
-                   "stuck after rollback")
+    await e.revoke(
+        p["oncall-jane"], perf2["lease_id"], "R-44", "oncall-jane", "stuck after rollback"
+    )
     await x.at(100)
     await x.lease("batch-agent", "prod/cache", intent="reindex", ttl_s=3600)
     await x.at(701)  # past max_hold_s: stuck, woken
@@ -125,9 +146,14 @@ async def incident(tmp_path: Path) -> AsyncIterator[Incident]:
     engine.caller.backoff = 0.001
     await engine.start(background=False)
     x = Incident(engine, clock, tmp_path / "w.db")
-    for name, kind in (("perf-agent", "agent"), ("cost-agent", "agent"),
-                       ("routing-agent", "agent"), ("batch-agent", "agent"),
-                       ("svc-ops-princess", "queue"), ("oncall-jane", "human")):
+    for name, kind in (
+        ("perf-agent", "agent"),
+        ("cost-agent", "agent"),
+        ("routing-agent", "agent"),
+        ("batch-agent", "agent"),
+        ("svc-ops-princess", "queue"),
+        ("oncall-jane", "human"),
+    ):
         wake = f"http://wake.test/{name}"
         x.p[name] = (await engine.add_principal(None, name, kind, wake=wake))[0]
     await _script(x)
@@ -136,16 +162,19 @@ async def incident(tmp_path: Path) -> AsyncIterator[Incident]:
 
 
 async def _report(x: Incident, query: Query | None = None) -> dict[str, Any]:
-    return await collect(StoreSource(x.engine, label="test store"),
-                         query or Query(["prod", "routing"], T0, T0 + 900))
+    return await collect(
+        StoreSource(x.engine, label="test store"), query or Query(["prod", "routing"], T0, T0 + 900)
+    )
 
 
 async def test_every_section_names_its_rows_with_exact_seconds(incident: Incident) -> None:
     rep = await _report(incident)
     md = to_markdown(rep)
     # holders, including the handoff at 10:00:40 and the revocation at 10:01:00
-    holders = [(h["resource"], h["holder"], h["from"][11:19], (h["to"] or "-")[11:19] or "-",
-                h["ended"]) for h in rep["holders"]]
+    holders = [
+        (h["resource"], h["holder"], h["from"][11:19], (h["to"] or "-")[11:19] or "-", h["ended"])
+        for h in rep["holders"]
+    ]
     assert holders == [
         ("prod/db", "perf-agent", "10:00:00", "10:00:12", "released"),
         ("prod/db", "cost-agent", "10:00:13", "10:00:20", "released"),
@@ -160,17 +189,32 @@ async def test_every_section_names_its_rows_with_exact_seconds(incident: Inciden
     # the wait in the queue on the blast radius, and how it ended
     (wait,) = rep["waits"]
     assert (wait["agent"], wait["at"][11:19], wait["outcome"], wait["until"][11:19]) == (
-        "perf-agent", "10:00:31", "granted", "10:00:40")
+        "perf-agent",
+        "10:00:31",
+        "granted",
+        "10:00:40",
+    )
     # consent: asked, granted by the author, used
     (c,) = rep["consents"]
     assert (c["requester"], c["author"], c["status"], c["answered_by"]) == (
-        "cost-agent", "perf-agent", "used", "perf-agent")
+        "cost-agent",
+        "perf-agent",
+        "used",
+        "perf-agent",
+    )
     assert (c["at"][11:19], c["answered_at"][11:19], c["used_at"][11:19]) == (
-        "10:00:06", "10:00:10", "10:00:13")
+        "10:00:06",
+        "10:00:10",
+        "10:00:13",
+    )
     # rollback: asked by an agent, approved by the key-holder queue, executed
     (rb,) = rep["rollbacks"]
     assert (rb["requested_by"], rb["key_holder"], rb["status"], rb["decided_by"]) == (
-        "cost-agent", "svc-ops-princess", "executed", "svc-ops-princess")
+        "cost-agent",
+        "svc-ops-princess",
+        "executed",
+        "svc-ops-princess",
+    )
     assert rb["decided_at"][11:19] == "10:00:55" and "-> 200" in rb["result"]
     # revocation with its provenance
     (rv,) = rep["revocations"]
@@ -183,13 +227,25 @@ async def test_every_section_names_its_rows_with_exact_seconds(incident: Inciden
     assert any(e.startswith("page.") for e, _ in steps)
     assert [f["event"] for f in rep["freezes"]] == ["freeze.created", "freeze.lifted"]
     # the markdown says all of it, citing rows
-    for needle in ("## Summary", "## Impact window", "## Timeline",
-                   "## Who held write authority when", "## Changes made",
-                   "## What writ refused, and why", "## Consents and their answers",
-                   "## Rollbacks and who approved them", "## Stuck locks, wakes and pages",
-                   "## Revocations (with provenance)", "## Contaminated or suspicious rows (lint)",
-                   "## Chain verification", "| 10:00:05 |", "consent_required",
-                   "executed by svc-ops-princess at 10:00:55", "| R-44 |", "capacity 4→8"):
+    for needle in (
+        "## Summary",
+        "## Impact window",
+        "## Timeline",
+        "## Who held write authority when",
+        "## Changes made",
+        "## What writ refused, and why",
+        "## Consents and their answers",
+        "## Rollbacks and who approved them",
+        "## Stuck locks, wakes and pages",
+        "## Revocations (with provenance)",
+        "## Contaminated or suspicious rows (lint)",
+        "## Chain verification",
+        "| 10:00:05 |",
+        "consent_required",
+        "executed by svc-ops-princess at 10:00:55",
+        "| R-44 |",
+        "capacity 4→8",
+    ):
         assert needle in md, needle
     assert f"[{rb['decision_seq']}]" in md
 
@@ -208,8 +264,10 @@ async def test_chain_of_the_rows_used_is_verified_honestly(incident: Incident) -
     c = sqlite3.connect(incident.path, isolation_level=None)
     c.execute("DROP TRIGGER audit_no_update")
     body = c.execute("SELECT body FROM audit WHERE seq = ?", (row["seq"],)).fetchone()[0]
-    c.execute("UPDATE audit SET body = ? WHERE seq = ?",
-              (body.replace("capacity 4→8", "capacity 4→4"), row["seq"]))
+    c.execute(
+        "UPDATE audit SET body = ? WHERE seq = ?",
+        (body.replace("capacity 4→8", "capacity 4→4"), row["seq"]),
+    )
     c.close()
     bad = (await _report(incident, Query(["prod/db"], T0, T0 + 900)))["verification"]
     assert not bad["ok"]
@@ -231,8 +289,11 @@ async def test_around_and_window(incident: Incident) -> None:
     rep = await _report(incident, q)
     assert rep["window"]["from"].startswith("2026-05-16T10:00:40")
     assert rep["window"]["to"].startswith("2026-05-16T10:00:50")
-    assert {r["event"] for r in rep["timeline"]} <= {"lease.granted", "lease.released",
-                                                       "rollback.requested"}
+    assert {r["event"] for r in rep["timeline"]} <= {
+        "lease.granted",
+        "lease.released",
+        "rollback.requested",
+    }
     assert all("10:00:40" <= r["at"][11:19] <= "10:00:50" for r in rep["timeline"])
 
 
@@ -249,8 +310,16 @@ async def test_html_is_self_contained_with_a_drawn_chart(incident: Incident) -> 
     for lane in ("prod/db", "routing/db-tier", "prod/cache"):
         assert f">{lane}</text>" in svg
     assert svg.count("<rect x=") >= len(rep["holders"])
-    for word in ("perf-agent", "routing-agent", "batch-agent", "refused", "change recorded",
-                 "revoked", "rollback", ">10:04</text>"):
+    for word in (
+        "perf-agent",
+        "routing-agent",
+        "batch-agent",
+        "refused",
+        "change recorded",
+        "revoked",
+        "rollback",
+        ">10:04</text>",
+    ):
         assert word in svg, word
     assert "batch-agent · token" in svg  # a wide bar carries the holder and its token
 
@@ -264,8 +333,7 @@ async def test_json_and_http_source_agree(incident: Incident) -> None:
     q = Query(["prod", "routing"], T0, T0 + 900)
     offline = await _report(incident, q)
     app = create_app(incident.engine, start_engine=False)
-    async with AsyncClient("http://writ", token,
-                           transport=httpx.ASGITransport(app=app)) as client:
+    async with AsyncClient("http://writ", token, transport=httpx.ASGITransport(app=app)) as client:
         online = await collect(HttpSource(client, label="test store"), q)
     assert json.loads(to_json(online)) == json.loads(to_json(offline))
 
@@ -280,21 +348,38 @@ def test_lint_section_flags_contaminated_rows() -> None:
     """Rows from elsewhere (no lock holder, an agent holding the rollback key) are named."""
     prev, rows = "0" * 64, []
     fields = [
-        {"event": "lease.granted", "agent_id": "perf-agent", "resource": "prod/db",
-         "lock_holder": "perf-agent", "lock_key": "prod/db/1", "fencing_token": 1,
-         "notes": "granted ls_1 for 'x', ttl 30s, touches *"},
-        {"event": "rollback.requested", "agent_id": "cost-agent", "resource": "prod/db",
-         "lock_holder": "perf-agent", "lock_key": "prod/db/1", "rollback_allowed": True,
-         "rollback_path": "/ops/rollback?txn=1", "rollback_key_holder": "agent-autocleanup-7",
-         "human_override_queue": "svc-ops-princess", "notes": "x"},
+        {
+            "event": "lease.granted",
+            "agent_id": "perf-agent",
+            "resource": "prod/db",
+            "lock_holder": "perf-agent",
+            "lock_key": "prod/db/1",
+            "fencing_token": 1,
+            "notes": "granted ls_1 for 'x', ttl 30s, touches *",
+        },
+        {
+            "event": "rollback.requested",
+            "agent_id": "cost-agent",
+            "resource": "prod/db",
+            "lock_holder": "perf-agent",
+            "lock_key": "prod/db/1",
+            "rollback_allowed": True,
+            "rollback_path": "/ops/rollback?txn=1",
+            "rollback_key_holder": "agent-autocleanup-7",
+            "human_override_queue": "svc-ops-princess",
+            "notes": "x",
+        },
     ]
     for i, f in enumerate(fields, start=1):
         s = seal(i, prev, T0 + i, f)
         rows.append(s.row())
         prev = s.hash
     rows[0]["lock_holder"] = ""  # contaminated evidence (and no longer matches its hash)
-    rep = build(rows, Query(), kinds={"svc-ops-princess": "queue", "perf-agent": "agent",
-                                      "cost-agent": "agent"})
+    rep = build(
+        rows,
+        Query(),
+        kinds={"svc-ops-princess": "queue", "perf-agent": "agent", "cost-agent": "agent"},
+    )
     flagged = {f["seq"]: f["verdict"] for f in rep["lint"]["rows"]}
     assert flagged == {1: "contaminated", 2: "suspicious"}
     assert rep["lint"]["rows"][0]["verdict"] == "contaminated"  # worst first
@@ -307,14 +392,28 @@ def test_cli_writes_each_format(tmp_path: Path, incident_db: Path) -> None:
     r = CliRunner()
     for fmt, head in (("md", "# "), ("html", "<!doctype html>"), ("json", "{")):
         out = tmp_path / f"pm.{fmt}"
-        res = r.invoke(main, ["postmortem", "--store", url, "--resource", "prod", "--since",
-                              "2026-05-16T10:00:00Z", "--until", "2026-05-16T10:15:00Z",
-                              "--out", str(out)])
+        res = r.invoke(
+            main,
+            [
+                "postmortem",
+                "--store",
+                url,
+                "--resource",
+                "prod",
+                "--since",
+                "2026-05-16T10:00:00Z",
+                "--until",
+                "2026-05-16T10:15:00Z",
+                "--out",
+                str(out),
+            ],
+        )
         assert res.exit_code == 0, res.output
         assert out.read_text().startswith(head)
         assert "refusals" in res.output
-    res = r.invoke(main, ["postmortem", "--store", url, "--around", "2026-05-16T10:00:05Z",
-                          "--window", "10s"])
+    res = r.invoke(
+        main, ["postmortem", "--store", url, "--around", "2026-05-16T10:00:05Z", "--window", "10s"]
+    )
     assert res.exit_code == 0 and "| 10:00:05 |" in res.output
     res = r.invoke(main, ["postmortem", "--store", url, "--around", "x", "--since", "y"])
     assert res.exit_code == 2
@@ -333,9 +432,14 @@ def incident_db(tmp_path: Path) -> Path:
         engine.caller.transport = httpx.MockTransport(lambda r: httpx.Response(200))
         await engine.start(background=False)
         x = Incident(engine, clock, path)
-        for name, kind in (("perf-agent", "agent"), ("cost-agent", "agent"),
-                           ("routing-agent", "agent"), ("batch-agent", "agent"),
-                           ("svc-ops-princess", "queue"), ("oncall-jane", "human")):
+        for name, kind in (
+            ("perf-agent", "agent"),
+            ("cost-agent", "agent"),
+            ("routing-agent", "agent"),
+            ("batch-agent", "agent"),
+            ("svc-ops-princess", "queue"),
+            ("oncall-jane", "human"),
+        ):
             x.p[name] = (await engine.add_principal(None, name, kind))[0]
         await _script(x)
         await engine.stop()
@@ -371,14 +475,22 @@ async def test_reads_by_index_never_a_full_scan(incident: Incident) -> None:
 async def test_report_on_every_backend(make_engine: Any) -> None:
     """The same story reads the same from SQLite and PostgreSQL (indexed reads, probes)."""
     e = await make_engine(POLICY.replace('rollback_base_url = "http://rollback.test"\n', ""))
-    p = {n: (await e.add_principal(None, n, k))[0]
-         for n, k in (("perf-agent", "agent"), ("cost-agent", "agent"))}
-    lease = await e.acquire(p["perf-agent"], resource="prod/db", intent="double capacity",
-                            touches=["capacity"], ttl_s=300)
+    p = {
+        n: (await e.add_principal(None, n, k))[0]
+        for n, k in (("perf-agent", "agent"), ("cost-agent", "agent"))
+    }
+    lease = await e.acquire(
+        p["perf-agent"],
+        resource="prod/db",
+        intent="double capacity",
+        touches=["capacity"],
+        ttl_s=300,
+    )
     await e.consents.record_change(p["perf-agent"], lease["lease_id"], "capacity", "4→8")
     with pytest.raises(ConsentRequired):
-        await e.acquire(p["cost-agent"], resource="prod/db", intent="consolidate",
-                        touches=["capacity"])
+        await e.acquire(
+            p["cost-agent"], resource="prod/db", intent="consolidate", touches=["capacity"]
+        )
     await e.release(p["perf-agent"], lease["lease_id"])
     rep = await collect(StoreSource(e), Query(["prod"]))
     assert [(h["holder"], h["ended"]) for h in rep["holders"]] == [("perf-agent", "released")]
@@ -400,8 +512,9 @@ def test_cli_reads_a_server(tmp_path: Path) -> None:
         with srv.client(token) as c:
             lease = c.acquire("prod/db", "double capacity", ttl_s=60)
             c.release(lease["lease_id"])
-        res = CliRunner().invoke(main, ["postmortem", "--resource", "prod", "--format", "json"],
-                                 env=srv.env())
+        res = CliRunner().invoke(
+            main, ["postmortem", "--resource", "prod", "--format", "json"], env=srv.env()
+        )
     assert res.exit_code == 0, res.output
     rep = json.loads(res.output)
     assert [(h["holder"], h["ended"]) for h in rep["holders"]] == [(name, "released")]

@@ -18,7 +18,7 @@ def test_readme_python_example_runs(live_server: Any) -> None:
     source = source.replace('"writ_..."', repr(token))
     calls: list[dict[str, Any]] = []
     namespace: dict[str, Any] = {"resize": lambda **kw: calls.append(kw)}
-    exec(compile(source, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(source, "README.md", "exec"), namespace)
     assert calls and calls[0]["capacity"] == 8 and calls[0]["fencing_token"] > 0
     with live_server.client() as admin:
         lease = admin.leases(resource="prod/db", limit=1)["leases"][0]

@@ -13,7 +13,9 @@ SEG = st.text(alphabet="abc", min_size=1, max_size=2)
 PATH = st.lists(SEG, min_size=1, max_size=4).map("/".join)
 
 
-@pytest.mark.parametrize("good", ["prod/db", "orders/checkout-write", "a", "a.b_c-d/0", "/".join("a" * 16)])
+@pytest.mark.parametrize(
+    "good", ["prod/db", "orders/checkout-write", "a", "a.b_c-d/0", "/".join("a" * 16)]
+)
 def test_valid_paths(good: str) -> None:
     """Lowercase segments of a-z 0-9 . _ - joined by '/' are resources."""
     assert validate(good) == good
@@ -21,7 +23,19 @@ def test_valid_paths(good: str) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "Prod/db", "prod//db", "/prod", "prod/", "prod db", "prod/db*", "/".join("a" * 17), "a" * 257, 7, None],
+    [
+        "",
+        "Prod/db",
+        "prod//db",
+        "/prod",
+        "prod/",
+        "prod db",
+        "prod/db*",
+        "/".join("a" * 17),
+        "a" * 257,
+        7,
+        None,
+    ],
 )
 def test_invalid_paths_say_why(bad: object) -> None:
     """Anything else is invalid, with a message naming the field."""
@@ -55,8 +69,12 @@ def test_touching_groups_are_merged() -> None:
     assert br.conflicts("a", "d") and br.conflicts("d", "a")
 
 
-@given(PATH, PATH, st.dictionaries(st.sampled_from(["g", "h"]), st.lists(PATH, min_size=1, max_size=3)))
-def test_conflict_is_symmetric_and_matches_store_lookup(a: str, b: str, groups: dict[str, list[str]]) -> None:
+@given(
+    PATH, PATH, st.dictionaries(st.sampled_from(["g", "h"]), st.lists(PATH, min_size=1, max_size=3))
+)
+def test_conflict_is_symmetric_and_matches_store_lookup(
+    a: str, b: str, groups: dict[str, list[str]]
+) -> None:
     """conflicts(a, b) == conflicts(b, a), and equals the stores' indexed lookup."""
     br = BlastRadius(groups)
     assert br.conflicts(a, b) == br.conflicts(b, a)

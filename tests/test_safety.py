@@ -49,7 +49,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 outer.calls.append((self.path, json.loads(body or b"{}")))
                 code = outer.status.get(self.path.split("?")[0], 200)
@@ -86,7 +86,7 @@ class World:
         self.tokens: dict[str, str] = {}
 
     async def add(self, name: str, kind: str, wake: str | None = None) -> str:
-        p, token = await self.engine.add_principal(None, name, kind, wake=wake)
+        _, token = await self.engine.add_principal(None, name, kind, wake=wake)
         self.tokens[name] = token
         return token
 
@@ -113,12 +113,16 @@ class World:
 @pytest.fixture
 async def world(tmp_path: Any, receiver: Receiver) -> AsyncIterator[World]:
     clock = ManualClock()
-    engine = Engine(SQLiteStore(f"sqlite:///{tmp_path}/w.db", clock=clock),
-                    parse(POLICY.format(base=receiver.base)))
+    engine = Engine(
+        SQLiteStore(f"sqlite:///{tmp_path}/w.db", clock=clock),
+        parse(POLICY.format(base=receiver.base)),
+    )
     engine.caller.backoff = 0.01
     await engine.start(background=False)
     app = create_app(engine, start_engine=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://writ") as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://writ"
+    ) as http:
         w = World(engine, http, clock, receiver)
         await w.add("perf-agent", "agent", wake=f"{receiver.base}/wake/perf")
         await w.add("cost-agent", "agent", wake="/wake/cost")  # a route, against rollback_base_url
@@ -143,16 +147,29 @@ async def _lint_clean(w: World) -> None:
 
 async def _perf_change(w: World) -> dict[str, Any]:
     """perf-agent holds prod/db, records capacity 4→8 and releases."""
-    r = await w.post("perf-agent", "/v1/leases",
-                     {"resource": "prod/db", "intent": "double capacity", "touches": ["capacity"]})
+    r = await w.post(
+        "perf-agent",
+        "/v1/leases",
+        {"resource": "prod/db", "intent": "double capacity", "touches": ["capacity"]},
+    )
     assert r.status_code == 201, r.text
     lease = r.json()
-    r = await w.post("perf-agent", f"/v1/leases/{lease['lease_id']}/changes",
-                     {"attribute": "capacity", "summary": "capacity 4→8", "before": 4, "after": 8,
-                      "fencing_token": lease["fencing_token"]})
+    r = await w.post(
+        "perf-agent",
+        f"/v1/leases/{lease['lease_id']}/changes",
+        {
+            "attribute": "capacity",
+            "summary": "capacity 4→8",
+            "before": 4,
+            "after": 8,
+            "fencing_token": lease["fencing_token"],
+        },
+    )
     assert r.status_code == 201, r.text
     change = r.json()
-    assert (await w.post("perf-agent", f"/v1/leases/{lease['lease_id']}/release")).status_code == 200
+    assert (
+        await w.post("perf-agent", f"/v1/leases/{lease['lease_id']}/release")
+    ).status_code == 200
     return change
 
 
@@ -174,27 +191,38 @@ async def test_the_0217_story(world: World) -> None:
     assert "/v1/consents" in err["message"]
 
     # a lease that does not touch capacity is not held back
-    r = await w.post("routing-agent", "/v1/leases",
-                     {"resource": "routing/db-tier", "intent": "reroute", "touches": ["routing"]})
+    r = await w.post(
+        "routing-agent",
+        "/v1/leases",
+        {"resource": "routing/db-tier", "intent": "reroute", "touches": ["routing"]},
+    )
     assert r.status_code == 201
     await w.post("routing-agent", f"/v1/leases/{r.json()['lease_id']}/release")
 
     # asking wakes perf-agent through its wake route; perf-agent denies
-    r = await w.post("cost-agent", "/v1/consents", {"change_id": change["change_id"], "reason": "overprovisioned"})
+    r = await w.post(
+        "cost-agent",
+        "/v1/consents",
+        {"change_id": change["change_id"], "reason": "overprovisioned"},
+    )
     assert r.status_code == 201, r.text
     consent = r.json()
     assert consent["status"] == "pending" and consent["author"] == "perf-agent"
     await w.engine.caller.drain()
     assert "/wake/perf" in w.rx.paths()
     assert w.rx.calls[-1][1]["consent"]["consent_id"] == consent["consent_id"]
-    assert (await w.post("cost-agent", f"/v1/consents/{consent['consent_id']}/grant")).status_code == 403
+    assert (
+        await w.post("cost-agent", f"/v1/consents/{consent['consent_id']}/grant")
+    ).status_code == 403
     r = await w.post("perf-agent", f"/v1/consents/{consent['consent_id']}/deny")
     assert r.status_code == 200 and r.json()["status"] == "denied"
     r = await w.post("cost-agent", "/v1/leases", {**cost, "consent_id": consent["consent_id"]})
     assert r.json()["error"]["code"] == "consent_required"
 
     # a second request left unanswered expires — never "denied" — and pages the queue
-    r = await w.post("cost-agent", "/v1/consents", {"change_id": change["change_id"], "reason": "still over"})
+    r = await w.post(
+        "cost-agent", "/v1/consents", {"change_id": change["change_id"], "reason": "still over"}
+    )
     second = r.json()
     await w.tick(121)
     r = await w.get("cost-agent", f"/v1/consents/{second['consent_id']}")
@@ -205,14 +233,23 @@ async def test_the_0217_story(world: World) -> None:
     assert expired and expired[-1]["human_override_queue"] == "svc-ops-princess"
     assert "not denied" in expired[-1]["notes"]
     # the author may no longer answer; the queue may
-    assert (await w.post("perf-agent", f"/v1/consents/{second['consent_id']}/grant")).status_code == 403
+    assert (
+        await w.post("perf-agent", f"/v1/consents/{second['consent_id']}/grant")
+    ).status_code == 403
     r = await w.post("svc-ops-princess", f"/v1/consents/{second['consent_id']}/grant")
     assert r.status_code == 200 and r.json()["status"] == "granted"
 
     # the granted consent lets cost-agent in once, and only cost-agent
-    r = await w.post("routing-agent", "/v1/leases",
-                     {"resource": "prod/db", "intent": "x", "touches": ["capacity"],
-                      "consent_id": second["consent_id"]})
+    r = await w.post(
+        "routing-agent",
+        "/v1/leases",
+        {
+            "resource": "prod/db",
+            "intent": "x",
+            "touches": ["capacity"],
+            "consent_id": second["consent_id"],
+        },
+    )
     assert r.json()["error"]["code"] == "consent_required"
     r = await w.post("cost-agent", "/v1/leases", {**cost, "consent_id": second["consent_id"]})
     assert r.status_code == 201, r.text
@@ -228,7 +265,9 @@ async def test_the_0217_story(world: World) -> None:
 
     # after the window the change no longer protects, and leaves the grant check
     await w.tick(900)
-    assert (await w.get("cost-agent", f"/v1/changes/{change['change_id']}")).json()["state"] == "lapsed"
+    assert (await w.get("cost-agent", f"/v1/changes/{change['change_id']}")).json()[
+        "state"
+    ] == "lapsed"
     r = await w.post("cost-agent", "/v1/leases", cost)
     assert r.status_code == 201
 
@@ -237,17 +276,27 @@ async def test_consent_long_poll_returns_on_answer(world: World) -> None:
     """GET /v1/consents/{id}?wait_s= returns as soon as the author answers."""
     w = world
     change = await _perf_change(w)
-    consent = (await w.post("cost-agent", "/v1/consents",
-                            {"change_id": change["change_id"], "reason": "r"})).json()
-    poll = asyncio.create_task(w.get("cost-agent", f"/v1/consents/{consent['consent_id']}?wait_s=30"))
+    consent = (
+        await w.post(
+            "cost-agent", "/v1/consents", {"change_id": change["change_id"], "reason": "r"}
+        )
+    ).json()
+    poll = asyncio.create_task(
+        w.get("cost-agent", f"/v1/consents/{consent['consent_id']}?wait_s=30")
+    )
     await asyncio.sleep(0.05)
     assert not poll.done()
     await w.post("perf-agent", f"/v1/consents/{consent['consent_id']}/grant")
     r = await asyncio.wait_for(poll, 5)
     assert r.json()["status"] == "granted"
     # the author agent's consent is used; the rows name no agent as approver
-    lease = (await w.post("cost-agent", "/v1/leases", {"resource": "prod/db", "intent": "x",
-                                                       "consent_id": consent["consent_id"]})).json()
+    lease = (
+        await w.post(
+            "cost-agent",
+            "/v1/leases",
+            {"resource": "prod/db", "intent": "x", "consent_id": consent["consent_id"]},
+        )
+    ).json()
     assert lease["holder"] == "cost-agent"
     await _lint_clean(w)
 
@@ -257,23 +306,35 @@ async def test_rollback_key_holder_must_be_human(world: World) -> None:
     w = world
     base = {"resource": "prod/db", "intent": "migrate"}
     for holder, word in (("agent-autocleanup-7", "agent"), ("vendor-portal-button", "portal")):
-        plan = {"allowed": True, "path": "/ops/rollback?txn=1", "key_holder": holder,
-                "override_queue": "svc-ops-princess"}
+        plan = {
+            "allowed": True,
+            "path": "/ops/rollback?txn=1",
+            "key_holder": holder,
+            "override_queue": "svc-ops-princess",
+        }
         r = await w.post("perf-agent", "/v1/leases", {**base, "rollback": plan})
         assert r.status_code == 422
         msg = r.json()["error"]["message"]
         assert holder in msg and word in msg and "human queue holds the key" in msg
     for path in ("ops dashboard", "https://ops.internal/dashboard/rollback", "Rollback button"):
-        plan = {"allowed": True, "path": path, "key_holder": "svc-ops-princess",
-                "override_queue": "svc-ops-princess"}
+        plan = {
+            "allowed": True,
+            "path": path,
+            "key_holder": "svc-ops-princess",
+            "override_queue": "svc-ops-princess",
+        }
         r = await w.post("perf-agent", "/v1/leases", {**base, "rollback": plan})
         assert r.status_code == 422, path
     plan = {"allowed": True, "path": "/ops/rollback?txn=1", "key_holder": "svc-ops-princess"}
     r = await w.post("perf-agent", "/v1/leases", {**base, "rollback": plan})
     assert r.status_code == 422 and "queue" in r.json()["error"]["message"]
     # a named person is accepted, with a warning in the grant row
-    plan = {"allowed": True, "path": "/ops/rollback?txn=1", "key_holder": "oncall-jane",
-            "override_queue": "svc-ops-princess"}
+    plan = {
+        "allowed": True,
+        "path": "/ops/rollback?txn=1",
+        "key_holder": "oncall-jane",
+        "override_queue": "svc-ops-princess",
+    }
     r = await w.post("perf-agent", "/v1/leases", {**base, "rollback": plan})
     assert r.status_code == 201
     assert "person" in (await w.rows("lease.granted"))[-1]["notes"]
@@ -283,18 +344,34 @@ async def test_rollback_needs_the_human_key(world: World) -> None:
     """Agents may request rollback; only the key-holder queue (or a human) approves, once;
     the frozen route is called exactly once and the rows carry the key's columns."""
     w = world
-    plan = {"allowed": True, "path": "/ops/rollback?txn=8841", "key_holder": "svc-ops-princess",
-            "override_queue": "svc-ops-princess", "denominator": "incident_minutes"}
-    r = await w.post("perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "scale", "rollback": plan})
+    plan = {
+        "allowed": True,
+        "path": "/ops/rollback?txn=8841",
+        "key_holder": "svc-ops-princess",
+        "override_queue": "svc-ops-princess",
+        "denominator": "incident_minutes",
+    }
+    r = await w.post(
+        "perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "scale", "rollback": plan}
+    )
     lease = r.json()
-    r = await w.post("cost-agent", "/v1/rollbacks", {"lease_id": lease["lease_id"], "reason": "db latency"})
+    r = await w.post(
+        "cost-agent", "/v1/rollbacks", {"lease_id": lease["lease_id"], "reason": "db latency"}
+    )
     assert r.status_code == 201, r.text
     rb = r.json()
-    assert rb["status"] == "pending" and rb["path"] == plan["path"] and rb["requested_by"] == "cost-agent"
+    assert (
+        rb["status"] == "pending"
+        and rb["path"] == plan["path"]
+        and rb["requested_by"] == "cost-agent"
+    )
     for who in ("cost-agent", "perf-agent", "vendor-portal-button"):
         r = await w.post(who, f"/v1/rollbacks/{rb['rollback_id']}/approve")
         assert r.status_code == 403
-        assert "only the human queue holds the key" in r.json()["error"]["message"] or who == "cost-agent"
+        assert (
+            "only the human queue holds the key" in r.json()["error"]["message"]
+            or who == "cost-agent"
+        )
     before = len([p for p in w.rx.paths() if p.startswith("/ops/rollback")])
     r = await w.post("svc-ops-princess", f"/v1/rollbacks/{rb['rollback_id']}/approve")
     assert r.status_code == 200, r.text
@@ -313,10 +390,14 @@ async def test_rollback_needs_the_human_key(world: World) -> None:
     assert row["rollback_denominator"] == "incident_minutes"
     assert row["lock_holder"] == "perf-agent"
     # a human later says the rollback was a new defect
-    assert (await w.post("perf-agent", f"/v1/rollbacks/{rb['rollback_id']}/defect",
-                         {"notes": "x"})).status_code == 403
-    r = await w.post("oncall-jane", f"/v1/rollbacks/{rb['rollback_id']}/defect",
-                     {"notes": "the rollback dropped the new replica"})
+    assert (
+        await w.post("perf-agent", f"/v1/rollbacks/{rb['rollback_id']}/defect", {"notes": "x"})
+    ).status_code == 403
+    r = await w.post(
+        "oncall-jane",
+        f"/v1/rollbacks/{rb['rollback_id']}/defect",
+        {"notes": "the rollback dropped the new replica"},
+    )
     assert r.status_code == 200
     assert (await w.rows("rollback.defect"))[-1]["rollback_denominator_is_defect"] is True
 
@@ -325,11 +406,20 @@ async def test_failed_rollback_route_is_recorded(world: World) -> None:
     """A rollback route answering 500 is recorded as failed, with the status."""
     w = world
     w.rx.status["/ops/broken"] = 500
-    plan = {"allowed": True, "path": "/ops/broken", "key_holder": "svc-ops-princess",
-            "override_queue": "svc-ops-princess"}
-    lease = (await w.post("perf-agent", "/v1/leases",
-                          {"resource": "prod/db", "intent": "x", "rollback": plan})).json()
-    rb = (await w.post("perf-agent", "/v1/rollbacks", {"lease_id": lease["lease_id"], "reason": "r"})).json()
+    plan = {
+        "allowed": True,
+        "path": "/ops/broken",
+        "key_holder": "svc-ops-princess",
+        "override_queue": "svc-ops-princess",
+    }
+    lease = (
+        await w.post(
+            "perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x", "rollback": plan}
+        )
+    ).json()
+    rb = (
+        await w.post("perf-agent", "/v1/rollbacks", {"lease_id": lease["lease_id"], "reason": "r"})
+    ).json()
     r = await w.post("oncall-jane", f"/v1/rollbacks/{rb['rollback_id']}/approve")
     assert r.json()["status"] == "failed" and r.json()["response_status"] == 500
     assert (await w.rows("rollback.failed"))[-1]["approved_by"] == "oncall-jane"
@@ -338,8 +428,11 @@ async def test_failed_rollback_route_is_recorded(world: World) -> None:
 async def test_stuck_lock_wakes_then_pages(world: World) -> None:
     """Held past max_hold_s (renewals don't reset it): wake the holder, then page the queue."""
     w = world
-    lease = (await w.post("perf-agent", "/v1/leases",
-                          {"resource": "prod/db", "intent": "x", "ttl_s": 300})).json()
+    lease = (
+        await w.post(
+            "perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x", "ttl_s": 300}
+        )
+    ).json()
     await w.tick(299)
     assert (await w.post("perf-agent", f"/v1/leases/{lease['lease_id']}/renew")).status_code == 200
     await w.tick(299)
@@ -389,11 +482,17 @@ async def test_lock_delay_after_expiry_not_after_release(world: World) -> None:
     assert r.status_code == 201  # no delay after a clean release
     revoke = {"runbook": "R-44", "paged": "oncall-jane", "reason": "stuck"}
     await w.post("oncall-jane", f"/v1/leases/{r.json()['lease_id']}/revoke", revoke)
-    assert (await w.post("cost-agent", "/v1/leases", body)).json()["error"]["reason"] == "lock_delay"
+    assert (await w.post("cost-agent", "/v1/leases", body)).json()["error"][
+        "reason"
+    ] == "lock_delay"
     await w.tick(5)
     r = await w.post("cost-agent", "/v1/leases", body)
     assert r.status_code == 201
-    await w.post("oncall-jane", f"/v1/leases/{r.json()['lease_id']}/revoke", {**revoke, "waive_lock_delay": True})
+    await w.post(
+        "oncall-jane",
+        f"/v1/leases/{r.json()['lease_id']}/revoke",
+        {**revoke, "waive_lock_delay": True},
+    )
     assert (await w.post("perf-agent", "/v1/leases", body)).status_code == 201
 
 
@@ -417,35 +516,52 @@ async def test_freeze_refuses_grants_but_not_allowed(world: World) -> None:
     w = world
     r = await w.post("perf-agent", "/v1/freezes", {"prefix": "prod", "reason": "incident"})
     assert r.status_code == 403
-    r = await w.post("svc-ops-princess", "/v1/freezes",
-                     {"prefix": "prod", "reason": "incident 4411", "allow": ["routing-agent"]})
+    r = await w.post(
+        "svc-ops-princess",
+        "/v1/freezes",
+        {"prefix": "prod", "reason": "incident 4411", "allow": ["routing-agent"]},
+    )
     assert r.status_code == 201, r.text
     fz = r.json()
     for res in ("prod/db", "prod"):
         r = await w.post("perf-agent", "/v1/leases", {"resource": res, "intent": "x"})
         assert r.status_code == 423 and r.json()["error"]["code"] == "frozen"
         assert "incident 4411" in r.json()["error"]["message"]
-    assert (await w.post("perf-agent", "/v1/leases", {"resource": "staging/db", "intent": "x"})).status_code == 201
+    assert (
+        await w.post("perf-agent", "/v1/leases", {"resource": "staging/db", "intent": "x"})
+    ).status_code == 201
     r = await w.post("routing-agent", "/v1/leases", {"resource": "prod/db", "intent": "x"})
     assert r.status_code == 201
     await w.post("routing-agent", f"/v1/leases/{r.json()['lease_id']}/release")
     assert len((await w.get("perf-agent", "/v1/freezes")).json()["freezes"]) == 1
     assert (await w.get("perf-agent", "/v1/resources/prod/db")).json()["frozen"] is True
-    assert (await w.post("svc-ops-princess", f"/v1/freezes/{fz['freeze_id']}/lift")).status_code == 200
-    assert (await w.post("perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x"})).status_code == 201
+    assert (
+        await w.post("svc-ops-princess", f"/v1/freezes/{fz['freeze_id']}/lift")
+    ).status_code == 200
+    assert (
+        await w.post("perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x"})
+    ).status_code == 201
 
 
 async def test_freeze_until_expires(world: World) -> None:
     """A freeze with ``until`` ends by itself."""
     w = world
-    r = await w.post("oncall-jane", "/v1/freezes", {"prefix": "prod", "reason": "deploy", "until": "yesterday"})
+    r = await w.post(
+        "oncall-jane", "/v1/freezes", {"prefix": "prod", "reason": "deploy", "until": "yesterday"}
+    )
     assert r.status_code == 422
-    r = await w.post("oncall-jane", "/v1/freezes", {"prefix": "prod", "reason": "deploy", "until": "10m"})
+    r = await w.post(
+        "oncall-jane", "/v1/freezes", {"prefix": "prod", "reason": "deploy", "until": "10m"}
+    )
     assert r.status_code == 201, r.text
     assert r.json()["until"].startswith("2026-05-16T10:27:00")
-    assert (await w.post("perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x"})).status_code == 423
+    assert (
+        await w.post("perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x"})
+    ).status_code == 423
     await w.tick(601)
-    assert (await w.post("perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x"})).status_code == 201
+    assert (
+        await w.post("perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x"})
+    ).status_code == 201
     assert await w.rows("freeze.expired")
 
 
@@ -468,6 +584,8 @@ async def test_watcher_sees_a_grant_without_polling(world: World) -> None:
     assert elapsed < 1.0  # woken by the commit, far inside the 30 s wait
     # rows outside the prefix do not wake it with a wrong answer
     nxt = r.json()["next_after_seq"]
-    watch = asyncio.create_task(w.get("routing-agent", f"/v1/events?resource=prod&after_seq={nxt}&wait_s=0.3"))
+    watch = asyncio.create_task(
+        w.get("routing-agent", f"/v1/events?resource=prod&after_seq={nxt}&wait_s=0.3")
+    )
     await w.post("cost-agent", "/v1/leases", {"resource": "staging/x", "intent": "x"})
     assert (await watch).json()["rows"] == []

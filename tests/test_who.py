@@ -50,8 +50,12 @@ async def w(tmp_path: Any) -> AsyncIterator[W]:
     engine = Engine(SQLiteStore(f"sqlite:///{tmp_path}/w.db", clock=clock), parse(POLICY))
     await engine.start(background=False)
     world = W(engine, clock)
-    for name, kind in (("perf-agent", "agent"), ("cost-agent", "agent"),
-                       ("routing-agent", "agent"), ("oncall-jane", "human")):
+    for name, kind in (
+        ("perf-agent", "agent"),
+        ("cost-agent", "agent"),
+        ("routing-agent", "agent"),
+        ("oncall-jane", "human"),
+    ):
         world.p[name] = (await engine.add_principal(None, name, kind))[0]
     yield world
     await engine.stop()

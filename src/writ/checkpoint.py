@@ -205,12 +205,15 @@ class Checkpoint:
             ) from None
 
 
-def sign(key: Ed25519PrivateKey, seq: int, hash_: str, at: str | None,
-         signed_at: str | None = None) -> Checkpoint:
-    unsigned = Checkpoint(seq, hash_, at, signed_at or rfc3339(time.time()) or "",
-                          raw_public(key.public_key()), b"")
-    return Checkpoint(seq, hash_, at, unsigned.signed_at, unsigned.public_key,
-                      key.sign(unsigned.body().encode()))
+def sign(
+    key: Ed25519PrivateKey, seq: int, hash_: str, at: str | None, signed_at: str | None = None
+) -> Checkpoint:
+    unsigned = Checkpoint(
+        seq, hash_, at, signed_at or rfc3339(time.time()) or "", raw_public(key.public_key()), b""
+    )
+    return Checkpoint(
+        seq, hash_, at, unsigned.signed_at, unsigned.public_key, key.sign(unsigned.body().encode())
+    )
 
 
 def parse(text: str, source: str | None = None) -> Checkpoint:
@@ -230,8 +233,9 @@ def parse(text: str, source: str | None = None) -> Checkpoint:
         order.append((key, value))
     if values.get("writ-checkpoint") != FORMAT:
         raise CheckpointError(f"{where}: not a writ checkpoint (first line 'writ-checkpoint: 1')")
-    missing = [k for k in ("seq", "hash", "signed_at", "public_key", "signature")
-               if k not in values]
+    missing = [
+        k for k in ("seq", "hash", "signed_at", "public_key", "signature") if k not in values
+    ]
     if missing:
         raise CheckpointError(f"{where}: missing {', '.join(missing)}")
     try:
@@ -242,17 +246,34 @@ def parse(text: str, source: str | None = None) -> Checkpoint:
         raise CheckpointError(f"{where}: bad seq, public_key or signature: {exc}") from None
     if seq < 1 or not _HEX64.fullmatch(values["hash"]) or len(public) != 32:
         raise CheckpointError(f"{where}: seq must be >= 1, hash 64 hex, public_key 32 bytes")
-    known = {"writ-checkpoint", "seq", "hash", "time", "signed_at", "key_id", "public_key",
-             "signature"}
+    known = {
+        "writ-checkpoint",
+        "seq",
+        "hash",
+        "time",
+        "signed_at",
+        "key_id",
+        "public_key",
+        "signature",
+    }
     extra = tuple((k, v) for k, v in order if k not in known)
     t = values.get("time")
-    cp = Checkpoint(seq, values["hash"], None if t in (None, "-") else t, values["signed_at"],
-                    public, signature, extra, source)
+    cp = Checkpoint(
+        seq,
+        values["hash"],
+        None if t in (None, "-") else t,
+        values["signed_at"],
+        public,
+        signature,
+        extra,
+        source,
+    )
     if "key_id" in values and values["key_id"] != key_id(public):
         raise CheckpointError(f"{where}: key_id does not belong to public_key")
     if cp.body() + f"signature: {values['signature']}\n" != _normal(text):
-        raise CheckpointError(f"{where}: lines are out of order or reformatted; the signed "
-                              "text cannot be rebuilt")
+        raise CheckpointError(
+            f"{where}: lines are out of order or reformatted; the signed text cannot be rebuilt"
+        )
     return cp
 
 
@@ -329,9 +350,14 @@ class Outcome:
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "rows": self.rows, "head": self.head,
-                "first_bad_seq": self.first_bad_seq, "reason": self.reason,
-                "checkpoints": self.checkpoints}
+        return {
+            "ok": self.ok,
+            "rows": self.rows,
+            "head": self.head,
+            "first_bad_seq": self.first_bad_seq,
+            "reason": self.reason,
+            "checkpoints": self.checkpoints,
+        }
 
 
 async def verify_store(
@@ -349,8 +375,10 @@ async def verify_store(
     for cp in checkpoints:
         cp.check_signature(trusted)
     want = {cp.seq: cp for cp in sorted(checkpoints, key=lambda c: c.seq)}
-    report = {cp.seq: {"seq": cp.seq, "hash": cp.hash, "file": cp.source, "ok": None}
-              for cp in want.values()}
+    report = {
+        cp.seq: {"seq": cp.seq, "hash": cp.hash, "file": cp.source, "ok": None}
+        for cp in want.values()
+    }
     matched = 0  # highest checkpoint seq found intact
     seq, prev, total = 1, GENESIS, 0
 
@@ -367,27 +395,35 @@ async def verify_store(
             bad = part.first_bad_seq or seq + part.rows
             after = [s for s in want if s >= bad]
             if after:
-                return fail(bad, f"row {bad} changed after checkpoint seq {after[0]} was signed: "
-                            f"{part.reason}")
+                return fail(
+                    bad,
+                    f"row {bad} changed after checkpoint seq {after[0]} was signed: {part.reason}",
+                )
             return fail(bad, f"row {bad}: {part.reason}")
         first = chunk[0][0]
         for s in [s for s in want if first <= s <= chunk[-1][0]]:
             got = chunk[s - first][2]
             if got != want[s].hash:
-                return fail(s, (
-                    f"row {s} no longer has the hash checkpoint {want[s].name} signed "
-                    f"({want[s].hash[:12]}…, now {got[:12]}…): rows "
-                    f"{matched + 1}..{s} were rewritten and re-hashed after it was signed"
-                ))
+                return fail(
+                    s,
+                    (
+                        f"row {s} no longer has the hash checkpoint {want[s].name} signed "
+                        f"({want[s].hash[:12]}…, now {got[:12]}…): rows "
+                        f"{matched + 1}..{s} were rewritten and re-hashed after it was signed"
+                    ),
+                )
             report[s]["ok"] = True
             matched = s
         seq, prev = seq + part.rows, part.head
     missing = [s for s in want if s > total]
     if missing:
-        return fail(total + 1, (
-            f"the ledger ends at seq {total}, before checkpoint seq {missing[0]}: "
-            f"rows {total + 1}..{missing[0]} were removed"
-        ))
+        return fail(
+            total + 1,
+            (
+                f"the ledger ends at seq {total}, before checkpoint seq {missing[0]}: "
+                f"rows {total + 1}..{missing[0]} were removed"
+            ),
+        )
     return Outcome(True, total, prev, None, None, list(report.values()))
 
 
@@ -400,8 +436,9 @@ class Checkpointer:
     from the newest one in the directory. Copy them off the host to make them worth having.
     """
 
-    def __init__(self, engine: Engine, key: Ed25519PrivateKey, directory: str | Path,
-                 every: int = 1000) -> None:
+    def __init__(
+        self, engine: Engine, key: Ed25519PrivateKey, directory: str | Path, every: int = 1000
+    ) -> None:
         if every < 1:
             raise Invalid("checkpoint every N rows needs N >= 1", field="every")
         self.engine = engine

@@ -154,7 +154,7 @@ def _run_offline(store_url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
 def _existing_store(url: str) -> str:
     """Refuse to create an empty SQLite store where one was meant to be read."""
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):].split("?", 1)[0]
+        path = url[len("sqlite:///") :].split("?", 1)[0]
         if path and path != ":memory:" and not os.path.exists(path):
             raise Invalid(f"no store at {path} (from {url}): check the path")
     return url
@@ -296,7 +296,9 @@ def principal() -> None:
 )
 @click.option("--vendor", default=None, help="Who ships this principal (for agents and portals).")
 @click.option(
-    "--wake", default=None, metavar="ROUTE",
+    "--wake",
+    default=None,
+    metavar="ROUTE",
     help="The exact call that wakes it: an http(s):// URL or a /route.",
 )
 @click.option("--admin", is_flag=True, help="May add principals (humans and queues only).")
@@ -304,14 +306,22 @@ def principal() -> None:
 @api_options
 @json_option
 def principal_add(
-    name: str, kind: str, vendor: str | None, wake: str | None, admin: bool, store: str | None,
-    url: str, token: str | None, as_json: bool,
+    name: str,
+    kind: str,
+    vendor: str | None,
+    wake: str | None,
+    admin: bool,
+    store: str | None,
+    url: str,
+    token: str | None,
+    as_json: bool,
 ) -> None:
     """Add principal NAME and print its token (shown only this once).
 
     Through a server this needs an admin token; with --store it works on the store itself.
     """
     if store:
+
         async def add(engine: Any) -> dict[str, Any]:
             p, tok = await engine.add_principal(None, name, kind, vendor, wake, admin)
             return {**p.to_dict(), "token": tok}
@@ -344,8 +354,16 @@ def principal_list(url: str, token: str | None, as_json: bool) -> None:
         return
     _table(
         ["NAME", "KIND", "VENDOR", "WAKE", "ADMIN"],
-        [(p.get("name"), p.get("kind"), p.get("vendor"), p.get("wake"),
-          "yes" if p.get("admin") else "") for p in _items(body, "principals")],
+        [
+            (
+                p.get("name"),
+                p.get("kind"),
+                p.get("vendor"),
+                p.get("wake"),
+                "yes" if p.get("admin") else "",
+            )
+            for p in _items(body, "principals")
+        ],
     )
 
 
@@ -355,30 +373,59 @@ def _rollback_plan(
 ) -> dict[str, Any] | None:
     if not any((path, key_holder, override_queue, denominator)):
         return None
-    plan = {"allowed": bool(path), "path": path, "key_holder": key_holder,
-            "override_queue": override_queue, "denominator": denominator}
+    plan = {
+        "allowed": bool(path),
+        "path": path,
+        "key_holder": key_holder,
+        "override_queue": override_queue,
+        "denominator": denominator,
+    }
     return {k: v for k, v in plan.items() if v is not None}
 
 
 def lease_request_options(f: F) -> F:
     """Options shared by ``writ acquire`` and ``writ run``."""
-    for opt in reversed([
-        click.option("--intent", required=True, help="What you will change, in a few words."),
-        click.option(
-            "--touches", default=None, metavar="A,B",
-            help="Attributes you will change (comma-separated; default every attribute, *).",
-        ),
-        click.option("--consent", "consent_id", default=None, metavar="CONSENT_ID",
-                     help="A granted consent to undo another agent's protected change."),
-        click.option("--rollback-path", default=None, metavar="ROUTE",
-                     help="Literal route that rolls this change back (/path or http(s):// URL)."),
-        click.option("--key-holder", default=None, metavar="QUEUE",
-                     help="Human queue that holds the rollback key."),
-        click.option("--override-queue", default=None, metavar="QUEUE",
-                     help="Human queue to page if this lease gets stuck."),
-        click.option("--denominator", default=None,
-                     help="What a rollback is measured in (e.g. incident_minutes)."),
-    ]):
+    for opt in reversed(
+        [
+            click.option("--intent", required=True, help="What you will change, in a few words."),
+            click.option(
+                "--touches",
+                default=None,
+                metavar="A,B",
+                help="Attributes you will change (comma-separated; default every attribute, *).",
+            ),
+            click.option(
+                "--consent",
+                "consent_id",
+                default=None,
+                metavar="CONSENT_ID",
+                help="A granted consent to undo another agent's protected change.",
+            ),
+            click.option(
+                "--rollback-path",
+                default=None,
+                metavar="ROUTE",
+                help="Literal route that rolls this change back (/path or http(s):// URL).",
+            ),
+            click.option(
+                "--key-holder",
+                default=None,
+                metavar="QUEUE",
+                help="Human queue that holds the rollback key.",
+            ),
+            click.option(
+                "--override-queue",
+                default=None,
+                metavar="QUEUE",
+                help="Human queue to page if this lease gets stuck.",
+            ),
+            click.option(
+                "--denominator",
+                default=None,
+                help="What a rollback is measured in (e.g. incident_minutes).",
+            ),
+        ]
+    ):
         f = opt(f)
     return f
 
@@ -387,16 +434,31 @@ def lease_request_options(f: F) -> F:
 @click.argument("resource")
 @lease_request_options
 @click.option("--ttl", type=float, default=30, show_default=True, help="Lease ttl in seconds.")
-@click.option("--wait", type=float, default=0, show_default=True,
-              help="Seconds to wait in the FIFO queue while it is held.")
+@click.option(
+    "--wait",
+    type=float,
+    default=0,
+    show_default=True,
+    help="Seconds to wait in the FIFO queue while it is held.",
+)
 @api_options
 @json_option
 @click.option("-q", "--quiet", is_flag=True, help="Print only the lease id.")
 def acquire(
-    resource: str, intent: str, touches: str | None, consent_id: str | None,
-    rollback_path: str | None, key_holder: str | None, override_queue: str | None,
-    denominator: str | None, ttl: float, wait: float, url: str, token: str | None,
-    as_json: bool, quiet: bool,
+    resource: str,
+    intent: str,
+    touches: str | None,
+    consent_id: str | None,
+    rollback_path: str | None,
+    key_holder: str | None,
+    override_queue: str | None,
+    denominator: str | None,
+    ttl: float,
+    wait: float,
+    url: str,
+    token: str | None,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Acquire write authority on RESOURCE and print the lease.
 
@@ -444,13 +506,22 @@ def release(lease_id: str, url: str, token: str | None, as_json: bool) -> None:
 @click.option("--runbook", required=True, help="The runbook followed (e.g. R-44).")
 @click.option("--paged", required=True, help="Who was paged before revoking.")
 @click.option("--reason", required=True, help="Why the lease is force-released.")
-@click.option("--waive-lock-delay", is_flag=True,
-              help="Let the next holder in at once instead of after the policy's lock-delay.")
+@click.option(
+    "--waive-lock-delay",
+    is_flag=True,
+    help="Let the next holder in at once instead of after the policy's lock-delay.",
+)
 @api_options
 @json_option
 def revoke(
-    lease_id: str, runbook: str, paged: str, reason: str, waive_lock_delay: bool, url: str,
-    token: str | None, as_json: bool,
+    lease_id: str,
+    runbook: str,
+    paged: str,
+    reason: str,
+    waive_lock_delay: bool,
+    url: str,
+    token: str | None,
+    as_json: bool,
 ) -> None:
     """Force-release lease LEASE_ID (humans and queues only), recording the provenance."""
     with _client(url, token) as client:
@@ -474,15 +545,25 @@ def status(prefix: str | None, url: str, token: str | None, as_json: bool) -> No
         return
     _table(
         ["RESOURCE", "HOLDER", "INTENT", "FENCING TOKEN", "EXPIRES", "WAITERS"],
-        [(l.get("resource"), l.get("holder"), l.get("intent"), l.get("fencing_token"),
-          _until(l.get("expires_at")), l.get("waiters")) for l in leases],
+        [
+            (
+                l.get("resource"),
+                l.get("holder"),
+                l.get("intent"),
+                l.get("fencing_token"),
+                _until(l.get("expires_at")),
+                l.get("waiters"),
+            )
+            for l in leases
+        ],
     )
 
 
 @main.command()
 @click.argument("resource")
-@click.option("--at", default=None, metavar="TIME",
-              help="RFC 3339 time (or -15m) to ask about; default now.")
+@click.option(
+    "--at", default=None, metavar="TIME", help="RFC 3339 time (or -15m) to ask about; default now."
+)
 @api_options
 @json_option
 def who(resource: str, at: str | None, url: str, token: str | None, as_json: bool) -> None:
@@ -499,7 +580,8 @@ def who(resource: str, at: str | None, url: str, token: str | None, as_json: boo
         lease = out.get("lease") or {}
         click.echo(
             f"{resource} at {out.get('at')}: {holder} (lock key {out.get('lock_key')}"
-            + (f", intent {lease['intent']!r}" if lease.get("intent") else "") + ")"
+            + (f", intent {lease['intent']!r}" if lease.get("intent") else "")
+            + ")"
         )
 
 
@@ -527,21 +609,52 @@ def fence(resource: str, fencing_token: int, url: str, token: str | None, as_jso
 @main.command()
 @click.argument("resource")
 @lease_request_options
-@click.option("--ttl", type=float, default=30, show_default=True,
-              help="Lease ttl in seconds; renewed every ttl/3 while CMD runs.")
-@click.option("--wait", type=float, default=30, show_default=True,
-              help="Seconds to wait in the queue for the lease.")
-@click.option("--grace", type=float, default=10, show_default=True,
-              help="Seconds between SIGTERM and SIGKILL when the lease is lost.")
-@click.option("--renew-every", type=float, default=None, metavar="SECONDS",
-              help="Renewal interval (default ttl/3).")
+@click.option(
+    "--ttl",
+    type=float,
+    default=30,
+    show_default=True,
+    help="Lease ttl in seconds; renewed every ttl/3 while CMD runs.",
+)
+@click.option(
+    "--wait",
+    type=float,
+    default=30,
+    show_default=True,
+    help="Seconds to wait in the queue for the lease.",
+)
+@click.option(
+    "--grace",
+    type=float,
+    default=10,
+    show_default=True,
+    help="Seconds between SIGTERM and SIGKILL when the lease is lost.",
+)
+@click.option(
+    "--renew-every",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Renewal interval (default ttl/3).",
+)
 @api_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
-    resource: str, intent: str, touches: str | None, consent_id: str | None,
-    rollback_path: str | None, key_holder: str | None, override_queue: str | None,
-    denominator: str | None, ttl: float, wait: float, grace: float, renew_every: float | None,
-    url: str, token: str | None, command: tuple[str, ...],
+    resource: str,
+    intent: str,
+    touches: str | None,
+    consent_id: str | None,
+    rollback_path: str | None,
+    key_holder: str | None,
+    override_queue: str | None,
+    denominator: str | None,
+    ttl: float,
+    wait: float,
+    grace: float,
+    renew_every: float | None,
+    url: str,
+    token: str | None,
+    command: tuple[str, ...],
 ) -> None:
     """Hold a lease on RESOURCE while COMMAND runs; stop COMMAND if the lease is lost.
 
@@ -559,15 +672,24 @@ def run(
     wake = threading.Event()
     with _client(url, token) as client:
         lease = client.lease(
-            resource, intent, ttl_s=ttl, wait_s=wait, touches=_csv(touches), rollback=plan,
-            consent_id=consent_id, renew_every=renew_every, on_lost=lambda _e: wake.set(),
+            resource,
+            intent,
+            ttl_s=ttl,
+            wait_s=wait,
+            touches=_csv(touches),
+            rollback=plan,
+            consent_id=consent_id,
+            renew_every=renew_every,
+            on_lost=lambda _e: wake.set(),
         ).acquire()
         try:
             proc = subprocess.Popen(list(command), env={**os.environ, **lease.env()})
         except OSError as exc:
             lease.close()
-            raise Failed(f"cannot run {command[0]!r}: {exc.strerror or exc}",
-                         EXIT_NOT_FOUND) from exc
+            raise Failed(
+                f"cannot run {command[0]!r}: {exc.strerror or exc}", EXIT_NOT_FOUND
+            ) from exc
+
         def reap() -> None:
             proc.wait()
             wake.set()
@@ -587,8 +709,9 @@ def run(
         try:
             lease.close()
         except LeaseLost as exc:
-            raise Failed(f"lease lost while {command[0]!r} ran: {exc.message}",
-                         EXIT_LEASE_LOST) from exc
+            raise Failed(
+                f"lease lost while {command[0]!r} ran: {exc.message}", EXIT_LEASE_LOST
+            ) from exc
     sys.exit(rc if rc >= 0 else 128 - rc)
 
 
@@ -621,8 +744,11 @@ def _forward_signals(proc: subprocess.Popen[bytes]) -> Iterator[None]:
 
     saved = {
         sig: signal.signal(sig, handler)
-        for sig, handler in ((signal.SIGTERM, forward), (signal.SIGHUP, forward),
-                             (signal.SIGINT, signal.SIG_IGN))
+        for sig, handler in (
+            (signal.SIGTERM, forward),
+            (signal.SIGHUP, forward),
+            (signal.SIGINT, signal.SIG_IGN),
+        )
     }
     try:
         yield
@@ -644,6 +770,7 @@ def audit() -> None:
 def audit_verify(store: str | None, url: str, token: str | None, as_json: bool) -> None:
     """Recompute the audit hash chain; name the first bad row and exit 1 if broken."""
     if store:
+
         async def check(engine: Any) -> dict[str, Any]:
             return dict((await engine.verify()).to_dict())
 
@@ -667,23 +794,35 @@ def audit_verify(store: str | None, url: str, token: str | None, as_json: bool) 
 
 
 @audit.command("export")
-@click.option("--after-seq", type=int, default=0, show_default=True,
-              help="Start after this seq.")
-@click.option("--resource", default=None, metavar="PREFIX",
-              help="Only rows on this resource or below it.")
+@click.option("--after-seq", type=int, default=0, show_default=True, help="Start after this seq.")
+@click.option(
+    "--resource", default=None, metavar="PREFIX", help="Only rows on this resource or below it."
+)
 @click.option("--since", default=None, metavar="TIME", help="Only rows at or after this time.")
 @click.option("--until", default=None, metavar="TIME", help="Only rows at or before this time.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write to FILE instead of stdout.")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write to FILE instead of stdout.",
+)
 @store_option("Export from this store directly, offline (e.g. sqlite:///writ.db).")
 @api_options
 def audit_export(
-    after_seq: int, resource: str | None, since: str | None, until: str | None,
-    out_path: str | None, store: str | None, url: str, token: str | None,
+    after_seq: int,
+    resource: str | None,
+    since: str | None,
+    until: str | None,
+    out_path: str | None,
+    store: str | None,
+    url: str,
+    token: str | None,
 ) -> None:
     """Export audit rows as JSON Lines, one row per line, in seq order."""
-    with (open(out_path, "w", encoding="utf-8") if out_path
-          else contextlib.nullcontext(sys.stdout)) as out:
+    with (
+        open(out_path, "w", encoding="utf-8") if out_path else contextlib.nullcontext(sys.stdout)
+    ) as out:
         if store:
             n = _export_offline(_existing_store(store), after_seq, resource, since, until, out)
         else:
@@ -697,7 +836,11 @@ def audit_export(
 
 
 def _export_offline(
-    store_url: str, after_seq: int, prefix: str | None, since: str | None, until: str | None,
+    store_url: str,
+    after_seq: int,
+    prefix: str | None,
+    since: str | None,
+    until: str | None,
     out: IO[str],
 ) -> int:
     from .clock import parse_time, rfc3339
@@ -729,22 +872,37 @@ def _export_offline(
 @main.command()
 @click.argument("lease_id")
 @click.option("--attribute", required=True, help="The attribute changed (e.g. capacity).")
-@click.option("--summary", required=True,
-              help="What changed, in a few words (e.g. 'capacity 4→8').")
+@click.option(
+    "--summary", required=True, help="What changed, in a few words (e.g. 'capacity 4→8')."
+)
 @click.option("--before", default=None, help="Value before (JSON, or a plain string).")
 @click.option("--after", default=None, help="Value after (JSON, or a plain string).")
-@click.option("--protect", "protect_s", type=float, default=None, metavar="SECONDS",
-              help="Revert-protection window (default: the policy's protect_s).")
+@click.option(
+    "--protect",
+    "protect_s",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Revert-protection window (default: the policy's protect_s).",
+)
 @api_options
 @json_option
 def change(
-    lease_id: str, attribute: str, summary: str, before: str | None, after: str | None,
-    protect_s: float | None, url: str, token: str | None, as_json: bool,
+    lease_id: str,
+    attribute: str,
+    summary: str,
+    before: str | None,
+    after: str | None,
+    protect_s: float | None,
+    url: str,
+    token: str | None,
+    as_json: bool,
 ) -> None:
     """Record a change made under lease LEASE_ID; it is protected from other agents' undo."""
     with _client(url, token) as client:
-        out = client.change(lease_id, attribute, summary, _json_or_text(before),
-                            _json_or_text(after), protect_s)
+        out = client.change(
+            lease_id, attribute, summary, _json_or_text(before), _json_or_text(after), protect_s
+        )
     if as_json:
         _echo_json(out)
     else:
@@ -760,8 +918,10 @@ def consent() -> None:
 
 
 def _consent_line(c: dict[str, Any]) -> str:
-    line = (f"consent {c.get('consent_id')} {c.get('status')}: {c.get('requester')} asks "
-            f"{c.get('author')} (change {c.get('change_id')})")
+    line = (
+        f"consent {c.get('consent_id')} {c.get('status')}: {c.get('requester')} asks "
+        f"{c.get('author')} (change {c.get('change_id')})"
+    )
     if c.get("answered_by"):
         line += f", answered by {c['answered_by']}"
     elif c.get("status") == "expired":
@@ -774,8 +934,14 @@ def _consent_line(c: dict[str, Any]) -> str:
 @consent.command("ask")
 @click.argument("change_id")
 @click.option("--reason", required=True, help="Why you need to undo the change.")
-@click.option("--wait", type=float, default=0, show_default=True, metavar="SECONDS",
-              help="Wait this long for an answer (exit 0 granted, 1 denied, 3 no answer).")
+@click.option(
+    "--wait",
+    type=float,
+    default=0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long for an answer (exit 0 granted, 1 denied, 3 no answer).",
+)
 @api_options
 @json_option
 def consent_ask(
@@ -817,8 +983,14 @@ for _verb, _grant in (("grant", True), ("deny", False)):
 
 @consent.command("show")
 @click.argument("consent_id")
-@click.option("--wait", type=float, default=0, show_default=True, metavar="SECONDS",
-              help="Long-poll this long while it is pending.")
+@click.option(
+    "--wait",
+    type=float,
+    default=0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Long-poll this long while it is pending.",
+)
 @api_options
 @json_option
 def consent_show(consent_id: str, wait: float, url: str, token: str | None, as_json: bool) -> None:
@@ -835,8 +1007,10 @@ def rollback() -> None:
 
 
 def _rollback_line(r: dict[str, Any]) -> str:
-    line = (f"rollback {r.get('rollback_id')} {r.get('status')}: {r.get('path')} "
-            f"(key holder {r.get('key_holder')}, requested by {r.get('requested_by')})")
+    line = (
+        f"rollback {r.get('rollback_id')} {r.get('status')}: {r.get('path')} "
+        f"(key holder {r.get('key_holder')}, requested by {r.get('requested_by')})"
+    )
     if r.get("approved_by"):
         line += f", approved by {r['approved_by']}"
     if r.get("response_status") is not None:
@@ -845,15 +1019,29 @@ def _rollback_line(r: dict[str, Any]) -> str:
 
 
 @rollback.command("request")
-@click.option("--lease", "lease_id", default=None, metavar="LEASE_ID",
-              help="Roll back the work done under this lease.")
-@click.option("--change", "change_id", default=None, metavar="CHANGE_ID",
-              help="Roll back this recorded change.")
+@click.option(
+    "--lease",
+    "lease_id",
+    default=None,
+    metavar="LEASE_ID",
+    help="Roll back the work done under this lease.",
+)
+@click.option(
+    "--change",
+    "change_id",
+    default=None,
+    metavar="CHANGE_ID",
+    help="Roll back this recorded change.",
+)
 @click.option("--reason", required=True, help="Why it should be rolled back.")
 @api_options
 @json_option
 def rollback_request(
-    lease_id: str | None, change_id: str | None, reason: str, url: str, token: str | None,
+    lease_id: str | None,
+    change_id: str | None,
+    reason: str,
+    url: str,
+    token: str | None,
     as_json: bool,
 ) -> None:
     """Ask for a rollback (--lease or --change); only the key-holder queue can approve."""
@@ -867,8 +1055,11 @@ def rollback_request(
 def _answer_rollback(approve: bool) -> Callable[..., None]:
     def answer(rollback_id: str, url: str, token: str | None, as_json: bool) -> None:
         with _client(url, token, timeout=60.0) as client:
-            r = (client.approve_rollback(rollback_id) if approve
-                 else client.deny_rollback(rollback_id))
+            r = (
+                client.approve_rollback(rollback_id)
+                if approve
+                else client.deny_rollback(rollback_id)
+            )
         _echo_json(r) if as_json else click.echo(_rollback_line(r))
         if approve and r.get("status") == "failed":
             sys.exit(EXIT_REFUSED)
@@ -912,9 +1103,13 @@ def rollback_show(rollback_id: str, url: str, token: str | None, as_json: bool) 
 
 
 @rollback.command("list")
-@click.option("--status", "status_", default=None,
-              type=click.Choice(["pending", "approved", "denied", "executed", "failed"]),
-              help="Only rollbacks in this status.")
+@click.option(
+    "--status",
+    "status_",
+    default=None,
+    type=click.Choice(["pending", "approved", "denied", "executed", "failed"]),
+    help="Only rollbacks in this status.",
+)
 @api_options
 @json_option
 def rollback_list(status_: str | None, url: str, token: str | None, as_json: bool) -> None:
@@ -932,14 +1127,27 @@ def rollback_list(status_: str | None, url: str, token: str | None, as_json: boo
 @main.command()
 @click.argument("prefix")
 @click.option("--reason", required=True, help="Why new grants under PREFIX must stop.")
-@click.option("--until", default=None, metavar="TIME",
-              help="When the freeze ends: RFC 3339 time or a duration like 30m (default: lifted).")
-@click.option("--allow", default=None, metavar="A,B",
-              help="Principals still granted leases under PREFIX (comma-separated).")
+@click.option(
+    "--until",
+    default=None,
+    metavar="TIME",
+    help="When the freeze ends: RFC 3339 time or a duration like 30m (default: lifted).",
+)
+@click.option(
+    "--allow",
+    default=None,
+    metavar="A,B",
+    help="Principals still granted leases under PREFIX (comma-separated).",
+)
 @api_options
 @json_option
 def freeze(
-    prefix: str, reason: str, until: str | None, allow: str | None, url: str, token: str | None,
+    prefix: str,
+    reason: str,
+    until: str | None,
+    allow: str | None,
+    url: str,
+    token: str | None,
     as_json: bool,
 ) -> None:
     """Freeze PREFIX: new grants under it get 423 frozen (humans and queues only)."""
@@ -979,15 +1187,26 @@ def freezes(include_lifted: bool, url: str, token: str | None, as_json: bool) ->
         return
     _table(
         ["FREEZE", "PREFIX", "BY", "UNTIL", "ALLOW", "REASON"],
-        [(f.get("freeze_id"), f.get("prefix"), f.get("by"), f.get("until") or "lifted",
-          ",".join(f.get("allow") or []), f.get("reason")) for f in _items(body, "freezes")],
+        [
+            (
+                f.get("freeze_id"),
+                f.get("prefix"),
+                f.get("by"),
+                f.get("until") or "lifted",
+                ",".join(f.get("allow") or []),
+                f.get("reason"),
+            )
+            for f in _items(body, "freezes")
+        ],
     )
 
 
 # ----------------------------------------------------------------------------- watch
 def _row_line(row: dict[str, Any]) -> str:
-    line = (f"{row.get('seq'):>6} {row.get('timestamp')} {row.get('event'):<20} "
-            f"{row.get('resource')} holder={row.get('lock_holder')} by={row.get('agent_id')}")
+    line = (
+        f"{row.get('seq'):>6} {row.get('timestamp')} {row.get('event'):<20} "
+        f"{row.get('resource')} holder={row.get('lock_holder')} by={row.get('agent_id')}"
+    )
     if row.get("fencing_token") is not None:
         line += f" token={row['fencing_token']}"
     if row.get("notes"):
@@ -997,12 +1216,18 @@ def _row_line(row: dict[str, Any]) -> str:
 
 @main.command()
 @click.argument("prefix", required=False)
-@click.option("--after-seq", type=int, default=None, metavar="SEQ",
-              help="Start after this seq (default: only rows from now on; 0 replays all).")
+@click.option(
+    "--after-seq",
+    type=int,
+    default=None,
+    metavar="SEQ",
+    help="Start after this seq (default: only rows from now on; 0 replays all).",
+)
 @api_options
 @json_option
-def watch(prefix: str | None, after_seq: int | None, url: str, token: str | None,
-          as_json: bool) -> None:
+def watch(
+    prefix: str | None, after_seq: int | None, url: str, token: str | None, as_json: bool
+) -> None:
     """Print audit rows under PREFIX live as they happen (Ctrl-C stops)."""
     with _client(url, token) as client:
         try:
@@ -1015,8 +1240,13 @@ def watch(prefix: str | None, after_seq: int | None, url: str, token: str | None
 # ----------------------------------------------------------------------------- migrate
 @main.command()
 @click.option("--from", "src", required=True, metavar="URL", help="Store URL to copy from.")
-@click.option("--to", "dst", required=True, metavar="URL",
-              help="Empty store URL to copy into (e.g. postgresql://user@host:5432/writ).")
+@click.option(
+    "--to",
+    "dst",
+    required=True,
+    metavar="URL",
+    help="Empty store URL to copy into (e.g. postgresql://user@host:5432/writ).",
+)
 @json_option
 def migrate(src: str, dst: str, as_json: bool) -> None:
     """Copy a whole store into an empty one on any backend, and verify the copy.

@@ -33,18 +33,30 @@ FORMATS = ("md", "html", "json")
 
 
 def _api(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--token", envvar="WRIT_TOKEN", metavar="TOKEN",
-                     help="Bearer token to read the server's ledger with [env WRIT_TOKEN].")(f)
-    f = click.option("--url", envvar="WRIT_URL", default=DEFAULT_URL, show_default=True,
-                     help="URL of the writ server [env WRIT_URL].")(f)
-    return click.option("--store", metavar="URL", default=None,
-                        help="Read this store directly, offline (e.g. sqlite:///writ.db) "
-                        "instead of a server.")(f)
+    f = click.option(
+        "--token",
+        envvar="WRIT_TOKEN",
+        metavar="TOKEN",
+        help="Bearer token to read the server's ledger with [env WRIT_TOKEN].",
+    )(f)
+    f = click.option(
+        "--url",
+        envvar="WRIT_URL",
+        default=DEFAULT_URL,
+        show_default=True,
+        help="URL of the writ server [env WRIT_URL].",
+    )(f)
+    return click.option(
+        "--store",
+        metavar="URL",
+        default=None,
+        help="Read this store directly, offline (e.g. sqlite:///writ.db) instead of a server.",
+    )(f)
 
 
 def _check_store(url: str) -> str:
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):].split("?", 1)[0]
+        path = url[len("sqlite:///") :].split("?", 1)[0]
         if path and path != ":memory:" and not os.path.exists(path):
             raise Invalid(f"no store at {path} (from {url}): check the path")
     return url
@@ -65,28 +77,69 @@ async def _with_store(url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
 
 # ----------------------------------------------------------------------------- postmortem
 @click.command("postmortem")
-@click.option("--resource", "resources", multiple=True, metavar="PREFIX",
-              help="Resource prefix to report on (repeatable; default: every resource).")
-@click.option("--since", default=None, metavar="TIME",
-              help="Start of the window: RFC 3339 (2026-05-16T02:17:00Z), epoch or -2h.")
+@click.option(
+    "--resource",
+    "resources",
+    multiple=True,
+    metavar="PREFIX",
+    help="Resource prefix to report on (repeatable; default: every resource).",
+)
+@click.option(
+    "--since",
+    default=None,
+    metavar="TIME",
+    help="Start of the window: RFC 3339 (2026-05-16T02:17:00Z), epoch or -2h.",
+)
 @click.option("--until", default=None, metavar="TIME", help="End of the window (default: now).")
-@click.option("--around", default=None, metavar="TIME",
-              help="Centre of the window, instead of --since/--until.")
-@click.option("--window", default="30m", show_default=True, metavar="DURATION",
-              help="With --around: how far either side of it (90s, 30m, 2h).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-              help="md, html (with an SVG timeline) or json [default: from --out's suffix, "
-              "else md].")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
-              help="Write to FILE instead of stdout.")
+@click.option(
+    "--around",
+    default=None,
+    metavar="TIME",
+    help="Centre of the window, instead of --since/--until.",
+)
+@click.option(
+    "--window",
+    default="30m",
+    show_default=True,
+    metavar="DURATION",
+    help="With --around: how far either side of it (90s, 30m, 2h).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="md, html (with an SVG timeline) or json [default: from --out's suffix, else md].",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write to FILE instead of stdout.",
+)
 @click.option("--title", default=None, help="Title of the report.")
-@click.option("--limit", type=click.IntRange(1, 5_000_000), default=200_000, show_default=True,
-              help="Read at most this many rows (the report says when it stopped there).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 5_000_000),
+    default=200_000,
+    show_default=True,
+    help="Read at most this many rows (the report says when it stopped there).",
+)
 @_api
 def postmortem_command(
-    resources: tuple[str, ...], since: str | None, until: str | None, around: str | None,
-    window: str, fmt: str | None, out_path: str | None, title: str | None, limit: int,
-    store: str | None, url: str, token: str | None,
+    resources: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    around: str | None,
+    window: str,
+    fmt: str | None,
+    out_path: str | None,
+    title: str | None,
+    limit: int,
+    store: str | None,
+    url: str,
+    token: str | None,
 ) -> None:
     """Write an incident postmortem draft from the audit ledger alone.
 
@@ -104,12 +157,17 @@ def postmortem_command(
     if around:
         query = Query.around(around, parse_duration(window), resources)
     else:
-        query = Query(list(resources), parse_time(since) if since else None,
-                      parse_time(until) if until else None)
+        query = Query(
+            list(resources),
+            parse_time(since) if since else None,
+            parse_time(until) if until else None,
+        )
     query.limit, query.title = limit, title
-    fmt = fmt or (Path(out_path).suffix.lstrip(".").replace("markdown", "md")
-                  if out_path and Path(out_path).suffix.lstrip(".") in
-                  ("md", "html", "json", "markdown") else "md")
+    fmt = fmt or (
+        Path(out_path).suffix.lstrip(".").replace("markdown", "md")
+        if out_path and Path(out_path).suffix.lstrip(".") in ("md", "html", "json", "markdown")
+        else "md"
+    )
 
     async def go() -> dict[str, Any]:
         from .postmortem import HttpSource, StoreSource
@@ -132,19 +190,27 @@ def postmortem_command(
         text = to_markdown(report)
     if out_path:
         Path(out_path).write_text(text, encoding="utf-8")
-        click.echo(f"wrote {out_path}: {report['source']['rows']} rows, "
-                   f"{len(report['holders'])} holders, {len(report['refusals'])} refusals, "
-                   f"{len(report['consents'])} consents, {len(report['rollbacks'])} rollbacks, "
-                   f"{len(report['revocations'])} revocations", err=True)
+        click.echo(
+            f"wrote {out_path}: {report['source']['rows']} rows, "
+            f"{len(report['holders'])} holders, {len(report['refusals'])} refusals, "
+            f"{len(report['consents'])} consents, {len(report['rollbacks'])} rollbacks, "
+            f"{len(report['revocations'])} revocations",
+            err=True,
+        )
     else:
         click.echo(text, nl=False)
 
 
 # ----------------------------------------------------------------------------- demo
 @click.command("demo")
-@click.option("--out", "out_dir", default="writ-demo", show_default=True,
-              type=click.Path(file_okay=False),
-              help="Folder for the run-2 postmortem (postmortem.md and postmortem.html).")
+@click.option(
+    "--out",
+    "out_dir",
+    default="writ-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the run-2 postmortem (postmortem.md and postmortem.html).",
+)
 def demo_command(out_dir: str) -> None:
     """Replay 02:17 twice on a simulated clock: three agents, one simulated DB.
 
@@ -160,9 +226,14 @@ def demo_command(out_dir: str) -> None:
 
 # ----------------------------------------------------------------------------- checkpoints
 @click.command("keygen")
-@click.option("--out", "out_path", default=DEFAULT_KEY, show_default=True,
-              type=click.Path(dir_okay=False),
-              help="Private key file to write (mode 0600); the public key goes to FILE.pub.")
+@click.option(
+    "--out",
+    "out_path",
+    default=DEFAULT_KEY,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Private key file to write (mode 0600); the public key goes to FILE.pub.",
+)
 def keygen_command(out_path: str) -> None:
     """Make an Ed25519 key for signing audit checkpoints (keep the private key off the
     database host; give FILE.pub to whoever verifies)."""
@@ -174,14 +245,26 @@ def keygen_command(out_path: str) -> None:
 
 
 @click.command("checkpoint")
-@click.option("--key", "key_path", envvar="WRIT_CHECKPOINT_KEY", default=DEFAULT_KEY,
-              show_default=True, type=click.Path(dir_okay=False),
-              help="Ed25519 private key (writ audit keygen) [env WRIT_CHECKPOINT_KEY].")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the checkpoint to FILE instead of stdout.")
+@click.option(
+    "--key",
+    "key_path",
+    envvar="WRIT_CHECKPOINT_KEY",
+    default=DEFAULT_KEY,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Ed25519 private key (writ audit keygen) [env WRIT_CHECKPOINT_KEY].",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the checkpoint to FILE instead of stdout.",
+)
 @_api
-def checkpoint_command(key_path: str, out_path: str | None, store: str | None, url: str,
-                       token: str | None) -> None:
+def checkpoint_command(
+    key_path: str, out_path: str | None, store: str | None, url: str, token: str | None
+) -> None:
     """Sign the audit chain's head (seq, hash, time) with an Ed25519 key.
 
     Keep the checkpoint somewhere the database's writers cannot reach; later,
@@ -203,14 +286,21 @@ def checkpoint_command(key_path: str, out_path: str | None, store: str | None, u
         cp = sign(key, row["seq"], row["hash"], row["timestamp"])
     if out_path:
         write_checkpoint(cp, out_path)
-        click.echo(f"checkpoint of seq {cp.seq} (hash {cp.hash[:16]}…) written to {out_path}",
-                   err=True)
+        click.echo(
+            f"checkpoint of seq {cp.seq} (hash {cp.hash[:16]}…) written to {out_path}", err=True
+        )
     else:
         click.echo(cp.text(), nl=False)
 
 
-def verify_checkpoints(checkpoints: tuple[str, ...], pubkey: str | None, store: str | None,
-                       url: str, token: str | None, as_json: bool) -> None:
+def verify_checkpoints(
+    checkpoints: tuple[str, ...],
+    pubkey: str | None,
+    store: str | None,
+    url: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
     """``writ audit verify --checkpoint FILE...``: exit 1 unless the ledger extends each."""
     from .checkpoint import key_id, load_public_key, raw_public, read_checkpoint, verify_store
 
@@ -226,10 +316,12 @@ def verify_checkpoints(checkpoints: tuple[str, ...], pubkey: str | None, store: 
         click.echo(json.dumps(out, indent=2))
     elif out["ok"]:
         for cp in cps:
-            click.echo(f"ok: the ledger extends checkpoint seq {cp.seq} ({cp.name}, signed "
-                       f"{cp.signed_at} by key {key_id(cp.public_key)}"
-                       + (", the trusted key" if trusted else
-                          "; pass --pubkey to check who signed it") + ")")
+            click.echo(
+                f"ok: the ledger extends checkpoint seq {cp.seq} ({cp.name}, signed "
+                f"{cp.signed_at} by key {key_id(cp.public_key)}"
+                + (", the trusted key" if trusted else "; pass --pubkey to check who signed it")
+                + ")"
+            )
         click.echo(f"ok: {out['rows']} rows, head {out['head']}")
     else:
         click.echo(f"BROKEN at seq {out['first_bad_seq']}: {out['reason']}", err=True)
@@ -246,9 +338,14 @@ def _verify_over_http(cps: list[Any], trusted: Any, url: str, token: str | None)
         cp.check_signature(trusted)
     with Client(url, token, timeout=600.0) as client:
         v = client.verify()
-        out: dict[str, Any] = {"ok": bool(v.get("ok")), "rows": v.get("rows"),
-                               "head": v.get("head"), "first_bad_seq": v.get("first_bad_seq"),
-                               "reason": v.get("reason"), "checkpoints": []}
+        out: dict[str, Any] = {
+            "ok": bool(v.get("ok")),
+            "rows": v.get("rows"),
+            "head": v.get("head"),
+            "first_bad_seq": v.get("first_bad_seq"),
+            "reason": v.get("reason"),
+            "checkpoints": [],
+        }
         if not out["ok"]:
             out["reason"] = f"row {v.get('first_bad_seq')}: {v.get('reason') or 'chain broken'}"
         for cp in sorted(cps, key=lambda c: c.seq):
@@ -257,23 +354,37 @@ def _verify_over_http(cps: list[Any], trusted: Any, url: str, token: str | None)
             ok = got == cp.hash
             out["checkpoints"].append({"seq": cp.seq, "hash": cp.hash, "file": cp.source, "ok": ok})
             if not ok and out["ok"]:
-                out.update(ok=False, first_bad_seq=cp.seq, reason=(
-                    f"the ledger ends before checkpoint seq {cp.seq}: rows were removed"
-                    if got is None else
-                    f"row {cp.seq} no longer has the hash checkpoint {cp.name} signed: rows up to "
-                    f"{cp.seq} were rewritten and re-hashed after it was signed"))
+                out.update(
+                    ok=False,
+                    first_bad_seq=cp.seq,
+                    reason=(
+                        f"the ledger ends before checkpoint seq {cp.seq}: rows were removed"
+                        if got is None
+                        else f"row {cp.seq} no longer has the hash checkpoint {cp.name} signed: rows up to "
+                        f"{cp.seq} were rewritten and re-hashed after it was signed"
+                    ),
+                )
     return out
 
 
 @click.command("verify-checkpoint")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--pubkey", default=None, type=click.Path(dir_okay=False),
-              help="The public key you trust (PEM; FILE.pub from writ audit keygen).")
+@click.option(
+    "--pubkey",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The public key you trust (PEM; FILE.pub from writ audit keygen).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON answer.")
 @_api
-def verify_checkpoint_command(checkpoints: tuple[str, ...], pubkey: str | None,
-                              store: str | None, url: str, token: str | None,
-                              as_json: bool) -> None:
+def verify_checkpoint_command(
+    checkpoints: tuple[str, ...],
+    pubkey: str | None,
+    store: str | None,
+    url: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
     """Prove the ledger still extends each signed checkpoint FILE (exit 1 naming the row if
     not); the same as `writ audit verify --checkpoint FILE`."""
     verify_checkpoints(checkpoints, pubkey, store, url, token, as_json)
@@ -284,22 +395,38 @@ def _extend_verify(verify: click.Command) -> None:
     """Add --checkpoint/--pubkey to the existing `writ audit verify` command."""
     if any(p.name == "checkpoints" for p in verify.params):
         return
-    verify.params.append(click.Option(
-        ["--checkpoint", "checkpoints"], multiple=True, type=click.Path(dir_okay=False),
-        help="Also prove the ledger still extends this signed checkpoint (repeatable)."))
-    verify.params.append(click.Option(
-        ["--pubkey"], default=None, type=click.Path(dir_okay=False),
-        help="With --checkpoint: the public key you trust (PEM, from writ audit keygen)."))
+    verify.params.append(
+        click.Option(
+            ["--checkpoint", "checkpoints"],
+            multiple=True,
+            type=click.Path(dir_okay=False),
+            help="Also prove the ledger still extends this signed checkpoint (repeatable).",
+        )
+    )
+    verify.params.append(
+        click.Option(
+            ["--pubkey"],
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="With --checkpoint: the public key you trust (PEM, from writ audit keygen).",
+        )
+    )
     original = verify.callback
     assert original is not None
 
-    def callback(checkpoints: tuple[str, ...] = (), pubkey: str | None = None,
-                 **kwargs: Any) -> Any:
+    def callback(
+        checkpoints: tuple[str, ...] = (), pubkey: str | None = None, **kwargs: Any
+    ) -> Any:
         if not checkpoints:
             return original(**kwargs)
-        return verify_checkpoints(checkpoints, pubkey, kwargs.get("store"),
-                                  kwargs.get("url") or DEFAULT_URL, kwargs.get("token"),
-                                  bool(kwargs.get("as_json")))
+        return verify_checkpoints(
+            checkpoints,
+            pubkey,
+            kwargs.get("store"),
+            kwargs.get("url") or DEFAULT_URL,
+            kwargs.get("token"),
+            bool(kwargs.get("as_json")),
+        )
 
     verify.callback = callback
 
@@ -309,22 +436,40 @@ def _extend_serve(serve: click.Command) -> None:
     if any(p.name == "checkpoint_every" for p in serve.params):
         return
     serve.params += [
-        click.Option(["--checkpoint-every"], type=click.IntRange(min=1), default=None,
-                     metavar="N", envvar="WRIT_CHECKPOINT_EVERY",
-                     help="Write a signed audit checkpoint every N rows [env "
-                     "WRIT_CHECKPOINT_EVERY]."),
-        click.Option(["--checkpoint-key"], default=DEFAULT_KEY, show_default=True,
-                     envvar="WRIT_CHECKPOINT_KEY", type=click.Path(dir_okay=False),
-                     help="Ed25519 key for the checkpoints [env WRIT_CHECKPOINT_KEY]."),
-        click.Option(["--checkpoint-dir"], default="writ-checkpoints", show_default=True,
-                     envvar="WRIT_CHECKPOINT_DIR", type=click.Path(file_okay=False),
-                     help="Where the checkpoints go [env WRIT_CHECKPOINT_DIR]."),
+        click.Option(
+            ["--checkpoint-every"],
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="N",
+            envvar="WRIT_CHECKPOINT_EVERY",
+            help="Write a signed audit checkpoint every N rows [env WRIT_CHECKPOINT_EVERY].",
+        ),
+        click.Option(
+            ["--checkpoint-key"],
+            default=DEFAULT_KEY,
+            show_default=True,
+            envvar="WRIT_CHECKPOINT_KEY",
+            type=click.Path(dir_okay=False),
+            help="Ed25519 key for the checkpoints [env WRIT_CHECKPOINT_KEY].",
+        ),
+        click.Option(
+            ["--checkpoint-dir"],
+            default="writ-checkpoints",
+            show_default=True,
+            envvar="WRIT_CHECKPOINT_DIR",
+            type=click.Path(file_okay=False),
+            help="Where the checkpoints go [env WRIT_CHECKPOINT_DIR].",
+        ),
     ]
     original = serve.callback
     assert original is not None
 
-    def callback(checkpoint_every: int | None = None, checkpoint_key: str = DEFAULT_KEY,
-                 checkpoint_dir: str = "writ-checkpoints", **kwargs: Any) -> Any:
+    def callback(
+        checkpoint_every: int | None = None,
+        checkpoint_key: str = DEFAULT_KEY,
+        checkpoint_dir: str = "writ-checkpoints",
+        **kwargs: Any,
+    ) -> Any:
         if checkpoint_every:
             install_checkpointer(checkpoint_key, checkpoint_dir, checkpoint_every)
         return original(**kwargs)

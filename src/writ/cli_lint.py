@@ -48,9 +48,12 @@ class LintRun:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "rows": self.rows, **{v: self.counts[v] for v in VERDICTS},
-            "warnings": self.warned, "unreadable": self.unreadable,
-            "failed_inputs": self.failed_inputs, "exit": self.exit_code,
+            "rows": self.rows,
+            **{v: self.counts[v] for v in VERDICTS},
+            "warnings": self.warned,
+            "unreadable": self.unreadable,
+            "failed_inputs": self.failed_inputs,
+            "exit": self.exit_code,
         }
 
 
@@ -116,8 +119,10 @@ def run(
                     if not result.findings and not many:
                         write(_ACCEPT_LINE % n)
                     else:
-                        write(json.dumps(_obj(result, n, shown if many else None),
-                                         ensure_ascii=False) + "\n")
+                        write(
+                            json.dumps(_obj(result, n, shown if many else None), ensure_ascii=False)
+                            + "\n"
+                        )
                 elif fmt == "json":
                     obj = _obj(result, n, shown if many else None, guessed=True)
                     write(sep + json.dumps(obj, ensure_ascii=False))
@@ -133,7 +138,7 @@ def run(
             if name != "-":
                 stream.close()
     if fmt == "json":
-        write("\n], \"summary\": " + json.dumps(state.summary()) + "}\n")
+        write('\n], "summary": ' + json.dumps(state.summary()) + "}\n")
     elif fmt == "text":
         _text_summary(out, state)
     return state
@@ -179,24 +184,46 @@ def _principals(files: Iterable[str], server: str | None, token: str | None) -> 
 
 
 @click.command("lint")
-@click.argument("files", nargs=-1, metavar="FILE...",
-                type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
-              help="text: a verdict per row, a line per finding, a summary. jsonl: one "
-              '{"row", "verdict", "findings"} object per input row, in input order. '
-              'json: one document {"rows": [...], "summary": {...}}.')
-@click.option("--fragment", is_flag=True,
-              help="Judge only the fields each row has (for partial rows pasted into threads): "
-              "absent columns are not flagged.")
-@click.option("--principals", "principals_files", multiple=True, metavar="FILE",
-              type=click.Path(dir_okay=False),
-              help='JSON or TOML file mapping principal name -> kind (agent, human, queue, '
-              'portal), e.g. {"svc-ops-princess": "queue"}; wins over name heuristics. '
-              "May be repeated.")
-@click.option("--server", metavar="URL",
-              help="Take principal kinds from a writ server's registry (GET URL/v1/principals).")
-@click.option("--token", envvar="WRIT_TOKEN", metavar="TOKEN",
-              help="Bearer token for --server (default: $WRIT_TOKEN).")
+@click.argument(
+    "files", nargs=-1, metavar="FILE...", type=click.Path(dir_okay=False, allow_dash=True)
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help="text: a verdict per row, a line per finding, a summary. jsonl: one "
+    '{"row", "verdict", "findings"} object per input row, in input order. '
+    'json: one document {"rows": [...], "summary": {...}}.',
+)
+@click.option(
+    "--fragment",
+    is_flag=True,
+    help="Judge only the fields each row has (for partial rows pasted into threads): "
+    "absent columns are not flagged.",
+)
+@click.option(
+    "--principals",
+    "principals_files",
+    multiple=True,
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="JSON or TOML file mapping principal name -> kind (agent, human, queue, "
+    'portal), e.g. {"svc-ops-princess": "queue"}; wins over name heuristics. '
+    "May be repeated.",
+)
+@click.option(
+    "--server",
+    metavar="URL",
+    help="Take principal kinds from a writ server's registry (GET URL/v1/principals).",
+)
+@click.option(
+    "--token",
+    envvar="WRIT_TOKEN",
+    metavar="TOKEN",
+    help="Bearer token for --server (default: $WRIT_TOKEN).",
+)
 @click.pass_context
 def lint_command(
     ctx: click.Context,
@@ -228,8 +255,7 @@ def lint_command(
         click.echo(f"writ lint: principals: {getattr(exc, 'message', None) or exc}", err=True)
         ctx.exit(2)
     try:
-        state = run(files, Linter(fragment=fragment, kinds=kinds), fmt,
-                    out=sys.stdout)
+        state = run(files, Linter(fragment=fragment, kinds=kinds), fmt, out=sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError:  # `writ lint big.jsonl | head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)

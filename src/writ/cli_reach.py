@@ -23,30 +23,77 @@ def _header(value: str) -> tuple[str, str]:
 
 
 @click.command("gate")
-@click.option("--url", envvar="WRIT_URL", default="http://127.0.0.1:7411", show_default=True,
-              help="writ server URL (or WRIT_URL).")
-@click.option("--token", envvar=["WRIT_GATE_TOKEN", "WRIT_TOKEN"], required=True,
-              help="The gate's own writ token (or WRIT_GATE_TOKEN, then WRIT_TOKEN).")
-@click.option("--upstream", required=True, metavar="URL",
-              help="Base URL of the API behind the gate, e.g. http://127.0.0.1:9000.")
-@click.option("--listen", default="127.0.0.1:7412", show_default=True, metavar="HOST:PORT",
-              help="Where the gate listens (port 0 picks a free one; the address is printed).")
-@click.option("--routes", "routes_path", required=True, type=click.Path(dir_okay=False),
-              help="TOML file of [[route]] path/methods/resource entries.")
-@click.option("--upstream-header", "upstream_headers", multiple=True, metavar="'NAME: VALUE'",
-              help="Header set on every forwarded request (the upstream's own credentials, so "
-              "that only the gate can write). Repeatable.")
-@click.option("--timeout", default=60.0, show_default=True,
-              help="Seconds to wait for the upstream (connect, and each read).")
-@click.option("--writ-timeout", default=5.0, show_default=True,
-              help="Seconds to wait for writ's decision before refusing with 503.")
+@click.option(
+    "--url",
+    envvar="WRIT_URL",
+    default="http://127.0.0.1:7411",
+    show_default=True,
+    help="writ server URL (or WRIT_URL).",
+)
+@click.option(
+    "--token",
+    envvar=["WRIT_GATE_TOKEN", "WRIT_TOKEN"],
+    required=True,
+    help="The gate's own writ token (or WRIT_GATE_TOKEN, then WRIT_TOKEN).",
+)
+@click.option(
+    "--upstream",
+    required=True,
+    metavar="URL",
+    help="Base URL of the API behind the gate, e.g. http://127.0.0.1:9000.",
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1:7412",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where the gate listens (port 0 picks a free one; the address is printed).",
+)
+@click.option(
+    "--routes",
+    "routes_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="TOML file of [[route]] path/methods/resource entries.",
+)
+@click.option(
+    "--upstream-header",
+    "upstream_headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="Header set on every forwarded request (the upstream's own credentials, so "
+    "that only the gate can write). Repeatable.",
+)
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the upstream (connect, and each read).",
+)
+@click.option(
+    "--writ-timeout",
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for writ's decision before refusing with 503.",
+)
 @click.option("--check", is_flag=True, help="Only load and print the routes, then exit.")
-@click.option("--log-level", default="warning", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]),
-              help="Log level on stderr.")
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Log level on stderr.",
+)
 def gate_command(
-    url: str, token: str, upstream: str, listen: str, routes_path: str,
-    upstream_headers: tuple[str, ...], timeout: float, writ_timeout: float, check: bool,
+    url: str,
+    token: str,
+    upstream: str,
+    listen: str,
+    routes_path: str,
+    upstream_headers: tuple[str, ...],
+    timeout: float,
+    writ_timeout: float,
+    check: bool,
     log_level: str,
 ) -> None:
     """Reverse proxy that lets a mutating request through only with the current lease.
@@ -66,8 +113,15 @@ def gate_command(
         if check:
             click.echo(describe(routes))
             return
-        gate = Gate(url, token, upstream, routes, timeout=timeout, writ_timeout=writ_timeout,
-                    upstream_headers=dict(_header(h) for h in upstream_headers))
+        gate = Gate(
+            url,
+            token,
+            upstream,
+            routes,
+            timeout=timeout,
+            writ_timeout=writ_timeout,
+            upstream_headers=dict(_header(h) for h in upstream_headers),
+        )
     except WritError as exc:
         raise click.UsageError(exc.message) from exc
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
@@ -78,29 +132,63 @@ def gate_command(
 
 
 @click.command("mcp")
-@click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio",
-              show_default=True, help="stdio (the MCP client starts this command) or "
-              "streamable HTTP.")
-@click.option("--url", envvar="WRIT_URL", default="http://127.0.0.1:7411", show_default=True,
-              help="writ server URL (or WRIT_URL).")
-@click.option("--token", envvar="WRIT_TOKEN", required=True,
-              help="The agent's writ token (or WRIT_TOKEN): every tool acts as this principal.")
+@click.option(
+    "--transport",
+    type=click.Choice(["stdio", "http"]),
+    default="stdio",
+    show_default=True,
+    help="stdio (the MCP client starts this command) or streamable HTTP.",
+)
+@click.option(
+    "--url",
+    envvar="WRIT_URL",
+    default="http://127.0.0.1:7411",
+    show_default=True,
+    help="writ server URL (or WRIT_URL).",
+)
+@click.option(
+    "--token",
+    envvar="WRIT_TOKEN",
+    required=True,
+    help="The agent's writ token (or WRIT_TOKEN): every tool acts as this principal.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="HTTP: address to bind.")
-@click.option("--port", default=7413, show_default=True,
-              help="HTTP: port (0 picks a free one; the address is printed).")
+@click.option(
+    "--port",
+    default=7413,
+    show_default=True,
+    help="HTTP: port (0 picks a free one; the address is printed).",
+)
 @click.option("--path", default="/mcp", show_default=True, help="HTTP: endpoint path.")
-@click.option("--http-token", envvar="WRIT_MCP_HTTP_TOKEN", default=None,
-              help="HTTP: require 'Authorization: Bearer <this>' from MCP clients "
-              "(or WRIT_MCP_HTTP_TOKEN).")
-@click.option("--allow-human-token", is_flag=True,
-              help="Let the tools act with a human's, a queue's or an admin's token (refused by "
-              "default: a model must not answer consents with human authority).")
-@click.option("--log-level", default="warning", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]),
-              help="Log level on stderr.")
+@click.option(
+    "--http-token",
+    envvar="WRIT_MCP_HTTP_TOKEN",
+    default=None,
+    help="HTTP: require 'Authorization: Bearer <this>' from MCP clients (or WRIT_MCP_HTTP_TOKEN).",
+)
+@click.option(
+    "--allow-human-token",
+    is_flag=True,
+    help="Let the tools act with a human's, a queue's or an admin's token (refused by "
+    "default: a model must not answer consents with human authority).",
+)
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Log level on stderr.",
+)
 def mcp_command(
-    transport: str, url: str, token: str, host: str, port: int, path: str,
-    http_token: str | None, allow_human_token: bool, log_level: str,
+    transport: str,
+    url: str,
+    token: str,
+    host: str,
+    port: int,
+    path: str,
+    http_token: str | None,
+    allow_human_token: bool,
+    log_level: str,
 ) -> None:
     """MCP server exposing writ as tools, for any MCP-speaking agent.
 
@@ -121,8 +209,18 @@ def mcp_command(
         ) from exc
     client = AsyncClient(url, token)
     try:
-        anyio.run(lambda: serve(client, transport, host, port, path,  # type: ignore[arg-type]
-                                http_token, log_level, allow_human_token))
+        anyio.run(
+            lambda: serve(
+                client,
+                transport,  # type: ignore[arg-type]
+                host,
+                port,
+                path,
+                http_token,
+                log_level,
+                allow_human_token,
+            )
+        )
     except KeyboardInterrupt:
         pass
     except OSError as exc:

@@ -146,15 +146,17 @@ class _Routes(Generic[R]):
         Raises :class:`~writ.Held` (``holder``, ``queue_position``),
         :class:`~writ.ConsentRequired` or :class:`~writ.Frozen` when refused.
         """
-        body = _drop_none({
-            "resource": resource,
-            "intent": intent,
-            "ttl_s": ttl_s,
-            "wait_s": wait_s,
-            "touches": list(touches) if touches is not None else None,
-            "consent_id": consent_id,
-            "rollback": dict(rollback) if rollback is not None else None,
-        })
+        body = _drop_none(
+            {
+                "resource": resource,
+                "intent": intent,
+                "ttl_s": ttl_s,
+                "wait_s": wait_s,
+                "touches": list(touches) if touches is not None else None,
+                "consent_id": consent_id,
+                "rollback": dict(rollback) if rollback is not None else None,
+            }
+        )
         return self._send(_Req("POST", "/v1/leases", body=body, wait_s=float(wait_s or 0)))
 
     def renew(self, lease_id: str, ttl_s: float | None = None) -> R:
@@ -219,13 +221,15 @@ class _Routes(Generic[R]):
         protect_s: float | None = None,
     ) -> R:
         """``POST /v1/leases/{id}/changes``: record a (protected) change, holder only."""
-        body = _drop_none({
-            "attribute": attribute,
-            "summary": summary,
-            "before": before,
-            "after": after,
-            "protect_s": protect_s,
-        })
+        body = _drop_none(
+            {
+                "attribute": attribute,
+                "summary": summary,
+                "before": before,
+                "after": after,
+                "protect_s": protect_s,
+            }
+        )
         return self._send(_Req("POST", f"/v1/leases/{_path(lease_id)}/changes", body=body))
 
     def get_change(self, change_id: str) -> R:
@@ -297,12 +301,14 @@ class _Routes(Generic[R]):
         ``until`` is an RFC 3339 time or a duration like ``30m``; ``allow`` names principals
         that may still be granted leases under the prefix.
         """
-        body = _drop_none({
-            "prefix": prefix,
-            "reason": reason,
-            "until": until,
-            "allow": list(allow) if allow is not None else None,
-        })
+        body = _drop_none(
+            {
+                "prefix": prefix,
+                "reason": reason,
+                "until": until,
+                "allow": list(allow) if allow is not None else None,
+            }
+        )
         return self._send(_Req("POST", "/v1/freezes", body=body))
 
     def lift_freeze(self, freeze_id: str) -> R:
@@ -324,13 +330,15 @@ class _Routes(Generic[R]):
         until: str | None = None,
     ) -> R:
         """``GET /v1/audit``: ``{"rows": [...], "next_after_seq"}`` (one page)."""
-        params = _drop_none({
-            "after_seq": after_seq,
-            "limit": limit,
-            "resource": resource,
-            "since": since,
-            "until": until,
-        })
+        params = _drop_none(
+            {
+                "after_seq": after_seq,
+                "limit": limit,
+                "resource": resource,
+                "since": since,
+                "until": until,
+            }
+        )
         return self._send(_Req("GET", "/v1/audit", params=params))
 
     def verify(self) -> R:
@@ -410,7 +418,10 @@ class Client(_Base, _Routes[Any]):
     def _send(self, req: _Req) -> Any:
         try:
             response = self._http.request(
-                req.method, req.path, params=req.params, json=req.body,
+                req.method,
+                req.path,
+                params=req.params,
+                json=req.body,
                 timeout=self._timeout_for(req),
             )
         except httpx.TransportError as exc:
@@ -443,8 +454,18 @@ class Client(_Base, _Routes[Any]):
         ``renew_every`` defaults to ``ttl_s / 3``. ``on_lost(error)`` is called (from the
         renewal thread) when the lease is lost.
         """
-        return Lease(self, resource, intent, ttl_s, wait_s, touches, rollback, consent_id,
-                     renew_every, on_lost)
+        return Lease(
+            self,
+            resource,
+            intent,
+            ttl_s,
+            wait_s,
+            touches,
+            rollback,
+            consent_id,
+            renew_every,
+            on_lost,
+        )
 
     def iter_audit(
         self,
@@ -475,7 +496,9 @@ class Client(_Base, _Routes[Any]):
             return int(done.value)
 
     def watch(
-        self, resource: str | None = None, after_seq: int | None = None,
+        self,
+        resource: str | None = None,
+        after_seq: int | None = None,
         wait_s: float = WATCH_WAIT_S,
     ) -> Iterator[JSON]:
         """Audit rows under ``resource`` as they happen (long-polling ``GET /v1/events``).
@@ -509,7 +532,10 @@ class AsyncClient(_Base, _Routes[Awaitable[Any]]):
     async def _request(self, req: _Req) -> Any:
         try:
             response = await self._http.request(
-                req.method, req.path, params=req.params, json=req.body,
+                req.method,
+                req.path,
+                params=req.params,
+                json=req.body,
                 timeout=self._timeout_for(req),
             )
         except httpx.TransportError as exc:
@@ -541,8 +567,18 @@ class AsyncClient(_Base, _Routes[Awaitable[Any]]):
         on_lost: OnLost | None = None,
     ) -> AsyncLease:
         """A lease held for an ``async with`` block, renewed by an asyncio task."""
-        return AsyncLease(self, resource, intent, ttl_s, wait_s, touches, rollback, consent_id,
-                          renew_every, on_lost)
+        return AsyncLease(
+            self,
+            resource,
+            intent,
+            ttl_s,
+            wait_s,
+            touches,
+            rollback,
+            consent_id,
+            renew_every,
+            on_lost,
+        )
 
     async def iter_audit(
         self,
@@ -574,7 +610,9 @@ class AsyncClient(_Base, _Routes[Awaitable[Any]]):
             return int(done.value)
 
     async def watch(
-        self, resource: str | None = None, after_seq: int | None = None,
+        self,
+        resource: str | None = None,
+        after_seq: int | None = None,
         wait_s: float = WATCH_WAIT_S,
     ) -> AsyncIterator[JSON]:
         """Audit rows under ``resource`` as they happen (long-polling ``GET /v1/events``)."""
@@ -755,7 +793,12 @@ class Lease(_LeaseState):
         """Acquire (waiting up to ``wait_s``) and start renewing in a daemon thread."""
         sent = time.monotonic()
         data = self.client.acquire(
-            self.resource, self.intent, self.ttl_s, self.wait_s, self.touches, self.consent_id,
+            self.resource,
+            self.intent,
+            self.ttl_s,
+            self.wait_s,
+            self.touches,
+            self.consent_id,
             self.rollback,
         )
         self._granted(data, time.monotonic() if self.wait_s else sent)
@@ -806,14 +849,20 @@ class Lease(_LeaseState):
             self._lose(exc)
             raise
         except Unavailable as exc:
-            log.warning("could not release %s (it expires by itself within %gs): %s",
-                        self.lease_id, self.ttl_s, exc.message)
+            log.warning(
+                "could not release %s (it expires by itself within %gs): %s",
+                self.lease_id,
+                self.ttl_s,
+                exc.message,
+            )
 
     def __enter__(self) -> Lease:
         return self.acquire()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         if exc is None:
@@ -838,7 +887,12 @@ class AsyncLease(_LeaseState):
     async def acquire(self) -> AsyncLease:
         sent = time.monotonic()
         data = await self.client.acquire(
-            self.resource, self.intent, self.ttl_s, self.wait_s, self.touches, self.consent_id,
+            self.resource,
+            self.intent,
+            self.ttl_s,
+            self.wait_s,
+            self.touches,
+            self.consent_id,
             self.rollback,
         )
         self._granted(data, time.monotonic() if self.wait_s else sent)
@@ -889,14 +943,20 @@ class AsyncLease(_LeaseState):
             self._lose(exc)
             raise
         except Unavailable as exc:
-            log.warning("could not release %s (it expires by itself within %gs): %s",
-                        self.lease_id, self.ttl_s, exc.message)
+            log.warning(
+                "could not release %s (it expires by itself within %gs): %s",
+                self.lease_id,
+                self.ttl_s,
+                exc.message,
+            )
 
     async def __aenter__(self) -> AsyncLease:
         return await self.acquire()
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         if exc is None:

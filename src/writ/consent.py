@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 CHANGE, CONSENT = "change", "consent"
 
 
-
 class Consents:
     """Changes, revert protection and consent (wired into the engine at construction)."""
 
@@ -54,7 +53,9 @@ class Consents:
         attr = text(attribute, "attribute", limit=128)
         summ = text(summary, "summary")
         if protect_s is not None and (
-            isinstance(protect_s, bool) or not isinstance(protect_s, (int, float)) or not 0 <= protect_s <= 86_400
+            isinstance(protect_s, bool)
+            or not isinstance(protect_s, (int, float))
+            or not 0 <= protect_s <= 86_400
         ):
             raise Invalid("protect_s must be between 0 and 86400 seconds", field="protect_s")
         eng = self.engine
@@ -70,7 +71,11 @@ class Consents:
                     fencing_token=lease.fencing_token,
                 )
             now = tx.now()
-            window = float(protect_s) if protect_s is not None else eng.policy.rule_for(lease.resource).protect_s
+            window = (
+                float(protect_s)
+                if protect_s is not None
+                else eng.policy.rule_for(lease.resource).protect_s
+            )
             change = {
                 "change_id": new_id("chg"),
                 "resource": lease.resource,
@@ -85,10 +90,22 @@ class Consents:
                 "protected_until": rfc3339(now + window),
                 "override_queue": eng.override_queue(lease),
             }
-            await tx.put_object(CHANGE, change["change_id"], lease.resource,
-                                "protected" if window > 0 else "recorded", change, now + window)
-            await tx.append(eng.lease_row(lease, "change.recorded", me.name,
-                                          f"{attr}: {summ}; protected until {change['protected_until']}"))
+            await tx.put_object(
+                CHANGE,
+                change["change_id"],
+                lease.resource,
+                "protected" if window > 0 else "recorded",
+                change,
+                now + window,
+            )
+            await tx.append(
+                eng.lease_row(
+                    lease,
+                    "change.recorded",
+                    me.name,
+                    f"{attr}: {summ}; protected until {change['protected_until']}",
+                )
+            )
             return change
 
         out = await eng.store.transact(fn)
@@ -124,12 +141,16 @@ class Consents:
             return ConsentRequired(
                 f"{c['author']} changed {c['attribute']} on {c['resource']} at {c['at']} "
                 f"({c['summary']}); it is protected until {c['protected_until']}. Ask first: "
-                f"POST /v1/consents {{\"change_id\": \"{c['change_id']}\", \"reason\": ...}}, "
+                f'POST /v1/consents {{"change_id": "{c["change_id"]}", "reason": ...}}, '
                 "then retry with the granted consent_id",
                 change=public(c),
                 author=c["author"],
                 protected_until=c["protected_until"],
-                ask={"method": "POST", "path": "/v1/consents", "body": {"change_id": c["change_id"]}},
+                ask={
+                    "method": "POST",
+                    "path": "/v1/consents",
+                    "body": {"change_id": c["change_id"]},
+                },
             )
         return None
 
@@ -137,17 +158,26 @@ class Consents:
         if not req.consent_id:
             return
         consent = await tx.get_object(CONSENT, req.consent_id)
-        if consent is None or consent["state"] != "granted" or consent["requester"] != req.principal:
+        if (
+            consent is None
+            or consent["state"] != "granted"
+            or consent["requester"] != req.principal
+        ):
             return
         consent.update(status="used", used_by_lease=lease.lease_id, used_at=rfc3339(tx.now()))
-        await tx.put_object(CONSENT, consent["consent_id"], consent["resource"], "used",
-                            data(consent), None)
-        await tx.append(self.engine.lease_row(
-            lease, "consent.used", req.principal,
-            f"consent {consent['consent_id']} from {consent.get('answered_by')} used for "
-            f"change {consent['change_id']} by {consent['author']}",
-            approved_by=consent.get("approved_by"),
-        ))
+        await tx.put_object(
+            CONSENT, consent["consent_id"], consent["resource"], "used", data(consent), None
+        )
+        await tx.append(
+            self.engine.lease_row(
+                lease,
+                "consent.used",
+                req.principal,
+                f"consent {consent['consent_id']} from {consent.get('answered_by')} used for "
+                f"change {consent['change_id']} by {consent['author']}",
+                approved_by=consent.get("approved_by"),
+            )
+        )
 
     # ------------------------------------------------------------------ consents
     async def ask(self, me: Principal, change_id: Any, reason: Any) -> dict[str, Any]:
@@ -179,8 +209,14 @@ class Consents:
                 "answered_by": None,
                 "answered_at": None,
             }
-            await tx.put_object(CONSENT, consent["consent_id"], change["resource"], "pending",
-                                consent, now + timeout)
+            await tx.put_object(
+                CONSENT,
+                consent["consent_id"],
+                change["resource"],
+                "pending",
+                consent,
+                now + timeout,
+            )
             row = {
                 "agent_id": me.name,
                 "resource": change["resource"],
@@ -191,9 +227,18 @@ class Consents:
             }
             await tx.append({"event": "consent.requested", **row})
             author = await tx.get_principal(change["author"])
-            eng.call_later(tx, "wake", author.wake if author else None,
-                           {"to": change["author"], "reason": "consent requested",
-                            "consent": consent, "change": public(change)}, row)
+            eng.call_later(
+                tx,
+                "wake",
+                author.wake if author else None,
+                {
+                    "to": change["author"],
+                    "reason": "consent requested",
+                    "consent": consent,
+                    "change": public(change),
+                },
+                row,
+            )
             return consent
 
         return await eng.store.transact(fn)
@@ -230,17 +275,21 @@ class Consents:
                 answered_at=rfc3339(now),
                 approved_by=me.name if grant and me.is_human else None,
             )
-            await tx.put_object(CONSENT, consent_id, consent["resource"], consent["status"], data(consent), None)
-            await tx.append({
-                "event": f"consent.{consent['status']}",
-                "agent_id": me.name,
-                "resource": consent["resource"],
-                "lock_holder": await eng.holder_name(tx, consent["resource"]),
-                # approved_by names a human key only: an author agent's consent is in the notes
-                "approved_by": me.name if grant and me.is_human else None,
-                "notes": f"{me.name} {consent['status']} {consent['requester']}'s request to undo "
-                f"{consent['attribute']} (change {consent['change_id']} by {consent['author']})",
-            })
+            await tx.put_object(
+                CONSENT, consent_id, consent["resource"], consent["status"], data(consent), None
+            )
+            await tx.append(
+                {
+                    "event": f"consent.{consent['status']}",
+                    "agent_id": me.name,
+                    "resource": consent["resource"],
+                    "lock_holder": await eng.holder_name(tx, consent["resource"]),
+                    # approved_by names a human key only: an author agent's consent is in the notes
+                    "approved_by": me.name if grant and me.is_human else None,
+                    "notes": f"{me.name} {consent['status']} {consent['requester']}'s request to undo "
+                    f"{consent['attribute']} (change {consent['change_id']} by {consent['author']})",
+                }
+            )
             return consent
 
         out = await eng.store.transact(fn)
@@ -269,28 +318,37 @@ class Consents:
         async def fn(tx: Tx) -> None:
             # a change past its window no longer protects: take it out of the grant check
             for ch in await tx.objects_due(CHANGE, "protected", tx.now(), 500):
-                await tx.put_object(CHANGE, ch["change_id"], ch["resource"], "lapsed", data(ch),
-                                    ch["expires_at_ts"])
+                await tx.put_object(
+                    CHANGE, ch["change_id"], ch["resource"], "lapsed", data(ch), ch["expires_at_ts"]
+                )
             for c in await tx.objects_due(CONSENT, "pending", tx.now(), 200):
                 change = await tx.get_object(CHANGE, c["change_id"])
                 queue = (change or {}).get("override_queue") or eng.policy.default_override_queue
                 c.update(status="expired", escalated_to=queue)
-                await tx.put_object(CONSENT, c["consent_id"], c["resource"], "expired", data(c), None)
+                await tx.put_object(
+                    CONSENT, c["consent_id"], c["resource"], "expired", data(c), None
+                )
                 row = {
                     "agent_id": "writ",
                     "resource": c["resource"],
                     "lock_holder": await eng.holder_name(tx, c["resource"]),
                     "human_override_queue": queue,
                 }
-                await tx.append({
-                    **row,
-                    "event": "consent.expired",
-                    "notes": f"{c['author']} did not answer {c['requester']}'s consent request by "
-                    f"{c['expires_at']}: expired (not denied); escalated to {queue or 'nobody: no queue'}",
-                })
+                await tx.append(
+                    {
+                        **row,
+                        "event": "consent.expired",
+                        "notes": f"{c['author']} did not answer {c['requester']}'s consent request by "
+                        f"{c['expires_at']}: expired (not denied); escalated to {queue or 'nobody: no queue'}",
+                    }
+                )
                 q = await tx.get_principal(queue) if queue else None
-                eng.call_later(tx, "page", q.wake if q else None,
-                               {"to": queue, "reason": "consent unanswered", "consent": public(c)}, row)
+                eng.call_later(
+                    tx,
+                    "page",
+                    q.wake if q else None,
+                    {"to": queue, "reason": "consent unanswered", "consent": public(c)},
+                    row,
+                )
 
         await eng.store.transact(fn)
-

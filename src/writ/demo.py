@@ -66,9 +66,13 @@ AGENTS = {  # name: (kind, vendor, wake route)
     "routing-agent": ("agent", "vendor-c", "https://routing-agent.vendor-c.example/wake"),
     "svc-ops-princess": ("queue", None, "https://oncall.example/page/svc-ops-princess"),
 }
-ROLLBACK = {"allowed": True, "path": "/internal/db/capacity/rollback?to=4",
-            "key_holder": "svc-ops-princess", "override_queue": "svc-ops-princess",
-            "denominator": "incident_minutes"}
+ROLLBACK = {
+    "allowed": True,
+    "path": "/internal/db/capacity/rollback?to=4",
+    "key_holder": "svc-ops-princess",
+    "override_queue": "svc-ops-princess",
+    "denominator": "incident_minutes",
+}
 
 
 # ----------------------------------------------------------------------------- the DB
@@ -121,8 +125,10 @@ class SimDB:
                 self.over_since = now if self.over_since is None else self.over_since
                 if now - self.over_since >= self.fail_after_s:
                     self.down_at = now
-                    out.append(f"DB DOWN: {self.utilization:.0%} of capacity for "
-                               f"{now - self.over_since:.0f} s")
+                    out.append(
+                        f"DB DOWN: {self.utilization:.0%} of capacity for "
+                        f"{now - self.over_since:.0f} s"
+                    )
             else:
                 self.over_since = None
         return out
@@ -132,7 +138,8 @@ class SimDB:
             return "DOWN"
         p99 = self.p99_ms or 0.0
         return f"{self.instances}× {self.load:.0f}rps " + (
-            f"{p99:.0f}ms" if self.utilization < 0.99 else ">2s")
+            f"{p99:.0f}ms" if self.utilization < 0.99 else ">2s"
+        )
 
 
 def hms(offset: float) -> str:
@@ -164,13 +171,19 @@ def run_uncoordinated() -> Run:
             run.log(t, "perf-agent doubles capacity 4→8")
         elif t == 30 and (db.p99_ms or 1e9) < 100:
             db.later(t + 50, "rerouted_rps", 240)
-            run.log(t, f"routing-agent sees p99 {db.p99_ms:.0f} ms: reroutes cache misses via "
-                    "the DB tier (+240 rps in 50 s)")
+            run.log(
+                t,
+                f"routing-agent sees p99 {db.p99_ms:.0f} ms: reroutes cache misses via "
+                "the DB tier (+240 rps in 50 s)",
+            )
         elif t == 40 and db.utilization < 0.5:
             target = math.ceil(db.load / (0.95 * db.rps_per_instance))
             db.later(t + 30, "instances", target)
-            run.log(t, f"cost-agent sees {db.utilization:.0%} use: consolidates "
-                    f"{db.instances}→{target} (drains in 30 s)")
+            run.log(
+                t,
+                f"cost-agent sees {db.utilization:.0%} use: consolidates "
+                f"{db.instances}→{target} (drains in 30 s)",
+            )
         if db.down_at is not None:
             break
     return run
@@ -186,8 +199,10 @@ def counter_ids() -> Iterator[None]:
         n[0] += 1
         return f"{prefix}_demo{n[0]:04d}"
 
-    mods = [importlib.import_module(f"writ.{m}")
-            for m in ("models", "engine", "consent", "rollbacks", "freezes")]
+    mods = [
+        importlib.import_module(f"writ.{m}")
+        for m in ("models", "engine", "consent", "rollbacks", "freezes")
+    ]
     saved = [(m, m.new_id) for m in mods if hasattr(m, "new_id")]
     for m, _ in saved:
         m.new_id = new_id  # type: ignore[attr-defined]
@@ -207,8 +222,9 @@ class World:
         self.calls: list[tuple[float, str, dict[str, Any]]] = []
 
     async def post(self, who: str, path: str, body: Any = None) -> httpx.Response:
-        return await self.http.post(path, json=body,
-                                    headers={"Authorization": f"Bearer {self.tokens[who]}"})
+        return await self.http.post(
+            path, json=body, headers={"Authorization": f"Bearer {self.tokens[who]}"}
+        )
 
     def on_call(self, request: httpx.Request) -> httpx.Response:
         """writ's outbound wake and page calls land here (the agents' and queue's routes)."""
@@ -235,8 +251,9 @@ async def run_through_writ(workdir: Path) -> tuple[Run, Any]:
     app = create_app(engine, start_engine=False)
     await engine.start(background=False)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://writ") as http:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://writ"
+        ) as http:
             w = World(engine, http, clock)
             engine.caller.transport = httpx.MockTransport(w.on_call)
             for name, (kind, vendor, wake) in AGENTS.items():
@@ -263,56 +280,125 @@ async def _script(w: World, run: Run, db: SimDB) -> None:
         if t == 0:
             run.log(t, f"ALERT: DB p99 {db.p99_ms:.0f} ms > {ALERT_MS:.0f} ms")
         elif t == 10:
-            r = await w.post("perf-agent", "/v1/leases", {
-                "resource": "prod/db", "intent": "double capacity: p99 over the alert",
-                "ttl_s": 120, "touches": ["capacity"], "rollback": ROLLBACK})
+            r = await w.post(
+                "perf-agent",
+                "/v1/leases",
+                {
+                    "resource": "prod/db",
+                    "intent": "double capacity: p99 over the alert",
+                    "ttl_s": 120,
+                    "touches": ["capacity"],
+                    "rollback": ROLLBACK,
+                },
+            )
             perf_lease = _ok(r, 201)
-            _ok(await w.post("perf-agent", f"/v1/leases/{perf_lease['lease_id']}/changes", {
-                "attribute": "capacity", "summary": "capacity 4→8", "before": 4, "after": 8,
-                "fencing_token": perf_lease["fencing_token"]}), 201)
+            _ok(
+                await w.post(
+                    "perf-agent",
+                    f"/v1/leases/{perf_lease['lease_id']}/changes",
+                    {
+                        "attribute": "capacity",
+                        "summary": "capacity 4→8",
+                        "before": 4,
+                        "after": 8,
+                        "fencing_token": perf_lease["fencing_token"],
+                    },
+                ),
+                201,
+            )
             db.instances = 8
-            run.log(t, f"perf-agent holds prod/db (token {perf_lease['fencing_token']}), "
-                    "doubles capacity 4→8")
+            run.log(
+                t,
+                f"perf-agent holds prod/db (token {perf_lease['fencing_token']}), "
+                "doubles capacity 4→8",
+            )
         elif t == 30:
-            routing = asyncio.ensure_future(w.post("routing-agent", "/v1/leases", {
-                "resource": "routing/db-tier", "intent": "reroute cache misses via the DB tier",
-                "ttl_s": 120, "wait_s": 120, "touches": ["routing"]}))
+            routing = asyncio.ensure_future(
+                w.post(
+                    "routing-agent",
+                    "/v1/leases",
+                    {
+                        "resource": "routing/db-tier",
+                        "intent": "reroute cache misses via the DB tier",
+                        "ttl_s": 120,
+                        "wait_s": 120,
+                        "touches": ["routing"],
+                    },
+                )
+            )
             await _settle()
-            run.log(t, "routing-agent asks for routing/db-tier: QUEUED behind perf-agent "
-                    "(blast radius db-tier)")
+            run.log(
+                t,
+                "routing-agent asks for routing/db-tier: QUEUED behind perf-agent "
+                "(blast radius db-tier)",
+            )
         elif t == 40:
-            r = await w.post("cost-agent", "/v1/leases", {
-                "resource": "prod/db", "intent": "consolidate instances: overprovisioned",
-                "ttl_s": 60, "touches": ["capacity"]})
+            r = await w.post(
+                "cost-agent",
+                "/v1/leases",
+                {
+                    "resource": "prod/db",
+                    "intent": "consolidate instances: overprovisioned",
+                    "ttl_s": 60,
+                    "touches": ["capacity"],
+                },
+            )
             err = r.json()["error"]
-            run.log(t, f"cost-agent asks to consolidate 8→4: REFUSED {err['code']} "
-                    f"(perf-agent's change, protected until {err['protected_until'][11:19]})")
-            r = await w.post("cost-agent", "/v1/consents", {
-                "change_id": err["change"]["change_id"],
-                "reason": f"8 instances at {db.utilization:.0%}: overprovisioned"})
+            run.log(
+                t,
+                f"cost-agent asks to consolidate 8→4: REFUSED {err['code']} "
+                f"(perf-agent's change, protected until {err['protected_until'][11:19]})",
+            )
+            r = await w.post(
+                "cost-agent",
+                "/v1/consents",
+                {
+                    "change_id": err["change"]["change_id"],
+                    "reason": f"8 instances at {db.utilization:.0%}: overprovisioned",
+                },
+            )
             consent = _ok(r, 201)
             run.log(t, "cost-agent asks perf-agent's consent; writ wakes perf-agent")
         elif t == 100:
             _ok(await w.post("perf-agent", f"/v1/leases/{perf_lease['lease_id']}/release"), 200)
             assert routing is not None
             routing_lease = _ok(await routing, 201)
-            run.log(t, "perf-agent releases prod/db; routing-agent GRANTED "
-                    f"(token {routing_lease['fencing_token']})")
+            run.log(
+                t,
+                "perf-agent releases prod/db; routing-agent GRANTED "
+                f"(token {routing_lease['fencing_token']})",
+            )
             db.later(t + 50, "rerouted_rps", 240)
-            _ok(await w.post("routing-agent", f"/v1/leases/{routing_lease['lease_id']}/changes", {
-                "attribute": "routing", "summary": "cache-miss reads via the DB tier, +240 rps",
-                "fencing_token": routing_lease["fencing_token"]}), 201)
-            run.log(t, f"routing-agent re-checks ({db.instances}×, {db.p99_ms:.0f} ms), reroutes "
-                    "(+240 rps in 50 s)")
+            _ok(
+                await w.post(
+                    "routing-agent",
+                    f"/v1/leases/{routing_lease['lease_id']}/changes",
+                    {
+                        "attribute": "routing",
+                        "summary": "cache-miss reads via the DB tier, +240 rps",
+                        "fencing_token": routing_lease["fencing_token"],
+                    },
+                ),
+                201,
+            )
+            run.log(
+                t,
+                f"routing-agent re-checks ({db.instances}×, {db.p99_ms:.0f} ms), reroutes "
+                "(+240 rps in 50 s)",
+            )
         elif t == 150:
-            _ok(await w.post("routing-agent",
-                             f"/v1/leases/{routing_lease['lease_id']}/release"), 200)
+            _ok(
+                await w.post("routing-agent", f"/v1/leases/{routing_lease['lease_id']}/release"),
+                200,
+            )
             run.log(t, "routing-agent releases routing/db-tier")
         elif t == 180:
             r = await w.post("svc-ops-princess", f"/v1/consents/{consent['consent_id']}/deny")
             _ok(r, 200)
-            run.log(t, "svc-ops-princess (on call) DENIES the consolidation: not during an "
-                    "open incident")
+            run.log(
+                t,
+                "svc-ops-princess (on call) DENIES the consolidation: not during an open incident",
+            )
         await w.engine.caller.drain()  # outbound calls of this step land in this step
         for at, route, payload in w.calls[seen_calls:]:
             who = str(payload.get("to"))
@@ -335,8 +421,9 @@ async def _settle() -> None:
 
 def _ok(r: httpx.Response, status: int) -> dict[str, Any]:
     if r.status_code != status:
-        raise RuntimeError(f"demo step failed: {r.request.method} {r.request.url.path} -> "
-                           f"{r.status_code} {r.text}")
+        raise RuntimeError(
+            f"demo step failed: {r.request.method} {r.request.url.path} -> {r.status_code} {r.text}"
+        )
     out: dict[str, Any] = r.json()
     return out
 
@@ -369,8 +456,12 @@ async def run_demo(out_dir: str | Path = "writ-demo") -> Result:
             v = await engine.verify()
             report = await collect(
                 StoreSource(engine, label="the demo's embedded SQLite store"),
-                Query(["prod", "routing", "capacity"], START, START + END,
-                      title="02:17 DB latency incident — prod/db and its blast radius"),
+                Query(
+                    ["prod", "routing", "capacity"],
+                    START,
+                    START + END,
+                    title="02:17 DB latency incident — prod/db and its blast radius",
+                ),
             )
         finally:
             await engine.stop()
@@ -391,10 +482,12 @@ def render(result: Result, console: Any) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    console.print(Text("writ demo — 02:17, replayed on a simulated clock (2026-05-16, UTC)",
-                       style="bold"))
-    console.print("Three agents from three vendors, one database. Same agents, same DB model, "
-                  "twice.\n")
+    console.print(
+        Text("writ demo — 02:17, replayed on a simulated clock (2026-05-16, UTC)", style="bold")
+    )
+    console.print(
+        "Three agents from three vendors, one database. Same agents, same DB model, twice.\n"
+    )
     table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False)
     table.add_column("UTC", style="dim", no_wrap=True)
     table.add_column("run 1: without writ", ratio=1)
@@ -416,15 +509,26 @@ def render(result: Result, console: Any) -> None:
     console.print(table)
     one, two = result.uncoordinated.db, result.coordinated.db
     if one.down_at is not None:
-        console.print(Text(f"Without writ: the DB went down at {hms(one.down_at)}. Every "
-                           "decision was correct on its own.", style="bold red"))
+        console.print(
+            Text(
+                f"Without writ: the DB went down at {hms(one.down_at)}. Every "
+                "decision was correct on its own.",
+                style="bold red",
+            )
+        )
     if two.down_at is None:
-        console.print(Text(f"With writ:    the DB stayed up: {two.state()} at {hms(END)}.",
-                           style="bold green"))
-    console.print(f"Audit ledger: {result.rows} rows, hash chain "
-                  f"{'verified' if result.verified else 'BROKEN'}, head {result.head[:16]}…")
-    console.print("Postmortem written before the demo exited: "
-                  + ", ".join(str(p) for p in result.files))
+        console.print(
+            Text(
+                f"With writ:    the DB stayed up: {two.state()} at {hms(END)}.", style="bold green"
+            )
+        )
+    console.print(
+        f"Audit ledger: {result.rows} rows, hash chain "
+        f"{'verified' if result.verified else 'BROKEN'}, head {result.head[:16]}…"
+    )
+    console.print(
+        "Postmortem written before the demo exited: " + ", ".join(str(p) for p in result.files)
+    )
 
 
 def _by_time(events: list[tuple[float, str, str]]) -> dict[float, list[tuple[str, str]]]:
@@ -439,9 +543,16 @@ def _style(text: str) -> Any:
 
     if not text:
         return ""
-    for word, style in (("DOWN", "bold red"), ("REFUSED", "red"), ("ALERT", "yellow"),
-                        ("EXPIRED", "yellow"), ("DENIES", "magenta"), ("DB up", "bold green"),
-                        ("QUEUED", "cyan"), ("GRANTED", "green")):
+    for word, style in (
+        ("DOWN", "bold red"),
+        ("REFUSED", "red"),
+        ("ALERT", "yellow"),
+        ("EXPIRED", "yellow"),
+        ("DENIES", "magenta"),
+        ("DB up", "bold green"),
+        ("QUEUED", "cyan"),
+        ("GRANTED", "green"),
+    ):
         if word in text:
             return Text(text, style=style)
     return Text(text)

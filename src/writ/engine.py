@@ -56,7 +56,9 @@ STALE_WAITER_S = 2.0  # a waiter this far past its deadline has no caller left
 # the policy objects a grant is checked against, fetched together (one query where the
 # store can): lock-delays, freezes, protected changes
 POLICY_OBJECTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("delay", ("active",)), ("freeze", ("active",)), ("change", ("protected",)),
+    ("delay", ("active",)),
+    ("freeze", ("active",)),
+    ("change", ("protected",)),
 )
 SYSTEM = "writ"  # agent_id of rows writ writes on its own (expiry, bootstrap)
 
@@ -159,7 +161,9 @@ class Engine:
         """The human queue paged for ``lease``: its rollback plan's, else the policy's."""
         return (lease.rollback or {}).get("override_queue") or self.policy.default_override_queue
 
-    def lease_row(self, lease: Lease, event: str, agent: str, notes: str, **extra: Any) -> dict[str, Any]:
+    def lease_row(
+        self, lease: Lease, event: str, agent: str, notes: str, **extra: Any
+    ) -> dict[str, Any]:
         """Audit fields of a row about ``lease`` (its lock and its rollback plan)."""
         rb = lease.rollback or {}
         return {
@@ -253,7 +257,9 @@ class Engine:
             return p
         p = await self.store.read(lambda tx: tx.principal_by_token(h))
         if p is None:
-            raise Unauthenticated("unknown token: ask an admin for a principal (writ principal add)")
+            raise Unauthenticated(
+                "unknown token: ask an admin for a principal (writ principal add)"
+            )
         if len(self._auth_cache) > 100_000:
             self._auth_cache.clear()
         self._auth_cache[h] = p
@@ -305,20 +311,31 @@ class Engine:
         return p, tok
 
     async def _insert_principal(
-        self, tx: Tx, by: str, name: str, kind: str, vendor: str | None, wake: str | None,
-        admin: bool, token: str,
+        self,
+        tx: Tx,
+        by: str,
+        name: str,
+        kind: str,
+        vendor: str | None,
+        wake: str | None,
+        admin: bool,
+        token: str,
     ) -> Principal:
-        p = Principal(name=name, kind=kind, vendor=vendor, wake=wake, admin=admin, created_at=tx.now())
+        p = Principal(
+            name=name, kind=kind, vendor=vendor, wake=wake, admin=admin, created_at=tx.now()
+        )
         await tx.insert_principal(p, hash_token(token))
-        await tx.append({
-            "event": "principal.added",
-            "agent_id": by,
-            "resource": f"principals/{name}",
-            "notes": f"{by} added {kind} {name!r}"
-            + (f" (vendor {vendor})" if vendor else "")
-            + (" as admin" if admin else "")
-            + (f"; wake {wake}" if wake else ""),
-        })
+        await tx.append(
+            {
+                "event": "principal.added",
+                "agent_id": by,
+                "resource": f"principals/{name}",
+                "notes": f"{by} added {kind} {name!r}"
+                + (f" (vendor {vendor})" if vendor else "")
+                + (" as admin" if admin else "")
+                + (f"; wake {wake}" if wake else ""),
+            }
+        )
         return p
 
     async def list_principals(self) -> list[dict[str, Any]]:
@@ -341,7 +358,9 @@ class Engine:
     ) -> Request:
         resources.validate(resource)
         if not isinstance(intent, str) or not intent.strip():
-            raise Invalid("intent is required: say in a few words what you will change", field="intent")
+            raise Invalid(
+                "intent is required: say in a few words what you will change", field="intent"
+            )
         if len(intent) > MAX_INTENT:
             raise Invalid(f"intent is at most {MAX_INTENT} characters", field="intent")
         ttl = number(ttl_s, "ttl_s", 1, MAX_TTL_S)
@@ -354,7 +373,9 @@ class Engine:
             or not all(isinstance(t, str) and 0 < len(t) <= 128 for t in touches)
             or len(touches) > 64
         ):
-            raise Invalid("touches must be a list of 1-64 attribute names (or ['*'])", field="touches")
+            raise Invalid(
+                "touches must be a list of 1-64 attribute names (or ['*'])", field="touches"
+            )
         if consent_id is not None and not isinstance(consent_id, str):
             raise Invalid("consent_id must be a string", field="consent_id")
         if rollback is not None and not isinstance(rollback, dict):
@@ -384,7 +405,9 @@ class Engine:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waits.futures[waiter_id] = fut
         try:
-            out = await self.store.transact(lambda tx: self._acquire_tx(tx, principal, req, waiter_id))
+            out = await self.store.transact(
+                lambda tx: self._acquire_tx(tx, principal, req, waiter_id)
+            )
             if isinstance(out, WritError):
                 raise out
             if isinstance(out, Lease):
@@ -420,17 +443,19 @@ class Engine:
             )
         )
         b = blocked.lease
-        await tx.append({
-            "event": "lease.queued",
-            "agent_id": req.principal,
-            "resource": req.resource,
-            "lock_holder": b.holder if b else "none",
-            "lock_key": b.lock_key if b else None,
-            "lock_acquired_at": rfc3339(b.acquired_at) if b else None,
-            "fencing_token": b.fencing_token if b else None,
-            "notes": f"queued at position {blocked.position} for up to {req.wait_s:g}s: "
-            + _blocked_text(req.resource, blocked),
-        })
+        await tx.append(
+            {
+                "event": "lease.queued",
+                "agent_id": req.principal,
+                "resource": req.resource,
+                "lock_holder": b.holder if b else "none",
+                "lock_key": b.lock_key if b else None,
+                "lock_acquired_at": rfc3339(b.acquired_at) if b else None,
+                "fencing_token": b.fencing_token if b else None,
+                "notes": f"queued at position {blocked.position} for up to {req.wait_s:g}s: "
+                + _blocked_text(req.resource, blocked),
+            }
+        )
         return _Queued(w, blocked, now)
 
     async def _wait(
@@ -464,7 +489,7 @@ class Engine:
                 final = deadline - loop.time() <= 0
                 try:
                     out = await self.store.transact(
-                        lambda tx: self._recheck_tx(tx, req, waiter, final)
+                        lambda tx, final=final: self._recheck_tx(tx, req, waiter, final)  # type: ignore[misc]
                     )
                 except Unavailable:
                     if final:
@@ -535,23 +560,30 @@ class Engine:
                 # leaving the queue is a state change too: its row ends the lease.queued one
                 held = await tx.held_related(self.blast.expand(waiter.resource))
                 b = held[0] if held else None
-                await tx.append({
-                    "event": "lease.denied",
-                    "agent_id": waiter.principal,
-                    "resource": waiter.resource,
-                    "lock_holder": b.holder if b else "none",
-                    "lock_key": b.lock_key if b else None,
-                    "lock_acquired_at": rfc3339(b.acquired_at) if b else None,
-                    "fencing_token": b.fencing_token if b else None,
-                    "notes": f"withdrawn {waiter.request.get('intent')!r}: the waiting caller "
-                    "disconnected before a grant",
-                })
+                await tx.append(
+                    {
+                        "event": "lease.denied",
+                        "agent_id": waiter.principal,
+                        "resource": waiter.resource,
+                        "lock_holder": b.holder if b else "none",
+                        "lock_key": b.lock_key if b else None,
+                        "lock_acquired_at": rfc3339(b.acquired_at) if b else None,
+                        "fencing_token": b.fencing_token if b else None,
+                        "notes": f"withdrawn {waiter.request.get('intent')!r}: the waiting caller "
+                        "disconnected before a grant",
+                    }
+                )
                 await self._dispatch(tx, self.blast.expand(waiter.resource))
                 return
             lease = await tx.lease_for_request(waiter.waiter_id)
             if lease is not None and lease.state == "held":
-                await self._end(tx, lease, "released", waiter.principal,
-                                notes="released: the waiting caller disconnected before the grant reached it")
+                await self._end(
+                    tx,
+                    lease,
+                    "released",
+                    waiter.principal,
+                    notes="released: the waiting caller disconnected before the grant reached it",
+                )
 
         with contextlib.suppress(WritError):
             await self.store.transact(fn)
@@ -572,7 +604,8 @@ class Engine:
             position = 1 + await tx.count_waiters_related(req.expand, before_seq)
             return Blocked(lease, max(l.expires_at for l in held), position)
         delays = [
-            d for d in await self.policy_objects(tx, req.expand, "delay")
+            d
+            for d in await self.policy_objects(tx, req.expand, "delay")
             if (d.get("expires_at_ts") or 0) > now
         ]
         if delays:
@@ -584,8 +617,8 @@ class Engine:
             position = 1 + await tx.count_waiters_related(req.expand, before_seq)
             head = self.blast.expand(ahead[0].resource)
             head_held = await tx.held_related(head)
-            lease = min(head_held, key=lambda l: l.expires_at) if head_held else None
-            return Blocked(lease, lease.expires_at if lease else now + 0.05, position, "queue")
+            first = min(head_held, key=lambda l: l.expires_at) if head_held else None
+            return Blocked(first, first.expires_at if first else now + 0.05, position, "queue")
         return None
 
     async def _grant(self, tx: Tx, req: Request, request_id: str | None = None) -> Lease:
@@ -606,18 +639,25 @@ class Engine:
         )
         await tx.insert_lease(lease, request_id)
         warn = "; ".join((req.rollback or {}).get("warnings") or [])
-        await tx.append(self.lease_row(
-            lease, "lease.granted", req.principal,
-            f"granted {lease.lease_id} for {req.intent!r}, ttl {req.ttl_s:g}s, touches "
-            + ",".join(req.touches) + (f"; warning: {warn}" if warn else ""),
-        ))
+        await tx.append(
+            self.lease_row(
+                lease,
+                "lease.granted",
+                req.principal,
+                f"granted {lease.lease_id} for {req.intent!r}, ttl {req.ttl_s:g}s, touches "
+                + ",".join(req.touches)
+                + (f"; warning: {warn}" if warn else ""),
+            )
+        )
         for hook in self._on_grant:
             await hook(tx, req, lease)
         return lease
 
     async def _refuse(self, tx: Tx, req: Request, blocked: Blocked, waited: bool = False) -> Held:
         text = _blocked_text(req.resource, blocked)
-        await self._deny(tx, req, blocked.lease, ("waited %gs; " % req.wait_s if waited else "") + text)
+        await self._deny(
+            tx, req, blocked.lease, (f"waited {req.wait_s:g}s; " if waited else "") + text
+        )
         return await self._held_error(tx, req.resource, blocked, text)
 
     async def _held_error(self, tx: Tx, resource: str, blocked: Blocked, text: str) -> Held:
@@ -651,16 +691,18 @@ class Engine:
         if blocker is None:  # refused by a safety rule: the row still names who holds it now
             held = [l for l in await tx.held_related(req.expand) if l.expires_at > tx.now()]
             blocker = held[0] if held else None
-        await tx.append({
-            "event": "lease.denied",
-            "agent_id": req.principal,
-            "resource": req.resource,
-            "lock_holder": blocker.holder if blocker else "none",
-            "lock_key": blocker.lock_key if blocker else None,
-            "lock_acquired_at": rfc3339(blocker.acquired_at) if blocker else None,
-            "fencing_token": blocker.fencing_token if blocker else None,
-            "notes": f"refused {req.intent!r}: {why}",
-        })
+        await tx.append(
+            {
+                "event": "lease.denied",
+                "agent_id": req.principal,
+                "resource": req.resource,
+                "lock_holder": blocker.holder if blocker else "none",
+                "lock_key": blocker.lock_key if blocker else None,
+                "lock_acquired_at": rfc3339(blocker.acquired_at) if blocker else None,
+                "fencing_token": blocker.fencing_token if blocker else None,
+                "notes": f"refused {req.intent!r}: {why}",
+            }
+        )
 
     async def _dispatch(self, tx: Tx, paths: Sequence[str]) -> None:
         """Grant, in FIFO order, every queued request related to ``paths`` that is free."""
@@ -671,17 +713,27 @@ class Engine:
             exp = self.blast.expand(w.resource)
             r = w.request
             req = Request(
-                resource=w.resource, intent=r["intent"], ttl_s=float(r["ttl_s"]),
-                wait_s=float(r["wait_s"]), touches=list(r["touches"]),
-                consent_id=r.get("consent_id"), rollback=r.get("rollback"),
-                principal=w.principal, expand=exp,
+                resource=w.resource,
+                intent=r["intent"],
+                ttl_s=float(r["ttl_s"]),
+                wait_s=float(r["wait_s"]),
+                touches=list(r["touches"]),
+                consent_id=r.get("consent_id"),
+                rollback=r.get("rollback"),
+                principal=w.principal,
+                expand=exp,
             )
             if w.deadline + STALE_WAITER_S < now:
                 # its wait ended and nobody came for the answer: the caller, or the server
                 # it waited on, is gone; a grant would block the queue for a whole ttl
                 await tx.delete_waiter(w.waiter_id)
-                await self._deny(tx, req, None, f"its wait ended at {rfc3339(w.deadline)} "
-                                 "and nobody collected it (its caller or server is gone)")
+                await self._deny(
+                    tx,
+                    req,
+                    None,
+                    f"its wait ended at {rfc3339(w.deadline)} "
+                    "and nobody collected it (its caller or server is gone)",
+                )
                 continue
             # one that conflicts with an earlier candidate waits behind it (or behind its grant)
             blocked_in_line = any(self.blast.conflicts(w.resource, e) for e in earlier)
@@ -720,9 +772,16 @@ class Engine:
             delay = self.policy.rule_for(lease.resource).lock_delay_s
             if delay > 0:
                 await tx.put_object(
-                    "delay", lease.lease_id, lease.resource, "active",
-                    {"lease_id": lease.lease_id, "resource": lease.resource,
-                     "holder": lease.holder, "until": rfc3339(now + delay)},
+                    "delay",
+                    lease.lease_id,
+                    lease.resource,
+                    "active",
+                    {
+                        "lease_id": lease.lease_id,
+                        "resource": lease.resource,
+                        "holder": lease.holder,
+                        "until": rfc3339(now + delay),
+                    },
                     expires_at=now + delay,
                 )
         for hook in self._on_end:
@@ -733,7 +792,10 @@ class Engine:
     async def _expire(self, tx: Tx, lease: Lease) -> Lease:
         late = tx.now() - lease.expires_at
         return await self._end(
-            tx, lease, "expired", SYSTEM,
+            tx,
+            lease,
+            "expired",
+            SYSTEM,
             notes=f"expired: not renewed within its ttl of {lease.ttl_s:g}s"
             + (f" (found {late:.3f}s late)" if late > 0.5 else ""),
             lock_delay=True,
@@ -746,9 +808,14 @@ class Engine:
                 await self._expire(tx, lease)
         for d in await self.policy_objects(tx, paths, "delay"):
             if (d.get("expires_at_ts") or 0) <= now:
-                await tx.put_object("delay", d["lease_id"], d["resource"], "done",
-                                    {k: v for k, v in d.items() if k not in ("state", "expires_at_ts")},
-                                    d["expires_at_ts"])
+                await tx.put_object(
+                    "delay",
+                    d["lease_id"],
+                    d["resource"],
+                    "done",
+                    {k: v for k, v in d.items() if k not in ("state", "expires_at_ts")},
+                    d["expires_at_ts"],
+                )
                 await self._dispatch(tx, self.blast.expand(d["resource"]))
 
     async def _own_lease(self, tx: Tx, principal: Principal, lease_id: str) -> Lease:
@@ -792,16 +859,18 @@ class Engine:
                 lease.ttl_s = ttl
             lease.expires_at = now + lease.ttl_s
             await tx.update_lease(lease)
-            await tx.append({
-                "event": "lease.renewed",
-                "agent_id": principal.name,
-                "resource": lease.resource,
-                "lock_holder": lease.holder,
-                "lock_key": lease.lock_key,
-                "lock_acquired_at": rfc3339(lease.acquired_at),
-                "fencing_token": lease.fencing_token,
-                "notes": f"renewed until {rfc3339(lease.expires_at)}",
-            })
+            await tx.append(
+                {
+                    "event": "lease.renewed",
+                    "agent_id": principal.name,
+                    "resource": lease.resource,
+                    "lock_holder": lease.holder,
+                    "lock_key": lease.lock_key,
+                    "lock_acquired_at": rfc3339(lease.acquired_at),
+                    "fencing_token": lease.fencing_token,
+                    "notes": f"renewed until {rfc3339(lease.expires_at)}",
+                }
+            )
             return lease
 
         out = await self.store.transact(fn)
@@ -817,7 +886,9 @@ class Engine:
             lost = await self._lost(tx, lease)
             if lost is not None:
                 return lost
-            return await self._end(tx, lease, "released", principal.name, notes="released by its holder")
+            return await self._end(
+                tx, lease, "released", principal.name, notes="released by its holder"
+            )
 
         out = await self.store.transact(fn)
         if isinstance(out, WritError):
@@ -844,13 +915,16 @@ class Engine:
         missing = [k for k, v in fields_.items() if not isinstance(v, str) or not v.strip()]
         if missing:
             raise Invalid(
-                "a revoke must say how: " + ", ".join(missing)
+                "a revoke must say how: "
+                + ", ".join(missing)
                 + " required (runbook followed, who was paged, and why)",
                 fields=missing,
             )
 
         async def fn(tx: Tx) -> Lease | WritError:
-            lease = await tx.get_lease(lease_id, for_update=True) if isinstance(lease_id, str) else None
+            lease = (
+                await tx.get_lease(lease_id, for_update=True) if isinstance(lease_id, str) else None
+            )
             if lease is None:
                 raise NotFound(f"no lease {lease_id!r}", lease_id=lease_id)
             lost = await self._lost(tx, lease)
@@ -863,7 +937,10 @@ class Engine:
                 "after_paging": paged.strip(),
             }
             return await self._end(
-                tx, lease, "revoked", principal.name,
+                tx,
+                lease,
+                "revoked",
+                principal.name,
                 notes=f"revoked {lease.holder}'s lease: {reason.strip()}"
                 + (" (lock-delay waived)" if waive_lock_delay else ""),
                 extra={"second_key_revoke_provenance": provenance, "approved_by": principal.name},
@@ -886,7 +963,10 @@ class Engine:
         return out
 
     async def list_leases(
-        self, prefix: str | None = None, state: str | None = None, limit: int = 1000,
+        self,
+        prefix: str | None = None,
+        state: str | None = None,
+        limit: int = 1000,
         holder: str | None = None,
     ) -> list[dict[str, Any]]:
         if prefix:
@@ -903,9 +983,13 @@ class Engine:
             if state == "held":
                 out = [d for d in out if d["state"] == "held"]
             if state == "expired":
-                more = [l.to_dict(now) for l in await tx.list_leases(prefix, "expired", limit, holder)]
-                out = sorted([d for d in out if d["state"] == "expired"] + more,
-                             key=lambda d: -d["fencing_token"])[:limit]
+                more = [
+                    l.to_dict(now) for l in await tx.list_leases(prefix, "expired", limit, holder)
+                ]
+                out = sorted(
+                    [d for d in out if d["state"] == "expired"] + more,
+                    key=lambda d: -d["fencing_token"],
+                )[:limit]
             return out
 
         return await self.store.read(fn)
@@ -920,21 +1004,33 @@ class Engine:
             own = [l for l in held if l.resource == resource] or held
             queue = await tx.waiters_related(exp)
             protected = [
-                c for c in await tx.objects_related("change", exp, ["protected"])
+                c
+                for c in await tx.objects_related("change", exp, ["protected"])
                 if (c.get("expires_at_ts") or 0) > now
             ]
-            freezes = [f for f in await tx.objects_related("freeze", exp, ["active"])
-                       if not f.get("expires_at_ts") or f["expires_at_ts"] > now]
-            delays = [d for d in await tx.objects_related("delay", exp, ["active"])
-                      if (d.get("expires_at_ts") or 0) > now]
+            freezes = [
+                f
+                for f in await tx.objects_related("freeze", exp, ["active"])
+                if not f.get("expires_at_ts") or f["expires_at_ts"] > now
+            ]
+            delays = [
+                d
+                for d in await tx.objects_related("delay", exp, ["active"])
+                if (d.get("expires_at_ts") or 0) > now
+            ]
             return {
                 "resource": resource,
                 "lease": own[0].to_dict(now) if own else None,
                 "conflicting": [l.to_dict(now) for l in held],
                 "queue": [
-                    {"position": i + 1, "principal": w.principal, "resource": w.resource,
-                     "intent": w.request.get("intent"), "since": rfc3339(w.enqueued_at),
-                     "deadline": rfc3339(w.deadline)}
+                    {
+                        "position": i + 1,
+                        "principal": w.principal,
+                        "resource": w.resource,
+                        "intent": w.request.get("intent"),
+                        "since": rfc3339(w.enqueued_at),
+                        "deadline": rfc3339(w.deadline),
+                    }
                     for i, w in enumerate(queue)
                 ],
                 "protected_changes": [public(c) for c in protected],
@@ -965,23 +1061,39 @@ class Engine:
         """See :meth:`writ.fencing.Fencing.fence`."""
         return await self.fencing.fence(resource, token)
 
-    async def gate_check(self, gate: Principal, caller_token: str | None, lease_id: Any,
-                         fencing_token: Any, resource: str, method: str, path: str) -> dict[str, Any]:
+    async def gate_check(
+        self,
+        gate: Principal,
+        caller_token: str | None,
+        lease_id: Any,
+        fencing_token: Any,
+        resource: str,
+        method: str,
+        path: str,
+    ) -> dict[str, Any]:
         """See :meth:`writ.fencing.Fencing.gate_check`."""
-        return await self.fencing.gate_check(gate, caller_token, lease_id, fencing_token,
-                                             resource, method, path)
+        return await self.fencing.gate_check(
+            gate, caller_token, lease_id, fencing_token, resource, method, path
+        )
 
     async def who(self, resource: str, at: float | None = None) -> dict[str, Any]:
         """See :meth:`writ.history.History.who`."""
         return await self.history.who(resource, at)
 
-    async def audit(self, after_seq: int = 0, limit: int = 1000, prefix: str | None = None,
-                    since: float | None = None, until: float | None = None) -> dict[str, Any]:
+    async def audit(
+        self,
+        after_seq: int = 0,
+        limit: int = 1000,
+        prefix: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> dict[str, Any]:
         """See :meth:`writ.history.History.audit`."""
         return await self.history.audit(after_seq, limit, prefix, since, until)
 
-    async def events(self, prefix: str | None = None, after_seq: int = 0, wait_s: Any = 0,
-                     limit: int = 1000) -> dict[str, Any]:
+    async def events(
+        self, prefix: str | None = None, after_seq: int = 0, wait_s: Any = 0, limit: int = 1000
+    ) -> dict[str, Any]:
         """See :meth:`writ.history.History.events`."""
         return await self.history.events(prefix, after_seq, wait_s, limit)
 
@@ -1001,9 +1113,14 @@ class Engine:
                 if fresh is not None and fresh.state == "held" and fresh.expires_at <= now:
                     await self._expire(tx, fresh)
             for d in await tx.objects_due("delay", "active", now, 500):
-                await tx.put_object("delay", d["lease_id"], d["resource"], "done",
-                                    {k: v for k, v in d.items() if k not in ("state", "expires_at_ts")},
-                                    d["expires_at_ts"])
+                await tx.put_object(
+                    "delay",
+                    d["lease_id"],
+                    d["resource"],
+                    "done",
+                    {k: v for k, v in d.items() if k not in ("state", "expires_at_ts")},
+                    d["expires_at_ts"],
+                )
                 await self._dispatch(tx, self.blast.expand(d["resource"]))
             return len(due)
 
@@ -1017,19 +1134,24 @@ class Engine:
             try:
                 await self.sweep()
                 nxt = await self.store.read(lambda tx: _next_due(tx))
-                delay = self.sweep_interval if nxt is None else min(self.sweep_interval, max(nxt, 0.005))
+                delay = (
+                    self.sweep_interval
+                    if nxt is None
+                    else min(self.sweep_interval, max(nxt, 0.005))
+                )
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the sweeper must outlive a store hiccup
-                log.warning("sweep failed (%s); retrying in %.1fs", sys.exc_info()[1], self.sweep_interval)
+            except Exception:
+                log.warning(
+                    "sweep failed (%s); retrying in %.1fs", sys.exc_info()[1], self.sweep_interval
+                )
                 delay = self.sweep_interval
             await asyncio.sleep(delay)
 
 
-
 def _blocked_text(resource: str, b: Blocked) -> str:
     if b.reason == "lock_delay":
-        return (f"{resource} is in lock-delay after its holder died, until {rfc3339(b.until)}")
+        return f"{resource} is in lock-delay after its holder died, until {rfc3339(b.until)}"
     if b.lease is None:
         return f"{resource} has {b.position - 1} conflicting request(s) queued ahead"
     l = b.lease
@@ -1043,8 +1165,6 @@ def _blocked_text(resource: str, b: Blocked) -> str:
     return text
 
 
-
 async def _next_due(tx: Tx) -> float | None:
     nxt = await tx.next_expiry()
     return None if nxt is None else nxt - tx.now()
-

@@ -27,18 +27,18 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
-    "WritError",
-    "Invalid",
-    "Unauthenticated",
-    "Forbidden",
-    "NotFound",
     "Conflict",
-    "Held",
     "ConsentRequired",
-    "LeaseLost",
-    "TooLarge",
+    "Forbidden",
     "Frozen",
+    "Held",
+    "Invalid",
+    "LeaseLost",
+    "NotFound",
+    "TooLarge",
+    "Unauthenticated",
     "Unavailable",
+    "WritError",
     "error_from_body",
 ]
 

@@ -30,19 +30,27 @@ class Fencing:
             tok = int(token)
         except (TypeError, ValueError):
             raise Invalid("token must be an integer fencing token", field="token") from None
-        covering = [p for p in self.engine.blast.expand(resource)
-                    if p == resource or resources.related(p, resource)]
+        covering = [
+            p
+            for p in self.engine.blast.expand(resource)
+            if p == resource or resources.related(p, resource)
+        ]
 
         async def fn(tx: Tx) -> dict[str, Any]:
             now = tx.now()
             held = [
-                l for l in await tx.held_related(covering)
+                l
+                for l in await tx.held_related(covering)
                 if l.expires_at > now
                 and any(l.resource == p or resources.under(p, l.resource) for p in covering)
             ]
             current = held[0].fencing_token if held else None
-            return {"resource": resource, "current": current == tok, "current_token": current,
-                    "holder": held[0].holder if held else None}
+            return {
+                "resource": resource,
+                "current": current == tok,
+                "current_token": current,
+                "holder": held[0].holder if held else None,
+            }
 
         return await self.engine.store.read(fn)
 
@@ -75,12 +83,17 @@ class Fencing:
             token = int(fencing_token) if fencing_token not in (None, "") else None
         except (TypeError, ValueError):
             token = None
-        covering = {a for p in self.engine.blast.expand(resource) for a in (p, *resources.ancestors(p))}
+        covering = {
+            a for p in self.engine.blast.expand(resource) for a in (p, *resources.ancestors(p))
+        }
 
         async def fn(tx: Tx) -> dict[str, Any]:
             now = tx.now()
-            held = [l for l in await tx.held_related(self.engine.blast.expand(resource))
-                    if l.expires_at > now and l.resource in covering]
+            held = [
+                l
+                for l in await tx.held_related(self.engine.blast.expand(resource))
+                if l.expires_at > now and l.resource in covering
+            ]
             current = held[0] if held else None
             mark = await tx.get_object("gatemark", resource)
             highest = int(mark["token"]) if mark else 0
@@ -98,9 +111,15 @@ class Fencing:
             elif current is None or current.lease_id != lease.lease_id:
                 why = f"lease {lease.lease_id} on {lease.resource} does not cover {resource}"
             elif token != lease.fencing_token:
-                code, why = "lease_lost", f"fencing token {token} is not the lease's ({lease.fencing_token})"
+                code, why = (
+                    "lease_lost",
+                    f"fencing token {token} is not the lease's ({lease.fencing_token})",
+                )
             elif token < highest:
-                code, why = "lease_lost", f"fencing token {token} is lower than {highest}, already passed"
+                code, why = (
+                    "lease_lost",
+                    f"fencing token {token} is lower than {highest}, already passed",
+                )
             else:
                 code = "passed"
             who = caller.name if caller else "unknown"
@@ -113,7 +132,7 @@ class Fencing:
                 "lock_acquired_at": rfc3339(current.acquired_at) if current else None,
                 "fencing_token": current.fencing_token if current else None,
                 "notes": f"{method} {path} via {gate.name}: "
-                + ("passed with token %s" % token if code == "passed" else f"refused: {why}"),
+                + (f"passed with token {token}" if code == "passed" else f"refused: {why}"),
             }
             await tx.append(row)
             if code == "passed" and token is not None and token > highest:
@@ -121,11 +140,21 @@ class Fencing:
             holder = None
             if current is not None:
                 p = await tx.get_principal(current.holder)
-                holder = {"holder": current.holder, "resource": current.resource,
-                          "intent": current.intent, "acquired_at": rfc3339(current.acquired_at),
-                          "expires_at": rfc3339(current.expires_at), "wake": p.wake if p else None}
-            return {"passed": code == "passed", "code": None if code == "passed" else code,
-                    "reason": why or None, "holder": holder, "caller": who,
-                    "fencing_token": token if code == "passed" else None}
+                holder = {
+                    "holder": current.holder,
+                    "resource": current.resource,
+                    "intent": current.intent,
+                    "acquired_at": rfc3339(current.acquired_at),
+                    "expires_at": rfc3339(current.expires_at),
+                    "wake": p.wake if p else None,
+                }
+            return {
+                "passed": code == "passed",
+                "code": None if code == "passed" else code,
+                "reason": why or None,
+                "holder": holder,
+                "caller": who,
+                "fencing_token": token if code == "passed" else None,
+            }
 
         return await self.engine.store.transact(fn)

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 FREEZE = "freeze"
 
 
-
 class Freezes:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -50,8 +49,10 @@ class Freezes:
         self, me: Principal, prefix: Any, reason: Any, until: Any = None, allow: Any = None
     ) -> dict[str, Any]:
         if not me.is_human:
-            raise Forbidden(f"{me.name} is a{'n' if me.kind == 'agent' else ''} {me.kind}: "
-                            "only humans and queues may freeze")
+            raise Forbidden(
+                f"{me.name} is a{'n' if me.kind == 'agent' else ''} {me.kind}: "
+                "only humans and queues may freeze"
+            )
         resources.validate(prefix, "prefix")
         why = text(reason, "reason")
         if allow is None:
@@ -65,13 +66,18 @@ class Freezes:
             if until not in (None, ""):
                 text = str(until).strip()
                 # "30m", "2h": a duration from now; otherwise an RFC 3339 time (or epoch seconds)
-                until_ts = now + parse_duration(text) if text[-1:] in "smhd" and text[:1].isdigit() \
-                    and not text[:4].isdigit() else parse_time(text, now)
+                until_ts = (
+                    now + parse_duration(text)
+                    if text[-1:] in "smhd" and text[:1].isdigit() and not text[:4].isdigit()
+                    else parse_time(text, now)
+                )
             if until_ts is not None and until_ts <= now:
                 raise Invalid("until is in the past", field="until")
             for name in allow:
                 if await tx.get_principal(name) is None:
-                    raise Invalid(f"allow names {name!r}, who is not a registered principal", field="allow")
+                    raise Invalid(
+                        f"allow names {name!r}, who is not a registered principal", field="allow"
+                    )
             f = {
                 "freeze_id": new_id("frz"),
                 "prefix": prefix,
@@ -84,17 +90,19 @@ class Freezes:
                 "lifted_at": None,
             }
             await tx.put_object(FREEZE, f["freeze_id"], prefix, "active", f, until_ts)
-            await tx.append({
-                "event": "freeze.created",
-                "agent_id": me.name,
-                "resource": prefix,
-                "lock_holder": await self.engine.holder_name(tx, prefix),
-                "approved_by": me.name,
-                "notes": f"{me.name} froze {prefix}"
-                + (f" until {f['until']}" if f["until"] else "")
-                + (f" (allowed: {', '.join(allow)})" if allow else "")
-                + f": {why}",
-            })
+            await tx.append(
+                {
+                    "event": "freeze.created",
+                    "agent_id": me.name,
+                    "resource": prefix,
+                    "lock_holder": await self.engine.holder_name(tx, prefix),
+                    "approved_by": me.name,
+                    "notes": f"{me.name} froze {prefix}"
+                    + (f" until {f['until']}" if f["until"] else "")
+                    + (f" (allowed: {', '.join(allow)})" if allow else "")
+                    + f": {why}",
+                }
+            )
             return {**f, "state": "active"}
 
         return await self.engine.store.transact(fn)
@@ -111,14 +119,16 @@ class Freezes:
                 raise Invalid(f"freeze {freeze_id} is already {f['state']}")
             f.update(lifted_by=me.name, lifted_at=rfc3339(tx.now()))
             await tx.put_object(FREEZE, freeze_id, f["prefix"], "lifted", data(f), None)
-            await tx.append({
-                "event": "freeze.lifted",
-                "agent_id": me.name,
-                "resource": f["prefix"],
-                "lock_holder": await self.engine.holder_name(tx, f["prefix"]),
-                "approved_by": me.name,
-                "notes": f"{me.name} lifted the freeze on {f['prefix']} ({f['reason']})",
-            })
+            await tx.append(
+                {
+                    "event": "freeze.lifted",
+                    "agent_id": me.name,
+                    "resource": f["prefix"],
+                    "lock_holder": await self.engine.holder_name(tx, f["prefix"]),
+                    "approved_by": me.name,
+                    "notes": f"{me.name} lifted the freeze on {f['prefix']} ({f['reason']})",
+                }
+            )
             return public({**f, "state": "lifted"})
 
         return await self.engine.store.transact(fn)
@@ -130,7 +140,8 @@ class Freezes:
             now = tx.now()
             rows = await tx.list_objects(FREEZE, None if include_ended else ["active"], 1000)
             return [
-                public(f) for f in rows
+                public(f)
+                for f in rows
                 if include_ended or f.get("expires_at_ts") is None or f["expires_at_ts"] > now
             ]
 
@@ -139,13 +150,17 @@ class Freezes:
     async def tick(self) -> None:
         async def fn(tx: Tx) -> None:
             for f in await tx.objects_due(FREEZE, "active", tx.now(), 200):
-                await tx.put_object(FREEZE, f["freeze_id"], f["prefix"], "expired", data(f), f["expires_at_ts"])
-                await tx.append({
-                    "event": "freeze.expired",
-                    "agent_id": "writ",
-                    "resource": f["prefix"],
-                    "lock_holder": await self.engine.holder_name(tx, f["prefix"]),
-                    "notes": f"the freeze on {f['prefix']} by {f['by']} ended at {f['until']}",
-                })
+                await tx.put_object(
+                    FREEZE, f["freeze_id"], f["prefix"], "expired", data(f), f["expires_at_ts"]
+                )
+                await tx.append(
+                    {
+                        "event": "freeze.expired",
+                        "agent_id": "writ",
+                        "resource": f["prefix"],
+                        "lock_holder": await self.engine.holder_name(tx, f["prefix"]),
+                        "notes": f"the freeze on {f['prefix']} by {f['by']} ended at {f['until']}",
+                    }
+                )
 
         await self.engine.store.transact(fn)

@@ -62,14 +62,30 @@ log = logging.getLogger("writ.gate")
 
 DEFAULT_LISTEN = "127.0.0.1:7412"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 # headers only the gate may set towards the upstream, or only writ may read
-WRIT_HEADERS = frozenset({
-    "writ-lease", "writ-fencing-token", "writ-holder", "writ-resource", "writ-authorization",
-})
+WRIT_HEADERS = frozenset(
+    {
+        "writ-lease",
+        "writ-fencing-token",
+        "writ-holder",
+        "writ-resource",
+        "writ-authorization",
+    }
+)
 METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
 
 
@@ -100,8 +116,9 @@ def parse_routes(text: str, source: str = "routes.toml") -> list[Route]:
         raise Invalid(f"{source}: not valid TOML: {exc}", field="routes") from exc
     unknown = set(data) - {"route"}
     if unknown:
-        raise Invalid(f"{source}: unknown table(s) {sorted(unknown)}; expected [[route]]",
-                      field="routes")
+        raise Invalid(
+            f"{source}: unknown table(s) {sorted(unknown)}; expected [[route]]", field="routes"
+        )
     entries = data.get("route", [])
     if not isinstance(entries, list):
         raise Invalid(f"{source}: route must be an array of tables ([[route]])", field="routes")
@@ -112,22 +129,31 @@ def parse_routes(text: str, source: str = "routes.toml") -> list[Route]:
             raise Invalid(f"{where} is not a table", field="routes")
         extra = set(entry) - {"path", "methods", "resource"}
         if extra:
-            raise Invalid(f"{where}: unknown key(s) {sorted(extra)}; expected path, methods, "
-                          "resource", field="routes")
+            raise Invalid(
+                f"{where}: unknown key(s) {sorted(extra)}; expected path, methods, resource",
+                field="routes",
+            )
         path = entry.get("path")
         if not isinstance(path, str) or not path.startswith("/"):
-            raise Invalid(f"{where}: path must be a glob beginning with '/', like "
-                          "\"/admin/db/*\"", field="routes")
+            raise Invalid(
+                f"{where}: path must be a glob beginning with '/', like \"/admin/db/*\"",
+                field="routes",
+            )
         try:
             resource = resources.validate(entry.get("resource"))
         except Invalid as exc:
             raise Invalid(f"{where}: {exc.message}", field="routes") from exc
         methods = entry.get("methods", sorted(MUTATING))
-        if (not isinstance(methods, list) or not methods
-                or not all(isinstance(m, str) and re.fullmatch(r"[A-Za-z]{1,16}", m)
-                           for m in methods)):
-            raise Invalid(f"{where}: methods must be a non-empty list of HTTP methods, like "
-                          "[\"POST\", \"DELETE\"]", field="routes")
+        if (
+            not isinstance(methods, list)
+            or not methods
+            or not all(isinstance(m, str) and re.fullmatch(r"[A-Za-z]{1,16}", m) for m in methods)
+        ):
+            raise Invalid(
+                f"{where}: methods must be a non-empty list of HTTP methods, like "
+                '["POST", "DELETE"]',
+                field="routes",
+            )
         routes.append(Route(path, resource, frozenset(m.upper() for m in methods)))
     return routes
 
@@ -168,8 +194,9 @@ def _bearer(value: str | None) -> str | None:
 
 
 def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **details}},
-                        status_code=status)
+    return JSONResponse(
+        {"error": {"code": code, "message": message, **details}}, status_code=status
+    )
 
 
 def _refusal_text(method: str, path: str, resource: str, decision: Mapping[str, Any]) -> str:
@@ -178,17 +205,24 @@ def _refusal_text(method: str, path: str, resource: str, decision: Mapping[str, 
     who = (
         f"{holder['holder']} holds {holder['resource']} ({holder.get('intent')!r}) since "
         f"{holder.get('acquired_at')} until {holder.get('expires_at')}"
-        if isinstance(holder, dict) else f"Nobody holds {resource} right now"
+        if isinstance(holder, dict)
+        else f"Nobody holds {resource} right now"
     )
     if code == "unauthenticated":
-        nxt = ("Send your own writ token as 'Authorization: Bearer <token>' (or "
-               "'Writ-Authorization: Bearer <token>') with Writ-Lease and Writ-Fencing-Token")
+        nxt = (
+            "Send your own writ token as 'Authorization: Bearer <token>' (or "
+            "'Writ-Authorization: Bearer <token>') with Writ-Lease and Writ-Fencing-Token"
+        )
     elif code == "lease_lost":
-        nxt = (f"Your write authority on {resource} is gone: acquire a new lease (a new fencing "
-               "token) before writing again")
+        nxt = (
+            f"Your write authority on {resource} is gone: acquire a new lease (a new fencing "
+            "token) before writing again"
+        )
     else:
-        nxt = (f"Acquire a lease on {resource} (POST /v1/leases, waiting with wait_s if it is "
-               "held) and send Writ-Lease and Writ-Fencing-Token with the request")
+        nxt = (
+            f"Acquire a lease on {resource} (POST /v1/leases, waiting with wait_s if it is "
+            "held) and send Writ-Lease and Writ-Fencing-Token with the request"
+        )
     return f"{method} {path} needs write authority on {resource}: {reason}. {who}. {nxt}."
 
 
@@ -219,8 +253,9 @@ class Gate:
         writ_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if not token:
-            raise Invalid("the gate needs its own writ token (--token or WRIT_TOKEN)",
-                          field="token")
+            raise Invalid(
+                "the gate needs its own writ token (--token or WRIT_TOKEN)", field="token"
+            )
         self.url = url.rstrip("/")
         if "://" not in self.url:
             self.url = "http://" + self.url
@@ -246,17 +281,25 @@ class Gate:
     # -- lifecycle ------------------------------------------------------------------------
     def _clients(self) -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
         if self._upstream_client is None or self._writ_client is None:
-            limits = httpx.Limits(max_connections=self._max_connections,
-                                  max_keepalive_connections=self._max_connections)
+            limits = httpx.Limits(
+                max_connections=self._max_connections,
+                max_keepalive_connections=self._max_connections,
+            )
             self._upstream_client = httpx.AsyncClient(
-                transport=self._upstream_transport, limits=limits, follow_redirects=False,
+                transport=self._upstream_transport,
+                limits=limits,
+                follow_redirects=False,
                 timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, 10.0)),
             )
             self._writ_client = httpx.AsyncClient(
-                base_url=self.url, transport=self._writ_transport, limits=limits,
+                base_url=self.url,
+                transport=self._writ_transport,
+                limits=limits,
                 timeout=self._writ_timeout,
-                headers={"Authorization": f"Bearer {self._token}",
-                         "User-Agent": f"writ-gate/{__version__}"},
+                headers={
+                    "Authorization": f"Bearer {self._token}",
+                    "User-Agent": f"writ-gate/{__version__}",
+                },
             )
         return self._upstream_client, self._writ_client
 
@@ -330,34 +373,56 @@ class Gate:
             answer = r.json() if r.content else {}
         except (httpx.HTTPError, ValueError) as exc:
             log.error("writ at %s unreachable, refusing %s %s: %s", self.url, method, path, exc)
-            return _error(503, "unavailable",
-                          f"writ at {self.url} cannot be reached ({type(exc).__name__}), so "
-                          f"{method} {path} cannot be checked and is refused (the gate fails "
-                          "closed); retry once writ is back", resource=route.resource)
+            return _error(
+                503,
+                "unavailable",
+                f"writ at {self.url} cannot be reached ({type(exc).__name__}), so "
+                f"{method} {path} cannot be checked and is refused (the gate fails "
+                "closed); retry once writ is back",
+                resource=route.resource,
+            )
         if r.status_code != 200 or not isinstance(answer, dict) or "passed" not in answer:
             err = answer.get("error", {}) if isinstance(answer, dict) else {}
             log.error("writ refused the gate's check (%s): %s", r.status_code, err)
-            return _error(503, "unavailable",
-                          f"writ answered the gate's check with {r.status_code} "
-                          f"({err.get('code', 'error')}: {err.get('message', '')}); the gate is "
-                          f"misconfigured or writ is failing, so {method} {path} is refused",
-                          resource=route.resource)
+            return _error(
+                503,
+                "unavailable",
+                f"writ answered the gate's check with {r.status_code} "
+                f"({err.get('code', 'error')}: {err.get('message', '')}); the gate is "
+                f"misconfigured or writ is failing, so {method} {path} is refused",
+                resource=route.resource,
+            )
         if not answer["passed"]:
             code = answer.get("code") or "held"
             log.info("refused %s %s (%s): %s", method, path, code, answer.get("reason"))
-            return _error(423, code, _refusal_text(method, path, route.resource, answer),
-                          holder=answer.get("holder"), reason=answer.get("reason"),
-                          resource=route.resource)
+            return _error(
+                423,
+                code,
+                _refusal_text(method, path, route.resource, answer),
+                holder=answer.get("holder"),
+                reason=answer.get("reason"),
+                resource=route.resource,
+            )
         token = int(answer["fencing_token"])
         highest = self.highest.get(route.resource, 0)
         if token < highest:  # writ's store forgot a higher token this gate already passed
-            log.error("writ passed token %s on %s but this gate already passed %s: refusing",
-                      token, route.resource, highest)
+            log.error(
+                "writ passed token %s on %s but this gate already passed %s: refusing",
+                token,
+                route.resource,
+                highest,
+            )
             reason = f"fencing token {token} is lower than {highest}, already passed by this gate"
-            return _error(423, "lease_lost",
-                          _refusal_text(method, path, route.resource,
-                                        {"code": "lease_lost", "reason": reason}),
-                          holder=answer.get("holder"), reason=reason, resource=route.resource)
+            return _error(
+                423,
+                "lease_lost",
+                _refusal_text(
+                    method, path, route.resource, {"code": "lease_lost", "reason": reason}
+                ),
+                holder=answer.get("holder"),
+                reason=reason,
+                resource=route.resource,
+            )
         self.highest[route.resource] = token
         log.info("passed %s %s for %s with token %s", method, path, answer.get("caller"), token)
         return {**answer, "resource": route.resource}
@@ -377,7 +442,8 @@ class Gate:
             drop |= {"authorization"}
         replaced = {k for k, _ in self.upstream_headers}
         out = [
-            (k, v) for k, v in scope["headers"]
+            (k, v)
+            for k, v in scope["headers"]
             if k.decode("latin-1").lower() not in drop and k.lower() not in replaced
         ]
         out += self.upstream_headers
@@ -385,9 +451,11 @@ class Gate:
         forwarded = headers.get("x-forwarded-for")
         if client:
             forwarded = f"{forwarded}, {client[0]}" if forwarded else str(client[0])
-        out = [(k, v) for k, v in out if k.lower() not in (b"x-forwarded-for",
-                                                          b"x-forwarded-proto",
-                                                          b"x-forwarded-host")]
+        out = [
+            (k, v)
+            for k, v in out
+            if k.lower() not in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+        ]
         if forwarded:
             out.append((b"x-forwarded-for", forwarded.encode("latin-1")))
         out.append((b"x-forwarded-proto", str(scope.get("scheme", "http")).encode("latin-1")))
@@ -411,28 +479,35 @@ class Gate:
         url = self.upstream.copy_with(raw_path=target)
         has_body = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
         request = upstream.build_request(
-            scope["method"], url,
+            scope["method"],
+            url,
             headers=self._upstream_headers(scope, headers, passed),
             content=_body(receive) if has_body else None,
         )
         try:
             response = await upstream.send(request, stream=True)
         except httpx.TimeoutException as exc:
-            return _error(504, "upstream_timeout",
-                          f"the upstream {self.upstream} did not answer in time ({exc!r})")
+            return _error(
+                504,
+                "upstream_timeout",
+                f"the upstream {self.upstream} did not answer in time ({exc!r})",
+            )
         except httpx.HTTPError as exc:
-            return _error(502, "bad_gateway",
-                          f"the upstream {self.upstream} cannot be reached: {exc!r}")
+            return _error(
+                502, "bad_gateway", f"the upstream {self.upstream} cannot be reached: {exc!r}"
+            )
         connection = {
             t.strip().lower() for v in response.headers.get_list("connection") for t in v.split(",")
         }
         drop = HOP_BY_HOP | connection
         out = StreamingResponse(
-            response.aiter_raw(), status_code=response.status_code,
+            response.aiter_raw(),
+            status_code=response.status_code,
             background=BackgroundTask(response.aclose),
         )
         out.raw_headers = [
-            (k.lower(), v) for k, v in response.headers.raw
+            (k.lower(), v)
+            for k, v in response.headers.raw
             if k.decode("latin-1").lower() not in drop
         ]
         return out
@@ -460,8 +535,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
         host, port = "127.0.0.1", text
     host = host.strip("[]") or "127.0.0.1"
     if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise Invalid(f"--listen must be HOST:PORT, like {DEFAULT_LISTEN}, not {listen!r}",
-                      field="listen")
+        raise Invalid(
+            f"--listen must be HOST:PORT, like {DEFAULT_LISTEN}, not {listen!r}", field="listen"
+        )
     return host, int(port)
 
 
@@ -484,15 +560,27 @@ def serve(gate: Gate, listen: str = DEFAULT_LISTEN, log_level: str = "warning") 
     sock = bind(host, port)
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    config = uvicorn.Config(gate, log_level=log_level, access_log=False, server_header=False,
-                            lifespan="on", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        gate,
+        log_level=log_level,
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
     server = uvicorn.Server(config)
-    print(f"writ gate: listening on http://{shown}:{bound[1]} -> {gate.upstream} "
-          f"({len(gate.routes)} route(s), writ at {gate.url})", file=sys.stderr, flush=True)
+    print(
+        f"writ gate: listening on http://{shown}:{bound[1]} -> {gate.upstream} "
+        f"({len(gate.routes)} route(s), writ at {gate.url})",
+        file=sys.stderr,
+        flush=True,
+    )
     server.run(sockets=[sock])
 
 
 def describe(routes: list[Route]) -> str:
     """The routes as JSON lines (for ``writ gate --check``)."""
-    return "\n".join(json.dumps({"path": r.path, "methods": sorted(r.methods),
-                                 "resource": r.resource}) for r in routes)
+    return "\n".join(
+        json.dumps({"path": r.path, "methods": sorted(r.methods), "resource": r.resource})
+        for r in routes
+    )

@@ -31,43 +31,65 @@ class History:
         group counts; such leases exclude each other, so at most one answers.
         """
         resources.validate(resource)
-        covering = sorted({a for p in self.engine.blast.expand(resource)
-                           for a in (p, *resources.ancestors(p))})
+        covering = sorted(
+            {a for p in self.engine.blast.expand(resource) for a in (p, *resources.ancestors(p))}
+        )
 
         async def fn(tx: Tx) -> dict[str, Any]:
             t = tx.now() if at is None else at
             # a time from the wire names a whole microsecond (as rows are shown): include
             # the rows stamped within it, e.g. a grant asked about at its own acquired_at
-            grant = await tx.audit_latest(covering, ["lease.granted"], t if at is None else t + 5e-7)
+            grant = await tx.audit_latest(
+                covering, ["lease.granted"], t if at is None else t + 5e-7
+            )
             if grant is not None:
                 # held over [grant, end): a release, revoke or expiry row stamped at t means
                 # free at t. Leases on one resource never overlap, so the last such row on
                 # the grant's resource after the grant is this lease's end (one index probe).
-                end = await tx.audit_latest([grant["resource"]], _END_EVENTS,
-                                            t if at is None else t + 5e-7)
+                end = await tx.audit_latest(
+                    [grant["resource"]], _END_EVENTS, t if at is None else t + 5e-7
+                )
                 lease = await _granted_lease(tx, grant)
                 # an expiry is exact at the lease's last expires_at, even when the sweeper
                 # wrote its row later; a held lease renewed after t had not lapsed at t
-                lapsed = lease is not None and lease.state in ("held", "expired") \
+                lapsed = (
+                    lease is not None
+                    and lease.state in ("held", "expired")
                     and lease.expires_at <= t
+                )
                 if (end is None or end["seq"] < grant["seq"]) and not lapsed:
-                    return {"resource": resource, "at": rfc3339(t),
-                            "lock_holder": grant["lock_holder"], "lock_key": grant["lock_key"],
-                            "lease": lease.to_dict() if lease else None}
-            return {"resource": resource, "at": rfc3339(t), "lock_holder": "none",
-                    "lock_key": None, "lease": None}
+                    return {
+                        "resource": resource,
+                        "at": rfc3339(t),
+                        "lock_holder": grant["lock_holder"],
+                        "lock_key": grant["lock_key"],
+                        "lease": lease.to_dict() if lease else None,
+                    }
+            return {
+                "resource": resource,
+                "at": rfc3339(t),
+                "lock_holder": "none",
+                "lock_key": None,
+                "lease": None,
+            }
 
         return await self.engine.store.read(fn)
 
     async def audit(
-        self, after_seq: int = 0, limit: int = 1000, prefix: str | None = None,
-        since: float | None = None, until: float | None = None,
+        self,
+        after_seq: int = 0,
+        limit: int = 1000,
+        prefix: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> dict[str, Any]:
         if prefix:
             resources.validate(prefix, "resource")
         limit = int(number(limit, "limit", 1, 100_000))
         after = int(number(after_seq, "after_seq", 0, 2**62))
-        rows = await self.engine.store.read(lambda tx: tx.audit_rows(after, limit, prefix, since, until))
+        rows = await self.engine.store.read(
+            lambda tx: tx.audit_rows(after, limit, prefix, since, until)
+        )
         return {"rows": rows, "next_after_seq": rows[-1]["seq"] if rows else after}
 
     async def events(

@@ -162,7 +162,7 @@ def verify(
             # ,"seq":N,"timestamp":"<27 characters>"} (the hash above already binds the row
             # to the one before; this only checks the body agrees). Anything unusual falls
             # through to the full parse below.
-            body[-29 - len(tail := f',"seq":{seq},"timestamp":"'):-29] == tail
+            body[-29 - len(tail := f',"seq":{seq},"timestamp":"') : -29] == tail
             and f',"prev_hash":"{prev}","resource":' in body
         ):
             pass

@@ -65,8 +65,20 @@ from .models import KINDS
 from .routes import route_problem
 
 __all__ = [
-    "RULES", "VERDICTS", "Finding", "Linter", "Result", "Rule", "Unreadable", "check_row",
-    "guess_kind", "iter_rows", "load_principals", "parse_principals", "provenance_parts", "worst",
+    "RULES",
+    "VERDICTS",
+    "Finding",
+    "Linter",
+    "Result",
+    "Rule",
+    "Unreadable",
+    "check_row",
+    "guess_kind",
+    "iter_rows",
+    "load_principals",
+    "parse_principals",
+    "provenance_parts",
+    "worst",
 ]
 
 VERDICTS: tuple[str, ...] = ("accept", "suspicious", "reject", "contaminated")
@@ -96,8 +108,12 @@ class Finding:
         return self.verdict == "accept"
 
     def to_dict(self, *, guessed: bool = False) -> dict[str, Any]:
-        out = {"rule": self.rule, "field": self.field, "verdict": self.verdict,
-               "reason": self.reason}
+        out = {
+            "rule": self.rule,
+            "field": self.field,
+            "verdict": self.verdict,
+            "reason": self.reason,
+        }
         return {**out, "guessed": self.guessed} if guessed else out
 
 
@@ -140,15 +156,23 @@ class Unreadable:
 
 # --------------------------------------------------------------------------- principal kinds
 
-AGENT_WORDS = frozenset("""agent agents bot robot script cron cronjob daemon runner job worker
+AGENT_WORDS = frozenset(
+    """agent agents bot robot script cron cronjob daemon runner job worker
     automation autopilot llm ai gpt copilot optimizer controller reconciler autoscaler scheduler
-    pipeline ci terraform ansible jenkins argocd lambda""".split())
-PORTAL_WORDS = frozenset("""portal button dashboard console ui gui webui widget vendor saas
-    click integration marketplace""".split())
-QUEUE_WORDS = frozenset("""svc oncall queue team sre rotation rota pager pagerduty escalation noc
-    support duty triage squad""".split())
-GENERIC_WORDS = frozenset("""the a platform system service default admin root unknown none
-    nobody null tbd todo na everyone anyone all user users someone owner it""".split())
+    pipeline ci terraform ansible jenkins argocd lambda""".split()
+)
+PORTAL_WORDS = frozenset(
+    """portal button dashboard console ui gui webui widget vendor saas
+    click integration marketplace""".split()
+)
+QUEUE_WORDS = frozenset(
+    """svc oncall queue team sre rotation rota pager pagerduty escalation noc
+    support duty triage squad""".split()
+)
+GENERIC_WORDS = frozenset(
+    """the a platform system service default admin root unknown none
+    nobody null tbd todo na everyone anyone all user users someone owner it""".split()
+)
 _SPLIT = re.compile(r"[\s._\-/@:]+")
 
 
@@ -159,23 +183,28 @@ def guess_kind(name: str) -> str:
     words = [w for w in _SPLIT.split(low) if w]
     if not words:
         return "unknown"
-    if any(w in AGENT_WORDS or w.startswith("auto") or w.endswith(("bot", "agent"))
-           for w in words):
+    if any(w in AGENT_WORDS or w.startswith("auto") or w.endswith(("bot", "agent")) for w in words):
         return "agent"
     if any(w in PORTAL_WORDS for w in words):
         return "portal"
     if any(w in QUEUE_WORDS for w in words) or words[-1].endswith("ops"):
         return "queue"
-    if len(words) <= 3 and all(w.isalpha() and w.isascii() and w not in GENERIC_WORDS
-                               for w in words) and (len(words) > 1 or len(words[0]) > 1):
+    if (
+        len(words) <= 3
+        and all(w.isalpha() and w.isascii() and w not in GENERIC_WORDS for w in words)
+        and (len(words) > 1 or len(words[0]) > 1)
+    ):
         return "human"
     return "unknown"
 
 
 def parse_principals(data: Any) -> dict[str, str]:
     """name -> kind from ``{name: kind}``, ``[{"name", "kind"}]`` or ``{"principals": ...}``."""
-    if isinstance(data, Mapping) and "principals" in data and not isinstance(
-            data["principals"], str):
+    if (
+        isinstance(data, Mapping)
+        and "principals" in data
+        and not isinstance(data["principals"], str)
+    ):
         return parse_principals(data["principals"])
     if isinstance(data, list):
         pairs = []
@@ -186,7 +215,7 @@ def parse_principals(data: Any) -> dict[str, str]:
     elif isinstance(data, Mapping):
         pairs = list(data.items())
     else:
-        raise Invalid("principals must map name -> kind, like {\"svc-ops-princess\": \"queue\"}")
+        raise Invalid('principals must map name -> kind, like {"svc-ops-princess": "queue"}')
     out: dict[str, str] = {}
     for name, kind in pairs:
         if not isinstance(name, str) or not isinstance(kind, str) or kind not in KINDS:
@@ -199,8 +228,13 @@ def load_principals(path: str | Path) -> dict[str, str]:
     """Read a principals file, JSON or TOML (by extension; otherwise JSON, then TOML)."""
     p = Path(path)
     text = p.read_text(encoding="utf-8")
-    parsers = [tomllib.loads] if p.suffix.lower() == ".toml" else [json.loads] if \
-        p.suffix.lower() == ".json" else [json.loads, tomllib.loads]
+    parsers = (
+        [tomllib.loads]
+        if p.suffix.lower() == ".toml"
+        else [json.loads]
+        if p.suffix.lower() == ".json"
+        else [json.loads, tomllib.loads]
+    )
     for i, parse in enumerate(parsers, 1):
         try:
             return parse_principals(parse(text))
@@ -230,13 +264,19 @@ def _blank(v: Any) -> bool:
 
 def _true(v: Any) -> bool:
     """JSON true, and what people write for it ("true", "yes", 1)."""
-    return v is True or (type(v) is int and v == 1) or (
-        isinstance(v, str) and v.strip().lower() in ("true", "yes", "1"))
+    return (
+        v is True
+        or (type(v) is int and v == 1)
+        or (isinstance(v, str) and v.strip().lower() in ("true", "yes", "1"))
+    )
 
 
 def _how(guessed: bool) -> str:
-    return (" (kind guessed from the name; give --principals or --server to be sure)"
-            if guessed else " (kind from the principals map)")
+    return (
+        " (kind guessed from the name; give --principals or --server to be sure)"
+        if guessed
+        else " (kind from the principals map)"
+    )
 
 
 def _missing_lock_holder(row: Row, lt: Linter) -> list[Hit] | None:
@@ -244,8 +284,14 @@ def _missing_lock_holder(row: Row, lt: Linter) -> list[Hit] | None:
     if (present and not _blank(row["lock_holder"])) or (not present and lt.fragment):
         return None
     why = "is empty" if present else "is missing"
-    return [("lock_holder", f"lock_holder {why}: the row cannot say who held write authority; "
-             "it is contaminated evidence, not an incident record", False)]
+    return [
+        (
+            "lock_holder",
+            f"lock_holder {why}: the row cannot say who held write authority; "
+            "it is contaminated evidence, not an incident record",
+            False,
+        )
+    ]
 
 
 def _missing_column(row: Row, lt: Linter) -> list[Hit] | None:
@@ -262,19 +308,18 @@ def _missing_column(row: Row, lt: Linter) -> list[Hit] | None:
         else:
             why = f"no {col}"
         hits = hits or []
-        hits.append((col, f"{why}: one of the five boring columns every incident row needs",
-                     False))
+        hits.append((col, f"{why}: one of the five boring columns every incident row needs", False))
     return hits
 
 
 _KEY_REASONS = {
     "agent": "is an agent: agents may request rollback; only a human queue holds the key",
     "portal": "is a vendor portal or button: a key inside the vendor's UI is a loyalty oath, "
-              "not a second key (fire the vendor)",
+    "not a second key (fire the vendor)",
     "human": "is a named person: acceptable, but a person has no rotation and sleeps; "
-             "give the key to a human queue",
+    "give the key to a human queue",
     "unknown": "is not a known principal and its name says neither queue nor person: "
-               "register it or give the key to a human queue",
+    "register it or give the key to a human queue",
 }
 
 
@@ -286,6 +331,7 @@ _APPROVER_REASONS = {
 
 def _principal(fld: str, kind: str, says: str) -> Callable[[Row, Linter], list[Hit] | None]:
     """A rule that fires when ``fld`` names a principal of ``kind``."""
+
     def check(row: Row, lt: Linter) -> list[Hit] | None:
         name = row.get(fld)
         if name is None:
@@ -294,20 +340,33 @@ def _principal(fld: str, kind: str, says: str) -> Callable[[Row, Linter], list[H
         if k != kind:  # (a blank name is kind "blank")
             return None
         return [(fld, f"{fld} {name!r} {says}{_how(guessed) if k != 'unknown' else ''}", guessed)]
+
     return check
 
 
 def _rollback_without_key_holder(row: Row, lt: Linter) -> list[Hit] | None:
     if _true(row.get("rollback_allowed")) and _blank(row.get("rollback_key_holder")):
-        return [("rollback_key_holder", "rollback_allowed is true but no rollback_key_holder: "
-                 "who holds the key while the lock is held? (not 'the platform')", False)]
+        return [
+            (
+                "rollback_key_holder",
+                "rollback_allowed is true but no rollback_key_holder: "
+                "who holds the key while the lock is held? (not 'the platform')",
+                False,
+            )
+        ]
     return None
 
 
 def _rollback_without_path(row: Row, lt: Linter) -> list[Hit] | None:
     if _true(row.get("rollback_allowed")) and _blank(row.get("rollback_path")):
-        return [("rollback_path", "rollback_allowed is true with no rollback_path: a rollback "
-                 "with no route is a hostage note", False)]
+        return [
+            (
+                "rollback_path",
+                "rollback_allowed is true with no rollback_path: a rollback "
+                "with no route is a hostage note",
+                False,
+            )
+        ]
     return None
 
 
@@ -318,8 +377,14 @@ def _rollback_path_not_route(row: Row, lt: Linter) -> list[Hit] | None:
     why = route_problem(path)  # the same test writ applies to rollback plans at acquire
     if why is None:
         return None
-    return [("rollback_path", f"rollback_path {path!r} {why}: if rollback_path is a dashboard, "
-             "it's not a rollback_path", False)]
+    return [
+        (
+            "rollback_path",
+            f"rollback_path {path!r} {why}: if rollback_path is a dashboard, "
+            "it's not a rollback_path",
+            False,
+        )
+    ]
 
 
 def _queue(row: Row) -> tuple[str, Any]:
@@ -337,8 +402,13 @@ def _queue(row: Row) -> tuple[str, Any]:
 def _rollback_path_without_queue(row: Row, lt: Linter) -> list[Hit] | None:
     if _blank(row.get("rollback_path")) or _queue(row)[1] is not None:
         return None
-    return [(QUEUE_FIELD, "rollback_path with no human_override_queue: no queue name? "
-             "no rollback", False)]
+    return [
+        (
+            QUEUE_FIELD,
+            "rollback_path with no human_override_queue: no queue name? no rollback",
+            False,
+        )
+    ]
 
 
 def _queue_field_variant(row: Row, lt: Linter) -> list[Hit] | None:
@@ -347,8 +417,13 @@ def _queue_field_variant(row: Row, lt: Linter) -> list[Hit] | None:
         if alt in row:
             read = "read as" if _blank(row.get(QUEUE_FIELD)) else "ignored next to"
             hits = hits or []
-            hits.append((alt, f"{alt} is not a standard audit column: {read} "
-                         f"{QUEUE_FIELD} (rename it)", False))
+            hits.append(
+                (
+                    alt,
+                    f"{alt} is not a standard audit column: {read} {QUEUE_FIELD} (rename it)",
+                    False,
+                )
+            )
     return hits
 
 
@@ -357,8 +432,14 @@ def _override_queue_not_human(row: Row, lt: Linter) -> list[Hit] | None:
     k, guessed = lt.kind(name)
     if k not in ("agent", "portal"):
         return None
-    return [(fld, f"{fld} {name!r} is a{'n' if k == 'agent' else ''} {k}: the override must "
-             f"page humans, not the ghost in the room{_how(guessed)}", guessed)]
+    return [
+        (
+            fld,
+            f"{fld} {name!r} is a{'n' if k == 'agent' else ''} {k}: the override must "
+            f"page humans, not the ghost in the room{_how(guessed)}",
+            guessed,
+        )
+    ]
 
 
 def _denominator_is_defect(row: Row, lt: Linter) -> list[Hit] | None:
@@ -366,16 +447,27 @@ def _denominator_is_defect(row: Row, lt: Linter) -> list[Hit] | None:
         return None
     den = row.get("rollback_denominator")
     on = f" (denominator {den!r})" if not _blank(den) else ""
-    return [("rollback_denominator_is_defect", f"rollback_denominator_is_defect is true{on}: "
-             "the rollback was a new defect, not recovery, and never reads as clean history",
-             False)]
+    return [
+        (
+            "rollback_denominator_is_defect",
+            f"rollback_denominator_is_defect is true{on}: "
+            "the rollback was a new defect, not recovery, and never reads as clean history",
+            False,
+        )
+    ]
 
 
 def _revoke_without_provenance(row: Row, lt: Linter) -> list[Hit] | None:
     if _true(row.get("second_key_revoked")) and _blank(row.get("second_key_revoke_provenance")):
-        return [("second_key_revoke_provenance", "second_key_revoked is a bare boolean: name who "
-                 "revoked, via which runbook, when, and who was paged in "
-                 "second_key_revoke_provenance", False)]
+        return [
+            (
+                "second_key_revoke_provenance",
+                "second_key_revoked is a bare boolean: name who "
+                "revoked, via which runbook, when, and who was paged in "
+                "second_key_revoke_provenance",
+                False,
+            )
+        ]
     return None
 
 
@@ -396,8 +488,11 @@ _PROVENANCE_TEXT = {
 def provenance_parts(value: Any) -> set[str]:
     """Which of who, runbook, when, paged a provenance object or sentence names."""
     if isinstance(value, Mapping):
-        return {part for part, keys in _PROVENANCE_KEYS.items()
-                if any(not _blank(value.get(k)) and value.get(k) != [] for k in keys)}
+        return {
+            part
+            for part, keys in _PROVENANCE_KEYS.items()
+            if any(not _blank(value.get(k)) and value.get(k) != [] for k in keys)
+        }
     if isinstance(value, str):
         return {part for part, rx in _PROVENANCE_TEXT.items() if rx.search(value)}
     return set()
@@ -410,56 +505,153 @@ def _revoke_provenance_incomplete(row: Row, lt: Linter) -> list[Hit] | None:
     missing = [p for p in _PROVENANCE_KEYS if p not in provenance_parts(value)]
     if not missing:
         return None
-    return [("second_key_revoke_provenance", "second_key_revoke_provenance does not say "
-             + ", ".join(missing) + ": a revocation names who, via which runbook, when, and "
-             "after paging whom (revoked_by, via_runbook, at, after_paging)", False)]
+    return [
+        (
+            "second_key_revoke_provenance",
+            "second_key_revoke_provenance does not say "
+            + ", ".join(missing)
+            + ": a revocation names who, via which runbook, when, and "
+            "after paging whom (revoked_by, via_runbook, at, after_paging)",
+            False,
+        )
+    ]
 
 
 _KH, _AB, _Q, _RP = "rollback_key_holder", "approved_by", QUEUE_FIELD, "rollback_path"
 _PROV = "second_key_revoke_provenance"
 RULES: tuple[Rule, ...] = (
-    Rule("missing-lock-holder", "lock_holder", "contaminated",
-         "lock_holder is absent or empty", _missing_lock_holder),
-    Rule("missing-column", "timestamp|agent_id|resource|rollback_allowed", "contaminated",
-         "one of the other four boring columns is absent or empty", _missing_column),
-    Rule("key-holder-portal", _KH, "reject", "the rollback key is held by a vendor portal or "
-         "button", _principal(_KH, "portal", _KEY_REASONS["portal"])),
-    Rule("key-holder-agent", _KH, "suspicious", "the rollback key is held by an agent or "
-         "script", _principal(_KH, "agent", _KEY_REASONS["agent"])),
-    Rule("key-holder-unknown", _KH, "suspicious", "the rollback key holder is neither a known "
-         "nor a recognisable principal", _principal(_KH, "unknown", _KEY_REASONS["unknown"])),
-    Rule("key-holder-person", _KH, "accept", "warning: the rollback key is held by a named "
-         "person, not a queue", _principal(_KH, "human", _KEY_REASONS["human"])),
-    Rule("rollback-without-key-holder", _KH, "suspicious",
-         "rollback_allowed is true but nobody holds the key", _rollback_without_key_holder),
-    Rule("rollback-without-path", _RP, "reject",
-         "rollback_allowed is true with no rollback_path", _rollback_without_path),
-    Rule("rollback-path-not-route", _RP, "reject", "rollback_path is a dashboard, console or "
-         "button label, not a literal route", _rollback_path_not_route),
-    Rule("rollback-path-without-queue", _Q, "reject",
-         "rollback_path with no human_override_queue", _rollback_path_without_queue),
-    Rule("queue-field-variant", _Q, "accept", "warning: a non-standard name "
-         "(human_override_agent, ...) stands for human_override_queue", _queue_field_variant),
-    Rule("override-queue-not-human", _Q, "suspicious",
-         "human_override_queue names an agent or portal", _override_queue_not_human),
-    Rule("approver-agent", _AB, "suspicious", "approved_by is an agent",
-         _principal(_AB, "agent", _APPROVER_REASONS["agent"])),
-    Rule("approver-portal", _AB, "suspicious", "approved_by is a vendor portal",
-         _principal(_AB, "portal", _APPROVER_REASONS["portal"])),
-    Rule("denominator-is-defect", "rollback_denominator_is_defect", "suspicious",
-         "the rollback was a new defect, not recovery: never accept", _denominator_is_defect),
-    Rule("revoke-without-provenance", _PROV, "reject",
-         "second_key_revoked: true with no provenance", _revoke_without_provenance),
-    Rule("revoke-provenance-incomplete", _PROV, "reject", "the provenance does not name who, "
-         "runbook, when and who was paged", _revoke_provenance_incomplete),
+    Rule(
+        "missing-lock-holder",
+        "lock_holder",
+        "contaminated",
+        "lock_holder is absent or empty",
+        _missing_lock_holder,
+    ),
+    Rule(
+        "missing-column",
+        "timestamp|agent_id|resource|rollback_allowed",
+        "contaminated",
+        "one of the other four boring columns is absent or empty",
+        _missing_column,
+    ),
+    Rule(
+        "key-holder-portal",
+        _KH,
+        "reject",
+        "the rollback key is held by a vendor portal or button",
+        _principal(_KH, "portal", _KEY_REASONS["portal"]),
+    ),
+    Rule(
+        "key-holder-agent",
+        _KH,
+        "suspicious",
+        "the rollback key is held by an agent or script",
+        _principal(_KH, "agent", _KEY_REASONS["agent"]),
+    ),
+    Rule(
+        "key-holder-unknown",
+        _KH,
+        "suspicious",
+        "the rollback key holder is neither a known nor a recognisable principal",
+        _principal(_KH, "unknown", _KEY_REASONS["unknown"]),
+    ),
+    Rule(
+        "key-holder-person",
+        _KH,
+        "accept",
+        "warning: the rollback key is held by a named person, not a queue",
+        _principal(_KH, "human", _KEY_REASONS["human"]),
+    ),
+    Rule(
+        "rollback-without-key-holder",
+        _KH,
+        "suspicious",
+        "rollback_allowed is true but nobody holds the key",
+        _rollback_without_key_holder,
+    ),
+    Rule(
+        "rollback-without-path",
+        _RP,
+        "reject",
+        "rollback_allowed is true with no rollback_path",
+        _rollback_without_path,
+    ),
+    Rule(
+        "rollback-path-not-route",
+        _RP,
+        "reject",
+        "rollback_path is a dashboard, console or button label, not a literal route",
+        _rollback_path_not_route,
+    ),
+    Rule(
+        "rollback-path-without-queue",
+        _Q,
+        "reject",
+        "rollback_path with no human_override_queue",
+        _rollback_path_without_queue,
+    ),
+    Rule(
+        "queue-field-variant",
+        _Q,
+        "accept",
+        "warning: a non-standard name (human_override_agent, ...) stands for human_override_queue",
+        _queue_field_variant,
+    ),
+    Rule(
+        "override-queue-not-human",
+        _Q,
+        "suspicious",
+        "human_override_queue names an agent or portal",
+        _override_queue_not_human,
+    ),
+    Rule(
+        "approver-agent",
+        _AB,
+        "suspicious",
+        "approved_by is an agent",
+        _principal(_AB, "agent", _APPROVER_REASONS["agent"]),
+    ),
+    Rule(
+        "approver-portal",
+        _AB,
+        "suspicious",
+        "approved_by is a vendor portal",
+        _principal(_AB, "portal", _APPROVER_REASONS["portal"]),
+    ),
+    Rule(
+        "denominator-is-defect",
+        "rollback_denominator_is_defect",
+        "suspicious",
+        "the rollback was a new defect, not recovery: never accept",
+        _denominator_is_defect,
+    ),
+    Rule(
+        "revoke-without-provenance",
+        _PROV,
+        "reject",
+        "second_key_revoked: true with no provenance",
+        _revoke_without_provenance,
+    ),
+    Rule(
+        "revoke-provenance-incomplete",
+        _PROV,
+        "reject",
+        "the provenance does not name who, runbook, when and who was paged",
+        _revoke_provenance_incomplete,
+    ),
 )
 
 
 class Linter:
     """Rules bound to one mode and one principals map; reuse it across many rows."""
 
-    def __init__(self, *, fragment: bool = False, kinds: Mapping[str, str] | None = None,
-                 rules: Iterable[Rule] = RULES) -> None:
+    def __init__(
+        self,
+        *,
+        fragment: bool = False,
+        kinds: Mapping[str, str] | None = None,
+        rules: Iterable[Rule] = RULES,
+    ) -> None:
         self.fragment = fragment
         self.kinds: Mapping[str, str] = kinds or {}
         self.rules = tuple(rules)
@@ -476,8 +668,13 @@ class Linter:
         hit = self._cache.get(name)
         if hit is None:
             k = self.kinds.get(name) or self.kinds.get(name.strip().lower())
-            hit = ("blank", False) if not name.strip() else (k, False) if k else (
-                guess_kind(name), True)
+            hit = (
+                ("blank", False)
+                if not name.strip()
+                else (k, False)
+                if k
+                else (guess_kind(name), True)
+            )
             if len(self._cache) > 65536:
                 self._cache.clear()
             self._cache[name] = hit
@@ -498,8 +695,9 @@ class Linter:
         return Result(verdict, tuple(findings))
 
 
-def check_row(row: Mapping[str, Any], *, fragment: bool = False,
-              kinds: Mapping[str, str] | None = None) -> Result:
+def check_row(
+    row: Mapping[str, Any], *, fragment: bool = False, kinds: Mapping[str, str] | None = None
+) -> Result:
     """Judge one audit row (see the module docstring for the rules and modes)."""
     return Linter(fragment=fragment, kinds=kinds).check(row)
 
@@ -516,7 +714,8 @@ RowItem = tuple[int, "dict[str, Any] | Unreadable"]
 
 def _json_type(v: Any) -> str:
     return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(v), "number")
+        type(v), "number"
+    )
 
 
 def _expand(line: int, obj: Any) -> list[dict[str, Any] | Unreadable]:
@@ -525,8 +724,12 @@ def _expand(line: int, obj: Any) -> list[dict[str, Any] | Unreadable]:
         rows = obj.get("rows")
         if not (isinstance(rows, list) and not _AUDIT_FIELDS.intersection(obj)):
             return [obj]
-        return [r if isinstance(r, dict) else Unreadable(
-            line, f"a JSON {_json_type(r)} in rows is not an audit row") for r in rows]
+        return [
+            r
+            if isinstance(r, dict)
+            else Unreadable(line, f"a JSON {_json_type(r)} in rows is not an audit row")
+            for r in rows
+        ]
     return [Unreadable(line, f"a JSON {_json_type(obj)} is not an audit row (expected an object)")]
 
 
@@ -632,8 +835,13 @@ def iter_rows(stream: IO[Any]) -> Iterator[RowItem]:
                 fill(max(_CHUNK, len(buf) - pos))  # the value goes on: read as much again
                 continue
             at = line + buf.count("\n", pos, exc.pos)
-            why = bad.pop(at, None) or (exc.msg if not at_end else "JSON value over 64 MiB"
-                                        if not eof else "input ends inside this JSON value")
+            why = bad.pop(at, None) or (
+                exc.msg
+                if not at_end
+                else "JSON value over 64 MiB"
+                if not eof
+                else "input ends inside this JSON value"
+            )
             n += 1
             yield n, Unreadable(line, why if at == line else f"{why} (line {at})")
             resync(exc.pos)
@@ -643,8 +851,14 @@ def iter_rows(stream: IO[Any]) -> Iterator[RowItem]:
         if in_array:
             want_value = False
             n += 1
-            yield n, obj if isinstance(obj, dict) else Unreadable(
-                start, f"a JSON {_json_type(obj)} in the array is not an audit row")
+            yield (
+                n,
+                obj
+                if isinstance(obj, dict)
+                else Unreadable(
+                    start, f"a JSON {_json_type(obj)} in the array is not an audit row"
+                ),
+            )
             continue
         for item in _expand(start, obj):
             n += 1

@@ -71,19 +71,40 @@ _WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_worl
 
 # The tools this server offers, in the order it registers them.
 TOOL_NAMES = (
-    "acquire_write_authority", "renew_lease", "release_lease", "get_lease", "who_holds",
-    "resource_status", "list_held_leases", "record_change", "ask_consent", "get_consent",
-    "answer_consent", "request_rollback", "get_rollback", "watch_events", "whoami",
+    "acquire_write_authority",
+    "renew_lease",
+    "release_lease",
+    "get_lease",
+    "who_holds",
+    "resource_status",
+    "list_held_leases",
+    "record_change",
+    "ask_consent",
+    "get_consent",
+    "answer_consent",
+    "request_rollback",
+    "get_rollback",
+    "watch_events",
+    "whoami",
 )
 
 
-Resource = Annotated[str, Field(
-    description="resource path: segments of a-z 0-9 . _ - joined by '/', e.g. 'prod/db'",
-    examples=["prod/db"], min_length=1, max_length=256,
-)]
-LeaseId = Annotated[str, Field(
-    description="the lease_id returned by acquire_write_authority", min_length=1,
-)]
+Resource = Annotated[
+    str,
+    Field(
+        description="resource path: segments of a-z 0-9 . _ - joined by '/', e.g. 'prod/db'",
+        examples=["prod/db"],
+        min_length=1,
+        max_length=256,
+    ),
+]
+LeaseId = Annotated[
+    str,
+    Field(
+        description="the lease_id returned by acquire_write_authority",
+        min_length=1,
+    ),
+]
 
 
 class RollbackPlan(BaseModel):
@@ -102,11 +123,13 @@ class RollbackPlan(BaseModel):
         examples=["/internal/db/rollback?txn=8841"],
     )
     key_holder: str | None = Field(
-        None, description="the human on-call queue that may approve the rollback",
+        None,
+        description="the human on-call queue that may approve the rollback",
         examples=["svc-ops-princess"],
     )
     override_queue: str | None = Field(
-        None, description="the human queue paged if this lease gets stuck",
+        None,
+        description="the human queue paged if this lease gets stuck",
         examples=["svc-ops-princess"],
     )
     denominator: str | None = Field(
@@ -116,9 +139,11 @@ class RollbackPlan(BaseModel):
 
 # ----------------------------------------------------------------------------- error text
 def _holder_text(h: dict[str, Any]) -> str:
-    text = (f"{h.get('holder')} holds write authority on {h.get('resource')} "
-            f"(intent: {h.get('intent')!r}) since {h.get('acquired_at')}, "
-            f"until {h.get('expires_at')} unless renewed")
+    text = (
+        f"{h.get('holder')} holds write authority on {h.get('resource')} "
+        f"(intent: {h.get('intent')!r}) since {h.get('acquired_at')}, "
+        f"until {h.get('expires_at')} unless renewed"
+    )
     if h.get("fencing_token") is not None:
         text += f", fencing token {h['fencing_token']}"
     return text
@@ -132,43 +157,58 @@ def guidance(err: WritError) -> str:
         head = f"Refused: {_holder_text(h)}." if isinstance(h, dict) else f"Refused: {err.message}."
         if d.get("reason") == "lock_delay":
             head += f" The previous holder died; new grants wait until {d.get('retry_at')}."
-        nxt = ("Next: do not write to it. Call acquire_write_authority again with wait_s (up to "
-               "300) to queue for it in FIFO order, or watch_events on the resource to see when "
-               "it is released. Agents cannot take it over; if the holder is stuck, a human "
-               "on-call queue can revoke its lease.")
+        nxt = (
+            "Next: do not write to it. Call acquire_write_authority again with wait_s (up to "
+            "300) to queue for it in FIFO order, or watch_events on the resource to see when "
+            "it is released. Agents cannot take it over; if the holder is stuck, a human "
+            "on-call queue can revoke its lease."
+        )
     elif isinstance(err, ConsentRequired):
         c = d.get("change") or {}
-        head = (f"Refused: {d.get('author')} changed {c.get('attribute')} on "
-                f"{c.get('resource')} at {c.get('at')} ({c.get('summary')}); that change is "
-                f"protected until {d.get('protected_until')} and your lease would touch it.")
-        nxt = (f"Next: call ask_consent(change_id={c.get('change_id')!r}, reason=<why you must "
-               f"touch it>). {d.get('author')} (or a human/queue) answers; wait with "
-               "get_consent(consent_id, wait_s=...). When its status is 'granted', call "
-               "acquire_write_authority again with consent_id set. A consent that expires "
-               "unanswered is escalated to a human, never counted as a denial. Or leave "
-               f"{c.get('attribute')} alone (narrow `touches`) or wait until "
-               f"{d.get('protected_until')}.")
+        head = (
+            f"Refused: {d.get('author')} changed {c.get('attribute')} on "
+            f"{c.get('resource')} at {c.get('at')} ({c.get('summary')}); that change is "
+            f"protected until {d.get('protected_until')} and your lease would touch it."
+        )
+        nxt = (
+            f"Next: call ask_consent(change_id={c.get('change_id')!r}, reason=<why you must "
+            f"touch it>). {d.get('author')} (or a human/queue) answers; wait with "
+            "get_consent(consent_id, wait_s=...). When its status is 'granted', call "
+            "acquire_write_authority again with consent_id set. A consent that expires "
+            "unanswered is escalated to a human, never counted as a denial. Or leave "
+            f"{c.get('attribute')} alone (narrow `touches`) or wait until "
+            f"{d.get('protected_until')}."
+        )
     elif isinstance(err, Frozen):
         head = f"Refused: {err.message}."
         nxt = "Next: do not retry until a human lifts the freeze."
     elif isinstance(err, LeaseLost):
         head = f"Your lease is gone: {err.message}."
-        nxt = ("Next: stop writing to the resource now: you no longer hold write authority and "
-               "writes with the old fencing token will be refused. To continue, call "
-               "acquire_write_authority again (you will get a new, higher fencing token).")
+        nxt = (
+            "Next: stop writing to the resource now: you no longer hold write authority and "
+            "writes with the old fencing token will be refused. To continue, call "
+            "acquire_write_authority again (you will get a new, higher fencing token)."
+        )
     elif isinstance(err, Forbidden):
         head = f"Forbidden: {err.message}."
-        nxt = ("Only the human queue that holds the key can approve a rollback; agents may "
-               "only request one (request_rollback)."
-               if d.get("key_holder") else "Next: this is not yours to do; ask a human.")
+        nxt = (
+            "Only the human queue that holds the key can approve a rollback; agents may "
+            "only request one (request_rollback)."
+            if d.get("key_holder")
+            else "Next: this is not yours to do; ask a human."
+        )
     elif isinstance(err, Unauthenticated):
         head = f"writ rejected this MCP server's token: {err.message}."
-        nxt = ("Nothing was done. The operator must start `writ mcp` with a valid agent token "
-               "(--token or WRIT_TOKEN). Do not write to production resources meanwhile.")
+        nxt = (
+            "Nothing was done. The operator must start `writ mcp` with a valid agent token "
+            "(--token or WRIT_TOKEN). Do not write to production resources meanwhile."
+        )
     elif isinstance(err, Unavailable):
         head = f"writ cannot be reached: {err.message}."
-        nxt = ("Nothing was granted or changed. Do not write to production resources without "
-               "write authority; retry later.")
+        nxt = (
+            "Nothing was granted or changed. Do not write to production resources without "
+            "write authority; retry later."
+        )
     elif isinstance(err, (Invalid, NotFound)):
         head = f"{err.message}."
         nxt = "Next: fix the arguments and call again."
@@ -193,7 +233,10 @@ def create_server(
     queue or an admin: a model must never answer consents or act with a human's authority.
     """
     server: MCPServer[Any] = MCPServer(
-        name, title="writ write authority", version=__version__, instructions=INSTRUCTIONS,
+        name,
+        title="writ write authority",
+        version=__version__,
+        instructions=INSTRUCTIONS,
         log_level="WARNING",
     )
     identity: dict[str, Any] = {}
@@ -231,29 +274,52 @@ def create_server(
     @server.tool(annotations=_WRITE)
     async def acquire_write_authority(
         resource: Resource,
-        intent: Annotated[str, Field(
-            description="what you are about to do, in a sentence a human on call understands",
-            examples=["double capacity after the 02:17 latency alert"], min_length=1,
-        )],
-        ttl_s: Annotated[float, Field(
-            description="lease time-to-live in seconds; renew before it runs out (renew_lease) "
-            "or you lose write authority. Pick more than your slowest step.", ge=1, le=3600,
-        )] = 300,
-        wait_s: Annotated[float, Field(
-            description="if someone else holds it, wait up to this many seconds in the FIFO "
-            "queue instead of being refused at once", ge=0, le=300,
-        )] = 0,
-        touches: Annotated[list[str] | None, Field(
-            description="attributes you may change, e.g. ['capacity']; default ['*'] "
-            "(everything). Used to protect other agents' recent changes.",
-        )] = None,
-        consent_id: Annotated[str | None, Field(
-            description="a granted consent (from ask_consent) when a protected change by "
-            "another agent stands in the way",
-        )] = None,
-        rollback: Annotated[RollbackPlan | None, Field(
-            description="how your change can be undone and which human queue holds the key",
-        )] = None,
+        intent: Annotated[
+            str,
+            Field(
+                description="what you are about to do, in a sentence a human on call understands",
+                examples=["double capacity after the 02:17 latency alert"],
+                min_length=1,
+            ),
+        ],
+        ttl_s: Annotated[
+            float,
+            Field(
+                description="lease time-to-live in seconds; renew before it runs out (renew_lease) "
+                "or you lose write authority. Pick more than your slowest step.",
+                ge=1,
+                le=3600,
+            ),
+        ] = 300,
+        wait_s: Annotated[
+            float,
+            Field(
+                description="if someone else holds it, wait up to this many seconds in the FIFO "
+                "queue instead of being refused at once",
+                ge=0,
+                le=300,
+            ),
+        ] = 0,
+        touches: Annotated[
+            list[str] | None,
+            Field(
+                description="attributes you may change, e.g. ['capacity']; default ['*'] "
+                "(everything). Used to protect other agents' recent changes.",
+            ),
+        ] = None,
+        consent_id: Annotated[
+            str | None,
+            Field(
+                description="a granted consent (from ask_consent) when a protected change by "
+                "another agent stands in the way",
+            ),
+        ] = None,
+        rollback: Annotated[
+            RollbackPlan | None,
+            Field(
+                description="how your change can be undone and which human queue holds the key",
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Acquire write authority (a lease) on a resource before changing it.
 
@@ -263,10 +329,17 @@ def create_server(
         covers its sub-paths and excludes its ancestors and blast-radius group. Refused
         with the holder's name and expiry if another agent holds it.
         """
-        lease = await _call(client.acquire(
-            resource, intent, ttl_s, wait_s, touches, consent_id,
-            rollback.model_dump(exclude_none=True) if rollback else None,
-        ))
+        lease = await _call(
+            client.acquire(
+                resource,
+                intent,
+                ttl_s,
+                wait_s,
+                touches,
+                consent_id,
+                rollback.model_dump(exclude_none=True) if rollback else None,
+            )
+        )
         lease["next"] = (
             f"You hold write authority on {lease['resource']} until {lease['expires_at']}. "
             f"Renew with renew_lease(lease_id={lease['lease_id']!r}) before then, send "
@@ -278,10 +351,14 @@ def create_server(
     @server.tool(annotations=_WRITE)
     async def renew_lease(
         lease_id: LeaseId,
-        ttl_s: Annotated[float | None, Field(
-            description="new time-to-live from now, in seconds (default: the lease's own)",
-            ge=1, le=3600,
-        )] = None,
+        ttl_s: Annotated[
+            float | None,
+            Field(
+                description="new time-to-live from now, in seconds (default: the lease's own)",
+                ge=1,
+                le=3600,
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Extend your lease (same fencing token). Fails with lease_lost if it already expired
         or was revoked: then stop writing and acquire again."""
@@ -301,10 +378,13 @@ def create_server(
     @server.tool(annotations=_READ)
     async def who_holds(
         resource: Resource,
-        at: Annotated[str | None, Field(
-            description="an RFC 3339 time in the past; default now",
-            examples=["2026-05-16T02:17:00Z"],
-        )] = None,
+        at: Annotated[
+            str | None,
+            Field(
+                description="an RFC 3339 time in the past; default now",
+                examples=["2026-05-16T02:17:00Z"],
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Who holds (or held, at a past time) write authority on a resource, from the audit log.
         lock_holder is a principal name or "none"."""
@@ -318,9 +398,12 @@ def create_server(
 
     @server.tool(annotations=_READ)
     async def list_held_leases(
-        resource: Annotated[str | None, Field(
-            description="only leases on this resource path prefix; default all",
-        )] = None,
+        resource: Annotated[
+            str | None,
+            Field(
+                description="only leases on this resource path prefix; default all",
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Every lease held right now (under a prefix), each with its holder, intent, expiry
         and number of waiters."""
@@ -329,19 +412,32 @@ def create_server(
     @server.tool(annotations=_WRITE)
     async def record_change(
         lease_id: LeaseId,
-        attribute: Annotated[str, Field(
-            description="what you changed, as one word other agents would use in `touches`",
-            examples=["capacity"], min_length=1,
-        )],
-        summary: Annotated[str, Field(
-            description="the change in a few words", examples=["capacity 4 -> 8"], min_length=1,
-        )],
+        attribute: Annotated[
+            str,
+            Field(
+                description="what you changed, as one word other agents would use in `touches`",
+                examples=["capacity"],
+                min_length=1,
+            ),
+        ],
+        summary: Annotated[
+            str,
+            Field(
+                description="the change in a few words",
+                examples=["capacity 4 -> 8"],
+                min_length=1,
+            ),
+        ],
         before: Annotated[Any, Field(description="the value before (any JSON)")] = None,
         after: Annotated[Any, Field(description="the value after (any JSON)")] = None,
-        protect_s: Annotated[float | None, Field(
-            description="how long other agents need your consent to undo it (default: policy)",
-            ge=0, le=86400,
-        )] = None,
+        protect_s: Annotated[
+            float | None,
+            Field(
+                description="how long other agents need your consent to undo it (default: policy)",
+                ge=0,
+                le=86400,
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Record a change you made under your lease. For a while (protect_s) another agent
         whose lease would touch this attribute must first get your (or a human's) consent."""
@@ -349,18 +445,29 @@ def create_server(
 
     @server.tool(annotations=_WRITE)
     async def ask_consent(
-        change_id: Annotated[str, Field(
-            description="the protected change you need to touch (from the consent_required "
-            "refusal, or resource_status)", min_length=1,
-        )],
-        reason: Annotated[str, Field(
-            description="why you must touch it, for its author or the human who answers",
-            min_length=1,
-        )],
-        wait_s: Annotated[float, Field(
-            description="wait up to this many seconds for an answer before returning", ge=0,
-            le=300,
-        )] = 0,
+        change_id: Annotated[
+            str,
+            Field(
+                description="the protected change you need to touch (from the consent_required "
+                "refusal, or resource_status)",
+                min_length=1,
+            ),
+        ],
+        reason: Annotated[
+            str,
+            Field(
+                description="why you must touch it, for its author or the human who answers",
+                min_length=1,
+            ),
+        ],
+        wait_s: Annotated[
+            float,
+            Field(
+                description="wait up to this many seconds for an answer before returning",
+                ge=0,
+                le=300,
+            ),
+        ] = 0,
     ) -> dict[str, Any]:
         """Ask the author of a protected change (or a human) to let you touch it. Returns the
         consent with its status (pending, granted, denied, expired); when granted, pass its
@@ -373,9 +480,14 @@ def create_server(
     @server.tool(annotations=_READ)
     async def get_consent(
         consent_id: Annotated[str, Field(description="the consent_id from ask_consent")],
-        wait_s: Annotated[float, Field(
-            description="wait up to this many seconds while it is still pending", ge=0, le=300,
-        )] = 0,
+        wait_s: Annotated[
+            float,
+            Field(
+                description="wait up to this many seconds while it is still pending",
+                ge=0,
+                le=300,
+            ),
+        ] = 0,
     ) -> dict[str, Any]:
         """A consent request and its status: pending, granted, denied, expired (nobody
         answered in time: escalated to a human, not a denial) or used."""
@@ -384,9 +496,12 @@ def create_server(
     @server.tool(annotations=_WRITE)
     async def answer_consent(
         consent_id: Annotated[str, Field(description="a consent asked of you")],
-        decision: Annotated[Literal["grant", "deny"], Field(
-            description="grant lets the requester touch your change once; deny refuses",
-        )],
+        decision: Annotated[
+            Literal["grant", "deny"],
+            Field(
+                description="grant lets the requester touch your change once; deny refuses",
+            ),
+        ],
     ) -> dict[str, Any]:
         """Answer a consent request about a change you authored."""
         if decision == "grant":
@@ -396,12 +511,18 @@ def create_server(
     @server.tool(annotations=_WRITE)
     async def request_rollback(
         reason: Annotated[str, Field(description="why it should be rolled back", min_length=1)],
-        lease_id: Annotated[str | None, Field(
-            description="the lease whose change to roll back (give this or change_id)",
-        )] = None,
-        change_id: Annotated[str | None, Field(
-            description="the recorded change to roll back (give this or lease_id)",
-        )] = None,
+        lease_id: Annotated[
+            str | None,
+            Field(
+                description="the lease whose change to roll back (give this or change_id)",
+            ),
+        ] = None,
+        change_id: Annotated[
+            str | None,
+            Field(
+                description="the recorded change to roll back (give this or lease_id)",
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Ask for a rollback of a lease's change, by the rollback route it declared. Anyone
         may ask; only the human queue holding the key (key_holder) can approve it, never you.
@@ -425,18 +546,31 @@ def create_server(
 
     @server.tool(annotations=_READ)
     async def watch_events(
-        resource: Annotated[str | None, Field(
-            description="only events on this resource path prefix; default all",
-        )] = None,
-        after_seq: Annotated[int | None, Field(
-            description="return events after this seq (next_after_seq of your previous call); "
-            "default: only events from now on", ge=0,
-        )] = None,
-        wait_s: Annotated[float, Field(
-            description="wait up to this many seconds for the first new event", ge=0, le=120,
-        )] = 20,
-        limit: Annotated[int, Field(description="at most this many events", ge=1,
-                                    le=MAX_EVENTS)] = 50,
+        resource: Annotated[
+            str | None,
+            Field(
+                description="only events on this resource path prefix; default all",
+            ),
+        ] = None,
+        after_seq: Annotated[
+            int | None,
+            Field(
+                description="return events after this seq (next_after_seq of your previous call); "
+                "default: only events from now on",
+                ge=0,
+            ),
+        ] = None,
+        wait_s: Annotated[
+            float,
+            Field(
+                description="wait up to this many seconds for the first new event",
+                ge=0,
+                le=120,
+            ),
+        ] = 20,
+        limit: Annotated[
+            int, Field(description="at most this many events", ge=1, le=MAX_EVENTS)
+        ] = 50,
     ) -> dict[str, Any]:
         """Wait for audit events (grants, releases, expiries, changes, consents, rollbacks)
         under a resource. Returns {rows, next_after_seq}: pass next_after_seq back to continue
@@ -460,19 +594,31 @@ def create_server(
         except ToolError as err:
             raise ResourceError(str(err)) from err
 
-    @server.resource("writ://resources/{+path}", name="resource", mime_type="application/json",
-                     description="A resource's current lease, queue, protected changes and "
-                     "freeze, e.g. writ://resources/prod/db")
+    @server.resource(
+        "writ://resources/{+path}",
+        name="resource",
+        mime_type="application/json",
+        description="A resource's current lease, queue, protected changes and "
+        "freeze, e.g. writ://resources/prod/db",
+    )
     async def resource_state(path: str) -> str:
         return await _read(client.resource(path))
 
-    @server.resource("writ://leases", name="held-leases", mime_type="application/json",
-                     description="Every lease held right now")
+    @server.resource(
+        "writ://leases",
+        name="held-leases",
+        mime_type="application/json",
+        description="Every lease held right now",
+    )
     async def held_leases() -> str:
         return await _read(client.status())
 
-    @server.resource("writ://whoami", name="whoami", mime_type="application/json",
-                     description="The principal this server acts as")
+    @server.resource(
+        "writ://whoami",
+        name="whoami",
+        mime_type="application/json",
+        description="The principal this server acts as",
+    )
     async def me() -> str:
         return await _read(client.whoami())
 
@@ -492,16 +638,26 @@ class RequireBearer:
             auth = dict(scope.get("headers") or []).get(b"authorization", b"")
             scheme, _, given = auth.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
-                body = json.dumps({"error": {
-                    "code": "unauthenticated",
-                    "message": "this writ MCP endpoint needs 'Authorization: Bearer <token>' "
-                    "(its --http-token)",
-                }}).encode()
-                await send({"type": "http.response.start", "status": 401, "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"www-authenticate", b"Bearer"),
-                    (b"content-length", str(len(body)).encode()),
-                ]})
+                body = json.dumps(
+                    {
+                        "error": {
+                            "code": "unauthenticated",
+                            "message": "this writ MCP endpoint needs 'Authorization: Bearer <token>' "
+                            "(its --http-token)",
+                        }
+                    }
+                ).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"www-authenticate", b"Bearer"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
@@ -533,10 +689,19 @@ async def serve(
         sock = bind(host, port)
         bound = sock.getsockname()
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
-                                server_header=False, timeout_graceful_shutdown=3)
-        print(f"writ mcp: listening on http://{shown}:{bound[1]}{path} (writ at {client.url})",
-              file=sys.stderr, flush=True)
+        config = uvicorn.Config(
+            app,
+            log_level=log_level,
+            access_log=False,
+            lifespan="on",
+            server_header=False,
+            timeout_graceful_shutdown=3,
+        )
+        print(
+            f"writ mcp: listening on http://{shown}:{bound[1]}{path} (writ at {client.url})",
+            file=sys.stderr,
+            flush=True,
+        )
         await uvicorn.Server(config).serve(sockets=[sock])
     finally:
         await client.aclose()

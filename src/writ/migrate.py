@@ -39,7 +39,6 @@ async def verify_store(store: Store) -> Verification:
     return await verify_stream(store.audit_stream())
 
 
-
 class _Copy:
     """The export stream on its way to the destination: counts rows, reports progress,
     and verifies the ledger as it passes (raising before the destination commits)."""

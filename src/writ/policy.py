@@ -80,9 +80,7 @@ class Policy:
             "blast_radius": {
                 "+".join(sorted(names)): list(members) for names, members in self.blast.groups
             },
-            "rules": [
-                {f.name: getattr(r, f.name) for f in fields(Rule)} for r in self.rules
-            ],
+            "rules": [{f.name: getattr(r, f.name) for f in fields(Rule)} for r in self.rules],
             "source": self.source,
         }
 
@@ -96,7 +94,9 @@ def _line_of(text: str, needle: str, start_line: int = 1) -> int | None:
 
 
 def _rule_lines(text: str) -> list[int]:
-    return [i for i, line in enumerate(text.splitlines(), 1) if line.strip().startswith("[[rules]]")]
+    return [
+        i for i, line in enumerate(text.splitlines(), 1) if line.strip().startswith("[[rules]]")
+    ]
 
 
 def parse(text: str, path: str = "<policy>") -> Policy:
@@ -132,18 +132,26 @@ def parse(text: str, path: str = "<policy>") -> Policy:
     if not isinstance(groups, dict):
         raise PolicyError(path, "[blast_radius] must be a table of name = [resources]", None)
     for name, members in groups.items():
-        line = _line_of(text, name)
-        if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
-            raise PolicyError(path, f"blast_radius.{name} must be a non-empty list of resource paths", line)
+        gline = _line_of(text, name)
+        if (
+            not isinstance(members, list)
+            or not members
+            or not all(isinstance(m, str) for m in members)
+        ):
+            raise PolicyError(
+                path, f"blast_radius.{name} must be a non-empty list of resource paths", gline
+            )
         for m in members:
             try:
                 validate(m, f"blast_radius.{name}")
             except Invalid as exc:
-                raise PolicyError(path, exc.message, line) from None
+                raise PolicyError(path, exc.message, gline) from None
     pol.blast = BlastRadius(groups)
     rules = data.get("rules", [])
     if not isinstance(rules, list):
-        raise PolicyError(path, "rules must be written as [[rules]] tables", _line_of(text, "rules"))
+        raise PolicyError(
+            path, "rules must be written as [[rules]] tables", _line_of(text, "rules")
+        )
     starts = _rule_lines(text)
     seen: set[str] = set()
     for i, raw in enumerate(rules):
@@ -160,7 +168,9 @@ def parse(text: str, path: str = "<policy>") -> Policy:
             )
         prefix = raw.get("prefix")
         if prefix is None:
-            raise PolicyError(path, "a [[rules]] entry needs prefix = \"...\" (\"\" for everything)", start)
+            raise PolicyError(
+                path, 'a [[rules]] entry needs prefix = "..." ("" for everything)', start
+            )
         if not isinstance(prefix, str):
             raise PolicyError(path, "prefix must be a string", _line_of(text, "prefix", start or 1))
         if prefix:
@@ -178,7 +188,8 @@ def parse(text: str, path: str = "<policy>") -> Policy:
             v = raw[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise PolicyError(
-                    path, f"{key} must be a number of seconds >= 0, not {v!r}",
+                    path,
+                    f"{key} must be a number of seconds >= 0, not {v!r}",
                     _line_of(text, key, start or 1) or start,
                 )
             values[key] = float(v)

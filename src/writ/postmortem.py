@@ -53,8 +53,7 @@ MAX_ROWS = 200_000  # rows a report reads at most (it says so when it stops ther
 MAX_SEGMENT = 200_000  # longest unfiltered seq range re-verified link by link
 PAGE = 10_000
 TIMELINE_QUIET = frozenset({"lease.renewed", "gate.passed"})  # counted, not listed
-END_EVENTS = {"lease.released": "released", "lease.expired": "expired",
-              "lease.revoked": "revoked"}
+END_EVENTS = {"lease.released": "released", "lease.expired": "expired", "lease.revoked": "revoked"}
 
 
 @dataclass(slots=True)
@@ -88,8 +87,9 @@ class StoreSource:
         self.engine = engine
         self.label = label or engine.store.url
 
-    async def rows(self, prefix: str | None, since: float | None, until: float | None,
-                   after: int, limit: int) -> list[dict[str, Any]]:
+    async def rows(
+        self, prefix: str | None, since: float | None, until: float | None, after: int, limit: int
+    ) -> list[dict[str, Any]]:
         def fn(tx: Any) -> Any:
             return tx.audit_rows(after, limit, prefix, since, until)
 
@@ -126,10 +126,12 @@ class HttpSource:
         self.client = client
         self.label = label or client.url
 
-    async def rows(self, prefix: str | None, since: float | None, until: float | None,
-                   after: int, limit: int) -> list[dict[str, Any]]:
-        out = await self.client.audit(after, min(limit, 100_000), prefix,
-                                      rfc3339(since), rfc3339(until))
+    async def rows(
+        self, prefix: str | None, since: float | None, until: float | None, after: int, limit: int
+    ) -> list[dict[str, Any]]:
+        out = await self.client.audit(
+            after, min(limit, 100_000), prefix, rfc3339(since), rfc3339(until)
+        )
         return list(out.get("rows") or [])
 
     async def who(self, resource: str, at: float) -> dict[str, Any]:
@@ -182,8 +184,15 @@ async def collect(source: StoreSource | HttpSource, query: Query) -> dict[str, A
             if ans.get("lock_holder") not in (None, "none"):
                 start[res] = ans
     verification = await _verify(source, rows, query)
-    return build(rows, query, source=source.label, kinds=kinds, start=start,
-                 verification=verification, truncated=truncated)
+    return build(
+        rows,
+        query,
+        source=source.label,
+        kinds=kinds,
+        start=start,
+        verification=verification,
+        truncated=truncated,
+    )
 
 
 async def _select(
@@ -191,9 +200,11 @@ async def _select(
 ) -> tuple[list[dict[str, Any]], bool]:
     prefixes: list[str | None] = list(dict.fromkeys(query.resources)) or [None]
     # a prefix below another one adds nothing
-    prefixes = [p for p in prefixes
-                if p is None or not any(q is not None and q != p and _res.under(p, q)
-                                        for q in prefixes)]
+    prefixes = [
+        p
+        for p in prefixes
+        if p is None or not any(q is not None and q != p and _res.under(p, q) for q in prefixes)
+    ]
     found: dict[int, dict[str, Any]] = {}
     truncated = False
     for prefix in prefixes:
@@ -239,10 +250,17 @@ def _row_problem(row: dict[str, Any], seq: int | None, prev: str | None) -> str 
     return None
 
 
-async def _verify(source: StoreSource | HttpSource, rows: list[dict[str, Any]],
-                  query: Query) -> dict[str, Any]:
-    out: dict[str, Any] = {"rows": len(rows), "rows_ok": 0, "bad": [], "links": 0,
-                           "links_ok": 0, "segment": None}
+async def _verify(
+    source: StoreSource | HttpSource, rows: list[dict[str, Any]], query: Query
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "rows": len(rows),
+        "rows_ok": 0,
+        "bad": [],
+        "links": 0,
+        "links_ok": 0,
+        "segment": None,
+    }
     prev: dict[str, Any] | None = None
     for r in rows:
         bad = _row_problem(r, None, None)
@@ -255,21 +273,37 @@ async def _verify(source: StoreSource | HttpSource, rows: list[dict[str, Any]],
             if r.get("prev_hash") == prev.get("hash"):
                 out["links_ok"] += 1
             else:
-                out["bad"].append({"seq": r.get("seq"),
-                                   "reason": f"row {r.get('seq')}: prev_hash does not name row "
-                                   f"{prev.get('seq')}"})
+                out["bad"].append(
+                    {
+                        "seq": r.get("seq"),
+                        "reason": f"row {r.get('seq')}: prev_hash does not name row "
+                        f"{prev.get('seq')}",
+                    }
+                )
         prev = r
     if rows:
         first, last = rows[0]["seq"], rows[-1]["seq"]
         span = last - first + 1
         out["first_seq"], out["last_seq"] = first, last
         if span == len(rows):
-            out["segment"] = {"first": first, "last": last, "ok": not out["bad"],
-                              "rows": span, "reason": None, "contiguous": True}
+            out["segment"] = {
+                "first": first,
+                "last": last,
+                "ok": not out["bad"],
+                "rows": span,
+                "reason": None,
+                "contiguous": True,
+            }
         elif span <= MAX_SEGMENT:
             ok, n, reason = await source.segment(first, last, rows[0].get("prev_hash") or GENESIS)
-            out["segment"] = {"first": first, "last": last, "ok": ok, "rows": n,
-                              "reason": reason, "contiguous": False}
+            out["segment"] = {
+                "first": first,
+                "last": last,
+                "ok": ok,
+                "rows": n,
+                "reason": reason,
+                "contiguous": False,
+            }
     out["ok"] = not out["bad"] and (out["segment"] is None or out["segment"]["ok"])
     return out
 
@@ -279,9 +313,11 @@ _GRANTED = re.compile(r"^granted (\S+) for (['\"])(.*)\2, ttl (\S+?)s")
 _CHANGE = re.compile(r"^(.*?): (.*); protected until (\S+)$")
 _ASK = re.compile(r"^(\S+) asks (\S+) to undo (\S+) \((.*)\): (.*); answer by (\S+)$")
 _ANSWER = re.compile(
-    r"^(\S+) (granted|denied) (\S+)'s request to undo (\S+) \(change (\S+) by (\S+)\)$")
+    r"^(\S+) (granted|denied) (\S+)'s request to undo (\S+) \(change (\S+) by (\S+)\)$"
+)
 _EXPIRED = re.compile(
-    r"^(\S+) did not answer (\S+)'s consent request by (\S+): .*escalated to (\S+)")
+    r"^(\S+) did not answer (\S+)'s consent request by (\S+): .*escalated to (\S+)"
+)
 _USED = re.compile(r"^consent (\S+) from (\S+) used for change (\S+) by (\S+)$")
 _RB_ASK = re.compile(r"^(\S+) asks (\S+) to roll back (\S+): (.*)$")
 _REFUSED = re.compile(r"^refused (['\"])(.*?)\1: (.*)$", re.S)
@@ -363,29 +399,57 @@ def build(
     refusals, waits = _refusals(rows)
     consents = _consents(rows)
     rollbacks = _rollbacks(rows)
-    stuck = [_plain(r) for r in rows if r.get("event") in
-             ("lease.stuck", "lease.paged", "wake.delivered", "wake.failed",
-              "page.delivered", "page.failed")]
-    revocations = [{**_plain(r), "provenance": r.get("second_key_revoke_provenance")}
-                   for r in rows if r.get("event") == "lease.revoked"]
+    stuck = [
+        _plain(r)
+        for r in rows
+        if r.get("event")
+        in (
+            "lease.stuck",
+            "lease.paged",
+            "wake.delivered",
+            "wake.failed",
+            "page.delivered",
+            "page.failed",
+        )
+    ]
+    revocations = [
+        {**_plain(r), "provenance": r.get("second_key_revoke_provenance")}
+        for r in rows
+        if r.get("event") == "lease.revoked"
+    ]
     freezes = [_plain(r) for r in rows if str(r.get("event", "")).startswith("freeze.")]
     lint = _lint(rows, kinds or {})
     timeline = [_plain(r) for r in rows if r.get("event") not in TIMELINE_QUIET]
     agents = sorted({str(r.get("agent_id")) for r in rows if r.get("agent_id")})
-    lanes = [res for res in _lane_resources(rows, query.resources)
-             if any(h["resource"] == res for h in holders)
-             or any(r.get("resource") == res and r.get("event") not in ("principal.added",)
-                    for r in rows)]
+    lanes = [
+        res
+        for res in _lane_resources(rows, query.resources)
+        if any(h["resource"] == res for h in holders)
+        or any(
+            r.get("resource") == res and r.get("event") not in ("principal.added",) for r in rows
+        )
+    ]
     report: dict[str, Any] = {
         "title": query.title or _title(query, lanes),
         "generated_by": "writ postmortem",
-        "source": {"ledger": source, "resources": query.resources or ["(all)"],
-                   "since": rfc3339(query.since), "until": rfc3339(query.until),
-                   "rows": len(rows), "truncated": truncated,
-                   "first_seq": rows[0]["seq"] if rows else None,
-                   "last_seq": rows[-1]["seq"] if rows else None},
-        "window": {"from": w_from, "to": w_to, "first_row": first_ts, "last_row": last_ts,
-                   "multi_day": multi_day, "seconds": _secs(w_from, w_to)},
+        "source": {
+            "ledger": source,
+            "resources": query.resources or ["(all)"],
+            "since": rfc3339(query.since),
+            "until": rfc3339(query.until),
+            "rows": len(rows),
+            "truncated": truncated,
+            "first_seq": rows[0]["seq"] if rows else None,
+            "last_seq": rows[-1]["seq"] if rows else None,
+        },
+        "window": {
+            "from": w_from,
+            "to": w_to,
+            "first_row": first_ts,
+            "last_row": last_ts,
+            "multi_day": multi_day,
+            "seconds": _secs(w_from, w_to),
+        },
         "counts": dict(sorted(counts.items())),
         "agents": agents,
         "lanes": lanes,
@@ -409,30 +473,55 @@ def build(
 
 
 def _title(query: Query, lanes: list[str]) -> str:
-    what = ", ".join(query.resources) if query.resources else (
-        ", ".join(lanes[:3]) + (f" and {len(lanes) - 3} more" if len(lanes) > 3 else "")
-        if lanes else "all resources")
+    what = (
+        ", ".join(query.resources)
+        if query.resources
+        else (
+            ", ".join(lanes[:3]) + (f" and {len(lanes) - 3} more" if len(lanes) > 3 else "")
+            if lanes
+            else "all resources"
+        )
+    )
     return f"Postmortem draft: {what}"
 
 
 def _plain(r: dict[str, Any]) -> dict[str, Any]:
-    return {"seq": r.get("seq"), "at": r.get("timestamp"), "event": r.get("event"),
-            "agent": r.get("agent_id"), "resource": r.get("resource"),
-            "holder": r.get("lock_holder"), "lock_key": r.get("lock_key"),
-            "fencing_token": r.get("fencing_token"), "approved_by": r.get("approved_by"),
-            "queue": r.get("human_override_queue"), "notes": r.get("notes") or ""}
+    return {
+        "seq": r.get("seq"),
+        "at": r.get("timestamp"),
+        "event": r.get("event"),
+        "agent": r.get("agent_id"),
+        "resource": r.get("resource"),
+        "holder": r.get("lock_holder"),
+        "lock_key": r.get("lock_key"),
+        "fencing_token": r.get("fencing_token"),
+        "approved_by": r.get("approved_by"),
+        "queue": r.get("human_override_queue"),
+        "notes": r.get("notes") or "",
+    }
 
 
-def _holders(rows: list[dict[str, Any]], start: dict[str, dict[str, Any]],
-             w_to: str | None) -> list[dict[str, Any]]:
+def _holders(
+    rows: list[dict[str, Any]], start: dict[str, dict[str, Any]], w_to: str | None
+) -> list[dict[str, Any]]:
     open_: dict[str, dict[str, Any]] = {}
     done: list[dict[str, Any]] = []
 
     def opened(r: dict[str, Any], at: str | None, seq: int | None, before: bool) -> dict[str, Any]:
-        h = {"resource": r.get("resource"), "holder": r.get("lock_holder"),
-             "lock_key": r.get("lock_key"), "fencing_token": r.get("fencing_token"),
-             "from": at, "to": None, "ended": "held", "end_seq": None, "grant_seq": seq,
-             "intent": None, "ttl_s": None, "before_window": before}
+        h = {
+            "resource": r.get("resource"),
+            "holder": r.get("lock_holder"),
+            "lock_key": r.get("lock_key"),
+            "fencing_token": r.get("fencing_token"),
+            "from": at,
+            "to": None,
+            "ended": "held",
+            "end_seq": None,
+            "grant_seq": seq,
+            "intent": None,
+            "ttl_s": None,
+            "before_window": before,
+        }
         open_[str(r.get("lock_key"))] = h
         return h
 
@@ -441,9 +530,17 @@ def _holders(rows: list[dict[str, Any]], start: dict[str, dict[str, Any]],
         key = ans.get("lock_key") or lease.get("lock_key")
         if not key or key in open_:
             continue
-        h = opened({"resource": lease.get("resource", res), "lock_holder": ans["lock_holder"],
-                    "lock_key": key, "fencing_token": lease.get("fencing_token")},
-                   lease.get("acquired_at"), None, True)
+        h = opened(
+            {
+                "resource": lease.get("resource", res),
+                "lock_holder": ans["lock_holder"],
+                "lock_key": key,
+                "fencing_token": lease.get("fencing_token"),
+            },
+            lease.get("acquired_at"),
+            None,
+            True,
+        )
         h["intent"] = lease.get("intent")
     for r in rows:
         ev, key = r.get("event"), r.get("lock_key")
@@ -474,9 +571,14 @@ def _changes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r.get("event") != "change.recorded":
             continue
         m = _CHANGE.match(r.get("notes") or "")
-        out.append({**_plain(r), "attribute": m.group(1) if m else None,
-                    "summary": m.group(2) if m else r.get("notes"),
-                    "protected_until": m.group(3) if m else None})
+        out.append(
+            {
+                **_plain(r),
+                "attribute": m.group(1) if m else None,
+                "summary": m.group(2) if m else r.get("notes"),
+                "protected_until": m.group(3) if m else None,
+            }
+        )
     return out
 
 
@@ -493,17 +595,26 @@ def _refusals(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
                 w.update(outcome="refused", until=r.get("timestamp"), end_seq=r.get("seq"))
         elif ev == "lease.queued":
             m = _QUEUED.match(r.get("notes") or "")
-            w = {**_plain(r), "position": int(m.group(1)) if m else None,
-                 "wait_s": float(m.group(2)) if m else None,
-                 "reason": m.group(3) if m else r.get("notes"),
-                 "outcome": "waiting", "until": None, "end_seq": None}
+            w = {
+                **_plain(r),
+                "position": int(m.group(1)) if m else None,
+                "wait_s": float(m.group(2)) if m else None,
+                "reason": m.group(3) if m else r.get("notes"),
+                "outcome": "waiting",
+                "until": None,
+                "end_seq": None,
+            }
             waits.append(w)
             queued[(str(r.get("agent_id")), str(r.get("resource")))] = w
         elif ev == "lease.granted":
             w = queued.pop((str(r.get("lock_holder")), str(r.get("resource"))), None)
             if w is not None:
-                w.update(outcome="granted", until=r.get("timestamp"), end_seq=r.get("seq"),
-                         fencing_token=r.get("fencing_token"))
+                w.update(
+                    outcome="granted",
+                    until=r.get("timestamp"),
+                    end_seq=r.get("seq"),
+                    fencing_token=r.get("fencing_token"),
+                )
     for w in waits:
         w["seconds"] = _secs(w["at"], w["until"])
     return refusals, waits
@@ -517,31 +628,51 @@ def _consents(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ev, notes = r.get("event"), r.get("notes") or ""
         if ev == "consent.requested":
             m = _ASK.match(notes)
-            c = {"seq": r.get("seq"), "at": r.get("timestamp"), "resource": r.get("resource"),
-                 "requester": m.group(1) if m else r.get("agent_id"),
-                 "author": m.group(2) if m else None, "attribute": m.group(3) if m else None,
-                 "change": m.group(4) if m else None, "reason": m.group(5) if m else notes,
-                 "answer_by": m.group(6) if m else None, "status": "pending",
-                 "answered_by": None, "answered_at": None, "answer_seq": None,
-                 "expired_at": None, "escalated_to": None, "used_at": None, "used_seq": None,
-                 "holder": r.get("lock_holder")}
+            c = {
+                "seq": r.get("seq"),
+                "at": r.get("timestamp"),
+                "resource": r.get("resource"),
+                "requester": m.group(1) if m else r.get("agent_id"),
+                "author": m.group(2) if m else None,
+                "attribute": m.group(3) if m else None,
+                "change": m.group(4) if m else None,
+                "reason": m.group(5) if m else notes,
+                "answer_by": m.group(6) if m else None,
+                "status": "pending",
+                "answered_by": None,
+                "answered_at": None,
+                "answer_seq": None,
+                "expired_at": None,
+                "escalated_to": None,
+                "used_at": None,
+                "used_seq": None,
+                "holder": r.get("lock_holder"),
+            }
             out.append(c)
             pending[(str(c["requester"]), str(c["author"]), str(c["attribute"]))].append(c)
         elif ev == "consent.expired":
             m = _EXPIRED.match(notes)
             cand = _first_pending(pending, m.group(2), m.group(1)) if m else None
             if m and cand is not None:
-                cand.update(status="expired", expired_at=r.get("timestamp"),
-                            escalated_to=m.group(4), expired_seq=r.get("seq"))
+                cand.update(
+                    status="expired",
+                    expired_at=r.get("timestamp"),
+                    escalated_to=m.group(4),
+                    expired_seq=r.get("seq"),
+                )
         elif ev in ("consent.granted", "consent.denied"):
             m = _ANSWER.match(notes)
             if m:
                 q = pending.get((m.group(3), m.group(6), m.group(4)))
                 c2 = q.popleft() if q else None
                 if c2 is not None:
-                    c2.update(status=m.group(2), answered_by=m.group(1),
-                              answered_at=r.get("timestamp"), answer_seq=r.get("seq"),
-                              change_id=m.group(5))
+                    c2.update(
+                        status=m.group(2),
+                        answered_by=m.group(1),
+                        answered_at=r.get("timestamp"),
+                        answer_seq=r.get("seq"),
+                        change_id=m.group(5),
+                    )
                     if c2["status"] == "granted":
                         granted[(str(c2["requester"]), str(c2["author"]))].append(c2)
         elif ev == "consent.used":
@@ -556,8 +687,9 @@ def _consents(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _first_pending(pending: dict[tuple[str, str, str], deque[dict[str, Any]]], requester: str,
-                   author: str) -> dict[str, Any] | None:
+def _first_pending(
+    pending: dict[tuple[str, str, str], deque[dict[str, Any]]], requester: str, author: str
+) -> dict[str, Any] | None:
     for (req, auth, _attr), q in pending.items():
         if req == requester and auth == author:
             for c in q:
@@ -576,13 +708,26 @@ def _rollbacks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         key = str(r.get("lock_key"))
         if ev == "rollback.requested":
             m = _RB_ASK.match(r.get("notes") or "")
-            rb = {"seq": r.get("seq"), "at": r.get("timestamp"), "resource": r.get("resource"),
-                  "lock_key": r.get("lock_key"), "holder": r.get("lock_holder"),
-                  "requested_by": r.get("agent_id"), "key_holder": r.get("rollback_key_holder"),
-                  "queue": r.get("human_override_queue"), "path": r.get("rollback_path"),
-                  "reason": m.group(4) if m else r.get("notes"), "status": "pending",
-                  "decided_by": None, "decided_at": None, "decision_seq": None,
-                  "result": None, "result_at": None, "result_seq": None, "defect": None}
+            rb = {
+                "seq": r.get("seq"),
+                "at": r.get("timestamp"),
+                "resource": r.get("resource"),
+                "lock_key": r.get("lock_key"),
+                "holder": r.get("lock_holder"),
+                "requested_by": r.get("agent_id"),
+                "key_holder": r.get("rollback_key_holder"),
+                "queue": r.get("human_override_queue"),
+                "path": r.get("rollback_path"),
+                "reason": m.group(4) if m else r.get("notes"),
+                "status": "pending",
+                "decided_by": None,
+                "decided_at": None,
+                "decision_seq": None,
+                "result": None,
+                "result_at": None,
+                "result_seq": None,
+                "defect": None,
+            }
             out.append(rb)
             by_key[key].append(rb)
             continue
@@ -592,17 +737,29 @@ def _rollbacks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         if ev in ("rollback.approved", "rollback.denied"):
             assert cur is not None
-            cur.update(status=ev.split(".")[1], decided_by=r.get("agent_id"),
-                       decided_at=r.get("timestamp"), decision_seq=r.get("seq"))
+            cur.update(
+                status=ev.split(".")[1],
+                decided_by=r.get("agent_id"),
+                decided_at=r.get("timestamp"),
+                decision_seq=r.get("seq"),
+            )
         elif ev in ("rollback.executed", "rollback.failed"):
             assert cur is not None
-            cur.update(status=ev.split(".")[1], result=r.get("notes"),
-                       result_at=r.get("timestamp"), result_seq=r.get("seq"))
+            cur.update(
+                status=ev.split(".")[1],
+                result=r.get("notes"),
+                result_at=r.get("timestamp"),
+                result_seq=r.get("seq"),
+            )
         elif ev == "rollback.defect":
             done = [x for x in (q or []) if x["status"] in ("executed", "failed")]
             if done:
-                done[-1]["defect"] = {"by": r.get("agent_id"), "at": r.get("timestamp"),
-                                      "seq": r.get("seq"), "notes": r.get("notes")}
+                done[-1]["defect"] = {
+                    "by": r.get("agent_id"),
+                    "at": r.get("timestamp"),
+                    "seq": r.get("seq"),
+                    "notes": r.get("notes"),
+                }
     return out
 
 
@@ -620,31 +777,51 @@ def _lint(rows: list[dict[str, Any]], kinds: dict[str, str]) -> dict[str, Any]:
         verdicts[res.verdict] += 1
         warnings += len(res.warnings)
         if res.verdict != "accept":
-            flagged.append({"seq": r.get("seq"), "at": r.get("timestamp"),
-                            "event": r.get("event"), "verdict": res.verdict,
-                            "findings": [f.to_dict(guessed=True) for f in res.findings
-                                         if f.verdict != "accept"]})
+            flagged.append(
+                {
+                    "seq": r.get("seq"),
+                    "at": r.get("timestamp"),
+                    "event": r.get("event"),
+                    "verdict": res.verdict,
+                    "findings": [
+                        f.to_dict(guessed=True) for f in res.findings if f.verdict != "accept"
+                    ],
+                }
+            )
     order = {"contaminated": 0, "reject": 1, "suspicious": 2}
     flagged.sort(key=lambda f: (order.get(f["verdict"], 3), f["seq"] or 0))
-    return {"available": True, "checked": len(rows), "verdicts": dict(verdicts),
-            "rows": flagged, "warnings": warnings, "registry": bool(kinds)}
+    return {
+        "available": True,
+        "checked": len(rows),
+        "verdicts": dict(verdicts),
+        "rows": flagged,
+        "warnings": warnings,
+        "registry": bool(kinds),
+    }
 
 
 def _impact(rep: dict[str, Any]) -> dict[str, Any]:
     firsts: dict[str, Any] = {}
-    for name, items in (("first_change", rep["changes"]), ("first_refusal", rep["refusals"]),
-                        ("first_consent_request", rep["consents"]),
-                        ("first_rollback_request", rep["rollbacks"]),
-                        ("first_revocation", rep["revocations"]),
-                        ("first_stuck", [s for s in rep["stuck"] if s["event"] == "lease.stuck"])):
+    for name, items in (
+        ("first_change", rep["changes"]),
+        ("first_refusal", rep["refusals"]),
+        ("first_consent_request", rep["consents"]),
+        ("first_rollback_request", rep["rollbacks"]),
+        ("first_revocation", rep["revocations"]),
+        ("first_stuck", [s for s in rep["stuck"] if s["event"] == "lease.stuck"]),
+    ):
         if items:
             firsts[name] = {"at": items[0]["at"], "seq": items[0]["seq"]}
     held: dict[str, float] = defaultdict(float)
     for h in rep["holders"]:
         held[h["resource"]] += h.get("seconds") or 0.0
-    return {"from": rep["window"]["from"], "to": rep["window"]["to"],
-            "seconds": rep["window"]["seconds"], "moments": firsts,
-            "held_seconds": dict(held)}
+    return {
+        "from": rep["window"]["from"],
+        "to": rep["window"]["to"],
+        "seconds": rep["window"]["seconds"],
+        "moments": firsts,
+        "held_seconds": dict(held),
+    }
 
 
 def _summary(rep: dict[str, Any]) -> list[str]:
@@ -652,8 +829,10 @@ def _summary(rep: dict[str, Any]) -> list[str]:
     out = []
     day = bool(w["multi_day"])
     if not rep["source"]["rows"]:
-        return [f"The ledger has no rows for {', '.join(rep['source']['resources'])} between "
-                f"{w['from'] or 'the beginning'} and {w['to'] or 'now'}."]
+        return [
+            f"The ledger has no rows for {', '.join(rep['source']['resources'])} between "
+            f"{w['from'] or 'the beginning'} and {w['to'] or 'now'}."
+        ]
     lanes = rep["lanes"]
     out.append(
         f"Between {when(w['from'], day)} and {when(w['to'], day)} UTC "
@@ -665,55 +844,96 @@ def _summary(rep: dict[str, Any]) -> list[str]:
     hs = rep["holders"]
     if hs:
         names = sorted({str(h["holder"]) for h in hs})
-        out.append(f"Write authority was granted or held {len(hs)} time"
-                   f"{'s' if len(hs) != 1 else ''}, by {', '.join(names)}.")
+        out.append(
+            f"Write authority was granted or held {len(hs)} time"
+            f"{'s' if len(hs) != 1 else ''}, by {', '.join(names)}."
+        )
     if rep["changes"]:
-        out.append(f"{len(rep['changes'])} change{'s were' if len(rep['changes']) != 1 else ' was'}"
-                   " recorded under a lease: " + "; ".join(
-                       f"{c['agent']} {c['summary'] or c['notes']} at {when(c['at'], day)}"
-                       for c in rep["changes"][:4])
-                   + (f"; and {len(rep['changes']) - 4} more" if len(rep["changes"]) > 4 else "")
-                   + ".")
+        out.append(
+            f"{len(rep['changes'])} change{'s were' if len(rep['changes']) != 1 else ' was'}"
+            " recorded under a lease: "
+            + "; ".join(
+                f"{c['agent']} {c['summary'] or c['notes']} at {when(c['at'], day)}"
+                for c in rep["changes"][:4]
+            )
+            + (f"; and {len(rep['changes']) - 4} more" if len(rep["changes"]) > 4 else "")
+            + "."
+        )
     if rep["refusals"]:
         kinds: dict[str, int] = defaultdict(int)
         for r in rep["refusals"]:
             kinds[r["kind"]] += 1
-        out.append(f"writ refused {len(rep['refusals'])} request"
-                   f"{'s' if len(rep['refusals']) != 1 else ''} ("
-                   + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + ").")
+        out.append(
+            f"writ refused {len(rep['refusals'])} request"
+            f"{'s' if len(rep['refusals']) != 1 else ''} ("
+            + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+            + ")."
+        )
     if rep["waits"]:
-        out.append(f"{len(rep['waits'])} request{'s' if len(rep['waits']) != 1 else ''} waited "
-                   "in the queue: " + "; ".join(
-                       f"{w['agent']} on {w['resource']} from {when(w['at'], day)} "
-                       f"({w['outcome']}{' at ' + when(w['until'], day) if w['until'] else ''})"
-                       for w in rep["waits"][:4]) + ".")
+        out.append(
+            f"{len(rep['waits'])} request{'s' if len(rep['waits']) != 1 else ''} waited "
+            "in the queue: "
+            + "; ".join(
+                f"{w['agent']} on {w['resource']} from {when(w['at'], day)} "
+                f"({w['outcome']}{' at ' + when(w['until'], day) if w['until'] else ''})"
+                for w in rep["waits"][:4]
+            )
+            + "."
+        )
     if rep["consents"]:
-        out.append("Consent was asked " + "; ".join(
-            f"by {c['requester']} of {c['author']} at {when(c['at'], day)}: {_consent_outcome(c)}"
-            for c in rep["consents"][:4]) + ".")
+        out.append(
+            "Consent was asked "
+            + "; ".join(
+                f"by {c['requester']} of {c['author']} at {when(c['at'], day)}: {_consent_outcome(c)}"
+                for c in rep["consents"][:4]
+            )
+            + "."
+        )
     if rep["rollbacks"]:
-        out.append("Rollbacks: " + "; ".join(
-            f"{r['requested_by']} asked at {when(r['at'], day)}, {r['status']}"
-            + (f" by {r['decided_by']}" if r["decided_by"] else "")
-            for r in rep["rollbacks"][:4]) + ".")
+        out.append(
+            "Rollbacks: "
+            + "; ".join(
+                f"{r['requested_by']} asked at {when(r['at'], day)}, {r['status']}"
+                + (f" by {r['decided_by']}" if r["decided_by"] else "")
+                for r in rep["rollbacks"][:4]
+            )
+            + "."
+        )
     if rep["revocations"]:
-        out.append("Revoked: " + "; ".join(
-            f"{r['holder']}'s lease on {r['resource']} by {r['agent']} at {when(r['at'], day)}"
-            for r in rep["revocations"][:4]) + ".")
+        out.append(
+            "Revoked: "
+            + "; ".join(
+                f"{r['holder']}'s lease on {r['resource']} by {r['agent']} at {when(r['at'], day)}"
+                for r in rep["revocations"][:4]
+            )
+            + "."
+        )
     stuck = [s for s in rep["stuck"] if s["event"] in ("lease.stuck", "lease.paged")]
     if stuck:
-        out.append(f"{len(stuck)} stuck-lock step{'s' if len(stuck) != 1 else ''} "
-                   "(wake or page) were taken.")
+        out.append(
+            f"{len(stuck)} stuck-lock step{'s' if len(stuck) != 1 else ''} "
+            "(wake or page) were taken."
+        )
     lint = rep["lint"]
     if lint.get("available"):
         bad = {k: v for k, v in lint["verdicts"].items() if k != "accept"}
-        out.append("Lint: every row is acceptable evidence." if not bad else
-                   "Lint flags " + ", ".join(f"{n} {k}" for k, n in sorted(bad.items()))
-                   + " row(s): see below.")
+        out.append(
+            "Lint: every row is acceptable evidence."
+            if not bad
+            else "Lint flags "
+            + ", ".join(f"{n} {k}" for k, n in sorted(bad.items()))
+            + " row(s): see below."
+        )
     v = rep["verification"]
     if v:
-        out.append("Hashes: " + ("every row used was verified." if v.get("ok") else
-                                 f"{len(v.get('bad') or [])} problem(s) found: see below."))
+        out.append(
+            "Hashes: "
+            + (
+                "every row used was verified."
+                if v.get("ok")
+                else f"{len(v.get('bad') or [])} problem(s) found: see below."
+            )
+        )
     return out
 
 
@@ -721,13 +941,20 @@ def _consent_outcome(c: dict[str, Any]) -> str:
     s = c["status"]
     if s in ("granted", "denied", "used"):
         verb = "granted" if s in ("granted", "used") else "denied"
-        pre = (f"expired unanswered at {when(c['expired_at'])} (escalated to "
-               f"{c['escalated_to']}), then " if c.get("expired_at") else "")
+        pre = (
+            f"expired unanswered at {when(c['expired_at'])} (escalated to "
+            f"{c['escalated_to']}), then "
+            if c.get("expired_at")
+            else ""
+        )
         return f"{pre}{verb} by {c['answered_by']} at {when(c['answered_at'])}" + (
-            f", used at {when(c['used_at'])}" if s == "used" else "")
+            f", used at {when(c['used_at'])}" if s == "used" else ""
+        )
     if s == "expired":
-        return (f"nobody answered; expired at {when(c['expired_at'])} (not a denial) and "
-                f"escalated to {c['escalated_to']}")
+        return (
+            f"nobody answered; expired at {when(c['expired_at'])} (not a denial) and "
+            f"escalated to {c['escalated_to']}"
+        )
     return "still pending at the end of the window"
 
 
@@ -753,135 +980,290 @@ def to_markdown(rep: dict[str, Any]) -> str:
 
     day = (w["from"] or "")[:10]
     L: list[str] = [f"# {rep['title']}", ""]
-    L.append(f"*Drafted by `writ postmortem` from the audit ledger ({src['ledger']}), rows "
-             f"{src['first_seq']}–{src['last_seq']}; every fact below cites its row as [seq]. "
-             f"Times are UTC{'' if d else ' on ' + day}.*")
+    L.append(
+        f"*Drafted by `writ postmortem` from the audit ledger ({src['ledger']}), rows "
+        f"{src['first_seq']}–{src['last_seq']}; every fact below cites its row as [seq]. "
+        f"Times are UTC{'' if d else ' on ' + day}.*"
+    )
     if src["truncated"]:
-        L.append(f"\n> **Truncated:** only the first {src['rows']} rows were read; narrow the "
-                 "window or the resources.")
+        L.append(
+            f"\n> **Truncated:** only the first {src['rows']} rows were read; narrow the "
+            "window or the resources."
+        )
     L += ["", "## Summary", ""] + [f"- {s}" for s in rep["summary"]]
     imp = rep["impact"]
     L += ["", "## Impact window", ""]
-    L.append(f"- Window: {t(w['from'])} – {t(w['to'])} ({duration(w['seconds'])}); rows from "
-             f"{t(w['first_row'])} to {t(w['last_row'])}.")
+    L.append(
+        f"- Window: {t(w['from'])} – {t(w['to'])} ({duration(w['seconds'])}); rows from "
+        f"{t(w['first_row'])} to {t(w['last_row'])}."
+    )
     for name, m in imp["moments"].items():
         L.append(f"- {name.replace('_', ' ').capitalize()}: {t(m['at'])} [{m['seq']}]")
     for res, secs in imp["held_seconds"].items():
         L.append(f"- Write authority on {res} held for {duration(secs)} of the window.")
-    L.append("- Customer impact, detection and root cause: *not in the ledger — to be written "
-             "by the responders.*")
+    L.append(
+        "- Customer impact, detection and root cause: *not in the ledger — to be written "
+        "by the responders.*"
+    )
 
     L += ["", "## Timeline", ""]
-    L += _table(["time", "seq", "event", "by", "resource", "lock holder", "what the row says"],
-                [(t(e["at"]), e["seq"], e["event"], e["agent"], e["resource"], e["holder"],
-                  e["notes"]) for e in rep["timeline"]])
+    L += _table(
+        ["time", "seq", "event", "by", "resource", "lock holder", "what the row says"],
+        [
+            (t(e["at"]), e["seq"], e["event"], e["agent"], e["resource"], e["holder"], e["notes"])
+            for e in rep["timeline"]
+        ],
+    )
     if rep["timeline_quiet"]:
         L.append("")
-        L.append("Not listed: " + ", ".join(f"{n} {e}" for e, n in rep["timeline_quiet"].items())
-                 + " rows.")
+        L.append(
+            "Not listed: "
+            + ", ".join(f"{n} {e}" for e, n in rep["timeline_quiet"].items())
+            + " rows."
+        )
 
     L += ["", "## Who held write authority when", ""]
     if rep["holders"]:
-        L += _table(["resource", "holder", "lock key", "from", "to", "held", "ended", "intent"],
-                    [(h["resource"], h["holder"], h["lock_key"],
-                      t(h["from"]) + (" (before window)" if h["before_window"] else ""),
-                      t(h["to"]) if h["to"] else "still held", duration(h.get("seconds")),
-                      h["ended"] + (f" [{h['end_seq']}]" if h["end_seq"] else ""), h["intent"])
-                     for h in rep["holders"]])
+        L += _table(
+            ["resource", "holder", "lock key", "from", "to", "held", "ended", "intent"],
+            [
+                (
+                    h["resource"],
+                    h["holder"],
+                    h["lock_key"],
+                    t(h["from"]) + (" (before window)" if h["before_window"] else ""),
+                    t(h["to"]) if h["to"] else "still held",
+                    duration(h.get("seconds")),
+                    h["ended"] + (f" [{h['end_seq']}]" if h["end_seq"] else ""),
+                    h["intent"],
+                )
+                for h in rep["holders"]
+            ],
+        )
     else:
         L.append("Nobody held write authority on these resources in the window.")
 
     L += ["", "## Changes made", ""]
-    L += _table(["time", "seq", "author", "resource", "token", "attribute", "change",
-                 "protected until"],
-                [(t(c["at"]), c["seq"], c["agent"], c["resource"], c["fencing_token"],
-                  c["attribute"], c["summary"], t(c["protected_until"]))
-                 for c in rep["changes"]]) if rep["changes"] else ["No changes were recorded."]
+    L += (
+        _table(
+            [
+                "time",
+                "seq",
+                "author",
+                "resource",
+                "token",
+                "attribute",
+                "change",
+                "protected until",
+            ],
+            [
+                (
+                    t(c["at"]),
+                    c["seq"],
+                    c["agent"],
+                    c["resource"],
+                    c["fencing_token"],
+                    c["attribute"],
+                    c["summary"],
+                    t(c["protected_until"]),
+                )
+                for c in rep["changes"]
+            ],
+        )
+        if rep["changes"]
+        else ["No changes were recorded."]
+    )
 
     L += ["", "## What writ refused, and why", ""]
     if rep["refusals"]:
-        L += _table(["time", "seq", "who asked", "resource", "refused", "holder then", "why"],
-                    [(t(r["at"]), r["seq"], r["agent"], r["resource"], r["kind"], r["holder"],
-                      r["reason"]) for r in rep["refusals"]])
+        L += _table(
+            ["time", "seq", "who asked", "resource", "refused", "holder then", "why"],
+            [
+                (
+                    t(r["at"]),
+                    r["seq"],
+                    r["agent"],
+                    r["resource"],
+                    r["kind"],
+                    r["holder"],
+                    r["reason"],
+                )
+                for r in rep["refusals"]
+            ],
+        )
     else:
         L.append("writ refused nothing in the window.")
     if rep["waits"]:
         L += ["", "Made to wait (FIFO queue, blast radius included):", ""]
-        L += _table(["queued", "seq", "who", "resource", "position", "behind", "outcome",
-                     "waited"],
-                    [(t(q["at"]), q["seq"], q["agent"], q["resource"], q["position"], q["holder"],
-                      q["outcome"]
-                      + (f" at {t(q['until'])} [{q['end_seq']}]" if q["until"] else ""),
-                      duration(q.get("seconds"))) for q in rep["waits"]])
+        L += _table(
+            ["queued", "seq", "who", "resource", "position", "behind", "outcome", "waited"],
+            [
+                (
+                    t(q["at"]),
+                    q["seq"],
+                    q["agent"],
+                    q["resource"],
+                    q["position"],
+                    q["holder"],
+                    q["outcome"] + (f" at {t(q['until'])} [{q['end_seq']}]" if q["until"] else ""),
+                    duration(q.get("seconds")),
+                )
+                for q in rep["waits"]
+            ],
+        )
 
     L += ["", "## Consents and their answers", ""]
     if rep["consents"]:
-        L += _table(["asked", "seq", "requester", "author", "to undo", "reason", "answer",
-                     "took"],
-                    [(t(c["at"]), c["seq"], c["requester"], c["author"],
-                      f"{c['attribute']} ({c['change']})", c["reason"], _consent_outcome(c),
-                      duration(c.get("seconds"))) for c in rep["consents"]])
+        L += _table(
+            ["asked", "seq", "requester", "author", "to undo", "reason", "answer", "took"],
+            [
+                (
+                    t(c["at"]),
+                    c["seq"],
+                    c["requester"],
+                    c["author"],
+                    f"{c['attribute']} ({c['change']})",
+                    c["reason"],
+                    _consent_outcome(c),
+                    duration(c.get("seconds")),
+                )
+                for c in rep["consents"]
+            ],
+        )
         L.append("")
-        L.append("An unanswered request *expires*: it is never recorded as a denial, and it "
-                 "escalates to the override queue, which may still answer.")
+        L.append(
+            "An unanswered request *expires*: it is never recorded as a denial, and it "
+            "escalates to the override queue, which may still answer."
+        )
     else:
         L.append("No consent was asked in the window.")
 
     L += ["", "## Rollbacks and who approved them", ""]
     if rep["rollbacks"]:
-        L += _table(["asked", "seq", "requested by", "lock key", "key holder", "route", "reason",
-                     "decision", "result"],
-                    [(t(r["at"]), r["seq"], r["requested_by"], r["lock_key"], r["key_holder"],
-                      r["path"], r["reason"],
-                      f"{r['status']}" + (f" by {r['decided_by']} at {t(r['decided_at'])} "
-                                          f"[{r['decision_seq']}]" if r["decided_by"] else ""),
-                      (r["result"] or "-") + (" — marked a defect by " + r["defect"]["by"]
-                                              if r.get("defect") else ""))
-                     for r in rep["rollbacks"]])
+        L += _table(
+            [
+                "asked",
+                "seq",
+                "requested by",
+                "lock key",
+                "key holder",
+                "route",
+                "reason",
+                "decision",
+                "result",
+            ],
+            [
+                (
+                    t(r["at"]),
+                    r["seq"],
+                    r["requested_by"],
+                    r["lock_key"],
+                    r["key_holder"],
+                    r["path"],
+                    r["reason"],
+                    f"{r['status']}"
+                    + (
+                        f" by {r['decided_by']} at {t(r['decided_at'])} [{r['decision_seq']}]"
+                        if r["decided_by"]
+                        else ""
+                    ),
+                    (r["result"] or "-")
+                    + (" — marked a defect by " + r["defect"]["by"] if r.get("defect") else ""),
+                )
+                for r in rep["rollbacks"]
+            ],
+        )
     else:
         L.append("No rollback was requested in the window.")
 
     L += ["", "## Stuck locks, wakes and pages", ""]
-    L += _table(["time", "seq", "event", "holder", "resource", "what happened"],
-                [(t(s["at"]), s["seq"], s["event"], s["holder"], s["resource"], s["notes"])
-                 for s in rep["stuck"]]) if rep["stuck"] else \
-        ["No lock was stuck, and nobody was woken or paged about one."]
+    L += (
+        _table(
+            ["time", "seq", "event", "holder", "resource", "what happened"],
+            [
+                (t(s["at"]), s["seq"], s["event"], s["holder"], s["resource"], s["notes"])
+                for s in rep["stuck"]
+            ],
+        )
+        if rep["stuck"]
+        else ["No lock was stuck, and nobody was woken or paged about one."]
+    )
 
     L += ["", "## Revocations (with provenance)", ""]
     if rep["revocations"]:
-        L += _table(["time", "seq", "lease of", "resource", "lock key", "revoked by", "runbook",
-                     "after paging", "reason"],
-                    [(t(r["at"]), r["seq"], r["holder"], r["resource"], r["lock_key"],
-                      (r["provenance"] or {}).get("revoked_by"),
-                      (r["provenance"] or {}).get("via_runbook"),
-                      (r["provenance"] or {}).get("after_paging"), r["notes"])
-                     for r in rep["revocations"]])
+        L += _table(
+            [
+                "time",
+                "seq",
+                "lease of",
+                "resource",
+                "lock key",
+                "revoked by",
+                "runbook",
+                "after paging",
+                "reason",
+            ],
+            [
+                (
+                    t(r["at"]),
+                    r["seq"],
+                    r["holder"],
+                    r["resource"],
+                    r["lock_key"],
+                    (r["provenance"] or {}).get("revoked_by"),
+                    (r["provenance"] or {}).get("via_runbook"),
+                    (r["provenance"] or {}).get("after_paging"),
+                    r["notes"],
+                )
+                for r in rep["revocations"]
+            ],
+        )
     else:
         L.append("No lease was revoked in the window.")
 
     if rep["freezes"]:
         L += ["", "## Freezes", ""]
-        L += _table(["time", "seq", "event", "by", "prefix", "notes"],
-                    [(t(f["at"]), f["seq"], f["event"], f["agent"], f["resource"], f["notes"])
-                     for f in rep["freezes"]])
+        L += _table(
+            ["time", "seq", "event", "by", "prefix", "notes"],
+            [
+                (t(f["at"]), f["seq"], f["event"], f["agent"], f["resource"], f["notes"])
+                for f in rep["freezes"]
+            ],
+        )
 
     L += ["", "## Contaminated or suspicious rows (lint)", ""]
     lint = rep["lint"]
     if not lint.get("available"):
         L.append("writ lint is not available in this build; rows were not judged.")
     else:
-        L.append(f"{lint['checked']} rows judged by `writ lint` ("
-                 + ", ".join(f"{n} {k}" for k, n in sorted(lint["verdicts"].items()))
-                 + (f", {lint['warnings']} warning(s)" if lint["warnings"] else "") + "); "
-                 + ("principal kinds from the server's registry." if lint["registry"]
-                    else "principal kinds guessed from names (no registry)."))
+        L.append(
+            f"{lint['checked']} rows judged by `writ lint` ("
+            + ", ".join(f"{n} {k}" for k, n in sorted(lint["verdicts"].items()))
+            + (f", {lint['warnings']} warning(s)" if lint["warnings"] else "")
+            + "); "
+            + (
+                "principal kinds from the server's registry."
+                if lint["registry"]
+                else "principal kinds guessed from names (no registry)."
+            )
+        )
         if lint["rows"]:
             L.append("")
-            L += _table(["seq", "time", "event", "verdict", "findings"],
-                        [(f["seq"], t(f["at"]), f["event"], f["verdict"],
-                          "; ".join(f"{x['rule']} ({x['field']}): {x['reason']}"
-                                    for x in f["findings"]))
-                         for f in lint["rows"][:200]])
+            L += _table(
+                ["seq", "time", "event", "verdict", "findings"],
+                [
+                    (
+                        f["seq"],
+                        t(f["at"]),
+                        f["event"],
+                        f["verdict"],
+                        "; ".join(
+                            f"{x['rule']} ({x['field']}): {x['reason']}" for x in f["findings"]
+                        ),
+                    )
+                    for f in lint["rows"][:200]
+                ],
+            )
         else:
             L.append("")
             L.append("No row is contaminated, rejected or suspicious.")
@@ -889,11 +1271,16 @@ def to_markdown(rep: dict[str, Any]) -> str:
     L += ["", "## Chain verification", ""]
     L += verification_text(rep["verification"])
 
-    L += ["", "## For the responders to write", "",
-          "- Detection: how and when did people learn of it?",
-          "- Customer impact and its duration.",
-          "- Root cause and contributing factors (the rows above say *who* and *when*, not *why*).",
-          "- Action items, each with an owner.", ""]
+    L += [
+        "",
+        "## For the responders to write",
+        "",
+        "- Detection: how and when did people learn of it?",
+        "- Customer impact and its duration.",
+        "- Root cause and contributing factors (the rows above say *who* and *when*, not *why*).",
+        "- Action items, each with an owner.",
+        "",
+    ]
     return "\n".join(L)
 
 
@@ -901,30 +1288,45 @@ def verification_text(v: dict[str, Any]) -> list[str]:
     """Plain statements of what was verified, and what was not."""
     if not v or not v.get("rows"):
         return ["No rows, nothing to verify."]
-    out = [f"- Each of the {v['rows']} rows used was re-hashed: hash = sha256(prev_hash + "
-           f"canonical JSON of the row); {v['rows_ok']} match."]
+    out = [
+        f"- Each of the {v['rows']} rows used was re-hashed: hash = sha256(prev_hash + "
+        f"canonical JSON of the row); {v['rows_ok']} match."
+    ]
     if v.get("links"):
-        out.append(f"- {v['links_ok']} of {v['links']} adjacent pairs with consecutive seqs link "
-                   "(each row's prev_hash is the hash of the row before).")
+        out.append(
+            f"- {v['links_ok']} of {v['links']} adjacent pairs with consecutive seqs link "
+            "(each row's prev_hash is the hash of the row before)."
+        )
     seg = v.get("segment")
     if seg and seg.get("contiguous"):
-        out.append(f"- The rows are the whole, unbroken run of seq {seg['first']}–{seg['last']}: "
-                   "no row in that range is missing.")
+        out.append(
+            f"- The rows are the whole, unbroken run of seq {seg['first']}–{seg['last']}: "
+            "no row in that range is missing."
+        )
     elif seg:
-        out.append(f"- The full seq range {seg['first']}–{seg['last']} ({seg['rows']} rows, "
-                   "including rows on other resources) was re-verified link by link: "
-                   + ("it is unbroken, so no row in the window was removed, inserted or edited "
-                      "without re-hashing everything after it." if seg["ok"]
-                      else f"BROKEN — {seg['reason']}."))
+        out.append(
+            f"- The full seq range {seg['first']}–{seg['last']} ({seg['rows']} rows, "
+            "including rows on other resources) was re-verified link by link: "
+            + (
+                "it is unbroken, so no row in the window was removed, inserted or edited "
+                "without re-hashing everything after it."
+                if seg["ok"]
+                else f"BROKEN — {seg['reason']}."
+            )
+        )
     else:
-        out.append("- The rows are a filtered subset too far apart to re-verify the seq range "
-                   "between them here; gaps between their seqs hold other resources' rows.")
+        out.append(
+            "- The rows are a filtered subset too far apart to re-verify the seq range "
+            "between them here; gaps between their seqs hold other resources' rows."
+        )
     for b in (v.get("bad") or [])[:20]:
         out.append(f"- **Problem:** {b['reason']}")
-    out.append("- Not proven here: that rows before and after this range are intact, or that "
-               "the whole chain was not rewritten and re-hashed. `writ audit verify` checks the "
-               "whole chain; `writ audit verify --checkpoint FILE` proves it still extends a "
-               "signed checkpoint kept elsewhere.")
+    out.append(
+        "- Not proven here: that rows before and after this range are intact, or that "
+        "the whole chain was not rewritten and re-hashed. `writ audit verify` checks the "
+        "whole chain; `writ audit verify --checkpoint FILE` proves it still extends a "
+        "signed checkpoint kept elsewhere."
+    )
     return out
 
 

@@ -34,9 +34,7 @@ def validate(resource: object, field: str = "resource") -> str:
         raise Invalid(f"{field} is {len(resource)} characters; at most {MAX_LENGTH}", field=field)
     segments = resource.split("/")
     if len(segments) > MAX_SEGMENTS:
-        raise Invalid(
-            f"{field} has {len(segments)} segments; at most {MAX_SEGMENTS}", field=field
-        )
+        raise Invalid(f"{field} has {len(segments)} segments; at most {MAX_SEGMENTS}", field=field)
     for seg in segments:
         if not _SEGMENT.fullmatch(seg):
             shown = seg if seg else "(empty)"
@@ -82,7 +80,7 @@ class BlastRadius:
                     paths |= other_paths
                 else:
                     keep.append((other_names, other_paths))
-            merged = keep + [(names, paths)]
+            merged = [*keep, (names, paths)]
         self._groups: list[tuple[frozenset[str], tuple[str, ...]]] = [
             (frozenset(n), tuple(sorted(p))) for n, p in merged
         ]
@@ -109,7 +107,9 @@ class BlastRadius:
     def group_names(self, resource: str) -> list[str]:
         """Names of the groups whose blast radius ``resource`` falls in."""
         return sorted(
-            n for names, members in self._groups if any(related(resource, m) for m in members)
+            n
+            for names, members in self._groups
+            if any(related(resource, m) for m in members)
             for n in names
         )
 

@@ -31,7 +31,6 @@ ROLLBACK = "rollback"
 KEY_RULE = "agents may request rollback; only the human queue holds the key"
 
 
-
 class Rollbacks:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -56,7 +55,8 @@ class Rollbacks:
         missing = [k for k in ("path", "key_holder", "override_queue") if not out.get(k)]
         if missing:
             raise Invalid(
-                "rollback.allowed=true needs " + ", ".join(f"rollback.{m}" for m in missing)
+                "rollback.allowed=true needs "
+                + ", ".join(f"rollback.{m}" for m in missing)
                 + ": a literal route, the human queue that holds the key, and the queue to page"
                 " (no queue name, no rollback)",
                 field="rollback",
@@ -76,8 +76,11 @@ class Rollbacks:
                 raise Invalid(
                     f"rollback.{key} {name!r} is a{'n' if p.kind == 'agent' else ''} {p.kind}: "
                     "agents may request rollback; only a human queue holds the key"
-                    + (" (a vendor portal holding the key is a loyalty oath, not a second key)"
-                       if p.kind == "portal" else ""),
+                    + (
+                        " (a vendor portal holding the key is a loyalty oath, not a second key)"
+                        if p.kind == "portal"
+                        else ""
+                    ),
                     field=f"rollback.{key}",
                 )
             if p.kind == "human":
@@ -86,7 +89,9 @@ class Rollbacks:
             out["warnings"] = warnings
         return out
 
-    def _row(self, rb: dict[str, Any], event: str, agent: str, notes: str, **extra: Any) -> dict[str, Any]:
+    def _row(
+        self, rb: dict[str, Any], event: str, agent: str, notes: str, **extra: Any
+    ) -> dict[str, Any]:
         return {
             "event": event,
             "agent_id": agent,
@@ -157,13 +162,21 @@ class Rollbacks:
                 "defect": False,
             }
             await tx.put_object(ROLLBACK, rb["rollback_id"], lease.resource, "pending", rb)
-            row = self._row(rb, "rollback.requested", me.name,
-                            f"{me.name} asks {plan['key_holder']} to roll back {lease.lock_key}: {why}")
+            row = self._row(
+                rb,
+                "rollback.requested",
+                me.name,
+                f"{me.name} asks {plan['key_holder']} to roll back {lease.lock_key}: {why}",
+            )
             await tx.append(row)
             holder = await tx.get_principal(plan["key_holder"])
-            eng.call_later(tx, "page", holder.wake if holder else None,
-                           {"to": plan["key_holder"], "reason": "rollback awaits your key", "rollback": rb},
-                           row)
+            eng.call_later(
+                tx,
+                "page",
+                holder.wake if holder else None,
+                {"to": plan["key_holder"], "reason": "rollback awaits your key", "rollback": rb},
+                row,
+            )
             return rb
 
         return await eng.store.transact(fn)
@@ -183,14 +196,21 @@ class Rollbacks:
     @staticmethod
     def _check_key(me: Principal, rb: dict[str, Any]) -> None:
         if me.kind in ("agent", "portal"):
-            raise Forbidden(f"{me.name} is a{'n' if me.kind == 'agent' else ''} {me.kind}: {KEY_RULE}",
-                            key_holder=rb["key_holder"])
+            raise Forbidden(
+                f"{me.name} is a{'n' if me.kind == 'agent' else ''} {me.kind}: {KEY_RULE}",
+                key_holder=rb["key_holder"],
+            )
         if me.name == rb["requested_by"]:
-            raise Forbidden(f"{me.name} requested this rollback and cannot also approve it: "
-                            "the key is a second key", key_holder=rb["key_holder"])
+            raise Forbidden(
+                f"{me.name} requested this rollback and cannot also approve it: "
+                "the key is a second key",
+                key_holder=rb["key_holder"],
+            )
         if me.name != rb["key_holder"] and me.kind != "human":
-            raise Forbidden(f"only the key holder ({rb['key_holder']}) or a human may answer this rollback",
-                            key_holder=rb["key_holder"])
+            raise Forbidden(
+                f"only the key holder ({rb['key_holder']}) or a human may answer this rollback",
+                key_holder=rb["key_holder"],
+            )
 
     async def answer(self, me: Principal, rollback_id: str, approve: bool) -> dict[str, Any]:
         eng = self.engine
@@ -201,17 +221,25 @@ class Rollbacks:
                 raise NotFound(f"no rollback {rollback_id!r}", rollback_id=rollback_id)
             self._check_key(me, rb)
             if rb["state"] != "pending":
-                raise Invalid(f"rollback {rollback_id} is already {rb['state']}: approval is single-use",
-                              status=rb["state"])
+                raise Invalid(
+                    f"rollback {rollback_id} is already {rb['state']}: approval is single-use",
+                    status=rb["state"],
+                )
             status = "approved" if approve else "denied"
-            rb.update(status=status, **({"approved_by": me.name} if approve else {"denied_by": me.name}))
+            rb.update(
+                status=status, **({"approved_by": me.name} if approve else {"denied_by": me.name})
+            )
             await tx.put_object(ROLLBACK, rollback_id, rb["resource"], status, data(rb))
-            await tx.append(self._row(
-                rb, f"rollback.{status}", me.name,
-                f"{me.name} {status} {rb['requested_by']}'s rollback of {rb['lock_key']}"
-                + (f"; calling {rb['path']}" if approve else ""),
-                approved_by=me.name if approve else None,
-            ))
+            await tx.append(
+                self._row(
+                    rb,
+                    f"rollback.{status}",
+                    me.name,
+                    f"{me.name} {status} {rb['requested_by']}'s rollback of {rb['lock_key']}"
+                    + (f"; calling {rb['path']}" if approve else ""),
+                    approved_by=me.name if approve else None,
+                )
+            )
             return rb
 
         rb = await eng.store.transact(decide)
@@ -222,17 +250,30 @@ class Rollbacks:
         except Invalid as exc:
             result = CallResult(rb["path"], False, None, 0, exc.message)
         else:
-            result = await eng.caller.post(url, {"rollback": public(rb), "approved_by": me.name}, attempts=1)
+            result = await eng.caller.post(
+                url, {"rollback": public(rb), "approved_by": me.name}, attempts=1
+            )
 
         async def record(tx: Tx) -> dict[str, Any]:
             cur = await tx.get_object(ROLLBACK, rollback_id, for_update=True)
             assert cur is not None
             status = "executed" if result.ok else "failed"
-            cur.update(status=status, executed_at=rfc3339(tx.now()), response_status=result.status,
-                       error=None if result.ok else result.describe())
+            cur.update(
+                status=status,
+                executed_at=rfc3339(tx.now()),
+                response_status=result.status,
+                error=None if result.ok else result.describe(),
+            )
             await tx.put_object(ROLLBACK, rollback_id, cur["resource"], status, data(cur))
-            await tx.append(self._row(cur, f"rollback.{status}", me.name,
-                                      f"rollback {rollback_id}: {result.describe()}", approved_by=me.name))
+            await tx.append(
+                self._row(
+                    cur,
+                    f"rollback.{status}",
+                    me.name,
+                    f"rollback {rollback_id}: {result.describe()}",
+                    approved_by=me.name,
+                )
+            )
             return cur
 
         return public(await eng.store.transact(record))
@@ -247,13 +288,21 @@ class Rollbacks:
             if rb is None:
                 raise NotFound(f"no rollback {rollback_id!r}", rollback_id=rollback_id)
             if rb["state"] not in ("executed", "failed"):
-                raise Invalid(f"rollback {rollback_id} is {rb['state']}: only a rollback that ran can be a defect")
+                raise Invalid(
+                    f"rollback {rollback_id} is {rb['state']}: only a rollback that ran can be a defect"
+                )
             rb.update(defect=True, defect_notes=why, defect_by=me.name)
             await tx.put_object(ROLLBACK, rollback_id, rb["resource"], rb["state"], data(rb))
-            await tx.append(self._row(rb, "rollback.defect", me.name,
-                                      f"{me.name}: the rollback was a new defect, not recovery: {why}",
-                                      approved_by=rb.get("approved_by"),
-                                      rollback_denominator_is_defect=True))
+            await tx.append(
+                self._row(
+                    rb,
+                    "rollback.defect",
+                    me.name,
+                    f"{me.name}: the rollback was a new defect, not recovery: {why}",
+                    approved_by=rb.get("approved_by"),
+                    rollback_denominator_is_defect=True,
+                )
+            )
             return rb
 
         return public(await self.engine.store.transact(fn))

@@ -28,8 +28,9 @@ def route_problem(value: Any) -> str | None:
 def check_route(value: Any, field: str) -> str:
     """``value`` stripped, or :class:`Invalid` saying why it is not a literal route."""
     if not isinstance(value, str) or not value.strip():
-        raise Invalid(f"{field} must be a route like /ops/rollback?txn=8841 or https://...",
-                      field=field)
+        raise Invalid(
+            f"{field} must be a route like /ops/rollback?txn=8841 or https://...", field=field
+        )
     problem = route_problem(value)
     if problem:
         raise Invalid(

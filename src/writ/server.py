@@ -142,7 +142,9 @@ class LimitBody:
                     await _send_error(send, Invalid("content-length is not a number"))
                     return
                 if n > MAX_BODY:
-                    await _send_error(send, TooLarge(f"request body of {n} bytes exceeds {MAX_BODY}"))
+                    await _send_error(
+                        send, TooLarge(f"request body of {n} bytes exceeds {MAX_BODY}")
+                    )
                     return
         if not any(k == b"content-length" for k, _ in headers):
             # no declared length (chunked): read the body here, up to the limit, so an
@@ -184,11 +186,16 @@ async def _send_error(send: Send, err: WritError) -> None:
     import json
 
     body = json.dumps(err.to_body()).encode()
-    await send({
-        "type": "http.response.start",
-        "status": err.status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -292,8 +299,13 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     async def _crash(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse(
-            {"error": {"code": "internal", "message": "writ hit an internal error; nothing was changed "
-                       "unless the response said so. The server log has the details."}},
+            {
+                "error": {
+                    "code": "internal",
+                    "message": "writ hit an internal error; nothing was changed "
+                    "unless the response said so. The server log has the details.",
+                }
+            },
             status_code=500,
         )
 
@@ -304,7 +316,9 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
 
     @app.post("/v1/principals", status_code=201, tags=["principals"])
     async def add_principal(me: Me, body: PrincipalIn) -> dict[str, Any]:
-        p, token = await engine.add_principal(me, body.name, body.kind, body.vendor, body.wake, body.admin)
+        p, token = await engine.add_principal(
+            me, body.name, body.kind, body.vendor, body.wake, body.admin
+        )
         return {**p.to_dict(), "token": token}
 
     @app.get("/v1/principals", tags=["principals"])
@@ -318,19 +332,24 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     # -- leases ------------------------------------------------------------------------
     @app.post("/v1/leases", status_code=201, tags=["leases"])
     async def acquire(me: Me, body: AcquireIn, request: Request) -> dict[str, Any]:
-        return await _unless_hung_up(request, engine.acquire(
-            me,
-            resource=body.resource,
-            intent=body.intent,
-            ttl_s=body.ttl_s,
-            wait_s=body.wait_s,
-            touches=body.touches,
-            consent_id=body.consent_id,
-            rollback=body.rollback.model_dump() if body.rollback else None,
-        ))
+        return await _unless_hung_up(
+            request,
+            engine.acquire(
+                me,
+                resource=body.resource,
+                intent=body.intent,
+                ttl_s=body.ttl_s,
+                wait_s=body.wait_s,
+                touches=body.touches,
+                consent_id=body.consent_id,
+                rollback=body.rollback.model_dump() if body.rollback else None,
+            ),
+        )
 
     @app.post("/v1/leases/{lease_id}/renew", tags=["leases"])
-    async def renew(me: Me, lease_id: str, body: Annotated[RenewIn | None, Body()] = None) -> dict[str, Any]:
+    async def renew(
+        me: Me, lease_id: str, body: Annotated[RenewIn | None, Body()] = None
+    ) -> dict[str, Any]:
         return await engine.renew(me, lease_id, body.ttl_s if body else None)
 
     @app.post("/v1/leases/{lease_id}/release", tags=["leases"])
@@ -339,7 +358,9 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
 
     @app.post("/v1/leases/{lease_id}/revoke", tags=["leases"])
     async def revoke(me: Me, lease_id: str, body: RevokeIn) -> dict[str, Any]:
-        return await engine.revoke(me, lease_id, body.runbook, body.paged, body.reason, body.waive_lock_delay)
+        return await engine.revoke(
+            me, lease_id, body.runbook, body.paged, body.reason, body.waive_lock_delay
+        )
 
     @app.get("/v1/leases/{lease_id}", tags=["leases"])
     async def get_lease(me: Me, lease_id: str) -> dict[str, Any]:
@@ -384,7 +405,9 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
         until: str | None = None,
     ) -> dict[str, Any]:
         return await engine.audit(
-            after_seq, limit, resource,
+            after_seq,
+            limit,
+            resource,
             parse_time(since) if since else None,
             parse_time(until) if until else None,
         )
@@ -407,7 +430,13 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     @app.post("/v1/leases/{lease_id}/changes", status_code=201, tags=["consent"])
     async def record_change(me: Me, lease_id: str, body: ChangeIn) -> dict[str, Any]:
         return await engine.consents.record_change(
-            me, lease_id, body.attribute, body.summary, body.before, body.after, body.protect_s,
+            me,
+            lease_id,
+            body.attribute,
+            body.summary,
+            body.before,
+            body.after,
+            body.protect_s,
             body.fencing_token,
         )
 
@@ -479,7 +508,13 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     async def gate_check(me: Me, body: GateCheckIn) -> dict[str, Any]:
         """For `writ gate`: decide one mutating request and record it (gate.passed/refused)."""
         return await engine.gate_check(
-            me, body.caller_token, body.lease_id, body.fencing_token, body.resource, body.method, body.path
+            me,
+            body.caller_token,
+            body.lease_id,
+            body.fencing_token,
+            body.resource,
+            body.method,
+            body.path,
         )
 
     @app.get("/v1/policy", tags=["meta"])

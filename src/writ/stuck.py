@@ -34,26 +34,39 @@ class Stuck:
     async def on_grant(self, tx: Tx, req: Request, lease: Lease) -> None:
         limit = self.engine.policy.rule_for(lease.resource).max_hold_s
         if limit is not None and limit > 0:
-            await tx.put_object(HOLDCHECK, lease.lease_id, lease.resource, "pending",
-                                {"lease_id": lease.lease_id, "max_hold_s": limit},
-                                lease.acquired_at + limit)
+            await tx.put_object(
+                HOLDCHECK,
+                lease.lease_id,
+                lease.resource,
+                "pending",
+                {"lease_id": lease.lease_id, "max_hold_s": limit},
+                lease.acquired_at + limit,
+            )
 
     async def on_end(self, tx: Tx, lease: Lease) -> None:
         if lease.state != "expired":
             return
         waiting = await tx.count_waiters_related(self.engine.blast.expand(lease.resource))
         if waiting:
-            await self._wake(tx, lease, f"expired with {waiting} waiting behind it: the holder may have died")
+            await self._wake(
+                tx, lease, f"expired with {waiting} waiting behind it: the holder may have died"
+            )
 
     async def _wake(self, tx: Tx, lease: Lease, why: str) -> None:
         eng = self.engine
         holder = await tx.get_principal(lease.holder)
         route = holder.wake if holder else None
-        row = eng.lease_row(lease, "lease.stuck", "writ",
-                            f"{lease.holder}'s lease {why}; waking it: "
-                            + (f"POST {route}" if route else "no wake route registered"))
+        row = eng.lease_row(
+            lease,
+            "lease.stuck",
+            "writ",
+            f"{lease.holder}'s lease {why}; waking it: "
+            + (f"POST {route}" if route else "no wake route registered"),
+        )
         await tx.append(row)
-        eng.call_later(tx, "wake", route, {"to": lease.holder, "reason": why, "lease": lease.to_dict()}, row)
+        eng.call_later(
+            tx, "wake", route, {"to": lease.holder, "reason": why, "lease": lease.to_dict()}, row
+        )
 
     async def tick(self) -> None:
         eng = self.engine
@@ -63,33 +76,68 @@ class Stuck:
             for hc in await tx.objects_due(HOLDCHECK, "pending", now, 200):
                 lease = await tx.get_lease(hc["lease_id"], for_update=True)
                 if lease is None or lease.state != "held" or lease.expires_at <= now:
-                    await tx.put_object(HOLDCHECK, hc["lease_id"], hc.get("resource", lease.resource if lease else ""),
-                                        "done", data(hc), None)
+                    await tx.put_object(
+                        HOLDCHECK,
+                        hc["lease_id"],
+                        hc.get("resource", lease.resource if lease else ""),
+                        "done",
+                        data(hc),
+                        None,
+                    )
                     continue
                 page_after = eng.policy.rule_for(lease.resource).page_after_s
-                await self._wake(tx, lease, f"has been held {now - lease.acquired_at:.0f}s, past max_hold_s "
-                                 f"{hc['max_hold_s']:g}")
-                await tx.put_object(HOLDCHECK, lease.lease_id, lease.resource, "woken",
-                                    {**data(hc), "woken_at": rfc3339(now)}, now + page_after)
+                await self._wake(
+                    tx,
+                    lease,
+                    f"has been held {now - lease.acquired_at:.0f}s, past max_hold_s "
+                    f"{hc['max_hold_s']:g}",
+                )
+                await tx.put_object(
+                    HOLDCHECK,
+                    lease.lease_id,
+                    lease.resource,
+                    "woken",
+                    {**data(hc), "woken_at": rfc3339(now)},
+                    now + page_after,
+                )
             for hc in await tx.objects_due(HOLDCHECK, "woken", now, 200):
                 lease = await tx.get_lease(hc["lease_id"], for_update=True)
                 if lease is None or lease.state != "held" or lease.expires_at <= now:
-                    await tx.put_object(HOLDCHECK, hc["lease_id"], lease.resource if lease else "",
-                                        "done", data(hc), None)
+                    await tx.put_object(
+                        HOLDCHECK,
+                        hc["lease_id"],
+                        lease.resource if lease else "",
+                        "done",
+                        data(hc),
+                        None,
+                    )
                     continue
                 queue = eng.override_queue(lease)
                 q = await tx.get_principal(queue) if queue else None
                 route = q.wake if q else None
                 row = eng.lease_row(
-                    lease, "lease.paged", "writ",
+                    lease,
+                    "lease.paged",
+                    "writ",
                     f"{lease.holder} was woken at {hc.get('woken_at')} and still holds {lease.lock_key}; "
                     f"paging {queue or 'nobody (no override queue)'}: "
                     + (f"POST {route}" if route else "no wake route registered"),
                 )
                 await tx.append(row)
-                eng.call_later(tx, "page", route, {"to": queue, "reason": "stuck lock", "lease": lease.to_dict()},
-                               row)
-                await tx.put_object(HOLDCHECK, lease.lease_id, lease.resource, "paged",
-                                    {**data(hc), "paged_at": rfc3339(now)}, None)
+                eng.call_later(
+                    tx,
+                    "page",
+                    route,
+                    {"to": queue, "reason": "stuck lock", "lease": lease.to_dict()},
+                    row,
+                )
+                await tx.put_object(
+                    HOLDCHECK,
+                    lease.lease_id,
+                    lease.resource,
+                    "paged",
+                    {**data(hc), "paged_at": rfc3339(now)},
+                    None,
+                )
 
         await eng.store.transact(fn)

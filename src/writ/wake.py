@@ -40,8 +40,10 @@ class CallResult:
         head = f"POST {self.url}"
         if self.ok:
             return f"{head} -> {self.status}"
-        return f"{head} -> " + (f"HTTP {self.status}" if self.status else (self.error or "failed")) + (
-            f" after {self.attempts} attempt(s)"
+        return (
+            f"{head} -> "
+            + (f"HTTP {self.status}" if self.status else (self.error or "failed"))
+            + (f" after {self.attempts} attempt(s)")
         )
 
 
@@ -79,7 +81,9 @@ class Caller:
                 if r.status_code < 500:
                     return last
             except httpx.HTTPError as exc:
-                last = CallResult(url, False, None, i, f"{type(exc).__name__}: {exc}" or type(exc).__name__)
+                last = CallResult(
+                    url, False, None, i, f"{type(exc).__name__}: {exc}" or type(exc).__name__
+                )
             if i < attempts:
                 await asyncio.sleep(self.backoff * (2 ** (i - 1)))
         return last
@@ -124,7 +128,9 @@ class Caller:
         verb = "delivered" if result.ok else "failed"
         fields = dict(row)
         fields["event"] = f"{kind}.{verb}"
-        fields["notes"] = (f"{kind} {target} ({payload.get('reason', '')}): " + result.describe())[:2000]
+        fields["notes"] = (f"{kind} {target} ({payload.get('reason', '')}): " + result.describe())[
+            :2000
+        ]
         with contextlib.suppress(Exception):
             await self.engine.store.transact(lambda tx: tx.append(fields))
         if after is not None:

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import Invalid
 from .base import Store, Tx
 
-__all__ = ["Store", "Tx", "open_store", "BACKENDS", "DEFAULT_URL"]
+__all__ = ["BACKENDS", "DEFAULT_URL", "Store", "Tx", "open_store"]
 
 DEFAULT_URL = "sqlite:///writ.db"
 BACKENDS: dict[str, str] = {

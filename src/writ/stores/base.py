@@ -56,10 +56,22 @@ Listener = Callable[[str, dict[str, Any]], None]
 #: ``hash`` unchanged.
 TABLES: dict[str, tuple[str, ...]] = {
     "principals": ("name", "kind", "vendor", "wake", "admin", "token_hash", "created_at"),
-    "leases": ("lease_id", "resource", "holder", "intent", "fencing_token", "acquired_at",
-               "expires_at", "ttl_s", "touches", "state", "rollback", "ended_at", "request_id"),
-    "waiters": ("seq", "waiter_id", "resource", "principal", "request", "enqueued_at",
-                "deadline"),
+    "leases": (
+        "lease_id",
+        "resource",
+        "holder",
+        "intent",
+        "fencing_token",
+        "acquired_at",
+        "expires_at",
+        "ttl_s",
+        "touches",
+        "state",
+        "rollback",
+        "ended_at",
+        "request_id",
+    ),
+    "waiters": ("seq", "waiter_id", "resource", "principal", "request", "enqueued_at", "deadline"),
     "objects": ("kind", "id", "resource", "state", "data", "created_at", "expires_at"),
     "audit": ("seq", "ts", "event", "resource", "lock_key", "body", "hash"),
 }
@@ -193,7 +205,9 @@ class Tx(ABC):
         return {kind: await self.objects_related(kind, paths, states) for kind, states in specs}
 
     @abstractmethod
-    async def objects_due(self, kind: str, state: str, now: float, limit: int) -> list[dict[str, Any]]:
+    async def objects_due(
+        self, kind: str, state: str, now: float, limit: int
+    ) -> list[dict[str, Any]]:
         """Objects of a kind and state whose ``expires_at`` is at or before ``now``."""
 
     @abstractmethod
@@ -285,17 +299,15 @@ class Store(ABC):
         """Run ``fn`` on a committed snapshot; writes are not allowed."""
 
     @abstractmethod
-    def audit_stream(self, after_seq: int = 0, batch: int = 10_000) -> AsyncIterator[
-        list[tuple[int, str, str]]
-    ]:
+    def audit_stream(
+        self, after_seq: int = 0, batch: int = 10_000
+    ) -> AsyncIterator[list[tuple[int, str, str]]]:
         """Stored ``(seq, body, hash)`` triples in seq order, in batches (for verify and
         export of ledgers of any size in constant memory)."""
 
     # ---- moving a store (writ migrate) --------------------------------------------------
     @abstractmethod
-    def export_rows(self, batch: int = 10_000) -> AsyncIterator[
-        tuple[str, list[dict[str, Any]]]
-    ]:
+    def export_rows(self, batch: int = 10_000) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
         """Everything the store keeps, as ``(table, rows)`` batches from one consistent
         snapshot, in the order :meth:`import_rows` needs: ``meta`` (one row,
         ``{"fencing_token": last token handed out}``), then ``principals``, ``leases``,

@@ -143,15 +143,6 @@ _BEGIN_READ = (
 )
 
 
-
-
-
-
-
-
-
-
-
 def _related_sql(column: str, paths: Sequence[str]) -> tuple[str, list[Any]]:
     """``column`` equal to a path or an ancestor, or inside a descendant range: each arm an
     index range scan (the planner ORs them as a BitmapOr)."""
@@ -329,9 +320,7 @@ class PgTx(Tx):
         return to_lease(r) if r else None
 
     async def lease_for_request(self, request_id: str) -> Lease | None:
-        r = await self._one(
-            f"SELECT {LEASE_COLS} FROM leases WHERE request_id = %s", (request_id,)
-        )
+        r = await self._one(f"SELECT {LEASE_COLS} FROM leases WHERE request_id = %s", (request_id,))
         return to_lease(r) if r else None
 
     async def held_related(self, paths: Sequence[str]) -> list[Lease]:
@@ -1086,7 +1075,7 @@ class PostgresStore(Store):
                     # the consumer may take its time between batches (it is writing them)
                     await conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
                     cur = await conn.execute("SELECT last_value, is_called FROM fencing_token")
-                    last, called = await cur.fetchone()  # type: ignore[misc]
+                    last, called = await cur.fetchone()
                     yield "meta", [{"fencing_token": int(last) if called else 0}]
                     for table in ("principals", "leases", "waiters", "objects", "audit"):
                         cols = ", ".join(TABLES[table])
@@ -1111,7 +1100,7 @@ class PostgresStore(Store):
                 existing = {}
                 for table in ("principals", "leases", "waiters", "objects", "audit"):
                     cur = await conn.execute(f"SELECT count(*) FROM {table}")
-                    existing[table] = int((await cur.fetchone())[0])  # type: ignore[index]
+                    existing[table] = int((await cur.fetchone())[0])
                 check_empty(self.url, existing)
                 token = 0
                 last_audit: tuple[int, str, float] | None = None

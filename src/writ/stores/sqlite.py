@@ -95,13 +95,6 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 
 
-
-
-
-
-
-
-
 def _related_sql(column: str, paths: Sequence[str]) -> tuple[str, list[Any]]:
     sql, args = _related_sql_cached(column, tuple(paths))
     return sql, list(args)
@@ -157,11 +150,20 @@ class SQLiteTx(Tx):
             self.c.execute(
                 "INSERT INTO principals (name, kind, vendor, wake, admin, token_hash, created_at)"
                 " VALUES (?,?,?,?,?,?,?)",
-                (principal.name, principal.kind, principal.vendor, principal.wake,
-                 int(principal.admin), token_hash, principal.created_at),
+                (
+                    principal.name,
+                    principal.kind,
+                    principal.vendor,
+                    principal.wake,
+                    int(principal.admin),
+                    token_hash,
+                    principal.created_at,
+                ),
             )
         except sqlite3.IntegrityError:
-            raise Conflict(f"principal {principal.name!r} already exists", name=principal.name) from None
+            raise Conflict(
+                f"principal {principal.name!r} already exists", name=principal.name
+            ) from None
 
     async def get_principal(self, name: str) -> Principal | None:
         r = self.c.execute(
@@ -188,10 +190,21 @@ class SQLiteTx(Tx):
         self._w()
         self.c.execute(
             f"INSERT INTO leases ({LEASE_COLS}, request_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (lease.lease_id, lease.resource, lease.holder, lease.intent, lease.fencing_token,
-             lease.acquired_at, lease.expires_at, lease.ttl_s, json.dumps(lease.touches),
-             lease.state, json.dumps(lease.rollback) if lease.rollback else None,
-             lease.ended_at, request_id),
+            (
+                lease.lease_id,
+                lease.resource,
+                lease.holder,
+                lease.intent,
+                lease.fencing_token,
+                lease.acquired_at,
+                lease.expires_at,
+                lease.ttl_s,
+                json.dumps(lease.touches),
+                lease.state,
+                json.dumps(lease.rollback) if lease.rollback else None,
+                lease.ended_at,
+                request_id,
+            ),
         )
 
     async def update_lease(self, lease: Lease) -> None:
@@ -202,7 +215,9 @@ class SQLiteTx(Tx):
         )
 
     async def get_lease(self, lease_id: str, for_update: bool = False) -> Lease | None:
-        r = self.c.execute(f"SELECT {LEASE_COLS} FROM leases WHERE lease_id = ?", (lease_id,)).fetchone()
+        r = self.c.execute(
+            f"SELECT {LEASE_COLS} FROM leases WHERE lease_id = ?", (lease_id,)
+        ).fetchone()
         return to_lease(r) if r else None
 
     async def lease_for_request(self, request_id: str) -> Lease | None:
@@ -264,8 +279,14 @@ class SQLiteTx(Tx):
         cur = self.c.execute(
             "INSERT INTO waiters (waiter_id, resource, principal, request, enqueued_at, deadline)"
             " VALUES (?,?,?,?,?,?)",
-            (waiter.waiter_id, waiter.resource, waiter.principal, json.dumps(waiter.request),
-             waiter.enqueued_at, waiter.deadline),
+            (
+                waiter.waiter_id,
+                waiter.resource,
+                waiter.principal,
+                json.dumps(waiter.request),
+                waiter.enqueued_at,
+                waiter.deadline,
+            ),
         )
         waiter.seq = int(cur.lastrowid or 0)
         return waiter
@@ -287,21 +308,27 @@ class SQLiteTx(Tx):
         )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [
-            to_waiter(r)
-            for r in self.c.execute(sql, args)
-        ]
+        return [to_waiter(r) for r in self.c.execute(sql, args)]
 
-    async def count_waiters_related(self, paths: Sequence[str], before_seq: int | None = None) -> int:
+    async def count_waiters_related(
+        self, paths: Sequence[str], before_seq: int | None = None
+    ) -> int:
         where, args = _related_sql("resource", paths)
         if before_seq is not None:
             where += " AND seq < ?"
             args.append(before_seq)
-        return int(self.c.execute(f"SELECT count(*) FROM waiters WHERE {where}", args).fetchone()[0])
+        return int(
+            self.c.execute(f"SELECT count(*) FROM waiters WHERE {where}", args).fetchone()[0]
+        )
 
     # objects
     async def put_object(
-        self, kind: str, obj_id: str, resource: str, state: str, data: dict[str, Any],
+        self,
+        kind: str,
+        obj_id: str,
+        resource: str,
+        state: str,
+        data: dict[str, Any],
         expires_at: float | None = None,
     ) -> None:
         self._w()
@@ -313,7 +340,9 @@ class SQLiteTx(Tx):
             (kind, obj_id, resource, state, json.dumps(data), self._now, expires_at),
         )
 
-    async def get_object(self, kind: str, obj_id: str, for_update: bool = False) -> dict[str, Any] | None:
+    async def get_object(
+        self, kind: str, obj_id: str, for_update: bool = False
+    ) -> dict[str, Any] | None:
         r = self.c.execute(
             "SELECT data, state, expires_at FROM objects WHERE kind = ? AND id = ?", (kind, obj_id)
         ).fetchone()
@@ -353,7 +382,9 @@ class SQLiteTx(Tx):
             self._memo[key] = hit
         return {k: list(v) for k, v in hit.items()}
 
-    async def objects_due(self, kind: str, state: str, now: float, limit: int) -> list[dict[str, Any]]:
+    async def objects_due(
+        self, kind: str, state: str, now: float, limit: int
+    ) -> list[dict[str, Any]]:
         rows = self.c.execute(
             "SELECT data, state, expires_at FROM objects WHERE kind = ? AND state = ?"
             " AND expires_at IS NOT NULL AND expires_at <= ? ORDER BY expires_at LIMIT ?",
@@ -384,8 +415,12 @@ class SQLiteTx(Tx):
         return s
 
     async def audit_rows(
-        self, after_seq: int = 0, limit: int = 1000, prefix: str | None = None,
-        since: float | None = None, until: float | None = None,
+        self,
+        after_seq: int = 0,
+        limit: int = 1000,
+        prefix: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[dict[str, Any]]:
         where, args = ["seq > ?"], [after_seq]  # type: list[str], list[Any]
         ts_sql, ts_args = [], []  # type: list[str], list[Any]
@@ -402,9 +437,13 @@ class SQLiteTx(Tx):
             where[0] = "+seq > ?"
         if prefix and (not ts_sql or not self._few_rows(since, until)):
             ts2 = [t.replace("ts", "+ts") for t in ts_sql]
-            where.append("((resource = ?" + "".join(f" AND {t}" for t in ts_sql)
-                         + ") OR (resource >= ? AND resource < ?"
-                         + "".join(f" AND {t}" for t in ts2) + "))")
+            where.append(
+                "((resource = ?"
+                + "".join(f" AND {t}" for t in ts_sql)
+                + ") OR (resource >= ? AND resource < ?"
+                + "".join(f" AND {t}" for t in ts2)
+                + "))"
+            )
             args += [prefix, *ts_args, prefix + "/", prefix + "0", *ts_args]
         else:
             where += ts_sql
@@ -493,7 +532,7 @@ class SQLiteStore(Store):
         if self._w is not None:
             return
         if not self.memory:
-            parent = os.path.dirname(os.path.abspath(self.path))
+            parent = os.path.dirname(os.path.abspath(self.path))  # noqa: ASYNC240 - once, at open
             os.makedirs(parent, exist_ok=True)
         try:
             self._w = self._connect()
@@ -580,7 +619,9 @@ class SQLiteStore(Store):
             # another process may have written since our last batch: re-read the heads
             r = c.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
             self._head = (r[0], r[1]) if r else (0, GENESIS)
-            self._token = int(c.execute("SELECT value FROM meta WHERE key = 'fencing_token'").fetchone()[0])
+            self._token = int(
+                c.execute("SELECT value FROM meta WHERE key = 'fencing_token'").fetchone()[0]
+            )
         except sqlite3.Error as exc:
             self._fail_all(batch, exc)
             return
@@ -592,16 +633,17 @@ class SQLiteStore(Store):
             c.execute("SAVEPOINT tx")
             tx = SQLiteTx(self, c, writable=True)
             try:
-                result = _run_now(fn(tx))  # type: ignore[arg-type]
-            except BaseException as exc:  # noqa: BLE001 - every error goes to its caller
+                result: Any = _run_now(fn(tx))  # type: ignore[arg-type]
+            except BaseException as exc:
                 c.execute("ROLLBACK TO tx")
                 c.execute("RELEASE tx")
                 # the chain head goes back; the token counter does not: a token drawn by
                 # a transaction that rolled back is never handed out again (contract)
                 self._head = head
+                err: BaseException = exc
                 if isinstance(exc, sqlite3.Error):
-                    exc = Unavailable(f"store error: {exc}")
-                outcomes.append((fut, None, exc))
+                    err = Unavailable(f"store error: {exc}")
+                outcomes.append((fut, None, err))
                 continue
             c.execute("RELEASE tx")
             outcomes.append((fut, result, None))
@@ -617,15 +659,15 @@ class SQLiteStore(Store):
             except sqlite3.Error:
                 pass
             self._head, self._token = head0, token0
-            self._fail_all([(None, f) for f, _, _ in outcomes], exc)  # type: ignore[misc]
+            self._fail_all([(None, f) for f, _, _ in outcomes], exc)
             return
         self.batches += 1
         self.transactions += len(outcomes)
-        for fut, result, exc in outcomes:
+        for fut, result, failure in outcomes:
             if fut.done():
                 continue
-            if exc is not None:
-                fut.set_exception(exc)
+            if failure is not None:
+                fut.set_exception(failure)
             else:
                 fut.set_result(result)
         if self._head != head0:
@@ -726,10 +768,13 @@ class SQLiteStore(Store):
         try:
             c.execute("BEGIN IMMEDIATE")
             try:
-                check_empty(self.url, {
-                    t: int(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
-                    for t in ("principals", "leases", "waiters", "objects", "audit")
-                })
+                check_empty(
+                    self.url,
+                    {
+                        t: int(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+                        for t in ("principals", "leases", "waiters", "objects", "audit")
+                    },
+                )
                 token = 0
                 async for table, rows in batches:
                     if table == "meta":
@@ -746,8 +791,9 @@ class SQLiteStore(Store):
                     counts[table] = counts.get(table, 0) + len(rows)
                     if table == "leases" and rows:
                         token = max(token, *(int(r["fencing_token"]) for r in rows))
-                c.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'fencing_token'",
-                          (token,))
+                c.execute(
+                    "UPDATE meta SET value = max(value, ?) WHERE key = 'fencing_token'", (token,)
+                )
                 counts["meta"] = token
                 await asyncio.get_running_loop().run_in_executor(self._io, c.execute, "COMMIT")
             except BaseException:
@@ -766,8 +812,12 @@ class SQLiteStore(Store):
         return counts
 
 
-_SQLITE_JSON = {("leases", "touches"), ("leases", "rollback"), ("waiters", "request"),
-                ("objects", "data")}
+_SQLITE_JSON = {
+    ("leases", "touches"),
+    ("leases", "rollback"),
+    ("waiters", "request"),
+    ("objects", "data"),
+}
 
 
 def _export_row(table: str, cols: Sequence[str], r: Sequence[Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ From these:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -96,7 +97,7 @@ async def run_scenario(
 
     m = asyncio.ensure_future(meter())
     tasks = [asyncio.ensure_future(worker(i)) for i in range(sc.clients)]
-    done, pending = await asyncio.wait(tasks, timeout=duration + warmup + 120)
+    _done, pending = await asyncio.wait(tasks, timeout=duration + warmup + 120)
     for t in pending:
         t.cancel()
     await m
@@ -160,7 +161,7 @@ def order_figures(
     grants = sorted(samples, key=lambda s: s[2])
     # handoff: the previous holder sent its release at its t1 (at once after its grant)
     hand = sorted(
-        b[2] - a[2] for a, b in zip(grants, grants[1:], strict=False) if t_from <= b[2] <= t_end
+        b[2] - a[2] for a, b in itertools.pairwise(grants) if t_from <= b[2] <= t_end
     )
     # overtakes: a grant whose request was sent after one still waiting (granted later)
     n = len(grants)

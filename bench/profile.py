@@ -84,6 +84,9 @@ def parse(path: str) -> list[tuple[list[str], int]]:
             frames = stack.split(";")
             if any("importlib._bootstrap" in fr for fr in frames):
                 continue  # startup
+            if frames[0].startswith("thread ("):  # py-spy --threads: "thread (tid): name"
+                name = frames[0].partition(": ")[2] or "MainThread"
+                frames = [f"thread {name}", *frames[1:]]
             out.append((frames, int(n)))
     return out
 
@@ -99,7 +102,22 @@ def component(frames: list[str]) -> str:
 def summarise(path: str, top: int = 25) -> str:
     stacks = parse(path)
     total = sum(n for _, n in stacks) or 1
-    lines = [f"{path}: {total} samples (startup excluded)", "", "self time by component:"]
+    lines = [f"{path}: {total} samples (startup excluded)"]
+    threads = collections.Counter()
+    for frames, n in stacks:
+        if frames[0].startswith("thread "):
+            threads[frames[0][7:]] += n
+    if threads:
+        lines.append(
+            "wall-clock share of samples by thread: "
+            + ", ".join(f"{t} {100 * c / total:.1f}%" for t, c in threads.most_common())
+        )
+        main = [(f, n) for f, n in stacks if f[0] == "thread MainThread"]
+        if main:  # the event loop thread is what limits throughput: break it down alone
+            stacks = main
+            total = sum(n for _, n in stacks) or 1
+            lines.append(f"below: the MainThread (event loop) only, {total} samples = 100%")
+    lines += ["", "self time by component:"]
     by = collections.Counter()
     for frames, n in stacks:
         by[component(frames)] += n

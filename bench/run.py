@@ -138,6 +138,7 @@ class ProfiledWrit(peers.Writ):
             "--rate",
             str(self.rate),
             "--nonblocking",
+            "--threads",
             "-o",
             str(self.out_file),
             "--",
@@ -368,9 +369,9 @@ def table(results: dict[str, dict[str, Any]], skipped: dict[str, str]) -> str:
                 f" tenth, {_f(f['acquire_per_s_last_tenth'])}/s in the last tenth"
             )
     if any(
-        (r.get(k) or {}).get("other_cpu", 0) > 0.3
+        (r.get("other_cpu") or 0) > 0.3
         for res in results.values()
-        for k, r in res.items()
+        for r in res.values()
         if isinstance(r, dict)
     ):
         lines.append(
@@ -380,6 +381,31 @@ def table(results: dict[str, dict[str, Any]], skipped: dict[str, str]) -> str:
     for p, why in skipped.items():
         lines.append(f"\nskipped {p}: {why.splitlines()[0]}")
     return "\n".join(lines).lstrip("\n")
+
+
+def writ_commit(src: str | None) -> str | None:
+    """The commit of the writ being measured: this checkout's HEAD (and '+dirty' when src/
+    has local changes), or the COMMIT file beside an exported --writ-src folder."""
+    import subprocess
+
+    if src:
+        marker = Path(src).resolve().parent / "COMMIT"
+        return marker.read_text().strip() if marker.exists() else None
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(HERE.parent), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def machine() -> dict[str, Any]:
@@ -426,6 +452,7 @@ async def main(a: argparse.Namespace) -> int:
             "loader_loop": loop,
             "http_client": a.http,
             "writ_src": a.writ_src,
+            "writ_commit": writ_commit(a.writ_src),
             "profiled": a.profile,
         },
         "peers": {},
@@ -439,6 +466,9 @@ async def main(a: argparse.Namespace) -> int:
             skipped[name] = info["skipped"]
         else:
             doc["results"][name] = res
+        (out / f"bench-{stamp}.json").write_text(
+            json.dumps(doc, indent=2)
+        )  # kept if a later step fails
     text = table(doc["results"], skipped)
     doc["table_markdown"] = text
     print(text)

@@ -553,3 +553,20 @@ async def test_pg_a_server_role_that_does_not_own_the_ledger_cannot_rewrite_it(
     finally:
         await pg_backend.sql(f"DROP OWNED BY {role}")
         await pg_backend.sql(f"DROP ROLE {role}")
+
+
+def test_sqlite_held_lookup_reads_only_held_leases(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The held-lease lookup is planned on the partial index of held leases, so its cost
+    does not grow with the history of released leases on the resource."""
+    import sqlite3
+
+    from writ.stores import sqlite as sq
+
+    store = sq.SQLiteStore(f"sqlite:///{tmp_path}/plan.db")
+    asyncio.run(store.open())
+    asyncio.run(store.close())
+    sql, args = sq._held_related_sql(("prod/db", "routing/db-tier"))
+    conn = sqlite3.connect(tmp_path / "plan.db")
+    plan = " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+    conn.close()
+    assert "leases_held" in plan and "leases_by_resource" not in plan, plan

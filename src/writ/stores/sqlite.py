@@ -111,6 +111,22 @@ def _related_sql_cached(column: str, paths: tuple[str, ...]) -> tuple[str, tuple
     return "(" + " OR ".join(parts) + ")", tuple(args)
 
 
+@functools.lru_cache(maxsize=4096)
+def _held_related_sql(paths: tuple[str, ...]) -> tuple[str, tuple[Any, ...]]:
+    """Held leases related to ``paths``: one SELECT per clause, each pinned to the partial
+    index of held leases. With the clauses OR-ed, SQLite answered the exact-match part from
+    ``leases_by_resource``, which holds every lease ever granted on a resource, so a grant
+    cost grew with history (bench/RESULTS.md)."""
+    exact, ranges = related_clauses(paths)
+    sel = f"SELECT {LEASE_COLS} FROM leases INDEXED BY leases_held WHERE state = 'held' AND "
+    parts = [sel + f"resource IN ({','.join('?' * len(exact))})"]
+    args: list[Any] = list(exact)
+    for lo, hi in ranges:
+        parts.append(sel + "resource >= ? AND resource < ?")
+        args += [lo, hi]
+    return " UNION ".join(parts) + " ORDER BY fencing_token", tuple(args)
+
+
 def _run_now(coro: Coroutine[Any, Any, T]) -> T:
     """Run a transaction function that awaits only this store's (non-suspending) methods."""
     try:
@@ -231,13 +247,8 @@ class SQLiteTx(Tx):
         hit = self._memo.get(key)
         if hit is not None:
             return list(hit)
-        where, args = _related_sql("resource", paths)
-        rows = self.c.execute(
-            f"SELECT {LEASE_COLS} FROM leases WHERE state = 'held' AND {where}"
-            " ORDER BY fencing_token",
-            args,
-        )
-        out = [to_lease(r) for r in rows]
+        sql, args = _held_related_sql(tuple(paths))
+        out = [to_lease(r) for r in self.c.execute(sql, args)]
         self._memo[key] = out
         return list(out)
 

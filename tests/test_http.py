@@ -970,3 +970,39 @@ async def test_who_answers_from_the_ledger(writ: Writ) -> None:
         "/v1/who", params={"resource": "prod/db", "at": lease["acquired_at"]}, headers=writ.auth(a)
     )
     assert r.json()["lock_holder"] == "agent-a"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"resource": "eq/{n}", "intent": "x"},
+        {"resource": "eq/{n}", "intent": "x", "ttl_s": 5, "wait_s": 0, "touches": ["capacity"]},
+        {"resource": "eq/{n}", "intent": "x", "ttl_s": "7"},
+        {"resource": "eq/{n}", "intent": ""},
+        {"resource": "Eq/{n}", "intent": "x"},
+        {"resource": "eq/{n}", "intent": "x", "ttl_s": 0},
+        {"resource": "eq/{n}", "intent": "x", "ttl_s": "abc"},
+        {"resource": "eq/{n}", "intent": "x", "wait_s": 301},
+        {"resource": "eq/{n}", "intent": "x", "touches": []},
+        {"resource": "eq/{n}", "intent": 5},
+        {"resource": 7, "intent": "x"},
+        {"intent": "x"},
+    ],
+)
+async def test_lean_acquire_path_answers_like_the_full_one(
+    writ: Writ, body: dict[str, Any]
+) -> None:
+    """The lean handler of POST /v1/leases (plain bodies) and the FastAPI route (any body with
+    another field, here a null consent_id) give the same status and error code."""
+    token = await writ.principal("eq-agent")
+    answers = []
+    for n, extra in enumerate(({}, {"consent_id": None})):
+        b = {
+            k: (v.format(n=n) if isinstance(v, str) and "{n}" in v else v) for k, v in body.items()
+        }
+        r = await writ.c.post("/v1/leases", json={**b, **extra}, headers=writ.auth(token))
+        code = r.json().get("error", {}).get("code") if r.status_code >= 400 else None
+        answers.append((r.status_code, code))
+        if r.status_code == 201:
+            assert r.json()["ttl_s"] == float(b.get("ttl_s", 30))
+    assert answers[0] == answers[1], answers

@@ -1276,27 +1276,15 @@ def migrate(src: str, dst: str, as_json: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- plug-ins
-try:  # `writ lint` lives in its own module
-    from .cli_lint import lint_command
+# Commands that live in their own modules (each imports its heavy dependencies lazily)
+from .cli_evidence import register as _register_evidence  # noqa: E402
+from .cli_lint import lint_command  # noqa: E402
+from .cli_reach import gate_command, mcp_command  # noqa: E402
 
-    main.add_command(lint_command)
-except ImportError:  # pragma: no cover - not built yet
-    pass
-
-try:  # `writ gate` and `writ mcp` live in their own module
-    from .cli_reach import gate_command, mcp_command
-
-    main.add_command(gate_command)
-    main.add_command(mcp_command)
-except ImportError:  # pragma: no cover - not built yet
-    pass
-
-try:  # `writ postmortem`, `writ demo`, `writ audit keygen|checkpoint` and --checkpoint options
-    from .cli_evidence import register as _register_evidence
-
-    _register_evidence(main)
-except ImportError:  # pragma: no cover - not built yet
-    pass
+main.add_command(lint_command)
+main.add_command(gate_command)
+main.add_command(mcp_command)
+_register_evidence(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

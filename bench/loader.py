@@ -160,9 +160,7 @@ def order_figures(
     """Handoff latency and arrival order, by the loader's clock, over grants in the window."""
     grants = sorted(samples, key=lambda s: s[2])
     # handoff: the previous holder sent its release at its t1 (at once after its grant)
-    hand = sorted(
-        b[2] - a[2] for a, b in itertools.pairwise(grants) if t_from <= b[2] <= t_end
-    )
+    hand = sorted(b[2] - a[2] for a, b in itertools.pairwise(grants) if t_from <= b[2] <= t_end)
     # overtakes: a grant whose request was sent after one still waiting (granted later)
     n = len(grants)
     suffix_min = [float("inf")] * (n + 1)

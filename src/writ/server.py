@@ -204,26 +204,7 @@ async def _unless_hung_up(request: Request, work: Awaitable[T]) -> T:
     """Await ``work`` (maybe a wait in the queue), cancelling it if the client disconnects:
     a caller who hung up gives up its place in the queue, and any lease granted meanwhile
     (the engine's cancellation path). Servers do not cancel a handler on disconnect."""
-    task = asyncio.ensure_future(work)
-
-    async def hung_up() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watch = asyncio.ensure_future(hung_up())
-    try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
-        raise
-    finally:
-        watch.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise Unavailable("the caller hung up while waiting; its place in the queue was given up")
-    return task.result()
+    return await _unless_hung_up_raw(request.receive, work)
 
 
 class FastLeases:

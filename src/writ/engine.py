@@ -442,19 +442,15 @@ class Engine:
                 deadline=now + req.wait_s,
             )
         )
-        b = blocked.lease
         await tx.append(
-            {
-                "event": "lease.queued",
-                "agent_id": req.principal,
-                "resource": req.resource,
-                "lock_holder": b.holder if b else "none",
-                "lock_key": b.lock_key if b else None,
-                "lock_acquired_at": rfc3339(b.acquired_at) if b else None,
-                "fencing_token": b.fencing_token if b else None,
-                "notes": f"queued at position {blocked.position} for up to {req.wait_s:g}s: "
+            _request_row(
+                "lease.queued",
+                req.principal,
+                req.resource,
+                blocked.lease,
+                f"queued at position {blocked.position} for up to {req.wait_s:g}s: "
                 + _blocked_text(req.resource, blocked),
-            }
+            )
         )
         return _Queued(w, blocked, now)
 
@@ -559,19 +555,15 @@ class Engine:
             if await tx.delete_waiter(waiter.waiter_id):
                 # leaving the queue is a state change too: its row ends the lease.queued one
                 held = await tx.held_related(self.blast.expand(waiter.resource))
-                b = held[0] if held else None
                 await tx.append(
-                    {
-                        "event": "lease.denied",
-                        "agent_id": waiter.principal,
-                        "resource": waiter.resource,
-                        "lock_holder": b.holder if b else "none",
-                        "lock_key": b.lock_key if b else None,
-                        "lock_acquired_at": rfc3339(b.acquired_at) if b else None,
-                        "fencing_token": b.fencing_token if b else None,
-                        "notes": f"withdrawn {waiter.request.get('intent')!r}: the waiting caller "
+                    _request_row(
+                        "lease.denied",
+                        waiter.principal,
+                        waiter.resource,
+                        held[0] if held else None,
+                        f"withdrawn {waiter.request.get('intent')!r}: the waiting caller "
                         "disconnected before a grant",
-                    }
+                    )
                 )
                 await self._dispatch(tx, self.blast.expand(waiter.resource))
                 return
@@ -692,16 +684,13 @@ class Engine:
             held = [l for l in await tx.held_related(req.expand) if l.expires_at > tx.now()]
             blocker = held[0] if held else None
         await tx.append(
-            {
-                "event": "lease.denied",
-                "agent_id": req.principal,
-                "resource": req.resource,
-                "lock_holder": blocker.holder if blocker else "none",
-                "lock_key": blocker.lock_key if blocker else None,
-                "lock_acquired_at": rfc3339(blocker.acquired_at) if blocker else None,
-                "fencing_token": blocker.fencing_token if blocker else None,
-                "notes": f"refused {req.intent!r}: {why}",
-            }
+            _request_row(
+                "lease.denied",
+                req.principal,
+                req.resource,
+                blocker,
+                f"refused {req.intent!r}: {why}",
+            )
         )
 
     async def _dispatch(self, tx: Tx, paths: Sequence[str]) -> None:
@@ -1147,6 +1136,23 @@ class Engine:
                 )
                 delay = self.sweep_interval
             await asyncio.sleep(delay)
+
+
+def _request_row(
+    event: str, agent: str, resource: str, blocker: Lease | None, notes: str
+) -> dict[str, Any]:
+    """Audit fields of a row about a request (queued, refused, withdrawn): it names the lease
+    that stands in its way, if any."""
+    return {
+        "event": event,
+        "agent_id": agent,
+        "resource": resource,
+        "lock_holder": blocker.holder if blocker else "none",
+        "lock_key": blocker.lock_key if blocker else None,
+        "lock_acquired_at": rfc3339(blocker.acquired_at) if blocker else None,
+        "fencing_token": blocker.fencing_token if blocker else None,
+        "notes": notes,
+    }
 
 
 def _blocked_text(resource: str, b: Blocked) -> str:

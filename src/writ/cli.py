@@ -28,7 +28,8 @@ from typing import IO, Any, TypeVar
 import click
 
 from . import __version__
-from .client import DEFAULT_URL, Client
+from .cli_options import api_options, json_option, store_option
+from .client import Client
 from .errors import Invalid, LeaseLost, WritError
 from .models import KINDS
 
@@ -82,32 +83,6 @@ class WritGroup(click.Group):
 
 
 # ----------------------------------------------------------------------------- helpers
-def api_options(f: F) -> F:
-    """``--url`` and ``--token`` on a command that talks to a server."""
-    f = click.option(
-        "--token",
-        envvar="WRIT_TOKEN",
-        metavar="TOKEN",
-        help="Bearer token of the principal to act as [env WRIT_TOKEN].",
-    )(f)
-    f = click.option(
-        "--url",
-        envvar="WRIT_URL",
-        default=DEFAULT_URL,
-        show_default=True,
-        help="URL of the writ server [env WRIT_URL].",
-    )(f)
-    return f
-
-
-def json_option(f: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print the JSON answer.")(f)
-
-
-def store_option(help_text: str) -> Callable[[F], F]:
-    return click.option("--store", metavar="URL", default=None, help=help_text)
-
-
 def _client(url: str, token: str | None, timeout: float = 10.0) -> Client:
     return Client(url, token or None, timeout=timeout)
 

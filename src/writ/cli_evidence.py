@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import click
 
+from .cli_options import api_options, store_option
 from .client import DEFAULT_URL
 from .errors import Invalid
 
@@ -33,24 +34,10 @@ FORMATS = ("md", "html", "json")
 
 
 def _api(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option(
-        "--token",
-        envvar="WRIT_TOKEN",
-        metavar="TOKEN",
-        help="Bearer token to read the server's ledger with [env WRIT_TOKEN].",
-    )(f)
-    f = click.option(
-        "--url",
-        envvar="WRIT_URL",
-        default=DEFAULT_URL,
-        show_default=True,
-        help="URL of the writ server [env WRIT_URL].",
-    )(f)
-    return click.option(
-        "--store",
-        metavar="URL",
-        default=None,
-        help="Read this store directly, offline (e.g. sqlite:///writ.db) instead of a server.",
+    """``--url``/``--token`` to read a server's ledger, or ``--store`` to read one offline."""
+    f = api_options(f, "Bearer token to read the server's ledger with [env WRIT_TOKEN].")
+    return store_option(
+        "Read this store directly, offline (e.g. sqlite:///writ.db) instead of a server."
     )(f)
 
 

@@ -10,6 +10,7 @@ import logging
 
 import click
 
+from .cli_options import log_level_option
 from .errors import WritError
 
 __all__ = ["gate_command", "mcp_command"]
@@ -77,13 +78,7 @@ def _header(value: str) -> tuple[str, str]:
     help="Seconds to wait for writ's decision before refusing with 503.",
 )
 @click.option("--check", is_flag=True, help="Only load and print the routes, then exit.")
-@click.option(
-    "--log-level",
-    default="warning",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    help="Log level on stderr.",
-)
+@log_level_option
 def gate_command(
     url: str,
     token: str,
@@ -172,13 +167,7 @@ def gate_command(
     help="Let the tools act with a human's, a queue's or an admin's token (refused by "
     "default: a model must not answer consents with human authority).",
 )
-@click.option(
-    "--log-level",
-    default="warning",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    help="Log level on stderr.",
-)
+@log_level_option
 def mcp_command(
     transport: str,
     url: str,

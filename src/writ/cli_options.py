@@ -1,0 +1,46 @@
+"""Options shared by the CLI's command modules (cli.py, cli_evidence.py, cli_reach.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from .client import DEFAULT_URL
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def api_options(
+    f: F, token_help: str = "Bearer token of the principal to act as [env WRIT_TOKEN]."
+) -> F:
+    """``--url`` and ``--token`` on a command that talks to a server."""
+    f = click.option("--token", envvar="WRIT_TOKEN", metavar="TOKEN", help=token_help)(f)
+    f = click.option(
+        "--url",
+        envvar="WRIT_URL",
+        default=DEFAULT_URL,
+        show_default=True,
+        help="URL of the writ server [env WRIT_URL].",
+    )(f)
+    return f
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print the JSON answer.")(f)
+
+
+def store_option(help_text: str) -> Callable[[F], F]:
+    return click.option("--store", metavar="URL", default=None, help=help_text)
+
+
+def log_level_option(f: F) -> F:
+    """``--log-level`` for the long-running proxies (gate, mcp)."""
+    return click.option(
+        "--log-level",
+        default="warning",
+        show_default=True,
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        help="Log level on stderr.",
+    )(f)

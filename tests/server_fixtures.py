@@ -8,8 +8,13 @@ private one for tests that stop the server on purpose.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -18,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 ADMIN_TOKEN = "test-admin-token-live"
@@ -139,3 +145,116 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     """One server for the session (client and CLI tests)."""
     with serve(tmp_path_factory.mktemp("live") / "writ.db") as srv:
         yield srv
+
+
+# ----------------------------------------------------------------------------- a server process
+def raise_fd_limit(want: int = 8192) -> None:
+    """Raise this process's soft limit on open files towards ``want`` (the hard limit caps)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+class ServerProcess:
+    """``writ.server.run`` as a child process on a free port (its own event loop, GIL and
+    file limit), with ``admin`` bootstrapped from ``admin_token``. It can be stopped
+    (SIGTERM), killed (SIGKILL) and started again on the same store and port."""
+
+    def __init__(
+        self, store_url: str, tmp: Path, policy: str | None = None, admin_token: str = ADMIN_TOKEN
+    ) -> None:
+        self.store_url = store_url
+        self.admin_token = admin_token
+        self.log = tmp / f"server-{free_port()}.log"
+        self.policy_path: Path | None = None
+        if policy is not None:
+            self.policy_path = tmp / "writ.toml"
+            self.policy_path.write_text(policy)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServerProcess:
+        policy = str(self.policy_path) if self.policy_path else None
+        code = (
+            "from writ.server import run; "
+            f"run({self.store_url!r}, '127.0.0.1', {self.port}, {policy!r}, log_level='warning')"
+        )
+        env = {**os.environ, "WRIT_ADMIN_TOKEN": self.admin_token}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=raise_fd_limit,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(self.url + "/v1/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError(f"server did not answer /v1/health:\n{self.logs()}")
+
+    @property
+    def db(self) -> Path:
+        """The SQLite file of a ``sqlite:///`` store."""
+        assert self.store_url.startswith("sqlite:///"), self.store_url
+        return Path(self.store_url[len("sqlite:///") :])
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss(self) -> int:
+        """Resident memory of the server process, in bytes (``VmRSS``)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS in /proc/PID/status")
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+    def stop(self) -> int | None:
+        """SIGTERM, a graceful shutdown; returns the exit status (uvicorn re-raises the
+        signal once it has shut down, so a clean stop is 0 or -SIGTERM)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a hung shutdown
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(10)
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        auth = {"Authorization": f"Bearer {token or self.admin_token}"}
+        return httpx.Client(base_url=self.url, headers=auth, timeout=10)
+
+
+@contextlib.contextmanager
+def server_process(store_url: str, tmp: Path, policy: str | None = None) -> Iterator[ServerProcess]:
+    s = ServerProcess(store_url, tmp, policy)
+    try:
+        yield s.start()
+    finally:
+        s.stop()

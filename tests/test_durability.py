@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.server_fixtures import ServerProcess
 from writ.engine import Engine
 from writ.stores import open_store
 
@@ -33,72 +34,9 @@ ADMIN = "durability-admin-token"
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """``writ.server.run`` in a child process over one SQLite file."""
-
-    def __init__(self, db: Path, log: Path) -> None:
-        self.db = db
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    def start(self) -> Server:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        code = (
-            "from writ.server import run; "
-            f"run({'sqlite:///' + str(self.db)!r}, '127.0.0.1', {port}, None, log_level='warning')"
-        )
-        env = {**os.environ, "WRIT_ADMIN_TOKEN": ADMIN}
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", code], env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
-            try:
-                if httpx.get(self.url + "/v1/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.kill()
-        raise AssertionError(f"server did not answer /v1/health:\n{self.logs()}")
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(10)
-
-    def stop(self) -> int:
-        """SIGTERM, a graceful shutdown; returns the exit status (uvicorn re-raises the
-        signal once it has shut down, so a clean stop is 0 or -SIGTERM)."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(15)
-
-    def client(self, token: str = ADMIN) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=10
-        )
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    s = Server(tmp_path / "writ.db", tmp_path / "server.log")
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    s = ServerProcess(f"sqlite:///{tmp_path / 'writ.db'}", tmp_path, admin_token=ADMIN)
     try:
         yield s
     finally:
@@ -145,7 +83,7 @@ def offline_verify(db: Path) -> dict[str, Any]:
     return asyncio.run(go())
 
 
-def test_sigkill_under_load_keeps_every_acknowledged_lease_and_row(server: Server) -> None:
+def test_sigkill_under_load_keeps_every_acknowledged_lease_and_row(server: ServerProcess) -> None:
     """SIGKILL during concurrent acquire/release traffic, then a restart on the same file:
     every acknowledged grant and release is there (lease by id, its audit rows), the
     ledger verifies, and the next fencing token is higher than any before."""
@@ -275,7 +213,7 @@ def test_sigkill_under_load_keeps_every_acknowledged_lease_and_row(server: Serve
     assert offline_verify(server.db)["ok"] is True
 
 
-def test_hand_edited_audit_row_is_named_by_verify(server: Server) -> None:
+def test_hand_edited_audit_row_is_named_by_verify(server: ServerProcess) -> None:
     """The store refuses UPDATE and DELETE on audit rows; after a row's bytes are changed in
     the database file by hand (server stopped, trigger dropped), the restarted server's
     ``/v1/audit/verify`` reports ok=false with that row's seq, and so does the offline
@@ -345,7 +283,7 @@ def test_hand_edited_audit_row_is_named_by_verify(server: Server) -> None:
     assert json.loads(cli.stdout)["first_bad_seq"] == k, cli.stdout
 
 
-def test_a_waiter_that_hangs_up_leaves_the_queue(server: Server) -> None:
+def test_a_waiter_that_hangs_up_leaves_the_queue(server: ServerProcess) -> None:
     """A waiter whose client disconnects gives up its place: when the holder releases, the
     next live waiter gets the lease at once, and the dead one never holds it."""
     server.start()
@@ -387,7 +325,7 @@ def test_a_waiter_that_hangs_up_leaves_the_queue(server: Server) -> None:
         assert "dead" not in {x["holder"] for x in leases}
 
 
-def test_the_real_server_answers_bad_requests_in_the_error_shape(server: Server) -> None:
+def test_the_real_server_answers_bad_requests_in_the_error_shape(server: ServerProcess) -> None:
     """Through uvicorn itself: no token 401, oversized headers and bodies (declared or
     chunked) 413, malformed JSON 422, all as ``{"error": {"code", "message"}}``."""
     server.start()

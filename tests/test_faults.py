@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import random
-import resource
 import signal
 import statistics
 import subprocess
@@ -39,109 +38,18 @@ import httpx
 import pytest
 
 from tests.history import Conflicts, FencedRegister, History, check
-from tests.server_fixtures import LiveServer, free_port, unique
+from tests.server_fixtures import ADMIN_TOKEN, LiveServer, raise_fd_limit, server_process, unique
 from tests.test_gate import Upstream, run_writ, serve_asgi
 from writ.engine import Engine
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
 
-ADMIN = "faults-admin-token"
+ADMIN = ADMIN_TOKEN  # the token server_process() bootstraps
 SLOW = bool(os.environ.get("WRIT_SLOW"))
-FDS = 8192  # open files a server (and this test process) may need for the long-polls
 
 
 def slow_wanted(request: pytest.FixtureRequest) -> bool:
     return SLOW or "slow" in (request.config.getoption("-m") or "")
-
-
-def raise_fd_limit(want: int = FDS) -> None:
-    """Raise this process's soft limit on open files towards ``want`` (the hard limit caps)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-# ----------------------------------------------------------------------------- a server process
-class ServerProcess:
-    """``writ.server.run`` as a child process on a free port (its own event loop, GIL and
-    file limit), with ``admin`` bootstrapped from :data:`ADMIN`."""
-
-    def __init__(self, store_url: str, tmp: Path, policy: str | None = None) -> None:
-        self.store_url = store_url
-        self.log = tmp / f"server-{free_port()}.log"
-        self.policy_path: Path | None = None
-        if policy is not None:
-            self.policy_path = tmp / "writ.toml"
-            self.policy_path.write_text(policy)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ServerProcess:
-        policy = str(self.policy_path) if self.policy_path else None
-        code = (
-            "from writ.server import run; "
-            f"run({self.store_url!r}, '127.0.0.1', {self.port}, {policy!r}, log_level='warning')"
-        )
-        env = {**os.environ, "WRIT_ADMIN_TOKEN": ADMIN}
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", code],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=raise_fd_limit,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
-            try:
-                if httpx.get(self.url + "/v1/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise AssertionError(f"server did not answer /v1/health:\n{self.logs()}")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def rss(self) -> int:
-        """Resident memory of the server process, in bytes (``VmRSS``)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS in /proc/PID/status")
-
-    def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:  # pragma: no cover - a hung shutdown
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-@contextlib.contextmanager
-def server_process(store_url: str, tmp: Path, policy: str | None = None) -> Iterator[ServerProcess]:
-    s = ServerProcess(store_url, tmp, policy)
-    try:
-        yield s.start()
-    finally:
-        s.stop()
 
 
 async def add_principals(url: str, kind: str, names: list[str]) -> list[str]:

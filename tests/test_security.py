@@ -35,8 +35,8 @@ import pytest
 from fastapi.routing import APIRoute
 
 import writ
-from tests.server_fixtures import unique
-from tests.test_faults import ADMIN, ServerProcess
+from tests.server_fixtures import ServerProcess, unique
+from tests.test_faults import ADMIN
 from writ.engine import Engine, hash_token
 from writ.server import MAX_BODY, MAX_HEADERS, create_app
 from writ.stores import open_store

@@ -25,7 +25,7 @@ import hashlib
 import json
 import re
 from collections import defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -959,6 +959,45 @@ def _consent_outcome(c: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- markdown
+# Tables drawn alike in the Markdown and the HTML report: columns, cells, empty text.
+CHANGE_COLUMNS = [
+    "time",
+    "seq",
+    "author",
+    "resource",
+    "token",
+    "attribute",
+    "change",
+    "protected until",
+]
+NO_CHANGES = "No changes were recorded."
+STUCK_COLUMNS = ["time", "seq", "event", "holder", "resource", "what happened"]
+NO_STUCK = "No lock was stuck, and nobody was woken or paged about one."
+
+
+def change_cells(rep: dict[str, Any], t: Callable[[str | None], str]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            t(c["at"]),
+            c["seq"],
+            c["agent"],
+            c["resource"],
+            c["fencing_token"],
+            c["attribute"],
+            c["summary"],
+            t(c["protected_until"]),
+        )
+        for c in rep["changes"]
+    ]
+
+
+def stuck_cells(rep: dict[str, Any], t: Callable[[str | None], str]) -> list[tuple[Any, ...]]:
+    return [
+        (t(s["at"]), s["seq"], s["event"], s["holder"], s["resource"], s["notes"])
+        for s in rep["stuck"]
+    ]
+
+
 def _cell(v: Any) -> str:
     if v is None or v == "":
         return "-"
@@ -1044,35 +1083,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
         L.append("Nobody held write authority on these resources in the window.")
 
     L += ["", "## Changes made", ""]
-    L += (
-        _table(
-            [
-                "time",
-                "seq",
-                "author",
-                "resource",
-                "token",
-                "attribute",
-                "change",
-                "protected until",
-            ],
-            [
-                (
-                    t(c["at"]),
-                    c["seq"],
-                    c["agent"],
-                    c["resource"],
-                    c["fencing_token"],
-                    c["attribute"],
-                    c["summary"],
-                    t(c["protected_until"]),
-                )
-                for c in rep["changes"]
-            ],
-        )
-        if rep["changes"]
-        else ["No changes were recorded."]
-    )
+    L += _table(CHANGE_COLUMNS, change_cells(rep, t)) if rep["changes"] else [NO_CHANGES]
 
     L += ["", "## What writ refused, and why", ""]
     if rep["refusals"]:
@@ -1177,17 +1188,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
         L.append("No rollback was requested in the window.")
 
     L += ["", "## Stuck locks, wakes and pages", ""]
-    L += (
-        _table(
-            ["time", "seq", "event", "holder", "resource", "what happened"],
-            [
-                (t(s["at"]), s["seq"], s["event"], s["holder"], s["resource"], s["notes"])
-                for s in rep["stuck"]
-            ],
-        )
-        if rep["stuck"]
-        else ["No lock was stuck, and nobody was woken or paged about one."]
-    )
+    L += _table(STUCK_COLUMNS, stuck_cells(rep, t)) if rep["stuck"] else [NO_STUCK]
 
     L += ["", "## Revocations (with provenance)", ""]
     if rep["revocations"]:

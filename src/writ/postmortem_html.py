@@ -14,7 +14,18 @@ from html import escape
 from typing import Any
 
 from .clock import parse_time
-from .postmortem import _consent_outcome, duration, verification_text, when
+from .postmortem import (
+    CHANGE_COLUMNS,
+    NO_CHANGES,
+    NO_STUCK,
+    STUCK_COLUMNS,
+    _consent_outcome,
+    change_cells,
+    duration,
+    stuck_cells,
+    verification_text,
+    when,
+)
 from .resources import under
 
 __all__ = ["timeline_svg", "to_html"]
@@ -673,34 +684,9 @@ def to_html(rep: dict[str, Any]) -> str:
     o.append(_section("Who held write authority when", body, len(rep["holders"])))
 
     body = (
-        _table(
-            [
-                "time",
-                "seq",
-                "author",
-                "resource",
-                "token",
-                "attribute",
-                "change",
-                "protected until",
-            ],
-            [
-                (
-                    t(c["at"]),
-                    c["seq"],
-                    c["agent"],
-                    c["resource"],
-                    c["fencing_token"],
-                    c["attribute"],
-                    c["summary"],
-                    t(c["protected_until"]),
-                )
-                for c in rep["changes"]
-            ],
-            ["t", "s", "n", "n"],
-        )
+        _table(CHANGE_COLUMNS, change_cells(rep, t), ["t", "s", "n", "n"])
         if rep["changes"]
-        else _empty("No changes were recorded.")
+        else _empty(NO_CHANGES)
     )
     o.append(_section("Changes made", body, len(rep["changes"])))
 
@@ -815,16 +801,9 @@ def to_html(rep: dict[str, Any]) -> str:
     o.append(_section("Rollbacks and who approved them", body, len(rep["rollbacks"])))
 
     body = (
-        _table(
-            ["time", "seq", "event", "holder", "resource", "what happened"],
-            [
-                (t(s["at"]), s["seq"], s["event"], s["holder"], s["resource"], s["notes"])
-                for s in rep["stuck"]
-            ],
-            ["t", "s", "n", "n", "n"],
-        )
+        _table(STUCK_COLUMNS, stuck_cells(rep, t), ["t", "s", "n", "n", "n"])
         if rep["stuck"]
-        else _empty("No lock was stuck, and nobody was woken or paged about one.")
+        else _empty(NO_STUCK)
     )
     o.append(_section("Stuck locks, wakes and pages", body, len(rep["stuck"])))
 

@@ -371,6 +371,72 @@ async def test_related_lookups_are_exact(store: Store) -> None:
     assert [w.resource for w in before] == ["a"]
 
 
+async def test_writers_see_every_queued_request_and_policy_object(
+    backend: Backend, store: Store
+) -> None:
+    """A store may remember that the queue is empty or that no policy object is live (the
+    SQLite store does, to skip those lookups on the grant path); what it remembers must
+    never hide a row: not one another connection committed, not after a rollback, not
+    after the last waiter left."""
+    specs = (("freeze", ("active",)), ("change", ("protected",)))
+
+    async def look(tx: Tx) -> tuple[list[str], int, list[str]]:
+        waiters = [w.waiter_id for w in await tx.waiters_related(["prod/db"])]
+        count = await tx.count_waiters_related(["prod/db"])
+        objects = await tx.objects_related_many(specs, ["prod/db"])
+        return waiters, count, [o["id"] for rows in objects.values() for o in rows]
+
+    assert await store.transact(look) == ([], 0, [])
+
+    # a rolled-back transaction leaves nothing, and nothing stale
+    async def queue_then_fail(tx: Tx) -> None:
+        await tx.insert_waiter(Waiter("w-gone", 0, "prod/db", "a", {"intent": "i"}, 0.0, 1e12))
+        await tx.put_object("freeze", "f-gone", "prod", "active", {"id": "f-gone"})
+        assert (await look(tx))[0] == ["w-gone"]
+        raise Conflict("changed my mind")
+
+    with pytest.raises(Conflict):
+        await store.transact(queue_then_fail)
+    assert await store.transact(look) == ([], 0, [])
+
+    # another connection (another process on the same file, or another server) writes
+    other = backend.open_store()
+    await other.open()
+    try:
+
+        async def queue(tx: Tx) -> None:
+            await tx.insert_waiter(Waiter("w-1", 0, "prod/db/a", "a", {"intent": "i"}, 0.0, 1e12))
+            await tx.put_object("change", "c-1", "prod", "protected", {"id": "c-1"})
+
+        await other.transact(queue)
+    finally:
+        await other.close()
+    assert await store.transact(look) == (["w-1"], 1, ["c-1"])
+
+    # the last waiter leaves, the change stops being protected: the lookups say so
+    async def drain(tx: Tx) -> None:
+        assert await tx.delete_waiter("w-1")
+        await tx.put_object("change", "c-1", "prod", "recorded", {"id": "c-1"})
+
+    async def drain_then_fail(tx: Tx) -> None:
+        await drain(tx)
+        assert await look(tx) == ([], 0, [])
+        raise Conflict("changed my mind")
+
+    with pytest.raises(Conflict):
+        await store.transact(drain_then_fail)
+    assert await store.transact(look) == (["w-1"], 1, ["c-1"])
+    await store.transact(drain)
+    assert await store.transact(look) == ([], 0, [])
+
+    async def queue_again(tx: Tx) -> None:
+        await tx.insert_waiter(Waiter("w-2", 0, "prod", "a", {"intent": "i"}, 0.0, 1e12))
+        await tx.put_object("freeze", "f-1", "prod/db", "active", {"id": "f-1"})
+
+    await store.transact(queue_again)
+    assert await store.transact(look) == (["w-2"], 1, ["f-1"])
+
+
 async def test_lease_round_trip_and_queries(store: Store) -> None:
     async def fn(tx: Tx) -> Lease:
         lease = _lease("prod/db", await tx.next_token(), "agent-1", tx.now())

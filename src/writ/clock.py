@@ -7,6 +7,8 @@ client's. :class:`ManualClock` lets tests move time by hand instead of sleeping.
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 import time
 from datetime import UTC, datetime
@@ -44,9 +46,29 @@ class ManualClock(Clock):
 
 
 def rfc3339(ts: float | None) -> str | None:
-    """``1778926620.5`` → ``'2026-05-16T10:17:00.500000Z'`` (microseconds, UTC)."""
+    """``1778926620.5`` → ``'2026-05-16T10:17:00.500000Z'`` (microseconds, UTC).
+
+    On the hot path (several stamps per request, most within the same second): the whole
+    seconds are formatted once and cached; the microseconds are rounded exactly as
+    ``datetime.fromtimestamp`` rounds them (half to even), so both paths agree to the
+    character (a property test checks it).
+    """
     if ts is None:
         return None
+    if ts >= 0:
+        sec = math.floor(ts)
+        us = round((ts - sec) * 1e6)
+        if us < 1_000_000:
+            return f"{_whole_seconds(sec)}.{us:06d}Z"
+    return _rfc3339_slow(ts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _whole_seconds(sec: int) -> str:
+    return datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S").rjust(19, "0")
+
+
+def _rfc3339_slow(ts: float) -> str:
     # isoformat pads the year to four digits (strftime's %Y does not, for years < 1000)
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 

@@ -60,9 +60,13 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_FIELD_SET = frozenset(FIELDS)
+
+
 def canonical(obj: Any) -> str:
-    """The canonical JSON text that is hashed."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The canonical JSON text that is hashed (one encoder, built once)."""
+    return _CANONICAL.encode(obj)
 
 
 def digest(prev_hash: str, body: str) -> str:
@@ -95,8 +99,8 @@ def seal(seq: int, prev_hash: str, at: float, fields: dict[str, Any]) -> Sealed:
     row["seq"] = seq
     row["timestamp"] = rfc3339(at)
     row["prev_hash"] = prev_hash
-    unknown = set(row) - set(FIELDS)
-    if unknown:
+    if not _FIELD_SET.issuperset(row):
+        unknown = set(row) - _FIELD_SET
         raise ValueError(f"not audit fields: {sorted(unknown)}")
     body = canonical(row)
     return Sealed(

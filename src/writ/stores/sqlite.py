@@ -127,6 +127,14 @@ def _held_related_sql(paths: tuple[str, ...]) -> tuple[str, tuple[Any, ...]]:
     return " UNION ".join(parts) + " ORDER BY fencing_token", tuple(args)
 
 
+_ANY_WAITER = "SELECT EXISTS (SELECT 1 FROM waiters)"
+_HEADS = (
+    "SELECT (SELECT value FROM meta WHERE key = 'fencing_token'),"
+    " (SELECT seq FROM audit ORDER BY seq DESC LIMIT 1),"
+    " (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1)"
+)
+
+
 def _run_now(coro: Coroutine[Any, Any, T]) -> T:
     """Run a transaction function that awaits only this store's (non-suspending) methods."""
     try:
@@ -148,6 +156,18 @@ class SQLiteTx(Tx):
 
     def now(self) -> float:
         return self._now
+
+    def _knows_none(self, key: Any, probe: str, args: Sequence[Any] = ()) -> bool:
+        """True when the writer knows no row matches ``probe`` (an EXISTS query), so a
+        lookup can be skipped. Only a writing transaction asks: it holds the write lock, and
+        the store forgets what it knows whenever another connection has committed, a
+        savepoint rolled back or a batch failed (see ``SQLiteStore._known``)."""
+        if not self.writable:
+            return False
+        known = self.store._known
+        if key not in known:
+            known[key] = bool(self.c.execute(probe, args).fetchone()[0])
+        return not known[key]
 
     def _w(self) -> None:
         if not self.writable:
@@ -300,15 +320,19 @@ class SQLiteTx(Tx):
             ),
         )
         waiter.seq = int(cur.lastrowid or 0)
+        self.store._known["waiters"] = True
         return waiter
 
     async def delete_waiter(self, waiter_id: str) -> bool:
         self._w()
+        self.store._known.pop("waiters", None)  # maybe the last one: look again when asked
         return self.c.execute("DELETE FROM waiters WHERE waiter_id = ?", (waiter_id,)).rowcount > 0
 
     async def waiters_related(
         self, paths: Sequence[str], before_seq: int | None = None, limit: int | None = None
     ) -> list[Waiter]:
+        if self._knows_none("waiters", _ANY_WAITER):
+            return []
         where, args = _related_sql("resource", paths)
         if before_seq is not None:
             where += " AND seq < ?"
@@ -324,6 +348,8 @@ class SQLiteTx(Tx):
     async def count_waiters_related(
         self, paths: Sequence[str], before_seq: int | None = None
     ) -> int:
+        if self._knows_none("waiters", _ANY_WAITER):
+            return 0
         where, args = _related_sql("resource", paths)
         if before_seq is not None:
             where += " AND seq < ?"
@@ -350,6 +376,8 @@ class SQLiteTx(Tx):
             " expires_at = excluded.expires_at",
             (kind, obj_id, resource, state, json.dumps(data), self._now, expires_at),
         )
+        for key in [k for k in self.store._known if k != "waiters"]:
+            del self.store._known[key]
 
     async def get_object(
         self, kind: str, obj_id: str, for_update: bool = False
@@ -373,12 +401,18 @@ class SQLiteTx(Tx):
     async def objects_related_many(
         self, specs: Sequence[tuple[str, Sequence[str]]], paths: Sequence[str]
     ) -> dict[str, list[dict[str, Any]]]:
+        kinds = [k for k, _ in specs]
+        states = sorted({st for _, sts in specs for st in sts})
+        any_sql = (
+            f"SELECT EXISTS (SELECT 1 FROM objects WHERE kind IN ({','.join('?' * len(kinds))})"
+            f" AND state IN ({','.join('?' * len(states))}))"
+        )
+        if self._knows_none(("objects", any_sql, *kinds, *states), any_sql, [*kinds, *states]):
+            return {k: [] for k, _ in specs}
         key = ("objects", tuple((k, tuple(st)) for k, st in specs), tuple(paths))
         hit = self._memo.get(key)
         if hit is None:
             where, args = _related_sql("resource", paths)
-            kinds = [k for k, _ in specs]
-            states = sorted({st for _, sts in specs for st in sts})
             rows = self.c.execute(
                 f"SELECT kind, data, state, expires_at FROM objects WHERE kind IN"
                 f" ({','.join('?' * len(kinds))}) AND {where}"
@@ -525,6 +559,11 @@ class SQLiteStore(Store):
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writ-sqlite-commit")
         self._head: tuple[int, str] = (0, GENESIS)
         self._token = 0
+        # What the writer knows to be absent ("no waiter at all", "no live policy object"),
+        # so the hot path can skip those lookups. Forgotten when another connection has
+        # committed (PRAGMA data_version moved), a savepoint rolled back or a batch failed.
+        self._known: dict[Any, bool] = {}
+        self._data_version: int | None = None
         self._lock = threading.Lock()
         self.batches = 0  # commits made (for tests and benchmarks)
         self.transactions = 0
@@ -607,6 +646,7 @@ class SQLiteStore(Store):
                 try:
                     await self._commit_batch(loop, batch)
                 except Exception as exc:  # never leave a caller waiting on a failed batch
+                    self._known.clear()
                     if self._w is not None and self._w.in_transaction:
                         with contextlib.suppress(sqlite3.Error):
                             self._w.execute("ROLLBACK")
@@ -627,12 +667,15 @@ class SQLiteStore(Store):
         done: list[SQLiteTx] = []
         try:
             c.execute("BEGIN IMMEDIATE")
-            # another process may have written since our last batch: re-read the heads
-            r = c.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            self._head = (r[0], r[1]) if r else (0, GENESIS)
-            self._token = int(
-                c.execute("SELECT value FROM meta WHERE key = 'fencing_token'").fetchone()[0]
-            )
+            # another process may have written since our last batch: re-read the heads,
+            # and forget what we knew if anyone else committed in between
+            version = c.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                self._known.clear()
+                self._data_version = version
+            r = c.execute(_HEADS).fetchone()
+            self._head = (r[1], r[2]) if r[1] is not None else (0, GENESIS)
+            self._token = int(r[0])
         except sqlite3.Error as exc:
             self._fail_all(batch, exc)
             return
@@ -648,6 +691,7 @@ class SQLiteStore(Store):
             except BaseException as exc:
                 c.execute("ROLLBACK TO tx")
                 c.execute("RELEASE tx")
+                self._known.clear()
                 # the chain head goes back; the token counter does not: a token drawn by
                 # a transaction that rolled back is never handed out again (contract)
                 self._head = head
@@ -670,6 +714,7 @@ class SQLiteStore(Store):
             except sqlite3.Error:
                 pass
             self._head, self._token = head0, token0
+            self._known.clear()
             self._fail_all([(None, f) for f, _, _ in outcomes], exc)
             return
         self.batches += 1
@@ -776,6 +821,7 @@ class SQLiteStore(Store):
         self._draining = True
         self._idle.clear()
         counts: dict[str, int] = {}
+        self._known.clear()
         try:
             c.execute("BEGIN IMMEDIATE")
             try:

@@ -21,7 +21,7 @@ import pytest
 
 from tests.stores_fixtures import Backend
 from writ.clock import parse_time
-from writ.engine import Engine
+from writ.engine import DISPATCH_PAGE, Engine
 from writ.errors import Conflict, Forbidden, Held, Invalid, LeaseLost, Unauthenticated
 from writ.models import Principal, Waiter
 
@@ -187,6 +187,31 @@ async def test_no_overtaking_by_a_later_conflicting_request(engine: Engine) -> N
     assert got_b["holder"] == "agent-b" and not wc.done()
     await engine.release(b, got_b["lease_id"])
     assert (await asyncio.wait_for(wc, 5))["holder"] == "agent-c"
+
+
+async def test_a_release_serves_the_whole_queue_not_only_its_first_page(engine: Engine) -> None:
+    """The queue is read a few requests at a time when a lease ends. Releasing ``prod``
+    frees prod/a (first in line), and prod/b too, queued behind more requests for prod/a
+    than the first read holds: both are granted by the one release."""
+    a = await add(engine, "agent-a")
+    on_a = [await add(engine, f"agent-a{n}") for n in range(DISPATCH_PAGE + 2)]
+    b = await add(engine, "agent-b")
+    lease = await grant(engine, a, "prod")
+    tasks = []
+    for p in on_a:
+        tasks.append(waiting(engine, p, "prod/a"))
+        await queued(engine, p.name)
+    tb = waiting(engine, b, "prod/b")
+    await queued(engine, "agent-b")
+    await engine.release(a, lease["lease_id"])
+    got_b = await asyncio.wait_for(tb, 5)
+    got_a = await asyncio.wait_for(tasks[0], 5)
+    assert (got_a["holder"], got_b["holder"]) == ("agent-a0", "agent-b")
+    assert not any(t.done() for t in tasks[1:])  # the rest wait behind agent-a0
+    for t in tasks[1:]:
+        t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
 
 
 async def test_a_release_wakes_the_waiter_at_once(engine: Engine) -> None:

@@ -636,3 +636,56 @@ def test_sqlite_held_lookup_reads_only_held_leases(tmp_path) -> None:  # type: i
     plan = " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
     conn.close()
     assert "leases_held" in plan and "leases_by_resource" not in plan, plan
+
+
+async def test_sqlite_slow_commits_move_off_the_event_loop(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A lone transaction commits on the loop while the disk is quick; once commits are slow
+    (a stalled disk), they go to the worker thread and the loop keeps serving others."""
+    import time as _time
+
+    from writ.stores import sqlite as sq
+
+    store = sq.SQLiteStore(f"sqlite:///{tmp_path}/slow.db")
+    await store.open()
+    real = store._w
+    assert real is not None
+
+    class SlowDisk:  # the connection, with a COMMIT that takes 50 ms
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql == "COMMIT":
+                _time.sleep(0.05)
+            return real.execute(sql, *args)
+
+    async def write(tx: Tx) -> None:
+        await tx.append({"event": "test.row", "agent_id": "a", "resource": "r"})
+
+    async def ticks_during_a_write() -> int:
+        n, done = 0, False
+
+        async def tick() -> None:
+            nonlocal n
+            while not done:
+                n += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0)
+        start = n
+        await store.transact(write)
+        done = True
+        await ticker
+        return n - start
+
+    try:
+        store._w = SlowDisk()  # type: ignore[assignment]
+        first = await ticks_during_a_write()  # quick so far: inline, the loop waits
+        assert first < 10, first
+        for _ in range(3):  # now it knows the disk is slow
+            await ticks_during_a_write()
+        assert await ticks_during_a_write() > 100
+    finally:
+        store._w = real
+        await store.close()

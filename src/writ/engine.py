@@ -60,6 +60,7 @@ POLICY_OBJECTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("freeze", ("active",)),
     ("change", ("protected",)),
 )
+DISPATCH_PAGE = 4  # queued requests read at once when a lease ends (then the rest, if needed)
 SYSTEM = "writ"  # agent_id of rows writ writes on its own (expiry, bootstrap)
 
 Gate = Callable[[Tx, Principal, "Request"], Awaitable["WritError | None"]]
@@ -694,12 +695,34 @@ class Engine:
         )
 
     async def _dispatch(self, tx: Tx, paths: Sequence[str]) -> None:
-        """Grant, in FIFO order, every queued request related to ``paths`` that is free."""
-        candidates = await tx.waiters_related(paths)
+        """Grant, in FIFO order, every queued request related to ``paths`` that is free.
+
+        The queue is read a few at a time: once a candidate's resource is an ancestor of (or
+        equal to) every path, every later candidate conflicts with it and waits behind it,
+        so a long queue on one resource costs one short read per hand-off, not the queue.
+        """
+        candidates = await tx.waiters_related(paths, limit=DISPATCH_PAGE)
+        more = len(candidates) == DISPATCH_PAGE
         earlier: list[str] = []  # resources of the candidates already considered
         now = tx.now()
-        for w in candidates:
-            exp = self.blast.expand(w.resource)
+        i = 0
+        while i < len(candidates) or more:
+            if i == len(candidates):  # the first page is used up: read the rest of the queue
+                last = candidates[-1].seq
+                candidates = [c for c in await tx.waiters_related(paths) if c.seq > last]
+                more, i = False, 0
+                continue
+            w = candidates[i]
+            i += 1
+            stale = w.deadline + STALE_WAITER_S < now
+            if not stale:
+                # one that conflicts with an earlier candidate waits behind it (or its grant)
+                blocked_in_line = any(self.blast.conflicts(w.resource, e) for e in earlier)
+                earlier.append(w.resource)
+                if all(p == w.resource or p.startswith(w.resource + "/") for p in paths):
+                    more, candidates = False, []  # everyone after it waits behind it
+                if blocked_in_line:
+                    continue
             r = w.request
             req = Request(
                 resource=w.resource,
@@ -710,9 +733,9 @@ class Engine:
                 consent_id=r.get("consent_id"),
                 rollback=r.get("rollback"),
                 principal=w.principal,
-                expand=exp,
+                expand=self.blast.expand(w.resource),
             )
-            if w.deadline + STALE_WAITER_S < now:
+            if stale:
                 # its wait ended and nobody came for the answer: the caller, or the server
                 # it waited on, is gone; a grant would block the queue for a whole ttl
                 await tx.delete_waiter(w.waiter_id)
@@ -723,11 +746,6 @@ class Engine:
                     f"its wait ended at {rfc3339(w.deadline)} "
                     "and nobody collected it (its caller or server is gone)",
                 )
-                continue
-            # one that conflicts with an earlier candidate waits behind it (or behind its grant)
-            blocked_in_line = any(self.blast.conflicts(w.resource, e) for e in earlier)
-            earlier.append(w.resource)
-            if blocked_in_line:
                 continue
             if await self._blocked(tx, req, w.seq) is not None:
                 continue

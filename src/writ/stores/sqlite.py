@@ -4,8 +4,10 @@ WAL mode with ``synchronous=FULL``: a commit writ acknowledged is on disk, acros
 process and a power cut. Writes go through one connection as *group commits*: every
 transaction that arrives while a commit is being flushed joins the next batch, each inside
 its own savepoint, and the whole batch costs one fsync. Statements run on the event loop
-(they touch only pages in memory); only the COMMIT — the fsync — runs in a worker thread,
-so the loop never blocks on the disk.
+(they touch only pages in memory); the COMMIT — the fsync — runs in a worker thread, so
+the loop does not wait on the disk while a batch is flushed. A batch of a single
+transaction commits on the loop instead while the disk is quick (recent commits under
+``INLINE_COMMIT_MAX_S``): for a lone request the two thread hops cost more than the fsync.
 
 Caveat: one ``writ serve`` process per file. Other processes (``writ principal add`` on the
 store, ``writ audit verify``) may open it at the same time; they take SQLite's write lock
@@ -21,6 +23,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -48,6 +51,11 @@ from .rows import (
 )
 
 T = TypeVar("T")
+
+# A batch of one transaction commits on the event loop while recent commits took less than
+# this: handing a lone COMMIT to the worker thread and back cost more CPU than the fsync
+# itself (bench/RESULTS.md). A slower disk, or a batch of several, commits in the thread.
+INLINE_COMMIT_MAX_S = 0.002
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -565,6 +573,7 @@ class SQLiteStore(Store):
         self._known: dict[Any, bool] = {}
         self._data_version: int | None = None
         self._lock = threading.Lock()
+        self._commit_s = 0.0  # recent COMMIT (fsync) time, a moving average
         self.batches = 0  # commits made (for tests and benchmarks)
         self.transactions = 0
 
@@ -707,7 +716,12 @@ class SQLiteStore(Store):
         if self._token != token0:
             c.execute("UPDATE meta SET value = ? WHERE key = 'fencing_token'", (self._token,))
         try:
-            await loop.run_in_executor(self._io, c.execute, "COMMIT")
+            started = time.perf_counter()
+            if len(outcomes) <= 1 and self._commit_s < INLINE_COMMIT_MAX_S:
+                c.execute("COMMIT")  # a lone transaction on a quick disk: no thread hop
+            else:
+                await loop.run_in_executor(self._io, c.execute, "COMMIT")
+            self._commit_s = 0.8 * self._commit_s + 0.2 * (time.perf_counter() - started)
         except Exception as exc:  # sqlite3.Error, or the executor refusing work
             try:
                 c.execute("ROLLBACK")

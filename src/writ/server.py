@@ -322,6 +322,29 @@ class FastLeases:
         await send({"type": "http.response.body", "body": raw})
 
 
+class WritApp(FastAPI):
+    """The FastAPI app, with ``POST /v1/leases…`` handed to :attr:`hot` (the lean
+    :class:`FastLeases` path behind :class:`LimitBody`) before FastAPI's middleware stack
+    (error, telemetry and body-limit wrappers: ~5% of the server's CPU on the hot path).
+    Whatever the lean path does not take it passes on to :meth:`full_stack`."""
+
+    hot: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.hot is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"].startswith("/v1/leases")
+        ):
+            await self.hot(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def full_stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
 async def _unless_hung_up_raw(receive: Receive, work: Awaitable[T]) -> T:
     """:func:`_unless_hung_up` on a raw ASGI ``receive``."""
     task = asyncio.ensure_future(work)
@@ -374,15 +397,16 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
             if start_engine:
                 await engine.stop()
 
-    app = FastAPI(
+    app = WritApp(
         title="writ",
         version=__version__,
         summary="Vendor-neutral write authority for autonomous agents (protocol v1).",
         lifespan=lifespan,
     )
     app.state.engine = engine
-    app.add_middleware(FastLeases, engine=engine)  # inside LimitBody: the limits apply first
     app.add_middleware(LimitBody)
+    # the hot routes, in front of FastAPI's own middleware; LimitBody applies first
+    app.hot = LimitBody(FastLeases(app.full_stack, engine))
 
     @app.exception_handler(WritError)
     async def _writ_error(request: Request, exc: WritError) -> JSONResponse:
@@ -725,6 +749,7 @@ def run(
         log_level=log_level,
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # writ never uses the client's address: skip rewriting it
         timeout_graceful_shutdown=5,
         h11_max_incomplete_event_size=MAX_HEADERS,
     )

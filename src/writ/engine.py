@@ -700,6 +700,7 @@ class Engine:
         The queue is read a few at a time: once a candidate's resource is an ancestor of (or
         equal to) every path, every later candidate conflicts with it and waits behind it,
         so a long queue on one resource costs one short read per hand-off, not the queue.
+        (A stale request further back is then dropped when it reaches the front.)
         """
         candidates = await tx.waiters_related(paths, limit=DISPATCH_PAGE)
         more = len(candidates) == DISPATCH_PAGE

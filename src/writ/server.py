@@ -207,6 +207,9 @@ async def _unless_hung_up(request: Request, work: Awaitable[T]) -> T:
     return await _unless_hung_up_raw(request.receive, work)
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps builds one per call
+
+
 class FastLeases:
     """The two hot routes — ``POST /v1/leases`` and ``POST /v1/leases/{id}/release`` —
     without FastAPI: same engine calls, same bodies, same error shape. Anything unusual
@@ -308,7 +311,7 @@ class FastLeases:
                 },
                 500,
             )
-        raw = json.dumps(out, separators=(",", ":")).encode()
+        raw = _COMPACT.encode(out).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -28,9 +28,9 @@ from typing import IO, Any, TypeVar
 import click
 
 from . import __version__
-from .cli_options import api_options, json_option, store_option
+from .cli_options import api_options, existing_store, json_option, store_option
 from .client import Client
-from .errors import Invalid, LeaseLost, WritError
+from .errors import LeaseLost, WritError
 from .models import KINDS
 
 T = TypeVar("T")
@@ -124,15 +124,6 @@ def _run_offline(store_url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
             await engine.stop()
 
     return asyncio.run(go())
-
-
-def _existing_store(url: str) -> str:
-    """Refuse to create an empty SQLite store where one was meant to be read."""
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///") :].split("?", 1)[0]
-        if path and path != ":memory:" and not os.path.exists(path):
-            raise Invalid(f"no store at {path} (from {url}): check the path")
-    return url
 
 
 def _parse_rfc3339(value: str | None) -> datetime | None:
@@ -749,7 +740,7 @@ def audit_verify(store: str | None, url: str, token: str | None, as_json: bool) 
         async def check(engine: Any) -> dict[str, Any]:
             return dict((await engine.verify()).to_dict())
 
-        out = _run_offline(_existing_store(store), check)
+        out = _run_offline(existing_store(store), check)
     else:
         with _client(url, token, timeout=600.0) as client:
             out = client.verify()
@@ -799,7 +790,7 @@ def audit_export(
         open(out_path, "w", encoding="utf-8") if out_path else contextlib.nullcontext(sys.stdout)
     ) as out:
         if store:
-            n = _export_offline(_existing_store(store), after_seq, resource, since, until, out)
+            n = _export_offline(existing_store(store), after_seq, resource, since, until, out)
         else:
             n = 0
             with _client(url, token, timeout=60.0) as client:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .cli_options import api_options, store_option
+from .cli_options import api_options, existing_store, store_option
 from .client import DEFAULT_URL
 from .errors import Invalid
 
@@ -41,20 +40,12 @@ def _api(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def _check_store(url: str) -> str:
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///") :].split("?", 1)[0]
-        if path and path != ":memory:" and not os.path.exists(path):
-            raise Invalid(f"no store at {path} (from {url}): check the path")
-    return url
-
-
 async def _with_store(url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Open a store read-mostly (no sweeper, no bootstrap admin) with an engine over it."""
     from .engine import Engine
     from .stores import open_store
 
-    engine = Engine(open_store(_check_store(url)))
+    engine = Engine(open_store(existing_store(url)))
     await engine.store.open()
     try:
         return await fn(engine)

@@ -1,13 +1,16 @@
-"""Options shared by the CLI's command modules (cli.py, cli_evidence.py, cli_reach.py)."""
+"""Options and checks shared by the CLI's command modules (cli.py, cli_evidence.py,
+cli_reach.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
 from .client import DEFAULT_URL
+from .errors import Invalid
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,3 +47,12 @@ def log_level_option(f: F) -> F:
         type=click.Choice(["debug", "info", "warning", "error"]),
         help="Log level on stderr.",
     )(f)
+
+
+def existing_store(url: str) -> str:
+    """Refuse to create an empty SQLite store where one was meant to be read."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :].split("?", 1)[0]
+        if path and path != ":memory:" and not os.path.exists(path):
+            raise Invalid(f"no store at {path} (from {url}): check the path")
+    return url

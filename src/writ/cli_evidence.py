@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 import click
 
-from .cli_options import api_options, existing_store, store_option
-from .client import DEFAULT_URL
+from .cli_options import api_options, existing_store, json_option, store_option
+from .client import DEFAULT_URL, AsyncClient, Client
 from .errors import Invalid
 
 T = TypeVar("T")
@@ -152,8 +152,6 @@ def postmortem_command(
 
         if store:
             return await _with_store(store, lambda e: collect(StoreSource(e), query))
-        from .client import AsyncClient
-
         async with AsyncClient(url, token, timeout=120.0) as client:
             return await collect(HttpSource(client), query)
 
@@ -254,8 +252,6 @@ def checkpoint_command(
     if store:
         cp = asyncio.run(_with_store(store, lambda e: make(e.store, key)))
     else:
-        from .client import Client
-
         with Client(url, token, timeout=60.0) as client:
             seq = client.last_seq()
             if not seq:
@@ -310,8 +306,6 @@ def verify_checkpoints(
 def _verify_over_http(cps: list[Any], trusted: Any, url: str, token: str | None) -> dict[str, Any]:
     """The server recomputes the chain; the rows at each checkpoint seq must still carry the
     signed hashes."""
-    from .client import Client
-
     for cp in cps:
         cp.check_signature(trusted)
     with Client(url, token, timeout=600.0) as client:
@@ -353,7 +347,7 @@ def _verify_over_http(cps: list[Any], trusted: Any, url: str, token: str | None)
     type=click.Path(dir_okay=False),
     help="The public key you trust (PEM; FILE.pub from writ audit keygen).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON answer.")
+@json_option
 @_api
 def verify_checkpoint_command(
     checkpoints: tuple[str, ...],

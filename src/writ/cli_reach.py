@@ -11,9 +11,19 @@ import logging
 import click
 
 from .cli_options import log_level_option
+from .client import DEFAULT_URL
 from .errors import WritError
 
 __all__ = ["gate_command", "mcp_command"]
+
+
+_url_option = click.option(
+    "--url",
+    envvar="WRIT_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    help="writ server URL (or WRIT_URL).",
+)
 
 
 def _header(value: str) -> tuple[str, str]:
@@ -24,13 +34,7 @@ def _header(value: str) -> tuple[str, str]:
 
 
 @click.command("gate")
-@click.option(
-    "--url",
-    envvar="WRIT_URL",
-    default="http://127.0.0.1:7411",
-    show_default=True,
-    help="writ server URL (or WRIT_URL).",
-)
+@_url_option
 @click.option(
     "--token",
     envvar=["WRIT_GATE_TOKEN", "WRIT_TOKEN"],
@@ -134,13 +138,7 @@ def gate_command(
     show_default=True,
     help="stdio (the MCP client starts this command) or streamable HTTP.",
 )
-@click.option(
-    "--url",
-    envvar="WRIT_URL",
-    default="http://127.0.0.1:7411",
-    show_default=True,
-    help="writ server URL (or WRIT_URL).",
-)
+@_url_option
 @click.option(
     "--token",
     envvar="WRIT_TOKEN",

@@ -741,6 +741,30 @@ class _LeaseState:
         self.ttl_s = float(data.get("ttl_s") or self.ttl_s)
         self._deadline = sent + self.ttl_s
 
+    def _acquired(self, data: JSON, sent: float) -> None:
+        """Record the grant of an acquire sent at monotonic ``sent``; after a wait in the
+        queue the clock starts at the answer."""
+        self._granted(data, time.monotonic() if self.wait_s else sent)
+
+    def _renew_failed(self, exc: WritError) -> float | None:
+        """After a failed renewal: when to retry, or None once the lease is lost."""
+        if self._fatal(exc):
+            self._lose(self._lost_error(exc))
+            return None
+        if time.monotonic() >= self._deadline:
+            self._lose(self._expired_error(exc))
+            return None
+        log.info("renewing %s failed, retrying: %s", self.lease_id, exc.message)
+        return time.monotonic() + self._retry_pause()
+
+    def _unreleased(self, exc: Unavailable) -> None:
+        log.warning(
+            "could not release %s (it expires by itself within %gs): %s",
+            self.lease_id,
+            self.ttl_s,
+            exc.message,
+        )
+
     def _retry_pause(self) -> float:
         return min(max(self.ttl_s / 10, 0.05), 1.0)
 
@@ -801,7 +825,7 @@ class Lease(_LeaseState):
             self.consent_id,
             self.rollback,
         )
-        self._granted(data, time.monotonic() if self.wait_s else sent)
+        self._acquired(data, sent)
         self._thread = threading.Thread(
             target=self._renew_loop, name=f"writ-renew-{self.lease_id}", daemon=True
         )
@@ -824,14 +848,10 @@ class Lease(_LeaseState):
                 self.renew()
                 due = time.monotonic() + self._every
             except WritError as exc:
-                if self._fatal(exc):
-                    self._lose(self._lost_error(exc))
+                retry = self._renew_failed(exc)
+                if retry is None:
                     return
-                if time.monotonic() >= self._deadline:
-                    self._lose(self._expired_error(exc))
-                    return
-                log.info("renewing %s failed, retrying: %s", self.lease_id, exc.message)
-                due = time.monotonic() + self._retry_pause()
+                due = retry
 
     def _stop_renewing(self) -> None:
         self._stop.set()
@@ -849,12 +869,7 @@ class Lease(_LeaseState):
             self._lose(exc)
             raise
         except Unavailable as exc:
-            log.warning(
-                "could not release %s (it expires by itself within %gs): %s",
-                self.lease_id,
-                self.ttl_s,
-                exc.message,
-            )
+            self._unreleased(exc)
 
     def __enter__(self) -> Lease:
         return self.acquire()
@@ -895,7 +910,7 @@ class AsyncLease(_LeaseState):
             self.consent_id,
             self.rollback,
         )
-        self._granted(data, time.monotonic() if self.wait_s else sent)
+        self._acquired(data, sent)
         self._task = asyncio.get_running_loop().create_task(
             self._renew_loop(), name=f"writ-renew-{self.lease_id}"
         )
@@ -917,14 +932,10 @@ class AsyncLease(_LeaseState):
                 await self.renew()
                 due = time.monotonic() + self._every
             except WritError as exc:
-                if self._fatal(exc):
-                    self._lose(self._lost_error(exc))
+                retry = self._renew_failed(exc)
+                if retry is None:
                     return
-                if time.monotonic() >= self._deadline:
-                    self._lose(self._expired_error(exc))
-                    return
-                log.info("renewing %s failed, retrying: %s", self.lease_id, exc.message)
-                due = time.monotonic() + self._retry_pause()
+                due = retry
 
     async def _stop_renewing(self) -> None:
         task, self._task = self._task, None
@@ -943,12 +954,7 @@ class AsyncLease(_LeaseState):
             self._lose(exc)
             raise
         except Unavailable as exc:
-            log.warning(
-                "could not release %s (it expires by itself within %gs): %s",
-                self.lease_id,
-                self.ttl_s,
-                exc.message,
-            )
+            self._unreleased(exc)
 
     async def __aenter__(self) -> AsyncLease:
         return await self.acquire()

@@ -33,7 +33,7 @@ from collections.abc import (
     Sequence,
 )
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urlparse
 
 from ..clock import Clock
@@ -136,11 +136,50 @@ def _held_related_sql(paths: tuple[str, ...]) -> tuple[str, tuple[Any, ...]]:
 
 
 _ANY_WAITER = "SELECT EXISTS (SELECT 1 FROM waiters)"
+
 _HEADS = (
     "SELECT (SELECT value FROM meta WHERE key = 'fencing_token'),"
     " (SELECT seq FROM audit ORDER BY seq DESC LIMIT 1),"
     " (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1)"
 )
+
+
+class _LiveObjects(NamedTuple):
+    """What :meth:`SQLiteTx.objects_related_many` asks about one ``specs``, built once."""
+
+    kinds: tuple[str, ...]
+    states: tuple[str, ...]  # every state any of the kinds is wanted in
+    wanted: dict[str, frozenset[str]]  # kind -> its own states
+    probe: str  # EXISTS: is any object of these kinds in one of these states?
+    probe_args: tuple[str, ...]
+    known_key: tuple[Any, ...]  # what the store remembers the probe's answer under
+
+
+@functools.lru_cache(maxsize=256)
+def _live_objects(specs: tuple[tuple[str, tuple[str, ...]], ...]) -> _LiveObjects:
+    kinds = tuple(k for k, _ in specs)
+    states = tuple(sorted({st for _, sts in specs for st in sts}))
+    probe = (
+        f"SELECT EXISTS (SELECT 1 FROM objects WHERE kind IN ({','.join('?' * len(kinds))})"
+        f" AND state IN ({','.join('?' * len(states))}))"
+    )
+    args = (*kinds, *states)
+    wanted = {k: frozenset(sts) for k, sts in specs}
+    return _LiveObjects(kinds, states, wanted, probe, args, ("objects", probe, *args))
+
+
+@functools.lru_cache(maxsize=4096)
+def _objects_related_many_sql(
+    specs: tuple[tuple[str, tuple[str, ...]], ...], paths: tuple[str, ...]
+) -> tuple[str, tuple[Any, ...]]:
+    live = _live_objects(specs)
+    where, args = _related_sql_cached("resource", paths)
+    return (
+        f"SELECT kind, data, state, expires_at FROM objects WHERE kind IN"
+        f" ({','.join('?' * len(live.kinds))}) AND {where}"
+        f" AND state IN ({','.join('?' * len(live.states))}) ORDER BY created_at, id",
+        (*live.kinds, *args, *live.states),
+    )
 
 
 def _run_now(coro: Coroutine[Any, Any, T]) -> T:
@@ -409,28 +448,18 @@ class SQLiteTx(Tx):
     async def objects_related_many(
         self, specs: Sequence[tuple[str, Sequence[str]]], paths: Sequence[str]
     ) -> dict[str, list[dict[str, Any]]]:
-        kinds = [k for k, _ in specs]
-        states = sorted({st for _, sts in specs for st in sts})
-        any_sql = (
-            f"SELECT EXISTS (SELECT 1 FROM objects WHERE kind IN ({','.join('?' * len(kinds))})"
-            f" AND state IN ({','.join('?' * len(states))}))"
-        )
-        if self._knows_none(("objects", any_sql, *kinds, *states), any_sql, [*kinds, *states]):
+        spec = tuple((k, tuple(sts)) for k, sts in specs)
+        live = _live_objects(spec)
+        if self._knows_none(live.known_key, live.probe, live.probe_args):
             return {k: [] for k, _ in specs}
-        key = ("objects", tuple((k, tuple(st)) for k, st in specs), tuple(paths))
+        at = tuple(paths)
+        key = ("objects", spec, at)
         hit = self._memo.get(key)
         if hit is None:
-            where, args = _related_sql("resource", paths)
-            rows = self.c.execute(
-                f"SELECT kind, data, state, expires_at FROM objects WHERE kind IN"
-                f" ({','.join('?' * len(kinds))}) AND {where}"
-                f" AND state IN ({','.join('?' * len(states))}) ORDER BY created_at, id",
-                [*kinds, *args, *states],
-            ).fetchall()
-            wanted = {k: set(sts) for k, sts in specs}
-            hit = {k: [] for k in wanted}
-            for kind, *rest in rows:
-                if rest[1] in wanted[kind]:
+            sql, args = _objects_related_many_sql(spec, at)
+            hit = {k: [] for k in live.wanted}
+            for kind, *rest in self.c.execute(sql, args):
+                if rest[1] in live.wanted[kind]:
                     hit[kind].append(to_object(rest))
             self._memo[key] = hit
         return {k: list(v) for k, v in hit.items()}

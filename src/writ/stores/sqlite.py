@@ -22,7 +22,6 @@ import functools
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import (
     AsyncIterable,
@@ -601,7 +600,6 @@ class SQLiteStore(Store):
         # committed (PRAGMA data_version moved), a savepoint rolled back or a batch failed.
         self._known: dict[Any, bool] = {}
         self._data_version: int | None = None
-        self._lock = threading.Lock()
         self._commit_s = 0.0  # recent COMMIT (fsync) time, a moving average
         self.batches = 0  # commits made (for tests and benchmarks)
         self.transactions = 0

@@ -234,14 +234,6 @@ TTL_S = 1.0
 STALL_S = 1.4  # a stalled holder sleeps this long between its read and its write
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def hammer_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'writ.db'}"
-    new: Any = request.getfixturevalue("pg_schemas")
-    return str(new(request))
-
-
 def spared(agent: str) -> bool:
     """Agents the revoker leaves alone (their first lease on tank/a stalls and expires)."""
     return agent in ("agent-01", "agent-02")
@@ -381,20 +373,20 @@ async def run_contention(store_url: str, tmp: Path, n_agents: int, seconds: floa
 
 
 async def test_contention_keeps_exclusion_fencing_and_every_update(
-    hammer_store: str, tmp_path: Path
+    store_url: str, tmp_path: Path
 ) -> None:
     """12 agents, ~3 s, revokes and stalls: the history checker finds no violation."""
-    await run_contention(hammer_store, tmp_path, 12, 3.0)
+    await run_contention(store_url, tmp_path, 12, 3.0)
 
 
 @pytest.mark.slow
 async def test_contention_long(
-    hammer_store: str, tmp_path: Path, request: pytest.FixtureRequest
+    store_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """The same for 30 s with 16 agents (WRIT_SLOW=1)."""
     if not slow_wanted(request):
         pytest.skip("long variant: run with WRIT_SLOW=1 or -m slow")
-    await run_contention(hammer_store, tmp_path, 16, 30.0)
+    await run_contention(store_url, tmp_path, 16, 30.0)
 
 
 # ----------------------------------------------------------------------------- a paused holder

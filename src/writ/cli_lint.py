@@ -101,6 +101,7 @@ def run(
     sep = "\n"
     for name in names:
         shown = "<stdin>" if name == "-" else name
+        file = shown if many else None  # rows name their input only when there are several
         try:
             stream = open_input(name)
         except OSError as exc:
@@ -119,16 +120,13 @@ def run(
                     if not result.findings and not many:
                         write(_ACCEPT_LINE % n)
                     else:
-                        write(
-                            json.dumps(_obj(result, n, shown if many else None), ensure_ascii=False)
-                            + "\n"
-                        )
+                        write(json.dumps(_obj(result, n, file), ensure_ascii=False) + "\n")
                 elif fmt == "json":
-                    obj = _obj(result, n, shown if many else None, guessed=True)
+                    obj = _obj(result, n, file, guessed=True)
                     write(sep + json.dumps(obj, ensure_ascii=False))
                     sep = ",\n"
                 else:
-                    _text(out, result, n, shown if many else None)
+                    _text(out, result, n, file)
         except BrokenPipeError:
             raise  # our reader went away (`| head`): not an input problem
         except OSError as exc:  # a read error mid-file: keep what was judged, name the input

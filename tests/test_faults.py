@@ -456,6 +456,22 @@ def gate_for(live: LiveServer, res: str, tmp: Path) -> Iterator[tuple[str, Upstr
         yield gate_url, upstream
 
 
+def gate_write(
+    gate_url: str, note: str, token: str, lease_id: str, fencing_token: int
+) -> httpx.Response:
+    """A write through the gate with the lease headers given (as HOLDER's ``write``)."""
+    return httpx.post(
+        gate_url + "/admin/tank/level",
+        json={"note": note},
+        timeout=30,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Writ-Lease": lease_id,
+            "Writ-Fencing-Token": str(fencing_token),
+        },
+    )
+
+
 def test_a_paused_holder_is_fenced_off_and_learns_it_lost(
     live_server: LiveServer, tmp_path: Path
 ) -> None:
@@ -497,26 +513,10 @@ def test_a_paused_holder_is_fenced_off_and_learns_it_lost(
             fence = admin.fence(res, first["token"])
             assert fence["current"] is False and fence["current_token"] == lease["fencing_token"]
             seen = len(upstream.seen)
-            r = httpx.post(
-                gate_url + "/admin/tank/level",
-                json={"note": "stale"},
-                timeout=30,
-                headers={
-                    "Authorization": f"Bearer {old_token}",
-                    "Writ-Lease": first["lease_id"],
-                    "Writ-Fencing-Token": str(first["token"]),
-                },
-            )
+            r = gate_write(gate_url, "stale", old_token, first["lease_id"], first["token"])
             assert r.status_code == 423 and r.json()["error"]["code"] == "lease_lost", r.text
-            r = httpx.post(
-                gate_url + "/admin/tank/level",
-                json={"note": "successor"},
-                timeout=30,
-                headers={
-                    "Authorization": f"Bearer {new_token}",
-                    "Writ-Lease": lease["lease_id"],
-                    "Writ-Fencing-Token": str(lease["fencing_token"]),
-                },
+            r = gate_write(
+                gate_url, "successor", new_token, lease["lease_id"], lease["fencing_token"]
             )
             assert r.status_code == 200, r.text
             assert len(upstream.seen) == seen + 1

@@ -959,7 +959,15 @@ def _consent_outcome(c: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- markdown
-# Tables drawn alike in the Markdown and the HTML report: columns, cells, empty text.
+# Tables drawn alike in the Markdown and the HTML report: columns, cells, empty text. Where
+# a cell is a status word, ``tag`` draws it (Markdown: as it is; HTML: a coloured badge).
+Cells = list[tuple[Any, ...]]
+Clock = Callable[[str | None], str]
+Tag = Callable[[str], Any]
+
+TIMELINE_COLUMNS = ["time", "seq", "event", "by", "resource", "lock holder", "what the row says"]
+HOLDER_COLUMNS = ["resource", "holder", "lock key", "from", "to", "held", "ended", "intent"]
+NO_HOLDERS = "Nobody held write authority on these resources in the window."
 CHANGE_COLUMNS = [
     "time",
     "seq",
@@ -971,11 +979,53 @@ CHANGE_COLUMNS = [
     "protected until",
 ]
 NO_CHANGES = "No changes were recorded."
+REFUSAL_COLUMNS = ["time", "seq", "who asked", "resource", "refused", "holder then", "why"]
+NO_REFUSALS = "writ refused nothing in the window."
+WAITS_INTRO = "Made to wait (FIFO queue, blast radius included):"
+WAIT_COLUMNS = ["queued", "seq", "who", "resource", "position", "behind", "outcome", "waited"]
+CONSENT_COLUMNS = ["asked", "seq", "requester", "author", "to undo", "reason", "answer", "took"]
+NO_CONSENTS = "No consent was asked in the window."
+ROLLBACK_COLUMNS = [
+    "asked",
+    "seq",
+    "requested by",
+    "lock key",
+    "key holder",
+    "route",
+    "reason",
+    "decision",
+    "result",
+]
+NO_ROLLBACKS = "No rollback was requested in the window."
 STUCK_COLUMNS = ["time", "seq", "event", "holder", "resource", "what happened"]
 NO_STUCK = "No lock was stuck, and nobody was woken or paged about one."
+REVOCATION_COLUMNS = [
+    "time",
+    "seq",
+    "lease of",
+    "resource",
+    "lock key",
+    "revoked by",
+    "runbook",
+    "after paging",
+    "reason",
+]
+NO_REVOCATIONS = "No lease was revoked in the window."
+FREEZE_COLUMNS = ["time", "seq", "event", "by", "prefix", "notes"]
+LINT_COLUMNS = ["seq", "time", "event", "verdict", "findings"]
+NO_LINT = "writ lint is not available in this build; rows were not judged."
+LINT_CLEAN = "No row is contaminated, rejected or suspicious."
+LINT_SHOWN = 200  # flagged rows listed at most
 
 
-def change_cells(rep: dict[str, Any], t: Callable[[str | None], str]) -> list[tuple[Any, ...]]:
+def timeline_cells(rep: dict[str, Any], t: Clock) -> Cells:
+    return [
+        (t(e["at"]), e["seq"], e["event"], e["agent"], e["resource"], e["holder"], e["notes"])
+        for e in rep["timeline"]
+    ]
+
+
+def change_cells(rep: dict[str, Any], t: Clock) -> Cells:
     return [
         (
             t(c["at"]),
@@ -991,11 +1041,62 @@ def change_cells(rep: dict[str, Any], t: Callable[[str | None], str]) -> list[tu
     ]
 
 
-def stuck_cells(rep: dict[str, Any], t: Callable[[str | None], str]) -> list[tuple[Any, ...]]:
+def refusal_cells(rep: dict[str, Any], t: Clock, tag: Tag) -> Cells:
+    return [
+        (t(r["at"]), r["seq"], r["agent"], r["resource"], tag(r["kind"]), r["holder"], r["reason"])
+        for r in rep["refusals"]
+    ]
+
+
+def stuck_cells(rep: dict[str, Any], t: Clock) -> Cells:
     return [
         (t(s["at"]), s["seq"], s["event"], s["holder"], s["resource"], s["notes"])
         for s in rep["stuck"]
     ]
+
+
+def revocation_cells(rep: dict[str, Any], t: Clock) -> Cells:
+    out: Cells = []
+    for r in rep["revocations"]:
+        p = r["provenance"] or {}
+        out.append(
+            (
+                t(r["at"]),
+                r["seq"],
+                r["holder"],
+                r["resource"],
+                r["lock_key"],
+                p.get("revoked_by"),
+                p.get("via_runbook"),
+                p.get("after_paging"),
+                r["notes"],
+            )
+        )
+    return out
+
+
+def freeze_cells(rep: dict[str, Any], t: Clock) -> Cells:
+    return [
+        (t(f["at"]), f["seq"], f["event"], f["agent"], f["resource"], f["notes"])
+        for f in rep["freezes"]
+    ]
+
+
+def lint_cells(rep: dict[str, Any], t: Clock, tag: Tag) -> Cells:
+    return [
+        (
+            f["seq"],
+            t(f["at"]),
+            f["event"],
+            tag(f["verdict"]),
+            "; ".join(f"{x['rule']} ({x['field']}): {x['reason']}" for x in f["findings"]),
+        )
+        for f in rep["lint"]["rows"][:LINT_SHOWN]
+    ]
+
+
+def _as_is(word: str) -> str:
+    return word
 
 
 def _cell(v: Any) -> str:
@@ -1046,13 +1147,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
     )
 
     L += ["", "## Timeline", ""]
-    L += _table(
-        ["time", "seq", "event", "by", "resource", "lock holder", "what the row says"],
-        [
-            (t(e["at"]), e["seq"], e["event"], e["agent"], e["resource"], e["holder"], e["notes"])
-            for e in rep["timeline"]
-        ],
-    )
+    L += _table(TIMELINE_COLUMNS, timeline_cells(rep, t))
     if rep["timeline_quiet"]:
         L.append("")
         L.append(
@@ -1064,7 +1159,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
     L += ["", "## Who held write authority when", ""]
     if rep["holders"]:
         L += _table(
-            ["resource", "holder", "lock key", "from", "to", "held", "ended", "intent"],
+            HOLDER_COLUMNS,
             [
                 (
                     h["resource"],
@@ -1080,34 +1175,20 @@ def to_markdown(rep: dict[str, Any]) -> str:
             ],
         )
     else:
-        L.append("Nobody held write authority on these resources in the window.")
+        L.append(NO_HOLDERS)
 
     L += ["", "## Changes made", ""]
     L += _table(CHANGE_COLUMNS, change_cells(rep, t)) if rep["changes"] else [NO_CHANGES]
 
     L += ["", "## What writ refused, and why", ""]
     if rep["refusals"]:
-        L += _table(
-            ["time", "seq", "who asked", "resource", "refused", "holder then", "why"],
-            [
-                (
-                    t(r["at"]),
-                    r["seq"],
-                    r["agent"],
-                    r["resource"],
-                    r["kind"],
-                    r["holder"],
-                    r["reason"],
-                )
-                for r in rep["refusals"]
-            ],
-        )
+        L += _table(REFUSAL_COLUMNS, refusal_cells(rep, t, _as_is))
     else:
-        L.append("writ refused nothing in the window.")
+        L.append(NO_REFUSALS)
     if rep["waits"]:
-        L += ["", "Made to wait (FIFO queue, blast radius included):", ""]
+        L += ["", WAITS_INTRO, ""]
         L += _table(
-            ["queued", "seq", "who", "resource", "position", "behind", "outcome", "waited"],
+            WAIT_COLUMNS,
             [
                 (
                     t(q["at"]),
@@ -1126,7 +1207,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
     L += ["", "## Consents and their answers", ""]
     if rep["consents"]:
         L += _table(
-            ["asked", "seq", "requester", "author", "to undo", "reason", "answer", "took"],
+            CONSENT_COLUMNS,
             [
                 (
                     t(c["at"]),
@@ -1147,22 +1228,12 @@ def to_markdown(rep: dict[str, Any]) -> str:
             "escalates to the override queue, which may still answer."
         )
     else:
-        L.append("No consent was asked in the window.")
+        L.append(NO_CONSENTS)
 
     L += ["", "## Rollbacks and who approved them", ""]
     if rep["rollbacks"]:
         L += _table(
-            [
-                "asked",
-                "seq",
-                "requested by",
-                "lock key",
-                "key holder",
-                "route",
-                "reason",
-                "decision",
-                "result",
-            ],
+            ROLLBACK_COLUMNS,
             [
                 (
                     t(r["at"]),
@@ -1185,57 +1256,26 @@ def to_markdown(rep: dict[str, Any]) -> str:
             ],
         )
     else:
-        L.append("No rollback was requested in the window.")
+        L.append(NO_ROLLBACKS)
 
     L += ["", "## Stuck locks, wakes and pages", ""]
     L += _table(STUCK_COLUMNS, stuck_cells(rep, t)) if rep["stuck"] else [NO_STUCK]
 
     L += ["", "## Revocations (with provenance)", ""]
-    if rep["revocations"]:
-        L += _table(
-            [
-                "time",
-                "seq",
-                "lease of",
-                "resource",
-                "lock key",
-                "revoked by",
-                "runbook",
-                "after paging",
-                "reason",
-            ],
-            [
-                (
-                    t(r["at"]),
-                    r["seq"],
-                    r["holder"],
-                    r["resource"],
-                    r["lock_key"],
-                    (r["provenance"] or {}).get("revoked_by"),
-                    (r["provenance"] or {}).get("via_runbook"),
-                    (r["provenance"] or {}).get("after_paging"),
-                    r["notes"],
-                )
-                for r in rep["revocations"]
-            ],
-        )
-    else:
-        L.append("No lease was revoked in the window.")
+    L += (
+        _table(REVOCATION_COLUMNS, revocation_cells(rep, t))
+        if rep["revocations"]
+        else [NO_REVOCATIONS]
+    )
 
     if rep["freezes"]:
         L += ["", "## Freezes", ""]
-        L += _table(
-            ["time", "seq", "event", "by", "prefix", "notes"],
-            [
-                (t(f["at"]), f["seq"], f["event"], f["agent"], f["resource"], f["notes"])
-                for f in rep["freezes"]
-            ],
-        )
+        L += _table(FREEZE_COLUMNS, freeze_cells(rep, t))
 
     L += ["", "## Contaminated or suspicious rows (lint)", ""]
     lint = rep["lint"]
     if not lint.get("available"):
-        L.append("writ lint is not available in this build; rows were not judged.")
+        L.append(NO_LINT)
     else:
         L.append(
             f"{lint['checked']} rows judged by `writ lint` ("
@@ -1248,26 +1288,11 @@ def to_markdown(rep: dict[str, Any]) -> str:
                 else "principal kinds guessed from names (no registry)."
             )
         )
+        L.append("")
         if lint["rows"]:
-            L.append("")
-            L += _table(
-                ["seq", "time", "event", "verdict", "findings"],
-                [
-                    (
-                        f["seq"],
-                        t(f["at"]),
-                        f["event"],
-                        f["verdict"],
-                        "; ".join(
-                            f"{x['rule']} ({x['field']}): {x['reason']}" for x in f["findings"]
-                        ),
-                    )
-                    for f in lint["rows"][:200]
-                ],
-            )
+            L += _table(LINT_COLUMNS, lint_cells(rep, t, _as_is))
         else:
-            L.append("")
-            L.append("No row is contaminated, rejected or suspicious.")
+            L.append(LINT_CLEAN)
 
     L += ["", "## Chain verification", ""]
     L += verification_text(rep["verification"])

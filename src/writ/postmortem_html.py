@@ -16,13 +16,35 @@ from typing import Any
 from .clock import parse_time
 from .postmortem import (
     CHANGE_COLUMNS,
+    CONSENT_COLUMNS,
+    FREEZE_COLUMNS,
+    HOLDER_COLUMNS,
+    LINT_CLEAN,
+    LINT_COLUMNS,
     NO_CHANGES,
+    NO_CONSENTS,
+    NO_HOLDERS,
+    NO_LINT,
+    NO_REFUSALS,
+    NO_REVOCATIONS,
+    NO_ROLLBACKS,
     NO_STUCK,
+    REFUSAL_COLUMNS,
+    REVOCATION_COLUMNS,
+    ROLLBACK_COLUMNS,
     STUCK_COLUMNS,
+    TIMELINE_COLUMNS,
+    WAIT_COLUMNS,
+    WAITS_INTRO,
     _consent_outcome,
     change_cells,
     duration,
+    freeze_cells,
+    lint_cells,
+    refusal_cells,
+    revocation_cells,
     stuck_cells,
+    timeline_cells,
     verification_text,
     when,
 )
@@ -536,6 +558,11 @@ def _badge(label: str, key: str | None = None) -> str:
     return f'<span class="badge {_BADGE.get(key or label, "b-grey")}">{escape(label)}</span>'
 
 
+def _tag(word: str) -> _Raw:
+    """A status word in a table cell, drawn as its badge."""
+    return _Raw(_badge(word))
+
+
 def _table(head: Sequence[str], rows: Iterable[Sequence[Any]], cls: Sequence[str] = ()) -> str:
     o = [
         "<table><thead><tr>"
@@ -660,7 +687,7 @@ def to_html(rep: dict[str, Any]) -> str:
 
     if rep["holders"]:
         body = _table(
-            ["resource", "holder", "lock key", "from", "to", "held", "ended", "intent"],
+            HOLDER_COLUMNS,
             [
                 (
                     h["resource"],
@@ -680,7 +707,7 @@ def to_html(rep: dict[str, Any]) -> str:
             ["", "", "s", "t", "t", "t"],
         )
     else:
-        body = _empty("Nobody held write authority on these resources in the window.")
+        body = _empty(NO_HOLDERS)
     o.append(_section("Who held write authority when", body, len(rep["holders"])))
 
     body = (
@@ -691,27 +718,12 @@ def to_html(rep: dict[str, Any]) -> str:
     o.append(_section("Changes made", body, len(rep["changes"])))
 
     if rep["refusals"]:
-        body = _table(
-            ["time", "seq", "who asked", "resource", "refused", "holder then", "why"],
-            [
-                (
-                    t(r["at"]),
-                    r["seq"],
-                    r["agent"],
-                    r["resource"],
-                    _Raw(_badge(r["kind"])),
-                    r["holder"],
-                    r["reason"],
-                )
-                for r in rep["refusals"]
-            ],
-            ["t", "s", "n", "n", "", "n"],
-        )
+        body = _table(REFUSAL_COLUMNS, refusal_cells(rep, t, _tag), ["t", "s", "n", "n", "", "n"])
     else:
-        body = _empty("writ refused nothing in the window.")
+        body = _empty(NO_REFUSALS)
     if rep["waits"]:
-        body += "<p class='note'>Made to wait (FIFO queue, blast radius included):</p>" + _table(
-            ["queued", "seq", "who", "resource", "position", "behind", "outcome", "waited"],
+        body += f"<p class='note'>{WAITS_INTRO}</p>" + _table(
+            WAIT_COLUMNS,
             [
                 (
                     t(q["at"]),
@@ -734,7 +746,7 @@ def to_html(rep: dict[str, Any]) -> str:
 
     if rep["consents"]:
         body = _table(
-            ["asked", "seq", "requester", "author", "to undo", "reason", "answer", "took"],
+            CONSENT_COLUMNS,
             [
                 (
                     t(c["at"]),
@@ -755,22 +767,12 @@ def to_html(rep: dict[str, Any]) -> str:
             "as a denial, and it escalates to the override queue, which may still answer.</p>"
         )
     else:
-        body = _empty("No consent was asked in the window.")
+        body = _empty(NO_CONSENTS)
     o.append(_section("Consents and their answers", body, len(rep["consents"])))
 
     if rep["rollbacks"]:
         body = _table(
-            [
-                "asked",
-                "seq",
-                "requested by",
-                "lock key",
-                "key holder",
-                "route",
-                "reason",
-                "decision",
-                "result",
-            ],
+            ROLLBACK_COLUMNS,
             [
                 (
                     t(r["at"]),
@@ -797,7 +799,7 @@ def to_html(rep: dict[str, Any]) -> str:
             ["t", "s", "n", "s", "n"],
         )
     else:
-        body = _empty("No rollback was requested in the window.")
+        body = _empty(NO_ROLLBACKS)
     o.append(_section("Rollbacks and who approved them", body, len(rep["rollbacks"])))
 
     body = (
@@ -807,57 +809,19 @@ def to_html(rep: dict[str, Any]) -> str:
     )
     o.append(_section("Stuck locks, wakes and pages", body, len(rep["stuck"])))
 
-    if rep["revocations"]:
-        body = _table(
-            [
-                "time",
-                "seq",
-                "lease of",
-                "resource",
-                "lock key",
-                "revoked by",
-                "runbook",
-                "after paging",
-                "reason",
-            ],
-            [
-                (
-                    t(r["at"]),
-                    r["seq"],
-                    r["holder"],
-                    r["resource"],
-                    r["lock_key"],
-                    (r["provenance"] or {}).get("revoked_by"),
-                    (r["provenance"] or {}).get("via_runbook"),
-                    (r["provenance"] or {}).get("after_paging"),
-                    r["notes"],
-                )
-                for r in rep["revocations"]
-            ],
-            ["t", "s", "n", "n", "s", "n"],
-        )
-    else:
-        body = _empty("No lease was revoked in the window.")
+    body = (
+        _table(REVOCATION_COLUMNS, revocation_cells(rep, t), ["t", "s", "n", "n", "s", "n"])
+        if rep["revocations"]
+        else _empty(NO_REVOCATIONS)
+    )
     o.append(_section("Revocations, with provenance", body, len(rep["revocations"])))
 
     if rep["freezes"]:
-        o.append(
-            _section(
-                "Freezes",
-                _table(
-                    ["time", "seq", "event", "by", "prefix", "notes"],
-                    [
-                        (t(f["at"]), f["seq"], f["event"], f["agent"], f["resource"], f["notes"])
-                        for f in rep["freezes"]
-                    ],
-                    ["t", "s"],
-                ),
-                len(rep["freezes"]),
-            )
-        )
+        body = _table(FREEZE_COLUMNS, freeze_cells(rep, t), ["t", "s"])
+        o.append(_section("Freezes", body, len(rep["freezes"])))
 
     if not lint.get("available"):
-        body = _empty("writ lint is not available in this build; rows were not judged.")
+        body = _empty(NO_LINT)
     else:
         verdicts = ", ".join(f"{n} {k}" for k, n in sorted(lint["verdicts"].items()))
         body = (
@@ -872,24 +836,9 @@ def to_html(rep: dict[str, Any]) -> str:
             + "</p>"
         )
         if lint["rows"]:
-            body += _table(
-                ["seq", "time", "event", "verdict", "findings"],
-                [
-                    (
-                        f["seq"],
-                        t(f["at"]),
-                        f["event"],
-                        _Raw(_badge(f["verdict"])),
-                        "; ".join(
-                            f"{x['rule']} ({x['field']}): {x['reason']}" for x in f["findings"]
-                        ),
-                    )
-                    for f in lint["rows"][:200]
-                ],
-                ["s", "t"],
-            )
+            body += _table(LINT_COLUMNS, lint_cells(rep, t, _tag), ["s", "t"])
         else:
-            body += _empty("No row is contaminated, rejected or suspicious.")
+            body += _empty(LINT_CLEAN)
     o.append(_section("Contaminated or suspicious rows (lint)", body, flagged))
 
     lines = verification_text(v)
@@ -903,14 +852,7 @@ def to_html(rep: dict[str, Any]) -> str:
         )
     )
 
-    body = _table(
-        ["time", "seq", "event", "by", "resource", "lock holder", "what the row says"],
-        [
-            (t(e["at"]), e["seq"], e["event"], e["agent"], e["resource"], e["holder"], e["notes"])
-            for e in rep["timeline"]
-        ],
-        ["t", "s", "n", "n", "n", "n"],
-    )
+    body = _table(TIMELINE_COLUMNS, timeline_cells(rep, t), ["t", "s", "n", "n", "n", "n"])
     if rep["timeline_quiet"]:
         body += (
             "<p class='note'>Not listed: "

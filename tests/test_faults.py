@@ -705,7 +705,10 @@ async def test_long_polls_wait_together_and_leave_nothing_behind(engine: Engine)
     waiting = [asyncio.ensure_future(engine.events("watch", head, 20)) for _ in range(200)]
     short = [asyncio.ensure_future(engine.events("other", head, 0.3)) for _ in range(50)]
     gone = asyncio.ensure_future(engine.events("gone", head, 20))
-    await asyncio.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while ("gone", head, 1000) not in engine.history._watches:  # until it waits for a row
+        assert time.monotonic() < deadline and not gone.done()
+        await asyncio.sleep(0.005)
     gone.cancel()
     for i in range(5):
         lease = await engine.acquire(me, resource=f"else/{i}", intent="unrelated")

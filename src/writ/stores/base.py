@@ -50,10 +50,10 @@ from ..models import Lease, Principal, Waiter
 T = TypeVar("T")
 Listener = Callable[[str, dict[str, Any]], None]
 
-#: The columns of each table in a dump (:meth:`Store.export_rows`), the same for every
-#: backend. Times are float seconds since the epoch; ``touches``, ``rollback``,
-#: ``request`` and ``data`` are decoded JSON; audit rows carry their stored ``body`` and
-#: ``hash`` unchanged.
+#: The columns of each table in a dump (:meth:`Store.export_rows`), tables in dump order,
+#: the same for every backend. Times are float seconds since the epoch; ``touches``,
+#: ``rollback``, ``request`` and ``data`` are decoded JSON; audit rows carry their stored
+#: ``body`` and ``hash`` unchanged.
 TABLES: dict[str, tuple[str, ...]] = {
     "principals": ("name", "kind", "vendor", "wake", "admin", "token_hash", "created_at"),
     "leases": (

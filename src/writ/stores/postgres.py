@@ -53,6 +53,9 @@ from .rows import (
     LEASE_COLS,
     PRINCIPAL_COLS,
     WAITER_COLS,
+    export_row,
+    export_sql,
+    import_row,
     to_lease,
     to_object,
     to_principal,
@@ -1077,16 +1080,14 @@ class PostgresStore(Store):
                     cur = await conn.execute("SELECT last_value, is_called FROM fencing_token")
                     last, called = await cur.fetchone()
                     yield "meta", [{"fencing_token": int(last) if called else 0}]
-                    for table in ("principals", "leases", "waiters", "objects", "audit"):
-                        cols = ", ".join(TABLES[table])
-                        key = TABLES[table][0] if table != "objects" else "kind, id"
+                    for table in TABLES:
                         async with conn.cursor(name=f"writ_export_{table}") as scur:
-                            await scur.execute(f"SELECT {cols} FROM {table} ORDER BY {key}")
+                            await scur.execute(export_sql(table))
                             while True:
                                 rows = await scur.fetchmany(batch)
                                 if not rows:
                                     break
-                                yield table, [_export_row(table, r) for r in rows]
+                                yield table, [export_row(table, r) for r in rows]
 
     async def import_rows(
         self, batches: AsyncIterable[tuple[str, list[dict[str, Any]]]]
@@ -1098,7 +1099,7 @@ class PostgresStore(Store):
                 cur = await conn.execute("SELECT seq, hash, ts FROM audit_head FOR UPDATE")
                 head = await cur.fetchone()
                 existing = {}
-                for table in ("principals", "leases", "waiters", "objects", "audit"):
+                for table in TABLES:
                     cur = await conn.execute(f"SELECT count(*) FROM {table}")
                     existing[table] = int((await cur.fetchone())[0])
                 check_empty(self.url, existing)
@@ -1116,7 +1117,7 @@ class PostgresStore(Store):
                         f"COPY {table} ({', '.join(cols)}) FROM STDIN"
                     ) as copy:
                         for r in rows:
-                            await copy.write_row(_import_row(table, r))
+                            await copy.write_row(import_row(table, r))
                     counts[table] = counts.get(table, 0) + len(rows)
                     if table == "leases" and rows:
                         token = max(token, max(int(r["fencing_token"]) for r in rows))
@@ -1137,35 +1138,3 @@ class PostgresStore(Store):
                 )
                 counts["meta"] = token
         return counts
-
-
-_JSON_COLS = {
-    ("leases", "touches"),
-    ("leases", "rollback"),
-    ("waiters", "request"),
-    ("objects", "data"),
-}
-
-
-def _export_row(table: str, r: Sequence[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for col, v in zip(TABLES[table], r, strict=True):
-        if (table, col) in _JSON_COLS and v is not None:
-            v = json.loads(v)
-        out[col] = v
-    return out
-
-
-def _import_row(table: str, r: dict[str, Any]) -> list[Any]:
-    cols = TABLES[table]
-    if table == "audit":  # the bulk of any dump: plain values
-        return [r.get(c) for c in cols]
-    out: list[Any] = []
-    for col in cols:
-        v = r.get(col)
-        if (table, col) in _JSON_COLS and v is not None:
-            v = json.dumps(v)
-        elif col == "admin":
-            v = bool(v)
-        out.append(v)
-    return out

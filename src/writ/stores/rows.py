@@ -1,4 +1,5 @@
-"""Rows to records: the column lists and converters both SQL stores share."""
+"""Rows to records: the column lists and converters both SQL stores share, for their
+queries and for dumps (:meth:`~writ.stores.base.Store.export_rows`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..models import Lease, Principal, Waiter
+from .base import TABLES
 
 LEASE_COLS = (
     "lease_id, resource, holder, intent, fencing_token, acquired_at, expires_at, ttl_s, "
@@ -62,3 +64,45 @@ def to_object(r: Sequence[Any]) -> dict[str, Any]:
     data["state"] = r[1]
     data["expires_at_ts"] = r[2]
     return data
+
+
+# ---- dumps ------------------------------------------------------------------------------
+#: The dump columns (:data:`~writ.stores.base.TABLES`) both stores keep as JSON text.
+JSON_COLS = frozenset(
+    {("leases", "touches"), ("leases", "rollback"), ("waiters", "request"), ("objects", "data")}
+)
+
+
+def export_sql(table: str) -> str:
+    """The SELECT that dumps ``table``: its :data:`TABLES` columns, in primary-key order."""
+    cols = TABLES[table]
+    key = "kind, id" if table == "objects" else cols[0]
+    return f"SELECT {', '.join(cols)} FROM {table} ORDER BY {key}"
+
+
+def export_row(table: str, r: Sequence[Any]) -> dict[str, Any]:
+    """A stored row of :func:`export_sql` as a dump row: JSON decoded, ``admin`` a bool."""
+    out: dict[str, Any] = {}
+    for col, v in zip(TABLES[table], r, strict=True):
+        if (table, col) in JSON_COLS and v is not None:
+            v = json.loads(v)
+        elif col == "admin":
+            v = bool(v)
+        out[col] = v
+    return out
+
+
+def import_row(table: str, r: dict[str, Any]) -> list[Any]:
+    """A dump row as the values of ``table``'s :data:`TABLES` columns, ready to store."""
+    cols = TABLES[table]
+    if table == "audit":  # the bulk of any dump: plain values
+        return [r.get(c) for c in cols]
+    out: list[Any] = []
+    for col in cols:
+        v = r.get(col)
+        if (table, col) in JSON_COLS and v is not None:
+            v = json.dumps(v)
+        elif col == "admin":
+            v = bool(v)
+        out.append(v)
+    return out

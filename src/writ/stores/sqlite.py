@@ -43,6 +43,9 @@ from ..resources import related_clauses
 from .base import TABLES, Store, Tx, check_empty
 from .rows import (
     LEASE_COLS,
+    export_row,
+    export_sql,
+    import_row,
     to_lease,
     to_object,
     to_principal,
@@ -835,15 +838,13 @@ class SQLiteStore(Store):
                 conn.execute("BEGIN")  # one snapshot for the whole dump (WAL)
             r = conn.execute("SELECT value FROM meta WHERE key = 'fencing_token'").fetchone()
             yield "meta", [{"fencing_token": int(r[0]) if r else 0}]
-            for table in ("principals", "leases", "waiters", "objects", "audit"):
-                cols = TABLES[table]
-                key = "kind, id" if table == "objects" else cols[0]
-                cur = conn.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {key}")
+            for table in TABLES:
+                cur = conn.execute(export_sql(table))
                 while True:
                     rows = cur.fetchmany(batch)
                     if not rows:
                         break
-                    yield table, [_export_row(table, cols, r) for r in rows]
+                    yield table, [export_row(table, r) for r in rows]
                     await asyncio.sleep(0)
         finally:
             if not self.memory:
@@ -868,10 +869,7 @@ class SQLiteStore(Store):
             try:
                 check_empty(
                     self.url,
-                    {
-                        t: int(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
-                        for t in ("principals", "leases", "waiters", "objects", "audit")
-                    },
+                    {t: int(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in TABLES},
                 )
                 token = 0
                 async for table, rows in batches:
@@ -884,7 +882,7 @@ class SQLiteStore(Store):
                     c.executemany(
                         f"INSERT INTO {table} ({', '.join(cols)})"
                         f" VALUES ({','.join('?' * len(cols))})",
-                        [_import_row(table, cols, r) for r in rows],
+                        [import_row(table, r) for r in rows],
                     )
                     counts[table] = counts.get(table, 0) + len(rows)
                     if table == "leases" and rows:
@@ -908,34 +906,3 @@ class SQLiteStore(Store):
                 self._idle.clear()
                 asyncio.get_running_loop().create_task(self._drain())
         return counts
-
-
-_SQLITE_JSON = {
-    ("leases", "touches"),
-    ("leases", "rollback"),
-    ("waiters", "request"),
-    ("objects", "data"),
-}
-
-
-def _export_row(table: str, cols: Sequence[str], r: Sequence[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for col, v in zip(cols, r, strict=True):
-        if (table, col) in _SQLITE_JSON and v is not None:
-            v = json.loads(v)
-        elif col == "admin":
-            v = bool(v)
-        out[col] = v
-    return out
-
-
-def _import_row(table: str, cols: Sequence[str], r: dict[str, Any]) -> list[Any]:
-    out: list[Any] = []
-    for col in cols:
-        v = r.get(col)
-        if (table, col) in _SQLITE_JSON and v is not None:
-            v = json.dumps(v)
-        elif col == "admin":
-            v = int(bool(v))
-        out.append(v)
-    return out

@@ -9,11 +9,12 @@ Every mark carries a tooltip (``<title>``) with its row's seq, time and notes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from html import escape
 from typing import Any
 
-from .clock import parse_time
+from .clock import parse_time, rfc3339
 from .postmortem import (
     CHANGE_COLUMNS,
     CONSENT_COLUMNS,
@@ -155,8 +156,6 @@ def timeline_svg(rep: dict[str, Any]) -> str:
     while tick < t1:
         x = LEFT + (tick - t0) / span * (W - LEFT - RIGHT)
         o.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom + 5}" stroke="#e5e7eb"/>')
-        from .clock import rfc3339
-
         label = when(rfc3339(tick), multi)
         label = label if step < 60 else label[:-3]
         o.append(
@@ -199,8 +198,7 @@ def timeline_svg(rep: dict[str, Any]) -> str:
         lane = index.get(q["resource"])
         if lane is None:
             continue
-        i = lane
-        y = top + i * LANE + LANE - 11
+        y = top + lane * LANE + LANE - 11
         x1, x2 = _x(q["at"], t0, t1), _x(q["until"], t0, t1)
         tip = _tip(
             f"seq {q['seq']}",
@@ -220,8 +218,7 @@ def timeline_svg(rep: dict[str, Any]) -> str:
     for h in rep["holders"]:
         lane = index.get(h["resource"])
         if lane is not None:
-            i = lane
-            by_lane.setdefault(i, []).append(h)
+            by_lane.setdefault(lane, []).append(h)
     for i, bars in by_lane.items():
         y = top + i * LANE + 30
         bars = sorted(bars, key=lambda h: _x(h["from"], t0, t1))
@@ -880,8 +877,6 @@ def to_html(rep: dict[str, Any]) -> str:
 
 def _md_inline(s: str) -> str:
     """Escape, then render the two markdown forms verification_text uses."""
-    import re
-
     e = escape(s)
     e = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", e)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", e)

@@ -19,6 +19,7 @@ from urllib.parse import urlparse, urlunparse
 from .errors import Invalid
 from .ledger import GENESIS, Verification, verify, verify_stream
 from .stores import Store, open_store
+from .stores.base import TABLES
 
 __all__ = ["migrate", "verify_store"]
 
@@ -99,7 +100,7 @@ async def migrate(
             await dst.close()
     finally:
         await src.close()
-    tables = {t: loaded.get(t, 0) for t in ("principals", "leases", "waiters", "objects", "audit")}
+    tables = {t: loaded.get(t, 0) for t in TABLES}
     return {
         "ok": checked.ok
         and dst_head == copy.last

@@ -319,6 +319,18 @@ def run_args(res: str, out: Path, *extra: str, child: tuple[str, ...] = ()) -> l
     ]
 
 
+def revoke_once_started(live_server: LiveServer, out: Path, reason: str) -> Callable[[], None]:
+    """A human who revokes the `writ run` lease once its child has written its first line."""
+    _, human_token = live_server.principal("human")
+
+    def revoke() -> None:
+        lease_id = wait_until(lambda: child_started(out))[0]
+        with live_server.client(human_token) as human:
+            human.revoke(lease_id, "R-44", "oncall", reason)
+
+    return revoke
+
+
 def test_run_passes_the_lease_and_the_exit_status(agent_env: dict[str, str]) -> None:
     res = unique("r")
     code = "import os, sys; print(os.environ['WRIT_LOCK_KEY']); sys.exit(3)"
@@ -373,14 +385,7 @@ def test_run_kills_the_child_when_the_lease_is_revoked(
 ) -> None:
     """A human revokes the lease: the child gets SIGTERM, writ run exits 75."""
     out = tmp_path / "child.txt"
-    _, human_token = live_server.principal("human")
-
-    def revoke() -> None:
-        lease_id = wait_until(lambda: child_started(out))[0]
-        with live_server.client(human_token) as human:
-            human.revoke(lease_id, "R-44", "oncall", "runaway batch job")
-
-    with in_background(revoke):
+    with in_background(revoke_once_started(live_server, out, "runaway batch job")):
         result = cli(run_args(unique("r"), out, "--ttl", "1", "--grace", "5"), agent_env)
     assert result.exit_code == EXIT_LEASE_LOST
     assert "revoked" in result.stderr and "SIGTERM" in result.stderr
@@ -391,13 +396,7 @@ def test_run_kills_a_stubborn_child_after_the_grace(
     agent_env: dict[str, str], live_server: LiveServer, tmp_path: Path
 ) -> None:
     out = tmp_path / "child.txt"
-    _, human_token = live_server.principal("human")
-
-    def revoke() -> None:
-        lease_id = wait_until(lambda: child_started(out))[0]
-        with live_server.client(human_token) as human:
-            human.revoke(lease_id, "R-44", "oncall", "runaway")
-
+    revoke = revoke_once_started(live_server, out, "runaway")
     started = time.monotonic()
     with in_background(revoke):
         result = cli(

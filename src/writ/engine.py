@@ -702,63 +702,71 @@ class Engine:
         so a long queue on one resource costs one short read per hand-off, not the queue.
         (A stale request further back is then dropped when it reaches the front.)
         """
-        candidates = await tx.waiters_related(paths, limit=DISPATCH_PAGE)
-        more = len(candidates) == DISPATCH_PAGE
+        page = await tx.waiters_related(paths, limit=DISPATCH_PAGE)
         earlier: list[str] = []  # resources of the candidates already considered
         now = tx.now()
-        i = 0
-        while i < len(candidates) or more:
-            if i == len(candidates):  # the first page is used up: read the rest of the queue
-                last = candidates[-1].seq
-                candidates = [c for c in await tx.waiters_related(paths) if c.seq > last]
-                more, i = False, 0
-                continue
-            w = candidates[i]
-            i += 1
-            stale = w.deadline + STALE_WAITER_S < now
-            if not stale:
-                # one that conflicts with an earlier candidate waits behind it (or its grant)
-                blocked_in_line = any(self.blast.conflicts(w.resource, e) for e in earlier)
-                earlier.append(w.resource)
-                if all(p == w.resource or p.startswith(w.resource + "/") for p in paths):
-                    more, candidates = False, []  # everyone after it waits behind it
-                if blocked_in_line:
-                    continue
-            r = w.request
-            req = Request(
-                resource=w.resource,
-                intent=r["intent"],
-                ttl_s=float(r["ttl_s"]),
-                wait_s=float(r["wait_s"]),
-                touches=list(r["touches"]),
-                consent_id=r.get("consent_id"),
-                rollback=r.get("rollback"),
-                principal=w.principal,
-                expand=self.blast.expand(w.resource),
-            )
-            if stale:
+        if await self._serve(tx, paths, page, earlier, now) or len(page) < DISPATCH_PAGE:
+            return
+        rest = [w for w in await tx.waiters_related(paths) if w.seq > page[-1].seq]
+        await self._serve(tx, paths, rest, earlier, now)
+
+    async def _serve(
+        self, tx: Tx, paths: Sequence[str], queue: list[Waiter], earlier: list[str], now: float
+    ) -> bool:
+        """:meth:`_dispatch` over one read of the queue; True once a candidate covers every
+        path (everyone after it waits behind it)."""
+        for w in queue:
+            if w.deadline + STALE_WAITER_S < now:
                 # its wait ended and nobody came for the answer: the caller, or the server
                 # it waited on, is gone; a grant would block the queue for a whole ttl
                 await tx.delete_waiter(w.waiter_id)
                 await self._deny(
                     tx,
-                    req,
+                    self._queued_request(w),
                     None,
                     f"its wait ended at {rfc3339(w.deadline)} "
                     "and nobody collected it (its caller or server is gone)",
                 )
                 continue
-            if await self._blocked(tx, req, w.seq) is not None:
-                continue
-            principal = await tx.get_principal(w.principal)
-            err = await self._run_gates(tx, principal, req) if principal else None
-            await tx.delete_waiter(w.waiter_id)
-            if err is not None:
-                await self._deny(tx, req, None, err.message)
-                tx.notify("granted", {"waiter_id": w.waiter_id, "error": err.to_body()["error"]})
-                continue
-            lease = await self._grant(tx, req, w.waiter_id)
-            tx.notify("granted", {"waiter_id": w.waiter_id, "lease_id": lease.lease_id})
+            # one that conflicts with an earlier candidate waits behind it (or its grant)
+            in_line = any(self.blast.conflicts(w.resource, e) for e in earlier)
+            earlier.append(w.resource)
+            if not in_line:
+                await self._offer(tx, w)
+            if all(resources.under(p, w.resource) for p in paths):
+                return True
+        return False
+
+    async def _offer(self, tx: Tx, w: Waiter) -> None:
+        """Grant a queued request if nothing blocks it (or refuse it by the safety rules),
+        take it out of the queue, and notify its waiter."""
+        req = self._queued_request(w)
+        if await self._blocked(tx, req, w.seq) is not None:
+            return
+        principal = await tx.get_principal(w.principal)
+        err = await self._run_gates(tx, principal, req) if principal else None
+        await tx.delete_waiter(w.waiter_id)
+        if err is not None:
+            await self._deny(tx, req, None, err.message)
+            tx.notify("granted", {"waiter_id": w.waiter_id, "error": err.to_body()["error"]})
+            return
+        lease = await self._grant(tx, req, w.waiter_id)
+        tx.notify("granted", {"waiter_id": w.waiter_id, "lease_id": lease.lease_id})
+
+    def _queued_request(self, w: Waiter) -> Request:
+        """The request a waiter queued (see :meth:`Request.to_json`)."""
+        r = w.request
+        return Request(
+            resource=w.resource,
+            intent=r["intent"],
+            ttl_s=float(r["ttl_s"]),
+            wait_s=float(r["wait_s"]),
+            touches=list(r["touches"]),
+            consent_id=r.get("consent_id"),
+            rollback=r.get("rollback"),
+            principal=w.principal,
+            expand=self.blast.expand(w.resource),
+        )
 
     async def _end(
         self,

@@ -26,7 +26,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server_fixtures import ServerProcess
+from tests.server_fixtures import ServerProcess, in_background
+from tests.test_cli import wait_until
 from writ.engine import Engine
 from writ.stores import open_store
 
@@ -60,13 +61,6 @@ def all_rows(c: httpx.Client) -> list[dict[str, Any]]:
             return rows
         rows += page
         after = page[-1]["seq"]
-
-
-def wait_until(condition: Any, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def offline_verify(db: Path) -> dict[str, Any]:
@@ -308,17 +302,10 @@ def test_a_waiter_that_hangs_up_leaves_the_queue(server: ServerProcess) -> None:
         assert [r["event"] for r in rows] == ["lease.queued", "lease.denied"], rows
 
         result: dict[str, Any] = {}
-        waiter = threading.Thread(
-            target=lambda: result.update(
-                r=lv.post(
-                    "/v1/leases", json={"resource": "hang/up", "intent": "wait", "wait_s": 30}
-                )
-            )
-        )
-        waiter.start()
-        wait_until(lambda: h.get("/v1/resources/hang/up").json()["queue"] != [])
-        assert h.post(f"/v1/leases/{held['lease_id']}/release").status_code == 200
-        waiter.join(10)
+        body = {"resource": "hang/up", "intent": "wait", "wait_s": 30}
+        with in_background(lambda: result.update(r=lv.post("/v1/leases", json=body))):
+            wait_until(lambda: h.get("/v1/resources/hang/up").json()["queue"] != [])
+            assert h.post(f"/v1/leases/{held['lease_id']}/release").status_code == 200
         assert result["r"].status_code == 201, result["r"].text
         assert result["r"].json()["holder"] == "live"
         leases = h.get("/v1/leases", params={"resource": "hang"}).json()["leases"]

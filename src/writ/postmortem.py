@@ -421,14 +421,10 @@ def build(
     lint = _lint(rows, kinds or {})
     timeline = [_plain(r) for r in rows if r.get("event") not in TIMELINE_QUIET]
     agents = sorted({str(r.get("agent_id")) for r in rows if r.get("agent_id")})
-    lanes = [
-        res
-        for res in _lane_resources(rows, query.resources)
-        if any(h["resource"] == res for h in holders)
-        or any(
-            r.get("resource") == res and r.get("event") not in ("principal.added",) for r in rows
-        )
-    ]
+    # a lane for each resource someone held, or that a row other than principal.added is about
+    drawn = {h["resource"] for h in holders}
+    drawn.update(r.get("resource") for r in rows if r.get("event") != "principal.added")
+    lanes = [res for res in _lane_resources(rows, query.resources) if res in drawn]
     report: dict[str, Any] = {
         "title": query.title or _title(query, lanes),
         "generated_by": "writ postmortem",

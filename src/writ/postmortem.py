@@ -152,14 +152,11 @@ class HttpSource:
                 return False, n, f"rows {after + 1}..{last} are missing"
             for row in rows:
                 if row["seq"] > last:
-                    break
+                    return True, n, None
                 bad = _row_problem(row, after + 1, head)
                 if bad:
                     return False, n, bad
                 head, after, n = row["hash"], row["seq"], n + 1
-            else:
-                continue
-            break
         return True, n, None
 
 
@@ -167,7 +164,7 @@ class HttpSource:
 async def collect(source: StoreSource | HttpSource, query: Query) -> dict[str, Any]:
     """Read the rows of ``query`` from ``source`` and build the report."""
     rows, truncated = await _select(source, query)
-    kinds: dict[str, str] = {}
+    kinds: dict[str, str]
     try:
         kinds = await source.kinds()
     except Exception:

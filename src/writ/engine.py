@@ -40,7 +40,7 @@ from .errors import (
     WritError,
 )
 from .ledger import Verification
-from .models import KINDS, Lease, Principal, Waiter, new_id, public
+from .models import KINDS, Lease, Principal, Waiter, data, new_id, public
 from .policy import Policy
 from .routes import check_route
 from .stores.base import Store, Tx
@@ -824,15 +824,19 @@ class Engine:
                 await self._expire(tx, lease)
         for d in await self.policy_objects(tx, paths, "delay"):
             if (d.get("expires_at_ts") or 0) <= now:
-                await tx.put_object(
-                    "delay",
-                    d["lease_id"],
-                    d["resource"],
-                    "done",
-                    {k: v for k, v in d.items() if k not in ("state", "expires_at_ts")},
-                    d["expires_at_ts"],
-                )
-                await self._dispatch(tx, self.blast.expand(d["resource"]))
+                await self._end_delay(tx, d)
+
+    async def _end_delay(self, tx: Tx, delay: dict[str, Any]) -> None:
+        """Mark a lock-delay past its end done, and serve the queue it held back."""
+        await tx.put_object(
+            "delay",
+            delay["lease_id"],
+            delay["resource"],
+            "done",
+            data(delay),
+            delay["expires_at_ts"],
+        )
+        await self._dispatch(tx, self.blast.expand(delay["resource"]))
 
     async def _own_lease(self, tx: Tx, principal: Principal, lease_id: str) -> Lease:
         if not isinstance(lease_id, str) or not lease_id:
@@ -1129,15 +1133,7 @@ class Engine:
                 if fresh is not None and fresh.state == "held" and fresh.expires_at <= now:
                     await self._expire(tx, fresh)
             for d in await tx.objects_due("delay", "active", now, 500):
-                await tx.put_object(
-                    "delay",
-                    d["lease_id"],
-                    d["resource"],
-                    "done",
-                    {k: v for k, v in d.items() if k not in ("state", "expires_at_ts")},
-                    d["expires_at_ts"],
-                )
-                await self._dispatch(tx, self.blast.expand(d["resource"]))
+                await self._end_delay(tx, d)
             return len(due)
 
         n = await self.store.transact(fn)

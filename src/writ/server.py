@@ -163,11 +163,7 @@ class LimitBody:
                     return
                 if not msg.get("more_body", False):
                     break
-
-            async def replay() -> Message:
-                return buffered.pop(0) if buffered else await receive()
-
-            await self.app(scope, replay, send)
+            await self.app(scope, _replay(buffered, receive), send)
             return
         seen = 0
 
@@ -183,14 +179,20 @@ class LimitBody:
         await self.app(scope, limited, send)
 
 
-async def _send_error(send: Send, err: WritError) -> None:
-    import json
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """``receive`` that first hands back ``messages`` (already read from it), in order."""
 
-    body = json.dumps(err.to_body()).encode()
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replay
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
     await send(
         {
             "type": "http.response.start",
-            "status": err.status,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
@@ -200,13 +202,18 @@ async def _send_error(send: Send, err: WritError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _unless_hung_up(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work`` (maybe a wait in the queue), cancelling it if the client disconnects:
-    a caller who hung up gives up its place in the queue, and any lease granted meanwhile
-    (the engine's cancellation path). Servers do not cancel a handler on disconnect."""
-    return await _unless_hung_up_raw(request.receive, work)
+async def _send_error(send: Send, err: WritError) -> None:
+    await _send_json(send, err.status, json.dumps(err.to_body()).encode())
 
 
+# the answer to an unexpected exception, from the app's catch-all handler and the lean path
+_INTERNAL_ERROR = {
+    "error": {
+        "code": "internal",
+        "message": "writ hit an internal error; nothing was changed unless the response said "
+        "so. The server log has the details.",
+    }
+}
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps builds one per call
 
 
@@ -258,27 +265,19 @@ class FastLeases:
                 req = json.loads(body)
             except (ValueError, RecursionError):  # FastAPI answers these below
                 req = None
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if not (
-            auth[:7].lower() == "bearer "
-            and auth[7:].strip()
+            token
             and (
                 (lease_id is not None and not body)
                 or (type(req) is dict and req.keys() <= self.ACQUIRE_KEYS)
             )
         ):
-            replayed = False
-
-            async def replay() -> Message:
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            await self.app(scope, replay, send)
+            whole: Message = {"type": "http.request", "body": body, "more_body": False}
+            await self.app(scope, _replay([whole], receive), send)
             return
         try:
-            me = await self.engine.authenticate(auth[7:].strip())
+            me = await self.engine.authenticate(token)
             if lease_id is not None:
                 out, status = await self.engine.release(me, lease_id), 200
             else:
@@ -293,7 +292,7 @@ class FastLeases:
                     rollback=None,
                 )
                 if req.get("wait_s"):
-                    out = await _unless_hung_up_raw(receive, work)
+                    out = await _unless_hung_up(receive, work)
                 else:
                     out = await work
                 status = 201
@@ -301,29 +300,8 @@ class FastLeases:
             out, status = err.to_body(), err.status
         except Exception:  # the same answer as the app's catch-all handler
             log.exception("unhandled error on POST %s", path)
-            out, status = (
-                {
-                    "error": {
-                        "code": "internal",
-                        "message": "writ hit an internal error; "
-                        "nothing was changed unless the response said so. The server log has "
-                        "the details.",
-                    }
-                },
-                500,
-            )
-        raw = _COMPACT.encode(out).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(raw)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": raw})
+            out, status = _INTERNAL_ERROR, 500
+        await _send_json(send, status, _COMPACT.encode(out).encode())
 
 
 class WritApp(FastAPI):
@@ -344,8 +322,11 @@ class WritApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-async def _unless_hung_up_raw(receive: Receive, work: Awaitable[T]) -> T:
-    """:func:`_unless_hung_up` on a raw ASGI ``receive``."""
+async def _unless_hung_up(receive: Receive, work: Awaitable[T]) -> T:
+    """Await ``work`` (maybe a wait in the queue), cancelling it if the client disconnects
+    (``receive`` is the request's): a caller who hung up gives up its place in the queue, and
+    any lease granted meanwhile (the engine's cancellation path). Servers do not cancel a
+    handler on disconnect."""
     task = asyncio.ensure_future(work)
 
     async def hung_up() -> None:
@@ -440,16 +421,7 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            {
-                "error": {
-                    "code": "internal",
-                    "message": "writ hit an internal error; nothing was changed "
-                    "unless the response said so. The server log has the details.",
-                }
-            },
-            status_code=500,
-        )
+        return JSONResponse(_INTERNAL_ERROR, status_code=500)
 
     # -- health and principals ---------------------------------------------------------
     @app.get("/v1/health", tags=["meta"])
@@ -475,7 +447,7 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     @app.post("/v1/leases", status_code=201, tags=["leases"])
     async def acquire(me: Me, body: AcquireIn, request: Request) -> dict[str, Any]:
         return await _unless_hung_up(
-            request,
+            request.receive,
             engine.acquire(
                 me,
                 resource=body.resource,

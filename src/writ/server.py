@@ -135,8 +135,10 @@ class LimitBody:
         if sum(len(k) + len(v) for k, v in headers) > MAX_HEADERS:
             await _send_error(send, TooLarge(f"request headers exceed {MAX_HEADERS} bytes"))
             return
+        declared = False
         for k, v in headers:
             if k == b"content-length":
+                declared = True
                 try:
                     n = int(v)
                 except ValueError:
@@ -147,7 +149,7 @@ class LimitBody:
                         send, TooLarge(f"request body of {n} bytes exceeds {MAX_BODY}")
                     )
                     return
-        if not any(k == b"content-length" for k, _ in headers):
+        if not declared:
             # no declared length (chunked): read the body here, up to the limit, so an
             # oversized one gets 413 (raising from receive() reaches FastAPI as a 400)
             buffered: list[Message] = []

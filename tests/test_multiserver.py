@@ -20,7 +20,6 @@ import itertools
 import os
 import random
 import shutil
-import socket
 import statistics
 import sys
 import time
@@ -33,16 +32,11 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
+from tests.server_fixtures import ADMIN_TOKEN, free_port
 from tests.stores_fixtures import Backend, with_query
+from tests.test_faults import add_principals, all_rows, verify
 
-ADMIN = "multiserver-admin-token"
 RESOURCE = "prod/db"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
@@ -51,7 +45,7 @@ async def writ_servers(store_url: str, n: int, tmp: Path) -> AsyncIterator[list[
     test's event loop may be running the proxy the servers connect through.)"""
     procs: list[asyncio.subprocess.Process] = []
     urls = []
-    env = {**os.environ, "WRIT_ADMIN_TOKEN": ADMIN}
+    env = {**os.environ, "WRIT_ADMIN_TOKEN": ADMIN_TOKEN}
     try:
         for i in range(n):
             port = free_port()
@@ -229,43 +223,7 @@ async def contend(urls: list[str], tokens: list[str], seconds: float, load: Load
 
 
 async def setup_agents(url: str, n: int) -> list[str]:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-        tokens = []
-        for i in range(n):
-            r = await c.post(
-                "/v1/principals",
-                headers={"Authorization": f"Bearer {ADMIN}"},
-                json={"name": f"agent-{i:02d}", "kind": "agent"},
-            )
-            assert r.status_code == 201, r.text
-            tokens.append(r.json()["token"])
-        return tokens
-
-
-async def ledger(url: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
-        after = 0
-        while True:
-            r = await c.get(
-                "/v1/audit",
-                params={"after_seq": after, "limit": 10000},
-                headers={"Authorization": f"Bearer {ADMIN}"},
-            )
-            assert r.status_code == 200, r.text
-            rows = r.json()["rows"]
-            if not rows:
-                return out
-            out += rows
-            after = r.json()["next_after_seq"]
-
-
-async def verify(url: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
-        r = await c.get("/v1/audit/verify", headers={"Authorization": f"Bearer {ADMIN}"})
-        assert r.status_code == 200, r.text
-        result: dict[str, Any] = r.json()
-        return result
+    return await add_principals(url, "agent", [f"agent-{i:02d}" for i in range(n)])
 
 
 def check_history(rows: list[dict[str, Any]], load: Load) -> dict[str, Any]:
@@ -328,7 +286,7 @@ async def test_two_servers_sixteen_agents_one_resource(servers: list[str]) -> No
     tokens = await setup_agents(servers[0], 16)
     load = Load()
     await contend(servers, tokens, 3.0, load)
-    rows = await ledger(servers[1])
+    rows = await all_rows(servers[1])
     stats = check_history(rows, load)
     wakes = sorted(stats["cross_server_wakes"])
     assert stats["grants"] > 30 and len(wakes) > 10, stats | {"statuses": load.statuses}
@@ -373,7 +331,7 @@ async def _outage_under_load(
     await work
     after = [t for t, s in load.timeline if s == 201 and t > restored]
     assert after, f"no grant after the outage: {load.statuses}\n{await db_state(backend)}"
-    rows = await ledger(urls[0])
+    rows = await all_rows(urls[0])
     stats = check_history(rows, load)
     result = await verify(urls[1])
     assert result["ok"] and result["rows"] == len(rows), result

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from writ.cli import main
 from writ.clock import ManualClock, parse_time
+from writ.demo import POLICY as SEED_POLICY
 from writ.engine import Engine
 from writ.errors import ConsentRequired
 from writ.ledger import seal
@@ -33,21 +34,8 @@ from writ.postmortem_html import timeline_svg, to_html
 from writ.stores.sqlite import SQLiteStore
 
 T0 = parse_time("2026-05-16T10:00:00Z")
-POLICY = """
-rollback_base_url = "http://rollback.test"
-default_override_queue = "svc-ops-princess"
-
-[blast_radius]
-db-tier = ["prod/db", "routing/db-tier", "capacity/db"]
-
-[[rules]]
-prefix = "prod"
-protect_s = 900
-max_hold_s = 600
-page_after_s = 60
-lock_delay_s = 5
-consent_timeout_s = 120
-"""
+# the seed's policy (max_hold_s 600 and page_after_s 60 under prod time the stuck lock below)
+POLICY = 'rollback_base_url = "http://rollback.test"\n' + SEED_POLICY
 PLAN = {
     "allowed": True,
     "path": "/internal/db/rollback?txn=8841",
@@ -474,7 +462,7 @@ async def test_reads_by_index_never_a_full_scan(incident: Incident) -> None:
 
 async def test_report_on_every_backend(make_engine: Any) -> None:
     """The same story reads the same from SQLite and PostgreSQL (indexed reads, probes)."""
-    e = await make_engine(POLICY.replace('rollback_base_url = "http://rollback.test"\n', ""))
+    e = await make_engine(SEED_POLICY)
     p = {
         n: (await e.add_principal(None, n, k))[0]
         for n, k in (("perf-agent", "agent"), ("cost-agent", "agent"))

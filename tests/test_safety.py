@@ -18,26 +18,11 @@ import httpx
 import pytest
 
 from writ.clock import ManualClock
+from writ.demo import POLICY as SEED_POLICY
 from writ.engine import Engine
 from writ.policy import parse
 from writ.server import create_app
 from writ.stores.sqlite import SQLiteStore
-
-POLICY = """
-rollback_base_url = "{base}"
-default_override_queue = "svc-ops-princess"
-
-[blast_radius]
-db-tier = ["prod/db", "routing/db-tier", "capacity/db"]
-
-[[rules]]
-prefix = "prod"
-protect_s = 900
-max_hold_s = 600
-page_after_s = 60
-lock_delay_s = 5
-consent_timeout_s = 120
-"""
 
 
 class Receiver:
@@ -115,7 +100,9 @@ async def world(tmp_path: Any, receiver: Receiver) -> AsyncIterator[World]:
     clock = ManualClock()
     engine = Engine(
         SQLiteStore(f"sqlite:///{tmp_path}/w.db", clock=clock),
-        parse(POLICY.format(base=receiver.base)),
+        # the seed's policy: under prod, protect 900 s, hold 600 s, page after 60 s,
+        # lock-delay 5 s, consent timeout 120 s; prod/db, routing/db-tier and capacity/db as one
+        parse(f'rollback_base_url = "{receiver.base}"\n' + SEED_POLICY),
     )
     engine.caller.backoff = 0.01
     await engine.start(background=False)

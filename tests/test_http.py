@@ -1006,3 +1006,13 @@ async def test_lean_acquire_path_answers_like_the_full_one(
         if r.status_code == 201:
             assert r.json()["ttl_s"] == float(b.get("ttl_s", 30))
     assert answers[0] == answers[1], answers
+
+
+async def test_lean_acquire_path_writes_the_same_bytes_as_the_full_one(writ: Writ) -> None:
+    """Both paths write the lease as FastAPI does: compact UTF-8, not ``\\u`` escapes."""
+    token = await writ.principal("utf-agent")
+    for n, extra in enumerate(({}, {"consent_id": None})):
+        body = {"resource": f"utf/{n}", "intent": "capacity 4→8", **extra}
+        r = await writ.c.post("/v1/leases", json=body, headers=writ.auth(token))
+        assert r.status_code == 201, r.text
+        assert '"intent":"capacity 4→8",'.encode() in r.content, r.content

@@ -216,7 +216,9 @@ _INTERNAL_ERROR = {
         "so. The server log has the details.",
     }
 }
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps builds one per call
+# the lean path's JSON, written as FastAPI's JSONResponse writes it (UTF-8, no spaces);
+# built once: json.dumps builds an encoder per call
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 class FastLeases:

@@ -141,11 +141,9 @@ def postmortem_command(
             parse_time(until) if until else None,
         )
     query.limit, query.title = limit, title
-    fmt = fmt or (
-        Path(out_path).suffix.lstrip(".").replace("markdown", "md")
-        if out_path and Path(out_path).suffix.lstrip(".") in ("md", "html", "json", "markdown")
-        else "md"
-    )
+    if fmt is None:  # from --out's suffix, else md
+        suffix = Path(out_path or "").suffix.lstrip(".").replace("markdown", "md")
+        fmt = suffix if suffix in FORMATS else "md"
 
     async def go() -> dict[str, Any]:
         from .postmortem import HttpSource, StoreSource

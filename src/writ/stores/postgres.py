@@ -56,10 +56,13 @@ from .rows import (
     export_row,
     export_sql,
     import_row,
+    lease_values,
+    principal_values,
     to_lease,
     to_object,
     to_principal,
     to_waiter,
+    waiter_values,
 )
 
 T = TypeVar("T")
@@ -257,15 +260,7 @@ class PgTx(Tx):
         row = await self._one(
             "INSERT INTO principals (name, kind, vendor, wake, admin, token_hash, created_at)"
             " VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING RETURNING name",
-            (
-                principal.name,
-                principal.kind,
-                principal.vendor,
-                principal.wake,
-                principal.admin,
-                token_hash,
-                principal.created_at,
-            ),
+            principal_values(principal, token_hash),
         )
         if row is None:
             raise Conflict(f"principal {principal.name!r} already exists", name=principal.name)
@@ -290,21 +285,7 @@ class PgTx(Tx):
         await self.c.execute(
             f"INSERT INTO leases ({LEASE_COLS}, request_id)"
             " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-            (
-                lease.lease_id,
-                lease.resource,
-                lease.holder,
-                lease.intent,
-                lease.fencing_token,
-                lease.acquired_at,
-                lease.expires_at,
-                lease.ttl_s,
-                json.dumps(lease.touches),
-                lease.state,
-                json.dumps(lease.rollback) if lease.rollback else None,
-                lease.ended_at,
-                request_id,
-            ),
+            lease_values(lease, request_id),
         )
 
     async def update_lease(self, lease: Lease) -> None:
@@ -379,14 +360,7 @@ class PgTx(Tx):
         row = await self._one(
             "INSERT INTO waiters (waiter_id, resource, principal, request, enqueued_at, deadline)"
             " VALUES (%s,%s,%s,%s,%s,%s) RETURNING seq",
-            (
-                waiter.waiter_id,
-                waiter.resource,
-                waiter.principal,
-                json.dumps(waiter.request),
-                waiter.enqueued_at,
-                waiter.deadline,
-            ),
+            waiter_values(waiter),
         )
         waiter.seq = int(row[0])
         return waiter

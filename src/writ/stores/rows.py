@@ -66,6 +66,53 @@ def to_object(r: Sequence[Any]) -> dict[str, Any]:
     return data
 
 
+# ---- records to rows (the values of an INSERT; its placeholders are each store's own) ----
+def lease_values(lease: Lease, request_id: str | None) -> tuple[Any, ...]:
+    """A lease's column values, in the order of ``LEASE_COLS, request_id``."""
+    return (
+        lease.lease_id,
+        lease.resource,
+        lease.holder,
+        lease.intent,
+        lease.fencing_token,
+        lease.acquired_at,
+        lease.expires_at,
+        lease.ttl_s,
+        json.dumps(lease.touches),
+        lease.state,
+        json.dumps(lease.rollback) if lease.rollback else None,
+        lease.ended_at,
+        request_id,
+    )
+
+
+def principal_values(principal: Principal, token_hash: str) -> tuple[Any, ...]:
+    """A principal's column values: ``name, kind, vendor, wake, admin, token_hash,
+    created_at``."""
+    return (
+        principal.name,
+        principal.kind,
+        principal.vendor,
+        principal.wake,
+        bool(principal.admin),
+        token_hash,
+        principal.created_at,
+    )
+
+
+def waiter_values(waiter: Waiter) -> tuple[Any, ...]:
+    """A queued request's column values but ``seq`` (the store assigns it): ``waiter_id,
+    resource, principal, request, enqueued_at, deadline``."""
+    return (
+        waiter.waiter_id,
+        waiter.resource,
+        waiter.principal,
+        json.dumps(waiter.request),
+        waiter.enqueued_at,
+        waiter.deadline,
+    )
+
+
 # ---- dumps ------------------------------------------------------------------------------
 #: The dump columns (:data:`~writ.stores.base.TABLES`) both stores keep as JSON text.
 JSON_COLS = frozenset(

@@ -46,10 +46,13 @@ from .rows import (
     export_row,
     export_sql,
     import_row,
+    lease_values,
+    principal_values,
     to_lease,
     to_object,
     to_principal,
     to_waiter,
+    waiter_values,
 )
 
 T = TypeVar("T")
@@ -235,15 +238,7 @@ class SQLiteTx(Tx):
             self.c.execute(
                 "INSERT INTO principals (name, kind, vendor, wake, admin, token_hash, created_at)"
                 " VALUES (?,?,?,?,?,?,?)",
-                (
-                    principal.name,
-                    principal.kind,
-                    principal.vendor,
-                    principal.wake,
-                    int(principal.admin),
-                    token_hash,
-                    principal.created_at,
-                ),
+                principal_values(principal, token_hash),
             )
         except sqlite3.IntegrityError:
             raise Conflict(
@@ -275,21 +270,7 @@ class SQLiteTx(Tx):
         self._w()
         self.c.execute(
             f"INSERT INTO leases ({LEASE_COLS}, request_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                lease.lease_id,
-                lease.resource,
-                lease.holder,
-                lease.intent,
-                lease.fencing_token,
-                lease.acquired_at,
-                lease.expires_at,
-                lease.ttl_s,
-                json.dumps(lease.touches),
-                lease.state,
-                json.dumps(lease.rollback) if lease.rollback else None,
-                lease.ended_at,
-                request_id,
-            ),
+            lease_values(lease, request_id),
         )
 
     async def update_lease(self, lease: Lease) -> None:
@@ -359,14 +340,7 @@ class SQLiteTx(Tx):
         cur = self.c.execute(
             "INSERT INTO waiters (waiter_id, resource, principal, request, enqueued_at, deadline)"
             " VALUES (?,?,?,?,?,?)",
-            (
-                waiter.waiter_id,
-                waiter.resource,
-                waiter.principal,
-                json.dumps(waiter.request),
-                waiter.enqueued_at,
-                waiter.deadline,
-            ),
+            waiter_values(waiter),
         )
         waiter.seq = int(cur.lastrowid or 0)
         self.store._known["waiters"] = True

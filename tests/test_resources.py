@@ -61,6 +61,16 @@ def test_blast_radius_groups_conflict_as_one() -> None:
     assert not br.conflicts("routing/edge", "prod/db")
     assert not br.conflicts("staging/db", "prod/db")
     assert br.group_names("prod/db/x") == ["db-tier"]
+    # a lease on any of these holds write authority over prod/db/x; not one on a descendant
+    assert br.covering("prod/db/x") == {
+        "prod",
+        "prod/db",
+        "prod/db/x",
+        "routing",
+        "routing/db-tier",
+        "capacity",
+        "capacity/db",
+    }
 
 
 def test_touching_groups_are_merged() -> None:

@@ -188,14 +188,19 @@ class Engine:
         """The standing policy objects of ``kind`` related to ``paths`` (see POLICY_OBJECTS)."""
         return (await tx.objects_related_many(POLICY_OBJECTS, paths))[kind]
 
-    async def holder_name(self, tx: Tx, resource: str) -> str:
-        """Who holds write authority over ``resource`` now (``"none"`` when nobody)."""
+    async def holder(self, tx: Tx, resource: str) -> Lease | None:
+        """The lease that holds write authority over ``resource`` now, if any."""
         now = tx.now()
-        covering = {a for p in self.blast.expand(resource) for a in (p, *resources.ancestors(p))}
+        covering = self.blast.covering(resource)
         for lease in await tx.held_related(self.blast.expand(resource)):
             if lease.expires_at > now and lease.resource in covering:
-                return lease.holder
-        return "none"
+                return lease
+        return None
+
+    async def holder_name(self, tx: Tx, resource: str) -> str:
+        """Who holds write authority over ``resource`` now (``"none"`` when nobody)."""
+        lease = await self.holder(tx, resource)
+        return lease.holder if lease else "none"
 
     def call_later(
         self, tx: Tx, kind: str, route: str | None, payload: dict[str, Any], row: dict[str, Any]

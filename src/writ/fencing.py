@@ -83,18 +83,10 @@ class Fencing:
             token = int(fencing_token) if fencing_token not in (None, "") else None
         except (TypeError, ValueError):
             token = None
-        covering = {
-            a for p in self.engine.blast.expand(resource) for a in (p, *resources.ancestors(p))
-        }
 
         async def fn(tx: Tx) -> dict[str, Any]:
             now = tx.now()
-            held = [
-                l
-                for l in await tx.held_related(self.engine.blast.expand(resource))
-                if l.expires_at > now and l.resource in covering
-            ]
-            current = held[0] if held else None
+            current = await self.engine.holder(tx, resource)
             mark = await tx.get_object("gatemark", resource)
             highest = int(mark["token"]) if mark else 0
             lease = await tx.get_lease(lease_id) if isinstance(lease_id, str) and lease_id else None

@@ -31,9 +31,7 @@ class History:
         group counts; such leases exclude each other, so at most one answers.
         """
         resources.validate(resource)
-        covering = sorted(
-            {a for p in self.engine.blast.expand(resource) for a in (p, *resources.ancestors(p))}
-        )
+        covering = sorted(self.engine.blast.covering(resource))
 
         async def fn(tx: Tx) -> dict[str, Any]:
             t = tx.now() if at is None else at

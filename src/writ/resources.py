@@ -104,6 +104,11 @@ class BlastRadius:
             self._cache[resource] = result
         return result
 
+    def covering(self, resource: str) -> set[str]:
+        """Where a lease holds write authority over ``resource``: every path of
+        ``expand(resource)`` and every ancestor of one."""
+        return {a for p in self.expand(resource) for a in (p, *ancestors(p))}
+
     def group_names(self, resource: str) -> list[str]:
         """Names of the groups whose blast radius ``resource`` falls in."""
         return sorted(

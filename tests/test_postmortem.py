@@ -126,14 +126,15 @@ async def _script(x: Incident) -> None:
     await e.freezes.lift(p["svc-ops-princess"], fz["freeze_id"])
 
 
-@pytest.fixture
-async def incident(tmp_path: Path) -> AsyncIterator[Incident]:
+async def _play(path: Path, wakes: bool) -> Incident:
+    """The scripted incident played into a new store at ``path`` (the engine left running);
+    with ``wakes``, each principal has a wake route (answered 200)."""
     clock = ManualClock(T0 - 60)
-    engine = Engine(SQLiteStore(f"sqlite:///{tmp_path}/w.db", clock=clock), parse(POLICY))
+    engine = Engine(SQLiteStore(f"sqlite:///{path}", clock=clock), parse(POLICY))
     engine.caller.transport = httpx.MockTransport(lambda r: httpx.Response(200))
     engine.caller.backoff = 0.001
     await engine.start(background=False)
-    x = Incident(engine, clock, tmp_path / "w.db")
+    x = Incident(engine, clock, path)
     for name, kind in (
         ("perf-agent", "agent"),
         ("cost-agent", "agent"),
@@ -142,11 +143,17 @@ async def incident(tmp_path: Path) -> AsyncIterator[Incident]:
         ("svc-ops-princess", "queue"),
         ("oncall-jane", "human"),
     ):
-        wake = f"http://wake.test/{name}"
+        wake = f"http://wake.test/{name}" if wakes else None
         x.p[name] = (await engine.add_principal(None, name, kind, wake=wake))[0]
     await _script(x)
+    return x
+
+
+@pytest.fixture
+async def incident(tmp_path: Path) -> AsyncIterator[Incident]:
+    x = await _play(tmp_path / "w.db", wakes=True)
     yield x
-    await engine.stop()
+    await x.engine.stop()
 
 
 async def _report(x: Incident, query: Query | None = None) -> dict[str, Any]:
@@ -414,24 +421,9 @@ def incident_db(tmp_path: Path) -> Path:
     """The scripted incident's store file, closed (for the CLI)."""
 
     async def make() -> Path:
-        clock = ManualClock(T0 - 60)
-        path = tmp_path / "incident.db"
-        engine = Engine(SQLiteStore(f"sqlite:///{path}", clock=clock), parse(POLICY))
-        engine.caller.transport = httpx.MockTransport(lambda r: httpx.Response(200))
-        await engine.start(background=False)
-        x = Incident(engine, clock, path)
-        for name, kind in (
-            ("perf-agent", "agent"),
-            ("cost-agent", "agent"),
-            ("routing-agent", "agent"),
-            ("batch-agent", "agent"),
-            ("svc-ops-princess", "queue"),
-            ("oncall-jane", "human"),
-        ):
-            x.p[name] = (await engine.add_principal(None, name, kind))[0]
-        await _script(x)
-        await engine.stop()
-        return path
+        x = await _play(tmp_path / "incident.db", wakes=False)
+        await x.engine.stop()
+        return x.path
 
     return asyncio.run(make())
 

@@ -20,14 +20,14 @@ def api_options(
 ) -> F:
     """``--url`` and ``--token`` on a command that talks to a server."""
     f = click.option("--token", envvar="WRIT_TOKEN", metavar="TOKEN", help=token_help)(f)
-    f = click.option(
-        "--url",
-        envvar="WRIT_URL",
-        default=DEFAULT_URL,
-        show_default=True,
-        help="URL of the writ server [env WRIT_URL].",
-    )(f)
-    return f
+    return url_option()(f)
+
+
+def url_option(help_text: str = "URL of the writ server [env WRIT_URL].") -> Callable[[F], F]:
+    """``--url``: from ``WRIT_URL``, else the local default server."""
+    return click.option(
+        "--url", envvar="WRIT_URL", default=DEFAULT_URL, show_default=True, help=help_text
+    )
 
 
 def json_option(f: F) -> F:

@@ -10,20 +10,13 @@ import logging
 
 import click
 
-from .cli_options import log_level_option
-from .client import DEFAULT_URL
+from .cli_options import log_level_option, url_option
 from .errors import WritError
 
 __all__ = ["gate_command", "mcp_command"]
 
 
-_url_option = click.option(
-    "--url",
-    envvar="WRIT_URL",
-    default=DEFAULT_URL,
-    show_default=True,
-    help="writ server URL (or WRIT_URL).",
-)
+_url_option = url_option("writ server URL (or WRIT_URL).")
 
 
 def _header(value: str) -> tuple[str, str]:

@@ -344,30 +344,15 @@ def _principal(fld: str, kind: str, says: str) -> Callable[[Row, Linter], list[H
     return check
 
 
-def _rollback_without_key_holder(row: Row, lt: Linter) -> list[Hit] | None:
-    if _true(row.get("rollback_allowed")) and _blank(row.get("rollback_key_holder")):
-        return [
-            (
-                "rollback_key_holder",
-                "rollback_allowed is true but no rollback_key_holder: "
-                "who holds the key while the lock is held? (not 'the platform')",
-                False,
-            )
-        ]
-    return None
+def _needs(flag: str, fld: str, reason: str) -> Callable[[Row, Linter], list[Hit] | None]:
+    """A rule that fires when ``flag`` is true and ``fld`` is blank."""
 
+    def check(row: Row, lt: Linter) -> list[Hit] | None:
+        if _true(row.get(flag)) and _blank(row.get(fld)):
+            return [(fld, reason, False)]
+        return None
 
-def _rollback_without_path(row: Row, lt: Linter) -> list[Hit] | None:
-    if _true(row.get("rollback_allowed")) and _blank(row.get("rollback_path")):
-        return [
-            (
-                "rollback_path",
-                "rollback_allowed is true with no rollback_path: a rollback "
-                "with no route is a hostage note",
-                False,
-            )
-        ]
-    return None
+    return check
 
 
 def _rollback_path_not_route(row: Row, lt: Linter) -> list[Hit] | None:
@@ -455,20 +440,6 @@ def _denominator_is_defect(row: Row, lt: Linter) -> list[Hit] | None:
             False,
         )
     ]
-
-
-def _revoke_without_provenance(row: Row, lt: Linter) -> list[Hit] | None:
-    if _true(row.get("second_key_revoked")) and _blank(row.get("second_key_revoke_provenance")):
-        return [
-            (
-                "second_key_revoke_provenance",
-                "second_key_revoked is a bare boolean: name who "
-                "revoked, via which runbook, when, and who was paged in "
-                "second_key_revoke_provenance",
-                False,
-            )
-        ]
-    return None
 
 
 _PROVENANCE_KEYS = {
@@ -567,14 +538,24 @@ RULES: tuple[Rule, ...] = (
         _KH,
         "suspicious",
         "rollback_allowed is true but nobody holds the key",
-        _rollback_without_key_holder,
+        _needs(
+            "rollback_allowed",
+            _KH,
+            "rollback_allowed is true but no rollback_key_holder: "
+            "who holds the key while the lock is held? (not 'the platform')",
+        ),
     ),
     Rule(
         "rollback-without-path",
         _RP,
         "reject",
         "rollback_allowed is true with no rollback_path",
-        _rollback_without_path,
+        _needs(
+            "rollback_allowed",
+            _RP,
+            "rollback_allowed is true with no rollback_path: a rollback "
+            "with no route is a hostage note",
+        ),
     ),
     Rule(
         "rollback-path-not-route",
@@ -630,7 +611,12 @@ RULES: tuple[Rule, ...] = (
         _PROV,
         "reject",
         "second_key_revoked: true with no provenance",
-        _revoke_without_provenance,
+        _needs(
+            "second_key_revoked",
+            _PROV,
+            "second_key_revoked is a bare boolean: name who revoked, via which runbook, "
+            "when, and who was paged in second_key_revoke_provenance",
+        ),
     ),
     Rule(
         "revoke-provenance-incomplete",

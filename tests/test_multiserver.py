@@ -325,7 +325,10 @@ async def _outage_under_load(
     tokens = await setup_agents(urls[0], 16)
     load = Load()
     work = asyncio.create_task(contend(urls, tokens, seconds, load))
-    await asyncio.sleep(1.5)
+    deadline = time.monotonic() + seconds / 2  # the outage begins mid-load: after 10 grants
+    while len(load.granted) < 10 and not work.done():
+        assert time.monotonic() < deadline, load.statuses
+        await asyncio.sleep(0.02)
     t_cut = time.perf_counter()
     restored = await disrupt()
     await work

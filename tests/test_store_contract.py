@@ -53,6 +53,16 @@ async def _append(store: Store, *resources: str) -> list[int]:
     return await store.transact(fn)
 
 
+def _notify(kind: str) -> Any:
+    """A transaction that only sends a note of ``kind`` (a barrier: notes are delivered in
+    commit order, so once it is heard, everything committed before it has been heard)."""
+
+    async def fn(tx: Tx) -> None:
+        tx.notify(kind, {})
+
+    return fn
+
+
 async def _stored(store: Store) -> list[tuple[int, str, str]]:
     out: list[tuple[int, str, str]] = []
     async for chunk in store.audit_stream():
@@ -294,8 +304,8 @@ async def test_notifications_are_delivered_after_commit_only(store: Store) -> No
 
     with pytest.raises(KeyError):
         await store.transact(quiet)
-    await asyncio.sleep(0.05)
-    assert notes.seen == []
+    await store.transact(_notify("barrier"))
+    assert notes.seen == [("barrier", {})]
 
 
 async def test_pg_notifications_reach_every_process(pg_backend: Backend) -> None:
@@ -327,7 +337,11 @@ async def test_pg_notifications_reach_every_process(pg_backend: Backend) -> None
         assert got.get("truncated") is True  # too large for NOTIFY: cut, not lost
         assert (await theirs.wait_for("audit"))["seq"] == 1
         assert latency < 1.0, latency
-        await asyncio.sleep(0.05)
+        # each listener hears a later commit of the other store: it has heard all before it
+        await store.transact(_notify("barrier-theirs"))
+        await other.transact(_notify("barrier-ours"))
+        await theirs.wait_for("barrier-theirs")
+        await ours.wait_for("barrier-ours")
         assert [k for k in theirs.kinds() if k == "granted"] == ["granted"]
         assert ours.kinds().count("granted") == 1  # delivered locally, echo ignored
     finally:

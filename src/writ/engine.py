@@ -449,7 +449,7 @@ class Engine:
             )
         )
         await tx.append(
-            _request_row(
+            lock_row(
                 "lease.queued",
                 req.principal,
                 req.resource,
@@ -562,7 +562,7 @@ class Engine:
                 # leaving the queue is a state change too: its row ends the lease.queued one
                 held = await tx.held_related(self.blast.expand(waiter.resource))
                 await tx.append(
-                    _request_row(
+                    lock_row(
                         "lease.denied",
                         waiter.principal,
                         waiter.resource,
@@ -690,7 +690,7 @@ class Engine:
             held = [l for l in await tx.held_related(req.expand) if l.expires_at > tx.now()]
             blocker = held[0] if held else None
         await tx.append(
-            _request_row(
+            lock_row(
                 "lease.denied",
                 req.principal,
                 req.resource,
@@ -885,16 +885,13 @@ class Engine:
             lease.expires_at = now + lease.ttl_s
             await tx.update_lease(lease)
             await tx.append(
-                {
-                    "event": "lease.renewed",
-                    "agent_id": principal.name,
-                    "resource": lease.resource,
-                    "lock_holder": lease.holder,
-                    "lock_key": lease.lock_key,
-                    "lock_acquired_at": rfc3339(lease.acquired_at),
-                    "fencing_token": lease.fencing_token,
-                    "notes": f"renewed until {rfc3339(lease.expires_at)}",
-                }
+                lock_row(
+                    "lease.renewed",
+                    principal.name,
+                    lease.resource,
+                    lease,
+                    f"renewed until {rfc3339(lease.expires_at)}",
+                )
             )
             return lease
 
@@ -1166,19 +1163,19 @@ class Engine:
             await asyncio.sleep(delay)
 
 
-def _request_row(
-    event: str, agent: str, resource: str, blocker: Lease | None, notes: str
+def lock_row(
+    event: str, agent: str, resource: str, lock: Lease | None, notes: str
 ) -> dict[str, Any]:
-    """Audit fields of a row about a request (queued, refused, withdrawn): it names the lease
-    that stands in its way, if any."""
+    """Audit fields of a row about ``resource`` that names the lease holding it (or standing
+    in a request's way), if any, but not its rollback plan (see :meth:`Engine.lease_row`)."""
     return {
         "event": event,
         "agent_id": agent,
         "resource": resource,
-        "lock_holder": blocker.holder if blocker else "none",
-        "lock_key": blocker.lock_key if blocker else None,
-        "lock_acquired_at": rfc3339(blocker.acquired_at) if blocker else None,
-        "fencing_token": blocker.fencing_token if blocker else None,
+        "lock_holder": lock.holder if lock else "none",
+        "lock_key": lock.lock_key if lock else None,
+        "lock_acquired_at": rfc3339(lock.acquired_at) if lock else None,
+        "fencing_token": lock.fencing_token if lock else None,
         "notes": notes,
     }
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import resources
 from .clock import rfc3339
+from .engine import lock_row
 from .errors import Invalid, Unauthenticated
 from .models import Principal
 from .stores.base import Tx
@@ -115,18 +116,16 @@ class Fencing:
             else:
                 code = "passed"
             who = caller.name if caller else "unknown"
-            row = {
-                "event": "gate.passed" if code == "passed" else "gate.refused",
-                "agent_id": who,
-                "resource": resource,
-                "lock_holder": current.holder if current else "none",
-                "lock_key": current.lock_key if current else None,
-                "lock_acquired_at": rfc3339(current.acquired_at) if current else None,
-                "fencing_token": current.fencing_token if current else None,
-                "notes": f"{method} {path} via {gate.name}: "
-                + (f"passed with token {token}" if code == "passed" else f"refused: {why}"),
-            }
-            await tx.append(row)
+            await tx.append(
+                lock_row(
+                    "gate.passed" if code == "passed" else "gate.refused",
+                    who,
+                    resource,
+                    current,
+                    f"{method} {path} via {gate.name}: "
+                    + (f"passed with token {token}" if code == "passed" else f"refused: {why}"),
+                )
+            )
             if code == "passed" and token is not None and token > highest:
                 await tx.put_object("gatemark", resource, resource, "active", {"token": token})
             holder = None

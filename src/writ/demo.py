@@ -313,6 +313,7 @@ async def _script(w: World, run: Run, db: SimDB) -> None:
                 "doubles capacity 4→8",
             )
         elif t == 30:
+            seen = (await w.engine.audit(0, 10_000))["next_after_seq"]
             routing = asyncio.ensure_future(
                 w.post(
                     "routing-agent",
@@ -326,7 +327,7 @@ async def _script(w: World, run: Run, db: SimDB) -> None:
                     },
                 )
             )
-            await _settle()
+            await w.engine.events("routing/db-tier", seen, wait_s=5)  # its lease.queued row
             run.log(
                 t,
                 "routing-agent asks for routing/db-tier: QUEUED behind perf-agent "
@@ -412,11 +413,6 @@ async def _script(w: World, run: Run, db: SimDB) -> None:
         seen_calls = len(w.calls)
     if db.down_at is None:
         run.log(END, f"DB up: {db.state()}")
-
-
-async def _settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
 
 
 def _ok(r: httpx.Response, status: int) -> dict[str, Any]:

@@ -393,7 +393,8 @@ def _releases(
     for op in history.select("release"):
         if op.token is not None:
             by_token[op.token].append(op)
-    acked_tokens = {o.token for o in history.select("acquire", "ok")}
+    acquired = {o.token: o for o in history.select("acquire", "ok")}
+    late_releases = [o for o in history.select("release", "fail") if o.status == 410]
     for op in history.select("release", "ok"):
         end = ends.get(op.token or -1)
         if end is None or end["event"] != "lease.released" or end["agent_id"] != op.process:
@@ -401,16 +402,14 @@ def _releases(
                 f"acknowledged release has no lease.released row by its holder: {op} "
                 f"(ledger: {end and end['event']})"
             )
-    for op in history.select("release", "fail"):
-        if op.status != 410:
-            continue
+    for op in late_releases:
         report.stats["late_releases"] += 1
         end = ends.get(op.token or -1)
         if end is not None and end["event"] == "lease.released":
             report.error(f"a release refused as late (410) still released the lease: {op}")
     # every released row of an acknowledged lease was asked for by its holder
     for token, end in ends.items():
-        if end["event"] != "lease.released" or token not in acked_tokens:
+        if end["event"] != "lease.released" or token not in acquired:
             continue
         asked = [o for o in by_token.get(token, ()) if o.type in ("ok", "info")]
         if not asked:
@@ -424,15 +423,14 @@ def _releases(
                 f"lease (token {token})"
             )
     # successors that stayed held across a late release (the protocol's case, counted)
-    acq = {o.token: o for o in history.select("acquire", "ok")}
-    for late in (o for o in history.select("release", "fail") if o.status == 410):
+    for late in late_releases:
         mine = grants.get(late.token or -1)
         if mine is None:
             continue
         for token, grant in grants.items():
             if token <= (late.token or 0) or not conflicts(grant["resource"], mine["resource"]):
                 continue
-            got = acq.get(token)
+            got = acquired.get(token)
             rel = [o for o in by_token.get(token, ()) if o.type == "ok"]
             if (
                 got is not None

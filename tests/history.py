@@ -193,7 +193,6 @@ class _Key:
     value: int = 0
     highest: int = 0  # the highest fencing token a write on this key was accepted with
     accepted: list[tuple[int, int]] = field(default_factory=list)  # (token, value)
-    refused: int = 0
 
 
 class FencedRegister:
@@ -229,7 +228,6 @@ class FencedRegister:
             if ok and self.is_current is not None:
                 ok = await self.is_current(resource, token)
             if not ok:
-                k.refused += 1
                 return False
             k.highest = token
             k.value = value
@@ -246,9 +244,6 @@ class FencedRegister:
     def accepted(self, key: str) -> list[tuple[int, int]]:
         """``(token, value)`` of every accepted write on ``key``, in the order applied."""
         return list(self._keys[key].accepted)
-
-    def refused(self, key: str) -> int:
-        return self._keys[key].refused
 
 
 # ----------------------------------------------------------------------------- the checker

@@ -29,7 +29,7 @@ import click
 
 from . import __version__
 from .cli_options import api_options, existing_store, json_option, store_option
-from .client import Client
+from .client import DEFAULT_TIMEOUT, Client
 from .errors import LeaseLost, WritError
 from .models import KINDS
 
@@ -83,7 +83,7 @@ class WritGroup(click.Group):
 
 
 # ----------------------------------------------------------------------------- helpers
-def _client(url: str, token: str | None, timeout: float = 10.0) -> Client:
+def _client(url: str, token: str | None, timeout: float = DEFAULT_TIMEOUT) -> Client:
     return Client(url, token or None, timeout=timeout)
 
 

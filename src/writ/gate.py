@@ -86,6 +86,8 @@ WRIT_HEADERS = frozenset(
         "writ-authorization",
     }
 )
+# set by the gate itself towards the upstream, never passed on from the caller
+FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
 METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
 
 
@@ -268,6 +270,12 @@ class Gate:
             (k.lower().encode("latin-1"), v.encode("latin-1"))
             for k, v in (upstream_headers or {}).items()
         ]
+        # what every forwarded request drops of the caller's headers, and what it adds
+        self._drop = HOP_BY_HOP | WRIT_HEADERS | FORWARDED | {"host"}
+        self._drop |= {k.decode("latin-1") for k, _ in self.upstream_headers}
+        self._add = [
+            (k, v) for k, v in self.upstream_headers if k.decode("latin-1") not in FORWARDED
+        ]
         self.highest: dict[str, int] = {}  # resource -> highest fencing token passed here
         self._token = token
         self._timeout = timeout
@@ -433,29 +441,19 @@ class Gate:
         connection = {
             t.strip().lower() for v in headers.getlist("connection") for t in v.split(",")
         }
-        drop = HOP_BY_HOP | WRIT_HEADERS | connection | {"host"}
+        drop = self._drop | connection
         # Authorization carries the caller's writ token when it came with writ headers (and
         # no separate Writ-Authorization): that token never leaves the gate.
         if "writ-authorization" not in headers and (
             passed is not None or "writ-lease" in headers or "writ-fencing-token" in headers
         ):
             drop |= {"authorization"}
-        replaced = {k for k, _ in self.upstream_headers}
-        out = [
-            (k, v)
-            for k, v in scope["headers"]
-            if k.decode("latin-1").lower() not in drop and k.lower() not in replaced
-        ]
-        out += self.upstream_headers
+        out = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in drop]
+        out += self._add
         client = scope.get("client")
         forwarded = headers.get("x-forwarded-for")
         if client:
             forwarded = f"{forwarded}, {client[0]}" if forwarded else str(client[0])
-        out = [
-            (k, v)
-            for k, v in out
-            if k.lower() not in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
-        ]
         if forwarded:
             out.append((b"x-forwarded-for", forwarded.encode("latin-1")))
         out.append((b"x-forwarded-proto", str(scope.get("scheme", "http")).encode("latin-1")))

@@ -202,6 +202,19 @@ class Engine:
         lease = await self.holder(tx, resource)
         return lease.holder if lease else "none"
 
+    async def holder_info(self, tx: Tx, lease: Lease) -> dict[str, Any]:
+        """The ``holder`` object of an answer that ``lease`` stands in the way of: who holds
+        what, for what, until when, and the route that wakes them."""
+        p = await tx.get_principal(lease.holder)
+        return {
+            "holder": lease.holder,
+            "resource": lease.resource,
+            "intent": lease.intent,
+            "acquired_at": rfc3339(lease.acquired_at),
+            "expires_at": rfc3339(lease.expires_at),
+            "wake": p.wake if p else None,
+        }
+
     def call_later(
         self, tx: Tx, kind: str, route: str | None, payload: dict[str, Any], row: dict[str, Any]
     ) -> None:
@@ -662,16 +675,7 @@ class Engine:
         holder: dict[str, Any] | None = None
         if blocked.lease is not None:
             b = blocked.lease
-            p = await tx.get_principal(b.holder)
-            holder = {
-                "holder": b.holder,
-                "resource": b.resource,
-                "intent": b.intent,
-                "acquired_at": rfc3339(b.acquired_at),
-                "expires_at": rfc3339(b.expires_at),
-                "wake": p.wake if p else None,
-                "fencing_token": b.fencing_token,
-            }
+            holder = {**await self.holder_info(tx, b), "fencing_token": b.fencing_token}
         hint = (
             "retry with wait_s > 0 to queue for it"
             if blocked.reason != "lock_delay"

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import resources
-from .clock import rfc3339
 from .engine import lock_row
 from .errors import Invalid, Unauthenticated
 from .models import Principal
@@ -128,22 +127,11 @@ class Fencing:
             )
             if code == "passed" and token is not None and token > highest:
                 await tx.put_object("gatemark", resource, resource, "active", {"token": token})
-            holder = None
-            if current is not None:
-                p = await tx.get_principal(current.holder)
-                holder = {
-                    "holder": current.holder,
-                    "resource": current.resource,
-                    "intent": current.intent,
-                    "acquired_at": rfc3339(current.acquired_at),
-                    "expires_at": rfc3339(current.expires_at),
-                    "wake": p.wake if p else None,
-                }
             return {
                 "passed": code == "passed",
                 "code": None if code == "passed" else code,
                 "reason": why or None,
-                "holder": holder,
+                "holder": await self.engine.holder_info(tx, current) if current else None,
                 "caller": who,
                 "fencing_token": token if code == "passed" else None,
             }

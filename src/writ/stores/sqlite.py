@@ -293,11 +293,12 @@ class SQLiteTx(Tx):
         return to_lease(r) if r else None
 
     async def held_related(self, paths: Sequence[str]) -> list[Lease]:
-        key = ("held", tuple(paths))
+        at = tuple(paths)
+        key = ("held", at)
         hit = self._memo.get(key)
         if hit is not None:
             return list(hit)
-        sql, args = _held_related_sql(tuple(paths))
+        sql, args = _held_related_sql(at)
         out = [to_lease(r) for r in self.c.execute(sql, args)]
         self._memo[key] = out
         return list(out)

@@ -98,11 +98,12 @@ async def _script(x: Incident) -> None:
         "routing-agent", "routing/db-tier", intent="reroute", ttl_s=300, touches=["routing"]
     )
     await x.at(31)
+    seen = (await e.audit(0, 10_000))["next_after_seq"]
     waiting = asyncio.ensure_future(
         x.lease("perf-agent", "prod/db", intent="scale again", ttl_s=300, wait_s=60, rollback=PLAN)
     )
-    for _ in range(20):
-        await asyncio.sleep(0)
+    queued = (await e.events("prod/db", seen, wait_s=5))["rows"]
+    assert [r["event"] for r in queued] == ["lease.queued"]
     await x.at(40)
     await e.release(p["routing-agent"], routing["lease_id"])
     perf2 = await asyncio.wait_for(waiting, 5)

@@ -489,8 +489,10 @@ async def test_waiter_is_granted_when_lock_delay_ends(world: World) -> None:
     body = {"resource": "prod/db", "intent": "x", "ttl_s": 10}
     await w.post("perf-agent", "/v1/leases", body)
     await w.tick(11)
+    seen = (await w.rows())[-1]["seq"]
     waiter = asyncio.create_task(w.post("cost-agent", "/v1/leases", {**body, "wait_s": 30}))
-    await asyncio.sleep(0.05)
+    queued = (await w.engine.events("prod/db", seen, wait_s=5))["rows"]
+    assert [r["event"] for r in queued] == ["lease.queued"]  # it waits in the queue
     assert not waiter.done()
     await w.tick(5)
     r = await asyncio.wait_for(waiter, 5)

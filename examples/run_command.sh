@@ -19,7 +19,7 @@ other=$(token_of deploy-bot)
 WRIT_TOKEN=$batch $WRIT run "$resource" --intent "nightly batch" --ttl 5 -- \
   sh -c 'echo "batch: holding $WRIT_LOCK_KEY (fencing token $WRIT_FENCING_TOKEN)"; sleep 2; echo "batch: done"' &
 runner=$!
-sleep 1
+until WRIT_TOKEN=$other $WRIT who "$resource" | grep -q batch-runner; do sleep 0.2; done
 
 # 2. deploy-bot, meanwhile, is refused at once (--wait 0): writ run exits 1 and never starts it.
 if WRIT_TOKEN=$other $WRIT run "$resource" --intent "deploy" --wait 0 -- echo "deploy: ran"; then

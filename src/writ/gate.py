@@ -550,14 +550,18 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def listening_url(sock: socket.socket) -> str:
+    """``http://HOST:PORT`` of a bound socket (an IPv6 host in brackets)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def serve(gate: Gate, listen: str = DEFAULT_LISTEN, log_level: str = "warning") -> None:
     """Serve ``gate`` until interrupted; announce the address on stderr once listening."""
     import uvicorn
 
     host, port = parse_listen(listen)
     sock = bind(host, port)
-    bound = sock.getsockname()
-    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     config = uvicorn.Config(
         gate,
         log_level=log_level,
@@ -568,7 +572,7 @@ def serve(gate: Gate, listen: str = DEFAULT_LISTEN, log_level: str = "warning") 
     )
     server = uvicorn.Server(config)
     print(
-        f"writ gate: listening on http://{shown}:{bound[1]} -> {gate.upstream} "
+        f"writ gate: listening on {listening_url(sock)} -> {gate.upstream} "
         f"({len(gate.routes)} route(s), writ at {gate.url})",
         file=sys.stderr,
         flush=True,

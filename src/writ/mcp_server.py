@@ -681,14 +681,12 @@ async def serve(
             return
         import uvicorn
 
-        from .gate import bind
+        from .gate import bind, listening_url
 
         app: ASGIApp = server.streamable_http_app(streamable_http_path=path, host=host)
         if http_token:
             app = RequireBearer(app, http_token)
         sock = bind(host, port)
-        bound = sock.getsockname()
-        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         config = uvicorn.Config(
             app,
             log_level=log_level,
@@ -698,7 +696,7 @@ async def serve(
             timeout_graceful_shutdown=3,
         )
         print(
-            f"writ mcp: listening on http://{shown}:{bound[1]}{path} (writ at {client.url})",
+            f"writ mcp: listening on {listening_url(sock)}{path} (writ at {client.url})",
             file=sys.stderr,
             flush=True,
         )

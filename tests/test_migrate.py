@@ -87,14 +87,20 @@ def bulk_ledger(path: Path, n: int) -> tuple[int, str]:
         conn.close()
 
 
-async def populate(engine: Engine) -> dict[str, Any]:
-    """A little of everything: principals, a held and an ended lease, a freeze, a change."""
-    agent, agent_token = await engine.add_principal(None, "agent-a", "agent", vendor="acme")
-    oncall, _ = await engine.add_principal(None, "oncall", "queue", wake="/wake/oncall")
-    held = await engine.acquire(agent, resource="prod/db", intent="double capacity", ttl_s=600)
-    old = await engine.acquire(agent, resource="staging/db", intent="x")
-    await engine.release(agent, old["lease_id"])
-    await engine.freezes.freeze(oncall, prefix="billing", reason="quarter close")
+async def populate(store: Store) -> dict[str, Any]:
+    """A little of everything, written by an engine on ``store``: principals, a held and an
+    ended lease, a freeze, a change."""
+    engine = Engine(store)
+    await engine.start(background=False)
+    try:
+        agent, agent_token = await engine.add_principal(None, "agent-a", "agent", vendor="acme")
+        oncall, _ = await engine.add_principal(None, "oncall", "queue", wake="/wake/oncall")
+        held = await engine.acquire(agent, resource="prod/db", intent="double capacity", ttl_s=600)
+        old = await engine.acquire(agent, resource="staging/db", intent="x")
+        await engine.release(agent, old["lease_id"])
+        await engine.freezes.freeze(oncall, prefix="billing", reason="quarter close")
+    finally:
+        await engine.stop()
     return {"agent_token": agent_token, "held": held}
 
 
@@ -107,10 +113,7 @@ async def dump(store: Store) -> dict[str, list[dict[str, Any]]]:
 
 async def test_migrate_100k_rows_sqlite_to_postgres(tmp_path: Path, pg_backend: Backend) -> None:
     src_url = f"sqlite:///{tmp_path / 'src.db'}"
-    engine = Engine(open_store(src_url))
-    await engine.start(background=False)
-    made = await populate(engine)
-    await engine.stop()
+    made = await populate(open_store(src_url))
     head = bulk_ledger(tmp_path / "src.db", 100_000)
     seen: list[tuple[str, int]] = []
 
@@ -143,10 +146,7 @@ async def test_migrate_100k_rows_sqlite_to_postgres(tmp_path: Path, pg_backend: 
 async def test_migrate_postgres_to_sqlite_keeps_every_row(
     tmp_path: Path, pg_backend: Backend
 ) -> None:
-    src = Engine(pg_backend.open_store())
-    await src.start(background=False)
-    await populate(src)
-    await src.stop()
+    await populate(pg_backend.open_store())
     dst_url = f"sqlite:///{tmp_path / 'dst.db'}"
     result = await migrate(pg_backend.url, dst_url)
     assert result["ok"], result
@@ -162,10 +162,7 @@ async def test_migrate_postgres_to_sqlite_keeps_every_row(
 
 async def test_migrate_refuses_a_store_that_is_not_empty(tmp_path: Path, backend: Backend) -> None:
     src_url = f"sqlite:///{tmp_path / 'src.db'}"
-    engine = Engine(open_store(src_url))
-    await engine.start(background=False)
-    await populate(engine)
-    await engine.stop()
+    await populate(open_store(src_url))
     dst = Engine(backend.open_store())
     await dst.start(background=False)
     await dst.add_principal(None, "already-here", "agent")
@@ -178,10 +175,7 @@ async def test_migrate_refuses_a_broken_source_chain_and_copies_nothing(
     tmp_path: Path, backend: Backend
 ) -> None:
     src_url = f"sqlite:///{tmp_path / 'src.db'}"
-    engine = Engine(open_store(src_url))
-    await engine.start(background=False)
-    await populate(engine)
-    await engine.stop()
+    await populate(open_store(src_url))
     bulk_ledger(tmp_path / "src.db", 50)
     conn = sqlite3.connect(tmp_path / "src.db", isolation_level=None)
     conn.execute("DROP TRIGGER audit_no_update")

@@ -304,15 +304,16 @@ def write_checkpoint(cp: Checkpoint, path: str | Path) -> Path:
 
 def latest_in(directory: str | Path) -> Path | None:
     """The checkpoint file with the highest seq in a Checkpointer directory."""
-    best: tuple[int, Path] | None = None
-    d = Path(directory)
+    newest = _newest(Path(directory))
+    return newest[1] if newest else None
+
+
+def _newest(d: Path) -> tuple[int, Path] | None:
+    """``(seq, file)`` of the newest checkpoint file in ``d``, by the seq in its name."""
     if not d.is_dir():
         return None
-    for p in d.iterdir():
-        m = _FILE.fullmatch(p.name)
-        if m and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), p)
-    return best[1] if best else None
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _FILE.fullmatch(p.name))]
+    return max(found, key=lambda f: f[0], default=None)
 
 
 # ----------------------------------------------------------------------------- the ledger
@@ -445,8 +446,8 @@ class Checkpointer:
         self.key = key
         self.directory = Path(directory)
         self.every = int(every)
-        last = latest_in(self.directory)
-        self.last_seq = int(_FILE.fullmatch(last.name).group(1)) if last else 0  # type: ignore[union-attr]
+        newest = _newest(self.directory)
+        self.last_seq = newest[0] if newest else 0
         self.written: list[Path] = []
         engine._tickers.append(self.tick)
 

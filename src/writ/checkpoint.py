@@ -37,7 +37,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +78,9 @@ __all__ = [
 FORMAT = "1"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _FILE = re.compile(r"checkpoint-(\d+)\.txt")
+_KNOWN = frozenset(
+    ("writ-checkpoint", "seq", "hash", "time", "signed_at", "key_id", "public_key", "signature")
+)  # any other line is kept, in order, as an extra (still signed)
 
 
 class CheckpointError(Invalid):
@@ -211,9 +214,7 @@ def sign(
     unsigned = Checkpoint(
         seq, hash_, at, signed_at or rfc3339(time.time()) or "", raw_public(key.public_key()), b""
     )
-    return Checkpoint(
-        seq, hash_, at, unsigned.signed_at, unsigned.public_key, key.sign(unsigned.body().encode())
-    )
+    return replace(unsigned, signature=key.sign(unsigned.body().encode()))
 
 
 def parse(text: str, source: str | None = None) -> Checkpoint:
@@ -246,17 +247,7 @@ def parse(text: str, source: str | None = None) -> Checkpoint:
         raise CheckpointError(f"{where}: bad seq, public_key or signature: {exc}") from None
     if seq < 1 or not _HEX64.fullmatch(values["hash"]) or len(public) != 32:
         raise CheckpointError(f"{where}: seq must be >= 1, hash 64 hex, public_key 32 bytes")
-    known = {
-        "writ-checkpoint",
-        "seq",
-        "hash",
-        "time",
-        "signed_at",
-        "key_id",
-        "public_key",
-        "signature",
-    }
-    extra = tuple((k, v) for k, v in order if k not in known)
+    extra = tuple((k, v) for k, v in order if k not in _KNOWN)
     t = values.get("time")
     cp = Checkpoint(
         seq,

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 ADMIN_TOKEN = "bench-admin-" + os.urandom(8).hex()
 TTL_S = 30  # every system grants the same lease length
@@ -236,9 +237,7 @@ class Writ(Peer):
         if self.src is None and importlib.util.find_spec("writ") is None:
             raise Skip("the writ package is not importable: pip install -e '.[dev]' in the repo")
         if self.store == "sqlite":
-            self.store_url = f"sqlite:///{tmp / 'writ.db'}"
-            if not self.store_url.startswith("sqlite:////"):
-                self.store_url = f"sqlite:////{(tmp / 'writ.db').resolve()}"
+            self.store_url = f"sqlite:///{(tmp / 'writ.db').resolve()}"  # sqlite:////abs/path
         else:
             if (
                 not os.path.exists(os.path.join(self.src, "writ", "stores", "postgres.py"))  # noqa: ASYNC240 - setup, outside any measured window
@@ -334,8 +333,6 @@ class Writ(Peer):
             params: dict[str, Any] = {"after_seq": after_seq, "limit": 10_000}
             if resource:
                 params["resource"] = resource
-            from urllib.parse import urlencode
-
             status, raw = await self.http.request(
                 "GET", "/v1/audit?" + urlencode(params), None, admin
             )

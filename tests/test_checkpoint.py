@@ -35,9 +35,10 @@ from writ.stores.sqlite import SQLiteStore
 T0 = parse_time("2026-05-16T02:17:00Z")
 
 
-async def _fill(engine: Engine, n: int) -> None:
+async def _fill(engine: Engine, n: int, name: str = "agent") -> None:
+    """Add ``n`` audit rows (a principal each)."""
     for i in range(n):
-        await engine.add_principal(None, f"agent-{i}", "agent")
+        await engine.add_principal(None, f"{name}-{i}", "agent")
 
 
 @pytest.fixture
@@ -111,14 +112,9 @@ async def test_text_format_round_trips_and_signature_holds(engine: Engine) -> No
 async def test_valid_checkpoint_passes_and_the_ledger_may_grow(engine: Engine) -> None:
     key = generate_key()
     cp = await make(engine.store, key)
-    await _fill_more(engine)
+    await _fill(engine, 5, "late")
     out = await verify_store(engine.store, [cp], key.public_key())
     assert out.ok and out.rows == 15 and out.checkpoints[0]["ok"] is True
-
-
-async def _fill_more(engine: Engine) -> None:
-    for i in range(5):
-        await engine.add_principal(None, f"late-{i}", "agent")
 
 
 async def test_edited_row_before_checkpoint_is_named(engine: Engine, tmp_path: Path) -> None:
@@ -137,7 +133,7 @@ async def test_rehashed_rewrite_is_caught_only_by_the_checkpoint(
     two checkpoints narrow down where the rewrite began."""
     key = generate_key()
     early = await make(engine.store, key)  # seq 10
-    await _fill_more(engine)
+    await _fill(engine, 5, "late")
     late = await make(engine.store, key)  # seq 15
     _edit(tmp_path, 12, rehash=True)
     assert (await engine.verify()).ok  # the chain alone cannot tell
@@ -182,7 +178,7 @@ async def test_checkpointer_writes_one_every_n_rows(engine: Engine, tmp_path: Pa
     cpr = Checkpointer(engine, key, folder, every=4)
     await engine.sweep()  # 10 rows: first checkpoint
     await engine.sweep()  # nothing new
-    await _fill_more(engine)  # 15 rows
+    await _fill(engine, 5, "late")  # 15 rows
     await engine.sweep()
     assert sorted(p.name for p in folder.iterdir()) == [
         "checkpoint-000000000010.txt",
@@ -285,7 +281,7 @@ async def test_checkpoint_on_every_backend(make_engine: Any, backend: Backend) -
     await _fill(e, 5)
     key = generate_key()
     cp = await make(e.store, key)
-    await _fill_more(e)
+    await _fill(e, 5, "late")
     assert (await verify_store(e.store, [cp], key.public_key())).ok
     rows = (await e.audit(0, 100))["rows"]
     row = rows[2]

@@ -64,19 +64,30 @@ def upstream_main(port: int) -> None:
 
     async def handle(request: Request) -> JSONResponse:
         body = await request.body()
-        return JSONResponse({"ok": True, "size": len(body),
-                             "token": request.headers.get("writ-fencing-token")})
+        return JSONResponse(
+            {"ok": True, "size": len(body), "token": request.headers.get("writ-fencing-token")}
+        )
 
     app = Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST"])])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str] | None = None,
-            ready: str | None = None, url: str | None = None) -> Iterator[str]:
+def process(
+    args: list[str],
+    env: dict[str, str] | None = None,
+    ready: str | None = None,
+    url: str | None = None,
+) -> Iterator[str]:
     """Run a child until it prints ``ready`` (a regex; group 1 is the URL) or ``url`` answers."""
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     found: list[str] = []
     seen = threading.Event()
     lines: list[str] = []
@@ -124,13 +135,18 @@ def pct(vals: list[float], q: float) -> float:
 
 def summary(vals: list[float]) -> dict[str, float]:
     ms = [v * 1000 for v in vals]
-    return {"n": len(ms), "median_ms": round(statistics.median(ms), 3),
-            "p90_ms": round(pct(ms, 0.90), 3), "p99_ms": round(pct(ms, 0.99), 3),
-            "mean_ms": round(statistics.fmean(ms), 3)}
+    return {
+        "n": len(ms),
+        "median_ms": round(statistics.median(ms), 3),
+        "p90_ms": round(pct(ms, 0.90), 3),
+        "p99_ms": round(pct(ms, 0.99), 3),
+        "mean_ms": round(statistics.fmean(ms), 3),
+    }
 
 
-def sequential(modes: dict[str, tuple[httpx.Client, str, dict[str, str], int]],
-               rounds: int, per_round: int) -> dict[str, list[float]]:
+def sequential(
+    modes: dict[str, tuple[httpx.Client, str, dict[str, str], int]], rounds: int, per_round: int
+) -> dict[str, list[float]]:
     body = json.dumps({"to": 8, "reason": "bench"}).encode()
     times: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(rounds):
@@ -145,8 +161,9 @@ def sequential(modes: dict[str, tuple[httpx.Client, str, dict[str, str], int]],
     return times
 
 
-async def concurrent(url: str, path: str, headers: dict[str, str], clients: int,
-                     duration: float) -> dict[str, Any]:
+async def concurrent(
+    url: str, path: str, headers: dict[str, str], clients: int, duration: float
+) -> dict[str, Any]:
     done: list[float] = []
     stop = time.perf_counter() + duration
 
@@ -162,8 +179,12 @@ async def concurrent(url: str, path: str, headers: dict[str, str], clients: int,
     t0 = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(clients)))
     elapsed = time.perf_counter() - t0
-    return {"clients": clients, "seconds": round(elapsed, 2),
-            "writes_per_s": round(len(done) / elapsed, 1), **summary(done)}
+    return {
+        "clients": clients,
+        "seconds": round(elapsed, 2),
+        "writes_per_s": round(len(done) / elapsed, 1),
+        **summary(done),
+    }
 
 
 def main() -> None:
@@ -183,14 +204,31 @@ def main() -> None:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         writ_port, up_port = free_port(), free_port()
-        writ_url = stack.enter_context(process(
-            [py, "-m", "writ.cli", "serve", "--store", f"sqlite:///{tmp / 'writ.db'}",
-             "--port", str(writ_port), "--log-level", "warning"],
-            env={"WRIT_ADMIN_TOKEN": ADMIN}, url=f"http://127.0.0.1:{writ_port}/v1/health"))
+        writ_url = stack.enter_context(
+            process(
+                [
+                    py,
+                    "-m",
+                    "writ.cli",
+                    "serve",
+                    "--store",
+                    f"sqlite:///{tmp / 'writ.db'}",
+                    "--port",
+                    str(writ_port),
+                    "--log-level",
+                    "warning",
+                ],
+                env={"WRIT_ADMIN_TOKEN": ADMIN},
+                url=f"http://127.0.0.1:{writ_port}/v1/health",
+            )
+        )
         writ_url = writ_url.removesuffix("/v1/health")
-        up_url = stack.enter_context(process(
-            [py, "-m", "bench.gate_bench", "--upstream-only", str(up_port)],
-            url=f"http://127.0.0.1:{up_port}/health"))
+        up_url = stack.enter_context(
+            process(
+                [py, "-m", "bench.gate_bench", "--upstream-only", str(up_port)],
+                url=f"http://127.0.0.1:{up_port}/health",
+            )
+        )
         up_url = up_url.removesuffix("/health")
 
         admin = httpx.Client(base_url=writ_url, headers={"Authorization": f"Bearer {ADMIN}"})
@@ -201,19 +239,40 @@ def main() -> None:
             tokens[name] = r.json()["token"]
         routes = tmp / "routes.toml"
         routes.write_text('[[route]]\npath = "/admin/db/*"\nresource = "prod/db"\n')
-        gate_url = stack.enter_context(process(
-            [py, "-m", "writ.cli", "gate", "--url", writ_url, "--token", tokens["bench-gate"],
-             "--upstream", up_url, "--listen", "127.0.0.1:0", "--routes", str(routes)],
-            ready=r"listening on (http://\S+)"))
+        gate_url = stack.enter_context(
+            process(
+                [
+                    py,
+                    "-m",
+                    "writ.cli",
+                    "gate",
+                    "--url",
+                    writ_url,
+                    "--token",
+                    tokens["bench-gate"],
+                    "--upstream",
+                    up_url,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--routes",
+                    str(routes),
+                ],
+                ready=r"listening on (http://\S+)",
+            )
+        )
 
-        agent = httpx.Client(base_url=writ_url,
-                             headers={"Authorization": f"Bearer {tokens['bench-agent']}"})
-        lease = agent.post("/v1/leases", json={"resource": "prod/db", "intent": "bench",
-                                               "ttl_s": 3600}).json()
-        lease_headers = {"Authorization": f"Bearer {tokens['bench-agent']}",
-                         "Writ-Lease": lease["lease_id"],
-                         "Writ-Fencing-Token": str(lease["fencing_token"]),
-                         "Content-Type": "application/json"}
+        agent = httpx.Client(
+            base_url=writ_url, headers={"Authorization": f"Bearer {tokens['bench-agent']}"}
+        )
+        lease = agent.post(
+            "/v1/leases", json={"resource": "prod/db", "intent": "bench", "ttl_s": 3600}
+        ).json()
+        lease_headers = {
+            "Authorization": f"Bearer {tokens['bench-agent']}",
+            "Writ-Lease": lease["lease_id"],
+            "Writ-Fencing-Token": str(lease["fencing_token"]),
+            "Content-Type": "application/json",
+        }
         plain = {"Content-Type": "application/json"}
         direct = stack.enter_context(httpx.Client(base_url=up_url))
         gated = stack.enter_context(httpx.Client(base_url=gate_url))
@@ -228,25 +287,34 @@ def main() -> None:
         log(f"measuring {args.rounds} rounds x {args.per_round} requests per mode")
         times = sequential(modes, args.rounds, args.per_round)
         result: dict[str, Any] = {
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "platform": platform.platform()},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+            },
             "sequential": {m: summary(v) for m, v in times.items()},
         }
         seq = result["sequential"]
         result["added_by_gate_ms"] = {
             "write_median": round(seq["gate-write"]["median_ms"] - seq["direct"]["median_ms"], 3),
             "write_p99": round(seq["gate-write"]["p99_ms"] - seq["direct"]["p99_ms"], 3),
-            "proxy_only_median": round(seq["gate-read"]["median_ms"]
-                                       - seq["direct"]["median_ms"], 3),
+            "proxy_only_median": round(
+                seq["gate-read"]["median_ms"] - seq["direct"]["median_ms"], 3
+            ),
         }
         if args.concurrency:
             log(f"{args.concurrency} concurrent clients through the gate for {args.duration}s")
-            result["concurrent_gate_write"] = asyncio.run(concurrent(
-                gate_url, "/admin/db/scale", lease_headers, args.concurrency, args.duration))
-            result["concurrent_gate_read"] = asyncio.run(concurrent(
-                gate_url, "/public/scale", plain, args.concurrency, args.duration))
-            result["concurrent_direct"] = asyncio.run(concurrent(
-                up_url, "/admin/db/scale", plain, args.concurrency, args.duration))
+            result["concurrent_gate_write"] = asyncio.run(
+                concurrent(
+                    gate_url, "/admin/db/scale", lease_headers, args.concurrency, args.duration
+                )
+            )
+            result["concurrent_gate_read"] = asyncio.run(
+                concurrent(gate_url, "/public/scale", plain, args.concurrency, args.duration)
+            )
+            result["concurrent_direct"] = asyncio.run(
+                concurrent(up_url, "/admin/db/scale", plain, args.concurrency, args.duration)
+            )
         agent.post(f"/v1/leases/{lease['lease_id']}/release")
         audit = admin.get("/v1/audit/verify").json()
         result["audit"] = audit
@@ -255,16 +323,22 @@ def main() -> None:
 
     print(f"{'mode':<12} {'n':>6} {'median ms':>10} {'p90 ms':>8} {'p99 ms':>8}")
     for mode, s in result["sequential"].items():
-        print(f"{mode:<12} {s['n']:>6} {s['median_ms']:>10.3f} {s['p90_ms']:>8.3f} "
-              f"{s['p99_ms']:>8.3f}")
+        print(
+            f"{mode:<12} {s['n']:>6} {s['median_ms']:>10.3f} {s['p90_ms']:>8.3f} "
+            f"{s['p99_ms']:>8.3f}"
+        )
     a = result["added_by_gate_ms"]
-    print(f"gate adds to a write: median {a['write_median']:.3f} ms, p99 {a['write_p99']:.3f} ms "
-          f"(proxying alone: median {a['proxy_only_median']:.3f} ms)")
+    print(
+        f"gate adds to a write: median {a['write_median']:.3f} ms, p99 {a['write_p99']:.3f} ms "
+        f"(proxying alone: median {a['proxy_only_median']:.3f} ms)"
+    )
     for key in ("concurrent_gate_write", "concurrent_gate_read", "concurrent_direct"):
         if key in result:
             c = result[key]
-            print(f"{key}: {c['clients']} clients, {c['writes_per_s']} req/s, "
-                  f"median {c['median_ms']} ms, p99 {c['p99_ms']} ms")
+            print(
+                f"{key}: {c['clients']} clients, {c['writes_per_s']} req/s, "
+                f"median {c['median_ms']} ms, p99 {c['p99_ms']} ms"
+            )
     print(f"audit chain ok: {result['audit']['ok']} ({result['audit']['rows']} rows)")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"gate-{time.strftime('%Y%m%d-%H%M%S')}.json"

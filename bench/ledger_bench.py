@@ -71,9 +71,13 @@ def build(path: Path, rows: int, n_resources: int) -> dict[str, Any]:
     audit: list[tuple[Any, ...]] = []
     leases: list[tuple[Any, ...]] = []
     probe: dict[str, Any] = {}
-    rb = {"rollback_allowed": True, "rollback_path": "/internal/db/rollback",
-          "rollback_key_holder": "svc-ops-princess", "human_override_queue": "svc-ops-princess",
-          "rollback_denominator": "incident_minutes"}
+    rb = {
+        "rollback_allowed": True,
+        "rollback_path": "/internal/db/rollback",
+        "rollback_key_holder": "svc-ops-princess",
+        "human_override_queue": "svc-ops-princess",
+        "rollback_denominator": "incident_minutes",
+    }
     i = 0
     while seq < rows:
         # about one row in n_resources is on TARGET; the rest spread over the fleet
@@ -85,33 +89,73 @@ def build(path: Path, rows: int, n_resources: int) -> dict[str, Any]:
             token += 1
             holder = HOLDERS[(token * 7) % len(HOLDERS)]
             acq = rfc3339(t)
-            fields = {"event": "lease.granted", "agent_id": holder, "resource": res,
-                      "lock_holder": holder, "lock_key": f"{res}/{token}", "lock_acquired_at": acq,
-                      "fencing_token": token, **rb,
-                      "notes": f"granted ls_bench{token} for 'tune {res}', ttl 30s, touches *"}
+            fields = {
+                "event": "lease.granted",
+                "agent_id": holder,
+                "resource": res,
+                "lock_holder": holder,
+                "lock_key": f"{res}/{token}",
+                "lock_acquired_at": acq,
+                "fencing_token": token,
+                **rb,
+                "notes": f"granted ls_bench{token} for 'tune {res}', ttl 30s, touches *",
+            }
             open_[res] = (token, holder, t, 1 + token % 4)
-            leases.append((f"ls_bench{token}", res, holder, f"tune {res}", token, t, t + 30, 30.0,
-                           '["*"]', "released", None, None, None))
+            leases.append(
+                (
+                    f"ls_bench{token}",
+                    res,
+                    holder,
+                    f"tune {res}",
+                    token,
+                    t,
+                    t + 30,
+                    30.0,
+                    '["*"]',
+                    "released",
+                    None,
+                    None,
+                    None,
+                )
+            )
         else:
             tok, holder, acq_t, left = cur
-            base = {"agent_id": holder, "resource": res, "lock_holder": holder,
-                    "lock_key": f"{res}/{tok}", "lock_acquired_at": rfc3339(acq_t),
-                    "fencing_token": tok, **rb}
+            base = {
+                "agent_id": holder,
+                "resource": res,
+                "lock_holder": holder,
+                "lock_key": f"{res}/{tok}",
+                "lock_acquired_at": rfc3339(acq_t),
+                "fencing_token": tok,
+                **rb,
+            }
             if left > 0:
                 kind = (tok + left) % 3
                 if kind == 0:
-                    fields = {**base, "event": "change.recorded",
-                              "notes": f"capacity: capacity {left}->{left * 2}; protected until "
-                              f"{rfc3339(t + 900)}"}
+                    fields = {
+                        **base,
+                        "event": "change.recorded",
+                        "notes": f"capacity: capacity {left}->{left * 2}; protected until "
+                        f"{rfc3339(t + 900)}",
+                    }
                 elif kind == 1:
                     other = HOLDERS[(tok + 1) % len(HOLDERS)]
-                    fields = {**base, "event": "lease.denied", "agent_id": other,
-                              "rollback_allowed": False, "rollback_path": None,
-                              "rollback_key_holder": None, "rollback_denominator": None,
-                              "notes": f"refused 'consolidate': {res} is held by {holder}"}
+                    fields = {
+                        **base,
+                        "event": "lease.denied",
+                        "agent_id": other,
+                        "rollback_allowed": False,
+                        "rollback_path": None,
+                        "rollback_key_holder": None,
+                        "rollback_denominator": None,
+                        "notes": f"refused 'consolidate': {res} is held by {holder}",
+                    }
                 else:
-                    fields = {**base, "event": "lease.renewed",
-                              "notes": f"renewed until {rfc3339(t + 30)}"}
+                    fields = {
+                        **base,
+                        "event": "lease.renewed",
+                        "notes": f"renewed until {rfc3339(t + 30)}",
+                    }
                 open_[res] = (tok, holder, acq_t, left - 1)
             else:
                 fields = {**base, "event": "lease.released", "notes": "released by its holder"}
@@ -124,21 +168,33 @@ def build(path: Path, rows: int, n_resources: int) -> dict[str, Any]:
         prev = s.hash
         audit.append((s.seq, s.timestamp, s.event, s.resource, s.lock_key, s.body, s.hash))
         if len(audit) >= 50_000:
-            c.executemany("INSERT INTO audit (seq, ts, event, resource, lock_key, body, hash)"
-                          " VALUES (?,?,?,?,?,?,?)", audit)
-            c.executemany("INSERT INTO leases (lease_id, resource, holder, intent, fencing_token,"
-                          " acquired_at, expires_at, ttl_s, touches, state, rollback, ended_at,"
-                          " request_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", leases)
+            c.executemany(
+                "INSERT INTO audit (seq, ts, event, resource, lock_key, body, hash)"
+                " VALUES (?,?,?,?,?,?,?)",
+                audit,
+            )
+            c.executemany(
+                "INSERT INTO leases (lease_id, resource, holder, intent, fencing_token,"
+                " acquired_at, expires_at, ttl_s, touches, state, rollback, ended_at,"
+                " request_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                leases,
+            )
             audit.clear()
             leases.clear()
             log(f"  {seq:,} rows")
     if audit:
-        c.executemany("INSERT INTO audit (seq, ts, event, resource, lock_key, body, hash)"
-                      " VALUES (?,?,?,?,?,?,?)", audit)
+        c.executemany(
+            "INSERT INTO audit (seq, ts, event, resource, lock_key, body, hash)"
+            " VALUES (?,?,?,?,?,?,?)",
+            audit,
+        )
     if leases:
-        c.executemany("INSERT INTO leases (lease_id, resource, holder, intent, fencing_token,"
-                      " acquired_at, expires_at, ttl_s, touches, state, rollback, ended_at,"
-                      " request_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", leases)
+        c.executemany(
+            "INSERT INTO leases (lease_id, resource, holder, intent, fencing_token,"
+            " acquired_at, expires_at, ttl_s, touches, state, rollback, ended_at,"
+            " request_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            leases,
+        )
     c.execute("UPDATE meta SET value = ? WHERE key = 'fencing_token'", (token,))
     c.execute("COMMIT")
     c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -152,11 +208,17 @@ def facts(path: Path) -> dict[str, Any]:
     c = sqlite3.connect(path)
     rows = c.execute("SELECT max(seq) FROM audit").fetchone()[0] or 0
     n_target = c.execute("SELECT count(*) FROM audit WHERE resource = ?", (TARGET,)).fetchone()[0]
-    mid = c.execute("SELECT ts FROM audit WHERE resource = ? AND event = 'lease.granted' AND"
-                    " seq > ? ORDER BY seq LIMIT 1", (TARGET, rows // 2)).fetchone()
+    mid = c.execute(
+        "SELECT ts FROM audit WHERE resource = ? AND event = 'lease.granted' AND"
+        " seq > ? ORDER BY seq LIMIT 1",
+        (TARGET, rows // 2),
+    ).fetchone()
     c.close()
-    return {"rows": rows, "target_rows": n_target,
-            "who_at": rfc3339(mid[0] + STEP) if mid else rfc3339(START)}
+    return {
+        "rows": rows,
+        "target_rows": n_target,
+        "who_at": rfc3339(mid[0] + STEP) if mid else rfc3339(START),
+    }
 
 
 @contextlib.contextmanager
@@ -167,8 +229,21 @@ def serving(url: str) -> Iterator[tuple[str, str]]:
         port = s.getsockname()[1]
     token = asyncio.run(_reader(url))
     env = {k: v for k, v in os.environ.items() if k != "WRIT_ADMIN_TOKEN"}
-    proc = subprocess.Popen([sys.executable, "-m", "writ.cli", "serve", "--store", url,
-                             "--port", str(port), "--log-level", "warning"], env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "writ.cli",
+            "serve",
+            "--store",
+            url,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(200):
@@ -235,8 +310,11 @@ async def in_process(url: str, at: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.ledger_bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.ledger_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--resources", type=int, default=1000)
     ap.add_argument("--dir", default=None, help="keep the ledger here (reused when present)")
@@ -258,33 +336,83 @@ def main(argv: list[str] | None = None) -> None:
     results: list[tuple[str, str, str, str]] = []
 
     dt, line = timed([*writ, "audit", "verify", "--store", url])
-    results.append(("writ audit verify --store", f"{dt:.2f} s",
-                    f"{info['rows'] / dt:,.0f} rows/s", line))
+    results.append(
+        ("writ audit verify --store", f"{dt:.2f} s", f"{info['rows'] / dt:,.0f} rows/s", line)
+    )
     out = folder / "postmortem.html"
-    dt, line = timed([*writ, "postmortem", "--resource", TARGET, "--store", url,
-                      "--format", "html", "--out", str(out)])
-    results.append((f"writ postmortem --resource {TARGET} --store", f"{dt:.3f} s",
-                    f"{info['target_rows']:,} rows", line))
+    dt, line = timed(
+        [
+            *writ,
+            "postmortem",
+            "--resource",
+            TARGET,
+            "--store",
+            url,
+            "--format",
+            "html",
+            "--out",
+            str(out),
+        ]
+    )
+    results.append(
+        (
+            f"writ postmortem --resource {TARGET} --store",
+            f"{dt:.3f} s",
+            f"{info['target_rows']:,} rows",
+            line,
+        )
+    )
     with serving(url) as (base, token):
         api = ["--url", base, "--token", token]
         dt, line = timed([*writ, "who", TARGET, "--at", at, *api])
         results.append((f"writ who {TARGET} --at T (server)", f"{dt:.3f} s", "", line))
-        dt, line = timed([*writ, "postmortem", "--resource", TARGET, *api, "--format", "html",
-                          "--out", str(folder / "postmortem-http.html")])
-        results.append((f"writ postmortem --resource {TARGET} --url", f"{dt:.3f} s",
-                        f"{info['target_rows']:,} rows", line))
+        dt, line = timed(
+            [
+                *writ,
+                "postmortem",
+                "--resource",
+                TARGET,
+                *api,
+                "--format",
+                "html",
+                "--out",
+                str(folder / "postmortem-http.html"),
+            ]
+        )
+        results.append(
+            (
+                f"writ postmortem --resource {TARGET} --url",
+                f"{dt:.3f} s",
+                f"{info['target_rows']:,} rows",
+                line,
+            )
+        )
     inproc = asyncio.run(in_process(url, at))
-    results.append(("  in-process engine.verify()", f"{inproc['verify']:.2f} s",
-                    f"{inproc['verify_rows'] / inproc['verify']:,.0f} rows/s", ""))
+    results.append(
+        (
+            "  in-process engine.verify()",
+            f"{inproc['verify']:.2f} s",
+            f"{inproc['verify_rows'] / inproc['verify']:,.0f} rows/s",
+            "",
+        )
+    )
     results.append(("  in-process engine.who()", f"{inproc['who'] * 1000:.1f} ms", "", ""))
-    results.append(("  in-process postmortem collect()", f"{inproc['postmortem'] * 1000:.0f} ms",
-                    f"{inproc['postmortem_rows']:,.0f} rows", ""))
+    results.append(
+        (
+            "  in-process postmortem collect()",
+            f"{inproc['postmortem'] * 1000:.0f} ms",
+            f"{inproc['postmortem_rows']:,.0f} rows",
+            "",
+        )
+    )
 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"writ evidence on a {info['rows']:,}-row ledger "
-                  f"({info['target_rows']:,} rows on {TARGET})")
+    table = Table(
+        title=f"writ evidence on a {info['rows']:,}-row ledger "
+        f"({info['target_rows']:,} rows on {TARGET})"
+    )
     for col in ("command", "time", "rate / size", "output"):
         table.add_column(col)
     for r in results:

@@ -32,7 +32,10 @@ from writ.cli_lint import run
 from writ.lint import Linter, iter_rows
 
 AGENTS = [f"{k}-agent" for k in ("perf", "cost", "routing", "checkout", "billing")] + [
-    "checkout-refund-runner", "nightly-cron", "agent-4"]
+    "checkout-refund-runner",
+    "nightly-cron",
+    "agent-4",
+]
 QUEUES = ["svc-ops-princess", "db-oncall", "platform-sre", "payments-team"]
 
 
@@ -40,16 +43,26 @@ def make_row(i: int, rnd: random.Random) -> dict[str, object]:
     agent = rnd.choice(AGENTS)
     queue = rnd.choice(QUEUES)
     row: dict[str, object] = {
-        "seq": i, "timestamp": f"2026-05-16T02:{(i // 60) % 60:02d}:{i % 60:02d}.000000Z",
+        "seq": i,
+        "timestamp": f"2026-05-16T02:{(i // 60) % 60:02d}:{i % 60:02d}.000000Z",
         "event": rnd.choice(["lease.granted", "lease.released", "change.recorded"]),
-        "agent_id": agent, "resource": rnd.choice(["prod/db", "routing/db-tier", "capacity/db"]),
-        "lock_holder": agent, "lock_key": f"prod/db/{i}",
+        "agent_id": agent,
+        "resource": rnd.choice(["prod/db", "routing/db-tier", "capacity/db"]),
+        "lock_holder": agent,
+        "lock_key": f"prod/db/{i}",
         "lock_acquired_at": "2026-05-16T02:17:00Z",
-        "fencing_token": i, "rollback_allowed": True,
-        "rollback_path": f"/internal/db/rollback?txn={i}", "rollback_key_holder": queue,
-        "approved_by": None, "human_override_queue": queue, "rollback_denominator": None,
-        "rollback_denominator_is_defect": False, "second_key_revoke_provenance": None,
-        "notes": "granted for 'double capacity', ttl 30s", "prev_hash": "0" * 64, "hash": "f" * 64,
+        "fencing_token": i,
+        "rollback_allowed": True,
+        "rollback_path": f"/internal/db/rollback?txn={i}",
+        "rollback_key_holder": queue,
+        "approved_by": None,
+        "human_override_queue": queue,
+        "rollback_denominator": None,
+        "rollback_denominator_is_defect": False,
+        "second_key_revoke_provenance": None,
+        "notes": "granted for 'double capacity', ttl 30s",
+        "prev_hash": "0" * 64,
+        "hash": "f" * 64,
     }
     r = rnd.random()
     if r < 0.03:
@@ -67,8 +80,11 @@ def make_row(i: int, rnd: random.Random) -> dict[str, object]:
         row["second_key_revoked"] = True
     elif r < 0.10:
         row["second_key_revoke_provenance"] = {
-            "revoked_by": "svc-ops-princess", "via_runbook": "R-44", "at": "04:12Z",
-            "after_paging": "oncall-jane"}
+            "revoked_by": "svc-ops-princess",
+            "via_runbook": "R-44",
+            "at": "04:12Z",
+            "after_paging": "oncall-jane",
+        }
     return row
 
 
@@ -91,8 +107,10 @@ def rss_mib(who: int) -> float:
 
 
 def report(label: str, rows: int, seconds: float, rss: float) -> None:
-    print(f"{label:<14} {rows:>10,} rows in {seconds:6.2f}s = {rows / seconds:>9,.0f} rows/s"
-          f"   peak RSS {rss:6.1f} MiB")
+    print(
+        f"{label:<14} {rows:>10,} rows in {seconds:6.2f}s = {rows / seconds:>9,.0f} rows/s"
+        f"   peak RSS {rss:6.1f} MiB"
+    )
 
 
 def main() -> None:
@@ -106,8 +124,10 @@ def main() -> None:
     t = time.perf_counter()
     generate(path, args.rows)
     size = path.stat().st_size
-    print(f"generated {args.rows:,} rows ({size / 2**20:.0f} MiB) in "
-          f"{time.perf_counter() - t:.1f}s; python {sys.version.split()[0]}")
+    print(
+        f"generated {args.rows:,} rows ({size / 2**20:.0f} MiB) in "
+        f"{time.perf_counter() - t:.1f}s; python {sys.version.split()[0]}"
+    )
     print(f"baseline RSS before linting: {rss_mib(resource.RUSAGE_SELF):.1f} MiB")
 
     t = time.perf_counter()
@@ -119,14 +139,23 @@ def main() -> None:
     with open(os.devnull, "w") as out:
         state = run([str(path)], Linter(), "jsonl", out=out)
     report("in-process", state.rows, time.perf_counter() - t, rss_mib(resource.RUSAGE_SELF))
-    print("  verdicts:", {k: v for k, v in state.summary().items() if k in (
-        "accept", "suspicious", "reject", "contaminated", "warnings")})
+    print(
+        "  verdicts:",
+        {
+            k: v
+            for k, v in state.summary().items()
+            if k in ("accept", "suspicious", "reject", "contaminated", "warnings")
+        },
+    )
 
     if not args.skip_subprocess:
         t = time.perf_counter()
         with open(os.devnull, "wb") as out:
-            proc = subprocess.run([sys.executable, "-m", "writ.cli_lint", "--format", "jsonl",
-                                   str(path)], stdout=out, check=False)
+            proc = subprocess.run(
+                [sys.executable, "-m", "writ.cli_lint", "--format", "jsonl", str(path)],
+                stdout=out,
+                check=False,
+            )
         report("subprocess", args.rows, time.perf_counter() - t, rss_mib(resource.RUSAGE_CHILDREN))
         print(f"  exit status {proc.returncode} (1: some rows are not accepted)")
     if args.keep:

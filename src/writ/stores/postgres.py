@@ -44,7 +44,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from ..errors import Conflict, Invalid, Unavailable, WritError
+from ..errors import Conflict, Invalid, Unavailable
 from ..ledger import GENESIS, Sealed, row_from, seal
 from ..models import Lease, Principal, Waiter
 from ..resources import related_clauses
@@ -179,11 +179,10 @@ class _Retry(Exception):
 
 @contextlib.contextmanager
 def _translate(what: str) -> Iterator[None]:
-    """The one boundary where driver errors become :class:`Unavailable`."""
+    """The one boundary where driver errors become :class:`Unavailable`; anything else
+    (the engine's own errors) passes through."""
     try:
         yield
-    except WritError:
-        raise
     except (psycopg.Error, OSError) as exc:
         if not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
             log.error("PostgreSQL store: %s failed", what, exc_info=exc)

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urlparse
 
 from ..clock import Clock
-from ..errors import Conflict, Invalid, Unavailable, WritError
+from ..errors import Conflict, Invalid, Unavailable
 from ..ledger import GENESIS, Sealed, row_from, seal
 from ..models import Lease, Principal, Waiter
 from ..resources import related_clauses
@@ -776,8 +776,6 @@ class SQLiteStore(Store):
                     c.execute("COMMIT")
         except sqlite3.Error as exc:
             raise Unavailable(f"store read failed: {exc}") from exc
-        except WritError:
-            raise
 
     async def audit_stream(
         self, after_seq: int = 0, batch: int = 10_000

@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,14 +38,10 @@ from typing import Any
 
 import httpx
 
+from .peers import free_port
+
 ADMIN = "bench-admin-token"
 RESULTS = Path(__file__).parent / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def log(msg: str) -> None:

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -37,6 +36,8 @@ import httpx
 
 from writ.clock import parse_time, rfc3339
 from writ.ledger import GENESIS, seal
+
+from .peers import free_port
 
 START = parse_time("2026-05-01T00:00:00Z")
 STEP = 0.25  # seconds of simulated time between rows
@@ -224,9 +225,7 @@ def facts(path: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def serving(url: str) -> Iterator[tuple[str, str]]:
     """``writ serve`` on the bench store, and the token of a principal made for this run."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     token = asyncio.run(_reader(url))
     env = {k: v for k, v in os.environ.items() if k != "WRIT_ADMIN_TOKEN"}
     proc = subprocess.Popen(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import math
 import tempfile
 from collections.abc import Iterator
@@ -228,13 +229,11 @@ class World:
 
     def on_call(self, request: httpx.Request) -> httpx.Response:
         """writ's outbound wake and page calls land here (the agents' and queue's routes)."""
-        import json
-
         self.calls.append((self.clock.t - START, str(request.url), json.loads(request.content)))
         return httpx.Response(200)
 
 
-async def run_through_writ(workdir: Path) -> tuple[Run, Any]:
+async def run_through_writ(workdir: Path) -> tuple[Run, str]:
     """Run 2: the same agents, each asking writ first. Returns the run and the engine's
     store URL (the store is closed)."""
     from .engine import Engine
@@ -247,7 +246,6 @@ async def run_through_writ(workdir: Path) -> tuple[Run, Any]:
     clock = ManualClock(START)
     url = f"sqlite:///{workdir / 'writ-demo.db'}"
     engine = Engine(SQLiteStore(url, clock=clock), parse(POLICY, "demo-policy.toml"))
-    w: World
     app = create_app(engine, start_engine=False)
     await engine.start(background=False)
     try:

@@ -1029,21 +1029,14 @@ class Engine:
             held = [l for l in await tx.held_related(exp) if l.expires_at > now]
             own = [l for l in held if l.resource == resource] or held
             queue = await tx.waiters_related(exp)
-            protected = [
-                c
-                for c in await tx.objects_related("change", exp, ["protected"])
-                if (c.get("expires_at_ts") or 0) > now
-            ]
+            objects = await tx.objects_related_many(POLICY_OBJECTS, exp)
+            protected = [c for c in objects["change"] if (c.get("expires_at_ts") or 0) > now]
             freezes = [
                 f
-                for f in await tx.objects_related("freeze", exp, ["active"])
+                for f in objects["freeze"]
                 if not f.get("expires_at_ts") or f["expires_at_ts"] > now
             ]
-            delays = [
-                d
-                for d in await tx.objects_related("delay", exp, ["active"])
-                if (d.get("expires_at_ts") or 0) > now
-            ]
+            delays = [d for d in objects["delay"] if (d.get("expires_at_ts") or 0) > now]
             return {
                 "resource": resource,
                 "lease": own[0].to_dict(now) if own else None,

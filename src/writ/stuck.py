@@ -12,7 +12,7 @@ each step once, since each is a state change of one ``holdcheck`` record.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .clock import rfc3339
 from .models import Lease, data
@@ -74,16 +74,8 @@ class Stuck:
         async def fn(tx: Tx) -> None:
             now = tx.now()
             for hc in await tx.objects_due(HOLDCHECK, "pending", now, 200):
-                lease = await tx.get_lease(hc["lease_id"], for_update=True)
-                if lease is None or lease.state != "held" or lease.expires_at <= now:
-                    await tx.put_object(
-                        HOLDCHECK,
-                        hc["lease_id"],
-                        hc.get("resource", lease.resource if lease else ""),
-                        "done",
-                        data(hc),
-                        None,
-                    )
+                lease = await _still_held(tx, hc, now)
+                if lease is None:
                     continue
                 page_after = eng.policy.rule_for(lease.resource).page_after_s
                 await self._wake(
@@ -101,16 +93,8 @@ class Stuck:
                     now + page_after,
                 )
             for hc in await tx.objects_due(HOLDCHECK, "woken", now, 200):
-                lease = await tx.get_lease(hc["lease_id"], for_update=True)
-                if lease is None or lease.state != "held" or lease.expires_at <= now:
-                    await tx.put_object(
-                        HOLDCHECK,
-                        hc["lease_id"],
-                        lease.resource if lease else "",
-                        "done",
-                        data(hc),
-                        None,
-                    )
+                lease = await _still_held(tx, hc, now)
+                if lease is None:
                     continue
                 queue = eng.override_queue(lease)
                 q = await tx.get_principal(queue) if queue else None
@@ -141,3 +125,14 @@ class Stuck:
                 )
 
         await eng.store.transact(fn)
+
+
+async def _still_held(tx: Tx, hc: dict[str, Any], now: float) -> Lease | None:
+    """The lease of a due hold check, if it still holds; else the check is done (None)."""
+    lease = await tx.get_lease(hc["lease_id"], for_update=True)
+    if lease is not None and lease.state == "held" and lease.expires_at > now:
+        return lease
+    await tx.put_object(
+        HOLDCHECK, hc["lease_id"], lease.resource if lease else "", "done", data(hc), None
+    )
+    return None

@@ -24,7 +24,7 @@ import re
 import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import resources
@@ -117,11 +117,6 @@ class _Queued:
     now: float
 
 
-@dataclass
-class _Waits:
-    futures: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
-
-
 class Engine:
     """writ's decisions over one store and one policy."""
 
@@ -129,7 +124,8 @@ class Engine:
         self.store = store
         self.policy = policy or Policy()
         self.blast = self.policy.blast
-        self._waits = _Waits()
+        # the grant notes awaited by this process's queued requests, by waiter id
+        self._grants: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._audit_seq = 0
         self._audit_changed = asyncio.Event()
         self._auth_cache: dict[str, Principal] = {}
@@ -255,7 +251,7 @@ class Engine:
 
     def _on_note(self, kind: str, payload: dict[str, Any]) -> None:
         if kind == "granted":
-            fut = self._waits.futures.get(payload["waiter_id"])
+            fut = self._grants.get(payload["waiter_id"])
             if fut is not None and not fut.done():
                 fut.set_result(payload)
         elif kind == "audit":
@@ -422,7 +418,7 @@ class Engine:
             req.rollback = await self.rollbacks.check_plan(req.rollback)
         waiter_id = new_id("wt")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waits.futures[waiter_id] = fut
+        self._grants[waiter_id] = fut
         try:
             out = await self.store.transact(
                 lambda tx: self._acquire_tx(tx, principal, req, waiter_id)
@@ -433,7 +429,7 @@ class Engine:
                 return out.to_dict()
             return await self._wait(principal, req, out, fut)
         finally:
-            self._waits.futures.pop(waiter_id, None)
+            self._grants.pop(waiter_id, None)
 
     async def _acquire_tx(
         self, tx: Tx, principal: Principal, req: Request, waiter_id: str

@@ -125,9 +125,10 @@ async def test_handoff_at_the_same_instant_names_the_new_holder(w: W) -> None:
     w.at(0)
     lease = await w.grant("perf-agent", "prod/db", ttl_s=600)
     w.at(10)
+    seen = (await w.engine.audit(0, 100))["next_after_seq"]
     waiting = asyncio.ensure_future(w.grant("cost-agent", "prod/db", wait_s=60))
-    for _ in range(20):
-        await asyncio.sleep(0)
+    queued = (await w.engine.events("prod/db", seen, wait_s=5))["rows"]
+    assert [r["event"] for r in queued] == ["lease.queued"]  # it waits in the queue
     w.at(20)
     await w.engine.release(w.p["perf-agent"], lease["lease_id"])
     await asyncio.wait_for(waiting, 5)

@@ -18,6 +18,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from .clock import rfc3339
+from .engine import SYSTEM
 from .errors import ConsentRequired, Forbidden, Invalid, NotFound, WritError
 from .models import Lease, Principal, data, new_id, public
 from .stores.base import Tx
@@ -329,7 +330,7 @@ class Consents:
                     CONSENT, c["consent_id"], c["resource"], "expired", data(c), None
                 )
                 row = {
-                    "agent_id": "writ",
+                    "agent_id": SYSTEM,
                     "resource": c["resource"],
                     "lock_holder": await eng.holder_name(tx, c["resource"]),
                     "human_override_queue": queue,

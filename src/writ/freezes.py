@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import resources
 from .clock import parse_duration, parse_time, rfc3339
+from .engine import SYSTEM
 from .errors import Forbidden, Frozen, Invalid, NotFound, WritError
 from .models import Principal, data, new_id, public
 from .stores.base import Tx
@@ -156,7 +157,7 @@ class Freezes:
                 await tx.append(
                     {
                         "event": "freeze.expired",
-                        "agent_id": "writ",
+                        "agent_id": SYSTEM,
                         "resource": f["prefix"],
                         "lock_holder": await self.engine.holder_name(tx, f["prefix"]),
                         "notes": f"the freeze on {f['prefix']} by {f['by']} ended at {f['until']}",

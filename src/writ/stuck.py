@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .clock import rfc3339
+from .engine import SYSTEM
 from .models import Lease, data
 from .stores.base import Tx
 
@@ -59,7 +60,7 @@ class Stuck:
         row = eng.lease_row(
             lease,
             "lease.stuck",
-            "writ",
+            SYSTEM,
             f"{lease.holder}'s lease {why}; waking it: "
             + (f"POST {route}" if route else "no wake route registered"),
         )
@@ -102,7 +103,7 @@ class Stuck:
                 row = eng.lease_row(
                     lease,
                     "lease.paged",
-                    "writ",
+                    SYSTEM,
                     f"{lease.holder} was woken at {hc.get('woken_at')} and still holds {lease.lock_key}; "
                     f"paging {queue or 'nobody (no override queue)'}: "
                     + (f"POST {route}" if route else "no wake route registered"),

@@ -50,7 +50,7 @@ log = logging.getLogger("writ.engine")
 
 NAME = re.compile(r"[a-z0-9._-]{1,64}")
 MAX_TTL_S = 3600
-MAX_WAIT_S = 300
+MAX_WAIT_S = 300  # the longest a caller waits: for a grant, or for events (a long poll)
 MAX_INTENT = 1000
 STALE_WAITER_S = 2.0  # a waiter this far past its deadline has no caller left
 # the policy objects a grant is checked against, fetched together (one query where the

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import resources
 from .clock import rfc3339
+from .engine import MAX_WAIT_S
 from .ledger import Verification, verify_stream
 from .models import Lease
 from .stores.base import Tx
@@ -15,8 +16,6 @@ from .validate import number
 
 if TYPE_CHECKING:
     from .engine import Engine
-
-MAX_WAIT_S = 300
 
 
 class History:

@@ -81,9 +81,7 @@ class Caller:
                 if r.status_code < 500:
                     return last
             except httpx.HTTPError as exc:
-                last = CallResult(
-                    url, False, None, i, f"{type(exc).__name__}: {exc}" or type(exc).__name__
-                )
+                last = CallResult(url, False, None, i, f"{type(exc).__name__}: {exc}")
             if i < attempts:
                 await asyncio.sleep(self.backoff * (2 ** (i - 1)))
         return last

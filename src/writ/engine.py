@@ -1140,7 +1140,7 @@ class Engine:
         while not self._closing:
             try:
                 await self.sweep()
-                nxt = await self.store.read(lambda tx: _next_due(tx))
+                nxt = await self.store.read(_next_due)
                 delay = (
                     self.sweep_interval
                     if nxt is None

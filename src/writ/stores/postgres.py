@@ -216,6 +216,7 @@ class PgTx(Tx):
         self._head = self._head0
         self._pending: list[Sealed] = []
         self.wrote = False
+        self._memo: dict[Any, Any] = {}  # repeated reads within this tx, until it writes
 
     def now(self) -> float:
         return self._now
@@ -224,6 +225,7 @@ class PgTx(Tx):
         if not self.writable:
             raise RuntimeError("write in a read transaction")
         self.wrote = True
+        self._memo.clear()
 
     @property
     def _lock(self) -> str:
@@ -309,14 +311,19 @@ class PgTx(Tx):
     async def held_related(self, paths: Sequence[str]) -> list[Lease]:
         # The rows are locked, but what makes conflicting grants exclusive is the
         # audit_head lock every write transaction holds: it also covers the case where no
-        # row exists yet to lock (see the module docstring).
-        where, args = _related_sql("resource", paths)
-        rows = await self._all(
-            f"SELECT {LEASE_COLS} FROM leases WHERE state = 'held' AND {where}"
-            f" ORDER BY fencing_token{self._lock}",
-            args,
-        )
-        return [to_lease(r) for r in rows]
+        # row exists yet to lock (see the module docstring). A grant asks several times
+        # (gates, expiry, the conflict check): one round trip until the transaction writes.
+        key = ("held", tuple(paths))
+        hit = self._memo.get(key)
+        if hit is None:
+            where, args = _related_sql("resource", paths)
+            rows = await self._all(
+                f"SELECT {LEASE_COLS} FROM leases WHERE state = 'held' AND {where}"
+                f" ORDER BY fencing_token{self._lock}",
+                args,
+            )
+            hit = self._memo[key] = [to_lease(r) for r in rows]
+        return list(hit)
 
     async def due_leases(self, now: float, limit: int) -> list[Lease]:
         rows = await self._all(
@@ -431,6 +438,28 @@ class PgTx(Tx):
             query += " AND state = ANY(%s)"
             args.append(list(states))
         return [to_object(r) for r in await self._all(query + " ORDER BY created_at, id", args)]
+
+    async def objects_related_many(
+        self, specs: Sequence[tuple[str, Sequence[str]]], paths: Sequence[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """One query for every kind (a grant asks for the standing policy objects in each of
+        its gates), repeated from memory until the transaction writes."""
+        wanted = {kind: set(states) for kind, states in specs}
+        key = ("objects", tuple((k, tuple(sorted(v))) for k, v in wanted.items()), tuple(paths))
+        hit = self._memo.get(key)
+        if hit is None:
+            where, args = _related_sql("resource", paths)
+            rows = await self._all(
+                "SELECT kind, data, state, expires_at FROM objects WHERE kind = ANY(%s)"
+                f" AND {where} AND state = ANY(%s) ORDER BY created_at, id",
+                [list(wanted), *args, sorted({st for sts in wanted.values() for st in sts})],
+            )
+            hit = {kind: [] for kind in wanted}
+            for kind, *rest in rows:
+                if rest[1] in wanted[kind]:
+                    hit[kind].append(to_object(rest))
+            self._memo[key] = hit
+        return {kind: list(found) for kind, found in hit.items()}
 
     async def objects_due(
         self, kind: str, state: str, now: float, limit: int

@@ -9,7 +9,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from writ import models
-from writ.clock import parse_time, rfc3339
+from writ.clock import parse_time, rfc3339, stamp
 
 # the latest time writ accepts (parse_time's bound), less a second so that a fraction of a
 # second after it stays inside; a float this large resolves ~30 us, so 23:59:59.999999
@@ -38,6 +38,16 @@ def test_rfc3339_round_trips_through_parse_time(ts: float) -> None:
     text = rfc3339(ts)
     assert text is not None
     assert abs(parse_time(text) - ts) <= 5e-7 * max(1.0, abs(ts) / 1e9)
+
+
+@given(st.floats(min_value=-62_135_596_800.0, max_value=MAX_TS, allow_nan=False))
+@example(1_700_000_000.123456789)
+@example(0.9999995)
+def test_stamp_is_the_shown_text_and_the_time_it_parses_back_to(ts: float) -> None:
+    text, at = stamp(ts)
+    assert text == rfc3339(ts)
+    assert at == parse_time(text)
+    assert abs(at - ts) <= 5e-7 + abs(ts) * 2**-52
 
 
 def test_rfc3339_of_none_is_none() -> None:

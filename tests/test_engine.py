@@ -350,6 +350,23 @@ async def test_revoke_rules_and_provenance(engine: Engine) -> None:
 
 
 # ------------------------------------------------------------------------- ledger
+async def test_audit_since_and_until_include_the_rows_stamped_at_them(
+    engine: Engine, backend: Backend
+) -> None:
+    """``since`` and ``until`` are inclusive of a row's timestamp as shown: a window from a
+    row's own timestamp to the same instant holds that row, whatever the store's clock read
+    below the microsecond."""
+    a = await add(engine, "agent-a")
+    for i in range(24):
+        if backend.clock is not None:  # the host clock reads nanoseconds; so does this one
+            backend.clock.advance(0.012345678901)
+        await grant(engine, a, f"prod/r{i}")
+    for row in await rows(engine):
+        at = parse_time(row["timestamp"])
+        window = (await engine.audit(since=at, until=at))["rows"]
+        assert row["seq"] in [r["seq"] for r in window], row["timestamp"]
+
+
 async def test_audit_verifies_and_tampering_is_found(engine: Engine, backend: Backend) -> None:
     a = await add(engine, "agent-a")
     lease = await grant(engine, a, "prod/db")

@@ -63,6 +63,21 @@ def rfc3339(ts: float | None) -> str | None:
     return _rfc3339_slow(ts)
 
 
+def stamp(ts: float) -> tuple[str, float]:
+    """``ts`` as shown (:func:`rfc3339`) and the exact time that text names, which is what
+    :func:`parse_time` reads back from it. The ledger keeps the second as a row's time, so a
+    query ``since``/``until`` a row's shown timestamp finds that row: the raw clock reading
+    can sit up to half a microsecond on either side of it."""
+    if ts >= 0:
+        sec = math.floor(ts)
+        us = round((ts - sec) * 1e6)
+        if us < 1_000_000:
+            # int / int is correctly rounded, as datetime.timestamp() computes it
+            return f"{_whole_seconds(sec)}.{us:06d}Z", (sec * 1_000_000 + us) / 1_000_000
+    text = _rfc3339_slow(ts)
+    return text, parse_time(text)
+
+
 @functools.lru_cache(maxsize=1024)
 def _whole_seconds(sec: int) -> str:
     return datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S").rjust(19, "0")

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .clock import rfc3339
+from .clock import stamp
 
 FIELDS: tuple[str, ...] = (
     "seq",
@@ -97,7 +97,7 @@ def seal(seq: int, prev_hash: str, at: float, fields: dict[str, Any]) -> Sealed:
     if not row.get("lock_holder"):
         row["lock_holder"] = "none"
     row["seq"] = seq
-    row["timestamp"] = rfc3339(at)
+    row["timestamp"], at = stamp(at)  # the row's time is the microsecond it shows
     row["prev_hash"] = prev_hash
     if not _FIELD_SET.issuperset(row):
         unknown = set(row) - _FIELD_SET

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .clock import parse_time
-from .engine import Engine
+from .engine import MAX_WAIT_S, Engine
 from .errors import Invalid, TooLarge, Unauthenticated, Unavailable, WritError
 from .models import Principal
 
@@ -62,7 +62,7 @@ class AcquireIn(_Body):
     resource: str = Field(examples=["prod/db"])
     intent: str = Field(examples=["double capacity"])
     ttl_s: float = Field(30, ge=1, le=3600)
-    wait_s: float = Field(0, ge=0, le=300)
+    wait_s: float = Field(0, ge=0, le=MAX_WAIT_S)
     touches: list[str] | None = Field(None, examples=[["capacity"]])
     consent_id: str | None = None
     rollback: RollbackPlan | None = None
@@ -539,7 +539,7 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
         me: Me,
         resource: str | None = None,
         after_seq: Annotated[int, Query(ge=0)] = 0,
-        wait_s: Annotated[float, Query(ge=0, le=300)] = 0,
+        wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> dict[str, Any]:
         return await engine.events(resource, after_seq, wait_s, limit)
@@ -576,7 +576,7 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
 
     @app.get("/v1/consents/{consent_id}", tags=["consent"])
     async def get_consent(
-        me: Me, consent_id: str, wait_s: Annotated[float, Query(ge=0, le=300)] = 0
+        me: Me, consent_id: str, wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0
     ) -> dict[str, Any]:
         return await engine.consents.get(consent_id, wait_s)
 

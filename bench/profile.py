@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, re.Pattern[str]]] = [
 
 INCLUSIVE = [
     ("uvicorn request cycle (run_asgi)", r"run_asgi \(uvicorn"),
-    ("LimitBody middleware and below", r"__call__ \(writ/server\.py"),
+    ("writ server ASGI (LimitBody, FastLeases, WritApp) and below", r"__call__ \(writ/server\.py"),
     ("FastAPI request_response handler", r"app \(fastapi/routing\.py|app \(starlette/routing\.py"),
     ("  solve_dependencies (auth + body)", r"solve_dependencies \("),
     (

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import re
 import resource
 import signal
 import socket
@@ -25,10 +27,24 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 ADMIN_TOKEN = "test-admin-token-live"
 
-__all__ = ["ADMIN_TOKEN", "LiveServer", "in_background", "live_server", "serve", "unique"]
+__all__ = [
+    "ADMIN_TOKEN",
+    "LiveServer",
+    "add_principals",
+    "all_rows",
+    "in_background",
+    "live_server",
+    "run_writ",
+    "serve",
+    "serve_asgi",
+    "unique",
+    "verify",
+    "wait_until",
+]
 
 
 def unique(prefix: str = "t") -> str:
@@ -258,3 +274,118 @@ def server_process(store_url: str, tmp: Path, policy: str | None = None) -> Iter
         yield s.start()
     finally:
         s.stop()
+
+
+# ---------------------------------------------------------- helpers shared by test modules
+def wait_until(predicate: Callable[[], Any], timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+    return value
+
+
+@contextmanager
+def serve_asgi(app: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a thread on a free port; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        ws="none",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"upstream-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "upstream did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@contextmanager
+def run_writ(args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run ``writ ARGS`` as a child process until it prints 'listening on URL'; yield URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "writ.cli", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    log: list[str] = []
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            log.append(line)
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"writ {args[0]} did not start: {''.join(log)}") from None
+            assert line, f"writ {args[0]} exited: {''.join(log)}"
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                break
+        yield m.group(1)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+            proc.wait(5)
+
+
+async def add_principals(url: str, kind: str, names: list[str]) -> list[str]:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=30, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as c:
+        tokens = []
+        for name in names:
+            r = await c.post("/v1/principals", json={"name": name, "kind": kind})
+            assert r.status_code == 201, r.text
+            tokens.append(r.json()["token"])
+        return tokens
+
+
+async def all_rows(url: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(
+        base_url=url, timeout=60, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ) as c:
+        after = 0
+        while True:
+            r = await c.get("/v1/audit", params={"after_seq": after, "limit": 10000})
+            assert r.status_code == 200, r.text
+            page = r.json()["rows"]
+            if not page:
+                return rows
+            rows += page
+            after = page[-1]["seq"]
+
+
+async def verify(url: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+        r = await c.get("/v1/audit/verify", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert r.status_code == 200, r.text
+        out: dict[str, Any] = r.json()
+        return out

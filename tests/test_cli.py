@@ -22,7 +22,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.server_fixtures import LiveServer, free_port, in_background, serve, unique
+from tests.server_fixtures import LiveServer, free_port, in_background, serve, unique, wait_until
 from writ.cli import EXIT_LEASE_LOST, main
 from writ.client import Client
 
@@ -56,14 +56,6 @@ def ok(args: list[str], env: Env | None = None) -> Result:
     result = cli(args, env)
     assert result.exit_code == 0, (result.stdout, result.stderr)
     return result
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-    return value
 
 
 def child_started(path: Path) -> list[str] | None:

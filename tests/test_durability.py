@@ -26,8 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server_fixtures import ServerProcess, in_background
-from tests.test_cli import wait_until
+from tests.server_fixtures import ServerProcess, in_background, wait_until
 from writ.engine import Engine
 from writ.stores import open_store
 

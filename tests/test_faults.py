@@ -38,8 +38,19 @@ import httpx
 import pytest
 
 from tests.history import Conflicts, FencedRegister, History, check
-from tests.server_fixtures import ADMIN_TOKEN, LiveServer, raise_fd_limit, server_process, unique
-from tests.test_gate import Upstream, run_writ, serve_asgi
+from tests.server_fixtures import (
+    ADMIN_TOKEN,
+    LiveServer,
+    add_principals,
+    all_rows,
+    raise_fd_limit,
+    run_writ,
+    serve_asgi,
+    server_process,
+    unique,
+    verify,
+)
+from tests.test_gate import Upstream
 from writ.engine import Engine
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
@@ -50,42 +61,6 @@ SLOW = bool(os.environ.get("WRIT_SLOW"))
 
 def slow_wanted(request: pytest.FixtureRequest) -> bool:
     return SLOW or "slow" in (request.config.getoption("-m") or "")
-
-
-async def add_principals(url: str, kind: str, names: list[str]) -> list[str]:
-    async with httpx.AsyncClient(
-        base_url=url, timeout=30, headers={"Authorization": f"Bearer {ADMIN}"}
-    ) as c:
-        tokens = []
-        for name in names:
-            r = await c.post("/v1/principals", json={"name": name, "kind": kind})
-            assert r.status_code == 201, r.text
-            tokens.append(r.json()["token"])
-        return tokens
-
-
-async def all_rows(url: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(
-        base_url=url, timeout=60, headers={"Authorization": f"Bearer {ADMIN}"}
-    ) as c:
-        after = 0
-        while True:
-            r = await c.get("/v1/audit", params={"after_seq": after, "limit": 10000})
-            assert r.status_code == 200, r.text
-            page = r.json()["rows"]
-            if not page:
-                return rows
-            rows += page
-            after = page[-1]["seq"]
-
-
-async def verify(url: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
-        r = await c.get("/v1/audit/verify", headers={"Authorization": f"Bearer {ADMIN}"})
-        assert r.status_code == 200, r.text
-        out: dict[str, Any] = r.json()
-        return out
 
 
 # ----------------------------------------------------------------------------- the checker

@@ -10,26 +10,20 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import queue
 import re
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
-from tests.server_fixtures import LiveServer, free_port, unique
+from tests.server_fixtures import LiveServer, free_port, run_writ, serve_asgi, unique
 from writ.errors import Invalid
 from writ.gate import Gate, Route, load_routes, parse_listen, parse_routes, request_paths
 
@@ -86,76 +80,6 @@ async def _pattern(n: int) -> AsyncIterator[bytes]:
         chunk = block[: min(len(block), n - sent)]
         sent += len(chunk)
         yield chunk
-
-
-@contextmanager
-def serve_asgi(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a thread on a free port; yields its base URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-        access_log=False,
-        ws="none",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"upstream-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "upstream did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-
-
-@contextmanager
-def run_writ(args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run ``writ ARGS`` as a child process until it prints 'listening on URL'; yield URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "writ.cli", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    log: list[str] = []
-
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            log.append(line)
-            lines.put(line)
-        lines.put("")
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"writ {args[0]} did not start: {''.join(log)}") from None
-            assert line, f"writ {args[0]} exited: {''.join(log)}"
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                break
-        yield m.group(1)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
-            proc.wait(5)
 
 
 class Rig:

@@ -21,8 +21,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.server_fixtures import LiveServer, free_port, unique
-from tests.test_gate import run_writ
+from tests.server_fixtures import LiveServer, free_port, run_writ, unique
 from writ.mcp_server import TOOL_NAMES
 
 TRANSPORTS = ["stdio", "http"]

@@ -32,9 +32,8 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from tests.server_fixtures import ADMIN_TOKEN, free_port
+from tests.server_fixtures import ADMIN_TOKEN, add_principals, all_rows, free_port, verify
 from tests.stores_fixtures import Backend, with_query
-from tests.test_faults import add_principals, all_rows, verify
 
 RESOURCE = "prod/db"
 

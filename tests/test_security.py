@@ -35,8 +35,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 import writ
-from tests.server_fixtures import ServerProcess, unique
-from tests.test_faults import ADMIN
+from tests.server_fixtures import ADMIN_TOKEN, ServerProcess, unique
 from writ.engine import Engine, hash_token
 from writ.server import MAX_BODY, MAX_HEADERS, create_app
 from writ.stores import open_store
@@ -90,7 +89,7 @@ class World:
     async def add(self, name: str, kind: str, admin: bool = False) -> str:
         r = await self.c.post(
             "/v1/principals",
-            headers={"Authorization": f"Bearer {ADMIN}"},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
             json={"name": name, "kind": kind, "admin": admin},
         )
         assert r.status_code == 201, r.text
@@ -145,7 +144,7 @@ class World:
 
 @asynccontextmanager
 async def world(store_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
-    monkeypatch.setenv("WRIT_ADMIN_TOKEN", ADMIN)
+    monkeypatch.setenv("WRIT_ADMIN_TOKEN", ADMIN_TOKEN)
     engine = Engine(open_store(store_url))
     app = create_app(engine)
     async with (
@@ -154,7 +153,7 @@ async def world(store_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     ):
         w = World(c, engine)
         w.app = app  # type: ignore[attr-defined]
-        w.tokens["admin"] = ADMIN
+        w.tokens["admin"] = ADMIN_TOKEN
         for kind in KINDS:
             if kind == "admin":
                 w.callers[kind] = "admin"
@@ -669,7 +668,7 @@ def _head_of(method: str, path: str, *extra: str) -> bytes:
     lines = [
         f"{method} {path} HTTP/1.1",
         "Host: writ.test",
-        f"Authorization: Bearer {ADMIN}",
+        f"Authorization: Bearer {ADMIN_TOKEN}",
         *extra,
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

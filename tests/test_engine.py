@@ -442,6 +442,21 @@ async def test_fence_tells_the_current_token(engine: Engine) -> None:
     assert (await engine.fence("prod/db", lease["fencing_token"]))["current_token"] is None
 
 
+async def test_fence_names_the_holder_who_names_across_a_blast_radius(
+    make_engine: MakeEngine,
+) -> None:
+    """The holder of routing/db-tier holds write authority over prod/db (one blast radius):
+    its token is the current one there, as ``who`` says, and nobody else's is."""
+    engine = await make_engine(BLAST)
+    routing = await add(engine, "routing-agent")
+    lease = await grant(engine, routing, "routing/db-tier")
+    assert (await engine.who("prod/db"))["lock_holder"] == "routing-agent"
+    fence = await engine.fence("prod/db", lease["fencing_token"])
+    assert fence["current"] is True and fence["holder"] == "routing-agent"
+    assert (await engine.fence("capacity/db/shard-1", lease["fencing_token"]))["current"]
+    assert (await engine.fence("capacity/web", lease["fencing_token"]))["current_token"] is None
+
+
 async def test_recheck_after_a_gate_refused_the_waiter_runs_the_gates(engine: Engine) -> None:
     """A waiter refused by a safety rule at dispatch learns of it by a notification; if
     its own recheck runs first (the note crosses servers), it must not be granted past

@@ -30,26 +30,17 @@ class Fencing:
             tok = int(token)
         except (TypeError, ValueError):
             raise Invalid("token must be an integer fencing token", field="token") from None
-        covering = [
-            p
-            for p in self.engine.blast.expand(resource)
-            if p == resource or resources.related(p, resource)
-        ]
 
         async def fn(tx: Tx) -> dict[str, Any]:
-            now = tx.now()
-            held = [
-                l
-                for l in await tx.held_related(covering)
-                if l.expires_at > now
-                and any(l.resource == p or resources.under(p, l.resource) for p in covering)
-            ]
-            current = held[0].fencing_token if held else None
+            # the same holder who and the gate name: a lease on the resource, an ancestor,
+            # or another member of its blast radius
+            lease = await self.engine.holder(tx, resource)
+            current = lease.fencing_token if lease else None
             return {
                 "resource": resource,
                 "current": current == tok,
                 "current_token": current,
-                "holder": held[0].holder if held else None,
+                "holder": lease.holder if lease else None,
             }
 
         return await self.engine.store.read(fn)

@@ -37,6 +37,7 @@ from fastapi.routing import APIRoute
 import writ
 from tests.server_fixtures import ADMIN_TOKEN, ServerProcess, unique
 from writ.engine import Engine, hash_token
+from writ.policy import Policy, load
 from writ.server import MAX_BODY, MAX_HEADERS, create_app
 from writ.stores import open_store
 
@@ -143,9 +144,11 @@ class World:
 
 
 @asynccontextmanager
-async def world(store_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
+async def world(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, policy: Policy | None = None
+) -> AsyncIterator[World]:
     monkeypatch.setenv("WRIT_ADMIN_TOKEN", ADMIN_TOKEN)
-    engine = Engine(open_store(store_url))
+    engine = Engine(open_store(store_url), policy)
     app = create_app(engine)
     async with (
         app.router.lifespan_context(app),
@@ -315,7 +318,25 @@ MATRIX: dict[tuple[str, str], tuple[frozenset[str], Build]] = {
     ("GET", "/v1/freezes"): (ANY, _const(Req("GET", "/v1/freezes"))),
     ("POST", "/v1/gate/check"): (ANY, _gate_check),
     ("GET", "/v1/policy"): (ANY, _const(Req("GET", "/v1/policy"))),
+    # authority (v1.1): an agent or portal may ask only about itself; anyone who may observe
+    # a lease may ask writ to wake its holder; only an admin reloads the policy
+    ("GET", "/v1/authority"): (
+        HUMANS,
+        _const(Req("GET", "/v1/authority", params={"principal": "owner", "resource": "sec/x"})),
+    ),
+    ("POST", "/v1/leases/{lease_id}/wake"): (ANY, _on_lease("wake", {"reason": "are you there"})),
+    ("POST", "/v1/policy/reload"): (ADMINS, _const(Req("POST", "/v1/policy/reload"))),
 }
+
+# The matrix holds in closed mode too, under a policy that grants every kind the sec/ tree.
+CLOSED_POLICY = """
+[authority]
+mode = "closed"
+
+[[authority.grant]]
+kinds = ["agent", "human", "queue", "portal"]
+write = ["sec"]
+"""
 
 
 def _unique_body(req: Req) -> Req:
@@ -327,11 +348,18 @@ def _unique_body(req: Req) -> Req:
     return req
 
 
-async def test_every_kind_on_every_route(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mode", ["open", "closed"])
+async def test_every_kind_on_every_route(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mode: str
+) -> None:
     """Each kind of principal on each route: 2xx where allowed, 403 ``forbidden`` where
     not. Every row a call writes names the caller (or writ itself), and no GET answer
-    carries anybody's token."""
-    async with world(store_url, monkeypatch) as w:
+    carries anybody's token. The same in closed mode, with every kind granted sec/."""
+    policy = None
+    if mode == "closed":
+        (tmp_path / "writ.toml").write_text(CLOSED_POLICY)
+        policy = load(tmp_path / "writ.toml")
+    async with world(store_url, monkeypatch, policy) as w:
         routes = app_routes(w.app)  # type: ignore[attr-defined]
         assert routes - PUBLIC == set(MATRIX), (
             "routes without a row in MATRIX (say who may call them): "
@@ -347,7 +375,7 @@ async def test_every_kind_on_every_route(store_url: str, monkeypatch: pytest.Mon
                 r = await w.call(caller, req)
                 where = f"{kind} {method} {req.path}: {r.status_code} {r.text[:300]}"
                 if kind in allowed:
-                    assert r.status_code in (200, 201), where
+                    assert r.status_code in (200, 201, 202), where
                 else:
                     assert r.status_code == 403, where
                     err = r.json()["error"]

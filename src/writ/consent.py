@@ -71,6 +71,9 @@ class Consents:
                     f"fencing token {fencing_token} is not this lease's ({lease.fencing_token})",
                     fencing_token=lease.fencing_token,
                 )
+            refused = await eng.authority.check_change(tx, me, lease, str(attr))
+            if refused is not None:
+                return refused
             now = tx.now()
             window = (
                 float(protect_s)

@@ -87,6 +87,7 @@ class Request:
     rollback: dict[str, Any] | None
     principal: str
     expand: tuple[str, ...] = ()
+    default_touches: bool = False  # touches omitted: the authority rule may narrow them
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -137,6 +138,7 @@ class Engine:
         self.sweep_interval = 1.0
         self._closing = False
         # the safety rules, each in its own module, hook themselves in here
+        from .authority import Authority
         from .consent import Consents
         from .fencing import Fencing
         from .freezes import Freezes
@@ -152,6 +154,7 @@ class Engine:
         self.stuck = Stuck(self)
         self.fencing = Fencing(self)
         self.history = History(self)
+        self.authority = Authority(self)  # first of the gates
 
     # ------------------------------------------------------------------ helpers for rows
     def override_queue(self, lease: Lease) -> str | None:
@@ -380,6 +383,7 @@ class Engine:
             raise Invalid(f"intent is at most {MAX_INTENT} characters", field="intent")
         ttl = number(ttl_s, "ttl_s", 1, MAX_TTL_S)
         wait = number(wait_s, "wait_s", 0, MAX_WAIT_S)
+        default_touches = touches is None
         if touches is None:
             touches = ["*"]
         if (
@@ -405,6 +409,7 @@ class Engine:
             rollback=rollback,
             principal=principal.name,
             expand=self.blast.expand(resource),
+            default_touches=default_touches,
         )
 
     async def acquire(self, principal: Principal, **kwargs: Any) -> dict[str, Any]:
@@ -436,7 +441,7 @@ class Engine:
     ) -> Lease | _Queued | WritError:
         err = await self._run_gates(tx, principal, req)
         if err is not None:
-            await self._deny(tx, req, None, err.message)
+            await self._deny(tx, req, None, err.message, _deny_event(err))
             return err
         # a blocker past its ttl is expired now, whether or not the sweeper has run yet
         await self._expire_due(tx, req.expand)
@@ -555,7 +560,7 @@ class Engine:
                 principal = await tx.get_principal(req.principal)
                 err = await self._run_gates(tx, principal, req) if principal else None
                 if err is not None:
-                    await self._deny(tx, req, None, err.message)
+                    await self._deny(tx, req, None, err.message, _deny_event(err))
                     return err
                 return await self._grant(tx, req, waiter.waiter_id)
         if not final:
@@ -665,13 +670,17 @@ class Engine:
         await self._deny(
             tx, req, blocked.lease, (f"waited {req.wait_s:g}s; " if waited else "") + text
         )
-        return await self._held_error(tx, req.resource, blocked, text)
+        return await self._held_error(tx, req.resource, blocked, text, req.principal)
 
-    async def _held_error(self, tx: Tx, resource: str, blocked: Blocked, text: str) -> Held:
+    async def _held_error(
+        self, tx: Tx, resource: str, blocked: Blocked, text: str, asker: str | None = None
+    ) -> Held:
         holder: dict[str, Any] | None = None
         if blocked.lease is not None:
             b = blocked.lease
             holder = {**await self.holder_info(tx, b), "fencing_token": b.fencing_token}
+            if asker is not None:
+                holder = await self.authority.holder_view(tx, asker, holder, b)
         hint = (
             "retry with wait_s > 0 to queue for it"
             if blocked.reason != "lock_delay"
@@ -685,13 +694,15 @@ class Engine:
             retry_at=rfc3339(blocked.until) if blocked.until else None,
         )
 
-    async def _deny(self, tx: Tx, req: Request, blocker: Lease | None, why: str) -> None:
+    async def _deny(
+        self, tx: Tx, req: Request, blocker: Lease | None, why: str, event: str = "lease.denied"
+    ) -> None:
         if blocker is None:  # refused by a safety rule: the row still names who holds it now
             held = [l for l in await tx.held_related(req.expand) if l.expires_at > tx.now()]
             blocker = held[0] if held else None
         await tx.append(
             lock_row(
-                "lease.denied",
+                event,
                 req.principal,
                 req.resource,
                 blocker,
@@ -752,7 +763,7 @@ class Engine:
         err = await self._run_gates(tx, principal, req) if principal else None
         await tx.delete_waiter(w.waiter_id)
         if err is not None:
-            await self._deny(tx, req, None, err.message)
+            await self._deny(tx, req, None, err.message, _deny_event(err))
             tx.notify("granted", {"waiter_id": w.waiter_id, "error": err.to_body()["error"]})
             return
         lease = await self._grant(tx, req, w.waiter_id)
@@ -1085,10 +1096,11 @@ class Engine:
         resource: str,
         method: str,
         path: str,
+        attribute: str | None = None,
     ) -> dict[str, Any]:
         """See :meth:`writ.fencing.Fencing.gate_check`."""
         return await self.fencing.gate_check(
-            gate, caller_token, lease_id, fencing_token, resource, method, path
+            gate, caller_token, lease_id, fencing_token, resource, method, path, attribute
         )
 
     async def who(self, resource: str, at: float | None = None) -> dict[str, Any]:
@@ -1171,6 +1183,12 @@ def lock_row(
         "fencing_token": lock.fencing_token if lock else None,
         "notes": notes,
     }
+
+
+def _deny_event(err: WritError) -> str:
+    """The row of a grant a safety rule refused: ``lease.refused`` when it was not the
+    caller's authority (403), ``lease.denied`` otherwise."""
+    return "lease.refused" if isinstance(err, Forbidden) else "lease.denied"
 
 
 def _blocked_text(resource: str, b: Blocked) -> str:

@@ -54,18 +54,21 @@ class Fencing:
         resource: str,
         method: str,
         path: str,
+        attribute: str | None = None,
     ) -> dict[str, Any]:
         """Decide one mutating request at a gate, and record the decision as a row.
 
         It passes only when the caller's lease ``lease_id`` is held right now on
         ``resource`` (or an ancestor, or a member of its blast radius) by the caller, with
         exactly ``fencing_token``, and that token is not lower than the highest this store
-        has passed for the resource. The decision and its row (``gate.passed`` or
+        has passed for the resource, and — when the gate's route names an ``attribute`` —
+        the lease's ``touches`` include it (or ``*``). The decision and its row (``gate.passed`` or
         ``gate.refused``) commit together.
         """
         resources.validate(resource)
         method = str(method)[:16].upper()
         path = str(path)[:512]
+        attribute = str(attribute)[:128] if attribute else None
         try:
             caller: Principal | None = await self.engine.authenticate(caller_token)
         except Unauthenticated:
@@ -102,6 +105,12 @@ class Fencing:
                 code, why = (
                     "lease_lost",
                     f"fencing token {token} is lower than {highest}, already passed",
+                )
+            elif attribute and "*" not in lease.touches and attribute not in lease.touches:
+                code, why = (
+                    "forbidden",
+                    f"lease {lease.lease_id} touches only {', '.join(lease.touches)}, not "
+                    f"{attribute}: acquire a lease whose touches name {attribute}",
                 )
             else:
                 code = "passed"

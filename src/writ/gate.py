@@ -100,6 +100,7 @@ class Route:
     path: str
     resource: str
     methods: frozenset[str] = MUTATING
+    attribute: str | None = None  # the lease's touches must name it (or "*")
 
     def matches(self, methods: Iterable[str], paths: Iterable[str]) -> bool:
         """Glob match (``fnmatch``, case-insensitive: ``*`` also crosses ``/``)."""
@@ -129,10 +130,11 @@ def parse_routes(text: str, source: str = "routes.toml") -> list[Route]:
         where = f"{source}: route #{i}"
         if not isinstance(entry, dict):
             raise Invalid(f"{where} is not a table", field="routes")
-        extra = set(entry) - {"path", "methods", "resource"}
+        extra = set(entry) - {"path", "methods", "resource", "attribute"}
         if extra:
             raise Invalid(
-                f"{where}: unknown key(s) {sorted(extra)}; expected path, methods, resource",
+                f"{where}: unknown key(s) {sorted(extra)}; expected path, methods, resource, "
+                "attribute",
                 field="routes",
             )
         path = entry.get("path")
@@ -156,7 +158,12 @@ def parse_routes(text: str, source: str = "routes.toml") -> list[Route]:
                 '["POST", "DELETE"]',
                 field="routes",
             )
-        routes.append(Route(path, resource, frozenset(m.upper() for m in methods)))
+        attribute = entry.get("attribute")
+        if attribute is not None and (
+            not isinstance(attribute, str) or not re.fullmatch(r"[^\s]{1,128}", attribute)
+        ):
+            raise Invalid(f'{where}: attribute must be a name like "capacity"', field="routes")
+        routes.append(Route(path, resource, frozenset(m.upper() for m in methods), attribute))
     return routes
 
 
@@ -214,6 +221,11 @@ def _refusal_text(method: str, path: str, resource: str, decision: Mapping[str, 
         nxt = (
             "Send your own writ token as 'Authorization: Bearer <token>' (or "
             "'Writ-Authorization: Bearer <token>') with Writ-Lease and Writ-Fencing-Token"
+        )
+    elif code == "forbidden":
+        nxt = (
+            f"This route changes {decision.get('attribute') or 'an attribute'} of {resource}: "
+            "acquire a lease whose touches name it"
         )
     elif code == "lease_lost":
         nxt = (
@@ -376,6 +388,8 @@ class Gate:
             "method": method,
             "path": path[:512],
         }
+        if route.attribute:
+            body["attribute"] = route.attribute
         try:
             r = await writ.post("/v1/gate/check", json=body)
             answer = r.json() if r.content else {}
@@ -404,9 +418,11 @@ class Gate:
             code = answer.get("code") or "held"
             log.info("refused %s %s (%s): %s", method, path, code, answer.get("reason"))
             return _error(
-                423,
+                403 if code == "forbidden" else 423,
                 code,
-                _refusal_text(method, path, route.resource, answer),
+                _refusal_text(
+                    method, path, route.resource, {**answer, "attribute": route.attribute}
+                ),
                 holder=answer.get("holder"),
                 reason=answer.get("reason"),
                 resource=route.resource,

@@ -16,6 +16,8 @@
     lock_delay_s = 5
     consent_timeout_s = 120
 
+``[authority]`` (who may ever be a writer, on what) is described in :mod:`writ.authority`.
+
 A bad file fails with its line and the reason (:class:`PolicyError`), at ``writ serve``
 and in ``writ policy check FILE``.
 """
@@ -28,6 +30,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .authority import Settings as AuthoritySettings
+from .authority import parse_section as parse_authority
 from .errors import Invalid
 from .resources import BlastRadius, under, validate
 
@@ -55,7 +59,7 @@ class Rule:
 
 
 RULE_KEYS = {f.name for f in fields(Rule)}
-TOP_KEYS = {"rollback_base_url", "default_override_queue", "blast_radius", "rules"}
+TOP_KEYS = {"rollback_base_url", "default_override_queue", "blast_radius", "rules", "authority"}
 
 
 @dataclass(slots=True)
@@ -65,6 +69,7 @@ class Policy:
     blast: BlastRadius = field(default_factory=BlastRadius)
     rules: list[Rule] = field(default_factory=list)  # most specific prefix first
     source: str | None = None
+    authority: AuthoritySettings = field(default_factory=AuthoritySettings)  # see authority.py
 
     def rule_for(self, resource: str) -> Rule:
         """The rule of the most specific prefix covering ``resource`` (or the defaults)."""
@@ -82,6 +87,7 @@ class Policy:
             },
             "rules": [{f.name: getattr(r, f.name) for f in fields(Rule)} for r in self.rules],
             "source": self.source,
+            "authority": self.authority.to_dict(),
         }
 
 
@@ -194,6 +200,7 @@ def parse(text: str, path: str = "<policy>") -> Policy:
                 )
             values[key] = float(v)
         pol.rules.append(replace(Rule(), **values))
+    pol.authority = parse_authority(data.get("authority"), text, path)
     pol.rules.sort(key=lambda r: (-len(r.prefix.split("/")) if r.prefix else 1, r.prefix))
     return pol
 

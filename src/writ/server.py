@@ -86,6 +86,9 @@ class GateCheckIn(_Body):
     resource: str
     method: str = "POST"
     path: str = "/"
+    attribute: str | None = Field(
+        None, description="the route's attribute: the lease's touches must name it"
+    )
 
 
 class ChangeIn(_Body):
@@ -482,7 +485,9 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
 
     @app.get("/v1/leases/{lease_id}", tags=["leases"])
     async def get_lease(me: Me, lease_id: str) -> dict[str, Any]:
-        return await engine.get_lease(lease_id)
+        lease = await engine.get_lease(lease_id)
+        engine.authority.check_observe(me, lease["resource"])
+        return lease
 
     @app.get("/v1/leases", tags=["leases"])
     async def list_leases(
@@ -492,25 +497,32 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
         holder: str | None = None,
         limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
     ) -> dict[str, Any]:
-        return {"leases": await engine.list_leases(resource, state, limit, holder)}
+        leases = await engine.list_leases(resource, state, limit, holder)
+        return {"leases": engine.authority.visible(me, leases)}
 
     @app.get("/v1/status", tags=["leases"])
     async def status(
         me: Me, resource: str | None = None, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000
     ) -> dict[str, Any]:
-        return {"leases": await engine.status(resource, limit)}
+        return {"leases": engine.authority.visible(me, await engine.status(resource, limit))}
 
     @app.get("/v1/resources/{resource:path}", tags=["leases"])
     async def resource_status(me: Me, resource: str) -> dict[str, Any]:
-        return await engine.resource_status(resource)
+        out = await engine.resource_status(resource)
+        engine.authority.check_observe(me, resource)
+        return out
 
     @app.get("/v1/who", tags=["leases"])
     async def who(me: Me, resource: str, at: str | None = None) -> dict[str, Any]:
-        return await engine.who(resource, parse_time(at) if at else None)
+        out = await engine.who(resource, parse_time(at) if at else None)
+        engine.authority.check_observe(me, resource)
+        return out
 
     @app.get("/v1/fence", tags=["leases"])
     async def fence(me: Me, resource: str, token: int) -> dict[str, Any]:
-        return await engine.fence(resource, token)
+        out = await engine.fence(resource, token)
+        engine.authority.check_observe(me, resource)
+        return out
 
     # -- ledger ------------------------------------------------------------------------
     @app.get("/v1/audit", tags=["audit"])
@@ -522,13 +534,14 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
         since: str | None = None,
         until: str | None = None,
     ) -> dict[str, Any]:
-        return await engine.audit(
+        page = await engine.audit(
             after_seq,
             limit,
             resource,
             parse_time(since) if since else None,
             parse_time(until) if until else None,
         )
+        return engine.authority.visible_page(me, page)
 
     @app.get("/v1/audit/verify", tags=["audit"])
     async def audit_verify(me: Me) -> dict[str, Any]:
@@ -542,7 +555,8 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
         wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> dict[str, Any]:
-        return await engine.events(resource, after_seq, wait_s, limit)
+        page = await engine.events(resource, after_seq, wait_s, limit)
+        return engine.authority.visible_page(me, page)
 
     # -- changes and consent ---------------------------------------------------------------
     @app.post("/v1/leases/{lease_id}/changes", status_code=201, tags=["consent"])
@@ -633,12 +647,16 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
             body.resource,
             body.method,
             body.path,
+            body.attribute,
         )
 
     @app.get("/v1/policy", tags=["meta"])
     async def policy(me: Me) -> dict[str, Any]:
         return engine.policy.to_dict()
 
+    from .authority_api import register as _authority_routes
+
+    _authority_routes(app, engine, principal)
     for extend in EXTENSIONS:
         extend(app, engine, principal)
 
@@ -713,6 +731,7 @@ def run(
 
     policy = load(policy_path)
     engine = Engine(open_store(store_url), policy)
+    engine.authority.on_sighup()  # SIGHUP reloads the policy file (see writ.authority)
     app = create_app(engine)
     uvicorn.run(
         app,

@@ -1,0 +1,648 @@
+"""Authority: who may ever hold write authority on what (PROTOCOL.md v1.1, "Authority").
+
+A lease serialises writers; authority says who may be a writer at all. The policy file::
+
+    [authority]
+    mode = "closed"                  # "open" (the default: anyone may lease anything)
+
+    [[authority.grant]]              # applies to a principal named, or of a kind, or a vendor
+    principals = ["perf-agent"]
+    write = ["prod/db", "capacity"]  # prefixes it may take write authority on
+    observe = ["prod", "routing"]    # prefixes it may read (write implies observe)
+    attributes = ["capacity"]        # what it may name in touches and record ("*" = any)
+
+In ``closed`` mode this rule is the first gate of every grant, and of every hand-off from
+the queue (a grant removed by a policy reload refuses the waiter when its turn comes): a
+lease on a resource no grant lets the caller write is 403 ``forbidden`` with ``"rule"``
+(FILE:LINE of the nearest grant) and a message saying what the caller may do; the refusal
+is a ``lease.refused`` row. ``touches`` must lie within the grant's attributes (omitted:
+the caller's attributes), and a change recorded under a lease must name one of its
+``touches``. Agents and portals read only under prefixes they may observe; humans and
+queues read everything, and need a grant to lease unless they are admins.
+
+The model (:class:`Grant`, :class:`Settings`, :func:`decide`) is pure; :class:`Authority`
+is the engine rule that applies it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import resources
+from .clock import rfc3339
+from .errors import Forbidden, Invalid, LeaseLost, NotFound, WritError
+from .models import Lease, Principal
+from .validate import text
+
+if TYPE_CHECKING:
+    from .engine import Engine, Request
+    from .stores.base import Tx
+
+log = logging.getLogger("writ.authority")
+
+MODES = ("open", "closed")
+GRANT_KEYS = ("principals", "kinds", "vendors", "write", "observe", "attributes")
+SECTION_KEYS = ("mode", "grant")
+READ_ALL = ("human", "queue")  # kinds that read everything, in any mode
+WAKE = "wake"  # policy-object kind: when a lease's holder was last woken through writ
+WAKE_EVERY_S = 30.0
+
+
+# ----------------------------------------------------------------------------- the model
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One ``[[authority.grant]]``: whom it applies to and what it allows."""
+
+    line: int | None = None
+    principals: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    vendors: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    observe: tuple[str, ...] = ()
+    attributes: tuple[str, ...] = ("*",)
+
+    def applies(self, p: Principal) -> bool:
+        return (
+            p.name in self.principals
+            or p.kind in self.kinds
+            or (p.vendor is not None and p.vendor in self.vendors)
+        )
+
+    def writes(self, resource: str) -> bool:
+        return any(resources.under(resource, w) for w in self.write)
+
+    def observes(self, resource: str) -> bool:
+        return self.writes(resource) or any(resources.under(resource, o) for o in self.observe)
+
+    def who(self) -> str:
+        parts = [*self.principals, *(f"kind {k}" for k in self.kinds)]
+        parts += [f"vendor {v}" for v in self.vendors]
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "line": self.line,
+            "principals": list(self.principals),
+            "kinds": list(self.kinds),
+            "vendors": list(self.vendors),
+            "write": list(self.write),
+            "observe": list(self.observe),
+            "attributes": list(self.attributes),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The ``[authority]`` section of a policy (the default is open mode, no grants)."""
+
+    mode: str = "open"
+    grants: tuple[Grant, ...] = ()
+    source: str = "<policy>"
+
+    @property
+    def closed(self) -> bool:
+        return self.mode == "closed"
+
+    def where(self, grant: Grant | None) -> str | None:
+        """FILE:LINE of ``grant`` (None for none, or a grant of unknown line)."""
+        if grant is None or grant.line is None:
+            return None
+        return f"{self.source}:{grant.line}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "grants": [g.to_dict() for g in self.grants]}
+
+
+OPEN = Settings()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What ``principal`` may do on ``resource``, and which grant says so."""
+
+    principal: str
+    resource: str
+    mode: str
+    write: bool
+    observe: bool
+    attributes: list[str]
+    rule: str | None
+    message: str
+    may: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "principal": self.principal,
+            "resource": self.resource,
+            "mode": self.mode,
+            "write": self.write,
+            "observe": self.observe,
+            "attributes": self.attributes,
+            "rule": self.rule,
+            "message": self.message,
+            "may": self.may,
+        }
+
+
+def _union(groups: Iterable[Iterable[str]]) -> list[str]:
+    out = list(dict.fromkeys(x for g in groups for x in g))
+    return ["*"] if "*" in out else out
+
+
+def _list(items: Sequence[str]) -> str:
+    return ", ".join(items) if items else "nothing"
+
+
+def decide(s: Settings, p: Principal, resource: str) -> Decision:
+    """The authority of ``p`` over ``resource`` under ``s`` (pure; no I/O)."""
+    if not s.closed:
+        return Decision(
+            p.name,
+            resource,
+            s.mode,
+            True,
+            True,
+            ["*"],
+            None,
+            f"open mode: {p.name} may write and observe {resource}",
+            {"write": [""], "observe": [""], "attributes": ["*"]},
+        )
+    mine = [g for g in s.grants if g.applies(p)]
+    writers = [g for g in mine if g.writes(resource)]
+    observers = [g for g in mine if g.observes(resource)]
+    admin = p.admin and p.kind in READ_ALL
+    write = bool(writers) or admin
+    attributes = ["*"] if admin else _union(g.attributes for g in writers)
+    observe = write or p.kind in READ_ALL or bool(observers)
+    nearest = next(iter(writers or observers or mine), None)
+    may = {
+        "write": _union(g.write for g in mine) if not admin else [""],
+        "observe": _union((*g.write, *g.observe) for g in mine) if p.kind not in READ_ALL else [""],
+        "attributes": _union(g.attributes for g in mine) if not admin else ["*"],
+    }
+    if write:
+        what = f"{p.name} may write {resource}" + (" (an admin)" if admin and not writers else "")
+        if attributes != ["*"]:
+            what += f", touching only {_list(attributes)}"
+    else:
+        what = (
+            f"{p.name} may observe {resource}, not write it"
+            if observe
+            else f"{p.name} may neither write nor observe {resource}"
+        )
+        what += f"; it may write under: {_list(may['write'])}"
+        if p.kind not in READ_ALL:
+            what += f"; observe under: {_list(may['observe'])}"
+    where = s.where(nearest)
+    what += f" ({where})" if where else " (no grant in [authority] names it)"
+    return Decision(p.name, resource, s.mode, write, observe, attributes, where, what, may)
+
+
+def observable(s: Settings, p: Principal, resource: str | None) -> bool:
+    """May ``p`` read rows about ``resource``? (Rows about no resource: humans only.)"""
+    if not s.closed or p.kind in READ_ALL:
+        return True
+    if not resource:
+        return False
+    return any(g.observes(resource) for g in s.grants if g.applies(p))
+
+
+# ----------------------------------------------------------------------------- parsing
+_HEADER = re.compile(r'^\s*\[\[\s*"?authority"?\s*\.\s*"?grant"?\s*\]\]\s*(#.*)?$')
+_SECTION = re.compile(r'^\s*\[\s*"?authority"?\s*\]\s*(#.*)?$')
+
+
+def grant_lines(text: str) -> list[int]:
+    """1-based line numbers of the ``[[authority.grant]]`` headers, in file order.
+
+    tomllib keeps no positions, so the headers are found by scanning the text, skipping
+    lines inside multi-line strings."""
+    out: list[int] = []
+    in_string: str | None = None
+    for i, line in enumerate(text.splitlines(), 1):
+        if in_string is None and _HEADER.match(line):
+            out.append(i)
+        for quote in ('"""', "'''"):
+            n = line.count(quote)
+            if n % 2 and (in_string is None or in_string == quote):
+                in_string = None if in_string == quote else quote
+    return out
+
+
+def section_line(text: str) -> int | None:
+    for i, line in enumerate(text.splitlines(), 1):
+        if _SECTION.match(line):
+            return i
+    return None
+
+
+def _names(raw: Mapping[str, Any], key: str, fail: Any, line: int | None) -> tuple[str, ...]:
+    v = raw.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(x, str) and 0 < len(x) <= 200 for x in v):
+        fail(f"authority.grant {key} must be a list of names", line)
+    return tuple(dict.fromkeys(v))
+
+
+def _prefixes(raw: Mapping[str, Any], key: str, fail: Any, line: int | None) -> tuple[str, ...]:
+    out = _names(raw, key, fail, line)
+    for prefix in out:
+        if prefix == "":
+            continue
+        try:
+            resources.validate(prefix, f"authority.grant {key}")
+        except Invalid as exc:
+            fail(exc.message, line)
+    return out
+
+
+def parse_section(raw: Any, text: str, path: str) -> Settings:
+    """The ``[authority]`` section of a policy file; raises :class:`~writ.policy.PolicyError`
+    with FILE:LINE and the reason."""
+    from .policy import PolicyError
+
+    def fail(reason: str, line: int | None) -> None:
+        raise PolicyError(path, reason, line)
+
+    top = section_line(text)
+    if raw is None:
+        return Settings(source=path)
+    if not isinstance(raw, dict):
+        fail("authority must be a table: [authority] with mode = ...", top)
+    for key in raw:
+        if key not in SECTION_KEYS:
+            fail(f"unknown authority setting {key!r}; known: mode, grant", top)
+    mode = raw.get("mode", "open")
+    if mode not in MODES:
+        fail(f'authority mode must be "open" or "closed", not {mode!r}', top)
+    entries = raw.get("grant", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        fail("grants must be written as [[authority.grant]] tables", top)
+    lines: list[int | None] = list(grant_lines(text))
+    if len(lines) != len(entries):  # written some other way (inline tables): no lines
+        lines = [None] * len(entries)
+    grants = []
+    for raw_grant, line in zip(entries, lines, strict=True):
+        unknown = sorted(set(raw_grant) - set(GRANT_KEYS))
+        if unknown:
+            fail(f"unknown grant setting {unknown[0]!r}; known: {', '.join(GRANT_KEYS)}", line)
+        principals = _names(raw_grant, "principals", fail, line)
+        kinds = _names(raw_grant, "kinds", fail, line)
+        vendors = _names(raw_grant, "vendors", fail, line)
+        from .models import KINDS
+
+        for k in kinds:
+            if k not in KINDS:
+                fail(f"authority.grant kinds: {k!r} is not one of {', '.join(KINDS)}", line)
+        if not (principals or kinds or vendors):
+            fail("a grant needs principals, kinds or vendors: whom does it apply to?", line)
+        attributes = (
+            _names(raw_grant, "attributes", fail, line) if "attributes" in raw_grant else ("*",)
+        )
+        if not attributes:
+            fail('attributes must name at least one attribute (or "*")', line)
+        grants.append(
+            Grant(
+                line=line,
+                principals=principals,
+                kinds=kinds,
+                vendors=vendors,
+                write=_prefixes(raw_grant, "write", fail, line),
+                observe=_prefixes(raw_grant, "observe", fail, line),
+                attributes=attributes,
+            )
+        )
+    return Settings(mode=mode, grants=tuple(grants), source=path)
+
+
+def review(s: Settings, known: Mapping[str, Principal] | None = None) -> list[str]:
+    """Warnings for ``writ policy check``: unknown principals, grants without effect,
+    and overlaps explained (what a principal matched by several grants may do)."""
+    out: list[str] = []
+    for g in s.grants:
+        where = s.where(g) or s.source
+        if known is not None:
+            for name in g.principals:
+                if name not in known:
+                    out.append(f"{where}: {name!r} is not a registered principal")
+        if not g.write and not g.observe:
+            out.append(f"{where}: this grant lets {g.who()} neither write nor observe anything")
+    for i, a in enumerate(s.grants):
+        for b in s.grants[i + 1 :]:
+            common = _overlap(a, b, known)
+            if common:
+                out.append(
+                    f"{s.where(a) or s.source} and {s.where(b) or s.source} both apply to "
+                    f"{common}: they add up (write {_list(_union([a.write, b.write]))}; "
+                    f"observe {_list(_union([a.write, a.observe, b.write, b.observe]))}; "
+                    f"attributes {_list(_union([a.attributes, b.attributes]))})"
+                )
+    if s.mode == "open" and s.grants:
+        out.append(
+            f"{s.source}: mode is open, so the {len(s.grants)} grant(s) are not enforced "
+            '(set mode = "closed" in [authority])'
+        )
+    return out
+
+
+def _overlap(a: Grant, b: Grant, known: Mapping[str, Principal] | None) -> str:
+    """Whom both grants apply to, in words ('' when nobody)."""
+    names = sorted(set(a.principals) & set(b.principals))
+    kinds = sorted(set(a.kinds) & set(b.kinds))
+    vendors = sorted(set(a.vendors) & set(b.vendors))
+    if known is not None:
+        names = sorted({*names, *(n for n, p in known.items() if a.applies(p) and b.applies(p))})
+    parts = names + [f"kind {k}" for k in kinds] + [f"vendor {v}" for v in vendors]
+    return ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------- the rule
+class Authority:
+    """The engine rule: checked first at every grant (see the module docstring)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        engine._gates.insert(0, self.gate)  # before freezes, consent and the queue
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def settings(self) -> Settings:
+        return getattr(self.engine.policy, "authority", None) or OPEN
+
+    def decide(self, p: Principal, resource: str) -> Decision:
+        return decide(self.settings, p, resource)
+
+    async def gate(self, tx: Tx, me: Principal, req: Request) -> WritError | None:
+        s = self.settings
+        if not s.closed:
+            return None
+        d = decide(s, me, req.resource)
+        if not d.write:
+            return Forbidden(d.message, rule=d.rule, may=d.may)
+        if req.default_touches:
+            req.touches = list(d.attributes)
+            req.default_touches = False
+        elif "*" not in d.attributes:
+            bad = [t for t in req.touches if t not in d.attributes]
+            if bad:
+                return Forbidden(
+                    f"{me.name} may name only {_list(d.attributes)} in touches on "
+                    f"{req.resource}, not {_list(bad)} ({d.rule or 'no grant'})",
+                    rule=d.rule,
+                    may=d.may,
+                )
+        return None
+
+    # -- reads ---------------------------------------------------------------------------
+    def observable(self, me: Principal, resource: str | None) -> bool:
+        return observable(self.settings, me, resource)
+
+    def check_observe(self, me: Principal, resource: str) -> None:
+        """Raise 403 unless ``me`` may read about ``resource``."""
+        if not self.observable(me, resource):
+            d = self.decide(me, resource)
+            raise Forbidden(d.message, rule=d.rule, may=d.may)
+
+    def visible(
+        self, me: Principal, rows: list[dict[str, Any]], key: str = "resource"
+    ) -> list[dict[str, Any]]:
+        """The rows ``me`` may read (all of them for humans, queues and open mode)."""
+        s = self.settings
+        if not s.closed or me.kind in READ_ALL:
+            return rows
+        return [r for r in rows if observable(s, me, r.get(key))]
+
+    def visible_page(self, me: Principal, page: dict[str, Any]) -> dict[str, Any]:
+        """An audit/events page filtered to what ``me`` may read; ``next_after_seq`` still
+        moves past the rows left out, so the reader keeps its place."""
+        rows = page.get("rows") or []
+        kept = self.visible(me, rows)
+        return page if kept is rows else {**page, "rows": kept}
+
+    # -- changes -------------------------------------------------------------------------
+    async def check_change(
+        self, tx: Tx, me: Principal, lease: Lease, attribute: str
+    ) -> WritError | None:
+        """In closed mode a recorded change must name one of its lease's ``touches``; a
+        refusal is a ``lease.refused`` row (the caller commits it with the error)."""
+        if not self.settings.closed or "*" in lease.touches or attribute in lease.touches:
+            return None
+        d = self.decide(me, lease.resource)
+        err = Forbidden(
+            f"lease {lease.lease_id} touches only {_list(lease.touches)}, not {attribute}: "
+            f"acquire a lease whose touches name {attribute}"
+            + (
+                ""
+                if "*" in d.attributes or attribute in d.attributes
+                else f" (you may not: {d.message})"
+            ),
+            rule=d.rule,
+            touches=list(lease.touches),
+        )
+        await tx.append(
+            self.engine.lease_row(
+                lease, "lease.refused", me.name, f"refused change to {attribute}: {err.message}"
+            )
+        )
+        return err
+
+    # -- 409 held --------------------------------------------------------------------------
+    async def holder_view(
+        self, tx: Tx, asker: str, holder: dict[str, Any], lease: Lease
+    ) -> dict[str, Any]:
+        """In closed mode an agent sees writ's wake route as ``holder.wake``, never the
+        holder's own URL; humans and queues see both (``wake_via_writ``)."""
+        if not self.settings.closed:
+            return holder
+        route = f"/v1/leases/{lease.lease_id}/wake"
+        p = await tx.get_principal(asker)
+        if p is not None and p.kind in READ_ALL:
+            return {**holder, "wake_via_writ": route}
+        return {**holder, "wake": route}
+
+    # -- explain ---------------------------------------------------------------------------
+    async def explain(self, me: Principal, name: Any, resource: Any) -> dict[str, Any]:
+        """``GET /v1/authority``: what ``name`` may do on ``resource`` (agents and portals
+        may ask only about themselves)."""
+        if not isinstance(name, str) or not name:
+            raise Invalid("principal is required", field="principal")
+        resources.validate(resource)
+        if me.kind not in READ_ALL and name != me.name:
+            raise Forbidden(
+                f"{me.name} is a{'n' if me.kind == 'agent' else ''} {me.kind}: it may ask "
+                f"only about itself (principal={me.name})"
+            )
+        p = me if name == me.name else await self.engine.principal(name)
+        if p is None:
+            raise NotFound(f"no principal {name!r}", principal=name)
+        return self.decide(p, resource).to_dict()
+
+    # -- reload ----------------------------------------------------------------------------
+    async def reload(self, me: Principal | None) -> dict[str, Any]:
+        """Read the policy file again and apply it to new requests (held leases keep their
+        term; queued requests meet the new grants when their turn comes). Blast-radius
+        groups stay as they were until a restart: exclusion must not change under held
+        leases. ``me`` None is SIGHUP. A bad file changes nothing (422 with FILE:LINE)."""
+        from .engine import SYSTEM
+        from .policy import load
+
+        if me is not None and not me.admin:
+            raise Forbidden("only an admin may reload the policy", actor=me.name)
+        eng = self.engine
+        source = eng.policy.source
+        if not source or source == "<policy>":  # no file: the built-in defaults stay
+            return {
+                "source": None,
+                "mode": self.settings.mode,
+                "grants": len(self.settings.grants),
+                "rules": len(eng.policy.rules),
+                "warnings": ["writ serve was started without --policy: nothing to reload"],
+            }
+        new = load(source)
+        warnings: list[str] = []
+        if new.blast.groups != eng.blast.groups:
+            warnings.append("blast_radius changed: it applies after a restart, not on reload")
+        new.blast = eng.blast
+        by = me.name if me else SYSTEM
+        s = new.authority or OPEN
+
+        async def fn(tx: Tx) -> None:
+            await tx.append(
+                {
+                    "event": "policy.reloaded",
+                    "agent_id": by,
+                    "resource": "policy",
+                    "lock_holder": "none",
+                    "approved_by": by if me is not None else None,
+                    "notes": f"{by} reloaded {source}: authority mode {s.mode}, "
+                    f"{len(s.grants)} grant(s), {len(new.rules)} rule(s)"
+                    + (f"; {'; '.join(warnings)}" if warnings else ""),
+                }
+            )
+
+        await eng.store.transact(fn)
+        eng.policy = new
+        log.info("policy reloaded from %s by %s", source, by)
+        return {
+            "source": source,
+            "mode": s.mode,
+            "grants": len(s.grants),
+            "rules": len(new.rules),
+            "warnings": warnings,
+        }
+
+    def on_sighup(self) -> None:
+        """Reload on SIGHUP (``writ serve``; call from the main thread)."""
+
+        def handler(signum: int, frame: Any) -> None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            loop.call_soon_threadsafe(self._spawn_reload)
+
+        signal.signal(signal.SIGHUP, handler)
+
+    def _spawn_reload(self) -> None:
+        async def go() -> None:
+            try:
+                await self.reload(None)
+            except WritError as exc:
+                log.error("SIGHUP: the policy was not reloaded: %s", exc.message)
+
+        task = asyncio.get_running_loop().create_task(go())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- waking the holder -----------------------------------------------------------------
+    async def wake(self, me: Principal, lease_id: Any, reason: Any) -> dict[str, Any]:
+        """``POST /v1/leases/{id}/wake``: writ calls the holder's wake route for anyone who
+        may observe the resource — at most once per 30 s per lease; a call within that
+        window answers with ``already_woken_at`` and calls nobody. A row either way."""
+        why = str(text(reason, "reason"))
+        eng = self.engine
+
+        async def fn(tx: Tx) -> dict[str, Any] | WritError:
+            lease = await tx.get_lease(lease_id, for_update=True)
+            if lease is None:
+                raise NotFound(f"no lease {lease_id!r}", lease_id=lease_id)
+            self.check_observe(me, lease.resource)
+            now = tx.now()
+            if lease.state != "held" or lease.expires_at <= now:
+                return LeaseLost(
+                    f"lease {lease.lease_id} on {lease.resource} no longer holds: there is "
+                    "nobody to wake",
+                    lease_id=lease.lease_id,
+                    state="expired" if lease.state == "held" else lease.state,
+                )
+            mark = await tx.get_object(WAKE, lease.lease_id, for_update=True)
+            holder = await tx.get_principal(lease.holder)
+            route = holder.wake if holder else None
+            answer: dict[str, Any] = {
+                "lease_id": lease.lease_id,
+                "resource": lease.resource,
+                "holder": lease.holder,
+                "woken_at": rfc3339(now),
+                "already_woken_at": None,
+            }
+            if mark is not None and (mark.get("expires_at_ts") or 0) > now:
+                answer.update(woken_at=mark["at"], already_woken_at=mark["at"])
+                await tx.append(
+                    eng.lease_row(
+                        lease,
+                        "wake.requested",
+                        me.name,
+                        f"{me.name} asked writ to wake {lease.holder} ({why}); already woken "
+                        f"at {mark['at']} by {mark['by']}: not called again within "
+                        f"{WAKE_EVERY_S:g}s",
+                    )
+                )
+                return answer
+            await tx.put_object(
+                WAKE,
+                lease.lease_id,
+                lease.resource,
+                "active",
+                {"at": rfc3339(now), "by": me.name, "reason": why},
+                now + WAKE_EVERY_S,
+            )
+            row = eng.lease_row(
+                lease,
+                "wake.requested",
+                me.name,
+                f"{me.name} asked writ to wake {lease.holder} ({why}): "
+                + (f"POST {route}" if route else "no wake route registered"),
+            )
+            await tx.append(row)
+            eng.call_later(
+                tx,
+                "wake",
+                route,
+                {"to": lease.holder, "reason": why, "by": me.name, "lease": lease.to_dict()},
+                row,
+            )
+            return answer
+
+        out = await eng.store.transact(fn)
+        if isinstance(out, WritError):
+            raise out
+        return out
+
+
+__all__ = [
+    "OPEN",
+    "Authority",
+    "Decision",
+    "Grant",
+    "Settings",
+    "decide",
+    "grant_lines",
+    "observable",
+    "parse_section",
+    "review",
+]

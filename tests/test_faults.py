@@ -202,6 +202,15 @@ pumps = ["tank/b", "pump"]
 prefix = "pump"
 lock_delay_s = 0.2
 """
+# the same run in closed authority mode: the agents are granted the tanks and the pump
+CLOSED = """
+[authority]
+mode = "closed"
+
+[[authority.grant]]
+kinds = ["agent"]
+write = ["tank", "pump"]
+"""
 RESOURCES = ["tank", "tank/a", "tank/b", "pump"]
 WEIGHTS = [1, 3, 3, 3]
 KEYS = ["tank/a", "tank/b", "pump"]  # the registers; a lease writes those it conflicts with
@@ -321,8 +330,10 @@ async def contend(
     return history, register
 
 
-async def run_contention(store_url: str, tmp: Path, n_agents: int, seconds: float) -> None:
-    with server_process(store_url, tmp, POLICY) as srv:
+async def run_contention(
+    store_url: str, tmp: Path, n_agents: int, seconds: float, policy: str = POLICY
+) -> None:
+    with server_process(store_url, tmp, policy) as srv:
         names = [f"agent-{i:02d}" for i in range(n_agents)]
         tokens = await add_principals(srv.url, "agent", names)
         (human,) = await add_principals(srv.url, "queue", ["oncall"])
@@ -347,11 +358,15 @@ async def run_contention(store_url: str, tmp: Path, n_agents: int, seconds: floa
         assert stats["acquire_fail"] >= 1, stats  # someone waited in vain, or did not wait
 
 
+@pytest.mark.parametrize("mode", ["open", "closed"])
 async def test_contention_keeps_exclusion_fencing_and_every_update(
-    store_url: str, tmp_path: Path
+    store_url: str, tmp_path: Path, mode: str
 ) -> None:
-    """12 agents, ~3 s, revokes and stalls: the history checker finds no violation."""
-    await run_contention(store_url, tmp_path, 12, 3.0)
+    """12 agents, ~3 s, revokes and stalls: the history checker finds no violation, in
+    open and in closed authority mode."""
+    await run_contention(
+        store_url, tmp_path, 12, 3.0, POLICY + (CLOSED if mode == "closed" else "")
+    )
 
 
 @pytest.mark.slow

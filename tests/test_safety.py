@@ -95,14 +95,32 @@ class World:
         return [r for r in rows if event is None or r["event"] == event]
 
 
-@pytest.fixture
-async def world(tmp_path: Any, receiver: Receiver) -> AsyncIterator[World]:
+# Every safety test runs in closed authority mode too, the test principals granted what
+# they lease: the authority rule must not weaken or change any of these guarantees.
+CLOSED = """
+[authority]
+mode = "closed"
+
+[[authority.grant]]
+kinds = ["agent", "portal", "human", "queue"]
+write = ["prod", "routing", "capacity", "staging"]
+"""
+
+
+@pytest.fixture(params=["open", "closed"])
+async def world(
+    tmp_path: Any, receiver: Receiver, request: pytest.FixtureRequest
+) -> AsyncIterator[World]:
     clock = ManualClock()
     engine = Engine(
         SQLiteStore(f"sqlite:///{tmp_path}/w.db", clock=clock),
         # the seed's policy: under prod, protect 900 s, hold 600 s, page after 60 s,
         # lock-delay 5 s, consent timeout 120 s; prod/db, routing/db-tier and capacity/db as one
-        parse(f'rollback_base_url = "{receiver.base}"\n' + SEED_POLICY),
+        parse(
+            f'rollback_base_url = "{receiver.base}"\n'
+            + SEED_POLICY
+            + (CLOSED if request.param == "closed" else "")
+        ),
     )
     engine.caller.backoff = 0.01
     await engine.start(background=False)

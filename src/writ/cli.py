@@ -219,15 +219,18 @@ def serve(store: str, host: str, port: int, policy: str | None, log_level: str) 
 
 @main.group()
 def policy() -> None:
-    """Check policy files offline."""
+    """Check policy files, explain what a principal may do, reload a server's policy."""
 
 
 @policy.command("check")
 @click.argument("file", type=click.Path(dir_okay=False))
+@store_option("Check the grants' principal names against this store (e.g. sqlite:///writ.db).")
 @json_option
-def policy_check(file: str, as_json: bool) -> None:
+def policy_check(file: str, store: str | None, as_json: bool) -> None:
     """Read policy FILE as `writ serve --policy FILE` would: exit 0 and summarise it, or
-    exit 1 with FILE:LINE: reason."""
+    exit 1 with FILE:LINE: reason. Grants are listed with their lines; overlapping grants
+    are explained, and with --store unknown principals are warned of."""
+    from .cli_authority import authority_lines
     from .policy import load
 
     pol = load(file)
@@ -244,6 +247,8 @@ def policy_check(file: str, as_json: bool) -> None:
             f"{'-' if r.max_hold_s is None else f'{r.max_hold_s:g}'} page_after_s={r.page_after_s:g} "
             f"lock_delay_s={r.lock_delay_s:g} consent_timeout_s={r.consent_timeout_s:g}"
         )
+    for line in authority_lines(pol, store):
+        click.echo(line, err=line.startswith("warning:"))
 
 
 # ----------------------------------------------------------------------------- principals
@@ -1243,6 +1248,7 @@ def migrate(src: str, dst: str, as_json: bool) -> None:
 
 # ----------------------------------------------------------------------------- plug-ins
 # Commands that live in their own modules (each imports its heavy dependencies lazily)
+from .cli_authority import register as _register_authority  # noqa: E402
 from .cli_evidence import register as _register_evidence  # noqa: E402
 from .cli_lint import lint_command  # noqa: E402
 from .cli_reach import gate_command, mcp_command  # noqa: E402
@@ -1251,6 +1257,7 @@ main.add_command(lint_command)
 main.add_command(gate_command)
 main.add_command(mcp_command)
 _register_evidence(main)
+_register_authority(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

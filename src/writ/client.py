@@ -350,6 +350,24 @@ class _Routes(Generic[R]):
         params = _drop_none({"resource": resource, "after_seq": after_seq, "wait_s": wait_s})
         return self._send(_Req("GET", "/v1/events", params=params, wait_s=float(wait_s)))
 
+    # ---- authority (v1.1) --------------------------------------------------------------
+    def authority(self, principal: str, resource: str) -> R:
+        """``GET /v1/authority``: may ``principal`` write / observe ``resource``, which
+        attributes, and which FILE:LINE of the policy says so."""
+        params = {"principal": principal, "resource": resource}
+        return self._send(_Req("GET", "/v1/authority", params=params))
+
+    def wake(self, lease_id: str, reason: str) -> R:
+        """``POST /v1/leases/{id}/wake``: ask writ to wake the lease's holder (at most one
+        call per 30 s per lease; later ones answer with ``already_woken_at``)."""
+        return self._send(
+            _Req("POST", f"/v1/leases/{_path(lease_id)}/wake", body={"reason": reason})
+        )
+
+    def reload_policy(self) -> R:
+        """``POST /v1/policy/reload`` (admin): apply the policy file to new requests."""
+        return self._send(_Req("POST", "/v1/policy/reload"))
+
 
 class _Base:
     """Settings and response decoding shared by both clients."""

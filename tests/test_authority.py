@@ -154,7 +154,7 @@ class World:
         return await self.http.post(path, json=body, headers=self.h(who))
 
     async def lease(self, who: str, resource: str, **kw: Any) -> httpx.Response:
-        return await self.post(who, "/v1/leases", {"resource": resource, "intent": "test", **kw})
+        return await self.post(who, "/v1/leases", {"resource": resource, "intent": "test"} | kw)
 
     async def rows(self, event: str | None = None) -> list[dict[str, Any]]:
         await self.engine.caller.drain()
@@ -564,3 +564,25 @@ def test_policy_check_and_explain_offline(tmp_path: Path) -> None:
         main, ["policy", "explain", "perf-agent", "prod/db", "--file", str(path), "--json"]
     )
     assert r.exit_code == 0 and json.loads(r.output)["attributes"] == ["capacity"], r.output
+
+
+async def test_the_postmortem_lists_authority_refusals(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from writ.postmortem import Query, StoreSource, collect, to_markdown
+
+    async with world(backend, tmp_path, monkeypatch) as w:
+        await w.lease("perf-agent", "prod/db", ttl_s=300)
+        r = await w.lease("cost-agent", "prod/db", intent="consolidate")
+        assert r.status_code == 403
+        report = await collect(StoreSource(w.engine), Query(["prod"]))
+        (refusal,) = report["refusals"]
+        assert (refusal["kind"], refusal["agent"], refusal["intent"]) == (
+            "forbidden",
+            "cost-agent",
+            "consolidate",
+        )
+        assert "may observe prod/db, not write it" in refusal["reason"]
+        assert [h["holder"] for h in report["holders"]] == ["perf-agent"]
+        md = to_markdown(report)
+        assert "forbidden" in md and "cost-agent may observe prod/db" in md

@@ -21,7 +21,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.server_fixtures import LiveServer, free_port, run_writ, unique
+from tests.server_fixtures import LiveServer, free_port, run_writ, serve, unique
 from writ.mcp_server import TOOL_NAMES
 
 TRANSPORTS = ["stdio", "http"]
@@ -338,3 +338,50 @@ async def test_http_endpoint_needs_its_bearer_token(
                 headers={"Accept": "application/json, text/event-stream"},
             )
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
+
+
+# ----------------------------------------------------------------------------- authority
+CLOSED_POLICY = """
+[authority]
+mode = "closed"
+
+[[authority.grant]]
+principals = ["perf-agent"]
+write = ["prod/db"]
+attributes = ["capacity"]
+
+[[authority.grant]]
+principals = ["cost-agent"]
+write = ["capacity"]
+observe = ["prod/db"]
+attributes = ["capacity"]
+"""
+
+
+async def test_closed_mode_tool_errors_say_what_the_agent_may_do(tmp_path: Any) -> None:
+    """In closed mode a refused acquire tells the model what it may do instead (and which
+    policy line says so); explain_authority answers for the agent itself; wake_holder asks
+    writ to wake the holder that stands in its way."""
+    from writ.policy import load
+
+    (tmp_path / "writ.toml").write_text(CLOSED_POLICY)
+    with serve(tmp_path / "w.db", load(tmp_path / "writ.toml")) as srv:
+        _, perf = srv.principal("agent", "perf-agent")
+        _, cost = srv.principal("agent", "cost-agent")
+        with srv.client(perf) as c:
+            lease = c.acquire("prod/db", "double capacity", ttl_s=300)
+        async with agent_session(srv, cost, "stdio") as a:
+            text = await refused(a, "acquire_write_authority", resource="prod/db", intent="x")
+            assert "cost-agent may observe prod/db, not write it" in text
+            assert "You may take write authority under: capacity" in text
+            assert "writ.toml:" in text and "explain_authority" in text
+            mine = await call(a, "explain_authority", resource="prod/db")
+            assert (mine["principal"], mine["write"], mine["observe"]) == (
+                "cost-agent",
+                False,
+                True,
+            )
+            woke = await call(
+                a, "wake_holder", lease_id=lease["lease_id"], reason="overprovisioned?"
+            )
+            assert woke["holder"] == "perf-agent" and woke["already_woken_at"] is None

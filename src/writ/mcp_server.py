@@ -86,6 +86,8 @@ TOOL_NAMES = (
     "get_rollback",
     "watch_events",
     "whoami",
+    "explain_authority",
+    "wake_holder",
 )
 
 
@@ -188,6 +190,23 @@ def guidance(err: WritError) -> str:
             "Next: stop writing to the resource now: you no longer hold write authority and "
             "writes with the old fencing token will be refused. To continue, call "
             "acquire_write_authority again (you will get a new, higher fencing token)."
+        )
+    elif isinstance(err, Forbidden) and isinstance(d.get("may"), dict):
+        # not this agent's authority (closed mode): say what it may do instead
+        may = d["may"]
+
+        def _few(key: str) -> str:
+            items = [x or "(everything)" for x in may.get(key) or []]
+            return ", ".join(items) if items else "nothing"
+
+        head = f"Forbidden: {err.message}."
+        nxt = (
+            f"Next: do not write to it. You may take write authority under: {_few('write')}; "
+            f"read under: {_few('observe')}; name in touches: {_few('attributes')}. "
+            "To get something done on it, ask its holder (wake_holder) or a human to act, "
+            "or ask a human to change the grant"
+            + (f" at {d['rule']}" if d.get("rule") else "")
+            + ". explain_authority(resource) says what you may do on any resource."
         )
     elif isinstance(err, Forbidden):
         head = f"Forbidden: {err.message}."
@@ -586,6 +605,33 @@ def create_server(
     async def whoami() -> dict[str, Any]:
         """The principal this server acts as (fixed when it was started)."""
         return await _call(client.whoami())
+
+    @server.tool(annotations=_READ)
+    async def explain_authority(resource: Resource) -> dict[str, Any]:
+        """What you may do on a resource: write (take a lease), observe (read its leases and
+        events), which attributes you may name in touches, and which line of which policy
+        file says so. Ask before acquiring when unsure."""
+        me = await _call(client.whoami())
+        return await _call(client.authority(str(me.get("name")), resource))
+
+    @server.tool(annotations=_WRITE)
+    async def wake_holder(
+        lease_id: LeaseId,
+        reason: Annotated[
+            str,
+            Field(
+                description="why the holder should look now, in a sentence its operator "
+                "understands",
+                examples=["p99 has been over the alert for 10 minutes; are you still on it?"],
+                min_length=1,
+            ),
+        ],
+    ) -> dict[str, Any]:
+        """Ask writ to wake the holder of a lease that stands in your way (the `wake` of a
+        refusal's holder). writ calls the holder at most once per 30 s per lease; a later
+        call answers with already_woken_at. It does not take the lease away: wait in the
+        queue (acquire_write_authority with wait_s) for it."""
+        return await _call(client.wake(lease_id, reason))
 
     # ---- resources -----------------------------------------------------------------------
     async def _read(aw: Awaitable[Any]) -> str:

@@ -350,10 +350,14 @@ def duration(seconds: float | None) -> str:
 
 
 def classify_refusal(row: dict[str, Any]) -> tuple[str, str, str]:
-    """``(kind, intent, reason)`` of a ``lease.denied`` or ``gate.refused`` row."""
+    """``(kind, intent, reason)`` of a ``lease.denied``, ``lease.refused`` (not the
+    caller's authority: kind ``forbidden``) or ``gate.refused`` row."""
     notes = row.get("notes") or ""
     if row.get("event") == "gate.refused":
         return "gate", "", notes
+    if row.get("event") == "lease.refused":
+        m = _REFUSED.match(notes)
+        return "forbidden", (m.group(2) if m else ""), (m.group(3) if m else notes)
     m = _REFUSED.match(notes)
     intent, why = (m.group(2), m.group(3)) if m else ("", notes)
     if "protected until" in why and ("Ask first" in why or "consent" in why):
@@ -545,7 +549,7 @@ def _holders(
             if m:
                 h["intent"], h["ttl_s"] = m.group(3), float(m.group(4))
             continue
-        if ev in ("lease.denied", "lease.queued"):
+        if ev in ("lease.denied", "lease.queued", "lease.refused"):
             continue  # these name the blocker, whose own rows tell its story
         h = open_.get(str(key)) or opened(r, r.get("lock_acquired_at"), None, True)
         if ev in END_EVENTS:
@@ -580,7 +584,7 @@ def _refusals(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
     queued: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
         ev = r.get("event")
-        if ev in ("lease.denied", "gate.refused"):
+        if ev in ("lease.denied", "lease.refused", "gate.refused"):
             kind, intent, why = classify_refusal(r)
             refusals.append({**_plain(r), "kind": kind, "intent": intent, "reason": why})
             w = queued.pop((str(r.get("agent_id")), str(r.get("resource"))), None)

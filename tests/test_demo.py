@@ -91,3 +91,31 @@ def test_uncoordinated_run_is_the_seed_story() -> None:
     assert any("cost-agent" in t and "consolidates 8→4" in t for t in texts)
     assert any("routing-agent" in t and "reroutes" in t for t in texts)
     assert run1.db.down_at == 120  # 02:19:00
+
+
+def test_closed_mode_refuses_the_consolidation_before_consent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``writ demo --mode closed``: cost-agent's consolidation is refused as not its
+    authority (403 forbidden, with the policy line), no consent is asked or answered, the
+    DB stays up, and the run is as deterministic as the open one."""
+    outs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        buf = io.StringIO()
+        result = run(
+            console=Console(file=buf, width=160, color_system=None, force_terminal=False),
+            mode="closed",
+        )
+        out = tmp_path / name / "writ-demo"
+        outs.append((buf.getvalue(), (out / "postmortem.md").read_text(), result))
+    (text, md, result), (text2, md2, _) = outs
+    assert (text, md) == (text2, md2)
+    steps = "\n".join(t for _, t, _ in result.coordinated.events)
+    assert "REFUSED forbidden: not its authority (demo-policy.toml:24" in steps
+    assert "consent" not in steps.replace("no consent asked", "")
+    assert "With writ:    the DB stayed up" in text and "run 2: through writ, closed mode" in text
+    assert "| 02:17:40 | 8 | cost-agent | prod/db | forbidden | perf-agent |" in md
+    res = CliRunner().invoke(main, ["demo", "--mode", "closed", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0 and "forbidden" in res.output, res.output

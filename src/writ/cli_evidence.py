@@ -185,7 +185,15 @@ def postmortem_command(
     type=click.Path(file_okay=False),
     help="Folder for the run-2 postmortem (postmortem.md and postmortem.html).",
 )
-def demo_command(out_dir: str) -> None:
+@click.option(
+    "--mode",
+    type=click.Choice(["open", "closed"]),
+    default="open",
+    show_default=True,
+    help="Run 2's authority mode: closed adds [authority] grants, and cost-agent's "
+    "consolidation is refused as not its authority before consent is asked.",
+)
+def demo_command(out_dir: str, mode: str) -> None:
     """Replay 02:17 twice on a simulated clock: three agents, one simulated DB.
 
     Run 1 without writ: the DB goes down at 02:19. Run 2 through writ (the real engine and
@@ -195,7 +203,7 @@ def demo_command(out_dir: str) -> None:
     """
     from .demo import run
 
-    run(out_dir)
+    run(out_dir, mode=mode)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -18,6 +18,11 @@ threshold: above 100% utilisation for 40 s, it falls over).
   ``svc-ops-princess``, who denies it; routing waits in the queue on the blast radius and
   reroutes only once perf is done. The DB stays up.
 
+**Closed mode** (``writ demo --mode closed``): run 2 under the same policy plus
+:data:`CLOSED_POLICY`, an ``[authority]`` section in ``closed`` mode. cost-agent may observe
+``prod/db`` but write only ``capacity``: its consolidation is refused 403 ``forbidden`` — not
+its authority — before consent is even asked, so nobody has to answer a consent at all.
+
 The demo prints both timelines side by side and writes the run-2 postmortem (Markdown and
 HTML) before it exits. It is deterministic: the clock is fixed (2026-05-16T02:17:00Z) and,
 for the demo only, ids are drawn from a counter instead of :func:`secrets.token_urlsafe`, so
@@ -61,6 +66,30 @@ page_after_s = 60
 lock_delay_s = 5
 consent_timeout_s = 120
 """
+# The 02:17 policy in closed mode (appended to POLICY): who may ever be a writer on what.
+CLOSED_POLICY = """
+[authority]
+mode = "closed"
+
+[[authority.grant]]           # perf-agent owns prod-write, period
+principals = ["perf-agent"]
+write = ["prod/db"]
+observe = ["prod", "routing", "capacity"]
+attributes = ["capacity"]
+
+[[authority.grant]]           # cost-agent watches the DB; it writes capacity plans only
+principals = ["cost-agent"]
+write = ["capacity"]
+observe = ["prod/db"]
+attributes = ["capacity"]
+
+[[authority.grant]]
+principals = ["routing-agent"]
+write = ["routing"]
+observe = ["prod", "routing"]
+attributes = ["routing"]
+"""
+MODES = ("open", "closed")
 AGENTS = {  # name: (kind, vendor, wake route)
     "perf-agent": ("agent", "vendor-a", "https://perf-agent.vendor-a.example/wake"),
     "cost-agent": ("agent", "vendor-b", "https://cost-agent.vendor-b.example/wake"),
@@ -233,19 +262,20 @@ class World:
         return httpx.Response(200)
 
 
-async def run_through_writ(workdir: Path) -> tuple[Run, str]:
+async def run_through_writ(workdir: Path, mode: str = "open") -> tuple[Run, str]:
     """Run 2: the same agents, each asking writ first. Returns the run and the engine's
-    store URL (the store is closed)."""
+    store URL (the store is closed). ``mode`` "closed" adds :data:`CLOSED_POLICY`."""
     from .engine import Engine
     from .policy import parse
     from .server import create_app
     from .stores.sqlite import SQLiteStore
 
-    run = Run("through writ")
+    run = Run("through writ" if mode == "open" else "through writ, closed mode")
     db = run.db
     clock = ManualClock(START)
     url = f"sqlite:///{workdir / 'writ-demo.db'}"
-    engine = Engine(SQLiteStore(url, clock=clock), parse(POLICY, "demo-policy.toml"))
+    text = POLICY + (CLOSED_POLICY if mode == "closed" else "")
+    engine = Engine(SQLiteStore(url, clock=clock), parse(text, "demo-policy.toml"))
     app = create_app(engine, start_engine=False)
     await engine.start(background=False)
     try:
@@ -257,13 +287,13 @@ async def run_through_writ(workdir: Path) -> tuple[Run, str]:
             for name, (kind, vendor, wake) in AGENTS.items():
                 _, token = await engine.add_principal(None, name, kind, vendor=vendor, wake=wake)
                 w.tokens[name] = token
-            await _script(w, run, db)
+            await _script(w, run, db, mode)
     finally:
         await engine.stop()
     return run, url
 
 
-async def _script(w: World, run: Run, db: SimDB) -> None:
+async def _script(w: World, run: Run, db: SimDB, mode: str = "open") -> None:
     perf_lease: dict[str, Any] = {}
     routing: asyncio.Task[httpx.Response] | None = None
     routing_lease: dict[str, Any] = {}
@@ -331,6 +361,24 @@ async def _script(w: World, run: Run, db: SimDB) -> None:
                 "routing-agent asks for routing/db-tier: QUEUED behind perf-agent "
                 "(blast radius db-tier)",
             )
+        elif t == 40 and mode == "closed":
+            r = await w.post(
+                "cost-agent",
+                "/v1/leases",
+                {
+                    "resource": "prod/db",
+                    "intent": "consolidate instances: overprovisioned",
+                    "ttl_s": 60,
+                    "touches": ["capacity"],
+                },
+            )
+            err = r.json()["error"]
+            run.log(
+                t,
+                f"cost-agent asks to consolidate 8→4: REFUSED {err['code']}: not its "
+                f"authority ({err['rule']}: observe prod/db, write "
+                f"{', '.join(err['may']['write'])}); no consent asked",
+            )
         elif t == 40:
             r = await w.post(
                 "cost-agent",
@@ -391,7 +439,7 @@ async def _script(w: World, run: Run, db: SimDB) -> None:
                 200,
             )
             run.log(t, "routing-agent releases routing/db-tier")
-        elif t == 180:
+        elif t == 180 and consent:
             r = await w.post("svc-ops-princess", f"/v1/consents/{consent['consent_id']}/deny")
             _ok(r, 200)
             run.log(
@@ -433,7 +481,7 @@ class Result:
     verified: bool
 
 
-async def run_demo(out_dir: str | Path = "writ-demo") -> Result:
+async def run_demo(out_dir: str | Path = "writ-demo", mode: str = "open") -> Result:
     """Both runs; writes the run-2 postmortem into ``out_dir``."""
     from .engine import Engine
     from .postmortem import Query, StoreSource, collect, to_markdown
@@ -443,7 +491,7 @@ async def run_demo(out_dir: str | Path = "writ-demo") -> Result:
     run1 = run_uncoordinated()
     out = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="writ-demo-") as tmp, counter_ids():
-        run2, url = await run_through_writ(Path(tmp))
+        run2, url = await run_through_writ(Path(tmp), mode)
         engine = Engine(SQLiteStore(url, clock=ManualClock(START + END)))
         await engine.start(background=False)
         try:
@@ -486,7 +534,7 @@ def render(result: Result, console: Any) -> None:
     table.add_column("UTC", style="dim", no_wrap=True)
     table.add_column("run 1: without writ", ratio=1)
     table.add_column("DB", no_wrap=True, min_width=15)
-    table.add_column("run 2: through writ", ratio=1)
+    table.add_column(f"run 2: {result.coordinated.name}", ratio=1)
     table.add_column("DB", no_wrap=True, min_width=15)
     a = _by_time(result.uncoordinated.events)
     b = _by_time(result.coordinated.events)
@@ -560,10 +608,13 @@ def _db(state: str) -> Any:
     return Text(state, style="bold red" if state == "DOWN" else "")
 
 
-def run(out_dir: str | Path = "writ-demo", console: Any = None) -> Result:
-    """``writ demo``: run both, print, write the postmortem; returns the result."""
+def run(out_dir: str | Path = "writ-demo", console: Any = None, mode: str = "open") -> Result:
+    """``writ demo``: run both, print, write the postmortem; returns the result. ``mode``
+    "closed" runs run 2 with ``[authority]`` in closed mode (:data:`CLOSED_POLICY`)."""
     from rich.console import Console
 
-    result = asyncio.run(run_demo(out_dir))
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}")
+    result = asyncio.run(run_demo(out_dir, mode))
     render(result, console or Console())
     return result

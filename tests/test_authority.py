@@ -586,3 +586,58 @@ async def test_the_postmortem_lists_authority_refusals(
         assert [h["holder"] for h in report["holders"]] == ["perf-agent"]
         md = to_markdown(report)
         assert "forbidden" in md and "cost-agent may observe prod/db" in md
+
+
+def test_sighup_and_writ_policy_reload_apply_new_grants_without_a_restart(tmp_path: Path) -> None:
+    """A real `writ serve` process: SIGHUP reloads the policy file (a policy.reloaded row
+    by writ), `writ policy reload` does the same through the admin route, and `writ wake`
+    asks writ to wake a holder; the server's pid never changes."""
+    import os
+    import signal
+
+    from tests.server_fixtures import add_principals, server_process
+
+    with server_process(f"sqlite:///{tmp_path / 'w.db'}", tmp_path, POLICY) as srv:
+        assert srv.policy_path is not None
+        (cost_token,) = asyncio.run(add_principals(srv.url, "agent", ["cost-agent"]))
+        (perf_token,) = asyncio.run(add_principals(srv.url, "agent", ["perf-agent"]))
+        cost = {"Authorization": f"Bearer {cost_token}"}
+        body = {"resource": "prod/db/x", "intent": "consolidate"}
+        with srv.client() as admin:
+            assert admin.post("/v1/leases", json=body, headers=cost).status_code == 403
+            head = admin.get("/v1/audit/verify").json()["rows"]
+            srv.policy_path.write_text(
+                POLICY.replace('write = ["capacity"]', 'write = ["capacity", "prod/db"]')
+            )
+            os.kill(srv.pid, signal.SIGHUP)
+            rows = admin.get(
+                "/v1/events", params={"resource": "policy", "after_seq": head, "wait_s": 30}
+            ).json()["rows"]
+            assert [r["event"] for r in rows] == ["policy.reloaded"], srv.logs()
+            assert rows[0]["agent_id"] == "writ"
+            r = admin.post("/v1/leases", json=body, headers=cost)
+            assert r.status_code == 201, r.text
+            lease = r.json()
+        runner = CliRunner()
+        env = {"WRIT_URL": srv.url, "WRIT_TOKEN": srv.admin_token}
+        srv.policy_path.write_text(POLICY)
+        out = runner.invoke(main, ["policy", "reload"], env=env)
+        assert out.exit_code == 0 and "authority closed, 4 grant(s)" in out.output, out.output
+        with srv.client() as admin:
+            r = admin.post("/v1/leases", json={**body, "resource": "prod/db/y"}, headers=cost)
+            assert r.status_code == 403, r.text  # the new (narrower) grants, at once
+            # the lease granted under the old grants keeps its term
+            assert admin.get(f"/v1/leases/{lease['lease_id']}").json()["state"] == "held"
+        out = runner.invoke(
+            main,
+            ["wake", lease["lease_id"], "--reason", "still consolidating?"],
+            env={"WRIT_URL": srv.url, "WRIT_TOKEN": perf_token},
+        )
+        assert out.exit_code == 0 and "writ is waking cost-agent" in out.output, out.output
+        out = runner.invoke(
+            main,
+            ["policy", "explain", "cost-agent", "prod/db", "--json"],
+            env={"WRIT_URL": srv.url, "WRIT_TOKEN": cost_token},
+        )
+        assert out.exit_code == 0 and json.loads(out.output)["write"] is False, out.output
+        assert srv.proc is not None and srv.proc.poll() is None

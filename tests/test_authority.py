@@ -641,3 +641,20 @@ def test_sighup_and_writ_policy_reload_apply_new_grants_without_a_restart(tmp_pa
         )
         assert out.exit_code == 0 and json.loads(out.output)["write"] is False, out.output
         assert srv.proc is not None and srv.proc.poll() is None
+
+
+def test_the_documented_policies_parse() -> None:
+    """Every TOML block of docs/authority.md, and the README's five lines, is a policy
+    writ accepts; the worked example is the demo's closed policy."""
+    import re
+
+    from writ.demo import CLOSED_POLICY
+
+    root = Path(__file__).resolve().parent.parent
+    blocks = re.findall(r"```toml\n(.*?)```", (root / "docs" / "authority.md").read_text(), re.S)
+    readme = (root / "README.md").read_text()
+    blocks += re.findall(r"```toml\n(\[authority\].*?)```", readme, re.S)
+    assert len(blocks) >= 3
+    for text in blocks:
+        assert parse(text, "doc.toml").authority.mode == "closed"
+    assert CLOSED_POLICY.strip() in blocks[0]

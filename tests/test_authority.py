@@ -134,6 +134,7 @@ class World:
     path: Path
     tokens: dict[str, str] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
+    app: Any = None
 
     async def add(self, name: str, kind: str, vendor: str | None = None, **kw: Any) -> None:
         r = await self.http.post(
@@ -176,7 +177,7 @@ async def world(
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://writ"
         ) as http:
-            w = World(http, engine, path)
+            w = World(http, engine, path, app=app)
 
             def on_call(request: httpx.Request) -> httpx.Response:
                 w.calls.append({"url": str(request.url), **json.loads(request.content)})
@@ -658,3 +659,66 @@ def test_the_documented_policies_parse() -> None:
     for text in blocks:
         assert parse(text, "doc.toml").authority.mode == "closed"
     assert CLOSED_POLICY.strip() in blocks[0]
+
+
+async def test_a_resources_blast_radius_shows_only_what_an_agent_may_observe(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = '[blast_radius]\ndb-tier = ["prod/db", "billing/db"]\n' + POLICY
+    async with world(backend, tmp_path, monkeypatch, text) as w:
+        assert (await w.lease("admin", "billing/db", ttl_s=300)).status_code == 201
+        mine = (await w.get("cost-agent", "/v1/resources/prod/db")).json()
+        assert mine["conflicting"] == [] and mine["blast_radius"]
+        theirs = (await w.get("oncall-jane", "/v1/resources/prod/db")).json()
+        assert [l["resource"] for l in theirs["conflicting"]] == ["billing/db"]
+
+
+async def test_the_gate_passes_a_write_only_when_touches_name_its_attribute(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a real `Gate` (in-process, before a recording upstream): a route with
+    ``attribute = "capacity"`` forwards the write of a lease touching capacity, and refuses
+    403 ``forbidden`` that of a lease touching only labels; the upstream never sees it."""
+    from writ.gate import Gate, parse_routes
+
+    seen: list[str] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(200, stream=httpx.ByteStream(b"ok"))
+
+    async with world(backend, tmp_path, monkeypatch, OPEN_POLICY) as w:
+        await w.add("the-gate", "portal")
+        routes = parse_routes(
+            '[[route]]\npath = "/admin/db/scale"\nresource = "prod/db"\nattribute = "capacity"\n'
+        )
+        gate = Gate(
+            "http://writ",
+            w.tokens["the-gate"],
+            "http://upstream.test",
+            routes,
+            upstream_transport=httpx.MockTransport(upstream),
+            writ_transport=httpx.ASGITransport(app=w.app),
+        )
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gate), base_url="http://gate"
+        ) as client:
+            for touches, status in ((["labels"], 403), (["capacity"], 200), (["*"], 200)):
+                lease = (await w.lease("perf-agent", "prod/db", touches=touches)).json()
+                r = await client.post(
+                    "/admin/db/scale",
+                    json={"to": 8},
+                    headers={
+                        **w.h("perf-agent"),
+                        "Writ-Lease": lease["lease_id"],
+                        "Writ-Fencing-Token": str(lease["fencing_token"]),
+                    },
+                )
+                await w.post("perf-agent", f"/v1/leases/{lease['lease_id']}/release")
+                assert r.status_code == status, (touches, r.text)
+                if status == 403:
+                    err = r.json()["error"]
+                    assert err["code"] == "forbidden" and "touches name it" in err["message"]
+                    assert seen == []
+        await gate.aclose()
+        assert seen == ["/admin/db/scale", "/admin/db/scale"]

@@ -546,7 +546,10 @@ class Authority:
                 return
             loop.call_soon_threadsafe(self._spawn_reload)
 
-        signal.signal(signal.SIGHUP, handler)
+        try:
+            signal.signal(signal.SIGHUP, handler)
+        except ValueError:  # not the main thread (an embedded server): reload by route only
+            log.warning("SIGHUP reload not installed: not in the main thread")
 
     def _spawn_reload(self) -> None:
         async def go() -> None:

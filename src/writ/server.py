@@ -510,6 +510,8 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     async def resource_status(me: Me, resource: str) -> dict[str, Any]:
         out = await engine.resource_status(resource)
         engine.authority.check_observe(me, resource)
+        for key in ("conflicting", "queue"):  # other members of its blast radius
+            out[key] = engine.authority.visible(me, out[key])
         return out
 
     @app.get("/v1/who", tags=["leases"])

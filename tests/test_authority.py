@@ -123,7 +123,14 @@ def test_review_warns_of_unknown_principals_and_explains_overlaps() -> None:
     assert any("'cost-agent' is not a registered principal" in n for n in notes), notes
     overlap = [n for n in notes if "both apply to perf-agent" in n]
     assert overlap and "write prod/db, x" in overlap[0], notes
-    assert any("neither write nor observe" not in n for n in notes)
+    # an observe-only grant adds nothing to what may be touched
+    extra = '\n[[authority.grant]]\nkinds = ["agent"]\nobserve = ["prod"]\n'
+    notes = review(parse(POLICY + extra).authority, known)
+    (both,) = [n for n in notes if ":5 and " in n and "both apply to perf-agent" in n]
+    assert both.endswith("attributes capacity)"), both
+    empty = review(parse('[[authority.grant]]\nkinds = ["portal"]\n').authority)
+    assert any("neither write nor observe anything" in n for n in empty), empty
+    assert any("mode is open" in n for n in empty), empty
 
 
 # ----------------------------------------------------------------------------- HTTP world

@@ -184,7 +184,7 @@ def decide(s: Settings, p: Principal, resource: str) -> Decision:
     may = {
         "write": _union(g.write for g in mine) if not admin else [""],
         "observe": _union((*g.write, *g.observe) for g in mine) if p.kind not in READ_ALL else [""],
-        "attributes": _union(g.attributes for g in mine) if not admin else ["*"],
+        "attributes": _union(g.attributes for g in mine if g.write) if not admin else ["*"],
     }
     if write:
         what = f"{p.name} may write {resource}" + (" (an admin)" if admin and not writers else "")
@@ -340,7 +340,7 @@ def review(s: Settings, known: Mapping[str, Principal] | None = None) -> list[st
                     f"{s.where(a) or s.source} and {s.where(b) or s.source} both apply to "
                     f"{common}: they add up (write {_list(_union([a.write, b.write]))}; "
                     f"observe {_list(_union([a.write, a.observe, b.write, b.observe]))}; "
-                    f"attributes {_list(_union([a.attributes, b.attributes]))})"
+                    f"attributes {_list(_union(g.attributes for g in (a, b) if g.write))})"
                 )
     if s.mode == "open" and s.grants:
         out.append(

@@ -39,7 +39,8 @@ def authority_lines(pol: Policy, store: str | None) -> list[str]:
     for g in s.grants:
         out.append(
             f"  grant {s.where(g) or '?'}: {g.who()} — write {', '.join(g.write) or '-'}; "
-            f"observe {', '.join(g.observe) or '-'}; attributes {', '.join(g.attributes)}"
+            f"observe {', '.join(g.observe) or '-'}; "
+            f"attributes {', '.join(g.attributes) if g.write else '-'}"
         )
     known = _principals(store) if store else None
     for warning in review(s, known):

@@ -110,6 +110,10 @@ def test_decide_says_what_a_principal_may_do() -> None:
     assert (admin.write, admin.attributes) == (True, ["*"])
     stranger = decide(s, Principal("x", "agent"), "prod/db")
     assert (stranger.write, stranger.observe, stranger.rule) == (False, False, None)
+    everything = parse('[[authority.grant]]\nkinds = ["agent"]\nobserve = [""]\n').authority
+    watcher = decide(Settings("closed", everything.grants), Principal("w", "agent"), "a/b")
+    assert (watcher.write, watcher.observe) == (False, True)
+    assert "observe under: (everything)" in watcher.message
     opened = decide(Settings(), Principal("x", "agent"), "prod/db")
     assert (opened.write, opened.observe, opened.attributes) == (True, True, ["*"])
 

@@ -156,7 +156,8 @@ def _union(groups: Iterable[Iterable[str]]) -> list[str]:
 
 
 def _list(items: Sequence[str]) -> str:
-    return ", ".join(items) if items else "nothing"
+    """Names or prefixes in words ("" is the prefix of everything)."""
+    return ", ".join(x or "(everything)" for x in items) if items else "nothing"
 
 
 def decide(s: Settings, p: Principal, resource: str) -> Decision:
@@ -242,15 +243,17 @@ def section_line(text: str) -> int | None:
     return None
 
 
-def _names(raw: Mapping[str, Any], key: str, fail: Any, line: int | None) -> tuple[str, ...]:
+def _names(
+    raw: Mapping[str, Any], key: str, fail: Any, line: int | None, least: int = 1
+) -> tuple[str, ...]:
     v = raw.get(key, [])
-    if not isinstance(v, list) or not all(isinstance(x, str) and 0 < len(x) <= 200 for x in v):
+    if not isinstance(v, list) or not all(isinstance(x, str) and least <= len(x) <= 256 for x in v):
         fail(f"authority.grant {key} must be a list of names", line)
     return tuple(dict.fromkeys(v))
 
 
 def _prefixes(raw: Mapping[str, Any], key: str, fail: Any, line: int | None) -> tuple[str, ...]:
-    out = _names(raw, key, fail, line)
+    out = _names(raw, key, fail, line, least=0)  # "" is the prefix of everything
     for prefix in out:
         if prefix == "":
             continue

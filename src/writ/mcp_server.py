@@ -98,11 +98,15 @@ Resource = Annotated[
         max_length=256,
     ),
 ]
+# An id as writ hands them out (``ls_3kq9…``: letters, digits, ``_`` and ``-``), checked
+# before it goes into a URL path: never a ``/``, ``..``, ``?``, ``#`` or ``%``.
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 LeaseId = Annotated[
     str,
     Field(
         description="the lease_id returned by acquire_write_authority",
         min_length=1,
+        pattern=ID_PATTERN,
     ),
 ]
 
@@ -312,6 +316,7 @@ def create_server(
             Field(
                 description="a granted consent (from ask_consent) when a protected change by "
                 "another agent stands in the way",
+                pattern=ID_PATTERN,
             ),
         ] = None,
         rollback: Annotated[
@@ -451,6 +456,7 @@ def create_server(
                 description="the protected change you need to touch (from the consent_required "
                 "refusal, or resource_status)",
                 min_length=1,
+                pattern=ID_PATTERN,
             ),
         ],
         reason: Annotated[
@@ -479,7 +485,9 @@ def create_server(
 
     @server.tool(annotations=_READ)
     async def get_consent(
-        consent_id: Annotated[str, Field(description="the consent_id from ask_consent")],
+        consent_id: Annotated[
+            str, Field(description="the consent_id from ask_consent", pattern=ID_PATTERN)
+        ],
         wait_s: Annotated[
             float,
             Field(
@@ -495,7 +503,7 @@ def create_server(
 
     @server.tool(annotations=_WRITE)
     async def answer_consent(
-        consent_id: Annotated[str, Field(description="a consent asked of you")],
+        consent_id: Annotated[str, Field(description="a consent asked of you", pattern=ID_PATTERN)],
         decision: Annotated[
             Literal["grant", "deny"],
             Field(
@@ -515,12 +523,14 @@ def create_server(
             str | None,
             Field(
                 description="the lease whose change to roll back (give this or change_id)",
+                pattern=ID_PATTERN,
             ),
         ] = None,
         change_id: Annotated[
             str | None,
             Field(
                 description="the recorded change to roll back (give this or lease_id)",
+                pattern=ID_PATTERN,
             ),
         ] = None,
     ) -> dict[str, Any]:
@@ -539,7 +549,9 @@ def create_server(
 
     @server.tool(annotations=_READ)
     async def get_rollback(
-        rollback_id: Annotated[str, Field(description="the rollback_id from request_rollback")],
+        rollback_id: Annotated[
+            str, Field(description="the rollback_id from request_rollback", pattern=ID_PATTERN)
+        ],
     ) -> dict[str, Any]:
         """A rollback request and its outcome: pending, approved, denied, executed or failed."""
         return await _call(client.get_rollback(rollback_id))

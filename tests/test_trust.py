@@ -592,3 +592,150 @@ def test_a_command_started_after_writ_run_died_never_runs() -> None:
     )
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 126 and out == b""
+
+
+# ----------------------------------------------------------------------------- request line
+async def test_path_and_query_parameters_must_be_text(writ: Writ) -> None:  # noqa: F811
+    """An id, resource, name or time in the path or query is text too: a percent-encoded
+    NUL or control character is 422 naming it (on PostgreSQL a NUL was a 503)."""
+    agent = await writ.principal("agent-a")
+    lease = await writ.grant(agent, "q/db")
+    lid = lease["lease_id"]
+    for method, url in (
+        ("GET", f"/v1/leases/{lid}%00"),
+        ("POST", f"/v1/leases/{lid}%00/release"),
+        ("POST", f"/v1/leases/{lid}%00/renew"),
+        ("GET", "/v1/changes/chg_%00"),
+        ("GET", "/v1/consents/cns_%1b"),
+        ("POST", "/v1/consents/cns_%00/grant"),
+        ("GET", "/v1/rollbacks/rb_%00"),
+        ("POST", "/v1/freezes/frz_%00/lift"),
+    ):
+        err = error(await writ.c.request(method, url, headers=writ.auth(agent)), 422, "invalid")
+        assert err["field"] == "path", err
+    for params, field in (
+        ({"holder": "a\x00"}, "holder"),
+        ({"resource": "q/db", "at": "\x00"}, "at"),
+        ({"since": "2026\x1b"}, "since"),
+    ):
+        url = "/v1/who" if "at" in params else ("/v1/audit" if "since" in params else "/v1/leases")
+        err = error(await writ.c.get(url, params=params, headers=writ.auth(agent)), 422, "invalid")
+        assert err["field"] == field, err
+    assert (await writ.c.get(f"/v1/leases/{lid}", headers=writ.auth(agent))).status_code == 200
+
+
+# ----------------------------------------------------------------------------- client, MCP, CLI
+def _recording_client() -> tuple[Any, list[httpx.Request]]:
+    from writ.client import Client
+
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(404, json={"error": {"code": "not_found", "message": "none here"}})
+
+    return Client("http://writ.test", "t", transport=httpx.MockTransport(handler)), sent
+
+
+def test_the_client_never_resolves_a_resource_or_an_id_into_another_path() -> None:
+    """``prod/../secrets`` is refused before anything is sent (httpx would have asked about
+    ``secrets``); ids are one escaped segment, ``..`` included."""
+    from writ.errors import NotFound
+
+    client, sent = _recording_client()
+    for resource in ("prod/../secrets", "prod/./db", "..", "prod/.."):
+        with pytest.raises(Invalid) as exc:
+            client.resource(resource)
+        assert exc.value.details["field"] == "resource"
+    assert sent == []
+    for lease_id, raw in (
+        ("..", "/v1/leases/%2E%2E"),
+        (".", "/v1/leases/%2E"),
+        ("../principals", "/v1/leases/..%2Fprincipals"),
+        ("a?b#c", "/v1/leases/a%3Fb%23c"),
+        ("a%2F", "/v1/leases/a%252F"),
+    ):
+        with pytest.raises(NotFound):
+            client.get_lease(lease_id)
+        assert sent[-1].url.raw_path.decode() == raw, sent[-1].url
+    with pytest.raises(NotFound):
+        client.resource("prod/db")
+    assert sent[-1].url.raw_path.decode() == "/v1/resources/prod/db"
+
+
+def test_the_client_refuses_non_text_before_sending() -> None:
+    client, sent = _recording_client()
+    with pytest.raises(Invalid) as exc:
+        client.acquire("a/b", "x\udcff")
+    assert exc.value.details["field"] == "intent"
+    with pytest.raises(Invalid):
+        client.status("a\x00")
+    with pytest.raises(Invalid):
+        client.release("ls_\ud800")
+    assert sent == []
+
+
+async def test_mcp_tools_take_ids_only_as_ids() -> None:
+    """An MCP tool argument that is a lease/change/consent/rollback id must look like one:
+    ``../``, ``/``, ``?``, ``#``, ``%`` never reach a URL (nor writ)."""
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from writ.client import AsyncClient
+    from writ.mcp_server import create_server
+
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if request.url.path == "/v1/whoami":
+            return httpx.Response(200, json={"name": "a", "kind": "agent", "admin": False})
+        return httpx.Response(404, json={"error": {"code": "not_found", "message": "no such"}})
+
+    client = AsyncClient("http://writ.test", "t", transport=httpx.MockTransport(handler))
+    server = create_server(client)
+    for tool, args in (
+        ("release_lease", {"lease_id": "../principals"}),
+        ("get_lease", {"lease_id": "ls_1/release"}),
+        ("renew_lease", {"lease_id": "ls_1?x=1"}),
+        ("get_consent", {"consent_id": "cns_1#"}),
+        ("answer_consent", {"consent_id": "..", "decision": "grant"}),
+        ("get_rollback", {"rollback_id": "rb_%2E%2E"}),
+        ("ask_consent", {"change_id": "chg/1", "reason": "r"}),
+        ("request_rollback", {"lease_id": "ls 1", "reason": "r"}),
+    ):
+        with pytest.raises(ToolError):
+            await server.call_tool(tool, args)
+    assert not [r for r in sent if r.url.path != "/v1/whoami"], sent
+    with pytest.raises(ToolError) as exc:
+        await server.call_tool("get_lease", {"lease_id": "ls_AbC-12_x"})  # an id: asked
+    assert "no such" in str(exc.value)
+    await client.aclose()
+
+
+def test_cli_arguments_that_are_not_text_are_refused_naming_the_field(tmp_path: Any) -> None:
+    """Arguments that become data — a resource, an intent, an id, a vendor — pass the same
+    check (a byte that is not UTF-8 reaches Python as a lone surrogate): exit 1 naming the
+    field, nothing sent, nothing stored."""
+    from click.testing import CliRunner
+
+    from writ.cli import main
+
+    env = {"WRIT_URL": "http://127.0.0.1:9", "WRIT_TOKEN": "t"}  # nothing listens there
+    store = f"sqlite:///{tmp_path / 'w.db'}"
+    for args, field in (
+        (["acquire", "a/b", "--intent", "x\udcff"], "intent"),
+        (["status", "a\udcffb"], "resource"),
+        (["who", "a/b/\x1b"], "resource"),
+        (["release", "ls_\udcff"], "id"),
+        (
+            ["change", "ls_1", "--attribute", "a", "--summary", "s", "--before", '"\\ud800"'],
+            "before",
+        ),
+        (
+            ["principal", "add", "x1", "--kind", "agent", "--vendor", "v\udcff", "--store", store],
+            "vendor",
+        ),
+    ):
+        r = CliRunner().invoke(main, args, env=env)
+        assert r.exit_code == 1, (args, r.output)
+        assert f"invalid: {field} is not valid text" in r.stderr, r.stderr

@@ -29,6 +29,7 @@ from .clock import parse_time
 from .engine import MAX_WAIT_S, Engine
 from .errors import Invalid, TooLarge, Unauthenticated, Unavailable, WritError
 from .models import Principal
+from .url_text import TextURL
 from .validate import check_body, check_text
 
 log = logging.getLogger("writ.server")
@@ -354,7 +355,7 @@ class WritApp(FastAPI):
     def __init__(self, engine: Engine, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.state.engine = engine
-        self.front: ASGIApp = LimitBody(FastLeases(self.full_stack, engine))
+        self.front: ASGIApp = LimitBody(TextURL(FastLeases(self.full_stack, engine)))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.front(scope, receive, send)

@@ -272,7 +272,21 @@ async def test_a_stored_bad_value_never_fails_a_read_or_a_grant(
     assert r.status_code == 201, r.text
     await writ.grant(other, "shop/db", touches=["labels"])
     assert (await writ.c.get("/v1/audit/verify", headers=writ.admin)).json()["ok"]
-    assert await writ.audit()
+    # an audit body edited by hand to hold one: every read of the ledger answers, and
+    # verify names the edited row (its bytes changed) instead of failing
+    rows = await writ.audit()
+    victim = rows[2]
+    body = {k: v for k, v in victim.items() if k != "hash"}
+    body["notes"] = "edited \ud800"
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))  # escapes the surrogate
+    assert "\\ud800" in text
+    await backend.tamper(victim["seq"], text)
+    rows = await writ.audit()
+    assert rows[2]["notes"] == "edited \ufffd"
+    for url in ("/v1/events?resource=shop", "/v1/who?resource=shop/db", "/v1/audit?resource=shop"):
+        assert (await writ.c.get(url, headers=writ.admin)).status_code == 200, url
+    verdict = (await writ.c.get("/v1/audit/verify", headers=writ.admin)).json()
+    assert verdict["ok"] is False and verdict["first_bad_seq"] == victim["seq"], verdict
 
 
 def test_the_internal_error_body_claims_nothing_it_cannot_know() -> None:
@@ -705,6 +719,18 @@ async def test_mcp_tools_take_ids_only_as_ids() -> None:
     ):
         with pytest.raises(ToolError):
             await server.call_tool(tool, args)
+    for tool, args, field in (
+        ("acquire_write_authority", {"resource": "a/b", "intent": "x\ud800"}, "intent"),
+        (
+            "acquire_write_authority",
+            {"resource": "a/b", "intent": "x", "touches": ["\x00"]},
+            "touches",
+        ),
+        ("ask_consent", {"change_id": "chg_1", "reason": "\x1b[2J"}, "reason"),
+    ):
+        with pytest.raises(ToolError) as exc:  # by the tool's schema, or by writ's own check
+            await server.call_tool(tool, args)
+        assert field in str(exc.value), exc.value
     assert not [r for r in sent if r.url.path != "/v1/whoami"], sent
     with pytest.raises(ToolError) as exc:
         await server.call_tool("get_lease", {"lease_id": "ls_AbC-12_x"})  # an id: asked

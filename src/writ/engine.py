@@ -383,6 +383,7 @@ class Engine:
         consent_id: Any = None,
         rollback: Any = None,
     ) -> Request:
+        check_text(resource, "resource")
         resources.validate(resource)
         check_text(intent, "intent")
         check_tree(touches, "touches")

@@ -46,6 +46,8 @@ def text_problem(value: str) -> str | None:
 def check_text(value: Any, field: str) -> None:
     """:class:`Invalid` naming ``field`` when ``value`` is a string that is not text."""
     if isinstance(value, str):
+        if value.isascii() and value.isprintable():  # the common case, at C speed
+            return
         problem = text_problem(value)
         if problem:
             raise Invalid(f"{field} {problem}", field=field)

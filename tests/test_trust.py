@@ -765,3 +765,32 @@ def test_cli_arguments_that_are_not_text_are_refused_naming_the_field(tmp_path: 
         r = CliRunner().invoke(main, args, env=env)
         assert r.exit_code == 1, (args, r.output)
         assert f"invalid: {field} is not valid text" in r.stderr, r.stderr
+
+
+async def test_sqlite_text_that_is_not_utf8_is_read_leniently(
+    writ: Writ,  # noqa: F811
+    backend: Backend,
+) -> None:
+    """SQLite stores bytes as written: a column edited by hand to hold bytes that are not
+    UTF-8 (PostgreSQL refuses them) no longer fails every read of it with a 503 — the
+    lease reads with U+FFFD, grants go on, and verify names a row edited that way."""
+    if backend.is_pg:
+        pytest.skip("PostgreSQL never holds text that is not UTF-8")
+    agent = await writ.principal("agent-a")
+    other = await writ.principal("agent-b")
+    lease = await writ.grant(agent, "raw/db", ttl_s=600)
+    await backend.sql(
+        "UPDATE leases SET intent = CAST(X'78eda080' AS TEXT) WHERE lease_id = ?", lease["lease_id"]
+    )
+    r = await writ.c.get(f"/v1/leases/{lease['lease_id']}", headers=writ.auth(agent))
+    assert r.status_code == 200, r.text
+    assert r.json()["intent"].startswith("x\ufffd")
+    err = error(await writ.acquire(other, "raw/db/x"), 409, "held")
+    assert err["holder"]["intent"].startswith("x\ufffd")
+    assert (await writ.release(agent, lease["lease_id"])).status_code == 200
+    await writ.grant(other, "raw/db")
+    seq = (await writ.audit())[-1]["seq"]
+    await backend.tamper(seq, "placeholder")
+    await backend.sql("UPDATE audit SET body = CAST(X'7bed' AS TEXT) WHERE seq = ?", seq)
+    verdict = (await writ.c.get("/v1/audit/verify", headers=writ.admin)).json()
+    assert verdict["ok"] is False and verdict["first_bad_seq"] == seq, verdict

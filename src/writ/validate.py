@@ -27,6 +27,7 @@ MAX_VALUE = 64 << 10  # characters of a free-form JSON value, written compactly
 # NUL and the C0 controls but tab, LF and CR
 _NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
@@ -113,7 +114,7 @@ def loads(text: str) -> Any:
     """``json.loads`` for what a store holds: a lone surrogate escaped in ``text``
     (``\\ud800``) comes back as U+FFFD (:func:`scrub`), so every read can be answered."""
     value = json.loads(text)
-    if "\\u" in text or not text.isascii():
+    if _ESCAPED_SURROGATE.search(text):  # only an escape can make one: stores hold UTF-8
         value = scrub(value)
     return value
 

@@ -727,6 +727,9 @@ async def test_mcp_tools_take_ids_only_as_ids() -> None:
             "touches",
         ),
         ("ask_consent", {"change_id": "chg_1", "reason": "\x1b[2J"}, "reason"),
+        ("acquire_write_authority", {"resource": "a/b", "intent": "x", "ttl_s": True}, "ttl_s"),
+        ("acquire_write_authority", {"resource": "a/b", "intent": "x", "wait_s": False}, "wait_s"),
+        ("renew_lease", {"lease_id": "ls_1", "ttl_s": True}, "ttl_s"),
     ):
         with pytest.raises(ToolError) as exc:  # by the tool's schema, or by writ's own check
             await server.call_tool(tool, args)

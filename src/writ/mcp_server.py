@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp_types import ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
@@ -98,6 +98,17 @@ Resource = Annotated[
         max_length=256,
     ),
 ]
+
+
+def _not_bool(value: Any) -> Any:
+    """Booleans are not numbers: ``ttl_s: true`` is refused, never a 1-second lease."""
+    if isinstance(value, bool):
+        raise ValueError("a number is required, not a boolean")
+    return value
+
+
+NOT_BOOL = BeforeValidator(_not_bool)
+
 # An id as writ hands them out (``ls_3kq9…``: letters, digits, ``_`` and ``-``), checked
 # before it goes into a URL path: never a ``/``, ``..``, ``?``, ``#`` or ``%``.
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
@@ -288,6 +299,7 @@ def create_server(
         ],
         ttl_s: Annotated[
             float,
+            NOT_BOOL,
             Field(
                 description="lease time-to-live in seconds; renew before it runs out (renew_lease) "
                 "or you lose write authority. Pick more than your slowest step.",
@@ -297,6 +309,7 @@ def create_server(
         ] = 300,
         wait_s: Annotated[
             float,
+            NOT_BOOL,
             Field(
                 description="if someone else holds it, wait up to this many seconds in the FIFO "
                 "queue instead of being refused at once",
@@ -358,6 +371,7 @@ def create_server(
         lease_id: LeaseId,
         ttl_s: Annotated[
             float | None,
+            NOT_BOOL,
             Field(
                 description="new time-to-live from now, in seconds (default: the lease's own)",
                 ge=1,
@@ -437,6 +451,7 @@ def create_server(
         after: Annotated[Any, Field(description="the value after (any JSON)")] = None,
         protect_s: Annotated[
             float | None,
+            NOT_BOOL,
             Field(
                 description="how long other agents need your consent to undo it (default: policy)",
                 ge=0,
@@ -468,6 +483,7 @@ def create_server(
         ],
         wait_s: Annotated[
             float,
+            NOT_BOOL,
             Field(
                 description="wait up to this many seconds for an answer before returning",
                 ge=0,
@@ -490,6 +506,7 @@ def create_server(
         ],
         wait_s: Annotated[
             float,
+            NOT_BOOL,
             Field(
                 description="wait up to this many seconds while it is still pending",
                 ge=0,
@@ -566,6 +583,7 @@ def create_server(
         ] = None,
         after_seq: Annotated[
             int | None,
+            NOT_BOOL,
             Field(
                 description="return events after this seq (next_after_seq of your previous call); "
                 "default: only events from now on",
@@ -574,6 +592,7 @@ def create_server(
         ] = None,
         wait_s: Annotated[
             float,
+            NOT_BOOL,
             Field(
                 description="wait up to this many seconds for the first new event",
                 ge=0,
@@ -581,7 +600,7 @@ def create_server(
             ),
         ] = 20,
         limit: Annotated[
-            int, Field(description="at most this many events", ge=1, le=MAX_EVENTS)
+            int, NOT_BOOL, Field(description="at most this many events", ge=1, le=MAX_EVENTS)
         ] = 50,
     ) -> dict[str, Any]:
         """Wait for audit events (grants, releases, expiries, changes, consents, rollbacks)

@@ -797,3 +797,49 @@ async def test_sqlite_text_that_is_not_utf8_is_read_leniently(
     await backend.sql("UPDATE audit SET body = CAST(X'7bed' AS TEXT) WHERE seq = ?", seq)
     verdict = (await writ.c.get("/v1/audit/verify", headers=writ.admin)).json()
     assert verdict["ok"] is False and verdict["first_bad_seq"] == seq, verdict
+
+
+# ----------------------------------------------------------------------------- the engine
+async def test_the_engine_applies_the_same_checks_to_every_caller(engine: Any) -> None:
+    """Not only HTTP: a caller of the engine itself (the CLI's offline commands, an
+    embedding program) meets the same refusals, on each store."""
+    from writ.engine import Engine
+
+    assert isinstance(engine, Engine)
+    a, _ = await engine.add_principal(None, "agent-a", "agent")
+    h, _ = await engine.add_principal(None, "human-h", "human")
+    for kwargs, field in (
+        ({"resource": "a/b", "intent": "x\ud800"}, "intent"),
+        ({"resource": "a/\x00", "intent": "x"}, "resource"),
+        ({"resource": "a/./b", "intent": "x"}, "resource"),
+        ({"resource": "a/b", "intent": "x", "touches": ["ok", "\x07"]}, "touches[1]"),
+        ({"resource": "a/b", "intent": "x", "ttl_s": True}, "ttl_s"),
+        ({"resource": "a/b", "intent": "x", "consent_id": "c\ud800"}, "consent_id"),
+        ({"resource": "a/b", "intent": "x", "rollback": {"path": "/r\x00"}}, "rollback.path"),
+    ):
+        with pytest.raises(Invalid) as exc:
+            await engine.acquire(a, **kwargs)
+        assert exc.value.details["field"] == field, (kwargs, exc.value)
+    lease = await engine.acquire(a, resource="a/b", intent="x", ttl_s=60)
+    lid = lease["lease_id"]
+    deep: Any = []
+    for _ in range(validate.MAX_DEPTH):
+        deep = [deep]
+    for before, field in (
+        ("\udfff", "before"),
+        (deep, "before"),
+        ("x" * (validate.MAX_VALUE + 1), "before"),
+    ):
+        with pytest.raises(Invalid) as exc:
+            await engine.consents.record_change(a, lid, "capacity", "s", before, None)
+        assert exc.value.details["field"] == field
+    with pytest.raises(Invalid) as exc:
+        await engine.revoke(h, lid, "R-1\x00", "oncall", "stuck")
+    assert exc.value.details["field"] == "runbook"
+    for name in sorted(RESERVED_NAMES):
+        with pytest.raises(Invalid):
+            await engine.add_principal(None, name, "agent")
+    with pytest.raises(Invalid) as exc:
+        await engine.add_principal(None, "x1", "agent", vendor="v\udcff")
+    assert exc.value.details["field"] == "vendor"
+    assert (await engine.get_lease(lid))["state"] == "held"

@@ -959,6 +959,8 @@ class Engine:
                 + " required (runbook followed, who was paged, and why)",
                 fields=missing,
             )
+        for field, value in fields_.items():
+            check_text(value, field)
 
         async def fn(tx: Tx) -> Lease | WritError:
             lease = (

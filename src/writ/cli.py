@@ -32,6 +32,7 @@ from .cli_options import api_options, existing_store, json_option, store_option
 from .client import DEFAULT_TIMEOUT, Client
 from .errors import LeaseLost, WritError
 from .models import KINDS
+from .spawn import popen_tied
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -654,7 +655,8 @@ def run(
             on_lost=lambda _e: wake.set(),
         ).acquire()
         try:
-            proc = subprocess.Popen(list(command), env={**os.environ, **lease.env()})
+            # dies with writ run, even SIGKILLed (Linux): see writ.spawn
+            proc = popen_tied(command, env={**os.environ, **lease.env()})
         except OSError as exc:
             lease.close()
             raise Failed(

@@ -41,6 +41,7 @@ from .errors import (
     WritError,
     error_from_body,
 )
+from .validate import check_body, check_text
 
 __all__ = ["DEFAULT_URL", "AsyncClient", "AsyncLease", "Client", "Lease"]
 
@@ -68,18 +69,46 @@ class _Req:
     timeout: float | None = None  # overrides the client's timeout
 
 
+def _check(req: _Req) -> None:
+    """Refuse, before anything is sent, a query or body holding a string that is not text
+    (:func:`writ.validate.check_body`, the server's own check): the CLI and the MCP tools
+    get the server's 422 message without a request, and no encoder fails half-way."""
+    if req.params:
+        check_body(dict(req.params))
+    if req.body is not None:
+        check_body(req.body)
+
+
 def _drop_none(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
 def _path(value: str) -> str:
-    """Quote an id or resource for a URL path (resources keep their ``/``)."""
-    return quote(str(value), safe="/")
+    """Quote a resource for a URL path (it keeps its ``/``). A ``.`` or ``..`` segment is
+    refused here, as the server would: sent as is, the URL would be resolved on the way
+    (``prod/../secrets`` asking about ``secrets``)."""
+    text = str(value)
+    check_text(text, "resource")
+    if any(seg in (".", "..") for seg in text.split("/")):
+        raise Invalid(
+            f"resource {text!r}: a segment may not be '.' or '..' (paths are never resolved)",
+            field="resource",
+        )
+    return quote(text, safe="/")
+
+
+def _id(value: str) -> str:
+    """Quote an id for one URL path segment: ``/``, ``?``, ``#`` and ``%`` are escaped, and
+    an id that is ``.`` or ``..`` is sent with its dots escaped, so no id is ever resolved
+    into another path."""
+    check_text(str(value), "id")
+    text = quote(str(value), safe="")
+    return text.replace(".", "%2E") if text in (".", "..") else text
 
 
 def _renew_req(lease_id: str, ttl_s: float | None = None, timeout: float | None = None) -> _Req:
     body = _drop_none({"ttl_s": ttl_s})
-    return _Req("POST", f"/v1/leases/{_path(lease_id)}/renew", body=body, timeout=timeout)
+    return _Req("POST", f"/v1/leases/{_id(lease_id)}/renew", body=body, timeout=timeout)
 
 
 def _normalize_url(url: str) -> str:
@@ -165,7 +194,7 @@ class _Routes(Generic[R]):
 
     def release(self, lease_id: str) -> R:
         """``POST /v1/leases/{id}/release``; :class:`~writ.LeaseLost` if already lost."""
-        return self._send(_Req("POST", f"/v1/leases/{_path(lease_id)}/release", body={}))
+        return self._send(_Req("POST", f"/v1/leases/{_id(lease_id)}/release", body={}))
 
     def revoke(
         self,
@@ -179,11 +208,11 @@ class _Routes(Generic[R]):
         body: dict[str, Any] = {"runbook": runbook, "paged": paged, "reason": reason}
         if waive_lock_delay:
             body["waive_lock_delay"] = True
-        return self._send(_Req("POST", f"/v1/leases/{_path(lease_id)}/revoke", body=body))
+        return self._send(_Req("POST", f"/v1/leases/{_id(lease_id)}/revoke", body=body))
 
     def get_lease(self, lease_id: str) -> R:
         """``GET /v1/leases/{id}``: one Lease in any state."""
-        return self._send(_Req("GET", f"/v1/leases/{_path(lease_id)}"))
+        return self._send(_Req("GET", f"/v1/leases/{_id(lease_id)}"))
 
     def leases(
         self, resource: str | None = None, state: str | None = None, limit: int | None = None
@@ -230,11 +259,11 @@ class _Routes(Generic[R]):
                 "protect_s": protect_s,
             }
         )
-        return self._send(_Req("POST", f"/v1/leases/{_path(lease_id)}/changes", body=body))
+        return self._send(_Req("POST", f"/v1/leases/{_id(lease_id)}/changes", body=body))
 
     def get_change(self, change_id: str) -> R:
         """``GET /v1/changes/{id}``: a recorded change and its protection."""
-        return self._send(_Req("GET", f"/v1/changes/{_path(change_id)}"))
+        return self._send(_Req("GET", f"/v1/changes/{_id(change_id)}"))
 
     def ask_consent(self, change_id: str, reason: str) -> R:
         """``POST /v1/consents``: ask a change's author to let you undo it."""
@@ -243,17 +272,17 @@ class _Routes(Generic[R]):
 
     def grant_consent(self, consent_id: str) -> R:
         """``POST /v1/consents/{id}/grant``: by the author, or a human or queue."""
-        return self._send(_Req("POST", f"/v1/consents/{_path(consent_id)}/grant", body={}))
+        return self._send(_Req("POST", f"/v1/consents/{_id(consent_id)}/grant", body={}))
 
     def deny_consent(self, consent_id: str) -> R:
         """``POST /v1/consents/{id}/deny``: by the author, or a human or queue."""
-        return self._send(_Req("POST", f"/v1/consents/{_path(consent_id)}/deny", body={}))
+        return self._send(_Req("POST", f"/v1/consents/{_id(consent_id)}/deny", body={}))
 
     def consent(self, consent_id: str, wait_s: float = 0) -> R:
         """``GET /v1/consents/{id}``; with ``wait_s`` long-polls until it is answered."""
         params = {"wait_s": wait_s} if wait_s else None
         return self._send(
-            _Req("GET", f"/v1/consents/{_path(consent_id)}", params=params, wait_s=float(wait_s))
+            _Req("GET", f"/v1/consents/{_id(consent_id)}", params=params, wait_s=float(wait_s))
         )
 
     def request_rollback(
@@ -267,7 +296,7 @@ class _Routes(Generic[R]):
 
     def get_rollback(self, rollback_id: str) -> R:
         """``GET /v1/rollbacks/{id}``: a rollback request and its outcome."""
-        return self._send(_Req("GET", f"/v1/rollbacks/{_path(rollback_id)}"))
+        return self._send(_Req("GET", f"/v1/rollbacks/{_id(rollback_id)}"))
 
     def rollbacks(self, status: str | None = None, limit: int | None = None) -> R:
         """``GET /v1/rollbacks``: ``{"rollbacks": [...]}``, optionally by ``status``."""
@@ -276,16 +305,16 @@ class _Routes(Generic[R]):
 
     def approve_rollback(self, rollback_id: str) -> R:
         """``POST /v1/rollbacks/{id}/approve``: the key holder runs the frozen route once."""
-        return self._send(_Req("POST", f"/v1/rollbacks/{_path(rollback_id)}/approve", body={}))
+        return self._send(_Req("POST", f"/v1/rollbacks/{_id(rollback_id)}/approve", body={}))
 
     def deny_rollback(self, rollback_id: str) -> R:
         """``POST /v1/rollbacks/{id}/deny``: the key holder refuses."""
-        return self._send(_Req("POST", f"/v1/rollbacks/{_path(rollback_id)}/deny", body={}))
+        return self._send(_Req("POST", f"/v1/rollbacks/{_id(rollback_id)}/deny", body={}))
 
     def rollback_defect(self, rollback_id: str, notes: str) -> R:
         """``POST /v1/rollbacks/{id}/defect``: an executed rollback was a new defect."""
         return self._send(
-            _Req("POST", f"/v1/rollbacks/{_path(rollback_id)}/defect", body={"notes": notes})
+            _Req("POST", f"/v1/rollbacks/{_id(rollback_id)}/defect", body={"notes": notes})
         )
 
     # ---- freezes ------------------------------------------------------------------------
@@ -313,7 +342,7 @@ class _Routes(Generic[R]):
 
     def lift_freeze(self, freeze_id: str) -> R:
         """``POST /v1/freezes/{id}/lift``."""
-        return self._send(_Req("POST", f"/v1/freezes/{_path(freeze_id)}/lift", body={}))
+        return self._send(_Req("POST", f"/v1/freezes/{_id(freeze_id)}/lift", body={}))
 
     def freezes(self, include_lifted: bool = False) -> R:
         """``GET /v1/freezes``: ``{"freezes": [...]}`` standing now (or also lifted ones)."""
@@ -434,6 +463,7 @@ class Client(_Base, _Routes[Any]):
         self._http = httpx.Client(base_url=self.url, headers=self._headers, transport=transport)
 
     def _send(self, req: _Req) -> Any:
+        _check(req)
         try:
             response = self._http.request(
                 req.method,
@@ -548,6 +578,7 @@ class AsyncClient(_Base, _Routes[Awaitable[Any]]):
         )
 
     async def _request(self, req: _Req) -> Any:
+        _check(req)
         try:
             response = await self._http.request(
                 req.method,

@@ -22,7 +22,7 @@ from .engine import SYSTEM
 from .errors import ConsentRequired, Forbidden, Invalid, NotFound, WritError
 from .models import Lease, Principal, data, new_id, public
 from .stores.base import Tx
-from .validate import text
+from .validate import check_text, json_value, text
 
 if TYPE_CHECKING:
     from .engine import Engine, Request
@@ -53,6 +53,8 @@ class Consents:
     ) -> dict[str, Any]:
         attr = text(attribute, "attribute", limit=128)
         summ = text(summary, "summary")
+        before = json_value(before, "before")
+        after = json_value(after, "after")
         if protect_s is not None and (
             isinstance(protect_s, bool)
             or not isinstance(protect_s, (int, float))
@@ -186,6 +188,7 @@ class Consents:
     # ------------------------------------------------------------------ consents
     async def ask(self, me: Principal, change_id: Any, reason: Any) -> dict[str, Any]:
         why = text(reason, "reason")
+        check_text(change_id, "change_id")
         if not isinstance(change_id, str) or not change_id:
             raise Invalid("change_id is required", field="change_id")
         eng = self.engine

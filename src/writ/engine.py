@@ -44,7 +44,7 @@ from .models import KINDS, Lease, Principal, Waiter, data, new_id, public
 from .policy import Policy
 from .routes import check_route
 from .stores.base import Store, Tx
-from .validate import number
+from .validate import check_text, check_tree, number
 
 log = logging.getLogger("writ.engine")
 
@@ -62,6 +62,10 @@ POLICY_OBJECTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 DISPATCH_PAGE = 4  # queued requests read at once when a lease ends (then the rest, if needed)
 SYSTEM = "writ"  # agent_id of rows writ writes on its own (expiry, bootstrap)
+# names writ itself writes into rows where a principal's name goes: never a principal's
+# (``none``: lock_holder when nobody holds; ``operator``: offline store work; ``unknown``:
+# a gate.refused row's caller without a valid token)
+RESERVED_NAMES = frozenset({SYSTEM, "none", "operator", "unknown"})
 
 Gate = Callable[[Tx, Principal, "Request"], Awaitable["WritError | None"]]
 
@@ -311,10 +315,18 @@ class Engine:
             raise Forbidden("only an admin may add principals", actor=actor.name)
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise Invalid("name must be 1-64 of a-z 0-9 . _ -", field="name")
+        if name in RESERVED_NAMES:
+            raise Invalid(
+                f"name {name!r} is reserved: writ writes it into audit rows itself "
+                f"(reserved: {', '.join(sorted(RESERVED_NAMES))})",
+                field="name",
+            )
         if kind not in KINDS:
             raise Invalid(f"kind must be one of {', '.join(KINDS)}", field="kind")
         if vendor is not None and (not isinstance(vendor, str) or len(vendor) > 200):
             raise Invalid("vendor must be a string of at most 200 characters", field="vendor")
+        check_text(vendor, "vendor")
+        check_text(wake, "wake")
         if wake is not None:
             check_route(wake, "wake")
         if admin and kind not in ("human", "queue"):
@@ -374,7 +386,12 @@ class Engine:
         consent_id: Any = None,
         rollback: Any = None,
     ) -> Request:
+        check_text(resource, "resource")
         resources.validate(resource)
+        check_text(intent, "intent")
+        check_tree(touches, "touches")
+        check_text(consent_id, "consent_id")
+        check_tree(rollback, "rollback")
         if not isinstance(intent, str) or not intent.strip():
             raise Invalid(
                 "intent is required: say in a few words what you will change", field="intent"
@@ -953,6 +970,8 @@ class Engine:
                 + " required (runbook followed, who was paged, and why)",
                 fields=missing,
             )
+        for field, value in fields_.items():
+            check_text(value, field)
 
         async def fn(tx: Tx) -> Lease | WritError:
             lease = (

@@ -14,6 +14,7 @@ from .engine import lock_row
 from .errors import Invalid, Unauthenticated
 from .models import Principal
 from .stores.base import Tx
+from .validate import check_text
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -66,6 +67,14 @@ class Fencing:
         ``gate.refused``) commit together.
         """
         resources.validate(resource)
+        for field, value in (
+            ("caller_token", caller_token),
+            ("lease_id", lease_id),
+            ("fencing_token", fencing_token),
+            ("method", method),
+            ("path", path),
+        ):
+            check_text(value, field)
         method = str(method)[:16].upper()
         path = str(path)[:512]
         attribute = str(attribute)[:128] if attribute else None

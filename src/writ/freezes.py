@@ -17,7 +17,7 @@ from .engine import SYSTEM
 from .errors import Forbidden, Frozen, Invalid, NotFound, WritError
 from .models import Principal, data, new_id, public
 from .stores.base import Tx
-from .validate import text
+from .validate import check_text, check_tree, text
 
 if TYPE_CHECKING:
     from .engine import Engine, Request
@@ -60,6 +60,8 @@ class Freezes:
             allow = []
         if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
             raise Invalid("allow must be a list of principal names", field="allow")
+        check_tree(allow, "allow")
+        check_text(until, "until")
 
         async def fn(tx: Tx) -> dict[str, Any]:
             now = tx.now()

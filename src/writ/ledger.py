@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .clock import stamp
+from .validate import loads
 
 FIELDS: tuple[str, ...] = (
     "seq",
@@ -117,7 +118,7 @@ def seal(seq: int, prev_hash: str, at: float, fields: dict[str, Any]) -> Sealed:
 
 def row_from(body: str, hash_: str) -> dict[str, Any]:
     """The wire row (fields in PROTOCOL.md order) from a stored body and hash."""
-    data = json.loads(body)
+    data = loads(body)  # a hand-written lone surrogate reads as U+FFFD, never a failed read
     data["hash"] = hash_
     return {k: data.get(k) for k in FIELDS}
 

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp_types import ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
@@ -100,11 +100,26 @@ Resource = Annotated[
         max_length=256,
     ),
 ]
+
+
+def _not_bool(value: Any) -> Any:
+    """Booleans are not numbers: ``ttl_s: true`` is refused, never a 1-second lease."""
+    if isinstance(value, bool):
+        raise ValueError("a number is required, not a boolean")
+    return value
+
+
+NOT_BOOL = BeforeValidator(_not_bool)
+
+# An id as writ hands them out (``ls_3kq9…``: letters, digits, ``_`` and ``-``), checked
+# before it goes into a URL path: never a ``/``, ``..``, ``?``, ``#`` or ``%``.
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 LeaseId = Annotated[
     str,
     Field(
         description="the lease_id returned by acquire_write_authority",
         min_length=1,
+        pattern=ID_PATTERN,
     ),
 ]
 
@@ -303,6 +318,7 @@ def create_server(
         ],
         ttl_s: Annotated[
             float,
+            NOT_BOOL,
             Field(
                 description="lease time-to-live in seconds; renew before it runs out (renew_lease) "
                 "or you lose write authority. Pick more than your slowest step.",
@@ -312,6 +328,7 @@ def create_server(
         ] = 300,
         wait_s: Annotated[
             float,
+            NOT_BOOL,
             Field(
                 description="if someone else holds it, wait up to this many seconds in the FIFO "
                 "queue instead of being refused at once",
@@ -331,6 +348,7 @@ def create_server(
             Field(
                 description="a granted consent (from ask_consent) when a protected change by "
                 "another agent stands in the way",
+                pattern=ID_PATTERN,
             ),
         ] = None,
         rollback: Annotated[
@@ -372,6 +390,7 @@ def create_server(
         lease_id: LeaseId,
         ttl_s: Annotated[
             float | None,
+            NOT_BOOL,
             Field(
                 description="new time-to-live from now, in seconds (default: the lease's own)",
                 ge=1,
@@ -451,6 +470,7 @@ def create_server(
         after: Annotated[Any, Field(description="the value after (any JSON)")] = None,
         protect_s: Annotated[
             float | None,
+            NOT_BOOL,
             Field(
                 description="how long other agents need your consent to undo it (default: policy)",
                 ge=0,
@@ -470,6 +490,7 @@ def create_server(
                 description="the protected change you need to touch (from the consent_required "
                 "refusal, or resource_status)",
                 min_length=1,
+                pattern=ID_PATTERN,
             ),
         ],
         reason: Annotated[
@@ -481,6 +502,7 @@ def create_server(
         ],
         wait_s: Annotated[
             float,
+            NOT_BOOL,
             Field(
                 description="wait up to this many seconds for an answer before returning",
                 ge=0,
@@ -498,9 +520,12 @@ def create_server(
 
     @server.tool(annotations=_READ)
     async def get_consent(
-        consent_id: Annotated[str, Field(description="the consent_id from ask_consent")],
+        consent_id: Annotated[
+            str, Field(description="the consent_id from ask_consent", pattern=ID_PATTERN)
+        ],
         wait_s: Annotated[
             float,
+            NOT_BOOL,
             Field(
                 description="wait up to this many seconds while it is still pending",
                 ge=0,
@@ -514,7 +539,7 @@ def create_server(
 
     @server.tool(annotations=_WRITE)
     async def answer_consent(
-        consent_id: Annotated[str, Field(description="a consent asked of you")],
+        consent_id: Annotated[str, Field(description="a consent asked of you", pattern=ID_PATTERN)],
         decision: Annotated[
             Literal["grant", "deny"],
             Field(
@@ -534,12 +559,14 @@ def create_server(
             str | None,
             Field(
                 description="the lease whose change to roll back (give this or change_id)",
+                pattern=ID_PATTERN,
             ),
         ] = None,
         change_id: Annotated[
             str | None,
             Field(
                 description="the recorded change to roll back (give this or lease_id)",
+                pattern=ID_PATTERN,
             ),
         ] = None,
     ) -> dict[str, Any]:
@@ -558,7 +585,9 @@ def create_server(
 
     @server.tool(annotations=_READ)
     async def get_rollback(
-        rollback_id: Annotated[str, Field(description="the rollback_id from request_rollback")],
+        rollback_id: Annotated[
+            str, Field(description="the rollback_id from request_rollback", pattern=ID_PATTERN)
+        ],
     ) -> dict[str, Any]:
         """A rollback request and its outcome: pending, approved, denied, executed or failed."""
         return await _call(client.get_rollback(rollback_id))
@@ -573,6 +602,7 @@ def create_server(
         ] = None,
         after_seq: Annotated[
             int | None,
+            NOT_BOOL,
             Field(
                 description="return events after this seq (next_after_seq of your previous call); "
                 "default: only events from now on",
@@ -581,6 +611,7 @@ def create_server(
         ] = None,
         wait_s: Annotated[
             float,
+            NOT_BOOL,
             Field(
                 description="wait up to this many seconds for the first new event",
                 ge=0,
@@ -588,7 +619,7 @@ def create_server(
             ),
         ] = 20,
         limit: Annotated[
-            int, Field(description="at most this many events", ge=1, le=MAX_EVENTS)
+            int, NOT_BOOL, Field(description="at most this many events", ge=1, le=MAX_EVENTS)
         ] = 50,
     ) -> dict[str, Any]:
         """Wait for audit events (grants, releases, expiries, changes, consents, rollbacks)

@@ -1,7 +1,7 @@
 """Resource paths and blast radius: which resources conflict.
 
 A resource is a path of segments ``a-z 0-9 . _ -`` joined by ``/`` (at most 16 segments,
-256 characters). Two resources conflict when one is the other or an ancestor of it, or when
+256 characters); a segment is never ``.`` or ``..``. Two resources conflict when one is the other or an ancestor of it, or when
 the policy puts them in the same blast-radius group.
 
 Groups that touch each other (a member of one is related to a member of the other) are
@@ -36,6 +36,12 @@ def validate(resource: object, field: str = "resource") -> str:
     if len(segments) > MAX_SEGMENTS:
         raise Invalid(f"{field} has {len(segments)} segments; at most {MAX_SEGMENTS}", field=field)
     for seg in segments:
+        if seg in (".", ".."):
+            raise Invalid(
+                f"{field} {resource!r}: a segment may not be {seg!r} (paths are taken as "
+                "written, never resolved, so '.' and '..' would name one resource twice)",
+                field=field,
+            )
         if not _SEGMENT.fullmatch(seg):
             shown = seg if seg else "(empty)"
             raise Invalid(

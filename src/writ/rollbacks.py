@@ -21,7 +21,7 @@ from .errors import Forbidden, Invalid, NotFound
 from .models import Principal, data, new_id, public
 from .routes import check_route, resolve
 from .stores.base import Tx
-from .validate import text
+from .validate import check_text, text
 from .wake import CallResult
 
 if TYPE_CHECKING:
@@ -113,6 +113,8 @@ class Rollbacks:
         self, me: Principal, lease_id: Any = None, change_id: Any = None, reason: Any = None
     ) -> dict[str, Any]:
         why = text(reason, "reason")
+        check_text(lease_id, "lease_id")
+        check_text(change_id, "change_id")
         if bool(lease_id) == bool(change_id):
             raise Invalid("give exactly one of lease_id or change_id", field="lease_id")
         eng = self.engine

@@ -1,7 +1,8 @@
 """Routes that writ calls: rollback routes and wake routes.
 
 A route is *literal* when it is a path beginning with ``/`` or an ``http(s)://`` URL, with no
-spaces, that names what it calls — not a dashboard, console or button label. The same test
+spaces, that names what it calls — not a dashboard, console or button label, nor a page of a
+well-known dashboard product even without the word (:mod:`writ.dashboards`). The same test
 decides at acquire time (a rollback plan) and in ``writ lint`` (``rollback_path``).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .dashboards import dashboard_page
 from .errors import Invalid
 
 _ROUTE = re.compile(r"^(/|https?://[^\s/]+)\S*$")
@@ -22,6 +24,9 @@ def route_problem(value: Any) -> str | None:
         return "is not a literal route (a path beginning with '/' or an http(s):// URL)"
     if _SMELL.search(value.replace("_", " ").replace("-", " ")):
         return "is a dashboard, console or button, not the rollback entry point"
+    page = dashboard_page(value.strip())
+    if page:
+        return f"is {page}, a page to look at, not the rollback entry point"
     return None
 
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,6 +29,8 @@ from .clock import parse_time
 from .engine import MAX_WAIT_S, Engine
 from .errors import Invalid, TooLarge, Unauthenticated, Unavailable, WritError
 from .models import Principal
+from .url_text import TextURL
+from .validate import check_body
 
 log = logging.getLogger("writ.server")
 T = TypeVar("T")
@@ -39,7 +41,18 @@ MAX_HEADERS = 16 << 10  # 16 KiB of request headers in all
 
 # ----------------------------------------------------------------------------- bodies
 class _Body(BaseModel):
+    """Every body: no unknown fields; every string in it (keys and free-form values
+    included) is text, nested at most 32 levels (:func:`writ.validate.check_body`, the same
+    check the lean path, the MCP tools and the CLI apply); numbers are numbers, never
+    booleans or strings (``strict`` on each numeric field)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: Any) -> Any:
+        check_body(data)  # raises Invalid (422, naming the field), answered as it is
+        return data
 
 
 class PrincipalIn(_Body):
@@ -61,15 +74,15 @@ class RollbackPlan(_Body):
 class AcquireIn(_Body):
     resource: str = Field(examples=["prod/db"])
     intent: str = Field(examples=["double capacity"])
-    ttl_s: float = Field(30, ge=1, le=3600)
-    wait_s: float = Field(0, ge=0, le=MAX_WAIT_S)
+    ttl_s: float = Field(30, ge=1, le=3600, strict=True)
+    wait_s: float = Field(0, ge=0, le=MAX_WAIT_S, strict=True)
     touches: list[str] | None = Field(None, examples=[["capacity"]])
     consent_id: str | None = None
     rollback: RollbackPlan | None = None
 
 
 class RenewIn(_Body):
-    ttl_s: float | None = Field(None, ge=1, le=3600)
+    ttl_s: float | None = Field(None, ge=1, le=3600, strict=True)
 
 
 class RevokeIn(_Body):
@@ -82,7 +95,7 @@ class RevokeIn(_Body):
 class GateCheckIn(_Body):
     caller_token: str | None = Field(None, description="the caller's own writ bearer token")
     lease_id: str | None = None
-    fencing_token: int | str | None = None
+    fencing_token: StrictInt | str | None = None
     resource: str
     method: str = "POST"
     path: str = "/"
@@ -96,8 +109,10 @@ class ChangeIn(_Body):
     summary: str = Field(examples=["capacity 4→8"])
     before: Any = None
     after: Any = None
-    protect_s: float | None = Field(None, ge=0, le=86_400)
-    fencing_token: int | None = Field(None, description="checked against the lease's, if given")
+    protect_s: float | None = Field(None, ge=0, le=86_400, strict=True)
+    fencing_token: int | None = Field(
+        None, description="checked against the lease's, if given", strict=True
+    )
 
 
 class ConsentIn(_Body):
@@ -215,8 +230,9 @@ async def _send_error(send: Send, err: WritError) -> None:
 _INTERNAL_ERROR = {
     "error": {
         "code": "internal",
-        "message": "writ hit an internal error; nothing was changed unless the response said "
-        "so. The server log has the details.",
+        "message": "writ hit an internal error. The request may or may not have taken effect: "
+        "read the state back (the resource, the lease, /v1/audit) before retrying. The server "
+        "log has the details.",
     }
 }
 # the lean path's JSON, written as FastAPI's JSONResponse writes it (UTF-8, no spaces);
@@ -263,11 +279,14 @@ class FastLeases:
                 break
         body = b"".join(chunks)
         auth = ""
+        ctype = b""
         for k, v in scope["headers"]:
             if k == b"authorization":
                 auth = v.decode("latin-1")
+            elif k == b"content-type":
+                ctype = v
         req: Any = None
-        if lease_id is None:
+        if lease_id is None and _is_json(ctype):  # FastAPI refuses any other body type
             try:
                 req = json.loads(body)
             except (ValueError, RecursionError):  # FastAPI answers these below
@@ -277,7 +296,13 @@ class FastLeases:
             token
             and (
                 (lease_id is not None and not body)
-                or (type(req) is dict and req.keys() <= self.ACQUIRE_KEYS)
+                or (
+                    type(req) is dict
+                    and req.keys() <= self.ACQUIRE_KEYS
+                    # numbers as numbers (not booleans, not strings): FastAPI's strict 422
+                    and type(req.get("ttl_s", 30)) in (int, float)
+                    and type(req.get("wait_s", 0)) in (int, float)
+                )
             )
         ):
             whole: Message = {"type": "http.request", "body": body, "more_body": False}
@@ -288,6 +313,8 @@ class FastLeases:
             if lease_id is not None:
                 out, status = await self.engine.release(me, lease_id), 200
             else:
+                # its fields are checked by the engine (validate_request) as FastAPI's are
+                # by _Body: text only, nested at most 32 levels; the path by TextURL
                 work = self.engine.acquire(
                     me,
                     resource=req.get("resource"),
@@ -311,6 +338,17 @@ class FastLeases:
         await _send_json(send, status, _COMPACT.encode(out).encode())
 
 
+def _is_json(content_type: bytes) -> bool:
+    """Whether FastAPI reads a body of this ``Content-Type`` as JSON: ``application/json``
+    or ``application/*+json``, parameters allowed (anything else, or none, is 422 there)."""
+    if content_type == b"application/json":
+        return True
+    kind = content_type.split(b";", 1)[0].strip().lower()
+    return kind == b"application/json" or (
+        kind.startswith(b"application/") and kind.endswith(b"+json")
+    )
+
+
 class WritApp(FastAPI):
     """The FastAPI app, entered through :class:`LimitBody` and then :class:`FastLeases`
     (the lean path of the hot lease routes), both in front of FastAPI's own middleware stack
@@ -320,7 +358,7 @@ class WritApp(FastAPI):
     def __init__(self, engine: Engine, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.state.engine = engine
-        self.front: ASGIApp = LimitBody(FastLeases(self.full_stack, engine))
+        self.front: ASGIApp = LimitBody(TextURL(FastLeases(self.full_stack, engine)))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.front(scope, receive, send)
@@ -398,9 +436,11 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
+        problems, fields = [], []
         for e in exc.errors():
             loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
+            if loc:
+                fields.append(loc)
             if e.get("type") == "json_invalid":
                 problems.append("the body is not valid JSON")
             elif e.get("type") == "missing":
@@ -410,6 +450,8 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
             else:
                 problems.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
         err = Invalid("; ".join(dict.fromkeys(problems)) or "invalid request", problems=problems)
+        if fields:
+            err.details["field"] = fields[0]
         return JSONResponse(err.to_body(), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

@@ -1,5 +1,9 @@
 """Rows to records: the column lists and converters both SQL stores share, for their
-queries and for dumps (:meth:`~writ.stores.base.Store.export_rows`)."""
+queries and for dumps (:meth:`~writ.stores.base.Store.export_rows`).
+
+JSON columns are read with :func:`writ.validate.loads`: a value that is not text (a lone
+surrogate, stored before writ refused them or written by hand) reads back with U+FFFD in
+its place, so no read and no grant ever fails on it."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..models import Lease, Principal, Waiter
+from ..validate import loads
 from .base import TABLES
 
 LEASE_COLS = (
@@ -30,9 +35,9 @@ def to_lease(r: Sequence[Any]) -> Lease:
         acquired_at=r[5],
         expires_at=r[6],
         ttl_s=r[7],
-        touches=json.loads(r[8]),
+        touches=loads(r[8]),
         state=r[9],
-        rollback=json.loads(r[10]) if r[10] else None,
+        rollback=loads(r[10]) if r[10] else None,
         ended_at=r[11],
     )
 
@@ -51,7 +56,7 @@ def to_waiter(r: Sequence[Any]) -> Waiter:
         seq=r[0],
         resource=r[2],
         principal=r[3],
-        request=json.loads(r[4]),
+        request=loads(r[4]),
         enqueued_at=r[5],
         deadline=r[6],
     )
@@ -60,7 +65,7 @@ def to_waiter(r: Sequence[Any]) -> Waiter:
 def to_object(r: Sequence[Any]) -> dict[str, Any]:
     """A policy object's document from a row of ``OBJECT_COLS``, with its ``state`` and
     ``expires_at_ts`` columns merged in."""
-    data: dict[str, Any] = json.loads(r[0])
+    data: dict[str, Any] = loads(r[0])
     data["state"] = r[1]
     data["expires_at_ts"] = r[2]
     return data
@@ -132,7 +137,7 @@ def export_row(table: str, r: Sequence[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for col, v in zip(TABLES[table], r, strict=True):
         if (table, col) in JSON_COLS and v is not None:
-            v = json.loads(v)
+            v = loads(v)
         elif col == "admin":
             v = bool(v)
         out[col] = v

@@ -187,6 +187,25 @@ def _objects_related_many_sql(
     )
 
 
+# Text as read once a connection met a stored value that is not UTF-8 (written by hand:
+# writ itself only writes UTF-8): U+FFFD in place of each bad byte, never a failed read.
+# Switched on per connection at the first such value; the default (C) decoding is faster.
+_TOLERANT_TEXT = functools.partial(str, encoding="utf-8", errors="replace")
+
+
+def _tolerate(conn: sqlite3.Connection, exc: BaseException) -> bool:
+    """Whether ``exc`` is sqlite3 failing to decode stored text as UTF-8 on ``conn`` for the
+    first time; if so ``conn`` now decodes leniently and the caller retries once."""
+    if (
+        isinstance(exc, sqlite3.OperationalError)
+        and "decode to UTF-8" in str(exc)
+        and conn.text_factory is not _TOLERANT_TEXT
+    ):
+        conn.text_factory = _TOLERANT_TEXT
+        return True
+    return False
+
+
 def _run_now(coro: Coroutine[Any, Any, T]) -> T:
     """Run a transaction function that awaits only this store's (non-suspending) methods."""
     try:
@@ -698,21 +717,27 @@ class SQLiteStore(Store):
             if fut.done():
                 continue
             head = self._head
-            c.execute("SAVEPOINT tx")
-            tx = SQLiteTx(self, c, writable=True)
-            try:
-                result: Any = _run_now(fn(tx))  # type: ignore[arg-type]
-            except BaseException as exc:
-                c.execute("ROLLBACK TO tx")
-                c.execute("RELEASE tx")
-                self._known.clear()
-                # the chain head goes back; the token counter does not: a token drawn by
-                # a transaction that rolled back is never handed out again (contract)
-                self._head = head
-                err: BaseException = exc
-                if isinstance(exc, sqlite3.Error):
-                    err = Unavailable(f"store error: {exc}")
-                outcomes.append((fut, None, err))
+            failure: BaseException | None = None
+            for attempt in (1, 2):
+                c.execute("SAVEPOINT tx")
+                tx = SQLiteTx(self, c, writable=True)
+                try:
+                    result: Any = _run_now(fn(tx))  # type: ignore[arg-type]
+                except BaseException as exc:
+                    c.execute("ROLLBACK TO tx")
+                    c.execute("RELEASE tx")
+                    self._known.clear()
+                    # the chain head goes back; the token counter does not: a token drawn
+                    # by a transaction that rolled back is never handed out again (contract)
+                    self._head = head
+                    if attempt == 1 and _tolerate(c, exc):
+                        continue  # once more, reading hand-written bad text leniently
+                    failure = exc
+                break
+            if failure is not None:
+                if isinstance(failure, sqlite3.Error):
+                    failure = Unavailable(f"store error: {failure}")
+                outcomes.append((fut, None, failure))
                 continue
             c.execute("RELEASE tx")
             outcomes.append((fut, result, None))
@@ -775,6 +800,8 @@ class SQLiteStore(Store):
                 if c is not self._w:
                     c.execute("COMMIT")
         except sqlite3.Error as exc:
+            if _tolerate(c, exc):
+                return await self.read(fn)  # once more, reading bad text leniently
             raise Unavailable(f"store read failed: {exc}") from exc
 
     async def audit_stream(
@@ -786,10 +813,15 @@ class SQLiteStore(Store):
         try:
             last = after_seq
             while True:
-                rows = conn.execute(
-                    "SELECT seq, body, hash FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (last, batch),
-                ).fetchall()
+                query = "SELECT seq, body, hash FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"
+                try:
+                    rows = conn.execute(query, (last, batch)).fetchall()
+                except sqlite3.OperationalError as exc:
+                    if not _tolerate(conn, exc):
+                        raise
+                    # a hand-written body that is not UTF-8: read leniently, so the row's
+                    # hash no longer matches and verify names it
+                    rows = conn.execute(query, (last, batch)).fetchall()
                 if not rows:
                     return
                 last = rows[-1][0]

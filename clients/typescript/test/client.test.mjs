@@ -1,0 +1,389 @@
+// The routes and the typed refusals, against a real `writ serve`.
+import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import { after, before, describe, test } from "node:test";
+import {
+  ConflictError,
+  ConsentRequiredError,
+  ForbiddenError,
+  FrozenError,
+  HeldError,
+  InvalidError,
+  LeaseLostError,
+  NotFoundError,
+  UnauthenticatedError,
+  UnavailableError,
+  Writ,
+  WritError,
+  errorFromBody,
+} from "../dist/index.js";
+import { deferred, serveWrit, unique } from "./helpers.mjs";
+
+let w; // the server and its helpers
+let rollbackCalls; // requests the toy rollback route received
+let toy; // the toy API the rollback route points at
+
+before(async () => {
+  rollbackCalls = [];
+  toy = createServer((req, res) => {
+    rollbackCalls.push(`${req.method} ${req.url}`);
+    res.writeHead(200, { "content-type": "application/json" }).end("{}");
+  });
+  await new Promise((ok) => toy.listen(0, "127.0.0.1", ok));
+  const policy = [
+    `rollback_base_url = "http://127.0.0.1:${toy.address().port}"`,
+    "[[rules]]",
+    'prefix = "quick"',
+    "consent_timeout_s = 0.5",
+  ].join("\n");
+  w = await serveWrit({ policy });
+});
+
+after(async () => {
+  await w?.stop();
+  toy?.close();
+});
+
+function resource(prefix = "svc") {
+  return `${prefix}/${unique("r")}`;
+}
+
+describe("health and identity", () => {
+  test("health needs no token; whoami names the token's principal", async () => {
+    const anonymous = new Writ({ url: w.url, token: "" });
+    const health = await anonymous.health();
+    assert.equal(health.ok, true);
+    const a = await w.principal("agent");
+    const me = await a.writ.whoami();
+    assert.equal(me.name, a.name);
+    assert.equal(me.kind, "agent");
+  });
+
+  test("no token: UnauthenticatedError that says none was given", async () => {
+    const anonymous = new Writ({ url: `${w.url}/`, token: "" });
+    const err = await anonymous.whoami().catch((e) => e);
+    assert.ok(err instanceof UnauthenticatedError);
+    assert.ok(err instanceof WritError);
+    assert.equal(err.status, 401);
+    assert.equal(err.code, "unauthenticated");
+    assert.match(err.message, /no token given/);
+  });
+
+  test("a wrong token is refused and never echoed", async () => {
+    const err = await new Writ({ url: w.url, token: "writ_not-a-token" }).whoami().catch((e) => e);
+    assert.ok(err instanceof UnauthenticatedError);
+    assert.doesNotMatch(err.message, /not-a-token/);
+  });
+
+  test("an unreachable server is UnavailableError naming the URL", async () => {
+    const closed = createServer();
+    await new Promise((ok) => closed.listen(0, "127.0.0.1", ok));
+    const port = closed.address().port;
+    await new Promise((ok) => closed.close(ok));
+    const err = await new Writ({ url: `127.0.0.1:${port}`, token: "x" }).whoami().catch((e) => e);
+    assert.ok(err instanceof UnavailableError);
+    assert.equal(err.status, 0);
+    assert.match(err.message, new RegExp(`not reachable at http://127\\.0\\.0\\.1:${port}`));
+  });
+});
+
+describe("leases and refusals", () => {
+  test("acquire, renew, release: the Lease and its fencing token", async () => {
+    const a = await w.principal();
+    const r = resource();
+    const lease = await a.writ.acquire(r, { intent: "double capacity", ttlS: 30, touches: ["capacity"] });
+    assert.equal(lease.resource, r);
+    assert.equal(lease.holder, a.name);
+    assert.equal(lease.state, "held");
+    assert.equal(lease.lock_key, `${r}/${lease.fencing_token}`);
+    assert.deepEqual(lease.touches, ["capacity"]);
+    const renewed = await a.writ.renew(lease.lease_id, { ttlS: 60 });
+    assert.equal(renewed.ttl_s, 60);
+    const released = await a.writ.release(lease.lease_id);
+    assert.equal(released.state, "released");
+    const late = await a.writ.release(lease.lease_id).catch((e) => e);
+    assert.ok(late instanceof LeaseLostError);
+    assert.equal(late.status, 410);
+    assert.equal(late.leaseId, lease.lease_id);
+  });
+
+  test("a conflicting request is HeldError with the holder and queue position", async () => {
+    const a = await w.principal();
+    const b = await w.principal();
+    const r = resource();
+    const lease = await a.writ.acquire(r, { intent: "resize" });
+    const err = await b.writ.acquire(`${r}/replica`, { intent: "reroute" }).catch((e) => e);
+    assert.ok(err instanceof HeldError);
+    assert.ok(err instanceof ConflictError);
+    assert.equal(err.status, 409);
+    assert.equal(err.code, "held");
+    assert.equal(err.holder.holder, a.name);
+    assert.equal(err.holder.resource, r);
+    assert.equal(err.holder.intent, "resize");
+    assert.equal(err.queuePosition, 1);
+    assert.equal(err.retryAt, lease.expires_at);
+    await a.writ.release(lease.lease_id);
+  });
+
+  test("bad input is InvalidError (422) with what was wrong", async () => {
+    const a = await w.principal();
+    for (const [res, intent] of [
+      ["Prod/DB", "x"],
+      ["svc/ok", ""],
+    ]) {
+      const err = await a.writ.acquire(res, { intent }).catch((e) => e);
+      assert.ok(err instanceof InvalidError, String(err));
+      assert.equal(err.status, 422);
+      assert.ok(err.message.length > 0);
+    }
+  });
+
+  test("ids that would walk to another route are refused before any request", async () => {
+    let calls = 0;
+    const spy = new Writ({
+      url: w.url,
+      token: "x",
+      fetch: (...args) => {
+        calls += 1;
+        return fetch(...args);
+      },
+    });
+    for (const id of ["..", ".", "%2e%2E", ""]) {
+      await assert.rejects(spy.release(id), InvalidError);
+    }
+    await assert.rejects(spy.resource("svc/../principals"), InvalidError);
+    assert.equal(calls, 0);
+    // other characters are escaped, not interpreted: a lease id with a slash is one segment
+    const a = await w.principal();
+    await assert.rejects(a.writ.getLease("ls_x/../../principals"), NotFoundError);
+  });
+
+  test("an agent may not revoke: ForbiddenError; a queue revokes with provenance", async () => {
+    const a = await w.principal();
+    const q = await w.principal("queue");
+    const lease = await a.writ.acquire(resource(), { intent: "work" });
+    const provenance = { runbook: "R-44", paged: q.name, reason: "stuck" };
+    await assert.rejects(a.writ.revoke(lease.lease_id, provenance), ForbiddenError);
+    const revoked = await q.writ.revoke(lease.lease_id, provenance);
+    assert.equal(revoked.state, "revoked");
+    await assert.rejects(a.writ.renew(lease.lease_id), LeaseLostError);
+  });
+
+  test("unknown ids are NotFoundError", async () => {
+    const a = await w.principal();
+    await assert.rejects(a.writ.getLease("ls_nope"), NotFoundError);
+    await assert.rejects(a.writ.getChange("chg_nope"), NotFoundError);
+  });
+
+  test("who and fence answer from the ledger; an old token is not current", async () => {
+    const a = await w.principal();
+    const r = resource();
+    const first = await a.writ.acquire(r, { intent: "one" });
+    const who = await a.writ.who(r);
+    assert.equal(who.lock_holder, a.name);
+    assert.equal(who.lease.lease_id, first.lease_id);
+    assert.equal((await a.writ.fence(r, first.fencing_token)).current, true);
+    await a.writ.release(first.lease_id);
+    const second = await a.writ.acquire(r, { intent: "two" });
+    assert.ok(second.fencing_token > first.fencing_token);
+    const fence = await a.writ.fence(r, first.fencing_token);
+    assert.equal(fence.current, false);
+    assert.equal(fence.current_token, second.fencing_token);
+    const past = await a.writ.who(r, { at: first.acquired_at });
+    assert.equal(past.lease.lease_id, first.lease_id);
+    const listed = await a.writ.leases({ resource: r, state: "held" });
+    assert.deepEqual(
+      listed.leases.map((l) => l.lease_id),
+      [second.lease_id],
+    );
+    const status = await a.writ.resource(r);
+    assert.equal(status.lease.lease_id, second.lease_id);
+    assert.equal(status.frozen, false);
+  });
+
+  test("a freeze refuses grants with FrozenError until lifted", async () => {
+    const a = await w.principal();
+    const q = await w.principal("queue");
+    const prefix = resource("frz");
+    const freeze = await q.writ.freeze(prefix, { reason: "release night" });
+    const err = await a.writ.acquire(`${prefix}/db`, { intent: "x" }).catch((e) => e);
+    assert.ok(err instanceof FrozenError);
+    assert.equal(err.status, 423);
+    assert.equal(err.freeze.freeze_id, freeze.freeze_id);
+    assert.ok((await a.writ.freezes()).freezes.some((f) => f.freeze_id === freeze.freeze_id));
+    await q.writ.liftFreeze(freeze.freeze_id);
+    const lease = await a.writ.acquire(`${prefix}/db`, { intent: "x" });
+    await a.writ.release(lease.lease_id);
+  });
+});
+
+describe("changes, consent and rollback", () => {
+  test("a protected change: ConsentRequiredError with the change and the call to make; ask, wait, grant, retry", async () => {
+    const perf = await w.principal();
+    const cost = await w.principal();
+    const r = resource();
+    const lease = await perf.writ.acquire(r, { intent: "double capacity", touches: ["capacity"] });
+    const change = await perf.writ.change(lease.lease_id, {
+      attribute: "capacity",
+      summary: "capacity 4→8",
+      before: 4,
+      after: 8,
+    });
+    assert.equal(change.author, perf.name);
+    assert.equal(change.fencing_token, lease.fencing_token);
+    await perf.writ.release(lease.lease_id);
+
+    const err = await cost.writ.acquire(r, { intent: "consolidate", touches: ["capacity"] }).catch((e) => e);
+    assert.ok(err instanceof ConsentRequiredError);
+    assert.ok(err instanceof ConflictError);
+    assert.equal(err.change.change_id, change.change_id);
+    assert.equal(err.author, perf.name);
+    assert.equal(err.protectedUntil, change.protected_until);
+    assert.deepEqual(err.ask, { method: "POST", path: "/v1/consents", body: { change_id: change.change_id } });
+
+    const asked = await cost.writ.askConsent(err.change.change_id, "overprovisioned");
+    assert.equal(asked.status, "pending");
+    assert.equal(asked.author, perf.name);
+    const answer = cost.writ.waitConsent(asked.consent_id, { waitS: 30 });
+    await perf.writ.grantConsent(asked.consent_id);
+    assert.equal((await answer).status, "granted");
+
+    const granted = await cost.writ.acquire(r, {
+      intent: "consolidate",
+      touches: ["capacity"],
+      consentId: asked.consent_id,
+    });
+    assert.equal(granted.holder, cost.name);
+    await cost.writ.release(granted.lease_id);
+  });
+
+  test("askConsent with waitS: an unanswered consent comes back expired, never denied", async () => {
+    const perf = await w.principal();
+    const cost = await w.principal();
+    const r = resource("quick");
+    const lease = await perf.writ.acquire(r, { intent: "resize", touches: ["capacity"] });
+    const change = await perf.writ.change(lease.lease_id, { attribute: "capacity", summary: "4→8" });
+    await perf.writ.release(lease.lease_id);
+    const answer = await cost.writ.askConsent(change.change_id, "undo", { waitS: 30 });
+    assert.equal(answer.status, "expired");
+  });
+
+  test("a denied consent reads denied", async () => {
+    const perf = await w.principal();
+    const cost = await w.principal();
+    const lease = await perf.writ.acquire(resource(), { intent: "resize", touches: ["capacity"] });
+    const change = await perf.writ.change(lease.lease_id, { attribute: "capacity", summary: "4→8" });
+    const asked = await cost.writ.askConsent(change.change_id, "undo");
+    await perf.writ.denyConsent(asked.consent_id);
+    assert.equal((await cost.writ.consent(asked.consent_id)).status, "denied");
+    await perf.writ.release(lease.lease_id);
+  });
+
+  test("rollback: anyone asks, the requester may not approve, the key-holder queue runs it once", async () => {
+    const perf = await w.principal();
+    const cost = await w.principal();
+    const q = await w.principal("queue");
+    const r = resource();
+    const route = `/internal/rollback?txn=${unique("txn")}`;
+    const lease = await perf.writ.acquire(r, {
+      intent: "resize",
+      rollback: { allowed: true, path: route, key_holder: q.name, override_queue: q.name },
+    });
+    assert.equal(lease.rollback.key_holder, q.name);
+    await assert.rejects(cost.writ.requestRollback({ reason: "x" }), InvalidError);
+    const asked = await cost.writ.requestRollback({ leaseId: lease.lease_id, reason: "capacity broke it" });
+    assert.equal(asked.status, "pending");
+    assert.equal(asked.requested_by, cost.name);
+    const refused = await cost.writ.approveRollback(asked.rollback_id).catch((e) => e);
+    assert.ok(refused instanceof ForbiddenError);
+    const done = await q.writ.approveRollback(asked.rollback_id);
+    assert.equal(done.status, "executed");
+    assert.equal(done.approved_by, q.name);
+    assert.equal(done.response_status, 200);
+    assert.deepEqual(rollbackCalls.filter((c) => c.endsWith(route)), [`POST ${route}`]);
+    await assert.rejects(q.writ.approveRollback(asked.rollback_id), WritError);
+    const listed = await q.writ.rollbacks({ status: "executed" });
+    assert.ok(listed.rollbacks.some((rb) => rb.rollback_id === asked.rollback_id));
+    await perf.writ.release(lease.lease_id);
+  });
+});
+
+describe("audit and events", () => {
+  test("watch() yields rows as they happen and ends when its signal aborts", async () => {
+    const a = await w.principal();
+    const r = resource();
+    const controller = new AbortController();
+    const seen = [];
+    const first = deferred();
+    const afterSeq = await a.writ.lastSeq();
+    const done = (async () => {
+      for await (const row of a.writ.watch({ resource: r, afterSeq, signal: controller.signal, waitS: 5 })) {
+        seen.push(row);
+        if (seen.length === 1) first.resolve();
+      }
+    })();
+    const lease = await a.writ.acquire(r, { intent: "watched" });
+    await first.promise;
+    assert.equal(seen[0].event, "lease.granted");
+    assert.equal(seen[0].lock_holder, a.name);
+    assert.equal(seen[0].fencing_token, lease.fencing_token);
+    controller.abort();
+    await done; // ends quietly
+    await a.writ.release(lease.lease_id);
+  });
+
+  test("audit pages, iterAudit, lastSeq and verify agree", async () => {
+    const a = await w.principal();
+    const r = resource();
+    const lease = await a.writ.acquire(r, { intent: "audited" });
+    await a.writ.release(lease.lease_id);
+    const rows = [];
+    for await (const row of a.writ.iterAudit({ resource: r, page: 1 })) rows.push(row);
+    assert.deepEqual(
+      rows.map((row) => row.event),
+      ["lease.granted", "lease.released"],
+    );
+    const last = await a.writ.lastSeq();
+    assert.ok(last >= rows[1].seq);
+    assert.equal((await a.writ.audit({ afterSeq: last })).rows.length, 0);
+    const verify = await a.writ.verify();
+    assert.equal(verify.ok, true);
+    assert.equal(verify.first_bad_seq, null);
+  });
+});
+
+describe("request() and errors", () => {
+  test("request() calls any route of the OpenAPI document", async () => {
+    const a = await w.principal();
+    const lease = await a.writ.request("post", "/v1/leases", { body: { resource: resource(), intent: "raw" } });
+    const got = await a.writ.request("get", "/v1/leases/{lease_id}", { path: { lease_id: lease.lease_id } });
+    assert.equal(got.lease_id, lease.lease_id);
+    await a.writ.release(lease.lease_id);
+  });
+
+  test("errorFromBody maps every protocol code to its class", () => {
+    const classes = {
+      invalid: InvalidError,
+      unauthenticated: UnauthenticatedError,
+      forbidden: ForbiddenError,
+      not_found: NotFoundError,
+      conflict: ConflictError,
+      held: HeldError,
+      consent_required: ConsentRequiredError,
+      lease_lost: LeaseLostError,
+      frozen: FrozenError,
+      unavailable: UnavailableError,
+    };
+    for (const [code, cls] of Object.entries(classes)) {
+      const err = errorFromBody(418, { error: { code, message: "m", extra: 1 } });
+      assert.ok(err instanceof cls, code);
+      assert.equal(err.code, code);
+      assert.equal(err.name, cls.name);
+      assert.equal(err.details.extra, 1);
+      assert.deepEqual(err.toBody(), { error: { code, message: "m", extra: 1 } });
+    }
+    const odd = errorFromBody(502, "<html>bad gateway</html>");
+    assert.equal(odd.constructor, WritError);
+    assert.match(odd.message, /HTTP 502/);
+  });
+});

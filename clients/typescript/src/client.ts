@@ -183,9 +183,10 @@ export class Writ {
       text = await response.text();
     } catch (exc) {
       if (outer?.aborted) throw outer.reason ?? exc;
+      const cause = (exc as { cause?: { code?: string; message?: string } }).cause;
       const why = timedOut
         ? `no answer within ${timeoutS}s`
-        : String((exc as { cause?: { code?: string } })?.cause?.code ?? exc);
+        : (cause?.code ?? cause?.message ?? (exc as Error).message ?? String(exc));
       throw new UnavailableError(
         `writ server not reachable at ${this.url} (${method} ${url.pathname}: ${why}); ` +
           "is `writ serve` running there? (set WRIT_URL or pass {url})",

@@ -19,6 +19,9 @@ import {
 } from "../dist/index.js";
 import { deferred, serveWrit, unique } from "./helpers.mjs";
 
+// a broken client would hang rather than fail: every test has a deadline
+const T = { timeout: 60_000 };
+
 let w; // the server and its helpers
 let rollbackCalls; // requests the toy rollback route received
 let toy; // the toy API the rollback route points at
@@ -49,7 +52,7 @@ function resource(prefix = "svc") {
 }
 
 describe("health and identity", () => {
-  test("health needs no token; whoami names the token's principal", async () => {
+  test("health needs no token; whoami names the token's principal", T, async () => {
     const anonymous = new Writ({ url: w.url, token: "" });
     const health = await anonymous.health();
     assert.equal(health.ok, true);
@@ -59,7 +62,7 @@ describe("health and identity", () => {
     assert.equal(me.kind, "agent");
   });
 
-  test("no token: UnauthenticatedError that says none was given", async () => {
+  test("no token: UnauthenticatedError that says none was given", T, async () => {
     const anonymous = new Writ({ url: `${w.url}/`, token: "" });
     const err = await anonymous.whoami().catch((e) => e);
     assert.ok(err instanceof UnauthenticatedError);
@@ -69,13 +72,13 @@ describe("health and identity", () => {
     assert.match(err.message, /no token given/);
   });
 
-  test("a wrong token is refused and never echoed", async () => {
+  test("a wrong token is refused and never echoed", T, async () => {
     const err = await new Writ({ url: w.url, token: "writ_not-a-token" }).whoami().catch((e) => e);
     assert.ok(err instanceof UnauthenticatedError);
     assert.doesNotMatch(err.message, /not-a-token/);
   });
 
-  test("an unreachable server is UnavailableError naming the URL", async () => {
+  test("an unreachable server is UnavailableError naming the URL", T, async () => {
     const closed = createServer();
     await new Promise((ok) => closed.listen(0, "127.0.0.1", ok));
     const port = closed.address().port;
@@ -88,7 +91,7 @@ describe("health and identity", () => {
 });
 
 describe("leases and refusals", () => {
-  test("acquire, renew, release: the Lease and its fencing token", async () => {
+  test("acquire, renew, release: the Lease and its fencing token", T, async () => {
     const a = await w.principal();
     const r = resource();
     const lease = await a.writ.acquire(r, { intent: "double capacity", ttlS: 30, touches: ["capacity"] });
@@ -107,7 +110,7 @@ describe("leases and refusals", () => {
     assert.equal(late.leaseId, lease.lease_id);
   });
 
-  test("a conflicting request is HeldError with the holder and queue position", async () => {
+  test("a conflicting request is HeldError with the holder and queue position", T, async () => {
     const a = await w.principal();
     const b = await w.principal();
     const r = resource();
@@ -125,7 +128,7 @@ describe("leases and refusals", () => {
     await a.writ.release(lease.lease_id);
   });
 
-  test("bad input is InvalidError (422) with what was wrong", async () => {
+  test("bad input is InvalidError (422) with what was wrong", T, async () => {
     const a = await w.principal();
     for (const [res, intent] of [
       ["Prod/DB", "x"],
@@ -138,7 +141,7 @@ describe("leases and refusals", () => {
     }
   });
 
-  test("ids that would walk to another route are refused before any request", async () => {
+  test("ids that would walk to another route are refused before any request", T, async () => {
     let calls = 0;
     const spy = new Writ({
       url: w.url,
@@ -158,7 +161,7 @@ describe("leases and refusals", () => {
     await assert.rejects(a.writ.getLease("ls_x/../../principals"), NotFoundError);
   });
 
-  test("an agent may not revoke: ForbiddenError; a queue revokes with provenance", async () => {
+  test("an agent may not revoke: ForbiddenError; a queue revokes with provenance", T, async () => {
     const a = await w.principal();
     const q = await w.principal("queue");
     const lease = await a.writ.acquire(resource(), { intent: "work" });
@@ -169,13 +172,13 @@ describe("leases and refusals", () => {
     await assert.rejects(a.writ.renew(lease.lease_id), LeaseLostError);
   });
 
-  test("unknown ids are NotFoundError", async () => {
+  test("unknown ids are NotFoundError", T, async () => {
     const a = await w.principal();
     await assert.rejects(a.writ.getLease("ls_nope"), NotFoundError);
     await assert.rejects(a.writ.getChange("chg_nope"), NotFoundError);
   });
 
-  test("who and fence answer from the ledger; an old token is not current", async () => {
+  test("who and fence answer from the ledger; an old token is not current", T, async () => {
     const a = await w.principal();
     const r = resource();
     const first = await a.writ.acquire(r, { intent: "one" });
@@ -201,7 +204,7 @@ describe("leases and refusals", () => {
     assert.equal(status.frozen, false);
   });
 
-  test("a freeze refuses grants with FrozenError until lifted", async () => {
+  test("a freeze refuses grants with FrozenError until lifted", T, async () => {
     const a = await w.principal();
     const q = await w.principal("queue");
     const prefix = resource("frz");
@@ -218,7 +221,7 @@ describe("leases and refusals", () => {
 });
 
 describe("changes, consent and rollback", () => {
-  test("a protected change: ConsentRequiredError with the change and the call to make; ask, wait, grant, retry", async () => {
+  test("a protected change: ConsentRequiredError with the change and the call to make; ask, wait, grant, retry", T, async () => {
     const perf = await w.principal();
     const cost = await w.principal();
     const r = resource();
@@ -257,7 +260,7 @@ describe("changes, consent and rollback", () => {
     await cost.writ.release(granted.lease_id);
   });
 
-  test("askConsent with waitS: an unanswered consent comes back expired, never denied", async () => {
+  test("askConsent with waitS: an unanswered consent comes back expired, never denied", T, async () => {
     const perf = await w.principal();
     const cost = await w.principal();
     const r = resource("quick");
@@ -268,7 +271,7 @@ describe("changes, consent and rollback", () => {
     assert.equal(answer.status, "expired");
   });
 
-  test("a denied consent reads denied", async () => {
+  test("a denied consent reads denied", T, async () => {
     const perf = await w.principal();
     const cost = await w.principal();
     const lease = await perf.writ.acquire(resource(), { intent: "resize", touches: ["capacity"] });
@@ -279,7 +282,7 @@ describe("changes, consent and rollback", () => {
     await perf.writ.release(lease.lease_id);
   });
 
-  test("rollback: anyone asks, the requester may not approve, the key-holder queue runs it once", async () => {
+  test("rollback: anyone asks, the requester may not approve, the key-holder queue runs it once", T, async () => {
     const perf = await w.principal();
     const cost = await w.principal();
     const q = await w.principal("queue");
@@ -309,7 +312,7 @@ describe("changes, consent and rollback", () => {
 });
 
 describe("audit and events", () => {
-  test("watch() yields rows as they happen and ends when its signal aborts", async () => {
+  test("watch() yields rows as they happen and ends when its signal aborts", T, async () => {
     const a = await w.principal();
     const r = resource();
     const controller = new AbortController();
@@ -332,7 +335,7 @@ describe("audit and events", () => {
     await a.writ.release(lease.lease_id);
   });
 
-  test("audit pages, iterAudit, lastSeq and verify agree", async () => {
+  test("audit pages, iterAudit, lastSeq and verify agree", T, async () => {
     const a = await w.principal();
     const r = resource();
     const lease = await a.writ.acquire(r, { intent: "audited" });
@@ -353,7 +356,7 @@ describe("audit and events", () => {
 });
 
 describe("request() and errors", () => {
-  test("request() calls any route of the OpenAPI document", async () => {
+  test("request() calls any route of the OpenAPI document", T, async () => {
     const a = await w.principal();
     const lease = await a.writ.request("post", "/v1/leases", { body: { resource: resource(), intent: "raw" } });
     const got = await a.writ.request("get", "/v1/leases/{lease_id}", { path: { lease_id: lease.lease_id } });
@@ -361,7 +364,7 @@ describe("request() and errors", () => {
     await a.writ.release(lease.lease_id);
   });
 
-  test("errorFromBody maps every protocol code to its class", () => {
+  test("errorFromBody maps every protocol code to its class", T, () => {
     const classes = {
       invalid: InvalidError,
       unauthenticated: UnauthenticatedError,

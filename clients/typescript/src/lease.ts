@@ -158,8 +158,6 @@ export class LeaseHandle {
     this.#timer = setTimeout(() => {
       this.#renewing = this.#tick();
     }, delayS * 1000);
-    // like a daemon thread: renewing alone does not keep the process running
-    (this.#timer as { unref?: () => void }).unref?.();
   }
 
   async #tick(): Promise<void> {

@@ -1,5 +1,6 @@
 // withLease / lease(): renewal, loss (the signal aborts, LeaseLostError), FIFO waits.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { after, before, test } from "node:test";
 import { HeldError, LeaseLostError, Writ } from "../dist/index.js";
 import { deferred, serveWrit, unique, waitUntil } from "./helpers.mjs";
@@ -174,4 +175,38 @@ test("waiters are granted in arrival order (FIFO), each after the one before rel
   );
   assert.ok(order[0].token > first.fencingToken);
   assert.ok(order[1].token > order[0].token);
+});
+
+test("a lease held until lost keeps its process running (the leader pattern)", T, async () => {
+  const a = await w.principal();
+  const q = await w.principal("queue");
+  const r = resource();
+  const script = `
+    import { Writ } from ${JSON.stringify(new URL("../dist/index.js", import.meta.url).href)};
+    const writ = new Writ({ url: process.argv[1], token: process.argv[2] });
+    try {
+      await writ.withLease(process.argv[3], { intent: "lead", ttlS: 2, renewEveryS: 0.05 }, (lease) => {
+        console.log("held " + lease.leaseId);
+        return new Promise((resolve) => lease.signal.addEventListener("abort", resolve));
+      });
+    } catch (err) {
+      console.log("lost " + err.state);
+    }
+  `;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script, w.url, a.writ.token, r], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const exited = new Promise((resolve) => child.once("exit", (code) => resolve(code)));
+  let out = "";
+  const held = deferred();
+  child.stdout.on("data", (chunk) => {
+    out += chunk;
+    const m = /held (\S+)/.exec(out);
+    if (m) held.resolve(m[1]);
+  });
+  const leaseId = await Promise.race([held.promise, exited.then((code) => `exited ${code}`)]);
+  assert.match(leaseId, /^ls_/);
+  await q.writ.revoke(leaseId, provenance(q));
+  assert.equal(await exited, 0);
+  assert.match(out, /lost revoked/);
 });

@@ -1,5 +1,6 @@
 // The routes and the typed refusals, against a real `writ serve`.
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { after, before, describe, test } from "node:test";
 import {
@@ -13,6 +14,7 @@ import {
   NotFoundError,
   UnauthenticatedError,
   UnavailableError,
+  VERSION,
   Writ,
   WritError,
   errorFromBody,
@@ -389,4 +391,87 @@ describe("request() and errors", () => {
     assert.equal(odd.constructor, WritError);
     assert.match(odd.message, /HTTP 502/);
   });
+});
+
+test("VERSION is the package's version", () => {
+  const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"));
+  assert.equal(VERSION, pkg.version);
+});
+
+// The answer types of src/models.ts are written from docs/protocol.md (the OpenAPI document
+// declares answers only as objects): every field they declare required is in a real answer.
+const FIELDS = {
+  Principal: ["name", "kind", "vendor", "wake", "admin", "created_at"],
+  Lease: [
+    "lease_id", "resource", "holder", "intent", "fencing_token", "lock_key", "acquired_at",
+    "expires_at", "ttl_s", "touches", "state", "rollback", "ended_at",
+  ],
+  Holder: ["holder", "resource", "intent", "acquired_at", "expires_at", "wake"],
+  Change: [
+    "change_id", "resource", "author", "attribute", "summary", "lease_id", "fencing_token", "at",
+    "protected_until",
+  ],
+  Consent: [
+    "consent_id", "change_id", "resource", "attribute", "requester", "author", "reason", "status",
+    "requested_at", "expires_at", "escalated_to", "answered_by", "answered_at",
+  ],
+  Rollback: [
+    "rollback_id", "status", "lease_id", "change_id", "resource", "lock_holder", "lock_key",
+    "fencing_token", "path", "key_holder", "override_queue", "requested_by", "reason",
+    "requested_at", "approved_by", "denied_by", "executed_at", "response_status", "error", "defect",
+  ],
+  Freeze: ["freeze_id", "prefix", "reason", "by", "at", "until", "allow", "lifted_by", "lifted_at", "state"],
+  AuditRow: [
+    "seq", "timestamp", "event", "agent_id", "resource", "lock_holder", "lock_key",
+    "lock_acquired_at", "fencing_token", "rollback_allowed", "rollback_path", "rollback_key_holder",
+    "approved_by", "human_override_queue", "rollback_denominator", "rollback_denominator_is_defect",
+    "second_key_revoke_provenance", "notes", "prev_hash", "hash",
+  ],
+  AuditPage: ["rows", "next_after_seq"],
+  Verify: ["ok", "rows", "head", "first_bad_seq"],
+  Who: ["resource", "at", "lock_holder", "lease"],
+  Fence: ["current", "current_token"],
+  ResourceStatus: ["resource", "lease", "queue", "protected_changes", "frozen"],
+  HeldLease: ["waiters"],
+  Health: ["ok", "version", "store"],
+};
+
+function hasFields(model, obj) {
+  const missing = FIELDS[model].filter((f) => !(f in obj));
+  assert.deepEqual(missing, [], `${model} answer lacks ${missing.join(", ")}: ${JSON.stringify(obj)}`);
+}
+
+test("every answer type's fields are in the server's answers", T, async () => {
+  const a = await w.principal();
+  const b = await w.principal();
+  const q = await w.principal("queue");
+  const r = resource();
+  hasFields("Health", await a.writ.health());
+  hasFields("Principal", await a.writ.whoami());
+  const lease = await a.writ.acquire(r, {
+    intent: "fields",
+    touches: ["capacity"],
+    rollback: { allowed: true, path: "/rollback/fields", key_holder: q.name, override_queue: q.name },
+  });
+  hasFields("Lease", lease);
+  const held = await b.writ.acquire(r, { intent: "x", touches: ["labels"] }).catch((e) => e);
+  hasFields("Holder", held.holder);
+  const change = await a.writ.change(lease.lease_id, { attribute: "capacity", summary: "4→8" });
+  hasFields("Change", change);
+  hasFields("Consent", await b.writ.askConsent(change.change_id, "undo"));
+  hasFields("Rollback", await b.writ.requestRollback({ leaseId: lease.lease_id, reason: "r" }));
+  const status = await a.writ.status({ resource: r });
+  hasFields("Lease", status.leases[0]);
+  hasFields("HeldLease", status.leases[0]);
+  hasFields("ResourceStatus", await a.writ.resource(r));
+  hasFields("Who", await a.writ.who(r));
+  hasFields("Fence", await a.writ.fence(r, lease.fencing_token));
+  const page = await a.writ.audit({ resource: r });
+  hasFields("AuditPage", page);
+  hasFields("AuditRow", page.rows[0]);
+  hasFields("Verify", await a.writ.verify());
+  const freeze = await q.writ.freeze(`${r}/frozen`, { reason: "fields" });
+  hasFields("Freeze", freeze);
+  await q.writ.liftFreeze(freeze.freeze_id);
+  await a.writ.release(lease.lease_id);
 });

@@ -64,6 +64,22 @@ describe("health and identity", () => {
     assert.equal(me.kind, "agent");
   });
 
+  test("the admin adds principals (the token shown once) and lists them without tokens", T, async () => {
+    const name = unique("listed");
+    const added = await w.admin.addPrincipal(name, { kind: "queue", wake: "https://pager.example/q" });
+    assert.equal(added.kind, "queue");
+    assert.match(added.token, /^writ_/);
+    const listed = (await w.admin.principals()).principals.find((p) => p.name === name);
+    assert.equal(listed.wake, "https://pager.example/q");
+    assert.equal("token" in listed, false);
+    const again = await w.admin.addPrincipal(name, { kind: "queue" }).catch((e) => e);
+    assert.ok(again instanceof ConflictError);
+    assert.equal(again.code, "conflict");
+    const a = await w.principal();
+    await assert.rejects(a.writ.addPrincipal(unique(), { kind: "agent" }), ForbiddenError);
+    assert.equal(typeof (await a.writ.policy()), "object");
+  });
+
   test("no token: UnauthenticatedError that says none was given", T, async () => {
     const anonymous = new Writ({ url: `${w.url}/`, token: "" });
     const err = await anonymous.whoami().catch((e) => e);
@@ -309,6 +325,15 @@ describe("changes, consent and rollback", () => {
     await assert.rejects(q.writ.approveRollback(asked.rollback_id), WritError);
     const listed = await q.writ.rollbacks({ status: "executed" });
     assert.ok(listed.rollbacks.some((rb) => rb.rollback_id === asked.rollback_id));
+    const defect = await q.writ.rollbackDefect(asked.rollback_id, "the rollback dropped a replica");
+    assert.equal(defect.defect, true);
+    assert.equal((await cost.writ.getRollback(asked.rollback_id)).defect, true);
+
+    const again = await cost.writ.requestRollback({ leaseId: lease.lease_id, reason: "second thoughts" });
+    const denied = await q.writ.denyRollback(again.rollback_id);
+    assert.equal(denied.status, "denied");
+    assert.equal(denied.denied_by, q.name);
+    assert.equal(rollbackCalls.length, 1); // a denied rollback never calls the route
     await perf.writ.release(lease.lease_id);
   });
 });

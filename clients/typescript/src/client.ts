@@ -120,7 +120,15 @@ export class Writ {
       "user-agent": `writ-typescript/${VERSION}`,
       ...options.headers,
     };
-    if (this.token) this.#headers.authorization = `Bearer ${this.token}`;
+    if (this.token) {
+      // a header value: printable ASCII only (a newline would be a header injection)
+      if (/[^\x21-\x7e]/.test(this.token)) {
+        throw new InvalidError("the token has characters a bearer token cannot have", {
+          field: "token",
+        });
+      }
+      this.#headers.authorization = `Bearer ${this.token}`;
+    }
     const f = options.fetch ?? globalThis.fetch;
     if (typeof f !== "function") {
       throw new Error("no fetch in this runtime: Node 18 or later, or pass options.fetch");
@@ -142,8 +150,11 @@ export class Writ {
   ): Promise<Answer<Operation<P, M>>> {
     const params = (options.path ?? {}) as Record<string, unknown>;
     const path = String(route).replace(/\{(\w+)\}/g, (_, name: string) => {
-      if (!(name in params)) throw new InvalidError(`${name} is required`, { field: name });
-      return pathParam(name, params[name], name === "resource");
+      const value = params[name];
+      if (value === undefined || value === null) {
+        throw new InvalidError(`${name} is required`, { field: name });
+      }
+      return pathParam(name, value, name === "resource");
     });
     const url = new URL(this.url + path);
     for (const [key, value] of Object.entries((options.query ?? {}) as Record<string, unknown>)) {
@@ -502,7 +513,10 @@ export class Writ {
     }) as Promise<Consent>;
   }
 
-  /** `POST /v1/rollbacks`: anyone may ask (exactly one of `leaseId`, `changeId`); only the key holder approves. */
+  /**
+   * `POST /v1/rollbacks`: anyone may ask (exactly one of `leaseId`, `changeId`); only the
+   * key holder approves.
+   */
   async requestRollback(
     options: { reason: string; leaseId?: string; changeId?: string },
     call: CallOptions = {},

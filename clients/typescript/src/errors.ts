@@ -51,7 +51,8 @@ export class WritError extends Error {
   /** The same error, with `cause` (what a callback threw when the lease was lost under it). */
   withCause(cause: unknown): this {
     const cls = this.constructor as ErrorClass;
-    return new cls(this.message, { ...this.details }, { status: this.status, code: this.code, cause }) as this;
+    const options = { status: this.status, code: this.code, cause };
+    return new cls(this.message, { ...this.details }, options) as this;
   }
 
   /** The error as the server would send it. */

@@ -31,5 +31,13 @@ export {
 } from "./errors.js";
 export { LeaseHandle, type LeaseOptions } from "./lease.js";
 export type * from "./models.js";
-export type { Answer, CallOptions, HttpMethod, MethodOf, Operation, RequestOptions, Route } from "./routes.js";
+export type {
+  Answer,
+  CallOptions,
+  HttpMethod,
+  MethodOf,
+  Operation,
+  RequestOptions,
+  Route,
+} from "./routes.js";
 export type { components, operations, paths } from "./generated/openapi.js";

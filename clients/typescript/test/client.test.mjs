@@ -90,6 +90,12 @@ describe("health and identity", () => {
     assert.match(err.message, /no token given/);
   });
 
+  test("a token that could not be a header value is refused at construction", () => {
+    for (const token of ["abc\r\nX-Admin: 1", "tab\there", "ünïcode"]) {
+      assert.throws(() => new Writ({ url: w.url, token }), InvalidError);
+    }
+  });
+
   test("a wrong token is refused and never echoed", T, async () => {
     const err = await new Writ({ url: w.url, token: "writ_not-a-token" }).whoami().catch((e) => e);
     assert.ok(err instanceof UnauthenticatedError);
@@ -173,6 +179,7 @@ describe("leases and refusals", () => {
       await assert.rejects(spy.release(id), InvalidError);
     }
     await assert.rejects(spy.resource("svc/../principals"), InvalidError);
+    await assert.rejects(spy.getLease(undefined), InvalidError);
     assert.equal(calls, 0);
     // other characters are escaped, not interpreted: a lease id with a slash is one segment
     const a = await w.principal();

@@ -50,6 +50,8 @@ export const DEFAULT_TIMEOUT_S = 10;
 export const WATCH_WAIT_S = 25;
 /** The server's cap on any `wait_s`. */
 export const MAX_WAIT_S = 300;
+/** One long-poll of `waitConsent()`: under Node's fetch headers timeout (300 s). */
+const POLL_S = 240;
 
 export interface WritOptions {
   /** Default: `WRIT_URL`, else `http://127.0.0.1:7411`. A URL without a scheme gets `http://`. */
@@ -491,7 +493,7 @@ export class Writ {
     const deadline = monotonicS() + options.waitS;
     for (;;) {
       const left = deadline - monotonicS();
-      const poll = Math.min(Math.max(left, 0), MAX_WAIT_S);
+      const poll = Math.min(Math.max(left, 0), POLL_S);
       const out = await this.consent(consentId, { waitS: poll }, { signal: options.signal });
       if (out.status !== "pending" || left <= 0) return out;
     }

@@ -507,3 +507,17 @@ test("every answer type's fields are in the server's answers", T, async () => {
   await q.writ.liftFreeze(freeze.freeze_id);
   await a.writ.release(lease.lease_id);
 });
+
+test("a server that does not answer in time is UnavailableError after timeoutS", T, async () => {
+  const silent = createServer(() => {}); // never answers
+  await new Promise((ok) => silent.listen(0, "127.0.0.1", ok));
+  try {
+    const writ = new Writ({ url: `http://127.0.0.1:${silent.address().port}`, token: "x", timeoutS: 0.2 });
+    const err = await writ.whoami().catch((e) => e);
+    assert.ok(err instanceof UnavailableError, String(err));
+    assert.match(err.message, /no answer within 0\.2s/);
+  } finally {
+    silent.closeAllConnections?.();
+    silent.close();
+  }
+});

@@ -210,3 +210,18 @@ test("a lease held until lost keeps its process running (the leader pattern)", T
   assert.equal(await exited, 0);
   assert.match(out, /lost revoked/);
 });
+
+test("aborting a queued acquire rejects with the signal's reason and leaves the queue", T, async () => {
+  const a = await w.principal();
+  const b = await w.principal();
+  const r = resource();
+  const first = await a.writ.lease(r, { intent: "holder" });
+  const controller = new AbortController();
+  const waiting = b.writ.acquire(r, { intent: "patient", waitS: 60, signal: controller.signal });
+  await waitUntil(async () => (await a.writ.resource(r)).queue.length === 1, { what: "b queued" });
+  controller.abort(new Error("gave up"));
+  await assert.rejects(waiting, /gave up/);
+  await waitUntil(async () => (await a.writ.resource(r)).queue.length === 0, { what: "b to leave" });
+  await first.release();
+  assert.equal((await a.writ.resource(r)).lease, null);
+});

@@ -94,7 +94,8 @@ export class LeaseHandle {
   async renew(): Promise<Lease> {
     const sent = monotonicS();
     const left = this.#deadline - sent;
-    const timeoutS = Math.max(0.25, Math.min(this.client.timeoutS, left > 0 ? left : this.client.timeoutS));
+    // a renewal must answer before the lease would expire, or it is no use
+    const timeoutS = Math.max(0.25, Math.min(this.client.timeoutS, left > 0 ? left : Infinity));
     const controller = new AbortController();
     this.#inflight = controller;
     try {
@@ -105,6 +106,9 @@ export class LeaseHandle {
         this.#deadline = sent + this.#ttlS;
       }
       return data;
+    } catch (exc) {
+      if (exc instanceof LeaseLostError) this.#lose(exc); // also when called by hand
+      throw exc;
     } finally {
       if (this.#inflight === controller) this.#inflight = undefined;
     }
@@ -167,16 +171,19 @@ export class LeaseHandle {
     } catch (exc) {
       if (this.#stopped) return;
       const err =
-        exc instanceof WritError ? exc : new UnavailableError(String(exc), {}, { status: 0, cause: exc });
+        exc instanceof WritError
+          ? exc
+          : new UnavailableError(String(exc), {}, { status: 0, cause: exc });
       if (err.status >= 400 && err.status < 500) {
-        this.#lose(
+        // refused (410 lost, 403, 404, ...) rather than failed in transit or 5xx
+        const lost =
           err instanceof LeaseLostError
             ? err
-            : new LeaseLostError(`lease ${this.leaseId} on ${this.resource} was lost: ${err.message}`, {
-                lease_id: this.leaseId,
-                cause: err.code,
-              }),
-        );
+            : new LeaseLostError(
+                `lease ${this.leaseId} on ${this.resource} was lost: ${err.message}`,
+                { lease_id: this.leaseId, cause: err.code },
+              );
+        this.#lose(lost);
       } else if (monotonicS() >= this.#deadline) {
         this.#lose(
           new LeaseLostError(

@@ -225,3 +225,14 @@ test("aborting a queued acquire rejects with the signal's reason and leaves the 
   await first.release();
   assert.equal((await a.writ.resource(r)).lease, null);
 });
+
+test("a renewal by hand that is refused marks the lease lost too", T, async () => {
+  const a = await w.principal();
+  const q = await w.principal("queue");
+  const lease = await a.writ.lease(resource(), { intent: "manual", ttlS: 60 });
+  await q.writ.revoke(lease.leaseId, provenance(q));
+  await assert.rejects(lease.renew(), LeaseLostError);
+  assert.equal(lease.lost, true);
+  assert.equal(lease.signal.reason.state, "revoked");
+  await assert.rejects(lease.release(), LeaseLostError);
+});

@@ -521,3 +521,17 @@ test("a server that does not answer in time is UnavailableError after timeoutS",
     silent.close();
   }
 });
+
+test("the package exports the client, the lease handle and every error class", async () => {
+  const mod = await import("../dist/index.js");
+  const expected = [
+    "Writ", "LeaseHandle", "errorFromBody", "VERSION", "DEFAULT_URL", "DEFAULT_TIMEOUT_S",
+    "MAX_WAIT_S", "WATCH_WAIT_S", "WritError", "InvalidError", "UnauthenticatedError",
+    "ForbiddenError", "NotFoundError", "ConflictError", "HeldError", "ConsentRequiredError",
+    "LeaseLostError", "TooLargeError", "FrozenError", "UnavailableError",
+  ];
+  assert.deepEqual(Object.keys(mod).sort(), [...expected].sort());
+  for (const name of expected.filter((n) => n.endsWith("Error") && n !== "WritError")) {
+    assert.ok(new mod[name]("m") instanceof mod.WritError, name);
+  }
+});

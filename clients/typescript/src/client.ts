@@ -184,6 +184,7 @@ export class Writ {
     if (body !== undefined) headers["content-type"] = "application/json";
     let status: number;
     let text: string;
+    let retryAfter: string | null;
     try {
       const response = await this.#fetch(url, {
         method,
@@ -193,6 +194,7 @@ export class Writ {
         redirect: "error",
       });
       status = response.status;
+      retryAfter = response.headers.get("retry-after");
       text = await response.text();
     } catch (exc) {
       if (outer?.aborted) throw outer.reason ?? exc;
@@ -220,12 +222,12 @@ export class Writ {
       }
     }
     if (status >= 200 && status < 300) return parsed;
-    const err = errorFromBody(status, parsed);
+    const err = errorFromBody(status, parsed, retryAfter);
     if (err instanceof UnauthenticatedError && !this.token) {
       throw new UnauthenticatedError(
         `${err.message} (no token given: set WRIT_TOKEN or pass {token})`,
         { ...err.details },
-        { status },
+        { status, retryAfterS: err.retryAfterS },
       );
     }
     throw err;

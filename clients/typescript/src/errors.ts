@@ -19,6 +19,14 @@
  */
 import type { Change, Freeze, Holder } from "./models.js";
 
+/** How an error came to be: the answer's status and code, its `Retry-After`, its cause. */
+export interface WritErrorOptions {
+  status?: number;
+  code?: string;
+  retryAfterS?: number;
+  cause?: unknown;
+}
+
 /** The JSON body of every refusal. */
 export interface ErrorBody {
   error: { code: string; message: string; [detail: string]: unknown };
@@ -34,24 +42,23 @@ export class WritError extends Error {
   readonly status: number;
   /** Everything in the error body besides `code` and `message`. */
   readonly details: Readonly<Record<string, unknown>>;
+  /** Seconds to wait before retrying, when the answer carried `Retry-After` (409 held, 503). */
+  readonly retryAfterS: number | undefined;
 
-  constructor(
-    message: string,
-    details: Record<string, unknown> = {},
-    options: { status?: number; code?: string; cause?: unknown } = {},
-  ) {
+  constructor(message: string, details: Record<string, unknown> = {}, options: WritErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     const cls = new.target as unknown as { code: string; status: number; name: string };
     this.name = cls.name;
     this.code = options.code ?? cls.code;
     this.status = options.status ?? cls.status;
     this.details = details;
+    this.retryAfterS = options.retryAfterS;
   }
 
   /** The same error, with `cause` (what a callback threw when the lease was lost under it). */
   withCause(cause: unknown): this {
     const cls = this.constructor as ErrorClass;
-    const options = { status: this.status, code: this.code, cause };
+    const options = { status: this.status, code: this.code, retryAfterS: this.retryAfterS, cause };
     return new cls(this.message, { ...this.details }, options) as this;
   }
 
@@ -171,7 +178,7 @@ export class UnavailableError extends WritError {
 type ErrorClass = new (
   message: string,
   details?: Record<string, unknown>,
-  options?: { status?: number; code?: string; cause?: unknown },
+  options?: WritErrorOptions,
 ) => WritError;
 
 const BY_CODE: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>([
@@ -192,14 +199,31 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-/** The typed error for an answer with status `status` and (parsed) body `body`. */
-export function errorFromBody(status: number, body: unknown): WritError {
+/** Seconds from a `Retry-After` header (delta-seconds or an HTTP date), or undefined. */
+export function parseRetryAfter(value: string | null | undefined, nowMs = Date.now()): number | undefined {
+  if (!value) return undefined;
+  const text = value.trim();
+  if (/^\d+$/.test(text)) return Number(text);
+  const at = Date.parse(text);
+  return Number.isNaN(at) ? undefined : Math.max(0, Math.ceil((at - nowMs) / 1000));
+}
+
+/**
+ * The typed error for an answer with status `status` and (parsed) body `body`;
+ * `retryAfter` is the answer's `Retry-After` header, if any.
+ */
+export function errorFromBody(status: number, body: unknown, retryAfter?: string | null): WritError {
+  const retryAfterS = parseRetryAfter(retryAfter);
   const err = isRecord(body) ? body.error : undefined;
   if (!isRecord(err)) {
     const text = typeof body === "string" ? body : JSON.stringify(body);
-    return new WritError(`HTTP ${status}: ${String(text).slice(0, 200)}`, {}, { status });
+    return new WritError(`HTTP ${status}: ${String(text).slice(0, 200)}`, {}, { status, retryAfterS });
   }
   const { code, message, ...details } = err;
   const cls = BY_CODE.get(String(code)) ?? WritError;
-  return new cls(String(message ?? ""), details, { status, code: String(code ?? "error") });
+  return new cls(String(message ?? ""), details, {
+    status,
+    code: String(code ?? "error"),
+    retryAfterS,
+  });
 }

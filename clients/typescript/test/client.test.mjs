@@ -18,6 +18,7 @@ import {
   Writ,
   WritError,
   errorFromBody,
+  parseRetryAfter,
 } from "../dist/index.js";
 import { deferred, serveWrit, unique } from "./helpers.mjs";
 
@@ -525,7 +526,7 @@ test("a server that does not answer in time is UnavailableError after timeoutS",
 test("the package exports the client, the lease handle and every error class", async () => {
   const mod = await import("../dist/index.js");
   const expected = [
-    "Writ", "LeaseHandle", "errorFromBody", "VERSION", "DEFAULT_URL", "DEFAULT_TIMEOUT_S",
+    "Writ", "LeaseHandle", "errorFromBody", "parseRetryAfter", "VERSION", "DEFAULT_URL", "DEFAULT_TIMEOUT_S",
     "MAX_WAIT_S", "WATCH_WAIT_S", "WritError", "InvalidError", "UnauthenticatedError",
     "ForbiddenError", "NotFoundError", "ConflictError", "HeldError", "ConsentRequiredError",
     "LeaseLostError", "TooLargeError", "FrozenError", "UnavailableError",
@@ -534,4 +535,30 @@ test("the package exports the client, the lease handle and every error class", a
   for (const name of expected.filter((n) => n.endsWith("Error") && n !== "WritError")) {
     assert.ok(new mod[name]("m") instanceof mod.WritError, name);
   }
+});
+
+test("Retry-After on a refusal is err.retryAfterS (seconds, or an HTTP date)", T, async () => {
+  const answers = [
+    { status: 409, headers: { "retry-after": "7" }, code: "held" },
+    { status: 503, headers: { "retry-after": new Date(Date.now() + 30_000).toUTCString() }, code: "unavailable" },
+    { status: 409, headers: {}, code: "held" },
+  ];
+  const stub = new Writ({
+    url: "http://writ.invalid",
+    token: "x",
+    fetch: async () => {
+      const a = answers.shift();
+      const body = JSON.stringify({ error: { code: a.code, message: "m" } });
+      return new Response(body, { status: a.status, headers: a.headers });
+    },
+  });
+  const held = await stub.whoami().catch((e) => e);
+  assert.ok(held instanceof HeldError);
+  assert.equal(held.retryAfterS, 7);
+  const down = await stub.whoami().catch((e) => e);
+  assert.ok(down instanceof UnavailableError);
+  assert.ok(down.retryAfterS >= 29 && down.retryAfterS <= 30, String(down.retryAfterS));
+  const none = await stub.whoami().catch((e) => e);
+  assert.equal(none.retryAfterS, undefined);
+  assert.equal(parseRetryAfter("soon"), undefined);
 });

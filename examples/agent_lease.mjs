@@ -86,7 +86,8 @@ try {
 try {
   await cost.writ.withLease(
     db,
-    { intent: "consolidate instances", ttlS: 3, touches: ["capacity"], consentId },
+    // renewing every half second, the client learns of a revoke within half a second
+    { intent: "consolidate instances", ttlS: 30, renewEveryS: 0.5, touches: ["capacity"], consentId },
     async (lease) => {
       console.log(`${cost.name} holds ${db} with fencing token ${lease.fencingToken}; working...`);
       await ops.writ.revoke(lease.leaseId, {

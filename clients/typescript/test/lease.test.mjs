@@ -23,7 +23,7 @@ test("withLease holds, renews in the background, releases, and answers the callb
   const a = await w.principal();
   const r = resource();
   let held;
-  const out = await a.writ.withLease(r, { intent: "resize", ttlS: 3, renewEveryS: 0.05 }, async (lease) => {
+  const out = await a.writ.withLease(r, { intent: "resize", ttlS: 30, renewEveryS: 0.05 }, async (lease) => {
     held = lease;
     assert.equal(lease.resource, r);
     assert.equal(lease.lockKey, `${r}/${lease.fencingToken}`);
@@ -54,7 +54,7 @@ test("a revoke while the callback runs aborts its signal and withLease throws Le
   const lost = [];
   const run = a.writ.withLease(
     r,
-    { intent: "long job", ttlS: 3, renewEveryS: 0.05, onLost: (err) => lost.push(err) },
+    { intent: "long job", ttlS: 30, renewEveryS: 0.05, onLost: (err) => lost.push(err) },
     async (lease) => {
       started.resolve(lease);
       // the work: runs until the lease's signal says stop
@@ -82,7 +82,7 @@ test("a lease lost while the callback ignores the signal still ends in LeaseLost
   const q = await w.principal("queue");
   const r = resource();
   const err = await a.writ
-    .withLease(r, { intent: "careless", ttlS: 3, renewEveryS: 0.05 }, async (lease) => {
+    .withLease(r, { intent: "careless", ttlS: 30, renewEveryS: 0.05 }, async (lease) => {
       await q.writ.revoke(lease.leaseId, provenance(q));
       await waitUntil(() => lease.lost, { what: "the loss to be noticed" });
       return "done anyway";
@@ -185,7 +185,7 @@ test("a lease held until lost keeps its process running (the leader pattern)", T
     import { Writ } from ${JSON.stringify(new URL("../dist/index.js", import.meta.url).href)};
     const writ = new Writ({ url: process.argv[1], token: process.argv[2] });
     try {
-      await writ.withLease(process.argv[3], { intent: "lead", ttlS: 2, renewEveryS: 0.05 }, (lease) => {
+      await writ.withLease(process.argv[3], { intent: "lead", ttlS: 30, renewEveryS: 0.05 }, (lease) => {
         console.log("held " + lease.leaseId);
         return new Promise((resolve) => lease.signal.addEventListener("abort", resolve));
       });

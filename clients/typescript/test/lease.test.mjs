@@ -236,3 +236,18 @@ test("a renewal by hand that is refused marks the lease lost too", T, async () =
   assert.equal(lease.signal.reason.state, "revoked");
   await assert.rejects(lease.release(), LeaseLostError);
 });
+
+test("a callback that fails after the loss: LeaseLostError, with the callback's error as cause", T, async () => {
+  const a = await w.principal();
+  const q = await w.principal("queue");
+  const err = await a.writ
+    .withLease(resource(), { intent: "fragile", ttlS: 30, renewEveryS: 0.05 }, async (lease) => {
+      await q.writ.revoke(lease.leaseId, provenance(q));
+      await new Promise((resolve) => lease.signal.addEventListener("abort", resolve, { once: true }));
+      throw new TypeError("the write failed half-way");
+    })
+    .catch((e) => e);
+  assert.ok(err instanceof LeaseLostError, String(err));
+  assert.equal(err.state, "revoked");
+  assert.ok(err.cause instanceof TypeError);
+});

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Invalid
+from .identity import JwtIssuer, parse_identity
 from .resources import BlastRadius, under, validate
 
 
@@ -55,7 +56,7 @@ class Rule:
 
 
 RULE_KEYS = {f.name for f in fields(Rule)}
-TOP_KEYS = {"rollback_base_url", "default_override_queue", "blast_radius", "rules"}
+TOP_KEYS = {"rollback_base_url", "default_override_queue", "blast_radius", "rules", "identity"}
 
 
 @dataclass(slots=True)
@@ -65,6 +66,7 @@ class Policy:
     blast: BlastRadius = field(default_factory=BlastRadius)
     rules: list[Rule] = field(default_factory=list)  # most specific prefix first
     source: str | None = None
+    identity: list[JwtIssuer] = field(default_factory=list)  # [[identity.jwt]] (identity.py)
 
     def rule_for(self, resource: str) -> Rule:
         """The rule of the most specific prefix covering ``resource`` (or the defaults)."""
@@ -82,6 +84,7 @@ class Policy:
             },
             "rules": [{f.name: getattr(r, f.name) for f in fields(Rule)} for r in self.rules],
             "source": self.source,
+            "identity": {"jwt": [i.to_dict() for i in self.identity]},
         }
 
 
@@ -195,6 +198,7 @@ def parse(text: str, path: str = "<policy>") -> Policy:
             values[key] = float(v)
         pol.rules.append(replace(Rule(), **values))
     pol.rules.sort(key=lambda r: (-len(r.prefix.split("/")) if r.prefix else 1, r.prefix))
+    pol.identity = parse_identity(data.get("identity"), text, path)
     return pol
 
 

@@ -77,6 +77,13 @@ def _path(value: str) -> str:
     return quote(str(value), safe="/")
 
 
+def _segment(value: str) -> str:
+    """Quote a name for one URL path segment (a ``/`` or ``..`` cannot change the route)."""
+    return (
+        quote(str(value), safe="") if value not in (".", "..") else quote(value).replace(".", "%2E")
+    )
+
+
 def _renew_req(lease_id: str, ttl_s: float | None = None, timeout: float | None = None) -> _Req:
     body = _drop_none({"ttl_s": ttl_s})
     return _Req("POST", f"/v1/leases/{_path(lease_id)}/renew", body=body, timeout=timeout)
@@ -111,12 +118,49 @@ class _Routes(Generic[R]):
         vendor: str | None = None,
         wake: str | None = None,
         admin: bool = False,
+        queues: list[str] | None = None,
+        expires_in_s: float | None = None,
     ) -> R:
-        """``POST /v1/principals`` (admin only): the answer carries the token, shown once."""
-        body = _drop_none({"name": name, "kind": kind, "vendor": vendor, "wake": wake})
+        """``POST /v1/principals`` (admin only): the answer carries the token, shown once.
+        ``queues``: a human's on-call queues; ``expires_in_s``: when its token ends."""
+        body = _drop_none(
+            {
+                "name": name,
+                "kind": kind,
+                "vendor": vendor,
+                "wake": wake,
+                "queues": queues or None,
+                "expires_in_s": expires_in_s,
+            }
+        )
         if admin:
             body["admin"] = True
         return self._send(_Req("POST", "/v1/principals", body=body))
+
+    def rotate_principal(self, name: str, expires_in_s: float | None = None) -> R:
+        """``POST /v1/principals/{name}/rotate`` (an admin, or the principal itself): a new
+        token, shown once; the old one is refused from now on."""
+        body = _drop_none({"expires_in_s": expires_in_s})
+        return self._send(_Req("POST", f"/v1/principals/{_segment(name)}/rotate", body=body))
+
+    def disable_principal(self, name: str, reason: str) -> R:
+        """``POST /v1/principals/{name}/disable`` (admin): its token is refused, its held
+        leases revoked, its queued requests dropped."""
+        return self._send(
+            _Req("POST", f"/v1/principals/{_segment(name)}/disable", body={"reason": reason})
+        )
+
+    def enable_principal(self, name: str, expires_in_s: float | None = None) -> R:
+        """``POST /v1/principals/{name}/enable`` (admin): back, with a fresh token."""
+        body = _drop_none({"expires_in_s": expires_in_s})
+        return self._send(_Req("POST", f"/v1/principals/{_segment(name)}/enable", body=body))
+
+    def principal_queues(
+        self, name: str, add: list[str] | None = None, remove: list[str] | None = None
+    ) -> R:
+        """``POST /v1/principals/{name}/queues`` (admin): a human's queue membership."""
+        body = {"add": list(add or []), "remove": list(remove or [])}
+        return self._send(_Req("POST", f"/v1/principals/{_segment(name)}/queues", body=body))
 
     def principals(self) -> R:
         """``GET /v1/principals``: every principal, without tokens."""

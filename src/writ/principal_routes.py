@@ -20,7 +20,11 @@ class _Body(BaseModel):
 
 class RotateIn(_Body):
     expires_in_s: float | None = Field(
-        None, ge=1, le=MAX_EXPIRES_S, description="the new token is refused after this"
+        None,
+        ge=1,
+        le=MAX_EXPIRES_S,
+        strict=True,  # a number, not true or "60"
+        description="the new token is refused after this many seconds",
     )
 
 

@@ -42,6 +42,8 @@ def expires_in(value: Any) -> float | None:
     """``expires_in_s`` checked: None, or seconds in ``[1, MAX_EXPIRES_S]``."""
     if value is None:
         return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Invalid("expires_in_s must be a number of seconds", field="expires_in_s")
     return number(value, "expires_in_s", 1, MAX_EXPIRES_S)
 
 

@@ -52,7 +52,10 @@ class PrincipalIn(_Body):
         None, description="humans only: the on-call queues it is a member of (v1.1)"
     )
     expires_in_s: float | None = Field(
-        None, ge=1, description="the token is refused this many seconds from now (v1.1)"
+        None,
+        ge=1,
+        strict=True,
+        description="the token is refused this many seconds from now (v1.1)",
     )
 
 

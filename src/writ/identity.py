@@ -18,7 +18,8 @@ HMAC "signed" with one proves nothing).
 Keys are fetched with PyJWT's :class:`jwt.PyJWKClient` (no redirects, http(s) only), kept
 for :data:`JWKS_LIFESPAN_S`, and fetched again for an unknown ``kid`` at most once per
 :data:`REFRESH_COOLDOWN_S` per issuer — a failed fetch counts too — so tokens with made-up
-``kid`` values cannot make writ hammer the issuer. An ``http://`` ``jwks_url`` is accepted
+``kid`` values cannot make writ hammer the issuer. An issuer that cannot be reached leaves
+the last good set in use (503 only while writ never had one). An ``http://`` ``jwks_url`` is accepted
 only on a loopback address; a ``jwks_file`` (relative to the policy file) is re-read
 for an unknown ``kid`` when it changed, with the same bound.
 """
@@ -28,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +42,8 @@ from jwt import PyJWK, PyJWKClient, PyJWKSet
 from .errors import Unauthenticated, Unavailable
 
 __all__ = ["Identity", "JwtIssuer", "looks_like_jwt", "parse_identity"]
+
+log = logging.getLogger("writ.identity")
 
 JWKS_LIFESPAN_S = 300.0
 REFRESH_COOLDOWN_S = 30.0
@@ -172,82 +177,91 @@ def looks_like_jwt(token: str) -> bool:
 
 
 class _Keys:
-    """One issuer's keys, fetched through PyJWT with a bounded refresh rate."""
+    """One issuer's keys: the last good JWK Set, fetched (through PyJWT's
+    :class:`~jwt.PyJWKClient`) or read again when it is older than
+    :data:`JWKS_LIFESPAN_S` or lacks a ``kid`` asked for — at most once per
+    :data:`REFRESH_COOLDOWN_S`, failed attempts included. While the issuer cannot be
+    reached, the last good set stays in use."""
 
     def __init__(self, issuer: JwtIssuer) -> None:
         self.issuer = issuer
+        self.clock: Callable[[], float] = time.monotonic  # tests move it by hand
         self._lock = asyncio.Lock()
-        self._tried = float("-inf")  # monotonic time of the last fetch or read, ok or not
+        self._set: PyJWKSet | None = None
+        self._got = float("-inf")  # when the set was last fetched or read (clock)
+        self._tried = float("-inf")  # when it was last tried, ok or not
         self._client: PyJWKClient | None = None
-        self._file_set: PyJWKSet | None = None
         self._file_mtime: float | None = None
-        self.fetches = 0  # how often the JWKS was fetched or read (for tests)
         if issuer.jwks_url:
             self._client = PyJWKClient(
                 issuer.jwks_url,
-                cache_jwk_set=True,
-                lifespan=JWKS_LIFESPAN_S,
+                cache_jwk_set=False,  # the set is kept here, with the refresh bound
                 timeout=FETCH_TIMEOUT_S,
-                cooldown_duration=REFRESH_COOLDOWN_S,
                 headers={"User-Agent": "writ"},
             )
 
-    @staticmethod
-    def _match(keys: PyJWKSet, kid: str) -> PyJWK | None:
-        for k in keys.keys:
+    def _match(self, kid: str) -> PyJWK | None:
+        if self._set is None:
+            return None
+        for k in self._set.keys:
             if k.key_id == kid and k.public_key_use in ("sig", None):
                 return k
         return None
 
-    def _cached(self, kid: str) -> PyJWK | None:
+    def _load(self) -> PyJWKSet:
+        """Fetch (or re-read) the set — in a worker thread."""
         if self._client is not None:
-            cache = self._client.jwk_set_cache
-            keys = cache.get() if cache is not None else None
-            return self._match(keys, kid) if isinstance(keys, PyJWKSet) else None
-        return self._match(self._file_set, kid) if self._file_set is not None else None
-
-    def _load(self, kid: str) -> PyJWK | None:
-        """Fetch (or re-read) the set and find ``kid`` — in a worker thread."""
-        self.fetches += 1
-        if self._client is not None:
-            return self._match(self._client.get_jwk_set(refresh=True), kid)
+            return self._client.get_jwk_set(refresh=True)
         assert self.issuer.jwks_file is not None
         mtime = os.stat(self.issuer.jwks_file).st_mtime
-        if self._file_set is None or mtime != self._file_mtime:
-            with open(self.issuer.jwks_file, encoding="utf-8") as f:
-                self._file_set = PyJWKSet.from_dict(json.load(f))
-            self._file_mtime = mtime
-        return self._match(self._file_set, kid)
+        if self._set is not None and mtime == self._file_mtime:
+            return self._set
+        with open(self.issuer.jwks_file, encoding="utf-8") as f:
+            keys = PyJWKSet.from_dict(json.load(f))
+        self._file_mtime = mtime
+        return keys
 
     async def key(self, kid: str) -> PyJWK:
-        found = self._cached(kid)
-        if found is not None:
+        found = self._match(kid)
+        if found is not None and self.clock() - self._got < JWKS_LIFESPAN_S:
             return found
         async with self._lock:  # one fetch at a time per issuer
-            found = self._cached(kid)
-            if found is not None:
+            now = self.clock()
+            found = self._match(kid)
+            if found is not None and now - self._got < JWKS_LIFESPAN_S:
                 return found
-            now = time.monotonic()
-            stale = self._client is not None and self._cached_set_expired()
-            if now - self._tried < REFRESH_COOLDOWN_S and not stale:
+            if now - self._tried < REFRESH_COOLDOWN_S:
+                if found is not None:
+                    return found  # due for a refresh, which failed a moment ago
+                if self._set is None:
+                    raise Unavailable(
+                        f"cannot read the JWKS of {self.issuer.issuer} (last tried "
+                        f"{now - self._tried:.0f}s ago); try again later"
+                    )
                 raise Unauthenticated(
-                    f"no key {kid!r} in the JWKS of {self.issuer.issuer} (fetched "
+                    f"no key {kid!r} in the JWKS of {self.issuer.issuer} (read "
                     f"{now - self._tried:.0f}s ago; at most once per {REFRESH_COOLDOWN_S:g}s)"
                 )
             self._tried = now
             try:
-                found = await asyncio.to_thread(self._load, kid)
+                keys = await asyncio.to_thread(self._load)
             except (jwt.PyJWKClientError, jwt.PyJWKSetError, OSError, ValueError) as exc:
+                if found is not None:
+                    log.warning(
+                        "JWKS of %s: %s; keeping the last good set", self.issuer.issuer, exc
+                    )
+                    return found
                 raise Unavailable(
                     f"cannot read the JWKS of {self.issuer.issuer}: {exc}; try again later"
                 ) from exc
+            self.fetches += 1
+            self._set, self._got = keys, now
+            found = self._match(kid)
         if found is None:
             raise Unauthenticated(f"no key {kid!r} in the JWKS of {self.issuer.issuer}")
         return found
 
-    def _cached_set_expired(self) -> bool:
-        cache = self._client.jwk_set_cache if self._client is not None else None
-        return cache is not None and cache.get() is None
+    fetches = 0  # successful fetches or reads (for tests)
 
 
 class Identity:

@@ -337,7 +337,7 @@ def principal_list(url: str, token: str | None, as_json: bool) -> None:
         _echo_json(body)
         return
     _table(
-        ["NAME", "KIND", "VENDOR", "WAKE", "ADMIN"],
+        ["NAME", "KIND", "VENDOR", "WAKE", "ADMIN", "QUEUES", "STATE"],
         [
             (
                 p.get("name"),
@@ -345,6 +345,10 @@ def principal_list(url: str, token: str | None, as_json: bool) -> None:
                 p.get("vendor"),
                 p.get("wake"),
                 "yes" if p.get("admin") else "",
+                ", ".join(p.get("queues") or []),
+                "disabled"
+                if p.get("disabled")
+                else (f"expires {p['token_expires_at']}" if p.get("token_expires_at") else ""),
             )
             for p in _items(body, "principals")
         ],

@@ -43,6 +43,9 @@ from writ.stores import open_store
 KINDS = ("agent", "human", "queue", "portal", "admin")
 ANY = frozenset(KINDS)
 HUMANS = frozenset({"human", "queue", "admin"})  # humans and on-call queues hold keys
+# a rollback's key: its key-holder queue and the humans on its rotation (v1.1); the matrix's
+# human is a member of the matrix's queue, the admin is not
+KEY_TURNERS = frozenset({"human", "queue"})
 ADMINS = frozenset({"admin"})
 HOLDER_ONLY = frozenset()  # the lease is somebody else's: only its holder may
 PUBLIC = {("GET", "/v1/health")}
@@ -166,6 +169,11 @@ async def world(store_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
             ("approver", "human"),
         ):
             await w.add(name, kind)
+        for member in (w.callers["human"], "approver"):  # on the queue's rotation
+            await w.ok(
+                "admin",
+                Req("POST", f"/v1/principals/{member}/queues", {"add": [w.callers["queue"]]}),
+            )
         yield w
 
 
@@ -267,6 +275,23 @@ async def _gate_check(w: World) -> Req:
     )
 
 
+async def _rotate(w: World) -> Req:
+    """Another principal's token (rotating one's own is allowed: tests/test_principals.py)."""
+    return Req("POST", f"/v1/principals/{await w.add(unique('r'), 'agent')}/rotate")
+
+
+async def _disable(w: World) -> Req:
+    """A fresh agent to disable (the matrix's own principals must stay usable)."""
+    name = await w.add(unique("d"), "agent")
+    return Req("POST", f"/v1/principals/{name}/disable", {"reason": "matrix"})
+
+
+async def _enable(w: World) -> Req:
+    name = await w.add(unique("e"), "agent")
+    await w.ok("admin", Req("POST", f"/v1/principals/{name}/disable", {"reason": "matrix"}))
+    return Req("POST", f"/v1/principals/{name}/enable")
+
+
 REVOKE = {"runbook": "R-1", "paged": "oncall", "reason": "stuck"}
 ADD_PRINCIPAL = Req("POST", "/v1/principals", {"name": "x", "kind": "agent"})  # name made unique
 
@@ -301,8 +326,15 @@ MATRIX: dict[tuple[str, str], tuple[frozenset[str], Build]] = {
     ("POST", "/v1/rollbacks"): (ANY, _rollback_request),
     ("GET", "/v1/rollbacks"): (ANY, _const(Req("GET", "/v1/rollbacks"))),
     ("GET", "/v1/rollbacks/{rollback_id}"): (ANY, _get_rollback),
-    ("POST", "/v1/rollbacks/{rollback_id}/approve"): (HUMANS, _on_rollback("approve")),
-    ("POST", "/v1/rollbacks/{rollback_id}/deny"): (HUMANS, _on_rollback("deny")),
+    ("POST", "/v1/rollbacks/{rollback_id}/approve"): (KEY_TURNERS, _on_rollback("approve")),
+    ("POST", "/v1/rollbacks/{rollback_id}/deny"): (KEY_TURNERS, _on_rollback("deny")),
+    ("POST", "/v1/principals/{name}/rotate"): (ADMINS, _rotate),
+    ("POST", "/v1/principals/{name}/disable"): (ADMINS, _disable),
+    ("POST", "/v1/principals/{name}/enable"): (ADMINS, _enable),
+    ("POST", "/v1/principals/{name}/queues"): (
+        ADMINS,
+        _const(Req("POST", "/v1/principals/approver/queues", {"add": ["the-queue"]})),
+    ),
     ("POST", "/v1/rollbacks/{rollback_id}/defect"): (
         HUMANS,
         _on_rollback("defect", ran=True, body={"notes": "made it worse"}),

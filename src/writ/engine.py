@@ -132,7 +132,7 @@ class Engine:
         from .principals import AuthCache, Principals
 
         # tokens remembered briefly where a store read is remote (see principals.py)
-        self.auth_cache = AuthCache(store.announces_principal_changes)
+        self.auth_cache = AuthCache(False)  # enabled at start() when the store allows
         self.identity = Identity(self.policy.identity)
         self._tasks: list[asyncio.Task[Any]] = []
         self._gates: list[Gate] = []  # safety rules checked at every grant
@@ -231,6 +231,9 @@ class Engine:
         self.store.set_listener(self._on_note)
         await self.store.open()
         self._audit_seq = (await self.store.read(lambda tx: tx.audit_head()))[0]
+        self.auth_cache.enabled = (
+            self.store.announces_principal_changes or self.store.principals_generation() is not None
+        )
         token = os.environ.get("WRIT_ADMIN_TOKEN")
         if token:
             await self.bootstrap_admin(token)
@@ -296,6 +299,11 @@ class Engine:
             return p
         h = hash_token(token)
         cache = self.auth_cache
+        if cache.enabled:
+            seen = self.store.principals_generation()
+            if seen is not None and seen != cache.store_generation:
+                cache.forget()  # a principal changed, maybe by hand: look every token up again
+                cache.store_generation = seen
         p = cache.get(h)
         if p is not None:
             return p

@@ -7,11 +7,12 @@ refused from that commit on), ``disable`` refuses it and takes the principal out
 principal back with a fresh token. ``expires_in_s`` on create or rotate gives the token an
 end. Each is one store transaction with its audit row.
 
-Tokens that were refused must stay refused everywhere at once, so the engine remembers
-tokens only where a store read is costly (a server database) and only briefly
-(:data:`AUTH_CACHE_S`), and forgets every one of them on a ``principals`` notification —
-sent by each change made here and, in PostgreSQL, by a trigger on any change to the
-table, hand edits included — and after the store's listener reconnects (``resync``).
+Tokens that were refused must stay refused everywhere at once. The engine remembers the
+tokens it accepted only briefly (:data:`AUTH_CACHE_S`) and forgets every one of them when
+a principal changes: on a ``principals`` notification — sent by each change made here
+and, in PostgreSQL, by a trigger on any change to the table, hand edits included — after
+the store's listener reconnects (``resync``), and, in SQLite, when the store's count of
+principal changes (kept by triggers, read on every request) moved.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class AuthCache:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.generation = 0
+        self.store_generation: int | None = None  # the store's count of principal changes
         self._entries: dict[str, _Remembered] = {}
 
     def get(self, token_hash: str) -> Principal | None:

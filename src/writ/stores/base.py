@@ -299,6 +299,13 @@ class Store(ABC):
     def __init__(self) -> None:
         self._listener: Listener | None = None
 
+    def principals_generation(self) -> int | None:
+        """A number that changes whenever a principal is updated or deleted, by writ or by
+        hand, read cheaply (no transaction) — or None when the store cannot tell. With it
+        (or :attr:`announces_principal_changes`) the engine may remember tokens it accepted
+        (:mod:`writ.principals`); without either, every request reads the store."""
+        return None
+
     def set_listener(self, listener: Listener | None) -> None:
         """Receive every notification, from this process and any other sharing the store."""
         self._listener = listener

@@ -518,3 +518,33 @@ async def test_an_escalated_consent_is_answered_by_its_queue_or_a_member(
     assert out["approved_by"] == "jane"
     row = (await _rows(s.engine, "consent.granted"))[-1]
     assert row["approved_by"] == "jane" and "member of svc-ops" in row["notes"]
+
+
+async def test_a_queued_request_is_refused_when_its_principal_was_disabled_by_hand(
+    world: tuple[Server, dict[str, str]], backend: Backend
+) -> None:
+    """Disabled behind writ's back (a hand UPDATE: nothing withdrew its queued request),
+    the principal's request is refused when its turn comes, and the next one is served."""
+    s, tok = world
+    held = await s.ok(
+        tok["cost-agent"], "POST", "/v1/leases", {"resource": "prod/db", "intent": "trim"}
+    )
+    waiting = asyncio.ensure_future(
+        s.call(
+            tok["perf-agent"],
+            "POST",
+            "/v1/leases",
+            {"resource": "prod/db", "intent": "scale", "wait_s": 30},
+        )
+    )
+    await _until(s.engine, "lease.queued", 1)
+    await backend.sql(
+        "UPDATE principals SET disabled_at = 1.0, disabled_reason = 'by hand'"
+        " WHERE name = 'perf-agent'"
+    )
+    await s.ok(tok["cost-agent"], "POST", f"/v1/leases/{held['lease_id']}/release")
+    r = await waiting
+    assert r.status_code == 401 and "disabled" in r.text, r.text
+    denied = (await _rows(s.engine, "lease.denied"))[-1]
+    assert denied["agent_id"] == "perf-agent" and "disabled" in denied["notes"]
+    assert (await s.ok(tok["boss"], "GET", "/v1/resources/prod/db"))["lease"] is None

@@ -113,7 +113,8 @@ class Principals:
         engine._gates.insert(0, self.gate)
 
     async def gate(self, tx: Tx, me: Principal | None, req: Request) -> WritError | None:
-        if me is not None:
+        # (a token that expired while its request waited was valid when it asked: granted)
+        if me is not None and me.disabled_at is not None:
             return refusal(me, tx.now())
         return None
 

@@ -193,6 +193,9 @@ async def test_a_jwt_acts_as_the_principal_its_claim_names(
     _refused(await world.call(ec_key.sign(EC_ISS, "cost-agent")), "writ_principal")
     # not registered
     _refused(await world.call(rsa_key.sign(RSA_ISS, "ghost-agent")), "not a registered")
+    # a writ token with dots in it (WRIT_ADMIN_TOKEN may be anything) is still a writ token
+    await world.engine.add_principal(None, "dotted", "human", token="three.part.token")
+    assert (await world.call("three.part.token")).json()["name"] == "dotted"
     # disabled: refused though the JWT is good
     r = await world.call(
         world.admin, "POST", "/v1/principals/perf-agent/disable", {"reason": "off-boarded"}

@@ -548,3 +548,31 @@ async def test_a_queued_request_is_refused_when_its_principal_was_disabled_by_ha
     denied = (await _rows(s.engine, "lease.denied"))[-1]
     assert denied["agent_id"] == "perf-agent" and "disabled" in denied["notes"]
     assert (await s.ok(tok["boss"], "GET", "/v1/resources/prod/db"))["lease"] is None
+
+
+async def test_bad_input_is_a_4xx_and_writes_nothing(world: tuple[Server, dict[str, str]]) -> None:
+    s, tok = world
+    _, _ = await s.engine.add_principal(None, "jane", "human")
+    before = len(await _rows(s.engine))
+    h = {"Authorization": f"Bearer {tok['boss']}", "content-type": "application/json"}
+    cases = [
+        ("/v1/principals/perf-agent/disable", b'{"reason": "\\ud800"}'),
+        ("/v1/principals/perf-agent/disable", b'{"reason": 5}'),
+        ("/v1/principals/perf-agent/disable", b'{"reason": "x", "extra": 1}'),
+        ("/v1/principals/jane/queues", b'{"add": ["\\ud800"]}'),
+        ("/v1/principals/jane/queues", b'{"add": "svc-ops"}'),
+        ("/v1/principals/jane/queues", b'{"add": [' + b'"svc-ops",' * 200 + b'"svc-ops"]}'),
+        ("/v1/principals", b'{"name": "h", "kind": "human", "queues": ["\\ud800"]}'),
+        ("/v1/principals/%ED%A0%80/rotate", b"{}"),
+        ("/v1/principals/..%2F..%2Fleases/rotate", b"{}"),
+        ("/v1/principals/perf-agent/rotate", b'{"expires_in_s": 1e308}'),
+        ("/v1/principals/perf-agent/rotate", b'{"expires_in_s": NaN}'),
+        ("/v1/principals/perf-agent/rotate", b'{"expires_in_s": "60"}'),
+        ("/v1/principals/perf-agent/enable", b'{"expires_in_s": -1}'),
+    ]
+    for path, body in cases:
+        r = await s.http.post(path, content=body, headers=h)
+        assert 400 <= r.status_code < 500, (path, body, r.status_code, r.text)
+        assert r.json()["error"]["code"] in ("invalid", "not_found"), r.text
+    assert len(await _rows(s.engine)) == before
+    assert await s.whoami(tok["perf-agent"]) == 200

@@ -281,22 +281,6 @@ class Engine:
             raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
         from .principals import refusal
 
-        if self.identity.handles(token):
-            name = await self.identity.verify(token)
-
-            async def by_name(tx: Tx) -> tuple[Principal | None, float]:
-                return await tx.get_principal(name), tx.now()
-
-            p, now = await self.store.read(by_name)
-            if p is None:
-                raise Unauthenticated(
-                    f"the JWT names {name[:64]!r}, which is not a registered principal: "
-                    "ask an admin to add it (writ principal add)"
-                )
-            err = refusal(p, now)
-            if err is not None and p.disabled_at is not None:
-                raise err
-            return p
         h = hash_token(token)
         cache = self.auth_cache
         if cache.enabled:
@@ -313,6 +297,9 @@ class Engine:
             return await tx.principal_by_token(h), tx.now()
 
         p, now = await self.store.read(by_token)
+        if p is None and self.identity.handles(token):
+            # not a writ token (looked up first: a writ token may contain dots): a JWT
+            return await self._authenticate_jwt(token)
         if p is None:
             raise Unauthenticated(
                 "unknown token: ask an admin for a principal (writ principal add), or for "
@@ -322,6 +309,27 @@ class Engine:
         if err is not None:
             raise err
         cache.put(h, p, generation)
+        return p
+
+    async def _authenticate_jwt(self, token: str) -> Principal:
+        """The registered, enabled principal a JWT from a configured issuer names."""
+        from .principals import refusal
+
+        name = await self.identity.verify(token)
+
+        async def by_name(tx: Tx) -> tuple[Principal | None, float]:
+            return await tx.get_principal(name), tx.now()
+
+        p, now = await self.store.read(by_name)
+        if p is None:
+            raise Unauthenticated(
+                f"the JWT names {name[:64]!r}, which is not a registered principal: "
+                "ask an admin to add it (writ principal add)"
+            )
+        if p.disabled_at is not None:  # the writ token's own expiry does not apply
+            err = refusal(p, now)
+            assert err is not None
+            raise err
         return p
 
     async def bootstrap_admin(self, token: str) -> None:

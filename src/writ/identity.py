@@ -31,6 +31,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ ALGORITHMS = (
     "ES512",
     "EdDSA",
 )
+_NAME = re.compile(r"[a-z0-9._-]{1,64}")  # a principal's name
 KEYS = {"issuer", "audience", "jwks_url", "jwks_file", "claim", "algorithms"}
 
 
@@ -310,6 +312,8 @@ class Identity:
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"JWT from {issuer.issuer} refused: {exc}") from None
         name = claims.get(issuer.claim)
-        if not isinstance(name, str) or not name:
-            raise Unauthenticated(f"the JWT's {issuer.claim!r} claim names no principal")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise Unauthenticated(
+                f"the JWT's {issuer.claim!r} claim names no principal (1-64 of a-z 0-9 . _ -)"
+            )
         return name

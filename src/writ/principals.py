@@ -17,6 +17,7 @@ principal changes (kept by triggers, read on every request) moved.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,21 @@ AUTH_CACHE_S = 0.5
 #: The longest ``expires_in_s`` accepted: ten years.
 MAX_EXPIRES_S = 10 * 365 * 86_400
 DISABLE_RUNBOOK = "principal.disable"
+_NAME = re.compile(r"[a-z0-9._-]{1,64}")  # a principal's name (engine.NAME)
+
+
+def plain_text(value: Any, field: str) -> str:
+    """:func:`~writ.validate.text`, refusing strings that are not Unicode text (a lone
+    surrogate from a JSON escape cannot be stored)."""
+    out = text(value, field)
+    assert out is not None
+    try:
+        out.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid(
+            f"{field} is not valid Unicode text (it holds a lone surrogate)", field=field
+        ) from None
+    return out
 
 
 def expires_in(value: Any) -> float | None:
@@ -144,6 +160,8 @@ class Principals:
         if len(names) > 100:
             raise Invalid(f"{field} names at most 100 queues", field=field)
         for n in names:
+            if not _NAME.fullmatch(n):
+                raise Invalid(f"{field}: {n[:80]!r} is not a principal name", field=field)
             q = await tx.get_principal(n)
             if q is None or q.kind != "queue":
                 raise Invalid(
@@ -206,7 +224,7 @@ class Principals:
         """Refuse ``name``'s token, revoke its held leases, take its requests out of the
         queue (admin only)."""
         by = self._admin(actor, "disable principals")
-        why = text(reason, "reason")
+        why = plain_text(reason, "reason")
         if actor is not None and actor.name == name:
             raise Invalid("you cannot disable yourself: ask another admin", name=name)
         eng = self.engine

@@ -965,7 +965,8 @@ def _answer_consent(grant: bool) -> Callable[..., None]:
 for _verb, _grant in (("grant", True), ("deny", False)):
     consent.command(
         _verb,
-        help=f"{_verb.capitalize()} consent CONSENT_ID (the change's author, or a human/queue).",
+        help=f"{_verb.capitalize()} consent CONSENT_ID (the change's author, or a human/queue; "
+        "once expired and escalated, only its override queue or a human member of it).",
     )(click.argument("consent_id")(api_options(json_option(_answer_consent(_grant)))))
 
 

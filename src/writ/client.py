@@ -319,11 +319,12 @@ class _Routes(Generic[R]):
         return self._send(_Req("GET", "/v1/rollbacks", params=params))
 
     def approve_rollback(self, rollback_id: str) -> R:
-        """``POST /v1/rollbacks/{id}/approve``: the key holder runs the frozen route once."""
+        """``POST /v1/rollbacks/{id}/approve``: the key-holder queue, or a human member of
+        it, approves; writ runs the frozen route once."""
         return self._send(_Req("POST", f"/v1/rollbacks/{_path(rollback_id)}/approve", body={}))
 
     def deny_rollback(self, rollback_id: str) -> R:
-        """``POST /v1/rollbacks/{id}/deny``: the key holder refuses."""
+        """``POST /v1/rollbacks/{id}/deny``: the key-holder queue, or a member, refuses."""
         return self._send(_Req("POST", f"/v1/rollbacks/{_path(rollback_id)}/deny", body={}))
 
     def rollback_defect(self, rollback_id: str, notes: str) -> R:

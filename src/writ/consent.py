@@ -4,7 +4,8 @@ A change recorded by a lease's holder is *protected* for ``protect_s``. While it
 asked for by a different principal, on a conflicting resource, whose ``touches`` include the
 change's attribute (or ``*``), is refused with 409 ``consent_required`` naming the change,
 its author and ``protected_until``. The requester asks the author (``POST /v1/consents``),
-who is woken through its ``wake`` route; the author or a human/queue grants or denies.
+who is woken through its ``wake`` route; the author or a human/queue grants or denies (once
+expired and escalated: only the override queue or a human member of it).
 Unanswered by ``consent_timeout_s``, the request becomes ``expired`` — never ``denied`` —
 and escalates to the author's override queue (the one in the author's rollback plan, or the
 policy's default), which is paged and may still grant or deny. A granted consent is used

@@ -100,6 +100,8 @@ class AuthCache:
         self._entries: dict[str, _Remembered] = {}
 
     def get(self, token_hash: str) -> Principal | None:
+        if not self.enabled:
+            return None
         e = self._entries.get(token_hash)
         if e is None:
             return None

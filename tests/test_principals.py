@@ -679,3 +679,26 @@ async def test_two_writ_serve_processes_on_postgresql_refuse_within_a_second(
         assert r.status_code == 200, r.text
         await refused_within_a_second(a, ADMIN_TOKEN)
         assert await status(a, r.json()["token"]) == 200
+
+
+async def test_a_queued_request_of_a_principal_deleted_by_hand_is_refused(
+    world: tuple[Server, dict[str, str]], backend: Backend
+) -> None:
+    s, tok = world
+    held = await s.ok(
+        tok["cost-agent"], "POST", "/v1/leases", {"resource": "prod/db", "intent": "trim"}
+    )
+    waiting = asyncio.ensure_future(
+        s.call(
+            tok["perf-agent"],
+            "POST",
+            "/v1/leases",
+            {"resource": "prod/db", "intent": "scale", "wait_s": 30},
+        )
+    )
+    await _until(s.engine, "lease.queued", 1)
+    await backend.sql("DELETE FROM principals WHERE name = 'perf-agent'")
+    await s.ok(tok["cost-agent"], "POST", f"/v1/leases/{held['lease_id']}/release")
+    r = await waiting
+    assert r.status_code == 401 and "no longer exists" in r.text, r.text
+    assert (await s.ok(tok["boss"], "GET", "/v1/resources/prod/db"))["lease"] is None

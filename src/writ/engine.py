@@ -643,7 +643,7 @@ class Engine:
                 # the safety rules hold here too: a dispatch may have refused this waiter
                 # already, and its note may not have reached us yet (another server's)
                 principal = await tx.get_principal(req.principal)
-                err = await self._run_gates(tx, principal, req) if principal else None
+                err = await self._run_gates(tx, principal, req) if principal else _gone(req)
                 if err is not None:
                     await self._deny(tx, req, None, err.message)
                     return err
@@ -839,7 +839,7 @@ class Engine:
         if await self._blocked(tx, req, w.seq) is not None:
             return
         principal = await tx.get_principal(w.principal)
-        err = await self._run_gates(tx, principal, req) if principal else None
+        err = await self._run_gates(tx, principal, req) if principal else _gone(req)
         await tx.delete_waiter(w.waiter_id)
         if err is not None:
             await self._deny(tx, req, None, err.message)
@@ -1261,6 +1261,14 @@ def lock_row(
         "fencing_token": lock.fencing_token if lock else None,
         "notes": notes,
     }
+
+
+def _gone(req: Request) -> WritError:
+    """A queued request whose principal was deleted (by hand) while it waited."""
+    return Unauthenticated(
+        f"principal {req.principal} no longer exists: its queued request is refused",
+        principal=req.principal,
+    )
 
 
 def _blocked_text(resource: str, b: Blocked) -> str:

@@ -67,11 +67,17 @@ class Jwks:
         self.keys: list[dict[str, Any]] = []
         self.fetches = 0
         self.fail = False
+        self.redirect: str | None = None
         state = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 state.fetches += 1
+                if state.redirect and self.path != "/moved":
+                    self.send_response(302)
+                    self.send_header("Location", state.redirect)
+                    self.end_headers()
+                    return
                 if state.fail:
                     self.send_response(500)
                     self.end_headers()
@@ -295,6 +301,16 @@ async def test_an_unreachable_jwks_is_503_and_not_hammered(
     assert jwks.fetches == 1  # within the cooldown: not asked again
     # a writ token still works meanwhile
     assert (await world.call(world.admin)).status_code == 200
+
+
+async def test_a_redirecting_jwks_is_not_followed(world: World, rsa_key: Key, jwks: Jwks) -> None:
+    """The issuer's keys come from the configured URL only: a redirect (to keys an attacker
+    chose, say) is not followed."""
+    jwks.keys = [rsa_key.jwk]
+    jwks.redirect = jwks.url.replace("/.well-known/jwks.json", "/moved")
+    r = await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))
+    assert r.status_code == 503, r.text
+    assert jwks.fetches == 1  # the redirect target was never asked
 
 
 async def test_a_jwks_file_is_read_again_for_a_new_kid(

@@ -29,6 +29,8 @@ import click
 
 from . import __version__
 from .cli_options import api_options, existing_store, json_option, store_option
+from .cli_principals import expires_option, parse_expires
+from .cli_principals import register as register_principal_commands
 from .client import DEFAULT_TIMEOUT, Client
 from .errors import LeaseLost, WritError
 from .models import KINDS
@@ -274,6 +276,14 @@ def principal() -> None:
     help="The exact call that wakes it: an http(s):// URL or a /route.",
 )
 @click.option("--admin", is_flag=True, help="May add principals (humans and queues only).")
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    metavar="QUEUE",
+    help="Humans: a queue whose rotation it is on (repeatable); members may turn its keys.",
+)
+@expires_option
 @store_option("Work offline on this store (e.g. sqlite:///writ.db) instead of through a server.")
 @api_options
 @json_option
@@ -283,6 +293,8 @@ def principal_add(
     vendor: str | None,
     wake: str | None,
     admin: bool,
+    queues: tuple[str, ...],
+    expires_in: str | None,
     store: str | None,
     url: str,
     token: str | None,
@@ -292,16 +304,19 @@ def principal_add(
 
     Through a server this needs an admin token; with --store it works on the store itself.
     """
+    secs = parse_expires(expires_in)
     if store:
 
         async def add(engine: Any) -> dict[str, Any]:
-            p, tok = await engine.add_principal(None, name, kind, vendor, wake, admin)
+            p, tok = await engine.add_principal(
+                None, name, kind, vendor, wake, admin, queues=list(queues), expires_in_s=secs
+            )
             return {**p.to_dict(), "token": tok}
 
         out = _run_offline(store, add)
     else:
         with _client(url, token) as client:
-            out = client.add_principal(name, kind, vendor, wake, admin)
+            out = client.add_principal(name, kind, vendor, wake, admin, list(queues), secs)
     if as_json:
         _echo_json(out)
     else:
@@ -312,6 +327,9 @@ def principal_add(
         "writ keeps only its hash.",
         err=True,
     )
+
+
+register_principal_commands(principal)
 
 
 @principal.command("list")
@@ -325,7 +343,7 @@ def principal_list(url: str, token: str | None, as_json: bool) -> None:
         _echo_json(body)
         return
     _table(
-        ["NAME", "KIND", "VENDOR", "WAKE", "ADMIN"],
+        ["NAME", "KIND", "VENDOR", "WAKE", "ADMIN", "QUEUES", "STATE"],
         [
             (
                 p.get("name"),
@@ -333,6 +351,10 @@ def principal_list(url: str, token: str | None, as_json: bool) -> None:
                 p.get("vendor"),
                 p.get("wake"),
                 "yes" if p.get("admin") else "",
+                ", ".join(p.get("queues") or []),
+                "disabled"
+                if p.get("disabled")
+                else (f"expires {p['token_expires_at']}" if p.get("token_expires_at") else ""),
             )
             for p in _items(body, "principals")
         ],
@@ -950,7 +972,8 @@ def _answer_consent(grant: bool) -> Callable[..., None]:
 for _verb, _grant in (("grant", True), ("deny", False)):
     consent.command(
         _verb,
-        help=f"{_verb.capitalize()} consent CONSENT_ID (the change's author, or a human/queue).",
+        help=f"{_verb.capitalize()} consent CONSENT_ID (the change's author, or a human/queue; "
+        "once expired and escalated, only its override queue or a human member of it).",
     )(click.argument("consent_id")(api_options(json_option(_answer_consent(_grant)))))
 
 
@@ -1042,12 +1065,14 @@ def _answer_rollback(approve: bool) -> Callable[..., None]:
 
 rollback.command(
     "approve",
-    help="Approve rollback ROLLBACK_ID: writ calls its frozen route once (key holder only). "
-    "Exits 1 if the route failed.",
+    help="Approve rollback ROLLBACK_ID: writ calls its frozen route once. Only the key-holder "
+    "queue's own token or a human member of that queue may (never the requester, an agent or "
+    "a portal; an admin only as a member). Exits 1 if the route failed.",
 )(click.argument("rollback_id")(api_options(json_option(_answer_rollback(True)))))
-rollback.command("deny", help="Deny rollback ROLLBACK_ID (key holder only).")(
-    click.argument("rollback_id")(api_options(json_option(_answer_rollback(False))))
-)
+rollback.command(
+    "deny",
+    help="Deny rollback ROLLBACK_ID: the key-holder queue's own token or a human member of it.",
+)(click.argument("rollback_id")(api_options(json_option(_answer_rollback(False)))))
 
 
 @rollback.command("defect")

@@ -33,6 +33,7 @@ from typing import Any
 from .authority import Settings as AuthoritySettings
 from .authority import parse_section as parse_authority
 from .errors import Invalid
+from .identity import JwtIssuer, parse_identity
 from .resources import BlastRadius, under, validate
 
 
@@ -59,7 +60,14 @@ class Rule:
 
 
 RULE_KEYS = {f.name for f in fields(Rule)}
-TOP_KEYS = {"rollback_base_url", "default_override_queue", "blast_radius", "rules", "authority"}
+TOP_KEYS = {
+    "rollback_base_url",
+    "default_override_queue",
+    "blast_radius",
+    "rules",
+    "authority",
+    "identity",
+}
 
 
 @dataclass(slots=True)
@@ -70,6 +78,7 @@ class Policy:
     rules: list[Rule] = field(default_factory=list)  # most specific prefix first
     source: str | None = None
     authority: AuthoritySettings = field(default_factory=AuthoritySettings)  # see authority.py
+    identity: list[JwtIssuer] = field(default_factory=list)  # [[identity.jwt]] (identity.py)
 
     def rule_for(self, resource: str) -> Rule:
         """The rule of the most specific prefix covering ``resource`` (or the defaults)."""
@@ -88,6 +97,7 @@ class Policy:
             "rules": [{f.name: getattr(r, f.name) for f in fields(Rule)} for r in self.rules],
             "source": self.source,
             "authority": self.authority.to_dict(),
+            "identity": {"jwt": [i.to_dict() for i in self.identity]},
         }
 
 
@@ -202,6 +212,7 @@ def parse(text: str, path: str = "<policy>") -> Policy:
         pol.rules.append(replace(Rule(), **values))
     pol.authority = parse_authority(data.get("authority"), text, path)
     pol.rules.sort(key=lambda r: (-len(r.prefix.split("/")) if r.prefix else 1, r.prefix))
+    pol.identity = parse_identity(data.get("identity"), text, path)
     return pol
 
 

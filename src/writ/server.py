@@ -61,6 +61,15 @@ class PrincipalIn(_Body):
     vendor: str | None = None
     wake: str | None = Field(None, description="the exact call that wakes this principal")
     admin: bool = False
+    queues: list[str] | None = Field(
+        None, description="humans only: the on-call queues it is a member of (v1.1)"
+    )
+    expires_in_s: float | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="the token is refused this many seconds from now (v1.1)",
+    )
 
 
 class RollbackPlan(_Body):
@@ -480,9 +489,20 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     @app.post("/v1/principals", status_code=201, tags=["principals"])
     async def add_principal(me: Me, body: PrincipalIn) -> dict[str, Any]:
         p, token = await engine.add_principal(
-            me, body.name, body.kind, body.vendor, body.wake, body.admin
+            me,
+            body.name,
+            body.kind,
+            body.vendor,
+            body.wake,
+            body.admin,
+            queues=body.queues,
+            expires_in_s=body.expires_in_s,
         )
         return {**p.to_dict(), "token": token}
+
+    from .principal_routes import add_routes as add_principal_routes
+
+    add_principal_routes(app, engine, principal)
 
     @app.get("/v1/principals", tags=["principals"])
     async def list_principals(me: Me) -> dict[str, Any]:

@@ -55,7 +55,19 @@ Listener = Callable[[str, dict[str, Any]], None]
 #: ``rollback``, ``request`` and ``data`` are decoded JSON; audit rows carry their stored
 #: ``body`` and ``hash`` unchanged.
 TABLES: dict[str, tuple[str, ...]] = {
-    "principals": ("name", "kind", "vendor", "wake", "admin", "token_hash", "created_at"),
+    "principals": (
+        "name",
+        "kind",
+        "vendor",
+        "wake",
+        "admin",
+        "token_hash",
+        "created_at",
+        "queues",
+        "disabled_at",
+        "disabled_reason",
+        "token_expires_at",
+    ),
     "leases": (
         "lease_id",
         "resource",
@@ -115,6 +127,12 @@ class Tx(ABC):
     @abstractmethod
     async def list_principals(self) -> list[Principal]: ...
 
+    @abstractmethod
+    async def update_principal(self, principal: Principal, token_hash: str | None = None) -> None:
+        """Write back a principal's ``queues``, ``disabled_at``, ``disabled_reason`` and
+        ``token_expires_at``; with ``token_hash``, replace its token too (the old one is
+        refused from this commit on)."""
+
     # ---- leases -------------------------------------------------------------------------
     @abstractmethod
     async def insert_lease(self, lease: Lease, request_id: str | None = None) -> None:
@@ -165,6 +183,10 @@ class Tx(ABC):
         self, paths: Sequence[str], before_seq: int | None = None, limit: int | None = None
     ) -> list[Waiter]:
         """Queued requests related to any path (``seq < before_seq`` if given), FIFO order."""
+
+    @abstractmethod
+    async def waiters_of(self, principal: str) -> list[Waiter]:
+        """Every request ``principal`` has queued, FIFO order."""
 
     @abstractmethod
     async def count_waiters_related(
@@ -269,9 +291,20 @@ class Store(ABC):
     """A backend. Open with :func:`writ.stores.open_store`; close when done."""
 
     url: str
+    #: True when every change to principals — by writ or by hand — reaches every process's
+    #: listener as a ``principals`` note, and reads are costly enough to remember tokens
+    #: briefly (see :mod:`writ.principals`). A store without it is asked on every request.
+    announces_principal_changes = False
 
     def __init__(self) -> None:
         self._listener: Listener | None = None
+
+    def principals_generation(self) -> int | None:
+        """A number that changes whenever a principal is updated or deleted, by writ or by
+        hand, read cheaply (no transaction) — or None when the store cannot tell. With it
+        (or :attr:`announces_principal_changes`) the engine may remember tokens it accepted
+        (:mod:`writ.principals`); without either, every request reads the store."""
+        return None
 
     def set_listener(self, listener: Listener | None) -> None:
         """Receive every notification, from this process and any other sharing the store."""

@@ -52,6 +52,7 @@ from .base import TABLES, Store, Tx, check_empty
 from .rows import (
     LEASE_COLS,
     PRINCIPAL_COLS,
+    PRINCIPAL_INSERT_COLS,
     WAITER_COLS,
     export_row,
     export_sql,
@@ -129,6 +130,28 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE audit ENABLE ALWAYS TRIGGER audit_no_update;
         ALTER TABLE audit ENABLE ALWAYS TRIGGER audit_no_truncate;
         """.replace("GENESIS", GENESIS),
+    ),
+    (
+        "principal lifecycle and queue membership",
+        # Any change to principals — by writ, or by hand in psql — is announced on the
+        # store's channel (WRIT_CHANNEL, filled in per store), so every server sharing the
+        # store drops the tokens it remembers: a rotated, disabled or deleted principal's
+        # token is refused everywhere within a notification's delay.
+        """
+        ALTER TABLE principals ADD COLUMN queues text NOT NULL DEFAULT '[]';
+        ALTER TABLE principals ADD COLUMN disabled_at double precision;
+        ALTER TABLE principals ADD COLUMN disabled_reason text;
+        ALTER TABLE principals ADD COLUMN token_expires_at double precision;
+        CREATE FUNCTION writ_principals_changed() RETURNS trigger LANGUAGE plpgsql AS $f$
+        BEGIN
+            PERFORM pg_notify(TG_ARGV[0], json_build_object('i', 'db', 'n',
+                json_build_array(json_build_array('principals', json_build_object('op', TG_OP))))::text);
+            RETURN NULL;
+        END $f$;
+        CREATE TRIGGER principals_changed AFTER UPDATE OR DELETE OR TRUNCATE ON principals
+            FOR EACH STATEMENT EXECUTE FUNCTION writ_principals_changed('WRIT_CHANNEL');
+        ALTER TABLE principals ENABLE ALWAYS TRIGGER principals_changed;
+        """,
     ),
 ]
 
@@ -259,8 +282,8 @@ class PgTx(Tx):
         # ON CONFLICT DO NOTHING instead of catching a unique violation: an error would
         # abort the whole transaction, and the engine may go on after a Conflict.
         row = await self._one(
-            "INSERT INTO principals (name, kind, vendor, wake, admin, token_hash, created_at)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING RETURNING name",
+            f"INSERT INTO principals ({PRINCIPAL_INSERT_COLS})"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING RETURNING name",
             principal_values(principal, token_hash),
         )
         if row is None:
@@ -279,6 +302,21 @@ class PgTx(Tx):
     async def list_principals(self) -> list[Principal]:
         rows = await self._all(f"SELECT {PRINCIPAL_COLS} FROM principals ORDER BY name")
         return [to_principal(r) for r in rows]
+
+    async def update_principal(self, principal: Principal, token_hash: str | None = None) -> None:
+        self._w()
+        await self.c.execute(
+            "UPDATE principals SET queues = %s, disabled_at = %s, disabled_reason = %s,"
+            " token_expires_at = %s, token_hash = coalesce(%s, token_hash) WHERE name = %s",
+            (
+                json.dumps(principal.queues),
+                principal.disabled_at,
+                principal.disabled_reason,
+                principal.token_expires_at,
+                token_hash,
+                principal.name,
+            ),
+        )
 
     # ---- leases ---------------------------------------------------------------------
     async def insert_lease(self, lease: Lease, request_id: str | None = None) -> None:
@@ -388,6 +426,12 @@ class PgTx(Tx):
             query += " LIMIT %s"
             args.append(int(limit))
         return [to_waiter(r) for r in await self._all(query, args)]
+
+    async def waiters_of(self, principal: str) -> list[Waiter]:
+        rows = await self._all(
+            f"SELECT {WAITER_COLS} FROM waiters WHERE principal = %s ORDER BY seq", (principal,)
+        )
+        return [to_waiter(r) for r in rows]
 
     async def count_waiters_related(
         self, paths: Sequence[str], before_seq: int | None = None
@@ -634,6 +678,7 @@ class PostgresStore(Store):
     """
 
     max_attempts = 5
+    announces_principal_changes = True  # a trigger NOTIFYs on any change (migration 2)
 
     def __init__(self, url: str, clock: Any = None, **_ignored: Any) -> None:
         super().__init__()
@@ -764,6 +809,7 @@ class PostgresStore(Store):
             for version, (name, script) in enumerate(MIGRATIONS, start=1):
                 if version in have:
                     continue
+                script = script.replace("WRIT_CHANNEL", self.channel)
                 await c.execute(script.encode())  # several statements: simple query protocol
                 await c.execute(
                     "INSERT INTO writ_migrations (version, name) VALUES (%s, %s)", (version, name)

@@ -499,6 +499,7 @@ def _holders(
 ) -> list[dict[str, Any]]:
     open_: dict[str, dict[str, Any]] = {}
     done: list[dict[str, Any]] = []
+    ended: set[str] = set()  # a row about a lease after its end (lease.stuck) reopens nothing
 
     def opened(r: dict[str, Any], at: str | None, seq: int | None, before: bool) -> dict[str, Any]:
         h = {
@@ -545,12 +546,15 @@ def _holders(
             if m:
                 h["intent"], h["ttl_s"] = m.group(3), float(m.group(4))
             continue
-        if ev in ("lease.denied", "lease.queued"):
+        if ev in ("lease.denied", "lease.queued") or str(key) in ended:
             continue  # these name the blocker, whose own rows tell its story
+        if ev in ("lease.stuck", "lease.paged") and str(key) not in open_:
+            continue  # told about a lease, possibly ended: the window's start (who) has it
         h = open_.get(str(key)) or opened(r, r.get("lock_acquired_at"), None, True)
         if ev in END_EVENTS:
             h.update(to=r.get("timestamp"), ended=END_EVENTS[str(ev)], end_seq=r.get("seq"))
             done.append(open_.pop(str(key)))
+            ended.add(str(key))
     done.extend(open_.values())
     for h in done:
         h["seconds"] = _secs(h["from"], h["to"] or w_to)

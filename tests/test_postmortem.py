@@ -514,8 +514,11 @@ async def test_a_lease_that_expired_while_others_waited_shows_once(
     b = (await e.add_principal(None, "exp-b", "agent"))[0]
     first = await e.acquire(a, resource="exp/db", intent="first", ttl_s=2)
     waiter = asyncio.create_task(e.acquire(b, resource="exp/db", intent="second", wait_s=60))
-    while not (await e.status("exp"))[0].get("waiters"):
-        await asyncio.sleep(0.01)
+    after, queued = 0, False
+    while not queued:  # the long poll answers with the waiter's lease.queued row
+        got = await e.events("exp", after, wait_s=10)
+        queued = "lease.queued" in [r["event"] for r in got["rows"]]
+        after = got["next_after_seq"]
     await backend.advance(3)
     await e.sweep()
     second = await asyncio.wait_for(waiter, 30)

@@ -32,6 +32,7 @@ from .cli_options import api_options, existing_store, json_option, store_option
 from .client import DEFAULT_TIMEOUT, Client
 from .errors import LeaseLost, WritError
 from .models import KINDS
+from .textsafe import printable
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -57,7 +58,7 @@ class Refused(click.ClickException):
         self.error = error
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"writ: {self.error.code}: {self.error.message}", err=True)
+        click.echo(printable(f"writ: {self.error.code}: {self.error.message}"), err=True)
 
 
 class Failed(click.ClickException):
@@ -68,7 +69,7 @@ class Failed(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click reads it from the instance
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"writ: {self.message}", err=True)
+        click.echo(printable(f"writ: {self.message}"), err=True)
 
 
 class WritGroup(click.Group):
@@ -146,7 +147,7 @@ def _until(value: str | None) -> str:
 
 
 def _lease_line(verb: str, lease: dict[str, Any]) -> str:
-    return (
+    return printable(
         f"{verb} {lease.get('resource')} for {lease.get('holder')}: lease {lease.get('lease_id')}, "
         f"fencing token {lease.get('fencing_token')}, lock key {lease.get('lock_key')}, "
         f"state {lease.get('state')}, expires {lease.get('expires_at')}"
@@ -162,12 +163,13 @@ def _items(body: Any, key: str) -> list[dict[str, Any]]:
 def _table(columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name in columns:
         table.add_column(name, overflow="fold")
     for row in rows:
-        table.add_row(*("-" if v is None else str(v) for v in row))
+        table.add_row(*(Text("-" if v is None else printable(v)) for v in row))
     Console().print(table)
 
 
@@ -441,7 +443,7 @@ def acquire(
     else:
         click.echo(_lease_line("granted", lease))
         for warning in (lease.get("rollback") or {}).get("warnings") or []:
-            click.echo(f"warning: {warning}", err=True)
+            click.echo(printable(f"warning: {warning}"), err=True)
 
 
 @main.command()
@@ -545,9 +547,11 @@ def who(resource: str, at: str | None, url: str, token: str | None, as_json: boo
     else:
         lease = out.get("lease") or {}
         click.echo(
-            f"{resource} at {out.get('at')}: {holder} (lock key {out.get('lock_key')}"
-            + (f", intent {lease['intent']!r}" if lease.get("intent") else "")
-            + ")"
+            printable(
+                f"{resource} at {out.get('at')}: {holder} (lock key {out.get('lock_key')}"
+                + (f", intent {lease['intent']!r}" if lease.get("intent") else "")
+                + ")"
+            )
         )
 
 
@@ -873,8 +877,10 @@ def change(
         _echo_json(out)
     else:
         click.echo(
-            f"recorded change {out.get('change_id')} on {out.get('resource')}: {summary} "
-            f"(protected until {out.get('protected_until')})"
+            printable(
+                f"recorded change {out.get('change_id')} on {out.get('resource')}: {summary} "
+                f"(protected until {out.get('protected_until')})"
+            )
         )
 
 
@@ -894,7 +900,7 @@ def _consent_line(c: dict[str, Any]) -> str:
         line += f", nobody answered; escalated to {c.get('escalated_to')}"
     else:
         line += f", answer by {c.get('expires_at')}"
-    return line
+    return printable(line)
 
 
 @consent.command("ask")
@@ -981,7 +987,7 @@ def _rollback_line(r: dict[str, Any]) -> str:
         line += f", approved by {r['approved_by']}"
     if r.get("response_status") is not None:
         line += f", route answered {r['response_status']}"
-    return line
+    return printable(line)
 
 
 @rollback.command("request")
@@ -1123,9 +1129,11 @@ def freeze(
         _echo_json(f)
     else:
         click.echo(
-            f"froze {f.get('prefix')}: freeze {f.get('freeze_id')}"
-            + (f" until {f['until']}" if f.get("until") else " until lifted")
-            + (f", allowing {', '.join(f['allow'])}" if f.get("allow") else "")
+            printable(
+                f"froze {f.get('prefix')}: freeze {f.get('freeze_id')}"
+                + (f" until {f['until']}" if f.get("until") else " until lifted")
+                + (f", allowing {', '.join(f['allow'])}" if f.get("allow") else "")
+            )
         )
 
 
@@ -1177,7 +1185,7 @@ def _row_line(row: dict[str, Any]) -> str:
         line += f" token={row['fencing_token']}"
     if row.get("notes"):
         line += f"  {row['notes']}"
-    return line
+    return printable(line)
 
 
 @main.command()

@@ -33,6 +33,7 @@ from . import resources as _res
 from .clock import parse_time, rfc3339
 from .ledger import GENESIS, canonical
 from .ledger import verify as verify_chain
+from .textsafe import printable
 
 if TYPE_CHECKING:
     from .client import AsyncClient
@@ -1099,7 +1100,7 @@ def _as_is(word: str) -> str:
 def _cell(v: Any) -> str:
     if v is None or v == "":
         return "-"
-    return str(v).replace("|", "\\|").replace("\n", " ")
+    return printable(v).replace("|", "\\|")
 
 
 def _table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
@@ -1116,7 +1117,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
         return when(ts, d)
 
     day = (w["from"] or "")[:10]
-    L: list[str] = [f"# {rep['title']}", ""]
+    L: list[str] = [f"# {printable(rep['title'])}", ""]
     L.append(
         f"*Drafted by `writ postmortem` from the audit ledger ({src['ledger']}), rows "
         f"{src['first_seq']}–{src['last_seq']}; every fact below cites its row as [seq]. "
@@ -1127,7 +1128,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
             f"\n> **Truncated:** only the first {src['rows']} rows were read; narrow the "
             "window or the resources."
         )
-    L += ["", "## Summary", ""] + [f"- {s}" for s in rep["summary"]]
+    L += ["", "## Summary", ""] + [f"- {printable(s)}" for s in rep["summary"]]
     imp = rep["impact"]
     L += ["", "## Impact window", ""]
     L.append(

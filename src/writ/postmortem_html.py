@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from html import escape
+from html import escape as _html_escape
 from typing import Any
 
 from .clock import parse_time, rfc3339
@@ -50,6 +50,7 @@ from .postmortem import (
     when,
 )
 from .resources import under
+from .textsafe import printable
 
 __all__ = ["timeline_svg", "to_html"]
 
@@ -77,6 +78,11 @@ RED, NAVY, AMBER, VIOLET, INK, ORANGE, GREY = (
 W, LEFT, RIGHT, TOP, LANE, AXIS = 1120, 190, 36, 54, 74, 46
 MAX_LANES = 24
 _STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+
+def escape(text: str, quote: bool = True) -> str:
+    """HTML-escape ``text`` after writing its control and bidi characters as visible escapes."""
+    return _html_escape(printable(text), quote)
 
 
 def _x(ts: str | None, t0: float, t1: float) -> float:

@@ -29,8 +29,9 @@ import click
 
 from . import __version__
 from .cli_options import api_options, existing_store, json_option, store_option
+from .cli_wait import SelfHeld, check_not_self, live_line
 from .client import DEFAULT_TIMEOUT, Client
-from .errors import LeaseLost, WritError
+from .errors import Held, LeaseLost, WritError
 from .models import KINDS
 from .textsafe import printable
 
@@ -53,12 +54,14 @@ class Refused(click.ClickException):
 
     exit_code = EXIT_REFUSED
 
-    def __init__(self, error: WritError) -> None:
+    def __init__(self, error: WritError, hint: dict[str, Any] | None = None) -> None:
         super().__init__(error.message)
         self.error = error
+        self.hint = hint or {}
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(printable(f"writ: {self.error.code}: {self.error.message}"), err=True)
+        text = self.error.phrased("cli", **self.hint)  # the next step as a command and flag
+        click.echo(printable(f"writ: {self.error.code}: {text}"), err=True)
 
 
 class Failed(click.ClickException):
@@ -80,7 +83,36 @@ class WritGroup(click.Group):
         try:
             return super().invoke(ctx)
         except WritError as exc:
-            raise Refused(exc) from exc
+            raise Refused(exc, _hint_context(ctx, exc)) from exc
+
+
+def _hint_context(ctx: click.Context, exc: WritError) -> dict[str, Any]:
+    """What the CLI phrasing of a refusal needs: the resource asked for, the seconds already
+    waited, and (for a held answer) the caller's own name, so "held by you" is said plainly."""
+    hint: dict[str, Any] = dict(ctx.meta.get("writ.hint") or {})
+    api = hint.pop("api", None)
+    if isinstance(exc, Held) and "me" not in hint and api:
+        with contextlib.suppress(WritError), _client(*api) as client:
+            hint["me"] = client.whoami().get("name")
+    return hint
+
+
+def _before_wait(
+    client: Client, url: str, token: str | None, resource: str, wait: float
+) -> str | None:
+    """Record the hint context; when the command will wait, refuse at once if the caller
+    itself holds what it would wait for. Returns the caller's name when it was read."""
+    hint: dict[str, Any] = {"resource": resource, "waited": wait, "api": (url, token)}
+    click.get_current_context().meta["writ.hint"] = hint
+    if wait <= 0:
+        return None
+    try:
+        me = check_not_self(client, resource)
+    except SelfHeld as exc:
+        raise Failed(str(exc)) from exc
+    if me:
+        hint["me"] = me
+    return me
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -435,7 +467,9 @@ def acquire(
     """
     plan = _rollback_plan(rollback_path, key_holder, override_queue, denominator)
     with _client(url, token) as client:
-        lease = client.acquire(resource, intent, ttl, wait, _csv(touches), consent_id, plan)
+        me = _before_wait(client, url, token, resource, wait)
+        with live_line(url, token, resource, wait, me):
+            lease = client.acquire(resource, intent, ttl, wait, _csv(touches), consent_id, plan)
     if quiet:
         click.echo(lease["lease_id"])
     elif as_json:
@@ -641,17 +675,19 @@ def run(
     plan = _rollback_plan(rollback_path, key_holder, override_queue, denominator)
     wake = threading.Event()
     with _client(url, token) as client:
-        lease = client.lease(
-            resource,
-            intent,
-            ttl_s=ttl,
-            wait_s=wait,
-            touches=_csv(touches),
-            rollback=plan,
-            consent_id=consent_id,
-            renew_every=renew_every,
-            on_lost=lambda _e: wake.set(),
-        ).acquire()
+        me = _before_wait(client, url, token, resource, wait)
+        with live_line(url, token, resource, wait, me):
+            lease = client.lease(
+                resource,
+                intent,
+                ttl_s=ttl,
+                wait_s=wait,
+                touches=_csv(touches),
+                rollback=plan,
+                consent_id=consent_id,
+                renew_every=renew_every,
+                on_lost=lambda _e: wake.set(),
+            ).acquire()
         try:
             proc = subprocess.Popen(list(command), env={**os.environ, **lease.env()})
         except OSError as exc:

@@ -305,6 +305,9 @@ def principal() -> None:
 @store_option("Work offline on this store (e.g. sqlite:///writ.db) instead of through a server.")
 @api_options
 @json_option
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print only the token (export WRIT_TOKEN=$(...))."
+)
 def principal_add(
     name: str,
     kind: str,
@@ -315,6 +318,7 @@ def principal_add(
     url: str,
     token: str | None,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Add principal NAME and print its token (shown only this once).
 
@@ -330,6 +334,9 @@ def principal_add(
     else:
         with _client(url, token) as client:
             out = client.add_principal(name, kind, vendor, wake, admin)
+    if quiet:
+        click.echo(out["token"])
+        return
     if as_json:
         _echo_json(out)
     else:

@@ -1,0 +1,141 @@
+"""The first hour of a newcomer: waits that say what they wait for, refusals that name the
+next step in the surface's own terms, and no wait for one's own lease."""
+
+from __future__ import annotations
+
+import io
+import threading
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+
+from tests.server_fixtures import LiveServer, unique, wait_until
+from writ.cli import main
+from writ.cli_wait import live_line, status_line
+from writ.client import Client
+from writ.errors import ConsentRequired, Held, error_from_body
+
+
+def cli(args: list[str], env: dict[str, str]) -> Result:
+    return CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+
+
+def test_run_refuses_at_once_to_wait_for_the_callers_own_lease(live_server: LiveServer) -> None:
+    """The README's path: `writ acquire R` then `writ run R -- CMD` as the same agent. It
+    used to wait its --wait out in silence behind the caller's own lease; now it says so."""
+    name, token = live_server.principal("agent")
+    env = live_server.env(token)
+    resource = f"{unique('self')}/db"
+    lease_id = cli(["acquire", resource, "--intent", "mine", "-q"], env).stdout.strip()
+    for args in (
+        ["run", resource, "--intent", "resize", "--", "true"],
+        ["acquire", resource, "--intent", "again", "--wait", "30"],
+    ):
+        result = cli(args, env)
+        assert result.exit_code == 1, result.output
+        assert f"{name} (you) already holds {resource} under lease {lease_id}" in result.stderr
+        assert f"writ release {lease_id}" in result.stderr
+    with live_server.client() as admin:
+        rows = admin.audit(resource=resource, limit=100)["rows"]
+    assert [r["event"] for r in rows] == ["lease.granted"]  # no stuck wait, no queue rows
+    # without --wait the held answer says plainly that the holder is the caller
+    result = cli(["acquire", resource, "--intent", "again"], env)
+    assert result.exit_code == 1
+    assert f"that is you ({name})" in result.stderr
+
+
+def test_held_and_consent_hints_speak_each_surfaces_terms(live_server: LiveServer) -> None:
+    _, perf = live_server.principal("agent")
+    _, cost = live_server.principal("agent")
+    resource = f"{unique('hint')}/db"
+    with Client(live_server.url, perf) as a, Client(live_server.url, cost) as b:
+        lease = a.acquire(resource, "double capacity", touches=["capacity"])
+        # HTTP: the wire message is as it was (route and field)
+        raw = httpx.post(
+            f"{live_server.url}/v1/leases",
+            json={"resource": resource, "intent": "consolidate"},
+            headers={"Authorization": f"Bearer {cost}"},
+        ).json()["error"]
+        assert raw["message"].endswith("; retry with wait_s > 0 to queue for it")
+        # Python: a call and its argument
+        with pytest.raises(Held) as held:
+            b.acquire(resource, "consolidate")
+        assert "wait_s > 0" not in held.value.message
+        assert "client.lease() or client.acquire()" in held.value.message
+        assert held.value.fact == raw["message"].rsplit("; retry", 1)[0]
+        assert "Held(" in repr(held.value) and "queue_position=" in repr(held.value)
+        # CLI: the flag, and after a wait ran out, that it did
+        env = live_server.env(cost)
+        out = cli(["acquire", resource, "--intent", "consolidate"], env)
+        assert "add --wait SECONDS" in out.stderr and "wait_s" not in out.stderr
+        out = cli(["acquire", resource, "--intent", "consolidate", "--wait", "0.2"], env)
+        assert "still held after --wait 0.2s" in out.stderr and "wait_s" not in out.stderr
+        change = a.change(lease["lease_id"], "capacity", "capacity 4→8")
+        a.release(lease["lease_id"])
+        with pytest.raises(ConsentRequired) as cr:
+            b.acquire(resource, "consolidate", touches=["capacity"])
+        assert f"client.ask_consent({change['change_id']!r}" in cr.value.message
+        assert "POST /v1/consents" not in cr.value.message
+        out = cli(["acquire", resource, "--intent", "consolidate", "--touches", "capacity"], env)
+        assert out.exit_code == 1
+        assert f"writ consent ask {change['change_id']} --reason" in out.stderr
+        assert "POST /v1/consents" not in out.stderr and "--consent CONSENT_ID" in out.stderr
+
+
+def test_error_from_body_keeps_a_message_without_a_known_step() -> None:
+    err = error_from_body(409, {"error": {"code": "held", "message": "held by x"}})
+    assert err.message == "held by x" == err.fact
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_live_line_names_holder_queue_place_and_time_left(live_server: LiveServer) -> None:
+    holder, htoken = live_server.principal("agent")
+    me, mtoken = live_server.principal("agent")
+    resource = f"{unique('live')}/db"
+    with Client(live_server.url, htoken) as a, Client(live_server.url, mtoken) as b:
+        lease = a.acquire(resource, "consolidate", ttl_s=60)
+        tty = _Tty()
+        got: dict[str, Any] = {}
+
+        def wait() -> None:
+            with live_line(live_server.url, mtoken, resource, 30, me, stream=tty, every=0.05):
+                got["lease"] = b.acquire(resource, "reroute", wait_s=30)
+
+        t = threading.Thread(target=wait)
+        t.start()
+        wait_until(lambda: "1st of 1 in queue" in tty.getvalue())
+        a.release(lease["lease_id"])
+        t.join(30)
+    text = tty.getvalue()
+    assert got["lease"]["holder"] == me
+    line = text.split("\r\x1b[K")[-2]
+    assert f"waiting for {resource}: held by {holder} ('consolidate') until " in line
+    assert "1st of 1 in queue" in line and "giving up in " in line
+    assert text.endswith("\r\x1b[K")  # the line is cleared once the wait ends
+
+
+def test_live_line_is_silent_off_a_terminal(live_server: LiveServer) -> None:
+    plain = io.StringIO()
+    with live_line(live_server.url, None, "x/y", 30, None, stream=plain):
+        pass
+    assert plain.getvalue() == ""
+
+
+def test_status_line_escapes_and_orders() -> None:
+    state = {
+        "conflicting": [
+            {"holder": "cost-agent", "resource": "prod", "intent": "a\nb", "expires_at": "x"}
+        ],
+        "queue": [{"principal": "o", "position": 1}, {"principal": "me", "position": 2}],
+    }
+    line = status_line(state, "me", "prod/db", 12.4)
+    assert line == (
+        "waiting for prod/db: held by cost-agent on prod ('a\\nb') until x · 2nd of 2 in queue"
+        " · giving up in 12s"
+    )

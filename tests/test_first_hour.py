@@ -139,3 +139,41 @@ def test_status_line_escapes_and_orders() -> None:
         "waiting for prod/db: held by cost-agent on prod ('a\\nb') until x · 2nd of 2 in queue"
         " · giving up in 12s"
     )
+
+
+# ----------------------------------------------------------------------------- exit status
+def test_exit_status_table_is_one_in_code_help_and_docs() -> None:
+    import re
+    from pathlib import Path
+
+    from writ.cli import EXIT_STATUS
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    section = doc.split("## Exit status", 1)[1].split("\n## ", 1)[0]
+    statuses = re.findall(r"^\| (\S+) \|", section, re.M)
+    assert [s.strip("*") for s in statuses if s != "status"] == list(EXIT_STATUS)
+    help_text = CliRunner().invoke(main, ["--help"], terminal_width=200).stdout
+    for code, meaning in EXIT_STATUS.items():
+        assert f"{code:>4}  {meaning.replace('`', '')}" in help_text
+
+
+def test_bad_values_exit_2_with_the_option_named(live_server: LiveServer) -> None:
+    _, token = live_server.principal("agent")
+    env = live_server.env(token)
+    resource = f"{unique('exit')}/db"
+    ttl0 = cli(["acquire", resource, "--intent", "x", "--ttl", "0"], env)
+    assert ttl0.exit_code == 2, ttl0.output
+    assert ttl0.stderr.startswith("writ: invalid: ") and "(option --ttl)" in ttl0.stderr
+    wait = cli(["acquire", resource, "--intent", "x", "--wait", "100000"], env)
+    assert wait.exit_code == 2 and "(option --wait)" in wait.stderr
+    bad = cli(["acquire", "prod//db", "--intent", "x"], env)
+    assert bad.exit_code == 2 and bad.stderr.startswith("writ: invalid: ")
+    assert cli(["acquire", resource], env).exit_code == 2  # --intent missing
+    assert cli(["acquire", resource, "--intent", "x"], env).exit_code == 0
+    assert (
+        cli(
+            ["acquire", resource, "--intent", "x"],
+            live_server.env(live_server.principal("agent")[1]),
+        ).exit_code
+        == 1
+    )  # held: a refusal, not a usage error

@@ -4,10 +4,8 @@ Commands talk to a server through :class:`writ.client.Client` (``--url``/``--tok
 ``WRIT_URL``/``WRIT_TOKEN``); ``--store URL`` on ``principal add`` and ``audit verify|export``
 works on a store directly, offline, through the engine.
 
-Exit codes: 0 done · 1 refused or failed (one line on stderr, no traceback) · 2 usage error ·
-3 ``consent ask --wait`` got no answer · 75 ``writ run`` lost its lease while the command
-ran (the command was stopped) · 127 ``writ run`` could not start the command. Otherwise
-``writ run`` exits with the command's status (128 + N when a signal N killed it).
+Exit codes: :data:`EXIT_STATUS` is the one table (docs/cli.md shows it, `writ --help` prints
+it, and a test holds the three together).
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ from . import __version__
 from .cli_options import api_options, existing_store, json_option, store_option
 from .cli_wait import SelfHeld, check_not_self, live_line
 from .client import DEFAULT_TIMEOUT, Client
-from .errors import Held, LeaseLost, WritError
+from .errors import Held, Invalid, LeaseLost, WritError
 from .models import KINDS
 from .textsafe import printable
 
@@ -44,6 +42,28 @@ EXIT_NO_ANSWER = 3
 EXIT_LEASE_LOST = 75  # EX_TEMPFAIL: the work was cut short; acquire again and retry
 EXIT_NOT_FOUND = 127
 DEFAULT_STORE = "sqlite:///writ.db"
+
+EXIT_STATUS: dict[str, str] = {
+    "0": "done",
+    "1": "refused or failed: one line `writ: CODE: message` on stderr, no traceback",
+    "2": "usage error: a missing argument or option, or a bad value (`invalid` naming a "
+    "field, e.g. --ttl 0)",
+    "3": "`consent ask --wait`: nobody answered in time",
+    "75": "`writ run`: the lease was lost while COMMAND ran, and COMMAND was stopped",
+    "127": "`writ run`: COMMAND could not be started",
+    "N": "`writ run`: COMMAND's own exit status, or 128 + signal if a signal killed it",
+}
+
+# the CLI option that carries a request field, for `invalid` answers naming the field
+FIELD_OPTIONS = {
+    "ttl_s": "--ttl",
+    "wait_s": "--wait",
+    "touches": "--touches",
+    "consent_id": "--consent",
+    "intent": "--intent",
+    "protect_s": "--protect",
+    "at": "--at",
+}
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -58,9 +78,15 @@ class Refused(click.ClickException):
         super().__init__(error.message)
         self.error = error
         self.hint = hint or {}
+        field = error.details.get("field") if isinstance(error, Invalid) else None
+        self.option = FIELD_OPTIONS.get(field) if isinstance(field, str) else None
+        if field:  # a bad value of a named input is a usage error
+            self.exit_code = EXIT_USAGE
 
     def show(self, file: IO[Any] | None = None) -> None:
         text = self.error.phrased("cli", **self.hint)  # the next step as a command and flag
+        if self.option:
+            text += f" (option {self.option})"
         click.echo(printable(f"writ: {self.error.code}: {text}"), err=True)
 
 
@@ -212,9 +238,13 @@ def main() -> None:
     """writ: which agent holds write authority on a resource right now, and who holds the
     key to undo it.
 
-    Server URL and token come from --url/--token or WRIT_URL/WRIT_TOKEN. Exit status: 0
-    done, 1 refused or failed, 2 usage error (see docs/cli.md for writ run and consent ask).
+    Server URL and token come from --url/--token or WRIT_URL/WRIT_TOKEN.
     """
+
+
+main.epilog = "\b\nExit status:\n" + "\n".join(
+    f"  {code:>4}  {meaning.replace('`', '')}" for code, meaning in EXIT_STATUS.items()
+)
 
 
 @main.command()

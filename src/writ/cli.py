@@ -81,7 +81,7 @@ class Refused(click.ClickException):
         field = error.details.get("field") if isinstance(error, Invalid) else None
         self.option = FIELD_OPTIONS.get(field) if isinstance(field, str) else None
         if field:  # a bad value of a named input is a usage error
-            self.exit_code = EXIT_USAGE
+            self.exit_code = EXIT_USAGE  # type: ignore[misc]  # click reads it from the instance
 
     def show(self, file: IO[Any] | None = None) -> None:
         text = self.error.phrased("cli", **self.hint)  # the next step as a command and flag

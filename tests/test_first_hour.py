@@ -177,3 +177,101 @@ def test_bad_values_exit_2_with_the_option_named(live_server: LiveServer) -> Non
         ).exit_code
         == 1
     )  # held: a refusal, not a usage error
+
+
+# ----------------------------------------------------------------------------- gate start-up
+def test_gate_checks_its_token_and_server_before_listening(
+    live_server: LiveServer, tmp_path: Any
+) -> None:
+    """A wrong token, a human's token or no writ behind it: `writ gate` exits 1 with the
+    reason rather than announcing "listening"; --allow-server-down starts it anyway."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.server_fixtures import free_port, run_writ
+
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[route]]\npath = "/admin/*"\nresource = "gated/db"\n')
+    _, portal = live_server.principal("portal")
+    _, human = live_server.principal("human")
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    def gate(url: str, token: str, *extra: str) -> list[str]:
+        return [
+            "gate",
+            "--url",
+            url,
+            "--token",
+            token,
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+            "--routes",
+            str(routes),
+            *extra,
+        ]
+
+    def start(args: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "writ.cli", *args],
+            env={k: v for k, v in os.environ.items() if not k.startswith("WRIT_")},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    for args, reason in (
+        (gate(live_server.url, "writ_wrong"), "refused this token"),
+        (gate(live_server.url, human), "must not hold human authority"),
+        (gate(dead, portal), "cannot be reached"),
+    ):
+        done = start(args)
+        assert done.returncode == 1, done.stderr
+        assert reason in done.stderr and "listening" not in done.stderr
+    with run_writ(gate(dead, portal, "--allow-server-down")) as url:
+        r = httpx.post(f"{url}/admin/x", headers={"Authorization": "Bearer writ_x"})
+        assert r.status_code == 503  # fails closed while writ is down
+    with run_writ(gate(live_server.url, portal)) as url:
+        assert url.startswith("http://127.0.0.1:")
+
+
+# ----------------------------------------------------------------------------- scripts/serve
+def test_scripts_serve_warns_only_when_the_store_has_no_admin(tmp_path: Any) -> None:
+    """First start without WRIT_ADMIN_TOKEN: the warning. A restart of a store whose admin was
+    bootstrapped, without the variable: no warning (it used to say "no admin is bootstrapped")."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from tests.server_fixtures import free_port
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "serve"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WRIT_")}
+
+    def start(store: Path, **env: str) -> str:
+        proc = subprocess.Popen(
+            [str(script), "--port", str(free_port())],
+            env={**base, "WRIT_STORE": f"sqlite:///{store}", **env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        seen = []
+        try:
+            for line in proc.stderr:
+                seen.append(line)
+                if "Application startup complete" in line:
+                    break
+        finally:
+            proc.terminate()
+            proc.wait(20)
+        return "".join(seen)
+
+    assert "has no admin" in start(tmp_path / "bare.db")
+    assert "has no admin" not in start(tmp_path / "w.db", WRIT_ADMIN_TOKEN="change-me")
+    assert "has no admin" not in start(tmp_path / "w.db")

@@ -275,3 +275,84 @@ def test_scripts_serve_warns_only_when_the_store_has_no_admin(tmp_path: Any) -> 
     assert "has no admin" in start(tmp_path / "bare.db")
     assert "has no admin" not in start(tmp_path / "w.db", WRIT_ADMIN_TOKEN="change-me")
     assert "has no admin" not in start(tmp_path / "w.db")
+
+
+# ----------------------------------------------------------------------------- small things
+TYPO_POLICY = """
+[blast_radius]
+db-tier = ["prod/db", "routing/db-tier"]
+
+[[rules]]
+prefix = "capacity"
+protect_s = 60
+"""
+
+
+def test_a_resource_outside_every_policy_prefix_is_granted_with_a_warning(tmp_path: Any) -> None:
+    from tests.server_fixtures import serve
+    from writ.policy import parse
+    from writ.resources import outside_known
+
+    assert outside_known("prod/db", []) is None
+    assert outside_known("prod", ["prod/db"]) is None  # above a named prefix
+    assert outside_known("capacity/db/x", ["capacity"]) is None
+    assert "did you mean prod/db?" in (outside_known("prdo/db", ["prod/db", "capacity"]) or "")
+    with serve(tmp_path / "w.db", parse(TYPO_POLICY)) as srv:
+        _, token = srv.principal("agent")
+        env = srv.env(token)
+        typo = cli(["acquire", "prdo/db", "--intent", "resize"], env)
+        assert typo.exit_code == 0  # a warning, not a refusal
+        assert typo.stderr.startswith("writ: warning: prdo/db is outside every prefix")
+        assert "did you mean prod/db?" in typo.stderr
+        with srv.client(token) as c:
+            assert "warning" not in c.acquire("prod/db/replica", "x")
+            assert "warning" not in c.acquire("capacity/pool", "x")
+            got = c.acquire("prdo/cache", "x")
+            assert got["state"] == "held" and "outside every prefix" in got["warning"]
+            lease = c.lease("prdo/other", "x")
+            with lease:
+                assert lease.data is not None and "warning" in lease.data
+        ran = cli(["run", "prdo/x", "--intent", "x", "--", "true"], env)
+        assert ran.exit_code == 0 and "writ run: warning: prdo/x is outside" in ran.stderr
+
+
+def test_lease_and_error_reprs_say_what_they_are(live_server: LiveServer) -> None:
+    import asyncio
+
+    from writ.client import AsyncClient
+
+    name, token = live_server.principal("agent")
+    resource = f"{unique('repr')}/db"
+    with Client(live_server.url, token) as c:
+        lease = c.lease(resource, "resize")
+        assert repr(lease) == f"<Lease {resource} 'resize': not acquired>"
+        with lease:
+            shown = repr(lease)
+            assert shown.startswith(f"<Lease {resource} held by {name}: ls_")
+            assert f"fencing token {lease.fencing_token}, expires " in shown
+        assert f"{resource} released by {name}" in repr(lease)
+
+    async def go() -> str:
+        async with AsyncClient(live_server.url, token) as ac, ac.lease(resource, "x") as al:
+            return repr(al)
+
+    assert asyncio.run(go()).startswith(f"<AsyncLease {resource} held by {name}: ls_")
+    err = Held("prod/db is held by x", holder={"holder": "x"}, queue_position=None)
+    assert repr(err) == "Held('prod/db is held by x', holder={'holder': 'x'})"
+
+
+def test_who_at_lists_the_accepted_forms(live_server: LiveServer) -> None:
+    result = cli(["who", "prod/db", "--at", "yesterday"], live_server.env())
+    assert result.exit_code == 2
+    for form in ("RFC 3339", "2026-05-16T02:17:00Z", "epoch seconds", "now", "-15m", "-1d"):
+        assert form in result.stderr
+    assert cli(["who", "prod/db", "--at", "-15m"], live_server.env()).exit_code == 0
+
+
+def test_an_agent_is_an_agent(live_server: LiveServer) -> None:
+    _, token = live_server.principal("agent")
+    with Client(live_server.url, token) as c:
+        lease = c.acquire(f"{unique('art')}/db", "x")
+        with pytest.raises(Exception) as refused:
+            c.revoke(lease["lease_id"], "R-1", "oncall", "stuck")
+    assert "is an agent:" in str(refused.value) and "is a agent" not in str(refused.value)

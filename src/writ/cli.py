@@ -515,6 +515,8 @@ def acquire(
         click.echo(_lease_line("granted", lease))
         for warning in (lease.get("rollback") or {}).get("warnings") or []:
             click.echo(printable(f"warning: {warning}"), err=True)
+    if lease.get("warning"):
+        click.echo(printable(f"writ: warning: {lease['warning']}"), err=True)
 
 
 @main.command()
@@ -601,12 +603,22 @@ def status(prefix: str | None, url: str, token: str | None, as_json: bool) -> No
 @main.command()
 @click.argument("resource")
 @click.option(
-    "--at", default=None, metavar="TIME", help="RFC 3339 time (or -15m) to ask about; default now."
+    "--at",
+    default=None,
+    metavar="TIME",
+    help="RFC 3339 time, epoch seconds, now, or a time ago (-15m, -2h, -1d); default now.",
 )
 @api_options
 @json_option
 def who(resource: str, at: str | None, url: str, token: str | None, as_json: bool) -> None:
     """Who held write authority on RESOURCE (now, or --at a past time), from the ledger."""
+    if at:
+        from .clock import parse_time
+
+        try:
+            parse_time(at)  # read here too, so a bad value is a usage error listing the forms
+        except WritError as exc:
+            raise click.BadParameter(exc.message, param_hint="--at") from exc
     with _client(url, token) as client:
         out = client.who(resource, at)
     if as_json:
@@ -725,6 +737,8 @@ def run(
                 renew_every=renew_every,
                 on_lost=lambda _e: wake.set(),
             ).acquire()
+        if warning := (lease.data or {}).get("warning"):
+            click.echo(printable(f"writ run: warning: {warning}"), err=True)
         try:
             proc = subprocess.Popen(list(command), env={**os.environ, **lease.env()})
         except OSError as exc:

@@ -670,6 +670,18 @@ class _LeaseState:
         self.error: LeaseLost | None = None  # why the lease was lost
         self._deadline = 0.0  # local monotonic time by which the server will expire it
 
+    def __repr__(self) -> str:
+        """``<Lease prod/db held by perf-agent: ls_…, fencing token 8841, expires …>``."""
+        name = type(self).__name__
+        if self.data is None:
+            return f"<{name} {self.resource} {self.intent!r}: not acquired>"
+        state = "lost" if self.error is not None else self.data.get("state", "held")
+        return (
+            f"<{name} {self.data.get('resource')} {state} by {self.data.get('holder')}: "
+            f"{self.data.get('lease_id')}, fencing token {self.data.get('fencing_token')}, "
+            f"expires {self.data.get('expires_at')}>"
+        )
+
     # ---- the Lease fields -------------------------------------------------------------
     def _field(self, name: str) -> Any:
         if self.data is None:

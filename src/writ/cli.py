@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
 
@@ -218,17 +218,17 @@ def _items(body: Any, key: str) -> list[dict[str, Any]]:
     return list(body.get(key) or [])
 
 
-def _table(columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+def _table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    wrap: Sequence[str] = (),
+    drop: Sequence[str] = (),
+) -> None:
+    """A table fitted to the console (writ.cli_table): ``wrap`` free-text columns between words,
+    leave out ``drop`` columns, least important first, when they cannot all fit."""
+    from .cli_table import print_table
 
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in columns:
-        table.add_column(name, overflow="fold")
-    for row in rows:
-        table.add_row(*(Text("-" if v is None else printable(v)) for v in row))
-    Console().print(table)
+    print_table(columns, rows, wrap=wrap, drop=drop)
 
 
 # ----------------------------------------------------------------------------- the group
@@ -391,7 +391,8 @@ def principal_list(url: str, token: str | None, as_json: bool) -> None:
         return
     _table(
         ["NAME", "KIND", "VENDOR", "WAKE", "ADMIN"],
-        [
+        drop=["WAKE", "VENDOR"],
+        rows=[
             (
                 p.get("name"),
                 p.get("kind"),
@@ -586,7 +587,9 @@ def status(prefix: str | None, url: str, token: str | None, as_json: bool) -> No
         return
     _table(
         ["RESOURCE", "HOLDER", "INTENT", "FENCING TOKEN", "EXPIRES", "WAITERS"],
-        [
+        wrap=["INTENT"],
+        drop=["WAITERS", "FENCING TOKEN"],
+        rows=[
             (
                 l.get("resource"),
                 l.get("holder"),
@@ -624,17 +627,17 @@ def who(resource: str, at: str | None, url: str, token: str | None, as_json: boo
     if as_json:
         _echo_json(out)
         return
+    from .cli_table import print_line  # wrapped between words at the console's width
+
     holder = out.get("lock_holder", "none")
     if holder == "none":
-        click.echo(f"{resource} at {out.get('at')}: nobody (lock_holder none)")
+        print_line(f"{resource} at {out.get('at')}: nobody (lock_holder none)")
     else:
         lease = out.get("lease") or {}
-        click.echo(
-            printable(
-                f"{resource} at {out.get('at')}: {holder} (lock key {out.get('lock_key')}"
-                + (f", intent {lease['intent']!r}" if lease.get("intent") else "")
-                + ")"
-            )
+        print_line(
+            f"{resource} at {out.get('at')}: {holder} (lock key {out.get('lock_key')}"
+            + (f", intent {lease['intent']!r}" if lease.get("intent") else "")
+            + ")"
         )
 
 
@@ -1248,7 +1251,9 @@ def freezes(include_lifted: bool, url: str, token: str | None, as_json: bool) ->
         return
     _table(
         ["FREEZE", "PREFIX", "BY", "UNTIL", "ALLOW", "REASON"],
-        [
+        wrap=["REASON"],
+        drop=["ALLOW", "BY"],
+        rows=[
             (
                 f.get("freeze_id"),
                 f.get("prefix"),

@@ -103,8 +103,9 @@ def _overlap(a: Box, b: Box, gap: float = 1.0) -> bool:
 class _Texts:
     """Every text of the chart, placed only where it overlaps no other."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: float) -> None:
         self.boxes: list[Box] = []
+        self.width = width
 
     @staticmethod
     def box(text: str, x: float, y: float, size: float, anchor: str) -> Box:
@@ -113,7 +114,8 @@ class _Texts:
         return (x0, y - size, x0 + w, y + size * 0.3)
 
     def free(self, b: Box) -> bool:
-        return not any(_overlap(b, o) for o in self.boxes)
+        inside = b[0] >= 0 and b[2] <= self.width
+        return inside and not any(_overlap(b, o) for o in self.boxes)
 
     def put(
         self,
@@ -284,7 +286,7 @@ def timeline_svg(rep: dict[str, Any], geometry: str = "wide") -> str:
     colors: dict[str, str] = {}
     for h in rep["holders"]:
         colors.setdefault(str(h["holder"]), PALETTE[len(colors) % len(PALETTE)])
-    texts = _Texts()
+    texts = _Texts(g.width)
     out: list[str] = []
 
     def add(

@@ -1,10 +1,8 @@
 """The postmortem as one self-contained HTML page, with a hand-written SVG timeline.
 
-No scripts, no fonts, no network: the page is a file you can attach to a ticket. The chart
-has one lane per resource; a bar for each holder of write authority, labelled with the
-holder's name; marks for refusals, changes, consents, rollbacks, revocations and stuck-lock
-steps; a dashed line for each request that waited in the queue; a legend and a time axis.
-Every mark carries a tooltip (``<title>``) with its row's seq, time and notes.
+No scripts, no fonts, no network: the page is a file you can attach to a ticket. The chart is
+:mod:`writ.postmortem_chart` (drawn twice, wide and narrow, one shown by CSS media query);
+everything shown is escaped (HTML, and control characters written as escapes).
 """
 
 from __future__ import annotations

@@ -356,3 +356,22 @@ def test_an_agent_is_an_agent(live_server: LiveServer) -> None:
         with pytest.raises(Exception) as refused:
             c.revoke(lease["lease_id"], "R-1", "oncall", "stuck")
     assert "is an agent:" in str(refused.value) and "is a agent" not in str(refused.value)
+
+
+def test_mcp_guidance_words_its_own_next_step() -> None:
+    pytest.importorskip("mcp")
+    from writ.mcp_server import guidance
+
+    for body in (
+        {"code": "held", "message": "prod/db is held; retry with wait_s > 0 to queue for it"},
+        {
+            "code": "consent_required",
+            "message": "perf-agent changed capacity; it is protected until T. Ask first: POST "
+            '/v1/consents {"change_id": "CHANGE_ID", "reason": ...}, then retry with the '
+            "granted consent_id",
+        },
+    ):
+        text = guidance(error_from_body(409, {"error": body}))
+        assert "POST /v1/consents" not in text and "wait_s > 0" not in text
+        assert "client." not in text and "--wait" not in text
+        assert "acquire_write_authority" in text or "ask_consent" in text

@@ -60,6 +60,7 @@ def test_readme_shell_blocks_run_as_written(tmp_path: Path) -> None:
     (work / ".venv").symlink_to(root / ".venv")
     (work / "examples").symlink_to(root / "examples")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WRIT_")}
+    env["COLUMNS"] = "160"  # a wide terminal: status shows each lease on one line
     with serve(tmp_path / "writ.db") as srv:
         script = "\n".join(blocks)
         script = script.replace("http://127.0.0.1:7411", srv.url).replace("change-me", ADMIN_TOKEN)

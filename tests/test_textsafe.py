@@ -148,3 +148,57 @@ async def test_html_postmortem_escapes_everything_it_shows(tmp_path: Path) -> No
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "\x1b" not in page and "\u202e" not in page
     assert json.loads(json.dumps(rep))  # the JSON form keeps the text itself, escaped by JSON
+
+
+def test_chart_escapes_hostile_names_and_texts() -> None:
+    """Names reach the chart from the ledger; even ones writ would never register are shown as
+    text (principal names are validated, but a report is data and may come from anywhere)."""
+    from writ.postmortem_chart import timeline_svg
+
+    evil = '<script>alert(1)</script>"\n\x1b[31m'
+    at = "2026-05-16T02:17:40.000000Z"
+    rep: dict[str, Any] = {
+        "window": {
+            "from": at,
+            "to": "2026-05-16T02:19:00.000000Z",
+            "first_row": at,
+            "last_row": at,
+            "multi_day": False,
+        },
+        "lanes": ["prod/db"],
+        "holders": [
+            {
+                "resource": "prod/db",
+                "holder": evil,
+                "from": at,
+                "to": None,
+                "fencing_token": 1,
+                "ended": "held",
+                "intent": evil,
+            }
+        ],
+        "refusals": [
+            {
+                "resource": "prod/db",
+                "at": at,
+                "seq": 1,
+                "agent": evil,
+                "kind": "held",
+                "reason": evil,
+            }
+        ],
+        "consents": [],
+        "rollbacks": [],
+        "revocations": [],
+        "stuck": [],
+        "waits": [],
+        "changes": [],
+        "freezes": [],
+    }
+    for geometry in ("wide", "narrow"):
+        svg = timeline_svg(rep, geometry)
+        parser = _Tags()
+        parser.feed(svg)
+        assert "script" not in parser.tags
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;&quot;\\n\\x1b[31m" in svg
+        assert "\x1b" not in svg

@@ -715,7 +715,7 @@ def run(
     """Hold a lease on RESOURCE while COMMAND runs; stop COMMAND if the lease is lost.
 
     \b
-        writ run prod/db --intent "resize" --ttl 30 -- ./resize.sh 8
+        writ run prod/db --intent "resize" --ttl 30 -- examples/resize.sh 8
 
     COMMAND gets WRIT_LEASE_ID, WRIT_LOCK_KEY and WRIT_FENCING_TOKEN in its environment.
     The lease is renewed every ttl/3 and released when COMMAND exits. If the lease is lost

@@ -104,7 +104,9 @@ def test_live_line_names_holder_queue_place_and_time_left(live_server: LiveServe
         got: dict[str, Any] = {}
 
         def wait() -> None:
-            with live_line(live_server.url, mtoken, resource, 30, me, stream=tty, every=0.05):
+            with live_line(
+                live_server.url, mtoken, resource, 30, me, stream=tty, every=0.05, columns=300
+            ):
                 got["lease"] = b.acquire(resource, "reroute", wait_s=30)
 
         t = threading.Thread(target=wait)
@@ -375,3 +377,13 @@ def test_mcp_guidance_words_its_own_next_step() -> None:
         assert "POST /v1/consents" not in text and "wait_s > 0" not in text
         assert "client." not in text and "--wait" not in text
         assert "acquire_write_authority" in text or "ask_consent" in text
+
+
+def test_the_live_line_stays_on_one_terminal_line() -> None:
+    from writ.cli_wait import _fit
+
+    line = "waiting for prod/db: held by cost-agent ('consolidate') until 10:11:51Z (in 23s)"
+    assert _fit(line, 200) == line
+    short = _fit(line, 40)
+    assert len(short) < 40 and short.endswith("…") and line.startswith(short[:-1])
+    assert short[:-1] == line[: len(short) - 1] and line[len(short) - 1] == " "  # at a word

@@ -16,6 +16,8 @@ runs out, names the holder as always.
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -38,8 +40,7 @@ class SelfHeld(Exception):
             f"{me} (you) already holds {lease.get('resource')} under lease "
             f"{lease.get('lease_id')} (fencing token {lease.get('fencing_token')}, expires "
             f"{_left(lease.get('expires_at'))}): waiting would only end when your own lease "
-            f"does. Release it first (writ release {lease.get('lease_id')}), or pass its "
-            "lease to the command instead of taking a second one"
+            f"does. Release it first (writ release {lease.get('lease_id')})"
         )
 
 
@@ -50,6 +51,14 @@ def _left(value: str | None) -> str:
         return str(value)
     left = (at - datetime.now(UTC)).total_seconds()
     return f"{at.strftime('%H:%M:%SZ')} (in {max(left, 0):.0f}s)"
+
+
+def _fit(line: str, columns: int) -> str:
+    """One terminal line (a wrapped line could not be rewritten in place): cut at a word."""
+    if len(line) < columns:
+        return line
+    cut = line[: max(columns - 2, 1)]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "…"
 
 
 def _ordinal(n: int) -> str:
@@ -105,9 +114,11 @@ def live_line(
     me: str | None,
     stream: IO[str] | None = None,
     every: float = 1.0,
+    columns: int | None = None,
 ) -> Iterator[None]:
     """While the block runs (a blocking acquire), rewrite one status line on ``stream``
-    (default stderr) if it is a terminal; the line is cleared when the block ends."""
+    (default stderr) if it is a terminal, cut at a word to fit its ``columns``; the line is
+    cleared when the block ends."""
     out = stream if stream is not None else sys.stderr
     if wait <= 0 or not out.isatty():
         yield
@@ -116,6 +127,12 @@ def live_line(
 
     stop = threading.Event()
     deadline = time.monotonic() + wait
+    if columns is None:
+        try:
+            columns = os.get_terminal_size(out.fileno()).columns
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            columns = 80
+    width = columns
 
     def show() -> None:
         with Client(url, token, timeout=5) as reader:
@@ -124,7 +141,7 @@ def live_line(
                     state = reader.resource(resource)
                     if not stop.is_set():
                         line = status_line(state, me, resource, deadline - time.monotonic())
-                        out.write("\r\x1b[K" + line)
+                        out.write("\r\x1b[K" + _fit(line, width))
                         out.flush()
                 stop.wait(every)
 

@@ -387,3 +387,9 @@ def test_the_live_line_stays_on_one_terminal_line() -> None:
     short = _fit(line, 40)
     assert len(short) < 40 and short.endswith("…") and line.startswith(short[:-1])
     assert short[:-1] == line[: len(short) - 1] and line[len(short) - 1] == " "  # at a word
+
+
+def test_no_token_hint_survives_the_cli_phrasing(live_server: LiveServer) -> None:
+    result = cli(["status"], {"WRIT_URL": live_server.url, "WRIT_TOKEN": ""})
+    assert result.exit_code == 1
+    assert "no token given: set WRIT_TOKEN or pass --token" in result.stderr

@@ -392,6 +392,7 @@ class _Base:
         err = error_from_body(response.status_code, body)
         if isinstance(err, Unauthenticated) and not self.token:
             err.message = f"{err.message} (no token given: set WRIT_TOKEN or pass --token)"
+            err.fact = err.message
             err.args = (err.message,)
         raise err
 

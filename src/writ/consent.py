@@ -141,7 +141,9 @@ class Consents:
                     continue
             return ConsentRequired(
                 f"{c['author']} changed {c['attribute']} on {c['resource']} at {c['at']} "
-                f"({c['summary']}); it is protected until {c['protected_until']}.",
+                f"({c['summary']}); it is protected until {c['protected_until']}. Ask first: "
+                f'POST /v1/consents {{"change_id": "{c["change_id"]}", "reason": ...}}, '
+                "then retry with the granted consent_id",
                 change=public(c),
                 author=c["author"],
                 protected_until=c["protected_until"],

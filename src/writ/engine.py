@@ -453,7 +453,7 @@ class Engine:
     ) -> Lease | _Queued | WritError:
         err = await self._run_gates(tx, principal, req)
         if err is not None:
-            await self._deny(tx, req, None, err.phrased("http"))
+            await self._deny(tx, req, None, err.message)
             return err
         # a blocker past its ttl is expired now, whether or not the sweeper has run yet
         await self._expire_due(tx, req.expand)
@@ -541,7 +541,7 @@ class Engine:
         if "error" in note:
             from .errors import error_from_body
 
-            raise error_from_body(0, {"error": note["error"]}, "http")
+            raise error_from_body(0, {"error": note["error"]})
         lease = await self.store.read(lambda tx: tx.get_lease(note["lease_id"]))
         if lease is None:  # pragma: no cover - the grant committed before the note
             raise NotFound("granted lease vanished")
@@ -572,7 +572,7 @@ class Engine:
                 principal = await tx.get_principal(req.principal)
                 err = await self._run_gates(tx, principal, req) if principal else None
                 if err is not None:
-                    await self._deny(tx, req, None, err.phrased("http"))
+                    await self._deny(tx, req, None, err.message)
                     return err
                 return await self._grant(tx, req, waiter.waiter_id)
         if not final:
@@ -689,8 +689,13 @@ class Engine:
         if blocked.lease is not None:
             b = blocked.lease
             holder = {**await self.holder_info(tx, b), "fencing_token": b.fencing_token}
+        hint = (
+            "retry with wait_s > 0 to queue for it"
+            if blocked.reason != "lock_delay"
+            else "retry with wait_s > 0; the lock-delay ends by itself"
+        )
         return Held(
-            text,  # the HTTP next step is added by to_body(), each surface words its own
+            f"{text}; {hint}",
             holder=holder,
             queue_position=blocked.position,
             reason=blocked.reason,
@@ -764,7 +769,7 @@ class Engine:
         err = await self._run_gates(tx, principal, req) if principal else None
         await tx.delete_waiter(w.waiter_id)
         if err is not None:
-            await self._deny(tx, req, None, err.phrased("http"))
+            await self._deny(tx, req, None, err.message)
             tx.notify("granted", {"waiter_id": w.waiter_id, "error": err.to_body()["error"]})
             return
         lease = await self._grant(tx, req, w.waiter_id)

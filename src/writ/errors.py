@@ -25,8 +25,8 @@ A refusal's *fact* (who holds it, whose change stands in the way) is the same ev
 *next step* is phrased by each surface in its own terms (:func:`next_step`): HTTP names a
 route and a field (``retry with wait_s > 0``), the CLI a command and a flag (``--wait``), the
 Python client a call (``client.lease(..., wait_s=30)``); the MCP server words its own tool
-guidance from the same details. On the wire ``message`` is the fact and the HTTP step; the
-client takes the HTTP step off again and puts its own on.
+guidance from the same details. The engine's messages end with the HTTP step (that is the
+wire's ``message``); ``err.fact`` is the message without it, and the client puts its own step on.
 """
 
 from __future__ import annotations
@@ -62,8 +62,13 @@ class WritError(Exception):
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
         self.message = message
-        self.fact = message  # the message without a surface's next step
         self.details = details
+        self.fact = message  # the message without its next step (see phrased())
+        http = next_step(self, "http")
+        for sep, step in (("; ", http), (" ", http and http[0].upper() + http[1:])):
+            if step and message.endswith(sep + step):
+                self.fact = message[: -len(step) - len(sep)]
+                break
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.details.items() if v is not None)
@@ -81,7 +86,8 @@ class WritError(Exception):
         )
 
     def to_body(self) -> dict[str, Any]:
-        """The JSON error body of PROTOCOL.md: ``{"error": {"code", "message", ...details}}``."""
+        """The JSON error body of PROTOCOL.md: ``{"error": {"code", "message", ...details}}``;
+        the message ends with the next step in HTTP terms."""
         return {"error": {"code": self.code, "message": self.phrased("http"), **self.details}}
 
     def __getattr__(self, name: str) -> Any:
@@ -235,13 +241,8 @@ def error_from_body(status: int, body: Any, surface: Surface = "python") -> Writ
         return exc
     details = {k: v for k, v in err.items() if k not in ("code", "message")}
     cls = _BY_CODE.get(str(err.get("code")), WritError)
-    message = str(err.get("message", ""))
-    out = cls(message, **details)
-    http = next_step(out, "http")
-    for sep, step in (("; ", http), (" ", http and http[0].upper() + http[1:])):
-        if step and message.endswith(sep + step):
-            out.fact = message[: -len(step) - len(sep)]
-            out.message = out.phrased(surface)
-            out.args = (out.message,)
-            break
+    out = cls(str(err.get("message", "")), **details)
+    if out.fact != out.message:  # it ends with the HTTP step: word it for this surface
+        out.message = out.phrased(surface)
+        out.args = (out.message,)
     return out

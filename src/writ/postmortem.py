@@ -547,10 +547,10 @@ def _holders(
             if m:
                 h["intent"], h["ttl_s"] = m.group(3), float(m.group(4))
             continue
-        if ev in ("lease.denied", "lease.queued") or str(key) in ended:
+        if ev in ("lease.denied", "lease.queued"):
             continue  # these name the blocker, whose own rows tell its story
-        if ev in ("lease.stuck", "lease.paged") and str(key) not in open_:
-            continue  # told about a lease, possibly ended: the window's start (who) has it
+        if str(key) in ended or (ev in ("lease.stuck", "lease.paged") and str(key) not in open_):
+            continue  # about a lease that ended (or began before the window: who has it)
         h = open_.get(str(key)) or opened(r, r.get("lock_acquired_at"), None, True)
         if ev in END_EVENTS:
             h.update(to=r.get("timestamp"), ended=END_EVENTS[str(ev)], end_seq=r.get("seq"))

@@ -483,10 +483,11 @@ def render(result: Result, console: Any) -> None:
     )
     a = _by_time(result.uncoordinated.events)
     b = _by_time(result.coordinated.events)
+    titles = ["run 1: without writ", f"run 2: {result.coordinated.name}"]
     if console.width >= SIDE_BY_SIDE:
-        console.print(_timeline_table([a, b], ["run 1: without writ", "run 2: through writ"]))
+        console.print(_timeline_table([a, b], titles))
     else:  # too narrow for two timelines: one after the other, names never cut
-        for title, events in (("run 1: without writ", a), ("run 2: through writ", b)):
+        for title, events in zip(titles, (a, b), strict=True):
             console.print(_timeline_table([events], [title]))
     one, two = result.uncoordinated.db, result.coordinated.db
     if one.down_at is not None:

@@ -393,3 +393,19 @@ def test_no_token_hint_survives_the_cli_phrasing(live_server: LiveServer) -> Non
     result = cli(["status"], {"WRIT_URL": live_server.url, "WRIT_TOKEN": ""})
     assert result.exit_code == 1
     assert "no token given: set WRIT_TOKEN or pass --token" in result.stderr
+
+
+def test_known_prefixes_include_authority_grants(tmp_path: Any) -> None:
+    """Once a policy has [authority] grants, their prefixes count as known too."""
+    from types import SimpleNamespace
+
+    from writ.engine import Engine
+    from writ.policy import parse
+    from writ.stores.sqlite import SQLiteStore
+
+    e = Engine(SQLiteStore(f"sqlite:///{tmp_path / 'k.db'}"), parse(TYPO_POLICY))
+    grant = SimpleNamespace(write=("billing/ledger",), observe=("audit",))
+    e.policy = SimpleNamespace(  # type: ignore[assignment]
+        rules=e.policy.rules, authority=SimpleNamespace(grants=[grant])
+    )
+    assert {"billing/ledger", "audit", "capacity", "prod/db"} <= set(e.known_prefixes())

@@ -433,12 +433,15 @@ class Engine:
             self._grants.pop(waiter_id, None)
 
     def known_prefixes(self) -> list[str]:
-        """The prefixes the policy names (its rules and blast-radius groups): a lease outside
+        """The prefixes the policy names (its rules, its blast-radius groups and, when it has
+        an ``[authority]`` section, its grants' write and observe prefixes): a lease outside
         all of them is granted with a ``warning`` (a likely typo)."""
         if self._known is None or self._known[0] is not self.policy:
             named = [r.prefix for r in self.policy.rules] + [
                 m for _names, members in self.blast.groups for m in members
             ]
+            for grant in getattr(getattr(self.policy, "authority", None), "grants", ()):
+                named += [*getattr(grant, "write", ()), *getattr(grant, "observe", ())]
             self._known = (self.policy, named)
         return self._known[1]
 

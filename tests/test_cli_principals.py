@@ -74,7 +74,7 @@ def test_queue_membership_from_the_command_line(live_server: LiveServer) -> None
     r = cli(["principal", "queues", human], admin)
     assert r.exit_code == 2
     r = cli(["principal", "add", unique("a"), "--kind", "agent", "--queue", q1], admin)
-    assert r.exit_code == 1 and "only a human" in r.stderr
+    assert r.exit_code == 2 and "only a human" in r.stderr
 
 
 def test_offline_rotation_of_admin_on_the_store(tmp_path: Path) -> None:

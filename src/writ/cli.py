@@ -4,10 +4,8 @@ Commands talk to a server through :class:`writ.client.Client` (``--url``/``--tok
 ``WRIT_URL``/``WRIT_TOKEN``); ``--store URL`` on ``principal add`` and ``audit verify|export``
 works on a store directly, offline, through the engine.
 
-Exit codes: 0 done · 1 refused or failed (one line on stderr, no traceback) · 2 usage error ·
-3 ``consent ask --wait`` got no answer · 75 ``writ run`` lost its lease while the command
-ran (the command was stopped) · 127 ``writ run`` could not start the command. Otherwise
-``writ run`` exits with the command's status (128 + N when a signal N killed it).
+Exit codes: :data:`EXIT_STATUS` is the one table (docs/cli.md shows it, `writ --help` prints
+it, and a test holds the three together).
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
 
@@ -31,10 +29,12 @@ from . import __version__
 from .cli_options import api_options, existing_store, json_option, store_option
 from .cli_principals import expires_option, parse_expires
 from .cli_principals import register as register_principal_commands
+from .cli_wait import SelfHeld, check_not_self, live_line
 from .client import DEFAULT_TIMEOUT, Client
-from .errors import LeaseLost, WritError
+from .errors import Held, Invalid, LeaseLost, WritError
 from .models import KINDS
 from .spawn import popen_tied
+from .textsafe import printable
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,6 +46,28 @@ EXIT_LEASE_LOST = 75  # EX_TEMPFAIL: the work was cut short; acquire again and r
 EXIT_NOT_FOUND = 127
 DEFAULT_STORE = "sqlite:///writ.db"
 
+EXIT_STATUS: dict[str, str] = {
+    "0": "done",
+    "1": "refused or failed: one line `writ: CODE: message` on stderr, no traceback",
+    "2": "usage error: a missing argument or option, or a bad value (`invalid` naming a "
+    "field, e.g. --ttl 0)",
+    "3": "`consent ask --wait`: nobody answered in time",
+    "75": "`writ run`: the lease was lost while COMMAND ran, and COMMAND was stopped",
+    "127": "`writ run`: COMMAND could not be started",
+    "N": "`writ run`: COMMAND's own exit status, or 128 + signal if a signal killed it",
+}
+
+# the CLI option that carries a request field, for `invalid` answers naming the field
+FIELD_OPTIONS = {
+    "ttl_s": "--ttl",
+    "wait_s": "--wait",
+    "touches": "--touches",
+    "consent_id": "--consent",
+    "intent": "--intent",
+    "protect_s": "--protect",
+    "at": "--at",
+}
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -55,12 +77,20 @@ class Refused(click.ClickException):
 
     exit_code = EXIT_REFUSED
 
-    def __init__(self, error: WritError) -> None:
+    def __init__(self, error: WritError, hint: dict[str, Any] | None = None) -> None:
         super().__init__(error.message)
         self.error = error
+        self.hint = hint or {}
+        field = error.details.get("field") if isinstance(error, Invalid) else None
+        self.option = FIELD_OPTIONS.get(field) if isinstance(field, str) else None
+        if field:  # a bad value of a named input is a usage error
+            self.exit_code = EXIT_USAGE  # type: ignore[misc]  # click reads it from the instance
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"writ: {self.error.code}: {self.error.message}", err=True)
+        text = self.error.phrased("cli", **self.hint)  # the next step as a command and flag
+        if self.option:
+            text += f" (option {self.option})"
+        click.echo(printable(f"writ: {self.error.code}: {text}"), err=True)
 
 
 class Failed(click.ClickException):
@@ -71,7 +101,7 @@ class Failed(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click reads it from the instance
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"writ: {self.message}", err=True)
+        click.echo(printable(f"writ: {self.message}"), err=True)
 
 
 class WritGroup(click.Group):
@@ -82,7 +112,36 @@ class WritGroup(click.Group):
         try:
             return super().invoke(ctx)
         except WritError as exc:
-            raise Refused(exc) from exc
+            raise Refused(exc, _hint_context(ctx, exc)) from exc
+
+
+def _hint_context(ctx: click.Context, exc: WritError) -> dict[str, Any]:
+    """What the CLI phrasing of a refusal needs: the resource asked for, the seconds already
+    waited, and (for a held answer) the caller's own name, so "held by you" is said plainly."""
+    hint: dict[str, Any] = dict(ctx.meta.get("writ.hint") or {})
+    api = hint.pop("api", None)
+    if isinstance(exc, Held) and "me" not in hint and api:
+        with contextlib.suppress(WritError), _client(*api) as client:
+            hint["me"] = client.whoami().get("name")
+    return hint
+
+
+def _before_wait(
+    client: Client, url: str, token: str | None, resource: str, wait: float
+) -> str | None:
+    """Record the hint context; when the command will wait, refuse at once if the caller
+    itself holds what it would wait for. Returns the caller's name when it was read."""
+    hint: dict[str, Any] = {"resource": resource, "waited": wait, "api": (url, token)}
+    click.get_current_context().meta["writ.hint"] = hint
+    if wait <= 0:
+        return None
+    try:
+        me = check_not_self(client, resource)
+    except SelfHeld as exc:
+        raise Failed(str(exc)) from exc
+    if me:
+        hint["me"] = me
+    return me
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -149,7 +208,7 @@ def _until(value: str | None) -> str:
 
 
 def _lease_line(verb: str, lease: dict[str, Any]) -> str:
-    return (
+    return printable(
         f"{verb} {lease.get('resource')} for {lease.get('holder')}: lease {lease.get('lease_id')}, "
         f"fencing token {lease.get('fencing_token')}, lock key {lease.get('lock_key')}, "
         f"state {lease.get('state')}, expires {lease.get('expires_at')}"
@@ -162,16 +221,17 @@ def _items(body: Any, key: str) -> list[dict[str, Any]]:
     return list(body.get(key) or [])
 
 
-def _table(columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    wrap: Sequence[str] = (),
+    drop: Sequence[str] = (),
+) -> None:
+    """A table fitted to the console (writ.cli_table): ``wrap`` free-text columns between words,
+    leave out ``drop`` columns, least important first, when they cannot all fit."""
+    from .cli_table import print_table
 
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in columns:
-        table.add_column(name, overflow="fold")
-    for row in rows:
-        table.add_row(*("-" if v is None else str(v) for v in row))
-    Console().print(table)
+    print_table(columns, rows, wrap=wrap, drop=drop)
 
 
 # ----------------------------------------------------------------------------- the group
@@ -181,9 +241,13 @@ def main() -> None:
     """writ: which agent holds write authority on a resource right now, and who holds the
     key to undo it.
 
-    Server URL and token come from --url/--token or WRIT_URL/WRIT_TOKEN. Exit status: 0
-    done, 1 refused or failed, 2 usage error (see docs/cli.md for writ run and consent ask).
+    Server URL and token come from --url/--token or WRIT_URL/WRIT_TOKEN.
     """
+
+
+main.epilog = "\b\nExit status:\n" + "\n".join(
+    f"  {code:>4}  {meaning.replace('`', '')}" for code, meaning in EXIT_STATUS.items()
+)
 
 
 @main.command()
@@ -287,6 +351,9 @@ def principal() -> None:
 @store_option("Work offline on this store (e.g. sqlite:///writ.db) instead of through a server.")
 @api_options
 @json_option
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print only the token (export WRIT_TOKEN=$(...))."
+)
 def principal_add(
     name: str,
     kind: str,
@@ -299,6 +366,7 @@ def principal_add(
     url: str,
     token: str | None,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Add principal NAME and print its token (shown only this once).
 
@@ -317,6 +385,9 @@ def principal_add(
     else:
         with _client(url, token) as client:
             out = client.add_principal(name, kind, vendor, wake, admin, list(queues), secs)
+    if quiet:
+        click.echo(out["token"])
+        return
     if as_json:
         _echo_json(out)
     else:
@@ -344,7 +415,8 @@ def principal_list(url: str, token: str | None, as_json: bool) -> None:
         return
     _table(
         ["NAME", "KIND", "VENDOR", "WAKE", "ADMIN", "QUEUES", "STATE"],
-        [
+        drop=["WAKE", "VENDOR"],
+        rows=[
             (
                 p.get("name"),
                 p.get("kind"),
@@ -461,7 +533,9 @@ def acquire(
     """
     plan = _rollback_plan(rollback_path, key_holder, override_queue, denominator)
     with _client(url, token) as client:
-        lease = client.acquire(resource, intent, ttl, wait, _csv(touches), consent_id, plan)
+        me = _before_wait(client, url, token, resource, wait)
+        with live_line(url, token, resource, wait, me):
+            lease = client.acquire(resource, intent, ttl, wait, _csv(touches), consent_id, plan)
     if quiet:
         click.echo(lease["lease_id"])
     elif as_json:
@@ -469,7 +543,9 @@ def acquire(
     else:
         click.echo(_lease_line("granted", lease))
         for warning in (lease.get("rollback") or {}).get("warnings") or []:
-            click.echo(f"warning: {warning}", err=True)
+            click.echo(printable(f"warning: {warning}"), err=True)
+    if lease.get("warning"):
+        click.echo(printable(f"writ: warning: {lease['warning']}"), err=True)
 
 
 @main.command()
@@ -539,7 +615,9 @@ def status(prefix: str | None, url: str, token: str | None, as_json: bool) -> No
         return
     _table(
         ["RESOURCE", "HOLDER", "INTENT", "FENCING TOKEN", "EXPIRES", "WAITERS"],
-        [
+        wrap=["INTENT"],
+        drop=["WAITERS", "FENCING TOKEN"],
+        rows=[
             (
                 l.get("resource"),
                 l.get("holder"),
@@ -556,23 +634,35 @@ def status(prefix: str | None, url: str, token: str | None, as_json: bool) -> No
 @main.command()
 @click.argument("resource")
 @click.option(
-    "--at", default=None, metavar="TIME", help="RFC 3339 time (or -15m) to ask about; default now."
+    "--at",
+    default=None,
+    metavar="TIME",
+    help="RFC 3339 time, epoch seconds, now, or a time ago (-15m, -2h, -1d); default now.",
 )
 @api_options
 @json_option
 def who(resource: str, at: str | None, url: str, token: str | None, as_json: bool) -> None:
     """Who held write authority on RESOURCE (now, or --at a past time), from the ledger."""
+    if at:
+        from .clock import parse_time
+
+        try:
+            parse_time(at)  # read here too, so a bad value is a usage error listing the forms
+        except WritError as exc:
+            raise click.BadParameter(exc.message, param_hint="--at") from exc
     with _client(url, token) as client:
         out = client.who(resource, at)
     if as_json:
         _echo_json(out)
         return
+    from .cli_table import print_line  # wrapped between words at the console's width
+
     holder = out.get("lock_holder", "none")
     if holder == "none":
-        click.echo(f"{resource} at {out.get('at')}: nobody (lock_holder none)")
+        print_line(f"{resource} at {out.get('at')}: nobody (lock_holder none)")
     else:
         lease = out.get("lease") or {}
-        click.echo(
+        print_line(
             f"{resource} at {out.get('at')}: {holder} (lock key {out.get('lock_key')}"
             + (f", intent {lease['intent']!r}" if lease.get("intent") else "")
             + ")"
@@ -653,7 +743,7 @@ def run(
     """Hold a lease on RESOURCE while COMMAND runs; stop COMMAND if the lease is lost.
 
     \b
-        writ run prod/db --intent "resize" --ttl 30 -- ./resize.sh 8
+        writ run prod/db --intent "resize" --ttl 30 -- examples/resize.sh 8
 
     COMMAND gets WRIT_LEASE_ID, WRIT_LOCK_KEY and WRIT_FENCING_TOKEN in its environment.
     The lease is renewed every ttl/3 and released when COMMAND exits. If the lease is lost
@@ -665,17 +755,21 @@ def run(
     plan = _rollback_plan(rollback_path, key_holder, override_queue, denominator)
     wake = threading.Event()
     with _client(url, token) as client:
-        lease = client.lease(
-            resource,
-            intent,
-            ttl_s=ttl,
-            wait_s=wait,
-            touches=_csv(touches),
-            rollback=plan,
-            consent_id=consent_id,
-            renew_every=renew_every,
-            on_lost=lambda _e: wake.set(),
-        ).acquire()
+        me = _before_wait(client, url, token, resource, wait)
+        with live_line(url, token, resource, wait, me):
+            lease = client.lease(
+                resource,
+                intent,
+                ttl_s=ttl,
+                wait_s=wait,
+                touches=_csv(touches),
+                rollback=plan,
+                consent_id=consent_id,
+                renew_every=renew_every,
+                on_lost=lambda _e: wake.set(),
+            ).acquire()
+        if warning := (lease.data or {}).get("warning"):
+            click.echo(printable(f"writ run: warning: {warning}"), err=True)
         try:
             # dies with writ run, even SIGKILLed (Linux): see writ.spawn
             proc = popen_tied(command, env={**os.environ, **lease.env()})
@@ -902,8 +996,10 @@ def change(
         _echo_json(out)
     else:
         click.echo(
-            f"recorded change {out.get('change_id')} on {out.get('resource')}: {summary} "
-            f"(protected until {out.get('protected_until')})"
+            printable(
+                f"recorded change {out.get('change_id')} on {out.get('resource')}: {summary} "
+                f"(protected until {out.get('protected_until')})"
+            )
         )
 
 
@@ -923,7 +1019,7 @@ def _consent_line(c: dict[str, Any]) -> str:
         line += f", nobody answered; escalated to {c.get('escalated_to')}"
     else:
         line += f", answer by {c.get('expires_at')}"
-    return line
+    return printable(line)
 
 
 @consent.command("ask")
@@ -1011,7 +1107,7 @@ def _rollback_line(r: dict[str, Any]) -> str:
         line += f", approved by {r['approved_by']}"
     if r.get("response_status") is not None:
         line += f", route answered {r['response_status']}"
-    return line
+    return printable(line)
 
 
 @rollback.command("request")
@@ -1155,9 +1251,11 @@ def freeze(
         _echo_json(f)
     else:
         click.echo(
-            f"froze {f.get('prefix')}: freeze {f.get('freeze_id')}"
-            + (f" until {f['until']}" if f.get("until") else " until lifted")
-            + (f", allowing {', '.join(f['allow'])}" if f.get("allow") else "")
+            printable(
+                f"froze {f.get('prefix')}: freeze {f.get('freeze_id')}"
+                + (f" until {f['until']}" if f.get("until") else " until lifted")
+                + (f", allowing {', '.join(f['allow'])}" if f.get("allow") else "")
+            )
         )
 
 
@@ -1185,7 +1283,9 @@ def freezes(include_lifted: bool, url: str, token: str | None, as_json: bool) ->
         return
     _table(
         ["FREEZE", "PREFIX", "BY", "UNTIL", "ALLOW", "REASON"],
-        [
+        wrap=["REASON"],
+        drop=["ALLOW", "BY"],
+        rows=[
             (
                 f.get("freeze_id"),
                 f.get("prefix"),
@@ -1209,7 +1309,7 @@ def _row_line(row: dict[str, Any]) -> str:
         line += f" token={row['fencing_token']}"
     if row.get("notes"):
         line += f"  {row['notes']}"
-    return line
+    return printable(line)
 
 
 @main.command()

@@ -17,6 +17,23 @@ __all__ = ["gate_command", "mcp_command"]
 
 
 _url_option = url_option("writ server URL (or WRIT_URL).")
+_allow_down = click.option(
+    "--allow-server-down",
+    is_flag=True,
+    help="Start even if writ cannot be reached (requests are refused until it answers); "
+    "by default the command exits 1 with the reason.",
+)
+
+
+def _preflight(url: str, token: str, what: str, allow_human: bool, allow_down: bool) -> None:
+    """Check the token and the server before listening (see writ.preflight); exit 1 if wrong."""
+    from .preflight import PreflightFailed, check_token
+
+    try:
+        line = check_token(url, token, what, allow_human=allow_human, allow_down=allow_down)
+    except PreflightFailed as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(line, err=True)
 
 
 def _header(value: str) -> tuple[str, str]:
@@ -75,6 +92,13 @@ def _header(value: str) -> tuple[str, str]:
     help="Seconds to wait for writ's decision before refusing with 503.",
 )
 @click.option("--check", is_flag=True, help="Only load and print the routes, then exit.")
+@_allow_down
+@click.option(
+    "--allow-human-token",
+    is_flag=True,
+    help="Let the gate run with a human's, a queue's or an admin's token (refused by "
+    "default: the gate needs no special rights).",
+)
 @log_level_option
 def gate_command(
     url: str,
@@ -86,6 +110,8 @@ def gate_command(
     timeout: float,
     writ_timeout: float,
     check: bool,
+    allow_server_down: bool,
+    allow_human_token: bool,
     log_level: str,
 ) -> None:
     """Reverse proxy that lets a mutating request through only with the current lease.
@@ -116,6 +142,7 @@ def gate_command(
         )
     except WritError as exc:
         raise click.UsageError(exc.message) from exc
+    _preflight(url, token, "writ gate", allow_human_token, allow_server_down)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
         serve(gate, listen, log_level=log_level)
@@ -158,6 +185,7 @@ def gate_command(
     help="Let the tools act with a human's, a queue's or an admin's token (refused by "
     "default: a model must not answer consents with human authority).",
 )
+@_allow_down
 @log_level_option
 def mcp_command(
     transport: str,
@@ -168,6 +196,7 @@ def mcp_command(
     path: str,
     http_token: str | None,
     allow_human_token: bool,
+    allow_server_down: bool,
     log_level: str,
 ) -> None:
     """MCP server exposing writ as tools, for any MCP-speaking agent.
@@ -187,6 +216,7 @@ def mcp_command(
         raise click.ClickException(
             f"writ mcp needs the MCP SDK: pip install 'writ[mcp]' ({exc})"
         ) from exc
+    _preflight(url, token, "writ mcp", allow_human_token, allow_server_down)
     client = AsyncClient(url, token)
     try:
         anyio.run(

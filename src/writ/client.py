@@ -475,6 +475,7 @@ class _Base:
         err = error_from_body(response.status_code, body)
         if isinstance(err, Unauthenticated) and not self.token:
             err.message = f"{err.message} (no token given: set WRIT_TOKEN or pass --token)"
+            err.fact = err.message
             err.args = (err.message,)
         raise err
 
@@ -754,6 +755,18 @@ class _LeaseState:
         self.data: JSON | None = None  # the latest Lease the server returned
         self.error: LeaseLost | None = None  # why the lease was lost
         self._deadline = 0.0  # local monotonic time by which the server will expire it
+
+    def __repr__(self) -> str:
+        """``<Lease prod/db held by perf-agent: ls_…, fencing token 8841, expires …>``."""
+        name = type(self).__name__
+        if self.data is None:
+            return f"<{name} {self.resource} {self.intent!r}: not acquired>"
+        state = "lost" if self.error is not None else self.data.get("state", "held")
+        return (
+            f"<{name} {self.data.get('resource')} {state} by {self.data.get('holder')}: "
+            f"{self.data.get('lease_id')}, fencing token {self.data.get('fencing_token')}, "
+            f"expires {self.data.get('expires_at')}>"
+        )
 
     # ---- the Lease fields -------------------------------------------------------------
     def _field(self, name: str) -> Any:

@@ -128,6 +128,7 @@ class Engine:
     def __init__(self, store: Store, policy: Policy | None = None) -> None:
         self.store = store
         self.policy = policy or Policy()
+        self._known: tuple[Policy, list[str]] | None = None  # see known_prefixes()
         self.blast = self.policy.blast
         # the grant notes awaited by this process's queued requests, by waiter id
         self._grants: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -538,10 +539,29 @@ class Engine:
             if isinstance(out, WritError):
                 raise out
             if isinstance(out, Lease):
-                return out.to_dict()
-            return await self._wait(principal, req, out, fut)
+                return self._typo_warning(out.to_dict())
+            return self._typo_warning(await self._wait(principal, req, out, fut))
         finally:
             self._grants.pop(waiter_id, None)
+
+    def known_prefixes(self) -> list[str]:
+        """The prefixes the policy names (its rules, its blast-radius groups and, when it has
+        an ``[authority]`` section, its grants' write and observe prefixes): a lease outside
+        all of them is granted with a ``warning`` (a likely typo)."""
+        if self._known is None or self._known[0] is not self.policy:
+            named = [r.prefix for r in self.policy.rules] + [
+                m for _names, members in self.blast.groups for m in members
+            ]
+            for grant in getattr(getattr(self.policy, "authority", None), "grants", ()):
+                named += [*getattr(grant, "write", ()), *getattr(grant, "observe", ())]
+            self._known = (self.policy, named)
+        return self._known[1]
+
+    def _typo_warning(self, lease: dict[str, Any]) -> dict[str, Any]:
+        warning = resources.outside_known(str(lease.get("resource")), self.known_prefixes())
+        if warning:
+            lease["warning"] = warning
+        return lease
 
     async def _acquire_tx(
         self, tx: Tx, principal: Principal, req: Request, waiter_id: str
@@ -1047,8 +1067,9 @@ class Engine:
         """Force-release a lease: humans and queues only, with provenance."""
         if not principal.is_human:
             raise Forbidden(
-                f"{principal.name} is a {principal.kind}: only humans and queues may revoke a "
-                "lease (agents may ask a human queue to do it)",
+                f"{principal.name} is a{'n' if principal.kind == 'agent' else ''} "
+                f"{principal.kind}: only humans and queues may revoke a lease (agents may ask a "
+                "human queue to do it)",
                 kind=principal.kind,
             )
         fields_ = {"runbook": runbook, "paged": paged, "reason": reason}

@@ -8,6 +8,12 @@ where ``canonical_json`` is JSON with sorted keys, no spaces (``","`` and ``":"`
 non-ASCII characters kept as UTF-8. The first row's ``prev_hash`` is 64 zeros. Stores keep
 the canonical text (``body``) as written, so verification rehashes the exact bytes and any
 change to a row — its body, its hash, or its place in the chain — is found and named.
+
+Stores also keep a few fields as columns of their own, for lookups (:data:`COLUMNS`: the
+row's time, event, resource and lock key). They are outside the hash, so verification
+checks each one against the hashed body too (a :data:`Record` instead of a bare ``(seq,
+body, hash)`` triple): a column edited by hand would change what ``who``, filters and
+postmortems find while the chain still verified.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from collections.abc import AsyncIterable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .clock import stamp
+from .clock import parse_time, stamp
+from .errors import WritError
 
 FIELDS: tuple[str, ...] = (
     "seq",
@@ -59,6 +66,14 @@ _DEFAULTS: dict[str, Any] = {
     "notes": None,
 }
 
+
+# the lookup columns a store keeps beside (seq, body, hash), in Record order
+COLUMNS: tuple[str, ...] = ("ts", "event", "resource", "lock_key")
+Stored = tuple[int, str, str]
+"""``(seq, body, hash)`` as stored."""
+Record = tuple[int, str, str, float, str, str, "str | None"]
+"""``(seq, body, hash, ts, event, resource, lock_key)``: a stored row with its lookup
+columns, which :func:`verify` checks against the body."""
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _FIELD_SET = frozenset(FIELDS)
@@ -143,18 +158,20 @@ class Verification:
 
 
 def verify(
-    stored: Iterable[tuple[int, str, str]],
+    stored: Iterable[Stored] | Iterable[Record],
     start_seq: int = 1,
     start_hash: str = GENESIS,
 ) -> Verification:
     """Check a chain of stored ``(seq, body, hash)`` triples in seq order.
 
     Names the first row whose hash does not match its bytes, whose ``prev_hash`` does not
-    name the row before it, or whose ``seq`` breaks the 1, 2, 3, ... order.
+    name the row before it, or whose ``seq`` breaks the 1, 2, 3, ... order — and, for a
+    :data:`Record`, whose lookup columns disagree with its body.
     """
     prev, expect, n = start_hash, start_seq, 0
     loads, sha = json.loads, hashlib.sha256
-    for seq, body, hash_ in stored:
+    for rec in stored:
+        seq, body, hash_ = rec[0], rec[1], rec[2]
         bad: str | None = None
         if seq != expect:
             bad = f"seq {seq} where {expect} was expected (a row is missing or extra)"
@@ -179,13 +196,69 @@ def verify(
                 bad = "row body does not carry its own seq"
             elif data.get("prev_hash") != prev:
                 bad = "prev_hash does not name the row before it"
+        if bad is None and len(rec) > 3:
+            bad = _columns_disagree(rec, body)
         if bad:
             return Verification(False, n, prev, seq if seq == expect else expect, bad)
         prev, expect, n = hash_, expect + 1, n + 1
     return Verification(True, n, prev, None)
 
 
-async def verify_stream(chunks: AsyncIterable[list[tuple[int, str, str]]]) -> Verification:
+_ENC = json.encoder.encode_basestring  # C, the function canonical() writes strings with
+
+
+def _columns_disagree(rec: Record, body: str) -> str | None:
+    """Why a row's lookup columns disagree with its hashed body, or None.
+
+    Fast path, no JSON parse: a key that occurs once in the body (``"event":`` cannot occur
+    inside a string, where its quotes are escaped) is the top-level one, so the exact text
+    ``"event":<value>,`` names its value; the timestamp is the body's last 27 characters
+    before ``"}`` (sorted keys end with it). Anything else takes the full parse.
+    """
+    _seq, _body, _hash, ts, event, resource, lock_key = rec
+    try:  # the shown time: the column may sit within half a microsecond of it
+        text = stamp(ts)[0] if isinstance(ts, (int, float)) else None
+    except (ValueError, OverflowError, OSError, WritError):
+        text = None
+    if (
+        text is not None
+        and body.endswith(f'"timestamp":"{text}"}}')
+        and body.count('"event":') == 1
+        and body.count('"resource":') == 1
+        and body.count('"lock_key":') == 1
+        and f'"event":{_ENC(event)},' in body
+        and f'"resource":{_ENC(resource)},' in body
+        and f'"lock_key":{"null" if lock_key is None else _ENC(lock_key)},' in body
+    ):
+        return None
+    try:
+        data = json.loads(body)
+        shown = parse_time(data["timestamp"])
+    except (ValueError, KeyError, TypeError, WritError):
+        return "row body cannot be read back"
+    if not isinstance(ts, (int, float)) or not abs(ts - shown) <= 1e-6:
+        # (ledgers written before rows kept their shown microsecond hold the raw clock
+        # reading, within half a microsecond of it)
+        return (
+            f"the ts column ({ts!r}) disagrees with the hashed row's timestamp "
+            f"({data['timestamp']!r}): the column was changed by hand"
+        )
+    for name, col, want in (
+        ("event", event, data.get("event")),
+        ("resource", resource, data.get("resource")),
+        ("lock_key", lock_key, data.get("lock_key")),
+    ):
+        if col != want or type(col) is not type(want):
+            return (
+                f"the {name} column ({col!r}) disagrees with the hashed row ({want!r}): "
+                "the column was changed by hand"
+            )
+    return None
+
+
+async def verify_stream(
+    chunks: AsyncIterable[list[Stored]] | AsyncIterable[list[Record]],
+) -> Verification:
     """:func:`verify` over a store's ``audit_stream`` batches, in constant memory."""
     seq, head, total = 1, GENESIS, 0
     async for chunk in chunks:

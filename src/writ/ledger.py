@@ -210,27 +210,66 @@ _ENC = json.encoder.encode_basestring  # C, the function canonical() writes stri
 def _columns_disagree(rec: Record, body: str) -> str | None:
     """Why a row's lookup columns disagree with its hashed body, or None.
 
-    Fast path, no JSON parse: a key that occurs once in the body (``"event":`` cannot occur
-    inside a string, where its quotes are escaped) is the top-level one, so the exact text
-    ``"event":<value>,`` names its value; the timestamp is the body's last 27 characters
-    before ``"}`` (sorted keys end with it). Anything else takes the full parse.
+    Fast path, no JSON parse: in a body with no nested object (no ``{`` after the first;
+    else: a key that occurs once), ``"event":`` can only be the top-level key (inside a
+    string its quotes are escaped), so the exact text ``"event":<value>,`` names its value;
+    the shown timestamp is the body's last 27 characters before ``"}`` (sorted keys end
+    with it). Anything else takes the full parse.
     """
     _seq, _body, _hash, ts, event, resource, lock_key = rec
-    try:  # the shown time: the column may sit within half a microsecond of it
-        text = stamp(ts)[0] if isinstance(ts, (int, float)) else None
-    except (ValueError, OverflowError, OSError, WritError):
-        text = None
     if (
-        text is not None
-        and body.endswith(f'"timestamp":"{text}"}}')
-        and body.count('"event":') == 1
-        and body.count('"resource":') == 1
-        and body.count('"lock_key":') == 1
+        isinstance(ts, float)
+        and isinstance(event, str)
+        and isinstance(resource, str)
+        and (lock_key is None or isinstance(lock_key, str))
+        and body[-42:-29] == '"timestamp":"'
+        and body[-2:] == '"}'
+        and (sec := _SECONDS[body[-29:-10]]) is not None
+        and body[-10] == "."
+        and body[-3] == "Z"
+        and body[-9:-3].isdigit()
+        # the column may sit within half a microsecond of the shown time (older ledgers
+        # kept the raw clock reading)
+        and abs(ts - sec - int(body[-9:-3]) / 1e6) <= 1e-6
+        and (body.find("{", 1) == -1 or _keys_once(body))
         and f'"event":{_ENC(event)},' in body
         and f'"resource":{_ENC(resource)},' in body
         and f'"lock_key":{"null" if lock_key is None else _ENC(lock_key)},' in body
     ):
         return None
+    return _columns_parsed(ts, event, resource, lock_key, body)
+
+
+def _keys_once(body: str) -> bool:
+    return (
+        body.count('"event":') == 1
+        and body.count('"resource":') == 1
+        and body.count('"lock_key":') == 1
+    )
+
+
+class _Seconds(dict[str, "int | None"]):
+    """``"2026-05-01T00:00:01"`` → its epoch second (None if not such a text); bounded."""
+
+    def __missing__(self, text: str) -> int | None:
+        if len(self) > 4096:
+            self.clear()
+        try:
+            sec = (
+                int(parse_time(text + "Z"))
+                if len(text) == 19 and text[10] == "T" and text[:4].isdigit()
+                else None
+            )
+        except (ValueError, WritError):
+            sec = None
+        self[text] = sec
+        return sec
+
+
+_SECONDS = _Seconds()
+
+
+def _columns_parsed(ts: Any, event: Any, resource: Any, lock_key: Any, body: str) -> str | None:
     try:
         data = json.loads(body)
         shown = parse_time(data["timestamp"])

@@ -31,6 +31,7 @@ from . import __version__
 from .cli_options import api_options, existing_store, json_option, store_option
 from .client import DEFAULT_TIMEOUT, Client
 from .errors import LeaseLost, WritError
+from .limits import from_options, limit_options
 from .models import KINDS
 
 T = TypeVar("T")
@@ -206,7 +207,10 @@ def main() -> None:
     show_default=True,
     help="Server log level.",
 )
-def serve(store: str, host: str, port: int, policy: str | None, log_level: str) -> None:
+@limit_options()
+def serve(
+    store: str, host: str, port: int, policy: str | None, log_level: str, **limits: Any
+) -> None:
     """Serve the writ protocol over HTTP until interrupted.
 
     If WRIT_ADMIN_TOKEN is set when the store is first opened, a principal `admin` (a human
@@ -214,7 +218,7 @@ def serve(store: str, host: str, port: int, policy: str | None, log_level: str) 
     """
     from .server import run
 
-    run(store, host, port, policy, log_level=log_level)
+    run(store, host, port, policy, log_level=log_level, limits=from_options(limits))
 
 
 @main.group()

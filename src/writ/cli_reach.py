@@ -7,11 +7,13 @@ command runs (the MCP server needs the ``mcp`` extra).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
 
 from .cli_options import log_level_option, url_option
 from .errors import WritError
+from .limits import GATE_LIMITS, from_options, limit_options
 
 __all__ = ["gate_command", "mcp_command"]
 
@@ -76,6 +78,7 @@ def _header(value: str) -> tuple[str, str]:
 )
 @click.option("--check", is_flag=True, help="Only load and print the routes, then exit.")
 @log_level_option
+@limit_options(GATE_LIMITS)
 def gate_command(
     url: str,
     token: str,
@@ -87,6 +90,7 @@ def gate_command(
     writ_timeout: float,
     check: bool,
     log_level: str,
+    **limits: Any,
 ) -> None:
     """Reverse proxy that lets a mutating request through only with the current lease.
 
@@ -118,7 +122,7 @@ def gate_command(
         raise click.UsageError(exc.message) from exc
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
-        serve(gate, listen, log_level=log_level)
+        serve(gate, listen, log_level=log_level, limits=from_options(limits))
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from exc
 
@@ -159,6 +163,7 @@ def gate_command(
     "default: a model must not answer consents with human authority).",
 )
 @log_level_option
+@limit_options()
 def mcp_command(
     transport: str,
     url: str,
@@ -169,6 +174,7 @@ def mcp_command(
     http_token: str | None,
     allow_human_token: bool,
     log_level: str,
+    **limits: Any,
 ) -> None:
     """MCP server exposing writ as tools, for any MCP-speaking agent.
 
@@ -199,6 +205,7 @@ def mcp_command(
                 http_token,
                 log_level,
                 allow_human_token,
+                from_options(limits),
             )
         )
     except KeyboardInterrupt:

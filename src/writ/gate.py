@@ -46,6 +46,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from . import __version__, resources
 from .errors import Invalid
+from .limits import GATE_LIMITS, Limits
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -556,7 +557,12 @@ def listening_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def serve(gate: Gate, listen: str = DEFAULT_LISTEN, log_level: str = "warning") -> None:
+def serve(
+    gate: Gate,
+    listen: str = DEFAULT_LISTEN,
+    log_level: str = "warning",
+    limits: Limits | None = None,
+) -> None:
     """Serve ``gate`` until interrupted; announce the address on stderr once listening."""
     import uvicorn
 
@@ -569,6 +575,7 @@ def serve(gate: Gate, listen: str = DEFAULT_LISTEN, log_level: str = "warning") 
         server_header=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        **(limits or GATE_LIMITS).uvicorn_options(),
     )
     server = uvicorn.Server(config)
     print(

@@ -28,7 +28,9 @@ from . import __version__
 from .clock import parse_time
 from .engine import MAX_WAIT_S, Engine
 from .errors import Invalid, TooLarge, Unauthenticated, Unavailable, WritError
+from .limits import Limits
 from .models import Principal
+from .paging import audit_response
 
 log = logging.getLogger("writ.server")
 T = TypeVar("T")
@@ -521,8 +523,9 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
         resource: str | None = None,
         since: str | None = None,
         until: str | None = None,
-    ) -> dict[str, Any]:
-        return await engine.audit(
+    ) -> Any:
+        return await audit_response(
+            engine,
             after_seq,
             limit,
             resource,
@@ -704,8 +707,9 @@ def run(
     port: int = 7411,
     policy_path: str | None = None,
     log_level: str = "info",
+    limits: Limits | None = None,
 ) -> None:
-    """Serve writ until interrupted (``writ serve``)."""
+    """Serve writ until interrupted (``writ serve``), each connection within ``limits``."""
     import uvicorn
 
     from .policy import load
@@ -723,5 +727,5 @@ def run(
         server_header=False,
         proxy_headers=False,  # writ never uses the client's address: skip rewriting it
         timeout_graceful_shutdown=5,
-        h11_max_incomplete_event_size=MAX_HEADERS,
+        **(limits or Limits(max_header_bytes=MAX_HEADERS)).uvicorn_options(),
     )

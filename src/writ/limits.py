@@ -1,0 +1,304 @@
+"""Connection limits for writ's HTTP listeners: ``writ serve``, ``writ gate`` and
+``writ mcp --transport http`` (docs/security.md, "Limits").
+
+One client must not be able to take a listener down. uvicorn (with httptools) on its own
+buffers a request head of any size, waits for a slow head or body forever, and accepts
+every connection: one loopback client holding thousands of half-sent requests exhausts
+file descriptors and memory. :class:`Limits` closes each of those doors, in the protocol
+(before the ASGI app, before anything is buffered):
+
+* a request head (request line and headers) larger than ``max_header_bytes`` is answered
+  ``431`` and the connection closed *while* it is being read — counted per chunk received,
+  so at most one socket read (256 KiB) is ever held beyond the limit;
+* a head that is not complete ``header_timeout`` seconds after its first byte (or after
+  the connection opened) is answered ``408``; a body not complete ``body_timeout`` seconds
+  after its head is answered ``408`` (the app sees the client go away);
+* a keep-alive connection idle for ``keepalive_timeout`` seconds is closed;
+* at most ``max_connections`` connections are open. A new one beyond that first takes the
+  place of the connection that has waited longest without a request in progress (idle or
+  still sending its head, as a slow client does); only when every connection is busy with
+  a request is the newcomer answered ``503`` with ``Retry-After`` and closed at once.
+
+The mechanism was chosen by measurement (docs/security.md): uvicorn's own
+``limit_concurrency`` answers 503 only once a head is complete (a slow head never is), and
+``h11_max_incomplete_event_size`` applies only to the slower h11 parser.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, TypeVar
+
+import click
+
+__all__ = ["GATE_LIMITS", "Limits", "from_options", "limit_options"]
+
+log = logging.getLogger("writ.limits")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_REASONS = {
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+def _canned(status: int, code: str, message: str, retry_after: int | None = None) -> bytes:
+    """A complete ``Connection: close`` answer in writ's error shape, written raw."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = [
+        f"HTTP/1.1 {status} {_REASONS[status]}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        "connection: close",
+    ]
+    if retry_after is not None:
+        head.append(f"retry-after: {retry_after}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one listener allows each connection (defaults: ``writ serve``'s)."""
+
+    max_header_bytes: int = 16 << 10
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 5.0
+    max_connections: int = 4096
+
+    def __post_init__(self) -> None:
+        for name in ("max_header_bytes", "max_connections"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("header_timeout", "body_timeout", "keepalive_timeout"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be more than 0 seconds")
+
+    def effective(self) -> Limits:
+        """These limits with ``max_connections`` kept below the process's file limit
+        (``RLIMIT_NOFILE``, less room for the store, logs and the listening sockets)."""
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or self.max_connections <= soft - 64:
+            return self
+        cap = max(1, soft - 64)
+        log.warning(
+            "max connections %d lowered to %d: the open-file limit is %d (raise it with ulimit -n)",
+            self.max_connections,
+            cap,
+            soft,
+        )
+        return replace(self, max_connections=cap)
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``uvicorn.Config`` that enforce these limits."""
+        limits = self.effective()
+        return {
+            "http": guarded_protocol(limits),
+            "timeout_keep_alive": limits.keepalive_timeout,
+            # only read by the h11 parser; kept in step for a uvicorn that falls back to it
+            "h11_max_incomplete_event_size": limits.max_header_bytes,
+        }
+
+
+GATE_LIMITS = Limits(body_timeout=60.0)
+"""``writ gate``'s defaults: a body streams on to the upstream as it comes, so more time."""
+
+
+def guarded_protocol(limits: Limits) -> type[Any]:
+    """uvicorn's httptools protocol, with ``limits`` enforced (see the module docstring)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    too_large = _canned(
+        431,
+        "too_large",
+        f"request line and headers exceed {limits.max_header_bytes} bytes",
+    )
+    head_slow = _canned(
+        408,
+        "timeout",
+        f"request line and headers not received within {limits.header_timeout:g} s",
+    )
+    body_slow = _canned(
+        408, "timeout", f"request body not received within {limits.body_timeout:g} s"
+    )
+    busy = _canned(
+        503,
+        "unavailable",
+        f"too many open connections (at most {limits.max_connections}, each busy with a "
+        "request): retry shortly",
+        retry_after=1,
+    )
+
+    class GuardedHttpTools(HttpToolsProtocol):
+        LIMITS: ClassVar[Limits] = limits
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._deadline: Any = None  # asyncio.TimerHandle of the head or body deadline
+            self._in_head = True  # no request, or one whose head is still arriving
+            self._head_bytes = 0
+            self._tail = b""
+            self._since = 0.0  # loop time this connection last became idle
+            self._refused = False
+
+        # -- connection ---------------------------------------------------------------
+        def connection_made(self, transport: Any) -> None:
+            if len(self.connections) >= limits.max_connections and not self._evict():
+                self._refused = True
+                self.transport = transport
+                transport.write(busy)
+                transport.close()
+                return
+            super().connection_made(transport)
+            self._since = self.loop.time()
+            self._arm(limits.header_timeout, head_slow)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            if not self._refused:
+                super().connection_lost(exc)
+
+        def _evict(self) -> bool:
+            """Close the connection that has waited longest without a request in
+            progress, to make room; False when every connection is busy."""
+            idle = [
+                c
+                for c in self.connections
+                if isinstance(c, GuardedHttpTools)
+                and c._in_head
+                and not c.tasks_running()
+                and not c.transport.is_closing()
+            ]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda c: c._since)
+            oldest.transport.close()
+            self.connections.discard(oldest)
+            return True
+
+        def tasks_running(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete
+
+        # -- deadlines ----------------------------------------------------------------
+        def _arm(self, seconds: float, answer: bytes) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, self._expired, answer)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expired(self, answer: bytes) -> None:
+            self._deadline = None
+            if self.transport is None or self.transport.is_closing():
+                return
+            if self.cycle is None or not self.cycle.response_started:
+                self.transport.write(answer)
+            self.transport.close()
+
+        # -- data ---------------------------------------------------------------------
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            if self._in_head:
+                buf = self._tail + data
+                end = buf.find(b"\r\n\r\n")
+                self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+                if self._head_bytes > limits.max_header_bytes:
+                    self._disarm()
+                    self.transport.write(too_large)
+                    self.transport.close()
+                    return
+                self._tail = buf[-3:]
+            super().data_received(data)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_head = True
+            if self._deadline is None:
+                self._arm(limits.header_timeout, head_slow)
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._head_bytes, self._tail = 0, b""
+            self._arm(limits.body_timeout, body_slow)
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            self._in_head = True
+            self._since = self.loop.time()
+            super().on_response_complete()
+
+    return GuardedHttpTools
+
+
+def limit_options(defaults: Limits | None = None) -> Callable[[F], F]:
+    """The click options that set a listener's :class:`Limits` (passed as ``limits``)."""
+    d = defaults or Limits()
+
+    def decorate(fn: F) -> F:
+        options = [
+            click.option(
+                "--max-connections",
+                type=click.IntRange(1),
+                default=d.max_connections,
+                show_default=True,
+                help="Open connections at most; beyond, an idle one is closed to make room, "
+                "or the newcomer gets 503 (also kept below the open-file limit).",
+            ),
+            click.option(
+                "--max-header-bytes",
+                type=click.IntRange(256),
+                default=d.max_header_bytes,
+                show_default=True,
+                help="Largest request line plus headers; more is 431, refused while read.",
+            ),
+            click.option(
+                "--header-timeout",
+                type=click.FloatRange(0, min_open=True),
+                default=d.header_timeout,
+                show_default=True,
+                help="Seconds a client has to send a request's line and headers (408 after).",
+            ),
+            click.option(
+                "--body-timeout",
+                type=click.FloatRange(0, min_open=True),
+                default=d.body_timeout,
+                show_default=True,
+                help="Seconds a client has to send a request's body once its headers are in.",
+            ),
+            click.option(
+                "--keepalive-timeout",
+                type=click.FloatRange(0, min_open=True),
+                default=d.keepalive_timeout,
+                show_default=True,
+                help="Seconds an idle keep-alive connection stays open.",
+            ),
+        ]
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def from_options(options: dict[str, Any]) -> Limits:
+    """Pop the :func:`limit_options` values out of a command's keyword arguments."""
+    return Limits(
+        max_header_bytes=options.pop("max_header_bytes"),
+        header_timeout=options.pop("header_timeout"),
+        body_timeout=options.pop("body_timeout"),
+        keepalive_timeout=options.pop("keepalive_timeout"),
+        max_connections=options.pop("max_connections"),
+    )

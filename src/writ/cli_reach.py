@@ -76,6 +76,14 @@ def _header(value: str) -> tuple[str, str]:
     show_default=True,
     help="Seconds to wait for writ's decision before refusing with 503.",
 )
+@click.option(
+    "--trust-forwarded-for",
+    "trust_forwarded_for",
+    multiple=True,
+    metavar="ADDRESS|CIDR",
+    help="Client addresses (or networks) whose own X-Forwarded-For is kept and extended; "
+    "repeatable. Default: none (the gate sets X-Forwarded-For from the connection alone).",
+)
 @click.option("--check", is_flag=True, help="Only load and print the routes, then exit.")
 @log_level_option
 @limit_options(GATE_LIMITS)
@@ -88,6 +96,7 @@ def gate_command(
     upstream_headers: tuple[str, ...],
     timeout: float,
     writ_timeout: float,
+    trust_forwarded_for: tuple[str, ...],
     check: bool,
     log_level: str,
     **limits: Any,
@@ -117,12 +126,13 @@ def gate_command(
             timeout=timeout,
             writ_timeout=writ_timeout,
             upstream_headers=dict(_header(h) for h in upstream_headers),
+            trust_forwarded_for=trust_forwarded_for,
         )
     except WritError as exc:
         raise click.UsageError(exc.message) from exc
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
-        serve(gate, listen, log_level=log_level, limits=from_options(limits))
+        serve(gate, listen, log_level=log_level, limits=from_options(limits, GATE_LIMITS))
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from exc
 

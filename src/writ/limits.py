@@ -42,6 +42,7 @@ log = logging.getLogger("writ.limits")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _REASONS = {
+    400: "Bad Request",
     408: "Request Timeout",
     431: "Request Header Fields Too Large",
     503: "Service Unavailable",
@@ -71,6 +72,7 @@ class Limits:
     body_timeout: float = 30.0
     keepalive_timeout: float = 5.0
     max_connections: int = 4096
+    origin_form_only: bool = False  # refuse absolute-form targets (GET http://host/path)
 
     def __post_init__(self) -> None:
         for name in ("max_header_bytes", "max_connections"):
@@ -106,8 +108,10 @@ class Limits:
         }
 
 
-GATE_LIMITS = Limits(body_timeout=60.0)
-"""``writ gate``'s defaults: a body streams on to the upstream as it comes, so more time."""
+GATE_LIMITS = Limits(body_timeout=60.0, origin_form_only=True)
+"""``writ gate``'s defaults: a body streams on to the upstream as it comes, so more time;
+a request names its target as a path only (an absolute-form target may name another host
+than the Host header the upstream reads)."""
 
 
 def guarded_protocol(limits: Limits) -> type[Any]:
@@ -127,6 +131,11 @@ def guarded_protocol(limits: Limits) -> type[Any]:
     body_slow = _canned(
         408, "timeout", f"request body not received within {limits.body_timeout:g} s"
     )
+    absolute = _canned(
+        400,
+        "invalid",
+        "the request target must be a path (/path?query), not an absolute URL",
+    )
     busy = _canned(
         503,
         "unavailable",
@@ -145,12 +154,13 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             self._head_bytes = 0
             self._tail = b""
             self._since = 0.0  # loop time this connection last became idle
-            self._refused = False
+            self._refused = False  # answered and closing: ignore anything more it sends
+            self._rejected = False  # turned away at connect: never one of the connections
 
         # -- connection ---------------------------------------------------------------
         def connection_made(self, transport: Any) -> None:
             if len(self.connections) >= limits.max_connections and not self._evict():
-                self._refused = True
+                self._refused = self._rejected = True
                 self.transport = transport
                 transport.write(busy)
                 transport.close()
@@ -161,7 +171,7 @@ def guarded_protocol(limits: Limits) -> type[Any]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
-            if not self._refused:
+            if not self._rejected:
                 super().connection_lost(exc)
 
         def _evict(self) -> bool:
@@ -226,14 +236,25 @@ def guarded_protocol(limits: Limits) -> type[Any]:
                 self._arm(limits.header_timeout, head_slow)
 
         def on_headers_complete(self) -> None:
+            if limits.origin_form_only and not self.url.startswith((b"/", b"*")):
+                self._refused = True
+                self._disarm()
+                self.transport.write(absolute)
+                self.transport.close()
+                return
             self._in_head = False
             self._head_bytes, self._tail = 0, b""
             self._arm(limits.body_timeout, body_slow)
             super().on_headers_complete()
 
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
+
         def on_message_complete(self) -> None:
             self._disarm()
-            super().on_message_complete()
+            if not self._refused:
+                super().on_message_complete()
 
         def on_response_complete(self) -> None:
             self._in_head = True
@@ -293,9 +314,11 @@ def limit_options(defaults: Limits | None = None) -> Callable[[F], F]:
     return decorate
 
 
-def from_options(options: dict[str, Any]) -> Limits:
-    """Pop the :func:`limit_options` values out of a command's keyword arguments."""
-    return Limits(
+def from_options(options: dict[str, Any], base: Limits | None = None) -> Limits:
+    """Pop the :func:`limit_options` values out of a command's keyword arguments, onto
+    ``base`` (the listener's defaults)."""
+    return replace(
+        base or Limits(),
         max_header_bytes=options.pop("max_header_bytes"),
         header_timeout=options.pop("header_timeout"),
         body_timeout=options.pop("body_timeout"),

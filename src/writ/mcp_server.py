@@ -696,6 +696,7 @@ async def serve(
             access_log=False,
             lifespan="on",
             server_header=False,
+            proxy_headers=False,
             timeout_graceful_shutdown=3,
             **(limits or Limits()).uvicorn_options(),
         )

@@ -134,13 +134,13 @@ def send_until_closed(s: socket.socket, total: int) -> int:
 
 # ----------------------------------------------------------------------------- writ serve
 def test_an_oversize_head_is_refused_while_read_with_memory_bounded(tmp_path: Path) -> None:
-    """A 64 MiB header line is cut off at the limit (431), not buffered: the server's
+    """A 64 MiB header line is cut off at the limit (413), not buffered: the server's
     memory stays flat and it keeps answering."""
     with writ(tmp_path, *serve_args(tmp_path, "--max-header-bytes", "8192")) as srv:
         before = _rss(srv.pid)
         with connect(srv.port) as s:
             s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 16384)
-            assert answer(s).startswith(b"HTTP/1.1 431 ")
+            assert answer(s).startswith(b"HTTP/1.1 413 ")
         with connect(srv.port) as s:
             sent = send_until_closed(s, 64 << 20)
         growth = (_rss(srv.pid) - before) / 2**20
@@ -255,7 +255,7 @@ def test_when_every_connection_is_busy_a_newcomer_gets_a_fast_503(tmp_path: Path
 # ----------------------------------------------------------------------- gate and MCP HTTP
 @pytest.mark.parametrize("command", ["gate", "mcp"])
 def test_gate_and_mcp_http_take_the_same_limits(tmp_path: Path, command: str) -> None:
-    """`writ gate` and `writ mcp --transport http` refuse an oversize head (431) and a slow
+    """`writ gate` and `writ mcp --transport http` refuse an oversize head (413) and a slow
     one (408) with the same flags."""
     routes = tmp_path / "routes.toml"
     routes.write_text('[[route]]\npath = "/admin/*"\nresource = "prod/db"\n')
@@ -277,7 +277,7 @@ def test_gate_and_mcp_http_take_the_same_limits(tmp_path: Path, command: str) ->
     with writ(tmp_path, *args, *limits, ready="/") as p:
         with connect(p.port) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8192)
-            assert answer(s).startswith(b"HTTP/1.1 431 ")
+            assert answer(s).startswith(b"HTTP/1.1 413 ")
         with connect(p.port) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
             t0 = time.monotonic()

@@ -8,7 +8,7 @@ file descriptors and memory. :class:`Limits` closes each of those doors, in the 
 (before the ASGI app, before anything is buffered):
 
 * a request head (request line and headers) larger than ``max_header_bytes`` is answered
-  ``431`` and the connection closed *while* it is being read — counted per chunk received,
+  ``413`` (``too_large``) and the connection closed *while* it is being read — counted per chunk received,
   so at most one socket read (256 KiB) is ever held beyond the limit;
 * a head that is not complete ``header_timeout`` seconds after its first byte (or after
   the connection opened) is answered ``408``; a body not complete ``body_timeout`` seconds
@@ -44,7 +44,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _REASONS = {
     400: "Bad Request",
     408: "Request Timeout",
-    431: "Request Header Fields Too Large",
+    413: "Content Too Large",
     503: "Service Unavailable",
 }
 
@@ -119,7 +119,7 @@ def guarded_protocol(limits: Limits) -> type[Any]:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     too_large = _canned(
-        431,
+        413,  # writ's too_large (errors.TooLarge), for headers as for bodies
         "too_large",
         f"request line and headers exceed {limits.max_header_bytes} bytes",
     )
@@ -283,7 +283,7 @@ def limit_options(defaults: Limits | None = None) -> Callable[[F], F]:
                 type=click.IntRange(256),
                 default=d.max_header_bytes,
                 show_default=True,
-                help="Largest request line plus headers; more is 431, refused while read.",
+                help="Largest request line plus headers; more is 413, refused while read.",
             ),
             click.option(
                 "--header-timeout",

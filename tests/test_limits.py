@@ -141,6 +141,9 @@ def test_an_oversize_head_is_refused_while_read_with_memory_bounded(tmp_path: Pa
         with connect(srv.port) as s:
             s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 16384)
             assert answer(s).startswith(b"HTTP/1.1 413 ")
+        with connect(srv.port) as s:  # a request line has its own limit (64 KiB)
+            s.sendall(b"GET /v1/resources/" + b"a" * (80 << 10))
+            assert answer(s).startswith(b"HTTP/1.1 413 ")
         with connect(srv.port) as s:
             sent = send_until_closed(s, 64 << 20)
         growth = (_rss(srv.pid) - before) / 2**20
@@ -204,6 +207,20 @@ def test_slow_heads_time_out_and_many_connections_leave_health_prompt(tmp_path: 
             assert one_response(s).startswith(b"HTTP/1.1 200 ")
             s.settimeout(5)  # closed well before this (a timeout raises)
             assert s.recv(1) == b""
+
+
+def test_a_body_left_unread_is_not_counted_as_the_next_head(tmp_path: Path) -> None:
+    """The app answers 413 before reading a 2 MiB body; the body still arrives on the
+    kept-alive connection and the next request on it is served, not cut off as a head."""
+    with writ(tmp_path, *serve_args(tmp_path)) as srv, connect(srv.port) as s:
+        body = b"x" * (2 << 20)
+        s.sendall(
+            b"POST /v1/principals HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        assert one_response(s).startswith(b"HTTP/1.1 413 ")
+        s.sendall(body + b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert one_response(s).startswith(b"HTTP/1.1 200 ")
 
 
 def test_a_slow_body_times_out(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ every connection: one loopback client holding thousands of half-sent requests ex
 file descriptors and memory. :class:`Limits` closes each of those doors, in the protocol
 (before the ASGI app, before anything is buffered):
 
-* a request head (request line and headers) larger than ``max_header_bytes`` is answered
+* request headers larger than ``max_header_bytes`` (or a request line over
+  ``max_request_line``) are answered
   ``413`` (``too_large``) and the connection closed *while* it is being read — counted per chunk received,
   so at most one socket read (256 KiB) is ever held beyond the limit;
 * a head that is not complete ``header_timeout`` seconds after its first byte (or after
@@ -68,6 +69,7 @@ class Limits:
     """What one listener allows each connection (defaults: ``writ serve``'s)."""
 
     max_header_bytes: int = 16 << 10
+    max_request_line: int = 64 << 10  # the request line (method, target, version) apart
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     keepalive_timeout: float = 5.0
@@ -75,7 +77,7 @@ class Limits:
     origin_form_only: bool = False  # refuse absolute-form targets (GET http://host/path)
 
     def __post_init__(self) -> None:
-        for name in ("max_header_bytes", "max_connections"):
+        for name in ("max_header_bytes", "max_request_line", "max_connections"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("header_timeout", "body_timeout", "keepalive_timeout"):
@@ -121,7 +123,8 @@ def guarded_protocol(limits: Limits) -> type[Any]:
     too_large = _canned(
         413,  # writ's too_large (errors.TooLarge), for headers as for bodies
         "too_large",
-        f"request line and headers exceed {limits.max_header_bytes} bytes",
+        f"request headers exceed {limits.max_header_bytes} bytes, or the request line "
+        f"{limits.max_request_line}",
     )
     head_slow = _canned(
         408,
@@ -150,8 +153,9 @@ def guarded_protocol(limits: Limits) -> type[Any]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._deadline: Any = None  # asyncio.TimerHandle of the head or body deadline
-            self._in_head = True  # no request, or one whose head is still arriving
-            self._head_bytes = 0
+            self._in_head = True  # the parser is between requests, or reading a head
+            self._head_bytes = self._line_bytes = 0
+            self._line_done = False
             self._tail = b""
             self._since = 0.0  # loop time this connection last became idle
             self._refused = False  # answered and closing: ignore anything more it sends
@@ -217,17 +221,34 @@ def guarded_protocol(limits: Limits) -> type[Any]:
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
-            if self._in_head:
-                buf = self._tail + data
-                end = buf.find(b"\r\n\r\n")
-                self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
-                if self._head_bytes > limits.max_header_bytes:
-                    self._disarm()
-                    self.transport.write(too_large)
-                    self.transport.close()
-                    return
-                self._tail = buf[-3:]
+            if self._in_head and not self._count_head(data):
+                self._disarm()
+                self.transport.write(too_large)
+                self.transport.close()
+                return
             super().data_received(data)
+
+        def _count_head(self, data: bytes) -> bool:
+            """Count the request line and the headers as they arrive (up to the blank
+            line that ends them); False once either is over its limit."""
+            if not self._line_done:
+                buf = self._tail + data
+                i = buf.find(b"\r\n")
+                if i < 0:
+                    self._line_bytes += len(data)
+                    self._tail = buf[-1:]
+                    return self._line_bytes <= limits.max_request_line
+                self._line_bytes += max(0, i - len(self._tail))
+                self._line_done = True
+                data = data[max(0, i + 2 - len(self._tail)) :]
+                self._tail = b"\r\n"  # a head with no headers ends right here
+                if self._line_bytes > limits.max_request_line:
+                    return False
+            buf = self._tail + data
+            end = buf.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+            self._tail = buf[-3:]
+            return self._head_bytes <= limits.max_header_bytes
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -243,7 +264,8 @@ def guarded_protocol(limits: Limits) -> type[Any]:
                 self.transport.close()
                 return
             self._in_head = False
-            self._head_bytes, self._tail = 0, b""
+            self._head_bytes = self._line_bytes = 0
+            self._line_done, self._tail = False, b""
             self._arm(limits.body_timeout, body_slow)
             super().on_headers_complete()
 
@@ -253,11 +275,11 @@ def guarded_protocol(limits: Limits) -> type[Any]:
 
         def on_message_complete(self) -> None:
             self._disarm()
+            self._in_head = True  # what comes next is the next request's head
             if not self._refused:
                 super().on_message_complete()
 
         def on_response_complete(self) -> None:
-            self._in_head = True
             self._since = self.loop.time()
             super().on_response_complete()
 
@@ -283,7 +305,7 @@ def limit_options(defaults: Limits | None = None) -> Callable[[F], F]:
                 type=click.IntRange(256),
                 default=d.max_header_bytes,
                 show_default=True,
-                help="Largest request line plus headers; more is 413, refused while read.",
+                help="Largest block of request headers; more is 413, refused while read.",
             ),
             click.option(
                 "--header-timeout",

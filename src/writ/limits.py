@@ -147,6 +147,9 @@ def guarded_protocol(limits: Limits) -> type[Any]:
         retry_after=1,
     )
 
+    # this listener's connections with no request in progress, oldest first
+    idle: dict[Any, None] = {}
+
     class GuardedHttpTools(HttpToolsProtocol):
         LIMITS: ClassVar[Limits] = limits
 
@@ -157,7 +160,6 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             self._head_bytes = self._line_bytes = 0
             self._line_done = False
             self._tail = b""
-            self._since = 0.0  # loop time this connection last became idle
             self._refused = False  # answered and closing: ignore anything more it sends
             self._rejected = False  # turned away at connect: never one of the connections
 
@@ -170,34 +172,27 @@ def guarded_protocol(limits: Limits) -> type[Any]:
                 transport.close()
                 return
             super().connection_made(transport)
-            self._since = self.loop.time()
+            idle[self] = None
             self._arm(limits.header_timeout, head_slow)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            idle.pop(self, None)
             if not self._rejected:
                 super().connection_lost(exc)
 
         def _evict(self) -> bool:
             """Close the connection that has waited longest without a request in
-            progress, to make room; False when every connection is busy."""
-            idle = [
-                c
-                for c in self.connections
-                if isinstance(c, GuardedHttpTools)
-                and c._in_head
-                and not c.tasks_running()
-                and not c.transport.is_closing()
-            ]
-            if not idle:
-                return False
-            oldest = min(idle, key=lambda c: c._since)
-            oldest.transport.close()
-            self.connections.discard(oldest)
-            return True
-
-        def tasks_running(self) -> bool:
-            return self.cycle is not None and not self.cycle.response_complete
+            progress, to make room; False when every connection is busy. O(1): the idle
+            ones are kept in the order they became idle."""
+            while idle:
+                oldest = next(iter(idle))
+                del idle[oldest]
+                if oldest.transport is not None and not oldest.transport.is_closing():
+                    oldest.transport.close()
+                    self.connections.discard(oldest)
+                    return True
+            return False
 
         # -- deadlines ----------------------------------------------------------------
         def _arm(self, seconds: float, answer: bytes) -> None:
@@ -264,6 +259,7 @@ def guarded_protocol(limits: Limits) -> type[Any]:
                 self.transport.close()
                 return
             self._in_head = False
+            idle.pop(self, None)  # busy with a request until its response is complete
             self._head_bytes = self._line_bytes = 0
             self._line_done, self._tail = False, b""
             self._arm(limits.body_timeout, body_slow)
@@ -276,11 +272,15 @@ def guarded_protocol(limits: Limits) -> type[Any]:
         def on_message_complete(self) -> None:
             self._disarm()
             self._in_head = True  # what comes next is the next request's head
+            if self.cycle is not None and self.cycle.response_complete and not self.pipeline:
+                idle[self] = None  # answered before its body was all in: idle now
             if not self._refused:
                 super().on_message_complete()
 
         def on_response_complete(self) -> None:
-            self._since = self.loop.time()
+            idle.pop(self, None)
+            if not self.pipeline and self._in_head:  # nothing queued, no body arriving
+                idle[self] = None  # the newest idle one
             super().on_response_complete()
 
     return GuardedHttpTools

@@ -201,6 +201,12 @@ def test_slow_heads_time_out_and_many_connections_leave_health_prompt(tmp_path: 
         finally:
             for s in slow:
                 s.close()
+        # a slow head on a kept-alive connection gets its 408 too
+        with connect(srv.port) as s:
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert one_response(s).startswith(b"HTTP/1.1 200 ")
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+            assert answer(s).startswith(b"HTTP/1.1 408 ")
         # an idle keep-alive connection is closed after --keepalive-timeout
         with connect(srv.port) as s:
             s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")

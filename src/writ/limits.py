@@ -208,7 +208,8 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             self._deadline = None
             if self.transport is None or self.transport.is_closing():
                 return
-            if self.cycle is None or not self.cycle.response_started:
+            cycle = self.cycle  # the request before, or the one whose body is late
+            if cycle is None or cycle.response_complete or not cycle.response_started:
                 self.transport.write(answer)
             self.transport.close()
 

@@ -11,8 +11,8 @@ file descriptors and memory. :class:`Limits` closes each of those doors, in the 
   ``max_request_line``) are answered
   ``413`` (``too_large``) and the connection closed *while* it is being read — counted per chunk received,
   so at most one socket read (256 KiB) is ever held beyond the limit;
-* a head that is not complete ``header_timeout`` seconds after its first byte (or after
-  the connection opened) is answered ``408``; a body not complete ``body_timeout`` seconds
+* a head that is not complete ``header_timeout`` seconds after the connection opened (or
+  after the first byte of the next request on a kept-alive connection) is answered ``408``; a body not complete ``body_timeout`` seconds
   after its head is answered ``408`` (the app sees the client go away);
 * a keep-alive connection idle for ``keepalive_timeout`` seconds is closed;
 * at most ``max_connections`` connections are open. A new one beyond that first takes the

@@ -32,6 +32,7 @@ from .cli_principals import register as register_principal_commands
 from .cli_wait import SelfHeld, check_not_self, live_line
 from .client import DEFAULT_TIMEOUT, Client
 from .errors import Held, Invalid, LeaseLost, WritError
+from .limits import from_options, limit_options
 from .models import KINDS
 from .spawn import popen_tied
 from .textsafe import printable
@@ -273,7 +274,10 @@ main.epilog = "\b\nExit status:\n" + "\n".join(
     show_default=True,
     help="Server log level.",
 )
-def serve(store: str, host: str, port: int, policy: str | None, log_level: str) -> None:
+@limit_options()
+def serve(
+    store: str, host: str, port: int, policy: str | None, log_level: str, **limits: Any
+) -> None:
     """Serve the writ protocol over HTTP until interrupted.
 
     If WRIT_ADMIN_TOKEN is set when the store is first opened, a principal `admin` (a human
@@ -281,7 +285,7 @@ def serve(store: str, host: str, port: int, policy: str | None, log_level: str) 
     """
     from .server import run
 
-    run(store, host, port, policy, log_level=log_level)
+    run(store, host, port, policy, log_level=log_level, limits=from_options(limits))
 
 
 @main.group()

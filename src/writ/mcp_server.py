@@ -46,6 +46,7 @@ from .errors import (
     Unavailable,
     WritError,
 )
+from .limits import Limits
 
 __all__ = ["DEFAULT_HTTP_PORT", "INSTRUCTIONS", "TOOL_NAMES", "create_server", "serve"]
 
@@ -750,8 +751,10 @@ async def serve(
     http_token: str | None = None,
     log_level: str = "warning",
     allow_human: bool = False,
+    limits: Limits | None = None,
 ) -> None:
-    """Run the MCP server until its client goes away (stdio) or it is interrupted (http)."""
+    """Run the MCP server until its client goes away (stdio) or it is interrupted (http);
+    each HTTP connection within ``limits``."""
     server = create_server(client, allow_human=allow_human)
     try:
         if transport == "stdio":
@@ -771,7 +774,9 @@ async def serve(
             access_log=False,
             lifespan="on",
             server_header=False,
+            proxy_headers=False,
             timeout_graceful_shutdown=3,
+            **(limits or Limits()).uvicorn_options(),
         )
         print(
             f"writ mcp: listening on {listening_url(sock)}{path} (writ at {client.url})",

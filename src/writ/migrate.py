@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 from .errors import Invalid
-from .ledger import GENESIS, Verification, verify, verify_stream
+from .ledger import GENESIS, Record, Verification, verify, verify_stream
 from .stores import Store, open_store
 from .stores.base import TABLES
 
@@ -37,7 +37,7 @@ def redact(url: str) -> str:
 
 async def verify_store(store: Store) -> Verification:
     """Recompute a store's whole hash chain, in constant memory."""
-    return await verify_stream(store.audit_stream())
+    return await verify_stream(store.audit_records())
 
 
 class _Copy:
@@ -55,7 +55,18 @@ class _Copy:
     ) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
         async for table, rows in batches:
             if table == "audit" and rows:
-                triples = [(int(r["seq"]), str(r["body"]), str(r["hash"])) for r in rows]
+                triples: list[Record] = [
+                    (
+                        int(r["seq"]),
+                        str(r["body"]),
+                        str(r["hash"]),
+                        r["ts"],
+                        r["event"],
+                        r["resource"],
+                        r["lock_key"],
+                    )
+                    for r in rows
+                ]
                 part = verify(triples, self.seq, self.head)
                 if not part.ok:
                     raise Invalid(

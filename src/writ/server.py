@@ -28,7 +28,9 @@ from . import __version__
 from .clock import parse_time
 from .engine import MAX_WAIT_S, Engine
 from .errors import Invalid, TooLarge, Unauthenticated, Unavailable, WritError
+from .limits import Limits
 from .models import Principal
+from .paging import audit_response
 from .url_text import TextURL
 from .validate import check_body
 
@@ -597,15 +599,16 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
         resource: str | None = None,
         since: str | None = None,
         until: str | None = None,
-    ) -> dict[str, Any]:
-        page = await engine.audit(
+    ) -> Any:
+        return await audit_response(
+            engine,
             after_seq,
             limit,
             resource,
             parse_time(since) if since else None,
             parse_time(until) if until else None,
+            view=lambda page: engine.authority.visible_page(me, page),
         )
-        return engine.authority.visible_page(me, page)
 
     @app.get("/v1/audit/verify", tags=["audit"])
     async def audit_verify(me: Me) -> dict[str, Any]:
@@ -786,8 +789,9 @@ def run(
     port: int = 7411,
     policy_path: str | None = None,
     log_level: str = "info",
+    limits: Limits | None = None,
 ) -> None:
-    """Serve writ until interrupted (``writ serve``)."""
+    """Serve writ until interrupted (``writ serve``), each connection within ``limits``."""
     import uvicorn
 
     from .policy import load
@@ -806,5 +810,5 @@ def run(
         server_header=False,
         proxy_headers=False,  # writ never uses the client's address: skip rewriting it
         timeout_graceful_shutdown=5,
-        h11_max_incomplete_event_size=MAX_HEADERS,
+        **(limits or Limits(max_header_bytes=MAX_HEADERS)).uvicorn_options(),
     )

@@ -44,7 +44,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, S
 from typing import Any, TypeVar
 
 from ..errors import Invalid
-from ..ledger import Sealed
+from ..ledger import Record, Sealed
 from ..models import Lease, Principal, Waiter
 
 T = TypeVar("T")
@@ -337,6 +337,12 @@ class Store(ABC):
     ) -> AsyncIterator[list[tuple[int, str, str]]]:
         """Stored ``(seq, body, hash)`` triples in seq order, in batches (for verify and
         export of ledgers of any size in constant memory)."""
+
+    @abstractmethod
+    def audit_records(self, after_seq: int = 0, batch: int = 10_000) -> AsyncIterator[list[Record]]:
+        """Like :meth:`audit_stream`, each row with the lookup columns the store keeps
+        beside it: ``(seq, body, hash, ts, event, resource, lock_key)``
+        (:data:`writ.ledger.Record`), for verify to check them against the hashed body."""
 
     # ---- moving a store (writ migrate) --------------------------------------------------
     @abstractmethod

@@ -45,7 +45,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from ..errors import Conflict, Invalid, Unavailable
-from ..ledger import GENESIS, Sealed, row_from, seal
+from ..ledger import GENESIS, Record, Sealed, row_from, seal
 from ..models import Lease, Principal, Waiter
 from ..resources import related_clauses
 from .base import TABLES, Store, Tx, check_empty
@@ -1001,9 +1001,17 @@ class PostgresStore(Store):
                 self.retries += 1
                 await self._check_pool()
 
-    async def audit_stream(
+    def audit_stream(
         self, after_seq: int = 0, batch: int = 10_000
     ) -> AsyncIterator[list[tuple[int, str, str]]]:
+        return self._audit_pages("seq, body, hash", after_seq, batch)
+
+    def audit_records(self, after_seq: int = 0, batch: int = 10_000) -> AsyncIterator[list[Record]]:
+        return self._audit_pages("seq, body, hash, ts, event, resource, lock_key", after_seq, batch)
+
+    async def _audit_pages(
+        self, columns: str, after_seq: int, batch: int
+    ) -> AsyncIterator[list[Any]]:
         # Keyset pages by seq: seq order is commit order, so a later page never finds a
         # row that should have been in an earlier one.
         last = after_seq
@@ -1012,10 +1020,10 @@ class PostgresStore(Store):
             with _translate("read the ledger"):
                 async with pool.connection() as conn:
                     cur = await conn.execute(
-                        "SELECT seq, body, hash FROM audit WHERE seq > %s ORDER BY seq LIMIT %s",
+                        f"SELECT {columns} FROM audit WHERE seq > %s ORDER BY seq LIMIT %s",
                         (last, batch),
                     )
-                    rows = [(int(s), b, h) for s, b, h in await cur.fetchall()]
+                    rows = [(int(r[0]), *r[1:]) for r in await cur.fetchall()]
             if not rows:
                 return
             last = rows[-1][0]

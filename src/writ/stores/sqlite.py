@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlparse
 
 from ..clock import Clock
 from ..errors import Conflict, Invalid, Unavailable
-from ..ledger import GENESIS, Sealed, row_from, seal
+from ..ledger import GENESIS, Record, Sealed, row_from, seal
 from ..models import Lease, Principal, Waiter
 from ..resources import related_clauses
 from .base import TABLES, Store, Tx, check_empty
@@ -853,16 +853,24 @@ class SQLiteStore(Store):
                 return await self.read(fn)  # once more, reading bad text leniently
             raise Unavailable(f"store read failed: {exc}") from exc
 
-    async def audit_stream(
+    def audit_stream(
         self, after_seq: int = 0, batch: int = 10_000
     ) -> AsyncIterator[list[tuple[int, str, str]]]:
+        return self._audit_pages("seq, body, hash", after_seq, batch)
+
+    def audit_records(self, after_seq: int = 0, batch: int = 10_000) -> AsyncIterator[list[Record]]:
+        return self._audit_pages("seq, body, hash, ts, event, resource, lock_key", after_seq, batch)
+
+    async def _audit_pages(
+        self, columns: str, after_seq: int, batch: int
+    ) -> AsyncIterator[list[Any]]:
         if self._r is None:
             raise Unavailable("store is closed")
         conn = self._r if self.memory else self._connect()
         try:
             last = after_seq
             while True:
-                query = "SELECT seq, body, hash FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"
+                query = f"SELECT {columns} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"
                 try:
                     rows = conn.execute(query, (last, batch)).fetchall()
                 except sqlite3.OperationalError as exc:

@@ -24,6 +24,8 @@ the JSON error body next to ``code`` and ``message``.
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any, ClassVar
 
 __all__ = [
@@ -57,6 +59,24 @@ class WritError(Exception):
     def to_body(self) -> dict[str, Any]:
         """The JSON error body of PROTOCOL.md: ``{"error": {"code", "message", ...details}}``."""
         return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+    def retry_after(self) -> int | None:
+        """Seconds for the ``Retry-After`` header of this answer (503, and 409 ``held``:
+        until the blocker's expiry, at least 1, at most an hour), or None."""
+        if self.status == 503:
+            return 1
+        if self.code == "held":
+            at = self.details.get("retry_at")
+            if not at:
+                return 1
+            from .clock import parse_time
+
+            try:
+                left = parse_time(str(at)) - time.time()
+            except Exception:  # a detail we wrote ourselves; never fail an answer on it
+                return 1
+            return min(max(math.ceil(left), 1), 3600)
+        return None
 
     def __getattr__(self, name: str) -> Any:
         details = self.__dict__.get("details", {})

@@ -28,7 +28,9 @@ from . import __version__
 from .clock import parse_time
 from .engine import MAX_WAIT_S, Engine
 from .errors import Invalid, TooLarge, Unauthenticated, Unavailable, WritError
+from .metrics import Metrics
 from .models import Principal
+from .ops import OpsFront
 
 log = logging.getLogger("writ.server")
 T = TypeVar("T")
@@ -190,22 +192,19 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-async def _send_json(send: Send, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+async def _send_json(send: Send, status: int, body: bytes, retry_after: int | None = None) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 async def _send_error(send: Send, err: WritError) -> None:
-    await _send_json(send, err.status, json.dumps(err.to_body()).encode())
+    await _send_json(send, err.status, json.dumps(err.to_body()).encode(), err.retry_after())
 
 
 # the answer to an unexpected exception, from the app's catch-all handler and the lean path
@@ -230,9 +229,10 @@ class FastLeases:
 
     ACQUIRE_KEYS = frozenset({"resource", "intent", "ttl_s", "wait_s", "touches"})
 
-    def __init__(self, app: ASGIApp, engine: Engine) -> None:
+    def __init__(self, app: ASGIApp, engine: Engine, draining: asyncio.Event) -> None:
         self.app = app
         self.engine = engine
+        self.draining = draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -264,6 +264,7 @@ class FastLeases:
             if k == b"authorization":
                 auth = v.decode("latin-1")
         req: Any = None
+        retry: int | None = None
         if lease_id is None:
             try:
                 req = json.loads(body)
@@ -296,16 +297,16 @@ class FastLeases:
                     rollback=None,
                 )
                 if req.get("wait_s"):
-                    out = await _unless_hung_up(receive, work)
+                    out = await _unless_hung_up(receive, work, self.draining)
                 else:
                     out = await work
                 status = 201
         except WritError as err:
-            out, status = err.to_body(), err.status
+            out, status, retry = err.to_body(), err.status, err.retry_after()
         except Exception:  # the same answer as the app's catch-all handler
             log.exception("unhandled error on POST %s", path)
             out, status = _INTERNAL_ERROR, 500
-        await _send_json(send, status, _COMPACT.encode(out).encode())
+        await _send_json(send, status, _COMPACT.encode(out).encode(), retry)
 
 
 class WritApp(FastAPI):
@@ -317,7 +318,9 @@ class WritApp(FastAPI):
     def __init__(self, engine: Engine, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.state.engine = engine
-        self.front: ASGIApp = LimitBody(FastLeases(self.full_stack, engine))
+        # set when the server begins a graceful shutdown: waiting requests answer 503
+        self.draining = asyncio.Event()
+        self.front: ASGIApp = LimitBody(FastLeases(self.full_stack, engine, self.draining))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.front(scope, receive, send)
@@ -326,11 +329,14 @@ class WritApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-async def _unless_hung_up(receive: Receive, work: Awaitable[T]) -> T:
+async def _unless_hung_up(
+    receive: Receive, work: Awaitable[T], draining: asyncio.Event | None = None
+) -> T:
     """Await ``work`` (maybe a wait in the queue), cancelling it if the client disconnects
     (``receive`` is the request's): a caller who hung up gives up its place in the queue, and
     any lease granted meanwhile (the engine's cancellation path). Servers do not cancel a
-    handler on disconnect."""
+    handler on disconnect. The same happens when ``draining`` is set (a graceful shutdown):
+    the wait ends, its request leaves the queue, and the caller gets 503 with Retry-After."""
     task = asyncio.ensure_future(work)
 
     async def hung_up() -> None:
@@ -338,17 +344,28 @@ async def _unless_hung_up(receive: Receive, work: Awaitable[T]) -> T:
             pass
 
     watch = asyncio.ensure_future(hung_up())
+    drain = asyncio.ensure_future(draining.wait()) if draining is not None else None
     try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {task, watch} if drain is None else {task, watch, drain},
+            return_when=asyncio.FIRST_COMPLETED,
+        )
     except BaseException:
         task.cancel()
         raise
     finally:
         watch.cancel()
+        if drain is not None:
+            drain.cancel()
     if not task.done():
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if draining is not None and draining.is_set():
+            raise Unavailable(
+                "writ is shutting down: this wait ended and left the queue; retry (on another "
+                "server, or once this one is back)"
+            )
         raise Unavailable("the caller hung up while waiting; its place in the queue was given up")
     return task.result()
 
@@ -368,8 +385,15 @@ Me = Annotated[Principal, Depends(principal)]
 
 
 # ----------------------------------------------------------------------------- app
-def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
-    """The ASGI app. Starts and stops ``engine`` with the app's lifespan."""
+def create_app(
+    engine: Engine,
+    start_engine: bool = True,
+    metrics: bool = True,
+    metrics_token: str | None = None,
+) -> FastAPI:
+    """The ASGI app. Starts and stops ``engine`` with the app's lifespan. ``/livez``,
+    ``/readyz`` and ``/metrics`` (:mod:`writ.ops`) sit in front of it; ``metrics=False``
+    measures nothing (``/metrics`` is then 404), ``metrics_token`` guards ``/metrics``."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -388,10 +412,18 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
         summary="Vendor-neutral write authority for autonomous agents (protocol v1).",
         lifespan=lifespan,
     )
+    app.front = OpsFront(
+        app.front, engine, Metrics.for_engine(engine) if metrics else None, metrics_token
+    )
 
     @app.exception_handler(WritError)
     async def _writ_error(request: Request, exc: WritError) -> JSONResponse:
-        return JSONResponse(exc.to_body(), status_code=exc.status)
+        retry = exc.retry_after()
+        return JSONResponse(
+            exc.to_body(),
+            status_code=exc.status,
+            headers=None if retry is None else {"Retry-After": str(retry)},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -462,6 +494,7 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
                 consent_id=body.consent_id,
                 rollback=body.rollback.model_dump() if body.rollback else None,
             ),
+            app.draining,
         )
 
     @app.post("/v1/leases/{lease_id}/renew", tags=["leases"])
@@ -537,12 +570,16 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     @app.get("/v1/events", tags=["audit"])
     async def events(
         me: Me,
+        request: Request,
         resource: str | None = None,
         after_seq: Annotated[int, Query(ge=0)] = 0,
         wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> dict[str, Any]:
-        return await engine.events(resource, after_seq, wait_s, limit)
+        work = engine.events(resource, after_seq, wait_s, limit)
+        if wait_s <= 0:
+            return await work
+        return await _unless_hung_up(request.receive, work, app.draining)
 
     # -- changes and consent ---------------------------------------------------------------
     @app.post("/v1/leases/{lease_id}/changes", status_code=201, tags=["consent"])
@@ -576,9 +613,15 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
 
     @app.get("/v1/consents/{consent_id}", tags=["consent"])
     async def get_consent(
-        me: Me, consent_id: str, wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0
+        me: Me,
+        consent_id: str,
+        request: Request,
+        wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
     ) -> dict[str, Any]:
-        return await engine.consents.get(consent_id, wait_s)
+        work = engine.consents.get(consent_id, wait_s)
+        if wait_s <= 0:
+            return await work
+        return await _unless_hung_up(request.receive, work, app.draining)
 
     # -- rollbacks ---------------------------------------------------------------------------
     @app.post("/v1/rollbacks", status_code=201, tags=["rollback"])

@@ -171,6 +171,11 @@ class Tx(ABC):
         self, paths: Sequence[str], before_seq: int | None = None
     ) -> int: ...
 
+    @abstractmethod
+    async def gauges(self) -> tuple[int, int]:
+        """``(held, waiting)``: leases held now (not past their expiry) and queued requests,
+        store-wide — for ``/metrics``, one cheap count each."""
+
     # ---- policy objects (changes, consents, rollbacks, freezes, ...) -------------------
     @abstractmethod
     async def put_object(
@@ -293,6 +298,12 @@ class Store(ABC):
     @abstractmethod
     async def transact(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         """Run ``fn`` in one durable, atomic transaction (see the module docstring)."""
+
+    @abstractmethod
+    async def ready(self) -> str | None:
+        """Why this store cannot serve now, or None (``GET /readyz``): it answers a read, and
+        its schema is at the migration this writ expects. Raises nothing: an unreachable
+        store is a reason."""
 
     @abstractmethod
     async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:

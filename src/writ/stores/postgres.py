@@ -44,7 +44,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from ..errors import Conflict, Invalid, Unavailable
+from ..errors import Conflict, Invalid, Unavailable, WritError
 from ..ledger import GENESIS, Sealed, row_from, seal
 from ..models import Lease, Principal, Waiter
 from ..resources import related_clauses
@@ -398,6 +398,14 @@ class PgTx(Tx):
             args.append(before_seq)
         r = await self._one(f"SELECT count(*) FROM waiters WHERE {where}", args)
         return int(r[0])
+
+    async def gauges(self) -> tuple[int, int]:
+        r = await self._one(
+            "SELECT (SELECT count(*) FROM leases WHERE state = 'held' AND expires_at > %s),"
+            " (SELECT count(*) FROM waiters)",
+            (self.now(),),
+        )
+        return int(r[0]), int(r[1])
 
     # ---- policy objects -------------------------------------------------------------
     async def put_object(
@@ -921,6 +929,23 @@ class PostgresStore(Store):
             self._checking = False
 
     # -- reads ---------------------------------------------------------------------------
+    async def ready(self) -> str | None:
+        async def version(tx: Tx) -> int:
+            row = await tx._one(  # type: ignore[attr-defined]
+                "SELECT coalesce(max(version), 0) FROM writ_migrations"
+            )
+            return int(row[0])
+
+        try:
+            have = await self.read(version)
+        except WritError as exc:
+            return exc.message
+        if have != len(MIGRATIONS):
+            return f"the schema is at migration {have}; this writ expects {len(MIGRATIONS)}"
+        if not self._listening.is_set():
+            return "the PostgreSQL LISTEN connection is down (reconnecting): waits would not hear other servers"
+        return None
+
     async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         self._pool_or_fail()
         return await self._shielded(self._read(fn))

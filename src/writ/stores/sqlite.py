@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urlparse
 
 from ..clock import Clock
-from ..errors import Conflict, Invalid, Unavailable
+from ..errors import Conflict, Invalid, Unavailable, WritError
 from ..ledger import GENESIS, Sealed, row_from, seal
 from ..models import Lease, Principal, Waiter
 from ..resources import related_clauses
@@ -381,6 +381,13 @@ class SQLiteTx(Tx):
         return int(
             self.c.execute(f"SELECT count(*) FROM waiters WHERE {where}", args).fetchone()[0]
         )
+
+    async def gauges(self) -> tuple[int, int]:
+        held = self.c.execute(
+            "SELECT count(*) FROM leases WHERE state = 'held' AND expires_at > ?", (self.now(),)
+        ).fetchone()[0]
+        waiting = self.c.execute("SELECT count(*) FROM waiters").fetchone()[0]
+        return int(held), int(waiting)
 
     # objects
     async def put_object(
@@ -757,6 +764,21 @@ class SQLiteStore(Store):
         for _fn, fut in batch:
             if not fut.done():
                 fut.set_exception(err)
+
+    async def ready(self) -> str | None:
+        async def version(tx: Tx) -> int:
+            c = tx.c  # type: ignore[attr-defined]
+            return int(
+                c.execute("SELECT coalesce(max(version), 0) FROM writ_migrations").fetchone()[0]
+            )
+
+        try:
+            have = await self.read(version)
+        except WritError as exc:
+            return exc.message
+        if have != len(MIGRATIONS):
+            return f"the schema is at migration {have}; this writ expects {len(MIGRATIONS)}"
+        return None
 
     # -- reads ---------------------------------------------------------------------------
     async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:

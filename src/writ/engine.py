@@ -41,8 +41,8 @@ from .errors import (
 )
 from .ledger import Verification
 from .models import KINDS, Lease, Principal, Waiter, data, new_id, public
+from .paging import check_wake_route, redact
 from .policy import Policy
-from .routes import check_route
 from .stores.base import Store, Tx
 from .validate import number
 
@@ -208,7 +208,7 @@ class Engine:
             "intent": lease.intent,
             "acquired_at": rfc3339(lease.acquired_at),
             "expires_at": rfc3339(lease.expires_at),
-            "wake": p.wake if p else None,
+            "wake": redact(p.wake) if p and p.wake else None,  # no routing keys, webhooks
         }
 
     def call_later(
@@ -313,7 +313,7 @@ class Engine:
         if vendor is not None and (not isinstance(vendor, str) or len(vendor) > 200):
             raise Invalid("vendor must be a string of at most 200 characters", field="vendor")
         if wake is not None:
-            check_route(wake, "wake")
+            check_wake_route(wake, "wake")
         if admin and kind not in ("human", "queue"):
             raise Invalid("only a human or a queue may be an admin", field="admin")
         tok = token or new_token()
@@ -348,7 +348,7 @@ class Engine:
                 "notes": f"{by} added {kind} {name!r}"
                 + (f" (vendor {vendor})" if vendor else "")
                 + (" as admin" if admin else "")
-                + (f"; wake {wake}" if wake else ""),
+                + (f"; wake {redact(wake)}" if wake else ""),
             }
         )
         return p

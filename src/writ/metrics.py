@@ -4,11 +4,9 @@ Each app gets its own :class:`Metrics` and its own registry (tests build many ap
 process). What is counted, and where, is chosen so the hot path stays hot:
 
 * **Decisions** (grants, consents, rollbacks, outbound calls, audit rows) are counted from
-  the audit rows this process commits: :meth:`Metrics.instrument` wraps the store's
-  ``transact`` so every ``tx.append`` notes its event, and the counts are added after the
-  commit (never for a transaction that rolled back). The same wrapper times each
-  transaction into ``writ_store_commit_seconds``. Per grant: a list append and a dict
-  lookup.
+  the audit rows this process commits (:mod:`writ.observe`: after the commit, never for a
+  transaction that rolled back), which also times each transaction into
+  ``writ_store_commit_seconds``. Per grant: a list append and a dict lookup.
 * **Hold times** come from the engine's lease-ended hook, after the commit.
 * **Gauges** (``writ_leases_held``, ``writ_waiters``) are read from the store at scrape
   time with one count each: store-wide, and free between scrapes.
@@ -22,9 +20,7 @@ The gauges are store-wide: ``max()`` them.
 
 from __future__ import annotations
 
-import time
 import weakref
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -36,6 +32,7 @@ from .errors import WritError
 if TYPE_CHECKING:
     from .engine import Engine
     from .models import Lease
+    from .observe import Rows
     from .stores.base import Tx
 
 T = TypeVar("T")
@@ -179,20 +176,12 @@ class Metrics:
 
     def instrument(self, engine: Engine) -> None:
         """Count ``engine``'s committed rows and time its store transactions."""
+        from .observe import observed
+
         self._engine = engine
-        store = engine.store
-        transact = store.transact
-        commit = self.commit.observe
-        count = self._count
-
-        async def timed(fn: Callable[[Tx], Awaitable[T]]) -> T:
-            t0 = time.perf_counter()
-            try:
-                return await transact(lambda tx: _counting(tx, fn, count))
-            finally:
-                commit(time.perf_counter() - t0)
-
-        store.transact = timed  # type: ignore[method-assign]
+        obs = observed(engine)
+        obs.add_sink(self._count)
+        obs.add_timer(self.commit.observe)
         engine._on_end.append(self._on_end)
 
     async def _on_end(self, tx: Tx, lease: Lease) -> None:
@@ -200,9 +189,10 @@ class Metrics:
         observe = self.hold.observe
         tx.after_commit(lambda: observe(max(held, 0.0)))
 
-    def _count(self, events: list[str]) -> None:
-        self.audit_rows.inc(len(events))
-        for ev in events:
+    def _count(self, rows: Rows, context: dict[str, str]) -> None:
+        self.audit_rows.inc(len(rows))
+        for sealed, _ in rows:
+            ev = sealed.event
             if ev == "lease.granted":
                 self.grants.inc()
             elif ev.startswith("consent."):
@@ -245,22 +235,3 @@ class Metrics:
 
 
 _BY_ENGINE: weakref.WeakKeyDictionary[Engine, Metrics] = weakref.WeakKeyDictionary()
-
-
-async def _counting(
-    tx: Tx, fn: Callable[[Tx], Awaitable[T]], count: Callable[[list[str]], None]
-) -> T:
-    """Run ``fn(tx)``, noting the event of every row it appends; count them after commit."""
-    events: list[str] = []
-    append = tx.append
-
-    async def noted(fields: dict[str, Any]) -> Any:
-        sealed = await append(fields)
-        events.append(sealed.event)
-        return sealed
-
-    tx.append = noted  # type: ignore[method-assign]
-    out = await fn(tx)
-    if events:
-        tx.after_commit(lambda: count(events))
-    return out

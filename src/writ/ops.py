@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import json
+import logging
+import os
+import re
 import time
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import tracing
 from .errors import _BY_CODE
+from .logs import ACCESS
+from .observe import request_id
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -71,33 +78,52 @@ class OpsFront:
             await self._ops(path, scope, send)
             return
         m = self.metrics
-        if m is None:
-            await self.app(scope, receive, send)
+        logging_on = ACCESS.isEnabledFor(logging.INFO)
+        if m is None and not logging_on and not tracing.enabled():
+            await self.app(scope, receive, send)  # nothing to measure
             return
+        rid = _request_id(scope)
+        token = request_id.set(rid)
         status = 500
         error = False
         chunks: list[bytes] = []
+        rid_header = (b"x-request-id", rid.encode())
 
         async def measured(msg: Message) -> None:
             nonlocal status, error
             if msg["type"] == "http.response.start":
                 status = msg["status"]
                 error = status >= 400
+                msg["headers"] = [*msg.get("headers", ()), rid_header]
             elif error and msg["type"] == "http.response.body":
                 chunks.append(msg.get("body", b""))
             await send(msg)
 
         t0 = time.perf_counter()
+        span = None
         try:
-            await self.app(scope, receive, measured)
+            if tracing.enabled():
+                with tracing.server_span(scope["method"], scope.get("headers") or []) as span:
+                    await self.app(scope, receive, measured)
+            else:
+                await self.app(scope, receive, measured)
         finally:
             took = time.perf_counter() - t0
             route = route_template(scope)
-            m.observe_http(scope["method"], route, status, took)
-            if status == 201 and route == LEASES:
-                m.acquire_wait.observe(took)
-            elif error:
-                m.refused(_error_code(b"".join(chunks), status))
+            code = _error_code(b"".join(chunks), status) if error else None
+            if m is not None:
+                m.observe_http(scope["method"], route, status, took)
+                if status == 201 and route == LEASES:
+                    m.acquire_wait.observe(took)
+                elif code is not None:
+                    m.refused(code)
+            if span is not None:
+                span.update_name(f"HTTP {scope['method']} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+            if logging_on:
+                _access_line(scope, rid, route, status, took, code, span)
+            request_id.reset(token)
 
     async def _ops(self, path: str, scope: Scope, send: Send) -> None:
         if path == "/livez":
@@ -133,6 +159,53 @@ class OpsFront:
             return await asyncio.wait_for(self.engine.store.ready(), READY_TIMEOUT_S)
         except TimeoutError:
             return f"the store did not answer within {READY_TIMEOUT_S:g}s"
+
+
+_IDS = itertools.count(1)
+_PREFIX = os.urandom(4).hex()
+_GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def _request_id(scope: Scope) -> str:
+    """The caller's ``X-Request-Id`` when it is a plain token, else a fresh one."""
+    for k, v in scope.get("headers") or ():
+        if k == b"x-request-id":
+            given: str = v.decode("latin-1")
+            if _GOOD_ID.match(given):
+                return given
+            break
+    return f"{_PREFIX}-{next(_IDS):x}"
+
+
+def _access_line(
+    scope: Scope,
+    rid: str,
+    route: str,
+    status: int,
+    took: float,
+    code: str | None,
+    span: object,
+) -> None:
+    lease = scope.get("writ.lease") or {}
+    params = scope.get("path_params") or {}
+    fields: dict[str, object] = {
+        "request_id": rid,
+        "method": scope["method"],
+        "route": route,
+        "path": scope.get("path"),
+        "status": status,
+        "duration_ms": round(took * 1000, 3),
+        "principal": scope.get("writ.principal"),
+        "resource": lease.get("resource") or params.get("resource"),
+        "lease_id": lease.get("lease_id") or params.get("lease_id"),
+        "fencing_token": lease.get("fencing_token"),
+        "outcome": code or "ok",
+    }
+    if span is not None:
+        ids = tracing.current_ids_of(span)
+        if ids is not None:
+            fields["trace_id"], fields["span_id"] = ids
+    ACCESS.info("%s %s %s", scope["method"], route, status, extra={"writ": fields})
 
 
 def _bearer_ok(scope: Scope, token: str) -> bool:

@@ -283,9 +283,11 @@ class FastLeases:
             return
         try:
             me = await self.engine.authenticate(token)
+            scope["writ.principal"] = me.name  # for the access log (writ.ops)
             if lease_id is not None:
                 out, status = await self.engine.release(me, lease_id), 200
             else:
+                scope["writ.lease"] = req
                 work = self.engine.acquire(
                     me,
                     resource=req.get("resource"),
@@ -300,6 +302,7 @@ class FastLeases:
                     out = await _unless_hung_up(receive, work, self.draining)
                 else:
                     out = await work
+                scope["writ.lease"] = out
                 status = 201
         except WritError as err:
             out, status, retry = err.to_body(), err.status, err.retry_after()
@@ -378,7 +381,9 @@ async def principal(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
     engine: Engine = request.app.state.engine
-    return await engine.authenticate(token.strip())
+    me = await engine.authenticate(token.strip())
+    request.scope["writ.principal"] = me.name  # for the access log (writ.ops)
+    return me
 
 
 Me = Annotated[Principal, Depends(principal)]
@@ -396,13 +401,16 @@ def create_app(
     measures nothing (``/metrics`` is then 404), ``metrics_token`` guards ``/metrics``."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if start_engine:
             await engine.start()
         try:
             yield
         finally:
             if start_engine:
+                if app.draining.is_set():  # a graceful shutdown: let outbound calls land
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(engine.caller.drain()), 5)
                 await engine.stop()
 
     app = WritApp(
@@ -482,7 +490,8 @@ def create_app(
     # -- leases ------------------------------------------------------------------------
     @app.post("/v1/leases", status_code=201, tags=["leases"])
     async def acquire(me: Me, body: AcquireIn, request: Request) -> dict[str, Any]:
-        return await _unless_hung_up(
+        request.scope["writ.lease"] = {"resource": body.resource}
+        lease: dict[str, Any] = await _unless_hung_up(
             request.receive,
             engine.acquire(
                 me,
@@ -496,6 +505,8 @@ def create_app(
             ),
             app.draining,
         )
+        request.scope["writ.lease"] = lease
+        return lease
 
     @app.post("/v1/leases/{lease_id}/renew", tags=["leases"])
     async def renew(
@@ -747,24 +758,48 @@ def run(
     port: int = 7411,
     policy_path: str | None = None,
     log_level: str = "info",
+    *,
+    log_format: str = "console",
+    shutdown_timeout: int = 10,
+    metrics: bool = True,
+    metrics_token: str | None = None,
 ) -> None:
-    """Serve writ until interrupted (``writ serve``)."""
+    """Serve writ until SIGTERM or SIGINT (``writ serve``), then shut down gracefully
+    (:mod:`writ.lifecycle`) within ``shutdown_timeout`` seconds."""
+    import os
+
     import uvicorn
 
+    from . import logs, tracing
+    from .lifecycle import DrainingServer
     from .policy import load
     from .stores import open_store
 
     policy = load(policy_path)
+    secrets = [
+        os.environ.get("WRIT_ADMIN_TOKEN"),
+        os.environ.get("WRIT_WEBHOOK_SECRET"),
+        policy.webhook_secret,
+        metrics_token,
+    ]
+    logs.setup(log_format, log_level, [s for s in secrets if s])
+    traced = tracing.configure()
     engine = Engine(open_store(store_url), policy)
-    app = create_app(engine)
-    uvicorn.run(
+    if traced:
+        tracing.instrument(engine)
+        log.info("tracing on: OTEL_TRACES_EXPORTER=%s", traced)
+    logs.log_decisions(engine)
+    app = create_app(engine, metrics=metrics, metrics_token=metrics_token)
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level,
-        access_log=False,
+        log_config=None,  # logs.setup configured uvicorn's loggers
+        access_log=False,  # writ.access logs each request instead
         server_header=False,
         proxy_headers=False,  # writ never uses the client's address: skip rewriting it
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=shutdown_timeout,
         h11_max_incomplete_event_size=MAX_HEADERS,
     )
+    DrainingServer(config, app.draining).run()  # type: ignore[attr-defined]

@@ -83,6 +83,9 @@ def configure() -> str | None:
         )
     provider = TracerProvider()  # resource and sampler from OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER
     provider.add_span_processor(BatchSpanProcessor(exporter))
+    from opentelemetry import trace
+
+    trace.set_tracer_provider(provider)  # for any other instrumented library in the process
     enable(provider)
     return exporter_name
 
@@ -91,9 +94,6 @@ def enable(provider: Any) -> None:
     """Trace with ``provider`` (an SDK TracerProvider; tests pass one with an in-memory
     exporter)."""
     global _tracer
-    from opentelemetry import trace
-
-    trace.set_tracer_provider(provider)
     _tracer = provider.get_tracer("writ")
 
 
@@ -145,6 +145,14 @@ def current_ids() -> tuple[str, str] | None:
     from opentelemetry import trace
 
     ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+
+
+def current_ids_of(span: Any) -> tuple[str, str] | None:
+    """``(trace_id, span_id)`` in hex of ``span``."""
+    ctx = span.get_span_context()
     if not ctx.is_valid:
         return None
     return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"

@@ -232,6 +232,11 @@ async def test_pagerduty_triggers_then_resolves_when_the_lease_ends(
         "dedup_key": lease["lease_id"],
     }
     assert await w.rows("page.resolved")
+    text = (await w.http.get("/metrics")).text
+    assert "writ_stuck_total 1.0" in text
+    assert 'writ_outbound_calls_total{kind="page",outcome="delivered"} 1.0' in text
+    assert 'writ_outbound_calls_total{kind="page",outcome="resolved"} 1.0' in text
+    assert 'writ_outbound_calls_total{kind="wake",outcome="delivered"} 1.0' in text
 
 
 async def test_slack_message_says_who_holds_what_and_the_call(world: World, rx: Receiver) -> None:

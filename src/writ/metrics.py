@@ -124,6 +124,11 @@ class Metrics:
             "writ_refusals", "Error answers, by error code", ["code"], registry=r
         )
         self.grants = Counter("writ_grants", "Leases granted by this process", registry=r)
+        self.stuck = Counter(
+            "writ_stuck",
+            "Leases found stuck: held past max_hold_s, or expired with waiters (lease.stuck rows)",
+            registry=r,
+        )
         self.consents = Counter(
             "writ_consents",
             "Consent rows by outcome (requested, granted, denied, expired, used)",
@@ -195,6 +200,8 @@ class Metrics:
             ev = sealed.event
             if ev == "lease.granted":
                 self.grants.inc()
+            elif ev == "lease.stuck":
+                self.stuck.inc()
             elif ev.startswith("consent."):
                 self.consents.labels(outcome=ev[8:]).inc()
             elif ev in OUTBOUND:

@@ -104,7 +104,13 @@ class OpsFront:
         try:
             if tracing.enabled():
                 with tracing.server_span(scope["method"], scope.get("headers") or []) as span:
-                    await self.app(scope, receive, measured)
+                    try:
+                        await self.app(scope, receive, measured)
+                    finally:
+                        route = route_template(scope)
+                        span.update_name(f"HTTP {scope['method']} {route}")
+                        span.set_attribute("http.route", route)
+                        span.set_attribute("http.response.status_code", status)
             else:
                 await self.app(scope, receive, measured)
         finally:
@@ -117,10 +123,6 @@ class OpsFront:
                     m.acquire_wait.observe(took)
                 elif code is not None:
                     m.refused(code)
-            if span is not None:
-                span.update_name(f"HTTP {scope['method']} {route}")
-                span.set_attribute("http.route", route)
-                span.set_attribute("http.response.status_code", status)
             if logging_on:
                 _access_line(scope, rid, route, status, took, code, span)
             request_id.reset(token)

@@ -31,6 +31,7 @@ import posixpath
 import re
 import socket
 import sys
+import time
 import tomllib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from . import __version__, resources
 from .errors import Invalid
+from .metrics import CONTENT_TYPE_LATEST, GateMetrics
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -253,6 +255,7 @@ class Gate:
         max_connections: int = 100,
         upstream_transport: httpx.AsyncBaseTransport | None = None,
         writ_transport: httpx.AsyncBaseTransport | None = None,
+        metrics_path: str | None = "/metrics",
     ) -> None:
         if not token:
             raise Invalid(
@@ -285,6 +288,9 @@ class Gate:
         self._writ_transport = writ_transport
         self._upstream_client: httpx.AsyncClient | None = None
         self._writ_client: httpx.AsyncClient | None = None
+        # GET metrics_path is the gate's own Prometheus metrics (docs/operations.md)
+        self.metrics_path = metrics_path
+        self.metrics = GateMetrics()
 
     # -- lifecycle ------------------------------------------------------------------------
     def _clients(self) -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
@@ -321,7 +327,10 @@ class Gate:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
-            response = await self.handle(scope, receive)
+            if scope["path"] == self.metrics_path and scope["method"] == "GET":
+                response: Response = Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+            else:
+                response = await self.handle(scope, receive)
             await response(scope, receive, send)
         else:  # websocket: refuse the handshake, the gate cannot judge frames
             await send({"type": "websocket.close", "code": 1008})
@@ -359,7 +368,9 @@ class Gate:
             return await self._forward(scope, receive, headers, None)
         decision = await self.decide(route, method, path, headers)
         if isinstance(decision, Response):
+            self.metrics.refused.labels(_code_of(decision)).inc()
             return decision
+        self.metrics.passed.inc()
         return await self._forward(scope, receive, headers, decision)
 
     async def decide(
@@ -482,18 +493,23 @@ class Gate:
             headers=self._upstream_headers(scope, headers, passed),
             content=_body(receive) if has_body else None,
         )
+        started = time.perf_counter()
+        took = self.metrics.upstream.labels
         try:
             response = await upstream.send(request, stream=True)
         except httpx.TimeoutException as exc:
+            took("timeout").observe(time.perf_counter() - started)
             return _error(
                 504,
                 "upstream_timeout",
                 f"the upstream {self.upstream} did not answer in time ({exc!r})",
             )
         except httpx.HTTPError as exc:
+            took("error").observe(time.perf_counter() - started)
             return _error(
                 502, "bad_gateway", f"the upstream {self.upstream} cannot be reached: {exc!r}"
             )
+        took("answered").observe(time.perf_counter() - started)
         connection = {
             t.strip().lower() for v in response.headers.get_list("connection") for t in v.split(",")
         }
@@ -509,6 +525,18 @@ class Gate:
             if k.decode("latin-1").lower() not in drop
         ]
         return out
+
+
+def _code_of(refusal: Response) -> str:
+    """The error code of a refusal the gate built (:func:`_error`)."""
+    try:
+        code = json.loads(bytes(refusal.body))["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return "unknown"
+    return code if code in REFUSAL_CODES else "unknown"
+
+
+REFUSAL_CODES = frozenset({"held", "lease_lost", "unauthenticated", "unavailable", "forbidden"})
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:

@@ -242,3 +242,31 @@ class Metrics:
 
 
 _BY_ENGINE: weakref.WeakKeyDictionary[Engine, Metrics] = weakref.WeakKeyDictionary()
+
+
+class GateMetrics:
+    """``writ gate``'s own families: decisions by outcome and the upstream's latency."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=False)
+        self.passed = Counter(
+            "writ_gate_passed", "Mutating requests the gate let through", registry=r
+        )
+        self.refused = Counter(
+            "writ_gate_refused",
+            "Requests the gate refused, by code (held, lease_lost, unauthenticated, unavailable)",
+            ["code"],
+            registry=r,
+        )
+        self.upstream = Histogram(
+            "writ_gate_upstream_seconds",
+            "From forwarding a request to the upstream's response headers, by outcome",
+            ["outcome"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        build = Gauge("writ_build_info", "writ's version", ["version"], registry=r)
+        build.labels(version=__version__).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -123,7 +123,7 @@ def log_decisions(engine: Engine) -> None:
     """One ``writ.decision`` line per committed audit row of ``engine``."""
     from .observe import observed
 
-    observed(engine).add_sink(_decisions)
+    observed(engine).add_sink(_decisions, context=True)
 
 
 def _decisions(rows: Rows, context: dict[str, str]) -> None:

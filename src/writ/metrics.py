@@ -21,9 +21,12 @@ The gauges are store-wide: ``max()`` them.
 from __future__ import annotations
 
 import weakref
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import __version__
@@ -94,6 +97,82 @@ OUTBOUND = {
 }
 
 
+class Hist:
+    """A histogram without locks: every observation happens on the event loop's thread
+    (after-commit callbacks and request ends run there). prometheus-client's own Histogram
+    takes two locks per observation — measured 2 µs against 0.3 µs here, six times per
+    acquire+release pair — so the hot families accumulate here and :class:`_Families`
+    hands them to prometheus-client at scrape time."""
+
+    __slots__ = ("buckets", "counts", "sum")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1  # le: value <= bound
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            total += n
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
+        return out
+
+
+class _Family:
+    """One counter or histogram family: its children by label values."""
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        doc: str,
+        labels: tuple[str, ...] = (),
+        buckets: tuple[float, ...] = (),
+    ) -> None:
+        self.kind, self.name, self.doc, self.labels, self.buckets = kind, name, doc, labels, buckets
+        self.values: dict[tuple[str, ...], Any] = {}
+
+    def hist(self, *values: str) -> Hist:
+        h = self.values.get(values)
+        if h is None:
+            h = self.values[values] = Hist(self.buckets)
+        return h
+
+    def inc(self, *values: str, by: float = 1) -> None:
+        self.values[values] = self.values.get(values, 0) + by
+
+    def family(self) -> Any:
+        if self.kind == "counter":
+            c = CounterMetricFamily(self.name, self.doc, labels=list(self.labels))
+            for values, n in self.values.items():
+                c.add_metric(list(values), n)
+            return c
+        h = HistogramMetricFamily(self.name, self.doc, labels=list(self.labels))
+        for values, hist in self.values.items():
+            h.add_metric(list(values), hist.cumulative(), hist.sum)
+        return h
+
+
+class _Families:
+    """A prometheus-client collector over :class:`_Family` accumulators."""
+
+    def __init__(self, families: list[_Family]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Any]:
+        for f in self.families:
+            yield f.family()
+
+    def describe(self) -> list[Any]:
+        return []
+
+
 class Metrics:
     """The metric families of PROTOCOL.md v1.1, in a registry of their own."""
 
@@ -108,65 +187,83 @@ class Metrics:
         self.store_up = Gauge(
             "writ_store_up", "1 if the store answered the last scrape's read, else 0", registry=r
         )
-        self.acquire_wait = Histogram(
+        build = Gauge("writ_build_info", "writ's version", ["version"], registry=r)
+        build.labels(version=__version__).set(1)
+        H, C = "histogram", "counter"
+        self.acquire_wait_f = _Family(
+            H,
             "writ_lease_acquire_wait_seconds",
             "From an acquire request's arrival to its grant (201), queue wait included",
             buckets=WAIT_BUCKETS,
-            registry=r,
         )
-        self.hold = Histogram(
+        self.hold_f = _Family(
+            H,
             "writ_lease_hold_seconds",
             "How long a lease was held, observed when it ends (released, expired, revoked)",
             buckets=HOLD_BUCKETS,
-            registry=r,
         )
-        self.refusals = Counter(
-            "writ_refusals", "Error answers, by error code", ["code"], registry=r
-        )
-        self.grants = Counter("writ_grants", "Leases granted by this process", registry=r)
-        self.stuck = Counter(
-            "writ_stuck",
-            "Leases found stuck: held past max_hold_s, or expired with waiters (lease.stuck rows)",
-            registry=r,
-        )
-        self.consents = Counter(
-            "writ_consents",
-            "Consent rows by outcome (requested, granted, denied, expired, used)",
-            ["outcome"],
-            registry=r,
-        )
-        self.rollbacks = Counter(
-            "writ_rollbacks",
-            "Rollback rows by outcome (requested, approved, denied, executed, failed, defect)",
-            ["outcome"],
-            registry=r,
-        )
-        self.outbound = Counter(
-            "writ_outbound_calls",
-            "Outbound wake, page and rollback calls by outcome",
-            ["kind", "outcome"],
-            registry=r,
-        )
-        self.commit = Histogram(
+        self.commit_f = _Family(
+            H,
             "writ_store_commit_seconds",
             "A store write transaction, from submit to durable commit",
             buckets=COMMIT_BUCKETS,
-            registry=r,
         )
-        self.audit_rows = Counter(
-            "writ_audit_rows", "Audit rows committed by this process", registry=r
-        )
-        self.http = Histogram(
+        self.http_f = _Family(
+            H,
             "writ_http_request_duration_seconds",
             "HTTP requests by method, route template and status",
-            ["method", "route", "status"],
-            buckets=HTTP_BUCKETS,
-            registry=r,
+            ("method", "route", "status"),
+            HTTP_BUCKETS,
         )
-        build = Gauge("writ_build_info", "writ's version", ["version"], registry=r)
-        build.labels(version=__version__).set(1)
-        self._http_children: dict[tuple[str, str, int], Any] = {}
-        self._refusal_children: dict[str, Any] = {}
+        self.refusals = _Family(C, "writ_refusals", "Error answers, by error code", ("code",))
+        self.grants = _Family(C, "writ_grants", "Leases granted by this process")
+        self.stuck = _Family(
+            C,
+            "writ_stuck",
+            "Leases found stuck: held past max_hold_s, or expired with waiters (lease.stuck rows)",
+        )
+        self.consents = _Family(
+            C,
+            "writ_consents",
+            "Consent rows by outcome (requested, granted, denied, expired, used)",
+            ("outcome",),
+        )
+        self.rollbacks = _Family(
+            C,
+            "writ_rollbacks",
+            "Rollback rows by outcome (requested, approved, denied, executed, failed, defect)",
+            ("outcome",),
+        )
+        self.outbound = _Family(
+            C,
+            "writ_outbound_calls",
+            "Outbound wake, page and rollback calls by outcome",
+            ("kind", "outcome"),
+        )
+        self.audit_rows = _Family(C, "writ_audit_rows", "Audit rows committed by this process")
+        r.register(
+            _Families(
+                [
+                    self.acquire_wait_f,
+                    self.hold_f,
+                    self.refusals,
+                    self.grants,
+                    self.stuck,
+                    self.consents,
+                    self.rollbacks,
+                    self.outbound,
+                    self.commit_f,
+                    self.audit_rows,
+                    self.http_f,
+                ]
+            )
+        )
+        for f in (self.grants, self.stuck, self.audit_rows):
+            f.values[()] = 0  # unlabelled counters are exposed from the start
+        self.acquire_wait = self.acquire_wait_f.hist()
+        self.hold = self.hold_f.hist()
+        self.commit = self.commit_f.hist()
+        self._http: dict[tuple[str, str, int], Hist] = {}
         self._engine: Engine | None = None
 
     # ------------------------------------------------------------------ the engine
@@ -195,36 +292,34 @@ class Metrics:
         tx.after_commit(lambda: observe(max(held, 0.0)))
 
     def _count(self, rows: Rows, context: dict[str, str]) -> None:
-        self.audit_rows.inc(len(rows))
+        counts = self.audit_rows.values
+        counts[()] += len(rows)
         for sealed, _ in rows:
             ev = sealed.event
             if ev == "lease.granted":
-                self.grants.inc()
+                self.grants.values[()] += 1
             elif ev == "lease.stuck":
-                self.stuck.inc()
+                self.stuck.values[()] += 1
             elif ev.startswith("consent."):
-                self.consents.labels(outcome=ev[8:]).inc()
+                self.consents.inc(ev[8:])
             elif ev in OUTBOUND:
                 kind, outcome = OUTBOUND[ev]
-                self.outbound.labels(kind=kind, outcome=outcome).inc()
+                self.outbound.inc(kind, outcome)
                 if kind == "rollback":
-                    self.rollbacks.labels(outcome=ev[9:]).inc()
+                    self.rollbacks.inc(ev[9:])
             elif ev.startswith("rollback."):
-                self.rollbacks.labels(outcome=ev[9:]).inc()
+                self.rollbacks.inc(ev[9:])
 
     # ------------------------------------------------------------------ HTTP
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)
-        child = self._http_children.get(key)
-        if child is None:
-            child = self._http_children[key] = self.http.labels(method, route, str(status))
-        child.observe(seconds)
+        h = self._http.get(key)
+        if h is None:
+            h = self._http[key] = self.http_f.hist(method, route, str(status))
+        h.observe(seconds)
 
     def refused(self, code: str) -> None:
-        child = self._refusal_children.get(code)
-        if child is None:
-            child = self._refusal_children[code] = self.refusals.labels(code)
-        child.inc()
+        self.refusals.inc(code)
 
     # ------------------------------------------------------------------ exposition
     async def render(self) -> bytes:

@@ -39,10 +39,14 @@ class Observed:
         self.engine = engine
         self.sinks: list[Sink] = []
         self.timers: list[Callable[[float], None]] = []
+        self.wants_context = False
         self._wrapped = False
 
-    def add_sink(self, sink: Sink) -> None:
+    def add_sink(self, sink: Sink, context: bool = False) -> None:
+        """``sink(rows, context)`` after each commit; ``context`` True when it reads the
+        request id and trace ids (capturing them costs a little on every transaction)."""
         self.sinks.append(sink)
+        self.wants_context |= context
         self._wrap()
 
     def add_timer(self, timer: Callable[[float], None]) -> None:
@@ -58,7 +62,7 @@ class Observed:
         sinks, timers = self.sinks, self.timers
 
         async def observed_transact(fn: Callable[[Tx], Awaitable[T]]) -> T:
-            ctx = context()
+            ctx = context() if self.wants_context else _NO_CONTEXT
             t0 = time.perf_counter()
             try:
                 return await transact(lambda tx: _noting(tx, fn, sinks, ctx))
@@ -70,6 +74,7 @@ class Observed:
         store.transact = observed_transact  # type: ignore[method-assign]
 
 
+_NO_CONTEXT: dict[str, str] = {}
 _BY_ENGINE: weakref.WeakKeyDictionary[Engine, Observed] = weakref.WeakKeyDictionary()
 
 

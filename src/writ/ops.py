@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import tracing
 from .errors import _BY_CODE
-from .logs import ACCESS
+from .logs import ACCESS, DECISION
 from .observe import request_id
 
 if TYPE_CHECKING:
@@ -82,19 +82,21 @@ class OpsFront:
         if m is None and not logging_on and not tracing.enabled():
             await self.app(scope, receive, send)  # nothing to measure
             return
-        rid = _request_id(scope)
-        token = request_id.set(rid)
+        logged = logging_on or DECISION.isEnabledFor(logging.INFO)
+        rid = _request_id(scope) if logged else None
+        token = request_id.set(rid) if logged else None
         status = 500
         error = False
         chunks: list[bytes] = []
-        rid_header = (b"x-request-id", rid.encode())
+        rid_header = (b"x-request-id", rid.encode()) if rid else None
 
         async def measured(msg: Message) -> None:
             nonlocal status, error
             if msg["type"] == "http.response.start":
                 status = msg["status"]
                 error = status >= 400
-                msg["headers"] = [*msg.get("headers", ()), rid_header]
+                if rid_header is not None:
+                    msg["headers"] = [*msg.get("headers", ()), rid_header]
             elif error and msg["type"] == "http.response.body":
                 chunks.append(msg.get("body", b""))
             await send(msg)
@@ -123,9 +125,10 @@ class OpsFront:
                     m.acquire_wait.observe(took)
                 elif code is not None:
                     m.refused(code)
-            if logging_on:
+            if logging_on and rid is not None:
                 _access_line(scope, rid, route, status, took, code, span)
-            request_id.reset(token)
+            if token is not None:
+                request_id.reset(token)
 
     async def _ops(self, path: str, scope: Scope, send: Send) -> None:
         if path == "/livez":

@@ -4,9 +4,10 @@ Each app gets its own :class:`Metrics` and its own registry (tests build many ap
 process). What is counted, and where, is chosen so the hot path stays hot:
 
 * **Decisions** (grants, consents, rollbacks, outbound calls, audit rows) are counted from
-  the audit rows this process commits (:mod:`writ.observe`: after the commit, never for a
-  transaction that rolled back), which also times each transaction into
-  ``writ_store_commit_seconds``. Per grant: a list append and a dict lookup.
+  the audit rows this process commits: the store hands each committed transaction's rows
+  to its ``row_observers`` (never a transaction that rolled back), and each commit's
+  duration to its ``commit_observers`` (``writ_store_commit_seconds``). Per grant: a list
+  append and a few dict lookups.
 * **Hold times** come from the engine's lease-ended hook, after the commit.
 * **Gauges** (``writ_leases_held``, ``writ_waiters``) are read from the store at scrape
   time with one count each: store-wide, and free between scrapes.
@@ -34,8 +35,8 @@ from .errors import WritError
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .ledger import Sealed
     from .models import Lease
-    from .observe import Rows
     from .stores.base import Tx
 
 T = TypeVar("T")
@@ -205,7 +206,8 @@ class Metrics:
         self.commit_f = _Family(
             H,
             "writ_store_commit_seconds",
-            "A store write transaction, from submit to durable commit",
+            "A store commit from BEGIN to durable COMMIT (SQLite: one group-commit batch; "
+            "PostgreSQL: one transaction)",
             buckets=COMMIT_BUCKETS,
         )
         self.http_f = _Family(
@@ -277,13 +279,10 @@ class Metrics:
         return m
 
     def instrument(self, engine: Engine) -> None:
-        """Count ``engine``'s committed rows and time its store transactions."""
-        from .observe import observed
-
+        """Count ``engine``'s committed rows and time its store's commits."""
         self._engine = engine
-        obs = observed(engine)
-        obs.add_sink(self._count)
-        obs.add_timer(self.commit.observe)
+        engine.store.row_observers.append(self._count)
+        engine.store.commit_observers.append(self.commit.observe)
         engine._on_end.append(self._on_end)
 
     async def _on_end(self, tx: Tx, lease: Lease) -> None:
@@ -291,10 +290,10 @@ class Metrics:
         observe = self.hold.observe
         tx.after_commit(lambda: observe(max(held, 0.0)))
 
-    def _count(self, rows: Rows, context: dict[str, str]) -> None:
+    def _count(self, rows: list[Sealed]) -> None:
         counts = self.audit_rows.values
         counts[()] += len(rows)
-        for sealed, _ in rows:
+        for sealed in rows:
             ev = sealed.event
             if ev == "lease.granted":
                 self.grants.values[()] += 1

@@ -262,8 +262,18 @@ class Tx(ABC):
         an outbound wake call. Stores call :meth:`committed` after the commit."""
         self.__dict__.setdefault("_after_commit", []).append(fn)
 
+    def noted(self, sealed: Sealed) -> None:
+        """Remember an appended row for the store's row observers (stores call this from
+        ``append`` when ``store.row_observers`` is not empty)."""
+        self.__dict__.setdefault("_sealed", []).append(sealed)
+
     def committed(self) -> None:
-        """Run the :meth:`after_commit` callbacks (called by the store)."""
+        """Hand the rows this transaction appended to the store's row observers, then run
+        the :meth:`after_commit` callbacks (called by the store, after the commit)."""
+        sealed = self.__dict__.pop("_sealed", None)
+        if sealed:
+            for observe in getattr(self, "store").row_observers:  # noqa: B009 - each backend's Tx has it
+                observe(sealed)
         for fn in self.__dict__.pop("_after_commit", []):
             fn()
 
@@ -277,6 +287,11 @@ class Store(ABC):
 
     def __init__(self) -> None:
         self._listener: Listener | None = None
+        # observers (writ.metrics): the rows of each committed write transaction, and how
+        # long each commit took (SQLite: a group-commit batch; PostgreSQL: a transaction),
+        # from BEGIN to durable COMMIT. Called on the event loop, after the commit.
+        self.row_observers: list[Callable[[list[Sealed]], None]] = []
+        self.commit_observers: list[Callable[[float], None]] = []
 
     def set_listener(self, listener: Listener | None) -> None:
         """Receive every notification, from this process and any other sharing the store."""

@@ -499,6 +499,8 @@ class PgTx(Tx):
         s = seal(seq + 1, prev, self._now, fields)
         self._pending.append(s)
         self._head = (s.seq, s.hash)
+        if self.store.row_observers:
+            self.noted(s)
         return s
 
     async def _flush(self) -> None:
@@ -839,6 +841,7 @@ class PostgresStore(Store):
 
     async def _attempt(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         pool = self._pool_or_fail()
+        began = time.perf_counter()
         with _translate("write"):
             async with pool.connection() as conn:
                 tx: PgTx | None = None
@@ -870,6 +873,10 @@ class PostgresStore(Store):
                         raise
                     if not await self._committed_anyway(tx, exc):
                         raise _Retry(exc, True) from exc
+        if self.commit_observers:
+            took = time.perf_counter() - began
+            for observe in self.commit_observers:
+                observe(took)
         self._committed(tx, notes)
         return result
 

@@ -478,6 +478,8 @@ class SQLiteTx(Tx):
             (s.seq, s.timestamp, s.event, s.resource, s.lock_key, s.body, s.hash),
         )
         self.store._head = (s.seq, s.hash)
+        if self.store.row_observers:
+            self.noted(s)
         return s
 
     async def audit_rows(
@@ -686,6 +688,7 @@ class SQLiteStore(Store):
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         notes: list[tuple[str, dict[str, Any]]] = []
         done: list[SQLiteTx] = []
+        began = time.perf_counter()
         try:
             c.execute("BEGIN IMMEDIATE")
             # another process may have written since our last batch: re-read the heads,
@@ -745,6 +748,10 @@ class SQLiteStore(Store):
             return
         self.batches += 1
         self.transactions += len(outcomes)
+        if self.commit_observers:
+            took = time.perf_counter() - began
+            for observe in self.commit_observers:
+                observe(took)
         for fut, result, failure in outcomes:
             if fut.done():
                 continue

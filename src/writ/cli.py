@@ -354,7 +354,8 @@ def principal() -> None:
     "--wake",
     default=None,
     metavar="ROUTE",
-    help="The exact call that wakes it: an http(s):// URL or a /route.",
+    help="The exact call that wakes it: an http(s):// URL, a /route, pagerduty:ROUTING_KEY "
+    "or slack:WEBHOOK_URL (docs/operations.md).",
 )
 @click.option("--admin", is_flag=True, help="May add principals (humans and queues only).")
 @store_option("Work offline on this store (e.g. sqlite:///writ.db) instead of through a server.")

@@ -1,77 +1,84 @@
-import io, json, logging, time, sys
-import structlog
+"""``python bench/log_bench.py`` — one structured log line, standard library vs structlog.
 
-N = 50000
-fields = dict(
-    request_id="rq_8c1f2a",
-    method="POST",
-    route="/v1/leases",
-    status=201,
-    duration_ms=0.412,
-    principal="perf-agent",
-    resource="prod/db",
-    lease_id="ls_01HX",
-    fencing_token=8841,
-    outcome="ok",
-)
+The measurement behind writ's choice of the standard library for ``--log-format json``
+(:mod:`writ.logs`): the access line's fields, rendered to JSON and written to an in-memory
+stream, 50,000 lines per round, 5 rounds, both ways in the same round. structlog is not a
+writ dependency: ``pip install structlog`` to run this.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+import time
+
+N = 50_000
+FIELDS = {
+    "request_id": "rq_8c1f2a",
+    "method": "POST",
+    "route": "/v1/leases",
+    "status": 201,
+    "duration_ms": 0.412,
+    "principal": "perf-agent",
+    "resource": "prod/db",
+    "lease_id": "ls_01HX",
+    "fencing_token": 8841,
+    "outcome": "ok",
+}
 
 
-# stdlib
 class JsonFormatter(logging.Formatter):
-    def format(self, r):
-        d = {
-            "ts": r.created,
-            "level": r.levelname.lower(),
-            "logger": r.name,
-            "event": r.getMessage(),
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
         }
-        d.update(r.__dict__.get("writ", {}))
-        return json.dumps(d, separators=(",", ":"), default=str)
+        out.update(record.__dict__.get("writ", {}))
+        return json.dumps(out, separators=(",", ":"), default=str)
 
 
-buf = io.StringIO()
-h = logging.StreamHandler(buf)
-h.setFormatter(JsonFormatter())
-lg = logging.getLogger("bench")
-lg.addHandler(h)
-lg.setLevel(logging.INFO)
-lg.propagate = False
+def main() -> None:
+    try:
+        import structlog
+    except ImportError:
+        sys.exit("structlog is not installed: pip install structlog")
+    std_buf = io.StringIO()
+    handler = logging.StreamHandler(std_buf)
+    handler.setFormatter(JsonFormatter())
+    std = logging.getLogger("bench")
+    std.addHandler(handler)
+    std.setLevel(logging.INFO)
+    std.propagate = False
+    sl_buf = io.StringIO()
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sl_buf),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        cache_logger_on_first_use=True,
+    )
+    sl = structlog.get_logger("bench")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(N):
+            std.info("request", extra={"writ": FIELDS})
+        a = (time.perf_counter() - t) / N * 1e6
+        t = time.perf_counter()
+        for _ in range(N):
+            sl.info("request", **FIELDS)
+        b = (time.perf_counter() - t) / N * 1e6
+        print(f"stdlib {a:.2f} µs/line  structlog {b:.2f} µs/line  ratio {b / a:.2f}")
+        for buf in (std_buf, sl_buf):
+            buf.seek(0)
+            buf.truncate()
 
 
-def run_std():
-    t = time.perf_counter()
-    for _ in range(N):
-        lg.info("request", extra={"writ": fields})
-    return (time.perf_counter() - t) / N * 1e6
-
-
-buf2 = io.StringIO()
-structlog.configure(
-    processors=[
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso"),
-        structlog.processors.JSONRenderer(),
-    ],
-    logger_factory=structlog.PrintLoggerFactory(buf2),
-    cache_logger_on_first_use=True,
-    wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-)
-sl = structlog.get_logger("bench")
-
-
-def run_sl():
-    t = time.perf_counter()
-    for _ in range(N):
-        sl.info("request", **fields)
-    return (time.perf_counter() - t) / N * 1e6
-
-
-r = []
-for i in range(5):
-    r.append((run_std(), run_sl()))
-    buf.seek(0)
-    buf.truncate()
-    buf2.seek(0)
-    buf2.truncate()
-for a, b in r:
-    print(f"stdlib {a:.2f} us/line  structlog {b:.2f} us/line  ratio {b / a:.2f}")
+if __name__ == "__main__":
+    main()

@@ -97,8 +97,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     from writ.stores import open_store
 
     tmp = Path(tempfile.mkdtemp(prefix="writ-metrics-bench-"))
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - open for the whole run
-    handler = logging.StreamHandler(devnull)
+    handler = logging.StreamHandler(args.devnull)
     handler.setFormatter(logs.JsonFormatter())
     drivers: dict[str, Driver] = {}
     engines: list[Engine] = []
@@ -150,7 +149,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     logging_for("off")
     for e in engines:
         await e.stop()
-    devnull.close()
     med = {m: statistics.median(per_pair[m]) for m in MODES}
     # per-round ratio (same round, adjacent in time) is less noisy than the ratio of medians
     round_ratio = {
@@ -194,7 +192,8 @@ def cli() -> None:
         "fixed costs measured here are a larger share (a worst case for the ratio)",
     )
     args = p.parse_args()
-    out = asyncio.run(main(args))
+    with open(os.devnull, "w") as args.devnull:
+        out = asyncio.run(main(args))
     print(
         "| mode | CPU µs per pair (median) | wall µs per pair | vs off (median of per-round ratios) |"
     )

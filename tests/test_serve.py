@@ -317,3 +317,26 @@ def test_metrics_over_a_real_socket_need_the_token(writ_process: Writ) -> None:
     assert r.status_code == 200 and "writ_build_info" in r.text
     assert httpx.get(w.url + "/readyz").json() == {"ok": True}
     assert METRICS_TOKEN not in w.log.read_text()
+
+
+def test_log_lines_never_carry_a_known_secret() -> None:
+    """The scrub runs over the finished line: known secrets (also JSON-escaped), bearer
+    tokens and PagerDuty routing keys become [redacted], whatever field carried them."""
+    import logging
+
+    from writ.logs import ConsoleFormatter, JsonFormatter, Scrub, Scrubbed
+
+    scrub = Scrub(['s3cr"et-value', WEBHOOK_SECRET])
+    record = logging.LogRecord(
+        "writ.access", logging.INFO, __file__, 1, "called with Bearer abc.def-123", None, None
+    )
+    record.writ = {  # type: ignore[attr-defined]
+        "notes": f'{WEBHOOK_SECRET} and s3cr"et-value via pagerduty:R0UT1NGKEY0123',
+        "status": 201,
+    }
+    for inner in (JsonFormatter(), ConsoleFormatter()):
+        line = Scrubbed(inner, scrub).format(record)
+        for leaked in (WEBHOOK_SECRET, "s3cr", "abc.def-123", "R0UT1NGKEY0123"):
+            assert leaked not in line, (leaked, line)
+        assert line.count("[redacted]") == 4
+    json.loads(Scrubbed(JsonFormatter(), scrub).format(record))  # still one JSON object

@@ -76,7 +76,8 @@ async def test_gate_metrics_count_passed_refused_and_upstream_latency(
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=down), base_url="http://gate.test"
         ) as c:
-            assert (await c.post("/admin/x")).status_code == 503
+            failed = await c.post("/admin/x")
+            assert failed.status_code == 503 and failed.headers["retry-after"] == "1"
             unavailable = samples((await c.get("/metrics")).text)
         await down.aclose()
     with live_server.client(token) as w:

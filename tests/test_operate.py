@@ -65,6 +65,13 @@ async def test_metrics_after_a_story_count_what_happened(engine: Engine) -> None
         assert refused.json()["error"]["code"] == "held"
         # the blocker expires in 30 s: Retry-After says so, in whole seconds
         assert 1 <= int(refused.headers["retry-after"]) <= 30
+        # the same through FastAPI's own stack (a field the lean path does not take)
+        full = await c.post(
+            "/v1/leases",
+            json={"resource": "prod/db", "intent": "y", "consent_id": None},
+            headers=b,
+        )
+        assert full.status_code == 409 and 1 <= int(full.headers["retry-after"]) <= 30
         mid = samples((await c.get("/metrics")).text)
         assert value(mid, "writ_leases_held") == 1
         assert (await c.get(f"/v1/leases/{lease['lease_id']}", headers=a)).status_code == 200
@@ -75,7 +82,7 @@ async def test_metrics_after_a_story_count_what_happened(engine: Engine) -> None
         assert m.status_code == 200
         assert m.headers["content-type"].startswith("text/plain")
         found = samples(m.text)
-    assert value(found, "writ_refusals_total", code="held") == 1
+    assert value(found, "writ_refusals_total", code="held") == 2
     assert value(found, "writ_grants_total") == 1
     assert value(found, "writ_leases_held") == 0
     assert value(found, "writ_waiters") == 0
@@ -83,11 +90,11 @@ async def test_metrics_after_a_story_count_what_happened(engine: Engine) -> None
     assert value(found, "writ_lease_hold_seconds_count") == 1
     assert value(found, "writ_lease_acquire_wait_seconds_count") == 1
     assert value(found, "writ_store_commit_seconds_count") >= 5  # 2 principals, 2 leases, 1 end
-    # granted, denied, released, and the two principals' rows
-    assert value(found, "writ_audit_rows_total") == 5
+    # granted, two denied, released, and the two principals' rows
+    assert value(found, "writ_audit_rows_total") == 6
     http = "writ_http_request_duration_seconds_count"
     assert value(found, http, method="POST", route="/v1/leases", status="201") == 1
-    assert value(found, http, method="POST", route="/v1/leases", status="409") == 1
+    assert value(found, http, method="POST", route="/v1/leases", status="409") == 2
     assert value(found, http, method="GET", route="/v1/leases/{lease_id}", status="200") == 1
     assert (
         value(found, http, method="POST", route="/v1/leases/{lease_id}/release", status="200") == 1

@@ -199,7 +199,9 @@ def _bearer(value: str | None) -> str | None:
 
 def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse:
     return JSONResponse(
-        {"error": {"code": code, "message": message, **details}}, status_code=status
+        {"error": {"code": code, "message": message, **details}},
+        status_code=status,
+        headers={"Retry-After": "1"} if status == 503 else None,  # PROTOCOL v1.1
     )
 
 

@@ -160,6 +160,24 @@ async def test_livez_and_readyz_with_the_store_up_and_down(engine: Engine) -> No
         assert (await c.get("/readyz")).status_code == 200
 
 
+async def test_readyz_needs_the_schema_this_writ_expects(engine: Engine, tmp_path: Any) -> None:
+    """A store migrated by a newer writ (a migration this one does not know) is not ready."""
+    if not engine.store.url.startswith("sqlite"):
+        pytest.skip("SQLite: the raw write below")
+    import sqlite3
+
+    async with client(engine) as c:
+        assert (await c.get("/readyz")).status_code == 200
+        path = engine.store.path  # type: ignore[attr-defined]
+        with sqlite3.connect(path) as raw:
+            raw.execute(
+                "INSERT INTO writ_migrations (version, name, applied_at) VALUES (99, 'future', 'x')"
+            )
+        r = await c.get("/readyz")
+        assert r.status_code == 503
+        assert "migration 99" in r.json()["reason"]
+
+
 @pytest.mark.postgres
 async def test_readyz_needs_the_postgres_listener(engine: Engine) -> None:
     if not engine.store.url.startswith("postgresql"):

@@ -120,7 +120,18 @@ async def test_spans_cover_request_engine_store_and_outbound(
                 },
             )
             assert r.status_code == 201
-        finished = spans.get_finished_spans()
+            lease_id = r.json()["lease_id"]
+            finished = spans.get_finished_spans()
+            spans.clear()
+            ch = await c.post(
+                f"/v1/leases/{lease_id}/changes",
+                json={"attribute": "capacity", "summary": "4->8"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert ch.status_code == 201
+            rule_spans = {s.name for s in spans.get_finished_spans()}
+            assert "writ.consents.record_change" in rule_spans
+            assert "HTTP POST /v1/leases/{lease_id}/changes" in rule_spans
         by_name = {s.name: s for s in finished}
         http = by_name["HTTP POST /v1/leases"]
         assert format(http.context.trace_id, "032x") == TRACE  # the caller's trace, continued

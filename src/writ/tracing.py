@@ -31,6 +31,12 @@ log = logging.getLogger("writ.tracing")
 _tracer: Any = None  # an opentelemetry Tracer once tracing is on
 
 ENGINE_OPERATIONS = ("acquire", "renew", "release", "revoke", "sweep", "gate_check")
+# the safety rules' operations, by the engine attribute that holds each rule
+RULE_OPERATIONS = {
+    "consents": ("record_change", "ask", "answer"),
+    "rollbacks": ("request", "answer", "defect"),
+    "freezes": ("freeze", "lift"),
+}
 
 
 def enabled() -> bool:
@@ -163,6 +169,10 @@ def instrument(engine: Engine) -> None:
     for name in ENGINE_OPERATIONS:
         method = getattr(engine, name)
         setattr(engine, name, _traced(f"writ.{name}", method))
+    for rule_name, names in RULE_OPERATIONS.items():
+        rule = getattr(engine, rule_name)
+        for name in names:
+            setattr(rule, name, _traced(f"writ.{rule_name}.{name}", getattr(rule, name)))
     store = engine.store
     store.transact = _traced("writ.store.transact", store.transact)  # type: ignore[method-assign,assignment]
     store.read = _traced("writ.store.read", store.read)  # type: ignore[method-assign,assignment]

@@ -127,7 +127,7 @@ def log_decisions(engine: Engine) -> None:
     """One ``writ.decision`` line per committed audit row of ``engine``."""
     from .observe import observed
 
-    observed(engine).add_sink(_decisions, context=True)
+    observed(engine).add_sink(_decisions)
 
 
 def _decisions(rows: Rows, context: dict[str, str]) -> None:

@@ -1,17 +1,16 @@
-"""The rows an engine commits, handed to observers (metrics, decision logs) after commit.
+"""The rows an engine commits, with the request that caused them (the decision log).
 
-:func:`observed` wraps the engine's ``store.transact`` once: each ``tx.append`` notes its
-row, and once the transaction has committed (never if it rolled back) every sink gets the
-rows with the context of the request that asked for the transaction (its request id and
-trace ids, captured when ``transact`` was called — a group commit runs many requests'
-transactions in one task). Timers get each transaction's duration, submit to commit.
-Nothing is wrapped until a sink or timer is added.
+The store's own ``row_observers`` (what :mod:`writ.metrics` uses) see committed rows but
+not which request asked for them: SQLite runs a whole group commit's transactions in one
+task. :func:`observed` therefore wraps the engine's ``store.transact`` once, capturing the
+caller's request id and trace ids (:func:`context`) when ``transact`` is called; each
+``tx.append`` notes its row, and once the transaction has committed (never if it rolled
+back) every sink gets the rows and that context. Nothing is wrapped until a sink is added.
 """
 
 from __future__ import annotations
 
 import contextvars
-import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,43 +37,25 @@ class Observed:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.sinks: list[Sink] = []
-        self.timers: list[Callable[[float], None]] = []
-        self.wants_context = False
         self._wrapped = False
 
-    def add_sink(self, sink: Sink, context: bool = False) -> None:
-        """``sink(rows, context)`` after each commit; ``context`` True when it reads the
-        request id and trace ids (capturing them costs a little on every transaction)."""
+    def add_sink(self, sink: Sink) -> None:
+        """``sink(rows, context)`` after each commit of the engine's store."""
         self.sinks.append(sink)
-        self.wants_context |= context
-        self._wrap()
-
-    def add_timer(self, timer: Callable[[float], None]) -> None:
-        self.timers.append(timer)
-        self._wrap()
-
-    def _wrap(self) -> None:
         if self._wrapped:
             return
         self._wrapped = True
         store = self.engine.store
         transact = store.transact
-        sinks, timers = self.sinks, self.timers
+        sinks = self.sinks
 
         async def observed_transact(fn: Callable[[Tx], Awaitable[T]]) -> T:
-            ctx = context() if self.wants_context else _NO_CONTEXT
-            t0 = time.perf_counter()
-            try:
-                return await transact(lambda tx: _noting(tx, fn, sinks, ctx))
-            finally:
-                took = time.perf_counter() - t0
-                for timer in timers:
-                    timer(took)
+            ctx = context()  # the caller's: the transaction may run in another task
+            return await transact(lambda tx: _noting(tx, fn, sinks, ctx))
 
         store.transact = observed_transact  # type: ignore[method-assign]
 
 
-_NO_CONTEXT: dict[str, str] = {}
 _BY_ENGINE: weakref.WeakKeyDictionary[Engine, Observed] = weakref.WeakKeyDictionary()
 
 

@@ -229,7 +229,7 @@ class FastLeases:
 
     ACQUIRE_KEYS = frozenset({"resource", "intent", "ttl_s", "wait_s", "touches"})
 
-    def __init__(self, app: ASGIApp, engine: Engine, draining: asyncio.Event) -> None:
+    def __init__(self, app: ASGIApp, engine: Engine, draining: asyncio.Event | None = None) -> None:
         self.app = app
         self.engine = engine
         self.draining = draining

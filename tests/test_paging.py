@@ -335,6 +335,9 @@ async def test_retries_honour_retry_after_and_every_attempt_is_a_row(
     ]
     assert "retrying in 7s" in retries[0]["notes"]
     assert len(await w.rows("wake.delivered")) == 1
+    text = (await w.http.get("/metrics")).text
+    assert 'writ_outbound_calls_total{kind="wake",outcome="retry"} 2.0' in text
+    assert 'writ_outbound_calls_total{kind="wake",outcome="delivered"} 1.0' in text
     # each attempt is signed afresh
     assert all("writ-signature" in c.headers for c in rx.to("/hooks/perf"))
 

@@ -90,6 +90,8 @@ HTTP_BUCKETS = WAIT_BUCKETS
 OUTBOUND = {
     "wake.delivered": ("wake", "delivered"),
     "wake.failed": ("wake", "failed"),
+    "wake.retry": ("wake", "retry"),
+    "page.retry": ("page", "retry"),
     "page.delivered": ("page", "delivered"),
     "page.failed": ("page", "failed"),
     "page.resolved": ("page", "resolved"),

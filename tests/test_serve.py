@@ -143,16 +143,16 @@ def test_serve_check_names_every_problem(tmp_path: Path, monkeypatch: pytest.Mon
 class Writ:
     """`writ serve` in a child process, configured by environment variables."""
 
-    def __init__(self, tmp: Path, **env: str) -> None:
+    def __init__(self, tmp: Path, store_url: str | None = None, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.db = tmp / "writ.db"
+        self.store_url = store_url or f"sqlite:///{tmp / 'writ.db'}"
         self.log = tmp / "serve.log"
         self.env = {
             **os.environ,
             "WRIT_ADMIN_TOKEN": ADMIN,
             "WRIT_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "WRIT_STORE": f"sqlite:///{self.db}",
+            "WRIT_STORE": self.store_url,
             "WRIT_PORT": str(self.port),
             "WRIT_LOG_FORMAT": "json",
             "WRIT_METRICS_TOKEN": METRICS_TOKEN,
@@ -200,6 +200,14 @@ def writ_process(tmp_path: Path) -> Iterator[Writ]:
     w.stop()
 
 
+@pytest.fixture
+def writ_on_each_store(tmp_path: Path, store_url: str) -> Iterator[Writ]:
+    """`writ serve` on SQLite and on PostgreSQL (a fresh schema)."""
+    w = Writ(tmp_path, store_url)
+    yield w
+    w.stop()
+
+
 def _raw_long_poll(
     url: str, token: str, path: str
 ) -> tuple[socket.socket, threading.Thread, dict[str, Any]]:
@@ -224,13 +232,13 @@ def _raw_long_poll(
 
 
 def test_sigterm_drains_waiters_with_503_and_leaves_nothing_half_done(
-    writ_process: Writ,
+    writ_on_each_store: Writ,
 ) -> None:
     """A queued acquire and an events long-poll are waiting when SIGTERM arrives: both get
     503 with Retry-After at once, the acquire leaves the queue with a row of its own, the
     process exits cleanly, the ledger verifies and no waiter is left in the store. The JSON
     log has a line per request and per decision, and not one secret."""
-    w = writ_process
+    w = writ_on_each_store
     holder, waiter, poller = w.agent("holder"), w.agent("waiter"), w.agent("poller")
     with w.client(holder) as c:
         held = c.post("/v1/leases", json={"resource": "prod/db", "intent": "hold", "ttl_s": 120})
@@ -269,7 +277,7 @@ def test_sigterm_drains_waiters_with_503_and_leaves_nothing_half_done(
     assert time.monotonic() - started < 10  # well inside --shutdown-timeout's default
 
     async def after() -> tuple[Any, Any, list[dict[str, Any]]]:
-        store = open_store(f"sqlite:///{w.db}")
+        store = open_store(w.store_url)
         await store.open()
         try:
             gauges = await store.read(lambda tx: tx.gauges())

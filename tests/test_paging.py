@@ -390,7 +390,20 @@ async def test_bad_routes_and_the_policy_hide_secrets(world: World) -> None:
         await w.engine.add_principal(None, "q2", "queue", wake="pagerduty:no")
     with pytest.raises(Exception, match="https"):
         await w.engine.add_principal(None, "q3", "queue", wake="slack:hooks")
-    await w.add("ops-queue", "queue")
+    await w.add("ops-queue", "queue", wake=f"pagerduty:{PD_KEY}")
+    await w.add(
+        "slack-queue", "queue", wake="slack:https://hooks.slack.test/services/T/B/XXSECRETXX"
+    )
+    await w.add("nosy-agent", "agent")
     r = await w.http.get("/v1/policy", headers={"Authorization": f"Bearer {w.tokens['ops-queue']}"})
     assert r.status_code == 200 and SECRET not in r.text
     assert r.json()["webhook_secret"] == "(set)"
+    # any principal may list the principals: the routing key and the webhook stay hidden
+    r = await w.http.get(
+        "/v1/principals", headers={"Authorization": f"Bearer {w.tokens['nosy-agent']}"}
+    )
+    assert r.status_code == 200
+    assert PD_KEY not in r.text and "XXSECRETXX" not in r.text
+    wakes = {p["name"]: p["wake"] for p in r.json()["principals"]}
+    assert wakes["ops-queue"] == "pagerduty:…" + PD_KEY[-4:]
+    assert PD_KEY not in json.dumps(await w.rows())

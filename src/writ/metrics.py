@@ -103,7 +103,7 @@ OUTBOUND = {
 class Hist:
     """A histogram without locks: every observation happens on the event loop's thread
     (after-commit callbacks and request ends run there). prometheus-client's own Histogram
-    takes two locks per observation — measured 2 µs against 0.3 µs here, six times per
+    takes two locks per observation — measured 0.7–2 µs against 0.1–0.2 µs here, six times per
     acquire+release pair — so the hot families accumulate here and :class:`_Families`
     hands them to prometheus-client at scrape time."""
 

@@ -129,12 +129,18 @@ async def test_consent_and_rollback_outcomes_are_counted(engine: Engine) -> None
 
 
 async def test_unknown_routes_share_one_label(engine: Engine) -> None:
+    """Raw paths and invented methods never become label values (a client cannot grow
+    /metrics without bound)."""
     async with client(engine) as c:
         for i in range(3):
             assert (await c.get(f"/nope/{i}")).status_code == 404
+            await c.request(f"BREW{i}", "/v1/leases")
         found = samples((await c.get("/metrics")).text)
     http = "writ_http_request_duration_seconds_count"
     assert value(found, http, method="GET", route="unmatched", status="404") == 3
+    methods = {dict(ls).get("method") for (name, ls) in found if name == http}
+    assert methods <= {"GET", "POST", "other"}, methods
+    assert not any("BREW" in str(ls) or "nope" in str(ls) for (_, ls) in found)
     assert value(found, "writ_refusals_total", code="not_found") == 3
 
 

@@ -85,6 +85,7 @@ COMMIT_BUCKETS = (
     5,
 )
 HTTP_BUCKETS = WAIT_BUCKETS
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # outcome rows of outbound calls: event -> (kind, outcome)
 OUTBOUND = {
@@ -316,7 +317,11 @@ class Metrics:
         key = (method, route, status)
         h = self._http.get(key)
         if h is None:
-            h = self._http[key] = self.http_f.hist(method, route, str(status))
+            # a client may send any method token: only known ones become label values
+            shown = method if method in HTTP_METHODS else "other"
+            h = self._http[key] = self.http_f.hist(shown, route, str(status))
+            if len(self._http) > 10_000:  # bounded whatever arrives (the labels are)
+                self._http.clear()
         h.observe(seconds)
 
     def refused(self, code: str) -> None:

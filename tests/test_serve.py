@@ -348,3 +348,15 @@ def test_log_lines_never_carry_a_known_secret() -> None:
             assert leaked not in line, (leaked, line)
         assert line.count("[redacted]") == 4
     json.loads(Scrubbed(JsonFormatter(), scrub).format(record))  # still one JSON object
+
+
+def test_console_lines_cannot_be_forged_by_a_path() -> None:
+    """A path with an encoded newline stays on its one console line (escaped)."""
+    import logging
+
+    from writ.logs import ConsoleFormatter
+
+    record = logging.LogRecord("writ.access", logging.INFO, __file__, 1, "GET x 404", None, None)
+    record.writ = {"path": "/nope\n2026-01-01T00:00:00Z INFO writ.access: forged"}  # type: ignore[attr-defined]
+    line = ConsoleFormatter().format(record)
+    assert "\n" not in line and "\\x0a" in line

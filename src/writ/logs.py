@@ -98,10 +98,13 @@ class ConsoleFormatter(logging.Formatter):
     """``time level logger message key=value ...`` for a terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_iso(record.created)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        message = _one_line(record.getMessage())
+        line = f"{_iso(record.created)} {record.levelname:<7} {record.name}: {message}"
         fields = record.__dict__.get("writ")
         if fields:
-            line += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+            line += " " + " ".join(
+                f"{k}={_one_line(str(v))}" for k, v in fields.items() if v is not None
+            )
         if record.exc_info:
             line += "\n" + (record.exc_text or self.formatException(record.exc_info))
         return line
@@ -163,6 +166,17 @@ def _decisions(rows: Rows, context: dict[str, str]) -> None:
                 }
             },
         )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters escaped: a request path decoded from ``%0A`` must
+    not start a forged line of its own (JSON lines escape them already)."""
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _iso(ts: float) -> str:

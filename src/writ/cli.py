@@ -259,33 +259,122 @@ main.epilog = "\b\nExit status:\n" + "\n".join(
     show_default=True,
     help="Store URL: sqlite:///path/writ.db or postgresql://user@host:port/db [env WRIT_STORE].",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=7411, show_default=True, help="Port to listen on.")
+@click.option(
+    "--host",
+    envvar="WRIT_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on [env WRIT_HOST].",
+)
+@click.option(
+    "--port",
+    envvar="WRIT_PORT",
+    type=int,
+    default=7411,
+    show_default=True,
+    help="Port to listen on [env WRIT_PORT].",
+)
 @click.option(
     "--policy",
+    envvar="WRIT_POLICY",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="Policy file (TOML): blast-radius groups and per-prefix rules.",
+    help="Policy file (TOML): blast-radius groups and per-prefix rules [env WRIT_POLICY].",
 )
 @click.option(
     "--log-level",
+    envvar="WRIT_LOG_LEVEL",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
     show_default=True,
-    help="Server log level.",
+    help="Server log level; info logs one line per request and per decision [env WRIT_LOG_LEVEL].",
 )
-@limit_options()
+@limit_options(env_prefix="WRIT_")
+@click.option(
+    "--log-format",
+    envvar="WRIT_LOG_FORMAT",
+    type=click.Choice(["console", "json"]),
+    default="console",
+    show_default=True,
+    help="Log lines for a terminal, or one JSON object per line [env WRIT_LOG_FORMAT].",
+)
+@click.option(
+    "--shutdown-timeout",
+    envvar="WRIT_SHUTDOWN_TIMEOUT",
+    type=click.IntRange(1, 3600),
+    default=10,
+    show_default=True,
+    metavar="SECONDS",
+    help="On SIGTERM: answer waiters 503, finish in-flight requests within this bound "
+    "[env WRIT_SHUTDOWN_TIMEOUT].",
+)
+@click.option(
+    "--metrics/--no-metrics",
+    envvar="WRIT_METRICS",
+    default=True,
+    show_default=True,
+    help="Measure and serve Prometheus metrics at /metrics [env WRIT_METRICS].",
+)
+@click.option(
+    "--metrics-token",
+    envvar="WRIT_METRICS_TOKEN",
+    default=None,
+    metavar="TOKEN",
+    help="Require 'Authorization: Bearer TOKEN' on /metrics [env WRIT_METRICS_TOKEN].",
+)
+@click.option(
+    "--check",
+    "check_only",
+    envvar="WRIT_CHECK",
+    is_flag=True,
+    help="Validate the whole configuration (policy, store, address, logs, tracing) and "
+    "exit: 0, or 1 with the reasons [env WRIT_CHECK].",
+)
 def serve(
-    store: str, host: str, port: int, policy: str | None, log_level: str, **limits: Any
+    store: str,
+    host: str,
+    port: int,
+    policy: str | None,
+    log_level: str,
+    log_format: str = "console",
+    shutdown_timeout: int = 10,
+    metrics: bool = True,
+    metrics_token: str | None = None,
+    check_only: bool = False,
+    **limits: Any,
 ) -> None:
-    """Serve the writ protocol over HTTP until interrupted.
+    """Serve the writ protocol over HTTP until SIGTERM/SIGINT, then shut down gracefully.
 
     If WRIT_ADMIN_TOKEN is set when the store is first opened, a principal `admin` (a human
-    admin) is created with that token.
+    admin) is created with that token. Every option can also be set by its WRIT_*
+    environment variable (docs/operations.md has the table).
     """
+    if check_only:
+        from .lifecycle import check
+
+        problems = check(
+            store, host, port, policy, log_level, log_format, shutdown_timeout, metrics_token
+        )
+        for p in problems:
+            click.echo(f"writ serve --check: {p}", err=True)
+        if problems:
+            raise SystemExit(1)
+        click.echo(f"writ serve --check: ok ({store.split('://')[0]} store ready, {host}:{port})")
+        return
     from .server import run
 
-    run(store, host, port, policy, log_level=log_level, limits=from_options(limits))
+    run(
+        store,
+        host,
+        port,
+        policy,
+        log_level=log_level,
+        log_format=log_format,
+        shutdown_timeout=shutdown_timeout,
+        metrics=metrics,
+        metrics_token=metrics_token,
+        limits=from_options(limits),
+    )
 
 
 @main.group()
@@ -341,7 +430,8 @@ def principal() -> None:
     "--wake",
     default=None,
     metavar="ROUTE",
-    help="The exact call that wakes it: an http(s):// URL or a /route.",
+    help="The exact call that wakes it: an http(s):// URL, a /route, pagerduty:ROUTING_KEY "
+    "or slack:WEBHOOK_URL (docs/operations.md).",
 )
 @click.option("--admin", is_flag=True, help="May add principals (humans and queues only).")
 @click.option(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from typing import TYPE_CHECKING, Any
 
 from .clock import rfc3339
@@ -301,6 +302,26 @@ class Consents:
             await tx.put_object(
                 CONSENT, consent_id, consent["resource"], consent["status"], data(consent), None
             )
+            if state == "expired" and consent.get("escalated_to"):
+                # the page of its escalation is answered: resolve a PagerDuty incident
+                q = await tx.get_principal(consent["escalated_to"])
+                if q is not None and q.wake:
+                    tx.after_commit(
+                        functools.partial(
+                            eng.caller.resolve,
+                            q.wake,
+                            {
+                                "to": q.name,
+                                "reason": "consent answered",
+                                "consent": public(consent),
+                            },
+                            {
+                                "agent_id": SYSTEM,
+                                "resource": consent["resource"],
+                                "lock_holder": "none",
+                            },
+                        )
+                    )
             await tx.append(
                 {
                     "event": f"consent.{consent['status']}",

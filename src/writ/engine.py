@@ -41,8 +41,8 @@ from .errors import (
 )
 from .ledger import Verification
 from .models import KINDS, Lease, Principal, Waiter, data, new_id, public
+from .paging import check_wake_route, redact
 from .policy import Policy
-from .routes import check_route
 from .stores.base import Store, Tx
 from .validate import check_text, check_tree, number
 
@@ -222,7 +222,7 @@ class Engine:
             "intent": lease.intent,
             "acquired_at": rfc3339(lease.acquired_at),
             "expires_at": rfc3339(lease.expires_at),
-            "wake": p.wake if p else None,
+            "wake": redact(p.wake) if p and p.wake else None,  # no routing keys, webhooks
         }
 
     def call_later(
@@ -395,7 +395,7 @@ class Engine:
         check_text(vendor, "vendor")
         check_text(wake, "wake")
         if wake is not None:
-            check_route(wake, "wake")
+            check_wake_route(wake, "wake")
         if admin and kind not in ("human", "queue"):
             raise Invalid("only a human or a queue may be an admin", field="admin")
         if queues is not None and queues != [] and kind != "human":
@@ -448,7 +448,7 @@ class Engine:
                 "notes": f"{by} added {kind} {name!r}"
                 + (f" (vendor {vendor})" if vendor else "")
                 + (" as admin" if admin else "")
-                + (f"; wake {wake}" if wake else "")
+                + (f"; wake {redact(wake)}" if wake else "")
                 + (f"; member of {', '.join(p.queues)}" if p.queues else "")
                 + (
                     f"; its token expires at {rfc3339(p.token_expires_at)}"

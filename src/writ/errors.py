@@ -31,6 +31,8 @@ wire's ``message``); ``err.fact`` is the message without it, and the client puts
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any, ClassVar, Literal
 
 __all__ = [
@@ -89,6 +91,24 @@ class WritError(Exception):
         """The JSON error body of PROTOCOL.md: ``{"error": {"code", "message", ...details}}``;
         the message ends with the next step in HTTP terms."""
         return {"error": {"code": self.code, "message": self.phrased("http"), **self.details}}
+
+    def retry_after(self) -> int | None:
+        """Seconds for the ``Retry-After`` header of this answer (503, and 409 ``held``:
+        until the blocker's expiry, at least 1, at most an hour), or None."""
+        if self.status == 503:
+            return 1
+        if self.code == "held":
+            at = self.details.get("retry_at")
+            if not at:
+                return 1
+            from .clock import parse_time
+
+            try:
+                left = parse_time(str(at)) - time.time()
+            except Exception:  # a detail we wrote ourselves; never fail an answer on it
+                return 1
+            return min(max(math.ceil(left), 1), 3600)
+        return None
 
     def __getattr__(self, name: str) -> Any:
         details = self.__dict__.get("details", {})

@@ -32,6 +32,7 @@ import posixpath
 import re
 import socket
 import sys
+import time
 import tomllib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from starlette.types import Message, Receive, Scope, Send
 from . import __version__, resources
 from .errors import Invalid, TooLarge
 from .limits import GATE_LIMITS, Limits
+from .metrics import CONTENT_TYPE_LATEST, GateMetrics
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -257,7 +259,9 @@ def _bearer(value: str | None) -> str | None:
 
 def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse:
     return JSONResponse(
-        {"error": {"code": code, "message": message, **details}}, status_code=status
+        {"error": {"code": code, "message": message, **details}},
+        status_code=status,
+        headers={"Retry-After": "1"} if status == 503 else None,  # PROTOCOL v1.1
     )
 
 
@@ -321,6 +325,7 @@ class Gate:
         trust_forwarded_for: Iterable[str] = (),
         upstream_transport: httpx.AsyncBaseTransport | None = None,
         writ_transport: httpx.AsyncBaseTransport | None = None,
+        metrics_path: str | None = "/metrics",
     ) -> None:
         if not token:
             raise Invalid(
@@ -361,6 +366,9 @@ class Gate:
         self._writ_transport = writ_transport
         self._upstream_client: httpx.AsyncClient | None = None
         self._writ_client: httpx.AsyncClient | None = None
+        # GET metrics_path is the gate's own Prometheus metrics (docs/operations.md)
+        self.metrics_path = metrics_path
+        self.metrics = GateMetrics()
 
     # -- lifecycle ------------------------------------------------------------------------
     def _clients(self) -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
@@ -397,7 +405,10 @@ class Gate:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
-            response = await self.handle(scope, receive)
+            if scope["path"] == self.metrics_path and scope["method"] == "GET":
+                response: Response = Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+            else:
+                response = await self.handle(scope, receive)
             await response(scope, receive, send)
         else:  # websocket: refuse the handshake, the gate cannot judge frames
             await send({"type": "websocket.close", "code": 1008})
@@ -486,7 +497,9 @@ class Gate:
             return await self._forward(scope, receive, headers, None, body)
         decision = await self.decide(route, method, path, headers)
         if isinstance(decision, Response):
+            self.metrics.refused.labels(_code_of(decision)).inc()
             return decision
+        self.metrics.passed.inc()
         return await self._forward(scope, receive, headers, decision, body)
 
     async def decide(
@@ -648,18 +661,23 @@ class Gate:
             headers=out_headers,
             content=body if body is not None else _body(receive) if has_body else None,
         )
+        started = time.perf_counter()
+        took = self.metrics.upstream.labels
         try:
             response = await upstream.send(request, stream=True)
         except httpx.TimeoutException as exc:
+            took("timeout").observe(time.perf_counter() - started)
             return _error(
                 504,
                 "upstream_timeout",
                 f"the upstream {self.upstream} did not answer in time ({exc!r})",
             )
         except httpx.HTTPError as exc:
+            took("error").observe(time.perf_counter() - started)
             return _error(
                 502, "bad_gateway", f"the upstream {self.upstream} cannot be reached: {exc!r}"
             )
+        took("answered").observe(time.perf_counter() - started)
         connection = {
             t.strip().lower() for v in response.headers.get_list("connection") for t in v.split(",")
         }
@@ -717,6 +735,18 @@ def _form_methods(ctype: str, header: str, body: bytes) -> list[str]:
             field="_method",
         )
     return [m.decode("ascii") for m in found]
+
+
+def _code_of(refusal: Response) -> str:
+    """The error code of a refusal the gate built (:func:`_error`)."""
+    try:
+        code = json.loads(bytes(refusal.body))["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return "unknown"
+    return code if code in REFUSAL_CODES else "unknown"
+
+
+REFUSAL_CODES = frozenset({"held", "lease_lost", "unauthenticated", "unavailable", "forbidden"})
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:

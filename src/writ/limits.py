@@ -287,14 +287,24 @@ def guarded_protocol(limits: Limits) -> type[Any]:
     return GuardedHttpTools
 
 
-def limit_options(defaults: Limits | None = None) -> Callable[[F], F]:
-    """The click options that set a listener's :class:`Limits` (passed as ``limits``)."""
+def limit_options(
+    defaults: Limits | None = None, env_prefix: str | None = None
+) -> Callable[[F], F]:
+    """The click options that set a listener's :class:`Limits` (passed as ``limits``);
+    with ``env_prefix``, each may also be set by ``PREFIX_FLAG_NAME`` (``WRIT_MAX_CONNECTIONS``)."""
     d = defaults or Limits()
+
+    def env(flag: str) -> dict[str, Any]:
+        if env_prefix is None:
+            return {}
+        name = env_prefix + flag.lstrip("-").replace("-", "_").upper()
+        return {"envvar": name, "show_envvar": True}
 
     def decorate(fn: F) -> F:
         options = [
             click.option(
                 "--max-connections",
+                **env("--max-connections"),
                 type=click.IntRange(1),
                 default=d.max_connections,
                 show_default=True,
@@ -303,6 +313,7 @@ def limit_options(defaults: Limits | None = None) -> Callable[[F], F]:
             ),
             click.option(
                 "--max-header-bytes",
+                **env("--max-header-bytes"),
                 type=click.IntRange(256),
                 default=d.max_header_bytes,
                 show_default=True,
@@ -310,6 +321,7 @@ def limit_options(defaults: Limits | None = None) -> Callable[[F], F]:
             ),
             click.option(
                 "--header-timeout",
+                **env("--header-timeout"),
                 type=click.FloatRange(0, min_open=True),
                 default=d.header_timeout,
                 show_default=True,
@@ -317,6 +329,7 @@ def limit_options(defaults: Limits | None = None) -> Callable[[F], F]:
             ),
             click.option(
                 "--body-timeout",
+                **env("--body-timeout"),
                 type=click.FloatRange(0, min_open=True),
                 default=d.body_timeout,
                 show_default=True,
@@ -324,6 +337,7 @@ def limit_options(defaults: Limits | None = None) -> Callable[[F], F]:
             ),
             click.option(
                 "--keepalive-timeout",
+                **env("--keepalive-timeout"),
                 type=click.FloatRange(0, min_open=True),
                 default=d.keepalive_timeout,
                 show_default=True,

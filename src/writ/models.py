@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import rfc3339
+from .paging import redact
 
 KINDS = ("agent", "human", "queue", "portal")
 LEASE_STATES = ("held", "released", "expired", "revoked")
@@ -50,7 +51,8 @@ class Principal:
             "name": self.name,
             "kind": self.kind,
             "vendor": self.vendor,
-            "wake": self.wake,
+            # a PagerDuty routing key or a Slack webhook URL is a secret: shown redacted
+            "wake": redact(self.wake) if self.wake else None,
             "admin": self.admin,
             "created_at": rfc3339(self.created_at),
             "disabled": self.disabled_at is not None,

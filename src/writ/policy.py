@@ -68,12 +68,15 @@ TOP_KEYS = {
     "authority",
     "identity",
 }
+TOP_KEYS |= {"webhook_secret", "pagerduty_url"}  # outbound calls (docs/operations.md)
 
 
 @dataclass(slots=True)
 class Policy:
     rollback_base_url: str | None = None
     default_override_queue: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)  # signs outbound calls
+    pagerduty_url: str | None = None  # the Events API v2 endpoint (tests, proxies)
     blast: BlastRadius = field(default_factory=BlastRadius)
     rules: list[Rule] = field(default_factory=list)  # most specific prefix first
     source: str | None = None
@@ -91,6 +94,8 @@ class Policy:
         return {
             "rollback_base_url": self.rollback_base_url,
             "default_override_queue": self.default_override_queue,
+            "webhook_secret": "(set)" if self.webhook_secret else None,  # never the secret
+            "pagerduty_url": self.pagerduty_url,
             "blast_radius": {
                 "+".join(sorted(names)): list(members) for names, members in self.blast.groups
             },
@@ -131,7 +136,7 @@ def parse(text: str, path: str = "<policy>") -> Policy:
                 _line_of(text, key) or _line_of(text, key.strip("[]")),
             )
     pol = Policy(source=path)
-    for key in ("rollback_base_url", "default_override_queue"):
+    for key in ("rollback_base_url", "default_override_queue", "webhook_secret", "pagerduty_url"):
         value = data.get(key)
         if value is None:
             continue
@@ -143,6 +148,12 @@ def parse(text: str, path: str = "<policy>") -> Policy:
             path,
             "rollback_base_url must be an http(s):// URL like http://127.0.0.1:9000",
             _line_of(text, "rollback_base_url"),
+        )
+    if pol.pagerduty_url and not re.match(r"^https?://[^/\s]+", pol.pagerduty_url):
+        raise PolicyError(
+            path,
+            "pagerduty_url must be an http(s):// URL like https://events.pagerduty.com/v2/enqueue",
+            _line_of(text, "pagerduty_url"),
         )
     groups = data.get("blast_radius", {})
     if not isinstance(groups, dict):

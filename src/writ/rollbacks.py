@@ -14,6 +14,7 @@ recovery, and never reads as clean history.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from .clock import rfc3339
@@ -239,6 +240,16 @@ class Rollbacks:
                 status=status, **({"approved_by": me.name} if approve else {"denied_by": me.name})
             )
             await tx.put_object(ROLLBACK, rollback_id, rb["resource"], status, data(rb))
+            holder = await tx.get_principal(rb["key_holder"]) if rb.get("key_holder") else None
+            if holder is not None and holder.wake:  # its page is answered: resolve it
+                tx.after_commit(
+                    functools.partial(
+                        eng.caller.resolve,
+                        holder.wake,
+                        {"to": holder.name, "reason": f"rollback {status}", "rollback": public(rb)},
+                        {"agent_id": me.name, "resource": rb["resource"], "lock_holder": "none"},
+                    )
+                )
             await tx.append(
                 self._row(
                     rb,

@@ -193,6 +193,11 @@ class Tx(ABC):
         self, paths: Sequence[str], before_seq: int | None = None
     ) -> int: ...
 
+    @abstractmethod
+    async def gauges(self) -> tuple[int, int]:
+        """``(held, waiting)``: leases held now (not past their expiry) and queued requests,
+        store-wide — for ``/metrics``, one cheap count each."""
+
     # ---- policy objects (changes, consents, rollbacks, freezes, ...) -------------------
     @abstractmethod
     async def put_object(
@@ -279,8 +284,18 @@ class Tx(ABC):
         an outbound wake call. Stores call :meth:`committed` after the commit."""
         self.__dict__.setdefault("_after_commit", []).append(fn)
 
+    def noted(self, sealed: Sealed) -> None:
+        """Remember an appended row for the store's row observers (stores call this from
+        ``append`` when ``store.row_observers`` is not empty)."""
+        self.__dict__.setdefault("_sealed", []).append(sealed)
+
     def committed(self) -> None:
-        """Run the :meth:`after_commit` callbacks (called by the store)."""
+        """Hand the rows this transaction appended to the store's row observers, then run
+        the :meth:`after_commit` callbacks (called by the store, after the commit)."""
+        sealed = self.__dict__.pop("_sealed", None)
+        if sealed:
+            for observe in getattr(self, "store").row_observers:  # noqa: B009 - each backend's Tx has it
+                observe(sealed)
         for fn in self.__dict__.pop("_after_commit", []):
             fn()
 
@@ -298,6 +313,11 @@ class Store(ABC):
 
     def __init__(self) -> None:
         self._listener: Listener | None = None
+        # observers (writ.metrics): the rows of each committed write transaction, and how
+        # long each commit took (SQLite: a group-commit batch; PostgreSQL: a transaction),
+        # from BEGIN to durable COMMIT. Called on the event loop, after the commit.
+        self.row_observers: list[Callable[[list[Sealed]], None]] = []
+        self.commit_observers: list[Callable[[float], None]] = []
 
     def principals_generation(self) -> int | None:
         """A number that changes whenever a principal is updated or deleted, by writ or by
@@ -326,6 +346,12 @@ class Store(ABC):
     @abstractmethod
     async def transact(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         """Run ``fn`` in one durable, atomic transaction (see the module docstring)."""
+
+    @abstractmethod
+    async def ready(self) -> str | None:
+        """Why this store cannot serve now, or None (``GET /readyz``): it answers a read, and
+        its schema is at the migration this writ expects. Raises nothing: an unreachable
+        store is a reason."""
 
     @abstractmethod
     async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:

@@ -44,7 +44,7 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from ..errors import Conflict, Invalid, Unavailable
+from ..errors import Conflict, Invalid, Unavailable, WritError
 from ..ledger import GENESIS, Record, Sealed, row_from, seal
 from ..models import Lease, Principal, Waiter
 from ..resources import related_clauses
@@ -443,6 +443,14 @@ class PgTx(Tx):
         r = await self._one(f"SELECT count(*) FROM waiters WHERE {where}", args)
         return int(r[0])
 
+    async def gauges(self) -> tuple[int, int]:
+        r = await self._one(
+            "SELECT (SELECT count(*) FROM leases WHERE state = 'held' AND expires_at > %s),"
+            " (SELECT count(*) FROM waiters)",
+            (self.now(),),
+        )
+        return int(r[0]), int(r[1])
+
     # ---- policy objects -------------------------------------------------------------
     async def put_object(
         self,
@@ -535,6 +543,8 @@ class PgTx(Tx):
         s = seal(seq + 1, prev, self._now, fields)
         self._pending.append(s)
         self._head = (s.seq, s.hash)
+        if self.store.row_observers:
+            self.noted(s)
         return s
 
     async def _flush(self) -> None:
@@ -877,6 +887,7 @@ class PostgresStore(Store):
 
     async def _attempt(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         pool = self._pool_or_fail()
+        began = time.perf_counter()
         with _translate("write"):
             async with pool.connection() as conn:
                 tx: PgTx | None = None
@@ -908,6 +919,10 @@ class PostgresStore(Store):
                         raise
                     if not await self._committed_anyway(tx, exc):
                         raise _Retry(exc, True) from exc
+        if self.commit_observers:
+            took = time.perf_counter() - began
+            for observe in self.commit_observers:
+                observe(took)
         self._committed(tx, notes)
         return result
 
@@ -967,6 +982,23 @@ class PostgresStore(Store):
             self._checking = False
 
     # -- reads ---------------------------------------------------------------------------
+    async def ready(self) -> str | None:
+        async def version(tx: Tx) -> int:
+            row = await tx._one(  # type: ignore[attr-defined]
+                "SELECT coalesce(max(version), 0) FROM writ_migrations"
+            )
+            return int(row[0])
+
+        try:
+            have = await self.read(version)
+        except WritError as exc:
+            return exc.message
+        if have != len(MIGRATIONS):
+            return f"the schema is at migration {have}; this writ expects {len(MIGRATIONS)}"
+        if not self._listening.is_set():
+            return "the PostgreSQL LISTEN connection is down (reconnecting): waits would not hear other servers"
+        return None
+
     async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         self._pool_or_fail()
         return await self._shielded(self._read(fn))

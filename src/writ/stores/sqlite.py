@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote, urlparse
 
 from ..clock import Clock
-from ..errors import Conflict, Invalid, Unavailable
+from ..errors import Conflict, Invalid, Unavailable, WritError
 from ..ledger import GENESIS, Record, Sealed, row_from, seal
 from ..models import Lease, Principal, Waiter
 from ..resources import related_clauses
@@ -435,6 +435,13 @@ class SQLiteTx(Tx):
             self.c.execute(f"SELECT count(*) FROM waiters WHERE {where}", args).fetchone()[0]
         )
 
+    async def gauges(self) -> tuple[int, int]:
+        held = self.c.execute(
+            "SELECT count(*) FROM leases WHERE state = 'held' AND expires_at > ?", (self.now(),)
+        ).fetchone()[0]
+        waiting = self.c.execute("SELECT count(*) FROM waiters").fetchone()[0]
+        return int(held), int(waiting)
+
     # objects
     async def put_object(
         self,
@@ -524,6 +531,8 @@ class SQLiteTx(Tx):
             (s.seq, s.timestamp, s.event, s.resource, s.lock_key, s.body, s.hash),
         )
         self.store._head = (s.seq, s.hash)
+        if self.store.row_observers:
+            self.noted(s)
         return s
 
     async def audit_rows(
@@ -732,6 +741,7 @@ class SQLiteStore(Store):
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         notes: list[tuple[str, dict[str, Any]]] = []
         done: list[SQLiteTx] = []
+        began = time.perf_counter()
         try:
             c.execute("BEGIN IMMEDIATE")
             # another process may have written since our last batch: re-read the heads,
@@ -797,6 +807,10 @@ class SQLiteStore(Store):
             return
         self.batches += 1
         self.transactions += len(outcomes)
+        if self.commit_observers:
+            took = time.perf_counter() - began
+            for observe in self.commit_observers:
+                observe(took)
         for fut, result, failure in outcomes:
             if fut.done():
                 continue
@@ -831,6 +845,21 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise Unavailable(f"store read failed: {exc}") from exc
         return int(r[0]) if r else 0
+
+    async def ready(self) -> str | None:
+        async def version(tx: Tx) -> int:
+            c = tx.c  # type: ignore[attr-defined]
+            return int(
+                c.execute("SELECT coalesce(max(version), 0) FROM writ_migrations").fetchone()[0]
+            )
+
+        try:
+            have = await self.read(version)
+        except WritError as exc:
+            return exc.message
+        if have != len(MIGRATIONS):
+            return f"the schema is at migration {have}; this writ expects {len(MIGRATIONS)}"
+        return None
 
     # -- reads ---------------------------------------------------------------------------
     async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:

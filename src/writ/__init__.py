@@ -6,7 +6,8 @@ fencing tokens; every decision lands in a hash-chained audit row that names the 
 
 from __future__ import annotations
 
-from .errors import (
+from writ._version import __version__ as __version__
+from writ.core.errors import (
     ConsentRequired,
     Forbidden,
     Frozen,
@@ -19,8 +20,6 @@ from .errors import (
     Unavailable,
     WritError,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
@@ -42,7 +41,7 @@ __all__ = [
 
 def __getattr__(name: str) -> object:  # the client pulls in httpx: import it on first use
     if name in ("Client", "AsyncClient"):
-        from . import client
+        from writ import client
 
         return getattr(client, name)
     raise AttributeError(f"module 'writ' has no attribute {name!r}")

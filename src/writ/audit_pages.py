@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
-from .engine import Engine
+from writ.engine import Engine
 
 __all__ = ["PAGE", "audit_response"]
 

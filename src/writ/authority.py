@@ -34,15 +34,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import resources
-from .clock import rfc3339
-from .errors import Forbidden, Invalid, LeaseLost, NotFound, WritError
-from .models import Lease, Principal
-from .validate import text
+from writ.core import resources
+from writ.core.clock import rfc3339
+from writ.core.errors import Forbidden, Invalid, LeaseLost, NotFound, WritError
+from writ.core.models import Lease, Principal
+from writ.core.validate import text
 
 if TYPE_CHECKING:
-    from .engine import Engine, Request
-    from .stores.base import Tx
+    from writ.engine import Engine, Request
+    from writ.stores.base import Tx
 
 log = logging.getLogger("writ.authority")
 
@@ -267,7 +267,7 @@ def _prefixes(raw: Mapping[str, Any], key: str, fail: Any, line: int | None) -> 
 def parse_section(raw: Any, text: str, path: str) -> Settings:
     """The ``[authority]`` section of a policy file; raises :class:`~writ.policy.PolicyError`
     with FILE:LINE and the reason."""
-    from .policy import PolicyError
+    from writ.core.errors import PolicyError
 
     def fail(reason: str, line: int | None) -> None:
         raise PolicyError(path, reason, line)
@@ -297,7 +297,7 @@ def parse_section(raw: Any, text: str, path: str) -> Settings:
         principals = _names(raw_grant, "principals", fail, line)
         kinds = _names(raw_grant, "kinds", fail, line)
         vendors = _names(raw_grant, "vendors", fail, line)
-        from .models import KINDS
+        from writ.core.models import KINDS
 
         for k in kinds:
             if k not in KINDS:
@@ -491,8 +491,8 @@ class Authority:
         term; queued requests meet the new grants when their turn comes). Blast-radius
         groups stay as they were until a restart: exclusion must not change under held
         leases. ``me`` None is SIGHUP. A bad file changes nothing (422 with FILE:LINE)."""
-        from .engine import SYSTEM
-        from .policy import load
+        from writ.core.policy import load
+        from writ.engine import SYSTEM
 
         if me is not None and not me.admin:
             raise Forbidden("only an admin may reload the policy", actor=me.name)
@@ -530,7 +530,7 @@ class Authority:
 
         await eng.store.transact(fn)
         if [i.to_dict() for i in new.identity] != [i.to_dict() for i in eng.policy.identity]:
-            from .identity import Identity
+            from writ.core.identity import Identity
 
             eng.identity = Identity(new.identity)  # new issuers; unchanged ones keep their keys
         eng.policy = new

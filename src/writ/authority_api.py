@@ -11,8 +11,8 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from .engine import Engine
-from .models import Principal
+from writ.core.models import Principal
+from writ.engine import Engine
 
 
 class WakeIn(BaseModel):

@@ -48,13 +48,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from .clock import rfc3339
-from .errors import Invalid
-from .ledger import GENESIS, verify
+from writ.core.clock import rfc3339
+from writ.core.errors import Invalid
+from writ.core.ledger import GENESIS, verify
 
 if TYPE_CHECKING:
-    from .engine import Engine
-    from .stores.base import Store
+    from writ.engine import Engine
+    from writ.stores.base import Store
 
 __all__ = [
     "Checkpoint",
@@ -440,7 +440,7 @@ class Checkpointer:
         newest = _newest(self.directory)
         self.last_seq = newest[0] if newest else 0
         self.written: list[Path] = []
-        engine._tickers.append(self.tick)
+        engine.add_ticker(self.tick)
 
     async def tick(self) -> Path | None:
         seq, h, at = await head(self.engine.store)

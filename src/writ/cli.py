@@ -25,17 +25,17 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from . import __version__
-from .cli_options import api_options, existing_store, json_option, store_option
-from .cli_principals import expires_option, parse_expires
-from .cli_principals import register as register_principal_commands
-from .cli_wait import SelfHeld, check_not_self, live_line
-from .client import DEFAULT_TIMEOUT, Client
-from .errors import Held, Invalid, LeaseLost, WritError
-from .limits import from_options, limit_options
-from .models import KINDS
-from .spawn import popen_tied
-from .textsafe import printable
+from writ._version import __version__
+from writ.cli_options import api_options, existing_store, json_option, store_option
+from writ.cli_principals import expires_option, parse_expires
+from writ.cli_principals import register as register_principal_commands
+from writ.cli_wait import SelfHeld, check_not_self, live_line
+from writ.client import DEFAULT_TIMEOUT, Client
+from writ.core.errors import Held, Invalid, LeaseLost, WritError
+from writ.core.models import KINDS
+from writ.core.textsafe import printable
+from writ.net.limits import from_options, limit_options
+from writ.spawn import popen_tied
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -175,8 +175,8 @@ def _json_or_text(value: str | None) -> Any:
 
 def _run_offline(store_url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Open the store at ``store_url`` with an engine (no sweeper) and run ``fn(engine)``."""
-    from .engine import Engine
-    from .stores import open_store
+    from writ.engine import Engine
+    from writ.stores import open_store
 
     async def go() -> T:
         engine = Engine(open_store(store_url))
@@ -230,7 +230,7 @@ def _table(
 ) -> None:
     """A table fitted to the console (writ.cli_table): ``wrap`` free-text columns between words,
     leave out ``drop`` columns, least important first, when they cannot all fit."""
-    from .cli_table import print_table
+    from writ.cli_table import print_table
 
     print_table(columns, rows, wrap=wrap, drop=drop)
 
@@ -350,7 +350,7 @@ def serve(
     environment variable (docs/operations.md has the table).
     """
     if check_only:
-        from .lifecycle import check
+        from writ.lifecycle import check
 
         problems = check(
             store, host, port, policy, log_level, log_format, shutdown_timeout, metrics_token
@@ -361,7 +361,7 @@ def serve(
             raise SystemExit(1)
         click.echo(f"writ serve --check: ok ({store.split('://')[0]} store ready, {host}:{port})")
         return
-    from .server import run
+    from writ.server import run
 
     run(
         store,
@@ -390,8 +390,8 @@ def policy_check(file: str, store: str | None, as_json: bool) -> None:
     """Read policy FILE as `writ serve --policy FILE` would: exit 0 and summarise it, or
     exit 1 with FILE:LINE: reason. Grants are listed with their lines; overlapping grants
     are explained, and with --store unknown principals are warned of."""
-    from .cli_authority import authority_lines
-    from .policy import load
+    from writ.cli_authority import authority_lines
+    from writ.core.policy import load
 
     pol = load(file)
     if as_json:
@@ -738,7 +738,7 @@ def status(prefix: str | None, url: str, token: str | None, as_json: bool) -> No
 def who(resource: str, at: str | None, url: str, token: str | None, as_json: bool) -> None:
     """Who held write authority on RESOURCE (now, or --at a past time), from the ledger."""
     if at:
-        from .clock import parse_time
+        from writ.core.clock import parse_time
 
         try:
             parse_time(at)  # read here too, so a bad value is a usage error listing the forms
@@ -749,7 +749,7 @@ def who(resource: str, at: str | None, url: str, token: str | None, as_json: boo
     if as_json:
         _echo_json(out)
         return
-    from .cli_table import print_line  # wrapped between words at the console's width
+    from writ.cli_table import print_line  # wrapped between words at the console's width
 
     holder = out.get("lock_holder", "none")
     if holder == "none":
@@ -1026,9 +1026,9 @@ def _export_offline(
     until: str | None,
     out: IO[str],
 ) -> int:
-    from .clock import parse_time, rfc3339
-    from .ledger import row_from
-    from .resources import under, validate
+    from writ.core.clock import parse_time, rfc3339
+    from writ.core.ledger import row_from
+    from writ.core.resources import under, validate
 
     if prefix:
         validate(prefix, "resource")
@@ -1447,7 +1447,7 @@ def migrate(src: str, dst: str, as_json: bool) -> None:
     counter and the audit log row for row. Stop the servers on the source first. Exits 1
     if the copy does not verify.
     """
-    from .migrate import migrate as copy_store
+    from writ.stores.migrate import migrate as copy_store
 
     def progress(table: str, rows: int) -> None:
         if not as_json:
@@ -1469,10 +1469,10 @@ def migrate(src: str, dst: str, as_json: bool) -> None:
 
 # ----------------------------------------------------------------------------- plug-ins
 # Commands that live in their own modules (each imports its heavy dependencies lazily)
-from .cli_authority import register as _register_authority  # noqa: E402
-from .cli_evidence import register as _register_evidence  # noqa: E402
-from .cli_lint import lint_command  # noqa: E402
-from .cli_reach import gate_command, mcp_command  # noqa: E402
+from writ.cli_authority import register as _register_authority  # noqa: E402
+from writ.cli_evidence import register as _register_evidence  # noqa: E402
+from writ.cli_lint import lint_command  # noqa: E402
+from writ.cli_reach import gate_command, mcp_command  # noqa: E402
 
 main.add_command(lint_command)
 main.add_command(gate_command)

@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 import click
 
-from .cli_options import api_options, existing_store, json_option, store_option
-from .client import DEFAULT_URL, AsyncClient, Client
-from .errors import Invalid
+from writ.cli_options import api_options, existing_store, json_option, store_option
+from writ.client import DEFAULT_URL, AsyncClient, Client
+from writ.core.errors import Invalid
 
 T = TypeVar("T")
 DEFAULT_KEY = "writ-checkpoint.key"
@@ -42,8 +42,8 @@ def _api(f: Callable[..., Any]) -> Callable[..., Any]:
 
 async def _with_store(url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Open a store read-mostly (no sweeper, no bootstrap admin) with an engine over it."""
-    from .engine import Engine
-    from .stores import open_store
+    from writ.engine import Engine
+    from writ.stores import open_store
 
     engine = Engine(open_store(existing_store(url)))
     await engine.store.open()
@@ -127,8 +127,8 @@ def postmortem_command(
     the hash verification of the rows used. Reads indexed slices of the ledger (resource
     prefix and time range), from a store (--store, offline) or a server (--url/--token).
     """
-    from .clock import parse_duration, parse_time
-    from .postmortem import Query, collect, to_json, to_markdown
+    from writ.core.clock import parse_duration, parse_time
+    from writ.postmortem import Query, collect, to_json, to_markdown
 
     if around and (since or until):
         raise click.UsageError("give --around (with --window) or --since/--until, not both")
@@ -146,7 +146,7 @@ def postmortem_command(
         fmt = suffix if suffix in FORMATS else "md"
 
     async def go() -> dict[str, Any]:
-        from .postmortem import HttpSource, StoreSource
+        from writ.postmortem import HttpSource, StoreSource
 
         if store:
             return await _with_store(store, lambda e: collect(StoreSource(e), query))
@@ -155,7 +155,7 @@ def postmortem_command(
 
     report = asyncio.run(go())
     if fmt == "html":
-        from .postmortem_html import to_html
+        from writ.postmortem_html import to_html
 
         text = to_html(report)
     elif fmt == "json":
@@ -201,7 +201,7 @@ def demo_command(out_dir: str, mode: str) -> None:
     refused pending consent, routing waits on the blast radius, and the DB stays up. Prints
     both timelines side by side and writes the postmortem. Same output every run.
     """
-    from .demo import run
+    from writ.demo import run
 
     run(out_dir, mode=mode)
 
@@ -219,7 +219,7 @@ def demo_command(out_dir: str, mode: str) -> None:
 def keygen_command(out_path: str) -> None:
     """Make an Ed25519 key for signing audit checkpoints (keep the private key off the
     database host; give FILE.pub to whoever verifies)."""
-    from .checkpoint import key_id, load_private_key, raw_public, write_key
+    from writ.checkpoint import key_id, load_private_key, raw_public, write_key
 
     priv, pub = write_key(out_path)
     kid = key_id(raw_public(load_private_key(priv).public_key()))
@@ -252,7 +252,7 @@ def checkpoint_command(
     Keep the checkpoint somewhere the database's writers cannot reach; later,
     `writ audit verify --checkpoint FILE` proves the ledger still extends it.
     """
-    from .checkpoint import load_private_key, make, sign, write_checkpoint
+    from writ.checkpoint import load_private_key, make, sign, write_checkpoint
 
     key = load_private_key(key_path)
     if store:
@@ -282,7 +282,7 @@ def verify_checkpoints(
     as_json: bool,
 ) -> None:
     """``writ audit verify --checkpoint FILE...``: exit 1 unless the ledger extends each."""
-    from .checkpoint import key_id, load_public_key, raw_public, read_checkpoint, verify_store
+    from writ.checkpoint import key_id, load_public_key, raw_public, read_checkpoint, verify_store
 
     cps = [read_checkpoint(p) for p in checkpoints]
     trusted = load_public_key(pubkey) if pubkey else None
@@ -457,8 +457,8 @@ def _extend_serve(serve: click.Command) -> None:
 
 def install_checkpointer(key_path: str, directory: str, every: int) -> None:
     """Make every app built by :func:`writ.server.create_app` run a Checkpointer."""
-    from . import server
-    from .checkpoint import Checkpointer, load_private_key
+    from writ import server
+    from writ.checkpoint import Checkpointer, load_private_key
 
     key = load_private_key(key_path)  # fail at start, not at the first checkpoint
 

@@ -16,9 +16,17 @@ from typing import IO, Any
 
 import click
 
-from .errors import Invalid
-from .lint import VERDICTS, Linter, Result, Unreadable, iter_rows, load_principals, parse_principals
-from .textsafe import printable
+from writ.core.errors import Invalid
+from writ.core.textsafe import printable
+from writ.lint import (
+    VERDICTS,
+    Linter,
+    Result,
+    Unreadable,
+    iter_rows,
+    load_principals,
+    parse_principals,
+)
 
 __all__ = ["LintRun", "fetch_principals", "lint_command", "run"]
 

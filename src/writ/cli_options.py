@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
-from .client import DEFAULT_URL
-from .errors import Invalid
+from writ.client import DEFAULT_URL
+from writ.core.errors import Invalid
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 import click
 
-from .cli_options import api_options, json_option, store_option
-from .client import Client
+from writ.cli_options import api_options, json_option, store_option
+from writ.client import Client
 
 T = TypeVar("T")
 
@@ -26,7 +26,7 @@ def parse_expires(value: str | None) -> float | None:
     """``--expires-in``: seconds, or a duration like ``90s``, ``15m``, ``12h``, ``30d``."""
     if value is None:
         return None
-    from .clock import parse_duration
+    from writ.core.clock import parse_duration
 
     try:
         return float(value)
@@ -56,7 +56,7 @@ def _act(
     online: Callable[[Client], T],
 ) -> T:
     if store:
-        from .cli import _run_offline
+        from writ.cli import _run_offline
 
         return _run_offline(store, offline)
     with Client(url, token or None) as client:

@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
-from .cli_options import log_level_option, url_option
-from .errors import WritError
-from .limits import GATE_LIMITS, from_options, limit_options
+from writ.cli_options import log_level_option, url_option
+from writ.core.errors import WritError
+from writ.net.limits import GATE_LIMITS, from_options, limit_options
 
 __all__ = ["gate_command", "mcp_command"]
 
@@ -29,7 +29,7 @@ _allow_down = click.option(
 
 def _preflight(url: str, token: str, what: str, allow_human: bool, allow_down: bool) -> None:
     """Check the token and the server before listening (see writ.preflight); exit 1 if wrong."""
-    from .preflight import PreflightFailed, check_token
+    from writ.preflight import PreflightFailed, check_token
 
     try:
         line = check_token(url, token, what, allow_human=allow_human, allow_down=allow_down)
@@ -136,7 +136,7 @@ def gate_command(
     Every checked request is an audit row (gate.passed / gate.refused). If writ cannot
     be reached, writes are refused with 503.
     """
-    from .gate import Gate, describe, load_routes, parse_listen, serve
+    from writ.gate import Gate, describe, load_routes, parse_listen, serve
 
     try:
         routes = load_routes(routes_path)
@@ -226,8 +226,8 @@ def mcp_command(
     try:
         import anyio
 
-        from .client import AsyncClient
-        from .mcp_server import serve
+        from writ.client import AsyncClient
+        from writ.mcp_server import serve
     except ImportError as exc:  # pragma: no cover - needs the extra
         raise click.ClickException(
             f"writ mcp needs the MCP SDK: pip install 'writ[mcp]' ({exc})"

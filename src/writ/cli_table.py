@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .textsafe import printable
+from writ.core.textsafe import printable
 
 __all__ = ["console", "print_line", "print_table"]
 

@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from .client import Client
-from .errors import WritError
-from .textsafe import printable
+from writ.client import Client
+from writ.core.errors import WritError
+from writ.core.textsafe import printable
 
 __all__ = ["SelfHeld", "check_not_self", "live_line", "status_line"]
 

@@ -32,8 +32,8 @@ from urllib.parse import quote
 
 import httpx
 
-from . import __version__
-from .errors import (
+from writ._version import __version__
+from writ.core.errors import (
     Invalid,
     LeaseLost,
     Unauthenticated,
@@ -41,7 +41,7 @@ from .errors import (
     WritError,
     error_from_body,
 )
-from .validate import check_body, check_text
+from writ.core.validate import check_body, check_text
 
 __all__ = ["DEFAULT_URL", "AsyncClient", "AsyncLease", "Client", "Lease"]
 

@@ -19,16 +19,16 @@ import contextlib
 import functools
 from typing import TYPE_CHECKING, Any
 
-from .clock import rfc3339
-from .engine import SYSTEM
-from .errors import ConsentRequired, Forbidden, Invalid, NotFound, WritError
-from .models import Lease, Principal, data, new_id, public
-from .principals import member_of
-from .stores.base import Tx
-from .validate import check_text, json_value, text
+from writ.core.clock import rfc3339
+from writ.core.errors import ConsentRequired, Forbidden, Invalid, NotFound, WritError
+from writ.core.models import Lease, Principal, data, new_id, public
+from writ.core.validate import check_text, json_value, text
+from writ.engine import SYSTEM
+from writ.principals import member_of
+from writ.stores.base import Tx
 
 if TYPE_CHECKING:
-    from .engine import Engine, Request
+    from writ.engine import Engine, Request
 
 CHANGE, CONSENT = "change", "consent"
 
@@ -67,8 +67,8 @@ class Consents:
         eng = self.engine
 
         async def fn(tx: Tx) -> dict[str, Any] | WritError:
-            lease = await eng._own_lease(tx, me, lease_id)
-            lost = await eng._lost(tx, lease)
+            lease = await eng.own_lease(tx, me, lease_id)
+            lost = await eng.lost(tx, lease)
             if lost is not None:
                 return lost
             if fencing_token is not None and fencing_token != lease.fencing_token:
@@ -347,7 +347,7 @@ class Consents:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
-            changed = eng._audit_changed
+            changed = eng.audit_changed
             c = await eng.store.read(lambda tx: tx.get_object(CONSENT, consent_id))
             if c is None:
                 raise NotFound(f"no consent {consent_id!r}", consent_id=consent_id)

@@ -44,7 +44,7 @@ from typing import Any
 
 import httpx
 
-from .clock import ManualClock, parse_time, rfc3339
+from writ.core.clock import ManualClock, parse_time, rfc3339
 
 __all__ = ["START", "SimDB", "run", "run_demo"]
 
@@ -265,10 +265,10 @@ class World:
 async def run_through_writ(workdir: Path, mode: str = "open") -> tuple[Run, str]:
     """Run 2: the same agents, each asking writ first. Returns the run and the engine's
     store URL (the store is closed). ``mode`` "closed" adds :data:`CLOSED_POLICY`."""
-    from .engine import Engine
-    from .policy import parse
-    from .server import create_app
-    from .stores.sqlite import SQLiteStore
+    from writ.core.policy import parse
+    from writ.engine import Engine
+    from writ.server import create_app
+    from writ.stores.sqlite import SQLiteStore
 
     run = Run("through writ" if mode == "open" else "through writ, closed mode")
     db = run.db
@@ -483,10 +483,10 @@ class Result:
 
 async def run_demo(out_dir: str | Path = "writ-demo", mode: str = "open") -> Result:
     """Both runs; writes the run-2 postmortem into ``out_dir``."""
-    from .engine import Engine
-    from .postmortem import Query, StoreSource, collect, to_markdown
-    from .postmortem_html import to_html
-    from .stores.sqlite import SQLiteStore
+    from writ.engine import Engine
+    from writ.postmortem import Query, StoreSource, collect, to_markdown
+    from writ.postmortem_html import to_html
+    from writ.stores.sqlite import SQLiteStore
 
     run1 = run_uncoordinated()
     out = Path(out_dir)

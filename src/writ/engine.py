@@ -25,11 +25,11 @@ import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from . import resources
-from .clock import rfc3339
-from .errors import (
+from writ.core import resources
+from writ.core.clock import rfc3339
+from writ.core.errors import (
     Forbidden,
     Held,
     Invalid,
@@ -39,12 +39,12 @@ from .errors import (
     Unavailable,
     WritError,
 )
-from .ledger import Verification
-from .models import KINDS, Lease, Principal, Waiter, data, new_id, public
-from .paging import check_wake_route, redact
-from .policy import Policy
-from .stores.base import Store, Tx
-from .validate import check_text, check_tree, number
+from writ.core.ledger import Verification
+from writ.core.models import KINDS, Lease, Principal, Waiter, data, new_id, public
+from writ.core.policy import Policy
+from writ.core.validate import check_text, check_tree, number
+from writ.paging import check_wake_route, redact
+from writ.stores.base import Store, Tx
 
 log = logging.getLogger("writ.engine")
 
@@ -68,6 +68,7 @@ SYSTEM = "writ"  # agent_id of rows writ writes on its own (expiry, bootstrap)
 RESERVED_NAMES = frozenset({SYSTEM, "none", "operator", "unknown"})
 
 Gate = Callable[[Tx, Principal, "Request"], Awaitable["WritError | None"]]
+R = TypeVar("R")  # a rule class, for Engine.rule
 
 
 def hash_token(token: str) -> str:
@@ -134,8 +135,8 @@ class Engine:
         self._grants: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._audit_seq = 0
         self._audit_changed = asyncio.Event()
-        from .identity import Identity
-        from .principals import AuthCache, Principals
+        from writ.core.identity import Identity
+        from writ.principals import AuthCache, Principals
 
         # tokens remembered briefly where a store read is remote (see principals.py)
         self.auth_cache = AuthCache(False)  # enabled at start() when the store allows
@@ -148,14 +149,14 @@ class Engine:
         self.sweep_interval = 1.0
         self._closing = False
         # the safety rules, each in its own module, hook themselves in here
-        from .authority import Authority
-        from .consent import Consents
-        from .fencing import Fencing
-        from .freezes import Freezes
-        from .history import History
-        from .rollbacks import Rollbacks
-        from .stuck import Stuck
-        from .wake import Caller
+        from writ.authority import Authority
+        from writ.consent import Consents
+        from writ.fencing import Fencing
+        from writ.freezes import Freezes
+        from writ.history import History
+        from writ.rollbacks import Rollbacks
+        from writ.stuck import Stuck
+        from writ.wake import Caller
 
         self.caller = Caller(self)
         self.consents = Consents(self)
@@ -287,7 +288,7 @@ class Engine:
         """The principal a bearer token belongs to, or :class:`Unauthenticated`."""
         if not token:
             raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
-        from .principals import refusal
+        from writ.principals import refusal
 
         h = hash_token(token)
         cache = self.auth_cache
@@ -321,7 +322,7 @@ class Engine:
 
     async def _authenticate_jwt(self, token: str) -> Principal:
         """The registered, enabled principal a JWT from a configured issuer names."""
-        from .principals import refusal
+        from writ.principals import refusal
 
         name = await self.identity.verify(token)
 
@@ -400,7 +401,7 @@ class Engine:
             raise Invalid("only a human or a queue may be an admin", field="admin")
         if queues is not None and queues != [] and kind != "human":
             raise Invalid("only a human is a member of queues", field="queues")
-        from .principals import expires_in
+        from writ.principals import expires_in
 
         ttl = expires_in(expires_in_s)
         tok = token or new_token()
@@ -654,7 +655,7 @@ class Engine:
 
     async def _collect(self, note: dict[str, Any]) -> dict[str, Any]:
         if "error" in note:
-            from .errors import error_from_body
+            from writ.core.errors import error_from_body
 
             raise error_from_body(0, {"error": note["error"]})
         lease = await self.store.read(lambda tx: tx.get_lease(note["lease_id"]))
@@ -911,7 +912,7 @@ class Engine:
             expand=self.blast.expand(w.resource),
         )
 
-    async def _end(
+    async def end(
         self,
         tx: Tx,
         lease: Lease,
@@ -981,7 +982,8 @@ class Engine:
         )
         await self._dispatch(tx, self.blast.expand(delay["resource"]))
 
-    async def _own_lease(self, tx: Tx, principal: Principal, lease_id: str) -> Lease:
+    async def own_lease(self, tx: Tx, principal: Principal, lease_id: str) -> Lease:
+        """``lease_id``, locked for update, when ``principal`` holds it (else 422/404/403)."""
         if not isinstance(lease_id, str) or not lease_id:
             raise Invalid("lease_id is required", field="lease_id")
         lease = await tx.get_lease(lease_id, for_update=True)
@@ -994,7 +996,7 @@ class Engine:
             )
         return lease
 
-    async def _lost(self, tx: Tx, lease: Lease) -> LeaseLost | None:
+    async def lost(self, tx: Tx, lease: Lease) -> LeaseLost | None:
         """:class:`LeaseLost` when the lease no longer holds (expiring it if due)."""
         if lease.state == "held" and lease.expires_at <= tx.now():
             await self._expire(tx, lease)
@@ -1007,6 +1009,46 @@ class Engine:
                 fencing_token=lease.fencing_token,
             )
         return None
+
+    async def withdraw(self, tx: Tx, w: Waiter, notes: str, error: WritError) -> None:
+        """Refuse the queued request of waiter ``w`` (already deleted by the caller) with
+        ``error``: its denial row, the note that wakes its waiting call, and the queue behind it."""
+        req = self._queued_request(w)
+        await self._deny(tx, req, None, notes)
+        tx.notify("granted", {"waiter_id": w.waiter_id, "error": error.to_body()["error"]})
+        await self._dispatch(tx, req.expand)  # those behind it may go now
+
+    # the old private names (rules now call the public ones; removed in the rooms renovation)
+    _end = end
+    _own_lease = own_lease
+    _lost = lost
+
+    # ------------------------------------------------------------------ the view rules use
+    @property
+    def audit_changed(self) -> asyncio.Event:
+        """Set when audit rows were appended; the engine swaps in a fresh event each time,
+        so a waiter must re-read this property on every loop."""
+        return self._audit_changed
+
+    def add_ticker(self, tick: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``tick`` on every sweep (after the rules' own periodic duties)."""
+        self._tickers.append(tick)
+
+    def rule(self, cls: type[R]) -> R:
+        """The engine's instance of rule class ``cls`` (e.g. ``engine.rule(Authority)``)."""
+        for r in (
+            self.consents,
+            self.rollbacks,
+            self.freezes,
+            self.stuck,
+            self.fencing,
+            self.history,
+            self.authority,
+            self.principals,
+        ):
+            if isinstance(r, cls):
+                return r
+        raise LookupError(f"this engine has no rule {cls.__name__}")
 
     async def renew(self, principal: Principal, lease_id: str, ttl_s: Any = None) -> dict[str, Any]:
         """Extend a held lease by ``ttl_s`` (default: its own ttl) from now."""

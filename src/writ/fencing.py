@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import resources
-from .engine import lock_row
-from .errors import Invalid, Unauthenticated
-from .models import Principal
-from .stores.base import Tx
-from .validate import check_text
+from writ.core import resources
+from writ.core.errors import Invalid, Unauthenticated
+from writ.core.models import Principal
+from writ.core.validate import check_text
+from writ.engine import lock_row
+from writ.stores.base import Tx
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from writ.engine import Engine
 
 
 class Fencing:

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import resources
-from .clock import parse_duration, parse_time, rfc3339
-from .engine import SYSTEM
-from .errors import Forbidden, Frozen, Invalid, NotFound, WritError
-from .models import Principal, data, new_id, public
-from .stores.base import Tx
-from .validate import check_text, check_tree, text
+from writ.core import resources
+from writ.core.clock import parse_duration, parse_time, rfc3339
+from writ.core.errors import Forbidden, Frozen, Invalid, NotFound, WritError
+from writ.core.models import Principal, data, new_id, public
+from writ.core.validate import check_text, check_tree, text
+from writ.engine import SYSTEM
+from writ.stores.base import Tx
 
 if TYPE_CHECKING:
-    from .engine import Engine, Request
+    from writ.engine import Engine, Request
 
 FREEZE = "freeze"
 

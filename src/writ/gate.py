@@ -46,10 +46,11 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from . import __version__, resources
-from .errors import Invalid, TooLarge
-from .limits import GATE_LIMITS, Limits
-from .metrics import CONTENT_TYPE_LATEST, GateMetrics
+from writ._version import __version__
+from writ.core import resources
+from writ.core.errors import Invalid, TooLarge
+from writ.net.limits import GATE_LIMITS, Limits
+from writ.telemetry.metrics import CONTENT_TYPE_LATEST, GateMetrics
 
 __all__ = [
     "DEFAULT_LISTEN",

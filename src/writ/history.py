@@ -6,16 +6,16 @@ import asyncio
 import re
 from typing import TYPE_CHECKING, Any
 
-from . import resources
-from .clock import rfc3339
-from .engine import MAX_WAIT_S
-from .ledger import Verification, verify_stream
-from .models import Lease
-from .stores.base import Tx
-from .validate import number
+from writ.core import resources
+from writ.core.clock import rfc3339
+from writ.core.ledger import Verification, verify_stream
+from writ.core.models import Lease
+from writ.core.validate import number
+from writ.engine import MAX_WAIT_S
+from writ.stores.base import Tx
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from writ.engine import Engine
 
 
 class History:
@@ -128,7 +128,7 @@ class History:
         prefix, after, limit = key
         try:
             while True:
-                changed = self.engine._audit_changed
+                changed = self.engine.audit_changed
                 out = await self.audit(after, limit, prefix)
                 if out["rows"]:
                     watch.answer.set_result(out)

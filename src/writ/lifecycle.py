@@ -53,11 +53,11 @@ def check(
     """Every reason the configuration would not serve, checked without serving: the policy
     file, the store (opened, reachable, its schema at this writ's migration), the listen
     address, the log settings, the shutdown bound, the tracing environment."""
-    from . import tracing
-    from .errors import WritError
-    from .logs import FORMATS
-    from .policy import PolicyError, load
-    from .stores import open_store
+    from writ.core.errors import PolicyError, WritError
+    from writ.core.policy import load
+    from writ.stores import open_store
+    from writ.telemetry import tracing
+    from writ.telemetry.logs import FORMATS
 
     problems: list[str] = []
     try:

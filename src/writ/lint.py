@@ -59,10 +59,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from .errors import Invalid
-from .ledger import FIELDS
-from .models import KINDS
-from .routes import route_problem
+from writ.core.errors import Invalid
+from writ.core.ledger import FIELDS
+from writ.core.models import KINDS
+from writ.core.routes import route_problem
 
 __all__ = [
     "RULES",

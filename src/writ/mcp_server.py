@@ -32,9 +32,9 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import __version__
-from .client import AsyncClient
-from .errors import (
+from writ._version import __version__
+from writ.client import AsyncClient
+from writ.core.errors import (
     ConsentRequired,
     Forbidden,
     Frozen,
@@ -46,7 +46,7 @@ from .errors import (
     Unavailable,
     WritError,
 )
-from .limits import Limits
+from writ.net.limits import Limits
 
 __all__ = ["DEFAULT_HTTP_PORT", "INSTRUCTIONS", "TOOL_NAMES", "create_server", "serve"]
 
@@ -762,7 +762,7 @@ async def serve(
             return
         import uvicorn
 
-        from .gate import bind, listening_url
+        from writ.gate import bind, listening_url
 
         app: ASGIApp = server.streamable_http_app(streamable_http_path=path, host=host)
         if http_token:

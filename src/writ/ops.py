@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import tracing
-from .errors import _BY_CODE
-from .logs import ACCESS, DECISION
-from .observe import request_id
+from writ.core.errors import _BY_CODE
+from writ.telemetry import tracing
+from writ.telemetry.logs import ACCESS, DECISION
+from writ.telemetry.observe import request_id
 
 if TYPE_CHECKING:
-    from .engine import Engine
-    from .metrics import Metrics
+    from writ.engine import Engine
+    from writ.telemetry.metrics import Metrics
 
 LEASES = "/v1/leases"
 RELEASE = "/v1/leases/{lease_id}/release"
@@ -183,7 +183,7 @@ class OpsFront:
             )
         else:
             text = await self.metrics.render()
-            from .metrics import CONTENT_TYPE_LATEST
+            from writ.telemetry.metrics import CONTENT_TYPE_LATEST
 
             await _answer(send, 200, text, content_type=CONTENT_TYPE_LATEST.encode())
 

@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Invalid
-from .routes import check_route, resolve
+from writ.core.errors import Invalid
+from writ.core.routes import check_route, resolve
 
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
 SIGNATURE_HEADER = "Writ-Signature"

@@ -29,15 +29,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import resources as _res
-from .clock import parse_time, rfc3339
-from .ledger import GENESIS, canonical
-from .ledger import verify as verify_chain
-from .textsafe import printable
+from writ.core import resources as _res
+from writ.core.clock import parse_time, rfc3339
+from writ.core.ledger import GENESIS, canonical
+from writ.core.ledger import verify as verify_chain
+from writ.core.textsafe import printable
 
 if TYPE_CHECKING:
-    from .client import AsyncClient
-    from .engine import Engine
+    from writ.client import AsyncClient
+    from writ.engine import Engine
 
 __all__ = [
     "HttpSource",
@@ -767,7 +767,7 @@ def _rollbacks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _lint(rows: list[dict[str, Any]], kinds: dict[str, str]) -> dict[str, Any]:
     try:
-        from .lint import Linter
+        from writ.lint import Linter
     except ImportError:  # pragma: no cover - lint ships with writ; a stripped build may not
         return {"available": False, "checked": 0, "verdicts": {}, "rows": [], "warnings": 0}
     linter = Linter(fragment=False, kinds=kinds)

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field, replace
 from html import escape as _html_escape
 from typing import Any
 
-from .clock import parse_time, rfc3339
-from .postmortem import duration, when
-from .resources import under
-from .textsafe import printable
+from writ.core.clock import parse_time, rfc3339
+from writ.core.resources import under
+from writ.core.textsafe import printable
+from writ.postmortem import duration, when
 
 __all__ = ["GEOMETRIES", "text_width", "timeline_svg"]
 

@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 from html import escape as _html_escape
 from typing import Any
 
-from .postmortem import (
+from writ.core.textsafe import printable
+from writ.postmortem import (
     CHANGE_COLUMNS,
     CONSENT_COLUMNS,
     FREEZE_COLUMNS,
@@ -46,8 +47,7 @@ from .postmortem import (
     verification_text,
     when,
 )
-from .postmortem_chart import timeline_svg
-from .textsafe import printable
+from writ.postmortem_chart import timeline_svg
 
 __all__ = ["timeline_svg", "to_html"]
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .client import Client
-from .errors import Unauthenticated, Unavailable, WritError
+from writ.client import Client
+from writ.core.errors import Unauthenticated, Unavailable, WritError
 
 HUMAN_KINDS = ("human", "queue")
 

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from .engine import Engine
-from .models import Principal
-from .principals import MAX_EXPIRES_S
+from writ.core.models import Principal
+from writ.engine import Engine
+from writ.principals import MAX_EXPIRES_S
 
 
 class _Body(BaseModel):

@@ -22,14 +22,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .clock import rfc3339
-from .errors import Forbidden, Invalid, NotFound, Unauthenticated, WritError
-from .models import Principal
-from .stores.base import Tx
-from .validate import number, text
+from writ.core.clock import rfc3339
+from writ.core.errors import Forbidden, Invalid, NotFound, Unauthenticated, WritError
+from writ.core.models import Principal
+from writ.core.validate import number, text
+from writ.stores.base import Tx
 
 if TYPE_CHECKING:
-    from .engine import Engine, Request
+    from writ.engine import Engine, Request
 
 #: How long a server that reads principals from a remote store may reuse what it read
 #: (seconds): the bound on a missed notification. Within a process, changes made here
@@ -189,7 +189,7 @@ class Principals:
             )
         ttl = expires_in(expires_in_s)
         by = actor.name if actor else "operator"
-        from .engine import hash_token, new_token
+        from writ.engine import hash_token, new_token
 
         token = new_token()
 
@@ -260,7 +260,7 @@ class Principals:
             revoked: list[str] = []
             for lease in await tx.list_leases(None, "held", 100_000, holder=name):
                 lease = await tx.get_lease(lease.lease_id, for_update=True) or lease
-                if await eng._lost(tx, lease) is not None:
+                if await eng.lost(tx, lease) is not None:
                     continue  # it had expired: ended as expired, nothing to revoke
                 provenance = {
                     "revoked_by": by,
@@ -268,7 +268,7 @@ class Principals:
                     "at": rfc3339(now),
                     "after_paging": f"nobody: {name} was disabled ({why})",
                 }
-                await eng._end(
+                await eng.end(
                     tx,
                     lease,
                     "revoked",
@@ -286,10 +286,7 @@ class Principals:
             for w in await tx.waiters_of(name):
                 if not await tx.delete_waiter(w.waiter_id):
                     continue
-                req = eng._queued_request(w)
-                await eng._deny(tx, req, None, f"{name} was disabled by {by}: {why}")
-                tx.notify("granted", {"waiter_id": w.waiter_id, "error": err.to_body()["error"]})
-                await eng._dispatch(tx, req.expand)  # those behind it may go now
+                await eng.withdraw(tx, w, f"{name} was disabled by {by}: {why}", err)
                 withdrawn.append(w.waiter_id)
             self._changed(tx, name)
             return {**p.to_dict(), "revoked": revoked, "withdrawn": withdrawn}
@@ -302,7 +299,7 @@ class Principals:
         """Accept ``name`` again, with a fresh token (admin only)."""
         by = self._admin(actor, "enable principals")
         ttl = expires_in(expires_in_s)
-        from .engine import hash_token, new_token
+        from writ.engine import hash_token, new_token
 
         token = new_token()
 

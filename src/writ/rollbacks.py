@@ -17,18 +17,18 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
-from .clock import rfc3339
-from .consent import CHANGE
-from .errors import Forbidden, Invalid, NotFound
-from .models import Principal, data, new_id, public
-from .principals import member_of
-from .routes import check_route, resolve
-from .stores.base import Tx
-from .validate import check_text, text
-from .wake import CallResult
+from writ.consent import CHANGE
+from writ.core.clock import rfc3339
+from writ.core.errors import Forbidden, Invalid, NotFound
+from writ.core.models import Principal, data, new_id, public
+from writ.core.routes import check_route, resolve
+from writ.core.validate import check_text, text
+from writ.principals import member_of
+from writ.stores.base import Tx
+from writ.wake import CallResult
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from writ.engine import Engine
 
 ROLLBACK = "rollback"
 KEY_RULE = "agents may request rollback; only the human queue holds the key"

@@ -24,17 +24,17 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__
-from .audit_pages import audit_response
-from .clock import parse_time
-from .engine import MAX_WAIT_S, Engine
-from .errors import Invalid, TooLarge, Unauthenticated, Unavailable, WritError
-from .limits import Limits
-from .metrics import Metrics
-from .models import Principal
-from .ops import OpsFront
-from .url_text import TextURL
-from .validate import check_body
+from writ._version import __version__
+from writ.audit_pages import audit_response
+from writ.core.clock import parse_time
+from writ.core.errors import Invalid, TooLarge, Unauthenticated, Unavailable, WritError
+from writ.core.models import Principal
+from writ.core.validate import check_body
+from writ.engine import MAX_WAIT_S, Engine
+from writ.net.limits import Limits
+from writ.ops import OpsFront
+from writ.telemetry.metrics import Metrics
+from writ.url_text import TextURL
 
 log = logging.getLogger("writ.server")
 T = TypeVar("T")
@@ -542,7 +542,7 @@ def create_app(
         )
         return {**p.to_dict(), "token": token}
 
-    from .principal_routes import add_routes as add_principal_routes
+    from writ.principal_routes import add_routes as add_principal_routes
 
     add_principal_routes(app, engine, principal)
 
@@ -773,7 +773,7 @@ def create_app(
     async def policy(me: Me) -> dict[str, Any]:
         return engine.policy.to_dict()
 
-    from .authority_api import register as _authority_routes
+    from writ.authority_api import register as _authority_routes
 
     _authority_routes(app, engine, principal)
     for extend in EXTENSIONS:
@@ -855,10 +855,10 @@ def run(
 
     import uvicorn
 
-    from . import logs, tracing
-    from .lifecycle import DrainingServer
-    from .policy import load
-    from .stores import open_store
+    from writ.core.policy import load
+    from writ.lifecycle import DrainingServer
+    from writ.stores import open_store
+    from writ.telemetry import logs, tracing
 
     policy = load(policy_path)
     secrets = [

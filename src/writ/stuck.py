@@ -15,14 +15,14 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
-from .clock import rfc3339
-from .engine import SYSTEM
-from .models import Lease, data
-from .paging import redact, route_kind
-from .stores.base import Tx
+from writ.core.clock import rfc3339
+from writ.core.models import Lease, data
+from writ.engine import SYSTEM
+from writ.paging import redact, route_kind
+from writ.stores.base import Tx
 
 if TYPE_CHECKING:
-    from .engine import Engine, Request
+    from writ.engine import Engine, Request
 
 HOLDCHECK = "holdcheck"
 

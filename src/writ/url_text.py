@@ -16,8 +16,8 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import Invalid
-from .validate import text_problem
+from writ.core.errors import Invalid
+from writ.core.validate import text_problem
 
 __all__ = ["TextURL"]
 

@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from . import paging, tracing
-from .errors import Invalid
+from writ import paging
+from writ.core.errors import Invalid
+from writ.telemetry import tracing
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from writ.engine import Engine
 
 log = logging.getLogger("writ.wake")
 

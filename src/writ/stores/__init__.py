@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..errors import Invalid
-from .base import Store, Tx
+from writ.core.errors import Invalid
+from writ.stores.base import Store, Tx
 
 __all__ = ["BACKENDS", "DEFAULT_URL", "Store", "Tx", "open_store"]
 

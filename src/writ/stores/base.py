@@ -43,9 +43,9 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from ..errors import Invalid
-from ..ledger import Record, Sealed
-from ..models import Lease, Principal, Waiter
+from writ.core.errors import Invalid
+from writ.core.ledger import Record, Sealed
+from writ.core.models import Lease, Principal, Waiter
 
 T = TypeVar("T")
 Listener = Callable[[str, dict[str, Any]], None]

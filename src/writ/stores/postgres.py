@@ -44,12 +44,12 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from ..errors import Conflict, Invalid, Unavailable, WritError
-from ..ledger import GENESIS, Record, Sealed, row_from, seal
-from ..models import Lease, Principal, Waiter
-from ..resources import related_clauses
-from .base import TABLES, Store, Tx, check_empty
-from .rows import (
+from writ.core.errors import Conflict, Invalid, Unavailable, WritError
+from writ.core.ledger import GENESIS, Record, Sealed, row_from, seal
+from writ.core.models import Lease, Principal, Waiter
+from writ.core.resources import related_clauses
+from writ.stores.base import TABLES, Store, Tx, check_empty
+from writ.stores.rows import (
     LEASE_COLS,
     PRINCIPAL_COLS,
     PRINCIPAL_INSERT_COLS,

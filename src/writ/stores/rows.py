@@ -11,9 +11,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..models import Lease, Principal, Waiter
-from ..validate import loads
-from .base import TABLES
+from writ.core.models import Lease, Principal, Waiter
+from writ.core.validate import loads
+from writ.stores.base import TABLES
 
 LEASE_COLS = (
     "lease_id, resource, holder, intent, fencing_token, acquired_at, expires_at, ttl_s, "

@@ -1,0 +1,1 @@
+"""The core layer: errors, models, the clock, validation, resource names, routes, the audit ledger, policy files, identity and text safety. It imports nothing else of writ; every other layer builds on it."""

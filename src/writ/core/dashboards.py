@@ -1,0 +1,103 @@
+"""Pages of well-known dashboard and console products: never a rollback route.
+
+A rollback route must name the call that undoes a change. A link to a Grafana dashboard,
+a Kibana app or a cloud console names a page a person looks at — even when the word
+"dashboard" is nowhere in it (``https://grafana.example.com/d/aB3xQ/db-latency``). The
+one detector here, :func:`dashboard_page`, is what :func:`writ.routes.route_problem` asks, so
+the same rule refuses a rollback plan at acquire and rejects a row in ``writ lint``.
+
+Two kinds of evidence, either enough:
+
+* the host: a product's UI host (``app.datadoghq.com``, ``one.newrelic.com``,
+  ``console.aws.amazon.com``, ``portal.azure.com``, ``console.cloud.google.com``,
+  ``<stack>.grafana.net``, ...). Their API hosts (``api.datadoghq.com``,
+  ``api.newrelic.com``) are not pages and pass.
+* the path: a product's page shapes, anchored on whole segments, wherever the product is
+  hosted (``/d/<uid>`` and ``/d-solo/<uid>`` Grafana, ``/app/kibana`` and the other Kibana
+  apps, ``/en-US/app/<app>`` Splunk Web, ``/dashboard(s)``, Tableau ``/views/``, Metabase
+  ``/question/``, ...) — and any ``#`` fragment, which a browser keeps and never sends: a
+  route with one names a page of a single-page app, not something writ can call.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+__all__ = ["dashboard_page"]
+
+# (host suffix, product, API hosts under it that are calls, not pages)
+_HOSTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("grafana.net", "Grafana Cloud", ()),
+    ("datadoghq.com", "Datadog", ("api.", "http-intake.", "intake.", "trace.", "browser-intake")),
+    ("datadoghq.eu", "Datadog", ("api.", "http-intake.", "intake.", "trace.", "browser-intake")),
+    ("ddog-gov.com", "Datadog", ("api.", "http-intake.", "intake.", "trace.", "browser-intake")),
+    ("newrelic.com", "New Relic", ("api.", "insights-api.", "insights-collector.", "log-api.")),
+    ("splunkcloud.com", "Splunk Cloud", ("http-inputs-",)),
+    ("cloud.es.io", "Elastic Cloud (Kibana)", ()),
+    ("elastic-cloud.com", "Elastic Cloud (Kibana)", ()),
+    ("cloud.elastic.co", "Elastic Cloud", ()),
+    ("console.aws.amazon.com", "the AWS console", ()),
+    ("signin.aws.amazon.com", "the AWS console", ()),
+    ("console.amazonaws.cn", "the AWS console", ()),
+    ("console.cloud.google.com", "the Google Cloud console", ()),
+    ("console.firebase.google.com", "the Firebase console", ()),
+    ("console.developers.google.com", "the Google Cloud console", ()),
+    ("portal.azure.com", "the Azure portal", ()),
+    ("portal.azure.us", "the Azure portal", ()),
+    ("portal.azure.cn", "the Azure portal", ()),
+    ("console.cloud.ibm.com", "the IBM Cloud console", ()),
+    ("cloud.digitalocean.com", "the DigitalOcean control panel", ()),
+    ("dash.cloudflare.com", "the Cloudflare dashboard", ()),
+    ("dashboard.heroku.com", "the Heroku dashboard", ()),
+    ("app.netlify.com", "the Netlify app", ()),
+    ("honeycomb.io", "Honeycomb", ("api.",)),
+    ("sentry.io", "Sentry", ()),
+    ("lightstep.com", "Lightstep", ("api.", "ingest.")),
+    ("signalfx.com", "Splunk Observability (SignalFx)", ("api.", "ingest.", "stream.")),
+    ("logz.io", "Logz.io", ("api.", "listener.")),
+    ("sumologic.com", "Sumo Logic", ("api.", "collectors.", "endpoint")),
+    ("pagerduty.com", "PagerDuty", ("api.", "events.")),
+    ("opsgenie.com", "Opsgenie", ("api.",)),
+)
+
+# page shapes, on whole path segments (case-insensitive), and what they are
+_PATHS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern, re.I), what)
+    for pattern, what in (
+        (r"(^|/)d(-solo)?/[^/?#]+", "a Grafana dashboard (/d/<uid>)"),
+        (r"(^|/)(explore|alerting/list|playlists)(/|$|\?)", "a Grafana page"),
+        (
+            r"(^|/)app/(kibana|dashboards|discover|visualize|lens|canvas|maps|monitoring|apm|"
+            r"observability|logs|metrics|uptime|security|management|dev_tools|ml|siem|infra)"
+            r"(/|$|\?|#)",
+            "a Kibana app (/app/...)",
+        ),
+        (r"^/[a-z]{2}-[a-z]{2}/(app|manager|account)/", "a Splunk Web page (/<locale>/app/...)"),
+        (r"(^|/)dashboards?(/|$|\?|\.)", "a dashboard page"),
+        (r"^/(dash|screen|notebook)/[^/?#]+", "a Datadog dashboard"),
+        (r"^/(t/[^/?#]+/)?views/[^/?#]+/[^/?#]+", "a Tableau view"),
+        (r"^/question/\d+", "a Metabase question"),
+        (r"(^|/)superset/", "a Superset page"),
+        (r"(^|/)(graph|alerts)\?(g\d|.*expr=)", "the Prometheus UI"),
+    )
+)
+
+
+def dashboard_page(route: str) -> str | None:
+    """What product page ``route`` (a path or an http(s) URL) is, or None when it looks like
+    a call. Judged by its host and by its path shape (see the module docstring)."""
+    if "#" in route:
+        return "a page of a single-page app (a '#' fragment is never sent to a server)"
+    parts = urlsplit(route)
+    host = (parts.hostname or "").lower()
+    if host:
+        for suffix, product, apis in _HOSTS:
+            if host == suffix or host.endswith("." + suffix):
+                if not any(host.startswith(api) for api in apis):
+                    return f"a page of {product} ({host})"
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    for pattern, what in _PATHS:
+        if pattern.search(path):
+            return what
+    return None

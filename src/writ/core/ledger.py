@@ -1,0 +1,334 @@
+"""The audit ledger: one hash-chained row per state change.
+
+Row fields are exactly those of PROTOCOL.md (:data:`FIELDS`). A row is sealed by
+
+    hash = sha256_hex(prev_hash + canonical_json(row without "hash"))
+
+where ``canonical_json`` is JSON with sorted keys, no spaces (``","`` and ``":"``), and
+non-ASCII characters kept as UTF-8. The first row's ``prev_hash`` is 64 zeros. Stores keep
+the canonical text (``body``) as written, so verification rehashes the exact bytes and any
+change to a row — its body, its hash, or its place in the chain — is found and named.
+
+Stores also keep a few fields as columns of their own, for lookups (:data:`COLUMNS`: the
+row's time, event, resource and lock key). They are outside the hash, so verification
+checks each one against the hashed body too (a :data:`Record` instead of a bare ``(seq,
+body, hash)`` triple): a column edited by hand would change what ``who``, filters and
+postmortems find while the chain still verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from writ.core.clock import parse_time, stamp
+from writ.core.errors import WritError
+from writ.core.validate import loads
+
+FIELDS: tuple[str, ...] = (
+    "seq",
+    "timestamp",
+    "event",
+    "agent_id",
+    "resource",
+    "lock_holder",
+    "lock_key",
+    "lock_acquired_at",
+    "fencing_token",
+    "rollback_allowed",
+    "rollback_path",
+    "rollback_key_holder",
+    "approved_by",
+    "human_override_queue",
+    "rollback_denominator",
+    "rollback_denominator_is_defect",
+    "second_key_revoke_provenance",
+    "notes",
+    "prev_hash",
+    "hash",
+)
+GENESIS = "0" * 64
+_DEFAULTS: dict[str, Any] = {
+    "lock_holder": "none",
+    "lock_key": None,
+    "lock_acquired_at": None,
+    "fencing_token": None,
+    "rollback_allowed": False,
+    "rollback_path": None,
+    "rollback_key_holder": None,
+    "approved_by": None,
+    "human_override_queue": None,
+    "rollback_denominator": None,
+    "rollback_denominator_is_defect": False,
+    "second_key_revoke_provenance": None,
+    "notes": None,
+}
+
+
+# the lookup columns a store keeps beside (seq, body, hash), in Record order
+COLUMNS: tuple[str, ...] = ("ts", "event", "resource", "lock_key")
+Stored = tuple[int, str, str]
+"""``(seq, body, hash)`` as stored."""
+Record = tuple[int, str, str, float, str, str, "str | None"]
+"""``(seq, body, hash, ts, event, resource, lock_key)``: a stored row with its lookup
+columns, which :func:`verify` checks against the body."""
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_FIELD_SET = frozenset(FIELDS)
+
+
+def canonical(obj: Any) -> str:
+    """The canonical JSON text that is hashed (one encoder, built once)."""
+    return _CANONICAL.encode(obj)
+
+
+def digest(prev_hash: str, body: str) -> str:
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """A row ready for the store: its fields, canonical body and hash."""
+
+    seq: int
+    timestamp: float
+    event: str
+    resource: str
+    lock_key: str | None
+    lock_holder: str
+    body: str
+    hash: str
+
+    def row(self) -> dict[str, Any]:
+        return row_from(self.body, self.hash)
+
+
+def seal(seq: int, prev_hash: str, at: float, fields: dict[str, Any]) -> Sealed:
+    """Fill defaults, stamp ``seq``/``timestamp``/``prev_hash`` and hash the row."""
+    row = dict(_DEFAULTS)
+    row.update(fields)
+    if not row.get("lock_holder"):
+        row["lock_holder"] = "none"
+    row["seq"] = seq
+    row["timestamp"], at = stamp(at)  # the row's time is the microsecond it shows
+    row["prev_hash"] = prev_hash
+    if not _FIELD_SET.issuperset(row):
+        unknown = set(row) - _FIELD_SET
+        raise ValueError(f"not audit fields: {sorted(unknown)}")
+    body = canonical(row)
+    return Sealed(
+        seq=seq,
+        timestamp=at,
+        event=row["event"],
+        resource=row["resource"],
+        lock_key=row["lock_key"],
+        lock_holder=row["lock_holder"],
+        body=body,
+        hash=digest(prev_hash, body),
+    )
+
+
+def row_from(body: str, hash_: str) -> dict[str, Any]:
+    """The wire row (fields in PROTOCOL.md order) from a stored body and hash."""
+    data = loads(body)  # a hand-written lone surrogate reads as U+FFFD, never a failed read
+    data["hash"] = hash_
+    return {k: data.get(k) for k in FIELDS}
+
+
+@dataclass(slots=True)
+class Verification:
+    ok: bool
+    rows: int
+    head: str
+    first_bad_seq: int | None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ok": self.ok,
+            "rows": self.rows,
+            "head": self.head,
+            "first_bad_seq": self.first_bad_seq,
+        }
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+def verify(
+    stored: Iterable[Stored] | Iterable[Record],
+    start_seq: int = 1,
+    start_hash: str = GENESIS,
+) -> Verification:
+    """Check a chain of stored ``(seq, body, hash)`` triples in seq order.
+
+    Names the first row whose hash does not match its bytes, whose ``prev_hash`` does not
+    name the row before it, or whose ``seq`` breaks the 1, 2, 3, ... order — and, for a
+    :data:`Record`, whose lookup columns disagree with its body.
+    """
+    prev, expect, n = start_hash, start_seq, 0
+    loads, sha = json.loads, hashlib.sha256
+    seconds, enc = _SECONDS, _ENC
+    for rec in stored:
+        seq, body, hash_ = rec[0], rec[1], rec[2]
+        bad: str | None = None
+        if seq != expect:
+            bad = f"seq {seq} where {expect} was expected (a row is missing or extra)"
+        elif sha((prev + body).encode()).hexdigest() != hash_:
+            bad = "hash does not match the row's bytes (the row or its hash was changed)"
+        elif (
+            # fast path: canonical bodies sort their keys, so the top level has
+            # ..."prev_hash":"<hex>","resource":... and ends with
+            # ,"seq":N,"timestamp":"<27 characters>"} (the hash above already binds the row
+            # to the one before; this only checks the body agrees). Anything unusual falls
+            # through to the full parse below.
+            body[-29 - len(tail := f',"seq":{seq},"timestamp":"') : -29] == tail
+            and f',"prev_hash":"{prev}","resource":' in body
+        ):
+            pass
+        else:
+            try:
+                data = loads(body)
+            except ValueError:
+                data = None
+            if not isinstance(data, dict) or data.get("seq") != seq:
+                bad = "row body does not carry its own seq"
+            elif data.get("prev_hash") != prev:
+                bad = "prev_hash does not name the row before it"
+        if bad is None and len(rec) > 3:
+            # the lookup columns against the body; fast path inline (see _columns_disagree)
+            ts, event, resource, lock_key = rec[3:]
+            if not (
+                ts.__class__ is float
+                and body[-42:-29] == '"timestamp":"'
+                and body[-10] == "."
+                and body[-3:] == 'Z"}'
+                and (us := body[-9:-3]).isdigit()
+                and (sec := seconds[body[-29:-10]]) is not None
+                and -1e-6 <= ts - sec - int(us) * 1e-6 <= 1e-6
+                and (body.find("{", 1) < 0 or _keys_once(body))
+                and body.find(f'"event":{enc(event)},') > 0
+                and body.find(f'"resource":{enc(resource)},') > 0
+                and body.find(
+                    '"lock_key":null,' if lock_key is None else f'"lock_key":{enc(lock_key)},'
+                )
+                > 0
+            ):
+                bad = _columns_disagree(rec, body)
+        if bad:
+            return Verification(False, n, prev, seq if seq == expect else expect, bad)
+        prev, expect, n = hash_, expect + 1, n + 1
+    return Verification(True, n, prev, None)
+
+
+_ENC = json.encoder.encode_basestring  # C, the function canonical() writes strings with
+
+
+def _columns_disagree(rec: Record, body: str) -> str | None:
+    """Why a row's lookup columns disagree with its hashed body, or None.
+
+    Fast path, no JSON parse: in a body with no nested object (no ``{`` after the first;
+    else: a key that occurs once), ``"event":`` can only be the top-level key (inside a
+    string its quotes are escaped), so the exact text ``"event":<value>,`` names its value;
+    the shown timestamp is the body's last 27 characters before ``"}`` (sorted keys end
+    with it). Anything else takes the full parse.
+    """
+    _seq, _body, _hash, ts, event, resource, lock_key = rec
+    if (
+        isinstance(ts, float)
+        and isinstance(event, str)
+        and isinstance(resource, str)
+        and (lock_key is None or isinstance(lock_key, str))
+        and body[-42:-29] == '"timestamp":"'
+        and body[-2:] == '"}'
+        and (sec := _SECONDS[body[-29:-10]]) is not None
+        and body[-10] == "."
+        and body[-3] == "Z"
+        and body[-9:-3].isdigit()
+        # the column may sit within half a microsecond of the shown time (older ledgers
+        # kept the raw clock reading)
+        and abs(ts - sec - int(body[-9:-3]) / 1e6) <= 1e-6
+        and (body.find("{", 1) == -1 or _keys_once(body))
+        and f'"event":{_ENC(event)},' in body
+        and f'"resource":{_ENC(resource)},' in body
+        and f'"lock_key":{"null" if lock_key is None else _ENC(lock_key)},' in body
+    ):
+        return None
+    return _columns_parsed(ts, event, resource, lock_key, body)
+
+
+def _keys_once(body: str) -> bool:
+    return (
+        body.count('"event":') == 1
+        and body.count('"resource":') == 1
+        and body.count('"lock_key":') == 1
+    )
+
+
+class _Seconds(dict[str, "int | None"]):
+    """``"2026-05-01T00:00:01"`` → its epoch second (None if not such a text); bounded."""
+
+    def __missing__(self, text: str) -> int | None:
+        if len(self) > 4096:
+            self.clear()
+        try:
+            sec = (
+                int(parse_time(text + "Z"))
+                if len(text) == 19 and text[10] == "T" and text[:4].isdigit()
+                else None
+            )
+        except (ValueError, WritError):
+            sec = None
+        self[text] = sec
+        return sec
+
+
+_SECONDS = _Seconds()
+
+
+def _columns_parsed(ts: Any, event: Any, resource: Any, lock_key: Any, body: str) -> str | None:
+    try:
+        data = json.loads(body)
+        shown = parse_time(data["timestamp"])
+    except (ValueError, KeyError, TypeError, WritError):
+        return "row body cannot be read back"
+    if not isinstance(ts, (int, float)) or not abs(ts - shown) <= 1e-6:
+        # (ledgers written before rows kept their shown microsecond hold the raw clock
+        # reading, within half a microsecond of it)
+        return (
+            f"the ts column ({ts!r}) disagrees with the hashed row's timestamp "
+            f"({data['timestamp']!r}): the column was changed by hand"
+        )
+    for name, col, want in (
+        ("event", event, data.get("event")),
+        ("resource", resource, data.get("resource")),
+        ("lock_key", lock_key, data.get("lock_key")),
+    ):
+        if col != want or type(col) is not type(want):
+            return (
+                f"the {name} column ({col!r}) disagrees with the hashed row ({want!r}): "
+                "the column was changed by hand"
+            )
+    return None
+
+
+async def verify_stream(
+    chunks: AsyncIterable[list[Stored]] | AsyncIterable[list[Record]],
+) -> Verification:
+    """:func:`verify` over a store's ``audit_stream`` batches, in constant memory."""
+    seq, head, total = 1, GENESIS, 0
+    async for chunk in chunks:
+        part = verify(chunk, seq, head)
+        total += part.rows
+        if not part.ok:
+            return Verification(False, total, part.head, part.first_bad_seq, part.reason)
+        seq, head = seq + part.rows, part.head
+    return Verification(True, total, head, None)
+
+
+def iter_rows(stored: Iterable[tuple[int, str, str]]) -> Iterator[dict[str, Any]]:
+    for _seq, body, hash_ in stored:
+        yield row_from(body, hash_)

@@ -1,0 +1,230 @@
+"""The policy file (``writ serve --policy writ.toml``): blast radius and per-prefix rules.
+
+::
+
+    rollback_base_url = "http://127.0.0.1:9000"  # relative rollback routes are called here
+    default_override_queue = "svc-ops-princess"   # paged when a lease names no queue
+
+    [blast_radius]                                # groups of resources that conflict as one
+    db-tier = ["prod/db", "routing/db-tier", "capacity/db"]
+
+    [[rules]]                                     # per prefix; the most specific prefix wins
+    prefix = "prod"
+    protect_s = 900
+    max_hold_s = 600
+    page_after_s = 60
+    lock_delay_s = 5
+    consent_timeout_s = 120
+
+``[authority]`` (who may ever be a writer, on what) is described in :mod:`writ.authority`.
+
+A bad file fails with its line and the reason (:class:`PolicyError`), at ``writ serve``
+and in ``writ policy check FILE``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from writ.authority import Settings as AuthoritySettings
+from writ.authority import parse_section as parse_authority
+from writ.core.errors import Invalid
+from writ.core.errors import PolicyError as PolicyError  # lives in core.errors; re-exported
+from writ.core.identity import JwtIssuer, parse_identity
+from writ.core.resources import BlastRadius, under, validate
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """The settings in force for one prefix (defaults are the built-in rule)."""
+
+    prefix: str = ""
+    protect_s: float = 900.0
+    max_hold_s: float | None = None
+    page_after_s: float = 60.0
+    lock_delay_s: float = 0.0
+    consent_timeout_s: float = 120.0
+
+
+RULE_KEYS = {f.name for f in fields(Rule)}
+TOP_KEYS = {
+    "rollback_base_url",
+    "default_override_queue",
+    "blast_radius",
+    "rules",
+    "authority",
+    "identity",
+}
+TOP_KEYS |= {"webhook_secret", "pagerduty_url"}  # outbound calls (docs/operations.md)
+
+
+@dataclass(slots=True)
+class Policy:
+    rollback_base_url: str | None = None
+    default_override_queue: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)  # signs outbound calls
+    pagerduty_url: str | None = None  # the Events API v2 endpoint (tests, proxies)
+    blast: BlastRadius = field(default_factory=BlastRadius)
+    rules: list[Rule] = field(default_factory=list)  # most specific prefix first
+    source: str | None = None
+    authority: AuthoritySettings = field(default_factory=AuthoritySettings)  # see authority.py
+    identity: list[JwtIssuer] = field(default_factory=list)  # [[identity.jwt]] (identity.py)
+
+    def rule_for(self, resource: str) -> Rule:
+        """The rule of the most specific prefix covering ``resource`` (or the defaults)."""
+        for rule in self.rules:
+            if under(resource, rule.prefix):
+                return rule
+        return Rule()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rollback_base_url": self.rollback_base_url,
+            "default_override_queue": self.default_override_queue,
+            "webhook_secret": "(set)" if self.webhook_secret else None,  # never the secret
+            "pagerduty_url": self.pagerduty_url,
+            "blast_radius": {
+                "+".join(sorted(names)): list(members) for names, members in self.blast.groups
+            },
+            "rules": [{f.name: getattr(r, f.name) for f in fields(Rule)} for r in self.rules],
+            "source": self.source,
+            "authority": self.authority.to_dict(),
+            "identity": {"jwt": [i.to_dict() for i in self.identity]},
+        }
+
+
+def _line_of(text: str, needle: str, start_line: int = 1) -> int | None:
+    pattern = re.compile(rf"^\s*\"?{re.escape(needle)}\"?\s*=", re.M)
+    for i, line in enumerate(text.splitlines(), start=1):
+        if i >= start_line and pattern.match(line):
+            return i
+    return None
+
+
+def _rule_lines(text: str) -> list[int]:
+    return [
+        i for i, line in enumerate(text.splitlines(), 1) if line.strip().startswith("[[rules]]")
+    ]
+
+
+def parse(text: str, path: str = "<policy>") -> Policy:
+    """Parse and check a policy text; raise :class:`PolicyError` with line and reason."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        line = int(m.group(1)) if m else (len(text.rstrip().splitlines()) or 1)
+        raise PolicyError(path, f"not valid TOML: {exc}", line) from None
+    for key in data:
+        if key not in TOP_KEYS:
+            raise PolicyError(
+                path,
+                f"unknown setting {key!r}; known: {', '.join(sorted(TOP_KEYS))}",
+                _line_of(text, key) or _line_of(text, key.strip("[]")),
+            )
+    pol = Policy(source=path)
+    for key in ("rollback_base_url", "default_override_queue", "webhook_secret", "pagerduty_url"):
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise PolicyError(path, f"{key} must be a non-empty string", _line_of(text, key))
+        setattr(pol, key, value)
+    if pol.rollback_base_url and not re.match(r"^https?://[^/\s]+", pol.rollback_base_url):
+        raise PolicyError(
+            path,
+            "rollback_base_url must be an http(s):// URL like http://127.0.0.1:9000",
+            _line_of(text, "rollback_base_url"),
+        )
+    if pol.pagerduty_url and not re.match(r"^https?://[^/\s]+", pol.pagerduty_url):
+        raise PolicyError(
+            path,
+            "pagerduty_url must be an http(s):// URL like https://events.pagerduty.com/v2/enqueue",
+            _line_of(text, "pagerduty_url"),
+        )
+    groups = data.get("blast_radius", {})
+    if not isinstance(groups, dict):
+        raise PolicyError(path, "[blast_radius] must be a table of name = [resources]", None)
+    for name, members in groups.items():
+        gline = _line_of(text, name)
+        if (
+            not isinstance(members, list)
+            or not members
+            or not all(isinstance(m, str) for m in members)
+        ):
+            raise PolicyError(
+                path, f"blast_radius.{name} must be a non-empty list of resource paths", gline
+            )
+        for m in members:
+            try:
+                validate(m, f"blast_radius.{name}")
+            except Invalid as exc:
+                raise PolicyError(path, exc.message, gline) from None
+    pol.blast = BlastRadius(groups)
+    rules = data.get("rules", [])
+    if not isinstance(rules, list):
+        raise PolicyError(
+            path, "rules must be written as [[rules]] tables", _line_of(text, "rules")
+        )
+    starts = _rule_lines(text)
+    seen: set[str] = set()
+    for i, raw in enumerate(rules):
+        start = starts[i] if i < len(starts) else None
+        if not isinstance(raw, dict):
+            raise PolicyError(path, "each [[rules]] entry must be a table", start)
+        unknown = set(raw) - RULE_KEYS
+        if unknown:
+            key = sorted(unknown)[0]
+            raise PolicyError(
+                path,
+                f"unknown rule setting {key!r}; known: {', '.join(sorted(RULE_KEYS))}",
+                _line_of(text, key, start or 1) or start,
+            )
+        prefix = raw.get("prefix")
+        if prefix is None:
+            raise PolicyError(
+                path, 'a [[rules]] entry needs prefix = "..." ("" for everything)', start
+            )
+        if not isinstance(prefix, str):
+            raise PolicyError(path, "prefix must be a string", _line_of(text, "prefix", start or 1))
+        if prefix:
+            try:
+                validate(prefix, "prefix")
+            except Invalid as exc:
+                raise PolicyError(path, exc.message, _line_of(text, "prefix", start or 1)) from None
+        if prefix in seen:
+            raise PolicyError(path, f"two rules for prefix {prefix!r}", start)
+        seen.add(prefix)
+        values: dict[str, Any] = {"prefix": prefix}
+        for key in RULE_KEYS - {"prefix"}:
+            if key not in raw:
+                continue
+            v = raw[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise PolicyError(
+                    path,
+                    f"{key} must be a number of seconds >= 0, not {v!r}",
+                    _line_of(text, key, start or 1) or start,
+                )
+            values[key] = float(v)
+        pol.rules.append(replace(Rule(), **values))
+    pol.authority = parse_authority(data.get("authority"), text, path)
+    pol.rules.sort(key=lambda r: (-len(r.prefix.split("/")) if r.prefix else 1, r.prefix))
+    pol.identity = parse_identity(data.get("identity"), text, path)
+    return pol
+
+
+def load(path: str | Path | None) -> Policy:
+    """Read a policy file (``None`` gives the defaults)."""
+    if path is None:
+        return Policy()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    return parse(text, str(path))

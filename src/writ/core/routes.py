@@ -1,0 +1,56 @@
+"""Routes that writ calls: rollback routes and wake routes.
+
+A route is *literal* when it is a path beginning with ``/`` or an ``http(s)://`` URL, with no
+spaces, that names what it calls — not a dashboard, console or button label, nor a page of a
+well-known dashboard product even without the word (:mod:`writ.dashboards`). The same test
+decides at acquire time (a rollback plan) and in ``writ lint`` (``rollback_path``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from writ.core.dashboards import dashboard_page
+from writ.core.errors import Invalid
+
+_ROUTE = re.compile(r"^(/|https?://[^\s/]+)\S*$")
+_SMELL = re.compile(r"\b(dashboard|console|button|portal|click|ui)\b", re.I)
+
+
+def route_problem(value: Any) -> str | None:
+    """Why ``value`` is not a literal route, or None when it is one."""
+    if not isinstance(value, str) or not _ROUTE.match(value.strip()):
+        return "is not a literal route (a path beginning with '/' or an http(s):// URL)"
+    if _SMELL.search(value.replace("_", " ").replace("-", " ")):
+        return "is a dashboard, console or button, not the rollback entry point"
+    page = dashboard_page(value.strip())
+    if page:
+        return f"is {page}, a page to look at, not the rollback entry point"
+    return None
+
+
+def check_route(value: Any, field: str) -> str:
+    """``value`` stripped, or :class:`Invalid` saying why it is not a literal route."""
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid(
+            f"{field} must be a route like /ops/rollback?txn=8841 or https://...", field=field
+        )
+    problem = route_problem(value)
+    if problem:
+        raise Invalid(
+            f"{field} {value!r} {problem}: name the literal route writ should call",
+            field=field,
+        )
+    return value.strip()
+
+
+def resolve(route: str, base_url: str | None) -> str:
+    """An absolute URL for a route (relative ones are called against ``base_url``)."""
+    if route.startswith(("http://", "https://")):
+        return route
+    if not base_url:
+        raise Invalid(
+            f"route {route!r} is relative and the policy sets no rollback_base_url to call it against"
+        )
+    return base_url.rstrip("/") + "/" + route.lstrip("/")

@@ -405,11 +405,27 @@ class Authority:
     def observable(self, me: Principal, resource: str | None) -> bool:
         return observable(self.settings, me, resource)
 
-    def check_observe(self, me: Principal, resource: str) -> None:
-        """Raise 403 unless ``me`` may read about ``resource``."""
+    def check_observe(self, me: Principal, resource: str, of: str | None = None) -> None:
+        """Raise 403 unless ``me`` may read about ``resource``. ``of`` names what was asked
+        for by id (``lease ls_…``): then the 403 does not name the resource either."""
         if not self.observable(me, resource):
             d = self.decide(me, resource)
-            raise Forbidden(d.message, rule=d.rule, may=d.may)
+            if of is None:
+                raise Forbidden(d.message, rule=d.rule, may=d.may)
+            raise Forbidden(
+                f"{me.name} may not observe the resource of {of}; it may observe under: "
+                f"{_list(d.may['observe'])}",
+                may=d.may,
+            )
+
+    async def hides(self, tx: Tx, name: str, lease: Lease | None) -> bool:
+        """Is ``lease`` (standing in ``name``'s way) on a resource ``name`` may not observe?
+        Then a 409 ``held`` and its rows name neither it nor its holder (closed mode)."""
+        s = self.settings
+        if lease is None or not s.closed:
+            return False
+        p = await tx.get_principal(name)
+        return p is None or not observable(s, p, lease.resource)
 
     def visible(
         self, me: Principal, rows: list[dict[str, Any]], key: str = "resource"
@@ -420,12 +436,36 @@ class Authority:
             return rows
         return [r for r in rows if observable(s, me, r.get(key))]
 
+    def wake_urls(self, me: Principal, principals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``GET /v1/principals`` for ``me``: in closed mode an agent or portal sees no other
+        principal's wake URL (``POST /v1/leases/{id}/wake`` is how it wakes a holder)."""
+        if not self.settings.closed or me.kind in READ_ALL:
+            return principals
+        return [p if p["name"] == me.name else {**p, "wake": None} for p in principals]
+
     def visible_page(self, me: Principal, page: dict[str, Any]) -> dict[str, Any]:
         """An audit/events page filtered to what ``me`` may read; ``next_after_seq`` still
         moves past the rows left out, so the reader keeps its place."""
         rows = page.get("rows") or []
         kept = self.visible(me, rows)
         return page if kept is rows else {**page, "rows": kept}
+
+    async def events(
+        self, me: Principal, prefix: str | None, after_seq: int, wait_s: float, limit: int
+    ) -> dict[str, Any]:
+        """``GET /v1/events`` for ``me``: the long-poll ends on a row ``me`` may read, not on
+        one it may not (its timing would tell of the row)."""
+        eng = self.engine
+        if not self.settings.closed or me.kind in READ_ALL:
+            return await eng.events(prefix, after_seq, wait_s, limit)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            left = max(0.0, deadline - loop.time())
+            page = self.visible_page(me, await eng.events(prefix, after_seq, left, limit))
+            if page["rows"] or deadline <= loop.time():
+                return page
+            after_seq = page["next_after_seq"]
 
     # -- changes -------------------------------------------------------------------------
     async def check_change(
@@ -577,7 +617,7 @@ class Authority:
             lease = await tx.get_lease(lease_id, for_update=True)
             if lease is None:
                 raise NotFound(f"no lease {lease_id!r}", lease_id=lease_id)
-            self.check_observe(me, lease.resource)
+            self.check_observe(me, lease.resource, f"lease {lease.lease_id}")
             now = tx.now()
             if lease.state != "held" or lease.expires_at <= now:
                 return LeaseLost(

@@ -479,6 +479,7 @@ class Engine:
                 deadline=now + req.wait_s,
             )
         )
+        hidden = await self.authority.hides(tx, req.principal, blocked.lease)
         await tx.append(
             lock_row(
                 "lease.queued",
@@ -486,7 +487,7 @@ class Engine:
                 req.resource,
                 blocked.lease,
                 f"queued at position {blocked.position} for up to {req.wait_s:g}s: "
-                + _blocked_text(req.resource, blocked),
+                + _blocked_text(req.resource, blocked, hidden),
             )
         )
         return _Queued(w, blocked, now)
@@ -683,17 +684,24 @@ class Engine:
         return lease
 
     async def _refuse(self, tx: Tx, req: Request, blocked: Blocked, waited: bool = False) -> Held:
-        text = _blocked_text(req.resource, blocked)
+        hidden = await self.authority.hides(tx, req.principal, blocked.lease)
+        text = _blocked_text(req.resource, blocked, hidden)
         await self._deny(
             tx, req, blocked.lease, (f"waited {req.wait_s:g}s; " if waited else "") + text
         )
-        return await self._held_error(tx, req.resource, blocked, text, req.principal)
+        return await self._held_error(tx, req.resource, blocked, text, req.principal, hidden)
 
     async def _held_error(
-        self, tx: Tx, resource: str, blocked: Blocked, text: str, asker: str | None = None
+        self,
+        tx: Tx,
+        resource: str,
+        blocked: Blocked,
+        text: str,
+        asker: str | None = None,
+        hidden: bool = False,
     ) -> Held:
         holder: dict[str, Any] | None = None
-        if blocked.lease is not None:
+        if blocked.lease is not None and not hidden:
             b = blocked.lease
             holder = {**await self.holder_info(tx, b), "fencing_token": b.fencing_token}
             if asker is not None:
@@ -1210,7 +1218,9 @@ def _deny_event(err: WritError) -> str:
     return "lease.refused" if isinstance(err, Forbidden) else "lease.denied"
 
 
-def _blocked_text(resource: str, b: Blocked) -> str:
+def _blocked_text(resource: str, b: Blocked, hidden: bool = False) -> str:
+    """Why ``resource`` is not free; ``hidden``: the blocker is on a resource the asker may
+    not observe (closed mode), so neither it nor its holder is named."""
     if b.reason == "lock_delay":
         return f"{resource} is in lock-delay after its holder died, until {rfc3339(b.until)}"
     if b.lease is None:
@@ -1220,6 +1230,9 @@ def _blocked_text(resource: str, b: Blocked) -> str:
     text = (
         f"{resource} is held by {l.holder}{on} since {rfc3339(l.acquired_at)} for "
         f"{l.intent!r}, until {rfc3339(l.expires_at)}"
+        if not hidden
+        else f"{resource} is held through its blast radius, by a lease on a resource you may "
+        f"not observe, until {rfc3339(l.expires_at)}"
     )
     if b.reason == "queue":
         text = f"{b.position - 1} conflicting request(s) queued ahead; the first waits on: " + text

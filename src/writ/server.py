@@ -486,7 +486,7 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
 
     @app.get("/v1/principals", tags=["principals"])
     async def list_principals(me: Me) -> dict[str, Any]:
-        return {"principals": await engine.list_principals()}
+        return {"principals": engine.authority.wake_urls(me, await engine.list_principals())}
 
     @app.get("/v1/whoami", tags=["principals"])
     async def whoami(me: Me) -> dict[str, Any]:
@@ -528,7 +528,7 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     @app.get("/v1/leases/{lease_id}", tags=["leases"])
     async def get_lease(me: Me, lease_id: str) -> dict[str, Any]:
         lease = await engine.get_lease(lease_id)
-        engine.authority.check_observe(me, lease["resource"])
+        engine.authority.check_observe(me, lease["resource"], f"lease {lease_id}")
         return lease
 
     @app.get("/v1/leases", tags=["leases"])
@@ -552,8 +552,12 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     async def resource_status(me: Me, resource: str) -> dict[str, Any]:
         out = await engine.resource_status(resource)
         engine.authority.check_observe(me, resource)
-        for key in ("conflicting", "queue"):  # other members of its blast radius
+        for key in ("conflicting", "queue", "protected_changes"):  # its blast radius
             out[key] = engine.authority.visible(me, out[key])
+        if out["lease"] is not None and not engine.authority.observable(
+            me, out["lease"]["resource"]
+        ):
+            out["lease"] = None  # a neighbour's lease, shown when the resource itself is free
         return out
 
     @app.get("/v1/who", tags=["leases"])
@@ -599,8 +603,7 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
         wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> dict[str, Any]:
-        page = await engine.events(resource, after_seq, wait_s, limit)
-        return engine.authority.visible_page(me, page)
+        return await engine.authority.events(me, resource, after_seq, wait_s, limit)
 
     # -- changes and consent ---------------------------------------------------------------
     @app.post("/v1/leases/{lease_id}/changes", status_code=201, tags=["consent"])
@@ -618,7 +621,9 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
 
     @app.get("/v1/changes/{change_id}", tags=["consent"])
     async def get_change(me: Me, change_id: str) -> dict[str, Any]:
-        return await engine.consents.get_change(change_id)
+        change = await engine.consents.get_change(change_id)
+        engine.authority.check_observe(me, change["resource"], f"change {change_id}")
+        return change
 
     @app.post("/v1/consents", status_code=201, tags=["consent"])
     async def ask_consent(me: Me, body: ConsentIn) -> dict[str, Any]:
@@ -636,7 +641,9 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     async def get_consent(
         me: Me, consent_id: str, wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0
     ) -> dict[str, Any]:
-        return await engine.consents.get(consent_id, wait_s)
+        consent = await engine.consents.get(consent_id, 0)
+        engine.authority.check_observe(me, consent["resource"], f"consent {consent_id}")
+        return await engine.consents.get(consent_id, wait_s) if wait_s else consent
 
     # -- rollbacks ---------------------------------------------------------------------------
     @app.post("/v1/rollbacks", status_code=201, tags=["rollback"])
@@ -649,11 +656,15 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
         status: Literal["pending", "approved", "denied", "executed", "failed"] | None = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> dict[str, Any]:
-        return {"rollbacks": await engine.rollbacks.list(status, limit)}
+        return {
+            "rollbacks": engine.authority.visible(me, await engine.rollbacks.list(status, limit))
+        }
 
     @app.get("/v1/rollbacks/{rollback_id}", tags=["rollback"])
     async def get_rollback(me: Me, rollback_id: str) -> dict[str, Any]:
-        return await engine.rollbacks.get(rollback_id)
+        rollback = await engine.rollbacks.get(rollback_id)
+        engine.authority.check_observe(me, rollback["resource"], f"rollback {rollback_id}")
+        return rollback
 
     @app.post("/v1/rollbacks/{rollback_id}/approve", tags=["rollback"])
     async def approve_rollback(me: Me, rollback_id: str) -> dict[str, Any]:

@@ -1,0 +1,153 @@
+"""Authority, a second look: in closed mode nothing an agent or portal can call tells it
+about a resource it may not observe — a change, a consent, a rollback, another principal's
+wake URL, a blast-radius neighbour's lease in a 409 ``held``, ``consent_required`` or a
+resource's status, or the moment of a row the events long-poll would have woken on."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.stores_fixtures import Backend
+from tests.test_authority import POLICY, World, world
+
+# prod/db and billing/db share a blast radius; perf-agent observes prod and routing only
+BLAST = '[blast_radius]\ndb-tier = ["prod/db", "billing/db"]\n' + POLICY
+SECRET = "secret billing work"
+
+
+async def _billing_change(w: World) -> tuple[dict[str, str], str]:
+    lease = (
+        await w.lease("admin", "billing/db", ttl_s=300, touches=["capacity"], intent=SECRET)
+    ).json()
+    r = await w.post(
+        "admin",
+        f"/v1/leases/{lease['lease_id']}/changes",
+        {"attribute": "capacity", "summary": SECRET, "after": {"k": SECRET}},
+    )
+    assert r.status_code == 201, r.text
+    return lease, r.json()["change_id"]
+
+
+async def test_changes_consents_and_rollbacks_of_unobservable_resources_are_403(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+        lease, change_id = await _billing_change(w)
+        assert (await w.get("stranger", f"/v1/changes/{change_id}")).status_code == 403
+        assert (await w.get("oncall-jane", f"/v1/changes/{change_id}")).status_code == 200
+        r = await w.post("cost-agent", "/v1/consents", {"change_id": change_id, "reason": "x"})
+        assert r.status_code == 403 and SECRET not in r.text, r.text
+        assert await w.rows("consent.requested") == []
+        consent = await w.post(
+            "oncall-jane", "/v1/consents", {"change_id": change_id, "reason": "x"}
+        )
+        assert consent.status_code == 201, consent.text
+        cid = consent.json()["consent_id"]
+        assert (await w.get("stranger", f"/v1/consents/{cid}")).status_code == 403
+        assert (await w.get("stranger", f"/v1/consents/{cid}", wait_s=5)).status_code == 403
+        r = await w.post("stranger", "/v1/rollbacks", {"change_id": change_id, "reason": "x"})
+        assert r.status_code == 403 and "billing" not in r.json()["error"]["message"], r.text
+        r = await w.post(
+            "stranger", "/v1/rollbacks", {"lease_id": lease["lease_id"], "reason": "x"}
+        )
+        assert r.status_code == 403, r.text
+        # a rollback's own reads
+        await w.engine.store.transact(
+            lambda tx: tx.put_object(
+                "rollback",
+                "rb_test",
+                "billing/db",
+                "pending",
+                {"rollback_id": "rb_test", "resource": "billing/db", "reason": SECRET},
+            )
+        )
+        assert (await w.get("stranger", "/v1/rollbacks/rb_test")).status_code == 403
+        listed = (await w.get("stranger", "/v1/rollbacks")).json()["rollbacks"]
+        assert listed == []
+        listed = (await w.get("oncall-jane", "/v1/rollbacks")).json()["rollbacks"]
+        assert [r["rollback_id"] for r in listed] == ["rb_test"]
+
+
+async def test_a_blast_radius_neighbour_is_not_named_to_who_may_not_observe_it(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """perf-agent may write prod/db; billing/db (same blast radius) is held by admin, who
+    also recorded a protected change there. perf-agent learns that prod/db is not free and
+    until when — not who holds what, for what, or what changed."""
+    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+        lease = (
+            await w.lease("admin", "billing/db", ttl_s=300, touches=["labels"], intent=SECRET)
+        ).json()
+        for wait in (0, 0.01):
+            r = await w.lease("perf-agent", "prod/db", wait_s=wait)
+            assert r.status_code == 409, r.text
+            err = r.json()["error"]
+            assert err["code"] == "held" and err["holder"] is None, r.text
+            assert "billing" not in r.text and SECRET not in r.text, r.text
+            assert "you may not observe" in err["message"] and "retry_at" in err
+        # a human still sees it all
+        r = await w.lease("oncall-jane", "prod/db")
+        assert r.status_code == 403  # no grant to lease, but admin does:
+        r = await w.lease("admin", "prod/db")
+        assert r.json()["error"]["holder"]["resource"] == "billing/db", r.text
+        # the resource's status: neither the neighbour's lease nor its protected change
+        status = (await w.get("perf-agent", "/v1/resources/prod/db")).json()
+        assert status["lease"] is None and status["protected_changes"] == [], status
+        await w.post("admin", f"/v1/leases/{lease['lease_id']}/release")
+        await _billing_change(w)
+        status = (await w.get("perf-agent", "/v1/resources/prod/db")).json()
+        assert status["lease"] is None and status["protected_changes"] == [], status
+        assert (await w.get("admin", "/v1/resources/prod/db")).json()["protected_changes"]
+        r = await w.lease("perf-agent", "prod/db", touches=["capacity"])
+        assert r.status_code == 409, r.text
+        err = r.json()["error"]
+        assert err["code"] == "consent_required" and "protected_until" in err, r.text
+        assert "billing" not in r.text and SECRET not in r.text, r.text
+        # nor do the rows of its own refusals (another's rows about prod/db still may)
+        rows = (await w.get("perf-agent", "/v1/audit", resource="prod/db")).json()["rows"]
+        rows = [x for x in rows if x["agent_id"] == "perf-agent"]
+        assert rows and all("billing" not in x["notes"] for x in rows), rows
+        assert all(SECRET not in x["notes"] for x in rows), rows
+
+
+async def test_agents_see_no_other_principals_wake_url_in_closed_mode(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with world(backend, tmp_path, monkeypatch) as w:
+        await w.add("cost-agent-2", "agent", wake="https://cost2.example/wake")
+
+        def wakes(who: str) -> dict[str, str | None]:
+            return {p["name"]: p["wake"] for p in listed[who]}
+
+        listed = {
+            who: (await w.get(who, "/v1/principals")).json()["principals"]
+            for who in ("cost-agent-2", "stranger", "oncall-jane")
+        }
+        assert wakes("stranger")["perf-agent"] is None
+        assert wakes("cost-agent-2")["cost-agent-2"] == "https://cost2.example/wake"
+        assert wakes("cost-agent-2")["perf-agent"] is None
+        assert wakes("oncall-jane")["perf-agent"] == "https://perf.example/wake"
+
+
+async def test_the_events_long_poll_does_not_end_on_a_row_it_may_not_read(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cost-agent long-polls every row; a row about billing (which it may not observe) is
+    committed, then one about prod/db: the poll answers with the prod/db row, having not
+    ended (empty-handed, telling of the billing row by its timing) at the first."""
+    async with world(backend, tmp_path, monkeypatch) as w:
+        after = (await w.get("admin", "/v1/audit", limit=100_000)).json()["next_after_seq"]
+        poll = asyncio.create_task(w.get("cost-agent", "/v1/events", after_seq=after, wait_s=60))
+        watches = w.engine.history._watches
+        while not watches:  # until the long-poll waits for a row
+            assert not poll.done(), poll.result().text
+            await asyncio.sleep(0.005)
+        (first,) = watches.values()
+        assert (await w.lease("admin", "billing/x")).status_code == 201
+        await asyncio.wait_for(asyncio.shield(first.answer), 30)  # it has seen that row
+        assert (await w.lease("admin", "prod/db")).status_code == 201
+        page = (await asyncio.wait_for(poll, 30)).json()
+        assert [r["resource"] for r in page["rows"]] == ["prod/db"], page

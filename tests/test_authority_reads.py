@@ -1,12 +1,15 @@
 """Authority, a second look: in closed mode nothing an agent or portal can call tells it
 about a resource it may not observe — a change, a consent, a rollback, another principal's
 wake URL, a blast-radius neighbour's lease in a 409 ``held``, ``consent_required`` or a
-resource's status, or the moment of a row the events long-poll would have woken on."""
+resource's status, or the moment of a row the events long-poll would have woken on. And a
+policy reload: a file that is not UTF-8 or nests too deeply changes nothing (422, not 500),
+and reloads run one at a time."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,3 +154,54 @@ async def test_the_events_long_poll_does_not_end_on_a_row_it_may_not_read(
         assert (await w.lease("admin", "prod/db")).status_code == 201
         page = (await asyncio.wait_for(poll, 30)).json()
         assert [r["resource"] for r in page["rows"]] == ["prod/db"], page
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b'[authority]\nmode = "open"\n\xff\n', b"a = " + b"[" * 5000 + b"]" * 5000],
+    ids=["not-utf8", "too-deep"],
+)
+async def test_a_reload_of_a_file_that_is_not_utf8_or_too_deep_changes_nothing(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: bytes
+) -> None:
+    async with world(backend, tmp_path, monkeypatch) as w:
+        w.path.write_bytes(bad)
+        r = await w.post("admin", "/v1/policy/reload")
+        assert r.status_code == 422, r.text
+        assert str(w.path) in r.json()["error"]["message"]
+        assert w.engine.authority.settings.closed
+        assert (await w.lease("stranger", "prod/db")).status_code == 403
+        assert await w.rows("policy.reloaded") == []
+
+
+async def test_reloads_run_one_at_a_time_so_the_last_file_read_is_in_force(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reload A reads the file and stalls writing its row; the file changes and reload B
+    runs. Without one-at-a-time, A would apply its older file after B: the policy in force
+    would then be neither the file nor what the last row says."""
+    async with world(backend, tmp_path, monkeypatch) as w:
+        store = w.engine.store
+        transact = store.transact
+        stalled, go = asyncio.Event(), asyncio.Event()
+
+        async def first_stalls(fn: Any) -> Any:
+            if not stalled.is_set():
+                stalled.set()
+                await go.wait()
+            return await transact(fn)
+
+        monkeypatch.setattr(store, "transact", first_stalls)
+        grant = '\n[[authority.grant]]\nprincipals = ["stranger"]\nwrite = ["{}"]\n'
+        w.path.write_text(POLICY + grant.format("old"))
+        a = asyncio.create_task(w.engine.authority.reload(None))
+        await stalled.wait()
+        w.path.write_text(POLICY + grant.format("new"))
+        b = asyncio.create_task(w.engine.authority.reload(None))
+        for _ in range(50):  # let B run as far as it can (without the lock: to the end)
+            await asyncio.sleep(0)
+        go.set()
+        await asyncio.gather(a, b)
+        monkeypatch.setattr(store, "transact", transact)
+        assert (await w.lease("stranger", "new/x")).status_code == 201
+        assert (await w.lease("stranger", "old/x")).status_code == 403

@@ -372,6 +372,7 @@ class Authority:
         self.engine = engine
         engine._gates.insert(0, self.gate)  # before freezes, consent and the queue
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._reloading = asyncio.Lock()  # one reload at a time: the last read is applied
 
     @property
     def settings(self) -> Settings:
@@ -530,12 +531,17 @@ class Authority:
         """Read the policy file again and apply it to new requests (held leases keep their
         term; queued requests meet the new grants when their turn comes). Blast-radius
         groups stay as they were until a restart: exclusion must not change under held
-        leases. ``me`` None is SIGHUP. A bad file changes nothing (422 with FILE:LINE)."""
+        leases. ``me`` None is SIGHUP. A bad file changes nothing (422 with FILE:LINE).
+        Reloads run one at a time, so the file read last is the policy in force."""
+        if me is not None and not me.admin:
+            raise Forbidden("only an admin may reload the policy", actor=me.name)
+        async with self._reloading:
+            return await self._reload(me)
+
+    async def _reload(self, me: Principal | None) -> dict[str, Any]:
         from .engine import SYSTEM
         from .policy import load
 
-        if me is not None and not me.admin:
-            raise Forbidden("only an admin may reload the policy", actor=me.name)
         eng = self.engine
         source = eng.policy.source
         if not source or source == "<policy>":  # no file: the built-in defaults stay

@@ -15,6 +15,7 @@ import pytest
 
 from tests.stores_fixtures import Backend
 from tests.test_authority import POLICY, World, world
+from writ.errors import Invalid
 
 # prod/db and billing/db share a blast radius; perf-agent observes prod and routing only
 BLAST = '[blast_radius]\ndb-tier = ["prod/db", "billing/db"]\n' + POLICY
@@ -205,3 +206,50 @@ async def test_reloads_run_one_at_a_time_so_the_last_file_read_is_in_force(
         monkeypatch.setattr(store, "transact", transact)
         assert (await w.lease("stranger", "new/x")).status_code == 201
         assert (await w.lease("stranger", "old/x")).status_code == 403
+
+
+async def test_a_gate_answer_names_the_holder_only_to_a_caller_who_may_observe(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/v1/gate/check`` in closed mode: the refusal's ``holder`` is for a caller who may
+    observe the resource (with writ's wake route, not the holder's URL); an unknown caller,
+    or an agent that may not observe it, learns nothing of who holds it. (Any principal may
+    call the route, so this was a way to read any resource's holder.)"""
+    async with world(backend, tmp_path, monkeypatch) as w:
+        await w.add("the-gate", "portal")
+        lease = (await w.lease("perf-agent", "prod/db", ttl_s=300, intent=SECRET)).json()
+
+        async def holder(caller: str | None) -> Any:
+            body = {
+                "caller_token": w.tokens[caller] if caller else "writ_not_a_token",
+                "resource": "prod/db",
+                "method": "POST",
+                "path": "/admin/db/scale",
+            }
+            r = await w.post("the-gate", "/v1/gate/check", body)
+            assert r.status_code == 200 and r.json()["passed"] is False, r.text
+            return r.json()["holder"]
+
+        assert await holder(None) is None
+        assert await holder("stranger") is None
+        seen = await holder("cost-agent")
+        assert seen["holder"] == "perf-agent"
+        assert seen["wake"] == f"/v1/leases/{lease['lease_id']}/wake", seen
+        assert (await holder("oncall-jane"))["wake"] == "https://perf.example/wake"
+        r = await w.post(
+            "the-gate",
+            "/v1/gate/check",
+            {"resource": "prod/db", "method": "POST", "path": "/x", "attribute": "a\u0000"},
+        )
+        assert r.status_code == 422 and r.json()["error"]["field"] == "attribute", r.text
+
+
+async def test_the_engine_refuses_a_gate_attribute_that_is_not_text(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with world(backend, tmp_path, monkeypatch) as w:
+        gate = await w.engine.principal("svc-ops")
+        assert gate is not None
+        with pytest.raises(Invalid) as e:
+            await w.engine.gate_check(gate, None, None, None, "prod/db", "POST", "/x", "a\x00b")
+        assert e.value.details["field"] == "attribute"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from . import resources
 from .engine import lock_row
 from .errors import Invalid, Unauthenticated
-from .models import Principal
+from .models import Lease, Principal
 from .stores.base import Tx
 from .validate import check_text
 
@@ -73,6 +73,7 @@ class Fencing:
             ("fencing_token", fencing_token),
             ("method", method),
             ("path", path),
+            ("attribute", attribute),
         ):
             check_text(value, field)
         method = str(method)[:16].upper()
@@ -140,9 +141,25 @@ class Fencing:
                 "passed": code == "passed",
                 "code": None if code == "passed" else code,
                 "reason": why or None,
-                "holder": await self.engine.holder_info(tx, current) if current else None,
+                "holder": await self._holder(tx, caller, resource, current),
                 "caller": who,
                 "fencing_token": token if code == "passed" else None,
             }
 
         return await self.engine.store.transact(fn)
+
+    async def _holder(
+        self, tx: Tx, caller: Principal | None, resource: str, current: Lease | None
+    ) -> dict[str, Any] | None:
+        """The ``holder`` of a gate answer. In closed mode only for a caller who may observe
+        ``resource`` (an unknown caller, or one who may not, learns nothing of who holds it),
+        with writ's wake route for an agent (see :meth:`Authority.holder_view`)."""
+        if current is None:
+            return None
+        auth = self.engine.authority
+        info = await self.engine.holder_info(tx, current)
+        if not auth.settings.closed:
+            return info
+        if caller is None or not auth.observable(caller, resource):
+            return None
+        return await auth.holder_view(tx, caller.name, info, current)

@@ -253,3 +253,29 @@ async def test_the_engine_refuses_a_gate_attribute_that_is_not_text(
         with pytest.raises(Invalid) as e:
             await w.engine.gate_check(gate, None, None, None, "prod/db", "POST", "/x", "a\x00b")
         assert e.value.details["field"] == "attribute"
+
+
+def test_grant_lines_survive_quotes_in_comments_and_one_line_strings() -> None:
+    """The rule's FILE:LINE: a comment or a one-line string holding three quotes once made
+    the scan think a multi-line string had begun, so every later grant lost its line."""
+    from writ.policy import parse
+
+    text = """\
+# the DBA's \"\"\" style notes
+[authority]
+mode = "closed"
+[[authority.grant]]
+principals = ["a"]
+write = ["x"]  # '''
+[[ 'authority' . 'grant' ]]
+principals = ['b']
+vendors = ['v\"\"\"', '''
+[[authority.grant]]
+''']
+[[authority.grant]]
+kinds = ["agent"]
+observe = [\"\"\"y\"\"\"]
+"""
+    s = parse(text, "w.toml").authority
+    assert [g.line for g in s.grants] == [4, 7, 12]
+    assert s.where(s.grants[1]) == "w.toml:7"

@@ -30,6 +30,7 @@ import asyncio
 import logging
 import re
 import signal
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -215,25 +216,35 @@ def observable(s: Settings, p: Principal, resource: str | None) -> bool:
 
 
 # ----------------------------------------------------------------------------- parsing
-_HEADER = re.compile(r'^\s*\[\[\s*"?authority"?\s*\.\s*"?grant"?\s*\]\]\s*(#.*)?$')
-_SECTION = re.compile(r'^\s*\[\s*"?authority"?\s*\]\s*(#.*)?$')
+_HEADER = re.compile(r"""^\s*\[\[\s*["']?authority["']?\s*\.\s*["']?grant["']?\s*\]\]\s*(#.*)?$""")
+_SECTION = re.compile(r"""^\s*\[\s*["']?authority["']?\s*\]\s*(#.*)?$""")
+_MARK = "__writ_grant_line__"
 
 
 def grant_lines(text: str) -> list[int]:
     """1-based line numbers of the ``[[authority.grant]]`` headers, in file order.
 
-    tomllib keeps no positions, so the headers are found by scanning the text, skipping
-    lines inside multi-line strings."""
-    out: list[int] = []
-    in_string: str | None = None
+    tomllib keeps no positions. So every line that looks like such a header gets a marker
+    key after it (``__writ_grant_line__ = N``) and the marked text is parsed again: a real
+    header's table carries its line, while a header-like line inside a multi-line string
+    only changes that string. The TOML parser decides what is a string (quotes in comments
+    and in one-line strings included), not a scan of quotes. [] when the marked text does
+    not parse (the grants then have no line)."""
+    marked: list[str] = []
     for i, line in enumerate(text.splitlines(), 1):
-        if in_string is None and _HEADER.match(line):
-            out.append(i)
-        for quote in ('"""', "'''"):
-            n = line.count(quote)
-            if n % 2 and (in_string is None or in_string == quote):
-                in_string = None if in_string == quote else quote
-    return out
+        marked.append(line)
+        if _HEADER.match(line):
+            marked.append(f"{_MARK} = {i}")
+    try:
+        data = tomllib.loads("\n".join(marked))
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return []
+    section = data.get("authority")
+    grants = section.get("grant") if isinstance(section, dict) else None
+    if not isinstance(grants, list):
+        return []
+    lines = [g.get(_MARK) if isinstance(g, dict) else None for g in grants]
+    return [n for n in lines if type(n) is int] if all(type(n) is int for n in lines) else []
 
 
 def section_line(text: str) -> int | None:

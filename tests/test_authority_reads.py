@@ -279,3 +279,38 @@ observe = [\"\"\"y\"\"\"]
     s = parse(text, "w.toml").authority
     assert [g.line for g in s.grants] == [4, 7, 12]
     assert s.where(s.grants[1]) == "w.toml:7"
+
+
+@pytest.mark.parametrize(
+    ("grant", "words"),
+    [
+        ('principals = ["perf-agent\\nfake row"]', "not a principal name"),
+        ('principals = ["Perf Agent"]', "not a principal name"),
+        ('vendors = ["v\\u001b[2J"]', "control character"),
+        ('principals = ["a"]\nattributes = ["cap\\u0000"]', "control character"),
+    ],
+)
+def test_grant_names_are_names(grant: str, words: str) -> None:
+    """A grant's principals are principal names, and its vendors and attributes are text: a
+    name no principal can have never matches, and printed by `writ policy check` a newline
+    in it forged a line of its own."""
+    from writ.policy import PolicyError, parse
+
+    with pytest.raises(PolicyError) as e:
+        parse(f'[authority]\nmode = "closed"\n[[authority.grant]]\n{grant}\n', "w.toml")
+    assert e.value.line == 3 and words in str(e.value), e.value
+
+
+def test_policy_explain_offline_takes_only_a_principal_name(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from writ.cli import main
+
+    (tmp_path / "p.toml").write_text(POLICY)
+    args = ["policy", "explain", "--file", str(tmp_path / "p.toml")]
+    r = CliRunner().invoke(main, [*args, "perf-agent\nfake-agent may write", "prod/db"])
+    assert r.exit_code == 1 and "not a principal name" in r.output, r.output
+    r = CliRunner().invoke(main, [*args, "x", "prod/db", "--vendor", "v\x1b[2J"])
+    assert r.exit_code == 1 and "vendor" in r.output, r.output
+    r = CliRunner().invoke(main, [*args, "perf-agent", "prod/db"])
+    assert r.exit_code == 0 and r.output.startswith("perf-agent may write prod/db"), r.output

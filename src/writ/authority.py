@@ -39,7 +39,7 @@ from . import resources
 from .clock import rfc3339
 from .errors import Forbidden, Invalid, LeaseLost, NotFound, WritError
 from .models import Lease, Principal
-from .validate import text
+from .validate import text, text_problem
 
 if TYPE_CHECKING:
     from .engine import Engine, Request
@@ -257,9 +257,17 @@ def section_line(text: str) -> int | None:
 def _names(
     raw: Mapping[str, Any], key: str, fail: Any, line: int | None, least: int = 1
 ) -> tuple[str, ...]:
+    from .engine import NAME
+
     v = raw.get(key, [])
     if not isinstance(v, list) or not all(isinstance(x, str) and least <= len(x) <= 256 for x in v):
         fail(f"authority.grant {key} must be a list of names", line)
+    for x in v:  # a name that is not text could never match, and would print as a fake row
+        problem = text_problem(x)
+        if problem:
+            fail(f"authority.grant {key}: {x!r} {problem}", line)
+        if key == "principals" and not NAME.fullmatch(x):
+            fail(f"authority.grant principals: {x!r} is not a principal name (a-z 0-9 . _ -)", line)
     return tuple(dict.fromkeys(v))
 
 

@@ -108,9 +108,15 @@ def explain_command(
 
     if file:
         from .authority import decide
+        from .engine import NAME
+        from .errors import Invalid
         from .policy import load
+        from .validate import check_text
 
         resources.validate(resource)
+        if not NAME.fullmatch(name):
+            raise Invalid(f"name {name!r} is not a principal name (a-z 0-9 . _ -)", field="name")
+        check_text(vendor, "vendor")
         p = Principal(name, kind, vendor, admin=admin)
         out = decide(load(file).authority, p, resource).to_dict()
     else:

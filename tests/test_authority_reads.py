@@ -8,6 +8,7 @@ and reloads run one at a time."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,21 @@ async def test_a_blast_radius_neighbour_is_not_named_to_who_may_not_observe_it(
             assert err["code"] == "held" and err["holder"] is None, r.text
             assert "billing" not in r.text and SECRET not in r.text, r.text
             assert "you may not observe" in err["message"] and "retry_at" in err
+        # nor do who, fence and a gate's answer (each counts a blast-radius holder)
+        who = (await w.get("perf-agent", "/v1/who", resource="prod/db")).json()
+        assert who["hidden"] is True and who["lock_holder"] is None, who
+        assert "billing" not in json.dumps(who) and SECRET not in json.dumps(who), who
+        fence = (await w.get("perf-agent", "/v1/fence", resource="prod/db", token=999)).json()
+        assert fence["holder"] is None and fence["hidden"] is True, fence
+        assert fence["current"] is False, fence
+        await w.add("the-gate", "portal")
+        body = {"caller_token": w.tokens["perf-agent"], "resource": "prod/db", "path": "/x"}
+        gate = (await w.post("the-gate", "/v1/gate/check", body)).json()
+        assert gate["passed"] is False and gate["holder"] is None, gate
+        jane = (await w.get("oncall-jane", "/v1/who", resource="prod/db")).json()
+        assert jane["lock_holder"] == "admin" and "hidden" not in jane, jane
+        fence = (await w.get("oncall-jane", "/v1/fence", resource="prod/db", token=999)).json()
+        assert fence["holder"] == "admin" and "hidden" not in fence, fence
         # a human still sees it all
         r = await w.lease("oncall-jane", "prod/db")
         assert r.status_code == 403  # no grant to lease, but admin does:

@@ -456,6 +456,14 @@ class Authority:
             return rows
         return [r for r in rows if observable(s, me, r.get(key))]
 
+    def unseen_holder(self, me: Principal, who: dict[str, Any]) -> dict[str, Any]:
+        """``GET /v1/who`` for ``me``: a holder on another member of the blast radius that
+        ``me`` may not observe is not named (``lock_holder`` null, ``hidden`` true)."""
+        key = who.get("lock_key")
+        if not key or self.observable(me, str(key).rsplit("/", 1)[0]):
+            return who
+        return {**who, "lock_holder": None, "lock_key": None, "lease": None, "hidden": True}
+
     def wake_urls(self, me: Principal, principals: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``GET /v1/principals`` for ``me``: in closed mode an agent or portal sees no other
         principal's wake URL (``POST /v1/leases/{id}/wake`` is how it wakes a holder)."""

@@ -1110,9 +1110,9 @@ class Engine:
         return leases
 
     # ------------------------------------------------------------------ fencing and history
-    async def fence(self, resource: str, token: Any) -> dict[str, Any]:
+    async def fence(self, resource: str, token: Any, me: Principal | None = None) -> dict[str, Any]:
         """See :meth:`writ.fencing.Fencing.fence`."""
-        return await self.fencing.fence(resource, token)
+        return await self.fencing.fence(resource, token, me)
 
     async def gate_check(
         self,

@@ -24,8 +24,10 @@ class Fencing:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    async def fence(self, resource: str, token: Any) -> dict[str, Any]:
-        """Is ``token`` the fencing token of the lease holding ``resource`` right now?"""
+    async def fence(self, resource: str, token: Any, me: Principal | None = None) -> dict[str, Any]:
+        """Is ``token`` the fencing token of the lease holding ``resource`` right now? For
+        ``me`` in closed mode, a holder on a resource ``me`` may not observe (a member of
+        the blast radius) is not named: ``holder`` null, ``hidden`` true."""
         resources.validate(resource)
         try:
             tok = int(token)
@@ -37,12 +39,15 @@ class Fencing:
             # or another member of its blast radius
             lease = await self.engine.holder(tx, resource)
             current = lease.fencing_token if lease else None
-            return {
+            out = {
                 "resource": resource,
                 "current": current == tok,
                 "current_token": current,
                 "holder": lease.holder if lease else None,
             }
+            if lease and me and not self.engine.authority.observable(me, lease.resource):
+                out.update(holder=None, hidden=True)
+            return out
 
         return await self.engine.store.read(fn)
 
@@ -160,6 +165,6 @@ class Fencing:
         info = await self.engine.holder_info(tx, current)
         if not auth.settings.closed:
             return info
-        if caller is None or not auth.observable(caller, resource):
+        if caller is None or not auth.observable(caller, current.resource):
             return None
         return await auth.holder_view(tx, caller.name, info, current)

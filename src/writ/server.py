@@ -564,11 +564,11 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     async def who(me: Me, resource: str, at: str | None = None) -> dict[str, Any]:
         out = await engine.who(resource, parse_time(at) if at else None)
         engine.authority.check_observe(me, resource)
-        return out
+        return engine.authority.unseen_holder(me, out)
 
     @app.get("/v1/fence", tags=["leases"])
     async def fence(me: Me, resource: str, token: int) -> dict[str, Any]:
-        out = await engine.fence(resource, token)
+        out = await engine.fence(resource, token, me)
         engine.authority.check_observe(me, resource)
         return out
 

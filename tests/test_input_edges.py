@@ -1,12 +1,17 @@
 """Input, a second look (issue 11): values that passed the first wave's checks and should
 not have — a route that is not a URL at all (a 500 in the dashboard detector), and numbers
 that JSON cannot carry (NaN, Infinity) stored as a change's free-form ``before``/``after``
-and read back as null. Raw HTTP on both stores; a 500 fails any test (``writ``'s hook)."""
+and read back as null. Raw HTTP on both stores; a 500 fails any test (``writ``'s hook).
+Also pinned (it held already): odd percent-encoding sent as raw bytes to a real server."""
 
 from __future__ import annotations
 
+import socket
+
+import httpx
 import pytest
 
+from tests.server_fixtures import LiveServer
 from tests.test_http import ADMIN, Writ, admin_env, error, writ  # noqa: F401
 from tests.test_trust import post, row_count
 from writ.lint import check_row
@@ -57,3 +62,33 @@ async def test_a_change_value_that_json_cannot_carry_is_422(writ: Writ, number: 
         agent,
     )
     assert r.status_code == 201 and r.json()["after"] == 1e300, r.text
+
+
+ODD_ESCAPES = ["%FF%FE", "%C0%80", "%E0%80%80", "%ED%A0%80", "%2500", "%25%30%30", "%", "%zz", "%4"]
+
+
+def test_odd_percent_encoding_on_a_real_server_is_never_a_500(live_server: LiveServer) -> None:
+    """Bytes as a client sends them (no client library to tidy them): invalid and overlong
+    UTF-8, an encoded surrogate, double encoding, broken %-sequences — in an id of the lean
+    path, of a FastAPI route and in a query parameter. Each is answered (4xx, or 200 for a
+    list that finds nothing), never a 500, and the server goes on answering."""
+    host, port = live_server.url.removeprefix("http://").split(":")
+    _, token = live_server.principal()
+    for odd in ODD_ESCAPES:
+        for method, target in (
+            ("POST", f"/v1/leases/ls_{odd}/release"),
+            ("GET", f"/v1/leases/ls_{odd}"),
+            ("GET", f"/v1/leases?holder=a{odd}"),
+            ("GET", f"/v1/who?resource=a{odd}"),
+        ):
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                s.sendall(
+                    f"{method} {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                    "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
+                )
+                answer = b""
+                while chunk := s.recv(65536):
+                    answer += chunk
+            status = int(answer.split(b" ", 2)[1])
+            assert status < 500, (method, target, answer[:300])
+    assert httpx.get(f"{live_server.url}/v1/health").status_code == 200

@@ -330,3 +330,22 @@ def test_policy_explain_offline_takes_only_a_principal_name(tmp_path: Path) -> N
     assert r.exit_code == 1 and "vendor" in r.output, r.output
     r = CliRunner().invoke(main, [*args, "perf-agent", "prod/db"])
     assert r.exit_code == 0 and r.output.startswith("perf-agent may write prod/db"), r.output
+
+
+async def test_an_agent_reads_only_its_own_grants_in_the_policy(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GET /v1/authority`` answers an agent only about itself; ``GET /v1/policy`` told it
+    every grant of every principal."""
+    async with world(backend, tmp_path, monkeypatch) as w:
+
+        async def grants(who: str) -> list[dict[str, Any]]:
+            r = await w.get(who, "/v1/policy")
+            assert r.status_code == 200, r.text
+            out: list[dict[str, Any]] = r.json()["authority"]["grants"]
+            return out
+
+        assert [g["principals"] for g in await grants("cost-agent")] == [["cost-agent"]]
+        assert await grants("stranger") == []
+        assert [g["vendors"] for g in await grants("vendor-p-button")] == [["vendor-p"]]
+        assert len(await grants("oncall-jane")) == 4

@@ -464,6 +464,15 @@ class Authority:
             return who
         return {**who, "lock_holder": None, "lock_key": None, "lease": None, "hidden": True}
 
+    def policy_view(self, me: Principal, policy: dict[str, Any]) -> dict[str, Any]:
+        """``GET /v1/policy`` for ``me``: in closed mode an agent or portal sees only the
+        grants that apply to it (as ``GET /v1/authority`` answers it only about itself)."""
+        s = self.settings
+        if not s.closed or me.kind in READ_ALL:
+            return policy
+        mine = [g.to_dict() for g in s.grants if g.applies(me)]
+        return {**policy, "authority": {**policy.get("authority", {}), "grants": mine}}
+
     def wake_urls(self, me: Principal, principals: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``GET /v1/principals`` for ``me``: in closed mode an agent or portal sees no other
         principal's wake URL (``POST /v1/leases/{id}/wake`` is how it wakes a holder)."""

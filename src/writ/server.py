@@ -707,7 +707,7 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
 
     @app.get("/v1/policy", tags=["meta"])
     async def policy(me: Me) -> dict[str, Any]:
-        return engine.policy.to_dict()
+        return engine.authority.policy_view(me, engine.policy.to_dict())
 
     from .authority_api import register as _authority_routes
 

@@ -349,3 +349,23 @@ async def test_an_agent_reads_only_its_own_grants_in_the_policy(
         assert await grants("stranger") == []
         assert [g["vendors"] for g in await grants("vendor-p-button")] == [["vendor-p"]]
         assert len(await grants("oncall-jane")) == 4
+
+
+async def test_omitted_touches_meet_the_grants_of_the_turn_at_hand_off(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """perf-agent queues for prod/db without naming touches (so: its attributes, capacity);
+    a reload changes its attributes to labels; at its turn it is granted with touches
+    labels, as a request made then would be — not refused for touches it never named."""
+    async with world(backend, tmp_path, monkeypatch) as w:
+        held = (await w.lease("admin", "prod/db", ttl_s=300)).json()
+        seq = (await w.engine.audit(0, 10_000))["next_after_seq"]
+        waiting = asyncio.ensure_future(w.lease("perf-agent", "prod/db", wait_s=60))
+        await w.engine.events("prod/db", seq, wait_s=10)  # its lease.queued row
+        assert (await w.rows("lease.queued"))[-1]["agent_id"] == "perf-agent"
+        w.path.write_text(POLICY.replace('attributes = ["capacity"]', 'attributes = ["labels"]', 1))
+        await w.engine.authority.reload(None)
+        assert (await w.post("admin", f"/v1/leases/{held['lease_id']}/release")).status_code == 200
+        r = await asyncio.wait_for(waiting, 30)
+        assert r.status_code == 201, r.text
+        assert r.json()["touches"] == ["labels"], r.text

@@ -407,9 +407,8 @@ class Authority:
         d = decide(s, me, req.resource)
         if not d.write:
             return Forbidden(d.message, rule=d.rule, may=d.may)
-        if req.default_touches:
+        if req.default_touches:  # omitted: the attributes of this grant (again at hand-off)
             req.touches = list(d.attributes)
-            req.default_touches = False
         elif "*" not in d.attributes:
             bad = [t for t in req.touches if t not in d.attributes]
             if bad:

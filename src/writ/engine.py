@@ -94,7 +94,7 @@ class Request:
     default_touches: bool = False  # touches omitted: the authority rule may narrow them
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "resource": self.resource,
             "intent": self.intent,
             "ttl_s": self.ttl_s,
@@ -103,6 +103,9 @@ class Request:
             "consent_id": self.consent_id,
             "rollback": self.rollback,
         }
+        if self.default_touches:  # the hand-off narrows them to the grants of its turn
+            out["default_touches"] = True
+        return out
 
 
 @dataclass(slots=True)
@@ -807,6 +810,7 @@ class Engine:
             rollback=r.get("rollback"),
             principal=w.principal,
             expand=self.blast.expand(w.resource),
+            default_touches=r.get("default_touches") is True,
         )
 
     async def _end(

@@ -490,7 +490,7 @@ class Engine:
                 req.resource,
                 blocked.lease,
                 f"queued at position {blocked.position} for up to {req.wait_s:g}s: "
-                + _blocked_text(req.resource, blocked, hidden),
+                + (_unseen_text if hidden else _blocked_text)(req.resource, blocked),
             )
         )
         return _Queued(w, blocked, now)
@@ -688,7 +688,7 @@ class Engine:
 
     async def _refuse(self, tx: Tx, req: Request, blocked: Blocked, waited: bool = False) -> Held:
         hidden = await self.authority.hides(tx, req.principal, blocked.lease)
-        text = _blocked_text(req.resource, blocked, hidden)
+        text = (_unseen_text if hidden else _blocked_text)(req.resource, blocked)
         await self._deny(
             tx, req, blocked.lease, (f"waited {req.wait_s:g}s; " if waited else "") + text
         )
@@ -1222,9 +1222,7 @@ def _deny_event(err: WritError) -> str:
     return "lease.refused" if isinstance(err, Forbidden) else "lease.denied"
 
 
-def _blocked_text(resource: str, b: Blocked, hidden: bool = False) -> str:
-    """Why ``resource`` is not free; ``hidden``: the blocker is on a resource the asker may
-    not observe (closed mode), so neither it nor its holder is named."""
+def _blocked_text(resource: str, b: Blocked) -> str:
     if b.reason == "lock_delay":
         return f"{resource} is in lock-delay after its holder died, until {rfc3339(b.until)}"
     if b.lease is None:
@@ -1234,9 +1232,18 @@ def _blocked_text(resource: str, b: Blocked, hidden: bool = False) -> str:
     text = (
         f"{resource} is held by {l.holder}{on} since {rfc3339(l.acquired_at)} for "
         f"{l.intent!r}, until {rfc3339(l.expires_at)}"
-        if not hidden
-        else f"{resource} is held through its blast radius, by a lease on a resource you may "
-        f"not observe, until {rfc3339(l.expires_at)}"
+    )
+    if b.reason == "queue":
+        text = f"{b.position - 1} conflicting request(s) queued ahead; the first waits on: " + text
+    return text
+
+
+def _unseen_text(resource: str, b: Blocked) -> str:
+    """:func:`_blocked_text` for an asker who may not observe the blocker's resource (a
+    member of the blast radius, closed mode): neither it nor its holder is named."""
+    text = (
+        f"{resource} is held through its blast radius, by a lease on a resource you may "
+        f"not observe, until {rfc3339(b.until)}"
     )
     if b.reason == "queue":
         text = f"{b.position - 1} conflicting request(s) queued ahead; the first waits on: " + text

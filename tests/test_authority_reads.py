@@ -369,3 +369,26 @@ async def test_omitted_touches_meet_the_grants_of_the_turn_at_hand_off(
         r = await asyncio.wait_for(waiting, 30)
         assert r.status_code == 201, r.text
         assert r.json()["touches"] == ["labels"], r.text
+
+
+async def test_a_sighup_reload_that_fails_unexpectedly_is_logged_and_changes_nothing(
+    backend: Backend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import writ.policy
+
+    async with world(backend, tmp_path, monkeypatch) as w:
+        auth = w.engine.authority
+
+        def broken(path: Any) -> Any:
+            raise RuntimeError("disk on fire")
+
+        monkeypatch.setattr(writ.policy, "load", broken)
+        auth._spawn_reload()
+        (task,) = auth._tasks
+        await task
+        assert task.exception() is None
+        assert "SIGHUP: the policy was not reloaded" in caplog.text
+        assert auth.settings.closed and await w.rows("policy.reloaded") == []

@@ -641,6 +641,8 @@ class Authority:
                 await self.reload(None)
             except WritError as exc:
                 log.error("SIGHUP: the policy was not reloaded: %s", exc.message)
+            except Exception:  # a task's error would otherwise go unseen until exit
+                log.exception("SIGHUP: the policy was not reloaded")
 
         task = asyncio.get_running_loop().create_task(go())
         self._tasks.add(task)

@@ -392,3 +392,22 @@ async def test_a_sighup_reload_that_fails_unexpectedly_is_logged_and_changes_not
         assert task.exception() is None
         assert "SIGHUP: the policy was not reloaded" in caplog.text
         assert auth.settings.closed and await w.rows("policy.reloaded") == []
+
+
+async def test_an_agent_lists_only_the_freezes_that_touch_what_it_may_observe(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with world(backend, tmp_path, monkeypatch) as w:
+        for prefix in ("prod", "prod/db/main", "billing"):
+            r = await w.post("oncall-jane", "/v1/freezes", {"prefix": prefix, "reason": SECRET})
+            assert r.status_code == 201, r.text
+
+        async def frozen(who: str) -> set[str]:
+            r = await w.get(who, "/v1/freezes")
+            assert r.status_code == 200, r.text
+            return {f["prefix"] for f in r.json()["freezes"]}
+
+        # cost-agent observes prod/db: the freeze above it and the one below it
+        assert await frozen("cost-agent") == {"prod", "prod/db/main"}
+        assert await frozen("stranger") == set()
+        assert await frozen("oncall-jane") == {"prod", "prod/db/main", "billing"}

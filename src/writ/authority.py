@@ -472,6 +472,19 @@ class Authority:
         mine = [g.to_dict() for g in s.grants if g.applies(me)]
         return {**policy, "authority": {**policy.get("authority", {}), "grants": mine}}
 
+    def visible_freezes(self, me: Principal, freezes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``GET /v1/freezes`` for ``me``: in closed mode an agent or portal sees the freezes
+        that touch what it may observe or write (above it, on it or below it), no others."""
+        s = self.settings
+        if not s.closed or me.kind in READ_ALL:
+            return freezes
+        mine = [p for g in s.grants if g.applies(me) for p in (*g.write, *g.observe)]
+        return [
+            f
+            for f in freezes
+            if any(p == "" or resources.related(str(f.get("prefix")), p) for p in mine)
+        ]
+
     def wake_urls(self, me: Principal, principals: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``GET /v1/principals`` for ``me``: in closed mode an agent or portal sees no other
         principal's wake URL (``POST /v1/leases/{id}/wake`` is how it wakes a holder)."""

@@ -689,7 +689,7 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
 
     @app.get("/v1/freezes", tags=["freeze"])
     async def list_freezes(me: Me, all: bool = False) -> dict[str, Any]:
-        return {"freezes": await engine.freezes.list(all)}
+        return {"freezes": engine.authority.visible_freezes(me, await engine.freezes.list(all))}
 
     @app.post("/v1/gate/check", tags=["gate"])
     async def gate_check(me: Me, body: GateCheckIn) -> dict[str, Any]:

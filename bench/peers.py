@@ -703,14 +703,85 @@ class Postgres(Peer):
         return {**super().info(), "version": self.version, **getattr(self, "settings", {})}
 
 
+class WritCluster(Writ):
+    """Several ``writ serve`` processes on one PostgreSQL database, client ``i`` talking to
+    server ``i % servers``: what scaling out buys, and what it costs in agreement."""
+
+    def __init__(self, servers: int = 2) -> None:
+        super().__init__("postgres")
+        self.servers = servers
+        self.name = f"writ-postgres-x{servers}"
+        self.description = f"writ HTTP, {servers} servers on one PostgreSQL database"
+        self.others: list[tuple[subprocess.Popen[bytes], int]] = []
+        self.https: list[Any] = []
+
+    async def start(self, tmp: Path) -> None:
+        await super().start(tmp)
+        assert self.proc is not None
+        first = self.proc
+        for n in range(1, self.servers):
+            port = free_port()
+            argv = [*self.server_argv[:-1], str(port)]
+            env = {"WRIT_ADMIN_TOKEN": ADMIN_TOKEN}
+            if self.src:
+                env["PYTHONPATH"] = os.pathsep.join([self.src, os.environ.get("PYTHONPATH", "")])
+            where = tmp / f"server{n + 1}"  # its own log and working directory
+            where.mkdir(exist_ok=True)
+            self._spawn(argv, where, env)
+            proc, self.proc = self.proc, first
+            assert proc is not None
+            self.others.append((proc, port))
+            url = f"http://127.0.0.1:{port}/v1/health"
+            await self._until_ready(lambda url=url: _get_ok(url), f"writ server {n + 1}")
+
+    def server_pids(self) -> list[int]:
+        return super().server_pids() + [p.pid for p, _ in self.others]
+
+    async def open(self, n_clients: int, conns: int) -> None:
+        await super().open(n_clients, conns)
+        per = max(1, conns // self.servers)
+        await self.http.aclose()
+        self.https = [_http(per, self.base)] + [
+            _http(per, f"http://127.0.0.1:{port}") for _, port in self.others
+        ]
+
+    async def acquire(self, i: int, resource: str, wait: bool, ttl_s: float = TTL_S) -> Grant:
+        self.http = self.https[i % self.servers]
+        return await super().acquire(i, resource, wait, ttl_s)
+
+    async def release(self, i: int, grant: Grant) -> None:
+        self.http = self.https[i % self.servers]
+        await super().release(i, grant)
+
+    async def close(self) -> None:
+        for h in self.https[1:]:
+            await h.aclose()
+        self.http = self.https[0] if self.https else self.http
+        self.https = []
+        await super().close()
+
+    async def stop(self) -> None:
+        others, self.others = self.others, []
+        for p, _ in others:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    await asyncio.to_thread(p.wait, 15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    await asyncio.to_thread(p.wait)
+        await super().stop()
+
+
 def make(name: str) -> Peer:
     return {
         "writ-sqlite": lambda: Writ("sqlite"),
         "writ-postgres": lambda: Writ("postgres"),
+        "writ-postgres-x2": lambda: WritCluster(2),
         "etcd": Etcd,
         "redis": Redis,
         "postgres": Postgres,
     }[name]()
 
 
-ALL = ["writ-sqlite", "writ-postgres", "etcd", "redis", "postgres"]
+ALL = ["writ-sqlite", "writ-postgres", "writ-postgres-x2", "etcd", "redis", "postgres"]

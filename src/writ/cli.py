@@ -206,15 +206,26 @@ def main() -> None:
     show_default=True,
     help="Server log level.",
 )
-def serve(store: str, host: str, port: int, policy: str | None, log_level: str) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Server processes sharing the port (PostgreSQL stores only; docs/scaling.md).",
+)
+def serve(
+    store: str, host: str, port: int, policy: str | None, log_level: str, workers: int
+) -> None:
     """Serve the writ protocol over HTTP until interrupted.
 
     If WRIT_ADMIN_TOKEN is set when the store is first opened, a principal `admin` (a human
     admin) is created with that token.
     """
     from .server import run
+    from .workers import check_workers
 
-    run(store, host, port, policy, log_level=log_level)
+    check_workers(store, workers)
+    run(store, host, port, policy, log_level=log_level, workers=workers)
 
 
 @main.group()

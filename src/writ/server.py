@@ -704,24 +704,31 @@ def run(
     port: int = 7411,
     policy_path: str | None = None,
     log_level: str = "info",
+    workers: int = 1,
 ) -> None:
-    """Serve writ until interrupted (``writ serve``)."""
+    """Serve writ until interrupted (``writ serve``); ``workers`` > 1 runs that many
+    processes on one port (PostgreSQL stores only, :mod:`writ.workers`)."""
     import uvicorn
 
     from .policy import load
     from .stores import open_store
 
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "access_log": False,
+        "server_header": False,
+        "proxy_headers": False,  # writ never uses the client's address: skip rewriting it
+        "timeout_graceful_shutdown": 5,
+        "h11_max_incomplete_event_size": MAX_HEADERS,
+    }
+    if workers != 1:
+        from .workers import run_workers
+
+        run_workers(store_url, workers, policy_path, **options)
+        return
     policy = load(policy_path)
     engine = Engine(open_store(store_url), policy)
     app = create_app(engine)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,  # writ never uses the client's address: skip rewriting it
-        timeout_graceful_shutdown=5,
-        h11_max_incomplete_event_size=MAX_HEADERS,
-    )
+    uvicorn.run(app, **options)

@@ -146,6 +146,19 @@ MIGRATIONS: list[tuple[str, str]] = [
             ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
         ALTER TABLE leases ADD COLUMN wseq bigint NOT NULL DEFAULT 0;
         CREATE INDEX leases_wseq ON leases (wseq);
+        -- an optimistic batch's first statement: the head lock, and an error (40001) when
+        -- anyone wrote since the version the batch decided on
+        CREATE FUNCTION writ_lock_head(expect_version bigint, expect_epoch bigint)
+            RETURNS bigint LANGUAGE plpgsql AS $f$
+        DECLARE v bigint; e bigint;
+        BEGIN
+            SELECT version, epoch INTO v, e FROM audit_head FOR UPDATE;
+            IF v <> expect_version OR e <> expect_epoch THEN
+                RAISE EXCEPTION 'writ: another server wrote since version %', expect_version
+                    USING ERRCODE = 'serialization_failure';
+            END IF;
+            RETURN v;
+        END $f$;
         """,
     ),
 ]
@@ -166,14 +179,28 @@ _LOCK_HEAD = (
     "WITH h AS (SELECT seq, hash, ts, version, wv, ov, epoch FROM audit_head FOR UPDATE) "
     "SELECT h.seq, h.hash, greatest(extract(epoch FROM clock_timestamp())::float8, h.ts),"
     " h.version, h.wv, h.ov, h.epoch,"
-    " (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM fencing_token),"
-    " (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM waiters_seq_seq)"
+    " coalesce(pg_sequence_last_value('fencing_token'), 0),"
+    " coalesce(pg_sequence_last_value('waiters_seq_seq'), 0)"
     " FROM h"
 )
 # What other servers did to leases since this replica's version (the index leases_wseq).
 _CATCH_UP = f"SELECT {LEASE_COLS}, request_id FROM leases WHERE wseq > %s"
 
 _Item = tuple[Callable[["Tx"], Awaitable[Any]], "asyncio.Future[Any]"]
+
+
+def _undone(b: _Batch) -> _Live | None:
+    """The replica after an optimistic batch was refused: its transactions' changes are
+    taken back (they never committed), newest first, so it is as the last commit left it;
+    the next batch catches it up under the lock."""
+    undo = list(b.undone)
+    if b.cur is not None:
+        undo += b.cur.undo
+    for u in reversed(undo):
+        u()
+    b.live.forget()
+    b.live.solo = False
+    return b.live
 
 
 def _fail(items: Sequence[_Item], exc: BaseException) -> None:
@@ -247,10 +274,24 @@ class _Live:
     ``epoch`` moved), and only then decides. ``principals`` and ``present`` (which
     ``(kind, state)`` pairs have any policy object at all) are caches, forgotten whenever
     anyone writes outside leases and the queue (``ov`` moved) or a transaction fails.
+
+    While this process is the only one writing (``solo``), a batch skips the catch-up round
+    trip: it decides on the replica first and sends BEGIN, ``writ_lock_head(version,
+    epoch)`` — the head lock, and an error unless nobody wrote since — its writes and COMMIT
+    in one pipeline; if someone did write, the batch is rolled back and run again the
+    ordinary way.
     """
 
     def __init__(self, version: int, wv: int, ov: int, epoch: int) -> None:
         self.version, self.wv, self.ov, self.epoch = version, wv, ov, epoch
+        # What this process knows of the head as of its last batch, for the next optimistic
+        # batch (see PostgresStore._attempt): valid while nobody else writes.
+        self.head: tuple[int, str] = (0, GENESIS)
+        self.ts = 0.0  # the head's time
+        self.token = self.wseq = 0  # last fencing token and queue seq handed out
+        self.offset = 0.0  # database clock minus time.time(), learned under the lock
+        self.learned = 0.0  # time.monotonic() of the last lesson
+        self.solo = False  # the last batch found nobody else had written since ours
         self.held: dict[str, Lease] = {}
         self.by_res: dict[str, dict[str, None]] = {}
         self.resources: list[str] = []  # sorted: the resources that have a held lease
@@ -378,8 +419,10 @@ class _Batch:
         now: float,
         token: int,
         wseq: int,
+        optimistic: bool = False,
     ) -> None:
         self.conn = conn
+        self.optimistic = optimistic
         self.live = live
         self.head0 = self.head = head
         self.t0, self.p0, self.last = now, time.perf_counter(), now
@@ -387,9 +430,16 @@ class _Batch:
         self.wseq0 = self.wseq = wseq
         self.version = live.version + 1  # what this batch's writes are stamped with
         self.pending: list[tuple[str, Sequence[Any]]] = []
+        if optimistic:  # the lock and the check travel with the first statements sent
+            self.pending += [
+                ("BEGIN ISOLATION LEVEL READ COMMITTED", ()),
+                ("SELECT writ_lock_head(%s, %s)", (live.version, live.epoch)),
+            ]
         self.wrote = self.wrote_waiters = self.wrote_other = False
         self.failed: BaseException | None = None  # a statement failed: the batch is void
         self.committing = False
+        self.cur: PgTx | None = None  # the transaction running now
+        self.undone: list[Callable[[], None]] = []  # how to take back the committed ones
         self.notes: list[tuple[str, dict[str, Any]]] = []
 
     def clock(self) -> float:
@@ -397,10 +447,13 @@ class _Batch:
         return self.last
 
     def start(self, store: PostgresStore) -> PgTx:
-        return PgTx(store, self.conn, True, self.clock(), self)
+        self.cur = PgTx(store, self.conn, True, self.clock(), self)
+        return self.cur
 
     def end(self, tx: PgTx, ok: bool) -> None:
+        self.cur = None
         if ok:
+            self.undone += tx.undo
             self._rows(tx)
             if tx.sp_sent:
                 self.pending.append(_RELEASE)
@@ -432,14 +485,17 @@ class _Batch:
         if tx is not None:
             tx.start = 0
         conn = self.conn
+        # Never prepared: a statement after a failing one in a pipeline is skipped, and
+        # psycopg would still count it as prepared on the server (an optimistic batch's
+        # writ_lock_head fails on purpose now and then).
         try:
             async with conn.pipeline():
                 for q, a in items:
-                    await conn.execute(q, a, prepare=True)
+                    await conn.execute(q, a, prepare=False)
                 cur = None
                 if query is not None:
                     cur = conn.cursor()
-                    await cur.execute(query, args)
+                    await cur.execute(query, args, prepare=False)
             return await cur.fetchall() if cur is not None else []
         except BaseException as exc:
             self.failed = exc
@@ -505,9 +561,9 @@ class PgTx(Tx):
 
     async def next_token(self) -> int:
         # Tokens are drawn in memory from the fencing_token sequence's value read under the
-        # audit_head lock, and the sequence is set past them before COMMIT (setval is not
-        # transactional: a batch that rolls back still burns its tokens, never reuses
-        # them). Every draw happens under that lock, so draw order is commit order.
+        # audit_head lock, and the sequence is moved past them before COMMIT (nextval is
+        # not transactional: a batch that rolls back after that still burns its tokens).
+        # Every draw happens under that lock, so draw order is commit order.
         b = self._b()
         b.token += 1
         return b.token
@@ -651,7 +707,7 @@ class PgTx(Tx):
     # ---- wait queue -----------------------------------------------------------------
     async def insert_waiter(self, waiter: Waiter) -> Waiter:
         # seq is drawn in memory from the queue's identity sequence, read under the
-        # audit_head lock and set past before COMMIT (like tokens): FIFO order is the order
+        # audit_head lock and moved past before COMMIT (like tokens): FIFO order is the order
         # in which requests joined the one queue, across every server.
         b = self._b()
         b.wrote_waiters = True
@@ -931,6 +987,7 @@ class PostgresStore(Store):
 
     max_attempts = 5
     batch_max = 256  # write transactions per group commit at most
+    optimistic_for = 1.0  # seconds between lessons of the database clock (see _Live)
 
     def __init__(self, url: str, clock: Any = None, **_ignored: Any) -> None:
         super().__init__()
@@ -1003,6 +1060,7 @@ class PostgresStore(Store):
         self._closed = True
         self.transactions = 0  # committed write transactions (for tests and benchmarks)
         self.batches = 0  # committed batches (group commits)
+        self.optimistic_batches = 0  # of those, decided before taking the lock
         self.loads = 0  # full loads of the live replica
         self.retries = 0
 
@@ -1142,7 +1200,7 @@ class PostgresStore(Store):
         while True:
             attempt += 1
             try:
-                await self._attempt(items)
+                await self._attempt(items, attempt)
                 return
             except _Retry as r:
                 self.retries += 1
@@ -1201,8 +1259,23 @@ class PostgresStore(Store):
             if ov != live.ov:
                 live.forget()
             live.version, live.wv, live.ov = version, wv, ov
+        live.solo = version == live.version
+        live.offset, live.learned = float(now) - time.time(), time.monotonic()
         self._live = live
         return _Batch(conn, live, (int(seq), hash_), float(now), int(token), int(wseq))
+
+    def _begin_optimistic(self, conn: psycopg.AsyncConnection[Any], live: _Live) -> _Batch:
+        """A batch decided on the replica as this process left it (see :class:`_Live`)."""
+        now = max(time.time() + live.offset, live.ts)
+        return _Batch(conn, live, live.head, now, live.token, live.wseq, optimistic=True)
+
+    def _optimistic(self, live: _Live | None, attempt: int) -> bool:
+        return (
+            live is not None
+            and live.solo
+            and attempt == 1
+            and time.monotonic() - live.learned < self.optimistic_for
+        )
 
     async def _load(
         self, conn: psycopg.AsyncConnection[Any], version: int, wv: int, ov: int, epoch: int
@@ -1223,14 +1296,18 @@ class PostgresStore(Store):
         cur = await conn.execute(f"SELECT {WAITER_COLS} FROM waiters ORDER BY seq")
         live.waiters = {w.waiter_id: w for w in map(to_waiter, await cur.fetchall())}
 
-    async def _attempt(self, items: list[_Item]) -> None:
+    async def _attempt(self, items: list[_Item], attempt: int = 1) -> None:
         pool = self._pool_or_fail()
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None, PgTx]] = []
         with _translate("write"):
             async with pool.connection() as conn:
                 b: _Batch | None = None
                 try:
-                    b = await self._begin(conn)
+                    live = self._live
+                    if live is not None and self._optimistic(live, attempt):
+                        b = self._begin_optimistic(conn, live)
+                    else:
+                        b = await self._begin(conn)
                     for fn, fut in items:
                         tx = b.start(self)
                         try:
@@ -1245,6 +1322,12 @@ class PostgresStore(Store):
                         done.append((fut, result, None, tx))
                     notes = await self._commit(b, [tx for _, _, e, tx in done if e is None])
                 except BaseException as exc:
+                    if isinstance(exc, pgerrors.SerializationFailure) and b and b.optimistic:
+                        # someone else wrote since our last batch: the replica is behind,
+                        # not wrong; catch it up under the lock and decide again
+                        await self._rollback(conn)
+                        self._live = _undone(b)
+                        raise _Retry(exc, False) from exc
                     self._live = None  # the replica may hold what never committed
                     if b is not None and b.committing and _broken(conn):
                         # the connection broke in the COMMIT's round trip: find out
@@ -1288,10 +1371,21 @@ class PostgresStore(Store):
                     ),
                 )
             )
-        if b.token != b.token0:
-            tail.append(("SELECT setval('fencing_token', %s)", (b.token,)))
-        if b.wseq != b.wseq0:
-            tail.append(("SELECT setval('waiters_seq_seq', %s)", (b.wseq,)))
+        # The sequences move past what the batch drew by drawing as many (USAGE is the only
+        # right a server role needs on them); the draws must end where the batch's did —
+        # anything else (a writer outside the head lock) fails the batch (division by zero)
+        for name, last, first in (
+            ("fencing_token", b.token, b.token0),
+            ("waiters_seq_seq", b.wseq, b.wseq0),
+        ):
+            if last != first:
+                tail.append(
+                    (
+                        f"SELECT 1 / (max(nextval('{name}')) = %s)::int"
+                        " FROM generate_series(1, %s)",
+                        (last, last - first),
+                    )
+                )
         if notes:
             tail.append(
                 (
@@ -1307,6 +1401,8 @@ class PostgresStore(Store):
             live.version = b.version
             live.wv += int(b.wrote_waiters)
             live.ov += int(b.wrote_other)
+        live.head, live.ts, live.token, live.wseq = b.head, b.last, b.token, b.wseq
+        self.optimistic_batches += int(b.optimistic)
         return notes
 
     def _settle(
@@ -1352,15 +1448,24 @@ class PostgresStore(Store):
                 "request is unknown, check before retrying"
             ) from exc
         seq, hash_ = b.head
-        pool = self._pool_or_fail()
-        with _translate("confirm a commit"):
-            async with pool.connection() as c2:
-                async with c2.transaction():
-                    await c2.execute("SELECT seq FROM audit_head FOR UPDATE")
-                    cur = await c2.execute(
-                        "SELECT 1 FROM audit WHERE seq = %s AND hash = %s", (seq, hash_)
-                    )
-                    found = await cur.fetchone() is not None
+        for attempt in range(1, self.max_attempts + 1):
+            pool = self._pool_or_fail()
+            try:
+                with _translate("confirm a commit"):
+                    async with pool.connection() as c2:
+                        async with c2.transaction():
+                            await c2.execute("SELECT seq FROM audit_head FOR UPDATE")
+                            cur = await c2.execute(
+                                "SELECT 1 FROM audit WHERE seq = %s AND hash = %s", (seq, hash_)
+                            )
+                            found = await cur.fetchone() is not None
+                break
+            except Unavailable:
+                # the other pooled connections may be dead too (a restart kills them all)
+                if attempt == self.max_attempts:
+                    raise
+                await self._check_pool()
+                await asyncio.sleep(random.uniform(0.001, 0.005) * attempt)
         log.warning(
             "PostgreSQL connection lost during COMMIT; the batch %s",
             "had committed" if found else "had not committed, running it again",

@@ -399,7 +399,84 @@ def _copy(obj: T) -> T:
     return dataclasses.replace(obj)  # type: ignore[type-var]
 
 
-_SAVEPOINT = ("SAVEPOINT writ_tx", ())
+_Stmts = list[tuple[str, Sequence[Any]]]
+
+
+def _chunks(rows: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``rows`` in power-of-two runs (13 → 8, 4, 1): few distinct statement texts, so
+    psycopg's cache of parsed queries keeps hitting."""
+    i = 0
+    while i < len(rows):
+        n = 1 << min((len(rows) - i).bit_length() - 1, 7)
+        yield rows[i : i + n]
+        i += n
+
+
+def _multi(head: str, row: str, rows: Sequence[Sequence[Any]], tail: str = "") -> _Stmts:
+    return [
+        (head + ", ".join([row] * len(part)) + tail, [v for r in part for v in r])
+        for part in _chunks(rows)
+    ]
+
+
+class _Merged:
+    """Writes to the hot tables, buffered to go out as one multi-row statement per kind
+    (the pipeline's cost is per statement). The kinds touch different tables or come in a
+    fixed order (a lease is inserted before it is updated, a waiter before it leaves), so
+    their order among other statements does not matter; a lease updated twice keeps its
+    last values."""
+
+    def __init__(self) -> None:
+        self.lease_ins: list[tuple[Any, ...]] = []
+        self.lease_upd: dict[str, tuple[Any, ...]] = {}
+        self.waiter_ins: list[tuple[Any, ...]] = []
+        self.waiter_del: list[str] = []
+        self.audit: list[Sealed] = []
+
+    def absorb(self, other: _Merged) -> None:
+        self.lease_ins += other.lease_ins
+        self.lease_upd.update(other.lease_upd)
+        self.waiter_ins += other.waiter_ins
+        self.waiter_del += other.waiter_del
+        self.audit += other.audit
+
+    def statements(self) -> _Stmts:
+        out: _Stmts = []
+        out += _multi(
+            f"INSERT INTO leases ({LEASE_COLS}, request_id, wseq) VALUES ",
+            "(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            self.lease_ins,
+        )
+        out += _multi(
+            "UPDATE leases AS l SET state = v.state, expires_at = v.expires_at,"
+            " ttl_s = v.ttl_s, ended_at = v.ended_at, wseq = v.wseq FROM (VALUES ",
+            "(%s::text, %s::text, %s::float8, %s::float8, %s::float8, %s::bigint)",
+            list(self.lease_upd.values()),
+            ") AS v(lease_id, state, expires_at, ttl_s, ended_at, wseq)"
+            " WHERE l.lease_id = v.lease_id",
+        )
+        out += _multi(
+            "INSERT INTO waiters (seq, waiter_id, resource, principal, request,"
+            " enqueued_at, deadline) VALUES ",
+            "(%s,%s,%s,%s,%s,%s,%s)",
+            self.waiter_ins,
+        )
+        if self.waiter_del:
+            out.append(("DELETE FROM waiters WHERE waiter_id = ANY(%s)", [self.waiter_del]))
+        out += _multi(
+            "INSERT INTO audit (seq, ts, event, resource, lock_key, body, hash) VALUES ",
+            "(%s,%s,%s,%s,%s,%s,%s)",
+            [
+                (r.seq, r.timestamp, r.event, r.resource, r.lock_key, r.body, r.hash)
+                for r in self.audit
+            ],
+        )
+        self.lease_ins, self.lease_upd, self.waiter_ins = [], {}, []
+        self.waiter_del, self.audit = [], []
+        return out
+
+
+_SAVEPOINT: tuple[str, Sequence[Any]] = ("SAVEPOINT writ_tx", ())
 _RELEASE = ("RELEASE SAVEPOINT writ_tx", ())
 _ROLLBACK_TO = ("ROLLBACK TO SAVEPOINT writ_tx", ())
 
@@ -430,6 +507,7 @@ class _Batch:
         self.wseq0 = self.wseq = wseq
         self.version = live.version + 1  # what this batch's writes are stamped with
         self.pending: list[tuple[str, Sequence[Any]]] = []
+        self.m = _Merged()  # the ended transactions' rows, not yet in pending
         if optimistic:  # the lock and the check travel with the first statements sent
             self.pending += [
                 ("BEGIN ISOLATION LEVEL READ COMMITTED", ()),
@@ -454,9 +532,11 @@ class _Batch:
         self.cur = None
         if ok:
             self.undone += tx.undo
-            self._rows(tx)
             if tx.sp_sent:
+                self.pending += tx.m.statements()
                 self.pending.append(_RELEASE)
+            else:
+                self.m.absorb(tx.m)
             return
         for undo in reversed(tx.undo):
             undo()
@@ -467,10 +547,9 @@ class _Batch:
         else:
             del self.pending[tx.start :]
 
-    def _rows(self, tx: PgTx) -> None:
-        if tx.rows:
-            self.pending.append((_INSERT_AUDIT, _audit_arrays(tx.rows)))
-            tx.rows = []
+    def materialize(self) -> None:
+        """The ended transactions' buffered rows become statements."""
+        self.pending += self.m.statements()
 
     async def send(self, tx: PgTx | None, query: str | None, args: Sequence[Any]) -> list[Any]:
         """Send what is buffered (and ``query``) in one round trip; ``query``'s rows."""
@@ -478,9 +557,10 @@ class _Batch:
             raise self.failed
         if tx is not None:
             if not tx.sp_sent:
-                self.pending.insert(tx.start, _SAVEPOINT)
+                # the ended transactions' rows before the savepoint, this one's after it
+                self.pending[tx.start : tx.start] = [*self.m.statements(), _SAVEPOINT]
                 tx.sp_sent = True
-            self._rows(tx)
+            self.pending += tx.m.statements()
         items, self.pending = self.pending, []
         if tx is not None:
             tx.start = 0
@@ -528,7 +608,7 @@ class PgTx(Tx):
         self.start = len(batch.pending) if batch else 0
         self.head0 = batch.head if batch else (0, GENESIS)
         self.sp_sent = False
-        self.rows: list[Sealed] = []
+        self.m = _Merged()  # this transaction's rows of the hot tables
         self.undo: list[Callable[[], None]] = []
 
     def now(self) -> float:
@@ -621,19 +701,18 @@ class PgTx(Tx):
     async def insert_lease(self, lease: Lease, request_id: str | None = None) -> None:
         b = self._b()
         self._keep(lease, request_id)
-        self._exec(
-            f"INSERT INTO leases ({LEASE_COLS}, request_id, wseq)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-            (*lease_values(lease, request_id), b.version),
-        )
+        self.m.lease_ins.append((*lease_values(lease, request_id), b.version))
 
     async def update_lease(self, lease: Lease) -> None:
         b = self._b()
         self._keep(lease, None)
-        self._exec(
-            "UPDATE leases SET state = %s, expires_at = %s, ttl_s = %s, ended_at = %s,"
-            " wseq = %s WHERE lease_id = %s",
-            (lease.state, lease.expires_at, lease.ttl_s, lease.ended_at, b.version, lease.lease_id),
+        self.m.lease_upd[lease.lease_id] = (
+            lease.lease_id,
+            lease.state,
+            lease.expires_at,
+            lease.ttl_s,
+            lease.ended_at,
+            b.version,
         )
 
     async def get_lease(self, lease_id: str, for_update: bool = False) -> Lease | None:
@@ -720,11 +799,7 @@ class PgTx(Tx):
             live.waiters.pop(waiter.waiter_id, None)
 
         self.undo.append(undo)
-        self._exec(
-            "INSERT INTO waiters (seq, waiter_id, resource, principal, request, enqueued_at,"
-            " deadline) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-            (waiter.seq, *waiter_values(waiter)),
-        )
+        self.m.waiter_ins.append((waiter.seq, *waiter_values(waiter)))
         return waiter
 
     async def delete_waiter(self, waiter_id: str) -> bool:
@@ -740,7 +815,7 @@ class PgTx(Tx):
             live.resort_waiters()
 
         self.undo.append(undo)
-        self._exec("DELETE FROM waiters WHERE waiter_id = %s", (waiter_id,))
+        self.m.waiter_del.append(waiter_id)
         return True
 
     async def waiters_related(
@@ -872,7 +947,7 @@ class PgTx(Tx):
         b = self._b()
         seq, prev = b.head
         s = seal(seq + 1, prev, self._now, fields)
-        self.rows.append(s)
+        self.m.audit.append(s)
         b.head = (s.seq, s.hash)
         return s
 
@@ -925,25 +1000,6 @@ class PgTx(Tx):
             "SELECT body, hash FROM audit WHERE lock_key = %s ORDER BY seq", (lock_key,)
         )
         return [row_from(b, h) for b, h in rows]
-
-
-_INSERT_AUDIT = (
-    "INSERT INTO audit (seq, ts, event, resource, lock_key, body, hash)"
-    " SELECT * FROM unnest(%s::bigint[], %s::float8[], %s::text[], %s::text[], %s::text[],"
-    " %s::text[], %s::text[])"
-)
-
-
-def _audit_arrays(rows: Sequence[Sealed]) -> list[list[Any]]:
-    return [
-        [s.seq for s in rows],
-        [s.timestamp for s in rows],
-        [s.event for s in rows],
-        [s.resource for s in rows],
-        [s.lock_key for s in rows],
-        [s.body for s in rows],
-        [s.hash for s in rows],
-    ]
 
 
 def _shrink(payload: dict[str, Any]) -> dict[str, Any]:
@@ -1393,6 +1449,7 @@ class PostgresStore(Store):
                     (self.channel, _payloads(self.instance, notes)),
                 )
             )
+        b.materialize()
         b.pending += tail
         b.pending.append(("COMMIT", ()))
         b.committing = True

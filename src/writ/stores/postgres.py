@@ -159,6 +159,19 @@ MIGRATIONS: list[tuple[str, str]] = [
             END IF;
             RETURN v;
         END $f$;
+        -- a server of an older writ (which moves the head without a version) would write
+        -- behind the replicas' backs: its commits are refused until it is upgraded
+        CREATE FUNCTION writ_head_versioned() RETURNS trigger LANGUAGE plpgsql AS $f$
+        BEGIN
+            IF NEW.version = OLD.version AND NEW.epoch = OLD.epoch THEN
+                RAISE EXCEPTION 'writ: this server is older than the store (schema %): '
+                    'upgrade it', (SELECT max(version) FROM writ_migrations)
+                    USING ERRCODE = 'object_not_in_prerequisite_state';
+            END IF;
+            RETURN NEW;
+        END $f$;
+        CREATE TRIGGER audit_head_versioned BEFORE UPDATE ON audit_head
+            FOR EACH ROW EXECUTE FUNCTION writ_head_versioned();
         """,
     ),
 ]
@@ -1118,6 +1131,7 @@ class PostgresStore(Store):
         self.batches = 0  # committed batches (group commits)
         self.optimistic_batches = 0  # of those, decided before taking the lock
         self.loads = 0  # full loads of the live replica
+        self.applied: list[str] = []  # migrations this store applied when it opened
         self.retries = 0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -1180,6 +1194,7 @@ class PostgresStore(Store):
             for version, (name, script) in enumerate(MIGRATIONS, start=1):
                 if version in have:
                     continue
+                self.applied.append(name)
                 await c.execute(script.encode())  # several statements: simple query protocol
                 await c.execute(
                     "INSERT INTO writ_migrations (version, name) VALUES (%s, %s)", (version, name)
@@ -1750,10 +1765,12 @@ class PostgresStore(Store):
                 if last_audit is not None:
                     ts = max(float(head[2]) if head else 0.0, last_audit[2])
                     await conn.execute(
-                        "UPDATE audit_head SET seq = %s, hash = %s, ts = %s", (*last_audit[:2], ts)
+                        "UPDATE audit_head SET seq = %s, hash = %s, ts = %s, epoch = epoch + 1",
+                        (*last_audit[:2], ts),
                     )
+                else:
+                    await conn.execute("UPDATE audit_head SET epoch = epoch + 1")
                 # every server (this one too) loads its live replica afresh
-                await conn.execute("UPDATE audit_head SET epoch = epoch + 1")
                 self._live = None
                 if token > 0:
                     await conn.execute("SELECT setval('fencing_token', %s, true)", (token,))

@@ -707,11 +707,17 @@ class WritCluster(Writ):
     """Several ``writ serve`` processes on one PostgreSQL database, client ``i`` talking to
     server ``i % servers``: what scaling out buys, and what it costs in agreement."""
 
-    def __init__(self, servers: int = 2) -> None:
+    def __init__(self, servers: int = 2, sharded: bool = False) -> None:
         super().__init__("postgres")
         self.servers = servers
-        self.name = f"writ-postgres-x{servers}"
-        self.description = f"writ HTTP, {servers} servers on one PostgreSQL database"
+        self.sharded = sharded
+        self.name = f"writ-postgres-{servers}shards" if sharded else f"writ-postgres-x{servers}"
+        self.description = (
+            f"writ HTTP, {servers} servers on one PostgreSQL, each its own store (schema): "
+            "a shard per server, client i on shard i % n"
+            if sharded
+            else f"writ HTTP, {servers} servers on one PostgreSQL database"
+        )
         self.others: list[tuple[subprocess.Popen[bytes], int]] = []
         self.https: list[Any] = []
 
@@ -721,7 +727,10 @@ class WritCluster(Writ):
         first = self.proc
         for n in range(1, self.servers):
             port = free_port()
-            argv = [*self.server_argv[:-1], str(port)]
+            store_url = self.store_url
+            if self.sharded:
+                store_url = self.store_url.replace(self.schema, f"{self.schema}_s{n}")
+            argv = [*self.server_argv[:-2], store_url, str(port)]
             env = {"WRIT_ADMIN_TOKEN": ADMIN_TOKEN}
             if self.src:
                 env["PYTHONPATH"] = os.pathsep.join([self.src, os.environ.get("PYTHONPATH", "")])
@@ -738,8 +747,21 @@ class WritCluster(Writ):
         return super().server_pids() + [p.pid for p, _ in self.others]
 
     async def open(self, n_clients: int, conns: int) -> None:
-        await super().open(n_clients, conns)
         per = max(1, conns // self.servers)
+        if self.sharded and not self.https:
+            # each shard has its own principals: client i is made on shard i % n
+            self.https = [_http(per, self.base)] + [
+                _http(per, f"http://127.0.0.1:{port}") for _, port in self.others
+            ]
+        if self.sharded:
+            first = self.http
+            while self._made < n_clients:
+                self.http = self.https[self._made % self.servers]
+                await Writ._principals(self, self._made + 1)
+            self.http = first
+            self.n = n_clients
+            return
+        await super().open(n_clients, conns)
         await self.http.aclose()
         self.https = [_http(per, self.base)] + [
             _http(per, f"http://127.0.0.1:{port}") for _, port in self.others
@@ -761,6 +783,13 @@ class WritCluster(Writ):
         await super().close()
 
     async def stop(self) -> None:
+        if self.sharded:
+            with contextlib.suppress(Exception):
+                import psycopg
+
+                async with await psycopg.AsyncConnection.connect(self.pg_url, autocommit=True) as c:
+                    for n in range(1, self.servers):
+                        await c.execute(f"DROP SCHEMA IF EXISTS {self.schema}_s{n} CASCADE")
         others, self.others = self.others, []
         for p, _ in others:
             if p.poll() is None:
@@ -778,10 +807,19 @@ def make(name: str) -> Peer:
         "writ-sqlite": lambda: Writ("sqlite"),
         "writ-postgres": lambda: Writ("postgres"),
         "writ-postgres-x2": lambda: WritCluster(2),
+        "writ-postgres-2shards": lambda: WritCluster(2, sharded=True),
         "etcd": Etcd,
         "redis": Redis,
         "postgres": Postgres,
     }[name]()
 
 
-ALL = ["writ-sqlite", "writ-postgres", "writ-postgres-x2", "etcd", "redis", "postgres"]
+ALL = [
+    "writ-sqlite",
+    "writ-postgres",
+    "writ-postgres-x2",
+    "writ-postgres-2shards",
+    "etcd",
+    "redis",
+    "postgres",
+]

@@ -292,7 +292,11 @@ def _f(v: Any, fmt: str = "{:,.0f}") -> str:
 
 def table(results: dict[str, dict[str, Any]], skipped: dict[str, str]) -> str:
     lines: list[str] = []
-    writs = [w for w in ("writ-sqlite", "writ-postgres", "writ-postgres-x2") if results.get(w)]
+    writs = [
+        w
+        for w in ("writ-sqlite", "writ-postgres", "writ-postgres-x2", "writ-postgres-2shards")
+        if results.get(w)
+    ]
     for sc in SCENARIOS:
         rows = [(p, r[sc.key]) for p, r in results.items() if sc.key in r]
         if not rows:

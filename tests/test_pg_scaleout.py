@@ -28,7 +28,7 @@ from writ.ledger import verify
 from writ.migrate import upgrade
 from writ.models import Lease, Waiter
 from writ.stores import Store, Tx
-from writ.stores.postgres import MIGRATIONS, PostgresStore
+from writ.stores.postgres import MIGRATIONS, PgTx, PostgresStore
 
 
 def _lease(resource: str, token: int, now: float, lease_id: str | None = None) -> Lease:
@@ -160,6 +160,43 @@ async def test_a_statement_that_fails_in_a_batch_fails_only_its_transaction(
         held = await store.transact(lambda tx: tx.held_related(["x"]))
         assert sorted(l.resource for l in held) == ["x/0", "x/1", "x/2"]
         assert (await _chain(store)).ok
+    finally:
+        await store.close()
+
+
+async def test_statements_on_tx_c_keep_the_transactions_atomicity(pg_backend: Backend) -> None:
+    """A store method written against a plain connection (``await self.c.execute(...)``,
+    as methods added to the contract are) runs inside its transaction in a batch: behind
+    what the batch buffered, and rolled back with it when the transaction fails."""
+    store = await _open(pg_backend)
+    try:
+
+        async def add(tx: Tx, name: str, fail: bool) -> Any:
+            assert isinstance(tx, PgTx)
+            tx._w()
+            await tx.c.execute(
+                "INSERT INTO principals (name, kind, admin, token_hash, created_at)"
+                " VALUES (%s, 'agent', false, %s, 0)",
+                (name, f"h-{name}"),
+            )
+            cur = await tx.c.execute("SELECT count(*) FROM principals WHERE name = %s", (name,))
+            seen = (await cur.fetchone())[0]
+            if fail:
+                raise Conflict("no")
+            return seen
+
+        results = await asyncio.gather(
+            store.transact(lambda tx: _grant(tx, "c/1")),
+            store.transact(lambda tx: add(tx, "kept", False)),
+            store.transact(lambda tx: add(tx, "gone", True)),
+            return_exceptions=True,
+        )
+        assert results[1] == 1 and isinstance(results[2], Conflict), results
+        names = [r[0] for r in await pg_backend.sql("SELECT name FROM principals ORDER BY name")]
+        assert names == ["kept"]
+        assert [l.resource for l in await store.transact(lambda tx: tx.held_related(["c"]))] == [
+            "c/1"
+        ]
     finally:
         await store.close()
 

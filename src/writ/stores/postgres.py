@@ -529,6 +529,7 @@ class _Batch:
         self.wrote = self.wrote_waiters = self.wrote_other = False
         self.failed: BaseException | None = None  # a statement failed: the batch is void
         self.committing = False
+        self.rowcount = -1  # of the last statement sent with send(..., query, ...)
         self.cur: PgTx | None = None  # the transaction running now
         self.undone: list[Callable[[], None]] = []  # how to take back the committed ones
         self.notes: list[tuple[str, dict[str, Any]]] = []
@@ -589,10 +590,39 @@ class _Batch:
                 if query is not None:
                     cur = conn.cursor()
                     await cur.execute(query, args, prepare=False)
-            return await cur.fetchall() if cur is not None else []
+            if cur is None:
+                return []
+            self.rowcount = cur.rowcount
+            return await cur.fetchall() if cur.description is not None else []
         except BaseException as exc:
             self.failed = exc
             raise
+
+
+class _Result:
+    """What ``_BatchConn.execute`` returns: the rows and rowcount of a cursor."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows, self.rowcount = rows, rowcount
+
+    async def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    async def fetchall(self) -> list[Any]:
+        return list(self._rows)
+
+
+class _BatchConn:
+    """``tx.c`` inside a batch: ``await tx.c.execute(query, args)`` as on a connection."""
+
+    def __init__(self, tx: PgTx) -> None:
+        self.tx = tx
+
+    async def execute(self, query: str, args: Sequence[Any] | None = None) -> _Result:
+        b = self.tx.b
+        assert b is not None
+        rows = await b.send(self.tx, query, args or ())
+        return _Result(rows, b.rowcount)
 
 
 class PgTx(Tx):
@@ -613,7 +643,11 @@ class PgTx(Tx):
         batch: _Batch | None = None,
     ) -> None:
         self.store = store
-        self.c = conn
+        # in a batch, statements on ``c`` go through the batch (behind this transaction's
+        # savepoint, after what is buffered), so a method written against a plain
+        # connection keeps its transaction's atomicity
+        self.c: Any = _BatchConn(self) if batch is not None else conn
+        self._conn = conn
         self.writable = writable
         self.notes = []
         self._now = now
@@ -644,7 +678,7 @@ class PgTx(Tx):
 
     async def _all(self, query: str, args: Sequence[Any] = ()) -> list[Any]:
         if self.b is None:
-            cur = await self.c.execute(query, args)
+            cur = await self._conn.execute(query, args)
             return await cur.fetchall()
         return await self.b.send(self, query, args)
 

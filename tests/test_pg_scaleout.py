@@ -210,6 +210,7 @@ async def test_a_server_catches_up_with_what_others_wrote_before_it_decides(
     sees all three — its optimistic attempt is refused by the head and run again under
     the lock — and draws a larger token; one chain."""
     a, b = await _open(pg_backend), await _open(pg_backend)
+    a.solo_after = 0.0  # optimistic as soon as A has seen no other writer (default 0.5 s)
     try:
         for i in range(3):
             await a.transact(lambda tx, i=i: _grant(tx, f"a/{i}"))  # type: ignore[misc]

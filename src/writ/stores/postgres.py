@@ -212,7 +212,7 @@ def _undone(b: _Batch) -> _Live | None:
     for u in reversed(undo):
         u()
     b.live.forget()
-    b.live.solo = False
+    b.live.foreign_at = time.monotonic()
     return b.live
 
 
@@ -288,7 +288,8 @@ class _Live:
     ``(kind, state)`` pairs have any policy object at all) are caches, forgotten whenever
     anyone writes outside leases and the queue (``ov`` moved) or a transaction fails.
 
-    While this process is the only one writing (``solo``), a batch skips the catch-up round
+    While this process is the only one writing (nobody else wrote for ``solo_after``
+    seconds), a batch skips the catch-up round
     trip: it decides on the replica first and sends BEGIN, ``writ_lock_head(version,
     epoch)`` — the head lock, and an error unless nobody wrote since — its writes and COMMIT
     in one pipeline; if someone did write, the batch is rolled back and run again the
@@ -304,7 +305,7 @@ class _Live:
         self.token = self.wseq = 0  # last fencing token and queue seq handed out
         self.offset = 0.0  # database clock minus time.time(), learned under the lock
         self.learned = 0.0  # time.monotonic() of the last lesson
-        self.solo = False  # the last batch found nobody else had written since ours
+        self.foreign_at = time.monotonic()  # when another server's write was last seen
         self.held: dict[str, Lease] = {}
         self.by_res: dict[str, dict[str, None]] = {}
         self.resources: list[str] = []  # sorted: the resources that have a held lease
@@ -1091,6 +1092,7 @@ class PostgresStore(Store):
     max_attempts = 5
     batch_max = 256  # write transactions per group commit at most
     optimistic_for = 1.0  # seconds between lessons of the database clock (see _Live)
+    solo_after = 0.5  # seconds without another server's write before batches go optimistic
 
     def __init__(self, url: str, clock: Any = None, **_ignored: Any) -> None:
         super().__init__()
@@ -1353,6 +1355,7 @@ class PostgresStore(Store):
         head = await hcur.fetchone()
         assert head is not None, "audit_head has no row"
         seq, hash_, now, version, wv, ov, epoch, token, wseq = head
+        foreign = live is None or epoch != live.epoch or version != live.version
         if live is None or epoch != live.epoch:
             live = await self._load(conn, version, wv, ov, epoch)
         elif version != live.version:
@@ -1364,7 +1367,8 @@ class PostgresStore(Store):
             if ov != live.ov:
                 live.forget()
             live.version, live.wv, live.ov = version, wv, ov
-        live.solo = version == live.version
+        if foreign:
+            live.foreign_at = time.monotonic()
         live.offset, live.learned = float(now) - time.time(), time.monotonic()
         self._live = live
         return _Batch(conn, live, (int(seq), hash_), float(now), int(token), int(wseq))
@@ -1377,7 +1381,7 @@ class PostgresStore(Store):
     def _optimistic(self, live: _Live | None, attempt: int) -> bool:
         return (
             live is not None
-            and live.solo
+            and time.monotonic() - live.foreign_at > self.solo_after
             and attempt == 1
             and time.monotonic() - live.learned < self.optimistic_for
         )

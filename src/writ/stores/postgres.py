@@ -1344,14 +1344,15 @@ class PostgresStore(Store):
         live replica up to date with what other servers committed: one round trip when
         nobody else wrote."""
         live = self._live
+        # not prepared: see _Batch.send (a lock timeout would skip the catch-up)
         async with conn.pipeline():
-            await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED", prepare=False)
             hcur = conn.cursor()
-            await hcur.execute(_LOCK_HEAD, prepare=True)
+            await hcur.execute(_LOCK_HEAD, prepare=False)
             lcur = None
             if live is not None:
                 lcur = conn.cursor()
-                await lcur.execute(_CATCH_UP, (live.version,), prepare=True)
+                await lcur.execute(_CATCH_UP, (live.version,), prepare=False)
         head = await hcur.fetchone()
         assert head is not None, "audit_head has no row"
         seq, hash_, now, version, wv, ov, epoch, token, wseq = head

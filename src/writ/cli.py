@@ -225,7 +225,8 @@ def serve(
     from .workers import check_workers
 
     check_workers(store, workers)
-    run(store, host, port, policy, log_level=log_level, workers=workers)
+    extra = {"workers": workers} if workers != 1 else {}
+    run(store, host, port, policy, log_level=log_level, **extra)
 
 
 @main.group()

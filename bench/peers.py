@@ -300,6 +300,10 @@ class Writ(Peer):
         await self.http.aclose()
         self.http = _http(conns, self.base)
 
+    def client(self, i: int) -> Any:
+        """The HTTP client that client ``i`` talks through."""
+        return self.http
+
     async def acquire(self, i: int, resource: str, wait: bool, ttl_s: float = TTL_S) -> Grant:
         body = {
             "resource": resource,
@@ -310,7 +314,7 @@ class Writ(Peer):
         attempts = 0
         while True:
             attempts += 1
-            status, raw = await self.http.request("POST", "/v1/leases", body, self.headers[i])
+            status, raw = await self.client(i).request("POST", "/v1/leases", body, self.headers[i])
             if status == 201:
                 d = json.loads(raw)
                 return Grant(d["lease_id"], d["fencing_token"], attempts)
@@ -320,7 +324,7 @@ class Writ(Peer):
             raise RuntimeError(f"writ acquire: {status} {raw[:300]!r}")
 
     async def release(self, i: int, grant: Grant) -> None:
-        status, raw = await self.http.request(
+        status, raw = await self.client(i).request(
             "POST", f"/v1/leases/{grant.key}/release", None, self.headers[i]
         )
         if status != 200:
@@ -748,12 +752,15 @@ class WritCluster(Writ):
 
     async def open(self, n_clients: int, conns: int) -> None:
         per = max(1, conns // self.servers)
-        if self.sharded and not self.https:
+        for h in self.https[1:]:  # sized per scenario: a waiting request holds its connection
+            await h.aclose()
+        if self.sharded:
             # each shard has its own principals: client i is made on shard i % n
-            self.https = [_http(per, self.base)] + [
+            await self.http.aclose()
+            self.http = _http(per, self.base)
+            self.https = [self.http] + [
                 _http(per, f"http://127.0.0.1:{port}") for _, port in self.others
             ]
-        if self.sharded:
             first = self.http
             while self._made < n_clients:
                 self.http = self.https[self._made % self.servers]
@@ -762,23 +769,16 @@ class WritCluster(Writ):
             self.n = n_clients
             return
         await super().open(n_clients, conns)
-        await self.http.aclose()
-        self.https = [_http(per, self.base)] + [
+        self.https = [self.http] + [
             _http(per, f"http://127.0.0.1:{port}") for _, port in self.others
         ]
 
-    async def acquire(self, i: int, resource: str, wait: bool, ttl_s: float = TTL_S) -> Grant:
-        self.http = self.https[i % self.servers]
-        return await super().acquire(i, resource, wait, ttl_s)
-
-    async def release(self, i: int, grant: Grant) -> None:
-        self.http = self.https[i % self.servers]
-        await super().release(i, grant)
+    def client(self, i: int) -> Any:
+        return self.https[i % self.servers]
 
     async def close(self) -> None:
         for h in self.https[1:]:
             await h.aclose()
-        self.http = self.https[0] if self.https else self.http
         self.https = []
         await super().close()
 

@@ -1571,10 +1571,14 @@ class PostgresStore(Store):
                             )
                             found = await cur.fetchone() is not None
                 break
-            except Unavailable:
+            except Unavailable as lost:
                 # the other pooled connections may be dead too (a restart kills them all)
                 if attempt == self.max_attempts:
-                    raise
+                    raise Unavailable(
+                        "the PostgreSQL connection was lost while committing and the store "
+                        "cannot be reached to confirm it: the outcome of this request is "
+                        "unknown, check before retrying"
+                    ) from lost
                 await self._check_pool()
                 await asyncio.sleep(random.uniform(0.001, 0.005) * attempt)
         log.warning(

@@ -332,6 +332,34 @@ def test_workers_need_a_postgresql_store(tmp_path: Path) -> None:
     assert "--workers 2 needs a PostgreSQL store" in result.output
 
 
+def test_workers_refuse_an_extension_that_lives_in_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--checkpoint-every`` installs its checkpointer in this process only; fresh worker
+    processes would run without it, so the combination is refused before serving."""
+    import writ.server
+    from writ.checkpoint import write_key
+
+    monkeypatch.setattr(writ.server, "EXTENSIONS", [])
+    key, _ = write_key(tmp_path / "writ.key")
+    result = CliRunner().invoke(
+        main,
+        [
+            "serve",
+            "--store",
+            "postgresql://nobody@127.0.0.1:1/none",
+            "--workers",
+            "2",
+            "--checkpoint-every",
+            "10",
+            "--checkpoint-key",
+            str(key),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "--checkpoint-every" in result.output and "single-process" in result.output
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):

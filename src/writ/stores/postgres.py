@@ -14,13 +14,21 @@ agree through. Options in the query string (every other one goes to libpq, e.g. 
 
 How the contract is kept (the reasoning lives in the comments below and in docs/postgres.md):
 
-* **One serialization point.** Every write transaction begins by locking the one row of
-  ``audit_head`` (``SELECT ... FOR UPDATE``). Writes are therefore serial across every
-  process, in lock order, which is commit order: each sees everything committed before it,
-  so a grant decided on "nothing conflicting is held or queued" cannot race another grant,
-  even when no row yet exists to lock (no phantoms), and the FIFO queue is one queue.
-* **Time** is the transaction's ``clock_timestamp()`` read *after* that lock, and never
-  earlier than the newest audit row's: ledger timestamps never run backwards.
+* **One serialization point, held briefly.** Every write is decided while holding the row
+  lock of ``audit_head``, kept until COMMIT, so writes are serial across every process, in
+  lock order, which is commit order. The write transactions that arrive together in one
+  process share one PostgreSQL transaction (:class:`_Batch`: one lock, one fsync), decide on
+  an in-memory replica of the held leases and the queue (:class:`_Live`) that is caught up
+  under the lock first, and send their writes with COMMIT in one pipeline. A grant decided on
+  "nothing conflicting is held or queued" therefore cannot race another grant, even when no
+  row yet exists to lock, and the FIFO queue is one queue.
+* **Time** is the database's ``clock_timestamp()`` read under that lock (for an optimistic
+  batch: learned under it at most ``optimistic_for`` seconds before), never earlier than the
+  newest audit row's: ledger timestamps never run backwards.
+* **Store methods** read with ``self._one``/``self._all`` and write after ``self._w()``
+  (directly on ``self.c`` or buffered with ``self._exec``); in a batch both go through the
+  batch, behind the transaction's savepoint. Anything that changes the tables outside writ
+  must move ``audit_head.epoch`` in the same transaction (servers then reload their replica).
 * **Caveat:** PostgreSQL's commit acknowledges durability on the primary; with asynchronous
   replication a failover can lose acknowledged grants. Use synchronous replication.
 """

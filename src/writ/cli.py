@@ -330,6 +330,15 @@ main.epilog = "\b\nExit status:\n" + "\n".join(
     help="Validate the whole configuration (policy, store, address, logs, tracing) and "
     "exit: 0, or 1 with the reasons [env WRIT_CHECK].",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    envvar="WRIT_WORKERS",
+    help="Server processes sharing the port (PostgreSQL stores only; docs/scaling.md) "
+    "[env WRIT_WORKERS].",
+)
 def serve(
     store: str,
     host: str,
@@ -341,6 +350,7 @@ def serve(
     metrics: bool = True,
     metrics_token: str | None = None,
     check_only: bool = False,
+    workers: int = 1,
     **limits: Any,
 ) -> None:
     """Serve the writ protocol over HTTP until SIGTERM/SIGINT, then shut down gracefully.
@@ -362,7 +372,10 @@ def serve(
         click.echo(f"writ serve --check: ok ({store.split('://')[0]} store ready, {host}:{port})")
         return
     from .server import run
+    from .workers import check_workers
 
+    check_workers(store, workers)
+    extra = {"workers": workers} if workers != 1 else {}
     run(
         store,
         host,
@@ -374,6 +387,7 @@ def serve(
         metrics=metrics,
         metrics_token=metrics_token,
         limits=from_options(limits),
+        **extra,
     )
 
 
@@ -1431,23 +1445,50 @@ def watch(
 
 # ----------------------------------------------------------------------------- migrate
 @main.command()
-@click.option("--from", "src", required=True, metavar="URL", help="Store URL to copy from.")
+@click.option("--from", "src", default=None, metavar="URL", help="Store URL to copy from.")
 @click.option(
     "--to",
     "dst",
-    required=True,
+    default=None,
     metavar="URL",
     help="Empty store URL to copy into (e.g. postgresql://user@host:5432/writ).",
 )
+@click.option(
+    "--upgrade",
+    "upgrade_url",
+    default=None,
+    metavar="URL",
+    help="Upgrade this store's schema in place instead, then verify its chain.",
+)
 @json_option
-def migrate(src: str, dst: str, as_json: bool) -> None:
-    """Copy a whole store into an empty one on any backend, and verify the copy.
+def migrate(src: str | None, dst: str | None, upgrade_url: str | None, as_json: bool) -> None:
+    """Copy a whole store into an empty one on any backend, and verify the copy; or, with
+    --upgrade URL, bring a store's schema up to this writ's in place.
 
     Principals (token hashes), leases, the wait queue, policy objects, the fencing-token
-    counter and the audit log row for row. Stop the servers on the source first. Exits 1
-    if the copy does not verify.
+    counter and the audit log row for row. Stop the servers on the source (or the
+    upgraded store) first. Exits 1 if the copy or the upgraded chain does not verify.
     """
     from .migrate import migrate as copy_store
+    from .migrate import upgrade
+
+    if upgrade_url is not None:
+        if src is not None or dst is not None:
+            raise click.UsageError("--upgrade URL takes no --from/--to")
+        up = asyncio.run(upgrade(upgrade_url))
+        if as_json:
+            _echo_json(up)
+        else:
+            done = ", ".join(up["applied"]) or "nothing to do, the schema is current"
+            click.echo(
+                f"{'upgraded' if up['ok'] else 'UPGRADED, BUT THE CHAIN DOES NOT VERIFY'}: "
+                f"{up['store']} ({done}); audit head seq {up['head']['seq']}"
+            )
+        if not up["ok"]:
+            sys.exit(EXIT_REFUSED)
+        return
+    if src is None or dst is None:
+        raise click.UsageError("give --from URL and --to URL (or --upgrade URL)")
 
     def progress(table: str, rows: int) -> None:
         if not as_json:

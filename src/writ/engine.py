@@ -657,6 +657,9 @@ class Engine:
             from .errors import error_from_body
 
             raise error_from_body(0, {"error": note["error"]})
+        granted = note.get("lease")
+        if isinstance(granted, dict) and granted.get("lease_id") == note["lease_id"]:
+            return granted  # as granted, in the committed transaction that sent the note
         lease = await self.store.read(lambda tx: tx.get_lease(note["lease_id"]))
         if lease is None:  # pragma: no cover - the grant committed before the note
             raise NotFound("granted lease vanished")
@@ -894,7 +897,11 @@ class Engine:
             tx.notify("granted", {"waiter_id": w.waiter_id, "error": err.to_body()["error"]})
             return
         lease = await self._grant(tx, req, w.waiter_id)
-        tx.notify("granted", {"waiter_id": w.waiter_id, "lease_id": lease.lease_id})
+        # the lease travels with the note: its waiter answers without reading it back
+        tx.notify(
+            "granted",
+            {"waiter_id": w.waiter_id, "lease_id": lease.lease_id, "lease": lease.to_dict()},
+        )
 
     def _queued_request(self, w: Waiter) -> Request:
         """The request a waiter queued (see :meth:`Request.to_json`)."""

@@ -847,10 +847,12 @@ def run(
     shutdown_timeout: int = 10,
     metrics: bool = True,
     metrics_token: str | None = None,
+    workers: int = 1,
 ) -> None:
     """Serve writ until SIGTERM or SIGINT (``writ serve``), then shut down gracefully
-    (:mod:`writ.lifecycle`) within ``shutdown_timeout`` seconds, each
-    connection within ``limits``."""
+    (:mod:`writ.lifecycle`) within ``shutdown_timeout`` seconds, each connection within
+    ``limits``; ``workers`` > 1 runs that many processes on one port (PostgreSQL stores
+    only, :mod:`writ.workers`)."""
     import os
 
     import uvicorn
@@ -868,6 +870,23 @@ def run(
         metrics_token,
     ]
     logs.setup(log_format, log_level, [s for s in secrets if s])
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "log_config": None,  # logs.setup configured uvicorn's loggers
+        "access_log": False,  # writ.access logs each request instead
+        "server_header": False,
+        "proxy_headers": False,  # writ never uses the client's address: skip rewriting it
+        "timeout_graceful_shutdown": shutdown_timeout,
+        **(limits or Limits(max_header_bytes=MAX_HEADERS)).uvicorn_options(),
+    }
+    if workers != 1:
+        from .workers import AppSettings, run_workers
+
+        settings = AppSettings(log_format, log_level, metrics, metrics_token)
+        run_workers(store_url, workers, policy_path, settings, **options)
+        return
     traced = tracing.configure()
     engine = Engine(open_store(store_url), policy)
     engine.authority.on_sighup()  # SIGHUP reloads the policy file (see writ.authority)
@@ -876,16 +895,5 @@ def run(
         log.info("tracing on: OTEL_TRACES_EXPORTER=%s", traced)
     logs.log_decisions(engine)
     app = create_app(engine, metrics=metrics, metrics_token=metrics_token)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        log_config=None,  # logs.setup configured uvicorn's loggers
-        access_log=False,  # writ.access logs each request instead
-        server_header=False,
-        proxy_headers=False,  # writ never uses the client's address: skip rewriting it
-        timeout_graceful_shutdown=shutdown_timeout,
-        **(limits or Limits(max_header_bytes=MAX_HEADERS)).uvicorn_options(),
-    )
+    config = uvicorn.Config(app, **options)
     DrainingServer(config, app.draining).run()  # type: ignore[attr-defined]

@@ -3,7 +3,7 @@
 Every example runs against a local server started like this (see README.md)::
 
     export WRIT_ADMIN_TOKEN=example-admin-token
-    writ serve --store sqlite:///examples.db &
+    writ serve --store sqlite:///examples.db --port 7421 &   # beside the README server on 7411
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import uuid
 
 import writ
 
-URL = os.environ.get("WRIT_URL", "http://127.0.0.1:7411")
+URL = os.environ.get("WRIT_URL", "http://127.0.0.1:7421")
 ADMIN_TOKEN = os.environ.get("WRIT_ADMIN_TOKEN", "")
 
 
@@ -27,7 +27,7 @@ def register(name: str, kind: str = "agent") -> tuple[str, str]:
         try:
             out = admin.add_principal(unique, kind)
         except writ.Unavailable:
-            sys.exit(f"no writ server at {URL}: start one with `writ serve` (see README.md)")
+            sys.exit(f"no writ server at {URL}: start one with `writ serve --port 7421` (see examples/README.md)")
     return unique, str(out["token"])
 
 

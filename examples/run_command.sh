@@ -3,7 +3,7 @@
 # lease is lost.   Usage: examples/run_command.sh   (needs WRIT_ADMIN_TOKEN; see README.md)
 set -euo pipefail
 : "${WRIT_ADMIN_TOKEN:?set WRIT_ADMIN_TOKEN to the token writ serve was first started with}"
-export WRIT_URL=${WRIT_URL:-http://127.0.0.1:7411}
+export WRIT_URL=${WRIT_URL:-http://127.0.0.1:7421}
 WRIT=${WRIT:-writ}
 suffix=$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
 resource="examples/$suffix/batch"

@@ -121,6 +121,18 @@ class Backend:
             await self.sql("DROP TRIGGER audit_no_update")
             await self.sql("UPDATE audit SET body = ? WHERE seq = ?", body, seq)
 
+    async def tamper_column(self, seq: int, column: str, value: Any) -> None:
+        """Set one lookup column of an audit row (``ts``, ``event``, ``resource``,
+        ``lock_key``) by hand, leaving its hashed body alone."""
+        assert column in ("ts", "event", "resource", "lock_key"), column
+        if self.is_pg:
+            await self.sql("ALTER TABLE audit DISABLE TRIGGER audit_no_update")
+            await self.sql(f"UPDATE audit SET {column} = %s WHERE seq = %s", value, int(seq))
+            await self.sql("ALTER TABLE audit ENABLE ALWAYS TRIGGER audit_no_update")
+        else:
+            await self.sql("DROP TRIGGER IF EXISTS audit_no_update")
+            await self.sql(f"UPDATE audit SET {column} = ? WHERE seq = ?", value, seq)
+
     async def advance(self, seconds: float) -> None:
         """Move the store's clock forward by ``seconds``."""
         if self.clock is not None:
@@ -132,6 +144,8 @@ class Backend:
             f" ended_at = ended_at - {s};"
             f" UPDATE waiters SET enqueued_at = enqueued_at - {s}, deadline = deadline - {s};"
             f" UPDATE objects SET created_at = created_at - {s}, expires_at = expires_at - {s}"
+            # behind the servers' backs: they load their live replica afresh (PostgreSQL)
+            + ("; UPDATE audit_head SET epoch = epoch + 1" if self.is_pg else "")
         )
 
 

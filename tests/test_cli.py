@@ -137,7 +137,24 @@ def test_serve_passes_its_options_to_the_server(
             str(policy),
         ]
     )
-    assert calls == [("sqlite:///x.db", "0.0.0.0", 9000, str(policy), {"log_level": "info"})]
+    from writ.limits import Limits
+
+    assert calls == [
+        (
+            "sqlite:///x.db",
+            "0.0.0.0",
+            9000,
+            str(policy),
+            {
+                "log_level": "info",
+                "log_format": "console",
+                "shutdown_timeout": 10,
+                "metrics": True,
+                "metrics_token": None,
+                "limits": Limits(),
+            },
+        )
+    ]
     ok(["serve"], env={"WRIT_STORE": "sqlite:///env.db"})
     assert calls[-1][:4] == ("sqlite:///env.db", "127.0.0.1", 7411, None)
 

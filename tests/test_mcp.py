@@ -293,16 +293,37 @@ async def test_lost_lease_and_bad_arguments_tell_the_agent_what_to_do(
         assert "exactly one of lease_id or change_id" in text
 
 
-async def test_bad_token_and_unreachable_writ_are_explained(
+def _start(writ: LiveServer, token: str, url: str | None = None, *options: str) -> Any:
+    """`writ mcp` (stdio) started and left to its start-up check: the finished process."""
+    import subprocess
+
+    env = {**os.environ, "WRIT_URL": url or writ.url, "WRIT_TOKEN": token}
+    return subprocess.run(
+        [sys.executable, "-m", "writ.cli", "mcp", *options],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_bad_token_and_unreachable_writ_stop_it_at_start(
     live_server: LiveServer, people: People
 ) -> None:
-    """An MCP server started with a wrong token, or pointing at no writ, says so and that
-    nothing was granted."""
-    async with agent_session(live_server, "not-a-token", "stdio") as a:
-        text = await refused(a, "acquire_write_authority", resource=people.resource, intent="x")
-        assert "token" in text and "Nothing was done" in text
+    """Started with a wrong token, or pointing at no writ, `writ mcp` exits 1 at once with the
+    reason instead of serving tools that all fail. --allow-server-down starts it anyway, and
+    its tools say writ cannot be reached and that nothing was granted."""
+    bad = _start(live_server, "not-a-token")
+    assert bad.returncode == 1
+    assert "refused this token" in bad.stderr and live_server.url in bad.stderr
     dead = f"http://127.0.0.1:{free_port()}"
-    async with agent_session(live_server, people.a_token, "stdio", url=dead) as a:
+    down = _start(live_server, people.a_token, dead)
+    assert down.returncode == 1
+    assert "cannot be reached" in down.stderr and "--allow-server-down" in down.stderr
+    async with agent_session(
+        live_server, people.a_token, "stdio", dead, "--allow-server-down"
+    ) as a:
         text = await refused(a, "acquire_write_authority", resource=people.resource, intent="x")
         assert "cannot be reached" in text and "Nothing was granted" in text
 
@@ -310,13 +331,11 @@ async def test_bad_token_and_unreachable_writ_are_explained(
 async def test_a_human_token_is_refused_unless_allowed(
     live_server: LiveServer, people: People
 ) -> None:
-    """Started with a queue's (human) token, the tools refuse to act: a model must not answer
-    consents with human authority. --allow-human-token is the deliberate way out."""
-    async with agent_session(live_server, people.queue_token, "stdio") as q:
-        text = await refused(q, "whoami")
-        assert people.queue in text and "human" in text and "Nothing was done" in text
-        text = await refused(q, "answer_consent", consent_id="cns_x", decision="grant")
-        assert "agent's own token" in text
+    """Started with a queue's (human) token, `writ mcp` exits 1 at start: a model must not
+    answer consents with human authority. --allow-human-token is the deliberate way out."""
+    human = _start(live_server, people.queue_token)
+    assert human.returncode == 1
+    assert people.queue in human.stderr and "--allow-human-token" in human.stderr
     async with agent_session(
         live_server, people.queue_token, "stdio", None, "--allow-human-token"
     ) as q:

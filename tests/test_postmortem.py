@@ -501,3 +501,38 @@ def test_cli_reads_a_server(tmp_path: Path) -> None:
     rep = json.loads(res.output)
     assert [(h["holder"], h["ended"]) for h in rep["holders"]] == [(name, "released")]
     assert rep["lint"]["registry"] is True and rep["verification"]["ok"]
+
+
+async def test_a_lease_that_expired_while_others_waited_shows_once(
+    make_engine: Any, backend: Any
+) -> None:
+    """The lease.stuck row written after an expiry with waiters does not reopen the expired
+    lease: it shows once (ended at its expiry), the summary counts two holders, and the
+    report agrees with `who` that nobody but the successor holds it."""
+    e = await make_engine()
+    a = (await e.add_principal(None, "exp-a", "agent"))[0]
+    b = (await e.add_principal(None, "exp-b", "agent"))[0]
+    first = await e.acquire(a, resource="exp/db", intent="first", ttl_s=2)
+    waiter = asyncio.create_task(e.acquire(b, resource="exp/db", intent="second", wait_s=60))
+    after, queued = 0, False
+    while not queued:  # the long poll answers with the waiter's lease.queued row
+        got = await e.events("exp", after, wait_s=10)
+        queued = "lease.queued" in [r["event"] for r in got["rows"]]
+        after = got["next_after_seq"]
+    await backend.advance(3)
+    await e.sweep()
+    second = await asyncio.wait_for(waiter, 30)
+    rep = await collect(StoreSource(e), Query(["exp"]))
+    assert "lease.stuck" in [r["event"] for r in rep["timeline"]]  # the row that reopened it
+    got = [(h["holder"], h["lock_key"], h["ended"]) for h in rep["holders"]]
+    assert got == [
+        ("exp-a", first["lock_key"], "expired"),
+        ("exp-b", second["lock_key"], "held"),
+    ]
+    md = to_markdown(rep)
+    assert "granted or held 2 times" in md
+    held = md.split("## Who held write authority when")[1].split("\n## ")[0]
+    assert [line for line in held.splitlines() if "still held" in line] == [
+        line for line in held.splitlines() if "exp-b" in line
+    ]
+    assert held.count(first["lock_key"]) == 1

@@ -70,8 +70,10 @@ class World:
         self.engine, self.http, self.clock, self.rx = engine, http, clock, rx
         self.tokens: dict[str, str] = {}
 
-    async def add(self, name: str, kind: str, wake: str | None = None) -> str:
-        _, token = await self.engine.add_principal(None, name, kind, wake=wake)
+    async def add(
+        self, name: str, kind: str, wake: str | None = None, queues: list[str] | None = None
+    ) -> str:
+        _, token = await self.engine.add_principal(None, name, kind, wake=wake, queues=queues)
         self.tokens[name] = token
         return token
 
@@ -133,7 +135,7 @@ async def world(
         await w.add("cost-agent", "agent", wake="/wake/cost")  # a route, against rollback_base_url
         await w.add("routing-agent", "agent")
         await w.add("svc-ops-princess", "queue", wake=f"{receiver.base}/page/ops")
-        await w.add("oncall-jane", "human")
+        await w.add("oncall-jane", "human", queues=["svc-ops-princess"])  # on its rotation
         await w.add("vendor-portal-button", "portal")
         await w.add("agent-autocleanup-7", "agent")
         yield w

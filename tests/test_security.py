@@ -44,6 +44,9 @@ from writ.stores import open_store
 KINDS = ("agent", "human", "queue", "portal", "admin")
 ANY = frozenset(KINDS)
 HUMANS = frozenset({"human", "queue", "admin"})  # humans and on-call queues hold keys
+# a rollback's key: its key-holder queue and the humans on its rotation (v1.1); the matrix's
+# human is a member of the matrix's queue, the admin is not
+KEY_TURNERS = frozenset({"human", "queue"})
 ADMINS = frozenset({"admin"})
 HOLDER_ONLY = frozenset()  # the lease is somebody else's: only its holder may
 PUBLIC = {("GET", "/v1/health")}
@@ -169,6 +172,11 @@ async def world(
             ("approver", "human"),
         ):
             await w.add(name, kind)
+        for member in (w.callers["human"], "approver"):  # on the queue's rotation
+            await w.ok(
+                "admin",
+                Req("POST", f"/v1/principals/{member}/queues", {"add": [w.callers["queue"]]}),
+            )
         yield w
 
 
@@ -270,6 +278,23 @@ async def _gate_check(w: World) -> Req:
     )
 
 
+async def _rotate(w: World) -> Req:
+    """Another principal's token (rotating one's own is allowed: tests/test_principals.py)."""
+    return Req("POST", f"/v1/principals/{await w.add(unique('r'), 'agent')}/rotate")
+
+
+async def _disable(w: World) -> Req:
+    """A fresh agent to disable (the matrix's own principals must stay usable)."""
+    name = await w.add(unique("d"), "agent")
+    return Req("POST", f"/v1/principals/{name}/disable", {"reason": "matrix"})
+
+
+async def _enable(w: World) -> Req:
+    name = await w.add(unique("e"), "agent")
+    await w.ok("admin", Req("POST", f"/v1/principals/{name}/disable", {"reason": "matrix"}))
+    return Req("POST", f"/v1/principals/{name}/enable")
+
+
 REVOKE = {"runbook": "R-1", "paged": "oncall", "reason": "stuck"}
 ADD_PRINCIPAL = Req("POST", "/v1/principals", {"name": "x", "kind": "agent"})  # name made unique
 
@@ -304,8 +329,15 @@ MATRIX: dict[tuple[str, str], tuple[frozenset[str], Build]] = {
     ("POST", "/v1/rollbacks"): (ANY, _rollback_request),
     ("GET", "/v1/rollbacks"): (ANY, _const(Req("GET", "/v1/rollbacks"))),
     ("GET", "/v1/rollbacks/{rollback_id}"): (ANY, _get_rollback),
-    ("POST", "/v1/rollbacks/{rollback_id}/approve"): (HUMANS, _on_rollback("approve")),
-    ("POST", "/v1/rollbacks/{rollback_id}/deny"): (HUMANS, _on_rollback("deny")),
+    ("POST", "/v1/rollbacks/{rollback_id}/approve"): (KEY_TURNERS, _on_rollback("approve")),
+    ("POST", "/v1/rollbacks/{rollback_id}/deny"): (KEY_TURNERS, _on_rollback("deny")),
+    ("POST", "/v1/principals/{name}/rotate"): (ADMINS, _rotate),
+    ("POST", "/v1/principals/{name}/disable"): (ADMINS, _disable),
+    ("POST", "/v1/principals/{name}/enable"): (ADMINS, _enable),
+    ("POST", "/v1/principals/{name}/queues"): (
+        ADMINS,
+        _const(Req("POST", "/v1/principals/approver/queues", {"add": ["the-queue"]})),
+    ),
     ("POST", "/v1/rollbacks/{rollback_id}/defect"): (
         HUMANS,
         _on_rollback("defect", ran=True, body={"notes": "made it worse"}),
@@ -549,11 +581,11 @@ async def test_tokens_are_looked_up_by_their_sha256(
             return await real(lambda tx: fn(Tx(tx)))
 
         monkeypatch.setattr(w.engine.store, "read", spy)
-        w.engine._auth_cache.clear()
+        w.engine.auth_cache.forget()
         token = w.tokens["owner"]
         assert (await w.ok("owner", Req("GET", "/v1/whoami")))["name"] == "owner"
         assert asked == [hashlib.sha256(token.encode()).hexdigest()] == [hash_token(token)]
-        assert all(token not in key for key in w.engine._auth_cache)
+        assert all(token not in key for key in w.engine.auth_cache._entries)
     raw = _files(tmp_path, "writ.db*")
     for name, tok in w.tokens.items():
         assert tok.encode() not in raw, f"{name}'s token is stored in the clear"
@@ -628,8 +660,10 @@ async def test_no_token_in_principals_or_audit_rows(
         await w.ok("admin", await _gate_check(w))
         await w.ok("owner", await _rollback_request(w))
         listed = await w.ok(w.callers["portal"], Req("GET", "/v1/principals"))
+        shown = {"name", "kind", "vendor", "wake", "admin", "created_at"}
+        shown |= {"disabled", "token_expires_at"}  # v1.1 token lifecycle (a time, not a token)
         assert listed["principals"] and all(
-            set(p) == {"name", "kind", "vendor", "wake", "admin", "created_at"}
+            set(p) == shown | ({"queues"} if p["kind"] == "human" else set())
             for p in listed["principals"]
         ), listed
         rows = json.dumps(await _rows_after(w, 0))

@@ -743,8 +743,8 @@ async def test_mcp_tools_take_ids_only_as_ids() -> None:
 
 def test_cli_arguments_that_are_not_text_are_refused_naming_the_field(tmp_path: Any) -> None:
     """Arguments that become data — a resource, an intent, an id, a vendor — pass the same
-    check (a byte that is not UTF-8 reaches Python as a lone surrogate): exit 1 naming the
-    field, nothing sent, nothing stored."""
+    check (a byte that is not UTF-8 reaches Python as a lone surrogate): exit 2 (a bad value) naming
+    the field, nothing sent, nothing stored."""
     from click.testing import CliRunner
 
     from writ.cli import main
@@ -766,7 +766,7 @@ def test_cli_arguments_that_are_not_text_are_refused_naming_the_field(tmp_path: 
         ),
     ):
         r = CliRunner().invoke(main, args, env=env)
-        assert r.exit_code == 1, (args, r.output)
+        assert r.exit_code == 2, (args, r.output)
         assert f"invalid: {field} is not valid text" in r.stderr, r.stderr
 
 

@@ -623,6 +623,10 @@ class Authority:
             )
 
         await eng.store.transact(fn)
+        if [i.to_dict() for i in new.identity] != [i.to_dict() for i in eng.policy.identity]:
+            from .identity import Identity
+
+            eng.identity = Identity(new.identity)  # new issuers; unchanged ones keep their keys
         eng.policy = new
         log.info("policy reloaded from %s by %s", source, by)
         return {

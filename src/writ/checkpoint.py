@@ -380,7 +380,7 @@ async def verify_store(
                 r["ok"] = False
         return Outcome(False, total, prev, bad, reason, list(report.values()))
 
-    async for chunk in store.audit_stream():
+    async for chunk in store.audit_records():
         part = verify(chunk, seq, prev)
         total += part.rows
         if not part.ok:

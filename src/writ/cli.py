@@ -4,10 +4,8 @@ Commands talk to a server through :class:`writ.client.Client` (``--url``/``--tok
 ``WRIT_URL``/``WRIT_TOKEN``); ``--store URL`` on ``principal add`` and ``audit verify|export``
 works on a store directly, offline, through the engine.
 
-Exit codes: 0 done · 1 refused or failed (one line on stderr, no traceback) · 2 usage error ·
-3 ``consent ask --wait`` got no answer · 75 ``writ run`` lost its lease while the command
-ran (the command was stopped) · 127 ``writ run`` could not start the command. Otherwise
-``writ run`` exits with the command's status (128 + N when a signal N killed it).
+Exit codes: :data:`EXIT_STATUS` is the one table (docs/cli.md shows it, `writ --help` prints
+it, and a test holds the three together).
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
 
@@ -29,10 +27,15 @@ import click
 
 from . import __version__
 from .cli_options import api_options, existing_store, json_option, store_option
+from .cli_principals import expires_option, parse_expires
+from .cli_principals import register as register_principal_commands
+from .cli_wait import SelfHeld, check_not_self, live_line
 from .client import DEFAULT_TIMEOUT, Client
-from .errors import LeaseLost, WritError
+from .errors import Held, Invalid, LeaseLost, WritError
+from .limits import from_options, limit_options
 from .models import KINDS
 from .spawn import popen_tied
+from .textsafe import printable
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,6 +47,28 @@ EXIT_LEASE_LOST = 75  # EX_TEMPFAIL: the work was cut short; acquire again and r
 EXIT_NOT_FOUND = 127
 DEFAULT_STORE = "sqlite:///writ.db"
 
+EXIT_STATUS: dict[str, str] = {
+    "0": "done",
+    "1": "refused or failed: one line `writ: CODE: message` on stderr, no traceback",
+    "2": "usage error: a missing argument or option, or a bad value (`invalid` naming a "
+    "field, e.g. --ttl 0)",
+    "3": "`consent ask --wait`: nobody answered in time",
+    "75": "`writ run`: the lease was lost while COMMAND ran, and COMMAND was stopped",
+    "127": "`writ run`: COMMAND could not be started",
+    "N": "`writ run`: COMMAND's own exit status, or 128 + signal if a signal killed it",
+}
+
+# the CLI option that carries a request field, for `invalid` answers naming the field
+FIELD_OPTIONS = {
+    "ttl_s": "--ttl",
+    "wait_s": "--wait",
+    "touches": "--touches",
+    "consent_id": "--consent",
+    "intent": "--intent",
+    "protect_s": "--protect",
+    "at": "--at",
+}
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -53,12 +78,20 @@ class Refused(click.ClickException):
 
     exit_code = EXIT_REFUSED
 
-    def __init__(self, error: WritError) -> None:
+    def __init__(self, error: WritError, hint: dict[str, Any] | None = None) -> None:
         super().__init__(error.message)
         self.error = error
+        self.hint = hint or {}
+        field = error.details.get("field") if isinstance(error, Invalid) else None
+        self.option = FIELD_OPTIONS.get(field) if isinstance(field, str) else None
+        if field:  # a bad value of a named input is a usage error
+            self.exit_code = EXIT_USAGE  # type: ignore[misc]  # click reads it from the instance
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"writ: {self.error.code}: {self.error.message}", err=True)
+        text = self.error.phrased("cli", **self.hint)  # the next step as a command and flag
+        if self.option:
+            text += f" (option {self.option})"
+        click.echo(printable(f"writ: {self.error.code}: {text}"), err=True)
 
 
 class Failed(click.ClickException):
@@ -69,7 +102,7 @@ class Failed(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click reads it from the instance
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"writ: {self.message}", err=True)
+        click.echo(printable(f"writ: {self.message}"), err=True)
 
 
 class WritGroup(click.Group):
@@ -80,7 +113,36 @@ class WritGroup(click.Group):
         try:
             return super().invoke(ctx)
         except WritError as exc:
-            raise Refused(exc) from exc
+            raise Refused(exc, _hint_context(ctx, exc)) from exc
+
+
+def _hint_context(ctx: click.Context, exc: WritError) -> dict[str, Any]:
+    """What the CLI phrasing of a refusal needs: the resource asked for, the seconds already
+    waited, and (for a held answer) the caller's own name, so "held by you" is said plainly."""
+    hint: dict[str, Any] = dict(ctx.meta.get("writ.hint") or {})
+    api = hint.pop("api", None)
+    if isinstance(exc, Held) and "me" not in hint and api:
+        with contextlib.suppress(WritError), _client(*api) as client:
+            hint["me"] = client.whoami().get("name")
+    return hint
+
+
+def _before_wait(
+    client: Client, url: str, token: str | None, resource: str, wait: float
+) -> str | None:
+    """Record the hint context; when the command will wait, refuse at once if the caller
+    itself holds what it would wait for. Returns the caller's name when it was read."""
+    hint: dict[str, Any] = {"resource": resource, "waited": wait, "api": (url, token)}
+    click.get_current_context().meta["writ.hint"] = hint
+    if wait <= 0:
+        return None
+    try:
+        me = check_not_self(client, resource)
+    except SelfHeld as exc:
+        raise Failed(str(exc)) from exc
+    if me:
+        hint["me"] = me
+    return me
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -147,7 +209,7 @@ def _until(value: str | None) -> str:
 
 
 def _lease_line(verb: str, lease: dict[str, Any]) -> str:
-    return (
+    return printable(
         f"{verb} {lease.get('resource')} for {lease.get('holder')}: lease {lease.get('lease_id')}, "
         f"fencing token {lease.get('fencing_token')}, lock key {lease.get('lock_key')}, "
         f"state {lease.get('state')}, expires {lease.get('expires_at')}"
@@ -160,16 +222,17 @@ def _items(body: Any, key: str) -> list[dict[str, Any]]:
     return list(body.get(key) or [])
 
 
-def _table(columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    wrap: Sequence[str] = (),
+    drop: Sequence[str] = (),
+) -> None:
+    """A table fitted to the console (writ.cli_table): ``wrap`` free-text columns between words,
+    leave out ``drop`` columns, least important first, when they cannot all fit."""
+    from .cli_table import print_table
 
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in columns:
-        table.add_column(name, overflow="fold")
-    for row in rows:
-        table.add_row(*("-" if v is None else str(v) for v in row))
-    Console().print(table)
+    print_table(columns, rows, wrap=wrap, drop=drop)
 
 
 # ----------------------------------------------------------------------------- the group
@@ -179,9 +242,13 @@ def main() -> None:
     """writ: which agent holds write authority on a resource right now, and who holds the
     key to undo it.
 
-    Server URL and token come from --url/--token or WRIT_URL/WRIT_TOKEN. Exit status: 0
-    done, 1 refused or failed, 2 usage error (see docs/cli.md for writ run and consent ask).
+    Server URL and token come from --url/--token or WRIT_URL/WRIT_TOKEN.
     """
+
+
+main.epilog = "\b\nExit status:\n" + "\n".join(
+    f"  {code:>4}  {meaning.replace('`', '')}" for code, meaning in EXIT_STATUS.items()
+)
 
 
 @main.command()
@@ -192,30 +259,136 @@ def main() -> None:
     show_default=True,
     help="Store URL: sqlite:///path/writ.db or postgresql://user@host:port/db [env WRIT_STORE].",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=7411, show_default=True, help="Port to listen on.")
+@click.option(
+    "--host",
+    envvar="WRIT_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on [env WRIT_HOST].",
+)
+@click.option(
+    "--port",
+    envvar="WRIT_PORT",
+    type=int,
+    default=7411,
+    show_default=True,
+    help="Port to listen on [env WRIT_PORT].",
+)
 @click.option(
     "--policy",
+    envvar="WRIT_POLICY",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="Policy file (TOML): blast-radius groups and per-prefix rules.",
+    help="Policy file (TOML): blast-radius groups and per-prefix rules [env WRIT_POLICY].",
 )
 @click.option(
     "--log-level",
+    envvar="WRIT_LOG_LEVEL",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
     show_default=True,
-    help="Server log level.",
+    help="Server log level; info logs one line per request and per decision [env WRIT_LOG_LEVEL].",
 )
-def serve(store: str, host: str, port: int, policy: str | None, log_level: str) -> None:
-    """Serve the writ protocol over HTTP until interrupted.
+@limit_options(env_prefix="WRIT_")
+@click.option(
+    "--log-format",
+    envvar="WRIT_LOG_FORMAT",
+    type=click.Choice(["console", "json"]),
+    default="console",
+    show_default=True,
+    help="Log lines for a terminal, or one JSON object per line [env WRIT_LOG_FORMAT].",
+)
+@click.option(
+    "--shutdown-timeout",
+    envvar="WRIT_SHUTDOWN_TIMEOUT",
+    type=click.IntRange(1, 3600),
+    default=10,
+    show_default=True,
+    metavar="SECONDS",
+    help="On SIGTERM: answer waiters 503, finish in-flight requests within this bound "
+    "[env WRIT_SHUTDOWN_TIMEOUT].",
+)
+@click.option(
+    "--metrics/--no-metrics",
+    envvar="WRIT_METRICS",
+    default=True,
+    show_default=True,
+    help="Measure and serve Prometheus metrics at /metrics [env WRIT_METRICS].",
+)
+@click.option(
+    "--metrics-token",
+    envvar="WRIT_METRICS_TOKEN",
+    default=None,
+    metavar="TOKEN",
+    help="Require 'Authorization: Bearer TOKEN' on /metrics [env WRIT_METRICS_TOKEN].",
+)
+@click.option(
+    "--check",
+    "check_only",
+    envvar="WRIT_CHECK",
+    is_flag=True,
+    help="Validate the whole configuration (policy, store, address, logs, tracing) and "
+    "exit: 0, or 1 with the reasons [env WRIT_CHECK].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    envvar="WRIT_WORKERS",
+    help="Server processes sharing the port (PostgreSQL stores only; docs/scaling.md) "
+    "[env WRIT_WORKERS].",
+)
+def serve(
+    store: str,
+    host: str,
+    port: int,
+    policy: str | None,
+    log_level: str,
+    log_format: str = "console",
+    shutdown_timeout: int = 10,
+    metrics: bool = True,
+    metrics_token: str | None = None,
+    check_only: bool = False,
+    workers: int = 1,
+    **limits: Any,
+) -> None:
+    """Serve the writ protocol over HTTP until SIGTERM/SIGINT, then shut down gracefully.
 
     If WRIT_ADMIN_TOKEN is set when the store is first opened, a principal `admin` (a human
-    admin) is created with that token.
+    admin) is created with that token. Every option can also be set by its WRIT_*
+    environment variable (docs/operations.md has the table).
     """
-    from .server import run
+    if check_only:
+        from .lifecycle import check
 
-    run(store, host, port, policy, log_level=log_level)
+        problems = check(
+            store, host, port, policy, log_level, log_format, shutdown_timeout, metrics_token
+        )
+        for p in problems:
+            click.echo(f"writ serve --check: {p}", err=True)
+        if problems:
+            raise SystemExit(1)
+        click.echo(f"writ serve --check: ok ({store.split('://')[0]} store ready, {host}:{port})")
+        return
+    from .server import run
+    from .workers import check_workers
+
+    check_workers(store, workers)
+    extra = {"workers": workers} if workers != 1 else {}
+    run(
+        store,
+        host,
+        port,
+        policy,
+        log_level=log_level,
+        log_format=log_format,
+        shutdown_timeout=shutdown_timeout,
+        metrics=metrics,
+        metrics_token=metrics_token,
+        limits=from_options(limits),
+        **extra,
+    )
 
 
 @main.group()
@@ -271,37 +444,58 @@ def principal() -> None:
     "--wake",
     default=None,
     metavar="ROUTE",
-    help="The exact call that wakes it: an http(s):// URL or a /route.",
+    help="The exact call that wakes it: an http(s):// URL, a /route, pagerduty:ROUTING_KEY "
+    "or slack:WEBHOOK_URL (docs/operations.md).",
 )
 @click.option("--admin", is_flag=True, help="May add principals (humans and queues only).")
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    metavar="QUEUE",
+    help="Humans: a queue whose rotation it is on (repeatable); members may turn its keys.",
+)
+@expires_option
 @store_option("Work offline on this store (e.g. sqlite:///writ.db) instead of through a server.")
 @api_options
 @json_option
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print only the token (export WRIT_TOKEN=$(...))."
+)
 def principal_add(
     name: str,
     kind: str,
     vendor: str | None,
     wake: str | None,
     admin: bool,
+    queues: tuple[str, ...],
+    expires_in: str | None,
     store: str | None,
     url: str,
     token: str | None,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Add principal NAME and print its token (shown only this once).
 
     Through a server this needs an admin token; with --store it works on the store itself.
     """
+    secs = parse_expires(expires_in)
     if store:
 
         async def add(engine: Any) -> dict[str, Any]:
-            p, tok = await engine.add_principal(None, name, kind, vendor, wake, admin)
+            p, tok = await engine.add_principal(
+                None, name, kind, vendor, wake, admin, queues=list(queues), expires_in_s=secs
+            )
             return {**p.to_dict(), "token": tok}
 
         out = _run_offline(store, add)
     else:
         with _client(url, token) as client:
-            out = client.add_principal(name, kind, vendor, wake, admin)
+            out = client.add_principal(name, kind, vendor, wake, admin, list(queues), secs)
+    if quiet:
+        click.echo(out["token"])
+        return
     if as_json:
         _echo_json(out)
     else:
@@ -312,6 +506,9 @@ def principal_add(
         "writ keeps only its hash.",
         err=True,
     )
+
+
+register_principal_commands(principal)
 
 
 @principal.command("list")
@@ -325,14 +522,19 @@ def principal_list(url: str, token: str | None, as_json: bool) -> None:
         _echo_json(body)
         return
     _table(
-        ["NAME", "KIND", "VENDOR", "WAKE", "ADMIN"],
-        [
+        ["NAME", "KIND", "VENDOR", "WAKE", "ADMIN", "QUEUES", "STATE"],
+        drop=["WAKE", "VENDOR"],
+        rows=[
             (
                 p.get("name"),
                 p.get("kind"),
                 p.get("vendor"),
                 p.get("wake"),
                 "yes" if p.get("admin") else "",
+                ", ".join(p.get("queues") or []),
+                "disabled"
+                if p.get("disabled")
+                else (f"expires {p['token_expires_at']}" if p.get("token_expires_at") else ""),
             )
             for p in _items(body, "principals")
         ],
@@ -439,7 +641,9 @@ def acquire(
     """
     plan = _rollback_plan(rollback_path, key_holder, override_queue, denominator)
     with _client(url, token) as client:
-        lease = client.acquire(resource, intent, ttl, wait, _csv(touches), consent_id, plan)
+        me = _before_wait(client, url, token, resource, wait)
+        with live_line(url, token, resource, wait, me):
+            lease = client.acquire(resource, intent, ttl, wait, _csv(touches), consent_id, plan)
     if quiet:
         click.echo(lease["lease_id"])
     elif as_json:
@@ -447,7 +651,9 @@ def acquire(
     else:
         click.echo(_lease_line("granted", lease))
         for warning in (lease.get("rollback") or {}).get("warnings") or []:
-            click.echo(f"warning: {warning}", err=True)
+            click.echo(printable(f"warning: {warning}"), err=True)
+    if lease.get("warning"):
+        click.echo(printable(f"writ: warning: {lease['warning']}"), err=True)
 
 
 @main.command()
@@ -517,7 +723,9 @@ def status(prefix: str | None, url: str, token: str | None, as_json: bool) -> No
         return
     _table(
         ["RESOURCE", "HOLDER", "INTENT", "FENCING TOKEN", "EXPIRES", "WAITERS"],
-        [
+        wrap=["INTENT"],
+        drop=["WAITERS", "FENCING TOKEN"],
+        rows=[
             (
                 l.get("resource"),
                 l.get("holder"),
@@ -534,23 +742,35 @@ def status(prefix: str | None, url: str, token: str | None, as_json: bool) -> No
 @main.command()
 @click.argument("resource")
 @click.option(
-    "--at", default=None, metavar="TIME", help="RFC 3339 time (or -15m) to ask about; default now."
+    "--at",
+    default=None,
+    metavar="TIME",
+    help="RFC 3339 time, epoch seconds, now, or a time ago (-15m, -2h, -1d); default now.",
 )
 @api_options
 @json_option
 def who(resource: str, at: str | None, url: str, token: str | None, as_json: bool) -> None:
     """Who held write authority on RESOURCE (now, or --at a past time), from the ledger."""
+    if at:
+        from .clock import parse_time
+
+        try:
+            parse_time(at)  # read here too, so a bad value is a usage error listing the forms
+        except WritError as exc:
+            raise click.BadParameter(exc.message, param_hint="--at") from exc
     with _client(url, token) as client:
         out = client.who(resource, at)
     if as_json:
         _echo_json(out)
         return
+    from .cli_table import print_line  # wrapped between words at the console's width
+
     holder = out.get("lock_holder", "none")
     if holder == "none":
-        click.echo(f"{resource} at {out.get('at')}: nobody (lock_holder none)")
+        print_line(f"{resource} at {out.get('at')}: nobody (lock_holder none)")
     else:
         lease = out.get("lease") or {}
-        click.echo(
+        print_line(
             f"{resource} at {out.get('at')}: {holder} (lock key {out.get('lock_key')}"
             + (f", intent {lease['intent']!r}" if lease.get("intent") else "")
             + ")"
@@ -631,7 +851,7 @@ def run(
     """Hold a lease on RESOURCE while COMMAND runs; stop COMMAND if the lease is lost.
 
     \b
-        writ run prod/db --intent "resize" --ttl 30 -- ./resize.sh 8
+        writ run prod/db --intent "resize" --ttl 30 -- examples/resize.sh 8
 
     COMMAND gets WRIT_LEASE_ID, WRIT_LOCK_KEY and WRIT_FENCING_TOKEN in its environment.
     The lease is renewed every ttl/3 and released when COMMAND exits. If the lease is lost
@@ -643,17 +863,21 @@ def run(
     plan = _rollback_plan(rollback_path, key_holder, override_queue, denominator)
     wake = threading.Event()
     with _client(url, token) as client:
-        lease = client.lease(
-            resource,
-            intent,
-            ttl_s=ttl,
-            wait_s=wait,
-            touches=_csv(touches),
-            rollback=plan,
-            consent_id=consent_id,
-            renew_every=renew_every,
-            on_lost=lambda _e: wake.set(),
-        ).acquire()
+        me = _before_wait(client, url, token, resource, wait)
+        with live_line(url, token, resource, wait, me):
+            lease = client.lease(
+                resource,
+                intent,
+                ttl_s=ttl,
+                wait_s=wait,
+                touches=_csv(touches),
+                rollback=plan,
+                consent_id=consent_id,
+                renew_every=renew_every,
+                on_lost=lambda _e: wake.set(),
+            ).acquire()
+        if warning := (lease.data or {}).get("warning"):
+            click.echo(printable(f"writ run: warning: {warning}"), err=True)
         try:
             # dies with writ run, even SIGKILLed (Linux): see writ.spawn
             proc = popen_tied(command, env={**os.environ, **lease.env()})
@@ -880,8 +1104,10 @@ def change(
         _echo_json(out)
     else:
         click.echo(
-            f"recorded change {out.get('change_id')} on {out.get('resource')}: {summary} "
-            f"(protected until {out.get('protected_until')})"
+            printable(
+                f"recorded change {out.get('change_id')} on {out.get('resource')}: {summary} "
+                f"(protected until {out.get('protected_until')})"
+            )
         )
 
 
@@ -901,7 +1127,7 @@ def _consent_line(c: dict[str, Any]) -> str:
         line += f", nobody answered; escalated to {c.get('escalated_to')}"
     else:
         line += f", answer by {c.get('expires_at')}"
-    return line
+    return printable(line)
 
 
 @consent.command("ask")
@@ -950,7 +1176,8 @@ def _answer_consent(grant: bool) -> Callable[..., None]:
 for _verb, _grant in (("grant", True), ("deny", False)):
     consent.command(
         _verb,
-        help=f"{_verb.capitalize()} consent CONSENT_ID (the change's author, or a human/queue).",
+        help=f"{_verb.capitalize()} consent CONSENT_ID (the change's author, or a human/queue; "
+        "once expired and escalated, only its override queue or a human member of it).",
     )(click.argument("consent_id")(api_options(json_option(_answer_consent(_grant)))))
 
 
@@ -988,7 +1215,7 @@ def _rollback_line(r: dict[str, Any]) -> str:
         line += f", approved by {r['approved_by']}"
     if r.get("response_status") is not None:
         line += f", route answered {r['response_status']}"
-    return line
+    return printable(line)
 
 
 @rollback.command("request")
@@ -1042,12 +1269,14 @@ def _answer_rollback(approve: bool) -> Callable[..., None]:
 
 rollback.command(
     "approve",
-    help="Approve rollback ROLLBACK_ID: writ calls its frozen route once (key holder only). "
-    "Exits 1 if the route failed.",
+    help="Approve rollback ROLLBACK_ID: writ calls its frozen route once. Only the key-holder "
+    "queue's own token or a human member of that queue may (never the requester, an agent or "
+    "a portal; an admin only as a member). Exits 1 if the route failed.",
 )(click.argument("rollback_id")(api_options(json_option(_answer_rollback(True)))))
-rollback.command("deny", help="Deny rollback ROLLBACK_ID (key holder only).")(
-    click.argument("rollback_id")(api_options(json_option(_answer_rollback(False))))
-)
+rollback.command(
+    "deny",
+    help="Deny rollback ROLLBACK_ID: the key-holder queue's own token or a human member of it.",
+)(click.argument("rollback_id")(api_options(json_option(_answer_rollback(False)))))
 
 
 @rollback.command("defect")
@@ -1130,9 +1359,11 @@ def freeze(
         _echo_json(f)
     else:
         click.echo(
-            f"froze {f.get('prefix')}: freeze {f.get('freeze_id')}"
-            + (f" until {f['until']}" if f.get("until") else " until lifted")
-            + (f", allowing {', '.join(f['allow'])}" if f.get("allow") else "")
+            printable(
+                f"froze {f.get('prefix')}: freeze {f.get('freeze_id')}"
+                + (f" until {f['until']}" if f.get("until") else " until lifted")
+                + (f", allowing {', '.join(f['allow'])}" if f.get("allow") else "")
+            )
         )
 
 
@@ -1160,7 +1391,9 @@ def freezes(include_lifted: bool, url: str, token: str | None, as_json: bool) ->
         return
     _table(
         ["FREEZE", "PREFIX", "BY", "UNTIL", "ALLOW", "REASON"],
-        [
+        wrap=["REASON"],
+        drop=["ALLOW", "BY"],
+        rows=[
             (
                 f.get("freeze_id"),
                 f.get("prefix"),
@@ -1184,7 +1417,7 @@ def _row_line(row: dict[str, Any]) -> str:
         line += f" token={row['fencing_token']}"
     if row.get("notes"):
         line += f"  {row['notes']}"
-    return line
+    return printable(line)
 
 
 @main.command()
@@ -1212,23 +1445,50 @@ def watch(
 
 # ----------------------------------------------------------------------------- migrate
 @main.command()
-@click.option("--from", "src", required=True, metavar="URL", help="Store URL to copy from.")
+@click.option("--from", "src", default=None, metavar="URL", help="Store URL to copy from.")
 @click.option(
     "--to",
     "dst",
-    required=True,
+    default=None,
     metavar="URL",
     help="Empty store URL to copy into (e.g. postgresql://user@host:5432/writ).",
 )
+@click.option(
+    "--upgrade",
+    "upgrade_url",
+    default=None,
+    metavar="URL",
+    help="Upgrade this store's schema in place instead, then verify its chain.",
+)
 @json_option
-def migrate(src: str, dst: str, as_json: bool) -> None:
-    """Copy a whole store into an empty one on any backend, and verify the copy.
+def migrate(src: str | None, dst: str | None, upgrade_url: str | None, as_json: bool) -> None:
+    """Copy a whole store into an empty one on any backend, and verify the copy; or, with
+    --upgrade URL, bring a store's schema up to this writ's in place.
 
     Principals (token hashes), leases, the wait queue, policy objects, the fencing-token
-    counter and the audit log row for row. Stop the servers on the source first. Exits 1
-    if the copy does not verify.
+    counter and the audit log row for row. Stop the servers on the source (or the
+    upgraded store) first. Exits 1 if the copy or the upgraded chain does not verify.
     """
     from .migrate import migrate as copy_store
+    from .migrate import upgrade
+
+    if upgrade_url is not None:
+        if src is not None or dst is not None:
+            raise click.UsageError("--upgrade URL takes no --from/--to")
+        up = asyncio.run(upgrade(upgrade_url))
+        if as_json:
+            _echo_json(up)
+        else:
+            done = ", ".join(up["applied"]) or "nothing to do, the schema is current"
+            click.echo(
+                f"{'upgraded' if up['ok'] else 'UPGRADED, BUT THE CHAIN DOES NOT VERIFY'}: "
+                f"{up['store']} ({done}); audit head seq {up['head']['seq']}"
+            )
+        if not up["ok"]:
+            sys.exit(EXIT_REFUSED)
+        return
+    if src is None or dst is None:
+        raise click.UsageError("give --from URL and --to URL (or --upgrade URL)")
 
     def progress(table: str, rows: int) -> None:
         if not as_json:

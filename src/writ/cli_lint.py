@@ -18,6 +18,7 @@ import click
 
 from .errors import Invalid
 from .lint import VERDICTS, Linter, Result, Unreadable, iter_rows, load_principals, parse_principals
+from .textsafe import printable
 
 __all__ = ["LintRun", "fetch_principals", "lint_command", "run"]
 
@@ -91,7 +92,7 @@ def run(
 ) -> LintRun:
     """Lint every input into ``out`` in ``fmt``; report unopenable inputs through ``err``."""
     out = out if out is not None else sys.stdout
-    err = err or (lambda msg: click.echo(msg, err=True))
+    err = err or (lambda msg: click.echo(printable(msg), err=True))
     names = list(inputs)
     many = len(names) > 1
     state = LintRun()
@@ -153,11 +154,13 @@ def _text(out: IO[str], result: Result, n: int, name: str | None) -> None:
     label = click.style(result.verdict, fg=_STYLE[result.verdict], bold=True)
     warn = len(result.warnings)
     extra = f" ({warn} warning{'s' * (warn != 1)})" if warn and result.verdict == "accept" else ""
-    click.echo(f"{where}: {label}{extra}", file=out)
+    click.echo(f"{printable(where)}: {label}{extra}", file=out)
     for f in result.findings:
         tag = "warning" if f.is_warning else f.verdict
         styled = click.style(f"{tag:<12}", fg="cyan" if f.is_warning else _STYLE[f.verdict])
-        click.echo(f"  {styled} {f.rule:<28} {f.reason}", file=out)  # reasons name their field
+        click.echo(
+            f"  {styled} {f.rule:<28} {printable(f.reason)}", file=out
+        )  # reasons name their field
 
 
 def _text_summary(out: IO[str], state: LintRun) -> None:

@@ -7,16 +7,35 @@ command runs (the MCP server needs the ``mcp`` extra).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
 
 from .cli_options import log_level_option, url_option
 from .errors import WritError
+from .limits import GATE_LIMITS, from_options, limit_options
 
 __all__ = ["gate_command", "mcp_command"]
 
 
 _url_option = url_option("writ server URL (or WRIT_URL).")
+_allow_down = click.option(
+    "--allow-server-down",
+    is_flag=True,
+    help="Start even if writ cannot be reached (requests are refused until it answers); "
+    "by default the command exits 1 with the reason.",
+)
+
+
+def _preflight(url: str, token: str, what: str, allow_human: bool, allow_down: bool) -> None:
+    """Check the token and the server before listening (see writ.preflight); exit 1 if wrong."""
+    from .preflight import PreflightFailed, check_token
+
+    try:
+        line = check_token(url, token, what, allow_human=allow_human, allow_down=allow_down)
+    except PreflightFailed as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(line, err=True)
 
 
 def _header(value: str) -> tuple[str, str]:
@@ -74,8 +93,24 @@ def _header(value: str) -> tuple[str, str]:
     show_default=True,
     help="Seconds to wait for writ's decision before refusing with 503.",
 )
+@click.option(
+    "--trust-forwarded-for",
+    "trust_forwarded_for",
+    multiple=True,
+    metavar="ADDRESS|CIDR",
+    help="Client addresses (or networks) whose own X-Forwarded-For is kept and extended; "
+    "repeatable. Default: none (the gate sets X-Forwarded-For from the connection alone).",
+)
 @click.option("--check", is_flag=True, help="Only load and print the routes, then exit.")
+@_allow_down
+@click.option(
+    "--allow-human-token",
+    is_flag=True,
+    help="Let the gate run with a human's, a queue's or an admin's token (refused by "
+    "default: the gate needs no special rights).",
+)
 @log_level_option
+@limit_options(GATE_LIMITS)
 def gate_command(
     url: str,
     token: str,
@@ -85,8 +120,12 @@ def gate_command(
     upstream_headers: tuple[str, ...],
     timeout: float,
     writ_timeout: float,
+    trust_forwarded_for: tuple[str, ...],
     check: bool,
+    allow_server_down: bool,
+    allow_human_token: bool,
     log_level: str,
+    **limits: Any,
 ) -> None:
     """Reverse proxy that lets a mutating request through only with the current lease.
 
@@ -113,12 +152,14 @@ def gate_command(
             timeout=timeout,
             writ_timeout=writ_timeout,
             upstream_headers=dict(_header(h) for h in upstream_headers),
+            trust_forwarded_for=trust_forwarded_for,
         )
     except WritError as exc:
         raise click.UsageError(exc.message) from exc
+    _preflight(url, token, "writ gate", allow_human_token, allow_server_down)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
-        serve(gate, listen, log_level=log_level)
+        serve(gate, listen, log_level=log_level, limits=from_options(limits, GATE_LIMITS))
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from exc
 
@@ -158,7 +199,9 @@ def gate_command(
     help="Let the tools act with a human's, a queue's or an admin's token (refused by "
     "default: a model must not answer consents with human authority).",
 )
+@_allow_down
 @log_level_option
+@limit_options()
 def mcp_command(
     transport: str,
     url: str,
@@ -168,7 +211,9 @@ def mcp_command(
     path: str,
     http_token: str | None,
     allow_human_token: bool,
+    allow_server_down: bool,
     log_level: str,
+    **limits: Any,
 ) -> None:
     """MCP server exposing writ as tools, for any MCP-speaking agent.
 
@@ -187,6 +232,7 @@ def mcp_command(
         raise click.ClickException(
             f"writ mcp needs the MCP SDK: pip install 'writ[mcp]' ({exc})"
         ) from exc
+    _preflight(url, token, "writ mcp", allow_human_token, allow_server_down)
     client = AsyncClient(url, token)
     try:
         anyio.run(
@@ -199,6 +245,7 @@ def mcp_command(
                 http_token,
                 log_level,
                 allow_human_token,
+                from_options(limits),
             )
         )
     except KeyboardInterrupt:

@@ -140,12 +140,49 @@ class _Routes(Generic[R]):
         vendor: str | None = None,
         wake: str | None = None,
         admin: bool = False,
+        queues: list[str] | None = None,
+        expires_in_s: float | None = None,
     ) -> R:
-        """``POST /v1/principals`` (admin only): the answer carries the token, shown once."""
-        body = _drop_none({"name": name, "kind": kind, "vendor": vendor, "wake": wake})
+        """``POST /v1/principals`` (admin only): the answer carries the token, shown once.
+        ``queues``: a human's on-call queues; ``expires_in_s``: when its token ends."""
+        body = _drop_none(
+            {
+                "name": name,
+                "kind": kind,
+                "vendor": vendor,
+                "wake": wake,
+                "queues": queues or None,
+                "expires_in_s": expires_in_s,
+            }
+        )
         if admin:
             body["admin"] = True
         return self._send(_Req("POST", "/v1/principals", body=body))
+
+    def rotate_principal(self, name: str, expires_in_s: float | None = None) -> R:
+        """``POST /v1/principals/{name}/rotate`` (an admin, or the principal itself): a new
+        token, shown once; the old one is refused from now on."""
+        body = _drop_none({"expires_in_s": expires_in_s})
+        return self._send(_Req("POST", f"/v1/principals/{_id(name)}/rotate", body=body))
+
+    def disable_principal(self, name: str, reason: str) -> R:
+        """``POST /v1/principals/{name}/disable`` (admin): its token is refused, its held
+        leases revoked, its queued requests dropped."""
+        return self._send(
+            _Req("POST", f"/v1/principals/{_id(name)}/disable", body={"reason": reason})
+        )
+
+    def enable_principal(self, name: str, expires_in_s: float | None = None) -> R:
+        """``POST /v1/principals/{name}/enable`` (admin): back, with a fresh token."""
+        body = _drop_none({"expires_in_s": expires_in_s})
+        return self._send(_Req("POST", f"/v1/principals/{_id(name)}/enable", body=body))
+
+    def principal_queues(
+        self, name: str, add: list[str] | None = None, remove: list[str] | None = None
+    ) -> R:
+        """``POST /v1/principals/{name}/queues`` (admin): a human's queue membership."""
+        body = {"add": list(add or []), "remove": list(remove or [])}
+        return self._send(_Req("POST", f"/v1/principals/{_id(name)}/queues", body=body))
 
     def principals(self) -> R:
         """``GET /v1/principals``: every principal, without tokens."""
@@ -304,11 +341,12 @@ class _Routes(Generic[R]):
         return self._send(_Req("GET", "/v1/rollbacks", params=params))
 
     def approve_rollback(self, rollback_id: str) -> R:
-        """``POST /v1/rollbacks/{id}/approve``: the key holder runs the frozen route once."""
+        """``POST /v1/rollbacks/{id}/approve``: the key-holder queue, or a human member of
+        it, approves; writ runs the frozen route once."""
         return self._send(_Req("POST", f"/v1/rollbacks/{_id(rollback_id)}/approve", body={}))
 
     def deny_rollback(self, rollback_id: str) -> R:
-        """``POST /v1/rollbacks/{id}/deny``: the key holder refuses."""
+        """``POST /v1/rollbacks/{id}/deny``: the key-holder queue, or a member, refuses."""
         return self._send(_Req("POST", f"/v1/rollbacks/{_id(rollback_id)}/deny", body={}))
 
     def rollback_defect(self, rollback_id: str, notes: str) -> R:
@@ -389,9 +427,7 @@ class _Routes(Generic[R]):
     def wake(self, lease_id: str, reason: str) -> R:
         """``POST /v1/leases/{id}/wake``: ask writ to wake the lease's holder (at most one
         call per 30 s per lease; later ones answer with ``already_woken_at``)."""
-        return self._send(
-            _Req("POST", f"/v1/leases/{_path(lease_id)}/wake", body={"reason": reason})
-        )
+        return self._send(_Req("POST", f"/v1/leases/{_id(lease_id)}/wake", body={"reason": reason}))
 
     def reload_policy(self) -> R:
         """``POST /v1/policy/reload`` (admin): apply the policy file to new requests."""
@@ -439,6 +475,7 @@ class _Base:
         err = error_from_body(response.status_code, body)
         if isinstance(err, Unauthenticated) and not self.token:
             err.message = f"{err.message} (no token given: set WRIT_TOKEN or pass --token)"
+            err.fact = err.message
             err.args = (err.message,)
         raise err
 
@@ -718,6 +755,18 @@ class _LeaseState:
         self.data: JSON | None = None  # the latest Lease the server returned
         self.error: LeaseLost | None = None  # why the lease was lost
         self._deadline = 0.0  # local monotonic time by which the server will expire it
+
+    def __repr__(self) -> str:
+        """``<Lease prod/db held by perf-agent: ls_…, fencing token 8841, expires …>``."""
+        name = type(self).__name__
+        if self.data is None:
+            return f"<{name} {self.resource} {self.intent!r}: not acquired>"
+        state = "lost" if self.error is not None else self.data.get("state", "held")
+        return (
+            f"<{name} {self.data.get('resource')} {state} by {self.data.get('holder')}: "
+            f"{self.data.get('lease_id')}, fencing token {self.data.get('fencing_token')}, "
+            f"expires {self.data.get('expires_at')}>"
+        )
 
     # ---- the Lease fields -------------------------------------------------------------
     def _field(self, name: str) -> Any:

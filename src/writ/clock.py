@@ -100,6 +100,10 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+TIME_FORMS = (
+    "give RFC 3339 (2026-05-16T02:17:00Z, or 2026-05-16T04:17:00+02:00), epoch seconds "
+    "(1778897820), now, or a time ago: -90s, -15m, -2h, -1d"
+)
 _MIN_TS = datetime(1, 1, 1, tzinfo=UTC).timestamp()
 _MAX_TS = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
@@ -129,9 +133,7 @@ def _parse_time(text: str | float | int, now: float | None = None) -> float:
     try:
         dt = datetime.fromisoformat(s.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise Invalid(
-            f"time {s!r} is not RFC 3339 (like 2026-05-16T02:17:00Z) or epoch seconds"
-        ) from None
+        raise Invalid(f"time {s!r} is not one writ reads: {TIME_FORMS}") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()

@@ -4,7 +4,8 @@ A change recorded by a lease's holder is *protected* for ``protect_s``. While it
 asked for by a different principal, on a conflicting resource, whose ``touches`` include the
 change's attribute (or ``*``), is refused with 409 ``consent_required`` naming the change,
 its author and ``protected_until``. The requester asks the author (``POST /v1/consents``),
-who is woken through its ``wake`` route; the author or a human/queue grants or denies.
+who is woken through its ``wake`` route; the author or a human/queue grants or denies (once
+expired and escalated: only the override queue or a human member of it).
 Unanswered by ``consent_timeout_s``, the request becomes ``expired`` — never ``denied`` —
 and escalates to the author's override queue (the one in the author's rollback plan, or the
 policy's default), which is paged and may still grant or deny. A granted consent is used
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from typing import TYPE_CHECKING, Any
 
 from .clock import rfc3339
 from .engine import SYSTEM
 from .errors import ConsentRequired, Forbidden, Invalid, NotFound, WritError
 from .models import Lease, Principal, data, new_id, public
+from .principals import member_of
 from .stores.base import Tx
 from .validate import check_text, json_value, text
 
@@ -270,17 +273,31 @@ class Consents:
                 state = "expired"  # the sweeper has not got to it yet; humans may still answer
             if me.name == consent["requester"]:
                 raise Forbidden("you cannot answer your own consent request")
+            member = None
             if state == "pending":
                 if me.name != consent["author"] and not me.is_human:
                     raise Forbidden(
                         f"only the author ({consent['author']}) or a human/queue may answer this consent"
                     )
             elif state == "expired":
-                if not me.is_human:
+                # escalated: only its override queue or a human member of it (PROTOCOL v1.1);
+                # with no queue to escalate to, an admin
+                queue = consent.get("escalated_to")
+                if queue is None:
+                    change = await tx.get_object(CHANGE, consent["change_id"])
+                    queue = (change or {}).get(
+                        "override_queue"
+                    ) or eng.policy.default_override_queue
+                me_now = await tx.get_principal(me.name) or me
+                if not (member_of(me_now, queue) or (queue is None and me_now.admin)):
                     raise Forbidden(
-                        "this consent expired unanswered and was escalated: only a human or the "
-                        f"override queue ({consent.get('escalated_to')}) may answer it now"
+                        "this consent expired unanswered and was escalated: only its override "
+                        f"queue ({queue or 'none: then an admin'}) or a human member of it may "
+                        "answer it now",
+                        queue=queue,
                     )
+                if queue and me.name != queue:
+                    member = queue
             else:
                 raise Invalid(f"consent {consent_id} is already {state}", status=state)
             now = tx.now()
@@ -293,6 +310,26 @@ class Consents:
             await tx.put_object(
                 CONSENT, consent_id, consent["resource"], consent["status"], data(consent), None
             )
+            if state == "expired" and consent.get("escalated_to"):
+                # the page of its escalation is answered: resolve a PagerDuty incident
+                q = await tx.get_principal(consent["escalated_to"])
+                if q is not None and q.wake:
+                    tx.after_commit(
+                        functools.partial(
+                            eng.caller.resolve,
+                            q.wake,
+                            {
+                                "to": q.name,
+                                "reason": "consent answered",
+                                "consent": public(consent),
+                            },
+                            {
+                                "agent_id": SYSTEM,
+                                "resource": consent["resource"],
+                                "lock_holder": "none",
+                            },
+                        )
+                    )
             await tx.append(
                 {
                     "event": f"consent.{consent['status']}",
@@ -301,7 +338,9 @@ class Consents:
                     "lock_holder": await eng.holder_name(tx, consent["resource"]),
                     # approved_by names a human key only: an author agent's consent is in the notes
                     "approved_by": me.name if grant and me.is_human else None,
-                    "notes": f"{me.name} {consent['status']} {consent['requester']}'s request to undo "
+                    "notes": f"{me.name}"
+                    + (f" (member of {member})" if member else "")
+                    + f" {consent['status']} {consent['requester']}'s request to undo "
                     f"{consent['attribute']} (change {consent['change_id']} by {consent['author']})",
                 }
             )

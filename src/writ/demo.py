@@ -509,9 +509,8 @@ def _write(folder: Path, files: dict[Path, str]) -> None:
 
 
 def render(result: Result, console: Any) -> None:
-    """Print both timelines side by side, then the outcome and the files written."""
-    from rich import box
-    from rich.table import Table
+    """Print both timelines (side by side when the console is wide enough, else one after
+    the other), then the outcome and the files written."""
     from rich.text import Text
 
     console.print(
@@ -520,25 +519,14 @@ def render(result: Result, console: Any) -> None:
     console.print(
         "Three agents from three vendors, one database. Same agents, same DB model, twice.\n"
     )
-    table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False)
-    table.add_column("UTC", style="dim", no_wrap=True)
-    table.add_column("run 1: without writ", ratio=1)
-    table.add_column("DB", no_wrap=True, min_width=15)
-    table.add_column(f"run 2: {result.coordinated.name}", ratio=1)
-    table.add_column("DB", no_wrap=True, min_width=15)
     a = _by_time(result.uncoordinated.events)
     b = _by_time(result.coordinated.events)
-    shown = ["", ""]  # the DB state each run last showed: print it only when it changes
-    for t in sorted(set(a) | set(b)):
-        left, right = a.get(t, []), b.get(t, [])
-        for i in range(max(len(left), len(right))):
-            cells: list[Any] = [hms(t) if i == 0 else ""]
-            for k, side in enumerate((left, right)):
-                text, state = side[i] if i < len(side) else ("", "")
-                cells += [_style(text), _db(state if state != shown[k] else "")]
-                shown[k] = state or shown[k]
-            table.add_row(*cells)
-    console.print(table)
+    titles = ["run 1: without writ", f"run 2: {result.coordinated.name}"]
+    if console.width >= SIDE_BY_SIDE:
+        console.print(_timeline_table([a, b], titles))
+    else:  # too narrow for two timelines: one after the other, names never cut
+        for title, events in zip(titles, (a, b), strict=True):
+            console.print(_timeline_table([events], [title]))
     one, two = result.uncoordinated.db, result.coordinated.db
     if one.down_at is not None:
         console.print(
@@ -561,6 +549,33 @@ def render(result: Result, console: Any) -> None:
     console.print(
         "Postmortem written before the demo exited: " + ", ".join(str(p) for p in result.files)
     )
+
+
+SIDE_BY_SIDE = 130  # columns from which both timelines are printed side by side
+
+
+def _timeline_table(runs: list[dict[float, list[tuple[str, str]]]], titles: list[str]) -> Any:
+    """One table: UTC, then each run's steps and DB state (shown only when it changes)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False)
+    table.add_column("UTC", style="dim", no_wrap=True)
+    for title in titles:
+        table.add_column(title, ratio=1, overflow="fold")
+        table.add_column("DB", no_wrap=True, min_width=15)
+    shown = [""] * len(runs)  # the DB state each run last showed
+    for t in sorted(set().union(*runs)):
+        sides = [run.get(t, []) for run in runs]
+        for i in range(max(len(side) for side in sides)):
+            cells: list[Any] = [hms(t) if i == 0 else ""]
+            for k, side in enumerate(sides):
+                text, state = side[i] if i < len(side) else ("", "")
+                cells += [_style(text), _db(state if state != shown[k] else "")]
+                shown[k] = state or shown[k]
+            if any(cells[1:]):
+                table.add_row(*cells)
+    return table
 
 
 def _by_time(events: list[tuple[float, str, str]]) -> dict[float, list[tuple[str, str]]]:

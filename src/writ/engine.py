@@ -41,8 +41,8 @@ from .errors import (
 )
 from .ledger import Verification
 from .models import KINDS, Lease, Principal, Waiter, data, new_id, public
+from .paging import check_wake_route, redact
 from .policy import Policy
-from .routes import check_route
 from .stores.base import Store, Tx
 from .validate import check_text, check_tree, number
 
@@ -131,12 +131,18 @@ class Engine:
     def __init__(self, store: Store, policy: Policy | None = None) -> None:
         self.store = store
         self.policy = policy or Policy()
+        self._known: tuple[Policy, list[str]] | None = None  # see known_prefixes()
         self.blast = self.policy.blast
         # the grant notes awaited by this process's queued requests, by waiter id
         self._grants: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._audit_seq = 0
         self._audit_changed = asyncio.Event()
-        self._auth_cache: dict[str, Principal] = {}
+        from .identity import Identity
+        from .principals import AuthCache, Principals
+
+        # tokens remembered briefly where a store read is remote (see principals.py)
+        self.auth_cache = AuthCache(False)  # enabled at start() when the store allows
+        self.identity = Identity(self.policy.identity)
         self._tasks: list[asyncio.Task[Any]] = []
         self._gates: list[Gate] = []  # safety rules checked at every grant
         self._on_end: list[Callable[[Tx, Lease], Awaitable[None]]] = []  # lease-ended hooks
@@ -162,6 +168,7 @@ class Engine:
         self.fencing = Fencing(self)
         self.history = History(self)
         self.authority = Authority(self)  # first of the gates
+        self.principals = Principals(self)
 
     # ------------------------------------------------------------------ helpers for rows
     def override_queue(self, lease: Lease) -> str | None:
@@ -218,7 +225,7 @@ class Engine:
             "intent": lease.intent,
             "acquired_at": rfc3339(lease.acquired_at),
             "expires_at": rfc3339(lease.expires_at),
-            "wake": p.wake if p else None,
+            "wake": redact(p.wake) if p and p.wake else None,  # no routing keys, webhooks
         }
 
     def call_later(
@@ -235,6 +242,9 @@ class Engine:
         self.store.set_listener(self._on_note)
         await self.store.open()
         self._audit_seq = (await self.store.read(lambda tx: tx.audit_head()))[0]
+        self.auth_cache.enabled = (
+            self.store.announces_principal_changes or self.store.principals_generation() is not None
+        )
         token = os.environ.get("WRIT_ADMIN_TOKEN")
         if token:
             await self.bootstrap_admin(token)
@@ -264,6 +274,10 @@ class Engine:
             fut = self._grants.get(payload["waiter_id"])
             if fut is not None and not fut.done():
                 fut.set_result(payload)
+        elif kind in ("principals", "resync"):
+            # a principal changed (here, on another server, or by hand in the database),
+            # or notifications may have been missed: forget every remembered token
+            self.auth_cache.forget()
         elif kind == "audit":
             seq = int(payload.get("seq", 0))
             if seq > self._audit_seq:
@@ -276,29 +290,78 @@ class Engine:
         """The principal a bearer token belongs to, or :class:`Unauthenticated`."""
         if not token:
             raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+        from .principals import refusal
+
         h = hash_token(token)
-        p = self._auth_cache.get(h)
+        cache = self.auth_cache
+        if cache.enabled:
+            seen = self.store.principals_generation()
+            if seen is not None and seen != cache.store_generation:
+                cache.forget()  # a principal changed, maybe by hand: look every token up again
+                cache.store_generation = seen
+        p = cache.get(h)
         if p is not None:
             return p
-        p = await self.store.read(lambda tx: tx.principal_by_token(h))
+        generation = cache.generation
+
+        async def by_token(tx: Tx) -> tuple[Principal | None, float]:
+            return await tx.principal_by_token(h), tx.now()
+
+        p, now = await self.store.read(by_token)
+        if p is None and self.identity.handles(token):
+            # not a writ token (looked up first: a writ token may contain dots): a JWT
+            return await self._authenticate_jwt(token)
         if p is None:
             raise Unauthenticated(
-                "unknown token: ask an admin for a principal (writ principal add)"
+                "unknown token: ask an admin for a principal (writ principal add), or for "
+                "a new token if it was rotated"
             )
-        if len(self._auth_cache) > 100_000:
-            self._auth_cache.clear()
-        self._auth_cache[h] = p
+        err = refusal(p, now)
+        if err is not None:
+            raise err
+        cache.put(h, p, generation)
+        return p
+
+    async def _authenticate_jwt(self, token: str) -> Principal:
+        """The registered, enabled principal a JWT from a configured issuer names."""
+        from .principals import refusal
+
+        name = await self.identity.verify(token)
+
+        async def by_name(tx: Tx) -> tuple[Principal | None, float]:
+            return await tx.get_principal(name), tx.now()
+
+        p, now = await self.store.read(by_name)
+        if p is None:
+            raise Unauthenticated(
+                f"the JWT names {name[:64]!r}, which is not a registered principal: "
+                "ask an admin to add it (writ principal add)"
+            )
+        if p.disabled_at is not None:  # the writ token's own expiry does not apply
+            err = refusal(p, now)
+            assert err is not None
+            raise err
         return p
 
     async def bootstrap_admin(self, token: str) -> None:
-        """Create principal ``admin`` (human, admin) with ``token`` unless it exists."""
+        """Create principal ``admin`` (human, admin) with ``token`` unless it exists.
 
-        async def fn(tx: Tx) -> None:
+        An existing ``admin`` is left as it is: once its token was rotated, the old
+        ``WRIT_ADMIN_TOKEN`` stays refused (a warning says so), never restored."""
+
+        async def fn(tx: Tx) -> bool:
             if await tx.get_principal("admin") is not None:
-                return
+                p = await tx.principal_by_token(hash_token(token))
+                return p is not None and p.name == "admin"
             await self._insert_principal(tx, SYSTEM, "admin", "human", None, None, True, token)
+            return True
 
-        await self.store.transact(fn)
+        if not await self.store.transact(fn):
+            log.warning(
+                "WRIT_ADMIN_TOKEN is not the token of principal admin (it was rotated): "
+                "the variable is ignored and that token is refused; use the rotated token, "
+                "or 'writ principal rotate admin --store URL' on the store to get a new one"
+            )
 
     async def add_principal(
         self,
@@ -309,10 +372,14 @@ class Engine:
         wake: str | None = None,
         admin: bool = False,
         token: str | None = None,
+        queues: Any = None,
+        expires_in_s: Any = None,
     ) -> tuple[Principal, str]:
         """Register a principal; returns it with its token (shown only now).
 
-        ``actor`` None means an operator working offline on the store itself.
+        ``actor`` None means an operator working offline on the store itself. ``queues``
+        (humans only) names the on-call queues it is a member of; ``expires_in_s`` ends its
+        token (see :mod:`writ.principals`).
         """
         if actor is not None and not actor.admin:
             raise Forbidden("only an admin may add principals", actor=actor.name)
@@ -331,14 +398,22 @@ class Engine:
         check_text(vendor, "vendor")
         check_text(wake, "wake")
         if wake is not None:
-            check_route(wake, "wake")
+            check_wake_route(wake, "wake")
         if admin and kind not in ("human", "queue"):
             raise Invalid("only a human or a queue may be an admin", field="admin")
+        if queues is not None and queues != [] and kind != "human":
+            raise Invalid("only a human is a member of queues", field="queues")
+        from .principals import expires_in
+
+        ttl = expires_in(expires_in_s)
         tok = token or new_token()
         by = actor.name if actor else "operator"
 
         async def fn(tx: Tx) -> Principal:
-            return await self._insert_principal(tx, by, name, kind, vendor, wake, admin, tok)
+            member_of = await self.principals.check_queues(tx, queues, "queues") if queues else []
+            return await self._insert_principal(
+                tx, by, name, kind, vendor, wake, admin, tok, member_of, ttl
+            )
 
         p = await self.store.transact(fn)
         return p, tok
@@ -353,9 +428,19 @@ class Engine:
         wake: str | None,
         admin: bool,
         token: str,
+        queues: list[str] | None = None,
+        expires_in_s: float | None = None,
     ) -> Principal:
+        now = tx.now()
         p = Principal(
-            name=name, kind=kind, vendor=vendor, wake=wake, admin=admin, created_at=tx.now()
+            name=name,
+            kind=kind,
+            vendor=vendor,
+            wake=wake,
+            admin=admin,
+            created_at=now,
+            queues=list(queues or []),
+            token_expires_at=now + expires_in_s if expires_in_s is not None else None,
         )
         await tx.insert_principal(p, hash_token(token))
         await tx.append(
@@ -366,7 +451,13 @@ class Engine:
                 "notes": f"{by} added {kind} {name!r}"
                 + (f" (vendor {vendor})" if vendor else "")
                 + (" as admin" if admin else "")
-                + (f"; wake {wake}" if wake else ""),
+                + (f"; wake {redact(wake)}" if wake else "")
+                + (f"; member of {', '.join(p.queues)}" if p.queues else "")
+                + (
+                    f"; its token expires at {rfc3339(p.token_expires_at)}"
+                    if p.token_expires_at
+                    else ""
+                ),
             }
         )
         return p
@@ -451,10 +542,29 @@ class Engine:
             if isinstance(out, WritError):
                 raise out
             if isinstance(out, Lease):
-                return out.to_dict()
-            return await self._wait(principal, req, out, fut)
+                return self._typo_warning(out.to_dict())
+            return self._typo_warning(await self._wait(principal, req, out, fut))
         finally:
             self._grants.pop(waiter_id, None)
+
+    def known_prefixes(self) -> list[str]:
+        """The prefixes the policy names (its rules, its blast-radius groups and, when it has
+        an ``[authority]`` section, its grants' write and observe prefixes): a lease outside
+        all of them is granted with a ``warning`` (a likely typo)."""
+        if self._known is None or self._known[0] is not self.policy:
+            named = [r.prefix for r in self.policy.rules] + [
+                m for _names, members in self.blast.groups for m in members
+            ]
+            for grant in getattr(getattr(self.policy, "authority", None), "grants", ()):
+                named += [*getattr(grant, "write", ()), *getattr(grant, "observe", ())]
+            self._known = (self.policy, named)
+        return self._known[1]
+
+    def _typo_warning(self, lease: dict[str, Any]) -> dict[str, Any]:
+        warning = resources.outside_known(str(lease.get("resource")), self.known_prefixes())
+        if warning:
+            lease["warning"] = warning
+        return lease
 
     async def _acquire_tx(
         self, tx: Tx, principal: Principal, req: Request, waiter_id: str
@@ -551,6 +661,9 @@ class Engine:
             from .errors import error_from_body
 
             raise error_from_body(0, {"error": note["error"]})
+        granted = note.get("lease")
+        if isinstance(granted, dict) and granted.get("lease_id") == note["lease_id"]:
+            return granted  # as granted, in the committed transaction that sent the note
         lease = await self.store.read(lambda tx: tx.get_lease(note["lease_id"]))
         if lease is None:  # pragma: no cover - the grant committed before the note
             raise NotFound("granted lease vanished")
@@ -579,7 +692,7 @@ class Engine:
                 # the safety rules hold here too: a dispatch may have refused this waiter
                 # already, and its note may not have reached us yet (another server's)
                 principal = await tx.get_principal(req.principal)
-                err = await self._run_gates(tx, principal, req) if principal else None
+                err = await self._run_gates(tx, principal, req) if principal else _gone(req)
                 if err is not None:
                     await self._deny(tx, req, None, err.message, _deny_event(err))
                     return err
@@ -788,14 +901,18 @@ class Engine:
         if await self._blocked(tx, req, w.seq) is not None:
             return
         principal = await tx.get_principal(w.principal)
-        err = await self._run_gates(tx, principal, req) if principal else None
+        err = await self._run_gates(tx, principal, req) if principal else _gone(req)
         await tx.delete_waiter(w.waiter_id)
         if err is not None:
             await self._deny(tx, req, None, err.message, _deny_event(err))
             tx.notify("granted", {"waiter_id": w.waiter_id, "error": err.to_body()["error"]})
             return
         lease = await self._grant(tx, req, w.waiter_id)
-        tx.notify("granted", {"waiter_id": w.waiter_id, "lease_id": lease.lease_id})
+        # the lease travels with the note: its waiter answers without reading it back
+        tx.notify(
+            "granted",
+            {"waiter_id": w.waiter_id, "lease_id": lease.lease_id, "lease": lease.to_dict()},
+        )
 
     def _queued_request(self, w: Waiter) -> Request:
         """The request a waiter queued (see :meth:`Request.to_json`)."""
@@ -969,8 +1086,9 @@ class Engine:
         """Force-release a lease: humans and queues only, with provenance."""
         if not principal.is_human:
             raise Forbidden(
-                f"{principal.name} is a {principal.kind}: only humans and queues may revoke a "
-                "lease (agents may ask a human queue to do it)",
+                f"{principal.name} is a{'n' if principal.kind == 'agent' else ''} "
+                f"{principal.kind}: only humans and queues may revoke a lease (agents may ask a "
+                "human queue to do it)",
                 kind=principal.kind,
             )
         fields_ = {"runbook": runbook, "paged": paged, "reason": reason}
@@ -1220,6 +1338,14 @@ def _deny_event(err: WritError) -> str:
     """The row of a grant a safety rule refused: ``lease.refused`` when it was not the
     caller's authority (403), ``lease.denied`` otherwise."""
     return "lease.refused" if isinstance(err, Forbidden) else "lease.denied"
+
+
+def _gone(req: Request) -> WritError:
+    """A queued request whose principal was deleted (by hand) while it waited."""
+    return Unauthenticated(
+        f"principal {req.principal} no longer exists: its queued request is refused",
+        principal=req.principal,
+    )
 
 
 def _blocked_text(resource: str, b: Blocked) -> str:

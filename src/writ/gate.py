@@ -25,18 +25,20 @@ Bodies stream both ways (nothing is buffered), connections to the upstream are p
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import json
 import logging
 import posixpath
 import re
 import socket
 import sys
+import time
 import tomllib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import httpx
 from starlette.background import BackgroundTask
@@ -45,7 +47,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from . import __version__, resources
-from .errors import Invalid
+from .errors import Invalid, TooLarge
+from .limits import GATE_LIMITS, Limits
+from .metrics import CONTENT_TYPE_LATEST, GateMetrics
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -86,9 +90,46 @@ WRIT_HEADERS = frozenset(
         "writ-authorization",
     }
 )
-# set by the gate itself towards the upstream, never passed on from the caller
-FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
-METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
+# set by the gate itself towards the upstream, never passed on from the caller (an
+# X-Forwarded-For from a --trust-forwarded-for address is extended instead)
+FORWARDED = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
+)
+# headers an upstream may take as the request's real method: judged as that method
+METHOD_OVERRIDES = frozenset(
+    {"x-http-method-override", "x-http-method", "x-method-override", "x-original-method"}
+)
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+MAX_FORM = 1 << 20  # a form on a mapped path is read (for its _method field) up to this
+# raw path forms an upstream may read differently from the gate: refused on a mapped prefix
+_AMBIGUOUS = (
+    (re.compile(rb";"), "a ';' path parameter"),
+    (re.compile(rb"%(?:2[fF]|5[cC])|\\"), "an encoded slash or a backslash"),
+    (re.compile(rb"%(?:2[eE]|25)"), "an encoded dot or percent sign"),
+    (re.compile(rb"%(?:[01][0-9a-fA-F]|7[fF]|20)"), "an encoded control or whitespace character"),
+    (re.compile(rb"%(?![0-9a-fA-F]{2})"), "a '%' that is not an escape"),
+    (re.compile(rb"[\x00-\x20\x7f]"), "a control or whitespace character"),
+    (re.compile(rb"//|/\.\.?(?:/|$)"), "an empty or dot segment"),
+)
+
+
+def header_name(name: bytes | str) -> str:
+    """A header name the way WSGI/CGI upstreams read it (``HTTP_WRIT_HOLDER``): lower
+    case, ``_`` as ``-`` — so ``Writ_Holder`` and ``WRIT-HOLDER`` are one header."""
+    text = name.decode("latin-1") if isinstance(name, bytes) else name
+    return text.lower().replace("_", "-")
+
+
+def ambiguity(raw_path: bytes) -> str | None:
+    """Why a raw request path may mean another path to the upstream, or None."""
+    for pattern, why in _AMBIGUOUS:
+        if pattern.search(raw_path):
+            return why
+    try:
+        unquote(raw_path.decode("ascii"), errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return "raw bytes outside ASCII, or escapes that are not UTF-8 text"
+    return None
 
 
 # ----------------------------------------------------------------------------- routes
@@ -103,11 +144,25 @@ class Route:
     attribute: str | None = None  # the lease's touches must name it (or "*")
 
     def matches(self, methods: Iterable[str], paths: Iterable[str]) -> bool:
-        """Glob match (``fnmatch``, case-insensitive: ``*`` also crosses ``/``)."""
+        """Glob match (``fnmatch``, case-insensitive: ``*`` also crosses ``/``); a route
+        ``/admin/db/*`` also covers ``/admin/db`` itself."""
         if not self.methods & set(methods):
             return False
+        return self.covers(paths)
+
+    def covers(self, paths: Iterable[str]) -> bool:
+        """Whether any of ``paths`` falls under this route, whatever the method."""
         pattern = self.path.lower()
-        return any(fnmatch.fnmatchcase(p.lower(), pattern) for p in paths)
+        bare = pattern[:-2] if pattern.endswith("/*") else None
+        return any(
+            fnmatch.fnmatchcase(low := p.lower(), pattern) or low == bare or low == f"{bare}/"
+            for p in paths
+        )
+
+    def prefix(self) -> str:
+        """The literal start of the glob (before any wildcard), without a final ``/``."""
+        cut = min((i for i, c in enumerate(self.path) if c in "*?["), default=len(self.path))
+        return self.path[:cut].rstrip("/").lower()
 
 
 def parse_routes(text: str, source: str = "routes.toml") -> list[Route]:
@@ -204,7 +259,9 @@ def _bearer(value: str | None) -> str | None:
 
 def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse:
     return JSONResponse(
-        {"error": {"code": code, "message": message, **details}}, status_code=status
+        {"error": {"code": code, "message": message, **details}},
+        status_code=status,
+        headers={"Retry-After": "1"} if status == 503 else None,  # PROTOCOL v1.1
     )
 
 
@@ -249,7 +306,9 @@ class Gate:
     (a path prefix is kept). ``upstream_headers`` are set on every forwarded request
     (typically the upstream's own credentials, so that only the gate can write).
     ``timeout`` bounds the upstream (connect and each read); ``writ_timeout`` bounds
-    one decision. The transports are for tests.
+    one decision. ``trust_forwarded_for`` lists the client addresses or networks (CIDR)
+    whose own ``X-Forwarded-For`` is kept and extended (default: none — the gate sets it
+    from the connection alone). The transports are for tests.
     """
 
     def __init__(
@@ -263,8 +322,10 @@ class Gate:
         timeout: float = 60.0,
         writ_timeout: float = 5.0,
         max_connections: int = 100,
+        trust_forwarded_for: Iterable[str] = (),
         upstream_transport: httpx.AsyncBaseTransport | None = None,
         writ_transport: httpx.AsyncBaseTransport | None = None,
+        metrics_path: str | None = "/metrics",
     ) -> None:
         if not token:
             raise Invalid(
@@ -282,12 +343,20 @@ class Gate:
             (k.lower().encode("latin-1"), v.encode("latin-1"))
             for k, v in (upstream_headers or {}).items()
         ]
-        # what every forwarded request drops of the caller's headers, and what it adds
+        # what every forwarded request drops of the caller's headers (names compared as
+        # header_name() reads them), and what it adds
         self._drop = HOP_BY_HOP | WRIT_HEADERS | FORWARDED | {"host"}
-        self._drop |= {k.decode("latin-1") for k, _ in self.upstream_headers}
-        self._add = [
-            (k, v) for k, v in self.upstream_headers if k.decode("latin-1") not in FORWARDED
-        ]
+        self._drop |= {header_name(k) for k, _ in self.upstream_headers}
+        self._add = [(k, v) for k, v in self.upstream_headers if header_name(k) not in FORWARDED]
+        try:
+            self.trusted = [
+                ipaddress.ip_network(a.strip(), strict=False) for a in trust_forwarded_for
+            ]
+        except ValueError as exc:
+            raise Invalid(
+                f"--trust-forwarded-for takes addresses or networks like 10.0.0.0/8: {exc}",
+                field="trust_forwarded_for",
+            ) from exc
         self.highest: dict[str, int] = {}  # resource -> highest fencing token passed here
         self._token = token
         self._timeout = timeout
@@ -297,6 +366,9 @@ class Gate:
         self._writ_transport = writ_transport
         self._upstream_client: httpx.AsyncClient | None = None
         self._writ_client: httpx.AsyncClient | None = None
+        # GET metrics_path is the gate's own Prometheus metrics (docs/operations.md)
+        self.metrics_path = metrics_path
+        self.metrics = GateMetrics()
 
     # -- lifecycle ------------------------------------------------------------------------
     def _clients(self) -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
@@ -333,7 +405,10 @@ class Gate:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
-            response = await self.handle(scope, receive)
+            if scope["path"] == self.metrics_path and scope["method"] == "GET":
+                response: Response = Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+            else:
+                response = await self.handle(scope, receive)
             await response(scope, receive, send)
         else:  # websocket: refuse the handshake, the gate cannot judge frames
             await send({"type": "websocket.close", "code": 1008})
@@ -350,29 +425,82 @@ class Gate:
                 return
 
     # -- one request ----------------------------------------------------------------------
-    def route_for(self, method: str, path: str, headers: Headers) -> Route | None:
-        """The first route (in file order) this request falls under, or None."""
-        methods = {method.upper()}
-        for name in METHOD_OVERRIDES:  # an upstream may honour these: judge them too
-            methods.update(v.strip().upper() for v in headers.getlist(name) if v.strip())
+    def route_for(
+        self, method: str, path: str, headers: Headers, extra: Iterable[str] = ()
+    ) -> Route | None:
+        """The first route (in file order) this request falls under, or None. Every method
+        the request may be taken as counts: its own, each method-override header (any
+        spelling, comma lists) and ``extra`` (a ``_method`` query or form field)."""
+        methods = {method.upper(), *(m.strip().upper() for m in extra if m.strip())}
+        for name, value in headers.raw:
+            if header_name(name) in METHOD_OVERRIDES:
+                methods.update(
+                    v.strip().upper() for v in value.decode("latin-1").split(",") if v.strip()
+                )
         paths = request_paths(path)
         for route in self.routes:
             if route.matches(methods, paths):
                 return route
         return None
 
+    def mapped(self, path: str) -> bool:
+        """Whether ``path`` lies on a mapped prefix (any route's, whatever the method)."""
+        paths = request_paths(path)
+        paths |= request_paths(re.sub(r";[^/]*", "", path))  # /admin/db;x/y as Tomcat reads it
+        lows = {p.lower() for p in paths}
+        return any(
+            r.covers(paths)
+            or any(low == r.prefix() or low.startswith(r.prefix() + "/") for low in lows)
+            for r in self.routes
+        )
+
     async def handle(self, scope: Scope, receive: Receive) -> Response:
         """Decide and forward one HTTP request; the answer to send back."""
         method = str(scope["method"]).upper()
-        path = str(scope.get("path") or "/")
+        path = str(scope.get("path") or "")
+        if not path.startswith("/"):  # asterisk-form (OPTIONS *), or no path at all
+            return _error(
+                400,
+                "invalid",
+                f"request target {path!r} is not a path: the gate forwards origin-form "
+                "requests (/path?query) only",
+            )
+        raw_path: bytes = scope.get("raw_path") or path.encode()
+        why = ambiguity(raw_path)
+        if why and self.mapped(path):
+            log.info("refused %s %r: %s", method, raw_path, why)
+            return _error(
+                400,
+                "invalid",
+                f"path {raw_path.decode('latin-1')!r} has {why}, which an upstream may read "
+                "as another path than the gate does; on a mapped route it is refused: send "
+                "the plain path (decoded, no ';' parameters, no empty or dot segments)",
+            )
         headers = Headers(scope=scope)
-        route = self.route_for(method, path, headers)
+        extra = _method_fields(scope.get("query_string") or b"")
+        body: bytes | None = None
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype in FORM_TYPES and self.mapped(path):
+            # a form may carry _method: read it (bounded) to judge the method it names
+            try:
+                body = await _read_all(receive, MAX_FORM)
+            except TooLarge as exc:
+                return _error(413, "too_large", exc.message)
+            except httpx.ReadError:
+                return _error(400, "invalid", "the client went away before its form was read")
+            try:
+                extra += _form_methods(ctype, headers.get("content-type", ""), body)
+            except Invalid as exc:
+                return _error(400, "invalid", exc.message)
+        route = self.route_for(method, path, headers, extra)
         if route is None:
-            return await self._forward(scope, receive, headers, None)
+            return await self._forward(scope, receive, headers, None, body)
         decision = await self.decide(route, method, path, headers)
         if isinstance(decision, Response):
+            self.metrics.refused.labels(_code_of(decision)).inc()
             return decision
-        return await self._forward(scope, receive, headers, decision)
+        self.metrics.passed.inc()
+        return await self._forward(scope, receive, headers, decision, body)
 
     async def decide(
         self, route: Route, method: str, path: str, headers: Headers
@@ -455,19 +583,36 @@ class Gate:
         self, scope: Scope, headers: Headers, passed: Mapping[str, Any] | None
     ) -> list[tuple[bytes, bytes]]:
         connection = {
-            t.strip().lower() for v in headers.getlist("connection") for t in v.split(",")
+            header_name(t.strip())
+            for k, v in headers.raw
+            if header_name(k) == "connection"
+            for t in v.decode("latin-1").split(",")
         }
         drop = self._drop | connection
-        # Authorization carries the caller's writ token when it came with writ headers (and
-        # no separate Writ-Authorization): that token never leaves the gate.
-        if "writ-authorization" not in headers and (
-            passed is not None or "writ-lease" in headers or "writ-fencing-token" in headers
-        ):
-            drop |= {"authorization"}
-        out = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in drop]
+        # Authorization is taken to carry the caller's writ token — which never leaves the
+        # gate — unless the writ token came in Writ-Authorization (any spelling): then
+        # Authorization is the caller's own for the upstream, unless it is a writ token too.
+        own = any(header_name(k) == "writ-authorization" for k, _ in headers.raw)
+        out = []
+        for k, v in scope["headers"]:
+            name = header_name(k)
+            if name in drop:
+                continue
+            if name == "authorization" and (
+                not own or v.split(b" ", 1)[-1].strip().startswith(b"writ_")
+            ):
+                continue
+            out.append((k, v))
         out += self._add
         client = scope.get("client")
-        forwarded = headers.get("x-forwarded-for")
+        forwarded = None
+        if client and self._trusted(str(client[0])):
+            given = [
+                v.decode("latin-1").strip()
+                for k, v in headers.raw
+                if header_name(k) == "x-forwarded-for"
+            ]
+            forwarded = ", ".join(g for g in given if g) or None
         if client:
             forwarded = f"{forwarded}, {client[0]}" if forwarded else str(client[0])
         if forwarded:
@@ -483,8 +628,22 @@ class Gate:
             ]
         return out
 
+    def _trusted(self, address: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
+
     async def _forward(
-        self, scope: Scope, receive: Receive, headers: Headers, passed: Mapping[str, Any] | None
+        self,
+        scope: Scope,
+        receive: Receive,
+        headers: Headers,
+        passed: Mapping[str, Any] | None,
+        body: bytes | None = None,
     ) -> Response:
         upstream, _ = self._clients()
         raw_path: bytes = scope.get("raw_path") or str(scope["path"]).encode()
@@ -492,24 +651,33 @@ class Gate:
         target = self._prefix + raw_path + (b"?" + query if query else b"")
         url = self.upstream.copy_with(raw_path=target)
         has_body = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
+        out_headers = self._upstream_headers(scope, headers, passed)
+        if body is not None:  # read already (a form): sent as read, with its length
+            out_headers = [(k, v) for k, v in out_headers if header_name(k) != "content-length"]
+            out_headers.append((b"content-length", str(len(body)).encode()))
         request = upstream.build_request(
             scope["method"],
             url,
-            headers=self._upstream_headers(scope, headers, passed),
-            content=_body(receive) if has_body else None,
+            headers=out_headers,
+            content=body if body is not None else _body(receive) if has_body else None,
         )
+        started = time.perf_counter()
+        took = self.metrics.upstream.labels
         try:
             response = await upstream.send(request, stream=True)
         except httpx.TimeoutException as exc:
+            took("timeout").observe(time.perf_counter() - started)
             return _error(
                 504,
                 "upstream_timeout",
                 f"the upstream {self.upstream} did not answer in time ({exc!r})",
             )
         except httpx.HTTPError as exc:
+            took("error").observe(time.perf_counter() - started)
             return _error(
                 502, "bad_gateway", f"the upstream {self.upstream} cannot be reached: {exc!r}"
             )
+        took("answered").observe(time.perf_counter() - started)
         connection = {
             t.strip().lower() for v in response.headers.get_list("connection") for t in v.split(",")
         }
@@ -525,6 +693,60 @@ class Gate:
             if k.decode("latin-1").lower() not in drop
         ]
         return out
+
+
+async def _read_all(receive: Receive, limit: int) -> bytes:
+    """The whole request body, up to ``limit`` bytes (:class:`TooLarge` beyond)."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in _body(receive):
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"a form body on a mapped route is read whole, up to {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _method_fields(query: bytes) -> list[str]:
+    """Values of ``_method`` (any case) in a query string or urlencoded form."""
+    text = query.decode("latin-1")
+    return [v for k, v in parse_qsl(text, keep_blank_values=True) if k.lower() == "_method"]
+
+
+_PART = re.compile(rb'name\s*=\s*"?_method"?', re.IGNORECASE)
+
+
+def _form_methods(ctype: str, header: str, body: bytes) -> list[str]:
+    """The ``_method`` fields of a form body. A multipart one is parsed only enough to
+    find them: a ``_method`` part that cannot be read plainly is refused (Invalid)."""
+    if ctype == "application/x-www-form-urlencoded":
+        return _method_fields(body)
+    if not _PART.search(body):
+        return []
+    found = re.findall(
+        rb'content-disposition:\s*form-data;\s*name="_method"\r\n\r\n([A-Za-z, ]{1,64})\r\n',
+        body,
+        re.IGNORECASE,
+    )
+    if len(found) != len(_PART.findall(body)):
+        raise Invalid(
+            "a multipart form with a '_method' part the gate cannot read plainly: send the "
+            "method as the request's own",
+            field="_method",
+        )
+    return [m.decode("ascii") for m in found]
+
+
+def _code_of(refusal: Response) -> str:
+    """The error code of a refusal the gate built (:func:`_error`)."""
+    try:
+        code = json.loads(bytes(refusal.body))["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return "unknown"
+    return code if code in REFUSAL_CODES else "unknown"
+
+
+REFUSAL_CODES = frozenset({"held", "lease_lost", "unauthenticated", "unavailable", "forbidden"})
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:
@@ -572,7 +794,12 @@ def listening_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def serve(gate: Gate, listen: str = DEFAULT_LISTEN, log_level: str = "warning") -> None:
+def serve(
+    gate: Gate,
+    listen: str = DEFAULT_LISTEN,
+    log_level: str = "warning",
+    limits: Limits | None = None,
+) -> None:
     """Serve ``gate`` until interrupted; announce the address on stderr once listening."""
     import uvicorn
 
@@ -583,8 +810,12 @@ def serve(gate: Gate, listen: str = DEFAULT_LISTEN, log_level: str = "warning") 
         log_level=log_level,
         access_log=False,
         server_header=False,
+        # the gate sets X-Forwarded-For itself (Gate.trusted): uvicorn must not rewrite the
+        # client address from the caller's own header
+        proxy_headers=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        **(limits or GATE_LIMITS).uvicorn_options(),
     )
     server = uvicorn.Server(config)
     print(

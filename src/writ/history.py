@@ -151,7 +151,7 @@ class History:
 
     async def verify(self) -> Verification:
         """Recompute the whole hash chain, batch by batch (constant memory)."""
-        return await verify_stream(self.engine.store.audit_stream())
+        return await verify_stream(self.engine.store.audit_records())
 
 
 class _Watch:

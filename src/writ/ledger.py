@@ -8,6 +8,12 @@ where ``canonical_json`` is JSON with sorted keys, no spaces (``","`` and ``":"`
 non-ASCII characters kept as UTF-8. The first row's ``prev_hash`` is 64 zeros. Stores keep
 the canonical text (``body``) as written, so verification rehashes the exact bytes and any
 change to a row — its body, its hash, or its place in the chain — is found and named.
+
+Stores also keep a few fields as columns of their own, for lookups (:data:`COLUMNS`: the
+row's time, event, resource and lock key). They are outside the hash, so verification
+checks each one against the hashed body too (a :data:`Record` instead of a bare ``(seq,
+body, hash)`` triple): a column edited by hand would change what ``who``, filters and
+postmortems find while the chain still verified.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from collections.abc import AsyncIterable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .clock import stamp
+from .clock import parse_time, stamp
+from .errors import WritError
 from .validate import loads
 
 FIELDS: tuple[str, ...] = (
@@ -60,6 +67,14 @@ _DEFAULTS: dict[str, Any] = {
     "notes": None,
 }
 
+
+# the lookup columns a store keeps beside (seq, body, hash), in Record order
+COLUMNS: tuple[str, ...] = ("ts", "event", "resource", "lock_key")
+Stored = tuple[int, str, str]
+"""``(seq, body, hash)`` as stored."""
+Record = tuple[int, str, str, float, str, str, "str | None"]
+"""``(seq, body, hash, ts, event, resource, lock_key)``: a stored row with its lookup
+columns, which :func:`verify` checks against the body."""
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _FIELD_SET = frozenset(FIELDS)
@@ -144,18 +159,21 @@ class Verification:
 
 
 def verify(
-    stored: Iterable[tuple[int, str, str]],
+    stored: Iterable[Stored] | Iterable[Record],
     start_seq: int = 1,
     start_hash: str = GENESIS,
 ) -> Verification:
     """Check a chain of stored ``(seq, body, hash)`` triples in seq order.
 
     Names the first row whose hash does not match its bytes, whose ``prev_hash`` does not
-    name the row before it, or whose ``seq`` breaks the 1, 2, 3, ... order.
+    name the row before it, or whose ``seq`` breaks the 1, 2, 3, ... order — and, for a
+    :data:`Record`, whose lookup columns disagree with its body.
     """
     prev, expect, n = start_hash, start_seq, 0
     loads, sha = json.loads, hashlib.sha256
-    for seq, body, hash_ in stored:
+    seconds, enc = _SECONDS, _ENC
+    for rec in stored:
+        seq, body, hash_ = rec[0], rec[1], rec[2]
         bad: str | None = None
         if seq != expect:
             bad = f"seq {seq} where {expect} was expected (a row is missing or extra)"
@@ -180,13 +198,126 @@ def verify(
                 bad = "row body does not carry its own seq"
             elif data.get("prev_hash") != prev:
                 bad = "prev_hash does not name the row before it"
+        if bad is None and len(rec) > 3:
+            # the lookup columns against the body; fast path inline (see _columns_disagree)
+            ts, event, resource, lock_key = rec[3:]
+            if not (
+                ts.__class__ is float
+                and body[-42:-29] == '"timestamp":"'
+                and body[-10] == "."
+                and body[-3:] == 'Z"}'
+                and (us := body[-9:-3]).isdigit()
+                and (sec := seconds[body[-29:-10]]) is not None
+                and -1e-6 <= ts - sec - int(us) * 1e-6 <= 1e-6
+                and (body.find("{", 1) < 0 or _keys_once(body))
+                and body.find(f'"event":{enc(event)},') > 0
+                and body.find(f'"resource":{enc(resource)},') > 0
+                and body.find(
+                    '"lock_key":null,' if lock_key is None else f'"lock_key":{enc(lock_key)},'
+                )
+                > 0
+            ):
+                bad = _columns_disagree(rec, body)
         if bad:
             return Verification(False, n, prev, seq if seq == expect else expect, bad)
         prev, expect, n = hash_, expect + 1, n + 1
     return Verification(True, n, prev, None)
 
 
-async def verify_stream(chunks: AsyncIterable[list[tuple[int, str, str]]]) -> Verification:
+_ENC = json.encoder.encode_basestring  # C, the function canonical() writes strings with
+
+
+def _columns_disagree(rec: Record, body: str) -> str | None:
+    """Why a row's lookup columns disagree with its hashed body, or None.
+
+    Fast path, no JSON parse: in a body with no nested object (no ``{`` after the first;
+    else: a key that occurs once), ``"event":`` can only be the top-level key (inside a
+    string its quotes are escaped), so the exact text ``"event":<value>,`` names its value;
+    the shown timestamp is the body's last 27 characters before ``"}`` (sorted keys end
+    with it). Anything else takes the full parse.
+    """
+    _seq, _body, _hash, ts, event, resource, lock_key = rec
+    if (
+        isinstance(ts, float)
+        and isinstance(event, str)
+        and isinstance(resource, str)
+        and (lock_key is None or isinstance(lock_key, str))
+        and body[-42:-29] == '"timestamp":"'
+        and body[-2:] == '"}'
+        and (sec := _SECONDS[body[-29:-10]]) is not None
+        and body[-10] == "."
+        and body[-3] == "Z"
+        and body[-9:-3].isdigit()
+        # the column may sit within half a microsecond of the shown time (older ledgers
+        # kept the raw clock reading)
+        and abs(ts - sec - int(body[-9:-3]) / 1e6) <= 1e-6
+        and (body.find("{", 1) == -1 or _keys_once(body))
+        and f'"event":{_ENC(event)},' in body
+        and f'"resource":{_ENC(resource)},' in body
+        and f'"lock_key":{"null" if lock_key is None else _ENC(lock_key)},' in body
+    ):
+        return None
+    return _columns_parsed(ts, event, resource, lock_key, body)
+
+
+def _keys_once(body: str) -> bool:
+    return (
+        body.count('"event":') == 1
+        and body.count('"resource":') == 1
+        and body.count('"lock_key":') == 1
+    )
+
+
+class _Seconds(dict[str, "int | None"]):
+    """``"2026-05-01T00:00:01"`` → its epoch second (None if not such a text); bounded."""
+
+    def __missing__(self, text: str) -> int | None:
+        if len(self) > 4096:
+            self.clear()
+        try:
+            sec = (
+                int(parse_time(text + "Z"))
+                if len(text) == 19 and text[10] == "T" and text[:4].isdigit()
+                else None
+            )
+        except (ValueError, WritError):
+            sec = None
+        self[text] = sec
+        return sec
+
+
+_SECONDS = _Seconds()
+
+
+def _columns_parsed(ts: Any, event: Any, resource: Any, lock_key: Any, body: str) -> str | None:
+    try:
+        data = json.loads(body)
+        shown = parse_time(data["timestamp"])
+    except (ValueError, KeyError, TypeError, WritError):
+        return "row body cannot be read back"
+    if not isinstance(ts, (int, float)) or not abs(ts - shown) <= 1e-6:
+        # (ledgers written before rows kept their shown microsecond hold the raw clock
+        # reading, within half a microsecond of it)
+        return (
+            f"the ts column ({ts!r}) disagrees with the hashed row's timestamp "
+            f"({data['timestamp']!r}): the column was changed by hand"
+        )
+    for name, col, want in (
+        ("event", event, data.get("event")),
+        ("resource", resource, data.get("resource")),
+        ("lock_key", lock_key, data.get("lock_key")),
+    ):
+        if col != want or type(col) is not type(want):
+            return (
+                f"the {name} column ({col!r}) disagrees with the hashed row ({want!r}): "
+                "the column was changed by hand"
+            )
+    return None
+
+
+async def verify_stream(
+    chunks: AsyncIterable[list[Stored]] | AsyncIterable[list[Record]],
+) -> Verification:
     """:func:`verify` over a store's ``audit_stream`` batches, in constant memory."""
     seq, head, total = 1, GENESIS, 0
     async for chunk in chunks:

@@ -46,6 +46,7 @@ from .errors import (
     Unavailable,
     WritError,
 )
+from .limits import Limits
 
 __all__ = ["DEFAULT_HTTP_PORT", "INSTRUCTIONS", "TOOL_NAMES", "create_server", "serve"]
 
@@ -167,11 +168,12 @@ def _holder_text(h: dict[str, Any]) -> str:
 
 
 def guidance(err: WritError) -> str:
-    """What a refusal means for the agent and what to do next, for a tool error."""
+    """What a refusal means for the agent and what to do next, for a tool error (from the
+    error's fact: the next step is worded here in tools, not in another surface's terms)."""
     d = err.details
     if isinstance(err, Held):
         h = d.get("holder")
-        head = f"Refused: {_holder_text(h)}." if isinstance(h, dict) else f"Refused: {err.message}."
+        head = f"Refused: {_holder_text(h)}." if isinstance(h, dict) else f"Refused: {err.fact}."
         if d.get("reason") == "lock_delay":
             head += f" The previous holder died; new grants wait until {d.get('retry_at')}."
         nxt = (
@@ -197,10 +199,10 @@ def guidance(err: WritError) -> str:
             f"{d.get('protected_until')}."
         )
     elif isinstance(err, Frozen):
-        head = f"Refused: {err.message}."
+        head = f"Refused: {err.fact}."
         nxt = "Next: do not retry until a human lifts the freeze."
     elif isinstance(err, LeaseLost):
-        head = f"Your lease is gone: {err.message}."
+        head = f"Your lease is gone: {err.fact}."
         nxt = (
             "Next: stop writing to the resource now: you no longer hold write authority and "
             "writes with the old fencing token will be refused. To continue, call "
@@ -224,7 +226,7 @@ def guidance(err: WritError) -> str:
             + ". explain_authority(resource) says what you may do on any resource."
         )
     elif isinstance(err, Forbidden):
-        head = f"Forbidden: {err.message}."
+        head = f"Forbidden: {err.fact}."
         nxt = (
             "Only the human queue that holds the key can approve a rollback; agents may "
             "only request one (request_rollback)."
@@ -232,22 +234,22 @@ def guidance(err: WritError) -> str:
             else "Next: this is not yours to do; ask a human."
         )
     elif isinstance(err, Unauthenticated):
-        head = f"writ rejected this MCP server's token: {err.message}."
+        head = f"writ rejected this MCP server's token: {err.fact}."
         nxt = (
             "Nothing was done. The operator must start `writ mcp` with a valid agent token "
             "(--token or WRIT_TOKEN). Do not write to production resources meanwhile."
         )
     elif isinstance(err, Unavailable):
-        head = f"writ cannot be reached: {err.message}."
+        head = f"writ cannot be reached: {err.fact}."
         nxt = (
             "Nothing was granted or changed. Do not write to production resources without "
             "write authority; retry later."
         )
     elif isinstance(err, (Invalid, NotFound)):
-        head = f"{err.message}."
+        head = f"{err.fact}."
         nxt = "Next: fix the arguments and call again."
     else:
-        head, nxt = f"writ refused: {err.message}.", "Next: read the details below."
+        head, nxt = f"writ refused: {err.fact}.", "Next: read the details below."
     details = {"code": err.code, **{k: v for k, v in d.items() if v is not None}}
     return f"{head}\n{nxt}\nDetails: {json.dumps(details, default=str)}"
 
@@ -749,8 +751,10 @@ async def serve(
     http_token: str | None = None,
     log_level: str = "warning",
     allow_human: bool = False,
+    limits: Limits | None = None,
 ) -> None:
-    """Run the MCP server until its client goes away (stdio) or it is interrupted (http)."""
+    """Run the MCP server until its client goes away (stdio) or it is interrupted (http);
+    each HTTP connection within ``limits``."""
     server = create_server(client, allow_human=allow_human)
     try:
         if transport == "stdio":
@@ -770,7 +774,9 @@ async def serve(
             access_log=False,
             lifespan="on",
             server_header=False,
+            proxy_headers=False,
             timeout_graceful_shutdown=3,
+            **(limits or Limits()).uvicorn_options(),
         )
         print(
             f"writ mcp: listening on {listening_url(sock)}{path} (writ at {client.url})",

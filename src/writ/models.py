@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import rfc3339
+from .paging import redact
 
 KINDS = ("agent", "human", "queue", "portal")
 LEASE_STATES = ("held", "released", "expired", "revoked")
@@ -40,16 +41,29 @@ class Principal:
     wake: str | None = None
     admin: bool = False
     created_at: float = 0.0
+    queues: list[str] = field(default_factory=list)  # a human's on-call queues (v1.1)
+    disabled_at: float | None = None  # set while disabled: its token is refused
+    disabled_reason: str | None = None
+    token_expires_at: float | None = None  # its token is refused from then on
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "kind": self.kind,
             "vendor": self.vendor,
-            "wake": self.wake,
+            # a PagerDuty routing key or a Slack webhook URL is a secret: shown redacted
+            "wake": redact(self.wake) if self.wake else None,
             "admin": self.admin,
             "created_at": rfc3339(self.created_at),
+            "disabled": self.disabled_at is not None,
+            "token_expires_at": rfc3339(self.token_expires_at),
         }
+        if self.kind == "human":
+            out["queues"] = list(self.queues)
+        if self.disabled_at is not None:
+            out["disabled_at"] = rfc3339(self.disabled_at)
+            out["disabled_reason"] = self.disabled_reason
+        return out
 
     @property
     def is_human(self) -> bool:

@@ -33,6 +33,7 @@ from typing import Any
 from .authority import Settings as AuthoritySettings
 from .authority import parse_section as parse_authority
 from .errors import Invalid
+from .identity import JwtIssuer, parse_identity
 from .resources import BlastRadius, under, validate
 
 
@@ -59,17 +60,28 @@ class Rule:
 
 
 RULE_KEYS = {f.name for f in fields(Rule)}
-TOP_KEYS = {"rollback_base_url", "default_override_queue", "blast_radius", "rules", "authority"}
+TOP_KEYS = {
+    "rollback_base_url",
+    "default_override_queue",
+    "blast_radius",
+    "rules",
+    "authority",
+    "identity",
+}
+TOP_KEYS |= {"webhook_secret", "pagerduty_url"}  # outbound calls (docs/operations.md)
 
 
 @dataclass(slots=True)
 class Policy:
     rollback_base_url: str | None = None
     default_override_queue: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)  # signs outbound calls
+    pagerduty_url: str | None = None  # the Events API v2 endpoint (tests, proxies)
     blast: BlastRadius = field(default_factory=BlastRadius)
     rules: list[Rule] = field(default_factory=list)  # most specific prefix first
     source: str | None = None
     authority: AuthoritySettings = field(default_factory=AuthoritySettings)  # see authority.py
+    identity: list[JwtIssuer] = field(default_factory=list)  # [[identity.jwt]] (identity.py)
 
     def rule_for(self, resource: str) -> Rule:
         """The rule of the most specific prefix covering ``resource`` (or the defaults)."""
@@ -82,12 +94,15 @@ class Policy:
         return {
             "rollback_base_url": self.rollback_base_url,
             "default_override_queue": self.default_override_queue,
+            "webhook_secret": "(set)" if self.webhook_secret else None,  # never the secret
+            "pagerduty_url": self.pagerduty_url,
             "blast_radius": {
                 "+".join(sorted(names)): list(members) for names, members in self.blast.groups
             },
             "rules": [{f.name: getattr(r, f.name) for f in fields(Rule)} for r in self.rules],
             "source": self.source,
             "authority": self.authority.to_dict(),
+            "identity": {"jwt": [i.to_dict() for i in self.identity]},
         }
 
 
@@ -123,7 +138,7 @@ def parse(text: str, path: str = "<policy>") -> Policy:
                 _line_of(text, key) or _line_of(text, key.strip("[]")),
             )
     pol = Policy(source=path)
-    for key in ("rollback_base_url", "default_override_queue"):
+    for key in ("rollback_base_url", "default_override_queue", "webhook_secret", "pagerduty_url"):
         value = data.get(key)
         if value is None:
             continue
@@ -135,6 +150,12 @@ def parse(text: str, path: str = "<policy>") -> Policy:
             path,
             "rollback_base_url must be an http(s):// URL like http://127.0.0.1:9000",
             _line_of(text, "rollback_base_url"),
+        )
+    if pol.pagerduty_url and not re.match(r"^https?://[^/\s]+", pol.pagerduty_url):
+        raise PolicyError(
+            path,
+            "pagerduty_url must be an http(s):// URL like https://events.pagerduty.com/v2/enqueue",
+            _line_of(text, "pagerduty_url"),
         )
     groups = data.get("blast_radius", {})
     if not isinstance(groups, dict):
@@ -204,6 +225,7 @@ def parse(text: str, path: str = "<policy>") -> Policy:
         pol.rules.append(replace(Rule(), **values))
     pol.authority = parse_authority(data.get("authority"), text, path)
     pol.rules.sort(key=lambda r: (-len(r.prefix.split("/")) if r.prefix else 1, r.prefix))
+    pol.identity = parse_identity(data.get("identity"), text, path)
     return pol
 
 

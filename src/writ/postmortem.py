@@ -33,6 +33,7 @@ from . import resources as _res
 from .clock import parse_time, rfc3339
 from .ledger import GENESIS, canonical
 from .ledger import verify as verify_chain
+from .textsafe import printable
 
 if TYPE_CHECKING:
     from .client import AsyncClient
@@ -503,6 +504,7 @@ def _holders(
 ) -> list[dict[str, Any]]:
     open_: dict[str, dict[str, Any]] = {}
     done: list[dict[str, Any]] = []
+    ended: set[str] = set()  # a row about a lease after its end (lease.stuck) reopens nothing
 
     def opened(r: dict[str, Any], at: str | None, seq: int | None, before: bool) -> dict[str, Any]:
         h = {
@@ -551,10 +553,13 @@ def _holders(
             continue
         if ev in ("lease.denied", "lease.queued", "lease.refused"):
             continue  # these name the blocker, whose own rows tell its story
+        if str(key) in ended or (ev in ("lease.stuck", "lease.paged") and str(key) not in open_):
+            continue  # about a lease that ended (or began before the window: who has it)
         h = open_.get(str(key)) or opened(r, r.get("lock_acquired_at"), None, True)
         if ev in END_EVENTS:
             h.update(to=r.get("timestamp"), ended=END_EVENTS[str(ev)], end_seq=r.get("seq"))
             done.append(open_.pop(str(key)))
+            ended.add(str(key))
     done.extend(open_.values())
     for h in done:
         h["seconds"] = _secs(h["from"], h["to"] or w_to)
@@ -1099,7 +1104,7 @@ def _as_is(word: str) -> str:
 def _cell(v: Any) -> str:
     if v is None or v == "":
         return "-"
-    return str(v).replace("|", "\\|").replace("\n", " ")
+    return printable(v).replace("|", "\\|")
 
 
 def _table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
@@ -1116,7 +1121,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
         return when(ts, d)
 
     day = (w["from"] or "")[:10]
-    L: list[str] = [f"# {rep['title']}", ""]
+    L: list[str] = [f"# {printable(rep['title'])}", ""]
     L.append(
         f"*Drafted by `writ postmortem` from the audit ledger ({src['ledger']}), rows "
         f"{src['first_seq']}–{src['last_seq']}; every fact below cites its row as [seq]. "
@@ -1127,7 +1132,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
             f"\n> **Truncated:** only the first {src['rows']} rows were read; narrow the "
             "window or the resources."
         )
-    L += ["", "## Summary", ""] + [f"- {s}" for s in rep["summary"]]
+    L += ["", "## Summary", ""] + [f"- {printable(s)}" for s in rep["summary"]]
     imp = rep["impact"]
     L += ["", "## Impact window", ""]
     L.append(

@@ -1,20 +1,17 @@
 """The postmortem as one self-contained HTML page, with a hand-written SVG timeline.
 
-No scripts, no fonts, no network: the page is a file you can attach to a ticket. The chart
-has one lane per resource; a bar for each holder of write authority, labelled with the
-holder's name; marks for refusals, changes, consents, rollbacks, revocations and stuck-lock
-steps; a dashed line for each request that waited in the queue; a legend and a time axis.
-Every mark carries a tooltip (``<title>``) with its row's seq, time and notes.
+No scripts, no fonts, no network: the page is a file you can attach to a ticket. The chart is
+:mod:`writ.postmortem_chart` (drawn twice, wide and narrow, one shown by CSS media query);
+everything shown is escaped (HTML, and control characters written as escapes).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from html import escape
+from html import escape as _html_escape
 from typing import Any
 
-from .clock import parse_time, rfc3339
 from .postmortem import (
     CHANGE_COLUMNS,
     CONSENT_COLUMNS,
@@ -49,7 +46,8 @@ from .postmortem import (
     verification_text,
     when,
 )
-from .resources import under
+from .postmortem_chart import timeline_svg
+from .textsafe import printable
 
 __all__ = ["timeline_svg", "to_html"]
 
@@ -79,403 +77,9 @@ MAX_LANES = 24
 _STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 
 
-def _x(ts: str | None, t0: float, t1: float) -> float:
-    t = parse_time(ts) if ts else t1
-    return LEFT + (min(max(t, t0), t1) - t0) / (t1 - t0) * (W - LEFT - RIGHT)
-
-
-def _tip(*parts: Any) -> str:
-    return "<title>" + escape(" · ".join(str(p) for p in parts if p not in (None, ""))) + "</title>"
-
-
-def _text_w(s: str, size: float = 11.0, factor: float = 0.62) -> float:
-    return len(s) * size * factor + 10
-
-
-def timeline_svg(rep: dict[str, Any]) -> str:
-    """The SVG chart of a report (a string starting with ``<svg``)."""
-    w = rep["window"]
-    if not w.get("from") or not w.get("to"):
-        return (
-            '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 600 40" role="img">'
-            '<text x="10" y="24" font-size="13">No rows in the window.</text></svg>'
-        )
-    t0, t1 = parse_time(w["from"]), parse_time(w["to"])
-    if t1 - t0 < 1:
-        t1 = t0 + 1
-    pad = (t1 - t0) * 0.015
-    t0, t1 = t0 - pad, t1 + pad
-    lanes: list[str] = list(rep["lanes"])[:MAX_LANES]
-    hidden = len(rep["lanes"]) - len(lanes)
-    index = {r: i for i, r in enumerate(lanes)}
-    colors: dict[str, str] = {}
-    for h in rep["holders"]:
-        colors.setdefault(str(h["holder"]), PALETTE[len(colors) % len(PALETTE)])
-    height = TOP + LANE * max(len(lanes), 1) + AXIS + (18 if hidden else 0)
-    o: list[str] = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {height}" width="100%" '
-        f'role="img" aria-label="Timeline of write authority" font-family="inherit">',
-        '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
-        'patternTransform="rotate(45)"><rect width="6" height="6" fill="#f3f4f6"/>'
-        '<line x1="0" y1="0" x2="0" y2="6" stroke="#d1d5db" stroke-width="3"/></pattern></defs>',
-    ]
-    # legend (wraps onto a second line when it must)
-    items = [
-        ("bar", "holder"),
-        ("wait", "waited in queue"),
-        ("x", "refused"),
-        ("diamond", "change recorded"),
-        ("circle", "consent asked / answered"),
-        ("tri", "rollback asked / decided"),
-        ("square", "revoked"),
-        ("flag", "stuck, wake or page"),
-        ("band", "frozen"),
-    ]
-    lx, ly = 20.0, 20.0
-    for kind, label in items:
-        wdt = 18 + _text_w(label, 11.5, 0.5) + 10
-        if lx + wdt > W - RIGHT:
-            lx, ly = 20.0, ly + 18
-        o.append(_mark(kind, lx + 7, ly, GREY if kind == "wait" else _color(kind), legend=True))
-        o.append(
-            f'<text x="{lx + 18:.1f}" y="{ly + 4:.1f}" font-size="11.5" fill="#374151">'
-            f"{escape(label)}</text>"
-        )
-        lx += wdt
-    # time grid and axis
-    top, bottom = TOP, TOP + LANE * max(len(lanes), 1)
-    span = t1 - t0
-    step = next((s for s in _STEPS if span / s <= 10), _STEPS[-1])
-    first = (int(t0) // step + 1) * step
-    o.append(
-        f'<rect x="{LEFT}" y="{top}" width="{W - LEFT - RIGHT}" height="{bottom - top}" '
-        'fill="#fbfbfc" stroke="#e5e7eb"/>'
-    )
-    tick = first
-    multi = bool(w.get("multi_day"))
-    while tick < t1:
-        x = LEFT + (tick - t0) / span * (W - LEFT - RIGHT)
-        o.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom + 5}" stroke="#e5e7eb"/>')
-        label = when(rfc3339(tick), multi)
-        label = label if step < 60 else label[:-3]
-        o.append(
-            f'<text x="{x:.1f}" y="{bottom + 19}" font-size="11" fill="#4b5563" '
-            f'text-anchor="middle">{escape(label)}</text>'
-        )
-        tick += step
-    o.append(
-        f'<text x="{W - RIGHT}" y="{bottom + 37}" font-size="11" fill="#6b7280" '
-        f'text-anchor="end">UTC{"" if multi else " · " + w["from"][:10]}</text>'
-    )
-    # lanes
-    for i, res in enumerate(lanes):
-        y = top + i * LANE
-        if i:
-            o.append(f'<line x1="12" y1="{y}" x2="{W - RIGHT}" y2="{y}" stroke="#e5e7eb"/>')
-        o.append(
-            f'<text x="{LEFT - 12}" y="{y + LANE / 2 + 4}" font-size="12.5" '
-            f'font-family="ui-monospace,SFMono-Regular,Menlo,Consolas,monospace" '
-            f'fill="#111827" text-anchor="end">{escape(_short(res, 24))}</text>'
-        )
-    # freezes: a hatched band over every lane under the frozen prefix
-    for prefix, x_from, x_to, by in _freeze_spans(rep["freezes"]):
-        x1, x2 = _x(x_from, t0, t1), _x(x_to, t0, t1)
-        hit = sorted(i for r, i in index.items() if under(r, prefix))
-        for n, i in enumerate(hit):
-            o.append(
-                f"<g>{_tip(f'{prefix} frozen by {by}', when(x_from), when(x_to))}"
-                f'<rect x="{x1:.1f}" y="{top + i * LANE + 2}" width="{max(x2 - x1, 3):.1f}" '
-                f'height="{LANE - 4}" fill="url(#hatch)" opacity="0.8"/>'
-                + (
-                    _label(f"frozen by {by}", x1 + 4, top + i * LANE + 13, "#1e40af")
-                    if n == 0
-                    else ""
-                )
-                + "</g>"
-            )
-    # waits: dashed line in the lower part of the lane
-    for q in rep["waits"]:
-        lane = index.get(q["resource"])
-        if lane is None:
-            continue
-        y = top + lane * LANE + LANE - 11
-        x1, x2 = _x(q["at"], t0, t1), _x(q["until"], t0, t1)
-        tip = _tip(
-            f"seq {q['seq']}",
-            when(q["at"]),
-            f"{q['agent']} queued behind {q['holder']}",
-            f"{q['outcome']} at {when(q['until'])}" if q["until"] else "still waiting",
-        )
-        o.append(
-            f'<g>{tip}<line x1="{x1:.1f}" y1="{y}" x2="{max(x2, x1 + 2):.1f}" y2="{y}" '
-            f'stroke="{GREY}" stroke-width="2" stroke-dasharray="5 3"/>'
-            f'<circle cx="{x1:.1f}" cy="{y}" r="3" fill="{GREY}"/>'
-            f'<text x="{x1 + 6:.1f}" y="{y - 4}" font-size="10.5" fill="#4b5563">'
-            f"{escape(str(q['agent']))} waits</text></g>"
-        )
-    # holder bars
-    by_lane: dict[int, list[dict[str, Any]]] = {}
-    for h in rep["holders"]:
-        lane = index.get(h["resource"])
-        if lane is not None:
-            by_lane.setdefault(lane, []).append(h)
-    for i, bars in by_lane.items():
-        y = top + i * LANE + 30
-        bars = sorted(bars, key=lambda h: _x(h["from"], t0, t1))
-        for n, h in enumerate(bars):
-            x1, x2 = _x(h["from"], t0, t1), _x(h["to"], t0, t1)
-            wdt = max(x2 - x1, 2.5)
-            c = colors.get(str(h["holder"]), GREY)
-            tip = _tip(
-                f"{h['holder']} holds {h['resource']}",
-                f"token {h['fencing_token']}",
-                f"{when(h['from'])}–{when(h['to']) if h['to'] else 'still held'}",
-                h["ended"],
-                h.get("intent"),
-            )
-            o.append(
-                f'<g>{tip}<rect x="{x1:.1f}" y="{y}" width="{wdt:.1f}" height="22" rx="4" '
-                f'fill="{c}" fill-opacity="0.9"/>'
-            )
-            if not h["to"]:
-                o.append(
-                    f'<path d="M{x1 + wdt:.1f},{y} l7,11 l-7,11 z" fill="{c}" fill-opacity="0.9"/>'
-                )
-            name = str(h["holder"])
-            nxt = _x(bars[n + 1]["from"], t0, t1) if n + 1 < len(bars) else W - RIGHT
-            long = f"{name} · token {h['fencing_token']}" if h["fencing_token"] else name
-            if _text_w(long) + 8 <= wdt:
-                name = long
-            if _text_w(name) + 8 <= wdt:
-                o.append(
-                    f'<text x="{x1 + 11:.1f}" y="{y + 15}" font-size="11" font-weight="600" '
-                    f'fill="#fff">{escape(name)}</text>'
-                )
-            elif x2 + _text_w(name) + 4 <= nxt:
-                o.append(
-                    f'<text x="{x2 + 5:.1f}" y="{y + 15}" font-size="11" font-weight="600" '
-                    f'fill="{c}">{escape(name)}</text>'
-                )
-            o.append("</g>")
-    # marks in the strip above the bars (stacked when they would touch)
-    placed: dict[int, list[tuple[float, int]]] = {}
-
-    def put(res: str | None, at: str | None, kind: str, tip: str, on_bar: bool = False) -> None:
-        i = index.get(str(res))
-        if i is None or not at:
-            return
-        x = _x(at, t0, t1)
-        if on_bar:
-            o.append(f"<g>{tip}{_mark(kind, x, top + i * LANE + 41, _color(kind))}</g>")
-            return
-        level = 0
-        taken = placed.setdefault(i, [])
-        while any(abs(px - x) < 11 and pl == level for px, pl in taken) and level < 2:
-            level += 1
-        taken.append((x, level))
-        o.append(f"<g>{tip}{_mark(kind, x, top + i * LANE + 22 - level * 9, _color(kind))}</g>")
-
-    for c in rep["changes"]:
-        put(
-            c["resource"],
-            c["at"],
-            "diamond",
-            _tip(f"seq {c['seq']}", when(c["at"]), f"{c['agent']} changed {c['summary']}"),
-            on_bar=True,
-        )
-    for r in rep["refusals"]:
-        put(
-            r["resource"],
-            r["at"],
-            "x",
-            _tip(
-                f"seq {r['seq']}",
-                when(r["at"]),
-                f"refused {r['agent']}: {r['kind']}",
-                r["reason"][:200],
-            ),
-        )
-    for c in rep["consents"]:
-        put(
-            c["resource"],
-            c["at"],
-            "circle-open",
-            _tip(
-                f"seq {c['seq']}",
-                when(c["at"]),
-                f"{c['requester']} asks {c['author']}",
-                c["reason"],
-            ),
-        )
-        if c.get("expired_at"):
-            put(
-                c["resource"],
-                c["expired_at"],
-                "circle-open",
-                _tip(
-                    when(c["expired_at"]),
-                    "consent expired unanswered (not denied)",
-                    f"escalated to {c['escalated_to']}",
-                ),
-            )
-        if c.get("answered_at"):
-            put(
-                c["resource"],
-                c["answered_at"],
-                "circle",
-                _tip(
-                    f"seq {c.get('answer_seq')}",
-                    when(c["answered_at"]),
-                    f"consent {c['status']} by {c['answered_by']}",
-                ),
-            )
-    for r in rep["rollbacks"]:
-        put(
-            r["resource"],
-            r["at"],
-            "tri",
-            _tip(
-                f"seq {r['seq']}",
-                when(r["at"]),
-                f"rollback asked by {r['requested_by']}",
-                r["reason"],
-            ),
-        )
-        if r.get("decided_at"):
-            put(
-                r["resource"],
-                r["decided_at"],
-                "tri",
-                _tip(when(r["decided_at"]), f"rollback {r['status']} by {r['decided_by']}"),
-            )
-    for r in rep["revocations"]:
-        p = r.get("provenance") or {}
-        put(
-            r["resource"],
-            r["at"],
-            "square",
-            _tip(
-                f"seq {r['seq']}",
-                when(r["at"]),
-                f"{p.get('revoked_by')} revoked {r['holder']}'s lease",
-                f"runbook {p.get('via_runbook')}",
-                f"after paging {p.get('after_paging')}",
-            ),
-        )
-    for s in rep["stuck"]:
-        put(
-            s["resource"],
-            s["at"],
-            "flag",
-            _tip(f"seq {s['seq']}", when(s["at"]), s["event"], s["notes"]),
-        )
-    if not lanes:
-        o.append(
-            f'<text x="{LEFT + 12}" y="{top + 40}" font-size="13" fill="#6b7280">'
-            "Nobody held write authority in the window.</text>"
-        )
-    if hidden:
-        o.append(
-            f'<text x="{LEFT}" y="{height - 6}" font-size="11" fill="#6b7280">'
-            f"{hidden} more resource lane(s) not drawn; see the tables.</text>"
-        )
-    o.append("</svg>")
-    return "\n".join(o)
-
-
-def _color(kind: str) -> str:
-    return {
-        "x": RED,
-        "diamond": NAVY,
-        "circle": AMBER,
-        "circle-open": AMBER,
-        "tri": VIOLET,
-        "square": INK,
-        "flag": ORANGE,
-    }.get(kind, GREY)
-
-
-def _mark(kind: str, x: float, y: float, c: str, legend: bool = False) -> str:
-    if kind == "bar":
-        return (
-            f'<rect x="{x - 7:.1f}" y="{y - 6:.1f}" width="14" height="12" rx="3" '
-            f'fill="{PALETTE[0]}"/>'
-        )
-    if kind == "band":
-        return (
-            f'<rect x="{x - 7:.1f}" y="{y - 6:.1f}" width="14" height="12" '
-            'fill="url(#hatch)" stroke="#d1d5db"/>'
-        )
-    if kind == "wait":
-        return (
-            f'<line x1="{x - 8:.1f}" y1="{y:.1f}" x2="{x + 8:.1f}" y2="{y:.1f}" stroke="{c}" '
-            'stroke-width="2" stroke-dasharray="4 2"/>'
-        )
-    if kind == "x":
-        return (
-            f'<path d="M{x - 5:.1f},{y - 5:.1f} L{x + 5:.1f},{y + 5:.1f} '
-            f'M{x + 5:.1f},{y - 5:.1f} L{x - 5:.1f},{y + 5:.1f}" stroke="{c}" '
-            'stroke-width="2.6" stroke-linecap="round"/>'
-        )
-    if kind == "diamond":
-        return (
-            f'<path d="M{x:.1f},{y - 7:.1f} L{x + 6:.1f},{y:.1f} L{x:.1f},{y + 7:.1f} '
-            f'L{x - 6:.1f},{y:.1f} z" fill="{c}" stroke="#fff" stroke-width="1.5"/>'
-        )
-    if kind == "circle":
-        if legend:
-            return (
-                f'<circle cx="{x - 3:.1f}" cy="{y:.1f}" r="4.5" fill="none" stroke="{c}" '
-                f'stroke-width="2"/><circle cx="{x + 6:.1f}" cy="{y:.1f}" r="4.5" fill="{c}"/>'
-            )
-        return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{c}"/>'
-    if kind == "circle-open":
-        return (
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4.5" fill="#fff" stroke="{c}" stroke-width="2"/>'
-        )
-    if kind == "tri":
-        return (
-            f'<path d="M{x:.1f},{y - 6:.1f} L{x + 6:.1f},{y + 5:.1f} '
-            f'L{x - 6:.1f},{y + 5:.1f} z" fill="{c}"/>'
-        )
-    if kind == "square":
-        return f'<rect x="{x - 5:.1f}" y="{y - 5:.1f}" width="10" height="10" fill="{c}"/>'
-    if kind == "flag":
-        return (
-            f'<path d="M{x - 3:.1f},{y + 7:.1f} L{x - 3:.1f},{y - 7:.1f} '
-            f'L{x + 6:.1f},{y - 3.5:.1f} L{x - 3:.1f},{y:.1f}" fill="{c}" stroke="{c}" '
-            'stroke-width="1.6" stroke-linejoin="round"/>'
-        )
-    return ""
-
-
-def _label(text: str, x: float, y: float, color: str, size: float = 10.5) -> str:
-    """A text label that stays inside the plot (anchored at its end near the right edge)."""
-    if x + _text_w(text, size, 0.55) > W - RIGHT:
-        return (
-            f'<text x="{W - RIGHT - 4}" y="{y}" font-size="{size}" fill="{color}" '
-            f'text-anchor="end">{escape(text)}</text>'
-        )
-    return f'<text x="{x:.1f}" y="{y}" font-size="{size}" fill="{color}">{escape(text)}</text>'
-
-
-def _freeze_spans(freezes: list[dict[str, Any]]) -> list[tuple[str, str, str | None, str]]:
-    """``(prefix, from, to or None, by)`` of each freeze in the window."""
-    out: list[tuple[str, str, str | None, str]] = []
-    open_: dict[str, tuple[str, str]] = {}
-    for f in freezes:
-        prefix = str(f["resource"])
-        if f["event"] == "freeze.created":
-            open_[prefix] = (f["at"], str(f["agent"]))
-        elif prefix in open_:
-            start, by = open_.pop(prefix)
-            out.append((prefix, start, f["at"], by))
-    out += [(p, start, None, by) for p, (start, by) in open_.items()]
-    return out
-
-
-def _short(s: str, n: int) -> str:
-    return s if len(s) <= n else "…" + s[-(n - 1) :]
+def escape(text: str, quote: bool = True) -> str:
+    """HTML-escape ``text`` after writing its control and bidi characters as visible escapes."""
+    return _html_escape(printable(text), quote)
 
 
 # ----------------------------------------------------------------------------- the page
@@ -519,6 +123,9 @@ td.n{white-space:nowrap}
 .empty{color:var(--muted);font-style:italic;margin:0}
 .note{color:var(--muted);font-size:12.5px;margin:10px 0 0}
 figure{margin:0}
+.chart-narrow{display:none}
+@media (max-width:640px){.chart-wide{display:none}.chart-narrow{display:block}
+ main{padding:12px 6px 32px}section{padding:12px 10px}header{padding:20px 14px 16px}}
 .todo li{color:#374151}
 footer{color:var(--muted);font-size:12px;text-align:center;padding:0 0 30px}
 """
@@ -658,7 +265,8 @@ def to_html(rep: dict[str, Any]) -> str:
     )
     o.append(
         _section(
-            "Who held write authority when — timeline", f"<figure>{timeline_svg(rep)}</figure>"
+            "Who held write authority when — timeline",
+            f'<figure class="chart">{timeline_svg(rep)}{timeline_svg(rep, "narrow")}</figure>',
         )
     )
     imp = rep["impact"]

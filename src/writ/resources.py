@@ -143,3 +143,23 @@ def related_clauses(paths: Iterable[str]) -> tuple[list[str], list[tuple[str, st
         exact.update(ancestors(p))
         ranges.append((p + "/", p + "0"))
     return sorted(exact), ranges
+
+
+def outside_known(resource: str, known: Iterable[str]) -> str | None:
+    """A warning when ``resource`` lies outside every prefix in ``known`` (the prefixes a policy
+    names: its rules, its blast-radius groups, its authority grants) — likely a typo such as
+    ``prdo/db`` — or None when it is under, or above, one of them, or nothing is named."""
+    names = sorted({p for p in known if p})
+    if not names or any(related(resource, p) for p in names):
+        return None
+    import difflib
+
+    near = difflib.get_close_matches(resource, names, n=1, cutoff=0.6)
+    tops = sorted({p.split("/", 1)[0] for p in names})
+    return (
+        f"{resource} is outside every prefix the policy names ({', '.join(tops[:8])}"
+        + (", ..." if len(tops) > 8 else "")
+        + ")"
+        + (f"; did you mean {near[0]}?" if near else "; a typo?")
+        + " Granted all the same."
+    )

@@ -2,9 +2,10 @@
 
 Anyone may ask for a rollback of a lease (or of a change made under one) whose rollback plan
 allows it. The route, key holder and override queue are frozen into the request when it is
-made. Only the key-holder queue — or a human — may approve or deny, never the requester and
-never an agent or a portal: "agents may request rollback; only the human queue holds the
-key". Approval is single-use: writ POSTs the frozen route once (a relative route against
+made. Only the key-holder queue's own token — or a human member of that queue
+(:mod:`writ.principals`; an admin too only as a member) — may approve or deny, never the
+requester and never an agent or a portal: "agents may request rollback; only the human
+queue holds the key". A member's rows name the queue in their notes. Approval is single-use: writ POSTs the frozen route once (a relative route against
 the policy's ``rollback_base_url``) and records ``executed`` or ``failed`` with the
 response status, the approver as ``approved_by``. A human may later mark an executed
 rollback a *defect* (``rollback_denominator_is_defect: true``): it was a new failure, not
@@ -13,12 +14,14 @@ recovery, and never reads as clean history.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from .clock import rfc3339
 from .consent import CHANGE
 from .errors import Forbidden, Invalid, NotFound
 from .models import Principal, data, new_id, public
+from .principals import member_of
 from .routes import check_route, resolve
 from .stores.base import Tx
 from .validate import check_text, text
@@ -209,10 +212,13 @@ class Rollbacks:
                 "the key is a second key",
                 key_holder=rb["key_holder"],
             )
-        if me.name != rb["key_holder"] and me.kind != "human":
+        if not member_of(me, rb["key_holder"]):
             raise Forbidden(
-                f"only the key holder ({rb['key_holder']}) or a human may answer this rollback",
+                f"{me.name} may not turn this key: only the key-holder queue "
+                f"{rb['key_holder']} or a human member of it may approve or deny this rollback"
+                f" (an admin adds members: writ principal queues NAME --add {rb['key_holder']})",
                 key_holder=rb["key_holder"],
+                queue=rb["key_holder"],
             )
 
     async def answer(self, me: Principal, rollback_id: str, approve: bool) -> dict[str, Any]:
@@ -222,7 +228,9 @@ class Rollbacks:
             rb = await tx.get_object(ROLLBACK, rollback_id, for_update=True)
             if rb is None:
                 raise NotFound(f"no rollback {rollback_id!r}", rollback_id=rollback_id)
-            self._check_key(me, rb)
+            # membership as it stands now, not as it was when the token was checked
+            me_now = await tx.get_principal(me.name) or me
+            self._check_key(me_now, rb)
             if rb["state"] != "pending":
                 raise Invalid(
                     f"rollback {rollback_id} is already {rb['state']}: approval is single-use",
@@ -233,12 +241,22 @@ class Rollbacks:
                 status=status, **({"approved_by": me.name} if approve else {"denied_by": me.name})
             )
             await tx.put_object(ROLLBACK, rollback_id, rb["resource"], status, data(rb))
+            holder = await tx.get_principal(rb["key_holder"]) if rb.get("key_holder") else None
+            if holder is not None and holder.wake:  # its page is answered: resolve it
+                tx.after_commit(
+                    functools.partial(
+                        eng.caller.resolve,
+                        holder.wake,
+                        {"to": holder.name, "reason": f"rollback {status}", "rollback": public(rb)},
+                        {"agent_id": me.name, "resource": rb["resource"], "lock_holder": "none"},
+                    )
+                )
             await tx.append(
                 self._row(
                     rb,
                     f"rollback.{status}",
                     me.name,
-                    f"{me.name} {status} {rb['requested_by']}'s rollback of {rb['lock_key']}"
+                    f"{_who(me, rb)} {status} {rb['requested_by']}'s rollback of {rb['lock_key']}"
                     + (f"; calling {rb['path']}" if approve else ""),
                     approved_by=me.name if approve else None,
                 )
@@ -273,7 +291,7 @@ class Rollbacks:
                     cur,
                     f"rollback.{status}",
                     me.name,
-                    f"rollback {rollback_id}: {result.describe()}",
+                    f"rollback {rollback_id} approved by {_who(me, rb)}: {result.describe()}",
                     approved_by=me.name,
                 )
             )
@@ -309,3 +327,9 @@ class Rollbacks:
             return rb
 
         return public(await self.engine.store.transact(fn))
+
+
+def _who(me: Principal, rb: dict[str, Any]) -> str:
+    """The approver as the notes name it: a member with the queue it acted for."""
+    kh = rb.get("key_holder")
+    return me.name if me.name == kh else f"{me.name} (member of {kh})"

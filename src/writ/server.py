@@ -25,10 +25,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
+from .audit_pages import audit_response
 from .clock import parse_time
 from .engine import MAX_WAIT_S, Engine
 from .errors import Invalid, TooLarge, Unauthenticated, Unavailable, WritError
+from .limits import Limits
+from .metrics import Metrics
 from .models import Principal
+from .ops import OpsFront
 from .url_text import TextURL
 from .validate import check_body
 
@@ -61,6 +65,15 @@ class PrincipalIn(_Body):
     vendor: str | None = None
     wake: str | None = Field(None, description="the exact call that wakes this principal")
     admin: bool = False
+    queues: list[str] | None = Field(
+        None, description="humans only: the on-call queues it is a member of (v1.1)"
+    )
+    expires_in_s: float | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="the token is refused this many seconds from now (v1.1)",
+    )
 
 
 class RollbackPlan(_Body):
@@ -208,22 +221,19 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-async def _send_json(send: Send, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+async def _send_json(send: Send, status: int, body: bytes, retry_after: int | None = None) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 async def _send_error(send: Send, err: WritError) -> None:
-    await _send_json(send, err.status, json.dumps(err.to_body()).encode())
+    await _send_json(send, err.status, json.dumps(err.to_body()).encode(), err.retry_after())
 
 
 # the answer to an unexpected exception, from the app's catch-all handler and the lean path
@@ -249,9 +259,10 @@ class FastLeases:
 
     ACQUIRE_KEYS = frozenset({"resource", "intent", "ttl_s", "wait_s", "touches"})
 
-    def __init__(self, app: ASGIApp, engine: Engine) -> None:
+    def __init__(self, app: ASGIApp, engine: Engine, draining: asyncio.Event | None = None) -> None:
         self.app = app
         self.engine = engine
+        self.draining = draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -286,6 +297,7 @@ class FastLeases:
             elif k == b"content-type":
                 ctype = v
         req: Any = None
+        retry: int | None = None
         if lease_id is None and _is_json(ctype):  # FastAPI refuses any other body type
             try:
                 req = json.loads(body)
@@ -310,11 +322,13 @@ class FastLeases:
             return
         try:
             me = await self.engine.authenticate(token)
+            scope["writ.principal"] = me.name  # for the access log (writ.ops)
             if lease_id is not None:
                 out, status = await self.engine.release(me, lease_id), 200
             else:
                 # its fields are checked by the engine (validate_request) as FastAPI's are
                 # by _Body: text only, nested at most 32 levels; the path by TextURL
+                scope["writ.lease"] = req
                 work = self.engine.acquire(
                     me,
                     resource=req.get("resource"),
@@ -326,16 +340,17 @@ class FastLeases:
                     rollback=None,
                 )
                 if req.get("wait_s"):
-                    out = await _unless_hung_up(receive, work)
+                    out = await _unless_hung_up(receive, work, self.draining)
                 else:
                     out = await work
+                scope["writ.lease"] = out
                 status = 201
         except WritError as err:
-            out, status = err.to_body(), err.status
+            out, status, retry = err.to_body(), err.status, err.retry_after()
         except Exception:  # the same answer as the app's catch-all handler
             log.exception("unhandled error on POST %s", path)
             out, status = _INTERNAL_ERROR, 500
-        await _send_json(send, status, _COMPACT.encode(out).encode())
+        await _send_json(send, status, _COMPACT.encode(out).encode(), retry)
 
 
 def _is_json(content_type: bytes) -> bool:
@@ -358,7 +373,9 @@ class WritApp(FastAPI):
     def __init__(self, engine: Engine, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.state.engine = engine
-        self.front: ASGIApp = LimitBody(TextURL(FastLeases(self.full_stack, engine)))
+        # set when the server begins a graceful shutdown: waiting requests answer 503
+        self.draining = asyncio.Event()
+        self.front: ASGIApp = LimitBody(TextURL(FastLeases(self.full_stack, engine, self.draining)))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.front(scope, receive, send)
@@ -367,11 +384,14 @@ class WritApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-async def _unless_hung_up(receive: Receive, work: Awaitable[T]) -> T:
+async def _unless_hung_up(
+    receive: Receive, work: Awaitable[T], draining: asyncio.Event | None = None
+) -> T:
     """Await ``work`` (maybe a wait in the queue), cancelling it if the client disconnects
     (``receive`` is the request's): a caller who hung up gives up its place in the queue, and
     any lease granted meanwhile (the engine's cancellation path). Servers do not cancel a
-    handler on disconnect."""
+    handler on disconnect. The same happens when ``draining`` is set (a graceful shutdown):
+    the wait ends, its request leaves the queue, and the caller gets 503 with Retry-After."""
     task = asyncio.ensure_future(work)
 
     async def hung_up() -> None:
@@ -379,17 +399,28 @@ async def _unless_hung_up(receive: Receive, work: Awaitable[T]) -> T:
             pass
 
     watch = asyncio.ensure_future(hung_up())
+    drain = asyncio.ensure_future(draining.wait()) if draining is not None else None
     try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {task, watch} if drain is None else {task, watch, drain},
+            return_when=asyncio.FIRST_COMPLETED,
+        )
     except BaseException:
         task.cancel()
         raise
     finally:
         watch.cancel()
+        if drain is not None:
+            drain.cancel()
     if not task.done():
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if draining is not None and draining.is_set():
+            raise Unavailable(
+                "writ is shutting down: this wait ended and left the queue; retry (on another "
+                "server, or once this one is back)"
+            )
         raise Unavailable("the caller hung up while waiting; its place in the queue was given up")
     return task.result()
 
@@ -402,24 +433,36 @@ async def principal(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
     engine: Engine = request.app.state.engine
-    return await engine.authenticate(token.strip())
+    me = await engine.authenticate(token.strip())
+    request.scope["writ.principal"] = me.name  # for the access log (writ.ops)
+    return me
 
 
 Me = Annotated[Principal, Depends(principal)]
 
 
 # ----------------------------------------------------------------------------- app
-def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
-    """The ASGI app. Starts and stops ``engine`` with the app's lifespan."""
+def create_app(
+    engine: Engine,
+    start_engine: bool = True,
+    metrics: bool = True,
+    metrics_token: str | None = None,
+) -> FastAPI:
+    """The ASGI app. Starts and stops ``engine`` with the app's lifespan. ``/livez``,
+    ``/readyz`` and ``/metrics`` (:mod:`writ.ops`) sit in front of it; ``metrics=False``
+    measures nothing (``/metrics`` is then 404), ``metrics_token`` guards ``/metrics``."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if start_engine:
             await engine.start()
         try:
             yield
         finally:
             if start_engine:
+                if app.draining.is_set():  # a graceful shutdown: let outbound calls land
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(engine.caller.drain()), 5)
                 await engine.stop()
 
     app = WritApp(
@@ -429,10 +472,18 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
         summary="Vendor-neutral write authority for autonomous agents (protocol v1).",
         lifespan=lifespan,
     )
+    app.front = OpsFront(
+        app.front, engine, Metrics.for_engine(engine) if metrics else None, metrics_token
+    )
 
     @app.exception_handler(WritError)
     async def _writ_error(request: Request, exc: WritError) -> JSONResponse:
-        return JSONResponse(exc.to_body(), status_code=exc.status)
+        retry = exc.retry_after()
+        return JSONResponse(
+            exc.to_body(),
+            status_code=exc.status,
+            headers=None if retry is None else {"Retry-After": str(retry)},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -480,9 +531,20 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     @app.post("/v1/principals", status_code=201, tags=["principals"])
     async def add_principal(me: Me, body: PrincipalIn) -> dict[str, Any]:
         p, token = await engine.add_principal(
-            me, body.name, body.kind, body.vendor, body.wake, body.admin
+            me,
+            body.name,
+            body.kind,
+            body.vendor,
+            body.wake,
+            body.admin,
+            queues=body.queues,
+            expires_in_s=body.expires_in_s,
         )
         return {**p.to_dict(), "token": token}
+
+    from .principal_routes import add_routes as add_principal_routes
+
+    add_principal_routes(app, engine, principal)
 
     @app.get("/v1/principals", tags=["principals"])
     async def list_principals(me: Me) -> dict[str, Any]:
@@ -495,7 +557,8 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     # -- leases ------------------------------------------------------------------------
     @app.post("/v1/leases", status_code=201, tags=["leases"])
     async def acquire(me: Me, body: AcquireIn, request: Request) -> dict[str, Any]:
-        return await _unless_hung_up(
+        request.scope["writ.lease"] = {"resource": body.resource}
+        lease: dict[str, Any] = await _unless_hung_up(
             request.receive,
             engine.acquire(
                 me,
@@ -507,7 +570,10 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
                 consent_id=body.consent_id,
                 rollback=body.rollback.model_dump() if body.rollback else None,
             ),
+            app.draining,
         )
+        request.scope["writ.lease"] = lease
+        return lease
 
     @app.post("/v1/leases/{lease_id}/renew", tags=["leases"])
     async def renew(
@@ -581,15 +647,16 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
         resource: str | None = None,
         since: str | None = None,
         until: str | None = None,
-    ) -> dict[str, Any]:
-        page = await engine.audit(
+    ) -> Any:
+        return await audit_response(
+            engine,
             after_seq,
             limit,
             resource,
             parse_time(since) if since else None,
             parse_time(until) if until else None,
+            view=lambda page: engine.authority.visible_page(me, page),
         )
-        return engine.authority.visible_page(me, page)
 
     @app.get("/v1/audit/verify", tags=["audit"])
     async def audit_verify(me: Me) -> dict[str, Any]:
@@ -598,12 +665,14 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
     @app.get("/v1/events", tags=["audit"])
     async def events(
         me: Me,
+        request: Request,
         resource: str | None = None,
         after_seq: Annotated[int, Query(ge=0)] = 0,
         wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> dict[str, Any]:
-        return await engine.authority.events(me, resource, after_seq, wait_s, limit)
+        work = engine.authority.events(me, resource, after_seq, wait_s, limit)
+        return await (work if wait_s <= 0 else _unless_hung_up(request.receive, work, app.draining))
 
     # -- changes and consent ---------------------------------------------------------------
     @app.post("/v1/leases/{lease_id}/changes", status_code=201, tags=["consent"])
@@ -639,11 +708,17 @@ def create_app(engine: Engine, start_engine: bool = True) -> FastAPI:
 
     @app.get("/v1/consents/{consent_id}", tags=["consent"])
     async def get_consent(
-        me: Me, consent_id: str, wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0
+        me: Me,
+        consent_id: str,
+        request: Request,
+        wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
     ) -> dict[str, Any]:
         consent = await engine.consents.get(consent_id, 0)
         engine.authority.check_observe(me, consent["resource"], f"consent {consent_id}")
-        return await engine.consents.get(consent_id, wait_s) if wait_s else consent
+        if wait_s <= 0:
+            return consent
+        work = engine.consents.get(consent_id, wait_s)
+        return await _unless_hung_up(request.receive, work, app.draining)
 
     # -- rollbacks ---------------------------------------------------------------------------
     @app.post("/v1/rollbacks", status_code=201, tags=["rollback"])
@@ -777,25 +852,59 @@ def run(
     port: int = 7411,
     policy_path: str | None = None,
     log_level: str = "info",
+    limits: Limits | None = None,
+    *,
+    log_format: str = "console",
+    shutdown_timeout: int = 10,
+    metrics: bool = True,
+    metrics_token: str | None = None,
+    workers: int = 1,
 ) -> None:
-    """Serve writ until interrupted (``writ serve``)."""
+    """Serve writ until SIGTERM or SIGINT (``writ serve``), then shut down gracefully
+    (:mod:`writ.lifecycle`) within ``shutdown_timeout`` seconds, each connection within
+    ``limits``; ``workers`` > 1 runs that many processes on one port (PostgreSQL stores
+    only, :mod:`writ.workers`)."""
+    import os
+
     import uvicorn
 
+    from . import logs, tracing
+    from .lifecycle import DrainingServer
     from .policy import load
     from .stores import open_store
 
     policy = load(policy_path)
+    secrets = [
+        os.environ.get("WRIT_ADMIN_TOKEN"),
+        os.environ.get("WRIT_WEBHOOK_SECRET"),
+        policy.webhook_secret,
+        metrics_token,
+    ]
+    logs.setup(log_format, log_level, [s for s in secrets if s])
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "log_config": None,  # logs.setup configured uvicorn's loggers
+        "access_log": False,  # writ.access logs each request instead
+        "server_header": False,
+        "proxy_headers": False,  # writ never uses the client's address: skip rewriting it
+        "timeout_graceful_shutdown": shutdown_timeout,
+        **(limits or Limits(max_header_bytes=MAX_HEADERS)).uvicorn_options(),
+    }
+    if workers != 1:
+        from .workers import AppSettings, run_workers
+
+        settings = AppSettings(log_format, log_level, metrics, metrics_token)
+        run_workers(store_url, workers, policy_path, settings, **options)
+        return
+    traced = tracing.configure()
     engine = Engine(open_store(store_url), policy)
     engine.authority.on_sighup()  # SIGHUP reloads the policy file (see writ.authority)
-    app = create_app(engine)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,  # writ never uses the client's address: skip rewriting it
-        timeout_graceful_shutdown=5,
-        h11_max_incomplete_event_size=MAX_HEADERS,
-    )
+    if traced:
+        tracing.instrument(engine)
+        log.info("tracing on: OTEL_TRACES_EXPORTER=%s", traced)
+    logs.log_decisions(engine)
+    app = create_app(engine, metrics=metrics, metrics_token=metrics_token)
+    config = uvicorn.Config(app, **options)
+    DrainingServer(config, app.draining).run()  # type: ignore[attr-defined]

@@ -12,11 +12,13 @@ each step once, since each is a state change of one ``holdcheck`` record.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from .clock import rfc3339
 from .engine import SYSTEM
 from .models import Lease, data
+from .paging import redact, route_kind
 from .stores.base import Tx
 
 if TYPE_CHECKING:
@@ -45,6 +47,9 @@ class Stuck:
             )
 
     async def on_end(self, tx: Tx, lease: Lease) -> None:
+        limit = self.engine.policy.rule_for(lease.resource).max_hold_s
+        if limit is not None and limit > 0:
+            await self._resolve_pages(tx, lease)
         if lease.state != "expired":
             return
         waiting = await tx.count_waiters_related(self.engine.blast.expand(lease.resource))
@@ -53,7 +58,24 @@ class Stuck:
                 tx, lease, f"expired with {waiting} waiting behind it: the holder may have died"
             )
 
-    async def _wake(self, tx: Tx, lease: Lease, why: str) -> None:
+    async def _resolve_pages(self, tx: Tx, lease: Lease) -> None:
+        """The lease ended: resolve the PagerDuty incidents its wake and page opened."""
+        hc = await tx.get_object(HOLDCHECK, lease.lease_id)
+        if hc is None or hc.get("state") not in ("woken", "paged"):
+            return
+        payload = {"to": "pagerduty", "reason": f"lease {lease.state}", "lease": lease.to_dict()}
+        row = {
+            k: v
+            for k, v in self.engine.lease_row(lease, "", SYSTEM, "").items()
+            if k not in ("event", "notes")
+        }
+        for key in ("wake_route", "page_route"):
+            route = hc.get(key)
+            if route and route_kind(route) == "pagerduty":
+                caller = self.engine.caller
+                tx.after_commit(functools.partial(caller.resolve, route, payload, row))
+
+    async def _wake(self, tx: Tx, lease: Lease, why: str) -> str | None:
         eng = self.engine
         holder = await tx.get_principal(lease.holder)
         route = holder.wake if holder else None
@@ -62,12 +84,18 @@ class Stuck:
             "lease.stuck",
             SYSTEM,
             f"{lease.holder}'s lease {why}; waking it: "
-            + (f"POST {route}" if route else "no wake route registered"),
+            + (f"POST {redact(route)}" if route else "no wake route registered"),
         )
         await tx.append(row)
+        waiting = await tx.count_waiters_related(eng.blast.expand(lease.resource))
         eng.call_later(
-            tx, "wake", route, {"to": lease.holder, "reason": why, "lease": lease.to_dict()}, row
+            tx,
+            "wake",
+            route,
+            {"to": lease.holder, "reason": why, "lease": lease.to_dict(), "waiting": waiting},
+            row,
         )
+        return route
 
     async def tick(self) -> None:
         eng = self.engine
@@ -79,7 +107,7 @@ class Stuck:
                 if lease is None:
                     continue
                 page_after = eng.policy.rule_for(lease.resource).page_after_s
-                await self._wake(
+                wake_route = await self._wake(
                     tx,
                     lease,
                     f"has been held {now - lease.acquired_at:.0f}s, past max_hold_s "
@@ -90,7 +118,7 @@ class Stuck:
                     lease.lease_id,
                     lease.resource,
                     "woken",
-                    {**data(hc), "woken_at": rfc3339(now)},
+                    {**data(hc), "woken_at": rfc3339(now), "wake_route": wake_route},
                     now + page_after,
                 )
             for hc in await tx.objects_due(HOLDCHECK, "woken", now, 200):
@@ -106,14 +134,20 @@ class Stuck:
                     SYSTEM,
                     f"{lease.holder} was woken at {hc.get('woken_at')} and still holds {lease.lock_key}; "
                     f"paging {queue or 'nobody (no override queue)'}: "
-                    + (f"POST {route}" if route else "no wake route registered"),
+                    + (f"POST {redact(route)}" if route else "no wake route registered"),
                 )
                 await tx.append(row)
+                waiting = await tx.count_waiters_related(eng.blast.expand(lease.resource))
                 eng.call_later(
                     tx,
                     "page",
                     route,
-                    {"to": queue, "reason": "stuck lock", "lease": lease.to_dict()},
+                    {
+                        "to": queue,
+                        "reason": "stuck lock",
+                        "lease": lease.to_dict(),
+                        "waiting": waiting,
+                    },
                     row,
                 )
                 await tx.put_object(
@@ -121,7 +155,7 @@ class Stuck:
                     lease.lease_id,
                     lease.resource,
                     "paged",
-                    {**data(hc), "paged_at": rfc3339(now)},
+                    {**data(hc), "paged_at": rfc3339(now), "page_route": route},
                     None,
                 )
 

@@ -44,7 +44,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, S
 from typing import Any, TypeVar
 
 from ..errors import Invalid
-from ..ledger import Sealed
+from ..ledger import Record, Sealed
 from ..models import Lease, Principal, Waiter
 
 T = TypeVar("T")
@@ -55,7 +55,19 @@ Listener = Callable[[str, dict[str, Any]], None]
 #: ``rollback``, ``request`` and ``data`` are decoded JSON; audit rows carry their stored
 #: ``body`` and ``hash`` unchanged.
 TABLES: dict[str, tuple[str, ...]] = {
-    "principals": ("name", "kind", "vendor", "wake", "admin", "token_hash", "created_at"),
+    "principals": (
+        "name",
+        "kind",
+        "vendor",
+        "wake",
+        "admin",
+        "token_hash",
+        "created_at",
+        "queues",
+        "disabled_at",
+        "disabled_reason",
+        "token_expires_at",
+    ),
     "leases": (
         "lease_id",
         "resource",
@@ -115,6 +127,12 @@ class Tx(ABC):
     @abstractmethod
     async def list_principals(self) -> list[Principal]: ...
 
+    @abstractmethod
+    async def update_principal(self, principal: Principal, token_hash: str | None = None) -> None:
+        """Write back a principal's ``queues``, ``disabled_at``, ``disabled_reason`` and
+        ``token_expires_at``; with ``token_hash``, replace its token too (the old one is
+        refused from this commit on)."""
+
     # ---- leases -------------------------------------------------------------------------
     @abstractmethod
     async def insert_lease(self, lease: Lease, request_id: str | None = None) -> None:
@@ -167,9 +185,18 @@ class Tx(ABC):
         """Queued requests related to any path (``seq < before_seq`` if given), FIFO order."""
 
     @abstractmethod
+    async def waiters_of(self, principal: str) -> list[Waiter]:
+        """Every request ``principal`` has queued, FIFO order."""
+
+    @abstractmethod
     async def count_waiters_related(
         self, paths: Sequence[str], before_seq: int | None = None
     ) -> int: ...
+
+    @abstractmethod
+    async def gauges(self) -> tuple[int, int]:
+        """``(held, waiting)``: leases held now (not past their expiry) and queued requests,
+        store-wide — for ``/metrics``, one cheap count each."""
 
     # ---- policy objects (changes, consents, rollbacks, freezes, ...) -------------------
     @abstractmethod
@@ -257,8 +284,18 @@ class Tx(ABC):
         an outbound wake call. Stores call :meth:`committed` after the commit."""
         self.__dict__.setdefault("_after_commit", []).append(fn)
 
+    def noted(self, sealed: Sealed) -> None:
+        """Remember an appended row for the store's row observers (stores call this from
+        ``append`` when ``store.row_observers`` is not empty)."""
+        self.__dict__.setdefault("_sealed", []).append(sealed)
+
     def committed(self) -> None:
-        """Run the :meth:`after_commit` callbacks (called by the store)."""
+        """Hand the rows this transaction appended to the store's row observers, then run
+        the :meth:`after_commit` callbacks (called by the store, after the commit)."""
+        sealed = self.__dict__.pop("_sealed", None)
+        if sealed:
+            for observe in getattr(self, "store").row_observers:  # noqa: B009 - each backend's Tx has it
+                observe(sealed)
         for fn in self.__dict__.pop("_after_commit", []):
             fn()
 
@@ -269,9 +306,25 @@ class Store(ABC):
     """A backend. Open with :func:`writ.stores.open_store`; close when done."""
 
     url: str
+    #: True when every change to principals — by writ or by hand — reaches every process's
+    #: listener as a ``principals`` note, and reads are costly enough to remember tokens
+    #: briefly (see :mod:`writ.principals`). A store without it is asked on every request.
+    announces_principal_changes = False
 
     def __init__(self) -> None:
         self._listener: Listener | None = None
+        # observers (writ.metrics): the rows of each committed write transaction, and how
+        # long each commit took (SQLite: a group-commit batch; PostgreSQL: a transaction),
+        # from BEGIN to durable COMMIT. Called on the event loop, after the commit.
+        self.row_observers: list[Callable[[list[Sealed]], None]] = []
+        self.commit_observers: list[Callable[[float], None]] = []
+
+    def principals_generation(self) -> int | None:
+        """A number that changes whenever a principal is updated or deleted, by writ or by
+        hand, read cheaply (no transaction) — or None when the store cannot tell. With it
+        (or :attr:`announces_principal_changes`) the engine may remember tokens it accepted
+        (:mod:`writ.principals`); without either, every request reads the store."""
+        return None
 
     def set_listener(self, listener: Listener | None) -> None:
         """Receive every notification, from this process and any other sharing the store."""
@@ -295,6 +348,12 @@ class Store(ABC):
         """Run ``fn`` in one durable, atomic transaction (see the module docstring)."""
 
     @abstractmethod
+    async def ready(self) -> str | None:
+        """Why this store cannot serve now, or None (``GET /readyz``): it answers a read, and
+        its schema is at the migration this writ expects. Raises nothing: an unreachable
+        store is a reason."""
+
+    @abstractmethod
     async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         """Run ``fn`` on a committed snapshot; writes are not allowed."""
 
@@ -304,6 +363,12 @@ class Store(ABC):
     ) -> AsyncIterator[list[tuple[int, str, str]]]:
         """Stored ``(seq, body, hash)`` triples in seq order, in batches (for verify and
         export of ledgers of any size in constant memory)."""
+
+    @abstractmethod
+    def audit_records(self, after_seq: int = 0, batch: int = 10_000) -> AsyncIterator[list[Record]]:
+        """Like :meth:`audit_stream`, each row with the lookup columns the store keeps
+        beside it: ``(seq, body, hash, ts, event, resource, lock_key)``
+        (:data:`writ.ledger.Record`), for verify to check them against the hashed body."""
 
     # ---- moving a store (writ migrate) --------------------------------------------------
     @abstractmethod

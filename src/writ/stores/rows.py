@@ -19,7 +19,10 @@ LEASE_COLS = (
     "lease_id, resource, holder, intent, fencing_token, acquired_at, expires_at, ttl_s, "
     "touches, state, rollback, ended_at"
 )
-PRINCIPAL_COLS = "name, kind, vendor, wake, admin, created_at"
+PRINCIPAL_COLS = (
+    "name, kind, vendor, wake, admin, created_at, queues, disabled_at, disabled_reason, "
+    "token_expires_at"
+)
 WAITER_COLS = "seq, waiter_id, resource, principal, request, enqueued_at, deadline"
 OBJECT_COLS = "data, state, expires_at"
 
@@ -45,7 +48,16 @@ def to_lease(r: Sequence[Any]) -> Lease:
 def to_principal(r: Sequence[Any]) -> Principal:
     """A :class:`Principal` from a row of ``PRINCIPAL_COLS``."""
     return Principal(
-        name=r[0], kind=r[1], vendor=r[2], wake=r[3], admin=bool(r[4]), created_at=r[5]
+        name=r[0],
+        kind=r[1],
+        vendor=r[2],
+        wake=r[3],
+        admin=bool(r[4]),
+        created_at=r[5],
+        queues=json.loads(r[6]) if r[6] else [],
+        disabled_at=r[7],
+        disabled_reason=r[8],
+        token_expires_at=r[9],
     )
 
 
@@ -91,9 +103,13 @@ def lease_values(lease: Lease, request_id: str | None) -> tuple[Any, ...]:
     )
 
 
+PRINCIPAL_INSERT_COLS = ", ".join(TABLES["principals"])
+
+
 def principal_values(principal: Principal, token_hash: str) -> tuple[Any, ...]:
-    """A principal's column values: ``name, kind, vendor, wake, admin, token_hash,
-    created_at``."""
+    """A principal's column values, in the order of ``PRINCIPAL_INSERT_COLS`` (the dump
+    columns: ``name, kind, vendor, wake, admin, token_hash, created_at, queues,
+    disabled_at, disabled_reason, token_expires_at``)."""
     return (
         principal.name,
         principal.kind,
@@ -102,6 +118,10 @@ def principal_values(principal: Principal, token_hash: str) -> tuple[Any, ...]:
         bool(principal.admin),
         token_hash,
         principal.created_at,
+        json.dumps(principal.queues),
+        principal.disabled_at,
+        principal.disabled_reason,
+        principal.token_expires_at,
     )
 
 
@@ -121,7 +141,13 @@ def waiter_values(waiter: Waiter) -> tuple[Any, ...]:
 # ---- dumps ------------------------------------------------------------------------------
 #: The dump columns (:data:`~writ.stores.base.TABLES`) both stores keep as JSON text.
 JSON_COLS = frozenset(
-    {("leases", "touches"), ("leases", "rollback"), ("waiters", "request"), ("objects", "data")}
+    {
+        ("leases", "touches"),
+        ("leases", "rollback"),
+        ("waiters", "request"),
+        ("objects", "data"),
+        ("principals", "queues"),
+    }
 )
 
 
@@ -152,6 +178,8 @@ def import_row(table: str, r: dict[str, Any]) -> list[Any]:
     out: list[Any] = []
     for col in cols:
         v = r.get(col)
+        if (table, col) == ("principals", "queues") and v is None:
+            v = []  # a dump from before queue membership (v1.1)
         if (table, col) in JSON_COLS and v is not None:
             v = json.dumps(v)
         elif col == "admin":

@@ -1,0 +1,213 @@
+/**
+ * A lease held by `Writ.lease()` / `Writ.withLease()`: renewed in the background until it
+ * is released, and an `AbortSignal` that aborts the moment the client learns it is lost.
+ *
+ * Lost means: a renewal was refused (410 `lease_lost` after a revoke or an expiry, or any
+ * other 4xx), or renewals failed (server down, timeouts) until the lease's own expiry passed.
+ * That expiry is estimated locally — the moment the last successful renewal was sent, plus
+ * the ttl, on the monotonic clock — so it is never later than the server's.
+ */
+import type { AcquireOptions, Writ } from "./client.js";
+import { LeaseLostError, UnavailableError, WritError } from "./errors.js";
+import type { Lease } from "./models.js";
+
+export interface LeaseOptions extends AcquireOptions {
+  /** Seconds between renewals (default `ttlS / 3`). */
+  renewEveryS?: number;
+  /** Called once, when the lease is lost (before the signal's listeners run). */
+  onLost?: (error: LeaseLostError) => void;
+}
+
+function monotonicS(): number {
+  return performance.now() / 1000;
+}
+
+export class LeaseHandle {
+  readonly client: Writ;
+  readonly resource: string;
+  /** The latest Lease the server returned (grant, renewal, release). */
+  data: Lease;
+  /** Why the lease was lost, once it is. */
+  error: LeaseLostError | undefined;
+  readonly #options: LeaseOptions;
+  readonly #lost = new AbortController();
+  #ttlS: number;
+  #deadline: number;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #inflight: AbortController | undefined;
+  #renewing: Promise<unknown> | undefined;
+  #stopped = false;
+
+  /** `sentAt`: monotonic seconds when the granting request left (or was answered, after a wait). */
+  constructor(client: Writ, data: Lease, options: LeaseOptions, sentAt: number) {
+    this.client = client;
+    this.resource = data.resource;
+    this.data = data;
+    this.#options = options;
+    this.#ttlS = Number(data.ttl_s ?? options.ttlS ?? 30);
+    this.#deadline = sentAt + this.#ttlS;
+    this.#schedule(monotonicS() + this.#every);
+  }
+
+  get leaseId(): string {
+    return this.data.lease_id;
+  }
+  get fencingToken(): number {
+    return this.data.fencing_token;
+  }
+  get lockKey(): string {
+    return this.data.lock_key;
+  }
+  /** RFC 3339 expiry from the grant or the last renewal (the store's clock). */
+  get expiresAt(): string {
+    return this.data.expires_at;
+  }
+  /** Aborted once the lease is lost (reason: the `LeaseLostError`) or released. */
+  get signal(): AbortSignal {
+    return this.#lost.signal;
+  }
+  get lost(): boolean {
+    return this.error !== undefined;
+  }
+
+  /** Throws the `LeaseLostError` once the lease is lost. Call it before each write. */
+  check(): void {
+    if (this.error) throw this.error;
+  }
+
+  /** `Writ-Lease` and `Writ-Fencing-Token` for a request through `writ gate` (checks first). */
+  headers(): Record<string, string> {
+    this.check();
+    return { "Writ-Lease": this.leaseId, "Writ-Fencing-Token": String(this.fencingToken) };
+  }
+
+  /** `WRIT_LEASE_ID`, `WRIT_LOCK_KEY`, `WRIT_FENCING_TOKEN` for a child process. */
+  env(): Record<string, string> {
+    return {
+      WRIT_LEASE_ID: this.leaseId,
+      WRIT_LOCK_KEY: this.lockKey,
+      WRIT_FENCING_TOKEN: String(this.fencingToken),
+    };
+  }
+
+  /** Renew now (the background renewals go on). */
+  async renew(): Promise<Lease> {
+    const sent = monotonicS();
+    const left = this.#deadline - sent;
+    // a renewal must answer before the lease would expire, or it is no use
+    const timeoutS = Math.max(0.25, Math.min(this.client.timeoutS, left > 0 ? left : Infinity));
+    const controller = new AbortController();
+    this.#inflight = controller;
+    try {
+      const data = await this.client.renew(this.leaseId, {}, { timeoutS, signal: controller.signal });
+      if (!this.#stopped) {
+        this.data = data;
+        this.#ttlS = Number(data.ttl_s ?? this.#ttlS);
+        this.#deadline = sent + this.#ttlS;
+      }
+      return data;
+    } catch (exc) {
+      if (exc instanceof LeaseLostError) this.#lose(exc); // also when called by hand
+      throw exc;
+    } finally {
+      if (this.#inflight === controller) this.#inflight = undefined;
+    }
+  }
+
+  /** Stop renewing, without releasing (the lease expires by itself within its ttl). */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#inflight?.abort();
+    await this.#renewing?.catch(() => undefined);
+  }
+
+  /**
+   * Stop renewing and release. Rejects with the `LeaseLostError` if the lease was lost.
+   * When the server cannot be reached, resolves to undefined: the lease then expires by
+   * itself within its ttl.
+   */
+  async release(): Promise<Lease | undefined> {
+    await this.stop();
+    this.check();
+    try {
+      this.data = await this.client.release(this.leaseId);
+    } catch (exc) {
+      if (exc instanceof LeaseLostError) {
+        this.#lose(exc);
+        throw exc;
+      }
+      if (exc instanceof UnavailableError) return undefined;
+      throw exc;
+    }
+    this.#lost.abort(
+      new LeaseLostError(`lease ${this.leaseId} on ${this.resource} was released`, {
+        lease_id: this.leaseId,
+        state: "released",
+        fencing_token: this.fencingToken,
+      }),
+    );
+    return this.data;
+  }
+
+  // ---- renewal ------------------------------------------------------------------------------
+  get #every(): number {
+    return Math.max(this.#options.renewEveryS ?? this.#ttlS / 3, 0.01);
+  }
+
+  #schedule(at: number): void {
+    if (this.#stopped) return;
+    const delayS = Math.max(0, Math.min(at, this.#deadline) - monotonicS());
+    this.#timer = setTimeout(() => {
+      this.#renewing = this.#tick();
+    }, delayS * 1000);
+  }
+
+  async #tick(): Promise<void> {
+    try {
+      await this.renew();
+      this.#schedule(monotonicS() + this.#every);
+    } catch (exc) {
+      if (this.#stopped) return;
+      const err =
+        exc instanceof WritError
+          ? exc
+          : new UnavailableError(String(exc), {}, { status: 0, cause: exc });
+      if (err.status >= 400 && err.status < 500) {
+        // refused (410 lost, 403, 404, ...) rather than failed in transit or 5xx
+        const lost =
+          err instanceof LeaseLostError
+            ? err
+            : new LeaseLostError(
+                `lease ${this.leaseId} on ${this.resource} was lost: ${err.message}`,
+                { lease_id: this.leaseId, cause: err.code },
+              );
+        this.#lose(lost);
+      } else if (monotonicS() >= this.#deadline) {
+        this.#lose(
+          new LeaseLostError(
+            `lease ${this.leaseId} on ${this.resource} could not be renewed before it expired ` +
+              `(ttl ${this.#ttlS}s): ${err.message}; treat it as lost`,
+            { lease_id: this.leaseId, state: "unknown", fencing_token: this.fencingToken },
+          ),
+        );
+      } else {
+        this.#schedule(monotonicS() + Math.min(Math.max(this.#ttlS / 10, 0.05), 1));
+      }
+    }
+  }
+
+  #lose(err: LeaseLostError): void {
+    if (this.error) return;
+    this.error = err;
+    this.#stopped = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    try {
+      this.#options.onLost?.(err);
+    } catch {
+      // a failing callback must not stop the signal
+    }
+    this.#lost.abort(err);
+  }
+}

@@ -1,0 +1,380 @@
+"""Connection limits for writ's HTTP listeners: ``writ serve``, ``writ gate`` and
+``writ mcp --transport http`` (docs/security.md, "Limits").
+
+One client must not be able to take a listener down. uvicorn (with httptools) on its own
+buffers a request head of any size, waits for a slow head or body forever, and accepts
+every connection: one loopback client holding thousands of half-sent requests exhausts
+file descriptors and memory. :class:`Limits` closes each of those doors, in the protocol
+(before the ASGI app, before anything is buffered):
+
+* request headers larger than ``max_header_bytes`` (or a request line over
+  ``max_request_line``) are answered
+  ``413`` (``too_large``) and the connection closed *while* it is being read — counted per chunk received,
+  so at most one socket read (256 KiB) is ever held beyond the limit;
+* a head that is not complete ``header_timeout`` seconds after the connection opened (or
+  after the first byte of the next request on a kept-alive connection) is answered ``408``; a body not complete ``body_timeout`` seconds
+  after its head is answered ``408`` (the app sees the client go away);
+* a keep-alive connection idle for ``keepalive_timeout`` seconds is closed;
+* at most ``max_connections`` connections are open. A new one beyond that first takes the
+  place of the connection that has waited longest without a request in progress (idle or
+  still sending its head, as a slow client does); only when every connection is busy with
+  a request is the newcomer answered ``503`` with ``Retry-After`` and closed at once.
+
+The mechanism was chosen by measurement (docs/security.md): uvicorn's own
+``limit_concurrency`` answers 503 only once a head is complete (a slow head never is), and
+``h11_max_incomplete_event_size`` applies only to the slower h11 parser.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import json
+import logging
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, TypeVar, cast
+
+import click
+
+__all__ = ["GATE_LIMITS", "Limits", "from_options", "limit_options"]
+
+log = logging.getLogger("writ.limits")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    503: "Service Unavailable",
+}
+
+
+def _canned(status: int, code: str, message: str, retry_after: int | None = None) -> bytes:
+    """A complete ``Connection: close`` answer in writ's error shape, written raw."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = [
+        f"HTTP/1.1 {status} {_REASONS[status]}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        "connection: close",
+    ]
+    if retry_after is not None:
+        head.append(f"retry-after: {retry_after}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one listener allows each connection (defaults: ``writ serve``'s)."""
+
+    max_header_bytes: int = 16 << 10
+    max_request_line: int = 64 << 10  # the request line (method, target, version) apart
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 5.0
+    max_connections: int = 4096
+    origin_form_only: bool = False  # refuse absolute-form targets (GET http://host/path)
+
+    def __post_init__(self) -> None:
+        for name in ("max_header_bytes", "max_request_line", "max_connections"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("header_timeout", "body_timeout", "keepalive_timeout"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be more than 0 seconds")
+
+    def effective(self) -> Limits:
+        """These limits with ``max_connections`` kept below the process's file limit
+        (``RLIMIT_NOFILE``, less room for the store, logs and the listening sockets)."""
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or self.max_connections <= soft - 64:
+            return self
+        cap = max(1, soft - 64)
+        log.warning(
+            "max connections %d lowered to %d: the open-file limit is %d (raise it with ulimit -n)",
+            self.max_connections,
+            cap,
+            soft,
+        )
+        return replace(self, max_connections=cap)
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``uvicorn.Config`` that enforce these limits."""
+        limits = self.effective()
+        return {
+            "http": guarded_protocol(limits),
+            "timeout_keep_alive": limits.keepalive_timeout,
+            # only read by the h11 parser; kept in step for a uvicorn that falls back to it
+            "h11_max_incomplete_event_size": limits.max_header_bytes,
+        }
+
+
+GATE_LIMITS = Limits(body_timeout=60.0, origin_form_only=True)
+"""``writ gate``'s defaults: a body streams on to the upstream as it comes, so more time;
+a request names its target as a path only (an absolute-form target may name another host
+than the Host header the upstream reads)."""
+
+
+class _Guarded(type):
+    """The metaclass of :func:`guarded_protocol`'s classes: such a class is pickled as the
+    call that makes it again, for ``writ serve --workers`` (uvicorn starts its workers
+    with the spawn method, which pickles the server's configuration)."""
+
+    LIMITS: Limits
+
+
+def _remade(cls: _Guarded) -> tuple[Callable[..., _Guarded], tuple[Limits]]:
+    return cast("Callable[..., _Guarded]", guarded_protocol), (cls.LIMITS,)
+
+
+copyreg.pickle(_Guarded, _remade)
+
+
+def guarded_protocol(limits: Limits) -> type[Any]:
+    """uvicorn's httptools protocol, with ``limits`` enforced (see the module docstring)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    too_large = _canned(
+        413,  # writ's too_large (errors.TooLarge), for headers as for bodies
+        "too_large",
+        f"request headers exceed {limits.max_header_bytes} bytes, or the request line "
+        f"{limits.max_request_line}",
+    )
+    head_slow = _canned(
+        408,
+        "timeout",
+        f"request line and headers not received within {limits.header_timeout:g} s",
+    )
+    body_slow = _canned(
+        408, "timeout", f"request body not received within {limits.body_timeout:g} s"
+    )
+    absolute = _canned(
+        400,
+        "invalid",
+        "the request target must be a path (/path?query), not an absolute URL",
+    )
+    busy = _canned(
+        503,
+        "unavailable",
+        f"too many open connections (at most {limits.max_connections}, each busy with a "
+        "request): retry shortly",
+        retry_after=1,
+    )
+
+    # this listener's connections with no request in progress, oldest first
+    idle: dict[Any, None] = {}
+
+    class GuardedHttpTools(HttpToolsProtocol, metaclass=_Guarded):
+        LIMITS: ClassVar[Limits] = limits
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._deadline: Any = None  # asyncio.TimerHandle of the head or body deadline
+            self._in_head = True  # the parser is between requests, or reading a head
+            self._head_bytes = self._line_bytes = 0
+            self._line_done = False
+            self._tail = b""
+            self._refused = False  # answered and closing: ignore anything more it sends
+            self._rejected = False  # turned away at connect: never one of the connections
+
+        # -- connection ---------------------------------------------------------------
+        def connection_made(self, transport: Any) -> None:
+            if len(self.connections) >= limits.max_connections and not self._evict():
+                self._refused = self._rejected = True
+                self.transport = transport
+                transport.write(busy)
+                transport.close()
+                return
+            super().connection_made(transport)
+            idle[self] = None
+            self._arm(limits.header_timeout, head_slow)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            idle.pop(self, None)
+            if not self._rejected:
+                super().connection_lost(exc)
+
+        def _evict(self) -> bool:
+            """Close the connection that has waited longest without a request in
+            progress, to make room; False when every connection is busy. O(1): the idle
+            ones are kept in the order they became idle."""
+            while idle:
+                oldest = next(iter(idle))
+                del idle[oldest]
+                if oldest.transport is not None and not oldest.transport.is_closing():
+                    oldest.transport.close()
+                    self.connections.discard(oldest)
+                    return True
+            return False
+
+        # -- deadlines ----------------------------------------------------------------
+        def _arm(self, seconds: float, answer: bytes) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, self._expired, answer)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expired(self, answer: bytes) -> None:
+            self._deadline = None
+            if self.transport is None or self.transport.is_closing():
+                return
+            cycle = self.cycle  # the request before, or the one whose body is late
+            if cycle is None or cycle.response_complete or not cycle.response_started:
+                self.transport.write(answer)
+            self.transport.close()
+
+        # -- data ---------------------------------------------------------------------
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            if self._in_head and not self._count_head(data):
+                self._disarm()
+                self.transport.write(too_large)
+                self.transport.close()
+                return
+            super().data_received(data)
+
+        def _count_head(self, data: bytes) -> bool:
+            """Count the request line and the headers as they arrive (up to the blank
+            line that ends them); False once either is over its limit."""
+            if not self._line_done:
+                buf = self._tail + data
+                i = buf.find(b"\r\n")
+                if i < 0:
+                    self._line_bytes += len(data)
+                    self._tail = buf[-1:]
+                    return self._line_bytes <= limits.max_request_line
+                self._line_bytes += max(0, i - len(self._tail))
+                self._line_done = True
+                data = data[max(0, i + 2 - len(self._tail)) :]
+                self._tail = b"\r\n"  # a head with no headers ends right here
+                if self._line_bytes > limits.max_request_line:
+                    return False
+            buf = self._tail + data
+            end = buf.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+            self._tail = buf[-3:]
+            return self._head_bytes <= limits.max_header_bytes
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._in_head = True
+            if self._deadline is None:
+                self._arm(limits.header_timeout, head_slow)
+
+        def on_headers_complete(self) -> None:
+            if limits.origin_form_only and not self.url.startswith((b"/", b"*")):
+                self._refused = True
+                self._disarm()
+                self.transport.write(absolute)
+                self.transport.close()
+                return
+            self._in_head = False
+            idle.pop(self, None)  # busy with a request until its response is complete
+            self._head_bytes = self._line_bytes = 0
+            self._line_done, self._tail = False, b""
+            self._arm(limits.body_timeout, body_slow)
+            super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            self._in_head = True  # what comes next is the next request's head
+            if self.cycle is not None and self.cycle.response_complete and not self.pipeline:
+                idle[self] = None  # answered before its body was all in: idle now
+            if not self._refused:
+                super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            idle.pop(self, None)
+            if not self.pipeline and self._in_head:  # nothing queued, no body arriving
+                idle[self] = None  # the newest idle one
+            super().on_response_complete()
+
+    return GuardedHttpTools
+
+
+def limit_options(
+    defaults: Limits | None = None, env_prefix: str | None = None
+) -> Callable[[F], F]:
+    """The click options that set a listener's :class:`Limits` (passed as ``limits``);
+    with ``env_prefix``, each may also be set by ``PREFIX_FLAG_NAME`` (``WRIT_MAX_CONNECTIONS``)."""
+    d = defaults or Limits()
+
+    def env(flag: str) -> dict[str, Any]:
+        if env_prefix is None:
+            return {}
+        name = env_prefix + flag.lstrip("-").replace("-", "_").upper()
+        return {"envvar": name, "show_envvar": True}
+
+    def decorate(fn: F) -> F:
+        options = [
+            click.option(
+                "--max-connections",
+                **env("--max-connections"),
+                type=click.IntRange(1),
+                default=d.max_connections,
+                show_default=True,
+                help="Open connections at most; beyond, an idle one is closed to make room, "
+                "or the newcomer gets 503 (also kept below the open-file limit).",
+            ),
+            click.option(
+                "--max-header-bytes",
+                **env("--max-header-bytes"),
+                type=click.IntRange(256),
+                default=d.max_header_bytes,
+                show_default=True,
+                help="Largest block of request headers; more is 413, refused while read.",
+            ),
+            click.option(
+                "--header-timeout",
+                **env("--header-timeout"),
+                type=click.FloatRange(0, min_open=True),
+                default=d.header_timeout,
+                show_default=True,
+                help="Seconds a client has to send a request's line and headers (408 after).",
+            ),
+            click.option(
+                "--body-timeout",
+                **env("--body-timeout"),
+                type=click.FloatRange(0, min_open=True),
+                default=d.body_timeout,
+                show_default=True,
+                help="Seconds a client has to send a request's body once its headers are in.",
+            ),
+            click.option(
+                "--keepalive-timeout",
+                **env("--keepalive-timeout"),
+                type=click.FloatRange(0, min_open=True),
+                default=d.keepalive_timeout,
+                show_default=True,
+                help="Seconds an idle keep-alive connection stays open.",
+            ),
+        ]
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def from_options(options: dict[str, Any], base: Limits | None = None) -> Limits:
+    """Pop the :func:`limit_options` values out of a command's keyword arguments, onto
+    ``base`` (the listener's defaults)."""
+    return replace(
+        base or Limits(),
+        max_header_bytes=options.pop("max_header_bytes"),
+        header_timeout=options.pop("header_timeout"),
+        body_timeout=options.pop("body_timeout"),
+        keepalive_timeout=options.pop("keepalive_timeout"),
+        max_connections=options.pop("max_connections"),
+    )

@@ -1,0 +1,332 @@
+"""The gate owns its headers and its paths: what a WSGI upstream (which reads headers as
+``HTTP_*`` environ variables, ``-`` and ``_`` alike) receives through ``writ gate``.
+
+A real upstream (wsgiref, recording each request's environ) behind a real gate over HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import httpx
+import pytest
+import uvicorn
+
+from tests.server_fixtures import LiveServer, free_port, run_writ, unique
+from writ.gate import Gate, Route, ambiguity
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class WsgiUpstream:
+    """A WSGI admin API that records the environ of every request that reaches it."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.server: WSGIServer = make_server(
+            "127.0.0.1", free_port(), self.app, handler_class=_Quiet
+        )
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def app(self, environ: dict[str, Any], start: Any) -> list[bytes]:
+        size = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(size) if size else b""
+        self.seen.append(
+            {
+                k: v
+                for k, v in environ.items()
+                if k.startswith("HTTP_") or k in ("PATH_INFO", "REQUEST_METHOD", "QUERY_STRING")
+            }
+            | {"body": body}
+        )
+        start("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    def __enter__(self) -> WsgiUpstream:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class GateRig:
+    def __init__(self, live: LiveServer, upstream: WsgiUpstream, gate_url: str, res: str):
+        self.live, self.upstream, self.res = live, upstream, res
+        self.gate_url = gate_url
+        self.host, port = gate_url.removeprefix("http://").split(":")
+        self.port = int(port)
+        self.agent, self.token = live.principal("agent")
+
+    def raw(self, request: bytes) -> bytes:
+        """Send bytes as they are; the whole answer."""
+        with socket.create_connection((self.host, self.port), timeout=10) as s:
+            s.sendall(request)
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+        return out
+
+    def send(
+        self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        try:
+            conn.putrequest(method, path, skip_accept_encoding=True)
+            for k, v in (headers or {}).items():
+                conn.putheader(k, v)
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+
+@contextlib.contextmanager
+def serve_gate(gate: Gate) -> Iterator[str]:
+    """The gate under uvicorn in a thread, configured as `writ gate` serves it."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            gate, host="127.0.0.1", port=free_port(), log_level="warning", proxy_headers=False
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture(scope="module")
+def rig(live_server: LiveServer) -> Iterator[GateRig]:
+    """An in-process gate (its log captured by caplog) in front of a WSGI upstream."""
+    res = unique("trust")
+    _, gate_token = live_server.principal("portal", unique("gate"))
+    with WsgiUpstream() as upstream:
+        routes = [
+            Route("/admin/db/*", f"{res}/db"),
+            Route("/admin/cache/*", f"{res}/cache", frozenset({"DELETE"})),
+        ]
+        gate = Gate(live_server.url, gate_token, upstream.url, routes)
+        with serve_gate(gate) as url:
+            yield GateRig(live_server, upstream, url, res)
+
+
+def env(rig: GateRig) -> dict[str, Any]:
+    return rig.upstream.seen[-1]
+
+
+# ----------------------------------------------------------------------------- headers
+def test_every_spelling_of_the_gate_headers_is_stripped(rig: GateRig) -> None:
+    """Writ_Holder, WRIT-FENCING-TOKEN, writ_resource... never reach a WSGI upstream as
+    HTTP_WRIT_*; nor do forwarding headers the caller made up."""
+    status, _ = rig.send(
+        "GET",
+        "/public/x",
+        {
+            "Writ_Holder": "forged",
+            "WRIT-FENCING-TOKEN": "999999",
+            "writ_resource": "forged",
+            "Writ_Lease": "x",
+            "X_Forwarded_For": "6.6.6.6",
+            "X-Forwarded-For": "6.6.6.6",
+            "X_Real_IP": "6.6.6.6",
+            "Forwarded": "for=6.6.6.6",
+        },
+    )
+    assert status == 200
+    e = env(rig)
+    assert not [k for k in e if k.startswith("HTTP_WRIT_")], e
+    assert e["HTTP_X_FORWARDED_FOR"] == "127.0.0.1"
+    assert "HTTP_X_REAL_IP" not in e and "HTTP_FORWARDED" not in e
+
+
+def test_the_writ_token_never_reaches_the_upstream(rig: GateRig) -> None:
+    """On an unmapped read, a mapped read and an unmapped write: Authorization (the writ
+    token) is dropped; beside Writ-Authorization the caller's own Authorization passes,
+    but never a writ token in it."""
+    bearer = {"Authorization": f"Bearer {rig.token}"}
+    for method, path in (("GET", "/public/x"), ("GET", "/admin/db/x"), ("POST", "/public/y")):
+        assert rig.send(method, path, bearer)[0] == 200
+        assert "HTTP_AUTHORIZATION" not in env(rig), (method, path)
+    own = {"Writ-Authorization": f"Bearer {rig.token}", "Authorization": "Basic dXA6c3c="}
+    assert rig.send("GET", "/public/x", own)[0] == 200
+    assert env(rig)["HTTP_AUTHORIZATION"] == "Basic dXA6c3c="
+    assert "HTTP_WRIT_AUTHORIZATION" not in env(rig)
+    both = {"Writ_Authorization": "Bearer x", "Authorization": f"Bearer {rig.token}"}
+    assert rig.send("GET", "/public/x", both)[0] == 200
+    assert "HTTP_AUTHORIZATION" not in env(rig)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-HTTP-Method-Override": "DELETE"},
+        {"X_HTTP_Method_Override": "DELETE"},
+        {"X-HTTP-Method-Override": "GET, DELETE"},
+        {"X-HTTP-Method": "delete"},
+        {"X-Method-Override": "DELETE"},
+        {"X-Original-Method": "DELETE"},
+        {"x_original_method": "DELETE"},
+    ],
+)
+def test_method_overrides_in_every_form_are_judged(rig: GateRig, headers: dict[str, str]) -> None:
+    """A POST that says (in any header spelling, or in a list) it is a DELETE is judged by
+    the DELETE-only route: 423, and the upstream never sees it."""
+    before = len(rig.upstream.seen)
+    status, body = rig.send("POST", "/admin/cache/all", headers)
+    assert status == 423, body
+    assert len(rig.upstream.seen) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "ctype", "body"),
+    [
+        ("/admin/cache/all?_method=DELETE", None, b""),
+        ("/admin/cache/all?a=1&_METHOD=delete", None, b""),
+        ("/admin/cache/all", "application/x-www-form-urlencoded", b"a=1&_method=DELETE"),
+        (
+            "/admin/cache/all",
+            "multipart/form-data; boundary=XX",
+            b'--XX\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XX--\r\n',
+        ),
+    ],
+)
+def test_a_method_field_is_judged_as_the_write_it_names(
+    rig: GateRig, path: str, ctype: str | None, body: bytes
+) -> None:
+    before = len(rig.upstream.seen)
+    headers = {"Content-Type": ctype} if ctype else {}
+    status, answer = rig.send("POST", path, headers, body)
+    assert status == 423, answer
+    assert len(rig.upstream.seen) == before
+
+
+def test_an_unreadable_multipart_method_is_refused_and_a_plain_form_passes_whole(
+    rig: GateRig,
+) -> None:
+    weird = (
+        b'--XX\r\nContent-Disposition: form-data; name="_method"\r\nContent-Type: text/plain'
+        b"\r\n\r\nDELETE\r\n--XX--\r\n"
+    )
+    before = len(rig.upstream.seen)
+    ctype = {"Content-Type": "multipart/form-data; boundary=XX"}
+    assert rig.send("POST", "/admin/cache/all", ctype, weird)[0] == 400
+    assert len(rig.upstream.seen) == before
+    # a form with no _method on a mapped path is read and passed on intact
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, _ = rig.send("PATCH", "/admin/cache/all", form, b"a=1&b=" + b"x" * 5000)
+    assert status == 200
+    assert env(rig)["body"] == b"a=1&b=" + b"x" * 5000
+
+
+# ----------------------------------------------------------------------------- paths
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/db;x=1/y",
+        "/admin/db/x;jsessionid=1",
+        "/admin/db/x%00",
+        "/admin/db/x%0a",
+        "/admin/db/x%20y",
+        "/admin/db%2fx",
+        "/admin%5cdb/x",
+        "/admin/%2e%2e/admin/db/x",
+        "/admin/db/%252e",
+        "/admin/db//x",
+        "/admin/db/./x",
+        "/x/../admin/db/x",
+        "/admin/db/%zz",
+    ],
+)
+def test_ambiguous_paths_on_a_mapped_prefix_are_refused(rig: GateRig, path: str) -> None:
+    """Reads too: what the upstream would make of them is not what the gate matched."""
+    for method in ("GET", "POST"):
+        before = len(rig.upstream.seen)
+        status, body = rig.send(method, path)
+        assert status == 400, (method, path, body)
+        assert b'"invalid"' in body
+        assert len(rig.upstream.seen) == before
+
+
+def test_ambiguous_paths_elsewhere_pass_and_plain_ones_are_matched(rig: GateRig) -> None:
+    assert rig.send("GET", "/public/a;b")[0] == 200
+    assert env(rig)["PATH_INFO"] == "/public/a;b"
+    # a route /admin/db/* covers /admin/db and /admin/db/ too
+    for path in ("/admin/db", "/admin/db/", "/ADMIN/DB"):
+        before = len(rig.upstream.seen)
+        assert rig.send("POST", path)[0] == 423, path
+        assert len(rig.upstream.seen) == before
+    assert ambiguity(b"/admin/caf%C3%A9") is None  # UTF-8 escapes are plain text
+    assert ambiguity(b"/admin/%ff") is not None
+
+
+def test_odd_request_targets_get_4xx_and_head_logs_no_error(
+    rig: GateRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    out = rig.raw(b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 "), out[:100]
+    r = httpx.head(rig.gate_url + "/admin/db/x", timeout=10)
+    assert r.status_code == 200 and env(rig)["REQUEST_METHOD"] == "HEAD"
+    r = httpx.head(rig.gate_url + "/public/x", timeout=10)
+    assert r.status_code == 200
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+def test_the_gate_process_refuses_absolute_form_and_trusts_forwarded_for_only_when_told(
+    live_server: LiveServer, tmp_path: Any
+) -> None:
+    """`writ gate`: an absolute-form target is 400; X-Forwarded-For from a trusted address
+    is extended, from any other replaced."""
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[route]]\npath = "/admin/*"\nresource = "trust/x"\n')
+    _, gate_token = live_server.principal("portal", unique("gate"))
+    with WsgiUpstream() as upstream:
+        for trusted, want in ((None, "127.0.0.1"), ("127.0.0.0/8", "1.2.3.4, 127.0.0.1")):
+            args = [
+                "gate",
+                "--url",
+                live_server.url,
+                "--token",
+                gate_token,
+                "--upstream",
+                upstream.url,
+                "--listen",
+                "127.0.0.1:0",
+                "--routes",
+                str(routes),
+            ]
+            if trusted:
+                args += ["--trust-forwarded-for", trusted]
+            with run_writ(args) as url:
+                host, port = url.removeprefix("http://").split(":")
+                with socket.create_connection((host, int(port)), timeout=10) as s:
+                    s.sendall(
+                        b"POST http://elsewhere/admin/x HTTP/1.1\r\nHost: x\r\n"
+                        b"Content-Length: 0\r\n\r\n"
+                    )
+                    assert s.recv(65536).startswith(b"HTTP/1.1 400 ")
+                r = httpx.get(url + "/public", headers={"X-Forwarded-For": "1.2.3.4"})
+                assert r.status_code == 200
+                assert upstream.seen[-1]["HTTP_X_FORWARDED_FOR"] == want

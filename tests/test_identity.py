@@ -1,0 +1,375 @@
+"""External identity (``[[identity.jwt]]``): JWTs from configured issuers act as registered
+principals. Real keys (RSA and EC, made with ``cryptography``), a real JWKS server on
+loopback (started here), and the attacks: wrong claims, alg confusion, made-up key ids."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from writ.engine import Engine
+from writ.identity import REFRESH_COOLDOWN_S
+from writ.policy import PolicyError, parse
+from writ.server import create_app
+
+pytestmark = pytest.mark.usefixtures("no_admin_env")
+
+RSA_ISS = "https://id.vendor-a.example"
+EC_ISS = "https://id.vendor-b.example"
+
+
+class Key:
+    """A signing key with its ``kid`` and its public JWK."""
+
+    def __init__(self, kind: str) -> None:
+        self.kid = f"{kind}-{uuid.uuid4().hex[:8]}"
+        if kind == "rsa":
+            self.private: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            self.alg = "RS256"
+            self.jwk = RSAAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
+        else:
+            self.private = ec.generate_private_key(ec.SECP256R1())
+            self.alg = "ES256"
+            self.jwk = ECAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
+        self.jwk.update(kid=self.kid, use="sig", alg=self.alg)
+
+    def public_pem(self) -> bytes:
+        return bytes(
+            self.private.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+
+    def sign(self, iss: str, sub: str, **claims: Any) -> str:
+        now = int(time.time())
+        body = {"iss": iss, "aud": "writ", "sub": sub, "iat": now, "exp": now + 300, **claims}
+        body = {k: v for k, v in body.items() if v is not None}
+        return jwt.encode(body, self.private, algorithm=self.alg, headers={"kid": self.kid})
+
+
+class Jwks:
+    """A JWKS endpoint on loopback: serves ``keys``, counts fetches, can fail."""
+
+    def __init__(self) -> None:
+        self.keys: list[dict[str, Any]] = []
+        self.fetches = 0
+        self.fail = False
+        self.redirect: str | None = None
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                state.fetches += 1
+                if state.redirect and self.path != "/moved":
+                    self.send_response(302)
+                    self.send_header("Location", state.redirect)
+                    self.end_headers()
+                    return
+                if state.fail:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                body = json.dumps({"keys": state.keys}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/.well-known/jwks.json"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def jwks() -> Iterator[Jwks]:
+    j = Jwks()
+    yield j
+    j.close()
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> Key:
+    return Key("rsa")
+
+
+@pytest.fixture(scope="module")
+def ec_key() -> Key:
+    return Key("ec")
+
+
+class Clock:
+    """The monotonic clock of the key cache, moved by hand."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class World:
+    def __init__(self, engine: Engine, http: httpx.AsyncClient, admin: str) -> None:
+        self.engine, self.http, self.admin = engine, http, admin
+
+    async def call(
+        self, token: str, method: str = "GET", path: str = "/v1/whoami", body: Any = None
+    ) -> httpx.Response:
+        return await self.http.request(
+            method, path, json=body, headers={"Authorization": f"Bearer {token}"}
+        )
+
+
+@pytest.fixture
+async def world(
+    make_engine: Callable[..., Any], jwks: Jwks, rsa_key: Key, ec_key: Key, tmp_path: Path
+) -> AsyncIterator[World]:
+    """Issuer A (RSA) publishes on the JWKS server; issuer B (EC) in a file next to the
+    policy; agents perf-agent and cost-agent are registered."""
+    jwks.keys = [rsa_key.jwk]
+    (tmp_path / "b-keys.json").write_text(json.dumps({"keys": [ec_key.jwk]}))
+    policy = tmp_path / "writ.toml"
+    policy.write_text(
+        f"""
+[[identity.jwt]]
+issuer = "{RSA_ISS}"
+audience = "writ"
+jwks_url = "{jwks.url}"
+
+[[identity.jwt]]
+issuer = "{EC_ISS}"
+audience = "writ"
+jwks_file = "b-keys.json"
+claim = "writ_principal"
+"""
+    )
+    from writ.policy import load
+
+    engine: Engine = await make_engine(load(policy))
+    _, admin = await engine.add_principal(None, "boss", "human", admin=True)
+    await engine.add_principal(None, "perf-agent", "agent")
+    await engine.add_principal(None, "cost-agent", "agent")
+    app = create_app(engine, start_engine=False)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://writ"
+    ) as http:
+        yield World(engine, http, admin)
+
+
+def _refused(r: httpx.Response, *words: str) -> None:
+    assert r.status_code == 401, r.text
+    err = r.json()["error"]
+    assert err["code"] == "unauthenticated"
+    for w in words:
+        assert w in err["message"], err["message"]
+
+
+async def test_a_jwt_acts_as_the_principal_its_claim_names(
+    world: World, rsa_key: Key, ec_key: Key
+) -> None:
+    tok = rsa_key.sign(RSA_ISS, "perf-agent")
+    r = await world.call(tok)
+    assert r.status_code == 200 and r.json()["name"] == "perf-agent"
+    lease = await world.call(tok, "POST", "/v1/leases", {"resource": "prod/db", "intent": "scale"})
+    assert lease.status_code == 201 and lease.json()["holder"] == "perf-agent"
+    # issuer B names the principal in its own claim; sub is ignored
+    tok_b = ec_key.sign(EC_ISS, "someone-else", writ_principal="cost-agent")
+    assert (await world.call(tok_b)).json()["name"] == "cost-agent"
+    _refused(await world.call(ec_key.sign(EC_ISS, "cost-agent")), "writ_principal")
+    # not registered
+    _refused(await world.call(rsa_key.sign(RSA_ISS, "ghost-agent")), "not a registered")
+    # a writ token with dots in it (WRIT_ADMIN_TOKEN may be anything) is still a writ token
+    await world.engine.add_principal(None, "dotted", "human", token="three.part.token")
+    assert (await world.call("three.part.token")).json()["name"] == "dotted"
+    # disabled: refused though the JWT is good
+    r = await world.call(
+        world.admin, "POST", "/v1/principals/perf-agent/disable", {"reason": "off-boarded"}
+    )
+    assert r.status_code == 200, r.text
+    _refused(await world.call(tok), "disabled")
+
+
+async def test_signature_and_claims_are_checked(world: World, rsa_key: Key) -> None:
+    now = int(time.time())
+    bad = {
+        "expired": rsa_key.sign(RSA_ISS, "perf-agent", exp=now - 60),
+        "not yet valid": rsa_key.sign(RSA_ISS, "perf-agent", nbf=now + 600),
+        "other audience": rsa_key.sign(RSA_ISS, "perf-agent", aud="not-writ"),
+        "no exp": rsa_key.sign(RSA_ISS, "perf-agent", exp=None),
+        "no aud": rsa_key.sign(RSA_ISS, "perf-agent", aud=None),
+        "unknown issuer": rsa_key.sign("https://evil.example", "perf-agent"),
+        "no issuer": rsa_key.sign(None, "perf-agent"),  # type: ignore[arg-type]
+    }
+    good = rsa_key.sign(RSA_ISS, "perf-agent")
+    head, _body, sig = good.split(".")
+    other = Key("rsa")
+    other.kid = rsa_key.kid  # a stranger's key under the issuer's kid
+    bad["forged signature"] = other.sign(RSA_ISS, "perf-agent")
+    bad["swapped body"] = ".".join([head, rsa_key.sign(RSA_ISS, "cost-agent").split(".")[1], sig])
+    bad["garbage"] = "eyJhbGciOiJSUzI1NiJ9.not-base64!.x"
+    for what, token in bad.items():
+        r = await world.call(token)
+        assert r.status_code == 401, (what, r.text)
+    assert (await world.call(good)).status_code == 200
+
+
+async def test_alg_confusion_is_refused(world: World, rsa_key: Key, jwks: Jwks) -> None:
+    """HS256 "signed" with the issuer's public key (which anyone can fetch), and alg none,
+    are refused before any key is looked up."""
+    now = int(time.time())
+    claims = {"iss": RSA_ISS, "aud": "writ", "sub": "perf-agent", "exp": now + 300}
+    pem = rsa_key.public_pem()
+    import hashlib
+    import hmac
+
+    def b64(raw: bytes) -> str:
+        import base64
+
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    # pyjwt refuses to HMAC with a PEM key, as an attacker's library would not: sign by hand
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": rsa_key.kid}).encode())
+    payload = b64(json.dumps(claims).encode())
+    mac = hmac.new(pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    hs = f"{header}.{payload}.{b64(mac)}"
+    none = jwt.encode(claims, None, algorithm="none", headers={"kid": rsa_key.kid})
+    before = jwks.fetches
+    _refused(await world.call(hs), "HS256")
+    _refused(await world.call(none), "none")
+    assert jwks.fetches == before
+
+
+async def test_key_rotation_fetches_a_new_kid_with_a_bounded_refresh_rate(
+    world: World, rsa_key: Key, jwks: Jwks
+) -> None:
+    keys = world.engine.identity.keys[RSA_ISS]
+    clock = Clock()
+    keys.clock = clock
+    assert (await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))).status_code == 200
+    assert jwks.fetches == 1
+    # the issuer rotates: a new key appears; tokens signed with it are accepted once the
+    # cooldown since the last fetch has passed, with exactly one more fetch
+    new = Key("rsa")
+    jwks.keys = [rsa_key.jwk, new.jwk]
+    _refused(await world.call(new.sign(RSA_ISS, "perf-agent")), new.kid)
+    assert jwks.fetches == 1  # within the cooldown: no fetch
+    clock.t += REFRESH_COOLDOWN_S + 1
+    assert (await world.call(new.sign(RSA_ISS, "perf-agent"))).status_code == 200
+    assert jwks.fetches == 2
+    assert (await world.call(new.sign(RSA_ISS, "cost-agent"))).status_code == 200
+    assert jwks.fetches == 2  # known now: no fetch
+    # a flood of made-up kids: at most one fetch per cooldown
+    liar = Key("rsa")
+    for i in range(200):
+        liar.kid = f"made-up-{i}"
+        _refused(await world.call(liar.sign(RSA_ISS, "perf-agent")))
+        if i == 100:
+            clock.t += REFRESH_COOLDOWN_S + 1
+    assert jwks.fetches == 3
+    # the old key keeps working throughout
+    assert (await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))).status_code == 200
+
+
+async def test_an_unreachable_jwks_is_503_and_not_hammered(
+    world: World, rsa_key: Key, jwks: Jwks
+) -> None:
+    jwks.fail = True
+    for _ in range(20):
+        r = await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+    assert jwks.fetches == 1  # within the cooldown: not asked again
+    # a writ token still works meanwhile
+    assert (await world.call(world.admin)).status_code == 200
+
+
+async def test_a_redirecting_jwks_is_not_followed(world: World, rsa_key: Key, jwks: Jwks) -> None:
+    """The issuer's keys come from the configured URL only: a redirect (to keys an attacker
+    chose, say) is not followed."""
+    jwks.keys = [rsa_key.jwk]
+    jwks.redirect = jwks.url.replace("/.well-known/jwks.json", "/moved")
+    r = await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))
+    assert r.status_code == 503, r.text
+    assert jwks.fetches == 1  # the redirect target was never asked
+
+
+async def test_a_jwks_file_is_read_again_for_a_new_kid(
+    world: World, ec_key: Key, tmp_path: Path
+) -> None:
+    keys = world.engine.identity.keys[EC_ISS]
+    clock = Clock()
+    keys.clock = clock
+    tok = ec_key.sign(EC_ISS, "x", writ_principal="cost-agent")
+    assert (await world.call(tok)).status_code == 200
+    new = Key("ec")
+    (tmp_path / "b-keys.json").write_text(json.dumps({"keys": [ec_key.jwk, new.jwk]}))
+    import os
+
+    st = os.stat(tmp_path / "b-keys.json")
+    os.utime(tmp_path / "b-keys.json", (st.st_atime, st.st_mtime + 5))
+    clock.t += REFRESH_COOLDOWN_S + 1
+    tok2 = new.sign(EC_ISS, "x", writ_principal="cost-agent")
+    assert (await world.call(tok2)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        ('issuer = "a"\naudience = "w"\njwks_url = "http://id.example/jwks"', "loopback"),
+        ('issuer = "a"\naudience = "w"\njwks_url = "ftp://127.0.0.1/jwks"', "https://"),
+        ('issuer = "a"\naudience = "w"', "exactly one of jwks_url and jwks_file"),
+        (
+            'issuer = "a"\naudience = "w"\njwks_url = "https://x/j"\njwks_file = "k.json"',
+            "exactly one",
+        ),
+        ('audience = "w"\njwks_file = "k.json"', "issuer is required"),
+        ('issuer = "a"\njwks_file = "k.json"', "audience is required"),
+        ('issuer = "a"\naudience = "w"\njwks_file = "k"\nalgorithms = ["HS256"]', "algorithms"),
+        ('issuer = "a"\naudience = "w"\njwks_file = "k"\nalgorithms = ["none"]', "algorithms"),
+        ('issuer = "a"\naudience = "w"\njwks_file = "k"\nsecret = "s"', "unknown setting"),
+    ],
+)
+def test_bad_identity_tables_fail_with_their_line(table: str, says: str) -> None:
+    text = 'default_override_queue = "ops"\n\n[[identity.jwt]]\n' + table + "\n"
+    with pytest.raises(PolicyError) as err:
+        parse(text, "writ.toml")
+    assert says in err.value.reason and err.value.line == 3, err.value.message
+
+
+def test_good_identity_tables() -> None:
+    pol = parse(
+        '[[identity.jwt]]\nissuer = "a"\naudience = "w"\njwks_url = "http://127.0.0.1:9/j"\n'
+        '[[identity.jwt]]\nissuer = "b"\naudience = "w"\njwks_url = "https://id.example/j"\n'
+        'claim = "email"\nalgorithms = ["ES256"]\n'
+        '[[identity.jwt]]\nissuer = "c"\naudience = "w"\njwks_url = "http://[::1]:9/j"\n',
+        "conf/writ.toml",
+    )
+    assert [(i.issuer, i.claim) for i in pol.identity] == [
+        ("a", "sub"),
+        ("b", "email"),
+        ("c", "sub"),
+    ]
+    assert pol.identity[1].algorithms == ("ES256",)
+    assert pol.to_dict()["identity"]["jwt"][0]["jwks_url"] == "http://127.0.0.1:9/j"
+    with pytest.raises(PolicyError, match="two"):
+        parse('[[identity.jwt]]\nissuer = "a"\naudience = "w"\njwks_file = "k"\n' * 2)

@@ -1,0 +1,325 @@
+"""One client cannot take a listener down: the connection limits of ``writ serve``,
+``writ gate`` and ``writ mcp --transport http`` (writ.limits), against real processes.
+
+Bounded: each test runs in seconds, with limits set low through the command-line flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server_fixtures import ADMIN_TOKEN, free_port, raise_fd_limit
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class Proc:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc, self.port, self.log = proc, port, log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+@contextlib.contextmanager
+def writ(tmp: Path, *args: str, ready: str = "/v1/health") -> Iterator[Proc]:
+    """``writ ARGS --port P`` as a child process, until it answers ``ready``."""
+    port = free_port()
+    log = tmp / f"writ-{port}.log"
+    where = ["--listen", f"127.0.0.1:{port}"] if args[0] == "gate" else ["--port", str(port)]
+    env = {**os.environ, "WRIT_ADMIN_TOKEN": ADMIN_TOKEN}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from writ.cli import main; main()", *args, *where],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=raise_fd_limit,
+        )
+    p = Proc(proc, port, log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, p.logs()
+            try:
+                httpx.get(f"http://127.0.0.1:{port}{ready}", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, p.logs()
+                time.sleep(0.05)
+        yield p
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a hung shutdown
+            proc.kill()
+            proc.wait(5)
+
+
+def serve_args(tmp: Path, *limits: str) -> tuple[str, ...]:
+    return ("serve", "--store", f"sqlite:///{tmp / 'w.db'}", "--log-level", "warning", *limits)
+
+
+def connect(port: int, timeout: float = 10) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def answer(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes (or the socket times out)."""
+    out = b""
+    with contextlib.suppress(OSError):
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def one_response(s: socket.socket) -> bytes:
+    """One complete response (head and its content-length body) off a kept-alive socket."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(65536)
+    head, _, body = buf.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += s.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def health(port: int) -> tuple[int, float]:
+    t0 = time.monotonic()
+    with connect(port) as s:
+        s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status = int(answer(s).split(b" ", 2)[1])
+    return status, time.monotonic() - t0
+
+
+def send_until_closed(s: socket.socket, total: int) -> int:
+    """Send up to ``total`` bytes of header value; how many went before the server shut
+    the connection."""
+    chunk, sent = b"a" * 65536, 0
+    with contextlib.suppress(OSError):
+        while sent < total:
+            s.sendall(chunk)
+            sent += len(chunk)
+    return sent
+
+
+# ----------------------------------------------------------------------------- writ serve
+def test_an_oversize_head_is_refused_while_read_with_memory_bounded(tmp_path: Path) -> None:
+    """A 64 MiB header line is cut off at the limit (413), not buffered: the server's
+    memory stays flat and it keeps answering."""
+    with writ(tmp_path, *serve_args(tmp_path, "--max-header-bytes", "8192")) as srv:
+        before = _rss(srv.pid)
+        with connect(srv.port) as s:
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 16384)
+            assert answer(s).startswith(b"HTTP/1.1 413 ")
+        with connect(srv.port) as s:  # a request line has its own limit (64 KiB)
+            s.sendall(b"GET /v1/resources/" + b"a" * (80 << 10))
+            assert answer(s).startswith(b"HTTP/1.1 413 ")
+        with connect(srv.port) as s:
+            sent = send_until_closed(s, 64 << 20)
+        growth = (_rss(srv.pid) - before) / 2**20
+        assert sent < 64 << 20, "the server read a 64 MiB head to the end"
+        assert growth < 16, f"server RSS grew by {growth:.0f} MiB"
+        assert health(srv.port)[0] == 200
+        # a head just under the limit still passes, with a body in the same packet
+        body = b'{"x": "' + b"b" * 30000 + b'"}'
+        with connect(srv.port) as s:
+            s.sendall(
+                b"POST /v1/principals HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                + f"Authorization: Bearer {ADMIN_TOKEN}\r\n".encode()
+                + b"X-Pad: "
+                + b"p" * 7000
+                + b"\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            assert answer(s).split(b" ", 2)[1] == b"422"  # judged by the app, not cut off
+
+
+def test_slow_heads_time_out_and_many_connections_leave_health_prompt(tmp_path: Path) -> None:
+    """600 connections sending a head byte by byte against a cap of 200: the oldest idle
+    ones make room, so /v1/health on a fresh connection answers 200 at once; open files
+    stay under the cap; a slow head gets 408 at its deadline; an idle keep-alive closes."""
+    raise_fd_limit(4096)
+    args = serve_args(
+        tmp_path,
+        "--max-connections",
+        "200",
+        "--header-timeout",
+        "2",
+        "--keepalive-timeout",
+        "1",
+    )
+    with writ(tmp_path, *args) as srv:
+        before = _rss(srv.pid)
+        slow: list[socket.socket] = []
+        try:
+            for _ in range(600):
+                s = connect(srv.port)
+                s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+                slow.append(s)
+            for _ in range(5):
+                status, took = health(srv.port)
+                assert status == 200 and took < 2.0, (status, took)
+            assert _fds(srv.pid) < 200 + 64, _fds(srv.pid)
+            assert (_rss(srv.pid) - before) / 2**20 < 32
+            # the newest slow connection is still open, and gets 408 at its deadline
+            last = slow[-1]
+            last.settimeout(10)
+            t0 = time.monotonic()
+            assert answer(last).startswith(b"HTTP/1.1 408 ")
+            assert time.monotonic() - t0 < 5
+        finally:
+            for s in slow:
+                s.close()
+        # a slow head on a kept-alive connection gets its 408 too
+        with connect(srv.port) as s:
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert one_response(s).startswith(b"HTTP/1.1 200 ")
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+            assert answer(s).startswith(b"HTTP/1.1 408 ")
+        # an idle keep-alive connection is closed after --keepalive-timeout
+        with connect(srv.port) as s:
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert one_response(s).startswith(b"HTTP/1.1 200 ")
+            s.settimeout(5)  # closed well before this (a timeout raises)
+            assert s.recv(1) == b""
+
+
+def test_a_body_left_unread_is_not_counted_as_the_next_head(tmp_path: Path) -> None:
+    """The app answers 413 before reading a 2 MiB body; the body still arrives on the
+    kept-alive connection and the next request on it is served, not cut off as a head."""
+    with writ(tmp_path, *serve_args(tmp_path)) as srv, connect(srv.port) as s:
+        body = b"x" * (2 << 20)
+        s.sendall(
+            b"POST /v1/principals HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        assert one_response(s).startswith(b"HTTP/1.1 413 ")
+        s.sendall(body + b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert one_response(s).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_slow_body_times_out(tmp_path: Path) -> None:
+    """A body that stops arriving is answered 408 at --body-timeout."""
+    with writ(tmp_path, *serve_args(tmp_path, "--body-timeout", "1")) as srv:
+        with connect(srv.port) as s:
+            s.sendall(
+                b"POST /v1/principals HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {ADMIN_TOKEN}\r\n".encode()
+                + b"Content-Length: 100\r\n\r\n{"
+            )
+            t0 = time.monotonic()
+            out = answer(s)
+            assert out.startswith(b"HTTP/1.1 408 "), out[:200]
+            assert time.monotonic() - t0 < 5
+        assert health(srv.port)[0] == 200
+
+
+def test_when_every_connection_is_busy_a_newcomer_gets_a_fast_503(tmp_path: Path) -> None:
+    """Connections busy with a request (long-polls) are never evicted: past the cap a new
+    connection is answered 503 with Retry-After at once, and served again once they end."""
+    with writ(tmp_path, *serve_args(tmp_path, "--max-connections", "8")) as srv:
+        polls = []
+        try:
+            for _ in range(8):
+                s = connect(srv.port, timeout=30)
+                s.sendall(
+                    b"GET /v1/events?resource=nobody&wait_s=20 HTTP/1.1\r\nHost: x\r\n"
+                    + f"Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n".encode()
+                )
+                polls.append(s)
+            deadline = time.monotonic() + 10
+            while (got := health(srv.port))[0] == 200:  # until the server has seen them all
+                assert time.monotonic() < deadline
+            status, took = got
+            assert status == 503 and took < 1.0
+            with connect(srv.port) as s:
+                s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+                out = answer(s)
+            assert b"retry-after: 1" in out.lower() and b'"code": "unavailable"' in out
+        finally:
+            for s in polls:
+                s.close()
+        deadline = time.monotonic() + 10
+        while health(srv.port)[0] != 200:
+            assert time.monotonic() < deadline
+
+
+# ----------------------------------------------------------------------- gate and MCP HTTP
+@pytest.mark.parametrize("command", ["gate", "mcp"])
+def test_gate_and_mcp_http_take_the_same_limits(tmp_path: Path, command: str) -> None:
+    """`writ gate` and `writ mcp --transport http` refuse an oversize head (413) and a slow
+    one (408) with the same flags."""
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[route]]\npath = "/admin/*"\nresource = "prod/db"\n')
+    if command == "gate":
+        args: tuple[str, ...] = (
+            "gate",
+            "--url",
+            "http://127.0.0.1:9",
+            "--token",
+            "gate-token",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--routes",
+            str(routes),
+            "--allow-server-down",
+        )
+    else:
+        args = ("mcp", "--transport", "http", "--url", "http://127.0.0.1:9", "--token", "t")
+        args += ("--allow-server-down",)
+    limits = ("--max-header-bytes", "4096", "--header-timeout", "1")
+    with writ(tmp_path, *args, *limits, ready="/") as p:
+        with connect(p.port) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8192)
+            assert answer(s).startswith(b"HTTP/1.1 413 ")
+        with connect(p.port) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            t0 = time.monotonic()
+            assert answer(s).startswith(b"HTTP/1.1 408 ")
+            assert time.monotonic() - t0 < 5
+
+
+def test_the_guarded_protocol_pickles_for_worker_processes() -> None:
+    """`writ serve --workers` starts its processes with spawn, which pickles uvicorn's
+    configuration, the protocol class included: it comes back as a class with the same
+    limits (a local class would fail to pickle, and the workers would never start)."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    from writ.limits import Limits
+
+    limits = Limits(max_connections=64, header_timeout=2.5)
+    cls = limits.uvicorn_options()["http"]
+    again = pickle.loads(ForkingPickler.dumps(cls))
+    assert again.LIMITS == limits.effective() and again.__name__ == cls.__name__

@@ -1,0 +1,170 @@
+"""OpenTelemetry (issue 14): spans for HTTP requests, engine operations, store
+transactions and outbound calls, captured with the SDK's in-memory exporter; the caller's
+``traceparent`` is continued, outbound calls carry one, and log lines name the trace."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("opentelemetry.sdk", reason="the otel extra is not installed")
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+
+from writ import tracing
+from writ.clock import ManualClock
+from writ.engine import Engine
+from writ.logs import ACCESS, DECISION, log_decisions
+from writ.policy import parse
+from writ.server import create_app
+from writ.stores.sqlite import SQLiteStore
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.enable(provider)
+    yield exporter
+    tracing.disable()
+    provider.shutdown()
+
+
+class Hook:
+    """A receiver that records each request's headers."""
+
+    def __init__(self) -> None:
+        self.headers: list[dict[str, str]] = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                outer.headers.append({k.lower(): v for k, v in self.headers.items()})
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_tracing_is_off_unless_the_environment_asks() -> None:
+    assert not tracing.wanted({})
+    assert not tracing.wanted({"OTEL_TRACES_EXPORTER": "none"})
+    assert not tracing.wanted(
+        {"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}
+    )
+    assert tracing.wanted({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"})
+    assert tracing.wanted({"OTEL_TRACES_EXPORTER": "console"})
+    assert not tracing.enabled()
+
+
+async def test_spans_cover_request_engine_store_and_outbound(
+    spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    hook = Hook()
+    clock = ManualClock()
+    engine = Engine(
+        SQLiteStore(f"sqlite:///{tmp_path}/t.db", clock=clock),
+        parse('[[rules]]\nprefix = "prod"\nmax_hold_s = 60\npage_after_s = 60\n'),
+    )
+    tracing.instrument(engine)
+    log_decisions(engine)
+    await engine.start(background=False)
+    records = Records()
+    for lg in (ACCESS, DECISION):
+        lg.addHandler(records)
+        lg.setLevel(logging.INFO)
+    try:
+        _, token = await engine.add_principal(None, "tr-agent", "agent", wake=f"{hook.base}/w")
+        app = create_app(engine, start_engine=False)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://writ"
+        ) as c:
+            spans.clear()
+            r = await c.post(
+                "/v1/leases",
+                json={"resource": "prod/db", "intent": "x", "ttl_s": 600},
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "traceparent": f"00-{TRACE}-{PARENT}-01",
+                },
+            )
+            assert r.status_code == 201
+            lease_id = r.json()["lease_id"]
+            finished = spans.get_finished_spans()
+            spans.clear()
+            ch = await c.post(
+                f"/v1/leases/{lease_id}/changes",
+                json={"attribute": "capacity", "summary": "4->8"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert ch.status_code == 201
+            rule_spans = {s.name for s in spans.get_finished_spans()}
+            assert "writ.consents.record_change" in rule_spans
+            assert "HTTP POST /v1/leases/{lease_id}/changes" in rule_spans
+        by_name = {s.name: s for s in finished}
+        http = by_name["HTTP POST /v1/leases"]
+        assert format(http.context.trace_id, "032x") == TRACE  # the caller's trace, continued
+        assert format(http.parent.span_id, "016x") == PARENT
+        assert http.attributes["http.route"] == "/v1/leases"
+        assert http.attributes["http.response.status_code"] == 201
+        acquire = by_name["writ.acquire"]
+        transact = by_name["writ.store.transact"]
+        assert acquire.parent.span_id == http.context.span_id
+        assert transact.parent.span_id == acquire.context.span_id
+        assert {s.context.trace_id for s in (http, acquire, transact)} == {int(TRACE, 16)}
+
+        # log lines carry the trace
+        access = next(x for x in records.records if x.name == "writ.access")
+        assert access.writ["trace_id"] == TRACE  # type: ignore[attr-defined]
+        granted = next(x for x in records.records if x.getMessage() == "lease.granted")
+        assert granted.writ["trace_id"] == TRACE  # type: ignore[attr-defined]
+
+        # a stuck lease: the wake call is a span and carries traceparent to the receiver
+        spans.clear()
+        clock.advance(61)
+        await engine.sweep()
+        await engine.caller.drain()
+        [outbound] = [s for s in spans.get_finished_spans() if s.name == "writ.outbound"]
+        [headers] = hook.headers
+        tp = headers["traceparent"].split("-")
+        assert tp[1] == format(outbound.context.trace_id, "032x")
+        assert tp[2] == format(outbound.context.span_id, "016x")
+        assert by_name  # the sweep's own spans
+        assert any(s.name == "writ.sweep" for s in spans.get_finished_spans())
+    finally:
+        for lg in (ACCESS, DECISION):
+            lg.removeHandler(records)
+        await engine.stop()
+        hook.server.shutdown()
+        hook.server.server_close()

@@ -325,9 +325,9 @@ def test_policy_explain_offline_takes_only_a_principal_name(tmp_path: Path) -> N
     (tmp_path / "p.toml").write_text(POLICY)
     args = ["policy", "explain", "--file", str(tmp_path / "p.toml")]
     r = CliRunner().invoke(main, [*args, "perf-agent\nfake-agent may write", "prod/db"])
-    assert r.exit_code == 1 and "not a principal name" in r.output, r.output
+    assert r.exit_code == 2 and "not a principal name" in r.output, r.output
     r = CliRunner().invoke(main, [*args, "x", "prod/db", "--vendor", "v\x1b[2J"])
-    assert r.exit_code == 1 and "vendor" in r.output, r.output
+    assert r.exit_code == 2 and "vendor" in r.output, r.output
     r = CliRunner().invoke(main, [*args, "perf-agent", "prod/db"])
     assert r.exit_code == 0 and r.output.startswith("perf-agent may write prod/db"), r.output
 

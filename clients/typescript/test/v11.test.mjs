@@ -140,6 +140,13 @@ describe("authority (closed mode)", () => {
     } finally {
       await w.admin.release(lease.lease_id);
     }
+    // withLease's handle keeps the grant's warning after renewals replace its data
+    const kept = await w.admin.withLease(`prdo/${unique("db")}`, { intent: "typo", ttlS: 30 }, async (lease) => {
+      await lease.renew();
+      assert.equal(lease.data.warning, undefined);
+      return lease.warning;
+    });
+    assert.match(kept, /outside every prefix the policy names/);
     const plain = await perf.writ.acquire(dbResource(), { intent: "no typo" });
     assert.equal(plain.warning, undefined);
     await perf.writ.release(plain.lease_id);

@@ -241,6 +241,30 @@ describe("token lifecycle and queue members", () => {
     assert.ok(err instanceof ForbiddenError, "only an admin rotates another's token");
   });
 
+  test("a principal name that would walk to another route is refused before any request", T, async () => {
+    const sent = [];
+    const stub = new Writ({ url: w.url, token: "x", fetch: async (url) => (sent.push(String(url)), new Response("{}")) });
+    for (const name of ["..", ".", "", "%2e%2e"]) {
+      for (const call of [
+        () => stub.rotatePrincipal(name),
+        () => stub.disablePrincipal(name, "r"),
+        () => stub.enablePrincipal(name),
+        () => stub.principalQueues(name, { add: [] }),
+      ]) {
+        await assert.rejects(call(), InvalidError, JSON.stringify(name));
+      }
+    }
+    await assert.rejects(stub.wake("..", "r"), InvalidError);
+    assert.deepEqual(sent, []);
+    // a slash is encoded, never a path separator
+    await stub.rotatePrincipal("a/../admin");
+    await stub.wake("../principals", "r");
+    assert.deepEqual(sent, [
+      `${w.url}/v1/principals/a%2F..%2Fadmin/rotate`,
+      `${w.url}/v1/leases/..%2Fprincipals/wake`,
+    ]);
+  });
+
   test("addPrincipal() with expiresInS: the token carries its expiry", T, async () => {
     const p = await w.admin.addPrincipal(unique("exp"), { kind: "agent", expiresInS: 600 });
     const at = Date.parse(p.token_expires_at);

@@ -9,11 +9,21 @@ from typing import Any
 COLORS = {
     "writ-sqlite": "#1f6feb",
     "writ-postgres": "#6e40c9",
+    "writ-postgres-x2": "#a371f7",
+    "writ-postgres-2shards": "#d2a8ff",
     "etcd": "#2da44e",
     "redis": "#cf222e",
     "postgres": "#bf8700",
 }
-ORDER = ["writ-sqlite", "writ-postgres", "etcd", "redis", "postgres"]
+ORDER = [
+    "writ-sqlite",
+    "writ-postgres",
+    "writ-postgres-x2",
+    "writ-postgres-2shards",
+    "etcd",
+    "redis",
+    "postgres",
+]
 
 
 def render(doc: dict[str, Any]) -> str:

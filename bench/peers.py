@@ -300,6 +300,10 @@ class Writ(Peer):
         await self.http.aclose()
         self.http = _http(conns, self.base)
 
+    def client(self, i: int) -> Any:
+        """The HTTP client that client ``i`` talks through."""
+        return self.http
+
     async def acquire(self, i: int, resource: str, wait: bool, ttl_s: float = TTL_S) -> Grant:
         body = {
             "resource": resource,
@@ -310,7 +314,7 @@ class Writ(Peer):
         attempts = 0
         while True:
             attempts += 1
-            status, raw = await self.http.request("POST", "/v1/leases", body, self.headers[i])
+            status, raw = await self.client(i).request("POST", "/v1/leases", body, self.headers[i])
             if status == 201:
                 d = json.loads(raw)
                 return Grant(d["lease_id"], d["fencing_token"], attempts)
@@ -320,7 +324,7 @@ class Writ(Peer):
             raise RuntimeError(f"writ acquire: {status} {raw[:300]!r}")
 
     async def release(self, i: int, grant: Grant) -> None:
-        status, raw = await self.http.request(
+        status, raw = await self.client(i).request(
             "POST", f"/v1/leases/{grant.key}/release", None, self.headers[i]
         )
         if status != 200:
@@ -703,14 +707,119 @@ class Postgres(Peer):
         return {**super().info(), "version": self.version, **getattr(self, "settings", {})}
 
 
+class WritCluster(Writ):
+    """Several ``writ serve`` processes on one PostgreSQL database, client ``i`` talking to
+    server ``i % servers``: what scaling out buys, and what it costs in agreement."""
+
+    def __init__(self, servers: int = 2, sharded: bool = False) -> None:
+        super().__init__("postgres")
+        self.servers = servers
+        self.sharded = sharded
+        self.name = f"writ-postgres-{servers}shards" if sharded else f"writ-postgres-x{servers}"
+        self.description = (
+            f"writ HTTP, {servers} servers on one PostgreSQL, each its own store (schema): "
+            "a shard per server, client i on shard i % n"
+            if sharded
+            else f"writ HTTP, {servers} servers on one PostgreSQL database"
+        )
+        self.others: list[tuple[subprocess.Popen[bytes], int]] = []
+        self.https: list[Any] = []
+
+    async def start(self, tmp: Path) -> None:
+        await super().start(tmp)
+        assert self.proc is not None
+        first = self.proc
+        for n in range(1, self.servers):
+            port = free_port()
+            store_url = self.store_url
+            if self.sharded:
+                store_url = self.store_url.replace(self.schema, f"{self.schema}_s{n}")
+            argv = [*self.server_argv[:-2], store_url, str(port)]
+            env = {"WRIT_ADMIN_TOKEN": ADMIN_TOKEN}
+            if self.src:
+                env["PYTHONPATH"] = os.pathsep.join([self.src, os.environ.get("PYTHONPATH", "")])
+            where = tmp / f"server{n + 1}"  # its own log and working directory
+            where.mkdir(exist_ok=True)
+            self._spawn(argv, where, env)
+            proc, self.proc = self.proc, first
+            assert proc is not None
+            self.others.append((proc, port))
+            url = f"http://127.0.0.1:{port}/v1/health"
+            await self._until_ready(lambda url=url: _get_ok(url), f"writ server {n + 1}")
+
+    def server_pids(self) -> list[int]:
+        return super().server_pids() + [p.pid for p, _ in self.others]
+
+    async def open(self, n_clients: int, conns: int) -> None:
+        per = max(1, conns // self.servers)
+        for h in self.https[1:]:  # sized per scenario: a waiting request holds its connection
+            await h.aclose()
+        if self.sharded:
+            # each shard has its own principals: client i is made on shard i % n
+            await self.http.aclose()
+            self.http = _http(per, self.base)
+            self.https = [self.http] + [
+                _http(per, f"http://127.0.0.1:{port}") for _, port in self.others
+            ]
+            first = self.http
+            while self._made < n_clients:
+                self.http = self.https[self._made % self.servers]
+                await Writ._principals(self, self._made + 1)
+            self.http = first
+            self.n = n_clients
+            return
+        await super().open(n_clients, conns)
+        self.https = [self.http] + [
+            _http(per, f"http://127.0.0.1:{port}") for _, port in self.others
+        ]
+
+    def client(self, i: int) -> Any:
+        return self.https[i % self.servers]
+
+    async def close(self) -> None:
+        for h in self.https[1:]:
+            await h.aclose()
+        self.https = []
+        await super().close()
+
+    async def stop(self) -> None:
+        if self.sharded:
+            with contextlib.suppress(Exception):
+                import psycopg
+
+                async with await psycopg.AsyncConnection.connect(self.pg_url, autocommit=True) as c:
+                    for n in range(1, self.servers):
+                        await c.execute(f"DROP SCHEMA IF EXISTS {self.schema}_s{n} CASCADE")
+        others, self.others = self.others, []
+        for p, _ in others:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    await asyncio.to_thread(p.wait, 15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    await asyncio.to_thread(p.wait)
+        await super().stop()
+
+
 def make(name: str) -> Peer:
     return {
         "writ-sqlite": lambda: Writ("sqlite"),
         "writ-postgres": lambda: Writ("postgres"),
+        "writ-postgres-x2": lambda: WritCluster(2),
+        "writ-postgres-2shards": lambda: WritCluster(2, sharded=True),
         "etcd": Etcd,
         "redis": Redis,
         "postgres": Postgres,
     }[name]()
 
 
-ALL = ["writ-sqlite", "writ-postgres", "etcd", "redis", "postgres"]
+ALL = [
+    "writ-sqlite",
+    "writ-postgres",
+    "writ-postgres-x2",
+    "writ-postgres-2shards",
+    "etcd",
+    "redis",
+    "postgres",
+]

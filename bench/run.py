@@ -212,7 +212,11 @@ async def bench_peer(
             )
             if r["errors"]:
                 log(f"     errors: {r['error_samples']}")
-        if "held" in a.scen_list and isinstance(peer, peers.Writ):
+        if (
+            "held" in a.scen_list
+            and isinstance(peer, peers.Writ)
+            and not isinstance(peer, peers.WritCluster)
+        ):
             results["held"] = await held_scenario(peer, a, stamp)
         await peer.close()
         return info, results
@@ -288,7 +292,11 @@ def _f(v: Any, fmt: str = "{:,.0f}") -> str:
 
 def table(results: dict[str, dict[str, Any]], skipped: dict[str, str]) -> str:
     lines: list[str] = []
-    writs = [w for w in ("writ-sqlite", "writ-postgres") if results.get(w)]
+    writs = [
+        w
+        for w in ("writ-sqlite", "writ-postgres", "writ-postgres-x2", "writ-postgres-2shards")
+        if results.get(w)
+    ]
     for sc in SCENARIOS:
         rows = [(p, r[sc.key]) for p, r in results.items() if sc.key in r]
         if not rows:

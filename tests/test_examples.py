@@ -41,7 +41,7 @@ def test_agent_lease(live_server: LiveServer) -> None:
 def test_run_command(live_server: LiveServer) -> None:
     out = run_example(live_server, "bash", "examples/run_command.sh")
     assert "deploy: refused while batch-runner holds" in out
-    assert out.index("batch: done") < out.index("deploy: holding")
+    assert out.index("deploy: queued") < out.index("batch: done") < out.index("deploy: holding")
 
 
 def test_mcp_session(live_server: LiveServer) -> None:

@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,15 +224,18 @@ def spared(agent: str) -> bool:
 
 
 async def contend(
-    url: str, agents: dict[str, str], human: str, seconds: float, seed: int
+    url: str | Sequence[str], agents: dict[str, str], human: str, seconds: float, seed: int
 ) -> tuple[History, FencedRegister]:
     """Agents acquire (some waiting), read and write every register their lease covers
     through fencing tokens, sometimes renew, sometimes stall past their ttl, and release;
-    a human revokes a held lease now and then. Returns the history and the register."""
+    a human revokes a held lease now and then. Returns the history and the register.
+    Given several server URLs, agent ``i`` talks to server ``i % len(url)``."""
     history = History()
     conflicts = Conflicts(GROUPS)
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    http = httpx.AsyncClient(base_url=url, timeout=30, limits=limits)
+    urls = [url] if isinstance(url, str) else list(url)
+    clients = [httpx.AsyncClient(base_url=u, timeout=30, limits=limits) for u in urls]
+    http = clients[0]
     admin = {"Authorization": f"Bearer {ADMIN}"}
 
     async def is_current(resource: str, token: int) -> bool:
@@ -246,7 +249,7 @@ async def contend(
     loop = asyncio.get_running_loop()
     stop = loop.time() + seconds
 
-    async def agent(name: str, token: str, rnd: random.Random) -> None:
+    async def agent(name: str, token: str, rnd: random.Random, http: httpx.AsyncClient) -> None:
         auth = {"Authorization": f"Bearer {token}"}
         stalled = False
         while loop.time() < stop:
@@ -322,11 +325,15 @@ async def contend(
     rnd = random.Random(seed)
     try:
         await asyncio.gather(
-            *(agent(n, t, random.Random(rnd.random())) for n, t in agents.items()),
+            *(
+                agent(n, t, random.Random(rnd.random()), clients[i % len(clients)])
+                for i, (n, t) in enumerate(agents.items())
+            ),
             revoker(random.Random(rnd.random())),
         )
     finally:
-        await http.aclose()
+        for c in clients:
+            await c.aclose()
     return history, register
 
 

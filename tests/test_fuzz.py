@@ -45,8 +45,9 @@ _DIR = tempfile.mkdtemp(prefix="writ-fuzz-")
 atexit.register(shutil.rmtree, _DIR, True)
 
 
-def _app() -> Any:
-    url = f"sqlite:///{_DIR}/writ.db"
+def _app(directory: str = _DIR) -> Any:
+    """An app on a fresh SQLite store in ``directory``, with the admin principal."""
+    url = f"sqlite:///{directory}/writ.db"
 
     async def add_admin() -> None:  # offline on the store, as `writ principal add` does
         engine = Engine(open_store(url))
@@ -162,21 +163,6 @@ CONTENT_TYPES = [
     "",
 ]
 ACQUIRE_FIELDS = ["resource", "intent", "ttl_s", "wait_s", "touches"]
-
-
-def _hostile_app() -> Any:
-    url = f"sqlite:///{_HOSTILE_DIR}/writ.db"
-
-    async def add_admin() -> None:
-        engine = Engine(open_store(url))
-        await engine.start(background=False)
-        try:
-            await engine.add_principal(None, "admin", "human", admin=True, token=ADMIN)
-        finally:
-            await engine.stop()
-
-    asyncio.run(add_admin())
-    return create_app(Engine(open_store(url), parse(POLICY)))
 
 
 def _operations(app: Any) -> list[tuple[str, str, list[str], list[str]]]:
@@ -306,7 +292,7 @@ def _request(draw: st.DrawFn, ops: list[tuple[str, str, list[str], list[str]]]) 
     }
 
 
-HOSTILE_APP = _hostile_app()
+HOSTILE_APP = _app(_HOSTILE_DIR)
 HOSTILE_OPS = _operations(HOSTILE_APP)
 
 

@@ -308,3 +308,18 @@ def test_gate_and_mcp_http_take_the_same_limits(tmp_path: Path, command: str) ->
             t0 = time.monotonic()
             assert answer(s).startswith(b"HTTP/1.1 408 ")
             assert time.monotonic() - t0 < 5
+
+
+def test_the_guarded_protocol_pickles_for_worker_processes() -> None:
+    """`writ serve --workers` starts its processes with spawn, which pickles uvicorn's
+    configuration, the protocol class included: it comes back as a class with the same
+    limits (a local class would fail to pickle, and the workers would never start)."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    from writ.limits import Limits
+
+    limits = Limits(max_connections=64, header_timeout=2.5)
+    cls = limits.uvicorn_options()["http"]
+    again = pickle.loads(ForkingPickler.dumps(cls))
+    assert again.LIMITS == limits.effective() and again.__name__ == cls.__name__

@@ -30,19 +30,20 @@ import asyncio
 import logging
 import re
 import signal
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from writ.core import resources
-from writ.core.clock import rfc3339
-from writ.core.errors import Forbidden, Invalid, LeaseLost, NotFound, WritError
-from writ.core.models import Lease, Principal
-from writ.core.validate import text
+from . import resources
+from .clock import rfc3339
+from .errors import Forbidden, Invalid, LeaseLost, NotFound, WritError
+from .models import Lease, Principal
+from .validate import text, text_problem
 
 if TYPE_CHECKING:
-    from writ.engine import Engine, Request
-    from writ.stores.base import Tx
+    from .engine import Engine, Request
+    from .stores.base import Tx
 
 log = logging.getLogger("writ.authority")
 
@@ -215,25 +216,35 @@ def observable(s: Settings, p: Principal, resource: str | None) -> bool:
 
 
 # ----------------------------------------------------------------------------- parsing
-_HEADER = re.compile(r'^\s*\[\[\s*"?authority"?\s*\.\s*"?grant"?\s*\]\]\s*(#.*)?$')
-_SECTION = re.compile(r'^\s*\[\s*"?authority"?\s*\]\s*(#.*)?$')
+_HEADER = re.compile(r"""^\s*\[\[\s*["']?authority["']?\s*\.\s*["']?grant["']?\s*\]\]\s*(#.*)?$""")
+_SECTION = re.compile(r"""^\s*\[\s*["']?authority["']?\s*\]\s*(#.*)?$""")
+_MARK = "__writ_grant_line__"
 
 
 def grant_lines(text: str) -> list[int]:
     """1-based line numbers of the ``[[authority.grant]]`` headers, in file order.
 
-    tomllib keeps no positions, so the headers are found by scanning the text, skipping
-    lines inside multi-line strings."""
-    out: list[int] = []
-    in_string: str | None = None
+    tomllib keeps no positions. So every line that looks like such a header gets a marker
+    key after it (``__writ_grant_line__ = N``) and the marked text is parsed again: a real
+    header's table carries its line, while a header-like line inside a multi-line string
+    only changes that string. The TOML parser decides what is a string (quotes in comments
+    and in one-line strings included), not a scan of quotes. [] when the marked text does
+    not parse (the grants then have no line)."""
+    marked: list[str] = []
     for i, line in enumerate(text.splitlines(), 1):
-        if in_string is None and _HEADER.match(line):
-            out.append(i)
-        for quote in ('"""', "'''"):
-            n = line.count(quote)
-            if n % 2 and (in_string is None or in_string == quote):
-                in_string = None if in_string == quote else quote
-    return out
+        marked.append(line)
+        if _HEADER.match(line):
+            marked.append(f"{_MARK} = {i}")
+    try:
+        data = tomllib.loads("\n".join(marked))
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return []
+    section = data.get("authority")
+    grants = section.get("grant") if isinstance(section, dict) else None
+    if not isinstance(grants, list):
+        return []
+    lines = [g.get(_MARK) if isinstance(g, dict) else None for g in grants]
+    return [n for n in lines if type(n) is int] if all(type(n) is int for n in lines) else []
 
 
 def section_line(text: str) -> int | None:
@@ -246,9 +257,17 @@ def section_line(text: str) -> int | None:
 def _names(
     raw: Mapping[str, Any], key: str, fail: Any, line: int | None, least: int = 1
 ) -> tuple[str, ...]:
+    from .engine import NAME
+
     v = raw.get(key, [])
     if not isinstance(v, list) or not all(isinstance(x, str) and least <= len(x) <= 256 for x in v):
         fail(f"authority.grant {key} must be a list of names", line)
+    for x in v:  # a name that is not text could never match, and would print as a fake row
+        problem = text_problem(x)
+        if problem:
+            fail(f"authority.grant {key}: {x!r} {problem}", line)
+        if key == "principals" and not NAME.fullmatch(x):
+            fail(f"authority.grant principals: {x!r} is not a principal name (a-z 0-9 . _ -)", line)
     return tuple(dict.fromkeys(v))
 
 
@@ -267,7 +286,7 @@ def _prefixes(raw: Mapping[str, Any], key: str, fail: Any, line: int | None) -> 
 def parse_section(raw: Any, text: str, path: str) -> Settings:
     """The ``[authority]`` section of a policy file; raises :class:`~writ.policy.PolicyError`
     with FILE:LINE and the reason."""
-    from writ.core.errors import PolicyError
+    from .policy import PolicyError
 
     def fail(reason: str, line: int | None) -> None:
         raise PolicyError(path, reason, line)
@@ -297,7 +316,7 @@ def parse_section(raw: Any, text: str, path: str) -> Settings:
         principals = _names(raw_grant, "principals", fail, line)
         kinds = _names(raw_grant, "kinds", fail, line)
         vendors = _names(raw_grant, "vendors", fail, line)
-        from writ.core.models import KINDS
+        from .models import KINDS
 
         for k in kinds:
             if k not in KINDS:
@@ -372,6 +391,7 @@ class Authority:
         self.engine = engine
         engine._gates.insert(0, self.gate)  # before freezes, consent and the queue
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._reloading = asyncio.Lock()  # one reload at a time: the last read is applied
 
     @property
     def settings(self) -> Settings:
@@ -387,9 +407,8 @@ class Authority:
         d = decide(s, me, req.resource)
         if not d.write:
             return Forbidden(d.message, rule=d.rule, may=d.may)
-        if req.default_touches:
+        if req.default_touches:  # omitted: the attributes of this grant (again at hand-off)
             req.touches = list(d.attributes)
-            req.default_touches = False
         elif "*" not in d.attributes:
             bad = [t for t in req.touches if t not in d.attributes]
             if bad:
@@ -405,11 +424,27 @@ class Authority:
     def observable(self, me: Principal, resource: str | None) -> bool:
         return observable(self.settings, me, resource)
 
-    def check_observe(self, me: Principal, resource: str) -> None:
-        """Raise 403 unless ``me`` may read about ``resource``."""
+    def check_observe(self, me: Principal, resource: str, of: str | None = None) -> None:
+        """Raise 403 unless ``me`` may read about ``resource``. ``of`` names what was asked
+        for by id (``lease ls_…``): then the 403 does not name the resource either."""
         if not self.observable(me, resource):
             d = self.decide(me, resource)
-            raise Forbidden(d.message, rule=d.rule, may=d.may)
+            if of is None:
+                raise Forbidden(d.message, rule=d.rule, may=d.may)
+            raise Forbidden(
+                f"{me.name} may not observe the resource of {of}; it may observe under: "
+                f"{_list(d.may['observe'])}",
+                may=d.may,
+            )
+
+    async def hides(self, tx: Tx, name: str, lease: Lease | None) -> bool:
+        """Is ``lease`` (standing in ``name``'s way) on a resource ``name`` may not observe?
+        Then a 409 ``held`` and its rows name neither it nor its holder (closed mode)."""
+        s = self.settings
+        if lease is None or not s.closed:
+            return False
+        p = await tx.get_principal(name)
+        return p is None or not observable(s, p, lease.resource)
 
     def visible(
         self, me: Principal, rows: list[dict[str, Any]], key: str = "resource"
@@ -420,12 +455,66 @@ class Authority:
             return rows
         return [r for r in rows if observable(s, me, r.get(key))]
 
+    def unseen_holder(self, me: Principal, who: dict[str, Any]) -> dict[str, Any]:
+        """``GET /v1/who`` for ``me``: a holder on another member of the blast radius that
+        ``me`` may not observe is not named (``lock_holder`` null, ``hidden`` true)."""
+        key = who.get("lock_key")
+        if not key or self.observable(me, str(key).rsplit("/", 1)[0]):
+            return who
+        return {**who, "lock_holder": None, "lock_key": None, "lease": None, "hidden": True}
+
+    def policy_view(self, me: Principal, policy: dict[str, Any]) -> dict[str, Any]:
+        """``GET /v1/policy`` for ``me``: in closed mode an agent or portal sees only the
+        grants that apply to it (as ``GET /v1/authority`` answers it only about itself)."""
+        s = self.settings
+        if not s.closed or me.kind in READ_ALL:
+            return policy
+        mine = [g.to_dict() for g in s.grants if g.applies(me)]
+        return {**policy, "authority": {**policy.get("authority", {}), "grants": mine}}
+
+    def visible_freezes(self, me: Principal, freezes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``GET /v1/freezes`` for ``me``: in closed mode an agent or portal sees the freezes
+        that touch what it may observe or write (above it, on it or below it), no others."""
+        s = self.settings
+        if not s.closed or me.kind in READ_ALL:
+            return freezes
+        mine = [p for g in s.grants if g.applies(me) for p in (*g.write, *g.observe)]
+        return [
+            f
+            for f in freezes
+            if any(p == "" or resources.related(str(f.get("prefix")), p) for p in mine)
+        ]
+
+    def wake_urls(self, me: Principal, principals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``GET /v1/principals`` for ``me``: in closed mode an agent or portal sees no other
+        principal's wake URL (``POST /v1/leases/{id}/wake`` is how it wakes a holder)."""
+        if not self.settings.closed or me.kind in READ_ALL:
+            return principals
+        return [p if p["name"] == me.name else {**p, "wake": None} for p in principals]
+
     def visible_page(self, me: Principal, page: dict[str, Any]) -> dict[str, Any]:
         """An audit/events page filtered to what ``me`` may read; ``next_after_seq`` still
         moves past the rows left out, so the reader keeps its place."""
         rows = page.get("rows") or []
         kept = self.visible(me, rows)
         return page if kept is rows else {**page, "rows": kept}
+
+    async def events(
+        self, me: Principal, prefix: str | None, after_seq: int, wait_s: float, limit: int
+    ) -> dict[str, Any]:
+        """``GET /v1/events`` for ``me``: the long-poll ends on a row ``me`` may read, not on
+        one it may not (its timing would tell of the row)."""
+        eng = self.engine
+        if not self.settings.closed or me.kind in READ_ALL:
+            return await eng.events(prefix, after_seq, wait_s, limit)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            left = max(0.0, deadline - loop.time())
+            page = self.visible_page(me, await eng.events(prefix, after_seq, left, limit))
+            if page["rows"] or deadline <= loop.time():
+                return page
+            after_seq = page["next_after_seq"]
 
     # -- changes -------------------------------------------------------------------------
     async def check_change(
@@ -490,12 +579,17 @@ class Authority:
         """Read the policy file again and apply it to new requests (held leases keep their
         term; queued requests meet the new grants when their turn comes). Blast-radius
         groups stay as they were until a restart: exclusion must not change under held
-        leases. ``me`` None is SIGHUP. A bad file changes nothing (422 with FILE:LINE)."""
-        from writ.core.policy import load
-        from writ.engine import SYSTEM
-
+        leases. ``me`` None is SIGHUP. A bad file changes nothing (422 with FILE:LINE).
+        Reloads run one at a time, so the file read last is the policy in force."""
         if me is not None and not me.admin:
             raise Forbidden("only an admin may reload the policy", actor=me.name)
+        async with self._reloading:
+            return await self._reload(me)
+
+    async def _reload(self, me: Principal | None) -> dict[str, Any]:
+        from .engine import SYSTEM
+        from .policy import load
+
         eng = self.engine
         source = eng.policy.source
         if not source or source == "<policy>":  # no file: the built-in defaults stay
@@ -530,7 +624,7 @@ class Authority:
 
         await eng.store.transact(fn)
         if [i.to_dict() for i in new.identity] != [i.to_dict() for i in eng.policy.identity]:
-            from writ.core.identity import Identity
+            from .identity import Identity
 
             eng.identity = Identity(new.identity)  # new issuers; unchanged ones keep their keys
         eng.policy = new
@@ -564,6 +658,8 @@ class Authority:
                 await self.reload(None)
             except WritError as exc:
                 log.error("SIGHUP: the policy was not reloaded: %s", exc.message)
+            except Exception:  # a task's error would otherwise go unseen until exit
+                log.exception("SIGHUP: the policy was not reloaded")
 
         task = asyncio.get_running_loop().create_task(go())
         self._tasks.add(task)
@@ -581,7 +677,7 @@ class Authority:
             lease = await tx.get_lease(lease_id, for_update=True)
             if lease is None:
                 raise NotFound(f"no lease {lease_id!r}", lease_id=lease_id)
-            self.check_observe(me, lease.resource)
+            self.check_observe(me, lease.resource, f"lease {lease.lease_id}")
             now = tx.now()
             if lease.state != "held" or lease.expires_at <= now:
                 return LeaseLost(

@@ -25,17 +25,17 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from writ._version import __version__
-from writ.cli_options import api_options, existing_store, json_option, store_option
-from writ.cli_principals import expires_option, parse_expires
-from writ.cli_principals import register as register_principal_commands
-from writ.cli_wait import SelfHeld, check_not_self, live_line
-from writ.client import DEFAULT_TIMEOUT, Client
-from writ.core.errors import Held, Invalid, LeaseLost, WritError
-from writ.core.models import KINDS
-from writ.core.textsafe import printable
-from writ.net.limits import from_options, limit_options
-from writ.spawn import popen_tied
+from . import __version__
+from .cli_options import api_options, existing_store, json_option, store_option
+from .cli_principals import expires_option, parse_expires
+from .cli_principals import register as register_principal_commands
+from .cli_wait import SelfHeld, check_not_self, live_line
+from .client import DEFAULT_TIMEOUT, Client
+from .errors import Held, Invalid, LeaseLost, WritError
+from .limits import from_options, limit_options
+from .models import KINDS
+from .spawn import popen_tied
+from .textsafe import printable
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -175,8 +175,8 @@ def _json_or_text(value: str | None) -> Any:
 
 def _run_offline(store_url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Open the store at ``store_url`` with an engine (no sweeper) and run ``fn(engine)``."""
-    from writ.engine import Engine
-    from writ.stores import open_store
+    from .engine import Engine
+    from .stores import open_store
 
     async def go() -> T:
         engine = Engine(open_store(store_url))
@@ -230,7 +230,7 @@ def _table(
 ) -> None:
     """A table fitted to the console (writ.cli_table): ``wrap`` free-text columns between words,
     leave out ``drop`` columns, least important first, when they cannot all fit."""
-    from writ.cli_table import print_table
+    from .cli_table import print_table
 
     print_table(columns, rows, wrap=wrap, drop=drop)
 
@@ -330,6 +330,15 @@ main.epilog = "\b\nExit status:\n" + "\n".join(
     help="Validate the whole configuration (policy, store, address, logs, tracing) and "
     "exit: 0, or 1 with the reasons [env WRIT_CHECK].",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    envvar="WRIT_WORKERS",
+    help="Server processes sharing the port (PostgreSQL stores only; docs/scaling.md) "
+    "[env WRIT_WORKERS].",
+)
 def serve(
     store: str,
     host: str,
@@ -341,6 +350,7 @@ def serve(
     metrics: bool = True,
     metrics_token: str | None = None,
     check_only: bool = False,
+    workers: int = 1,
     **limits: Any,
 ) -> None:
     """Serve the writ protocol over HTTP until SIGTERM/SIGINT, then shut down gracefully.
@@ -350,7 +360,7 @@ def serve(
     environment variable (docs/operations.md has the table).
     """
     if check_only:
-        from writ.lifecycle import check
+        from .lifecycle import check
 
         problems = check(
             store, host, port, policy, log_level, log_format, shutdown_timeout, metrics_token
@@ -361,8 +371,11 @@ def serve(
             raise SystemExit(1)
         click.echo(f"writ serve --check: ok ({store.split('://')[0]} store ready, {host}:{port})")
         return
-    from writ.server import run
+    from .server import run
+    from .workers import check_workers
 
+    check_workers(store, workers)
+    extra = {"workers": workers} if workers != 1 else {}
     run(
         store,
         host,
@@ -374,6 +387,7 @@ def serve(
         metrics=metrics,
         metrics_token=metrics_token,
         limits=from_options(limits),
+        **extra,
     )
 
 
@@ -390,8 +404,8 @@ def policy_check(file: str, store: str | None, as_json: bool) -> None:
     """Read policy FILE as `writ serve --policy FILE` would: exit 0 and summarise it, or
     exit 1 with FILE:LINE: reason. Grants are listed with their lines; overlapping grants
     are explained, and with --store unknown principals are warned of."""
-    from writ.cli_authority import authority_lines
-    from writ.core.policy import load
+    from .cli_authority import authority_lines
+    from .policy import load
 
     pol = load(file)
     if as_json:
@@ -738,7 +752,7 @@ def status(prefix: str | None, url: str, token: str | None, as_json: bool) -> No
 def who(resource: str, at: str | None, url: str, token: str | None, as_json: bool) -> None:
     """Who held write authority on RESOURCE (now, or --at a past time), from the ledger."""
     if at:
-        from writ.core.clock import parse_time
+        from .clock import parse_time
 
         try:
             parse_time(at)  # read here too, so a bad value is a usage error listing the forms
@@ -749,7 +763,7 @@ def who(resource: str, at: str | None, url: str, token: str | None, as_json: boo
     if as_json:
         _echo_json(out)
         return
-    from writ.cli_table import print_line  # wrapped between words at the console's width
+    from .cli_table import print_line  # wrapped between words at the console's width
 
     holder = out.get("lock_holder", "none")
     if holder == "none":
@@ -1026,9 +1040,9 @@ def _export_offline(
     until: str | None,
     out: IO[str],
 ) -> int:
-    from writ.core.clock import parse_time, rfc3339
-    from writ.core.ledger import row_from
-    from writ.core.resources import under, validate
+    from .clock import parse_time, rfc3339
+    from .ledger import row_from
+    from .resources import under, validate
 
     if prefix:
         validate(prefix, "resource")
@@ -1431,23 +1445,50 @@ def watch(
 
 # ----------------------------------------------------------------------------- migrate
 @main.command()
-@click.option("--from", "src", required=True, metavar="URL", help="Store URL to copy from.")
+@click.option("--from", "src", default=None, metavar="URL", help="Store URL to copy from.")
 @click.option(
     "--to",
     "dst",
-    required=True,
+    default=None,
     metavar="URL",
     help="Empty store URL to copy into (e.g. postgresql://user@host:5432/writ).",
 )
+@click.option(
+    "--upgrade",
+    "upgrade_url",
+    default=None,
+    metavar="URL",
+    help="Upgrade this store's schema in place instead, then verify its chain.",
+)
 @json_option
-def migrate(src: str, dst: str, as_json: bool) -> None:
-    """Copy a whole store into an empty one on any backend, and verify the copy.
+def migrate(src: str | None, dst: str | None, upgrade_url: str | None, as_json: bool) -> None:
+    """Copy a whole store into an empty one on any backend, and verify the copy; or, with
+    --upgrade URL, bring a store's schema up to this writ's in place.
 
     Principals (token hashes), leases, the wait queue, policy objects, the fencing-token
-    counter and the audit log row for row. Stop the servers on the source first. Exits 1
-    if the copy does not verify.
+    counter and the audit log row for row. Stop the servers on the source (or the
+    upgraded store) first. Exits 1 if the copy or the upgraded chain does not verify.
     """
-    from writ.stores.migrate import migrate as copy_store
+    from .migrate import migrate as copy_store
+    from .migrate import upgrade
+
+    if upgrade_url is not None:
+        if src is not None or dst is not None:
+            raise click.UsageError("--upgrade URL takes no --from/--to")
+        up = asyncio.run(upgrade(upgrade_url))
+        if as_json:
+            _echo_json(up)
+        else:
+            done = ", ".join(up["applied"]) or "nothing to do, the schema is current"
+            click.echo(
+                f"{'upgraded' if up['ok'] else 'UPGRADED, BUT THE CHAIN DOES NOT VERIFY'}: "
+                f"{up['store']} ({done}); audit head seq {up['head']['seq']}"
+            )
+        if not up["ok"]:
+            sys.exit(EXIT_REFUSED)
+        return
+    if src is None or dst is None:
+        raise click.UsageError("give --from URL and --to URL (or --upgrade URL)")
 
     def progress(table: str, rows: int) -> None:
         if not as_json:
@@ -1469,10 +1510,10 @@ def migrate(src: str, dst: str, as_json: bool) -> None:
 
 # ----------------------------------------------------------------------------- plug-ins
 # Commands that live in their own modules (each imports its heavy dependencies lazily)
-from writ.cli_authority import register as _register_authority  # noqa: E402
-from writ.cli_evidence import register as _register_evidence  # noqa: E402
-from writ.cli_lint import lint_command  # noqa: E402
-from writ.cli_reach import gate_command, mcp_command  # noqa: E402
+from .cli_authority import register as _register_authority  # noqa: E402
+from .cli_evidence import register as _register_evidence  # noqa: E402
+from .cli_lint import lint_command  # noqa: E402
+from .cli_reach import gate_command, mcp_command  # noqa: E402
 
 main.add_command(lint_command)
 main.add_command(gate_command)

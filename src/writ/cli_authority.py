@@ -10,10 +10,10 @@ from typing import Any
 
 import click
 
-from writ.cli_options import api_options, json_option
-from writ.client import Client
-from writ.core.models import KINDS, Principal
-from writ.core.policy import Policy
+from .cli_options import api_options, json_option
+from .client import Client
+from .models import KINDS, Principal
+from .policy import Policy
 
 __all__ = ["authority_lines", "register"]
 
@@ -32,7 +32,7 @@ def _describe(d: dict[str, Any]) -> str:
 def authority_lines(pol: Policy, store: str | None) -> list[str]:
     """What ``writ policy check`` says of ``[authority]``: the mode, each grant with its
     line, and the warnings (unknown principals need ``--store``)."""
-    from writ.authority import review
+    from .authority import review
 
     s = pol.authority
     out = [f"  authority {s.mode}: {len(s.grants)} grant(s)"]
@@ -51,9 +51,9 @@ def authority_lines(pol: Policy, store: str | None) -> list[str]:
 
 
 def _principals(store: str) -> dict[str, Principal]:
-    from writ.cli_options import existing_store
-    from writ.engine import Engine
-    from writ.stores import open_store
+    from .cli_options import existing_store
+    from .engine import Engine
+    from .stores import open_store
 
     async def go() -> dict[str, Principal]:
         engine = Engine(open_store(existing_store(store)))
@@ -104,13 +104,19 @@ def explain_command(
     Asks the server (GET /v1/authority; an agent may ask only about itself), or decides
     offline from --file with --kind/--vendor/--admin.
     """
-    from writ.core import resources
+    from . import resources
 
     if file:
-        from writ.authority import decide
-        from writ.core.policy import load
+        from .authority import decide
+        from .engine import NAME
+        from .errors import Invalid
+        from .policy import load
+        from .validate import check_text
 
         resources.validate(resource)
+        if not NAME.fullmatch(name):
+            raise Invalid(f"name {name!r} is not a principal name (a-z 0-9 . _ -)", field="name")
+        check_text(vendor, "vendor")
         p = Principal(name, kind, vendor, admin=admin)
         out = decide(load(file).authority, p, resource).to_dict()
     else:

@@ -147,6 +147,13 @@ class Consents:
                     and consent["requester"] == req.principal
                 ):
                     continue
+            if me is not None and not self.engine.authority.observable(me, c["resource"]):
+                return ConsentRequired(  # closed mode: a change the caller may not observe
+                    f"{req.resource} is protected until {c['protected_until']} by a recent "
+                    "change in its blast radius, on a resource you may not observe: retry "
+                    "after that, or ask a human to look",
+                    protected_until=c["protected_until"],
+                )
             return ConsentRequired(
                 f"{c['author']} changed {c['attribute']} on {c['resource']} at {c['at']} "
                 f"({c['summary']}); it is protected until {c['protected_until']}. Ask first: "
@@ -200,6 +207,7 @@ class Consents:
             change = await tx.get_object(CHANGE, change_id)
             if change is None:
                 raise NotFound(f"no change {change_id!r}", change_id=change_id)
+            eng.authority.check_observe(me, change["resource"], f"change {change_id}")
             if change["author"] == me.name:
                 raise Invalid("this is your own change: you need nobody's consent to touch it")
             now = tx.now()

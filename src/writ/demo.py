@@ -361,24 +361,6 @@ async def _script(w: World, run: Run, db: SimDB, mode: str = "open") -> None:
                 "routing-agent asks for routing/db-tier: QUEUED behind perf-agent "
                 "(blast radius db-tier)",
             )
-        elif t == 40 and mode == "closed":
-            r = await w.post(
-                "cost-agent",
-                "/v1/leases",
-                {
-                    "resource": "prod/db",
-                    "intent": "consolidate instances: overprovisioned",
-                    "ttl_s": 60,
-                    "touches": ["capacity"],
-                },
-            )
-            err = r.json()["error"]
-            run.log(
-                t,
-                f"cost-agent asks to consolidate 8→4: REFUSED {err['code']}: not its "
-                f"authority ({err['rule']}: observe prod/db, write "
-                f"{', '.join(err['may']['write'])}); no consent asked",
-            )
         elif t == 40:
             r = await w.post(
                 "cost-agent",
@@ -391,21 +373,29 @@ async def _script(w: World, run: Run, db: SimDB, mode: str = "open") -> None:
                 },
             )
             err = r.json()["error"]
-            run.log(
-                t,
-                f"cost-agent asks to consolidate 8→4: REFUSED {err['code']} "
-                f"(perf-agent's change, protected until {err['protected_until'][11:19]})",
-            )
-            r = await w.post(
-                "cost-agent",
-                "/v1/consents",
-                {
-                    "change_id": err["change"]["change_id"],
-                    "reason": f"8 instances at {db.utilization:.0%}: overprovisioned",
-                },
-            )
-            consent = _ok(r, 201)
-            run.log(t, "cost-agent asks perf-agent's consent; writ wakes perf-agent")
+            if mode == "closed":
+                run.log(
+                    t,
+                    f"cost-agent asks to consolidate 8→4: REFUSED {err['code']}: not its "
+                    f"authority ({err['rule']}: observe prod/db, write "
+                    f"{', '.join(err['may']['write'])}); no consent asked",
+                )
+            else:
+                run.log(
+                    t,
+                    f"cost-agent asks to consolidate 8→4: REFUSED {err['code']} "
+                    f"(perf-agent's change, protected until {err['protected_until'][11:19]})",
+                )
+                r = await w.post(
+                    "cost-agent",
+                    "/v1/consents",
+                    {
+                        "change_id": err["change"]["change_id"],
+                        "reason": f"8 instances at {db.utilization:.0%}: overprovisioned",
+                    },
+                )
+                consent = _ok(r, 201)
+                run.log(t, "cost-agent asks perf-agent's consent; writ wakes perf-agent")
         elif t == 100:
             _ok(await w.post("perf-agent", f"/v1/leases/{perf_lease['lease_id']}/release"), 200)
             assert routing is not None

@@ -95,7 +95,7 @@ class Request:
     default_touches: bool = False  # touches omitted: the authority rule may narrow them
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "resource": self.resource,
             "intent": self.intent,
             "ttl_s": self.ttl_s,
@@ -104,6 +104,9 @@ class Request:
             "consent_id": self.consent_id,
             "rollback": self.rollback,
         }
+        if self.default_touches:  # the hand-off narrows them to the grants of its turn
+            out["default_touches"] = True
+        return out
 
 
 @dataclass(slots=True)
@@ -590,6 +593,7 @@ class Engine:
                 deadline=now + req.wait_s,
             )
         )
+        hidden = await self.authority.hides(tx, req.principal, blocked.lease)
         await tx.append(
             lock_row(
                 "lease.queued",
@@ -597,7 +601,7 @@ class Engine:
                 req.resource,
                 blocked.lease,
                 f"queued at position {blocked.position} for up to {req.wait_s:g}s: "
-                + _blocked_text(req.resource, blocked),
+                + (_unseen_text if hidden else _blocked_text)(req.resource, blocked),
             )
         )
         return _Queued(w, blocked, now)
@@ -658,6 +662,9 @@ class Engine:
             from writ.core.errors import error_from_body
 
             raise error_from_body(0, {"error": note["error"]})
+        granted = note.get("lease")
+        if isinstance(granted, dict) and granted.get("lease_id") == note["lease_id"]:
+            return granted  # as granted, in the committed transaction that sent the note
         lease = await self.store.read(lambda tx: tx.get_lease(note["lease_id"]))
         if lease is None:  # pragma: no cover - the grant committed before the note
             raise NotFound("granted lease vanished")
@@ -794,17 +801,24 @@ class Engine:
         return lease
 
     async def _refuse(self, tx: Tx, req: Request, blocked: Blocked, waited: bool = False) -> Held:
-        text = _blocked_text(req.resource, blocked)
+        hidden = await self.authority.hides(tx, req.principal, blocked.lease)
+        text = (_unseen_text if hidden else _blocked_text)(req.resource, blocked)
         await self._deny(
             tx, req, blocked.lease, (f"waited {req.wait_s:g}s; " if waited else "") + text
         )
-        return await self._held_error(tx, req.resource, blocked, text, req.principal)
+        return await self._held_error(tx, req.resource, blocked, text, req.principal, hidden)
 
     async def _held_error(
-        self, tx: Tx, resource: str, blocked: Blocked, text: str, asker: str | None = None
+        self,
+        tx: Tx,
+        resource: str,
+        blocked: Blocked,
+        text: str,
+        asker: str | None = None,
+        hidden: bool = False,
     ) -> Held:
         holder: dict[str, Any] | None = None
-        if blocked.lease is not None:
+        if blocked.lease is not None and not hidden:
             b = blocked.lease
             holder = {**await self.holder_info(tx, b), "fencing_token": b.fencing_token}
             if asker is not None:
@@ -895,7 +909,11 @@ class Engine:
             tx.notify("granted", {"waiter_id": w.waiter_id, "error": err.to_body()["error"]})
             return
         lease = await self._grant(tx, req, w.waiter_id)
-        tx.notify("granted", {"waiter_id": w.waiter_id, "lease_id": lease.lease_id})
+        # the lease travels with the note: its waiter answers without reading it back
+        tx.notify(
+            "granted",
+            {"waiter_id": w.waiter_id, "lease_id": lease.lease_id, "lease": lease.to_dict()},
+        )
 
     def _queued_request(self, w: Waiter) -> Request:
         """The request a waiter queued (see :meth:`Request.to_json`)."""
@@ -910,6 +928,7 @@ class Engine:
             rollback=r.get("rollback"),
             principal=w.principal,
             expand=self.blast.expand(w.resource),
+            default_touches=r.get("default_touches") is True,
         )
 
     async def end(
@@ -1255,9 +1274,9 @@ class Engine:
         return leases
 
     # ------------------------------------------------------------------ fencing and history
-    async def fence(self, resource: str, token: Any) -> dict[str, Any]:
+    async def fence(self, resource: str, token: Any, me: Principal | None = None) -> dict[str, Any]:
         """See :meth:`writ.fencing.Fencing.fence`."""
-        return await self.fencing.fence(resource, token)
+        return await self.fencing.fence(resource, token, me)
 
     async def gate_check(
         self,
@@ -1381,6 +1400,18 @@ def _blocked_text(resource: str, b: Blocked) -> str:
     text = (
         f"{resource} is held by {l.holder}{on} since {rfc3339(l.acquired_at)} for "
         f"{l.intent!r}, until {rfc3339(l.expires_at)}"
+    )
+    if b.reason == "queue":
+        text = f"{b.position - 1} conflicting request(s) queued ahead; the first waits on: " + text
+    return text
+
+
+def _unseen_text(resource: str, b: Blocked) -> str:
+    """:func:`_blocked_text` for an asker who may not observe the blocker's resource (a
+    member of the blast radius, closed mode): neither it nor its holder is named."""
+    text = (
+        f"{resource} is held through its blast radius, by a lease on a resource you may "
+        f"not observe, until {rfc3339(b.until)}"
     )
     if b.reason == "queue":
         text = f"{b.position - 1} conflicting request(s) queued ahead; the first waits on: " + text

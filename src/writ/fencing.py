@@ -9,23 +9,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from writ.core import resources
-from writ.core.errors import Invalid, Unauthenticated
-from writ.core.models import Principal
-from writ.core.validate import check_text
-from writ.engine import lock_row
-from writ.stores.base import Tx
+from . import resources
+from .engine import lock_row
+from .errors import Invalid, Unauthenticated
+from .models import Lease, Principal
+from .stores.base import Tx
+from .validate import check_text
 
 if TYPE_CHECKING:
-    from writ.engine import Engine
+    from .engine import Engine
 
 
 class Fencing:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    async def fence(self, resource: str, token: Any) -> dict[str, Any]:
-        """Is ``token`` the fencing token of the lease holding ``resource`` right now?"""
+    async def fence(self, resource: str, token: Any, me: Principal | None = None) -> dict[str, Any]:
+        """Is ``token`` the fencing token of the lease holding ``resource`` right now? For
+        ``me`` in closed mode, a holder on a resource ``me`` may not observe (a member of
+        the blast radius) is not named: ``holder`` null, ``hidden`` true."""
         resources.validate(resource)
         try:
             tok = int(token)
@@ -37,12 +39,15 @@ class Fencing:
             # or another member of its blast radius
             lease = await self.engine.holder(tx, resource)
             current = lease.fencing_token if lease else None
-            return {
+            out = {
                 "resource": resource,
                 "current": current == tok,
                 "current_token": current,
                 "holder": lease.holder if lease else None,
             }
+            if lease and me and not self.engine.authority.observable(me, lease.resource):
+                out.update(holder=None, hidden=True)
+            return out
 
         return await self.engine.store.read(fn)
 
@@ -73,6 +78,7 @@ class Fencing:
             ("fencing_token", fencing_token),
             ("method", method),
             ("path", path),
+            ("attribute", attribute),
         ):
             check_text(value, field)
         method = str(method)[:16].upper()
@@ -140,9 +146,25 @@ class Fencing:
                 "passed": code == "passed",
                 "code": None if code == "passed" else code,
                 "reason": why or None,
-                "holder": await self.engine.holder_info(tx, current) if current else None,
+                "holder": await self._holder(tx, caller, resource, current),
                 "caller": who,
                 "fencing_token": token if code == "passed" else None,
             }
 
         return await self.engine.store.transact(fn)
+
+    async def _holder(
+        self, tx: Tx, caller: Principal | None, resource: str, current: Lease | None
+    ) -> dict[str, Any] | None:
+        """The ``holder`` of a gate answer. In closed mode only for a caller who may observe
+        ``resource`` (an unknown caller, or one who may not, learns nothing of who holds it),
+        with writ's wake route for an agent (see :meth:`Authority.holder_view`)."""
+        if current is None:
+            return None
+        auth = self.engine.authority
+        info = await self.engine.holder_info(tx, current)
+        if not auth.settings.closed:
+            return info
+        if caller is None or not auth.observable(caller, current.resource):
+            return None
+        return await auth.holder_view(tx, caller.name, info, current)

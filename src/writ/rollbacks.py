@@ -133,6 +133,7 @@ class Rollbacks:
             lease = await tx.get_lease(str(lid))
             if lease is None:
                 raise NotFound(f"no lease {lid!r}", lease_id=lid)
+            eng.authority.check_observe(me, lease.resource, f"lease {lease.lease_id}")
             plan = lease.rollback or {}
             if not plan.get("allowed"):
                 raise Invalid(

@@ -548,7 +548,7 @@ def create_app(
 
     @app.get("/v1/principals", tags=["principals"])
     async def list_principals(me: Me) -> dict[str, Any]:
-        return {"principals": await engine.list_principals()}
+        return {"principals": engine.authority.wake_urls(me, await engine.list_principals())}
 
     @app.get("/v1/whoami", tags=["principals"])
     async def whoami(me: Me) -> dict[str, Any]:
@@ -594,7 +594,7 @@ def create_app(
     @app.get("/v1/leases/{lease_id}", tags=["leases"])
     async def get_lease(me: Me, lease_id: str) -> dict[str, Any]:
         lease = await engine.get_lease(lease_id)
-        engine.authority.check_observe(me, lease["resource"])
+        engine.authority.check_observe(me, lease["resource"], f"lease {lease_id}")
         return lease
 
     @app.get("/v1/leases", tags=["leases"])
@@ -618,19 +618,23 @@ def create_app(
     async def resource_status(me: Me, resource: str) -> dict[str, Any]:
         out = await engine.resource_status(resource)
         engine.authority.check_observe(me, resource)
-        for key in ("conflicting", "queue"):  # other members of its blast radius
+        for key in ("conflicting", "queue", "protected_changes"):  # its blast radius
             out[key] = engine.authority.visible(me, out[key])
+        if out["lease"] is not None and not engine.authority.observable(
+            me, out["lease"]["resource"]
+        ):
+            out["lease"] = None  # a neighbour's lease, shown when the resource itself is free
         return out
 
     @app.get("/v1/who", tags=["leases"])
     async def who(me: Me, resource: str, at: str | None = None) -> dict[str, Any]:
         out = await engine.who(resource, parse_time(at) if at else None)
         engine.authority.check_observe(me, resource)
-        return out
+        return engine.authority.unseen_holder(me, out)
 
     @app.get("/v1/fence", tags=["leases"])
     async def fence(me: Me, resource: str, token: int) -> dict[str, Any]:
-        out = await engine.fence(resource, token)
+        out = await engine.fence(resource, token, me)
         engine.authority.check_observe(me, resource)
         return out
 
@@ -667,9 +671,8 @@ def create_app(
         wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> dict[str, Any]:
-        work = engine.events(resource, after_seq, wait_s, limit)
-        page = await (work if wait_s <= 0 else _unless_hung_up(request.receive, work, app.draining))
-        return engine.authority.visible_page(me, page)
+        work = engine.authority.events(me, resource, after_seq, wait_s, limit)
+        return await (work if wait_s <= 0 else _unless_hung_up(request.receive, work, app.draining))
 
     # -- changes and consent ---------------------------------------------------------------
     @app.post("/v1/leases/{lease_id}/changes", status_code=201, tags=["consent"])
@@ -687,7 +690,9 @@ def create_app(
 
     @app.get("/v1/changes/{change_id}", tags=["consent"])
     async def get_change(me: Me, change_id: str) -> dict[str, Any]:
-        return await engine.consents.get_change(change_id)
+        change = await engine.consents.get_change(change_id)
+        engine.authority.check_observe(me, change["resource"], f"change {change_id}")
+        return change
 
     @app.post("/v1/consents", status_code=201, tags=["consent"])
     async def ask_consent(me: Me, body: ConsentIn) -> dict[str, Any]:
@@ -708,9 +713,11 @@ def create_app(
         request: Request,
         wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
     ) -> dict[str, Any]:
-        work = engine.consents.get(consent_id, wait_s)
+        consent = await engine.consents.get(consent_id, 0)
+        engine.authority.check_observe(me, consent["resource"], f"consent {consent_id}")
         if wait_s <= 0:
-            return await work
+            return consent
+        work = engine.consents.get(consent_id, wait_s)
         return await _unless_hung_up(request.receive, work, app.draining)
 
     # -- rollbacks ---------------------------------------------------------------------------
@@ -724,11 +731,15 @@ def create_app(
         status: Literal["pending", "approved", "denied", "executed", "failed"] | None = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> dict[str, Any]:
-        return {"rollbacks": await engine.rollbacks.list(status, limit)}
+        return {
+            "rollbacks": engine.authority.visible(me, await engine.rollbacks.list(status, limit))
+        }
 
     @app.get("/v1/rollbacks/{rollback_id}", tags=["rollback"])
     async def get_rollback(me: Me, rollback_id: str) -> dict[str, Any]:
-        return await engine.rollbacks.get(rollback_id)
+        rollback = await engine.rollbacks.get(rollback_id)
+        engine.authority.check_observe(me, rollback["resource"], f"rollback {rollback_id}")
+        return rollback
 
     @app.post("/v1/rollbacks/{rollback_id}/approve", tags=["rollback"])
     async def approve_rollback(me: Me, rollback_id: str) -> dict[str, Any]:
@@ -753,7 +764,7 @@ def create_app(
 
     @app.get("/v1/freezes", tags=["freeze"])
     async def list_freezes(me: Me, all: bool = False) -> dict[str, Any]:
-        return {"freezes": await engine.freezes.list(all)}
+        return {"freezes": engine.authority.visible_freezes(me, await engine.freezes.list(all))}
 
     @app.post("/v1/gate/check", tags=["gate"])
     async def gate_check(me: Me, body: GateCheckIn) -> dict[str, Any]:
@@ -771,7 +782,7 @@ def create_app(
 
     @app.get("/v1/policy", tags=["meta"])
     async def policy(me: Me) -> dict[str, Any]:
-        return engine.policy.to_dict()
+        return engine.authority.policy_view(me, engine.policy.to_dict())
 
     from writ.authority_api import register as _authority_routes
 
@@ -847,10 +858,12 @@ def run(
     shutdown_timeout: int = 10,
     metrics: bool = True,
     metrics_token: str | None = None,
+    workers: int = 1,
 ) -> None:
     """Serve writ until SIGTERM or SIGINT (``writ serve``), then shut down gracefully
-    (:mod:`writ.lifecycle`) within ``shutdown_timeout`` seconds, each
-    connection within ``limits``."""
+    (:mod:`writ.lifecycle`) within ``shutdown_timeout`` seconds, each connection within
+    ``limits``; ``workers`` > 1 runs that many processes on one port (PostgreSQL stores
+    only, :mod:`writ.workers`)."""
     import os
 
     import uvicorn
@@ -868,6 +881,23 @@ def run(
         metrics_token,
     ]
     logs.setup(log_format, log_level, [s for s in secrets if s])
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "log_config": None,  # logs.setup configured uvicorn's loggers
+        "access_log": False,  # writ.access logs each request instead
+        "server_header": False,
+        "proxy_headers": False,  # writ never uses the client's address: skip rewriting it
+        "timeout_graceful_shutdown": shutdown_timeout,
+        **(limits or Limits(max_header_bytes=MAX_HEADERS)).uvicorn_options(),
+    }
+    if workers != 1:
+        from .workers import AppSettings, run_workers
+
+        settings = AppSettings(log_format, log_level, metrics, metrics_token)
+        run_workers(store_url, workers, policy_path, settings, **options)
+        return
     traced = tracing.configure()
     engine = Engine(open_store(store_url), policy)
     engine.authority.on_sighup()  # SIGHUP reloads the policy file (see writ.authority)
@@ -876,16 +906,5 @@ def run(
         log.info("tracing on: OTEL_TRACES_EXPORTER=%s", traced)
     logs.log_decisions(engine)
     app = create_app(engine, metrics=metrics, metrics_token=metrics_token)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        log_config=None,  # logs.setup configured uvicorn's loggers
-        access_log=False,  # writ.access logs each request instead
-        server_header=False,
-        proxy_headers=False,  # writ never uses the client's address: skip rewriting it
-        timeout_graceful_shutdown=shutdown_timeout,
-        **(limits or Limits(max_header_bytes=MAX_HEADERS)).uvicorn_options(),
-    )
+    config = uvicorn.Config(app, **options)
     DrainingServer(config, app.draining).run()  # type: ignore[attr-defined]

@@ -22,8 +22,10 @@ import { LeaseHandle, type LeaseOptions } from "./lease.js";
 import type {
   AuditPage,
   AuditRow,
+  Authority,
   Change,
   Consent,
+  DisabledPrincipal,
   Fence,
   Freeze,
   Health,
@@ -31,13 +33,16 @@ import type {
   Lease,
   LeaseState,
   NewPrincipal,
+  PolicyReload,
   Principal,
   PrincipalKind,
   ResourceStatus,
   Rollback,
   RollbackPlan,
   RollbackStatus,
+  RotatedToken,
   Verify,
+  Wake,
   Who,
 } from "./models.js";
 import type { Answer, CallOptions, MethodOf, Operation, RequestOptions, Route } from "./routes.js";
@@ -248,14 +253,82 @@ export class Writ {
     return this.request("get", "/v1/whoami", call) as Promise<Principal>;
   }
 
-  /** `POST /v1/principals` (admin only): the answer carries the token, shown only this once. */
+  /**
+   * `POST /v1/principals` (admin only): the answer carries the token, shown only this once.
+   * `queues` (humans only, v1.1): the on-call queues whose rotation it is on; `expiresInS`
+   * (v1.1): its token is refused after that many seconds.
+   */
   addPrincipal(
     name: string,
-    options: { kind: PrincipalKind; vendor?: string; wake?: string; admin?: boolean },
+    options: {
+      kind: PrincipalKind;
+      vendor?: string;
+      wake?: string;
+      admin?: boolean;
+      queues?: string[];
+      expiresInS?: number;
+    },
     call: CallOptions = {},
   ): Promise<NewPrincipal> {
-    const body: Schemas["PrincipalIn"] = defined({ name, ...options });
+    const { expiresInS, ...rest } = options;
+    const body: Schemas["PrincipalIn"] = defined({ name, ...rest, expires_in_s: expiresInS });
     return this.request("post", "/v1/principals", { ...call, body }) as Promise<NewPrincipal>;
+  }
+
+  /**
+   * `POST /v1/principals/{name}/rotate` (v1.1; admin, or the principal itself): a new token,
+   * refused after `expiresInS` if given. The old token is refused from this answer on.
+   */
+  rotatePrincipal(
+    name: string,
+    options: { expiresInS?: number } = {},
+    call: CallOptions = {},
+  ): Promise<RotatedToken> {
+    return this.request("post", "/v1/principals/{name}/rotate", {
+      ...call,
+      path: { name },
+      body: defined({ expires_in_s: options.expiresInS }),
+    }) as Promise<RotatedToken>;
+  }
+
+  /**
+   * `POST /v1/principals/{name}/disable` (v1.1, admin): its token is refused at once, its
+   * held leases are revoked and its queued requests leave the queue (`revoked`, `withdrawn`).
+   */
+  disablePrincipal(name: string, reason: string, call: CallOptions = {}): Promise<DisabledPrincipal> {
+    const body: Schemas["DisableIn"] = { reason };
+    return this.request("post", "/v1/principals/{name}/disable", {
+      ...call,
+      path: { name },
+      body,
+    }) as Promise<DisabledPrincipal>;
+  }
+
+  /** `POST /v1/principals/{name}/enable` (v1.1, admin): a disabled principal again, with a fresh token. */
+  enablePrincipal(
+    name: string,
+    options: { expiresInS?: number } = {},
+    call: CallOptions = {},
+  ): Promise<NewPrincipal> {
+    return this.request("post", "/v1/principals/{name}/enable", {
+      ...call,
+      path: { name },
+      body: defined({ expires_in_s: options.expiresInS }),
+    }) as Promise<NewPrincipal>;
+  }
+
+  /** `POST /v1/principals/{name}/queues` (v1.1, admin): put a human on queues' rotations, or take it off. */
+  principalQueues(
+    name: string,
+    options: { add?: string[]; remove?: string[] },
+    call: CallOptions = {},
+  ): Promise<Principal> {
+    const body: Schemas["QueuesIn"] = defined({ add: options.add, remove: options.remove });
+    return this.request("post", "/v1/principals/{name}/queues", {
+      ...call,
+      path: { name },
+      body,
+    }) as Promise<Principal>;
   }
 
   /** `GET /v1/principals`: every principal, without tokens. */
@@ -266,6 +339,22 @@ export class Writ {
   /** `GET /v1/policy`: the policy the server runs with. */
   policy(call: CallOptions = {}): Promise<Record<string, unknown>> {
     return this.request("get", "/v1/policy", call);
+  }
+
+  /** `POST /v1/policy/reload` (v1.1, admin): read the policy file again; a bad file is InvalidError and changes nothing. */
+  reloadPolicy(call: CallOptions = {}): Promise<PolicyReload> {
+    return this.request("post", "/v1/policy/reload", call) as Promise<PolicyReload>;
+  }
+
+  /**
+   * `GET /v1/authority` (v1.1): may `principal` write or observe `resource`, with which
+   * attributes, and which grant (`rule`, FILE:LINE) says so. Agents may ask only about themselves.
+   */
+  authority(principal: string, resource: string, call: CallOptions = {}): Promise<Authority> {
+    return this.request("get", "/v1/authority", {
+      ...call,
+      query: { principal, resource },
+    }) as Promise<Authority>;
   }
 
   // ---- leases ----------------------------------------------------------------------------
@@ -379,6 +468,20 @@ export class Writ {
       ...call,
       query: { resource, token },
     }) as Promise<Fence>;
+  }
+
+  /**
+   * `POST /v1/leases/{id}/wake` (v1.1; anyone who may observe the resource): writ calls the
+   * holder's wake route with `reason` — at most once per 30 s per lease; within that window
+   * the answer has `already_woken_at` and nobody is called. `LeaseLostError` once it no longer holds.
+   */
+  wake(leaseId: string, reason: string, call: CallOptions = {}): Promise<Wake> {
+    const body: Schemas["WakeIn"] = { reason };
+    return this.request("post", "/v1/leases/{lease_id}/wake", {
+      ...call,
+      path: { lease_id: leaseId },
+      body,
+    }) as Promise<Wake>;
   }
 
   /** Acquire and renew in the background until `release()`; see `withLease()`. */

@@ -4,7 +4,7 @@
  *     WritError
  *     ├── InvalidError            422  invalid           bad input: what was wrong and what to do
  *     ├── UnauthenticatedError    401  unauthenticated   missing or unknown token
- *     ├── ForbiddenError          403  forbidden         your kind or identity may not do this
+ *     ├── ForbiddenError          403  forbidden         your kind, identity or authority may not: `rule`, `may`
  *     ├── NotFoundError           404  not_found         no such lease, principal, consent, ...
  *     ├── ConflictError           409  conflict          (also the base of the two refusals below)
  *     │   ├── HeldError           409  held              a conflicting lease is held: `holder`
@@ -17,7 +17,7 @@
  * Every detail of the error body (`{"error": {"code", "message", ...details}}`) is in
  * `err.details`; the common ones have typed getters (`HeldError.holder`, ...).
  */
-import type { Change, Freeze, Holder } from "./models.js";
+import type { Change, Freeze, Holder, May } from "./models.js";
 
 /** How an error came to be: the answer's status and code, its `Retry-After`, its cause. */
 export interface WritErrorOptions {
@@ -78,9 +78,22 @@ export class UnauthenticatedError extends WritError {
   static override readonly status = 401;
 }
 
+/**
+ * 403 `forbidden`: the caller's kind or identity may not do this. In closed authority mode
+ * (v1.1) it is not the caller's authority: `rule` names the grant, `may` what it may do.
+ */
 export class ForbiddenError extends WritError {
   static override readonly code = "forbidden";
   static override readonly status = 403;
+  /** `FILE:LINE` of the nearest authority grant, or undefined (none, or not an authority refusal). */
+  get rule(): string | undefined {
+    return (this.details.rule as string | null | undefined) ?? undefined;
+  }
+  /** What the caller may do instead (write and observe prefixes, attributes), in closed mode. */
+  get may(): May | undefined {
+    const may = this.details.may;
+    return isRecord(may) ? (may as May) : undefined;
+  }
 }
 
 export class NotFoundError extends WritError {

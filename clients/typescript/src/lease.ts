@@ -29,6 +29,8 @@ export class LeaseHandle {
   data: Lease;
   /** Why the lease was lost, once it is. */
   error: LeaseLostError | undefined;
+  /** (v1.1) The grant's `warning`: the resource lies outside every prefix the policy names (a likely typo). */
+  readonly warning: string | undefined;
   readonly #options: LeaseOptions;
   readonly #lost = new AbortController();
   #ttlS: number;
@@ -43,6 +45,7 @@ export class LeaseHandle {
     this.client = client;
     this.resource = data.resource;
     this.data = data;
+    this.warning = data.warning;
     this.#options = options;
     this.#ttlS = Number(data.ttl_s ?? options.ttlS ?? 30);
     this.#deadline = sentAt + this.#ttlS;

@@ -23,11 +23,82 @@ export interface Principal extends Open {
   wake: string | null;
   admin: boolean;
   created_at: string;
+  /** (v1.1) A disabled principal's token is refused; `enablePrincipal` gives it a new one. */
+  disabled?: boolean;
+  /** (v1.1) When its token is refused from, RFC 3339; null when it never expires. */
+  token_expires_at?: string | null;
+  /** (v1.1) Humans only: the on-call queues whose rotation it is on. */
+  queues?: string[];
 }
 
 /** `POST /v1/principals`: the principal and its token, shown only in this answer. */
 export interface NewPrincipal extends Principal {
   token: string;
+}
+
+/** `POST /v1/principals/{name}/rotate` (v1.1): the new token; the old one is refused from now. */
+export interface RotatedToken extends Open {
+  name: string;
+  token: string;
+  token_expires_at: string | null;
+}
+
+/** `POST /v1/principals/{name}/disable` (v1.1): the principal, what was revoked and withdrawn. */
+export interface DisabledPrincipal extends Principal {
+  disabled: true;
+  /** The ids of its leases that were revoked. */
+  revoked: string[];
+  /** The ids of its queued requests that left the queue. */
+  withdrawn: string[];
+}
+
+/** What a principal may do in closed authority mode (the `may` of a `ForbiddenError` too). */
+export interface May extends Open {
+  write: string[];
+  observe: string[];
+  attributes: string[];
+}
+
+export type AuthorityMode = "open" | "closed";
+
+/** `GET /v1/authority` (v1.1): what `principal` may do on `resource`, and which rule says so. */
+export interface Authority extends Open {
+  principal: string;
+  resource: string;
+  mode: AuthorityMode;
+  /** May it take write authority (a lease) on `resource`? */
+  write: boolean;
+  /** May it read `resource` (leases, status, audit rows under it)? */
+  observe: boolean;
+  /** The attributes it may name in `touches` there (`["*"]` = any). */
+  attributes: string[];
+  /** `FILE:LINE` of the deciding (or nearest) grant, or null. */
+  rule: string | null;
+  /** The decision in words. */
+  message: string;
+  may: May;
+}
+
+/** `POST /v1/policy/reload` (v1.1): the policy now in force. */
+export interface PolicyReload extends Open {
+  /** The policy file read, or null when the server runs without one (nothing reloaded). */
+  source: string | null;
+  mode: AuthorityMode;
+  /** How many authority grants and rules the new policy has. */
+  grants: number;
+  rules: number;
+  warnings: string[];
+}
+
+/** `POST /v1/leases/{id}/wake` (v1.1, 202). */
+export interface Wake extends Open {
+  lease_id: string;
+  resource: string;
+  holder: string;
+  /** When writ called (or, with `already_woken_at`, last called) the holder's wake route. */
+  woken_at: string;
+  /** Set when the holder was woken in the last 30 s: nobody was called this time. */
+  already_woken_at: string | null;
 }
 
 /** How a lease's work is rolled back, and who holds the key. */
@@ -51,6 +122,11 @@ export interface Lease extends Open {
   state: LeaseState;
   rollback: RollbackPlan | null;
   ended_at: string | null;
+  /**
+   * (v1.1) On a grant only: the resource lies outside every prefix the policy names (a
+   * likely typo, "did you mean prod/db?"). Granted all the same.
+   */
+  warning?: string;
 }
 
 /** `HeldError.holder`: who holds the resource a request waited for. */
@@ -60,7 +136,13 @@ export interface Holder extends Open {
   intent: string;
   acquired_at: string;
   expires_at: string;
+  /**
+   * The holder's wake route; in closed authority mode an agent sees writ's own
+   * `/v1/leases/{id}/wake` here instead (see `Writ.wake`).
+   */
   wake: string | null;
+  /** (v1.1, closed mode, humans and queues) writ's wake route beside the holder's own. */
+  wake_via_writ?: string;
   fencing_token?: number;
 }
 

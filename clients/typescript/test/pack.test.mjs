@@ -63,7 +63,7 @@ test("npm pack: a fresh project installs the tarball, compiles against its types
   writeFileSync(join(app, "tsconfig.json"), JSON.stringify(tsconfig));
   writeFileSync(
     join(app, "main.ts"),
-    `import { HeldError, Writ, type Lease, type LeaseHandle } from "writ-client";
+    `import { ForbiddenError, HeldError, Writ, type Authority, type Lease, type LeaseHandle, type Wake } from "writ-client";
 
 const writ = new Writ({ url: ${JSON.stringify(w.url)}, token: ${JSON.stringify(w.admin.token)} });
 const token: number = await writ.withLease("pack/demo", { intent: "pack test", ttlS: 5 }, async (lease: LeaseHandle) => {
@@ -100,6 +100,32 @@ async function neverCalled(lease: LeaseHandle): Promise<void> {
   // @ts-expect-error the fencing token is a number
   const token: string = lease.fencingToken;
   void token;
+  // v1.1: the typed answers and refusals compile as documented
+  const said: Authority = await writ.authority("perf-agent", "prod/db");
+  const mayWrite: boolean = said.write;
+  const rule: string | null = said.rule;
+  const woken: Wake = await writ.wake(lease.leaseId, "are you on it?");
+  const again: string | null = woken.already_woken_at;
+  const rotated: string = (await writ.rotatePrincipal("perf-agent", { expiresInS: 3600 })).token;
+  const revoked: string[] = (await writ.disablePrincipal("perf-agent", "leaked")).revoked;
+  const grants: number = (await writ.reloadPolicy()).grants;
+  const warning: string | undefined = lease.warning;
+  try {
+    await writ.acquire("prod/db", { intent: "x" });
+  } catch (err) {
+    if (err instanceof ForbiddenError) {
+      const where: string | undefined = err.rule;
+      const prefixes: string[] | undefined = err.may?.write;
+      void [where, prefixes];
+    }
+  }
+  void [mayWrite, rule, again, rotated, revoked, grants, warning];
+  // @ts-expect-error wake needs a reason
+  await writ.wake(lease.leaseId);
+  // @ts-expect-error expiresInS is a number
+  await writ.rotatePrincipal("perf-agent", { expiresInS: "60" });
+  // @ts-expect-error queues are names
+  await writ.principalQueues("alice", { add: [1] });
 }
 void neverCalled;
 `,

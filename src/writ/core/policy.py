@@ -119,6 +119,8 @@ def parse(text: str, path: str = "<policy>") -> Policy:
         m = re.search(r"line (\d+)", str(exc))
         line = int(m.group(1)) if m else (len(text.rstrip().splitlines()) or 1)
         raise PolicyError(path, f"not valid TOML: {exc}", line) from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise PolicyError(path, "not a policy: values nested too deeply") from None
     for key in data:
         if key not in TOP_KEYS:
             raise PolicyError(
@@ -227,4 +229,7 @@ def load(path: str | Path | None) -> Policy:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = p.read_bytes()[: exc.start].count(b"\n") + 1
+        raise PolicyError(str(path), f"not UTF-8 text (byte {exc.start})", line) from None
     return parse(text, str(path))

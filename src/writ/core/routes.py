@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from writ.core.dashboards import dashboard_page
 from writ.core.errors import Invalid
@@ -22,6 +23,10 @@ def route_problem(value: Any) -> str | None:
     """Why ``value`` is not a literal route, or None when it is one."""
     if not isinstance(value, str) or not _ROUTE.match(value.strip()):
         return "is not a literal route (a path beginning with '/' or an http(s):// URL)"
+    try:
+        urlsplit(value.strip())
+    except ValueError as exc:  # "http://[::1": a bracketed host that does not end
+        return f"is not a valid URL ({exc})"
     if _SMELL.search(value.replace("_", " ").replace("-", " ")):
         return "is a dashboard, console or button, not the rollback entry point"
     page = dashboard_page(value.strip())

@@ -27,12 +27,13 @@ The mechanism was chosen by measurement (docs/security.md): uvicorn's own
 
 from __future__ import annotations
 
+import copyreg
 import json
 import logging
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import click
 
@@ -116,6 +117,21 @@ a request names its target as a path only (an absolute-form target may name anot
 than the Host header the upstream reads)."""
 
 
+class _Guarded(type):
+    """The metaclass of :func:`guarded_protocol`'s classes: such a class is pickled as the
+    call that makes it again, for ``writ serve --workers`` (uvicorn starts its workers
+    with the spawn method, which pickles the server's configuration)."""
+
+    LIMITS: Limits
+
+
+def _remade(cls: _Guarded) -> tuple[Callable[..., _Guarded], tuple[Limits]]:
+    return cast("Callable[..., _Guarded]", guarded_protocol), (cls.LIMITS,)
+
+
+copyreg.pickle(_Guarded, _remade)
+
+
 def guarded_protocol(limits: Limits) -> type[Any]:
     """uvicorn's httptools protocol, with ``limits`` enforced (see the module docstring)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -150,7 +166,7 @@ def guarded_protocol(limits: Limits) -> type[Any]:
     # this listener's connections with no request in progress, oldest first
     idle: dict[Any, None] = {}
 
-    class GuardedHttpTools(HttpToolsProtocol):
+    class GuardedHttpTools(HttpToolsProtocol, metaclass=_Guarded):
         LIMITS: ClassVar[Limits] = limits
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:

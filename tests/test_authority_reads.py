@@ -1,0 +1,413 @@
+"""Authority, a second look: in closed mode nothing an agent or portal can call tells it
+about a resource it may not observe — a change, a consent, a rollback, another principal's
+wake URL, a blast-radius neighbour's lease in a 409 ``held``, ``consent_required`` or a
+resource's status, or the moment of a row the events long-poll would have woken on. And a
+policy reload: a file that is not UTF-8 or nests too deeply changes nothing (422, not 500),
+and reloads run one at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.stores_fixtures import Backend
+from tests.test_authority import POLICY, World, world
+from writ.errors import Invalid
+
+# prod/db and billing/db share a blast radius; perf-agent observes prod and routing only
+BLAST = '[blast_radius]\ndb-tier = ["prod/db", "billing/db"]\n' + POLICY
+SECRET = "secret billing work"
+
+
+async def _billing_change(w: World) -> tuple[dict[str, str], str]:
+    lease = (
+        await w.lease("admin", "billing/db", ttl_s=300, touches=["capacity"], intent=SECRET)
+    ).json()
+    r = await w.post(
+        "admin",
+        f"/v1/leases/{lease['lease_id']}/changes",
+        {"attribute": "capacity", "summary": SECRET, "after": {"k": SECRET}},
+    )
+    assert r.status_code == 201, r.text
+    return lease, r.json()["change_id"]
+
+
+async def test_changes_consents_and_rollbacks_of_unobservable_resources_are_403(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+        lease, change_id = await _billing_change(w)
+        assert (await w.get("stranger", f"/v1/changes/{change_id}")).status_code == 403
+        assert (await w.get("oncall-jane", f"/v1/changes/{change_id}")).status_code == 200
+        r = await w.post("cost-agent", "/v1/consents", {"change_id": change_id, "reason": "x"})
+        assert r.status_code == 403 and SECRET not in r.text, r.text
+        assert await w.rows("consent.requested") == []
+        consent = await w.post(
+            "oncall-jane", "/v1/consents", {"change_id": change_id, "reason": "x"}
+        )
+        assert consent.status_code == 201, consent.text
+        cid = consent.json()["consent_id"]
+        assert (await w.get("stranger", f"/v1/consents/{cid}")).status_code == 403
+        assert (await w.get("stranger", f"/v1/consents/{cid}", wait_s=5)).status_code == 403
+        r = await w.post("stranger", "/v1/rollbacks", {"change_id": change_id, "reason": "x"})
+        assert r.status_code == 403 and "billing" not in r.json()["error"]["message"], r.text
+        r = await w.post(
+            "stranger", "/v1/rollbacks", {"lease_id": lease["lease_id"], "reason": "x"}
+        )
+        assert r.status_code == 403, r.text
+        # a rollback's own reads
+        await w.engine.store.transact(
+            lambda tx: tx.put_object(
+                "rollback",
+                "rb_test",
+                "billing/db",
+                "pending",
+                {"rollback_id": "rb_test", "resource": "billing/db", "reason": SECRET},
+            )
+        )
+        assert (await w.get("stranger", "/v1/rollbacks/rb_test")).status_code == 403
+        listed = (await w.get("stranger", "/v1/rollbacks")).json()["rollbacks"]
+        assert listed == []
+        listed = (await w.get("oncall-jane", "/v1/rollbacks")).json()["rollbacks"]
+        assert [r["rollback_id"] for r in listed] == ["rb_test"]
+
+
+async def test_a_blast_radius_neighbour_is_not_named_to_who_may_not_observe_it(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """perf-agent may write prod/db; billing/db (same blast radius) is held by admin, who
+    also recorded a protected change there. perf-agent learns that prod/db is not free and
+    until when — not who holds what, for what, or what changed."""
+    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+        lease = (
+            await w.lease("admin", "billing/db", ttl_s=300, touches=["labels"], intent=SECRET)
+        ).json()
+        for wait in (0, 0.01):
+            r = await w.lease("perf-agent", "prod/db", wait_s=wait)
+            assert r.status_code == 409, r.text
+            err = r.json()["error"]
+            assert err["code"] == "held" and err["holder"] is None, r.text
+            assert "billing" not in r.text and SECRET not in r.text, r.text
+            assert "you may not observe" in err["message"] and "retry_at" in err
+        # nor do who, fence and a gate's answer (each counts a blast-radius holder)
+        who = (await w.get("perf-agent", "/v1/who", resource="prod/db")).json()
+        assert who["hidden"] is True and who["lock_holder"] is None, who
+        assert "billing" not in json.dumps(who) and SECRET not in json.dumps(who), who
+        fence = (await w.get("perf-agent", "/v1/fence", resource="prod/db", token=999)).json()
+        assert fence["holder"] is None and fence["hidden"] is True, fence
+        assert fence["current"] is False, fence
+        await w.add("the-gate", "portal")
+        body = {"caller_token": w.tokens["perf-agent"], "resource": "prod/db", "path": "/x"}
+        gate = (await w.post("the-gate", "/v1/gate/check", body)).json()
+        assert gate["passed"] is False and gate["holder"] is None, gate
+        jane = (await w.get("oncall-jane", "/v1/who", resource="prod/db")).json()
+        assert jane["lock_holder"] == "admin" and "hidden" not in jane, jane
+        fence = (await w.get("oncall-jane", "/v1/fence", resource="prod/db", token=999)).json()
+        assert fence["holder"] == "admin" and "hidden" not in fence, fence
+        # a human still sees it all
+        r = await w.lease("oncall-jane", "prod/db")
+        assert r.status_code == 403  # no grant to lease, but admin does:
+        r = await w.lease("admin", "prod/db")
+        assert r.json()["error"]["holder"]["resource"] == "billing/db", r.text
+        # the resource's status: neither the neighbour's lease nor its protected change
+        status = (await w.get("perf-agent", "/v1/resources/prod/db")).json()
+        assert status["lease"] is None and status["protected_changes"] == [], status
+        await w.post("admin", f"/v1/leases/{lease['lease_id']}/release")
+        await _billing_change(w)
+        status = (await w.get("perf-agent", "/v1/resources/prod/db")).json()
+        assert status["lease"] is None and status["protected_changes"] == [], status
+        assert (await w.get("admin", "/v1/resources/prod/db")).json()["protected_changes"]
+        r = await w.lease("perf-agent", "prod/db", touches=["capacity"])
+        assert r.status_code == 409, r.text
+        err = r.json()["error"]
+        assert err["code"] == "consent_required" and "protected_until" in err, r.text
+        assert "billing" not in r.text and SECRET not in r.text, r.text
+        # nor do the rows of its own refusals (another's rows about prod/db still may)
+        rows = (await w.get("perf-agent", "/v1/audit", resource="prod/db")).json()["rows"]
+        rows = [x for x in rows if x["agent_id"] == "perf-agent"]
+        assert rows and all("billing" not in x["notes"] for x in rows), rows
+        assert all(SECRET not in x["notes"] for x in rows), rows
+
+
+async def test_agents_see_no_other_principals_wake_url_in_closed_mode(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with world(backend, tmp_path, monkeypatch) as w:
+        await w.add("cost-agent-2", "agent", wake="https://cost2.example/wake")
+
+        def wakes(who: str) -> dict[str, str | None]:
+            return {p["name"]: p["wake"] for p in listed[who]}
+
+        listed = {
+            who: (await w.get(who, "/v1/principals")).json()["principals"]
+            for who in ("cost-agent-2", "stranger", "oncall-jane")
+        }
+        assert wakes("stranger")["perf-agent"] is None
+        assert wakes("cost-agent-2")["cost-agent-2"] == "https://cost2.example/wake"
+        assert wakes("cost-agent-2")["perf-agent"] is None
+        assert wakes("oncall-jane")["perf-agent"] == "https://perf.example/wake"
+
+
+async def test_the_events_long_poll_does_not_end_on_a_row_it_may_not_read(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cost-agent long-polls every row; a row about billing (which it may not observe) is
+    committed, then one about prod/db: the poll answers with the prod/db row, having not
+    ended (empty-handed, telling of the billing row by its timing) at the first."""
+    async with world(backend, tmp_path, monkeypatch) as w:
+        after = (await w.get("admin", "/v1/audit", limit=100_000)).json()["next_after_seq"]
+        poll = asyncio.create_task(w.get("cost-agent", "/v1/events", after_seq=after, wait_s=60))
+        watches = w.engine.history._watches
+        while not watches:  # until the long-poll waits for a row
+            assert not poll.done(), poll.result().text
+            await asyncio.sleep(0.005)
+        (first,) = watches.values()
+        assert (await w.lease("admin", "billing/x")).status_code == 201
+        await asyncio.wait_for(asyncio.shield(first.answer), 30)  # it has seen that row
+        assert (await w.lease("admin", "prod/db")).status_code == 201
+        page = (await asyncio.wait_for(poll, 30)).json()
+        assert [r["resource"] for r in page["rows"]] == ["prod/db"], page
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b'[authority]\nmode = "open"\n\xff\n', b"a = " + b"[" * 5000 + b"]" * 5000],
+    ids=["not-utf8", "too-deep"],
+)
+async def test_a_reload_of_a_file_that_is_not_utf8_or_too_deep_changes_nothing(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: bytes
+) -> None:
+    async with world(backend, tmp_path, monkeypatch) as w:
+        w.path.write_bytes(bad)
+        r = await w.post("admin", "/v1/policy/reload")
+        assert r.status_code == 422, r.text
+        assert str(w.path) in r.json()["error"]["message"]
+        assert w.engine.authority.settings.closed
+        assert (await w.lease("stranger", "prod/db")).status_code == 403
+        assert await w.rows("policy.reloaded") == []
+
+
+async def test_reloads_run_one_at_a_time_so_the_last_file_read_is_in_force(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reload A reads the file and stalls writing its row; the file changes and reload B
+    runs. Without one-at-a-time, A would apply its older file after B: the policy in force
+    would then be neither the file nor what the last row says."""
+    async with world(backend, tmp_path, monkeypatch) as w:
+        store = w.engine.store
+        transact = store.transact
+        stalled, go = asyncio.Event(), asyncio.Event()
+
+        async def first_stalls(fn: Any) -> Any:
+            if not stalled.is_set():
+                stalled.set()
+                await go.wait()
+            return await transact(fn)
+
+        monkeypatch.setattr(store, "transact", first_stalls)
+        grant = '\n[[authority.grant]]\nprincipals = ["stranger"]\nwrite = ["{}"]\n'
+        w.path.write_text(POLICY + grant.format("old"))
+        a = asyncio.create_task(w.engine.authority.reload(None))
+        await stalled.wait()
+        w.path.write_text(POLICY + grant.format("new"))
+        b = asyncio.create_task(w.engine.authority.reload(None))
+        for _ in range(50):  # let B run as far as it can (without the lock: to the end)
+            await asyncio.sleep(0)
+        go.set()
+        await asyncio.gather(a, b)
+        monkeypatch.setattr(store, "transact", transact)
+        assert (await w.lease("stranger", "new/x")).status_code == 201
+        assert (await w.lease("stranger", "old/x")).status_code == 403
+
+
+async def test_a_gate_answer_names_the_holder_only_to_a_caller_who_may_observe(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/v1/gate/check`` in closed mode: the refusal's ``holder`` is for a caller who may
+    observe the resource (with writ's wake route, not the holder's URL); an unknown caller,
+    or an agent that may not observe it, learns nothing of who holds it. (Any principal may
+    call the route, so this was a way to read any resource's holder.)"""
+    async with world(backend, tmp_path, monkeypatch) as w:
+        await w.add("the-gate", "portal")
+        lease = (await w.lease("perf-agent", "prod/db", ttl_s=300, intent=SECRET)).json()
+
+        async def holder(caller: str | None) -> Any:
+            body = {
+                "caller_token": w.tokens[caller] if caller else "writ_not_a_token",
+                "resource": "prod/db",
+                "method": "POST",
+                "path": "/admin/db/scale",
+            }
+            r = await w.post("the-gate", "/v1/gate/check", body)
+            assert r.status_code == 200 and r.json()["passed"] is False, r.text
+            return r.json()["holder"]
+
+        assert await holder(None) is None
+        assert await holder("stranger") is None
+        seen = await holder("cost-agent")
+        assert seen["holder"] == "perf-agent"
+        assert seen["wake"] == f"/v1/leases/{lease['lease_id']}/wake", seen
+        assert (await holder("oncall-jane"))["wake"] == "https://perf.example/wake"
+        r = await w.post(
+            "the-gate",
+            "/v1/gate/check",
+            {"resource": "prod/db", "method": "POST", "path": "/x", "attribute": "a\u0000"},
+        )
+        assert r.status_code == 422 and r.json()["error"]["field"] == "attribute", r.text
+
+
+async def test_the_engine_refuses_a_gate_attribute_that_is_not_text(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with world(backend, tmp_path, monkeypatch) as w:
+        gate = await w.engine.principal("svc-ops")
+        assert gate is not None
+        with pytest.raises(Invalid) as e:
+            await w.engine.gate_check(gate, None, None, None, "prod/db", "POST", "/x", "a\x00b")
+        assert e.value.details["field"] == "attribute"
+
+
+def test_grant_lines_survive_quotes_in_comments_and_one_line_strings() -> None:
+    """The rule's FILE:LINE: a comment or a one-line string holding three quotes once made
+    the scan think a multi-line string had begun, so every later grant lost its line."""
+    from writ.policy import parse
+
+    text = """\
+# the DBA's \"\"\" style notes
+[authority]
+mode = "closed"
+[[authority.grant]]
+principals = ["a"]
+write = ["x"]  # '''
+[[ 'authority' . 'grant' ]]
+principals = ['b']
+vendors = ['v\"\"\"', '''
+[[authority.grant]]
+''']
+[[authority.grant]]
+kinds = ["agent"]
+observe = [\"\"\"y\"\"\"]
+"""
+    s = parse(text, "w.toml").authority
+    assert [g.line for g in s.grants] == [4, 7, 12]
+    assert s.where(s.grants[1]) == "w.toml:7"
+
+
+@pytest.mark.parametrize(
+    ("grant", "words"),
+    [
+        ('principals = ["perf-agent\\nfake row"]', "not a principal name"),
+        ('principals = ["Perf Agent"]', "not a principal name"),
+        ('vendors = ["v\\u001b[2J"]', "control character"),
+        ('principals = ["a"]\nattributes = ["cap\\u0000"]', "control character"),
+    ],
+)
+def test_grant_names_are_names(grant: str, words: str) -> None:
+    """A grant's principals are principal names, and its vendors and attributes are text: a
+    name no principal can have never matches, and printed by `writ policy check` a newline
+    in it forged a line of its own."""
+    from writ.policy import PolicyError, parse
+
+    with pytest.raises(PolicyError) as e:
+        parse(f'[authority]\nmode = "closed"\n[[authority.grant]]\n{grant}\n', "w.toml")
+    assert e.value.line == 3 and words in str(e.value), e.value
+
+
+def test_policy_explain_offline_takes_only_a_principal_name(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from writ.cli import main
+
+    (tmp_path / "p.toml").write_text(POLICY)
+    args = ["policy", "explain", "--file", str(tmp_path / "p.toml")]
+    r = CliRunner().invoke(main, [*args, "perf-agent\nfake-agent may write", "prod/db"])
+    assert r.exit_code == 2 and "not a principal name" in r.output, r.output
+    r = CliRunner().invoke(main, [*args, "x", "prod/db", "--vendor", "v\x1b[2J"])
+    assert r.exit_code == 2 and "vendor" in r.output, r.output
+    r = CliRunner().invoke(main, [*args, "perf-agent", "prod/db"])
+    assert r.exit_code == 0 and r.output.startswith("perf-agent may write prod/db"), r.output
+
+
+async def test_an_agent_reads_only_its_own_grants_in_the_policy(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GET /v1/authority`` answers an agent only about itself; ``GET /v1/policy`` told it
+    every grant of every principal."""
+    async with world(backend, tmp_path, monkeypatch) as w:
+
+        async def grants(who: str) -> list[dict[str, Any]]:
+            r = await w.get(who, "/v1/policy")
+            assert r.status_code == 200, r.text
+            out: list[dict[str, Any]] = r.json()["authority"]["grants"]
+            return out
+
+        assert [g["principals"] for g in await grants("cost-agent")] == [["cost-agent"]]
+        assert await grants("stranger") == []
+        assert [g["vendors"] for g in await grants("vendor-p-button")] == [["vendor-p"]]
+        assert len(await grants("oncall-jane")) == 4
+
+
+async def test_omitted_touches_meet_the_grants_of_the_turn_at_hand_off(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """perf-agent queues for prod/db without naming touches (so: its attributes, capacity);
+    a reload changes its attributes to labels; at its turn it is granted with touches
+    labels, as a request made then would be — not refused for touches it never named."""
+    async with world(backend, tmp_path, monkeypatch) as w:
+        held = (await w.lease("admin", "prod/db", ttl_s=300)).json()
+        seq = (await w.engine.audit(0, 10_000))["next_after_seq"]
+        waiting = asyncio.ensure_future(w.lease("perf-agent", "prod/db", wait_s=60))
+        await w.engine.events("prod/db", seq, wait_s=10)  # its lease.queued row
+        assert (await w.rows("lease.queued"))[-1]["agent_id"] == "perf-agent"
+        w.path.write_text(POLICY.replace('attributes = ["capacity"]', 'attributes = ["labels"]', 1))
+        await w.engine.authority.reload(None)
+        assert (await w.post("admin", f"/v1/leases/{held['lease_id']}/release")).status_code == 200
+        r = await asyncio.wait_for(waiting, 30)
+        assert r.status_code == 201, r.text
+        assert r.json()["touches"] == ["labels"], r.text
+
+
+async def test_a_sighup_reload_that_fails_unexpectedly_is_logged_and_changes_nothing(
+    backend: Backend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import writ.policy
+
+    async with world(backend, tmp_path, monkeypatch) as w:
+        auth = w.engine.authority
+
+        def broken(path: Any) -> Any:
+            raise RuntimeError("disk on fire")
+
+        monkeypatch.setattr(writ.policy, "load", broken)
+        auth._spawn_reload()
+        (task,) = auth._tasks
+        await task
+        assert task.exception() is None
+        assert "SIGHUP: the policy was not reloaded" in caplog.text
+        assert auth.settings.closed and await w.rows("policy.reloaded") == []
+
+
+async def test_an_agent_lists_only_the_freezes_that_touch_what_it_may_observe(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with world(backend, tmp_path, monkeypatch) as w:
+        for prefix in ("prod", "prod/db/main", "billing"):
+            r = await w.post("oncall-jane", "/v1/freezes", {"prefix": prefix, "reason": SECRET})
+            assert r.status_code == 201, r.text
+
+        async def frozen(who: str) -> set[str]:
+            r = await w.get(who, "/v1/freezes")
+            assert r.status_code == 200, r.text
+            return {f["prefix"] for f in r.json()["freezes"]}
+
+        # cost-agent observes prod/db: the freeze above it and the one below it
+        assert await frozen("cost-agent") == {"prod", "prod/db/main"}
+        assert await frozen("stranger") == set()
+        assert await frozen("oncall-jane") == {"prod", "prod/db/main", "billing"}

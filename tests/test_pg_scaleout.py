@@ -1,0 +1,445 @@
+"""The PostgreSQL store's scale-out design (docs/scaling.md): group commit on a live
+replica, optimistic batches, in-place upgrade, ``writ serve --workers``.
+
+Every test here needs ``WRIT_TEST_POSTGRES_URL`` (each gets its own schema), except the
+``--workers`` refusal on SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from tests.server_fixtures import ADMIN_TOKEN, free_port
+from tests.stores_fixtures import Backend
+from writ.cli import main
+from writ.engine import Engine
+from writ.errors import Conflict, Held, Unavailable
+from writ.ledger import verify
+from writ.migrate import upgrade
+from writ.models import Lease, Waiter
+from writ.stores import Store, Tx
+from writ.stores.postgres import MIGRATIONS, PgTx, PostgresStore
+
+
+def _lease(resource: str, token: int, now: float, lease_id: str | None = None) -> Lease:
+    return Lease(
+        lease_id=lease_id or f"ls_{resource.replace('/', '_')}_{token}",
+        resource=resource,
+        holder="a",
+        intent="test",
+        fencing_token=token,
+        acquired_at=now,
+        expires_at=now + 30,
+        ttl_s=30,
+    )
+
+
+async def _grant(tx: Tx, resource: str) -> Lease:
+    lease = _lease(resource, await tx.next_token(), tx.now())
+    await tx.insert_lease(lease)
+    await tx.append(
+        {
+            "event": "lease.granted",
+            "agent_id": "a",
+            "resource": resource,
+            "lock_key": lease.lock_key,
+        }
+    )
+    return lease
+
+
+async def _chain(store: Store) -> Any:
+    triples: list[tuple[int, str, str]] = []
+    async for chunk in store.audit_stream():
+        triples += chunk
+    return verify(triples)
+
+
+async def _open(backend: Backend) -> PostgresStore:
+    store = backend.open_store()
+    assert isinstance(store, PostgresStore)
+    await store.open()
+    return store
+
+
+# ------------------------------------------------------------------------- group commit
+async def test_concurrent_transactions_share_commits_and_keep_their_order(
+    pg_backend: Backend,
+) -> None:
+    """32 transactions at once: fewer commits than transactions (one batch, one fsync, for
+    those that arrive together), every one committed, tokens increasing in ledger order."""
+    store = await _open(pg_backend)
+    try:
+        leases = await asyncio.gather(
+            *(store.transact(lambda tx, i=i: _grant(tx, f"r/{i}")) for i in range(32))  # type: ignore[misc]
+        )
+        assert store.transactions == 32 and store.batches < 32, (store.batches,)
+        rows = await store.read(lambda tx: tx.audit_rows(0, 100))
+        assert [r["lock_key"] for r in rows] == [l.lock_key for l in leases]
+        tokens = [l.fencing_token for l in leases]
+        assert tokens == sorted(tokens) and len(set(tokens)) == 32
+        assert (await _chain(store)).ok
+    finally:
+        await store.close()
+
+
+async def test_a_failing_transaction_in_a_shared_batch_takes_nothing_with_it(
+    pg_backend: Backend,
+) -> None:
+    """One transaction of a batch raises after writing a lease and a row: the others in
+    the same commit keep theirs, it keeps nothing (not in the database, not in the
+    replica the next decision is made on), and its token is never handed out again."""
+    store = await _open(pg_backend)
+    try:
+
+        async def bad(tx: Tx) -> None:
+            await _grant(tx, "prod/db")
+            await tx.insert_waiter(Waiter("w-gone", 0, "prod", "a", {"intent": "i"}, 0.0, 1e12))
+            raise Conflict("changed my mind")
+
+        before = store.batches
+        ok1, failed, ok2 = await asyncio.gather(
+            store.transact(lambda tx: _grant(tx, "a/1")),
+            store.transact(bad),
+            store.transact(lambda tx: _grant(tx, "a/2")),
+            return_exceptions=True,
+        )
+        assert isinstance(failed, Conflict)
+        assert isinstance(ok1, Lease) and isinstance(ok2, Lease)
+        assert store.batches == before + 1  # they did share the commit
+
+        async def look(tx: Tx) -> Any:
+            return (
+                [l.resource for l in await tx.held_related(["prod", "a"])],
+                await tx.waiters_related(["prod"]),
+                await tx.next_token(),
+            )
+
+        held, queue, token = await store.transact(look)
+        assert held == ["a/1", "a/2"] and queue == []
+        # the failed one drew the token between theirs; it is never handed out again
+        assert ok2.fencing_token == ok1.fencing_token + 2 and token == ok2.fencing_token + 1
+        rows = await store.read(lambda tx: tx.audit_rows(0, 100))
+        assert [r["resource"] for r in rows] == ["a/1", "a/2"]
+        assert (await _chain(store)).ok
+    finally:
+        await store.close()
+
+
+async def test_a_statement_that_fails_in_a_batch_fails_only_its_transaction(
+    pg_backend: Backend,
+) -> None:
+    """A write the database refuses (here a duplicate fencing token) surfaces at COMMIT,
+    for the whole batch: the batch is rolled back and each transaction runs alone, so the
+    others still commit and only the culprit answers unavailable."""
+    store = await _open(pg_backend)
+    try:
+        first = await store.transact(lambda tx: _grant(tx, "x/0"))
+
+        async def duplicate(tx: Tx) -> None:
+            await tx.insert_lease(_lease("x/dup", first.fencing_token, tx.now(), "ls_dup"))
+
+        results = await asyncio.gather(
+            store.transact(lambda tx: _grant(tx, "x/1")),
+            store.transact(duplicate),
+            store.transact(lambda tx: _grant(tx, "x/2")),
+            return_exceptions=True,
+        )
+        assert isinstance(results[0], Lease) and isinstance(results[2], Lease)
+        assert isinstance(results[1], Unavailable), results[1]
+        held = await store.transact(lambda tx: tx.held_related(["x"]))
+        assert sorted(l.resource for l in held) == ["x/0", "x/1", "x/2"]
+        assert (await _chain(store)).ok
+    finally:
+        await store.close()
+
+
+async def test_statements_on_tx_c_keep_the_transactions_atomicity(pg_backend: Backend) -> None:
+    """A store method written against a plain connection (``await self.c.execute(...)``,
+    as methods added to the contract are) runs inside its transaction in a batch: behind
+    what the batch buffered, and rolled back with it when the transaction fails."""
+    store = await _open(pg_backend)
+    try:
+
+        async def add(tx: Tx, name: str, fail: bool) -> Any:
+            assert isinstance(tx, PgTx)
+            tx._w()
+            await tx.c.execute(
+                "INSERT INTO principals (name, kind, admin, token_hash, created_at)"
+                " VALUES (%s, 'agent', false, %s, 0)",
+                (name, f"h-{name}"),
+            )
+            cur = await tx.c.execute("SELECT count(*) FROM principals WHERE name = %s", (name,))
+            seen = (await cur.fetchone())[0]
+            if fail:
+                raise Conflict("no")
+            return seen
+
+        results = await asyncio.gather(
+            store.transact(lambda tx: _grant(tx, "c/1")),
+            store.transact(lambda tx: add(tx, "kept", False)),
+            store.transact(lambda tx: add(tx, "gone", True)),
+            return_exceptions=True,
+        )
+        assert results[1] == 1 and isinstance(results[2], Conflict), results
+        names = [r[0] for r in await pg_backend.sql("SELECT name FROM principals ORDER BY name")]
+        assert names == ["kept"]
+        assert [l.resource for l in await store.transact(lambda tx: tx.held_related(["c"]))] == [
+            "c/1"
+        ]
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------- several servers, one replica
+async def test_a_server_catches_up_with_what_others_wrote_before_it_decides(
+    pg_backend: Backend,
+) -> None:
+    """Server A writes alone (its batches go optimistic: decided before the lock); B then
+    grants a lease, queues a request and records a policy object. A's next transaction
+    sees all three — its optimistic attempt is refused by the head and run again under
+    the lock — and draws a larger token; one chain."""
+    a, b = await _open(pg_backend), await _open(pg_backend)
+    a.solo_after = 0.0  # optimistic as soon as A has seen no other writer (default 0.5 s)
+    try:
+        for i in range(3):
+            await a.transact(lambda tx, i=i: _grant(tx, f"a/{i}"))  # type: ignore[misc]
+        assert a.optimistic_batches >= 1
+        retries = a.retries
+
+        async def b_writes(tx: Tx) -> Lease:
+            lease = await _grant(tx, "prod/db")
+            await tx.insert_waiter(Waiter("w-b", 0, "prod", "a", {"intent": "i"}, 0.0, 1e12))
+            await tx.put_object("freeze", "f-b", "prod", "active", {"id": "f-b"})
+            return lease
+
+        theirs = await b.transact(b_writes)
+
+        async def a_looks(tx: Tx) -> Any:
+            objects = await tx.objects_related_many([("freeze", ["active"])], ["prod/db"])
+            return (
+                [l.lease_id for l in await tx.held_related(["prod/db"])],
+                [w.waiter_id for w in await tx.waiters_related(["prod/db"])],
+                [o["id"] for o in objects["freeze"]],
+                await tx.next_token(),
+            )
+
+        held, queue, frozen, token = await a.transact(a_looks)
+        assert held == [theirs.lease_id] and queue == ["w-b"] and frozen == ["f-b"]
+        assert token > theirs.fencing_token
+        assert a.retries == retries + 1  # the optimistic attempt was refused, then redone
+
+        # and B, in turn, sees A's
+        mine = await b.transact(lambda tx: tx.held_related(["a"]))
+        assert [l.resource for l in mine] == ["a/0", "a/1", "a/2"]
+        assert (await _chain(a)).ok
+    finally:
+        await a.close()
+        await b.close()
+
+
+# ---------------------------------------------------------------------- upgrade in place
+_DOWNGRADE = """
+DROP TRIGGER audit_head_versioned ON audit_head;
+DROP FUNCTION writ_head_versioned();
+DROP FUNCTION writ_lock_head(bigint, bigint);
+ALTER TABLE audit_head DROP COLUMN version, DROP COLUMN wv, DROP COLUMN ov, DROP COLUMN epoch;
+DROP INDEX leases_wseq;
+ALTER TABLE leases DROP COLUMN wseq;
+DELETE FROM writ_migrations WHERE name = %s;
+"""
+# found by name: other migrations may come before or after it
+REPLICA_MIGRATION = next(name for name, _ in MIGRATIONS if name.startswith("live replica"))
+
+
+async def test_upgrade_in_place_keeps_the_old_rows_verifying_and_in_force(
+    pg_backend: Backend, tmp_path: Path
+) -> None:
+    """A store written by the first PostgreSQL design (schema 1: no versions, no wseq)
+    is upgraded by ``writ migrate --upgrade``: its chain verifies after the upgrade, its
+    held lease still holds (a conflicting request is refused naming it), its queue and
+    tokens carry on, and new rows extend the same chain. A server of the older writ is
+    refused from then on."""
+    store = await _open(pg_backend)
+    engine = Engine(store)
+    await engine.start(background=False)
+    try:
+        agent = await engine.add_principal(None, "old-agent", "agent")
+        other = await engine.add_principal(None, "new-agent", "agent")
+        p_old = await engine.principal("old-agent")
+        p_new = await engine.principal("new-agent")
+        assert p_old and p_new and agent and other
+        held = await engine.acquire(p_old, resource="prod/db", intent="before", ttl_s=600)
+        done = await engine.acquire(p_old, resource="prod/web", intent="before", ttl_s=600)
+        await engine.release(p_old, done["lease_id"])
+    finally:
+        await engine.stop()
+    for stmt in _DOWNGRADE.strip().split(";\n"):  # the rows stay as the first design wrote them
+        stmt = stmt.strip().rstrip(";")
+        if stmt:
+            await pg_backend.sql(stmt, *([REPLICA_MIGRATION] if "%s" in stmt else []))
+    rows_before = (await pg_backend.sql("SELECT count(*) FROM audit"))[0][0]
+
+    out = await upgrade(pg_backend.url)
+    assert out["ok"] and out["applied"] == [REPLICA_MIGRATION], out
+    assert out["verify"]["rows"] == rows_before
+
+    store = await _open(pg_backend)
+    engine = Engine(store)
+    await engine.start(background=False)
+    try:
+        with pytest.raises(Held) as refused:
+            await engine.acquire(p_new, resource="prod", intent="after", ttl_s=30)
+        assert refused.value.to_body()["error"]["holder"]["holder"] == "old-agent"
+        await engine.release(p_old, held["lease_id"])
+        after = await engine.acquire(p_new, resource="prod", intent="after", ttl_s=30)
+        assert after["fencing_token"] > done["fencing_token"] > held["fencing_token"]
+        assert (await _chain(store)).ok
+    finally:
+        await engine.stop()
+    # a server of the older writ moves the head without a version: refused
+    with pytest.raises(Exception, match="older than the store"):
+        await pg_backend.sql("UPDATE audit_head SET seq = seq")
+    # and upgrading again is a no-op that still verifies
+    again = await upgrade(pg_backend.url)
+    assert again["ok"] and again["applied"] == []
+
+
+def test_cli_upgrade_reports_and_verifies(pg_backend: Backend) -> None:
+    result = CliRunner().invoke(main, ["migrate", "--upgrade", pg_backend.url])
+    assert result.exit_code == 0, result.output
+    assert "upgraded" in result.output and "audit head seq 0" in result.output
+    bad = CliRunner().invoke(main, ["migrate", "--upgrade", pg_backend.url, "--to", "x"])
+    assert bad.exit_code != 0 and "takes no --from/--to" in bad.output
+
+
+# --------------------------------------------------------------------- serve --workers N
+def test_workers_need_a_postgresql_store(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["serve", "--store", f"sqlite:///{tmp_path / 'w.db'}", "--workers", "2"]
+    )
+    assert result.exit_code != 0
+    assert "--workers 2 needs a PostgreSQL store" in result.output
+
+
+def test_workers_refuse_an_extension_that_lives_in_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--checkpoint-every`` installs its checkpointer in this process only; fresh worker
+    processes would run without it, so the combination is refused before serving."""
+    import writ.server
+    from writ.checkpoint import write_key
+
+    monkeypatch.setattr(writ.server, "EXTENSIONS", [])
+    key, _ = write_key(tmp_path / "writ.key")
+    result = CliRunner().invoke(
+        main,
+        [
+            "serve",
+            "--store",
+            "postgresql://nobody@127.0.0.1:1/none",
+            "--workers",
+            "2",
+            "--checkpoint-every",
+            "10",
+            "--checkpoint-key",
+            str(key),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "--checkpoint-every" in result.output and "single-process" in result.output
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry))
+    return out
+
+
+async def test_workers_serve_one_port_from_several_processes(
+    pg_backend: Backend, tmp_path: Path
+) -> None:
+    """``writ serve --workers 3``: three processes accept on one port; a lease taken
+    through one connection is held for every other (they agree through PostgreSQL)."""
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "writ.cli",
+            "serve",
+            "--store",
+            pg_backend.url,
+            "--port",
+            str(port),
+            "--workers",
+            "3",
+            "--log-level",
+            "warning",
+            env={**os.environ, "WRIT_ADMIN_TOKEN": ADMIN_TOKEN},
+            stdout=log,
+            stderr=log,
+        )
+    base = f"http://127.0.0.1:{port}"
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    try:
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient(timeout=1) as probe:
+            while True:
+                assert proc.returncode is None, log_path.read_text()[-3000:]
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await probe.get(f"{base}/v1/health")).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, "writ serve --workers did not come up"
+                await asyncio.sleep(0.1)
+        while len(_children(proc.pid)) < 3:
+            assert time.monotonic() < deadline, _children(proc.pid)
+            await asyncio.sleep(0.1)
+        tokens = []
+        async with httpx.AsyncClient(base_url=base, timeout=10, headers=admin) as c:
+            for name in ("w-a", "w-b"):
+                r = await c.post("/v1/principals", json={"name": name, "kind": "agent"})
+                assert r.status_code == 201, r.text
+                tokens.append(r.json()["token"])
+        # fresh connections land on whichever worker accepts them
+        statuses = []
+        for i in range(12):
+            async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+                r = await c.post(
+                    "/v1/leases",
+                    json={"resource": f"prod/{i}", "intent": "w", "ttl_s": 60},
+                    headers={"Authorization": f"Bearer {tokens[0]}"},
+                )
+                statuses.append(r.status_code)
+                r2 = await c.post(
+                    "/v1/leases",
+                    json={"resource": "prod", "intent": "w", "ttl_s": 60},
+                    headers={"Authorization": f"Bearer {tokens[1]}"},
+                )
+                assert r2.status_code == 409, r2.text  # every worker sees every lease
+        assert statuses == [201] * 12
+        async with httpx.AsyncClient(base_url=base, timeout=30, headers=admin) as c:
+            r = await c.get("/v1/audit/verify")
+            assert r.status_code == 200 and r.json()["ok"], r.text
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 __all__ = [
@@ -102,10 +103,10 @@ class WritError(Exception):
             at = self.details.get("retry_at")
             if not at:
                 return 1
-            from writ.core.clock import parse_time
-
-            try:
-                left = parse_time(str(at)) - time.time()
+            try:  # an RFC 3339 time we wrote (writ.core.clock.rfc3339): no import of clock,
+                # which imports this module
+                when = datetime.fromisoformat(str(at).replace("Z", "+00:00"))
+                left = when.timestamp() - time.time()
             except Exception:  # a detail we wrote ourselves; never fail an answer on it
                 return 1
             return min(max(math.ceil(left), 1), 3600)

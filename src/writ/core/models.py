@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from writ.core.clock import rfc3339
-from writ.paging import redact
+from writ.core.wake_routes import redact
 
 KINDS = ("agent", "human", "queue", "portal")
+NAME = re.compile(r"[a-z0-9._-]{1,64}")  # a principal's name
 LEASE_STATES = ("held", "released", "expired", "revoked")
 
 

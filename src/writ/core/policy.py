@@ -30,10 +30,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from writ.authority import Settings as AuthoritySettings
-from writ.authority import parse_section as parse_authority
 from writ.core.errors import Invalid
 from writ.core.errors import PolicyError as PolicyError  # lives in core.errors; re-exported
+from writ.core.grants import Settings as AuthoritySettings
+from writ.core.grants import parse_section as parse_authority
 from writ.core.identity import JwtIssuer, parse_identity
 from writ.core.resources import BlastRadius, under, validate
 

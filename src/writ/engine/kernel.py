@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
-import re
-import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, cast
 
 from writ.core import resources
 from writ.core.clock import rfc3339
@@ -40,17 +37,27 @@ from writ.core.errors import (
     WritError,
 )
 from writ.core.ledger import Verification
-from writ.core.models import KINDS, Lease, Principal, Waiter, data, new_id, public
+from writ.core.models import KINDS, NAME, Lease, Principal, Waiter, data, new_id, public
 from writ.core.policy import Policy
 from writ.core.validate import check_text, check_tree, number
-from writ.paging import check_wake_route, redact
+from writ.core.wake_routes import check_wake_route, redact
+from writ.engine.defaults import DEFAULT_RULES, load_rule
+from writ.engine.hooks import MAX_TTL_S, MAX_WAIT_S, SYSTEM, R, Request, Rule, lock_row
+from writ.engine.principals import hash_token as hash_token
+from writ.engine.principals import new_token as new_token
 from writ.stores.base import Store, Tx
+
+if TYPE_CHECKING:
+    from writ.engine.principals import Principals
+    from writ.history import History
+    from writ.rules.authority import Authority
+    from writ.rules.consent import Consents
+    from writ.rules.freezes import Freezes
+    from writ.rules.rollbacks import Rollbacks
+    from writ.rules.stuck import Stuck
 
 log = logging.getLogger("writ.engine")
 
-NAME = re.compile(r"[a-z0-9._-]{1,64}")
-MAX_TTL_S = 3600
-MAX_WAIT_S = 300  # the longest a caller waits: for a grant, or for events (a long poll)
 MAX_INTENT = 1000
 STALE_WAITER_S = 2.0  # a waiter this far past its deadline has no caller left
 # the policy objects a grant is checked against, fetched together (one query where the
@@ -61,52 +68,12 @@ POLICY_OBJECTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("change", ("protected",)),
 )
 DISPATCH_PAGE = 4  # queued requests read at once when a lease ends (then the rest, if needed)
-SYSTEM = "writ"  # agent_id of rows writ writes on its own (expiry, bootstrap)
 # names writ itself writes into rows where a principal's name goes: never a principal's
 # (``none``: lock_holder when nobody holds; ``operator``: offline store work; ``unknown``:
 # a gate.refused row's caller without a valid token)
 RESERVED_NAMES = frozenset({SYSTEM, "none", "operator", "unknown"})
 
 Gate = Callable[[Tx, Principal, "Request"], Awaitable["WritError | None"]]
-R = TypeVar("R")  # a rule class, for Engine.rule
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_token() -> str:
-    return "writ_" + secrets.token_urlsafe(32)
-
-
-@dataclass(slots=True)
-class Request:
-    """A validated acquire request."""
-
-    resource: str
-    intent: str
-    ttl_s: float
-    wait_s: float
-    touches: list[str]
-    consent_id: str | None
-    rollback: dict[str, Any] | None
-    principal: str
-    expand: tuple[str, ...] = ()
-    default_touches: bool = False  # touches omitted: the authority rule may narrow them
-
-    def to_json(self) -> dict[str, Any]:
-        out = {
-            "resource": self.resource,
-            "intent": self.intent,
-            "ttl_s": self.ttl_s,
-            "wait_s": self.wait_s,
-            "touches": self.touches,
-            "consent_id": self.consent_id,
-            "rollback": self.rollback,
-        }
-        if self.default_touches:  # the hand-off narrows them to the grants of its turn
-            out["default_touches"] = True
-        return out
 
 
 @dataclass(slots=True)
@@ -129,7 +96,12 @@ class _Queued:
 class Engine:
     """writ's decisions over one store and one policy."""
 
-    def __init__(self, store: Store, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy | None = None,
+        rules: Sequence[str | type[Any]] | None = None,
+    ) -> None:
         self.store = store
         self.policy = policy or Policy()
         self._known: tuple[Policy, list[str]] | None = None  # see known_prefixes()
@@ -139,7 +111,7 @@ class Engine:
         self._audit_seq = 0
         self._audit_changed = asyncio.Event()
         from writ.core.identity import Identity
-        from writ.principals import AuthCache, Principals
+        from writ.engine.principals import AuthCache
 
         # tokens remembered briefly where a store read is remote (see principals.py)
         self.auth_cache = AuthCache(False)  # enabled at start() when the store allows
@@ -151,25 +123,65 @@ class Engine:
         self._tickers: list[Callable[[], Awaitable[Any]]] = []  # periodic duties
         self.sweep_interval = 1.0
         self._closing = False
-        # the safety rules, each in its own module, hook themselves in here
-        from writ.authority import Authority
-        from writ.consent import Consents
-        from writ.fencing import Fencing
-        from writ.freezes import Freezes
-        from writ.history import History
-        from writ.rollbacks import Rollbacks
-        from writ.stuck import Stuck
-        from writ.wake import Caller
+        from writ.engine.fencing import Fencing
+        from writ.engine.wake import Caller
 
+        # not rules: the wake caller and the fencing checks the kernel itself uses
         self.caller = Caller(self)
-        self.consents = Consents(self)
-        self.rollbacks = Rollbacks(self)
-        self.freezes = Freezes(self)
-        self.stuck = Stuck(self)
         self.fencing = Fencing(self)
-        self.history = History(self)
-        self.authority = Authority(self)  # first of the gates
-        self.principals = Principals(self)
+        # the rules, chosen in one place (writ.engine.defaults) and wired here by the hooks
+        # each overrides: construction order is on_grant/on_end/tick order, and the gates
+        # run by gate_priority (stably)
+        self.rules: list[Any] = []
+        self._named: dict[str, Any] = {}
+        for spec in rules if rules is not None else DEFAULT_RULES:
+            self._add_rule(load_rule(spec)(self))
+        self._gates.sort(key=lambda g: getattr(g.__self__, "gate_priority", 100))  # type: ignore[attr-defined]
+
+    def _add_rule(self, r: Any) -> None:
+        self.rules.append(r)
+        self._named[getattr(type(r), "name", type(r).__name__.lower())] = r
+        if not isinstance(r, Rule):
+            return
+        kind = type(r)
+        if kind.gate is not Rule.gate:
+            self._gates.append(r.gate)
+        if kind.on_grant is not Rule.on_grant:
+            self._on_grant.append(r.on_grant)
+        if kind.on_end is not Rule.on_end:
+            self._on_end.append(r.on_end)
+        if kind.tick is not Rule.tick:
+            self._tickers.append(r.tick)
+
+    # ------------------------------------------------------------------ compat: new code calls
+    # engine.rule(Consents); tests and older callers use these names
+    @property
+    def consents(self) -> Consents:
+        return cast("Consents", self._named["consents"])
+
+    @property
+    def rollbacks(self) -> Rollbacks:
+        return cast("Rollbacks", self._named["rollbacks"])
+
+    @property
+    def freezes(self) -> Freezes:
+        return cast("Freezes", self._named["freezes"])
+
+    @property
+    def stuck(self) -> Stuck:
+        return cast("Stuck", self._named["stuck"])
+
+    @property
+    def history(self) -> History:
+        return cast("History", self._named["history"])
+
+    @property
+    def authority(self) -> Authority:
+        return cast("Authority", self._named["authority"])
+
+    @property
+    def principals(self) -> Principals:
+        return cast("Principals", self._named["principals"])
 
     # ------------------------------------------------------------------ helpers for rows
     def override_queue(self, lease: Lease) -> str | None:
@@ -291,7 +303,7 @@ class Engine:
         """The principal a bearer token belongs to, or :class:`Unauthenticated`."""
         if not token:
             raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
-        from writ.principals import refusal
+        from writ.engine.principals import refusal
 
         h = hash_token(token)
         cache = self.auth_cache
@@ -325,7 +337,7 @@ class Engine:
 
     async def _authenticate_jwt(self, token: str) -> Principal:
         """The registered, enabled principal a JWT from a configured issuer names."""
-        from writ.principals import refusal
+        from writ.engine.principals import refusal
 
         name = await self.identity.verify(token)
 
@@ -404,7 +416,7 @@ class Engine:
             raise Invalid("only a human or a queue may be an admin", field="admin")
         if queues is not None and queues != [] and kind != "human":
             raise Invalid("only a human is a member of queues", field="queues")
-        from writ.principals import expires_in
+        from writ.engine.principals import expires_in
 
         ttl = expires_in(expires_in_s)
         tok = token or new_token()
@@ -1055,16 +1067,7 @@ class Engine:
 
     def rule(self, cls: type[R]) -> R:
         """The engine's instance of rule class ``cls`` (e.g. ``engine.rule(Authority)``)."""
-        for r in (
-            self.consents,
-            self.rollbacks,
-            self.freezes,
-            self.stuck,
-            self.fencing,
-            self.history,
-            self.authority,
-            self.principals,
-        ):
+        for r in (*self.rules, self.fencing):
             if isinstance(r, cls):
                 return r
         raise LookupError(f"this engine has no rule {cls.__name__}")
@@ -1357,23 +1360,6 @@ class Engine:
                 )
                 delay = self.sweep_interval
             await asyncio.sleep(delay)
-
-
-def lock_row(
-    event: str, agent: str, resource: str, lock: Lease | None, notes: str
-) -> dict[str, Any]:
-    """Audit fields of a row about ``resource`` that names the lease holding it (or standing
-    in a request's way), if any, but not its rollback plan (see :meth:`Engine.lease_row`)."""
-    return {
-        "event": event,
-        "agent_id": agent,
-        "resource": resource,
-        "lock_holder": lock.holder if lock else "none",
-        "lock_key": lock.lock_key if lock else None,
-        "lock_acquired_at": rfc3339(lock.acquired_at) if lock else None,
-        "fencing_token": lock.fencing_token if lock else None,
-        "notes": notes,
-    }
 
 
 def _deny_event(err: WritError) -> str:

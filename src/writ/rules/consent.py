@@ -1,0 +1,403 @@
+"""Revert protection: changes recorded under a lease, and the consent to undo them.
+
+A change recorded by a lease's holder is *protected* for ``protect_s``. While it is, a lease
+asked for by a different principal, on a conflicting resource, whose ``touches`` include the
+change's attribute (or ``*``), is refused with 409 ``consent_required`` naming the change,
+its author and ``protected_until``. The requester asks the author (``POST /v1/consents``),
+who is woken through its ``wake`` route; the author or a human/queue grants or denies (once
+expired and escalated: only the override queue or a human member of it).
+Unanswered by ``consent_timeout_s``, the request becomes ``expired`` — never ``denied`` —
+and escalates to the author's override queue (the one in the author's rollback plan, or the
+policy's default), which is paged and may still grant or deny. A granted consent is used
+by one grant of its requester on a lease that the change blocks, then it is ``used``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from typing import Any
+
+from writ.core.clock import rfc3339
+from writ.core.errors import ConsentRequired, Forbidden, Invalid, NotFound, WritError
+from writ.core.models import Lease, Principal, data, new_id, public
+from writ.core.validate import check_text, json_value, text
+from writ.engine.hooks import SYSTEM, Request, Rule
+from writ.engine.principals import member_of
+from writ.rules.authority import Authority
+from writ.stores.base import Tx
+
+CHANGE, CONSENT = "change", "consent"
+
+
+class Consents(Rule):
+    """Changes, revert protection and consent (wired into the engine at construction)."""
+
+    name = "consents"
+    gate_priority = 50  # after principals, authority and freezes
+
+    # ------------------------------------------------------------------ changes
+    async def record_change(
+        self,
+        me: Principal,
+        lease_id: str,
+        attribute: Any,
+        summary: Any,
+        before: Any = None,
+        after: Any = None,
+        protect_s: Any = None,
+        fencing_token: Any = None,
+    ) -> dict[str, Any]:
+        attr = text(attribute, "attribute", limit=128)
+        summ = text(summary, "summary")
+        before = json_value(before, "before")
+        after = json_value(after, "after")
+        if protect_s is not None and (
+            isinstance(protect_s, bool)
+            or not isinstance(protect_s, (int, float))
+            or not 0 <= protect_s <= 86_400
+        ):
+            raise Invalid("protect_s must be between 0 and 86400 seconds", field="protect_s")
+        eng = self.engine
+
+        async def fn(tx: Tx) -> dict[str, Any] | WritError:
+            lease = await eng.own_lease(tx, me, lease_id)
+            lost = await eng.lost(tx, lease)
+            if lost is not None:
+                return lost
+            if fencing_token is not None and fencing_token != lease.fencing_token:
+                return Forbidden(
+                    f"fencing token {fencing_token} is not this lease's ({lease.fencing_token})",
+                    fencing_token=lease.fencing_token,
+                )
+            refused = await eng.rule(Authority).check_change(tx, me, lease, str(attr))
+            if refused is not None:
+                return refused
+            now = tx.now()
+            window = (
+                float(protect_s)
+                if protect_s is not None
+                else eng.policy.rule_for(lease.resource).protect_s
+            )
+            change = {
+                "change_id": new_id("chg"),
+                "resource": lease.resource,
+                "author": me.name,
+                "attribute": attr,
+                "summary": summ,
+                "before": before,
+                "after": after,
+                "lease_id": lease.lease_id,
+                "fencing_token": lease.fencing_token,
+                "at": rfc3339(now),
+                "protected_until": rfc3339(now + window),
+                "override_queue": eng.override_queue(lease),
+            }
+            await tx.put_object(
+                CHANGE,
+                change["change_id"],
+                lease.resource,
+                "protected" if window > 0 else "recorded",
+                change,
+                now + window,
+            )
+            await tx.append(
+                eng.lease_row(
+                    lease,
+                    "change.recorded",
+                    me.name,
+                    f"{attr}: {summ}; protected until {change['protected_until']}",
+                )
+            )
+            return change
+
+        out = await eng.store.transact(fn)
+        if isinstance(out, WritError):
+            raise out
+        return out
+
+    async def get_change(self, change_id: str) -> dict[str, Any]:
+        c = await self.engine.store.read(lambda tx: tx.get_object(CHANGE, change_id))
+        if c is None:
+            raise NotFound(f"no change {change_id!r}", change_id=change_id)
+        return public(c)
+
+    # ------------------------------------------------------------------ the gate
+    async def gate(self, tx: Tx, me: Principal | None, req: Request) -> WritError | None:
+        """Refuse a grant that would undo another principal's protected change."""
+        now = tx.now()
+        touches = set(req.touches)
+        for c in await self.engine.policy_objects(tx, req.expand, CHANGE):
+            if (c.get("expires_at_ts") or 0) <= now or c["author"] == req.principal:
+                continue
+            if not ("*" in touches or c["attribute"] in touches or c["attribute"] == "*"):
+                continue
+            if req.consent_id:
+                consent = await tx.get_object(CONSENT, req.consent_id)
+                if (
+                    consent is not None
+                    and consent["state"] == "granted"
+                    and consent["change_id"] == c["change_id"]
+                    and consent["requester"] == req.principal
+                ):
+                    continue
+            if me is not None and not self.engine.rule(Authority).observable(me, c["resource"]):
+                return ConsentRequired(  # closed mode: a change the caller may not observe
+                    f"{req.resource} is protected until {c['protected_until']} by a recent "
+                    "change in its blast radius, on a resource you may not observe: retry "
+                    "after that, or ask a human to look",
+                    protected_until=c["protected_until"],
+                )
+            return ConsentRequired(
+                f"{c['author']} changed {c['attribute']} on {c['resource']} at {c['at']} "
+                f"({c['summary']}); it is protected until {c['protected_until']}. Ask first: "
+                f'POST /v1/consents {{"change_id": "{c["change_id"]}", "reason": ...}}, '
+                "then retry with the granted consent_id",
+                change=public(c),
+                author=c["author"],
+                protected_until=c["protected_until"],
+                ask={
+                    "method": "POST",
+                    "path": "/v1/consents",
+                    "body": {"change_id": c["change_id"]},
+                },
+            )
+        return None
+
+    async def on_grant(self, tx: Tx, req: Request, lease: Lease) -> None:
+        if not req.consent_id:
+            return
+        consent = await tx.get_object(CONSENT, req.consent_id)
+        if (
+            consent is None
+            or consent["state"] != "granted"
+            or consent["requester"] != req.principal
+        ):
+            return
+        consent.update(status="used", used_by_lease=lease.lease_id, used_at=rfc3339(tx.now()))
+        await tx.put_object(
+            CONSENT, consent["consent_id"], consent["resource"], "used", data(consent), None
+        )
+        await tx.append(
+            self.engine.lease_row(
+                lease,
+                "consent.used",
+                req.principal,
+                f"consent {consent['consent_id']} from {consent.get('answered_by')} used for "
+                f"change {consent['change_id']} by {consent['author']}",
+                approved_by=consent.get("approved_by"),
+            )
+        )
+
+    # ------------------------------------------------------------------ consents
+    async def ask(self, me: Principal, change_id: Any, reason: Any) -> dict[str, Any]:
+        why = text(reason, "reason")
+        check_text(change_id, "change_id")
+        if not isinstance(change_id, str) or not change_id:
+            raise Invalid("change_id is required", field="change_id")
+        eng = self.engine
+
+        async def fn(tx: Tx) -> dict[str, Any]:
+            change = await tx.get_object(CHANGE, change_id)
+            if change is None:
+                raise NotFound(f"no change {change_id!r}", change_id=change_id)
+            eng.rule(Authority).check_observe(me, change["resource"], f"change {change_id}")
+            if change["author"] == me.name:
+                raise Invalid("this is your own change: you need nobody's consent to touch it")
+            now = tx.now()
+            timeout = eng.policy.rule_for(change["resource"]).consent_timeout_s
+            consent = {
+                "consent_id": new_id("cns"),
+                "change_id": change_id,
+                "resource": change["resource"],
+                "attribute": change["attribute"],
+                "requester": me.name,
+                "author": change["author"],
+                "reason": why,
+                "status": "pending",
+                "requested_at": rfc3339(now),
+                "expires_at": rfc3339(now + timeout),
+                "escalated_to": None,
+                "answered_by": None,
+                "answered_at": None,
+            }
+            await tx.put_object(
+                CONSENT,
+                consent["consent_id"],
+                change["resource"],
+                "pending",
+                consent,
+                now + timeout,
+            )
+            row = {
+                "agent_id": me.name,
+                "resource": change["resource"],
+                "lock_holder": await eng.holder_name(tx, change["resource"]),
+                "human_override_queue": change.get("override_queue"),
+                "notes": f"{me.name} asks {change['author']} to undo {change['attribute']} "
+                f"({change['summary']}): {why}; answer by {consent['expires_at']}",
+            }
+            await tx.append({"event": "consent.requested", **row})
+            author = await tx.get_principal(change["author"])
+            eng.call_later(
+                tx,
+                "wake",
+                author.wake if author else None,
+                {
+                    "to": change["author"],
+                    "reason": "consent requested",
+                    "consent": consent,
+                    "change": public(change),
+                },
+                row,
+            )
+            return consent
+
+        return await eng.store.transact(fn)
+
+    async def answer(self, me: Principal, consent_id: str, grant: bool) -> dict[str, Any]:
+        eng = self.engine
+
+        async def fn(tx: Tx) -> dict[str, Any]:
+            consent = await tx.get_object(CONSENT, consent_id, for_update=True)
+            if consent is None:
+                raise NotFound(f"no consent {consent_id!r}", consent_id=consent_id)
+            state = consent["state"]
+            if state == "pending" and tx.now() >= (consent.get("expires_at_ts") or 0):
+                state = "expired"  # the sweeper has not got to it yet; humans may still answer
+            if me.name == consent["requester"]:
+                raise Forbidden("you cannot answer your own consent request")
+            member = None
+            if state == "pending":
+                if me.name != consent["author"] and not me.is_human:
+                    raise Forbidden(
+                        f"only the author ({consent['author']}) or a human/queue may answer this consent"
+                    )
+            elif state == "expired":
+                # escalated: only its override queue or a human member of it (PROTOCOL v1.1);
+                # with no queue to escalate to, an admin
+                queue = consent.get("escalated_to")
+                if queue is None:
+                    change = await tx.get_object(CHANGE, consent["change_id"])
+                    queue = (change or {}).get(
+                        "override_queue"
+                    ) or eng.policy.default_override_queue
+                me_now = await tx.get_principal(me.name) or me
+                if not (member_of(me_now, queue) or (queue is None and me_now.admin)):
+                    raise Forbidden(
+                        "this consent expired unanswered and was escalated: only its override "
+                        f"queue ({queue or 'none: then an admin'}) or a human member of it may "
+                        "answer it now",
+                        queue=queue,
+                    )
+                if queue and me.name != queue:
+                    member = queue
+            else:
+                raise Invalid(f"consent {consent_id} is already {state}", status=state)
+            now = tx.now()
+            consent.update(
+                status="granted" if grant else "denied",
+                answered_by=me.name,
+                answered_at=rfc3339(now),
+                approved_by=me.name if grant and me.is_human else None,
+            )
+            await tx.put_object(
+                CONSENT, consent_id, consent["resource"], consent["status"], data(consent), None
+            )
+            if state == "expired" and consent.get("escalated_to"):
+                # the page of its escalation is answered: resolve a PagerDuty incident
+                q = await tx.get_principal(consent["escalated_to"])
+                if q is not None and q.wake:
+                    tx.after_commit(
+                        functools.partial(
+                            eng.caller.resolve,
+                            q.wake,
+                            {
+                                "to": q.name,
+                                "reason": "consent answered",
+                                "consent": public(consent),
+                            },
+                            {
+                                "agent_id": SYSTEM,
+                                "resource": consent["resource"],
+                                "lock_holder": "none",
+                            },
+                        )
+                    )
+            await tx.append(
+                {
+                    "event": f"consent.{consent['status']}",
+                    "agent_id": me.name,
+                    "resource": consent["resource"],
+                    "lock_holder": await eng.holder_name(tx, consent["resource"]),
+                    # approved_by names a human key only: an author agent's consent is in the notes
+                    "approved_by": me.name if grant and me.is_human else None,
+                    "notes": f"{me.name}"
+                    + (f" (member of {member})" if member else "")
+                    + f" {consent['status']} {consent['requester']}'s request to undo "
+                    f"{consent['attribute']} (change {consent['change_id']} by {consent['author']})",
+                }
+            )
+            return consent
+
+        out = await eng.store.transact(fn)
+        return public(out)
+
+    async def get(self, consent_id: str, wait_s: float = 0) -> dict[str, Any]:
+        """A consent; with ``wait_s``, wait until it is no longer pending (long poll)."""
+        eng = self.engine
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            changed = eng.audit_changed
+            c = await eng.store.read(lambda tx: tx.get_object(CONSENT, consent_id))
+            if c is None:
+                raise NotFound(f"no consent {consent_id!r}", consent_id=consent_id)
+            remaining = deadline - loop.time()
+            if c["state"] != "pending" or remaining <= 0:
+                return public(c)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    async def tick(self) -> None:
+        """Lapse changes past their window; expire unanswered consents and escalate them."""
+        eng = self.engine
+
+        async def fn(tx: Tx) -> None:
+            # a change past its window no longer protects: take it out of the grant check
+            for ch in await tx.objects_due(CHANGE, "protected", tx.now(), 500):
+                await tx.put_object(
+                    CHANGE, ch["change_id"], ch["resource"], "lapsed", data(ch), ch["expires_at_ts"]
+                )
+            for c in await tx.objects_due(CONSENT, "pending", tx.now(), 200):
+                change = await tx.get_object(CHANGE, c["change_id"])
+                queue = (change or {}).get("override_queue") or eng.policy.default_override_queue
+                c.update(status="expired", escalated_to=queue)
+                await tx.put_object(
+                    CONSENT, c["consent_id"], c["resource"], "expired", data(c), None
+                )
+                row = {
+                    "agent_id": SYSTEM,
+                    "resource": c["resource"],
+                    "lock_holder": await eng.holder_name(tx, c["resource"]),
+                    "human_override_queue": queue,
+                }
+                await tx.append(
+                    {
+                        **row,
+                        "event": "consent.expired",
+                        "notes": f"{c['author']} did not answer {c['requester']}'s consent request by "
+                        f"{c['expires_at']}: expired (not denied); escalated to {queue or 'nobody: no queue'}",
+                    }
+                )
+                q = await tx.get_principal(queue) if queue else None
+                eng.call_later(
+                    tx,
+                    "page",
+                    q.wake if q else None,
+                    {"to": queue, "reason": "consent unanswered", "consent": public(c)},
+                    row,
+                )
+
+        await eng.store.transact(fn)

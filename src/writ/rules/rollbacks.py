@@ -1,0 +1,333 @@
+"""Rollback with a human-held key.
+
+Anyone may ask for a rollback of a lease (or of a change made under one) whose rollback plan
+allows it. The route, key holder and override queue are frozen into the request when it is
+made. Only the key-holder queue's own token — or a human member of that queue
+(:mod:`writ.principals`; an admin too only as a member) — may approve or deny, never the
+requester and never an agent or a portal: "agents may request rollback; only the human
+queue holds the key". A member's rows name the queue in their notes. Approval is single-use: writ POSTs the frozen route once (a relative route against
+the policy's ``rollback_base_url``) and records ``executed`` or ``failed`` with the
+response status, the approver as ``approved_by``. A human may later mark an executed
+rollback a *defect* (``rollback_denominator_is_defect: true``): it was a new failure, not
+recovery, and never reads as clean history.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from writ.core.clock import rfc3339
+from writ.core.errors import Forbidden, Invalid, NotFound
+from writ.core.models import Principal, data, new_id, public
+from writ.core.routes import check_route, resolve
+from writ.core.validate import check_text, text
+from writ.engine.hooks import Rule
+from writ.engine.principals import member_of
+from writ.engine.wake import CallResult
+from writ.rules.authority import Authority
+from writ.rules.consent import CHANGE
+from writ.stores.base import Tx
+
+ROLLBACK = "rollback"
+KEY_RULE = "agents may request rollback; only the human queue holds the key"
+
+
+class Rollbacks(Rule):
+    name = "rollbacks"
+
+    async def check_plan(self, plan: dict[str, Any]) -> dict[str, Any]:
+        """Validate a lease's rollback plan at acquire: a literal route, and a key held by a
+        human queue (a person is accepted with a warning; an agent or portal never)."""
+        allowed = plan.get("allowed", False)
+        if not isinstance(allowed, bool):
+            raise Invalid("rollback.allowed must be true or false", field="rollback.allowed")
+        out: dict[str, Any] = {"allowed": allowed}
+        for key in ("path", "key_holder", "override_queue", "denominator"):
+            v = plan.get(key)
+            if v is not None and (not isinstance(v, str) or not v.strip()):
+                raise Invalid(f"rollback.{key} must be a non-empty string", field=f"rollback.{key}")
+            out[key] = v
+        unknown = set(plan) - {"allowed", "path", "key_holder", "override_queue", "denominator"}
+        if unknown:
+            raise Invalid(f"rollback has unknown fields {sorted(unknown)}", field="rollback")
+        if not allowed:
+            return out
+        missing = [k for k in ("path", "key_holder", "override_queue") if not out.get(k)]
+        if missing:
+            raise Invalid(
+                "rollback.allowed=true needs "
+                + ", ".join(f"rollback.{m}" for m in missing)
+                + ": a literal route, the human queue that holds the key, and the queue to page"
+                " (no queue name, no rollback)",
+                field="rollback",
+            )
+        check_route(out["path"], "rollback.path")
+        warnings: list[str] = []
+        for key in ("key_holder", "override_queue"):
+            name = out[key]
+            p = await self.engine.principal(name)
+            if p is None:
+                raise Invalid(
+                    f"rollback.{key} {name!r} is not a registered principal; register the human "
+                    "queue first (writ principal add NAME --kind queue)",
+                    field=f"rollback.{key}",
+                )
+            if p.kind in ("agent", "portal"):
+                raise Invalid(
+                    f"rollback.{key} {name!r} is a{'n' if p.kind == 'agent' else ''} {p.kind}: "
+                    "agents may request rollback; only a human queue holds the key"
+                    + (
+                        " (a vendor portal holding the key is a loyalty oath, not a second key)"
+                        if p.kind == "portal"
+                        else ""
+                    ),
+                    field=f"rollback.{key}",
+                )
+            if p.kind == "human":
+                warnings.append(f"rollback.{key} {name!r} is a person, not a queue with a rotation")
+        if warnings:
+            out["warnings"] = warnings
+        return out
+
+    def _row(
+        self, rb: dict[str, Any], event: str, agent: str, notes: str, **extra: Any
+    ) -> dict[str, Any]:
+        return {
+            "event": event,
+            "agent_id": agent,
+            "resource": rb["resource"],
+            "lock_holder": rb.get("lock_holder") or "none",
+            "lock_key": rb.get("lock_key"),
+            "lock_acquired_at": rb.get("lock_acquired_at"),
+            "fencing_token": rb.get("fencing_token"),
+            "rollback_allowed": True,
+            "rollback_path": rb["path"],
+            "rollback_key_holder": rb["key_holder"],
+            "human_override_queue": rb["override_queue"],
+            "rollback_denominator": rb.get("denominator"),
+            "notes": notes,
+            **extra,
+        }
+
+    async def request(
+        self, me: Principal, lease_id: Any = None, change_id: Any = None, reason: Any = None
+    ) -> dict[str, Any]:
+        why = text(reason, "reason")
+        check_text(lease_id, "lease_id")
+        check_text(change_id, "change_id")
+        if bool(lease_id) == bool(change_id):
+            raise Invalid("give exactly one of lease_id or change_id", field="lease_id")
+        eng = self.engine
+
+        async def fn(tx: Tx) -> dict[str, Any]:
+            lid = lease_id
+            change = None
+            if change_id:
+                change = await tx.get_object(CHANGE, str(change_id))
+                if change is None:
+                    raise NotFound(f"no change {change_id!r}", change_id=change_id)
+                lid = change["lease_id"]
+            lease = await tx.get_lease(str(lid))
+            if lease is None:
+                raise NotFound(f"no lease {lid!r}", lease_id=lid)
+            eng.rule(Authority).check_observe(me, lease.resource, f"lease {lease.lease_id}")
+            plan = lease.rollback or {}
+            if not plan.get("allowed"):
+                raise Invalid(
+                    f"lease {lease.lease_id} ({lease.holder} on {lease.resource}) has no rollback "
+                    "plan (rollback.allowed was not true at acquire): there is no route to call; "
+                    "page a human instead",
+                    lease_id=lease.lease_id,
+                )
+            now = tx.now()
+            rb = {
+                "rollback_id": new_id("rb"),
+                "status": "pending",
+                "lease_id": lease.lease_id,
+                "change_id": change["change_id"] if change else None,
+                "resource": lease.resource,
+                "lock_holder": lease.holder,
+                "lock_key": lease.lock_key,
+                "lock_acquired_at": rfc3339(lease.acquired_at),
+                "fencing_token": lease.fencing_token,
+                "path": plan["path"],
+                "key_holder": plan["key_holder"],
+                "override_queue": plan["override_queue"],
+                "denominator": plan.get("denominator"),
+                "requested_by": me.name,
+                "reason": why,
+                "requested_at": rfc3339(now),
+                "approved_by": None,
+                "denied_by": None,
+                "executed_at": None,
+                "response_status": None,
+                "error": None,
+                "defect": False,
+            }
+            await tx.put_object(ROLLBACK, rb["rollback_id"], lease.resource, "pending", rb)
+            row = self._row(
+                rb,
+                "rollback.requested",
+                me.name,
+                f"{me.name} asks {plan['key_holder']} to roll back {lease.lock_key}: {why}",
+            )
+            await tx.append(row)
+            holder = await tx.get_principal(plan["key_holder"])
+            eng.call_later(
+                tx,
+                "page",
+                holder.wake if holder else None,
+                {"to": plan["key_holder"], "reason": "rollback awaits your key", "rollback": rb},
+                row,
+            )
+            return rb
+
+        return await eng.store.transact(fn)
+
+    async def get(self, rollback_id: str) -> dict[str, Any]:
+        rb = await self.engine.store.read(lambda tx: tx.get_object(ROLLBACK, rollback_id))
+        if rb is None:
+            raise NotFound(f"no rollback {rollback_id!r}", rollback_id=rollback_id)
+        return public(rb)
+
+    async def list(self, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = await self.engine.store.read(
+            lambda tx: tx.list_objects(ROLLBACK, [status] if status else None, limit)
+        )
+        return [public(r) for r in rows]
+
+    @staticmethod
+    def _check_key(me: Principal, rb: dict[str, Any]) -> None:
+        if me.kind in ("agent", "portal"):
+            raise Forbidden(
+                f"{me.name} is a{'n' if me.kind == 'agent' else ''} {me.kind}: {KEY_RULE}",
+                key_holder=rb["key_holder"],
+            )
+        if me.name == rb["requested_by"]:
+            raise Forbidden(
+                f"{me.name} requested this rollback and cannot also approve it: "
+                "the key is a second key",
+                key_holder=rb["key_holder"],
+            )
+        if not member_of(me, rb["key_holder"]):
+            raise Forbidden(
+                f"{me.name} may not turn this key: only the key-holder queue "
+                f"{rb['key_holder']} or a human member of it may approve or deny this rollback"
+                f" (an admin adds members: writ principal queues NAME --add {rb['key_holder']})",
+                key_holder=rb["key_holder"],
+                queue=rb["key_holder"],
+            )
+
+    async def answer(self, me: Principal, rollback_id: str, approve: bool) -> dict[str, Any]:
+        eng = self.engine
+
+        async def decide(tx: Tx) -> dict[str, Any]:
+            rb = await tx.get_object(ROLLBACK, rollback_id, for_update=True)
+            if rb is None:
+                raise NotFound(f"no rollback {rollback_id!r}", rollback_id=rollback_id)
+            # membership as it stands now, not as it was when the token was checked
+            me_now = await tx.get_principal(me.name) or me
+            self._check_key(me_now, rb)
+            if rb["state"] != "pending":
+                raise Invalid(
+                    f"rollback {rollback_id} is already {rb['state']}: approval is single-use",
+                    status=rb["state"],
+                )
+            status = "approved" if approve else "denied"
+            rb.update(
+                status=status, **({"approved_by": me.name} if approve else {"denied_by": me.name})
+            )
+            await tx.put_object(ROLLBACK, rollback_id, rb["resource"], status, data(rb))
+            holder = await tx.get_principal(rb["key_holder"]) if rb.get("key_holder") else None
+            if holder is not None and holder.wake:  # its page is answered: resolve it
+                tx.after_commit(
+                    functools.partial(
+                        eng.caller.resolve,
+                        holder.wake,
+                        {"to": holder.name, "reason": f"rollback {status}", "rollback": public(rb)},
+                        {"agent_id": me.name, "resource": rb["resource"], "lock_holder": "none"},
+                    )
+                )
+            await tx.append(
+                self._row(
+                    rb,
+                    f"rollback.{status}",
+                    me.name,
+                    f"{_who(me, rb)} {status} {rb['requested_by']}'s rollback of {rb['lock_key']}"
+                    + (f"; calling {rb['path']}" if approve else ""),
+                    approved_by=me.name if approve else None,
+                )
+            )
+            return rb
+
+        rb = await eng.store.transact(decide)
+        if not approve:
+            return public(rb)
+        try:
+            url = resolve(rb["path"], eng.policy.rollback_base_url)
+        except Invalid as exc:
+            result = CallResult(rb["path"], False, None, 0, exc.message)
+        else:
+            result = await eng.caller.post(
+                url, {"rollback": public(rb), "approved_by": me.name}, attempts=1
+            )
+
+        async def record(tx: Tx) -> dict[str, Any]:
+            cur = await tx.get_object(ROLLBACK, rollback_id, for_update=True)
+            assert cur is not None
+            status = "executed" if result.ok else "failed"
+            cur.update(
+                status=status,
+                executed_at=rfc3339(tx.now()),
+                response_status=result.status,
+                error=None if result.ok else result.describe(),
+            )
+            await tx.put_object(ROLLBACK, rollback_id, cur["resource"], status, data(cur))
+            await tx.append(
+                self._row(
+                    cur,
+                    f"rollback.{status}",
+                    me.name,
+                    f"rollback {rollback_id} approved by {_who(me, rb)}: {result.describe()}",
+                    approved_by=me.name,
+                )
+            )
+            return cur
+
+        return public(await eng.store.transact(record))
+
+    async def defect(self, me: Principal, rollback_id: str, notes: Any) -> dict[str, Any]:
+        why = text(notes, "notes")
+        if not me.is_human:
+            raise Forbidden("only a human or a queue may mark a rollback as a defect")
+
+        async def fn(tx: Tx) -> dict[str, Any]:
+            rb = await tx.get_object(ROLLBACK, rollback_id, for_update=True)
+            if rb is None:
+                raise NotFound(f"no rollback {rollback_id!r}", rollback_id=rollback_id)
+            if rb["state"] not in ("executed", "failed"):
+                raise Invalid(
+                    f"rollback {rollback_id} is {rb['state']}: only a rollback that ran can be a defect"
+                )
+            rb.update(defect=True, defect_notes=why, defect_by=me.name)
+            await tx.put_object(ROLLBACK, rollback_id, rb["resource"], rb["state"], data(rb))
+            await tx.append(
+                self._row(
+                    rb,
+                    "rollback.defect",
+                    me.name,
+                    f"{me.name}: the rollback was a new defect, not recovery: {why}",
+                    approved_by=rb.get("approved_by"),
+                    rollback_denominator_is_defect=True,
+                )
+            )
+            return rb
+
+        return public(await self.engine.store.transact(fn))
+
+
+def _who(me: Principal, rb: dict[str, Any]) -> str:
+    """The approver as the notes name it: a member with the queue it acted for."""
+    kh = rb.get("key_holder")
+    return me.name if me.name == kh else f"{me.name} (member of {kh})"

@@ -231,7 +231,7 @@ def counter_ids() -> Iterator[None]:
 
     mods = [
         importlib.import_module(f"writ.{m}")
-        for m in ("models", "engine.kernel", "consent", "rollbacks", "freezes")
+        for m in ("models", "engine.kernel", "engine.queue", "consent", "rollbacks", "freezes")
     ]
     saved = [(m, m.new_id) for m in mods if hasattr(m, "new_id")]
     for m, _ in saved:

@@ -18,6 +18,7 @@ principal changes (kept by triggers, read on every request) moved.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import time
@@ -25,14 +26,24 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from writ.core.clock import rfc3339
-from writ.core.errors import Forbidden, Invalid, NotFound, Unauthenticated, WritError
-from writ.core.models import Principal
-from writ.core.validate import number, text
-from writ.engine.hooks import Request, Rule
-from writ.stores.base import Tx
+from writ.core.errors import (
+    Forbidden,
+    Invalid,
+    NotFound,
+    Unauthenticated,
+    WritError,
+)
+from writ.core.identity import Identity
+from writ.core.models import KINDS, NAME, Principal
+from writ.core.validate import check_text, number, text
+from writ.core.wake_routes import check_wake_route, redact
+from writ.engine.hooks import SYSTEM, Request, Rule
+from writ.stores.base import Store, Tx
 
 if TYPE_CHECKING:
     from writ.engine.kernel import Engine
+
+log = logging.getLogger("writ.engine")
 
 
 def hash_token(token: str) -> str:
@@ -385,3 +396,204 @@ def member_of(me: Principal, queue: str | None) -> bool:
     if not queue:
         return False
     return me.name == queue or (me.kind == "human" and queue in me.queues)
+
+
+# names writ itself writes into rows where a principal's name goes: never a principal's
+# (``none``: lock_holder when nobody holds; ``operator``: offline store work; ``unknown``:
+# a gate.refused row's caller without a valid token)
+RESERVED_NAMES = frozenset({SYSTEM, "none", "operator", "unknown"})
+
+
+class PrincipalOps:
+    """Principals and their tokens (a mixin of :class:`writ.engine.kernel.Engine`)."""
+
+    store: Store
+    auth_cache: AuthCache
+    identity: Identity
+
+    if TYPE_CHECKING:
+
+        @property
+        def principals(self) -> Principals: ...
+
+    async def authenticate(self, token: str | None) -> Principal:
+        """The principal a bearer token belongs to, or :class:`Unauthenticated`."""
+        if not token:
+            raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+        from writ.engine.principals import refusal
+
+        h = hash_token(token)
+        cache = self.auth_cache
+        if cache.enabled:
+            seen = self.store.principals_generation()
+            if seen is not None and seen != cache.store_generation:
+                cache.forget()  # a principal changed, maybe by hand: look every token up again
+                cache.store_generation = seen
+        p = cache.get(h)
+        if p is not None:
+            return p
+        generation = cache.generation
+
+        async def by_token(tx: Tx) -> tuple[Principal | None, float]:
+            return await tx.principal_by_token(h), tx.now()
+
+        p, now = await self.store.read(by_token)
+        if p is None and self.identity.handles(token):
+            # not a writ token (looked up first: a writ token may contain dots): a JWT
+            return await self._authenticate_jwt(token)
+        if p is None:
+            raise Unauthenticated(
+                "unknown token: ask an admin for a principal (writ principal add), or for "
+                "a new token if it was rotated"
+            )
+        err = refusal(p, now)
+        if err is not None:
+            raise err
+        cache.put(h, p, generation)
+        return p
+
+    async def _authenticate_jwt(self, token: str) -> Principal:
+        """The registered, enabled principal a JWT from a configured issuer names."""
+        from writ.engine.principals import refusal
+
+        name = await self.identity.verify(token)
+
+        async def by_name(tx: Tx) -> tuple[Principal | None, float]:
+            return await tx.get_principal(name), tx.now()
+
+        p, now = await self.store.read(by_name)
+        if p is None:
+            raise Unauthenticated(
+                f"the JWT names {name[:64]!r}, which is not a registered principal: "
+                "ask an admin to add it (writ principal add)"
+            )
+        if p.disabled_at is not None:  # the writ token's own expiry does not apply
+            err = refusal(p, now)
+            assert err is not None
+            raise err
+        return p
+
+    async def bootstrap_admin(self, token: str) -> None:
+        """Create principal ``admin`` (human, admin) with ``token`` unless it exists.
+
+        An existing ``admin`` is left as it is: once its token was rotated, the old
+        ``WRIT_ADMIN_TOKEN`` stays refused (a warning says so), never restored."""
+
+        async def fn(tx: Tx) -> bool:
+            if await tx.get_principal("admin") is not None:
+                p = await tx.principal_by_token(hash_token(token))
+                return p is not None and p.name == "admin"
+            await self._insert_principal(tx, SYSTEM, "admin", "human", None, None, True, token)
+            return True
+
+        if not await self.store.transact(fn):
+            log.warning(
+                "WRIT_ADMIN_TOKEN is not the token of principal admin (it was rotated): "
+                "the variable is ignored and that token is refused; use the rotated token, "
+                "or 'writ principal rotate admin --store URL' on the store to get a new one"
+            )
+
+    async def add_principal(
+        self,
+        actor: Principal | None,
+        name: str,
+        kind: str,
+        vendor: str | None = None,
+        wake: str | None = None,
+        admin: bool = False,
+        token: str | None = None,
+        queues: Any = None,
+        expires_in_s: Any = None,
+    ) -> tuple[Principal, str]:
+        """Register a principal; returns it with its token (shown only now).
+
+        ``actor`` None means an operator working offline on the store itself. ``queues``
+        (humans only) names the on-call queues it is a member of; ``expires_in_s`` ends its
+        token (see :mod:`writ.principals`).
+        """
+        if actor is not None and not actor.admin:
+            raise Forbidden("only an admin may add principals", actor=actor.name)
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise Invalid("name must be 1-64 of a-z 0-9 . _ -", field="name")
+        if name in RESERVED_NAMES:
+            raise Invalid(
+                f"name {name!r} is reserved: writ writes it into audit rows itself "
+                f"(reserved: {', '.join(sorted(RESERVED_NAMES))})",
+                field="name",
+            )
+        if kind not in KINDS:
+            raise Invalid(f"kind must be one of {', '.join(KINDS)}", field="kind")
+        if vendor is not None and (not isinstance(vendor, str) or len(vendor) > 200):
+            raise Invalid("vendor must be a string of at most 200 characters", field="vendor")
+        check_text(vendor, "vendor")
+        check_text(wake, "wake")
+        if wake is not None:
+            check_wake_route(wake, "wake")
+        if admin and kind not in ("human", "queue"):
+            raise Invalid("only a human or a queue may be an admin", field="admin")
+        if queues is not None and queues != [] and kind != "human":
+            raise Invalid("only a human is a member of queues", field="queues")
+        from writ.engine.principals import expires_in
+
+        ttl = expires_in(expires_in_s)
+        tok = token or new_token()
+        by = actor.name if actor else "operator"
+
+        async def fn(tx: Tx) -> Principal:
+            member_of = await self.principals.check_queues(tx, queues, "queues") if queues else []
+            return await self._insert_principal(
+                tx, by, name, kind, vendor, wake, admin, tok, member_of, ttl
+            )
+
+        p = await self.store.transact(fn)
+        return p, tok
+
+    async def _insert_principal(
+        self,
+        tx: Tx,
+        by: str,
+        name: str,
+        kind: str,
+        vendor: str | None,
+        wake: str | None,
+        admin: bool,
+        token: str,
+        queues: list[str] | None = None,
+        expires_in_s: float | None = None,
+    ) -> Principal:
+        now = tx.now()
+        p = Principal(
+            name=name,
+            kind=kind,
+            vendor=vendor,
+            wake=wake,
+            admin=admin,
+            created_at=now,
+            queues=list(queues or []),
+            token_expires_at=now + expires_in_s if expires_in_s is not None else None,
+        )
+        await tx.insert_principal(p, hash_token(token))
+        await tx.append(
+            {
+                "event": "principal.added",
+                "agent_id": by,
+                "resource": f"principals/{name}",
+                "notes": f"{by} added {kind} {name!r}"
+                + (f" (vendor {vendor})" if vendor else "")
+                + (" as admin" if admin else "")
+                + (f"; wake {redact(wake)}" if wake else "")
+                + (f"; member of {', '.join(p.queues)}" if p.queues else "")
+                + (
+                    f"; its token expires at {rfc3339(p.token_expires_at)}"
+                    if p.token_expires_at
+                    else ""
+                ),
+            }
+        )
+        return p
+
+    async def list_principals(self) -> list[dict[str, Any]]:
+        return [p.to_dict() for p in await self.store.read(lambda tx: tx.list_principals())]
+
+    async def principal(self, name: str) -> Principal | None:
+        return await self.store.read(lambda tx: tx.get_principal(name))

@@ -1,0 +1,191 @@
+"""The engine's reads: lease rows, holders, the policy objects a grant meets, and lease and
+resource status (a mixin of :class:`writ.engine.kernel.Engine`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from writ.core import resources
+from writ.core.clock import rfc3339
+from writ.core.errors import (
+    Invalid,
+    NotFound,
+)
+from writ.core.models import Lease, public
+from writ.core.policy import Policy
+from writ.core.resources import BlastRadius
+from writ.core.validate import number
+from writ.core.wake_routes import redact
+from writ.stores.base import Store, Tx
+
+# the policy objects a grant is checked against, fetched together (one query where the
+# store can): lock-delays, freezes, protected changes
+POLICY_OBJECTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("delay", ("active",)),
+    ("freeze", ("active",)),
+    ("change", ("protected",)),
+)
+
+
+class ReadOps:
+    """Reads over the store; no state of their own."""
+
+    store: Store
+    policy: Policy
+    blast: BlastRadius
+
+    # ------------------------------------------------------------------ helpers for rows
+    def override_queue(self, lease: Lease) -> str | None:
+        """The human queue paged for ``lease``: its rollback plan's, else the policy's."""
+        return (lease.rollback or {}).get("override_queue") or self.policy.default_override_queue
+
+    def lease_row(
+        self, lease: Lease, event: str, agent: str, notes: str, **extra: Any
+    ) -> dict[str, Any]:
+        """Audit fields of a row about ``lease`` (its lock and its rollback plan)."""
+        rb = lease.rollback or {}
+        return {
+            "event": event,
+            "agent_id": agent,
+            "resource": lease.resource,
+            "lock_holder": lease.holder,
+            "lock_key": lease.lock_key,
+            "lock_acquired_at": rfc3339(lease.acquired_at),
+            "fencing_token": lease.fencing_token,
+            "rollback_allowed": bool(rb.get("allowed")),
+            "rollback_path": rb.get("path"),
+            "rollback_key_holder": rb.get("key_holder"),
+            "human_override_queue": self.override_queue(lease),
+            "rollback_denominator": rb.get("denominator"),
+            "notes": notes,
+            **extra,
+        }
+
+    async def policy_objects(self, tx: Tx, paths: Sequence[str], kind: str) -> list[dict[str, Any]]:
+        """The standing policy objects of ``kind`` related to ``paths`` (see POLICY_OBJECTS)."""
+        return (await tx.objects_related_many(POLICY_OBJECTS, paths))[kind]
+
+    async def holder(self, tx: Tx, resource: str) -> Lease | None:
+        """The lease that holds write authority over ``resource`` now, if any."""
+        now = tx.now()
+        covering = self.blast.covering(resource)
+        for lease in await tx.held_related(self.blast.expand(resource)):
+            if lease.expires_at > now and lease.resource in covering:
+                return lease
+        return None
+
+    async def holder_name(self, tx: Tx, resource: str) -> str:
+        """Who holds write authority over ``resource`` now (``"none"`` when nobody)."""
+        lease = await self.holder(tx, resource)
+        return lease.holder if lease else "none"
+
+    async def holder_info(self, tx: Tx, lease: Lease) -> dict[str, Any]:
+        """The ``holder`` object of an answer that ``lease`` stands in the way of: who holds
+        what, for what, until when, and the route that wakes them."""
+        p = await tx.get_principal(lease.holder)
+        return {
+            "holder": lease.holder,
+            "resource": lease.resource,
+            "intent": lease.intent,
+            "acquired_at": rfc3339(lease.acquired_at),
+            "expires_at": rfc3339(lease.expires_at),
+            "wake": redact(p.wake) if p and p.wake else None,  # no routing keys, webhooks
+        }
+
+    async def get_lease(self, lease_id: str) -> dict[str, Any]:
+        async def fn(tx: Tx) -> dict[str, Any] | None:
+            lease = await tx.get_lease(lease_id)
+            return lease.to_dict(tx.now()) if lease else None
+
+        out = await self.store.read(fn)
+        if out is None:
+            raise NotFound(f"no lease {lease_id!r}", lease_id=lease_id)
+        return out
+
+    async def list_leases(
+        self,
+        prefix: str | None = None,
+        state: str | None = None,
+        limit: int = 1000,
+        holder: str | None = None,
+    ) -> list[dict[str, Any]]:
+        if prefix:
+            resources.validate(prefix, "resource")
+        if state is not None and state not in ("held", "released", "expired", "revoked"):
+            raise Invalid("state must be held, released, expired or revoked", field="state")
+        limit = int(number(limit, "limit", 1, 100_000))
+
+        async def fn(tx: Tx) -> list[dict[str, Any]]:
+            now = tx.now()
+            # a held lease past its expiry is expired, whether or not the sweeper wrote it yet
+            want = "held" if state in ("held", "expired") else state
+            out = [l.to_dict(now) for l in await tx.list_leases(prefix, want, limit, holder)]
+            if state == "held":
+                out = [d for d in out if d["state"] == "held"]
+            if state == "expired":
+                more = [
+                    l.to_dict(now) for l in await tx.list_leases(prefix, "expired", limit, holder)
+                ]
+                out = sorted(
+                    [d for d in out if d["state"] == "expired"] + more,
+                    key=lambda d: -d["fencing_token"],
+                )[:limit]
+            return out
+
+        return await self.store.read(fn)
+
+    async def resource_status(self, resource: str) -> dict[str, Any]:
+        resources.validate(resource)
+        exp = self.blast.expand(resource)
+
+        async def fn(tx: Tx) -> dict[str, Any]:
+            now = tx.now()
+            held = [l for l in await tx.held_related(exp) if l.expires_at > now]
+            own = [l for l in held if l.resource == resource] or held
+            queue = await tx.waiters_related(exp)
+            objects = await tx.objects_related_many(POLICY_OBJECTS, exp)
+            protected = [c for c in objects["change"] if (c.get("expires_at_ts") or 0) > now]
+            freezes = [
+                f
+                for f in objects["freeze"]
+                if not f.get("expires_at_ts") or f["expires_at_ts"] > now
+            ]
+            delays = [d for d in objects["delay"] if (d.get("expires_at_ts") or 0) > now]
+            return {
+                "resource": resource,
+                "lease": own[0].to_dict(now) if own else None,
+                "conflicting": [l.to_dict(now) for l in held],
+                "queue": [
+                    {
+                        "position": i + 1,
+                        "principal": w.principal,
+                        "resource": w.resource,
+                        "intent": w.request.get("intent"),
+                        "since": rfc3339(w.enqueued_at),
+                        "deadline": rfc3339(w.deadline),
+                    }
+                    for i, w in enumerate(queue)
+                ],
+                "protected_changes": [public(c) for c in protected],
+                "frozen": bool(freezes),
+                "freezes": [public(f) for f in freezes],
+                "lock_delay_until": max((d["until"] for d in delays), default=None),
+                "blast_radius": list(exp),
+            }
+
+        return await self.store.read(fn)
+
+    async def status(self, prefix: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Held leases under ``prefix`` with their waiter counts (``writ status``)."""
+        leases = await self.list_leases(prefix, "held", limit)
+
+        async def fn(tx: Tx) -> list[int]:
+            return [
+                await tx.count_waiters_related(self.blast.expand(l["resource"])) for l in leases
+            ]
+
+        counts = await self.store.read(fn)
+        for lease, n in zip(leases, counts, strict=True):
+            lease["waiters"] = n
+        return leases

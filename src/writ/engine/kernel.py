@@ -56,6 +56,7 @@ from writ.engine.reads import POLICY_OBJECTS as POLICY_OBJECTS
 from writ.stores.base import Store, Tx
 
 if TYPE_CHECKING:
+    from writ.engine.hooks import EngineView
     from writ.engine.principals import Principals
     from writ.history import History
     from writ.rules.authority import Authority
@@ -696,3 +697,10 @@ class Engine(PrincipalOps, QueueOps):
 async def _next_due(tx: Tx) -> float | None:
     nxt = await tx.next_expiry()
     return None if nxt is None else nxt - tx.now()
+
+
+if TYPE_CHECKING:
+
+    def _a_view(engine: Engine) -> EngineView:
+        """mypy checks here that an Engine is everything EngineView promises the rules."""
+        return engine

@@ -1,8 +1,4 @@
-"""MCP tools. Authority: what this principal may do on a resource, and waking a lease's holder.
-
-No ``from __future__ import annotations``: the MCP SDK builds each tool's input schema from
-these annotations, so they are real objects from this module's globals.
-"""
+"""MCP tools. Authority: what this principal may do on a resource, and waking a lease's holder."""
 
 from typing import Annotated, Any
 

@@ -1,8 +1,4 @@
-"""MCP tools. Protected changes and consent: record a change, ask, read and answer a consent.
-
-No ``from __future__ import annotations``: the MCP SDK builds each tool's input schema from
-these annotations, so they are real objects from this module's globals.
-"""
+"""MCP tools. Protected changes and consent: record a change, ask, read and answer a consent."""
 
 from typing import Annotated, Any, Literal
 

@@ -1,8 +1,4 @@
-"""MCP tools. Leases: acquire, renew, release and read write authority.
-
-No ``from __future__ import annotations``: the MCP SDK builds each tool's input schema from
-these annotations, so they are real objects from this module's globals.
-"""
+"""MCP tools. Leases: acquire, renew, release and read write authority."""
 
 from typing import Annotated, Any
 

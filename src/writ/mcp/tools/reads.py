@@ -1,8 +1,4 @@
-"""MCP tools. Reads about writ itself: wait for audit events, and whoami.
-
-No ``from __future__ import annotations``: the MCP SDK builds each tool's input schema from
-these annotations, so they are real objects from this module's globals.
-"""
+"""MCP tools. Reads about writ itself: wait for audit events, and whoami."""
 
 from typing import Annotated, Any
 

@@ -1,8 +1,4 @@
-"""MCP tools. Rollbacks: request one (only a human queue approves it) and follow it.
-
-No ``from __future__ import annotations``: the MCP SDK builds each tool's input schema from
-these annotations, so they are real objects from this module's globals.
-"""
+"""MCP tools. Rollbacks: request one (only a human queue approves it) and follow it."""
 
 from typing import Annotated, Any
 

@@ -644,7 +644,7 @@ def test_no_secret_is_compared_with_equals() -> None:
             if names and ast.unparse(node) not in _PUBLIC_COMPARISONS:
                 found.append(f"{path.relative_to(src)}:{node.lineno}: {ast.unparse(node)}")
     assert not found, "compare secrets with hmac.compare_digest:\n" + "\n".join(found)
-    mcp = (src / "mcp_server.py").read_text()
+    mcp = (src / "mcp" / "http.py").read_text()
     assert "hmac.compare_digest(" in mcp
 
 

@@ -1,44 +1,16 @@
-"""``writ gate``: a reverse proxy that makes write authority binding (PROTOCOL.md, Gate).
-
-Put it in front of a production admin API and give the API's credentials only to the gate.
-Reads and unmapped routes pass straight through. A mutating request on a route of the
-routes file passes only when the caller shows a lease that writ says is held *right now* by
-that caller on the route's resource, with that lease's fencing token, and the token is not
-lower than one already passed for the resource::
-
-    POST /admin/db/scale                       POST /admin/db/scale
-    Authorization: Bearer <agent's writ token>  Writ-Fencing-Token: 8841
-    Writ-Lease: 01J...                 ──gate──▶ Writ-Holder: perf-agent
-    Writ-Fencing-Token: 8841                    Writ-Resource: prod/db
-                                                (no writ token, no Writ-Lease)
-
-The decision is writ's (``POST /v1/gate/check``), which writes the ``gate.passed`` or
-``gate.refused`` audit row in the same transaction; the gate also remembers the highest
-token it passed per resource and refuses anything lower, as a second guard. A refusal is
-``423`` with ``{"error": {"code": "held" | "lease_lost" | "unauthenticated", "message",
-"holder", ...}}`` and the upstream never sees the request, nor its body. When writ cannot
-be reached the gate fails closed: ``503``, never an unchecked write.
-
-Bodies stream both ways (nothing is buffered), connections to the upstream are pooled.
-"""
+"""The gate itself: an ASGI reverse proxy that asks writ (``POST /v1/gate/check``) before a
+mutating request on a mapped route reaches the upstream, and refuses it otherwise."""
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import json
 import logging
-import posixpath
 import re
-import socket
-import sys
 import time
-import tomllib
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 import httpx
 from starlette.background import BackgroundTask
@@ -47,26 +19,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from writ._version import __version__
-from writ.core import resources
 from writ.core.errors import Invalid, TooLarge
-from writ.net.limits import GATE_LIMITS, Limits
+from writ.gate.routes import Route, ambiguity, request_paths
 from writ.telemetry.metrics import CONTENT_TYPE_LATEST, GateMetrics
 
-__all__ = [
-    "DEFAULT_LISTEN",
-    "MUTATING",
-    "Gate",
-    "Route",
-    "load_routes",
-    "parse_listen",
-    "parse_routes",
-    "serve",
-]
-
 log = logging.getLogger("writ.gate")
-
-DEFAULT_LISTEN = "127.0.0.1:7412"
-MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -102,16 +59,6 @@ METHOD_OVERRIDES = frozenset(
 )
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAX_FORM = 1 << 20  # a form on a mapped path is read (for its _method field) up to this
-# raw path forms an upstream may read differently from the gate: refused on a mapped prefix
-_AMBIGUOUS = (
-    (re.compile(rb";"), "a ';' path parameter"),
-    (re.compile(rb"%(?:2[fF]|5[cC])|\\"), "an encoded slash or a backslash"),
-    (re.compile(rb"%(?:2[eE]|25)"), "an encoded dot or percent sign"),
-    (re.compile(rb"%(?:[01][0-9a-fA-F]|7[fF]|20)"), "an encoded control or whitespace character"),
-    (re.compile(rb"%(?![0-9a-fA-F]{2})"), "a '%' that is not an escape"),
-    (re.compile(rb"[\x00-\x20\x7f]"), "a control or whitespace character"),
-    (re.compile(rb"//|/\.\.?(?:/|$)"), "an empty or dot segment"),
-)
 
 
 def header_name(name: bytes | str) -> str:
@@ -119,135 +66,6 @@ def header_name(name: bytes | str) -> str:
     case, ``_`` as ``-`` — so ``Writ_Holder`` and ``WRIT-HOLDER`` are one header."""
     text = name.decode("latin-1") if isinstance(name, bytes) else name
     return text.lower().replace("_", "-")
-
-
-def ambiguity(raw_path: bytes) -> str | None:
-    """Why a raw request path may mean another path to the upstream, or None."""
-    for pattern, why in _AMBIGUOUS:
-        if pattern.search(raw_path):
-            return why
-    try:
-        unquote(raw_path.decode("ascii"), errors="strict")
-    except (UnicodeDecodeError, ValueError):
-        return "raw bytes outside ASCII, or escapes that are not UTF-8 text"
-    return None
-
-
-# ----------------------------------------------------------------------------- routes
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One ``[[route]]`` of the routes file: requests whose path matches the glob ``path``
-    with one of ``methods`` need write authority on ``resource``."""
-
-    path: str
-    resource: str
-    methods: frozenset[str] = MUTATING
-    attribute: str | None = None  # the lease's touches must name it (or "*")
-
-    def matches(self, methods: Iterable[str], paths: Iterable[str]) -> bool:
-        """Glob match (``fnmatch``, case-insensitive: ``*`` also crosses ``/``); a route
-        ``/admin/db/*`` also covers ``/admin/db`` itself."""
-        if not self.methods & set(methods):
-            return False
-        return self.covers(paths)
-
-    def covers(self, paths: Iterable[str]) -> bool:
-        """Whether any of ``paths`` falls under this route, whatever the method."""
-        pattern = self.path.lower()
-        bare = pattern[:-2] if pattern.endswith("/*") else None
-        return any(
-            fnmatch.fnmatchcase(low := p.lower(), pattern) or low == bare or low == f"{bare}/"
-            for p in paths
-        )
-
-    def prefix(self) -> str:
-        """The literal start of the glob (before any wildcard), without a final ``/``."""
-        cut = min((i for i, c in enumerate(self.path) if c in "*?["), default=len(self.path))
-        return self.path[:cut].rstrip("/").lower()
-
-
-def parse_routes(text: str, source: str = "routes.toml") -> list[Route]:
-    """Routes from TOML text: ``[[route]]`` tables with ``path``, ``resource`` and
-    optional ``methods``. Raises :class:`~writ.errors.Invalid` naming the bad entry."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise Invalid(f"{source}: not valid TOML: {exc}", field="routes") from exc
-    unknown = set(data) - {"route"}
-    if unknown:
-        raise Invalid(
-            f"{source}: unknown table(s) {sorted(unknown)}; expected [[route]]", field="routes"
-        )
-    entries = data.get("route", [])
-    if not isinstance(entries, list):
-        raise Invalid(f"{source}: route must be an array of tables ([[route]])", field="routes")
-    routes: list[Route] = []
-    for i, entry in enumerate(entries, 1):
-        where = f"{source}: route #{i}"
-        if not isinstance(entry, dict):
-            raise Invalid(f"{where} is not a table", field="routes")
-        extra = set(entry) - {"path", "methods", "resource", "attribute"}
-        if extra:
-            raise Invalid(
-                f"{where}: unknown key(s) {sorted(extra)}; expected path, methods, resource, "
-                "attribute",
-                field="routes",
-            )
-        path = entry.get("path")
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise Invalid(
-                f"{where}: path must be a glob beginning with '/', like \"/admin/db/*\"",
-                field="routes",
-            )
-        try:
-            resource = resources.validate(entry.get("resource"))
-        except Invalid as exc:
-            raise Invalid(f"{where}: {exc.message}", field="routes") from exc
-        methods = entry.get("methods", sorted(MUTATING))
-        if (
-            not isinstance(methods, list)
-            or not methods
-            or not all(isinstance(m, str) and re.fullmatch(r"[A-Za-z]{1,16}", m) for m in methods)
-        ):
-            raise Invalid(
-                f"{where}: methods must be a non-empty list of HTTP methods, like "
-                '["POST", "DELETE"]',
-                field="routes",
-            )
-        attribute = entry.get("attribute")
-        if attribute is not None and (
-            not isinstance(attribute, str) or not re.fullmatch(r"[^\s]{1,128}", attribute)
-        ):
-            raise Invalid(f'{where}: attribute must be a name like "capacity"', field="routes")
-        routes.append(Route(path, resource, frozenset(m.upper() for m in methods), attribute))
-    return routes
-
-
-def load_routes(path: str | Path) -> list[Route]:
-    """:func:`parse_routes` of a file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise Invalid(f"cannot read routes file {p}: {exc.strerror}", field="routes") from exc
-    return parse_routes(text, str(p))
-
-
-def request_paths(path: str) -> set[str]:
-    """The forms of a (decoded) request path an upstream might act on.
-
-    A request is mapped when any of them matches a route, so ``/admin//db/x``,
-    ``/admin/./db/x``, ``/x/../admin/db/x``, ``/admin%2Fdb/x`` and ``/admin\\db\\x`` cannot
-    slip a write past a route for ``/admin/db/*``.
-    """
-    out = {path}
-    for p in (path, unquote(path)):
-        p = re.sub(r"/{2,}", "/", p.replace("\\", "/"))
-        norm = posixpath.normpath(p) if p else "/"
-        out.update((p, norm))
-        if p.endswith("/") and norm != "/":
-            out.add(norm + "/")
-    return out
 
 
 def _bearer(value: str | None) -> str | None:
@@ -761,76 +579,3 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
             yield chunk
         if not msg.get("more_body", False):
             return
-
-
-# ----------------------------------------------------------------------------- serving
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:7412`` for IPv6; a bare ``PORT`` means 127.0.0.1)."""
-    text = listen.strip()
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", text
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise Invalid(
-            f"--listen must be HOST:PORT, like {DEFAULT_LISTEN}, not {listen!r}", field="listen"
-        )
-    return host, int(port)
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket (port 0 picks a free one: read it from ``getsockname()``)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def listening_url(sock: socket.socket) -> str:
-    """``http://HOST:PORT`` of a bound socket (an IPv6 host in brackets)."""
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def serve(
-    gate: Gate,
-    listen: str = DEFAULT_LISTEN,
-    log_level: str = "warning",
-    limits: Limits | None = None,
-) -> None:
-    """Serve ``gate`` until interrupted; announce the address on stderr once listening."""
-    import uvicorn
-
-    host, port = parse_listen(listen)
-    sock = bind(host, port)
-    config = uvicorn.Config(
-        gate,
-        log_level=log_level,
-        access_log=False,
-        server_header=False,
-        # the gate sets X-Forwarded-For itself (Gate.trusted): uvicorn must not rewrite the
-        # client address from the caller's own header
-        proxy_headers=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-        **(limits or GATE_LIMITS).uvicorn_options(),
-    )
-    server = uvicorn.Server(config)
-    print(
-        f"writ gate: listening on {listening_url(sock)} -> {gate.upstream} "
-        f"({len(gate.routes)} route(s), writ at {gate.url})",
-        file=sys.stderr,
-        flush=True,
-    )
-    server.run(sockets=[sock])
-
-
-def describe(routes: list[Route]) -> str:
-    """The routes as JSON lines (for ``writ gate --check``)."""
-    return "\n".join(
-        json.dumps({"path": r.path, "methods": sorted(r.methods), "resource": r.resource})
-        for r in routes
-    )

@@ -1,0 +1,125 @@
+"""The asynchronous client (``httpx.AsyncClient``): every route method is awaitable."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import Any
+
+import httpx
+
+from writ.client._base import DEFAULT_TIMEOUT, WATCH_WAIT_S, OnLost, _Base
+from writ.client._leases import AsyncLease, _head_search
+from writ.client._routes import JSON, _check, _Req, _Routes
+
+
+class AsyncClient(_Base, _Routes[Awaitable[Any]]):
+    """Asynchronous client (``httpx.AsyncClient``); every route method is awaitable."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        _Base.__init__(self, url, token, timeout, headers)
+        self._http = httpx.AsyncClient(
+            base_url=self.url, headers=self._headers, transport=transport
+        )
+
+    async def _request(self, req: _Req) -> Any:
+        _check(req)
+        try:
+            response = await self._http.request(
+                req.method,
+                req.path,
+                params=req.params,
+                json=req.body,
+                timeout=self._timeout_for(req),
+            )
+        except httpx.TransportError as exc:
+            raise self._unavailable(req, exc) from exc
+        return self._decode(response)
+
+    def _send(self, req: _Req) -> Awaitable[Any]:
+        return self._request(req)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def lease(
+        self,
+        resource: str,
+        intent: str,
+        ttl_s: float = 30,
+        wait_s: float = 0,
+        touches: list[str] | None = None,
+        rollback: Mapping[str, Any] | None = None,
+        consent_id: str | None = None,
+        renew_every: float | None = None,
+        on_lost: OnLost | None = None,
+    ) -> AsyncLease:
+        """A lease held for an ``async with`` block, renewed by an asyncio task."""
+        return AsyncLease(
+            self,
+            resource,
+            intent,
+            ttl_s,
+            wait_s,
+            touches,
+            rollback,
+            consent_id,
+            renew_every,
+            on_lost,
+        )
+
+    async def iter_audit(
+        self,
+        after_seq: int = 0,
+        resource: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        page: int = 1000,
+    ) -> AsyncIterator[JSON]:
+        """Every audit row after ``after_seq``, paging through ``GET /v1/audit``."""
+        while True:
+            out = await self.audit(after_seq, page, resource, since, until)
+            rows = out.get("rows") or []
+            for row in rows:
+                yield row
+            nxt = int(out.get("next_after_seq") or after_seq)
+            if not rows or nxt <= after_seq:
+                return
+            after_seq = nxt
+
+    async def last_seq(self) -> int:
+        """The seq of the newest audit row (0 when empty), in O(log n) small requests."""
+        search = _head_search()
+        probe = next(search)
+        try:
+            while True:
+                probe = search.send(bool((await self.audit(probe, 1)).get("rows")))
+        except StopIteration as done:
+            return int(done.value)
+
+    async def watch(
+        self,
+        resource: str | None = None,
+        after_seq: int | None = None,
+        wait_s: float = WATCH_WAIT_S,
+    ) -> AsyncIterator[JSON]:
+        """Audit rows under ``resource`` as they happen (long-polling ``GET /v1/events``)."""
+        cursor = await self.last_seq() if after_seq is None else after_seq
+        while True:
+            out = await self.events(resource, cursor, wait_s)
+            for row in out.get("rows") or []:
+                yield row
+            cursor = max(cursor, int(out.get("next_after_seq") or cursor))

@@ -1,0 +1,80 @@
+"""Settings and response decoding shared by both clients: URL, token, timeout, the typed errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+
+from writ._version import __version__
+from writ.client._routes import _Req
+from writ.core.errors import (
+    LeaseLost,
+    Unauthenticated,
+    Unavailable,
+    error_from_body,
+)
+
+log = logging.getLogger("writ.client")
+log.addHandler(logging.NullHandler())  # a library: silent unless the application logs
+
+DEFAULT_URL = "http://127.0.0.1:7411"
+DEFAULT_TIMEOUT = 10.0
+WATCH_WAIT_S = 25.0  # long-poll length of watch(): under the server's 300 s cap
+OnLost = Callable[[LeaseLost], None]
+
+
+def _normalize_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    return url
+
+
+class _Base:
+    """Settings and response decoding shared by both clients."""
+
+    def __init__(
+        self, url: str | None, token: str | None, timeout: float, headers: Mapping[str, str] | None
+    ) -> None:
+        self.url = _normalize_url(url or os.environ.get("WRIT_URL") or DEFAULT_URL)
+        self.token = token if token is not None else (os.environ.get("WRIT_TOKEN") or None)
+        self.timeout = float(timeout)
+        self._headers = {"User-Agent": f"writ-python/{__version__}", **(headers or {})}
+        if self.token:
+            self._headers["Authorization"] = f"Bearer {self.token}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+    def _timeout_for(self, req: _Req) -> float:
+        base = self.timeout if req.timeout is None else req.timeout
+        return base + max(req.wait_s, 0.0)
+
+    def _unavailable(self, req: _Req, exc: Exception) -> Unavailable:
+        if isinstance(exc, httpx.TimeoutException):
+            why = f"no answer within {self._timeout_for(req):g}s"
+        else:
+            why = str(exc) or type(exc).__name__
+        return Unavailable(
+            f"writ server not reachable at {self.url} ({req.method} {req.path}: {why}); "
+            "is `writ serve` running there? (set WRIT_URL or --url)",
+            url=self.url,
+        )
+
+    def _decode(self, response: httpx.Response) -> Any:
+        try:
+            body: Any = response.json() if response.content else {}
+        except ValueError:
+            body = response.text
+        if response.is_success:
+            return body
+        err = error_from_body(response.status_code, body)
+        if isinstance(err, Unauthenticated) and not self.token:
+            err.message = f"{err.message} (no token given: set WRIT_TOKEN or pass --token)"
+            err.fact = err.message
+            err.args = (err.message,)
+        raise err

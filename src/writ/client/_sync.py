@@ -1,0 +1,129 @@
+"""The synchronous client (``httpx.Client``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import httpx
+
+from writ.client._base import DEFAULT_TIMEOUT, WATCH_WAIT_S, OnLost, _Base
+from writ.client._leases import Lease, _head_search
+from writ.client._routes import JSON, _check, _Req, _Routes
+
+
+class Client(_Base, _Routes[Any]):
+    """Synchronous client (``httpx.Client``). Thread-safe; close it or use ``with``.
+
+    ``url`` and ``token`` default to ``WRIT_URL`` and ``WRIT_TOKEN`` (then
+    ``http://127.0.0.1:7411``). ``transport`` is passed to httpx (for tests and proxies).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        _Base.__init__(self, url, token, timeout, headers)
+        self._http = httpx.Client(base_url=self.url, headers=self._headers, transport=transport)
+
+    def _send(self, req: _Req) -> Any:
+        _check(req)
+        try:
+            response = self._http.request(
+                req.method,
+                req.path,
+                params=req.params,
+                json=req.body,
+                timeout=self._timeout_for(req),
+            )
+        except httpx.TransportError as exc:
+            raise self._unavailable(req, exc) from exc
+        return self._decode(response)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def lease(
+        self,
+        resource: str,
+        intent: str,
+        ttl_s: float = 30,
+        wait_s: float = 0,
+        touches: list[str] | None = None,
+        rollback: Mapping[str, Any] | None = None,
+        consent_id: str | None = None,
+        renew_every: float | None = None,
+        on_lost: OnLost | None = None,
+    ) -> Lease:
+        """A lease held for a ``with`` block, renewed in a background thread.
+
+        ``renew_every`` defaults to ``ttl_s / 3``. ``on_lost(error)`` is called (from the
+        renewal thread) when the lease is lost.
+        """
+        return Lease(
+            self,
+            resource,
+            intent,
+            ttl_s,
+            wait_s,
+            touches,
+            rollback,
+            consent_id,
+            renew_every,
+            on_lost,
+        )
+
+    def iter_audit(
+        self,
+        after_seq: int = 0,
+        resource: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        page: int = 1000,
+    ) -> Iterator[JSON]:
+        """Every audit row after ``after_seq``, paging through ``GET /v1/audit``."""
+        while True:
+            out = self.audit(after_seq, page, resource, since, until)
+            rows = out.get("rows") or []
+            yield from rows
+            nxt = int(out.get("next_after_seq") or after_seq)
+            if not rows or nxt <= after_seq:
+                return
+            after_seq = nxt
+
+    def last_seq(self) -> int:
+        """The seq of the newest audit row (0 when empty), in O(log n) small requests."""
+        search = _head_search()
+        probe = next(search)
+        try:
+            while True:
+                probe = search.send(bool(self.audit(probe, 1).get("rows")))
+        except StopIteration as done:
+            return int(done.value)
+
+    def watch(
+        self,
+        resource: str | None = None,
+        after_seq: int | None = None,
+        wait_s: float = WATCH_WAIT_S,
+    ) -> Iterator[JSON]:
+        """Audit rows under ``resource`` as they happen (long-polling ``GET /v1/events``).
+
+        Starts after ``after_seq``, or at the newest row when None. Never ends by itself.
+        """
+        cursor = self.last_seq() if after_seq is None else after_seq
+        while True:
+            out = self.events(resource, cursor, wait_s)
+            yield from out.get("rows") or []
+            cursor = max(cursor, int(out.get("next_after_seq") or cursor))

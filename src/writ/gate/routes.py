@@ -1,0 +1,166 @@
+"""The gate's routes file: which paths and methods map to which writ resource, and how a
+request path is read (every spelling an upstream might decode it to)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import posixpath
+import re
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+from writ.core import resources
+from writ.core.errors import Invalid
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# raw path forms an upstream may read differently from the gate: refused on a mapped prefix
+_AMBIGUOUS = (
+    (re.compile(rb";"), "a ';' path parameter"),
+    (re.compile(rb"%(?:2[fF]|5[cC])|\\"), "an encoded slash or a backslash"),
+    (re.compile(rb"%(?:2[eE]|25)"), "an encoded dot or percent sign"),
+    (re.compile(rb"%(?:[01][0-9a-fA-F]|7[fF]|20)"), "an encoded control or whitespace character"),
+    (re.compile(rb"%(?![0-9a-fA-F]{2})"), "a '%' that is not an escape"),
+    (re.compile(rb"[\x00-\x20\x7f]"), "a control or whitespace character"),
+    (re.compile(rb"//|/\.\.?(?:/|$)"), "an empty or dot segment"),
+)
+
+
+def ambiguity(raw_path: bytes) -> str | None:
+    """Why a raw request path may mean another path to the upstream, or None."""
+    for pattern, why in _AMBIGUOUS:
+        if pattern.search(raw_path):
+            return why
+    try:
+        unquote(raw_path.decode("ascii"), errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return "raw bytes outside ASCII, or escapes that are not UTF-8 text"
+    return None
+
+
+# ----------------------------------------------------------------------------- routes
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One ``[[route]]`` of the routes file: requests whose path matches the glob ``path``
+    with one of ``methods`` need write authority on ``resource``."""
+
+    path: str
+    resource: str
+    methods: frozenset[str] = MUTATING
+    attribute: str | None = None  # the lease's touches must name it (or "*")
+
+    def matches(self, methods: Iterable[str], paths: Iterable[str]) -> bool:
+        """Glob match (``fnmatch``, case-insensitive: ``*`` also crosses ``/``); a route
+        ``/admin/db/*`` also covers ``/admin/db`` itself."""
+        if not self.methods & set(methods):
+            return False
+        return self.covers(paths)
+
+    def covers(self, paths: Iterable[str]) -> bool:
+        """Whether any of ``paths`` falls under this route, whatever the method."""
+        pattern = self.path.lower()
+        bare = pattern[:-2] if pattern.endswith("/*") else None
+        return any(
+            fnmatch.fnmatchcase(low := p.lower(), pattern) or low == bare or low == f"{bare}/"
+            for p in paths
+        )
+
+    def prefix(self) -> str:
+        """The literal start of the glob (before any wildcard), without a final ``/``."""
+        cut = min((i for i, c in enumerate(self.path) if c in "*?["), default=len(self.path))
+        return self.path[:cut].rstrip("/").lower()
+
+
+def parse_routes(text: str, source: str = "routes.toml") -> list[Route]:
+    """Routes from TOML text: ``[[route]]`` tables with ``path``, ``resource`` and
+    optional ``methods``. Raises :class:`~writ.errors.Invalid` naming the bad entry."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise Invalid(f"{source}: not valid TOML: {exc}", field="routes") from exc
+    unknown = set(data) - {"route"}
+    if unknown:
+        raise Invalid(
+            f"{source}: unknown table(s) {sorted(unknown)}; expected [[route]]", field="routes"
+        )
+    entries = data.get("route", [])
+    if not isinstance(entries, list):
+        raise Invalid(f"{source}: route must be an array of tables ([[route]])", field="routes")
+    routes: list[Route] = []
+    for i, entry in enumerate(entries, 1):
+        where = f"{source}: route #{i}"
+        if not isinstance(entry, dict):
+            raise Invalid(f"{where} is not a table", field="routes")
+        extra = set(entry) - {"path", "methods", "resource", "attribute"}
+        if extra:
+            raise Invalid(
+                f"{where}: unknown key(s) {sorted(extra)}; expected path, methods, resource, "
+                "attribute",
+                field="routes",
+            )
+        path = entry.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise Invalid(
+                f"{where}: path must be a glob beginning with '/', like \"/admin/db/*\"",
+                field="routes",
+            )
+        try:
+            resource = resources.validate(entry.get("resource"))
+        except Invalid as exc:
+            raise Invalid(f"{where}: {exc.message}", field="routes") from exc
+        methods = entry.get("methods", sorted(MUTATING))
+        if (
+            not isinstance(methods, list)
+            or not methods
+            or not all(isinstance(m, str) and re.fullmatch(r"[A-Za-z]{1,16}", m) for m in methods)
+        ):
+            raise Invalid(
+                f"{where}: methods must be a non-empty list of HTTP methods, like "
+                '["POST", "DELETE"]',
+                field="routes",
+            )
+        attribute = entry.get("attribute")
+        if attribute is not None and (
+            not isinstance(attribute, str) or not re.fullmatch(r"[^\s]{1,128}", attribute)
+        ):
+            raise Invalid(f'{where}: attribute must be a name like "capacity"', field="routes")
+        routes.append(Route(path, resource, frozenset(m.upper() for m in methods), attribute))
+    return routes
+
+
+def load_routes(path: str | Path) -> list[Route]:
+    """:func:`parse_routes` of a file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise Invalid(f"cannot read routes file {p}: {exc.strerror}", field="routes") from exc
+    return parse_routes(text, str(p))
+
+
+def request_paths(path: str) -> set[str]:
+    """The forms of a (decoded) request path an upstream might act on.
+
+    A request is mapped when any of them matches a route, so ``/admin//db/x``,
+    ``/admin/./db/x``, ``/x/../admin/db/x``, ``/admin%2Fdb/x`` and ``/admin\\db\\x`` cannot
+    slip a write past a route for ``/admin/db/*``.
+    """
+    out = {path}
+    for p in (path, unquote(path)):
+        p = re.sub(r"/{2,}", "/", p.replace("\\", "/"))
+        norm = posixpath.normpath(p) if p else "/"
+        out.update((p, norm))
+        if p.endswith("/") and norm != "/":
+            out.add(norm + "/")
+    return out
+
+
+def describe(routes: list[Route]) -> str:
+    """The routes as JSON lines (for ``writ gate --check``)."""
+    return "\n".join(
+        json.dumps({"path": r.path, "methods": sorted(r.methods), "resource": r.resource})
+        for r in routes
+    )

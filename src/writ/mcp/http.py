@@ -1,0 +1,96 @@
+"""Serving the MCP server: stdio, or streamable HTTP behind an optional bearer token."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import sys
+from typing import Literal
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from writ.client import AsyncClient
+from writ.mcp.server import DEFAULT_HTTP_PORT, create_server
+from writ.net.limits import Limits
+from writ.net.listen import bind, listening_url
+
+
+class RequireBearer:
+    """Refuse HTTP requests without ``Authorization: Bearer <token>`` (``--http-token``)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            auth = dict(scope.get("headers") or []).get(b"authorization", b"")
+            scheme, _, given = auth.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
+                body = json.dumps(
+                    {
+                        "error": {
+                            "code": "unauthenticated",
+                            "message": "this writ MCP endpoint needs 'Authorization: Bearer <token>' "
+                            "(its --http-token)",
+                        }
+                    }
+                ).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"www-authenticate", b"Bearer"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+async def serve(
+    client: AsyncClient,
+    transport: Literal["stdio", "http"] = "stdio",
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_HTTP_PORT,
+    path: str = "/mcp",
+    http_token: str | None = None,
+    log_level: str = "warning",
+    allow_human: bool = False,
+    limits: Limits | None = None,
+) -> None:
+    """Run the MCP server until its client goes away (stdio) or it is interrupted (http);
+    each HTTP connection within ``limits``."""
+    server = create_server(client, allow_human=allow_human)
+    try:
+        if transport == "stdio":
+            await server.run_stdio_async()
+            return
+        import uvicorn
+
+        app: ASGIApp = server.streamable_http_app(streamable_http_path=path, host=host)
+        if http_token:
+            app = RequireBearer(app, http_token)
+        sock = bind(host, port)
+        config = uvicorn.Config(
+            app,
+            log_level=log_level,
+            access_log=False,
+            lifespan="on",
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=3,
+            **(limits or Limits()).uvicorn_options(),
+        )
+        print(
+            f"writ mcp: listening on {listening_url(sock)}{path} (writ at {client.url})",
+            file=sys.stderr,
+            flush=True,
+        )
+        await uvicorn.Server(config).serve(sockets=[sock])
+    finally:
+        await client.aclose()

@@ -1,0 +1,74 @@
+"""Argument types shared by the MCP tools: resources, ids, numbers that are not booleans, the
+rollback plan, and the read/write tool annotations."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from mcp_types import ToolAnnotations
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+_READ = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+_WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+
+Resource = Annotated[
+    str,
+    Field(
+        description="resource path: segments of a-z 0-9 . _ - joined by '/', e.g. 'prod/db'",
+        examples=["prod/db"],
+        min_length=1,
+        max_length=256,
+    ),
+]
+
+
+def _not_bool(value: Any) -> Any:
+    """Booleans are not numbers: ``ttl_s: true`` is refused, never a 1-second lease."""
+    if isinstance(value, bool):
+        raise ValueError("a number is required, not a boolean")
+    return value
+
+
+NOT_BOOL = BeforeValidator(_not_bool)
+
+# An id as writ hands them out (``ls_3kq9…``: letters, digits, ``_`` and ``-``), checked
+# before it goes into a URL path: never a ``/``, ``..``, ``?``, ``#`` or ``%``.
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+LeaseId = Annotated[
+    str,
+    Field(
+        description="the lease_id returned by acquire_write_authority",
+        min_length=1,
+        pattern=ID_PATTERN,
+    ),
+]
+
+
+class RollbackPlan(BaseModel):
+    """How to undo what you are about to do, and which human queue holds the key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed: bool = Field(
+        description="true if this change can be rolled back by calling `path`; then path, "
+        "key_holder and override_queue are required"
+    )
+    path: str | None = Field(
+        None,
+        description="the literal route that rolls it back: a path beginning with '/' or an "
+        "http(s) URL (not a dashboard or button name)",
+        examples=["/internal/db/rollback?txn=8841"],
+    )
+    key_holder: str | None = Field(
+        None,
+        description="the human on-call queue that may approve the rollback",
+        examples=["svc-ops-princess"],
+    )
+    override_queue: str | None = Field(
+        None,
+        description="the human queue paged if this lease gets stuck",
+        examples=["svc-ops-princess"],
+    )
+    denominator: str | None = Field(
+        None, description="what the rollback is measured against", examples=["incident_minutes"]
+    )

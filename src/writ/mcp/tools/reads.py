@@ -1,0 +1,59 @@
+"""MCP tools. Reads about writ itself: wait for audit events, and whoami."""
+
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import MCPServer
+from pydantic import Field
+
+from writ.mcp.context import MAX_EVENTS, ToolContext
+from writ.mcp.schemas import _READ, NOT_BOOL
+
+
+def register(server: MCPServer[Any], ctx: ToolContext) -> None:
+    """Add the event and identity tools to ``server``, in :data:`~writ.mcp.server.TOOL_NAMES` order."""
+    client, _call = ctx.client, ctx.call
+
+    @server.tool(annotations=_READ)
+    async def watch_events(
+        resource: Annotated[
+            str | None,
+            Field(
+                description="only events on this resource path prefix; default all",
+            ),
+        ] = None,
+        after_seq: Annotated[
+            int | None,
+            NOT_BOOL,
+            Field(
+                description="return events after this seq (next_after_seq of your previous call); "
+                "default: only events from now on",
+                ge=0,
+            ),
+        ] = None,
+        wait_s: Annotated[
+            float,
+            NOT_BOOL,
+            Field(
+                description="wait up to this many seconds for the first new event",
+                ge=0,
+                le=120,
+            ),
+        ] = 20,
+        limit: Annotated[
+            int, NOT_BOOL, Field(description="at most this many events", ge=1, le=MAX_EVENTS)
+        ] = 50,
+    ) -> dict[str, Any]:
+        """Wait for audit events (grants, releases, expiries, changes, consents, rollbacks)
+        under a resource. Returns {rows, next_after_seq}: pass next_after_seq back to continue
+        where you left off."""
+        cursor = await _call(client.last_seq()) if after_seq is None else {"result": after_seq}
+        start = int(cursor["result"])
+        out = await _call(client.events(resource, start, wait_s))
+        rows = list(out.get("rows") or [])[:limit]
+        nxt = int(rows[-1]["seq"]) if rows else max(start, int(out.get("next_after_seq") or start))
+        return {"rows": rows, "next_after_seq": nxt}
+
+    @server.tool(annotations=_READ)
+    async def whoami() -> dict[str, Any]:
+        """The principal this server acts as (fixed when it was started)."""
+        return await _call(client.whoami())

@@ -19,23 +19,33 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
 from typing import IO, Any, TypeVar
 
 import click
 
-from . import __version__
-from .cli_options import api_options, existing_store, json_option, store_option
-from .cli_principals import expires_option, parse_expires
-from .cli_principals import register as register_principal_commands
-from .cli_wait import SelfHeld, check_not_self, live_line
-from .client import DEFAULT_TIMEOUT, Client
-from .errors import Held, Invalid, LeaseLost, WritError
-from .limits import from_options, limit_options
-from .models import KINDS
-from .spawn import popen_tied
-from .textsafe import printable
+from writ._version import __version__
+from writ.cli._helpers import (
+    _client,
+    _csv,
+    _echo_json,
+    _items,
+    _json_or_text,
+    _lease_line,
+    _run_offline,
+    _table,
+    _until,
+)
+from writ.cli.commands.principal import expires_option, parse_expires
+from writ.cli.commands.principal import register as register_principal_commands
+from writ.cli.options import api_options, existing_store, json_option, store_option
+from writ.cli.spawn import popen_tied
+from writ.cli.wait import SelfHeld, check_not_self, live_line
+from writ.client import Client
+from writ.core.errors import Held, Invalid, LeaseLost, WritError
+from writ.core.models import KINDS
+from writ.core.textsafe import printable
+from writ.net.limits import from_options, limit_options
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -143,96 +153,6 @@ def _before_wait(
     if me:
         hint["me"] = me
     return me
-
-
-# ----------------------------------------------------------------------------- helpers
-def _client(url: str, token: str | None, timeout: float = DEFAULT_TIMEOUT) -> Client:
-    return Client(url, token or None, timeout=timeout)
-
-
-def _echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
-
-
-def _csv(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise click.BadParameter("give one or more names separated by commas")
-    return items
-
-
-def _json_or_text(value: str | None) -> Any:
-    """``--before 4`` is the number 4, ``--before '{"n": 4}'`` an object, else a string."""
-    if value is None:
-        return None
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
-
-
-def _run_offline(store_url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
-    """Open the store at ``store_url`` with an engine (no sweeper) and run ``fn(engine)``."""
-    from .engine import Engine
-    from .stores import open_store
-
-    async def go() -> T:
-        engine = Engine(open_store(store_url))
-        await engine.start(background=False)
-        try:
-            return await fn(engine)
-        finally:
-            await engine.stop()
-
-    return asyncio.run(go())
-
-
-def _parse_rfc3339(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _until(value: str | None) -> str:
-    """``2026-05-16T10:11:51.123456Z`` → ``10:11:51Z (in 28s)`` (for tables)."""
-    at = _parse_rfc3339(value)
-    if at is None:
-        return value or "-"
-    left = (at - datetime.now(UTC)).total_seconds()
-    when = f"in {left:.0f}s" if left >= 0 else f"{-left:.0f}s ago"
-    return f"{at.strftime('%H:%M:%SZ')} ({when})"
-
-
-def _lease_line(verb: str, lease: dict[str, Any]) -> str:
-    return printable(
-        f"{verb} {lease.get('resource')} for {lease.get('holder')}: lease {lease.get('lease_id')}, "
-        f"fencing token {lease.get('fencing_token')}, lock key {lease.get('lock_key')}, "
-        f"state {lease.get('state')}, expires {lease.get('expires_at')}"
-    )
-
-
-def _items(body: Any, key: str) -> list[dict[str, Any]]:
-    if isinstance(body, list):
-        return body
-    return list(body.get(key) or [])
-
-
-def _table(
-    columns: Sequence[str],
-    rows: Iterable[Sequence[Any]],
-    wrap: Sequence[str] = (),
-    drop: Sequence[str] = (),
-) -> None:
-    """A table fitted to the console (writ.cli_table): ``wrap`` free-text columns between words,
-    leave out ``drop`` columns, least important first, when they cannot all fit."""
-    from .cli_table import print_table
-
-    print_table(columns, rows, wrap=wrap, drop=drop)
 
 
 # ----------------------------------------------------------------------------- the group
@@ -360,7 +280,7 @@ def serve(
     environment variable (docs/operations.md has the table).
     """
     if check_only:
-        from .lifecycle import check
+        from writ.lifecycle import check
 
         problems = check(
             store, host, port, policy, log_level, log_format, shutdown_timeout, metrics_token
@@ -371,8 +291,8 @@ def serve(
             raise SystemExit(1)
         click.echo(f"writ serve --check: ok ({store.split('://')[0]} store ready, {host}:{port})")
         return
-    from .server import run
-    from .workers import check_workers
+    from writ.server import run
+    from writ.workers import check_workers
 
     check_workers(store, workers)
     extra = {"workers": workers} if workers != 1 else {}
@@ -404,8 +324,8 @@ def policy_check(file: str, store: str | None, as_json: bool) -> None:
     """Read policy FILE as `writ serve --policy FILE` would: exit 0 and summarise it, or
     exit 1 with FILE:LINE: reason. Grants are listed with their lines; overlapping grants
     are explained, and with --store unknown principals are warned of."""
-    from .cli_authority import authority_lines
-    from .policy import load
+    from writ.cli.commands.policy import authority_lines
+    from writ.core.policy import load
 
     pol = load(file)
     if as_json:
@@ -752,7 +672,7 @@ def status(prefix: str | None, url: str, token: str | None, as_json: bool) -> No
 def who(resource: str, at: str | None, url: str, token: str | None, as_json: bool) -> None:
     """Who held write authority on RESOURCE (now, or --at a past time), from the ledger."""
     if at:
-        from .clock import parse_time
+        from writ.core.clock import parse_time
 
         try:
             parse_time(at)  # read here too, so a bad value is a usage error listing the forms
@@ -763,7 +683,7 @@ def who(resource: str, at: str | None, url: str, token: str | None, as_json: boo
     if as_json:
         _echo_json(out)
         return
-    from .cli_table import print_line  # wrapped between words at the console's width
+    from writ.cli.table import print_line  # wrapped between words at the console's width
 
     holder = out.get("lock_holder", "none")
     if holder == "none":
@@ -1040,9 +960,9 @@ def _export_offline(
     until: str | None,
     out: IO[str],
 ) -> int:
-    from .clock import parse_time, rfc3339
-    from .ledger import row_from
-    from .resources import under, validate
+    from writ.core.clock import parse_time, rfc3339
+    from writ.core.ledger import row_from
+    from writ.core.resources import under, validate
 
     if prefix:
         validate(prefix, "resource")
@@ -1469,8 +1389,8 @@ def migrate(src: str | None, dst: str | None, upgrade_url: str | None, as_json: 
     counter and the audit log row for row. Stop the servers on the source (or the
     upgraded store) first. Exits 1 if the copy or the upgraded chain does not verify.
     """
-    from .migrate import migrate as copy_store
-    from .migrate import upgrade
+    from writ.stores.migrate import migrate as copy_store
+    from writ.stores.migrate import upgrade
 
     if upgrade_url is not None:
         if src is not None or dst is not None:
@@ -1510,10 +1430,10 @@ def migrate(src: str | None, dst: str | None, upgrade_url: str | None, as_json: 
 
 # ----------------------------------------------------------------------------- plug-ins
 # Commands that live in their own modules (each imports its heavy dependencies lazily)
-from .cli_authority import register as _register_authority  # noqa: E402
-from .cli_evidence import register as _register_evidence  # noqa: E402
-from .cli_lint import lint_command  # noqa: E402
-from .cli_reach import gate_command, mcp_command  # noqa: E402
+from writ.cli.commands.evidence import register as _register_evidence  # noqa: E402
+from writ.cli.commands.lint import lint_command  # noqa: E402
+from writ.cli.commands.policy import register as _register_authority  # noqa: E402
+from writ.cli.commands.reach import gate_command, mcp_command  # noqa: E402
 
 main.add_command(lint_command)
 main.add_command(gate_command)

@@ -1,0 +1,204 @@
+"""``writ principal rotate|disable|enable|queues``: the token lifecycle and queue
+membership (docs/cli.md). Each works through a server (``--url``/``--token``), or offline
+on a store with ``--store URL`` (an operator on the store itself: the way back in when
+every admin token is lost, and the way to rotate ``admin`` without one)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from writ.cli.options import api_options, json_option, store_option
+from writ.client import Client
+
+T = TypeVar("T")
+
+_ONCE = (
+    "This token is shown only once: store it now (e.g. export WRIT_TOKEN=...). "
+    "writ keeps only its hash."
+)
+
+
+def parse_expires(value: str | None) -> float | None:
+    """``--expires-in``: seconds, or a duration like ``90s``, ``15m``, ``12h``, ``30d``."""
+    if value is None:
+        return None
+    from writ.core.clock import parse_duration
+
+    try:
+        return float(value)
+    except ValueError:
+        try:
+            return parse_duration(value)
+        except Exception as exc:
+            raise click.BadParameter(str(exc), param_hint="--expires-in") from None
+
+
+def expires_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--expires-in",
+        "expires_in",
+        metavar="DURATION",
+        default=None,
+        help="The token is refused after this long (seconds, or 90s, 15m, 12h, 30d). "
+        "Default: no expiry.",
+    )(f)
+
+
+def _act(
+    store: str | None,
+    url: str,
+    token: str | None,
+    offline: Callable[[Any], Awaitable[T]],
+    online: Callable[[Client], T],
+) -> T:
+    if store:
+        from writ.cli._helpers import _run_offline
+
+        return _run_offline(store, offline)
+    with Client(url, token or None) as client:
+        return online(client)
+
+
+def _show(out: dict[str, Any], as_json: bool, line: str) -> None:
+    if as_json:
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        click.echo(line)
+        if out.get("token"):
+            click.echo(f"token: {out['token']}")
+    if out.get("token"):
+        click.echo(_ONCE, err=True)
+
+
+_STORE_HELP = "Work offline on this store (e.g. sqlite:///writ.db) instead of through a server."
+
+
+@click.command("rotate")
+@click.argument("name")
+@expires_option
+@store_option(_STORE_HELP)
+@api_options
+@json_option
+def rotate(
+    name: str,
+    expires_in: str | None,
+    store: str | None,
+    url: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Give NAME a new token and print it; the old token is refused at once.
+
+    An admin may rotate any principal (admin included: this is how WRIT_ADMIN_TOKEN is
+    rotated); any principal may rotate its own token.
+    """
+    secs = parse_expires(expires_in)
+    out = _act(
+        store,
+        url,
+        token,
+        lambda engine: engine.principals.rotate(None, name, secs),
+        lambda client: client.rotate_principal(name, secs),
+    )
+    until = out.get("token_expires_at")
+    _show(out, as_json, f"rotated {name}" + (f" (expires {until})" if until else ""))
+
+
+@click.command("disable")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why (recorded in the audit row).")
+@store_option(_STORE_HELP)
+@api_options
+@json_option
+def disable(
+    name: str, reason: str, store: str | None, url: str, token: str | None, as_json: bool
+) -> None:
+    """Disable NAME (admin): its token is refused at once, its held leases are revoked
+    (via runbook principal.disable) and its queued requests leave the queue."""
+    out = _act(
+        store,
+        url,
+        token,
+        lambda engine: engine.principals.disable(None, name, reason),
+        lambda client: client.disable_principal(name, reason),
+    )
+    revoked, withdrawn = out.get("revoked") or [], out.get("withdrawn") or []
+    _show(
+        out,
+        as_json,
+        f"disabled {name}: {len(revoked)} lease(s) revoked, "
+        f"{len(withdrawn)} queued request(s) withdrawn",
+    )
+
+
+@click.command("enable")
+@click.argument("name")
+@expires_option
+@store_option(_STORE_HELP)
+@api_options
+@json_option
+def enable(
+    name: str,
+    expires_in: str | None,
+    store: str | None,
+    url: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Enable NAME again (admin) and print its fresh token (the old one stays refused)."""
+    secs = parse_expires(expires_in)
+    out = _act(
+        store,
+        url,
+        token,
+        lambda engine: engine.principals.enable(None, name, secs),
+        lambda client: client.enable_principal(name, secs),
+    )
+    _show(out, as_json, f"enabled {name}")
+
+
+@click.command("queues")
+@click.argument("name")
+@click.option("--add", "add", multiple=True, metavar="QUEUE", help="Join this queue (repeatable).")
+@click.option(
+    "--remove", "remove", multiple=True, metavar="QUEUE", help="Leave this queue (repeatable)."
+)
+@store_option(_STORE_HELP)
+@api_options
+@json_option
+def queues(
+    name: str,
+    add: tuple[str, ...],
+    remove: tuple[str, ...],
+    store: str | None,
+    url: str,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    """Change which on-call queues the human NAME is a member of (admin).
+
+    A member may approve or deny the rollbacks whose key the queue holds, and answer the
+    consents escalated to it.
+    """
+    if not add and not remove:
+        raise click.UsageError("give --add QUEUE or --remove QUEUE")
+    out = _act(
+        store,
+        url,
+        token,
+        lambda engine: engine.principals.set_queues(None, name, list(add), list(remove)),
+        lambda client: client.principal_queues(name, list(add), list(remove)),
+    )
+    _show(
+        out, as_json, f"{name} is a member of: {', '.join(out.get('queues') or []) or 'no queue'}"
+    )
+
+
+def register(group: click.Group) -> None:
+    """Add the commands to ``writ principal``."""
+    for command in (rotate, disable, enable, queues):
+        group.add_command(command)

@@ -3,17 +3,114 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import click
 
+from writ.cli.wait import SelfHeld, check_not_self
 from writ.client import DEFAULT_TIMEOUT, Client
+from writ.core.errors import Held, Invalid, WritError
 from writ.core.textsafe import printable
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_NO_ANSWER = 3
+EXIT_LEASE_LOST = 75  # EX_TEMPFAIL: the work was cut short; acquire again and retry
+EXIT_NOT_FOUND = 127
+DEFAULT_STORE = "sqlite:///writ.db"
+
+EXIT_STATUS: dict[str, str] = {
+    "0": "done",
+    "1": "refused or failed: one line `writ: CODE: message` on stderr, no traceback",
+    "2": "usage error: a missing argument or option, or a bad value (`invalid` naming a "
+    "field, e.g. --ttl 0)",
+    "3": "`consent ask --wait`: nobody answered in time",
+    "75": "`writ run`: the lease was lost while COMMAND ran, and COMMAND was stopped",
+    "127": "`writ run`: COMMAND could not be started",
+    "N": "`writ run`: COMMAND's own exit status, or 128 + signal if a signal killed it",
+}
+
+# the CLI option that carries a request field, for `invalid` answers naming the field
+FIELD_OPTIONS = {
+    "ttl_s": "--ttl",
+    "wait_s": "--wait",
+    "touches": "--touches",
+    "consent_id": "--consent",
+    "intent": "--intent",
+    "protect_s": "--protect",
+    "at": "--at",
+}
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+# ----------------------------------------------------------------------------- errors
+class Refused(click.ClickException):
+    """A :class:`WritError` shown as one line on stderr, exit status 1."""
+
+    exit_code = EXIT_REFUSED
+
+    def __init__(self, error: WritError, hint: dict[str, Any] | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.hint = hint or {}
+        field = error.details.get("field") if isinstance(error, Invalid) else None
+        self.option = FIELD_OPTIONS.get(field) if isinstance(field, str) else None
+        if field:  # a bad value of a named input is a usage error
+            self.exit_code = EXIT_USAGE  # type: ignore[misc]  # click reads it from the instance
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        text = self.error.phrased("cli", **self.hint)  # the next step as a command and flag
+        if self.option:
+            text += f" (option {self.option})"
+        click.echo(printable(f"writ: {self.error.code}: {text}"), err=True)
+
+
+class Failed(click.ClickException):
+    """A local failure with a chosen exit status."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_REFUSED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # click reads it from the instance
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(printable(f"writ: {self.message}"), err=True)
+
+
+def _hint_context(ctx: click.Context, exc: WritError) -> dict[str, Any]:
+    """What the CLI phrasing of a refusal needs: the resource asked for, the seconds already
+    waited, and (for a held answer) the caller's own name, so "held by you" is said plainly."""
+    hint: dict[str, Any] = dict(ctx.meta.get("writ.hint") or {})
+    api = hint.pop("api", None)
+    if isinstance(exc, Held) and "me" not in hint and api:
+        with contextlib.suppress(WritError), _client(*api) as client:
+            hint["me"] = client.whoami().get("name")
+    return hint
+
+
+def _before_wait(
+    client: Client, url: str, token: str | None, resource: str, wait: float
+) -> str | None:
+    """Record the hint context; when the command will wait, refuse at once if the caller
+    itself holds what it would wait for. Returns the caller's name when it was read."""
+    hint: dict[str, Any] = {"resource": resource, "waited": wait, "api": (url, token)}
+    click.get_current_context().meta["writ.hint"] = hint
+    if wait <= 0:
+        return None
+    try:
+        me = check_not_self(client, resource)
+    except SelfHeld as exc:
+        raise Failed(str(exc)) from exc
+    if me:
+        hint["me"] = me
+    return me
 
 
 def _client(url: str, token: str | None, timeout: float = DEFAULT_TIMEOUT) -> Client:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from writ.cli.options import api_options, json_option
+from writ.cli.options import api_options, existing_store, json_option, store_option
 from writ.client import Client
 from writ.core.models import KINDS, Principal
 from writ.core.policy import Policy
@@ -51,7 +51,6 @@ def authority_lines(pol: Policy, store: str | None) -> list[str]:
 
 
 def _principals(store: str) -> dict[str, Principal]:
-    from writ.cli.options import existing_store
     from writ.engine import Engine
     from writ.stores import open_store
 
@@ -175,3 +174,37 @@ def register(main: click.Group) -> None:
     policy.add_command(explain_command)
     policy.add_command(reload_command)
     main.add_command(wake_command)
+
+
+@click.group()
+def policy() -> None:
+    """Check policy files, explain what a principal may do, reload a server's policy."""
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+@store_option("Check the grants' principal names against this store (e.g. sqlite:///writ.db).")
+@json_option
+def policy_check(file: str, store: str | None, as_json: bool) -> None:
+    """Read policy FILE as `writ serve --policy FILE` would: exit 0 and summarise it, or
+    exit 1 with FILE:LINE: reason. Grants are listed with their lines; overlapping grants
+    are explained, and with --store unknown principals are warned of."""
+    from writ.cli.commands.policy import authority_lines
+    from writ.core.policy import load
+
+    pol = load(file)
+    if as_json:
+        _echo_json(pol.to_dict())
+        return
+    groups = pol.blast.groups
+    click.echo(f"{file}: ok — {len(groups)} blast-radius group(s), {len(pol.rules)} rule(s)")
+    for names, members in groups:
+        click.echo(f"  group {'+'.join(sorted(names))}: {', '.join(members)}")
+    for r in pol.rules:
+        click.echo(
+            f"  rule {r.prefix or '(everything)'}: protect_s={r.protect_s:g} max_hold_s="
+            f"{'-' if r.max_hold_s is None else f'{r.max_hold_s:g}'} page_after_s={r.page_after_s:g} "
+            f"lock_delay_s={r.lock_delay_s:g} consent_timeout_s={r.consent_timeout_s:g}"
+        )
+    for line in authority_lines(pol, store):
+        click.echo(line, err=line.startswith("warning:"))

@@ -11,8 +11,16 @@ from typing import Any, TypeVar
 
 import click
 
+from writ.cli._helpers import (
+    _client,
+    _echo_json,
+    _items,
+    _run_offline,
+    _table,
+)
 from writ.cli.options import api_options, json_option, store_option
 from writ.client import Client
+from writ.core.models import KINDS
 
 T = TypeVar("T")
 
@@ -202,3 +210,119 @@ def register(group: click.Group) -> None:
     """Add the commands to ``writ principal``."""
     for command in (rotate, disable, enable, queues):
         group.add_command(command)
+
+
+# ----------------------------------------------------------------------------- principals
+@click.group()
+def principal() -> None:
+    """Register and list principals (agents, humans, queues, portals)."""
+
+
+@principal.command("add")
+@click.argument("name")
+@click.option(
+    "--kind",
+    type=click.Choice(KINDS),
+    required=True,
+    help="agent, human, queue (an on-call queue with a rotation) or portal (a vendor UI).",
+)
+@click.option("--vendor", default=None, help="Who ships this principal (for agents and portals).")
+@click.option(
+    "--wake",
+    default=None,
+    metavar="ROUTE",
+    help="The exact call that wakes it: an http(s):// URL, a /route, pagerduty:ROUTING_KEY "
+    "or slack:WEBHOOK_URL (docs/operations.md).",
+)
+@click.option("--admin", is_flag=True, help="May add principals (humans and queues only).")
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    metavar="QUEUE",
+    help="Humans: a queue whose rotation it is on (repeatable); members may turn its keys.",
+)
+@expires_option
+@store_option("Work offline on this store (e.g. sqlite:///writ.db) instead of through a server.")
+@api_options
+@json_option
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print only the token (export WRIT_TOKEN=$(...))."
+)
+def principal_add(
+    name: str,
+    kind: str,
+    vendor: str | None,
+    wake: str | None,
+    admin: bool,
+    queues: tuple[str, ...],
+    expires_in: str | None,
+    store: str | None,
+    url: str,
+    token: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Add principal NAME and print its token (shown only this once).
+
+    Through a server this needs an admin token; with --store it works on the store itself.
+    """
+    secs = parse_expires(expires_in)
+    if store:
+
+        async def add(engine: Any) -> dict[str, Any]:
+            p, tok = await engine.add_principal(
+                None, name, kind, vendor, wake, admin, queues=list(queues), expires_in_s=secs
+            )
+            return {**p.to_dict(), "token": tok}
+
+        out = _run_offline(store, add)
+    else:
+        with _client(url, token) as client:
+            out = client.add_principal(name, kind, vendor, wake, admin, list(queues), secs)
+    if quiet:
+        click.echo(out["token"])
+        return
+    if as_json:
+        _echo_json(out)
+    else:
+        click.echo(f"added {out.get('kind')} {out.get('name')}" + (" (admin)" if admin else ""))
+        click.echo(f"token: {out['token']}")
+    click.echo(
+        "This token is shown only once: store it now (e.g. export WRIT_TOKEN=...). "
+        "writ keeps only its hash.",
+        err=True,
+    )
+
+
+register(principal)
+
+
+@principal.command("list")
+@api_options
+@json_option
+def principal_list(url: str, token: str | None, as_json: bool) -> None:
+    """List principals (never their tokens)."""
+    with _client(url, token) as client:
+        body = client.principals()
+    if as_json:
+        _echo_json(body)
+        return
+    _table(
+        ["NAME", "KIND", "VENDOR", "WAKE", "ADMIN", "QUEUES", "STATE"],
+        drop=["WAKE", "VENDOR"],
+        rows=[
+            (
+                p.get("name"),
+                p.get("kind"),
+                p.get("vendor"),
+                p.get("wake"),
+                "yes" if p.get("admin") else "",
+                ", ".join(p.get("queues") or []),
+                "disabled"
+                if p.get("disabled")
+                else (f"expires {p['token_expires_at']}" if p.get("token_expires_at") else ""),
+            )
+            for p in _items(body, "principals")
+        ],
+    )

@@ -25,6 +25,7 @@ EXIT_NO_ANSWER = 3
 EXIT_LEASE_LOST = 75  # EX_TEMPFAIL: the work was cut short; acquire again and retry
 EXIT_NOT_FOUND = 127
 DEFAULT_STORE = "sqlite:///writ.db"
+DEFAULT_KEY = "writ-checkpoint.key"  # the audit checkpoint signing key
 
 EXIT_STATUS: dict[str, str] = {
     "0": "done",

@@ -58,12 +58,11 @@ main.epilog = "\b\nExit status:\n" + "\n".join(
 # is the one place commands are added, in the order they always were.
 from writ.cli.commands.audit import audit  # noqa: E402
 from writ.cli.commands.consent import change, consent  # noqa: E402
-from writ.cli.commands.evidence import register as _register_evidence  # noqa: E402
+from writ.cli.commands.evidence import demo_command, postmortem_command  # noqa: E402
 from writ.cli.commands.freeze import freeze, freezes, unfreeze  # noqa: E402
 from writ.cli.commands.lease import acquire, fence, release, renew, revoke, status, who  # noqa: E402
 from writ.cli.commands.lint import lint_command  # noqa: E402
-from writ.cli.commands.policy import policy  # noqa: E402
-from writ.cli.commands.policy import register as _register_authority  # noqa: E402
+from writ.cli.commands.policy import policy, wake_command  # noqa: E402
 from writ.cli.commands.principal import principal  # noqa: E402
 from writ.cli.commands.reach import gate_command, mcp_command  # noqa: E402
 from writ.cli.commands.rollback import rollback  # noqa: E402
@@ -95,8 +94,9 @@ main.add_command(migrate)
 main.add_command(lint_command)
 main.add_command(gate_command)
 main.add_command(mcp_command)
-_register_evidence(main)
-_register_authority(main)
+main.add_command(postmortem_command)
+main.add_command(demo_command)
+main.add_command(wake_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

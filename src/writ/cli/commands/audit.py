@@ -16,7 +16,14 @@ from writ.cli._helpers import (
     _echo_json,
     _run_offline,
 )
+from writ.cli.commands.evidence import (
+    checkpoint_command,
+    keygen_command,
+    verify_checkpoint_command,
+    verify_checkpoints,
+)
 from writ.cli.options import api_options, existing_store, json_option, store_option
+from writ.client import DEFAULT_URL
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,8 +39,31 @@ def audit() -> None:
 @store_option("Verify this store directly, offline (e.g. sqlite:///writ.db).")
 @api_options
 @json_option
-def audit_verify(store: str | None, url: str, token: str | None, as_json: bool) -> None:
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Also prove the ledger still extends this signed checkpoint (repeatable).",
+)
+@click.option(
+    "--pubkey",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="With --checkpoint: the public key you trust (PEM, from writ audit keygen).",
+)
+def audit_verify(
+    store: str | None,
+    url: str,
+    token: str | None,
+    as_json: bool,
+    checkpoints: tuple[str, ...] = (),
+    pubkey: str | None = None,
+) -> None:
     """Recompute the audit hash chain; name the first bad row and exit 1 if broken."""
+    if checkpoints:
+        verify_checkpoints(checkpoints, pubkey, store, url or DEFAULT_URL, token, as_json)
+        return
     if store:
 
         async def check(engine: Any) -> dict[str, Any]:
@@ -131,3 +161,8 @@ def _export_offline(
         return n
 
     return _run_offline(store_url, export)
+
+
+audit.add_command(keygen_command)
+audit.add_command(checkpoint_command)
+audit.add_command(verify_checkpoint_command)

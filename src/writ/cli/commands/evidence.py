@@ -1,15 +1,17 @@
 """The evidence commands: ``writ postmortem``, ``writ demo`` and signed checkpoints.
 
-``register(main)`` (called from :mod:`writ.cli`) adds:
+:mod:`writ.cli.group` adds the first two to ``writ``, :mod:`writ.cli.commands.audit` the
+checkpoint commands to ``writ audit``:
 
 * ``writ postmortem`` — the incident report from the ledger (:mod:`writ.postmortem`);
 * ``writ demo`` — 02:17 replayed without and with writ (:mod:`writ.demo`);
 * ``writ audit keygen`` / ``writ audit checkpoint`` — an Ed25519 key, and a signed checkpoint
   of the chain head (:mod:`writ.checkpoint`);
-* ``--checkpoint FILE`` and ``--pubkey FILE`` on ``writ audit verify``: the ledger must still
-  extend each checkpoint (also as ``writ audit verify-checkpoint FILE...``);
-* ``--checkpoint-every N --checkpoint-key FILE --checkpoint-dir DIR`` on ``writ serve``: the
-  server writes a signed checkpoint every N rows.
+* ``writ audit verify-checkpoint FILE...``: the ledger must still extend each checkpoint (the
+  same as ``--checkpoint FILE --pubkey FILE`` on ``writ audit verify``, declared in
+  :mod:`writ.cli.commands.audit`);
+* ``--checkpoint-every N`` on ``writ serve`` (declared in :mod:`writ.cli.commands.serve`, with
+  :func:`install_checkpointer`): the server writes a signed checkpoint every N rows.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from typing import Any, TypeVar
 
 import click
 
+from writ.cli._helpers import DEFAULT_KEY
+from writ.cli.commands.serve import install_checkpointer as install_checkpointer
 from writ.cli.options import api_options, existing_store, json_option, store_option
-from writ.client import DEFAULT_URL, AsyncClient, Client
+from writ.client import AsyncClient, Client
 from writ.core.errors import Invalid
 
 T = TypeVar("T")
-DEFAULT_KEY = "writ-checkpoint.key"
 FORMATS = ("md", "html", "json")
 
 
@@ -366,120 +369,3 @@ def verify_checkpoint_command(
     """Prove the ledger still extends each signed checkpoint FILE (exit 1 naming the row if
     not); the same as `writ audit verify --checkpoint FILE`."""
     verify_checkpoints(checkpoints, pubkey, store, url, token, as_json)
-
-
-# ----------------------------------------------------------------------------- wiring
-def _extend_verify(verify: click.Command) -> None:
-    """Add --checkpoint/--pubkey to the existing `writ audit verify` command."""
-    if any(p.name == "checkpoints" for p in verify.params):
-        return
-    verify.params.append(
-        click.Option(
-            ["--checkpoint", "checkpoints"],
-            multiple=True,
-            type=click.Path(dir_okay=False),
-            help="Also prove the ledger still extends this signed checkpoint (repeatable).",
-        )
-    )
-    verify.params.append(
-        click.Option(
-            ["--pubkey"],
-            default=None,
-            type=click.Path(dir_okay=False),
-            help="With --checkpoint: the public key you trust (PEM, from writ audit keygen).",
-        )
-    )
-    original = verify.callback
-    assert original is not None
-
-    def callback(
-        checkpoints: tuple[str, ...] = (), pubkey: str | None = None, **kwargs: Any
-    ) -> Any:
-        if not checkpoints:
-            return original(**kwargs)
-        return verify_checkpoints(
-            checkpoints,
-            pubkey,
-            kwargs.get("store"),
-            kwargs.get("url") or DEFAULT_URL,
-            kwargs.get("token"),
-            bool(kwargs.get("as_json")),
-        )
-
-    verify.callback = callback
-
-
-def _extend_serve(serve: click.Command) -> None:
-    """Add --checkpoint-every/--checkpoint-key/--checkpoint-dir to `writ serve`."""
-    if any(p.name == "checkpoint_every" for p in serve.params):
-        return
-    serve.params += [
-        click.Option(
-            ["--checkpoint-every"],
-            type=click.IntRange(min=1),
-            default=None,
-            metavar="N",
-            envvar="WRIT_CHECKPOINT_EVERY",
-            help="Write a signed audit checkpoint every N rows [env WRIT_CHECKPOINT_EVERY].",
-        ),
-        click.Option(
-            ["--checkpoint-key"],
-            default=DEFAULT_KEY,
-            show_default=True,
-            envvar="WRIT_CHECKPOINT_KEY",
-            type=click.Path(dir_okay=False),
-            help="Ed25519 key for the checkpoints [env WRIT_CHECKPOINT_KEY].",
-        ),
-        click.Option(
-            ["--checkpoint-dir"],
-            default="writ-checkpoints",
-            show_default=True,
-            envvar="WRIT_CHECKPOINT_DIR",
-            type=click.Path(file_okay=False),
-            help="Where the checkpoints go [env WRIT_CHECKPOINT_DIR].",
-        ),
-    ]
-    original = serve.callback
-    assert original is not None
-
-    def callback(
-        checkpoint_every: int | None = None,
-        checkpoint_key: str = DEFAULT_KEY,
-        checkpoint_dir: str = "writ-checkpoints",
-        **kwargs: Any,
-    ) -> Any:
-        if checkpoint_every:
-            install_checkpointer(checkpoint_key, checkpoint_dir, checkpoint_every)
-        return original(**kwargs)
-
-    serve.callback = callback
-
-
-def install_checkpointer(key_path: str, directory: str, every: int) -> None:
-    """Make every app built by :func:`writ.server.create_app` run a Checkpointer."""
-    from writ import server
-    from writ.checkpoint import Checkpointer, load_private_key
-
-    key = load_private_key(key_path)  # fail at start, not at the first checkpoint
-
-    def extend(app: Any, engine: Any, auth: Any) -> None:
-        app.state.checkpointer = Checkpointer(engine, key, directory, every)
-
-    server.EXTENSIONS.append(extend)
-
-
-def register(main: click.Group) -> None:
-    """Add the evidence commands to the `writ` group."""
-    main.add_command(postmortem_command)
-    main.add_command(demo_command)
-    audit = main.commands.get("audit")
-    if isinstance(audit, click.Group):
-        audit.add_command(keygen_command)
-        audit.add_command(checkpoint_command)
-        audit.add_command(verify_checkpoint_command)
-        verify = audit.commands.get("verify")
-        if verify is not None:
-            _extend_verify(verify)
-    serve = main.commands.get("serve")
-    if serve is not None:
-        _extend_serve(serve)

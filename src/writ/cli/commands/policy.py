@@ -15,7 +15,7 @@ from writ.client import Client
 from writ.core.models import KINDS, Principal
 from writ.core.policy import Policy
 
-__all__ = ["authority_lines", "register"]
+__all__ = ["authority_lines", "explain_command", "policy", "reload_command", "wake_command"]
 
 
 def _echo_json(obj: Any) -> None:
@@ -167,15 +167,6 @@ def wake_command(lease_id: str, reason: str, url: str, token: str | None, as_jso
         click.echo(f"writ is waking {out['holder']} (lease {out['lease_id']} on {out['resource']})")
 
 
-def register(main: click.Group) -> None:
-    """Add the authority commands to ``writ`` (and ``writ policy``)."""
-    policy = main.commands["policy"]
-    assert isinstance(policy, click.Group)
-    policy.add_command(explain_command)
-    policy.add_command(reload_command)
-    main.add_command(wake_command)
-
-
 @click.group()
 def policy() -> None:
     """Check policy files, explain what a principal may do, reload a server's policy."""
@@ -208,3 +199,7 @@ def policy_check(file: str, store: str | None, as_json: bool) -> None:
         )
     for line in authority_lines(pol, store):
         click.echo(line, err=line.startswith("warning:"))
+
+
+policy.add_command(explain_command)
+policy.add_command(reload_command)

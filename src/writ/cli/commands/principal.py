@@ -206,12 +206,6 @@ def queues(
     )
 
 
-def register(group: click.Group) -> None:
-    """Add the commands to ``writ principal``."""
-    for command in (rotate, disable, enable, queues):
-        group.add_command(command)
-
-
 # ----------------------------------------------------------------------------- principals
 @click.group()
 def principal() -> None:
@@ -295,7 +289,8 @@ def principal_add(
     )
 
 
-register(principal)
+for _command in (rotate, disable, enable, queues):
+    principal.add_command(_command)
 
 
 @principal.command("list")

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import click
 
 from writ.cli._helpers import (
+    DEFAULT_KEY,
     DEFAULT_STORE,
 )
 from writ.net.limits import from_options, limit_options
@@ -104,6 +105,30 @@ F = TypeVar("F", bound=Callable[..., Any])
     help="Server processes sharing the port (PostgreSQL stores only; docs/scaling.md) "
     "[env WRIT_WORKERS].",
 )
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    envvar="WRIT_CHECKPOINT_EVERY",
+    help="Write a signed audit checkpoint every N rows [env WRIT_CHECKPOINT_EVERY].",
+)
+@click.option(
+    "--checkpoint-key",
+    default=DEFAULT_KEY,
+    show_default=True,
+    envvar="WRIT_CHECKPOINT_KEY",
+    type=click.Path(dir_okay=False),
+    help="Ed25519 key for the checkpoints [env WRIT_CHECKPOINT_KEY].",
+)
+@click.option(
+    "--checkpoint-dir",
+    default="writ-checkpoints",
+    show_default=True,
+    envvar="WRIT_CHECKPOINT_DIR",
+    type=click.Path(file_okay=False),
+    help="Where the checkpoints go [env WRIT_CHECKPOINT_DIR].",
+)
 def serve(
     store: str,
     host: str,
@@ -116,6 +141,9 @@ def serve(
     metrics_token: str | None = None,
     check_only: bool = False,
     workers: int = 1,
+    checkpoint_every: int | None = None,
+    checkpoint_key: str = DEFAULT_KEY,
+    checkpoint_dir: str = "writ-checkpoints",
     **limits: Any,
 ) -> None:
     """Serve the writ protocol over HTTP until SIGTERM/SIGINT, then shut down gracefully.
@@ -124,6 +152,8 @@ def serve(
     admin) is created with that token. Every option can also be set by its WRIT_*
     environment variable (docs/operations.md has the table).
     """
+    if checkpoint_every:
+        install_checkpointer(checkpoint_key, checkpoint_dir, checkpoint_every)
     if check_only:
         from writ.lifecycle import check
 
@@ -136,12 +166,12 @@ def serve(
             raise SystemExit(1)
         click.echo(f"writ serve --check: ok ({store.split('://')[0]} store ready, {host}:{port})")
         return
-    from writ.server import run
+    from writ import server as api_serve  # looked up at call time (tests patch its `run`)
     from writ.workers import check_workers
 
     check_workers(store, workers)
     extra = {"workers": workers} if workers != 1 else {}
-    run(
+    api_serve.run(
         store,
         host,
         port,
@@ -154,3 +184,16 @@ def serve(
         limits=from_options(limits),
         **extra,
     )
+
+
+def install_checkpointer(key_path: str, directory: str, every: int) -> None:
+    """Make every app built by :func:`writ.server.create_app` run a Checkpointer."""
+    from writ import server
+    from writ.checkpoint import Checkpointer, load_private_key
+
+    key = load_private_key(key_path)  # fail at start, not at the first checkpoint
+
+    def extend(app: Any, engine: Any, auth: Any) -> None:
+        app.state.checkpointer = Checkpointer(engine, key, directory, every)
+
+    server.EXTENSIONS.append(extend)

@@ -17,7 +17,6 @@ from writ.core.errors import Held, Invalid, WritError
 from writ.core.textsafe import printable
 
 T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2

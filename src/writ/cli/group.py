@@ -21,6 +21,20 @@ from writ.cli._helpers import (
     Refused,
     _hint_context,
 )
+from writ.cli.commands.audit import audit
+from writ.cli.commands.consent import change, consent
+from writ.cli.commands.evidence import demo_command, postmortem_command
+from writ.cli.commands.freeze import freeze, freezes, unfreeze
+from writ.cli.commands.lease import acquire, fence, release, renew, revoke, status, who
+from writ.cli.commands.lint import lint_command
+from writ.cli.commands.policy import policy, wake_command
+from writ.cli.commands.principal import principal
+from writ.cli.commands.reach import gate_command, mcp_command
+from writ.cli.commands.rollback import rollback
+from writ.cli.commands.run import run
+from writ.cli.commands.serve import serve
+from writ.cli.commands.store import migrate
+from writ.cli.commands.watch import watch
 from writ.core.errors import WritError
 
 __all__ = ["CONTEXT", "EXIT_STATUS", "WritGroup", "main"]
@@ -56,21 +70,6 @@ main.epilog = "\b\nExit status:\n" + "\n".join(
 # ----------------------------------------------------------------------------- the commands
 # One module per command group (each imports its heavy dependencies lazily); the flat list below
 # is the one place commands are added, in the order they always were.
-from writ.cli.commands.audit import audit  # noqa: E402
-from writ.cli.commands.consent import change, consent  # noqa: E402
-from writ.cli.commands.evidence import demo_command, postmortem_command  # noqa: E402
-from writ.cli.commands.freeze import freeze, freezes, unfreeze  # noqa: E402
-from writ.cli.commands.lease import acquire, fence, release, renew, revoke, status, who  # noqa: E402
-from writ.cli.commands.lint import lint_command  # noqa: E402
-from writ.cli.commands.policy import policy, wake_command  # noqa: E402
-from writ.cli.commands.principal import principal  # noqa: E402
-from writ.cli.commands.reach import gate_command, mcp_command  # noqa: E402
-from writ.cli.commands.rollback import rollback  # noqa: E402
-from writ.cli.commands.run import run  # noqa: E402
-from writ.cli.commands.serve import serve  # noqa: E402
-from writ.cli.commands.store import migrate  # noqa: E402
-from writ.cli.commands.watch import watch  # noqa: E402
-
 main.add_command(serve)
 main.add_command(policy)
 main.add_command(principal)

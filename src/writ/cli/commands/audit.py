@@ -5,8 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Callable
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import click
 
@@ -24,9 +23,6 @@ from writ.cli.commands.evidence import (
 )
 from writ.cli.options import api_options, existing_store, json_option, store_option
 from writ.client import DEFAULT_URL
-
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 # ----------------------------------------------------------------------------- audit

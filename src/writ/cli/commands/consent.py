@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -18,9 +18,6 @@ from writ.cli._helpers import (
 )
 from writ.cli.options import api_options, json_option
 from writ.core.textsafe import printable
-
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 # ----------------------------------------------------------------------------- changes

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 import click
 
 from writ.cli._helpers import (
@@ -16,9 +13,6 @@ from writ.cli._helpers import (
 )
 from writ.cli.options import api_options, json_option
 from writ.core.textsafe import printable
-
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 # ----------------------------------------------------------------------------- freezes

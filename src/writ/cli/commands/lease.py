@@ -24,7 +24,6 @@ from writ.cli.wait import live_line
 from writ.core.errors import WritError
 from writ.core.textsafe import printable
 
-T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 

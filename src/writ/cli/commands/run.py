@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import click
 
@@ -27,9 +27,6 @@ from writ.cli.spawn import popen_tied
 from writ.cli.wait import live_line
 from writ.core.errors import LeaseLost
 from writ.core.textsafe import printable
-
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 # ----------------------------------------------------------------------------- writ run

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -12,9 +11,6 @@ from writ.cli._helpers import (
     DEFAULT_STORE,
 )
 from writ.net.limits import from_options, limit_options
-
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.command()

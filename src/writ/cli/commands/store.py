@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import click
 
@@ -14,9 +12,6 @@ from writ.cli._helpers import (
     _echo_json,
 )
 from writ.cli.options import json_option
-
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 # ----------------------------------------------------------------------------- migrate

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -13,9 +12,6 @@ from writ.cli._helpers import (
 )
 from writ.cli.options import api_options, json_option
 from writ.core.textsafe import printable
-
-T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 # ----------------------------------------------------------------------------- watch

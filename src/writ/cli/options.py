@@ -1,5 +1,5 @@
-"""Options and checks shared by the CLI's command modules (cli.py, cli_evidence.py,
-cli_reach.py)."""
+"""Options and checks shared by the CLI's command modules (the modules under
+writ.cli.commands)."""
 
 from __future__ import annotations
 

@@ -1,25 +1,21 @@
-"""The CLI of authority (registered on the ``writ`` group by cli.py): ``writ policy explain``,
+"""The CLI of authority (registered on the ``writ`` group by writ.cli.group): ``writ policy explain``,
 ``writ policy reload`` and ``writ wake``, thin shells over :mod:`writ.authority` and the
 client, plus the authority lines of ``writ policy check``."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import click
 
+from writ.cli._helpers import _echo_json
 from writ.cli.options import api_options, existing_store, json_option, store_option
 from writ.client import Client
 from writ.core.models import KINDS, Principal
 from writ.core.policy import Policy
 
 __all__ = ["authority_lines", "explain_command", "policy", "reload_command", "wake_command"]
-
-
-def _echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
 def _describe(d: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""The ``writ gate`` and ``writ mcp`` commands (registered on the ``writ`` group by cli.py).
+"""The ``writ gate`` and ``writ mcp`` commands (registered on the ``writ`` group by writ.cli.group).
 
 Thin click shells over :mod:`writ.gate` and :mod:`writ.mcp_server`, imported only when the
 command runs (the MCP server needs the ``mcp`` extra).

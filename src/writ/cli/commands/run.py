@@ -111,7 +111,7 @@ def run(
         if warning := (lease.data or {}).get("warning"):
             click.echo(printable(f"writ run: warning: {warning}"), err=True)
         try:
-            # dies with writ run, even SIGKILLed (Linux): see writ.spawn
+            # dies with writ run, even SIGKILLed (Linux): see writ.cli.spawn
             proc = popen_tied(command, env={**os.environ, **lease.env()})
         except OSError as exc:
             lease.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import click
 import pytest
 from click.testing import CliRunner
@@ -62,3 +65,20 @@ def test_checkpoint_options_come_last(path: tuple[str, ...], options: list[str])
     command = dict(COMMANDS)[path]
     names = [p.opts[0] for p in command.params if isinstance(p, click.Option)]
     assert names[-len(options) :] == options
+
+
+@pytest.mark.parametrize(
+    ("module", "usage"),
+    [
+        ("writ.cli", "Usage: python -m writ.cli "),
+        ("writ.cli_lint", "Usage: python -m writ.cli_lint "),
+    ],
+)
+def test_python_dash_m_still_runs(module: str, usage: str) -> None:
+    """``python -m writ.cli`` (the package's __main__) and the documented ``python -m writ.cli_lint``
+    (an alias of writ.cli.commands.lint) both run their command."""
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(usage)

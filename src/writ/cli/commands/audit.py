@@ -1,0 +1,164 @@
+"""``writ audit verify|export``: the hash-chained audit log."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import IO, Any
+
+import click
+
+from writ.cli._helpers import (
+    EXIT_REFUSED,
+    _client,
+    _echo_json,
+    _run_offline,
+)
+from writ.cli.commands.evidence import (
+    checkpoint_command,
+    keygen_command,
+    verify_checkpoint_command,
+    verify_checkpoints,
+)
+from writ.cli.options import api_options, existing_store, json_option, store_option
+from writ.client import DEFAULT_URL
+
+
+# ----------------------------------------------------------------------------- audit
+@click.group()
+def audit() -> None:
+    """Check and export the hash-chained audit log."""
+
+
+@audit.command("verify")
+@store_option("Verify this store directly, offline (e.g. sqlite:///writ.db).")
+@api_options
+@json_option
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Also prove the ledger still extends this signed checkpoint (repeatable).",
+)
+@click.option(
+    "--pubkey",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="With --checkpoint: the public key you trust (PEM, from writ audit keygen).",
+)
+def audit_verify(
+    store: str | None,
+    url: str,
+    token: str | None,
+    as_json: bool,
+    checkpoints: tuple[str, ...] = (),
+    pubkey: str | None = None,
+) -> None:
+    """Recompute the audit hash chain; name the first bad row and exit 1 if broken."""
+    if checkpoints:
+        verify_checkpoints(checkpoints, pubkey, store, url or DEFAULT_URL, token, as_json)
+        return
+    if store:
+
+        async def check(engine: Any) -> dict[str, Any]:
+            return dict((await engine.verify()).to_dict())
+
+        out = _run_offline(existing_store(store), check)
+    else:
+        with _client(url, token, timeout=600.0) as client:
+            out = client.verify()
+    if as_json:
+        _echo_json(out)
+    elif out.get("ok"):
+        click.echo(f"ok: {out.get('rows')} rows, head {out.get('head')}")
+    else:
+        reason = f": {out['reason']}" if out.get("reason") else ""
+        click.echo(
+            f"BROKEN at seq {out.get('first_bad_seq')}{reason} "
+            f"({out.get('rows')} rows verified before it)",
+            err=True,
+        )
+    if not out.get("ok"):
+        sys.exit(EXIT_REFUSED)
+
+
+@audit.command("export")
+@click.option("--after-seq", type=int, default=0, show_default=True, help="Start after this seq.")
+@click.option(
+    "--resource", default=None, metavar="PREFIX", help="Only rows on this resource or below it."
+)
+@click.option("--since", default=None, metavar="TIME", help="Only rows at or after this time.")
+@click.option("--until", default=None, metavar="TIME", help="Only rows at or before this time.")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write to FILE instead of stdout.",
+)
+@store_option("Export from this store directly, offline (e.g. sqlite:///writ.db).")
+@api_options
+def audit_export(
+    after_seq: int,
+    resource: str | None,
+    since: str | None,
+    until: str | None,
+    out_path: str | None,
+    store: str | None,
+    url: str,
+    token: str | None,
+) -> None:
+    """Export audit rows as JSON Lines, one row per line, in seq order."""
+    with (
+        open(out_path, "w", encoding="utf-8") if out_path else contextlib.nullcontext(sys.stdout)
+    ) as out:
+        if store:
+            n = _export_offline(existing_store(store), after_seq, resource, since, until, out)
+        else:
+            n = 0
+            with _client(url, token, timeout=60.0) as client:
+                for row in client.iter_audit(after_seq, resource, since, until, page=10_000):
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    n += 1
+    if out_path:
+        click.echo(f"exported {n} rows to {out_path}", err=True)
+
+
+def _export_offline(
+    store_url: str,
+    after_seq: int,
+    prefix: str | None,
+    since: str | None,
+    until: str | None,
+    out: IO[str],
+) -> int:
+    from writ.core.clock import parse_time, rfc3339
+    from writ.core.ledger import row_from
+    from writ.core.resources import under, validate
+
+    if prefix:
+        validate(prefix, "resource")
+    lo = rfc3339(parse_time(since)) if since else None
+    hi = rfc3339(parse_time(until)) if until else None
+
+    async def export(engine: Any) -> int:
+        n = 0
+        async for chunk in engine.store.audit_stream(after_seq):
+            for _seq, body, hash_ in chunk:
+                row = row_from(body, hash_)
+                if prefix and not under(str(row.get("resource") or ""), prefix):
+                    continue
+                if (lo and row["timestamp"] < lo) or (hi and row["timestamp"] > hi):
+                    continue
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+        return n
+
+    return _run_offline(store_url, export)
+
+
+audit.add_command(keygen_command)
+audit.add_command(checkpoint_command)
+audit.add_command(verify_checkpoint_command)

@@ -1,0 +1,263 @@
+"""The ``writ gate`` and ``writ mcp`` commands (registered on the ``writ`` group by writ.cli.group).
+
+Thin click shells over :mod:`writ.gate` and :mod:`writ.mcp_server`, imported only when the
+command runs (the MCP server needs the ``mcp`` extra).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+
+from writ.cli.options import log_level_option, url_option
+from writ.core.errors import WritError
+from writ.net.limits import GATE_LIMITS, from_options, limit_options
+
+__all__ = ["gate_command", "mcp_command"]
+
+
+_url_option = url_option("writ server URL (or WRIT_URL).")
+_allow_down = click.option(
+    "--allow-server-down",
+    is_flag=True,
+    help="Start even if writ cannot be reached (requests are refused until it answers); "
+    "by default the command exits 1 with the reason.",
+)
+
+
+def _preflight(url: str, token: str, what: str, allow_human: bool, allow_down: bool) -> None:
+    """Check the token and the server before listening (see writ.cli.preflight); exit 1 if wrong."""
+    from writ.cli.preflight import PreflightFailed, check_token
+
+    try:
+        line = check_token(url, token, what, allow_human=allow_human, allow_down=allow_down)
+    except PreflightFailed as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(line, err=True)
+
+
+def _header(value: str) -> tuple[str, str]:
+    name, sep, val = value.partition(":")
+    if not sep or not name.strip():
+        raise click.BadParameter(f"expected 'Name: value', not {value!r}")
+    return name.strip(), val.strip()
+
+
+@click.command("gate")
+@_url_option
+@click.option(
+    "--token",
+    envvar=["WRIT_GATE_TOKEN", "WRIT_TOKEN"],
+    required=True,
+    help="The gate's own writ token (or WRIT_GATE_TOKEN, then WRIT_TOKEN).",
+)
+@click.option(
+    "--upstream",
+    required=True,
+    metavar="URL",
+    help="Base URL of the API behind the gate, e.g. http://127.0.0.1:9000.",
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1:7412",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where the gate listens (port 0 picks a free one; the address is printed).",
+)
+@click.option(
+    "--routes",
+    "routes_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="TOML file of [[route]] path/methods/resource entries.",
+)
+@click.option(
+    "--upstream-header",
+    "upstream_headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="Header set on every forwarded request (the upstream's own credentials, so "
+    "that only the gate can write). Repeatable.",
+)
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the upstream (connect, and each read).",
+)
+@click.option(
+    "--writ-timeout",
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for writ's decision before refusing with 503.",
+)
+@click.option(
+    "--trust-forwarded-for",
+    "trust_forwarded_for",
+    multiple=True,
+    metavar="ADDRESS|CIDR",
+    help="Client addresses (or networks) whose own X-Forwarded-For is kept and extended; "
+    "repeatable. Default: none (the gate sets X-Forwarded-For from the connection alone).",
+)
+@click.option("--check", is_flag=True, help="Only load and print the routes, then exit.")
+@_allow_down
+@click.option(
+    "--allow-human-token",
+    is_flag=True,
+    help="Let the gate run with a human's, a queue's or an admin's token (refused by "
+    "default: the gate needs no special rights).",
+)
+@log_level_option
+@limit_options(GATE_LIMITS)
+def gate_command(
+    url: str,
+    token: str,
+    upstream: str,
+    listen: str,
+    routes_path: str,
+    upstream_headers: tuple[str, ...],
+    timeout: float,
+    writ_timeout: float,
+    trust_forwarded_for: tuple[str, ...],
+    check: bool,
+    allow_server_down: bool,
+    allow_human_token: bool,
+    log_level: str,
+    **limits: Any,
+) -> None:
+    """Reverse proxy that lets a mutating request through only with the current lease.
+
+    Reads and unmapped routes pass through. A write on a mapped route needs the caller's
+    writ token (Authorization: Bearer), Writ-Lease and Writ-Fencing-Token of a lease held
+    right now on the route's resource; otherwise 423 and the upstream never sees it.
+    The upstream receives Writ-Fencing-Token and Writ-Holder, never the writ token.
+    Every checked request is an audit row (gate.passed / gate.refused). If writ cannot
+    be reached, writes are refused with 503.
+    """
+    from writ.gate import Gate, describe, load_routes, parse_listen, serve
+
+    try:
+        routes = load_routes(routes_path)
+        parse_listen(listen)
+        if check:
+            click.echo(describe(routes))
+            return
+        gate = Gate(
+            url,
+            token,
+            upstream,
+            routes,
+            timeout=timeout,
+            writ_timeout=writ_timeout,
+            upstream_headers=dict(_header(h) for h in upstream_headers),
+            trust_forwarded_for=trust_forwarded_for,
+        )
+    except WritError as exc:
+        raise click.UsageError(exc.message) from exc
+    _preflight(url, token, "writ gate", allow_human_token, allow_server_down)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    try:
+        serve(gate, listen, log_level=log_level, limits=from_options(limits, GATE_LIMITS))
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from exc
+
+
+@click.command("mcp")
+@click.option(
+    "--transport",
+    type=click.Choice(["stdio", "http"]),
+    default="stdio",
+    show_default=True,
+    help="stdio (the MCP client starts this command) or streamable HTTP.",
+)
+@_url_option
+@click.option(
+    "--token",
+    envvar="WRIT_TOKEN",
+    required=True,
+    help="The agent's writ token (or WRIT_TOKEN): every tool acts as this principal.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP: address to bind.")
+@click.option(
+    "--port",
+    default=7413,
+    show_default=True,
+    help="HTTP: port (0 picks a free one; the address is printed).",
+)
+@click.option("--path", default="/mcp", show_default=True, help="HTTP: endpoint path.")
+@click.option(
+    "--http-token",
+    envvar="WRIT_MCP_HTTP_TOKEN",
+    default=None,
+    help="HTTP: require 'Authorization: Bearer <this>' from MCP clients (or WRIT_MCP_HTTP_TOKEN).",
+)
+@click.option(
+    "--allow-human-token",
+    is_flag=True,
+    help="Let the tools act with a human's, a queue's or an admin's token (refused by "
+    "default: a model must not answer consents with human authority).",
+)
+@_allow_down
+@log_level_option
+@limit_options()
+def mcp_command(
+    transport: str,
+    url: str,
+    token: str,
+    host: str,
+    port: int,
+    path: str,
+    http_token: str | None,
+    allow_human_token: bool,
+    allow_server_down: bool,
+    log_level: str,
+    **limits: Any,
+) -> None:
+    """MCP server exposing writ as tools, for any MCP-speaking agent.
+
+    Tools: acquire_write_authority, renew_lease, release_lease, who_holds, resource_status,
+    record_change, ask_consent, answer_consent, request_rollback, watch_events and more;
+    resources writ://resources/{path}. One process acts for one principal (its token,
+    which must be an agent's unless --allow-human-token); no tool approves rollbacks or acts
+    as anyone else.
+    """
+    try:
+        import anyio
+
+        from writ.client import AsyncClient
+        from writ.mcp_server import serve
+    except ImportError as exc:  # pragma: no cover - needs the extra
+        raise click.ClickException(
+            f"writ mcp needs the MCP SDK: pip install 'writ[mcp]' ({exc})"
+        ) from exc
+    _preflight(url, token, "writ mcp", allow_human_token, allow_server_down)
+    client = AsyncClient(url, token)
+    try:
+        anyio.run(
+            lambda: serve(
+                client,
+                transport,  # type: ignore[arg-type]
+                host,
+                port,
+                path,
+                http_token,
+                log_level,
+                allow_human_token,
+                from_options(limits),
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    commands = {"gate": gate_command, "mcp": mcp_command}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit("usage: python -m writ.cli.commands.reach gate|mcp [OPTIONS]")
+    commands[sys.argv.pop(1)]()

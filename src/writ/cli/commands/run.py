@@ -1,0 +1,186 @@
+"""``writ run``: hold a lease while a child command runs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from writ.cli._helpers import (
+    EXIT_LEASE_LOST,
+    EXIT_NOT_FOUND,
+    Failed,
+    _before_wait,
+    _client,
+    _csv,
+)
+from writ.cli.commands.lease import _rollback_plan, lease_request_options
+from writ.cli.options import api_options
+from writ.cli.spawn import popen_tied
+from writ.cli.wait import live_line
+from writ.core.errors import LeaseLost
+from writ.core.textsafe import printable
+
+
+# ----------------------------------------------------------------------------- writ run
+@click.command()
+@click.argument("resource")
+@lease_request_options
+@click.option(
+    "--ttl",
+    type=float,
+    default=30,
+    show_default=True,
+    help="Lease ttl in seconds; renewed every ttl/3 while CMD runs.",
+)
+@click.option(
+    "--wait",
+    type=float,
+    default=30,
+    show_default=True,
+    help="Seconds to wait in the queue for the lease.",
+)
+@click.option(
+    "--grace",
+    type=float,
+    default=10,
+    show_default=True,
+    help="Seconds between SIGTERM and SIGKILL when the lease is lost.",
+)
+@click.option(
+    "--renew-every",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Renewal interval (default ttl/3).",
+)
+@api_options
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    resource: str,
+    intent: str,
+    touches: str | None,
+    consent_id: str | None,
+    rollback_path: str | None,
+    key_holder: str | None,
+    override_queue: str | None,
+    denominator: str | None,
+    ttl: float,
+    wait: float,
+    grace: float,
+    renew_every: float | None,
+    url: str,
+    token: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Hold a lease on RESOURCE while COMMAND runs; stop COMMAND if the lease is lost.
+
+    \b
+        writ run prod/db --intent "resize" --ttl 30 -- examples/resize.sh 8
+
+    COMMAND gets WRIT_LEASE_ID, WRIT_LOCK_KEY and WRIT_FENCING_TOKEN in its environment.
+    The lease is renewed every ttl/3 and released when COMMAND exits. If the lease is lost
+    (revoked, expired, or not renewable before its expiry) COMMAND gets SIGTERM, then
+    SIGKILL after --grace seconds, and writ run exits 75. Otherwise it exits with COMMAND's
+    status (128+N if a signal N killed it); 1 if the lease was refused, 127 if COMMAND
+    cannot be started. SIGTERM and SIGHUP sent to writ run are passed on to COMMAND.
+    """
+    plan = _rollback_plan(rollback_path, key_holder, override_queue, denominator)
+    wake = threading.Event()
+    with _client(url, token) as client:
+        me = _before_wait(client, url, token, resource, wait)
+        with live_line(url, token, resource, wait, me):
+            lease = client.lease(
+                resource,
+                intent,
+                ttl_s=ttl,
+                wait_s=wait,
+                touches=_csv(touches),
+                rollback=plan,
+                consent_id=consent_id,
+                renew_every=renew_every,
+                on_lost=lambda _e: wake.set(),
+            ).acquire()
+        if warning := (lease.data or {}).get("warning"):
+            click.echo(printable(f"writ run: warning: {warning}"), err=True)
+        try:
+            # dies with writ run, even SIGKILLed (Linux): see writ.cli.spawn
+            proc = popen_tied(command, env={**os.environ, **lease.env()})
+        except OSError as exc:
+            lease.close()
+            raise Failed(
+                f"cannot run {command[0]!r}: {exc.strerror or exc}", EXIT_NOT_FOUND
+            ) from exc
+
+        def reap() -> None:
+            proc.wait()
+            wake.set()
+
+        threading.Thread(target=reap, name="writ-run-reap", daemon=True).start()
+        with _forward_signals(proc):
+            while proc.poll() is None and not lease.lost.is_set():
+                wake.wait()
+                wake.clear()
+            if lease.lost.is_set():
+                _stop_child(proc, lease.error, grace)
+        rc = proc.wait()
+        if lease.lost.is_set():
+            with contextlib.suppress(LeaseLost):
+                lease.close()  # stops renewing; nothing to release
+            sys.exit(EXIT_LEASE_LOST)
+        try:
+            lease.close()
+        except LeaseLost as exc:
+            raise Failed(
+                f"lease lost while {command[0]!r} ran: {exc.message}", EXIT_LEASE_LOST
+            ) from exc
+    sys.exit(rc if rc >= 0 else 128 - rc)
+
+
+def _stop_child(proc: subprocess.Popen[bytes], error: LeaseLost | None, grace: float) -> None:
+    why = error.message if error else "lease lost"
+    if proc.poll() is not None:
+        click.echo(f"writ run: {why} (the command had already exited)", err=True)
+        return
+    click.echo(f"writ run: {why}; sending SIGTERM to pid {proc.pid}", err=True)
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        click.echo(f"writ run: pid {proc.pid} still running after {grace:g}s; SIGKILL", err=True)
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def _forward_signals(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Pass SIGTERM and SIGHUP on to the child; Ctrl-C reaches it from the terminal, so
+    writ run itself ignores SIGINT and waits for the child to finish."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum: int, frame: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    saved = {
+        sig: signal.signal(sig, handler)
+        for sig, handler in (
+            (signal.SIGTERM, forward),
+            (signal.SIGHUP, forward),
+            (signal.SIGINT, signal.SIG_IGN),
+        )
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,195 @@
+"""``writ serve``: run the HTTP server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from writ.cli._helpers import (
+    DEFAULT_KEY,
+    DEFAULT_STORE,
+)
+from writ.net.limits import from_options, limit_options
+
+
+@click.command()
+@click.option(
+    "--store",
+    envvar="WRIT_STORE",
+    default=DEFAULT_STORE,
+    show_default=True,
+    help="Store URL: sqlite:///path/writ.db or postgresql://user@host:port/db [env WRIT_STORE].",
+)
+@click.option(
+    "--host",
+    envvar="WRIT_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on [env WRIT_HOST].",
+)
+@click.option(
+    "--port",
+    envvar="WRIT_PORT",
+    type=int,
+    default=7411,
+    show_default=True,
+    help="Port to listen on [env WRIT_PORT].",
+)
+@click.option(
+    "--policy",
+    envvar="WRIT_POLICY",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Policy file (TOML): blast-radius groups and per-prefix rules [env WRIT_POLICY].",
+)
+@click.option(
+    "--log-level",
+    envvar="WRIT_LOG_LEVEL",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="info",
+    show_default=True,
+    help="Server log level; info logs one line per request and per decision [env WRIT_LOG_LEVEL].",
+)
+@limit_options(env_prefix="WRIT_")
+@click.option(
+    "--log-format",
+    envvar="WRIT_LOG_FORMAT",
+    type=click.Choice(["console", "json"]),
+    default="console",
+    show_default=True,
+    help="Log lines for a terminal, or one JSON object per line [env WRIT_LOG_FORMAT].",
+)
+@click.option(
+    "--shutdown-timeout",
+    envvar="WRIT_SHUTDOWN_TIMEOUT",
+    type=click.IntRange(1, 3600),
+    default=10,
+    show_default=True,
+    metavar="SECONDS",
+    help="On SIGTERM: answer waiters 503, finish in-flight requests within this bound "
+    "[env WRIT_SHUTDOWN_TIMEOUT].",
+)
+@click.option(
+    "--metrics/--no-metrics",
+    envvar="WRIT_METRICS",
+    default=True,
+    show_default=True,
+    help="Measure and serve Prometheus metrics at /metrics [env WRIT_METRICS].",
+)
+@click.option(
+    "--metrics-token",
+    envvar="WRIT_METRICS_TOKEN",
+    default=None,
+    metavar="TOKEN",
+    help="Require 'Authorization: Bearer TOKEN' on /metrics [env WRIT_METRICS_TOKEN].",
+)
+@click.option(
+    "--check",
+    "check_only",
+    envvar="WRIT_CHECK",
+    is_flag=True,
+    help="Validate the whole configuration (policy, store, address, logs, tracing) and "
+    "exit: 0, or 1 with the reasons [env WRIT_CHECK].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    envvar="WRIT_WORKERS",
+    help="Server processes sharing the port (PostgreSQL stores only; docs/scaling.md) "
+    "[env WRIT_WORKERS].",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    envvar="WRIT_CHECKPOINT_EVERY",
+    help="Write a signed audit checkpoint every N rows [env WRIT_CHECKPOINT_EVERY].",
+)
+@click.option(
+    "--checkpoint-key",
+    default=DEFAULT_KEY,
+    show_default=True,
+    envvar="WRIT_CHECKPOINT_KEY",
+    type=click.Path(dir_okay=False),
+    help="Ed25519 key for the checkpoints [env WRIT_CHECKPOINT_KEY].",
+)
+@click.option(
+    "--checkpoint-dir",
+    default="writ-checkpoints",
+    show_default=True,
+    envvar="WRIT_CHECKPOINT_DIR",
+    type=click.Path(file_okay=False),
+    help="Where the checkpoints go [env WRIT_CHECKPOINT_DIR].",
+)
+def serve(
+    store: str,
+    host: str,
+    port: int,
+    policy: str | None,
+    log_level: str,
+    log_format: str = "console",
+    shutdown_timeout: int = 10,
+    metrics: bool = True,
+    metrics_token: str | None = None,
+    check_only: bool = False,
+    workers: int = 1,
+    checkpoint_every: int | None = None,
+    checkpoint_key: str = DEFAULT_KEY,
+    checkpoint_dir: str = "writ-checkpoints",
+    **limits: Any,
+) -> None:
+    """Serve the writ protocol over HTTP until SIGTERM/SIGINT, then shut down gracefully.
+
+    If WRIT_ADMIN_TOKEN is set when the store is first opened, a principal `admin` (a human
+    admin) is created with that token. Every option can also be set by its WRIT_*
+    environment variable (docs/operations.md has the table).
+    """
+    if checkpoint_every:
+        install_checkpointer(checkpoint_key, checkpoint_dir, checkpoint_every)
+    if check_only:
+        from writ.lifecycle import check
+
+        problems = check(
+            store, host, port, policy, log_level, log_format, shutdown_timeout, metrics_token
+        )
+        for p in problems:
+            click.echo(f"writ serve --check: {p}", err=True)
+        if problems:
+            raise SystemExit(1)
+        click.echo(f"writ serve --check: ok ({store.split('://')[0]} store ready, {host}:{port})")
+        return
+    from writ import server as api_serve  # looked up at call time (tests patch its `run`)
+    from writ.workers import check_workers
+
+    check_workers(store, workers)
+    extra = {"workers": workers} if workers != 1 else {}
+    api_serve.run(
+        store,
+        host,
+        port,
+        policy,
+        log_level=log_level,
+        log_format=log_format,
+        shutdown_timeout=shutdown_timeout,
+        metrics=metrics,
+        metrics_token=metrics_token,
+        limits=from_options(limits),
+        **extra,
+    )
+
+
+def install_checkpointer(key_path: str, directory: str, every: int) -> None:
+    """Make every app built by :func:`writ.server.create_app` run a Checkpointer."""
+    from writ import server
+    from writ.checkpoint import Checkpointer, load_private_key
+
+    key = load_private_key(key_path)  # fail at start, not at the first checkpoint
+
+    def extend(app: Any, engine: Any, auth: Any) -> None:
+        app.state.checkpointer = Checkpointer(engine, key, directory, every)
+
+    server.EXTENSIONS.append(extend)

@@ -1,0 +1,113 @@
+"""CLI tables and lines that fit the terminal: names never cut, free text wrapped at words.
+
+The console's width comes from rich (the terminal, or ``COLUMNS``; 80 when neither says). A
+table first takes the width it needs. When its columns cannot all fit, the least important ones
+(``drop``, in order) are left out and a line after the table says which — ``--json`` always has
+every field. Name-like columns (resources, principals, ids, times) are never wrapped; the free-text
+ones (``wrap``: intents, reasons) wrap between words. When even the remaining columns cannot fit
+(names longer than the terminal is wide), each row is printed as a block of ``column  value``
+lines instead, wrapped between words. All text passes through
+:func:`writ.core.textsafe.printable`, and cells are plain text, never rich markup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from writ.core.textsafe import printable
+
+__all__ = ["console", "print_line", "print_table"]
+
+GAP = 2  # rich's padding between two columns (box=None, pad_edge=False)
+MIN_WRAP = 12  # a wrapped column is never squeezed below this many cells
+
+
+def console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _words(text: str) -> int:
+    from rich.cells import cell_len
+
+    return max((cell_len(w) for w in text.split()), default=0)
+
+
+def print_table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    wrap: Sequence[str] = (),
+    drop: Sequence[str] = (),
+    out: Any = None,
+) -> list[str]:
+    """Print ``rows`` under ``columns`` to fit the console; return the columns left out."""
+    from rich.cells import cell_len
+    from rich.table import Table
+    from rich.text import Text
+
+    con = out or console()
+    cells = [["-" if v is None or v == "" else printable(v) for v in row] for row in rows]
+    keep = list(range(len(columns)))
+
+    def need(i: int) -> int:
+        head = cell_len(columns[i])
+        if columns[i] in wrap:
+            longest = max((_words(r[i]) for r in cells), default=0)
+            return max(head, min(max(longest, MIN_WRAP), 30))
+        return max([head] + [cell_len(r[i]) for r in cells])
+
+    dropped: list[str] = []
+    for name in drop:
+        if sum(need(i) for i in keep) + GAP * (len(keep) - 1) <= con.width:
+            break
+        if name in columns:
+            keep.remove(columns.index(name))
+            dropped.append(name)
+    if sum(need(i) for i in keep) + GAP * (len(keep) - 1) > con.width:
+        _records(con, columns, cells)  # names too long for any table: one block per row
+        return []
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for i in keep:
+        if columns[i] in wrap:
+            table.add_column(columns[i], overflow="fold")
+        else:
+            table.add_column(columns[i], no_wrap=True, overflow="fold")
+    for r in cells:
+        table.add_row(*(Text(r[i]) for i in keep))
+    con.print(table)
+    if dropped:
+        con.print(
+            Text(
+                f"(not shown at {con.width} columns: {', '.join(dropped)}; a wider terminal or "
+                "--json shows them)",
+                style="dim",
+            )
+        )
+    return dropped
+
+
+def _records(con: Any, columns: Sequence[str], cells: list[list[str]]) -> None:
+    """Each row as a block: its first cell, then ``COLUMN  value`` lines, wrapped at words."""
+    from rich.table import Table
+    from rich.text import Text
+
+    for n, r in enumerate(cells):
+        if n:
+            con.print()
+        con.print(Text(r[0], style="bold"), overflow="fold")
+        block = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1, 0, 2))
+        block.add_column(no_wrap=True, style="dim")
+        block.add_column(overflow="fold")
+        for name, value in zip(columns[1:], r[1:], strict=True):
+            block.add_row(name.lower(), Text(value))
+        con.print(block)
+
+
+def print_line(text: str, out: Any = None) -> None:
+    """One line of prose, escaped, wrapped between words at the console's width."""
+    from rich.text import Text
+
+    (out or console()).print(Text(printable(text)), overflow="fold")

@@ -28,7 +28,7 @@ async def principal(request: Request) -> Principal:
 Me = Annotated[Principal, Depends(principal)]
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     """The engine of the app serving ``request`` (set by :class:`writ.api.fast.WritApp`)."""
     engine: Engine = request.app.state.engine
     return engine

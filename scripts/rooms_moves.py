@@ -79,13 +79,16 @@ MOVES: list[Row] = [
     # ---------------------------------------------------------------- WP2: api/
     ("2", "writ.server", "writ.api.middleware", ("MAX_BODY", "MAX_HEADERS", "_INTERNAL_ERROR")),
     ("2", "writ.server", "writ.api.serve", ("run",)),
-    ("2", "writ.server", "writ.api.app", None),  # create_app, EXTENSIONS, WritApp
+    ("2", "writ.server", "writ.api.fast", ("WritApp",)),
+    ("2", "writ.server", "writ.api.deps", ("principal", "Me")),
+    ("2", "writ.server", "writ.api.app", None),  # create_app, EXTENSIONS
     ("2", "writ.authority_api", "writ.api.routers.authority", None),
     ("2", "writ.principal_routes", "writ.api.routers.principals", None),
     ("2", "writ.ops", "writ.api.ops", None),
     ("2", "writ.lifecycle", "writ.api.lifecycle", None),
     ("2", "writ.audit_pages", "writ.api.streaming", None),  # trust-defense's paged audit reads
     ("2", "writ.url_text", "writ.api.url_text", None),
+    ("2", "writ.workers", "writ.api.workers", None),  # scaleout's worker processes
     # ---------------------------------------------------------------- WP3: cli/
     # writ.cli becomes a package re-exporting main and the EXIT_* codes.
     ("3", "writ.cli", "writ.cli.commands.watch", ("_row_line",)),

@@ -1,47 +1,6 @@
-"""The HTTP routes of authority (PROTOCOL.md v1.1): ``GET /v1/authority``,
-``POST /v1/policy/reload`` and ``POST /v1/leases/{id}/wake``, over :mod:`writ.authority`.
+"""Moved to writ.api.routers.authority (temporary alias for the rooms renovation; removed in WP6)."""
 
-No ``from __future__ import annotations`` here: FastAPI reads these signatures at runtime,
-and the dependency they name is a local of :func:`register`.
-"""
+import importlib
+import sys
 
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
-
-from fastapi import Depends, FastAPI, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
-
-from writ.core.models import Principal
-from writ.engine import Engine
-
-
-class WakeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: str = Field(examples=["p99 over the alert for 10 minutes; are you still on it?"])
-
-
-def register(app: FastAPI, engine: Engine, auth: Callable[[Request], Awaitable[Principal]]) -> None:
-    """Add the authority routes to ``app`` (called by :func:`writ.server.create_app`)."""
-    Me = Annotated[Principal, Depends(auth)]
-
-    @app.get("/v1/authority", tags=["authority"])
-    async def authority(
-        me: Me,
-        principal: Annotated[str, Query(min_length=1, max_length=64)],
-        resource: Annotated[str, Query(min_length=1, max_length=256)],
-    ) -> dict[str, Any]:
-        """What PRINCIPAL may do on RESOURCE, and which line of which file says so (agents
-        and portals may ask only about themselves)."""
-        return await engine.authority.explain(me, principal, resource)
-
-    @app.post("/v1/policy/reload", tags=["meta"])
-    async def reload_policy(me: Me) -> dict[str, Any]:
-        """Read the policy file again (admin): new grants apply to new requests; held leases
-        keep their term."""
-        return await engine.authority.reload(me)
-
-    @app.post("/v1/leases/{lease_id}/wake", status_code=202, tags=["leases"])
-    async def wake(me: Me, lease_id: str, body: WakeIn) -> dict[str, Any]:
-        """Ask writ to wake the holder of LEASE_ID (anyone who may observe its resource);
-        at most one call per 30 s per lease, later ones answer with ``already_woken_at``."""
-        return await engine.authority.wake(me, lease_id, body.reason)
+sys.modules[__name__] = importlib.import_module("writ.api.routers.authority")

@@ -1,0 +1,117 @@
+"""The HTTP protocol (PROTOCOL.md) over the engine: FastAPI routes, auth, errors.
+
+Thin by design: each route authenticates, hands its validated body to one engine call and
+returns the engine's answer. Errors are mapped in one place: every :class:`WritError` is
+answered with its own status and ``{"error": {"code", "message", ...}}``; malformed JSON,
+wrong types, unknown routes and oversized bodies get the same shape. Never a 500 for bad
+input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.routing import APIRoute
+
+from writ._version import __version__
+from writ.api.deps import principal
+from writ.api.errors import install_error_handlers
+from writ.api.fast import WritApp
+from writ.api.openapi import install_openapi
+from writ.api.ops import OpsFront
+from writ.api.routers import (
+    audit,
+    authority,
+    consent,
+    freezes,
+    gate,
+    leases,
+    meta,
+    principals,
+    rollbacks,
+)
+from writ.core.models import Principal
+from writ.engine import Engine
+from writ.telemetry.metrics import Metrics
+
+# Route modules of later features register here: extend(app, engine, auth_dependency).
+EXTENSIONS: list[Callable[[FastAPI, Engine, Callable[[Request], Awaitable[Principal]]], None]] = []
+
+# The routers in the order their routes were written: it decides matching and the order of
+# openapi.json's paths. /v1/health comes first, /v1/policy after the gate route.
+ROUTERS = (
+    meta.health_router,
+    principals.router,
+    leases.router,
+    audit.router,
+    consent.router,
+    rollbacks.router,
+    freezes.router,
+    gate.router,
+    meta.policy_router,
+    authority.router,
+)
+
+
+def add_routes(app: FastAPI, router: APIRouter) -> None:
+    """Add ``router``'s routes to ``app`` as routes of the app itself, in order, as if each had
+    been declared with ``@app.get(...)``/``@app.post(...)``. (``include_router`` would add one
+    lazily resolved entry per router to ``app.routes`` instead of the routes themselves.) The
+    routers set only methods, status codes and tags; the rest comes from each endpoint."""
+    for route in router.routes:
+        if not isinstance(route, APIRoute):  # pragma: no cover - the routers hold only these
+            raise TypeError(f"not an API route: {route!r}")
+        app.router.add_api_route(
+            route.path,
+            route.endpoint,
+            methods=sorted(route.methods or ()),
+            status_code=route.status_code,
+            tags=route.tags,
+        )
+
+
+def create_app(
+    engine: Engine,
+    start_engine: bool = True,
+    metrics: bool = True,
+    metrics_token: str | None = None,
+) -> FastAPI:
+    """The ASGI app. Starts and stops ``engine`` with the app's lifespan. ``/livez``,
+    ``/readyz`` and ``/metrics`` (:mod:`writ.api.ops`) sit in front of it; ``metrics=False``
+    measures nothing (``/metrics`` is then 404), ``metrics_token`` guards ``/metrics``."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if start_engine:
+            await engine.start()
+        try:
+            yield
+        finally:
+            if start_engine:
+                if app.draining.is_set():  # a graceful shutdown: let outbound calls land
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(engine.caller.drain()), 5)
+                await engine.stop()
+
+    app = WritApp(
+        engine,
+        title="writ",
+        version=__version__,
+        summary="Vendor-neutral write authority for autonomous agents (protocol v1).",
+        lifespan=lifespan,
+    )
+    app.front = OpsFront(
+        app.front, engine, Metrics.for_engine(engine) if metrics else None, metrics_token
+    )
+
+    install_error_handlers(app)
+    for router in ROUTERS:
+        add_routes(app, router)
+    for extend in EXTENSIONS:
+        extend(app, engine, principal)
+    install_openapi(app)
+    return app

@@ -1,0 +1,163 @@
+"""The lean path of the two hot lease routes (:class:`FastLeases`) and the app class that puts
+it, and the body limits, in front of FastAPI (:class:`WritApp`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from writ.api.middleware import (
+    _INTERNAL_ERROR,
+    LimitBody,
+    _replay,
+    _send_json,
+    _unless_hung_up,
+)
+from writ.api.url_text import TextURL
+from writ.core.errors import WritError
+from writ.engine import Engine
+
+log = logging.getLogger("writ.server")
+
+# the lean path's JSON, written as FastAPI's JSONResponse writes it (UTF-8, no spaces);
+# built once: json.dumps builds an encoder per call
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+class FastLeases:
+    """The two hot routes — ``POST /v1/leases`` and ``POST /v1/leases/{id}/release`` —
+    without FastAPI: same engine calls, same bodies, same error shape. Every other request,
+    and anything unusual on these (bad JSON, unknown or rare fields, a missing or odd token),
+    goes on untouched to ``app`` (FastAPI's full stack), which answers it exactly as before.
+    This is the one place that decides what the lean path takes."""
+
+    ACQUIRE_KEYS = frozenset({"resource", "intent", "ttl_s", "wait_s", "touches"})
+
+    def __init__(self, app: ASGIApp, engine: Engine, draining: asyncio.Event | None = None) -> None:
+        self.app = app
+        self.engine = engine
+        self.draining = draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not path.startswith("/v1/leases")
+        ):
+            await self.app(scope, receive, send)
+            return
+        lease_id = None
+        if path != "/v1/leases":
+            parts = path.split("/")
+            if len(parts) != 5 or parts[4] != "release" or not parts[3]:
+                await self.app(scope, receive, send)
+                return
+            lease_id = parts[3]
+        chunks = []
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return  # the client went away before sending its body
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+        body = b"".join(chunks)
+        auth = ""
+        ctype = b""
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                auth = v.decode("latin-1")
+            elif k == b"content-type":
+                ctype = v
+        req: Any = None
+        retry: int | None = None
+        if lease_id is None and _is_json(ctype):  # FastAPI refuses any other body type
+            try:
+                req = json.loads(body)
+            except (ValueError, RecursionError):  # FastAPI answers these below
+                req = None
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not (
+            token
+            and (
+                (lease_id is not None and not body)
+                or (
+                    type(req) is dict
+                    and req.keys() <= self.ACQUIRE_KEYS
+                    # numbers as numbers (not booleans, not strings): FastAPI's strict 422
+                    and type(req.get("ttl_s", 30)) in (int, float)
+                    and type(req.get("wait_s", 0)) in (int, float)
+                )
+            )
+        ):
+            whole: Message = {"type": "http.request", "body": body, "more_body": False}
+            await self.app(scope, _replay([whole], receive), send)
+            return
+        try:
+            me = await self.engine.authenticate(token)
+            scope["writ.principal"] = me.name  # for the access log (writ.api.ops)
+            if lease_id is not None:
+                out, status = await self.engine.release(me, lease_id), 200
+            else:
+                # its fields are checked by the engine (validate_request) as FastAPI's are
+                # by _Body: text only, nested at most 32 levels; the path by TextURL
+                scope["writ.lease"] = req
+                work = self.engine.acquire(
+                    me,
+                    resource=req.get("resource"),
+                    intent=req.get("intent"),
+                    ttl_s=req.get("ttl_s", 30),
+                    wait_s=req.get("wait_s", 0),
+                    touches=req.get("touches"),
+                    consent_id=None,
+                    rollback=None,
+                )
+                if req.get("wait_s"):
+                    out = await _unless_hung_up(receive, work, self.draining)
+                else:
+                    out = await work
+                scope["writ.lease"] = out
+                status = 201
+        except WritError as err:
+            out, status, retry = err.to_body(), err.status, err.retry_after()
+        except Exception:  # the same answer as the app's catch-all handler
+            log.exception("unhandled error on POST %s", path)
+            out, status = _INTERNAL_ERROR, 500
+        await _send_json(send, status, _COMPACT.encode(out).encode(), retry)
+
+
+def _is_json(content_type: bytes) -> bool:
+    """Whether FastAPI reads a body of this ``Content-Type`` as JSON: ``application/json``
+    or ``application/*+json``, parameters allowed (anything else, or none, is 422 there)."""
+    if content_type == b"application/json":
+        return True
+    kind = content_type.split(b";", 1)[0].strip().lower()
+    return kind == b"application/json" or (
+        kind.startswith(b"application/") and kind.endswith(b"+json")
+    )
+
+
+class WritApp(FastAPI):
+    """The FastAPI app, entered through :class:`LimitBody` and then :class:`FastLeases`
+    (the lean path of the hot lease routes), both in front of FastAPI's own middleware stack
+    (error, telemetry and body-limit wrappers: ~5% of the server's CPU on the hot path).
+    Whatever the lean path does not take goes on to :meth:`full_stack`, FastAPI as it is."""
+
+    def __init__(self, engine: Engine, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.state.engine = engine
+        # set when the server begins a graceful shutdown: waiting requests answer 503
+        self.draining = asyncio.Event()
+        self.front: ASGIApp = LimitBody(TextURL(FastLeases(self.full_stack, engine, self.draining)))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.front(scope, receive, send)
+
+    async def full_stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)

@@ -1,0 +1,135 @@
+"""Running ``writ serve``: its configuration check, and a graceful shutdown.
+
+On SIGTERM (or SIGINT) :class:`DrainingServer` first marks the app as draining — every
+waiting request (a queued acquire, an ``/v1/events`` or consent long-poll) ends at once
+with 503 ``unavailable`` and ``Retry-After``, a queued acquire leaving the queue with a row
+of its own — then stops accepting connections, lets in-flight requests and their
+transactions finish, waits (bounded) for outbound calls in flight to record their outcome,
+and closes the store. All of it within ``--shutdown-timeout`` seconds; what is still
+running then is cancelled (uvicorn's own bound).
+
+:func:`check` validates a whole ``writ serve`` configuration without serving
+(``writ serve --check``): the reasons it finds, or none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+import uvicorn
+
+log = logging.getLogger("writ.server")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, draining waiting requests before its own graceful shutdown."""
+
+    def __init__(self, config: uvicorn.Config, draining: asyncio.Event) -> None:
+        super().__init__(config)
+        self.draining = draining
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        log.info(
+            "draining: waiting requests answer 503, in-flight ones finish (at most %gs)",
+            self.config.timeout_graceful_shutdown or 0,
+        )
+        self.draining.set()
+        await super().shutdown(sockets)
+
+
+def check(
+    store_url: str,
+    host: str,
+    port: int,
+    policy_path: str | None,
+    log_level: str = "info",
+    log_format: str = "console",
+    shutdown_timeout: float = 10.0,
+    metrics_token: str | None = None,
+) -> list[str]:
+    """Every reason the configuration would not serve, checked without serving: the policy
+    file, the store (opened, reachable, its schema at this writ's migration), the listen
+    address, the log settings, the shutdown bound, the tracing environment."""
+    from writ.core.errors import PolicyError, WritError
+    from writ.core.policy import load
+    from writ.stores import open_store
+    from writ.telemetry import tracing
+    from writ.telemetry.logs import FORMATS
+
+    problems: list[str] = []
+    try:
+        load(policy_path)
+    except PolicyError as exc:
+        problems.append(f"policy: {exc}")
+    except OSError as exc:
+        problems.append(f"policy: cannot read {policy_path}: {exc.strerror}")
+    if log_format not in FORMATS:
+        problems.append(f"log format {log_format!r}: use one of {', '.join(FORMATS)}")
+    if log_level.upper() not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
+        problems.append(f"log level {log_level!r}: use critical, error, warning, info or debug")
+    if not 0 < shutdown_timeout <= 3600:
+        problems.append(f"shutdown timeout {shutdown_timeout:g}s: give 0 < seconds <= 3600")
+    if metrics_token is not None and len(metrics_token) < 16:
+        problems.append("metrics token: use at least 16 characters")
+    if not 0 < port < 65536:
+        problems.append(f"port {port}: give 1-65535")
+    else:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(infos[0][4])
+        except OSError as exc:
+            problems.append(f"listen {host}:{port}: {exc.strerror or exc}")
+    if tracing.wanted():
+        try:
+            _check_tracing()
+        except RuntimeError as exc:
+            problems.append(f"tracing: {exc}")
+
+    async def store_ready() -> str | None:
+        store = open_store(store_url)
+        try:
+            await store.open()
+        except WritError as exc:
+            return exc.message
+        try:
+            return await store.ready()
+        finally:
+            await store.close()
+
+    try:
+        reason = asyncio.run(store_ready())
+    except WritError as exc:
+        reason = exc.message
+    except Exception as exc:  # a driver that is not installed, a malformed URL
+        reason = f"{type(exc).__name__}: {exc}"
+    if reason:
+        problems.append(f"store {_shown(store_url)}: {reason}")
+    return problems
+
+
+def _check_tracing() -> None:
+    try:
+        import opentelemetry.sdk.trace  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(
+            "OTEL_* asks for traces but the SDK is not installed: pip install 'writ[otel]'"
+        ) from exc
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() or "otlp"
+    if exporter not in ("otlp", "console"):
+        raise RuntimeError(f"OTEL_TRACES_EXPORTER={exporter!r}: writ supports otlp, console, none")
+
+
+def _shown(url: str) -> str:
+    """A store URL without its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

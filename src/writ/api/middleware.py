@@ -1,0 +1,158 @@
+"""The ASGI pieces in front of the app: the body and header limits (:class:`LimitBody`), the
+raw JSON answers they send, the answer to an unexpected exception, and :func:`_unless_hung_up`
+(a wait that ends when its caller hangs up or the server drains)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from writ.core.errors import Invalid, TooLarge, Unavailable, WritError
+
+T = TypeVar("T")
+
+MAX_BODY = 1 << 20  # 1 MiB
+MAX_HEADERS = 16 << 10  # 16 KiB of request headers in all
+
+
+# ----------------------------------------------------------------------------- middleware
+class LimitBody:
+    """Refuse request bodies over ``MAX_BODY`` and header blocks over ``MAX_HEADERS``
+    with 413 before the app reads them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers") or []
+        if sum(len(k) + len(v) for k, v in headers) > MAX_HEADERS:
+            await _send_error(send, TooLarge(f"request headers exceed {MAX_HEADERS} bytes"))
+            return
+        declared = False
+        for k, v in headers:
+            if k == b"content-length":
+                declared = True
+                try:
+                    n = int(v)
+                except ValueError:
+                    await _send_error(send, Invalid("content-length is not a number"))
+                    return
+                if n > MAX_BODY:
+                    await _send_error(
+                        send, TooLarge(f"request body of {n} bytes exceeds {MAX_BODY}")
+                    )
+                    return
+        if not declared:
+            # no declared length (chunked): read the body here, up to the limit, so an
+            # oversized one gets 413 (raising from receive() reaches FastAPI as a 400)
+            buffered: list[Message] = []
+            size = 0
+            while True:
+                msg = await receive()
+                buffered.append(msg)
+                if msg["type"] != "http.request":
+                    break
+                size += len(msg.get("body", b""))
+                if size > MAX_BODY:
+                    await _send_error(send, TooLarge(f"request body exceeds {MAX_BODY} bytes"))
+                    return
+                if not msg.get("more_body", False):
+                    break
+            await self.app(scope, _replay(buffered, receive), send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > MAX_BODY:
+                    raise TooLarge(f"request body exceeds {MAX_BODY} bytes")
+            return msg
+
+        await self.app(scope, limited, send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """``receive`` that first hands back ``messages`` (already read from it), in order."""
+
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replay
+
+
+async def _send_json(send: Send, status: int, body: bytes, retry_after: int | None = None) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, err: WritError) -> None:
+    await _send_json(send, err.status, json.dumps(err.to_body()).encode(), err.retry_after())
+
+
+# the answer to an unexpected exception, from the app's catch-all handler and the lean path
+_INTERNAL_ERROR = {
+    "error": {
+        "code": "internal",
+        "message": "writ hit an internal error. The request may or may not have taken effect: "
+        "read the state back (the resource, the lease, /v1/audit) before retrying. The server "
+        "log has the details.",
+    }
+}
+
+
+async def _unless_hung_up(
+    receive: Receive, work: Awaitable[T], draining: asyncio.Event | None = None
+) -> T:
+    """Await ``work`` (maybe a wait in the queue), cancelling it if the client disconnects
+    (``receive`` is the request's): a caller who hung up gives up its place in the queue, and
+    any lease granted meanwhile (the engine's cancellation path). Servers do not cancel a
+    handler on disconnect. The same happens when ``draining`` is set (a graceful shutdown):
+    the wait ends, its request leaves the queue, and the caller gets 503 with Retry-After."""
+    task = asyncio.ensure_future(work)
+
+    async def hung_up() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(hung_up())
+    drain = asyncio.ensure_future(draining.wait()) if draining is not None else None
+    try:
+        await asyncio.wait(
+            {task, watch} if drain is None else {task, watch, drain},
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+        if drain is not None:
+            drain.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if draining is not None and draining.is_set():
+            raise Unavailable(
+                "writ is shutting down: this wait ended and left the queue; retry (on another "
+                "server, or once this one is back)"
+            )
+        raise Unavailable("the caller hung up while waiting; its place in the queue was given up")
+    return task.result()

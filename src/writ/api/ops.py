@@ -1,0 +1,277 @@
+"""The operations surface in front of the app: ``/livez``, ``/readyz``, ``/metrics``, and
+the per-request measurements (PROTOCOL.md v1.1 "Operations"; docs/operations.md).
+
+:class:`OpsFront` is the outermost ASGI layer of :class:`writ.api.fast.WritApp`. It answers
+its three routes itself (no FastAPI routing, no bearer token but ``--metrics-token``), and
+around every other request it measures the duration by method, route *template* and status,
+counts error answers by code, and the acquire latency of granted leases. It reads a
+response's body only when the status is 400 or more (to learn the error code); the hot path
+pays two clock reads, a closure and a dict lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import json
+import logging
+import os
+import re
+import time
+from typing import TYPE_CHECKING
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from writ.core.errors import _BY_CODE
+from writ.telemetry import tracing
+from writ.telemetry.logs import ACCESS, DECISION
+from writ.telemetry.observe import request_id
+
+if TYPE_CHECKING:
+    from writ.engine import Engine
+    from writ.telemetry.metrics import Metrics
+
+LEASES = "/v1/leases"
+RELEASE = "/v1/leases/{lease_id}/release"
+OPS_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
+READY_TIMEOUT_S = 5.0
+
+
+def route_template(scope: Scope) -> str:
+    """The route template a request matched (never its raw path: bounded cardinality)."""
+    route = scope.get("route")
+    if route is not None:
+        return str(getattr(route, "path", "unmatched"))
+    # the lean path (server.FastLeases) answers these two without FastAPI's routing
+    path = scope.get("path", "")
+    if scope.get("method") == "POST":
+        if path == LEASES:
+            return LEASES
+        parts = path.split("/")
+        if len(parts) == 5 and parts[2] == "leases" and parts[4] == "release" and parts[3]:
+            return RELEASE
+    return "unmatched"
+
+
+class OpsFront:
+    """``/livez``, ``/readyz``, ``/metrics``, and metrics around ``app`` (see the module)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        engine: Engine,
+        metrics: Metrics | None,
+        metrics_token: str | None = None,
+    ) -> None:
+        self.app = app
+        self.engine = engine
+        self.metrics = metrics
+        self.metrics_token = metrics_token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path in OPS_PATHS and scope["method"] == "GET":
+            await self._ops(path, scope, send)
+            return
+        m = self.metrics
+        logging_on = ACCESS.isEnabledFor(logging.INFO)
+        if not logging_on and not tracing.enabled():
+            if m is None:
+                await self.app(scope, receive, send)  # nothing to measure
+            else:
+                await self._measure(scope, receive, send, m)
+            return
+        logged = logging_on or DECISION.isEnabledFor(logging.INFO)
+        rid = _request_id(scope) if logged else None
+        token = request_id.set(rid) if logged else None
+        status = 500
+        error = False
+        chunks: list[bytes] = []
+        rid_header = (b"x-request-id", rid.encode()) if rid else None
+
+        async def measured(msg: Message) -> None:
+            nonlocal status, error
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+                error = status >= 400
+                if rid_header is not None:
+                    msg["headers"] = [*msg.get("headers", ()), rid_header]
+            elif error and msg["type"] == "http.response.body":
+                chunks.append(msg.get("body", b""))
+            await send(msg)
+
+        t0 = time.perf_counter()
+        span = None
+        try:
+            if tracing.enabled():
+                with tracing.server_span(scope["method"], scope.get("headers") or []) as span:
+                    try:
+                        await self.app(scope, receive, measured)
+                    finally:
+                        route = route_template(scope)
+                        span.update_name(f"HTTP {scope['method']} {route}")
+                        span.set_attribute("http.route", route)
+                        span.set_attribute("http.response.status_code", status)
+            else:
+                await self.app(scope, receive, measured)
+        finally:
+            took = time.perf_counter() - t0
+            route = route_template(scope)
+            code = _error_code(b"".join(chunks), status) if error else None
+            if m is not None:
+                m.observe_http(scope["method"], route, status, took)
+                if status == 201 and route == LEASES:
+                    m.acquire_wait.observe(took)
+                elif code is not None:
+                    m.refused(code)
+            if logging_on and rid is not None:
+                _access_line(scope, rid, route, status, took, code, span)
+            if token is not None:
+                request_id.reset(token)
+
+    async def _measure(self, scope: Scope, receive: Receive, send: Send, m: Metrics) -> None:
+        """Metrics only (no logs, no tracing): the hot path's measurement, kept lean."""
+        status = 500
+        body = b""
+
+        async def measured(msg: Message) -> None:
+            nonlocal status, body
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            elif status >= 400:
+                body += msg.get("body", b"")
+            await send(msg)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, measured)
+        finally:
+            took = time.perf_counter() - start
+            route = route_template(scope)
+            m.observe_http(scope["method"], route, status, took)
+            if status == 201 and route == LEASES:
+                m.acquire_wait.observe(took)
+            elif status >= 400:
+                m.refused(_error_code(body, status))
+
+    async def _ops(self, path: str, scope: Scope, send: Send) -> None:
+        if path == "/livez":
+            await _answer(send, 200, b'{"ok":true}')
+        elif path == "/readyz":
+            reason = await self._not_ready()
+            if reason is None:
+                await _answer(send, 200, b'{"ok":true}')
+            else:
+                body = json.dumps({"ok": False, "reason": reason}).encode()
+                await _answer(send, 503, body, [(b"retry-after", b"5")])
+        elif self.metrics is None:
+            await _answer(
+                send,
+                404,
+                b'{"error":{"code":"not_found","message":"metrics are off (writ serve --no-metrics)"}}',
+            )
+        elif self.metrics_token and not _bearer_ok(scope, self.metrics_token):
+            await _answer(
+                send,
+                401,
+                b'{"error":{"code":"unauthenticated","message":"/metrics needs the metrics bearer token"}}',
+                [(b"www-authenticate", b"Bearer")],
+            )
+        else:
+            text = await self.metrics.render()
+            from writ.telemetry.metrics import CONTENT_TYPE_LATEST
+
+            await _answer(send, 200, text, content_type=CONTENT_TYPE_LATEST.encode())
+
+    async def _not_ready(self) -> str | None:
+        try:
+            return await asyncio.wait_for(self.engine.store.ready(), READY_TIMEOUT_S)
+        except TimeoutError:
+            return f"the store did not answer within {READY_TIMEOUT_S:g}s"
+
+
+_IDS = itertools.count(1)
+_PREFIX = os.urandom(4).hex()
+_GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def _request_id(scope: Scope) -> str:
+    """The caller's ``X-Request-Id`` when it is a plain token, else a fresh one."""
+    for k, v in scope.get("headers") or ():
+        if k == b"x-request-id":
+            given: str = v.decode("latin-1")
+            if _GOOD_ID.match(given):
+                return given
+            break
+    return f"{_PREFIX}-{next(_IDS):x}"
+
+
+def _access_line(
+    scope: Scope,
+    rid: str,
+    route: str,
+    status: int,
+    took: float,
+    code: str | None,
+    span: object,
+) -> None:
+    lease = scope.get("writ.lease") or {}
+    params = scope.get("path_params") or {}
+    fields: dict[str, object] = {
+        "request_id": rid,
+        "method": scope["method"],
+        "route": route,
+        "path": scope.get("path"),
+        "status": status,
+        "duration_ms": round(took * 1000, 3),
+        "principal": scope.get("writ.principal"),
+        "resource": lease.get("resource") or params.get("resource"),
+        "lease_id": lease.get("lease_id") or params.get("lease_id"),
+        "fencing_token": lease.get("fencing_token"),
+        "outcome": code or "ok",
+    }
+    if span is not None:
+        ids = tracing.current_ids_of(span)
+        if ids is not None:
+            fields["trace_id"], fields["span_id"] = ids
+    ACCESS.info("%s %s %s", scope["method"], route, status, extra={"writ": fields})
+
+
+def _bearer_ok(scope: Scope, token: str) -> bool:
+    for k, v in scope.get("headers") or []:
+        if k == b"authorization":
+            scheme, _, given = v.decode("latin-1").partition(" ")
+            return scheme.lower() == "bearer" and hmac.compare_digest(
+                given.strip().encode(), token.encode()
+            )
+    return False
+
+
+def _error_code(body: bytes, status: int) -> str:
+    """The writ error code of an error answer (one of the error tree's), else ``http_<status>``."""
+    try:
+        code = json.loads(body)["error"]["code"]
+    except Exception:  # uvicorn's plain-text 400s, or anything not writ's error shape
+        return f"http_{status}"
+    return code if isinstance(code, str) and code in _BY_CODE else f"http_{status}"
+
+
+async def _answer(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = b"application/json",
+) -> None:
+    head: list[tuple[bytes, bytes]] = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *(headers or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})

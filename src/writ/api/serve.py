@@ -1,0 +1,78 @@
+"""``writ serve``: run the app under uvicorn until SIGTERM or SIGINT, with its logs, tracing,
+the SIGHUP policy reload and a graceful shutdown (:mod:`writ.api.lifecycle`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from writ.api.app import create_app
+from writ.api.middleware import MAX_HEADERS
+from writ.engine import Engine
+from writ.net.limits import Limits
+
+log = logging.getLogger("writ.server")
+
+
+def run(
+    store_url: str,
+    host: str = "127.0.0.1",
+    port: int = 7411,
+    policy_path: str | None = None,
+    log_level: str = "info",
+    limits: Limits | None = None,
+    *,
+    log_format: str = "console",
+    shutdown_timeout: int = 10,
+    metrics: bool = True,
+    metrics_token: str | None = None,
+    workers: int = 1,
+) -> None:
+    """Serve writ until SIGTERM or SIGINT (``writ serve``), then shut down gracefully
+    (:mod:`writ.api.lifecycle`) within ``shutdown_timeout`` seconds, each connection within
+    ``limits``; ``workers`` > 1 runs that many processes on one port (PostgreSQL stores
+    only, :mod:`writ.api.workers`)."""
+    import os
+
+    import uvicorn
+
+    from writ.api.lifecycle import DrainingServer
+    from writ.core.policy import load
+    from writ.stores import open_store
+    from writ.telemetry import logs, tracing
+
+    policy = load(policy_path)
+    secrets = [
+        os.environ.get("WRIT_ADMIN_TOKEN"),
+        os.environ.get("WRIT_WEBHOOK_SECRET"),
+        policy.webhook_secret,
+        metrics_token,
+    ]
+    logs.setup(log_format, log_level, [s for s in secrets if s])
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "log_config": None,  # logs.setup configured uvicorn's loggers
+        "access_log": False,  # writ.access logs each request instead
+        "server_header": False,
+        "proxy_headers": False,  # writ never uses the client's address: skip rewriting it
+        "timeout_graceful_shutdown": shutdown_timeout,
+        **(limits or Limits(max_header_bytes=MAX_HEADERS)).uvicorn_options(),
+    }
+    if workers != 1:
+        from writ.api.workers import AppSettings, run_workers
+
+        settings = AppSettings(log_format, log_level, metrics, metrics_token)
+        run_workers(store_url, workers, policy_path, settings, **options)
+        return
+    traced = tracing.configure()
+    engine = Engine(open_store(store_url), policy)
+    engine.authority.on_sighup()  # SIGHUP reloads the policy file (see writ.authority)
+    if traced:
+        tracing.instrument(engine)
+        log.info("tracing on: OTEL_TRACES_EXPORTER=%s", traced)
+    logs.log_decisions(engine)
+    app = create_app(engine, metrics=metrics, metrics_token=metrics_token)
+    config = uvicorn.Config(app, **options)
+    DrainingServer(config, app.draining).run()  # type: ignore[attr-defined]

@@ -1,0 +1,111 @@
+"""``writ serve --workers N``: N server processes on one port, for a PostgreSQL store.
+
+uvicorn's supervisor binds the socket once and starts N worker processes that accept on
+it (and starts a new one if a worker dies). Each worker is a whole ``writ serve``: its own
+engine, connection pool and live replica; PostgreSQL is where they agree, exactly as
+several servers on several machines do (docs/scaling.md). An SQLite store has one writer
+per file, so it takes one process only.
+
+The workers are started afresh (not forked), so they learn the store, the policy file and
+the app's settings (logs, metrics) from the environment this module sets before starting
+them. A worker serves like a single ``writ serve`` but for two things: SIGHUP does not
+reload its policy (restart the workers instead), and on SIGTERM uvicorn's graceful shutdown
+bounds its waiters rather than answering them 503 at once (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from writ.core.errors import Invalid
+
+__all__ = ["AppSettings", "check_workers", "create_app_from_env", "run_workers"]
+
+ENV_STORE = "WRIT_WORKER_STORE"
+ENV_POLICY = "WRIT_WORKER_POLICY"
+ENV_APP = "WRIT_WORKER_APP"
+
+
+@dataclass(frozen=True, slots=True)
+class AppSettings:
+    """What each worker's app and logs are built with (``writ serve``'s own flags)."""
+
+    log_format: str = "console"
+    log_level: str = "info"
+    metrics: bool = True
+    metrics_token: str | None = None
+
+
+MAX_WORKERS = 256
+
+
+def check_workers(store_url: str, workers: int) -> None:
+    """Refuse a worker count the store cannot take."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise Invalid(f"--workers {workers}: use 1 to {MAX_WORKERS}")
+    scheme = store_url.split(":", 1)[0].lower()
+    if workers > 1 and not scheme.startswith("postgres"):
+        raise Invalid(
+            f"--workers {workers} needs a PostgreSQL store: an SQLite file has one writer, "
+            "so one writ serve per file (see docs/scaling.md)"
+        )
+
+
+def create_app_from_env() -> Any:
+    """The app of one worker (uvicorn calls this factory in each worker process)."""
+    from writ.api.app import create_app
+    from writ.core.policy import load
+    from writ.engine import Engine
+    from writ.stores import open_store
+    from writ.telemetry import logs, tracing
+
+    store_url = os.environ[ENV_STORE]
+    policy = load(os.environ.get(ENV_POLICY) or None)
+    app = AppSettings(**json.loads(os.environ.get(ENV_APP) or "{}"))
+    secrets = [
+        os.environ.get("WRIT_ADMIN_TOKEN"),
+        os.environ.get("WRIT_WEBHOOK_SECRET"),
+        policy.webhook_secret,
+        app.metrics_token,
+    ]
+    logs.setup(app.log_format, app.log_level, [s for s in secrets if s])
+    engine = Engine(open_store(store_url), policy)
+    if tracing.configure():
+        tracing.instrument(engine)
+    logs.log_decisions(engine)
+    return create_app(engine, metrics=app.metrics, metrics_token=app.metrics_token)
+
+
+def run_workers(
+    store_url: str,
+    workers: int,
+    policy_path: str | None,
+    settings: AppSettings | None = None,
+    **uvicorn_options: Any,
+) -> None:
+    """Serve with ``workers`` processes behind one listening socket until interrupted."""
+    import uvicorn
+
+    from writ.api import app as api_app
+
+    check_workers(store_url, workers)
+    if api_app.EXTENSIONS:  # installed in this process only (e.g. --checkpoint-every)
+        raise Invalid(
+            "--workers runs fresh processes that would not carry this server's extensions "
+            "(--checkpoint-every): run checkpoints from a single-process writ serve"
+        )
+    os.environ[ENV_STORE] = store_url
+    os.environ[ENV_APP] = json.dumps(asdict(settings or AppSettings()))
+    if policy_path:
+        os.environ[ENV_POLICY] = os.path.abspath(policy_path)
+    else:
+        os.environ.pop(ENV_POLICY, None)
+    uvicorn.run(
+        "writ.api.workers:create_app_from_env",
+        factory=True,
+        workers=workers,
+        **uvicorn_options,
+    )

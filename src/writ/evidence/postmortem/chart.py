@@ -1,0 +1,698 @@
+"""The postmortem's SVG timeline: who held write authority when, and what writ refused.
+
+One lane per resource. In each lane a bar for each holder of write authority (its name inside
+the bar, or beside it in the lane's label rows when the bar is too short), a dashed line for
+each request that waited in the queue, change diamonds on the bars, and above them rows of
+marks, each labelled with the principal who acted: ✕ a refusal or a denial, ✓ a grant or an
+approval, ○ a consent asked or expired, ▲ a rollback asked, ■ a revocation, a flag for a stuck
+lock's wake or page. Marks that would touch are stacked into further rows — the lane grows —
+so no label covers another. Every mark has a tooltip (``<title>``) with its row's seq and notes.
+
+The time axis fits the activity: when the rows cover less than half of the asked window, the
+axis spans the rows (with a little margin) and a hatched, zig-zag band at the edge stands for
+the empty stretch, its length written under it.
+
+Two geometries: ``wide`` (1120 units, lane names in a left column) and ``narrow`` (380 units,
+lane names above each lane, fewer ticks) for phone screens; the page shows one or the other by
+CSS media query. All text is placed through one registry that refuses overlapping boxes
+(:class:`_Texts`), and its estimate of a text's width (:func:`text_width`) is the one the tests
+use to check the emitted SVG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from html import escape as _html_escape
+from typing import Any
+
+from writ.core.clock import parse_time, rfc3339
+from writ.core.resources import under
+from writ.core.textsafe import printable
+from writ.evidence.postmortem.notes import duration, when
+
+__all__ = ["GEOMETRIES", "text_width", "timeline_svg"]
+
+PALETTE = (
+    "#2563eb",
+    "#0d9488",
+    "#9333ea",
+    "#c2410c",
+    "#0369a1",
+    "#4d7c0f",
+    "#be185d",
+    "#475569",
+    "#a16207",
+    "#4338ca",
+)
+RED, GREEN, NAVY, AMBER, VIOLET, INK, ORANGE, GREY = (
+    "#dc2626",
+    "#15803d",
+    "#1e3a8a",
+    "#b45309",
+    "#7c3aed",
+    "#111827",
+    "#ea580c",
+    "#6b7280",
+)
+MAX_LANES = 24
+ZOOM_BELOW = 0.5  # zoom when the rows cover less than this share of the window
+BREAK = 30.0  # width of the band that stands for an empty stretch
+ROW = 17.0  # height of one row of marks and labels
+BAR = 22.0
+FONT = 11.0
+_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    width: float
+    left: float  # x of the plot's left edge
+    right: float  # margin right of the plot
+    names_above: bool  # lane names on their own line above each lane
+    tick_px: float  # at least this many units between two time labels
+
+
+GEOMETRIES = {
+    "wide": Geometry(1120, 190, 24, False, 80),
+    "narrow": Geometry(380, 10, 10, True, 70),
+}
+
+
+def text_width(text: str, size: float = FONT) -> float:
+    """A generous estimate of the width of ``text`` at ``size`` (sans-serif; monospace is
+    narrower than this for lane names)."""
+    return len(text) * size * 0.6 + 2
+
+
+def escape(text: str) -> str:
+    return _html_escape(printable(text))
+
+
+def _tip(*parts: Any) -> str:
+    return "<title>" + escape(" · ".join(str(p) for p in parts if p not in (None, ""))) + "</title>"
+
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1
+
+
+def _overlap(a: Box, b: Box, gap: float = 1.0) -> bool:
+    return a[0] < b[2] + gap and b[0] < a[2] + gap and a[1] < b[3] + gap and b[1] < a[3] + gap
+
+
+class _Texts:
+    """Every text of the chart, placed only where it overlaps no other."""
+
+    def __init__(self, width: float) -> None:
+        self.boxes: list[Box] = []
+        self.width = width
+
+    @staticmethod
+    def box(text: str, x: float, y: float, size: float, anchor: str) -> Box:
+        w = text_width(text, size)
+        x0 = x - w if anchor == "end" else x - w / 2 if anchor == "middle" else x
+        return (x0, y - size, x0 + w, y + size * 0.3)
+
+    def free(self, b: Box) -> bool:
+        inside = b[0] >= 0 and b[2] <= self.width
+        return inside and not any(_overlap(b, o) for o in self.boxes)
+
+    def put(
+        self,
+        text: str,
+        x: float,
+        y: float,
+        *,
+        size: float = FONT,
+        fill: str = "#374151",
+        anchor: str = "start",
+        weight: str = "",
+        force: bool = False,
+        mono: bool = False,
+    ) -> str | None:
+        """The ``<text>`` element, or None when it would overlap a placed text (unless
+        ``force``: then it is placed all the same, for texts the layout already made room for)."""
+        b = self.box(text, x, y, size, anchor)
+        if not force and not self.free(b):
+            return None
+        self.boxes.append(b)
+        attrs = f'x="{x:.1f}" y="{y:.1f}" font-size="{size}" fill="{fill}"'
+        if anchor != "start":
+            attrs += f' text-anchor="{anchor}"'
+        if weight:
+            attrs += f' font-weight="{weight}"'
+        if mono:
+            attrs += ' font-family="ui-monospace,SFMono-Regular,Menlo,Consolas,monospace"'
+        return f"<text {attrs}>{escape(text)}</text>"
+
+
+# ----------------------------------------------------------------------------- time axis
+class _Axis:
+    """Times to x: the window, or — zoomed — the rows' span with break bands at the edges."""
+
+    def __init__(self, rep: dict[str, Any], g: Geometry) -> None:
+        w = rep["window"]
+        t0, t1 = parse_time(w["from"]), parse_time(w["to"])
+        if t1 - t0 < 1:
+            t1 = t0 + 1
+        self.w0, self.w1 = t0, t1
+        a0 = parse_time(w["first_row"]) if w.get("first_row") else t0
+        a1 = parse_time(w["last_row"]) if w.get("last_row") else t1
+        self.before = self.after = 0.0  # the empty stretches cut away
+        if (a1 - a0) < ZOOM_BELOW * (t1 - t0):
+            pad = max((a1 - a0) * 0.06, 5.0)
+            z0, z1 = max(t0, a0 - pad), min(t1, a1 + pad)
+            cut = 0.2 * (t1 - t0)  # a short empty stretch is drawn, not cut
+            z0 = z0 if z0 - t0 > cut else t0
+            z1 = z1 if t1 - z1 > cut else t1
+            self.before, self.after = z0 - t0, t1 - z1
+            t0, t1 = z0, z1
+        else:
+            pad = (t1 - t0) * 0.015
+            t0, t1 = t0 - pad, t1 + pad
+        self.t0, self.t1 = t0, t1
+        self.x0 = g.left + (BREAK if self.before > 0 else 0)
+        self.x1 = g.width - g.right - (BREAK if self.after > 0 else 0)
+        self.g = g
+        self.step = 1
+
+    def x(self, ts: str | None) -> float:
+        """The x of ``ts`` (None: the end of the window); times in a cut stretch sit on
+        the edge of the plot, across the break band."""
+        t = parse_time(ts) if ts else self.w1
+        if t < self.t0:
+            return self.g.left if self.before > 0 else self.x0
+        if t > self.t1:
+            return self.g.width - self.g.right if self.after > 0 else self.x1
+        return self.x0 + (t - self.t0) / (self.t1 - self.t0) * (self.x1 - self.x0)
+
+    def ticks(self) -> list[float]:
+        span = self.t1 - self.t0
+        most = max(2, int((self.x1 - self.x0) / self.g.tick_px))
+        step = next((s for s in _STEPS if span / s <= most), _STEPS[-1])
+        out, tick = [], (int(self.t0) // step + 1) * step
+        while tick < self.t1:
+            out.append(float(tick))
+            tick += step
+        self.step = step
+        return out
+
+    def xt(self, t: float) -> float:
+        return self.x0 + (t - self.t0) / (self.t1 - self.t0) * (self.x1 - self.x0)
+
+
+# ----------------------------------------------------------------------------- lanes
+@dataclass
+class _Item:
+    """A mark (or a bare label) in a lane's rows above the bars."""
+
+    x: float
+    kind: str | None
+    label: str | None
+    color: str
+    tip: str
+    row: int = 0
+    flip: bool = False  # the label sits left of the mark (it would pass the right edge)
+
+    def span(self, limit: float) -> tuple[float, float]:
+        if not self.label:
+            return (self.x - 7, self.x + 7)
+        tw = text_width(self.label)
+        lead = 9 if self.kind else -7
+        self.flip = self.x + lead + tw > limit
+        if self.flip:
+            return (self.x - (9 if self.kind else 0) - tw, self.x + 7)
+        return (self.x - 7, self.x + lead + tw)
+
+
+@dataclass
+class _Lane:
+    resource: str
+    items: list[_Item] = field(default_factory=list)
+    rows: int = 0
+    waits: bool = False
+    top: float = 0.0
+
+    def stack(self, limit: float) -> None:
+        """Give each item the lowest row where it touches no other item."""
+        taken: list[list[tuple[float, float]]] = []
+        for it in sorted(self.items, key=lambda i: i.x):
+            a, b = it.span(limit)
+            r = 0
+            while r < len(taken) and any(a < y + 4 and x < b + 4 for x, y in taken[r]):
+                r += 1
+            if r == len(taken):
+                taken.append([])
+            taken[r].append((a, b))
+            it.row = r
+        self.rows = len(taken)
+
+    def height(self, g: Geometry) -> float:
+        return (
+            (18 if g.names_above else 0)
+            + max(self.rows, 1) * ROW
+            + 8
+            + BAR
+            + (14 if self.waits else 4)
+        )
+
+    def bar_y(self, g: Geometry) -> float:
+        return self.top + (18 if g.names_above else 0) + max(self.rows, 1) * ROW + 8
+
+    def row_y(self, g: Geometry, row: int) -> float:
+        """The centre line of row ``row`` (0 is the one just above the bars)."""
+        return self.bar_y(g) - 8 - ROW / 2 - row * ROW
+
+
+def _is_grant(status: str | None) -> bool:
+    return status in ("granted", "used", "approved", "executed", "failed")
+
+
+def timeline_svg(rep: dict[str, Any], geometry: str = "wide") -> str:
+    """The SVG chart of a report (a string starting with ``<svg``)."""
+    g = GEOMETRIES[geometry]
+    w = rep["window"]
+    if not g.names_above and any(text_width(n, 12) > g.left - 14 for n in rep["lanes"]):
+        g = replace(g, names_above=True, left=10)  # long lane names go above their lanes
+    if not w.get("from") or not w.get("to"):
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {g.width:.0f} 40" '
+            'role="img"><text x="10" y="24" font-size="13">No rows in the window.</text></svg>'
+        )
+    ax = _Axis(rep, g)
+    names: list[str] = list(rep["lanes"])[:MAX_LANES]
+    hidden = len(rep["lanes"]) - len(names)
+    lanes = {r: _Lane(r) for r in names}
+    colors: dict[str, str] = {}
+    for h in rep["holders"]:
+        colors.setdefault(str(h["holder"]), PALETTE[len(colors) % len(PALETTE)])
+    texts = _Texts(g.width)
+    out: list[str] = []
+
+    def add(
+        res: Any, at: str | None, kind: str | None, label: str | None, color: str, tip: str
+    ) -> None:
+        lane = lanes.get(str(res))
+        if lane is not None and at:
+            lane.items.append(_Item(ax.x(at), kind, label, color, tip))
+
+    # -- what goes in the rows: marks with the name of who acted
+    for r in rep["refusals"]:
+        tip = _tip(
+            f"seq {r['seq']}",
+            when(r["at"]),
+            f"refused {r['agent']}: {r['kind']}",
+            r["reason"][:200],
+        )
+        add(r["resource"], r["at"], "deny", str(r["agent"]), RED, tip)
+    for c in rep["consents"]:
+        tip = _tip(
+            f"seq {c['seq']}", when(c["at"]), f"{c['requester']} asks {c['author']}", c["reason"]
+        )
+        add(c["resource"], c["at"], "ask", f"{c['requester']} asks", AMBER, tip)
+        if c.get("expired_at"):
+            tip = _tip(
+                when(c["expired_at"]),
+                "consent expired unanswered (not denied)",
+                f"escalated to {c['escalated_to']}",
+            )
+            add(c["resource"], c["expired_at"], "ask", f"expired → {c['escalated_to']}", AMBER, tip)
+        if c.get("answered_at"):
+            grant = _is_grant(c.get("status"))
+            tip = _tip(
+                f"seq {c.get('answer_seq')}",
+                when(c["answered_at"]),
+                f"consent {c['status']} by {c['answered_by']}",
+            )
+            add(
+                c["resource"],
+                c["answered_at"],
+                "grant" if grant else "deny",
+                str(c["answered_by"]),
+                GREEN if grant else RED,
+                tip,
+            )
+    for r in rep["rollbacks"]:
+        tip = _tip(
+            f"seq {r['seq']}", when(r["at"]), f"rollback asked by {r['requested_by']}", r["reason"]
+        )
+        add(r["resource"], r["at"], "tri", str(r["requested_by"]), VIOLET, tip)
+        if r.get("decided_at"):
+            grant = r.get("status") != "denied"
+            tip = _tip(when(r["decided_at"]), f"rollback {r['status']} by {r['decided_by']}")
+            add(
+                r["resource"],
+                r["decided_at"],
+                "grant" if grant else "deny",
+                str(r["decided_by"]),
+                GREEN if grant else RED,
+                tip,
+            )
+    for r in rep["revocations"]:
+        p = r.get("provenance") or {}
+        tip = _tip(
+            f"seq {r['seq']}",
+            when(r["at"]),
+            f"{p.get('revoked_by')} revoked {r['holder']}'s lease",
+            f"runbook {p.get('via_runbook')}",
+            f"after paging {p.get('after_paging')}",
+        )
+        add(r["resource"], r["at"], "square", f"{p.get('revoked_by')} revokes", INK, tip)
+    for ch in rep["changes"]:
+        tip = _tip(f"seq {ch['seq']}", when(ch["at"]), f"{ch['agent']} changed {ch['summary']}")
+        add(ch["resource"], ch["at"], "diamond", None, NAVY, tip)
+    for s in rep["stuck"]:
+        add(
+            s["resource"],
+            s["at"],
+            "flag",
+            None,
+            ORANGE,
+            _tip(f"seq {s['seq']}", when(s["at"]), s["event"], s["notes"]),
+        )
+    for q in rep["waits"]:
+        lane = lanes.get(str(q["resource"]))
+        if lane is not None:
+            lane.waits = True
+            tip = _tip(
+                f"seq {q['seq']}", when(q["at"]), f"{q['agent']} queued behind {q['holder']}"
+            )
+            add(q["resource"], q["at"], None, f"{q['agent']} waits", GREY, tip)
+    # holder names that do not fit in their bar go to the rows too
+    bars: list[tuple[_Lane, dict[str, Any], float, float, str | None]] = []
+    for h in rep["holders"]:
+        lane = lanes.get(str(h["resource"]))
+        if lane is None:
+            continue
+        x1, x2 = ax.x(h["from"]), ax.x(h["to"])
+        wdt = max(x2 - x1, 3.0)
+        name = str(h["holder"])
+        long = f"{name} · token {h['fencing_token']}" if h["fencing_token"] else name
+        inside = (
+            long if text_width(long) + 14 <= wdt else name if text_width(name) + 14 <= wdt else None
+        )
+        if inside is None:
+            tip = _tip(f"{name} holds {h['resource']}")
+            lane.items.append(_Item(x1, None, name, colors.get(name, GREY), tip))
+        bars.append((lane, h, x1, wdt, inside))
+
+    # -- legend
+    legend = [
+        ("bar", "holder"),
+        ("wait", "waited in queue"),
+        ("deny", "refused / denied"),
+        ("grant", "granted / approved"),
+        ("diamond", "change recorded"),
+        ("ask", "consent asked / expired"),
+        ("tri", "rollback asked"),
+        ("square", "revoked"),
+        ("flag", "stuck, wake or page"),
+        ("band", "frozen"),
+    ]
+    if ax.before or ax.after:
+        legend.append(("break", "no rows (cut)"))
+    lx, ly = 10.0, 16.0
+    for kind, label in legend:
+        wdt = 18 + text_width(label, 11) + 12
+        if lx + wdt > g.width - 4:
+            lx, ly = 10.0, ly + 18
+        out.append(_mark(kind, lx + 7, ly - 4, GREY if kind in ("wait", "break") else _color(kind)))
+        out.append(texts.put(label, lx + 18, ly, force=True) or "")
+        lx += wdt
+    top = ly + 16
+
+    # -- lanes, stacked
+    y = top
+    for lane in lanes.values():
+        lane.stack(g.width - g.right)
+        lane.top = y
+        y += lane.height(g)
+    bottom = y if lanes else top + 60
+    plot_l, plot_r = g.left, g.width - g.right
+    out.append(
+        f'<rect x="{plot_l}" y="{top}" width="{plot_r - plot_l}" height="{bottom - top}" fill="#fbfbfc" stroke="#e5e7eb"/>'
+    )
+    # empty stretches cut away
+    for gone, x0, anchor in ((ax.before, plot_l, "start"), (ax.after, plot_r - BREAK, "end")):
+        if not gone:
+            continue
+        span_tip = _tip(f"no rows for {duration(gone)}: the axis is cut here")
+        out.append(
+            f'<g>{span_tip}<rect x="{x0:.1f}" y="{top}" width="{BREAK}" height="{bottom - top}" fill="url(#cut)"/>'
+            f"{_zigzag(x0 + 6, top, bottom)}{_zigzag(x0 + BREAK - 6, top, bottom)}</g>"
+        )
+        out.append(
+            texts.put(
+                f"⋯ {duration(gone)}",
+                x0 if anchor == "start" else x0 + BREAK,
+                bottom + 30,
+                size=10,
+                fill=GREY,
+                anchor=anchor,
+                force=True,
+            )
+            or ""
+        )
+    # time grid and axis labels
+    multi = bool(w.get("multi_day"))
+    for tick in ax.ticks():
+        x = ax.xt(tick)
+        out.append(
+            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom + 5}" stroke="#e5e7eb"/>'
+        )
+        label = when(rfc3339(tick), multi)
+        label = label if ax.step < 60 else label[:-3]
+        out.append(texts.put(label, x, bottom + 17, fill="#4b5563", anchor="middle") or "")
+    out.append(
+        texts.put(
+            f"UTC{'' if multi else ' · ' + w['from'][:10]}",
+            plot_r,
+            bottom + 44,
+            size=10,
+            fill=GREY,
+            anchor="end",
+            force=True,
+        )
+        or ""
+    )
+    # lane names and separators
+    for i, lane in enumerate(lanes.values()):
+        if i:
+            out.append(
+                f'<line x1="4" y1="{lane.top}" x2="{plot_r}" y2="{lane.top}" stroke="#d1d5db"/>'
+            )
+        if g.names_above:
+            out.append(
+                texts.put(
+                    lane.resource,
+                    plot_l + 4,
+                    lane.top + 14,
+                    size=12,
+                    fill=INK,
+                    weight="600",
+                    force=True,
+                    mono=True,
+                )
+                or ""
+            )
+        else:
+            out.append(
+                texts.put(
+                    lane.resource,
+                    plot_l - 10,
+                    lane.bar_y(g) + 15,
+                    size=12,
+                    fill=INK,
+                    anchor="end",
+                    force=True,
+                    mono=True,
+                )
+                or ""
+            )
+    # freezes: a hatched band over every lane under the frozen prefix
+    for prefix, f_from, f_to, by in _freeze_spans(rep["freezes"]):
+        x1, x2 = ax.x(f_from), ax.x(f_to)
+        for lane in lanes.values():
+            if under(lane.resource, prefix):
+                h = lane.height(g)
+                out.append(
+                    f"<g>{_tip(f'{prefix} frozen by {by}', when(f_from), when(f_to))}"
+                    f'<rect x="{x1:.1f}" y="{lane.top + 2}" width="{max(x2 - x1, 3):.1f}" height="{h - 4}" '
+                    'fill="url(#hatch)" opacity="0.8"/></g>'
+                )
+    # waits: a dashed line under the bars
+    for q in rep["waits"]:
+        lane = lanes.get(str(q["resource"]))
+        if lane is None:
+            continue
+        yq = lane.bar_y(g) + BAR + 7
+        x1, x2 = ax.x(q["at"]), ax.x(q["until"])
+        tip = _tip(f"{q['agent']} queued behind {q['holder']}", q["outcome"])
+        out.append(
+            f"<g>{tip}"
+            f'<line x1="{x1:.1f}" y1="{yq}" x2="{max(x2, x1 + 2):.1f}" y2="{yq}" stroke="{GREY}" '
+            f'stroke-width="2" stroke-dasharray="5 3"/><circle cx="{x1:.1f}" cy="{yq}" r="3" fill="{GREY}"/></g>'
+        )
+    # holder bars, their names inside when they fit
+    for lane, h, x1, wdt, inside in bars:
+        yb = lane.bar_y(g)
+        c = colors.get(str(h["holder"]), GREY)
+        tip = _tip(
+            f"{h['holder']} holds {h['resource']}",
+            f"token {h['fencing_token']}",
+            f"{when(h['from'])}–{when(h['to']) if h['to'] else 'still held'}",
+            h["ended"],
+            h.get("intent"),
+        )
+        out.append(
+            f'<g>{tip}<rect x="{x1:.1f}" y="{yb}" width="{wdt:.1f}" height="{BAR}" rx="4" fill="{c}" fill-opacity="0.9"/>'
+        )
+        if not h["to"]:
+            out.append(
+                f'<path d="M{x1 + wdt:.1f},{yb} l7,11 l-7,11 z" fill="{c}" fill-opacity="0.9"/>'
+            )
+        if inside:
+            out.append(
+                texts.put(inside, x1 + 7, yb + 15, fill="#fff", weight="600", force=True) or ""
+            )
+        out.append("</g>")
+    # the rows: marks and their labels, stacked
+    for lane in lanes.values():
+        for it in lane.items:
+            yr = lane.row_y(g, it.row)
+            mark = _mark(it.kind, it.x, yr, it.color) if it.kind else ""
+            label = ""
+            if it.label:
+                fill = it.color if it.color != AMBER else "#92400e"
+                if it.flip:
+                    lx0 = it.x - 9 if it.kind else it.x
+                    label = (
+                        texts.put(it.label, lx0, yr + 4, fill=fill, anchor="end", force=True) or ""
+                    )
+                else:
+                    lx0 = it.x + 9 if it.kind else it.x - 7
+                    label = texts.put(it.label, lx0, yr + 4, fill=fill, force=True) or ""
+            out.append(f"<g>{it.tip}{mark}{label}</g>")
+    if not lanes:
+        out.append(
+            texts.put(
+                "Nobody held write authority in the window.",
+                plot_l + 12,
+                top + 40,
+                size=13,
+                fill=GREY,
+                force=True,
+            )
+            or ""
+        )
+    height = bottom + 52
+    if hidden:
+        out.append(
+            texts.put(
+                f"{hidden} more resource lane(s) not drawn; see the tables.",
+                plot_l,
+                height - 2,
+                fill=GREY,
+                force=True,
+            )
+            or ""
+        )
+        height += 8
+    head = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {g.width:.0f} {height:.0f}" width="100%" '
+        f'class="chart-{geometry}" role="img" aria-label="Timeline of write authority" font-family="inherit">'
+        '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
+        'patternTransform="rotate(45)"><rect width="6" height="6" fill="#f3f4f6"/>'
+        '<line x1="0" y1="0" x2="0" y2="6" stroke="#d1d5db" stroke-width="3"/></pattern>'
+        '<pattern id="cut" width="8" height="8" patternUnits="userSpaceOnUse" '
+        'patternTransform="rotate(-45)"><rect width="8" height="8" fill="#f9fafb"/>'
+        '<line x1="0" y1="0" x2="0" y2="8" stroke="#e5e7eb" stroke-width="2"/></pattern></defs>'
+    )
+    svg = "\n".join([head, *(o for o in out if o), "</svg>"])
+    # pattern ids unique per geometry: both charts sit in one page
+    for pid in ("hatch", "cut"):
+        svg = svg.replace(f'id="{pid}"', f'id="{pid}-{geometry}"')
+        svg = svg.replace(f"url(#{pid})", f"url(#{pid}-{geometry})")
+    return svg
+
+
+def _zigzag(x: float, top: float, bottom: float) -> str:
+    pts, y, k = [], top, 0
+    while y < bottom:
+        pts.append(f"{x + (3 if k % 2 else -3):.1f},{y:.1f}")
+        y += 6
+        k += 1
+    return f'<polyline points="{" ".join(pts)}" fill="none" stroke="#9ca3af" stroke-width="1.2"/>'
+
+
+def _color(kind: str | None) -> str:
+    return {
+        "deny": RED,
+        "grant": GREEN,
+        "diamond": NAVY,
+        "ask": AMBER,
+        "tri": VIOLET,
+        "square": INK,
+        "flag": ORANGE,
+        "bar": PALETTE[0],
+    }.get(kind or "", GREY)
+
+
+def _mark(kind: str | None, x: float, y: float, c: str) -> str:
+    if kind == "bar":
+        return f'<rect x="{x - 7:.1f}" y="{y - 6:.1f}" width="14" height="12" rx="3" fill="{c}"/>'
+    if kind == "band":
+        return f'<rect x="{x - 7:.1f}" y="{y - 6:.1f}" width="14" height="12" fill="url(#hatch)" stroke="#d1d5db"/>'
+    if kind == "break":
+        return f'<rect x="{x - 7:.1f}" y="{y - 6:.1f}" width="14" height="12" fill="url(#cut)" stroke="#9ca3af"/>'
+    if kind == "wait":
+        return (
+            f'<line x1="{x - 8:.1f}" y1="{y:.1f}" x2="{x + 8:.1f}" y2="{y:.1f}" stroke="{c}" '
+            'stroke-width="2" stroke-dasharray="4 2"/>'
+        )
+    if kind == "deny":
+        return (
+            f'<path d="M{x - 5:.1f},{y - 5:.1f} L{x + 5:.1f},{y + 5:.1f} '
+            f'M{x + 5:.1f},{y - 5:.1f} L{x - 5:.1f},{y + 5:.1f}" stroke="{c}" '
+            'stroke-width="2.8" stroke-linecap="round"/>'
+        )
+    if kind == "grant":
+        return (
+            f'<path d="M{x - 5:.1f},{y:.1f} L{x - 1.5:.1f},{y + 4.5:.1f} L{x + 5.5:.1f},{y - 5:.1f}" '
+            f'fill="none" stroke="{c}" stroke-width="2.8" stroke-linecap="round" stroke-linejoin="round"/>'
+        )
+    if kind == "diamond":
+        return (
+            f'<path d="M{x:.1f},{y - 7:.1f} L{x + 6:.1f},{y:.1f} L{x:.1f},{y + 7:.1f} '
+            f'L{x - 6:.1f},{y:.1f} z" fill="{c}" stroke="#fff" stroke-width="1.5"/>'
+        )
+    if kind == "ask":
+        return (
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4.5" fill="#fff" stroke="{c}" stroke-width="2"/>'
+        )
+    if kind == "tri":
+        return f'<path d="M{x:.1f},{y - 6:.1f} L{x + 6:.1f},{y + 5:.1f} L{x - 6:.1f},{y + 5:.1f} z" fill="{c}"/>'
+    if kind == "square":
+        return f'<rect x="{x - 5:.1f}" y="{y - 5:.1f}" width="10" height="10" fill="{c}"/>'
+    if kind == "flag":
+        return (
+            f'<path d="M{x - 3:.1f},{y + 7:.1f} L{x - 3:.1f},{y - 7:.1f} '
+            f'L{x + 6:.1f},{y - 3.5:.1f} L{x - 3:.1f},{y:.1f}" fill="{c}" stroke="{c}" '
+            'stroke-width="1.6" stroke-linejoin="round"/>'
+        )
+    return ""
+
+
+def _freeze_spans(freezes: Iterable[dict[str, Any]]) -> list[tuple[str, str, str | None, str]]:
+    """``(prefix, from, to or None, by)`` of each freeze in the window."""
+    out: list[tuple[str, str, str | None, str]] = []
+    open_: dict[str, tuple[str, str]] = {}
+    for f in freezes:
+        prefix = str(f["resource"])
+        if f["event"] == "freeze.created":
+            open_[prefix] = (f["at"], str(f["agent"]))
+        elif prefix in open_:
+            start, by = open_.pop(prefix)
+            out.append((prefix, start, f["at"], by))
+    out += [(p, start, None, by) for p, (start, by) in open_.items()]
+    return out

@@ -168,12 +168,19 @@ def _table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
 
 
 def to_markdown(rep: dict[str, Any]) -> str:
-    w, src = rep["window"], rep["source"]
-    d = bool(w["multi_day"])
+    d = bool(rep["window"]["multi_day"])
 
     def t(ts: str | None) -> str:
         return when(ts, d)
 
+    L = _md_head(rep, t) + _md_holders(rep, t) + _md_answers(rep, t) + _md_tail(rep, t)
+    return "\n".join(L)
+
+
+def _md_head(rep: dict[str, Any], t: Clock) -> list[str]:
+    """Title, provenance, summary, impact window and timeline."""
+    w, src = rep["window"], rep["source"]
+    d = bool(w["multi_day"])
     day = (w["from"] or "")[:10]
     L: list[str] = [f"# {printable(rep['title'])}", ""]
     L.append(
@@ -211,7 +218,12 @@ def to_markdown(rep: dict[str, Any]) -> str:
             + ", ".join(f"{n} {e}" for e, n in rep["timeline_quiet"].items())
             + " rows."
         )
+    return L
 
+
+def _md_holders(rep: dict[str, Any], t: Clock) -> list[str]:
+    """Who held write authority, the changes made, and what writ refused (and who waited)."""
+    L: list[str] = []
     L += ["", "## Who held write authority when", ""]
     if rep["holders"]:
         L += _table(
@@ -259,7 +271,12 @@ def to_markdown(rep: dict[str, Any]) -> str:
                 for q in rep["waits"]
             ],
         )
+    return L
 
+
+def _md_answers(rep: dict[str, Any], t: Clock) -> list[str]:
+    """Consents and rollbacks, with their answers."""
+    L: list[str] = []
     L += ["", "## Consents and their answers", ""]
     if rep["consents"]:
         L += _table(
@@ -313,7 +330,12 @@ def to_markdown(rep: dict[str, Any]) -> str:
         )
     else:
         L.append(NO_ROLLBACKS)
+    return L
 
+
+def _md_tail(rep: dict[str, Any], t: Clock) -> list[str]:
+    """Stuck locks, revocations, freezes, lint, chain verification and the questions left."""
+    L: list[str] = []
     L += ["", "## Stuck locks, wakes and pages", ""]
     L += _table(STUCK_COLUMNS, stuck_cells(rep, t)) if rep["stuck"] else [NO_STUCK]
 
@@ -363,7 +385,7 @@ def to_markdown(rep: dict[str, Any]) -> str:
         "- Action items, each with an owner.",
         "",
     ]
-    return "\n".join(L)
+    return L
 
 
 def verification_text(v: dict[str, Any]) -> list[str]:

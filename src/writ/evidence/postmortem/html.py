@@ -36,6 +36,7 @@ from writ.evidence.postmortem.markdown import (
     TIMELINE_COLUMNS,
     WAIT_COLUMNS,
     WAITS_INTRO,
+    Clock,
     change_cells,
     freeze_cells,
     lint_cells,
@@ -199,12 +200,22 @@ def _empty(text: str) -> str:
 
 def to_html(rep: dict[str, Any]) -> str:
     """The report as a standalone HTML document."""
-    w, src = rep["window"], rep["source"]
-    d = bool(w["multi_day"])
+    d = bool(rep["window"]["multi_day"])
 
     def t(ts: str | None) -> str:
         return when(ts, d)
 
+    o = _html_head(rep, t) + _html_decisions(rep, t) + _html_tail(rep, t)
+    return "\n".join(o) + "\n"
+
+
+def _html_head(rep: dict[str, Any], t: Clock) -> list[str]:
+    """The document head, the cards, the summary and the impact window."""
+    w, src = rep["window"], rep["source"]
+    d = bool(w["multi_day"])
+    v = rep["verification"] or {}
+    lint = rep["lint"]
+    flagged = len(lint.get("rows") or [])
     v = rep["verification"] or {}
     lint = rep["lint"]
     flagged = len(lint.get("rows") or [])
@@ -288,7 +299,12 @@ def to_html(rep: dict[str, Any]) -> str:
         "written by the responders.</em></li>"
     )
     o.append(_section("Impact window", "<ul class='summary'>" + "".join(items) + "</ul>"))
+    return o
 
+
+def _html_decisions(rep: dict[str, Any], t: Clock) -> list[str]:
+    """Holders, changes, refusals and waits, consents and rollbacks."""
+    o: list[str] = []
     if rep["holders"]:
         body = _table(
             HOLDER_COLUMNS,
@@ -405,7 +421,15 @@ def to_html(rep: dict[str, Any]) -> str:
     else:
         body = _empty(NO_ROLLBACKS)
     o.append(_section("Rollbacks and who approved them", body, len(rep["rollbacks"])))
+    return o
 
+
+def _html_tail(rep: dict[str, Any], t: Clock) -> list[str]:
+    """Stuck locks, revocations, freezes, lint, verification, timeline and the footer."""
+    v = rep["verification"] or {}
+    lint = rep["lint"]
+    flagged = len(lint.get("rows") or [])
+    o: list[str] = []
     body = (
         _table(STUCK_COLUMNS, stuck_cells(rep, t), ["t", "s", "n", "n", "n"])
         if rep["stuck"]
@@ -479,7 +503,7 @@ def to_html(rep: dict[str, Any]) -> str:
         "</main><footer>Drafted by writ postmortem from the hash-chained audit ledger. "
         "Self-contained: no scripts, no network.</footer></body></html>"
     )
-    return "\n".join(o) + "\n"
+    return o
 
 
 def _md_inline(s: str) -> str:

@@ -268,26 +268,14 @@ def _is_grant(status: str | None) -> bool:
     return status in ("granted", "used", "approved", "executed", "failed")
 
 
-def timeline_svg(rep: dict[str, Any], geometry: str = "wide") -> str:
-    """The SVG chart of a report (a string starting with ``<svg``)."""
-    g = GEOMETRIES[geometry]
-    w = rep["window"]
-    if not g.names_above and any(text_width(n, 12) > g.left - 14 for n in rep["lanes"]):
-        g = replace(g, names_above=True, left=10)  # long lane names go above their lanes
-    if not w.get("from") or not w.get("to"):
-        return (
-            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {g.width:.0f} 40" '
-            'role="img"><text x="10" y="24" font-size="13">No rows in the window.</text></svg>'
-        )
-    ax = _Axis(rep, g)
-    names: list[str] = list(rep["lanes"])[:MAX_LANES]
-    hidden = len(rep["lanes"]) - len(names)
-    lanes = {r: _Lane(r) for r in names}
-    colors: dict[str, str] = {}
-    for h in rep["holders"]:
-        colors.setdefault(str(h["holder"]), PALETTE[len(colors) % len(PALETTE)])
-    texts = _Texts(g.width)
-    out: list[str] = []
+_Bar = tuple[_Lane, dict[str, Any], float, float, str | None]
+
+
+def _place_marks(
+    rep: dict[str, Any], ax: _Axis, lanes: dict[str, _Lane], colors: dict[str, str]
+) -> list[_Bar]:
+    """Put the marks (with the name of who acted) in the lanes' rows, and measure the holder
+    bars: a holder name that does not fit in its bar goes to the rows too."""
 
     def add(
         res: Any, at: str | None, kind: str | None, label: str | None, color: str, tip: str
@@ -379,7 +367,7 @@ def timeline_svg(rep: dict[str, Any], geometry: str = "wide") -> str:
             )
             add(q["resource"], q["at"], None, f"{q['agent']} waits", GREY, tip)
     # holder names that do not fit in their bar go to the rows too
-    bars: list[tuple[_Lane, dict[str, Any], float, float, str | None]] = []
+    bars: list[_Bar] = []
     for h in rep["holders"]:
         lane = lanes.get(str(h["resource"]))
         if lane is None:
@@ -395,7 +383,11 @@ def timeline_svg(rep: dict[str, Any], geometry: str = "wide") -> str:
             tip = _tip(f"{name} holds {h['resource']}")
             lane.items.append(_Item(x1, None, name, colors.get(name, GREY), tip))
         bars.append((lane, h, x1, wdt, inside))
+    return bars
 
+
+def _legend(ax: _Axis, g: Geometry, texts: _Texts, out: list[str]) -> float:
+    """Draw the legend at the top (in as many lines as it needs); its bottom edge."""
     # -- legend
     legend = [
         ("bar", "holder"),
@@ -420,18 +412,20 @@ def timeline_svg(rep: dict[str, Any], geometry: str = "wide") -> str:
         out.append(texts.put(label, lx + 18, ly, force=True) or "")
         lx += wdt
     top = ly + 16
+    return top
 
-    # -- lanes, stacked
-    y = top
-    for lane in lanes.values():
-        lane.stack(g.width - g.right)
-        lane.top = y
-        y += lane.height(g)
-    bottom = y if lanes else top + 60
-    plot_l, plot_r = g.left, g.width - g.right
-    out.append(
-        f'<rect x="{plot_l}" y="{top}" width="{plot_r - plot_l}" height="{bottom - top}" fill="#fbfbfc" stroke="#e5e7eb"/>'
-    )
+
+def _axis(
+    w: dict[str, Any],
+    ax: _Axis,
+    texts: _Texts,
+    out: list[str],
+    top: float,
+    bottom: float,
+    plot_l: float,
+    plot_r: float,
+) -> None:
+    """The cut-away empty stretches, the time grid and the axis labels."""
     # empty stretches cut away
     for gone, x0, anchor in ((ax.before, plot_l, "start"), (ax.after, plot_r - BREAK, "end")):
         if not gone:
@@ -475,6 +469,47 @@ def timeline_svg(rep: dict[str, Any], geometry: str = "wide") -> str:
         )
         or ""
     )
+
+
+def _bands(
+    rep: dict[str, Any], g: Geometry, ax: _Axis, lanes: dict[str, _Lane], out: list[str]
+) -> None:
+    """Freezes (a hatched band over every lane under the frozen prefix) and waits (a dashed line under the bars)."""
+    # freezes: a hatched band over every lane under the frozen prefix
+    for prefix, f_from, f_to, by in _freeze_spans(rep["freezes"]):
+        x1, x2 = ax.x(f_from), ax.x(f_to)
+        for lane in lanes.values():
+            if under(lane.resource, prefix):
+                h = lane.height(g)
+                out.append(
+                    f"<g>{_tip(f'{prefix} frozen by {by}', when(f_from), when(f_to))}"
+                    f'<rect x="{x1:.1f}" y="{lane.top + 2}" width="{max(x2 - x1, 3):.1f}" height="{h - 4}" '
+                    'fill="url(#hatch)" opacity="0.8"/></g>'
+                )
+    # waits: a dashed line under the bars
+    for q in rep["waits"]:
+        q_lane = lanes.get(str(q["resource"]))
+        if q_lane is None:
+            continue
+        yq = q_lane.bar_y(g) + BAR + 7
+        x1, x2 = ax.x(q["at"]), ax.x(q["until"])
+        tip = _tip(f"{q['agent']} queued behind {q['holder']}", q["outcome"])
+        out.append(
+            f"<g>{tip}"
+            f'<line x1="{x1:.1f}" y1="{yq}" x2="{max(x2, x1 + 2):.1f}" y2="{yq}" stroke="{GREY}" '
+            f'stroke-width="2" stroke-dasharray="5 3"/><circle cx="{x1:.1f}" cy="{yq}" r="3" fill="{GREY}"/></g>'
+        )
+
+
+def _lane_names(
+    g: Geometry,
+    lanes: dict[str, _Lane],
+    texts: _Texts,
+    out: list[str],
+    plot_l: float,
+    plot_r: float,
+) -> None:
+    """The lane names (beside or above their lanes) and the lines between lanes."""
     # lane names and separators
     for i, lane in enumerate(lanes.values()):
         if i:
@@ -509,30 +544,47 @@ def timeline_svg(rep: dict[str, Any], geometry: str = "wide") -> str:
                 )
                 or ""
             )
-    # freezes: a hatched band over every lane under the frozen prefix
-    for prefix, f_from, f_to, by in _freeze_spans(rep["freezes"]):
-        x1, x2 = ax.x(f_from), ax.x(f_to)
-        for lane in lanes.values():
-            if under(lane.resource, prefix):
-                h = lane.height(g)
-                out.append(
-                    f"<g>{_tip(f'{prefix} frozen by {by}', when(f_from), when(f_to))}"
-                    f'<rect x="{x1:.1f}" y="{lane.top + 2}" width="{max(x2 - x1, 3):.1f}" height="{h - 4}" '
-                    'fill="url(#hatch)" opacity="0.8"/></g>'
-                )
-    # waits: a dashed line under the bars
-    for q in rep["waits"]:
-        lane = lanes.get(str(q["resource"]))
-        if lane is None:
-            continue
-        yq = lane.bar_y(g) + BAR + 7
-        x1, x2 = ax.x(q["at"]), ax.x(q["until"])
-        tip = _tip(f"{q['agent']} queued behind {q['holder']}", q["outcome"])
-        out.append(
-            f"<g>{tip}"
-            f'<line x1="{x1:.1f}" y1="{yq}" x2="{max(x2, x1 + 2):.1f}" y2="{yq}" stroke="{GREY}" '
-            f'stroke-width="2" stroke-dasharray="5 3"/><circle cx="{x1:.1f}" cy="{yq}" r="3" fill="{GREY}"/></g>'
+
+
+def timeline_svg(rep: dict[str, Any], geometry: str = "wide") -> str:
+    """The SVG chart of a report (a string starting with ``<svg``)."""
+    g = GEOMETRIES[geometry]
+    w = rep["window"]
+    if not g.names_above and any(text_width(n, 12) > g.left - 14 for n in rep["lanes"]):
+        g = replace(g, names_above=True, left=10)  # long lane names go above their lanes
+    if not w.get("from") or not w.get("to"):
+        return (
+            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {g.width:.0f} 40" '
+            'role="img"><text x="10" y="24" font-size="13">No rows in the window.</text></svg>'
         )
+    ax = _Axis(rep, g)
+    names: list[str] = list(rep["lanes"])[:MAX_LANES]
+    hidden = len(rep["lanes"]) - len(names)
+    lanes = {r: _Lane(r) for r in names}
+    colors: dict[str, str] = {}
+    for h in rep["holders"]:
+        colors.setdefault(str(h["holder"]), PALETTE[len(colors) % len(PALETTE)])
+    texts = _Texts(g.width)
+    out: list[str] = []
+
+    bars = _place_marks(rep, ax, lanes, colors)
+
+    top = _legend(ax, g, texts, out)
+
+    # -- lanes, stacked
+    y = top
+    for lane in lanes.values():
+        lane.stack(g.width - g.right)
+        lane.top = y
+        y += lane.height(g)
+    bottom = y if lanes else top + 60
+    plot_l, plot_r = g.left, g.width - g.right
+    out.append(
+        f'<rect x="{plot_l}" y="{top}" width="{plot_r - plot_l}" height="{bottom - top}" fill="#fbfbfc" stroke="#e5e7eb"/>'
+    )
+    _axis(w, ax, texts, out, top, bottom, plot_l, plot_r)
+    _lane_names(g, lanes, texts, out, plot_l, plot_r)
+    _bands(rep, g, ax, lanes, out)
     # holder bars, their names inside when they fit
     for lane, h, x1, wdt, inside in bars:
         yb = lane.bar_y(g)

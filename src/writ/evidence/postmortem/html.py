@@ -1,7 +1,7 @@
 """The postmortem as one self-contained HTML page, with a hand-written SVG timeline.
 
 No scripts, no fonts, no network: the page is a file you can attach to a ticket. The chart is
-:mod:`writ.postmortem_chart` (drawn twice, wide and narrow, one shown by CSS media query);
+:mod:`writ.evidence.postmortem.chart` (drawn twice, wide and narrow, one shown by CSS media query);
 everything shown is escaped (HTML, and control characters written as escapes).
 """
 

@@ -12,7 +12,8 @@ agree through. Options in the query string (every other one goes to libpq, e.g. 
 ``idle_timeout=10``      seconds a transaction may sit idle before PostgreSQL ends it
 =======================  ==========================================================
 
-How the contract is kept (the reasoning lives in the comments below and in docs/postgres.md):
+How the contract is kept (the reasoning lives in the comments of this package's modules and in
+docs/postgres.md):
 
 * **One serialization point, held briefly.** Every write is decided while holding the row
   lock of ``audit_head``, kept until COMMIT, so writes are serial across every process, in

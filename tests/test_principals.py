@@ -347,8 +347,8 @@ async def test_an_existing_store_upgrades_in_place(
 ) -> None:
     """A store made before the token lifecycle (migration 1 only) gains its columns on
     open; its principals keep their tokens and its ledger still verifies."""
-    import writ.stores.postgres as pg
-    import writ.stores.sqlite as sq
+    from writ.stores.postgres import _schema as pg
+    from writ.stores.sqlite import _schema as sq
 
     module = pg if backend.is_pg else sq
     full = list(module.MIGRATIONS)

@@ -1,0 +1,453 @@
+"""Signed checkpoints: an Ed25519 signature over the audit chain's head.
+
+The hash chain proves that the rows agree with each other; it cannot prove that nobody
+rewrote them all. Someone with write access to the database can change a row and re-hash
+every row after it, and ``writ audit verify`` will say ``ok``. A checkpoint closes that gap:
+it signs the head ``(seq, hash, time)`` with a key that does not live in the database, and
+once a copy of it is kept elsewhere (a ticket, a bucket, another host), a rewrite of any row
+up to ``seq`` is found, because the row at ``seq`` no longer has the signed hash.
+
+File format (UTF-8 text, one ``key: value`` per line, ``\\n`` line ends)::
+
+    writ-checkpoint: 1
+    seq: 1042
+    hash: 9f2c...                 (64 hex: the hash of row ``seq``)
+    time: 2026-05-16T02:21:00.000000Z   (that row's timestamp)
+    signed_at: 2026-05-16T02:21:01.500000Z
+    key_id: 5d1f0c2a9b7e4410      (first 16 hex of sha256 of the raw public key)
+    public_key: <base64 of the 32-byte raw Ed25519 public key>
+    signature: <base64 of the 64-byte Ed25519 signature>
+
+The signature covers the exact bytes of every line before the ``signature:`` line, newlines
+included. Readers ignore lines they do not know (they are still covered by the signature).
+The embedded public key makes a checkpoint self-checking; to know *who* signed it, verify
+with the key you trust (``--pubkey``): a forger can always sign with a key of their own.
+
+Keys are PEM files: the private key PKCS#8 (written mode 0600), the public key
+SubjectPublicKeyInfo next to it as ``KEY.pub`` (``writ audit keygen``).
+
+:class:`Checkpointer` writes one every N rows from inside ``writ serve`` (an engine ticker).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from writ.core.clock import rfc3339
+from writ.core.errors import Invalid
+from writ.core.ledger import GENESIS, verify
+
+if TYPE_CHECKING:
+    from writ.engine import Engine
+    from writ.stores.base import Store
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "Checkpointer",
+    "Outcome",
+    "generate_key",
+    "key_id",
+    "latest_in",
+    "load_private_key",
+    "load_public_key",
+    "make",
+    "raw_public",
+    "read_checkpoint",
+    "sign",
+    "verify_store",
+    "write_checkpoint",
+    "write_key",
+]
+
+FORMAT = "1"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_FILE = re.compile(r"checkpoint-(\d+)\.txt")
+_KNOWN = frozenset(
+    ("writ-checkpoint", "seq", "hash", "time", "signed_at", "key_id", "public_key", "signature")
+)  # any other line is kept, in order, as an extra (still signed)
+
+
+class CheckpointError(Invalid):
+    """A checkpoint file or key that cannot be used (unreadable, malformed, bad signature)."""
+
+
+# ----------------------------------------------------------------------------- keys
+def generate_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(public: bytes) -> str:
+    return hashlib.sha256(public).hexdigest()[:16]
+
+
+def write_key(path: str | Path, key: Ed25519PrivateKey | None = None) -> tuple[Path, Path]:
+    """Write a private key (PEM, mode 0600) and its public key (``PATH.pub``)."""
+    key = key or generate_key()
+    priv = Path(path)
+    pub = priv.with_name(priv.name + ".pub")
+    if priv.exists():
+        raise CheckpointError(f"{priv} exists: refusing to overwrite a signing key")
+    priv.parent.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return priv, pub
+
+
+def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read signing key {path}: {exc.strerror or exc}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a PEM private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise CheckpointError(f"{path} is not an Ed25519 key (writ audit keygen makes one)")
+    return key
+
+
+def load_public_key(path: str | Path) -> Ed25519PublicKey:
+    """A public key from a PEM public key, a PEM private key, or a checkpoint file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read public key {path}: {exc.strerror or exc}") from None
+    if b"PRIVATE KEY" in data:
+        return load_private_key(path).public_key()
+    if data.startswith(b"writ-checkpoint:"):
+        return Ed25519PublicKey.from_public_bytes(parse(data.decode()).public_key)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a PEM public key: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise CheckpointError(f"{path} is not an Ed25519 public key")
+    return key
+
+
+# ----------------------------------------------------------------------------- the file
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    seq: int
+    hash: str
+    time: str | None
+    signed_at: str
+    public_key: bytes
+    signature: bytes
+    extra: tuple[tuple[str, str], ...] = ()
+    source: str | None = field(default=None, compare=False)  # the file it was read from
+
+    def body(self) -> str:
+        """The signed text: every line before ``signature:``."""
+        lines = [
+            ("writ-checkpoint", FORMAT),
+            ("seq", str(self.seq)),
+            ("hash", self.hash),
+            ("time", self.time or "-"),
+            ("signed_at", self.signed_at),
+            *self.extra,
+            ("key_id", key_id(self.public_key)),
+            ("public_key", base64.b64encode(self.public_key).decode()),
+        ]
+        return "".join(f"{k}: {v}\n" for k, v in lines)
+
+    def text(self) -> str:
+        return self.body() + f"signature: {base64.b64encode(self.signature).decode()}\n"
+
+    @property
+    def name(self) -> str:
+        return self.source or f"checkpoint at seq {self.seq}"
+
+    def check_signature(self, trusted: Ed25519PublicKey | None = None) -> None:
+        """Raise :class:`CheckpointError` unless the signature holds (by ``trusted``)."""
+        if trusted is not None and raw_public(trusted) != self.public_key:
+            raise CheckpointError(
+                f"{self.name} was signed by key {key_id(self.public_key)}, not by the trusted "
+                f"key {key_id(raw_public(trusted))}"
+            )
+        try:
+            Ed25519PublicKey.from_public_bytes(self.public_key).verify(
+                self.signature, self.body().encode()
+            )
+        except (InvalidSignature, ValueError):
+            raise CheckpointError(
+                f"{self.name}: the signature does not match its contents (the file was "
+                "edited after signing, or signed by another key)"
+            ) from None
+
+
+def sign(
+    key: Ed25519PrivateKey, seq: int, hash_: str, at: str | None, signed_at: str | None = None
+) -> Checkpoint:
+    unsigned = Checkpoint(
+        seq, hash_, at, signed_at or rfc3339(time.time()) or "", raw_public(key.public_key()), b""
+    )
+    return replace(unsigned, signature=key.sign(unsigned.body().encode()))
+
+
+def parse(text: str, source: str | None = None) -> Checkpoint:
+    """Read a checkpoint's text; the signature is *not* checked here."""
+    where = source or "checkpoint"
+    values: dict[str, str] = {}
+    order: list[tuple[str, str]] = []
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(": ")
+        if not sep or not key or key != key.strip():
+            raise CheckpointError(f"{where}:{n}: not a 'key: value' line: {line[:60]!r}")
+        if key in values:
+            raise CheckpointError(f"{where}:{n}: {key} appears twice")
+        values[key] = value
+        order.append((key, value))
+    if values.get("writ-checkpoint") != FORMAT:
+        raise CheckpointError(f"{where}: not a writ checkpoint (first line 'writ-checkpoint: 1')")
+    missing = [
+        k for k in ("seq", "hash", "signed_at", "public_key", "signature") if k not in values
+    ]
+    if missing:
+        raise CheckpointError(f"{where}: missing {', '.join(missing)}")
+    try:
+        seq = int(values["seq"])
+        public = base64.b64decode(values["public_key"], validate=True)
+        signature = base64.b64decode(values["signature"], validate=True)
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: bad seq, public_key or signature: {exc}") from None
+    if seq < 1 or not _HEX64.fullmatch(values["hash"]) or len(public) != 32:
+        raise CheckpointError(f"{where}: seq must be >= 1, hash 64 hex, public_key 32 bytes")
+    extra = tuple((k, v) for k, v in order if k not in _KNOWN)
+    t = values.get("time")
+    cp = Checkpoint(
+        seq,
+        values["hash"],
+        None if t in (None, "-") else t,
+        values["signed_at"],
+        public,
+        signature,
+        extra,
+        source,
+    )
+    if "key_id" in values and values["key_id"] != key_id(public):
+        raise CheckpointError(f"{where}: key_id does not belong to public_key")
+    if cp.body() + f"signature: {values['signature']}\n" != _normal(text):
+        raise CheckpointError(
+            f"{where}: lines are out of order or reformatted; the signed text cannot be rebuilt"
+        )
+    return cp
+
+
+def _normal(text: str) -> str:
+    return "".join(line + "\n" for line in text.split("\n") if line.strip())
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    return parse(text, str(path))
+
+
+def write_checkpoint(cp: Checkpoint, path: str | Path) -> Path:
+    """Write atomically (a reader never sees half a checkpoint)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(cp.text())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+    return p
+
+
+def latest_in(directory: str | Path) -> Path | None:
+    """The checkpoint file with the highest seq in a Checkpointer directory."""
+    newest = _newest(Path(directory))
+    return newest[1] if newest else None
+
+
+def _newest(d: Path) -> tuple[int, Path] | None:
+    """``(seq, file)`` of the newest checkpoint file in ``d``, by the seq in its name."""
+    if not d.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _FILE.fullmatch(p.name))]
+    return max(found, key=lambda f: f[0], default=None)
+
+
+# ----------------------------------------------------------------------------- the ledger
+async def head(store: Store) -> tuple[int, str, str | None]:
+    """``(seq, hash, timestamp)`` of the last audit row."""
+
+    async def fn(tx: Any) -> tuple[int, str, str | None]:
+        seq, h = await tx.audit_head()
+        if seq == 0:
+            return 0, h, None
+        rows = await tx.audit_rows(seq - 1, 1)
+        return seq, h, rows[0]["timestamp"] if rows else None
+
+    result: tuple[int, str, str | None] = await store.read(fn)
+    return result
+
+
+async def make(store: Store, key: Ed25519PrivateKey) -> Checkpoint:
+    """Sign the current head of ``store``'s ledger."""
+    seq, h, at = await head(store)
+    if seq == 0:
+        raise CheckpointError("the audit log is empty: there is nothing to checkpoint yet")
+    return sign(key, seq, h, at)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result of checking a ledger against checkpoints."""
+
+    ok: bool
+    rows: int
+    head: str
+    first_bad_seq: int | None = None
+    reason: str | None = None
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "rows": self.rows,
+            "head": self.head,
+            "first_bad_seq": self.first_bad_seq,
+            "reason": self.reason,
+            "checkpoints": self.checkpoints,
+        }
+
+
+async def verify_store(
+    store: Store,
+    checkpoints: Sequence[Checkpoint],
+    trusted: Ed25519PublicKey | None = None,
+) -> Outcome:
+    """Recompute the whole chain and prove it still extends every checkpoint.
+
+    Fails, naming the row, when a row up to a checkpoint was changed without re-hashing
+    (the chain breaks there), when rows were re-hashed to hide a change (the row at the
+    checkpoint's seq has another hash: the change lies after the last checkpoint that still
+    matches), or when rows were removed (the ledger ends before the checkpoint's seq).
+    """
+    for cp in checkpoints:
+        cp.check_signature(trusted)
+    want = {cp.seq: cp for cp in sorted(checkpoints, key=lambda c: c.seq)}
+    report = {
+        cp.seq: {"seq": cp.seq, "hash": cp.hash, "file": cp.source, "ok": None}
+        for cp in want.values()
+    }
+    matched = 0  # highest checkpoint seq found intact
+    seq, prev, total = 1, GENESIS, 0
+
+    def fail(bad: int, reason: str) -> Outcome:
+        for r in report.values():
+            if r["ok"] is None:
+                r["ok"] = False
+        return Outcome(False, total, prev, bad, reason, list(report.values()))
+
+    async for chunk in store.audit_records():
+        part = verify(chunk, seq, prev)
+        total += part.rows
+        if not part.ok:
+            bad = part.first_bad_seq or seq + part.rows
+            after = [s for s in want if s >= bad]
+            if after:
+                return fail(
+                    bad,
+                    f"row {bad} changed after checkpoint seq {after[0]} was signed: {part.reason}",
+                )
+            return fail(bad, f"row {bad}: {part.reason}")
+        first = chunk[0][0]
+        for s in [s for s in want if first <= s <= chunk[-1][0]]:
+            got = chunk[s - first][2]
+            if got != want[s].hash:
+                return fail(
+                    s,
+                    (
+                        f"row {s} no longer has the hash checkpoint {want[s].name} signed "
+                        f"({want[s].hash[:12]}…, now {got[:12]}…): rows "
+                        f"{matched + 1}..{s} were rewritten and re-hashed after it was signed"
+                    ),
+                )
+            report[s]["ok"] = True
+            matched = s
+        seq, prev = seq + part.rows, part.head
+    missing = [s for s in want if s > total]
+    if missing:
+        return fail(
+            total + 1,
+            (
+                f"the ledger ends at seq {total}, before checkpoint seq {missing[0]}: "
+                f"rows {total + 1}..{missing[0]} were removed"
+            ),
+        )
+    return Outcome(True, total, prev, None, None, list(report.values()))
+
+
+# ----------------------------------------------------------------------------- the server
+class Checkpointer:
+    """Write a signed checkpoint into ``directory`` every ``every`` audit rows.
+
+    Hooks itself into the engine's periodic duties (after each sweep, about once a second
+    in ``writ serve``). Files are ``checkpoint-<seq, 12 digits>.txt``; on start it carries on
+    from the newest one in the directory. Copy them off the host to make them worth having.
+    """
+
+    def __init__(
+        self, engine: Engine, key: Ed25519PrivateKey, directory: str | Path, every: int = 1000
+    ) -> None:
+        if every < 1:
+            raise Invalid("checkpoint every N rows needs N >= 1", field="every")
+        self.engine = engine
+        self.key = key
+        self.directory = Path(directory)
+        self.every = int(every)
+        newest = _newest(self.directory)
+        self.last_seq = newest[0] if newest else 0
+        self.written: list[Path] = []
+        engine.add_ticker(self.tick)
+
+    async def tick(self) -> Path | None:
+        seq, h, at = await head(self.engine.store)
+        if seq == 0 or seq - self.last_seq < self.every:
+            return None
+        cp = sign(self.key, seq, h, at)
+        path = write_checkpoint(cp, self.directory / f"checkpoint-{seq:012d}.txt")
+        self.last_seq = seq
+        self.written.append(path)
+        return path

@@ -1,0 +1,165 @@
+"""LISTEN/NOTIFY of the PostgreSQL store: packing notes into NOTIFY payloads, the one listening
+connection per store, and the resync after it comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from writ.stores.postgres._schema import (
+    _NOTIFY_LIMIT,
+)
+from writ.stores.postgres._sql import log
+
+
+def _shrink(payload: dict[str, Any]) -> dict[str, Any]:
+    """A note too large for NOTIFY keeps its short fields and says it was cut."""
+    out: dict[str, Any] = {"truncated": True}
+    for k, v in payload.items():
+        if k == "error" and isinstance(v, dict):
+            out[k] = {"code": v.get("code"), "message": str(v.get("message", ""))[:1000]}
+        elif len(json.dumps(v)) <= 500:
+            out[k] = v
+    return out
+
+
+def _payloads(instance: str, notes: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Notes packed into as few NOTIFY payloads as fit, each tagged with our instance id
+    (so this process can ignore its own echo: it delivers its notes itself, at once)."""
+    out: list[str] = []
+    batch: list[Any] = []
+    for kind, payload in notes:
+        item = [kind, payload]
+        if len(json.dumps(item)) > _NOTIFY_LIMIT - 100:
+            item = [kind, _shrink(payload)]
+        trial = json.dumps({"i": instance, "n": [*batch, item]})
+        if len(trial.encode()) > _NOTIFY_LIMIT and batch:
+            out.append(json.dumps({"i": instance, "n": batch}))
+            batch = []
+        batch.append(item)
+    if batch:
+        out.append(json.dumps({"i": instance, "n": batch}))
+    return out
+
+
+class _Listener:
+    """The notification half of :class:`~writ.stores.postgres.PostgresStore` (a mixin: the
+    attributes below are the store's, set in its ``__init__``)."""
+
+    _closed: bool
+    _conninfo: str
+    _kwargs: dict[str, Any]
+    _listening: asyncio.Event
+    _heard_seq: int
+    _pool: AsyncConnectionPool[Any] | None
+    _old_pools: set[asyncio.Task[None]]
+    channel: str
+    instance: str
+    statement_timeout: float
+
+    if TYPE_CHECKING:
+
+        def _new_pool(self) -> AsyncConnectionPool[Any]: ...
+
+        def _deliver(self, notes: Sequence[tuple[str, dict[str, Any]]]) -> None: ...
+
+    # -- notifications -------------------------------------------------------------------
+    async def _listen(self) -> None:
+        """One LISTEN connection per store. Reconnects by itself; after a reconnect it
+        delivers what may have been missed meanwhile (see :meth:`_resync`)."""
+        delay, lost_at = 0.05, None  # type: float, float | None
+        while not self._closed:
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, **self._kwargs)
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                if lost_at is not None:
+                    await self._resync(conn, time.monotonic() - lost_at)
+                    lost_at = None
+                elif not self._listening.is_set():  # first start: hear from the head on
+                    cur = await conn.execute("SELECT seq FROM audit_head")
+                    row = await cur.fetchone()
+                    self._heard_seq = max(self._heard_seq, int(row[0]) if row else 0)
+                self._listening.set()
+                delay = 0.05
+                while not self._closed:
+                    async for n in conn.notifies(timeout=5.0):
+                        self._on_notify(n.payload)
+                    await conn.execute("SELECT 1")  # a quiet 5 s: is the server still there?
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the listener must outlive an outage
+                if self._closed:
+                    break
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    self._listening.clear()
+                    log.warning("PostgreSQL LISTEN connection lost (%s); reconnecting", exc)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, 1.0)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+    def _on_notify(self, text: str) -> None:
+        try:
+            msg = json.loads(text)
+            notes = [(str(k), dict(p)) for k, p in msg["n"]]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed writ notification: %.200s", text)
+            return
+        # NOTIFY arrives in commit order, our own echo included: having heard row n, this
+        # listener has heard every row up to n (what a resync starts from)
+        for kind, payload in notes:
+            if kind == "audit":
+                self._heard_seq = max(self._heard_seq, int(payload.get("seq", 0)))
+        if msg.get("i") != self.instance:  # our own notes were delivered at commit
+            self._deliver(notes)
+
+    async def _resync(self, conn: psycopg.AsyncConnection[Any], outage_s: float) -> None:
+        """After the LISTEN connection came back: notifications sent meanwhile are lost, so
+        re-announce the grants made to queued requests since the last row we had heard
+        of, then the current head and a ``resync`` note. A fresh pool replaces the old
+        one, whose reconnect attempts may be backing off for many seconds."""
+        cur = await conn.execute(
+            "SELECT request_id, lease_id FROM leases WHERE request_id IS NOT NULL AND"
+            " acquired_at >= coalesce((SELECT ts FROM audit WHERE seq = %s), 0)"
+            " ORDER BY fencing_token LIMIT 10000",
+            (self._heard_seq,),
+        )
+        grants = await cur.fetchall()
+        cur = await conn.execute("SELECT seq FROM audit_head")
+        row = await cur.fetchone()
+        head = int(row[0]) if row else 0
+        self._heard_seq = max(self._heard_seq, head)
+        await self._refresh_pool()
+        notes: list[tuple[str, dict[str, Any]]] = [
+            ("granted", {"waiter_id": r, "lease_id": l}) for r, l in grants
+        ]
+        notes += [
+            ("audit", {"seq": head}),
+            ("resync", {"seq": head, "outage_s": round(outage_s, 3)}),
+        ]
+        log.warning(
+            "PostgreSQL reachable again after %.1fs; resynchronized at seq %d", outage_s, head
+        )
+        self._deliver(notes)
+
+    async def _refresh_pool(self) -> None:
+        old, new = self._pool, self._new_pool()
+        await new.open(wait=False)
+        self._pool = new
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(old.close(timeout=self.statement_timeout))
+            self._old_pools.add(task)
+            task.add_done_callback(self._old_pools.discard)

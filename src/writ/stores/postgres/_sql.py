@@ -1,0 +1,78 @@
+"""SQL helpers of the PostgreSQL store: related-resource clauses, multi-row statements, driver errors."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+
+from writ.core.errors import Unavailable
+from writ.core.resources import related_clauses
+
+T = TypeVar("T")
+log = logging.getLogger("writ.stores.postgres")
+
+
+def _related_sql(column: str, paths: Sequence[str]) -> tuple[str, list[Any]]:
+    """``column`` equal to a path or an ancestor, or inside a descendant range: each arm an
+    index range scan (the planner ORs them as a BitmapOr)."""
+    exact, ranges = related_clauses(paths)
+    parts = [f"{column} = ANY(%s)"]
+    args: list[Any] = [exact]
+    for lo, hi in ranges:
+        parts.append(f"({column} >= %s AND {column} < %s)")
+        args += [lo, hi]
+    return "(" + " OR ".join(parts) + ")", args
+
+
+def _prefix_sql(column: str, prefix: str) -> tuple[str, list[Any]]:
+    return (
+        f"({column} = %s OR ({column} >= %s AND {column} < %s))",
+        [prefix, prefix + "/", prefix + "0"],
+    )
+
+
+@contextlib.contextmanager
+def _translate(what: str) -> Iterator[None]:
+    """The one boundary where driver errors become :class:`Unavailable`; anything else
+    (the engine's own errors) passes through."""
+    try:
+        yield
+    except (psycopg.Error, OSError) as exc:
+        if not isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
+            log.error("PostgreSQL store: %s failed", what, exc_info=exc)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        tail = "" if what == "open the store" else "; nothing of this request was kept, retry"
+        raise Unavailable(f"the PostgreSQL store could not {what}: {reason}{tail}") from exc
+
+
+def _broken(conn: psycopg.AsyncConnection[Any]) -> bool:
+    return bool(conn.closed or conn.broken)
+
+
+def _copy(obj: T) -> T:
+    return dataclasses.replace(obj)  # type: ignore[type-var]
+
+
+_Stmts = list[tuple[str, Sequence[Any]]]
+
+
+def _chunks(rows: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``rows`` in power-of-two runs (13 → 8, 4, 1): few distinct statement texts, so
+    psycopg's cache of parsed queries keeps hitting."""
+    i = 0
+    while i < len(rows):
+        n = 1 << min((len(rows) - i).bit_length() - 1, 7)
+        yield rows[i : i + n]
+        i += n
+
+
+def _multi(head: str, row: str, rows: Sequence[Sequence[Any]], tail: str = "") -> _Stmts:
+    return [
+        (head + ", ".join([row] * len(part)) + tail, [v for r in part for v in r])
+        for part in _chunks(rows)
+    ]

@@ -1,0 +1,647 @@
+"""PostgresStore: the pool, batching, LISTEN/NOTIFY, migrations, export and import."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from writ.core.errors import Invalid, Unavailable, WritError
+from writ.core.ledger import Record
+from writ.stores.base import Store, Tx
+from writ.stores.postgres import _schema
+from writ.stores.postgres._batch import _fail, _Item, _Live, _Retry, _Split, _undone
+from writ.stores.postgres._listen import _Listener, _payloads
+from writ.stores.postgres._schema import (
+    _BEGIN_READ,
+    _CATCH_UP,
+    _LOCK_HEAD,
+    _MIGRATION_LOCK,
+    _SCHEMA_NAME,
+)
+from writ.stores.postgres._sql import T, _broken, _translate, log
+from writ.stores.postgres._transfer import _Transfer
+from writ.stores.postgres._tx import PgTx, _Batch
+from writ.stores.rows import (
+    LEASE_COLS,
+    WAITER_COLS,
+    to_lease,
+    to_waiter,
+)
+
+
+class PostgresStore(_Listener, _Transfer, Store):
+    """``postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DBNAME[?schema=NAME&pool_max=10...]``.
+
+    Caveats: needs PostgreSQL 12 or newer; acknowledged grants survive a failover only
+    with synchronous replication; the audit triggers stop accidents and replication tools,
+    not the owner of the tables (run ``writ serve`` as a role that does not own them to
+    make the ledger append-only for the server itself; see docs/postgres.md).
+    """
+
+    max_attempts = 5
+    announces_principal_changes = True  # a trigger NOTIFYs on any change (migration 2)
+    batch_max = 256  # write transactions per group commit at most
+    optimistic_for = 1.0  # seconds between lessons of the database clock (see _Live)
+    solo_after = 0.5  # seconds without another server's write before batches go optimistic
+
+    def __init__(self, url: str, clock: Any = None, **_ignored: Any) -> None:
+        super().__init__()
+        if clock is not None:
+            raise Invalid(
+                "the PostgreSQL store takes its time from the database clock; "
+                "a clock= option is only for the SQLite store"
+            )
+        self.url = url
+        parsed = urlparse(url)
+        if not parsed.path.strip("/"):
+            raise Invalid(f"store URL {url!r} names no database (postgresql://user@host:5432/db)")
+        query = dict(parse_qsl(parsed.query, keep_blank_values=True))
+
+        def take(name: str, default: float, lo: float, hi: float) -> float:
+            raw = query.pop(name, None)
+            if raw is None:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise Invalid(f"store URL option {name}={raw!r} is not a number") from None
+            if not lo <= value <= hi:
+                raise Invalid(f"store URL option {name}={raw} must be between {lo:g} and {hi:g}")
+            return value
+
+        self.schema = query.pop("schema", None) or None
+        if self.schema is not None and not _SCHEMA_NAME.fullmatch(self.schema):
+            raise Invalid(f"store URL option schema={self.schema!r}: use 1-58 of a-z 0-9 _")
+        self.pool_min = int(take("pool_min", 2, 0, 1000))
+        self.pool_max = int(take("pool_max", 10, 1, 1000))
+        self.pool_min = min(self.pool_min, self.pool_max)
+        self.pool_timeout = take("pool_timeout", 5.0, 0.1, 600)
+        self.statement_timeout = take("statement_timeout", 10.0, 0.1, 3600)
+        self.idle_timeout = take("idle_timeout", 10.0, 0.1, 3600)
+        user_options = query.pop("options", "")  # kept, with ours after it
+        options = [user_options] if user_options else []
+        if self.schema:
+            options.append(f"-c search_path={self.schema}")
+        options += [
+            f"-c statement_timeout={int(self.statement_timeout * 1000)}",
+            f"-c lock_timeout={int(self.statement_timeout * 1000)}",
+            f"-c idle_in_transaction_session_timeout={int(self.idle_timeout * 1000)}",
+        ]
+        query.setdefault("application_name", "writ")
+        query.setdefault("connect_timeout", "5")
+        # a server on a dead network path notices within ~15 s
+        query.setdefault("keepalives", "1")
+        query.setdefault("keepalives_idle", "5")
+        query.setdefault("keepalives_interval", "2")
+        query.setdefault("keepalives_count", "3")
+        self._conninfo = urlunparse(parsed._replace(query=urlencode(query)))
+        # search_path and timeouts travel in the startup packet (libpq "options"), so every
+        # connection — pooled or the listener, new or replaced after a restart — has them
+        # before its first statement, at no extra round trip.
+        self._kwargs: dict[str, Any] = {"autocommit": True, "options": " ".join(options)}
+        self.channel = f"writ_{self.schema}" if self.schema else "writ"
+        self.instance = uuid.uuid4().hex[:12]
+        self._pool: AsyncConnectionPool[Any] | None = None
+        self._old_pools: set[asyncio.Task[None]] = set()
+        self._write_lock = asyncio.Lock()
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._queue: list[_Item] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self._live: _Live | None = None
+        self._listener_task: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+        self._heard_seq = 0
+        self._checking = False
+        self._closed = True
+        self.transactions = 0  # committed write transactions (for tests and benchmarks)
+        self.batches = 0  # committed batches (group commits)
+        self.optimistic_batches = 0  # of those, decided before taking the lock
+        self.loads = 0  # full loads of the live replica
+        self.applied: list[str] = []  # migrations this store applied when it opened
+        self.retries = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def _new_pool(self) -> AsyncConnectionPool[Any]:
+        return AsyncConnectionPool(
+            self._conninfo,
+            kwargs=self._kwargs,
+            min_size=self.pool_min,
+            max_size=self.pool_max,
+            open=False,
+            timeout=self.pool_timeout,
+            # keep trying for a day: a PostgreSQL outage must not shrink the pool for good
+            reconnect_timeout=86_400,
+            max_idle=300,
+            name=f"writ-{self.instance}",
+        )
+
+    async def open(self) -> None:
+        if not self._closed:
+            return
+        with _translate("open the store"):
+            conn = await psycopg.AsyncConnection.connect(self._conninfo, **self._kwargs)
+            try:
+                await self._migrate(conn)
+            finally:
+                await conn.close()
+            pool = self._new_pool()
+            await pool.open(wait=True, timeout=self.pool_timeout + 5)
+        self._pool = pool
+        self._closed = False
+        self._listener_task = asyncio.get_running_loop().create_task(self._listen())
+        try:
+            await asyncio.wait_for(self._listening.wait(), self.pool_timeout + 5)
+        except TimeoutError:
+            log.warning("PostgreSQL store: the LISTEN connection is not up yet; retrying")
+
+    async def _migrate(self, c: psycopg.AsyncConnection[Any]) -> None:
+        """Apply missing migrations, recorded in ``writ_migrations``, under an advisory
+        transaction lock so that servers starting together do not race. Nothing is
+        locked or created when the schema is current: a server may run as a role that is
+        not allowed DDL (see docs/postgres.md, "Hardening the ledger")."""
+        cur = await c.execute("SELECT to_regclass('writ_migrations') IS NOT NULL")
+        row = await cur.fetchone()
+        if row and row[0]:
+            cur = await c.execute("SELECT version FROM writ_migrations")
+            if {r[0] for r in await cur.fetchall()} >= set(range(1, len(_schema.MIGRATIONS) + 1)):
+                return
+        async with c.transaction():
+            await c.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            if self.schema:
+                await c.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+                )
+            await c.execute(
+                "CREATE TABLE IF NOT EXISTS writ_migrations (version integer PRIMARY KEY,"
+                " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+            )
+            cur = await c.execute("SELECT version FROM writ_migrations")
+            have = {r[0] for r in await cur.fetchall()}
+            for version, (name, script) in enumerate(_schema.MIGRATIONS, start=1):
+                if version in have:
+                    continue
+                script = script.replace("WRIT_CHANNEL", self.channel)
+                self.applied.append(name)
+                await c.execute(script.encode())  # several statements: simple query protocol
+                await c.execute(
+                    "INSERT INTO writ_migrations (version, name) VALUES (%s, %s)", (version, name)
+                )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=self.statement_timeout)
+        if self._listener_task is not None:
+            self._listener_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener_task
+            self._listener_task = None
+        for t in list(self._old_pools):
+            with contextlib.suppress(Exception):
+                await t
+        if self._pool is not None:
+            await self._pool.close(timeout=2)
+            self._pool = None
+
+    def _pool_or_fail(self) -> AsyncConnectionPool[Any]:
+        if self._closed or self._pool is None:
+            raise Unavailable("store is closed")
+        return self._pool
+
+    # -- writes: group commit --------------------------------------------------------------
+    async def transact(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        # Every write transaction joins the next batch (see _Batch); the batch runs in the
+        # drain task, so a caller that goes away (a client that disconnects) neither leaves
+        # a connection mid-statement nor cuts a commit in half: the outcome is the same as
+        # if it had waited.
+        self._pool_or_fail()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.append((fn, fut))
+        if self._drainer is None:
+            self._drainer = loop.create_task(self._drain())
+            self._inflight.add(self._drainer)
+            self._drainer.add_done_callback(self._forget)
+        return await fut
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that left does not leave a warning behind
+
+    async def _shielded(self, coro: Awaitable[T]) -> T:
+        task = asyncio.ensure_future(coro)
+        self._inflight.add(task)
+        task.add_done_callback(self._forget)
+        return await asyncio.shield(task)
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                await asyncio.sleep(0)  # let the requests arriving in this tick join the batch
+                items = [(fn, f) for fn, f in self._queue[: self.batch_max] if not f.done()]
+                del self._queue[: self.batch_max]
+                if items:
+                    try:
+                        await self._run(items)
+                    except BaseException as exc:  # never leave a caller waiting
+                        _fail(items, exc)
+                        if not isinstance(exc, Exception):
+                            raise
+        finally:
+            self._drainer = None
+
+    async def _run(self, items: list[_Item]) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._attempt(items, attempt)
+                return
+            except _Retry as r:
+                self.retries += 1
+                if attempt >= self.max_attempts:
+                    try:
+                        with _translate("commit"):
+                            raise r.cause from None
+                    except Unavailable as exc:
+                        _fail(items, exc)
+                        return
+                if r.broken:
+                    await self._check_pool()
+                await asyncio.sleep(random.uniform(0.001, 0.005) * attempt)
+            except _Split as s:
+                # a statement failed inside a batch of several: each runs alone, so that
+                # only the transaction that caused it fails
+                if len(items) == 1:
+                    try:
+                        with _translate("write"):
+                            raise s.cause from None
+                    except Unavailable as exc:
+                        _fail(items, exc)
+                        return
+                for item in items:
+                    if not item[1].done():
+                        await self._run([item])
+                return
+            except Unavailable as exc:
+                _fail(items, exc)
+                return
+
+    async def _begin(self, conn: psycopg.AsyncConnection[Any]) -> _Batch:
+        """Take the serialization point, read the clock and the counters, and bring the
+        live replica up to date with what other servers committed: one round trip when
+        nobody else wrote."""
+        live = self._live
+        # not prepared: see _Batch.send (a lock timeout would skip the catch-up)
+        async with conn.pipeline():
+            await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED", prepare=False)
+            hcur = conn.cursor()
+            await hcur.execute(_LOCK_HEAD, prepare=False)
+            lcur = None
+            if live is not None:
+                lcur = conn.cursor()
+                await lcur.execute(_CATCH_UP, (live.version,), prepare=False)
+        head = await hcur.fetchone()
+        assert head is not None, "audit_head has no row"
+        seq, hash_, now, version, wv, ov, epoch, token, wseq = head
+        foreign = live is None or epoch != live.epoch or version != live.version
+        if live is None or epoch != live.epoch:
+            live = await self._load(conn, version, wv, ov, epoch)
+        elif version != live.version:
+            assert lcur is not None
+            for r in await lcur.fetchall():
+                live.put(to_lease(r[:-1]), r[-1])
+            if wv != live.wv:
+                await self._load_waiters(conn, live)
+            if ov != live.ov:
+                live.forget()
+            live.version, live.wv, live.ov = version, wv, ov
+        if foreign:
+            live.foreign_at = time.monotonic()
+        live.offset, live.learned = float(now) - time.time(), time.monotonic()
+        self._live = live
+        return _Batch(conn, live, (int(seq), hash_), float(now), int(token), int(wseq))
+
+    def _begin_optimistic(self, conn: psycopg.AsyncConnection[Any], live: _Live) -> _Batch:
+        """A batch decided on the replica as this process left it (see :class:`_Live`)."""
+        now = max(time.time() + live.offset, live.ts)
+        return _Batch(conn, live, live.head, now, live.token, live.wseq, optimistic=True)
+
+    def _optimistic(self, live: _Live | None, attempt: int) -> bool:
+        return (
+            live is not None
+            and time.monotonic() - live.foreign_at > self.solo_after
+            and attempt == 1
+            and time.monotonic() - live.learned < self.optimistic_for
+        )
+
+    async def _load(
+        self, conn: psycopg.AsyncConnection[Any], version: int, wv: int, ov: int, epoch: int
+    ) -> _Live:
+        live = _Live(version, wv, ov, epoch)
+        cur = await conn.execute(
+            f"SELECT {LEASE_COLS}, request_id FROM leases WHERE state = 'held'"
+            " ORDER BY fencing_token"
+        )
+        for r in await cur.fetchall():
+            live.put(to_lease(r[:-1]), r[-1])
+        await self._load_waiters(conn, live)
+        self.loads += 1
+        return live
+
+    @staticmethod
+    async def _load_waiters(conn: psycopg.AsyncConnection[Any], live: _Live) -> None:
+        cur = await conn.execute(f"SELECT {WAITER_COLS} FROM waiters ORDER BY seq")
+        live.waiters = {w.waiter_id: w for w in map(to_waiter, await cur.fetchall())}
+
+    async def _attempt(self, items: list[_Item], attempt: int = 1) -> None:
+        pool = self._pool_or_fail()
+        began = time.perf_counter()
+        done: list[tuple[asyncio.Future[Any], Any, BaseException | None, PgTx]] = []
+        with _translate("write"):
+            async with pool.connection() as conn:
+                b: _Batch | None = None
+                try:
+                    live = self._live
+                    if live is not None and self._optimistic(live, attempt):
+                        b = self._begin_optimistic(conn, live)
+                    else:
+                        b = await self._begin(conn)
+                    for fn, fut in items:
+                        tx = b.start(self)
+                        try:
+                            result = await fn(tx)
+                        except Exception as exc:
+                            if b.failed is not None or isinstance(exc, psycopg.Error):
+                                raise
+                            b.end(tx, False)
+                            done.append((fut, None, exc, tx))
+                            continue
+                        b.end(tx, True)
+                        done.append((fut, result, None, tx))
+                    notes = await self._commit(b, [tx for _, _, e, tx in done if e is None])
+                except BaseException as exc:
+                    if isinstance(exc, pgerrors.SerializationFailure) and b and b.optimistic:
+                        # someone else wrote since our last batch: the replica is behind,
+                        # not wrong; catch it up under the lock and decide again
+                        await self._rollback(conn)
+                        self._live = _undone(b)
+                        raise _Retry(exc, False) from exc
+                    self._live = None  # the replica may hold what never committed
+                    if b is not None and b.committing and _broken(conn):
+                        # the connection broke in the COMMIT's round trip: find out
+                        if not await self._committed_anyway(b, exc):
+                            raise _Retry(exc, True) from exc
+                        notes = b.notes
+                    else:
+                        await self._rollback(conn)
+                        if isinstance(
+                            exc, pgerrors.SerializationFailure | pgerrors.DeadlockDetected
+                        ):
+                            raise _Retry(exc, False) from exc
+                        if isinstance(exc, psycopg.OperationalError) and _broken(conn):
+                            raise _Retry(exc, True) from exc
+                        if isinstance(exc, psycopg.Error):
+                            raise _Split(exc) from exc
+                        raise
+        if self.commit_observers:
+            took = time.perf_counter() - began
+            for observe in self.commit_observers:
+                observe(took)
+        self._settle(b, done, notes)
+
+    async def _commit(self, b: _Batch, ok: list[PgTx]) -> list[tuple[str, dict[str, Any]]]:
+        """The batch's last round trip: its buffered writes, the new chain head and
+        counters, the notifications and COMMIT, pipelined."""
+        notes = [n for tx in ok for n in tx.notes]
+        if b.head != b.head0:
+            notes.append(("audit", {"seq": b.head[0]}))
+        b.notes = notes
+        live = b.live
+        tail: list[tuple[str, Sequence[Any]]] = []
+        if b.wrote:
+            tail.append(
+                (
+                    "UPDATE audit_head SET seq = %s, hash = %s, ts = %s, version = %s,"
+                    " wv = wv + %s, ov = ov + %s",
+                    (
+                        b.head[0],
+                        b.head[1],
+                        b.last,
+                        b.version,
+                        int(b.wrote_waiters),
+                        int(b.wrote_other),
+                    ),
+                )
+            )
+        # The sequences move past what the batch drew by drawing as many (USAGE is the only
+        # right a server role needs on them); the draws must end where the batch's did —
+        # anything else (a writer outside the head lock) fails the batch (division by zero)
+        for name, last, first in (
+            ("fencing_token", b.token, b.token0),
+            ("waiters_seq_seq", b.wseq, b.wseq0),
+        ):
+            if last != first:
+                tail.append(
+                    (
+                        f"SELECT 1 / (max(nextval('{name}')) = %s)::int"
+                        " FROM generate_series(1, %s)",
+                        (last, last - first),
+                    )
+                )
+        if notes:
+            tail.append(
+                (
+                    "SELECT count(pg_notify(%s, x)) FROM unnest(%s::text[]) AS x",
+                    (self.channel, _payloads(self.instance, notes)),
+                )
+            )
+        b.materialize()
+        b.pending += tail
+        b.pending.append(("COMMIT", ()))
+        b.committing = True
+        await b.send(None, None, ())
+        if b.wrote:
+            live.version = b.version
+            live.wv += int(b.wrote_waiters)
+            live.ov += int(b.wrote_other)
+        live.head, live.ts, live.token, live.wseq = b.head, b.last, b.token, b.wseq
+        self.optimistic_batches += int(b.optimistic)
+        return notes
+
+    def _settle(
+        self,
+        b: _Batch | None,
+        done: list[tuple[asyncio.Future[Any], Any, BaseException | None, PgTx]],
+        notes: list[tuple[str, dict[str, Any]]],
+    ) -> None:
+        self.batches += 1
+        self.transactions += sum(1 for _, _, e, _ in done if e is None)
+        for fut, result, exc, _ in done:
+            if fut.done():
+                continue
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+        self._deliver(notes)
+        for _, _, exc, tx in done:
+            if exc is None:
+                tx.committed()
+
+    async def _rollback(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if _broken(conn):
+            return
+        with contextlib.suppress(psycopg.Error):
+            await conn.execute("ROLLBACK")
+
+    async def _committed_anyway(self, b: _Batch, exc: BaseException) -> bool:
+        """The connection broke during COMMIT: find out whether it committed.
+
+        Taking the audit_head lock waits out the orphaned transaction (PostgreSQL ends it,
+        one way or the other, when it notices the connection is gone); after that, the
+        batch committed exactly when its last audit row is in the ledger. Without an audit
+        row, a batch that wrote nothing may be treated as done; one that wrote cannot be
+        told apart, and is reported as unavailable.
+        """
+        if b.head == b.head0:
+            if not b.wrote:
+                return True
+            raise Unavailable(
+                "the PostgreSQL connection was lost while committing; the outcome of this "
+                "request is unknown, check before retrying"
+            ) from exc
+        seq, hash_ = b.head
+        for attempt in range(1, self.max_attempts + 1):
+            pool = self._pool_or_fail()
+            try:
+                with _translate("confirm a commit"):
+                    async with pool.connection() as c2:
+                        async with c2.transaction():
+                            await c2.execute("SELECT seq FROM audit_head FOR UPDATE")
+                            cur = await c2.execute(
+                                "SELECT 1 FROM audit WHERE seq = %s AND hash = %s", (seq, hash_)
+                            )
+                            found = await cur.fetchone() is not None
+                break
+            except Unavailable as lost:
+                # the other pooled connections may be dead too (a restart kills them all)
+                if attempt == self.max_attempts:
+                    raise Unavailable(
+                        "the PostgreSQL connection was lost while committing and the store "
+                        "cannot be reached to confirm it: the outcome of this request is "
+                        "unknown, check before retrying"
+                    ) from lost
+                await self._check_pool()
+                await asyncio.sleep(random.uniform(0.001, 0.005) * attempt)
+        log.warning(
+            "PostgreSQL connection lost during COMMIT; the batch %s",
+            "had committed" if found else "had not committed, running it again",
+        )
+        return found
+
+    async def _check_pool(self) -> None:
+        """After a broken connection, test the idle ones at once instead of failing on
+        each in turn (a PostgreSQL restart breaks them all)."""
+        if self._checking or self._pool is None:
+            return
+        self._checking = True
+        try:
+            with contextlib.suppress(Exception):
+                await self._pool.check()
+        finally:
+            self._checking = False
+
+    # -- reads ---------------------------------------------------------------------------
+    async def ready(self) -> str | None:
+        async def version(tx: Tx) -> int:
+            row = await tx._one(  # type: ignore[attr-defined]
+                "SELECT coalesce(max(version), 0) FROM writ_migrations"
+            )
+            return int(row[0])
+
+        try:
+            have = await self.read(version)
+        except WritError as exc:
+            return exc.message
+        if have != len(_schema.MIGRATIONS):
+            return f"the schema is at migration {have}; this writ expects {len(_schema.MIGRATIONS)}"
+        if not self._listening.is_set():
+            return "the PostgreSQL LISTEN connection is down (reconnecting): waits would not hear other servers"
+        return None
+
+    async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        self._pool_or_fail()
+        return await self._shielded(self._read(fn))
+
+    async def _read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        attempt = 0
+        while True:
+            attempt += 1
+            pool = self._pool_or_fail()
+            try:
+                with _translate("read"):
+                    async with pool.connection() as conn:
+                        try:
+                            cur = conn.cursor()
+                            await cur.execute(_BEGIN_READ)
+                            cur.nextset()
+                            row = await cur.fetchone()
+                            assert row is not None
+                            result = await fn(PgTx(self, conn, False, float(row[0])))
+                            await conn.execute("COMMIT")
+                            return result
+                        except BaseException as exc:
+                            await self._rollback(conn)
+                            if (
+                                isinstance(exc, psycopg.OperationalError)
+                                and _broken(conn)
+                                and attempt < self.max_attempts
+                            ):
+                                raise _Retry(exc, True) from exc
+                            raise
+            except _Retry:
+                self.retries += 1
+                await self._check_pool()
+
+    def audit_stream(
+        self, after_seq: int = 0, batch: int = 10_000
+    ) -> AsyncIterator[list[tuple[int, str, str]]]:
+        return self._audit_pages("seq, body, hash", after_seq, batch)
+
+    def audit_records(self, after_seq: int = 0, batch: int = 10_000) -> AsyncIterator[list[Record]]:
+        return self._audit_pages("seq, body, hash, ts, event, resource, lock_key", after_seq, batch)
+
+    async def _audit_pages(
+        self, columns: str, after_seq: int, batch: int
+    ) -> AsyncIterator[list[Any]]:
+        # Keyset pages by seq: seq order is commit order, so a later page never finds a
+        # row that should have been in an earlier one.
+        last = after_seq
+        while True:
+            pool = self._pool_or_fail()
+            with _translate("read the ledger"):
+                async with pool.connection() as conn:
+                    cur = await conn.execute(
+                        f"SELECT {columns} FROM audit WHERE seq > %s ORDER BY seq LIMIT %s",
+                        (last, batch),
+                    )
+                    rows = [(int(r[0]), *r[1:]) for r in await cur.fetchall()]
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield rows

@@ -1,0 +1,418 @@
+"""The SQLite transaction: the Tx interface on one connection inside a savepoint."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import (
+    Sequence,
+)
+from typing import TYPE_CHECKING, Any
+
+from writ.core.errors import Conflict
+from writ.core.ledger import GENESIS, Sealed, row_from, seal
+from writ.core.models import Lease, Principal, Waiter
+from writ.stores.base import Tx
+from writ.stores.rows import (
+    LEASE_COLS,
+    PRINCIPAL_COLS,
+    PRINCIPAL_INSERT_COLS,
+    lease_values,
+    principal_values,
+    to_lease,
+    to_object,
+    to_principal,
+    to_waiter,
+    waiter_values,
+)
+from writ.stores.sqlite._sql import (
+    _ANY_WAITER,
+    _held_related_sql,
+    _live_objects,
+    _objects_related_many_sql,
+    _related_sql,
+)
+
+if TYPE_CHECKING:
+    from writ.stores.sqlite._store import SQLiteStore
+
+
+class SQLiteTx(Tx):
+    def __init__(self, store: SQLiteStore, conn: sqlite3.Connection, writable: bool) -> None:
+        self.store = store
+        self.c = conn
+        self.writable = writable
+        self.notes = []
+        self._now = store.clock.now()
+        self._memo: dict[Any, Any] = {}  # repeated reads within this tx, until it writes
+
+    def now(self) -> float:
+        return self._now
+
+    def _knows_none(self, key: Any, probe: str, args: Sequence[Any] = ()) -> bool:
+        """True when the writer knows no row matches ``probe`` (an EXISTS query), so a
+        lookup can be skipped. Only a writing transaction asks: it holds the write lock, and
+        the store forgets what it knows whenever another connection has committed, a
+        savepoint rolled back or a batch failed (see ``SQLiteStore._known``)."""
+        if not self.writable:
+            return False
+        known = self.store._known
+        if key not in known:
+            known[key] = bool(self.c.execute(probe, args).fetchone()[0])
+        return not known[key]
+
+    def _w(self) -> None:
+        if not self.writable:
+            raise RuntimeError("write in a read transaction")
+        self._memo.clear()
+
+    async def next_token(self) -> int:
+        self._w()
+        self.store._token += 1
+        return self.store._token
+
+    # principals
+    async def insert_principal(self, principal: Principal, token_hash: str) -> None:
+        self._w()
+        try:
+            self.c.execute(
+                f"INSERT INTO principals ({PRINCIPAL_INSERT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                principal_values(principal, token_hash),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(
+                f"principal {principal.name!r} already exists", name=principal.name
+            ) from None
+
+    async def get_principal(self, name: str) -> Principal | None:
+        r = self.c.execute(
+            f"SELECT {PRINCIPAL_COLS} FROM principals WHERE name = ?", (name,)
+        ).fetchone()
+        return to_principal(r) if r else None
+
+    async def principal_by_token(self, token_hash: str) -> Principal | None:
+        r = self.c.execute(
+            f"SELECT {PRINCIPAL_COLS} FROM principals WHERE token_hash = ?", (token_hash,)
+        ).fetchone()
+        return to_principal(r) if r else None
+
+    async def list_principals(self) -> list[Principal]:
+        rows = self.c.execute(f"SELECT {PRINCIPAL_COLS} FROM principals ORDER BY name")
+        return [to_principal(r) for r in rows]
+
+    async def update_principal(self, principal: Principal, token_hash: str | None = None) -> None:
+        self._w()
+        self.c.execute(
+            "UPDATE principals SET queues = ?, disabled_at = ?, disabled_reason = ?,"
+            " token_expires_at = ?, token_hash = coalesce(?, token_hash) WHERE name = ?",
+            (
+                json.dumps(principal.queues),
+                principal.disabled_at,
+                principal.disabled_reason,
+                principal.token_expires_at,
+                token_hash,
+                principal.name,
+            ),
+        )
+
+    # leases
+    async def insert_lease(self, lease: Lease, request_id: str | None = None) -> None:
+        self._w()
+        self.c.execute(
+            f"INSERT INTO leases ({LEASE_COLS}, request_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            lease_values(lease, request_id),
+        )
+
+    async def update_lease(self, lease: Lease) -> None:
+        self._w()
+        self.c.execute(
+            "UPDATE leases SET state = ?, expires_at = ?, ttl_s = ?, ended_at = ? WHERE lease_id = ?",
+            (lease.state, lease.expires_at, lease.ttl_s, lease.ended_at, lease.lease_id),
+        )
+
+    async def get_lease(self, lease_id: str, for_update: bool = False) -> Lease | None:
+        r = self.c.execute(
+            f"SELECT {LEASE_COLS} FROM leases WHERE lease_id = ?", (lease_id,)
+        ).fetchone()
+        return to_lease(r) if r else None
+
+    async def lease_for_request(self, request_id: str) -> Lease | None:
+        r = self.c.execute(
+            f"SELECT {LEASE_COLS} FROM leases WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return to_lease(r) if r else None
+
+    async def held_related(self, paths: Sequence[str]) -> list[Lease]:
+        at = tuple(paths)
+        key = ("held", at)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return list(hit)
+        sql, args = _held_related_sql(at)
+        out = [to_lease(r) for r in self.c.execute(sql, args)]
+        self._memo[key] = out
+        return list(out)
+
+    async def due_leases(self, now: float, limit: int) -> list[Lease]:
+        rows = self.c.execute(
+            f"SELECT {LEASE_COLS} FROM leases WHERE state = 'held' AND expires_at <= ?"
+            " ORDER BY expires_at LIMIT ?",
+            (now, limit),
+        )
+        return [to_lease(r) for r in rows]
+
+    async def next_expiry(self) -> float | None:
+        r = self.c.execute("SELECT min(expires_at) FROM leases WHERE state = 'held'").fetchone()
+        return r[0] if r else None
+
+    async def list_leases(
+        self, prefix: str | None, state: str | None, limit: int, holder: str | None = None
+    ) -> list[Lease]:
+        where, args = ["1=1"], []  # type: list[str], list[Any]
+        if prefix:
+            where.append("(resource = ? OR (resource >= ? AND resource < ?))")
+            args += [prefix, prefix + "/", prefix + "0"]
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        if holder:
+            where.append("holder = ?")
+            args.append(holder)
+        rows = self.c.execute(
+            f"SELECT {LEASE_COLS} FROM leases WHERE {' AND '.join(where)}"
+            " ORDER BY fencing_token DESC LIMIT ?",
+            [*args, limit],
+        )
+        return [to_lease(r) for r in rows]
+
+    # waiters
+    async def insert_waiter(self, waiter: Waiter) -> Waiter:
+        self._w()
+        cur = self.c.execute(
+            "INSERT INTO waiters (waiter_id, resource, principal, request, enqueued_at, deadline)"
+            " VALUES (?,?,?,?,?,?)",
+            waiter_values(waiter),
+        )
+        waiter.seq = int(cur.lastrowid or 0)
+        self.store._known["waiters"] = True
+        return waiter
+
+    async def delete_waiter(self, waiter_id: str) -> bool:
+        self._w()
+        self.store._known.pop("waiters", None)  # maybe the last one: look again when asked
+        return self.c.execute("DELETE FROM waiters WHERE waiter_id = ?", (waiter_id,)).rowcount > 0
+
+    async def waiters_related(
+        self, paths: Sequence[str], before_seq: int | None = None, limit: int | None = None
+    ) -> list[Waiter]:
+        if self._knows_none("waiters", _ANY_WAITER):
+            return []
+        where, args = _related_sql("resource", paths)
+        if before_seq is not None:
+            where += " AND seq < ?"
+            args.append(before_seq)
+        sql = (
+            "SELECT seq, waiter_id, resource, principal, request, enqueued_at, deadline"
+            f" FROM waiters WHERE {where} ORDER BY seq"
+        )
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [to_waiter(r) for r in self.c.execute(sql, args)]
+
+    async def waiters_of(self, principal: str) -> list[Waiter]:
+        if self._knows_none("waiters", _ANY_WAITER):
+            return []
+        rows = self.c.execute(
+            "SELECT seq, waiter_id, resource, principal, request, enqueued_at, deadline"
+            " FROM waiters WHERE principal = ? ORDER BY seq",
+            (principal,),
+        )
+        return [to_waiter(r) for r in rows]
+
+    async def count_waiters_related(
+        self, paths: Sequence[str], before_seq: int | None = None
+    ) -> int:
+        if self._knows_none("waiters", _ANY_WAITER):
+            return 0
+        where, args = _related_sql("resource", paths)
+        if before_seq is not None:
+            where += " AND seq < ?"
+            args.append(before_seq)
+        return int(
+            self.c.execute(f"SELECT count(*) FROM waiters WHERE {where}", args).fetchone()[0]
+        )
+
+    async def gauges(self) -> tuple[int, int]:
+        held = self.c.execute(
+            "SELECT count(*) FROM leases WHERE state = 'held' AND expires_at > ?", (self.now(),)
+        ).fetchone()[0]
+        waiting = self.c.execute("SELECT count(*) FROM waiters").fetchone()[0]
+        return int(held), int(waiting)
+
+    # objects
+    async def put_object(
+        self,
+        kind: str,
+        obj_id: str,
+        resource: str,
+        state: str,
+        data: dict[str, Any],
+        expires_at: float | None = None,
+    ) -> None:
+        self._w()
+        self.c.execute(
+            "INSERT INTO objects (kind, id, resource, state, data, created_at, expires_at)"
+            " VALUES (?,?,?,?,?,?,?) ON CONFLICT (kind, id) DO UPDATE SET"
+            " resource = excluded.resource, state = excluded.state, data = excluded.data,"
+            " expires_at = excluded.expires_at",
+            (kind, obj_id, resource, state, json.dumps(data), self._now, expires_at),
+        )
+        for key in [k for k in self.store._known if k != "waiters"]:
+            del self.store._known[key]
+
+    async def get_object(
+        self, kind: str, obj_id: str, for_update: bool = False
+    ) -> dict[str, Any] | None:
+        r = self.c.execute(
+            "SELECT data, state, expires_at FROM objects WHERE kind = ? AND id = ?", (kind, obj_id)
+        ).fetchone()
+        return to_object(r) if r else None
+
+    async def objects_related(
+        self, kind: str, paths: Sequence[str], states: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        where, args = _related_sql("resource", paths)
+        sql = f"SELECT data, state, expires_at FROM objects WHERE kind = ? AND {where}"
+        args = [kind, *args]
+        if states:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            args += list(states)
+        return [to_object(r) for r in self.c.execute(sql + " ORDER BY created_at, id", args)]
+
+    async def objects_related_many(
+        self, specs: Sequence[tuple[str, Sequence[str]]], paths: Sequence[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        spec = tuple((k, tuple(sts)) for k, sts in specs)
+        live = _live_objects(spec)
+        if self._knows_none(live.known_key, live.probe, live.probe_args):
+            return {k: [] for k, _ in specs}
+        at = tuple(paths)
+        key = ("objects", spec, at)
+        hit = self._memo.get(key)
+        if hit is None:
+            sql, args = _objects_related_many_sql(spec, at)
+            hit = {k: [] for k in live.wanted}
+            for kind, *rest in self.c.execute(sql, args):
+                if rest[1] in live.wanted[kind]:
+                    hit[kind].append(to_object(rest))
+            self._memo[key] = hit
+        return {k: list(v) for k, v in hit.items()}
+
+    async def objects_due(
+        self, kind: str, state: str, now: float, limit: int
+    ) -> list[dict[str, Any]]:
+        rows = self.c.execute(
+            "SELECT data, state, expires_at FROM objects WHERE kind = ? AND state = ?"
+            " AND expires_at IS NOT NULL AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+            (kind, state, now, limit),
+        )
+        return [to_object(r) for r in rows]
+
+    async def list_objects(
+        self, kind: str, states: Sequence[str] | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        sql, args = "SELECT data, state, expires_at FROM objects WHERE kind = ?", [kind]
+        if states:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            args += list(states)
+        sql += " ORDER BY created_at DESC, id LIMIT ?"
+        return [to_object(r) for r in self.c.execute(sql, [*args, limit])]
+
+    # ledger
+    async def append(self, fields: dict[str, Any]) -> Sealed:
+        self._w()
+        seq, prev = self.store._head
+        s = seal(seq + 1, prev, self._now, fields)
+        self.c.execute(
+            "INSERT INTO audit (seq, ts, event, resource, lock_key, body, hash) VALUES (?,?,?,?,?,?,?)",
+            (s.seq, s.timestamp, s.event, s.resource, s.lock_key, s.body, s.hash),
+        )
+        self.store._head = (s.seq, s.hash)
+        if self.store.row_observers:
+            self.noted(s)
+        return s
+
+    async def audit_rows(
+        self,
+        after_seq: int = 0,
+        limit: int = 1000,
+        prefix: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[dict[str, Any]]:
+        where, args = ["seq > ?"], [after_seq]  # type: list[str], list[Any]
+        ts_sql, ts_args = [], []  # type: list[str], list[Any]
+        if since is not None:
+            ts_sql.append("ts >= ?")
+            ts_args.append(since)
+        if until is not None:
+            ts_sql.append("ts <= ?")
+            ts_args.append(until)
+        if prefix or ts_sql:
+            # walk an index of the filter, never the whole table in seq order: the time
+            # index for a window of few rows, else the resource index ("+col" rules an
+            # index out)
+            where[0] = "+seq > ?"
+        if prefix and (not ts_sql or not self._few_rows(since, until)):
+            ts2 = [t.replace("ts", "+ts") for t in ts_sql]
+            where.append(
+                "((resource = ?"
+                + "".join(f" AND {t}" for t in ts_sql)
+                + ") OR (resource >= ? AND resource < ?"
+                + "".join(f" AND {t}" for t in ts2)
+                + "))"
+            )
+            args += [prefix, *ts_args, prefix + "/", prefix + "0", *ts_args]
+        else:
+            where += ts_sql
+            args += ts_args
+            if prefix:
+                where.append("(+resource = ? OR (+resource >= ? AND +resource < ?))")
+                args += [prefix, prefix + "/", prefix + "0"]
+        rows = self.c.execute(
+            f"SELECT body, hash FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            [*args, limit],
+        )
+        return [row_from(b, h) for b, h in rows]
+
+    def _few_rows(self, since: float | None, until: float | None, cap: int = 50_000) -> bool:
+        """Does the window hold at most ``cap`` rows (all resources)? Counts index entries."""
+        sql = "SELECT count(*) FROM (SELECT 1 FROM audit WHERE ts >= ? AND ts <= ? LIMIT ?)"
+        lo = float("-inf") if since is None else since
+        hi = float("inf") if until is None else until
+        return int(self.c.execute(sql, (lo, hi, cap + 1)).fetchone()[0]) <= cap
+
+    async def audit_head(self) -> tuple[int, str]:
+        r = self.c.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        return (r[0], r[1]) if r else (0, GENESIS)
+
+    async def audit_latest(
+        self, resources: Sequence[str], events: Sequence[str], at: float
+    ) -> dict[str, Any] | None:
+        best: tuple[int, str, str] | None = None
+        ev = ",".join("?" * len(events))
+        for res in resources:  # one indexed probe per resource
+            r = self.c.execute(
+                f"SELECT seq, body, hash FROM audit WHERE resource = ? AND ts <= ?"
+                f" AND event IN ({ev}) ORDER BY ts DESC, seq DESC LIMIT 1",
+                [res, at, *events],
+            ).fetchone()
+            if r and (best is None or r[0] > best[0]):
+                best = r
+        return row_from(best[1], best[2]) if best else None
+
+    async def audit_for_lock_key(self, lock_key: str) -> list[dict[str, Any]]:
+        rows = self.c.execute(
+            "SELECT body, hash FROM audit WHERE lock_key = ? ORDER BY seq", (lock_key,)
+        )
+        return [row_from(b, h) for b, h in rows]

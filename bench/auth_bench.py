@@ -22,9 +22,9 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 
+from writ.core.errors import Unauthenticated
 from writ.engine import Engine
-from writ.errors import Unauthenticated
-from writ.principals import AuthCache
+from writ.engine.principals import AuthCache
 from writ.stores import open_store
 
 

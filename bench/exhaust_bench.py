@@ -1,6 +1,6 @@
 """``python -m bench.exhaust_bench`` — one client against a ``writ serve`` process.
 
-Measures what the connection limits (``writ.limits``, docs/security.md "Limits") are for:
+Measures what the connection limits (``writ.net.limits``, docs/security.md "Limits") are for:
 
 * **oversize head**: one connection sends a 150 MiB header line as fast as it can; how much
   the server took before it answered or closed, and its peak RSS;

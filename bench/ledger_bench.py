@@ -3,7 +3,7 @@
 Builds a SQLite store whose ledger holds ``--rows`` sealed audit rows (default 1,000,000:
 leases granted, renewed, changed, refused and released on ``--resources`` resources, one row
 every 0.25 s of simulated time, plus their lease records), by bulk-inserting rows sealed with
-:func:`writ.ledger.seal` straight into the store file. Then it times, each in a fresh
+:func:`writ.core.ledger.seal` straight into the store file. Then it times, each in a fresh
 process as a user would run it:
 
 * ``writ audit verify --store`` — the whole chain (target: >= 200,000 rows/s);
@@ -34,8 +34,8 @@ from typing import Any
 
 import httpx
 
-from writ.clock import parse_time, rfc3339
-from writ.ledger import GENESIS, seal
+from writ.core.clock import parse_time, rfc3339
+from writ.core.ledger import GENESIS, seal
 
 from .peers import free_port
 
@@ -285,7 +285,7 @@ def timed(cmd: list[str], repeat: int = 3) -> tuple[float, str]:
 
 async def in_process(url: str, at: str) -> dict[str, float]:
     from writ.engine import Engine
-    from writ.postmortem import Query, StoreSource, collect
+    from writ.evidence.postmortem import Query, StoreSource, collect
     from writ.stores import open_store
 
     engine = Engine(open_store(url))

@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from writ.cli_lint import run
-from writ.lint import Linter, iter_rows
+from writ.cli.commands.lint import run
+from writ.evidence.lint import Linter, iter_rows
 
 AGENTS = [f"{k}-agent" for k in ("perf", "cost", "routing", "checkout", "billing")] + [
     "checkout-refund-runner",

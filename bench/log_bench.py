@@ -1,7 +1,7 @@
 """``python bench/log_bench.py`` — one structured log line, standard library vs structlog.
 
 The measurement behind writ's choice of the standard library for ``--log-format json``
-(:mod:`writ.logs`): the access line's fields, rendered to JSON and written to an in-memory
+(:mod:`writ.telemetry.logs`): the access line's fields, rendered to JSON and written to an in-memory
 stream, 50,000 lines per round, 5 rounds, both ways in the same round. structlog is not a
 writ dependency: ``pip install structlog`` to run this.
 """

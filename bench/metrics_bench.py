@@ -91,10 +91,10 @@ class Driver:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    from writ import logs
+    from writ.api.app import create_app
     from writ.engine import Engine
-    from writ.server import create_app
     from writ.stores import open_store
+    from writ.telemetry import logs
 
     tmp = Path(tempfile.mkdtemp(prefix="writ-metrics-bench-"))
     handler = logging.StreamHandler(args.devnull)

@@ -27,7 +27,9 @@ def register(name: str, kind: str = "agent") -> tuple[str, str]:
         try:
             out = admin.add_principal(unique, kind)
         except writ.Unavailable:
-            sys.exit(f"no writ server at {URL}: start one with `writ serve --port 7421` (see examples/README.md)")
+            sys.exit(
+                f"no writ server at {URL}: start one with `writ serve --port 7421` (see examples/README.md)"
+            )
     return unique, str(out["token"])
 
 

@@ -35,8 +35,10 @@ import writ
 async def admin_api(request: Request) -> JSONResponse:
     """The toy admin API: applies nothing, prints what reached it."""
     shown = {k: v for k, v in request.headers.items() if k.startswith("writ-")}
-    print(f"    [admin API] {request.method} {request.url.path} {shown} "
-          f"authorization={request.headers.get('authorization')!r}")
+    print(
+        f"    [admin API] {request.method} {request.url.path} {shown} "
+        f"authorization={request.headers.get('authorization')!r}"
+    )
     return JSONResponse({"applied": True})
 
 
@@ -55,9 +57,24 @@ def start_api() -> str:
 def start_gate(token: str, upstream: str, routes: Path) -> tuple[subprocess.Popen[str], str]:
     """`writ gate --url ... --token ... --upstream ... --listen ... --routes ...`"""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "writ.cli", "gate", "--url", URL, "--token", token,
-         "--upstream", upstream, "--listen", "127.0.0.1:0", "--routes", str(routes)],
-        stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "writ.cli",
+            "gate",
+            "--url",
+            URL,
+            "--token",
+            token,
+            "--upstream",
+            upstream,
+            "--listen",
+            "127.0.0.1:0",
+            "--routes",
+            str(routes),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stderr is not None
     for line in proc.stderr:  # "writ gate: listening on http://127.0.0.1:PORT -> ..."
@@ -83,25 +100,30 @@ def main() -> None:
             me = {"Authorization": f"Bearer {agent_token}"}
             print(f"{agent}: POST /admin/db/scale without a lease")
             r = http.post("/admin/db/scale", json={"to": 8}, headers=me)
-            print(f"  -> {r.status_code} {r.json()['error']['code']}: "
-                  f"{r.json()['error']['message']}\n")
+            print(
+                f"  -> {r.status_code} {r.json()['error']['code']}: "
+                f"{r.json()['error']['message']}\n"
+            )
 
             print(f"{agent}: GET /admin/db/status (reads pass through)")
             print(f"  -> {http.get('/admin/db/status').status_code}\n")
 
             with client.lease(db, intent="double capacity", ttl_s=30) as lease:
-                print(f"{agent}: POST /admin/db/scale with lease {lease.lease_id} "
-                      f"(fencing token {lease.fencing_token})")
-                r = http.post("/admin/db/scale", json={"to": 8},
-                              headers={**me, **lease.headers()})
+                print(
+                    f"{agent}: POST /admin/db/scale with lease {lease.lease_id} "
+                    f"(fencing token {lease.fencing_token})"
+                )
+                r = http.post("/admin/db/scale", json={"to": 8}, headers={**me, **lease.headers()})
                 print(f"  -> {r.status_code} {r.json()}\n")
 
         with writ.Client(URL, ADMIN_TOKEN) as admin:
             print("audit rows of the gate:")
             for row in admin.iter_audit(resource=db):
                 if row["event"].startswith("gate."):
-                    print(f"  #{row['seq']} {row['event']:<13} agent={row['agent_id']} "
-                          f"lock_holder={row['lock_holder']} notes={row['notes'][:90]!r}")
+                    print(
+                        f"  #{row['seq']} {row['event']:<13} agent={row['agent_id']} "
+                        f"lock_holder={row['lock_holder']} notes={row['notes'][:90]!r}"
+                    )
     finally:
         proc.terminate()
         proc.wait(10)

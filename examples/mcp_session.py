@@ -25,7 +25,8 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 async def connect(stack: AsyncExitStack, token: str) -> ClientSession:
     """What an MCP client does with {"command": "writ", "args": ["mcp"], "env": {...}}."""
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "writ.cli", "mcp"],
+        command=sys.executable,
+        args=["-m", "writ.cli", "mcp"],
         env={**os.environ, "WRIT_URL": URL, "WRIT_TOKEN": token},
     )
     read, write = await stack.enter_async_context(stdio_client(params))
@@ -58,31 +59,61 @@ async def main() -> None:
         print(f"tools: {', '.join(t.name for t in (await a.list_tools()).tools)}\n")
 
         print(f"{routing}:")
-        lease = await tool(a, "acquire_write_authority", resource=db,
-                           intent="reroute traffic through the DB tier", ttl_s=120,
-                           touches=["routing"], rollback={
-                               "allowed": True, "path": "/internal/routing/rollback",
-                               "key_holder": queue, "override_queue": queue})
+        lease = await tool(
+            a,
+            "acquire_write_authority",
+            resource=db,
+            intent="reroute traffic through the DB tier",
+            ttl_s=120,
+            touches=["routing"],
+            rollback={
+                "allowed": True,
+                "path": "/internal/routing/rollback",
+                "key_holder": queue,
+                "override_queue": queue,
+            },
+        )
         print(f"{perf}:")
         await tool(b, "acquire_write_authority", resource=db, intent="double capacity")
 
         print(f"{routing}:")
-        change = await tool(a, "record_change", lease_id=lease["lease_id"], attribute="routing",
-                            summary="route 30% of reads via db-tier")
+        change = await tool(
+            a,
+            "record_change",
+            lease_id=lease["lease_id"],
+            attribute="routing",
+            summary="route 30% of reads via db-tier",
+        )
         await tool(a, "release_lease", lease_id=lease["lease_id"])
 
         print(f"{perf}:")
-        await tool(b, "acquire_write_authority", resource=db, intent="undo the reroute",
-                   touches=["routing"])
-        consent = await tool(b, "ask_consent", change_id=change["change_id"],
-                             reason="the DB tier is saturated")
+        await tool(
+            b,
+            "acquire_write_authority",
+            resource=db,
+            intent="undo the reroute",
+            touches=["routing"],
+        )
+        consent = await tool(
+            b, "ask_consent", change_id=change["change_id"], reason="the DB tier is saturated"
+        )
         print(f"{routing}:")
         await tool(a, "answer_consent", consent_id=consent["consent_id"], decision="grant")
         print(f"{perf}:")
-        mine = await tool(b, "acquire_write_authority", resource=db, intent="undo the reroute",
-                          touches=["routing"], consent_id=consent["consent_id"])
-        await tool(b, "request_rollback", lease_id=lease["lease_id"],
-                   reason="the reroute saturated the DB tier")
+        mine = await tool(
+            b,
+            "acquire_write_authority",
+            resource=db,
+            intent="undo the reroute",
+            touches=["routing"],
+            consent_id=consent["consent_id"],
+        )
+        await tool(
+            b,
+            "request_rollback",
+            lease_id=lease["lease_id"],
+            reason="the reroute saturated the DB tier",
+        )
         await tool(b, "release_lease", lease_id=mine["lease_id"])
         state = await b.read_resource(f"writ://resources/{db}")
         print(f"\nwrit://resources/{db}:\n{state.contents[0].text[:300]}")  # type: ignore[union-attr]

@@ -28,7 +28,7 @@ proves:
   a lease that covered the key.
 
 :class:`Conflicts` is the protocol's conflict relation written out again from PROTOCOL.md
-(ancestors, descendants, blast-radius groups), independently of :mod:`writ.resources`,
+(ancestors, descendants, blast-radius groups), independently of :mod:`writ.core.resources`,
 so the checker does not trust the code it checks.
 
 Typical use::

@@ -113,8 +113,8 @@ def serve(store_path: Path, policy: Any = None) -> Iterator[LiveServer]:
     """Run a server over the SQLite file ``store_path`` until the block ends."""
     import uvicorn
 
+    from writ.api.app import create_app
     from writ.engine import Engine
-    from writ.server import create_app
     from writ.stores import open_store
 
     store_url = f"sqlite:///{store_path}"

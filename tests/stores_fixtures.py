@@ -5,7 +5,7 @@ PostgreSQL from ``WRIT_TEST_POSTGRES_URL`` (skipped when unset), each test in a 
 of its own (``?schema=``) that is dropped afterwards. ``backend`` adds what a test needs
 beyond the contract: a clock it can move, raw SQL, and ways to tamper with the ledger.
 
-Time: the SQLite store takes a :class:`~writ.clock.ManualClock`. PostgreSQL's clock is the
+Time: the SQLite store takes a :class:`~writ.core.clock.ManualClock`. PostgreSQL's clock is the
 database's and cannot be moved, so :meth:`Backend.advance` moves the *stored* times back
 instead (every lease, waiter and object time, by the same amount) — the same thing, seen
 from the engine, except that ledger timestamps stay where they were.
@@ -23,9 +23,9 @@ from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import pytest
 
-from writ.clock import ManualClock
+from writ.core.clock import ManualClock
+from writ.core.policy import Policy, parse
 from writ.engine import Engine
-from writ.policy import Policy, parse
 from writ.stores import Store, open_store
 
 __all__ = [

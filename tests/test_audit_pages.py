@@ -1,4 +1,4 @@
-"""Large ledger reads are answered page by page (writ.audit_pages): the same rows and cursor
+"""Large ledger reads are answered page by page (writ.api.streaming): the same rows and cursor
 as one read, while the event loop serves others between pages."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.test_http import ADMIN, Writ, serve
-from writ import audit_pages as paging
+from writ.api import streaming as paging
 
 
 @pytest.fixture

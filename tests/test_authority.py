@@ -27,14 +27,14 @@ from click.testing import CliRunner
 
 from tests.server_fixtures import ADMIN_TOKEN
 from tests.stores_fixtures import Backend
-from writ.authority import Settings, decide, grant_lines, review
+from writ.api.app import create_app
 from writ.cli import main
+from writ.core.errors import Invalid, PolicyError
+from writ.core.grants import Settings, decide, grant_lines, review
+from writ.core.models import Principal
+from writ.core.policy import load, parse
 from writ.engine import Engine
-from writ.errors import Invalid
-from writ.lint import check_row
-from writ.models import Principal
-from writ.policy import PolicyError, load, parse
-from writ.server import create_app
+from writ.evidence.lint import check_row
 
 # The 02:17 policy in closed mode (docs/authority.md walks through it).
 POLICY = """\
@@ -581,7 +581,7 @@ def test_policy_check_and_explain_offline(tmp_path: Path) -> None:
 async def test_the_postmortem_lists_authority_refusals(
     backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from writ.postmortem import Query, StoreSource, collect, to_markdown
+    from writ.evidence.postmortem import Query, StoreSource, collect, to_markdown
 
     async with world(backend, tmp_path, monkeypatch) as w:
         await w.lease("perf-agent", "prod/db", ttl_s=300)

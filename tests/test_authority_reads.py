@@ -16,7 +16,7 @@ import pytest
 
 from tests.stores_fixtures import Backend
 from tests.test_authority import POLICY, World, world
-from writ.errors import Invalid
+from writ.core.errors import Invalid
 
 # prod/db and billing/db share a blast radius; perf-agent observes prod and routing only
 BLAST = '[blast_radius]\ndb-tier = ["prod/db", "billing/db"]\n' + POLICY
@@ -274,7 +274,7 @@ async def test_the_engine_refuses_a_gate_attribute_that_is_not_text(
 def test_grant_lines_survive_quotes_in_comments_and_one_line_strings() -> None:
     """The rule's FILE:LINE: a comment or a one-line string holding three quotes once made
     the scan think a multi-line string had begun, so every later grant lost its line."""
-    from writ.policy import parse
+    from writ.core.policy import parse
 
     text = """\
 # the DBA's \"\"\" style notes
@@ -310,7 +310,8 @@ def test_grant_names_are_names(grant: str, words: str) -> None:
     """A grant's principals are principal names, and its vendors and attributes are text: a
     name no principal can have never matches, and printed by `writ policy check` a newline
     in it forged a line of its own."""
-    from writ.policy import PolicyError, parse
+    from writ.core.errors import PolicyError
+    from writ.core.policy import parse
 
     with pytest.raises(PolicyError) as e:
         parse(f'[authority]\nmode = "closed"\n[[authority.grant]]\n{grant}\n', "w.toml")
@@ -377,7 +378,7 @@ async def test_a_sighup_reload_that_fails_unexpectedly_is_logged_and_changes_not
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import writ.policy
+    import writ.core.policy
 
     async with world(backend, tmp_path, monkeypatch) as w:
         auth = w.engine.authority
@@ -385,7 +386,7 @@ async def test_a_sighup_reload_that_fails_unexpectedly_is_logged_and_changes_not
         def broken(path: Any) -> Any:
             raise RuntimeError("disk on fire")
 
-        monkeypatch.setattr(writ.policy, "load", broken)
+        monkeypatch.setattr(writ.core.policy, "load", broken)
         auth._spawn_reload()
         (task,) = auth._tasks
         await task

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from writ.cli import main
+from writ.core.models import Principal
 from writ.engine import Engine
-from writ.models import Principal
 from writ.stores import open_store
 
 

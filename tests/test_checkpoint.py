@@ -13,7 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from tests.stores_fixtures import Backend
-from writ.checkpoint import (
+from writ.cli import main
+from writ.core.clock import ManualClock, parse_time
+from writ.core.ledger import GENESIS, canonical, seal
+from writ.engine import Engine
+from writ.evidence.checkpoint import (
     Checkpointer,
     CheckpointError,
     generate_key,
@@ -26,10 +30,6 @@ from writ.checkpoint import (
     write_checkpoint,
     write_key,
 )
-from writ.cli import main
-from writ.clock import ManualClock, parse_time
-from writ.engine import Engine
-from writ.ledger import GENESIS, canonical, seal
 from writ.stores.sqlite import SQLiteStore
 
 T0 = parse_time("2026-05-16T02:17:00Z")
@@ -248,8 +248,8 @@ def test_serve_has_checkpoint_options() -> None:
 
 def test_install_checkpointer_hooks_into_every_app(tmp_path: Path) -> None:
     """`writ serve --checkpoint-every N` wires a Checkpointer into the app's engine."""
-    from writ import server
-    from writ.cli_evidence import install_checkpointer
+    from writ.api import app as server
+    from writ.cli.commands.serve import install_checkpointer
 
     priv, _ = write_key(tmp_path / "k")
     before = list(server.EXTENSIONS)
@@ -265,7 +265,7 @@ def test_install_checkpointer_hooks_into_every_app(tmp_path: Path) -> None:
 
 
 def test_write_checkpoint_is_atomic_text(tmp_path: Path) -> None:
-    from writ.checkpoint import sign
+    from writ.evidence.checkpoint import sign
 
     key = generate_key()
     cp = sign(key, 5, "ab" * 32, "2026-05-16T02:17:00.000000Z", "2026-05-16T02:18:00.000000Z")

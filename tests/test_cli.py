@@ -118,10 +118,10 @@ def test_unreachable_server_is_one_line_exit_1() -> None:
 def test_serve_passes_its_options_to_the_server(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import writ.server
+    import writ.api.serve
 
     calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(writ.server, "run", lambda *a, **kw: calls.append((*a, kw)))
+    monkeypatch.setattr(writ.api.serve, "run", lambda *a, **kw: calls.append((*a, kw)))
     policy = tmp_path / "writ.toml"
     policy.write_text("")
     ok(
@@ -137,7 +137,7 @@ def test_serve_passes_its_options_to_the_server(
             str(policy),
         ]
     )
-    from writ.limits import Limits
+    from writ.net.limits import Limits
 
     assert calls == [
         (

@@ -318,8 +318,8 @@ def test_freeze_flow(live_server: LiveServer, human: Client) -> None:
 # ----------------------------------------------------------------------------- async
 async def test_async_client_in_process(tmp_path: Path) -> None:
     """AsyncClient over ASGITransport: routes, errors, and ``async with client.lease``."""
+    from writ.api.app import create_app
     from writ.engine import Engine
-    from writ.server import create_app
     from writ.stores import open_store
 
     engine = Engine(open_store(f"sqlite:///{tmp_path / 'w.db'}"))

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from writ import models
-from writ.clock import parse_time, rfc3339, stamp
+from writ.core import models
+from writ.core.clock import parse_time, rfc3339, stamp
 
 # the latest time writ accepts (parse_time's bound), less a second so that a fraction of a
 # second after it stays inside; a float this large resolves ~30 us, so 23:59:59.999999

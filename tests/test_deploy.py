@@ -51,7 +51,7 @@ def test_alert_rules_cover_what_matters() -> None:
 
 def test_alert_metrics_exist() -> None:
     """Every writ_* name the rules use is a family /metrics serves."""
-    from writ.metrics import Metrics
+    from writ.telemetry.metrics import Metrics
 
     served = {m.name for m in Metrics().registry.collect()}
     used = set(re.findall(r"\b(writ_[a-z_]+)", (DEPLOY / "alerts.yml").read_text()))

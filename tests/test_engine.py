@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from tests.stores_fixtures import Backend
-from writ.clock import parse_time
+from writ.core.clock import parse_time
+from writ.core.errors import Conflict, Forbidden, Held, Invalid, LeaseLost, Unauthenticated
+from writ.core.models import Principal, Waiter
 from writ.engine import DISPATCH_PAGE, Engine
-from writ.errors import Conflict, Forbidden, Held, Invalid, LeaseLost, Unauthenticated
-from writ.models import Principal, Waiter
 
 pytestmark = pytest.mark.usefixtures("no_admin_env")
 

@@ -13,9 +13,9 @@ from click.testing import CliRunner, Result
 
 from tests.server_fixtures import LiveServer, unique, wait_until
 from writ.cli import main
-from writ.cli_wait import live_line, status_line
+from writ.cli.wait import live_line, status_line
 from writ.client import Client
-from writ.errors import ConsentRequired, Held, error_from_body
+from writ.core.errors import ConsentRequired, Held, error_from_body
 
 
 def cli(args: list[str], env: dict[str, str]) -> Result:
@@ -292,8 +292,8 @@ protect_s = 60
 
 def test_a_resource_outside_every_policy_prefix_is_granted_with_a_warning(tmp_path: Any) -> None:
     from tests.server_fixtures import serve
-    from writ.policy import parse
-    from writ.resources import outside_known
+    from writ.core.policy import parse
+    from writ.core.resources import outside_known
 
     assert outside_known("prod/db", []) is None
     assert outside_known("prod", ["prod/db"]) is None  # above a named prefix
@@ -362,7 +362,7 @@ def test_an_agent_is_an_agent(live_server: LiveServer) -> None:
 
 def test_mcp_guidance_words_its_own_next_step() -> None:
     pytest.importorskip("mcp")
-    from writ.mcp_server import guidance
+    from writ.mcp import guidance
 
     for body in (
         {"code": "held", "message": "prod/db is held; retry with wait_s > 0 to queue for it"},
@@ -380,7 +380,7 @@ def test_mcp_guidance_words_its_own_next_step() -> None:
 
 
 def test_the_live_line_stays_on_one_terminal_line() -> None:
-    from writ.cli_wait import _fit
+    from writ.cli.wait import _fit
 
     line = "waiting for prod/db: held by cost-agent ('consolidate') until 10:11:51Z (in 23s)"
     assert _fit(line, 200) == line
@@ -399,8 +399,8 @@ def test_known_prefixes_include_authority_grants(tmp_path: Any) -> None:
     """Once a policy has [authority] grants, their prefixes count as known too."""
     from types import SimpleNamespace
 
+    from writ.core.policy import parse
     from writ.engine import Engine
-    from writ.policy import parse
     from writ.stores.sqlite import SQLiteStore
 
     e = Engine(SQLiteStore(f"sqlite:///{tmp_path / 'k.db'}"), parse(TYPO_POLICY))

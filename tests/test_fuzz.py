@@ -29,9 +29,9 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.testclient import TestClient
 
+from writ.api.app import create_app
+from writ.core.policy import parse
 from writ.engine import Engine
-from writ.policy import parse
-from writ.server import create_app
 from writ.stores import open_store
 
 ADMIN = "fuzz-admin-token"

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
 from tests.server_fixtures import LiveServer, free_port, run_writ, serve_asgi, unique
-from writ.errors import Invalid
+from writ.core.errors import Invalid
 from writ.gate import Gate, Route, load_routes, parse_listen, parse_routes, request_paths
 
 BIG = 4 << 20  # bytes streamed each way in the large-body tests

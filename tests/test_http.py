@@ -21,10 +21,10 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from writ.clock import ManualClock
+from writ.api.app import create_app
+from writ.core.clock import ManualClock
+from writ.core.policy import parse
 from writ.engine import Engine
-from writ.policy import parse
-from writ.server import create_app
 from writ.stores import open_store
 
 ADMIN = "test-admin-token"

@@ -20,10 +20,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from writ.api.app import create_app
+from writ.core.errors import PolicyError
+from writ.core.identity import REFRESH_COOLDOWN_S
+from writ.core.policy import parse
 from writ.engine import Engine
-from writ.identity import REFRESH_COOLDOWN_S
-from writ.policy import PolicyError, parse
-from writ.server import create_app
 
 pytestmark = pytest.mark.usefixtures("no_admin_env")
 
@@ -164,7 +165,7 @@ jwks_file = "b-keys.json"
 claim = "writ_principal"
 """
     )
-    from writ.policy import load
+    from writ.core.policy import load
 
     engine: Engine = await make_engine(load(policy))
     _, admin = await engine.add_principal(None, "boss", "human", admin=True)

@@ -14,8 +14,8 @@ import pytest
 from tests.server_fixtures import LiveServer
 from tests.test_http import ADMIN, Writ, admin_env, error, writ  # noqa: F401
 from tests.test_trust import post, row_count
-from writ.lint import check_row
-from writ.routes import route_problem
+from writ.core.routes import route_problem
+from writ.evidence.lint import check_row
 
 NOT_URLS = ["http://[::1", "https://[fe80::1/rollback", "http://]x/rollback"]
 

@@ -1,5 +1,5 @@
 """One client cannot take a listener down: the connection limits of ``writ serve``,
-``writ gate`` and ``writ mcp --transport http`` (writ.limits), against real processes.
+``writ gate`` and ``writ mcp --transport http`` (writ.net.limits), against real processes.
 
 Bounded: each test runs in seconds, with limits set low through the command-line flags.
 """
@@ -317,7 +317,7 @@ def test_the_guarded_protocol_pickles_for_worker_processes() -> None:
     import pickle
     from multiprocessing.reduction import ForkingPickler
 
-    from writ.limits import Limits
+    from writ.net.limits import Limits
 
     limits = Limits(max_connections=64, header_timeout=2.5)
     cls = limits.uvicorn_options()["http"]

@@ -12,9 +12,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from writ.cli_lint import lint_command
-from writ.errors import Invalid
-from writ.lint import (
+from writ.cli.commands.lint import lint_command
+from writ.core.errors import Invalid
+from writ.evidence.lint import (
     RULES,
     VERDICTS,
     Linter,

@@ -22,7 +22,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.server_fixtures import LiveServer, free_port, run_writ, serve, unique
-from writ.mcp_server import TOOL_NAMES
+from writ.mcp import TOOL_NAMES
 
 TRANSPORTS = ["stdio", "http"]
 HTTP_TOKEN = "mcp-endpoint-secret"
@@ -381,7 +381,7 @@ async def test_closed_mode_tool_errors_say_what_the_agent_may_do(tmp_path: Any) 
     """In closed mode a refused acquire tells the model what it may do instead (and which
     policy line says so); explain_authority answers for the agent itself; wake_holder asks
     writ to wake the holder that stands in its way."""
-    from writ.policy import load
+    from writ.core.policy import load
 
     (tmp_path / "writ.toml").write_text(CLOSED_POLICY)
     with serve(tmp_path / "w.db", load(tmp_path / "writ.toml")) as srv:

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from tests.stores_fixtures import Backend
+from writ.core.errors import Invalid
+from writ.core.ledger import GENESIS, digest, seal
 from writ.engine import Engine
-from writ.errors import Invalid
-from writ.ledger import GENESIS, digest, seal
-from writ.migrate import migrate, redact, verify_store
 from writ.stores import Store, open_store
+from writ.stores.migrate import migrate, redact, verify_store
 
 pytestmark = pytest.mark.usefixtures("no_admin_env")
 

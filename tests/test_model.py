@@ -16,10 +16,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from writ.clock import ManualClock
+from writ.core.clock import ManualClock
+from writ.core.errors import Forbidden, Held, LeaseLost
+from writ.core.policy import parse
 from writ.engine import Engine
-from writ.errors import Forbidden, Held, LeaseLost
-from writ.policy import parse
 from writ.stores.sqlite import SQLiteStore
 
 RESOURCES = ["prod", "prod/db", "prod/db/replica", "routing/db-tier", "routing/edge", "staging"]

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from writ.api.app import create_app
 from writ.engine import Engine
-from writ.server import create_app
 
 ADMIN = "ops-admin-token"
 

@@ -26,11 +26,11 @@ from typing import Any
 import httpx
 import pytest
 
-from writ.clock import ManualClock
+from writ.api.app import create_app
+from writ.core.clock import ManualClock
+from writ.core.policy import parse
 from writ.engine import Engine
-from writ.paging import sign, verify_signature
-from writ.policy import parse
-from writ.server import create_app
+from writ.engine.wake_payloads import sign, verify_signature
 from writ.stores.sqlite import SQLiteStore
 
 PD_KEY = "R0UT1NGKEYabcdef0123456789abcdef"

@@ -22,12 +22,12 @@ from click.testing import CliRunner
 from tests.server_fixtures import ADMIN_TOKEN, free_port
 from tests.stores_fixtures import Backend
 from writ.cli import main
+from writ.core.errors import Conflict, Held, Unavailable
+from writ.core.ledger import verify
+from writ.core.models import Lease, Waiter
 from writ.engine import Engine
-from writ.errors import Conflict, Held, Unavailable
-from writ.ledger import verify
-from writ.migrate import upgrade
-from writ.models import Lease, Waiter
 from writ.stores import Store, Tx
+from writ.stores.migrate import upgrade
 from writ.stores.postgres import MIGRATIONS, PgTx, PostgresStore
 
 
@@ -337,10 +337,10 @@ def test_workers_refuse_an_extension_that_lives_in_one_process(
 ) -> None:
     """``--checkpoint-every`` installs its checkpointer in this process only; fresh worker
     processes would run without it, so the combination is refused before serving."""
-    import writ.server
-    from writ.checkpoint import write_key
+    import writ.api.app
+    from writ.evidence.checkpoint import write_key
 
-    monkeypatch.setattr(writ.server, "EXTENSIONS", [])
+    monkeypatch.setattr(writ.api.app, "EXTENSIONS", [])
     key, _ = write_key(tmp_path / "writ.key")
     result = CliRunner().invoke(
         main,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from writ.policy import PolicyError, Rule, load, parse
+from writ.core.errors import PolicyError
+from writ.core.policy import Rule, load, parse
 
 GOOD = """
 rollback_base_url = "http://127.0.0.1:9000"

@@ -22,15 +22,24 @@ import pytest
 from click.testing import CliRunner
 
 from writ.cli import main
-from writ.clock import ManualClock, parse_time
+from writ.core.clock import ManualClock, parse_time
+from writ.core.errors import ConsentRequired
+from writ.core.ledger import seal
+from writ.core.models import Principal
+from writ.core.policy import parse
 from writ.demo import POLICY as SEED_POLICY
 from writ.engine import Engine
-from writ.errors import ConsentRequired
-from writ.ledger import seal
-from writ.models import Principal
-from writ.policy import parse
-from writ.postmortem import HttpSource, Query, StoreSource, build, collect, to_json, to_markdown
-from writ.postmortem_html import timeline_svg, to_html
+from writ.evidence.postmortem import (
+    HttpSource,
+    Query,
+    StoreSource,
+    build,
+    collect,
+    timeline_svg,
+    to_html,
+    to_json,
+    to_markdown,
+)
 from writ.stores.sqlite import SQLiteStore
 
 T0 = parse_time("2026-05-16T10:00:00Z")
@@ -323,8 +332,8 @@ async def test_html_is_self_contained_with_a_drawn_chart(incident: Incident) -> 
 
 async def test_json_and_http_source_agree(incident: Incident) -> None:
     """The report from a server (paging GET /v1/audit) equals the offline one."""
+    from writ.api.app import create_app
     from writ.client import AsyncClient
-    from writ.server import create_app
 
     _, token = await incident.engine.add_principal(None, "auditor", "human")
     q = Query(["prod", "routing"], T0, T0 + 900)

@@ -2,7 +2,7 @@
 is named on it, the axis fits the activity, and it renders at 1400 and 420 pixels.
 
 Layout facts are computed from the SVG the code emits, with the chart's own width estimate
-(:func:`writ.postmortem_chart.text_width`). The Chromium test renders the page headless and
+(:func:`writ.evidence.postmortem.chart.text_width`). The Chromium test renders the page headless and
 skips, saying so, when no Chromium is installed.
 """
 
@@ -22,11 +22,10 @@ from typing import Any
 import pytest
 
 from writ import demo
-from writ.clock import ManualClock
+from writ.core.clock import ManualClock
 from writ.engine import Engine
-from writ.postmortem import Query, StoreSource, collect
-from writ.postmortem_chart import GEOMETRIES, text_width, timeline_svg
-from writ.postmortem_html import to_html
+from writ.evidence.postmortem import Query, StoreSource, collect, to_html
+from writ.evidence.postmortem.chart import GEOMETRIES, text_width, timeline_svg
 from writ.stores.sqlite import SQLiteStore
 
 TEXT = re.compile(r"<text ([^>]*)>(.*?)</text>", re.S)

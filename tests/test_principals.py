@@ -21,9 +21,9 @@ import pytest
 
 from tests.server_fixtures import ADMIN_TOKEN, free_port
 from tests.stores_fixtures import Backend
+from writ.api.app import create_app
 from writ.engine import Engine
-from writ.lint import check_row
-from writ.server import create_app
+from writ.evidence.lint import check_row
 
 pytestmark = pytest.mark.usefixtures("no_admin_env")
 

@@ -54,7 +54,6 @@ def test_public_names_keep_their_paths() -> None:
     import writ.client
     import writ.gate
     import writ.mcp
-    import writ.mcp_server
     import writ.net.listen
 
     for name in ("Client", "AsyncClient", "Lease", "AsyncLease"):
@@ -64,8 +63,7 @@ def test_public_names_keep_their_paths() -> None:
     assert writ.Client is writ.client.Client and writ.AsyncClient is writ.client.AsyncClient
     assert writ.gate.parse_listen is writ.net.listen.parse_listen
     assert writ.gate.DEFAULT_LISTEN == "127.0.0.1:7412"
-    assert writ.mcp_server is writ.mcp  # the temporary alias of the old module path
-    assert writ.mcp_server.TOOL_NAMES[0] == "acquire_write_authority"
+    assert writ.mcp.TOOL_NAMES[0] == "acquire_write_authority"
 
 
 def _writ_imports(path: Path) -> set[str]:

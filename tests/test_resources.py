@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from writ.errors import Invalid
-from writ.resources import BlastRadius, ancestors, related, related_clauses, validate
+from writ.core.errors import Invalid
+from writ.core.resources import BlastRadius, ancestors, related, related_clauses, validate
 
 SEG = st.text(alphabet="abc", min_size=1, max_size=2)
 PATH = st.lists(SEG, min_size=1, max_size=4).map("/".join)

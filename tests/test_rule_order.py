@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 
-from writ.authority import Authority
-from writ.checkpoint import Checkpointer, generate_key
-from writ.consent import Consents
+from writ.api.app import create_app
 from writ.engine import Engine
-from writ.freezes import Freezes
-from writ.history import History
-from writ.principals import Principals
-from writ.rollbacks import Rollbacks
-from writ.server import create_app
+from writ.engine.principals import Principals
+from writ.evidence.checkpoint import Checkpointer, generate_key
+from writ.evidence.history import History
+from writ.rules.authority import Authority
+from writ.rules.consent import Consents
+from writ.rules.freezes import Freezes
+from writ.rules.rollbacks import Rollbacks
+from writ.rules.stuck import Stuck
 from writ.stores import open_store
-from writ.stuck import Stuck
 
 
 def _owners(hooks: list[Any]) -> list[str]:

@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from writ.clock import ManualClock
+from writ.api.app import create_app
+from writ.core.clock import ManualClock
+from writ.core.policy import parse
 from writ.demo import POLICY as SEED_POLICY
 from writ.engine import Engine
-from writ.policy import parse
-from writ.server import create_app
 from writ.stores.sqlite import SQLiteStore
 
 
@@ -144,7 +144,7 @@ async def world(
 
 async def _lint_clean(w: World) -> None:
     """writ's own rows pass its own lint: no agent named as an approver, no missing holder."""
-    from writ.lint import check_row
+    from writ.evidence.lint import check_row
 
     kinds = {p["name"]: p["kind"] for p in await w.engine.list_principals()}
     for row in await w.rows():

@@ -36,9 +36,10 @@ from fastapi.routing import APIRoute
 
 import writ
 from tests.server_fixtures import ADMIN_TOKEN, ServerProcess, unique
+from writ.api.app import create_app
+from writ.api.middleware import MAX_BODY, MAX_HEADERS
+from writ.core.policy import Policy, load
 from writ.engine import Engine, hash_token
-from writ.policy import Policy, load
-from writ.server import MAX_BODY, MAX_HEADERS, create_app
 from writ.stores import open_store
 
 KINDS = ("agent", "human", "queue", "portal", "admin")

@@ -54,11 +54,11 @@ def test_every_serve_flag_has_a_writ_variable_in_the_documented_table() -> None:
 
 
 def test_serve_takes_its_flags_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import writ.server
-    from writ.limits import Limits
+    import writ.api.serve
+    from writ.net.limits import Limits
 
     calls: list[Any] = []
-    monkeypatch.setattr(writ.server, "run", lambda *a, **kw: calls.append((a, kw)))
+    monkeypatch.setattr(writ.api.serve, "run", lambda *a, **kw: calls.append((a, kw)))
     env = {
         "WRIT_STORE": "sqlite:///env.db",
         "WRIT_HOST": "0.0.0.0",
@@ -336,7 +336,7 @@ def test_log_lines_never_carry_a_known_secret() -> None:
     tokens and PagerDuty routing keys become [redacted], whatever field carried them."""
     import logging
 
-    from writ.logs import ConsoleFormatter, JsonFormatter, Scrub, Scrubbed
+    from writ.telemetry.logs import ConsoleFormatter, JsonFormatter, Scrub, Scrubbed
 
     scrub = Scrub(['s3cr"et-value', WEBHOOK_SECRET])
     record = logging.LogRecord(
@@ -358,7 +358,7 @@ def test_console_lines_cannot_be_forged_by_a_path() -> None:
     """A path with an encoded newline stays on its one console line (escaped)."""
     import logging
 
-    from writ.logs import ConsoleFormatter
+    from writ.telemetry.logs import ConsoleFormatter
 
     record = logging.LogRecord("writ.access", logging.INFO, __file__, 1, "GET x 404", None, None)
     record.writ = {"path": "/nope\n2026-01-01T00:00:00Z INFO writ.access: forged"}  # type: ignore[attr-defined]

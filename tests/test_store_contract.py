@@ -17,9 +17,9 @@ from urllib.parse import urlparse, urlunparse
 import pytest
 
 from tests.stores_fixtures import Backend, pg_url, with_query
-from writ.errors import Conflict, Held, Unavailable
-from writ.ledger import GENESIS, verify
-from writ.models import Lease, Principal, Waiter
+from writ.core.errors import Conflict, Held, Unavailable
+from writ.core.ledger import GENESIS, verify
+from writ.core.models import Lease, Principal, Waiter
 from writ.stores import Store, Tx, open_store
 
 

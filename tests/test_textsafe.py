@@ -16,13 +16,13 @@ import httpx
 from click.testing import CliRunner
 
 from tests.server_fixtures import LiveServer, unique
-from writ.cli import _row_line, main
-from writ.clock import ManualClock, parse_time
+from writ.cli import main
+from writ.cli.commands.watch import _row_line
+from writ.core.clock import ManualClock, parse_time
+from writ.core.textsafe import printable
 from writ.engine import Engine
-from writ.postmortem import Query, StoreSource, collect, to_markdown
-from writ.postmortem_html import to_html
+from writ.evidence.postmortem import Query, StoreSource, collect, to_html, to_markdown
 from writ.stores.sqlite import SQLiteStore
-from writ.textsafe import printable
 
 FAKE_ROW = "\n   999 2026-05-16T10:00:00Z lease.granted        prod/db holder=evil by=evil"
 HOSTILE = "resize" + FAKE_ROW + "\x1b[2J\x1b]0;pwned\x07\u202egnp.exe | 1 | 2 |"
@@ -156,7 +156,7 @@ async def test_html_postmortem_escapes_everything_it_shows(tmp_path: Path) -> No
 def test_chart_escapes_hostile_names_and_texts() -> None:
     """Names reach the chart from the ledger; even ones writ would never register are shown as
     text (principal names are validated, but a report is data and may come from anywhere)."""
-    from writ.postmortem_chart import timeline_svg
+    from writ.evidence.postmortem.chart import timeline_svg
 
     evil = '<script>alert(1)</script>"\n\x1b[31m'
     at = "2026-05-16T02:17:40.000000Z"

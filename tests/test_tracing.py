@@ -22,13 +22,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 
-from writ import tracing
-from writ.clock import ManualClock
+from writ.api.app import create_app
+from writ.core.clock import ManualClock
+from writ.core.policy import parse
 from writ.engine import Engine
-from writ.logs import ACCESS, DECISION, log_decisions
-from writ.policy import parse
-from writ.server import create_app
 from writ.stores.sqlite import SQLiteStore
+from writ.telemetry import tracing
+from writ.telemetry.logs import ACCESS, DECISION, log_decisions
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"

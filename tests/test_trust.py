@@ -23,10 +23,10 @@ import pytest
 from tests.server_fixtures import LiveServer, unique
 from tests.stores_fixtures import Backend
 from tests.test_http import ADMIN, Writ, admin_env, error, serve, writ  # noqa: F401
-from writ import validate
+from writ.api.middleware import _INTERNAL_ERROR
+from writ.core import validate
+from writ.core.errors import Invalid
 from writ.engine import RESERVED_NAMES
-from writ.errors import Invalid
-from writ.server import _INTERNAL_ERROR
 
 LONE = "\\ud800"  # a high surrogate with no low one, as a JSON escape
 NUL = "\\u0000"
@@ -500,8 +500,8 @@ def test_a_dashboard_products_page_is_no_rollback_route(route: str) -> None:
     """A page of Grafana, Kibana, Datadog, New Relic, Splunk, a cloud console, ... is a
     dashboard though the word is not in it: ``writ lint`` rejects it as rollback_path
     (the same detector refuses it at acquire, below)."""
-    from writ.lint import check_row
-    from writ.routes import route_problem
+    from writ.core.routes import route_problem
+    from writ.evidence.lint import check_row
 
     assert route_problem(route) is not None
     result = check_row({"rollback_path": route}, fragment=True)
@@ -511,7 +511,7 @@ def test_a_dashboard_products_page_is_no_rollback_route(route: str) -> None:
 
 @pytest.mark.parametrize("route", LITERAL_ROUTES)
 def test_literal_routes_and_product_apis_still_pass(route: str) -> None:
-    from writ.routes import route_problem
+    from writ.core.routes import route_problem
 
     assert route_problem(route) is None
 
@@ -595,7 +595,7 @@ def test_run_sigkilled_takes_its_command_with_it(live_server: LiveServer) -> Non
 def test_a_command_started_after_writ_run_died_never_runs() -> None:
     """The race the parent-death signal cannot close alone: the child checks, after asking
     for it, that its parent is still the one that started it, and exits 126 if not."""
-    from writ import spawn
+    from writ.cli import spawn
 
     if spawn._PRCTL is None:
         pytest.skip("no prctl here")
@@ -654,7 +654,7 @@ def _recording_client() -> tuple[Any, list[httpx.Request]]:
 def test_the_client_never_resolves_a_resource_or_an_id_into_another_path() -> None:
     """``prod/../secrets`` is refused before anything is sent (httpx would have asked about
     ``secrets``); ids are one escaped segment, ``..`` included."""
-    from writ.errors import NotFound
+    from writ.core.errors import NotFound
 
     client, sent = _recording_client()
     for resource in ("prod/../secrets", "prod/./db", "..", "prod/.."):
@@ -695,7 +695,7 @@ async def test_mcp_tools_take_ids_only_as_ids() -> None:
     from mcp.server.mcpserver.exceptions import ToolError
 
     from writ.client import AsyncClient
-    from writ.mcp_server import create_server
+    from writ.mcp import create_server
 
     sent: list[httpx.Request] = []
 

@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from tests.stores_fixtures import Backend
-from writ.checkpoint import generate_key, make, verify_store
 from writ.cli import main
+from writ.core.ledger import Record, seal, verify
 from writ.engine import Engine
-from writ.ledger import Record, seal, verify
+from writ.evidence.checkpoint import generate_key, make, verify_store
 
 # each column, and a value that changes what writ reads back through it
 EDITS: dict[str, Any] = {

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from writ.clock import ManualClock, parse_time, rfc3339
+from writ.core.clock import ManualClock, parse_time, rfc3339
+from writ.core.models import Principal
+from writ.core.policy import parse
 from writ.engine import Engine
-from writ.models import Principal
-from writ.policy import parse
 from writ.stores.sqlite import SQLiteStore
 
 POLICY = """

@@ -1,12 +1,12 @@
-"""Moved to writ.cli.commands.lint (temporary alias for the rooms renovation; removed in WP6).
+"""``writ lint`` alone, at its documented path: ``python -m writ.cli_lint`` and
+``writ.cli_lint.run`` (docs/lint.md). Defined in :mod:`writ.cli.commands.lint`."""
 
-``python -m writ.cli_lint`` still runs ``writ lint`` alone (docs/lint.md).
-"""
+from writ.cli.commands.lint import LintRun as LintRun
+from writ.cli.commands.lint import fetch_principals as fetch_principals
+from writ.cli.commands.lint import lint_command as lint_command
+from writ.cli.commands.lint import run as run
 
-import importlib
-import sys
+__all__ = ["LintRun", "fetch_principals", "lint_command", "run"]
 
 if __name__ == "__main__":  # pragma: no cover
-    importlib.import_module("writ.cli.commands.lint").lint_command()
-else:
-    sys.modules[__name__] = importlib.import_module("writ.cli.commands.lint")
+    lint_command()

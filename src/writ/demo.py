@@ -11,7 +11,7 @@ threshold: above 100% utilisation for 40 s, it falls over).
 * **Run 1, uncoordinated.** All three act on what they see. The consolidation and the reroute
   land together, the DB runs at 155% and goes down at 02:19:00.
 * **Run 2, through writ** — the real engine, an embedded SQLite store in a temp folder, driven
-  over the HTTP protocol in-process on a :class:`~writ.clock.ManualClock`, with the seed's
+  over the HTTP protocol in-process on a :class:`~writ.core.clock.ManualClock`, with the seed's
   policy (blast radius ``db-tier = prod/db, routing/db-tier, capacity/db``). perf holds
   ``prod/db`` and records capacity 4→8; cost's consolidation is refused (``consent_required``),
   it asks, perf does not answer, the request expires (not a denial) and escalates to
@@ -265,9 +265,9 @@ class World:
 async def run_through_writ(workdir: Path, mode: str = "open") -> tuple[Run, str]:
     """Run 2: the same agents, each asking writ first. Returns the run and the engine's
     store URL (the store is closed). ``mode`` "closed" adds :data:`CLOSED_POLICY`."""
+    from writ.api.app import create_app
     from writ.core.policy import parse
     from writ.engine import Engine
-    from writ.server import create_app
     from writ.stores.sqlite import SQLiteStore
 
     run = Run("through writ" if mode == "open" else "through writ, closed mode")
@@ -474,8 +474,7 @@ class Result:
 async def run_demo(out_dir: str | Path = "writ-demo", mode: str = "open") -> Result:
     """Both runs; writes the run-2 postmortem into ``out_dir``."""
     from writ.engine import Engine
-    from writ.postmortem import Query, StoreSource, collect, to_markdown
-    from writ.postmortem_html import to_html
+    from writ.evidence.postmortem import Query, StoreSource, collect, to_html, to_markdown
     from writ.stores.sqlite import SQLiteStore
 
     run1 = run_uncoordinated()

@@ -1,6 +1,36 @@
-"""Moved to writ.core.errors (temporary alias for the rooms renovation; removed in WP6)."""
+"""The exception tree at its documented path: everything is defined in :mod:`writ.core.errors`
+(the one root, :class:`WritError`, and its tree are drawn there)."""
 
-import importlib
-import sys
+from writ.core.errors import Conflict as Conflict
+from writ.core.errors import ConsentRequired as ConsentRequired
+from writ.core.errors import Forbidden as Forbidden
+from writ.core.errors import Frozen as Frozen
+from writ.core.errors import Held as Held
+from writ.core.errors import Invalid as Invalid
+from writ.core.errors import LeaseLost as LeaseLost
+from writ.core.errors import NotFound as NotFound
+from writ.core.errors import PolicyError as PolicyError
+from writ.core.errors import TooLarge as TooLarge
+from writ.core.errors import Unauthenticated as Unauthenticated
+from writ.core.errors import Unavailable as Unavailable
+from writ.core.errors import WritError as WritError
+from writ.core.errors import error_from_body as error_from_body
+from writ.core.errors import next_step as next_step
 
-sys.modules[__name__] = importlib.import_module("writ.core.errors")
+__all__ = [
+    "Conflict",
+    "ConsentRequired",
+    "Forbidden",
+    "Frozen",
+    "Held",
+    "Invalid",
+    "LeaseLost",
+    "NotFound",
+    "PolicyError",
+    "TooLarge",
+    "Unauthenticated",
+    "Unavailable",
+    "WritError",
+    "error_from_body",
+    "next_step",
+]

@@ -1,24 +1,13 @@
-"""Moved to writ.api (temporary alias for the rooms renovation; WP6 makes it a permanent shim).
-
-``writ.server`` is ``writ.api.app`` (``create_app``, ``EXTENSIONS``, ``WritApp``), which also
-carries the names that moved elsewhere in writ.api (``run``, ``MAX_BODY``, ``MAX_HEADERS``,
-``_INTERNAL_ERROR``), so that ``monkeypatch.setattr(writ.server, "run" | "EXTENSIONS", ...)``
-reaches the code that reads them (the CLI looks ``run`` up on this module at call time).
-"""
-
-import importlib
-import sys
+"""The HTTP server at its documented path: ``writ.server.run`` (docs/testing.md, the bench)
+and ``create_app``. Everything is defined in :mod:`writ.api` (the app in ``api/app.py``,
+serving in ``api/serve.py``); ``EXTENSIONS`` is the app's own list, so appending to it here
+extends every app built afterwards."""
 
 from writ.api.app import EXTENSIONS as EXTENSIONS
 from writ.api.app import create_app as create_app
-from writ.api.deps import principal as principal
 from writ.api.fast import WritApp as WritApp
-from writ.api.middleware import _INTERNAL_ERROR as _INTERNAL_ERROR
 from writ.api.middleware import MAX_BODY as MAX_BODY
 from writ.api.middleware import MAX_HEADERS as MAX_HEADERS
 from writ.api.serve import run as run
 
-_app = importlib.import_module("writ.api.app")
-for _name in ("WritApp", "principal", "_INTERNAL_ERROR", "MAX_BODY", "MAX_HEADERS", "run"):
-    setattr(_app, _name, globals()[_name])
-sys.modules[__name__] = _app
+__all__ = ["EXTENSIONS", "MAX_BODY", "MAX_HEADERS", "WritApp", "create_app", "run"]

@@ -6,7 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from writ.core.validate import check_body
-from writ.engine import MAX_WAIT_S
+from writ.engine.hooks import MAX_WAIT_S
 
 
 class _Body(BaseModel):

@@ -68,7 +68,7 @@ def run(
         return
     traced = tracing.configure()
     engine = Engine(open_store(store_url), policy)
-    engine.authority.on_sighup()  # SIGHUP reloads the policy file (see writ.authority)
+    engine.authority.on_sighup()  # SIGHUP reloads the policy file (see writ.rules.authority)
     if traced:
         tracing.instrument(engine)
         log.info("tracing on: OTEL_TRACES_EXPORTER=%s", traced)

@@ -31,7 +31,7 @@ class _Req:
 
 def _check(req: _Req) -> None:
     """Refuse, before anything is sent, a query or body holding a string that is not text
-    (:func:`writ.validate.check_body`, the server's own check): the CLI and the MCP tools
+    (:func:`writ.core.validate.check_body`, the server's own check): the CLI and the MCP tools
     get the server's 422 message without a request, and no encoder fails half-way."""
     if req.params:
         check_body(dict(req.params))

@@ -3,7 +3,7 @@
 A rollback route must name the call that undoes a change. A link to a Grafana dashboard,
 a Kibana app or a cloud console names a page a person looks at — even when the word
 "dashboard" is nowhere in it (``https://grafana.example.com/d/aB3xQ/db-latency``). The
-one detector here, :func:`dashboard_page`, is what :func:`writ.routes.route_problem` asks, so
+one detector here, :func:`dashboard_page`, is what :func:`writ.core.routes.route_problem` asks, so
 the same rule refuses a rollback plan at acquire and rejects a row in ``writ lint``.
 
 Two kinds of evidence, either enough:

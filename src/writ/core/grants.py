@@ -252,7 +252,7 @@ def _prefixes(raw: Mapping[str, Any], key: str, fail: Any, line: int | None) -> 
 
 
 def parse_section(raw: Any, text: str, path: str) -> Settings:
-    """The ``[authority]`` section of a policy file; raises :class:`~writ.policy.PolicyError`
+    """The ``[authority]`` section of a policy file; raises :class:`~writ.core.policy.PolicyError`
     with FILE:LINE and the reason."""
 
     def fail(reason: str, line: int | None) -> None:

@@ -101,7 +101,7 @@ def _loopback(host: str | None) -> bool:
 
 
 def parse_identity(data: Any, text: str, path: str) -> list[JwtIssuer]:
-    """The ``identity`` table of a policy file; :class:`~writ.policy.PolicyError` when bad."""
+    """The ``identity`` table of a policy file; :class:`~writ.core.policy.PolicyError` when bad."""
     from urllib.parse import urlparse
 
     from writ.core.errors import PolicyError

@@ -16,7 +16,7 @@
     lock_delay_s = 5
     consent_timeout_s = 120
 
-``[authority]`` (who may ever be a writer, on what) is described in :mod:`writ.authority`.
+``[authority]`` (who may ever be a writer, on what) is described in :mod:`writ.rules.authority`.
 
 A bad file fails with its line and the reason (:class:`PolicyError`), at ``writ serve``
 and in ``writ policy check FILE``.

@@ -2,7 +2,7 @@
 
 A route is *literal* when it is a path beginning with ``/`` or an ``http(s)://`` URL, with no
 spaces, that names what it calls — not a dashboard, console or button label, nor a page of a
-well-known dashboard product even without the word (:mod:`writ.dashboards`). The same test
+well-known dashboard product even without the word (:mod:`writ.core.dashboards`). The same test
 decides at acquire time (a rollback plan) and in ``writ lint`` (``rollback_path``).
 """
 

@@ -35,7 +35,7 @@ def wake_route_problem(route: str) -> str | None:
 
 
 def check_wake_route(value: Any, field: str = "wake") -> str:
-    """A principal's wake route: a literal route (:func:`writ.routes.check_route`), or
+    """A principal's wake route: a literal route (:func:`writ.core.routes.check_route`), or
     ``pagerduty:<routing_key>`` or ``slack:<webhook URL>``; :class:`Invalid` otherwise."""
     if isinstance(value, str) and route_kind(value.strip()) != "http":
         problem = wake_route_problem(value.strip())

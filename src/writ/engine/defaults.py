@@ -16,7 +16,7 @@ DEFAULT_RULES: tuple[str, ...] = (  # construction order = on_grant/on_end/tick 
     "writ.rules.rollbacks:Rollbacks",  # no hooks (Engine.acquire calls check_plan)
     "writ.rules.freezes:Freezes",  # gate_priority 10
     "writ.rules.stuck:Stuck",
-    "writ.history:History",  # no hooks; the engine's audit trail (who, audit, events, verify)
+    "writ.evidence.history:History",  # no hooks; the engine's audit trail (who, audit, events, verify)
     "writ.rules.authority:Authority",  # gate_priority 1
     "writ.engine.principals:Principals",  # gate_priority 0: the first gate
 )

@@ -167,7 +167,7 @@ class Rule:
 
 
 class AuditTrail(Protocol):
-    """What Engine.who/audit/events/verify delegate to (writ.history.History)."""
+    """What Engine.who/audit/events/verify delegate to (writ.evidence.history.History)."""
 
     async def who(self, resource: str, at: float | None = None) -> dict[str, Any]: ...
     async def audit(

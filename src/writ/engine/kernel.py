@@ -58,7 +58,7 @@ from writ.stores.base import Store, Tx
 if TYPE_CHECKING:
     from writ.engine.hooks import EngineView
     from writ.engine.principals import Principals
-    from writ.history import History
+    from writ.evidence.history import History
     from writ.rules.authority import Authority
     from writ.rules.consent import Consents
     from writ.rules.freezes import Freezes
@@ -610,7 +610,7 @@ class Engine(PrincipalOps, QueueOps):
 
     # ------------------------------------------------------------------ fencing and history
     async def fence(self, resource: str, token: Any, me: Principal | None = None) -> dict[str, Any]:
-        """See :meth:`writ.fencing.Fencing.fence`."""
+        """See :meth:`writ.engine.fencing.Fencing.fence`."""
         return await self.fencing.fence(resource, token, me)
 
     async def gate_check(
@@ -624,13 +624,13 @@ class Engine(PrincipalOps, QueueOps):
         path: str,
         attribute: str | None = None,
     ) -> dict[str, Any]:
-        """See :meth:`writ.fencing.Fencing.gate_check`."""
+        """See :meth:`writ.engine.fencing.Fencing.gate_check`."""
         return await self.fencing.gate_check(
             gate, caller_token, lease_id, fencing_token, resource, method, path, attribute
         )
 
     async def who(self, resource: str, at: float | None = None) -> dict[str, Any]:
-        """See :meth:`writ.history.History.who`."""
+        """See :meth:`writ.evidence.history.History.who`."""
         return await self.history.who(resource, at)
 
     async def audit(
@@ -641,17 +641,17 @@ class Engine(PrincipalOps, QueueOps):
         since: float | None = None,
         until: float | None = None,
     ) -> dict[str, Any]:
-        """See :meth:`writ.history.History.audit`."""
+        """See :meth:`writ.evidence.history.History.audit`."""
         return await self.history.audit(after_seq, limit, prefix, since, until)
 
     async def events(
         self, prefix: str | None = None, after_seq: int = 0, wait_s: Any = 0, limit: int = 1000
     ) -> dict[str, Any]:
-        """See :meth:`writ.history.History.events`."""
+        """See :meth:`writ.evidence.history.History.events`."""
         return await self.history.events(prefix, after_seq, wait_s, limit)
 
     async def verify(self) -> Verification:
-        """See :meth:`writ.history.History.verify`."""
+        """See :meth:`writ.evidence.history.History.verify`."""
         return await self.history.verify()
 
     # ------------------------------------------------------------------ background

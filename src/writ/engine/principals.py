@@ -65,7 +65,7 @@ _NAME = re.compile(r"[a-z0-9._-]{1,64}")  # a principal's name (engine.NAME)
 
 
 def plain_text(value: Any, field: str) -> str:
-    """:func:`~writ.validate.text`, refusing strings that are not Unicode text (a lone
+    """:func:`~writ.core.validate.text`, refusing strings that are not Unicode text (a lone
     surrogate from a JSON escape cannot be stored)."""
     out = text(value, field)
     assert out is not None
@@ -509,7 +509,7 @@ class PrincipalOps:
 
         ``actor`` None means an operator working offline on the store itself. ``queues``
         (humans only) names the on-call queues it is a member of; ``expires_in_s`` ends its
-        token (see :mod:`writ.principals`).
+        token (see :mod:`writ.engine.principals`).
         """
         if actor is not None and not actor.admin:
             raise Forbidden("only an admin may add principals", actor=actor.name)

@@ -8,10 +8,10 @@ attempt is an audit row: a retried one ``wake.retry`` / ``page.retry``, the last
 ``page.delivered`` / ``page.failed``. Rollback routes are called once (never retried: a
 rollback is not idempotent) and their result is returned to the approver.
 
-What is sent depends on the route (:mod:`writ.paging`): PagerDuty Events API v2, a Slack
+What is sent depends on the route (:mod:`writ.engine.wake_payloads`): PagerDuty Events API v2, a Slack
 message, or writ's JSON signed with ``Writ-Signature``. A PagerDuty incident is resolved
 (:meth:`Caller.resolve`) when what it was about is answered or ends. Every request carries
-the current trace context (``traceparent``) when tracing is on (:mod:`writ.tracing`).
+the current trace context (``traceparent``) when tracing is on (:mod:`writ.telemetry.tracing`).
 """
 
 from __future__ import annotations

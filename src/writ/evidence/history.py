@@ -11,7 +11,7 @@ from writ.core.clock import rfc3339
 from writ.core.ledger import Verification, verify_stream
 from writ.core.models import Lease
 from writ.core.validate import number
-from writ.engine import MAX_WAIT_S
+from writ.engine.hooks import MAX_WAIT_S
 from writ.stores.base import Tx
 
 if TYPE_CHECKING:

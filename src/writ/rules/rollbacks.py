@@ -3,7 +3,7 @@
 Anyone may ask for a rollback of a lease (or of a change made under one) whose rollback plan
 allows it. The route, key holder and override queue are frozen into the request when it is
 made. Only the key-holder queue's own token — or a human member of that queue
-(:mod:`writ.principals`; an admin too only as a member) — may approve or deny, never the
+(:mod:`writ.engine.principals`; an admin too only as a member) — may approve or deny, never the
 requester and never an agent or a portal: "agents may request rollback; only the human
 queue holds the key". A member's rows name the queue in their notes. Approval is single-use: writ POSTs the frozen route once (a relative route against
 the policy's ``rollback_base_url``) and records ``executed`` or ``failed`` with the

@@ -21,7 +21,7 @@ Rules every backend keeps:
   store — every process that shares it, every restart — and never reused, even when the
   transaction that drew one rolls back.
 * **The ledger** has one total order: ``seq`` 1, 2, 3, ... without gaps, each row hashed onto
-  the one before (:mod:`writ.ledger`). Rows are appended only by ``tx.append``, in the
+  the one before (:mod:`writ.core.ledger`). Rows are appended only by ``tx.append``, in the
   transaction of the change they record; the store refuses UPDATE and DELETE on them.
 * **Notifications**: ``tx.notify(kind, payload)`` is delivered after commit, to the listener
   of every process that shares the store (``store.set_listener``); nothing is delivered
@@ -29,7 +29,7 @@ Rules every backend keeps:
   delivers ``("audit", {"seq": head})``.
 * **Related lookups** (``held_related``, ``waiters_related``, ``objects_related``) return
   the records whose resource is equal to, an ancestor of, or a descendant of any of the given
-  paths, using indexes (see :func:`writ.resources.related_clauses`), so their cost does not
+  paths, using indexes (see :func:`writ.core.resources.related_clauses`), so their cost does not
   grow with the number of leases held.
 * Driver errors never escape: a backend raises :class:`writ.errors.Unavailable` when the
   database cannot be reached, and the engine's own errors pass through unchanged.
@@ -308,12 +308,12 @@ class Store(ABC):
     url: str
     #: True when every change to principals — by writ or by hand — reaches every process's
     #: listener as a ``principals`` note, and reads are costly enough to remember tokens
-    #: briefly (see :mod:`writ.principals`). A store without it is asked on every request.
+    #: briefly (see :mod:`writ.engine.principals`). A store without it is asked on every request.
     announces_principal_changes = False
 
     def __init__(self) -> None:
         self._listener: Listener | None = None
-        # observers (writ.metrics): the rows of each committed write transaction, and how
+        # observers (writ.telemetry.metrics): the rows of each committed write transaction, and how
         # long each commit took (SQLite: a group-commit batch; PostgreSQL: a transaction),
         # from BEGIN to durable COMMIT. Called on the event loop, after the commit.
         self.row_observers: list[Callable[[list[Sealed]], None]] = []
@@ -323,7 +323,7 @@ class Store(ABC):
         """A number that changes whenever a principal is updated or deleted, by writ or by
         hand, read cheaply (no transaction) — or None when the store cannot tell. With it
         (or :attr:`announces_principal_changes`) the engine may remember tokens it accepted
-        (:mod:`writ.principals`); without either, every request reads the store."""
+        (:mod:`writ.engine.principals`); without either, every request reads the store."""
         return None
 
     def set_listener(self, listener: Listener | None) -> None:
@@ -368,7 +368,7 @@ class Store(ABC):
     def audit_records(self, after_seq: int = 0, batch: int = 10_000) -> AsyncIterator[list[Record]]:
         """Like :meth:`audit_stream`, each row with the lookup columns the store keeps
         beside it: ``(seq, body, hash, ts, event, resource, lock_key)``
-        (:data:`writ.ledger.Record`), for verify to check them against the hashed body."""
+        (:data:`writ.core.ledger.Record`), for verify to check them against the hashed body."""
 
     # ---- moving a store (writ migrate) --------------------------------------------------
     @abstractmethod

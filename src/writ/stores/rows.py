@@ -1,7 +1,7 @@
 """Rows to records: the column lists and converters both SQL stores share, for their
 queries and for dumps (:meth:`~writ.stores.base.Store.export_rows`).
 
-JSON columns are read with :func:`writ.validate.loads`: a value that is not text (a lone
+JSON columns are read with :func:`writ.core.validate.loads`: a value that is not text (a lone
 surrogate, stored before writ refused them or written by hand) reads back with U+FFFD in
 its place, so no read and no grant ever fails on it."""
 

@@ -12,7 +12,7 @@ process). What is counted, and where, is chosen so the hot path stays hot:
 * **Gauges** (``writ_leases_held``, ``writ_waiters``) are read from the store at scrape
   time with one count each: store-wide, and free between scrapes.
 * **HTTP** (``writ_http_request_duration_seconds``, ``writ_refusals_total``,
-  ``writ_lease_acquire_wait_seconds``) is measured by :class:`writ.ops.OpsFront` around the
+  ``writ_lease_acquire_wait_seconds``) is measured by :class:`writ.api.ops.OpsFront` around the
   whole app: route labels are route templates, refusal codes come from the error tree.
 
 Counters are per process: with several servers on one PostgreSQL store, ``sum()`` them.

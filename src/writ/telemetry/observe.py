@@ -1,6 +1,6 @@
 """The rows an engine commits, with the request that caused them (the decision log).
 
-The store's own ``row_observers`` (what :mod:`writ.metrics` uses) see committed rows but
+The store's own ``row_observers`` (what :mod:`writ.telemetry.metrics` uses) see committed rows but
 not which request asked for them: SQLite runs a whole group commit's transactions in one
 task. :func:`observed` therefore wraps the engine's ``store.transact`` once, capturing the
 caller's request id and trace ids (:func:`context`) when ``transact`` is called; each
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: the id of the HTTP request being served (set by :class:`writ.ops.OpsFront`)
+#: the id of the HTTP request being served (set by :class:`writ.api.ops.OpsFront`)
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "writ_request_id", default=None
 )

@@ -11,7 +11,7 @@ from writ.api.deps import EngineDep, Me
 from writ.api.middleware import _unless_hung_up
 from writ.api.streaming import audit_response
 from writ.core.clock import parse_time
-from writ.engine import MAX_WAIT_S
+from writ.engine.hooks import MAX_WAIT_S
 
 router = APIRouter()
 

@@ -1,5 +1,5 @@
 """The HTTP routes of authority (PROTOCOL.md v1.1): ``GET /v1/authority``,
-``POST /v1/policy/reload`` and ``POST /v1/leases/{id}/wake``, over :mod:`writ.authority`.
+``POST /v1/policy/reload`` and ``POST /v1/leases/{id}/wake``, over :mod:`writ.rules.authority`.
 
 No ``from __future__ import annotations`` here: FastAPI reads these signatures at runtime,
 and the dependencies they name.

@@ -1,4 +1,4 @@
-"""The revert-protection routes: changes recorded under a lease, and the consent to undo them (:mod:`writ.consent`).
+"""The revert-protection routes: changes recorded under a lease, and the consent to undo them (:mod:`writ.rules.consent`).
 
 No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 """
@@ -13,7 +13,7 @@ from writ.api.schemas import (
     ChangeIn,
     ConsentIn,
 )
-from writ.engine import MAX_WAIT_S
+from writ.engine.hooks import MAX_WAIT_S
 
 router = APIRouter()
 

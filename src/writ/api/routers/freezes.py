@@ -1,4 +1,4 @@
-"""The freeze routes: freeze a prefix, lift a freeze, list them (:mod:`writ.freezes`).
+"""The freeze routes: freeze a prefix, lift a freeze, list them (:mod:`writ.rules.freezes`).
 
 No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 """

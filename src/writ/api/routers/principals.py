@@ -1,5 +1,5 @@
 """The principal routes (PROTOCOL.md): add, the token lifecycle and queue membership (v1.1,
-over :mod:`writ.principals`: rotate, disable, enable, queues), list, whoami."""
+over :mod:`writ.engine.principals`: rotate, disable, enable, queues), list, whoami."""
 
 # No ``from __future__ import annotations``: FastAPI must see the real types of the route
 # parameters, not strings it cannot resolve.
@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from writ.api.deps import EngineDep, Me
 from writ.api.schemas import PrincipalIn
-from writ.principals import MAX_EXPIRES_S
+from writ.engine.principals import MAX_EXPIRES_S
 
 
 class _Body(BaseModel):

@@ -1,4 +1,4 @@
-"""The rollback routes: request, list, read, approve, deny and report a defect (:mod:`writ.rollbacks`).
+"""The rollback routes: request, list, read, approve, deny and report a defect (:mod:`writ.rules.rollbacks`).
 
 No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 """

@@ -3,7 +3,7 @@
 :mod:`writ.cli.group` adds the first two to ``writ``, :mod:`writ.cli.commands.audit` the
 checkpoint commands to ``writ audit``:
 
-* ``writ postmortem`` — the incident report from the ledger (:mod:`writ.postmortem`);
+* ``writ postmortem`` — the incident report from the ledger (:mod:`writ.evidence.postmortem`);
 * ``writ demo`` — 02:17 replayed without and with writ (:mod:`writ.demo`);
 * ``writ audit keygen`` / ``writ audit checkpoint`` — an Ed25519 key, and a signed checkpoint
   of the chain head (:mod:`writ.checkpoint`);
@@ -131,7 +131,7 @@ def postmortem_command(
     prefix and time range), from a store (--store, offline) or a server (--url/--token).
     """
     from writ.core.clock import parse_duration, parse_time
-    from writ.postmortem import Query, collect, to_json, to_markdown
+    from writ.evidence.postmortem import Query, collect, to_json, to_markdown
 
     if around and (since or until):
         raise click.UsageError("give --around (with --window) or --since/--until, not both")
@@ -149,7 +149,7 @@ def postmortem_command(
         fmt = suffix if suffix in FORMATS else "md"
 
     async def go() -> dict[str, Any]:
-        from writ.postmortem import HttpSource, StoreSource
+        from writ.evidence.postmortem import HttpSource, StoreSource
 
         if store:
             return await _with_store(store, lambda e: collect(StoreSource(e), query))
@@ -158,7 +158,7 @@ def postmortem_command(
 
     report = asyncio.run(go())
     if fmt == "html":
-        from writ.postmortem_html import to_html
+        from writ.evidence.postmortem import to_html
 
         text = to_html(report)
     elif fmt == "json":
@@ -222,7 +222,7 @@ def demo_command(out_dir: str, mode: str) -> None:
 def keygen_command(out_path: str) -> None:
     """Make an Ed25519 key for signing audit checkpoints (keep the private key off the
     database host; give FILE.pub to whoever verifies)."""
-    from writ.checkpoint import key_id, load_private_key, raw_public, write_key
+    from writ.evidence.checkpoint import key_id, load_private_key, raw_public, write_key
 
     priv, pub = write_key(out_path)
     kid = key_id(raw_public(load_private_key(priv).public_key()))
@@ -255,7 +255,7 @@ def checkpoint_command(
     Keep the checkpoint somewhere the database's writers cannot reach; later,
     `writ audit verify --checkpoint FILE` proves the ledger still extends it.
     """
-    from writ.checkpoint import load_private_key, make, sign, write_checkpoint
+    from writ.evidence.checkpoint import load_private_key, make, sign, write_checkpoint
 
     key = load_private_key(key_path)
     if store:
@@ -285,7 +285,13 @@ def verify_checkpoints(
     as_json: bool,
 ) -> None:
     """``writ audit verify --checkpoint FILE...``: exit 1 unless the ledger extends each."""
-    from writ.checkpoint import key_id, load_public_key, raw_public, read_checkpoint, verify_store
+    from writ.evidence.checkpoint import (
+        key_id,
+        load_public_key,
+        raw_public,
+        read_checkpoint,
+        verify_store,
+    )
 
     cps = [read_checkpoint(p) for p in checkpoints]
     trusted = load_public_key(pubkey) if pubkey else None

@@ -18,7 +18,7 @@ import click
 
 from writ.core.errors import Invalid
 from writ.core.textsafe import printable
-from writ.lint import (
+from writ.evidence.lint import (
     VERDICTS,
     Linter,
     Result,

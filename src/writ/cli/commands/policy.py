@@ -1,5 +1,5 @@
 """The CLI of authority (registered on the ``writ`` group by writ.cli.group): ``writ policy explain``,
-``writ policy reload`` and ``writ wake``, thin shells over :mod:`writ.authority` and the
+``writ policy reload`` and ``writ wake``, thin shells over :mod:`writ.rules.authority` and the
 client, plus the authority lines of ``writ policy check``."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _describe(d: dict[str, Any]) -> str:
 def authority_lines(pol: Policy, store: str | None) -> list[str]:
     """What ``writ policy check`` says of ``[authority]``: the mode, each grant with its
     line, and the warnings (unknown principals need ``--store``)."""
-    from writ.authority import review
+    from writ.core.grants import review
 
     s = pol.authority
     out = [f"  authority {s.mode}: {len(s.grants)} grant(s)"]
@@ -102,8 +102,8 @@ def explain_command(
     from writ.core import resources
 
     if file:
-        from writ.authority import decide
         from writ.core.errors import Invalid
+        from writ.core.grants import decide
         from writ.core.policy import load
         from writ.core.validate import check_text
         from writ.engine import NAME

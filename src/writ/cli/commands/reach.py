@@ -1,6 +1,6 @@
 """The ``writ gate`` and ``writ mcp`` commands (registered on the ``writ`` group by writ.cli.group).
 
-Thin click shells over :mod:`writ.gate` and :mod:`writ.mcp_server`, imported only when the
+Thin click shells over :mod:`writ.gate` and :mod:`writ.mcp`, imported only when the
 command runs (the MCP server needs the ``mcp`` extra).
 """
 
@@ -227,7 +227,7 @@ def mcp_command(
         import anyio
 
         from writ.client import AsyncClient
-        from writ.mcp_server import serve
+        from writ.mcp import serve
     except ImportError as exc:  # pragma: no cover - needs the extra
         raise click.ClickException(
             f"writ mcp needs the MCP SDK: pip install 'writ[mcp]' ({exc})"

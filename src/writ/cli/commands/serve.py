@@ -151,7 +151,7 @@ def serve(
     if checkpoint_every:
         install_checkpointer(checkpoint_key, checkpoint_dir, checkpoint_every)
     if check_only:
-        from writ.lifecycle import check
+        from writ.api.lifecycle import check
 
         problems = check(
             store, host, port, policy, log_level, log_format, shutdown_timeout, metrics_token
@@ -162,8 +162,8 @@ def serve(
             raise SystemExit(1)
         click.echo(f"writ serve --check: ok ({store.split('://')[0]} store ready, {host}:{port})")
         return
-    from writ import server as api_serve  # looked up at call time (tests patch its `run`)
-    from writ.workers import check_workers
+    from writ.api import serve as api_serve  # looked up at call time (tests patch its `run`)
+    from writ.api.workers import check_workers
 
     check_workers(store, workers)
     extra = {"workers": workers} if workers != 1 else {}
@@ -183,9 +183,9 @@ def serve(
 
 
 def install_checkpointer(key_path: str, directory: str, every: int) -> None:
-    """Make every app built by :func:`writ.server.create_app` run a Checkpointer."""
-    from writ import server
-    from writ.checkpoint import Checkpointer, load_private_key
+    """Make every app built by :func:`writ.api.app.create_app` run a Checkpointer."""
+    from writ.api import app as server
+    from writ.evidence.checkpoint import Checkpointer, load_private_key
 
     key = load_private_key(key_path)  # fail at start, not at the first checkpoint
 

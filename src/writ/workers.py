@@ -1,6 +1,0 @@
-"""Moved to writ.api.workers (temporary alias for the rooms renovation; removed in WP6)."""
-
-import importlib
-import sys
-
-sys.modules[__name__] = importlib.import_module("writ.api.workers")

@@ -231,7 +231,14 @@ def counter_ids() -> Iterator[None]:
 
     mods = [
         importlib.import_module(f"writ.{m}")
-        for m in ("models", "engine.kernel", "engine.queue", "consent", "rollbacks", "freezes")
+        for m in (
+            "core.models",
+            "engine.kernel",
+            "engine.queue",
+            "rules.consent",
+            "rules.rollbacks",
+            "rules.freezes",
+        )
     ]
     saved = [(m, m.new_id) for m in mods if hasattr(m, "new_id")]
     for m, _ in saved:

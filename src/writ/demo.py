@@ -300,162 +300,212 @@ async def run_through_writ(workdir: Path, mode: str = "open") -> tuple[Run, str]
     return run, url
 
 
-async def _script(w: World, run: Run, db: SimDB, mode: str = "open") -> None:
-    perf_lease: dict[str, Any] = {}
+@dataclass
+class _Story:
+    """What the scripted story carries from one step to the next."""
+
+    perf_lease: dict[str, Any] = field(default_factory=dict)
     routing: asyncio.Task[httpx.Response] | None = None
-    routing_lease: dict[str, Any] = {}
-    consent: dict[str, Any] = {}
-    seen_calls = 0
+    routing_lease: dict[str, Any] = field(default_factory=dict)
+    consent: dict[str, Any] = field(default_factory=dict)
+    seen_calls: int = 0
+
+
+async def _script(w: World, run: Run, db: SimDB, mode: str = "open") -> None:
+    story = _Story()
     for t in range(0, END + 1, TICK):
-        w.clock.t = START + t
-        await w.engine.sweep()  # expiries, consent timeouts, stuck locks
-        await w.engine.caller.drain()
-        for line in db.advance(t):
-            run.log(t, line)
+        await _advance_clock(w, run, db, t)
         if t == 0:
             run.log(t, f"ALERT: DB p99 {db.p99_ms:.0f} ms > {ALERT_MS:.0f} ms")
         elif t == 10:
-            r = await w.post(
-                "perf-agent",
-                "/v1/leases",
-                {
-                    "resource": "prod/db",
-                    "intent": "double capacity: p99 over the alert",
-                    "ttl_s": 120,
-                    "touches": ["capacity"],
-                    "rollback": ROLLBACK,
-                },
-            )
-            perf_lease = _ok(r, 201)
-            _ok(
-                await w.post(
-                    "perf-agent",
-                    f"/v1/leases/{perf_lease['lease_id']}/changes",
-                    {
-                        "attribute": "capacity",
-                        "summary": "capacity 4→8",
-                        "before": 4,
-                        "after": 8,
-                        "fencing_token": perf_lease["fencing_token"],
-                    },
-                ),
-                201,
-            )
-            db.instances = 8
-            run.log(
-                t,
-                f"perf-agent holds prod/db (token {perf_lease['fencing_token']}), "
-                "doubles capacity 4→8",
-            )
+            await _perf_doubles_capacity(w, run, db, t, story)
         elif t == 30:
-            seen = (await w.engine.audit(0, 10_000))["next_after_seq"]
-            routing = asyncio.ensure_future(
-                w.post(
-                    "routing-agent",
-                    "/v1/leases",
-                    {
-                        "resource": "routing/db-tier",
-                        "intent": "reroute cache misses via the DB tier",
-                        "ttl_s": 120,
-                        "wait_s": 120,
-                        "touches": ["routing"],
-                    },
-                )
-            )
-            await w.engine.events("routing/db-tier", seen, wait_s=5)  # its lease.queued row
-            run.log(
-                t,
-                "routing-agent asks for routing/db-tier: QUEUED behind perf-agent "
-                "(blast radius db-tier)",
-            )
+            await _routing_queues_behind_perf(w, run, t, story)
         elif t == 40:
-            r = await w.post(
-                "cost-agent",
-                "/v1/leases",
-                {
-                    "resource": "prod/db",
-                    "intent": "consolidate instances: overprovisioned",
-                    "ttl_s": 60,
-                    "touches": ["capacity"],
-                },
-            )
-            err = r.json()["error"]
-            if mode == "closed":
-                run.log(
-                    t,
-                    f"cost-agent asks to consolidate 8→4: REFUSED {err['code']}: not its "
-                    f"authority ({err['rule']}: observe prod/db, write "
-                    f"{', '.join(err['may']['write'])}); no consent asked",
-                )
-            else:
-                run.log(
-                    t,
-                    f"cost-agent asks to consolidate 8→4: REFUSED {err['code']} "
-                    f"(perf-agent's change, protected until {err['protected_until'][11:19]})",
-                )
-                r = await w.post(
-                    "cost-agent",
-                    "/v1/consents",
-                    {
-                        "change_id": err["change"]["change_id"],
-                        "reason": f"8 instances at {db.utilization:.0%}: overprovisioned",
-                    },
-                )
-                consent = _ok(r, 201)
-                run.log(t, "cost-agent asks perf-agent's consent; writ wakes perf-agent")
+            await _cost_asks_to_consolidate(w, run, db, t, story, mode)
         elif t == 100:
-            _ok(await w.post("perf-agent", f"/v1/leases/{perf_lease['lease_id']}/release"), 200)
-            assert routing is not None
-            routing_lease = _ok(await routing, 201)
-            run.log(
-                t,
-                "perf-agent releases prod/db; routing-agent GRANTED "
-                f"(token {routing_lease['fencing_token']})",
-            )
-            db.later(t + 50, "rerouted_rps", 240)
-            _ok(
-                await w.post(
-                    "routing-agent",
-                    f"/v1/leases/{routing_lease['lease_id']}/changes",
-                    {
-                        "attribute": "routing",
-                        "summary": "cache-miss reads via the DB tier, +240 rps",
-                        "fencing_token": routing_lease["fencing_token"],
-                    },
-                ),
-                201,
-            )
-            run.log(
-                t,
-                f"routing-agent re-checks ({db.instances}×, {db.p99_ms:.0f} ms), reroutes "
-                "(+240 rps in 50 s)",
-            )
+            await _perf_releases_routing_reroutes(w, run, db, t, story)
         elif t == 150:
-            _ok(
-                await w.post("routing-agent", f"/v1/leases/{routing_lease['lease_id']}/release"),
-                200,
-            )
-            run.log(t, "routing-agent releases routing/db-tier")
-        elif t == 180 and consent:
-            r = await w.post("svc-ops-princess", f"/v1/consents/{consent['consent_id']}/deny")
-            _ok(r, 200)
-            run.log(
-                t,
-                "svc-ops-princess (on call) DENIES the consolidation: not during an open incident",
-            )
+            await _routing_releases(w, run, t, story)
+        elif t == 180 and story.consent:
+            await _on_call_denies_consolidation(w, run, t, story)
         await w.engine.caller.drain()  # outbound calls of this step land in this step
-        for at, route, payload in w.calls[seen_calls:]:
-            who = str(payload.get("to"))
-            why = str(payload.get("reason"))
-            if "consent unanswered" in why:
-                run.log(at, f"consent EXPIRED unanswered (not a denial); writ pages {who}")
-            elif route.endswith("/wake") and "consent" in why:
-                continue  # told with the request above
-            else:
-                run.log(at, f"writ calls {who}: {why}")
-        seen_calls = len(w.calls)
+        _log_outbound_calls(w, run, story)
     if db.down_at is None:
         run.log(END, f"DB up: {db.state()}")
+
+
+async def _advance_clock(w: World, run: Run, db: SimDB, t: int) -> None:
+    """Move the clock to ``t``: writ's sweep and outbound calls, then the DB's own events."""
+    w.clock.t = START + t
+    await w.engine.sweep()  # expiries, consent timeouts, stuck locks
+    await w.engine.caller.drain()
+    for line in db.advance(t):
+        run.log(t, line)
+
+
+async def _perf_doubles_capacity(w: World, run: Run, db: SimDB, t: int, story: _Story) -> None:
+    """02:17:10: perf-agent takes prod/db and records capacity 4→8."""
+    r = await w.post(
+        "perf-agent",
+        "/v1/leases",
+        {
+            "resource": "prod/db",
+            "intent": "double capacity: p99 over the alert",
+            "ttl_s": 120,
+            "touches": ["capacity"],
+            "rollback": ROLLBACK,
+        },
+    )
+    story.perf_lease = perf_lease = _ok(r, 201)
+    _ok(
+        await w.post(
+            "perf-agent",
+            f"/v1/leases/{perf_lease['lease_id']}/changes",
+            {
+                "attribute": "capacity",
+                "summary": "capacity 4→8",
+                "before": 4,
+                "after": 8,
+                "fencing_token": perf_lease["fencing_token"],
+            },
+        ),
+        201,
+    )
+    db.instances = 8
+    run.log(
+        t,
+        f"perf-agent holds prod/db (token {perf_lease['fencing_token']}), doubles capacity 4→8",
+    )
+
+
+async def _routing_queues_behind_perf(w: World, run: Run, t: int, story: _Story) -> None:
+    """02:17:30: routing-agent asks for routing/db-tier and waits in the queue."""
+    seen = (await w.engine.audit(0, 10_000))["next_after_seq"]
+    story.routing = asyncio.ensure_future(
+        w.post(
+            "routing-agent",
+            "/v1/leases",
+            {
+                "resource": "routing/db-tier",
+                "intent": "reroute cache misses via the DB tier",
+                "ttl_s": 120,
+                "wait_s": 120,
+                "touches": ["routing"],
+            },
+        )
+    )
+    await w.engine.events("routing/db-tier", seen, wait_s=5)  # its lease.queued row
+    run.log(
+        t,
+        "routing-agent asks for routing/db-tier: QUEUED behind perf-agent (blast radius db-tier)",
+    )
+
+
+async def _cost_asks_to_consolidate(
+    w: World, run: Run, db: SimDB, t: int, story: _Story, mode: str
+) -> None:
+    """02:17:40: cost-agent is refused; in open mode it then asks perf-agent's consent."""
+    r = await w.post(
+        "cost-agent",
+        "/v1/leases",
+        {
+            "resource": "prod/db",
+            "intent": "consolidate instances: overprovisioned",
+            "ttl_s": 60,
+            "touches": ["capacity"],
+        },
+    )
+    err = r.json()["error"]
+    if mode == "closed":
+        run.log(
+            t,
+            f"cost-agent asks to consolidate 8→4: REFUSED {err['code']}: not its "
+            f"authority ({err['rule']}: observe prod/db, write "
+            f"{', '.join(err['may']['write'])}); no consent asked",
+        )
+        return
+    run.log(
+        t,
+        f"cost-agent asks to consolidate 8→4: REFUSED {err['code']} "
+        f"(perf-agent's change, protected until {err['protected_until'][11:19]})",
+    )
+    r = await w.post(
+        "cost-agent",
+        "/v1/consents",
+        {
+            "change_id": err["change"]["change_id"],
+            "reason": f"8 instances at {db.utilization:.0%}: overprovisioned",
+        },
+    )
+    story.consent = _ok(r, 201)
+    run.log(t, "cost-agent asks perf-agent's consent; writ wakes perf-agent")
+
+
+async def _perf_releases_routing_reroutes(
+    w: World, run: Run, db: SimDB, t: int, story: _Story
+) -> None:
+    """02:18:40: perf-agent releases; routing-agent is granted, re-checks and reroutes."""
+    _ok(await w.post("perf-agent", f"/v1/leases/{story.perf_lease['lease_id']}/release"), 200)
+    assert story.routing is not None
+    story.routing_lease = routing_lease = _ok(await story.routing, 201)
+    run.log(
+        t,
+        "perf-agent releases prod/db; routing-agent GRANTED "
+        f"(token {routing_lease['fencing_token']})",
+    )
+    db.later(t + 50, "rerouted_rps", 240)
+    _ok(
+        await w.post(
+            "routing-agent",
+            f"/v1/leases/{routing_lease['lease_id']}/changes",
+            {
+                "attribute": "routing",
+                "summary": "cache-miss reads via the DB tier, +240 rps",
+                "fencing_token": routing_lease["fencing_token"],
+            },
+        ),
+        201,
+    )
+    run.log(
+        t,
+        f"routing-agent re-checks ({db.instances}×, {db.p99_ms:.0f} ms), reroutes "
+        "(+240 rps in 50 s)",
+    )
+
+
+async def _routing_releases(w: World, run: Run, t: int, story: _Story) -> None:
+    """02:19:30: routing-agent releases routing/db-tier."""
+    _ok(
+        await w.post("routing-agent", f"/v1/leases/{story.routing_lease['lease_id']}/release"),
+        200,
+    )
+    run.log(t, "routing-agent releases routing/db-tier")
+
+
+async def _on_call_denies_consolidation(w: World, run: Run, t: int, story: _Story) -> None:
+    """02:20:00: the on-call human denies cost-agent's pending consent."""
+    r = await w.post("svc-ops-princess", f"/v1/consents/{story.consent['consent_id']}/deny")
+    _ok(r, 200)
+    run.log(
+        t,
+        "svc-ops-princess (on call) DENIES the consolidation: not during an open incident",
+    )
+
+
+def _log_outbound_calls(w: World, run: Run, story: _Story) -> None:
+    """Log the wake and page calls writ made since the last step (consent wakes are told
+    with the request that caused them)."""
+    for at, route, payload in w.calls[story.seen_calls :]:
+        who = str(payload.get("to"))
+        why = str(payload.get("reason"))
+        if "consent unanswered" in why:
+            run.log(at, f"consent EXPIRED unanswered (not a denial); writ pages {who}")
+        elif route.endswith("/wake") and "consent" in why:
+            continue  # told with the request above
+        else:
+            run.log(at, f"writ calls {who}: {why}")
+    story.seen_calls = len(w.calls)
 
 
 def _ok(r: httpx.Response, status: int) -> dict[str, Any]:

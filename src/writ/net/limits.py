@@ -132,37 +132,110 @@ def _remade(cls: _Guarded) -> tuple[Callable[..., _Guarded], tuple[Limits]]:
 copyreg.pickle(_Guarded, _remade)
 
 
+@dataclass(frozen=True, slots=True)
+class _Answers:
+    """The canned answers one listener writes raw (:func:`_canned`), made once per
+    :class:`Limits`."""
+
+    too_large: bytes
+    head_slow: bytes
+    body_slow: bytes
+    absolute: bytes
+    busy: bytes
+
+
+def _answers(limits: Limits) -> _Answers:
+    return _Answers(
+        too_large=_canned(
+            413,  # writ's too_large (errors.TooLarge), for headers as for bodies
+            "too_large",
+            f"request headers exceed {limits.max_header_bytes} bytes, or the request line "
+            f"{limits.max_request_line}",
+        ),
+        head_slow=_canned(
+            408,
+            "timeout",
+            f"request line and headers not received within {limits.header_timeout:g} s",
+        ),
+        body_slow=_canned(
+            408, "timeout", f"request body not received within {limits.body_timeout:g} s"
+        ),
+        absolute=_canned(
+            400,
+            "invalid",
+            "the request target must be a path (/path?query), not an absolute URL",
+        ),
+        busy=_canned(
+            503,
+            "unavailable",
+            f"too many open connections (at most {limits.max_connections}, each busy with a "
+            "request): retry shortly",
+            retry_after=1,
+        ),
+    )
+
+
+def _evict(protocol: Any, idle: dict[Any, None]) -> bool:
+    """Close the connection that has waited longest without a request in progress, to
+    make room for ``protocol``'s; False when every connection is busy. O(1): the idle
+    ones are kept in the order they became idle."""
+    while idle:
+        oldest = next(iter(idle))
+        del idle[oldest]
+        if oldest.transport is not None and not oldest.transport.is_closing():
+            oldest.transport.close()
+            protocol.connections.discard(oldest)
+            return True
+    return False
+
+
+def _expired(protocol: Any, answer: bytes) -> None:
+    """A head or body deadline passed: answer (unless a response is under way) and close."""
+    protocol._deadline = None
+    if protocol.transport is None or protocol.transport.is_closing():
+        return
+    cycle = protocol.cycle  # the request before, or the one whose body is late
+    if cycle is None or cycle.response_complete or not cycle.response_started:
+        protocol.transport.write(answer)
+    protocol.transport.close()
+
+
+def _count_head(protocol: Any, data: bytes, limits: Limits) -> bool:
+    """Count the request line and the headers as they arrive (up to the blank line that
+    ends them); False once either is over its limit."""
+    p = protocol
+    if not p._line_done:
+        buf = p._tail + data
+        i = buf.find(b"\r\n")
+        if i < 0:
+            p._line_bytes += len(data)
+            p._tail = buf[-1:]
+            return bool(p._line_bytes <= limits.max_request_line)
+        p._line_bytes += max(0, i - len(p._tail))
+        p._line_done = True
+        data = data[max(0, i + 2 - len(p._tail)) :]
+        p._tail = b"\r\n"  # a head with no headers ends right here
+        if p._line_bytes > limits.max_request_line:
+            return False
+    buf = p._tail + data
+    end = buf.find(b"\r\n\r\n")
+    p._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(p._tail))
+    p._tail = buf[-3:]
+    return bool(p._head_bytes <= limits.max_header_bytes)
+
+
+def _refuse(protocol: Any, answer: bytes) -> None:
+    """Answer ``answer`` and close, with no deadline left to fire."""
+    protocol._disarm()
+    protocol.transport.write(answer)
+    protocol.transport.close()
+
+
 def guarded_protocol(limits: Limits) -> type[Any]:
     """uvicorn's httptools protocol, with ``limits`` enforced (see the module docstring)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    too_large = _canned(
-        413,  # writ's too_large (errors.TooLarge), for headers as for bodies
-        "too_large",
-        f"request headers exceed {limits.max_header_bytes} bytes, or the request line "
-        f"{limits.max_request_line}",
-    )
-    head_slow = _canned(
-        408,
-        "timeout",
-        f"request line and headers not received within {limits.header_timeout:g} s",
-    )
-    body_slow = _canned(
-        408, "timeout", f"request body not received within {limits.body_timeout:g} s"
-    )
-    absolute = _canned(
-        400,
-        "invalid",
-        "the request target must be a path (/path?query), not an absolute URL",
-    )
-    busy = _canned(
-        503,
-        "unavailable",
-        f"too many open connections (at most {limits.max_connections}, each busy with a "
-        "request): retry shortly",
-        retry_after=1,
-    )
-
+    answers = _answers(limits)
     # this listener's connections with no request in progress, oldest first
     idle: dict[Any, None] = {}
 
@@ -181,15 +254,15 @@ def guarded_protocol(limits: Limits) -> type[Any]:
 
         # -- connection ---------------------------------------------------------------
         def connection_made(self, transport: Any) -> None:
-            if len(self.connections) >= limits.max_connections and not self._evict():
+            if len(self.connections) >= limits.max_connections and not _evict(self, idle):
                 self._refused = self._rejected = True
                 self.transport = transport
-                transport.write(busy)
+                transport.write(answers.busy)
                 transport.close()
                 return
             super().connection_made(transport)
             idle[self] = None
-            self._arm(limits.header_timeout, head_slow)
+            self._arm(limits.header_timeout, answers.head_slow)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -197,89 +270,41 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             if not self._rejected:
                 super().connection_lost(exc)
 
-        def _evict(self) -> bool:
-            """Close the connection that has waited longest without a request in
-            progress, to make room; False when every connection is busy. O(1): the idle
-            ones are kept in the order they became idle."""
-            while idle:
-                oldest = next(iter(idle))
-                del idle[oldest]
-                if oldest.transport is not None and not oldest.transport.is_closing():
-                    oldest.transport.close()
-                    self.connections.discard(oldest)
-                    return True
-            return False
-
         # -- deadlines ----------------------------------------------------------------
         def _arm(self, seconds: float, answer: bytes) -> None:
             self._disarm()
-            self._deadline = self.loop.call_later(seconds, self._expired, answer)
+            self._deadline = self.loop.call_later(seconds, _expired, self, answer)
 
         def _disarm(self) -> None:
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
 
-        def _expired(self, answer: bytes) -> None:
-            self._deadline = None
-            if self.transport is None or self.transport.is_closing():
-                return
-            cycle = self.cycle  # the request before, or the one whose body is late
-            if cycle is None or cycle.response_complete or not cycle.response_started:
-                self.transport.write(answer)
-            self.transport.close()
-
         # -- data ---------------------------------------------------------------------
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
-            if self._in_head and not self._count_head(data):
-                self._disarm()
-                self.transport.write(too_large)
-                self.transport.close()
+            if self._in_head and not _count_head(self, data, limits):
+                _refuse(self, answers.too_large)
                 return
             super().data_received(data)
-
-        def _count_head(self, data: bytes) -> bool:
-            """Count the request line and the headers as they arrive (up to the blank
-            line that ends them); False once either is over its limit."""
-            if not self._line_done:
-                buf = self._tail + data
-                i = buf.find(b"\r\n")
-                if i < 0:
-                    self._line_bytes += len(data)
-                    self._tail = buf[-1:]
-                    return self._line_bytes <= limits.max_request_line
-                self._line_bytes += max(0, i - len(self._tail))
-                self._line_done = True
-                data = data[max(0, i + 2 - len(self._tail)) :]
-                self._tail = b"\r\n"  # a head with no headers ends right here
-                if self._line_bytes > limits.max_request_line:
-                    return False
-            buf = self._tail + data
-            end = buf.find(b"\r\n\r\n")
-            self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
-            self._tail = buf[-3:]
-            return self._head_bytes <= limits.max_header_bytes
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._in_head = True
             if self._deadline is None:
-                self._arm(limits.header_timeout, head_slow)
+                self._arm(limits.header_timeout, answers.head_slow)
 
         def on_headers_complete(self) -> None:
             if limits.origin_form_only and not self.url.startswith((b"/", b"*")):
                 self._refused = True
-                self._disarm()
-                self.transport.write(absolute)
-                self.transport.close()
+                _refuse(self, answers.absolute)
                 return
             self._in_head = False
             idle.pop(self, None)  # busy with a request until its response is complete
             self._head_bytes = self._line_bytes = 0
             self._line_done, self._tail = False, b""
-            self._arm(limits.body_timeout, body_slow)
+            self._arm(limits.body_timeout, answers.body_slow)
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:

@@ -341,8 +341,10 @@ async def test_servers_sixteen_agents_one_resource(servers: list[str]) -> None:
     # release request sent on server A -> the waiter's 201 arrives from server B: two HTTP
     # exchanges, the releasing transaction, NOTIFY, and the waiter's read of its lease
     # (~8 ms on an idle 2-core machine). Without the notification the waiter would wake on
-    # its timer: the holder's ttl (10 s) or its own deadline (5 s).
-    assert p50 < 0.100 and wakes[-1] < 1.0, wakes
+    # its timer: the holder's ttl (10 s) or its own deadline (5 s). The worst wake is held
+    # to half that deadline, not to 1 s: a loaded 2-core machine (three servers, PostgreSQL
+    # and the loader) was seen at 1.1 s once, still far from any timer.
+    assert p50 < 0.100 and wakes[-1] < 2.5, wakes
     assert (await verify(servers[0]))["ok"]
 
 

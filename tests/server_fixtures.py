@@ -8,6 +8,7 @@ private one for tests that stop the server on purpose.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import queue
@@ -20,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -389,3 +390,61 @@ async def verify(url: str) -> dict[str, Any]:
         assert r.status_code == 200, r.text
         out: dict[str, Any] = r.json()
         return out
+
+
+@contextlib.asynccontextmanager
+async def writ_servers(
+    store_url: str, n: int, tmp: Path, policy: str | None = None
+) -> AsyncIterator[list[str]]:
+    """``n`` ``writ serve`` processes on one store; yields their base URLs. (Async: the
+    test's event loop may be running the proxy the servers connect through.)"""
+    procs: list[asyncio.subprocess.Process] = []
+    urls = []
+    env = {**os.environ, "WRIT_ADMIN_TOKEN": ADMIN_TOKEN}
+    extra: list[str] = []
+    if policy is not None:
+        (tmp / "writ.toml").write_text(policy)
+        extra = ["--policy", str(tmp / "writ.toml")]
+    try:
+        for i in range(n):
+            port = free_port()
+            with (tmp / f"server-{i}.log").open("wb") as log:
+                procs.append(
+                    await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-c",
+                        "from writ.cli import main; main()",
+                        "serve",
+                        "--store",
+                        store_url,
+                        "--port",
+                        str(port),
+                        "--log-level",
+                        "warning",
+                        *extra,
+                        env=env,
+                        stdout=log,
+                        stderr=log,
+                    )
+                )
+            urls.append(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 20
+        async with httpx.AsyncClient(timeout=1) as c:
+            for i, (url, p) in enumerate(zip(urls, procs, strict=True)):
+                while True:
+                    assert p.returncode is None, (tmp / f"server-{i}.log").read_text()[-3000:]
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await c.get(f"{url}/v1/health")).status_code == 200:
+                            break
+                    assert time.monotonic() < deadline, "writ serve did not come up"
+                    await asyncio.sleep(0.05)
+        yield urls
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                await asyncio.wait_for(p.wait(), 10)
+            except TimeoutError:
+                p.kill()
+                await p.wait()

@@ -6,10 +6,7 @@ an existing store upgrades in place; only a key-holder queue or its members turn
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server_fixtures import ADMIN_TOKEN, free_port
+from tests.server_fixtures import ADMIN_TOKEN, writ_servers
 from tests.stores_fixtures import Backend
 from writ.api.app import create_app
 from writ.engine import Engine
@@ -605,56 +602,6 @@ async def test_bad_input_is_a_4xx_and_writes_nothing(world: tuple[Server, dict[s
     assert await s.whoami(tok["perf-agent"]) == 200
 
 
-@asynccontextmanager
-async def _serve_processes(store_url: str, n: int, tmp: Path) -> AsyncIterator[list[str]]:
-    """``n`` real ``writ serve`` processes on one store, admin from WRIT_ADMIN_TOKEN."""
-    procs: list[asyncio.subprocess.Process] = []
-    urls: list[str] = []
-    env = {**os.environ, "WRIT_ADMIN_TOKEN": ADMIN_TOKEN}
-    try:
-        for i in range(n):
-            port = free_port()
-            with (tmp / f"server-{i}.log").open("wb") as log:
-                procs.append(
-                    await asyncio.create_subprocess_exec(
-                        sys.executable,
-                        "-m",
-                        "writ.cli",
-                        "serve",
-                        "--store",
-                        store_url,
-                        "--port",
-                        str(port),
-                        "--log-level",
-                        "warning",
-                        env=env,
-                        stdout=log,
-                        stderr=log,
-                    )
-                )
-            urls.append(f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 30
-        async with httpx.AsyncClient(timeout=1) as c:
-            for i, (url, p) in enumerate(zip(urls, procs, strict=True)):
-                while True:
-                    assert p.returncode is None, (tmp / f"server-{i}.log").read_text()[-3000:]
-                    with contextlib.suppress(httpx.HTTPError):
-                        if (await c.get(f"{url}/v1/health")).status_code == 200:
-                            break
-                    assert time.monotonic() < deadline, "writ serve did not come up"
-                    await asyncio.sleep(0.05)
-        yield urls
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                await asyncio.wait_for(p.wait(), 10)
-            except TimeoutError:
-                p.kill()
-                await p.wait()
-
-
 async def test_two_writ_serve_processes_on_postgresql_refuse_within_a_second(
     pg_backend: Backend, tmp_path: Path
 ) -> None:
@@ -662,7 +609,7 @@ async def test_two_writ_serve_processes_on_postgresql_refuse_within_a_second(
     disabled tokens are refused by the other server within 1 s, and the admin token from
     WRIT_ADMIN_TOKEN, once rotated, is refused by both."""
     async with (
-        _serve_processes(pg_backend.url, 2, tmp_path) as (a, b),
+        writ_servers(pg_backend.url, 2, tmp_path) as (a, b),
         httpx.AsyncClient(timeout=10) as c,
     ):
 

@@ -328,6 +328,37 @@ def guarded_protocol(limits: Limits) -> type[Any]:
     return GuardedHttpTools
 
 
+# The listener options: flag (its Limits field, with _ for -), click type, help.
+_OPTIONS: tuple[tuple[str, click.ParamType[Any], str], ...] = (
+    (
+        "--max-connections",
+        click.IntRange(1),
+        "Open connections at most; beyond, an idle one is closed to make room, "
+        "or the newcomer gets 503 (also kept below the open-file limit).",
+    ),
+    (
+        "--max-header-bytes",
+        click.IntRange(256),
+        "Largest block of request headers; more is 413, refused while read.",
+    ),
+    (
+        "--header-timeout",
+        click.FloatRange(0, min_open=True),
+        "Seconds a client has to send a request's line and headers (408 after).",
+    ),
+    (
+        "--body-timeout",
+        click.FloatRange(0, min_open=True),
+        "Seconds a client has to send a request's body once its headers are in.",
+    ),
+    (
+        "--keepalive-timeout",
+        click.FloatRange(0, min_open=True),
+        "Seconds an idle keep-alive connection stays open.",
+    ),
+)
+
+
 def limit_options(
     defaults: Limits | None = None, env_prefix: str | None = None
 ) -> Callable[[F], F]:
@@ -344,46 +375,14 @@ def limit_options(
     def decorate(fn: F) -> F:
         options = [
             click.option(
-                "--max-connections",
-                **env("--max-connections"),
-                type=click.IntRange(1),
-                default=d.max_connections,
+                flag,
+                **env(flag),
+                type=kind,
+                default=getattr(d, flag.lstrip("-").replace("-", "_")),
                 show_default=True,
-                help="Open connections at most; beyond, an idle one is closed to make room, "
-                "or the newcomer gets 503 (also kept below the open-file limit).",
-            ),
-            click.option(
-                "--max-header-bytes",
-                **env("--max-header-bytes"),
-                type=click.IntRange(256),
-                default=d.max_header_bytes,
-                show_default=True,
-                help="Largest block of request headers; more is 413, refused while read.",
-            ),
-            click.option(
-                "--header-timeout",
-                **env("--header-timeout"),
-                type=click.FloatRange(0, min_open=True),
-                default=d.header_timeout,
-                show_default=True,
-                help="Seconds a client has to send a request's line and headers (408 after).",
-            ),
-            click.option(
-                "--body-timeout",
-                **env("--body-timeout"),
-                type=click.FloatRange(0, min_open=True),
-                default=d.body_timeout,
-                show_default=True,
-                help="Seconds a client has to send a request's body once its headers are in.",
-            ),
-            click.option(
-                "--keepalive-timeout",
-                **env("--keepalive-timeout"),
-                type=click.FloatRange(0, min_open=True),
-                default=d.keepalive_timeout,
-                show_default=True,
-                help="Seconds an idle keep-alive connection stays open.",
-            ),
+                help=text,
+            )
+            for flag, kind, text in _OPTIONS
         ]
         for option in reversed(options):
             fn = option(fn)

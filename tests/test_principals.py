@@ -90,6 +90,18 @@ async def _until(engine: Engine, event: str, n: int) -> None:
         after = out["next_after_seq"]
 
 
+async def _queued(
+    s: Server, token: str, resource: str, intent: str, nth: int
+) -> asyncio.Future[httpx.Response]:
+    """An acquire waiting in the FIFO queue (``wait_s`` 30), returned once its
+    ``lease.queued`` row — the ``nth`` of this test — is in the ledger."""
+    waiting = asyncio.ensure_future(
+        s.call(token, "POST", "/v1/leases", {"resource": resource, "intent": intent, "wait_s": 30})
+    )
+    await _until(s.engine, "lease.queued", nth)
+    return waiting
+
+
 async def _lint_clean(engine: Engine) -> None:
     kinds = {p["name"]: p["kind"] for p in await engine.list_principals()}
     for row in await _rows(engine):
@@ -159,25 +171,9 @@ async def test_disable_revokes_leases_drops_queued_requests_and_refuses_the_toke
         tok["cost-agent"], "POST", "/v1/leases", {"resource": "prod/cache", "intent": "trim"}
     )
     # perf-agent also waits in the queue for cost-agent's resource
-    waiting = asyncio.ensure_future(
-        s.call(
-            tok["perf-agent"],
-            "POST",
-            "/v1/leases",
-            {"resource": "prod/cache", "intent": "warm", "wait_s": 30},
-        )
-    )
-    await _until(s.engine, "lease.queued", 1)
+    waiting = await _queued(s, tok["perf-agent"], "prod/cache", "warm", 1)
     # and cost-agent waits behind perf-agent's lease
-    behind = asyncio.ensure_future(
-        s.call(
-            tok["cost-agent"],
-            "POST",
-            "/v1/leases",
-            {"resource": "prod/db", "intent": "consolidate", "wait_s": 30},
-        )
-    )
-    await _until(s.engine, "lease.queued", 2)
+    behind = await _queued(s, tok["cost-agent"], "prod/db", "consolidate", 2)
 
     r = await s.call(
         tok["perf-agent"], "POST", "/v1/principals/cost-agent/disable", {"reason": "x"}
@@ -553,15 +549,7 @@ async def test_a_queued_request_is_refused_when_its_principal_was_disabled_by_ha
     held = await s.ok(
         tok["cost-agent"], "POST", "/v1/leases", {"resource": "prod/db", "intent": "trim"}
     )
-    waiting = asyncio.ensure_future(
-        s.call(
-            tok["perf-agent"],
-            "POST",
-            "/v1/leases",
-            {"resource": "prod/db", "intent": "scale", "wait_s": 30},
-        )
-    )
-    await _until(s.engine, "lease.queued", 1)
+    waiting = await _queued(s, tok["perf-agent"], "prod/db", "scale", 1)
     await backend.sql(
         "UPDATE principals SET disabled_at = 1.0, disabled_reason = 'by hand'"
         " WHERE name = 'perf-agent'"
@@ -657,15 +645,7 @@ async def test_a_queued_request_of_a_principal_deleted_by_hand_is_refused(
     held = await s.ok(
         tok["cost-agent"], "POST", "/v1/leases", {"resource": "prod/db", "intent": "trim"}
     )
-    waiting = asyncio.ensure_future(
-        s.call(
-            tok["perf-agent"],
-            "POST",
-            "/v1/leases",
-            {"resource": "prod/db", "intent": "scale", "wait_s": 30},
-        )
-    )
-    await _until(s.engine, "lease.queued", 1)
+    waiting = await _queued(s, tok["perf-agent"], "prod/db", "scale", 1)
     await backend.sql("DELETE FROM principals WHERE name = 'perf-agent'")
     await s.ok(tok["cost-agent"], "POST", f"/v1/leases/{held['lease_id']}/release")
     r = await waiting

@@ -250,6 +250,9 @@ async def test_a_server_catches_up_with_what_others_wrote_before_it_decides(
 
 # ---------------------------------------------------------------------- upgrade in place
 _DOWNGRADE = """
+DROP FUNCTION writ_batch(bigint, bigint, jsonb, jsonb, jsonb, jsonb, jsonb, bigint, text, float8, bigint, int, int, bigint, bigint, bigint, bigint, text, jsonb);
+DROP FUNCTION writ_rows(jsonb, jsonb, jsonb, jsonb, jsonb);
+DELETE FROM writ_migrations WHERE name = %s;
 DROP TRIGGER audit_head_versioned ON audit_head;
 DROP FUNCTION writ_head_versioned();
 DROP FUNCTION writ_lock_head(bigint, bigint);
@@ -260,6 +263,7 @@ DELETE FROM writ_migrations WHERE name = %s;
 """
 # found by name: other migrations may come before or after it
 REPLICA_MIGRATION = next(name for name, _ in MIGRATIONS if name.startswith("live replica"))
+BATCH_MIGRATION = next(name for name, _ in MIGRATIONS if name.startswith("a batch's rows"))
 
 
 async def test_upgrade_in_place_keeps_the_old_rows_verifying_and_in_force(
@@ -284,14 +288,15 @@ async def test_upgrade_in_place_keeps_the_old_rows_verifying_and_in_force(
         await engine.release(p_old, done["lease_id"])
     finally:
         await engine.stop()
+    names = iter([BATCH_MIGRATION, REPLICA_MIGRATION])
     for stmt in _DOWNGRADE.strip().split(";\n"):  # the rows stay as the first design wrote them
         stmt = stmt.strip().rstrip(";")
         if stmt:
-            await pg_backend.sql(stmt, *([REPLICA_MIGRATION] if "%s" in stmt else []))
+            await pg_backend.sql(stmt, *([next(names)] if "%s" in stmt else []))
     rows_before = (await pg_backend.sql("SELECT count(*) FROM audit"))[0][0]
 
     out = await upgrade(pg_backend.url)
-    assert out["ok"] and out["applied"] == [REPLICA_MIGRATION], out
+    assert out["ok"] and out["applied"] == [REPLICA_MIGRATION, BATCH_MIGRATION], out
     assert out["verify"]["rows"] == rows_before
 
     store = await _open(pg_backend)

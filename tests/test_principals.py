@@ -321,6 +321,9 @@ def _hash(token: str) -> str:
 # ----------------------------------------------------------------------------- migration
 # what migrations 2 (principal lifecycle) and 3 (live replica) added to a PostgreSQL store
 _PG_BACK_TO_1 = (
+    "DROP FUNCTION writ_batch(bigint, bigint, jsonb, jsonb, jsonb, jsonb, jsonb, bigint, text,"
+    " float8, bigint, int, int, bigint, bigint, bigint, bigint, text, jsonb)",
+    "DROP FUNCTION writ_rows(jsonb, jsonb, jsonb, jsonb, jsonb)",
     "DROP TRIGGER audit_head_versioned ON audit_head",
     "DROP FUNCTION writ_head_versioned()",
     "DROP FUNCTION writ_lock_head(bigint, bigint)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import heapq
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -14,10 +15,7 @@ from writ.core.ledger import GENESIS, Sealed
 from writ.core.models import Lease, Principal, Waiter
 from writ.core.resources import related_clauses
 from writ.stores.base import Tx
-from writ.stores.postgres._sql import _multi, _Stmts
-from writ.stores.rows import (
-    LEASE_COLS,
-)
+from writ.stores.postgres._sql import _Stmts
 
 if TYPE_CHECKING:
     from writ.stores.postgres._tx import PgTx, _Batch
@@ -217,32 +215,14 @@ class _Merged:
         self.waiter_del += other.waiter_del
         self.audit += other.audit
 
-    def statements(self) -> _Stmts:
-        out: _Stmts = []
-        out += _multi(
-            f"INSERT INTO leases ({LEASE_COLS}, request_id, wseq) VALUES ",
-            "(%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+    def rows(self) -> list[str | None]:
+        """The buffered rows as ``writ_rows``' arguments (schema migration 4): a JSON array
+        per kind, or None; the buffer is emptied."""
+        kinds = (
             self.lease_ins,
-        )
-        out += _multi(
-            "UPDATE leases AS l SET state = v.state, expires_at = v.expires_at,"
-            " ttl_s = v.ttl_s, ended_at = v.ended_at, wseq = v.wseq FROM (VALUES ",
-            "(%s::text, %s::text, %s::float8, %s::float8, %s::float8, %s::bigint)",
             list(self.lease_upd.values()),
-            ") AS v(lease_id, state, expires_at, ttl_s, ended_at, wseq)"
-            " WHERE l.lease_id = v.lease_id",
-        )
-        out += _multi(
-            "INSERT INTO waiters (seq, waiter_id, resource, principal, request,"
-            " enqueued_at, deadline) VALUES ",
-            "(%s,%s,%s,%s,%s,%s,%s)",
             self.waiter_ins,
-        )
-        if self.waiter_del:
-            out.append(("DELETE FROM waiters WHERE waiter_id = ANY(%s)", [self.waiter_del]))
-        out += _multi(
-            "INSERT INTO audit (seq, ts, event, resource, lock_key, body, hash) VALUES ",
-            "(%s,%s,%s,%s,%s,%s,%s)",
+            self.waiter_del,
             [
                 (r.seq, r.timestamp, r.event, r.resource, r.lock_key, r.body, r.hash)
                 for r in self.audit
@@ -250,7 +230,13 @@ class _Merged:
         )
         self.lease_ins, self.lease_upd, self.waiter_ins = [], {}, []
         self.waiter_del, self.audit = [], []
-        return out
+        # allow_nan=False: JSON has no NaN or Infinity (the engine never makes them)
+        return [json.dumps(rows, allow_nan=False) if rows else None for rows in kinds]
+
+    def statements(self) -> _Stmts:
+        """The buffered rows as one call of ``writ_rows``, or none."""
+        args = self.rows()
+        return [("SELECT writ_rows(%s, %s, %s, %s, %s)", args)] if any(args) else []
 
 
 _SAVEPOINT: tuple[str, Sequence[Any]] = ("SAVEPOINT writ_tx", ())

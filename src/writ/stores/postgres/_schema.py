@@ -134,6 +134,86 @@ MIGRATIONS: list[tuple[str, str]] = [
             FOR EACH ROW EXECUTE FUNCTION writ_head_versioned();
         """,
     ),
+    (
+        "a batch's rows in one call",
+        # A batch's rows of the hot tables travel as one call with a JSON array per kind
+        # (a row is an array of its column values), instead of a multi-row statement per
+        # kind: one statement to parse and plan for the server (the function's own plans
+        # are cached per connection) and one JSON text per kind for the client to encode.
+        # Numbers keep their exact value (a JSON number is read as numeric, then float8).
+        """
+        CREATE FUNCTION writ_rows(li jsonb, lu jsonb, wi jsonb, wd jsonb, au jsonb)
+            RETURNS void LANGUAGE plpgsql AS $f$
+        BEGIN
+            IF li IS NOT NULL THEN
+                INSERT INTO leases (lease_id, resource, holder, intent, fencing_token,
+                    acquired_at, expires_at, ttl_s, touches, state, rollback, ended_at,
+                    request_id, wseq)
+                SELECT r->>0, r->>1, r->>2, r->>3, (r->>4)::bigint, (r->>5)::float8,
+                    (r->>6)::float8, (r->>7)::float8, r->>8, r->>9, r->>10,
+                    (r->>11)::float8, r->>12, (r->>13)::bigint
+                FROM jsonb_array_elements(li) AS r;
+            END IF;
+            IF lu IS NOT NULL THEN
+                UPDATE leases AS l SET state = v->>1, expires_at = (v->>2)::float8,
+                    ttl_s = (v->>3)::float8, ended_at = (v->>4)::float8,
+                    wseq = (v->>5)::bigint
+                FROM jsonb_array_elements(lu) AS v WHERE l.lease_id = v->>0;
+            END IF;
+            IF wi IS NOT NULL THEN
+                INSERT INTO waiters (seq, waiter_id, resource, principal, request,
+                    enqueued_at, deadline)
+                SELECT (r->>0)::bigint, r->>1, r->>2, r->>3, r->>4, (r->>5)::float8,
+                    (r->>6)::float8
+                FROM jsonb_array_elements(wi) AS r;
+            END IF;
+            IF wd IS NOT NULL THEN
+                DELETE FROM waiters
+                WHERE waiter_id IN (SELECT jsonb_array_elements_text(wd));
+            END IF;
+            IF au IS NOT NULL THEN
+                INSERT INTO audit (seq, ts, event, resource, lock_key, body, hash)
+                SELECT (r->>0)::bigint, (r->>1)::float8, r->>2, r->>3, r->>4, r->>5, r->>6
+                FROM jsonb_array_elements(au) AS r;
+            END IF;
+        END $f$;
+        -- a batch's last call, before COMMIT: (for an optimistic batch) the head lock and
+        -- its check, the rows, the new chain head and counters, the sequences moved past
+        -- what the batch drew (drawing as many: USAGE is the only right a server role needs;
+        -- the draws must end where the batch's did, anything else is a writer outside the
+        -- head lock and fails the batch with a division by zero), and the notifications
+        CREATE FUNCTION writ_batch(expect_version bigint, expect_epoch bigint,
+            li jsonb, lu jsonb, wi jsonb, wd jsonb, au jsonb,
+            h_seq bigint, h_hash text, h_ts float8, h_version bigint, dwv int, dov int,
+            tok_last bigint, tok_n bigint, wsq_last bigint, wsq_n bigint,
+            channel text, notes jsonb)
+            RETURNS void LANGUAGE plpgsql AS $f$
+        BEGIN
+            IF expect_version IS NOT NULL THEN
+                PERFORM writ_lock_head(expect_version, expect_epoch);
+            END IF;
+            IF li IS NOT NULL OR lu IS NOT NULL OR wi IS NOT NULL OR wd IS NOT NULL
+                    OR au IS NOT NULL THEN
+                PERFORM writ_rows(li, lu, wi, wd, au);
+            END IF;
+            IF h_version IS NOT NULL THEN
+                UPDATE audit_head SET seq = h_seq, hash = h_hash, ts = h_ts,
+                    version = h_version, wv = wv + dwv, ov = ov + dov;
+            END IF;
+            IF tok_n > 0 THEN
+                PERFORM 1 / (max(nextval('fencing_token')) = tok_last)::int
+                FROM generate_series(1, tok_n);
+            END IF;
+            IF wsq_n > 0 THEN
+                PERFORM 1 / (max(nextval('waiters_seq_seq')) = wsq_last)::int
+                FROM generate_series(1, wsq_n);
+            END IF;
+            IF notes IS NOT NULL THEN
+                PERFORM pg_notify(channel, x) FROM jsonb_array_elements_text(notes) AS x;
+            END IF;
+        END $f$;
+        """,
+    ),
 ]
 
 _BEGIN_READ = (

@@ -59,20 +59,3 @@ def _copy(obj: T) -> T:
 
 
 _Stmts = list[tuple[str, Sequence[Any]]]
-
-
-def _chunks(rows: Sequence[T]) -> Iterator[Sequence[T]]:
-    """``rows`` in power-of-two runs (13 → 8, 4, 1): few distinct statement texts, so
-    psycopg's cache of parsed queries keeps hitting."""
-    i = 0
-    while i < len(rows):
-        n = 1 << min((len(rows) - i).bit_length() - 1, 7)
-        yield rows[i : i + n]
-        i += n
-
-
-def _multi(head: str, row: str, rows: Sequence[Sequence[Any]], tail: str = "") -> _Stmts:
-    return [
-        (head + ", ".join([row] * len(part)) + tail, [v for r in part for v in r])
-        for part in _chunks(rows)
-    ]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
@@ -432,46 +433,32 @@ class PostgresStore(_Listener, _Transfer, Store):
             notes.append(("audit", {"seq": b.head[0]}))
         b.notes = notes
         live = b.live
-        tail: list[tuple[str, Sequence[Any]]] = []
-        if b.wrote:
-            tail.append(
+        lock: tuple[int | None, int | None] = (None, None)
+        if b.lock_unsent:  # pending starts with BEGIN and the lock: writ_batch takes it
+            lock = (live.version, live.epoch)
+            del b.pending[1]
+        head = (
+            (b.head[0], b.head[1], b.last, b.version, int(b.wrote_waiters), int(b.wrote_other))
+            if b.wrote
+            else (None,) * 6
+        )
+        b.pending.append(
+            (
+                "SELECT writ_batch(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " %s, %s, %s, %s, %s, %s)",
                 (
-                    "UPDATE audit_head SET seq = %s, hash = %s, ts = %s, version = %s,"
-                    " wv = wv + %s, ov = ov + %s",
-                    (
-                        b.head[0],
-                        b.head[1],
-                        b.last,
-                        b.version,
-                        int(b.wrote_waiters),
-                        int(b.wrote_other),
-                    ),
-                )
+                    *lock,
+                    *b.m.rows(),
+                    *head,
+                    b.token,
+                    b.token - b.token0,
+                    b.wseq,
+                    b.wseq - b.wseq0,
+                    self.channel,
+                    json.dumps(_payloads(self.instance, notes)) if notes else None,
+                ),
             )
-        # The sequences move past what the batch drew by drawing as many (USAGE is the only
-        # right a server role needs on them); the draws must end where the batch's did —
-        # anything else (a writer outside the head lock) fails the batch (division by zero)
-        for name, last, first in (
-            ("fencing_token", b.token, b.token0),
-            ("waiters_seq_seq", b.wseq, b.wseq0),
-        ):
-            if last != first:
-                tail.append(
-                    (
-                        f"SELECT 1 / (max(nextval('{name}')) = %s)::int"
-                        " FROM generate_series(1, %s)",
-                        (last, last - first),
-                    )
-                )
-        if notes:
-            tail.append(
-                (
-                    "SELECT count(pg_notify(%s, x)) FROM unnest(%s::text[]) AS x",
-                    (self.channel, _payloads(self.instance, notes)),
-                )
-            )
-        b.materialize()
-        b.pending += tail
+        )
         b.pending.append(("COMMIT", ()))
         b.committing = True
         await b.send(None, None, ())

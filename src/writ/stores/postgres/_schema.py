@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 
 from writ.core.ledger import GENESIS
-from writ.stores.rows import (
-    LEASE_COLS,
-)
+from writ.stores.rows import LEASE_COLS, WAITER_COLS
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,57}")
 _MIGRATION_LOCK = 0x77726974_6D6967  # "writmig": one advisory key for every schema
@@ -238,3 +236,8 @@ _LOCK_HEAD = (
 )
 # What other servers did to leases since this replica's version (the index leases_wseq).
 _CATCH_UP = f"SELECT {LEASE_COLS}, request_id FROM leases WHERE wseq > %s"
+# The whole queue when another server changed it (wv moved), read after the head lock was
+# taken, in the same round trip; no rows when wv is still the replica's.
+_CATCH_UP_QUEUE = (
+    f"SELECT {WAITER_COLS} FROM waiters WHERE (SELECT wv FROM audit_head) <> %s ORDER BY seq"
+)

@@ -8,7 +8,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
@@ -26,13 +26,14 @@ from writ.stores.postgres._listen import _Listener, _payloads
 from writ.stores.postgres._schema import (
     _BEGIN_READ,
     _CATCH_UP,
+    _CATCH_UP_QUEUE,
     _LOCK_HEAD,
     _MIGRATION_LOCK,
     _SCHEMA_NAME,
 )
 from writ.stores.postgres._sql import T, _broken, _translate, log
 from writ.stores.postgres._transfer import _Transfer
-from writ.stores.postgres._tx import PgTx, _Batch
+from writ.stores.postgres._tx import PgTx, _Batch, _simple
 from writ.stores.rows import (
     LEASE_COLS,
     WAITER_COLS,
@@ -307,27 +308,28 @@ class PostgresStore(_Listener, _Transfer, Store):
         live replica up to date with what other servers committed: one round trip when
         nobody else wrote."""
         live = self._live
-        # not prepared: see _Batch.send (a lock timeout would skip the catch-up)
-        async with conn.pipeline():
-            await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED", prepare=False)
-            hcur = conn.cursor()
-            await hcur.execute(_LOCK_HEAD, prepare=False)
-            lcur = None
-            if live is not None:
-                lcur = conn.cursor()
-                await lcur.execute(_CATCH_UP, (live.version,), prepare=False)
-        head = await hcur.fetchone()
+        # one round trip (see _simple); a lock timeout skips the statements after it
+        items: list[tuple[str, Sequence[Any]]] = [
+            ("BEGIN ISOLATION LEVEL READ COMMITTED", ()),
+            (_LOCK_HEAD, ()),
+        ]
+        if live is not None:
+            items += [(_CATCH_UP, (live.version,)), (_CATCH_UP_QUEUE, (live.wv,))]
+        cur = await _simple(conn, items)
+        cur.nextset()  # past BEGIN
+        head = await cur.fetchone()
         assert head is not None, "audit_head has no row"
         seq, hash_, now, version, wv, ov, epoch, token, wseq = head
         foreign = live is None or epoch != live.epoch or version != live.version
         if live is None or epoch != live.epoch:
             live = await self._load(conn, version, wv, ov, epoch)
         elif version != live.version:
-            assert lcur is not None
-            for r in await lcur.fetchall():
+            cur.nextset()
+            for r in await cur.fetchall():
                 live.put(to_lease(r[:-1]), r[-1])
             if wv != live.wv:
-                await self._load_waiters(conn, live)
+                cur.nextset()
+                live.waiters = {w.waiter_id: w for w in map(to_waiter, await cur.fetchall())}
             if ov != live.ov:
                 live.forget()
             live.version, live.wv, live.ov = version, wv, ov

@@ -240,12 +240,12 @@ class Writ(Peer):
             self.store_url = f"sqlite:///{(tmp / 'writ.db').resolve()}"  # sqlite:////abs/path
         else:
             if (
-                not os.path.exists(os.path.join(self.src, "writ", "stores", "postgres.py"))  # noqa: ASYNC240 - setup, outside any measured window
+                not os.path.exists(os.path.join(self.src, "writ", "stores", "postgres"))  # noqa: ASYNC240 - setup, outside any measured window
                 if self.src
                 else importlib.util.find_spec("writ.stores.postgres") is None
             ):
                 raise Skip(
-                    "writ's PostgreSQL store (src/writ/stores/postgres.py) does not exist yet"
+                    "writ's PostgreSQL store (src/writ/stores/postgres/) does not exist yet"
                 )
             await _pg_check(self.pg_url)
             sep = "&" if "?" in self.pg_url else "?"

@@ -77,7 +77,7 @@ class _Live:
     seconds), a batch skips the catch-up round
     trip: it decides on the replica first and sends BEGIN, ``writ_lock_head(version,
     epoch)`` — the head lock, and an error unless nobody wrote since — its writes and COMMIT
-    in one pipeline; if someone did write, the batch is rolled back and run again the
+    in one query; if someone did write, the batch is rolled back and run again the
     ordinary way.
     """
 
@@ -195,9 +195,9 @@ class _Live:
 
 
 class _Merged:
-    """Writes to the hot tables, buffered to go out as one multi-row statement per kind
-    (the pipeline's cost is per statement). The kinds touch different tables or come in a
-    fixed order (a lease is inserted before it is updated, a waiter before it leaves), so
+    """Writes to the hot tables, buffered to go out as one call of ``writ_rows`` (a JSON
+    array per kind: one statement, whatever the batch holds). The kinds touch different
+    tables or come in a fixed order (a lease is inserted before it is updated, a waiter before it leaves), so
     their order among other statements does not matter; a lease updated twice keeps its
     last values."""
 

@@ -429,7 +429,7 @@ class PostgresStore(_Listener, _Transfer, Store):
 
     async def _commit(self, b: _Batch, ok: list[PgTx]) -> list[tuple[str, dict[str, Any]]]:
         """The batch's last round trip: its buffered writes, the new chain head and
-        counters, the notifications and COMMIT, pipelined."""
+        counters, the notifications and COMMIT, in one query."""
         notes = [n for tx in ok for n in tx.notes]
         if b.head != b.head0:
             notes.append(("audit", {"seq": b.head[0]}))

@@ -512,7 +512,7 @@ async def _simple(
 class _Batch:
     """One group commit: one PostgreSQL transaction under the ``audit_head`` lock, shared
     by the write transactions that arrived together, each run in turn against the live
-    replica. Their writes are buffered (``pending``) and go to the server in one pipeline
+    replica. Their writes are buffered (``pending``) and go to the server in one query
     with the COMMIT; a transaction that must read the database (a policy object, an ended
     lease, the ledger) sends what is buffered first, its own writes behind a savepoint."""
 

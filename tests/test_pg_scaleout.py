@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
 import time
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 
 from tests.server_fixtures import ADMIN_TOKEN, free_port
 from tests.stores_fixtures import Backend
@@ -246,6 +249,63 @@ async def test_a_server_catches_up_with_what_others_wrote_before_it_decides(
     finally:
         await a.close()
         await b.close()
+
+
+# ------------------------------------------------------------------------ notifications
+async def _heard(conn: Any, seconds: float) -> list[tuple[str, Any]]:
+    """The notes a raw LISTEN connection hears within ``seconds``, with their sender."""
+    out: list[tuple[str, Any]] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            async for n in conn.notifies():
+                msg = json.loads(n.payload)
+                out += [(msg["i"], kind) for kind, _ in msg["n"]]
+    return out
+
+
+async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
+    pg_backend: Backend,
+) -> None:
+    """A NOTIFY costs every commit (~0.7 ms measured): a server alone on its store sends
+    none — its own notes are delivered at commit — but says hello on its channel. As soon
+    as a second process opens the store and says hello, the first one's commits are
+    announced again; the hello itself is never delivered as a note."""
+    a = await _open(pg_backend)
+    a.solo_after = 0.0  # alone as soon as its replica is loaded
+    raw = await psycopg.AsyncConnection.connect(pg_backend._pg_conninfo(), autocommit=True)
+    try:
+        await raw.execute(sql.SQL("LISTEN {}").format(sql.Identifier(a.channel)))
+        delivered: list[str] = []
+        seqs: dict[int, asyncio.Event] = {}
+
+        def note(kind: str, payload: dict[str, Any]) -> None:
+            delivered.append(kind)
+            seqs.setdefault(int(payload.get("seq", 0)), asyncio.Event()).set()
+
+        a.set_listener(note)
+        for i in range(3):
+            await a.transact(lambda tx, i=i: _grant(tx, f"alone/{i}"))  # type: ignore[misc]
+        heard = await _heard(raw, 0.3)
+        assert [k for _, k in heard if k != "hello"] == []  # nothing but (at most) hellos
+        assert delivered.count("audit") == 3  # delivered here, at commit
+        assert a._heard_seq >= (await a.read(lambda tx: tx.audit_head()))[0]
+
+        b = await _open(pg_backend)  # its LISTEN connection says hello
+        try:
+            # B's first commit reaches A after B's hello (NOTIFY is in commit order)
+            await b.transact(lambda tx: _grant(tx, "b/0"))
+            seq = (await b.read(lambda tx: tx.audit_head()))[0]
+            async with asyncio.timeout(5):
+                await seqs.setdefault(seq, asyncio.Event()).wait()
+            assert a._heard_others() and "hello" not in delivered
+            await a.transact(lambda tx: _grant(tx, "shared/0"))
+            heard = await _heard(raw, 0.5)
+            assert (a.instance, "audit") in heard
+        finally:
+            await b.close()
+    finally:
+        await raw.close()
+        await a.close()
 
 
 # ---------------------------------------------------------------------- upgrade in place

@@ -434,6 +434,12 @@ class PostgresStore(_Listener, _Transfer, Store):
         if b.head != b.head0:
             notes.append(("audit", {"seq": b.head[0]}))
         b.notes = notes
+        # NOTIFY only where another process may hear it (see _listen.HELLO_EVERY): while
+        # this server is alone, the rows up to its head are its own and count as heard once
+        # committed
+        b.notify = bool(notes) and (
+            self._heard_others() or time.monotonic() - b.live.foreign_at <= self.solo_after
+        )
         live = b.live
         lock: tuple[int | None, int | None] = (None, None)
         if b.lock_unsent:  # pending starts with BEGIN and the lock: writ_batch takes it
@@ -457,13 +463,15 @@ class PostgresStore(_Listener, _Transfer, Store):
                     b.wseq,
                     b.wseq - b.wseq0,
                     self.channel,
-                    json.dumps(_payloads(self.instance, notes)) if notes else None,
+                    json.dumps(_payloads(self.instance, notes)) if b.notify else None,
                 ),
             )
         )
         b.pending.append(("COMMIT", ()))
         b.committing = True
         await b.send(None, None, ())
+        if notes and not b.notify:
+            self._heard_seq = max(self._heard_seq, b.head[0])
         if b.wrote:
             live.version = b.version
             live.wv += int(b.wrote_waiters)

@@ -551,6 +551,7 @@ class _Batch:
         self.cur: PgTx | None = None  # the transaction running now
         self.undone: list[Callable[[], None]] = []  # how to take back the committed ones
         self.notes: list[tuple[str, dict[str, Any]]] = []
+        self.notify = True  # send the notes by NOTIFY too (decided at commit)
 
     def clock(self) -> float:
         self.last = max(self.last, self.t0 + (time.perf_counter() - self.p0))

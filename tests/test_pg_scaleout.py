@@ -268,8 +268,9 @@ async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
 ) -> None:
     """A NOTIFY costs every commit (~0.7 ms measured): a server alone on its store sends
     none — its own notes are delivered at commit — but says hello on its channel. As soon
-    as a second process opens the store and says hello, the first one's commits are
-    announced again; the hello itself is never delivered as a note."""
+    as a second process opens the store and says hello (or while its own LISTEN connection
+    is down), the first one's commits are announced again; the hello itself is never
+    delivered as a note."""
     a = await _open(pg_backend)
     a.solo_after = 0.0  # alone as soon as its replica is loaded
     raw = await psycopg.AsyncConnection.connect(pg_backend._pg_conninfo(), autocommit=True)
@@ -289,6 +290,11 @@ async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
         assert [k for _, k in heard if k != "hello"] == []  # nothing but (at most) hellos
         assert delivered.count("audit") == 3  # delivered here, at commit
         assert a._heard_seq >= (await a.read(lambda tx: tx.audit_head()))[0]
+
+        a._listening.clear()  # as while its LISTEN connection is down: it cannot tell
+        await a.transact(lambda tx: _grant(tx, "deaf/0"))
+        assert (a.instance, "audit") in await _heard(raw, 0.5)
+        a._listening.set()
 
         b = await _open(pg_backend)  # its LISTEN connection says hello
         try:

@@ -145,8 +145,9 @@ class _Listener:
             self._deliver([(k, p) for k, p in notes if k != "hello"])
 
     def _heard_others(self) -> bool:
-        """Another process that shares the store may be listening (see HELLO_EVERY)."""
-        return time.monotonic() - self._others_at < HEARD_FOR
+        """Another process that shares the store may be listening (see HELLO_EVERY): one
+        was heard from lately, or this one cannot hear (its LISTEN connection is down)."""
+        return not self._listening.is_set() or time.monotonic() - self._others_at < HEARD_FOR
 
     async def _resync(self, conn: psycopg.AsyncConnection[Any], outage_s: float) -> None:
         """After the LISTEN connection came back: notifications sent meanwhile are lost, so

@@ -20,9 +20,9 @@ docs/postgres.md):
   lock order, which is commit order. The write transactions that arrive together in one
   process share one PostgreSQL transaction (:class:`~._tx._Batch`: one lock, one fsync), decide on
   an in-memory replica of the held leases and the queue (:class:`~._batch._Live`) that is caught up
-  under the lock first, and send their writes with COMMIT in one query (``writ_batch``). A grant decided on
-  "nothing conflicting is held or queued" therefore cannot race another grant, even when no
-  row yet exists to lock, and the FIFO queue is one queue.
+  under the lock first, and send their writes with COMMIT in one query (``writ_batch``). A
+  grant decided on "nothing conflicting is held or queued" therefore cannot race another
+  grant, even when no row yet exists to lock, and the FIFO queue is one queue.
 * **Time** is the database's ``clock_timestamp()`` read under that lock (for an optimistic
   batch: learned under it at most ``optimistic_for`` seconds before), never earlier than the
   newest audit row's: ledger timestamps never run backwards.

@@ -197,9 +197,9 @@ class _Live:
 class _Merged:
     """Writes to the hot tables, buffered to go out as one call of ``writ_rows`` (a JSON
     array per kind: one statement, whatever the batch holds). The kinds touch different
-    tables or come in a fixed order (a lease is inserted before it is updated, a waiter before it leaves), so
-    their order among other statements does not matter; a lease updated twice keeps its
-    last values."""
+    tables or come in a fixed order (a lease is inserted before it is updated, a waiter
+    before it leaves), so their order among other statements does not matter; a lease
+    updated twice keeps its last values."""
 
     def __init__(self) -> None:
         self.lease_ins: list[tuple[Any, ...]] = []

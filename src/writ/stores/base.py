@@ -357,18 +357,23 @@ class Store(ABC):
     async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         """Run ``fn`` on a committed snapshot; writes are not allowed."""
 
-    @abstractmethod
     def audit_stream(
         self, after_seq: int = 0, batch: int = 10_000
     ) -> AsyncIterator[list[tuple[int, str, str]]]:
         """Stored ``(seq, body, hash)`` triples in seq order, in batches (for verify and
         export of ledgers of any size in constant memory)."""
+        return self._audit_pages("seq, body, hash", after_seq, batch)
 
-    @abstractmethod
     def audit_records(self, after_seq: int = 0, batch: int = 10_000) -> AsyncIterator[list[Record]]:
         """Like :meth:`audit_stream`, each row with the lookup columns the store keeps
         beside it: ``(seq, body, hash, ts, event, resource, lock_key)``
         (:data:`writ.core.ledger.Record`), for verify to check them against the hashed body."""
+        return self._audit_pages("seq, body, hash, ts, event, resource, lock_key", after_seq, batch)
+
+    @abstractmethod
+    def _audit_pages(self, columns: str, after_seq: int, batch: int) -> AsyncIterator[list[Any]]:
+        """The audit table's ``columns`` (SQL, a fixed list), rows after ``after_seq`` in seq
+        order, ``batch`` rows a page."""
 
     # ---- moving a store (writ migrate) --------------------------------------------------
     @abstractmethod

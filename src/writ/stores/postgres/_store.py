@@ -18,7 +18,6 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from writ.core.errors import Invalid, Unavailable, WritError
-from writ.core.ledger import Record
 from writ.stores.base import Store, Tx
 from writ.stores.postgres import _schema
 from writ.stores.postgres._batch import _fail, _Item, _Live, _Retry, _Split, _undone
@@ -614,14 +613,6 @@ class PostgresStore(_Listener, _Transfer, Store):
             except _Retry:
                 self.retries += 1
                 await self._check_pool()
-
-    def audit_stream(
-        self, after_seq: int = 0, batch: int = 10_000
-    ) -> AsyncIterator[list[tuple[int, str, str]]]:
-        return self._audit_pages("seq, body, hash", after_seq, batch)
-
-    def audit_records(self, after_seq: int = 0, batch: int = 10_000) -> AsyncIterator[list[Record]]:
-        return self._audit_pages("seq, body, hash, ts, event, resource, lock_key", after_seq, batch)
 
     async def _audit_pages(
         self, columns: str, after_seq: int, batch: int

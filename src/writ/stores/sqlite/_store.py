@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 from writ.core.clock import Clock
 from writ.core.errors import Invalid, Unavailable, WritError
-from writ.core.ledger import GENESIS, Record
+from writ.core.ledger import GENESIS
 from writ.stores.base import TABLES, Store, Tx, check_empty
 from writ.stores.rows import (
     export_row,
@@ -307,14 +307,6 @@ class SQLiteStore(Store):
             if _tolerate(c, exc):
                 return await self.read(fn)  # once more, reading bad text leniently
             raise Unavailable(f"store read failed: {exc}") from exc
-
-    def audit_stream(
-        self, after_seq: int = 0, batch: int = 10_000
-    ) -> AsyncIterator[list[tuple[int, str, str]]]:
-        return self._audit_pages("seq, body, hash", after_seq, batch)
-
-    def audit_records(self, after_seq: int = 0, batch: int = 10_000) -> AsyncIterator[list[Record]]:
-        return self._audit_pages("seq, body, hash, ts, event, resource, lock_key", after_seq, batch)
 
     async def _audit_pages(
         self, columns: str, after_seq: int, batch: int

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from psycopg import sql
 
 from tests.server_fixtures import ADMIN_TOKEN, free_port
-from tests.stores_fixtures import Backend
+from tests.stores_fixtures import Backend, with_query
 from writ.cli import main
 from writ.core.errors import Conflict, Held, Unavailable
 from writ.core.ledger import verify
@@ -245,6 +245,51 @@ async def test_a_server_catches_up_with_what_others_wrote_before_it_decides(
         # and B, in turn, sees A's
         mine = await b.transact(lambda tx: tx.held_related(["a"]))
         assert [l.resource for l in mine] == ["a/0", "a/1", "a/2"]
+        assert (await _chain(a)).ok
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_lone_batch_is_one_prepared_statement_refused_when_another_wrote(
+    pg_backend: Backend,
+) -> None:
+    """An optimistic batch that writes only leases, the queue and the ledger is one
+    prepared statement, its own transaction (autocommit): READ COMMITTED whatever the
+    database's default (here SERIALIZABLE, through the URL's own options). When another
+    server wrote in between, that statement is refused by the head and the batch is
+    decided again under the lock; a batch that writes a policy object goes the long way."""
+    url = with_query(pg_backend.url, options="-c default_transaction_isolation=serializable")
+    a, b = PostgresStore(url), PostgresStore(url)
+    await a.open()
+    await b.open()
+    a.solo_after = 0.0
+    try:
+        for i in range(3):
+            await a.transact(lambda tx, i=i: _grant(tx, f"a/{i}"))  # type: ignore[misc]
+        assert a.alone_batches >= 2, (a.batches, a.optimistic_batches, a.alone_batches)
+        async with a._pool_or_fail().connection() as c:
+            cur = await c.execute("SHOW default_transaction_isolation")
+            assert (await cur.fetchone()) == ("read committed",)
+
+        theirs = await b.transact(lambda tx: _grant(tx, "b/0"))
+        retries, alone = a.retries, a.alone_batches
+        mine = await a.transact(lambda tx: _grant(tx, "a/3"))
+        assert a.retries == retries + 1  # refused by the head, then decided under the lock
+        assert mine.fencing_token > theirs.fencing_token
+
+        a.solo_after, alone = -1.0, a.alone_batches  # optimistic again
+        await a.transact(lambda tx: _grant(tx, "a/4"))
+        assert a.alone_batches == alone + 1
+
+        async def with_object(tx: Tx) -> None:
+            await _grant(tx, "a/5")
+            await tx.put_object("freeze", "f-a", "prod", "active", {"id": "f-a"})
+
+        await a.transact(with_object)
+        assert a.alone_batches == alone + 1  # BEGIN ...; COMMIT as one simple query instead
+        held = await b.transact(lambda tx: tx.held_related(["a", "b"]))
+        assert [l.resource for l in held] == ["a/0", "a/1", "a/2", "b/0", "a/3", "a/4", "a/5"]
         assert (await _chain(a)).ok
     finally:
         await a.close()

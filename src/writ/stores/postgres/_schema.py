@@ -241,3 +241,14 @@ _CATCH_UP = f"SELECT {LEASE_COLS}, request_id FROM leases WHERE wseq > %s"
 _CATCH_UP_QUEUE = (
     f"SELECT {WAITER_COLS} FROM waiters WHERE (SELECT wv FROM audit_head) <> %s ORDER BY seq"
 )
+
+# A batch's last call (migration 4). Inside a transaction with other statements it goes as
+# part of one simple-protocol query, its values quoted by psycopg; alone, as a prepared
+# statement of its own (autocommit: the statement is the transaction), whose parameters
+# are typed here because PostgreSQL infers nothing from a prepared call's text.
+_WRIT_BATCH = "SELECT writ_batch(" + ", ".join(["%s"] * 19) + ")"
+_WRIT_BATCH_TYPED = (
+    "SELECT writ_batch(%s::bigint, %s::bigint, %s::jsonb, %s::jsonb, %s::jsonb, %s::jsonb,"
+    " %s::jsonb, %s::bigint, %s::text, %s::float8, %s::bigint, %s::int, %s::int,"
+    " %s::bigint, %s::bigint, %s::bigint, %s::bigint, %s::text, %s::jsonb)"
+)

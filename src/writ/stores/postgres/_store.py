@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import psycopg
 from psycopg import errors as pgerrors
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg_pool import AsyncConnectionPool
 
 from writ.core.errors import Invalid, Unavailable, WritError
@@ -29,6 +29,8 @@ from writ.stores.postgres._schema import (
     _LOCK_HEAD,
     _MIGRATION_LOCK,
     _SCHEMA_NAME,
+    _WRIT_BATCH,
+    _WRIT_BATCH_TYPED,
 )
 from writ.stores.postgres._sql import T, _broken, _translate, log
 from writ.stores.postgres._transfer import _Transfer
@@ -95,6 +97,10 @@ class PostgresStore(_Listener, _Transfer, Store):
         if self.schema:
             options.append(f"-c search_path={self.schema}")
         options += [
+            # a batch's statement alone is its own transaction: READ COMMITTED, like the
+            # transactions that say so (a database default of SERIALIZABLE would turn
+            # every head-lock wait into a serialization failure)
+            "-c default_transaction_isolation=read\\ committed",
             f"-c statement_timeout={int(self.statement_timeout * 1000)}",
             f"-c lock_timeout={int(self.statement_timeout * 1000)}",
             f"-c idle_in_transaction_session_timeout={int(self.idle_timeout * 1000)}",
@@ -128,6 +134,7 @@ class PostgresStore(_Listener, _Transfer, Store):
         self.transactions = 0  # committed write transactions (for tests and benchmarks)
         self.batches = 0  # committed batches (group commits)
         self.optimistic_batches = 0  # of those, decided before taking the lock
+        self.alone_batches = 0  # of those, sent as one prepared statement (see _commit)
         self.loads = 0  # full loads of the live replica
         self.applied: list[str] = []  # migrations this store applied when it opened
         self.retries = 0
@@ -441,6 +448,9 @@ class PostgresStore(_Listener, _Transfer, Store):
         )
         live = b.live
         lock: tuple[int | None, int | None] = (None, None)
+        # an optimistic batch that sent nothing yet and wrote only the hot tables is one
+        # statement, its own transaction: prepared once per connection (extended protocol)
+        alone = b.lock_unsent and len(b.pending) == 2
         if b.lock_unsent:  # pending starts with BEGIN and the lock: writ_batch takes it
             lock = (live.version, live.epoch)
             del b.pending[1]
@@ -449,26 +459,26 @@ class PostgresStore(_Listener, _Transfer, Store):
             if b.wrote
             else (None,) * 6
         )
-        b.pending.append(
-            (
-                "SELECT writ_batch(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                " %s, %s, %s, %s, %s, %s)",
-                (
-                    *lock,
-                    *b.m.rows(),
-                    *head,
-                    b.token,
-                    b.token - b.token0,
-                    b.wseq,
-                    b.wseq - b.wseq0,
-                    self.channel,
-                    json.dumps(_payloads(self.instance, notes)) if b.notify else None,
-                ),
-            )
+        args = (
+            *lock,
+            *b.m.rows(),
+            *head,
+            b.token,
+            b.token - b.token0,
+            b.wseq,
+            b.wseq - b.wseq0,
+            self.channel,
+            json.dumps(_payloads(self.instance, notes)) if b.notify else None,
         )
-        b.pending.append(("COMMIT", ()))
         b.committing = True
-        await b.send(None, None, ())
+        if alone:
+            b.pending.clear()
+            await b.alone(_WRIT_BATCH_TYPED, args)
+            self.alone_batches += 1
+        else:
+            b.pending.append((_WRIT_BATCH, args))
+            b.pending.append(("COMMIT", ()))
+            await b.send(None, None, ())
         if notes and not b.notify:
             self._heard_seq = max(self._heard_seq, b.head[0])
         if b.wrote:
@@ -500,8 +510,8 @@ class PostgresStore(_Listener, _Transfer, Store):
                 tx.committed()
 
     async def _rollback(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        if _broken(conn):
-            return
+        if _broken(conn) or conn.info.transaction_status == pq.TransactionStatus.IDLE:
+            return  # nothing to roll back (a statement alone ended its own transaction)
         with contextlib.suppress(psycopg.Error):
             await conn.execute("ROLLBACK")
 

@@ -580,6 +580,18 @@ class _Batch:
         else:
             del self.pending[tx.start :]
 
+    async def alone(self, query: str, args: Sequence[Any]) -> None:
+        """Send ``query`` as a prepared statement on its own: nothing else was sent, so
+        it is the whole transaction (the connection is in autocommit)."""
+        if self.failed is not None:
+            raise self.failed
+        self.lock_unsent = False
+        try:
+            await self.conn.execute(query, args, prepare=True)
+        except BaseException as exc:
+            self.failed = exc
+            raise
+
     async def send(self, tx: PgTx | None, query: str | None, args: Sequence[Any]) -> list[Any]:
         """Send what is buffered (and ``query``) in one round trip; ``query``'s rows."""
         if self.failed is not None:

@@ -96,6 +96,93 @@ async def test_concurrent_transactions_share_commits_and_keep_their_order(
         await store.close()
 
 
+async def _join(tx: Tx, waiter_id: str) -> Waiter:
+    tx.patient = True  # as the engine marks a queue join
+    now = tx.now()
+    return await tx.insert_waiter(Waiter(waiter_id, 0, "q", "a", {"intent": "i"}, now, now + 60))
+
+
+def _watch_company(store: PostgresStore) -> asyncio.Event:
+    """An event set once a batch waits for company (its ``_company`` waits for arrivals)."""
+    gathering = asyncio.Event()
+    inner = store._company
+
+    async def company(*args: Any) -> Any:
+        task = asyncio.ensure_future(inner(*args))
+        await asyncio.sleep(0)  # it runs to its first wait
+        if store._arrived is not None:
+            gathering.set()
+        return await task
+
+    store._company = company  # type: ignore[method-assign]
+    return gathering
+
+
+async def test_queue_joins_wait_a_moment_for_company_and_share_its_commit(
+    pg_backend: Backend,
+) -> None:
+    """A batch of queue joins only (nobody is answered at its commit) waits up to
+    ``gather_s`` for more transactions — the release that will serve them, as a rule —
+    and commits with them; other batches never wait, and a join alone commits at the
+    deadline."""
+    store = await _open(pg_backend)
+    store.solo_after = 0.0
+    try:
+        for i in range(2):  # the replica is loaded; batches go optimistic from here
+            await store.transact(lambda tx, i=i: _grant(tx, f"warm/{i}"))  # type: ignore[misc]
+        store.gather_s = 60.0  # in this part only company ends the wait
+        batches, gathering = store.batches, _watch_company(store)
+        joining = asyncio.ensure_future(store.transact(lambda tx: _join(tx, "w-1")))
+        await asyncio.wait_for(gathering.wait(), 10)
+        assert not joining.done() and store.batches == batches
+        lease = await asyncio.wait_for(store.transact(lambda tx: _grant(tx, "r/1")), 10)
+        waiter = await asyncio.wait_for(joining, 10)
+        assert store.batches == batches + 1 and store.transactions == 4  # one commit
+        assert waiter.waiter_id == "w-1" and lease.resource == "r/1"
+        queue = await store.read(lambda tx: tx.waiters_related(["q"]))
+        assert [w.waiter_id for w in queue] == ["w-1"]
+
+        # a batch that answers someone at its commit does not wait
+        await asyncio.wait_for(store.transact(lambda tx: _grant(tx, "r/2")), 10)
+        assert store.batches == batches + 2
+
+        store.gather_s = 0.05  # a join with no company commits at the deadline
+        await asyncio.wait_for(store.transact(lambda tx: _join(tx, "w-2")), 10)
+        assert store.batches == batches + 3
+        assert (await _chain(store)).ok
+    finally:
+        await store.close()
+
+
+async def test_the_engine_marks_a_queue_join_patient_so_the_release_shares_its_commit(
+    pg_backend: Backend,
+) -> None:
+    """Through the engine: B's queued acquire waits for company, A's release joins its
+    batch and grants B in the same commit."""
+    engine = Engine(pg_backend.open_store(), None)
+    await engine.start(background=False)
+    store = engine.store
+    assert isinstance(store, PostgresStore)
+    store.solo_after = 0.0
+    try:
+        a, _ = await engine.add_principal(None, "agent-a", "agent")
+        b, _ = await engine.add_principal(None, "agent-b", "agent")
+        held = await engine.acquire(a, resource="prod/db", intent="first", ttl_s=60)
+        await engine.acquire(a, resource="warm/1", intent="warm", ttl_s=60)
+        store.gather_s = 60.0
+        batches, gathering = store.batches, _watch_company(store)
+        waiting = asyncio.ensure_future(
+            engine.acquire(b, resource="prod/db", intent="second", ttl_s=60, wait_s=30)
+        )
+        await asyncio.wait_for(gathering.wait(), 10)
+        await asyncio.wait_for(engine.release(a, held["lease_id"]), 10)
+        granted = await asyncio.wait_for(waiting, 10)
+        assert granted["holder"] == "agent-b" and granted["state"] == "held"
+        assert store.batches == batches + 1  # the join, the release and the grant: one commit
+    finally:
+        await engine.stop()
+
+
 async def test_a_failing_transaction_in_a_shared_batch_takes_nothing_with_it(
     pg_backend: Backend,
 ) -> None:

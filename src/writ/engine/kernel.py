@@ -341,6 +341,7 @@ class Engine(PrincipalOps, QueueOps):
                 deadline=now + req.wait_s,
             )
         )
+        tx.patient = True  # answered at the grant or the deadline, not at this commit
         hidden = await self.authority.hides(tx, req.principal, blocked.lease)
         await tx.append(
             lock_row(

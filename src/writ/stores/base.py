@@ -284,6 +284,11 @@ class Tx(ABC):
         an outbound wake call. Stores call :meth:`committed` after the commit."""
         self.__dict__.setdefault("_after_commit", []).append(fn)
 
+    # The caller waits after this transaction anyway (a queue join: its request is answered
+    # at the grant or at its deadline, not at this commit), so a store may hold the commit
+    # a moment for company — the release that will serve it, say. A hint; stores may ignore it.
+    patient = False
+
     def noted(self, sealed: Sealed) -> None:
         """Remember an appended row for the store's row observers (stores call this from
         ``append`` when ``store.row_observers`` is not empty)."""

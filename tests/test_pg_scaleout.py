@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -291,6 +292,61 @@ async def test_statements_on_tx_c_keep_the_transactions_atomicity(pg_backend: Ba
         await store.close()
 
 
+async def _end(tx: Tx, lease: Lease) -> None:
+    ended = dataclasses.replace(lease, state="released", ended_at=tx.now())
+    await tx.update_lease(ended)
+    await tx.append(
+        {
+            "event": "lease.released",
+            "agent_id": "a",
+            "resource": lease.resource,
+            "lock_key": lease.lock_key,
+        }
+    )
+
+
+_EXPLAIN = (
+    "-c session_preload_libraries=auto_explain -c auto_explain.log_min_duration=0"
+    " -c auto_explain.log_nested_statements=on -c auto_explain.log_level=notice"
+)
+
+
+async def test_a_release_finds_its_lease_by_key_after_the_table_grew(pg_backend: Backend) -> None:
+    """A connection keeps the plans of ``writ_rows`` (PL/pgSQL caches them). Plans made
+    while the tables were small must still find a lease by its key once the table holds
+    many more rows than the statistics know of: a release's UPDATE is an index scan of
+    ``leases_pkey``, never a scan of the table (seen through auto_explain's notices)."""
+    su = await pg_backend.sql("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    if not su[0][0]:
+        pytest.skip("auto_explain as a session library needs a superuser")
+    url = with_query(pg_backend.url, pool_min="1", pool_max="1", options=_EXPLAIN)
+    store = PostgresStore(url)
+    await store.open()
+    plans: list[str] = []
+    try:
+        async with store._pool_or_fail().connection() as c:  # the pool's only connection
+            c.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+        for i in range(8):  # past PL/pgSQL's five custom plans: its generic plans are cached
+            lease = await store.transact(lambda tx, i=i: _grant(tx, f"r/{i}"))  # type: ignore[misc]
+            await store.transact(lambda tx, lease=lease: _end(tx, lease))  # type: ignore[misc]
+        await pg_backend.sql(
+            "INSERT INTO leases (lease_id, resource, holder, intent, fencing_token, acquired_at,"
+            " expires_at, ttl_s, touches, state, ended_at, wseq) SELECT 'old-' || g, 'old/' || g,"
+            " 'a', 'x', -g, 1, 2, 1, '[]', 'released', 2, 0 FROM generate_series(1, 20000) AS g"
+        )
+        plans.clear()
+        lease = await store.transact(lambda tx: _grant(tx, "r/late"))
+        await store.transact(lambda tx: _end(tx, lease))
+        updates = [p for p in plans if "UPDATE leases" in p]
+        assert updates, plans
+        for plan in updates:
+            assert "Index Scan using leases_pkey" in plan and "Seq Scan" not in plan, plan
+        held = await store.read(lambda tx: tx.get_lease(lease.lease_id))
+        assert held is not None and held.state == "released"
+    finally:
+        await store.close()
+
+
 # ------------------------------------------------------------- several servers, one replica
 async def test_a_server_catches_up_with_what_others_wrote_before_it_decides(
     pg_backend: Backend,
@@ -448,6 +504,7 @@ async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
 
 # ---------------------------------------------------------------------- upgrade in place
 _DOWNGRADE = """
+DELETE FROM writ_migrations WHERE name = %s;
 DROP FUNCTION writ_batch(bigint, bigint, jsonb, jsonb, jsonb, jsonb, jsonb, bigint, text, float8, bigint, int, int, bigint, bigint, bigint, bigint, text, jsonb);
 DROP FUNCTION writ_rows(jsonb, jsonb, jsonb, jsonb, jsonb);
 DELETE FROM writ_migrations WHERE name = %s;
@@ -461,7 +518,8 @@ DELETE FROM writ_migrations WHERE name = %s;
 """
 # found by name: other migrations may come before or after it
 REPLICA_MIGRATION = next(name for name, _ in MIGRATIONS if name.startswith("live replica"))
-BATCH_MIGRATION = next(name for name, _ in MIGRATIONS if name.startswith("a batch's rows"))
+BATCH_MIGRATION = next(name for name, _ in MIGRATIONS if name.startswith("a batch's rows in"))
+BY_KEY_MIGRATION = next(name for name, _ in MIGRATIONS if name.startswith("a batch's rows found"))
 
 
 async def test_upgrade_in_place_keeps_the_old_rows_verifying_and_in_force(
@@ -486,7 +544,7 @@ async def test_upgrade_in_place_keeps_the_old_rows_verifying_and_in_force(
         await engine.release(p_old, done["lease_id"])
     finally:
         await engine.stop()
-    names = iter([BATCH_MIGRATION, REPLICA_MIGRATION])
+    names = iter([BY_KEY_MIGRATION, BATCH_MIGRATION, REPLICA_MIGRATION])
     for stmt in _DOWNGRADE.strip().split(";\n"):  # the rows stay as the first design wrote them
         stmt = stmt.strip().rstrip(";")
         if stmt:
@@ -494,7 +552,7 @@ async def test_upgrade_in_place_keeps_the_old_rows_verifying_and_in_force(
     rows_before = (await pg_backend.sql("SELECT count(*) FROM audit"))[0][0]
 
     out = await upgrade(pg_backend.url)
-    assert out["ok"] and out["applied"] == [REPLICA_MIGRATION, BATCH_MIGRATION], out
+    assert out["ok"] and out["applied"] == [REPLICA_MIGRATION, BATCH_MIGRATION, BY_KEY_MIGRATION]
     assert out["verify"]["rows"] == rows_before
 
     store = await _open(pg_backend)

@@ -475,9 +475,11 @@ class PostgresStore(_Listener, _Transfer, Store):
             if left <= 0:
                 return []
             self._arrived = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), left)
-            self._arrived = None
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), left)
+            finally:
+                self._arrived = None
         take = self.batch_max - n
         more = [(fn, f) for fn, f in self._queue[:take] if not f.done()]
         del self._queue[:take]

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -314,29 +315,45 @@ _EXPLAIN = (
 )
 
 
+async def _explained(backend: Backend, options: str = _EXPLAIN) -> tuple[PostgresStore, list[str]]:
+    """An opened store on one pooled connection whose every plan lands in the list."""
+    su = await backend.sql("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    if not su[0][0]:
+        pytest.skip("auto_explain as a session library needs a superuser")
+    store = PostgresStore(with_query(backend.url, pool_min="1", pool_max="1", options=options))
+    await store.open()
+    plans: list[str] = []
+    async with store._pool_or_fail().connection() as c:  # the pool's only connection
+        c.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+    return store, plans
+
+
+async def _grow(backend: Backend, n: int) -> None:
+    """``n`` ended leases and ``n`` ledger rows more, behind every cached plan's back."""
+    await backend.sql(
+        "INSERT INTO leases (lease_id, resource, holder, intent, fencing_token, acquired_at,"
+        " expires_at, ttl_s, touches, state, ended_at, wseq) SELECT 'old-' || g,"
+        " 'old/' || (g % 1000), 'a', 'x', -g, 1, 2, 1, '[]', 'released', 2, 0"
+        f" FROM generate_series(1, {n}) AS g"
+    )
+    await backend.sql(
+        "INSERT INTO audit (seq, ts, event, resource, lock_key, body, hash) SELECT -g, 1,"
+        " 'lease.granted', 'old/' || (g % 1000), 'k' || g, '{}', 'h'"
+        f" FROM generate_series(1, {n}) AS g"
+    )
+
+
 async def test_a_release_finds_its_lease_by_key_after_the_table_grew(pg_backend: Backend) -> None:
     """A connection keeps the plans of ``writ_rows`` (PL/pgSQL caches them). Plans made
     while the tables were small must still find a lease by its key once the table holds
     many more rows than the statistics know of: a release's UPDATE is an index scan of
     ``leases_pkey``, never a scan of the table (seen through auto_explain's notices)."""
-    su = await pg_backend.sql("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-    if not su[0][0]:
-        pytest.skip("auto_explain as a session library needs a superuser")
-    url = with_query(pg_backend.url, pool_min="1", pool_max="1", options=_EXPLAIN)
-    store = PostgresStore(url)
-    await store.open()
-    plans: list[str] = []
+    store, plans = await _explained(pg_backend)
     try:
-        async with store._pool_or_fail().connection() as c:  # the pool's only connection
-            c.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
         for i in range(8):  # past PL/pgSQL's five custom plans: its generic plans are cached
             lease = await store.transact(lambda tx, i=i: _grant(tx, f"r/{i}"))  # type: ignore[misc]
             await store.transact(lambda tx, lease=lease: _end(tx, lease))  # type: ignore[misc]
-        await pg_backend.sql(
-            "INSERT INTO leases (lease_id, resource, holder, intent, fencing_token, acquired_at,"
-            " expires_at, ttl_s, touches, state, ended_at, wseq) SELECT 'old-' || g, 'old/' || g,"
-            " 'a', 'x', -g, 1, 2, 1, '[]', 'released', 2, 0 FROM generate_series(1, 20000) AS g"
-        )
+        await _grow(pg_backend, 20000)
         plans.clear()
         lease = await store.transact(lambda tx: _grant(tx, "r/late"))
         await store.transact(lambda tx: _end(tx, lease))
@@ -355,23 +372,11 @@ async def test_a_catch_up_reads_by_index_after_the_table_grew(pg_backend: Backen
     """A batch that follows another server's catches up under the head lock with
     ``leases.wseq > version``: by the ``leases_wseq`` index, not by scanning a table
     that grew beyond what its statistics know (seen through auto_explain's notices)."""
-    su = await pg_backend.sql("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-    if not su[0][0]:
-        pytest.skip("auto_explain as a session library needs a superuser")
-    url = with_query(pg_backend.url, pool_min="1", pool_max="1", options=_EXPLAIN)
-    a, b = PostgresStore(url), await _open(pg_backend)
-    await a.open()
+    (a, plans), b = await _explained(pg_backend), await _open(pg_backend)
     a.solo_after = 1e9  # every batch of A catches up under the lock
-    plans: list[str] = []
     try:
-        async with a._pool_or_fail().connection() as c:  # the pool's only connection
-            c.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
         await a.transact(lambda tx: _grant(tx, "a/0"))
-        await pg_backend.sql(
-            "INSERT INTO leases (lease_id, resource, holder, intent, fencing_token, acquired_at,"
-            " expires_at, ttl_s, touches, state, ended_at, wseq) SELECT 'old-' || g, 'old/' || g,"
-            " 'a', 'x', -g, 1, 2, 1, '[]', 'released', 2, 0 FROM generate_series(1, 20000) AS g"
-        )
+        await _grow(pg_backend, 20000)
         theirs = await b.transact(lambda tx: _grant(tx, "b/0"))
         plans.clear()
         held = await a.transact(lambda tx: tx.held_related(["b"]))
@@ -385,6 +390,41 @@ async def test_a_catch_up_reads_by_index_after_the_table_grew(pg_backend: Backen
     finally:
         await a.close()
         await b.close()
+
+
+async def test_reads_keep_their_index_plans_after_the_tables_grew(pg_backend: Backend) -> None:
+    """The reads behind who, who --at, audit pages, events, a lease, fence and the sweep,
+    their plans cached over a dozen rounds while the tables were small (psycopg prepares a
+    query after five runs, PostgreSQL keeps a generic plan after five more), do not scan
+    ``leases`` or ``audit`` once each holds 50,000 rows more."""
+    store, plans = await _explained(pg_backend, _EXPLAIN.replace(" -c random_page_cost=1000", ""))
+    engine = Engine(store, None)
+    await engine.start(background=False)
+    try:
+        agent, _ = await engine.add_principal(None, "agent-a", "agent")
+
+        async def rounds() -> None:
+            lease = await engine.acquire(agent, resource="prod/db/x", intent="x", ttl_s=60)
+            await engine.who("prod/db/x")
+            await engine.who("prod/db/x", at=time.time() - 1)
+            await engine.audit(prefix="prod/db")
+            await engine.audit(after_seq=1, limit=10)
+            await engine.events(prefix="prod", after_seq=1)
+            await engine.get_lease(lease["lease_id"])
+            await engine.fence("prod/db/x", lease["fencing_token"])
+            await engine.release(agent, lease["lease_id"])
+            await engine.sweep()
+
+        for _ in range(12):
+            await rounds()
+        await _grow(pg_backend, 50000)
+        plans.clear()
+        await rounds()
+        assert len(plans) > 20, plans
+        scans = [p for p in plans if re.search(r"Seq Scan on (leases|audit)\b", p)]
+        assert not scans, scans
+    finally:
+        await engine.stop()
 
 
 # ------------------------------------------------------------- several servers, one replica

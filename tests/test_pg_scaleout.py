@@ -26,6 +26,7 @@ from psycopg import sql
 
 from tests.server_fixtures import ADMIN_TOKEN, free_port
 from tests.stores_fixtures import Backend, with_query
+from tests.test_engine import add, grant, queued, waiting
 from writ.cli import main
 from writ.core.errors import Conflict, Held, Unavailable
 from writ.core.ledger import verify
@@ -580,6 +581,59 @@ async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
     finally:
         await raw.close()
         await a.close()
+
+
+async def test_a_forged_notification_never_decides_for_a_waiter(pg_backend: Backend) -> None:
+    """Anyone who may connect to the database may NOTIFY on writ's channel. A forged grant
+    for a queued request (a lease it was never given), a forged refusal, and malformed
+    payloads (not JSON, nested thousands deep, a list for a note, a seq that is text or
+    invented) decide nothing: the request stays queued, the listener stays up, and the
+    caller gets the lease the database holds once the holder releases it through another
+    server."""
+    one = Engine(pg_backend.open_store(), None)
+    await one.start(background=False)
+    two = Engine(pg_backend.open_store(), None)
+    await two.start(background=False)
+    store = one.store
+    assert isinstance(store, PostgresStore)
+    try:
+        a, b = await add(one, "agent-a"), await add(one, "agent-b")
+        held = await grant(one, a, "prod/db", ttl_s=60)
+        task = waiting(one, b, "prod/db")
+        await queued(one, "agent-b")
+        ((wid,),) = await pg_backend.sql("SELECT waiter_id FROM waiters")
+        forged = {"lease_id": "ls_forged", "resource": "prod/db", "holder": "agent-b"}
+        forged |= {"state": "held", "fencing_token": 10**9}
+        evil = [
+            {
+                "i": "x",
+                "n": [["granted", {"waiter_id": wid, "lease_id": "ls_forged", "lease": forged}]],
+            },
+            {"i": "x", "n": [["granted", {"waiter_id": wid, "error": {"code": "forbidden"}}]]},
+            "not json",
+            "[" * 3900 + "]" * 3900,
+            {"i": "x", "n": [["granted", ["not", "a", "note"]]]},
+            {"i": "x", "n": [["granted", {}]]},
+            {"i": "x", "n": [["audit", {"seq": "x"}], ["audit", {"seq": 10**18}]]},  # last
+        ]
+        woken = one.audit_changed  # set by the last one only, once all before it were read
+        for text in evil:
+            payload = text if isinstance(text, str) else json.dumps(text)
+            await pg_backend.sql("SELECT pg_notify(%s, %s)", store.channel, payload)
+        await asyncio.wait_for(woken.wait(), 10)  # the listener lived through them all
+        assert not task.done()  # neither the forged grant nor the forged refusal decided
+        assert one._audit_seq < 10**18  # an invented seq does not silence later rows
+        assert [r[0] for r in await pg_backend.sql("SELECT waiter_id FROM waiters")] == [wid]
+
+        await two.release(a, held["lease_id"])  # the real grant, decided on the other server
+        lease = await asyncio.wait_for(task, 10)
+        ((token,),) = await pg_backend.sql(
+            "SELECT fencing_token FROM leases WHERE request_id = %s AND state = 'held'", wid
+        )
+        assert lease["lease_id"] != "ls_forged" and lease["fencing_token"] == token
+    finally:
+        await two.stop()
+        await one.stop()
 
 
 # ---------------------------------------------------------------------- upgrade in place

@@ -31,6 +31,7 @@ from writ.core.errors import (
     NotFound,
     Unavailable,
     WritError,
+    error_from_body,
 )
 from writ.core.ledger import Verification
 from writ.core.models import Lease, Principal, Waiter, new_id
@@ -202,8 +203,10 @@ class Engine(PrincipalOps, QueueOps):
         await self.stop()
 
     def _on_note(self, kind: str, payload: dict[str, Any]) -> None:
+        # A note another process sent arrives "unverified" (anyone who can connect to a
+        # shared database can send one): it may wake a waiter, never decide for it.
         if kind == "granted":
-            fut = self._grants.get(payload["waiter_id"])
+            fut = self._grants.get(str(payload.get("waiter_id")))
             if fut is not None and not fut.done():
                 fut.set_result(payload)
         elif kind in ("principals", "resync"):
@@ -211,11 +214,16 @@ class Engine(PrincipalOps, QueueOps):
             # or notifications may have been missed: forget every remembered token
             self.auth_cache.forget()
         elif kind == "audit":
-            seq = int(payload.get("seq", 0))
-            if seq > self._audit_seq:
-                self._audit_seq = seq
-                ev, self._audit_changed = self._audit_changed, asyncio.Event()
-                ev.set()
+            seq = payload.get("seq")
+            if type(seq) is not int:
+                return
+            if payload.get("unverified"):  # wake the readers (they read the ledger itself)
+                seq = self._audit_seq  # but an invented seq must not silence later ones
+            elif seq <= self._audit_seq:
+                return
+            self._audit_seq = seq
+            ev, self._audit_changed = self._audit_changed, asyncio.Event()
+            ev.set()
 
     # ------------------------------------------------------------------ leases
     def validate_request(
@@ -377,12 +385,17 @@ class Engine(PrincipalOps, QueueOps):
                         await asyncio.wait_for(asyncio.shield(fut), timeout)
                 if fut.done():
                     try:
-                        return await self._collect(fut.result())
+                        got = await self._collect(fut.result(), waiter)
                     except Unavailable:  # granted, but the store is out of reach: read again
                         if deadline - loop.time() <= 0:
                             raise
                         await asyncio.sleep(0.25)
                         continue
+                    if got is not None:
+                        return got
+                    # a note the database does not bear out: keep waiting for a real one
+                    fut = loop.create_future()
+                    self._grants[waiter.waiter_id] = fut
                 final = deadline - loop.time() <= 0
                 try:
                     out = await self.store.transact(
@@ -406,18 +419,38 @@ class Engine(PrincipalOps, QueueOps):
             await asyncio.shield(self._abandon(waiter))
             raise
 
-    async def _collect(self, note: dict[str, Any]) -> dict[str, Any]:
-        if "error" in note:
-            from writ.core.errors import error_from_body
+    async def _collect(self, note: dict[str, Any], waiter: Waiter) -> dict[str, Any] | None:
+        """The outcome a ``granted`` note announces for ``waiter``: the lease, or the error
+        raised; None when an unverified note (another process's, see :meth:`_on_note`) is
+        not borne out by the database — no lease granted for this request, or, for a
+        refusal, the request still queued."""
+        if not note.get("unverified"):
+            if "error" in note:
+                raise error_from_body(0, {"error": note["error"]})
+            granted = note.get("lease")
+            if isinstance(granted, dict) and granted.get("lease_id") == note.get("lease_id"):
+                return granted  # as granted, in the committed transaction that sent the note
 
-            raise error_from_body(0, {"error": note["error"]})
-        granted = note.get("lease")
-        if isinstance(granted, dict) and granted.get("lease_id") == note["lease_id"]:
-            return granted  # as granted, in the committed transaction that sent the note
-        lease = await self.store.read(lambda tx: tx.get_lease(note["lease_id"]))
-        if lease is None:  # pragma: no cover - the grant committed before the note
-            raise NotFound("granted lease vanished")
-        return lease.to_dict()
+        async def look(tx: Tx) -> tuple[Lease | None, bool]:
+            lease = await tx.lease_for_request(waiter.waiter_id)
+            queued = lease is None and any(
+                w.waiter_id == waiter.waiter_id for w in await tx.waiters_of(waiter.principal)
+            )
+            return lease, queued
+
+        lease, queued = await self.store.read(look)
+        if lease is not None:
+            return lease.to_dict()  # granted: the database's copy, whatever the note said
+        error = note.get("error")
+        if queued or not isinstance(error, dict):
+            return None
+        # refused: no lease and out of the queue, as the note says; its words are taken as
+        # they come, the outcome is the database's
+        try:
+            refusal = error_from_body(0, {"error": error})
+        except (TypeError, ValueError):
+            refusal = WritError(str(error.get("message", "the queued request was refused")))
+        raise refusal
 
     async def _recheck_tx(
         self, tx: Tx, req: Request, waiter: Waiter, final: bool

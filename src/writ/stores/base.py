@@ -39,6 +39,7 @@ Stores are chosen by URL scheme (:func:`writ.stores.open_store`).
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -46,6 +47,8 @@ from typing import Any, TypeVar
 from writ.core.errors import Invalid
 from writ.core.ledger import Record, Sealed
 from writ.core.models import Lease, Principal, Waiter
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Listener = Callable[[str, dict[str, Any]], None]
@@ -339,7 +342,12 @@ class Store(ABC):
         if self._listener is None:
             return
         for kind, payload in notes:
-            self._listener(kind, payload)
+            # one note the listener cannot use (another process's may be anything) must not
+            # cost the others, nor the commit or the LISTEN loop that delivers them
+            try:
+                self._listener(kind, payload)
+            except Exception:
+                log.exception("a %r note could not be handled: %.200r", kind, payload)
 
     @abstractmethod
     async def open(self) -> None:

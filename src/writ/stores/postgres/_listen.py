@@ -129,20 +129,29 @@ class _Listener:
                         await conn.close()
 
     def _on_notify(self, text: str) -> None:
+        """A notification on the store's channel. Anyone who may connect to the database may
+        NOTIFY on it (PostgreSQL checks no privilege), so what arrives is parsed defensively
+        and what another process says is delivered marked ``unverified``: a hint to look in
+        the database, never a fact (the engine reads a granted lease back, see
+        ``Engine._collect``)."""
         try:
             msg = json.loads(text)
+            sender = msg["i"]
             notes = [(str(k), dict(p)) for k, p in msg["n"]]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             log.warning("ignoring a malformed writ notification: %.200s", text)
             return
         # NOTIFY arrives in commit order, our own echo included: having heard row n, this
-        # listener has heard every row up to n (what a resync starts from)
+        # listener has heard every row up to n (what a resync starts from; a wrong number
+        # there costs a resync's replay, which the waiters' own re-checks back up)
         for kind, payload in notes:
-            if kind == "audit":
-                self._heard_seq = max(self._heard_seq, int(payload.get("seq", 0)))
-        if msg.get("i") != self.instance:  # our own notes were delivered at commit
-            self._others_at = time.monotonic()
-            self._deliver([(k, p) for k, p in notes if k != "hello"])
+            seq = payload.get("seq")
+            if kind == "audit" and type(seq) is int and seq > self._heard_seq:
+                self._heard_seq = seq
+        if sender == self.instance:  # our own notes were delivered at commit
+            return
+        self._others_at = time.monotonic()
+        self._deliver([(k, {**p, "unverified": True}) for k, p in notes if k != "hello"])
 
     def _heard_others(self) -> bool:
         """Another process that shares the store may be listening (see HELLO_EVERY): one

@@ -521,15 +521,22 @@ async def test_a_lone_batch_is_one_prepared_statement_refused_when_another_wrote
 
 
 # ------------------------------------------------------------------------ notifications
-async def _heard(conn: Any, seconds: float) -> list[tuple[str, Any]]:
-    """The notes a raw LISTEN connection hears within ``seconds``, with their sender."""
+_MARK = "writ_test_mark"  # a channel of the test's own, which no server listens to
+
+
+async def _heard(conn: Any) -> list[tuple[str, Any]]:
+    """The notes a raw LISTEN connection has been sent so far, with their sender: it
+    notifies itself on a channel of its own and reads up to that mark (NOTIFY arrives in
+    commit order across channels, so everything committed before the mark comes first)."""
+    await conn.execute("SELECT pg_notify(%s, 'mark')", (_MARK,))
     out: list[tuple[str, Any]] = []
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            async for n in conn.notifies():
-                msg = json.loads(n.payload)
-                out += [(msg["i"], kind) for kind, _ in msg["n"]]
-    return out
+    async with asyncio.timeout(10):
+        async for n in conn.notifies():
+            if n.channel == _MARK:
+                return out
+            msg = json.loads(n.payload)
+            out += [(msg["i"], kind) for kind, _ in msg["n"]]
+    raise AssertionError("the mark never came back")
 
 
 async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
@@ -545,6 +552,7 @@ async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
     raw = await psycopg.AsyncConnection.connect(pg_backend._pg_conninfo(), autocommit=True)
     try:
         await raw.execute(sql.SQL("LISTEN {}").format(sql.Identifier(a.channel)))
+        await raw.execute(sql.SQL("LISTEN {}").format(sql.Identifier(_MARK)))
         delivered: list[str] = []
         seqs: dict[int, asyncio.Event] = {}
 
@@ -555,14 +563,14 @@ async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
         a.set_listener(note)
         for i in range(3):
             await a.transact(lambda tx, i=i: _grant(tx, f"alone/{i}"))  # type: ignore[misc]
-        heard = await _heard(raw, 0.3)
+        heard = await _heard(raw)
         assert [k for _, k in heard if k != "hello"] == []  # nothing but (at most) hellos
         assert delivered.count("audit") == 3  # delivered here, at commit
         assert a._heard_seq >= (await a.read(lambda tx: tx.audit_head()))[0]
 
         a._listening.clear()  # as while its LISTEN connection is down: it cannot tell
         await a.transact(lambda tx: _grant(tx, "deaf/0"))
-        assert (a.instance, "audit") in await _heard(raw, 0.5)
+        assert (a.instance, "audit") in await _heard(raw)
         a._listening.set()
 
         b = await _open(pg_backend)  # its LISTEN connection says hello
@@ -574,7 +582,7 @@ async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
                 await seqs.setdefault(seq, asyncio.Event()).wait()
             assert a._heard_others() and "hello" not in delivered
             await a.transact(lambda tx: _grant(tx, "shared/0"))
-            heard = await _heard(raw, 0.5)
+            heard = await _heard(raw)
             assert (a.instance, "audit") in heard
         finally:
             await b.close()

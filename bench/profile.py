@@ -62,7 +62,7 @@ INCLUSIVE = [
     ("  transaction bodies (engine decisions)", r"_acquire_tx|<locals>\.fn \(writ/engine"),
     ("  ledger seal", r"seal \(writ/core/ledger"),
     ("  PostgreSQL: decide + commit (_attempt)", r"_attempt \(writ/stores/postgres"),
-    ("    its round trips (_simple)", r"_simple \(writ/stores/postgres"),
+    ("    its round trips (_simple, alone)", r"(_simple|alone) \(writ/stores/postgres"),
     ("  COMMIT in worker thread (SQLite)", r"concurrent/futures/thread\.py"),
     ("PostgreSQL LISTEN (notifications)", r"_listen \(writ/stores/postgres"),
     ("Lease.to_dict", r"to_dict \(writ/core/models"),

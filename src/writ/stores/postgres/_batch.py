@@ -16,6 +16,7 @@ from writ.core.models import Lease, Principal, Waiter
 from writ.core.resources import related_clauses
 from writ.stores.base import Tx
 from writ.stores.postgres._sql import _Stmts
+from writ.stores.rows import to_waiter
 
 if TYPE_CHECKING:
     from writ.stores.postgres._tx import PgTx, _Batch
@@ -189,6 +190,10 @@ class _Live:
                 if limit is not None and len(out) >= limit:
                     break
         return out
+
+    def set_queue(self, rows: Sequence[Any]) -> None:
+        """The whole queue, from rows of ``WAITER_COLS`` in seq order."""
+        self.waiters = {w.waiter_id: w for w in map(to_waiter, rows)}
 
     def resort_waiters(self) -> None:
         self.waiters = dict(sorted(self.waiters.items(), key=lambda kv: kv[1].seq))

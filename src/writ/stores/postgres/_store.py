@@ -39,7 +39,6 @@ from writ.stores.rows import (
     LEASE_COLS,
     WAITER_COLS,
     to_lease,
-    to_waiter,
 )
 
 
@@ -351,7 +350,7 @@ class PostgresStore(_Listener, _Transfer, Store):
             if wv != live.wv:
                 cur.nextset()  # past SET
                 cur.nextset()
-                live.waiters = {w.waiter_id: w for w in map(to_waiter, await cur.fetchall())}
+                live.set_queue(await cur.fetchall())
             if ov != live.ov:
                 live.forget()
             live.version, live.wv, live.ov = version, wv, ov
@@ -384,14 +383,10 @@ class PostgresStore(_Listener, _Transfer, Store):
         )
         for r in await cur.fetchall():
             live.put(to_lease(r[:-1]), r[-1])
-        await self._load_waiters(conn, live)
+        cur = await conn.execute(f"SELECT {WAITER_COLS} FROM waiters ORDER BY seq")
+        live.set_queue(await cur.fetchall())
         self.loads += 1
         return live
-
-    @staticmethod
-    async def _load_waiters(conn: psycopg.AsyncConnection[Any], live: _Live) -> None:
-        cur = await conn.execute(f"SELECT {WAITER_COLS} FROM waiters ORDER BY seq")
-        live.waiters = {w.waiter_id: w for w in map(to_waiter, await cur.fetchall())}
 
     async def _attempt(self, items: list[_Item], attempt: int = 1) -> None:
         pool = self._pool_or_fail()
@@ -406,22 +401,14 @@ class PostgresStore(_Listener, _Transfer, Store):
                         b = self._begin_optimistic(conn, live)
                     else:
                         b = await self._begin(conn)
-                    ran = 0
-                    while ran < len(items):
-                        for fn, fut in items[ran:]:
-                            tx = b.start(self)
-                            try:
-                                result = await fn(tx)
-                            except Exception as exc:
-                                if b.failed is not None or isinstance(exc, psycopg.Error):
-                                    raise
-                                b.end(tx, False)
-                                done.append((fut, None, exc, tx))
-                                continue
-                            b.end(tx, True)
-                            done.append((fut, result, None, tx))
-                        ran = len(items)
-                        items += await self._company(b, done, len(items))
+                    # company joins ``items`` itself, so a retry, a split or a failure
+                    # covers those transactions too
+                    i = 0
+                    while i < len(items):
+                        done.append(await self._decide(b, *items[i]))
+                        i += 1
+                        if i == len(items):
+                            items += await self._company(b, done, i)
                     notes = await self._commit(b, [tx for _, _, e, tx in done if e is None])
                 except BaseException as exc:
                     if isinstance(exc, pgerrors.SerializationFailure) and b and b.optimistic:
@@ -452,6 +439,22 @@ class PostgresStore(_Listener, _Transfer, Store):
             for observe in self.commit_observers:
                 observe(took)
         self._settle(b, done, notes)
+
+    async def _decide(
+        self, b: _Batch, fn: Callable[[Tx], Awaitable[Any]], fut: asyncio.Future[Any]
+    ) -> tuple[asyncio.Future[Any], Any, BaseException | None, PgTx]:
+        """Run one transaction of batch ``b`` on the replica: its result, or the error it
+        raised (kept for its caller; a database error fails the whole batch instead)."""
+        tx = b.start(self)
+        try:
+            result = await fn(tx)
+        except Exception as exc:
+            if b.failed is not None or isinstance(exc, psycopg.Error):
+                raise
+            b.end(tx, False)
+            return (fut, None, exc, tx)
+        b.end(tx, True)
+        return (fut, result, None, tx)
 
     async def _company(
         self,

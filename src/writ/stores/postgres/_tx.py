@@ -504,7 +504,7 @@ async def _simple(
     Parse/Bind/Execute per statement on both sides (measured: half the client CPU per
     batch). After the first failing statement the server skips the rest."""
     cur = psycopg.AsyncClientCursor(conn)
-    args = [a for _, a in items for a in a]
+    args = [value for _, values in items for value in values]
     await cur.execute(";\n".join(q for q, _ in items), args or None, prepare=False)
     return cur
 

@@ -31,7 +31,6 @@ from writ.core.errors import (
     NotFound,
     Unavailable,
     WritError,
-    error_from_body,
 )
 from writ.core.ledger import Verification
 from writ.core.models import Lease, Principal, Waiter, new_id
@@ -418,39 +417,6 @@ class Engine(PrincipalOps, QueueOps):
             # the caller went away: leave the queue, and give back a lease granted meanwhile
             await asyncio.shield(self._abandon(waiter))
             raise
-
-    async def _collect(self, note: dict[str, Any], waiter: Waiter) -> dict[str, Any] | None:
-        """The outcome a ``granted`` note announces for ``waiter``: the lease, or the error
-        raised; None when an unverified note (another process's, see :meth:`_on_note`) is
-        not borne out by the database — no lease granted for this request, or, for a
-        refusal, the request still queued."""
-        if not note.get("unverified"):
-            if "error" in note:
-                raise error_from_body(0, {"error": note["error"]})
-            granted = note.get("lease")
-            if isinstance(granted, dict) and granted.get("lease_id") == note.get("lease_id"):
-                return granted  # as granted, in the committed transaction that sent the note
-
-        async def look(tx: Tx) -> tuple[Lease | None, bool]:
-            lease = await tx.lease_for_request(waiter.waiter_id)
-            queued = lease is None and any(
-                w.waiter_id == waiter.waiter_id for w in await tx.waiters_of(waiter.principal)
-            )
-            return lease, queued
-
-        lease, queued = await self.store.read(look)
-        if lease is not None:
-            return lease.to_dict()  # granted: the database's copy, whatever the note said
-        error = note.get("error")
-        if queued or not isinstance(error, dict):
-            return None
-        # refused: no lease and out of the queue, as the note says; its words are taken as
-        # they come, the outcome is the database's
-        try:
-            refusal = error_from_body(0, {"error": error})
-        except (TypeError, ValueError):
-            refusal = WritError(str(error.get("message", "the queued request was refused")))
-        raise refusal
 
     async def _recheck_tx(
         self, tx: Tx, req: Request, waiter: Waiter, final: bool

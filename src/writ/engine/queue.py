@@ -22,6 +22,7 @@ from writ.core.errors import (
     NotFound,
     Unauthenticated,
     WritError,
+    error_from_body,
 )
 from writ.core.models import Lease, Principal, Waiter, data, new_id
 from writ.engine.hooks import SYSTEM, Request, lock_row
@@ -246,6 +247,39 @@ class QueueOps(ReadOps):
             "granted",
             {"waiter_id": w.waiter_id, "lease_id": lease.lease_id, "lease": lease.to_dict()},
         )
+
+    async def _collect(self, note: dict[str, Any], waiter: Waiter) -> dict[str, Any] | None:
+        """The outcome a ``granted`` note announces for ``waiter``: the lease, or the error
+        raised; None when an unverified note (another process's, see :meth:`_on_note`) is
+        not borne out by the database — no lease granted for this request, or, for a
+        refusal, the request still queued."""
+        if not note.get("unverified"):
+            if "error" in note:
+                raise error_from_body(0, {"error": note["error"]})
+            granted = note.get("lease")
+            if isinstance(granted, dict) and granted.get("lease_id") == note.get("lease_id"):
+                return granted  # as granted, in the committed transaction that sent the note
+
+        async def look(tx: Tx) -> tuple[Lease | None, bool]:
+            lease = await tx.lease_for_request(waiter.waiter_id)
+            queued = lease is None and any(
+                w.waiter_id == waiter.waiter_id for w in await tx.waiters_of(waiter.principal)
+            )
+            return lease, queued
+
+        lease, queued = await self.store.read(look)
+        if lease is not None:
+            return lease.to_dict()  # granted: the database's copy, whatever the note said
+        error = note.get("error")
+        if queued or not isinstance(error, dict):
+            return None
+        # refused: no lease and out of the queue, as the note says; its words are taken as
+        # they come, the outcome is the database's
+        try:
+            refusal = error_from_body(0, {"error": error})
+        except (TypeError, ValueError):
+            refusal = WritError(str(error.get("message", "the queued request was refused")))
+        raise refusal
 
     def _queued_request(self, w: Waiter) -> Request:
         """The request a waiter queued (see :meth:`Request.to_json`)."""

@@ -520,6 +520,47 @@ async def test_a_lone_batch_is_one_prepared_statement_refused_when_another_wrote
         await b.close()
 
 
+async def _pid(tx: Tx) -> int:
+    row = await (await tx.c.execute("SELECT pg_backend_pid()")).fetchone()  # type: ignore[attr-defined]
+    return int(row[0])
+
+
+async def test_batches_keep_their_connection_and_give_it_back_when_it_failed(
+    pg_backend: Backend,
+) -> None:
+    """Batches run one at a time, so one connection serves them all, kept between them;
+    a connection killed under it is replaced (the batch runs again on a new one), a store
+    whose pool holds one connection hands it back after every batch (reads need it), and
+    closing the store closes it."""
+    store = await _open(pg_backend)
+    try:
+        pids = {await store.transact(_pid) for _ in range(5)}
+        await store.transact(lambda tx: _grant(tx, "k/0"))  # the prepared path, same one
+        assert len(pids) == 1 and await store.transact(_pid) in pids
+        await pg_backend.sql("SELECT pg_terminate_backend(%s)", pids.pop())
+        lease = await store.transact(lambda tx: _grant(tx, "k/1"))  # retried on a new one
+        assert lease.resource == "k/1" and await store.transact(_pid) not in pids
+        assert [l.resource for l in await store.transact(lambda tx: tx.held_related(["k"]))] == [
+            "k/0",
+            "k/1",
+        ]
+        held = store._writer.held
+        assert held is not None
+    finally:
+        await store.close()
+    assert held[1].closed
+
+    one = PostgresStore(with_query(pg_backend.url, pool_max="1", pool_timeout="0.5"))
+    await one.open()
+    try:
+        for i in range(3):  # a write, then a read on the pool's only connection
+            await one.transact(lambda tx, i=i: _grant(tx, f"o/{i}"))  # type: ignore[misc]
+            assert len(await one.read(lambda tx: tx.held_related(["o"]))) == i + 1
+        assert (await _chain(one)).ok
+    finally:
+        await one.close()
+
+
 # ------------------------------------------------------------------------ notifications
 _MARK = "writ_test_mark"  # a channel of the test's own, which no server listens to
 

@@ -298,10 +298,16 @@ _CATCH_UP_QUEUE = (
 # A batch's last call (migration 4). Inside a transaction with other statements it goes as
 # part of one simple-protocol query, its values quoted by psycopg; alone, as a prepared
 # statement of its own (autocommit: the statement is the transaction), whose parameters
-# are typed here because PostgreSQL infers nothing from a prepared call's text.
+# are typed here because PostgreSQL infers nothing from a prepared call's text (``$n``
+# placeholders: it goes through a raw cursor, with no conversion from ``%s``).
 _WRIT_BATCH = "SELECT writ_batch(" + ", ".join(["%s"] * 19) + ")"
+_WRIT_BATCH_TYPES = (
+    *("bigint", "bigint", "jsonb", "jsonb", "jsonb", "jsonb", "jsonb"),
+    *("bigint", "text", "float8", "bigint", "int", "int"),
+    *("bigint", "bigint", "bigint", "bigint", "text", "jsonb"),
+)
 _WRIT_BATCH_TYPED = (
-    "SELECT writ_batch(%s::bigint, %s::bigint, %s::jsonb, %s::jsonb, %s::jsonb, %s::jsonb,"
-    " %s::jsonb, %s::bigint, %s::text, %s::float8, %s::bigint, %s::int, %s::int,"
-    " %s::bigint, %s::bigint, %s::bigint, %s::bigint, %s::text, %s::jsonb)"
+    "SELECT writ_batch("
+    + ", ".join(f"${i}::{t}" for i, t in enumerate(_WRIT_BATCH_TYPES, start=1))
+    + ")"
 )

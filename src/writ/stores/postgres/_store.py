@@ -35,6 +35,7 @@ from writ.stores.postgres._schema import (
 from writ.stores.postgres._sql import T, _broken, _translate, log
 from writ.stores.postgres._transfer import _Transfer
 from writ.stores.postgres._tx import PgTx, _Batch, _simple
+from writ.stores.postgres._writer import _Writer
 from writ.stores.rows import (
     LEASE_COLS,
     WAITER_COLS,
@@ -120,6 +121,7 @@ class PostgresStore(_Listener, _Transfer, Store):
         self.channel = f"writ_{self.schema}" if self.schema else "writ"
         self.instance = uuid.uuid4().hex[:12]
         self._pool: AsyncConnectionPool[Any] | None = None
+        self._writer = _Writer()  # the batches' connection, kept between them
         self._old_pools: set[asyncio.Task[None]] = set()
         self._write_lock = asyncio.Lock()
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -221,6 +223,7 @@ class PostgresStore(_Listener, _Transfer, Store):
         for t in list(self._old_pools):
             with contextlib.suppress(Exception):
                 await t
+        await self._writer.close()
         if self._pool is not None:
             await self._pool.close(timeout=2)
             self._pool = None
@@ -231,6 +234,10 @@ class PostgresStore(_Listener, _Transfer, Store):
         return self._pool
 
     # -- writes: group commit --------------------------------------------------------------
+    def _keeps(self, pool: AsyncConnectionPool[Any]) -> bool:
+        """Whether the batches keep their connection from ``pool`` (see _Writer)."""
+        return not self._closed and self.pool_max > 1 and pool is self._pool
+
     async def transact(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
         # Every write transaction joins the next batch (see _Batch); the batch runs in the
         # drain task, so a caller that goes away (a client that disconnects) neither leaves
@@ -389,11 +396,10 @@ class PostgresStore(_Listener, _Transfer, Store):
         return live
 
     async def _attempt(self, items: list[_Item], attempt: int = 1) -> None:
-        pool = self._pool_or_fail()
         began = time.perf_counter()
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None, PgTx]] = []
         with _translate("write"):
-            async with pool.connection() as conn:
+            async with self._writer.use(self._pool_or_fail(), self._keeps) as conn:
                 b: _Batch | None = None
                 try:
                     live = self._live
@@ -528,7 +534,7 @@ class PostgresStore(_Listener, _Transfer, Store):
         b.committing = True
         if alone:
             b.pending.clear()
-            await b.alone(_WRIT_BATCH_TYPED, args)
+            await b.alone(self._writer.cursor(b.conn), _WRIT_BATCH_TYPED, args)
             self.alone_batches += 1
         else:
             b.pending.append((_WRIT_BATCH, args))

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import AsyncRawCursor
 
 from writ.core.errors import Conflict
 from writ.core.ledger import GENESIS, Sealed, row_from, seal
@@ -580,14 +581,15 @@ class _Batch:
         else:
             del self.pending[tx.start :]
 
-    async def alone(self, query: str, args: Sequence[Any]) -> None:
-        """Send ``query`` as a prepared statement on its own: nothing else was sent, so
-        it is the whole transaction (the connection is in autocommit)."""
+    async def alone(self, cur: AsyncRawCursor[Any], query: str, args: Sequence[Any]) -> None:
+        """Send ``query`` (``$n`` placeholders) as a prepared statement on its own, on
+        ``cur``, a cursor of this batch's connection: nothing else was sent, so it is the
+        whole transaction (the connection is in autocommit)."""
         if self.failed is not None:
             raise self.failed
         self.lock_unsent = False
         try:
-            await self.conn.execute(query, args, prepare=True)
+            await cur.execute(query, args, prepare=True)
         except BaseException as exc:
             self.failed = exc
             raise

@@ -157,6 +157,49 @@ async def test_queue_joins_wait_a_moment_for_company_and_share_its_commit(
         await store.close()
 
 
+async def test_a_batch_that_waited_for_the_head_lock_takes_in_what_queued_meanwhile(
+    pg_backend: Backend,
+) -> None:
+    """While another server holds the head lock, the transactions that queue behind a
+    waiting batch join it once it has the lock: one lock and one commit for all of them
+    (not one each), in arrival order, each its own fencing token."""
+    store = await _open(pg_backend)
+    store.optimistic_for = 0.0  # every batch takes the lock first, as with other servers
+    await store.transact(lambda tx: _grant(tx, "warm/0"))
+    holder = await psycopg.AsyncConnection.connect(pg_backend._pg_conninfo())
+    began = asyncio.Event()
+    begin = store._begin
+
+    async def _begin(conn: Any) -> Any:  # the first batch took its items: it goes for the lock
+        began.set()
+        return await begin(conn)
+
+    store._begin = _begin  # type: ignore[method-assign]
+    try:
+        await holder.execute(
+            sql.SQL("SELECT seq FROM {}.audit_head FOR UPDATE").format(
+                sql.Identifier(pg_backend.schema)
+            )
+        )  # another server's hold
+        batches, done = store.batches, store.transactions
+        first = asyncio.ensure_future(store.transact(lambda tx: _grant(tx, "l/0")))
+        await asyncio.wait_for(began.wait(), 10)
+        rest = [
+            asyncio.ensure_future(store.transact(lambda tx, i=i: _grant(tx, f"l/{i}")))  # type: ignore[misc]
+            for i in range(1, 4)
+        ]
+        await holder.rollback()
+        leases = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+        assert store.batches == batches + 1 and store.transactions == done + 4
+        assert [l.resource for l in leases] == ["l/0", "l/1", "l/2", "l/3"]
+        tokens = [l.fencing_token for l in leases]
+        assert tokens == sorted(set(tokens))
+        assert (await _chain(store)).ok
+    finally:
+        await holder.close()
+        await store.close()
+
+
 async def test_the_engine_marks_a_queue_join_patient_so_the_release_shares_its_commit(
     pg_backend: Backend,
 ) -> None:

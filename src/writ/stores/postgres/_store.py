@@ -468,15 +468,17 @@ class PostgresStore(_Listener, _Transfer, Store):
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None, PgTx]],
         n: int,
     ) -> list[_Item]:
-        """More transactions for a batch of queue joins only (see ``Tx.patient``): nobody
-        waits for its commit, and the request that will serve those waiters — a release
-        sent by the client that a grant just answered — usually arrives a fraction of a
-        millisecond later. Without company the release would wait for the joins' round
-        trip; with it, one commit does both. Only while nothing was sent (the head lock is
-        not held) and for ``gather_s`` at most from the batch's start."""
-        if not (b.lock_unsent and done and n < self.batch_max) or not all(
-            e is None and tx.patient for _, _, e, tx in done
-        ):
+        """More transactions for batch ``b`` once its ``n`` are decided. A batch that took
+        the head lock first takes in those that queued meanwhile — while another server
+        held the lock — at the cost of their decisions under it, not of a lock of their
+        own (two round trips and an fsync). A batch of queue joins only (``Tx.patient``)
+        also waits for company: nobody waits for its commit, and the release that will
+        serve those waiters usually arrives a fraction of a millisecond later; one commit
+        then does both. That wait happens only while nothing was sent (the lock is not
+        held), for ``gather_s`` at most from the batch's start."""
+        locked = not b.optimistic and bool(self._queue)
+        joins = b.lock_unsent and all(e is None and tx.patient for _, _, e, tx in done)
+        if n >= self.batch_max or not (locked or (joins and done)):
             return []
         until = b.p0 + self.gather_s
         while not self._queue:

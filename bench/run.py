@@ -117,14 +117,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-class ProfiledWrit(peers.Writ):
-    """writ under ``py-spy record`` (raw collapsed stacks, idle frames left out)."""
+class Profiled(peers.Writ):
+    """Mixed in front of a writ peer's class (see :func:`profiled`): its server — the first
+    one, for several servers — runs under ``py-spy record`` (raw collapsed stacks, idle
+    frames left out); the others run as they would."""
 
-    def __init__(self, store: str, out: Path, stamp: str, rate: int) -> None:
-        super().__init__(store)
-        self.profile = "py-spy"
-        self.out_file = out / f"profile-{self.name}-{stamp}.txt"
-        self.rate = rate
+    out_file: Path
+    rate: int
 
     def profile_argv(self, tmp: Path) -> list[str]:
         exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -145,9 +144,11 @@ class ProfiledWrit(peers.Writ):
         ]
 
     def server_pids(self) -> list[int]:
-        # py-spy is the parent; count the server (its child) and py-spy's own sampling apart
+        # py-spy is the first server's parent: count that server (its child) and the other
+        # servers, and py-spy's own sampling apart
+        pids = super().server_pids()
         kids = _children(self.proc.pid) if self.proc else []
-        return kids or super().server_pids()
+        return kids + pids[1:] if kids else pids
 
     async def stop(self) -> None:
         # SIGINT to the python child makes py-spy write its file; then stop py-spy
@@ -165,6 +166,16 @@ class ProfiledWrit(peers.Writ):
             log(f"  profile: {self.out_file}  (python -m bench.profile {self.out_file})")
 
 
+def profiled(peer: peers.Writ, out: Path, stamp: str, rate: int) -> peers.Writ:
+    """``peer`` (one writ server, or several) with its first server under py-spy."""
+    peer.__class__ = type(f"Profiled{type(peer).__name__}", (Profiled, type(peer)), {})
+    assert isinstance(peer, Profiled)
+    peer.profile = "py-spy"
+    peer.out_file = out / f"profile-{peer.name}-{stamp}.txt"
+    peer.rate = rate
+    return peer
+
+
 def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -177,10 +188,9 @@ async def bench_peer(
     name: str, a: argparse.Namespace, stamp: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Start one peer, run the scenarios, stop it. Returns (info, results by scenario)."""
-    if a.profile and name.startswith("writ"):
-        peer: peers.Peer = ProfiledWrit(name.split("-", 1)[1], Path(a.out), stamp, a.profile_rate)
-    else:
-        peer = peers.make(name)
+    peer = peers.make(name)
+    if a.profile and isinstance(peer, peers.Writ):
+        peer = profiled(peer, Path(a.out), stamp, a.profile_rate)
     if isinstance(peer, peers.Writ):
         peer.pg_url = a.pg_url
         peer.src = str(Path(a.writ_src).resolve()) if a.writ_src else None  # noqa: ASYNC240 - setup, outside any measured window

@@ -200,6 +200,127 @@ async def test_a_batch_that_waited_for_the_head_lock_takes_in_what_queued_meanwh
         await store.close()
 
 
+class _HeldBack:
+    """The store's prepared commit, held back until ``go`` is set (``sent`` says it is in
+    the air): what arrives meanwhile is decided ahead."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.sent, self.go = asyncio.Event(), asyncio.Event()
+        real = store._writer.cursor
+        test = self
+
+        class Cursor:
+            def __init__(self, conn: Any) -> None:
+                self.cur = real(conn)
+
+            async def execute(self, *args: Any, **kwargs: Any) -> Any:
+                test.sent.set()
+                await test.go.wait()
+                return await self.cur.execute(*args, **kwargs)
+
+        store._writer.cursor = Cursor  # type: ignore[method-assign, assignment]
+        store._busy = True  # as when several arrive during each commit
+
+
+async def _grant_free(tx: Tx, resource: str) -> Lease:
+    if await tx.held_related([resource]):
+        raise Held(f"{resource} is held")
+    return await _grant(tx, resource)
+
+
+async def test_what_arrives_while_a_commit_is_in_the_air_is_decided_ahead(
+    pg_backend: Backend,
+) -> None:
+    """A lone server decides the transactions that arrive while its commit is in the air,
+    on the replica as that commit leaves it, and sends them the moment it is back: in
+    arrival order, tokens rising, one chain; a transaction that must read the database is
+    not decided ahead (the next batch then runs the usual way, after the commit)."""
+    store = await _open(pg_backend)
+    store.solo_after = 0.0
+    try:
+        for i in range(2):  # the replica is loaded; batches go optimistic from here
+            await store.transact(lambda tx, i=i: _grant(tx, f"warm/{i}"))  # type: ignore[misc]
+        held = _HeldBack(store)
+        batches, ahead, retries = store.batches, store.ahead_batches, store.retries
+        first = asyncio.ensure_future(store.transact(lambda tx: _grant_free(tx, "a/0")))
+        await asyncio.wait_for(held.sent.wait(), 10)
+        rest = [
+            asyncio.ensure_future(store.transact(lambda tx, r=r: _grant_free(tx, r)))  # type: ignore[misc]
+            for r in ("a/1", "a/0", "a/2")  # a/0 is taken by the batch in the air
+        ]
+        for _ in range(5):
+            await asyncio.sleep(0)  # the arrivals reach the store (no timing: yields)
+        assert store.ahead_batches == ahead  # counted when the commit comes back
+        held.go.set()
+        out = await asyncio.wait_for(asyncio.gather(first, *rest, return_exceptions=True), 10)
+        assert isinstance(out[2], Held), out
+        leases = [out[0], out[1], out[3]]
+        assert [l.resource for l in leases] == ["a/0", "a/1", "a/2"]  # type: ignore[union-attr]
+        tokens = [l.fencing_token for l in leases]  # type: ignore[union-attr]
+        assert tokens == sorted(set(tokens))
+        assert store.batches == batches + 2 and store.ahead_batches == ahead + 1
+        assert store.retries == retries  # decided on the right version: nothing refused
+
+        # a transaction that reads the database ends deciding ahead: it runs after
+        held.sent.clear()
+        held.go.clear()
+        store._busy = True
+        first = asyncio.ensure_future(store.transact(lambda tx: _grant_free(tx, "b/0")))
+        await asyncio.wait_for(held.sent.wait(), 10)
+        rest = [
+            asyncio.ensure_future(store.transact(lambda tx: _grant_free(tx, "b/1"))),
+            asyncio.ensure_future(store.transact(_pid)),
+        ]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        held.go.set()
+        out = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+        assert [out[0].resource, out[1].resource] == ["b/0", "b/1"] and isinstance(out[2], int)
+        assert store.ahead_batches == ahead + 1 and store.retries == retries  # nothing sent early
+        found = await store.transact(lambda tx: tx.held_related(["a", "b"]))
+        assert [l.resource for l in found] == ["a/0", "a/1", "a/2", "b/0", "b/1"]
+        assert (await _chain(store)).ok
+    finally:
+        await store.close()
+
+
+async def test_a_batch_decided_ahead_is_taken_back_when_the_commit_before_it_fails(
+    pg_backend: Backend,
+) -> None:
+    """Another server writes while this one's commit is in the air: that commit is refused
+    by the head, and the batch decided on top of it is taken back before it is undone, then
+    decided again once the replica has caught up — so it sees the other server's lease
+    (a decision kept from before would have granted the same resource twice)."""
+    a, other = await _open(pg_backend), await _open(pg_backend)
+    a.solo_after = 0.0
+    try:
+        for i in range(2):
+            await a.transact(lambda tx, i=i: _grant(tx, f"warm/{i}"))  # type: ignore[misc]
+        held = _HeldBack(a)
+        retries = a.retries
+        first = asyncio.ensure_future(a.transact(lambda tx: _grant_free(tx, "c/0")))
+        await asyncio.wait_for(held.sent.wait(), 10)
+        second = asyncio.ensure_future(a.transact(lambda tx: _grant_free(tx, "c/1")))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        theirs = await other.transact(lambda tx: _grant_free(tx, "c/1"))  # meanwhile
+        held.go.set()
+        mine = await asyncio.wait_for(first, 10)
+        with pytest.raises(Held):
+            await asyncio.wait_for(second, 10)
+        assert a.retries >= retries + 1 and a.ahead_batches >= 1
+        assert mine.fencing_token > theirs.fencing_token
+        found = await a.transact(lambda tx: tx.held_related(["c"]))
+        assert [(l.resource, l.fencing_token) for l in found] == [
+            ("c/1", theirs.fencing_token),
+            ("c/0", mine.fencing_token),
+        ]
+        assert (await _chain(a)).ok
+    finally:
+        await a.close()
+        await other.close()
+
+
 async def test_the_engine_marks_a_queue_join_patient_so_the_release_shares_its_commit(
     pg_backend: Backend,
 ) -> None:

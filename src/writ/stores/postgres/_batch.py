@@ -55,6 +55,11 @@ class _Split(Exception):
         self.cause = cause
 
 
+class _NotYet(Exception):
+    """A transaction of a batch decided ahead needs the database before the batch in the
+    air came back: the batch is taken back and runs after it, the usual way."""
+
+
 class _Retry(Exception):
     """The attempt certainly did not commit and may run again from the start."""
 

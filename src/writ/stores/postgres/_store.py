@@ -21,6 +21,7 @@ from writ.core.errors import Invalid, Unavailable, WritError
 from writ.stores.base import Store, Tx
 from writ.stores.postgres import _schema
 from writ.stores.postgres._batch import _fail, _Item, _Live, _Retry, _Split, _undone
+from writ.stores.postgres._gather import _Ahead, _Gather
 from writ.stores.postgres._listen import _Listener, _payloads
 from writ.stores.postgres._schema import (
     _BEGIN_READ,
@@ -43,7 +44,7 @@ from writ.stores.rows import (
 )
 
 
-class PostgresStore(_Listener, _Transfer, Store):
+class PostgresStore(_Listener, _Transfer, _Gather, Store):
     """``postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DBNAME[?schema=NAME&pool_max=10...]``.
 
     Caveats: needs PostgreSQL 12 or newer; acknowledged grants survive a failover only
@@ -128,6 +129,8 @@ class PostgresStore(_Listener, _Transfer, Store):
         self._queue: list[_Item] = []
         self._drainer: asyncio.Task[None] | None = None
         self._arrived: asyncio.Event | None = None  # set when a transaction joins the queue
+        self._carry: _Ahead | None = None  # the next batch, decided ahead (see _Gather)
+        self._busy = False  # several transactions arrived during the last commit
         self._live: _Live | None = None
         self._listener_task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
@@ -138,6 +141,7 @@ class PostgresStore(_Listener, _Transfer, Store):
         self.batches = 0  # committed batches (group commits)
         self.optimistic_batches = 0  # of those, decided before taking the lock
         self.alone_batches = 0  # of those, sent as one prepared statement (see _commit)
+        self.ahead_batches = 0  # decided while the one before committed (see _Gather)
         self.loads = 0  # full loads of the live replica
         self.applied: list[str] = []  # migrations this store applied when it opened
         self.retries = 0
@@ -268,13 +272,17 @@ class PostgresStore(_Listener, _Transfer, Store):
 
     async def _drain(self) -> None:
         try:
-            while self._queue:
-                await asyncio.sleep(0)  # let the requests arriving in this tick join the batch
-                items = [(fn, f) for fn, f in self._queue[: self.batch_max] if not f.done()]
-                del self._queue[: self.batch_max]
+            while self._queue or self._carry:
+                carry, self._carry = self._carry, None
+                if carry is not None:
+                    items = carry[2]
+                else:
+                    await asyncio.sleep(0)  # let the requests arriving in this tick join
+                    items = [(fn, f) for fn, f in self._queue[: self.batch_max] if not f.done()]
+                    del self._queue[: self.batch_max]
                 if items:
                     try:
-                        await self._run(items)
+                        await self._run(items, carry)
                     except BaseException as exc:  # never leave a caller waiting
                         _fail(items, exc)
                         if not isinstance(exc, Exception):
@@ -282,12 +290,17 @@ class PostgresStore(_Listener, _Transfer, Store):
         finally:
             self._drainer = None
 
-    async def _run(self, items: list[_Item]) -> None:
+    async def _run(self, items: list[_Item], carry: _Ahead | None = None) -> None:
         attempt = 0
         while True:
             attempt += 1
             try:
-                await self._attempt(items, attempt)
+                try:
+                    await self._attempt(items, attempt, carry if attempt == 1 else None)
+                except BaseException:
+                    if attempt == 1 and carry is not None and carry[0].ahead:
+                        self._abandon(carry, requeue=False)  # failed before taking it over
+                    raise
                 return
             except _Retry as r:
                 self.retries += 1
@@ -314,6 +327,9 @@ class PostgresStore(_Listener, _Transfer, Store):
                 for item in items:
                     if not item[1].done():
                         await self._run([item])
+                        if self._carry is not None:  # decided on a replica the next item
+                            self._abandon(self._carry)  # must not see: after the split
+                            self._carry = None
                 return
             except Unavailable as exc:
                 _fail(items, exc)
@@ -395,7 +411,9 @@ class PostgresStore(_Listener, _Transfer, Store):
         self.loads += 1
         return live
 
-    async def _attempt(self, items: list[_Item], attempt: int = 1) -> None:
+    async def _attempt(
+        self, items: list[_Item], attempt: int = 1, carry: _Ahead | None = None
+    ) -> None:
         began = time.perf_counter()
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None, PgTx]] = []
         with _translate("write"):
@@ -403,18 +421,24 @@ class PostgresStore(_Listener, _Transfer, Store):
                 b: _Batch | None = None
                 try:
                     live = self._live
-                    if live is not None and self._optimistic(live, attempt):
+                    if carry is not None:  # decided ahead while the batch before committed
+                        b, done[:] = carry[0], carry[1]
+                        b.conn, b.ahead, b.since = conn, False, time.perf_counter()
+                    elif live is not None and self._optimistic(live, attempt):
                         b = self._begin_optimistic(conn, live)
                     else:
                         b = await self._begin(conn)
                     # company joins ``items`` itself, so a retry, a split or a failure
                     # covers those transactions too
-                    i = 0
-                    while i < len(items):
-                        done.append(await self._decide(b, *items[i]))
-                        i += 1
-                        if i == len(items):
-                            items += await self._company(b, done, i)
+                    i = len(done)
+                    while True:
+                        while i < len(items):
+                            done.append(await self._decide(b, *items[i]))
+                            i += 1
+                        more = await self._company(b, done, i)
+                        if not more:
+                            break
+                        items += more
                     notes = await self._commit(b, [tx for _, _, e, tx in done if e is None])
                 except BaseException as exc:
                     if isinstance(exc, pgerrors.SerializationFailure) and b and b.optimistic:
@@ -445,56 +469,6 @@ class PostgresStore(_Listener, _Transfer, Store):
             for observe in self.commit_observers:
                 observe(took)
         self._settle(b, done, notes)
-
-    async def _decide(
-        self, b: _Batch, fn: Callable[[Tx], Awaitable[Any]], fut: asyncio.Future[Any]
-    ) -> tuple[asyncio.Future[Any], Any, BaseException | None, PgTx]:
-        """Run one transaction of batch ``b`` on the replica: its result, or the error it
-        raised (kept for its caller; a database error fails the whole batch instead)."""
-        tx = b.start(self)
-        try:
-            result = await fn(tx)
-        except Exception as exc:
-            if b.failed is not None or isinstance(exc, psycopg.Error):
-                raise
-            b.end(tx, False)
-            return (fut, None, exc, tx)
-        b.end(tx, True)
-        return (fut, result, None, tx)
-
-    async def _company(
-        self,
-        b: _Batch,
-        done: list[tuple[asyncio.Future[Any], Any, BaseException | None, PgTx]],
-        n: int,
-    ) -> list[_Item]:
-        """More transactions for batch ``b`` once its ``n`` are decided. A batch that took
-        the head lock first takes in those that queued meanwhile — while another server
-        held the lock — at the cost of their decisions under it, not of a lock of their
-        own (two round trips and an fsync). A batch of queue joins only (``Tx.patient``)
-        also waits for company: nobody waits for its commit, and the release that will
-        serve those waiters usually arrives a fraction of a millisecond later; one commit
-        then does both. That wait happens only while nothing was sent (the lock is not
-        held), for ``gather_s`` at most from the batch's start."""
-        locked = not b.optimistic and bool(self._queue)
-        joins = b.lock_unsent and all(e is None and tx.patient for _, _, e, tx in done)
-        if n >= self.batch_max or not (locked or (joins and done)):
-            return []
-        until = b.p0 + self.gather_s
-        while not self._queue:
-            left = until - time.perf_counter()
-            if left <= 0:
-                return []
-            self._arrived = asyncio.Event()
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), left)
-            finally:
-                self._arrived = None
-        take = self.batch_max - n
-        more = [(fn, f) for fn, f in self._queue[:take] if not f.done()]
-        del self._queue[:take]
-        return more
 
     async def _commit(self, b: _Batch, ok: list[PgTx]) -> list[tuple[str, dict[str, Any]]]:
         """The batch's last round trip: its buffered writes, the new chain head and
@@ -536,7 +510,14 @@ class PostgresStore(_Listener, _Transfer, Store):
         b.committing = True
         if alone:
             b.pending.clear()
-            await b.alone(self._writer.cursor(b.conn), _WRIT_BATCH_TYPED, args)
+            send = b.alone(self._writer.cursor(b.conn), _WRIT_BATCH_TYPED, args)
+            if self._busy:  # several arrive while a commit is in the air: decide them
+                self._carry = await self._send_ahead(b, send)
+                arrived = len(self._carry[2]) if self._carry is not None else 0
+            else:
+                await send
+                arrived = 0
+            self._busy = arrived + len(self._queue) > 1
             self.alone_batches += 1
         else:
             b.pending.append((_WRIT_BATCH, args))

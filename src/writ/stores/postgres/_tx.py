@@ -21,6 +21,7 @@ from writ.stores.postgres._batch import (
     _BatchConn,
     _Live,
     _Merged,
+    _NotYet,
 )
 from writ.stores.postgres._sql import _copy, _prefix_sql, _related_sql
 from writ.stores.rows import (
@@ -526,15 +527,21 @@ class _Batch:
         token: int,
         wseq: int,
         optimistic: bool = False,
+        after: int | None = None,
     ) -> None:
         self.conn = conn
         self.optimistic = optimistic
+        # decided ahead (see _Gather._ahead) on top of a batch whose commit is in the air,
+        # which leaves the head at version ``after``: nothing may be sent until it is back
+        self.ahead = after is not None
+        expect = live.version if after is None else after
         self.live = live
         self.head0 = self.head = head
         self.t0, self.p0, self.last = now, time.perf_counter(), now
+        self.since = self.p0  # company is awaited from here (see _Gather._company)
         self.token0 = self.token = token
         self.wseq0 = self.wseq = wseq
-        self.version = live.version + 1  # what this batch's writes are stamped with
+        self.version = expect + 1  # what this batch's writes are stamped with
         self.pending: list[tuple[str, Sequence[Any]]] = []
         self.m = _Merged()  # the ended transactions' rows, not yet in pending
         # an optimistic batch's lock and check travel with the first statements sent, or
@@ -543,7 +550,7 @@ class _Batch:
         if optimistic:
             self.pending += [
                 ("BEGIN ISOLATION LEVEL READ COMMITTED", ()),
-                ("SELECT writ_lock_head(%s, %s)", (live.version, live.epoch)),
+                ("SELECT writ_lock_head(%s, %s)", (expect, live.epoch)),
             ]
         self.wrote = self.wrote_waiters = self.wrote_other = False
         self.failed: BaseException | None = None  # a statement failed: the batch is void
@@ -581,12 +588,17 @@ class _Batch:
         else:
             del self.pending[tx.start :]
 
+    def _may_send(self) -> None:
+        if self.ahead and self.failed is None:
+            self.failed = _NotYet()
+        if self.failed is not None:
+            raise self.failed
+
     async def alone(self, cur: AsyncRawCursor[Any], query: str, args: Sequence[Any]) -> None:
         """Send ``query`` (``$n`` placeholders) as a prepared statement on its own, on
         ``cur``, a cursor of this batch's connection: nothing else was sent, so it is the
         whole transaction (the connection is in autocommit)."""
-        if self.failed is not None:
-            raise self.failed
+        self._may_send()
         self.lock_unsent = False
         try:
             await cur.execute(query, args, prepare=True)
@@ -596,8 +608,7 @@ class _Batch:
 
     async def send(self, tx: PgTx | None, query: str | None, args: Sequence[Any]) -> list[Any]:
         """Send what is buffered (and ``query``) in one round trip; ``query``'s rows."""
-        if self.failed is not None:
-            raise self.failed
+        self._may_send()
         if tx is not None:
             if not tx.sp_sent:
                 # the ended transactions' rows before the savepoint, this one's after it

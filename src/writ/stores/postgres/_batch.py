@@ -25,16 +25,22 @@ if TYPE_CHECKING:
 _Item = tuple[Callable[["Tx"], Awaitable[Any]], "asyncio.Future[Any]"]
 
 
-def _undone(b: _Batch) -> _Live | None:
-    """The replica after an optimistic batch was refused: its transactions' changes are
-    taken back (they never committed), newest first, so it is as the last commit left it;
-    the next batch catches it up under the lock."""
+def _take_back(b: _Batch) -> None:
+    """Undo what batch ``b``'s transactions (the one running too) did to the replica,
+    newest first; they never committed."""
     undo = list(b.undone)
     if b.cur is not None:
         undo += b.cur.undo
     for u in reversed(undo):
         u()
     b.live.forget()
+
+
+def _undone(b: _Batch) -> _Live | None:
+    """The replica after an optimistic batch was refused: its transactions' changes are
+    taken back, so it is as the last commit left it; the next batch catches it up under
+    the lock."""
+    _take_back(b)
     b.live.foreign_at = time.monotonic()
     return b.live
 

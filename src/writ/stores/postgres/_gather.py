@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from writ.stores.base import Tx
-from writ.stores.postgres._batch import _Item, _Live
+from writ.stores.postgres._batch import _Item, _Live, _take_back
 from writ.stores.postgres._tx import PgTx, _Batch
 
 if TYPE_CHECKING:
@@ -160,12 +160,7 @@ class _Gather:
         put its transactions back at the head of the queue, in their order (unless the
         caller runs them itself)."""
         nxt, _, items = ahead
-        undo = list(nxt.undone)
-        if nxt.cur is not None:
-            undo += nxt.cur.undo
-        for u in reversed(undo):
-            u()
-        nxt.live.forget()
+        _take_back(nxt)
         nxt.ahead = False  # taken back: nothing of it is left to undo
         if requeue:
             self._queue[0:0] = [it for it in items if not it[1].done()]

@@ -204,8 +204,9 @@ class _HeldBack:
     """The store's prepared commit, held back until ``go`` is set (``sent`` says it is in
     the air): what arrives meanwhile is decided ahead."""
 
-    def __init__(self, store: PostgresStore) -> None:
+    def __init__(self, store: PostgresStore, each: bool = False) -> None:
         self.sent, self.go = asyncio.Event(), asyncio.Event()
+        self.each = each
         real = store._writer.cursor
         test = self
 
@@ -216,6 +217,8 @@ class _HeldBack:
             async def execute(self, *args: Any, **kwargs: Any) -> Any:
                 test.sent.set()
                 await test.go.wait()
+                if test.each:  # the next commit waits for a go of its own
+                    test.go.clear()
                 return await self.cur.execute(*args, **kwargs)
 
         store._writer.cursor = Cursor  # type: ignore[method-assign, assignment]
@@ -315,6 +318,137 @@ async def test_a_batch_decided_ahead_is_taken_back_when_the_commit_before_it_fai
             ("c/1", theirs.fencing_token),
             ("c/0", mine.fencing_token),
         ]
+        assert (await _chain(a)).ok
+    finally:
+        await a.close()
+        await other.close()
+
+
+async def _release_all(tx: Tx, resource: str) -> int:
+    held = await tx.held_related([resource])
+    for lease in held:
+        await tx.update_lease(dataclasses.replace(lease, state="released", ended_at=tx.now()))
+        await tx.append(
+            {
+                "event": "lease.released",
+                "agent_id": "a",
+                "resource": resource,
+                "lock_key": lease.lock_key,
+            }
+        )
+    return len(held)
+
+
+async def test_a_batch_decided_ahead_is_refused_on_its_own_when_another_server_wrote(
+    pg_backend: Backend,
+) -> None:
+    """The batch in the air commits; another server writes before the batch decided ahead
+    is sent: that one is refused by the head, taken back and decided again after the
+    catch-up, where it sees the other server's lease."""
+    a, other = await _open(pg_backend), await _open(pg_backend)
+    a.solo_after = 0.0
+    try:
+        for i in range(2):
+            await a.transact(lambda tx, i=i: _grant(tx, f"warm/{i}"))  # type: ignore[misc]
+        held = _HeldBack(a, each=True)
+        retries = a.retries
+        first = asyncio.ensure_future(a.transact(lambda tx: _grant_free(tx, "d/0")))
+        await asyncio.wait_for(held.sent.wait(), 10)
+        held.sent.clear()
+        second = asyncio.ensure_future(a.transact(lambda tx: _grant_free(tx, "d/1")))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        held.go.set()  # the first commits; the one decided ahead comes to the gate
+        mine = await asyncio.wait_for(first, 10)
+        await asyncio.wait_for(held.sent.wait(), 10)
+        theirs = await asyncio.wait_for(other.transact(lambda tx: _grant_free(tx, "d/1")), 10)
+        held.go.set()
+        with pytest.raises(Held):
+            await asyncio.wait_for(second, 10)
+        assert a.ahead_batches >= 1 and a.retries == retries + 1
+        held.each = False
+        held.go.set()
+        found = await a.transact(lambda tx: tx.held_related(["d"]))
+        assert [(l.resource, l.fencing_token) for l in found] == [
+            ("d/0", mine.fencing_token),
+            ("d/1", theirs.fencing_token),
+        ]
+        assert (await _chain(a)).ok
+    finally:
+        await a.close()
+        await other.close()
+
+
+async def test_deciding_ahead_stops_when_the_lesson_of_the_clock_is_stale(
+    pg_backend: Backend,
+) -> None:
+    """A chain of batches decided ahead never goes through the lock, where the database
+    clock is learned: once that lesson is older than ``optimistic_for``, the next commit
+    decides nothing ahead, and the batch after it learns the clock again."""
+    store = await _open(pg_backend)
+    store.solo_after = 0.0
+    try:
+        for i in range(2):
+            await store.transact(lambda tx, i=i: _grant(tx, f"warm/{i}"))  # type: ignore[misc]
+        held = _HeldBack(store, each=True)
+
+        def grants(*names: str) -> list[asyncio.Future[Lease]]:
+            return [
+                asyncio.ensure_future(store.transact(lambda tx, r=r: _grant_free(tx, r)))  # type: ignore[misc]
+                for r in names
+            ]
+
+        first = grants("f/0")
+        await asyncio.wait_for(held.sent.wait(), 10)
+        held.sent.clear()
+        second = grants("f/1", "f/2")  # decided ahead: the lesson was fresh at f/0's commit
+        for _ in range(5):
+            await asyncio.sleep(0)
+        live = store._live
+        assert live is not None
+        stale = live.learned = time.monotonic() - 2 * store.optimistic_for
+        held.go.set()
+        await asyncio.wait_for(held.sent.wait(), 10)  # f/1 and f/2 at the gate
+        third = grants("f/3", "f/4")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(store._queue) == 2  # not taken to be decided on the stale lesson
+        held.each = False
+        held.go.set()
+        leases = await asyncio.wait_for(asyncio.gather(*first, *second, *third), 10)
+        assert [l.resource for l in leases] == [f"f/{i}" for i in range(5)]
+        assert store._live is not None and store._live.learned > stale + store.optimistic_for
+        assert (await _chain(store)).ok
+    finally:
+        await store.close()
+
+
+async def test_a_refused_commit_is_undone_after_the_batch_decided_on_top_of_it(
+    pg_backend: Backend,
+) -> None:
+    """Decided ahead: a release of the lease the batch in the air grants. That batch is
+    refused; the release must be taken back first, newest first — undone the other way
+    round, the replica would keep a lease nobody holds, and the grant's second attempt
+    would find its resource taken."""
+    a, other = await _open(pg_backend), await _open(pg_backend)
+    a.solo_after = 0.0
+    try:
+        for i in range(2):
+            await a.transact(lambda tx, i=i: _grant(tx, f"warm/{i}"))  # type: ignore[misc]
+        held = _HeldBack(a)
+        first = asyncio.ensure_future(a.transact(lambda tx: _grant_free(tx, "e/0")))
+        await asyncio.wait_for(held.sent.wait(), 10)
+        second = asyncio.ensure_future(a.transact(lambda tx: _release_all(tx, "e/0")))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert a.ahead_batches == 0 and not second.done()
+        await other.transact(lambda tx: _grant_free(tx, "e/9"))  # a is refused
+        held.go.set()
+        lease = await asyncio.wait_for(first, 10)
+        assert lease.resource == "e/0"
+        assert await asyncio.wait_for(second, 10) == 1  # and it released that lease
+        found = await a.transact(lambda tx: tx.held_related(["e"]))
+        assert [l.resource for l in found] == ["e/9"]
         assert (await _chain(a)).ok
     finally:
         await a.close()

@@ -94,6 +94,7 @@ class _Gather:
         (:meth:`_ahead`); that batch, or None. If ``b`` fails, the next batch is taken back
         first (newest first), then ``b``'s error is raised for ``b`` to be undone."""
         send = asyncio.ensure_future(commit)
+        send.add_done_callback(_retrieved)  # its error is read below, or moot after a cancel
         ahead = None
         try:
             ahead = await self._ahead(b, send)
@@ -116,7 +117,12 @@ class _Gather:
         otherwise have waited. Nothing of it is sent before ``b``'s outcome is known (a
         transaction that must read the database ends the attempt), so its check of the
         head's version is exactly the one it would have made after ``b``. If ``b`` fails,
-        the caller takes it back (:meth:`_abandon`) before ``b`` is undone."""
+        the caller takes it back (:meth:`_abandon`) before ``b`` is undone.
+
+        Deciding never waits, so the commit's answer is read once what had queued is
+        decided (at most ``batch_max``): the work the next batch does anyway, now before
+        ``b``'s callers hear back rather than after. Yielding after each decision, or
+        every 16, to hear ``b`` sooner cost 256 clients 11-20 % (measured)."""
         nxt: _Batch | None = None
         items: list[_Item] = []
         done: list[_Done] = []
@@ -164,3 +170,8 @@ class _Gather:
         nxt.ahead = False  # taken back: nothing of it is left to undo
         if requeue:
             self._queue[0:0] = [it for it in items if not it[1].done()]
+
+
+def _retrieved(f: asyncio.Future[Any]) -> None:
+    if not f.cancelled():
+        f.exception()

@@ -511,7 +511,9 @@ class PostgresStore(_Listener, _Transfer, _Gather, Store):
         if alone:
             b.pending.clear()
             send = b.alone(self._writer.cursor(b.conn), _WRIT_BATCH_TYPED, args)
-            if self._busy:  # several arrive while a commit is in the air: decide them
+            # several arrive while a commit is in the air: decide them, while this server
+            # is still alone and its lesson of the database clock fresh (as _optimistic)
+            if self._busy and self._optimistic(live, 1):
                 self._carry = await self._send_ahead(b, send)
                 arrived = len(self._carry[2]) if self._carry is not None else 0
             else:

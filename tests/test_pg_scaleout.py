@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +203,8 @@ async def test_a_batch_that_waited_for_the_head_lock_takes_in_what_queued_meanwh
 
 class _HeldBack:
     """The store's prepared commit, held back until ``go`` is set (``sent`` says it is in
-    the air): what arrives meanwhile is decided ahead."""
+    the air): what arrives meanwhile is decided ahead. With ``each``, every commit waits
+    for a ``go`` of its own."""
 
     def __init__(self, store: PostgresStore, each: bool = False) -> None:
         self.sent, self.go = asyncio.Event(), asyncio.Event()
@@ -217,111 +219,49 @@ class _HeldBack:
             async def execute(self, *args: Any, **kwargs: Any) -> Any:
                 test.sent.set()
                 await test.go.wait()
-                if test.each:  # the next commit waits for a go of its own
+                if test.each:
                     test.go.clear()
                 return await self.cur.execute(*args, **kwargs)
 
         store._writer.cursor = Cursor  # type: ignore[method-assign, assignment]
         store._busy = True  # as when several arrive during each commit
 
+    async def in_the_air(self) -> None:
+        await asyncio.wait_for(self.sent.wait(), 10)
+        self.sent.clear()
+
+
+@contextlib.asynccontextmanager
+async def _alone(backend: Backend, others: int = 0) -> AsyncIterator[list[PostgresStore]]:
+    """A store whose batches go optimistic at once (its replica loaded), and ``others``
+    more stores on the same database, all closed after."""
+    stores = [await _open(backend) for _ in range(1 + others)]
+    stores[0].solo_after = 0.0
+    try:
+        for i in range(2):
+            await stores[0].transact(lambda tx, i=i: _grant(tx, f"warm/{i}"))  # type: ignore[misc]
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def _arrive(store: PostgresStore, *fns: Callable[[Tx], Awaitable[Any]]) -> list[Any]:
+    """Transactions sent to ``store`` now, once they reached it (yields, no timing)."""
+    futs = [asyncio.ensure_future(store.transact(fn)) for fn in fns]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return futs
+
+
+def _free(resource: str) -> Callable[[Tx], Awaitable[Lease]]:
+    return lambda tx: _grant_free(tx, resource)
+
 
 async def _grant_free(tx: Tx, resource: str) -> Lease:
     if await tx.held_related([resource]):
         raise Held(f"{resource} is held")
     return await _grant(tx, resource)
-
-
-async def test_what_arrives_while_a_commit_is_in_the_air_is_decided_ahead(
-    pg_backend: Backend,
-) -> None:
-    """A lone server decides the transactions that arrive while its commit is in the air,
-    on the replica as that commit leaves it, and sends them the moment it is back: in
-    arrival order, tokens rising, one chain; a transaction that must read the database is
-    not decided ahead (the next batch then runs the usual way, after the commit)."""
-    store = await _open(pg_backend)
-    store.solo_after = 0.0
-    try:
-        for i in range(2):  # the replica is loaded; batches go optimistic from here
-            await store.transact(lambda tx, i=i: _grant(tx, f"warm/{i}"))  # type: ignore[misc]
-        held = _HeldBack(store)
-        batches, ahead, retries = store.batches, store.ahead_batches, store.retries
-        first = asyncio.ensure_future(store.transact(lambda tx: _grant_free(tx, "a/0")))
-        await asyncio.wait_for(held.sent.wait(), 10)
-        rest = [
-            asyncio.ensure_future(store.transact(lambda tx, r=r: _grant_free(tx, r)))  # type: ignore[misc]
-            for r in ("a/1", "a/0", "a/2")  # a/0 is taken by the batch in the air
-        ]
-        for _ in range(5):
-            await asyncio.sleep(0)  # the arrivals reach the store (no timing: yields)
-        assert store.ahead_batches == ahead  # counted when the commit comes back
-        held.go.set()
-        out = await asyncio.wait_for(asyncio.gather(first, *rest, return_exceptions=True), 10)
-        assert isinstance(out[2], Held), out
-        leases = [out[0], out[1], out[3]]
-        assert [l.resource for l in leases] == ["a/0", "a/1", "a/2"]  # type: ignore[union-attr]
-        tokens = [l.fencing_token for l in leases]  # type: ignore[union-attr]
-        assert tokens == sorted(set(tokens))
-        assert store.batches == batches + 2 and store.ahead_batches == ahead + 1
-        assert store.retries == retries  # decided on the right version: nothing refused
-
-        # a transaction that reads the database ends deciding ahead: it runs after
-        held.sent.clear()
-        held.go.clear()
-        store._busy = True
-        first = asyncio.ensure_future(store.transact(lambda tx: _grant_free(tx, "b/0")))
-        await asyncio.wait_for(held.sent.wait(), 10)
-        rest = [
-            asyncio.ensure_future(store.transact(lambda tx: _grant_free(tx, "b/1"))),
-            asyncio.ensure_future(store.transact(_pid)),
-        ]
-        for _ in range(5):
-            await asyncio.sleep(0)
-        held.go.set()
-        out = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
-        assert [out[0].resource, out[1].resource] == ["b/0", "b/1"] and isinstance(out[2], int)
-        assert store.ahead_batches == ahead + 1 and store.retries == retries  # nothing sent early
-        found = await store.transact(lambda tx: tx.held_related(["a", "b"]))
-        assert [l.resource for l in found] == ["a/0", "a/1", "a/2", "b/0", "b/1"]
-        assert (await _chain(store)).ok
-    finally:
-        await store.close()
-
-
-async def test_a_batch_decided_ahead_is_taken_back_when_the_commit_before_it_fails(
-    pg_backend: Backend,
-) -> None:
-    """Another server writes while this one's commit is in the air: that commit is refused
-    by the head, and the batch decided on top of it is taken back before it is undone, then
-    decided again once the replica has caught up — so it sees the other server's lease
-    (a decision kept from before would have granted the same resource twice)."""
-    a, other = await _open(pg_backend), await _open(pg_backend)
-    a.solo_after = 0.0
-    try:
-        for i in range(2):
-            await a.transact(lambda tx, i=i: _grant(tx, f"warm/{i}"))  # type: ignore[misc]
-        held = _HeldBack(a)
-        retries = a.retries
-        first = asyncio.ensure_future(a.transact(lambda tx: _grant_free(tx, "c/0")))
-        await asyncio.wait_for(held.sent.wait(), 10)
-        second = asyncio.ensure_future(a.transact(lambda tx: _grant_free(tx, "c/1")))
-        for _ in range(5):
-            await asyncio.sleep(0)
-        theirs = await other.transact(lambda tx: _grant_free(tx, "c/1"))  # meanwhile
-        held.go.set()
-        mine = await asyncio.wait_for(first, 10)
-        with pytest.raises(Held):
-            await asyncio.wait_for(second, 10)
-        assert a.retries >= retries + 1 and a.ahead_batches >= 1
-        assert mine.fencing_token > theirs.fencing_token
-        found = await a.transact(lambda tx: tx.held_related(["c"]))
-        assert [(l.resource, l.fencing_token) for l in found] == [
-            ("c/1", theirs.fencing_token),
-            ("c/0", mine.fencing_token),
-        ]
-        assert (await _chain(a)).ok
-    finally:
-        await a.close()
-        await other.close()
 
 
 async def _release_all(tx: Tx, resource: str) -> int:
@@ -339,44 +279,101 @@ async def _release_all(tx: Tx, resource: str) -> int:
     return len(held)
 
 
+async def _tokens(store: PostgresStore, prefix: str) -> list[tuple[str, int]]:
+    found = await store.transact(lambda tx: tx.held_related([prefix]))
+    return [(l.resource, l.fencing_token) for l in found]
+
+
+async def test_what_arrives_while_a_commit_is_in_the_air_is_decided_ahead(
+    pg_backend: Backend,
+) -> None:
+    """A lone server decides the transactions that arrive while its commit is in the air,
+    on the replica as that commit leaves it, and sends them the moment it is back: in
+    arrival order, tokens rising, one chain; a transaction that must read the database is
+    not decided ahead (the next batch then runs the usual way, after the commit)."""
+    async with _alone(pg_backend) as (store,):
+        held = _HeldBack(store)
+        batches, ahead, retries = store.batches, store.ahead_batches, store.retries
+        first = await _arrive(store, _free("a/0"))
+        await held.in_the_air()
+        rest = await _arrive(store, _free("a/1"), _free("a/0"), _free("a/2"))  # a/0 is taken
+        held.go.set()
+        out = await asyncio.wait_for(asyncio.gather(*first, *rest, return_exceptions=True), 10)
+        assert isinstance(out[2], Held), out
+        assert [l.resource for l in (out[0], out[1], out[3])] == ["a/0", "a/1", "a/2"]
+        tokens = [l.fencing_token for l in (out[0], out[1], out[3])]
+        assert tokens == sorted(set(tokens))
+        assert store.batches == batches + 2 and store.ahead_batches == ahead + 1
+        assert store.retries == retries  # decided on the right version: nothing refused
+
+        # a transaction that reads the database ends deciding ahead: it runs after
+        held.go.clear()
+        store._busy = True
+        first = await _arrive(store, _free("b/0"))
+        await held.in_the_air()
+        rest = await _arrive(store, _free("b/1"), _pid)
+        held.go.set()
+        out = await asyncio.wait_for(asyncio.gather(*first, *rest), 10)
+        assert [out[0].resource, out[1].resource] == ["b/0", "b/1"] and isinstance(out[2], int)
+        assert store.ahead_batches == ahead + 1 and store.retries == retries  # nothing sent early
+        assert [r for r, _ in await _tokens(store, "a")] == ["a/0", "a/1", "a/2"]
+        assert [r for r, _ in await _tokens(store, "b")] == ["b/0", "b/1"]
+        assert (await _chain(store)).ok
+
+
+async def test_a_batch_decided_ahead_is_taken_back_when_the_commit_before_it_fails(
+    pg_backend: Backend,
+) -> None:
+    """Another server writes while this one's commit is in the air: that commit is refused
+    by the head, and the batch decided on top of it is taken back before it is undone, then
+    decided again once the replica has caught up — so it sees the other server's lease
+    (a decision kept from before would have granted the same resource twice)."""
+    async with _alone(pg_backend, others=1) as (a, other):
+        held = _HeldBack(a)
+        retries = a.retries
+        first = await _arrive(a, _free("c/0"))
+        await held.in_the_air()
+        second = await _arrive(a, _free("c/1"))
+        theirs = await other.transact(_free("c/1"))  # meanwhile
+        held.go.set()
+        mine = await asyncio.wait_for(first[0], 10)
+        with pytest.raises(Held):
+            await asyncio.wait_for(second[0], 10)
+        assert a.retries >= retries + 1 and a.ahead_batches >= 1
+        assert await _tokens(a, "c") == [
+            ("c/1", theirs.fencing_token),
+            ("c/0", mine.fencing_token),
+        ]
+        assert (await _chain(a)).ok
+
+
 async def test_a_batch_decided_ahead_is_refused_on_its_own_when_another_server_wrote(
     pg_backend: Backend,
 ) -> None:
     """The batch in the air commits; another server writes before the batch decided ahead
     is sent: that one is refused by the head, taken back and decided again after the
     catch-up, where it sees the other server's lease."""
-    a, other = await _open(pg_backend), await _open(pg_backend)
-    a.solo_after = 0.0
-    try:
-        for i in range(2):
-            await a.transact(lambda tx, i=i: _grant(tx, f"warm/{i}"))  # type: ignore[misc]
+    async with _alone(pg_backend, others=1) as (a, other):
         held = _HeldBack(a, each=True)
         retries = a.retries
-        first = asyncio.ensure_future(a.transact(lambda tx: _grant_free(tx, "d/0")))
-        await asyncio.wait_for(held.sent.wait(), 10)
-        held.sent.clear()
-        second = asyncio.ensure_future(a.transact(lambda tx: _grant_free(tx, "d/1")))
-        for _ in range(5):
-            await asyncio.sleep(0)
+        first = await _arrive(a, _free("d/0"))
+        await held.in_the_air()
+        second = await _arrive(a, _free("d/1"))
         held.go.set()  # the first commits; the one decided ahead comes to the gate
-        mine = await asyncio.wait_for(first, 10)
-        await asyncio.wait_for(held.sent.wait(), 10)
-        theirs = await asyncio.wait_for(other.transact(lambda tx: _grant_free(tx, "d/1")), 10)
+        mine = await asyncio.wait_for(first[0], 10)
+        await held.in_the_air()
+        theirs = await asyncio.wait_for(other.transact(_free("d/1")), 10)
         held.go.set()
         with pytest.raises(Held):
-            await asyncio.wait_for(second, 10)
+            await asyncio.wait_for(second[0], 10)
         assert a.ahead_batches >= 1 and a.retries == retries + 1
         held.each = False
         held.go.set()
-        found = await a.transact(lambda tx: tx.held_related(["d"]))
-        assert [(l.resource, l.fencing_token) for l in found] == [
+        assert await _tokens(a, "d") == [
             ("d/0", mine.fencing_token),
             ("d/1", theirs.fencing_token),
         ]
         assert (await _chain(a)).ok
-    finally:
-        await a.close()
-        await other.close()
 
 
 async def test_deciding_ahead_stops_when_the_lesson_of_the_clock_is_stale(
@@ -385,33 +382,17 @@ async def test_deciding_ahead_stops_when_the_lesson_of_the_clock_is_stale(
     """A chain of batches decided ahead never goes through the lock, where the database
     clock is learned: once that lesson is older than ``optimistic_for``, the next commit
     decides nothing ahead, and the batch after it learns the clock again."""
-    store = await _open(pg_backend)
-    store.solo_after = 0.0
-    try:
-        for i in range(2):
-            await store.transact(lambda tx, i=i: _grant(tx, f"warm/{i}"))  # type: ignore[misc]
+    async with _alone(pg_backend) as (store,):
         held = _HeldBack(store, each=True)
-
-        def grants(*names: str) -> list[asyncio.Future[Lease]]:
-            return [
-                asyncio.ensure_future(store.transact(lambda tx, r=r: _grant_free(tx, r)))  # type: ignore[misc]
-                for r in names
-            ]
-
-        first = grants("f/0")
-        await asyncio.wait_for(held.sent.wait(), 10)
-        held.sent.clear()
-        second = grants("f/1", "f/2")  # decided ahead: the lesson was fresh at f/0's commit
-        for _ in range(5):
-            await asyncio.sleep(0)
+        first = await _arrive(store, _free("f/0"))
+        await held.in_the_air()
+        second = await _arrive(store, _free("f/1"), _free("f/2"))  # the lesson is fresh
         live = store._live
         assert live is not None
         stale = live.learned = time.monotonic() - 2 * store.optimistic_for
         held.go.set()
-        await asyncio.wait_for(held.sent.wait(), 10)  # f/1 and f/2 at the gate
-        third = grants("f/3", "f/4")
-        for _ in range(5):
-            await asyncio.sleep(0)
+        await held.in_the_air()  # f/1 and f/2 at the gate
+        third = await _arrive(store, _free("f/3"), _free("f/4"))
         assert len(store._queue) == 2  # not taken to be decided on the stale lesson
         held.each = False
         held.go.set()
@@ -419,8 +400,6 @@ async def test_deciding_ahead_stops_when_the_lesson_of_the_clock_is_stale(
         assert [l.resource for l in leases] == [f"f/{i}" for i in range(5)]
         assert store._live is not None and store._live.learned > stale + store.optimistic_for
         assert (await _chain(store)).ok
-    finally:
-        await store.close()
 
 
 async def test_a_refused_commit_is_undone_after_the_batch_decided_on_top_of_it(
@@ -430,29 +409,19 @@ async def test_a_refused_commit_is_undone_after_the_batch_decided_on_top_of_it(
     refused; the release must be taken back first, newest first — undone the other way
     round, the replica would keep a lease nobody holds, and the grant's second attempt
     would find its resource taken."""
-    a, other = await _open(pg_backend), await _open(pg_backend)
-    a.solo_after = 0.0
-    try:
-        for i in range(2):
-            await a.transact(lambda tx, i=i: _grant(tx, f"warm/{i}"))  # type: ignore[misc]
+    async with _alone(pg_backend, others=1) as (a, other):
         held = _HeldBack(a)
-        first = asyncio.ensure_future(a.transact(lambda tx: _grant_free(tx, "e/0")))
-        await asyncio.wait_for(held.sent.wait(), 10)
-        second = asyncio.ensure_future(a.transact(lambda tx: _release_all(tx, "e/0")))
-        for _ in range(5):
-            await asyncio.sleep(0)
-        assert a.ahead_batches == 0 and not second.done()
-        await other.transact(lambda tx: _grant_free(tx, "e/9"))  # a is refused
+        first = await _arrive(a, _free("e/0"))
+        await held.in_the_air()
+        second = await _arrive(a, lambda tx: _release_all(tx, "e/0"))
+        assert a.ahead_batches == 0 and not second[0].done()
+        await other.transact(_free("e/9"))  # a is refused
         held.go.set()
-        lease = await asyncio.wait_for(first, 10)
+        lease = await asyncio.wait_for(first[0], 10)
         assert lease.resource == "e/0"
-        assert await asyncio.wait_for(second, 10) == 1  # and it released that lease
-        found = await a.transact(lambda tx: tx.held_related(["e"]))
-        assert [l.resource for l in found] == ["e/9"]
+        assert await asyncio.wait_for(second[0], 10) == 1  # and it released that lease
+        assert [r for r, _ in await _tokens(a, "e")] == ["e/9"]
         assert (await _chain(a)).ok
-    finally:
-        await a.close()
-        await other.close()
 
 
 async def test_the_engine_marks_a_queue_join_patient_so_the_release_shares_its_commit(

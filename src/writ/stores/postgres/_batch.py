@@ -36,7 +36,7 @@ def _take_back(b: _Batch) -> None:
     b.live.forget()
 
 
-def _undone(b: _Batch) -> _Live | None:
+def _undone(b: _Batch) -> _Live:
     """The replica after an optimistic batch was refused: its transactions' changes are
     taken back, so it is as the last commit left it; the next batch catches it up under
     the lock."""

@@ -300,12 +300,12 @@ _CATCH_UP_QUEUE = (
 # statement of its own (autocommit: the statement is the transaction), whose parameters
 # are typed here because PostgreSQL infers nothing from a prepared call's text (``$n``
 # placeholders: it goes through a raw cursor, with no conversion from ``%s``).
-_WRIT_BATCH = "SELECT writ_batch(" + ", ".join(["%s"] * 19) + ")"
 _WRIT_BATCH_TYPES = (
     *("bigint", "bigint", "jsonb", "jsonb", "jsonb", "jsonb", "jsonb"),
     *("bigint", "text", "float8", "bigint", "int", "int"),
     *("bigint", "bigint", "bigint", "bigint", "text", "jsonb"),
 )
+_WRIT_BATCH = "SELECT writ_batch(" + ", ".join(["%s"] * len(_WRIT_BATCH_TYPES)) + ")"
 _WRIT_BATCH_TYPED = (
     "SELECT writ_batch("
     + ", ".join(f"${i}::{t}" for i, t in enumerate(_WRIT_BATCH_TYPES, start=1))

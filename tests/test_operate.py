@@ -92,6 +92,14 @@ async def test_metrics_after_a_story_count_what_happened(engine: Engine) -> None
     assert value(found, "writ_store_commit_seconds_count") >= 5  # 2 principals, 2 leases, 1 end
     # granted, two denied, released, and the two principals' rows
     assert value(found, "writ_audit_rows_total") == 6
+    # where the store's batches spent their time: the PostgreSQL store says (lock, decide,
+    # commit), SQLite has no such phases and shows none
+    phases = {
+        dict(ls)["phase"]: v for (n, ls), v in found.items() if n.startswith("writ_store_batch")
+    }
+    assert phases == engine.store.phase_s
+    if phases:
+        assert set(phases) == {"lock", "decide", "commit"} and phases["commit"] > 0
     http = "writ_http_request_duration_seconds_count"
     assert value(found, http, method="POST", route="/v1/leases", status="201") == 1
     assert value(found, http, method="POST", route="/v1/leases", status="409") == 2

@@ -170,8 +170,10 @@ async def test_a_batch_that_waited_for_the_head_lock_takes_in_what_queued_meanwh
     holder = await psycopg.AsyncConnection.connect(pg_backend._pg_conninfo())
     began = asyncio.Event()
     begin = store._begin
+    went: list[float] = []
 
     async def _begin(conn: Any) -> Any:  # the first batch took its items: it goes for the lock
+        went.append(time.perf_counter())
         began.set()
         return await begin(conn)
 
@@ -183,6 +185,7 @@ async def test_a_batch_that_waited_for_the_head_lock_takes_in_what_queued_meanwh
             )
         )  # another server's hold
         batches, done = store.batches, store.transactions
+        phases = dict(store.phase_s)
         first = asyncio.ensure_future(store.transact(lambda tx: _grant(tx, "l/0")))
         await asyncio.wait_for(began.wait(), 10)
         rest = [
@@ -190,8 +193,13 @@ async def test_a_batch_that_waited_for_the_head_lock_takes_in_what_queued_meanwh
             for i in range(1, 4)
         ]
         await holder.rollback()
+        freed = time.perf_counter()
         leases = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
         assert store.batches == batches + 1 and store.transactions == done + 4
+        # the wait for the lock shows as the batch's lock phase (writ_store_batch_seconds)
+        assert store.phase_s["lock"] - phases["lock"] >= freed - went[0]
+        assert store.phase_s["decide"] > phases["decide"]
+        assert store.phase_s["commit"] > phases["commit"]
         assert [l.resource for l in leases] == ["l/0", "l/1", "l/2", "l/3"]
         tokens = [l.fencing_token for l in leases]
         assert tokens == sorted(set(tokens))

@@ -326,6 +326,9 @@ class Store(ABC):
         # from BEGIN to durable COMMIT. Called on the event loop, after the commit.
         self.row_observers: list[Callable[[list[Sealed]], None]] = []
         self.commit_observers: list[Callable[[float], None]] = []
+        # seconds the committed batches spent in each phase of a store's own (the
+        # PostgreSQL store's: lock, decide, commit); empty for a store that does not say
+        self.phase_s: dict[str, float] = {}
 
     def principals_generation(self) -> int | None:
         """A number that changes whenever a principal is updated or deleted, by writ or by

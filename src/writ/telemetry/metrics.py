@@ -246,6 +246,13 @@ class Metrics:
             ("kind", "outcome"),
         )
         self.audit_rows = _Family(C, "writ_audit_rows", "Audit rows committed by this process")
+        self.batch_phases = _Family(
+            C,
+            "writ_store_batch_seconds",
+            "Seconds this process's committed store batches spent per phase (PostgreSQL: "
+            "lock = waiting for the head lock and catching up, decide, commit)",
+            ("phase",),
+        )
         r.register(
             _Families(
                 [
@@ -259,6 +266,7 @@ class Metrics:
                     self.outbound,
                     self.commit_f,
                     self.audit_rows,
+                    self.batch_phases,
                     self.http_f,
                 ]
             )
@@ -331,6 +339,9 @@ class Metrics:
     async def render(self) -> bytes:
         """The text exposition, with the gauges read from the store now."""
         if self._engine is not None:
+            phases = self.batch_phases.values
+            for phase, seconds in self._engine.store.phase_s.items():
+                phases[(phase,)] = seconds
             try:
                 held, waiting = await self._engine.store.read(lambda tx: tx.gauges())
             except WritError:

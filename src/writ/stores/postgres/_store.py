@@ -143,6 +143,12 @@ class PostgresStore(_Listener, _Transfer, _Gather, Store):
         self.alone_batches = 0  # of those, sent as one prepared statement (see _commit)
         self.ahead_batches = 0  # decided while the one before committed (see _Gather)
         self.loads = 0  # full loads of the live replica
+        # where committed batches spent their time (see Store.phase_s): "lock", from the
+        # batch's start until it held the head lock, caught up (a batch decided before the
+        # lock waits for it inside its commit instead); "decide", its transactions (and the
+        # company it took in); "commit", its last round trip (and what was decided ahead
+        # meanwhile)
+        self.phase_s.update(lock=0.0, decide=0.0, commit=0.0)
         self.applied: list[str] = []  # migrations this store applied when it opened
         self.retries = 0
 
@@ -414,7 +420,7 @@ class PostgresStore(_Listener, _Transfer, _Gather, Store):
     async def _attempt(
         self, items: list[_Item], attempt: int = 1, carry: _Ahead | None = None
     ) -> None:
-        began = time.perf_counter()
+        began = held = sending = time.perf_counter()
         done: list[tuple[asyncio.Future[Any], Any, BaseException | None, PgTx]] = []
         with _translate("write"):
             async with self._writer.use(self._pool_or_fail(), self._keeps) as conn:
@@ -428,6 +434,7 @@ class PostgresStore(_Listener, _Transfer, _Gather, Store):
                         b = self._begin_optimistic(conn, live)
                     else:
                         b = await self._begin(conn)
+                    held = time.perf_counter()
                     # company joins ``items`` itself, so a retry, a split or a failure
                     # covers those transactions too
                     i = len(done)
@@ -439,6 +446,7 @@ class PostgresStore(_Listener, _Transfer, _Gather, Store):
                         if not more:
                             break
                         items += more
+                    sending = time.perf_counter()
                     notes = await self._commit(b, [tx for _, _, e, tx in done if e is None])
                 except BaseException as exc:
                     if isinstance(exc, pgerrors.SerializationFailure) and b and b.optimistic:
@@ -464,10 +472,13 @@ class PostgresStore(_Listener, _Transfer, _Gather, Store):
                         if isinstance(exc, psycopg.Error):
                             raise _Split(exc) from exc
                         raise
-        if self.commit_observers:
-            took = time.perf_counter() - began
-            for observe in self.commit_observers:
-                observe(took)
+        ended = time.perf_counter()
+        phase = self.phase_s
+        phase["lock"] += held - began
+        phase["decide"] += max(sending - held, 0.0)
+        phase["commit"] += ended - max(sending, held)
+        for observe in self.commit_observers:
+            observe(ended - began)
         self._settle(b, done, notes)
 
     async def _commit(self, b: _Batch, ok: list[PgTx]) -> list[tuple[str, dict[str, Any]]]:

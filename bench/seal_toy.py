@@ -13,9 +13,16 @@ fills the placeholders, hashes ``prev_hash + body`` with ``sha256()`` and insert
 the ledger row (writ's tables and indexes); it moves the head once. The lock spans the
 database's execution and the fsync only.
 
-It prints pairs/s for 1 process × 16, 2 × 8, 3 × 5 and 1 × 8, then checks the chain it wrote
+It prints pairs/s for 1 writer × 16 (building each call's bodies after the call before
+returned, and again building them while it is in the air — the overlap a lone writ server
+gets by deciding ahead, and the fair baseline for several writers), 2 × 8 and 3 × 5, with the
+writers' CPU, then checks the chain it wrote
 (every hash recomputed in Python, ``seq`` without gaps, tokens rising in ``seq`` order).
-There is no engine: the figures are the database's ceiling for this shape, not writ's.
+There is no engine: the figures are the database's ceiling for this shape, not writ's. Left
+out of the toy, and part of the design (docs/scaling.md, "What is not done"): the check of
+what each transaction read against ``leases.wseq`` and the queue and policy versions (here,
+held leases on the batch's own resources only), time assigned under the lock (here, by the
+writer), the queue, and renumbering the tokens in the server's answers.
 
     python -m bench.seal_toy [--url postgresql://…/test] [--seconds 4]
 """
@@ -28,6 +35,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import time
+from collections.abc import Iterator
 from typing import Any
 
 SCHEMA = "bench_seal_toy"
@@ -116,7 +124,12 @@ def template(event: str, resource: str, lease_id: str) -> str:
     return text
 
 
-def _process(url: str, idx: int, batch: int, seconds: float, tag: str, out: Any) -> None:
+def _process(
+    url: str, idx: int, batch: int, seconds: float, tag: str, ahead: bool, out: Any
+) -> None:
+    """One writer: acquires then releases ``batch`` resources of its own, one call each,
+    until the window ends. With ``ahead``, each call's arguments are built while the call
+    before it is in the air (what deciding ahead does for a lone writ server)."""
     import psycopg
 
     async def main() -> None:
@@ -124,20 +137,39 @@ def _process(url: str, idx: int, batch: int, seconds: float, tag: str, out: Any)
             url, autocommit=True, options=f"-c search_path={SCHEMA}"
         )
         res = [f"r/{tag}/{idx}/{c}" for c in range(batch)]
-        pairs, k = 0, 0
+
+        def calls() -> Iterator[tuple[str, tuple[Any, ...]]]:
+            k = 0
+            while True:
+                k += 1
+                ids = [f"ls_{tag}_{idx}_{k}_{c}" for c in range(batch)]
+                for fn, event in (
+                    ("toy_acquire", "lease.granted"),
+                    ("toy_release", "lease.released"),
+                ):
+                    bodies = [template(event, r, i) for r, i in zip(res, ids, strict=True)]
+                    yield f"SELECT {fn}(%s, %s, %s, %s)", (ids, res, bodies, time.time())
+
+        made = calls()
+        calls_done, cpu0 = 0, None
         start = time.perf_counter() + 0.5
         stop = start + seconds
+        nxt = next(made)
         while (now := time.perf_counter()) < stop:
-            k += 1
-            ids = [f"ls_{tag}_{idx}_{k}_{c}" for c in range(batch)]
-            for fn, event in (("toy_acquire", "lease.granted"), ("toy_release", "lease.released")):
-                bodies = [template(event, r, i) for r, i in zip(res, ids, strict=True)]
-                await conn.execute(
-                    f"SELECT {fn}(%s, %s, %s, %s)", (ids, res, bodies, time.time()), prepare=True
-                )
-            pairs += batch if now >= start else 0
+            if cpu0 is None and now >= start:
+                cpu0 = time.process_time()
+            call = asyncio.ensure_future(conn.execute(*nxt, prepare=True))
+            if ahead:
+                await asyncio.sleep(0)  # the call is sent; build the next one meanwhile
+                nxt = next(made)
+                await call
+            else:
+                await call
+                nxt = next(made)
+            calls_done += now >= start
         await conn.close()
-        out.put(pairs / seconds)
+        pairs = calls_done // 2 * batch
+        out.put((pairs / seconds, (time.process_time() - (cpu0 or 0.0)) / seconds))
 
     asyncio.run(main())
 
@@ -168,27 +200,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test")
     ap.add_argument("--seconds", type=float, default=4.0)
     args = ap.parse_args(argv)
-    with psycopg.connect(args.url, autocommit=True) as c:
-        c.execute(DDL.format(s=SCHEMA))
     ctx = mp.get_context("spawn")
-    print("| processes | batch | pairs/s |\n|---|---|---|")
+    print("| writers | batch | pairs/s | writers' CPU (cores) |\n|---|---|---|---|")
+    procs: list[Any] = []
     try:
-        for k, batch in ((1, 16), (2, 8), (3, 5), (1, 8)):
+        with psycopg.connect(args.url, autocommit=True) as c:
+            c.execute(DDL.format(s=SCHEMA))
+        for k, batch, ahead in ((1, 16, False), (1, 16, True), (2, 8, False), (3, 5, False)):
             out: Any = ctx.Queue()
+            tag = f"{k}x{batch}{'a' if ahead else ''}"
             procs = [
                 ctx.Process(
-                    target=_process, args=(args.url, i, batch, args.seconds, f"{k}x{batch}", out)
+                    target=_process, args=(args.url, i, batch, args.seconds, tag, ahead, out)
                 )
                 for i in range(k)
             ]
             for p in procs:
                 p.start()
-            rates = [out.get(timeout=args.seconds + 60) for _ in procs]
+            got = [out.get(timeout=args.seconds + 60) for _ in procs]
             for p in procs:
                 p.join()
-            print(f"| {k} | {batch} | {sum(rates):,.0f} |", flush=True)
+            rate, cpu = sum(g[0] for g in got), sum(g[1] for g in got)
+            how = f"{k}, next call built while one is in the air" if ahead else str(k)
+            print(f"| {how} | {batch} | {rate:,.0f} | {cpu:.2f} |", flush=True)
         print(f"\nchain checked: {check(args.url):,} rows, hashes, seq and tokens in order")
     finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
         with psycopg.connect(args.url, autocommit=True) as c:
             c.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
 

@@ -2,13 +2,15 @@
 against several.
 
 No HTTP and no loader process: each of ``--servers`` processes opens the same PostgreSQL
-store (one schema, made afresh) with an :class:`~writ.engine.Engine` of its own and runs
-``--clients`` in-process clients, each looping acquire → release on a resource of its own
+store (schema ``bench_store``, made afresh and dropped after) with an
+:class:`~writ.engine.Engine` of its own and runs ``--clients`` ÷ servers in-process clients,
+each looping acquire → release on a resource of its own
 (the ``d16`` scenario of ``bench.run`` with the HTTP layer taken out). Every process then
 reports its pairs, its CPU time and its store's counters, and the table shows, per
 configuration:
 
-* pairs/s over the measured window (after a one-second warm-up), and the servers' CPU;
+* pairs/s over the measured window (one window for all: the servers start together, after
+  they have all opened the store, and warm up for a second), and the servers' CPU in it;
 * transactions per committed batch, and the share of batches decided before the head lock
   (optimistic: one round trip each);
 * the mean milliseconds a batch spends in each phase (``PostgresStore.phase_s``, exported
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import queue
 import sys
 import time
 from typing import Any
@@ -37,7 +40,7 @@ from typing import Any
 SCHEMA = "bench_store"
 
 
-def _server(url: str, idx: int, clients: int, seconds: float, out: Any) -> None:
+def _server(url: str, idx: int, clients: int, seconds: float, ready: Any, out: Any) -> None:
     import uvloop
 
     from writ.engine import Engine
@@ -48,6 +51,7 @@ def _server(url: str, idx: int, clients: int, seconds: float, out: Any) -> None:
         engine = Engine(store, None)
         await store.open()
         me, _ = await engine.add_principal(None, f"bench-{idx}", "agent")
+        ready.wait()  # every server is open: start together
         start = time.perf_counter() + 1.0  # the warm-up ends
         stop = start + seconds
         pairs = 0
@@ -78,34 +82,55 @@ def _server(url: str, idx: int, clients: int, seconds: float, out: Any) -> None:
     uvloop.run(main())
 
 
-def run(url: str, servers: int, clients: int, seconds: float) -> dict[str, Any]:
-    import psycopg
+def _store_url(url: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}schema={SCHEMA}"
 
-    base = url.split("?", 1)[0]
-    with psycopg.connect(base, autocommit=True) as c:
-        c.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-    store_url = f"{base}?schema={SCHEMA}"
+
+def run(url: str, servers: int, clients: int, seconds: float) -> dict[str, Any]:
+    """``servers`` processes of ``clients`` each on a fresh schema; the table row."""
+    import psycopg
 
     from writ.stores import open_store
 
+    def drop() -> None:
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+
     async def migrate() -> None:  # once, before the servers race to open it
-        s = open_store(store_url)
+        s = open_store(_store_url(url))
         await s.open()
         await s.close()
 
-    asyncio.run(migrate())
-    out: Any = mp.get_context("spawn").Queue()
+    drop()
+    ctx = mp.get_context("spawn")
+    ready, out = ctx.Barrier(servers), ctx.Queue()
     procs = [
-        mp.get_context("spawn").Process(target=_server, args=(store_url, i, clients, seconds, out))
+        ctx.Process(target=_server, args=(_store_url(url), i, clients, seconds, ready, out))
         for i in range(servers)
     ]
-    for p in procs:
-        p.start()
-    got = [out.get(timeout=seconds + 120) for _ in procs]
-    for p in procs:
-        p.join()
-    with psycopg.connect(base, autocommit=True) as c:
-        c.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+    try:
+        asyncio.run(migrate())
+        for p in procs:
+            p.start()
+        got: list[Any] = []
+        give_up = time.monotonic() + seconds + 120
+        for _ in procs:
+            while True:
+                try:
+                    got.append(out.get(timeout=1.0))
+                    break
+                except queue.Empty:
+                    if time.monotonic() > give_up:
+                        raise RuntimeError("the servers did not finish in time") from None
+                    if any(p.exitcode not in (None, 0) for p in procs):
+                        raise RuntimeError("a server process failed (its error is above)") from None
+    finally:
+        for p in procs:
+            if p.pid is not None:  # started
+                p.join(timeout=5)
+                if p.is_alive():
+                    p.terminate()
+        drop()
     batches = sum(g[2] for g in got) or 1
     phases = {k: sum(g[5].get(k, 0.0) for g in got) for k in ("lock", "decide", "commit")}
     return {
@@ -121,7 +146,11 @@ def run(url: str, servers: int, clients: int, seconds: float) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test")
+    ap.add_argument(
+        "--url",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="a PostgreSQL URL (libpq options in its query are kept)",
+    )
     ap.add_argument("--servers", default="1,2", help="comma-separated server counts")
     ap.add_argument(
         "--clients", type=int, default=16, help="clients in all, split over the servers"
@@ -134,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(run(args.url, n, max(args.clients // n, 1), args.seconds))
     one = rows[0]["pairs_s"] or 1
     print(
-        "| servers | clients | pairs/s | ÷ first | server CPU | tx/batch | optimistic "
+        "| servers | clients | pairs/s | ÷ first row | server CPU | tx/batch | optimistic "
         "| lock ms | decide ms | commit ms |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")

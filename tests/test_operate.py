@@ -98,7 +98,7 @@ async def test_metrics_after_a_story_count_what_happened(engine: Engine) -> None
         dict(ls)["phase"]: v for (n, ls), v in found.items() if n.startswith("writ_store_batch")
     }
     assert phases == engine.store.phase_s
-    if phases:
+    if phases:  # (that they add up to the batches' time: test_pg_scaleout)
         assert set(phases) == {"lock", "decide", "commit"} and phases["commit"] > 0
     http = "writ_http_request_duration_seconds_count"
     assert value(found, http, method="POST", route="/v1/leases", status="201") == 1

@@ -209,8 +209,8 @@ class Metrics:
         self.commit_f = _Family(
             H,
             "writ_store_commit_seconds",
-            "A store commit from BEGIN to durable COMMIT (SQLite: one group-commit batch; "
-            "PostgreSQL: one transaction)",
+            "A store commit, to durable COMMIT (SQLite: one group-commit batch from BEGIN; "
+            "PostgreSQL: one batch from its start, head lock wait and decisions included)",
             buckets=COMMIT_BUCKETS,
         )
         self.http_f = _Family(

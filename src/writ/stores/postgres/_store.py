@@ -143,11 +143,14 @@ class PostgresStore(_Listener, _Transfer, _Gather, Store):
         self.alone_batches = 0  # of those, sent as one prepared statement (see _commit)
         self.ahead_batches = 0  # decided while the one before committed (see _Gather)
         self.loads = 0  # full loads of the live replica
-        # where committed batches spent their time (see Store.phase_s): "lock", from the
-        # batch's start until it held the head lock, caught up (a batch decided before the
-        # lock waits for it inside its commit instead); "decide", its transactions (and the
-        # company it took in); "commit", its last round trip (and what was decided ahead
-        # meanwhile)
+        # where committed batches spent their time (see Store.phase_s), adding up to what
+        # commit_observers see: "lock", from the attempt's start (the connection) until it
+        # held the head lock, caught up — an optimistic batch waits for the lock inside its
+        # commit instead; "decide", its transactions, the company it took in and any wait
+        # for that company (a batch decided ahead has done this during the commit before
+        # it, which counts it); "commit", its last round trip, with what was decided ahead
+        # meanwhile and, after a lost connection, finding out whether it committed. A failed
+        # attempt (refused, retried, split) counts nowhere
         self.phase_s.update(lock=0.0, decide=0.0, commit=0.0)
         self.applied: list[str] = []  # migrations this store applied when it opened
         self.retries = 0
@@ -475,8 +478,8 @@ class PostgresStore(_Listener, _Transfer, _Gather, Store):
         ended = time.perf_counter()
         phase = self.phase_s
         phase["lock"] += held - began
-        phase["decide"] += max(sending - held, 0.0)
-        phase["commit"] += ended - max(sending, held)
+        phase["decide"] += sending - held
+        phase["commit"] += ended - sending
         for observe in self.commit_observers:
             observe(ended - began)
         self._settle(b, done, notes)

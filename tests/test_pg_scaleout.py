@@ -170,10 +170,10 @@ async def test_a_batch_that_waited_for_the_head_lock_takes_in_what_queued_meanwh
     holder = await psycopg.AsyncConnection.connect(pg_backend._pg_conninfo())
     began = asyncio.Event()
     begin = store._begin
-    went: list[float] = []
+    went: list[tuple[float, int]] = []
 
     async def _begin(conn: Any) -> Any:  # the first batch took its items: it goes for the lock
-        went.append(time.perf_counter())
+        went.append((time.perf_counter(), conn.info.backend_pid))
         began.set()
         return await begin(conn)
 
@@ -194,15 +194,15 @@ async def test_a_batch_that_waited_for_the_head_lock_takes_in_what_queued_meanwh
             asyncio.ensure_future(store.transact(lambda tx, i=i: _grant(tx, f"l/{i}")))  # type: ignore[misc]
             for i in range(1, 4)
         ]
-        await asyncio.sleep(0.05)  # the batch waits for the lock meanwhile
-        freed = time.perf_counter()  # the lock is held at least until now
+        await _blocked_on_a_lock(pg_backend, went[0][1])  # the batch waits for it
+        freed = time.perf_counter()  # and the lock is held at least until now
         await holder.rollback()
         leases = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
         assert store.batches == batches + 1 and store.transactions == done + 4
         # the wait shows as the batch's lock phase (writ_store_batch_seconds), and the phases
         # add up to the batch's time, nothing counted twice (writ_store_commit_seconds)
         grew = {k: store.phase_s[k] - phases[k] for k in phases}
-        assert grew["lock"] >= freed - went[0] >= 0.05
+        assert grew["lock"] >= freed - went[0][0] > 0
         assert grew["decide"] > 0 and grew["commit"] > 0
         assert sum(store.phase_s.values()) == pytest.approx(took[0])
         assert [l.resource for l in leases] == ["l/0", "l/1", "l/2", "l/3"]
@@ -212,6 +212,22 @@ async def test_a_batch_that_waited_for_the_head_lock_takes_in_what_queued_meanwh
     finally:
         await holder.close()
         await store.close()
+
+
+async def _blocked_on_a_lock(pg_backend: Backend, pid: int) -> None:
+    """Return once PostgreSQL shows backend ``pid`` waiting for a lock (10 s at most)."""
+    async with await psycopg.AsyncConnection.connect(
+        pg_backend._pg_conninfo(), autocommit=True
+    ) as c:
+        for _ in range(2000):
+            cur = await c.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+                (pid,),
+            )
+            if await cur.fetchone() is not None:
+                return
+            await asyncio.sleep(0.005)
+    raise AssertionError(f"backend {pid} never waited for a lock")
 
 
 class _HeldBack:

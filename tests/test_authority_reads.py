@@ -16,6 +16,7 @@ import pytest
 
 from tests.stores_fixtures import Backend
 from tests.test_authority import POLICY, World, world
+from writ.api.fast import FastLeases
 from writ.core.errors import Invalid
 
 # prod/db and billing/db share a blast radius; perf-agent observes prod and routing only
@@ -412,3 +413,92 @@ async def test_an_agent_lists_only_the_freezes_that_touch_what_it_may_observe(
         assert await frozen("cost-agent") == {"prod", "prod/db/main"}
         assert await frozen("stranger") == set()
         assert await frozen("oncall-jane") == {"prod", "prod/db/main", "billing"}
+
+
+async def test_the_lean_fence_path_answers_byte_for_byte_like_the_full_one(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GET /v1/fence`` with just ``resource`` and a plain integer ``token`` skips FastAPI
+    (writ.api.fast); with any other parameter FastAPI answers it. Both write the same status
+    and bytes for every caller — the holder's neighbour who may not observe it (hidden),
+    one who may (named), one who may observe nothing there (403), an unknown token (401) —
+    and every token: the current one, a stale one, zero, a negative one, the largest, and
+    resources that are free, held, or not a resource at all."""
+    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+        fastapi = _count_fastapi(w.app)
+        lease = (await w.lease("admin", "billing/db", ttl_s=300, intent=SECRET)).json()
+        w.tokens["nobody"] = "wrt_not-a-token-of-anyone"
+        answers = 0
+        for who in ("perf-agent", "oncall-jane", "stranger", "admin", "nobody"):
+            for resource in ("prod/db", "billing/db", "routing/edge", "Not A Resource"):
+                for token in (lease["fencing_token"], 999, 0, -1, 2**63 - 1):
+                    before = len(fastapi)
+                    lean = await w.get(who, "/v1/fence", resource=resource, token=token)
+                    assert len(fastapi) == before, "the lean path passed it on"
+                    full = await w.get(who, "/v1/fence", resource=resource, token=token, x="1")
+                    assert len(fastapi) == before + 1, "FastAPI did not answer it"
+                    assert (lean.status_code, lean.content) == (full.status_code, full.content)
+                    answers += lean.status_code == 200
+        assert answers > 0
+        statuses = {
+            (await w.get(who, "/v1/fence", resource="prod/db", token=1)).status_code
+            for who in ("perf-agent", "stranger", "nobody")
+        }
+        assert statuses == {200, 403, 401}, statuses
+
+
+def _count_fastapi(app: Any) -> list[str]:
+    """The paths of the requests the lean path (writ.api.fast) passes on to FastAPI, from now."""
+    front = app.front
+    while not isinstance(front, FastLeases):
+        front = front.app
+    full, seen = front.app, []
+
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await full(scope, receive, send)
+
+    front.app = counted
+    return seen
+
+
+@pytest.mark.parametrize("route", ["acquire", "fence"])
+async def test_the_lean_path_reads_the_first_of_two_headers_as_fastapi_does(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    """Two ``Authorization`` headers (or two ``Content-Type``): FastAPI reads the first, and
+    so does the lean path — a second header, which a proxy in front may not have checked,
+    never authenticates instead of the first."""
+    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+        good = f"Bearer {w.tokens['perf-agent']}"
+        for auths, status in (
+            (["Bearer wrt_forged", good], 401),
+            ([good, "Bearer wrt_forged"], 200),
+        ):
+            headers = [("authorization", a) for a in auths]
+            if route == "fence":
+                r = await w.http.get(
+                    "/v1/fence", params={"resource": "prod/db", "token": 1}, headers=headers
+                )
+            else:
+                r = await w.http.post(
+                    "/v1/leases",
+                    content=json.dumps({"resource": "prod/db", "intent": "test"}),
+                    headers=[*headers, ("content-type", "application/json")],
+                )
+                if status == 200:
+                    status = 201
+                    assert r.status_code == status, r.text
+                    await w.post("perf-agent", f"/v1/leases/{r.json()['lease_id']}/release")
+            assert r.status_code == status, r.text
+        if route == "acquire":  # the first Content-Type decides whether the body is JSON
+            r = await w.http.post(
+                "/v1/leases",
+                content=json.dumps({"resource": "prod/db", "intent": "test"}),
+                headers=[
+                    ("authorization", good),
+                    ("content-type", "text/plain"),
+                    ("content-type", "application/json"),
+                ],
+            )
+            assert r.status_code == 422, r.text

@@ -75,6 +75,10 @@ async def test_metrics_after_a_story_count_what_happened(engine: Engine) -> None
         mid = samples((await c.get("/metrics")).text)
         assert value(mid, "writ_leases_held") == 1
         assert (await c.get(f"/v1/leases/{lease['lease_id']}", headers=a)).status_code == 200
+        # the fencing check, on the lean path and (an extra parameter) through FastAPI
+        token = {"resource": "prod/db", "token": lease["fencing_token"]}
+        for params in (token, {**token, "x": "1"}):
+            assert (await c.get("/v1/fence", params=params, headers=b)).json()["current"]
         r = await c.post(f"/v1/leases/{lease['lease_id']}/release", headers=a)
         assert r.status_code == 200
 
@@ -104,6 +108,7 @@ async def test_metrics_after_a_story_count_what_happened(engine: Engine) -> None
     assert value(found, http, method="POST", route="/v1/leases", status="201") == 1
     assert value(found, http, method="POST", route="/v1/leases", status="409") == 2
     assert value(found, http, method="GET", route="/v1/leases/{lease_id}", status="200") == 1
+    assert value(found, http, method="GET", route="/v1/fence", status="200") == 2
     assert (
         value(found, http, method="POST", route="/v1/leases/{lease_id}/release", status="200") == 1
     )

@@ -1,4 +1,4 @@
-"""The lean path of the two hot lease routes (:class:`FastLeases`) and the app class that puts
+"""The lean path of the hot lease routes (:class:`FastLeases`) and the app class that puts
 it, and the body limits, in front of FastAPI (:class:`WritApp`)."""
 
 from __future__ import annotations
@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from writ.api.middleware import (
@@ -18,6 +20,7 @@ from writ.api.middleware import (
     _send_json,
     _unless_hung_up,
 )
+from writ.api.ops import FENCE
 from writ.api.url_text import TextURL
 from writ.core.errors import WritError
 from writ.engine import Engine
@@ -27,12 +30,15 @@ log = logging.getLogger("writ.server")
 # the lean path's JSON, written as FastAPI's JSONResponse writes it (UTF-8, no spaces);
 # built once: json.dumps builds an encoder per call
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# a fencing token as the lean path takes it: what FastAPI's int parameter reads the same way
+_TOKEN = re.compile(r"0|-?[1-9][0-9]{0,18}")
 
 
 class FastLeases:
-    """The two hot routes — ``POST /v1/leases`` and ``POST /v1/leases/{id}/release`` —
-    without FastAPI: same engine calls, same bodies, same error shape. Every other request,
-    and anything unusual on these (bad JSON, unknown or rare fields, a missing or odd token),
+    """The hot routes — ``POST /v1/leases``, ``POST /v1/leases/{id}/release`` and the
+    fencing check a resource asks before each write, ``GET /v1/fence`` — without FastAPI:
+    same engine calls, same bodies, same error shape. Every other request, and anything
+    unusual on these (bad JSON, unknown, rare or repeated fields, a missing or odd token),
     goes on untouched to ``app`` (FastAPI's full stack), which answers it exactly as before.
     This is the one place that decides what the lean path takes."""
 
@@ -45,6 +51,9 @@ class FastLeases:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
+        if scope["type"] == "http" and scope["method"] == "GET" and path == FENCE:
+            await self._fence(scope, receive, send)
+            return
         if (
             scope["type"] != "http"
             or scope["method"] != "POST"
@@ -68,21 +77,15 @@ class FastLeases:
             if not msg.get("more_body"):
                 break
         body = b"".join(chunks)
-        auth = ""
-        ctype = b""
-        for k, v in scope["headers"]:
-            if k == b"authorization":
-                auth = v.decode("latin-1")
-            elif k == b"content-type":
-                ctype = v
         req: Any = None
         retry: int | None = None
-        if lease_id is None and _is_json(ctype):  # FastAPI refuses any other body type
+        # FastAPI refuses any other body type
+        if lease_id is None and _is_json(_header(scope, b"content-type") or b""):
             try:
                 req = json.loads(body)
             except (ValueError, RecursionError):  # FastAPI answers these below
                 req = None
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        token = _bearer(scope)
         if not (
             token
             and (
@@ -130,6 +133,50 @@ class FastLeases:
             log.exception("unhandled error on POST %s", path)
             out, status = _INTERNAL_ERROR, 500
         await _send_json(send, status, _COMPACT.encode(out).encode(), retry)
+
+    async def _fence(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /v1/fence?resource=R&token=N``: each parameter once, nothing else, a plain
+        integer token and a bearer token; anything else goes to FastAPI."""
+        params = QueryParams(scope.get("query_string", b"")).multi_items()
+        asked = dict(params)
+        token = _bearer(scope)
+        fencing = asked.get("token", "")
+        if not (
+            token
+            and len(params) == 2
+            and asked.keys() == {"resource", "token"}
+            and _TOKEN.fullmatch(fencing)
+        ):
+            await self.app(scope, receive, send)
+            return
+        retry: int | None = None
+        try:
+            me = await self.engine.authenticate(token)
+            scope["writ.principal"] = me.name  # for the access log (writ.api.ops)
+            out = await self.engine.fence(asked["resource"], int(fencing), me)
+            self.engine.authority.check_observe(me, asked["resource"])
+            status = 200
+        except WritError as err:
+            out, status, retry = err.to_body(), err.status, err.retry_after()
+        except Exception:  # the same answer as the app's catch-all handler
+            log.exception("unhandled error on GET %s", FENCE)
+            out, status = _INTERNAL_ERROR, 500
+        await _send_json(send, status, _COMPACT.encode(out).encode(), retry)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The first ``name`` header, as FastAPI's routes read it (``request.headers.get``): a
+    second one, which a proxy in front may not have checked, never counts instead."""
+    for k, v in scope["headers"]:
+        if k == name:
+            return bytes(v)
+    return None
+
+
+def _bearer(scope: Scope) -> str:
+    """The bearer token of the first ``Authorization`` header, or ``""``."""
+    auth = (_header(scope, b"authorization") or b"").decode("latin-1")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
 
 
 def _is_json(content_type: bytes) -> bool:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 LEASES = "/v1/leases"
 RELEASE = "/v1/leases/{lease_id}/release"
+FENCE = "/v1/fence"
 OPS_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 READY_TIMEOUT_S = 5.0
 
@@ -43,8 +44,10 @@ def route_template(scope: Scope) -> str:
     route = scope.get("route")
     if route is not None:
         return str(getattr(route, "path", "unmatched"))
-    # the lean path (server.FastLeases) answers these two without FastAPI's routing
+    # the lean path (api.fast.FastLeases) answers these three without FastAPI's routing
     path = scope.get("path", "")
+    if scope.get("method") == "GET" and path == FENCE:
+        return FENCE
     if scope.get("method") == "POST":
         if path == LEASES:
             return LEASES

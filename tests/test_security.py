@@ -563,7 +563,7 @@ async def test_tokens_are_looked_up_by_their_sha256(
         asked: list[str] = []
         real = w.engine.store.read
 
-        async def spy(fn: Any) -> Any:
+        async def spy(fn: Any, **kw: Any) -> Any:
             class Tx:
                 def __init__(self, tx: Any) -> None:
                     self._tx = tx
@@ -579,7 +579,7 @@ async def test_tokens_are_looked_up_by_their_sha256(
 
                     return lookup
 
-            return await real(lambda tx: fn(Tx(tx)))
+            return await real(lambda tx: fn(Tx(tx)), **kw)
 
         monkeypatch.setattr(w.engine.store, "read", spy)
         w.engine.auth_cache.forget()

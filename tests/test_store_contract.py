@@ -484,7 +484,87 @@ async def test_lease_round_trip_and_queries(store: Store) -> None:
     assert held == [] and nxt is None
 
 
+async def test_a_single_read_answers_as_a_snapshot_read(store: Store) -> None:
+    """``read(fn, single=True)`` — one statement, the time asked after it — answers what
+    the same ``fn`` answers on a snapshot, with the store's time; a ``fn`` that asks for the
+    time first, or sends a second statement, is answered all the same."""
+
+    async def grant(tx: Tx) -> tuple[Lease, float]:
+        lease = _lease("prod/db", await tx.next_token(), "agent-1", tx.now())
+        await tx.insert_lease(lease)
+        return lease, tx.now()
+
+    lease, at = await store.transact(grant)
+
+    async def one(tx: Tx) -> tuple[Lease | None, float]:
+        got = await tx.get_lease(lease.lease_id)
+        return got, tx.now()
+
+    async def time_first(tx: Tx) -> tuple[Lease | None, float]:
+        now = tx.now()
+        return await tx.get_lease(lease.lease_id), now
+
+    async def two(tx: Tx) -> tuple[Lease | None, float]:
+        await tx.get_lease("ls_nobody")
+        return await tx.get_lease(lease.lease_id), tx.now()
+
+    async def none(tx: Tx) -> int:
+        return 7
+
+    for fn in (one, time_first, two):
+        snapshot, single = await store.read(fn), await store.read(fn, single=True)
+        assert single[0] == snapshot[0] == lease, fn.__name__
+        assert at <= single[1] <= snapshot[1] + 5 and at <= snapshot[1], fn.__name__
+    assert await store.read(none, single=True) == 7
+    with pytest.raises(RuntimeError, match="read"):  # still a read: writes are refused
+        await store.read(lambda tx: tx.insert_lease(_lease("x", 99)), single=True)
+
+
 # ------------------------------------------------------------------------- PostgreSQL
+async def test_pg_a_single_read_is_one_round_trip(
+    pg_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a single read sends one query (its statement and the clock), where a
+    read on a snapshot sends three (BEGIN with the clock, the statement, COMMIT); one that
+    asks for more is run again on a snapshot, and counted."""
+    import psycopg
+
+    store = pg_backend.open_store()
+    await store.open()
+    try:
+        lease = _lease("prod/db", 1, "agent-1", 0.0)
+        await store.transact(lambda tx: tx.insert_lease(lease))
+        sent: list[str] = []
+        real = psycopg.AsyncCursor.execute  # every query goes through it (client cursors too)
+
+        def counting(self: Any, query: Any, *a: Any, **k: Any) -> Any:
+            sent.append(str(query))
+            return real(self, query, *a, **k)
+
+        monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting)
+
+        async def one(tx: Tx) -> tuple[Lease | None, float]:
+            return await tx.get_lease(lease.lease_id), tx.now()
+
+        got, now = await store.read(one, single=True)
+        assert got == lease and now > 1e9
+        assert len(sent) == 1 and "clock_timestamp" in sent[0], sent
+        sent.clear()
+        assert (await store.read(one))[0] == lease
+        assert len(sent) == 3, sent
+        sent.clear()
+        misses = store.single_misses  # type: ignore[attr-defined]
+
+        async def time_first(tx: Tx) -> tuple[float, Lease | None]:
+            return tx.now(), await tx.get_lease(lease.lease_id)
+
+        assert (await store.read(time_first, single=True))[1] == lease
+        assert store.single_misses == misses + 1  # type: ignore[attr-defined]
+        assert len(sent) == 3, sent  # asked nothing of the database before it ran again
+    finally:
+        await store.close()
+
+
 async def test_pg_unreachable_database_is_unavailable() -> None:
     base = pg_url()
     bad = with_query(base.replace(":5432", ":1"), connect_timeout="1")

@@ -49,7 +49,7 @@ class Fencing:
                 out.update(holder=None, hidden=True)
             return out
 
-        return await self.engine.store.read(fn)
+        return await self.engine.store.read(fn, single=True)  # the check before each write
 
     async def gate_check(
         self,

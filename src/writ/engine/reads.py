@@ -67,10 +67,12 @@ class ReadOps:
         return (await tx.objects_related_many(POLICY_OBJECTS, paths))[kind]
 
     async def holder(self, tx: Tx, resource: str) -> Lease | None:
-        """The lease that holds write authority over ``resource`` now, if any."""
-        now = tx.now()
+        """The lease that holds write authority over ``resource`` now, if any (one
+        statement, the time asked after it: a single read, see Store.read)."""
         covering = self.blast.covering(resource)
-        for lease in await tx.held_related(self.blast.expand(resource)):
+        held = await tx.held_related(self.blast.expand(resource))
+        now = tx.now()
+        for lease in held:
             if lease.expires_at > now and lease.resource in covering:
                 return lease
         return None
@@ -98,7 +100,7 @@ class ReadOps:
             lease = await tx.get_lease(lease_id)
             return lease.to_dict(tx.now()) if lease else None
 
-        out = await self.store.read(fn)
+        out = await self.store.read(fn, single=True)
         if out is None:
             raise NotFound(f"no lease {lease_id!r}", lease_id=lease_id)
         return out

@@ -370,8 +370,11 @@ class Store(ABC):
         store is a reason."""
 
     @abstractmethod
-    async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
-        """Run ``fn`` on a committed snapshot; writes are not allowed."""
+    async def read(self, fn: Callable[[Tx], Awaitable[T]], single: bool = False) -> T:
+        """Run ``fn`` on a committed snapshot; writes are not allowed. ``single``: ``fn``
+        sends one statement and asks ``tx.now()`` only after it, so a store may answer in
+        one round trip (the PostgreSQL store does; a ``fn`` that asks for more runs again
+        on a snapshot of its own, so ``single`` is a promise about cost, never a risk)."""
 
     def audit_stream(
         self, after_seq: int = 0, batch: int = 10_000

@@ -8,7 +8,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
@@ -23,8 +23,8 @@ from writ.stores.postgres import _schema
 from writ.stores.postgres._batch import _fail, _Item, _Live, _Retry, _Split, _undone
 from writ.stores.postgres._gather import _Ahead, _Gather
 from writ.stores.postgres._listen import _Listener, _payloads
+from writ.stores.postgres._reads import _Reads
 from writ.stores.postgres._schema import (
-    _BEGIN_READ,
     _CATCH_UP,
     _CATCH_UP_QUEUE,
     _LOCK_HEAD,
@@ -44,7 +44,7 @@ from writ.stores.rows import (
 )
 
 
-class PostgresStore(_Listener, _Transfer, _Gather, Store):
+class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
     """``postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DBNAME[?schema=NAME&pool_max=10...]``.
 
     Caveats: needs PostgreSQL 12 or newer; acknowledged grants survive a failover only
@@ -154,6 +154,7 @@ class PostgresStore(_Listener, _Transfer, _Gather, Store):
         self.phase_s.update(lock=0.0, decide=0.0, commit=0.0)
         self.applied: list[str] = []  # migrations this store applied when it opened
         self.retries = 0
+        self.single_misses = 0  # single reads that asked for more (see read)
 
     # -- lifecycle -----------------------------------------------------------------------
     def _new_pool(self) -> AsyncConnectionPool[Any]:
@@ -649,57 +650,3 @@ class PostgresStore(_Listener, _Transfer, _Gather, Store):
         if not self._listening.is_set():
             return "the PostgreSQL LISTEN connection is down (reconnecting): waits would not hear other servers"
         return None
-
-    async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
-        self._pool_or_fail()
-        return await self._shielded(self._read(fn))
-
-    async def _read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
-        attempt = 0
-        while True:
-            attempt += 1
-            pool = self._pool_or_fail()
-            try:
-                with _translate("read"):
-                    async with pool.connection() as conn:
-                        try:
-                            cur = conn.cursor()
-                            await cur.execute(_BEGIN_READ)
-                            cur.nextset()
-                            row = await cur.fetchone()
-                            assert row is not None
-                            result = await fn(PgTx(self, conn, False, float(row[0])))
-                            await conn.execute("COMMIT")
-                            return result
-                        except BaseException as exc:
-                            await self._rollback(conn)
-                            if (
-                                isinstance(exc, psycopg.OperationalError)
-                                and _broken(conn)
-                                and attempt < self.max_attempts
-                            ):
-                                raise _Retry(exc, True) from exc
-                            raise
-            except _Retry:
-                self.retries += 1
-                await self._check_pool()
-
-    async def _audit_pages(
-        self, columns: str, after_seq: int, batch: int
-    ) -> AsyncIterator[list[Any]]:
-        # Keyset pages by seq: seq order is commit order, so a later page never finds a
-        # row that should have been in an earlier one.
-        last = after_seq
-        while True:
-            pool = self._pool_or_fail()
-            with _translate("read the ledger"):
-                async with pool.connection() as conn:
-                    cur = await conn.execute(
-                        f"SELECT {columns} FROM audit WHERE seq > %s ORDER BY seq LIMIT %s",
-                        (last, batch),
-                    )
-                    rows = [(int(r[0]), *r[1:]) for r in await cur.fetchall()]
-            if not rows:
-                return
-            last = rows[-1][0]
-            yield rows

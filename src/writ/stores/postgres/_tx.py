@@ -42,9 +42,30 @@ if TYPE_CHECKING:
     from writ.stores.postgres._store import PostgresStore
 
 
+# the clock a single read learns after its statement (see PgTx), as _BEGIN_READ's
+_CLOCK_AFTER = (
+    "SELECT greatest(extract(epoch FROM clock_timestamp())::float8, (SELECT ts FROM audit_head))"
+)
+
+
+class _NotSingle(Exception):
+    """A single read (``store.read(fn, single=True)``) asked for the time before its
+    statement, or for a second one: it runs again on a snapshot."""
+
+
+class _NoConnection:
+    """``tx.c`` of a single read: a statement sent around ``_all`` is a second one."""
+
+    async def execute(self, query: str, args: Sequence[Any] | None = None) -> Any:
+        raise _NotSingle()
+
+
 class PgTx(Tx):
     """One transaction: in a write batch (``b``), against the live replica and the batch's
-    connection; in a read, on a REPEATABLE READ snapshot.
+    connection; in a read, on a REPEATABLE READ snapshot — or, for a single read (``now``
+    None), its one statement with the clock after it in one round trip, the statement's own
+    snapshot (autocommit: the query is one implicit transaction). Its ``now()`` is then read
+    after the snapshot was taken: a lease is judged expired a little early, never late.
 
     Methods that write call ``self._w()`` (or, for leases and the queue, keep the replica
     themselves) and buffer their statement with ``self._exec``; reads use ``self._one`` /
@@ -56,7 +77,7 @@ class PgTx(Tx):
         store: PostgresStore,
         conn: psycopg.AsyncConnection[Any],
         writable: bool,
-        now: float,
+        now: float | None,
         batch: _Batch | None = None,
     ) -> None:
         self.store = store
@@ -67,7 +88,10 @@ class PgTx(Tx):
         self._conn = conn
         self.writable = writable
         self.notes = []
-        self._now = now
+        self._single = now is None  # a single read whose statement is not sent yet
+        if self._single:
+            self.c = _NoConnection()
+        self._now = 0.0 if now is None else now
         self.b = batch
         self.start = len(batch.pending) if batch else 0
         self.head0 = batch.head if batch else (0, GENESIS)
@@ -76,6 +100,8 @@ class PgTx(Tx):
         self.undo: list[Callable[[], None]] = []
 
     def now(self) -> float:
+        if self._single:
+            raise _NotSingle()
         return self._now
 
     def _b(self) -> _Batch:
@@ -94,10 +120,22 @@ class PgTx(Tx):
         self._b().pending.append((query, args))
 
     async def _all(self, query: str, args: Sequence[Any] = ()) -> list[Any]:
-        if self.b is None:
-            cur = await self._conn.execute(query, args)
-            return await cur.fetchall()
-        return await self.b.send(self, query, args)
+        if self.b is not None:
+            return await self.b.send(self, query, args)
+        if isinstance(self.c, _NoConnection):  # a single read
+            if not self._single:
+                raise _NotSingle()
+            self._single = False
+            one = psycopg.AsyncClientCursor(self._conn)
+            await one.execute(f"{query};\n{_CLOCK_AFTER}", args, prepare=False)
+            rows = await one.fetchall()
+            one.nextset()
+            clock = await one.fetchone()
+            assert clock is not None
+            self._now = float(clock[0])
+            return rows
+        cur = await self._conn.execute(query, args)
+        return await cur.fetchall()
 
     async def _one(self, query: str, args: Sequence[Any] = ()) -> Any:
         rows = await self._all(query, args)

@@ -288,7 +288,7 @@ class SQLiteStore(Store):
         return None
 
     # -- reads ---------------------------------------------------------------------------
-    async def read(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+    async def read(self, fn: Callable[[Tx], Awaitable[T]], single: bool = False) -> T:
         c = self._r
         if c is None:
             raise Unavailable("store is closed")

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import FastAPI
@@ -78,7 +79,6 @@ class FastLeases:
                 break
         body = b"".join(chunks)
         req: Any = None
-        retry: int | None = None
         # FastAPI refuses any other body type
         if lease_id is None and _is_json(_header(scope, b"content-type") or b""):
             try:
@@ -102,37 +102,33 @@ class FastLeases:
             whole: Message = {"type": "http.request", "body": body, "more_body": False}
             await self.app(scope, _replay([whole], receive), send)
             return
-        try:
+
+        async def lease() -> tuple[Any, int]:
             me = await self.engine.authenticate(token)
             scope["writ.principal"] = me.name  # for the access log (writ.api.ops)
             if lease_id is not None:
-                out, status = await self.engine.release(me, lease_id), 200
+                return await self.engine.release(me, lease_id), 200
+            # its fields are checked by the engine (validate_request) as FastAPI's are
+            # by _Body: text only, nested at most 32 levels; the path by TextURL
+            scope["writ.lease"] = req
+            work = self.engine.acquire(
+                me,
+                resource=req.get("resource"),
+                intent=req.get("intent"),
+                ttl_s=req.get("ttl_s", 30),
+                wait_s=req.get("wait_s", 0),
+                touches=req.get("touches"),
+                consent_id=None,
+                rollback=None,
+            )
+            if req.get("wait_s"):
+                out = await _unless_hung_up(receive, work, self.draining)
             else:
-                # its fields are checked by the engine (validate_request) as FastAPI's are
-                # by _Body: text only, nested at most 32 levels; the path by TextURL
-                scope["writ.lease"] = req
-                work = self.engine.acquire(
-                    me,
-                    resource=req.get("resource"),
-                    intent=req.get("intent"),
-                    ttl_s=req.get("ttl_s", 30),
-                    wait_s=req.get("wait_s", 0),
-                    touches=req.get("touches"),
-                    consent_id=None,
-                    rollback=None,
-                )
-                if req.get("wait_s"):
-                    out = await _unless_hung_up(receive, work, self.draining)
-                else:
-                    out = await work
-                scope["writ.lease"] = out
-                status = 201
-        except WritError as err:
-            out, status, retry = err.to_body(), err.status, err.retry_after()
-        except Exception:  # the same answer as the app's catch-all handler
-            log.exception("unhandled error on POST %s", path)
-            out, status = _INTERNAL_ERROR, 500
-        await _send_json(send, status, _COMPACT.encode(out).encode(), retry)
+                out = await work
+            scope["writ.lease"] = out
+            return out, 201
+
+        await _answer(send, f"POST {path}", lease())
 
     async def _fence(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /v1/fence?resource=R&token=N``: each parameter once, nothing else, a plain
@@ -149,19 +145,29 @@ class FastLeases:
         ):
             await self.app(scope, receive, send)
             return
-        retry: int | None = None
-        try:
+
+        async def fence() -> tuple[Any, int]:
             me = await self.engine.authenticate(token)
             scope["writ.principal"] = me.name  # for the access log (writ.api.ops)
             out = await self.engine.fence(asked["resource"], int(fencing), me)
             self.engine.authority.check_observe(me, asked["resource"])
-            status = 200
-        except WritError as err:
-            out, status, retry = err.to_body(), err.status, err.retry_after()
-        except Exception:  # the same answer as the app's catch-all handler
-            log.exception("unhandled error on GET %s", FENCE)
-            out, status = _INTERNAL_ERROR, 500
-        await _send_json(send, status, _COMPACT.encode(out).encode(), retry)
+            return out, 200
+
+        await _answer(send, f"GET {FENCE}", fence())
+
+
+async def _answer(send: Send, what: str, work: Awaitable[tuple[Any, int]]) -> None:
+    """Send ``work``'s answer and status as the app would: a writ error in its shape (with
+    ``Retry-After`` when it says when), anything unexpected as the catch-all handler's 500."""
+    retry: int | None = None
+    try:
+        out, status = await work
+    except WritError as err:
+        out, status, retry = err.to_body(), err.status, err.retry_after()
+    except Exception:
+        log.exception("unhandled error on %s", what)
+        out, status = _INTERNAL_ERROR, 500
+    await _send_json(send, status, _COMPACT.encode(out).encode(), retry)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

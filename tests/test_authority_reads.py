@@ -462,43 +462,47 @@ def _count_fastapi(app: Any) -> list[str]:
     return seen
 
 
-@pytest.mark.parametrize("route", ["acquire", "fence"])
-async def test_the_lean_path_reads_the_first_of_two_headers_as_fastapi_does(
+@pytest.mark.parametrize("route", ["acquire", "fence", "principals"])
+async def test_two_authorization_headers_are_refused_whichever_comes_first(
     backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, route: str
 ) -> None:
-    """Two ``Authorization`` headers (or two ``Content-Type``): FastAPI reads the first, and
-    so does the lean path — a second header, which a proxy in front may not have checked,
-    never authenticates instead of the first."""
+    """Two ``Authorization`` headers — on the lean path or through FastAPI — are 422
+    ``invalid``, whichever order the good and the forged one come in: a second header, which
+    a proxy in front may not have checked, never authenticates instead of the first (the
+    lean path used to read the last, FastAPI the first). One is still enough."""
     async with world(backend, tmp_path, monkeypatch, BLAST) as w:
         good = f"Bearer {w.tokens['perf-agent']}"
-        for auths, status in (
-            (["Bearer wrt_forged", good], 401),
-            ([good, "Bearer wrt_forged"], 200),
-        ):
+        body = json.dumps({"resource": "prod/db", "intent": "test"})
+        for auths in (["Bearer wrt_forged", good], [good, "Bearer wrt_forged"], [good, good]):
             headers = [("authorization", a) for a in auths]
             if route == "fence":
-                r = await w.http.get(
-                    "/v1/fence", params={"resource": "prod/db", "token": 1}, headers=headers
-                )
+                params = {"resource": "prod/db", "token": 1}
+                r = await w.http.get("/v1/fence", params=params, headers=headers)
+            elif route == "principals":
+                r = await w.http.get("/v1/principals", headers=headers)
             else:
-                r = await w.http.post(
-                    "/v1/leases",
-                    content=json.dumps({"resource": "prod/db", "intent": "test"}),
-                    headers=[*headers, ("content-type", "application/json")],
-                )
-                if status == 200:
-                    status = 201
-                    assert r.status_code == status, r.text
-                    await w.post("perf-agent", f"/v1/leases/{r.json()['lease_id']}/release")
-            assert r.status_code == status, r.text
-        if route == "acquire":  # the first Content-Type decides whether the body is JSON
-            r = await w.http.post(
-                "/v1/leases",
-                content=json.dumps({"resource": "prod/db", "intent": "test"}),
-                headers=[
-                    ("authorization", good),
-                    ("content-type", "text/plain"),
-                    ("content-type", "application/json"),
-                ],
-            )
+                ctype = [("content-type", "application/json")]
+                r = await w.http.post("/v1/leases", content=body, headers=[*headers, *ctype])
             assert r.status_code == 422, r.text
+            err = r.json()["error"]
+            assert err["code"] == "invalid" and "one Authorization header" in err["message"], err
+        assert (await w.lease("perf-agent", "prod/db")).status_code == 201
+        assert await w.rows("lease.granted") != []
+
+
+async def test_the_lean_path_reads_the_first_content_type_as_fastapi_does(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ``Content-Type`` headers: FastAPI reads the first, and so does the lean path
+    (text/plain first: not a JSON body, 422 on both)."""
+    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+        r = await w.http.post(
+            "/v1/leases",
+            content=json.dumps({"resource": "prod/db", "intent": "test"}),
+            headers=[
+                ("authorization", f"Bearer {w.tokens['perf-agent']}"),
+                ("content-type", "text/plain"),
+                ("content-type", "application/json"),
+            ],
+        )
+        assert r.status_code == 422, r.text

@@ -276,6 +276,31 @@ def test_writ_token_may_travel_in_writ_authorization(rig: Rig) -> None:
         rig.release(rig.agent_token, lease)
 
 
+def test_two_credential_headers_are_refused_not_guessed(rig: Rig) -> None:
+    """Two Writ-Authorization headers, or two Authorization headers carrying the writ
+    token, are 400 ``invalid`` in either order, and nothing reaches the upstream: a proxy in
+    front may have checked one of them and not the other."""
+    lease = rig.acquire(rig.agent_token)
+    try:
+        good, forged = f"Bearer {rig.agent_token}", "Bearer wrt_forged"
+        fence = [
+            ("Writ-Lease", lease["lease_id"]),
+            ("Writ-Fencing-Token", str(lease["fencing_token"])),
+        ]
+        seen = len(rig.upstream.seen)
+        for name in ("Writ-Authorization", "Authorization"):
+            for pair in ((good, forged), (forged, good)):
+                headers = [(name, v) for v in pair] + fence
+                r = rig.http.patch("/admin/db/x", headers=headers)
+                assert r.status_code == 400, r.text
+                assert f"more than one {name} header" in r.json()["error"]["message"]
+        assert len(rig.upstream.seen) == seen
+        ok = rig.http.patch("/admin/db/x", headers=[("Authorization", good), *fence])
+        assert ok.status_code == 200, ok.text
+    finally:
+        rig.release(rig.agent_token, lease)
+
+
 def test_reads_and_unmapped_routes_pass_through(rig: Rig) -> None:
     """GET on a mapped path and POST on an unmapped one pass unchecked, with no audit row;
     a forged Writ-Holder never reaches the upstream; a method the route does not list passes.

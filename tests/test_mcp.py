@@ -345,18 +345,22 @@ async def test_a_human_token_is_refused_unless_allowed(
 async def test_http_endpoint_needs_its_bearer_token(
     live_server: LiveServer, people: People
 ) -> None:
-    """With --http-token, an MCP request without it is 401 and reaches no tool."""
+    """With --http-token, an MCP request without it is 401 and reaches no tool; so is one
+    with two Authorization headers, the right one among them, in either order."""
     env = {"WRIT_URL": live_server.url, "WRIT_TOKEN": people.a_token}
+    accept = ("Accept", "application/json, text/event-stream")
+    ask = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     with run_writ(
         ["mcp", "--transport", "http", "--port", "0", "--http-token", HTTP_TOKEN], env
     ) as url:
         async with httpx.AsyncClient() as c:
-            r = await c.post(
-                url,
-                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-                headers={"Accept": "application/json, text/event-stream"},
-            )
+            r = await c.post(url, json=ask, headers=[accept])
+            twice = []
+            for pair in ((HTTP_TOKEN, "forged"), ("forged", HTTP_TOKEN)):
+                auth = [("Authorization", f"Bearer {t}") for t in pair]
+                twice.append(await c.post(url, json=ask, headers=[accept, *auth]))
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
+    assert [t.status_code for t in twice] == [401, 401], [t.text for t in twice]
 
 
 # ----------------------------------------------------------------------------- authority

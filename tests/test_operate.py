@@ -216,6 +216,13 @@ async def test_metrics_token_and_metrics_off(engine: Engine) -> None:
         assert bad.status_code == 401 and "scrape-secret" not in bad.text
         ok = await c.get("/metrics", headers={"Authorization": "Bearer scrape-secret"})
         assert ok.status_code == 200 and "writ_grants_total" in ok.text
+        # two Authorization headers, the right one among them: refused, not guessed
+        for pair in (
+            ("Bearer scrape-secret", "Bearer nope"),
+            ("Bearer nope", "Bearer scrape-secret"),
+        ):
+            twice = await c.get("/metrics", headers=[("Authorization", v) for v in pair])
+            assert twice.status_code == 401, twice.text
         assert (await c.get("/livez")).status_code == 200  # probes need no token
 
 

@@ -13,6 +13,7 @@ from typing import TypeVar
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from writ.core.errors import Invalid, TooLarge, Unavailable, WritError
+from writ.net.credentials import Twice, sole
 
 T = TypeVar("T")
 
@@ -22,7 +23,8 @@ MAX_HEADERS = 16 << 10  # 16 KiB of request headers in all
 
 # ----------------------------------------------------------------------------- middleware
 class LimitBody:
-    """Refuse request bodies over ``MAX_BODY`` and header blocks over ``MAX_HEADERS``
+    """Refuse request bodies over ``MAX_BODY``, header blocks over ``MAX_HEADERS`` and more
+    than one ``Authorization`` header
     with 413 before the app reads them."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -35,6 +37,11 @@ class LimitBody:
         headers = scope.get("headers") or []
         if sum(len(k) + len(v) for k, v in headers) > MAX_HEADERS:
             await _send_error(send, TooLarge(f"request headers exceed {MAX_HEADERS} bytes"))
+            return
+        try:
+            sole(headers)  # one credential, or none (writ.net.credentials)
+        except Twice as twice:
+            await _send_error(send, Invalid(str(twice), field="authorization"))
             return
         declared = False
         for k, v in headers:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from writ.core.errors import _BY_CODE
+from writ.net.credentials import Twice, sole
 from writ.telemetry import tracing
 from writ.telemetry.logs import ACCESS, DECISION
 from writ.telemetry.observe import request_id
@@ -245,13 +246,14 @@ def _access_line(
 
 
 def _bearer_ok(scope: Scope, token: str) -> bool:
-    for k, v in scope.get("headers") or []:
-        if k == b"authorization":
-            scheme, _, given = v.decode("latin-1").partition(" ")
-            return scheme.lower() == "bearer" and hmac.compare_digest(
-                given.strip().encode(), token.encode()
-            )
-    return False
+    try:
+        auth = sole(scope.get("headers") or [])
+    except Twice:
+        return False
+    scheme, _, given = (auth or b"").decode("latin-1").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
 
 
 def _error_code(body: bytes, status: int) -> str:

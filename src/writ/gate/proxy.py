@@ -21,6 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 from writ._version import __version__
 from writ.core.errors import Invalid, TooLarge
 from writ.gate.routes import Route, ambiguity, request_paths
+from writ.net.credentials import Twice, sole
 from writ.telemetry.metrics import CONTENT_TYPE_LATEST, GateMetrics
 
 log = logging.getLogger("writ.gate")
@@ -66,6 +67,10 @@ def header_name(name: bytes | str) -> str:
     case, ``_`` as ``-`` — so ``Writ_Holder`` and ``WRIT-HOLDER`` are one header."""
     text = name.decode("latin-1") if isinstance(name, bytes) else name
     return text.lower().replace("_", "-")
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 def _bearer(value: str | None) -> str | None:
@@ -326,7 +331,12 @@ class Gate:
     ) -> dict[str, Any] | Response:
         """Ask writ; the passed decision, or the refusal (423, or 503 failing closed)."""
         _, writ = self._clients()
-        caller = _bearer(headers.get("writ-authorization")) or _bearer(headers.get("authorization"))
+        try:  # one credential, or none (writ.net.credentials)
+            caller = _bearer(_text(sole(headers.raw, b"writ-authorization")))
+            if caller is None:
+                caller = _bearer(_text(sole(headers.raw)))
+        except Twice as twice:
+            return _error(400, "invalid", f"{twice}: the gate does not guess which is yours")
         body = {
             "caller_token": caller,
             "lease_id": (headers.get("writ-lease") or "").strip()[:128] or None,

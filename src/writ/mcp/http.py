@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from writ.client import AsyncClient
 from writ.mcp.server import DEFAULT_HTTP_PORT, create_server
+from writ.net.credentials import Twice, sole
 from writ.net.limits import Limits
 from writ.net.listen import bind, listening_url
 
@@ -24,7 +25,10 @@ class RequireBearer:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            auth = dict(scope.get("headers") or []).get(b"authorization", b"")
+            try:  # one credential, or none (writ.net.credentials)
+                auth = sole(scope.get("headers") or []) or b""
+            except Twice:
+                auth = b""
             scheme, _, given = auth.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
                 body = json.dumps(

@@ -171,8 +171,8 @@ async def _answer(send: Send, what: str, work: Awaitable[tuple[Any, int]]) -> No
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
-    """The first ``name`` header, as FastAPI's routes read it (``request.headers.get``): a
-    second one, which a proxy in front may not have checked, never counts instead."""
+    """The first ``name`` header, as FastAPI's routes read it (``request.headers.get``); a
+    request with two ``Authorization`` headers never gets here (``LimitBody`` refuses it)."""
     for k, v in scope["headers"]:
         if k == name:
             return bytes(v)

@@ -294,6 +294,10 @@ def test_two_credential_headers_are_refused_not_guessed(rig: Rig) -> None:
                 r = rig.http.patch("/admin/db/x", headers=headers)
                 assert r.status_code == 400, r.text
                 assert f"more than one {name} header" in r.json()["error"]["message"]
+        # two spellings of one name are one header to a WSGI upstream, and to the gate
+        headers = [("Writ-Authorization", good), ("Writ_Authorization", forged), *fence]
+        r = rig.http.patch("/admin/db/x", headers=headers)
+        assert r.status_code == 400 and "more than one" in r.json()["error"]["message"], r.text
         assert len(rig.upstream.seen) == seen
         ok = rig.http.patch("/admin/db/x", headers=[("Authorization", good), *fence])
         assert ok.status_code == 200, ok.text

@@ -23,9 +23,8 @@ MAX_HEADERS = 16 << 10  # 16 KiB of request headers in all
 
 # ----------------------------------------------------------------------------- middleware
 class LimitBody:
-    """Refuse request bodies over ``MAX_BODY``, header blocks over ``MAX_HEADERS`` and more
-    than one ``Authorization`` header
-    with 413 before the app reads them."""
+    """Before the app reads anything: refuse request bodies over ``MAX_BODY`` and header
+    blocks over ``MAX_HEADERS`` (413), and more than one ``Authorization`` header (422)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

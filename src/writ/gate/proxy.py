@@ -331,10 +331,12 @@ class Gate:
     ) -> dict[str, Any] | Response:
         """Ask writ; the passed decision, or the refusal (423, or 503 failing closed)."""
         _, writ = self._clients()
-        try:  # one credential, or none (writ.net.credentials)
-            caller = _bearer(_text(sole(headers.raw, b"writ-authorization")))
+        # one credential, or none (writ.net.credentials), whatever the spelling of its name
+        named = [(header_name(k).encode("latin-1"), v) for k, v in headers.raw]
+        try:
+            caller = _bearer(_text(sole(named, b"writ-authorization")))
             if caller is None:
-                caller = _bearer(_text(sole(headers.raw)))
+                caller = _bearer(_text(sole(named)))
         except Twice as twice:
             return _error(400, "invalid", f"{twice}: the gate does not guess which is yours")
         body = {

@@ -45,8 +45,8 @@ class _Reads:
 
     async def _read(self, fn: Callable[[Tx], Awaitable[T]], single: bool) -> T:
         """``fn`` on a REPEATABLE READ snapshot: BEGIN and the clock, its statements, and
-        COMMIT. A ``single`` read is one round trip: its one statement and the clock after
-        it, in one query of the simple protocol (one implicit transaction; see PgTx)."""
+        COMMIT. A ``single`` read is one round trip: BEGIN, its one statement, the clock
+        after it and COMMIT, in one query of the simple protocol (see PgTx)."""
         attempt = 0
         while True:
             attempt += 1
@@ -57,7 +57,7 @@ class _Reads:
                         try:
                             if single:
                                 return await fn(
-                                    PgTx(cast("PostgresStore", self), conn, False, None)
+                                    PgTx(cast("PostgresStore", self), conn, False, 0.0, single=True)
                                 )
                             cur = conn.cursor()
                             await cur.execute(_BEGIN_READ)

@@ -42,7 +42,9 @@ if TYPE_CHECKING:
     from writ.stores.postgres._store import PostgresStore
 
 
-# the clock a single read learns after its statement (see PgTx), as _BEGIN_READ's
+# a single read (see PgTx) is one query: its own READ ONLY transaction (the database refuses
+# a write in it, as in any read), its statement, then the clock — as _BEGIN_READ's — and COMMIT
+_BEGIN_SINGLE = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 _CLOCK_AFTER = (
     "SELECT greatest(extract(epoch FROM clock_timestamp())::float8, (SELECT ts FROM audit_head))"
 )
@@ -62,10 +64,10 @@ class _NoConnection:
 
 class PgTx(Tx):
     """One transaction: in a write batch (``b``), against the live replica and the batch's
-    connection; in a read, on a REPEATABLE READ snapshot — or, for a single read (``now``
-    None), its one statement with the clock after it in one round trip, the statement's own
-    snapshot (autocommit: the query is one implicit transaction). Its ``now()`` is then read
-    after the snapshot was taken: a lease is judged expired a little early, never late.
+    connection; in a read, on a REPEATABLE READ snapshot — or, for a single read
+    (``single``), its one statement with the clock after it, BEGIN and COMMIT around them,
+    in one round trip. Its ``now()`` is then read after the snapshot was taken: a lease is
+    judged expired a little early, never late.
 
     Methods that write call ``self._w()`` (or, for leases and the queue, keep the replica
     themselves) and buffer their statement with ``self._exec``; reads use ``self._one`` /
@@ -77,8 +79,9 @@ class PgTx(Tx):
         store: PostgresStore,
         conn: psycopg.AsyncConnection[Any],
         writable: bool,
-        now: float | None,
+        now: float,
         batch: _Batch | None = None,
+        single: bool = False,
     ) -> None:
         self.store = store
         # in a batch, statements on ``c`` go through the batch (behind this transaction's
@@ -88,10 +91,10 @@ class PgTx(Tx):
         self._conn = conn
         self.writable = writable
         self.notes = []
-        self._single = now is None  # a single read whose statement is not sent yet
-        if self._single:
+        self._single = single  # a single read whose statement is not sent yet
+        if single:
             self.c = _NoConnection()
-        self._now = 0.0 if now is None else now
+        self._now = now
         self.b = batch
         self.start = len(batch.pending) if batch else 0
         self.head0 = batch.head if batch else (0, GENESIS)
@@ -127,7 +130,9 @@ class PgTx(Tx):
                 raise _NotSingle()
             self._single = False
             one = psycopg.AsyncClientCursor(self._conn)
-            await one.execute(f"{query};\n{_CLOCK_AFTER}", args, prepare=False)
+            sql = f"{_BEGIN_SINGLE};\n{query};\n{_CLOCK_AFTER};\nCOMMIT"
+            await one.execute(sql, args, prepare=False)
+            one.nextset()  # past BEGIN
             rows = await one.fetchall()
             one.nextset()
             clock = await one.fetchone()

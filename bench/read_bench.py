@@ -8,7 +8,8 @@ Each client holds a lease on a resource of its own (``bench/read/r<i>``) and the
   write (the lean path; on PostgreSQL one round trip: a single read, see ``Store.read``);
 * ``lease`` — ``GET /v1/leases/{id}`` (a single read too, through FastAPI);
 * ``who`` — ``GET /v1/who?resource=R`` (from the ledger, a snapshot);
-* ``resource`` — ``GET /v1/resources/{R}`` (lease, queue, protected changes, freezes).
+* ``resource`` — ``GET /v1/resources/{R}`` (lease, queue, protected changes, freezes);
+* ``list`` — ``GET /v1/leases?resource=R&state=held`` (the held leases under a prefix).
 
 The peers are ``bench.run``'s writ peers (``writ-sqlite``, ``writ-postgres``,
 ``writ-postgres-x2``: two servers on one database, client ``i`` on server ``i % 2``); the
@@ -38,6 +39,7 @@ READS = {
     "lease": lambda r, g: f"/v1/leases/{g.key}",
     "who": lambda r, g: f"/v1/who?resource={r}",
     "resource": lambda r, g: f"/v1/resources/{r}",
+    "list": lambda r, g: f"/v1/leases?resource={r}&state=held",
 }
 
 

@@ -437,7 +437,7 @@ class PrincipalOps:
         async def by_token(tx: Tx) -> tuple[Principal | None, float]:
             return await tx.principal_by_token(h), tx.now()
 
-        p, now = await self.store.read(by_token)
+        p, now = await self.store.read(by_token, single=True)
         if p is None and self.identity.handles(token):
             # not a writ token (looked up first: a writ token may contain dots): a JWT
             return await self._authenticate_jwt(token)

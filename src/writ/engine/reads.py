@@ -119,10 +119,11 @@ class ReadOps:
         limit = int(number(limit, "limit", 1, 100_000))
 
         async def fn(tx: Tx) -> list[dict[str, Any]]:
-            now = tx.now()
             # a held lease past its expiry is expired, whether or not the sweeper wrote it yet
             want = "held" if state in ("held", "expired") else state
-            out = [l.to_dict(now) for l in await tx.list_leases(prefix, want, limit, holder)]
+            listed = await tx.list_leases(prefix, want, limit, holder)
+            now = tx.now()  # after the first statement: it begins the read (Store.read)
+            out = [l.to_dict(now) for l in listed]
             if state == "held":
                 out = [d for d in out if d["state"] == "held"]
             if state == "expired":
@@ -142,8 +143,9 @@ class ReadOps:
         exp = self.blast.expand(resource)
 
         async def fn(tx: Tx) -> dict[str, Any]:
-            now = tx.now()
-            held = [l for l in await tx.held_related(exp) if l.expires_at > now]
+            related = await tx.held_related(exp)
+            now = tx.now()  # after the first statement: it begins the read (Store.read)
+            held = [l for l in related if l.expires_at > now]
             own = [l for l in held if l.resource == resource] or held
             queue = await tx.waiters_related(exp)
             objects = await tx.objects_related_many(POLICY_OBJECTS, exp)

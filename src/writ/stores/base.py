@@ -371,10 +371,13 @@ class Store(ABC):
 
     @abstractmethod
     async def read(self, fn: Callable[[Tx], Awaitable[T]], single: bool = False) -> T:
-        """Run ``fn`` on a committed snapshot; writes are not allowed. ``single``: ``fn``
-        sends one statement and asks ``tx.now()`` only after it, so a store may answer in
-        one round trip (the PostgreSQL store does; a ``fn`` that asks for more runs again
-        on a snapshot of its own, so ``single`` is a promise about cost, never a risk)."""
+        """Run ``fn`` on a committed snapshot; writes are not allowed. A store may begin the
+        snapshot with ``fn``'s first statement and read the time after it (the PostgreSQL
+        store does: a round trip less), so a ``fn`` whose first statement does not need the
+        time should ask ``tx.now()`` after it. ``single``: ``fn`` sends one statement and
+        asks the time only after it, so a store may answer in one round trip. Either way a
+        ``fn`` that asks otherwise runs again as it asks (only a cost, never a risk: a read
+        changes nothing)."""
 
     def audit_stream(
         self, after_seq: int = 0, batch: int = 10_000

@@ -1,5 +1,6 @@
-"""Reads of the PostgreSQL store: on a REPEATABLE READ snapshot, or — a single read — one
-statement and the clock in one round trip; and the ledger in keyset pages."""
+"""Reads of the PostgreSQL store, each on a REPEATABLE READ snapshot that begins with its
+first statement (or, for a function that asks the time first, with BEGIN and the clock); a
+single read is one round trip; and the ledger in keyset pages."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from writ.stores.base import Tx
 from writ.stores.postgres._batch import _Retry
 from writ.stores.postgres._schema import _BEGIN_READ
 from writ.stores.postgres._sql import T, _broken, _translate
-from writ.stores.postgres._tx import PgTx, _NotSingle
+from writ.stores.postgres._tx import PgTx, _Again
 
 if TYPE_CHECKING:
     from writ.stores.postgres._store import PostgresStore
@@ -26,6 +27,7 @@ class _Reads:
     max_attempts: int
     retries: int
     single_misses: int
+    _time_first: set[Any]  # the code of the read functions that ask the time first
 
     if TYPE_CHECKING:
 
@@ -35,18 +37,26 @@ class _Reads:
         async def _check_pool(self) -> None: ...
 
     async def read(self, fn: Callable[[Tx], Awaitable[T]], single: bool = False) -> T:
+        """Begin the read with its first statement (one round trip for BEGIN, the statement
+        and the clock; a single read's COMMIT too); a ``fn`` that asks the time first runs
+        again with BEGIN and the clock first — and, remembered by its code, from then on."""
         self._pool_or_fail()
-        if single:
+        code = getattr(fn, "__code__", None)
+        if code not in self._time_first:
             try:
-                return await self._shielded(self._read(fn, True))
-            except _NotSingle:
-                self.single_misses += 1  # it asked for more: on a snapshot, as any read
-        return await self._shielded(self._read(fn, False))
+                return await self._shielded(self._read(fn, "single" if single else "lazy"))
+            except _Again as again:
+                self.single_misses += single  # a single read that asked for more
+                if not again.time_first:  # a second statement: on a snapshot, as any read
+                    return await self._shielded(self._read(fn, "lazy"))
+                if code is not None:
+                    self._time_first.add(code)
+        return await self._shielded(self._read(fn, "time first"))
 
-    async def _read(self, fn: Callable[[Tx], Awaitable[T]], single: bool) -> T:
-        """``fn`` on a REPEATABLE READ snapshot: BEGIN and the clock, its statements, and
-        COMMIT. A ``single`` read is one round trip: BEGIN, its one statement, the clock
-        after it and COMMIT, in one query of the simple protocol (see PgTx)."""
+    async def _read(self, fn: Callable[[Tx], Awaitable[T]], how: str) -> T:
+        """``fn`` on a REPEATABLE READ snapshot, ``how``: "time first" — BEGIN and the clock,
+        its statements, COMMIT; "lazy" — its first statement begins the transaction (see
+        PgTx), then the others and COMMIT; "single" — its one statement, COMMIT with it."""
         attempt = 0
         while True:
             attempt += 1
@@ -55,19 +65,21 @@ class _Reads:
                 with _translate("read"):
                     async with pool.connection() as conn:
                         try:
-                            if single:
-                                return await fn(
-                                    PgTx(cast("PostgresStore", self), conn, False, 0.0, single=True)
+                            store = cast("PostgresStore", self)
+                            if how == "time first":
+                                cur = conn.cursor()
+                                await cur.execute(_BEGIN_READ)
+                                cur.nextset()
+                                row = await cur.fetchone()
+                                assert row is not None
+                                tx = PgTx(store, conn, False, float(row[0]))
+                            else:
+                                tx = PgTx(
+                                    store, conn, False, 0.0, single=how == "single", begun=False
                                 )
-                            cur = conn.cursor()
-                            await cur.execute(_BEGIN_READ)
-                            cur.nextset()
-                            row = await cur.fetchone()
-                            assert row is not None
-                            result = await fn(
-                                PgTx(cast("PostgresStore", self), conn, False, float(row[0]))
-                            )
-                            await conn.execute("COMMIT")
+                            result = await fn(tx)
+                            if tx.begun and how != "single":
+                                await conn.execute("COMMIT")
                             return result
                         except BaseException as exc:
                             await self._rollback(conn)

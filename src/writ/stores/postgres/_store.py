@@ -155,6 +155,7 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
         self.applied: list[str] = []  # migrations this store applied when it opened
         self.retries = 0
         self.single_misses = 0  # single reads that asked for more (see read)
+        self._time_first: set[Any] = set()  # reads that ask the time first (see read)
 
     # -- lifecycle -----------------------------------------------------------------------
     def _new_pool(self) -> AsyncConnectionPool[Any]:

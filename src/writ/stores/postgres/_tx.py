@@ -42,32 +42,43 @@ if TYPE_CHECKING:
     from writ.stores.postgres._store import PostgresStore
 
 
-# a single read (see PgTx) is one query: its own READ ONLY transaction (the database refuses
-# a write in it, as in any read), its statement, then the clock — as _BEGIN_READ's — and COMMIT
-_BEGIN_SINGLE = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+# A read begins its transaction with its first statement (see PgTx): BEGIN, the statement
+# and then the clock — as _BEGIN_READ's — go as one query; a single read adds COMMIT to it
+_BEGIN_LAZY = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 _CLOCK_AFTER = (
     "SELECT greatest(extract(epoch FROM clock_timestamp())::float8, (SELECT ts FROM audit_head))"
 )
 
 
-class _NotSingle(Exception):
-    """A single read (``store.read(fn, single=True)``) asked for the time before its
-    statement, or for a second one: it runs again on a snapshot."""
+class _Again(Exception):
+    """A read that begins with its first statement asked for the time before it (or a single
+    read for a second statement): it runs again, the time first (see PostgresStore.read)."""
+
+    def __init__(self, time_first: bool) -> None:
+        super().__init__("time first" if time_first else "a second statement")
+        self.time_first = time_first
 
 
-class _NoConnection:
-    """``tx.c`` of a single read: a statement sent around ``_all`` is a second one."""
+class _Outside:
+    """``tx.c`` of a read whose transaction has not begun, or of a single read that has
+    ended: a statement sent around ``_all`` would run outside the read's transaction."""
+
+    def __init__(self, time_first: bool) -> None:
+        self.time_first = time_first
 
     async def execute(self, query: str, args: Sequence[Any] | None = None) -> Any:
-        raise _NotSingle()
+        raise _Again(self.time_first)
 
 
 class PgTx(Tx):
     """One transaction: in a write batch (``b``), against the live replica and the batch's
-    connection; in a read, on a REPEATABLE READ snapshot — or, for a single read
-    (``single``), its one statement with the clock after it, BEGIN and COMMIT around them,
-    in one round trip. Its ``now()`` is then read after the snapshot was taken: a lease is
-    judged expired a little early, never late.
+    connection; in a read, on a REPEATABLE READ snapshot. A read ``begun`` already has its
+    transaction and the time (BEGIN and the clock went first); otherwise the transaction
+    begins with its first statement — BEGIN, the statement and the clock after it in one
+    round trip — and a ``single`` read ends there too, COMMIT in the same query. Asking the
+    time before the first statement then raises :class:`_Again`, as does a single read's
+    second statement. The clock is read after the snapshot was taken: a lease is judged
+    expired a little early, never late.
 
     Methods that write call ``self._w()`` (or, for leases and the queue, keep the replica
     themselves) and buffer their statement with ``self._exec``; reads use ``self._one`` /
@@ -82,6 +93,7 @@ class PgTx(Tx):
         now: float,
         batch: _Batch | None = None,
         single: bool = False,
+        begun: bool = True,
     ) -> None:
         self.store = store
         # in a batch, statements on ``c`` go through the batch (behind this transaction's
@@ -91,9 +103,10 @@ class PgTx(Tx):
         self._conn = conn
         self.writable = writable
         self.notes = []
-        self._single = single  # a single read whose statement is not sent yet
-        if single:
-            self.c = _NoConnection()
+        self._single = single  # a single read: one statement, COMMIT with it
+        self._begun = begun or batch is not None  # the transaction (and the time) are here
+        if not self._begun:
+            self.c = _Outside(time_first=True)
         self._now = now
         self.b = batch
         self.start = len(batch.pending) if batch else 0
@@ -103,9 +116,14 @@ class PgTx(Tx):
         self.undo: list[Callable[[], None]] = []
 
     def now(self) -> float:
-        if self._single:
-            raise _NotSingle()
+        if not self._begun:
+            raise _Again(time_first=True)
         return self._now
+
+    @property
+    def begun(self) -> bool:
+        """Whether this read's transaction began (and must end with COMMIT, unless single)."""
+        return self._begun
 
     def _b(self) -> _Batch:
         if self.b is None:
@@ -125,20 +143,22 @@ class PgTx(Tx):
     async def _all(self, query: str, args: Sequence[Any] = ()) -> list[Any]:
         if self.b is not None:
             return await self.b.send(self, query, args)
-        if isinstance(self.c, _NoConnection):  # a single read
-            if not self._single:
-                raise _NotSingle()
-            self._single = False
-            one = psycopg.AsyncClientCursor(self._conn)
-            sql = f"{_BEGIN_SINGLE};\n{query};\n{_CLOCK_AFTER};\nCOMMIT"
-            await one.execute(sql, args, prepare=False)
-            one.nextset()  # past BEGIN
-            rows = await one.fetchall()
-            one.nextset()
-            clock = await one.fetchone()
+        if not self._begun:  # the first statement begins the read
+            first = psycopg.AsyncClientCursor(self._conn)
+            end = ";\nCOMMIT" if self._single else ""
+            sql = f"{_BEGIN_LAZY};\n{query};\n{_CLOCK_AFTER}{end}"
+            await first.execute(sql, args, prepare=False)
+            first.nextset()  # past BEGIN
+            rows = await first.fetchall()
+            first.nextset()
+            clock = await first.fetchone()
             assert clock is not None
             self._now = float(clock[0])
+            self._begun = True
+            self.c = _Outside(time_first=False) if self._single else self._conn
             return rows
+        if self._single:
+            raise _Again(time_first=False)
         cur = await self._conn.execute(query, args)
         return await cur.fetchall()
 

@@ -5,7 +5,7 @@ single read is one round trip; and the ledger in keyset pages."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -35,6 +35,7 @@ class _Reads:
         async def _shielded(self, coro: Awaitable[T]) -> T: ...
         async def _rollback(self, conn: psycopg.AsyncConnection[Any]) -> None: ...
         async def _check_pool(self) -> None: ...
+        def _store(self) -> PostgresStore: ...
 
     async def read(self, fn: Callable[[Tx], Awaitable[T]], single: bool = False) -> T:
         """Begin the read with its first statement (one round trip for BEGIN, the statement
@@ -65,7 +66,7 @@ class _Reads:
                 with _translate("read"):
                     async with pool.connection() as conn:
                         try:
-                            store = cast("PostgresStore", self)
+                            store = self._store()
                             if how == "time first":
                                 cur = conn.cursor()
                                 await cur.execute(_BEGIN_READ)

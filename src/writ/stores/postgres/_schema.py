@@ -267,11 +267,13 @@ MIGRATIONS: list[tuple[str, str]] = [
     ),
 ]
 
-_BEGIN_READ = (
-    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
-    "SELECT greatest(extract(epoch FROM clock_timestamp())::float8,"
-    " (SELECT ts FROM audit_head))"
+# A read's transaction and its clock: ``_BEGIN_READ`` when the time comes first; a read that
+# begins with its first statement sends the clock after that statement (see PgTx)
+_READ_ONLY = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+_READ_CLOCK = (
+    "SELECT greatest(extract(epoch FROM clock_timestamp())::float8, (SELECT ts FROM audit_head))"
 )
+_BEGIN_READ = f"{_READ_ONLY}; {_READ_CLOCK}"
 
 
 # The batch's first statement (after BEGIN): take the serialization point, then read the

@@ -23,6 +23,7 @@ from writ.stores.postgres._batch import (
     _Merged,
     _NotYet,
 )
+from writ.stores.postgres._schema import _READ_CLOCK, _READ_ONLY
 from writ.stores.postgres._sql import _copy, _prefix_sql, _related_sql
 from writ.stores.rows import (
     LEASE_COLS,
@@ -40,14 +41,6 @@ from writ.stores.rows import (
 
 if TYPE_CHECKING:
     from writ.stores.postgres._store import PostgresStore
-
-
-# A read begins its transaction with its first statement (see PgTx): BEGIN, the statement
-# and then the clock — as _BEGIN_READ's — go as one query; a single read adds COMMIT to it
-_BEGIN_LAZY = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-_CLOCK_AFTER = (
-    "SELECT greatest(extract(epoch FROM clock_timestamp())::float8, (SELECT ts FROM audit_head))"
-)
 
 
 class _Again(Exception):
@@ -146,7 +139,7 @@ class PgTx(Tx):
         if not self._begun:  # the first statement begins the read
             first = psycopg.AsyncClientCursor(self._conn)
             end = ";\nCOMMIT" if self._single else ""
-            sql = f"{_BEGIN_LAZY};\n{query};\n{_CLOCK_AFTER}{end}"
+            sql = f"{_READ_ONLY};\n{query};\n{_READ_CLOCK}{end}"
             await first.execute(sql, args, prepare=False)
             first.nextset()  # past BEGIN
             rows = await first.fetchall()

@@ -445,6 +445,25 @@ async def test_the_lean_fence_path_answers_byte_for_byte_like_the_full_one(
             for who in ("perf-agent", "stranger", "nobody")
         }
         assert statuses == {200, 403, 401}, statuses
+        # what the lean path never takes: a resource that is not text is 422 before any
+        # route (TextURL), a parameter twice or a token that is not a plain integer goes to
+        # FastAPI, which answers as it always did
+        h = w.h("perf-agent")
+        before = len(fastapi)
+        nul = await w.http.get("/v1/fence?resource=prod%2Fdb%00&token=1", headers=h)
+        assert nul.status_code == 422 and nul.json()["error"]["field"] == "resource", nul.text
+        assert len(fastapi) == before
+        odd = [
+            [("resource", "prod/db"), ("resource", "billing/db"), ("token", "1")],
+            [("resource", "prod/db"), ("token", "1"), ("token", "2")],
+            [("resource", "prod/db"), ("token", "true")],
+            [("resource", "prod/db"), ("token", "+1")],
+            [("resource", "prod/db"), ("token", "٣")],
+        ]
+        for params in odd:
+            r = await w.http.get("/v1/fence", params=params, headers=h)
+            assert r.status_code < 500, r.text
+        assert len(fastapi) == before + len(odd), fastapi
 
 
 def _count_fastapi(app: Any) -> list[str]:

@@ -394,10 +394,17 @@ async def verify(url: str) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def writ_servers(
-    store_url: str, n: int, tmp: Path, policy: str | None = None
+    store_url: str,
+    n: int,
+    tmp: Path,
+    policy: str | None = None,
+    relay: Path | None = None,
+    log_level: str = "warning",
 ) -> AsyncIterator[list[str]]:
     """``n`` ``writ serve`` processes on one store; yields their base URLs. (Async: the
-    test's event loop may be running the proxy the servers connect through.)"""
+    test's event loop may be running the proxy the servers connect through.) With
+    ``relay``, they elect a writer in that directory (``--relay``); each server's log is
+    ``tmp/server-<i>.log``."""
     procs: list[asyncio.subprocess.Process] = []
     urls = []
     env = {**os.environ, "WRIT_ADMIN_TOKEN": ADMIN_TOKEN}
@@ -405,6 +412,8 @@ async def writ_servers(
     if policy is not None:
         (tmp / "writ.toml").write_text(policy)
         extra = ["--policy", str(tmp / "writ.toml")]
+    if relay is not None:
+        extra += ["--relay", str(relay)]
     try:
         for i in range(n):
             port = free_port()
@@ -420,7 +429,7 @@ async def writ_servers(
                         "--port",
                         str(port),
                         "--log-level",
-                        "warning",
+                        log_level,
                         *extra,
                         env=env,
                         stdout=log,
@@ -441,7 +450,8 @@ async def writ_servers(
         yield urls
     finally:
         for p in procs:
-            p.terminate()
+            with contextlib.suppress(ProcessLookupError):  # a test may have killed it
+                p.terminate()
         for p in procs:
             try:
                 await asyncio.wait_for(p.wait(), 10)

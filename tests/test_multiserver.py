@@ -246,14 +246,20 @@ async def servers(pg_backend: Backend, tmp_path: Path, n_servers: int) -> AsyncI
         yield urls
 
 
+@pytest.mark.parametrize("relay", [False, True], ids=["each-writes", "relayed"])
 async def test_contention_across_servers_keeps_every_guarantee(
-    pg_backend: Backend, tmp_path: Path, n_servers: int
+    pg_backend: Backend, tmp_path: Path, n_servers: int, relay: bool
 ) -> None:
     """The fault test's workload (waits, renewals, stalls past the ttl, revokes, lock
     delays, a blast-radius group, fenced writes) with its agents spread over several
     servers on one database: the history checker finds no overlap, tokens in grant order,
-    every acknowledged grant and release in the one ledger, no lost update."""
-    async with writ_servers(pg_backend.url, n_servers, tmp_path, FAULT_POLICY) as urls:
+    every acknowledged grant and release in the one ledger, no lost update. Relayed: the
+    servers elect a writer (``--relay``) and the others send it their lease writes."""
+    where = tmp_path / "relay" if relay else None
+    level = "info" if relay else "warning"  # a relaying server says so at info
+    async with writ_servers(
+        pg_backend.url, n_servers, tmp_path, FAULT_POLICY, relay=where, log_level=level
+    ) as urls:
         names = [f"agent-{i:02d}" for i in range(12)]
         tokens = await add_principals(urls[0], "agent", names)
         (human,) = await add_principals(urls[0], "queue", ["oncall"])
@@ -269,6 +275,9 @@ async def test_contention_across_servers_keeps_every_guarantee(
         assert stats["lease.expired"] + stats["lease.revoked"] >= 1, stats
         for url in urls:
             assert (await verify(url))["ok"] is True
+    if relay:
+        logs = [(tmp_path / f"server-{i}.log").read_text() for i in range(n_servers)]
+        assert sum("relays lease writes" in text for text in logs) == n_servers - 1, logs
 
 
 async def test_servers_sixteen_agents_one_resource(servers: list[str]) -> None:

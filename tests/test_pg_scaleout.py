@@ -1114,7 +1114,8 @@ async def test_workers_serve_one_port_from_several_processes(
     pg_backend: Backend, tmp_path: Path
 ) -> None:
     """``writ serve --workers 3``: three processes accept on one port; a lease taken
-    through one connection is held for every other (they agree through PostgreSQL)."""
+    through one connection is held for every other (they agree through PostgreSQL); one
+    worker is the writer and the other two relay their lease writes to it."""
     port = free_port()
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as log:
@@ -1130,7 +1131,7 @@ async def test_workers_serve_one_port_from_several_processes(
             "--workers",
             "3",
             "--log-level",
-            "warning",
+            "info",
             env={**os.environ, "WRIT_ADMIN_TOKEN": ADMIN_TOKEN},
             stdout=log,
             stderr=log,
@@ -1176,6 +1177,10 @@ async def test_workers_serve_one_port_from_several_processes(
         async with httpx.AsyncClient(base_url=base, timeout=30, headers=admin) as c:
             r = await c.get("/v1/audit/verify")
             assert r.status_code == 200 and r.json()["ok"], r.text
+        # the workers elected one writer, in a directory of their own (writ.api.relay)
+        text = log_path.read_text()
+        assert text.count("this server is the writer") == 1, text[-3000:]
+        assert text.count("relays lease writes to the writer") == 2, text[-3000:]
     finally:
         proc.terminate()
         try:

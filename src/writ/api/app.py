@@ -79,6 +79,7 @@ def create_app(
     start_engine: bool = True,
     metrics: bool = True,
     metrics_token: str | None = None,
+    relay_dir: str | None = None,
 ) -> FastAPI:
     """The ASGI app. Starts and stops ``engine`` with the app's lifespan. ``/livez``,
     ``/readyz`` and ``/metrics`` (:mod:`writ.api.ops`) sit in front of it; ``metrics=False``
@@ -89,8 +90,12 @@ def create_app(
         if start_engine:
             await engine.start()
         try:
+            if app.relay is not None:
+                await app.relay.start()
             yield
         finally:
+            if app.relay is not None:
+                await app.relay.stop()
             if start_engine:
                 if app.draining.is_set():  # a graceful shutdown: let outbound calls land
                     with contextlib.suppress(TimeoutError):
@@ -99,6 +104,7 @@ def create_app(
 
     app = WritApp(
         engine,
+        relay_dir,
         title="writ",
         version=__version__,
         summary="Vendor-neutral write authority for autonomous agents (protocol v1).",

@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,13 +17,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from writ.api.middleware import (
     _INTERNAL_ERROR,
     LimitBody,
+    _interrupted,
     _replay,
     _send_json,
     _unless_hung_up,
 )
 from writ.api.ops import FENCE
+from writ.api.relay import CANCEL_WAIT_S, LOST, Answer, Relay, _Link
 from writ.api.url_text import TextURL
-from writ.core.errors import WritError
+from writ.core.errors import Invalid, Unavailable, WritError
 from writ.engine import Engine
 
 log = logging.getLogger("writ.server")
@@ -45,10 +47,17 @@ class FastLeases:
 
     ACQUIRE_KEYS = frozenset({"resource", "intent", "ttl_s", "wait_s", "touches"})
 
-    def __init__(self, app: ASGIApp, engine: Engine, draining: asyncio.Event | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        engine: Engine,
+        draining: asyncio.Event | None = None,
+        relay: Relay | None = None,
+    ) -> None:
         self.app = app
         self.engine = engine
         self.draining = draining
+        self.relay = relay  # set: servers on this host relay lease writes to one writer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -78,57 +87,138 @@ class FastLeases:
             if not msg.get("more_body"):
                 break
         body = b"".join(chunks)
-        req: Any = None
+        req: dict[str, Any] | None = None
         # FastAPI refuses any other body type
         if lease_id is None and _is_json(_header(scope, b"content-type") or b""):
-            try:
-                req = json.loads(body)
-            except (ValueError, RecursionError):  # FastAPI answers these below
-                req = None
+            req = self._acquire_request(body)
         token = _bearer(scope)
-        if not (
-            token
-            and (
-                (lease_id is not None and not body)
-                or (
-                    type(req) is dict
-                    and req.keys() <= self.ACQUIRE_KEYS
-                    # numbers as numbers (not booleans, not strings): FastAPI's strict 422
-                    and type(req.get("ttl_s", 30)) in (int, float)
-                    and type(req.get("wait_s", 0)) in (int, float)
-                )
-            )
-        ):
+        if not (token and ((lease_id is not None and not body) or req is not None)):
             whole: Message = {"type": "http.request", "body": body, "more_body": False}
             await self.app(scope, _replay([whole], receive), send)
             return
+        link = self.relay.link() if self.relay is not None else None
+        if link is not None:  # another server on this host writes: ask it (writ.api.relay)
+            waits = req is not None and bool(req.get("wait_s"))
+            await self._relay(link, scope, receive, send, token, lease_id, body, waits)
+            return
+        work = self._lease(scope, token, lease_id, req, receive, self.draining)
+        await _send_answer(send, await _outcome(f"POST {path}", work))
 
-        async def lease() -> tuple[Any, int]:
-            me = await self.engine.authenticate(token)
-            scope["writ.principal"] = me.name  # for the access log (writ.api.ops)
-            if lease_id is not None:
-                return await self.engine.release(me, lease_id), 200
-            # its fields are checked by the engine (validate_request) as FastAPI's are
-            # by _Body: text only, nested at most 32 levels; the path by TextURL
-            scope["writ.lease"] = req
-            work = self.engine.acquire(
-                me,
-                resource=req.get("resource"),
-                intent=req.get("intent"),
-                ttl_s=req.get("ttl_s", 30),
-                wait_s=req.get("wait_s", 0),
-                touches=req.get("touches"),
-                consent_id=None,
-                rollback=None,
-            )
-            if req.get("wait_s"):
-                out = await _unless_hung_up(receive, work, self.draining)
-            else:
-                out = await work
-            scope["writ.lease"] = out
-            return out, 201
+    def _acquire_request(self, body: bytes) -> dict[str, Any] | None:
+        """An acquire's JSON body as the lean path takes it, else None (FastAPI answers)."""
+        try:
+            req = json.loads(body)
+        except (ValueError, RecursionError):  # FastAPI answers these
+            return None
+        if (
+            type(req) is dict
+            and req.keys() <= self.ACQUIRE_KEYS
+            # numbers as numbers (not booleans, not strings): FastAPI's strict 422
+            and type(req.get("ttl_s", 30)) in (int, float)
+            and type(req.get("wait_s", 0)) in (int, float)
+        ):
+            return req
+        return None
 
-        await _answer(send, f"POST {path}", lease())
+    async def _lease(
+        self,
+        note: MutableMapping[str, Any],
+        token: str,
+        lease_id: str | None,
+        req: dict[str, Any] | None,
+        receive: Receive,
+        draining: asyncio.Event | None,
+    ) -> tuple[Any, int]:
+        """Release ``lease_id``, or acquire as ``req`` asks, for the bearer of ``token``; what
+        the access log names goes into ``note`` (the request's scope)."""
+        me = await self.engine.authenticate(token)
+        note["writ.principal"] = me.name  # for the access log (writ.api.ops)
+        if lease_id is not None:
+            return await self.engine.release(me, lease_id), 200
+        assert req is not None
+        # its fields are checked by the engine (validate_request) as FastAPI's are
+        # by _Body: text only, nested at most 32 levels; the path by TextURL
+        note["writ.lease"] = req
+        work = self.engine.acquire(
+            me,
+            resource=req.get("resource"),
+            intent=req.get("intent"),
+            ttl_s=req.get("ttl_s", 30),
+            wait_s=req.get("wait_s", 0),
+            touches=req.get("touches"),
+            consent_id=None,
+            rollback=None,
+        )
+        if req.get("wait_s"):
+            out = await _unless_hung_up(receive, work, draining)
+        else:
+            out = await work
+        note["writ.lease"] = out
+        return out, 201
+
+    # -- the write relay (writ.api.relay) ------------------------------------------------
+    async def _relay(
+        self,
+        link: _Link,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        token: str,
+        lease_id: str | None,
+        body: bytes,
+        waits: bool,
+    ) -> None:
+        """Ask the writer to do this request and send its answer. A wait whose caller hangs
+        up, or that this server's shutdown ends, is cancelled at the writer, and the
+        writer's answer is still what is sent: it says what was done."""
+        op = "acquire" if lease_id is None else "release"
+        try:
+            call_id, fut = link.call(op, token, lease_id, body)
+            if waits:
+                why = await _interrupted(fut, receive, self.draining)
+                if why is not None:
+                    link.cancel(call_id, why)
+                    try:
+                        await asyncio.wait_for(asyncio.shield(fut), CANCEL_WAIT_S)
+                    except TimeoutError:
+                        link.forget(call_id)
+                        raise Unavailable(LOST) from None
+            a = await fut
+        except Unavailable as err:
+            a = Answer(err.status, _COMPACT.encode(err.to_body()).encode(), err.retry_after())
+        scope["writ.principal"] = a.principal
+        scope["writ.lease"] = a.log
+        await _send_json(send, a.status, a.body, a.retry)
+
+    async def relayed(
+        self,
+        op: str,
+        token: str,
+        lease_id: str | None,
+        body: bytes,
+        hung_up: asyncio.Event,
+        drain: asyncio.Event,
+    ) -> Answer:
+        """Do what another server relayed (``Relay.run``), as if asked here over HTTP."""
+        req = None
+        if op == "acquire":
+            req, lease_id = self._acquire_request(body), None
+        if (req is None) == (lease_id is None) or (lease_id is not None and body):
+            err = Invalid("a relayed call the lean path would not have taken")
+            return Answer(err.status, _COMPACT.encode(err.to_body()).encode())
+
+        async def receive() -> Message:
+            await hung_up.wait()
+            return {"type": "http.disconnect"}
+
+        note: dict[str, Any] = {}
+        work = self._lease(note, token, lease_id, req, receive, drain)
+        status, answer, retry = await _outcome(f"relayed {op}", work)
+        lease = note.get("writ.lease")
+        logged = {}
+        if type(lease) is dict:
+            logged = {k: lease[k] for k in ("resource", "lease_id", "fencing_token") if k in lease}
+        return Answer(status, answer, retry, note.get("writ.principal"), logged)
 
     async def _fence(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /v1/fence?resource=R&token=N``: each parameter once, nothing else, a plain
@@ -153,12 +243,16 @@ class FastLeases:
             self.engine.authority.check_observe(me, asked["resource"])
             return out, 200
 
-        await _answer(send, f"GET {FENCE}", fence())
+        await _send_answer(send, await _outcome(f"GET {FENCE}", fence()))
 
 
-async def _answer(send: Send, what: str, work: Awaitable[tuple[Any, int]]) -> None:
-    """Send ``work``'s answer and status as the app would: a writ error in its shape (with
-    ``Retry-After`` when it says when), anything unexpected as the catch-all handler's 500."""
+_Outcome = tuple[int, bytes, "int | None"]
+
+
+async def _outcome(what: str, work: Awaitable[tuple[Any, int]]) -> _Outcome:
+    """``work``'s status, answer and ``Retry-After`` as the app gives them: a writ error in
+    its shape (with ``Retry-After`` when it says when), anything unexpected as the catch-all
+    handler's 500."""
     retry: int | None = None
     try:
         out, status = await work
@@ -167,7 +261,11 @@ async def _answer(send: Send, what: str, work: Awaitable[tuple[Any, int]]) -> No
     except Exception:
         log.exception("unhandled error on %s", what)
         out, status = _INTERNAL_ERROR, 500
-    await _send_json(send, status, _COMPACT.encode(out).encode(), retry)
+    return status, _COMPACT.encode(out).encode(), retry
+
+
+async def _send_answer(send: Send, outcome: _Outcome) -> None:
+    await _send_json(send, *outcome)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -202,12 +300,17 @@ class WritApp(FastAPI):
     (error, telemetry and body-limit wrappers: ~5% of the server's CPU on the hot path).
     Whatever the lean path does not take goes on to :meth:`full_stack`, FastAPI as it is."""
 
-    def __init__(self, engine: Engine, **kwargs: Any) -> None:
+    def __init__(self, engine: Engine, relay_dir: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.state.engine = engine
         # set when the server begins a graceful shutdown: waiting requests answer 503
         self.draining = asyncio.Event()
-        self.front: ASGIApp = LimitBody(TextURL(FastLeases(self.full_stack, engine, self.draining)))
+        # servers on one host relay lease writes to one of them (writ.api.relay)
+        self.relay = Relay(relay_dir, self.draining) if relay_dir else None
+        leases = FastLeases(self.full_stack, engine, self.draining, self.relay)
+        if self.relay is not None:
+            self.relay.run = leases.relayed
+        self.front: ASGIApp = LimitBody(TextURL(leases))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.front(scope, receive, send)

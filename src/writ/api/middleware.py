@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -132,6 +132,30 @@ async def _unless_hung_up(
     handler on disconnect. The same happens when ``draining`` is set (a graceful shutdown):
     the wait ends, its request leaves the queue, and the caller gets 503 with Retry-After."""
     task = asyncio.ensure_future(work)
+    try:
+        why = await _interrupted(task, receive, draining)
+    except BaseException:
+        task.cancel()
+        raise
+    if why is None:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    if why == "drain":
+        raise Unavailable(
+            "writ is shutting down: this wait ended and left the queue; retry (on another "
+            "server, or once this one is back)"
+        )
+    raise Unavailable("the caller hung up while waiting; its place in the queue was given up")
+
+
+async def _interrupted(
+    fut: asyncio.Future[Any], receive: Receive, draining: asyncio.Event | None
+) -> str | None:
+    """Wait for ``fut``; None once it is done, or why the wait must end first: "hangup"
+    (the caller went away: ``receive`` is its request's) or "drain" (``draining`` is set,
+    a graceful shutdown)."""
 
     async def hung_up() -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -141,24 +165,13 @@ async def _unless_hung_up(
     drain = asyncio.ensure_future(draining.wait()) if draining is not None else None
     try:
         await asyncio.wait(
-            {task, watch} if drain is None else {task, watch, drain},
+            {fut, watch} if drain is None else {fut, watch, drain},
             return_when=asyncio.FIRST_COMPLETED,
         )
-    except BaseException:
-        task.cancel()
-        raise
     finally:
         watch.cancel()
         if drain is not None:
             drain.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        if draining is not None and draining.is_set():
-            raise Unavailable(
-                "writ is shutting down: this wait ended and left the queue; retry (on another "
-                "server, or once this one is back)"
-            )
-        raise Unavailable("the caller hung up while waiting; its place in the queue was given up")
-    return task.result()
+    if fut.done():
+        return None
+    return "drain" if draining is not None and draining.is_set() else "hangup"

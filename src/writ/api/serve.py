@@ -27,11 +27,14 @@ def run(
     metrics: bool = True,
     metrics_token: str | None = None,
     workers: int = 1,
+    relay: str | None = None,
 ) -> None:
     """Serve writ until SIGTERM or SIGINT (``writ serve``), then shut down gracefully
     (:mod:`writ.api.lifecycle`) within ``shutdown_timeout`` seconds, each connection within
     ``limits``; ``workers`` > 1 runs that many processes on one port (PostgreSQL stores
-    only, :mod:`writ.api.workers`)."""
+    only, :mod:`writ.api.workers`); ``relay`` is a directory in which the servers of this
+    host elect one writer of leases (:mod:`writ.api.relay`; with ``workers``, one of their
+    own unless ``"off"``)."""
     import os
 
     import uvicorn
@@ -63,7 +66,7 @@ def run(
     if workers != 1:
         from writ.api.workers import AppSettings, run_workers
 
-        settings = AppSettings(log_format, log_level, metrics, metrics_token)
+        settings = AppSettings(log_format, log_level, metrics, metrics_token, relay)
         run_workers(store_url, workers, policy_path, settings, **options)
         return
     traced = tracing.configure()
@@ -73,6 +76,7 @@ def run(
         tracing.instrument(engine)
         log.info("tracing on: OTEL_TRACES_EXPORTER=%s", traced)
     logs.log_decisions(engine)
-    app = create_app(engine, metrics=metrics, metrics_token=metrics_token)
+    relay_dir = relay if relay != "off" else None
+    app = create_app(engine, metrics=metrics, metrics_token=metrics_token, relay_dir=relay_dir)
     config = uvicorn.Config(app, **options)
     DrainingServer(config, app.draining).run()  # type: ignore[attr-defined]

@@ -6,9 +6,13 @@ engine, connection pool and live replica; PostgreSQL is where they agree, exactl
 several servers on several machines do (docs/scaling.md). An SQLite store has one writer
 per file, so it takes one process only.
 
+The workers elect one of them the *writer* of leases, and the others relay their lease
+writes to it (:mod:`writ.api.relay`), in a directory made for them (mode 0700, removed when
+the supervisor exits) unless ``--relay`` names one or says ``off``.
+
 The workers are started afresh (not forked), so they learn the store, the policy file and
-the app's settings (logs, metrics) from the environment this module sets before starting
-them. A worker serves like a single ``writ serve`` but for two things: SIGHUP does not
+the app's settings (logs, metrics, the relay) from the environment this module sets before
+starting them. A worker serves like a single ``writ serve`` but for two things: SIGHUP does not
 reload its policy (restart the workers instead), and on SIGTERM uvicorn's graceful shutdown
 bounds its waiters rather than answering them 503 at once (docs/operations.md).
 """
@@ -17,12 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from writ.core.errors import Invalid
 
-__all__ = ["AppSettings", "check_workers", "create_app_from_env", "run_workers"]
+__all__ = ["AppSettings", "check_relay", "check_workers", "create_app_from_env", "run_workers"]
 
 ENV_STORE = "WRIT_WORKER_STORE"
 ENV_POLICY = "WRIT_WORKER_POLICY"
@@ -37,6 +43,7 @@ class AppSettings:
     log_level: str = "info"
     metrics: bool = True
     metrics_token: str | None = None
+    relay_dir: str | None = None
 
 
 MAX_WORKERS = 256
@@ -52,6 +59,21 @@ def check_workers(store_url: str, workers: int) -> None:
             f"--workers {workers} needs a PostgreSQL store: an SQLite file has one writer, "
             "so one writ serve per file (see docs/scaling.md)"
         )
+
+
+def check_relay(store_url: str, relay: str) -> str:
+    """``--relay``'s directory, made if missing and checked (:mod:`writ.api.relay`), or
+    ``"off"``; refused for a store that has one server only."""
+    if relay.strip().lower() == "off":
+        return "off"
+    if not store_url.split(":", 1)[0].lower().startswith("postgres"):
+        raise Invalid(
+            "--relay needs a PostgreSQL store: an SQLite file has one server, which writes "
+            "itself (see docs/scaling.md)"
+        )
+    from writ.api.relay import check_directory
+
+    return check_directory(relay)
 
 
 def create_app_from_env() -> Any:
@@ -76,7 +98,9 @@ def create_app_from_env() -> Any:
     if tracing.configure():
         tracing.instrument(engine)
     logs.log_decisions(engine)
-    return create_app(engine, metrics=app.metrics, metrics_token=app.metrics_token)
+    return create_app(
+        engine, metrics=app.metrics, metrics_token=app.metrics_token, relay_dir=app.relay_dir
+    )
 
 
 def run_workers(
@@ -97,15 +121,26 @@ def run_workers(
             "--workers runs fresh processes that would not carry this server's extensions "
             "(--checkpoint-every): run checkpoints from a single-process writ serve"
         )
+    settings = settings or AppSettings()
+    made = None
+    if settings.relay_dir is None:  # the workers elect a writer in a directory of their own
+        made = tempfile.mkdtemp(prefix="writ-relay-")  # mode 0700
+        settings = replace(settings, relay_dir=made)
+    elif settings.relay_dir == "off":
+        settings = replace(settings, relay_dir=None)
     os.environ[ENV_STORE] = store_url
-    os.environ[ENV_APP] = json.dumps(asdict(settings or AppSettings()))
+    os.environ[ENV_APP] = json.dumps(asdict(settings))
     if policy_path:
         os.environ[ENV_POLICY] = os.path.abspath(policy_path)
     else:
         os.environ.pop(ENV_POLICY, None)
-    uvicorn.run(
-        "writ.api.workers:create_app_from_env",
-        factory=True,
-        workers=workers,
-        **uvicorn_options,
-    )
+    try:
+        uvicorn.run(
+            "writ.api.workers:create_app_from_env",
+            factory=True,
+            workers=workers,
+            **uvicorn_options,
+        )
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)

@@ -102,6 +102,15 @@ from writ.net.limits import from_options, limit_options
     "[env WRIT_WORKERS].",
 )
 @click.option(
+    "--relay",
+    default=None,
+    metavar="DIR|off",
+    envvar="WRIT_RELAY",
+    help="Servers on this host given the same directory elect one writer and relay lease "
+    "writes to it (PostgreSQL stores; on by default with --workers; docs/scaling.md) "
+    "[env WRIT_RELAY].",
+)
+@click.option(
     "--checkpoint-every",
     type=click.IntRange(min=1),
     default=None,
@@ -137,6 +146,7 @@ def serve(
     metrics_token: str | None = None,
     check_only: bool = False,
     workers: int = 1,
+    relay: str | None = None,
     checkpoint_every: int | None = None,
     checkpoint_key: str = DEFAULT_KEY,
     checkpoint_dir: str = "writ-checkpoints",
@@ -148,8 +158,11 @@ def serve(
     admin) is created with that token. Every option can also be set by its WRIT_*
     environment variable (docs/operations.md has the table).
     """
+    from writ.api.workers import check_relay, check_workers
+
     if checkpoint_every:
         install_checkpointer(checkpoint_key, checkpoint_dir, checkpoint_every)
+    relay_dir = check_relay(store, relay) if relay is not None else None
     if check_only:
         from writ.api.lifecycle import check
 
@@ -163,10 +176,11 @@ def serve(
         click.echo(f"writ serve --check: ok ({store.split('://')[0]} store ready, {host}:{port})")
         return
     from writ.api import serve as api_serve  # looked up at call time (tests patch its `run`)
-    from writ.api.workers import check_workers
 
     check_workers(store, workers)
-    extra = {"workers": workers} if workers != 1 else {}
+    extra: dict[str, Any] = {"workers": workers} if workers != 1 else {}
+    if relay_dir is not None:
+        extra["relay"] = relay_dir
     api_serve.run(
         store,
         host,

@@ -1,0 +1,422 @@
+"""The write relay: servers on one host send their hot lease writes to one of them.
+
+Several ``writ serve`` processes on one PostgreSQL database agree through the database's
+chain head, and a batch holds that lock while it decides and commits: two servers writing
+side by side take turns at it and write less than one (docs/scaling.md). So the servers of
+one host (``writ serve --workers N``, or servers given the same ``--relay DIR``) elect a
+*writer* — the process holding an exclusive ``flock`` on ``DIR/writer.lock`` — and the others
+relay ``POST /v1/leases`` and ``POST /v1/leases/{id}/release`` to it over the Unix socket
+``DIR/writer.sock``. Each server keeps its own HTTP, its reads and every other route; the
+writer's store batches every server's writes as its own (one writer: optimistic batches, one
+round trip each). etcd's and ZooKeeper's followers forward proposals to their leader the same
+way, with one difference: here the writer is a choice of speed, not of correctness. The
+database still decides every write, so a server that cannot reach a writer (none yet, or it
+just went away) writes itself, correctly, at the shared rate.
+
+What crosses the socket is what crossed HTTP: the caller's bearer token (the writer
+authenticates it) and the request body, so a relayed request is answered exactly as the
+writer answers its own, byte for byte. The directory must belong to this user and be closed
+to others (it carries bearer tokens), and each end checks the other's user id
+(``SO_PEERCRED``) before it trusts a frame.
+
+Frames, both ways: ``>II`` (the JSON header's length, the body's length), the header (a
+JSON array), the body. A call is ``[id, "acquire" | "release", token, lease id or null]``
+with the HTTP body; ``[id, "cancel", "hangup" | "drain"]`` ends a wait early (its caller
+hung up, or its server is shutting down), and the call is still answered, with what the
+writer did. An answer is ``[id, status, retry-after, principal, what the access log
+names]`` with the answer's bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import itertools
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from writ.core.errors import Invalid, Unavailable
+
+log = logging.getLogger("writ.relay")
+
+__all__ = ["Answer", "Relay", "Relayed", "check_directory"]
+
+_SIZES = struct.Struct(">II")
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+MAX_HEADER = 64 << 10
+MAX_BODY = 8 << 20  # a request's body is at most 1 MiB (LimitBody); an answer is small
+LOCK, SOCKET = "writer.lock", "writer.sock"
+# While this many of a server's calls are in the air at the writer, it writes the next
+# itself: at 256 clients on two servers the writer's one core falls behind, and relaying
+# everything measured 0.79x of one server where writing side by side measured 1.07x;
+# spilling at 16 measured 0.94x, and changes nothing at 16 clients (docs/scaling.md).
+SPILL = 16
+CANCEL_WAIT_S = 10.0  # after a cancel, how long a server waits for the writer's last word
+LOST = (
+    "the writer server this one relays lease writes to went away before answering: the "
+    "request may or may not have taken effect; read the lease back (GET /v1/leases) before "
+    "retrying"
+)
+
+
+@dataclass(slots=True)
+class Answer:
+    """A relayed call's answer: the HTTP status, the answer's bytes, ``Retry-After`` and
+    what the access log names (the principal, the lease's resource, id and token)."""
+
+    status: int
+    body: bytes
+    retry: int | None = None
+    principal: str | None = None
+    log: dict[str, Any] = field(default_factory=dict)
+
+
+# what the writer runs for a relayed call: (op, token, lease id, body, cancelled, draining)
+Relayed = Callable[
+    [str, str, "str | None", bytes, "asyncio.Event", "asyncio.Event"], Awaitable[Answer]
+]
+
+
+def check_directory(path: str) -> str:
+    """``path`` made (mode 0700) if missing, and refused unless it is a directory of this
+    user that no one else may write to or read: it holds the socket bearer tokens cross."""
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path, follow_symlinks=False)
+    except OSError as exc:
+        raise Invalid(f"--relay {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise Invalid(f"--relay {path}: not a directory (a symlink is refused too)")
+    if st.st_uid != os.getuid():
+        raise Invalid(f"--relay {path}: owned by another user (uid {st.st_uid})")
+    if st.st_mode & 0o077:
+        raise Invalid(
+            f"--relay {path}: open to other users (mode {stat.S_IMODE(st.st_mode):o}); "
+            f"it carries bearer tokens: chmod 700 {path}"
+        )
+    return path
+
+
+def _same_user(sock: socket.socket | None) -> bool:
+    """Whether the process at the other end of a Unix socket runs as this user."""
+    if sock is None:
+        return False
+    peercred = getattr(socket, "SO_PEERCRED", None)
+    if peercred is None:  # not Linux: the directory's mode is the guard
+        return True
+    creds = sock.getsockopt(socket.SOL_SOCKET, peercred, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return bool(uid == os.getuid())
+
+
+def _frame(header: list[Any], body: bytes = b"") -> bytes:
+    head = _COMPACT.encode(header).encode()
+    return _SIZES.pack(len(head), len(body)) + head + body
+
+
+class _Frames(asyncio.Protocol):
+    """One end of a relay connection: frames in (:meth:`frame`), frames out (:meth:`send`).
+    A frame that is not one (too large, not JSON, not a call or an answer) closes the
+    connection; so does a peer of another user."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if not _same_user(transport.get_extra_info("socket")):
+            log.warning("relay: refused a connection with a process of another user")
+            self.closed = True  # at once: nothing is sent on it, not even before it closes
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while len(buf) >= _SIZES.size and not self.closed:
+            n_head, n_body = _SIZES.unpack_from(buf)
+            if n_head > MAX_HEADER or n_body > MAX_BODY:
+                self._broken(f"a frame of {n_head} + {n_body} bytes")
+                return
+            end = _SIZES.size + n_head + n_body
+            if len(buf) < end:
+                return
+            try:
+                header = json.loads(buf[_SIZES.size : _SIZES.size + n_head])
+            except (ValueError, RecursionError):
+                header = None
+            body = bytes(buf[_SIZES.size + n_head : end])
+            del buf[:end]
+            if (
+                type(header) is not list
+                or not header
+                or type(header[0]) is not int
+                or not self.frame(header, body)
+            ):
+                self._broken("a frame no writ server sends")
+                return
+
+    def _broken(self, what: str) -> None:
+        log.warning("relay: closed a connection that sent %s", what)
+        self.closed = True  # no call is sent on it from now
+        self.buf.clear()
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.lost()
+
+    def send(self, header: list[Any], body: bytes = b"") -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_frame(header, body))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def frame(self, header: list[Any], body: bytes) -> bool:
+        raise NotImplementedError
+
+    def lost(self) -> None:
+        pass
+
+
+class Relay:
+    """One server's end of the relay: the writer (it holds the lock and listens), or one that
+    relays to it (:meth:`link`), or, between the two, neither (:meth:`link` is then None:
+    write here). :meth:`start` begins electing, :meth:`stop` lets go."""
+
+    def __init__(
+        self, directory: str, draining: asyncio.Event | None = None, retry_s: float = 0.5
+    ) -> None:
+        self.directory = directory
+        self.retry_s = retry_s
+        self.spill = SPILL
+        self.run: Relayed | None = None  # set by the app before start()
+        # set when this server begins its graceful shutdown (the app's event)
+        self.draining = draining if draining is not None else asyncio.Event()
+        self.writer = False
+        self._lock_fd: int | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._link: _Link | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._conns: set[_Serving] = set()
+        self._stopped = asyncio.Event()
+
+    # -- electing ---------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._elect()
+        self._task = asyncio.ensure_future(self._keep())
+
+    async def _keep(self) -> None:
+        """While this server relays or writes itself, look again now and then: the writer
+        may be gone (its lock is then free) or back. When this server begins to drain, the
+        waits relayed to it end (503, as its own do) and it stops electing."""
+        while not self._stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.draining.wait(), self.retry_s)
+            if self._stopped.is_set() or self.draining.is_set():
+                self._drain_calls()
+                return
+            if not self.writer and (self._link is None or self._link.closed):
+                try:
+                    await self._elect()
+                except Exception:  # never let the keeper die: write here meanwhile
+                    log.exception("relay: electing failed; this server writes itself")
+
+    async def _elect(self) -> None:
+        loop = asyncio.get_running_loop()
+        path = os.path.join(self.directory, SOCKET)
+        if self._take_lock():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # a writer before this one left it; the lock is ours
+            self._server = await loop.create_unix_server(lambda: _Serving(self), path)
+            os.chmod(path, 0o600)
+            self.writer = True
+            log.info("relay: this server is the writer for %s", self.directory)
+            return
+        try:
+            _, link = await loop.create_unix_connection(_Link, path)
+        except OSError:
+            return  # no writer listening (yet, or any more): write here meanwhile
+        if not link.closed:
+            self._link = link
+            log.info("relay: this server relays lease writes to the writer")
+
+    def _take_lock(self) -> bool:
+        fd = os.open(os.path.join(self.directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def _drain_calls(self) -> None:
+        for conn in self._conns:
+            for call in conn.calls.values():
+                call.drain.set()
+
+    async def stop(self) -> None:
+        """Stop listening and let the lock go (another server takes over); end the waits
+        relayed here (503, as this server's own), answer every call in progress, then close
+        each connection (its server then writes itself, or relays to the next writer)."""
+        self._stopped.set()
+        self.draining.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._drain_calls()
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.directory, SOCKET))
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # frees the flock: the next writer may start now
+            self._lock_fd = None
+        for conn in list(self._conns):
+            await conn.answered()
+            conn.close()
+        self.writer = False
+        if self._link is not None:
+            self._link.close()
+
+    def link(self) -> _Link | None:
+        """The live link to the writer, or None: this server writes itself — also while
+        ``spill`` calls of this server are in the air at the writer (it is falling behind:
+        this server's own cores help, and the database decides either way)."""
+        link = self._link
+        if link is None or link.closed or len(link._open) >= self.spill:
+            return None
+        return link
+
+
+@dataclass(slots=True)
+class _Call:
+    """A relayed call in progress at the writer: its caller hung up, or its wait must end
+    because a server is shutting down."""
+
+    hung_up: asyncio.Event
+    drain: asyncio.Event
+    task: asyncio.Future[None] | None = None
+
+
+class _Serving(_Frames):
+    """The writer's end of one relaying server's connection: its calls, run and answered."""
+
+    def __init__(self, relay: Relay) -> None:
+        super().__init__()
+        self.relay = relay
+        self.calls: dict[int, _Call] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.relay._conns.add(self)
+
+    def frame(self, header: list[Any], body: bytes) -> bool:
+        """Start the call ``header`` asks, or cancel the one it names; False for a frame no
+        writ server sends."""
+        call_id = header[0]
+        if len(header) == 3 and header[1] == "cancel":
+            call = self.calls.get(call_id)
+            if call is not None:
+                (call.drain if header[2] == "drain" else call.hung_up).set()
+            return True
+        run = self.relay.run
+        if (
+            len(header) != 4
+            or header[1] not in ("acquire", "release")
+            or call_id in self.calls
+            or type(header[2]) is not str
+            or (header[3] is not None and type(header[3]) is not str)
+            or run is None
+        ):
+            return False
+        call = _Call(asyncio.Event(), asyncio.Event())
+        if self.relay.draining.is_set():
+            call.drain.set()
+        self.calls[call_id] = call
+        work = run(header[1], header[2], header[3], body, call.hung_up, call.drain)
+        call.task = asyncio.ensure_future(self._answer(call_id, work))
+        return True
+
+    async def _answer(self, call_id: int, work: Awaitable[Answer]) -> None:
+        try:
+            a = await work
+            self.send([call_id, a.status, a.retry, a.principal, a.log], a.body)
+        finally:
+            self.calls.pop(call_id, None)
+
+    def lost(self) -> None:
+        for call in self.calls.values():
+            call.hung_up.set()  # the server that asked is gone: as its caller hanging up
+        self.relay._conns.discard(self)
+
+    async def answered(self) -> None:
+        tasks = [c.task for c in self.calls.values() if c.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Link(_Frames):
+    """A server's connection to the writer: calls multiplexed by id; when it breaks, every
+    call still open fails (:data:`LOST`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ids = itertools.count(1)
+        self._open: dict[int, asyncio.Future[Answer]] = {}
+
+    def frame(self, header: list[Any], body: bytes) -> bool:
+        if len(header) != 5:
+            return False
+        call_id, status, retry, principal, meta = header
+        if (
+            type(status) is not int
+            or (retry is not None and type(retry) is not int)
+            or (principal is not None and type(principal) is not str)
+            or type(meta) is not dict
+        ):
+            return False
+        fut = self._open.pop(call_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(Answer(status, body, retry, principal, meta))
+        return True
+
+    def lost(self) -> None:
+        for fut in self._open.values():
+            if not fut.done():
+                fut.set_exception(Unavailable(LOST))
+        self._open.clear()
+
+    def call(
+        self, op: str, token: str, lease: str | None, body: bytes
+    ) -> tuple[int, asyncio.Future[Answer]]:
+        """Send one call; its id (for :meth:`cancel`) and the future of its answer."""
+        if self.closed:
+            raise Unavailable(LOST)
+        call_id = next(self._ids)
+        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._open[call_id] = fut
+        self.send([call_id, op, token, lease], body)
+        return call_id, fut
+
+    def cancel(self, call_id: int, why: str) -> None:
+        """Ask the writer to end call ``call_id``'s wait (``why``: "hangup" or "drain"); its
+        answer still comes, with what the writer did."""
+        if call_id in self._open:
+            self.send([call_id, "cancel", why])
+
+    def forget(self, call_id: int) -> None:
+        self._open.pop(call_id, None)

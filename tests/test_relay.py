@@ -1,0 +1,405 @@
+"""The write relay (writ.api.relay): servers on one host elect a writer and the others
+relay lease writes to it. Real ``writ serve`` processes on a real PostgreSQL database; the
+history checker over relayed load is in tests/test_multiserver.py (``relayed``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.server_fixtures import ADMIN_TOKEN, add_principals, verify, writ_servers
+from tests.stores_fixtures import Backend
+from writ.api.relay import check_directory
+from writ.core.errors import Invalid
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def _log(tmp: Path, i: int) -> str:
+    return (tmp / f"server-{i}.log").read_text(errors="replace")
+
+
+async def _roles(tmp: Path, n: int, within: float = 10.0) -> tuple[int, list[int]]:
+    """Which server is the writer and which relay to it, from their logs."""
+    deadline = time.monotonic() + within
+    while True:
+        logs = [_log(tmp, i) for i in range(n)]
+        writers = [i for i, text in enumerate(logs) if "this server is the writer" in text]
+        relaying = [i for i, text in enumerate(logs) if "relays lease writes" in text]
+        if len(writers) == 1 and len(relaying) == n - 1:
+            return writers[0], relaying
+        assert time.monotonic() < deadline, logs
+        await asyncio.sleep(0.05)
+
+
+def _commits(metrics: str) -> float:
+    m = re.search(r"^writ_store_commit_seconds_count ([0-9.e+]+)$", metrics, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+async def _store_commits(c: httpx.AsyncClient, url: str) -> float:
+    r = await c.get(f"{url}/metrics", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    return _commits(r.text)
+
+
+def _acquire(resource: str, **more: Any) -> dict[str, Any]:
+    return {"resource": resource, "intent": "relay test", "ttl_s": 30, **more}
+
+
+def _same(a: httpx.Response, b: httpx.Response) -> None:
+    """The same answer but for what differs between two requests (times, ids, tokens)."""
+    assert a.status_code == b.status_code, (a.text, b.text)
+    ja, jb = a.json(), b.json()
+    if "error" in ja:
+        assert ja["error"]["code"] == jb["error"]["code"], (ja, jb)
+        assert ja["error"].keys() == jb["error"].keys(), (ja, jb)
+    else:
+        assert ja.keys() == jb.keys(), (ja, jb)
+
+
+async def test_relayed_writes_are_answered_as_the_writers_own(
+    pg_backend: Backend, tmp_path: Path
+) -> None:
+    """Each answer through the relaying server is the one the writer gives for the same
+    request — a grant, a refusal naming the holder, an unknown or missing token, a field
+    the engine refuses, another's lease, an unknown lease — and the relaying server's
+    store commits nothing: the writer did every write."""
+    relay = tmp_path / "relay"
+    async with writ_servers(pg_backend.url, 2, tmp_path, relay=relay, log_level="info") as urls:
+        w, (f,) = await _roles(tmp_path, 2)
+        writer, follower = urls[w], urls[f]
+        a, b = await add_principals(writer, "agent", ["agent-a", "agent-b"])
+        auth_a = {"Authorization": f"Bearer {a}"}
+        auth_b = {"Authorization": f"Bearer {b}"}
+        async with httpx.AsyncClient(timeout=10) as c:
+            before = await _store_commits(c, follower)
+            grants = {}
+            for name, url in (("w", writer), ("f", follower)):
+                r = await c.post(f"{url}/v1/leases", json=_acquire(f"db/{name}"), headers=auth_a)
+                assert r.status_code == 201, r.text
+                grants[name] = r.json()
+            _same(
+                await c.post(f"{writer}/v1/leases", json=_acquire("db/w"), headers=auth_b),
+                r_f := await c.post(f"{follower}/v1/leases", json=_acquire("db/w"), headers=auth_b),
+            )
+            assert r_f.status_code == 409 and r_f.json()["error"]["holder"]["holder"] == "agent-a"
+            cases: list[tuple[dict[str, Any], dict[str, str]]] = [
+                (_acquire("db/x"), {"Authorization": "Bearer not-a-token"}),
+                ({"resource": "db/x", "ttl_s": 30}, auth_a),  # no intent: the engine's 422
+                (_acquire("db/x", ttl_s=-1), auth_a),
+                (_acquire("db/x", touches=[7]), auth_a),
+                (_acquire("db/x", ttl_s=10**9), auth_a),  # the policy's maximum
+                (_acquire("db/x", touches=["db/w"]), auth_b),  # reaches a held resource
+            ]
+            for i, (body, headers) in enumerate(cases):
+                r_w, r_f = [
+                    await c.post(
+                        f"{url}/v1/leases",
+                        json=body | {"resource": f"{body['resource']}/{i}/{name}"},
+                        headers=headers,
+                    )
+                    for name, url in (("w", writer), ("f", follower))
+                ]
+                _same(r_w, r_f)
+            for lease_id, headers in (
+                (grants["w"]["lease_id"], auth_b),  # another's lease
+                ("ls_unknown", auth_a),
+            ):
+                _same(
+                    await c.post(f"{writer}/v1/leases/{lease_id}/release", headers=headers),
+                    await c.post(f"{follower}/v1/leases/{lease_id}/release", headers=headers),
+                )
+            # each server releases the lease the other granted
+            for name, url in (("w", follower), ("f", writer)):
+                lease_id = grants[name]["lease_id"]
+                r = await c.post(f"{url}/v1/leases/{lease_id}/release", headers=auth_a)
+                assert r.status_code == 200 and r.json()["state"] == "released", r.text
+            assert await _store_commits(c, follower) == before
+            tokens = [g["fencing_token"] for g in grants.values()]
+            assert tokens == sorted(tokens) and len(set(tokens)) == 2
+        assert (await verify(follower))["ok"] is True
+
+
+@contextlib.asynccontextmanager
+async def _one_held(pg_backend: Backend, tmp_path: Path, resource: str) -> AsyncIterator[Any]:
+    """Two relayed servers, two agents, and ``resource`` held by the first: the servers'
+    URLs, the writer's and the relaying server's index, the two tokens, the grant and a
+    client."""
+    relay = tmp_path / "relay"
+    async with writ_servers(pg_backend.url, 2, tmp_path, relay=relay, log_level="info") as urls:
+        w, (f,) = await _roles(tmp_path, 2)
+        a, b = await add_principals(urls[w], "agent", ["agent-a", "agent-b"])
+        async with httpx.AsyncClient(timeout=10) as c:
+            held = await c.post(
+                f"{urls[w]}/v1/leases",
+                json=_acquire(resource),
+                headers={"Authorization": f"Bearer {a}"},
+            )
+            assert held.status_code == 201, held.text
+            yield urls, w, f, a, b, held, c
+
+
+async def _queued(c: httpx.AsyncClient, url: str, resource: str) -> int:
+    r = await c.get(f"{url}/v1/resources/{resource}", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    return len(r.json().get("queue") or [])
+
+
+async def _until(check: Any, what: str, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_a_relayed_wait_whose_caller_hangs_up_leaves_the_queue(
+    pg_backend: Backend, tmp_path: Path
+) -> None:
+    """A caller waiting through the relaying server hangs up: the writer takes its place
+    in the queue back, so the next release hands the resource to nobody and a later
+    acquire gets it at once."""
+    async with _one_held(pg_backend, tmp_path, "db/q") as (urls, w, f, a, b, held, c):
+        port = int(urls[f].rsplit(":", 1)[1])
+        body = json.dumps(_acquire("db/q", wait_s=30)).encode()
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /v1/leases HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {b}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+
+        async def queued(n: int) -> bool:
+            return await _queued(c, urls[w], "db/q") == n
+
+        await _until(lambda: queued(1), "the relayed wait never queued")
+        writer.close()  # the caller hangs up
+        await _until(lambda: queued(0), "the relayed wait stayed in the queue")
+        r = await c.post(
+            f"{urls[w]}/v1/leases/{held.json()['lease_id']}/release",
+            headers={"Authorization": f"Bearer {a}"},
+        )
+        assert r.status_code == 200, r.text
+        r = await c.post(
+            f"{urls[w]}/v1/leases",
+            json=_acquire("db/q"),
+            headers={"Authorization": f"Bearer {a}"},
+        )
+        assert r.status_code == 201, r.text  # nobody else was handed it
+
+
+async def test_when_the_writer_dies_another_server_takes_over(
+    pg_backend: Backend, tmp_path: Path
+) -> None:
+    """SIGKILL the writer: the relaying server writes itself at once (503 only for a call
+    that was in the air, never a wrong answer), then becomes the writer; every grant it
+    acknowledged is in the ledger, which verifies."""
+    relay = tmp_path / "relay"
+    async with writ_servers(pg_backend.url, 2, tmp_path, relay=relay, log_level="info") as urls:
+        w, (f,) = await _roles(tmp_path, 2)
+        (a,) = await add_principals(urls[f], "agent", ["agent-a"])
+        auth = {"Authorization": f"Bearer {a}"}
+        pid = int(re.findall(r"Started server process \[(\d+)\]", _log(tmp_path, w))[0])
+        granted = []
+        async with httpx.AsyncClient(timeout=10) as c:
+            for i in range(5):
+                r = await c.post(f"{urls[f]}/v1/leases", json=_acquire(f"db/k{i}"), headers=auth)
+                assert r.status_code == 201, r.text
+                granted.append(r.json()["lease_id"])
+            os.kill(pid, signal.SIGKILL)
+            statuses = []
+            deadline = time.monotonic() + 15
+            i = 5
+            while "this server is the writer" not in _log(tmp_path, f):
+                assert time.monotonic() < deadline, _log(tmp_path, f)[-3000:]
+                r = await c.post(f"{urls[f]}/v1/leases", json=_acquire(f"db/k{i}"), headers=auth)
+                statuses.append(r.status_code)
+                if r.status_code == 201:
+                    granted.append(r.json()["lease_id"])
+                else:
+                    assert r.status_code == 503, r.text
+                i += 1
+                await asyncio.sleep(0.05)
+            assert statuses.count(503) <= 1, statuses
+            r = await c.post(f"{urls[f]}/v1/leases", json=_acquire("db/after"), headers=auth)
+            assert r.status_code == 201, r.text
+            granted.append(r.json()["lease_id"])
+            for lease_id in granted:
+                r = await c.get(f"{urls[f]}/v1/leases/{lease_id}", headers=auth)
+                assert r.status_code == 200 and r.json()["state"] == "held", r.text
+        assert (await verify(urls[f]))["ok"] is True
+
+
+async def _wait_through(url: str, token: str, resource: str) -> asyncio.Task[httpx.Response]:
+    """An acquire that queues for ``resource`` (held by someone else), in the background."""
+    client = httpx.AsyncClient(timeout=30)
+
+    async def ask() -> httpx.Response:
+        async with client:
+            return await client.post(
+                f"{url}/v1/leases",
+                json=_acquire(resource, wait_s=25),
+                headers={"Authorization": f"Bearer {token}"},
+            )
+
+    return asyncio.ensure_future(ask())
+
+
+@pytest.mark.parametrize("stopping", ["writer", "relaying"])
+async def test_a_relayed_wait_ends_503_when_either_server_shuts_down(
+    pg_backend: Backend, tmp_path: Path, stopping: str
+) -> None:
+    """SIGTERM, with a caller waiting through the relaying server: whichever of the two
+    stops, the wait ends as a graceful shutdown ends one on a single server — 503 saying so,
+    and its request is gone from the queue."""
+    async with _one_held(pg_backend, tmp_path, "db/s") as (urls, w, f, _a, b, _held, c):
+        waiting = await _wait_through(urls[f], b, "db/s")
+
+        async def queued_once() -> bool:
+            return await _queued(c, urls[w], "db/s") == 1
+
+        await _until(queued_once, "the relayed wait never queued")
+        stop, stay = (w, f) if stopping == "writer" else (f, w)
+        pid = int(re.findall(r"Started server process \[(\d+)\]", _log(tmp_path, stop))[0])
+        os.kill(pid, signal.SIGTERM)
+        answer = await asyncio.wait_for(waiting, 20)
+        assert answer.status_code == 503, answer.text
+        assert "shutting down" in answer.json()["error"]["message"], answer.text
+
+        async def queue_empty() -> bool:
+            return await _queued(c, urls[stay], "db/s") == 0
+
+        await _until(queue_empty, "the ended wait stayed in the queue")
+
+
+async def test_a_server_writes_itself_while_the_writer_has_enough_of_its_calls() -> None:
+    """Past ``SPILL`` calls in the air at the writer, a server writes the next itself (the
+    writer is falling behind); the link is used again once answers come back."""
+    from writ.api.relay import SPILL, Relay, _Link
+
+    relay = Relay("unused")
+    link = _Link()
+    relay._link = link
+    loop = asyncio.get_running_loop()
+    assert relay.link() is link
+    for i in range(SPILL):
+        link._open[i] = loop.create_future()
+    assert relay.link() is None
+    link._open.pop(0)
+    assert relay.link() is link
+    link.closed = True
+    assert relay.link() is None
+
+
+def _frame(header: Any, body: bytes = b"", sizes: tuple[int, int] | None = None) -> bytes:
+    head = json.dumps(header).encode()
+    n_head, n_body = sizes or (len(head), len(body))
+    return struct.pack(">II", n_head, n_body) + head + body
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        _frame([1, "acquire", "t", None], sizes=(1 << 30, 0)),  # larger than any frame
+        struct.pack(">II", 3, 0) + b"{{{",  # not JSON
+        _frame({"id": 1, "op": "acquire"}),  # not an array
+        _frame(["1", "acquire", "t", None]),  # an id that is not an integer
+        _frame([1, "delete", "t", None]),  # an unknown call
+        _frame([1, "acquire", 7, None]),  # a token that is not text
+        _frame([1, "release", "t", ["ls_x"]]),  # a lease id that is not text
+        _frame([1, 200, None, None, {}]),  # an answer, sent to the writer
+    ],
+    ids=[
+        "huge",
+        "not-json",
+        "object",
+        "text-id",
+        "unknown-op",
+        "int-token",
+        "list-lease",
+        "answer",
+    ],
+)
+async def test_the_writer_closes_a_connection_that_sends_garbage_and_serves_on(
+    pg_backend: Backend, tmp_path: Path, garbage: bytes
+) -> None:
+    """A frame no writ server sends closes that connection, and nothing else: the writer
+    keeps serving the relaying server."""
+    relay = tmp_path / "relay"
+    async with writ_servers(pg_backend.url, 2, tmp_path, relay=relay, log_level="info") as urls:
+        w, (f,) = await _roles(tmp_path, 2)
+        reader, writer = await asyncio.open_unix_connection(str(relay / "writer.sock"))
+        writer.write(garbage)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing answered
+        writer.close()
+        async with httpx.AsyncClient(timeout=10) as c:
+            r = await c.post(f"{urls[f]}/v1/leases", json=_acquire("db/g"), headers=ADMIN)
+            assert r.status_code == 201, r.text
+        assert "closed a connection that sent" in _log(tmp_path, w)
+
+
+def test_the_relay_directory_must_be_this_users_and_closed(tmp_path: Path) -> None:
+    """It carries bearer tokens: a directory open to others, a file, or a symlink is
+    refused; a missing one is made, mode 0700."""
+    made = tmp_path / "new"
+    assert check_directory(str(made)) == str(made)
+    assert made.stat().st_mode & 0o777 == 0o700
+    open_dir = tmp_path / "open"
+    open_dir.mkdir(mode=0o755)
+    open_dir.chmod(0o755)
+    with pytest.raises(Invalid, match="open to other users"):
+        check_directory(str(open_dir))
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(Invalid):
+        check_directory(str(a_file))
+    link = tmp_path / "link"
+    link.symlink_to(made)
+    with pytest.raises(Invalid, match="symlink"):
+        check_directory(str(link))
+    if os.getuid() == 0:  # as root, a directory of another user can be made
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(Invalid, match="another user"):
+            check_directory(str(theirs))
+
+
+def test_a_relay_needs_a_postgresql_store(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from writ.cli import main
+
+    out = CliRunner().invoke(
+        main,
+        ["serve", "--store", f"sqlite:///{tmp_path / 'w.db'}", "--relay", str(tmp_path / "r")],
+    )
+    assert out.exit_code != 0
+    assert "--relay needs a PostgreSQL store" in out.output
+
+
+def test_same_user_check_reads_the_peers_credentials() -> None:
+    from writ.api.relay import _same_user
+
+    a, b = socket.socketpair(socket.AF_UNIX)
+    try:
+        assert _same_user(a) is True
+    finally:
+        a.close()
+        b.close()
+    assert _same_user(None) is False

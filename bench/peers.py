@@ -253,9 +253,11 @@ class Writ(Peer):
         self.port = free_port()
         code = (
             "import sys; from writ.server import run; "
-            "run(sys.argv[1], '127.0.0.1', int(sys.argv[2]), log_level='warning')"
+            "run(sys.argv[1], '127.0.0.1', int(sys.argv[2]), log_level='warning', "
+            "**dict(a.split('=', 1) for a in sys.argv[3:]))"
         )
         self.server_argv = [sys.executable, "-c", code, self.store_url, str(self.port)]
+        self.server_argv += self.run_options(tmp)
         argv = list(self.server_argv)
         if self.profile:
             argv = self.profile_argv(tmp) + argv
@@ -267,6 +269,10 @@ class Writ(Peer):
         self.http = _http(64, self.base)
 
     def profile_argv(self, tmp: Path) -> list[str]:
+        return []
+
+    def run_options(self, tmp: Path) -> list[str]:
+        """More keyword arguments of ``writ.server.run``, as ``name=value``."""
         return []
 
     async def stop(self) -> None:
@@ -711,16 +717,26 @@ class WritCluster(Writ):
     """Several ``writ serve`` processes on one PostgreSQL database, client ``i`` talking to
     server ``i % servers``: what scaling out buys, and what it costs in agreement."""
 
-    def __init__(self, servers: int = 2, sharded: bool = False) -> None:
+    def __init__(self, servers: int = 2, sharded: bool = False, relay: bool = True) -> None:
         super().__init__("postgres")
         self.servers = servers
         self.sharded = sharded
-        self.name = f"writ-postgres-{servers}shards" if sharded else f"writ-postgres-x{servers}"
+        self.relay = relay and not sharded
+        self.name = (
+            f"writ-postgres-{servers}shards"
+            if sharded
+            else f"writ-postgres-x{servers}" + ("" if relay else "-direct")
+        )
         self.description = (
             f"writ HTTP, {servers} servers on one PostgreSQL, each its own store (schema): "
             "a shard per server, client i on shard i % n"
             if sharded
-            else f"writ HTTP, {servers} servers on one PostgreSQL database"
+            else f"writ HTTP, {servers} servers on one PostgreSQL database, "
+            + (
+                "relaying lease writes to one writer (--relay, the default with --workers)"
+                if relay
+                else "each writing itself (--relay off)"
+            )
         )
         self.others: list[tuple[subprocess.Popen[bytes], int]] = []
         self.https: list[Any] = []
@@ -734,7 +750,7 @@ class WritCluster(Writ):
             store_url = self.store_url
             if self.sharded:
                 store_url = self.store_url.replace(self.schema, f"{self.schema}_s{n}")
-            argv = [*self.server_argv[:-2], store_url, str(port)]
+            argv = [*self.server_argv[:3], store_url, str(port), *self.server_argv[5:]]
             env = {"WRIT_ADMIN_TOKEN": ADMIN_TOKEN}
             if self.src:
                 env["PYTHONPATH"] = os.pathsep.join([self.src, os.environ.get("PYTHONPATH", "")])
@@ -746,6 +762,13 @@ class WritCluster(Writ):
             self.others.append((proc, port))
             url = f"http://127.0.0.1:{port}/v1/health"
             await self._until_ready(lambda url=url: _get_ok(url), f"writ server {n + 1}")
+
+    def run_options(self, tmp: Path) -> list[str]:
+        if not self.relay:
+            return []
+        where = tmp / "relay"
+        where.mkdir(mode=0o700, exist_ok=True)
+        return [f"relay={where}"]
 
     def server_pids(self) -> list[int]:
         return super().server_pids() + [p.pid for p, _ in self.others]
@@ -807,6 +830,7 @@ def make(name: str) -> Peer:
         "writ-sqlite": lambda: Writ("sqlite"),
         "writ-postgres": lambda: Writ("postgres"),
         "writ-postgres-x2": lambda: WritCluster(2),
+        "writ-postgres-x2-direct": lambda: WritCluster(2, relay=False),
         "writ-postgres-2shards": lambda: WritCluster(2, sharded=True),
         "etcd": Etcd,
         "redis": Redis,
@@ -818,6 +842,7 @@ ALL = [
     "writ-sqlite",
     "writ-postgres",
     "writ-postgres-x2",
+    "writ-postgres-x2-direct",
     "writ-postgres-2shards",
     "etcd",
     "redis",

@@ -45,15 +45,19 @@ async def _roles(tmp: Path, n: int, within: float = 10.0) -> tuple[int, list[int
         await asyncio.sleep(0.05)
 
 
-def _commits(metrics: str) -> float:
-    m = re.search(r"^writ_store_commit_seconds_count ([0-9.e+]+)$", metrics, re.M)
+def _sample(metrics: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", metrics, re.M)
     return float(m.group(1)) if m else 0.0
 
 
-async def _store_commits(c: httpx.AsyncClient, url: str) -> float:
+async def _metric(c: httpx.AsyncClient, url: str, name: str) -> float:
     r = await c.get(f"{url}/metrics", headers=ADMIN)
     assert r.status_code == 200, r.text
-    return _commits(r.text)
+    return _sample(r.text, name)
+
+
+async def _store_commits(c: httpx.AsyncClient, url: str) -> float:
+    return await _metric(c, url, "writ_store_commit_seconds_count")
 
 
 def _acquire(resource: str, **more: Any) -> dict[str, Any]:
@@ -131,6 +135,14 @@ async def test_relayed_writes_are_answered_as_the_writers_own(
             assert await _store_commits(c, follower) == before
             tokens = [g["fencing_token"] for g in grants.values()]
             assert tokens == sorted(tokens) and len(set(tokens)) == 2
+            # 11 lease writes went through the relaying server, each answered by the writer
+            relayed = 'writ_relay_calls_total{outcome="relayed"}'
+            served = 'writ_relay_calls_total{outcome="served"}'
+            assert await _metric(c, follower, relayed) == 11
+            assert await _metric(c, writer, served) == 11
+            assert await _metric(c, follower, 'writ_relay_role{role="relaying"}') == 1
+            assert await _metric(c, writer, 'writ_relay_role{role="writer"}') == 1
+            assert await _metric(c, writer, 'writ_relay_role{role="relaying"}') == 0
         assert (await verify(follower))["ok"] is True
 
 

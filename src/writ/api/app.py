@@ -110,9 +110,10 @@ def create_app(
         summary="Vendor-neutral write authority for autonomous agents (protocol v1).",
         lifespan=lifespan,
     )
-    app.front = OpsFront(
-        app.front, engine, Metrics.for_engine(engine) if metrics else None, metrics_token
-    )
+    measured = Metrics.for_engine(engine) if metrics else None
+    if measured is not None and app.relay is not None:
+        measured.relay = app.relay  # writ_relay_calls_total, writ_relay_role
+    app.front = OpsFront(app.front, engine, measured, metrics_token)
 
     install_error_handlers(app)
     for router in ROUTERS:

@@ -185,6 +185,8 @@ class FastLeases:
                         raise Unavailable(LOST) from None
             a = await fut
         except Unavailable as err:
+            if self.relay is not None:
+                self.relay.counts["lost"] += 1
             a = Answer(err.status, _COMPACT.encode(err.to_body()).encode(), err.retry_after())
         scope["writ.principal"] = a.principal
         scope["writ.lease"] = a.log

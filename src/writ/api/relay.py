@@ -207,6 +207,9 @@ class Relay:
         # set when this server begins its graceful shutdown (the app's event)
         self.draining = draining if draining is not None else asyncio.Event()
         self.writer = False
+        # calls this server relayed, wrote itself while the writer had SPILL of them, lost
+        # with the link, and (as the writer) answered for others: writ_relay_calls_total
+        self.counts = dict.fromkeys(("relayed", "spilled", "lost", "served"), 0)
         self._lock_fd: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._link: _Link | None = None
@@ -297,9 +300,21 @@ class Relay:
         ``spill`` calls of this server are in the air at the writer (it is falling behind:
         this server's own cores help, and the database decides either way)."""
         link = self._link
-        if link is None or link.closed or len(link._open) >= self.spill:
+        if link is None or link.closed:
             return None
+        if len(link._open) >= self.spill:
+            self.counts["spilled"] += 1
+            return None
+        self.counts["relayed"] += 1
         return link
+
+    def role(self) -> str:
+        """``writer``, ``relaying`` (to a writer), or ``alone`` (writing itself: no writer
+        reachable, between two)."""
+        if self.writer:
+            return "writer"
+        link = self._link
+        return "relaying" if link is not None and not link.closed else "alone"
 
 
 @dataclass(slots=True)
@@ -355,6 +370,7 @@ class _Serving(_Frames):
         try:
             a = await work
             self.send([call_id, a.status, a.retry, a.principal, a.log], a.body)
+            self.relay.counts["served"] += 1
         finally:
             self.calls.pop(call_id, None)
 

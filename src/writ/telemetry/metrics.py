@@ -246,6 +246,21 @@ class Metrics:
             ("kind", "outcome"),
         )
         self.audit_rows = _Family(C, "writ_audit_rows", "Audit rows committed by this process")
+        self.relay_calls = _Family(
+            C,
+            "writ_relay_calls",
+            "Lease writes through the write relay, by outcome: relayed (sent to the writer), "
+            "spilled (written here while the writer had 16 of them), lost (the writer went "
+            "away before answering), served (answered as the writer, for another server)",
+            ("outcome",),
+        )
+        self.relay_role = Gauge(
+            "writ_relay_role",
+            "1 for this server's role in the write relay (writer, relaying, alone)",
+            ["role"],
+            registry=r,
+        )
+        self.relay: Any = None  # the app's writ.api.relay.Relay, when it has one
         self.batch_phases = _Family(
             C,
             "writ_store_batch_seconds",
@@ -267,6 +282,7 @@ class Metrics:
                     self.commit_f,
                     self.audit_rows,
                     self.batch_phases,
+                    self.relay_calls,
                     self.http_f,
                 ]
             )
@@ -338,6 +354,12 @@ class Metrics:
     # ------------------------------------------------------------------ exposition
     async def render(self) -> bytes:
         """The text exposition, with the gauges read from the store now."""
+        if self.relay is not None:
+            for outcome, n in self.relay.counts.items():
+                self.relay_calls.values[(outcome,)] = n
+            now = self.relay.role()
+            for role in ("writer", "relaying", "alone"):
+                self.relay_role.labels(role=role).set(int(role == now))
         if self._engine is not None:
             phases = self.batch_phases.values
             for phase, seconds in self._engine.store.phase_s.items():

@@ -380,6 +380,8 @@ def test_the_relay_directory_must_be_this_users_and_closed(tmp_path: Path) -> No
     a_file.write_text("")
     with pytest.raises(Invalid):
         check_directory(str(a_file))
+    with pytest.raises(Invalid, match="too long"):
+        check_directory(str(tmp_path / ("d" * 120)))
     link = tmp_path / "link"
     link.symlink_to(made)
     with pytest.raises(Invalid, match="symlink"):
@@ -415,3 +417,82 @@ def test_same_user_check_reads_the_peers_credentials() -> None:
         a.close()
         b.close()
     assert _same_user(None) is False
+
+
+async def test_a_writer_that_cannot_listen_lets_the_lock_go(tmp_path: Path) -> None:
+    """Its socket cannot be made (here: a directory is in its place): the server serves
+    anyway, writing itself, and frees the lock for another server to take."""
+    from writ.api.relay import Relay
+
+    where = tmp_path / "relay"
+    where.mkdir(mode=0o700)
+    (where / "writer.sock").mkdir()
+    first = Relay(str(where))
+    await first.start()
+    try:
+        assert first.role() == "alone"
+        (where / "writer.sock").rmdir()
+        second = Relay(str(where))
+        await second.start()
+        try:
+            assert second.role() == "writer"
+        finally:
+            await second.stop()
+    finally:
+        await first.stop()
+
+
+async def test_calls_cross_the_socket_both_ways_in_process(tmp_path: Path) -> None:
+    """Two relays in one process: what the relaying end sends is what the writer's ``run``
+    gets, its answer comes back whole, and a cancel reaches the call it names."""
+    from writ.api.relay import Answer, Relay
+
+    where = tmp_path / "relay"
+    where.mkdir(mode=0o700)
+    seen: list[tuple[str, str, str | None, bytes]] = []
+    cancelled = asyncio.Event()
+
+    async def run(
+        op: str,
+        token: str,
+        lease: str | None,
+        body: bytes,
+        hung_up: asyncio.Event,
+        drain: asyncio.Event,
+    ) -> Answer:
+        seen.append((op, token, lease, body))
+        if op == "acquire" and b"wait" in body:
+            await hung_up.wait()
+            cancelled.set()
+            return Answer(503, b'{"gone":true}')
+        return Answer(201, body[::-1], 7, "agent-a", {"resource": "db/x"})
+
+    writer, relaying = Relay(str(where)), Relay(str(where))
+    writer.run = run
+    await writer.start()
+    await relaying.start()
+    try:
+        assert (writer.role(), relaying.role()) == ("writer", "relaying")
+        link = relaying.link()
+        assert link is not None
+        _, fut = link.call("acquire", "tok", None, b'{"resource":"db/x"}')
+        a = await asyncio.wait_for(fut, 5)
+        assert (a.status, a.body, a.retry, a.principal, a.log) == (
+            201,
+            b'{"resource":"db/x"}'[::-1],
+            7,
+            "agent-a",
+            {"resource": "db/x"},
+        )
+        call_id, fut = link.call("acquire", "tok", None, b'{"wait":1}')
+        await asyncio.sleep(0)
+        link.cancel(call_id, "hangup")
+        a = await asyncio.wait_for(fut, 5)
+        assert a.status == 503 and cancelled.is_set()
+        _, fut = link.call("release", "tok", "ls_1", b"")
+        assert (await asyncio.wait_for(fut, 5)).status == 201
+        assert seen[-1] == ("release", "tok", "ls_1", b"")
+        assert writer.counts["served"] == 3
+    finally:
+        await relaying.stop()
+        await writer.stop()

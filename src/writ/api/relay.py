@@ -54,6 +54,7 @@ _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 MAX_HEADER = 64 << 10
 MAX_BODY = 8 << 20  # a request's body is at most 1 MiB (LimitBody); an answer is small
 LOCK, SOCKET = "writer.lock", "writer.sock"
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with its terminating NUL (Linux)
 # While this many of a server's calls are in the air at the writer, it writes the next
 # itself: at 256 clients on two servers the writer's one core falls behind, and relaying
 # everything measured 0.79x of one server where writing side by side measured 1.07x;
@@ -89,6 +90,11 @@ def check_directory(path: str) -> str:
     """``path`` made (mode 0700) if missing, and refused unless it is a directory of this
     user that no one else may write to or read: it holds the socket bearer tokens cross."""
     path = os.path.abspath(path)
+    if len(os.fsencode(os.path.join(path, SOCKET))) > MAX_SOCKET_PATH:
+        raise Invalid(
+            f"--relay {path}: too long for a Unix socket path (at most "
+            f"{MAX_SOCKET_PATH - len(SOCKET) - 1} bytes): choose a shorter directory"
+        )
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.stat(path, follow_symlinks=False)
@@ -219,7 +225,10 @@ class Relay:
 
     # -- electing ---------------------------------------------------------------------
     async def start(self) -> None:
-        await self._elect()
+        try:
+            await self._elect()
+        except Exception:  # serve anyway: this server writes itself, and tries again
+            log.exception("relay: electing failed; this server writes itself meanwhile")
         self._task = asyncio.ensure_future(self._keep())
 
     async def _keep(self) -> None:
@@ -242,10 +251,14 @@ class Relay:
         loop = asyncio.get_running_loop()
         path = os.path.join(self.directory, SOCKET)
         if self._take_lock():
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # a writer before this one left it; the lock is ours
-            self._server = await loop.create_unix_server(lambda: _Serving(self), path)
-            os.chmod(path, 0o600)
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # a writer before this one left it; the lock is ours
+                self._server = await loop.create_unix_server(lambda: _Serving(self), path)
+                os.chmod(path, 0o600)
+            except BaseException:
+                self._let_go()  # another server may do better
+                raise
             self.writer = True
             log.info("relay: this server is the writer for %s", self.directory)
             return
@@ -267,6 +280,14 @@ class Relay:
         self._lock_fd = fd
         return True
 
+    def _let_go(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # frees the flock: the next writer may start now
+            self._lock_fd = None
+
     def _drain_calls(self) -> None:
         for conn in self._conns:
             for call in conn.calls.values():
@@ -285,9 +306,7 @@ class Relay:
             self._server.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.directory, SOCKET))
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # frees the flock: the next writer may start now
-            self._lock_fd = None
+        self._let_go()
         for conn in list(self._conns):
             await conn.answered()
             conn.close()

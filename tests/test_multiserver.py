@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import os
 import random
+import re
 import shutil
 import statistics
 import time
@@ -275,9 +276,19 @@ async def test_contention_across_servers_keeps_every_guarantee(
         assert stats["lease.expired"] + stats["lease.revoked"] >= 1, stats
         for url in urls:
             assert (await verify(url))["ok"] is True
-    if relay:
-        logs = [(tmp_path / f"server-{i}.log").read_text() for i in range(n_servers)]
-        assert sum("relays lease writes" in text for text in logs) == n_servers - 1, logs
+        if relay:  # and the lease writes did go through the writer
+            logs = [(tmp_path / f"server-{i}.log").read_text() for i in range(n_servers)]
+            assert sum("relays lease writes" in text for text in logs) == n_servers - 1, logs
+            outcomes: dict[str, float] = {}
+            async with httpx.AsyncClient(timeout=10) as c:
+                for url in urls:
+                    text = (await c.get(f"{url}/metrics")).text
+                    for m in re.finditer(
+                        r'^writ_relay_calls_total\{outcome="(\w+)"\} (\S+)$', text, re.M
+                    ):
+                        outcomes[m[1]] = outcomes.get(m[1], 0) + float(m[2])
+            assert outcomes.get("relayed", 0) >= 20 and outcomes.get("lost", 0) == 0, outcomes
+            assert outcomes["served"] == outcomes["relayed"], outcomes
 
 
 async def test_servers_sixteen_agents_one_resource(servers: list[str]) -> None:

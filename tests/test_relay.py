@@ -65,14 +65,16 @@ def _acquire(resource: str, **more: Any) -> dict[str, Any]:
 
 
 def _same(a: httpx.Response, b: httpx.Response) -> None:
-    """The same answer but for what differs between two requests (times, ids, tokens)."""
+    """The same answer byte for byte, ``Retry-After`` included (for the same request)."""
+    assert (a.status_code, a.content) == (b.status_code, b.content)
+    assert a.headers.get("retry-after") == b.headers.get("retry-after")
+    assert a.headers.get("content-type") == b.headers.get("content-type")
+
+
+def _alike(a: httpx.Response, b: httpx.Response) -> None:
+    """The same answer but for what two grants differ in (ids, times, tokens, names)."""
     assert a.status_code == b.status_code, (a.text, b.text)
-    ja, jb = a.json(), b.json()
-    if "error" in ja:
-        assert ja["error"]["code"] == jb["error"]["code"], (ja, jb)
-        assert ja["error"].keys() == jb["error"].keys(), (ja, jb)
-    else:
-        assert ja.keys() == jb.keys(), (ja, jb)
+    assert a.json().keys() == b.json().keys(), (a.text, b.text)
 
 
 async def test_relayed_writes_are_answered_as_the_writers_own(
@@ -101,15 +103,26 @@ async def test_relayed_writes_are_answered_as_the_writers_own(
                 r_f := await c.post(f"{follower}/v1/leases", json=_acquire("db/w"), headers=auth_b),
             )
             assert r_f.status_code == 409 and r_f.json()["error"]["holder"]["holder"] == "agent-a"
-            cases: list[tuple[dict[str, Any], dict[str, str]]] = [
+            assert r_f.headers.get("retry-after") is not None
+            refused: list[tuple[dict[str, Any], dict[str, str]]] = [
                 (_acquire("db/x"), {"Authorization": "Bearer not-a-token"}),
                 ({"resource": "db/x", "ttl_s": 30}, auth_a),  # no intent: the engine's 422
                 (_acquire("db/x", ttl_s=-1), auth_a),
                 (_acquire("db/x", touches=[7]), auth_a),
-                (_acquire("db/x", ttl_s=10**9), auth_a),  # the policy's maximum
-                (_acquire("db/x", touches=["db/w"]), auth_b),  # reaches a held resource
+                (_acquire("x" * 70_000), auth_a),  # too long a resource, answered and named
             ]
-            for i, (body, headers) in enumerate(cases):
+            for body, headers in refused:
+                r_w, r_f = [
+                    await c.post(f"{url}/v1/leases", json=body, headers=headers)
+                    for url in (writer, follower)
+                ]
+                assert r_w.status_code >= 400, r_w.text
+                _same(r_w, r_f)
+            granted: list[tuple[dict[str, Any], dict[str, str]]] = [
+                (_acquire("db/x", ttl_s=10**9), auth_a),  # the policy's maximum
+                (_acquire("db/x", touches=["db/y"]), auth_b),
+            ]
+            for i, (body, headers) in enumerate(granted):
                 r_w, r_f = [
                     await c.post(
                         f"{url}/v1/leases",
@@ -118,10 +131,12 @@ async def test_relayed_writes_are_answered_as_the_writers_own(
                     )
                     for name, url in (("w", writer), ("f", follower))
                 ]
-                _same(r_w, r_f)
+                _alike(r_w, r_f)
             for lease_id, headers in (
                 (grants["w"]["lease_id"], auth_b),  # another's lease
                 ("ls_unknown", auth_a),
+                # a call too large for a frame is not relayed but answered here, the same
+                ("x" * 60_000, {"Authorization": "Bearer " + "t" * 10_000}),
             ):
                 _same(
                     await c.post(f"{writer}/v1/leases/{lease_id}/release", headers=headers),
@@ -135,11 +150,11 @@ async def test_relayed_writes_are_answered_as_the_writers_own(
             assert await _store_commits(c, follower) == before
             tokens = [g["fencing_token"] for g in grants.values()]
             assert tokens == sorted(tokens) and len(set(tokens)) == 2
-            # 11 lease writes went through the relaying server, each answered by the writer
+            # 12 lease writes went through the relaying server, each answered by the writer
             relayed = 'writ_relay_calls_total{outcome="relayed"}'
             served = 'writ_relay_calls_total{outcome="served"}'
-            assert await _metric(c, follower, relayed) == 11
-            assert await _metric(c, writer, served) == 11
+            assert await _metric(c, follower, relayed) == 12
+            assert await _metric(c, writer, served) == 12
             assert await _metric(c, follower, 'writ_relay_role{role="relaying"}') == 1
             assert await _metric(c, writer, 'writ_relay_role{role="writer"}') == 1
             assert await _metric(c, writer, 'writ_relay_role{role="relaying"}') == 0
@@ -299,19 +314,21 @@ async def test_a_relayed_wait_ends_503_when_either_server_shuts_down(
 
 
 async def test_a_server_writes_itself_while_the_writer_has_enough_of_its_calls() -> None:
-    """Past ``SPILL`` calls in the air at the writer, a server writes the next itself (the
-    writer is falling behind); the link is used again once answers come back."""
+    """Past ``SPILL`` calls that do not wait in the air at the writer, a server writes the
+    next itself (the writer is falling behind); waits do not count (sixteen agents queued
+    through one server leave its other writes relayed); the link is used again once
+    answers come back."""
     from writ.api.relay import SPILL, Relay, _Link
 
     relay = Relay("unused")
-    link = _Link()
+    link = _Link("me")
     relay._link = link
-    loop = asyncio.get_running_loop()
     assert relay.link() is link
-    for i in range(SPILL):
-        link._open[i] = loop.create_future()
-    assert relay.link() is None
-    link._open.pop(0)
+    link.quick.update(range(SPILL - 1))
+    assert relay.link() is link
+    link.quick.add(SPILL)
+    assert relay.link() is None and relay.counts["spilled"] == 1
+    link.quick.discard(0)
     assert relay.link() is link
     link.closed = True
     assert relay.link() is None
@@ -324,18 +341,23 @@ def _frame(header: Any, body: bytes = b"", sizes: tuple[int, int] | None = None)
 
 
 @pytest.mark.parametrize(
-    "garbage",
+    ("greet", "garbage"),
     [
-        _frame([1, "acquire", "t", None], sizes=(1 << 30, 0)),  # larger than any frame
-        struct.pack(">II", 3, 0) + b"{{{",  # not JSON
-        _frame({"id": 1, "op": "acquire"}),  # not an array
-        _frame(["1", "acquire", "t", None]),  # an id that is not an integer
-        _frame([1, "delete", "t", None]),  # an unknown call
-        _frame([1, "acquire", 7, None]),  # a token that is not text
-        _frame([1, "release", "t", ["ls_x"]]),  # a lease id that is not text
-        _frame([1, 200, None, None, {}]),  # an answer, sent to the writer
+        (False, _frame([1, "acquire", "t", None, None])),  # a call before any hello
+        (False, _frame([0, "hello", 7])),  # a hello that is not text
+        (True, _frame([1, "acquire", "t", None, None], sizes=(1 << 30, 0))),  # too large
+        (True, struct.pack(">II", 3, 0) + b"{{{"),  # not JSON
+        (True, _frame({"id": 1, "op": "acquire"})),  # not an array
+        (True, _frame(["1", "acquire", "t", None, None])),  # an id that is not an integer
+        (True, _frame([1, "delete", "t", None, None])),  # an unknown call
+        (True, _frame([1, "acquire", 7, None, None])),  # a token that is not text
+        (True, _frame([1, "release", "t", ["ls_x"], None])),  # a lease id that is not text
+        (True, _frame([1, "release", "t", "ls_x", {"id": 1}])),  # a request id, not text
+        (True, _frame([1, 200, None, None, {}])),  # an answer, sent to the writer
     ],
     ids=[
+        "no-hello",
+        "int-hello",
         "huge",
         "not-json",
         "object",
@@ -343,26 +365,45 @@ def _frame(header: Any, body: bytes = b"", sizes: tuple[int, int] | None = None)
         "unknown-op",
         "int-token",
         "list-lease",
+        "object-request-id",
         "answer",
     ],
 )
 async def test_the_writer_closes_a_connection_that_sends_garbage_and_serves_on(
-    pg_backend: Backend, tmp_path: Path, garbage: bytes
+    pg_backend: Backend, tmp_path: Path, greet: bool, garbage: bytes
 ) -> None:
-    """A frame no writ server sends closes that connection, and nothing else: the writer
-    keeps serving the relaying server."""
+    """A frame no writ server sends — before the hello, or after it — closes that
+    connection, and nothing else: the writer still answers the relaying server's calls
+    (its store commits nothing)."""
     relay = tmp_path / "relay"
     async with writ_servers(pg_backend.url, 2, tmp_path, relay=relay, log_level="info") as urls:
         w, (f,) = await _roles(tmp_path, 2)
-        reader, writer = await asyncio.open_unix_connection(str(relay / "writer.sock"))
+        sock = str(relay / "writer.sock")
+        reader, writer = await asyncio.open_unix_connection(sock)
+        if greet:  # learn the writer's identity (it says it when it refuses), then say it
+            writer.write(_frame([0, "hello", "someone else"]))
+            refused = await _read_frame(reader)
+            assert refused[:2] == [0, "refused"], refused
+            reader, writer = await asyncio.open_unix_connection(sock)
+            writer.write(_frame([0, "hello", refused[2]]))
+            assert (await _read_frame(reader))[:2] == [0, "welcome"]
         writer.write(garbage)
         await writer.drain()
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing answered
         writer.close()
         async with httpx.AsyncClient(timeout=10) as c:
+            before = await _store_commits(c, urls[f])
             r = await c.post(f"{urls[f]}/v1/leases", json=_acquire("db/g"), headers=ADMIN)
             assert r.status_code == 201, r.text
+            assert await _store_commits(c, urls[f]) == before  # the writer wrote it
         assert "closed a connection that sent" in _log(tmp_path, w)
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> list[Any]:
+    n_head, n_body = struct.unpack(">II", await asyncio.wait_for(reader.readexactly(8), 5))
+    header: list[Any] = json.loads(await reader.readexactly(n_head))
+    await reader.readexactly(n_body)
+    return header
 
 
 def test_the_relay_directory_must_be_this_users_and_closed(tmp_path: Path) -> None:
@@ -407,12 +448,14 @@ def test_a_relay_needs_a_postgresql_store(tmp_path: Path) -> None:
     assert "--relay needs a PostgreSQL store" in out.output
 
 
-def test_same_user_check_reads_the_peers_credentials() -> None:
+def test_same_user_check_reads_the_peers_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     from writ.api.relay import _same_user
 
     a, b = socket.socketpair(socket.AF_UNIX)
     try:
         assert _same_user(a) is True
+        monkeypatch.setattr(os, "getuid", lambda: os.geteuid() + 1)  # as another user would
+        assert _same_user(a) is False
     finally:
         a.close()
         b.close()
@@ -442,14 +485,29 @@ async def test_a_writer_that_cannot_listen_lets_the_lock_go(tmp_path: Path) -> N
         await first.stop()
 
 
-async def test_calls_cross_the_socket_both_ways_in_process(tmp_path: Path) -> None:
-    """Two relays in one process: what the relaying end sends is what the writer's ``run``
-    gets, its answer comes back whole, and a cancel reaches the call it names."""
-    from writ.api.relay import Answer, Relay
+async def _pair(
+    tmp_path: Path, run: Any, identity: str = "same", **writer_options: Any
+) -> tuple[Any, Any]:
+    """A writer and a server relaying to it, in this process (``run`` is the writer's)."""
+    from writ.api.relay import Relay
 
     where = tmp_path / "relay"
-    where.mkdir(mode=0o700)
-    seen: list[tuple[str, str, str | None, bytes]] = []
+    where.mkdir(mode=0o700, exist_ok=True)
+    writer, relaying = Relay(str(where), identity="same"), Relay(str(where), identity=identity)
+    for k, v in writer_options.items():
+        setattr(writer, k, v)
+    writer.run = run
+    await writer.start()
+    await relaying.start()
+    return writer, relaying
+
+
+async def test_calls_cross_the_socket_both_ways_in_process(tmp_path: Path) -> None:
+    """What the relaying end sends is what the writer's ``run`` gets (the request id too),
+    its answer comes back whole, and a cancel reaches the call it names."""
+    from writ.api.relay import Answer
+
+    seen: list[tuple[str, str, str | None, bytes, str | None]] = []
     cancelled = asyncio.Event()
 
     async def run(
@@ -457,42 +515,123 @@ async def test_calls_cross_the_socket_both_ways_in_process(tmp_path: Path) -> No
         token: str,
         lease: str | None,
         body: bytes,
+        rid: str | None,
         hung_up: asyncio.Event,
         drain: asyncio.Event,
     ) -> Answer:
-        seen.append((op, token, lease, body))
+        seen.append((op, token, lease, body, rid))
         if op == "acquire" and b"wait" in body:
             await hung_up.wait()
             cancelled.set()
             return Answer(503, b'{"gone":true}')
-        return Answer(201, body[::-1], 7, "agent-a", {"resource": "db/x"})
+        return Answer(201, body[::-1], 7, "agent-a", {"resource": "db/x" + "x" * 1000})
 
-    writer, relaying = Relay(str(where)), Relay(str(where))
-    writer.run = run
-    await writer.start()
-    await relaying.start()
+    writer, relaying = await _pair(tmp_path, run)
     try:
         assert (writer.role(), relaying.role()) == ("writer", "relaying")
         link = relaying.link()
         assert link is not None
-        _, fut = link.call("acquire", "tok", None, b'{"resource":"db/x"}')
-        a = await asyncio.wait_for(fut, 5)
-        assert (a.status, a.body, a.retry, a.principal, a.log) == (
+        sent = link.call("acquire", "tok", None, b'{"resource":"db/x"}', "rid-1")
+        assert sent is not None
+        a = await asyncio.wait_for(sent[1], 5)
+        assert (a.status, a.body, a.retry, a.principal) == (
             201,
             b'{"resource":"db/x"}'[::-1],
             7,
             "agent-a",
-            {"resource": "db/x"},
         )
-        call_id, fut = link.call("acquire", "tok", None, b'{"wait":1}')
+        assert a.log == {"resource": ("db/x" + "x" * 1000)[:256]}  # named, cut short
+        sent = link.call("acquire", "tok", None, b'{"wait":1}', None, 30)
+        assert sent is not None
         await asyncio.sleep(0)
-        link.cancel(call_id, "hangup")
-        a = await asyncio.wait_for(fut, 5)
+        link.cancel(sent[0], "hangup")
+        a = await asyncio.wait_for(sent[1], 5)
         assert a.status == 503 and cancelled.is_set()
-        _, fut = link.call("release", "tok", "ls_1", b"")
-        assert (await asyncio.wait_for(fut, 5)).status == 201
-        assert seen[-1] == ("release", "tok", "ls_1", b"")
+        sent = link.call("release", "tok", "ls_1", b"")
+        assert sent is not None and (await asyncio.wait_for(sent[1], 5)).status == 201
+        assert seen[0][4] == "rid-1" and seen[-1] == ("release", "tok", "ls_1", b"", None)
         assert writer.counts["served"] == 3
+        # too large to send: not sent at all, and the link is fine
+        assert link.call("release", "t" * (70 << 10), "ls_1", b"") is None
+        assert relaying.link() is link and not link.closed
     finally:
         await relaying.stop()
+        await writer.stop()
+
+
+async def test_a_server_of_another_store_or_policy_is_not_relayed_to(tmp_path: Path) -> None:
+    """Servers that share a directory but not a store, a policy or a writ version do not
+    relay to each other: the writer refuses the hello and the other writes itself."""
+
+    async def run(*_: Any) -> Any:
+        raise AssertionError("nothing may be relayed")
+
+    writer, other = await _pair(tmp_path, run, identity="another store")
+    try:
+        assert (writer.role(), other.role()) == ("writer", "alone")
+        assert other.link() is None
+    finally:
+        await other.stop()
+        await writer.stop()
+
+
+async def test_a_writer_that_is_going_answers_new_calls_not_run(tmp_path: Path) -> None:
+    """While the writer stops, the call it is running is answered, and a call that arrives
+    meanwhile is answered *not run* (its server writes it itself), never lost."""
+    from writ.api.relay import NOT_RUN, Answer
+
+    started, finish = asyncio.Event(), asyncio.Event()
+
+    async def run(op: str, *_: Any) -> Answer:
+        started.set()
+        await finish.wait()
+        return Answer(201, b"{}")
+
+    writer, relaying = await _pair(tmp_path, run)
+    try:
+        link = relaying.link()
+        assert link is not None
+        first = link.call("acquire", "tok", None, b"{}")
+        assert first is not None
+        await started.wait()
+        stopping = asyncio.ensure_future(writer.stop())
+        await asyncio.sleep(0.05)
+        second = link.call("acquire", "tok", None, b"{}")
+        assert second is not None
+        assert (await asyncio.wait_for(second[1], 5)).status == NOT_RUN
+        finish.set()
+        assert (await asyncio.wait_for(first[1], 5)).status == 201
+        await asyncio.wait_for(stopping, 5)
+    finally:
+        finish.set()
+        await relaying.stop()
+        await writer.stop()
+
+
+async def test_a_writer_that_does_not_answer_in_time_is_left(tmp_path: Path) -> None:
+    """A writer that stops answering (a stopped process, a blocked loop) keeps its socket
+    open: past the deadline the call fails 503 (outcome unknown) and the link ends, so the
+    server writes itself instead of hanging its callers."""
+    from writ.core.errors import Unavailable
+
+    async def run(*_: Any) -> Any:
+        await asyncio.Event().wait()  # never answers
+
+    writer, relaying = await _pair(tmp_path, run)
+    try:
+        link = relaying.link()
+        assert link is not None
+        link.deadline_s = 0.1
+        sent = link.call("acquire", "tok", None, b"{}")
+        assert sent is not None
+        with pytest.raises(Unavailable, match="may or may not"):
+            await asyncio.wait_for(sent[1], 5)
+        assert link.closed and relaying.link() is None
+    finally:
+        await relaying.stop()
+        writer._stopped.set()
+        for conn in list(writer._conns):
+            for call in conn.calls.values():
+                assert call.task is not None
+                call.task.cancel()
         await writer.stop()

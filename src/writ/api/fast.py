@@ -23,10 +23,11 @@ from writ.api.middleware import (
     _unless_hung_up,
 )
 from writ.api.ops import FENCE
-from writ.api.relay import CANCEL_WAIT_S, LOST, Answer, Relay, _Link
+from writ.api.relay import CANCEL_WAIT_S, LOST, NOT_RUN, Answer, Relay, _Link, identity_of
 from writ.api.url_text import TextURL
 from writ.core.errors import Invalid, Unavailable, WritError
 from writ.engine import Engine
+from writ.telemetry.observe import request_id
 
 log = logging.getLogger("writ.server")
 
@@ -35,6 +36,7 @@ log = logging.getLogger("writ.server")
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 # a fencing token as the lean path takes it: what FastAPI's int parameter reads the same way
 _TOKEN = re.compile(r"0|-?[1-9][0-9]{0,18}")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # as writ.api.ops takes X-Request-Id
 
 
 class FastLeases:
@@ -97,9 +99,11 @@ class FastLeases:
             await self.app(scope, _replay([whole], receive), send)
             return
         link = self.relay.link() if self.relay is not None else None
-        if link is not None:  # another server on this host writes: ask it (writ.api.relay)
-            waits = req is not None and bool(req.get("wait_s"))
-            await self._relay(link, scope, receive, send, token, lease_id, body, waits)
+        # another server on this host writes: ask it (writ.api.relay), unless it cannot
+        wait_s = req.get("wait_s", 0) if req is not None else 0
+        if link is not None and await self._relay(
+            link, scope, receive, send, token, lease_id, body, wait_s
+        ):
             return
         work = self._lease(scope, token, lease_id, req, receive, self.draining)
         await _send_answer(send, await _outcome(f"POST {path}", work))
@@ -166,15 +170,22 @@ class FastLeases:
         token: str,
         lease_id: str | None,
         body: bytes,
-        waits: bool,
-    ) -> None:
-        """Ask the writer to do this request and send its answer. A wait whose caller hangs
-        up, or that this server's shutdown ends, is cancelled at the writer, and the
-        writer's answer is still what is sent: it says what was done."""
+        wait_s: Any,
+    ) -> bool:
+        """Ask the writer to do this request and send its answer; False if it was not done
+        there (too large to relay, or the writer is going): it is for this server to do. A
+        wait whose caller hangs up, or that this server's shutdown ends, is cancelled at the
+        writer, and the writer's answer is still what is sent: it says what was done."""
         op = "acquire" if lease_id is None else "release"
+        relay = self.relay
+        assert relay is not None
         try:
-            call_id, fut = link.call(op, token, lease_id, body)
-            if waits:
+            sent = link.call(op, token, lease_id, body, request_id.get(), wait_s or 0)
+            if sent is None:
+                return False
+            relay.counts["relayed"] += 1
+            call_id, fut = sent
+            if wait_s:
                 why = await _interrupted(fut, receive, self.draining)
                 if why is not None:
                     link.cancel(call_id, why)
@@ -185,12 +196,14 @@ class FastLeases:
                         raise Unavailable(LOST) from None
             a = await fut
         except Unavailable as err:
-            if self.relay is not None:
-                self.relay.counts["lost"] += 1
+            relay.counts["lost"] += 1
             a = Answer(err.status, _COMPACT.encode(err.to_body()).encode(), err.retry_after())
+        if a.status == NOT_RUN:
+            return False
         scope["writ.principal"] = a.principal
         scope["writ.lease"] = a.log
         await _send_json(send, a.status, a.body, a.retry)
+        return True
 
     async def relayed(
         self,
@@ -198,10 +211,14 @@ class FastLeases:
         token: str,
         lease_id: str | None,
         body: bytes,
+        rid: str | None,
         hung_up: asyncio.Event,
         drain: asyncio.Event,
     ) -> Answer:
-        """Do what another server relayed (``Relay.run``), as if asked here over HTTP."""
+        """Do what another server relayed (``Relay.run``), as if asked here over HTTP; its
+        request id (``X-Request-Id``, or the one that server made) names it in the logs."""
+        if rid is not None and _REQUEST_ID.fullmatch(rid):
+            request_id.set(rid)  # this call's task only
         req = None
         if op == "acquire":
             req, lease_id = self._acquire_request(body), None
@@ -308,7 +325,7 @@ class WritApp(FastAPI):
         # set when the server begins a graceful shutdown: waiting requests answer 503
         self.draining = asyncio.Event()
         # servers on one host relay lease writes to one of them (writ.api.relay)
-        self.relay = Relay(relay_dir, self.draining) if relay_dir else None
+        self.relay = Relay(relay_dir, self.draining, identity_of(engine)) if relay_dir else None
         leases = FastLeases(self.full_stack, engine, self.draining, self.relay)
         if self.relay is not None:
             self.relay.run = leases.relayed

@@ -20,11 +20,14 @@ to others (it carries bearer tokens), and each end checks the other's user id
 (``SO_PEERCRED``) before it trusts a frame.
 
 Frames, both ways: ``>II`` (the JSON header's length, the body's length), the header (a
-JSON array), the body. A call is ``[id, "acquire" | "release", token, lease id or null]``
-with the HTTP body; ``[id, "cancel", "hangup" | "drain"]`` ends a wait early (its caller
-hung up, or its server is shutting down), and the call is still answered, with what the
-writer did. An answer is ``[id, status, retry-after, principal, what the access log
-names]`` with the answer's bytes.
+JSON array), the body. A server first says ``[0, "hello", identity]`` (:func:`identity_of`:
+the store, the policy, writ's version) and the writer answers ``[0, "welcome", its own]`` or
+``[0, "refused", its own]`` and closes. Then a call is ``[id, "acquire" | "release", token,
+lease id or null, request id or null]`` with the HTTP body; ``[id, "cancel", "hangup" |
+"drain"]`` ends a wait early (its caller hung up, or its server is shutting down), and the
+call is still answered, with what the writer did. An answer is ``[id, status, retry-after,
+principal, what the access log names]`` with the answer's bytes; status 0 (:data:`NOT_RUN`)
+says the writer, going away, did not run it: its server writes it itself.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import itertools
 import json
 import logging
@@ -42,6 +46,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from writ.core.errors import Invalid, Unavailable
 
@@ -55,12 +60,21 @@ MAX_HEADER = 64 << 10
 MAX_BODY = 8 << 20  # a request's body is at most 1 MiB (LimitBody); an answer is small
 LOCK, SOCKET = "writer.lock", "writer.sock"
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with its terminating NUL (Linux)
-# While this many of a server's calls are in the air at the writer, it writes the next
-# itself: at 256 clients on two servers the writer's one core falls behind, and relaying
+# While this many of a server's calls that do not wait are in the air at the writer, it
+# writes the next itself: at 256 clients on two servers the writer's one core falls behind, and relaying
 # everything measured 0.79x of one server where writing side by side measured 1.07x;
 # spilling at 16 measured 0.94x, and changes nothing at 16 clients (docs/scaling.md).
 SPILL = 16
 CANCEL_WAIT_S = 10.0  # after a cancel, how long a server waits for the writer's last word
+# a call that does not wait is answered within the store's own bounds (a pool checkout,
+# a statement: seconds); one unanswered after this long means the writer is stuck
+DEADLINE_S = 30.0
+HELLO_WAIT_S = 2.0  # how long a server waits for the writer's welcome
+NOT_RUN = 0  # an answer's status: the writer did not run the call (it is going): write it
+_TOO_LARGE = (
+    b'{"error":{"code":"internal","message":"the answer was too large to relay: the request '
+    b'may or may not have taken effect; read the lease back before retrying"}}'
+)
 LOST = (
     "the writer server this one relays lease writes to went away before answering: the "
     "request may or may not have taken effect; read the lease back (GET /v1/leases) before "
@@ -80,10 +94,31 @@ class Answer:
     log: dict[str, Any] = field(default_factory=dict)
 
 
-# what the writer runs for a relayed call: (op, token, lease id, body, cancelled, draining)
+# what the writer runs for a relayed call: (op, token, lease id, body, request id, hung up,
+# draining)
 Relayed = Callable[
-    [str, str, "str | None", bytes, "asyncio.Event", "asyncio.Event"], Awaitable[Answer]
+    [str, str, "str | None", bytes, "str | None", "asyncio.Event", "asyncio.Event"],
+    Awaitable[Answer],
 ]
+
+
+def identity_of(engine: Any) -> str:
+    """What servers must share to relay to each other, said in their hello: writ's version,
+    the store (host, port, database and schema; never a credential) and a digest of the
+    policy. Two spellings of one store differ here, and then the servers do not relay:
+    each writes itself, which is always right."""
+    from writ._version import __version__
+
+    store = engine.store
+    url = str(getattr(store, "url", "") or type(store).__name__)
+    parts = urlsplit(url)
+    where = f"{parts.hostname or ''}:{parts.port or ''}{parts.path}"
+    schema = getattr(store, "schema", None) or ""
+    policy = {k: v for k, v in engine.policy.to_dict().items() if k != "source"}
+    digest = hashlib.sha256(json.dumps(policy, sort_keys=True, default=str).encode()).hexdigest()[
+        :12
+    ]
+    return f"writ {__version__} {where} schema={schema} policy={digest}"
 
 
 def check_directory(path: str) -> str:
@@ -119,8 +154,8 @@ def _same_user(sock: socket.socket | None) -> bool:
     peercred = getattr(socket, "SO_PEERCRED", None)
     if peercred is None:  # not Linux: the directory's mode is the guard
         return True
-    creds = sock.getsockopt(socket.SOL_SOCKET, peercred, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
+    creds = sock.getsockopt(socket.SOL_SOCKET, peercred, struct.calcsize("iII"))
+    _pid, uid, _gid = struct.unpack("iII", creds)  # struct ucred: pid_t, uid_t, gid_t
     return bool(uid == os.getuid())
 
 
@@ -201,14 +236,22 @@ class _Frames(asyncio.Protocol):
 class Relay:
     """One server's end of the relay: the writer (it holds the lock and listens), or one that
     relays to it (:meth:`link`), or, between the two, neither (:meth:`link` is then None:
-    write here). :meth:`start` begins electing, :meth:`stop` lets go."""
+    write here). :meth:`start` begins electing, :meth:`stop` lets go. ``identity`` names what
+    the servers must share to relay to each other (the store, the policy, writ's version):
+    a writer refuses a server that says another."""
 
     def __init__(
-        self, directory: str, draining: asyncio.Event | None = None, retry_s: float = 0.5
+        self,
+        directory: str,
+        draining: asyncio.Event | None = None,
+        identity: str = "",
+        retry_s: float = 0.5,
     ) -> None:
         self.directory = directory
+        self.identity = identity
         self.retry_s = retry_s
         self.spill = SPILL
+        self.deadline_s = DEADLINE_S
         self.run: Relayed | None = None  # set by the app before start()
         # set when this server begins its graceful shutdown (the app's event)
         self.draining = draining if draining is not None else asyncio.Event()
@@ -222,9 +265,11 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._conns: set[_Serving] = set()
         self._stopped = asyncio.Event()
+        self._refused_by: str | None = None  # the last writer that said another identity
 
     # -- electing ---------------------------------------------------------------------
     async def start(self) -> None:
+        check_directory(self.directory)  # again: this process may not be the one that made it
         try:
             await self._elect()
         except Exception:  # serve anyway: this server writes itself, and tries again
@@ -263,12 +308,29 @@ class Relay:
             log.info("relay: this server is the writer for %s", self.directory)
             return
         try:
-            _, link = await loop.create_unix_connection(_Link, path)
+            _, link = await loop.create_unix_connection(
+                lambda: _Link(self.identity, self.deadline_s), path
+            )
         except OSError:
             return  # no writer listening (yet, or any more): write here meanwhile
-        if not link.closed:
-            self._link = link
-            log.info("relay: this server relays lease writes to the writer")
+        try:
+            welcome = await asyncio.wait_for(asyncio.shield(link.welcome), HELLO_WAIT_S)
+        except (TimeoutError, Unavailable):
+            welcome = None
+        if welcome is None or link.closed:
+            link.close()
+            if welcome is None and link.theirs and link.theirs != self._refused_by:
+                self._refused_by = link.theirs  # said once per writer, not every retry
+                log.warning(
+                    "relay: the writer in %s serves another store, policy or writ version "
+                    "(%s, this server %s): not relaying to it; this server writes itself",
+                    self.directory,
+                    link.theirs,
+                    self.identity,
+                )
+            return
+        self._link = link
+        log.info("relay: this server relays lease writes to the writer")
 
     def _take_lock(self) -> bool:
         fd = os.open(os.path.join(self.directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
@@ -295,8 +357,9 @@ class Relay:
 
     async def stop(self) -> None:
         """Stop listening and let the lock go (another server takes over); end the waits
-        relayed here (503, as this server's own), answer every call in progress, then close
-        each connection (its server then writes itself, or relays to the next writer)."""
+        relayed here (503, as this server's own), answer every call in progress — a call
+        that arrives meanwhile is answered *not run*, and its server writes it itself —
+        then close each connection."""
         self._stopped.set()
         self.draining.set()
         if self._task is not None:
@@ -307,8 +370,10 @@ class Relay:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.directory, SOCKET))
         self._let_go()
+        while any(conn.calls for conn in self._conns):
+            for conn in list(self._conns):
+                await conn.answered()
         for conn in list(self._conns):
-            await conn.answered()
             conn.close()
         self.writer = False
         if self._link is not None:
@@ -316,15 +381,15 @@ class Relay:
 
     def link(self) -> _Link | None:
         """The live link to the writer, or None: this server writes itself — also while
-        ``spill`` calls of this server are in the air at the writer (it is falling behind:
-        this server's own cores help, and the database decides either way)."""
+        ``spill`` calls of this server that do not wait are in the air at the writer (it is
+        falling behind: this server's own core helps, and the database decides either
+        way)."""
         link = self._link
         if link is None or link.closed:
             return None
-        if len(link._open) >= self.spill:
+        if len(link.quick) >= self.spill:
             self.counts["spilled"] += 1
             return None
-        self.counts["relayed"] += 1
         return link
 
     def role(self) -> str:
@@ -347,11 +412,13 @@ class _Call:
 
 
 class _Serving(_Frames):
-    """The writer's end of one relaying server's connection: its calls, run and answered."""
+    """The writer's end of one relaying server's connection: its hello, then its calls,
+    run and answered."""
 
     def __init__(self, relay: Relay) -> None:
         super().__init__()
         self.relay = relay
+        self.greeted = False
         self.calls: dict[int, _Call] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -359,9 +426,25 @@ class _Serving(_Frames):
         self.relay._conns.add(self)
 
     def frame(self, header: list[Any], body: bytes) -> bool:
-        """Start the call ``header`` asks, or cancel the one it names; False for a frame no
-        writ server sends."""
+        """Take the hello, start the call ``header`` asks, or cancel the one it names;
+        False for a frame no writ server sends."""
         call_id = header[0]
+        if not self.greeted:
+            if len(header) != 3 or header[1] != "hello" or type(header[2]) is not str:
+                return False
+            if header[2] != self.relay.identity:
+                log.warning(
+                    "relay: refused a server of another store, policy or writ version "
+                    "(%s, this writer %s)",
+                    header[2][:200],
+                    self.relay.identity,
+                )
+                self.send([0, "refused", self.relay.identity])
+                self.close()
+                return True
+            self.greeted = True
+            self.send([0, "welcome", self.relay.identity])
+            return True
         if len(header) == 3 and header[1] == "cancel":
             call = self.calls.get(call_id)
             if call is not None:
@@ -369,26 +452,36 @@ class _Serving(_Frames):
             return True
         run = self.relay.run
         if (
-            len(header) != 4
+            len(header) != 5
             or header[1] not in ("acquire", "release")
             or call_id in self.calls
             or type(header[2]) is not str
             or (header[3] is not None and type(header[3]) is not str)
+            or (header[4] is not None and type(header[4]) is not str)
             or run is None
         ):
             return False
+        if self.relay._stopped.is_set():  # this writer is going: its server writes it
+            self.send([call_id, NOT_RUN, None, None, {}])
+            return True
         call = _Call(asyncio.Event(), asyncio.Event())
         if self.relay.draining.is_set():
             call.drain.set()
         self.calls[call_id] = call
-        work = run(header[1], header[2], header[3], body, call.hung_up, call.drain)
+        work = run(header[1], header[2], header[3], body, header[4], call.hung_up, call.drain)
         call.task = asyncio.ensure_future(self._answer(call_id, work))
         return True
 
     async def _answer(self, call_id: int, work: Awaitable[Answer]) -> None:
         try:
             a = await work
-            self.send([call_id, a.status, a.retry, a.principal, a.log], a.body)
+            logged = {k: _clip(v) for k, v in a.log.items() if type(v) in (str, int)}
+            principal = _clip(a.principal) if a.principal is not None else None
+            header = [call_id, a.status, a.retry, principal, logged]
+            body = a.body
+            if len(body) > MAX_BODY:  # no writ answer is; never send what is refused
+                header[1], header[2], body = 500, None, _TOO_LARGE
+            self.send(header, body)
             self.relay.counts["served"] += 1
         finally:
             self.calls.pop(call_id, None)
@@ -404,16 +497,48 @@ class _Serving(_Frames):
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-class _Link(_Frames):
-    """A server's connection to the writer: calls multiplexed by id; when it breaks, every
-    call still open fails (:data:`LOST`)."""
+def _bounded(waits: Any) -> float:
+    """A caller's ``wait_s`` as seconds to allow for, 0 to an hour (the engine refuses what
+    it does not take; a number that is no number allows the hour)."""
+    try:
+        more = float(waits)
+    except (OverflowError, TypeError, ValueError):
+        return 3600.0
+    return 3600.0 if more != more else min(max(more, 0.0), 3600.0)
 
-    def __init__(self) -> None:
+
+def _clip(value: Any) -> Any:
+    """What the access log names, cut short: an answer's frame stays small whatever a
+    caller sent (a refused resource of 70,000 characters is named by its first 256)."""
+    return value[:256] if type(value) is str else value
+
+
+class _Link(_Frames):
+    """A server's connection to the writer: its hello, then calls multiplexed by id; a call
+    unanswered after its deadline, or a broken connection, fails every call still open
+    (:data:`LOST`) and ends the link (the server writes itself, then links again)."""
+
+    def __init__(self, identity: str, deadline_s: float = DEADLINE_S) -> None:
         super().__init__()
+        self.identity = identity
+        self.deadline_s = deadline_s
+        self.theirs: str | None = None  # the writer's identity, once it said it
+        self.welcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._ids = itertools.count(1)
         self._open: dict[int, asyncio.Future[Answer]] = {}
+        self.quick: set[int] = set()  # the open calls that do not wait (see Relay.link)
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.send([0, "hello", self.identity])
 
     def frame(self, header: list[Any], body: bytes) -> bool:
+        if len(header) == 3 and header[0] == 0 and header[1] in ("welcome", "refused"):
+            self.theirs = str(header[2])[:200]
+            if not self.welcome.done():
+                self.welcome.set_result(header[1] == "welcome")
+            return True
         if len(header) != 5:
             return False
         call_id, status, retry, principal, meta = header
@@ -425,27 +550,68 @@ class _Link(_Frames):
         ):
             return False
         fut = self._open.pop(call_id, None)
+        self._done(call_id)
         if fut is not None and not fut.done():
             fut.set_result(Answer(status, body, retry, principal, meta))
         return True
 
     def lost(self) -> None:
+        if not self.welcome.done():
+            self.welcome.set_result(False)
         for fut in self._open.values():
             if not fut.done():
                 fut.set_exception(Unavailable(LOST))
         self._open.clear()
+        for call_id in list(self._timers):
+            self._done(call_id)
+
+    def _done(self, call_id: int) -> None:
+        self.quick.discard(call_id)
+        timer = self._timers.pop(call_id, None)
+        if timer is not None:
+            timer.cancel()
 
     def call(
-        self, op: str, token: str, lease: str | None, body: bytes
-    ) -> tuple[int, asyncio.Future[Answer]]:
-        """Send one call; its id (for :meth:`cancel`) and the future of its answer."""
+        self,
+        op: str,
+        token: str,
+        lease: str | None,
+        body: bytes,
+        request_id: str | None = None,
+        waits: Any = 0,
+    ) -> tuple[int, asyncio.Future[Answer]] | None:
+        """Send one call; its id (for :meth:`cancel`) and the future of its answer — or
+        None for one too large to send (the server writes it itself). A call that waits
+        (``waits`` seconds at most, as its caller asked) is given that much more than the
+        deadline."""
         if self.closed:
             raise Unavailable(LOST)
         call_id = next(self._ids)
-        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        frame = _frame([call_id, op, token, lease, request_id], body)
+        n_head, n_body = _SIZES.unpack_from(frame)
+        if n_head > MAX_HEADER or n_body > MAX_BODY:
+            return None
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Answer] = loop.create_future()
         self._open[call_id] = fut
-        self.send([call_id, op, token, lease], body)
+        if not waits:
+            self.quick.add(call_id)
+        self._timers[call_id] = loop.call_later(
+            self.deadline_s + _bounded(waits), self._expire, call_id
+        )
+        assert self.transport is not None
+        self.transport.write(frame)
         return call_id, fut
+
+    def _expire(self, call_id: int) -> None:
+        """No answer in time: the writer is stuck (stopped, or its loop blocked). Its link
+        ends, and every call still open on it fails; the server writes itself."""
+        self._timers.pop(call_id, None)
+        if call_id in self._open:
+            log.warning("relay: the writer did not answer a call in time: writing here")
+            self.closed = True
+            self.close()
+            self.lost()
 
     def cancel(self, call_id: int, why: str) -> None:
         """Ask the writer to end call ``call_id``'s wait (``why``: "hangup" or "drain"); its
@@ -455,3 +621,4 @@ class _Link(_Frames):
 
     def forget(self, call_id: int) -> None:
         self._open.pop(call_id, None)
+        self._done(call_id)

@@ -63,7 +63,7 @@ MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with its terminating NUL (Linu
 # While this many of a server's calls that do not wait are in the air at the writer, it
 # writes the next itself: at 256 clients on two servers the writer's one core falls behind, and relaying
 # everything measured 0.79x of one server where writing side by side measured 1.07x;
-# spilling at 16 measured 0.94x, and changes nothing at 16 clients (docs/scaling.md).
+# spilling at 16 measured 0.94-1.10x, and changes nothing at 16 clients (docs/scaling.md).
 SPILL = 16
 CANCEL_WAIT_S = 10.0  # after a cancel, how long a server waits for the writer's last word
 # a call that does not wait is answered within the store's own bounds (a pool checkout,

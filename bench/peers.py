@@ -244,9 +244,7 @@ class Writ(Peer):
                 if self.src
                 else importlib.util.find_spec("writ.stores.postgres") is None
             ):
-                raise Skip(
-                    "writ's PostgreSQL store (src/writ/stores/postgres/) does not exist yet"
-                )
+                raise Skip("writ's PostgreSQL store (src/writ/stores/postgres/) does not exist yet")
             await _pg_check(self.pg_url)
             sep = "&" if "?" in self.pg_url else "?"
             self.store_url = f"{self.pg_url}{sep}schema={self.schema}"

@@ -635,3 +635,56 @@ async def test_a_writer_that_does_not_answer_in_time_is_left(tmp_path: Path) -> 
                 assert call.task is not None
                 call.task.cancel()
         await writer.stop()
+
+
+async def test_the_writer_checks_a_relayed_release_path_as_the_front_would() -> None:
+    """A relayed call is checked again at the writer: a release whose lease id is not text
+    (a NUL), or that carries a body, and an acquire whose body the lean path would not have
+    taken, are refused 422 without reaching the engine."""
+    from writ.api.fast import FastLeases
+
+    class NoEngine:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the engine was asked for {name}")
+
+    leases = FastLeases(None, NoEngine())  # type: ignore[arg-type]
+    never = asyncio.Event()
+    for op, lease, body in (
+        ("release", "ls_\x00x", b""),
+        ("release", "ls_x", b"{}"),
+        ("acquire", None, b"[]"),
+        ("acquire", None, b'{"resource": "r", "admin": true}'),
+    ):
+        a = await leases.relayed(op, "tok", lease, body, None, never, never)
+        assert a.status == 422, (op, lease, body, a)
+
+
+async def test_a_connection_with_too_many_calls_in_progress_is_closed(tmp_path: Path) -> None:
+    """No writ server has more than ``MAX_CALLS`` calls in progress at once: a peer that does
+    is cut off (its calls fail, outcome unknown), and the writer serves the next server."""
+    from writ.api import relay as relay_mod
+    from writ.core.errors import Unavailable
+
+    async def run(*_: Any) -> Any:
+        await asyncio.Event().wait()  # never answers
+
+    writer, relaying = await _pair(tmp_path, run)
+    old = relay_mod.MAX_CALLS
+    relay_mod.MAX_CALLS = 3
+    try:
+        link = relaying.link()
+        assert link is not None
+        sent = [link.call("acquire", "tok", None, b"{}", None, 10) for _ in range(4)]
+        for s in sent:
+            assert s is not None
+            with pytest.raises(Unavailable):
+                await asyncio.wait_for(s[1], 5)
+        assert link.closed
+    finally:
+        relay_mod.MAX_CALLS = old
+        await relaying.stop()
+        for conn in list(writer._conns):
+            for call in conn.calls.values():
+                assert call.task is not None
+                call.task.cancel()
+        await writer.stop()

@@ -24,7 +24,7 @@ from writ.api.middleware import (
 )
 from writ.api.ops import FENCE
 from writ.api.relay import CANCEL_WAIT_S, LOST, NOT_RUN, Answer, Relay, _Link, identity_of
-from writ.api.url_text import TextURL
+from writ.api.url_text import TextURL, url_problem
 from writ.core.errors import Invalid, Unavailable, WritError
 from writ.engine import Engine
 from writ.telemetry.observe import request_id
@@ -222,7 +222,9 @@ class FastLeases:
         req = None
         if op == "acquire":
             req, lease_id = self._acquire_request(body), None
-        if (req is None) == (lease_id is None) or (lease_id is not None and body):
+        if (req is None) == (lease_id is None) or (
+            lease_id is not None and (body or url_problem(lease_id, b"") is not None)
+        ):  # the path of a release is checked here as TextURL checks it there
             err = Invalid("a relayed call the lean path would not have taken")
             return Answer(err.status, _COMPACT.encode(err.to_body()).encode())
 

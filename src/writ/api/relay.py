@@ -70,6 +70,8 @@ CANCEL_WAIT_S = 10.0  # after a cancel, how long a server waits for the writer's
 # a statement: seconds); one unanswered after this long means the writer is stuck
 DEADLINE_S = 30.0
 HELLO_WAIT_S = 2.0  # how long a server waits for the writer's welcome
+MAX_CALLS = 4096  # calls of one connection in progress at the writer (a server sends <= SPILL
+# that do not wait, and one per waiting caller): more is no writ server's
 NOT_RUN = 0  # an answer's status: the writer did not run the call (it is going): write it
 _TOO_LARGE = (
     b'{"error":{"code":"internal","message":"the answer was too large to relay: the request '
@@ -225,6 +227,16 @@ class _Frames(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    # flow control: a peer that does not read what it is sent is not read from either, so
+    # its answers do not pile up here
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def frame(self, header: list[Any], body: bytes) -> bool:
         raise NotImplementedError
@@ -455,6 +467,7 @@ class _Serving(_Frames):
             len(header) != 5
             or header[1] not in ("acquire", "release")
             or call_id in self.calls
+            or len(self.calls) >= MAX_CALLS
             or type(header[2]) is not str
             or (header[3] is not None and type(header[3]) is not str)
             or (header[4] is not None and type(header[4]) is not str)

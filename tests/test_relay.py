@@ -567,9 +567,12 @@ async def test_a_server_of_another_store_or_policy_is_not_relayed_to(tmp_path: P
         raise AssertionError("nothing may be relayed")
 
     writer, other = await _pair(tmp_path, run, identity="another store")
+    other.retry_s = 0.01
     try:
         assert (writer.role(), other.role()) == ("writer", "alone")
         assert other.link() is None
+        await asyncio.sleep(0.2)  # it tries again, and is refused again, quietly
+        assert other.role() == "alone" and writer._refused == {"another store"}
     finally:
         await other.stop()
         await writer.stop()

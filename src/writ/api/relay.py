@@ -278,6 +278,7 @@ class Relay:
         self._conns: set[_Serving] = set()
         self._stopped = asyncio.Event()
         self._refused_by: str | None = None  # the last writer that said another identity
+        self._refused: set[str] = set()  # as the writer, the identities it refused (logged)
 
     # -- electing ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -445,12 +446,15 @@ class _Serving(_Frames):
             if len(header) != 3 or header[1] != "hello" or type(header[2]) is not str:
                 return False
             if header[2] != self.relay.identity:
-                log.warning(
-                    "relay: refused a server of another store, policy or writ version "
-                    "(%s, this writer %s)",
-                    header[2][:200],
-                    self.relay.identity,
-                )
+                theirs = header[2][:200]
+                if theirs not in self.relay._refused:  # once each: it tries again and again
+                    self.relay._refused.add(theirs)
+                    log.warning(
+                        "relay: refused a server of another store, policy or writ version "
+                        "(%s, this writer %s)",
+                        theirs,
+                        self.relay.identity,
+                    )
                 self.send([0, "refused", self.relay.identity])
                 self.close()
                 return True

@@ -611,7 +611,9 @@ async def test_a_writer_that_is_going_answers_new_calls_not_run(tmp_path: Path) 
         await writer.stop()
 
 
-async def test_a_writer_that_does_not_answer_in_time_is_left(tmp_path: Path) -> None:
+async def test_a_writer_that_does_not_answer_in_time_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A writer that stops answering (a stopped process, a blocked loop) keeps its socket
     open: past the deadline the call fails 503 (outcome unknown) and the link ends, so the
     server writes itself instead of hanging its callers."""
@@ -620,6 +622,9 @@ async def test_a_writer_that_does_not_answer_in_time_is_left(tmp_path: Path) -> 
     async def run(*_: Any) -> Any:
         await asyncio.Event().wait()  # never answers
 
+    from writ.api import relay as relay_mod
+
+    monkeypatch.setattr(relay_mod, "STOP_WAIT_S", 0.1)  # its stuck calls: no need to wait
     writer, relaying = await _pair(tmp_path, run)
     try:
         link = relaying.link()
@@ -632,11 +637,6 @@ async def test_a_writer_that_does_not_answer_in_time_is_left(tmp_path: Path) -> 
         assert link.closed and relaying.link() is None
     finally:
         await relaying.stop()
-        writer._stopped.set()
-        for conn in list(writer._conns):
-            for call in conn.calls.values():
-                assert call.task is not None
-                call.task.cancel()
         await writer.stop()
 
 
@@ -662,7 +662,9 @@ async def test_the_writer_checks_a_relayed_release_path_as_the_front_would() -> 
         assert a.status == 422, (op, lease, body, a)
 
 
-async def test_a_connection_with_too_many_calls_in_progress_is_closed(tmp_path: Path) -> None:
+async def test_a_connection_with_too_many_calls_in_progress_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No writ server has more than ``MAX_CALLS`` calls in progress at once: a peer that does
     is cut off (its calls fail, outcome unknown), and the writer serves the next server."""
     from writ.api import relay as relay_mod
@@ -671,9 +673,9 @@ async def test_a_connection_with_too_many_calls_in_progress_is_closed(tmp_path: 
     async def run(*_: Any) -> Any:
         await asyncio.Event().wait()  # never answers
 
+    monkeypatch.setattr(relay_mod, "STOP_WAIT_S", 0.1)  # its stuck calls: no need to wait
+    monkeypatch.setattr(relay_mod, "MAX_CALLS", 3)
     writer, relaying = await _pair(tmp_path, run)
-    old = relay_mod.MAX_CALLS
-    relay_mod.MAX_CALLS = 3
     try:
         link = relaying.link()
         assert link is not None
@@ -684,10 +686,31 @@ async def test_a_connection_with_too_many_calls_in_progress_is_closed(tmp_path: 
                 await asyncio.wait_for(s[1], 5)
         assert link.closed
     finally:
-        relay_mod.MAX_CALLS = old
         await relaying.stop()
-        for conn in list(writer._conns):
-            for call in conn.calls.values():
-                assert call.task is not None
-                call.task.cancel()
+        await writer.stop()
+
+
+async def test_a_writer_stops_within_its_bound_whatever_a_call_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that never ends (a stuck engine) does not hold the writer's shutdown: past
+    ``STOP_WAIT_S`` it is cancelled."""
+    from writ.api import relay as relay_mod
+
+    started = asyncio.Event()
+
+    async def run(*_: Any) -> Any:
+        started.set()
+        await asyncio.Event().wait()  # never answers, and ignores its hang-up
+
+    monkeypatch.setattr(relay_mod, "STOP_WAIT_S", 0.1)
+    writer, relaying = await _pair(tmp_path, run)
+    try:
+        link = relaying.link()
+        assert link is not None
+        assert link.call("acquire", "tok", None, b"{}") is not None
+        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.wait_for(writer.stop(), 5)
+    finally:
+        await relaying.stop()
         await writer.stop()

@@ -69,7 +69,8 @@ CANCEL_WAIT_S = 10.0  # after a cancel, how long a server waits for the writer's
 # a call that does not wait is answered within the store's own bounds (a pool checkout,
 # a statement: seconds); one unanswered after this long means the writer is stuck
 DEADLINE_S = 30.0
-HELLO_WAIT_S = 2.0  # how long a server waits for the writer's welcome
+HELLO_WAIT_S = 2.0
+STOP_WAIT_S = 10.0  # how long a writer that stops waits for the calls it started  # how long a server waits for the writer's welcome
 MAX_CALLS = 4096  # calls of one connection in progress at the writer (a server sends <= SPILL
 # that do not wait, and one per waiting caller): more is no writ server's
 NOT_RUN = 0  # an answer's status: the writer did not run the call (it is going): write it
@@ -276,6 +277,7 @@ class Relay:
         self._link: _Link | None = None
         self._task: asyncio.Task[None] | None = None
         self._conns: set[_Serving] = set()
+        self._tasks: set[asyncio.Future[None]] = set()  # the relayed calls in progress here
         self._stopped = asyncio.Event()
         self._refused_by: str | None = None  # the last writer that said another identity
         self._refused: set[str] = set()  # as the writer, the identities it refused (logged)
@@ -383,9 +385,12 @@ class Relay:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.directory, SOCKET))
         self._let_go()
-        while any(conn.calls for conn in self._conns):
-            for conn in list(self._conns):
-                await conn.answered()
+
+        # every call started here, its connection open or not (new ones are answered not run)
+        if self._tasks:
+            _done, stuck = await asyncio.wait(set(self._tasks), timeout=STOP_WAIT_S)
+            for task in stuck:  # a call that does not end holds no shutdown up for long
+                task.cancel()
         for conn in list(self._conns):
             conn.close()
         self.writer = False
@@ -486,7 +491,9 @@ class _Serving(_Frames):
             call.drain.set()
         self.calls[call_id] = call
         work = run(header[1], header[2], header[3], body, header[4], call.hung_up, call.drain)
-        call.task = asyncio.ensure_future(self._answer(call_id, work))
+        call.task = task = asyncio.ensure_future(self._answer(call_id, work))
+        self.relay._tasks.add(task)
+        task.add_done_callback(self.relay._tasks.discard)
         return True
 
     async def _answer(self, call_id: int, work: Awaitable[Answer]) -> None:
@@ -507,11 +514,6 @@ class _Serving(_Frames):
         for call in self.calls.values():
             call.hung_up.set()  # the server that asked is gone: as its caller hanging up
         self.relay._conns.discard(self)
-
-    async def answered(self) -> None:
-        tasks = [c.task for c in self.calls.values() if c.task is not None]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _bounded(waits: Any) -> float:

@@ -714,3 +714,25 @@ async def test_a_writer_stops_within_its_bound_whatever_a_call_does(
     finally:
         await relaying.stop()
         await writer.stop()
+
+
+async def test_a_relayed_call_that_fails_unexpectedly_is_answered_500(tmp_path: Path) -> None:
+    """Whatever goes wrong at the writer, the call is answered (500, the app's own body),
+    not left to its deadline."""
+    from writ.api.middleware import _INTERNAL_ERROR
+
+    async def run(*_: Any) -> Any:
+        raise RuntimeError("boom")
+
+    writer, relaying = await _pair(tmp_path, run)
+    try:
+        link = relaying.link()
+        assert link is not None
+        sent = link.call("acquire", "tok", None, b"{}")
+        assert sent is not None
+        a = await asyncio.wait_for(sent[1], 5)
+        assert a.status == 500 and json.loads(a.body) == _INTERNAL_ERROR
+        assert relaying.link() is link  # the link is fine
+    finally:
+        await relaying.stop()
+        await writer.stop()

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from writ.api.middleware import _INTERNAL_ERROR
 from writ.core.errors import Invalid, Unavailable
 
 log = logging.getLogger("writ.relay")
@@ -74,6 +75,7 @@ STOP_WAIT_S = 10.0  # how long a writer that stops waits for the calls it starte
 MAX_CALLS = 4096  # calls of one connection in progress at the writer (a server sends <= SPILL
 # that do not wait, and one per waiting caller): more is no writ server's
 NOT_RUN = 0  # an answer's status: the writer did not run the call (it is going): write it
+_INTERNAL = json.dumps(_INTERNAL_ERROR, separators=(",", ":")).encode()
 _TOO_LARGE = (
     b'{"error":{"code":"internal","message":"the answer was too large to relay: the request '
     b'may or may not have taken effect; read the lease back before retrying"}}'
@@ -226,6 +228,7 @@ class _Frames(asyncio.Protocol):
             self.transport.write(_frame(header, body))
 
     def close(self) -> None:
+        self.closed = True  # nothing more is read from it or sent on it
         if self.transport is not None:
             self.transport.close()
 
@@ -498,7 +501,11 @@ class _Serving(_Frames):
 
     async def _answer(self, call_id: int, work: Awaitable[Answer]) -> None:
         try:
-            a = await work
+            try:
+                a = await work
+            except Exception:  # answered as the app answers the unexpected: 500
+                log.exception("relay: a relayed call failed")
+                a = Answer(500, _INTERNAL)
             logged = {k: _clip(v) for k, v in a.log.items() if type(v) in (str, int)}
             principal = _clip(a.principal) if a.principal is not None else None
             header = [call_id, a.status, a.retry, principal, logged]

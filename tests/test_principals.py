@@ -654,3 +654,17 @@ async def test_a_queued_request_of_a_principal_deleted_by_hand_is_refused(
     r = await waiting
     assert r.status_code == 401 and "no longer exists" in r.text, r.text
     assert (await s.ok(tok["boss"], "GET", "/v1/resources/prod/db"))["lease"] is None
+
+
+@pytest.mark.parametrize("token", ["\ud800", "writ_\udfffx", "a.b.\ud83d"])
+async def test_a_token_that_is_not_text_is_refused_401(
+    make_engine: Callable[..., Any], token: str
+) -> None:
+    """A bearer token with a lone surrogate (none comes over HTTP, whose headers are bytes;
+    a relayed call or an in-process caller can send one) is refused as unknown, not an
+    internal error, on the writ-token and the JWT paths alike."""
+    from writ.core.errors import Unauthenticated
+
+    engine: Engine = await make_engine()
+    with pytest.raises(Unauthenticated, match="not valid text"):
+        await engine.authenticate(token)

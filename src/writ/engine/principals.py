@@ -35,7 +35,7 @@ from writ.core.errors import (
 )
 from writ.core.identity import Identity
 from writ.core.models import KINDS, NAME, Principal
-from writ.core.validate import check_text, number, text
+from writ.core.validate import check_text, number, text, text_problem
 from writ.core.wake_routes import check_wake_route, redact
 from writ.engine.hooks import SYSTEM, Request, Rule
 from writ.stores.base import Store, Tx
@@ -420,6 +420,8 @@ class PrincipalOps:
         """The principal a bearer token belongs to, or :class:`Unauthenticated`."""
         if not token:
             raise Unauthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+        if not token.isascii() and text_problem(token):  # a lone surrogate hashes to nothing
+            raise Unauthenticated("the bearer token is not valid text")
         from writ.engine.principals import refusal
 
         h = hash_token(token)

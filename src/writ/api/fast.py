@@ -22,7 +22,7 @@ from writ.api.middleware import (
     _send_json,
     _unless_hung_up,
 )
-from writ.api.ops import FENCE
+from writ.api.ops import _GOOD_ID, FENCE
 from writ.api.relay import CANCEL_WAIT_S, LOST, NOT_RUN, Answer, Relay, _Link, identity_of
 from writ.api.url_text import TextURL, url_problem
 from writ.core.errors import Invalid, Unavailable, WritError
@@ -36,7 +36,6 @@ log = logging.getLogger("writ.server")
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 # a fencing token as the lean path takes it: what FastAPI's int parameter reads the same way
 _TOKEN = re.compile(r"0|-?[1-9][0-9]{0,18}")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # as writ.api.ops takes X-Request-Id
 
 
 class FastLeases:
@@ -106,7 +105,7 @@ class FastLeases:
         ):
             return
         work = self._lease(scope, token, lease_id, req, receive, self.draining)
-        await _send_answer(send, await _outcome(f"POST {path}", work))
+        await _send_json(send, *await _outcome(f"POST {path}", work))
 
     def _acquire_request(self, body: bytes) -> dict[str, Any] | None:
         """An acquire's JSON body as the lean path takes it, else None (FastAPI answers)."""
@@ -217,7 +216,7 @@ class FastLeases:
     ) -> Answer:
         """Do what another server relayed (``Relay.run``), as if asked here over HTTP; its
         request id (``X-Request-Id``, or the one that server made) names it in the logs."""
-        if rid is not None and _REQUEST_ID.fullmatch(rid):
+        if rid is not None and _GOOD_ID.match(rid):  # as writ.api.ops takes X-Request-Id
             request_id.set(rid)  # this call's task only
         req = None
         if op == "acquire":
@@ -264,7 +263,7 @@ class FastLeases:
             self.engine.authority.check_observe(me, asked["resource"])
             return out, 200
 
-        await _send_answer(send, await _outcome(f"GET {FENCE}", fence()))
+        await _send_json(send, *await _outcome(f"GET {FENCE}", fence()))
 
 
 _Outcome = tuple[int, bytes, "int | None"]
@@ -283,10 +282,6 @@ async def _outcome(what: str, work: Awaitable[tuple[Any, int]]) -> _Outcome:
         log.exception("unhandled error on %s", what)
         out, status = _INTERNAL_ERROR, 500
     return status, _COMPACT.encode(out).encode(), retry
-
-
-async def _send_answer(send: Send, outcome: _Outcome) -> None:
-    await _send_json(send, *outcome)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -613,9 +613,8 @@ class _Link(_Frames):
         if self.closed:
             raise Unavailable(LOST)
         call_id = next(self._ids)
-        frame = _frame([call_id, op, token, lease, request_id], body)
-        n_head, n_body = _SIZES.unpack_from(frame)
-        if n_head > MAX_HEADER or n_body > MAX_BODY:
+        head = _COMPACT.encode([call_id, op, token, lease, request_id]).encode()
+        if len(head) > MAX_HEADER or len(body) > MAX_BODY:
             return None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Answer] = loop.create_future()
@@ -626,7 +625,7 @@ class _Link(_Frames):
             self.deadline_s + _bounded(waits), self._expire, call_id
         )
         assert self.transport is not None
-        self.transport.write(frame)
+        self.transport.write(_SIZES.pack(len(head), len(body)) + head + body)
         return call_id, fut
 
     def _expire(self, call_id: int) -> None:

@@ -335,9 +335,9 @@ class Relay:
             welcome = await asyncio.wait_for(asyncio.shield(link.welcome), HELLO_WAIT_S)
         except (TimeoutError, Unavailable):
             welcome = None
-        if welcome is None or link.closed:
+        if not welcome or link.closed:  # refused, silent, or gone
             link.close()
-            if welcome is None and link.theirs and link.theirs != self._refused_by:
+            if welcome is False and link.theirs and link.theirs != self._refused_by:
                 self._refused_by = link.theirs  # said once per writer, not every retry
                 log.warning(
                     "relay: the writer in %s serves another store, policy or writ version "

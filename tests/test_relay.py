@@ -347,6 +347,7 @@ def _frame(header: Any, body: bytes = b"", sizes: tuple[int, int] | None = None)
         (False, _frame([0, "hello", 7])),  # a hello that is not text
         (True, _frame([1, "acquire", "t", None, None], sizes=(1 << 30, 0))),  # too large
         (True, struct.pack(">II", 3, 0) + b"{{{"),  # not JSON
+        (True, struct.pack(">II", 60_000, 0) + b"[" * 30_000 + b"]" * 30_000),  # too deep
         (True, _frame({"id": 1, "op": "acquire"})),  # not an array
         (True, _frame(["1", "acquire", "t", None, None])),  # an id that is not an integer
         (True, _frame([1, "delete", "t", None, None])),  # an unknown call
@@ -360,6 +361,7 @@ def _frame(header: Any, body: bytes = b"", sizes: tuple[int, int] | None = None)
         "int-hello",
         "huge",
         "not-json",
+        "deep",
         "object",
         "text-id",
         "unknown-op",
@@ -485,10 +487,12 @@ async def test_a_writer_that_cannot_listen_lets_the_lock_go(tmp_path: Path) -> N
         await first.stop()
 
 
+@contextlib.asynccontextmanager
 async def _pair(
     tmp_path: Path, run: Any, identity: str = "same", **writer_options: Any
-) -> tuple[Any, Any]:
-    """A writer and a server relaying to it, in this process (``run`` is the writer's)."""
+) -> AsyncIterator[tuple[Any, Any]]:
+    """A writer and a server relaying to it, in this process (``run`` is the writer's),
+    stopped after."""
     from writ.api.relay import Relay
 
     where = tmp_path / "relay"
@@ -499,7 +503,32 @@ async def _pair(
     writer.run = run
     await writer.start()
     await relaying.start()
-    return writer, relaying
+    try:
+        yield writer, relaying
+    finally:
+        await relaying.stop()
+        await writer.stop()
+
+
+def _send(
+    relaying: Any,
+    op: str = "acquire",
+    lease: str | None = None,
+    body: bytes = b"{}",
+    rid: str | None = None,
+    waits: float = 0,
+) -> tuple[Any, int, asyncio.Future[Any]]:
+    """One call through ``relaying``'s link: the link, the call's id and its answer."""
+    link = relaying.link()
+    assert link is not None
+    sent = link.call(op, "tok", lease, body, rid, waits)
+    assert sent is not None
+    return link, *sent
+
+
+async def _never(*_: Any) -> Any:
+    """A writer's ``run`` that never answers, and ignores a hang-up (a stuck engine)."""
+    await asyncio.Event().wait()
 
 
 async def test_calls_cross_the_socket_both_ways_in_process(tmp_path: Path) -> None:
@@ -526,14 +555,10 @@ async def test_calls_cross_the_socket_both_ways_in_process(tmp_path: Path) -> No
             return Answer(503, b'{"gone":true}')
         return Answer(201, body[::-1], 7, "agent-a", {"resource": "db/x" + "x" * 1000})
 
-    writer, relaying = await _pair(tmp_path, run)
-    try:
+    async with _pair(tmp_path, run) as (writer, relaying):
         assert (writer.role(), relaying.role()) == ("writer", "relaying")
-        link = relaying.link()
-        assert link is not None
-        sent = link.call("acquire", "tok", None, b'{"resource":"db/x"}', "rid-1")
-        assert sent is not None
-        a = await asyncio.wait_for(sent[1], 5)
+        link, _, answer = _send(relaying, body=b'{"resource":"db/x"}', rid="rid-1")
+        a = await asyncio.wait_for(answer, 5)
         assert (a.status, a.body, a.retry, a.principal) == (
             201,
             b'{"resource":"db/x"}'[::-1],
@@ -541,41 +566,39 @@ async def test_calls_cross_the_socket_both_ways_in_process(tmp_path: Path) -> No
             "agent-a",
         )
         assert a.log == {"resource": ("db/x" + "x" * 1000)[:256]}  # named, cut short
-        sent = link.call("acquire", "tok", None, b'{"wait":1}', None, 30)
-        assert sent is not None
-        await asyncio.sleep(0)
-        link.cancel(sent[0], "hangup")
-        a = await asyncio.wait_for(sent[1], 5)
+        _, call_id, answer = _send(relaying, body=b'{"wait":1}', waits=30)
+        link.cancel(call_id, "hangup")  # after the call on the same connection: it is seen
+        a = await asyncio.wait_for(answer, 5)
         assert a.status == 503 and cancelled.is_set()
-        sent = link.call("release", "tok", "ls_1", b"")
-        assert sent is not None and (await asyncio.wait_for(sent[1], 5)).status == 201
+        _, _, answer = _send(relaying, "release", "ls_1", b"")
+        assert (await asyncio.wait_for(answer, 5)).status == 201
         assert seen[0][4] == "rid-1" and seen[-1] == ("release", "tok", "ls_1", b"", None)
         assert writer.counts["served"] == 3
         # too large to send: not sent at all, and the link is fine
         assert link.call("release", "t" * (70 << 10), "ls_1", b"") is None
         assert relaying.link() is link and not link.closed
-    finally:
-        await relaying.stop()
-        await writer.stop()
 
 
-async def test_a_server_of_another_store_or_policy_is_not_relayed_to(tmp_path: Path) -> None:
+async def test_a_server_of_another_store_or_policy_is_not_relayed_to(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Servers that share a directory but not a store, a policy or a writ version do not
-    relay to each other: the writer refuses the hello and the other writes itself."""
+    relay to each other: the writer refuses the hello and the other writes itself; trying
+    again, it is refused again, and neither says so twice."""
 
     async def run(*_: Any) -> Any:
         raise AssertionError("nothing may be relayed")
 
-    writer, other = await _pair(tmp_path, run, identity="another store")
-    other.retry_s = 0.01
-    try:
+    caplog.set_level("WARNING", "writ.relay")
+    async with _pair(tmp_path, run, identity="another store") as (writer, other):
         assert (writer.role(), other.role()) == ("writer", "alone")
         assert other.link() is None
-        await asyncio.sleep(0.2)  # it tries again, and is refused again, quietly
+        for _ in range(3):
+            await other._elect()  # as its keeper does, twice a second
         assert other.role() == "alone" and writer._refused == {"another store"}
-    finally:
-        await other.stop()
-        await writer.stop()
+        said = [r.getMessage() for r in caplog.records]
+        assert sum("refused a server of another store" in m for m in said) == 1, said
+        assert sum("serves another store" in m for m in said) == 1, said
 
 
 async def test_a_writer_that_is_going_answers_new_calls_not_run(tmp_path: Path) -> None:
@@ -590,60 +613,39 @@ async def test_a_writer_that_is_going_answers_new_calls_not_run(tmp_path: Path) 
         await finish.wait()
         return Answer(201, b"{}")
 
-    writer, relaying = await _pair(tmp_path, run)
-    try:
-        link = relaying.link()
-        assert link is not None
-        first = link.call("acquire", "tok", None, b"{}")
-        assert first is not None
+    async with _pair(tmp_path, run) as (writer, relaying):
+        _, _, first = _send(relaying)
         await started.wait()
         stopping = asyncio.ensure_future(writer.stop())
-        await asyncio.sleep(0.05)
-        second = link.call("acquire", "tok", None, b"{}")
-        assert second is not None
-        assert (await asyncio.wait_for(second[1], 5)).status == NOT_RUN
+        await writer._stopped.wait()  # stop() has begun
+        _, _, second = _send(relaying)
+        assert (await asyncio.wait_for(second, 5)).status == NOT_RUN
         finish.set()
-        assert (await asyncio.wait_for(first[1], 5)).status == 201
+        assert (await asyncio.wait_for(first, 5)).status == 201
         await asyncio.wait_for(stopping, 5)
-    finally:
-        finish.set()
-        await relaying.stop()
-        await writer.stop()
 
 
-async def test_a_writer_that_does_not_answer_in_time_is_left(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_writer_that_does_not_answer_in_time_is_left(tmp_path: Path) -> None:
     """A writer that stops answering (a stopped process, a blocked loop) keeps its socket
     open: past the deadline the call fails 503 (outcome unknown) and the link ends, so the
     server writes itself instead of hanging its callers."""
     from writ.core.errors import Unavailable
 
-    async def run(*_: Any) -> Any:
-        await asyncio.Event().wait()  # never answers
-
-    from writ.api import relay as relay_mod
-
-    monkeypatch.setattr(relay_mod, "STOP_WAIT_S", 0.1)  # its stuck calls: no need to wait
-    writer, relaying = await _pair(tmp_path, run)
-    try:
+    async with _pair(tmp_path, _never, stop_wait_s=0.1) as (_writer, relaying):
         link = relaying.link()
         assert link is not None
         link.deadline_s = 0.1
-        sent = link.call("acquire", "tok", None, b"{}")
-        assert sent is not None
+        _, _, answer = _send(relaying)
         with pytest.raises(Unavailable, match="may or may not"):
-            await asyncio.wait_for(sent[1], 5)
+            await asyncio.wait_for(answer, 5)
         assert link.closed and relaying.link() is None
-    finally:
-        await relaying.stop()
-        await writer.stop()
 
 
 async def test_the_writer_checks_a_relayed_release_path_as_the_front_would() -> None:
     """A relayed call is checked again at the writer: a release whose lease id is not text
     (a NUL), or that carries a body, and an acquire whose body the lean path would not have
-    taken, are refused 422 without reaching the engine."""
+    taken (not an object, an unknown field, nested 100,000 deep), are refused 422 without
+    reaching the engine."""
     from writ.api.fast import FastLeases
 
     class NoEngine:
@@ -657,63 +659,39 @@ async def test_the_writer_checks_a_relayed_release_path_as_the_front_would() -> 
         ("release", "ls_x", b"{}"),
         ("acquire", None, b"[]"),
         ("acquire", None, b'{"resource": "r", "admin": true}'),
+        ("acquire", None, b"[" * 100_000 + b"]" * 100_000),  # nested past any parser
     ):
         a = await leases.relayed(op, "tok", lease, body, None, never, never)
         assert a.status == 422, (op, lease, body, a)
 
 
-async def test_a_connection_with_too_many_calls_in_progress_is_closed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """No writ server has more than ``MAX_CALLS`` calls in progress at once: a peer that does
+async def test_a_connection_with_too_many_calls_in_progress_is_closed(tmp_path: Path) -> None:
+    """No writ server has more than ``max_calls`` calls in progress at once: a peer that does
     is cut off (its calls fail, outcome unknown), and the writer serves the next server."""
-    from writ.api import relay as relay_mod
     from writ.core.errors import Unavailable
 
-    async def run(*_: Any) -> Any:
-        await asyncio.Event().wait()  # never answers
-
-    monkeypatch.setattr(relay_mod, "STOP_WAIT_S", 0.1)  # its stuck calls: no need to wait
-    monkeypatch.setattr(relay_mod, "MAX_CALLS", 3)
-    writer, relaying = await _pair(tmp_path, run)
-    try:
+    async with _pair(tmp_path, _never, stop_wait_s=0.1, max_calls=3) as (_writer, relaying):
         link = relaying.link()
-        assert link is not None
-        sent = [link.call("acquire", "tok", None, b"{}", None, 10) for _ in range(4)]
-        for s in sent:
-            assert s is not None
+        answers = [_send(relaying, waits=10)[2] for _ in range(4)]
+        for answer in answers:
             with pytest.raises(Unavailable):
-                await asyncio.wait_for(s[1], 5)
-        assert link.closed
-    finally:
-        await relaying.stop()
-        await writer.stop()
+                await asyncio.wait_for(answer, 5)
+        assert link is not None and link.closed
 
 
-async def test_a_writer_stops_within_its_bound_whatever_a_call_does(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_writer_stops_within_its_bound_whatever_a_call_does(tmp_path: Path) -> None:
     """A call that never ends (a stuck engine) does not hold the writer's shutdown: past
-    ``STOP_WAIT_S`` it is cancelled."""
-    from writ.api import relay as relay_mod
-
+    ``stop_wait_s`` it is cancelled."""
     started = asyncio.Event()
 
     async def run(*_: Any) -> Any:
         started.set()
-        await asyncio.Event().wait()  # never answers, and ignores its hang-up
+        await _never()
 
-    monkeypatch.setattr(relay_mod, "STOP_WAIT_S", 0.1)
-    writer, relaying = await _pair(tmp_path, run)
-    try:
-        link = relaying.link()
-        assert link is not None
-        assert link.call("acquire", "tok", None, b"{}") is not None
+    async with _pair(tmp_path, run, stop_wait_s=0.1) as (writer, relaying):
+        _send(relaying)
         await asyncio.wait_for(started.wait(), 5)
         await asyncio.wait_for(writer.stop(), 5)
-    finally:
-        await relaying.stop()
-        await writer.stop()
 
 
 async def test_a_relayed_call_that_fails_unexpectedly_is_answered_500(tmp_path: Path) -> None:
@@ -724,15 +702,8 @@ async def test_a_relayed_call_that_fails_unexpectedly_is_answered_500(tmp_path: 
     async def run(*_: Any) -> Any:
         raise RuntimeError("boom")
 
-    writer, relaying = await _pair(tmp_path, run)
-    try:
-        link = relaying.link()
-        assert link is not None
-        sent = link.call("acquire", "tok", None, b"{}")
-        assert sent is not None
-        a = await asyncio.wait_for(sent[1], 5)
+    async with _pair(tmp_path, run) as (_writer, relaying):
+        link, _, answer = _send(relaying)
+        a = await asyncio.wait_for(answer, 5)
         assert a.status == 500 and json.loads(a.body) == _INTERNAL_ERROR
         assert relaying.link() is link  # the link is fine
-    finally:
-        await relaying.stop()
-        await writer.stop()

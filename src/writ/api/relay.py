@@ -268,6 +268,8 @@ class Relay:
         self.retry_s = retry_s
         self.spill = SPILL
         self.deadline_s = DEADLINE_S
+        self.stop_wait_s = STOP_WAIT_S
+        self.max_calls = MAX_CALLS
         self.run: Relayed | None = None  # set by the app before start()
         # set when this server begins its graceful shutdown (the app's event)
         self.draining = draining if draining is not None else asyncio.Event()
@@ -391,7 +393,7 @@ class Relay:
 
         # every call started here, its connection open or not (new ones are answered not run)
         if self._tasks:
-            _done, stuck = await asyncio.wait(set(self._tasks), timeout=STOP_WAIT_S)
+            _done, stuck = await asyncio.wait(set(self._tasks), timeout=self.stop_wait_s)
             for task in stuck:  # a call that does not end holds no shutdown up for long
                 task.cancel()
         for conn in list(self._conns):
@@ -479,7 +481,7 @@ class _Serving(_Frames):
             len(header) != 5
             or header[1] not in ("acquire", "release")
             or call_id in self.calls
-            or len(self.calls) >= MAX_CALLS
+            or len(self.calls) >= self.relay.max_calls
             or type(header[2]) is not str
             or (header[3] is not None and type(header[3]) is not str)
             or (header[4] is not None and type(header[4]) is not str)

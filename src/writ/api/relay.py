@@ -62,9 +62,9 @@ MAX_BODY = 8 << 20  # a request's body is at most 1 MiB (LimitBody); an answer i
 LOCK, SOCKET = "writer.lock", "writer.sock"
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with its terminating NUL (Linux)
 # While this many of a server's calls that do not wait are in the air at the writer, it
-# writes the next itself: at 256 clients on two servers the writer's one core falls behind, and relaying
-# everything measured 0.79x of one server where writing side by side measured 1.07x;
-# spilling at 16 measured 0.94-1.10x, and changes nothing at 16 clients (docs/scaling.md).
+# writes the next itself: at 256 clients on two servers the writer's one core falls behind
+# (relaying everything measured 0.79-0.89x of one server, writing side by side 0.99-1.13x,
+# spilling at 16 0.94-1.10x); at 16 clients it never triggers (bench/RESULTS.md).
 SPILL = 16
 CANCEL_WAIT_S = 10.0  # after a cancel, how long a server waits for the writer's last word
 # a call that does not wait is answered within the store's own bounds (a pool checkout,

@@ -70,8 +70,8 @@ CANCEL_WAIT_S = 10.0  # after a cancel, how long a server waits for the writer's
 # a call that does not wait is answered within the store's own bounds (a pool checkout,
 # a statement: seconds); one unanswered after this long means the writer is stuck
 DEADLINE_S = 30.0
-HELLO_WAIT_S = 2.0
-STOP_WAIT_S = 10.0  # how long a writer that stops waits for the calls it started  # how long a server waits for the writer's welcome
+HELLO_WAIT_S = 2.0  # how long a server waits for the writer's welcome
+STOP_WAIT_S = 10.0  # how long a writer that stops waits for the calls it started
 MAX_CALLS = 4096  # calls of one connection in progress at the writer (a server sends <= SPILL
 # that do not wait, and one per waiting caller): more is no writ server's
 NOT_RUN = 0  # an answer's status: the writer did not run the call (it is going): write it

@@ -224,9 +224,55 @@ def _count_head(protocol: Any, data: bytes, limits: Limits) -> bool:
     return bool(p._head_bytes <= limits.max_header_bytes)
 
 
+class _OneSend:
+    """The transport a response is written through: its head is held until its body's
+    first write, so a response with a body leaves in one ``send`` — one segment, one
+    wake-up of the client — instead of two (uvicorn writes them apart). A head whose body
+    does not follow in the same step of the event loop (a stream, or a ``100 Continue``) leaves
+    on its own at the next one. Anything else is passed to the connection's transport."""
+
+    __slots__ = ("_handle", "_head", "_loop", "transport")
+
+    def __init__(self, transport: Any, loop: Any) -> None:
+        self.transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+        self._handle: Any = None
+
+    def write(self, data: bytes) -> None:
+        if self._head is None and self._handle is None:  # the first write: the head
+            self._head = data
+            self._handle = self._loop.call_soon(self.flush)
+            return
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            if not self.transport.is_closing():
+                self.transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+def _flush_head(protocol: Any) -> None:
+    """Before the connection writes on its own: the head a response holds goes first."""
+    cycle = protocol.cycle
+    if cycle is not None and isinstance(cycle.transport, _OneSend):
+        cycle.transport.flush()
+
+
 def _refuse(protocol: Any, answer: bytes) -> None:
     """Answer ``answer`` and close, with no deadline left to fire."""
     protocol._disarm()
+    _flush_head(protocol)
     protocol.transport.write(answer)
     protocol.transport.close()
 
@@ -306,6 +352,8 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             self._line_done, self._tail = False, b""
             self._arm(limits.body_timeout, answers.body_slow)
             super().on_headers_complete()
+            if self.cycle is not None:
+                self.cycle.transport = _OneSend(self.transport, self.loop)  # type: ignore[assignment]
 
         def on_body(self, body: bytes) -> None:
             if not self._refused:

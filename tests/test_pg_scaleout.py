@@ -928,6 +928,53 @@ async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
         await a.close()
 
 
+async def test_servers_told_over_the_relay_do_not_make_a_batch_notify(
+    pg_backend: Backend,
+) -> None:
+    """The processes in ``note_peers`` hear this one's notes over the relay (``note_sink``,
+    after commit): hearing them alone sends no NOTIFY, and the sink gets each commit's
+    notes. Any other process heard (a hello), this one deaf, a crowd of ids past
+    ``MAX_HEARD``: NOTIFY again, and the sink is not called for it. A principal changed
+    (the trigger's note, sent by the database) is no process."""
+    from writ.stores.postgres._listen import MAX_HEARD
+
+    a = await _open(pg_backend)
+    a.solo_after = 0.0
+    raw = await psycopg.AsyncConnection.connect(pg_backend._pg_conninfo(), autocommit=True)
+    sunk: list[list[str]] = []
+    try:
+        await raw.execute(sql.SQL("LISTEN {}").format(sql.Identifier(a.channel)))
+        await raw.execute(sql.SQL("LISTEN {}").format(sql.Identifier(_MARK)))
+        a.note_sink = lambda notes: sunk.append([k for k, _ in notes])
+
+        def hello(sender: str) -> None:
+            a._on_notify(json.dumps({"i": sender, "n": [["hello", {}]]}))
+
+        hello("peer1")
+        a._on_notify(json.dumps({"i": "db", "n": [["principals", {"op": "UPDATE"}]]}))
+        assert a._heard_others()
+        a.note_peers.add("peer1")
+        assert not a._heard_others()  # the trigger's "db" is not a process
+        await a.transact(lambda tx: _grant(tx, "relayed/0"))
+        assert [k for _, k in await _heard(raw) if k != "hello"] == []
+        assert sunk == [["audit"]]
+
+        hello("other")  # a process not told over the relay: NOTIFY, no sink
+        await a.transact(lambda tx: _grant(tx, "relayed/1"))
+        assert (a.instance, "audit") in await _heard(raw)
+        assert sunk == [["audit"]]
+
+        a._heard_at.pop("other")
+        for i in range(MAX_HEARD + 10):  # ids invented by whoever may NOTIFY
+            hello(f"fake{i}")
+        assert len(a._heard_at) <= MAX_HEARD
+        a.note_peers.update(f"fake{i}" for i in range(MAX_HEARD + 10))
+        assert a._heard_others()  # past the bound, any other counts
+    finally:
+        await raw.close()
+        await a.close()
+
+
 async def test_a_forged_notification_never_decides_for_a_waiter(pg_backend: Backend) -> None:
     """Anyone who may connect to the database may NOTIFY on writ's channel. A forged grant
     for a queued request (a lease it was never given), a forged refusal, and malformed

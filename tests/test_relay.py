@@ -313,6 +313,104 @@ async def test_a_relayed_wait_ends_503_when_either_server_shuts_down(
         await _until(queue_empty, "the ended wait stayed in the queue")
 
 
+class _Channel:
+    """The store's channel as an outsider hears it: LISTEN, and the kinds of the notes each
+    notification carried (hellos and the principals trigger's left out)."""
+
+    def __init__(self, pg_backend: Backend) -> None:
+        self.backend = pg_backend
+        self.kinds: list[str] = []
+
+    async def __aenter__(self) -> _Channel:
+        import psycopg
+
+        self.conn = await psycopg.AsyncConnection.connect(
+            self.backend.url.split("?")[0], autocommit=True
+        )
+        channel = f"writ_{self.backend.schema}" if self.backend.schema else "writ"
+        await self.conn.execute(f'LISTEN "{channel}"')
+        self.task = asyncio.ensure_future(self._hear())
+        return self
+
+    async def _hear(self) -> None:
+        async for n in self.conn.notifies():
+            msg = json.loads(n.payload)
+            self.kinds += [k for k, _ in msg["n"] if k not in ("hello", "principals")]
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.conn.close()
+
+
+async def test_the_writer_tells_the_relaying_server_over_the_relay_not_by_notify(
+    pg_backend: Backend, tmp_path: Path
+) -> None:
+    """While the only other process the writer hears is a server relaying to it, its
+    commits' notes go over the relay, not by NOTIFY (which costs each commit): nothing but
+    hellos on the channel, and still a long poll on the relaying server for the next audit
+    row is answered when the writer commits it. Once that server is gone, the writer
+    notifies again."""
+    relay = tmp_path / "relay"
+    async with writ_servers(pg_backend.url, 2, tmp_path, relay=relay, log_level="info") as urls:
+        w, (f,) = await _roles(tmp_path, 2)
+        async with _Channel(pg_backend) as channel, httpx.AsyncClient(timeout=30) as c:
+            n = 0
+
+            async def pair(url: str) -> None:
+                nonlocal n
+                n += 1
+                r = await c.post(f"{url}/v1/leases", json=_acquire(f"db/n{n}"), headers=ADMIN)
+                assert r.status_code == 201, r.text
+                lease_id = r.json()["lease_id"]
+                r = await c.post(f"{url}/v1/leases/{lease_id}/release", headers=ADMIN)
+                assert r.status_code == 200, r.text
+
+            async def quiet() -> bool:  # the servers' start (each wrote) is behind us
+                heard = len(channel.kinds)
+                await pair(urls[f])
+                await asyncio.sleep(0.05)  # a NOTIFY sent would be here by now (loopback)
+                return len(channel.kinds) == heard
+
+            await _until(quiet, "the writer kept notifying with only a relaying server")
+            heard = len(channel.kinds)
+            taken = 'writ_relay_notes_total{way="taken"}'
+            sent = 'writ_relay_notes_total{way="sent"}'
+            before = (await _metric(c, urls[f], taken), await _metric(c, urls[w], sent))
+            for url in (urls[f], urls[w]) * 5:
+                await pair(url)  # two commits each, wherever they were asked
+            after = (await _metric(c, urls[f], taken), await _metric(c, urls[w], sent))
+            assert after[0] - before[0] == after[1] - before[1] == 20, (before, after)
+            # a long poll on the relaying server is woken by the writer's note
+            r = await c.get(f"{urls[f]}/v1/audit", params={"limit": 100_000}, headers=ADMIN)
+            head = r.json()["rows"][-1]["seq"]
+            poll = asyncio.ensure_future(
+                c.get(
+                    f"{urls[f]}/v1/events",
+                    params={"after_seq": head, "wait_s": 20},
+                    headers=ADMIN,
+                )
+            )
+            t0 = time.monotonic()
+            await pair(urls[w])
+            answer = await asyncio.wait_for(poll, 25)
+            assert answer.status_code == 200 and answer.json()["rows"], answer.text
+            assert time.monotonic() - t0 < 10  # woken by the note, not at its wait_s
+            assert channel.kinds[heard:] == []
+
+            pid = int(re.findall(r"Started server process \[(\d+)\]", _log(tmp_path, f))[0])
+            os.kill(pid, signal.SIGTERM)
+
+            async def notified() -> bool:
+                before = len(channel.kinds)
+                await pair(urls[w])
+                await asyncio.sleep(0.05)
+                return len(channel.kinds) > before
+
+            await _until(notified, "the writer did not notify once its relaying server left")
+
+
 async def test_a_server_writes_itself_while_the_writer_has_enough_of_its_calls() -> None:
     """Past ``SPILL`` calls that do not wait in the air at the writer, a server writes the
     next itself (the writer is falling behind); waits do not count (sixteen agents queued
@@ -344,7 +442,10 @@ def _frame(header: Any, body: bytes = b"", sizes: tuple[int, int] | None = None)
     ("greet", "garbage"),
     [
         (False, _frame([1, "acquire", "t", None, None])),  # a call before any hello
-        (False, _frame([0, "hello", 7])),  # a hello that is not text
+        (False, _frame([0, "hello", 7, ""])),  # a hello that is not text
+        (False, _frame([0, "hello", "x"])),  # a hello that does not say its instance
+        (False, _frame([0, "hello", "x", 7])),  # an instance that is not text
+        (False, _frame([0, "hello", "x", "i" * 65])),  # an instance too long to be one
         (True, _frame([1, "acquire", "t", None, None], sizes=(1 << 30, 0))),  # too large
         (True, struct.pack(">II", 3, 0) + b"{{{"),  # not JSON
         (True, struct.pack(">II", 60_000, 0) + b"[" * 30_000 + b"]" * 30_000),  # too deep
@@ -355,10 +456,14 @@ def _frame(header: Any, body: bytes = b"", sizes: tuple[int, int] | None = None)
         (True, _frame([1, "release", "t", ["ls_x"], None])),  # a lease id that is not text
         (True, _frame([1, "release", "t", "ls_x", {"id": 1}])),  # a request id, not text
         (True, _frame([1, 200, None, None, {}])),  # an answer, sent to the writer
+        (True, _frame([0, "notes"], b"[]")),  # notes, sent to the writer
     ],
     ids=[
         "no-hello",
         "int-hello",
+        "no-instance",
+        "int-instance",
+        "long-instance",
         "huge",
         "not-json",
         "deep",
@@ -369,6 +474,7 @@ def _frame(header: Any, body: bytes = b"", sizes: tuple[int, int] | None = None)
         "list-lease",
         "object-request-id",
         "answer",
+        "notes",
     ],
 )
 async def test_the_writer_closes_a_connection_that_sends_garbage_and_serves_on(
@@ -383,11 +489,11 @@ async def test_the_writer_closes_a_connection_that_sends_garbage_and_serves_on(
         sock = str(relay / "writer.sock")
         reader, writer = await asyncio.open_unix_connection(sock)
         if greet:  # learn the writer's identity (it says it when it refuses), then say it
-            writer.write(_frame([0, "hello", "someone else"]))
+            writer.write(_frame([0, "hello", "someone else", ""]))
             refused = await _read_frame(reader)
             assert refused[:2] == [0, "refused"], refused
             reader, writer = await asyncio.open_unix_connection(sock)
-            writer.write(_frame([0, "hello", refused[2]]))
+            writer.write(_frame([0, "hello", refused[2], ""]))
             assert (await _read_frame(reader))[:2] == [0, "welcome"]
         writer.write(garbage)
         await writer.drain()
@@ -497,7 +603,9 @@ async def _pair(
 
     where = tmp_path / "relay"
     where.mkdir(mode=0o700, exist_ok=True)
-    writer, relaying = Relay(str(where), identity="same"), Relay(str(where), identity=identity)
+    stores = writer_options.pop("stores", (None, None))
+    writer = Relay(str(where), identity="same", store=stores[0])
+    relaying = Relay(str(where), identity=identity, store=stores[1])
     for k, v in writer_options.items():
         setattr(writer, k, v)
     writer.run = run
@@ -707,3 +815,91 @@ async def test_a_relayed_call_that_fails_unexpectedly_is_answered_500(tmp_path: 
         a = await asyncio.wait_for(answer, 5)
         assert a.status == 500 and json.loads(a.body) == _INTERNAL_ERROR
         assert relaying.link() is link  # the link is fine
+
+
+class _NoteStore:
+    """What the relay asks of a store for notes (writ.stores.base.Store): its instance, the
+    peers given its notes and the way, what it takes, and when that way broke."""
+
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self.note_peers: set[str] = set()
+        self.note_sink: Any = None
+        self.taken: list[Any] = []
+        self.lost = asyncio.Event()
+
+    def take_notes(self, notes: Any) -> None:
+        self.taken.append(list(notes))
+
+    def notes_lost(self) -> None:
+        self.lost.set()
+
+
+async def test_notes_cross_to_the_relaying_server_and_stop_with_its_link(tmp_path: Path) -> None:
+    """The writer's store counts the relaying server among those it tells over the relay
+    (by its store's instance), for as long as the link lasts; a commit's notes arrive there
+    whole; a link that breaks says so to the relaying server's store (it looks up what it
+    missed) and takes the server out of the writer's count (the writer notifies again)."""
+    ws, rs = _NoteStore("w-inst"), _NoteStore("r-inst")
+    async with _pair(tmp_path, _never, stores=(ws, rs)) as (writer, relaying):
+        assert ws.note_peers == {"r-inst"} and ws.note_sink is not None
+        notes = [("audit", {"seq": 7}), ("granted", {"waiter_id": "wt_1", "lease_id": "ls_1"})]
+        ws.note_sink(notes)
+
+        async def arrived() -> bool:
+            return bool(rs.taken)
+
+        await _until(arrived, "the notes never arrived")
+        assert rs.taken == [notes]
+        assert (writer.notes["sent"], relaying.notes["taken"]) == (1, 1)
+        assert not rs.lost.is_set()
+        await writer.stop()
+        await asyncio.wait_for(rs.lost.wait(), 5)
+        assert ws.note_peers == set() and ws.note_sink is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{}", b"[[1, {}]]", b'[["audit", 7]]', b'[["audit"]]', b"[" * 100_000, b"not json"],
+    ids=["object", "int-kind", "int-payload", "short", "deep", "not-json"],
+)
+async def test_notes_no_writer_sends_close_the_link(tmp_path: Path, body: bytes) -> None:
+    """Notes that are not a list of [kind, object] close the link (the server writes
+    itself, and looks up what it may have missed), and are not taken."""
+    ws, rs = _NoteStore("w-inst"), _NoteStore("r-inst")
+    async with _pair(tmp_path, _never, stores=(ws, rs)) as (writer, relaying):
+        link = relaying.link()
+        assert link is not None
+        (conn,) = writer._conns
+        conn.send([0, "notes"], body)
+        await asyncio.wait_for(rs.lost.wait(), 5)
+        assert link.closed and rs.taken == []
+
+
+async def test_a_server_that_does_not_read_its_notes_is_cut_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Notes are sent whether or not a server asked anything: one that stops reading (a
+    stopped process) would have them pile up at the writer with every commit. Past
+    ``max_unread`` bytes its connection is closed; once it reads again it finds the link
+    gone, looks up what it missed, and the writer no longer counts it."""
+    ws, rs = _NoteStore("w-inst"), _NoteStore("r-inst")
+    async with _pair(tmp_path, _never, stores=(ws, rs), max_unread=256 << 10) as (
+        writer,
+        relaying,
+    ):
+        link = relaying.link()
+        assert link is not None and link.transport is not None
+        link.transport.pause_reading()
+        (conn,) = writer._conns
+        big = [("audit", {"seq": 1, "pad": "x" * (32 << 10)})]
+        for _ in range(10_000):
+            if conn.closed:
+                break
+            ws.note_sink(big)
+            await asyncio.sleep(0)  # let the socket take what it will
+        assert conn.closed, "the writer kept sending to a server that does not read"
+        assert "does not read" in caplog.text
+        link.transport.resume_reading()
+        await asyncio.wait_for(rs.lost.wait(), 5)
+        assert ws.note_peers == set()

@@ -322,7 +322,11 @@ class WritApp(FastAPI):
         # set when the server begins a graceful shutdown: waiting requests answer 503
         self.draining = asyncio.Event()
         # servers on one host relay lease writes to one of them (writ.api.relay)
-        self.relay = Relay(relay_dir, self.draining, identity_of(engine)) if relay_dir else None
+        self.relay = (
+            Relay(relay_dir, self.draining, identity_of(engine), store=engine.store)
+            if relay_dir
+            else None
+        )
         leases = FastLeases(self.full_stack, engine, self.draining, self.relay)
         if self.relay is not None:
             self.relay.run = leases.relayed

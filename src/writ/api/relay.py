@@ -20,14 +20,22 @@ to others (it carries bearer tokens), and each end checks the other's user id
 (``SO_PEERCRED``) before it trusts a frame.
 
 Frames, both ways: ``>II`` (the JSON header's length, the body's length), the header (a
-JSON array), the body. A server first says ``[0, "hello", identity]`` (:func:`identity_of`:
-the store, the policy, writ's version) and the writer answers ``[0, "welcome", its own]`` or
+JSON array), the body. A server first says ``[0, "hello", identity, instance]``
+(:func:`identity_of`: the store, the policy, writ's version; ``instance``: its store's id
+among the processes sharing it) and the writer answers ``[0, "welcome", its own]`` or
 ``[0, "refused", its own]`` and closes. Then a call is ``[id, "acquire" | "release", token,
 lease id or null, request id or null]`` with the HTTP body; ``[id, "cancel", "hangup" |
 "drain"]`` ends a wait early (its caller hung up, or its server is shutting down), and the
 call is still answered, with what the writer did. An answer is ``[id, status, retry-after,
 principal, what the access log names]`` with the answer's bytes; status 0 (:data:`NOT_RUN`)
 says the writer, going away, did not run it: its server writes it itself.
+
+The writer also sends each server its store's notes — the grants to queued requests, the
+new chain head — as ``[0, "notes"]`` with the notes as a JSON array, after each commit,
+instead of a PostgreSQL ``NOTIFY`` that costs every commit (docs/scaling.md): its store
+counts the servers linked to it (``store.note_peers``) as hearing its notes, and notifies
+only while it hears from another process too. A server whose link breaks looks up what it
+may have missed (``store.notes_lost``).
 """
 
 from __future__ import annotations
@@ -43,13 +51,14 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 from writ.api.middleware import _INTERNAL_ERROR
 from writ.core.errors import Invalid, Unavailable
+from writ.stores.base import Note, Store
 
 log = logging.getLogger("writ.relay")
 
@@ -59,6 +68,10 @@ _SIZES = struct.Struct(">II")
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 MAX_HEADER = 64 << 10
 MAX_BODY = 8 << 20  # a request's body is at most 1 MiB (LimitBody); an answer is small
+MAX_INSTANCE = 64  # a store's instance id (PostgreSQL's: 12 hex digits)
+# notes the writer sent a server that it has not read: past this, the server is not reading
+# (stopped, or stuck) and its connection is closed, not left to grow with every commit
+MAX_UNREAD = 16 << 20
 LOCK, SOCKET = "writer.lock", "writer.sock"
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with its terminating NUL (Linux)
 # While this many of a server's calls that do not wait are in the air at the writer, it
@@ -262,14 +275,19 @@ class Relay:
         draining: asyncio.Event | None = None,
         identity: str = "",
         retry_s: float = 0.5,
+        store: Store | None = None,
     ) -> None:
         self.directory = directory
         self.identity = identity
+        # the store whose notes the writer hands to the servers relaying to it, and that
+        # takes them when this server relays (see the module docstring)
+        self.store = store
         self.retry_s = retry_s
         self.spill = SPILL
         self.deadline_s = DEADLINE_S
         self.stop_wait_s = STOP_WAIT_S
         self.max_calls = MAX_CALLS
+        self.max_unread = MAX_UNREAD
         self.run: Relayed | None = None  # set by the app before start()
         # set when this server begins its graceful shutdown (the app's event)
         self.draining = draining if draining is not None else asyncio.Event()
@@ -277,6 +295,8 @@ class Relay:
         # calls this server relayed, wrote itself while the writer had SPILL of them, lost
         # with the link, and (as the writer) answered for others: writ_relay_calls_total
         self.counts = dict.fromkeys(("relayed", "spilled", "lost", "served"), 0)
+        # commits whose notes this server sent (as the writer) or took over the relay
+        self.notes = dict.fromkeys(("sent", "taken"), 0)
         self._lock_fd: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._link: _Link | None = None
@@ -325,11 +345,13 @@ class Relay:
                 self._let_go()  # another server may do better
                 raise
             self.writer = True
+            if self.store is not None:
+                self.store.note_sink = self._notes_out
             log.info("relay: this server is the writer for %s", self.directory)
             return
         try:
             _, link = await loop.create_unix_connection(
-                lambda: _Link(self.identity, self.deadline_s), path
+                lambda: _Link(self.identity, self.deadline_s, self.store, self.notes), path
             )
         except OSError:
             return  # no writer listening (yet, or any more): write here meanwhile
@@ -362,7 +384,46 @@ class Relay:
         self._lock_fd = fd
         return True
 
+    def _notes_out(self, notes: Sequence[Note]) -> None:
+        """The store's notes of one commit, to every server linked here that hears them
+        this way (the store counted it in ``note_peers``: it did not NOTIFY for it)."""
+        store = self.store
+        if store is None or not store.note_peers:
+            return
+        body = _COMPACT.encode(notes).encode()
+        if len(body) > MAX_BODY:  # never: a batch is at most a few hundred small notes
+            log.warning("relay: a commit's notes are too large to relay; NOTIFY from now on")
+            store.note_peers.clear()  # and the servers look up what they missed:
+            for conn in list(self._conns):
+                if conn.instance:
+                    conn.close()
+            return
+        frame = _frame([0, "notes"], body)
+        for conn in list(self._conns):
+            transport = conn.transport
+            if not conn.instance or transport is None or conn.closed:
+                continue
+            if transport.get_write_buffer_size() > self.max_unread:
+                log.warning(
+                    "relay: closed the connection of a server that does not read what it is "
+                    "sent (%d bytes unread); it writes itself until it links again",
+                    transport.get_write_buffer_size(),
+                )
+                conn.close()
+                continue
+            transport.write(frame)
+        self.notes["sent"] += 1
+
+    def _peer_gone(self, conn: _Serving) -> None:
+        self._conns.discard(conn)
+        store, instance = self.store, conn.instance
+        if store is not None and instance and not any(c.instance == instance for c in self._conns):
+            store.note_peers.discard(instance)  # NOTIFY again from the next batch
+
     def _let_go(self) -> None:
+        if self.store is not None and self.writer:
+            self.store.note_sink = None
+            self.store.note_peers.clear()
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -442,6 +503,7 @@ class _Serving(_Frames):
         super().__init__()
         self.relay = relay
         self.greeted = False
+        self.instance = ""  # the relaying server's store instance, once greeted
         self.calls: dict[int, _Call] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -453,7 +515,13 @@ class _Serving(_Frames):
         False for a frame no writ server sends."""
         call_id = header[0]
         if not self.greeted:
-            if len(header) != 3 or header[1] != "hello" or type(header[2]) is not str:
+            if (
+                len(header) != 4
+                or header[1] != "hello"
+                or type(header[2]) is not str
+                or type(header[3]) is not str
+                or len(header[3]) > MAX_INSTANCE
+            ):
                 return False
             if header[2] != self.relay.identity:
                 theirs = header[2][:200]
@@ -469,6 +537,10 @@ class _Serving(_Frames):
                 self.close()
                 return True
             self.greeted = True
+            store = self.relay.store
+            if header[3] and store is not None and store.instance:
+                self.instance = header[3]
+                store.note_peers.add(self.instance)  # its notes go over this connection
             self.send([0, "welcome", self.relay.identity])
             return True
         if len(header) == 3 and header[1] == "cancel":
@@ -522,7 +594,7 @@ class _Serving(_Frames):
     def lost(self) -> None:
         for call in self.calls.values():
             call.hung_up.set()  # the server that asked is gone: as its caller hanging up
-        self.relay._conns.discard(self)
+        self.relay._peer_gone(self)
 
 
 def _bounded(waits: Any) -> float:
@@ -546,10 +618,18 @@ class _Link(_Frames):
     unanswered after its deadline, or a broken connection, fails every call still open
     (:data:`LOST`) and ends the link (the server writes itself, then links again)."""
 
-    def __init__(self, identity: str, deadline_s: float = DEADLINE_S) -> None:
+    def __init__(
+        self,
+        identity: str,
+        deadline_s: float = DEADLINE_S,
+        store: Store | None = None,
+        notes: dict[str, int] | None = None,
+    ) -> None:
         super().__init__()
         self.identity = identity
         self.deadline_s = deadline_s
+        self.store = store  # takes the writer's notes
+        self.notes = notes if notes is not None else {"taken": 0}  # counts those it took
         self.theirs: str | None = None  # the writer's identity, once it said it
         self.welcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._ids = itertools.count(1)
@@ -559,7 +639,8 @@ class _Link(_Frames):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.send([0, "hello", self.identity])
+        instance = self.store.instance if self.store is not None else ""
+        self.send([0, "hello", self.identity, instance])
 
     def frame(self, header: list[Any], body: bytes) -> bool:
         if len(header) == 3 and header[0] == 0 and header[1] in ("welcome", "refused"):
@@ -567,6 +648,8 @@ class _Link(_Frames):
             if not self.welcome.done():
                 self.welcome.set_result(header[1] == "welcome")
             return True
+        if header == [0, "notes"]:
+            return self._notes(body)
         if len(header) != 5:
             return False
         call_id, status, retry, principal, meta = header
@@ -583,7 +666,25 @@ class _Link(_Frames):
             fut.set_result(Answer(status, body, retry, principal, meta))
         return True
 
+    def _notes(self, body: bytes) -> bool:
+        """The writer's notes of one commit (see the module docstring)."""
+        try:
+            notes = json.loads(body)
+        except (ValueError, RecursionError):
+            return False
+        if type(notes) is not list or not all(
+            type(n) is list and len(n) == 2 and type(n[0]) is str and type(n[1]) is dict
+            for n in notes
+        ):
+            return False
+        if self.store is not None and self.welcome.done() and self.welcome.result():
+            self.store.take_notes([(k, p) for k, p in notes])
+            self.notes["taken"] += 1
+        return True
+
     def lost(self) -> None:
+        if self.welcome.done() and self.welcome.result() and self.store is not None:
+            self.store.notes_lost()  # what the writer's notes said meanwhile may be lost
         if not self.welcome.done():
             self.welcome.set_result(False)
         for fut in self._open.values():

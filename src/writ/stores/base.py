@@ -26,7 +26,12 @@ Rules every backend keeps:
 * **Notifications**: ``tx.notify(kind, payload)`` is delivered after commit, to the listener
   of every process that shares the store (``store.set_listener``); nothing is delivered
   if the transaction rolls back. After every commit that appended rows the store also
-  delivers ``("audit", {"seq": head})``.
+  delivers ``("audit", {"seq": head})``. A store that tells other processes through the
+  database (PostgreSQL's ``NOTIFY``) may hand its notes to some of them another way
+  instead: those in ``store.note_peers`` (their ``instance``) are given them through
+  ``store.note_sink`` after commit — writ's write relay, :mod:`writ.api.relay` — and take
+  them with ``store.take_notes``; ``store.notes_lost()`` says that way broke, and the store
+  delivers what may have been missed meanwhile, as after its own listening connection broke.
 * **Related lookups** (``held_related``, ``waiters_related``, ``objects_related``) return
   the records whose resource is equal to, an ancestor of, or a descendant of any of the given
   paths, using indexes (see :func:`writ.core.resources.related_clauses`), so their cost does not
@@ -52,6 +57,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Listener = Callable[[str, dict[str, Any]], None]
+Note = tuple[str, dict[str, Any]]
 
 #: The columns of each table in a dump (:meth:`Store.export_rows`), tables in dump order,
 #: the same for every backend. Times are float seconds since the epoch; ``touches``,
@@ -329,6 +335,12 @@ class Store(ABC):
         # seconds the committed batches spent in each phase of a store's own (the
         # PostgreSQL store's: lock, decide, commit); empty for a store that does not say
         self.phase_s: dict[str, float] = {}
+        # this process's id among those sharing the store ("" for a store of one process),
+        # and the processes (by theirs) given this one's notes through note_sink rather than
+        # the database (see the module docstring): the servers that relay to this one
+        self.instance = ""
+        self.note_peers: set[str] = set()
+        self.note_sink: Callable[[Sequence[Note]], None] | None = None
 
     def principals_generation(self) -> int | None:
         """A number that changes whenever a principal is updated or deleted, by writ or by
@@ -351,6 +363,16 @@ class Store(ABC):
                 self._listener(kind, payload)
             except Exception:
                 log.exception("a %r note could not be handled: %.200r", kind, payload)
+
+    def take_notes(self, notes: Sequence[Note]) -> None:
+        """Notes another process that shares the store handed this one (its ``note_sink``):
+        delivered as the notes heard from it through the database are, ``unverified``."""
+        self._deliver([(k, {**p, "unverified": True}) for k, p in notes])
+
+    def notes_lost(self) -> None:
+        """The way :meth:`take_notes` was fed broke: notes may be lost. A store of one
+        process has nothing to make up."""
+        return None
 
     @abstractmethod
     async def open(self) -> None:

@@ -254,6 +254,14 @@ class Metrics:
             "away before answering), served (answered as the writer, for another server)",
             ("outcome",),
         )
+        self.relay_notes = _Family(
+            C,
+            "writ_relay_notes",
+            "Commits whose notes (grants to queued requests, the new chain head) went over "
+            "the write relay instead of a PostgreSQL NOTIFY: sent (as the writer, counted "
+            "once per commit) and taken (from the writer)",
+            ("way",),
+        )
         self.relay_role = Gauge(
             "writ_relay_role",
             "1 for this server's role in the write relay (writer, relaying, alone)",
@@ -283,6 +291,7 @@ class Metrics:
                     self.audit_rows,
                     self.batch_phases,
                     self.relay_calls,
+                    self.relay_notes,
                     self.http_f,
                 ]
             )
@@ -357,6 +366,8 @@ class Metrics:
         if self.relay is not None:
             for outcome, n in self.relay.counts.items():
                 self.relay_calls.values[(outcome,)] = n
+            for way, n in self.relay.notes.items():
+                self.relay_notes.values[(way,)] = n
             now = self.relay.role()
             for role in ("writer", "relaying", "alone"):
                 self.relay_role.labels(role=role).set(int(role == now))

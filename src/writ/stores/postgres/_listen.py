@@ -57,15 +57,21 @@ def _payloads(instance: str, notes: Sequence[tuple[str, dict[str, Any]]]) -> lis
 # included) within HEARD_FOR seconds, or its last catch-up found another server's writes.
 # A NOTIFY costs a lone server ~0.7 ms of every commit's latency (measured in
 # docs/scaling.md) and tells nobody anything: its own notes are delivered at commit.
+# Servers relaying to this one (store.note_peers) are given its notes over the relay
+# instead: hearing from them alone does not make a batch NOTIFY (docs/scaling.md).
 HELLO_EVERY = 5.0
 HEARD_FOR = 2.5 * HELLO_EVERY
+MAX_HEARD = 256  # processes told apart by their hellos; beyond that, any other one counts
 
 
 class _Listener:
     """The notification half of :class:`~writ.stores.postgres.PostgresStore` (a mixin: the
     attributes below are the store's, set in its ``__init__``)."""
 
-    _others_at = float("-inf")  # time.monotonic() when another process was last heard from
+    # time.monotonic() when another process was last heard from: by its instance id, and
+    # for any of them when more than MAX_HEARD spoke (an id is what its sender says it is)
+    _others_at = float("-inf")
+    _heard_at: dict[str, float]
 
     _closed: bool
     _conninfo: str
@@ -73,6 +79,7 @@ class _Listener:
     _listening: asyncio.Event
     _heard_seq: int
     _pool: AsyncConnectionPool[Any] | None
+    note_peers: set[str]
     _old_pools: set[asyncio.Task[None]]
     channel: str
     instance: str
@@ -136,33 +143,98 @@ class _Listener:
         ``Engine._collect``)."""
         try:
             msg = json.loads(text)
-            sender = msg["i"]
+            sender = str(msg["i"])
             notes = [(str(k), dict(p)) for k, p in msg["n"]]
         except (ValueError, KeyError, TypeError, RecursionError):
             log.warning("ignoring a malformed writ notification: %.200s", text)
             return
-        # NOTIFY arrives in commit order, our own echo included: having heard row n, this
-        # listener has heard every row up to n (what a resync starts from; a wrong number
-        # there costs a resync's replay, which the waiters' own re-checks back up)
+        self._heard_up_to(notes)
+        if sender == self.instance:  # our own notes were delivered at commit
+            return
+        if sender != "db":  # a trigger's (a principal changed), not a process's
+            self._heard_from(sender)
+        self._deliver([(k, {**p, "unverified": True}) for k, p in notes if k != "hello"])
+
+    def _heard_up_to(self, notes: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        # notes arrive in commit order (NOTIFY's, our own echo included, and the relay's):
+        # having heard row n, this listener has heard every row up to n (what a resync
+        # starts from; a wrong number there costs a resync's replay, which the waiters' own
+        # re-checks back up)
         for kind, payload in notes:
             seq = payload.get("seq")
             if kind == "audit" and type(seq) is int and seq > self._heard_seq:
                 self._heard_seq = seq
-        if sender == self.instance:  # our own notes were delivered at commit
-            return
-        self._others_at = time.monotonic()
-        self._deliver([(k, {**p, "unverified": True}) for k, p in notes if k != "hello"])
+
+    def _heard_from(self, sender: str) -> None:
+        now = time.monotonic()
+        heard = self._heard_at
+        if sender not in heard and len(heard) >= MAX_HEARD:
+            for old in [k for k, at in heard.items() if now - at >= HEARD_FOR]:
+                del heard[old]
+            if len(heard) >= MAX_HEARD:  # a crowd, or someone inventing ids: count them all
+                self._others_at = now
+                return
+        heard[sender] = now
 
     def _heard_others(self) -> bool:
         """Another process that shares the store may be listening (see HELLO_EVERY): one
-        was heard from lately, or this one cannot hear (its LISTEN connection is down)."""
-        return not self._listening.is_set() or time.monotonic() - self._others_at < HEARD_FOR
+        was heard from lately that is not given our notes over the relay (``note_peers``),
+        or this one cannot hear (its LISTEN connection is down)."""
+        now = time.monotonic()
+        if not self._listening.is_set() or now - self._others_at < HEARD_FOR:
+            return True
+        peers = self.note_peers
+        return any(now - at < HEARD_FOR and i not in peers for i, at in self._heard_at.items())
+
+    def take_notes(self, notes: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """The writer's notes, over the relay (writ.api.relay): as if heard by NOTIFY."""
+        self._heard_up_to(notes)
+        self._deliver([(k, {**p, "unverified": True}) for k, p in notes if k != "hello"])
+
+    def notes_lost(self) -> None:
+        """The relay that brought the writer's notes broke: deliver what may have been
+        missed (the grants to queued requests since the last row heard of, and a
+        ``resync``), as after the LISTEN connection came back. The writer notifies again
+        from its next batch on (this server is no longer one of its ``note_peers``)."""
+        if self._closed or self._pool is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._replay_missed())
+        self._old_pools.add(task)
+        task.add_done_callback(self._old_pools.discard)
 
     async def _resync(self, conn: psycopg.AsyncConnection[Any], outage_s: float) -> None:
         """After the LISTEN connection came back: notifications sent meanwhile are lost, so
-        re-announce the grants made to queued requests since the last row we had heard
-        of, then the current head and a ``resync`` note. A fresh pool replaces the old
-        one, whose reconnect attempts may be backing off for many seconds."""
+        re-announce what may have been missed (:meth:`_missed`). A fresh pool replaces the
+        old one, whose reconnect attempts may be backing off for many seconds."""
+        notes = await self._missed(conn, outage_s)
+        await self._refresh_pool()
+        log.warning(
+            "PostgreSQL reachable again after %.1fs; resynchronized at seq %d",
+            outage_s,
+            self._heard_seq,
+        )
+        self._deliver(notes)
+
+    async def _replay_missed(self) -> None:
+        """What :meth:`notes_lost` runs: :meth:`_missed`, on a pooled connection."""
+        try:
+            pool = self._pool
+            assert pool is not None
+            async with pool.connection(timeout=self.statement_timeout) as conn:
+                notes = await self._missed(conn, 0.0)
+        except Exception as exc:  # the database is out of reach: LISTEN's resync follows
+            log.warning("could not read what the relay's notes may have missed (%s)", exc)
+            return
+        log.info(
+            "the writer's notes over the relay ended; resynchronized at seq %d", self._heard_seq
+        )
+        self._deliver(notes)
+
+    async def _missed(
+        self, conn: psycopg.AsyncConnection[Any], outage_s: float
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The notes that say what may have been missed since the last row heard of: the
+        grants made to queued requests meanwhile, the current head, and a ``resync``."""
         cur = await conn.execute(
             "SELECT request_id, lease_id FROM leases WHERE request_id IS NOT NULL AND"
             " acquired_at >= coalesce((SELECT ts FROM audit WHERE seq = %s), 0)"
@@ -174,7 +246,6 @@ class _Listener:
         row = await cur.fetchone()
         head = int(row[0]) if row else 0
         self._heard_seq = max(self._heard_seq, head)
-        await self._refresh_pool()
         notes: list[tuple[str, dict[str, Any]]] = [
             ("granted", {"waiter_id": r, "lease_id": l}) for r, l in grants
         ]
@@ -182,10 +253,7 @@ class _Listener:
             ("audit", {"seq": head}),
             ("resync", {"seq": head, "outage_s": round(outage_s, 3)}),
         ]
-        log.warning(
-            "PostgreSQL reachable again after %.1fs; resynchronized at seq %d", outage_s, head
-        )
-        self._deliver(notes)
+        return notes
 
     async def _refresh_pool(self) -> None:
         old, new = self._pool, self._new_pool()

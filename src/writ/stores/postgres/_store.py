@@ -135,6 +135,7 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
         self._listener_task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._heard_seq = 0
+        self._heard_at: dict[str, float] = {}
         self._checking = False
         self._closed = True
         self.transactions = 0  # committed write transactions (for tests and benchmarks)
@@ -566,6 +567,8 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
                 fut.set_exception(exc)
             else:
                 fut.set_result(result)
+        if notes and b is not None and not b.notify and self.note_sink is not None:
+            self.note_sink(notes)  # the servers relaying to this one, told over the relay
         self._deliver(notes)
         for _, _, exc, tx in done:
             if exc is None:

@@ -330,12 +330,16 @@ class _Wire:
     """A transport that records what the protocol sends, one entry per ``write``."""
 
     def __init__(self) -> None:
+        import asyncio
+
         self.writes: list[bytes] = []
         self.closed = False
+        self.wrote = asyncio.Event()
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "written after close"
         self.writes.append(bytes(data))
+        self.wrote.set()
 
     def close(self) -> None:
         self.closed = True
@@ -371,9 +375,11 @@ async def _respond(app: object, request: bytes, until: Callable[[_Wire], bool]) 
     wire = _Wire()
     protocol.connection_made(wire)
     protocol.data_received(request)
-    for _ in range(200):
-        if until(wire):
-            break
+    async with asyncio.timeout(10):
+        while not until(wire):
+            wire.wrote.clear()
+            await wire.wrote.wait()
+    for _ in range(3):  # anything more it would write at once (a body held back) comes now
         await asyncio.sleep(0)
     protocol.connection_lost(None)
     return wire
@@ -393,11 +399,11 @@ async def test_a_response_leaves_in_one_write_head_and_body_together() -> None:
     app = FastAPI()
 
     @app.get("/one")
-    def one() -> dict[str, str]:
+    async def one() -> dict[str, str]:
         return {"ok": "yes"}
 
     @app.get("/stream")
-    def stream() -> StreamingResponse:
+    async def stream() -> StreamingResponse:
         async def chunks() -> Any:
             await go.wait()
             yield b"late"

@@ -416,7 +416,8 @@ async def test_a_server_writes_itself_while_the_writer_has_enough_of_its_calls()
     next itself (the writer is falling behind); waits do not count (sixteen agents queued
     through one server leave its other writes relayed); the link is used again once
     answers come back."""
-    from writ.api.relay import SPILL, Relay, _Link
+    from writ.api.relay import SPILL, Relay
+    from writ.api.relay_wire import _Link
 
     relay = Relay("unused")
     link = _Link("me")
@@ -557,7 +558,7 @@ def test_a_relay_needs_a_postgresql_store(tmp_path: Path) -> None:
 
 
 def test_same_user_check_reads_the_peers_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    from writ.api.relay import _same_user
+    from writ.api.relay_wire import _same_user
 
     a, b = socket.socketpair(socket.AF_UNIX)
     try:
@@ -642,7 +643,7 @@ async def _never(*_: Any) -> Any:
 async def test_calls_cross_the_socket_both_ways_in_process(tmp_path: Path) -> None:
     """What the relaying end sends is what the writer's ``run`` gets (the request id too),
     its answer comes back whole, and a cancel reaches the call it names."""
-    from writ.api.relay import Answer
+    from writ.api.relay_wire import Answer
 
     seen: list[tuple[str, str, str | None, bytes, str | None]] = []
     cancelled = asyncio.Event()
@@ -712,7 +713,7 @@ async def test_a_server_of_another_store_or_policy_is_not_relayed_to(
 async def test_a_writer_that_is_going_answers_new_calls_not_run(tmp_path: Path) -> None:
     """While the writer stops, the call it is running is answered, and a call that arrives
     meanwhile is answered *not run* (its server writes it itself), never lost."""
-    from writ.api.relay import NOT_RUN, Answer
+    from writ.api.relay_wire import NOT_RUN, Answer
 
     started, finish = asyncio.Event(), asyncio.Event()
 

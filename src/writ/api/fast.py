@@ -23,7 +23,8 @@ from writ.api.middleware import (
     _unless_hung_up,
 )
 from writ.api.ops import _GOOD_ID, FENCE
-from writ.api.relay import CANCEL_WAIT_S, LOST, NOT_RUN, Answer, Relay, _Link, identity_of
+from writ.api.relay import Relay, identity_of
+from writ.api.relay_wire import CANCEL_WAIT_S, LOST, NOT_RUN, Answer, _Link
 from writ.api.url_text import TextURL, url_problem
 from writ.core.errors import Invalid, Unavailable, WritError
 from writ.engine import Engine

@@ -44,34 +44,37 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
-import itertools
 import json
 import logging
 import os
-import socket
 import stat
-import struct
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from writ.api.middleware import _INTERNAL_ERROR
+from writ.api.relay_wire import (
+    _COMPACT,
+    DEADLINE_S,
+    MAX_BODY,
+    MAX_INSTANCE,
+    NOT_RUN,
+    Answer,
+    _frame,
+    _Frames,
+    _Link,
+)
 from writ.core.errors import Invalid, Unavailable
 from writ.stores.base import Note, Store
 
 log = logging.getLogger("writ.relay")
 
-__all__ = ["Answer", "Relay", "Relayed", "check_directory"]
+__all__ = ["Relay", "Relayed", "check_directory", "identity_of"]
 
-_SIZES = struct.Struct(">II")
-_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-MAX_HEADER = 64 << 10
-MAX_BODY = 8 << 20  # a request's body is at most 1 MiB (LimitBody); an answer is small
-MAX_INSTANCE = 64  # a store's instance id (PostgreSQL's: 12 hex digits)
-# notes the writer sent a server that it has not read: past this, the server is not reading
-# (stopped, or stuck) and its connection is closed, not left to grow with every commit
-MAX_UNREAD = 16 << 20
+MAX_UNREAD = 16 << 20  # notes the writer sent a server that it has not read: past
+# this, the server is not reading (stopped, or stuck) and its connection is closed, not
+# left to grow with every commit
 LOCK, SOCKET = "writer.lock", "writer.sock"
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with its terminating NUL (Linux)
 # While this many of a server's calls that do not wait are in the air at the writer, it
@@ -79,37 +82,15 @@ MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with its terminating NUL (Linu
 # (relaying everything measured 0.79-0.89x of one server, writing side by side 0.99-1.13x,
 # spilling at 16 0.94-1.10x); at 16 clients it never triggers (bench/RESULTS.md).
 SPILL = 16
-CANCEL_WAIT_S = 10.0  # after a cancel, how long a server waits for the writer's last word
-# a call that does not wait is answered within the store's own bounds (a pool checkout,
-# a statement: seconds); one unanswered after this long means the writer is stuck
-DEADLINE_S = 30.0
 HELLO_WAIT_S = 2.0  # how long a server waits for the writer's welcome
 STOP_WAIT_S = 10.0  # how long a writer that stops waits for the calls it started
 MAX_CALLS = 4096  # calls of one connection in progress at the writer (a server sends <= SPILL
 # that do not wait, and one per waiting caller): more is no writ server's
-NOT_RUN = 0  # an answer's status: the writer did not run the call (it is going): write it
 _INTERNAL = json.dumps(_INTERNAL_ERROR, separators=(",", ":")).encode()
 _TOO_LARGE = (
     b'{"error":{"code":"internal","message":"the answer was too large to relay: the request '
     b'may or may not have taken effect; read the lease back before retrying"}}'
 )
-LOST = (
-    "the writer server this one relays lease writes to went away before answering: the "
-    "request may or may not have taken effect; read the lease back (GET /v1/leases) before "
-    "retrying"
-)
-
-
-@dataclass(slots=True)
-class Answer:
-    """A relayed call's answer: the HTTP status, the answer's bytes, ``Retry-After`` and
-    what the access log names (the principal, the lease's resource, id and token)."""
-
-    status: int
-    body: bytes
-    retry: int | None = None
-    principal: str | None = None
-    log: dict[str, Any] = field(default_factory=dict)
 
 
 # what the writer runs for a relayed call: (op, token, lease id, body, request id, hung up,
@@ -163,103 +144,6 @@ def check_directory(path: str) -> str:
             f"it carries bearer tokens: chmod 700 {path}"
         )
     return path
-
-
-def _same_user(sock: socket.socket | None) -> bool:
-    """Whether the process at the other end of a Unix socket runs as this user."""
-    if sock is None:
-        return False
-    peercred = getattr(socket, "SO_PEERCRED", None)
-    if peercred is None:  # not Linux: the directory's mode is the guard
-        return True
-    creds = sock.getsockopt(socket.SOL_SOCKET, peercred, struct.calcsize("iII"))
-    _pid, uid, _gid = struct.unpack("iII", creds)  # struct ucred: pid_t, uid_t, gid_t
-    return bool(uid == os.getuid())
-
-
-def _frame(header: list[Any], body: bytes = b"") -> bytes:
-    head = _COMPACT.encode(header).encode()
-    return _SIZES.pack(len(head), len(body)) + head + body
-
-
-class _Frames(asyncio.Protocol):
-    """One end of a relay connection: frames in (:meth:`frame`), frames out (:meth:`send`).
-    A frame that is not one (too large, not JSON, not a call or an answer) closes the
-    connection; so does a peer of another user."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        if not _same_user(transport.get_extra_info("socket")):
-            log.warning("relay: refused a connection with a process of another user")
-            self.closed = True  # at once: nothing is sent on it, not even before it closes
-            transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        while len(buf) >= _SIZES.size and not self.closed:
-            n_head, n_body = _SIZES.unpack_from(buf)
-            if n_head > MAX_HEADER or n_body > MAX_BODY:
-                self._broken(f"a frame of {n_head} + {n_body} bytes")
-                return
-            end = _SIZES.size + n_head + n_body
-            if len(buf) < end:
-                return
-            try:
-                header = json.loads(buf[_SIZES.size : _SIZES.size + n_head])
-            except (ValueError, RecursionError):
-                header = None
-            body = bytes(buf[_SIZES.size + n_head : end])
-            del buf[:end]
-            if (
-                type(header) is not list
-                or not header
-                or type(header[0]) is not int
-                or not self.frame(header, body)
-            ):
-                self._broken("a frame no writ server sends")
-                return
-
-    def _broken(self, what: str) -> None:
-        log.warning("relay: closed a connection that sent %s", what)
-        self.closed = True  # no call is sent on it from now
-        self.buf.clear()
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.lost()
-
-    def send(self, header: list[Any], body: bytes = b"") -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_frame(header, body))
-
-    def close(self) -> None:
-        self.closed = True  # nothing more is read from it or sent on it
-        if self.transport is not None:
-            self.transport.close()
-
-    # flow control: a peer that does not read what it is sent is not read from either, so
-    # its answers do not pile up here
-    def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-
-    def frame(self, header: list[Any], body: bytes) -> bool:
-        raise NotImplementedError
-
-    def lost(self) -> None:
-        pass
 
 
 class Relay:
@@ -597,156 +481,7 @@ class _Serving(_Frames):
         self.relay._peer_gone(self)
 
 
-def _bounded(waits: Any) -> float:
-    """A caller's ``wait_s`` as seconds to allow for, 0 to an hour (the engine refuses what
-    it does not take; a number that is no number allows the hour)."""
-    try:
-        more = float(waits)
-    except (OverflowError, TypeError, ValueError):
-        return 3600.0
-    return 3600.0 if more != more else min(max(more, 0.0), 3600.0)
-
-
 def _clip(value: Any) -> Any:
     """What the access log names, cut short: an answer's frame stays small whatever a
     caller sent (a refused resource of 70,000 characters is named by its first 256)."""
     return value[:256] if type(value) is str else value
-
-
-class _Link(_Frames):
-    """A server's connection to the writer: its hello, then calls multiplexed by id; a call
-    unanswered after its deadline, or a broken connection, fails every call still open
-    (:data:`LOST`) and ends the link (the server writes itself, then links again)."""
-
-    def __init__(
-        self,
-        identity: str,
-        deadline_s: float = DEADLINE_S,
-        store: Store | None = None,
-        notes: dict[str, int] | None = None,
-    ) -> None:
-        super().__init__()
-        self.identity = identity
-        self.deadline_s = deadline_s
-        self.store = store  # takes the writer's notes
-        self.notes = notes if notes is not None else {"taken": 0}  # counts those it took
-        self.theirs: str | None = None  # the writer's identity, once it said it
-        self.welcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._ids = itertools.count(1)
-        self._open: dict[int, asyncio.Future[Answer]] = {}
-        self.quick: set[int] = set()  # the open calls that do not wait (see Relay.link)
-        self._timers: dict[int, asyncio.TimerHandle] = {}
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        instance = self.store.instance if self.store is not None else ""
-        self.send([0, "hello", self.identity, instance])
-
-    def frame(self, header: list[Any], body: bytes) -> bool:
-        if len(header) == 3 and header[0] == 0 and header[1] in ("welcome", "refused"):
-            self.theirs = str(header[2])[:200]
-            if not self.welcome.done():
-                self.welcome.set_result(header[1] == "welcome")
-            return True
-        if header == [0, "notes"]:
-            return self._notes(body)
-        if len(header) != 5:
-            return False
-        call_id, status, retry, principal, meta = header
-        if (
-            type(status) is not int
-            or (retry is not None and type(retry) is not int)
-            or (principal is not None and type(principal) is not str)
-            or type(meta) is not dict
-        ):
-            return False
-        fut = self._open.pop(call_id, None)
-        self._done(call_id)
-        if fut is not None and not fut.done():
-            fut.set_result(Answer(status, body, retry, principal, meta))
-        return True
-
-    def _notes(self, body: bytes) -> bool:
-        """The writer's notes of one commit (see the module docstring)."""
-        try:
-            notes = json.loads(body)
-        except (ValueError, RecursionError):
-            return False
-        if type(notes) is not list or not all(
-            type(n) is list and len(n) == 2 and type(n[0]) is str and type(n[1]) is dict
-            for n in notes
-        ):
-            return False
-        if self.store is not None and self.welcome.done() and self.welcome.result():
-            self.store.take_notes([(k, p) for k, p in notes])
-            self.notes["taken"] += 1
-        return True
-
-    def lost(self) -> None:
-        if self.welcome.done() and self.welcome.result() and self.store is not None:
-            self.store.notes_lost()  # what the writer's notes said meanwhile may be lost
-        if not self.welcome.done():
-            self.welcome.set_result(False)
-        for fut in self._open.values():
-            if not fut.done():
-                fut.set_exception(Unavailable(LOST))
-        self._open.clear()
-        for call_id in list(self._timers):
-            self._done(call_id)
-
-    def _done(self, call_id: int) -> None:
-        self.quick.discard(call_id)
-        timer = self._timers.pop(call_id, None)
-        if timer is not None:
-            timer.cancel()
-
-    def call(
-        self,
-        op: str,
-        token: str,
-        lease: str | None,
-        body: bytes,
-        request_id: str | None = None,
-        waits: Any = 0,
-    ) -> tuple[int, asyncio.Future[Answer]] | None:
-        """Send one call; its id (for :meth:`cancel`) and the future of its answer — or
-        None for one too large to send (the server writes it itself). A call that waits
-        (``waits`` seconds at most, as its caller asked) is given that much more than the
-        deadline."""
-        if self.closed:
-            raise Unavailable(LOST)
-        call_id = next(self._ids)
-        head = _COMPACT.encode([call_id, op, token, lease, request_id]).encode()
-        if len(head) > MAX_HEADER or len(body) > MAX_BODY:
-            return None
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Answer] = loop.create_future()
-        self._open[call_id] = fut
-        if not waits:
-            self.quick.add(call_id)
-        self._timers[call_id] = loop.call_later(
-            self.deadline_s + _bounded(waits), self._expire, call_id
-        )
-        assert self.transport is not None
-        self.transport.write(_SIZES.pack(len(head), len(body)) + head + body)
-        return call_id, fut
-
-    def _expire(self, call_id: int) -> None:
-        """No answer in time: the writer is stuck (stopped, or its loop blocked). Its link
-        ends, and every call still open on it fails; the server writes itself."""
-        self._timers.pop(call_id, None)
-        if call_id in self._open:
-            log.warning("relay: the writer did not answer a call in time: writing here")
-            self.closed = True
-            self.close()
-            self.lost()
-
-    def cancel(self, call_id: int, why: str) -> None:
-        """Ask the writer to end call ``call_id``'s wait (``why``: "hangup" or "drain"); its
-        answer still comes, with what the writer did."""
-        if call_id in self._open:
-            self.send([call_id, "cancel", why])
-
-    def forget(self, call_id: int) -> None:
-        self._open.pop(call_id, None)
-        self._done(call_id)

@@ -246,28 +246,7 @@ class Metrics:
             ("kind", "outcome"),
         )
         self.audit_rows = _Family(C, "writ_audit_rows", "Audit rows committed by this process")
-        self.relay_calls = _Family(
-            C,
-            "writ_relay_calls",
-            "Lease writes through the write relay, by outcome: relayed (sent to the writer), "
-            "spilled (written here while the writer had 16 of them), lost (the writer went "
-            "away before answering), served (answered as the writer, for another server)",
-            ("outcome",),
-        )
-        self.relay_notes = _Family(
-            C,
-            "writ_relay_notes",
-            "Commits whose notes (grants to queued requests, the new chain head) went over "
-            "the write relay instead of a PostgreSQL NOTIFY: sent (as the writer, counted "
-            "once per commit) and taken (from the writer)",
-            ("way",),
-        )
-        self.relay_role = Gauge(
-            "writ_relay_role",
-            "1 for this server's role in the write relay (writer, relaying, alone)",
-            ["role"],
-            registry=r,
-        )
+        self._relay_families(C, r)
         self.relay: Any = None  # the app's writ.api.relay.Relay, when it has one
         self.batch_phases = _Family(
             C,
@@ -303,6 +282,31 @@ class Metrics:
         self.commit = self.commit_f.hist()
         self._http: dict[tuple[str, str, int], Hist] = {}
         self._engine: Engine | None = None
+
+    def _relay_families(self, C: str, r: CollectorRegistry) -> None:
+        """The write relay's (writ.api.relay): read from the app's relay at scrape."""
+        self.relay_calls = _Family(
+            C,
+            "writ_relay_calls",
+            "Lease writes through the write relay, by outcome: relayed (sent to the writer), "
+            "spilled (written here while the writer had 16 of them), lost (the writer went "
+            "away before answering), served (answered as the writer, for another server)",
+            ("outcome",),
+        )
+        self.relay_notes = _Family(
+            C,
+            "writ_relay_notes",
+            "Commits whose notes (grants to queued requests, the new chain head) went over "
+            "the write relay instead of a PostgreSQL NOTIFY: sent (as the writer, counted "
+            "once per commit) and taken (from the writer)",
+            ("way",),
+        )
+        self.relay_role = Gauge(
+            "writ_relay_role",
+            "1 for this server's role in the write relay (writer, relaying, alone)",
+            ["role"],
+            registry=r,
+        )
 
     # ------------------------------------------------------------------ the engine
     @classmethod

@@ -284,18 +284,18 @@ class Relay:
             return
         frame = _frame([0, "notes"], body)
         for conn in list(self._conns):
-            transport = conn.transport
-            if not conn.instance or transport is None or conn.closed:
+            if not conn.instance or conn.transport is None or conn.closed:
                 continue
-            if transport.get_write_buffer_size() > self.max_unread:
+            unread = conn.unread()
+            if unread > self.max_unread:
                 log.warning(
                     "relay: closed the connection of a server that does not read what it is "
                     "sent (%d bytes unread); it writes itself until it links again",
-                    transport.get_write_buffer_size(),
+                    unread,
                 )
                 conn.close()
                 continue
-            transport.write(frame)
+            conn.put(frame)
         self.notes["sent"] += 1
 
     def _peer_gone(self, conn: _Serving) -> None:

@@ -76,12 +76,17 @@ def _frame(header: list[Any], body: bytes = b"") -> bytes:
 class _Frames(asyncio.Protocol):
     """One end of a relay connection: frames in (:meth:`frame`), frames out (:meth:`send`).
     A frame that is not one (too large, not JSON, not a call or an answer) closes the
-    connection; so does a peer of another user."""
+    connection; so does a peer of another user.
+
+    The frames of one step of the event loop leave together, in one ``send`` at the next
+    (a batch's answers and its notes; the calls of the requests that arrived together): one
+    system call and one wake-up of the other end for all of them."""
 
     def __init__(self) -> None:
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self._out: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -128,10 +133,26 @@ class _Frames(asyncio.Protocol):
         self.lost()
 
     def send(self, header: list[Any], body: bytes = b"") -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_frame(header, body))
+        self.put(_frame(header, body))
+
+    def put(self, frame: bytes) -> None:
+        """Send ``frame`` with the others of this step of the loop."""
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._out.append(frame)
+
+    def flush(self) -> None:
+        out, self._out = self._out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
+
+    def unread(self) -> int:
+        """Bytes sent that the other end has not read yet (or not yet sent at all)."""
+        held = sum(len(f) for f in self._out)
+        return held + (self.transport.get_write_buffer_size() if self.transport else 0)
 
     def close(self) -> None:
+        self.flush()  # what was sent before, a refusal say, goes first
         self.closed = True  # nothing more is read from it or sent on it
         if self.transport is not None:
             self.transport.close()
@@ -277,8 +298,7 @@ class _Link(_Frames):
         self._timers[call_id] = loop.call_later(
             self.deadline_s + _bounded(waits), self._expire, call_id
         )
-        assert self.transport is not None
-        self.transport.write(_SIZES.pack(len(head), len(body)) + head + body)
+        self.put(_SIZES.pack(len(head), len(body)) + head + body)
         return call_id, fut
 
     def _expire(self, call_id: int) -> None:

@@ -970,6 +970,17 @@ async def test_servers_told_over_the_relay_do_not_make_a_batch_notify(
         assert len(a._heard_at) <= MAX_HEARD
         a.note_peers.update(f"fake{i}" for i in range(MAX_HEARD + 10))
         assert a._heard_others()  # past the bound, any other counts
+
+        def broken(notes: Any) -> None:
+            raise RuntimeError("the relay is broken")
+
+        a._others_at = float("-inf")
+        a._heard_at.clear()
+        delivered: list[str] = []
+        a.set_listener(lambda kind, payload: delivered.append(kind))
+        a.note_sink = broken  # a sink that fails costs the commit's callers nothing
+        lease = await a.transact(lambda tx: _grant(tx, "relayed/2"))
+        assert lease is not None and delivered == ["audit"]
     finally:
         await raw.close()
         await a.close()

@@ -568,7 +568,10 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
             else:
                 fut.set_result(result)
         if notes and b is not None and not b.notify and self.note_sink is not None:
-            self.note_sink(notes)  # the servers relaying to this one, told over the relay
+            try:  # the servers relaying to this one, told over the relay
+                self.note_sink(notes)
+            except Exception:  # never the commit's callers: they lose a note at most
+                log.exception("the notes of a commit could not be relayed")
         self._deliver(notes)
         for _, _, exc, tx in done:
             if exc is None:

@@ -417,6 +417,10 @@ async def test_a_response_leaves_in_one_write_head_and_body_together() -> None:
     def head_out(w: _Wire) -> bool:
         return bool(w.writes) and b"\r\n\r\n" in w.writes[0]
 
+    # a HEAD's answer has no body to wait for: its head goes as it comes, alone
+    wire = await _respond(app, b"HEAD /one HTTP/1.1\r\nHost: x\r\n\r\n", lambda w: bool(w.writes))
+    assert len(wire.writes) == 1 and wire.writes[0].endswith(b"\r\n\r\n"), wire.writes
+
     wire = await _respond(app, b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n", head_out)
     assert head_out(wire) and not go.is_set(), "a stream's head waited for its body"
     assert b"late" not in b"".join(wire.writes)

@@ -986,6 +986,45 @@ async def test_servers_told_over_the_relay_do_not_make_a_batch_notify(
         await a.close()
 
 
+async def test_a_relaying_server_looks_up_what_it_missed_twice_and_closes_at_once(
+    pg_backend: Backend,
+) -> None:
+    """When the relay that brought the writer's notes breaks, the store delivers what may
+    have been missed at once and once more after a statement's time (a commit told over
+    the relay just before the break may not have been visible at the first look); closing
+    the store does not wait for the second."""
+    a = await _open(pg_backend)
+    resyncs: list[dict[str, Any]] = []
+    more = asyncio.Event()
+
+    def note(kind: str, payload: dict[str, Any]) -> None:
+        if kind == "resync":
+            resyncs.append(payload)
+            more.set()
+
+    async def until(n: int) -> None:
+        async with asyncio.timeout(5):
+            while len(resyncs) < n:
+                more.clear()
+                await more.wait()
+
+    a.set_listener(note)
+    try:
+        await a.transact(lambda tx: _grant(tx, "before/0"))
+        a.take_notes([("audit", {"seq": 1})])
+        assert a._relay_seq == 1
+        a.statement_timeout = 0.05
+        a.notes_lost()
+        assert a._relay_seq == 0
+        await until(2)
+        a.statement_timeout = 60.0
+        a.notes_lost()
+        await until(3)
+    finally:
+        async with asyncio.timeout(5):  # the second look-up's wait is cancelled
+            await a.close()
+
+
 async def test_a_forged_notification_never_decides_for_a_waiter(pg_backend: Backend) -> None:
     """Anyone who may connect to the database may NOTIFY on writ's channel. A forged grant
     for a queued request (a lease it was never given), a forged refusal, and malformed

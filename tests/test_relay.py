@@ -946,3 +946,55 @@ async def test_the_frames_of_one_step_leave_in_one_send(tmp_path: Path) -> None:
 
 async def _asked(writer: Any, n: int) -> bool:
     return sum(len(c.calls) for c in writer._conns) == n
+
+
+async def test_large_notes_are_cut_short_not_the_link(tmp_path: Path) -> None:
+    """A grant's note carries its lease, and a lease what its caller put in it (a rollback
+    plan up to the body limit): a commit granting several such is cut note by note to the
+    short fields (the other server reads the database anyway), and the link stays."""
+    ws, rs = _NoteStore("w-inst"), _NoteStore("r-inst")
+    async with _pair(tmp_path, _never, stores=(ws, rs)) as (_writer, relaying):
+        link = relaying.link()
+        big = {"waiter_id": "wt_1", "lease_id": "ls_1", "lease": {"rollback": "x" * (1 << 20)}}
+        ws.note_sink([("granted", big)] * 12 + [("audit", {"seq": 9})])
+
+        async def arrived() -> bool:
+            return bool(rs.taken)
+
+        await _until(arrived, "the notes never arrived")
+        (notes,) = rs.taken
+        assert notes[0] == ("granted", {"truncated": True, "waiter_id": "wt_1", "lease_id": "ls_1"})
+        assert notes[-1] == ("audit", {"seq": 9}) and len(notes) == 13
+        assert relaying.link() is link and not rs.lost.is_set()
+
+
+def test_a_link_that_said_its_instance_looks_up_what_it_missed_once() -> None:
+    """From its hello on, the writer may count a server as told over the relay — before
+    the welcome arrives (a slow writer): whenever that link ends, welcomed or not, the
+    server looks up what it missed, once (a deadline and the close after it both end it)."""
+    from writ.api.relay_wire import _Link
+
+    class Wire:
+        def write(self, data: bytes) -> None: ...
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_extra_info(self, name: str) -> Any:
+            return None
+
+        def close(self) -> None: ...
+
+    async def run() -> None:
+        store = _NoteStore("r-inst")
+        link = _Link("me", store=store)  # type: ignore[arg-type]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("writ.api.relay_wire._same_user", lambda sock: True)
+            link.connection_made(Wire())  # type: ignore[arg-type]
+        calls = []
+        store.notes_lost = lambda: calls.append(1)  # type: ignore[method-assign]
+        link.lost()
+        link.lost()
+        assert calls == [1] and not link.welcome.result()
+
+    asyncio.run(run())

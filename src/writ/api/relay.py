@@ -66,12 +66,14 @@ from writ.api.relay_wire import (
     _Link,
 )
 from writ.core.errors import Invalid, Unavailable
-from writ.stores.base import Note, Store
+from writ.stores.base import Note, Store, shrink_note
 
 log = logging.getLogger("writ.relay")
 
 __all__ = ["Relay", "Relayed", "check_directory", "identity_of"]
 
+NOTES_CUT_AT = 64 << 10  # a commit's notes past this are cut short, note by note,
+NOTE_MAX = 4 << 10  # each to its short fields when over this (writ.stores.base.shrink_note)
 MAX_UNREAD = 16 << 20  # notes the writer sent a server that it has not read: past
 # this, the server is not reading (stopped, or stuck) and its connection is closed, not
 # left to grow with every commit
@@ -275,27 +277,31 @@ class Relay:
         if store is None or not store.note_peers:
             return
         body = _COMPACT.encode(notes).encode()
-        if len(body) > MAX_BODY:  # never: a batch is at most a few hundred small notes
-            log.warning("relay: a commit's notes are too large to relay; NOTIFY from now on")
-            store.note_peers.clear()  # and the servers look up what they missed:
+        if len(body) > NOTES_CUT_AT:  # large notes (a grant carries its lease, whatever
+            # its caller put in it): the other server reads the database anyway
+            small = [
+                (k, shrink_note(p) if len(_COMPACT.encode(p)) > NOTE_MAX else p) for k, p in notes
+            ]
+            body = _COMPACT.encode(small).encode()
+        if len(body) > MAX_BODY:  # not even cut: the servers read what they missed
+            log.warning("relay: a commit's notes are too large to relay, even cut short")
             for conn in list(self._conns):
-                if conn.instance:
-                    conn.close()
+                if conn.instance and conn.transport is not None:
+                    conn.transport.abort()
             return
         frame = _frame([0, "notes"], body)
         for conn in list(self._conns):
             if not conn.instance or conn.transport is None or conn.closed:
                 continue
+            conn.put(frame)
             unread = conn.unread()
             if unread > self.max_unread:
                 log.warning(
-                    "relay: closed the connection of a server that does not read what it is "
-                    "sent (%d bytes unread); it writes itself until it links again",
+                    "relay: cut off a server that does not read what it is sent (%d bytes "
+                    "unread); it writes itself until it links again",
                     unread,
                 )
-                conn.close()
-                continue
-            conn.put(frame)
+                conn.transport.abort()  # now: what it did not read is dropped with it
         self.notes["sent"] += 1
 
     def _peer_gone(self, conn: _Serving) -> None:

@@ -200,6 +200,7 @@ class _Link(_Frames):
         self.identity = identity
         self.deadline_s = deadline_s
         self.store = store  # takes the writer's notes
+        self._told = False  # it said its store's instance in its hello
         self.notes = notes if notes is not None else {"taken": 0}  # counts those it took
         self.theirs: str | None = None  # the writer's identity, once it said it
         self.welcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -212,6 +213,9 @@ class _Link(_Frames):
         super().connection_made(transport)
         instance = self.store.instance if self.store is not None else ""
         self.send([0, "hello", self.identity, instance])
+        # from its hello on, the writer may count this server as told over the relay (even
+        # before its welcome arrives): when the link ends, it looks up what it missed
+        self._told = bool(instance) and not self.closed
 
     def frame(self, header: list[Any], body: bytes) -> bool:
         if len(header) == 3 and header[0] == 0 and header[1] in ("welcome", "refused"):
@@ -254,7 +258,8 @@ class _Link(_Frames):
         return True
 
     def lost(self) -> None:
-        if self.welcome.done() and self.welcome.result() and self.store is not None:
+        if self._told and self.store is not None:
+            self._told = False  # once: a deadline and the close after it both end the link
             self.store.notes_lost()  # what the writer's notes said meanwhile may be lost
         if not self.welcome.done():
             self.welcome.set_result(False)

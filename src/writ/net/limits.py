@@ -228,8 +228,9 @@ class _OneSend:
     """The transport a response is written through: its head is held until its body's
     first write, so a response with a body leaves in one ``send`` — one segment, one
     wake-up of the client — instead of two (uvicorn writes them apart). A head whose body
-    does not follow in the same step of the event loop (a stream, or a ``100 Continue``) leaves
-    on its own at the next one. Anything else is passed to the connection's transport."""
+    does not follow in the same step of the event loop (a stream's) leaves on its own at the
+    next one; a ``HEAD``'s answer, which has no body, is not held. Anything else is passed to
+    the connection's transport."""
 
     __slots__ = ("_handle", "_head", "_loop", "transport")
 
@@ -269,12 +270,26 @@ def _flush_head(protocol: Any) -> None:
         cycle.transport.flush()
 
 
+LINGER_S = 2.0  # how long a refused connection's sender has to read its answer,
+LINGER_BYTES = 4 << 20  # and how much more it may send meanwhile (read and dropped)
+
+
 def _refuse(protocol: Any, answer: bytes) -> None:
-    """Answer ``answer`` and close, with no deadline left to fire."""
+    """Answer ``answer`` and close, with no deadline left to fire. The close is staged
+    (RFC 9112, 9.6): the answer and a FIN first, and what the client still sends is read and
+    dropped for up to ``LINGER_S`` and ``LINGER_BYTES`` — closing at once with its bytes unread would send a
+    reset, which can destroy the answer before the client reads it (a client still sending
+    a megabyte of headers never saw its 413)."""
     protocol._disarm()
+    protocol._refused = True  # what it sends from now on is dropped
     _flush_head(protocol)
-    protocol.transport.write(answer)
-    protocol.transport.close()
+    transport = protocol.transport
+    transport.write(answer)
+    if transport.can_write_eof():
+        transport.write_eof()
+        protocol.loop.call_later(LINGER_S, transport.close)
+    else:
+        transport.close()
 
 
 def guarded_protocol(limits: Limits) -> type[Any]:
@@ -296,6 +311,7 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             self._line_done = False
             self._tail = b""
             self._refused = False  # answered and closing: ignore anything more it sends
+            self._lingered = 0  # bytes it sent since
             self._rejected = False  # turned away at connect: never one of the connections
 
         # -- connection ---------------------------------------------------------------
@@ -328,7 +344,10 @@ def guarded_protocol(limits: Limits) -> type[Any]:
 
         # -- data ---------------------------------------------------------------------
         def data_received(self, data: bytes) -> None:
-            if self._refused:
+            if self._refused:  # answered: read and dropped while the close lingers
+                self._lingered += len(data)
+                if self._lingered > LINGER_BYTES and self.transport is not None:
+                    self.transport.close()  # it keeps sending: no more courtesy
                 return
             if self._in_head and not _count_head(self, data, limits):
                 _refuse(self, answers.too_large)
@@ -352,8 +371,13 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             self._line_done, self._tail = False, b""
             self._arm(limits.body_timeout, answers.body_slow)
             super().on_headers_complete()
-            if self.cycle is not None:
+            # a HEAD's answer has no body to wait for: its head is written as it comes
+            if self.cycle is not None and self.scope["method"] != "HEAD":
                 self.cycle.transport = _OneSend(self.transport, self.loop)  # type: ignore[assignment]
+
+        def send_400_response(self, msg: str) -> None:
+            _flush_head(self)  # a bad request after a good one: the good one's answer first
+            super().send_400_response(msg)
 
         def on_body(self, body: bytes) -> None:
             if not self._refused:

@@ -44,6 +44,7 @@ Stores are chosen by URL scheme (:func:`writ.stores.open_store`).
 
 from __future__ import annotations
 
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
@@ -58,6 +59,20 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Listener = Callable[[str, dict[str, Any]], None]
 Note = tuple[str, dict[str, Any]]
+
+
+def shrink_note(payload: dict[str, Any]) -> dict[str, Any]:
+    """A note too large to carry (in a NOTIFY, over the relay) keeps its short fields and
+    says it was cut. Another process's note is only a hint (the receiver reads the database),
+    so what is cut is what it would not have trusted anyway: a granted lease, a long error."""
+    out: dict[str, Any] = {"truncated": True}
+    for k, v in payload.items():
+        if k == "error" and isinstance(v, dict):
+            out[k] = {"code": v.get("code"), "message": str(v.get("message", ""))[:1000]}
+        elif len(json.dumps(v)) <= 500:
+            out[k] = v
+    return out
+
 
 #: The columns of each table in a dump (:meth:`Store.export_rows`), tables in dump order,
 #: the same for every backend. Times are float seconds since the epoch; ``touches``,

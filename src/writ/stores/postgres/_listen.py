@@ -15,21 +15,11 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from writ.stores.base import shrink_note
 from writ.stores.postgres._schema import (
     _NOTIFY_LIMIT,
 )
 from writ.stores.postgres._sql import log
-
-
-def _shrink(payload: dict[str, Any]) -> dict[str, Any]:
-    """A note too large for NOTIFY keeps its short fields and says it was cut."""
-    out: dict[str, Any] = {"truncated": True}
-    for k, v in payload.items():
-        if k == "error" and isinstance(v, dict):
-            out[k] = {"code": v.get("code"), "message": str(v.get("message", ""))[:1000]}
-        elif len(json.dumps(v)) <= 500:
-            out[k] = v
-    return out
 
 
 def _payloads(instance: str, notes: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -40,7 +30,7 @@ def _payloads(instance: str, notes: Sequence[tuple[str, dict[str, Any]]]) -> lis
     for kind, payload in notes:
         item = [kind, payload]
         if len(json.dumps(item)) > _NOTIFY_LIMIT - 100:
-            item = [kind, _shrink(payload)]
+            item = [kind, shrink_note(payload)]
         trial = json.dumps({"i": instance, "n": [*batch, item]})
         if len(trial.encode()) > _NOTIFY_LIMIT and batch:
             out.append(json.dumps({"i": instance, "n": batch}))
@@ -72,6 +62,12 @@ class _Listener:
     # for any of them when more than MAX_HEARD spoke (an id is what its sender says it is)
     _others_at = float("-inf")
     _heard_at: dict[str, float]
+    _pruned_at = float("-inf")  # when _heard_at was last pruned (at most once a second)
+    # the last ledger row the writer's notes over the relay told of (0: none since the last
+    # look-up), what notes_lost looks up from: this server's own NOTIFY echo, when it wrote
+    # itself meanwhile, may be ahead of the writer's notes still in the air
+    _relay_seq = 0
+    _replays: set[asyncio.Task[None]]
 
     _closed: bool
     _conninfo: str
@@ -169,8 +165,10 @@ class _Listener:
         now = time.monotonic()
         heard = self._heard_at
         if sender not in heard and len(heard) >= MAX_HEARD:
-            for old in [k for k, at in heard.items() if now - at >= HEARD_FOR]:
-                del heard[old]
+            if now - self._pruned_at >= 1.0:  # a flood of invented ids costs one scan a second
+                self._pruned_at = now
+                for old in [k for k, at in heard.items() if now - at >= HEARD_FOR]:
+                    del heard[old]
             if len(heard) >= MAX_HEARD:  # a crowd, or someone inventing ids: count them all
                 self._others_at = now
                 return
@@ -189,6 +187,10 @@ class _Listener:
     def take_notes(self, notes: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """The writer's notes, over the relay (writ.api.relay): as if heard by NOTIFY."""
         self._heard_up_to(notes)
+        for kind, payload in notes:
+            seq = payload.get("seq")
+            if kind == "audit" and type(seq) is int and seq > self._relay_seq:
+                self._relay_seq = seq
         self._deliver([(k, {**p, "unverified": True}) for k, p in notes if k != "hello"])
 
     def notes_lost(self) -> None:
@@ -198,9 +200,11 @@ class _Listener:
         from its next batch on (this server is no longer one of its ``note_peers``)."""
         if self._closed or self._pool is None:
             return
-        task = asyncio.get_running_loop().create_task(self._replay_missed())
-        self._old_pools.add(task)
-        task.add_done_callback(self._old_pools.discard)
+        since = min(self._heard_seq, self._relay_seq or self._heard_seq)
+        self._relay_seq = 0
+        task = asyncio.get_running_loop().create_task(self._replay_missed(since))
+        self._replays.add(task)
+        task.add_done_callback(self._replays.discard)
 
     async def _resync(self, conn: psycopg.AsyncConnection[Any], outage_s: float) -> None:
         """After the LISTEN connection came back: notifications sent meanwhile are lost, so
@@ -215,31 +219,39 @@ class _Listener:
         )
         self._deliver(notes)
 
-    async def _replay_missed(self) -> None:
-        """What :meth:`notes_lost` runs: :meth:`_missed`, on a pooled connection."""
-        try:
-            pool = self._pool
-            assert pool is not None
-            async with pool.connection(timeout=self.statement_timeout) as conn:
-                notes = await self._missed(conn, 0.0)
-        except Exception as exc:  # the database is out of reach: LISTEN's resync follows
-            log.warning("could not read what the relay's notes may have missed (%s)", exc)
-            return
-        log.info(
-            "the writer's notes over the relay ended; resynchronized at seq %d", self._heard_seq
-        )
-        self._deliver(notes)
+    async def _replay_missed(self, since: int) -> None:
+        """What :meth:`notes_lost` runs: :meth:`_missed` since row ``since``, on a pooled
+        connection — twice: at once, and once more after a statement's time, for the commit
+        the writer decided to tell over the relay just before the link broke and that was
+        not yet visible at the first look (store.close cancels the wait)."""
+        for attempt in (1, 2):
+            try:
+                pool = self._pool
+                assert pool is not None
+                async with pool.connection(timeout=self.statement_timeout) as conn:
+                    notes = await self._missed(conn, 0.0, since)
+            except Exception as exc:  # the database is out of reach: LISTEN's resync follows
+                log.warning("could not read what the relay's notes may have missed (%s)", exc)
+                return
+            if attempt == 1:
+                log.info(
+                    "the writer's notes over the relay ended; resynchronized at seq %d",
+                    self._heard_seq,
+                )
+            self._deliver(notes)
+            await asyncio.sleep(self.statement_timeout)
 
     async def _missed(
-        self, conn: psycopg.AsyncConnection[Any], outage_s: float
+        self, conn: psycopg.AsyncConnection[Any], outage_s: float, since: int | None = None
     ) -> list[tuple[str, dict[str, Any]]]:
-        """The notes that say what may have been missed since the last row heard of: the
-        grants made to queued requests meanwhile, the current head, and a ``resync``."""
+        """The notes that say what may have been missed since the last row heard of (or
+        ``since``): the grants made to queued requests meanwhile, the current head, and a
+        ``resync``."""
         cur = await conn.execute(
             "SELECT request_id, lease_id FROM leases WHERE request_id IS NOT NULL AND"
             " acquired_at >= coalesce((SELECT ts FROM audit WHERE seq = %s), 0)"
             " ORDER BY fencing_token LIMIT 10000",
-            (self._heard_seq,),
+            (self._heard_seq if since is None else since,),
         )
         grants = await cur.fetchall()
         cur = await conn.execute("SELECT seq FROM audit_head")

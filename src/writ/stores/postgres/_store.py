@@ -136,6 +136,7 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
         self._listening = asyncio.Event()
         self._heard_seq = 0
         self._heard_at: dict[str, float] = {}
+        self._replays: set[asyncio.Task[None]] = set()  # look-ups after a relay link ended
         self._checking = False
         self._closed = True
         self.transactions = 0  # committed write transactions (for tests and benchmarks)
@@ -229,6 +230,8 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
         if self._closed:
             return
         self._closed = True
+        for replay in list(self._replays):
+            replay.cancel()
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=self.statement_timeout)
         if self._listener_task is not None:

@@ -276,10 +276,10 @@ LINGER_BYTES = 4 << 20  # and how much more it may send meanwhile (read and drop
 
 def _refuse(protocol: Any, answer: bytes) -> None:
     """Answer ``answer`` and close, with no deadline left to fire. The close is staged
-    (RFC 9112, 9.6): the answer and a FIN first, and what the client still sends is read and
-    dropped for up to ``LINGER_S`` and ``LINGER_BYTES`` — closing at once with its bytes unread would send a
-    reset, which can destroy the answer before the client reads it (a client still sending
-    a megabyte of headers never saw its 413)."""
+    (RFC 9112, 9.6): the answer and a FIN first, then what the client still sends is read
+    and dropped for up to ``LINGER_S`` and ``LINGER_BYTES``. Closing at once with its bytes
+    unread would send a reset, which can destroy the answer before the client reads it (a
+    client still sending a megabyte of headers did not always see its 413)."""
     protocol._disarm()
     protocol._refused = True  # what it sends from now on is dropped
     _flush_head(protocol)

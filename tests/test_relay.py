@@ -314,33 +314,34 @@ async def test_a_relayed_wait_ends_503_when_either_server_shuts_down(
 
 
 class _Channel:
-    """The store's channel as an outsider hears it: LISTEN, and the kinds of the notes each
-    notification carried (hellos and the principals trigger's left out)."""
+    """The store's channel as an outsider hears it (LISTEN): :meth:`notes` are the kinds
+    of the notes sent on it since the last call, hellos and the principals trigger's left
+    out — read up to a mark of its own (tests/test_pg_scaleout.py's ``_heard``), so every
+    NOTIFY committed before is in, with no waiting on the clock."""
 
     def __init__(self, pg_backend: Backend) -> None:
         self.backend = pg_backend
-        self.kinds: list[str] = []
 
     async def __aenter__(self) -> _Channel:
         import psycopg
+        from psycopg import sql
+
+        from tests.test_pg_scaleout import _MARK
 
         self.conn = await psycopg.AsyncConnection.connect(
-            self.backend.url.split("?")[0], autocommit=True
+            self.backend._pg_conninfo(), autocommit=True
         )
         channel = f"writ_{self.backend.schema}" if self.backend.schema else "writ"
-        await self.conn.execute(f'LISTEN "{channel}"')
-        self.task = asyncio.ensure_future(self._hear())
+        for name in (channel, _MARK):
+            await self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
         return self
 
-    async def _hear(self) -> None:
-        async for n in self.conn.notifies():
-            msg = json.loads(n.payload)
-            self.kinds += [k for k, _ in msg["n"] if k not in ("hello", "principals")]
+    async def notes(self) -> list[str]:
+        from tests.test_pg_scaleout import _heard
+
+        return [k for _, k in await _heard(self.conn) if k not in ("hello", "principals")]
 
     async def __aexit__(self, *exc: object) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
         await self.conn.close()
 
 
@@ -368,13 +369,10 @@ async def test_the_writer_tells_the_relaying_server_over_the_relay_not_by_notify
                 assert r.status_code == 200, r.text
 
             async def quiet() -> bool:  # the servers' start (each wrote) is behind us
-                heard = len(channel.kinds)
                 await pair(urls[f])
-                await asyncio.sleep(0.05)  # a NOTIFY sent would be here by now (loopback)
-                return len(channel.kinds) == heard
+                return await channel.notes() == []
 
             await _until(quiet, "the writer kept notifying with only a relaying server")
-            heard = len(channel.kinds)
             taken = 'writ_relay_notes_total{way="taken"}'
             sent = 'writ_relay_notes_total{way="sent"}'
             before = (await _metric(c, urls[f], taken), await _metric(c, urls[w], sent))
@@ -397,16 +395,14 @@ async def test_the_writer_tells_the_relaying_server_over_the_relay_not_by_notify
             answer = await asyncio.wait_for(poll, 25)
             assert answer.status_code == 200 and answer.json()["rows"], answer.text
             assert time.monotonic() - t0 < 10  # woken by the note, not at its wait_s
-            assert channel.kinds[heard:] == []
+            assert await channel.notes() == []
 
             pid = int(re.findall(r"Started server process \[(\d+)\]", _log(tmp_path, f))[0])
             os.kill(pid, signal.SIGTERM)
 
             async def notified() -> bool:
-                before = len(channel.kinds)
                 await pair(urls[w])
-                await asyncio.sleep(0.05)
-                return len(channel.kinds) > before
+                return await channel.notes() != []
 
             await _until(notified, "the writer did not notify once its relaying server left")
 

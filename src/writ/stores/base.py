@@ -381,8 +381,14 @@ class Store(ABC):
 
     def take_notes(self, notes: Sequence[Note]) -> None:
         """Notes another process that shares the store handed this one (its ``note_sink``):
-        delivered as the notes heard from it through the database are, ``unverified``."""
-        self._deliver([(k, {**p, "unverified": True}) for k, p in notes])
+        delivered as the notes heard from it through the database are."""
+        self._deliver_foreign(notes)
+
+    def _deliver_foreign(self, notes: Sequence[Note]) -> None:
+        """Another process's notes, marked ``unverified``: a hint to look in the store,
+        never a fact (anyone who may reach a shared store may say anything). A ``hello``
+        only says who listens; it is delivered to no one."""
+        self._deliver([(k, {**p, "unverified": True}) for k, p in notes if k != "hello"])
 
     def notes_lost(self) -> None:
         """The way :meth:`take_notes` was fed broke: notes may be lost. A store of one

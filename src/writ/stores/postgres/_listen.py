@@ -87,6 +87,8 @@ class _Listener:
 
         def _deliver(self, notes: Sequence[tuple[str, dict[str, Any]]]) -> None: ...
 
+        def _deliver_foreign(self, notes: Sequence[tuple[str, dict[str, Any]]]) -> None: ...
+
     # -- notifications -------------------------------------------------------------------
     async def _listen(self) -> None:
         """One LISTEN connection per store. Reconnects by itself; after a reconnect it
@@ -149,17 +151,21 @@ class _Listener:
             return
         if sender != "db":  # a trigger's (a principal changed), not a process's
             self._heard_from(sender)
-        self._deliver([(k, {**p, "unverified": True}) for k, p in notes if k != "hello"])
+        self._deliver_foreign(notes)
 
-    def _heard_up_to(self, notes: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        # notes arrive in commit order (NOTIFY's, our own echo included, and the relay's):
-        # having heard row n, this listener has heard every row up to n (what a resync
-        # starts from; a wrong number there costs a resync's replay, which the waiters' own
-        # re-checks back up)
+    def _heard_up_to(self, notes: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        """The last ledger row ``notes`` tell of (0: none), now counted as heard. Notes
+        arrive in commit order (NOTIFY's, our own echo included, and the relay's): having
+        heard row n, this listener has heard every row up to n (what a resync starts from;
+        a wrong number there costs a resync's replay, which the waiters' own re-checks back
+        up)."""
+        top = 0
         for kind, payload in notes:
             seq = payload.get("seq")
-            if kind == "audit" and type(seq) is int and seq > self._heard_seq:
-                self._heard_seq = seq
+            if kind == "audit" and type(seq) is int and seq > top:
+                top = seq
+        self._heard_seq = max(self._heard_seq, top)
+        return top
 
     def _heard_from(self, sender: str) -> None:
         now = time.monotonic()
@@ -186,12 +192,8 @@ class _Listener:
 
     def take_notes(self, notes: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """The writer's notes, over the relay (writ.api.relay): as if heard by NOTIFY."""
-        self._heard_up_to(notes)
-        for kind, payload in notes:
-            seq = payload.get("seq")
-            if kind == "audit" and type(seq) is int and seq > self._relay_seq:
-                self._relay_seq = seq
-        self._deliver([(k, {**p, "unverified": True}) for k, p in notes if k != "hello"])
+        self._relay_seq = max(self._relay_seq, self._heard_up_to(notes))
+        self._deliver_foreign(notes)
 
     def notes_lost(self) -> None:
         """The relay that brought the writer's notes broke: deliver what may have been

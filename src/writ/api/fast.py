@@ -197,7 +197,7 @@ class FastLeases:
             a = await fut
         except Unavailable as err:
             relay.counts["lost"] += 1
-            a = Answer(err.status, _COMPACT.encode(err.to_body()).encode(), err.retry_after())
+            a = Answer(*_refusal(err))
         if a.status == NOT_RUN:
             return False
         scope["writ.principal"] = a.principal
@@ -226,7 +226,7 @@ class FastLeases:
             lease_id is not None and (body or url_problem(lease_id, b"") is not None)
         ):  # the path of a release is checked here as TextURL checks it there
             err = Invalid("a relayed call the lean path would not have taken")
-            return Answer(err.status, _COMPACT.encode(err.to_body()).encode())
+            return Answer(*_refusal(err))
 
         async def receive() -> Message:
             await hung_up.wait()
@@ -274,15 +274,19 @@ async def _outcome(what: str, work: Awaitable[tuple[Any, int]]) -> _Outcome:
     """``work``'s status, answer and ``Retry-After`` as the app gives them: a writ error in
     its shape (with ``Retry-After`` when it says when), anything unexpected as the catch-all
     handler's 500."""
-    retry: int | None = None
     try:
         out, status = await work
     except WritError as err:
-        out, status, retry = err.to_body(), err.status, err.retry_after()
+        return _refusal(err)
     except Exception:
         log.exception("unhandled error on %s", what)
         out, status = _INTERNAL_ERROR, 500
-    return status, _COMPACT.encode(out).encode(), retry
+    return status, _COMPACT.encode(out).encode(), None
+
+
+def _refusal(err: WritError) -> _Outcome:
+    """A writ error as the app answers it: its status, its shape, ``Retry-After``."""
+    return err.status, _COMPACT.encode(err.to_body()).encode(), err.retry_after()
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -333,16 +333,23 @@ class _Wire:
         import asyncio
 
         self.writes: list[bytes] = []
-        self.closed = False
-        self.wrote = asyncio.Event()
+        self.closed = self.eof = False
+        self.wrote, self.gone = asyncio.Event(), asyncio.Event()
 
     def write(self, data: bytes) -> None:
-        assert not self.closed, "written after close"
+        assert not self.closed and not self.eof, "written after close or EOF"
         self.writes.append(bytes(data))
         self.wrote.set()
 
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
     def close(self) -> None:
         self.closed = True
+        self.gone.set()
 
     def is_closing(self) -> bool:
         return self.closed
@@ -357,9 +364,9 @@ class _Wire:
     def resume_reading(self) -> None: ...
 
 
-async def _respond(app: object, request: bytes, until: Callable[[_Wire], bool]) -> _Wire:
-    """``request`` through writ's guarded protocol (uvicorn's, with the limits) to ``app``,
-    until ``until(wire)``; what went out, write by write."""
+def _connected(app: object, **limits: Any) -> tuple[Any, _Wire]:
+    """writ's guarded protocol (uvicorn's, with ``limits``) for ``app``, connected to a
+    :class:`_Wire`."""
     import asyncio
 
     from uvicorn.config import Config
@@ -367,13 +374,22 @@ async def _respond(app: object, request: bytes, until: Callable[[_Wire], bool]) 
 
     from writ.net.limits import Limits
 
-    config = Config(app, log_level="warning", **Limits().uvicorn_options())  # type: ignore[arg-type]
+    config = Config(app, log_level="warning", **Limits(**limits).uvicorn_options())  # type: ignore[arg-type]
     config.load()
     protocol = config.http_protocol_class(
         config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
     )
     wire = _Wire()
     protocol.connection_made(wire)
+    return protocol, wire
+
+
+async def _respond(app: object, request: bytes, until: Callable[[_Wire], bool]) -> _Wire:
+    """``request`` through writ's guarded protocol (uvicorn's, with the limits) to ``app``,
+    until ``until(wire)``; what went out, write by write."""
+    import asyncio
+
+    protocol, wire = _connected(app)
     protocol.data_received(request)
     async with asyncio.timeout(10):
         while not until(wire):
@@ -425,3 +441,27 @@ async def test_a_response_leaves_in_one_write_head_and_body_together() -> None:
     assert head_out(wire) and not go.is_set(), "a stream's head waited for its body"
     assert b"late" not in b"".join(wire.writes)
     go.set()
+
+
+async def test_a_refused_head_is_closed_in_stages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A head refused while it arrives is answered, then the connection is half-closed (a
+    FIN), and what the client still sends is read and dropped — a reset would destroy the
+    answer before the client reads it — until ``LINGER_BYTES`` more came or ``LINGER_S``
+    passed; then it is closed."""
+    import asyncio
+
+    from writ.net import limits
+
+    monkeypatch.setattr(limits, "LINGER_S", 0.05)
+    protocol, wire = _connected(object(), max_header_bytes=1024)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2048)
+    assert wire.writes[0].startswith(b"HTTP/1.1 413 ") and wire.eof and not wire.closed
+    protocol.data_received(b"a" * 65536)  # still sending: dropped, the answer stays
+    assert len(wire.writes) == 1 and not wire.closed
+    async with asyncio.timeout(5):
+        await wire.gone.wait()  # LINGER_S later
+
+    protocol, wire = _connected(object(), max_header_bytes=1024)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2048)
+    protocol.data_received(b"a" * (limits.LINGER_BYTES + 1))  # past the courtesy: closed now
+    assert wire.closed and len(wire.writes) == 1

@@ -1011,6 +1011,10 @@ async def test_a_relaying_server_looks_up_what_it_missed_twice_and_closes_at_onc
     a.set_listener(note)
     try:
         await a.transact(lambda tx: _grant(tx, "before/0"))
+        heard = a._heard_seq
+        # a row number that is no number (a boolean, text, a float) moves no mark
+        a.take_notes([("audit", {"seq": True}), ("audit", {"seq": "9"}), ("audit", {"seq": 9.0})])
+        assert (a._relay_seq, a._heard_seq) == (0, heard)
         a.take_notes([("audit", {"seq": 1})])
         assert a._relay_seq == 1
         a.statement_timeout = 0.05

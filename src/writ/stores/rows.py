@@ -7,9 +7,10 @@ its place, so no read and no grant ever fails on it."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from writ.core.models import Lease, Principal, Waiter
 from writ.core.validate import loads
@@ -84,6 +85,27 @@ def to_object(r: Sequence[Any]) -> dict[str, Any]:
 
 
 # ---- records to rows (the values of an INSERT; its placeholders are each store's own) ----
+class Wanted(NamedTuple):
+    """What ``objects_related_many`` asks about one ``specs`` (a ``(kind, states)`` per
+    kind), worked out once per ``specs`` (see :func:`wanted`)."""
+
+    kinds: tuple[str, ...]
+    states: tuple[str, ...]  # every state any of the kinds is wanted in, sorted
+    states_of: dict[str, frozenset[str]]  # kind -> its own states
+    pairs: tuple[tuple[str, str], ...]  # every (kind, state) asked about
+
+
+@functools.lru_cache(maxsize=256)
+def wanted(specs: tuple[tuple[str, tuple[str, ...]], ...]) -> Wanted:
+    """``specs`` as :class:`Wanted` (hashable ``specs`` only: the engine's are constants)."""
+    return Wanted(
+        kinds=tuple(k for k, _ in specs),
+        states=tuple(sorted({st for _, sts in specs for st in sts})),
+        states_of={k: frozenset(sts) for k, sts in specs},
+        pairs=tuple((k, st) for k, sts in specs for st in sorted(set(sts))),
+    )
+
+
 def lease_values(lease: Lease, request_id: str | None) -> tuple[Any, ...]:
     """A lease's column values, in the order of ``LEASE_COLS, request_id``."""
     return (

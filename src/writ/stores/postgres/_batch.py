@@ -112,10 +112,12 @@ class _Live:
         self.waiters: dict[str, Waiter] = {}  # in seq order
         self.principals: dict[str, Principal | None] = {}
         self.present: dict[tuple[str, str], bool] = {}
+        self.absent: set[tuple[tuple[str, str], ...]] = set()  # Wanted.pairs none of has a row
 
     def forget(self) -> None:
         self.principals.clear()
         self.present.clear()
+        self.absent.clear()
 
     def put(self, lease: Lease, request_id: str | None) -> None:
         old = self.held.get(lease.lease_id)
@@ -189,6 +191,8 @@ class _Live:
     def waiters_related(
         self, paths: Sequence[str], before_seq: int | None, limit: int | None
     ) -> list[Waiter]:
+        if not self.waiters:
+            return []
         exact, ranges = related_clauses(paths)
         ex = set(exact)
         out: list[Waiter] = []

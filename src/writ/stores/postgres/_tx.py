@@ -37,6 +37,7 @@ from writ.stores.rows import (
     to_principal,
     to_waiter,
     waiter_values,
+    wanted,
 )
 
 if TYPE_CHECKING:
@@ -439,12 +440,18 @@ class PgTx(Tx):
     ) -> dict[str, list[dict[str, Any]]]:
         """One query for every kind (a grant asks for the standing policy objects in each of
         its gates). A writer remembers which ``(kind, state)`` pairs have no row at all, so
-        a grant with no lock-delay, freeze or protected change anywhere asks nothing."""
-        wanted = {kind: set(states) for kind, states in specs}
+        a grant with no lock-delay, freeze or protected change anywhere asks nothing (and,
+        once it knows, spends no more than a set lookup on it)."""
+        try:
+            want = wanted(specs)  # a tuple of tuples (the engine's constant): built once
+        except TypeError:  # lists inside: not hashable
+            want = wanted(tuple((k, tuple(sts)) for k, sts in specs))
         if self.b is not None:
-            present = self.b.live.present
-            pairs = [(k, s) for k, sts in wanted.items() for s in sorted(sts)]
-            unknown = [p for p in pairs if p not in present]
+            live = self.b.live
+            if want.pairs in live.absent:
+                return {kind: [] for kind in want.kinds}
+            present = live.present
+            unknown = [p for p in want.pairs if p not in present]
             if unknown:
                 rows = await self._all(
                     "SELECT q.k, q.s FROM unnest(%s::text[], %s::text[]) AS q(k, s)"
@@ -454,17 +461,18 @@ class PgTx(Tx):
                 found = {(k, s) for k, s in rows}
                 for p in unknown:
                     present[p] = p in found
-            if not any(present.get(p, True) for p in pairs):
-                return {kind: [] for kind in wanted}
+            if not any(present.get(p, True) for p in want.pairs):
+                live.absent.add(want.pairs)
+                return {kind: [] for kind in want.kinds}
         where, args = _related_sql("resource", paths)
         rows = await self._all(
             "SELECT kind, data, state, expires_at FROM objects WHERE kind = ANY(%s)"
             f" AND {where} AND state = ANY(%s) ORDER BY created_at, id",
-            [list(wanted), *args, sorted({st for sts in wanted.values() for st in sts})],
+            [list(want.kinds), *args, list(want.states)],
         )
-        hit: dict[str, list[dict[str, Any]]] = {kind: [] for kind in wanted}
+        hit: dict[str, list[dict[str, Any]]] = {kind: [] for kind in want.kinds}
         for kind, *rest in rows:
-            if rest[1] in wanted[kind]:
+            if rest[1] in want.states_of[kind]:
                 hit[kind].append(to_object(rest))
         return hit
 

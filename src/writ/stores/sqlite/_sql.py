@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, TypeVar
 from writ.core.resources import related_clauses
 from writ.stores.rows import (
     LEASE_COLS,
+    wanted,
 )
 
 T = TypeVar("T")
@@ -72,15 +73,13 @@ class _LiveObjects(NamedTuple):
 
 @functools.lru_cache(maxsize=256)
 def _live_objects(specs: tuple[tuple[str, tuple[str, ...]], ...]) -> _LiveObjects:
-    kinds = tuple(k for k, _ in specs)
-    states = tuple(sorted({st for _, sts in specs for st in sts}))
+    w = wanted(specs)
     probe = (
-        f"SELECT EXISTS (SELECT 1 FROM objects WHERE kind IN ({','.join('?' * len(kinds))})"
-        f" AND state IN ({','.join('?' * len(states))}))"
+        f"SELECT EXISTS (SELECT 1 FROM objects WHERE kind IN ({','.join('?' * len(w.kinds))})"
+        f" AND state IN ({','.join('?' * len(w.states))}))"
     )
-    args = (*kinds, *states)
-    wanted = {k: frozenset(sts) for k, sts in specs}
-    return _LiveObjects(kinds, states, wanted, probe, args, ("objects", probe, *args))
+    args = (*w.kinds, *w.states)
+    return _LiveObjects(w.kinds, w.states, w.states_of, probe, args, ("objects", probe, *args))
 
 
 @functools.lru_cache(maxsize=4096)

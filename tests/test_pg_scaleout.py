@@ -313,6 +313,45 @@ async def _tokens(store: PostgresStore, prefix: str) -> list[tuple[str, int]]:
     return [(l.resource, l.fencing_token) for l in found]
 
 
+async def test_what_a_transaction_reads_from_the_replica_is_its_own_copy(
+    pg_backend: Backend,
+) -> None:
+    """The replica hands each transaction copies (``_copy``): a transaction that changes a
+    lease or a waiter it read, in place, and then fails leaves the replica as it was; a
+    record of every kind comes back equal and not the same object."""
+    store = await _open(pg_backend)
+    try:
+        lease = await store.transact(lambda tx: _grant(tx, "c/one"))
+
+        async def queue(tx: Tx) -> None:
+            await tx.insert_waiter(Waiter("w-c", 0, "c/one", "a", {"intent": "i"}, 0.0, 1e12))
+
+        await store.transact(queue)
+
+        async def scribble(tx: Tx) -> None:
+            got = await tx.get_lease(lease.lease_id)
+            assert got == lease and got is not store._live.held[lease.lease_id]  # type: ignore[union-attr]
+            related = (await tx.held_related(["c"]))[0]
+            waiter = (await tx.waiters_related(["c/one"]))[0]
+            assert waiter is not store._live.waiters["w-c"]  # type: ignore[union-attr]
+            for record in (got, related):
+                record.state, record.expires_at, record.holder = "released", 0.0, "mallory"
+            waiter.resource, waiter.seq = "elsewhere", 10**9
+            raise Conflict("changed my mind")
+
+        with pytest.raises(Conflict):
+            await store.transact(scribble)
+
+        async def look(tx: Tx) -> tuple[list[Lease], list[Waiter]]:
+            return await tx.held_related(["c"]), await tx.waiters_related(["c"])
+
+        held, waiters = await store.transact(look)
+        assert held == [lease]
+        assert [(w.waiter_id, w.resource) for w in waiters] == [("w-c", "c/one")]
+    finally:
+        await store.close()
+
+
 async def test_what_arrives_while_a_commit_is_in_the_air_is_decided_ahead(
     pg_backend: Backend,
 ) -> None:

@@ -1321,6 +1321,11 @@ async def test_workers_serve_one_port_from_several_processes(
         text = log_path.read_text()
         assert text.count("this server is the writer") == 1, text[-3000:]
         assert text.count("relays lease writes to the writer") == 2, text[-3000:]
+        # each worker settled its heap once started (writ.api.lifecycle.settle_heap)
+        while log_path.read_text().count("heap settled") < 3:
+            assert time.monotonic() < deadline + 30, log_path.read_text()[-3000:]
+            await asyncio.sleep(0.05)
+        assert log_path.read_text().count("heap settled") == 3
     finally:
         proc.terminate()
         try:

@@ -5,6 +5,7 @@ process, its log and its ledger read afterwards."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import re
@@ -329,6 +330,42 @@ def test_metrics_over_a_real_socket_need_the_token(writ_process: Writ) -> None:
     assert r.status_code == 200 and "writ_build_info" in r.text
     assert httpx.get(w.url + "/readyz").json() == {"ok": True}
     assert METRICS_TOKEN not in w.log.read_text()
+
+
+def test_a_started_server_settles_its_heap_once(writ_process: Writ) -> None:
+    """``writ serve`` freezes what it built at startup and raises the young generation's
+    threshold (writ.api.lifecycle.settle_heap), once, after its store opened; it still
+    serves."""
+    w = writ_process
+    with w.client() as c:
+        assert c.get("/v1/health").status_code == 200
+    settled = [x for x in w.lines() if str(x.get("message", "")).startswith("heap settled")]
+    assert len(settled) == 1, w.log.read_text()
+    frozen = int(re.search(r"(\d+) objects", settled[0]["message"]).group(1))  # type: ignore[union-attr]
+    assert frozen > 10_000  # modules, routes, schemas: the bulk of a started server's heap
+
+
+async def test_only_an_app_that_serves_a_process_settles_the_heap(tmp_path: Path) -> None:
+    """``create_app(settle=True)`` (``writ serve``, each ``--workers`` process) freezes the
+    heap and sets GC_THRESHOLDS once its lifespan started; an app built as a library (tests,
+    an embedding program) leaves the host process's collector as it found it."""
+    from writ.api.app import create_app
+    from writ.api.lifecycle import GC_THRESHOLDS
+    from writ.engine import Engine
+
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    assert before != GC_THRESHOLDS
+    try:
+        app = create_app(Engine(open_store(f"sqlite:///{tmp_path / 'lib.db'}")))
+        async with app.router.lifespan_context(app):
+            assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
+        app = create_app(Engine(open_store(f"sqlite:///{tmp_path / 'srv.db'}")), settle=True)
+        async with app.router.lifespan_context(app):
+            assert gc.get_threshold() == GC_THRESHOLDS
+            assert gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 def test_log_lines_never_carry_a_known_secret() -> None:

@@ -80,10 +80,13 @@ def create_app(
     metrics: bool = True,
     metrics_token: str | None = None,
     relay_dir: str | None = None,
+    settle: bool = False,
 ) -> FastAPI:
     """The ASGI app. Starts and stops ``engine`` with the app's lifespan. ``/livez``,
     ``/readyz`` and ``/metrics`` (:mod:`writ.api.ops`) sit in front of it; ``metrics=False``
-    measures nothing (``/metrics`` is then 404), ``metrics_token`` guards ``/metrics``."""
+    measures nothing (``/metrics`` is then 404), ``metrics_token`` guards ``/metrics``.
+    ``settle`` (a server process of its own: ``writ serve``) tunes the cycle collector
+    once started (:func:`writ.api.lifecycle.settle_heap`)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -92,6 +95,10 @@ def create_app(
         try:
             if app.relay is not None:
                 await app.relay.start()
+            if settle:
+                from writ.api.lifecycle import settle_heap
+
+                settle_heap()
             yield
         finally:
             if app.relay is not None:

@@ -77,6 +77,8 @@ def run(
         log.info("tracing on: OTEL_TRACES_EXPORTER=%s", traced)
     logs.log_decisions(engine)
     relay_dir = relay if relay != "off" else None
-    app = create_app(engine, metrics=metrics, metrics_token=metrics_token, relay_dir=relay_dir)
+    app = create_app(
+        engine, metrics=metrics, metrics_token=metrics_token, relay_dir=relay_dir, settle=True
+    )
     config = uvicorn.Config(app, **options)
     DrainingServer(config, app.draining).run()  # type: ignore[attr-defined]

@@ -99,7 +99,11 @@ def create_app_from_env() -> Any:
         tracing.instrument(engine)
     logs.log_decisions(engine)
     return create_app(
-        engine, metrics=app.metrics, metrics_token=app.metrics_token, relay_dir=app.relay_dir
+        engine,
+        metrics=app.metrics,
+        metrics_token=app.metrics_token,
+        relay_dir=app.relay_dir,
+        settle=True,
     )
 
 

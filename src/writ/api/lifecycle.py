@@ -27,8 +27,8 @@ import uvicorn
 log = logging.getLogger("writ.server")
 
 # The cycle collector's thresholds while serving: a young-generation pass per 10,000 net
-# new container objects instead of CPython's 700 (a request makes a few hundred, nearly
-# all freed by reference counting first); the older generations' ratios as CPython's.
+# new container objects instead of CPython's 700 (nearly all of a request's objects are
+# freed by reference counting before any pass); the older generations' ratios as CPython's.
 GC_THRESHOLDS = (10_000, 10, 10)
 
 

@@ -84,7 +84,7 @@ def to_object(r: Sequence[Any]) -> dict[str, Any]:
     return data
 
 
-# ---- records to rows (the values of an INSERT; its placeholders are each store's own) ----
+# ---- what a store asks for the standing policy objects (objects_related_many) ----
 class Wanted(NamedTuple):
     """What ``objects_related_many`` asks about one ``specs`` (a ``(kind, states)`` per
     kind), worked out once per ``specs`` (see :func:`wanted`)."""
@@ -106,6 +106,7 @@ def wanted(specs: tuple[tuple[str, tuple[str, ...]], ...]) -> Wanted:
     )
 
 
+# ---- records to rows (the values of an INSERT; its placeholders are each store's own) ----
 def lease_values(lease: Lease, request_id: str | None) -> tuple[Any, ...]:
     """A lease's column values, in the order of ``LEASE_COLS, request_id``."""
     return (

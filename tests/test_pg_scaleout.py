@@ -31,7 +31,7 @@ from tests.test_engine import add, grant, queued, waiting
 from writ.cli import main
 from writ.core.errors import Conflict, Held, Unavailable
 from writ.core.ledger import verify
-from writ.core.models import Lease, Waiter
+from writ.core.models import Lease, Principal, Waiter
 from writ.engine import Engine
 from writ.stores import Store, Tx
 from writ.stores.migrate import upgrade
@@ -348,8 +348,103 @@ async def test_what_a_transaction_reads_from_the_replica_is_its_own_copy(
         held, waiters = await store.transact(look)
         assert held == [lease]
         assert [(w.waiter_id, w.resource) for w in waiters] == [("w-c", "c/one")]
+
+        # a principal read from the replica's cache: changed in place by a transaction
+        # that commits (and never writes it back), the next one reads it as stored
+        await store.transact(
+            lambda tx: tx.insert_principal(Principal("p-c", "agent", created_at=0.0), "h")
+        )
+
+        async def disable_in_place(tx: Tx) -> None:
+            p = await tx.get_principal("p-c")
+            assert p is not None
+            p.disabled_at, p.admin, p.queues = 1.0, True, ["ops"]
+
+        await store.transact(disable_in_place)  # fills the cache, from the database
+        await store.transact(disable_in_place)  # reads the cache
+        again = await store.transact(lambda tx: tx.get_principal("p-c"))
+        assert again is not None
+        assert (again.disabled_at, again.admin, again.queues) == (None, False, [])
     finally:
         await store.close()
+
+
+def test_copy_is_dataclasses_replace_for_every_record_and_refuses_what_it_cannot_copy() -> None:
+    """``_copy`` gives what ``dataclasses.replace`` gave, field for field (the same objects:
+    a shallow copy); a class whose ``__init__`` is not its fields, in order and positional,
+    is refused with a TypeError rather than built wrong."""
+    from writ.stores.postgres._sql import _copy
+
+    records = [
+        Lease("l", "r", "h", "i", 1, 0.0, 1.0, 1.0, ["a"], "held", {"x": 1}, None),
+        Waiter("w", 1, "r", "p", {"a": 1}, 0.0, 1.0, "l"),
+        Principal("n", "human", "v", "w", True, 1.0, ["q"], 2.0, "why", 3.0),
+    ]
+    for record in records:
+        copy, replaced = _copy(record), dataclasses.replace(record)
+        assert copy == replaced and copy is not record
+        for f in dataclasses.fields(record):
+            assert getattr(copy, f.name) is getattr(replaced, f.name)
+
+    @dataclasses.dataclass
+    class WithInitVar:
+        a: int
+        b: int
+        c: dataclasses.InitVar[int] = 0
+
+    @dataclasses.dataclass
+    class KeywordOnly:
+        a: int
+        b: int = dataclasses.field(kw_only=True, default=0)
+
+    @dataclasses.dataclass
+    class NotInInit:
+        a: int
+        b: int
+        c: int = dataclasses.field(init=False, default=0)
+
+    for bad in (WithInitVar(1, 2), KeywordOnly(1), NotInInit(1, 2)):
+        with pytest.raises(TypeError, match="does not take its fields"):
+            _copy(bad)
+
+
+async def test_a_writer_that_learned_no_policy_object_exists_sees_one_written_later(
+    pg_backend: Backend,
+) -> None:
+    """A writer remembers that no lock-delay, freeze or protected change exists
+    (``_Live.absent``); a freeze another server records, or one this writer's own failed
+    transaction released before it learned "none", is seen at the next grant."""
+    from writ.engine.reads import POLICY_OBJECTS
+
+    a, b = await _open(pg_backend), await _open(pg_backend)
+    a.solo_after = 0.0  # optimistic batches: the replica decides alone, before the lock
+
+    async def frozen(store: PostgresStore) -> list[str]:
+        got = await store.transact(lambda tx: tx.objects_related_many(POLICY_OBJECTS, ["p/db"]))
+        return [o["id"] for o in got["freeze"]]
+
+    try:
+        for i in range(3):  # writes of its own: its batches go optimistic
+            await a.transact(lambda tx, i=i: _grant(tx, f"warm/{i}"))  # type: ignore[misc]
+        assert await frozen(a) == []
+        assert a._live is not None and a._live.absent  # learned, and remembered
+        assert await frozen(a) == []
+
+        await b.transact(lambda tx: tx.put_object("freeze", "f-b", "p", "active", {"id": "f-b"}))
+        assert await frozen(a) == ["f-b"]
+
+        async def release_then_fail(tx: Tx) -> None:
+            await tx.put_object("freeze", "f-b", "p", "released", {"id": "f-b"})
+            got = await tx.objects_related_many(POLICY_OBJECTS, ["p/db"])
+            assert got["freeze"] == []  # "none", learned inside a transaction that fails
+            raise Conflict("changed my mind")
+
+        with pytest.raises(Conflict):
+            await a.transact(release_then_fail)
+        assert await frozen(a) == ["f-b"]
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_what_arrives_while_a_commit_is_in_the_air_is_decided_ahead(

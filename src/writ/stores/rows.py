@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+import types
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from writ.core.models import Lease, Principal, Waiter
@@ -85,25 +86,42 @@ def to_object(r: Sequence[Any]) -> dict[str, Any]:
 
 
 # ---- what a store asks for the standing policy objects (objects_related_many) ----
+Spec = tuple[tuple[str, tuple[str, ...]], ...]
+
+
 class Wanted(NamedTuple):
-    """What ``objects_related_many`` asks about one ``specs`` (a ``(kind, states)`` per
-    kind), worked out once per ``specs`` (see :func:`wanted`)."""
+    """What ``objects_related_many`` asks about one spec (a ``(kind, states)`` per kind),
+    worked out once per spec (see :func:`wanted_objects`)."""
 
     kinds: tuple[str, ...]
     states: tuple[str, ...]  # every state any of the kinds is wanted in, sorted
-    states_of: dict[str, frozenset[str]]  # kind -> its own states
+    states_of: Mapping[str, frozenset[str]]  # kind -> its own states (read-only: shared)
     pairs: tuple[tuple[str, str], ...]  # every (kind, state) asked about
 
 
+def spec_of(specs: Sequence[tuple[str, Sequence[str]]]) -> Spec:
+    """``specs`` as a hashable spec: itself when it already is one (the engine's constant,
+    so nothing is rebuilt per call), else rebuilt of tuples."""
+    try:
+        hash(specs)
+    except TypeError:  # a list, or lists inside
+        return tuple((k, tuple(sts)) for k, sts in specs)
+    return specs  # type: ignore[return-value]  # hashable: tuples all the way down
+
+
 @functools.lru_cache(maxsize=256)
-def wanted(specs: tuple[tuple[str, tuple[str, ...]], ...]) -> Wanted:
-    """``specs`` as :class:`Wanted` (hashable ``specs`` only: the engine's are constants)."""
+def _wanted(spec: Spec) -> Wanted:
     return Wanted(
-        kinds=tuple(k for k, _ in specs),
-        states=tuple(sorted({st for _, sts in specs for st in sts})),
-        states_of={k: frozenset(sts) for k, sts in specs},
-        pairs=tuple((k, st) for k, sts in specs for st in sorted(set(sts))),
+        kinds=tuple(k for k, _ in spec),
+        states=tuple(sorted({st for _, sts in spec for st in sts})),
+        states_of=types.MappingProxyType({k: frozenset(sts) for k, sts in spec}),
+        pairs=tuple((k, st) for k, sts in spec for st in sorted(set(sts))),
     )
+
+
+def wanted_objects(specs: Sequence[tuple[str, Sequence[str]]]) -> Wanted:
+    """:class:`Wanted` of ``specs``, worked out once per spec."""
+    return _wanted(spec_of(specs))
 
 
 # ---- records to rows (the values of an INSERT; its placeholders are each store's own) ----

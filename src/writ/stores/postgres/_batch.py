@@ -81,9 +81,10 @@ class _Live:
     It is exact whenever the write lock is held: a batch first takes the ``audit_head``
     row lock, then applies what other servers committed since this replica's ``version``
     (leases by their ``wseq`` column; the whole queue when ``wv`` moved; everything when
-    ``epoch`` moved), and only then decides. ``principals`` and ``present`` (which
-    ``(kind, state)`` pairs have any policy object at all) are caches, forgotten whenever
-    anyone writes outside leases and the queue (``ov`` moved) or a transaction fails.
+    ``epoch`` moved), and only then decides. ``principals``, ``present`` (which
+    ``(kind, state)`` pairs have any policy object at all) and ``absent`` (the specs none of
+    whose pairs has one) are caches, forgotten whenever anyone writes outside leases and the
+    queue (``ov`` moved) or a transaction fails.
 
     While this process is the only one writing (nobody else wrote for ``solo_after``
     seconds), a batch skips the catch-up round

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 import operator
 from collections.abc import Callable, Iterator, Sequence
@@ -60,14 +61,21 @@ _FIELDS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
 
 def _copy(obj: T) -> T:
     """A shallow copy of a dataclass (the replica's records, handed to one transaction):
-    its ``__init__`` fed its fields, four times as fast as :func:`dataclasses.replace`."""
+    its ``__init__`` fed its fields, four times as fast as :func:`dataclasses.replace`. A
+    class whose ``__init__`` takes anything but exactly its fields, in order and positional
+    (an ``InitVar``, a keyword-only or ``init=False`` field), is refused, not misbuilt."""
     cls = type(obj)
     get = _FIELDS.get(cls)
     if get is None:
-        fields = dataclasses.fields(obj)  # type: ignore[arg-type]
-        # several fields (attrgetter then gives a tuple), each a positional parameter
-        assert len(fields) > 1 and all(f.init and not f.kw_only for f in fields), cls
-        get = _FIELDS[cls] = operator.attrgetter(*(f.name for f in fields))
+        names = [f.name for f in dataclasses.fields(obj)]  # type: ignore[arg-type]
+        params = list(inspect.signature(cls).parameters.values())
+        if (
+            len(names) < 2
+            or [p.name for p in params] != names
+            or any(p.kind is not p.POSITIONAL_OR_KEYWORD for p in params)
+        ):
+            raise TypeError(f"_copy: {cls.__name__}.__init__ does not take its fields, in order")
+        get = _FIELDS[cls] = operator.attrgetter(*names)  # two or more: a tuple
     return cls(*get(obj))
 
 

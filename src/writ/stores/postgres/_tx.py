@@ -37,7 +37,7 @@ from writ.stores.rows import (
     to_principal,
     to_waiter,
     waiter_values,
-    wanted,
+    wanted_objects,
 )
 
 if TYPE_CHECKING:
@@ -442,10 +442,7 @@ class PgTx(Tx):
         its gates). A writer remembers which ``(kind, state)`` pairs have no row at all, so
         a grant with no lock-delay, freeze or protected change anywhere asks nothing (and,
         once it knows, spends no more than a set lookup on it)."""
-        try:
-            want = wanted(specs)  # a tuple of tuples (the engine's constant): built once
-        except TypeError:  # lists inside: not hashable
-            want = wanted(tuple((k, tuple(sts)) for k, sts in specs))
+        want = wanted_objects(specs)
         if self.b is not None:
             live = self.b.live
             if want.pairs in live.absent:

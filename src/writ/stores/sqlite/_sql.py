@@ -13,7 +13,9 @@ from typing import Any, NamedTuple, TypeVar
 from writ.core.resources import related_clauses
 from writ.stores.rows import (
     LEASE_COLS,
-    wanted,
+    Spec,
+    Wanted,
+    wanted_objects,
 )
 
 T = TypeVar("T")
@@ -61,38 +63,34 @@ _HEADS = (
 
 
 class _LiveObjects(NamedTuple):
-    """What :meth:`SQLiteTx.objects_related_many` asks about one ``specs``, built once."""
+    """What :meth:`SQLiteTx.objects_related_many` asks about one spec, built once."""
 
-    kinds: tuple[str, ...]
-    states: tuple[str, ...]  # every state any of the kinds is wanted in
-    wanted: dict[str, frozenset[str]]  # kind -> its own states
+    w: Wanted
     probe: str  # EXISTS: is any object of these kinds in one of these states?
     probe_args: tuple[str, ...]
     known_key: tuple[Any, ...]  # what the store remembers the probe's answer under
 
 
 @functools.lru_cache(maxsize=256)
-def _live_objects(specs: tuple[tuple[str, tuple[str, ...]], ...]) -> _LiveObjects:
-    w = wanted(specs)
+def _live_objects(spec: Spec) -> _LiveObjects:
+    w = wanted_objects(spec)
     probe = (
         f"SELECT EXISTS (SELECT 1 FROM objects WHERE kind IN ({','.join('?' * len(w.kinds))})"
         f" AND state IN ({','.join('?' * len(w.states))}))"
     )
     args = (*w.kinds, *w.states)
-    return _LiveObjects(w.kinds, w.states, w.states_of, probe, args, ("objects", probe, *args))
+    return _LiveObjects(w, probe, args, ("objects", probe, *args))
 
 
 @functools.lru_cache(maxsize=4096)
-def _objects_related_many_sql(
-    specs: tuple[tuple[str, tuple[str, ...]], ...], paths: tuple[str, ...]
-) -> tuple[str, tuple[Any, ...]]:
-    live = _live_objects(specs)
+def _objects_related_many_sql(spec: Spec, paths: tuple[str, ...]) -> tuple[str, tuple[Any, ...]]:
+    w = _live_objects(spec).w
     where, args = _related_sql_cached("resource", paths)
     return (
         f"SELECT kind, data, state, expires_at FROM objects WHERE kind IN"
-        f" ({','.join('?' * len(live.kinds))}) AND {where}"
-        f" AND state IN ({','.join('?' * len(live.states))}) ORDER BY created_at, id",
-        (*live.kinds, *args, *live.states),
+        f" ({','.join('?' * len(w.kinds))}) AND {where}"
+        f" AND state IN ({','.join('?' * len(w.states))}) ORDER BY created_at, id",
+        (*w.kinds, *args, *w.states),
     )
 
 

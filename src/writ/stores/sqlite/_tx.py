@@ -19,6 +19,7 @@ from writ.stores.rows import (
     PRINCIPAL_INSERT_COLS,
     lease_values,
     principal_values,
+    spec_of,
     to_lease,
     to_object,
     to_principal,
@@ -292,7 +293,7 @@ class SQLiteTx(Tx):
     async def objects_related_many(
         self, specs: Sequence[tuple[str, Sequence[str]]], paths: Sequence[str]
     ) -> dict[str, list[dict[str, Any]]]:
-        spec = tuple((k, tuple(sts)) for k, sts in specs)
+        spec = spec_of(specs)
         live = _live_objects(spec)
         if self._knows_none(live.known_key, live.probe, live.probe_args):
             return {k: [] for k, _ in specs}
@@ -301,9 +302,9 @@ class SQLiteTx(Tx):
         hit = self._memo.get(key)
         if hit is None:
             sql, args = _objects_related_many_sql(spec, at)
-            hit = {k: [] for k in live.wanted}
+            hit = {k: [] for k in live.w.states_of}
             for kind, *rest in self.c.execute(sql, args):
-                if rest[1] in live.wanted[kind]:
+                if rest[1] in live.w.states_of[kind]:
                     hit[kind].append(to_object(rest))
             self._memo[key] = hit
         return {k: list(v) for k, v in hit.items()}

@@ -4,9 +4,9 @@
 
 Each build is a commit (anything ``git rev-parse`` takes) or ``.``, the working tree as it is
 now; its ``src/`` is copied to a temp folder once, so editing the tree meanwhile changes
-nothing. Each round runs :mod:`bench.run` once per build, in turn (A, B, A, B, ...), with
-``--writ-src`` pointing at that copy: a shared machine's slow drifts fall on both builds, not
-on one. Then, per peer and scenario, every round's pairs/s (and p50, p99, server CPU per pair),
+nothing. Each round runs :mod:`bench.run` once per build, the first build first in odd
+rounds and second in even ones (A B, B A, A B, ...), with ``--writ-src`` pointing at that
+copy: a shared machine's slow drifts fall on both builds, not on one. Then, per peer and scenario, every round's pairs/s (and p50, p99, server CPU per pair),
 each build's mean, and the median change of the paired rounds — the figures bench/RESULTS.md
 quotes for a change. The raw ``bench.run`` output of every round stays in ``--out``.
 """
@@ -28,19 +28,36 @@ ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ("pairs_per_s", "pair_p50_ms", "pair_p99_ms", "server_cpu_ms_per_pair")
 
 
+def resolve(rev: str) -> str:
+    """``rev`` as the commit it names (short hash), or ``HEAD+tree`` for ``.``; an error for
+    anything git does not take as a commit (an option, a typo)."""
+    if rev == ".":
+        return _git("rev-parse", "--short", "HEAD") + "+tree"
+    return _git("rev-parse", "--short", "--verify", "--end-of-options", f"{rev}^{{commit}}")
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
 def export(rev: str, dest: Path) -> Path:
-    """``rev``'s ``src/`` (or the working tree's, for ``.``) copied under ``dest``."""
+    """``rev``'s ``src/`` (or the working tree's, for ``.``) copied under ``dest``, with a
+    ``COMMIT`` file beside it that ``bench.run`` records as the build measured."""
+    commit = resolve(rev)
     dest.mkdir(parents=True, exist_ok=True)
     if rev == ".":
-        tar = subprocess.run(
-            ["tar", "-c", "--exclude=__pycache__", "src"], cwd=ROOT, check=True, capture_output=True
-        ).stdout
+        cmd = ["tar", "-c", "--exclude=__pycache__", "src"]
     else:
-        tar = subprocess.run(
-            ["git", "archive", rev, "src"], cwd=ROOT, check=True, capture_output=True
-        ).stdout
+        cmd = ["git", "archive", commit, "src"]
+    tar = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True).stdout
     with tarfile.open(fileobj=BytesIO(tar)) as t:
-        t.extractall(dest, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later
+            t.extractall(dest, filter="data")
+        else:  # this repository's own files, from git or its tree
+            t.extractall(dest)
+    (dest / "COMMIT").write_text(commit + "\n")
     return dest / "src"
 
 
@@ -67,7 +84,13 @@ def summary(
         vb = [r[key]["pairs_per_s"] for r in rb if key in r]
         if not va or not vb:
             continue
-        paired = [(y - x) / x for x, y in zip(va, vb, strict=False) if x > 0]
+        # round i of one build against round i of the other: a round either lacks is left out
+        both = [
+            (x[key]["pairs_per_s"], y[key]["pairs_per_s"])
+            for x, y in zip(ra, rb, strict=False)
+            if key in x and key in y
+        ]
+        paired = [(y - x) / x for x, y in both if x > 0]
         rows.append(
             {
                 "peer": key[0],
@@ -134,18 +157,28 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def cli(argv: list[str] | None = None) -> int:
     a = parse(argv)
-    out = Path(a.out)
+    out = Path(a.out).resolve()  # bench.run runs from the repository's root
+    builds = [a.a, a.b]
+    try:
+        commits = [resolve(rev) for rev in builds]
+    except subprocess.CalledProcessError as exc:
+        print(f"bench.ab: not a commit: {exc.stderr.strip()}", file=sys.stderr)
+        return 2
+    if commits[0] == commits[1]:
+        print(f"bench.ab: both builds are {commits[0]}", file=sys.stderr)
+        return 2
     rounds: dict[str, list[dict[tuple[str, str], dict[str, float]]]] = {a.a: [], a.b: []}
     with tempfile.TemporaryDirectory(prefix="writ-ab-") as tmp:
-        srcs = {rev: export(rev, Path(tmp) / f"build{i}") for i, rev in enumerate(rounds)}
+        srcs = {rev: export(rev, Path(tmp) / f"build{i}") for i, rev in enumerate(builds)}
         for n in range(1, a.rounds + 1):
-            for i, rev in enumerate(rounds):
-                where = out / f"round{n}-build{i}"
+            for rev in builds if n % 2 else builds[::-1]:
+                i = builds.index(rev)
+                where = out / f"round{n}-{i}-{commits[i]}"
                 cmd = [sys.executable, "-m", "bench.run", "--peers", a.peers]
                 cmd += ["--scenarios", a.scenarios, "--duration", str(a.duration)]
                 cmd += ["--warmup", str(a.warmup), "--settle", str(a.settle)]
                 cmd += ["--writ-src", str(srcs[rev]), "--out", str(where)]
-                print(f"round {n}/{a.rounds}: {rev}", file=sys.stderr, flush=True)
+                print(f"round {n}/{a.rounds}: {rev} ({commits[i]})", file=sys.stderr, flush=True)
                 subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
                 doc = json.loads((where / "latest.json").read_text())
                 rounds[rev].append(figures(doc))

@@ -47,15 +47,29 @@ def test_a_scenario_one_build_lacks_is_left_out() -> None:
     assert ab.summary({"A": only_a, "B": [{}]}) == []
 
 
+def test_a_round_one_build_lacks_leaves_the_others_paired_by_round() -> None:
+    """Round 2 of A lost its scenario (a peer skipped, say): rounds 1 and 3 are still
+    paired with rounds 1 and 3 of B (+10 %, +10 %), not shifted (+5 %)."""
+    before = [ab.figures(_doc(1000, 6.0)), {}, ab.figures(_doc(2000, 6.0))]
+    after = [ab.figures(_doc(p, 6.0)) for p in (1100, 2000, 2200)]
+    (row,) = ab.summary({"A": before, "B": after})
+    assert row["paired_change"] == pytest.approx(0.10)
+    assert row["before"] == [1000, 2000] and row["after"] == [1100, 2000, 2200]
+
+
 def test_the_working_tree_and_a_commit_are_exported_as_src(tmp_path: Path) -> None:
     here = ab.export(".", tmp_path / "tree")
     assert (here / "writ" / "__init__.py").is_file()
     assert not list(here.rglob("__pycache__"))
+    assert (tmp_path / "tree" / "COMMIT").read_text().strip().endswith("+tree")
     head = ab.export("HEAD", tmp_path / "head")
     assert (head / "writ" / "server.py").is_file()
-    assert not list(head.rglob("*.pyc"))
-    with pytest.raises(subprocess.CalledProcessError):
-        ab.export("no-such-commit", tmp_path / "none")
+    # the build bench.run records: HEAD's commit, resolved
+    assert (tmp_path / "head" / "COMMIT").read_text().strip() == ab.resolve("HEAD")
+    for bad in ("no-such-commit", "--output=x"):  # a typo, and an option: refused
+        with pytest.raises(subprocess.CalledProcessError):
+            ab.export(bad, tmp_path / "none")
+    assert not (tmp_path / "none" / "src").exists()
 
 
 def test_the_same_build_twice_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

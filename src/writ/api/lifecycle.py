@@ -29,6 +29,8 @@ log = logging.getLogger("writ.server")
 # The cycle collector's thresholds while serving: a young-generation pass per 10,000 net
 # new container objects instead of CPython's 700 (nearly all of a request's objects are
 # freed by reference counting before any pass); the older generations' ratios as CPython's.
+# Tuned and measured on CPython 3.11 (3.12 and 3.13 collect the same way); 3.14's incremental
+# collector reads these numbers differently.
 GC_THRESHOLDS = (10_000, 10, 10)
 
 

@@ -141,7 +141,11 @@ def log_decisions(engine: Engine) -> None:
     """One ``writ.decision`` line per committed audit row of ``engine``."""
     from writ.telemetry.observe import observed
 
-    observed(engine).add_sink(_decisions)
+    observed(engine).add_sink(_decisions, _deciding)
+
+
+def _deciding() -> bool:
+    return DECISION.isEnabledFor(logging.INFO)
 
 
 def _decisions(rows: Rows, context: dict[str, str]) -> None:

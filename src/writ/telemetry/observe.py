@@ -5,7 +5,8 @@ not which request asked for them: SQLite runs a whole group commit's transaction
 task. :func:`observed` therefore wraps the engine's ``store.transact`` once, capturing the
 caller's request id and trace ids (:func:`context`) when ``transact`` is called; each
 ``tx.append`` notes its row, and once the transaction has committed (never if it rolled
-back) every sink gets the rows and that context. Nothing is wrapped until a sink is added.
+back) every sink gets the rows and that context. Nothing is wrapped until a sink is added,
+and a transaction is not observed while no sink wants rows (the decision log below ``info``).
 """
 
 from __future__ import annotations
@@ -36,24 +37,31 @@ Sink = Callable[[Rows, dict[str, str]], None]  # rows, and request_id / trace_id
 class Observed:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.sinks: list[Sink] = []
+        self.sinks: list[tuple[Sink, Callable[[], bool] | None]] = []
         self._wrapped = False
 
-    def add_sink(self, sink: Sink) -> None:
-        """``sink(rows, context)`` after each commit of the engine's store."""
-        self.sinks.append(sink)
+    def add_sink(self, sink: Sink, active: Callable[[], bool] | None = None) -> None:
+        """``sink(rows, context)`` after each commit of the engine's store. ``active()``,
+        when given, says whether the sink wants rows now (the decision log: whether its
+        level is on); a transaction that no sink wants is not observed at all."""
+        self.sinks.append((sink, active))
         if self._wrapped:
             return
         self._wrapped = True
         store = self.engine.store
         transact = store.transact
-        sinks = self.sinks
+        entries = self.sinks
 
-        async def observed_transact(fn: Callable[[Tx], Awaitable[T]]) -> T:
+        # a plain function handing back the store's own coroutine: no frame of its own to
+        # step through on every await
+        def observed_transact(fn: Callable[[Tx], Awaitable[T]]) -> Awaitable[T]:
+            sinks = [sink for sink, on in entries if on is None or on()]
+            if not sinks:
+                return transact(fn)
             ctx = context()  # the caller's: the transaction may run in another task
-            return await transact(lambda tx: _noting(tx, fn, sinks, ctx))
+            return transact(lambda tx: _noting(tx, fn, sinks, ctx))
 
-        store.transact = observed_transact  # type: ignore[method-assign]
+        store.transact = observed_transact  # type: ignore[method-assign,assignment]
 
 
 _BY_ENGINE: weakref.WeakKeyDictionary[Engine, Observed] = weakref.WeakKeyDictionary()

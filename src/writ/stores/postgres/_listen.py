@@ -227,6 +227,8 @@ class _Listener:
         the writer decided to tell over the relay just before the link broke and that was
         not yet visible at the first look (store.close cancels the wait)."""
         for attempt in (1, 2):
+            if attempt == 2:
+                await asyncio.sleep(self.statement_timeout)
             try:
                 pool = self._pool
                 assert pool is not None
@@ -241,7 +243,6 @@ class _Listener:
                     self._heard_seq,
                 )
             self._deliver(notes)
-            await asyncio.sleep(self.statement_timeout)
 
     async def _missed(
         self, conn: psycopg.AsyncConnection[Any], outage_s: float, since: int | None = None

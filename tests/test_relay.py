@@ -681,6 +681,7 @@ async def test_calls_cross_the_socket_both_ways_in_process(tmp_path: Path) -> No
         assert writer.counts["served"] == 3
         # too large to send: not sent at all, and the link is fine
         assert link.call("release", "t" * (70 << 10), "ls_1", b"") is None
+        assert link.call("acquire", "t", None, b"x" * ((8 << 20) + 1)) is None
         assert relaying.link() is link and not link.closed
 
 

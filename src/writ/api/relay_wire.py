@@ -292,8 +292,10 @@ class _Link(_Frames):
         if self.closed:
             raise Unavailable(LOST)
         call_id = next(self._ids)
-        head = _COMPACT.encode([call_id, op, token, lease, request_id]).encode()
-        if len(head) > MAX_HEADER or len(body) > MAX_BODY:
+        if len(body) > MAX_BODY:
+            return None
+        frame = _frame([call_id, op, token, lease, request_id], body)
+        if len(frame) - _SIZES.size - len(body) > MAX_HEADER:
             return None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Answer] = loop.create_future()
@@ -303,7 +305,7 @@ class _Link(_Frames):
         self._timers[call_id] = loop.call_later(
             self.deadline_s + _bounded(waits), self._expire, call_id
         )
-        self.put(_SIZES.pack(len(head), len(body)) + head + body)
+        self.put(frame)
         return call_id, fut
 
     def _expire(self, call_id: int) -> None:

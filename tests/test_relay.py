@@ -706,6 +706,19 @@ async def test_a_server_of_another_store_or_policy_is_not_relayed_to(
         assert sum("refused a server of another store" in m for m in said) == 1, said
         assert sum("serves another store" in m for m in said) == 1, said
 
+        # a process inventing identities is refused every time; the writer logs and keeps
+        # MAX_REFUSED of them, not one per invention
+        from writ.api.relay import MAX_REFUSED
+
+        for i in range(MAX_REFUSED + 20):
+            reader, w = await asyncio.open_unix_connection(str(tmp_path / "relay" / "writer.sock"))
+            w.write(_frame([0, "hello", f"invented-{i}", ""]))
+            assert (await _read_frame(reader))[:2] == [0, "refused"]
+            w.close()
+        assert len(writer._refused) == MAX_REFUSED
+        said = [r.getMessage() for r in caplog.records]
+        assert sum("refused a server of another store" in m for m in said) == MAX_REFUSED
+
 
 async def test_a_writer_that_is_going_answers_new_calls_not_run(tmp_path: Path) -> None:
     """While the writer stops, the call it is running is answered, and a call that arrives

@@ -84,6 +84,7 @@ MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with its terminating NUL (Linu
 # (relaying everything measured 0.79-0.89x of one server, writing side by side 0.99-1.13x,
 # spilling at 16 0.94-1.10x); at 16 clients it never triggers (bench/RESULTS.md).
 SPILL = 16
+MAX_REFUSED = 64  # identities a writer logs refusing, each once
 HELLO_WAIT_S = 2.0  # how long a server waits for the writer's welcome
 STOP_WAIT_S = 10.0  # how long a writer that stops waits for the calls it started
 MAX_CALLS = 4096  # calls of one connection in progress at the writer (a server sends <= SPILL
@@ -415,8 +416,11 @@ class _Serving(_Frames):
                 return False
             if header[2] != self.relay.identity:
                 theirs = header[2][:200]
-                if theirs not in self.relay._refused:  # once each: it tries again and again
-                    self.relay._refused.add(theirs)
+                refused = self.relay._refused
+                # once each (it tries again and again), for so many at most: a process that
+                # invents identities is refused as often as it likes, logged and kept no more
+                if theirs not in refused and len(refused) < MAX_REFUSED:
+                    refused.add(theirs)
                     log.warning(
                         "relay: refused a server of another store, policy or writ version "
                         "(%s, this writer %s)",

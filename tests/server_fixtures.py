@@ -115,21 +115,16 @@ def serve(store_path: Path, policy: Any = None) -> Iterator[LiveServer]:
     import uvicorn
 
     from writ.api.app import create_app
+    from writ.api.serve import uvicorn_options
     from writ.engine import Engine
     from writ.stores import open_store
 
     store_url = f"sqlite:///{store_path}"
     engine = Engine(open_store(store_url), policy)
     port = free_port()
-    config = uvicorn.Config(
-        create_app(engine),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        ws="none",
-        lifespan="on",
-        access_log=False,
-    )
+    # as `writ serve` configures it: its protocol, limits and the hot routes' direct answers
+    options = uvicorn_options("127.0.0.1", port, "warning")
+    config = uvicorn.Config(create_app(engine), ws="none", lifespan="on", **options)
     server = uvicorn.Server(config)
     saved = os.environ.get("WRIT_ADMIN_TOKEN")
     os.environ["WRIT_ADMIN_TOKEN"] = ADMIN_TOKEN  # read when the engine starts

@@ -120,7 +120,7 @@ def create_app(
     measured = Metrics.for_engine(engine) if metrics else None
     if measured is not None and app.relay is not None:
         measured.relay = app.relay  # writ_relay_calls_total, writ_relay_role
-    app.front = OpsFront(app.front, engine, measured, metrics_token)
+    app.ops = app.front = OpsFront(app.front, engine, measured, metrics_token)
 
     install_error_handlers(app)
     for router in ROUTERS:

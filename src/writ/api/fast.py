@@ -7,8 +7,10 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Awaitable, MutableMapping
-from typing import Any
+import time
+from collections.abc import Awaitable, Coroutine, MutableMapping
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import FastAPI
 from starlette.datastructures import QueryParams
@@ -16,25 +18,34 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from writ.api.middleware import (
     _INTERNAL_ERROR,
+    MAX_BODY,
+    MAX_HEADERS,
     LimitBody,
     _interrupted,
     _replay,
     _send_json,
     _unless_hung_up,
 )
-from writ.api.ops import _GOOD_ID, FENCE
+from writ.api.ops import _GOOD_ID, FENCE, LEASES, RELEASE, OpsFront, record
 from writ.api.relay import Relay, identity_of
 from writ.api.relay_wire import CANCEL_WAIT_S, LOST, NOT_RUN, Answer, _Link
 from writ.api.url_text import TextURL, url_problem
 from writ.core.errors import Invalid, Unavailable, WritError
 from writ.engine import Engine
+from writ.net.limits import direct_answer
 from writ.telemetry.observe import request_id
+
+if TYPE_CHECKING:
+    from writ.telemetry.metrics import Metrics
 
 log = logging.getLogger("writ.server")
 
 # the lean path's JSON, written as FastAPI's JSONResponse writes it (UTF-8, no spaces);
 # built once: json.dumps builds an encoder per call
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_JSON = (b"content-type", b"application/json")
+# a Content-Length the shortest way in reads: digits, no more than MAX_BODY has
+_LENGTH_DIGITS = len(str(MAX_BODY))
 # a fencing token as the lean path takes it: what FastAPI's int parameter reads the same way
 _TOKEN = re.compile(r"0|-?[1-9][0-9]{0,18}")
 
@@ -61,52 +72,66 @@ class FastLeases:
         self.draining = draining
         self.relay = relay  # set: servers on this host relay lease writes to one writer
 
+    def route(self, scope: Scope) -> str | None:
+        """The hot route an HTTP request asks for, as its route template (``FENCE``,
+        ``LEASES``, ``RELEASE``), or None: anything else is FastAPI's."""
+        path = scope["path"]
+        method = scope["method"]
+        if method == "GET":
+            return FENCE if path == FENCE else None
+        if method != "POST" or not path.startswith(LEASES):
+            return None
+        if path == LEASES:
+            return LEASES
+        parts = path.split("/")  # "", "v1", "leases", id, "release"
+        if len(parts) == 5 and parts[2] == "leases" and parts[3] and parts[4] == "release":
+            return RELEASE
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] == "http" and scope["method"] == "GET" and path == FENCE:
-            await self._fence(scope, receive, send)
-            return
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or not path.startswith("/v1/leases")
-        ):
+        route = self.route(scope) if scope["type"] == "http" else None
+        if route is None:
             await self.app(scope, receive, send)
             return
-        lease_id = None
-        if path != "/v1/leases":
-            parts = path.split("/")
-            if len(parts) != 5 or parts[4] != "release" or not parts[3]:
-                await self.app(scope, receive, send)
-                return
-            lease_id = parts[3]
-        chunks = []
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
+        body = b""
+        if route != FENCE:
+            got = await _body(receive)
+            if got is None:
                 return  # the client went away before sending its body
-            chunks.append(msg.get("body", b""))
-            if not msg.get("more_body"):
-                break
-        body = b"".join(chunks)
+            body = got
+        out = await self.answer(route, scope, body, receive)
+        if out is None:
+            if route != FENCE:  # what was read goes on
+                receive = _replay([_whole(body)], receive)
+            await self.app(scope, receive, send)
+        else:
+            await _send_json(send, *out)
+
+    async def answer(
+        self, route: str, scope: Scope, body: bytes, receive: Receive
+    ) -> _Outcome | None:
+        """The answer to a request for ``route`` (see :meth:`route`) with this ``body``, or
+        None when the lean path does not take it (bad JSON, unknown, rare or repeated
+        fields, a missing token...): FastAPI then answers it, nothing having been done."""
+        token = _bearer(scope)
+        if route == FENCE:
+            return await self._fence(scope, token)
+        lease_id = None if route == LEASES else scope["path"].split("/")[3]
         req: dict[str, Any] | None = None
         # FastAPI refuses any other body type
         if lease_id is None and _is_json(_header(scope, b"content-type") or b""):
             req = self._acquire_request(body)
-        token = _bearer(scope)
         if not (token and ((lease_id is not None and not body) or req is not None)):
-            whole: Message = {"type": "http.request", "body": body, "more_body": False}
-            await self.app(scope, _replay([whole], receive), send)
-            return
+            return None
         link = self.relay.link() if self.relay is not None else None
         # another server on this host writes: ask it (writ.api.relay), unless it cannot
         wait_s = req.get("wait_s", 0) if req is not None else 0
-        if link is not None and await self._relay(
-            link, scope, receive, send, token, lease_id, body, wait_s
-        ):
-            return
+        if link is not None:
+            out = await self._relay(link, scope, receive, token, lease_id, body, wait_s)
+            if out is not None:
+                return out
         work = self._lease(scope, token, lease_id, req, receive, self.draining)
-        await _send_json(send, *await _outcome(f"POST {path}", work))
+        return await _outcome(f"POST {scope['path']}", work)
 
     def _acquire_request(self, body: bytes) -> dict[str, Any] | None:
         """An acquire's JSON body as the lean path takes it, else None (FastAPI answers)."""
@@ -166,13 +191,12 @@ class FastLeases:
         link: _Link,
         scope: Scope,
         receive: Receive,
-        send: Send,
         token: str,
         lease_id: str | None,
         body: bytes,
         wait_s: Any,
-    ) -> bool:
-        """Ask the writer to do this request and send its answer; False if it was not done
+    ) -> _Outcome | None:
+        """Ask the writer to do this request and give its answer; None if it was not done
         there (too large to relay, or the writer is going): it is for this server to do. A
         wait whose caller hangs up, or that this server's shutdown ends, is cancelled at the
         writer, and the writer's answer is still what is sent: it says what was done."""
@@ -182,7 +206,7 @@ class FastLeases:
         try:
             sent = link.call(op, token, lease_id, body, request_id.get(), wait_s or 0)
             if sent is None:
-                return False
+                return None
             relay.counts["relayed"] += 1
             call_id, fut = sent
             if wait_s:
@@ -199,11 +223,10 @@ class FastLeases:
             relay.counts["lost"] += 1
             a = Answer(*_refusal(err))
         if a.status == NOT_RUN:
-            return False
+            return None
         scope["writ.principal"] = a.principal
         scope["writ.lease"] = a.log
-        await _send_json(send, a.status, a.body, a.retry)
-        return True
+        return a.status, a.body, a.retry
 
     async def relayed(
         self,
@@ -241,12 +264,11 @@ class FastLeases:
             logged = {k: lease[k] for k in ("resource", "lease_id", "fencing_token") if k in lease}
         return Answer(status, answer, retry, note.get("writ.principal"), logged)
 
-    async def _fence(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _fence(self, scope: Scope, token: str) -> _Outcome | None:
         """``GET /v1/fence?resource=R&token=N``: each parameter once, nothing else, a plain
-        integer token and a bearer token; anything else goes to FastAPI."""
+        integer token and a bearer token; None for anything else (FastAPI answers it)."""
         params = QueryParams(scope.get("query_string", b"")).multi_items()
         asked = dict(params)
-        token = _bearer(scope)
         fencing = asked.get("token", "")
         if not (
             token
@@ -254,8 +276,7 @@ class FastLeases:
             and asked.keys() == {"resource", "token"}
             and _TOKEN.fullmatch(fencing)
         ):
-            await self.app(scope, receive, send)
-            return
+            return None
 
         async def fence() -> tuple[Any, int]:
             me = await self.engine.authenticate(token)
@@ -264,7 +285,7 @@ class FastLeases:
             self.engine.authority.check_observe(me, asked["resource"])
             return out, 200
 
-        await _send_json(send, *await _outcome(f"GET {FENCE}", fence()))
+        return await _outcome(f"GET {FENCE}", fence())
 
 
 _Outcome = tuple[int, bytes, "int | None"]
@@ -287,6 +308,44 @@ async def _outcome(what: str, work: Awaitable[tuple[Any, int]]) -> _Outcome:
 def _refusal(err: WritError) -> _Outcome:
     """A writ error as the app answers it: its status, its shape, ``Retry-After``."""
     return err.status, _COMPACT.encode(err.to_body()).encode(), err.retry_after()
+
+
+async def _body(receive: Receive) -> bytes | None:
+    """A request's whole body, or None if the client went away before sending it."""
+    chunks = []
+    while True:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            return None
+        chunks.append(msg.get("body", b""))
+        if not msg.get("more_body"):
+            return b"".join(chunks)
+
+
+def _whole(body: bytes) -> Message:
+    return {"type": "http.request", "body": body, "more_body": False}
+
+
+def _plain(scope: Scope) -> bool:
+    """Whether :class:`LimitBody` and :class:`TextURL` would pass this request on untouched:
+    its headers within ``MAX_HEADERS``, at most one ``Authorization``, one plain
+    ``Content-Length`` within ``MAX_BODY`` or none (and no ``Transfer-Encoding``: then
+    there is no body), its path and query text. Anything else is theirs to answer."""
+    size = 0
+    auth = length = False
+    for k, v in scope["headers"]:
+        size += len(k) + len(v)
+        if k == b"authorization":
+            if auth:
+                return False
+            auth = True
+        elif k == b"content-length":
+            if length or not (v.isdigit() and len(v) <= _LENGTH_DIGITS and int(v) <= MAX_BODY):
+                return False
+            length = True
+        elif k == b"transfer-encoding":
+            return False
+    return size <= MAX_HEADERS and url_problem(scope["path"], scope["query_string"]) is None
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -316,10 +375,18 @@ def _is_json(content_type: bytes) -> bool:
 
 
 class WritApp(FastAPI):
-    """The FastAPI app, entered through :class:`LimitBody` and then :class:`FastLeases`
-    (the lean path of the hot lease routes), both in front of FastAPI's own middleware stack
-    (error, telemetry and body-limit wrappers: ~5% of the server's CPU on the hot path).
-    Whatever the lean path does not take goes on to :meth:`full_stack`, FastAPI as it is."""
+    """The FastAPI app, entered through :attr:`front` — :class:`writ.api.ops.OpsFront`
+    (set by ``create_app``), :class:`LimitBody`, :class:`TextURL` and then
+    :class:`FastLeases` (the lean path of the hot lease routes) — all in front of FastAPI's
+    own middleware stack (error, telemetry and body-limit wrappers: ~5% of the server's CPU
+    on the hot path). Whatever the lean path does not take goes on to :meth:`full_stack`,
+    FastAPI as it is.
+
+    A request for a hot route that those layers would only measure and pass on (no access
+    log or trace to write, nothing for ``LimitBody`` or ``TextURL`` to refuse: see
+    :func:`_plain`) goes straight to :class:`FastLeases` and is measured here, as
+    :class:`OpsFront` would measure it: the same answer, one coroutine instead of five. If
+    the lean path does not take it after all, it goes through :attr:`front` as before."""
 
     def __init__(self, engine: Engine, relay_dir: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -335,10 +402,63 @@ class WritApp(FastAPI):
         leases = FastLeases(self.full_stack, engine, self.draining, self.relay)
         if self.relay is not None:
             self.relay.run = leases.relayed
+        self.leases = leases
         self.front: ASGIApp = LimitBody(TextURL(leases))
+        self.ops: OpsFront | None = None  # the outermost layer, once create_app puts it there
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.front(scope, receive, send)
+
+    def direct(self, cycle: Any) -> Coroutine[Any, Any, None] | None:
+        """The listener's hook (:func:`writ.net.limits.direct_answer`): for a plain request
+        for a hot route, that the layers would only measure and pass on, the coroutine that
+        answers it on the connection's ``cycle``; None for any other (the app as usual)."""
+        ops = self.ops
+        if ops is None or not ops.lean():
+            return None
+        scope = cycle.scope
+        route = self.leases.route(scope)
+        if route is None or not _plain(scope):
+            return None
+        return cast(
+            "Coroutine[Any, Any, None]",
+            cycle.run_asgi(partial(self._direct, route, cycle, ops.metrics)),
+        )
+
+    async def _direct(
+        self,
+        route: str,
+        cycle: Any,
+        metrics: Metrics | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Answer a plain request for ``route`` by the lean path, measured as ``OpsFront``
+        measures (a client gone before its body counts as 500 there too); one the lean path
+        does not take after all goes through the layers, which measure it."""
+        start = time.perf_counter()
+        status, answer = 500, b""
+        try:
+            body = b""
+            if route != FENCE:
+                got = await _body(receive)
+                if got is None:
+                    return
+                body = got
+            out = await self.leases.answer(route, scope, body, receive)
+            if out is None:
+                metrics = None
+                if route != FENCE:
+                    receive = _replay([_whole(body)], receive)
+                await self.front(scope, receive, send)
+                return
+            status, answer, retry = out
+            headers = [_JSON] if retry is None else [_JSON, (b"retry-after", b"%d" % retry)]
+            direct_answer(cycle, status, answer, headers)
+        finally:
+            if metrics is not None:
+                record(metrics, scope["method"], route, status, time.perf_counter() - start, answer)
 
     async def full_stack(self, scope: Scope, receive: Receive, send: Send) -> None:
         await super().__call__(scope, receive, send)

@@ -82,13 +82,13 @@ class OpsFront:
             await self._ops(path, scope, send)
             return
         m = self.metrics
-        logging_on = ACCESS.isEnabledFor(logging.INFO)
-        if not logging_on and not tracing.enabled():
+        if self.lean():
             if m is None:
                 await self.app(scope, receive, send)  # nothing to measure
             else:
                 await self._measure(scope, receive, send, m)
             return
+        logging_on = ACCESS.isEnabledFor(logging.INFO)
         logged = logging_on or DECISION.isEnabledFor(logging.INFO)
         rid = _request_id(scope) if logged else None
         token = request_id.set(rid) if logged else None
@@ -155,12 +155,12 @@ class OpsFront:
             await self.app(scope, receive, measured)
         finally:
             took = time.perf_counter() - start
-            route = route_template(scope)
-            m.observe_http(scope["method"], route, status, took)
-            if status == 201 and route == LEASES:
-                m.acquire_wait.observe(took)
-            elif status >= 400:
-                m.refused(_error_code(body, status))
+            record(m, scope["method"], route_template(scope), status, took, body)
+
+    @staticmethod
+    def lean() -> bool:
+        """Whether requests are only measured now: no access log to write, no trace."""
+        return not ACCESS.isEnabledFor(logging.INFO) and not tracing.enabled()
 
     async def _ops(self, path: str, scope: Scope, send: Send) -> None:
         if path == "/livez":
@@ -254,6 +254,17 @@ def _bearer_ok(scope: Scope, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(
         given.strip().encode(), token.encode()
     )
+
+
+def record(m: Metrics, method: str, route: str, status: int, took: float, body: bytes) -> None:
+    """One request's measurements: its duration by method, route template and status, the
+    acquire latency of a grant, the error code of a refusal (``body``: the answer, read only
+    when ``status`` is 400 or more)."""
+    m.observe_http(method, route, status, took)
+    if status == 201 and route == LEASES:
+        m.acquire_wait.observe(took)
+    elif status >= 400:
+        m.refused(_error_code(body, status))
 
 
 def _error_code(body: bytes, status: int) -> str:

@@ -14,6 +14,25 @@ from writ.net.limits import Limits
 log = logging.getLogger("writ.server")
 
 
+def uvicorn_options(
+    host: str, port: int, log_level: str, limits: Limits | None = None, shutdown_timeout: int = 10
+) -> dict[str, Any]:
+    """How ``writ serve`` configures uvicorn: its own loggers and access log, the listener's
+    ``limits`` (the protocol of :mod:`writ.net.limits`, whose hook answers the hot routes:
+    nothing may wrap the app, so no proxy-header rewriting)."""
+    return {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "log_config": None,  # logs.setup configured uvicorn's loggers
+        "access_log": False,  # writ.access logs each request instead
+        "server_header": False,
+        "proxy_headers": False,  # writ never uses the client's address: skip rewriting it
+        "timeout_graceful_shutdown": shutdown_timeout,
+        **(limits or Limits(max_header_bytes=MAX_HEADERS)).uvicorn_options(),
+    }
+
+
 def run(
     store_url: str,
     host: str = "127.0.0.1",
@@ -52,17 +71,7 @@ def run(
         metrics_token,
     ]
     logs.setup(log_format, log_level, [s for s in secrets if s])
-    options: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "log_level": log_level,
-        "log_config": None,  # logs.setup configured uvicorn's loggers
-        "access_log": False,  # writ.access logs each request instead
-        "server_header": False,
-        "proxy_headers": False,  # writ never uses the client's address: skip rewriting it
-        "timeout_graceful_shutdown": shutdown_timeout,
-        **(limits or Limits(max_header_bytes=MAX_HEADERS)).uvicorn_options(),
-    }
+    options = uvicorn_options(host, port, log_level, limits, shutdown_timeout)
     if workers != 1:
         from writ.api.workers import AppSettings, run_workers
 

@@ -33,11 +33,12 @@ import logging
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from http import HTTPStatus
 from typing import Any, ClassVar, TypeVar, cast
 
 import click
 
-__all__ = ["GATE_LIMITS", "Limits", "from_options", "limit_options"]
+__all__ = ["GATE_LIMITS", "Limits", "direct_answer", "from_options", "limit_options"]
 
 log = logging.getLogger("writ.limits")
 
@@ -263,6 +264,41 @@ class _OneSend:
         return getattr(self.transport, name)
 
 
+def direct_answer(cycle: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    """Answer ``cycle``'s request (uvicorn's ``RequestResponseCycle``) with ``status``,
+    ``headers`` and ``body`` in one write, as the two ``send`` calls of the ASGI messages
+    would (the server's default headers, ``Content-Length``, ``Connection: close`` when the
+    connection is not kept), and complete it as they do: the connection goes on to its next
+    request, or closes. For an app's ``direct(cycle)``: given that hook, this protocol runs
+    the coroutine it returns in place of the app for that request (None: the app as usual),
+    inside ``cycle.run_asgi`` so a failure is answered and logged as the app's would be.
+    ``headers`` are the app's own, never the client's: they are not checked again."""
+    if cycle.disconnected or cycle.response_started:
+        return
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    head = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
+    for name, value in (*cycle.default_headers, *headers):
+        head += (name, b": ", value, b"\r\n")
+    head += (b"content-length: ", str(len(body)).encode(), b"\r\n")
+    if not cycle.keep_alive:
+        head.append(b"connection: close\r\n")
+    head += (b"\r\n", body)
+    transport = cycle.transport
+    if isinstance(transport, _OneSend):  # nothing held: this is the whole answer
+        transport = transport.transport
+    transport.write(b"".join(head))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        transport.close()
+    cycle.on_response()
+
+
+# each status's line as uvicorn writes it
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+
+
 def _flush_head(protocol: Any) -> None:
     """Before the connection writes on its own: the head a response holds goes first."""
     cycle = protocol.cycle
@@ -374,6 +410,19 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             # a HEAD's answer has no body to wait for: its head is written as it comes
             if self.cycle is not None and self.scope["method"] != "HEAD":
                 self.cycle.transport = _OneSend(self.transport, self.loop)  # type: ignore[assignment]
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            # an app may answer a request on the connection's own cycle (see direct_answer)
+            work = None
+            direct = getattr(app, "direct", None)
+            if direct is not None and not self.config.reset_contextvars:
+                work = direct(cycle)
+            if work is None:
+                super()._start_asgi_task(cycle, app)
+                return
+            task = self.loop.create_task(work)
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
 
         def send_400_response(self, msg: str) -> None:
             _flush_head(self)  # a bad request after a good one: the good one's answer first

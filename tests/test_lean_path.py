@@ -1,0 +1,351 @@
+"""The shortest way into the lean path (``WritApp.direct``, the listener's hook
+``writ.net.limits.direct_answer``): a plain request for a hot route skips the ASGI layers
+in front of it (OpsFront, LimitBody, TextURL) and uvicorn's ASGI messages, and is measured
+as the layers would measure it. Its answers and its metrics must be the layers' own,
+anything the layers would refuse or log must still go through them, and the connection must
+behave as uvicorn's own (kept alive, closed when asked, pipelined requests answered in
+order, a hung-up waiter leaving the queue). Over real HTTP, through the protocol
+``writ serve`` runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from tests.server_fixtures import free_port
+from tests.stores_fixtures import Backend
+from tests.test_authority import World, world
+from tests.test_operate import samples
+from writ.api.fast import FastLeases, _plain
+from writ.api.middleware import MAX_BODY, MAX_HEADERS
+from writ.api.ops import FENCE, LEASES, RELEASE
+from writ.api.serve import uvicorn_options
+
+
+@contextlib.asynccontextmanager
+async def served(w: World) -> AsyncIterator[int]:
+    """``w``'s app on a real port, under uvicorn with the protocol ``writ serve`` runs;
+    ``w.http`` talks to it there until the block ends. Yields the port."""
+    port = free_port()
+    options = uvicorn_options("127.0.0.1", port, "warning")
+    config = uvicorn.Config(w.app, lifespan="off", **options)  # the world started its engine
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "the server did not start"
+        await asyncio.sleep(0.01)
+    in_process, w.http = w.http, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}")
+    try:
+        yield port
+    finally:
+        await w.http.aclose()
+        w.http = in_process
+        server.should_exit = True
+        await task
+
+
+def _spy_front(app: Any) -> list[str]:
+    """The paths of the requests that go through the layers (``app.front``), from now."""
+    front, seen = app.front, []
+
+    async def spied(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(scope["path"])
+        await front(scope, receive, send)
+
+    app.front = spied
+    return seen
+
+
+def _shape(r: httpx.Response) -> tuple[Any, ...]:
+    """What an answer says, without the ids and times that differ from run to run."""
+    body = r.json()
+    if "error" in body:
+        kept: Any = (body["error"]["code"], body["error"].get("field"))
+    else:
+        kept = tuple(sorted(body))
+    return (
+        r.status_code,
+        r.headers.get("content-type"),
+        r.headers.get("content-length") == str(len(r.content)),
+        "retry-after" in r.headers,
+        kept,
+    )
+
+
+_COUNTED = (
+    "writ_http_request_duration_seconds_count",
+    "writ_refusals_total",
+    "writ_lease_acquire_wait_seconds_count",
+)
+
+
+async def _counts(w: World) -> dict[Any, float]:
+    found = samples((await w.http.get("/metrics")).text)
+    return {k: v for k, v in found.items() if k[0] in _COUNTED}
+
+
+async def _story(w: World, n: int) -> tuple[list[tuple[Any, ...]], dict[Any, float]]:
+    """Grants, refusals of every kind, fencing checks, releases, and two acquires the lean
+    path does not take (a string for a number, a field it does not know): every answer's
+    shape, and what the
+    metrics counted meanwhile."""
+    counted = await _counts(w)
+    main = f"prod/db/main{n}"
+    first = await w.lease("perf-agent", main, ttl_s=300)
+    lease = first.json()
+    bad = {"Authorization": "Bearer wrt_not-a-token", "content-type": "application/json"}
+    answers = [
+        first,
+        await w.lease("admin", main),  # held: 409 with Retry-After
+        await w.lease("cost-agent", "prod/db"),  # closed policy: 403
+        await w.http.post("/v1/leases", content=b'{"resource":"a","intent":"b"}', headers=bad),
+        await w.lease("perf-agent", main, ttl_s="30"),  # FastAPI's strict 422
+        await w.get("perf-agent", FENCE, resource=main, token=lease["fencing_token"]),
+        await w.get("perf-agent", FENCE, resource=main, token=1),
+        await w.post("perf-agent", f"/v1/leases/{lease['lease_id']}/release"),
+        await w.post("perf-agent", f"/v1/leases/{lease['lease_id']}/release"),
+        await w.post("perf-agent", "/v1/leases/ls_not-a-lease/release"),
+        # a field the lean path does not take: FastAPI answers, once measured
+        await w.post(
+            "admin", LEASES, {"resource": f"billing/{n}", "intent": "x", "consent_id": None}
+        ),
+    ]
+    after = await _counts(w)
+    return [_shape(r) for r in answers], {k: v - counted.get(k, 0) for k, v in after.items()}
+
+
+async def test_plain_hot_requests_skip_the_layers_and_answer_and_count_as_they_did(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with world(backend, tmp_path, monkeypatch) as w, served(w):
+        ops, w.app.ops = w.app.ops, None  # as before the shortest way in: all through the layers
+        layered = _spy_front(w.app)
+        before, before_metrics = await _story(w, 1)
+        assert len(layered) == len(before) + 2  # and /metrics, twice
+        w.app.ops = ops
+        layered.clear()
+        now, now_metrics = await _story(w, 2)
+        # only the two acquires the lean path does not take, and /metrics, went through them
+        assert layered == ["/metrics", LEASES, LEASES, "/metrics"], layered
+    assert now == before
+    assert now_metrics == before_metrics
+    statuses = [s[0] for s in now]
+    assert statuses == [201, 409, 403, 401, 422, 200, 200, 200, 410, 404, 201], statuses
+    http = {
+        (dict(labels)["route"], dict(labels)["status"]): n
+        for (name, labels), n in now_metrics.items()
+        if name == "writ_http_request_duration_seconds_count"
+    }
+    assert http[(LEASES, "201")] == 2 and http[(RELEASE, "404")] == 1, http
+    assert http[(FENCE, "200")] == 2 and http[(LEASES, "409")] == 1, http
+
+
+async def test_what_the_layers_log_or_refuse_still_goes_through_them(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """An access log to write, a second Authorization header, a path that is not text, a
+    chunked body: the layers see each of them, and answer as they always did."""
+    async with world(backend, tmp_path, monkeypatch) as w, served(w):
+        layered = _spy_front(w.app)
+        h = w.h("perf-agent")
+        with caplog.at_level("INFO", logger="writ.access"):
+            r = await w.lease("perf-agent", "prod/db/a")
+        assert r.status_code == 201 and r.headers.get("x-request-id"), r.headers
+        assert any(rec.name == "writ.access" for rec in caplog.records)
+        assert layered == [LEASES]
+        twice = [("authorization", h["Authorization"])] * 2
+        r = await w.http.post(f"/v1/leases/{r.json()['lease_id']}/release", headers=twice)
+        assert r.status_code == 422 and "one Authorization header" in r.text, r.text
+        r = await w.http.post("/v1/leases/ls_%01/release", headers=h)
+        assert r.status_code == 422 and r.json()["error"]["field"] == "path", r.text
+
+        async def chunks() -> Any:
+            yield b'{"resource": "prod/db/b",'
+            yield b' "intent": "x"}'
+
+        ctype = {"content-type": "application/json"}
+        r = await w.http.post("/v1/leases", content=chunks(), headers=h | ctype)
+        assert r.status_code == 201, r.text
+        assert len(layered) == 4, layered
+
+
+async def test_a_release_path_that_only_begins_like_leases_is_not_a_release(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/v1/leasesX/{id}/release`` is no route: 404, and the lease stays held (the lean
+    path once took any path that began with ``/v1/leases`` and had five segments)."""
+    async with world(backend, tmp_path, monkeypatch) as w, served(w):
+        lease = (await w.lease("perf-agent", "prod/db/main", ttl_s=300)).json()
+        for prefix in ("/v1/leasesX", "/v1/leases-old", "/v1/leases."):
+            r = await w.post("perf-agent", f"{prefix}/{lease['lease_id']}/release")
+            assert r.status_code == 404, (prefix, r.text)
+        got = await w.get("perf-agent", f"/v1/leases/{lease['lease_id']}")
+        assert got.json()["state"] == "held", got.text
+
+
+def _scope(method: str, path: str, headers: list[tuple[bytes, bytes]], query: bytes = b"") -> Any:
+    return {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "query_string": query,
+        "headers": headers,
+    }
+
+
+def test_the_hot_routes_are_exactly_three() -> None:
+    leases = FastLeases(app=None, engine=None)  # type: ignore[arg-type]
+    taken = {
+        ("POST", "/v1/leases"): LEASES,
+        ("POST", "/v1/leases/ls_1/release"): RELEASE,
+        ("GET", "/v1/fence"): FENCE,
+    }
+    for (method, path), route in taken.items():
+        assert leases.route(_scope(method, path, [])) == route
+    for method, path in [
+        ("GET", "/v1/leases"),
+        ("PUT", "/v1/leases"),
+        ("POST", "/v1/fence"),
+        ("POST", "/v1/leases/"),
+        ("POST", "/v1/leases/ls_1"),
+        ("POST", "/v1/leases//release"),
+        ("POST", "/v1/leases/ls_1/release/"),
+        ("POST", "/v1/leases/ls_1/renew"),
+        ("POST", "/v1/leasesX/ls_1/release"),
+        ("POST", "/v1/leases-x"),
+        ("GET", "/v1/fence/"),
+    ]:
+        assert leases.route(_scope(method, path, [])) is None, (method, path)
+
+
+def test_plain_is_what_the_layers_would_pass_on_untouched() -> None:
+    auth = (b"authorization", b"Bearer wrt_x")
+    json_ = (b"content-type", b"application/json")
+    ok = [
+        [],
+        [auth, json_, (b"content-length", b"12")],
+        [auth, (b"content-length", str(MAX_BODY).encode())],
+        [auth, (b"content-length", b"0"), (b"x-other", b"y" * 100)],
+    ]
+    for headers in ok:
+        assert _plain(_scope("POST", LEASES, headers)), headers
+    assert _plain(_scope("GET", FENCE, [auth], b"resource=a%2Fb&token=1"))
+    refused = [
+        [auth, auth],
+        [auth, (b"content-length", b"1"), (b"content-length", b"1")],
+        [auth, (b"content-length", str(MAX_BODY + 1).encode())],
+        [auth, (b"content-length", b"00000001")],  # longer than MAX_BODY's digits
+        [auth, (b"content-length", b"9" * 5000)],  # more digits than int() reads
+        [auth, (b"content-length", b"+1")],
+        [auth, (b"content-length", b"1_0")],
+        [auth, (b"transfer-encoding", b"chunked")],
+        [auth, (b"x-big", b"y" * MAX_HEADERS)],
+    ]
+    for headers in refused:
+        assert not _plain(_scope("POST", LEASES, headers)), headers[-1][:2]
+    assert not _plain(_scope("POST", "/v1/leases/ls_\x01/release", [auth]))
+    assert not _plain(_scope("GET", FENCE, [auth], b"resource=a%00&token=1"))
+
+
+def _request(method: str, path: str, token: str, body: bytes = b"", *extra: str) -> bytes:
+    head = [f"{method} {path} HTTP/1.1", "host: writ", f"authorization: Bearer {token}"]
+    if body:
+        head += ["content-type: application/json", f"content-length: {len(body)}"]
+    return ("\r\n".join([*head, *extra, "", ""])).encode() + body
+
+
+async def _answers(reader: asyncio.StreamReader, n: int) -> list[tuple[int, dict[str, str], Any]]:
+    """The next ``n`` answers on a connection: status, headers, JSON body."""
+    out = []
+    for _ in range(n):
+        status = int((await reader.readline()).split()[1])
+        headers = {}
+        while (line := await reader.readline()) != b"\r\n":
+            name, _, value = line.decode().partition(":")
+            headers[name.lower()] = value.strip()
+        body = await reader.readexactly(int(headers["content-length"]))
+        out.append((status, headers, json.loads(body)))
+    return out
+
+
+async def test_the_connection_behaves_as_uvicorns_own(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pipelined requests are answered in the order sent, direct or not; a kept connection
+    serves the next request; ``Connection: close`` and HTTP/1.0 are answered and closed."""
+    async with world(backend, tmp_path, monkeypatch) as w, served(w) as port:
+        layered = _spy_front(w.app)
+        token = w.tokens["perf-agent"]
+        acquire = json.dumps({"resource": "prod/db/pipe", "intent": "x"}).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            _request("POST", LEASES, token, acquire)
+            + _request("GET", "/v1/leases", token)  # FastAPI's, between two direct ones
+            + _request("POST", "/v1/leases/ls_none/release", token)
+            + _request("POST", LEASES, token, acquire)
+        )
+        got = await _answers(reader, 4)
+        assert [a[0] for a in got] == [201, 200, 404, 409], got
+        lease = got[0][2]
+        assert got[1][2]["leases"][0]["lease_id"] == lease["lease_id"]
+        assert got[3][1]["retry-after"] and "date" in got[0][1], got
+        assert layered == ["/v1/leases"]  # only the GET
+        release = f"/v1/leases/{lease['lease_id']}/release"
+        writer.write(_request("POST", release, token, b"", "connection: close"))
+        ((status, headers, _),) = await _answers(reader, 1)
+        assert (status, headers.get("connection")) == (200, "close")
+        assert await reader.read() == b""  # closed
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_request("POST", LEASES, token, acquire).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+        ((status, headers, _),) = await _answers(reader, 1)
+        assert (status, headers.get("connection")) == (201, "close")
+        assert await reader.read() == b""
+        writer.close()
+        assert layered == ["/v1/leases"]
+
+
+async def test_a_waiter_that_hangs_up_leaves_the_queue(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A direct acquire that waits (``wait_s``) and whose caller hangs up gives up its place:
+    the holder's release grants nothing to it."""
+    async with world(backend, tmp_path, monkeypatch) as w, served(w) as port:
+        held = (await w.lease("admin", "prod/db/q", ttl_s=300)).json()
+        wait = json.dumps({"resource": "prod/db/q", "intent": "x", "wait_s": 30}).encode()
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_request("POST", LEASES, w.tokens["perf-agent"], wait))
+        await writer.drain()
+
+        async def queued() -> int:
+            return len((await w.engine.resource_status("prod/db/q"))["queue"])
+
+        await wait_until(lambda: queued(), "the acquire joins the queue")
+        writer.close()
+        await wait_until(lambda: _zero(queued()), "its caller hung up: the waiter leaves")
+        r = await w.post("admin", f"/v1/leases/{held['lease_id']}/release")
+        assert r.status_code == 200
+        granted = [x for x in await w.rows("lease.granted") if x["resource"] == "prod/db/q"]
+        assert len(granted) == 1, granted  # the admin's own, nothing after the release
+
+
+async def _zero(n: Any) -> bool:
+    return await n == 0
+
+
+async def wait_until(probe: Any, what: str, seconds: float = 10.0) -> None:
+    """Until ``await probe()`` is truthy, on the loop's own clock; fails naming ``what``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await probe():
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.01)

@@ -438,20 +438,23 @@ def _frame(header: Any, body: bytes = b"", sizes: tuple[int, int] | None = None)
 @pytest.mark.parametrize(
     ("greet", "garbage"),
     [
-        (False, _frame([1, "acquire", "t", None, None])),  # a call before any hello
+        (False, _frame([1, "acquire", "t", None, None, None])),  # a call before any hello
         (False, _frame([0, "hello", 7, ""])),  # a hello that is not text
         (False, _frame([0, "hello", "x"])),  # a hello that does not say its instance
         (False, _frame([0, "hello", "x", 7])),  # an instance that is not text
         (False, _frame([0, "hello", "x", "i" * 65])),  # an instance too long to be one
-        (True, _frame([1, "acquire", "t", None, None], sizes=(1 << 30, 0))),  # too large
+        (True, _frame([1, "acquire", "t", None, None, None], sizes=(1 << 30, 0))),  # too large
         (True, struct.pack(">II", 3, 0) + b"{{{"),  # not JSON
         (True, struct.pack(">II", 60_000, 0) + b"[" * 30_000 + b"]" * 30_000),  # too deep
         (True, _frame({"id": 1, "op": "acquire"})),  # not an array
-        (True, _frame(["1", "acquire", "t", None, None])),  # an id that is not an integer
-        (True, _frame([1, "delete", "t", None, None])),  # an unknown call
-        (True, _frame([1, "acquire", 7, None, None])),  # a token that is not text
-        (True, _frame([1, "release", "t", ["ls_x"], None])),  # a lease id that is not text
-        (True, _frame([1, "release", "t", "ls_x", {"id": 1}])),  # a request id, not text
+        (True, _frame(["1", "acquire", "t", None, None, None])),  # an id that is not an integer
+        (True, _frame([1, "delete", "t", None, None, None])),  # an unknown call
+        (True, _frame([1, "acquire", 7, None, None, None])),  # a token that is not text
+        (True, _frame([1, "release", "t", ["ls_x"], None, None])),  # a lease id, not text
+        (True, _frame([1, "release", "t", "ls_x", {"id": 1}, None])),  # a request id, not text
+        (True, _frame([1, "acquire", "t", None, None, 7])),  # a traceparent that is not text
+        (True, _frame([1, "acquire", "t", None, None, "0" * 100])),  # too long to be one
+        (True, _frame([1, "acquire", "t", None, None])),  # a call of the old shape
         (True, _frame([1, 200, None, None, {}])),  # an answer, sent to the writer
         (True, _frame([0, "notes"], b"[]")),  # notes, sent to the writer
     ],
@@ -470,6 +473,9 @@ def _frame(header: Any, body: bytes = b"", sizes: tuple[int, int] | None = None)
         "int-token",
         "list-lease",
         "object-request-id",
+        "int-traceparent",
+        "long-traceparent",
+        "old-call",
         "answer",
         "notes",
     ],
@@ -622,13 +628,17 @@ def _send(
     body: bytes = b"{}",
     rid: str | None = None,
     waits: float = 0,
+    traceparent: str | None = None,
 ) -> tuple[Any, int, asyncio.Future[Any]]:
     """One call through ``relaying``'s link: the link, the call's id and its answer."""
     link = relaying.link()
     assert link is not None
-    sent = link.call(op, "tok", lease, body, rid, waits)
+    sent = link.call(op, "tok", lease, body, rid, waits, traceparent)
     assert sent is not None
     return link, *sent
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 async def _never(*_: Any) -> Any:
@@ -637,11 +647,12 @@ async def _never(*_: Any) -> Any:
 
 
 async def test_calls_cross_the_socket_both_ways_in_process(tmp_path: Path) -> None:
-    """What the relaying end sends is what the writer's ``run`` gets (the request id too),
-    its answer comes back whole, and a cancel reaches the call it names."""
+    """What the relaying end sends is what the writer's ``run`` gets (the request id and
+    the trace's ``traceparent`` too), its answer comes back whole, and a cancel reaches the
+    call it names."""
     from writ.api.relay_wire import Answer
 
-    seen: list[tuple[str, str, str | None, bytes, str | None]] = []
+    seen: list[tuple[str, str, str | None, bytes, str | None, str | None]] = []
     cancelled = asyncio.Event()
 
     async def run(
@@ -652,8 +663,9 @@ async def test_calls_cross_the_socket_both_ways_in_process(tmp_path: Path) -> No
         rid: str | None,
         hung_up: asyncio.Event,
         drain: asyncio.Event,
+        traceparent: str | None,
     ) -> Answer:
-        seen.append((op, token, lease, body, rid))
+        seen.append((op, token, lease, body, rid, traceparent))
         if op == "acquire" and b"wait" in body:
             await hung_up.wait()
             cancelled.set()
@@ -675,9 +687,10 @@ async def test_calls_cross_the_socket_both_ways_in_process(tmp_path: Path) -> No
         link.cancel(call_id, "hangup")  # after the call on the same connection: it is seen
         a = await asyncio.wait_for(answer, 5)
         assert a.status == 503 and cancelled.is_set()
-        _, _, answer = _send(relaying, "release", "ls_1", b"")
+        _, _, answer = _send(relaying, "release", "ls_1", b"", traceparent=TRACEPARENT)
         assert (await asyncio.wait_for(answer, 5)).status == 201
-        assert seen[0][4] == "rid-1" and seen[-1] == ("release", "tok", "ls_1", b"", None)
+        assert seen[0][4] == "rid-1" and seen[0][5] is None
+        assert seen[-1] == ("release", "tok", "ls_1", b"", None, TRACEPARENT)
         assert writer.counts["served"] == 3
         # too large to send: not sent at all, and the link is fine
         assert link.call("release", "t" * (70 << 10), "ls_1", b"") is None

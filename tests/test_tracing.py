@@ -4,6 +4,8 @@ transactions and outbound calls, captured with the SDK's in-memory exporter; the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 
+from tests.stores_fixtures import Backend
 from writ.api.app import create_app
 from writ.core.clock import ManualClock
 from writ.core.policy import parse
@@ -168,3 +171,58 @@ async def test_spans_cover_request_engine_store_and_outbound(
         await engine.stop()
         hook.server.shutdown()
         hook.server.server_close()
+
+
+async def test_a_relayed_acquire_is_one_trace_across_both_servers(
+    spans: InMemorySpanExporter,
+    pg_backend: Backend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two servers on one store and one relay directory, in this process: an acquire sent
+    to the one that relays is written by the other, and its spans are one trace — the
+    caller's, then the relaying server's request and its call over the relay, then the
+    writer's work on that call, the engine's acquire inside it."""
+    monkeypatch.setenv("WRIT_ADMIN_TOKEN", "relay-trace-admin")
+    where = tmp_path / "relay"
+    where.mkdir(mode=0o700)
+    apps = []
+    for _ in range(2):
+        engine = Engine(pg_backend.open_store(), None)
+        tracing.instrument(engine)
+        apps.append(create_app(engine, relay_dir=str(where)))
+    async with contextlib.AsyncExitStack() as stack:
+        for app in apps:
+            await stack.enter_async_context(app.router.lifespan_context(app))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not any(a.relay.role() == "relaying" and a.relay.link() for a in apps):
+            assert loop.time() < deadline, "no server came to relay to the other"
+            await asyncio.sleep(0.01)
+        (relaying,) = [a for a in apps if a.relay.role() == "relaying"]
+        (writer,) = [a for a in apps if a.relay.role() == "writer"]
+        admin = {"authorization": "Bearer relay-trace-admin"}
+        transport = httpx.ASGITransport(app=relaying)
+        async with httpx.AsyncClient(transport=transport, base_url="http://writ") as c:
+            r = await c.post("/v1/principals", json={"name": "a", "kind": "agent"}, headers=admin)
+            assert r.status_code == 201, r.text
+            me = {"authorization": f"Bearer {r.json()['token']}"}
+            spans.clear()
+            r = await c.post(
+                "/v1/leases",
+                json={"resource": "db/traced", "intent": "x"},
+                headers=me | {"traceparent": f"00-{TRACE}-{PARENT}-01"},
+            )
+            assert r.status_code == 201, r.text
+        assert relaying.relay.counts["relayed"] == 1 and writer.relay.counts["served"] == 1
+    done = {s.name: s for s in spans.get_finished_spans()}  # (background work: traces of its own)
+    request = done["HTTP POST /v1/leases"]
+    call = done["writ.relay.acquire"]
+    served = done["writ.relayed.acquire"]
+    acquired = done["writ.acquire"]
+    chain = (request, call, served, acquired)
+    assert {f"{s.context.trace_id:032x}" for s in chain} == {TRACE}, chain
+    assert request.parent.span_id == int(PARENT, 16)
+    assert call.parent.span_id == request.context.span_id
+    assert served.parent.span_id == call.context.span_id
+    assert acquired.parent.span_id == served.context.span_id

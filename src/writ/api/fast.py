@@ -33,6 +33,7 @@ from writ.api.url_text import TextURL, url_problem
 from writ.core.errors import Invalid, Unavailable, WritError
 from writ.engine import Engine
 from writ.net.limits import direct_answer
+from writ.telemetry import tracing
 from writ.telemetry.observe import request_id
 
 if TYPE_CHECKING:
@@ -199,12 +200,32 @@ class FastLeases:
         """Ask the writer to do this request and give its answer; None if it was not done
         there (too large to relay, or the writer is going): it is for this server to do. A
         wait whose caller hangs up, or that this server's shutdown ends, is cancelled at the
-        writer, and the writer's answer is still what is sent: it says what was done."""
+        writer, and the writer's answer is still what is sent: it says what was done. With
+        tracing on, the call is a span, and the writer's work on it continues it."""
         op = "acquire" if lease_id is None else "release"
+        if not tracing.enabled():
+            return await self._call(link, op, scope, receive, token, lease_id, body, wait_s)
+        with tracing.span(f"writ.relay.{op}") as carrier:
+            trace = carrier.get("traceparent")
+            return await self._call(link, op, scope, receive, token, lease_id, body, wait_s, trace)
+
+    async def _call(
+        self,
+        link: _Link,
+        op: str,
+        scope: Scope,
+        receive: Receive,
+        token: str,
+        lease_id: str | None,
+        body: bytes,
+        wait_s: Any,
+        traceparent: str | None = None,
+    ) -> _Outcome | None:
         relay = self.relay
         assert relay is not None
         try:
-            sent = link.call(op, token, lease_id, body, request_id.get(), wait_s or 0)
+            rid = request_id.get()
+            sent = link.call(op, token, lease_id, body, rid, wait_s or 0, traceparent)
             if sent is None:
                 return None
             relay.counts["relayed"] += 1
@@ -237,11 +258,27 @@ class FastLeases:
         rid: str | None,
         hung_up: asyncio.Event,
         drain: asyncio.Event,
+        traceparent: str | None = None,
     ) -> Answer:
         """Do what another server relayed (``Relay.run``), as if asked here over HTTP; its
-        request id (``X-Request-Id``, or the one that server made) names it in the logs."""
+        request id (``X-Request-Id``, or the one that server made) names it in the logs,
+        and with tracing on its work is a span of that server's trace (``traceparent``)."""
         if rid is not None and _GOOD_ID.match(rid):  # as writ.api.ops takes X-Request-Id
             request_id.set(rid)  # this call's task only
+        if tracing.enabled():
+            with tracing.continued(f"writ.relayed.{op}", traceparent):
+                return await self._relayed(op, token, lease_id, body, hung_up, drain)
+        return await self._relayed(op, token, lease_id, body, hung_up, drain)
+
+    async def _relayed(
+        self,
+        op: str,
+        token: str,
+        lease_id: str | None,
+        body: bytes,
+        hung_up: asyncio.Event,
+        drain: asyncio.Event,
+    ) -> Answer:
         req = None
         if op == "acquire":
             req, lease_id = self._acquire_request(body), None

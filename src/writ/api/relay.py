@@ -59,6 +59,7 @@ from writ.api.relay_wire import (
     DEADLINE_S,
     MAX_BODY,
     MAX_INSTANCE,
+    MAX_TRACEPARENT,
     NOT_RUN,
     Answer,
     _frame,
@@ -97,9 +98,9 @@ _TOO_LARGE = (
 
 
 # what the writer runs for a relayed call: (op, token, lease id, body, request id, hung up,
-# draining)
+# draining, traceparent)
 Relayed = Callable[
-    [str, str, "str | None", bytes, "str | None", "asyncio.Event", "asyncio.Event"],
+    [str, str, "str | None", bytes, "str | None", "asyncio.Event", "asyncio.Event", "str | None"],
     Awaitable[Answer],
 ]
 
@@ -444,13 +445,16 @@ class _Serving(_Frames):
             return True
         run = self.relay.run
         if (
-            len(header) != 5
+            len(header) != 6
             or header[1] not in ("acquire", "release")
             or call_id in self.calls
             or len(self.calls) >= self.relay.max_calls
             or type(header[2]) is not str
             or (header[3] is not None and type(header[3]) is not str)
             or (header[4] is not None and type(header[4]) is not str)
+            or not (
+                header[5] is None or (type(header[5]) is str and len(header[5]) <= MAX_TRACEPARENT)
+            )
             or run is None
         ):
             return False
@@ -461,7 +465,9 @@ class _Serving(_Frames):
         if self.relay.draining.is_set():
             call.drain.set()
         self.calls[call_id] = call
-        work = run(header[1], header[2], header[3], body, header[4], call.hung_up, call.drain)
+        work = run(
+            header[1], header[2], header[3], body, header[4], call.hung_up, call.drain, header[5]
+        )
         call.task = task = asyncio.ensure_future(self._answer(call_id, work))
         self.relay._tasks.add(task)
         task.add_done_callback(self.relay._tasks.discard)

@@ -32,6 +32,7 @@ _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 MAX_HEADER = 64 << 10
 MAX_BODY = 8 << 20  # a request's body is at most 1 MiB (LimitBody); an answer is small
 MAX_INSTANCE = 64  # a store's instance id (PostgreSQL's: 12 hex digits)
+MAX_TRACEPARENT = 64  # W3C's traceparent is 55 characters
 CANCEL_WAIT_S = 10.0  # after a cancel, how long a server waits for the writer's last word
 # a call that does not wait is answered within the store's own bounds (a pool checkout,
 # a statement: seconds); one unanswered after this long means the writer is stuck
@@ -284,17 +285,19 @@ class _Link(_Frames):
         body: bytes,
         request_id: str | None = None,
         waits: Any = 0,
+        traceparent: str | None = None,
     ) -> tuple[int, asyncio.Future[Answer]] | None:
         """Send one call; its id (for :meth:`cancel`) and the future of its answer — or
         None for one too large to send (the server writes it itself). A call that waits
         (``waits`` seconds at most, as its caller asked) is given that much more than the
-        deadline."""
+        deadline; ``traceparent`` (tracing on) makes the writer's work on it part of the
+        caller's trace."""
         if self.closed:
             raise Unavailable(LOST)
         call_id = next(self._ids)
         if len(body) > MAX_BODY:
             return None
-        frame = _frame([call_id, op, token, lease, request_id], body)
+        frame = _frame([call_id, op, token, lease, request_id, traceparent], body)
         if len(frame) - _SIZES.size - len(body) > MAX_HEADER:
             return None
         loop = asyncio.get_running_loop()

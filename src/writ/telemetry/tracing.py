@@ -144,6 +144,22 @@ def server_span(method: str, headers: list[tuple[bytes, bytes]]) -> Iterator[Any
         yield s
 
 
+@contextmanager
+def continued(name: str, traceparent: str | None, **attributes: Any) -> Iterator[Any]:
+    """A server-side span for work another writ process asked for over its own wire (a
+    relayed call), continuing the ``traceparent`` it sent (a new trace without one)."""
+    if _tracer is None:
+        yield None
+        return
+    from opentelemetry import propagate, trace
+
+    ctx = propagate.extract({"traceparent": traceparent} if traceparent else {})
+    with _tracer.start_as_current_span(
+        name, context=ctx, kind=trace.SpanKind.SERVER, attributes=_attrs(attributes)
+    ) as s:
+        yield s
+
+
 def current_ids() -> tuple[str, str] | None:
     """``(trace_id, span_id)`` in hex of the current span, when tracing is on."""
     if _tracer is None:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -28,6 +30,16 @@ from writ.api.fast import FastLeases, _plain
 from writ.api.middleware import MAX_BODY, MAX_HEADERS
 from writ.api.ops import FENCE, LEASES, RELEASE
 from writ.api.serve import uvicorn_options
+from writ.net.limits import direct_answer
+from writ.telemetry import tracing
+
+
+@pytest.fixture(autouse=True)
+def as_served(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As `writ serve` at its bench's level runs: no access log to write, no tracing (each
+    would send the request through the layers), whatever tests before left behind."""
+    caplog.set_level(logging.WARNING, logger="writ.access")
+    monkeypatch.setattr(tracing, "_tracer", None)
 
 
 @contextlib.asynccontextmanager
@@ -349,3 +361,64 @@ async def wait_until(probe: Any, what: str, seconds: float = 10.0) -> None:
     while not await probe():
         assert loop.time() < deadline, what
         await asyncio.sleep(0.01)
+
+
+class _Flow:
+    """uvicorn's flow control, as far as an answer reads it."""
+
+    def __init__(self) -> None:
+        self.write_paused = True
+        self.writable = asyncio.Event()
+
+    async def drain(self) -> None:
+        await self.writable.wait()
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_direct_answer_waits_while_the_client_does_not_read() -> None:
+    """A client that pipelines requests and never reads the answers fills the server's
+    write buffer: past its high-water mark the next answer waits, as uvicorn's own ``send``
+    does, so the connection stalls instead of the server's memory growing without bound."""
+    completed: list[bool] = []
+    cycle = SimpleNamespace(
+        flow=_Flow(),
+        transport=_Transport(),
+        disconnected=False,
+        response_started=False,
+        response_complete=False,
+        waiting_for_100_continue=False,
+        default_headers=[(b"date", b"Sat, 05 Dec 2026 18:00:00 GMT")],
+        keep_alive=False,
+        message_event=asyncio.Event(),
+        on_response=lambda: completed.append(True),
+    )
+    answer = asyncio.create_task(direct_answer(cycle, 404, b'{"error":{}}', [(b"x-a", b"1")]))
+    for _ in range(5):  # turns of the loop: the answer is still held
+        await asyncio.sleep(0)
+    assert not answer.done() and cycle.transport.written == [] and not completed
+    cycle.flow.write_paused = False
+    cycle.flow.writable.set()  # the client read: the transport is writable again
+    await answer
+    (written,) = cycle.transport.written
+    head, _, body = written.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n") == [
+        b"HTTP/1.1 404 Not Found",
+        b"date: Sat, 05 Dec 2026 18:00:00 GMT",
+        b"x-a: 1",
+        b"content-length: 12",
+        b"connection: close",
+    ]
+    assert body == b'{"error":{}}'
+    assert cycle.response_complete and cycle.message_event.is_set() and completed == [True]
+    assert cycle.transport.closed  # not kept alive: closed once answered

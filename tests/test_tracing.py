@@ -104,6 +104,7 @@ async def test_spans_cover_request_engine_store_and_outbound(
     log_decisions(engine)
     await engine.start(background=False)
     records = Records()
+    levels = [(lg, lg.level) for lg in (ACCESS, DECISION)]
     for lg in (ACCESS, DECISION):
         lg.addHandler(records)
         lg.setLevel(logging.INFO)
@@ -166,8 +167,9 @@ async def test_spans_cover_request_engine_store_and_outbound(
         assert by_name  # the sweep's own spans
         assert any(s.name == "writ.sweep" for s in spans.get_finished_spans())
     finally:
-        for lg in (ACCESS, DECISION):
+        for lg, level in levels:
             lg.removeHandler(records)
+            lg.setLevel(level)  # as it was: later tests take the hot routes' shortest way
         await engine.stop()
         hook.server.shutdown()
         hook.server.server_close()

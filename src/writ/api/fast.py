@@ -4,6 +4,7 @@ it, and the body limits, in front of FastAPI (:class:`WritApp`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -45,6 +46,8 @@ log = logging.getLogger("writ.server")
 # built once: json.dumps builds an encoder per call
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _JSON = (b"content-type", b"application/json")
+# in place of a span when tracing is off (reusable: it holds nothing)
+_UNTRACED: contextlib.nullcontext[dict[str, str]] = contextlib.nullcontext({})
 # a Content-Length the shortest way in reads: digits, no more than MAX_BODY has
 _LENGTH_DIGITS = len(str(MAX_BODY))
 # a fencing token as the lean path takes it: what FastAPI's int parameter reads the same way
@@ -203,46 +206,29 @@ class FastLeases:
         writer, and the writer's answer is still what is sent: it says what was done. With
         tracing on, the call is a span, and the writer's work on it continues it."""
         op = "acquire" if lease_id is None else "release"
-        if not tracing.enabled():
-            return await self._call(link, op, scope, receive, token, lease_id, body, wait_s)
-        with tracing.span(f"writ.relay.{op}") as carrier:
-            trace = carrier.get("traceparent")
-            return await self._call(link, op, scope, receive, token, lease_id, body, wait_s, trace)
-
-    async def _call(
-        self,
-        link: _Link,
-        op: str,
-        scope: Scope,
-        receive: Receive,
-        token: str,
-        lease_id: str | None,
-        body: bytes,
-        wait_s: Any,
-        traceparent: str | None = None,
-    ) -> _Outcome | None:
         relay = self.relay
         assert relay is not None
-        try:
-            rid = request_id.get()
-            sent = link.call(op, token, lease_id, body, rid, wait_s or 0, traceparent)
-            if sent is None:
-                return None
-            relay.counts["relayed"] += 1
-            call_id, fut = sent
-            if wait_s:
-                why = await _interrupted(fut, receive, self.draining)
-                if why is not None:
-                    link.cancel(call_id, why)
-                    try:
-                        await asyncio.wait_for(asyncio.shield(fut), CANCEL_WAIT_S)
-                    except TimeoutError:
-                        link.forget(call_id)
-                        raise Unavailable(LOST) from None
-            a = await fut
-        except Unavailable as err:
-            relay.counts["lost"] += 1
-            a = Answer(*_refusal(err))
+        with tracing.span(f"writ.relay.{op}") if tracing.enabled() else _UNTRACED as carrier:
+            try:
+                trace = carrier.get("traceparent")
+                sent = link.call(op, token, lease_id, body, request_id.get(), wait_s or 0, trace)
+                if sent is None:
+                    return None
+                relay.counts["relayed"] += 1
+                call_id, fut = sent
+                if wait_s:
+                    why = await _interrupted(fut, receive, self.draining)
+                    if why is not None:
+                        link.cancel(call_id, why)
+                        try:
+                            await asyncio.wait_for(asyncio.shield(fut), CANCEL_WAIT_S)
+                        except TimeoutError:
+                            link.forget(call_id)
+                            raise Unavailable(LOST) from None
+                a = await fut
+            except Unavailable as err:
+                relay.counts["lost"] += 1
+                a = Answer(*_refusal(err))
         if a.status == NOT_RUN:
             return None
         scope["writ.principal"] = a.principal
@@ -265,10 +251,10 @@ class FastLeases:
         and with tracing on its work is a span of that server's trace (``traceparent``)."""
         if rid is not None and _GOOD_ID.match(rid):  # as writ.api.ops takes X-Request-Id
             request_id.set(rid)  # this call's task only
-        if tracing.enabled():
-            with tracing.continued(f"writ.relayed.{op}", traceparent):
-                return await self._relayed(op, token, lease_id, body, hung_up, drain)
-        return await self._relayed(op, token, lease_id, body, hung_up, drain)
+        with (
+            tracing.continued(f"writ.relayed.{op}", traceparent) if tracing.enabled() else _UNTRACED
+        ):
+            return await self._relayed(op, token, lease_id, body, hung_up, drain)
 
     async def _relayed(
         self,
@@ -492,7 +478,7 @@ class WritApp(FastAPI):
                 return
             status, answer, retry = out
             headers = [_JSON] if retry is None else [_JSON, (b"retry-after", b"%d" % retry)]
-            direct_answer(cycle, status, answer, headers)
+            await direct_answer(cycle, status, answer, headers)
         finally:
             if metrics is not None:
                 record(metrics, scope["method"], route, status, time.perf_counter() - start, answer)

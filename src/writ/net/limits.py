@@ -264,15 +264,22 @@ class _OneSend:
         return getattr(self.transport, name)
 
 
-def direct_answer(cycle: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+async def direct_answer(
+    cycle: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
     """Answer ``cycle``'s request (uvicorn's ``RequestResponseCycle``) with ``status``,
     ``headers`` and ``body`` in one write, as the two ``send`` calls of the ASGI messages
     would (the server's default headers, ``Content-Length``, ``Connection: close`` when the
     connection is not kept), and complete it as they do: the connection goes on to its next
-    request, or closes. For an app's ``direct(cycle)``: given that hook, this protocol runs
-    the coroutine it returns in place of the app for that request (None: the app as usual),
-    inside ``cycle.run_asgi`` so a failure is answered and logged as the app's would be.
+    request, or closes. Like them it first waits while the client is not reading what was
+    written (the transport's buffer over its high-water mark): a client that pipelines
+    requests and never reads the answers stalls its own connection, not the server's memory.
+    For an app's ``direct(cycle)``: given that hook, this protocol runs the coroutine it
+    returns in place of the app for that request (None: the app as usual), inside
+    ``cycle.run_asgi`` so a failure is answered and logged as the app's would be.
     ``headers`` are the app's own, never the client's: they are not checked again."""
+    if cycle.flow.write_paused and not cycle.disconnected:
+        await cycle.flow.drain()
     if cycle.disconnected or cycle.response_started:
         return
     cycle.response_started = True
@@ -415,7 +422,7 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             # an app may answer a request on the connection's own cycle (see direct_answer)
             work = None
             direct = getattr(app, "direct", None)
-            if direct is not None and not self.config.reset_contextvars:
+            if direct is not None and not getattr(self.config, "reset_contextvars", False):
                 work = direct(cycle)
             if work is None:
                 super()._start_asgi_task(cycle, app)

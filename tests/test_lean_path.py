@@ -1,4 +1,4 @@
-"""The shortest way into the lean path (``WritApp.direct``, the listener's hook
+"""The shortest way into the lean path (``WritApp.writ_direct``, the listener's hook
 ``writ.net.limits.direct_answer``): a plain request for a hot route skips the ASGI layers
 in front of it (OpsFront, LimitBody, TextURL) and uvicorn's ASGI messages, and is measured
 as the layers would measure it. Its answers and its metrics must be the layers' own,
@@ -422,3 +422,24 @@ async def test_a_direct_answer_waits_while_the_client_does_not_read() -> None:
     assert body == b'{"error":{}}'
     assert cycle.response_complete and cycle.message_event.is_set() and completed == [True]
     assert cycle.transport.closed  # not kept alive: closed once answered
+
+
+async def test_a_hook_that_fails_costs_the_request_nothing(
+    backend: Backend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Should the hook itself raise (a bug), the request is the app's to answer, as if
+    there were no hook, and the log says so."""
+    async with world(backend, tmp_path, monkeypatch) as w, served(w):
+        layered = _spy_front(w.app)
+
+        def broken(cycle: Any) -> Any:
+            raise RuntimeError("a bug in the hook")
+
+        monkeypatch.setattr(w.app, "writ_direct", broken)
+        r = await w.lease("perf-agent", "prod/db/h")
+        assert r.status_code == 201, r.text
+        assert layered == [LEASES]
+        assert "the direct answer's hook failed" in caplog.text

@@ -432,7 +432,7 @@ class WritApp(FastAPI):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.front(scope, receive, send)
 
-    def direct(self, cycle: Any) -> Coroutine[Any, Any, None] | None:
+    def writ_direct(self, cycle: Any) -> Coroutine[Any, Any, None] | None:
         """The listener's hook (:func:`writ.net.limits.direct_answer`): for a plain request
         for a hot route, that the layers would only measure and pass on, the coroutine that
         answers it on the connection's ``cycle``; None for any other (the app as usual)."""

@@ -274,7 +274,7 @@ async def direct_answer(
     request, or closes. Like them it first waits while the client is not reading what was
     written (the transport's buffer over its high-water mark): a client that pipelines
     requests and never reads the answers stalls its own connection, not the server's memory.
-    For an app's ``direct(cycle)``: given that hook, this protocol runs the coroutine it
+    For an app's ``writ_direct(cycle)``: given that hook, this protocol runs the coroutine it
     returns in place of the app for that request (None: the app as usual), inside
     ``cycle.run_asgi`` so a failure is answered and logged as the app's would be.
     ``headers`` are the app's own, never the client's: they are not checked again."""
@@ -421,9 +421,12 @@ def guarded_protocol(limits: Limits) -> type[Any]:
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             # an app may answer a request on the connection's own cycle (see direct_answer)
             work = None
-            direct = getattr(app, "direct", None)
+            direct = getattr(app, "writ_direct", None)
             if direct is not None and not getattr(self.config, "reset_contextvars", False):
-                work = direct(cycle)
+                try:
+                    work = direct(cycle)
+                except Exception:  # a bug in the hook must not cost the request: the app's way
+                    log.exception("the direct answer's hook failed; the app answers instead")
             if work is None:
                 super()._start_asgi_task(cycle, app)
                 return

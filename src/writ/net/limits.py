@@ -306,6 +306,25 @@ async def direct_answer(
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 
 
+def _started_direct(protocol: Any, cycle: Any, app: Any) -> bool:
+    """Start the task of the coroutine ``app``'s ``writ_direct`` hook gives for ``cycle``
+    (see :func:`direct_answer`), as uvicorn starts an app's; False when it gives none."""
+    direct = getattr(app, "writ_direct", None)
+    if direct is None or getattr(protocol.config, "reset_contextvars", False):
+        return False
+    try:
+        work = direct(cycle)
+    except Exception:  # a bug in the hook must not cost the request: the app's way
+        log.exception("the direct answer's hook failed; the app answers instead")
+        return False
+    if work is None:
+        return False
+    task = protocol.loop.create_task(work)
+    task.add_done_callback(protocol.tasks.discard)
+    protocol.tasks.add(task)
+    return True
+
+
 def _flush_head(protocol: Any) -> None:
     """Before the connection writes on its own: the head a response holds goes first."""
     cycle = protocol.cycle
@@ -419,20 +438,8 @@ def guarded_protocol(limits: Limits) -> type[Any]:
                 self.cycle.transport = _OneSend(self.transport, self.loop)  # type: ignore[assignment]
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-            # an app may answer a request on the connection's own cycle (see direct_answer)
-            work = None
-            direct = getattr(app, "writ_direct", None)
-            if direct is not None and not getattr(self.config, "reset_contextvars", False):
-                try:
-                    work = direct(cycle)
-                except Exception:  # a bug in the hook must not cost the request: the app's way
-                    log.exception("the direct answer's hook failed; the app answers instead")
-            if work is None:
+            if not _started_direct(self, cycle, app):
                 super()._start_asgi_task(cycle, app)
-                return
-            task = self.loop.create_task(work)
-            task.add_done_callback(self.tasks.discard)
-            self.tasks.add(task)
 
         def send_400_response(self, msg: str) -> None:
             _flush_head(self)  # a bad request after a good one: the good one's answer first

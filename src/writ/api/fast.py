@@ -407,9 +407,11 @@ class WritApp(FastAPI):
 
     A request for a hot route that those layers would only measure and pass on (no access
     log or trace to write, nothing for ``LimitBody`` or ``TextURL`` to refuse: see
-    :func:`_plain`) goes straight to :class:`FastLeases` and is measured here, as
-    :class:`OpsFront` would measure it: the same answer, one coroutine instead of five. If
-    the lean path does not take it after all, it goes through :attr:`front` as before."""
+    :func:`_plain`) is handed by the listener (``writ serve``'s protocol,
+    :mod:`writ.net.limits`) to :meth:`writ_direct` instead: it goes straight to
+    :class:`FastLeases`, is answered in one write on the connection, and is measured here as
+    :class:`OpsFront` would measure it — the same answer, without the ASGI messages. If the
+    lean path does not take it after all, it goes through :attr:`front` as before."""
 
     def __init__(self, engine: Engine, relay_dir: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

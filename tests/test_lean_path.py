@@ -443,3 +443,63 @@ async def test_a_hook_that_fails_costs_the_request_nothing(
         assert r.status_code == 201, r.text
         assert layered == [LEASES]
         assert "the direct answer's hook failed" in caplog.text
+
+
+async def test_a_100_continue_goes_before_the_answer(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Expect: 100-continue`` with the body sent at once: the interim answer uvicorn
+    writes when the body is read leaves before the final one, even when the final one is
+    ready without a turn of the loop (a refusal with the token already known) — and the
+    connection serves the next request."""
+    async with world(backend, tmp_path, monkeypatch) as w, served(w) as port:
+        layered = _spy_front(w.app)
+        token = w.tokens["perf-agent"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        warm = json.dumps({"resource": "prod/db/c0", "intent": "x"}).encode()
+        writer.write(_request("POST", LEASES, token, warm))  # the token is known after this
+        ((status, _, _),) = await _answers(reader, 1)
+        assert status == 201
+        refused = json.dumps({"resource": 5, "intent": "x"}).encode()
+        writer.write(_request("POST", LEASES, token, refused, "expect: 100-continue"))
+        assert await reader.readline() == b"HTTP/1.1 100 Continue\r\n"
+        assert await reader.readline() == b"\r\n"
+        ((status, _, body),) = await _answers(reader, 1)
+        assert status == 422 and body["error"]["field"] == "resource", body
+        writer.write(_request("POST", "/v1/leases/ls_none/release", token))
+        ((status, _, _),) = await _answers(reader, 1)
+        assert status == 404
+        writer.close()
+        assert layered == []
+
+
+def test_servers_whose_frames_differ_never_relay_to_each_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The frames' shape is part of a server's identity: during a rolling upgrade, a build
+    whose calls the other would refuse is refused at its hello, and each writes itself."""
+    from writ.api import relay
+
+    engine = SimpleNamespace(
+        store=SimpleNamespace(url="postgresql://db:5432/writ", schema="s"),
+        policy=SimpleNamespace(to_dict=lambda: {"mode": "open"}),
+    )
+    now = relay.identity_of(engine)
+    monkeypatch.setattr(relay, "WIRE", relay.WIRE + 1)
+    assert relay.identity_of(engine) != now
+    assert f"wire={relay.WIRE - 1}" in now
+
+
+async def test_the_hook_skips_exactly_the_layers_it_knows(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``writ_direct`` stands in for OpsFront, LimitBody and TextURL, and only for them: a
+    layer added to the chain later would be skipped on the hot routes too, so the chain is
+    named here, and adding one means deciding whether the hot routes may go around it."""
+    async with world(backend, tmp_path, monkeypatch) as w:
+        chain, front = [], w.app.front
+        while not isinstance(front, FastLeases):
+            chain.append(type(front).__name__)
+            front = front.app
+        assert chain == ["OpsFront", "LimitBody", "TextURL"], chain
+        assert front is w.app.leases and w.app.ops is w.app.front

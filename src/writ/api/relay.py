@@ -61,6 +61,7 @@ from writ.api.relay_wire import (
     MAX_INSTANCE,
     MAX_TRACEPARENT,
     NOT_RUN,
+    WIRE,
     Answer,
     _frame,
     _Frames,
@@ -106,10 +107,11 @@ Relayed = Callable[
 
 
 def identity_of(engine: Any) -> str:
-    """What servers must share to relay to each other, said in their hello: writ's version,
-    the store (host, port, database and schema; never a credential) and a digest of the
-    policy. Two spellings of one store differ here, and then the servers do not relay:
-    each writes itself, which is always right."""
+    """What servers must share to relay to each other, said in their hello: writ's version
+    and the shape of its frames (``WIRE``), the store (host, port, database and schema;
+    never a credential) and a digest of the policy. Two spellings of one store differ here,
+    and then the servers do not relay: each writes itself, which is always right — as do
+    two builds whose frames differ, during a rolling upgrade."""
     from writ._version import __version__
 
     store = engine.store
@@ -121,7 +123,7 @@ def identity_of(engine: Any) -> str:
     digest = hashlib.sha256(json.dumps(policy, sort_keys=True, default=str).encode()).hexdigest()[
         :12
     ]
-    return f"writ {__version__} {where} schema={schema} policy={digest}"
+    return f"writ {__version__} wire={WIRE} {where} schema={schema} policy={digest}"
 
 
 def check_directory(path: str) -> str:

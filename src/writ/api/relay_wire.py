@@ -33,6 +33,9 @@ MAX_HEADER = 64 << 10
 MAX_BODY = 8 << 20  # a request's body is at most 1 MiB (LimitBody); an answer is small
 MAX_INSTANCE = 64  # a store's instance id (PostgreSQL's: 12 hex digits)
 MAX_TRACEPARENT = 64  # W3C's traceparent is 55 characters
+# the frames' shape, named in a server's identity: servers whose frames differ never relay
+# to each other (2: a call carries its traceparent)
+WIRE = 2
 CANCEL_WAIT_S = 10.0  # after a cancel, how long a server waits for the writer's last word
 # a call that does not wait is answered within the store's own bounds (a pool checkout,
 # a statement: seconds); one unanswered after this long means the writer is stuck

@@ -292,7 +292,8 @@ async def direct_answer(
         head.append(b"connection: close\r\n")
     head += (b"\r\n", body)
     transport = cycle.transport
-    if isinstance(transport, _OneSend):  # nothing held: this is the whole answer
+    if isinstance(transport, _OneSend):  # what it holds (a 100 Continue) leaves first
+        transport.flush()
         transport = transport.transport
     transport.write(b"".join(head))
     cycle.response_complete = True

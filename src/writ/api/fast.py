@@ -97,19 +97,31 @@ class FastLeases:
         if route is None:
             await self.app(scope, receive, send)
             return
-        body = b""
-        if route != FENCE:
-            got = await _body(receive)
-            if got is None:
-                return  # the client went away before sending its body
-            body = got
-        out = await self.answer(route, scope, body, receive)
+        taken = await self.take(route, scope, receive)
+        if taken is None:
+            return  # the client went away before sending its body
+        out, receive = taken
         if out is None:
-            if route != FENCE:  # what was read goes on
-                receive = _replay([_whole(body)], receive)
             await self.app(scope, receive, send)
         else:
             await _send_json(send, *out)
+
+    async def take(
+        self, route: str, scope: Scope, receive: Receive
+    ) -> tuple[_Outcome | None, Receive] | None:
+        """Read the body of a request for ``route`` and :meth:`answer` it: the answer (None
+        when the lean path does not take it) and the ``receive`` to pass it on with, which
+        hands back what was read first; None if the client went away before its body."""
+        body = b""
+        if route != FENCE:  # a fencing check's body, if any, is left unread
+            got = await _body(receive)
+            if got is None:
+                return None
+            body = got
+        out = await self.answer(route, scope, body, receive)
+        if out is None and route != FENCE:
+            receive = _replay([_whole(body)], receive)
+        return out, receive
 
     async def answer(
         self, route: str, scope: Scope, body: bytes, receive: Receive
@@ -465,17 +477,12 @@ class WritApp(FastAPI):
         start = time.perf_counter()
         status, answer = 500, b""
         try:
-            body = b""
-            if route != FENCE:
-                got = await _body(receive)
-                if got is None:
-                    return
-                body = got
-            out = await self.leases.answer(route, scope, body, receive)
-            if out is None:
+            taken = await self.leases.take(route, scope, receive)
+            if taken is None:
+                return
+            out, receive = taken
+            if out is None:  # not the lean path's after all: the layers, which measure it
                 metrics = None
-                if route != FENCE:
-                    receive = _replay([_whole(body)], receive)
                 await self.front(scope, receive, send)
                 return
             status, answer, retry = out

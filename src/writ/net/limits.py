@@ -284,7 +284,7 @@ async def direct_answer(
         return
     cycle.response_started = True
     cycle.waiting_for_100_continue = False
-    head = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
+    head = [_STATUS_LINES[status]]
     for name, value in (*cycle.default_headers, *headers):
         head += (name, b": ", value, b"\r\n")
     head += (b"content-length: ", str(len(body)).encode(), b"\r\n")
@@ -303,8 +303,17 @@ async def direct_answer(
     cycle.on_response()
 
 
-# each status's line as uvicorn writes it
-_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase.encode()
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+
+
+# each status's line as uvicorn writes it (its table, built the same way; the listener's
+# module does not import uvicorn until it serves)
+_STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
 
 
 def _started_direct(protocol: Any, cycle: Any, app: Any) -> bool:

@@ -30,7 +30,7 @@ from writ.api.fast import FastLeases, _plain
 from writ.api.middleware import MAX_BODY, MAX_HEADERS
 from writ.api.ops import FENCE, LEASES, RELEASE
 from writ.api.serve import uvicorn_options
-from writ.net.limits import direct_answer
+from writ.net.limits import Limits, direct_answer
 from writ.telemetry import tracing
 
 
@@ -43,11 +43,12 @@ def as_served(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch)
 
 
 @contextlib.asynccontextmanager
-async def served(w: World) -> AsyncIterator[int]:
-    """``w``'s app on a real port, under uvicorn with the protocol ``writ serve`` runs;
-    ``w.http`` talks to it there until the block ends. Yields the port."""
+async def served(w: World, limits: Limits | None = None) -> AsyncIterator[int]:
+    """``w``'s app on a real port, under uvicorn with the protocol ``writ serve`` runs
+    (within ``limits``, by default its own); ``w.http`` talks to it there until the block
+    ends. Yields the port."""
     port = free_port()
-    options = uvicorn_options("127.0.0.1", port, "warning")
+    options = uvicorn_options("127.0.0.1", port, "warning", limits)
     config = uvicorn.Config(w.app, lifespan="off", **options)  # the world started its engine
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -329,38 +330,34 @@ async def test_the_connection_behaves_as_uvicorns_own(
 async def test_a_waiter_that_hangs_up_leaves_the_queue(
     backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A direct acquire that waits (``wait_s``) and whose caller hangs up gives up its place:
-    the holder's release grants nothing to it."""
+    """A direct acquire that waits (``wait_s``) and whose caller hangs up gives up its place
+    (its ``lease.denied`` row says so): the holder's release grants nothing to it."""
     async with world(backend, tmp_path, monkeypatch) as w, served(w) as port:
         held = (await w.lease("admin", "prod/db/q", ttl_s=300)).json()
         wait = json.dumps({"resource": "prod/db/q", "intent": "x", "wait_s": 30}).encode()
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(_request("POST", LEASES, w.tokens["perf-agent"], wait))
         await writer.drain()
-
-        async def queued() -> int:
-            return len((await w.engine.resource_status("prod/db/q"))["queue"])
-
-        await wait_until(lambda: queued(), "the acquire joins the queue")
+        after = await _next_row(w, "lease.queued", 0)
+        assert len((await w.engine.resource_status("prod/db/q"))["queue"]) == 1
         writer.close()
-        await wait_until(lambda: _zero(queued()), "its caller hung up: the waiter leaves")
+        await _next_row(w, "lease.denied", after)
+        assert (await w.engine.resource_status("prod/db/q"))["queue"] == []
         r = await w.post("admin", f"/v1/leases/{held['lease_id']}/release")
         assert r.status_code == 200
         granted = [x for x in await w.rows("lease.granted") if x["resource"] == "prod/db/q"]
         assert len(granted) == 1, granted  # the admin's own, nothing after the release
 
 
-async def _zero(n: Any) -> bool:
-    return await n == 0
-
-
-async def wait_until(probe: Any, what: str, seconds: float = 10.0) -> None:
-    """Until ``await probe()`` is truthy, on the loop's own clock; fails naming ``what``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not await probe():
-        assert loop.time() < deadline, what
-        await asyncio.sleep(0.01)
+async def _next_row(w: World, event: str, after: int) -> int:
+    """Wait, on the engine's event feed (no polling), for the next ``event`` row after
+    ``after``; the feed's position past it."""
+    while True:
+        out = await w.engine.events(None, after, wait_s=10)
+        assert out["rows"], f"no {event} row in time"
+        after = out["next_after_seq"]
+        if any(row["event"] == event for row in out["rows"]):
+            return int(after)
 
 
 class _Flow:
@@ -503,3 +500,122 @@ async def test_the_hook_skips_exactly_the_layers_it_knows(
             front = front.app
         assert chain == ["OpsFront", "LimitBody", "TextURL"], chain
         assert front is w.app.leases and w.app.ops is w.app.front
+
+
+_DEEP = b"[" * 1000 + b"]" * 1000
+_JSON_CT = "content-type: application/json"
+# (path, header lines after Host, body); "LEN" stands for a Content-Length of the body
+_HOSTILE: list[tuple[str, list[str], bytes]] = [
+    (LEASES, ["AUTH", _JSON_CT, "LEN"], b'{"resource":"prod/db/a\\ud800","intent":"x"}'),
+    (LEASES, ["AUTH", _JSON_CT, "LEN"], b'{"resource":"prod/db/a","intent":"a\\u0000b"}'),
+    (
+        LEASES,
+        ["AUTH", _JSON_CT, "LEN"],
+        b'{"resource":"prod/db/a","intent":"x","touches":' + _DEEP + b"}",
+    ),
+    (LEASES, ["AUTH", _JSON_CT, "LEN"], b'{"resource":"prod/db/a","intent":"x","ttl_s":true}'),
+    (LEASES, ["AUTH", _JSON_CT, "LEN"], b'{"resource":"prod/db/a","intent":"x","ttl_s":"30"}'),
+    (LEASES, ["AUTH", _JSON_CT, "LEN"], b'{"resource":"prod/db/a","intent":"x","wait_s":true}'),
+    (LEASES, ["AUTH", _JSON_CT, "LEN"], b"[]"),
+    (LEASES, ["AUTH", "LEN"], b'{"resource":"prod/db/a","intent":"x"}'),  # no content type
+    (LEASES, ["AUTH", "content-type: text/plain", _JSON_CT, "LEN"], b'{"resource":"prod/db/a"}'),
+    (LEASES, ["authorization_: Bearer TOKEN", _JSON_CT, "LEN"], b'{"resource":"prod/db/a"}'),
+    (LEASES, ["AUTH", _JSON_CT, "content_length: 30"], b'{"resource":"prod/db/a"}'),
+    (LEASES, ["AUTH", _JSON_CT, "content-length: +24"], b'{"resource":"prod/db/a"}'),
+    (LEASES, ["authorization: Bearer t\xf6k", _JSON_CT, "LEN"], b'{"resource":"prod/db/a"}'),
+    (LEASES + "?x=%01", ["AUTH", _JSON_CT, "LEN"], b'{"resource":"prod/db/a","intent":"x"}'),
+    ("/v1/leases/ls_%2e%2e/release", ["AUTH"], b""),
+    ("/v1/leases/a%2Fb/release", ["AUTH"], b""),
+    ("/v1/leases/ls_%00/release", ["AUTH"], b""),
+    ("/v1/leases/ls_%F0%9F%94%92/release", ["AUTH"], b""),
+    (FENCE + "?resource=prod%2Fdb&token=1&token=2", ["AUTH"], b""),
+    (FENCE + "?resource=prod/db%00&token=1", ["AUTH"], b""),
+]
+
+
+async def _once(port: int, token: str, path: str, lines: list[str], body: bytes) -> Any:
+    """One hostile request on a connection of its own: what its (first) answer says."""
+    method = "GET" if path.startswith(FENCE) else "POST"
+    head = [f"{method} {path} HTTP/1.1", "host: writ", "connection: close"]
+    for line in lines:
+        head.append(
+            f"authorization: Bearer {token}"
+            if line == "AUTH"
+            else f"content-length: {len(body)}"
+            if line == "LEN"
+            else line.replace("TOKEN", token)
+        )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write("\r\n".join([*head, "", ""]).encode("latin-1") + body)
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    payload = rest.partition(b"\r\n\r\n")[2]
+    try:
+        err = json.loads(payload)["error"]
+        said: Any = (err["code"], err.get("field"))
+    except (ValueError, KeyError, TypeError):  # uvicorn's own 400, or not an error
+        said = payload[:80]
+    return int(status_line.split()[1]), said
+
+
+async def test_hostile_requests_are_answered_the_same_either_way(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Text that is not text, JSON a thousand deep, booleans and strings where numbers go,
+    a header spelled with an underscore, a signed or missing length, a token that is not
+    ASCII, encoded paths (dots, a slash, a NUL, an emoji), a repeated or non-text query:
+    each gets the same status and error from the shortest way as from the layers, never a
+    5xx; every acquire and release among them is refused, and nothing is granted."""
+    async with world(backend, tmp_path, monkeypatch) as w, served(w) as port:
+        token = w.tokens["perf-agent"]
+        ops, w.app.ops = w.app.ops, None
+        layered = [await _once(port, token, *case) for case in _HOSTILE]
+        w.app.ops = ops
+        through_layers = _spy_front(w.app)
+        direct = [await _once(port, token, *case) for case in _HOSTILE]
+        # the plain ones among them (bad values in a plain request) took the shortest way
+        assert 5 <= len(_HOSTILE) - len(through_layers) < len(_HOSTILE), through_layers
+        assert direct == layered, list(zip(_HOSTILE, direct, layered, strict=True))
+        assert all(status < 500 for status, _ in direct), direct
+        # every acquire and release here is refused (a repeated fencing token is answered)
+        posts = [d for c, d in zip(_HOSTILE, direct, strict=True) if not c[0].startswith(FENCE)]
+        assert all(400 <= status < 500 for status, _ in posts), posts
+        assert [r for r in await w.rows("lease.granted") if r["resource"] == "prod/db/a"] == []
+
+
+async def test_a_client_that_never_finishes_its_body_is_cut_off(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain acquire whose body stops short of its Content-Length: the listener's body
+    deadline answers 408 and closes, the direct way's task ends (counted as OpsFront counts
+    a client gone before its body: 500), and the server serves the next request."""
+    quick = Limits(max_header_bytes=MAX_HEADERS, body_timeout=0.3)
+    async with world(backend, tmp_path, monkeypatch) as w, served(w, quick) as port:
+        token = w.tokens["perf-agent"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = _request("POST", LEASES, token, b'{"resource":"prod/db/slow","intent":"x"}')
+        writer.write(head[:-10])  # all but the body's last ten bytes
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        assert status_line.startswith(b"HTTP/1.1 408"), status_line
+        rest = await asyncio.wait_for(reader.read(), 10)  # to the end: the server closed it
+        assert rest.endswith(b"}") and b'"error"' in rest, rest
+        writer.close()
+        r = await w.lease("perf-agent", "prod/db/after")
+        assert r.status_code == 201, r.text
+        found = samples((await w.http.get("/metrics")).text)
+        key = (
+            "writ_http_request_duration_seconds_count",
+            frozenset({"method": "POST", "route": LEASES, "status": "500"}.items()),
+        )
+        assert found.get(key) == 1, {k: v for k, v in found.items() if "duration" in k[0]}
+        assert [r for r in await w.rows("lease.granted") if r["resource"] == "prod/db/slow"] == []
+
+
+def test_a_direct_answers_status_line_is_uvicorns() -> None:
+    """The status lines a direct answer writes are the ones uvicorn's ``send`` writes."""
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+
+    from writ.net.limits import _STATUS_LINES
+
+    assert _STATUS_LINES == STATUS_LINE

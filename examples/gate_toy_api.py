@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -42,16 +43,24 @@ async def admin_api(request: Request) -> JSONResponse:
     return JSONResponse({"applied": True})
 
 
-def start_api() -> str:
+def start_api() -> tuple[str, Callable[[], None]]:
+    """The toy admin API on a free port, in a thread: its URL, and how to stop it (a server
+    left running in a thread when Python exits can take the interpreter down with it)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     app = Starlette(routes=[Route("/{path:path}", admin_api, methods=["GET", "POST"])])
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
     while not server.started:
         time.sleep(0.01)
-    return f"http://127.0.0.1:{port}"
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(10)
+
+    return f"http://127.0.0.1:{port}", stop
 
 
 def start_gate(token: str, upstream: str, routes: Path) -> tuple[subprocess.Popen[str], str]:
@@ -92,7 +101,7 @@ def main() -> None:
     routes.write_text(f'[[route]]\npath = "/admin/db/*"\nresource = "{db}"\n')
     print(f"routes.toml:\n{routes.read_text()}")
 
-    api = start_api()
+    api, stop_api = start_api()
     proc, gate = start_gate(gate_token, api, routes)
     print(f"admin API at {api}, writ gate at {gate}\n")
     try:
@@ -127,6 +136,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+        stop_api()
 
 
 if __name__ == "__main__":

@@ -612,6 +612,35 @@ async def test_a_client_that_never_finishes_its_body_is_cut_off(
         assert [r for r in await w.rows("lease.granted") if r["resource"] == "prod/db/slow"] == []
 
 
+async def test_a_request_handed_to_the_layers_counts_from_its_start(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An acquire the lean path reads and then hands to the layers (a field it does not
+    take) is timed from its start, as the layers time any request: its slow upload counts."""
+    gap = 0.3
+    async with world(backend, tmp_path, monkeypatch) as w, served(w) as port:
+        layered = _spy_front(w.app)
+        key = (
+            "writ_http_request_duration_seconds_sum",
+            frozenset({"method": "POST", "route": LEASES, "status": "201"}.items()),
+        )
+        before = samples((await w.http.get("/metrics")).text).get(key, 0.0)
+        body = b'{"resource":"prod/db/upload","intent":"x","consent_id":null}'
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = _request("POST", LEASES, w.tokens["perf-agent"], body)
+        writer.write(head[:-10])  # the headers and most of the body
+        await writer.drain()
+        await asyncio.sleep(gap)  # a slow client: the body's end comes later
+        writer.write(head[-10:])
+        [(status, _, lease)] = await _answers(reader, 1)
+        writer.close()
+        assert status == 201, lease
+        assert LEASES in layered  # it went through the layers, which measured it
+        found = samples((await w.http.get("/metrics")).text)
+        took = found.get(key, 0.0) - before
+        assert took >= gap, took
+
+
 def test_a_direct_answers_status_line_is_uvicorns() -> None:
     """The status lines a direct answer writes are the ones uvicorn's ``send`` writes."""
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE

@@ -27,7 +27,7 @@ from writ.api.middleware import (
     _send_json,
     _unless_hung_up,
 )
-from writ.api.ops import _GOOD_ID, FENCE, LEASES, RELEASE, OpsFront, record
+from writ.api.ops import _GOOD_ID, FENCE, LEASES, RELEASE, STARTED, OpsFront, record
 from writ.api.relay import Relay, identity_of
 from writ.api.relay_wire import CANCEL_WAIT_S, LOST, NOT_RUN, Answer, _Link
 from writ.api.url_text import TextURL, url_problem
@@ -483,6 +483,7 @@ class WritApp(FastAPI):
             out, receive = taken
             if out is None:  # not the lean path's after all: the layers, which measure it
                 metrics = None
+                scope[STARTED] = start  # from here, as for any request they measure
                 await self.front(scope, receive, send)
                 return
             status, answer, retry = out

@@ -442,6 +442,30 @@ async def test_wake_calls_the_holder_at_most_every_30_s(
         assert (await w.post("cost-agent", path, {"reason": "x"})).status_code == 410
 
 
+async def test_no_audit_row_carries_a_wake_routes_secret(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PagerDuty routing key or a Slack webhook URL is a secret: the rows a wake writes
+    (asked for, already woken, delivered) name the route redacted, as every other row does."""
+    key, hook = "PAGERKEYPAGERKEYPAGERKEY5678", "https://hooks.slack.com/services/T0/B0/HOOKSECRET"
+    async with world(backend, tmp_path, monkeypatch, OPEN_POLICY) as w:
+        await w.add("pager-agent", "agent", "vendor-a", wake=f"pagerduty:{key}")
+        await w.add("slack-agent", "agent", "vendor-a", wake=f"slack:{hook}")
+        for who, where in (("pager-agent", "billing/a"), ("slack-agent", "billing/b")):
+            lease = (await w.lease(who, where, ttl_s=600)).json()
+            for _ in range(2):  # the second: "already woken"
+                r = await w.post(
+                    "cost-agent", f"/v1/leases/{lease['lease_id']}/wake", {"reason": "x"}
+                )
+                assert r.status_code == 202, r.text
+        await w.engine.caller.drain()
+        assert len(w.calls) == 2  # both were called, with their secrets
+        rows = await w.rows()
+        assert {"wake.requested", "wake.delivered"} <= {r["event"] for r in rows}
+        for secret in (key, "HOOKSECRET"):
+            assert not [r for r in rows if secret in json.dumps(r)], secret
+
+
 async def test_explain_and_reload_over_http(
     backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -84,6 +84,7 @@ from writ.core.identity import Identity
 from writ.core.models import Lease, Principal
 from writ.core.validate import text
 from writ.engine.hooks import SYSTEM, EngineView, Request, Rule
+from writ.engine.wake_payloads import redact
 from writ.stores.base import Tx
 
 log = logging.getLogger("writ.authority")
@@ -428,7 +429,7 @@ class Authority(Rule):
                 "wake.requested",
                 me.name,
                 f"{me.name} asked writ to wake {lease.holder} ({why}): "
-                + (f"POST {route}" if route else "no wake route registered"),
+                + (f"POST {redact(route)}" if route else "no wake route registered"),
             )
             await tx.append(row)
             eng.call_later(

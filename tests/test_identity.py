@@ -4,6 +4,7 @@ loopback (started here), and the attacks: wrong claims, alg confusion, made-up k
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -142,12 +143,16 @@ class World:
         )
 
 
-@pytest.fixture
-async def world(
-    make_engine: Callable[..., Any], jwks: Jwks, rsa_key: Key, ec_key: Key, tmp_path: Path
+@contextlib.asynccontextmanager
+async def _world(
+    make_engine: Callable[..., Any],
+    jwks: Jwks,
+    rsa_key: Key,
+    ec_key: Key,
+    tmp_path: Path,
+    a_bounds: str = "",
+    b_bounds: str = "",
 ) -> AsyncIterator[World]:
-    """Issuer A (RSA) publishes on the JWKS server; issuer B (EC) in a file next to the
-    policy; agents perf-agent and cost-agent are registered."""
     jwks.keys = [rsa_key.jwk]
     (tmp_path / "b-keys.json").write_text(json.dumps({"keys": [ec_key.jwk]}))
     policy = tmp_path / "writ.toml"
@@ -157,25 +162,38 @@ async def world(
 issuer = "{RSA_ISS}"
 audience = "writ"
 jwks_url = "{jwks.url}"
+{a_bounds}
 
 [[identity.jwt]]
 issuer = "{EC_ISS}"
 audience = "writ"
 jwks_file = "b-keys.json"
 claim = "writ_principal"
+{b_bounds}
 """
     )
     from writ.core.policy import load
 
     engine: Engine = await make_engine(load(policy))
     _, admin = await engine.add_principal(None, "boss", "human", admin=True)
-    await engine.add_principal(None, "perf-agent", "agent")
-    await engine.add_principal(None, "cost-agent", "agent")
+    await engine.add_principal(None, "perf-agent", "agent", vendor="vendor-a")
+    await engine.add_principal(None, "cost-agent", "agent", vendor="vendor-b")
     app = create_app(engine, start_engine=False)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://writ"
     ) as http:
         yield World(engine, http, admin)
+
+
+@pytest.fixture
+async def world(
+    make_engine: Callable[..., Any], jwks: Jwks, rsa_key: Key, ec_key: Key, tmp_path: Path
+) -> AsyncIterator[World]:
+    """Issuer A (RSA) publishes on the JWKS server; issuer B (EC) in a file next to the
+    policy; agents perf-agent (vendor-a) and cost-agent (vendor-b) are registered; neither
+    issuer's table bounds whom it vouches for."""
+    async with _world(make_engine, jwks, rsa_key, ec_key, tmp_path) as w:
+        yield w
 
 
 def _refused(r: httpx.Response, *words: str) -> None:
@@ -209,6 +227,52 @@ async def test_a_jwt_acts_as_the_principal_its_claim_names(
     )
     assert r.status_code == 200, r.text
     _refused(await world.call(tok), "disabled")
+
+
+async def test_an_issuer_vouches_only_for_whom_its_table_names(
+    make_engine: Callable[..., Any], jwks: Jwks, rsa_key: Key, ec_key: Key, tmp_path: Path
+) -> None:
+    """Each vendor's own identity: an issuer names an admin only with ``admin = true``, and
+    only principals of its ``vendors`` and ``kinds`` when its table lists them."""
+    async with _world(
+        make_engine,
+        jwks,
+        rsa_key,
+        ec_key,
+        tmp_path,
+        a_bounds='vendors = ["vendor-a"]\nkinds = ["agent"]',
+        b_bounds="admin = true",
+    ) as w:
+        await w.engine.add_principal(None, "jane", "human", vendor="vendor-a")
+        assert (await w.call(rsa_key.sign(RSA_ISS, "perf-agent"))).status_code == 200
+        _refused(await w.call(rsa_key.sign(RSA_ISS, "cost-agent")), "vendor 'vendor-b'")
+        _refused(await w.call(rsa_key.sign(RSA_ISS, "jane")), "is a human")
+        _refused(await w.call(rsa_key.sign(RSA_ISS, "boss")), "admin = true")
+        # B names no vendors or kinds, and may name an admin
+        boss = ec_key.sign(EC_ISS, "x", writ_principal="boss")
+        assert (await w.call(boss)).json()["name"] == "boss"
+        assert (
+            await w.call(ec_key.sign(EC_ISS, "x", writ_principal="perf-agent"))
+        ).status_code == 200
+
+
+async def test_an_unbounded_issuer_still_never_names_an_admin(world: World, rsa_key: Key) -> None:
+    _refused(await world.call(rsa_key.sign(RSA_ISS, "boss")), "boss is an admin")
+    r = await world.call(
+        world.admin, "POST", "/v1/principals", {"name": "x-agent", "kind": "agent"}
+    )
+    assert r.status_code == 201, r.text
+    assert (await world.call(rsa_key.sign(RSA_ISS, "x-agent"))).status_code == 200
+
+
+async def test_a_jwts_caller_gets_no_writ_token(world: World, rsa_key: Key) -> None:
+    """A writ token minted for a JWT's caller would outlive the identity provider's say."""
+    tok = rsa_key.sign(RSA_ISS, "perf-agent")
+    r = await world.call(tok, "POST", "/v1/principals/perf-agent/rotate", {})
+    assert r.status_code == 403 and RSA_ISS in r.json()["error"]["message"], r.text
+    # an admin with a writ token may still rotate it
+    r = await world.call(world.admin, "POST", "/v1/principals/perf-agent/rotate", {})
+    assert r.status_code == 200, r.text
 
 
 async def test_signature_and_claims_are_checked(world: World, rsa_key: Key) -> None:
@@ -348,6 +412,10 @@ async def test_a_jwks_file_is_read_again_for_a_new_kid(
         ('issuer = "a"\naudience = "w"\njwks_file = "k"\nalgorithms = ["HS256"]', "algorithms"),
         ('issuer = "a"\naudience = "w"\njwks_file = "k"\nalgorithms = ["none"]', "algorithms"),
         ('issuer = "a"\naudience = "w"\njwks_file = "k"\nsecret = "s"', "unknown setting"),
+        ('issuer = "a"\naudience = "w"\njwks_file = "k"\nvendors = "a"', "vendors must be"),
+        ('issuer = "a"\naudience = "w"\njwks_file = "k"\nvendors = []', "vendors must be"),
+        ('issuer = "a"\naudience = "w"\njwks_file = "k"\nkinds = ["robot"]', "'robot'"),
+        ('issuer = "a"\naudience = "w"\njwks_file = "k"\nadmin = "yes"', "admin must be"),
     ],
 )
 def test_bad_identity_tables_fail_with_their_line(table: str, says: str) -> None:

@@ -267,6 +267,36 @@ async def test_expires_in_s_on_create_and_rotate(
     assert plain["token_expires_at"] is None and await s.whoami(plain["token"]) == 200
 
 
+async def test_a_principal_rotating_itself_keeps_the_expiry_an_admin_set(
+    world: tuple[Server, dict[str, str]],
+) -> None:
+    """A contractor's token that an admin made expire cannot be rotated into one that never
+    does, nor into a later one; it may be shortened."""
+    s, tok = world
+    out = await s.ok(
+        tok["boss"],
+        "POST",
+        "/v1/principals",
+        {"name": "temp-agent", "kind": "agent", "expires_in_s": 600},
+    )
+    bound = out["token_expires_at"]
+    mine = await s.ok(out["token"], "POST", "/v1/principals/temp-agent/rotate", {})
+    assert mine["token_expires_at"] == bound, mine
+    longer = {"expires_in_s": 86_400}
+    mine = await s.ok(mine["token"], "POST", "/v1/principals/temp-agent/rotate", longer)
+    assert mine["token_expires_at"] == bound, mine
+    shorter = await s.ok(
+        mine["token"], "POST", "/v1/principals/temp-agent/rotate", {"expires_in_s": 60}
+    )
+    assert shorter["token_expires_at"] < bound, shorter
+    # an admin may lift or move it
+    lifted = await s.ok(tok["boss"], "POST", "/v1/principals/temp-agent/rotate", {})
+    assert lifted["token_expires_at"] is None
+    # and one that never expired may choose an expiry of its own
+    free = await s.ok(lifted["token"], "POST", "/v1/principals/temp-agent/rotate", longer)
+    assert free["token_expires_at"] is not None
+
+
 # ----------------------------------------------------------------------------- at once
 async def test_a_hand_deleted_principal_is_refused_at_once(
     world: tuple[Server, dict[str, str]], backend: Backend

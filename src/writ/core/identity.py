@@ -41,6 +41,7 @@ import jwt
 from jwt import PyJWK, PyJWKClient, PyJWKSet
 
 from writ.core.errors import Unauthenticated, Unavailable
+from writ.core.models import KINDS, Principal
 
 __all__ = ["Identity", "JwtIssuer", "looks_like_jwt", "parse_identity"]
 
@@ -63,7 +64,10 @@ ALGORITHMS = (
     "EdDSA",
 )
 _NAME = re.compile(r"[a-z0-9._-]{1,64}")  # a principal's name
-KEYS = {"issuer", "audience", "jwks_url", "jwks_file", "claim", "algorithms"}
+KEYS = {
+    *("issuer", "audience", "jwks_url", "jwks_file", "claim", "algorithms"),
+    *("vendors", "kinds", "admin"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,10 @@ class JwtIssuer:
     jwks_url: str | None = None
     jwks_file: str | None = None
     algorithms: tuple[str, ...] = ALGORITHMS
+    # whom it may vouch for: principals of these vendors / kinds (None: any), admins or not
+    vendors: tuple[str, ...] | None = None
+    kinds: tuple[str, ...] | None = None
+    admin: bool = False
     line: int | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,7 +94,22 @@ class JwtIssuer:
             "jwks_url": self.jwks_url,
             "jwks_file": self.jwks_file,
             "algorithms": list(self.algorithms),
+            "vendors": None if self.vendors is None else list(self.vendors),
+            "kinds": None if self.kinds is None else list(self.kinds),
+            "admin": self.admin,
         }
+
+    def refuses(self, p: Principal) -> str | None:
+        """Why this issuer may not act as ``p`` (one vendor's identity provider names its
+        own principals, never an admin unless its table says so), or None."""
+        where = f"[[identity.jwt]] {self.issuer}"
+        if p.admin and not self.admin:
+            return f"{p.name} is an admin, and {where} does not set admin = true"
+        if self.vendors is not None and p.vendor not in self.vendors:
+            return f"{p.name} is of vendor {p.vendor!r}, not of {where}'s vendors"
+        if self.kinds is not None and p.kind not in self.kinds:
+            return f"{p.name} is a {p.kind}, not of {where}'s kinds"
+        return None
 
 
 def _loopback(host: str | None) -> bool:
@@ -165,11 +188,32 @@ def parse_identity(data: Any, text: str, path: str) -> list[JwtIssuer]:
             jwks_url=url,
             jwks_file=file_,
             algorithms=tuple(algs),
+            **_bounds(raw, bad),
             line=line,
         )
         if any(o.issuer == issuer.issuer for o in out):
             raise bad(f"two [[identity.jwt]] tables for issuer {issuer.issuer!r}")
         out.append(issuer)
+    return out
+
+
+def _bounds(raw: dict[str, Any], bad: Callable[[str], Exception]) -> dict[str, Any]:
+    """An issuer table's ``vendors``, ``kinds`` and ``admin``: whom it may vouch for."""
+    out: dict[str, Any] = {}
+    for key, allowed in (("vendors", None), ("kinds", KINDS)):
+        names = raw.get(key)
+        if names is None:
+            continue
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise bad(f"{key} must be a non-empty list of names")
+        wrong = [n for n in names if allowed is not None and n not in allowed]
+        if wrong:
+            raise bad(f"kinds: {wrong[0]!r} is not one of {', '.join(KINDS)}")
+        out[key] = tuple(names)
+    admin = raw.get("admin", False)
+    if not isinstance(admin, bool):
+        raise bad("admin must be true or false")
+    out["admin"] = admin
     return out
 
 
@@ -276,8 +320,9 @@ class Identity:
     def handles(self, token: str) -> bool:
         return bool(self.issuers) and looks_like_jwt(token)
 
-    async def verify(self, token: str) -> str:
-        """The principal name a JWT vouches for; :class:`Unauthenticated` otherwise."""
+    async def verify(self, token: str) -> tuple[str, JwtIssuer]:
+        """The principal name a JWT vouches for, and its issuer (whose :meth:`~JwtIssuer.refuses`
+        the principal must pass); :class:`Unauthenticated` otherwise."""
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -316,4 +361,4 @@ class Identity:
             raise Unauthenticated(
                 f"the JWT's {issuer.claim!r} claim names no principal (1-64 of a-z 0-9 . _ -)"
             )
-        return name
+        return name, issuer

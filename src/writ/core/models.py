@@ -47,6 +47,8 @@ class Principal:
     disabled_at: float | None = None  # set while disabled: its token is refused
     disabled_reason: str | None = None
     token_expires_at: float | None = None  # its token is refused from then on
+    # the JWT issuer this request's caller signed in through (never stored; None: a writ token)
+    signed_in_by: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -17,6 +17,7 @@ principal changes (kept by triggers, read on every request) moved.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -211,9 +212,21 @@ class Principals(Rule):
                 f"{actor.name} may rotate only its own token (an admin may rotate any)",
                 actor=actor.name,
             )
+        if actor is not None and actor.signed_in_by is not None:
+            # a token minted here would outlive the identity provider's say (its JWT's exp,
+            # its revocation): a caller signed in by JWT gets its tokens there
+            raise Forbidden(
+                f"{actor.name} signed in with a JWT from {actor.signed_in_by}: its tokens come "
+                "from that identity provider, and writ mints none for a JWT's caller "
+                "(an admin with a writ token may rotate it)",
+                actor=actor.name,
+            )
         ttl = expires_in(expires_in_s)
         by = actor.name if actor else "operator"
         token = new_token()
+        # a principal rotating its own token keeps the expiry an admin set: it may shorten it,
+        # never lengthen or lift it
+        bounded = actor is not None and not actor.admin
 
         async def fn(tx: Tx) -> Principal:
             p = await self._get(tx, name)
@@ -223,7 +236,11 @@ class Principals(Rule):
                     name=name,
                 )
             now = tx.now()
-            p.token_expires_at = now + ttl if ttl is not None else None
+            wanted = now + ttl if ttl is not None else None
+            kept = p.token_expires_at if bounded else None
+            if kept is not None and (wanted is None or wanted > kept):
+                wanted = kept
+            p.token_expires_at = wanted
             await tx.update_principal(p, hash_token(token))
             await tx.append(
                 {
@@ -458,7 +475,7 @@ class PrincipalOps:
         """The registered, enabled principal a JWT from a configured issuer names."""
         from writ.engine.principals import refusal
 
-        name = await self.identity.verify(token)
+        name, issuer = await self.identity.verify(token)
 
         async def by_name(tx: Tx) -> tuple[Principal | None, float]:
             return await tx.get_principal(name), tx.now()
@@ -473,7 +490,10 @@ class PrincipalOps:
             err = refusal(p, now)
             assert err is not None
             raise err
-        return p
+        why = issuer.refuses(p)
+        if why is not None:
+            raise Unauthenticated(f"the JWT from {issuer.issuer} may not act as {name}: {why}")
+        return dataclasses.replace(p, signed_in_by=issuer.issuer)  # a copy: p may be shared
 
     async def bootstrap_admin(self, token: str) -> None:
         """Create principal ``admin`` (human, admin) with ``token`` unless it exists.

@@ -541,7 +541,8 @@ def test_routes_file_is_checked_with_the_entry_named(tmp_path: Path) -> None:
         '[[route]]\npath = "/a/*"\nresource = "prod/db"\n'
         '[[route]]\npath = "/b"\nmethods = ["get"]\nresource = "x"\n'
     )
-    assert routes[0].methods == {"POST", "PUT", "PATCH", "DELETE"}
+    assert routes[0].methods == {"*"}  # every method but GET, HEAD, OPTIONS and TRACE
+    assert routes[0].matches({"MERGE"}, {"/a/x"}) and not routes[0].matches({"GET"}, {"/a/x"})
     assert routes[1].methods == {"GET"}
     for text, needle in [
         ('[[route]]\npath = "a"\nresource = "x"\n', "beginning with '/'"),

@@ -256,6 +256,21 @@ def test_an_unreadable_multipart_method_is_refused_and_a_plain_form_passes_whole
         "/admin/db/./x",
         "/x/../admin/db/x",
         "/admin/db/%zz",
+        # what makes them ambiguous hides the prefix: an upstream may drop it and find it
+        "/admin/db%00/x",
+        "/adm%00in/db/x",
+        "/admin/db%20/x",
+        "/admin%20/db/x",
+        "/admin/db%09/x",
+        "/admin/db%0d%0a/x",
+        "/admin/db%00",
+        "/admin/db%20",
+        "/admin/db%c0%af",
+        "/admin/d%u0062/x",
+        # a network-path reference: a URL parser reads host x, path /admin/db/scale
+        "//x/admin/db/scale",
+        "/\\x/admin/db/scale",
+        "/%5cx/admin/db/scale",
     ],
 )
 def test_ambiguous_paths_on_a_mapped_prefix_are_refused(rig: GateRig, path: str) -> None:
@@ -278,6 +293,45 @@ def test_ambiguous_paths_elsewhere_pass_and_plain_ones_are_matched(rig: GateRig)
         assert len(rig.upstream.seen) == before
     assert ambiguity(b"/admin/caf%C3%A9") is None  # UTF-8 escapes are plain text
     assert ambiguity(b"/admin/%ff") is not None
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/admin/db.json", "/admin/db.", "/admin/db%20", "/admin/db./x", "/%EF%BD%81dmin/db/x"],
+)
+def test_paths_an_upstream_may_fold_onto_a_route_are_gated(rig: GateRig, path: str) -> None:
+    """A format suffix (Rails reads /admin/db.json as /admin/db), trailing dots or spaces
+    (Windows servers drop them), a full-width letter (NFKC): a write needs the lease."""
+    before = len(rig.upstream.seen)
+    status, body = rig.send("POST", path)
+    assert status in (400, 423), (path, status, body)
+    assert len(rig.upstream.seen) == before
+
+
+@pytest.mark.parametrize("method", ["MERGE", "MOVE", "COPY", "PROPPATCH", "LOCK", "PURGE"])
+def test_a_route_without_methods_gates_every_method_but_the_safe_ones(
+    rig: GateRig, method: str
+) -> None:
+    """OData's MERGE, WebDAV's MOVE, a cache's PURGE: a route that names no methods gates
+    them all, not only POST, PUT, PATCH and DELETE."""
+    before = len(rig.upstream.seen)
+    status, body = rig.send(method, "/admin/db/x")
+    assert status == 423, (method, status, body)
+    assert len(rig.upstream.seen) == before
+    # a route that names its methods gates those only
+    assert rig.send(method, "/admin/cache/x")[0] == 200
+
+
+def test_connect_is_refused_and_never_a_500(rig: GateRig, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    for path in (b"/admin/db/x", b"/public/x"):
+        out = rig.raw(
+            b"CONNECT " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Connection: close\r\n\r\nhello"
+        )
+        assert out.startswith(b"HTTP/1.1 4"), out[:200]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
 
 
 def test_odd_request_targets_get_4xx_and_head_logs_no_error(

@@ -20,7 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from writ._version import __version__
 from writ.core.errors import Invalid, TooLarge
-from writ.gate.routes import Route, ambiguity, request_paths
+from writ.gate.routes import Route, ambiguity, loose_path, request_paths
 from writ.net.credentials import Twice, sole
 from writ.telemetry.metrics import CONTENT_TYPE_LATEST, GateMetrics
 
@@ -267,16 +267,24 @@ class Gate:
                 return route
         return None
 
-    def mapped(self, path: str) -> bool:
-        """Whether ``path`` lies on a mapped prefix (any route's, whatever the method)."""
+    def mapped(self, path: str, raw_path: bytes | None = None) -> bool:
+        """Whether ``path`` lies on a mapped prefix (any route's, whatever the method). With
+        the ``raw_path`` of an ambiguous request, also whether it may once an upstream drops
+        what makes it ambiguous: ``/adm%00in/db``, ``/admin/db%20/x`` and ``/admin/sc%u0061le``
+        count as the prefixes they hide (no segment boundary needed)."""
         paths = request_paths(path)
         paths |= request_paths(re.sub(r";[^/]*", "", path))  # /admin/db;x/y as Tomcat reads it
         lows = {p.lower() for p in paths}
-        return any(
+        if any(
             r.covers(paths)
             or any(low == r.prefix() or low.startswith(r.prefix() + "/") for low in lows)
             for r in self.routes
-        )
+        ):
+            return True
+        if raw_path is None:
+            return False
+        loose = {loose_path(raw_path), *(p.lower() for p in request_paths(loose_path(raw_path)))}
+        return any(low.startswith(r.prefix()) for low in loose for r in self.routes)
 
     async def handle(self, scope: Scope, receive: Receive) -> Response:
         """Decide and forward one HTTP request; the answer to send back."""
@@ -289,9 +297,11 @@ class Gate:
                 f"request target {path!r} is not a path: the gate forwards origin-form "
                 "requests (/path?query) only",
             )
+        if method == "CONNECT":  # a tunnel, not a request the gate can judge or forward
+            return _error(405, "invalid", "CONNECT is not forwarded: the gate is no tunnel")
         raw_path: bytes = scope.get("raw_path") or path.encode()
         why = ambiguity(raw_path)
-        if why and self.mapped(path):
+        if why and self.mapped(path, raw_path):
             log.info("refused %s %r: %s", method, raw_path, why)
             return _error(
                 400,
@@ -508,6 +518,10 @@ class Gate:
             return _error(
                 502, "bad_gateway", f"the upstream {self.upstream} cannot be reached: {exc!r}"
             )
+        except Exception as exc:  # the HTTP library refused what it was to send (h11's own)
+            took("error").observe(time.perf_counter() - started)
+            log.warning("could not forward %s %s: %r", scope["method"], scope.get("path"), exc)
+            return _error(502, "bad_gateway", f"the request could not be forwarded: {exc!r}")
         took("answered").observe(time.perf_counter() - started)
         connection = {
             t.strip().lower() for v in response.headers.get_list("connection") for t in v.split(",")

@@ -8,6 +8,7 @@ import json
 import posixpath
 import re
 import tomllib
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,10 @@ from writ.core import resources
 from writ.core.errors import Invalid
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# a route's methods when its entry names none: every method but the safe ones, so a
+# MERGE (OData), a MOVE or PROPPATCH (WebDAV) or a PURGE is gated like a POST
+UNSAFE = frozenset({"*"})
 # raw path forms an upstream may read differently from the gate: refused on a mapped prefix
 _AMBIGUOUS = (
     (re.compile(rb";"), "a ';' path parameter"),
@@ -49,13 +54,14 @@ class Route:
 
     path: str
     resource: str
-    methods: frozenset[str] = MUTATING
+    methods: frozenset[str] = UNSAFE
     attribute: str | None = None  # the lease's touches must name it (or "*")
 
     def matches(self, methods: Iterable[str], paths: Iterable[str]) -> bool:
         """Glob match (``fnmatch``, case-insensitive: ``*`` also crosses ``/``); a route
         ``/admin/db/*`` also covers ``/admin/db`` itself."""
-        if not self.methods & set(methods):
+        wanted = set(methods)
+        if not (self.methods & wanted or ("*" in self.methods and wanted - SAFE)):
             return False
         return self.covers(paths)
 
@@ -111,15 +117,18 @@ def parse_routes(text: str, source: str = "routes.toml") -> list[Route]:
             resource = resources.validate(entry.get("resource"))
         except Invalid as exc:
             raise Invalid(f"{where}: {exc.message}", field="routes") from exc
-        methods = entry.get("methods", sorted(MUTATING))
+        methods = entry.get("methods", sorted(UNSAFE))
         if (
             not isinstance(methods, list)
             or not methods
-            or not all(isinstance(m, str) and re.fullmatch(r"[A-Za-z]{1,16}", m) for m in methods)
+            or not all(
+                isinstance(m, str) and (m == "*" or re.fullmatch(r"[A-Za-z]{1,16}", m))
+                for m in methods
+            )
         ):
             raise Invalid(
                 f"{where}: methods must be a non-empty list of HTTP methods, like "
-                '["POST", "DELETE"]',
+                '["POST", "DELETE"], or "*" (every method but GET, HEAD, OPTIONS, TRACE)',
                 field="routes",
             )
         attribute = entry.get("attribute")
@@ -146,16 +155,41 @@ def request_paths(path: str) -> set[str]:
 
     A request is mapped when any of them matches a route, so ``/admin//db/x``,
     ``/admin/./db/x``, ``/x/../admin/db/x``, ``/admin%2Fdb/x`` and ``/admin\\db\\x`` cannot
-    slip a write past a route for ``/admin/db/*``.
+    slip a write past a route for ``/admin/db/*``; nor can ``//host/admin/db/x`` (a URL parser
+    reads a network-path reference: host ``host``, path ``/admin/db/x``), a compatibility
+    form (``/ａdmin/db``, full-width), trailing dots or spaces on a segment (``/admin/db.``,
+    as Windows servers read it) or a format suffix (``/admin/db.json``, as Rails reads
+    ``/admin/db``).
     """
     out = {path}
     for p in (path, unquote(path)):
-        p = re.sub(r"/{2,}", "/", p.replace("\\", "/"))
-        norm = posixpath.normpath(p) if p else "/"
-        out.update((p, norm))
-        if p.endswith("/") and norm != "/":
-            out.add(norm + "/")
+        p = p.replace("\\", "/")
+        forms = [p, unicodedata.normalize("NFKC", p)]
+        if p.startswith("//"):  # //authority/rest
+            forms.append("/" + p[2:].partition("/")[2])
+        for form in forms:
+            form = re.sub(r"/{2,}", "/", form)
+            norm = posixpath.normpath(form) if form else "/"
+            out.update((form, norm))
+            if form.endswith("/") and norm != "/":
+                out.add(norm + "/")
+            trimmed = re.sub(r"(?<=[^/.])[. ]+(?=/|$)", "", norm)  # trailing dots and spaces
+            out.add(trimmed)
+            head, _, last = trimmed.rpartition("/")
+            if "." in last.strip("."):
+                out.add(f"{head}/{last.split('.')[0]}")  # a format suffix cut off
     return out
+
+
+def loose_path(raw_path: bytes) -> str:
+    """What an ambiguous raw path may come to once an upstream drops or folds what makes it
+    ambiguous (controls and spaces, ``;`` parameters, ``%uXXXX`` escapes, bytes that are not
+    UTF-8, compatibility characters): lower case, for a prefix test."""
+    text = raw_path.decode("latin-1")
+    text = re.sub(r"%[uU]([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), text)
+    text = unicodedata.normalize("NFKC", unquote(text, errors="replace"))
+    text = re.sub(r";[^/]*", "", text.replace("\\", "/"))
+    return re.sub(r"[\x00-\x20\x7f\ufffd]", "", text).lower()
 
 
 def describe(routes: list[Route]) -> str:

@@ -525,3 +525,42 @@ async def test_the_lean_path_reads_the_first_content_type_as_fastapi_does(
             ],
         )
         assert r.status_code == 422, r.text
+
+
+async def test_a_blast_radius_lease_writes_only_where_its_holder_may(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """perf-agent's lease on prod/db keeps everyone off billing/db (same blast radius), but
+    in closed mode it does not let perf-agent write billing/db, which no grant lets it write:
+    the fencing check says not current and the gate refuses, forbidden, with a row."""
+    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+        await w.add("the-gate", "portal")
+        lease = (await w.lease("perf-agent", "prod/db", ttl_s=300)).json()
+        token = lease["fencing_token"]
+
+        async def gate(resource: str) -> dict[str, Any]:
+            body = {
+                "caller_token": w.tokens["perf-agent"],
+                "lease_id": lease["lease_id"],
+                "fencing_token": token,
+                "resource": resource,
+                "path": "/admin/x",
+            }
+            out: dict[str, Any] = (await w.post("the-gate", "/v1/gate/check", body)).json()
+            return out
+
+        async def fence(resource: str) -> dict[str, Any]:  # asked by a human, who sees all
+            r = await w.get("oncall-jane", "/v1/fence", resource=resource, token=token)
+            out: dict[str, Any] = r.json()
+            return out
+
+        for own in ("prod/db", "prod/db/replica"):  # its own resource, and below it
+            assert (await gate(own))["passed"] is True, own
+            assert (await fence(own))["current"] is True, own
+        refused = await gate("billing/db")
+        assert (refused["passed"], refused["code"]) == (False, "forbidden"), refused
+        assert "may neither write" in refused["reason"], refused
+        assert "refused" in (await w.rows("gate.refused"))[-1]["notes"]
+        assert (await fence("billing/db"))["current"] is False
+        # still nobody else's: admin, who may write billing/db, waits behind the lease
+        assert (await w.lease("admin", "billing/db")).status_code == 409

@@ -41,7 +41,7 @@ class Fencing:
             current = lease.fencing_token if lease else None
             out = {
                 "resource": resource,
-                "current": current == tok,
+                "current": current == tok and await self._may_write(tx, lease, resource),
                 "current_token": current,
                 "holder": lease.holder if lease else None,
             }
@@ -50,6 +50,16 @@ class Fencing:
             return out
 
         return await self.engine.store.read(fn, single=True)  # the check before each write
+
+    async def _may_write(self, tx: Tx, lease: Lease | None, resource: str) -> bool:
+        """Whether ``lease``'s holder may write ``resource`` itself: always in open mode; in
+        closed mode only with a grant for it. A lease on another member of the blast radius
+        keeps everyone else off ``resource``, but writes there only with write authority."""
+        auth = self.engine.authority
+        if lease is None or not auth.settings.closed or resources.under(resource, lease.resource):
+            return True  # its own resource or below: the grant it was leased under covers it
+        holder = await tx.get_principal(lease.holder)
+        return holder is not None and auth.decide(holder, resource).write
 
     async def gate_check(
         self,
@@ -111,6 +121,8 @@ class Fencing:
                 why = f"lease {lease.lease_id} is {'expired' if lease.state == 'held' else lease.state}"
             elif current is None or current.lease_id != lease.lease_id:
                 why = f"lease {lease.lease_id} on {lease.resource} does not cover {resource}"
+            elif not await self._may_write(tx, lease, resource):
+                code, why = "forbidden", self.engine.authority.decide(caller, resource).message
             elif token != lease.fencing_token:
                 code, why = (
                     "lease_lost",

@@ -564,3 +564,29 @@ async def test_a_blast_radius_lease_writes_only_where_its_holder_may(
         assert (await fence("billing/db"))["current"] is False
         # still nobody else's: admin, who may write billing/db, waits behind the lease
         assert (await w.lease("admin", "billing/db")).status_code == 409
+
+
+async def test_a_freeze_on_an_unseen_neighbour_says_only_until_when(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A human freezes billing/db (same blast radius as prod/db, which perf-agent may not
+    observe): perf-agent's acquire of prod/db is 423 and its status of prod/db says frozen,
+    neither naming the freeze's prefix, author, reason nor allow list; a human sees it all."""
+    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+        body = {"prefix": "billing/db", "reason": SECRET, "until": "1h", "allow": ["cost-agent"]}
+        r = await w.post("oncall-jane", "/v1/freezes", body)
+        assert r.status_code in (200, 201), r.text
+        refused = await w.lease("perf-agent", "prod/db")
+        assert refused.status_code == 423, refused.text
+        err = refused.json()["error"]
+        assert err["hidden"] is True and err["freeze"] is None and err["until"], err
+        for secret in ("billing", SECRET, "oncall-jane", "cost-agent"):
+            assert secret not in refused.text, secret
+        status = (await w.get("perf-agent", "/v1/resources/prod/db")).json()
+        assert status["frozen"] is True and status["freezes"] == [], status
+        assert SECRET not in json.dumps(status) and "oncall-jane" not in json.dumps(status)
+        jane = (await w.get("oncall-jane", "/v1/resources/prod/db")).json()
+        assert [f["prefix"] for f in jane["freezes"]] == ["billing/db"], jane
+        # an admin, who may observe it, is told whose freeze it is
+        r = await w.lease("admin", "prod/db")
+        assert r.status_code == 423 and r.json()["error"]["freeze"]["prefix"] == "billing/db"

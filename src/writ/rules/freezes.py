@@ -14,6 +14,7 @@ from typing import Any
 from writ.core import resources
 from writ.core.clock import parse_duration, parse_time, rfc3339
 from writ.core.errors import Forbidden, Frozen, Invalid, NotFound, WritError
+from writ.core.grants import observable
 from writ.core.models import Principal, data, new_id, public
 from writ.core.validate import check_text, check_tree, text
 from writ.engine.hooks import SYSTEM, Request, Rule
@@ -33,6 +34,18 @@ class Freezes(Rule):
                 continue
             if req.principal in (f.get("allow") or []):
                 continue
+            s = getattr(self.engine.policy, "authority", None)
+            if me is not None and s is not None and not observable(s, me, f.get("prefix")):
+                # a freeze on a blast-radius neighbour the caller may not observe: that it
+                # stands in the way and until when, not where, by whom or why
+                return Frozen(
+                    f"{req.resource} is frozen through its blast radius "
+                    + (f"until {f['until']}" if f.get("until") else "until lifted")
+                    + ", by a freeze you may not observe",
+                    freeze=None,
+                    until=f.get("until"),
+                    hidden=True,
+                )
             return Frozen(
                 f"{f['prefix']} is frozen by {f['by']} since {f['at']}"
                 + (f" until {f['until']}" if f.get("until") else " until lifted")

@@ -384,3 +384,57 @@ def test_the_gate_process_refuses_absolute_form_and_trusts_forwarded_for_only_wh
                 r = httpx.get(url + "/public", headers={"X-Forwarded-For": "1.2.3.4"})
                 assert r.status_code == 200
                 assert upstream.seen[-1]["HTTP_X_FORWARDED_FOR"] == want
+
+
+# ----------------------------------------------------------------------------- pools
+def test_requests_passing_through_cannot_hold_a_checked_write_back(
+    live_server: LiveServer,
+) -> None:
+    """Slow unchecked requests that fill the upstream pool (an anonymous client can send
+    them) do not hold a passed write until its lease is gone: passed writes have their own
+    connections to the upstream."""
+    from socketserver import ThreadingMixIn
+
+    class Threaded(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    accepted = threading.Semaphore(0)
+
+    class Counting(_Quiet):
+        def setup(self) -> None:
+            super().setup()
+            accepted.release()
+
+    res = unique("pool")
+    _, gate_token = live_server.principal("portal", unique("gate"))
+    _, token = live_server.principal("agent")
+    upstream = WsgiUpstream()
+    upstream.server.server_close()
+    upstream.server = make_server(
+        "127.0.0.1", 0, upstream.app, server_class=Threaded, handler_class=Counting
+    )
+    upstream.url = f"http://127.0.0.1:{upstream.server.server_port}"
+    gate = Gate(
+        live_server.url, gate_token, upstream.url, [Route("/admin/db/*", res)], max_connections=2
+    )
+    slow: list[socket.socket] = []
+    with upstream, serve_gate(gate) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for _ in range(2):  # the whole pool, each waiting for the rest of its body
+            s = socket.create_connection((host, int(port)), timeout=10)
+            s.sendall(b"POST /public/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+            slow.append(s)
+        for _ in range(2):
+            assert accepted.acquire(timeout=10), "the slow requests never reached the upstream"
+        with live_server.client(token) as c:
+            lease = c.acquire(res, "scale")
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Writ-Lease": lease["lease_id"],
+            "Writ-Fencing-Token": str(lease["fencing_token"]),
+        }
+        r = httpx.post(f"{url}/admin/db/scale", headers=headers, content=b"{}", timeout=10)
+        assert r.status_code == 200, r.text
+        assert upstream.seen[-1]["PATH_INFO"] == "/admin/db/scale"
+        for s in slow:
+            s.close()

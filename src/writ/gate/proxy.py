@@ -25,6 +25,8 @@ from writ.net.credentials import Twice, sole
 from writ.telemetry.metrics import CONTENT_TYPE_LATEST, GateMetrics
 
 log = logging.getLogger("writ.gate")
+# how long a passed write waits for a connection to the upstream before it is refused (504)
+GATED_POOL_WAIT_S = 5.0
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -189,6 +191,10 @@ class Gate:
         self._upstream_transport = upstream_transport
         self._writ_transport = writ_transport
         self._upstream_client: httpx.AsyncClient | None = None
+        # passed writes have a pool of their own, waited for briefly: requests that pass
+        # through unchecked (slow bodies on an unmapped path) cannot hold a checked write
+        # back until its lease is gone and someone else's write went first
+        self._gated_client: httpx.AsyncClient | None = None
         self._writ_client: httpx.AsyncClient | None = None
         # GET metrics_path is the gate's own Prometheus metrics (docs/operations.md)
         self.metrics_path = metrics_path
@@ -207,6 +213,14 @@ class Gate:
                 follow_redirects=False,
                 timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, 10.0)),
             )
+            self._gated_client = httpx.AsyncClient(
+                transport=self._upstream_transport,
+                limits=limits,
+                follow_redirects=False,
+                timeout=httpx.Timeout(
+                    self._timeout, connect=min(self._timeout, 10.0), pool=GATED_POOL_WAIT_S
+                ),
+            )
             self._writ_client = httpx.AsyncClient(
                 base_url=self.url,
                 transport=self._writ_transport,
@@ -220,10 +234,10 @@ class Gate:
         return self._upstream_client, self._writ_client
 
     async def aclose(self) -> None:
-        for c in (self._upstream_client, self._writ_client):
+        for c in (self._upstream_client, self._gated_client, self._writ_client):
             if c is not None:
                 await c.aclose()
-        self._upstream_client = self._writ_client = None
+        self._upstream_client = self._gated_client = self._writ_client = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -487,6 +501,8 @@ class Gate:
         body: bytes | None = None,
     ) -> Response:
         upstream, _ = self._clients()
+        if passed is not None and self._gated_client is not None:
+            upstream = self._gated_client
         raw_path: bytes = scope.get("raw_path") or str(scope["path"]).encode()
         query: bytes = scope.get("query_string") or b""
         target = self._prefix + raw_path + (b"?" + query if query else b"")

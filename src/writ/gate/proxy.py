@@ -10,7 +10,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 import httpx
 from starlette.background import BackgroundTask
@@ -328,6 +328,12 @@ class Gate:
         extra = _method_fields(scope.get("query_string") or b"")
         body: bytes | None = None
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if len(headers.getlist("content-type")) > 1 and self.mapped(path):
+            return _error(
+                400,
+                "invalid",
+                "more than one Content-Type: an upstream may read the body as the other one",
+            )
         if ctype in FORM_TYPES and self.mapped(path):
             # a form may carry _method: read it (bounded) to judge the method it names
             try:
@@ -568,13 +574,23 @@ async def _read_all(receive: Receive, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def _field_name(name: str) -> str:
+    """A form field's name as the frameworks that honour ``_method`` may read it: PHP turns
+    ``.``, spaces and ``[`` into ``_`` and drops leading spaces (``.method`` is ``_method``)."""
+    return re.sub(r"[. \[]", "_", name.lstrip(" ")).lower()
+
+
 def _method_fields(query: bytes) -> list[str]:
-    """Values of ``_method`` (any case) in a query string or urlencoded form."""
-    text = query.decode("latin-1")
-    return [v for k, v in parse_qsl(text, keep_blank_values=True) if k.lower() == "_method"]
+    """Values of ``_method`` (any case, any spelling a framework folds onto it, ``&`` or
+    ``;`` between fields) in a query string or urlencoded form."""
+    text = query.decode("latin-1").replace(";", "&")
+    return [v for k, v in parse_qsl(text, keep_blank_values=True) if _field_name(k) == "_method"]
 
 
-_PART = re.compile(rb'name\s*=\s*"?_method"?', re.IGNORECASE)
+# a multipart part's name, however it is written: name="x", name='x', name=x, name*=UTF-8''x
+_PART = re.compile(
+    rb"""\bname(?:\*\s*=\s*(?:[\w-]*'[\w-]*')?|\s*=\s*["']?)([^"';\r\n]*)""", re.IGNORECASE
+)
 
 
 def _form_methods(ctype: str, header: str, body: bytes) -> list[str]:
@@ -582,14 +598,19 @@ def _form_methods(ctype: str, header: str, body: bytes) -> list[str]:
     find them: a ``_method`` part that cannot be read plainly is refused (Invalid)."""
     if ctype == "application/x-www-form-urlencoded":
         return _method_fields(body)
-    if not _PART.search(body):
+    named = [
+        m
+        for m in _PART.findall(body)
+        if _field_name(unquote(m.decode("latin-1")).strip()) == "_method"
+    ]
+    if not named:
         return []
     found = re.findall(
         rb'content-disposition:\s*form-data;\s*name="_method"\r\n\r\n([A-Za-z, ]{1,64})\r\n',
         body,
         re.IGNORECASE,
     )
-    if len(found) != len(_PART.findall(body)):
+    if len(found) != len(named):
         raise Invalid(
             "a multipart form with a '_method' part the gate cannot read plainly: send the "
             "method as the request's own",

@@ -279,6 +279,39 @@ async def test_the_0217_story(world: World) -> None:
     assert r.status_code == 201
 
 
+async def test_an_agent_cannot_hold_others_off_longer_than_the_policy_or_everywhere(
+    world: World,
+) -> None:
+    """An agent's change is protected at most for the policy's window (it may shorten it;
+    a human may lengthen it), and names the attribute it changed, never '*'. A refused
+    change writes nothing."""
+    w = world
+
+    async def change(who: str, lease: dict[str, Any], **body: Any) -> httpx.Response:
+        body = {"attribute": "capacity", "summary": "s", **body}
+        return await w.post(who, f"/v1/leases/{lease['lease_id']}/changes", body)
+
+    async def lease(who: str, resource: str = "prod/db") -> dict[str, Any]:
+        r = await w.post(who, "/v1/leases", {"resource": resource, "intent": "x"})
+        assert r.status_code == 201, r.text
+        out: dict[str, Any] = r.json()
+        return out
+
+    rows = len(await w.rows())
+    perf = await lease("perf-agent")
+    for body, field in (({"protect_s": 86_400}, "protect_s"), ({"attribute": "*"}, "attribute")):
+        r = await change("perf-agent", perf, **body)
+        assert r.status_code == 422 and r.json()["error"]["field"] == field, r.text
+    assert len(await w.rows()) == rows + 1  # the grant only
+    assert (await change("perf-agent", perf, protect_s=60)).status_code == 201
+    assert (await change("perf-agent", perf, protect_s=900)).status_code == 201
+    await w.post("perf-agent", f"/v1/leases/{perf['lease_id']}/release")
+    jane = await lease("oncall-jane", "staging/db")
+    r = await change("oncall-jane", jane, protect_s=86_400)
+    assert r.status_code == 201, r.text
+    await w.post("oncall-jane", f"/v1/leases/{jane['lease_id']}/release")
+
+
 async def test_consent_long_poll_returns_on_answer(world: World) -> None:
     """GET /v1/consents/{id}?wait_s= returns as soon as the author answers."""
     w = world

@@ -50,6 +50,12 @@ class Consents(Rule):
         fencing_token: Any = None,
     ) -> dict[str, Any]:
         attr = text(attribute, "attribute", limit=128)
+        if attr == "*":
+            raise Invalid(
+                "a change names the attribute it changed: '*' would hold every attribute of the "
+                "resource behind consent",
+                field="attribute",
+            )
         summ = text(summary, "summary")
         before = json_value(before, "before")
         after = json_value(after, "after")
@@ -75,11 +81,16 @@ class Consents(Rule):
             if refused is not None:
                 return refused
             now = tx.now()
-            window = (
-                float(protect_s)
-                if protect_s is not None
-                else eng.policy.rule_for(lease.resource).protect_s
-            )
+            policy_window = eng.policy.rule_for(lease.resource).protect_s
+            if protect_s is not None and protect_s > policy_window and not me.is_human:
+                # an agent may shorten its change's protection, not hold others off longer
+                # than the policy says (a human may)
+                return Invalid(
+                    f"protect_s {protect_s:g} is longer than the policy's {policy_window:g}s for "
+                    f"{lease.resource}: an agent may shorten it, only a human may lengthen it",
+                    field="protect_s",
+                )
+            window = float(protect_s) if protect_s is not None else policy_window
             change = {
                 "change_id": new_id("chg"),
                 "resource": lease.resource,

@@ -121,6 +121,19 @@ class Backend:
             await self.sql("DROP TRIGGER audit_no_update")
             await self.sql("UPDATE audit SET body = ? WHERE seq = ?", body, seq)
 
+    async def cut_tail(self, after_seq: int) -> None:
+        """Delete the audit rows after ``after_seq``, as an intruder with database rights
+        would (the store's own refusal switched off), leaving the rest as it is."""
+        if self.is_pg:
+            await self.sql(
+                "ALTER TABLE audit DISABLE TRIGGER audit_no_update;"
+                f" DELETE FROM audit WHERE seq > {int(after_seq)};"
+                " ALTER TABLE audit ENABLE ALWAYS TRIGGER audit_no_update"
+            )
+        else:
+            await self.sql("DROP TRIGGER IF EXISTS audit_no_delete")
+            await self.sql("DELETE FROM audit WHERE seq > ?", after_seq)
+
     async def tamper_column(self, seq: int, column: str, value: Any) -> None:
         """Set one lookup column of an audit row (``ts``, ``event``, ``resource``,
         ``lock_key``) by hand, leaving its hashed body alone."""

@@ -57,9 +57,10 @@ def _db(tmp_path: Path) -> sqlite3.Connection:
     return c
 
 
-def _edit(tmp_path: Path, seq: int, rehash: bool) -> None:
+def _edit(tmp_path: Path, seq: int, rehash: bool, move_head: bool = True) -> None:
     """Change the notes of row ``seq`` as someone with write access to the file would;
-    with ``rehash``, re-seal every row from there on so the chain verifies again."""
+    with ``rehash``, re-seal every row from there on so the chain verifies again (and, with
+    ``move_head``, the head the store keeps beside the chain too)."""
     c = _db(tmp_path)
     rows = c.execute(
         "SELECT seq, ts, body FROM audit WHERE seq >= ? ORDER BY seq", (seq,)
@@ -80,6 +81,8 @@ def _edit(tmp_path: Path, seq: int, rehash: bool) -> None:
             "UPDATE audit SET body = ?, hash = ? WHERE seq = ?", (sealed.body, sealed.hash, s)
         )
         prev_hash = sealed.hash
+    if rehash and move_head:
+        c.execute("UPDATE audit_head SET hash = ?", (prev_hash,))
     c.close()
 
 
@@ -135,8 +138,11 @@ async def test_rehashed_rewrite_is_caught_only_by_the_checkpoint(
     early = await make(engine.store, key)  # seq 10
     await _fill(engine, 5, "late")
     late = await make(engine.store, key)  # seq 15
+    _edit(tmp_path, 12, rehash=True, move_head=False)
+    careless = await engine.verify()  # the head kept beside the chain names another row
+    assert not careless.ok and careless.first_bad_seq == 15, careless
     _edit(tmp_path, 12, rehash=True)
-    assert (await engine.verify()).ok  # the chain alone cannot tell
+    assert (await engine.verify()).ok  # the chain and its head alone cannot tell
     out = await verify_store(engine.store, [early, late], key.public_key())
     assert not out.ok and out.first_bad_seq == 15
     assert "rows 11..15 were rewritten" in (out.reason or "")

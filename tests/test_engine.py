@@ -381,6 +381,27 @@ async def test_audit_verifies_and_tampering_is_found(engine: Engine, backend: Ba
     assert not bad.ok and bad.first_bad_seq == row["seq"] and bad.rows == row["seq"] - 1
 
 
+async def test_rows_deleted_from_the_end_are_found_missing(
+    engine: Engine, backend: Backend
+) -> None:
+    """The chain alone cannot tell its last rows were deleted; the head the store keeps
+    beside it can, and the next row is numbered after them, so the gap stays in sight."""
+    a = await add(engine, "agent-a")
+    lease = await grant(engine, a, "prod/db")
+    await engine.release(a, lease["lease_id"])
+    assert (await engine.verify()).rows == 3
+    await backend.cut_tail(1)
+    bad = await engine.verify()
+    assert not bad.ok and bad.first_bad_seq == 2 and bad.rows == 1, bad
+    assert bad.reason is not None and "rows 2..3 were removed" in bad.reason, bad.reason
+    await add(engine, "agent-b")  # the next row: seq 4, after the head, not 2
+    assert [r["seq"] for r in await rows(engine)] == [1, 4]
+    later = await engine.verify()
+    assert not later.ok and later.first_bad_seq == 2, later
+    await backend.cut_tail(0)  # every row
+    assert not (await engine.verify()).ok
+
+
 async def test_every_state_change_is_one_row(engine: Engine) -> None:
     a, b = await add(engine, "agent-a"), await add(engine, "agent-b")
     lease = await grant(engine, a, "prod/db")

@@ -366,6 +366,18 @@ _PG_BACK_TO_1 = (
     " DROP COLUMN disabled_reason, DROP COLUMN token_expires_at",
     "DELETE FROM writ_migrations WHERE version > 1",
 )
+_SQLITE_BACK_TO_1 = (
+    "DROP TRIGGER audit_head_moves",
+    "DROP TABLE audit_head",
+    "DROP TRIGGER principals_changed_u",
+    "DROP TRIGGER principals_changed_d",
+    *(
+        f"ALTER TABLE principals DROP COLUMN {c}"
+        for c in ("queues", "disabled_at", "disabled_reason", "token_expires_at")
+    ),
+    "DELETE FROM meta WHERE key = 'principals_gen'",
+    "DELETE FROM writ_migrations WHERE version > 1",
+)
 
 
 async def test_an_existing_store_upgrades_in_place(
@@ -378,10 +390,9 @@ async def test_an_existing_store_upgrades_in_place(
 
     module = pg if backend.is_pg else sq
     full = list(module.MIGRATIONS)
-    if not backend.is_pg:
-        monkeypatch.setattr(module, "MIGRATIONS", full[:1])
-    # PostgreSQL: today's store code needs today's schema (its live replica), so the rows
-    # are written with it and the schema is taken back to migration 1 afterwards
+    # today's store code needs today's schema (PostgreSQL's live replica, the chain's head
+    # kept beside the chain), so the rows are written with it and the schema is taken back
+    # to migration 1 afterwards
     old = backend.open_store()
     await old.open()
     token = "writ_a-token-from-before-the-upgrade"
@@ -401,9 +412,8 @@ async def test_an_existing_store_upgrades_in_place(
 
     await old.transact(row)
     await old.close()
-    if backend.is_pg:
-        for stmt in _PG_BACK_TO_1:
-            await backend.sql(stmt)
+    for stmt in _PG_BACK_TO_1 if backend.is_pg else _SQLITE_BACK_TO_1:
+        await backend.sql(stmt)
     cols = await backend.sql(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'principals'"
         " AND table_schema = %s"
@@ -413,7 +423,6 @@ async def test_an_existing_store_upgrades_in_place(
     )
     assert "disabled_at" not in {c[0] for c in cols}
 
-    monkeypatch.setattr(module, "MIGRATIONS", full)
     new = Engine(backend.open_store())
     await new.start(background=False)
     try:

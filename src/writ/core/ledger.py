@@ -317,15 +317,36 @@ def _columns_parsed(ts: Any, event: Any, resource: Any, lock_key: Any, body: str
 
 async def verify_stream(
     chunks: AsyncIterable[list[Stored]] | AsyncIterable[list[Record]],
+    kept: tuple[int, str] | None = None,
 ) -> Verification:
-    """:func:`verify` over a store's ``audit_stream`` batches, in constant memory."""
+    """:func:`verify` over a store's ``audit_stream`` batches, in constant memory; with
+    ``kept``, the head the store keeps beside the chain (read before the chain), which the
+    chain must reach, with the same hash at that seq."""
     seq, head, total = 1, GENESIS, 0
+    kept_seq, kept_hash = kept or (0, GENESIS)
     async for chunk in chunks:
         part = verify(chunk, seq, head)
         total += part.rows
         if not part.ok:
             return Verification(False, total, part.head, part.first_bad_seq, part.reason)
+        if seq <= kept_seq < seq + part.rows and chunk[kept_seq - seq][2] != kept_hash:
+            return Verification(
+                False,
+                total,
+                part.head,
+                kept_seq,
+                f"row {kept_seq} is not the row the store's head names (another hash)",
+            )
         seq, head = seq + part.rows, part.head
+    if total < kept_seq:
+        return Verification(
+            False,
+            total,
+            head,
+            total + 1,
+            f"the chain ends at seq {total}, but the store's head is seq {kept_seq}: rows "
+            f"{total + 1}..{kept_seq} were removed",
+        )
     return Verification(True, total, head, None)
 
 

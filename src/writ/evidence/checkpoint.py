@@ -373,6 +373,7 @@ async def verify_store(
     }
     matched = 0  # highest checkpoint seq found intact
     seq, prev, total = 1, GENESIS, 0
+    kept = await store.read(lambda tx: tx.audit_head())  # the head the store keeps
 
     def fail(bad: int, reason: str) -> Outcome:
         for r in report.values():
@@ -406,7 +407,15 @@ async def verify_store(
                 )
             report[s]["ok"] = True
             matched = s
+        if first <= kept[0] <= chunk[-1][0] and chunk[kept[0] - first][2] != kept[1]:
+            return fail(kept[0], f"row {kept[0]} is not the row the store's head names")
         seq, prev = seq + part.rows, part.head
+    if total < kept[0]:
+        return fail(
+            total + 1,
+            f"the chain ends at seq {total}, but the store's head is seq {kept[0]}: rows "
+            f"{total + 1}..{kept[0]} were removed",
+        )
     missing = [s for s in want if s > total]
     if missing:
         return fail(

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from writ.core import resources
 from writ.core.clock import rfc3339
-from writ.core.ledger import Verification, verify_stream
+from writ.core.ledger import Verification
 from writ.core.models import Lease
 from writ.core.validate import number
 from writ.engine.hooks import MAX_WAIT_S
 from writ.stores.base import Tx
+from writ.stores.migrate import verify_store
 
 if TYPE_CHECKING:
     from writ.engine import Engine
@@ -150,8 +151,9 @@ class History:
                 del self._watches[key]
 
     async def verify(self) -> Verification:
-        """Recompute the whole hash chain, batch by batch (constant memory)."""
-        return await verify_stream(self.engine.store.audit_records())
+        """Recompute the whole hash chain, batch by batch (constant memory), up to the head
+        the store keeps beside it."""
+        return await verify_store(self.engine.store)
 
 
 class _Watch:

@@ -285,7 +285,9 @@ class Tx(ABC):
 
     @abstractmethod
     async def audit_head(self) -> tuple[int, str]:
-        """``(seq, hash)`` of the last row, ``(0, GENESIS)`` when empty."""
+        """``(seq, hash)`` of the last row written, as the store keeps it beside the chain
+        (moved in each row's transaction), ``(0, GENESIS)`` when empty. Verify compares the
+        chain's end with it: rows deleted from the end are found missing."""
 
     @abstractmethod
     async def audit_latest(

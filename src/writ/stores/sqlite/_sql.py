@@ -57,8 +57,7 @@ _ANY_WAITER = "SELECT EXISTS (SELECT 1 FROM waiters)"
 
 _HEADS = (
     "SELECT (SELECT value FROM meta WHERE key = 'fencing_token'),"
-    " (SELECT seq FROM audit ORDER BY seq DESC LIMIT 1),"
-    " (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1)"
+    " (SELECT seq FROM audit_head), (SELECT hash FROM audit_head)"
 )
 
 

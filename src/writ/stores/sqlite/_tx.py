@@ -394,8 +394,8 @@ class SQLiteTx(Tx):
         return int(self.c.execute(sql, (lo, hi, cap + 1)).fetchone()[0]) <= cap
 
     async def audit_head(self) -> tuple[int, str]:
-        r = self.c.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        return (r[0], r[1]) if r else (0, GENESIS)
+        r = self.c.execute("SELECT seq, hash FROM audit_head").fetchone()
+        return (r[0], r[1]) if r and r[0] else (0, GENESIS)
 
     async def audit_latest(
         self, resources: Sequence[str], events: Sequence[str], at: float

@@ -27,6 +27,8 @@ from writ.telemetry.metrics import CONTENT_TYPE_LATEST, GateMetrics
 log = logging.getLogger("writ.gate")
 # how long a passed write waits for a connection to the upstream before it is refused (504)
 GATED_POOL_WAIT_S = 5.0
+# a writ token anywhere in a header value, however it is spaced (Bearer\twrit_…, a list)
+_WRIT_TOKEN = re.compile(rb"(?:^|[^A-Za-z0-9_-])writ_")
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -459,9 +461,7 @@ class Gate:
             name = header_name(k)
             if name in drop:
                 continue
-            if name == "authorization" and (
-                not own or v.split(b" ", 1)[-1].strip().startswith(b"writ_")
-            ):
+            if name == "authorization" and (not own or _WRIT_TOKEN.search(v)):
                 continue
             out.append((k, v))
         out += self._add

@@ -175,6 +175,9 @@ def test_the_writ_token_never_reaches_the_upstream(rig: GateRig) -> None:
     both = {"Writ_Authorization": "Bearer x", "Authorization": f"Bearer {rig.token}"}
     assert rig.send("GET", "/public/x", both)[0] == 200
     assert "HTTP_AUTHORIZATION" not in env(rig)
+    # what the caller did not send, the upstream does not get either (no library defaults)
+    seen = env(rig)
+    assert not {"HTTP_USER_AGENT", "HTTP_ACCEPT", "HTTP_ACCEPT_ENCODING"} & set(seen), seen
     for spelled in (f"Bearer\t{rig.token}", rig.token, f"Basic x, Bearer  {rig.token}"):
         odd = {"Writ-Authorization": f"Bearer {rig.token}", "Authorization": spelled}
         assert rig.send("GET", "/public/x", odd)[0] == 200

@@ -233,6 +233,9 @@ class Gate:
                     "User-Agent": f"writ-gate/{__version__}",
                 },
             )
+            for client in (self._upstream_client, self._gated_client):
+                for name in ("accept", "accept-encoding", "user-agent"):
+                    del client.headers[name]  # forward the caller's own, add none of httpx's
         return self._upstream_client, self._writ_client
 
     async def aclose(self) -> None:

@@ -366,6 +366,16 @@ async def test_names_writ_writes_into_rows_are_not_principals(writ: Writ, name: 
     assert name not in names
 
 
+@pytest.mark.parametrize("name", [".", "..", "..."])
+async def test_a_name_of_dots_is_not_a_principal(writ: Writ, name: str) -> None:  # noqa: F811
+    """/v1/principals/../rotate would be another route to a client building the URL."""
+    r = await post(writ, "/v1/principals", json.dumps({"name": name, "kind": "agent"}))
+    err = error(r, 422, "invalid")
+    assert err["field"] == "name" and "only dots" in err["message"], err
+    ok = await post(writ, "/v1/principals", json.dumps({"name": "a.b", "kind": "agent"}))
+    assert ok.status_code in (201, 409), ok.text  # dots inside a name are fine
+
+
 async def test_booleans_and_strings_are_not_numbers(
     writ: Writ,  # noqa: F811
     cast: dict[str, Any],

@@ -537,6 +537,12 @@ class PrincipalOps:
             raise Forbidden("only an admin may add principals", actor=actor.name)
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise Invalid("name must be 1-64 of a-z 0-9 . _ -", field="name")
+        if name.strip(".") == "":
+            raise Invalid(
+                f"name {name!r} is only dots: in a URL (/v1/principals/{name}/rotate) it would "
+                "walk to another route",
+                field="name",
+            )
         if name in RESERVED_NAMES:
             raise Invalid(
                 f"name {name!r} is reserved: writ writes it into audit rows itself "

@@ -525,7 +525,8 @@ async def test_only_the_key_holder_queue_or_its_members_turn_the_key(
     # the admin joins the rotation, and may then deny; the queue's own token may too
     await s.ok(tok["boss"], "POST", "/v1/principals/boss/queues", {"add": ["svc-ops"]})
     rb2 = await _rollback(s, tok)
-    await s.ok(tok["boss"], "POST", f"/v1/rollbacks/{rb2['rollback_id']}/deny")
+    denied = await s.ok(tok["boss"], "POST", f"/v1/rollbacks/{rb2['rollback_id']}/deny")
+    assert denied["status"] == denied["state"] == "denied", denied
     rb3 = await _rollback(s, tok)
     await s.ok(tok["svc-ops"], "POST", f"/v1/rollbacks/{rb3['rollback_id']}/deny")
     # taken off the rotation, jane may no longer

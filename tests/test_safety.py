@@ -417,6 +417,7 @@ async def test_rollback_needs_the_human_key(world: World) -> None:
     assert r.status_code == 200, r.text
     done = r.json()
     assert done["status"] == "executed" and done["response_status"] == 200
+    assert done["state"] == "executed", done  # the answer's state is the stored one
     assert done["approved_by"] == "svc-ops-princess"
     calls = [c for c in w.rx.calls if c[0].startswith("/ops/rollback")]
     assert len(calls) == before + 1 and calls[-1][0] == "/ops/rollback?txn=8841"

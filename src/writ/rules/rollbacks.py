@@ -239,6 +239,7 @@ class Rollbacks(Rule):
                 status=status, **({"approved_by": me.name} if approve else {"denied_by": me.name})
             )
             await tx.put_object(ROLLBACK, rollback_id, rb["resource"], status, data(rb))
+            rb["state"] = status  # as stored now: the answer and the route's payload say so
             holder = await tx.get_principal(rb["key_holder"]) if rb.get("key_holder") else None
             if holder is not None and holder.wake:  # its page is answered: resolve it
                 tx.after_commit(
@@ -284,6 +285,7 @@ class Rollbacks(Rule):
                 error=None if result.ok else result.describe(),
             )
             await tx.put_object(ROLLBACK, rollback_id, cur["resource"], status, data(cur))
+            cur["state"] = status
             await tx.append(
                 self._row(
                     cur,

@@ -312,6 +312,30 @@ async def test_an_agent_cannot_hold_others_off_longer_than_the_policy_or_everywh
     await w.post("oncall-jane", f"/v1/leases/{jane['lease_id']}/release")
 
 
+async def test_acting_on_anothers_lease_is_refused_on_the_record(world: World) -> None:
+    """cost-agent renewing, releasing or recording a change under perf-agent's lease: 403,
+    the lease untouched, and a lease.refused row each, naming who tried what."""
+    w = world
+    r = await w.post("perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "scale"})
+    lease = r.json()
+    path = f"/v1/leases/{lease['lease_id']}"
+    tries = [
+        (f"{path}/renew", None, "renew"),
+        (f"{path}/release", None, "release"),
+        (f"{path}/changes", {"attribute": "capacity", "summary": "s"}, "record a change under"),
+    ]
+    for url, body, _ in tries:
+        r = await w.post("cost-agent", url, body)
+        assert r.status_code == 403 and r.json()["error"]["holder"] == "perf-agent", r.text
+    rows = await w.rows("lease.refused")
+    assert [r["agent_id"] for r in rows] == ["cost-agent"] * 3, rows
+    for row, (_, _, action) in zip(rows, tries, strict=True):
+        assert f"cost-agent may not {action} perf-agent's lease" in row["notes"], row
+        assert row["lock_holder"] == "perf-agent" and row["resource"] == "prod/db"
+    assert (await w.post("perf-agent", f"{path}/release")).status_code == 200  # still its own
+    assert len(await w.rows("lease.released")) == 1
+
+
 async def test_consent_long_poll_returns_on_answer(world: World) -> None:
     """GET /v1/consents/{id}?wait_s= returns as soon as the author answers."""
     w = world
@@ -412,6 +436,12 @@ async def test_rollback_needs_the_human_key(world: World) -> None:
             "only the human queue holds the key" in r.json()["error"]["message"]
             or who == "cost-agent"
         )
+    # each try is a decision on the record: who tried to turn the key, and why not
+    tried = await w.rows("rollback.refused")
+    assert [r["agent_id"] for r in tried] == ["cost-agent", "perf-agent", "vendor-portal-button"]
+    assert all(r["lock_key"] == lease["lock_key"] for r in tried), tried
+    assert "may not approve cost-agent's rollback" in tried[0]["notes"], tried[0]
+    assert "approved_by" not in tried[0] or tried[0]["approved_by"] is None
     before = len([p for p in w.rx.paths() if p.startswith("/ops/rollback")])
     r = await w.post("svc-ops-princess", f"/v1/rollbacks/{rb['rollback_id']}/approve")
     assert r.status_code == 200, r.text

@@ -506,7 +506,9 @@ class Engine(PrincipalOps, QueueOps):
         ttl = None if ttl_s is None else number(ttl_s, "ttl_s", 1, MAX_TTL_S)
 
         async def fn(tx: Tx) -> Lease | WritError:
-            lease = await self._own_lease(tx, principal, lease_id)
+            lease = await self._own_lease(tx, principal, lease_id, "renew")
+            if isinstance(lease, WritError):
+                return lease
             lost = await self._lost(tx, lease)
             if lost is not None:
                 return lost
@@ -535,7 +537,9 @@ class Engine(PrincipalOps, QueueOps):
         """Give up a held lease; the queue is served at once (no lock-delay)."""
 
         async def fn(tx: Tx) -> Lease | WritError:
-            lease = await self._own_lease(tx, principal, lease_id)
+            lease = await self._own_lease(tx, principal, lease_id, "release")
+            if isinstance(lease, WritError):
+                return lease
             lost = await self._lost(tx, lease)
             if lost is not None:
                 return lost

@@ -367,18 +367,29 @@ class QueueOps(ReadOps):
         )
         await self._dispatch(tx, self.blast.expand(delay["resource"]))
 
-    async def own_lease(self, tx: Tx, principal: Principal, lease_id: str) -> Lease:
-        """``lease_id``, locked for update, when ``principal`` holds it (else 422/404/403)."""
+    async def own_lease(
+        self, tx: Tx, principal: Principal, lease_id: str, action: str
+    ) -> Lease | Forbidden:
+        """``lease_id``, locked for update, when ``principal`` holds it (else 422/404, or the
+        403 to answer: another's lease, which ``principal`` tried to ``action`` — a decision,
+        so a ``lease.refused`` row in ``tx``, which must commit)."""
         if not isinstance(lease_id, str) or not lease_id:
             raise Invalid("lease_id is required", field="lease_id")
         lease = await tx.get_lease(lease_id, for_update=True)
         if lease is None:
             raise NotFound(f"no lease {lease_id!r}", lease_id=lease_id)
         if lease.holder != principal.name:
-            raise Forbidden(
-                f"lease {lease_id} is held by {lease.holder}, not {principal.name}",
-                holder=lease.holder,
+            message = f"lease {lease_id} is held by {lease.holder}, not {principal.name}"
+            await tx.append(
+                lock_row(
+                    "lease.refused",
+                    principal.name,
+                    lease.resource,
+                    lease,
+                    f"{principal.name} may not {action} {lease.holder}'s lease: {message}",
+                )
             )
+            return Forbidden(message, holder=lease.holder)
         return lease
 
     async def lost(self, tx: Tx, lease: Lease) -> LeaseLost | None:

@@ -68,7 +68,9 @@ class Consents(Rule):
         eng = self.engine
 
         async def fn(tx: Tx) -> dict[str, Any] | WritError:
-            lease = await eng.own_lease(tx, me, lease_id)
+            lease = await eng.own_lease(tx, me, lease_id, "record a change under")
+            if isinstance(lease, WritError):
+                return lease
             lost = await eng.lost(tx, lease)
             if lost is not None:
                 return lost

@@ -222,13 +222,26 @@ class Rollbacks(Rule):
     async def answer(self, me: Principal, rollback_id: str, approve: bool) -> dict[str, Any]:
         eng = self.engine
 
-        async def decide(tx: Tx) -> dict[str, Any]:
+        async def decide(tx: Tx) -> dict[str, Any] | Forbidden:
             rb = await tx.get_object(ROLLBACK, rollback_id, for_update=True)
             if rb is None:
                 raise NotFound(f"no rollback {rollback_id!r}", rollback_id=rollback_id)
             # membership as it stands now, not as it was when the token was checked
             me_now = await tx.get_principal(me.name) or me
-            self._check_key(me_now, rb)
+            try:
+                self._check_key(me_now, rb)
+            except Forbidden as refused:  # a decision too: the postmortem reads who tried
+                verb = "approve" if approve else "deny"
+                await tx.append(
+                    self._row(
+                        rb,
+                        "rollback.refused",
+                        me.name,
+                        f"{me.name} may not {verb} {rb['requested_by']}'s rollback of "
+                        f"{rb['lock_key']}: {refused.message}",
+                    )
+                )
+                return refused
             if rb["state"] != "pending":
                 raise Invalid(
                     f"rollback {rollback_id} is already {rb['state']}: approval is single-use",
@@ -263,6 +276,8 @@ class Rollbacks(Rule):
             return rb
 
         rb = await eng.store.transact(decide)
+        if isinstance(rb, Forbidden):
+            raise rb
         if not approve:
             return public(rb)
         try:

@@ -336,6 +336,50 @@ async def test_acting_on_anothers_lease_is_refused_on_the_record(world: World) -
     assert len(await w.rows("lease.released")) == 1
 
 
+async def test_a_humans_or_an_admins_job_tried_by_an_agent_is_on_the_record(
+    world: World,
+) -> None:
+    """Minting or changing principals, revoking a lease, freezing, reloading the policy: an
+    agent is refused each, and each try is a row naming it, what it tried and where."""
+    w = world
+    r = await w.post("perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "scale"})
+    lease = r.json()
+    revoke = {"runbook": "RB-1", "paged": "nobody", "reason": "mine now"}
+    tries = [
+        ("/v1/principals", {"name": "shadow-admin", "kind": "human"}, "principal.refused"),
+        ("/v1/principals/perf-agent/rotate", {}, "principal.refused"),
+        ("/v1/principals/perf-agent/disable", {"reason": "x"}, "principal.refused"),
+        (
+            "/v1/principals/oncall-jane/queues",
+            {"remove": ["svc-ops-princess"]},
+            "principal.refused",
+        ),
+        (f"/v1/leases/{lease['lease_id']}/revoke", revoke, "lease.refused"),
+        ("/v1/freezes", {"prefix": "prod", "reason": "mine"}, "freeze.refused"),
+        ("/v1/freezes/frz_nope/lift", None, "freeze.refused"),
+        ("/v1/policy/reload", None, "policy.refused"),
+    ]
+    before = await w.rows()
+    for path, body, _ in tries:
+        r = await w.post("cost-agent", path, body)
+        assert r.status_code == 403, (path, r.text)
+    rows = (await w.rows())[len(before) :]
+    assert [r["event"] for r in rows] == [e for _, _, e in tries], rows
+    assert {r["agent_id"] for r in rows} == {"cost-agent"}
+    assert [r["resource"] for r in rows] == [
+        "principals/shadow-admin",
+        "principals/perf-agent",
+        "principals/perf-agent",
+        "principals/oncall-jane",
+        "prod/db",
+        "prod",
+        "freezes",
+        "policy",
+    ]
+    assert rows[4]["lock_holder"] == "perf-agent" and "revoke" in rows[4]["notes"]
+    assert (await w.engine.verify()).ok
+
+
 async def test_consent_long_poll_returns_on_answer(world: World) -> None:
     """GET /v1/consents/{id}?wait_s= returns as soon as the author answers."""
     w = world

@@ -563,12 +563,20 @@ class Engine(PrincipalOps, QueueOps):
     ) -> dict[str, Any]:
         """Force-release a lease: humans and queues only, with provenance."""
         if not principal.is_human:
-            raise Forbidden(
+            err = Forbidden(
                 f"{principal.name} is a{'n' if principal.kind == 'agent' else ''} "
                 f"{principal.kind}: only humans and queues may revoke a lease (agents may ask a "
                 "human queue to do it)",
                 kind=principal.kind,
             )
+
+            async def lease_of(tx: Tx) -> Lease | None:
+                return await tx.get_lease(lease_id) if isinstance(lease_id, str) else None
+
+            tried = await self.store.read(lease_of)
+            if tried is not None:  # on the record, on the lease's resource
+                await self.refusal_row("lease.refused", principal, tried.resource, err)
+            raise err
         fields_ = {"runbook": runbook, "paged": paged, "reason": reason}
         missing = [k for k, v in fields_.items() if not isinstance(v, str) or not v.strip()]
         if missing:

@@ -47,6 +47,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("writ.engine")
 
 
+def about(name: Any) -> str:
+    """The resource of a row about principal ``name`` (``principals`` when not a name)."""
+    return f"principals/{name}" if isinstance(name, str) and _NAME.fullmatch(name) else "principals"
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -162,10 +167,13 @@ class Principals(Rule):
         return None
 
     # ---- helpers -----------------------------------------------------------------------
-    @staticmethod
-    def _admin(actor: Principal | None, what: str) -> str:
+    async def _admin(self, actor: Principal | None, what: str, name: Any) -> str:
+        """Who acts (``operator`` offline); an actor who is no admin is refused, on the
+        record (``principal.refused``)."""
         if actor is not None and not actor.admin:
-            raise Forbidden(f"only an admin may {what}", actor=actor.name)
+            err = Forbidden(f"only an admin may {what}", actor=actor.name)
+            await self.engine.refusal_row("principal.refused", actor, about(name), err)
+            raise err
         return actor.name if actor else "operator"
 
     @staticmethod
@@ -208,10 +216,12 @@ class Principals(Rule):
         """A new token for ``name`` (admin, or the principal itself); the old one is
         refused from this commit on."""
         if actor is not None and not actor.admin and actor.name != name:
-            raise Forbidden(
+            err = Forbidden(
                 f"{actor.name} may rotate only its own token (an admin may rotate any)",
                 actor=actor.name,
             )
+            await self.engine.refusal_row("principal.refused", actor, about(name), err)
+            raise err
         if actor is not None and actor.signed_in_by is not None:
             # a token minted here would outlive the identity provider's say (its JWT's exp,
             # its revocation): a caller signed in by JWT gets its tokens there
@@ -264,7 +274,7 @@ class Principals(Rule):
     async def disable(self, actor: Principal | None, name: str, reason: Any) -> dict[str, Any]:
         """Refuse ``name``'s token, revoke its held leases, take its requests out of the
         queue (admin only)."""
-        by = self._admin(actor, "disable principals")
+        by = await self._admin(actor, "disable principals", name)
         why = plain_text(reason, "reason")
         if actor is not None and actor.name == name:
             raise Invalid("you cannot disable yourself: ask another admin", name=name)
@@ -336,7 +346,7 @@ class Principals(Rule):
         self, actor: Principal | None, name: str, expires_in_s: Any = None
     ) -> dict[str, Any]:
         """Accept ``name`` again, with a fresh token (admin only)."""
-        by = self._admin(actor, "enable principals")
+        by = await self._admin(actor, "enable principals", name)
         ttl = expires_in(expires_in_s)
         token = new_token()
 
@@ -368,7 +378,7 @@ class Principals(Rule):
         self, actor: Principal | None, name: str, add: Any = None, remove: Any = None
     ) -> dict[str, Any]:
         """Add ``name`` (a human) to queues and take it off others (admin only)."""
-        by = self._admin(actor, "change queue membership")
+        by = await self._admin(actor, "change queue membership", name)
         add = [] if add is None else add
         remove = [] if remove is None else remove
         if not isinstance(remove, list) or not all(isinstance(n, str) for n in remove):
@@ -432,6 +442,10 @@ class PrincipalOps:
 
         @property
         def principals(self) -> Principals: ...
+
+        async def refusal_row(
+            self, event: str, actor: Principal | None, resource: str, err: WritError
+        ) -> None: ...
 
     async def authenticate(self, token: str | None) -> Principal:
         """The principal a bearer token belongs to, or :class:`Unauthenticated`."""
@@ -534,7 +548,9 @@ class PrincipalOps:
         token (see :mod:`writ.engine.principals`).
         """
         if actor is not None and not actor.admin:
-            raise Forbidden("only an admin may add principals", actor=actor.name)
+            err = Forbidden("only an admin may add principals", actor=actor.name)
+            await self.refusal_row("principal.refused", actor, about(name), err)
+            raise err
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise Invalid("name must be 1-64 of a-z 0-9 . _ -", field="name")
         if name.strip(".") == "":

@@ -3,6 +3,7 @@ resource status (a mixin of :class:`writ.engine.kernel.Engine`)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,8 +12,9 @@ from writ.core.clock import rfc3339
 from writ.core.errors import (
     Invalid,
     NotFound,
+    WritError,
 )
-from writ.core.models import Lease, public
+from writ.core.models import Lease, Principal, public
 from writ.core.policy import Policy
 from writ.core.resources import BlastRadius
 from writ.core.validate import number
@@ -26,6 +28,8 @@ POLICY_OBJECTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("freeze", ("active",)),
     ("change", ("protected",)),
 )
+
+log = logging.getLogger("writ.engine")
 
 
 class ReadOps:
@@ -76,6 +80,32 @@ class ReadOps:
             if lease.expires_at > now and lease.resource in covering:
                 return lease
         return None
+
+    async def refusal_row(
+        self, event: str, actor: Principal | None, resource: str, err: WritError
+    ) -> None:
+        """A refused request changed nothing, and is still a decision: ``event``'s row, in a
+        transaction of its own, naming who asked and why not (an operator on the store, None,
+        is not refused). The refusal stands whatever happens to its row: a store that cannot
+        take it is logged, and the caller still gets ``err``."""
+        if actor is None:
+            return
+
+        async def fn(tx: Tx) -> None:
+            await tx.append(
+                {
+                    "event": event,
+                    "agent_id": actor.name,
+                    "resource": resource,
+                    "lock_holder": await self.holder_name(tx, resource),
+                    "notes": f"refused {actor.name}: {err.message}"[:2000],
+                }
+            )
+
+        try:
+            await self.store.transact(fn)
+        except Exception:
+            log.exception("the row of a refusal (%s by %s) was not written", event, actor.name)
 
     async def holder_name(self, tx: Tx, resource: str) -> str:
         """Who holds write authority over ``resource`` now (``"none"`` when nobody)."""

@@ -294,7 +294,9 @@ class Authority(Rule):
         leases. ``me`` None is SIGHUP. A bad file changes nothing (422 with FILE:LINE).
         Reloads run one at a time, so the file read last is the policy in force."""
         if me is not None and not me.admin:
-            raise Forbidden("only an admin may reload the policy", actor=me.name)
+            err = Forbidden("only an admin may reload the policy", actor=me.name)
+            await self.engine.refusal_row("policy.refused", me, "policy", err)
+            raise err
         async with self._reloading:
             return await self._reload(me)
 

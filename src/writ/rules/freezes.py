@@ -58,10 +58,16 @@ class Freezes(Rule):
         self, me: Principal, prefix: Any, reason: Any, until: Any = None, allow: Any = None
     ) -> dict[str, Any]:
         if not me.is_human:
-            raise Forbidden(
+            err = Forbidden(
                 f"{me.name} is a{'n' if me.kind == 'agent' else ''} {me.kind}: "
                 "only humans and queues may freeze"
             )
+            try:
+                where = resources.validate(prefix, "prefix")
+            except Invalid:
+                where = "freezes"
+            await self.engine.refusal_row("freeze.refused", me, where, err)
+            raise err
         resources.validate(prefix, "prefix")
         why = text(reason, "reason")
         if allow is None:
@@ -120,7 +126,9 @@ class Freezes(Rule):
 
     async def lift(self, me: Principal, freeze_id: str) -> dict[str, Any]:
         if not me.is_human:
-            raise Forbidden("only humans and queues may lift a freeze")
+            err = Forbidden("only humans and queues may lift a freeze")
+            await self.engine.refusal_row("freeze.refused", me, "freezes", err)
+            raise err
 
         async def fn(tx: Tx) -> dict[str, Any]:
             f = await tx.get_object(FREEZE, freeze_id, for_update=True)

@@ -590,3 +590,8 @@ async def test_a_freeze_on_an_unseen_neighbour_says_only_until_when(
         # an admin, who may observe it, is told whose freeze it is
         r = await w.lease("admin", "prod/db")
         assert r.status_code == 423 and r.json()["error"]["freeze"]["prefix"] == "billing/db"
+        # a freeze above what perf-agent may write is its own to know of, in full
+        body = {"prefix": "prod", "reason": "change window"}
+        assert (await w.post("oncall-jane", "/v1/freezes", body)).status_code in (200, 201)
+        status = (await w.get("perf-agent", "/v1/resources/prod/db")).json()
+        assert [f["prefix"] for f in status["freezes"]] == ["prod"], status

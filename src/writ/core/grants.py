@@ -185,6 +185,15 @@ def observable(s: Settings, p: Principal, resource: str | None) -> bool:
     return any(g.observes(resource) for g in s.grants if g.applies(p))
 
 
+def sees_freeze(s: Settings, p: Principal, prefix: str | None) -> bool:
+    """May ``p`` be told of a freeze on ``prefix``? In closed mode an agent or portal is told
+    of the freezes above, on or below what it may observe or write, of no others."""
+    if not s.closed or p.kind in READ_ALL:
+        return True
+    mine = [q for g in s.grants if g.applies(p) for q in (*g.write, *g.observe)]
+    return any(q == "" or resources.related(str(prefix), q) for q in mine)
+
+
 # ----------------------------------------------------------------------------- parsing
 _HEADER = re.compile(r"""^\s*\[\[\s*["']?authority["']?\s*\.\s*["']?grant["']?\s*\]\]\s*(#.*)?$""")
 _SECTION = re.compile(r"""^\s*\[\s*["']?authority["']?\s*\]\s*(#.*)?$""")

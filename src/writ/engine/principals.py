@@ -222,9 +222,9 @@ class Principals(Rule):
             )
             await self.engine.refusal_row("principal.refused", actor, about(name), err)
             raise err
-        if actor is not None and actor.signed_in_by is not None:
-            # a token minted here would outlive the identity provider's say (its JWT's exp,
-            # its revocation): a caller signed in by JWT gets its tokens there
+        if actor is not None and actor.signed_in_by is not None and actor.name == name:
+            # a token of its own minted here would outlive the identity provider's say (its
+            # JWT's exp, its revocation): a caller signed in by JWT gets its tokens there
             raise Forbidden(
                 f"{actor.name} signed in with a JWT from {actor.signed_in_by}: its tokens come "
                 "from that identity provider, and writ mints none for a JWT's caller "

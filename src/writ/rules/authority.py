@@ -80,6 +80,9 @@ from writ.core.grants import (
 from writ.core.grants import (
     section_line as section_line,
 )
+from writ.core.grants import (
+    sees_freeze as sees_freeze,
+)
 from writ.core.identity import Identity
 from writ.core.models import Lease, Principal
 from writ.core.validate import text
@@ -188,14 +191,7 @@ class Authority(Rule):
         """``GET /v1/freezes`` for ``me``: in closed mode an agent or portal sees the freezes
         that touch what it may observe or write (above it, on it or below it), no others."""
         s = self.settings
-        if not s.closed or me.kind in READ_ALL:
-            return freezes
-        mine = [p for g in s.grants if g.applies(me) for p in (*g.write, *g.observe)]
-        return [
-            f
-            for f in freezes
-            if any(p == "" or resources.related(str(f.get("prefix")), p) for p in mine)
-        ]
+        return [f for f in freezes if sees_freeze(s, me, f.get("prefix"))]
 
     def wake_urls(self, me: Principal, principals: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``GET /v1/principals`` for ``me``: in closed mode an agent or portal sees no other

@@ -14,7 +14,7 @@ from typing import Any
 from writ.core import resources
 from writ.core.clock import parse_duration, parse_time, rfc3339
 from writ.core.errors import Forbidden, Frozen, Invalid, NotFound, WritError
-from writ.core.grants import observable
+from writ.core.grants import sees_freeze
 from writ.core.models import Principal, data, new_id, public
 from writ.core.validate import check_text, check_tree, text
 from writ.engine.hooks import SYSTEM, Request, Rule
@@ -35,7 +35,7 @@ class Freezes(Rule):
             if req.principal in (f.get("allow") or []):
                 continue
             s = getattr(self.engine.policy, "authority", None)
-            if me is not None and s is not None and not observable(s, me, f.get("prefix")):
+            if me is not None and s is not None and not sees_freeze(s, me, f.get("prefix")):
                 # a freeze on a blast-radius neighbour the caller may not observe: that it
                 # stands in the way and until when, not where, by whom or why
                 return Frozen(

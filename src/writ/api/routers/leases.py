@@ -95,7 +95,7 @@ async def resource_status(me: Me, engine: EngineDep, resource: str) -> dict[str,
     engine.authority.check_observe(me, resource)
     for key in ("conflicting", "queue", "protected_changes"):  # its blast radius
         out[key] = engine.authority.visible(me, out[key])
-    out["freezes"] = engine.authority.visible(me, out["freezes"], key="prefix")
+    out["freezes"] = engine.authority.visible_freezes(me, out["freezes"])
     if out["lease"] is not None and not engine.authority.observable(me, out["lease"]["resource"]):
         out["lease"] = None  # a neighbour's lease, shown when the resource itself is free
     return out

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from writ.core.clock import rfc3339
-from writ.core.errors import Forbidden, LeaseLost, WritError
+from writ.core.errors import LeaseLost, WritError
 from writ.core.ledger import Verification
 from writ.core.models import Lease, Principal, Waiter
 from writ.core.policy import Policy
@@ -117,9 +117,9 @@ class EngineView(Protocol):
     async def holder_info(self, tx: Tx, lease: Lease) -> dict[str, Any]: ...
     async def principal(self, name: str) -> Principal | None: ...
     async def authenticate(self, token: str | None) -> Principal: ...
-    async def own_lease(
+    async def held_lease(
         self, tx: Tx, principal: Principal, lease_id: str, action: str
-    ) -> Lease | Forbidden: ...
+    ) -> Lease | WritError: ...
     async def lost(self, tx: Tx, lease: Lease) -> LeaseLost | None: ...
     async def end(
         self,

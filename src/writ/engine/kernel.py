@@ -506,12 +506,9 @@ class Engine(PrincipalOps, QueueOps):
         ttl = None if ttl_s is None else number(ttl_s, "ttl_s", 1, MAX_TTL_S)
 
         async def fn(tx: Tx) -> Lease | WritError:
-            lease = await self._own_lease(tx, principal, lease_id, "renew")
+            lease = await self.held_lease(tx, principal, lease_id, "renew")
             if isinstance(lease, WritError):
                 return lease
-            lost = await self._lost(tx, lease)
-            if lost is not None:
-                return lost
             now = tx.now()
             if ttl is not None:
                 lease.ttl_s = ttl
@@ -537,12 +534,9 @@ class Engine(PrincipalOps, QueueOps):
         """Give up a held lease; the queue is served at once (no lock-delay)."""
 
         async def fn(tx: Tx) -> Lease | WritError:
-            lease = await self._own_lease(tx, principal, lease_id, "release")
+            lease = await self.held_lease(tx, principal, lease_id, "release")
             if isinstance(lease, WritError):
                 return lease
-            lost = await self._lost(tx, lease)
-            if lost is not None:
-                return lost
             return await self._end(
                 tx, lease, "released", principal.name, notes="released by its holder"
             )
@@ -569,13 +563,7 @@ class Engine(PrincipalOps, QueueOps):
                 "human queue to do it)",
                 kind=principal.kind,
             )
-
-            async def lease_of(tx: Tx) -> Lease | None:
-                return await tx.get_lease(lease_id) if isinstance(lease_id, str) else None
-
-            tried = await self.store.read(lease_of)
-            if tried is not None:  # on the record, on the lease's resource
-                await self.refusal_row("lease.refused", principal, tried.resource, err)
+            await self.lease_refusal(principal, lease_id, err)
             raise err
         fields_ = {"runbook": runbook, "paged": paged, "reason": reason}
         missing = [k for k, v in fields_.items() if not isinstance(v, str) or not v.strip()]

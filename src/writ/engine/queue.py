@@ -392,6 +392,16 @@ class QueueOps(ReadOps):
             return Forbidden(message, holder=lease.holder)
         return lease
 
+    async def held_lease(
+        self, tx: Tx, principal: Principal, lease_id: str, action: str
+    ) -> Lease | WritError:
+        """:meth:`own_lease`, still held: the lease, or the error to answer (its refusal row
+        in ``tx``, or :class:`LeaseLost`)."""
+        lease = await self.own_lease(tx, principal, lease_id, action)
+        if isinstance(lease, WritError):
+            return lease
+        return await self.lost(tx, lease) or lease
+
     async def lost(self, tx: Tx, lease: Lease) -> LeaseLost | None:
         """:class:`LeaseLost` when the lease no longer holds (expiring it if due)."""
         if lease.state == "held" and lease.expires_at <= tx.now():
@@ -416,7 +426,6 @@ class QueueOps(ReadOps):
 
     # the old private names (rules now call the public ones; removed in the rooms renovation)
     _end = end
-    _own_lease = own_lease
     _lost = lost
 
 

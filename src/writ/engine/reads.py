@@ -107,6 +107,17 @@ class ReadOps:
         except Exception:
             log.exception("the row of a refusal (%s by %s) was not written", event, actor.name)
 
+    async def lease_refusal(self, actor: Principal, lease_id: Any, err: WritError) -> None:
+        """:meth:`refusal_row` of a request about lease ``lease_id``: ``lease.refused`` on its
+        resource (none for a lease that does not exist)."""
+
+        async def lease_of(tx: Tx) -> Lease | None:
+            return await tx.get_lease(lease_id) if isinstance(lease_id, str) else None
+
+        lease = await self.store.read(lease_of)
+        if lease is not None:
+            await self.refusal_row("lease.refused", actor, lease.resource, err)
+
     async def holder_name(self, tx: Tx, resource: str) -> str:
         """Who holds write authority over ``resource`` now (``"none"`` when nobody)."""
         lease = await self.holder(tx, resource)

@@ -68,12 +68,9 @@ class Consents(Rule):
         eng = self.engine
 
         async def fn(tx: Tx) -> dict[str, Any] | WritError:
-            lease = await eng.own_lease(tx, me, lease_id, "record a change under")
+            lease = await eng.held_lease(tx, me, lease_id, "record a change under")
             if isinstance(lease, WritError):
                 return lease
-            lost = await eng.lost(tx, lease)
-            if lost is not None:
-                return lost
             if fencing_token is not None and fencing_token != lease.fencing_token:
                 return Forbidden(
                     f"fencing token {fencing_token} is not this lease's ({lease.fencing_token})",

@@ -427,6 +427,7 @@ class QueueOps(ReadOps):
     # the old private names (rules now call the public ones; removed in the rooms renovation)
     _end = end
     _lost = lost
+    _own_lease = own_lease
 
 
 def _deny_event(err: WritError) -> str:

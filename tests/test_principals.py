@@ -367,7 +367,6 @@ _PG_BACK_TO_1 = (
     "DELETE FROM writ_migrations WHERE version > 1",
 )
 _SQLITE_BACK_TO_1 = (
-    "DROP TRIGGER audit_head_moves",
     "DROP TABLE audit_head",
     "DROP TRIGGER principals_changed_u",
     "DROP TRIGGER principals_changed_d",

@@ -59,17 +59,15 @@ MIGRATIONS: list[tuple[str, str]] = [
     ),
     (
         "the chain's head kept beside the chain",
-        # the last row's seq and hash, moved with every row in its transaction (as
-        # PostgreSQL's audit_head): verify compares the chain's end with it, so rows deleted
-        # from the end are missed, and the next row is numbered after them (a gap)
+        # the last row's seq and hash, moved in the transaction that writes rows, once per
+        # group commit (as PostgreSQL's audit_head): verify compares the chain's end with it,
+        # so rows deleted from the end are missed, and the next row is numbered after them
         """
         CREATE TABLE audit_head (
             id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);
         INSERT INTO audit_head (id, seq, hash) SELECT 1,
             coalesce((SELECT seq FROM audit ORDER BY seq DESC LIMIT 1), 0),
             coalesce((SELECT hash FROM audit ORDER BY seq DESC LIMIT 1), printf('%064d', 0));
-        CREATE TRIGGER audit_head_moves AFTER INSERT ON audit WHEN NEW.seq > (SELECT seq FROM audit_head)
-            BEGIN UPDATE audit_head SET seq = NEW.seq, hash = NEW.hash; END;
         """,
     ),
 ]

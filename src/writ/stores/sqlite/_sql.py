@@ -55,6 +55,11 @@ def _held_related_sql(paths: tuple[str, ...]) -> tuple[str, tuple[Any, ...]]:
 
 _ANY_WAITER = "SELECT EXISTS (SELECT 1 FROM waiters)"
 
+# after an import: the chain's head is its last imported row
+_IMPORTED_HEAD = (
+    "UPDATE audit_head SET (seq, hash) = (SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1)"
+    " WHERE EXISTS (SELECT 1 FROM audit)"
+)
 _HEADS = (
     "SELECT (SELECT value FROM meta WHERE key = 'fencing_token'),"
     " (SELECT seq FROM audit_head), (SELECT hash FROM audit_head)"

@@ -28,7 +28,7 @@ from writ.stores.rows import (
     import_row,
 )
 from writ.stores.sqlite import _schema
-from writ.stores.sqlite._sql import _HEADS, T, _run_now, _tolerate
+from writ.stores.sqlite._sql import _HEADS, _IMPORTED_HEAD, T, _run_now, _tolerate
 from writ.stores.sqlite._tx import SQLiteTx
 
 # A batch of one transaction commits on the event loop while recent commits took less than
@@ -215,6 +215,8 @@ class SQLiteStore(Store):
             done.append(tx)
         if self._token != token0:
             c.execute("UPDATE meta SET value = ? WHERE key = 'fencing_token'", (self._token,))
+        if self._head != head0:  # the chain's head beside the chain, once per group commit
+            c.execute("UPDATE audit_head SET seq = ?, hash = ?", self._head)
         try:
             started = time.perf_counter()
             if len(outcomes) <= 1 and self._commit_s < INLINE_COMMIT_MAX_S:
@@ -399,6 +401,7 @@ class SQLiteStore(Store):
                 c.execute(
                     "UPDATE meta SET value = max(value, ?) WHERE key = 'fencing_token'", (token,)
                 )
+                c.execute(_IMPORTED_HEAD)
                 counts["meta"] = token
                 await asyncio.get_running_loop().run_in_executor(self._io, c.execute, "COMMIT")
             except BaseException:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterable, Iterable, Iterator
+from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -323,31 +323,39 @@ async def verify_stream(
     ``kept``, the head the store keeps beside the chain (read before the chain), which the
     chain must reach, with the same hash at that seq."""
     seq, head, total = 1, GENESIS, 0
-    kept_seq, kept_hash = kept or (0, GENESIS)
+    kept = kept or (0, GENESIS)
     async for chunk in chunks:
         part = verify(chunk, seq, head)
         total += part.rows
         if not part.ok:
             return Verification(False, total, part.head, part.first_bad_seq, part.reason)
-        if seq <= kept_seq < seq + part.rows and chunk[kept_seq - seq][2] != kept_hash:
-            return Verification(
-                False,
-                total,
-                part.head,
-                kept_seq,
-                f"row {kept_seq} is not the row the store's head names (another hash)",
-            )
+        if (why := kept_row_differs(chunk, kept)) is not None:
+            return Verification(False, total, part.head, kept[0], why)
         seq, head = seq + part.rows, part.head
-    if total < kept_seq:
-        return Verification(
-            False,
-            total,
-            head,
-            total + 1,
-            f"the chain ends at seq {total}, but the store's head is seq {kept_seq}: rows "
-            f"{total + 1}..{kept_seq} were removed",
-        )
+    if (why := chain_short_of(total, kept)) is not None:
+        return Verification(False, total, head, total + 1, why)
     return Verification(True, total, head, None)
+
+
+def kept_row_differs(
+    chunk: Sequence[Stored] | Sequence[Record], kept: tuple[int, str]
+) -> str | None:
+    """Why a verified chunk's row at the store's kept head seq is not the row it names, or
+    None (also when the chunk does not hold that seq)."""
+    first = chunk[0][0] if chunk else 0
+    if chunk and first <= kept[0] <= chunk[-1][0] and chunk[kept[0] - first][2] != kept[1]:
+        return f"row {kept[0]} is not the row the store's head names (another hash)"
+    return None
+
+
+def chain_short_of(total: int, kept: tuple[int, str]) -> str | None:
+    """Why a chain of ``total`` rows falls short of the store's kept head, or None."""
+    if total < kept[0]:
+        return (
+            f"the chain ends at seq {total}, but the store's head is seq {kept[0]}: rows "
+            f"{total + 1}..{kept[0]} were removed"
+        )
+    return None
 
 
 def iter_rows(stored: Iterable[tuple[int, str, str]]) -> Iterator[dict[str, Any]]:

@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from writ.core.clock import rfc3339
 from writ.core.errors import Invalid
-from writ.core.ledger import GENESIS, verify
+from writ.core.ledger import GENESIS, chain_short_of, kept_row_differs, verify
 
 if TYPE_CHECKING:
     from writ.engine import Engine
@@ -407,15 +407,11 @@ async def verify_store(
                 )
             report[s]["ok"] = True
             matched = s
-        if first <= kept[0] <= chunk[-1][0] and chunk[kept[0] - first][2] != kept[1]:
-            return fail(kept[0], f"row {kept[0]} is not the row the store's head names")
+        if (why := kept_row_differs(chunk, kept)) is not None:
+            return fail(kept[0], why)
         seq, prev = seq + part.rows, part.head
-    if total < kept[0]:
-        return fail(
-            total + 1,
-            f"the chain ends at seq {total}, but the store's head is seq {kept[0]}: rows "
-            f"{total + 1}..{kept[0]} were removed",
-        )
+    if (why := chain_short_of(total, kept)) is not None:
+        return fail(total + 1, why)
     missing = [s for s in want if s > total]
     if missing:
         return fail(

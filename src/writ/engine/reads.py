@@ -19,6 +19,7 @@ from writ.core.policy import Policy
 from writ.core.resources import BlastRadius
 from writ.core.validate import number
 from writ.core.wake_routes import redact
+from writ.engine.hooks import lock_row
 from writ.stores.base import Store, Tx
 
 # the policy objects a grant is checked against, fetched together (one query where the
@@ -92,14 +93,9 @@ class ReadOps:
             return
 
         async def fn(tx: Tx) -> None:
+            notes = f"refused {actor.name}: {err.message}"[:2000]
             await tx.append(
-                {
-                    "event": event,
-                    "agent_id": actor.name,
-                    "resource": resource,
-                    "lock_holder": await self.holder_name(tx, resource),
-                    "notes": f"refused {actor.name}: {err.message}"[:2000],
-                }
+                lock_row(event, actor.name, resource, await self.holder(tx, resource), notes)
             )
 
         try:

@@ -302,8 +302,9 @@ class Gate:
             return True
         if raw_path is None:
             return False
-        loose = {loose_path(raw_path), *(p.lower() for p in request_paths(loose_path(raw_path)))}
-        return any(low.startswith(r.prefix()) for low in loose for r in self.routes)
+        loose = loose_path(raw_path)
+        lows = {loose, *(p.lower() for p in request_paths(loose))}
+        return any(low.startswith(r.prefix()) for low in lows for r in self.routes)
 
     async def handle(self, scope: Scope, receive: Receive) -> Response:
         """Decide and forward one HTTP request; the answer to send back."""
@@ -333,13 +334,14 @@ class Gate:
         extra = _method_fields(scope.get("query_string") or b"")
         body: bytes | None = None
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
-        if len(headers.getlist("content-type")) > 1 and self.mapped(path):
-            return _error(
-                400,
-                "invalid",
-                "more than one Content-Type: an upstream may read the body as the other one",
-            )
-        if ctype in FORM_TYPES and self.mapped(path):
+        many_types = len(headers.getlist("content-type")) > 1
+        if (many_types or ctype in FORM_TYPES) and self.mapped(path):
+            if many_types:
+                return _error(
+                    400,
+                    "invalid",
+                    "more than one Content-Type: an upstream may read the body as the other one",
+                )
             # a form may carry _method: read it (bounded) to judge the method it names
             try:
                 body = await _read_all(receive, MAX_FORM)

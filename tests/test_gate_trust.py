@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -29,13 +30,30 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
-class WsgiUpstream:
-    """A WSGI admin API that records the environ of every request that reaches it."""
+class _Threaded(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
 
-    def __init__(self) -> None:
+
+class WsgiUpstream:
+    """A WSGI admin API that records the environ of every request that reaches it (one
+    request at a time, or each in a thread of its own; ``accepted`` counts connections)."""
+
+    def __init__(self, threaded: bool = False) -> None:
         self.seen: list[dict[str, Any]] = []
+        self.accepted = threading.Semaphore(0)
+        accepted = self.accepted
+
+        class Handler(_Quiet):
+            def setup(self) -> None:
+                super().setup()
+                accepted.release()
+
         self.server: WSGIServer = make_server(
-            "127.0.0.1", free_port(), self.app, handler_class=_Quiet
+            "127.0.0.1",
+            free_port(),
+            self.app,
+            server_class=_Threaded if threaded else WSGIServer,
+            handler_class=Handler,
         )
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
@@ -428,27 +446,10 @@ def test_requests_passing_through_cannot_hold_a_checked_write_back(
     """Slow unchecked requests that fill the upstream pool (an anonymous client can send
     them) do not hold a passed write until its lease is gone: passed writes have their own
     connections to the upstream."""
-    from socketserver import ThreadingMixIn
-
-    class Threaded(ThreadingMixIn, WSGIServer):
-        daemon_threads = True
-
-    accepted = threading.Semaphore(0)
-
-    class Counting(_Quiet):
-        def setup(self) -> None:
-            super().setup()
-            accepted.release()
-
     res = unique("pool")
     _, gate_token = live_server.principal("portal", unique("gate"))
     _, token = live_server.principal("agent")
-    upstream = WsgiUpstream()
-    upstream.server.server_close()
-    upstream.server = make_server(
-        "127.0.0.1", 0, upstream.app, server_class=Threaded, handler_class=Counting
-    )
-    upstream.url = f"http://127.0.0.1:{upstream.server.server_port}"
+    upstream = WsgiUpstream(threaded=True)
     gate = Gate(
         live_server.url, gate_token, upstream.url, [Route("/admin/db/*", res)], max_connections=2
     )
@@ -460,7 +461,7 @@ def test_requests_passing_through_cannot_hold_a_checked_write_back(
             s.sendall(b"POST /public/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
             slow.append(s)
         for _ in range(2):
-            assert accepted.acquire(timeout=10), "the slow requests never reached the upstream"
+            assert upstream.accepted.acquire(timeout=10), "the slow requests never reached it"
         with live_server.client(token) as c:
             lease = c.acquire(res, "scale")
         headers = {

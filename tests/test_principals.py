@@ -238,16 +238,22 @@ async def test_the_last_enabled_admin_cannot_be_disabled(
 
 
 # ----------------------------------------------------------------------------- expiry
+async def _expiring(s: Server, tok: dict[str, str], name: str, seconds: int) -> dict[str, Any]:
+    """An agent added by the admin with a token that expires in ``seconds``."""
+    out: dict[str, Any] = await s.ok(
+        tok["boss"],
+        "POST",
+        "/v1/principals",
+        {"name": name, "kind": "agent", "expires_in_s": seconds},
+    )
+    return out
+
+
 async def test_expires_in_s_on_create_and_rotate(
     world: tuple[Server, dict[str, str]], backend: Backend
 ) -> None:
     s, tok = world
-    out = await s.ok(
-        tok["boss"],
-        "POST",
-        "/v1/principals",
-        {"name": "ci-agent", "kind": "agent", "expires_in_s": 3600},
-    )
+    out = await _expiring(s, tok, "ci-agent", 3600)
     assert out["token_expires_at"] is not None
     assert await s.whoami(out["token"]) == 200
     for bad in (0, -5, True, "soon", 10 * 366 * 86_400):
@@ -273,12 +279,7 @@ async def test_a_principal_rotating_itself_keeps_the_expiry_an_admin_set(
     """A contractor's token that an admin made expire cannot be rotated into one that never
     does, nor into a later one; it may be shortened."""
     s, tok = world
-    out = await s.ok(
-        tok["boss"],
-        "POST",
-        "/v1/principals",
-        {"name": "temp-agent", "kind": "agent", "expires_in_s": 600},
-    )
+    out = await _expiring(s, tok, "temp-agent", 600)
     bound = out["token_expires_at"]
     mine = await s.ok(out["token"], "POST", "/v1/principals/temp-agent/rotate", {})
     assert mine["token_expires_at"] == bound, mine

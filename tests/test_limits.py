@@ -248,8 +248,10 @@ def test_a_slow_body_times_out(tmp_path: Path) -> None:
 
 def test_when_every_connection_is_busy_a_newcomer_gets_a_fast_503(tmp_path: Path) -> None:
     """Connections busy with a request (long-polls) are never evicted: past the cap a new
-    connection is answered 503 with Retry-After at once, and served again once they end."""
-    with writ(tmp_path, *serve_args(tmp_path, "--max-connections", "8")) as srv:
+    connection is answered 503 with Retry-After at once, and served again once they end.
+    (One principal's waits are capped below the connections by default: lifted here.)"""
+    limits = ("--max-connections", "8", "--max-waits-per-principal", "8")
+    with writ(tmp_path, *serve_args(tmp_path, *limits)) as srv:
         polls = []
         try:
             for _ in range(8):
@@ -274,6 +276,141 @@ def test_when_every_connection_is_busy_a_newcomer_gets_a_fast_503(tmp_path: Path
         deadline = time.monotonic() + 10
         while health(srv.port)[0] != 200:
             assert time.monotonic() < deadline
+
+
+def _waiting(port: int, token: str, request: bytes) -> socket.socket:
+    """A request of ``token``'s that waits (its head and body sent, its answer not read)."""
+    s = connect(port, timeout=30)
+    s.sendall(request.replace(b"TOKEN", token.encode()))
+    return s
+
+
+def test_one_principal_cannot_wait_on_every_connection(tmp_path: Path) -> None:
+    """A principal with a valid token opening waits on every connection turned every other
+    caller away with 503 until they ended (up to five minutes each). Its waits are capped,
+    by default at a quarter of the connections: one more — a queued acquire on the lean
+    path or on FastAPI's, a long poll — is 503 at once, with nothing done; waiting less or
+    not at all, and everyone else, still get through; once one ends it may wait again."""
+    acquire = (
+        b"POST /v1/leases HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer TOKEN\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+    )
+
+    def acquire_of(body: bytes) -> bytes:
+        return acquire % (len(body), body)
+
+    queued = acquire_of(b'{"resource":"db","intent":"scale","wait_s":30}')
+    poll = b"GET /v1/events?resource=db&after_seq=999999&wait_s=30 HTTP/1.1\r\nHost: x\r\n"
+    poll += b"Authorization: Bearer TOKEN\r\n\r\n"
+    with writ(tmp_path, *serve_args(tmp_path, "--max-connections", "8")) as srv:
+        url = f"http://127.0.0.1:{srv.port}"
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        tokens = {}
+        for name in ("greedy", "other"):
+            r = httpx.post(
+                f"{url}/v1/principals", json={"name": name, "kind": "agent"}, headers=admin
+            )
+            tokens[name] = r.json()["token"]
+        held = httpx.post(
+            f"{url}/v1/leases",
+            json={"resource": "db", "intent": "hold"},
+            headers={"Authorization": f"Bearer {tokens['other']}"},
+        )
+        assert held.status_code == 201
+        greedy = {"Authorization": f"Bearer {tokens['greedy']}"}
+        waits = [
+            _waiting(srv.port, tokens["greedy"], queued),
+            _waiting(srv.port, tokens["greedy"], poll),
+        ]
+        try:
+            deadline = time.monotonic() + 10  # until the server counts both
+            for more in (
+                {"resource": "db", "intent": "scale", "wait_s": 5},  # the lean path
+                {"resource": "db", "intent": "scale", "wait_s": 5, "consent_id": None},  # FastAPI's
+            ):
+                while (
+                    r := httpx.post(f"{url}/v1/leases", json=more, headers=greedy)
+                ).status_code != 503:
+                    assert r.status_code == 409 and time.monotonic() < deadline, r.text
+                assert "already has 2 requests waiting" in r.json()["error"]["message"]
+                assert r.headers["retry-after"] == "1"
+            r = httpx.get(f"{url}/v1/events", params={"wait_s": 5}, headers=greedy)
+            assert r.status_code == 503
+            # not waiting: answered as ever
+            r = httpx.post(
+                f"{url}/v1/leases", json={"resource": "db", "intent": "x"}, headers=greedy
+            )
+            assert r.status_code == 409
+            # another principal waits as ever
+            other = {"Authorization": f"Bearer {tokens['other']}"}
+            r = httpx.get(
+                f"{url}/v1/events", params={"resource": "nothing", "wait_s": 0.2}, headers=other
+            )
+            assert r.status_code == 200
+            assert health(srv.port)[0] == 200
+            waits.pop().close()  # one ends: it may wait again
+            deadline = time.monotonic() + 10
+            while (
+                r := httpx.get(
+                    f"{url}/v1/events", params={"resource": "x", "wait_s": 0.2}, headers=greedy
+                )
+            ).status_code != 200:
+                assert r.status_code == 503 and time.monotonic() < deadline
+            rows = httpx.get(f"{url}/v1/audit", params={"resource": "db"}, headers=admin).json()
+            assert [row["event"] for row in rows["rows"]].count("lease.granted") == 1
+        finally:
+            for s in waits:
+                s.close()
+
+
+def _held_up_by_a_body(port: int) -> socket.socket:
+    """A connection whose request's body never finishes (no token needed), once its head
+    is in (the server asked for the body: ``100 Continue``)."""
+    s = connect(port)
+    s.sendall(
+        b"POST /v1/leases HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 1000\r\n\r\n"
+    )
+    assert s.recv(100).startswith(b"HTTP/1.1 100 ")
+    s.sendall(b"{")
+    return s
+
+
+def _held_up_by_not_reading(port: int) -> socket.socket:
+    """A connection that asks for answers (83 KiB each) and never reads them."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 40)
+    assert s.recv(100).startswith(b"HTTP/1.1 200 ")  # its first head is in: busy
+    return s
+
+
+@pytest.mark.parametrize("held_up", [_held_up_by_a_body, _held_up_by_not_reading])
+def test_a_client_holding_up_every_connection_makes_room_for_a_newcomer(
+    tmp_path: Path, held_up: Callable[[int], socket.socket]
+) -> None:
+    """Every connection taken by requests their client holds up — a body never finished,
+    answers never read — no longer turns everyone else away with 503: a newcomer takes the
+    place of the one held up longest. A slow body is told why (408); an unread answer is
+    reset, since it would never drain."""
+    with writ(tmp_path, *serve_args(tmp_path, "--max-connections", "8")) as srv:
+        socks = [held_up(srv.port) for _ in range(8)]
+        try:
+            deadline = time.monotonic() + 10  # until the unread answers have filled up
+            while (status := health(srv.port)[0]) != 200:
+                assert status == 503 and time.monotonic() < deadline, status
+            assert health(srv.port)[0] == 200
+            out = answer(socks[0])  # the oldest went first
+            if held_up is _held_up_by_a_body:
+                assert out.startswith(b"HTTP/1.1 408 ") and b"slowest to arrive" in out, out
+            else:
+                assert len(out) < 39 * 83_000  # cut off before its answers were read
+            assert "Traceback" not in srv.logs()
+        finally:
+            for s in socks:
+                s.close()
 
 
 # ----------------------------------------------------------------------- gate and MCP HTTP

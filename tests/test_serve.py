@@ -71,6 +71,7 @@ def test_serve_takes_its_flags_from_the_environment(monkeypatch: pytest.MonkeyPa
         "WRIT_METRICS_TOKEN": METRICS_TOKEN,
         "WRIT_MAX_CONNECTIONS": "64",
         "WRIT_HEADER_TIMEOUT": "2.5",
+        "WRIT_MAX_WAITS_PER_PRINCIPAL": "16",
     }
     result = CliRunner().invoke(main, ["serve"], env=env)
     assert result.exit_code == 0, result.output
@@ -84,6 +85,7 @@ def test_serve_takes_its_flags_from_the_environment(monkeypatch: pytest.MonkeyPa
                 "metrics": False,
                 "metrics_token": METRICS_TOKEN,
                 "limits": Limits(max_connections=64, header_timeout=2.5),
+                "max_waits": 16,
             },
         )
     ]

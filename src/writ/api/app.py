@@ -34,6 +34,7 @@ from writ.api.routers import (
     principals,
     rollbacks,
 )
+from writ.api.waits import DEFAULT_CAP
 from writ.core.models import Principal
 from writ.engine import Engine
 from writ.telemetry.metrics import Metrics
@@ -81,12 +82,14 @@ def create_app(
     metrics_token: str | None = None,
     relay_dir: str | None = None,
     settle: bool = False,
+    max_waits: int = DEFAULT_CAP,
 ) -> FastAPI:
     """The ASGI app. Starts and stops ``engine`` with the app's lifespan. ``/livez``,
     ``/readyz`` and ``/metrics`` (:mod:`writ.api.ops`) sit in front of it; ``metrics=False``
     measures nothing (``/metrics`` is then 404), ``metrics_token`` guards ``/metrics``.
     ``settle`` (a server process of its own: ``writ serve``) tunes the cycle collector
-    once started (:func:`writ.api.lifecycle.settle_heap`)."""
+    once started (:func:`writ.api.lifecycle.settle_heap`). Each principal may have
+    ``max_waits`` requests waiting at once (:mod:`writ.api.waits`)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -112,6 +115,7 @@ def create_app(
     app = WritApp(
         engine,
         relay_dir,
+        max_waits,
         title="writ",
         version=__version__,
         summary="Vendor-neutral write authority for autonomous agents (protocol v1).",

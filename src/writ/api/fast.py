@@ -31,6 +31,7 @@ from writ.api.ops import _GOOD_ID, FENCE, LEASES, RELEASE, STARTED, OpsFront, re
 from writ.api.relay import Relay, identity_of
 from writ.api.relay_wire import CANCEL_WAIT_S, LOST, NOT_RUN, Answer, _Link
 from writ.api.url_text import TextURL, url_problem
+from writ.api.waits import DEFAULT_CAP, Waits
 from writ.core.errors import Invalid, Unavailable, WritError
 from writ.engine import Engine
 from writ.net.limits import direct_answer
@@ -70,11 +71,13 @@ class FastLeases:
         engine: Engine,
         draining: asyncio.Event | None = None,
         relay: Relay | None = None,
+        waits: Waits | None = None,
     ) -> None:
         self.app = app
         self.engine = engine
         self.draining = draining
         self.relay = relay  # set: servers on this host relay lease writes to one writer
+        self.waits = waits or Waits()  # each principal's requests that may wait, capped
 
     def route(self, scope: Scope) -> str | None:
         """The hot route an HTTP request asks for, as its route template (``FENCE``,
@@ -139,9 +142,30 @@ class FastLeases:
             req = self._acquire_request(body)
         if not (token and ((lease_id is not None and not body) or req is not None)):
             return None
+        wait_s = req.get("wait_s", 0) if req is not None else 0
+        if not wait_s:
+            return await self._write(scope, receive, token, lease_id, req, body, 0)
+        # it may wait, holding its connection meanwhile: counted against its principal
+        # (writ.api.waits) here, where the connection is, wherever it is written
+        try:
+            me = await self.engine.authenticate(token)
+            with self.waits.one(me.name):
+                return await self._write(scope, receive, token, lease_id, req, body, wait_s)
+        except WritError as err:  # an unknown token, or its principal waits enough
+            return _refusal(err)
+
+    async def _write(
+        self,
+        scope: Scope,
+        receive: Receive,
+        token: str,
+        lease_id: str | None,
+        req: dict[str, Any] | None,
+        body: bytes,
+        wait_s: Any,
+    ) -> _Outcome:
         link = self.relay.link() if self.relay is not None else None
         # another server on this host writes: ask it (writ.api.relay), unless it cannot
-        wait_s = req.get("wait_s", 0) if req is not None else 0
         if link is not None:
             out = await self._relay(link, scope, receive, token, lease_id, body, wait_s)
             if out is not None:
@@ -425,18 +449,26 @@ class WritApp(FastAPI):
     :class:`OpsFront` would measure it — the same answer, without the ASGI messages. If the
     lean path does not take it after all, it goes through :attr:`front` as before."""
 
-    def __init__(self, engine: Engine, relay_dir: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        relay_dir: str | None = None,
+        max_waits: int = DEFAULT_CAP,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.state.engine = engine
         # set when the server begins a graceful shutdown: waiting requests answer 503
         self.draining = asyncio.Event()
+        # each principal's requests that may wait, at most max_waits (writ.api.waits)
+        self.waits = Waits(max_waits)
         # servers on one host relay lease writes to one of them (writ.api.relay)
         self.relay = (
             Relay(relay_dir, self.draining, identity_of(engine), store=engine.store)
             if relay_dir
             else None
         )
-        leases = FastLeases(self.full_stack, engine, self.draining, self.relay)
+        leases = FastLeases(self.full_stack, engine, self.draining, self.relay, self.waits)
         if self.relay is not None:
             self.relay.run = leases.relayed
         self.leases = leases

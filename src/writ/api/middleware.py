@@ -1,13 +1,14 @@
 """The ASGI pieces in front of the app: the body and header limits (:class:`LimitBody`), the
 raw JSON answers they send, the answer to an unexpected exception, and :func:`_unless_hung_up`
-(a wait that ends when its caller hangs up or the server drains)."""
+(a wait that ends when its caller hangs up or the server drains), counted against its
+principal by :func:`waiting`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -121,6 +122,15 @@ _INTERNAL_ERROR = {
         "log has the details.",
     }
 }
+
+
+async def waiting(request: Any, who: str, work: Callable[[], Awaitable[T]]) -> T:
+    """A FastAPI route's request that may wait: ``work()`` counted against principal
+    ``who``'s waiting requests (:mod:`writ.api.waits`: at its cap, 503 and ``work`` is never
+    called), and ended if its caller hangs up or the server drains (:func:`_unless_hung_up`)."""
+    app = request.app
+    with app.waits.one(who):
+        return await _unless_hung_up(request.receive, work(), app.draining)
 
 
 async def _unless_hung_up(

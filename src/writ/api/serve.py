@@ -8,6 +8,7 @@ from typing import Any
 
 from writ.api.app import create_app
 from writ.api.middleware import MAX_HEADERS
+from writ.api.waits import default_cap
 from writ.engine import Engine
 from writ.net.limits import Limits
 
@@ -47,13 +48,15 @@ def run(
     metrics_token: str | None = None,
     workers: int = 1,
     relay: str | None = None,
+    max_waits: int | None = None,
 ) -> None:
     """Serve writ until SIGTERM or SIGINT (``writ serve``), then shut down gracefully
     (:mod:`writ.api.lifecycle`) within ``shutdown_timeout`` seconds, each connection within
     ``limits``; ``workers`` > 1 runs that many processes on one port (PostgreSQL stores
     only, :mod:`writ.api.workers`); ``relay`` is a directory in which the servers of this
     host elect one writer of leases (:mod:`writ.api.relay`; with ``workers``, one of their
-    own unless ``"off"``)."""
+    own unless ``"off"``). Each principal may have ``max_waits`` requests waiting at once
+    on each process (by default a quarter of ``limits.max_connections``: :mod:`writ.api.waits`)."""
     import os
 
     import uvicorn
@@ -72,10 +75,12 @@ def run(
     ]
     logs.setup(log_format, log_level, [s for s in secrets if s])
     options = uvicorn_options(host, port, log_level, limits, shutdown_timeout)
+    if max_waits is None:
+        max_waits = default_cap((limits or Limits()).effective().max_connections)
     if workers != 1:
         from writ.api.workers import AppSettings, run_workers
 
-        settings = AppSettings(log_format, log_level, metrics, metrics_token, relay)
+        settings = AppSettings(log_format, log_level, metrics, metrics_token, relay, max_waits)
         run_workers(store_url, workers, policy_path, settings, **options)
         return
     traced = tracing.configure()
@@ -87,7 +92,12 @@ def run(
     logs.log_decisions(engine)
     relay_dir = relay if relay != "off" else None
     app = create_app(
-        engine, metrics=metrics, metrics_token=metrics_token, relay_dir=relay_dir, settle=True
+        engine,
+        metrics=metrics,
+        metrics_token=metrics_token,
+        relay_dir=relay_dir,
+        settle=True,
+        max_waits=max_waits,
     )
     config = uvicorn.Config(app, **options)
     DrainingServer(config, app.draining).run()  # type: ignore[attr-defined]

@@ -26,6 +26,7 @@ import tempfile
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from writ.api.waits import DEFAULT_CAP
 from writ.core.errors import Invalid
 
 __all__ = ["AppSettings", "check_relay", "check_workers", "create_app_from_env", "run_workers"]
@@ -44,6 +45,7 @@ class AppSettings:
     metrics: bool = True
     metrics_token: str | None = None
     relay_dir: str | None = None
+    max_waits: int = DEFAULT_CAP
 
 
 MAX_WORKERS = 256
@@ -104,6 +106,7 @@ def create_app_from_env() -> Any:
         metrics_token=app.metrics_token,
         relay_dir=app.relay_dir,
         settle=True,
+        max_waits=app.max_waits,
     )
 
 

@@ -17,8 +17,12 @@ file descriptors and memory. :class:`Limits` closes each of those doors, in the 
 * a keep-alive connection idle for ``keepalive_timeout`` seconds is closed;
 * at most ``max_connections`` connections are open. A new one beyond that first takes the
   place of the connection that has waited longest without a request in progress (idle or
-  still sending its head, as a slow client does); only when every connection is busy with
-  a request is the newcomer answered ``503`` with ``Retry-After`` and closed at once.
+  still sending its head, as a slow client does); failing that, of the one held up longest
+  by its own client — still sending its body, or not reading its answer — which is cut
+  off; only when every connection is busy with a request the server is working on or
+  waiting in is the newcomer answered ``503`` with ``Retry-After`` and closed at once. (A
+  request that waits — a queued acquire, a long poll — is capped per principal by the
+  app: :mod:`writ.api.waits`.)
 
 The mechanism was chosen by measurement (docs/security.md): uvicorn's own
 ``limit_concurrency`` answers 503 only once a head is complete (a slow head never is), and
@@ -143,6 +147,7 @@ class _Answers:
     body_slow: bytes
     absolute: bytes
     busy: bytes
+    cut_off: bytes
 
 
 def _answers(limits: Limits) -> _Answers:
@@ -173,13 +178,21 @@ def _answers(limits: Limits) -> _Answers:
             "request): retry shortly",
             retry_after=1,
         ),
+        cut_off=_canned(
+            408,
+            "timeout",
+            f"every connection was in use (at most {limits.max_connections}) and this request's "
+            "body was the slowest to arrive: the connection was closed to make room",
+        ),
     )
 
 
-def _evict(protocol: Any, idle: dict[Any, None]) -> bool:
-    """Close the connection that has waited longest without a request in progress, to
-    make room for ``protocol``'s; False when every connection is busy. O(1): the idle
-    ones are kept in the order they became idle."""
+def _evict(protocol: Any, idle: dict[Any, None], stalled: dict[Any, None], cut_off: bytes) -> bool:
+    """Close a connection to make room for ``protocol``'s: the one that has waited longest
+    without a request in progress, else the one its client has held up longest — sending
+    its body (answered ``cut_off`` first) or not reading its answer (reset: what it has not
+    read would never drain). False when every connection is busy with a request the
+    server is working on or waiting in. O(1): each kind is kept in the order it began."""
     while idle:
         oldest = next(iter(idle))
         del idle[oldest]
@@ -187,6 +200,19 @@ def _evict(protocol: Any, idle: dict[Any, None]) -> bool:
             oldest.transport.close()
             protocol.connections.discard(oldest)
             return True
+    while stalled:
+        oldest = next(iter(stalled))
+        del stalled[oldest]
+        transport = oldest.transport
+        if transport is None or transport.is_closing():
+            continue
+        if oldest.flow.write_paused:
+            transport.abort()
+        else:
+            oldest._disarm()
+            _expired(oldest, cut_off)
+        protocol.connections.discard(oldest)
+        return True
     return False
 
 
@@ -248,7 +274,10 @@ class _OneSend:
             return
         if self._head is not None:
             data, self._head = self._head + data, None
-        self.transport.write(data)
+        # uvicorn writes on once the client stops holding it up, even when that was by
+        # going away (its send awaits the drain, then writes): a closed transport refuses
+        if not self.transport.is_closing():
+            self.transport.write(data)
 
     def flush(self) -> None:
         if self._head is not None:
@@ -364,6 +393,23 @@ def _refuse(protocol: Any, answer: bytes) -> None:
         transport.close()
 
 
+class _Deadlines:
+    """A connection's one deadline (its head's or its body's): when it passes, the
+    connection is answered and closed (:func:`_expired`)."""
+
+    _deadline: Any  # asyncio.TimerHandle, or None
+    loop: Any
+
+    def _arm(self, seconds: float, answer: bytes) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, _expired, self, answer)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+
 def guarded_protocol(limits: Limits) -> type[Any]:
     """uvicorn's httptools protocol, with ``limits`` enforced (see the module docstring)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -371,8 +417,10 @@ def guarded_protocol(limits: Limits) -> type[Any]:
     answers = _answers(limits)
     # this listener's connections with no request in progress, oldest first
     idle: dict[Any, None] = {}
+    # and those held up by their client (sending a body, not reading an answer), oldest first
+    stalled: dict[Any, None] = {}
 
-    class GuardedHttpTools(HttpToolsProtocol, metaclass=_Guarded):
+    class GuardedHttpTools(_Deadlines, HttpToolsProtocol, metaclass=_Guarded):
         LIMITS: ClassVar[Limits] = limits
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -388,7 +436,9 @@ def guarded_protocol(limits: Limits) -> type[Any]:
 
         # -- connection ---------------------------------------------------------------
         def connection_made(self, transport: Any) -> None:
-            if len(self.connections) >= limits.max_connections and not _evict(self, idle):
+            if len(self.connections) >= limits.max_connections and not _evict(
+                self, idle, stalled, answers.cut_off
+            ):
                 self._refused = self._rejected = True
                 self.transport = transport
                 transport.write(answers.busy)
@@ -401,18 +451,9 @@ def guarded_protocol(limits: Limits) -> type[Any]:
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             idle.pop(self, None)
+            stalled.pop(self, None)
             if not self._rejected:
                 super().connection_lost(exc)
-
-        # -- deadlines ----------------------------------------------------------------
-        def _arm(self, seconds: float, answer: bytes) -> None:
-            self._disarm()
-            self._deadline = self.loop.call_later(seconds, _expired, self, answer)
-
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
 
         # -- data ---------------------------------------------------------------------
         def data_received(self, data: bytes) -> None:
@@ -439,6 +480,7 @@ def guarded_protocol(limits: Limits) -> type[Any]:
                 return
             self._in_head = False
             idle.pop(self, None)  # busy with a request until its response is complete
+            stalled[self] = None  # and its body is the client's to send, until complete
             self._head_bytes = self._line_bytes = 0
             self._line_done, self._tail = False, b""
             self._arm(limits.body_timeout, answers.body_slow)
@@ -461,11 +503,22 @@ def guarded_protocol(limits: Limits) -> type[Any]:
 
         def on_message_complete(self) -> None:
             self._disarm()
+            if not self.flow.write_paused:
+                stalled.pop(self, None)
             self._in_head = True  # what comes next is the next request's head
             if self.cycle is not None and self.cycle.response_complete and not self.pipeline:
                 idle[self] = None  # answered before its body was all in: idle now
             if not self._refused:
                 super().on_message_complete()
+
+        def pause_writing(self) -> None:  # the client is not reading what it was sent
+            super().pause_writing()
+            stalled[self] = None
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self._in_head:  # and no body of its own still to send
+                stalled.pop(self, None)
 
         def on_response_complete(self) -> None:
             idle.pop(self, None)

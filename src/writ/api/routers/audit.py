@@ -3,12 +3,13 @@
 No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 """
 
+from collections.abc import Awaitable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
 from writ.api.deps import EngineDep, Me
-from writ.api.middleware import _unless_hung_up
+from writ.api.middleware import waiting
 from writ.api.streaming import audit_response
 from writ.core.clock import parse_time
 from writ.engine.hooks import MAX_WAIT_S
@@ -52,7 +53,7 @@ async def events(
     wait_s: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> dict[str, Any]:
-    work = engine.authority.events(me, resource, after_seq, wait_s, limit)
-    return await (
-        work if wait_s <= 0 else _unless_hung_up(request.receive, work, request.app.draining)
-    )
+    def work() -> Awaitable[dict[str, Any]]:
+        return engine.authority.events(me, resource, after_seq, wait_s, limit)
+
+    return await (work() if wait_s <= 0 else waiting(request, me.name, work))

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from writ.api.deps import EngineDep, Me
-from writ.api.middleware import _unless_hung_up
+from writ.api.middleware import waiting
 from writ.api.schemas import (
     ChangeIn,
     ConsentIn,
@@ -66,5 +66,4 @@ async def get_consent(
     engine.authority.check_observe(me, consent["resource"], f"consent {consent_id}")
     if wait_s <= 0:
         return consent
-    work = engine.consents.get(consent_id, wait_s)
-    return await _unless_hung_up(request.receive, work, request.app.draining)
+    return await waiting(request, me.name, lambda: engine.consents.get(consent_id, wait_s))

@@ -3,12 +3,13 @@
 No ``from __future__ import annotations``: FastAPI reads these signatures at runtime.
 """
 
+from collections.abc import Awaitable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request
 
 from writ.api.deps import EngineDep, Me
-from writ.api.middleware import _unless_hung_up
+from writ.api.middleware import waiting
 from writ.api.schemas import (
     AcquireIn,
     RenewIn,
@@ -22,9 +23,9 @@ router = APIRouter()
 @router.post("/v1/leases", status_code=201, tags=["leases"])
 async def acquire(me: Me, engine: EngineDep, body: AcquireIn, request: Request) -> dict[str, Any]:
     request.scope["writ.lease"] = {"resource": body.resource}
-    lease: dict[str, Any] = await _unless_hung_up(
-        request.receive,
-        engine.acquire(
+
+    def work() -> Awaitable[dict[str, Any]]:
+        return engine.acquire(
             me,
             resource=body.resource,
             intent=body.intent,
@@ -33,9 +34,10 @@ async def acquire(me: Me, engine: EngineDep, body: AcquireIn, request: Request) 
             touches=body.touches,
             consent_id=body.consent_id,
             rollback=body.rollback.model_dump() if body.rollback else None,
-        ),
-        request.app.draining,
-    )
+        )
+
+    # one that may wait holds its connection meanwhile: counted against its principal
+    lease = await (waiting(request, me.name, work) if body.wait_s > 0 else work())
     request.scope["writ.lease"] = lease
     return lease
 

@@ -111,6 +111,17 @@ from writ.net.limits import from_options, limit_options
     "[env WRIT_RELAY].",
 )
 @click.option(
+    "--max-waits-per-principal",
+    "max_waits",
+    type=click.IntRange(1),
+    default=None,
+    metavar="N",
+    envvar="WRIT_MAX_WAITS_PER_PRINCIPAL",
+    help="Requests one principal may have waiting at once (queued acquires, long polls); "
+    "one more is 503. Default: a quarter of --max-connections "
+    "[env WRIT_MAX_WAITS_PER_PRINCIPAL].",
+)
+@click.option(
     "--checkpoint-every",
     type=click.IntRange(min=1),
     default=None,
@@ -147,6 +158,7 @@ def serve(
     check_only: bool = False,
     workers: int = 1,
     relay: str | None = None,
+    max_waits: int | None = None,
     checkpoint_every: int | None = None,
     checkpoint_key: str = DEFAULT_KEY,
     checkpoint_dir: str = "writ-checkpoints",
@@ -181,6 +193,8 @@ def serve(
     extra: dict[str, Any] = {"workers": workers} if workers != 1 else {}
     if relay_dir is not None:
         extra["relay"] = relay_dir
+    if max_waits is not None:
+        extra["max_waits"] = max_waits
     api_serve.run(
         store,
         host,

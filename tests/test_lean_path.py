@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -589,7 +590,8 @@ async def test_a_client_that_never_finishes_its_body_is_cut_off(
 ) -> None:
     """A plain acquire whose body stops short of its Content-Length: the listener's body
     deadline answers 408 and closes, the direct way's task ends (counted as OpsFront counts
-    a client gone before its body: 500), and the server serves the next request."""
+    a client gone before its answer: 499, never a 500 an alert would page on, nor a refusal),
+    and the server serves the next request."""
     quick = Limits(max_header_bytes=MAX_HEADERS, body_timeout=0.3)
     async with world(backend, tmp_path, monkeypatch) as w, served(w, quick) as port:
         token = w.tokens["perf-agent"]
@@ -606,10 +608,45 @@ async def test_a_client_that_never_finishes_its_body_is_cut_off(
         found = samples((await w.http.get("/metrics")).text)
         key = (
             "writ_http_request_duration_seconds_count",
-            frozenset({"method": "POST", "route": LEASES, "status": "500"}.items()),
+            frozenset({"method": "POST", "route": LEASES, "status": "499"}.items()),
         )
         assert found.get(key) == 1, {k: v for k, v in found.items() if "duration" in k[0]}
+        assert not [
+            k for k in found if k[0] == "writ_refusals_total" and ("code", "http_499") in k[1]
+        ]
         assert [r for r in await w.rows("lease.granted") if r["resource"] == "prod/db/slow"] == []
+
+
+async def test_a_client_gone_before_its_answer_is_logged_as_gone_not_as_a_500(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """With the access log on (the layers' way), a client that hangs up halfway through its
+    body is logged and measured as 499 with the outcome ``hung_up``: before, as a 500 whose
+    outcome said ``ok``, for an alert on server errors to page someone about."""
+    async with world(backend, tmp_path, monkeypatch) as w, served(w) as port:
+        with caplog.at_level("INFO", logger="writ.access"):
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            head = _request(
+                "POST", LEASES, w.tokens["perf-agent"], b'{"resource":"a","intent":"x"}'
+            )
+            writer.write(head[:-10])
+            await writer.drain()
+            writer.close()  # gone before its body's end
+            deadline = time.monotonic() + 10
+            while not (lines := [r for r in caplog.records if r.name == "writ.access"]):
+                assert time.monotonic() < deadline, "no access line"
+                await asyncio.sleep(0.01)
+        [line] = lines
+        assert (line.writ["status"], line.writ["outcome"]) == (499, "hung_up"), line.writ
+        found = samples((await w.http.get("/metrics")).text)
+        key = (
+            "writ_http_request_duration_seconds_count",
+            frozenset({"method": "POST", "route": LEASES, "status": "499"}.items()),
+        )
+        assert found.get(key) == 1, {k: v for k, v in found.items() if "duration" in k[0]}
+        assert not [
+            k for k in found if k[0] == "writ_refusals_total" and ("code", "hung_up") in k[1]
+        ]
 
 
 async def test_a_request_handed_to_the_layers_counts_from_its_start(

@@ -27,7 +27,7 @@ from writ.api.middleware import (
     _send_json,
     _unless_hung_up,
 )
-from writ.api.ops import _GOOD_ID, FENCE, LEASES, RELEASE, STARTED, OpsFront, record
+from writ.api.ops import _GOOD_ID, FENCE, GONE, LEASES, RELEASE, STARTED, OpsFront, record
 from writ.api.relay import Relay, identity_of
 from writ.api.relay_wire import CANCEL_WAIT_S, LOST, NOT_RUN, Answer, _Link
 from writ.api.url_text import TextURL, url_problem
@@ -504,10 +504,10 @@ class WritApp(FastAPI):
         send: Send,
     ) -> None:
         """Answer a plain request for ``route`` by the lean path, measured as ``OpsFront``
-        measures (a client gone before its body counts as 500 there too); one the lean path
+        measures (a client gone before its answer is ``GONE`` there too); one the lean path
         does not take after all goes through the layers, which measure it."""
         start = time.perf_counter()
-        status, answer = 500, b""
+        status, answer = GONE, b""
         try:
             taken = await self.leases.take(route, scope, receive)
             if taken is None:
@@ -521,6 +521,9 @@ class WritApp(FastAPI):
             status, answer, retry = out
             headers = [_JSON] if retry is None else [_JSON, (b"retry-after", b"%d" % retry)]
             await direct_answer(cycle, status, answer, headers)
+        except BaseException:
+            status = 500 if status == GONE else status  # failed before answering
+            raise
         finally:
             if metrics is not None:
                 record(metrics, scope["method"], route, status, time.perf_counter() - start, answer)

@@ -67,6 +67,13 @@ def route_template(scope: Scope) -> str:
     return "unmatched"
 
 
+GONE = 499
+"""The status a request is measured and logged with when no answer was started because its
+client went away first (nginx's "client closed request"), with the outcome ``hung_up``: not
+a refusal, and not a 500 for an alert on server errors to fire on. A request that fails
+before answering is a 500."""
+
+
 class OpsFront:
     """``/livez``, ``/readyz``, ``/metrics``, and metrics around ``app`` (see the module)."""
 
@@ -101,7 +108,7 @@ class OpsFront:
         logged = logging_on or DECISION.isEnabledFor(logging.INFO)
         rid = _request_id(scope) if logged else None
         token = request_id.set(rid) if logged else None
-        status = 500
+        status = GONE  # until an answer starts
         error = False
         chunks: list[bytes] = []
         rid_header = (b"x-request-id", rid.encode()) if rid else None
@@ -131,15 +138,20 @@ class OpsFront:
                         span.set_attribute("http.response.status_code", status)
             else:
                 await self.app(scope, receive, measured)
+        except BaseException:
+            status = 500 if status == GONE else status  # failed before answering
+            raise
         finally:
             took = time.perf_counter() - t0
             route = route_template(scope)
             code = _error_code(b"".join(chunks), status) if error else None
+            if status == GONE:
+                code = "hung_up"
             if m is not None:
                 m.observe_http(scope["method"], route, status, took)
                 if status == 201 and route == LEASES:
                     m.acquire_wait.observe(took)
-                elif code is not None:
+                elif code is not None and status != GONE:
                     m.refused(code)
             if logging_on and rid is not None:
                 _access_line(scope, rid, route, status, took, code, span)
@@ -148,7 +160,7 @@ class OpsFront:
 
     async def _measure(self, scope: Scope, receive: Receive, send: Send, m: Metrics) -> None:
         """Metrics only (no logs, no tracing): the hot path's measurement, kept lean."""
-        status = 500
+        status = GONE  # until an answer starts
         body = b""
 
         async def measured(msg: Message) -> None:
@@ -162,6 +174,9 @@ class OpsFront:
         start = _started(scope)
         try:
             await self.app(scope, receive, measured)
+        except BaseException:
+            status = 500 if status == GONE else status  # failed before answering
+            raise
         finally:
             took = time.perf_counter() - start
             record(m, scope["method"], route_template(scope), status, took, body)
@@ -272,7 +287,7 @@ def record(m: Metrics, method: str, route: str, status: int, took: float, body: 
     m.observe_http(method, route, status, took)
     if status == 201 and route == LEASES:
         m.acquire_wait.observe(took)
-    elif status >= 400:
+    elif status >= 400 and status != GONE:
         m.refused(_error_code(body, status))
 
 

@@ -21,6 +21,8 @@ from writ.core.errors import Invalid
 
 # prod/db and billing/db share a blast radius; perf-agent observes prod and routing only
 BLAST = '[blast_radius]\ndb-tier = ["prod/db", "billing/db"]\n' + POLICY
+# in closed mode a gate's principal observes what it guards (or its checks are 403)
+GATE = '\n[[authority.grant]]\nprincipals = ["the-gate"]\nobserve = ["prod", "billing"]\n'
 SECRET = "secret billing work"
 
 
@@ -83,7 +85,7 @@ async def test_a_blast_radius_neighbour_is_not_named_to_who_may_not_observe_it(
     """perf-agent may write prod/db; billing/db (same blast radius) is held by admin, who
     also recorded a protected change there. perf-agent learns that prod/db is not free and
     until when — not who holds what, for what, or what changed."""
-    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+    async with world(backend, tmp_path, monkeypatch, BLAST + GATE) as w:
         lease = (
             await w.lease("admin", "billing/db", ttl_s=300, touches=["labels"], intent=SECRET)
         ).json()
@@ -232,7 +234,7 @@ async def test_a_gate_answer_names_the_holder_only_to_a_caller_who_may_observe(
     observe the resource (with writ's wake route, not the holder's URL); an unknown caller,
     or an agent that may not observe it, learns nothing of who holds it. (Any principal may
     call the route, so this was a way to read any resource's holder.)"""
-    async with world(backend, tmp_path, monkeypatch) as w:
+    async with world(backend, tmp_path, monkeypatch, POLICY + GATE) as w:
         await w.add("the-gate", "portal")
         lease = (await w.lease("perf-agent", "prod/db", ttl_s=300, intent=SECRET)).json()
 
@@ -259,6 +261,27 @@ async def test_a_gate_answer_names_the_holder_only_to_a_caller_who_may_observe(
             {"resource": "prod/db", "method": "POST", "path": "/x", "attribute": "a\u0000"},
         )
         assert r.status_code == 422 and r.json()["error"]["field"] == "attribute", r.text
+
+
+async def test_in_closed_mode_only_a_gate_that_may_observe_adds_its_rows(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any principal could call ``/v1/gate/check``: in closed mode, one that may not observe
+    prod/db appended gate.refused rows, with a method and path of its choosing, to prod/db's
+    trail. Now its check is 403 and adds nothing; a gate granted observe decides as before."""
+    async with world(backend, tmp_path, monkeypatch, POLICY + GATE) as w:
+        await w.add("a-stranger-gate", "portal")
+        body = {"resource": "prod/db", "method": "DELETE", "path": "/admin/db/drop"}
+        before = await w.rows("gate.refused")
+        r = await w.post("a-stranger-gate", "/v1/gate/check", body)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", r.text
+        assert "a-stranger-gate" in r.json()["error"]["message"], r.text
+        assert await w.rows("gate.refused") == before
+        await w.add("the-gate", "portal")
+        r = await w.post("the-gate", "/v1/gate/check", body)
+        assert r.status_code == 200 and r.json()["passed"] is False, r.text
+        [row] = [x for x in await w.rows("gate.refused") if x not in before]
+        assert row["resource"] == "prod/db" and "the-gate" in row["notes"], row
 
 
 async def test_the_engine_refuses_a_gate_attribute_that_is_not_text(
@@ -533,7 +556,7 @@ async def test_a_blast_radius_lease_writes_only_where_its_holder_may(
     """perf-agent's lease on prod/db keeps everyone off billing/db (same blast radius), but
     in closed mode it does not let perf-agent write billing/db, which no grant lets it write:
     the fencing check says not current and the gate refuses, forbidden, with a row."""
-    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+    async with world(backend, tmp_path, monkeypatch, BLAST + GATE) as w:
         await w.add("the-gate", "portal")
         lease = (await w.lease("perf-agent", "prod/db", ttl_s=300)).json()
         token = lease["fencing_token"]

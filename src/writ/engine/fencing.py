@@ -82,6 +82,9 @@ class Fencing:
         ``gate.refused``) commit together.
         """
         resources.validate(resource)
+        # a row about a resource is added only by a principal who may read about it: in
+        # closed mode, a gate's principal needs observe on what it guards (403, no row)
+        self.engine.authority.check_observe(gate, resource)
         for field, value in (
             ("caller_token", caller_token),
             ("lease_id", lease_id),

@@ -48,9 +48,12 @@ def guidance(err: WritError) -> str:
     elif isinstance(err, ConsentRequired):
         c = d.get("change") or {}
         head = (
-            f"Refused: {d.get('author')} changed {c.get('attribute')} on "
-            f"{c.get('resource')} at {c.get('at')} ({c.get('summary')}); that change is "
-            f"protected until {d.get('protected_until')} and your lease would touch it."
+            # another agent's words (its attribute and summary) are quoted, never read as
+            # writ's: a newline and "Next: ..." in them would pass for this guidance
+            f"Refused: {d.get('author')} changed {c.get('attribute')!r} on "
+            f"{c.get('resource')} at {c.get('at')} (summary: {c.get('summary')!r}); that "
+            f"change is protected until {d.get('protected_until')} and your lease would "
+            "touch it."
         )
         nxt = (
             f"Next: call ask_consent(change_id={c.get('change_id')!r}, reason=<why you must "
@@ -58,7 +61,7 @@ def guidance(err: WritError) -> str:
             "get_consent(consent_id, wait_s=...). When its status is 'granted', call "
             "acquire_write_authority again with consent_id set. A consent that expires "
             "unanswered is escalated to a human, never counted as a denial. Or leave "
-            f"{c.get('attribute')} alone (narrow `touches`) or wait until "
+            f"{c.get('attribute')!r} alone (narrow `touches`) or wait until "
             f"{d.get('protected_until')}."
         )
     elif isinstance(err, Frozen):

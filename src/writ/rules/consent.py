@@ -160,8 +160,11 @@ class Consents(Rule):
                     protected_until=c["protected_until"],
                 )
             return ConsentRequired(
-                f"{c['author']} changed {c['attribute']} on {c['resource']} at {c['at']} "
-                f"({c['summary']}); it is protected until {c['protected_until']}. Ask first: "
+                # the attribute and summary are another agent's words: quoted, never read
+                # as writ's (a newline and "Next: ..." in them would pass for guidance)
+                f"{c['author']} changed {c['attribute']!r} on {c['resource']} at {c['at']} "
+                f"(summary: {c['summary']!r}); it is protected until {c['protected_until']}. "
+                "Ask first: "
                 f'POST /v1/consents {{"change_id": "{c["change_id"]}", "reason": ...}}, '
                 "then retry with the granted consent_id",
                 change=public(c),

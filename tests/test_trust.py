@@ -541,6 +541,59 @@ async def test_a_dashboard_page_is_refused_at_acquire(writ: Writ) -> None:  # no
     await writ.grant(agent, "dash/db", rollback={**plan, "path": "/internal/db/rollback?txn=1"})
 
 
+async def test_a_route_too_long_to_be_one_is_refused_before_it_is_read(
+    writ: Writ,  # noqa: F811
+) -> None:
+    """A 140 KB rollback path of "/graph?" held the event loop 8 s while the dashboard
+    detector read it (a pattern in the square of its length), and a 100 KB one ending in a
+    space 32 s: any agent could stall the server. A route over 4,096 characters is now
+    refused as such, and the message shows only its start."""
+    agent = await writ.principal("agent-b")
+    await writ.principal("ops-queue-b", "queue")
+    plan = {"allowed": True, "key_holder": "ops-queue-b", "override_queue": "ops-queue-b"}
+    for route in ("/x?" + "/graph?" * 20_000, "http://" + "a" * 100_000 + " x"):
+        r = await writ.acquire(agent, "long/db", rollback={**plan, "path": route})
+        err = error(r, 422, "invalid")
+        assert err["field"] == "rollback.path" and "longer than 4096" in err["message"], err
+        assert len(r.text) < 1_000, len(r.text)
+
+
+def test_the_route_checks_judge_as_their_one_pattern_did() -> None:
+    """The literal-route and Prometheus-UI checks, rewritten to run in linear time, give
+    the answers of the patterns they replace on every shape they tell apart."""
+    import re
+
+    from writ.core.routes import route_problem
+
+    old_route = re.compile(r"^(/|https?://[^\s/]+)\S*$")
+    old_prometheus = re.compile(r"(^|/)(graph|alerts)\?(g\d|.*expr=)", re.I)
+    routes = [
+        "/graph?g0.expr=up",
+        "/alerts?x=1&EXPR=up",
+        "/prom/graph?x&expr=rate(x)",
+        "/graphx?expr=1",
+        "/x/graph?q=1",
+        "http://prom:9090/graph?g0.range_input=1h",
+        "/api/v1/query?expr=up",
+        "/graph?x/alerts?expr=1",
+        "/a/alerts?g",
+        "http:///x",
+        "https://h",
+        "/a b",
+        "http://h/x y",
+        "https://h/x\ty",
+        "ftp://h/x",
+        "/",
+        "https://ops.example.com/api/v1/deploys/842/rollback",
+    ]
+    for route in routes:
+        literal = bool(old_route.match(route))
+        prometheus = literal and bool(old_prometheus.search(route))
+        problem = route_problem(route) or ""
+        assert ("not a literal route" in problem) == (not literal), route
+        assert ("Prometheus" in problem) == prometheus, (route, problem)
+
+
 def _gone_within(pid: int, timeout: float) -> bool:
     """Wait (on the kernel's exit notification, a pidfd, not a sleep) up to ``timeout``
     seconds for process ``pid`` to end; whether it did."""

@@ -194,6 +194,38 @@ async def test_migrate_refuses_a_broken_source_chain_and_copies_nothing(
         await dst.close()
 
 
+async def test_migrate_refuses_a_source_whose_last_rows_were_removed(
+    tmp_path: Path, backend: Backend
+) -> None:
+    """Rows deleted from the end of the source's ledger: verify on the source says so, and
+    a copy used to carry the shorter chain, whose new head then verified "ok" — the
+    deletion laundered. The dump now carries the head the source keeps beside its chain, and
+    the copy refuses a chain that falls short of it, before anything is committed."""
+    src_url = f"sqlite:///{tmp_path / 'src.db'}"
+    await populate(open_store(src_url))
+    src = open_store(src_url)
+    await src.open()
+    try:
+        head = await src.read(lambda tx: tx.audit_head())
+        meta = [rows async for table, rows in src.export_rows() if table == "meta"]
+    finally:
+        await src.close()
+    assert meta == [[{"fencing_token": meta[0][0]["fencing_token"], "audit_head": list(head)}]]
+    conn = sqlite3.connect(tmp_path / "src.db", isolation_level=None)
+    conn.execute("DROP TRIGGER audit_no_delete")
+    conn.execute("DELETE FROM audit WHERE seq > ?", (head[0] - 2,))
+    conn.close()
+    with pytest.raises(Invalid, match=f"rows {head[0] - 1}..{head[0]} were removed"):
+        await migrate(src_url, backend.url)
+    dst = backend.open_store()
+    await dst.open()
+    try:
+        assert (await verify_store(dst)).rows == 0
+        assert await dst.read(lambda tx: tx.list_principals()) == []
+    finally:
+        await dst.close()
+
+
 def test_redact_hides_passwords() -> None:
     assert redact("postgresql://writ:s3cret@db:5432/writ") == "postgresql://writ:***@db:5432/writ"
     assert redact("sqlite:///writ.db") == "sqlite:///writ.db"

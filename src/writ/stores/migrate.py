@@ -4,8 +4,9 @@ in place: ``writ migrate --upgrade URL``.
 Everything is copied — principals with their token hashes, leases, the wait queue, the
 policy objects, the fencing-token counter, and the audit ledger row for row (body and hash
 as stored) — into an empty destination, in one destination transaction. The chain is
-checked twice: as it streams out of the source (a broken source chain aborts the copy
-before anything is committed) and again, read back from the destination, after commit.
+checked twice: as it streams out of the source, up to the head the source keeps beside it
+(a broken source chain, or one whose last rows were removed, aborts the copy before anything
+is committed), and again, read back from the destination, after commit.
 
 Stop the servers on the source first: rows written to the source after the export's
 snapshot are not copied.
@@ -18,7 +19,15 @@ from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 from writ.core.errors import Invalid
-from writ.core.ledger import GENESIS, Record, Verification, verify, verify_stream
+from writ.core.ledger import (
+    GENESIS,
+    Record,
+    Verification,
+    chain_short_of,
+    kept_row_differs,
+    verify,
+    verify_stream,
+)
 from writ.stores import Store, open_store
 from writ.stores.base import TABLES
 
@@ -52,11 +61,24 @@ class _Copy:
         self.counts: dict[str, int] = {}
         self.seq, self.head = 1, GENESIS
         self.last: tuple[int, str] = (0, GENESIS)
+        # the head the source keeps beside its chain (its dump's meta row): the chain must
+        # reach it, or rows were removed from its end, and the copy would hide that
+        self.kept: tuple[int, str] = (0, GENESIS)
+
+    def _refuse(self, first_bad_seq: int, reason: str) -> Invalid:
+        return Invalid(
+            f"the source ledger does not verify at seq {first_bad_seq}: {reason}; nothing "
+            "was copied (run 'writ audit verify' on the source)",
+            first_bad_seq=first_bad_seq,
+        )
 
     async def tap(
         self, batches: AsyncIterator[tuple[str, list[dict[str, Any]]]]
     ) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
         async for table, rows in batches:
+            if table == "meta" and rows and rows[0].get("audit_head"):
+                seq, hash_ = rows[0]["audit_head"]
+                self.kept = (int(seq), str(hash_))
             if table == "audit" and rows:
                 triples: list[Record] = [
                     (
@@ -72,12 +94,9 @@ class _Copy:
                 ]
                 part = verify(triples, self.seq, self.head)
                 if not part.ok:
-                    raise Invalid(
-                        f"the source ledger does not verify at seq {part.first_bad_seq}: "
-                        f"{part.reason}; nothing was copied (run 'writ audit verify' on the "
-                        "source)",
-                        first_bad_seq=part.first_bad_seq,
-                    )
+                    raise self._refuse(part.first_bad_seq or self.seq, part.reason or "")
+                if (why := kept_row_differs(triples, self.kept)) is not None:
+                    raise self._refuse(self.kept[0], why)
                 self.seq, self.head = self.seq + part.rows, part.head
                 self.last = triples[-1][0], triples[-1][2]
             if table != "meta":
@@ -85,6 +104,8 @@ class _Copy:
                 if self.progress is not None:
                     self.progress(table, self.counts[table])
             yield table, rows
+        if (why := chain_short_of(self.seq - 1, self.kept)) is not None:
+            raise self._refuse(self.seq, why)  # before the destination commits
 
 
 async def migrate(

@@ -199,6 +199,13 @@ def export_sql(table: str) -> str:
     return f"SELECT {', '.join(cols)} FROM {table} ORDER BY {key}"
 
 
+def kept(head: Sequence[Any] | None) -> dict[str, Any]:
+    """A dump's meta field for the head its store keeps beside the chain (a row of
+    ``SELECT seq, hash FROM audit_head``): ``{"audit_head": [seq, hash]}``, or nothing for
+    an empty ledger. A copy checks that the chain it carries reaches it."""
+    return {"audit_head": [int(head[0]), str(head[1])]} if head and head[0] else {}
+
+
 def export_row(table: str, r: Sequence[Any]) -> dict[str, Any]:
     """A stored row of :func:`export_sql` as a dump row: JSON decoded, ``admin`` a bool."""
     out: dict[str, Any] = {}

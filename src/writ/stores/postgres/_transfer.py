@@ -17,6 +17,7 @@ from writ.stores.rows import (
     export_row,
     export_sql,
     import_row,
+    kept,
 )
 
 
@@ -46,7 +47,9 @@ class _Transfer:
                     await conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
                     cur = await conn.execute("SELECT last_value, is_called FROM fencing_token")
                     last, called = await cur.fetchone()
-                    yield "meta", [{"fencing_token": int(last) if called else 0}]
+                    cur = await conn.execute("SELECT seq, hash FROM audit_head")
+                    head = await cur.fetchone()
+                    yield "meta", [{"fencing_token": int(last) if called else 0, **kept(head)}]
                     for table in TABLES:
                         async with conn.cursor(name=f"writ_export_{table}") as scur:
                             await scur.execute(export_sql(table))

@@ -26,6 +26,7 @@ from writ.stores.rows import (
     export_row,
     export_sql,
     import_row,
+    kept,
 )
 from writ.stores.sqlite import _schema
 from writ.stores.sqlite._sql import _HEADS, _IMPORTED_HEAD, T, _run_now, _tolerate
@@ -348,7 +349,8 @@ class SQLiteStore(Store):
             if not self.memory:
                 conn.execute("BEGIN")  # one snapshot for the whole dump (WAL)
             r = conn.execute("SELECT value FROM meta WHERE key = 'fencing_token'").fetchone()
-            yield "meta", [{"fencing_token": int(r[0]) if r else 0}]
+            head = conn.execute("SELECT seq, hash FROM audit_head").fetchone()
+            yield "meta", [{"fencing_token": int(r[0]) if r else 0, **kept(head)}]
             for table in TABLES:
                 cur = conn.execute(export_sql(table))
                 while True:

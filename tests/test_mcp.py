@@ -363,6 +363,37 @@ async def test_http_endpoint_needs_its_bearer_token(
     assert [t.status_code for t in twice] == [401, 401], [t.text for t in twice]
 
 
+@pytest.mark.parametrize("host", ["127.0.0.2", "0:0:0:0:0:0:0:1"])
+async def test_any_loopback_bind_refuses_a_foreign_host_and_origin(
+    live_server: LiveServer, people: People, host: str
+) -> None:
+    """The SDK's DNS-rebinding protection covered 127.0.0.1, localhost and ::1 only: bound to
+    127.0.0.2 (or ::1 written out), a page on evil.example took a lease as the agent. Every
+    loopback bind now refuses a foreign Host or Origin, and serves its own."""
+    env = {"WRIT_URL": live_server.url, "WRIT_TOKEN": people.a_token}
+    accept = ("Accept", "application/json, text/event-stream")
+    hello = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    with run_writ(["mcp", "--transport", "http", "--host", host, "--port", "0"], env) as url:
+        async with httpx.AsyncClient() as c:
+            foreign = await c.post(
+                url,
+                json=hello,
+                headers=[accept, ("Host", "evil.example"), ("Origin", "http://evil.example")],
+            )
+            own = await c.post(url, json=hello, headers=[accept])
+    assert foreign.status_code in (403, 421), foreign.text
+    assert own.status_code == 200, own.text
+
+
 # ----------------------------------------------------------------------------- authority
 CLOSED_POLICY = """
 [authority]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import sys
 from typing import Literal
 
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from writ.client import AsyncClient
@@ -56,6 +58,25 @@ class RequireBearer:
         await self.app(scope, receive, send)
 
 
+def rebinding_guard(host: str) -> TransportSecuritySettings | None:
+    """DNS-rebinding protection for a loopback bind, whatever its spelling (all of
+    127.0.0.0/8, ``::1`` written out, ``localhost``): only ``Host`` and ``Origin`` naming a
+    loopback address (and the bound one) are let in. The MCP SDK turns it on by itself for
+    ``127.0.0.1``, ``localhost`` and ``::1`` only. None for any other bind."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return None
+    if not loopback:
+        return None
+    names = dict.fromkeys(["127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host])
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"{n}:*" for n in names],
+        allowed_origins=[f"http://{n}:*" for n in names],
+    )
+
+
 async def serve(
     client: AsyncClient,
     transport: Literal["stdio", "http"] = "stdio",
@@ -76,7 +97,9 @@ async def serve(
             return
         import uvicorn
 
-        app: ASGIApp = server.streamable_http_app(streamable_http_path=path, host=host)
+        app: ASGIApp = server.streamable_http_app(
+            streamable_http_path=path, host=host, transport_security=rebinding_guard(host)
+        )
         if http_token:
             app = RequireBearer(app, http_token)
         sock = bind(host, port)

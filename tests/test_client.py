@@ -17,9 +17,11 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
 import writ
 from tests.server_fixtures import LiveServer, free_port, in_background, serve, unique
+from writ.cli import main
 from writ.client import DEFAULT_URL, AsyncClient, Client
 
 
@@ -60,6 +62,28 @@ def test_url_and_token_default_from_environment(monkeypatch: pytest.MonkeyPatch)
         assert c.url == "http://example.invalid:9" and c.token == "tok"
     with Client("127.0.0.1:1", "other") as c:
         assert c.url == "http://127.0.0.1:1" and c.token == "other"
+
+
+@pytest.mark.parametrize("bad", ["\r", "\n", " ", "\u00e9"])
+def test_a_token_no_header_can_carry_is_refused_and_never_echoed(
+    live_server: LiveServer, bad: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token read with its line end (a CRLF env file) made the HTTP library refuse the
+    header, and its message — the whole token — went into the error: the CLI printed it,
+    and MCP tool results carried it. It is refused before any request, without the token."""
+    secret = "writ_" + unique("secret")
+    for make in (
+        lambda: Client(live_server.url, secret + bad),
+        lambda: AsyncClient(live_server.url, secret + bad),
+    ):
+        with pytest.raises(writ.Invalid) as refused:
+            make()
+        assert secret not in str(refused.value) and secret not in repr(refused.value)
+        assert refused.value.details["field"] == "token"
+    monkeypatch.setenv("WRIT_TOKEN", secret + bad)
+    result = CliRunner().invoke(main, ["status", "--url", live_server.url])
+    assert result.exit_code != 0 and secret not in result.output, result.output
+    assert "characters a bearer token cannot have" in result.output, result.output
 
 
 def test_client_is_exported_lazily() -> None:

@@ -12,6 +12,7 @@ import httpx
 from writ._version import __version__
 from writ.client._routes import _Req
 from writ.core.errors import (
+    Invalid,
     LeaseLost,
     Unauthenticated,
     Unavailable,
@@ -45,6 +46,15 @@ class _Base:
         self.timeout = float(timeout)
         self._headers = {"User-Agent": f"writ-python/{__version__}", **(headers or {})}
         if self.token:
+            # a header value carries printable ASCII only; refused here, never echoed (the
+            # HTTP library's own refusal, "Illegal header value b'Bearer writ_…\\r'", printed
+            # the whole token in the error, and so in the CLI's output and MCP tool results)
+            if not all("\x21" <= ch <= "\x7e" for ch in self.token):
+                raise Invalid(
+                    "the token has characters a bearer token cannot have (a space, a line end "
+                    "or a character that is not ASCII: was it read with its newline?)",
+                    field="token",
+                )
             self._headers["Authorization"] = f"Bearer {self.token}"
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -84,6 +85,40 @@ def test_a_token_no_header_can_carry_is_refused_and_never_echoed(
     result = CliRunner().invoke(main, ["status", "--url", live_server.url])
     assert result.exit_code != 0 and secret not in result.output, result.output
     assert "characters a bearer token cannot have" in result.output, result.output
+
+
+async def test_waiting_requests_never_take_the_connections_a_renewal_needs(
+    live_server: LiveServer,
+) -> None:
+    """A hundred waiting requests (queued acquires; long polls alike) on one client took
+    every connection of its pool, and the lease's renewal waited behind them until it
+    failed "not reachable": the lease was lost. Requests that wait have a pool of their
+    own; the renewal goes at once."""
+    _, holder = live_server.principal("agent")
+    _, token = live_server.principal("agent")
+    busy = f"{unique('busy')}/db"
+    with Client(live_server.url, holder) as h:
+        h.acquire(busy, "hold it", ttl_s=60)
+
+    def waiters() -> float:
+        text = httpx.get(f"{live_server.url}/metrics").text
+        return float(re.search(r"^writ_waiters (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+
+    before = waiters()
+    async with AsyncClient(live_server.url, token, timeout=5) as c:
+        lease = await c.acquire(f"{unique('mine')}/db", "x", ttl_s=30)
+        queued = [asyncio.ensure_future(c.acquire(busy, "x", wait_s=30)) for _ in range(100)]
+        try:
+            deadline = time.monotonic() + 20
+            while waiters() < before + 100:  # until the server holds all of them
+                assert time.monotonic() < deadline and not any(q.done() for q in queued)
+                await asyncio.sleep(0.02)
+            renewed = await c.renew(lease["lease_id"])
+            assert renewed["lease_id"] == lease["lease_id"]
+        finally:
+            for q in queued:
+                q.cancel()
+            await asyncio.gather(*queued, return_exceptions=True)
 
 
 def test_client_is_exported_lazily() -> None:

@@ -25,14 +25,25 @@ class AsyncClient(_Base, _Routes[Awaitable[Any]]):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         _Base.__init__(self, url, token, timeout, headers)
+        self._transport = transport
         self._http = httpx.AsyncClient(
             base_url=self.url, headers=self._headers, transport=transport
         )
+        self._waits: httpx.AsyncClient | None = None  # for requests that wait (see _Base)
+
+    def _pool(self, req: _Req) -> httpx.AsyncClient:
+        if req.wait_s <= 0:
+            return self._http
+        if self._waits is None:
+            self._waits = httpx.AsyncClient(
+                base_url=self.url, headers=self._headers, transport=self._transport
+            )
+        return self._waits
 
     async def _request(self, req: _Req) -> Any:
         _check(req)
         try:
-            response = await self._http.request(
+            response = await self._pool(req).request(
                 req.method,
                 req.path,
                 params=req.params,
@@ -48,6 +59,8 @@ class AsyncClient(_Base, _Routes[Awaitable[Any]]):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._waits is not None:
+            await self._waits.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -36,7 +36,12 @@ def _normalize_url(url: str) -> str:
 
 
 class _Base:
-    """Settings and response decoding shared by both clients."""
+    """Settings and response decoding shared by both clients.
+
+    A request that may wait (``wait_s`` > 0: a queued acquire, a long poll of events or of a
+    consent) goes through a connection pool of its own, made at the first: sharing one, a
+    hundred long polls took every connection, and a lease's renewal waited behind them until
+    it failed "not reachable", and the lease was lost."""
 
     def __init__(
         self, url: str | None, token: str | None, timeout: float, headers: Mapping[str, str] | None
@@ -65,7 +70,9 @@ class _Base:
         return base + max(req.wait_s, 0.0)
 
     def _unavailable(self, req: _Req, exc: Exception) -> Unavailable:
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, httpx.PoolTimeout):  # the server was never asked
+            why = f"no free connection in this client's pool within {self._timeout_for(req):g}s"
+        elif isinstance(exc, httpx.TimeoutException):
             why = f"no answer within {self._timeout_for(req):g}s"
         else:
             why = str(exc) or type(exc).__name__

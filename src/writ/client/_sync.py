@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -29,12 +30,25 @@ class Client(_Base, _Routes[Any]):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         _Base.__init__(self, url, token, timeout, headers)
+        self._transport = transport
         self._http = httpx.Client(base_url=self.url, headers=self._headers, transport=transport)
+        self._waits: httpx.Client | None = None  # for requests that wait (see _Base)
+        self._waits_made = threading.Lock()
+
+    def _pool(self, req: _Req) -> httpx.Client:
+        if req.wait_s <= 0:
+            return self._http
+        with self._waits_made:
+            if self._waits is None:
+                self._waits = httpx.Client(
+                    base_url=self.url, headers=self._headers, transport=self._transport
+                )
+            return self._waits
 
     def _send(self, req: _Req) -> Any:
         _check(req)
         try:
-            response = self._http.request(
+            response = self._pool(req).request(
                 req.method,
                 req.path,
                 params=req.params,
@@ -47,6 +61,8 @@ class Client(_Base, _Routes[Any]):
 
     def close(self) -> None:
         self._http.close()
+        if self._waits is not None:
+            self._waits.close()
 
     def __enter__(self) -> Client:
         return self

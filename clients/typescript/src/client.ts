@@ -112,14 +112,14 @@ function defined<T extends Record<string, unknown>>(obj: T): T {
 /** A client of one writ server. Safe to share; it holds no connection state of its own. */
 export class Writ {
   readonly url: string;
-  readonly token: string | undefined;
+  readonly #token: string | undefined;
   readonly timeoutS: number;
   readonly #headers: Record<string, string>;
   readonly #fetch: typeof fetch;
 
   constructor(options: WritOptions = {}) {
     this.url = normalizeUrl(options.url ?? env("WRIT_URL") ?? DEFAULT_URL);
-    this.token = options.token ?? env("WRIT_TOKEN");
+    this.#token = options.token ?? env("WRIT_TOKEN");
     this.timeoutS = options.timeoutS ?? DEFAULT_TIMEOUT_S;
     if (!(this.timeoutS > 0)) throw new InvalidError("timeoutS must be a positive number");
     this.#headers = {
@@ -127,20 +127,29 @@ export class Writ {
       "user-agent": `writ-typescript/${VERSION}`,
       ...options.headers,
     };
-    if (this.token) {
+    if (this.#token) {
       // a header value: printable ASCII only (a newline would be a header injection)
-      if (/[^\x21-\x7e]/.test(this.token)) {
+      if (/[^\x21-\x7e]/.test(this.#token)) {
         throw new InvalidError("the token has characters a bearer token cannot have", {
           field: "token",
         });
       }
-      this.#headers.authorization = `Bearer ${this.token}`;
+      this.#headers.authorization = `Bearer ${this.#token}`;
     }
     const f = options.fetch ?? globalThis.fetch;
     if (typeof f !== "function") {
       throw new Error("no fetch in this runtime: Node 18 or later, or pass options.fetch");
     }
     this.#fetch = f;
+  }
+
+  /**
+   * The bearer token, readable, but a getter over a private field: `console.log`,
+   * `util.inspect` and `JSON.stringify` of a client (or of a lease, which holds its client)
+   * never show it.
+   */
+  get token(): string | undefined {
+    return this.#token;
   }
 
   // ---- the one way a call is made -----------------------------------------------------
@@ -228,7 +237,7 @@ export class Writ {
     }
     if (status >= 200 && status < 300) return parsed;
     const err = errorFromBody(status, parsed, retryAfter);
-    if (err instanceof UnauthenticatedError && !this.token) {
+    if (err instanceof UnauthenticatedError && !this.#token) {
       throw new UnauthenticatedError(
         `${err.message} (no token given: set WRIT_TOKEN or pass {token})`,
         { ...err.details },

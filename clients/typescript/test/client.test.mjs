@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
+import { inspect } from "node:util";
 import { after, before, describe, test } from "node:test";
 import {
   ConflictError,
@@ -424,6 +425,22 @@ describe("request() and errors", () => {
     assert.equal(odd.constructor, WritError);
     assert.match(odd.message, /HTTP 502/);
   });
+});
+
+test("the token never shows when a client, or a lease holding it, is logged or serialised", () => {
+  const token = "writ_neverShownToken123";
+  const writ = new Writ({ url: "http://127.0.0.1:1", token });
+  assert.equal(writ.token, token); // still readable
+  const holder = { client: writ }; // as a LeaseHandle holds its client
+  for (const shown of [
+    inspect(writ, { depth: 5 }),
+    JSON.stringify(writ),
+    String(writ),
+    inspect(holder, { depth: 5 }),
+    JSON.stringify(holder),
+  ]) {
+    assert.ok(!shown.includes(token), shown);
+  }
 });
 
 test("VERSION is the package's version", () => {

@@ -289,6 +289,15 @@ async def test_lost_lease_and_bad_arguments_tell_the_agent_what_to_do(
             a, "acquire_write_authority", resource=people.resource, intent="x", ttl_s=0
         )
         assert "ttl_s" in text
+        for not_a_number in (True, "30"):  # as over HTTP: never converted
+            text = await refused(
+                a,
+                "acquire_write_authority",
+                resource=people.resource,
+                intent="x",
+                ttl_s=not_a_number,
+            )
+            assert "a number is required" in text, text
         text = await refused(a, "request_rollback", reason="r")
         assert "exactly one of lease_id or change_id" in text
 

@@ -1,4 +1,4 @@
-"""Argument types shared by the MCP tools: resources, ids, numbers that are not booleans, the
+"""Argument types shared by the MCP tools: resources, ids, numbers that are numbers, the
 rollback plan, and the read/write tool annotations."""
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ Resource = Annotated[
 ]
 
 
-def _not_bool(value: Any) -> Any:
-    """Booleans are not numbers: ``ttl_s: true`` is refused, never a 1-second lease."""
-    if isinstance(value, bool):
-        raise ValueError("a number is required, not a boolean")
-    return value
+def _number(value: Any) -> Any:
+    """A JSON number, as the HTTP API takes one: a boolean is refused (``ttl_s: true`` is
+    never a 1-second lease), and so is a string (``"30"``), which pydantic would convert."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    kind = "a boolean" if isinstance(value, bool) else f"a {type(value).__name__}"
+    raise ValueError(f"a number is required, not {kind}")
 
 
-NOT_BOOL = BeforeValidator(_not_bool)
+NUMBER = BeforeValidator(_number)
 
 # An id as writ hands them out (``ls_3kq9…``: letters, digits, ``_`` and ``-``), checked
 # before it goes into a URL path: never a ``/``, ``..``, ``?``, ``#`` or ``%``.

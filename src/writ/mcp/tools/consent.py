@@ -6,7 +6,7 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
 from writ.mcp.context import ToolContext
-from writ.mcp.schemas import _READ, _WRITE, ID_PATTERN, NOT_BOOL, LeaseId
+from writ.mcp.schemas import _READ, _WRITE, ID_PATTERN, NUMBER, LeaseId
 
 
 def register(server: MCPServer[Any], ctx: ToolContext) -> None:
@@ -36,7 +36,7 @@ def register(server: MCPServer[Any], ctx: ToolContext) -> None:
         after: Annotated[Any, Field(description="the value after (any JSON)")] = None,
         protect_s: Annotated[
             float | None,
-            NOT_BOOL,
+            NUMBER,
             Field(
                 description="how long other agents need your consent to undo it (default: policy)",
                 ge=0,
@@ -68,7 +68,7 @@ def register(server: MCPServer[Any], ctx: ToolContext) -> None:
         ],
         wait_s: Annotated[
             float,
-            NOT_BOOL,
+            NUMBER,
             Field(
                 description="wait up to this many seconds for an answer before returning",
                 ge=0,
@@ -91,7 +91,7 @@ def register(server: MCPServer[Any], ctx: ToolContext) -> None:
         ],
         wait_s: Annotated[
             float,
-            NOT_BOOL,
+            NUMBER,
             Field(
                 description="wait up to this many seconds while it is still pending",
                 ge=0,

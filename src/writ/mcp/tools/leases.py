@@ -6,7 +6,7 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
 from writ.mcp.context import ToolContext
-from writ.mcp.schemas import _READ, _WRITE, ID_PATTERN, NOT_BOOL, LeaseId, Resource, RollbackPlan
+from writ.mcp.schemas import _READ, _WRITE, ID_PATTERN, NUMBER, LeaseId, Resource, RollbackPlan
 
 
 def register(server: MCPServer[Any], ctx: ToolContext) -> None:
@@ -32,7 +32,7 @@ def _take_and_give_back(server: MCPServer[Any], ctx: ToolContext) -> None:
         ],
         ttl_s: Annotated[
             float,
-            NOT_BOOL,
+            NUMBER,
             Field(
                 description="lease time-to-live in seconds; renew before it runs out (renew_lease) "
                 "or you lose write authority. Pick more than your slowest step.",
@@ -42,7 +42,7 @@ def _take_and_give_back(server: MCPServer[Any], ctx: ToolContext) -> None:
         ] = 300,
         wait_s: Annotated[
             float,
-            NOT_BOOL,
+            NUMBER,
             Field(
                 description="if someone else holds it, wait up to this many seconds in the FIFO "
                 "queue instead of being refused at once",
@@ -104,7 +104,7 @@ def _take_and_give_back(server: MCPServer[Any], ctx: ToolContext) -> None:
         lease_id: LeaseId,
         ttl_s: Annotated[
             float | None,
-            NOT_BOOL,
+            NUMBER,
             Field(
                 description="new time-to-live from now, in seconds (default: the lease's own)",
                 ge=1,

@@ -6,7 +6,7 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
 from writ.mcp.context import MAX_EVENTS, ToolContext
-from writ.mcp.schemas import _READ, NOT_BOOL
+from writ.mcp.schemas import _READ, NUMBER
 
 
 def register(server: MCPServer[Any], ctx: ToolContext) -> None:
@@ -23,7 +23,7 @@ def register(server: MCPServer[Any], ctx: ToolContext) -> None:
         ] = None,
         after_seq: Annotated[
             int | None,
-            NOT_BOOL,
+            NUMBER,
             Field(
                 description="return events after this seq (next_after_seq of your previous call); "
                 "default: only events from now on",
@@ -32,7 +32,7 @@ def register(server: MCPServer[Any], ctx: ToolContext) -> None:
         ] = None,
         wait_s: Annotated[
             float,
-            NOT_BOOL,
+            NUMBER,
             Field(
                 description="wait up to this many seconds for the first new event",
                 ge=0,
@@ -40,7 +40,7 @@ def register(server: MCPServer[Any], ctx: ToolContext) -> None:
             ),
         ] = 20,
         limit: Annotated[
-            int, NOT_BOOL, Field(description="at most this many events", ge=1, le=MAX_EVENTS)
+            int, NUMBER, Field(description="at most this many events", ge=1, le=MAX_EVENTS)
         ] = 50,
     ) -> dict[str, Any]:
         """Wait for audit events (grants, releases, expiries, changes, consents, rollbacks)

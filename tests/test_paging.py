@@ -263,6 +263,27 @@ async def test_slack_message_says_who_holds_what_and_the_call(world: World, rx: 
     assert "XXXSECRET" not in json.dumps(await w.rows())
 
 
+async def test_an_agents_words_in_a_slack_page_are_shown_not_obeyed(
+    world: World, rx: Receiver
+) -> None:
+    """The page carries the holder's intent, an agent's words: "<!channel>" in it pinged the
+    whole on-call channel, and "<https://…|approve here>" put the agent's link in writ's
+    page. Slack is sent them escaped, as text to show."""
+    w = world
+    await w.add("perf-agent", "agent")
+    await w.add("ops-queue", "queue", wake=f"slack:{rx.base}/services/T000/B000/XXXSECRET")
+    intent = "<!channel> <@U999> see <https://evil.example/ok|approve here> & go"
+    body = {"resource": "prod/db", "intent": intent, "ttl_s": 3600}
+    assert (await w.post("perf-agent", "/v1/leases", body)).status_code == 201
+    await w.tick(601)
+    await w.tick(61)
+    [msg] = rx.to("/services/")
+    shown = [msg.json["text"], msg.json["blocks"][0]["text"]["text"]]
+    for text in shown:
+        assert "<" not in text and ">" not in text, text
+        assert "&lt;!channel&gt; &lt;@U999&gt;" in text and "approve here&gt; &amp; go" in text
+
+
 async def test_generic_webhook_is_signed_and_the_snippet_verifies_it(
     world: World, rx: Receiver, tmp_path: Path
 ) -> None:

@@ -170,12 +170,12 @@ def build(
         return Outbound(url, _json(event), redact(route), {"Content-Type": "application/json"})
     if rk == "slack":
         url = route[len("slack:") :]
-        text = summary(kind, payload)
+        text = _slack_escaped(summary(kind, payload))
         waiting = payload.get("waiting")
         lines = [f"*{text}*"]
         if waiting is not None:
-            lines.append(f"Waiting behind it: {waiting}")
-        lines.append(f"Answer with: `{the_call(payload)}`")
+            lines.append(f"Waiting behind it: {_slack_escaped(str(waiting))}")
+        lines.append(f"Answer with: `{_slack_escaped(the_call(payload))}`")
         message = {
             "text": text,
             "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}}],
@@ -183,6 +183,15 @@ def build(
         return Outbound(url, _json(message), redact(route), {"Content-Type": "application/json"})
     url = resolve(route, base_url)
     return Outbound(url, _json(payload), url, {"Content-Type": "application/json"}, bool(secret))
+
+
+def _slack_escaped(text: str) -> str:
+    """``text`` as Slack shows it literally: its control sequences (``<!channel>``,
+    ``<@U123>``, ``<https://evil.example|approve here>``) are written with ``&``, ``<`` and
+    ``>`` escaped, as Slack asks of text one does not control. A summary carries agents' words
+    (an intent, a reason to wake): unescaped, they pinged the whole on-call channel or put a
+    link of their choosing in writ's page."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _json(obj: Any) -> bytes:

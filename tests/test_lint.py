@@ -401,6 +401,28 @@ def test_load_principals_refuses_bad_files_with_invalid(tmp_path, text):
         load_principals(tmp_path / "p.txt")
 
 
+DEEP = 100_000
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "says"),
+    [
+        ("p.json", b'{"svc-ops-princess": "queue", "bad\xff": "human"}', "not UTF-8"),
+        ("p.toml", b'"caf\xe9" = "queue"\n', "not UTF-8"),
+        ("p.json", b"[" * DEEP, "nested too deeply"),
+        ("p", b'{"a":' * DEEP, "nested too deeply"),
+        ("p.toml", b"a = " + b"[" * DEEP, "nested too deeply"),
+    ],
+)
+def test_a_principals_file_that_is_not_utf8_or_nests_too_deep_is_invalid(
+    tmp_path, name, body, says
+):
+    """Not a UnicodeDecodeError or RecursionError traceback: writ's Invalid, saying why."""
+    (tmp_path / name).write_bytes(body)
+    with pytest.raises(Invalid, match=says):
+        load_principals(tmp_path / name)
+
+
 # --------------------------------------------------------------------------- reading rows
 
 
@@ -606,6 +628,25 @@ def test_cli_bad_principals_file_exits_2(runner, tmp_path):
     res = runner.invoke(lint_command, ["--principals", str(tmp_path / "p.json"), "-"], input="")
     assert res.exit_code == 2
     assert "wizard" in res.stderr
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe{", b"[" * DEEP])
+def test_cli_principals_file_not_utf8_or_too_deep_exits_2_with_one_line(runner, tmp_path, body):
+    (tmp_path / "p.json").write_bytes(body)
+    res = runner.invoke(lint_command, ["--principals", str(tmp_path / "p.json"), "-"], input="")
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert res.stderr.startswith("writ lint: principals: p.json is ")
+    assert "Traceback" not in res.output
+
+
+def test_cli_a_server_answering_json_nested_too_deep_exits_2(runner, monkeypatch):
+    import httpx
+
+    monkeypatch.setattr(httpx, "get", lambda *a, **k: httpx.Response(200, content=b"[" * DEEP))
+    res = runner.invoke(lint_command, ["--server", "http://registry.invalid", "-"], input="")
+    assert res.exit_code == 2, res.output
+    assert "nested too deeply" in res.stderr
 
 
 def test_cli_takes_kinds_from_a_server_registry(runner):

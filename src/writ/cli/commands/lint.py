@@ -82,6 +82,8 @@ def fetch_principals(url: str, token: str | None, timeout: float = 10.0) -> dict
         return parse_principals(resp.json())
     except ValueError:
         raise Invalid(f"GET {target} did not answer JSON") from None
+    except RecursionError:
+        raise Invalid(f"GET {target} answered JSON nested too deeply") from None
 
 
 def _open(name: str) -> IO[bytes]:

@@ -86,7 +86,12 @@ def parse_principals(data: Any) -> dict[str, str]:
 def load_principals(path: str | Path) -> dict[str, str]:
     """Read a principals file, JSON or TOML (by extension; otherwise JSON, then TOML)."""
     p = Path(path)
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Invalid(
+            f"{p.name} is not UTF-8 text ({exc.reason} at byte {exc.start + 1})"
+        ) from None
     parsers = (
         [tomllib.loads]
         if p.suffix.lower() == ".toml"
@@ -97,6 +102,8 @@ def load_principals(path: str | Path) -> dict[str, str]:
     for i, parse in enumerate(parsers, 1):
         try:
             return parse_principals(parse(text))
+        except RecursionError:  # the parser's stack (or the "principals" key's) ran out
+            raise Invalid(f"{p.name} is nested too deeply to be a principals map") from None
         except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
             if i == len(parsers):
                 raise Invalid(f"{p.name} is not a JSON or TOML principals map: {exc}") from None

@@ -60,108 +60,123 @@ def iter_rows(stream: IO[Any]) -> Iterator[RowItem]:
     reading resumes at the next line (or, for a value that spanned lines, at the next line
     that begins with ``{`` or ``[``).
     """
-    raw = json.JSONDecoder().raw_decode
-    buf, pos, line, eof, n = "", 0, 1, False, 0
-    in_array, want_value = False, True
-    bad: dict[int, str] = {}
+    return _Reader(stream).rows()
 
-    def fill(size: int = _CHUNK) -> bool:
+
+class _Reader:
+    """One pass over a stream: the text read and not yet consumed (``buf`` from ``pos``), the
+    line ``pos`` is on, and why lines that were not UTF-8 could not be read (``bad``)."""
+
+    __slots__ = ("bad", "buf", "eof", "line", "pos", "stream")
+
+    def __init__(self, stream: IO[Any]) -> None:
+        self.stream = stream
+        self.buf, self.pos, self.line, self.eof = "", 0, 1, False
+        self.bad: dict[int, str] = {}
+
+    def fill(self, size: int = _CHUNK) -> bool:
         """Append a chunk, dropping what was consumed; False at the end of input."""
-        nonlocal buf, pos, eof
-        chunk = b"" if eof else stream.read(size)
+        chunk = b"" if self.eof else self.stream.read(size)
         if chunk and chunk[-1:] != (b"\n" if isinstance(chunk, bytes) else "\n"):
-            chunk += stream.readline()
+            chunk += self.stream.readline()
         if not chunk:
-            eof = True
+            self.eof = True
             return False
         if isinstance(chunk, bytes):
-            for old in [k for k in bad if k < line]:
-                del bad[old]
-            chunk = _decode(chunk, line + buf.count("\n", pos), bad)
-        buf, pos = buf[pos:] + chunk, 0
+            for old in [k for k in self.bad if k < self.line]:
+                del self.bad[old]
+            chunk = _decode(chunk, self.line + self.buf.count("\n", self.pos), self.bad)
+        self.buf, self.pos = self.buf[self.pos :] + chunk, 0
         return True
 
-    def advance(to: int) -> None:
-        nonlocal pos, line
-        line += buf.count("\n", pos, to)
-        pos = to
+    def advance(self, to: int) -> None:
+        self.line += self.buf.count("\n", self.pos, to)
+        self.pos = to
 
-    def resync(at: int) -> None:
+    def resync(self, at: int) -> None:
         """Resume after a malformed value that failed at ``at``: at the next line if it failed
         on its first line (JSONL), else at the next line that begins with '{' or '['."""
-        nl = buf.find("\n", pos)
+        nl = self.buf.find("\n", self.pos)
         if nl < 0 or nl >= at:
-            return advance(nl + 1 if nl >= 0 else len(buf))
+            return self.advance(nl + 1 if nl >= 0 else len(self.buf))
         while True:
-            m = _ROW_START.search(buf, pos)
+            m = _ROW_START.search(self.buf, self.pos)
             if m:
-                return advance(m.start() + 1)
-            last = buf.rfind("\n", pos)
-            advance(last if last >= 0 else len(buf))
-            if not fill():
-                return advance(len(buf))
+                return self.advance(m.start() + 1)
+            last = self.buf.rfind("\n", self.pos)
+            self.advance(last if last >= 0 else len(self.buf))
+            if not self.fill():
+                return self.advance(len(self.buf))
 
-    fill()
-    if buf.startswith("\ufeff"):
-        pos = 1
-    while True:
-        m = _WS.match(buf, pos)
-        advance(m.end() if m else pos)
-        if pos >= len(buf):
-            if fill():
-                continue
-            if in_array:
+    def rows(self) -> Iterator[RowItem]:
+        raw = json.JSONDecoder().raw_decode
+        advance, n = self.advance, 0
+        in_array, want_value = False, True
+        self.fill()
+        if self.buf.startswith("\ufeff"):
+            self.pos = 1
+        while True:
+            m = _WS.match(self.buf, self.pos)
+            advance(m.end() if m else self.pos)
+            buf, pos = self.buf, self.pos
+            if pos >= len(buf):
+                if self.fill():
+                    continue
+                if in_array:
+                    n += 1
+                    yield n, Unreadable(self.line, "unterminated JSON array (no closing ']')")
+                return
+            c = buf[pos]
+            if in_array and (c == "]" or not want_value):
+                if c in ",]":
+                    advance(pos + 1)
+                    in_array, want_value = c == ",", True
+                    continue
                 n += 1
-                yield n, Unreadable(line, "unterminated JSON array (no closing ']')")
-            return
-        c = buf[pos]
-        if in_array and (c == "]" or not want_value):
-            if c in ",]":
+                yield (
+                    n,
+                    Unreadable(self.line, f"expected ',' or ']' after an array element, not {c!r}"),
+                )
+                self.resync(pos)
+                continue
+            if c == "[" and not in_array:
                 advance(pos + 1)
-                in_array, want_value = c == ",", True
+                in_array = want_value = True
                 continue
-            n += 1
-            yield n, Unreadable(line, f"expected ',' or ']' after an array element, not {c!r}")
-            resync(pos)
-            continue
-        if c == "[" and not in_array:
-            advance(pos + 1)
-            in_array = want_value = True
-            continue
-        try:
-            obj, end = raw(buf, pos)
-        except json.JSONDecodeError as exc:
-            ws = _WS.match(buf, exc.pos)
-            at_end = ws is not None and ws.end() >= len(buf)
-            if at_end and not eof and len(buf) - pos < _MAX_VALUE:
-                fill(max(_CHUNK, len(buf) - pos))  # the value goes on: read as much again
+            try:
+                obj, end = raw(buf, pos)
+            except json.JSONDecodeError as exc:
+                ws = _WS.match(buf, exc.pos)
+                at_end = ws is not None and ws.end() >= len(buf)
+                if at_end and not self.eof and len(buf) - pos < _MAX_VALUE:
+                    self.fill(max(_CHUNK, len(buf) - pos))  # the value goes on: read as much again
+                    continue
+                at = self.line + buf.count("\n", pos, exc.pos)
+                why = self.bad.pop(at, None) or (
+                    exc.msg
+                    if not at_end
+                    else "JSON value over 64 MiB"
+                    if not self.eof
+                    else "input ends inside this JSON value"
+                )
+                n += 1
+                yield n, Unreadable(self.line, why if at == self.line else f"{why} (line {at})")
+                self.resync(exc.pos)
                 continue
-            at = line + buf.count("\n", pos, exc.pos)
-            why = bad.pop(at, None) or (
-                exc.msg
-                if not at_end
-                else "JSON value over 64 MiB"
-                if not eof
-                else "input ends inside this JSON value"
-            )
-            n += 1
-            yield n, Unreadable(line, why if at == line else f"{why} (line {at})")
-            resync(exc.pos)
-            continue
-        start = line
-        advance(end)
-        if in_array:
-            want_value = False
-            n += 1
-            yield (
-                n,
-                obj
-                if isinstance(obj, dict)
-                else Unreadable(
-                    start, f"a JSON {_json_type(obj)} in the array is not an audit row"
-                ),
-            )
-            continue
-        for item in _expand(start, obj):
-            n += 1
-            yield n, item
+            start = self.line
+            advance(end)
+            if in_array:
+                want_value = False
+                n += 1
+                yield (
+                    n,
+                    obj
+                    if isinstance(obj, dict)
+                    else Unreadable(
+                        start, f"a JSON {_json_type(obj)} in the array is not an audit row"
+                    ),
+                )
+                continue
+            for item in _expand(start, obj):
+                n += 1
+                yield n, item

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -50,6 +51,15 @@ def _decode(chunk: bytes, first_line: int, bad: dict[int, str]) -> str:
         return "\n".join(out)
 
 
+def _unparsable(exc: RecursionError | ValueError) -> str:
+    """Why a value that is JSON could not be read: Python's limits, not a syntax error."""
+    if isinstance(exc, RecursionError):
+        return "JSON value nested too deeply to read"
+    if "integer string conversion" in str(exc):
+        return f"JSON integer with over {sys.get_int_max_str_digits():,} digits"
+    return f"JSON value that cannot be read ({exc})"
+
+
 def iter_rows(stream: IO[Any]) -> Iterator[RowItem]:
     """Yield ``(row_number, row_or_Unreadable)`` from JSONL, JSON arrays or JSON objects.
 
@@ -58,7 +68,8 @@ def iter_rows(stream: IO[Any]) -> Iterator[RowItem]:
     neither JSONL nor an array is ever held whole. Rows count from 1; an :class:`Unreadable`
     takes a row number too and names the line its value began on. After a malformed value,
     reading resumes at the next line (or, for a value that spanned lines, at the next line
-    that begins with ``{`` or ``[``).
+    that begins with ``{`` or ``[``). A value Python cannot hold (nested deeper than its stack,
+    an integer over its digit limit) is unreadable too, and reading resumes at the next line.
     """
     return _Reader(stream).rows()
 
@@ -111,7 +122,7 @@ class _Reader:
     def rows(self) -> Iterator[RowItem]:
         raw = json.JSONDecoder().raw_decode
         advance, n = self.advance, 0
-        in_array, want_value = False, True
+        in_array, want_value, opened = False, True, 0
         self.fill()
         if self.buf.startswith("\ufeff"):
             self.pos = 1
@@ -142,6 +153,7 @@ class _Reader:
             if c == "[" and not in_array:
                 advance(pos + 1)
                 in_array = want_value = True
+                opened = self.line
                 continue
             try:
                 obj, end = raw(buf, pos)
@@ -162,6 +174,13 @@ class _Reader:
                 n += 1
                 yield n, Unreadable(self.line, why if at == self.line else f"{why} (line {at})")
                 self.resync(exc.pos)
+                continue
+            except (RecursionError, ValueError) as exc:  # no position: say where it began
+                n += 1
+                yield n, Unreadable(self.line, _unparsable(exc))
+                if in_array and opened == self.line:
+                    in_array = False  # "[[[[...": one broken value, not an array of rows
+                self.resync(pos)
                 continue
             start = self.line
             advance(end)

@@ -39,7 +39,9 @@ agent and ``vendor-portal-button`` a portal. A principals map always wins over a
 Input
 -----
 :func:`iter_rows` reads a text or binary stream in constant memory: 64 KiB chunks, each
-extended to the end of its line, decoded value after value with ``json.JSONDecoder.raw_decode``.
+extended to the end of its line (by at most 1 MiB: a longer line comes in pieces), decoded value
+after value with ``json.JSONDecoder.raw_decode``. No read asks for more than 64 MiB; a value
+over that is an :class:`Unreadable` row and the rest of its line is dropped unread.
 That one reader takes JSONL (blank lines skipped), JSON objects one after another (pretty-printed
 rows may span lines, as people paste them) and JSON arrays: a top-level ``[`` is walked element
 by element, never parsed whole. ``{"rows": [...]}`` (writ's ``GET /v1/audit``) gives one row per

@@ -13,10 +13,13 @@ from writ.evidence.lint.linter import Unreadable, _json_type
 
 # --------------------------------------------------------------------------- reading rows
 
-_CHUNK = 1 << 16  # read this much, then to the end of the line: a chunk never cuts a line
+_CHUNK = 1 << 16  # read this much, then on to the end of the line (up to _LINE more)
+_LINE = 1 << 20  # the most one readline takes: a longer line is read in pieces
 _MAX_VALUE = 64 << 20  # characters one JSON value (not an array's element) may span
+_NEAR_END = 16  # a syntax error this close to where the text read so far stops may be a cut
 _WS = re.compile(r"[ \t\n\r]*")
-_ROW_START = re.compile(r"\n[ \t\r]*[\[{]")  # where reading resumes after a malformed value
+_NOT_BLANK = re.compile(r"[^ \t\r]")
+_ROW_START = re.compile(r"^[ \t\r]*[\[{]", re.M)  # where reading resumes after a malformed value
 _AUDIT_FIELDS = frozenset(FIELDS)
 RowItem = tuple[int, "dict[str, Any] | Unreadable"]
 
@@ -36,8 +39,9 @@ def _expand(line: int, obj: Any) -> list[dict[str, Any] | Unreadable]:
     return [Unreadable(line, f"a JSON {_json_type(obj)} is not an audit row (expected an object)")]
 
 
-def _decode(chunk: bytes, first_line: int, bad: dict[int, str]) -> str:
-    """UTF-8 text; a line that is not UTF-8 becomes a NUL (never JSON) and ``bad`` says why."""
+def _decode(chunk: bytes, first_line: int, bad: dict[int, str], skew: int = 0) -> str:
+    """UTF-8 text; a line that is not UTF-8 becomes a NUL (never JSON) and ``bad`` says why.
+    ``skew``: the bytes of the first line that an earlier chunk held."""
     try:
         return chunk.decode("utf-8")
     except UnicodeDecodeError:
@@ -46,9 +50,20 @@ def _decode(chunk: bytes, first_line: int, bad: dict[int, str]) -> str:
             try:
                 out.append(raw.decode("utf-8"))
             except UnicodeDecodeError as exc:
-                bad[first_line + i] = f"not UTF-8 ({exc.reason}, byte {exc.start + 1})"
+                at = exc.start + 1 + (skew if i == 0 else 0)
+                bad.setdefault(first_line + i, f"not UTF-8 ({exc.reason}, byte {at})")
                 out.append("\x00")
         return "\n".join(out)
+
+
+def _whole_utf8(data: bytes) -> int:
+    """``len(data)`` less a UTF-8 sequence that its last bytes begin but do not finish."""
+    for back in range(1, min(4, len(data)) + 1):
+        b = data[-back]
+        if b & 0xC0 != 0x80:  # ASCII or a lead byte: how many bytes its character takes
+            need = 1 if b < 0x80 else 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+            return len(data) - back if need > back else len(data)
+    return len(data)
 
 
 def _unparsable(exc: RecursionError | ValueError) -> str:
@@ -60,62 +75,126 @@ def _unparsable(exc: RecursionError | ValueError) -> str:
     return f"JSON value that cannot be read ({exc})"
 
 
+def _open_end(buf: str, exc: json.JSONDecodeError) -> tuple[bool, bool]:
+    """``(at_end, goes_on)``: the error is at the end of the text read (but for blanks); or it
+    is on an unfinished last line, where more text may mend it (a string, an escape, a literal
+    or a number cut where a read stopped)."""
+    ws = _WS.match(buf, exc.pos)
+    at_end = ws is not None and ws.end() >= len(buf)
+    cut = buf[-1:] != "\n" and (
+        len(buf) - exc.pos <= _NEAR_END or exc.msg.startswith("Unterminated string")
+    )
+    return at_end, at_end or cut
+
+
+def _open_number(buf: str, end: int) -> bool:
+    """Whether a number that ends at ``end`` may go on: the read stopped just after it, mid-line."""
+    return len(buf) - end <= _NEAR_END and buf[-1:] != "\n" and buf.find("\n", end) < 0
+
+
 def iter_rows(stream: IO[Any]) -> Iterator[RowItem]:
     """Yield ``(row_number, row_or_Unreadable)`` from JSONL, JSON arrays or JSON objects.
 
-    Reads a text or binary stream in chunks that end on a line boundary, decoding one value
-    after another with ``raw_decode``; a top-level ``[`` is walked element by element, so
+    Reads a text or binary stream in chunks that end on a line boundary (a line over 1 MiB
+    comes in pieces), decoding one value after another with ``raw_decode``; a top-level ``[`` is walked element by element, so
     neither JSONL nor an array is ever held whole. Rows count from 1; an :class:`Unreadable`
     takes a row number too and names the line its value began on. After a malformed value,
     reading resumes at the next line (or, for a value that spanned lines, at the next line
     that begins with ``{`` or ``[``). A value Python cannot hold (nested deeper than its stack,
     an integer over its digit limit) is unreadable too, and reading resumes at the next line.
+    So is a value over 64 MiB: the rest of its line is read in pieces and dropped, so no read
+    asks for more than that and the memory held stays bounded whatever the input.
     """
     return _Reader(stream).rows()
 
 
 class _Reader:
     """One pass over a stream: the text read and not yet consumed (``buf`` from ``pos``), the
-    line ``pos`` is on, and why lines that were not UTF-8 could not be read (``bad``)."""
+    line ``pos`` is on, and why lines that were not UTF-8 could not be read (``bad``).
 
-    __slots__ = ("bad", "buf", "eof", "line", "pos", "stream")
+    No read asks for more than 64 MiB, and the text held stays under a value's 64 MiB cap plus
+    a chunk and a line piece: a line longer than ``_LINE`` arrives in pieces (``buf`` then ends
+    inside it, and ``carry`` holds the bytes of a character cut in two), and one over the cap
+    is dropped to its newline in pieces, unread.
+    """
+
+    __slots__ = ("bad", "buf", "carry", "eof", "line", "line_bytes", "nl", "pos", "stream")
 
     def __init__(self, stream: IO[Any]) -> None:
         self.stream = stream
         self.buf, self.pos, self.line, self.eof = "", 0, 1, False
         self.bad: dict[int, str] = {}
+        self.carry = b""
+        self.line_bytes = 0  # bytes read of the line ``buf`` ends inside (0: it ends a line)
+        self.nl: bytes | str = "\n"  # the stream's newline, b"\n" for a binary stream
 
-    def fill(self, size: int = _CHUNK) -> bool:
-        """Append a chunk, dropping what was consumed; False at the end of input."""
-        chunk = b"" if self.eof else self.stream.read(size)
-        if chunk and chunk[-1:] != (b"\n" if isinstance(chunk, bytes) else "\n"):
-            chunk += self.stream.readline()
-        if not chunk:
-            self.eof = True
+    def fill(self, size: int = 0) -> bool:
+        """Append a chunk (``size``, at least ``_CHUNK``, never past the cap), dropping what was
+        consumed; False at the end of input."""
+        if self.eof:
             return False
+        size = max(_CHUNK, min(size, _MAX_VALUE - (len(self.buf) - self.pos)))
+        chunk = self.stream.read(size)
+        if chunk and chunk[-1:] != (b"\n" if isinstance(chunk, bytes) else "\n"):
+            chunk += self.stream.readline(_LINE)
         if isinstance(chunk, bytes):
-            for old in [k for k in self.bad if k < self.line]:
-                del self.bad[old]
-            chunk = _decode(chunk, self.line + self.buf.count("\n", self.pos), self.bad)
-        self.buf, self.pos = self.buf[self.pos :] + chunk, 0
+            self.nl = b"\n"
+            text = self._bytes(chunk)
+        else:
+            self.eof, text = not chunk, chunk
+        if self.eof:
+            return False
+        self.buf, self.pos = self.buf[self.pos :] + text, 0
         return True
+
+    def _bytes(self, chunk: bytes) -> str:
+        """Decode a binary chunk, holding back a character it cuts; EOF when nothing is left."""
+        data = self.carry + chunk if self.carry else chunk
+        self.carry = b""
+        if chunk and data[-1:] != b"\n":
+            whole = _whole_utf8(data)
+            data, self.carry = data[:whole], data[whole:]
+        if not data:
+            self.eof = not chunk
+            return ""
+        for old in [k for k in self.bad if k < self.line]:
+            del self.bad[old]
+        text = _decode(data, self.line + self.buf.count("\n", self.pos), self.bad, self.line_bytes)
+        last = data.rfind(b"\n")
+        self.line_bytes = len(data) - last - 1 + (self.line_bytes if last < 0 else 0)
+        return text
 
     def advance(self, to: int) -> None:
         self.line += self.buf.count("\n", self.pos, to)
         self.pos = to
+
+    def skip_line(self) -> None:
+        """Go on at the next line, dropping the rest of this one: what is held of it, and what
+        the stream still has, read in pieces of ``_LINE`` and thrown away."""
+        nl = self.buf.find("\n", self.pos)
+        if nl >= 0 or self.eof:
+            return self.advance(nl + 1 if nl >= 0 else len(self.buf))
+        self.buf, self.pos, self.carry, self.line_bytes = "", 0, b"", 0
+        while piece := self.stream.readline(_LINE):
+            if piece[-1:] == self.nl:
+                self.line += 1
+                return
+        self.eof = True
 
     def resync(self, at: int) -> None:
         """Resume after a malformed value that failed at ``at``: at the next line if it failed
         on its first line (JSONL), else at the next line that begins with '{' or '['."""
         nl = self.buf.find("\n", self.pos)
         if nl < 0 or nl >= at:
-            return self.advance(nl + 1 if nl >= 0 else len(self.buf))
-        while True:
+            return self.skip_line()
+        self.advance(nl + 1)
+        while True:  # ``pos`` is at the start of a line
             m = _ROW_START.search(self.buf, self.pos)
             if m:
-                return self.advance(m.start() + 1)
-            last = self.buf.rfind("\n", self.pos)
-            self.advance(last if last >= 0 else len(self.buf))
+                return self.advance(m.start())
+            self.advance(self.buf.rfind("\n", self.pos) + 1 or self.pos)
+            if _NOT_BLANK.search(self.buf, self.pos):  # the unfinished last line begins no value
+                self.skip_line()
             if not self.fill():
                 return self.advance(len(self.buf))
 
@@ -123,7 +202,8 @@ class _Reader:
         raw = json.JSONDecoder().raw_decode
         advance, n = self.advance, 0
         in_array, want_value, opened = False, True, 0
-        self.fill()
+        while self.fill() and not self.buf:  # a read may end inside a first character
+            pass
         if self.buf.startswith("\ufeff"):
             self.pos = 1
         while True:
@@ -158,18 +238,20 @@ class _Reader:
             try:
                 obj, end = raw(buf, pos)
             except json.JSONDecodeError as exc:
-                ws = _WS.match(buf, exc.pos)
-                at_end = ws is not None and ws.end() >= len(buf)
-                if at_end and not self.eof and len(buf) - pos < _MAX_VALUE:
-                    self.fill(max(_CHUNK, len(buf) - pos))  # the value goes on: read as much again
-                    continue
+                at_end, goes_on = _open_end(buf, exc)
+                if (
+                    goes_on
+                    and len(buf) - pos < _MAX_VALUE
+                    and self.fill(max(_CHUNK, len(buf) - pos))
+                ):
+                    continue  # the value may go on: read as much again
                 at = self.line + buf.count("\n", pos, exc.pos)
                 why = self.bad.pop(at, None) or (
-                    exc.msg
-                    if not at_end
-                    else "JSON value over 64 MiB"
-                    if not self.eof
+                    f"JSON value over {_MAX_VALUE >> 20} MiB"
+                    if goes_on and not self.eof
                     else "input ends inside this JSON value"
+                    if at_end
+                    else exc.msg
                 )
                 n += 1
                 yield n, Unreadable(self.line, why if at == self.line else f"{why} (line {at})")
@@ -182,6 +264,8 @@ class _Reader:
                     in_array = False  # "[[[[...": one broken value, not an array of rows
                 self.resync(pos)
                 continue
+            if type(obj) in (int, float) and _open_number(buf, end) and self.fill():
+                continue  # "12" where the text read so far stops may be "1234": read on
             start = self.line
             advance(end)
             if in_array:

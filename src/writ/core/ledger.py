@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from writ.core.clock import parse_time, stamp
-from writ.core.errors import WritError
+from writ.core.errors import Invalid, WritError
 from writ.core.validate import loads
 
 FIELDS: tuple[str, ...] = (
@@ -103,7 +105,7 @@ class Sealed:
     hash: str
 
     def row(self) -> dict[str, Any]:
-        return row_from(self.body, self.hash)
+        return row_from(self.body, self.hash, self.seq)
 
 
 def seal(seq: int, prev_hash: str, at: float, fields: dict[str, Any]) -> Sealed:
@@ -131,11 +133,122 @@ def seal(seq: int, prev_hash: str, at: float, fields: dict[str, Any]) -> Sealed:
     )
 
 
-def row_from(body: str, hash_: str) -> dict[str, Any]:
-    """The wire row (fields in PROTOCOL.md order) from a stored body and hash."""
-    data = loads(body)  # a hand-written lone surrogate reads as U+FFFD, never a failed read
+UNREADABLE = "unreadable"
+"""The event of a stub row: a stored body writ cannot read (see :func:`row_from`)."""
+
+_NONE = type(None)
+# the JSON types each field may have (exact types: a boolean is no fencing token); seq and
+# the times are checked on their own
+_TYPES: dict[str, tuple[type, ...]] = {
+    "event": (str,),
+    "resource": (str,),
+    "prev_hash": (str,),
+    **{
+        k: (str, _NONE)
+        for k in (
+            "agent_id",
+            "lock_holder",
+            "lock_key",
+            "rollback_path",
+            "rollback_key_holder",
+            "approved_by",
+            "human_override_queue",
+            "rollback_denominator",
+            "notes",
+        )
+    },
+    "fencing_token": (int, _NONE),
+    "rollback_allowed": (bool, _NONE),
+    "rollback_denominator_is_defect": (bool, _NONE),
+    "second_key_revoke_provenance": (dict, _NONE),
+}
+_JSON_NAMES: dict[type, str] = {dict: "an object", list: "an array", str: "text"}
+_JSON_NAMES |= {int: "a number", float: "a number", bool: "a boolean", _NONE: "null"}
+_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")  # as writ writes them
+
+
+def _readable_time(value: Any) -> bool:
+    """Is ``value`` a time :func:`~writ.core.clock.parse_time` reads (RFC 3339 text)?"""
+    if type(value) is not str:
+        return False
+    if _STAMP.fullmatch(value):  # the form writ writes: only the calendar can be wrong
+        try:
+            datetime.fromisoformat(value)
+            return True
+        except ValueError:
+            return False
+    try:
+        parse_time(value, 0.0)
+    except (Invalid, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _unreadable_why(data: Any, seq: int | None) -> str | None:
+    """Why a parsed body is not a row writ can read (None when it is one)."""
+    if type(data) is not dict:
+        return f"the body is {_name(data)}, not an object"
+    got = data.get("seq")
+    if type(got) is not int:
+        return f"its seq is {_name(got)} ({_shown(got)}), not a number"
+    if seq is not None and got != seq:
+        return f"it says seq {got}, but the store keeps it as seq {seq}"
+    if not _readable_time(data.get("timestamp")):
+        return f"its timestamp {_shown(data.get('timestamp'))} is not a time writ reads"
+    at = data.get("lock_acquired_at")
+    if at is not None and not _readable_time(at):
+        return f"its lock_acquired_at {_shown(at)} is not a time writ reads"
+    for k, types in _TYPES.items():
+        if type(v := data.get(k)) not in types:
+            return f"its {k} is {_name(v)}, not {_JSON_NAMES[types[0]]}"
+    prov = data.get("second_key_revoke_provenance")
+    if prov and any(type(v) in (dict, list) for v in prov.values()):
+        return "its second_key_revoke_provenance holds more than plain values"
+    return None
+
+
+def _name(value: Any) -> str:
+    return _JSON_NAMES.get(type(value), "a JSON value")
+
+
+def unreadable_row(seq: int | None, hash_: str, why: str) -> dict[str, Any]:
+    """The stub that stands for a stored row writ cannot read: its seq (the store's), event
+    :data:`UNREADABLE`, the reason in ``notes``, its stored hash, every other field null.
+    It never verifies (its fields do not hash to ``hash``), so a report says the row is
+    broken, as ``writ audit verify`` does."""
+    row: dict[str, Any] = dict.fromkeys(FIELDS)
+    row.update(seq=seq, event=UNREADABLE, notes=f"row {seq} is unreadable: {why}", hash=hash_)
+    return row
+
+
+def row_from(body: str, hash_: str, seq: int | None = None) -> dict[str, Any]:
+    """The wire row (fields in PROTOCOL.md order) from a stored body and hash.
+
+    Never raises: a body edited by hand into something writ cannot read (not a JSON
+    object, nested too deep, a field of the wrong type, a time that is not one, another
+    ``seq`` than the store's, when ``seq`` is given) reads as :func:`unreadable_row`, so
+    one edited row cannot stop a read, a report or an export.
+    """
+    try:
+        data = loads(body)  # a hand-written lone surrogate reads as U+FFFD, never a failed read
+    except RecursionError:
+        return unreadable_row(seq, hash_, "the body nests deeper than writ reads")
+    except ValueError as exc:
+        return unreadable_row(seq, hash_, f"the body is not JSON ({_shown(str(exc))})")
+    if (why := _unreadable_why(data, seq)) is not None:
+        return unreadable_row(seq if seq is not None else _seq_of(data), hash_, why)
     data["hash"] = hash_
     return {k: data.get(k) for k in FIELDS}
+
+
+def _seq_of(data: Any) -> int | None:
+    seq = data.get("seq") if type(data) is dict else None
+    return seq if type(seq) is int else None
 
 
 @dataclass(slots=True)
@@ -192,7 +305,7 @@ def verify(
         else:
             try:
                 data = loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested deeper than Python reads
                 data = None
             if not isinstance(data, dict) or data.get("seq") != seq:
                 bad = "row body does not carry its own seq"
@@ -359,5 +472,5 @@ def chain_short_of(total: int, kept: tuple[int, str]) -> str | None:
 
 
 def iter_rows(stored: Iterable[tuple[int, str, str]]) -> Iterator[dict[str, Any]]:
-    for _seq, body, hash_ in stored:
-        yield row_from(body, hash_)
+    for seq, body, hash_ in stored:
+        yield row_from(body, hash_, seq)

@@ -135,7 +135,7 @@ def _export_offline(
     out: IO[str],
 ) -> int:
     from writ.core.clock import parse_time, rfc3339
-    from writ.core.ledger import row_from
+    from writ.core.ledger import UNREADABLE, row_from
     from writ.core.resources import under, validate
 
     if prefix:
@@ -146,11 +146,15 @@ def _export_offline(
     async def export(engine: Any) -> int:
         n = 0
         async for chunk in engine.store.audit_stream(after_seq):
-            for _seq, body, hash_ in chunk:
-                row = row_from(body, hash_)
-                if prefix and not under(str(row.get("resource") or ""), prefix):
+            for seq, body, hash_ in chunk:
+                row = row_from(body, hash_, seq)
+                if row["event"] == UNREADABLE:
+                    # a body edited into something writ cannot read: its resource and time
+                    # are unknown, so it is kept whatever the filters, with its raw text
+                    row["body"] = body
+                elif prefix and not under(row["resource"], prefix):
                     continue
-                if (lo and row["timestamp"] < lo) or (hi and row["timestamp"] > hi):
+                elif (lo and row["timestamp"] < lo) or (hi and row["timestamp"] > hi):
                     continue
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
                 n += 1

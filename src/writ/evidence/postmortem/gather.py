@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from writ.core import resources as _res
-from writ.core.ledger import GENESIS
+from writ.core.ledger import GENESIS, UNREADABLE
 from writ.evidence.postmortem.query import MAX_SEGMENT, PAGE, Query, _lane_resources
 from writ.evidence.postmortem.report import build
 from writ.evidence.postmortem.sources import HttpSource, StoreSource, _row_problem
@@ -95,7 +95,11 @@ async def _verify(
             out["bad"].append({"seq": r.get("seq"), "reason": bad})
         else:
             out["rows_ok"] += 1
-        if prev is not None and r.get("seq") == prev.get("seq", 0) + 1:
+        if (
+            prev is not None
+            and r.get("seq") == prev.get("seq", 0) + 1
+            and r.get("event") != UNREADABLE  # its prev_hash is unknown: already a problem
+        ):
             out["links"] += 1
             if r.get("prev_hash") == prev.get("hash"):
                 out["links_ok"] += 1

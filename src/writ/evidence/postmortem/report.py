@@ -259,7 +259,7 @@ def _summary(rep: dict[str, Any]) -> list[str]:
             + (
                 "every row used was verified."
                 if v.get("ok")
-                else f"{len(v.get('bad') or [])} problem(s) found: see below."
+                else f"BROKEN, {len(v.get('bad') or [])} problem(s) found: see below."
             )
         )
     return out

@@ -6,7 +6,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from writ.core.clock import rfc3339
-from writ.core.ledger import canonical
+from writ.core.ledger import UNREADABLE, canonical
 from writ.core.ledger import verify as verify_chain
 from writ.evidence.postmortem.query import PAGE
 
@@ -100,6 +100,8 @@ def _row_problem(row: dict[str, Any], seq: int | None, prev: str | None) -> str 
     body = {k: v for k, v in row.items() if k != "hash"}
     if seq is not None and row.get("seq") != seq:
         return f"row {row.get('seq')} where {seq} was expected (a row is missing or extra)"
+    if row.get("event") == UNREADABLE and row.get("prev_hash") is None:  # a stored body writ
+        return f"{row.get('notes')} (so it cannot verify)"  # cannot read (its stub)
     if prev is not None and row.get("prev_hash") != prev:
         return f"row {row.get('seq')}: prev_hash does not name the row before it"
     h = hashlib.sha256((str(row.get("prev_hash")) + canonical(body)).encode()).hexdigest()

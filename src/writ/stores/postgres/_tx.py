@@ -527,10 +527,10 @@ class PgTx(Tx):
             where.append("ts <= %s")
             args.append(until)
         rows = await self._all(
-            f"SELECT body, hash FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s",
+            f"SELECT seq, body, hash FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s",
             [*args, limit],
         )
-        return [row_from(b, h) for b, h in rows]
+        return [row_from(b, h, s) for s, b, h in rows]
 
     async def audit_head(self) -> tuple[int, str]:
         if self.b is not None:
@@ -549,13 +549,13 @@ class PgTx(Tx):
             " ORDER BY x.seq DESC LIMIT 1",
             (list(resources), at, list(events)),
         )
-        return row_from(r[1], r[2]) if r else None
+        return row_from(r[1], r[2], r[0]) if r else None
 
     async def audit_for_lock_key(self, lock_key: str) -> list[dict[str, Any]]:
         rows = await self._all(
-            "SELECT body, hash FROM audit WHERE lock_key = %s ORDER BY seq", (lock_key,)
+            "SELECT seq, body, hash FROM audit WHERE lock_key = %s ORDER BY seq", (lock_key,)
         )
-        return [row_from(b, h) for b, h in rows]
+        return [row_from(b, h, s) for s, b, h in rows]
 
 
 async def _simple(

@@ -381,10 +381,10 @@ class SQLiteTx(Tx):
                 where.append("(+resource = ? OR (+resource >= ? AND +resource < ?))")
                 args += [prefix, prefix + "/", prefix + "0"]
         rows = self.c.execute(
-            f"SELECT body, hash FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            f"SELECT seq, body, hash FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
             [*args, limit],
         )
-        return [row_from(b, h) for b, h in rows]
+        return [row_from(b, h, s) for s, b, h in rows]
 
     def _few_rows(self, since: float | None, until: float | None, cap: int = 50_000) -> bool:
         """Does the window hold at most ``cap`` rows (all resources)? Counts index entries."""
@@ -410,10 +410,10 @@ class SQLiteTx(Tx):
             ).fetchone()
             if r and (best is None or r[0] > best[0]):
                 best = r
-        return row_from(best[1], best[2]) if best else None
+        return row_from(best[1], best[2], best[0]) if best else None
 
     async def audit_for_lock_key(self, lock_key: str) -> list[dict[str, Any]]:
         rows = self.c.execute(
-            "SELECT body, hash FROM audit WHERE lock_key = ? ORDER BY seq", (lock_key,)
+            "SELECT seq, body, hash FROM audit WHERE lock_key = ? ORDER BY seq", (lock_key,)
         )
-        return [row_from(b, h) for b, h in rows]
+        return [row_from(b, h, s) for s, b, h in rows]

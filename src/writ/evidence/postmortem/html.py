@@ -469,7 +469,7 @@ def _html_tail(rep: dict[str, Any], t: Clock) -> list[str]:
             body += _empty(LINT_CLEAN)
     o.append(_section("Contaminated or suspicious rows (lint)", body, flagged))
 
-    lines = verification_text(v)
+    lines = verification_text(v, str)  # escaped below, as HTML
     status = _badge("verified", "ok") if v.get("ok") else _badge("problems", "broken")
     o.append(
         _section(

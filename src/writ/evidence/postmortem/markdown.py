@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -155,10 +157,37 @@ def _as_is(word: str) -> str:
     return word
 
 
+# Agent text (intents, notes, reasons, names) is inert in the Markdown: a viewer that renders
+# raw HTML, links and images must show it as the text it is, never fetch or run it.
+# escapes, code, emphasis, links and images, cell borders; an underscore inside a word
+# (consent_required) never makes emphasis and is left as it is
+_MD_INLINE = re.compile(r"[\\`*\[\]|~]|(?<![^\W_])_|_(?![^\W_])")
+_MD_BLOCK = re.compile(r"^(\s*)(?:([#+-])|(\d{1,9})([.)]))")  # a heading or list at its start
+
+
+def _block_start(m: re.Match[str]) -> str:
+    lead, mark, digits, delim = m.groups()
+    return f"{lead}\\{mark}" if mark else f"{lead}{digits}\\{delim}"
+
+
+def md_text(value: Any) -> str:
+    """``value`` as inert Markdown text: one line (controls and newlines shown as escapes,
+    :func:`~writ.core.textsafe.printable`), Markdown syntax that would make a link, an
+    image, emphasis, code or a table cell backslash-escaped, a heading or list marker at its
+    start escaped too, and ``& < >`` written as HTML entities (no tag, comment or autolink)."""
+    text = _MD_INLINE.sub(lambda m: "\\" + m.group(), printable(value))
+    return html.escape(_MD_BLOCK.sub(_block_start, text, count=1), quote=False)
+
+
+class Md(str):
+    """A cell already written as Markdown: writ's own words (a ``[seq]`` citation) around
+    agent text that went through :func:`md_text`."""
+
+
 def _cell(v: Any) -> str:
     if v is None or v == "":
         return "-"
-    return printable(v).replace("|", "\\|")
+    return v if isinstance(v, Md) else md_text(v)
 
 
 def _table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
@@ -182,9 +211,9 @@ def _md_head(rep: dict[str, Any], t: Clock) -> list[str]:
     w, src = rep["window"], rep["source"]
     d = bool(w["multi_day"])
     day = (w["from"] or "")[:10]
-    L: list[str] = [f"# {printable(rep['title'])}", ""]
+    L: list[str] = [f"# {md_text(rep['title'])}", ""]
     L.append(
-        f"*Drafted by `writ postmortem` from the audit ledger ({src['ledger']}), rows "
+        f"*Drafted by `writ postmortem` from the audit ledger ({md_text(src['ledger'])}), rows "
         f"{src['first_seq']}–{src['last_seq']}; every fact below cites its row as [seq]. "
         f"Times are UTC{'' if d else ' on ' + day}.*"
     )
@@ -193,7 +222,7 @@ def _md_head(rep: dict[str, Any], t: Clock) -> list[str]:
             f"\n> **Truncated:** only the first {src['rows']} rows were read; narrow the "
             "window or the resources."
         )
-    L += ["", "## Summary", ""] + [f"- {printable(s)}" for s in rep["summary"]]
+    L += ["", "## Summary", ""] + [f"- {md_text(s)}" for s in rep["summary"]]
     imp = rep["impact"]
     L += ["", "## Impact window", ""]
     L.append(
@@ -203,7 +232,7 @@ def _md_head(rep: dict[str, Any], t: Clock) -> list[str]:
     for name, m in imp["moments"].items():
         L.append(f"- {name.replace('_', ' ').capitalize()}: {t(m['at'])} [{m['seq']}]")
     for res, secs in imp["held_seconds"].items():
-        L.append(f"- Write authority on {res} held for {duration(secs)} of the window.")
+        L.append(f"- Write authority on {md_text(res)} held for {duration(secs)} of the window.")
     L.append(
         "- Customer impact, detection and root cause: *not in the ledger — to be written "
         "by the responders.*"
@@ -215,7 +244,7 @@ def _md_head(rep: dict[str, Any], t: Clock) -> list[str]:
         L.append("")
         L.append(
             "Not listed: "
-            + ", ".join(f"{n} {e}" for e, n in rep["timeline_quiet"].items())
+            + ", ".join(f"{n} {md_text(e)}" for e, n in rep["timeline_quiet"].items())
             + " rows."
         )
     return L
@@ -236,7 +265,7 @@ def _md_holders(rep: dict[str, Any], t: Clock) -> list[str]:
                     t(h["from"]) + (" (before window)" if h["before_window"] else ""),
                     t(h["to"]) if h["to"] else "still held",
                     duration(h.get("seconds")),
-                    h["ended"] + (f" [{h['end_seq']}]" if h["end_seq"] else ""),
+                    Md(md_text(h["ended"]) + (f" [{h['end_seq']}]" if h["end_seq"] else "")),
                     h["intent"],
                 )
                 for h in rep["holders"]
@@ -265,7 +294,10 @@ def _md_holders(rep: dict[str, Any], t: Clock) -> list[str]:
                     q["resource"],
                     q["position"],
                     q["holder"],
-                    q["outcome"] + (f" at {t(q['until'])} [{q['end_seq']}]" if q["until"] else ""),
+                    Md(
+                        md_text(q["outcome"])
+                        + (f" at {t(q['until'])} [{q['end_seq']}]" if q["until"] else "")
+                    ),
                     duration(q.get("seconds")),
                 )
                 for q in rep["waits"]
@@ -316,11 +348,14 @@ def _md_answers(rep: dict[str, Any], t: Clock) -> list[str]:
                     r["key_holder"],
                     r["path"],
                     r["reason"],
-                    f"{r['status']}"
-                    + (
-                        f" by {r['decided_by']} at {t(r['decided_at'])} [{r['decision_seq']}]"
-                        if r["decided_by"]
-                        else ""
+                    Md(
+                        md_text(r["status"])
+                        + (
+                            f" by {md_text(r['decided_by'])} at {t(r['decided_at'])} "
+                            f"[{r['decision_seq']}]"
+                            if r["decided_by"]
+                            else ""
+                        )
                     ),
                     (r["result"] or "-")
                     + (" — marked a defect by " + r["defect"]["by"] if r.get("defect") else ""),
@@ -388,8 +423,9 @@ def _md_tail(rep: dict[str, Any], t: Clock) -> list[str]:
     return L
 
 
-def verification_text(v: dict[str, Any]) -> list[str]:
-    """Plain statements of what was verified, and what was not."""
+def verification_text(v: dict[str, Any], esc: Callable[[Any], str] = md_text) -> list[str]:
+    """Plain statements of what was verified, and what was not; the reasons (which quote
+    rows) through ``esc`` (the HTML report escapes its own)."""
     if not v or not v.get("rows"):
         return ["No rows, nothing to verify."]
     out = [
@@ -415,7 +451,7 @@ def verification_text(v: dict[str, Any]) -> list[str]:
                 "it is unbroken, so no row in the window was removed, inserted or edited "
                 "without re-hashing everything after it."
                 if seg["ok"]
-                else f"BROKEN — {seg['reason']}."
+                else f"BROKEN — {esc(seg['reason'])}."
             )
         )
     else:
@@ -424,7 +460,7 @@ def verification_text(v: dict[str, Any]) -> list[str]:
             "between them here; gaps between their seqs hold other resources' rows."
         )
     for b in (v.get("bad") or [])[:20]:
-        out.append(f"- **Problem:** {b['reason']}")
+        out.append(f"- **Problem:** {esc(b['reason'])}")
     out.append(
         "- Not proven here: that rows before and after this range are intact, or that "
         "the whole chain was not rewritten and re-hashed. `writ audit verify` checks the "

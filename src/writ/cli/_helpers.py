@@ -14,7 +14,7 @@ import click
 from writ.cli.wait import SelfHeld, check_not_self
 from writ.client import DEFAULT_TIMEOUT, Client
 from writ.core.errors import Held, Invalid, WritError
-from writ.core.textsafe import printable
+from writ.core.textsafe import dumps, printable
 
 T = TypeVar("T")
 
@@ -118,7 +118,7 @@ def _client(url: str, token: str | None, timeout: float = DEFAULT_TIMEOUT) -> Cl
 
 
 def _echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+    click.echo(dumps(obj, indent=2))  # C1 and bidi characters as \uXXXX, never raw
 
 
 def _csv(value: str | None) -> list[str] | None:

@@ -8,23 +8,33 @@ through :func:`printable`, which writes each such character as a visible escape:
 
     printable("capacity 4→8\\n  42 lease.granted fake")  ->  'capacity 4→8\\\\n  42 lease.granted fake'
 
-JSON output needs none of this (JSON escapes control characters itself); the HTML postmortem
-escapes with :func:`html.escape` and this.
+JSON escapes only the C0 controls (``\\x00``-``\\x1f``) itself: with ``ensure_ascii=False``,
+as writ writes JSON to keep other text readable, DEL, the C1 controls (U+009B is the one-byte
+CSI that starts a terminal escape sequence), the separators and the bidi characters come out
+raw. Every JSON output that may reach a terminal (``--json``, ``writ watch --json``, ``writ
+audit export``, ``writ lint``'s JSON, ``writ postmortem --format json``, JSON logs) goes through
+:func:`json_printable` (or :func:`dumps`), which writes each of them as a ``\\uXXXX`` escape:
+the JSON stays valid and parses to the same value. The HTML postmortem escapes with
+:func:`html.escape` and :func:`printable`.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
-__all__ = ["printable"]
+__all__ = ["dumps", "json_printable", "printable"]
 
 # C0 and C1 controls and DEL; line and paragraph separators; bidirectional marks, embeddings,
 # overrides and isolates; zero-width characters, the byte-order mark; lone surrogates (which
 # no terminal encoding can even write).
-_UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff]"
-)
+_C0 = "\x00-\x1f"
+_BEYOND_C0 = "\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff"
+_UNSAFE = re.compile(f"[{_C0}{_BEYOND_C0}]")
+# in JSON text, C0 is either escaped already (inside a string) or JSON's own whitespace; every
+# other unsafe character can only sit inside a string, where \uXXXX means the same character
+_UNSAFE_IN_JSON = re.compile(f"[{_BEYOND_C0}]")
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -40,3 +50,17 @@ def printable(value: Any) -> str:
     """``str(value)`` with every control, separator and bidi character written as an escape."""
     text = value if isinstance(value, str) else str(value)
     return _UNSAFE.sub(_escape, text)
+
+
+def json_printable(text: str) -> str:
+    """JSON ``text`` (from :func:`json.dumps`, ``ensure_ascii=False``) with every character
+    :func:`printable` escapes and JSON does not written as a ``\\uXXXX`` escape: still valid
+    JSON, parsing to the same value, and nothing in it a terminal would obey."""
+    if _UNSAFE_IN_JSON.search(text) is None:
+        return text
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps(obj, ensure_ascii=False, **kwargs)``, through :func:`json_printable`."""
+    return json_printable(json.dumps(obj, ensure_ascii=False, **kwargs))

@@ -32,6 +32,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from writ.core.textsafe import dumps
+
 if TYPE_CHECKING:
     from writ.engine import Engine
     from writ.telemetry.observe import Rows
@@ -91,7 +93,7 @@ class JsonFormatter(logging.Formatter):
             out.update((k, v) for k, v in fields.items() if v is not None)
         if record.exc_info:
             out["exception"] = record.exc_text or self.formatException(record.exc_info)
-        return json.dumps(out, separators=(",", ":"), default=str, ensure_ascii=False)
+        return dumps(out, separators=(",", ":"), default=str)
 
 
 class ConsoleFormatter(logging.Formatter):

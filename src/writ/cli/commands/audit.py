@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from typing import IO, Any
 
@@ -23,6 +22,7 @@ from writ.cli.commands.evidence import (
 )
 from writ.cli.options import api_options, existing_store, json_option, store_option
 from writ.client import DEFAULT_URL
+from writ.core.textsafe import dumps
 
 
 # ----------------------------------------------------------------------------- audit
@@ -120,7 +120,7 @@ def audit_export(
             n = 0
             with _client(url, token, timeout=60.0) as client:
                 for row in client.iter_audit(after_seq, resource, since, until, page=10_000):
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    out.write(dumps(row) + "\n")
                     n += 1
     if out_path:
         click.echo(f"exported {n} rows to {out_path}", err=True)
@@ -156,7 +156,7 @@ def _export_offline(
                     continue
                 elif (lo and row["timestamp"] < lo) or (hi and row["timestamp"] > hi):
                     continue
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                out.write(dumps(row) + "\n")
                 n += 1
         return n
 

@@ -17,7 +17,7 @@ from typing import IO, Any
 import click
 
 from writ.core.errors import Invalid
-from writ.core.textsafe import printable
+from writ.core.textsafe import dumps, printable
 from writ.evidence.lint import (
     VERDICTS,
     Linter,
@@ -131,10 +131,10 @@ def run(
                     if not result.findings and not many:
                         write(_ACCEPT_LINE % n)
                     else:
-                        write(json.dumps(_obj(result, n, file), ensure_ascii=False) + "\n")
+                        write(dumps(_obj(result, n, file)) + "\n")
                 elif fmt == "json":
                     obj = _obj(result, n, file, guessed=True)
-                    write(sep + json.dumps(obj, ensure_ascii=False))
+                    write(sep + dumps(obj))
                     sep = ",\n"
                 else:
                     _text(out, result, n, file)

@@ -5,7 +5,6 @@ every admin token is lost, and the way to rotate ``admin`` without one)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -73,7 +72,7 @@ def _act(
 
 def _show(out: dict[str, Any], as_json: bool, line: str) -> None:
     if as_json:
-        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        _echo_json(out)
     else:
         click.echo(line)
         if out.get("token"):

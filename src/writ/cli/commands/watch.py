@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
@@ -11,7 +10,7 @@ from writ.cli._helpers import (
     _client,
 )
 from writ.cli.options import api_options, json_option
-from writ.core.textsafe import printable
+from writ.core.textsafe import dumps, printable
 
 
 # ----------------------------------------------------------------------------- watch
@@ -45,6 +44,6 @@ def watch(
     with _client(url, token) as client:
         try:
             for row in client.watch(prefix, after_seq):
-                click.echo(json.dumps(row, ensure_ascii=False) if as_json else _row_line(row))
+                click.echo(dumps(row) if as_json else _row_line(row))
         except KeyboardInterrupt:
             return

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import html
-import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from writ.core.textsafe import printable
+from writ.core.textsafe import dumps, printable
 from writ.evidence.postmortem.notes import duration, when
 from writ.evidence.postmortem.report import _consent_outcome
 
@@ -471,4 +470,4 @@ def verification_text(v: dict[str, Any], esc: Callable[[Any], str] = md_text) ->
 
 
 def to_json(rep: dict[str, Any]) -> str:
-    return json.dumps(rep, indent=2, ensure_ascii=False) + "\n"
+    return dumps(rep, indent=2) + "\n"

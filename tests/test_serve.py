@@ -403,3 +403,19 @@ def test_console_lines_cannot_be_forged_by_a_path() -> None:
     record.writ = {"path": "/nope\n2026-01-01T00:00:00Z INFO writ.access: forged"}  # type: ignore[attr-defined]
     line = ConsoleFormatter().format(record)
     assert "\n" not in line and "\\x0a" in line
+
+
+def test_console_lines_show_c1_and_bidi_characters_as_escapes() -> None:
+    """A C1 control (U+009B, a one-byte CSI) or a bidi override in a path, a message or a
+    row's notes reaches the terminal as an escape, never raw."""
+    import logging
+
+    from writ.telemetry.logs import ConsoleFormatter
+
+    hostile = "x\u009b2J\u202egnp.exe\u2028\u200b\x7f"
+    record = logging.LogRecord("writ.decision", logging.INFO, __file__, 1, hostile, None, None)
+    record.writ = {"path": "/v1/" + hostile, "notes": hostile}  # type: ignore[attr-defined]
+    line = ConsoleFormatter().format(record)
+    for raw in "\u009b\u202e\u2028\u200b\x7f":
+        assert raw not in line, f"U+{ord(raw):04X}"
+    assert line.count("x\\x9b2J\\u202egnp.exe\\u2028\\u200b\\x7f") == 3

@@ -24,14 +24,15 @@ import json
 import re
 from typing import Any
 
-__all__ = ["dumps", "json_printable", "printable"]
+__all__ = ["UNSAFE", "dumps", "json_printable", "printable"]
 
 # C0 and C1 controls and DEL; line and paragraph separators; bidirectional marks, embeddings,
 # overrides and isolates; zero-width characters, the byte-order mark; lone surrogates (which
 # no terminal encoding can even write).
 _C0 = "\x00-\x1f"
 _BEYOND_C0 = "\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff"
-_UNSAFE = re.compile(f"[{_C0}{_BEYOND_C0}]")
+UNSAFE = re.compile(f"[{_C0}{_BEYOND_C0}]")
+"""Every character :func:`printable` escapes (for a rendering with escapes of its own)."""
 # in JSON text, C0 is either escaped already (inside a string) or JSON's own whitespace; every
 # other unsafe character can only sit inside a string, where \uXXXX means the same character
 _UNSAFE_IN_JSON = re.compile(f"[{_BEYOND_C0}]")
@@ -49,7 +50,7 @@ def _escape(m: re.Match[str]) -> str:
 def printable(value: Any) -> str:
     """``str(value)`` with every control, separator and bidi character written as an escape."""
     text = value if isinstance(value, str) else str(value)
-    return _UNSAFE.sub(_escape, text)
+    return UNSAFE.sub(_escape, text)
 
 
 def json_printable(text: str) -> str:

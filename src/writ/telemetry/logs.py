@@ -32,7 +32,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from writ.core.textsafe import dumps
+from writ.core.textsafe import UNSAFE, dumps
 
 if TYPE_CHECKING:
     from writ.engine import Engine
@@ -174,15 +174,19 @@ def _decisions(rows: Rows, context: dict[str, str]) -> None:
         )
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+def _hex(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _one_line(text: str) -> str:
-    """``text`` with control characters escaped: a request path decoded from ``%0A`` must
-    not start a forged line of its own (JSON lines escape them already)."""
-    if _CONTROL.search(text) is None:
+    """``text`` with every character :func:`~writ.core.textsafe.printable` escapes written
+    as an escape: a request path decoded from ``%0A`` must not start a forged line of its
+    own, nor a C1 control (``%C2%9B``, a one-byte CSI) or a bidi override in a path or a
+    row's notes drive or reorder the terminal (JSON lines escape them: :func:`dumps`)."""
+    if UNSAFE.search(text) is None:
         return text
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return UNSAFE.sub(_hex, text)
 
 
 def _iso(ts: float) -> str:

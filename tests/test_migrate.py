@@ -171,6 +171,17 @@ async def test_migrate_refuses_a_store_that_is_not_empty(tmp_path: Path, backend
         await migrate(src_url, backend.url)
 
 
+async def _nothing_copied(backend: Backend) -> None:
+    """The destination of a refused copy: empty, its chain included."""
+    dst = backend.open_store()
+    await dst.open()
+    try:
+        assert (await verify_store(dst)).rows == 0
+        assert await dst.read(lambda tx: tx.list_principals()) == []
+    finally:
+        await dst.close()
+
+
 async def test_migrate_refuses_a_broken_source_chain_and_copies_nothing(
     tmp_path: Path, backend: Backend
 ) -> None:
@@ -185,13 +196,7 @@ async def test_migrate_refuses_a_broken_source_chain_and_copies_nothing(
     conn.close()
     with pytest.raises(Invalid, match="does not verify at seq"):
         await migrate(src_url, backend.url)
-    dst = backend.open_store()
-    await dst.open()
-    try:
-        assert (await verify_store(dst)).rows == 0
-        assert await dst.read(lambda tx: tx.list_principals()) == []
-    finally:
-        await dst.close()
+    await _nothing_copied(backend)
 
 
 async def test_migrate_refuses_a_source_whose_last_rows_were_removed(
@@ -217,13 +222,7 @@ async def test_migrate_refuses_a_source_whose_last_rows_were_removed(
     conn.close()
     with pytest.raises(Invalid, match=f"rows {head[0] - 1}..{head[0]} were removed"):
         await migrate(src_url, backend.url)
-    dst = backend.open_store()
-    await dst.open()
-    try:
-        assert (await verify_store(dst)).rows == 0
-        assert await dst.read(lambda tx: tx.list_principals()) == []
-    finally:
-        await dst.close()
+    await _nothing_copied(backend)
 
 
 def test_redact_hides_passwords() -> None:

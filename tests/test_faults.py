@@ -625,7 +625,11 @@ def p99(latencies: list[float]) -> float:
 async def run_long_polls(tmp: Path, n: int) -> None:
     raise_fd_limit(n + 2048)
     with server_process(f"sqlite:///{tmp / 'writ.db'}", tmp) as srv:
-        (watcher,) = await add_principals(srv.url, "agent", ["watcher"])
+        # one principal may have a quarter of the connections waiting (writ.api.waits):
+        # the polls come from enough watchers to stay under that
+        watchers = await add_principals(
+            srv.url, "agent", [f"watcher-{i}" for i in range(-(-n // 1000))]
+        )
         workers = await add_principals(srv.url, "agent", [f"worker-{i}" for i in range(4)])
         async with httpx.AsyncClient(base_url=srv.url, timeout=30) as c:
             alone = await others(c, workers, 15)  # the baseline, and a warmed-up server
@@ -635,9 +639,17 @@ async def run_long_polls(tmp: Path, n: int) -> None:
             ready: asyncio.Queue[None] = asyncio.Queue()
             polls = [
                 asyncio.ensure_future(
-                    long_poll("127.0.0.1", srv.port, watcher, "watch", head, 120, ready)
+                    long_poll(
+                        "127.0.0.1",
+                        srv.port,
+                        watchers[i % len(watchers)],
+                        "watch",
+                        head,
+                        120,
+                        ready,
+                    )
                 )
-                for _ in range(n)
+                for i in range(n)
             ]
             for _ in range(n):  # every request is sent ...
                 await asyncio.wait_for(ready.get(), 60)

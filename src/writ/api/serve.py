@@ -75,8 +75,8 @@ def run(
     ]
     logs.setup(log_format, log_level, [s for s in secrets if s])
     options = uvicorn_options(host, port, log_level, limits, shutdown_timeout)
-    if max_waits is None:
-        max_waits = default_cap((limits or Limits()).effective().max_connections)
+    if max_waits is None:  # of the connections the listener allows (below the file limit)
+        max_waits = default_cap(options["http"].LIMITS.max_connections)
     if workers != 1:
         from writ.api.workers import AppSettings, run_workers
 

@@ -33,6 +33,7 @@ from writ.api.relay_wire import CANCEL_WAIT_S, LOST, NOT_RUN, Answer, _Link
 from writ.api.url_text import TextURL, url_problem
 from writ.api.waits import DEFAULT_CAP, Waits
 from writ.core.errors import Invalid, Unavailable, WritError
+from writ.core.models import Principal
 from writ.engine import Engine
 from writ.net.limits import direct_answer
 from writ.telemetry import tracing
@@ -150,7 +151,7 @@ class FastLeases:
         try:
             me = await self.engine.authenticate(token)
             with self.waits.one(me.name):
-                return await self._write(scope, receive, token, lease_id, req, body, wait_s)
+                return await self._write(scope, receive, token, lease_id, req, body, wait_s, me)
         except WritError as err:  # an unknown token, or its principal waits enough
             return _refusal(err)
 
@@ -163,14 +164,16 @@ class FastLeases:
         req: dict[str, Any] | None,
         body: bytes,
         wait_s: Any,
+        me: Principal | None = None,
     ) -> _Outcome:
+        """Do the write, relayed or here; ``me`` when its token was already authenticated."""
         link = self.relay.link() if self.relay is not None else None
         # another server on this host writes: ask it (writ.api.relay), unless it cannot
         if link is not None:
             out = await self._relay(link, scope, receive, token, lease_id, body, wait_s)
             if out is not None:
                 return out
-        work = self._lease(scope, token, lease_id, req, receive, self.draining)
+        work = self._lease(scope, token, lease_id, req, receive, self.draining, me)
         return await _outcome(f"POST {scope['path']}", work)
 
     def _acquire_request(self, body: bytes) -> dict[str, Any] | None:
@@ -197,10 +200,11 @@ class FastLeases:
         req: dict[str, Any] | None,
         receive: Receive,
         draining: asyncio.Event | None,
+        me: Principal | None = None,
     ) -> tuple[Any, int]:
         """Release ``lease_id``, or acquire as ``req`` asks, for the bearer of ``token``; what
         the access log names goes into ``note`` (the request's scope)."""
-        me = await self.engine.authenticate(token)
+        me = me or await self.engine.authenticate(token)
         note["writ.principal"] = me.name  # for the access log (writ.api.ops)
         if lease_id is not None:
             return await self.engine.release(me, lease_id), 200

@@ -24,7 +24,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["UNSAFE", "dumps", "json_printable", "printable"]
+__all__ = ["UNSAFE", "dumps", "hex_escaped", "json_printable", "printable"]
 
 # C0 and C1 controls and DEL; line and paragraph separators; bidirectional marks, embeddings,
 # overrides and isolates; zero-width characters, the byte-order mark; lone surrogates (which
@@ -39,12 +39,19 @@ _UNSAFE_IN_JSON = re.compile(f"[{_BEYOND_C0}]")
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def _escape(m: re.Match[str]) -> str:
-    ch = m.group()
-    if ch in _SHORT:
-        return _SHORT[ch]
-    code = ord(ch)
+def _hex(m: re.Match[str]) -> str:
+    code = ord(m.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _escape(m: re.Match[str]) -> str:
+    return _SHORT.get(m.group()) or _hex(m)
+
+
+def hex_escaped(text: str) -> str:
+    """``text`` with what :func:`printable` escapes written in hex only (``\\x0a``, never
+    ``\\n``): for lines whose readers know that form (writ's console log lines)."""
+    return UNSAFE.sub(_hex, text) if UNSAFE.search(text) else text
 
 
 def printable(value: Any) -> str:

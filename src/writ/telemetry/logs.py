@@ -32,7 +32,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from writ.core.textsafe import UNSAFE, dumps
+from writ.core.textsafe import dumps, hex_escaped
 
 if TYPE_CHECKING:
     from writ.engine import Engine
@@ -174,19 +174,12 @@ def _decisions(rows: Rows, context: dict[str, str]) -> None:
         )
 
 
-def _hex(m: re.Match[str]) -> str:
-    code = ord(m.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
 def _one_line(text: str) -> str:
     """``text`` with every character :func:`~writ.core.textsafe.printable` escapes written
     as an escape: a request path decoded from ``%0A`` must not start a forged line of its
     own, nor a C1 control (``%C2%9B``, a one-byte CSI) or a bidi override in a path or a
     row's notes drive or reorder the terminal (JSON lines escape them: :func:`dumps`)."""
-    if UNSAFE.search(text) is None:
-        return text
-    return UNSAFE.sub(_hex, text)
+    return hex_escaped(text)
 
 
 def _iso(ts: float) -> str:

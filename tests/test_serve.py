@@ -91,6 +91,10 @@ def test_serve_takes_its_flags_from_the_environment(monkeypatch: pytest.MonkeyPa
     ]
     bad = CliRunner().invoke(main, ["serve"], env={"WRIT_LOG_FORMAT": "xml"})
     assert bad.exit_code == 2 and "xml" in bad.output
+    for waits in ("0", "-1", "true", "1.5"):  # a count of requests, at least one
+        bad = CliRunner().invoke(main, ["serve", "--max-waits-per-principal", waits])
+        assert bad.exit_code == 2 and "--max-waits-per-principal" in bad.output, bad.output
+    assert calls == [calls[0]]  # none of them served
 
 
 def test_serve_check_passes_a_good_configuration(tmp_path: Path) -> None:

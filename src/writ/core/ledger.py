@@ -104,6 +104,9 @@ class Sealed:
     body: str
     hash: str
 
+    def row(self) -> dict[str, Any]:
+        return row_from(self.body, self.hash, self.seq)
+
 
 def seal(seq: int, prev_hash: str, at: float, fields: dict[str, Any]) -> Sealed:
     """Fill defaults, stamp ``seq``/``timestamp``/``prev_hash`` and hash the row."""

@@ -31,6 +31,7 @@ class Receiver:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.status: dict[str, int] = {}
+        self.location: str | None = None  # sent with every answer when set (redirects)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,6 +40,8 @@ class Receiver:
                 outer.calls.append((self.path, json.loads(body or b"{}")))
                 code = outer.status.get(self.path.split("?")[0], 200)
                 self.send_response(code)
+                if outer.location:
+                    self.send_header("location", outer.location)
                 self.send_header("content-length", "0")
                 self.end_headers()
 

@@ -3,6 +3,7 @@
 ::
 
     rollback_base_url = "http://127.0.0.1:9000"  # relative rollback routes are called here
+    rollback_hosts = ["ops.internal"]             # the only hosts a rollback URL may name
     default_override_queue = "svc-ops-princess"   # paged when a lease names no queue
 
     [blast_radius]                                # groups of resources that conflict as one
@@ -36,6 +37,7 @@ from writ.core.grants import Settings as AuthoritySettings
 from writ.core.grants import parse_section as parse_authority
 from writ.core.identity import JwtIssuer, parse_identity
 from writ.core.resources import BlastRadius, under, validate
+from writ.core.routes import parse_host
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +62,15 @@ TOP_KEYS = {
     "identity",
 }
 TOP_KEYS |= {"webhook_secret", "pagerduty_url"}  # outbound calls (docs/operations.md)
+TOP_KEYS |= {"rollback_hosts"}
 
 
 @dataclass(slots=True)
 class Policy:
     rollback_base_url: str | None = None
+    # the hosts an agent's absolute rollback route may call, parsed (routes.parse_host);
+    # None: any host (v1), [] none (relative routes only)
+    rollback_hosts: tuple[tuple[str, int | None], ...] | None = None
     default_override_queue: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)  # signs outbound calls
     pagerduty_url: str | None = None  # the Events API v2 endpoint (tests, proxies)
@@ -84,6 +90,9 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         return {
             "rollback_base_url": self.rollback_base_url,
+            "rollback_hosts": None
+            if self.rollback_hosts is None
+            else [_host_text(h, p) for h, p in self.rollback_hosts],
             "default_override_queue": self.default_override_queue,
             "webhook_secret": "(set)" if self.webhook_secret else None,  # never the secret
             "pagerduty_url": self.pagerduty_url,
@@ -148,6 +157,7 @@ def parse(text: str, path: str = "<policy>") -> Policy:
             "pagerduty_url must be an http(s):// URL like https://events.pagerduty.com/v2/enqueue",
             _line_of(text, "pagerduty_url"),
         )
+    pol.rollback_hosts = _rollback_hosts(data, text, path)
     groups = data.get("blast_radius", {})
     if not isinstance(groups, dict):
         raise PolicyError(path, "[blast_radius] must be a table of name = [resources]", None)
@@ -218,6 +228,30 @@ def parse(text: str, path: str = "<policy>") -> Policy:
     pol.rules.sort(key=lambda r: (-len(r.prefix.split("/")) if r.prefix else 1, r.prefix))
     pol.identity = parse_identity(data.get("identity"), text, path)
     return pol
+
+
+def _host_text(host: str, port: int | None) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
+
+
+def _rollback_hosts(
+    data: dict[str, Any], text: str, path: str
+) -> tuple[tuple[str, int | None], ...] | None:
+    if "rollback_hosts" not in data:
+        return None
+    value, line = data["rollback_hosts"], _line_of(text, "rollback_hosts")
+    if not isinstance(value, list) or len(value) > 1000:
+        raise PolicyError(
+            path, 'rollback_hosts must be a list of host names like ["ops.internal"]', line
+        )
+    hosts = []
+    for entry in value:
+        try:
+            hosts.append(parse_host(entry))
+        except ValueError as exc:
+            raise PolicyError(path, f"rollback_hosts: {exc}", line) from None
+    return tuple(hosts)
 
 
 def load(path: str | Path | None) -> Policy:

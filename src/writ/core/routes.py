@@ -8,7 +8,9 @@ decides at acquire time (a rollback plan) and in ``writ lint`` (``rollback_path`
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,3 +68,65 @@ def resolve(route: str, base_url: str | None) -> str:
             f"route {route!r} is relative and the policy sets no rollback_base_url to call it against"
         )
     return base_url.rstrip("/") + "/" + route.lstrip("/")
+
+
+def _origin(url: str) -> tuple[str, int | None]:
+    """The host (IDNA, lower case, no trailing dot) and port (None: the scheme's own) that
+    a call to ``url`` connects to, as httpx, which makes the call, reads them. Raises
+    ValueError for a URL httpx would not call."""
+    import httpx  # here: the readers of routes (writ lint) start without it
+
+    try:
+        u = httpx.URL(url)
+        return u.raw_host.decode("ascii").lower().rstrip("."), u.port
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def parse_host(entry: Any) -> tuple[str, int | None]:
+    """An entry of the policy's ``rollback_hosts``: ``host``, ``host:port``, ``[v6]:port``,
+    or ``*.domain`` (any name below domain, not domain itself), as (host, port). Raises
+    ValueError saying what is wrong with it."""
+    if not isinstance(entry, str) or not entry or len(entry) > 260:
+        raise ValueError("must be a host name like ops.internal or ops.internal:8443")
+    if not re.fullmatch(r"(\*\.)?[^\s/?#@\\*]+", entry):
+        raise ValueError(
+            f"{entry!r} is not a host name: write only the host and, if not the scheme's "
+            "own, its port (ops.internal:8443); no scheme, path or user"
+        )
+    try:
+        host, port = _origin("http://" + entry.removeprefix("*.") + "/")
+    except ValueError as exc:
+        raise ValueError(f"{entry!r} is not a host name ({exc})") from None
+    if not host:
+        raise ValueError(f"{entry!r} names no host")
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"{entry!r}: a port is 1 to 65535")
+    return ("*." if entry.startswith("*.") else "") + host, port
+
+
+def host_problem(
+    url: str, hosts: Sequence[tuple[str, int | None]] | None, base_url: str | None
+) -> str | None:
+    """Why writ may not call ``url`` (absolute) under the policy's ``rollback_hosts``
+    (parsed by :func:`parse_host`; None: any host), or None when it may. The host of
+    ``rollback_base_url`` is always allowed: relative routes are called there."""
+    if hosts is None:
+        return None
+    try:
+        host, port = _origin(url)
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if base_url:
+        with contextlib.suppress(ValueError):  # a base URL httpx cannot read allows nothing
+            if (host, port) == _origin(base_url):
+                return None
+    for want, want_port in hosts:
+        name_ok = host.endswith(want[1:]) if want.startswith("*.") else host == want
+        if name_ok and port == want_port:
+            return None
+    shown = host if port is None else f"{host}:{port}"
+    return (
+        f"calls {shown}, which the policy's rollback_hosts does not list "
+        "(writ calls rollback routes only on the hosts the policy names)"
+    )

@@ -54,6 +54,11 @@ class CallResult:
         return (
             f"{head} -> "
             + (f"HTTP {self.status}" if self.status else (self.error or "failed"))
+            + (
+                " (a redirect, which writ does not follow)"
+                if 300 <= (self.status or 0) < 400
+                else ""
+            )
             + (f" after {self.attempts} attempt(s)")
         )
 
@@ -96,7 +101,9 @@ class Caller:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout, transport=self.transport)
+            self._client = httpx.AsyncClient(
+                timeout=self.timeout, transport=self.transport, follow_redirects=False
+            )
         return self._client
 
     def secret(self) -> str | None:
@@ -130,7 +137,9 @@ class Caller:
                 with tracing.span("writ.outbound", url=out.shown) as carrier:
                     headers.update(carrier)
                     r = await self._http().post(out.url, content=out.body, headers=headers)
-                last = CallResult(out.shown, r.status_code < 400, r.status_code, i)
+                # a redirect is not a delivery: writ never follows one (it would call a
+                # host nobody chose: see routes.host_problem)
+                last = CallResult(out.shown, 200 <= r.status_code < 300, r.status_code, i)
                 if r.status_code < 500 and r.status_code != 429:
                     return last
                 asked = retry_after_s(r.headers.get("retry-after"))

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import functools
 from typing import Any
+from urllib.parse import urlsplit
 
 from writ.core.clock import rfc3339
 from writ.core.errors import Forbidden, Invalid, NotFound
 from writ.core.models import Principal, data, new_id, public
-from writ.core.routes import check_route, resolve
+from writ.core.routes import check_route, host_problem, resolve
 from writ.core.validate import check_text, text
 from writ.engine.hooks import Rule
 from writ.engine.principals import member_of
@@ -62,7 +63,8 @@ class Rollbacks(Rule):
                 " (no queue name, no rollback)",
                 field="rollback",
             )
-        check_route(out["path"], "rollback.path")
+        out["path"] = check_route(out["path"], "rollback.path")
+        self._check_host(out["path"])
         warnings: list[str] = []
         for key in ("key_holder", "override_queue"):
             name = out[key]
@@ -89,6 +91,22 @@ class Rollbacks(Rule):
         if warnings:
             out["warnings"] = warnings
         return out
+
+    def _check_host(self, route: str) -> None:
+        """An absolute route names no credentials (every reader of the trail would see them)
+        and, when the policy sets ``rollback_hosts``, one of those hosts."""
+        if not route.startswith(("http://", "https://")):
+            return  # relative: called against the policy's rollback_base_url
+        if "@" in urlsplit(route).netloc:
+            raise Invalid(
+                "rollback.path carries credentials (user:password@): the route is written in "
+                "the audit trail for every reader; writ signs its calls (webhook_secret)",
+                field="rollback.path",
+            )
+        pol = self.engine.policy
+        problem = host_problem(route, pol.rollback_hosts, pol.rollback_base_url)
+        if problem:
+            raise Invalid(f"rollback.path {problem}", field="rollback.path")
 
     def _row(
         self, rb: dict[str, Any], event: str, agent: str, notes: str, **extra: Any
@@ -280,8 +298,13 @@ class Rollbacks(Rule):
             raise rb
         if not approve:
             return public(rb)
+        pol = eng.policy
         try:
-            url = resolve(rb["path"], eng.policy.rollback_base_url)
+            url = resolve(rb["path"], pol.rollback_base_url)
+            # frozen at request time, called under today's policy
+            problem = host_problem(url, pol.rollback_hosts, pol.rollback_base_url)
+            if problem:
+                raise Invalid(f"route {problem}: not called")
         except Invalid as exc:
             result = CallResult(rb["path"], False, None, 0, exc.message)
         else:

@@ -10,6 +10,8 @@ process as a user would run it:
 * ``writ postmortem --resource RESOURCE --store`` — one resource's whole history (< 1 s);
 * ``writ who RESOURCE --at T`` and ``writ postmortem --url`` against ``writ serve`` on the
   same store (< 1 s);
+* one client's fence checks against that server, alone and while eight callers ask it for a
+  whole-ledger verify at once (they share runs: docs/security.md, "Limits");
 
 and the same three calls in-process (without interpreter start-up). Each time is the best of
 three runs. Prints a table.
@@ -197,6 +199,11 @@ def build(path: Path, rows: int, n_resources: int) -> dict[str, Any]:
             leases,
         )
     c.execute("UPDATE meta SET value = ? WHERE key = 'fencing_token'", (token,))
+    # the head the store keeps beside the chain: verify checks the chain reaches it, and the
+    # next row is numbered after it
+    c.execute(
+        "UPDATE audit_head SET (seq, hash) = (SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1)"
+    )
     c.execute("COMMIT")
     c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     n_target = c.execute("SELECT count(*) FROM audit WHERE resource = ?", (TARGET,)).fetchone()[0]
@@ -268,6 +275,26 @@ async def _reader(url: str) -> str:
         return token
     finally:
         await engine.store.close()
+
+
+async def _fences_during(base: str, token: str, verifies: int) -> tuple[float, float, float]:
+    """One client's fence checks, one after another, while ``verifies`` callers ask for a
+    whole-ledger verify at once (or for 2 s): checks/s, their p50, the verifies' time."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=600) as c:
+        t0 = time.perf_counter()
+        asked = asyncio.gather(*[c.get("/v1/audit/verify") for _ in range(verifies)])
+        crowd = asyncio.ensure_future(asked)
+        lat: list[float] = []
+        while not crowd.done() if verifies else time.perf_counter() - t0 < 2:
+            t = time.perf_counter()
+            r = await c.get("/v1/fence", params={"resource": "probe/x", "token": 1})
+            r.raise_for_status()
+            lat.append(time.perf_counter() - t)
+        await crowd
+        took = time.perf_counter() - t0
+    lat.sort()
+    return len(lat) / took, lat[len(lat) // 2], took
 
 
 def timed(cmd: list[str], repeat: int = 3) -> tuple[float, str]:
@@ -386,6 +413,16 @@ def main(argv: list[str] | None = None) -> None:
                 line,
             )
         )
+        for verifies in (0, 8):
+            rate, p50, took = asyncio.run(_fences_during(base, token, verifies))
+            results.append(
+                (
+                    f"fence checks while {verifies} verifies run (server)",
+                    f"p50 {p50 * 1000:.1f} ms",
+                    f"{rate:,.0f} checks/s",
+                    f"the verifies took {took:.1f} s" if verifies else "",
+                )
+            )
     inproc = asyncio.run(in_process(url, at))
     results.append(
         (

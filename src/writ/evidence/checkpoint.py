@@ -50,7 +50,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from writ.core.clock import rfc3339
 from writ.core.errors import Invalid
-from writ.core.ledger import GENESIS, chain_short_of, kept_row_differs, verify
+from writ.core.ledger import (
+    GENESIS,
+    VERIFY_PAGE,
+    chain_short_of,
+    kept_row_differs,
+    make_way,
+    verify,
+)
 
 if TYPE_CHECKING:
     from writ.engine import Engine
@@ -381,8 +388,10 @@ async def verify_store(
                 r["ok"] = False
         return Outcome(False, total, prev, bad, reason, list(report.values()))
 
-    async for chunk in store.audit_records():
+    async for chunk in store.audit_records(batch=VERIFY_PAGE):
+        began = time.perf_counter()
         part = verify(chunk, seq, prev)
+        await make_way(time.perf_counter() - began)
         total += part.rows
         if not part.ok:
             bad = part.first_bad_seq or seq + part.rows

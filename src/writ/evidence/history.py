@@ -23,6 +23,8 @@ class History:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._watches: dict[tuple[Any, ...], _Watch] = {}
+        self._verify_run: asyncio.Task[None] | None = None  # the verify running now
+        self._verify_next: asyncio.Future[Verification] | None = None  # the one asked for next
 
     async def who(self, resource: str, at: float | None = None) -> dict[str, Any]:
         """Who held write authority on ``resource`` at ``at`` (default now), from the ledger.
@@ -152,8 +154,42 @@ class History:
 
     async def verify(self) -> Verification:
         """Recompute the whole hash chain, batch by batch (constant memory), up to the head
-        the store keeps beside it."""
-        return await verify_store(self.engine.store)
+        the store keeps beside it.
+
+        Callers share runs: one runs at a time, and those who ask while it runs share the
+        next one, which starts when it ends — so each answer covers the chain as it stood
+        when its caller asked (or later), and a hundred callers at once cost two runs, not
+        a hundred (a whole-ledger read is seconds of the server's CPU on a large ledger)."""
+        fut = self._verify_next
+        if fut is None:
+            fut = self._verify_next = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(_retrieved)  # every caller may have hung up
+            if self._verify_run is None:
+                self._verify_start()
+        return await asyncio.shield(fut)
+
+    def _verify_start(self) -> None:
+        fut, self._verify_next = self._verify_next, None
+        assert fut is not None
+        self._verify_run = asyncio.get_running_loop().create_task(self._verify(fut))
+
+    async def _verify(self, fut: asyncio.Future[Verification]) -> None:
+        try:
+            fut.set_result(await verify_store(self.engine.store))
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as exc:  # a store error reaches every caller of this run
+            fut.set_exception(exc)
+        finally:
+            self._verify_run = None
+            if self._verify_next is not None:
+                self._verify_start()
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class _Watch:

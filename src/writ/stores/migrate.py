@@ -21,6 +21,7 @@ from urllib.parse import urlparse, urlunparse
 from writ.core.errors import Invalid
 from writ.core.ledger import (
     GENESIS,
+    VERIFY_PAGE,
     Record,
     Verification,
     chain_short_of,
@@ -49,7 +50,7 @@ async def verify_store(store: Store) -> Verification:
     """Recompute a store's whole hash chain, in constant memory, up to the head the store
     keeps beside it (rows removed from the end are found)."""
     kept = await store.read(lambda tx: tx.audit_head())
-    return await verify_stream(store.audit_records(), kept)
+    return await verify_stream(store.audit_records(batch=VERIFY_PAGE), kept)
 
 
 class _Copy:

@@ -484,6 +484,32 @@ async def test_lease_round_trip_and_queries(store: Store) -> None:
     assert held == [] and nxt is None
 
 
+async def test_leases_list_below_a_token_page_by_page(store: Store) -> None:
+    """``list_leases(..., before=T)``: only tokens below T, newest first (a long list's pages)."""
+
+    async def fn(tx: Tx) -> list[int]:
+        tokens = []
+        for i in range(5):
+            lease = _lease(f"prod/r{i}", await tx.next_token(), "agent-1", tx.now())
+            await tx.insert_lease(lease)
+            tokens.append(lease.fencing_token)
+        return tokens
+
+    tokens = await store.transact(fn)
+
+    async def pages(tx: Tx) -> list[list[int]]:
+        out, before = [], None
+        while True:
+            page = await tx.list_leases("prod", "held", 2, None, before)
+            if not page:
+                return out
+            out.append([l.fencing_token for l in page])
+            before = page[-1].fencing_token
+
+    got = await store.read(pages)
+    assert got == [sorted(tokens, reverse=True)[i : i + 2] for i in range(0, 5, 2)]
+
+
 async def test_a_single_read_answers_as_a_snapshot_read(store: Store) -> None:
     """``read(fn, single=True)`` — one statement, the time asked after it — answers what
     the same ``fn`` answers on a snapshot, with the store's time; a ``fn`` that asks for the

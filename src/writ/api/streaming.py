@@ -11,18 +11,22 @@ that parses.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.responses import StreamingResponse
 
+from writ.core.bulk import Turns
 from writ.engine import Engine
 
-__all__ = ["PAGE", "audit_response"]
+__all__ = ["PAGE", "audit_response", "paged_response"]
 
 PAGE = 1000  # rows per store read and per chunk of the answer
+
+
+def _items(shown: list[dict[str, Any]], sep: str) -> str:
+    return (sep + ",".join(_dumps(r) for r in shown)) if shown else ""
 
 
 def _dumps(value: Any) -> str:
@@ -48,20 +52,56 @@ async def audit_response(
 
     async def body() -> AsyncIterator[bytes]:
         page, left, last = first["rows"], limit, int(first["next_after_seq"])
-        yield b'{"rows":['
-        sep = ""
-        while page:
-            shown = view({"rows": page})["rows"]
-            if shown:
-                yield (sep + ",".join(_dumps(r) for r in shown)).encode()
-                sep = ","
+        text = _items(view({"rows": page})["rows"], "")
+        yield b'{"rows":[' + text.encode()
+        sep = "," if text else ""
+        while True:
             left -= len(page)
             last = int(page[-1]["seq"])
             if left <= 0 or len(page) < PAGE:
                 break
-            await asyncio.sleep(0)  # let everyone else in between pages
-            out = await engine.audit(last, min(left, PAGE), prefix, since, until)
-            page = out["rows"]
+            async with engine.bulk.page():  # one page of any bulk read at a time, then others
+                page = (await engine.audit(last, min(left, PAGE), prefix, since, until))["rows"]
+                text = _items(view({"rows": page})["rows"], sep) if page else ""
+            if not page:
+                break
+            sep = sep or ("," if text else "")
+            yield text.encode()
         yield f'],"next_after_seq":{last}}}'.encode()
+
+    return StreamingResponse(body(), media_type="application/json")
+
+
+async def paged_response(
+    turns: Turns,
+    key: str,
+    limit: int,
+    page: Callable[[int, int | None], Awaitable[tuple[list[dict[str, Any]], int | None]]],
+    view: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+) -> dict[str, Any] | StreamingResponse:
+    """``{key: [...]}`` for a list read newest first by fencing token, as
+    :func:`audit_response` answers the ledger: a plain dict when one page holds it, else
+    streamed :data:`PAGE` store rows at a time. ``page(n, before)`` reads up to ``n`` rows
+    below token ``before`` and says where the next page starts (None: nothing is left);
+    ``view`` filters a page to what the caller may see. Each page is read on its own
+    (a lease that changes between two pages is shown as its page found it), and none is
+    shown twice: the pages follow the tokens down."""
+    first, floor = await page(min(limit, PAGE), None)
+    if limit <= PAGE or floor is None:
+        return {key: view(first)}
+
+    async def body() -> AsyncIterator[bytes]:
+        left, below = limit - PAGE, floor  # type: int, int | None
+        text = _items(view(first), "")
+        yield b'{"' + key.encode() + b'":[' + text.encode()
+        sep = "," if text else ""
+        while left > 0 and below is not None:
+            async with turns.page():  # one page of any bulk read at a time, then others
+                items, below = await page(min(left, PAGE), below)
+                text = _items(view(items), sep)
+            left -= PAGE
+            sep = sep or ("," if text else "")
+            yield text.encode()
+        yield b"]}"
 
     return StreamingResponse(body(), media_type="application/json")

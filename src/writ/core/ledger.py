@@ -18,7 +18,6 @@ postmortems find while the chain still verified.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from writ.core.bulk import make_way
 from writ.core.clock import parse_time, stamp
 from writ.core.errors import Invalid, WritError
 from writ.core.validate import loads
@@ -434,16 +434,6 @@ def _columns_parsed(ts: Any, event: Any, resource: Any, lock_key: Any, body: str
 #: serves nobody else during a step: 1,000 rows are ~5 ms of it (10,000 were 60-90 ms, and
 #: eight verifies at once held a fence check up to a second), at the same rows a second.
 VERIFY_PAGE = 1000
-
-
-async def make_way(took: float) -> None:
-    """Between two steps of a verify: let the event loop serve whoever else is waiting. When
-    someone was (the loop came back late), give them as long as the step took, so a verify
-    takes at most half of a busy server, and all of an idle one or of the CLI."""
-    t = time.perf_counter()
-    await asyncio.sleep(0)
-    if time.perf_counter() - t > 0.0005:
-        await asyncio.sleep(took)
 
 
 async def verify_stream(

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from writ.core import resources
+from writ.core.bulk import Turns
 from writ.core.clock import rfc3339
 from writ.core.errors import (
     Forbidden,
@@ -105,6 +106,7 @@ class Engine(PrincipalOps, QueueOps):
 
         # not rules: the wake caller and the fencing checks the kernel itself uses
         self.caller = Caller(self)
+        self.bulk = Turns()  # long reads page by page, one page at a time (core.bulk)
         self.fencing = Fencing(self)
         # the rules, chosen in one place (writ.engine.defaults) and wired here by the hooks
         # each overrides: construction order is on_grant/on_end/tick order, and the gates

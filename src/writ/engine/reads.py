@@ -149,29 +149,45 @@ class ReadOps:
         limit: int = 1000,
         holder: str | None = None,
     ) -> list[dict[str, Any]]:
+        return (await self.lease_page(prefix, state, limit, holder))[0]
+
+    async def lease_page(
+        self,
+        prefix: str | None = None,
+        state: str | None = None,
+        limit: int = 1000,
+        holder: str | None = None,
+        before: int | None = None,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """:meth:`list_leases` below fencing token ``before``, from at most ``limit`` leases
+        of the store (of each, for ``expired``); and the token the next page reads below,
+        or None when there is none (a long list is read page by page: api.streaming)."""
         if prefix:
             resources.validate(prefix, "resource")
         if state is not None and state not in ("held", "released", "expired", "revoked"):
             raise Invalid("state must be held, released, expired or revoked", field="state")
         limit = int(number(limit, "limit", 1, 100_000))
 
-        async def fn(tx: Tx) -> list[dict[str, Any]]:
+        async def fn(tx: Tx) -> tuple[list[dict[str, Any]], int | None]:
             # a held lease past its expiry is expired, whether or not the sweeper wrote it yet
             want = "held" if state in ("held", "expired") else state
-            listed = await tx.list_leases(prefix, want, limit, holder)
+            listed = await tx.list_leases(prefix, want, limit, holder, before)
             now = tx.now()  # after the first statement: it begins the read (Store.read)
-            out = [l.to_dict(now) for l in listed]
-            if state == "held":
-                out = [d for d in out if d["state"] == "held"]
+            more = []
             if state == "expired":
-                more = [
-                    l.to_dict(now) for l in await tx.list_leases(prefix, "expired", limit, holder)
-                ]
-                out = sorted(
-                    [d for d in out if d["state"] == "expired"] + more,
-                    key=lambda d: -d["fencing_token"],
-                )[:limit]
-            return out
+                more = await tx.list_leases(prefix, "expired", limit, holder, before)
+            # every lease from the top down to ``floor`` was read: the lowest token of a
+            # list that came back full (below it, the other list may have skipped some)
+            full = [part[-1].fencing_token for part in (listed, more) if len(part) == limit]
+            floor = max(full) if full else None
+            read = sorted(listed + more, key=lambda l: -l.fencing_token)
+            out = [l.to_dict(now) for l in read if floor is None or l.fencing_token >= floor]
+            if state in ("held", "expired"):
+                out = [d for d in out if d["state"] == state]
+            if len(out) > limit:  # both lists full (expired): the newest ``limit`` of them
+                out = out[:limit]
+                floor = out[-1]["fencing_token"]
+            return out, floor
 
         return await self.store.read(fn)
 
@@ -219,7 +235,13 @@ class ReadOps:
 
     async def status(self, prefix: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Held leases under ``prefix`` with their waiter counts (``writ status``)."""
-        leases = await self.list_leases(prefix, "held", limit)
+        return (await self.status_page(prefix, limit))[0]
+
+    async def status_page(
+        self, prefix: str | None = None, limit: int = 1000, before: int | None = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """:meth:`status` page by page, as :meth:`lease_page`."""
+        leases, floor = await self.lease_page(prefix, "held", limit, None, before)
 
         async def fn(tx: Tx) -> list[int]:
             return [
@@ -229,4 +251,4 @@ class ReadOps:
         counts = await self.store.read(fn)
         for lease, n in zip(leases, counts, strict=True):
             lease["waiters"] = n
-        return leases
+        return leases, floor

@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from writ.core.bulk import make_way
 from writ.core.clock import rfc3339
 from writ.core.errors import Invalid
 from writ.core.ledger import (
@@ -55,7 +56,6 @@ from writ.core.ledger import (
     VERIFY_PAGE,
     chain_short_of,
     kept_row_differs,
-    make_way,
     verify,
 )
 

@@ -189,9 +189,15 @@ class Tx(ABC):
 
     @abstractmethod
     async def list_leases(
-        self, prefix: str | None, state: str | None, limit: int, holder: str | None = None
+        self,
+        prefix: str | None,
+        state: str | None,
+        limit: int,
+        holder: str | None = None,
+        before: int | None = None,
     ) -> list[Lease]:
-        """Leases under ``prefix`` (or all), newest first."""
+        """Leases under ``prefix`` (or all), newest first (by fencing token); with
+        ``before``, only those whose token is lower (the next page of a long list)."""
 
     # ---- wait queue ---------------------------------------------------------------------
     @abstractmethod

@@ -15,6 +15,7 @@ from writ.api.schemas import (
     RenewIn,
     RevokeIn,
 )
+from writ.api.streaming import paged_response
 from writ.core.clock import parse_time
 
 router = APIRouter()
@@ -76,9 +77,14 @@ async def list_leases(
     state: Literal["held", "released", "expired", "revoked"] | None = None,
     holder: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
-) -> dict[str, Any]:
-    leases = await engine.list_leases(resource, state, limit, holder)
-    return {"leases": engine.authority.visible(me, leases)}
+) -> Any:
+    return await paged_response(
+        engine.bulk,
+        "leases",
+        limit,
+        lambda n, before: engine.lease_page(resource, state, n, holder, before),
+        lambda page: engine.authority.visible(me, page),
+    )
 
 
 @router.get("/v1/status", tags=["leases"])
@@ -87,8 +93,14 @@ async def status(
     engine: EngineDep,
     resource: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
-) -> dict[str, Any]:
-    return {"leases": engine.authority.visible(me, await engine.status(resource, limit))}
+) -> Any:
+    return await paged_response(
+        engine.bulk,
+        "leases",
+        limit,
+        lambda n, before: engine.status_page(resource, n, before),
+        lambda page: engine.authority.visible(me, page),
+    )
 
 
 @router.get("/v1/resources/{resource:path}", tags=["leases"])

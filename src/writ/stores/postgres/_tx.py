@@ -299,9 +299,17 @@ class PgTx(Tx):
         return r[0] if r else None
 
     async def list_leases(
-        self, prefix: str | None, state: str | None, limit: int, holder: str | None = None
+        self,
+        prefix: str | None,
+        state: str | None,
+        limit: int,
+        holder: str | None = None,
+        before: int | None = None,
     ) -> list[Lease]:
         where, args = ["true"], []  # type: list[str], list[Any]
+        if before is not None:
+            where.append("fencing_token < %s")
+            args.append(before)
         if prefix:
             clause, more = _prefix_sql("resource", prefix)
             where.append(clause)

@@ -167,9 +167,17 @@ class SQLiteTx(Tx):
         return r[0] if r else None
 
     async def list_leases(
-        self, prefix: str | None, state: str | None, limit: int, holder: str | None = None
+        self,
+        prefix: str | None,
+        state: str | None,
+        limit: int,
+        holder: str | None = None,
+        before: int | None = None,
     ) -> list[Lease]:
         where, args = ["1=1"], []  # type: list[str], list[Any]
+        if before is not None:
+            where.append("fencing_token < ?")
+            args.append(before)
         if prefix:
             where.append("(resource = ? OR (resource >= ? AND resource < ?))")
             args += [prefix, prefix + "/", prefix + "0"]

@@ -1,14 +1,18 @@
 """Agent text is inert in the Markdown postmortem: intents, change summaries, reasons and
 notes holding raw HTML, links, images, emphasis, code or a newline and a fake heading are
 shown as the text they are when the ``.md`` is rendered by a viewer that allows raw HTML
-(markdown-it-py, which rich brings, in CommonMark mode with HTML and tables on)."""
+(markdown-it-py, which rich brings, in CommonMark mode with HTML and tables on), and bare
+URLs, ``www.`` names and e-mail addresses are not made links by GitHub's own renderer
+(cmark-gfm through cmarkgfm, with its autolink extension)."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
+import cmarkgfm
 import pytest
+from cmarkgfm.cmark import Options
 from markdown_it import MarkdownIt
 
 from writ.core.errors import ConsentRequired
@@ -32,21 +36,26 @@ def _render(md: str) -> tuple[str, list[Any]]:
     return parser.render(md), flat
 
 
-async def _hostile_report(engine: Engine) -> str:
+def _gfm(md: str) -> str:
+    """``md`` as GitHub renders it: cmark-gfm with its extensions (autolink among them)."""
+    return cmarkgfm.github_flavored_markdown_to_html(md, options=Options.CMARK_OPT_UNSAFE)
+
+
+async def _hostile_report(engine: Engine, hostile: str = HOSTILE) -> str:
     agent, _ = await engine.add_principal(None, "perf-agent", "agent")
     other, _ = await engine.add_principal(None, "cost-agent", "agent")
     lease = await engine.acquire(
-        agent, resource="prod/db", intent=HOSTILE, touches=["capacity"], ttl_s=300
+        agent, resource="prod/db", intent=hostile, touches=["capacity"], ttl_s=300
     )
     change = await engine.consents.record_change(
-        agent, lease["lease_id"], "capacity", HOSTILE, 4, 8
+        agent, lease["lease_id"], "capacity", hostile, 4, 8
     )
     with pytest.raises(ConsentRequired):
-        await engine.acquire(other, resource="prod/db", intent=HOSTILE, touches=["capacity"])
-    await engine.consents.ask(other, change["change_id"], HOSTILE)
+        await engine.acquire(other, resource="prod/db", intent=hostile, touches=["capacity"])
+    await engine.consents.ask(other, change["change_id"], hostile)
     await engine.release(agent, lease["lease_id"])
     q = Query(["prod"])
-    q.title = HOSTILE
+    q.title = hostile
     return to_markdown(await collect(StoreSource(engine), q))
 
 
@@ -82,7 +91,7 @@ async def test_agent_text_is_inert_in_the_markdown(engine: Engine) -> None:
     [
         ("<img src=x onerror=alert(1)>", "&lt;img src=x onerror=alert(1)&gt;"),
         ("[click](javascript:x)", "\\[click\\](javascript:x)"),
-        ("![](https://evil/b.png)", "!\\[\\](https://evil/b.png)"),
+        ("![](https://evil/b.png)", "!\\[\\](https\\://evil/b.png)"),
         ("*a* _b_ `c` ~d~ a|b", "\\*a\\* \\_b\\_ \\`c\\` \\~d\\~ a\\|b"),
         ("consent_required", "consent_required"),  # inside a word: never emphasis
         ("x\n# fake", "x\\\\n# fake"),  # one line: printable's \n, its backslash escaped
@@ -95,3 +104,43 @@ async def test_agent_text_is_inert_in_the_markdown(engine: Engine) -> None:
 )
 def test_md_text_escapes(text: str, escaped: str) -> None:
     assert md_text(text) == escaped
+
+
+# what GFM's autolink extension makes a link of in plain text: a URL with a scheme, a www.
+# name, an e-mail address (and mailto: / xmpp: ones); each is a link in GitHub's view of a
+# report unless writ breaks the pattern (the scheme's ``:``, the ``.`` after ``www``, the ``@``)
+AUTOLINKS = (
+    "see https://evil.example/login?next=x and HTTP://evil.example, ftp://evil.example/f,"
+    " www.evil.example/path (www.evil.example) *www.evil.example* a_www.evil.example,"
+    " mail ops@evil.example, mailto:ops@evil.example, xmpp:ops@evil.example/r, a@b@evil.example"
+)
+
+
+def test_gfm_itself_links_the_unescaped_text() -> None:
+    """The renderer under test does autolink (so the test below can fail)."""
+    assert _gfm(AUTOLINKS).count("<a href=") == 11
+
+
+async def test_bare_urls_www_and_emails_are_no_links_on_github(engine: Engine) -> None:
+    md = await _hostile_report(engine, AUTOLINKS)
+    html = _gfm(md)
+    assert "<a " not in html and "href" not in html, re.findall(r"<a [^>]*>", html)
+    # ... and a person reads what the agent wrote (a word joiner after each @, invisible)
+    shown = html.replace("\u2060", "")
+    assert shown.count(AUTOLINKS) >= 4
+
+
+@pytest.mark.parametrize(
+    ("text", "escaped"),
+    [
+        ("https://evil.example/x", "https\\://evil.example/x"),
+        ("www.evil.example", "www\\.evil.example"),
+        ("WWW.evil.example", "WWW\\.evil.example"),
+        ("ops@evil.example", "ops@&#8288;evil.example"),
+        ("a @ b, writ@", "a @ b, writ@"),  # an @ with no address after it is left alone
+        ("time 12:30 a.www x.www.y", "time 12:30 a.www x.www\\.y"),
+    ],
+)
+def test_md_text_breaks_autolinks(text: str, escaped: str) -> None:
+    assert md_text(text) == escaped
+    assert "<a " not in _gfm(md_text(text))

@@ -164,6 +164,16 @@ _MD_INLINE = re.compile(r"[\\`*\[\]|~]|(?<![^\W_])_|_(?![^\W_])")
 _MD_BLOCK = re.compile(r"^(\s*)(?:([#+-])|(\d{1,9})([.)]))")  # a heading or list at its start
 
 
+# GitHub's autolink extension (cmark-gfm) links bare text too: a scheme's ``://``, a ``www.``
+# after a space or ``*_~(``, and an e-mail address (``mailto:``/``xmpp:`` ones included). A
+# backslash before the ``:`` or the ``.`` stops the first two (the scheme and www are matched
+# in the source, where an escape is not the character). E-mail addresses are matched after
+# escapes and entities are decoded, in the text as a reader sees it, so the ``@`` is followed
+# by a word joiner (U+2060, written ``&#8288;``): invisible, and no address character.
+_GFM_URL = re.compile(r"(?=://)|(?<![A-Za-z0-9])(?i:www)(?=\.)")
+_GFM_AT = re.compile(r"@(?=[\w.@+-])")
+
+
 def _block_start(m: re.Match[str]) -> str:
     lead, mark, digits, delim = m.groups()
     return f"{lead}\\{mark}" if mark else f"{lead}{digits}\\{delim}"
@@ -173,9 +183,13 @@ def md_text(value: Any) -> str:
     """``value`` as inert Markdown text: one line (controls and newlines shown as escapes,
     :func:`~writ.core.textsafe.printable`), Markdown syntax that would make a link, an
     image, emphasis, code or a table cell backslash-escaped, a heading or list marker at its
-    start escaped too, and ``& < >`` written as HTML entities (no tag, comment or autolink)."""
+    start escaped too, ``& < >`` written as HTML entities (no tag, comment or autolink), and
+    what GitHub would link in bare text (``https://``, ``www.``, ``ops@example.com``) broken
+    where a reader does not see it: ``https\\://``, ``www\\.``, ``@&#8288;``."""
     text = _MD_INLINE.sub(lambda m: "\\" + m.group(), printable(value))
-    return html.escape(_MD_BLOCK.sub(_block_start, text, count=1), quote=False)
+    text = _GFM_URL.sub(lambda m: m.group() + "\\", text)
+    text = html.escape(_MD_BLOCK.sub(_block_start, text, count=1), quote=False)
+    return _GFM_AT.sub("@&#8288;", text)
 
 
 class Md(str):

@@ -1,12 +1,14 @@
 """writ lint's reader at the limits of what it can hold (a security review): a value deeper than
 Python's stack or an integer longer than its digit limit is an unreadable row, not a traceback,
 and judging goes on at the next line; no read asks for more than the 64 MiB a value may span, a
-line over that is reported and dropped in pieces, and blanks without a newline take no memory."""
+line over that is reported and dropped in pieces, and blanks without a newline take no memory.
+A reason quotes at most 200 characters of a value, however long the value."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 import tracemalloc
 from collections.abc import Callable
@@ -226,3 +228,51 @@ def test_tiny_reads_that_cut_lines_anywhere_give_the_same_rows(monkeypatch, size
     got = [read(data) for data in CORPUS] + [read(d.encode()) for d in CORPUS if isinstance(d, str)]
     for want, have in zip(expected, got, strict=True):
         assert have == want
+
+
+MB = 1_000_000
+# one row per rule that quotes a field's value in its reason, the value 1 MB long
+HUGE_VALUES = {
+    "key-holder-agent": {"rollback_key_holder": "agent-" + "x" * MB},
+    "key-holder-unknown": {"rollback_key_holder": ["9" * MB]},  # not a string: its repr
+    "approver-portal": {"approved_by": "vendor-portal-" + "x" * MB},
+    "rollback-path-not-route": {
+        "rollback_path": "/x" * (MB // 2),
+        "human_override_queue": "svc-oncall",
+    },
+    "override-queue-not-human": {"human_override_queue": "bot-" + "x" * MB},
+    "denominator-is-defect": {
+        "rollback_denominator_is_defect": True,
+        "rollback_denominator": "x" * MB,
+    },
+}
+
+
+@pytest.mark.parametrize("rule", sorted(HUGE_VALUES))
+def test_a_reason_quotes_at_most_200_characters_of_a_value(rule: str):
+    """A hostile 1 MB field makes a short reason: the value's first 200 characters, then how
+    long it was."""
+    result = Linter(fragment=True).check(HUGE_VALUES[rule])
+    (finding,) = [f for f in result.findings if f.rule == rule]
+    assert len(finding.reason) < 600, (rule, len(finding.reason))
+    assert re.search(r"… \(1,000,0\d\d characters\)", finding.reason), finding.reason
+
+
+def test_a_short_value_is_quoted_whole():
+    result = Linter(fragment=True).check({"rollback_key_holder": "agent-autocleanup-7"})
+    assert result.findings[0].reason.startswith("rollback_key_holder 'agent-autocleanup-7' is an")
+
+
+def test_the_json_output_keeps_its_shape_with_a_short_reason():
+    body = json.dumps(HUGE_VALUES["key-holder-agent"]) + "\n"
+    res = CliRunner().invoke(lint_command, ["--format", "jsonl", "--fragment", "-"], input=body)
+    assert res.exit_code == 1, res.output[:500]
+    (line,) = res.stdout.splitlines()
+    assert len(line) < 1000
+    doc = json.loads(line)
+    assert list(doc) == ["row", "verdict", "findings"]
+    assert [list(f) for f in doc["findings"]] == [["rule", "field", "verdict", "reason"]]
+    assert doc["findings"][0]["reason"].endswith(
+        "… (1,000,006 characters) is an agent: agents may request rollback; only a human queue"
+        " holds the key (kind guessed from the name; give --principals or --server to be sure)"
+    )

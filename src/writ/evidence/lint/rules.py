@@ -29,6 +29,21 @@ class Rule(NamedTuple):
     check: Callable[[Row, Linter], list[Hit] | None]
 
 
+QUOTE_MAX = 200  # characters of a value a reason quotes
+
+
+def quoted(value: Any) -> str:
+    """``value`` as a reason quotes it: its ``repr``, cut to its first :data:`QUOTE_MAX`
+    characters with how long it was (``'agent-xxx…'… (1,000,006 characters)``), so that a
+    hostile 1 MB field makes a short reason. Every rule quotes values through this."""
+    if isinstance(value, str):
+        if len(value) <= QUOTE_MAX:
+            return repr(value)
+        return f"{value[:QUOTE_MAX]!r}… ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= QUOTE_MAX else f"{text[:QUOTE_MAX]}… ({len(text):,} characters)"
+
+
 def _blank(v: Any) -> bool:
     return v is None or (v.__class__ is str and (not v or v.isspace()))
 
@@ -110,7 +125,9 @@ def _principal(fld: str, kind: str, says: str) -> Callable[[Row, Linter], list[H
         k, guessed = lt.kind(name)
         if k != kind:  # (a blank name is kind "blank")
             return None
-        return [(fld, f"{fld} {name!r} {says}{_how(guessed) if k != 'unknown' else ''}", guessed)]
+        return [
+            (fld, f"{fld} {quoted(name)} {says}{_how(guessed) if k != 'unknown' else ''}", guessed)
+        ]
 
     return check
 
@@ -136,7 +153,7 @@ def _rollback_path_not_route(row: Row, lt: Linter) -> list[Hit] | None:
     return [
         (
             "rollback_path",
-            f"rollback_path {path!r} {why}: if rollback_path is a dashboard, "
+            f"rollback_path {quoted(path)} {why}: if rollback_path is a dashboard, "
             "it's not a rollback_path",
             False,
         )
@@ -191,7 +208,7 @@ def _override_queue_not_human(row: Row, lt: Linter) -> list[Hit] | None:
     return [
         (
             fld,
-            f"{fld} {name!r} is a{'n' if k == 'agent' else ''} {k}: the override must "
+            f"{fld} {quoted(name)} is a{'n' if k == 'agent' else ''} {k}: the override must "
             f"page humans, not the ghost in the room{_how(guessed)}",
             guessed,
         )
@@ -202,7 +219,7 @@ def _denominator_is_defect(row: Row, lt: Linter) -> list[Hit] | None:
     if not _true(row.get("rollback_denominator_is_defect")):
         return None
     den = row.get("rollback_denominator")
-    on = f" (denominator {den!r})" if not _blank(den) else ""
+    on = f" (denominator {quoted(den)})" if not _blank(den) else ""
     return [
         (
             "rollback_denominator_is_defect",

@@ -2,7 +2,8 @@
 object, a field of the wrong type, nested too deep, a time that is not a time) becomes a
 stub — its stored seq, event ``unreadable``, the reason in its notes, its stored hash — so
 ``writ postmortem`` renders and says the hashes are BROKEN (as ``writ audit verify`` does),
-and ``writ audit export`` writes the raw body with the reason instead of crashing.
+and ``writ audit export`` writes the raw body with the reason instead of crashing; ``writ who``
+names such a row when its answer rests on it, instead of answering that nobody held the resource.
 """
 
 from __future__ import annotations
@@ -182,3 +183,58 @@ def test_a_server_serves_the_stub_and_a_report_over_http_renders(tmp_path: Path)
     assert exported.exit_code == 0, (exported.output, exported.exception)
     rows = [json.loads(x) for x in exported.output.splitlines()]
     assert rows[seq - 1]["event"] == UNREADABLE and "array" in rows[seq - 1]["notes"]
+
+
+async def test_who_names_the_unreadable_row_it_could_not_read(
+    engine: Engine, backend: Backend
+) -> None:
+    """When the grant that would name the holder cannot be read back, ``who`` does not
+    answer as if nobody held the resource: ``lock_holder`` is null and ``unreadable_rows``
+    names the row. A readable history adds no field."""
+    agent, _ = await engine.add_principal(None, "perf-agent", "agent")
+    await engine.acquire(agent, resource="prod/db", intent="scale up")
+    await engine.acquire(agent, resource="routing/edge", intent="reroute")
+    rows = (await engine.audit(limit=100))["rows"]
+    grant = next(r for r in rows if r["event"] == "lease.granted" and r["resource"] == "prod/db")
+    clean = await engine.who("prod/db")
+    assert clean["lock_holder"] == "perf-agent" and "unreadable_rows" not in clean
+
+    await backend.tamper(grant["seq"], "[1,2]")
+    for resource in ("prod/db", "prod/db/replica"):  # a lease on prod/db holds both
+        out = await engine.who(resource)
+        assert out["lock_holder"] is None and out["lock_key"] is None and out["lease"] is None
+        assert out["unreadable_rows"] == [grant["seq"]], out
+    assert "unreadable_rows" not in await engine.who("routing/edge")  # its rows are readable
+
+
+async def test_who_names_an_unreadable_row_that_ended_the_lease(
+    engine: Engine, backend: Backend
+) -> None:
+    agent, _ = await engine.add_principal(None, "perf-agent", "agent")
+    lease = await engine.acquire(agent, resource="prod/db", intent="scale up")
+    await engine.release(agent, lease["lease_id"])
+    rows = (await engine.audit(limit=100))["rows"]
+    (end,) = [r for r in rows if r["event"] == "lease.released"]
+    await backend.tamper(end["seq"], "[1,2]")
+    out = await engine.who("prod/db")
+    assert out["lock_holder"] == "none" and out["unreadable_rows"] == [end["seq"]], out
+
+
+def test_writ_who_warns_when_a_row_it_needs_is_unreadable(tmp_path: Path) -> None:
+    from tests.server_fixtures import serve
+
+    with serve(tmp_path / "w.db") as srv:
+        _, token = srv.principal("agent")
+        with srv.client(token) as c:
+            c.acquire("prod/db", "double capacity", ttl_s=60)
+        conn = sqlite3.connect(tmp_path / "w.db", isolation_level=None)
+        conn.execute("DROP TRIGGER audit_no_update")
+        (seq,) = conn.execute("SELECT seq FROM audit WHERE event = 'lease.granted'").fetchone()
+        conn.execute("UPDATE audit SET body = '[1,2]' WHERE seq = ?", (seq,))
+        conn.close()
+        text = CliRunner().invoke(main, ["who", "prod/db"], env=srv.env())
+        as_json = CliRunner().invoke(main, ["who", "prod/db", "--json"], env=srv.env())
+    assert text.exit_code == 0, (text.output, text.exception)
+    assert "None" not in text.stdout and "unknown" in text.stdout, text.stdout
+    assert f"warning: audit row {seq} cannot be read back" in text.stderr, text.stderr
+    assert json.loads(as_json.stdout)["unreadable_rows"] == [seq]

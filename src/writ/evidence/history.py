@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from writ.core import resources
 from writ.core.clock import rfc3339
-from writ.core.ledger import Verification
+from writ.core.ledger import UNREADABLE, Verification
 from writ.core.models import Lease
 from writ.core.validate import number
 from writ.engine.hooks import MAX_WAIT_S
@@ -31,6 +31,12 @@ class History:
 
         A lease on the resource, on an ancestor of it, or on a member of its blast-radius
         group counts; such leases exclude each other, so at most one answers.
+
+        A row the answer rests on that the store cannot read back (a stub, event
+        ``unreadable``: see :func:`~writ.core.ledger.row_from`) is named in an added
+        ``unreadable_rows`` field (its seq). When it is the grant, which alone names the
+        holder, ``lock_holder`` is null (not known), never ``"none"``. No extra read: these
+        are the rows the answer reads anyway.
         """
         resources.validate(resource)
         covering = sorted(self.engine.blast.covering(resource))
@@ -42,6 +48,16 @@ class History:
             grant = await tx.audit_latest(
                 covering, ["lease.granted"], t if at is None else t + 5e-7
             )
+            if grant is not None and grant["event"] == UNREADABLE:
+                return {
+                    "resource": resource,
+                    "at": rfc3339(t),
+                    "lock_holder": None,
+                    "lock_key": None,
+                    "lease": None,
+                    "unreadable_rows": [grant["seq"]],
+                }
+            unread: dict[str, Any] = {}
             if grant is not None:
                 # held over [grant, end): a release, revoke or expiry row stamped at t means
                 # free at t. Leases on one resource never overlap, so the last such row on
@@ -49,6 +65,8 @@ class History:
                 end = await tx.audit_latest(
                     [grant["resource"]], _END_EVENTS, t if at is None else t + 5e-7
                 )
+                if end is not None and end["event"] == UNREADABLE and end["seq"] > grant["seq"]:
+                    unread["unreadable_rows"] = [end["seq"]]
                 lease = await _granted_lease(tx, grant)
                 # an expiry is exact at the lease's last expires_at, even when the sweeper
                 # wrote its row later; a held lease renewed after t had not lapsed at t
@@ -71,6 +89,7 @@ class History:
                 "lock_holder": "none",
                 "lock_key": None,
                 "lease": None,
+                **unread,
             }
 
         return await self.engine.store.read(fn)

@@ -252,8 +252,21 @@ def who(resource: str, at: str | None, url: str, token: str | None, as_json: boo
     from writ.cli.table import print_line  # wrapped between words at the console's width
 
     holder = out.get("lock_holder", "none")
+    unreadable = out.get("unreadable_rows") or []
+    for seq in unreadable:  # a row the answer rests on, that the store cannot read back
+        click.echo(
+            f"writ: warning: audit row {seq} cannot be read back (`writ audit verify` says "
+            "why): this answer rests on it",
+            err=True,
+        )
     if holder == "none":
         print_line(f"{resource} at {out.get('at')}: nobody (lock_holder none)")
+    elif out.get("hidden"):  # a blast-radius neighbour's lease that the caller may not see
+        print_line(f"{resource} at {out.get('at')}: held through its blast radius (holder hidden)")
+    elif holder is None:
+        print_line(
+            f"{resource} at {out.get('at')}: unknown (the row naming the holder is unreadable)"
+        )
     else:
         lease = out.get("lease") or {}
         print_line(

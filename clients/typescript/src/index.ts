@@ -33,6 +33,7 @@ export {
 } from "./errors.js";
 export { LeaseHandle, type LeaseOptions } from "./lease.js";
 export type * from "./models.js";
+export { isUnreadableRow } from "./models.js";
 export type {
   Answer,
   CallOptions,

@@ -219,8 +219,8 @@ export interface Freeze extends Open {
   state: string;
 }
 
-/** One row of the hash-chained audit log (the seed's columns). */
-export interface AuditRow extends Open {
+/** One row of the hash-chained audit log (the seed's columns), as writ wrote it. */
+export interface WrittenAuditRow extends Open {
   seq: number;
   timestamp: string;
   event: string;
@@ -244,6 +244,47 @@ export interface AuditRow extends Open {
   hash: string;
 }
 
+/**
+ * The stub writ answers for a stored row it cannot read back (a body edited by hand into
+ * something that is not a row): its seq, `event: "unreadable"`, the reason in `notes`, its
+ * stored hash, and every other field null. It never verifies: `verify()` names its seq.
+ */
+export interface UnreadableAuditRow extends Open {
+  seq: number;
+  event: "unreadable";
+  /** `row N is unreadable: <why>` */
+  notes: string;
+  hash: string;
+  timestamp: null;
+  agent_id: null;
+  resource: null;
+  lock_holder: null;
+  lock_key: null;
+  lock_acquired_at: null;
+  fencing_token: null;
+  rollback_allowed: null;
+  rollback_path: null;
+  rollback_key_holder: null;
+  approved_by: null;
+  human_override_queue: null;
+  rollback_denominator: null;
+  rollback_denominator_is_defect: null;
+  second_key_revoke_provenance: null;
+  prev_hash: null;
+}
+
+/**
+ * A row of `GET /v1/audit` and `GET /v1/events`: as written, or the stub for one the server
+ * cannot read. `isUnreadableRow(row)` tells them apart and narrows the type either way (a
+ * comparison of `row.event` does not: a written row's event is any string).
+ */
+export type AuditRow = WrittenAuditRow | UnreadableAuditRow;
+
+/** Is `row` the stub for a stored row the server cannot read back? */
+export function isUnreadableRow(row: AuditRow): row is UnreadableAuditRow {
+  return row.event === "unreadable";
+}
+
 /** A page of audit rows (`GET /v1/audit`, `GET /v1/events`). */
 export interface AuditPage extends Open {
   rows: AuditRow[];
@@ -260,9 +301,17 @@ export interface Verify extends Open {
 export interface Who extends Open {
   resource: string;
   at: string;
-  /** The holder at `at`, or `"none"`. */
-  lock_holder: string;
+  /**
+   * The holder at `at`, or `"none"`; null when it cannot be named: a holder the caller may not
+   * see (`hidden`), or a grant row the server cannot read back (`unreadable_rows`).
+   */
+  lock_holder: string | null;
+  lock_key: string | null;
   lease: Lease | null;
+  /** (v1.1, closed mode) A blast-radius neighbour's lease the caller may not observe holds it. */
+  hidden?: boolean;
+  /** The seqs of rows the answer rests on that the server cannot read back (see `UnreadableAuditRow`). */
+  unreadable_rows?: number[];
 }
 
 export interface Fence extends Open {

@@ -479,7 +479,7 @@ const FIELDS = {
   ],
   AuditPage: ["rows", "next_after_seq"],
   Verify: ["ok", "rows", "head", "first_bad_seq"],
-  Who: ["resource", "at", "lock_holder", "lease"],
+  Who: ["resource", "at", "lock_holder", "lock_key", "lease"],
   Fence: ["current", "current_token"],
   ResourceStatus: ["resource", "lease", "queue", "protected_changes", "frozen"],
   HeldLease: ["waiters"],
@@ -540,13 +540,13 @@ test("a server that does not answer in time is UnavailableError after timeoutS",
   }
 });
 
-test("the package exports the client, the lease handle and every error class", async () => {
+test("the package exports the client, the lease handle, every error class and isUnreadableRow", async () => {
   const mod = await import("../dist/index.js");
   const expected = [
     "Writ", "LeaseHandle", "errorFromBody", "parseRetryAfter", "VERSION", "DEFAULT_URL", "DEFAULT_TIMEOUT_S",
     "MAX_WAIT_S", "WATCH_WAIT_S", "WritError", "InvalidError", "UnauthenticatedError",
     "ForbiddenError", "NotFoundError", "ConflictError", "HeldError", "ConsentRequiredError",
-    "LeaseLostError", "TooLargeError", "FrozenError", "UnavailableError",
+    "LeaseLostError", "TooLargeError", "FrozenError", "UnavailableError", "isUnreadableRow",
   ];
   assert.deepEqual(Object.keys(mod).sort(), [...expected].sort());
   for (const name of expected.filter((n) => n.endsWith("Error") && n !== "WritError")) {

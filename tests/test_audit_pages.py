@@ -173,3 +173,32 @@ async def test_other_tasks_run_between_lease_pages(
     assert len(pages) >= 3
     for a, b in itertools.pairwise(pages):
         assert "other" in ran[a:b], ran
+
+
+async def test_a_long_poll_of_many_rows_is_read_page_by_page(
+    writ: Writ, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``/v1/events`` answers up to 10,000 rows at once (one read of them held the loop
+    200 ms): read in pages that take turns with the other bulk reads, the same rows."""
+    from writ.evidence import history
+
+    monkeypatch.setattr(history, "PAGE", 7)
+    for i in range(30):
+        await writ.principal(f"agent-{i}")
+    whole = (await writ.engine.audit(0, 100_000))["rows"]
+    reads: list[int] = []
+    real = writ.engine.store.read
+
+    async def read(fn: Any, **kw: Any) -> Any:
+        reads.append(1)
+        return await real(fn, **kw)
+
+    monkeypatch.setattr(writ.engine.store, "read", read)
+    for limit, after in ((10_000, 0), (20, 3), (7, 0)):
+        reads.clear()
+        r = await writ.c.get(
+            "/v1/events", params={"limit": limit, "after_seq": after}, headers=writ.admin
+        )
+        want = [row for row in whole if row["seq"] > after][:limit]
+        assert r.json() == {"rows": want, "next_after_seq": want[-1]["seq"]}, (limit, after)
+        assert len(reads) >= -(-len(want) // 7), (limit, len(reads))  # a read per page

@@ -17,12 +17,13 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
+from writ.core.bulk import PAGE as BULK_PAGE
 from writ.core.bulk import Turns
 from writ.engine import Engine
 
 __all__ = ["PAGE", "audit_response", "paged_response"]
 
-PAGE = 1000  # rows per store read and per chunk of the answer
+PAGE = BULK_PAGE  # rows per store read and per chunk of the answer
 
 
 def _items(shown: list[dict[str, Any]], sep: str) -> str:

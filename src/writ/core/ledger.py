@@ -430,12 +430,6 @@ def _columns_parsed(ts: Any, event: Any, resource: Any, lock_key: Any, body: str
     return None
 
 
-#: Rows a verify reads and checks per step. A server verifies on its event loop, which
-#: serves nobody else during a step: 1,000 rows are ~5 ms of it (10,000 were 60-90 ms, and
-#: eight verifies at once held a fence check up to a second), at the same rows a second.
-VERIFY_PAGE = 1000
-
-
 async def verify_stream(
     chunks: AsyncIterable[list[Stored]] | AsyncIterable[list[Record]],
     kept: tuple[int, str] | None = None,

@@ -48,12 +48,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from writ.core.bulk import make_way
+from writ.core.bulk import PAGE, make_way
 from writ.core.clock import rfc3339
 from writ.core.errors import Invalid
 from writ.core.ledger import (
     GENESIS,
-    VERIFY_PAGE,
     chain_short_of,
     kept_row_differs,
     verify,
@@ -388,7 +387,7 @@ async def verify_store(
                 r["ok"] = False
         return Outcome(False, total, prev, bad, reason, list(report.values()))
 
-    async for chunk in store.audit_records(batch=VERIFY_PAGE):
+    async for chunk in store.audit_records(batch=PAGE):
         began = time.perf_counter()
         part = verify(chunk, seq, prev)
         await make_way(time.perf_counter() - began)

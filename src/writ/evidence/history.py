@@ -7,6 +7,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from writ.core import resources
+from writ.core.bulk import PAGE
 from writ.core.clock import rfc3339
 from writ.core.ledger import UNREADABLE, Verification
 from writ.core.models import Lease
@@ -106,9 +107,25 @@ class History:
             resources.validate(prefix, "resource")
         limit = int(number(limit, "limit", 1, 100_000))
         after = int(number(after_seq, "after_seq", 0, 2**62))
-        rows = await self.engine.store.read(
-            lambda tx: tx.audit_rows(after, limit, prefix, since, until)
-        )
+        if limit <= PAGE:
+            rows = await self.engine.store.read(
+                lambda tx: tx.audit_rows(after, limit, prefix, since, until)
+            )
+            return {"rows": rows, "next_after_seq": rows[-1]["seq"] if rows else after}
+        # more than a page (a long poll's 10,000): read page by page, taking turns with the
+        # other bulk reads (core.bulk). Rows only ever follow the last seq, so the pages
+        # together are what one read would give, as of the last
+        rows, last = [], after
+        while len(rows) < limit:
+            want = min(limit - len(rows), PAGE)
+            async with self.engine.bulk.page():
+                page = await self.engine.store.read(
+                    lambda tx, last=last, want=want: tx.audit_rows(last, want, prefix, since, until)
+                )
+            rows += page
+            if len(page) < want:
+                break
+            last = page[-1]["seq"]
         return {"rows": rows, "next_after_seq": rows[-1]["seq"] if rows else after}
 
     async def events(

@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
+from writ.core.bulk import PAGE
 from writ.core.errors import Invalid
 from writ.core.ledger import (
     GENESIS,
-    VERIFY_PAGE,
     Record,
     Verification,
     chain_short_of,
@@ -50,7 +50,7 @@ async def verify_store(store: Store) -> Verification:
     """Recompute a store's whole hash chain, in constant memory, up to the head the store
     keeps beside it (rows removed from the end are found)."""
     kept = await store.read(lambda tx: tx.audit_head())
-    return await verify_stream(store.audit_records(batch=VERIFY_PAGE), kept)
+    return await verify_stream(store.audit_records(batch=PAGE), kept)
 
 
 class _Copy:

@@ -108,9 +108,7 @@ class History:
         limit = int(number(limit, "limit", 1, 100_000))
         after = int(number(after_seq, "after_seq", 0, 2**62))
         if limit <= PAGE:
-            rows = await self.engine.store.read(
-                lambda tx: tx.audit_rows(after, limit, prefix, since, until)
-            )
+            rows = await self._rows(after, limit, prefix, since, until)
             return {"rows": rows, "next_after_seq": rows[-1]["seq"] if rows else after}
         # more than a page (a long poll's 10,000): read page by page, taking turns with the
         # other bulk reads (core.bulk). Rows only ever follow the last seq, so the pages
@@ -119,14 +117,19 @@ class History:
         while len(rows) < limit:
             want = min(limit - len(rows), PAGE)
             async with self.engine.bulk.page():
-                page = await self.engine.store.read(
-                    lambda tx, last=last, want=want: tx.audit_rows(last, want, prefix, since, until)
-                )
+                page = await self._rows(last, want, prefix, since, until)
             rows += page
             if len(page) < want:
                 break
             last = page[-1]["seq"]
         return {"rows": rows, "next_after_seq": rows[-1]["seq"] if rows else after}
+
+    async def _rows(
+        self, after: int, n: int, prefix: str | None, since: float | None, until: float | None
+    ) -> list[dict[str, Any]]:
+        return await self.engine.store.read(
+            lambda tx: tx.audit_rows(after, n, prefix, since, until)
+        )
 
     async def events(
         self, prefix: str | None = None, after_seq: int = 0, wait_s: Any = 0, limit: int = 1000

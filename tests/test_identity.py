@@ -4,6 +4,7 @@ loopback (started here), and the attacks: wrong claims, alg confusion, made-up k
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
@@ -22,8 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from writ.api.app import create_app
+from writ.core import identity
 from writ.core.errors import PolicyError
-from writ.core.identity import REFRESH_COOLDOWN_S
+from writ.core.identity import JWKS_LIFESPAN_S, REFRESH_COOLDOWN_S
 from writ.core.policy import parse
 from writ.engine import Engine
 
@@ -70,11 +72,19 @@ class Jwks:
         self.fetches = 0
         self.fail = False
         self.redirect: str | None = None
+        self.pad = 0  # spaces after the JSON: a valid set, that long
+        self.hold: threading.Event | None = None  # answer only once it is set
+        self.drip = False  # send the set a byte at a time, for as long as the test runs
+        self.asked = threading.Event()  # set on each request
+        self.closing = threading.Event()
         state = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 state.fetches += 1
+                state.asked.set()
+                if state.hold is not None:
+                    state.hold.wait()
                 if state.redirect and self.path != "/moved":
                     self.send_response(302)
                     self.send_header("Location", state.redirect)
@@ -84,12 +94,22 @@ class Jwks:
                     self.send_response(500)
                     self.end_headers()
                     return
-                body = json.dumps({"keys": state.keys}).encode()
+                body = json.dumps({"keys": state.keys}).encode() + b" " * state.pad
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not state.drip:
+                    with contextlib.suppress(OSError):  # writ may hang up at its cap
+                        self.wfile.write(body)
+                    return
+                # a byte every 50 ms: no single read ever waits long, the whole never ends
+                with contextlib.suppress(OSError):
+                    for byte in body:
+                        if state.closing.wait(0.05):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -100,6 +120,9 @@ class Jwks:
         self.thread.start()
 
     def close(self) -> None:
+        self.closing.set()
+        if self.hold is not None:
+            self.hold.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -376,6 +399,56 @@ async def test_a_redirecting_jwks_is_not_followed(world: World, rsa_key: Key, jw
     r = await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))
     assert r.status_code == 503, r.text
     assert jwks.fetches == 1  # the redirect target was never asked
+
+
+async def test_a_jwks_over_its_size_cap_is_not_read(world: World, rsa_key: Key, jwks: Jwks) -> None:
+    """An issuer's key set is a few KiB: writ stops reading at 1 MiB (an identity provider,
+    or whoever answers for it, cannot make writ hold gigabytes)."""
+    world.engine.identity.keys[RSA_ISS].clock = clock = Clock()
+    jwks.pad = 2 << 20  # valid JSON, 2 MiB long
+    r = await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))
+    assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+    assert jwks.url not in r.text  # what went wrong is logged, not told to the caller
+    jwks.pad = 0
+    clock.t += REFRESH_COOLDOWN_S
+    assert (await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))).status_code == 200
+
+
+@pytest.fixture
+def quick_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JWKS fetch gives up after 0.5 s in all (engines made after this one)."""
+    monkeypatch.setattr(identity, "FETCH_TIMEOUT_S", 0.5)
+
+
+async def test_a_jwks_that_never_finishes_is_given_up_on(
+    quick_fetch: None, world: World, rsa_key: Key, jwks: Jwks
+) -> None:
+    """An issuer that sends its set a byte at a time, each read within the timeout, is cut
+    off after FETCH_TIMEOUT_S in all: JWTs from it get 503, not a request that never ends."""
+    jwks.drip = True
+    r = await asyncio.wait_for(world.call(rsa_key.sign(RSA_ISS, "perf-agent")), 10)
+    assert r.status_code == 503, r.text
+
+
+async def test_a_known_key_does_not_wait_for_a_refresh(
+    world: World, rsa_key: Key, jwks: Jwks
+) -> None:
+    """While the set is fetched again (its lifespan is over, the issuer is slow), JWTs
+    signed with a key writ knows are answered with the last good set, not held up."""
+    world.engine.identity.keys[RSA_ISS].clock = clock = Clock()
+    assert (await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))).status_code == 200
+    clock.t += JWKS_LIFESPAN_S + 1
+    jwks.hold, jwks.asked = threading.Event(), threading.Event()
+    refreshing = asyncio.ensure_future(world.call(rsa_key.sign(RSA_ISS, "perf-agent")))
+    assert await asyncio.to_thread(jwks.asked.wait, 10)  # the refresh is under way
+    try:
+        for _ in range(3):
+            r = await asyncio.wait_for(world.call(rsa_key.sign(RSA_ISS, "cost-agent")), 2)
+            assert r.status_code == 200, r.text
+    finally:
+        jwks.hold.set()
+    assert (await refreshing).status_code == 200
+    assert jwks.fetches == 2
 
 
 async def test_a_jwks_file_is_read_again_for_a_new_kid(

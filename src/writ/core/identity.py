@@ -15,11 +15,14 @@ signature (by a key of the issuer's JWKS, chosen by ``kid``), ``exp``, ``nbf``, 
 accepted (``none`` and the HMAC family never are: a JWKS publishes public keys, and an
 HMAC "signed" with one proves nothing).
 
-Keys are fetched with PyJWT's :class:`jwt.PyJWKClient` (no redirects, http(s) only), kept
+Keys are fetched with httpx (no redirects; :data:`FETCH_TIMEOUT_S` for the whole fetch, not
+per read; at most :data:`JWKS_MAX_BYTES`) and parsed by PyJWT's :class:`jwt.PyJWKSet`, kept
 for :data:`JWKS_LIFESPAN_S`, and fetched again for an unknown ``kid`` at most once per
 :data:`REFRESH_COOLDOWN_S` per issuer — a failed fetch counts too — so tokens with made-up
-``kid`` values cannot make writ hammer the issuer. An issuer that cannot be reached leaves
-the last good set in use (503 only while writ never had one). An ``http://`` ``jwks_url`` is accepted
+``kid`` values cannot make writ hammer the issuer. An issuer that cannot be reached, or
+sends what is not a key set, leaves the last good set in use (503 only while writ never
+had one; why is logged, not told to the caller); so does a fetch under way, which a JWT
+signed with a known key never waits for. An ``http://`` ``jwks_url`` is accepted
 only on a loopback address; a ``jwks_file`` (relative to the policy file) is re-read
 for an unknown ``kid`` when it changed, with the same bound.
 """
@@ -32,13 +35,15 @@ import json
 import logging
 import os
 import re
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import jwt
-from jwt import PyJWK, PyJWKClient, PyJWKSet
+from jwt import PyJWK, PyJWKSet
 
 from writ.core.errors import Unauthenticated, Unavailable
 from writ.core.models import KINDS, Principal
@@ -49,7 +54,8 @@ log = logging.getLogger("writ.identity")
 
 JWKS_LIFESPAN_S = 300.0
 REFRESH_COOLDOWN_S = 30.0
-FETCH_TIMEOUT_S = 5.0
+FETCH_TIMEOUT_S = 5.0  # a whole fetch, connecting to the last byte
+JWKS_MAX_BYTES = 1 << 20  # a JWK Set is a few KiB; writ reads no more than this
 LEEWAY_S = 5.0  # clock skew allowed on exp and nbf
 ALGORITHMS = (
     "RS256",
@@ -222,12 +228,15 @@ def looks_like_jwt(token: str) -> bool:
     return token.count(".") == 2 and not token.startswith("writ_")
 
 
+class _Unread(Exception):
+    """The issuer's key set could not be had (why, for the log)."""
+
+
 class _Keys:
-    """One issuer's keys: the last good JWK Set, fetched (through PyJWT's
-    :class:`~jwt.PyJWKClient`) or read again when it is older than
-    :data:`JWKS_LIFESPAN_S` or lacks a ``kid`` asked for — at most once per
+    """One issuer's keys: the last good JWK Set, fetched or read again when it is older
+    than :data:`JWKS_LIFESPAN_S` or lacks a ``kid`` asked for — at most once per
     :data:`REFRESH_COOLDOWN_S`, failed attempts included. While the issuer cannot be
-    reached, the last good set stays in use."""
+    reached, and while a fetch is under way, the last good set stays in use."""
 
     def __init__(self, issuer: JwtIssuer) -> None:
         self.issuer = issuer
@@ -236,15 +245,8 @@ class _Keys:
         self._set: PyJWKSet | None = None
         self._got = float("-inf")  # when the set was last fetched or read (clock)
         self._tried = float("-inf")  # when it was last tried, ok or not
-        self._client: PyJWKClient | None = None
         self._file_mtime: float | None = None
-        if issuer.jwks_url:
-            self._client = PyJWKClient(
-                issuer.jwks_url,
-                cache_jwk_set=False,  # the set is kept here, with the refresh bound
-                timeout=FETCH_TIMEOUT_S,
-                headers={"User-Agent": "writ"},
-            )
+        self._tls: ssl.SSLContext | None = None  # made on the first fetch, then kept
 
     def _match(self, kid: str) -> PyJWK | None:
         if self._set is None:
@@ -254,23 +256,77 @@ class _Keys:
                 return k
         return None
 
-    def _load(self) -> PyJWKSet:
-        """Fetch (or re-read) the set — in a worker thread."""
-        if self._client is not None:
-            return self._client.get_jwk_set(refresh=True)
-        assert self.issuer.jwks_file is not None
-        mtime = os.stat(self.issuer.jwks_file).st_mtime
+    async def _fetch(self, url: str) -> bytes:
+        """GET ``url``: no redirect, no content coding, :data:`FETCH_TIMEOUT_S` in all (not
+        per read: a server sending a byte at a time is cut off), at most
+        :data:`JWKS_MAX_BYTES`."""
+        if self._tls is None:  # the system's CAs (where a private CA is installed)
+            self._tls = ssl.create_default_context()
+        body = bytearray()
+        async with (
+            asyncio.timeout(FETCH_TIMEOUT_S),
+            httpx.AsyncClient(
+                timeout=FETCH_TIMEOUT_S, verify=self._tls, follow_redirects=False
+            ) as http,
+            http.stream(
+                "GET", url, headers={"User-Agent": "writ", "Accept-Encoding": "identity"}
+            ) as r,
+        ):
+            if r.status_code != 200:
+                moved = " (a redirect: not followed)" if 300 <= r.status_code < 400 else ""
+                raise _Unread(f"HTTP {r.status_code}{moved}")
+            if r.headers.get("content-encoding", "identity").lower() != "identity":
+                raise _Unread(f"content-encoding {r.headers['content-encoding'][:40]!r}")
+            async for chunk in r.aiter_raw():
+                body += chunk
+                if len(body) > JWKS_MAX_BYTES:
+                    raise _Unread(f"longer than {JWKS_MAX_BYTES} bytes")
+        return bytes(body)
+
+    def _read_file(self, path: str) -> tuple[bytes | None, float]:
+        """The file's bytes (None when unchanged since the last good read) and its mtime:
+        in a worker thread."""
+        mtime = os.stat(path).st_mtime
         if self._set is not None and mtime == self._file_mtime:
-            return self._set
-        with open(self.issuer.jwks_file, encoding="utf-8") as f:
-            keys = PyJWKSet.from_dict(json.load(f))
-        self._file_mtime = mtime
-        return keys
+            return None, mtime
+        with open(path, "rb") as f:
+            raw = f.read(JWKS_MAX_BYTES + 1)
+        if len(raw) > JWKS_MAX_BYTES:
+            raise _Unread(f"longer than {JWKS_MAX_BYTES} bytes")
+        return raw, mtime
+
+    async def _load(self) -> PyJWKSet:
+        """The set, fetched or read again; :class:`_Unread` when it cannot be had."""
+        try:
+            mtime = None
+            if self.issuer.jwks_url is not None:
+                raw = await self._fetch(self.issuer.jwks_url)
+            else:
+                assert self.issuer.jwks_file is not None
+                read, mtime = await asyncio.to_thread(self._read_file, self.issuer.jwks_file)
+                if read is None:
+                    assert self._set is not None
+                    return self._set
+                raw = read
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise _Unread("not a JSON object")
+            keys = PyJWKSet.from_dict(data)
+            self._file_mtime = mtime
+            return keys
+        except _Unread:
+            raise
+        except TimeoutError:
+            raise _Unread(f"no whole answer within {FETCH_TIMEOUT_S:g}s") from None
+        except Exception as exc:  # whatever the issuer sends: a bad set, never a 500
+            raise _Unread(f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
     async def key(self, kid: str) -> PyJWK:
         found = self._match(kid)
-        if found is not None and self.clock() - self._got < JWKS_LIFESPAN_S:
-            return found
+        if found is not None and (
+            self.clock() - self._got < JWKS_LIFESPAN_S or self._lock.locked()
+        ):
+            return found  # fresh, or a fetch is under way: the last good set meanwhile
         async with self._lock:  # one fetch at a time per issuer
             now = self.clock()
             found = self._match(kid)
@@ -290,16 +346,17 @@ class _Keys:
                 )
             self._tried = now
             try:
-                keys = await asyncio.to_thread(self._load)
-            except (jwt.PyJWKClientError, jwt.PyJWKSetError, OSError, ValueError) as exc:
+                keys = await self._load()
+            except _Unread as exc:
+                where = self.issuer.jwks_url or self.issuer.jwks_file
+                kept = "; keeping the last good set" if self._set is not None else ""
+                log.warning("JWKS of %s (%s): %s%s", self.issuer.issuer, where, exc, kept)
                 if found is not None:
-                    log.warning(
-                        "JWKS of %s: %s; keeping the last good set", self.issuer.issuer, exc
-                    )
                     return found
                 raise Unavailable(
-                    f"cannot read the JWKS of {self.issuer.issuer}: {exc}; try again later"
-                ) from exc
+                    f"cannot read the JWKS of {self.issuer.issuer} (writ's log says why); "
+                    "try again later"
+                ) from None
             self.fetches += 1
             self._set, self._got = keys, now
             found = self._match(kid)

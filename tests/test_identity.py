@@ -451,6 +451,22 @@ async def test_a_known_key_does_not_wait_for_a_refresh(
     assert jwks.fetches == 2
 
 
+async def test_a_reload_keeps_the_keys_of_unchanged_issuers(
+    world: World, rsa_key: Key, jwks: Jwks, tmp_path: Path
+) -> None:
+    """A reload that changes one issuer's table leaves the others' fetched keys in use: no
+    fetch, and no 503 if their identity provider is down just then."""
+    assert (await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))).status_code == 200
+    policy = tmp_path / "writ.toml"
+    policy.write_text(policy.read_text().replace('claim = "writ_principal"', 'claim = "sub"'))
+    r = await world.call(world.admin, "POST", "/v1/policy/reload")
+    assert r.status_code == 200, r.text
+    assert world.engine.identity.issuers[EC_ISS].claim == "sub"  # the change is applied
+    jwks.fail = True
+    assert (await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))).status_code == 200
+    assert jwks.fetches == 1
+
+
 async def test_a_jwks_file_is_read_again_for_a_new_kid(
     world: World, ec_key: Key, tmp_path: Path
 ) -> None:

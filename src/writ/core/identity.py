@@ -370,9 +370,15 @@ class _Keys:
 class Identity:
     """The configured issuers; :meth:`verify` turns a JWT into a principal's name."""
 
-    def __init__(self, issuers: list[JwtIssuer]) -> None:
+    def __init__(self, issuers: list[JwtIssuer], kept: Identity | None = None) -> None:
+        """``kept``: the identity this one replaces (a policy reload), whose keys an issuer
+        with an unchanged table keeps."""
         self.issuers = {i.issuer: i for i in issuers}
-        self.keys = {i.issuer: _Keys(i) for i in issuers}
+        old = kept.keys if kept is not None else {}
+        self.keys: dict[str, _Keys] = {
+            i.issuer: old[i.issuer] if i.issuer in old and old[i.issuer].issuer == i else _Keys(i)
+            for i in issuers
+        }
 
     def handles(self, token: str) -> bool:
         return bool(self.issuers) and looks_like_jwt(token)

@@ -331,7 +331,7 @@ class Authority(Rule):
 
         await eng.store.transact(fn)
         if [i.to_dict() for i in new.identity] != [i.to_dict() for i in eng.policy.identity]:
-            eng.identity = Identity(new.identity)  # new issuers; unchanged ones keep their keys
+            eng.identity = Identity(new.identity, eng.identity)  # unchanged ones keep their keys
         eng.policy = new
         log.info("policy reloaded from %s by %s", source, by)
         return {

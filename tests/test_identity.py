@@ -38,10 +38,10 @@ EC_ISS = "https://id.vendor-b.example"
 class Key:
     """A signing key with its ``kid`` and its public JWK."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, bits: int = 2048) -> None:
         self.kid = f"{kind}-{uuid.uuid4().hex[:8]}"
         if kind == "rsa":
-            self.private: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            self.private: Any = rsa.generate_private_key(public_exponent=65537, key_size=bits)
             self.alg = "RS256"
             self.jwk = RSAAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
         else:
@@ -346,6 +346,18 @@ async def test_alg_confusion_is_refused(world: World, rsa_key: Key, jwks: Jwks) 
     _refused(await world.call(hs), "HS256")
     _refused(await world.call(none), "none")
     assert jwks.fetches == before
+
+
+# PyJWT only warns of a short key (here, signing with it): not an error in this test, as in
+# production, so that writ's own refusal is what is tested
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+async def test_a_short_rsa_key_is_refused(world: World, rsa_key: Key, jwks: Jwks) -> None:
+    """An RSA key under 2048 bits in the issuer's set verifies nothing: a 1024-bit modulus
+    can be factored, and then anyone signs as the issuer."""
+    short = Key("rsa", bits=1024)
+    jwks.keys = [rsa_key.jwk, short.jwk]
+    _refused(await world.call(short.sign(RSA_ISS, "perf-agent")), "1024 bits", "2048")
+    assert (await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))).status_code == 200
 
 
 async def test_key_rotation_fetches_a_new_kid_with_a_bounded_refresh_rate(

@@ -13,7 +13,7 @@ principal its ``claim`` names — if that principal exists and is not disabled. 
 signature (by a key of the issuer's JWKS, chosen by ``kid``), ``exp``, ``nbf``, ``iss`` and
 ``aud`` are checked by PyJWT; anything else is 401. Only asymmetric algorithms are
 accepted (``none`` and the HMAC family never are: a JWKS publishes public keys, and an
-HMAC "signed" with one proves nothing).
+HMAC "signed" with one proves nothing), and no RSA key under 2048 bits.
 
 Keys are fetched with httpx (no redirects; :data:`FETCH_TIMEOUT_S` for the whole fetch, not
 per read; at most :data:`JWKS_MAX_BYTES`) and parsed by PyJWT's :class:`jwt.PyJWKSet`, kept
@@ -415,7 +415,8 @@ class Identity:
                 audience=issuer.audience,
                 issuer=issuer.issuer,
                 leeway=LEEWAY_S,
-                options={"require": ["exp", "iss", "aud"]},
+                # an RSA key under 2048 bits verifies nothing (PyJWT would only warn)
+                options={"require": ["exp", "iss", "aud"], "enforce_minimum_key_length": True},
             )
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"JWT from {issuer.issuer} refused: {exc}") from None

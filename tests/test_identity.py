@@ -322,6 +322,35 @@ async def test_signature_and_claims_are_checked(world: World, rsa_key: Key) -> N
     assert (await world.call(good)).status_code == 200
 
 
+async def test_a_malformed_jwt_is_401_and_not_echoed_at_length(world: World, rsa_key: Key) -> None:
+    """Whatever the token's parts hold (not base64, not an object, nested past the parser,
+    an unknown critical header of 10 KiB), the answer is a short 401."""
+
+    def part(raw: bytes | Any) -> str:
+        import base64
+
+        raw = raw if isinstance(raw, bytes) else json.dumps(raw).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    now = int(time.time())
+    claims = part({"iss": RSA_ISS, "aud": "writ", "sub": "perf-agent", "exp": now + 300})
+    header = {"alg": "RS256", "kid": rsa_key.kid}
+    bad = {
+        "not base64": "a!b.c!d.e!f",
+        "empty parts": "..",
+        "header a list": f"{part([1])}.{claims}.c2ln",
+        "claims a string": f"{part(header)}.{part('x')}.c2ln",
+        "deep header": f"{part(b'[' * 3000)}.{claims}.c2ln",
+        "deep claims": f"{part(header)}.{part(b'{' + b'[' * 3000)}.c2ln",
+        "kid a number": f"{part({**header, 'kid': 7})}.{claims}.c2ln",
+        "unknown crit": f"{part({**header, 'crit': ['X' * 10_000]})}.{claims}.c2ln",
+    }
+    for what, token in bad.items():
+        r = await world.call(token)
+        _refused(r, "JWT")
+        assert len(r.json()["error"]["message"]) < 300, (what, r.text[:400])
+
+
 async def test_alg_confusion_is_refused(world: World, rsa_key: Key, jwks: Jwks) -> None:
     """HS256 "signed" with the issuer's public key (which anyone can fetch), and alg none,
     are refused before any key is looked up."""

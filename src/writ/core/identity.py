@@ -223,6 +223,13 @@ def _bounds(raw: dict[str, Any], bad: Callable[[str], Exception]) -> dict[str, A
     return out
 
 
+def _said(exc: Exception) -> str:
+    """PyJWT's reason, cut short: it may quote the token (an unknown ``crit`` name, say),
+    which the caller sent and need not read back at length."""
+    text = str(exc)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def looks_like_jwt(token: str) -> bool:
     """A compact JWS (three base64url parts), not a writ token."""
     return token.count(".") == 2 and not token.startswith("writ_")
@@ -390,7 +397,7 @@ class Identity:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
-            raise Unauthenticated(f"malformed JWT: {exc}") from None
+            raise Unauthenticated(f"malformed JWT: {_said(exc)}") from None
         iss = unverified.get("iss")
         issuer = self.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
@@ -419,7 +426,7 @@ class Identity:
                 options={"require": ["exp", "iss", "aud"], "enforce_minimum_key_length": True},
             )
         except jwt.PyJWTError as exc:
-            raise Unauthenticated(f"JWT from {issuer.issuer} refused: {exc}") from None
+            raise Unauthenticated(f"JWT from {issuer.issuer} refused: {_said(exc)}") from None
         name = claims.get(issuer.claim)
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise Unauthenticated(

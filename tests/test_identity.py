@@ -73,6 +73,7 @@ class Jwks:
         self.fail = False
         self.redirect: str | None = None
         self.pad = 0  # spaces after the JSON: a valid set, that long
+        self.body: bytes | None = None  # sent instead of the set
         self.hold: threading.Event | None = None  # answer only once it is set
         self.drip = False  # send the set a byte at a time, for as long as the test runs
         self.asked = threading.Event()  # set on each request
@@ -95,6 +96,7 @@ class Jwks:
                     self.end_headers()
                     return
                 body = json.dumps({"keys": state.keys}).encode() + b" " * state.pad
+                body = body if state.body is None else state.body
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -377,6 +379,36 @@ async def test_alg_confusion_is_refused(world: World, rsa_key: Key, jwks: Jwks) 
     assert jwks.fetches == before
 
 
+async def test_a_key_verifies_only_its_own_algorithm(
+    world: World, rsa_key: Key, jwks: Jwks
+) -> None:
+    """The header's alg must be the key's: PS256 under an RS256 key is refused, and a
+    symmetric (oct) key an issuer published by mistake — readable by anyone, so an HMAC
+    secret no longer — verifies nothing, whatever alg the header claims."""
+    world.engine.identity.keys[RSA_ISS].clock = clock = Clock()
+    assert (await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))).status_code == 200
+    claims = {"iss": RSA_ISS, "aud": "writ", "sub": "perf-agent", "exp": int(time.time()) + 300}
+    ps = jwt.encode(claims, rsa_key.private, algorithm="PS256", headers={"kid": rsa_key.kid})
+    _refused(await world.call(ps), "PS256", "RS256")
+    secret = b"s" * 32
+    oct_jwk = {"kty": "oct", "kid": "shared", "k": jwt.utils.base64url_encode(secret).decode()}
+    jwks.keys = [rsa_key.jwk, oct_jwk]
+    clock.t += REFRESH_COOLDOWN_S
+    hs = jwt.encode(claims, secret, algorithm="HS256", headers={"kid": "shared"})
+    _refused(await world.call(hs), "HS256")
+    # the same HMAC under a header that says RS256 (an attacker's own encoder would)
+    head = jwt.utils.base64url_encode(
+        json.dumps({"alg": "RS256", "kid": "shared"}).encode()
+    ).decode()
+    body = hs.split(".")[1]
+    import hashlib
+    import hmac
+
+    mac = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    forged = f"{head}.{body}.{jwt.utils.base64url_encode(mac).decode()}"
+    _refused(await world.call(forged), "RS256", "HS256")
+
+
 # PyJWT only warns of a short key (here, signing with it): not an error in this test, as in
 # production, so that writ's own refusal is what is tested
 @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
@@ -452,6 +484,27 @@ async def test_a_jwks_over_its_size_cap_is_not_read(world: World, rsa_key: Key, 
     assert jwks.url not in r.text  # what went wrong is logged, not told to the caller
     jwks.pad = 0
     clock.t += REFRESH_COOLDOWN_S
+    assert (await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))).status_code == 200
+
+
+async def test_a_jwks_that_is_not_a_key_set_is_503(world: World, rsa_key: Key, jwks: Jwks) -> None:
+    """Whatever an issuer's endpoint answers, a JWT from it is refused with 503 (the set
+    cannot be had), never a 500; its keys are used once it serves a good set again."""
+    world.engine.identity.keys[RSA_ISS].clock = clock = Clock()
+    good = {**rsa_key.jwk}
+    for body in [
+        b"not json",
+        b"[]",
+        b'{"keys": "none"}',
+        b"[" * 100_000,
+        json.dumps({"keys": [{**good, "alg": ["RS256"]}]}).encode(),  # PyJWT: a TypeError
+        json.dumps({"keys": [{**good, "n": 5}]}).encode(),
+    ]:
+        jwks.body = body
+        r = await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))
+        assert r.status_code == 503, (body[:60], r.text)
+        clock.t += REFRESH_COOLDOWN_S
+    jwks.body = None
     assert (await world.call(rsa_key.sign(RSA_ISS, "perf-agent"))).status_code == 200
 
 

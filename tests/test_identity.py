@@ -608,6 +608,26 @@ def test_bad_identity_tables_fail_with_their_line(table: str, says: str) -> None
     assert says in err.value.reason and err.value.line == 3, err.value.message
 
 
+def test_an_issuer_naming_no_kinds_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    """Without ``kinds``, an issuer may name humans and queues — the approvers of overrides
+    and rollbacks — as well as agents: said at start and on each reload that applies it."""
+    from writ.core.identity import Identity
+
+    pol = parse(
+        '[[identity.jwt]]\nissuer = "a"\naudience = "w"\njwks_file = "k"\n'
+        '[[identity.jwt]]\nissuer = "b"\naudience = "w"\njwks_file = "k"\nkinds = ["agent"]\n'
+    )
+    with caplog.at_level("WARNING", logger="writ.identity"):
+        first = Identity(pol.identity)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "'a'" in said[0] and "kinds" in said[0], said
+    assert "human" in said[0] and "approve" in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="writ.identity"):
+        Identity(pol.identity, first)  # a reload that changes neither table: said once already
+    assert not caplog.records
+
+
 def test_good_identity_tables() -> None:
     pol = parse(
         '[[identity.jwt]]\nissuer = "a"\naudience = "w"\njwks_url = "http://127.0.0.1:9/j"\n'

@@ -382,10 +382,20 @@ class Identity:
         with an unchanged table keeps."""
         self.issuers = {i.issuer: i for i in issuers}
         old = kept.keys if kept is not None else {}
-        self.keys: dict[str, _Keys] = {
-            i.issuer: old[i.issuer] if i.issuer in old and old[i.issuer].issuer == i else _Keys(i)
-            for i in issuers
-        }
+        self.keys: dict[str, _Keys] = {}
+        for i in issuers:
+            if i.issuer in old and old[i.issuer].issuer == i:
+                self.keys[i.issuer] = old[i.issuer]
+                continue
+            self.keys[i.issuer] = _Keys(i)
+            if i.kinds is None:
+                log.warning(
+                    "[[identity.jwt]] %r lists no kinds: its JWTs may act as any registered "
+                    "human or queue that is not an admin — who approve overrides and "
+                    'rollbacks — as well as any agent; say kinds = ["agent"] (or the kinds '
+                    "it is for) unless that is meant",
+                    i.issuer,
+                )
 
     def handles(self, token: str) -> bool:
         return bool(self.issuers) and looks_like_jwt(token)

@@ -27,7 +27,17 @@ from writ.api.middleware import (
     _send_json,
     _unless_hung_up,
 )
-from writ.api.ops import _GOOD_ID, FENCE, GONE, LEASES, RELEASE, STARTED, OpsFront, record
+from writ.api.ops import (
+    _GOOD_ID,
+    FENCE,
+    GONE,
+    LEASES,
+    RELEASE,
+    STARTED,
+    OpsFront,
+    failed,
+    record,
+)
 from writ.api.relay import Relay, identity_of
 from writ.api.relay_wire import CANCEL_WAIT_S, LOST, NOT_RUN, Answer, _Link
 from writ.api.url_text import TextURL, url_problem
@@ -526,7 +536,7 @@ class WritApp(FastAPI):
             headers = [_JSON] if retry is None else [_JSON, (b"retry-after", b"%d" % retry)]
             await direct_answer(cycle, status, answer, headers)
         except BaseException:
-            status = 500 if status == GONE else status  # failed before answering
+            status = failed(status)
             raise
         finally:
             if metrics is not None:

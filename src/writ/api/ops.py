@@ -71,7 +71,12 @@ GONE = 499
 """The status a request is measured and logged with when no answer was started because its
 client went away first (nginx's "client closed request"), with the outcome ``hung_up``: not
 a refusal, and not a 500 for an alert on server errors to fire on. A request that fails
-before answering is a 500."""
+before answering is a 500 (:func:`failed`)."""
+
+
+def failed(status: int) -> int:
+    """The status a request that raised is measured with: what it answered, else 500."""
+    return 500 if status == GONE else status
 
 
 class OpsFront:
@@ -139,21 +144,16 @@ class OpsFront:
             else:
                 await self.app(scope, receive, measured)
         except BaseException:
-            status = 500 if status == GONE else status  # failed before answering
+            status = failed(status)
             raise
         finally:
             took = time.perf_counter() - t0
             route = route_template(scope)
-            code = _error_code(b"".join(chunks), status) if error else None
-            if status == GONE:
-                code = "hung_up"
+            body = b"".join(chunks)
             if m is not None:
-                m.observe_http(scope["method"], route, status, took)
-                if status == 201 and route == LEASES:
-                    m.acquire_wait.observe(took)
-                elif code is not None and status != GONE:
-                    m.refused(code)
+                record(m, scope["method"], route, status, took, body)
             if logging_on and rid is not None:
+                code = "hung_up" if status == GONE else _error_code(body, status) if error else None
                 _access_line(scope, rid, route, status, took, code, span)
             if token is not None:
                 request_id.reset(token)
@@ -175,7 +175,7 @@ class OpsFront:
         try:
             await self.app(scope, receive, measured)
         except BaseException:
-            status = 500 if status == GONE else status  # failed before answering
+            status = failed(status)
             raise
         finally:
             took = time.perf_counter() - start

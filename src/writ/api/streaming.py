@@ -77,17 +77,18 @@ async def paged_response(
     turns: Turns,
     key: str,
     limit: int,
-    page: Callable[[int, int | None], Awaitable[tuple[list[dict[str, Any]], int | None]]],
+    page: Callable[[int, int | None, bool], Awaitable[tuple[list[dict[str, Any]], int | None]]],
     view: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
 ) -> dict[str, Any] | StreamingResponse:
     """``{key: [...]}`` for a list read newest first by fencing token, as
     :func:`audit_response` answers the ledger: a plain dict when one page holds it, else
-    streamed :data:`PAGE` store rows at a time. ``page(n, before)`` reads up to ``n`` rows
-    below token ``before`` and says where the next page starts (None: nothing is left);
+    streamed :data:`PAGE` store rows at a time. ``page(n, before, whole)`` reads up to ``n``
+    rows below token ``before`` (``whole``: as the whole answer) and says where the next page
+    starts (None: nothing is left);
     ``view`` filters a page to what the caller may see. Each page is read on its own
     (a lease that changes between two pages is shown as its page found it), and none is
     shown twice: the pages follow the tokens down."""
-    first, floor = await page(min(limit, PAGE), None)
+    first, floor = await page(min(limit, PAGE), None, limit <= PAGE)
     if limit <= PAGE or floor is None:
         return {key: view(first)}
 
@@ -98,7 +99,7 @@ async def paged_response(
         sep = "," if text else ""
         while left > 0 and below is not None:
             async with turns.page():  # one page of any bulk read at a time, then others
-                items, below = await page(min(left, PAGE), below)
+                items, below = await page(min(left, PAGE), below, False)
                 text = _items(view(items), sep)
             left -= PAGE
             sep = sep or ("," if text else "")

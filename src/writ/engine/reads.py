@@ -149,7 +149,7 @@ class ReadOps:
         limit: int = 1000,
         holder: str | None = None,
     ) -> list[dict[str, Any]]:
-        return (await self.lease_page(prefix, state, limit, holder))[0]
+        return (await self.lease_page(prefix, state, limit, holder, whole=True))[0]
 
     async def lease_page(
         self,
@@ -158,10 +158,13 @@ class ReadOps:
         limit: int = 1000,
         holder: str | None = None,
         before: int | None = None,
+        whole: bool = False,
     ) -> tuple[list[dict[str, Any]], int | None]:
         """:meth:`list_leases` below fencing token ``before``, from at most ``limit`` leases
         of the store (of each, for ``expired``); and the token the next page reads below,
-        or None when there is none (a long list is read page by page: api.streaming)."""
+        or None when there is none (a long list is read page by page: api.streaming).
+        ``whole``: this read is the whole answer (no next page): for ``expired``, the
+        newest ``limit`` of both lists, as one read gives them."""
         if prefix:
             resources.validate(prefix, "resource")
         if state is not None and state not in ("held", "released", "expired", "revoked"):
@@ -179,14 +182,14 @@ class ReadOps:
             # every lease from the top down to ``floor`` was read: the lowest token of a
             # list that came back full (below it, the other list may have skipped some)
             full = [part[-1].fencing_token for part in (listed, more) if len(part) == limit]
-            floor = max(full) if full else None
+            floor = max(full) if full and not whole else None
             read = sorted(listed + more, key=lambda l: -l.fencing_token)
             out = [l.to_dict(now) for l in read if floor is None or l.fencing_token >= floor]
             if state in ("held", "expired"):
                 out = [d for d in out if d["state"] == state]
             if len(out) > limit:  # both lists full (expired): the newest ``limit`` of them
                 out = out[:limit]
-                floor = out[-1]["fencing_token"]
+                floor = None if whole else out[-1]["fencing_token"]
             return out, floor
 
         return await self.store.read(fn)
@@ -235,13 +238,17 @@ class ReadOps:
 
     async def status(self, prefix: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Held leases under ``prefix`` with their waiter counts (``writ status``)."""
-        return (await self.status_page(prefix, limit))[0]
+        return (await self.status_page(prefix, limit, whole=True))[0]
 
     async def status_page(
-        self, prefix: str | None = None, limit: int = 1000, before: int | None = None
+        self,
+        prefix: str | None = None,
+        limit: int = 1000,
+        before: int | None = None,
+        whole: bool = False,
     ) -> tuple[list[dict[str, Any]], int | None]:
         """:meth:`status` page by page, as :meth:`lease_page`."""
-        leases, floor = await self.lease_page(prefix, "held", limit, None, before)
+        leases, floor = await self.lease_page(prefix, "held", limit, None, before, whole)
 
         async def fn(tx: Tx) -> list[int]:
             return [

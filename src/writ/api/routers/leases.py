@@ -82,7 +82,7 @@ async def list_leases(
         engine.bulk,
         "leases",
         limit,
-        lambda n, before: engine.lease_page(resource, state, n, holder, before),
+        lambda n, before, whole: engine.lease_page(resource, state, n, holder, before, whole),
         lambda page: engine.authority.visible(me, page),
     )
 
@@ -98,7 +98,7 @@ async def status(
         engine.bulk,
         "leases",
         limit,
-        lambda n, before: engine.status_page(resource, n, before),
+        lambda n, before, whole: engine.status_page(resource, n, before, whole),
         lambda page: engine.authority.visible(me, page),
     )
 

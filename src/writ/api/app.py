@@ -62,7 +62,8 @@ def add_routes(app: FastAPI, router: APIRouter) -> None:
     """Add ``router``'s routes to ``app`` as routes of the app itself, in order, as if each had
     been declared with ``@app.get(...)``/``@app.post(...)``. (``include_router`` would add one
     lazily resolved entry per router to ``app.routes`` instead of the routes themselves.) The
-    routers set only methods, status codes and tags; the rest comes from each endpoint."""
+    routers set only methods, status codes, tags and (for an endpoint that may stream its
+    answer) the response model; the rest comes from each endpoint."""
     for route in router.routes:
         if not isinstance(route, APIRoute):  # pragma: no cover - the routers hold only these
             raise TypeError(f"not an API route: {route!r}")
@@ -72,6 +73,7 @@ def add_routes(app: FastAPI, router: APIRouter) -> None:
             methods=sorted(route.methods or ()),
             status_code=route.status_code,
             tags=route.tags,
+            response_model=route.response_model,
         )
 
 

@@ -69,7 +69,7 @@ async def get_lease(me: Me, engine: EngineDep, lease_id: str) -> dict[str, Any]:
     return lease
 
 
-@router.get("/v1/leases", tags=["leases"])
+@router.get("/v1/leases", tags=["leases"], response_model=dict[str, Any])
 async def list_leases(
     me: Me,
     engine: EngineDep,
@@ -87,7 +87,7 @@ async def list_leases(
     )
 
 
-@router.get("/v1/status", tags=["leases"])
+@router.get("/v1/status", tags=["leases"], response_model=dict[str, Any])
 async def status(
     me: Me,
     engine: EngineDep,

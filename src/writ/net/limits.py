@@ -15,6 +15,9 @@ file descriptors and memory. :class:`Limits` closes each of those doors, in the 
   after the first byte of the next request on a kept-alive connection) is answered ``408``; a body not complete ``body_timeout`` seconds
   after its head is answered ``408`` (the app sees the client go away);
 * a keep-alive connection idle for ``keepalive_timeout`` seconds is closed;
+* the trailer fields after a chunked body are dropped, never merged into the request's
+  headers, and counted against ``max_header_bytes``; a ``Transfer-Encoding`` other than
+  ``chunked`` alone is refused (:mod:`writ.net.framing`);
 * at most ``max_connections`` connections are open. A new one beyond that first takes the
   place of the connection that has waited longest without a request in progress (idle or
   still sending its head, as a slow client does); failing that, of the one held up longest
@@ -32,7 +35,6 @@ The mechanism was chosen by measurement (docs/security.md): uvicorn's own
 from __future__ import annotations
 
 import copyreg
-import json
 import logging
 import resource
 from collections.abc import Callable
@@ -42,32 +44,14 @@ from typing import Any, ClassVar, TypeVar, cast
 
 import click
 
+from writ.net.framing import Trailers, coding_refusal
+from writ.net.framing import canned as _canned
+
 __all__ = ["GATE_LIMITS", "Limits", "direct_answer", "from_options", "limit_options"]
 
 log = logging.getLogger("writ.limits")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-_REASONS = {
-    400: "Bad Request",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    503: "Service Unavailable",
-}
-
-
-def _canned(status: int, code: str, message: str, retry_after: int | None = None) -> bytes:
-    """A complete ``Connection: close`` answer in writ's error shape, written raw."""
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    head = [
-        f"HTTP/1.1 {status} {_REASONS[status]}",
-        "content-type: application/json",
-        f"content-length: {len(body)}",
-        "connection: close",
-    ]
-    if retry_after is not None:
-        head.append(f"retry-after: {retry_after}")
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +132,7 @@ class _Answers:
     absolute: bytes
     busy: bytes
     cut_off: bytes
+    trailers: bytes
 
 
 def _answers(limits: Limits) -> _Answers:
@@ -183,6 +168,11 @@ def _answers(limits: Limits) -> _Answers:
             "timeout",
             f"every connection was in use (at most {limits.max_connections}) and this request's "
             "body was the slowest to arrive: the connection was closed to make room",
+        ),
+        trailers=_canned(
+            413,
+            "too_large",
+            f"the trailer fields after the chunked body exceed {limits.max_header_bytes} bytes",
         ),
     )
 
@@ -410,6 +400,14 @@ class _Deadlines:
             self._deadline = None
 
 
+def _head_refusal(protocol: Any, limits: Limits, answers: _Answers) -> bytes | None:
+    """The answer to a complete head the listener refuses, or None: an absolute-form target
+    where only paths are taken, a transfer coding it would hand on undecoded."""
+    if limits.origin_form_only and not protocol.url.startswith((b"/", b"*")):
+        return answers.absolute
+    return coding_refusal(protocol.headers, protocol.parser.get_http_version())
+
+
 def guarded_protocol(limits: Limits) -> type[Any]:
     """uvicorn's httptools protocol, with ``limits`` enforced (see the module docstring)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -420,8 +418,9 @@ def guarded_protocol(limits: Limits) -> type[Any]:
     # and those held up by their client (sending a body, not reading an answer), oldest first
     stalled: dict[Any, None] = {}
 
-    class GuardedHttpTools(_Deadlines, HttpToolsProtocol, metaclass=_Guarded):
+    class GuardedHttpTools(_Deadlines, Trailers, HttpToolsProtocol, metaclass=_Guarded):
         LIMITS: ClassVar[Limits] = limits
+        TRAILER_LIMIT, TRAILER_ANSWER = limits.max_header_bytes, answers.trailers
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -465,7 +464,7 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             if self._in_head and not _count_head(self, data, limits):
                 _refuse(self, answers.too_large)
                 return
-            super().data_received(data)
+            super().data_received(data)  # trailers counted as they come (Trailers)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -474,9 +473,8 @@ def guarded_protocol(limits: Limits) -> type[Any]:
                 self._arm(limits.header_timeout, answers.head_slow)
 
         def on_headers_complete(self) -> None:
-            if limits.origin_form_only and not self.url.startswith((b"/", b"*")):
-                self._refused = True
-                _refuse(self, answers.absolute)
+            if (refusal := _head_refusal(self, limits, answers)) is not None:
+                _refuse(self, refusal)
                 return
             self._in_head = False
             idle.pop(self, None)  # busy with a request until its response is complete
@@ -487,13 +485,15 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             super().on_headers_complete()
             # a HEAD's answer has no body to wait for: its head is written as it comes
             if self.cycle is not None and self.scope["method"] != "HEAD":
-                self.cycle.transport = _OneSend(self.transport, self.loop)  # type: ignore[assignment]
+                self.cycle.transport = _OneSend(self.transport, self.loop)
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             if not _started_direct(self, cycle, app):
                 super()._start_asgi_task(cycle, app)
 
         def send_400_response(self, msg: str) -> None:
+            if self._refused:  # answered already: the parser found more wrong after
+                return
             _flush_head(self)  # a bad request after a good one: the good one's answer first
             super().send_400_response(msg)
 

@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Iterator
 
 from writ.core.errors import Unavailable
+from writ.net.caps import PerKey
 
 __all__ = ["DEFAULT_CAP", "Waits", "default_cap"]
 
@@ -29,38 +30,28 @@ def default_cap(max_connections: int) -> int:
     return max(1, max_connections // 4)
 
 
-class Waits:
+class Waits(PerKey):
     """The requests each principal has waiting on this server, at most ``cap`` each."""
 
-    __slots__ = ("_held", "cap")
+    __slots__ = ()
 
     def __init__(self, cap: int = DEFAULT_CAP) -> None:
         if cap < 1:
             raise ValueError("a principal must be allowed at least one waiting request")
-        self.cap = cap
-        self._held: dict[str, int] = {}
-
-    def held(self, principal: str) -> int:
-        """How many requests ``principal`` has waiting now."""
-        return self._held.get(principal, 0)
+        super().__init__(cap)
 
     @contextlib.contextmanager
     def one(self, principal: str) -> Iterator[None]:
         """Count one waiting request of ``principal`` while the block runs, or raise
         :class:`Unavailable` (nothing done) when it already has ``cap`` of them."""
-        n = self._held.get(principal, 0)
-        if n >= self.cap:
+        if not self.take(principal):
             raise Unavailable(
-                f"{principal} already has {n} requests waiting on this server, the most one "
-                "principal may have, so that no caller holds every connection; nothing was "
-                "done. Retry once one of them has ended, or ask without waiting (wait_s=0)"
+                f"{principal} already has {self.held(principal)} requests waiting on this "
+                "server, the most one principal may have, so that no caller holds every "
+                "connection; nothing was done. Retry once one of them has ended, or ask "
+                "without waiting (wait_s=0)"
             )
-        self._held[principal] = n + 1
         try:
             yield
         finally:
-            left = self._held[principal] - 1
-            if left:
-                self._held[principal] = left
-            else:
-                del self._held[principal]
+            self.give(principal)

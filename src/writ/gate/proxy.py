@@ -21,6 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 from writ._version import __version__
 from writ.core.errors import Invalid, TooLarge
 from writ.gate.routes import Route, ambiguity, loose_path, request_paths
+from writ.net.caps import PerKey
 from writ.net.credentials import Twice, sole
 from writ.telemetry.metrics import CONTENT_TYPE_LATEST, GateMetrics
 
@@ -64,6 +65,13 @@ METHOD_OVERRIDES = frozenset(
 )
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAX_FORM = 1 << 20  # a form on a mapped path is read (for its _method field) up to this
+UPSTREAM_CONNECTIONS = 100  # to the upstream, for each of the two pools (and to writ)
+
+
+def default_per_client(upstream_connections: int) -> int:
+    """Each client's requests in flight by default: a quarter of the upstream pool, so that
+    it takes four clients at their cap to fill it (as writ serve caps each principal's waits)."""
+    return max(1, upstream_connections // 4)
 
 
 def header_name(name: bytes | str) -> str:
@@ -89,7 +97,7 @@ def _error(status: int, code: str, message: str, **details: Any) -> JSONResponse
     return JSONResponse(
         {"error": {"code": code, "message": message, **details}},
         status_code=status,
-        headers={"Retry-After": "1"} if status == 503 else None,  # PROTOCOL v1.1
+        headers={"Retry-After": "1"} if status in (429, 503) else None,  # PROTOCOL v1.1
     )
 
 
@@ -136,7 +144,11 @@ class Gate:
     ``timeout`` bounds the upstream (connect and each read); ``writ_timeout`` bounds
     one decision. ``trust_forwarded_for`` lists the client addresses or networks (CIDR)
     whose own ``X-Forwarded-For`` is kept and extended (default: none — the gate sets it
-    from the connection alone). The transports are for tests.
+    from the connection alone). ``max_connections`` sizes each pool of connections to the
+    upstream (and to writ); each client may have ``max_per_client`` requests in flight
+    at once (default: a quarter of the pool), one more is answered 429 — a client being
+    its address, or behind a trusted proxy the address that proxy saw. The transports are
+    for tests.
     """
 
     def __init__(
@@ -149,7 +161,8 @@ class Gate:
         upstream_headers: Mapping[str, str] | None = None,
         timeout: float = 60.0,
         writ_timeout: float = 5.0,
-        max_connections: int = 100,
+        max_connections: int = UPSTREAM_CONNECTIONS,
+        max_per_client: int | None = None,
         trust_forwarded_for: Iterable[str] = (),
         upstream_transport: httpx.AsyncBaseTransport | None = None,
         writ_transport: httpx.AsyncBaseTransport | None = None,
@@ -190,6 +203,8 @@ class Gate:
         self._timeout = timeout
         self._writ_timeout = writ_timeout
         self._max_connections = max_connections
+        # each client's requests between arriving and their answer's last byte (or failure)
+        self.in_flight = PerKey(max_per_client or default_per_client(max_connections))
         self._upstream_transport = upstream_transport
         self._writ_transport = writ_transport
         self._upstream_client: httpx.AsyncClient | None = None
@@ -250,9 +265,18 @@ class Gate:
         elif scope["type"] == "http":
             if scope["path"] == self.metrics_path and scope["method"] == "GET":
                 response: Response = Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-            else:
+                await response(scope, receive, send)
+                return
+            client = self.client_of(scope)
+            if not self.in_flight.take(client):
+                self.metrics.refused.labels("too_many_requests").inc()
+                await self._too_many(client)(scope, receive, send)
+                return
+            try:  # counted until the answer's last byte is sent, or the client goes away
                 response = await self.handle(scope, receive)
-            await response(scope, receive, send)
+                await response(scope, receive, send)
+            finally:
+                self.in_flight.give(client)
         else:  # websocket: refuse the handshake, the gate cannot judge frames
             await send({"type": "websocket.close", "code": 1008})
 
@@ -266,6 +290,37 @@ class Gate:
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    # -- each client's share --------------------------------------------------------------
+    def client_of(self, scope: Scope) -> str:
+        """Whose request this is, for its share: the connection's address; from a
+        ``--trust-forwarded-for`` proxy, the last address in ``X-Forwarded-For`` that is not
+        itself trusted (the one the proxy saw: what a client writes there comes before it)."""
+        client = scope.get("client")
+        peer = str(client[0]) if client else ""
+        if not self._trusted(peer):
+            return peer
+        hops = [
+            hop.strip()
+            for k, v in scope["headers"]
+            if header_name(k) == "x-forwarded-for"
+            for hop in v.decode("latin-1").split(",")
+        ]
+        for hop in reversed(hops):
+            if hop and not self._trusted(hop):
+                return str(hop[:64])
+        return peer
+
+    def _too_many(self, client: str) -> Response:
+        cap = self.in_flight.cap
+        log.info("refused a request of %s: %d in flight already", client, cap)
+        return _error(
+            429,
+            "too_many_requests",
+            f"{client} already has {cap} requests in flight through this gate, the most one "
+            "client may have, so that no client holds every connection to the upstream; "
+            "nothing was forwarded. Retry once one of them has been answered",
+        )
 
     # -- one request ----------------------------------------------------------------------
     def route_for(
@@ -633,7 +688,9 @@ def _code_of(refusal: Response) -> str:
     return code if code in REFUSAL_CODES else "unknown"
 
 
-REFUSAL_CODES = frozenset({"held", "lease_lost", "unauthenticated", "unavailable", "forbidden"})
+REFUSAL_CODES = frozenset(
+    {"held", "lease_lost", "unauthenticated", "unavailable", "forbidden", "too_many_requests"}
+)
 
 
 async def _body(receive: Receive) -> AsyncIterator[bytes]:

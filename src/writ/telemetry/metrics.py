@@ -403,7 +403,8 @@ class GateMetrics:
         )
         self.refused = Counter(
             "writ_gate_refused",
-            "Requests the gate refused, by code (held, lease_lost, unauthenticated, unavailable)",
+            "Requests the gate refused, by code (held, lease_lost, unauthenticated, unavailable, "
+            "too_many_requests)",
             ["code"],
             registry=r,
         )

@@ -101,6 +101,21 @@ def _header(value: str) -> tuple[str, str]:
     help="Client addresses (or networks) whose own X-Forwarded-For is kept and extended; "
     "repeatable. Default: none (the gate sets X-Forwarded-For from the connection alone).",
 )
+@click.option(
+    "--upstream-connections",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Connections to the upstream at most, pooled (passed writes have a pool of their own).",
+)
+@click.option(
+    "--max-requests-per-client",
+    type=click.IntRange(1),
+    default=None,
+    help="Requests one client (its address; behind a --trust-forwarded-for proxy, the "
+    "address the proxy saw) may have in flight at once; one more is answered 429 with "
+    "Retry-After. Default: a quarter of --upstream-connections.",
+)
 @click.option("--check", is_flag=True, help="Only load and print the routes, then exit.")
 @_allow_down
 @click.option(
@@ -121,6 +136,8 @@ def gate_command(
     timeout: float,
     writ_timeout: float,
     trust_forwarded_for: tuple[str, ...],
+    upstream_connections: int,
+    max_requests_per_client: int | None,
     check: bool,
     allow_server_down: bool,
     allow_human_token: bool,
@@ -153,6 +170,8 @@ def gate_command(
             writ_timeout=writ_timeout,
             upstream_headers=dict(_header(h) for h in upstream_headers),
             trust_forwarded_for=trust_forwarded_for,
+            max_connections=upstream_connections,
+            max_per_client=max_requests_per_client,
         )
     except WritError as exc:
         raise click.UsageError(exc.message) from exc

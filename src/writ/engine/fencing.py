@@ -119,6 +119,10 @@ class Fencing:
                 why = "no Writ-Lease / Writ-Fencing-Token of a lease on this resource"
             elif lease.holder != caller.name:
                 why = f"lease {lease.lease_id} belongs to {lease.holder}, not {caller.name}"
+                if self.engine.authority.settings.closed:
+                    # the answer and its row go to observers of the gated resource, who
+                    # may not observe the lease's: its holder is not named
+                    why = f"lease {lease.lease_id} is not {caller.name}'s"
             elif lease.state != "held" or lease.expires_at <= now:
                 code = "lease_lost"
                 why = f"lease {lease.lease_id} is {'expired' if lease.state == 'held' else lease.state}"

@@ -389,6 +389,13 @@ class QueueOps(ReadOps):
                     f"{principal.name} may not {action} {lease.holder}'s lease: {message}",
                 )
             )
+            if not self.authority.observable(principal, lease.resource):
+                # closed mode: neither its holder nor its resource (the row, on that
+                # resource, is not the caller's to read)
+                return Forbidden(
+                    f"lease {lease_id} is not {principal.name}'s, and {principal.name} may "
+                    "not observe its resource"
+                )
             return Forbidden(message, holder=lease.holder)
         return lease
 

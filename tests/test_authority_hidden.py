@@ -1,0 +1,61 @@
+"""Authority, a third look: in closed mode an agent that calls writ about something it may not
+observe, by id, learns nothing of it from the refusal — renew, release (lean path and FastAPI
+alike), a change, a gate check with another's lease."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.stores_fixtures import Backend
+from tests.test_authority import world
+from tests.test_authority_reads import BLAST, GATE, SECRET
+
+
+async def test_another_principals_lease_by_id_is_refused_without_naming_its_holder(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """perf-agent may not observe billing/db: renewing, releasing (by the lean path and by
+    FastAPI) or recording a change under admin's lease there is 403 without naming admin,
+    and so is a gate check that shows it; cost-agent, who may observe prod/db, is told who
+    holds a lease there, as before. The refusal rows are written all the same."""
+    async with world(backend, tmp_path, monkeypatch, BLAST + GATE) as w:
+        await w.add("the-gate", "portal")
+        hidden = (await w.lease("admin", "billing/db", ttl_s=300, intent=SECRET)).json()
+        lid = hidden["lease_id"]
+        change = {"attribute": "capacity", "summary": "x"}
+        answers = [
+            await w.post("perf-agent", f"/v1/leases/{lid}/renew", {}),
+            await w.post("perf-agent", f"/v1/leases/{lid}/release"),  # the lean path
+            await w.http.post(  # a body: FastAPI answers it
+                f"/v1/leases/{lid}/release", json={}, headers=w.h("perf-agent")
+            ),
+            await w.post("perf-agent", f"/v1/leases/{lid}/changes", change),
+        ]
+        for r in answers:
+            assert r.status_code == 403, r.text
+            assert "admin" not in r.text and "billing" not in r.text, r.text
+        assert answers[1].content == answers[2].content
+        gate = await w.post(
+            "the-gate",
+            "/v1/gate/check",
+            {
+                "caller_token": w.tokens["perf-agent"],
+                "resource": "prod/db",
+                "path": "/x",
+                "lease_id": lid,
+                "fencing_token": hidden["fencing_token"],
+            },
+        )
+        assert gate.status_code == 200 and gate.json()["passed"] is False, gate.text
+        assert "admin" not in gate.text and "billing" not in gate.text, gate.text
+        rows = (await w.get("perf-agent", "/v1/audit", resource="prod/db")).json()["rows"]
+        assert rows and all("admin" not in x["notes"] for x in rows), rows
+        refused = [r for r in await w.rows("lease.refused") if r["agent_id"] == "perf-agent"]
+        assert len(refused) == 4 and all(r["lock_holder"] == "admin" for r in refused)
+        # one who may observe the lease's resource is told whose it is
+        await w.post("admin", f"/v1/leases/{lid}/release")
+        seen = (await w.lease("admin", "prod/db/main", ttl_s=300)).json()
+        r = await w.post("cost-agent", f"/v1/leases/{seen['lease_id']}/renew", {})
+        assert r.status_code == 403 and r.json()["error"]["holder"] == "admin", r.text

@@ -1,6 +1,6 @@
 """Authority, a third look: in closed mode an agent that calls writ about something it may not
 observe, by id, learns nothing of it from the refusal — renew, release (lean path and FastAPI
-alike), a change, a gate check with another's lease."""
+alike), a change, a gate check with another's lease, an answer to a consent."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from tests.stores_fixtures import Backend
 from tests.test_authority import world
-from tests.test_authority_reads import BLAST, GATE, SECRET
+from tests.test_authority_reads import BLAST, GATE, SECRET, _billing_change
 
 
 async def test_another_principals_lease_by_id_is_refused_without_naming_its_holder(
@@ -59,3 +59,23 @@ async def test_another_principals_lease_by_id_is_refused_without_naming_its_hold
         seen = (await w.lease("admin", "prod/db/main", ttl_s=300)).json()
         r = await w.post("cost-agent", f"/v1/leases/{seen['lease_id']}/renew", {})
         assert r.status_code == 403 and r.json()["error"]["holder"] == "admin", r.text
+
+
+async def test_a_consent_the_caller_may_not_observe_is_answered_403_naming_nobody(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Granting or denying a consent about billing/db is 403 for an agent who may not observe
+    it, without its author, its state or its queue; the author itself still answers."""
+    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+        _, change_id = await _billing_change(w)
+        asked = await w.post("oncall-jane", "/v1/consents", {"change_id": change_id, "reason": "x"})
+        cid = asked.json()["consent_id"]
+        for verb in ("grant", "deny"):
+            r = await w.post("perf-agent", f"/v1/consents/{cid}/{verb}")
+            assert r.status_code == 403, r.text
+            assert "admin" not in r.text and "billing" not in r.text, r.text
+        assert (await w.get("oncall-jane", f"/v1/consents/{cid}")).json()["status"] == "pending"
+        r = await w.post("admin", f"/v1/consents/{cid}/deny")  # its author
+        assert r.status_code == 200 and r.json()["status"] == "denied", r.text
+        r = await w.post("perf-agent", f"/v1/consents/{cid}/grant")
+        assert r.status_code == 403 and "denied" not in r.text, r.text

@@ -276,6 +276,8 @@ class Consents(Rule):
             consent = await tx.get_object(CONSENT, consent_id, for_update=True)
             if consent is None:
                 raise NotFound(f"no consent {consent_id!r}", consent_id=consent_id)
+            if me.name != consent["author"]:  # closed mode: told nothing of what it may not see
+                eng.rule(Authority).check_observe(me, consent["resource"], f"consent {consent_id}")
             state = consent["state"]
             if state == "pending" and tx.now() >= (consent.get("expires_at_ts") or 0):
                 state = "expired"  # the sweeper has not got to it yet; humans may still answer

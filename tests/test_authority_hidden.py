@@ -1,6 +1,6 @@
 """Authority, a third look: in closed mode an agent that calls writ about something it may not
 observe, by id, learns nothing of it from the refusal — renew, release (lean path and FastAPI
-alike), a change, a gate check with another's lease, an answer to a consent."""
+alike), a change, a gate check with another's lease, an answer to a consent or a rollback."""
 
 from __future__ import annotations
 
@@ -79,3 +79,35 @@ async def test_a_consent_the_caller_may_not_observe_is_answered_403_naming_nobod
         assert r.status_code == 200 and r.json()["status"] == "denied", r.text
         r = await w.post("perf-agent", f"/v1/consents/{cid}/grant")
         assert r.status_code == 403 and "denied" not in r.text, r.text
+
+
+async def test_a_rollback_the_caller_may_not_observe_is_refused_naming_no_key_holder(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent may never turn a rollback's key; one who may not observe the rollback's
+    resource is not told who holds the key (one who may is, as before). Both refusals are
+    ``rollback.refused`` rows."""
+    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+        for rid, resource in (("rb_hidden", "billing/db"), ("rb_seen", "prod/db")):
+            rb = {
+                "rollback_id": rid,
+                "resource": resource,
+                "key_holder": "svc-ops",
+                "requested_by": "admin",
+                "lock_key": f"{resource}/1",
+                "path": "/rollback",
+                "override_queue": "svc-ops",
+                "reason": SECRET,
+            }
+            await w.engine.store.transact(
+                lambda tx, rid=rid, resource=resource, rb=rb: tx.put_object(
+                    "rollback", rid, resource, "pending", rb
+                )
+            )
+        for verb in ("approve", "deny"):
+            r = await w.post("perf-agent", f"/v1/rollbacks/rb_hidden/{verb}")
+            assert r.status_code == 403, r.text
+            assert "svc-ops" not in r.text and "billing" not in r.text, r.text
+            r = await w.post("perf-agent", f"/v1/rollbacks/rb_seen/{verb}")
+            assert r.status_code == 403 and r.json()["error"]["key_holder"] == "svc-ops", r.text
+        assert len(await w.rows("rollback.refused")) == 4

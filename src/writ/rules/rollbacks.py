@@ -259,6 +259,8 @@ class Rollbacks(Rule):
                         f"{rb['lock_key']}: {refused.message}",
                     )
                 )
+                if not eng.rule(Authority).observable(me_now, rb["resource"]):
+                    return Forbidden(refused.message)  # an agent's words: no key holder named
                 return refused
             if rb["state"] != "pending":
                 raise Invalid(

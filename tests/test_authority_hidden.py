@@ -1,9 +1,11 @@
 """Authority, a third look: in closed mode an agent that calls writ about something it may not
 observe, by id, learns nothing of it from the refusal — renew, release (lean path and FastAPI
-alike), a change, a gate check with another's lease, an answer to a consent or a rollback."""
+alike), a change, a gate check with another's lease, an answer to a consent or a rollback —
+nor from the rows it reads (their lock columns blank a lease it may not observe)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,31 @@ async def test_a_rollback_the_caller_may_not_observe_is_refused_naming_no_key_ho
             r = await w.post("perf-agent", f"/v1/rollbacks/rb_seen/{verb}")
             assert r.status_code == 403 and r.json()["error"]["key_holder"] == "svc-ops", r.text
         assert len(await w.rows("rollback.refused")) == 4
+
+
+async def test_rows_the_caller_reads_do_not_name_a_neighbour_it_may_not_observe(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """admin holds billing/db (prod/db's blast radius). perf-agent's refused acquires, its
+    queued one, its refused freeze and a gate check of its write to prod/db are rows about
+    prod/db, which it reads: their lock columns name nobody (``hidden``), in /v1/audit and
+    /v1/events alike, while a human reads them as written."""
+    async with world(backend, tmp_path, monkeypatch, BLAST + GATE) as w:
+        await w.add("the-gate", "portal")
+        await w.lease("admin", "billing/db", ttl_s=300, intent=SECRET)
+        await w.lease("perf-agent", "prod/db")
+        await w.lease("perf-agent", "prod/db", wait_s=0.01)
+        await w.post("perf-agent", "/v1/freezes", {"prefix": "prod/db", "reason": "x"})
+        body = {"caller_token": w.tokens["perf-agent"], "resource": "prod/db", "path": "/x"}
+        assert (await w.post("the-gate", "/v1/gate/check", body)).status_code == 200
+        events = {"lease.denied", "lease.queued", "freeze.refused", "gate.refused"}
+        for route in ("/v1/audit", "/v1/events"):
+            rows = (await w.get("perf-agent", route, resource="prod/db")).json()["rows"]
+            assert {x["event"] for x in rows} == events, rows
+            for x in rows:
+                shown = json.dumps({k: v for k, v in x.items() if "hash" not in k})
+                assert "admin" not in shown and "billing" not in shown, x
+                assert x["lock_holder"] is None and x["hidden"] is True, x
+            rows = (await w.get("oncall-jane", route, resource="prod/db")).json()["rows"]
+            assert {x["lock_holder"] for x in rows} == {"admin"}, rows
+            assert all("hidden" not in x for x in rows), rows

@@ -185,6 +185,24 @@ def observable(s: Settings, p: Principal, resource: str | None) -> bool:
     return any(g.observes(resource) for g in s.grants if g.applies(p))
 
 
+LOCK_COLUMNS = ("lock_holder", "lock_key", "lock_acquired_at", "fencing_token")
+
+
+def row_view(s: Settings, p: Principal, row: dict[str, Any]) -> dict[str, Any] | None:
+    """An audit row as ``p`` may read it: None when it may not read it at all; else the row,
+    its lock columns blanked (``hidden`` true) when they name a lease on a resource ``p`` may
+    not observe — a blast-radius neighbour standing in the way of a request about the row's
+    resource. The ledger keeps the row as written: this is a reader's view of it."""
+    if not s.closed or p.kind in READ_ALL:
+        return row
+    if not observable(s, p, row.get("resource")):
+        return None
+    key = row.get("lock_key")
+    if isinstance(key, str) and not observable(s, p, key.rsplit("/", 1)[0]):
+        return {**row, **dict.fromkeys(LOCK_COLUMNS), "hidden": True}
+    return row
+
+
 def sees_freeze(s: Settings, p: Principal, prefix: str | None) -> bool:
     """May ``p`` be told of a freeze on ``prefix``? In closed mode an agent or portal is told
     of the freezes above, on or below what it may observe or write, of no others."""

@@ -78,6 +78,9 @@ from writ.core.grants import (
     review as review,
 )
 from writ.core.grants import (
+    row_view as row_view,
+)
+from writ.core.grants import (
     section_line as section_line,
 )
 from writ.core.grants import (
@@ -201,11 +204,14 @@ class Authority(Rule):
         return [p if p["name"] == me.name else {**p, "wake": None} for p in principals]
 
     def visible_page(self, me: Principal, page: dict[str, Any]) -> dict[str, Any]:
-        """An audit/events page filtered to what ``me`` may read; ``next_after_seq`` still
-        moves past the rows left out, so the reader keeps its place."""
-        rows = page.get("rows") or []
-        kept = self.visible(me, rows)
-        return page if kept is rows else {**page, "rows": kept}
+        """An audit/events page as ``me`` may read it (:func:`row_view`: rows left out, lock
+        columns of what it may not observe blanked); ``next_after_seq`` still moves past
+        the rows left out, so the reader keeps its place."""
+        s = self.settings
+        if not s.closed or me.kind in READ_ALL:
+            return page
+        seen = (row_view(s, me, r) for r in page.get("rows") or [])
+        return {**page, "rows": [r for r in seen if r is not None]}
 
     async def events(
         self, me: Principal, prefix: str | None, after_seq: int, wait_s: float, limit: int

@@ -141,3 +141,41 @@ async def test_rows_the_caller_reads_do_not_name_a_neighbour_it_may_not_observe(
             rows = (await w.get("oncall-jane", route, resource="prod/db")).json()["rows"]
             assert {x["lock_holder"] for x in rows} == {"admin"}, rows
             assert all("hidden" not in x for x in rows), rows
+
+
+async def test_consent_and_freeze_rows_name_a_neighbour_only_to_who_may_observe_it(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consent's and a freeze's rows about prod/db name the lease holding it now — here
+    billing-agent's on billing/db, its blast-radius neighbour — with its lock key, so that
+    perf-agent, who may not observe billing/db, reads them with the lock columns null."""
+    billing = '\n[[authority.grant]]\nprincipals = ["billing-agent"]\nwrite = ["billing"]\n'
+    async with world(backend, tmp_path, monkeypatch, BLAST + billing) as w:
+        await w.add("billing-agent", "agent")
+        lease = (await w.lease("admin", "prod/db", ttl_s=300, touches=["capacity"])).json()
+        r = await w.post(
+            "admin",
+            f"/v1/leases/{lease['lease_id']}/changes",
+            {"attribute": "capacity", "summary": "doubled"},
+        )
+        change_id = r.json()["change_id"]
+        await w.post("admin", f"/v1/leases/{lease['lease_id']}/release")
+        r = await w.lease("billing-agent", "billing/db", ttl_s=300, touches=["labels"])
+        assert r.status_code == 201, r.text
+        r = await w.post("perf-agent", "/v1/consents", {"change_id": change_id, "reason": "x"})
+        assert r.status_code == 201, r.text
+        await w.post("admin", f"/v1/consents/{r.json()['consent_id']}/deny")
+        r = await w.post("oncall-jane", "/v1/freezes", {"prefix": "prod/db", "reason": "x"})
+        await w.post("oncall-jane", f"/v1/freezes/{r.json()['freeze_id']}/lift")
+        events = {"consent.requested", "consent.denied", "freeze.created", "freeze.lifted"}
+        rows = (await w.get("perf-agent", "/v1/audit", resource="prod/db")).json()["rows"]
+        rows = [x for x in rows if x["event"] in events]
+        assert {x["event"] for x in rows} == events, rows
+        for x in rows:
+            assert "billing" not in json.dumps(x), x
+            assert x["lock_holder"] is None and x["hidden"] is True, x
+        rows = (await w.get("oncall-jane", "/v1/audit", resource="prod/db")).json()["rows"]
+        rows = [x for x in rows if x["event"] in events]
+        assert {(x["lock_holder"], x["lock_key"]) for x in rows} == {
+            ("billing-agent", "billing/db/2")
+        }, rows

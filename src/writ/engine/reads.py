@@ -114,10 +114,12 @@ class ReadOps:
         if lease is not None:
             await self.refusal_row("lease.refused", actor, lease.resource, err)
 
-    async def holder_name(self, tx: Tx, resource: str) -> str:
-        """Who holds write authority over ``resource`` now (``"none"`` when nobody)."""
-        lease = await self.holder(tx, resource)
-        return lease.holder if lease else "none"
+    async def lock_columns(self, tx: Tx, resource: str) -> dict[str, Any]:
+        """The lock columns of a row about ``resource``: the lease holding write authority
+        over it now, if any (``lock_holder`` with its ``lock_key``, so that a reader's view
+        can tell whether it may see it: :func:`writ.core.grants.row_view`)."""
+        row = lock_row("", "", resource, await self.holder(tx, resource), "")
+        return {k: row[k] for k in ("lock_holder", "lock_key", "lock_acquired_at", "fencing_token")}
 
     async def holder_info(self, tx: Tx, lease: Lease) -> dict[str, Any]:
         """The ``holder`` object of an answer that ``lease`` stands in the way of: who holds

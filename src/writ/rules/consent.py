@@ -246,7 +246,7 @@ class Consents(Rule):
             row = {
                 "agent_id": me.name,
                 "resource": change["resource"],
-                "lock_holder": await eng.holder_name(tx, change["resource"]),
+                **await eng.lock_columns(tx, change["resource"]),
                 "human_override_queue": change.get("override_queue"),
                 "notes": f"{me.name} asks {change['author']} to undo {change['attribute']} "
                 f"({change['summary']}): {why}; answer by {consent['expires_at']}",
@@ -345,7 +345,7 @@ class Consents(Rule):
                     "event": f"consent.{consent['status']}",
                     "agent_id": me.name,
                     "resource": consent["resource"],
-                    "lock_holder": await eng.holder_name(tx, consent["resource"]),
+                    **await eng.lock_columns(tx, consent["resource"]),
                     # approved_by names a human key only: an author agent's consent is in the notes
                     "approved_by": me.name if grant and me.is_human else None,
                     "notes": f"{me.name}"
@@ -395,7 +395,7 @@ class Consents(Rule):
                 row = {
                     "agent_id": SYSTEM,
                     "resource": c["resource"],
-                    "lock_holder": await eng.holder_name(tx, c["resource"]),
+                    **await eng.lock_columns(tx, c["resource"]),
                     "human_override_queue": queue,
                 }
                 await tx.append(

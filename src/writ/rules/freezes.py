@@ -112,7 +112,7 @@ class Freezes(Rule):
                     "event": "freeze.created",
                     "agent_id": me.name,
                     "resource": prefix,
-                    "lock_holder": await self.engine.holder_name(tx, prefix),
+                    **await self.engine.lock_columns(tx, prefix),
                     "approved_by": me.name,
                     "notes": f"{me.name} froze {prefix}"
                     + (f" until {f['until']}" if f["until"] else "")
@@ -143,7 +143,7 @@ class Freezes(Rule):
                     "event": "freeze.lifted",
                     "agent_id": me.name,
                     "resource": f["prefix"],
-                    "lock_holder": await self.engine.holder_name(tx, f["prefix"]),
+                    **await self.engine.lock_columns(tx, f["prefix"]),
                     "approved_by": me.name,
                     "notes": f"{me.name} lifted the freeze on {f['prefix']} ({f['reason']})",
                 }
@@ -177,7 +177,7 @@ class Freezes(Rule):
                         "event": "freeze.expired",
                         "agent_id": SYSTEM,
                         "resource": f["prefix"],
-                        "lock_holder": await self.engine.holder_name(tx, f["prefix"]),
+                        **await self.engine.lock_columns(tx, f["prefix"]),
                         "notes": f"the freeze on {f['prefix']} by {f['by']} ended at {f['until']}",
                     }
                 )

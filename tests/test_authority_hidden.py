@@ -179,3 +179,27 @@ async def test_consent_and_freeze_rows_name_a_neighbour_only_to_who_may_observe_
         assert {(x["lock_holder"], x["lock_key"]) for x in rows} == {
             ("billing-agent", "billing/db/2")
         }, rows
+
+
+async def test_rows_about_principals_and_the_policy_are_for_humans_and_queues(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent that may observe everything ("") — or prefixes named like those rows'
+    ``resource`` — still reads no row about a principal (which names its wake URL), the
+    policy, or a refused lift; a human reads them all."""
+    watch = '\n[[authority.grant]]\nprincipals = ["watcher"]\nobserve = ["", "principals"]\n'
+    async with world(backend, tmp_path, monkeypatch, BLAST + watch) as w:
+        await w.add("watcher", "agent")
+        await w.post("stranger", "/v1/principals/perf-agent/rotate")
+        await w.post("stranger", "/v1/policy/reload")
+        await w.post("stranger", "/v1/freezes/frz_x/lift")
+        await w.post("admin", "/v1/policy/reload")
+        await w.lease("perf-agent", "prod/db")
+        for route in ("/v1/audit", "/v1/events"):
+            rows = (await w.get("watcher", route)).json()["rows"]
+            assert [x["event"] for x in rows] == ["lease.granted"], rows
+            assert "perf.example" not in json.dumps(rows), rows
+            rows = (await w.get("oncall-jane", route)).json()["rows"]
+            seen = {x["event"] for x in rows}
+            assert {"principal.added", "principal.refused", "policy.refused"} <= seen, seen
+            assert {"policy.reloaded", "freeze.refused"} <= seen, seen

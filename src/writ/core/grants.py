@@ -186,16 +186,27 @@ def observable(s: Settings, p: Principal, resource: str | None) -> bool:
 
 
 LOCK_COLUMNS = ("lock_holder", "lock_key", "lock_acquired_at", "fencing_token")
+# rows about no resource, whatever their ``resource`` column says (``principals/NAME``,
+# ``policy``; ``freezes`` for a refused lift): for humans and queues
+ABOUT_NO_RESOURCE = ("principal.", "policy.")
+
+
+def _about_no_resource(row: dict[str, Any]) -> bool:
+    event = str(row.get("event"))
+    return event.startswith(ABOUT_NO_RESOURCE) or (
+        event == "freeze.refused" and row.get("resource") == "freezes"
+    )
 
 
 def row_view(s: Settings, p: Principal, row: dict[str, Any]) -> dict[str, Any] | None:
-    """An audit row as ``p`` may read it: None when it may not read it at all; else the row,
+    """An audit row as ``p`` may read it: None when it may not read it at all (a row about
+    a resource it may not observe, or about no resource: principals, the policy); else the row,
     its lock columns blanked (``hidden`` true) when they name a lease on a resource ``p`` may
     not observe — a blast-radius neighbour standing in the way of a request about the row's
     resource. The ledger keeps the row as written: this is a reader's view of it."""
     if not s.closed or p.kind in READ_ALL:
         return row
-    if not observable(s, p, row.get("resource")):
+    if _about_no_resource(row) or not observable(s, p, row.get("resource")):
         return None
     key = row.get("lock_key")
     if isinstance(key, str) and not observable(s, p, key.rsplit("/", 1)[0]):

@@ -203,3 +203,29 @@ async def test_rows_about_principals_and_the_policy_are_for_humans_and_queues(
             seen = {x["event"] for x in rows}
             assert {"principal.added", "principal.refused", "policy.refused"} <= seen, seen
             assert {"policy.reloaded", "freeze.refused"} <= seen, seen
+
+
+async def test_rows_an_agent_reads_show_no_wake_url(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cost-agent may observe prod/db, and wakes perf-agent there through writ, then asks
+    its consent to undo a change: the ``wake.requested`` and ``wake.delivered`` rows it reads
+    do not show perf-agent's wake URL (``GET /v1/principals`` does not either); a human's
+    do."""
+    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+        lease = (await w.lease("perf-agent", "prod/db", ttl_s=300)).json()
+        lid = lease["lease_id"]
+        assert (await w.post("cost-agent", f"/v1/leases/{lid}/wake", {"reason": "hi"})).is_success
+        change = {"attribute": "capacity", "summary": "doubled"}
+        change_id = (await w.post("perf-agent", f"/v1/leases/{lid}/changes", change)).json()
+        body = {"change_id": change_id["change_id"], "reason": "x"}
+        assert (await w.post("cost-agent", "/v1/consents", body)).status_code == 201
+        await w.engine.caller.drain()
+        assert len(w.calls) == 2, w.calls
+        for route in ("/v1/audit", "/v1/events"):
+            rows = (await w.get("cost-agent", route, resource="prod/db")).json()["rows"]
+            events = [x["event"] for x in rows]
+            assert events.count("wake.requested") == 1 and events.count("wake.delivered") == 2
+            assert "perf.example" not in json.dumps(rows), rows
+            rows = (await w.get("oncall-jane", route, resource="prod/db")).json()["rows"]
+            assert sum("https://perf.example/wake" in x["notes"] for x in rows) == 3, rows

@@ -191,6 +191,13 @@ LOCK_COLUMNS = ("lock_holder", "lock_key", "lock_acquired_at", "fencing_token")
 ABOUT_NO_RESOURCE = ("principal.", "policy.")
 
 
+# rows whose notes name the wake or page route writ calls ("POST URL"): another principal's
+# route, which may carry secrets (an agent is shown writ's wake route instead)
+CALL_EVENTS = ("wake.", "page.", "lease.stuck", "lease.paged")
+_CALL = re.compile(r"POST \S+")
+UNSHOWN_ROUTE = "POST (its route, not shown to agents and portals)"
+
+
 def _about_no_resource(row: dict[str, Any]) -> bool:
     event = str(row.get("event"))
     return event.startswith(ABOUT_NO_RESOURCE) or (
@@ -203,14 +210,18 @@ def row_view(s: Settings, p: Principal, row: dict[str, Any]) -> dict[str, Any] |
     a resource it may not observe, or about no resource: principals, the policy); else the row,
     its lock columns blanked (``hidden`` true) when they name a lease on a resource ``p`` may
     not observe — a blast-radius neighbour standing in the way of a request about the row's
-    resource. The ledger keeps the row as written: this is a reader's view of it."""
+    resource — and the wake or page route a row's notes name left out. The ledger keeps the
+    row as written: this is a reader's view of it."""
     if not s.closed or p.kind in READ_ALL:
         return row
     if _about_no_resource(row) or not observable(s, p, row.get("resource")):
         return None
     key = row.get("lock_key")
     if isinstance(key, str) and not observable(s, p, key.rsplit("/", 1)[0]):
-        return {**row, **dict.fromkeys(LOCK_COLUMNS), "hidden": True}
+        row = {**row, **dict.fromkeys(LOCK_COLUMNS), "hidden": True}
+    notes = row.get("notes")
+    if str(row.get("event")).startswith(CALL_EVENTS) and isinstance(notes, str):
+        row = {**row, "notes": _CALL.sub(UNSHOWN_ROUTE, notes)}
     return row
 
 

@@ -229,3 +229,15 @@ async def test_rows_an_agent_reads_show_no_wake_url(
             assert "perf.example" not in json.dumps(rows), rows
             rows = (await w.get("oncall-jane", route, resource="prod/db")).json()["rows"]
             assert sum("https://perf.example/wake" in x["notes"] for x in rows) == 3, rows
+
+
+async def test_a_rollback_asked_by_change_names_not_the_lease_of_the_change(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback of a change the caller may not observe is 403 naming the change it asked
+    about, not the lease the change was made under (nor its resource)."""
+    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+        lease, change_id = await _billing_change(w)
+        r = await w.post("perf-agent", "/v1/rollbacks", {"change_id": change_id, "reason": "x"})
+        assert r.status_code == 403 and change_id in r.text, r.text
+        assert lease["lease_id"] not in r.text and "billing" not in r.text, r.text

@@ -149,7 +149,9 @@ class Rollbacks(Rule):
             lease = await tx.get_lease(str(lid))
             if lease is None:
                 raise NotFound(f"no lease {lid!r}", lease_id=lid)
-            eng.rule(Authority).check_observe(me, lease.resource, f"lease {lease.lease_id}")
+            # the 403 names what was asked about (a change: not the lease it was made under)
+            asked = f"change {change_id}" if change else f"lease {lease.lease_id}"
+            eng.rule(Authority).check_observe(me, lease.resource, asked)
             plan = lease.rollback or {}
             if not plan.get("allowed"):
                 raise Invalid(

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.stores_fixtures import Backend
 from tests.test_authority import world
 from tests.test_authority_reads import BLAST, GATE, SECRET, _billing_change
+from writ.client import AsyncClient
 
 
 async def test_another_principals_lease_by_id_is_refused_without_naming_its_holder(
@@ -241,3 +243,19 @@ async def test_a_rollback_asked_by_change_names_not_the_lease_of_the_change(
         r = await w.post("perf-agent", "/v1/rollbacks", {"change_id": change_id, "reason": "x"})
         assert r.status_code == 403 and change_id in r.text, r.text
         assert lease["lease_id"] not in r.text and "billing" not in r.text, r.text
+
+
+async def test_the_clients_last_seq_counts_rows_the_agent_may_not_read(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``last_seq`` (where ``watch`` and MCP's ``watch_events`` start) finds the ledger's
+    head for an agent whose newest rows are all ones it may not read: it took 0, so a
+    watch began with the agent's whole history as if it were new."""
+    async with world(backend, tmp_path, monkeypatch, BLAST) as w:
+        await w.lease("perf-agent", "prod/db")
+        for i in range(20):
+            await w.lease("admin", f"capacity/x{i}")
+        head = (await w.engine.audit(0, 10_000))["rows"][-1]["seq"]
+        transport = httpx.ASGITransport(app=w.app)
+        async with AsyncClient("http://writ", w.tokens["perf-agent"], transport=transport) as c:
+            assert await c.last_seq() == head

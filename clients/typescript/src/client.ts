@@ -770,8 +770,11 @@ export class Writ {
 
   /** The seq of the newest audit row (0 when empty), in O(log n) one-row requests. */
   async lastSeq(call: CallOptions = {}): Promise<number> {
-    const rowsAfter = async (n: number) =>
-      (await this.audit({ afterSeq: n, limit: 1 }, call)).rows.length > 0;
+    // rows shown, or next_after_seq moved past rows this reader may not see (closed mode)
+    const rowsAfter = async (n: number) => {
+      const page = await this.audit({ afterSeq: n, limit: 1 }, call);
+      return page.rows.length > 0 || page.next_after_seq > n;
+    };
     let lo = 0;
     let hi = 1;
     while (await rowsAfter(hi)) {

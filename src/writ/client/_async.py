@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from writ.client._base import DEFAULT_TIMEOUT, WATCH_WAIT_S, OnLost, _Base
-from writ.client._leases import AsyncLease, _head_search
+from writ.client._leases import AsyncLease, _after, _head_search
 from writ.client._routes import JSON, _check, _Req, _Routes
 
 
@@ -119,7 +119,7 @@ class AsyncClient(_Base, _Routes[Awaitable[Any]]):
         probe = next(search)
         try:
             while True:
-                probe = search.send(bool((await self.audit(probe, 1)).get("rows")))
+                probe = search.send(_after(probe, await self.audit(probe, 1)))
         except StopIteration as done:
             return int(done.value)
 

@@ -41,6 +41,13 @@ def _head_search() -> Generator[int, bool, int]:
     return 1 if (yield 0) else 0
 
 
+def _after(probe: int, page: Mapping[str, Any]) -> bool:
+    """Whether an audit page read after ``probe`` says there are rows after it: rows shown,
+    or a ``next_after_seq`` moved past rows this reader may not see (closed mode)."""
+    nxt = page.get("next_after_seq")
+    return bool(page.get("rows")) or (type(nxt) is int and nxt > probe)
+
+
 # ---------------------------------------------------------------------------- held leases
 class _LeaseState:
     """What both lease handles know: the request, the granted Lease, the renewal clock."""

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from writ.client._base import DEFAULT_TIMEOUT, WATCH_WAIT_S, OnLost, _Base
-from writ.client._leases import Lease, _head_search
+from writ.client._leases import Lease, _after, _head_search
 from writ.client._routes import JSON, _check, _Req, _Routes
 
 
@@ -124,7 +124,7 @@ class Client(_Base, _Routes[Any]):
         probe = next(search)
         try:
             while True:
-                probe = search.send(bool(self.audit(probe, 1).get("rows")))
+                probe = search.send(_after(probe, self.audit(probe, 1)))
         except StopIteration as done:
             return int(done.value)
 

@@ -52,18 +52,19 @@ async def test_a_large_read_is_the_same_answer_paged(writ: Writ) -> None:
     assert r.status_code == 422
 
 
-async def test_other_tasks_run_between_pages(writ: Writ, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each page after the first is read only after the loop has let others in."""
-    for i in range(20):
-        await writ.principal(f"agent-{i}")
+async def _read_between_others(
+    writ: Writ, monkeypatch: pytest.MonkeyPatch, reader: str, path: str
+) -> tuple[Any, list[int], list[str]]:
+    """GET ``path`` (limit 100,000) while another task runs; the engine's ``reader`` counted:
+    the answer, where each page was read among the other task's turns, and those turns."""
     ran: list[str] = []
-    real = writ.engine.audit
+    real = getattr(writ.engine, reader)
 
-    async def audit(*a: Any, **kw: Any) -> dict[str, Any]:
+    async def read(*a: Any, **kw: Any) -> Any:
         ran.append("page")
         return await real(*a, **kw)
 
-    monkeypatch.setattr(writ.engine, "audit", audit)
+    monkeypatch.setattr(writ.engine, reader, read)
     done = asyncio.Event()
 
     async def other() -> None:
@@ -72,11 +73,19 @@ async def test_other_tasks_run_between_pages(writ: Writ, monkeypatch: pytest.Mon
             await asyncio.sleep(0)
 
     task = asyncio.ensure_future(other())
-    r = await writ.c.get("/v1/audit", params={"limit": 100_000}, headers=writ.admin)
+    r = await writ.c.get(path, params={"limit": 100_000}, headers=writ.admin)
     done.set()
     await task
-    assert r.status_code == 200 and len(r.json()["rows"]) >= 20
-    pages = [i for i, what in enumerate(ran) if what == "page"]
+    assert r.status_code == 200
+    return r.json(), [i for i, what in enumerate(ran) if what == "page"], ran
+
+
+async def test_other_tasks_run_between_pages(writ: Writ, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each page after the first is read only after the loop has let others in."""
+    for i in range(20):
+        await writ.principal(f"agent-{i}")
+    body, pages, ran = await _read_between_others(writ, monkeypatch, "audit", "/v1/audit")
+    assert len(body["rows"]) >= 20
     assert len(pages) >= 3
     for a, b in itertools.pairwise(pages[1:]):
         assert "other" in ran[a:b], ran
@@ -154,27 +163,8 @@ async def test_other_tasks_run_between_lease_pages(
     """A list of 100,000 leases held the loop for a second: now each page after the first
     is read only after the loop has let others in."""
     await _leases(writ.engine, released=20, held=0)
-    ran: list[str] = []
-    real = writ.engine.lease_page
-
-    async def lease_page(*a: Any, **kw: Any) -> Any:
-        ran.append("page")
-        return await real(*a, **kw)
-
-    monkeypatch.setattr(writ.engine, "lease_page", lease_page)
-    done = asyncio.Event()
-
-    async def other() -> None:
-        while not done.is_set():
-            ran.append("other")
-            await asyncio.sleep(0)
-
-    task = asyncio.ensure_future(other())
-    r = await writ.c.get("/v1/leases", params={"limit": 100_000}, headers=writ.admin)
-    done.set()
-    await task
-    assert r.status_code == 200 and len(r.json()["leases"]) == 20
-    pages = [i for i, what in enumerate(ran) if what == "page"]
+    body, pages, ran = await _read_between_others(writ, monkeypatch, "lease_page", "/v1/leases")
+    assert len(body["leases"]) == 20
     assert len(pages) >= 3
     for a, b in itertools.pairwise(pages):
         assert "other" in ran[a:b], ran

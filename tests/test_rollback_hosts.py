@@ -9,6 +9,7 @@ Real HTTP receivers record what reached them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -87,26 +88,33 @@ def _host(r: Receiver) -> str:
     return r.base.removeprefix("http://")
 
 
-@pytest.fixture
-async def world(tmp_path: Any, base: Receiver, allowed: Receiver) -> AsyncIterator[W]:
-    policy = parse(
-        f'rollback_base_url = "{base.base}"\nrollback_hosts = ["{_host(allowed)}", "*.ops.example"]\n'
-    )
-    engine = Engine(SQLiteStore(f"sqlite:///{tmp_path}/w.db", clock=ManualClock()), policy)
+@contextlib.asynccontextmanager
+async def _serving(tmp_path: Any, policy: str, *names: tuple[str, str]) -> AsyncIterator[W]:
+    """writ on a fresh store under ``policy``, with the principals ``names`` (name, kind)."""
+    engine = Engine(SQLiteStore(f"sqlite:///{tmp_path}/w.db", clock=ManualClock()), parse(policy))
     await engine.start(background=False)
     app = create_app(engine, start_engine=False)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://writ"
-    ) as http:
-        w = W(engine, http)
-        for name, kind in (
-            ("perf-agent", "agent"),
-            ("cost-agent", "agent"),
-            ("ops-queue", "queue"),
-        ):
-            await w.add(name, kind)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://writ"
+        ) as http:
+            w = W(engine, http)
+            for name, kind in names:
+                await w.add(name, kind)
+            yield w
+    finally:
+        await engine.stop()
+
+
+@pytest.fixture
+async def world(tmp_path: Any, base: Receiver, allowed: Receiver) -> AsyncIterator[W]:
+    policy = (
+        f'rollback_base_url = "{base.base}"\n'
+        f'rollback_hosts = ["{_host(allowed)}", "*.ops.example"]\n'
+    )
+    names = (("perf-agent", "agent"), ("cost-agent", "agent"), ("ops-queue", "queue"))
+    async with _serving(tmp_path, policy, *names) as w:
         yield w
-    await engine.stop()
 
 
 async def test_a_route_to_a_host_the_policy_does_not_list_is_refused_at_acquire(
@@ -145,18 +153,8 @@ async def test_listed_hosts_the_base_url_and_relative_routes_are_called(
 
 async def test_a_route_carrying_credentials_is_refused(tmp_path: Any, base: Receiver) -> None:
     """Even with no rollback_hosts: the route would be written in the trail for every reader."""
-    engine = Engine(
-        SQLiteStore(f"sqlite:///{tmp_path}/w.db", clock=ManualClock()),
-        parse(f'rollback_base_url = "{base.base}"\n'),
-    )
-    await engine.start(background=False)
-    app = create_app(engine, start_engine=False)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://writ"
-    ) as http:
-        w = W(engine, http)
-        for name, kind in (("perf-agent", "agent"), ("ops-queue", "queue")):
-            await w.add(name, kind)
+    policy = f'rollback_base_url = "{base.base}"\n'
+    async with _serving(tmp_path, policy, ("perf-agent", "agent"), ("ops-queue", "queue")) as w:
         host = _host(base)
         for route in (f"http://ops:s3cret@{host}/r", f"http://evil.example\\@{host}/r"):
             r = await w.lease(route)
@@ -165,7 +163,6 @@ async def test_a_route_carrying_credentials_is_refused(tmp_path: Any, base: Rece
             assert "s3cret" not in r.text
         r = await w.lease(f"http://{host}/r")  # any host without rollback_hosts (v1)
         assert r.status_code == 201, r.text
-    await engine.stop()
 
 
 async def test_a_route_frozen_before_the_policy_narrowed_is_not_called(

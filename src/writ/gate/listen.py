@@ -26,7 +26,7 @@ def serve(
         log_level=log_level,
         access_log=False,
         server_header=False,
-        # the gate sets X-Forwarded-For itself (Gate.trusted): uvicorn must not rewrite the
+        # the gate sets X-Forwarded-For itself (Gate.forwarded): uvicorn must not rewrite the
         # client address from the caller's own header
         proxy_headers=False,
         lifespan="on",

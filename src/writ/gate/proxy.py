@@ -3,7 +3,6 @@ mutating request on a mapped route reaches the upstream, and refuses it otherwis
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import re
@@ -20,6 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from writ._version import __version__
 from writ.core.errors import Invalid, TooLarge
+from writ.gate.forwarded import Forwarded
 from writ.gate.routes import Route, ambiguity, loose_path, request_paths
 from writ.net.caps import PerKey
 from writ.net.credentials import Twice, sole
@@ -189,15 +189,7 @@ class Gate:
         self._drop = HOP_BY_HOP | WRIT_HEADERS | FORWARDED | {"host"}
         self._drop |= {header_name(k) for k, _ in self.upstream_headers}
         self._add = [(k, v) for k, v in self.upstream_headers if header_name(k) not in FORWARDED]
-        try:
-            self.trusted = [
-                ipaddress.ip_network(a.strip(), strict=False) for a in trust_forwarded_for
-            ]
-        except ValueError as exc:
-            raise Invalid(
-                f"--trust-forwarded-for takes addresses or networks like 10.0.0.0/8: {exc}",
-                field="trust_forwarded_for",
-            ) from exc
+        self.forwarded = Forwarded(trust_forwarded_for)
         self.highest: dict[str, int] = {}  # resource -> highest fencing token passed here
         self._token = token
         self._timeout = timeout
@@ -267,7 +259,7 @@ class Gate:
                 response: Response = Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
                 await response(scope, receive, send)
                 return
-            client = self.client_of(scope)
+            client = self.forwarded.client_of(scope)
             if not self.in_flight.take(client):
                 self.metrics.refused.labels("too_many_requests").inc()
                 await self._too_many(client)(scope, receive, send)
@@ -292,25 +284,6 @@ class Gate:
                 return
 
     # -- each client's share --------------------------------------------------------------
-    def client_of(self, scope: Scope) -> str:
-        """Whose request this is, for its share: the connection's address; from a
-        ``--trust-forwarded-for`` proxy, the last address in ``X-Forwarded-For`` that is not
-        itself trusted (the one the proxy saw: what a client writes there comes before it)."""
-        client = scope.get("client")
-        peer = str(client[0]) if client else ""
-        if not self._trusted(peer):
-            return peer
-        hops = [
-            hop.strip()
-            for k, v in scope["headers"]
-            if header_name(k) == "x-forwarded-for"
-            for hop in v.decode("latin-1").split(",")
-        ]
-        for hop in reversed(hops):
-            if hop and not self._trusted(hop):
-                return str(hop[:64])
-        return peer
-
     def _too_many(self, client: str) -> Response:
         cap = self.in_flight.cap
         log.info("refused a request of %s: %d in flight already", client, cap)
@@ -525,17 +498,7 @@ class Gate:
                 continue
             out.append((k, v))
         out += self._add
-        client = scope.get("client")
-        forwarded = None
-        if client and self._trusted(str(client[0])):
-            given = [
-                v.decode("latin-1").strip()
-                for k, v in headers.raw
-                if header_name(k) == "x-forwarded-for"
-            ]
-            forwarded = ", ".join(g for g in given if g) or None
-        if client:
-            forwarded = f"{forwarded}, {client[0]}" if forwarded else str(client[0])
+        forwarded = self.forwarded.chain(scope)
         if forwarded:
             out.append((b"x-forwarded-for", forwarded.encode("latin-1")))
         out.append((b"x-forwarded-proto", str(scope.get("scheme", "http")).encode("latin-1")))
@@ -548,15 +511,6 @@ class Gate:
                 (b"writ-resource", str(passed["resource"]).encode("latin-1")),
             ]
         return out
-
-    def _trusted(self, address: str) -> bool:
-        if not self.trusted:
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.trusted)
 
     async def _forward(
         self,

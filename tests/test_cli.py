@@ -613,6 +613,10 @@ def test_watch_prints_rows_live_and_stops_on_ctrl_c(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal sends it, whatever the suite inherited: a shell's background
+        # job ignores SIGINT, and a Python started with it ignored never raises
+        # KeyboardInterrupt (the test then hung until its timeout)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         ok(["acquire", res, "--intent", "watched"], agent_env)

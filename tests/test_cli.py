@@ -6,8 +6,11 @@ tests can see what the child was given and which signals reached it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -463,6 +466,100 @@ def test_run_kills_the_child_when_the_lease_expired_during_a_stall(
     assert proc.returncode == EXIT_LEASE_LOST, stderr
     assert "expired" in stderr and "SIGTERM" in stderr
     assert out.read_text().splitlines()[1:] == ["SIGTERM"]
+
+
+# A grandchild for `writ run`: COMMAND (a shell) starts it in the background and waits.
+# It ignores SIGTERM and notes its pid, then works on.
+GRANDCHILD = textwrap.dedent("""
+    import os, signal, sys, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with open(sys.argv[1], "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(0.02)
+""")
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` ends within ``timeout`` seconds (a pidfd, not a sleep)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def _shell_with_a_grandchild(out: Path) -> list[str]:
+    script = (
+        f"{shlex.quote(sys.executable)} -c {shlex.quote(GRANDCHILD)} {shlex.quote(str(out))} & wait"
+    )
+    return ["sh", "-c", script]
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="pidfd: Linux")
+def test_run_stops_the_commands_children_when_the_lease_is_lost(
+    agent_env: dict[str, str], live_server: LiveServer, tmp_path: Path
+) -> None:
+    """A lease lost stops what COMMAND started too, a grandchild that ignores SIGTERM
+    included: it was left writing with no lease (only COMMAND itself was signalled)."""
+    out = tmp_path / "grandchild.pid"
+    res = unique("r")
+    _, human_token = live_server.principal("human")
+
+    def revoke() -> None:
+        wait_until(lambda: out.exists() and out.read_text())
+        with live_server.client(human_token) as human:
+            lease_id = human.status(res)["leases"][0]["lease_id"]
+            human.revoke(lease_id, "R-44", "oncall", "runaway")
+
+    with in_background(revoke):
+        result = cli(
+            [
+                "run",
+                res,
+                "--intent",
+                "x",
+                "--ttl",
+                "1",
+                "--grace",
+                "0.3",
+                "--",
+                *_shell_with_a_grandchild(out),
+            ],
+            agent_env,
+        )
+    grandchild = int(out.read_text())
+    try:
+        assert result.exit_code == EXIT_LEASE_LOST, result.stderr
+        assert _gone(grandchild, 5), "the grandchild outlived the lease"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(grandchild, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="pidfd: Linux")
+def test_run_stops_what_the_command_left_running_before_releasing(
+    agent_env: dict[str, str], tmp_path: Path
+) -> None:
+    """COMMAND exits and leaves a process of its own running: it is stopped before the
+    lease is released (it went on writing while the next holder held the resource)."""
+    out = tmp_path / "grandchild.pid"
+    shell = _shell_with_a_grandchild(out)
+    shell[-1] = shell[-1].replace(
+        "& wait", "& while [ ! -s " + shlex.quote(str(out)) + " ]; do :; done"
+    )
+    result = cli(["run", unique("r"), "--intent", "x", "--grace", "0.3", "--", *shell], agent_env)
+    grandchild = int(out.read_text())
+    try:
+        assert result.exit_code == 0, result.stderr
+        assert "processes it started still run" in result.stderr
+        assert _gone(grandchild, 5), "the grandchild outlived the lease"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(grandchild, signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------------- safety

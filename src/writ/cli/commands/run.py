@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from writ.cli._helpers import (
 )
 from writ.cli.commands.lease import _rollback_plan, lease_request_options
 from writ.cli.options import api_options
-from writ.cli.spawn import popen_tied
+from writ.cli.spawn import Job
 from writ.cli.wait import live_line
 from writ.core.errors import LeaseLost
 from writ.core.textsafe import printable
@@ -85,12 +84,14 @@ def run(
     \b
         writ run prod/db --intent "resize" --ttl 30 -- examples/resize.sh 8
 
-    COMMAND gets WRIT_LEASE_ID, WRIT_LOCK_KEY and WRIT_FENCING_TOKEN in its environment.
-    The lease is renewed every ttl/3 and released when COMMAND exits. If the lease is lost
-    (revoked, expired, or not renewable before its expiry) COMMAND gets SIGTERM, then
-    SIGKILL after --grace seconds, and writ run exits 75. Otherwise it exits with COMMAND's
-    status (128+N if a signal N killed it); 1 if the lease was refused, 127 if COMMAND
-    cannot be started. SIGTERM and SIGHUP sent to writ run are passed on to COMMAND.
+    COMMAND gets WRIT_LEASE_ID, WRIT_LOCK_KEY and WRIT_FENCING_TOKEN in its environment,
+    and runs in a process group of its own. The lease is renewed every ttl/3 and released
+    when COMMAND exits (what COMMAND left running is stopped first). If the lease is lost
+    (revoked, expired, or not renewable before its expiry) COMMAND's whole process group
+    gets SIGTERM, then SIGKILL after --grace seconds, and writ run exits 75. Otherwise it
+    exits with COMMAND's status (128+N if a signal N killed it); 1 if the lease was refused,
+    127 if COMMAND cannot be started. SIGTERM, SIGHUP and SIGINT sent to writ run are
+    passed on to COMMAND's process group.
     """
     plan = _rollback_plan(rollback_path, key_holder, override_queue, denominator)
     wake = threading.Event()
@@ -111,26 +112,29 @@ def run(
         if warning := (lease.data or {}).get("warning"):
             click.echo(printable(f"writ run: warning: {warning}"), err=True)
         try:
-            # dies with writ run, even SIGKILLed (Linux): see writ.cli.spawn
-            proc = popen_tied(command, env={**os.environ, **lease.env()})
+            # in a group of its own, dying with writ run even SIGKILLed: see writ.cli.spawn
+            job = Job(command, env={**os.environ, **lease.env()})
         except OSError as exc:
             lease.close()
             raise Failed(
                 f"cannot run {command[0]!r}: {exc.strerror or exc}", EXIT_NOT_FOUND
             ) from exc
-
-        def reap() -> None:
-            proc.wait()
-            wake.set()
-
-        threading.Thread(target=reap, name="writ-run-reap", daemon=True).start()
-        with _forward_signals(proc):
-            while proc.poll() is None and not lease.lost.is_set():
+        threading.Thread(
+            target=job.reap, args=(wake.set,), name="writ-run-reap", daemon=True
+        ).start()
+        with _forward_signals(job):
+            while not job.exited.is_set() and not lease.lost.is_set():
                 wake.wait()
                 wake.clear()
+                if job.stopped.is_set():
+                    job.suspend()
             if lease.lost.is_set():
-                _stop_child(proc, lease.error, grace)
-        rc = proc.wait()
+                _stop(job, lease.error, grace)
+            elif job.running():  # the command is done, what it started is not: the lease
+                _stop_left(job, grace)  # is released only once nothing of it can write
+            job.exited.wait()
+            job.give_terminal_back()
+        rc = job.returncode if job.returncode is not None else 1
         if lease.lost.is_set():
             with contextlib.suppress(LeaseLost):
                 lease.close()  # stops renewing; nothing to release
@@ -144,39 +148,55 @@ def run(
     sys.exit(rc if rc >= 0 else 128 - rc)
 
 
-def _stop_child(proc: subprocess.Popen[bytes], error: LeaseLost | None, grace: float) -> None:
+def _stop(job: Job, error: LeaseLost | None, grace: float) -> None:
     why = error.message if error else "lease lost"
-    if proc.poll() is not None:
+    if not job.running():
         click.echo(f"writ run: {why} (the command had already exited)", err=True)
         return
-    click.echo(f"writ run: {why}; sending SIGTERM to pid {proc.pid}", err=True)
-    proc.terminate()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        click.echo(f"writ run: pid {proc.pid} still running after {grace:g}s; SIGKILL", err=True)
-        proc.kill()
-        proc.wait()
+    click.echo(f"writ run: {why}; sending SIGTERM to pid {job.pid} and its process group", err=True)
+    if job.stop(grace):
+        click.echo(
+            f"writ run: process group {job.pid} still running after {grace:g}s; SIGKILL",
+            err=True,
+        )
+
+
+def _stop_left(job: Job, grace: float) -> None:
+    click.echo(
+        f"writ run: the command exited; processes it started still run (process group "
+        f"{job.pid}): sending SIGTERM before the lease is released",
+        err=True,
+    )
+    if job.stop(grace):
+        click.echo(f"writ run: still running after {grace:g}s; SIGKILL", err=True)
 
 
 @contextlib.contextmanager
-def _forward_signals(proc: subprocess.Popen[bytes]) -> Iterator[None]:
-    """Pass SIGTERM and SIGHUP on to the child; Ctrl-C reaches it from the terminal, so
-    writ run itself ignores SIGINT and waits for the child to finish."""
+def _forward_signals(job: Job) -> Iterator[None]:
+    """Pass SIGTERM, SIGHUP and SIGINT on to the command's process group; Ctrl-Z (SIGTSTP,
+    when writ run has the terminal) stops the group and writ run, and a continue goes on
+    with both. SIGTTOU is ignored: writ run, in the background while the command has the
+    terminal, may still write its notes to it and take the terminal back."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def forward(signum: int, frame: Any) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
+        job.signal(signum)
+
+    def suspend(signum: int, frame: Any) -> None:
+        job.signal(signal.SIGTSTP)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        job.signal(signal.SIGCONT)
 
     saved = {
         sig: signal.signal(sig, handler)
         for sig, handler in (
             (signal.SIGTERM, forward),
             (signal.SIGHUP, forward),
-            (signal.SIGINT, signal.SIG_IGN),
+            (signal.SIGINT, forward),
+            (signal.SIGTSTP, suspend),
+            (signal.SIGTTOU, signal.SIG_IGN),
         )
     }
     try:

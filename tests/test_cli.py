@@ -380,6 +380,45 @@ def test_run_gives_the_child_its_lease(agent_env: dict[str, str], tmp_path: Path
     assert lock_key == f"{res}/{token}" and lease_id.startswith("ls_")
 
 
+def test_run_gives_the_child_no_credential_but_its_own(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """The admin token (exported in the shell that runs writ run for an agent), the metrics
+    token and the webhook secret stay with writ run; WRIT_TOKEN is the holder's own token,
+    even when --token named another than the environment's."""
+    _, agent = live_server.principal("agent")
+    secrets = {
+        "WRIT_ADMIN_TOKEN": "admin-secret",
+        "WRIT_METRICS_TOKEN": "metrics-secret",
+        "WRIT_WEBHOOK_SECRET": "webhook-secret",
+        "WRIT_GATE_TOKEN": "gate-secret",
+        "WRIT_MCP_HTTP_TOKEN": "mcp-secret",
+    }
+    env = {**live_server.env(), **secrets}  # WRIT_TOKEN: the admin's
+    out = tmp_path / "env.json"
+    code = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
+    ok(
+        [
+            "run",
+            unique("r"),
+            "--intent",
+            "x",
+            "--token",
+            agent,
+            "--",
+            sys.executable,
+            "-c",
+            code,
+            str(out),
+        ],
+        env,
+    )
+    seen = json.loads(out.read_text())
+    assert not secrets.keys() & seen.keys()
+    assert seen["WRIT_TOKEN"] == agent
+    assert seen["WRIT_URL"] == live_server.url
+
+
 def test_run_refused_exits_1_without_running(
     agent_env: dict[str, str], live_server: LiveServer, tmp_path: Path
 ) -> None:

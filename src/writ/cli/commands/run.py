@@ -85,7 +85,8 @@ def run(
         writ run prod/db --intent "resize" --ttl 30 -- examples/resize.sh 8
 
     COMMAND gets WRIT_LEASE_ID, WRIT_LOCK_KEY and WRIT_FENCING_TOKEN in its environment,
-    and runs in a process group of its own. The lease is renewed every ttl/3 and released
+    WRIT_URL and WRIT_TOKEN as writ run used them, and none of writ's other credentials
+    (WRIT_ADMIN_TOKEN, ...); it runs in a process group of its own. The lease is renewed every ttl/3 and released
     when COMMAND exits (what COMMAND left running is stopped first). If the lease is lost
     (revoked, expired, or not renewable before its expiry) COMMAND's whole process group
     gets SIGTERM, then SIGKILL after --grace seconds, and writ run exits 75. Otherwise it
@@ -113,7 +114,7 @@ def run(
             click.echo(printable(f"writ run: warning: {warning}"), err=True)
         try:
             # in a group of its own, dying with writ run even SIGKILLed: see writ.cli.spawn
-            job = Job(command, env={**os.environ, **lease.env()})
+            job = Job(command, env=_child_env(client.url, client.token, lease.env()))
         except OSError as exc:
             lease.close()
             raise Failed(
@@ -146,6 +147,29 @@ def run(
                 f"lease lost while {command[0]!r} ran: {exc.message}", EXIT_LEASE_LOST
             ) from exc
     sys.exit(rc if rc >= 0 else 128 - rc)
+
+
+# credentials writ's commands read from the environment that COMMAND has no use for: the
+# bootstrap admin's token (often exported in the shell that runs writ run for an agent),
+# the metrics token, the webhook secret, the gate's and the MCP listener's tokens
+KEPT_BACK = (
+    "WRIT_ADMIN_TOKEN",
+    "WRIT_METRICS_TOKEN",
+    "WRIT_WEBHOOK_SECRET",
+    "WRIT_GATE_TOKEN",
+    "WRIT_MCP_HTTP_TOKEN",
+)
+
+
+def _child_env(url: str, token: str | None, lease: dict[str, str]) -> dict[str, str]:
+    """writ run's environment for COMMAND, less :data:`KEPT_BACK`; ``WRIT_URL`` and
+    ``WRIT_TOKEN`` are the server and the token writ run holds the lease with (so COMMAND
+    can call writ as the holder: ``writ change``, ``writ fence``), and the lease's own."""
+    env = {k: v for k, v in os.environ.items() if k not in KEPT_BACK and k != "WRIT_TOKEN"}
+    env["WRIT_URL"] = url
+    if token:
+        env["WRIT_TOKEN"] = token
+    return {**env, **lease}
 
 
 def _stop(job: Job, error: LeaseLost | None, grace: float) -> None:

@@ -327,3 +327,16 @@ def test_checkpoint_and_verify_through_a_server(tmp_path: Path) -> None:
         out = json.loads(res.output)
         assert out["ok"] is False and out["first_bad_seq"] == cp.seq
         assert "rewritten and re-hashed" in out["reason"]
+
+
+async def test_checkpoints_that_disagree_at_one_seq_fail(engine: Engine, tmp_path: Path) -> None:
+    """Two checkpoints of one seq with different hashes: the ledger was forked, or one is
+    forged. The genuine one (kept off the host) was dropped unseen when the forged one, made
+    with the intruder's own key over the rewritten rows, came after it in the list."""
+    genuine = await make(engine.store, generate_key())
+    _edit(tmp_path, 4, rehash=True)
+    forged = await make(engine.store, generate_key())
+    assert forged.seq == genuine.seq and forged.hash != genuine.hash
+    for order in ([genuine, forged], [forged, genuine]):
+        with pytest.raises(CheckpointError, match="disagree at seq 10"):
+            await verify_store(engine.store, order)

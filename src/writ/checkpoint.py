@@ -5,6 +5,7 @@ from writ.evidence.checkpoint import Checkpoint as Checkpoint
 from writ.evidence.checkpoint import Checkpointer as Checkpointer
 from writ.evidence.checkpoint import CheckpointError as CheckpointError
 from writ.evidence.checkpoint import Outcome as Outcome
+from writ.evidence.checkpoint import check_all as check_all
 from writ.evidence.checkpoint import generate_key as generate_key
 from writ.evidence.checkpoint import key_id as key_id
 from writ.evidence.checkpoint import latest_in as latest_in
@@ -23,6 +24,7 @@ __all__ = [
     "CheckpointError",
     "Checkpointer",
     "Outcome",
+    "check_all",
     "generate_key",
     "key_id",
     "latest_in",

@@ -67,6 +67,7 @@ __all__ = [
     "CheckpointError",
     "Checkpointer",
     "Outcome",
+    "check_all",
     "generate_key",
     "key_id",
     "latest_in",
@@ -358,6 +359,22 @@ class Outcome:
         }
 
 
+def check_all(checkpoints: Sequence[Checkpoint], trusted: Ed25519PublicKey | None) -> None:
+    """Raise :class:`CheckpointError` unless each signature holds (by ``trusted``) and the
+    checkpoints of one seq agree on its hash: two that do not say the ledger was forked or
+    one of them is forged, and neither may be dropped in favour of the other."""
+    seen: dict[int, Checkpoint] = {}
+    for cp in checkpoints:
+        cp.check_signature(trusted)
+        other = seen.setdefault(cp.seq, cp)
+        if other.hash != cp.hash:
+            raise CheckpointError(
+                f"{other.name} and {cp.name} disagree at seq {cp.seq} ({other.hash[:12]}… "
+                f"signed by key {key_id(other.public_key)}, {cp.hash[:12]}… by key "
+                f"{key_id(cp.public_key)}): one of them is forged, or the ledger was forked"
+            )
+
+
 async def verify_store(
     store: Store,
     checkpoints: Sequence[Checkpoint],
@@ -370,8 +387,7 @@ async def verify_store(
     checkpoint's seq has another hash: the change lies after the last checkpoint that still
     matches), or when rows were removed (the ledger ends before the checkpoint's seq).
     """
-    for cp in checkpoints:
-        cp.check_signature(trusted)
+    check_all(checkpoints, trusted)
     want = {cp.seq: cp for cp in sorted(checkpoints, key=lambda c: c.seq)}
     report = {
         cp.seq: {"seq": cp.seq, "hash": cp.hash, "file": cp.source, "ok": None}

@@ -321,8 +321,9 @@ def verify_checkpoints(
 def _verify_over_http(cps: list[Any], trusted: Any, url: str, token: str | None) -> dict[str, Any]:
     """The server recomputes the chain; the rows at each checkpoint seq must still carry the
     signed hashes."""
-    for cp in cps:
-        cp.check_signature(trusted)
+    from writ.evidence.checkpoint import check_all
+
+    check_all(cps, trusted)
     with Client(url, token, timeout=600.0) as client:
         v = client.verify()
         out: dict[str, Any] = {

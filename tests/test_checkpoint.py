@@ -340,3 +340,30 @@ async def test_checkpoints_that_disagree_at_one_seq_fail(engine: Engine, tmp_pat
     for order in ([genuine, forged], [forged, genuine]):
         with pytest.raises(CheckpointError, match="disagree at seq 10"):
             await verify_store(engine.store, order)
+
+
+def test_a_hostile_checkpoint_file_is_refused(tmp_path: Path) -> None:
+    """A checkpoint is a few hundred bytes of plain text, its signature spelled one way: a
+    file padded to any size is refused unread (one of gigabytes was read whole), and so
+    is a signature spelled another way for the same bytes, or a line a terminal would
+    obey (a forger's signed_at, printed by verify)."""
+    from writ.evidence.checkpoint import MAX_FILE, sign
+
+    key = generate_key()
+    cp = sign(key, 5, "ab" * 32, "2026-05-16T02:17:00.000000Z", "2026-05-16T02:18:00.000000Z")
+    padded = tmp_path / "padded.txt"
+    padded.write_text(cp.text() + "\n" * MAX_FILE)
+    with pytest.raises(CheckpointError, match="larger than"):
+        read_checkpoint(padded)
+    with pytest.raises(CheckpointError, match="larger than"):
+        load_public_key(padded)
+    sig = cp.text().splitlines()[-1].removeprefix("signature: ")
+    assert sig.endswith("==")  # 64 bytes: the last character carries 4 unused bits
+    respelled = sig[:-3] + chr(ord(sig[-3]) + 1) + "=="
+    text = cp.text().replace(sig, respelled)
+    assert parse(cp.text()).signature == cp.signature
+    with pytest.raises(CheckpointError, match="reformatted"):
+        parse(text)
+    evil = sign(key, 5, "ab" * 32, None, "2026-05-16T02:18:00Z\x1b]0;pwned\x07")
+    with pytest.raises(CheckpointError, match="control"):
+        parse(evil.text())

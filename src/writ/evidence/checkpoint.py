@@ -57,6 +57,7 @@ from writ.core.ledger import (
     kept_row_differs,
     verify,
 )
+from writ.core.textsafe import printable
 
 if TYPE_CHECKING:
     from writ.engine import Engine
@@ -83,6 +84,7 @@ __all__ = [
 ]
 
 FORMAT = "1"
+MAX_FILE = 64 << 10  # a checkpoint or a PEM key is well under 1 KiB; a larger file is refused
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _FILE = re.compile(r"checkpoint-(\d+)\.txt")
 _KNOWN = frozenset(
@@ -95,6 +97,19 @@ class CheckpointError(Invalid):
 
 
 # ----------------------------------------------------------------------------- keys
+def _read_small(path: str | Path, what: str) -> bytes:
+    """``path``'s bytes, refused unread past :data:`MAX_FILE` (a checkpoint or a key is
+    small; a file of gigabytes, or ``/dev/zero``, is not one)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE + 1)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE:
+        raise CheckpointError(f"{path} is larger than {MAX_FILE} bytes: not a {what}")
+    return data
+
+
 def generate_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
 
@@ -132,10 +147,7 @@ def write_key(path: str | Path, key: Ed25519PrivateKey | None = None) -> tuple[P
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"cannot read signing key {path}: {exc.strerror or exc}") from None
+    data = _read_small(path, "signing key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -147,10 +159,7 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
     """A public key from a PEM public key, a PEM private key, or a checkpoint file."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"cannot read public key {path}: {exc.strerror or exc}") from None
+    data = _read_small(path, "public key")
     if b"PRIVATE KEY" in data:
         return load_private_key(path).public_key()
     if data.startswith(b"writ-checkpoint:"):
@@ -235,6 +244,8 @@ def parse(text: str, source: str | None = None) -> Checkpoint:
         key, sep, value = line.partition(": ")
         if not sep or not key or key != key.strip():
             raise CheckpointError(f"{where}:{n}: not a 'key: value' line: {line[:60]!r}")
+        if printable(line) != line:  # verify prints its values: nothing a terminal obeys
+            raise CheckpointError(f"{where}:{n}: a control or bidi character: {line[:60]!r}")
         if key in values:
             raise CheckpointError(f"{where}:{n}: {key} appears twice")
         values[key] = value
@@ -268,7 +279,7 @@ def parse(text: str, source: str | None = None) -> Checkpoint:
     )
     if "key_id" in values and values["key_id"] != key_id(public):
         raise CheckpointError(f"{where}: key_id does not belong to public_key")
-    if cp.body() + f"signature: {values['signature']}\n" != _normal(text):
+    if cp.text() != _normal(text):  # the signature too: one spelling of its bytes
         raise CheckpointError(
             f"{where}: lines are out of order or reformatted; the signed text cannot be rebuilt"
         )
@@ -281,8 +292,8 @@ def _normal(text: str) -> str:
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = _read_small(path, "checkpoint").decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
     return parse(text, str(path))
 

@@ -367,3 +367,18 @@ def test_a_hostile_checkpoint_file_is_refused(tmp_path: Path) -> None:
     evil = sign(key, 5, "ab" * 32, None, "2026-05-16T02:18:00Z\x1b]0;pwned\x07")
     with pytest.raises(CheckpointError, match="control"):
         parse(evil.text())
+
+
+def test_a_signing_key_others_may_read_is_refused(tmp_path: Path) -> None:
+    """A private key every user of the host may read signs nothing (it was used as it
+    was): whoever read it can sign checkpoints over a rewritten ledger."""
+    priv, pub = write_key(tmp_path / "k")
+    os.chmod(priv, 0o644)
+    with pytest.raises(CheckpointError, match="other users may read"):
+        load_private_key(priv)
+    r = CliRunner().invoke(main, ["audit", "checkpoint", "--key", str(priv), "--store", "x"])
+    assert r.exit_code == 1 and "chmod 600" in r.output
+    os.chmod(priv, 0o640)  # its group (the server's) may
+    assert load_private_key(priv).public_key().public_bytes_raw() == (
+        load_public_key(pub).public_bytes_raw()
+    )

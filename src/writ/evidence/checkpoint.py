@@ -23,8 +23,9 @@ included. Readers ignore lines they do not know (they are still covered by the s
 The embedded public key makes a checkpoint self-checking; to know *who* signed it, verify
 with the key you trust (``--pubkey``): a forger can always sign with a key of their own.
 
-Keys are PEM files: the private key PKCS#8 (written mode 0600), the public key
-SubjectPublicKeyInfo next to it as ``KEY.pub`` (``writ audit keygen``).
+Keys are PEM files: the private key PKCS#8 (written mode 0600, refused when other users
+may read it), the public key SubjectPublicKeyInfo next to it as ``KEY.pub`` (``writ audit
+keygen``).
 
 :class:`Checkpointer` writes one every N rows from inside ``writ serve`` (an engine ticker).
 """
@@ -97,11 +98,18 @@ class CheckpointError(Invalid):
 
 
 # ----------------------------------------------------------------------------- keys
-def _read_small(path: str | Path, what: str) -> bytes:
+def _read_small(path: str | Path, what: str, private: bool = False) -> bytes:
     """``path``'s bytes, refused unread past :data:`MAX_FILE` (a checkpoint or a key is
-    small; a file of gigabytes, or ``/dev/zero``, is not one)."""
+    small; a file of gigabytes, or ``/dev/zero``, is not one). A ``private`` key that
+    other users may read is refused (its group may: the server's, say)."""
     try:
         with open(path, "rb") as f:
+            if private and os.fstat(f.fileno()).st_mode & 0o004:
+                raise CheckpointError(
+                    f"{what} {path}: other users may read it (mode "
+                    f"{os.fstat(f.fileno()).st_mode & 0o777:o}); anyone who read it can "
+                    f"sign checkpoints: chmod 600 {path}, and make a new key if it was shared"
+                )
             data = f.read(MAX_FILE + 1)
     except OSError as exc:
         raise CheckpointError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
@@ -147,7 +155,7 @@ def write_key(path: str | Path, key: Ed25519PrivateKey | None = None) -> tuple[P
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
-    data = _read_small(path, "signing key")
+    data = _read_small(path, "signing key", private=True)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

@@ -419,6 +419,24 @@ def test_run_gives_the_child_no_credential_but_its_own(
     assert seen["WRIT_URL"] == live_server.url
 
 
+@pytest.mark.parametrize(
+    "option", [("--grace", "inf"), ("--grace", "nan"), ("--grace", "-1"), ("--renew-every", "nan")]
+)
+def test_run_refuses_a_grace_or_renewal_that_is_no_time(
+    agent_env: dict[str, str], tmp_path: Path, option: tuple[str, str]
+) -> None:
+    """--grace inf took the lease and ran COMMAND, then failed (OverflowError) when the
+    lease was lost, leaving COMMAND's group running; nan renewed in a busy loop."""
+    out = tmp_path / "ran"
+    code = "import sys; open(sys.argv[1], 'w').write('ran')"
+    result = cli(
+        ["run", unique("r"), "--intent", "x", *option, "--", sys.executable, "-c", code, str(out)],
+        agent_env,
+    )
+    assert result.exit_code == 2 and option[0] in result.stderr, result.stderr
+    assert not out.exists()
+
+
 def test_run_refused_exits_1_without_running(
     agent_env: dict[str, str], live_server: LiveServer, tmp_path: Path
 ) -> None:

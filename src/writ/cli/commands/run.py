@@ -28,6 +28,21 @@ from writ.core.errors import LeaseLost
 from writ.core.textsafe import printable
 
 
+class _Seconds(click.FloatRange):
+    """Seconds, 0 to an hour: not nan (which every range check lets through), not inf."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        out = super().convert(value, param, ctx)
+        if out != out:
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return out
+
+
+SECONDS = _Seconds(0, 3600)
+
+
 # ----------------------------------------------------------------------------- writ run
 @click.command()
 @click.argument("resource")
@@ -48,14 +63,14 @@ from writ.core.textsafe import printable
 )
 @click.option(
     "--grace",
-    type=float,
+    type=SECONDS,
     default=10,
     show_default=True,
     help="Seconds between SIGTERM and SIGKILL when the lease is lost.",
 )
 @click.option(
     "--renew-every",
-    type=float,
+    type=SECONDS,
     default=None,
     metavar="SECONDS",
     help="Renewal interval (default ttl/3).",
@@ -86,8 +101,9 @@ def run(
 
     COMMAND gets WRIT_LEASE_ID, WRIT_LOCK_KEY and WRIT_FENCING_TOKEN in its environment,
     WRIT_URL and WRIT_TOKEN as writ run used them, and none of writ's other credentials
-    (WRIT_ADMIN_TOKEN, ...); it runs in a process group of its own. The lease is renewed every ttl/3 and released
-    when COMMAND exits (what COMMAND left running is stopped first). If the lease is lost
+    (WRIT_ADMIN_TOKEN, ...); it runs in a process group of its own. The lease is renewed
+    every ttl/3 and released when COMMAND exits (what COMMAND left running is stopped
+    first). If the lease is lost
     (revoked, expired, or not renewable before its expiry) COMMAND's whole process group
     gets SIGTERM, then SIGKILL after --grace seconds, and writ run exits 75. Otherwise it
     exits with COMMAND's status (128+N if a signal N killed it); 1 if the lease was refused,

@@ -382,3 +382,21 @@ def test_a_signing_key_others_may_read_is_refused(tmp_path: Path) -> None:
     assert load_private_key(priv).public_key().public_bytes_raw() == (
         load_public_key(pub).public_bytes_raw()
     )
+
+
+def test_files_are_written_through_no_planted_symlink(tmp_path: Path) -> None:
+    """In a directory others may write to (--out /tmp/cp.txt), a symlink planted at the
+    temporary name or at KEY.pub made writ overwrite the file it points to."""
+    from writ.evidence.checkpoint import sign
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / ".cp.txt.tmp").symlink_to(victim)
+    cp = sign(generate_key(), 5, "ab" * 32, None, "2026-05-16T02:18:00.000000Z")
+    write_checkpoint(cp, tmp_path / "cp.txt")
+    assert victim.read_text() == "precious"
+    assert read_checkpoint(tmp_path / "cp.txt") == cp
+    (tmp_path / "k.pub").symlink_to(victim)
+    with pytest.raises(CheckpointError, match="symlink"):
+        write_key(tmp_path / "k")
+    assert victim.read_text() == "precious"

@@ -33,9 +33,11 @@ keygen``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -137,6 +139,8 @@ def write_key(path: str | Path, key: Ed25519PrivateKey | None = None) -> tuple[P
     pub = priv.with_name(priv.name + ".pub")
     if priv.exists():
         raise CheckpointError(f"{priv} exists: refusing to overwrite a signing key")
+    if pub.is_symlink():  # never written through: it may point anywhere
+        raise CheckpointError(f"{pub} is a symlink: refusing to write the public key there")
     priv.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -146,11 +150,16 @@ def write_key(path: str | Path, key: Ed25519PrivateKey | None = None) -> tuple[P
     fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    pub.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    try:
+        fd = os.open(pub, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {pub}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
         )
-    )
     return priv, pub
 
 
@@ -310,12 +319,19 @@ def write_checkpoint(cp: Checkpoint, path: str | Path) -> Path:
     """Write atomically (a reader never sees half a checkpoint)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(cp.text())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
+    # a new file of a name no one could plant a symlink at (the directory may be /tmp)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        os.fchmod(fd, 0o644)  # public: a checkpoint is for copying elsewhere
+        with open(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(cp.text())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return p
 
 

@@ -14,6 +14,7 @@ import os
 import queue
 import re
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -37,6 +38,7 @@ __all__ = [
     "LiveServer",
     "add_principals",
     "all_rows",
+    "gone_within",
     "in_background",
     "live_server",
     "run_writ",
@@ -46,6 +48,19 @@ __all__ = [
     "verify",
     "wait_until",
 ]
+
+
+def gone_within(pid: int, timeout: float) -> bool:
+    """Wait (on the kernel's exit notification, a pidfd, not a sleep) up to ``timeout``
+    seconds for process ``pid`` to end; whether it did."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
 
 
 def unique(prefix: str = "t") -> str:

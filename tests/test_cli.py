@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import shlex
 import signal
 import sqlite3
@@ -25,7 +24,15 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.server_fixtures import LiveServer, free_port, in_background, serve, unique, wait_until
+from tests.server_fixtures import (
+    LiveServer,
+    free_port,
+    gone_within,
+    in_background,
+    serve,
+    unique,
+    wait_until,
+)
 from writ.cli import EXIT_LEASE_LOST, main
 from writ.client import Client
 
@@ -537,18 +544,6 @@ GRANDCHILD = textwrap.dedent("""
 """)
 
 
-def _gone(pid: int, timeout: float) -> bool:
-    """Whether process ``pid`` ends within ``timeout`` seconds (a pidfd, not a sleep)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
-
-
 def _shell_with_a_grandchild(out: Path) -> list[str]:
     script = (
         f"{shlex.quote(sys.executable)} -c {shlex.quote(GRANDCHILD)} {shlex.quote(str(out))} & wait"
@@ -591,7 +586,7 @@ def test_run_stops_the_commands_children_when_the_lease_is_lost(
     grandchild = int(out.read_text())
     try:
         assert result.exit_code == EXIT_LEASE_LOST, result.stderr
-        assert _gone(grandchild, 5), "the grandchild outlived the lease"
+        assert gone_within(grandchild, 5), "the grandchild outlived the lease"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(grandchild, signal.SIGKILL)
@@ -613,7 +608,7 @@ def test_run_stops_what_the_command_left_running_before_releasing(
     try:
         assert result.exit_code == 0, result.stderr
         assert "processes it started still run" in result.stderr
-        assert _gone(grandchild, 5), "the grandchild outlived the lease"
+        assert gone_within(grandchild, 5), "the grandchild outlived the lease"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(grandchild, signal.SIGKILL)

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server_fixtures import LiveServer, unique
+from tests.server_fixtures import LiveServer, gone_within, unique
 from tests.stores_fixtures import Backend
 from tests.test_http import ADMIN, Writ, admin_env, error, serve, writ  # noqa: F401
 from writ.api.middleware import _INTERNAL_ERROR
@@ -594,19 +594,6 @@ def test_the_route_checks_judge_as_their_one_pattern_did() -> None:
         assert ("Prometheus" in problem) == prometheus, (route, problem)
 
 
-def _gone_within(pid: int, timeout: float) -> bool:
-    """Wait (on the kernel's exit notification, a pidfd, not a sleep) up to ``timeout``
-    seconds for process ``pid`` to end; whether it did."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
-
-
 def _read_line(stream: Any, timeout: float) -> str:
     """One line from a pipe, waiting at most ``timeout`` seconds for it."""
     ready, _, _ = select.select([stream], [], [], timeout)
@@ -642,10 +629,10 @@ def test_run_sigkilled_takes_its_command_with_it(live_server: LiveServer) -> Non
     try:
         assert run.stdout is not None
         child = int(_read_line(run.stdout, 30).strip())
-        assert not _gone_within(child, 0), "the command should be running"
+        assert not gone_within(child, 0), "the command should be running"
         run.kill()  # SIGKILL: writ run can do nothing about it
         run.wait(10)
-        assert _gone_within(child, 10), "the command outlived writ run"
+        assert gone_within(child, 10), "the command outlived writ run"
     finally:
         if child:
             with contextlib.suppress(ProcessLookupError):

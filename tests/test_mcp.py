@@ -7,6 +7,7 @@ text of a refusal must say who holds the resource and what to do next.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -448,3 +449,50 @@ async def test_closed_mode_tool_errors_say_what_the_agent_may_do(tmp_path: Any) 
                 a, "wake_holder", lease_id=lease["lease_id"], reason="overprovisioned?"
             )
             assert woke["holder"] == "perf-agent" and woke["already_woken_at"] is None
+
+
+# ----------------------------------------------------------------------------- each session's share
+@asynccontextmanager
+async def _session_at(url: str) -> AsyncIterator[ClientSession]:
+    """Another MCP session to a `writ mcp --transport http` already running at ``url``."""
+    async with (
+        httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {HTTP_TOKEN}"},
+            timeout=httpx2.Timeout(30, read=300),
+        ) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+async def test_one_session_cannot_take_every_wait_of_the_server(
+    live_server: LiveServer, people: People
+) -> None:
+    """The sessions of one `writ mcp` share its client and its principal's waits on writ: a
+    session may have --max-waits-per-session tool calls waiting, one more is a tool error
+    (nothing done), and another session's calls still wait."""
+    env = {"WRIT_URL": live_server.url, "WRIT_TOKEN": people.a_token}
+    args = ["mcp", "--transport", "http", "--port", "0", "--http-token", HTTP_TOKEN]
+    with run_writ([*args, "--max-waits-per-session", "2"], env) as url:
+        async with _session_at(url) as a, _session_at(url) as b:
+            head = (await call(a, "watch_events", resource=people.resource, wait_s=0))[
+                "next_after_seq"
+            ]
+            ask = {"resource": people.resource, "after_seq": head, "wait_s": 60}
+            a_calls = [asyncio.ensure_future(a.call_tool("watch_events", ask)) for _ in range(3)]
+            done, _ = await asyncio.wait(a_calls, return_when=asyncio.FIRST_COMPLETED)
+            first = done.pop().result()  # the others wait: no event under the resource yet
+            text = " ".join(getattr(c, "text", "") for c in first.content)
+            assert first.is_error and "2 tool calls waiting" in text, text
+            b_calls = [asyncio.ensure_future(b.call_tool("watch_events", ask)) for _ in range(2)]
+            lease = await call(b, "acquire_write_authority", resource=people.resource, intent="x")
+            results = await asyncio.gather(*a_calls, *b_calls)
+            waited = [r for r in results if not r.is_error]
+            assert len(waited) == 4, [r.content for r in results if r.is_error]
+            for r in waited:
+                assert [row["event"] for row in r.structured_content["rows"]] == ["lease.granted"]
+            await call(b, "release_lease", lease_id=lease["lease_id"])
+            again = await call(a, "watch_events", **ask)  # its share is back once they returned
+            assert again["rows"]

@@ -1,20 +1,28 @@
 """What every MCP tool shares: the client (one principal), the check that its token is not a
-human's, and the call that turns a refusal into a tool error with guidance."""
+human's, the call that turns a refusal into a tool error with guidance, and each session's
+share of the calls that wait."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 
 from writ.client import AsyncClient
 from writ.core.errors import WritError
 from writ.mcp.refusals import guidance
+from writ.net.caps import PerKey
 
 HUMAN_KINDS = ("human", "queue")
 MAX_EVENTS = 200
+#: Tool calls one MCP session may have waiting at once (wait_s > 0, watch_events): a quarter
+#: of the 100 connections the client keeps for requests that wait, which every session of
+#: this server shares (as writ serve caps each principal's waits at a quarter of its own).
+WAITS_PER_SESSION = 25
 
 
 def _discard(aw: Awaitable[Any]) -> None:
@@ -22,13 +30,49 @@ def _discard(aw: Awaitable[Any]) -> None:
         aw.close()
 
 
+def _session_of(request: Context[Any, Any]) -> str:
+    """Which MCP session a tool call belongs to: over HTTP its ``Mcp-Session-Id`` (the SDK
+    hands each request a connection of its own, and refuses an id it did not issue); over
+    stdio, the one session of the process."""
+    http = request.request_context.request
+    if http is None:
+        return "stdio"
+    sid = getattr(http, "headers", {}).get("mcp-session-id")
+    return str(sid) if sid else f"request {id(http):x}"  # stateless: each call on its own
+
+
 class ToolContext:
     """The client the tools call writ with, and whose token it is (checked once)."""
 
-    def __init__(self, client: AsyncClient, allow_human: bool = False) -> None:
+    def __init__(
+        self, client: AsyncClient, allow_human: bool = False, waits: int = WAITS_PER_SESSION
+    ) -> None:
         self.client = client
         self.allow_human = allow_human
         self.identity: dict[str, Any] = {}
+        self.waits = PerKey(waits)  # each session's tool calls that wait, by session
+
+    @contextlib.contextmanager
+    def waiting(self, request: Context[Any, Any] | None, wait_s: float) -> Iterator[None]:
+        """Count one tool call of ``request``'s session that may wait (``wait_s`` > 0) while
+        the block runs; :class:`ToolError`, nothing done, when its session has as many as
+        it may already: the sessions of one server share its client and its principal's
+        waits on writ, so one session must not take them all."""
+        if not wait_s or request is None:  # (None: called without the SDK, in no session)
+            yield
+            return
+        key = _session_of(request)
+        if not self.waits.take(key):
+            raise ToolError(
+                f"This session already has {self.waits.cap} tool calls waiting on writ, the "
+                "most one session may have, so that it cannot hold every connection this MCP "
+                "server shares with its other sessions. Nothing was done. Call again once one "
+                "of them has returned, or with wait_s=0."
+            )
+        try:
+            yield
+        finally:
+            self.waits.give(key)
 
     async def guard(self) -> None:
         """Check once whose token this server holds (refusing human authority)."""

@@ -10,7 +10,7 @@ from mcp.server.mcpserver import MCPServer
 from writ._version import __version__
 from writ.client import AsyncClient
 from writ.mcp import resources
-from writ.mcp.context import ToolContext
+from writ.mcp.context import WAITS_PER_SESSION, ToolContext
 from writ.mcp.tools import authority, consent, leases, reads, rollbacks
 
 DEFAULT_HTTP_PORT = 7413
@@ -51,7 +51,10 @@ TOOL_NAMES = (
 
 
 def create_server(
-    client: AsyncClient, name: str = "writ", allow_human: bool = False
+    client: AsyncClient,
+    name: str = "writ",
+    allow_human: bool = False,
+    waits_per_session: int = WAITS_PER_SESSION,
 ) -> MCPServer[Any]:
     """An :class:`MCPServer` whose tools call writ through ``client`` (one principal).
 
@@ -65,7 +68,7 @@ def create_server(
         instructions=INSTRUCTIONS,
         log_level="WARNING",
     )
-    ctx = ToolContext(client, allow_human)
+    ctx = ToolContext(client, allow_human, waits_per_session)
     for module in (leases, consent, rollbacks, reads, authority):  # the order of TOOL_NAMES
         module.register(server, ctx)
     resources.register(server, ctx)

@@ -218,6 +218,15 @@ def gate_command(
     help="Let the tools act with a human's, a queue's or an admin's token (refused by "
     "default: a model must not answer consents with human authority).",
 )
+@click.option(
+    "--max-waits-per-session",
+    type=click.IntRange(1),
+    default=25,
+    show_default=True,
+    help="Tool calls that wait (wait_s > 0, watch_events) one MCP session may have at once; "
+    "one more is a tool error, nothing done. The sessions share one client and one "
+    "principal's waits on writ.",
+)
 @_allow_down
 @log_level_option
 @limit_options()
@@ -230,6 +239,7 @@ def mcp_command(
     path: str,
     http_token: str | None,
     allow_human_token: bool,
+    max_waits_per_session: int,
     allow_server_down: bool,
     log_level: str,
     **limits: Any,
@@ -265,6 +275,7 @@ def mcp_command(
                 log_level,
                 allow_human_token,
                 from_options(limits),
+                max_waits_per_session,
             )
         )
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any, Literal
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field
 
 from writ.mcp.context import ToolContext
@@ -75,13 +75,15 @@ def register(server: MCPServer[Any], ctx: ToolContext) -> None:
                 le=300,
             ),
         ] = 0,
+        request: Context[Any, Any] | None = None,
     ) -> dict[str, Any]:
         """Ask the author of a protected change (or a human) to let you touch it. Returns the
         consent with its status (pending, granted, denied, expired); when granted, pass its
         consent_id to acquire_write_authority. It is single-use."""
         consent = await _call(client.ask_consent(change_id, reason))
         if wait_s and consent.get("status") == "pending":
-            consent = await _call(client.consent(consent["consent_id"], wait_s))
+            with ctx.waiting(request, wait_s):
+                consent = await _call(client.consent(consent["consent_id"], wait_s))
         return consent
 
     @server.tool(annotations=_READ)
@@ -98,10 +100,12 @@ def register(server: MCPServer[Any], ctx: ToolContext) -> None:
                 le=300,
             ),
         ] = 0,
+        request: Context[Any, Any] | None = None,
     ) -> dict[str, Any]:
         """A consent request and its status: pending, granted, denied, expired (nobody
         answered in time: escalated to a human, not a denial) or used."""
-        return await _call(client.consent(consent_id, wait_s))
+        with ctx.waiting(request, wait_s):
+            return await _call(client.consent(consent_id, wait_s))
 
     @server.tool(annotations=_WRITE)
     async def answer_consent(

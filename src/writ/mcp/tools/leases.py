@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field
 
 from writ.mcp.context import ToolContext
@@ -71,6 +71,7 @@ def _take_and_give_back(server: MCPServer[Any], ctx: ToolContext) -> None:
                 description="how your change can be undone and which human queue holds the key",
             ),
         ] = None,
+        request: Context[Any, Any] | None = None,
     ) -> dict[str, Any]:
         """Acquire write authority (a lease) on a resource before changing it.
 
@@ -80,17 +81,18 @@ def _take_and_give_back(server: MCPServer[Any], ctx: ToolContext) -> None:
         covers its sub-paths and excludes its ancestors and blast-radius group. Refused
         with the holder's name and expiry if another agent holds it.
         """
-        lease = await _call(
-            client.acquire(
-                resource,
-                intent,
-                ttl_s,
-                wait_s,
-                touches,
-                consent_id,
-                rollback.model_dump(exclude_none=True) if rollback else None,
+        with ctx.waiting(request, wait_s):
+            lease = await _call(
+                client.acquire(
+                    resource,
+                    intent,
+                    ttl_s,
+                    wait_s,
+                    touches,
+                    consent_id,
+                    rollback.model_dump(exclude_none=True) if rollback else None,
+                )
             )
-        )
         lease["next"] = (
             f"You hold write authority on {lease['resource']} until {lease['expires_at']}. "
             f"Renew with renew_lease(lease_id={lease['lease_id']!r}) before then, send "

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field
 
 from writ.mcp.context import MAX_EVENTS, ToolContext
@@ -42,13 +42,15 @@ def register(server: MCPServer[Any], ctx: ToolContext) -> None:
         limit: Annotated[
             int, NUMBER, Field(description="at most this many events", ge=1, le=MAX_EVENTS)
         ] = 50,
+        request: Context[Any, Any] | None = None,
     ) -> dict[str, Any]:
         """Wait for audit events (grants, releases, expiries, changes, consents, rollbacks)
         under a resource. Returns {rows, next_after_seq}: pass next_after_seq back to continue
         where you left off."""
         cursor = await _call(client.last_seq()) if after_seq is None else {"result": after_seq}
         start = int(cursor["result"])
-        out = await _call(client.events(resource, start, wait_s))
+        with ctx.waiting(request, wait_s):
+            out = await _call(client.events(resource, start, wait_s))
         rows = list(out.get("rows") or [])[:limit]
         nxt = int(rows[-1]["seq"]) if rows else max(start, int(out.get("next_after_seq") or start))
         return {"rows": rows, "next_after_seq": nxt}

@@ -413,6 +413,40 @@ def test_a_client_holding_up_every_connection_makes_room_for_a_newcomer(
                 s.close()
 
 
+def _reset(s: socket.socket) -> bool:
+    """Whether the server has reset ``s``, read off the socket's TCP state without reading
+    (what the client has not read stays queued before the reset's error)."""
+    tcp_close = 7  # <netinet/tcp.h> TCP_CLOSE: where a reset leaves the socket
+    return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == tcp_close
+
+
+def test_a_client_that_never_reads_its_answers_is_reset_after_the_send_timeout(
+    tmp_path: Path,
+) -> None:
+    """A connection whose client stops reading held its slot for as long as it stayed (and,
+    through a gate, a connection to the upstream): with the listener far from full, nothing
+    made room. Now one that reads nothing of its answer for --send-timeout seconds is reset,
+    and one that reads goes on."""
+    with writ(tmp_path, *serve_args(tmp_path, "--send-timeout", "1")) as srv:
+        stuck = _held_up_by_not_reading(srv.port)  # its first answer's head read, no more
+        reading = _held_up_by_not_reading(srv.port)
+        try:
+            got = 0
+            deadline = time.monotonic() + 20
+            while not _reset(stuck):
+                assert time.monotonic() < deadline, "never reset"
+                with contextlib.suppress(TimeoutError, BlockingIOError):
+                    reading.settimeout(0.05)
+                    got += len(reading.recv(65536))  # this one keeps reading
+            assert got > 0
+            assert not _reset(reading)
+            assert health(srv.port)[0] == 200
+            assert "Traceback" not in srv.logs()
+        finally:
+            stuck.close()
+            reading.close()
+
+
 # ----------------------------------------------------------------------- gate and MCP HTTP
 @pytest.mark.parametrize("command", ["gate", "mcp"])
 def test_gate_and_mcp_http_take_the_same_limits(tmp_path: Path, command: str) -> None:

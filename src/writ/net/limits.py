@@ -15,6 +15,10 @@ file descriptors and memory. :class:`Limits` closes each of those doors, in the 
   after the first byte of the next request on a kept-alive connection) is answered ``408``; a body not complete ``body_timeout`` seconds
   after its head is answered ``408`` (the app sees the client go away);
 * a keep-alive connection idle for ``keepalive_timeout`` seconds is closed;
+* a connection whose client has not read what it was sent (the answer's buffer held above
+  its high-water mark) for ``send_timeout`` seconds is reset, as nginx's ``send_timeout``:
+  what it would not read would never drain, and it held its slot (and, through ``writ
+  gate``, a connection to the upstream) for as long as it stayed;
 * the trailer fields after a chunked body are dropped, never merged into the request's
   headers, and counted against ``max_header_bytes``; a ``Transfer-Encoding`` other than
   ``chunked`` alone is refused (:mod:`writ.net.framing`);
@@ -34,9 +38,12 @@ The mechanism was chosen by measurement (docs/security.md): uvicorn's own
 
 from __future__ import annotations
 
+import contextlib
 import copyreg
 import logging
 import resource
+import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from http import HTTPStatus
@@ -63,6 +70,7 @@ class Limits:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     keepalive_timeout: float = 5.0
+    send_timeout: float = 60.0
     max_connections: int = 4096
     origin_form_only: bool = False  # refuse absolute-form targets (GET http://host/path)
 
@@ -70,7 +78,7 @@ class Limits:
         for name in ("max_header_bytes", "max_request_line", "max_connections"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("header_timeout", "body_timeout", "keepalive_timeout"):
+        for name in ("header_timeout", "body_timeout", "keepalive_timeout", "send_timeout"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be more than 0 seconds")
 
@@ -197,13 +205,32 @@ def _evict(protocol: Any, idle: dict[Any, None], stalled: dict[Any, None], cut_o
         if transport is None or transport.is_closing():
             continue
         if oldest.flow.write_paused:
-            transport.abort()
+            _reset(transport)
         else:
             oldest._disarm()
             _expired(oldest, cut_off)
         protocol.connections.discard(oldest)
         return True
     return False
+
+
+def _reset(transport: Any) -> None:
+    """Close a connection whose client does not read, with a reset: a plain close would leave
+    the kernel holding what was written, and the connection, until the client read it."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def _unread(protocol: Any) -> None:
+    """The send deadline passed: the client read nothing of its answer for that long."""
+    protocol._send_deadline = None
+    transport = protocol.transport
+    if transport is not None and not transport.is_closing():
+        log.info("reset a connection whose client read none of its answer in time")
+        _reset(transport)
 
 
 def _expired(protocol: Any, answer: bytes) -> None:
@@ -385,10 +412,27 @@ def _refuse(protocol: Any, answer: bytes) -> None:
 
 class _Deadlines:
     """A connection's one deadline (its head's or its body's): when it passes, the
-    connection is answered and closed (:func:`_expired`)."""
+    connection is answered and closed (:func:`_expired`); and, while its client reads
+    nothing of what it was sent, the send deadline: then it is reset (:func:`_unread`)."""
 
     _deadline: Any  # asyncio.TimerHandle, or None
+    _send_deadline: Any = None
     loop: Any
+    LIMITS: ClassVar[Limits]
+
+    def pause_writing(self) -> None:  # the client is not reading what it was sent
+        super().pause_writing()  # type: ignore[misc]
+        if self._send_deadline is None:
+            self._send_deadline = self.loop.call_later(self.LIMITS.send_timeout, _unread, self)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()  # type: ignore[misc]
+        self._read_in_time()
+
+    def _read_in_time(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
 
     def _arm(self, seconds: float, answer: bytes) -> None:
         self._disarm()
@@ -449,6 +493,7 @@ def guarded_protocol(limits: Limits) -> type[Any]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._read_in_time()
             idle.pop(self, None)
             stalled.pop(self, None)
             if not self._rejected:
@@ -512,7 +557,7 @@ def guarded_protocol(limits: Limits) -> type[Any]:
                 super().on_message_complete()
 
         def pause_writing(self) -> None:  # the client is not reading what it was sent
-            super().pause_writing()
+            super().pause_writing()  # (and the send deadline: _Deadlines)
             stalled[self] = None
 
         def resume_writing(self) -> None:
@@ -556,6 +601,12 @@ _OPTIONS: tuple[tuple[str, click.ParamType[Any], str], ...] = (
         "--keepalive-timeout",
         click.FloatRange(0, min_open=True),
         "Seconds an idle keep-alive connection stays open.",
+    ),
+    (
+        "--send-timeout",
+        click.FloatRange(0, min_open=True),
+        "Seconds a client may go without reading the answer it was sent before its "
+        "connection is reset.",
     ),
 )
 
@@ -601,5 +652,6 @@ def from_options(options: dict[str, Any], base: Limits | None = None) -> Limits:
         header_timeout=options.pop("header_timeout"),
         body_timeout=options.pop("body_timeout"),
         keepalive_timeout=options.pop("keepalive_timeout"),
+        send_timeout=options.pop("send_timeout"),
         max_connections=options.pop("max_connections"),
     )

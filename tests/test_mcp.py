@@ -51,16 +51,23 @@ async def agent_session(
         return
     args = ["mcp", "--transport", "http", "--port", "0", "--http-token", HTTP_TOKEN]
     with run_writ(args, env) as url:
-        async with (
-            httpx2.AsyncClient(
-                headers={"Authorization": f"Bearer {HTTP_TOKEN}"},
-                timeout=httpx2.Timeout(30, read=300),
-            ) as http,
-            streamable_http_client(url, http_client=http) as (read, write),
-            ClientSession(read, write) as session,
-        ):
-            await session.initialize()
+        async with _session_at(url) as session:
             yield session
+
+
+@asynccontextmanager
+async def _session_at(url: str) -> AsyncIterator[ClientSession]:
+    """An MCP session to a `writ mcp --transport http` already running at ``url``."""
+    async with (
+        httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {HTTP_TOKEN}"},
+            timeout=httpx2.Timeout(30, read=300),
+        ) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
 
 
 async def call(session: ClientSession, tool: str, **args: Any) -> dict[str, Any]:
@@ -452,21 +459,6 @@ async def test_closed_mode_tool_errors_say_what_the_agent_may_do(tmp_path: Any) 
 
 
 # ----------------------------------------------------------------------------- each session's share
-@asynccontextmanager
-async def _session_at(url: str) -> AsyncIterator[ClientSession]:
-    """Another MCP session to a `writ mcp --transport http` already running at ``url``."""
-    async with (
-        httpx2.AsyncClient(
-            headers={"Authorization": f"Bearer {HTTP_TOKEN}"},
-            timeout=httpx2.Timeout(30, read=300),
-        ) as http,
-        streamable_http_client(url, http_client=http) as (read, write),
-        ClientSession(read, write) as session,
-    ):
-        await session.initialize()
-        yield session
-
-
 async def test_one_session_cannot_take_every_wait_of_the_server(
     live_server: LiveServer, people: People
 ) -> None:

@@ -574,6 +574,20 @@ def guarded_protocol(limits: Limits) -> type[Any]:
     return GuardedHttpTools
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds in a range, never nan: every range check lets nan through (it
+    compares false both ways), and a listener's timer or ``writ run``'s grace then fails far
+    from the flag that set it."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        out = super().convert(value, param, ctx)
+        if out != out:
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return out
+
+
 # The listener options: flag (its Limits field, with _ for -), click type, help.
 _OPTIONS: tuple[tuple[str, click.ParamType[Any], str], ...] = (
     (
@@ -589,22 +603,22 @@ _OPTIONS: tuple[tuple[str, click.ParamType[Any], str], ...] = (
     ),
     (
         "--header-timeout",
-        click.FloatRange(0, min_open=True),
+        Seconds(0, min_open=True),
         "Seconds a client has to send a request's line and headers (408 after).",
     ),
     (
         "--body-timeout",
-        click.FloatRange(0, min_open=True),
+        Seconds(0, min_open=True),
         "Seconds a client has to send a request's body once its headers are in.",
     ),
     (
         "--keepalive-timeout",
-        click.FloatRange(0, min_open=True),
+        Seconds(0, min_open=True),
         "Seconds an idle keep-alive connection stays open.",
     ),
     (
         "--send-timeout",
-        click.FloatRange(0, min_open=True),
+        Seconds(0, min_open=True),
         "Seconds a client may go without reading the answer it was sent before its "
         "connection is reset.",
     ),

@@ -26,21 +26,9 @@ from writ.cli.spawn import Job
 from writ.cli.wait import live_line
 from writ.core.errors import LeaseLost
 from writ.core.textsafe import printable
+from writ.net.limits import Seconds
 
-
-class _Seconds(click.FloatRange):
-    """Seconds, 0 to an hour: not nan (which every range check lets through), not inf."""
-
-    name = "seconds"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        out = super().convert(value, param, ctx)
-        if out != out:
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        return out
-
-
-SECONDS = _Seconds(0, 3600)
+SECONDS = Seconds(0, 3600)  # not inf either: a grace must end
 
 
 # ----------------------------------------------------------------------------- writ run

@@ -151,3 +151,19 @@ def test_behind_a_trusted_proxy_each_client_is_the_address_the_proxy_saw(
             assert httpx.get(f"{url}/pub/x").status_code == 200  # the proxy's own
         finally:
             s.close()
+
+
+def test_a_trusted_proxys_forwarded_for_is_read_however_its_name_is_spelled() -> None:
+    """The gate reads header names as WSGI upstreams do (``X_Forwarded_For`` is
+    ``X-Forwarded-For``): a trusted proxy's chain names the client, and is kept and extended,
+    in any spelling; an untrusted peer's is not read at all."""
+    from writ.gate.forwarded import Forwarded
+
+    forwarded = Forwarded(["127.0.0.1"])
+    for name in (b"x-forwarded-for", b"X_Forwarded_For", b"x_forwarded-FOR"):
+        scope = {"client": ("127.0.0.1", 5000), "headers": [(name, b"10.0.0.7")]}
+        assert forwarded.client_of(scope) == "10.0.0.7", name
+        assert forwarded.chain(scope) == "10.0.0.7, 127.0.0.1", name
+    untrusted = {"client": ("10.0.0.9", 5000), "headers": [(b"X_Forwarded_For", b"1.2.3.4")]}
+    assert forwarded.client_of(untrusted) == "10.0.0.9"
+    assert forwarded.chain(untrusted) == "10.0.0.9"

@@ -14,12 +14,9 @@ from collections.abc import Iterable
 from starlette.types import Scope
 
 from writ.core.errors import Invalid
+from writ.gate.headers import header_name
 
 __all__ = ["Forwarded"]
-
-
-def _name(name: bytes) -> str:
-    return name.decode("latin-1").strip().lower()
 
 
 class Forwarded:
@@ -65,7 +62,7 @@ class Forwarded:
             given = [
                 v.decode("latin-1").strip()
                 for k, v in scope["headers"]
-                if _name(k) == "x-forwarded-for"
+                if header_name(k) == "x-forwarded-for"
             ]
             forwarded = ", ".join(g for g in given if g) or None
         if client:
@@ -77,6 +74,6 @@ class Forwarded:
         return [
             hop.strip()
             for k, v in scope["headers"]
-            if _name(k) == "x-forwarded-for"
+            if header_name(k) == "x-forwarded-for"
             for hop in v.decode("latin-1").split(",")
         ]

@@ -20,6 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from writ._version import __version__
 from writ.core.errors import Invalid, TooLarge
 from writ.gate.forwarded import Forwarded
+from writ.gate.headers import header_name as header_name
 from writ.gate.routes import Route, ambiguity, loose_path, request_paths
 from writ.net.caps import PerKey
 from writ.net.credentials import Twice, sole
@@ -72,13 +73,6 @@ def default_per_client(upstream_connections: int) -> int:
     """Each client's requests in flight by default: a quarter of the upstream pool, so that
     it takes four clients at their cap to fill it (as writ serve caps each principal's waits)."""
     return max(1, upstream_connections // 4)
-
-
-def header_name(name: bytes | str) -> str:
-    """A header name the way WSGI/CGI upstreams read it (``HTTP_WRIT_HOLDER``): lower
-    case, ``_`` as ``-`` — so ``Writ_Holder`` and ``WRIT-HOLDER`` are one header."""
-    text = name.decode("latin-1") if isinstance(name, bytes) else name
-    return text.lower().replace("_", "-")
 
 
 def _text(value: bytes | None) -> str | None:

@@ -15,7 +15,6 @@ connection does not.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 from writ.core.errors import Unavailable
 from writ.net.caps import PerKey
@@ -36,22 +35,16 @@ class Waits(PerKey):
     __slots__ = ()
 
     def __init__(self, cap: int = DEFAULT_CAP) -> None:
-        if cap < 1:
-            raise ValueError("a principal must be allowed at least one waiting request")
         super().__init__(cap)
 
-    @contextlib.contextmanager
-    def one(self, principal: str) -> Iterator[None]:
+    def one(self, principal: str) -> contextlib.AbstractContextManager[None]:
         """Count one waiting request of ``principal`` while the block runs, or raise
         :class:`Unavailable` (nothing done) when it already has ``cap`` of them."""
-        if not self.take(principal):
-            raise Unavailable(
-                f"{principal} already has {self.held(principal)} requests waiting on this "
-                "server, the most one principal may have, so that no caller holds every "
-                "connection; nothing was done. Retry once one of them has ended, or ask "
-                "without waiting (wait_s=0)"
-            )
-        try:
-            yield
-        finally:
-            self.give(principal)
+        return self.hold(
+            principal,
+            lambda held: Unavailable(
+                f"{principal} already has {held} requests waiting on this server, the most "
+                "one principal may have, so that no caller holds every connection; nothing "
+                "was done. Retry once one of them has ended, or ask without waiting (wait_s=0)"
+            ),
+        )

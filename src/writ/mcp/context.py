@@ -61,18 +61,16 @@ class ToolContext:
         if not wait_s or request is None:  # (None: called without the SDK, in no session)
             yield
             return
-        key = _session_of(request)
-        if not self.waits.take(key):
-            raise ToolError(
-                f"This session already has {self.waits.cap} tool calls waiting on writ, the "
-                "most one session may have, so that it cannot hold every connection this MCP "
-                "server shares with its other sessions. Nothing was done. Call again once one "
-                "of them has returned, or with wait_s=0."
-            )
-        try:
+        with self.waits.hold(
+            _session_of(request),
+            lambda held: ToolError(
+                f"This session already has {held} tool calls waiting on writ, the most one "
+                "session may have, so that it cannot hold every connection this MCP server "
+                "shares with its other sessions. Nothing was done. Call again once one of "
+                "them has returned, or with wait_s=0."
+            ),
+        ):
             yield
-        finally:
-            self.waits.give(key)
 
     async def guard(self) -> None:
         """Check once whose token this server holds (refusing human authority)."""

@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 __all__ = ["PerKey"]
 
 
@@ -37,3 +40,14 @@ class PerKey:
             self._held[key] = left
         else:
             del self._held[key]
+
+    @contextlib.contextmanager
+    def hold(self, key: str, refused: Callable[[int], BaseException]) -> Iterator[None]:
+        """Count one for ``key`` while the block runs; when it holds ``cap`` already, raise
+        ``refused(held)`` and count nothing."""
+        if not self.take(key):
+            raise refused(self.held(key))
+        try:
+            yield
+        finally:
+            self.give(key)

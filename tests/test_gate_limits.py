@@ -167,3 +167,18 @@ def test_a_trusted_proxys_forwarded_for_is_read_however_its_name_is_spelled() ->
     untrusted = {"client": ("10.0.0.9", 5000), "headers": [(b"X_Forwarded_For", b"1.2.3.4")]}
     assert forwarded.client_of(untrusted) == "10.0.0.9"
     assert forwarded.chain(untrusted) == "10.0.0.9"
+
+
+def test_an_ipv6_client_of_the_gate_is_its_slash_64() -> None:
+    """Each client's share of the gate counted one IPv6 address: a host with a /64 may send
+    from 2**64 of them, each with a share of its own. Its /64 is one client now, whether the
+    gate sees it or a trusted proxy names it; another /64 is another client."""
+    from writ.gate.forwarded import Forwarded
+
+    forwarded = Forwarded(["10.0.0.1"])
+    for near in ("2001:db8::1", "2001:db8::abcd:1"):
+        direct = {"client": (near, 5000), "headers": []}
+        behind = {"client": ("10.0.0.1", 5000), "headers": [(b"x-forwarded-for", near.encode())]}
+        assert forwarded.client_of(direct) == forwarded.client_of(behind) == "2001:db8::/64"
+    other = {"client": ("2001:db8:0:1::1", 5000), "headers": []}
+    assert forwarded.client_of(other) == "2001:db8:0:1::/64"

@@ -85,8 +85,11 @@ def serve_args(tmp: Path, *limits: str) -> tuple[str, ...]:
     return ("serve", "--store", f"sqlite:///{tmp / 'w.db'}", "--log-level", "warning", *limits)
 
 
-def connect(port: int, timeout: float = 10) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def connect(port: int, timeout: float = 10, source: str = "127.0.0.1") -> socket.socket:
+    """A connection to the listener from ``source`` (any 127.x.y.z is this host's)."""
+    return socket.create_connection(
+        ("127.0.0.1", port), timeout=timeout, source_address=(source, 0)
+    )
 
 
 def answer(s: socket.socket) -> bytes:
@@ -114,9 +117,9 @@ def one_response(s: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def health(port: int) -> tuple[int, float]:
+def health(port: int, source: str = "127.0.0.1") -> tuple[int, float]:
     t0 = time.monotonic()
-    with connect(port) as s:
+    with connect(port, source=source) as s:
         s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         status = int(answer(s).split(b" ", 2)[1])
     return status, time.monotonic() - t0
@@ -175,6 +178,8 @@ def test_slow_heads_time_out_and_many_connections_leave_health_prompt(tmp_path: 
         tmp_path,
         "--max-connections",
         "200",
+        "--max-connections-per-client",  # the whole listener, from one address
+        "0",
         "--header-timeout",
         "2",
         "--keepalive-timeout",
@@ -251,6 +256,7 @@ def test_when_every_connection_is_busy_a_newcomer_gets_a_fast_503(tmp_path: Path
     connection is answered 503 with Retry-After at once, and served again once they end.
     (One principal's waits are capped below the connections by default: lifted here.)"""
     limits = ("--max-connections", "8", "--max-waits-per-principal", "8")
+    limits += ("--max-connections-per-client", "0")  # the whole listener, from one address
     with writ(tmp_path, *serve_args(tmp_path, *limits)) as srv:
         polls = []
         try:
@@ -278,6 +284,49 @@ def test_when_every_connection_is_busy_a_newcomer_gets_a_fast_503(tmp_path: Path
             assert time.monotonic() < deadline
 
 
+def test_one_client_has_at_most_its_share_of_the_connections(tmp_path: Path) -> None:
+    """One address could open every connection the listener has: idle ones made room for
+    it, and it made room for itself by closing everyone else's. Each client now has at
+    most --max-connections-per-client open (by default a quarter of --max-connections):
+    one more is 429 at once with Retry-After, and nobody else's connection is touched.
+    Another address is served as before; once one of its connections closes, the client
+    is served again."""
+    with writ(tmp_path, *serve_args(tmp_path, "--max-connections", "16")) as srv:
+        mine = [connect(srv.port) for _ in range(4)]  # a quarter of 16: its whole share
+        try:
+            with connect(srv.port) as s:  # accepted after those four, in order
+                out = answer(s)
+            assert out.startswith(b"HTTP/1.1 429 "), out[:200]
+            assert b"retry-after: 1" in out.lower() and b'"too_many_requests"' in out
+            assert health(srv.port, source="127.0.0.2")[0] == 200  # another client
+            for s in mine:  # its own four are untouched, and each still serves it
+                s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert one_response(s).startswith(b"HTTP/1.1 200 ")
+            mine.pop().close()
+            deadline = time.monotonic() + 10  # once the server has seen it close
+            while (status := health(srv.port)[0]) == 429:
+                assert time.monotonic() < deadline
+            assert status == 200
+        finally:
+            for s in mine:
+                s.close()
+
+
+def test_who_a_client_is_by_its_address() -> None:
+    """An IPv6 client is its /64: whoever holds one may send from any of its 2**64
+    addresses, so a share per address would be no share. An IPv4-mapped address is the
+    IPv4 client; IPv4 addresses and loopback are themselves."""
+    from writ.net.caps import client_key
+
+    assert client_key("2001:db8::1") == client_key("2001:db8::ffff:1") == "2001:db8::/64"
+    assert client_key("2001:db8:0:1::1") != client_key("2001:db8::1")
+    assert client_key("fe80::1%eth0") == client_key("fe80::2")
+    assert client_key("::ffff:192.0.2.7") == client_key("192.0.2.7") == "192.0.2.7"
+    assert client_key("192.0.2.7") != client_key("192.0.2.8")
+    assert client_key("::1") == "::1"
+    assert client_key("not an address") == "not an address"
+
+
 def _waiting(port: int, token: str, request: bytes) -> socket.socket:
     """A request of ``token``'s that waits (its head and body sent, its answer not read)."""
     s = connect(port, timeout=30)
@@ -302,7 +351,8 @@ def test_one_principal_cannot_wait_on_every_connection(tmp_path: Path) -> None:
     queued = acquire_of(b'{"resource":"db","intent":"scale","wait_s":30}')
     poll = b"GET /v1/events?resource=db&after_seq=999999&wait_s=30 HTTP/1.1\r\nHost: x\r\n"
     poll += b"Authorization: Bearer TOKEN\r\n\r\n"
-    with writ(tmp_path, *serve_args(tmp_path, "--max-connections", "8")) as srv:
+    one = ("--max-connections-per-client", "0")  # the whole listener, from one address
+    with writ(tmp_path, *serve_args(tmp_path, "--max-connections", "8", *one)) as srv:
         url = f"http://127.0.0.1:{srv.port}"
         admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         tokens = {}
@@ -395,7 +445,8 @@ def test_a_client_holding_up_every_connection_makes_room_for_a_newcomer(
     answers never read — no longer turns everyone else away with 503: a newcomer takes the
     place of the one held up longest. A slow body is told why (408); an unread answer is
     reset, since it would never drain."""
-    with writ(tmp_path, *serve_args(tmp_path, "--max-connections", "8")) as srv:
+    one = ("--max-connections-per-client", "0")  # the whole listener, from one address
+    with writ(tmp_path, *serve_args(tmp_path, "--max-connections", "8", *one)) as srv:
         socks = [held_up(srv.port) for _ in range(8)]
         try:
             deadline = time.monotonic() + 10  # until the unread answers have filled up
@@ -450,8 +501,8 @@ def test_a_client_that_never_reads_its_answers_is_reset_after_the_send_timeout(
 # ----------------------------------------------------------------------- gate and MCP HTTP
 @pytest.mark.parametrize("command", ["gate", "mcp"])
 def test_gate_and_mcp_http_take_the_same_limits(tmp_path: Path, command: str) -> None:
-    """`writ gate` and `writ mcp --transport http` refuse an oversize head (413) and a slow
-    one (408) with the same flags."""
+    """`writ gate` and `writ mcp --transport http` refuse an oversize head (413), a slow one
+    (408) and a client's connection beyond its share (429) with the same flags."""
     routes = tmp_path / "routes.toml"
     routes.write_text('[[route]]\npath = "/admin/*"\nresource = "prod/db"\n')
     if command == "gate":
@@ -471,7 +522,15 @@ def test_gate_and_mcp_http_take_the_same_limits(tmp_path: Path, command: str) ->
         args = ("mcp", "--transport", "http", "--url", "http://127.0.0.1:9", "--token", "t")
         args += ("--allow-server-down",)
     limits = ("--max-header-bytes", "4096", "--header-timeout", "1")
+    limits += ("--max-connections-per-client", "2")
     with writ(tmp_path, *args, *limits, ready="/") as p:
+        with connect(p.port) as first, connect(p.port), connect(p.port) as third:
+            assert answer(third).startswith(b"HTTP/1.1 429 ")
+            first.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8192)
+            assert answer(first).startswith(b"HTTP/1.1 413 ")
+        deadline = time.monotonic() + 10  # until the listener has seen both close
+        while health(p.port)[0] == 429:
+            assert time.monotonic() < deadline
         with connect(p.port) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8192)
             assert answer(s).startswith(b"HTTP/1.1 413 ")

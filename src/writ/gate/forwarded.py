@@ -3,7 +3,8 @@
 A request's client is the connection's address. From a trusted proxy, the gate keeps the
 proxy's ``X-Forwarded-For`` and extends it; the client, for its share of the gate
 (``--max-requests-per-client``), is the last address there that is not itself trusted —
-the one the proxy saw, since what a client writes in the header comes before it.
+the one the proxy saw, since what a client writes in the header comes before it. An IPv6
+client is its /64 (:func:`writ.net.caps.client_key`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from starlette.types import Scope
 
 from writ.core.errors import Invalid
 from writ.gate.headers import header_name
+from writ.net.caps import client_key
 
 __all__ = ["Forwarded"]
 
@@ -47,11 +49,11 @@ class Forwarded:
         client = scope.get("client")
         peer = str(client[0]) if client else ""
         if not self.trusts(peer):
-            return peer
+            return client_key(peer)
         for hop in reversed(self._hops(scope)):
             if hop and not self.trusts(hop):
-                return str(hop[:64])
-        return peer
+                return client_key(str(hop[:64]))
+        return client_key(peer)
 
     def chain(self, scope: Scope) -> str | None:
         """The ``X-Forwarded-For`` to send on: a trusted proxy's, extended by the connection's

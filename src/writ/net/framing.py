@@ -32,6 +32,7 @@ _REASONS = {
     400: "Bad Request",
     408: "Request Timeout",
     413: "Content Too Large",
+    429: "Too Many Requests",
     501: "Not Implemented",
     503: "Service Unavailable",
 }

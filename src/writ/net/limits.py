@@ -22,6 +22,11 @@ file descriptors and memory. :class:`Limits` closes each of those doors, in the 
 * the trailer fields after a chunked body are dropped, never merged into the request's
   headers, and counted against ``max_header_bytes``; a ``Transfer-Encoding`` other than
   ``chunked`` alone is refused (:mod:`writ.net.framing`);
+* each client (its address; an IPv6 client its /64: :func:`writ.net.caps.client_key`) has at
+  most ``max_connections_per_client`` connections open, by default a quarter of
+  ``max_connections`` (0: no such cap): one more is answered ``429`` with ``Retry-After``
+  and closed at once, so one client can neither fill the listener nor, once it is full,
+  make room for itself by closing everyone else's idle connections;
 * at most ``max_connections`` connections are open. A new one beyond that first takes the
   place of the connection that has waited longest without a request in progress (idle or
   still sending its head, as a slow client does); failing that, of the one held up longest
@@ -47,18 +52,15 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from http import HTTPStatus
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, cast
 
-import click
-
+from writ.net.caps import PerKey, client_key
 from writ.net.framing import Trailers, coding_refusal
 from writ.net.framing import canned as _canned
 
-__all__ = ["GATE_LIMITS", "Limits", "direct_answer", "from_options", "limit_options"]
+__all__ = ["GATE_LIMITS", "Limits", "direct_answer"]
 
 log = logging.getLogger("writ.limits")
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +74,25 @@ class Limits:
     keepalive_timeout: float = 5.0
     send_timeout: float = 60.0
     max_connections: int = 4096
+    max_connections_per_client: int | None = None  # None: a quarter of max_connections
     origin_form_only: bool = False  # refuse absolute-form targets (GET http://host/path)
 
     def __post_init__(self) -> None:
         for name in ("max_header_bytes", "max_request_line", "max_connections"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.max_connections_per_client is not None and self.max_connections_per_client < 0:
+            raise ValueError("max_connections_per_client must be 0 (no cap) or more")
         for name in ("header_timeout", "body_timeout", "keepalive_timeout", "send_timeout"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be more than 0 seconds")
+
+    @property
+    def per_client(self) -> int:
+        """The connections one client may have open (0: any number, up to the listener's)."""
+        if self.max_connections_per_client is None:
+            return max(1, self.max_connections // 4)
+        return self.max_connections_per_client
 
     def effective(self) -> Limits:
         """These limits with ``max_connections`` kept below the process's file limit
@@ -139,6 +151,7 @@ class _Answers:
     body_slow: bytes
     absolute: bytes
     busy: bytes
+    crowded: bytes
     cut_off: bytes
     trailers: bytes
 
@@ -169,6 +182,13 @@ def _answers(limits: Limits) -> _Answers:
             "unavailable",
             f"too many open connections (at most {limits.max_connections}, each busy with a "
             "request): retry shortly",
+            retry_after=1,
+        ),
+        crowded=_canned(
+            429,
+            "too_many_requests",
+            f"this client already has {limits.per_client} connections open, the most one "
+            "client may have: send on one of them, or retry once one has closed",
             retry_after=1,
         ),
         cut_off=_canned(
@@ -212,6 +232,65 @@ def _evict(protocol: Any, idle: dict[Any, None], stalled: dict[Any, None], cut_o
         protocol.connections.discard(oldest)
         return True
     return False
+
+
+class _Shares:
+    """Each client's open connections on one listener, at most ``cap`` each (0: none
+    counted). A client is :func:`client_key` of the connection's address; a connection
+    with none (a Unix socket's) is not counted."""
+
+    def __init__(self, cap: int) -> None:
+        self.count = PerKey(cap) if cap else None
+
+    def take(self, protocol: Any, transport: Any) -> bool:
+        """Count a new connection against its client: False, counting nothing, when that
+        client has its share open already."""
+        peer = transport.get_extra_info("peername")
+        if self.count is None or not (isinstance(peer, tuple) and peer and peer[0]):
+            return True
+        client = client_key(str(peer[0]))
+        if not self.count.take(client):
+            return False
+        protocol._client = client
+        return True
+
+    def give(self, protocol: Any) -> None:
+        """The connection is no longer one of its client's (closed, or turned away)."""
+        if protocol._client is not None and self.count is not None:
+            self.count.give(protocol._client)
+            protocol._client = None
+
+
+def _admitted(
+    protocol: Any,
+    transport: Any,
+    shares: _Shares,
+    idle: dict[Any, None],
+    stalled: dict[Any, None],
+    answers: _Answers,
+) -> bool:
+    """Whether a new connection becomes one of the listener's: not if its client has its
+    share open already (429, before it may close anyone else's), nor if the listener is
+    full and no connection can make room (503)."""
+    if not shares.take(protocol, transport):
+        _turn_away(protocol, transport, answers.crowded)
+        return False
+    if len(protocol.connections) >= protocol.LIMITS.max_connections and not _evict(
+        protocol, idle, stalled, answers.cut_off
+    ):
+        shares.give(protocol)
+        _turn_away(protocol, transport, answers.busy)
+        return False
+    return True
+
+
+def _turn_away(protocol: Any, transport: Any, answer: bytes) -> None:
+    """Answer a new connection ``answer`` and close it: it never becomes one of the
+    listener's connections."""
+    protocol._refused = protocol._rejected = True
+    protocol.transport = transport
+    transport.write(answer)
+    transport.close()
 
 
 def _reset(transport: Any) -> None:
@@ -457,6 +536,7 @@ def guarded_protocol(limits: Limits) -> type[Any]:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     answers = _answers(limits)
+    shares = _Shares(limits.per_client)  # each client's open connections
     # this listener's connections with no request in progress, oldest first
     idle: dict[Any, None] = {}
     # and those held up by their client (sending a body, not reading an answer), oldest first
@@ -476,16 +556,11 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             self._refused = False  # answered and closing: ignore anything more it sends
             self._lingered = 0  # bytes it sent since
             self._rejected = False  # turned away at connect: never one of the connections
+            self._client: str | None = None  # the client it is counted against (_Shares)
 
         # -- connection ---------------------------------------------------------------
         def connection_made(self, transport: Any) -> None:
-            if len(self.connections) >= limits.max_connections and not _evict(
-                self, idle, stalled, answers.cut_off
-            ):
-                self._refused = self._rejected = True
-                self.transport = transport
-                transport.write(answers.busy)
-                transport.close()
+            if not _admitted(self, transport, shares, idle, stalled, answers):
                 return
             super().connection_made(transport)
             idle[self] = None
@@ -496,6 +571,7 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             self._read_in_time()
             idle.pop(self, None)
             stalled.pop(self, None)
+            shares.give(self)
             if not self._rejected:
                 super().connection_lost(exc)
 
@@ -572,100 +648,3 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             super().on_response_complete()
 
     return GuardedHttpTools
-
-
-class Seconds(click.FloatRange):
-    """A number of seconds in a range, never nan: every range check lets nan through (it
-    compares false both ways), and a listener's timer or ``writ run``'s grace then fails far
-    from the flag that set it."""
-
-    name = "seconds"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        out = super().convert(value, param, ctx)
-        if out != out:
-            self.fail(f"{value!r} is not a number of seconds", param, ctx)
-        return out
-
-
-# The listener options: flag (its Limits field, with _ for -), click type, help.
-_OPTIONS: tuple[tuple[str, click.ParamType[Any], str], ...] = (
-    (
-        "--max-connections",
-        click.IntRange(1),
-        "Open connections at most; beyond, an idle one is closed to make room, "
-        "or the newcomer gets 503 (also kept below the open-file limit).",
-    ),
-    (
-        "--max-header-bytes",
-        click.IntRange(256),
-        "Largest block of request headers; more is 413, refused while read.",
-    ),
-    (
-        "--header-timeout",
-        Seconds(0, min_open=True),
-        "Seconds a client has to send a request's line and headers (408 after).",
-    ),
-    (
-        "--body-timeout",
-        Seconds(0, min_open=True),
-        "Seconds a client has to send a request's body once its headers are in.",
-    ),
-    (
-        "--keepalive-timeout",
-        Seconds(0, min_open=True),
-        "Seconds an idle keep-alive connection stays open.",
-    ),
-    (
-        "--send-timeout",
-        Seconds(0, min_open=True),
-        "Seconds a client may go without reading the answer it was sent before its "
-        "connection is reset.",
-    ),
-)
-
-
-def limit_options(
-    defaults: Limits | None = None, env_prefix: str | None = None
-) -> Callable[[F], F]:
-    """The click options that set a listener's :class:`Limits` (passed as ``limits``);
-    with ``env_prefix``, each may also be set by ``PREFIX_FLAG_NAME`` (``WRIT_MAX_CONNECTIONS``)."""
-    d = defaults or Limits()
-
-    def env(flag: str) -> dict[str, Any]:
-        if env_prefix is None:
-            return {}
-        name = env_prefix + flag.lstrip("-").replace("-", "_").upper()
-        return {"envvar": name, "show_envvar": True}
-
-    def decorate(fn: F) -> F:
-        options = [
-            click.option(
-                flag,
-                **env(flag),
-                type=kind,
-                default=getattr(d, flag.lstrip("-").replace("-", "_")),
-                show_default=True,
-                help=text,
-            )
-            for flag, kind, text in _OPTIONS
-        ]
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return decorate
-
-
-def from_options(options: dict[str, Any], base: Limits | None = None) -> Limits:
-    """Pop the :func:`limit_options` values out of a command's keyword arguments, onto
-    ``base`` (the listener's defaults)."""
-    return replace(
-        base or Limits(),
-        max_header_bytes=options.pop("max_header_bytes"),
-        header_timeout=options.pop("header_timeout"),
-        body_timeout=options.pop("body_timeout"),
-        keepalive_timeout=options.pop("keepalive_timeout"),
-        send_timeout=options.pop("send_timeout"),
-        max_connections=options.pop("max_connections"),
-    )

@@ -13,7 +13,8 @@ import click
 
 from writ.cli.options import log_level_option, url_option
 from writ.core.errors import WritError
-from writ.net.limits import GATE_LIMITS, from_options, limit_options
+from writ.net.limits import GATE_LIMITS
+from writ.net.options import from_options, limit_options
 
 __all__ = ["gate_command", "mcp_command"]
 

@@ -26,7 +26,7 @@ from writ.cli.spawn import Job
 from writ.cli.wait import live_line
 from writ.core.errors import LeaseLost
 from writ.core.textsafe import printable
-from writ.net.limits import Seconds
+from writ.net.options import Seconds
 
 SECONDS = Seconds(0, 3600)  # not inf either: a grace must end
 

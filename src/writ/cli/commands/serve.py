@@ -10,7 +10,7 @@ from writ.cli._helpers import (
     DEFAULT_KEY,
     DEFAULT_STORE,
 )
-from writ.net.limits import from_options, limit_options
+from writ.net.options import from_options, limit_options
 
 
 @click.command()

@@ -468,6 +468,24 @@ def test_run_kills_the_child_when_the_lease_is_revoked(
     assert out.read_text().splitlines()[1:] == ["SIGTERM"]
 
 
+def test_run_stops_the_child_as_soon_as_the_lease_is_revoked(
+    agent_env: dict[str, str], live_server: LiveServer, tmp_path: Path
+) -> None:
+    """A revoke stopped COMMAND only at writ run's next renewal (every ttl/3: 20 s at a ttl
+    of 60, minutes at longer ones), and meanwhile it wrote under a lease a human had taken
+    away. writ run watches its lease's rows: COMMAND is stopped at once, and writ run says
+    who revoked it and by which runbook."""
+    out = tmp_path / "child.txt"
+    started = time.monotonic()
+    with in_background(revoke_once_started(live_server, out, "runaway")):
+        result = cli(run_args(unique("r"), out, "--ttl", "60", "--grace", "5"), agent_env)
+    took = time.monotonic() - started
+    assert result.exit_code == EXIT_LEASE_LOST
+    assert took < 10, took  # the next renewal was 20 s away
+    assert "revoked by" in result.stderr and "runbook R-44" in result.stderr, result.stderr
+    assert out.read_text().splitlines()[1:] == ["SIGTERM"]
+
+
 def test_run_kills_a_stubborn_child_after_the_grace(
     agent_env: dict[str, str], live_server: LiveServer, tmp_path: Path
 ) -> None:

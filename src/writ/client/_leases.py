@@ -135,6 +135,11 @@ class _LeaseState:
 
     lost: threading.Event | asyncio.Event
 
+    def mark_lost(self, err: LeaseLost) -> None:
+        """Record a loss learned some other way than by renewing (``writ run`` watches its
+        lease's rows): as a refused renewal would, once."""
+        self._lose(err)
+
     def _lose(self, err: LeaseLost) -> None:
         """Record the loss once: ``error``, the ``lost`` event, the ``on_lost`` callback."""
         if self.error is not None:

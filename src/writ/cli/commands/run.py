@@ -21,6 +21,7 @@ from writ.cli._helpers import (
     _csv,
 )
 from writ.cli.commands.lease import _rollback_plan, lease_request_options
+from writ.cli.lease_watch import watch_lease
 from writ.cli.options import api_options
 from writ.cli.spawn import Job
 from writ.cli.wait import live_line
@@ -127,6 +128,7 @@ def run(
         threading.Thread(
             target=job.reap, args=(wake.set,), name="writ-run-reap", daemon=True
         ).start()
+        watch_lease(client, lease, job.exited)  # a revoke stops COMMAND now, not at renewal
         with _forward_signals(job):
             while not job.exited.is_set() and not lease.lost.is_set():
                 wake.wait()
@@ -177,7 +179,7 @@ def _child_env(url: str, token: str | None, lease: dict[str, str]) -> dict[str, 
 
 
 def _stop(job: Job, error: LeaseLost | None, grace: float) -> None:
-    why = error.message if error else "lease lost"
+    why = printable(error.message) if error else "lease lost"
     if not job.running():
         click.echo(f"writ run: {why} (the command had already exited)", err=True)
         return

@@ -82,7 +82,7 @@ def check(
     address, the log settings, the shutdown bound, the tracing environment."""
     from writ.core.errors import PolicyError, WritError
     from writ.core.policy import load
-    from writ.stores import open_store
+    from writ.stores import open_store, redact
     from writ.telemetry import tracing
     from writ.telemetry.logs import FORMATS
 
@@ -135,7 +135,7 @@ def check(
     except Exception as exc:  # a driver that is not installed, a malformed URL
         reason = f"{type(exc).__name__}: {exc}"
     if reason:
-        problems.append(f"store {_shown(store_url)}: {reason}")
+        problems.append(f"store {redact(store_url)}: {reason}")
     return problems
 
 
@@ -149,14 +149,3 @@ def _check_tracing() -> None:
     exporter = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() or "otlp"
     if exporter not in ("otlp", "console"):
         raise RuntimeError(f"OTEL_TRACES_EXPORTER={exporter!r}: writ supports otlp, console, none")
-
-
-def _shown(url: str) -> str:
-    """A store URL without its password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
 from writ.core.bulk import PAGE
 from writ.core.errors import Invalid
@@ -29,21 +28,12 @@ from writ.core.ledger import (
     verify,
     verify_stream,
 )
-from writ.stores import Store, open_store
+from writ.stores import Store, open_store, redact
 from writ.stores.base import TABLES
 
 __all__ = ["migrate", "upgrade", "verify_store"]
 
 Progress = Callable[[str, int], None]
-
-
-def redact(url: str) -> str:
-    """``url`` without its password (for messages and results)."""
-    parts = urlparse(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunparse(parts._replace(netloc=netloc))
 
 
 async def verify_store(store: Store) -> Verification:

@@ -9,6 +9,7 @@ from writ.core.clock import rfc3339
 from writ.core.ledger import UNREADABLE, canonical
 from writ.core.ledger import verify as verify_chain
 from writ.evidence.postmortem.query import PAGE
+from writ.stores import redact
 
 if TYPE_CHECKING:
     from writ.client import AsyncClient
@@ -59,7 +60,7 @@ class HttpSource:
 
     def __init__(self, client: AsyncClient, label: str | None = None) -> None:
         self.client = client
-        self.label = label or client.url
+        self.label = label or redact(client.url)
 
     async def rows(
         self, prefix: str | None, since: float | None, until: float | None, after: int, limit: int

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
+from urllib.parse import parse_qsl, unquote, urlencode, urlparse, urlunparse
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -18,6 +19,7 @@ from psycopg import pq, sql
 from psycopg_pool import AsyncConnectionPool
 
 from writ.core.errors import Invalid, Unavailable, WritError
+from writ.stores import SECRET_OPTIONS, redact
 from writ.stores.base import Store, Tx
 from writ.stores.postgres import _schema
 from writ.stores.postgres._batch import _fail, _Item, _Live, _Retry, _Split, _undone
@@ -44,6 +46,17 @@ from writ.stores.rows import (
 )
 
 
+def _unescaped(password: str) -> str:
+    """A URL's password as libpq reads it (percent escapes decoded), refused as libpq would
+    refuse it, without quoting it: a ``%`` that starts no escape, or an escaped NUL."""
+    if re.search(r"%(?![0-9A-Fa-f]{2})|%00", password):
+        raise Invalid(
+            "the store URL's password has a % that starts no escape (%XX), or %00: "
+            "write a % in the password as %25"
+        )
+    return unquote(password)
+
+
 class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
     """``postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DBNAME[?schema=NAME&pool_max=10...]``.
 
@@ -67,11 +80,22 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
                 "the PostgreSQL store takes its time from the database clock; "
                 "a clock= option is only for the SQLite store"
             )
-        self.url = url
+        self.url = redact(url)  # what messages and reports may show (no password)
         parsed = urlparse(url)
         if not parsed.path.strip("/"):
-            raise Invalid(f"store URL {url!r} names no database (postgresql://user@host:5432/db)")
+            raise Invalid(
+                f"store URL {self.url!r} names no database (postgresql://user@host:5432/db)"
+            )
         query = dict(parse_qsl(parsed.query, keep_blank_values=True))
+        # the password goes to libpq on its own, never inside the URL it parses: libpq
+        # quotes a part of the URL it cannot read ("invalid percent-encoded token:
+        # <the password>"), and that text reached the CLI, writ serve --check and the log
+        secrets = {name: query.pop(name) for name in SECRET_OPTIONS if name in query}
+        userinfo, at, host = parsed.netloc.rpartition("@")
+        if at and ":" in userinfo:
+            user, raw = userinfo.split(":", 1)
+            secrets["password"] = _unescaped(raw)
+            parsed = parsed._replace(netloc=f"{user}@{host}" if user else host)
 
         def take(name: str, default: float, lo: float, hi: float) -> float:
             raw = query.pop(name, None)
@@ -118,7 +142,11 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
         # search_path and timeouts travel in the startup packet (libpq "options"), so every
         # connection — pooled or the listener, new or replaced after a restart — has them
         # before its first statement, at no extra round trip.
-        self._kwargs: dict[str, Any] = {"autocommit": True, "options": " ".join(options)}
+        self._kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "options": " ".join(options),
+            **secrets,
+        }
         self.channel = f"writ_{self.schema}" if self.schema else "writ"
         self.instance = uuid.uuid4().hex[:12]
         self._pool: AsyncConnectionPool[Any] | None = None

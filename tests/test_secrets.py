@@ -1,9 +1,14 @@
-"""Secrets writ is handed (a store URL's password) or keeps (its store file) stay out of
-messages, logs, reports and other users' reach."""
+"""Secrets writ is handed (a store URL's password) or keeps (its SQLite store) stay out of
+messages, logs, reports and other users' reach (docs/security.md, "Secrets on the host")."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +16,7 @@ from click.testing import CliRunner
 
 from writ.cli import main
 from writ.core.errors import Invalid, WritError
+from writ.engine import Engine
 from writ.stores import open_store, redact
 
 PW = "S3CRETpw"
@@ -96,3 +102,49 @@ def test_a_postmortem_names_its_store_without_the_password(
         )
         assert result.exit_code == 0, result.output
         assert PW not in result.output and ":***@" in result.output.replace("\\*", "*")
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+async def test_a_new_sqlite_store_is_for_its_owner_alone(tmp_path: Path, umask_022: None) -> None:
+    """The database, its -wal and its -shm are 0600 under the usual umask (they were 0644:
+    any user of the host read the token hashes, the PagerDuty routing keys and Slack
+    webhook URLs of the wake routes, and the ledger)."""
+    db = tmp_path / "writ.db"
+    engine = Engine(open_store(f"sqlite:///{db}"))
+    await engine.start(background=False)
+    try:
+        await engine.add_principal(None, "pager", "agent", wake="pagerduty:abcdefgh12345678")
+        for name in ("writ.db", "writ.db-wal", "writ.db-shm"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    finally:
+        await engine.stop()
+
+
+async def test_a_sqlite_store_others_may_read_is_warned_of(
+    tmp_path: Path, umask_022: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store made before (0644) is opened as it is, with a warning naming the chmod."""
+    db = tmp_path / "writ.db"
+    sqlite3.connect(db).close()
+    db.chmod(0o644)
+    store = open_store(f"sqlite:///{db}")
+    await store.open()
+    await store.close()
+    assert f"chmod 600 {db} {db}-wal {db}-shm" in caplog.text
+    assert "(644)" in caplog.text
+
+
+async def test_a_sqlite_store_at_a_symlink_to_nothing_is_refused(tmp_path: Path) -> None:
+    """A symlink planted where the store would be made is not followed to make its target."""
+    (tmp_path / "writ.db").symlink_to(tmp_path / "planted.db")
+    with pytest.raises(Invalid, match="symlink"):
+        await open_store(f"sqlite:///{tmp_path / 'writ.db'}").open()
+    assert not (tmp_path / "planted.db").exists()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import shlex
 import sqlite3
 import time
 from collections.abc import (
@@ -36,6 +38,37 @@ from writ.stores.sqlite._tx import SQLiteTx
 # this: handing a lone COMMIT to the worker thread and back cost more CPU than the fsync
 # itself (bench/RESULTS.md). A slower disk, or a batch of several, commits in the thread.
 INLINE_COMMIT_MAX_S = 0.002
+log = logging.getLogger("writ.stores.sqlite")
+
+
+def _owner_only(path: str) -> None:
+    """Create the database file for its owner alone (0600), whatever the umask: it holds
+    the token hashes, the wake routes (PagerDuty routing keys, Slack webhook URLs) and the
+    ledger, and SQLite gives its -wal and -shm files the database's mode. A symlink that
+    points nowhere is refused (SQLite would create its target with the umask's mode, where
+    whoever planted it chose); an existing file other users may read is warned of."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+        return
+    if not os.path.exists(path):
+        raise Invalid(f"store {path}: a symlink to a file that does not exist; remove it")
+    shown = [
+        f"{name} ({os.stat(name).st_mode & 0o777:o})"
+        for name in (path, f"{path}-wal", f"{path}-shm")
+        if os.path.exists(name) and os.stat(name).st_mode & 0o004
+    ]
+    if shown:
+        log.warning(
+            "store %s: other users of this host may read %s, which hold the token hashes, "
+            "wake routes and the ledger: chmod 600 %s",
+            path,
+            ", ".join(shown),
+            " ".join(f"{shlex.quote(path)}{end}" for end in ("", "-wal", "-shm")),
+        )
 
 
 class SQLiteStore(Store):
@@ -87,6 +120,7 @@ class SQLiteStore(Store):
         if not self.memory:
             parent = os.path.dirname(os.path.abspath(self.path))  # noqa: ASYNC240 - once, at open
             os.makedirs(parent, exist_ok=True)
+            _owner_only(self.path)
         try:
             self._w = self._connect()
             self._migrate(self._w)

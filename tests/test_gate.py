@@ -138,6 +138,9 @@ def rig(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> It
         f'[[route]]\npath = "/admin/cache/*"\nmethods = ["DELETE"]\nresource = "{res}/cache"\n'
     )
     _, gate_token = live_server.principal("portal", unique("gate"))
+    secrets_file = routes.parent / "upstream-headers"
+    secrets_file.write_text("# the upstream's credentials\nX-Upstream-Secret: from-the-file\n")
+    secrets_file.chmod(0o600)
     upstream = Upstream()
     with (
         serve_asgi(upstream.app) as upstream_url,
@@ -156,6 +159,8 @@ def rig(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> It
                 str(routes),
                 "--upstream-header",
                 "X-Admin-Key: only-the-gate-knows",
+                "--upstream-headers-file",
+                str(secrets_file),
             ]
         ) as gate_url,
     ):
@@ -210,7 +215,7 @@ def test_write_while_another_agent_holds_names_the_holder(rig: Rig) -> None:
 # ----------------------------------------------------------------------------- passing
 def test_current_lease_passes_with_fencing_token_and_holder_not_the_writ_token(rig: Rig) -> None:
     """The upstream sees Writ-Fencing-Token, Writ-Holder and Writ-Resource, the gate's own
-    upstream header, and neither the caller's writ token nor Writ-Lease."""
+    upstream headers (given on the command line and in --upstream-headers-file), and neither the caller's writ token nor Writ-Lease."""
     lease = rig.acquire(rig.agent_token)
     try:
         h = {
@@ -228,6 +233,7 @@ def test_current_lease_passes_with_fencing_token_and_holder_not_the_writ_token(r
         assert hdrs["writ-holder"] == rig.agent
         assert hdrs["writ-resource"] == rig.db
         assert hdrs["x-admin-key"] == "only-the-gate-knows"
+        assert hdrs["x-upstream-secret"] == "from-the-file"
         assert "authorization" not in hdrs and "writ-lease" not in hdrs and "x-hop" not in hdrs
         assert rig.agent_token not in str(seen["raw_headers"])
         assert [v for k, v in seen["raw_headers"] if k == "writ-holder"] == [rig.agent]

@@ -148,3 +148,27 @@ async def test_a_sqlite_store_at_a_symlink_to_nothing_is_refused(tmp_path: Path)
     with pytest.raises(Invalid, match="symlink"):
         await open_store(f"sqlite:///{tmp_path / 'writ.db'}").open()
     assert not (tmp_path / "planted.db").exists()
+
+
+def test_the_gates_upstream_credentials_come_from_a_file_only_its_user_reads(
+    tmp_path: Path,
+) -> None:
+    """``--upstream-headers-file`` keeps the upstream's credentials off the command line
+    (``--upstream-header`` was the only way, readable by every user of the host, agents
+    included); a file other users may read is refused, and a line that is no header is
+    named by its number, not quoted."""
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[route]]\npath = "/admin/*"\nresource = "prod/db"\n')
+    headers = tmp_path / "headers"
+    headers.write_text(f"Authorization: Bearer {PW}\n")
+    base = ["gate", "--url", "http://127.0.0.1:1", "--token", "writ_x", "--upstream"]
+    args = [*base, "http://127.0.0.1:2", "--routes", str(routes)]
+    runner = CliRunner()
+    headers.chmod(0o644)
+    result = runner.invoke(main, [*args, "--upstream-headers-file", str(headers)])
+    assert result.exit_code == 2 and "chmod 600" in result.output, result.output
+    headers.chmod(0o600)
+    headers.write_text(f"# comment\n\nAuthorization Bearer {PW}\n")
+    result = runner.invoke(main, [*args, "--upstream-headers-file", str(headers)])
+    assert result.exit_code == 2 and "line 3" in result.output, result.output
+    assert PW not in result.output

@@ -46,6 +46,42 @@ def _header(value: str) -> tuple[str, str]:
     return name.strip(), val.strip()
 
 
+def _headers_file(path: str) -> list[tuple[str, str]]:
+    """The ``Name: value`` lines of ``path`` (blank lines and ``#`` comments skipped), refused
+    when other users may read it or it is over 64 KiB. A line that is not a header is named
+    by its number, never quoted: it may hold a credential."""
+    import os
+
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & 0o004:
+                raise click.BadParameter(
+                    f"{path}: other users may read it (mode {mode & 0o777:o}), and it holds the "
+                    f"upstream's credentials: chmod 600 {path}",
+                    param_hint="--upstream-headers-file",
+                )
+            data = f.read(65537)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {path}: {exc.strerror or exc}", param_hint="--upstream-headers-file"
+        ) from None
+    if len(data) > 65536:
+        raise click.BadParameter(f"{path}: over 64 KiB", param_hint="--upstream-headers-file")
+    headers = []
+    for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip() or not all(" " <= c <= "~" or c == "\t" for c in line):
+            raise click.BadParameter(
+                f"{path}, line {number}: expected 'Name: value' in printable ASCII",
+                param_hint="--upstream-headers-file",
+            )
+        headers.append((name.strip(), value.strip()))
+    return headers
+
+
 @click.command("gate")
 @_url_option
 @click.option(
@@ -79,8 +115,18 @@ def _header(value: str) -> tuple[str, str]:
     "upstream_headers",
     multiple=True,
     metavar="'NAME: VALUE'",
-    help="Header set on every forwarded request (the upstream's own credentials, so "
-    "that only the gate can write). Repeatable.",
+    help="Header set on every forwarded request. Repeatable. The upstream's own "
+    "credentials go in --upstream-headers-file: a command line is readable by every user "
+    "of the host.",
+)
+@click.option(
+    "--upstream-headers-file",
+    envvar="WRIT_GATE_UPSTREAM_HEADERS_FILE",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File of 'Name: value' lines set on every forwarded request: the upstream's own "
+    "credentials, so that only the gate can write. Refused if other users may read it "
+    "(or WRIT_GATE_UPSTREAM_HEADERS_FILE).",
 )
 @click.option(
     "--timeout",
@@ -134,6 +180,7 @@ def gate_command(
     listen: str,
     routes_path: str,
     upstream_headers: tuple[str, ...],
+    upstream_headers_file: str | None,
     timeout: float,
     writ_timeout: float,
     trust_forwarded_for: tuple[str, ...],
@@ -169,7 +216,10 @@ def gate_command(
             routes,
             timeout=timeout,
             writ_timeout=writ_timeout,
-            upstream_headers=dict(_header(h) for h in upstream_headers),
+            upstream_headers=dict(
+                [_header(h) for h in upstream_headers]
+                + (_headers_file(upstream_headers_file) if upstream_headers_file else [])
+            ),
             trust_forwarded_for=trust_forwarded_for,
             max_connections=upstream_connections,
             max_per_client=max_requests_per_client,

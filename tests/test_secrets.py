@@ -172,3 +172,41 @@ def test_the_gates_upstream_credentials_come_from_a_file_only_its_user_reads(
     result = runner.invoke(main, [*args, "--upstream-headers-file", str(headers)])
     assert result.exit_code == 2 and "line 3" in result.output, result.output
     assert PW not in result.output
+
+
+def test_a_writ_token_is_redacted_wherever_a_log_line_carries_it() -> None:
+    """A token writ made, pasted into a path or an agent's intent, leaves ``writ serve``'s
+    lines as ``writ_[redacted]`` (only one after ``Bearer`` was caught); writ's own names
+    that begin ``writ_`` stay."""
+    from writ.engine.principals import new_token
+    from writ.telemetry.logs import ConsoleFormatter, JsonFormatter, Scrub, Scrubbed
+
+    token = new_token()
+    record = logging.LogRecord(
+        "writ.access", logging.INFO, __file__, 1, f"GET /v1/principals/{token} 404", None, None
+    )
+    record.writ = {"notes": f"granted for {token!r}; writ_migrations is at 9"}
+    for inner in (JsonFormatter(), ConsoleFormatter()):
+        line = Scrubbed(inner, Scrub()).format(record)
+        assert token[5:] not in line and line.count("writ_[redacted]") == 2, line
+        assert "writ_migrations" in line
+
+
+def test_the_gates_log_lines_never_carry_its_credentials() -> None:
+    """``writ gate`` logs through logging.basicConfig's handler, now scrubbed of its token
+    and its --upstream-headers-file values."""
+    import io
+
+    from writ.telemetry.logs import scrub_root
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    stream = io.StringIO()
+    root.handlers[:] = [logging.StreamHandler(stream)]
+    try:
+        scrub_root(["gate-token-value", f"Bearer {PW}"])
+        logging.getLogger("writ.gate").warning("sent gate-token-value and Bearer %s", PW)
+    finally:
+        root.handlers[:] = saved
+    assert PW not in stream.getvalue() and "gate-token-value" not in stream.getvalue()
+    assert stream.getvalue().count("[redacted]") == 2

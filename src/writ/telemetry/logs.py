@@ -18,9 +18,11 @@ Two loggers carry the operational lines, both at INFO:
 
 No secrets: nothing logs a header or a body, and every formatted line passes through
 :class:`Scrub`, which replaces the secrets the server knows (the admin token, the metrics
-token, the webhook secret), anything after ``Bearer `` and PagerDuty routing keys with
-``[redacted]`` (one pass over the finished line: measured 17 µs a line when it cleaned each
-field of the record, ~1 µs this way).
+token, the webhook secret), anything after ``Bearer ``, any token writ made (``writ_…``,
+wherever it was pasted) and PagerDuty routing keys with ``[redacted]`` (one pass over the
+finished line: measured 17 µs a line when it cleaned each field of the record, ~1 µs this
+way). ``writ gate`` scrubs its lines the same way (:func:`scrub_root`), knowing its token
+and the values of its ``--upstream-headers-file``.
 """
 
 from __future__ import annotations
@@ -43,10 +45,14 @@ DECISION = logging.getLogger("writ.decision")
 FORMATS = ("console", "json")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',]+")
 _PD = re.compile(r"pagerduty:[A-Za-z0-9_-]+")
+# a token writ made (writ_ and 43 of base64url), wherever a line carries it: a path it was
+# pasted into, an agent's intent, a traceback's text
+_WRIT_TOKEN = re.compile(r"writ_[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
 
 
 class Scrub:
-    """Replace known secrets (and bearer tokens, PagerDuty routing keys) in a line."""
+    """Replace known secrets (and bearer tokens, writ's tokens, PagerDuty routing keys) in
+    a line."""
 
     def __init__(self, secrets: list[str] | None = None) -> None:
         known = [x for x in (secrets or []) if x and len(x) >= 4]
@@ -63,6 +69,8 @@ class Scrub:
             text = _BEARER.sub(r"\1[redacted]", text)
         if "pagerduty:" in text:
             text = _PD.sub("pagerduty:[redacted]", text)
+        if "writ_" in text:
+            text = _WRIT_TOKEN.sub("writ_[redacted]", text)
         return text
 
 
@@ -127,6 +135,13 @@ def setup(fmt: str = "console", level: str = "info", secrets: list[str] | None =
         lg.setLevel(lvl)
         lg.propagate = False
     logging.getLogger("uvicorn.access").disabled = True  # writ.access replaces it
+
+
+def scrub_root(secrets: list[str]) -> None:
+    """Every handler of the root logger (``logging.basicConfig``'s) scrubs its lines."""
+    scrub = Scrub(secrets)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(Scrubbed(handler.formatter or logging.Formatter(), scrub))
 
 
 def lean_records() -> None:

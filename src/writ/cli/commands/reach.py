@@ -202,7 +202,9 @@ def gate_command(
     be reached, writes are refused with 503.
     """
     from writ.gate import Gate, describe, load_routes, parse_listen, serve
+    from writ.telemetry.logs import scrub_root
 
+    credentials = _headers_file(upstream_headers_file) if upstream_headers_file else []
     try:
         routes = load_routes(routes_path)
         parse_listen(listen)
@@ -216,10 +218,7 @@ def gate_command(
             routes,
             timeout=timeout,
             writ_timeout=writ_timeout,
-            upstream_headers=dict(
-                [_header(h) for h in upstream_headers]
-                + (_headers_file(upstream_headers_file) if upstream_headers_file else [])
-            ),
+            upstream_headers=dict([_header(h) for h in upstream_headers] + credentials),
             trust_forwarded_for=trust_forwarded_for,
             max_connections=upstream_connections,
             max_per_client=max_requests_per_client,
@@ -228,6 +227,7 @@ def gate_command(
         raise click.UsageError(exc.message) from exc
     _preflight(url, token, "writ gate", allow_human_token, allow_server_down)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    scrub_root([token, *(v for _, v in credentials)])  # its lines never carry them
     try:
         serve(gate, listen, log_level=log_level, limits=from_options(limits, GATE_LIMITS))
     except OSError as exc:

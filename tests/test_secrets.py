@@ -210,3 +210,24 @@ def test_the_gates_log_lines_never_carry_its_credentials() -> None:
         root.handlers[:] = saved
     assert PW not in stream.getvalue() and "gate-token-value" not in stream.getvalue()
     assert stream.getvalue().count("[redacted]") == 2
+
+
+@pytest.mark.parametrize("token", ["change-me", "0123456789abcdef"])
+async def test_a_short_admin_token_is_warned_of_at_every_start(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    token: str,
+) -> None:
+    """WRIT_ADMIN_TOKEN may be any text, kept as a fast SHA-256: under 16 characters each
+    start that finds it admin's token says so, naming the rotation (nothing said before)."""
+    monkeypatch.setenv("WRIT_ADMIN_TOKEN", token)
+    for _ in range(2):  # the start that bootstraps admin, then a restart
+        caplog.clear()
+        engine = Engine(open_store(f"sqlite:///{tmp_path / 'writ.db'}"))
+        with caplog.at_level(logging.WARNING, logger="writ.engine"):
+            await engine.start(background=False)
+        await engine.stop()
+        short = len(token) < 16
+        assert ("writ principal rotate admin" in caplog.text) is short, caplog.text
+        assert token not in caplog.text

@@ -52,6 +52,10 @@ def about(name: Any) -> str:
     return f"principals/{name}" if isinstance(name, str) and _NAME.fullmatch(name) else "principals"
 
 
+# below this, a token an operator chose (WRIT_ADMIN_TOKEN) is warned of at every start
+MIN_CHOSEN_TOKEN = 16
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -527,6 +531,13 @@ class PrincipalOps:
                 "WRIT_ADMIN_TOKEN is not the token of principal admin (it was rotated): "
                 "the variable is ignored and that token is refused; use the rotated token, "
                 "or 'writ principal rotate admin --store URL' on the store to get a new one"
+            )
+        elif len(token) < MIN_CHOSEN_TOKEN:
+            log.warning(
+                "WRIT_ADMIN_TOKEN is %d characters, admin's token: one this short can be "
+                "guessed, and read back from its hash in the store (SHA-256, which is fast); "
+                "'writ principal rotate admin' gives a token writ makes (256 random bits)",
+                len(token),
             )
 
     async def add_principal(

@@ -90,10 +90,7 @@ def test_a_postmortem_names_its_store_without_the_password(
 ) -> None:
     """``writ postmortem --store`` names the store it read in the report (shared in incident
     reviews): the password is *** there (the report carried the URL as given)."""
-    url = pg_schemas(request)
-    scheme, rest = url.split("://", 1)
-    userinfo, at, host = rest.rpartition("@")
-    url = f"{scheme}://{userinfo.split(':', 1)[0] or 'postgres'}:{PW}@{host if at else rest}"
+    url = _with_password(pg_schemas(request))
     for fmt in ("md", "json", "html"):
         result = CliRunner().invoke(
             main,
@@ -231,3 +228,44 @@ async def test_a_short_admin_token_is_warned_of_at_every_start(
         short = len(token) < 16
         assert ("writ principal rotate admin" in caplog.text) is short, caplog.text
         assert token not in caplog.text
+
+
+def _with_password(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    userinfo, at, host = rest.rpartition("@")
+    return f"{scheme}://{userinfo.split(':', 1)[0] or 'postgres'}:{PW}@{host if at else rest}"
+
+
+def test_scripts_serve_keeps_the_store_url_off_the_command_line(
+    pg_schemas: Any, request: pytest.FixtureRequest
+) -> None:
+    """scripts/serve hands WRIT_STORE to writ serve in the environment (it put it on the
+    command line as --store, password and all) and names the store without its password."""
+    import subprocess
+
+    from tests.server_fixtures import free_port
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "serve"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WRIT_")}
+    env["WRIT_STORE"] = _with_password(pg_schemas(request))
+    proc = subprocess.Popen(
+        [str(script), "--port", str(free_port())],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if "Application startup complete" in line:
+                break
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()  # writ serve (exec'd)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert b"serve" in cmdline and PW.encode() not in cmdline, cmdline
+    assert "has no admin" in "".join(seen) and PW not in "".join(seen)

@@ -269,3 +269,28 @@ def test_scripts_serve_keeps_the_store_url_off_the_command_line(
         proc.wait(20)
     assert b"serve" in cmdline and PW.encode() not in cmdline, cmdline
     assert "has no admin" in "".join(seen) and PW not in "".join(seen)
+
+
+def test_a_writ_url_with_credentials_is_refused_never_quoted(tmp_path: Path) -> None:
+    """A password in the writ server's URL (WRIT_URL, --url) is refused before any request:
+    httpx sent it as Basic credentials in place of the bearer token, and every message
+    naming the server (not reachable at ..., the gate's and writ mcp's checks) quoted it."""
+    from writ.client import AsyncClient, Client
+
+    for make in (Client, AsyncClient):
+        with pytest.raises(Invalid, match="carries credentials") as info:
+            make(f"http://ops:{PW}@127.0.0.1:1", "writ_x")
+        assert PW not in info.value.message
+    assert Client("http://127.0.0.1:1/a@b", "t").url == "http://127.0.0.1:1/a@b"  # a path's @
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[route]]\npath = "/admin/*"\nresource = "prod/db"\n')
+    url = f"http://ops:{PW}@127.0.0.1:1"
+    gate = ["gate", "--url", url, "--token", "writ_x", "--upstream", "http://127.0.0.1:2"]
+    for args in (
+        ["status", "--url", url, "--token", "writ_x"],
+        [*gate, "--routes", str(routes)],
+        ["mcp", "--url", url, "--token", "writ_x"],
+    ):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code != 0 and "carries credentials" in result.output, result.output
+        assert PW not in result.output

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from writ.client import Client
-from writ.core.errors import Unauthenticated, Unavailable, WritError
+from writ.core.errors import Invalid, Unauthenticated, Unavailable, WritError
 
 HUMAN_KINDS = ("human", "queue")
 
@@ -58,6 +58,8 @@ def check_token(
             f"{what}: writ at {url} cannot be reached ({exc.message}). Start `writ serve` "
             "(or fix --url / WRIT_URL), or pass --allow-server-down to start anyway."
         ) from exc
+    except Invalid as exc:  # refused before asking: the URL (never quoted) or the token
+        raise PreflightFailed(f"{what}: {exc.message}") from exc
     except WritError as exc:
         raise PreflightFailed(f"{what}: writ at {url} answered {exc.code}: {exc.message}") from exc
     name, kind = me.get("name"), me.get("kind")

@@ -32,6 +32,14 @@ def _normalize_url(url: str) -> str:
     url = url.strip().rstrip("/")
     if "://" not in url:
         url = "http://" + url
+    if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        # httpx sent them as Basic credentials in place of the bearer token, and every
+        # message naming the server quoted the password; refused, never quoted
+        raise Invalid(
+            "the writ server's URL carries credentials (user:password@): writ authenticates "
+            "with the bearer token (--token, WRIT_TOKEN); remove them from the URL",
+            field="url",
+        )
     return url
 
 

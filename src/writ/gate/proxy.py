@@ -169,6 +169,12 @@ class Gate:
         self.url = url.rstrip("/")
         if "://" not in self.url:
             self.url = "http://" + self.url
+        if "@" in self.url.split("://", 1)[1].split("/", 1)[0]:
+            raise Invalid(
+                "the writ server's URL carries credentials (user:password@): the gate "
+                "authenticates with its token; remove them from the URL",
+                field="url",
+            )
         self.upstream = httpx.URL(upstream if "://" in upstream else "http://" + upstream)
         if self.upstream.scheme not in ("http", "https") or not self.upstream.host:
             raise Invalid(f"upstream must be an http(s) URL, not {upstream!r}", field="upstream")

@@ -153,7 +153,7 @@ def test_the_gates_upstream_credentials_come_from_a_file_only_its_user_reads(
     """``--upstream-headers-file`` keeps the upstream's credentials off the command line
     (``--upstream-header`` was the only way, readable by every user of the host, agents
     included); a file other users may read is refused, and a line that is no header is
-    named by its number, not quoted."""
+    named by its number, not quoted. An upstream URL with credentials is refused."""
     routes = tmp_path / "routes.toml"
     routes.write_text('[[route]]\npath = "/admin/*"\nresource = "prod/db"\n')
     headers = tmp_path / "headers"
@@ -168,6 +168,10 @@ def test_the_gates_upstream_credentials_come_from_a_file_only_its_user_reads(
     headers.write_text(f"# comment\n\nAuthorization Bearer {PW}\n")
     result = runner.invoke(main, [*args, "--upstream-headers-file", str(headers)])
     assert result.exit_code == 2 and "line 3" in result.output, result.output
+    assert PW not in result.output
+    # nor in the upstream's URL, which the gate printed in its listening line
+    result = runner.invoke(main, [*base, f"http://adm:{PW}@127.0.0.1:2", "--routes", str(routes)])
+    assert result.exit_code == 2 and "--upstream-headers-file" in result.output, result.output
     assert PW not in result.output
 
 

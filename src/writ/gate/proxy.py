@@ -176,6 +176,13 @@ class Gate:
                 field="url",
             )
         self.upstream = httpx.URL(upstream if "://" in upstream else "http://" + upstream)
+        if self.upstream.userinfo:
+            raise Invalid(
+                "the upstream URL carries credentials (user:password@), which the gate printed "
+                "and every user of the host read on its command line: give them as an "
+                "Authorization header in --upstream-headers-file",
+                field="upstream",
+            )
         if self.upstream.scheme not in ("http", "https") or not self.upstream.host:
             raise Invalid(f"upstream must be an http(s) URL, not {upstream!r}", field="upstream")
         self._prefix = self.upstream.raw_path.split(b"?")[0].rstrip(b"/")

@@ -298,3 +298,16 @@ def test_a_writ_url_with_credentials_is_refused_never_quoted(tmp_path: Path) -> 
         result = CliRunner().invoke(main, args)
         assert result.exit_code != 0 and "carries credentials" in result.output, result.output
         assert PW not in result.output
+
+
+def test_writ_serve_warns_of_a_secret_given_as_a_flag_only(tmp_path: Path) -> None:
+    """A store password or metrics token on the command line is warned of (every user of
+    the host reads it); the same from WRIT_STORE and WRIT_METRICS_TOKEN is not."""
+    url = f"postgresql://writ:{PW}@127.0.0.1:1/writ"
+    runner = CliRunner()
+    flags = ["serve", "--check", "--store", url, "--metrics-token", "m" * 16]
+    said = runner.invoke(main, flags).stderr
+    assert said.count("is on the command line") == 2 and PW not in said, said
+    env = {"WRIT_STORE": url, "WRIT_METRICS_TOKEN": "m" * 16}
+    said = runner.invoke(main, ["serve", "--check"], env=env).stderr
+    assert "command line" not in said and PW not in said, said

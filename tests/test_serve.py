@@ -143,6 +143,9 @@ def test_serve_check_names_every_problem(tmp_path: Path, monkeypatch: pytest.Mon
         taken.close()
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
+    warned = [line for line in lines if ": warning: " in line]
+    lines = [line for line in lines if ": warning: " not in line]
+    assert ["password" in warned[0], "metrics token" in warned[1], len(warned)] == [1, 1, 2]
     assert [line.split(":")[1].strip().split()[0] for line in lines] == [
         "policy",
         "metrics",

@@ -311,3 +311,43 @@ def test_writ_serve_warns_of_a_secret_given_as_a_flag_only(tmp_path: Path) -> No
     env = {"WRIT_STORE": url, "WRIT_METRICS_TOKEN": "m" * 16}
     said = runner.invoke(main, ["serve", "--check"], env=env).stderr
     assert "command line" not in said and PW not in said, said
+
+
+async def test_the_password_reaches_postgresql_decoded() -> None:
+    """libpq sends the password it is handed on its own, as the URL meant it (``%25`` is
+    ``%``): a server that asks for it in clear text (a stand-in, not PostgreSQL) reads it."""
+    import asyncio
+    import struct
+
+    heard: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def postgres(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # SSLRequest and GSSENCRequest are declined, then the startup packet
+                size = struct.unpack("!i", await reader.readexactly(4))[0]
+                body = await reader.readexactly(size - 4)
+                if body[:4] not in (struct.pack("!i", 80877103), struct.pack("!i", 80877104)):
+                    break
+                writer.write(b"N")
+            writer.write(b"R" + struct.pack("!ii", 8, 3))  # AuthenticationCleartextPassword
+            await writer.drain()
+            assert await reader.readexactly(1) == b"p"
+            size = struct.unpack("!i", await reader.readexactly(4))[0]
+            await heard.put((await reader.readexactly(size - 4)).rstrip(b"\0"))
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(postgres, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for url in (
+            f"postgresql://writ:{PW}%25x@127.0.0.1:{port}/writ",
+            f"postgresql://writ@127.0.0.1:{port}/writ?password={PW}%25x",
+        ):
+            with pytest.raises(WritError) as info:
+                await open_store(url).open()
+            assert PW not in info.value.message
+            assert await asyncio.wait_for(heard.get(), 10) == f"{PW}%x".encode()
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -520,7 +520,7 @@ def test_gate_and_mcp_http_take_the_same_limits(tmp_path: Path, command: str) ->
         )
     else:
         args = ("mcp", "--transport", "http", "--url", "http://127.0.0.1:9", "--token", "t")
-        args += ("--allow-server-down",)
+        args += ("--allow-server-down", "--http-token", "an-endpoint-token-0123")
     limits = ("--max-header-bytes", "4096", "--header-timeout", "1")
     limits += ("--max-connections-per-client", "2")
     with writ(tmp_path, *args, *limits, ready="/") as p:

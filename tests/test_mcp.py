@@ -399,8 +399,9 @@ async def test_any_loopback_bind_refuses_a_foreign_host_and_origin(
             "clientInfo": {"name": "t", "version": "1"},
         },
     }
-    with run_writ(["mcp", "--transport", "http", "--host", host, "--port", "0"], env) as url:
-        async with httpx.AsyncClient() as c:
+    args = ["mcp", "--transport", "http", "--host", host, "--port", "0"]
+    with run_writ([*args, "--http-token", HTTP_TOKEN], env) as url:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {HTTP_TOKEN}"}) as c:
             foreign = await c.post(
                 url,
                 json=hello,

@@ -351,3 +351,14 @@ async def test_the_password_reaches_postgresql_decoded() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("given", [[], ["--http-token", "short"]])
+def test_writ_mcp_over_http_needs_an_endpoint_token(given: list[str]) -> None:
+    """``writ mcp --transport http`` without ``--http-token`` (16 characters or more) is
+    refused before anything starts: loopback is no boundary between a host's users, and any
+    process on it acted as the agent, with its writ token."""
+    pytest.importorskip("mcp")
+    args = ["mcp", "--transport", "http", "--url", "http://127.0.0.1:1", "--token", "writ_x"]
+    result = CliRunner().invoke(main, [*args, *given], env={"WRIT_MCP_HTTP_TOKEN": None})
+    assert result.exit_code == 2 and "--http-token" in result.output, result.output

@@ -261,7 +261,8 @@ def gate_command(
     "--http-token",
     envvar="WRIT_MCP_HTTP_TOKEN",
     default=None,
-    help="HTTP: require 'Authorization: Bearer <this>' from MCP clients (or WRIT_MCP_HTTP_TOKEN).",
+    help="HTTP (required there, 16 characters or more): the 'Authorization: Bearer <this>' MCP "
+    "clients must send (or WRIT_MCP_HTTP_TOKEN).",
 )
 @click.option(
     "--allow-human-token",
@@ -312,6 +313,14 @@ def mcp_command(
         raise click.ClickException(
             f"writ mcp needs the MCP SDK: pip install 'writ[mcp]' ({exc})"
         ) from exc
+    if transport == "http" and len(http_token or "") < 16:
+        # loopback is no boundary between the users of a host: without a token, any
+        # process on it acted as the agent, with its writ token's rights
+        raise click.UsageError(
+            "--transport http needs --http-token (or WRIT_MCP_HTTP_TOKEN), 16 characters or "
+            "more: without one, every process of this host, any user's, acts as the agent "
+            "through the endpoint (openssl rand -hex 24 makes one)"
+        )
     _preflight(url, token, "writ mcp", allow_human_token, allow_server_down)
     client = AsyncClient(url, token)
     try:

@@ -59,7 +59,8 @@ export const MAX_WAIT_S = 300;
 const POLL_S = 240;
 
 export interface WritOptions {
-  /** Default: `WRIT_URL`, else `http://127.0.0.1:7411`. A URL without a scheme gets `http://`. */
+  /** Default: `WRIT_URL`, else `http://127.0.0.1:7411`. A URL without a scheme gets `http://`;
+   * one carrying credentials (`user:password@`) is refused (InvalidError, not quoted). */
   url?: string;
   /** Sent as `Authorization: Bearer …`. Default: `WRIT_TOKEN`. */
   token?: string;
@@ -82,6 +83,16 @@ function env(name: string): string | undefined {
 function normalizeUrl(url: string): string {
   let out = url.trim().replace(/\/+$/, "");
   if (!out.includes("://")) out = `http://${out}`;
+  const authority = (out.split("://", 2)[1] ?? "").split("/", 1)[0] ?? "";
+  if (authority.includes("@")) {
+    // fetch refused the URL, quoting it (password and all) in its error, which every
+    // "not reachable" message carried on; refused here, never quoted
+    throw new InvalidError(
+      "the writ server's URL carries credentials (user:password@): writ authenticates " +
+        "with the bearer token; remove them from the URL",
+      { field: "url" },
+    );
+  }
   return out;
 }
 

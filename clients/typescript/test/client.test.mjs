@@ -98,6 +98,19 @@ describe("health and identity", () => {
     }
   });
 
+  test("a URL carrying credentials is refused at construction, never quoted", () => {
+    const err = (() => {
+      try {
+        return new Writ({ url: "http://ops:URL-PASSWORD@127.0.0.1:1", token: "t" });
+      } catch (e) {
+        return e;
+      }
+    })();
+    assert.ok(err instanceof InvalidError, String(err));
+    assert.doesNotMatch(err.message, /URL-PASSWORD/);
+    assert.equal(new Writ({ url: "http://127.0.0.1:1/a@b", token: "t" }).url, "http://127.0.0.1:1/a@b");
+  });
+
   test("a wrong token is refused and never echoed", T, async () => {
     const err = await new Writ({ url: w.url, token: "writ_not-a-token" }).whoami().catch((e) => e);
     assert.ok(err instanceof UnauthenticatedError);

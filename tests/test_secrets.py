@@ -362,3 +362,17 @@ def test_writ_mcp_over_http_needs_an_endpoint_token(given: list[str]) -> None:
     args = ["mcp", "--transport", "http", "--url", "http://127.0.0.1:1", "--token", "writ_x"]
     result = CliRunner().invoke(main, [*args, *given], env={"WRIT_MCP_HTTP_TOKEN": None})
     assert result.exit_code == 2 and "--http-token" in result.output, result.output
+
+
+def test_writ_serve_refuses_a_short_metrics_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A metrics token under 16 characters is refused at start, as ``--check`` refuses it
+    (it served with one, e.g. ``short``)."""
+    from writ.api import serve as api_serve
+
+    served: list[Any] = []
+    monkeypatch.setattr(api_serve, "run", lambda *a, **k: served.append(a))
+    result = CliRunner().invoke(main, ["serve"], env={"WRIT_METRICS_TOKEN": "short"})
+    assert result.exit_code == 2 and "16" in result.output and not served, result.output
+    assert "short" not in result.output.replace("short enough", "")
+    result = CliRunner().invoke(main, ["serve"], env={"WRIT_METRICS_TOKEN": "m" * 16})
+    assert result.exit_code == 0 and served, result.output

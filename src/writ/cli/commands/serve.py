@@ -188,6 +188,10 @@ def serve(
             raise SystemExit(1)
         click.echo(f"writ serve --check: ok ({store.split('://')[0]} store ready, {host}:{port})")
         return
+    if metrics_token is not None and len(metrics_token) < 16:  # as --check says
+        raise click.UsageError(
+            "the metrics token is under 16 characters, short enough to guess: use 16 or more"
+        )
     from writ.api import serve as api_serve  # looked up at call time (tests patch its `run`)
 
     check_workers(store, workers)

@@ -376,3 +376,25 @@ def test_writ_serve_refuses_a_short_metrics_token(monkeypatch: pytest.MonkeyPatc
     assert "short" not in result.output.replace("short enough", "")
     result = CliRunner().invoke(main, ["serve"], env={"WRIT_METRICS_TOKEN": "m" * 16})
     assert result.exit_code == 0 and served, result.output
+
+
+def test_writ_gate_and_mcp_warn_of_a_token_given_as_a_flag(tmp_path: Path) -> None:
+    """The gate's and writ mcp's tokens on the command line are warned of (an agent on the
+    host reads them with ps); from their variables nothing is said."""
+    pytest.importorskip("mcp")
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[route]]\npath = "/admin/*"\nresource = "prod/db"\n')
+    gate = ["gate", "--url", "http://127.0.0.1:1", "--upstream", "http://127.0.0.1:2"]
+    gate += ["--routes", str(routes)]
+    mcp = ["mcp", "--url", "http://127.0.0.1:1", "--transport", "http"]
+    runner = CliRunner()
+    for args, variables in (
+        (gate, {"WRIT_GATE_TOKEN": "writ_x"}),
+        (mcp, {"WRIT_TOKEN": "writ_x", "WRIT_MCP_HTTP_TOKEN": "h" * 16}),
+    ):
+        flags = [*args, "--token", "writ_x"]
+        flags += ["--http-token", "h" * 16] if "mcp" in args else []
+        said = runner.invoke(main, flags).stderr
+        assert said.count("is on the command line") == (2 if "mcp" in args else 1), said
+        said = runner.invoke(main, args, env=variables).stderr
+        assert "command line" not in said, said

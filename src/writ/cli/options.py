@@ -56,3 +56,18 @@ def existing_store(url: str) -> str:
         if path and path != ":memory:" and not os.path.exists(path):
             raise Invalid(f"no store at {path} (from {url}): check the path")
     return url
+
+
+def warn_of_flags(command: str, secrets: list[tuple[str, str, str]]) -> None:
+    """Say so for each ``(parameter, what, variable)`` of ``secrets`` given as a flag: every
+    user of the host reads a command line (``ps``), never another user's environment."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    for name, what, instead in secrets:
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+            click.echo(
+                f"{command}: warning: {what} is on the command line, where every user of "
+                f"this host can read it (use {instead})",
+                err=True,
+            )

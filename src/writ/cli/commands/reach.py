@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from writ.cli.options import log_level_option, url_option
+from writ.cli.options import log_level_option, url_option, warn_of_flags
 from writ.core.errors import WritError
 from writ.net.limits import GATE_LIMITS
 from writ.net.options import from_options, limit_options
@@ -204,6 +204,8 @@ def gate_command(
     from writ.gate import Gate, describe, load_routes, parse_listen, serve
     from writ.telemetry.logs import scrub_root
 
+    warn_of_flags("writ gate", [("token", "its token", "WRIT_GATE_TOKEN")])
+
     credentials = _headers_file(upstream_headers_file) if upstream_headers_file else []
     try:
         routes = load_routes(routes_path)
@@ -313,6 +315,13 @@ def mcp_command(
         raise click.ClickException(
             f"writ mcp needs the MCP SDK: pip install 'writ[mcp]' ({exc})"
         ) from exc
+    warn_of_flags(
+        "writ mcp",
+        [
+            ("token", "its token", "WRIT_TOKEN"),
+            ("http_token", "--http-token", "WRIT_MCP_HTTP_TOKEN"),
+        ],
+    )
     if transport == "http" and len(http_token or "") < 16:
         # loopback is no boundary between the users of a host: without a token, any
         # process on it acted as the agent, with its writ token's rights

@@ -10,6 +10,7 @@ from writ.cli._helpers import (
     DEFAULT_KEY,
     DEFAULT_STORE,
 )
+from writ.cli.options import warn_of_flags
 from writ.net.options import from_options, limit_options
 
 
@@ -171,8 +172,11 @@ def serve(
     environment variable (docs/operations.md has the table).
     """
     from writ.api.workers import check_relay, check_workers
+    from writ.stores import redact
 
-    _warn_of_secrets_on_the_command_line(store)
+    password = [("store", "the store URL's password", "WRIT_STORE, PGPASSWORD or ~/.pgpass")]
+    metrics_flag = [("metrics_token", "the metrics token", "WRIT_METRICS_TOKEN")]
+    warn_of_flags("writ serve", (password if redact(store) != store else []) + metrics_flag)
     if checkpoint_every:
         install_checkpointer(checkpoint_key, checkpoint_dir, checkpoint_every)
     relay_dir = check_relay(store, relay) if relay is not None else None
@@ -213,32 +217,6 @@ def serve(
         limits=from_options(limits),
         **extra,
     )
-
-
-def _warn_of_secrets_on_the_command_line(store: str) -> None:
-    """Say so when the store's password or the metrics token was given as a flag: every user
-    of the host reads a command line (ps), where each has a variable of its own."""
-    from click.core import ParameterSource
-
-    from writ.stores import redact
-
-    ctx = click.get_current_context()
-    given = [
-        (
-            "store",
-            redact(store) != store,
-            "the store URL's password",
-            "WRIT_STORE, PGPASSWORD or ~/.pgpass",
-        ),
-        ("metrics_token", True, "the metrics token", "WRIT_METRICS_TOKEN"),
-    ]
-    for name, secret, what, instead in given:
-        if secret and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
-            click.echo(
-                f"writ serve: warning: {what} is on the command line, where every user of "
-                f"this host can read it (use {instead})",
-                err=True,
-            )
 
 
 def install_checkpointer(key_path: str, directory: str, every: int) -> None:

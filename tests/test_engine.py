@@ -478,6 +478,33 @@ async def test_fence_names_the_holder_who_names_across_a_blast_radius(
     assert (await engine.fence("capacity/web", lease["fencing_token"]))["current_token"] is None
 
 
+async def test_a_member_of_a_blast_radius_holds_no_ancestor_of_the_others(
+    make_engine: MakeEngine,
+) -> None:
+    """A lease on capacity/db keeps prod (above prod/db, its neighbour) from everyone else,
+    but holds none of it: prod/web beside prod/db is free for another agent, so the
+    capacity/db holder is not current for prod, capacity or routing (fence, who and the
+    gate alike), and two writers are never current over one resource."""
+    engine = await make_engine(BLAST)
+    cap, cap_token = await engine.add_principal(None, "capacity-agent", "agent")
+    web, gate = await add(engine, "web-agent"), await add(engine, "the-gate")
+    lease = await grant(engine, cap, "capacity/db")
+    other = await grant(engine, web, "prod/web")  # not in the blast radius: free
+    token = lease["fencing_token"]
+    for above in ("prod", "capacity", "routing"):
+        fence = await engine.fence(above, token)
+        assert fence["current"] is False and fence["holder"] is None, fence
+        assert (await engine.who(above))["lock_holder"] == "none"
+    assert (await engine.fence("prod/db", token))["current"] is True  # its neighbour
+    assert (await engine.fence("prod/web", other["fencing_token"]))["current"] is True
+    checked = await engine.gate_check(
+        gate, cap_token, lease["lease_id"], token, "prod", "POST", "/admin/prod/scale"
+    )
+    assert checked["passed"] is False and "does not cover prod" in checked["reason"]
+    with pytest.raises(Held):
+        await grant(engine, web, "prod")  # and it stays kept from everyone else
+
+
 async def test_recheck_after_a_gate_refused_the_waiter_runs_the_gates(engine: Engine) -> None:
     """A waiter refused by a safety rule at dispatch learns of it by a notification; if
     its own recheck runs first (the note crosses servers), it must not be granted past

@@ -91,3 +91,33 @@ def test_conflict_is_symmetric_and_matches_store_lookup(
     exact, ranges = related_clauses(br.expand(a))
     by_lookup = b in exact or any(lo <= b < hi for lo, hi in ranges)
     assert by_lookup == br.conflicts(a, b)
+
+
+def test_a_member_covers_its_neighbours_not_their_ancestors() -> None:
+    """A lease on capacity/db holds prod/db (its neighbour) and below, not prod above it:
+    prod/web beside prod/db may be leased to someone else meanwhile."""
+    br = BlastRadius({"db-tier": ["prod/db", "routing/db-tier", "capacity/db"]})
+    assert "capacity/db" in br.covering("prod/db/x")
+    assert br.covering("prod") == {"prod"}
+    assert br.covering("capacity") == {"capacity"}
+    assert br.conflicts("capacity/db", "prod") and not br.conflicts("capacity/db", "prod/web")
+
+
+@given(
+    PATH,
+    PATH,
+    st.dictionaries(st.sampled_from(["g", "h"]), st.lists(PATH, min_size=1, max_size=3)),
+    st.data(),
+)
+def test_whoever_covers_a_resource_excludes_all_that_overlaps_it(
+    other: str, below: str, groups: dict[str, list[str]], data: st.DataObject
+) -> None:
+    """A lease holding write authority over r (any path of covering(r)) conflicts with every
+    resource that overlaps r (r, above it, below it), so no second lease can be current over
+    any part of r — r drawn among the groups' members and their ancestors too."""
+    br = BlastRadius(groups)
+    near = sorted({a for ms in groups.values() for m in ms for a in (m, *ancestors(m))})
+    r = data.draw(st.sampled_from([other, *near]))
+    for s in br.covering(r):
+        for t in (*ancestors(r), r, f"{r}/{below}"):
+            assert br.conflicts(s, t), (s, r, t)

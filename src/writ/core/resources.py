@@ -10,6 +10,9 @@ merged when the policy is loaded. With merged groups the conflict test becomes a
 some path of ``expand(R)``, where ``expand(R)`` is ``R`` plus every member of each group
 that has a member related to ``R``. Stores answer "held leases related to these paths"
 with index range scans, so the test costs the same with 10 or 100,000 leases held.
+
+Write authority is narrower than exclusion (:meth:`BlastRadius.covering`): a lease on a
+member holds the other members and what lies below them, never what lies above them.
 """
 
 from __future__ import annotations
@@ -91,6 +94,10 @@ class BlastRadius:
             (frozenset(n), tuple(sorted(p))) for n, p in merged
         ]
         self._cache: dict[str, tuple[str, ...]] = {}
+        # each member -> every member of its (merged) group: covering's lookup
+        self._group_of: dict[str, tuple[str, ...]] = {
+            m: members for _names, members in self._groups for m in members
+        }
 
     @property
     def groups(self) -> list[tuple[frozenset[str], tuple[str, ...]]]:
@@ -111,9 +118,18 @@ class BlastRadius:
         return result
 
     def covering(self, resource: str) -> set[str]:
-        """Where a lease holds write authority over ``resource``: every path of
-        ``expand(resource)`` and every ancestor of one."""
-        return {a for p in self.expand(resource) for a in (p, *ancestors(p))}
+        """Where a lease holds write authority over ``resource``: on it or an ancestor, and,
+        when ``resource`` is a member of a group or lies below one, on any member of that
+        group or an ancestor of one. A group with a member only *below* ``resource`` does
+        not count: a lease on another of its members keeps ``resource`` from everyone else,
+        but holds none of it (``capacity/db`` holds ``prod/db``, not all of ``prod``)."""
+        above = ancestors(resource)
+        out = {resource, *above}
+        for a in (resource, *above):  # the members at or above resource: their groups
+            for m in self._group_of.get(a, ()):
+                out.add(m)
+                out.update(ancestors(m))
+        return out
 
     def group_names(self, resource: str) -> list[str]:
         """Names of the groups whose blast radius ``resource`` falls in."""

@@ -36,7 +36,7 @@ class Fencing:
 
         async def fn(tx: Tx) -> dict[str, Any]:
             # the same holder who and the gate name: a lease on the resource, an ancestor,
-            # or another member of its blast radius
+            # or another member of a group it is in (BlastRadius.covering)
             lease = await self.engine.holder(tx, resource)
             current = lease.fencing_token if lease else None
             out = {
@@ -75,7 +75,7 @@ class Fencing:
         """Decide one mutating request at a gate, and record the decision as a row.
 
         It passes only when the caller's lease ``lease_id`` is held right now on
-        ``resource`` (or an ancestor, or a member of its blast radius) by the caller, with
+        ``resource`` (or an ancestor, or a member of a group it is in) by the caller, with
         exactly ``fencing_token``, and that token is not lower than the highest this store
         has passed for the resource, and — when the gate's route names an ``attribute`` —
         the lease's ``touches`` include it (or ``*``). The decision and its row (``gate.passed`` or

@@ -30,8 +30,9 @@ class History:
     async def who(self, resource: str, at: float | None = None) -> dict[str, Any]:
         """Who held write authority on ``resource`` at ``at`` (default now), from the ledger.
 
-        A lease on the resource, on an ancestor of it, or on a member of its blast-radius
-        group counts; such leases exclude each other, so at most one answers.
+        A lease on the resource, on an ancestor of it, or on a member of a blast-radius group
+        it is in (or an ancestor of one) counts (``BlastRadius.covering``); such leases
+        exclude each other, so at most one answers.
 
         A row the answer rests on that the store cannot read back (a stub, event
         ``unreadable``: see :func:`~writ.core.ledger.row_from`) is named in an added

@@ -226,6 +226,42 @@ async def test_disable_revokes_leases_drops_queued_requests_and_refuses_the_toke
     await _lint_clean(s.engine)
 
 
+async def test_a_lease_asked_for_as_its_principal_is_disabled_is_never_left_held(
+    world: tuple[Server, dict[str, str]],
+) -> None:
+    """An acquire whose token was checked just before its principal was disabled is decided
+    by the principal as the store holds it at the grant: refused (401, a lease.denied row),
+    never granted a lease the disable came too early to revoke (it held for its whole ttl,
+    up to an hour, with a current fencing token)."""
+    from writ.core.errors import Unauthenticated
+
+    s, tok = world
+    checked = await s.engine.authenticate(tok["perf-agent"])  # its token checked, then...
+    await s.ok(tok["boss"], "POST", "/v1/principals/perf-agent/disable", {"reason": "leaked"})
+    with pytest.raises(Unauthenticated, match="disabled"):
+        await s.engine.acquire(checked, resource="prod/db", intent="scale up", ttl_s=3600)
+    denied = (await _rows(s.engine, "lease.denied"))[-1]
+    assert denied["agent_id"] == "perf-agent" and "disabled" in denied["notes"]
+    # the two at once over HTTP: whichever commits first, nothing is left held
+    for i in range(8):
+        name = f"racer-{i}"
+        _, token = await s.engine.add_principal(None, name, "agent")
+        assert await s.whoami(token) == 200  # its token is known (and remembered)
+        body = {"resource": f"race/{i}", "intent": "scale up", "ttl_s": 3600}
+
+        async def acquire(token: str = token, body: Any = body, pause: float = i % 4 / 2000):
+            await asyncio.sleep(pause)  # the disable's request first, by 0 to 1.5 ms
+            return await s.call(token, "POST", "/v1/leases", body)
+
+        got, off = await asyncio.gather(
+            acquire(),
+            s.call(tok["boss"], "POST", f"/v1/principals/{name}/disable", {"reason": "r"}),
+        )
+        assert got.status_code in (201, 401) and off.status_code == 200, (got.text, off.text)
+        held = await s.call(tok["boss"], "GET", "/v1/leases", holder=name, state="held")
+        assert held.json()["leases"] == [], (i, got.text)
+
+
 async def test_the_last_enabled_admin_cannot_be_disabled(
     world: tuple[Server, dict[str, str]],
 ) -> None:

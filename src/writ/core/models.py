@@ -49,6 +49,9 @@ class Principal:
     token_expires_at: float | None = None  # its token is refused from then on
     # the JWT issuer this request's caller signed in through (never stored; None: a writ token)
     signed_in_by: str | None = field(default=None, compare=False)
+    # the engine's count of principal changes when its token was checked (never stored;
+    # None: not read for a token, e.g. handed in by a library caller)
+    checked_gen: int | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -49,7 +49,6 @@ from writ.engine.queue import (
     QueueOps,
     _blocked_text,
     _deny_event,
-    _gone,
     _Queued,
     _unseen_text,
 )
@@ -327,7 +326,7 @@ class Engine(PrincipalOps, QueueOps):
     async def _acquire_tx(
         self, tx: Tx, principal: Principal, req: Request, waiter_id: str
     ) -> Lease | _Queued | WritError:
-        err = await self._run_gates(tx, principal, req)
+        err = await self._gates_now(tx, req, principal)  # disabled since checked: refused
         if err is not None:
             await self._deny(tx, req, None, err.message, _deny_event(err))
             return err
@@ -442,8 +441,7 @@ class Engine(PrincipalOps, QueueOps):
             if blocked is None:
                 # the safety rules hold here too: a dispatch may have refused this waiter
                 # already, and its note may not have reached us yet (another server's)
-                principal = await tx.get_principal(req.principal)
-                err = await self._run_gates(tx, principal, req) if principal else _gone(req)
+                err = await self._gates_now(tx, req)
                 if err is not None:
                     await self._deny(tx, req, None, err.message, _deny_event(err))
                     return err

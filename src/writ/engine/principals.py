@@ -189,6 +189,8 @@ class Principals(Rule):
 
     def _changed(self, tx: Tx, name: str) -> None:
         tx.notify("principals", {"name": name})
+        # at once too: a grant later in this commit reads its principal again (queue.py)
+        self.engine.auth_cache.forget()
         tx.after_commit(self.engine.auth_cache.forget)
 
     @staticmethod
@@ -468,7 +470,7 @@ class PrincipalOps:
                 cache.store_generation = seen
         p = cache.get(h)
         if p is not None:
-            return p
+            return p  # remembered: no principal changed since (a change forgets them all)
         generation = cache.generation
 
         async def by_token(tx: Tx) -> tuple[Principal | None, float]:
@@ -486,6 +488,7 @@ class PrincipalOps:
         err = refusal(p, now)
         if err is not None:
             raise err
+        p.checked_gen = generation
         cache.put(h, p, generation)
         return p
 
@@ -498,6 +501,7 @@ class PrincipalOps:
         async def by_name(tx: Tx) -> tuple[Principal | None, float]:
             return await tx.get_principal(name), tx.now()
 
+        generation = self.auth_cache.generation
         p, now = await self.store.read(by_name)
         if p is None:
             raise Unauthenticated(
@@ -511,7 +515,8 @@ class PrincipalOps:
         why = issuer.refuses(p)
         if why is not None:
             raise Unauthenticated(f"the JWT from {issuer.issuer} may not act as {name}: {why}")
-        return dataclasses.replace(p, signed_in_by=issuer.issuer)  # a copy: p may be shared
+        # a copy: p may be shared
+        return dataclasses.replace(p, signed_in_by=issuer.issuer, checked_gen=generation)
 
     async def bootstrap_admin(self, token: str) -> None:
         """Create principal ``admin`` (human, admin) with ``token`` unless it exists.

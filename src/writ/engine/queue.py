@@ -30,6 +30,7 @@ from writ.engine.reads import ReadOps
 from writ.stores.base import Tx
 
 if TYPE_CHECKING:
+    from writ.engine.principals import AuthCache
     from writ.rules.authority import Authority
 
 log = logging.getLogger("writ.engine")
@@ -60,6 +61,7 @@ class QueueOps(ReadOps):
     """Gates, grants, the queue's hand-offs, and ending leases."""
 
     _gates: list[Gate]
+    auth_cache: AuthCache
     _on_grant: list[Callable[[Tx, Request, Lease], Awaitable[None]]]
     _on_end: list[Callable[[Tx, Lease], Awaitable[None]]]
 
@@ -74,6 +76,18 @@ class QueueOps(ReadOps):
             if err is not None:
                 return err
         return None
+
+    async def _gates_now(
+        self, tx: Tx, req: Request, checked: Principal | None = None
+    ) -> WritError | None:
+        """The safety rules for ``req``, with its principal as it stands: ``checked`` (the
+        one its token named) while no principal changed since that check, else read in
+        ``tx`` — one disabled or deleted since its token was checked, or since it queued,
+        is refused, never granted a lease its disable came too early to revoke."""
+        principal = checked
+        if checked is None or checked.checked_gen not in (None, self.auth_cache.generation):
+            principal = await tx.get_principal(req.principal)
+        return await self._run_gates(tx, principal, req) if principal else _gone(req)
 
     async def _blocked(self, tx: Tx, req: Request, before_seq: int | None) -> Blocked | None:
         """What stands between ``req`` and a grant right now, or None."""
@@ -234,8 +248,7 @@ class QueueOps(ReadOps):
         req = self._queued_request(w)
         if await self._blocked(tx, req, w.seq) is not None:
             return
-        principal = await tx.get_principal(w.principal)
-        err = await self._run_gates(tx, principal, req) if principal else _gone(req)
+        err = await self._gates_now(tx, req)
         await tx.delete_waiter(w.waiter_id)
         if err is not None:
             await self._deny(tx, req, None, err.message, _deny_event(err))
@@ -444,9 +457,9 @@ def _deny_event(err: WritError) -> str:
 
 
 def _gone(req: Request) -> WritError:
-    """A queued request whose principal was deleted (by hand) while it waited."""
+    """A request whose principal was deleted (by hand) since its token was checked."""
     return Unauthenticated(
-        f"principal {req.principal} no longer exists: its queued request is refused",
+        f"principal {req.principal} no longer exists: its request is refused",
         principal=req.principal,
     )
 

@@ -102,6 +102,18 @@ async def _queued(
     return waiting
 
 
+async def _by_hand(s: Server, backend: Backend, statement: str) -> None:
+    """Run ``statement`` on the store behind writ's back; on PostgreSQL, return once the
+    server heard of it (the principals table's trigger notifies, and the server forgets
+    what it remembered of every principal: milliseconds). SQLite has no cache to forget."""
+    heard = s.engine.auth_cache.generation
+    await backend.sql(statement)
+    deadline = time.monotonic() + 5
+    while backend.is_pg and s.engine.auth_cache.generation == heard:
+        assert time.monotonic() < deadline, "the server never heard of the hand edit"
+        await asyncio.sleep(0.005)
+
+
 async def _lint_clean(engine: Engine) -> None:
     kinds = {p["name"]: p["kind"] for p in await engine.list_principals()}
     for row in await _rows(engine):
@@ -629,9 +641,11 @@ async def test_a_queued_request_is_refused_when_its_principal_was_disabled_by_ha
         tok["cost-agent"], "POST", "/v1/leases", {"resource": "prod/db", "intent": "trim"}
     )
     waiting = await _queued(s, tok["perf-agent"], "prod/db", "scale", 1)
-    await backend.sql(
+    await _by_hand(
+        s,
+        backend,
         "UPDATE principals SET disabled_at = 1.0, disabled_reason = 'by hand'"
-        " WHERE name = 'perf-agent'"
+        " WHERE name = 'perf-agent'",
     )
     await s.ok(tok["cost-agent"], "POST", f"/v1/leases/{held['lease_id']}/release")
     r = await waiting
@@ -717,6 +731,34 @@ async def test_two_writ_serve_processes_on_postgresql_refuse_within_a_second(
         assert await status(a, r.json()["token"]) == 200
 
 
+async def test_a_hand_disable_is_seen_at_a_later_turn_of_the_queue_too(
+    world: tuple[Server, dict[str, str]], backend: Backend
+) -> None:
+    """Once perf-agent was served from the queue (the server then knows it: PostgreSQL's
+    replica keeps the principals it read), a hand UPDATE that disables it still refuses
+    its next queued request: the server forgets what it knew of principals when the
+    table's trigger tells it of a change."""
+    s, tok = world
+    held = await s.ok(
+        tok["cost-agent"], "POST", "/v1/leases", {"resource": "prod/db", "intent": "trim"}
+    )
+    first = await _queued(s, tok["perf-agent"], "prod/db", "scale", 1)
+    await s.ok(tok["cost-agent"], "POST", f"/v1/leases/{held['lease_id']}/release")
+    served = await first
+    assert served.status_code == 201, served.text
+    again = await _queued(s, tok["perf-agent"], "prod/db", "scale again", 2)
+    await _by_hand(
+        s,
+        backend,
+        "UPDATE principals SET disabled_at = 1.0, disabled_reason = 'by hand'"
+        " WHERE name = 'perf-agent'",
+    )
+    revoke = {"runbook": "R-1", "paged": "boss", "reason": "r", "waive_lock_delay": True}
+    await s.ok(tok["boss"], "POST", f"/v1/leases/{served.json()['lease_id']}/revoke", revoke)
+    r = await again
+    assert r.status_code == 401 and "disabled" in r.text, r.text
+
+
 async def test_a_queued_request_of_a_principal_deleted_by_hand_is_refused(
     world: tuple[Server, dict[str, str]], backend: Backend
 ) -> None:
@@ -725,7 +767,7 @@ async def test_a_queued_request_of_a_principal_deleted_by_hand_is_refused(
         tok["cost-agent"], "POST", "/v1/leases", {"resource": "prod/db", "intent": "trim"}
     )
     waiting = await _queued(s, tok["perf-agent"], "prod/db", "scale", 1)
-    await backend.sql("DELETE FROM principals WHERE name = 'perf-agent'")
+    await _by_hand(s, backend, "DELETE FROM principals WHERE name = 'perf-agent'")
     await s.ok(tok["cost-agent"], "POST", f"/v1/leases/{held['lease_id']}/release")
     r = await waiting
     assert r.status_code == 401 and "no longer exists" in r.text, r.text

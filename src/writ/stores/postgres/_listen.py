@@ -21,6 +21,9 @@ from writ.stores.postgres._schema import (
 )
 from writ.stores.postgres._sql import log
 
+if TYPE_CHECKING:
+    from writ.stores.postgres._batch import _Live
+
 
 def _payloads(instance: str, notes: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     """Notes packed into as few NOTIFY payloads as fit, each tagged with our instance id
@@ -80,6 +83,8 @@ class _Listener:
     channel: str
     instance: str
     statement_timeout: float
+
+    _live: _Live | None
 
     if TYPE_CHECKING:
 
@@ -149,9 +154,19 @@ class _Listener:
         self._heard_up_to(notes)
         if sender == self.instance:  # our own notes were delivered at commit
             return
+        if any(kind == "principals" for kind, _payload in notes):
+            self._forget_principals()
         if sender != "db":  # a trigger's (a principal changed), not a process's
             self._heard_from(sender)
         self._deliver_foreign(notes)
+
+    def _forget_principals(self) -> None:
+        """A principal changed elsewhere — on another server, or by hand (the table's
+        trigger announces both) — or such news may have been missed: the replica reads
+        each principal afresh, so a grant or a hand-off decided here sees one disabled or
+        deleted since (writ's own changes already made it forget, see ``PgTx._w``)."""
+        if self._live is not None:
+            self._live.forget()
 
     def _heard_up_to(self, notes: Sequence[tuple[str, dict[str, Any]]]) -> int:
         """The last ledger row ``notes`` tell of (0: none), now counted as heard. Notes
@@ -213,6 +228,7 @@ class _Listener:
         re-announce what may have been missed (:meth:`_missed`). A fresh pool replaces the
         old one, whose reconnect attempts may be backing off for many seconds."""
         notes = await self._missed(conn, outage_s)
+        self._forget_principals()  # a principal's change may have been missed too
         await self._refresh_pool()
         log.warning(
             "PostgreSQL reachable again after %.1fs; resynchronized at seq %d",

@@ -585,6 +585,41 @@ async def test_only_the_key_holder_queue_or_its_members_turn_the_key(
     await _lint_clean(s.engine)
 
 
+async def test_a_principal_disabled_after_its_token_was_checked_turns_no_key(
+    world: tuple[Server, dict[str, str]],
+) -> None:
+    """An approve and a consent answer decided after their principal was disabled (its
+    token checked just before) are refused: a key turns, a consent is given, by the
+    principal as it stands, and the rollback and the consent stay pending."""
+    from writ.core.errors import Unauthenticated
+
+    s, tok = world
+    _, jane = await s.engine.add_principal(None, "jane", "human", queues=["svc-ops"])
+    rb = await _rollback(s, tok)
+    lease = await s.ok(tok["perf-agent"], "GET", f"/v1/leases/{rb['lease_id']}")
+    change = await s.ok(
+        tok["perf-agent"],
+        "POST",
+        f"/v1/leases/{lease['lease_id']}/changes",
+        {"attribute": "capacity", "summary": "4 to 8"},
+    )
+    asked = await s.ok(
+        tok["cost-agent"], "POST", "/v1/consents", {"change_id": change["change_id"], "reason": "r"}
+    )
+    checked = [await s.engine.authenticate(t) for t in (jane, tok["perf-agent"])]
+    for name in ("jane", "perf-agent"):
+        await s.ok(tok["boss"], "POST", f"/v1/principals/{name}/disable", {"reason": "gone"})
+    with pytest.raises(Unauthenticated, match="disabled"):
+        await s.engine.rollbacks.answer(checked[0], rb["rollback_id"], True)
+    with pytest.raises(Unauthenticated, match="disabled"):
+        await s.engine.consents.answer(checked[1], asked["consent_id"], True)
+    got = await s.ok(tok["boss"], "GET", f"/v1/rollbacks/{rb['rollback_id']}")
+    assert got["status"] == "pending"
+    assert (await s.ok(tok["boss"], "GET", f"/v1/consents/{asked['consent_id']}"))[
+        "status"
+    ] == "pending"
+
+
 async def test_an_escalated_consent_is_answered_by_its_queue_or_a_member(
     world: tuple[Server, dict[str, str]], backend: Backend
 ) -> None:

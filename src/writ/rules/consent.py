@@ -24,7 +24,7 @@ from writ.core.errors import ConsentRequired, Forbidden, Invalid, NotFound, Writ
 from writ.core.models import Lease, Principal, data, new_id, public
 from writ.core.validate import check_text, json_value, text
 from writ.engine.hooks import SYSTEM, Request, Rule
-from writ.engine.principals import member_of
+from writ.engine.principals import member_of, refusal
 from writ.rules.authority import Authority
 from writ.stores.base import Tx
 
@@ -276,6 +276,12 @@ class Consents(Rule):
             consent = await tx.get_object(CONSENT, consent_id, for_update=True)
             if consent is None:
                 raise NotFound(f"no consent {consent_id!r}", consent_id=consent_id)
+            # as it stands now, not as it was when the token was checked: one disabled
+            # since answers nothing
+            me_now = await tx.get_principal(me.name) or me
+            gone = refusal(me_now, tx.now())
+            if gone is not None:
+                raise gone
             if me.name != consent["author"]:  # closed mode: told nothing of what it may not see
                 eng.rule(Authority).check_observe(me, consent["resource"], f"consent {consent_id}")
             state = consent["state"]
@@ -298,7 +304,6 @@ class Consents(Rule):
                     queue = (change or {}).get(
                         "override_queue"
                     ) or eng.policy.default_override_queue
-                me_now = await tx.get_principal(me.name) or me
                 if not (member_of(me_now, queue) or (queue is None and me_now.admin)):
                     raise Forbidden(
                         "this consent expired unanswered and was escalated: only its override "

@@ -24,7 +24,7 @@ from writ.core.models import Principal, data, new_id, public
 from writ.core.routes import check_route, host_problem, resolve
 from writ.core.validate import check_text, text
 from writ.engine.hooks import Rule
-from writ.engine.principals import member_of
+from writ.engine.principals import member_of, refusal
 from writ.engine.wake import CallResult
 from writ.rules.authority import Authority
 from writ.rules.consent import CHANGE
@@ -246,8 +246,12 @@ class Rollbacks(Rule):
             rb = await tx.get_object(ROLLBACK, rollback_id, for_update=True)
             if rb is None:
                 raise NotFound(f"no rollback {rollback_id!r}", rollback_id=rollback_id)
-            # membership as it stands now, not as it was when the token was checked
+            # membership as it stands now, not as it was when the token was checked; and one
+            # disabled since turns no key
             me_now = await tx.get_principal(me.name) or me
+            gone = refusal(me_now, tx.now())
+            if gone is not None:
+                raise gone
             try:
                 self._check_key(me_now, rb)
             except Forbidden as refused:  # a decision too: the postmortem reads who tried

@@ -390,12 +390,14 @@ def test_run_gives_the_child_its_lease(agent_env: dict[str, str], tmp_path: Path
 def test_run_gives_the_child_no_credential_but_its_own(
     live_server: LiveServer, tmp_path: Path
 ) -> None:
-    """The admin token (exported in the shell that runs writ run for an agent), the metrics
-    token and the webhook secret stay with writ run; WRIT_TOKEN is the holder's own token,
-    even when --token named another than the environment's."""
+    """The admin token (exported in the shell that runs writ run for an agent), writ's own
+    store URL (the ledger and the leases, written directly), the metrics token and the
+    webhook secret stay with writ run; WRIT_TOKEN is the holder's own token, even when
+    --token named another than the environment's."""
     _, agent = live_server.principal("agent")
     secrets = {
         "WRIT_ADMIN_TOKEN": "admin-secret",
+        "WRIT_STORE": "postgresql://writ:store-secret@db.internal/writ",
         "WRIT_METRICS_TOKEN": "metrics-secret",
         "WRIT_WEBHOOK_SECRET": "webhook-secret",
         "WRIT_GATE_TOKEN": "gate-secret",

@@ -157,9 +157,11 @@ def run(
 
 # credentials writ's commands read from the environment that COMMAND has no use for: the
 # bootstrap admin's token (often exported in the shell that runs writ run for an agent),
-# the metrics token, the webhook secret, the gate's and the MCP listener's tokens
+# writ's own store (whoever holds its URL writes the ledger and the leases directly, around
+# every rule), the metrics token, the webhook secret, the gate's and the MCP listener's tokens
 KEPT_BACK = (
     "WRIT_ADMIN_TOKEN",
+    "WRIT_STORE",
     "WRIT_METRICS_TOKEN",
     "WRIT_WEBHOOK_SECRET",
     "WRIT_GATE_TOKEN",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 import httpx
 
+from writ.client import _wire
 from writ.client._base import DEFAULT_TIMEOUT, WATCH_WAIT_S, OnLost, _Base
 from writ.client._leases import AsyncLease, _after, _head_search
 from writ.client._routes import JSON, _check, _Req, _Routes
@@ -26,33 +28,43 @@ class AsyncClient(_Base, _Routes[Awaitable[Any]]):
     ) -> None:
         _Base.__init__(self, url, token, timeout, headers)
         self._transport = transport
-        self._http = httpx.AsyncClient(
-            base_url=self.url, headers=self._headers, transport=transport
-        )
+        self._http = self._new_pool()
         self._waits: httpx.AsyncClient | None = None  # for requests that wait (see _Base)
 
     def _pool(self, req: _Req) -> httpx.AsyncClient:
         if req.wait_s <= 0:
             return self._http
         if self._waits is None:
-            self._waits = httpx.AsyncClient(
-                base_url=self.url, headers=self._headers, transport=self._transport
-            )
+            self._waits = self._new_pool()
         return self._waits
+
+    def _new_pool(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url,
+            headers=self._headers,
+            transport=self._transport,
+            follow_redirects=False,
+        )
 
     async def _request(self, req: _Req) -> Any:
         _check(req)
+        timeout = self._timeout_for(req)
+        what = f"{req.method} {req.path}"
         try:
-            response = await self._pool(req).request(
-                req.method,
-                req.path,
-                params=req.params,
-                json=req.body,
-                timeout=self._timeout_for(req),
-            )
-        except httpx.TransportError as exc:
+            async with (
+                asyncio.timeout(timeout),  # the whole exchange, not each read (_wire)
+                self._pool(req).stream(
+                    req.method, req.path, params=req.params, json=req.body, timeout=timeout
+                ) as response,
+            ):
+                content = bytearray()
+                async for chunk in response.aiter_bytes():
+                    content += chunk
+                    if len(content) > _wire.MAX_ANSWER_BYTES:
+                        raise _wire.too_large(self.url, what)
+        except (httpx.TransportError, TimeoutError) as exc:
             raise self._unavailable(req, exc) from exc
-        return self._decode(response)
+        return self._decode(response, bytes(content), req)
 
     def _send(self, req: _Req) -> Awaitable[Any]:
         return self._request(req)

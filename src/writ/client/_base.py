@@ -11,6 +11,7 @@ import httpx
 
 from writ._version import __version__
 from writ.client._routes import _Req
+from writ.client._wire import object_of
 from writ.core.errors import (
     Invalid,
     LeaseLost,
@@ -80,8 +81,8 @@ class _Base:
     def _unavailable(self, req: _Req, exc: Exception) -> Unavailable:
         if isinstance(exc, httpx.PoolTimeout):  # the server was never asked
             why = f"no free connection in this client's pool within {self._timeout_for(req):g}s"
-        elif isinstance(exc, httpx.TimeoutException):
-            why = f"no answer within {self._timeout_for(req):g}s"
+        elif isinstance(exc, httpx.TimeoutException | TimeoutError):
+            why = f"no whole answer within {self._timeout_for(req):g}s"
         else:
             why = str(exc) or type(exc).__name__
         return Unavailable(
@@ -90,11 +91,8 @@ class _Base:
             url=self.url,
         )
 
-    def _decode(self, response: httpx.Response) -> Any:
-        try:
-            body: Any = response.json() if response.content else {}
-        except ValueError:
-            body = response.text
+    def _decode(self, response: httpx.Response, content: bytes, req: _Req) -> Any:
+        body = object_of(response, content, self.url, f"{req.method} {req.path}")
         if response.is_success:
             return body
         err = error_from_body(response.status_code, body)

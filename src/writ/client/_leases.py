@@ -18,6 +18,7 @@ from writ.core.errors import (
     Unavailable,
     WritError,
 )
+from writ.core.textsafe import printable
 
 if TYPE_CHECKING:
     from writ.client._async import AsyncClient
@@ -46,6 +47,28 @@ def _after(probe: int, page: Mapping[str, Any]) -> bool:
     or a ``next_after_seq`` moved past rows this reader may not see (closed mode)."""
     nxt = page.get("next_after_seq")
     return bool(page.get("rows")) or (type(nxt) is int and nxt > probe)
+
+
+MAX_TTL_S = 3600  # PROTOCOL.md: a lease's ttl_s is 1 to 3600
+
+
+def _checked_lease(data: JSON) -> float:
+    """The ttl of a Lease answered by a grant or a renewal, once its fields are what writ
+    sends (PROTOCOL.md): a ``lease_id``, an integer ``fencing_token``, a ``ttl_s`` of 1 to
+    3600. Anything else is :class:`~writ.Unavailable`: a renewal that took a ``nan`` ttl
+    renewed in a busy loop, and one that took a string stopped the renewals for good without
+    ever calling the lease lost."""
+    lease_id, token, ttl = data.get("lease_id"), data.get("fencing_token"), data.get("ttl_s")
+    if not isinstance(lease_id, str) or not lease_id:
+        problem = "no lease_id"
+    elif not isinstance(token, int) or isinstance(token, bool) or token < 0:
+        problem = "a fencing_token that is not a whole number"
+    elif not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_S:
+        problem = "a ttl_s that is not a number of seconds from 1 to 3600"
+    else:
+        return float(ttl)
+    shown = printable(repr(data)[:200])
+    raise Unavailable(f"the server answered with a lease that has {problem}: {shown}")
 
 
 # ---------------------------------------------------------------------------- held leases
@@ -161,8 +184,8 @@ class _LeaseState:
 
     def _granted(self, data: JSON, sent: float) -> None:
         """Record a grant or renewal whose request left at monotonic ``sent``."""
+        self.ttl_s = _checked_lease(data)
         self.data = data
-        self.ttl_s = float(data.get("ttl_s") or self.ttl_s)
         self._deadline = sent + self.ttl_s
 
     def _acquired(self, data: JSON, sent: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ import httpx
 from writ.client._base import DEFAULT_TIMEOUT, WATCH_WAIT_S, OnLost, _Base
 from writ.client._leases import Lease, _after, _head_search
 from writ.client._routes import JSON, _check, _Req, _Routes
+from writ.client._wire import capped, deadline, sync_transport
 
 
 class Client(_Base, _Routes[Any]):
@@ -31,7 +33,7 @@ class Client(_Base, _Routes[Any]):
     ) -> None:
         _Base.__init__(self, url, token, timeout, headers)
         self._transport = transport
-        self._http = httpx.Client(base_url=self.url, headers=self._headers, transport=transport)
+        self._http = self._new_pool()
         self._waits: httpx.Client | None = None  # for requests that wait (see _Base)
         self._waits_made = threading.Lock()
 
@@ -40,24 +42,32 @@ class Client(_Base, _Routes[Any]):
             return self._http
         with self._waits_made:
             if self._waits is None:
-                self._waits = httpx.Client(
-                    base_url=self.url, headers=self._headers, transport=self._transport
-                )
+                self._waits = self._new_pool()
             return self._waits
+
+    def _new_pool(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url,
+            headers=self._headers,
+            transport=self._transport or sync_transport(),
+            follow_redirects=False,
+        )
 
     def _send(self, req: _Req) -> Any:
         _check(req)
+        timeout = self._timeout_for(req)
+        # the whole exchange ends by then (writ.client._wire), not each read
+        at = deadline.set(time.monotonic() + timeout)
         try:
-            response = self._pool(req).request(
-                req.method,
-                req.path,
-                params=req.params,
-                json=req.body,
-                timeout=self._timeout_for(req),
-            )
+            with self._pool(req).stream(
+                req.method, req.path, params=req.params, json=req.body, timeout=timeout
+            ) as response:
+                content = capped(response.iter_bytes(), self.url, f"{req.method} {req.path}")
         except httpx.TransportError as exc:
             raise self._unavailable(req, exc) from exc
-        return self._decode(response)
+        finally:
+            deadline.reset(at)
+        return self._decode(response, content, req)
 
     def close(self) -> None:
         self._http.close()

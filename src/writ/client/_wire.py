@@ -1,0 +1,165 @@
+"""What a client takes from the wire, whoever answers at its URL (a writ server, a proxy's
+error page, a man in the middle on plain HTTP, a WRIT_URL naming something else):
+
+- every request has its timeout for the whole exchange, not for each read: httpx's timeouts
+  are per read, so a server sending a byte every few seconds held a call (and an agent's
+  ``writ run``, a renewal, an MCP tool) for as long as it liked. The async client bounds a
+  request with :func:`asyncio.timeout`; the sync one reads through :class:`_Backend`, whose
+  every read and write waits at most until the request's :data:`deadline`.
+- an answer is read up to :data:`MAX_ANSWER_BYTES`, then refused (a server sending gigabytes
+  grew the client's memory until it was killed);
+- the answer of a call that went through is a JSON object, as every route of PROTOCOL.md
+  answers: anything else (not JSON, a list, a number, nested past the parser) is
+  :class:`~writ.Unavailable` naming what came back, never a traceback;
+- a redirect is never followed (the token would go with it): a 3xx is
+  :class:`~writ.Unavailable` naming where it pointed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import httpcore
+import httpx
+
+from writ.core.errors import Unavailable
+from writ.core.textsafe import printable
+
+__all__ = ["MAX_ANSWER_BYTES", "deadline", "object_of", "sync_transport", "too_large"]
+
+#: The most a client reads of one answer. The largest a writ server sends are lists at their
+#: ``limit`` cap (100,000 leases or audit rows): tens of MB.
+MAX_ANSWER_BYTES = 256 << 20
+
+#: When the sync request under way in this thread (or task) must be over, monotonic seconds.
+deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "writ_deadline", default=None
+)
+
+
+def _left(timeout: float | None, late: type[Exception]) -> float | None:
+    at = deadline.get()
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise late("the request's time ran out")
+    return left if timeout is None else min(timeout, left)
+
+
+class _Stream(httpcore.NetworkStream):
+    """A connection whose reads and writes end by the request's :data:`deadline`."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        left = _left(timeout, httpcore.ConnectTimeout)
+        return _Stream(self._inner.start_tls(ssl_context, server_hostname, left))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _Backend(httpcore.NetworkBackend):
+    """httpcore's sync backend, its connections :class:`_Stream`\\ s."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _left(timeout, httpcore.ConnectTimeout)
+        return _Stream(self._inner.connect_tcp(host, port, left, local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        left = _left(timeout, httpcore.ConnectTimeout)
+        return _Stream(self._inner.connect_unix_socket(path, left, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def sync_transport() -> httpx.HTTPTransport:
+    """httpx's own transport, its connections read through :class:`_Backend`. (httpx takes
+    no network backend, so its pool's is wrapped: ``_pool`` and ``_network_backend`` have
+    been where they are since httpx 0.18 and httpcore 0.13.)"""
+    transport = httpx.HTTPTransport()
+    pool = transport._pool
+    pool._network_backend = _Backend(pool._network_backend)
+    return transport
+
+
+def too_large(url: str, what: str) -> Unavailable:
+    return Unavailable(
+        f"writ server at {url} sent an answer to {what} longer than {MAX_ANSWER_BYTES >> 20} MiB, "
+        "the most the client reads: it was dropped (ask for fewer rows with limit)",
+        url=url,
+    )
+
+
+def capped(chunks: Iterator[bytes], url: str, what: str) -> bytes:
+    """The answer's bytes, refused past :data:`MAX_ANSWER_BYTES`."""
+    out = bytearray()
+    for chunk in chunks:
+        out += chunk
+        if len(out) > MAX_ANSWER_BYTES:
+            raise too_large(url, what)
+    return bytes(out)
+
+
+def _shown(content: bytes) -> str:
+    text = content[:80].decode("utf-8", "replace")
+    return printable(repr(text) + ("…" if len(content) > 80 else ""))
+
+
+def object_of(response: httpx.Response, content: bytes, url: str, what: str) -> Any:
+    """The answer's body: a JSON value, or its text when it is not JSON. A 2xx must be a JSON
+    object (or empty: ``{}``), and a 3xx is never followed; both refused as
+    :class:`~writ.Unavailable` otherwise."""
+    status = response.status_code
+    if 300 <= status < 400:
+        where = printable(response.headers.get("location", "nowhere")[:200])
+        raise Unavailable(
+            f"writ server at {url} answered {what} with {status}, a redirect to {where}, which "
+            "the client never follows (the token would go with it): set WRIT_URL or --url to "
+            "the URL writ serves",
+            url=url,
+        )
+    body: Any
+    try:
+        body = json.loads(content) if content else {}
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+        body = None
+    if 200 <= status < 300 and not isinstance(body, dict):
+        ctype = printable(response.headers.get("content-type", "no content type")[:80])
+        raise Unavailable(
+            f"writ server at {url} answered {what} with {status} ({ctype}) and a body that is "
+            f"not a JSON object, which every writ answer is: {_shown(content)}; is {url} a writ "
+            "server? (set WRIT_URL or --url)",
+            url=url,
+        )
+    return content.decode("utf-8", "replace") if body is None else body

@@ -1,0 +1,239 @@
+"""What a hostile or broken server can do to the Python client (writ.client._wire): a call
+ends by its timeout however the answer trickles in, an answer is read up to a cap, an answer
+that is no JSON object or a redirect is :class:`~writ.Unavailable`, and a lease's renewals
+survive answers that are no lease. Real sockets where the test is about the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from writ.cli import main
+from writ.client import AsyncClient, Client, _wire
+from writ.core.errors import Held, Unavailable, error_from_body
+
+Handler = Callable[[socket.socket, threading.Event], None]
+
+
+@contextlib.contextmanager
+def hostile(handler: Handler) -> Iterator[str]:
+    """A server on a free port that reads each request's head and hands the connection to
+    ``handler`` (with an event set at teardown); yields its URL."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+
+    def serve_one(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                head += data
+            handler(conn, stop)
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                conn, _ = listener.accept()
+                threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def _trickle_head(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    while not stop.wait(0.1):
+        conn.sendall(b"x")  # a header line that never ends, a byte each 0.1 s
+
+
+def _trickle_body(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 999\r\n\r\n"
+    )
+    while not stop.wait(0.1):
+        conn.sendall(b" ")
+
+
+def _call(url: str, mode: str, timeout: float = 10) -> Any:
+    if mode == "sync":
+        with Client(url, "t", timeout=timeout) as client:
+            return client.health()
+
+    async def go() -> Any:
+        async with AsyncClient(url, "t", timeout=timeout) as client:
+            return await client.health()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("trickle", [_trickle_head, _trickle_body], ids=["head", "body"])
+def test_an_answer_trickled_a_byte_at_a_time_ends_at_the_timeout(
+    mode: str, trickle: Handler
+) -> None:
+    """httpx's timeout is for each read: a byte every 0.1 s kept a 0.5 s call waiting for as
+    long as the server went on. The timeout is the whole exchange's."""
+    with hostile(trickle) as url:
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as exc:
+            _call(url, mode, timeout=0.5)
+        assert time.monotonic() - started < 3
+    assert "no whole answer within 0.5s" in exc.value.message
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_answer_past_the_cap_is_dropped(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An endless answer is read up to MAX_ANSWER_BYTES (here 1 MiB), then refused."""
+    monkeypatch.setattr(_wire, "MAX_ANSWER_BYTES", 1 << 20)
+    sent: list[int] = []
+
+    def endless(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+        conn.sendall(b"transfer-encoding: chunked\r\n\r\n")
+        chunk = b" " * 65536
+        for _ in range(256):  # 16 MiB at most, should the client read on
+            conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent.append(len(chunk))
+        conn.sendall(b"0\r\n\r\n")
+
+    with hostile(endless) as url, pytest.raises(Unavailable) as exc:
+        _call(url, mode)
+    assert "longer than 1 MiB" in exc.value.message
+
+
+def _mock(answer: httpx.Response) -> tuple[Client, list[httpx.Request]]:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return answer
+
+    return Client("http://writ.test", "t", transport=httpx.MockTransport(handler)), sent
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[1, 2]", b'"ok"', b"3", b"NaN", b"<html>maintenance</html>", b"[" * 100_000, b"\xff\xfe"],
+    ids=["list", "string", "number", "nan", "html", "deep", "not-utf8"],
+)
+def test_a_success_that_is_no_json_object_is_unavailable(body: bytes) -> None:
+    """Every writ answer is a JSON object: anything else (a proxy's page, a WRIT_URL naming
+    another service) is Unavailable naming what came back, where callers tripped on it
+    (``'list' object has no attribute 'get'``, a RecursionError)."""
+    client, _ = _mock(httpx.Response(200, content=body, headers={"content-type": "text/html"}))
+    with pytest.raises(Unavailable) as exc:
+        client.status()
+    assert "not a JSON object" in exc.value.message
+    assert "GET /v1/status" in exc.value.message
+
+
+def test_an_error_nested_past_the_parser_is_still_an_error() -> None:
+    client, _ = _mock(httpx.Response(500, content=b"[" * 100_000))
+    with pytest.raises(Exception) as exc:
+        client.status()
+    assert type(exc.value).__module__.startswith("writ"), exc.value
+    assert exc.value.message.startswith("HTTP 500: [[[")  # type: ignore[attr-defined]
+
+
+def test_a_redirect_is_never_followed_and_names_where_it_pointed() -> None:
+    """The token would go with a followed redirect; a misconfigured URL (http:// answered
+    with a redirect to https://) is told as such."""
+    client, sent = _mock(
+        httpx.Response(307, headers={"location": "https://elsewhere.example/v1/leases"})
+    )
+    with pytest.raises(Unavailable) as exc:
+        client.acquire("a/b", "x")
+    assert len(sent) == 1
+    assert "a redirect to https://elsewhere.example/v1/leases" in exc.value.message
+    assert "never follows" in exc.value.message
+
+
+def test_an_error_body_with_any_detail_names_is_the_typed_error() -> None:
+    """A detail named ``self`` was a TypeError inside error_from_body."""
+    err = error_from_body(409, {"error": {"code": "held", "message": "m", "self": 1}})
+    assert isinstance(err, Held) and err.details["self"] == 1
+
+
+def test_the_cli_says_what_came_back_without_a_traceback() -> None:
+    def page(conn: socket.socket, stop: threading.Event) -> None:
+        body = b"<html>sign in to the hotel wifi</html>"
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+
+    with hostile(page) as url:
+        result = CliRunner().invoke(main, ["status", "--url", url, "--token", "t"])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "writ: unavailable:" in result.output and "not a JSON object" in result.output
+
+
+# ----------------------------------------------------------------------------- held leases
+LEASE = {"lease_id": "ls_1", "fencing_token": 7, "ttl_s": 1, "resource": "a/b", "state": "held"}
+
+
+@pytest.mark.parametrize(
+    "renewal",
+    [
+        b"<html>",
+        json.dumps({**LEASE, "ttl_s": "30"}).encode(),
+        b'{"lease_id": "ls_1", "fencing_token": 7, "ttl_s": NaN}',
+        json.dumps({**LEASE, "ttl_s": 1e308}).encode(),
+        json.dumps({**LEASE, "fencing_token": "7"}).encode(),
+    ],
+    ids=["html", "string-ttl", "nan-ttl", "huge-ttl", "string-token"],
+)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_renewals_answered_with_no_lease_end_in_lost(mode: str, renewal: bytes) -> None:
+    """A renewal answered with something that is no lease is a failed renewal: retried, and
+    the lease is lost at its expiry. (An HTML page or a string ttl stopped the renewal thread
+    for good, the lease never lost while the server let it expire; a NaN ttl renewed in a
+    busy loop and never expired; 1e308 overflowed the thread's wait.)"""
+    renewals: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/leases":
+            return httpx.Response(201, json=LEASE)
+        renewals.append(request)
+        return httpx.Response(200, content=renewal)
+
+    if mode == "sync":
+        client = Client("http://writ.test", "t", transport=httpx.MockTransport(handler))
+        lease = client.lease("a/b", "x", ttl_s=1, renew_every=0.1).acquire()
+        assert lease.lost.wait(5)
+        lease._stop_renewing()
+    else:
+
+        async def go() -> Any:
+            aclient = AsyncClient("http://writ.test", "t", transport=httpx.MockTransport(handler))
+            alease = await aclient.lease("a/b", "x", ttl_s=1, renew_every=0.1).acquire()
+            await asyncio.wait_for(alease.lost.wait(), 5)
+            await alease._stop_renewing()
+            return alease
+
+        lease = asyncio.run(go())
+    assert lease.error is not None and lease.error.details["state"] == "unknown"
+    assert "the server answered with a lease that has" in lease.error.message or (
+        "not a JSON object" in lease.error.message
+    )
+    assert 2 <= len(renewals) < 40  # retried at its pace, not in a busy loop

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import socket
 import threading
@@ -20,6 +21,7 @@ from click.testing import CliRunner
 
 from writ.cli import main
 from writ.client import AsyncClient, Client, _wire
+from writ.client import _pages as _pages_module
 from writ.core.errors import Held, Unavailable, error_from_body
 
 Handler = Callable[[socket.socket, threading.Event], None]
@@ -173,19 +175,28 @@ def test_an_error_body_with_any_detail_names_is_the_typed_error() -> None:
     assert isinstance(err, Held) and err.details["self"] == 1
 
 
-def test_the_cli_says_what_came_back_without_a_traceback() -> None:
-    def page(conn: socket.socket, stop: threading.Event) -> None:
-        body = b"<html>sign in to the hotel wifi</html>"
+@pytest.mark.parametrize(
+    ("ctype", "body", "said"),
+    [
+        (b"text/html", b"<html>sign in to the hotel wifi</html>", "not a JSON object"),
+        (b"application/json", b'{"leases": [1, 2]}', "not a list of objects"),
+    ],
+    ids=["page", "list-of-numbers"],
+)
+def test_the_cli_says_what_came_back_without_a_traceback(
+    ctype: bytes, body: bytes, said: str
+) -> None:
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
         conn.sendall(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: %d\r\n\r\n%s"
-            % (len(body), body)
+            b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
+            % (ctype, len(body), body)
         )
 
-    with hostile(page) as url:
+    with hostile(answer) as url:
         result = CliRunner().invoke(main, ["status", "--url", url, "--token", "t"])
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
-    assert "writ: unavailable:" in result.output and "not a JSON object" in result.output
+    assert "writ: unavailable:" in result.output and said in result.output
 
 
 # ----------------------------------------------------------------------------- held leases
@@ -237,3 +248,93 @@ def test_renewals_answered_with_no_lease_end_in_lost(mode: str, renewal: bytes) 
         "not a JSON object" in lease.error.message
     )
     assert 2 <= len(renewals) < 40  # retried at its pace, not in a busy loop
+
+
+# ----------------------------------------------------------------------------- pages of the ledger
+def _pages(answer: Callable[[httpx.Request], dict[str, Any]]) -> tuple[Client, list[float]]:
+    """A client whose every audit or events read is answered by ``answer``; the moments
+    (monotonic) the requests came."""
+    times: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        times.append(time.monotonic())
+        assert len(times) < 500, "the client asks without end"
+        return httpx.Response(200, json=answer(request))
+
+    return Client("http://writ.test", "t", transport=httpx.MockTransport(handler)), times
+
+
+def test_a_server_with_rows_after_every_seq_ends_the_head_search() -> None:
+    """last_seq doubles its probe while the server says there are rows after it: one that
+    always says so was asked forever. A seq is a BIGINT: past 2**63 the answer is broken."""
+    client, times = _pages(lambda r: {"rows": [{"seq": 1}], "next_after_seq": 1})
+    with pytest.raises(Unavailable) as exc:
+        client.last_seq()
+    assert "rows after every seq a store can hold" in exc.value.message
+    assert len(times) <= 65
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"rows": [], "next_after_seq": "5"},
+        {"rows": [], "next_after_seq": 1e300},
+        {"rows": [], "next_after_seq": True},
+        {"rows": [], "next_after_seq": 2**80},
+        {"rows": [1, 2], "next_after_seq": 2},
+        {"rows": [{"event": "x"}], "next_after_seq": 2},
+        {"rows": "rows", "next_after_seq": 2},
+    ],
+    ids=["string", "float", "bool", "past-bigint", "numbers", "no-seq", "not-a-list"],
+)
+def test_a_page_that_is_not_one_is_unavailable(answer: dict[str, Any]) -> None:
+    """iter_audit and watch took int() of next_after_seq (ValueError on "5", nan or inf) and
+    handed on rows that were no rows (AttributeError in writ watch and audit export)."""
+    client, _ = _pages(lambda r: answer)
+    with pytest.raises(Unavailable, match="which writ never sends"):
+        list(client.iter_audit())
+    with pytest.raises(Unavailable, match="which writ never sends"):
+        next(client.watch(after_seq=0))
+
+
+async def test_watch_events_says_a_broken_page_is_a_tool_error() -> None:
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from writ.mcp import create_server
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/whoami":
+            return httpx.Response(200, json={"name": "a", "kind": "agent", "admin": False})
+        return httpx.Response(200, json={"rows": [{"seq": "1"}], "next_after_seq": 1})
+
+    server = create_server(
+        AsyncClient("http://writ.test", "t", transport=httpx.MockTransport(handler))
+    )
+    with pytest.raises(ToolError, match="which writ never sends"):
+        await server.call_tool("watch_events", {"after_seq": 0, "wait_s": 0})
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_watch_does_not_poll_in_a_busy_loop_when_answers_bring_nothing(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server (or a proxy) answering each long poll at once with no rows was asked again
+    at once, as fast as the network went. Polls that bring nothing are QUIET_POLL_S apart."""
+    monkeypatch.setattr(_pages_module, "QUIET_POLL_S", 0.2)
+
+    def answer(request: httpx.Request) -> dict[str, Any]:
+        rows = [{"seq": 9, "event": "lease.granted"}] if len(times) == 5 else []
+        return {"rows": rows, "next_after_seq": 9 if rows else 0}
+
+    client, times = _pages(answer)
+    if mode == "sync":
+        assert next(client.watch(after_seq=0))["seq"] == 9
+    else:
+
+        async def first() -> Any:
+            async with AsyncClient("http://writ.test", "t", transport=client._transport) as aclient:
+                return await anext(aclient.watch(after_seq=0))
+
+        assert asyncio.run(first())["seq"] == 9
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(gaps) == 4 and min(gaps) >= 0.19, gaps

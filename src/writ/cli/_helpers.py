@@ -13,7 +13,7 @@ import click
 
 from writ.cli.wait import SelfHeld, check_not_self
 from writ.client import DEFAULT_TIMEOUT, Client
-from writ.core.errors import Held, Invalid, WritError
+from writ.core.errors import Held, Invalid, Unavailable, WritError
 from writ.core.textsafe import dumps, printable
 
 T = TypeVar("T")
@@ -184,9 +184,15 @@ def _lease_line(verb: str, lease: dict[str, Any]) -> str:
 
 
 def _items(body: Any, key: str) -> list[dict[str, Any]]:
-    if isinstance(body, list):
-        return body
-    return list(body.get(key) or [])
+    """The list ``body[key]`` of objects; a server's answer that holds anything else there is
+    :class:`~writ.Unavailable`, not a traceback in the table."""
+    items = body if isinstance(body, list) else body.get(key) or []
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise Unavailable(
+            f"the server answered with a {key} list that is not a list of objects, which writ "
+            f"never sends: {printable(repr(items)[:200])}"
+        )
+    return items
 
 
 def _table(

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 import httpx
 
-from writ.client import _wire
+from writ.client import _pages, _wire
 from writ.client._base import DEFAULT_TIMEOUT, WATCH_WAIT_S, OnLost, _Base
-from writ.client._leases import AsyncLease, _after, _head_search
+from writ.client._leases import AsyncLease
 from writ.client._routes import JSON, _check, _Req, _Routes
 
 
@@ -117,21 +118,20 @@ class AsyncClient(_Base, _Routes[Awaitable[Any]]):
         """Every audit row after ``after_seq``, paging through ``GET /v1/audit``."""
         while True:
             out = await self.audit(after_seq, page, resource, since, until)
-            rows = out.get("rows") or []
+            rows, nxt = _pages.page(out, after_seq)
             for row in rows:
                 yield row
-            nxt = int(out.get("next_after_seq") or after_seq)
             if not rows or nxt <= after_seq:
                 return
             after_seq = nxt
 
     async def last_seq(self) -> int:
         """The seq of the newest audit row (0 when empty), in O(log n) small requests."""
-        search = _head_search()
+        search = _pages.head_search()
         probe = next(search)
         try:
             while True:
-                probe = search.send(_after(probe, await self.audit(probe, 1)))
+                probe = search.send(_pages.after(probe, await self.audit(probe, 1)))
         except StopIteration as done:
             return int(done.value)
 
@@ -141,10 +141,13 @@ class AsyncClient(_Base, _Routes[Awaitable[Any]]):
         after_seq: int | None = None,
         wait_s: float = WATCH_WAIT_S,
     ) -> AsyncIterator[JSON]:
-        """Audit rows under ``resource`` as they happen (long-polling ``GET /v1/events``)."""
+        """Audit rows under ``resource`` as they happen (long-polling ``GET /v1/events``);
+        polls that bring no rows are at least a second apart."""
         cursor = await self.last_seq() if after_seq is None else after_seq
         while True:
-            out = await self.events(resource, cursor, wait_s)
-            for row in out.get("rows") or []:
+            sent = time.monotonic()
+            rows, cursor = _pages.page(await self.events(resource, cursor, wait_s), cursor)
+            for row in rows:
                 yield row
-            cursor = max(cursor, int(out.get("next_after_seq") or cursor))
+            if not rows:
+                await asyncio.sleep(max(0.0, sent + _pages.QUIET_POLL_S - time.monotonic()))

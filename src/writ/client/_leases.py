@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -23,30 +23,6 @@ from writ.core.textsafe import printable
 if TYPE_CHECKING:
     from writ.client._async import AsyncClient
     from writ.client._sync import Client
-
-
-def _head_search() -> Generator[int, bool, int]:
-    """Find the newest seq (seqs run 1, 2, 3 ...): yields ``n``, is sent "are there rows
-    after n?", returns the head. Exponential then binary search."""
-    lo, hi = 0, 1
-    while (yield hi):  # rows after hi: the head is further on
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:  # rows after lo (when lo > 0), none after hi
-        mid = (lo + hi) // 2
-        if (yield mid):
-            lo = mid
-        else:
-            hi = mid
-    if lo > 0:
-        return hi
-    return 1 if (yield 0) else 0
-
-
-def _after(probe: int, page: Mapping[str, Any]) -> bool:
-    """Whether an audit page read after ``probe`` says there are rows after it: rows shown,
-    or a ``next_after_seq`` moved past rows this reader may not see (closed mode)."""
-    nxt = page.get("next_after_seq")
-    return bool(page.get("rows")) or (type(nxt) is int and nxt > probe)
 
 
 MAX_TTL_S = 3600  # PROTOCOL.md: a lease's ttl_s is 1 to 3600

@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 
+from writ.client import _pages
 from writ.client._base import DEFAULT_TIMEOUT, WATCH_WAIT_S, OnLost, _Base
-from writ.client._leases import Lease, _after, _head_search
+from writ.client._leases import Lease
 from writ.client._routes import JSON, _check, _Req, _Routes
 from writ.client._wire import capped, deadline, sync_transport
 
@@ -120,21 +121,19 @@ class Client(_Base, _Routes[Any]):
     ) -> Iterator[JSON]:
         """Every audit row after ``after_seq``, paging through ``GET /v1/audit``."""
         while True:
-            out = self.audit(after_seq, page, resource, since, until)
-            rows = out.get("rows") or []
+            rows, nxt = _pages.page(self.audit(after_seq, page, resource, since, until), after_seq)
             yield from rows
-            nxt = int(out.get("next_after_seq") or after_seq)
             if not rows or nxt <= after_seq:
                 return
             after_seq = nxt
 
     def last_seq(self) -> int:
         """The seq of the newest audit row (0 when empty), in O(log n) small requests."""
-        search = _head_search()
+        search = _pages.head_search()
         probe = next(search)
         try:
             while True:
-                probe = search.send(_after(probe, self.audit(probe, 1)))
+                probe = search.send(_pages.after(probe, self.audit(probe, 1)))
         except StopIteration as done:
             return int(done.value)
 
@@ -147,9 +146,12 @@ class Client(_Base, _Routes[Any]):
         """Audit rows under ``resource`` as they happen (long-polling ``GET /v1/events``).
 
         Starts after ``after_seq``, or at the newest row when None. Never ends by itself.
+        Polls that bring no rows are at least a second apart.
         """
         cursor = self.last_seq() if after_seq is None else after_seq
         while True:
-            out = self.events(resource, cursor, wait_s)
-            yield from out.get("rows") or []
-            cursor = max(cursor, int(out.get("next_after_seq") or cursor))
+            sent = time.monotonic()
+            rows, cursor = _pages.page(self.events(resource, cursor, wait_s), cursor)
+            yield from rows
+            if not rows:
+                time.sleep(max(0.0, sent + _pages.QUIET_POLL_S - time.monotonic()))

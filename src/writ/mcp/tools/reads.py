@@ -5,6 +5,7 @@ from typing import Annotated, Any
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field
 
+from writ.client._pages import page
 from writ.mcp.context import MAX_EVENTS, ToolContext
 from writ.mcp.schemas import _READ, NUMBER
 
@@ -49,11 +50,15 @@ def register(server: MCPServer[Any], ctx: ToolContext) -> None:
         where you left off."""
         cursor = await _call(client.last_seq()) if after_seq is None else {"result": after_seq}
         start = int(cursor["result"])
+
+        async def read() -> dict[str, Any]:  # a page that is none is a tool error too
+            rows, nxt = page(await client.events(resource, start, wait_s), start)
+            return {"rows": rows, "next_after_seq": nxt}
+
         with ctx.waiting(request, wait_s):
-            out = await _call(client.events(resource, start, wait_s))
-        rows = list(out.get("rows") or [])[:limit]
-        nxt = int(rows[-1]["seq"]) if rows else max(start, int(out.get("next_after_seq") or start))
-        return {"rows": rows, "next_after_seq": nxt}
+            out = await _call(read())
+        rows = out["rows"][:limit]
+        return {"rows": rows, "next_after_seq": rows[-1]["seq"] if rows else out["next_after_seq"]}
 
     @server.tool(annotations=_READ)
     async def whoami() -> dict[str, Any]:

@@ -46,6 +46,15 @@ import type {
   Who,
 } from "./models.js";
 import type { Answer, CallOptions, MethodOf, Operation, RequestOptions, Route } from "./routes.js";
+import {
+  MAX_ANSWER_BYTES,
+  QUIET_POLL_S,
+  checkedObject,
+  checkedPage,
+  endlessHead,
+  pause,
+  readCapped,
+} from "./wire.js";
 
 export const VERSION = "0.1.0";
 export const DEFAULT_URL = "http://127.0.0.1:7411";
@@ -70,6 +79,8 @@ export interface WritOptions {
   headers?: Record<string, string>;
   /** The `fetch` to use (default: the platform's). */
   fetch?: typeof fetch;
+  /** The most read of one answer, in bytes (default 256 MiB); a longer one is an `UnavailableError`. */
+  maxAnswerBytes?: number;
 }
 
 type Schemas = components["schemas"];
@@ -127,6 +138,7 @@ export class Writ {
   readonly timeoutS: number;
   readonly #headers: Record<string, string>;
   readonly #fetch: typeof fetch;
+  readonly #maxAnswerBytes: number;
 
   constructor(options: WritOptions = {}) {
     this.url = normalizeUrl(options.url ?? env("WRIT_URL") ?? DEFAULT_URL);
@@ -152,6 +164,7 @@ export class Writ {
       throw new Error("no fetch in this runtime: Node 18 or later, or pass options.fetch");
     }
     this.#fetch = f;
+    this.#maxAnswerBytes = options.maxAnswerBytes ?? MAX_ANSWER_BYTES;
   }
 
   /**
@@ -220,9 +233,10 @@ export class Writ {
       });
       status = response.status;
       retryAfter = response.headers.get("retry-after");
-      text = await response.text();
+      text = await readCapped(response, this.#maxAnswerBytes, `${method} ${url.pathname}`);
     } catch (exc) {
       if (outer?.aborted) throw outer.reason ?? exc;
+      if (exc instanceof WritError) throw exc; // an answer too long to read
       const cause = (exc as { cause?: { code?: string; message?: string } }).cause;
       const why = timedOut
         ? `no answer within ${timeoutS}s`
@@ -246,7 +260,7 @@ export class Writ {
         parsed = text;
       }
     }
-    if (status >= 200 && status < 300) return parsed;
+    if (status >= 200 && status < 300) return checkedObject(parsed, text, status, `${method} ${url.pathname}`);
     const err = errorFromBody(status, parsed, retryAfter);
     if (err instanceof UnauthenticatedError && !this.#token) {
       throw new UnauthenticatedError(
@@ -617,10 +631,14 @@ export class Writ {
   ): Promise<Consent> {
     const deadline = monotonicS() + options.waitS;
     for (;;) {
-      const left = deadline - monotonicS();
+      const sent = monotonicS();
+      const left = deadline - sent;
       const poll = Math.min(Math.max(left, 0), POLL_S);
       const out = await this.consent(consentId, { waitS: poll }, { signal: options.signal });
       if (out.status !== "pending" || left <= 0) return out;
+      // still pending sooner than asked: not again at once (a busy loop until the deadline)
+      const quiet = Math.min(sent + QUIET_POLL_S, deadline) - monotonicS();
+      await pause(quiet * 1000, options.signal);
     }
   }
 
@@ -750,10 +768,9 @@ export class Writ {
     const { page = 1000, ...filters } = options;
     let after = options.afterSeq ?? 0;
     for (;;) {
-      const out = await this.audit({ ...filters, afterSeq: after, limit: page }, call);
-      yield* out.rows;
-      const next = Number(out.next_after_seq ?? after);
-      if (out.rows.length === 0 || next <= after) return;
+      const { rows, next } = checkedPage(await this.audit({ ...filters, afterSeq: after, limit: page }, call), after);
+      yield* rows;
+      if (rows.length === 0 || next <= after) return;
       after = next;
     }
   }
@@ -783,12 +800,13 @@ export class Writ {
   async lastSeq(call: CallOptions = {}): Promise<number> {
     // rows shown, or next_after_seq moved past rows this reader may not see (closed mode)
     const rowsAfter = async (n: number) => {
-      const page = await this.audit({ afterSeq: n, limit: 1 }, call);
-      return page.rows.length > 0 || page.next_after_seq > n;
+      const { rows, next } = checkedPage(await this.audit({ afterSeq: n, limit: 1 }, call), n);
+      return rows.length > 0 || next > n;
     };
     let lo = 0;
     let hi = 1;
     while (await rowsAfter(hi)) {
+      if (hi > Number.MAX_SAFE_INTEGER) throw endlessHead(); // it was asked forever
       lo = hi;
       hi *= 2;
     }
@@ -815,9 +833,13 @@ export class Writ {
     try {
       let cursor = options.afterSeq ?? (await this.lastSeq({ signal }));
       while (!signal?.aborted) {
+        const sent = monotonicS();
         const out = await this.events({ resource, afterSeq: cursor, waitS }, { signal });
-        yield* out.rows;
-        cursor = Math.max(cursor, Number(out.next_after_seq ?? cursor));
+        const { rows, next } = checkedPage(out, cursor);
+        yield* rows;
+        cursor = next;
+        // a server answering each poll at once with nothing is not asked in a busy loop
+        if (rows.length === 0) await pause((sent + QUIET_POLL_S - monotonicS()) * 1000, signal);
       }
     } catch (exc) {
       if (signal?.aborted && !(exc instanceof WritError)) return;

@@ -212,13 +212,18 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-/** Seconds from a `Retry-After` header (delta-seconds or an HTTP date), or undefined. */
+/** The most `retryAfterS` says, in seconds: writ's own `Retry-After` is never longer. */
+export const MAX_RETRY_AFTER_S = 3600;
+
+/** Seconds from a `Retry-After` header (delta-seconds or an HTTP date, at most an hour), or undefined. */
 export function parseRetryAfter(value: string | null | undefined, nowMs = Date.now()): number | undefined {
   if (!value) return undefined;
   const text = value.trim();
-  if (/^\d+$/.test(text)) return Number(text);
+  // at most an hour, the most writ sends: a caller sleeping on it unattended must wake up
+  if (/^\d+$/.test(text)) return Math.min(Number(text), MAX_RETRY_AFTER_S);
   const at = Date.parse(text);
-  return Number.isNaN(at) ? undefined : Math.max(0, Math.ceil((at - nowMs) / 1000));
+  if (Number.isNaN(at)) return undefined;
+  return Math.min(Math.max(0, Math.ceil((at - nowMs) / 1000)), MAX_RETRY_AFTER_S);
 }
 
 /**
@@ -229,7 +234,12 @@ export function errorFromBody(status: number, body: unknown, retryAfter?: string
   const retryAfterS = parseRetryAfter(retryAfter);
   const err = isRecord(body) ? body.error : undefined;
   if (!isRecord(err)) {
-    const text = typeof body === "string" ? body : JSON.stringify(body);
+    let text: string;
+    try {
+      text = typeof body === "string" ? body : JSON.stringify(body);
+    } catch {
+      text = "(a body nested too deeply to show)"; // RangeError: JSON.stringify recursed too deep
+    }
     return new WritError(`HTTP ${status}: ${String(text).slice(0, 200)}`, {}, { status, retryAfterS });
   }
   const { code, message, ...details } = err;

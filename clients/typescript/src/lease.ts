@@ -10,6 +10,7 @@
 import type { AcquireOptions, Writ } from "./client.js";
 import { LeaseLostError, UnavailableError, WritError } from "./errors.js";
 import type { Lease } from "./models.js";
+import { checkedLease } from "./wire.js";
 
 export interface LeaseOptions extends AcquireOptions {
   /** Seconds between renewals (default `ttlS / 3`). */
@@ -44,10 +45,10 @@ export class LeaseHandle {
   constructor(client: Writ, data: Lease, options: LeaseOptions, sentAt: number) {
     this.client = client;
     this.resource = data.resource;
-    this.data = data;
+    this.data = checkedLease(data);
     this.warning = data.warning;
     this.#options = options;
-    this.#ttlS = Number(data.ttl_s ?? options.ttlS ?? 30);
+    this.#ttlS = data.ttl_s;
     this.#deadline = sentAt + this.#ttlS;
     this.#schedule(monotonicS() + this.#every);
   }
@@ -102,10 +103,12 @@ export class LeaseHandle {
     const controller = new AbortController();
     this.#inflight = controller;
     try {
-      const data = await this.client.renew(this.leaseId, {}, { timeoutS, signal: controller.signal });
+      const data = checkedLease(
+        await this.client.renew(this.leaseId, {}, { timeoutS, signal: controller.signal }),
+      );
       if (!this.#stopped) {
         this.data = data;
-        this.#ttlS = Number(data.ttl_s ?? this.#ttlS);
+        this.#ttlS = data.ttl_s;
         this.#deadline = sent + this.#ttlS;
       }
       return data;

@@ -338,3 +338,23 @@ def test_watch_does_not_poll_in_a_busy_loop_when_answers_bring_nothing(
         assert asyncio.run(first())["seq"] == 9
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(gaps) == 4 and min(gaps) >= 0.19, gaps
+
+
+def test_consent_ask_wait_does_not_poll_in_a_busy_loop() -> None:
+    """``writ consent ask --wait`` asked again at once while a server answered each long
+    poll at once with pending: as fast as the network went, for the whole wait."""
+    asked: list[float] = []
+
+    def pending(conn: socket.socket, stop: threading.Event) -> None:
+        asked.append(time.monotonic())
+        body = b'{"consent_id": "cns_1", "change_id": "chg_1", "status": "pending"}'
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (len(body), body)
+        )
+
+    with hostile(pending) as url:
+        args = ["consent", "ask", "chg_1", "--reason", "r", "--wait", "1.5", "--url", url]
+        result = CliRunner().invoke(main, [*args, "--token", "t"])
+    assert result.exit_code == 3, result.output  # nobody answered in time
+    assert len(asked) <= 4, f"{len(asked)} requests in 1.5 s"

@@ -17,6 +17,7 @@ from writ.cli._helpers import (
     _json_or_text,
 )
 from writ.cli.options import api_options, json_option
+from writ.client._pages import QUIET_POLL_S
 from writ.core.textsafe import printable
 
 
@@ -106,10 +107,13 @@ def consent_ask(
         c = client.ask_consent(change_id, reason)
         deadline = time.monotonic() + wait
         while wait and c.get("status") == "pending":
-            left = deadline - time.monotonic()
+            sent = time.monotonic()
+            left = deadline - sent
             if left <= 0:
                 break
-            c = client.consent(c["consent_id"], wait_s=min(left, 300))
+            c = client.consent(str(c.get("consent_id")), wait_s=min(left, 300))
+            if c.get("status") == "pending":  # answered sooner than asked: not again at once
+                time.sleep(max(0.0, min(sent + QUIET_POLL_S, deadline) - time.monotonic()))
     _echo_json(c) if as_json else click.echo(_consent_line(c))
     if wait:
         status_ = c.get("status")

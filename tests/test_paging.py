@@ -428,3 +428,64 @@ async def test_bad_routes_and_the_policy_hide_secrets(world: World) -> None:
     wakes = {p["name"]: p["wake"] for p in r.json()["principals"]}
     assert wakes["ops-queue"] == "pagerduty:…" + PD_KEY[-4:]
     assert PD_KEY not in json.dumps(await w.rows())
+
+
+# ----------------------------------------------------------------------------- a hostile route
+def _route(
+    answer: bytes, trickle: bool = False
+) -> tuple[str, threading.Event, ThreadingHTTPServer]:
+    """A route (a wake URL, a rollback route) on a raw socket server: ``answer`` sent at
+    once, or a head that never ends, a byte each 0.1 s."""
+    import socket
+    import socketserver
+
+    stop = threading.Event()
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            conn: socket.socket = self.request
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536) or b"\r\n\r\n"
+            try:
+                conn.sendall(answer)
+                while trickle and not stop.wait(0.1):
+                    conn.sendall(b"x")
+            except OSError:
+                pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/route", stop, server
+
+
+async def test_a_route_is_never_read_past_its_head_nor_past_its_time(world: World) -> None:
+    """The route's status is its answer: an endless body is never read (it was read whole,
+    into writ's memory), a head sent a byte at a time ends the call within CALL_SPAN
+    timeouts (it held it, and an approver's request, for as long as the route went on), and
+    a Retry-After of "²" is no number (str.isdigit said it was: a ValueError)."""
+    import time
+
+    from writ.engine.wake import CALL_SPAN, retry_after_s
+
+    caller = world.engine.caller
+    caller.timeout = 0.2
+    endless = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + b"100000\r\n" + b" " * 2**20
+    )
+    url, stop, server = _route(endless + b"\r\n" * 0)
+    try:
+        result = await caller.post(url, {"a": 1}, attempts=1)
+        assert result.ok and result.status == 200
+        url, stop2, server2 = _route(b"HTTP/1.1 200 OK\r\n", trickle=True)
+        started = time.monotonic()
+        result = await caller.post(url, {"a": 1}, attempts=1)
+        assert time.monotonic() - started < 0.2 * CALL_SPAN + 1
+        assert not result.ok and result.error == f"no answer within {0.2 * CALL_SPAN:g}s"
+        stop2.set()
+        server2.shutdown()
+    finally:
+        stop.set()
+        server.shutdown()
+    assert retry_after_s("\xb2") is None and retry_after_s("7") == 7.0

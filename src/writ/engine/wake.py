@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from writ.engine import Engine
 
 log = logging.getLogger("writ.wake")
+#: a call (connect, send, the answer's status and headers) ends within this many timeouts in
+#: all: httpx's timeout bounds each of them, and each read of a head sent a byte at a time
+CALL_SPAN = 3
 
 
 @dataclass(slots=True)
@@ -68,7 +71,7 @@ def retry_after_s(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit is also true of "²" (latin-1 \xb2)
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -136,7 +139,16 @@ class Caller:
             try:
                 with tracing.span("writ.outbound", url=out.shown) as carrier:
                     headers.update(carrier)
-                    r = await self._http().post(out.url, content=out.body, headers=headers)
+                    # the whole call within CALL_SPAN timeouts, and the answer's body never
+                    # read: its status is the answer (a route sending a byte a second, or
+                    # gigabytes, held the call, an approver's request and writ's memory)
+                    async with (
+                        asyncio.timeout(self.timeout * CALL_SPAN),
+                        self._http().stream(
+                            "POST", out.url, content=out.body, headers=headers
+                        ) as r,
+                    ):
+                        pass
                 # a redirect is not a delivery: writ never follows one (it would call a
                 # host nobody chose: see routes.host_problem)
                 last = CallResult(out.shown, 200 <= r.status_code < 300, r.status_code, i)
@@ -145,8 +157,10 @@ class Caller:
                 asked = retry_after_s(r.headers.get("retry-after"))
                 if asked is not None:
                     delay = asked
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, TimeoutError) as exc:
                 text = f"{type(exc).__name__}: {exc}".replace(out.url, out.shown)
+                if isinstance(exc, TimeoutError):
+                    text = f"no answer within {self.timeout * CALL_SPAN:g}s"
                 last = CallResult(out.shown, False, None, i, text)
             if i < attempts:
                 delay = min(delay, self.max_delay)

@@ -200,7 +200,7 @@ def test_the_cli_says_what_came_back_without_a_traceback(
 
 
 # ----------------------------------------------------------------------------- held leases
-LEASE = {"lease_id": "ls_1", "fencing_token": 7, "ttl_s": 1, "resource": "a/b", "state": "held"}
+LEASE = {"lease_id": "ls_1", "lock_key": "a/b#7", "fencing_token": 7, "ttl_s": 1, "resource": "a/b"}
 
 
 @pytest.mark.parametrize(
@@ -208,11 +208,12 @@ LEASE = {"lease_id": "ls_1", "fencing_token": 7, "ttl_s": 1, "resource": "a/b", 
     [
         b"<html>",
         json.dumps({**LEASE, "ttl_s": "30"}).encode(),
-        b'{"lease_id": "ls_1", "fencing_token": 7, "ttl_s": NaN}',
+        b'{"lease_id": "ls_1", "lock_key": "a/b#7", "fencing_token": 7, "ttl_s": NaN}',
         json.dumps({**LEASE, "ttl_s": 1e308}).encode(),
         json.dumps({**LEASE, "fencing_token": "7"}).encode(),
+        json.dumps({**LEASE, "lock_key": "a/b\u0000"}).encode(),
     ],
-    ids=["html", "string-ttl", "nan-ttl", "huge-ttl", "string-token"],
+    ids=["html", "string-ttl", "nan-ttl", "huge-ttl", "string-token", "nul-lock-key"],
 )
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_renewals_answered_with_no_lease_end_in_lost(mode: str, renewal: bytes) -> None:
@@ -358,3 +359,24 @@ def test_consent_ask_wait_does_not_poll_in_a_busy_loop() -> None:
         result = CliRunner().invoke(main, [*args, "--token", "t"])
     assert result.exit_code == 3, result.output  # nobody answered in time
     assert len(asked) <= 4, f"{len(asked)} requests in 1.5 s"
+
+
+def test_writ_run_never_starts_command_under_a_lease_that_is_none(tmp_path: Any) -> None:
+    """A grant whose lock_key holds a NUL went into COMMAND's environment: a ValueError
+    traceback (embedded null byte), the lease left held. Now it is refused before COMMAND."""
+    marker = tmp_path / "ran"
+    body = json.dumps({**LEASE, "lock_key": "a/b\u0000", "ttl_s": 30}).encode()
+
+    def grant(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(
+            b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (len(body), body)
+        )
+
+    with hostile(grant) as url:
+        args = ["run", "a/b", "--intent", "x", "--wait", "0", "--url", url, "--token", "t"]
+        result = CliRunner().invoke(main, [*args, "--", "touch", str(marker)])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "writ: unavailable:" in result.output and "lock_key" in result.output
+    assert not marker.exists()

@@ -75,7 +75,7 @@ def check_not_self(client: Client, resource: str) -> str | None:
     except WritError:
         return None  # the request itself will say what is wrong
     for lease in state.get("conflicting") or ([state["lease"]] if state.get("lease") else []):
-        if me and lease.get("holder") == me:
+        if me and isinstance(lease, dict) and lease.get("holder") == me:
             raise SelfHeld(me, lease)
     return me
 

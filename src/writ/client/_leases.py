@@ -19,6 +19,7 @@ from writ.core.errors import (
     WritError,
 )
 from writ.core.textsafe import printable
+from writ.core.validate import text_problem
 
 if TYPE_CHECKING:
     from writ.client._async import AsyncClient
@@ -28,15 +29,21 @@ if TYPE_CHECKING:
 MAX_TTL_S = 3600  # PROTOCOL.md: a lease's ttl_s is 1 to 3600
 
 
+def _text(value: Any) -> bool:
+    """A non-empty string with no control character (a NUL cannot go into an environment)."""
+    return isinstance(value, str) and bool(value) and not text_problem(value)
+
+
 def _checked_lease(data: JSON) -> float:
     """The ttl of a Lease answered by a grant or a renewal, once its fields are what writ
-    sends (PROTOCOL.md): a ``lease_id``, an integer ``fencing_token``, a ``ttl_s`` of 1 to
+    sends (PROTOCOL.md): a ``lease_id`` and a ``lock_key`` that are text, an integer ``fencing_token``, a ``ttl_s`` of 1 to
     3600. Anything else is :class:`~writ.Unavailable`: a renewal that took a ``nan`` ttl
     renewed in a busy loop, and one that took a string stopped the renewals for good without
     ever calling the lease lost."""
     lease_id, token, ttl = data.get("lease_id"), data.get("fencing_token"), data.get("ttl_s")
-    if not isinstance(lease_id, str) or not lease_id:
-        problem = "no lease_id"
+    key = data.get("lock_key")
+    if not _text(lease_id) or not _text(key):
+        problem = "no lease_id or lock_key, or one that is not text (writ run puts them in an environment)"
     elif not isinstance(token, int) or isinstance(token, bool) or token < 0:
         problem = "a fencing_token that is not a whole number"
     elif not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_S:

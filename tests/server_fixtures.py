@@ -39,6 +39,7 @@ __all__ = [
     "add_principals",
     "all_rows",
     "gone_within",
+    "hostile",
     "in_background",
     "live_server",
     "run_writ",
@@ -468,3 +469,40 @@ async def writ_servers(
             except TimeoutError:
                 p.kill()
                 await p.wait()
+
+
+Handler = Callable[[socket.socket, threading.Event], None]
+
+
+@contextlib.contextmanager
+def hostile(handler: Handler) -> Iterator[str]:
+    """A server on a free port that reads each request's head and hands the connection to
+    ``handler`` (with an event set at teardown); yields its URL."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+
+    def serve_one(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                head += data
+            handler(conn, stop)
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                conn, _ = listener.accept()
+                threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()

@@ -6,59 +6,23 @@ survive answers that are no lease. Real sockets where the test is about the wire
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner
 
+from tests.server_fixtures import Handler, hostile
 from writ.cli import main
 from writ.client import AsyncClient, Client, _wire
 from writ.client import _pages as _pages_module
 from writ.core.errors import Held, Unavailable, error_from_body
-
-Handler = Callable[[socket.socket, threading.Event], None]
-
-
-@contextlib.contextmanager
-def hostile(handler: Handler) -> Iterator[str]:
-    """A server on a free port that reads each request's head and hands the connection to
-    ``handler`` (with an event set at teardown); yields its URL."""
-    stop = threading.Event()
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-
-    def serve_one(conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            head = b""
-            while b"\r\n\r\n" not in head:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                head += data
-            handler(conn, stop)
-
-    def accept() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                conn, _ = listener.accept()
-                threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join()
-        listener.close()
 
 
 def _trickle_head(conn: socket.socket, stop: threading.Event) -> None:

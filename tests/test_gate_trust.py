@@ -21,7 +21,7 @@ import httpx
 import pytest
 import uvicorn
 
-from tests.server_fixtures import LiveServer, free_port, run_writ, unique
+from tests.server_fixtures import LiveServer, free_port, hostile, run_writ, unique
 from writ.gate import Gate, Route, ambiguity
 
 
@@ -479,3 +479,80 @@ def test_requests_passing_through_cannot_hold_a_checked_write_back(
         assert upstream.seen[-1]["PATH_INFO"] == "/admin/db/scale"
         for s in slow:
             s.close()
+
+
+# ----------------------------------------------------------------------------- a broken writ
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'{"passed": true}',
+        b'{"passed": true, "fencing_token": "12"}',
+        b'{"passed": "yes", "fencing_token": 12}',
+        b'{"passed": false, "code": ["held"], "holder": {"intent": "x"}}',
+        b'{"error": "down"}',
+        b"[" * 100_000,
+        b"{" + b" " * (2 << 20) + b"}",
+    ],
+    ids=[
+        "no-token",
+        "string-token",
+        "string-passed",
+        "odd-refusal",
+        "error-string",
+        "deep",
+        "2MiB",
+    ],
+)
+async def test_a_check_answer_writ_never_sends_fails_closed_with_no_500(answer: bytes) -> None:
+    """The gate read writ's answer whole and took int() of its token: a missing or string
+    token, an error that is a string or a holder without a name was a 500 of the gate's own
+    (a traceback in its log), and an answer of any size was held in memory."""
+    forwarded: list[str] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        forwarded.append(request.url.path)
+        return httpx.Response(200)
+
+    gate = Gate(
+        "http://writ",
+        "gate-token",
+        "http://upstream.test",
+        [Route("/admin/db/*", "prod/db")],
+        upstream_transport=httpx.MockTransport(upstream),
+        writ_transport=httpx.MockTransport(lambda r: httpx.Response(200, content=answer)),
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gate), base_url="http://gate"
+    ) as client:
+        r = await client.post("/admin/db/scale", headers={"Authorization": "Bearer t"})
+    await gate.aclose()
+    assert r.status_code in (423, 503), r.text
+    assert forwarded == []
+
+
+async def test_a_check_answer_trickled_a_byte_at_a_time_fails_closed_in_writ_timeout() -> None:
+    """--writ-timeout bounds one decision: it bounded each read, and a writ (or a proxy in
+    front of it) sending a byte every 0.1 s held every gated request for as long as it went on."""
+
+    def trickle(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 99\r\n\r\n"
+        )
+        while not stop.wait(0.1):
+            conn.sendall(b" ")
+
+    with hostile(trickle) as url:
+        gate = Gate(
+            url,
+            "gate-token",
+            "http://upstream.test",
+            [Route("/admin/db/*", "prod/db")],
+            writ_timeout=0.5,
+        )
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=gate), base_url="http://gate"
+        ) as client:
+            started = time.monotonic()
+            r = await client.post("/admin/db/scale", headers={"Authorization": "Bearer t"})
+        await gate.aclose()
+    assert r.status_code == 503 and time.monotonic() - started < 2, r.text

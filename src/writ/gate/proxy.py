@@ -3,6 +3,7 @@ mutating request on a mapped route reaches the upstream, and refuses it otherwis
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -99,7 +100,7 @@ def _refusal_text(method: str, path: str, resource: str, decision: Mapping[str, 
     code, reason = decision.get("code"), decision.get("reason") or "refused"
     holder = decision.get("holder")
     who = (
-        f"{holder['holder']} holds {holder['resource']} ({holder.get('intent')!r}) since "
+        f"{holder.get('holder')} holds {holder.get('resource')} ({holder.get('intent')!r}) since "
         f"{holder.get('acquired_at')} until {holder.get('expires_at')}"
         if isinstance(holder, dict)
         else f"Nobody holds {resource} right now"
@@ -125,6 +126,18 @@ def _refusal_text(method: str, path: str, resource: str, decision: Mapping[str, 
             "held) and send Writ-Lease and Writ-Fencing-Token with the request"
         )
     return f"{method} {path} needs write authority on {resource}: {reason}. {who}. {nxt}."
+
+
+MAX_CHECK_ANSWER = 1 << 20  # writ's answer to a check names a lease: a few hundred bytes
+
+
+def _is_check(answer: Any) -> bool:
+    """An answer of POST /v1/gate/check as writ sends it: ``passed``, and when it passed, the
+    integer fencing token (a missing or string token was a 500 of the gate's own)."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("passed"), bool):
+        return False
+    token = answer.get("fencing_token")
+    return not answer["passed"] or (isinstance(token, int) and not isinstance(token, bool))
 
 
 # ----------------------------------------------------------------------------- the proxy
@@ -421,10 +434,18 @@ class Gate:
         }
         if route.attribute:
             body["attribute"] = route.attribute
-        try:
-            r = await writ.post("/v1/gate/check", json=body)
-            answer = r.json() if r.content else {}
-        except (httpx.HTTPError, ValueError) as exc:
+        try:  # writ_timeout for the whole decision, not each read; a check answer is small
+            async with (
+                asyncio.timeout(self._writ_timeout),
+                writ.stream("POST", "/v1/gate/check", json=body) as r,
+            ):
+                raw = bytearray()
+                async for chunk in r.aiter_bytes():
+                    raw += chunk
+                    if len(raw) > MAX_CHECK_ANSWER:
+                        raise ValueError(f"an answer over {MAX_CHECK_ANSWER} bytes")
+            answer = json.loads(raw) if raw else {}
+        except (httpx.HTTPError, ValueError, RecursionError, TimeoutError) as exc:
             log.error("writ at %s unreachable, refusing %s %s: %s", self.url, method, path, exc)
             return _error(
                 503,
@@ -434,8 +455,9 @@ class Gate:
                 "closed); retry once writ is back",
                 resource=route.resource,
             )
-        if r.status_code != 200 or not isinstance(answer, dict) or "passed" not in answer:
-            err = answer.get("error", {}) if isinstance(answer, dict) else {}
+        if r.status_code != 200 or not _is_check(answer):
+            err = answer.get("error") if isinstance(answer, dict) else None
+            err = err if isinstance(err, dict) else {}
             log.error("writ refused the gate's check (%s): %s", r.status_code, err)
             return _error(
                 503,
@@ -446,7 +468,8 @@ class Gate:
                 resource=route.resource,
             )
         if not answer["passed"]:
-            code = answer.get("code") or "held"
+            code = answer.get("code") if isinstance(answer.get("code"), str) else "held"
+            code = code or "held"
             log.info("refused %s %s (%s): %s", method, path, code, answer.get("reason"))
             return _error(
                 403 if code == "forbidden" else 423,

@@ -66,6 +66,28 @@ def test_an_answer_trickled_a_byte_at_a_time_ends_at_the_timeout(
     assert "no whole answer within 0.5s" in exc.value.message
 
 
+def test_a_proxy_the_environment_names_is_used_and_bounded_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP_PROXY is honoured as httpx honours it, and a call through it still ends by its
+    timeout however the proxy trickles the answer."""
+    asked: list[bool] = []
+
+    def proxy(conn: socket.socket, stop: threading.Event) -> None:
+        asked.append(True)
+        _trickle_body(conn, stop)
+
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with hostile(proxy) as url:
+        monkeypatch.setenv("HTTP_PROXY", url)
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match=r"no whole answer within 0\.5s"):
+            _call("http://writ.invalid:7411", "sync", timeout=0.5)
+        assert time.monotonic() - started < 3
+    assert asked
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_an_answer_past_the_cap_is_dropped(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """An endless answer is read up to MAX_ANSWER_BYTES (here 1 MiB), then refused."""

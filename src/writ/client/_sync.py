@@ -13,7 +13,7 @@ from writ.client import _pages
 from writ.client._base import DEFAULT_TIMEOUT, WATCH_WAIT_S, OnLost, _Base
 from writ.client._leases import Lease
 from writ.client._routes import JSON, _check, _Req, _Routes
-from writ.client._wire import capped, deadline, sync_transport
+from writ.client._wire import bounded, capped, deadline
 
 
 class Client(_Base, _Routes[Any]):
@@ -47,12 +47,13 @@ class Client(_Base, _Routes[Any]):
             return self._waits
 
     def _new_pool(self) -> httpx.Client:
-        return httpx.Client(
+        client = httpx.Client(
             base_url=self.url,
             headers=self._headers,
-            transport=self._transport or sync_transport(),
+            transport=self._transport,
             follow_redirects=False,
         )
+        return client if self._transport else bounded(client)  # a transport passed is as is
 
     def _send(self, req: _Req) -> Any:
         _check(req)

@@ -29,7 +29,7 @@ import httpx
 from writ.core.errors import Unavailable
 from writ.core.textsafe import printable
 
-__all__ = ["MAX_ANSWER_BYTES", "deadline", "object_of", "sync_transport", "too_large"]
+__all__ = ["MAX_ANSWER_BYTES", "bounded", "deadline", "object_of", "too_large"]
 
 #: The most a client reads of one answer. The largest a writ server sends are lists at their
 #: ``limit`` cap (100,000 leases or audit rows): tens of MB.
@@ -103,14 +103,17 @@ class _Backend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-def sync_transport() -> httpx.HTTPTransport:
-    """httpx's own transport, its connections read through :class:`_Backend`. (httpx takes
-    no network backend, so its pool's is wrapped: ``_pool`` and ``_network_backend`` have
-    been where they are since httpx 0.18 and httpcore 0.13.)"""
-    transport = httpx.HTTPTransport()
-    pool = transport._pool
-    pool._network_backend = _Backend(pool._network_backend)
-    return transport
+def bounded(client: httpx.Client) -> httpx.Client:
+    """``client`` with its connections read through :class:`_Backend`: those of the transport
+    httpx made, and of those it made for the proxies the environment names (``HTTPS_PROXY``;
+    httpx honours them only when it makes the transport itself). httpx takes no network
+    backend, so each pool's is wrapped: ``_transport``, ``_mounts``, ``_pool`` and
+    ``_network_backend`` have been where they are since httpx 0.18 and httpcore 0.13."""
+    for transport in (client._transport, *client._mounts.values()):
+        if isinstance(transport, httpx.HTTPTransport):
+            pool = transport._pool
+            pool._network_backend = _Backend(pool._network_backend)
+    return client
 
 
 def too_large(url: str, what: str) -> Unavailable:

@@ -2,7 +2,8 @@
  * What the client takes from the wire, whoever answers at its URL (a writ server, a proxy's
  * error page, a man in the middle on plain HTTP, a WRIT_URL naming something else): an
  * answer read up to `MAX_ANSWER_BYTES`; a 2xx that is a JSON object (every writ answer is);
- * a Lease with a `lease_id`, a whole-number `fencing_token` and a `ttl_s` of 1 to 3600; a page
+ * a Lease with a `lease_id` and `lock_key` that are text, a whole-number `fencing_token` and a
+ * `ttl_s` of 1 to 3600; a page
  * of the ledger whose rows have a seq and whose `next_after_seq` is one. Anything else is an
  * `UnavailableError` naming what came back (docs/client-typescript.md), never a TypeError, a
  * busy loop or a full memory. The timeout is already the whole call's (`Writ.#send`), and a
@@ -66,11 +67,18 @@ function wholeNumber(value: unknown): value is number {
   return typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
 }
 
+/** A non-empty string without a control character (a NUL cannot go into an environment). */
+function isText(value: unknown): value is string {
+  return typeof value === "string" && value !== "" && !/[\u0000-\u001f\u007f-\u009f]/.test(value);
+}
+
 /** A grant's or renewal's Lease, refused when it is not one writ sends. */
 export function checkedLease(data: Lease): Lease {
-  const { lease_id: id, fencing_token: token, ttl_s: ttl } = data as Partial<Lease>;
+  const { lease_id: id, lock_key: key, fencing_token: token, ttl_s: ttl } = data as Partial<Lease>;
   let problem: string | undefined;
-  if (typeof id !== "string" || !id) problem = "no lease_id";
+  if (!isText(id) || !isText(key)) {
+    problem = "no lease_id or lock_key, or one that is not text (env() puts them in an environment)";
+  }
   else if (!wholeNumber(token)) problem = "a fencing_token that is not a whole number";
   else if (typeof ttl !== "number" || !(ttl >= 1 && ttl <= 3600)) {
     problem = "a ttl_s that is not a number of seconds from 1 to 3600";

@@ -97,13 +97,14 @@ test("a 2xx that is no JSON object is UnavailableError; a deep error body is a W
 });
 
 test("renewals answered with no lease end in a lost lease at its expiry, at their pace", T, async () => {
-  const lease = { lease_id: "ls_1", fencing_token: 7, ttl_s: 1, resource: "a/b", state: "held" };
+  const lease = { lease_id: "ls_1", lock_key: "a/b#7", fencing_token: 7, ttl_s: 1, resource: "a/b" };
   const bad = [
     new Response("<html>", { status: 200 }),
     json({ ...lease, ttl_s: "30" }),
-    new Response('{"lease_id": "ls_1", "fencing_token": 7, "ttl_s": 1e400}', { status: 200 }),
+    new Response('{"lease_id": "ls_1", "lock_key": "k", "fencing_token": 7, "ttl_s": 1e400}', { status: 200 }),
     json({ ...lease, ttl_s: 1e300 }),
     json({ ...lease, fencing_token: "7" }),
+    json({ ...lease, lock_key: "a/b\u0000" }),
   ];
   for (const renewal of bad) {
     const { writ, asked } = stubbed((url) =>

@@ -366,3 +366,21 @@ def test_writ_run_never_starts_command_under_a_lease_that_is_none(tmp_path: Any)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert "writ: unavailable:" in result.output and "lock_key" in result.output
     assert not marker.exists()
+
+
+async def test_writ_postmortem_reads_pages_as_the_client_does() -> None:
+    """writ postmortem --url read rows with .get and row["seq"]: a page that is none was a
+    traceback; a principals list of anything else too."""
+    from writ.evidence.postmortem.sources import HttpSource
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/principals":
+            return httpx.Response(200, json={"principals": [1, {"name": "a", "kind": "agent"}]})
+        return httpx.Response(200, json={"rows": [{"event": "x"}], "next_after_seq": 1})
+
+    source = HttpSource(
+        AsyncClient("http://writ.test", "t", transport=httpx.MockTransport(handler))
+    )
+    with pytest.raises(Unavailable, match="which writ never sends"):
+        await source.rows(None, None, None, 0, 10)
+    assert await source.kinds() == {"a": "agent"}

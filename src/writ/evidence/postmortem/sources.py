@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
+from writ.client._pages import page
 from writ.core.clock import rfc3339
 from writ.core.ledger import UNREADABLE, canonical
 from writ.core.ledger import verify as verify_chain
@@ -68,7 +69,8 @@ class HttpSource:
         out = await self.client.audit(
             after, min(limit, 100_000), prefix, rfc3339(since), rfc3339(until)
         )
-        return list(out.get("rows") or [])
+        rows, _ = page(out, after)  # a page as writ sends it, or Unavailable
+        return rows
 
     async def who(self, resource: str, at: float) -> dict[str, Any]:
         out: dict[str, Any] = await self.client.who(resource, rfc3339(at))
@@ -77,7 +79,9 @@ class HttpSource:
     async def kinds(self) -> dict[str, str]:
         out = await self.client.principals()
         items = out.get("principals", []) if isinstance(out, dict) else out
-        return {p["name"]: p["kind"] for p in items}
+        if not isinstance(items, list):
+            return {}
+        return {str(p.get("name")): str(p.get("kind")) for p in items if isinstance(p, dict)}
 
     async def segment(self, first: int, last: int, prev_hash: str) -> tuple[bool, int, str | None]:
         """Re-verify rows ``first..last`` as served (fields re-encoded canonically)."""

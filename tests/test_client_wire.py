@@ -108,6 +108,22 @@ def test_an_answer_past_the_cap_is_dropped(mode: str, monkeypatch: pytest.Monkey
     assert "longer than 1 MiB" in exc.value.message
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_answer_that_does_not_decode_is_unavailable(mode: str) -> None:
+    """A body that is not the gzip its Content-Encoding says was httpx's DecodingError, out of
+    every call (not a TransportError): a traceback in the CLI, and in a held lease's renewal
+    thread the end of its renewals, the lease never called lost."""
+
+    def bad_gzip(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+            b"content-length: 8\r\n\r\nnot gzip"
+        )
+
+    with hostile(bad_gzip) as url, pytest.raises(Unavailable, match="does not decode"):
+        _call(url, mode)
+
+
 def _mock(answer: httpx.Response) -> tuple[Client, list[httpx.Request]]:
     sent: list[httpx.Request] = []
 

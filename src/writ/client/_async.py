@@ -63,7 +63,7 @@ class AsyncClient(_Base, _Routes[Awaitable[Any]]):
                     content += chunk
                     if len(content) > _wire.MAX_ANSWER_BYTES:
                         raise _wire.too_large(self.url, what)
-        except (httpx.TransportError, TimeoutError) as exc:
+        except (httpx.RequestError, TimeoutError) as exc:  # RequestError: DecodingError too
             raise self._unavailable(req, exc) from exc
         return self._decode(response, bytes(content), req)
 

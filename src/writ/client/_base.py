@@ -83,6 +83,8 @@ class _Base:
             why = f"no free connection in this client's pool within {self._timeout_for(req):g}s"
         elif isinstance(exc, httpx.TimeoutException | TimeoutError):
             why = f"no whole answer within {self._timeout_for(req):g}s"
+        elif isinstance(exc, httpx.DecodingError):
+            why = f"an answer that does not decode as its Content-Encoding says: {exc}"
         else:
             why = str(exc) or type(exc).__name__
         return Unavailable(

@@ -65,7 +65,7 @@ class Client(_Base, _Routes[Any]):
                 req.method, req.path, params=req.params, json=req.body, timeout=timeout
             ) as response:
                 content = capped(response.iter_bytes(), self.url, f"{req.method} {req.path}")
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:  # TransportError, and DecodingError (a bad gzip)
             raise self._unavailable(req, exc) from exc
         finally:
             deadline.reset(at)

@@ -400,3 +400,18 @@ async def test_writ_postmortem_reads_pages_as_the_client_does() -> None:
     with pytest.raises(Unavailable, match="which writ never sends"):
         await source.rows(None, None, None, 0, 10)
     assert await source.kinds() == {"a": "agent"}
+
+
+def test_saying_what_came_back_never_recurses_past_the_stack() -> None:
+    """A lease or a page that is none is named with a bounded repr: repr() of an answer nested
+    deep (json.loads takes ~1,000 levels) was a RecursionError, in a renewal thread the end
+    of the renewals."""
+    from writ.client._leases import _checked_lease
+
+    deep: dict[str, Any] = {}
+    for _ in range(5_000):
+        deep = {"a": deep}
+    with pytest.raises(Unavailable, match="no lease_id"):
+        _checked_lease(deep)
+    with pytest.raises(Unavailable, match="rows that are not rows"):
+        _pages_module.page({"rows": [deep]}, 0)

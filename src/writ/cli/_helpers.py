@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import reprlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
@@ -190,7 +191,7 @@ def _items(body: Any, key: str) -> list[dict[str, Any]]:
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise Unavailable(
             f"the server answered with a {key} list that is not a list of objects, which writ "
-            f"never sends: {printable(repr(items)[:200])}"
+            f"never sends: {printable(reprlib.repr(items))}"
         )
     return items
 

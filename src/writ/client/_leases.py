@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import reprlib
 import threading
 import time
 from collections.abc import Mapping
@@ -50,7 +51,7 @@ def _checked_lease(data: JSON) -> float:
         problem = "a ttl_s that is not a number of seconds from 1 to 3600"
     else:
         return float(ttl)
-    shown = printable(repr(data)[:200])
+    shown = printable(reprlib.repr(data))
     raise Unavailable(f"the server answered with a lease that has {problem}: {shown}")
 
 

@@ -5,6 +5,7 @@ does not poll faster than once a second while the answers bring nothing."""
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Generator
 from typing import Any
 
@@ -21,7 +22,7 @@ QUIET_POLL_S = 1.0
 def _broken(what: str, out: Any) -> Unavailable:
     return Unavailable(
         f"the server answered a read of the ledger with {what}, which writ never sends: "
-        f"{printable(repr(out)[:200])}"
+        f"{printable(reprlib.repr(out))}"
     )
 
 

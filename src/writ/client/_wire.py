@@ -7,7 +7,7 @@ error page, a man in the middle on plain HTTP, a WRIT_URL naming something else)
   request with :func:`asyncio.timeout`; the sync one reads through :class:`_Backend`, whose
   every read and write waits at most until the request's :data:`deadline`.
 - an answer is read up to :data:`MAX_ANSWER_BYTES`, then refused (a server sending gigabytes
-  grew the client's memory until it was killed);
+  grew the client's memory by as much);
 - the answer of a call that went through is a JSON object, as every route of PROTOCOL.md
   answers: anything else (not JSON, a list, a number, nested past the parser) is
   :class:`~writ.Unavailable` naming what came back, never a traceback;

@@ -415,3 +415,35 @@ def test_saying_what_came_back_never_recurses_past_the_stack() -> None:
         _checked_lease(deep)
     with pytest.raises(Unavailable, match="rows that are not rows"):
         _pages_module.page({"rows": [deep]}, 0)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_renewal_failing_unforeseen_is_a_failed_renewal(mode: str) -> None:
+    """Whatever a renewal raises, the lease is lost at its expiry: an exception that was no
+    WritError (DecodingError, a RecursionError, a bug) ended the renewals for good with the
+    lease never called lost, while the server let it expire."""
+    renewals: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/leases":
+            return httpx.Response(201, json=LEASE)
+        renewals.append(request)
+        raise RuntimeError("something nobody foresaw")
+
+    if mode == "sync":
+        client = Client("http://writ.test", "t", transport=httpx.MockTransport(handler))
+        lease = client.lease("a/b", "x", ttl_s=1, renew_every=0.1).acquire()
+        assert lease.lost.wait(5)
+        lease._stop_renewing()
+    else:
+
+        async def go() -> Any:
+            aclient = AsyncClient("http://writ.test", "t", transport=httpx.MockTransport(handler))
+            alease = await aclient.lease("a/b", "x", ttl_s=1, renew_every=0.1).acquire()
+            await asyncio.wait_for(alease.lost.wait(), 5)
+            await alease._stop_renewing()
+            return alease
+
+        lease = asyncio.run(go())
+    assert lease.error is not None and "something nobody foresaw" in lease.error.message
+    assert 2 <= len(renewals) < 40

@@ -55,6 +55,18 @@ def _checked_lease(data: JSON) -> float:
     raise Unavailable(f"the server answered with a lease that has {problem}: {shown}")
 
 
+def _failure(exc: Exception) -> WritError:
+    """A renewal's failure as a :class:`WritError`: one that is not (a bug, or something of
+    an answer nobody foresaw) is :class:`~writ.Unavailable`, retried until the lease's expiry
+    like a server that is down. Anything that ended the renewals instead left the lease held
+    on the client's side, never called lost, while the server let it expire (as the
+    TypeScript client's renewals already did)."""
+    if isinstance(exc, WritError):
+        return exc
+    log.warning("renewal failed unexpectedly", exc_info=exc)
+    return Unavailable(f"the renewal failed: {type(exc).__name__}: {exc}")
+
+
 # ---------------------------------------------------------------------------- held leases
 class _LeaseState:
     """What both lease handles know: the request, the granted Lease, the renewal clock."""
@@ -278,8 +290,8 @@ class Lease(_LeaseState):
             try:
                 self.renew()
                 due = time.monotonic() + self._every
-            except WritError as exc:
-                retry = self._renew_failed(exc)
+            except Exception as exc:  # any failure is a failed renewal (see _failure)
+                retry = self._renew_failed(_failure(exc))
                 if retry is None:
                     return
                 due = retry
@@ -362,8 +374,8 @@ class AsyncLease(_LeaseState):
             try:
                 await self.renew()
                 due = time.monotonic() + self._every
-            except WritError as exc:
-                retry = self._renew_failed(exc)
+            except Exception as exc:  # any failure is a failed renewal (see _failure)
+                retry = self._renew_failed(_failure(exc))
                 if retry is None:
                     return
                 due = retry

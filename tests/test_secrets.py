@@ -200,15 +200,18 @@ def test_the_gates_log_lines_never_carry_its_credentials() -> None:
 
     from writ.telemetry.logs import scrub_root
 
-    root = logging.getLogger()
-    saved = root.handlers[:]
+    root, writ = logging.getLogger(), logging.getLogger("writ")
+    saved = root.handlers[:], writ.handlers[:], writ.propagate
     stream = io.StringIO()
     root.handlers[:] = [logging.StreamHandler(stream)]
+    # as in writ gate's own process: writ's lines reach the root logger (an in-process
+    # writ serve earlier in a test run gave the writ logger a handler of its own)
+    writ.handlers[:], writ.propagate = [], True
     try:
         scrub_root(["gate-token-value", f"Bearer {PW}"])
         logging.getLogger("writ.gate").warning("sent gate-token-value and Bearer %s", PW)
     finally:
-        root.handlers[:] = saved
+        root.handlers[:], writ.handlers[:], writ.propagate = saved
     assert PW not in stream.getvalue() and "gate-token-value" not in stream.getvalue()
     assert stream.getvalue().count("[redacted]") == 2
 

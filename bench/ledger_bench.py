@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import sqlite3
@@ -74,6 +75,7 @@ def build(path: Path, rows: int, n_resources: int) -> dict[str, Any]:
     audit: list[tuple[Any, ...]] = []
     leases: list[tuple[Any, ...]] = []
     probe: dict[str, Any] = {}
+    until: dict[int, float] = {}  # each lease's expiry (its grant's or last renewal's)
     rb = {
         "rollback_allowed": True,
         "rollback_path": "/internal/db/rollback",
@@ -104,6 +106,7 @@ def build(path: Path, rows: int, n_resources: int) -> dict[str, Any]:
                 "notes": f"granted ls_bench{token} for 'tune {res}', ttl 30s, touches *",
             }
             open_[res] = (token, holder, t, 1 + token % 4)
+            until[token] = t + 30
             leases.append(
                 (
                     f"ls_bench{token}",
@@ -159,6 +162,7 @@ def build(path: Path, rows: int, n_resources: int) -> dict[str, Any]:
                         "event": "lease.renewed",
                         "notes": f"renewed until {rfc3339(t + 30)}",
                     }
+                    until[tok] = t + 30
                 open_[res] = (tok, holder, acq_t, left - 1)
             else:
                 fields = {**base, "event": "lease.released", "notes": "released by its holder"}
@@ -198,6 +202,19 @@ def build(path: Path, rows: int, n_resources: int) -> dict[str, Any]:
             " request_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             leases,
         )
+    # the leases still open at the end are held, as writ keeps them (verify checks each
+    # against the rows of its life)
+    plan = {
+        "allowed": True,
+        "path": rb["rollback_path"],
+        "key_holder": rb["rollback_key_holder"],
+        "override_queue": rb["human_override_queue"],
+        "denominator": rb["rollback_denominator"],
+    }
+    c.executemany(
+        "UPDATE leases SET state = 'held', expires_at = ?, rollback = ? WHERE fencing_token = ?",
+        [(until[tok], json.dumps(plan), tok) for tok, *_ in open_.values()],
+    )
     c.execute("UPDATE meta SET value = ? WHERE key = 'fencing_token'", (token,))
     # the head the store keeps beside the chain: verify checks the chain reaches it, and the
     # next row is numbered after it

@@ -260,6 +260,8 @@ class Verification:
     head: str
     first_bad_seq: int | None
     reason: str | None = None
+    # a held lease the ledger does not account for (the chain itself verified: no bad seq)
+    lease_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -270,6 +272,8 @@ class Verification:
         }
         if self.reason:
             out["reason"] = self.reason
+        if self.lease_id:
+            out["lease_id"] = self.lease_id
         return out
 
 

@@ -61,6 +61,7 @@ from writ.core.ledger import (
     verify,
 )
 from writ.core.textsafe import printable
+from writ.stores.held import held_disagrees
 
 if TYPE_CHECKING:
     from writ.engine import Engine
@@ -382,9 +383,10 @@ class Outcome:
     first_bad_seq: int | None = None
     reason: str | None = None
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    lease_id: str | None = None  # a held lease the ledger does not account for
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "ok": self.ok,
             "rows": self.rows,
             "head": self.head,
@@ -392,6 +394,9 @@ class Outcome:
             "reason": self.reason,
             "checkpoints": self.checkpoints,
         }
+        if self.lease_id:
+            out["lease_id"] = self.lease_id
+        return out
 
 
 def check_all(checkpoints: Sequence[Checkpoint], trusted: Ed25519PublicKey | None) -> None:
@@ -480,6 +485,9 @@ async def verify_store(
                 f"rows {total + 1}..{missing[0]} were removed"
             ),
         )
+    found = await held_disagrees(store)  # the leases table against the rows just verified
+    if found is not None:
+        return Outcome(False, total, prev, None, found[1], list(report.values()), found[0])
     return Outcome(True, total, prev, None, None, list(report.values()))
 
 

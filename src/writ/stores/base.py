@@ -124,6 +124,16 @@ def check_empty(url: str, counts: dict[str, int]) -> None:
         )
 
 
+LEASE_LIFE: tuple[str, ...] = (
+    "lease.granted",
+    "lease.renewed",
+    "lease.released",
+    "lease.expired",
+    "lease.revoked",
+)
+"""The events of a lease's life, in the order they can come (see :meth:`Tx.audit_lease_life`)."""
+
+
 class Tx(ABC):
     """One transaction's view of the store. Methods are ``async`` but must not be awaited
     outside the transaction function they were handed to."""
@@ -186,6 +196,12 @@ class Tx(ABC):
     @abstractmethod
     async def next_expiry(self) -> float | None:
         """The earliest ``expires_at`` among held leases, or None."""
+
+    @abstractmethod
+    async def held_leases(self) -> list[Lease]:
+        """Every lease in state ``held`` (past its expiry or not), as the leases table holds
+        it: read from the table itself, never a cache (verify compares the table with the
+        ledger, see :mod:`writ.stores.held`)."""
 
     @abstractmethod
     async def list_leases(
@@ -305,6 +321,15 @@ class Tx(ABC):
     @abstractmethod
     async def audit_for_lock_key(self, lock_key: str) -> list[dict[str, Any]]:
         """Every row naming a lock key, in seq order."""
+
+    @abstractmethod
+    async def audit_lease_life(
+        self, lock_key: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Of the rows naming ``lock_key`` (by the ``lock_key`` and ``event`` columns): the
+        first ``lease.granted`` and the last of its lease's life (:data:`LEASE_LIFE`:
+        granted, renewed, released, expired, revoked), read back as wire rows. Two index
+        probes, however many rows the lease has (its ``gate.passed`` rows are never read)."""
 
     def notify(self, kind: str, payload: dict[str, Any]) -> None:
         """Deliver ``(kind, payload)`` to every listener after this transaction commits."""

@@ -30,6 +30,7 @@ from writ.core.ledger import (
 )
 from writ.stores import Store, open_store, redact
 from writ.stores.base import TABLES
+from writ.stores.held import held_disagrees
 
 __all__ = ["migrate", "upgrade", "verify_store"]
 
@@ -38,9 +39,16 @@ Progress = Callable[[str, int], None]
 
 async def verify_store(store: Store) -> Verification:
     """Recompute a store's whole hash chain, in constant memory, up to the head the store
-    keeps beside it (rows removed from the end are found)."""
+    keeps beside it (rows removed from the end are found); then check every held lease
+    against the rows of its life (:mod:`writ.stores.held`)."""
     kept = await store.read(lambda tx: tx.audit_head())
-    return await verify_stream(store.audit_records(batch=PAGE), kept)
+    chain = await verify_stream(store.audit_records(batch=PAGE), kept)
+    if not chain.ok:
+        return chain
+    found = await held_disagrees(store)
+    if found is not None:
+        return Verification(False, chain.rows, chain.head, None, found[1], lease_id=found[0])
+    return chain
 
 
 class _Copy:

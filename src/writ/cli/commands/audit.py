@@ -73,6 +73,8 @@ def audit_verify(
         _echo_json(out)
     elif out.get("ok"):
         click.echo(f"ok: {out.get('rows')} rows, head {out.get('head')}")
+    elif out.get("first_bad_seq") is None and out.get("reason"):  # the chain held; a lease did not
+        click.echo(f"BROKEN: {out['reason']} ({out.get('rows')} rows verified)", err=True)
     else:
         reason = f": {out['reason']}" if out.get("reason") else ""
         click.echo(

@@ -313,7 +313,8 @@ def verify_checkpoints(
             )
         click.echo(f"ok: {out['rows']} rows, head {out['head']}")
     else:
-        click.echo(f"BROKEN at seq {out['first_bad_seq']}: {out['reason']}", err=True)
+        at = "" if out["first_bad_seq"] is None else f" at seq {out['first_bad_seq']}"
+        click.echo(f"BROKEN{at}: {out['reason']}", err=True)
     if not out["ok"]:
         sys.exit(1)
 
@@ -334,7 +335,9 @@ def _verify_over_http(cps: list[Any], trusted: Any, url: str, token: str | None)
             "reason": v.get("reason"),
             "checkpoints": [],
         }
-        if not out["ok"]:
+        if v.get("lease_id"):  # the chain held; a held lease did not
+            out["lease_id"] = v.get("lease_id")
+        elif not out["ok"]:
             out["reason"] = f"row {v.get('first_bad_seq')}: {v.get('reason') or 'chain broken'}"
         for cp in sorted(cps, key=lambda c: c.seq):
             rows = client.audit(cp.seq - 1, 1).get("rows") or []

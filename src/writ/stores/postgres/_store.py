@@ -35,9 +35,9 @@ from writ.stores.postgres._schema import (
     _WRIT_BATCH,
     _WRIT_BATCH_TYPED,
 )
-from writ.stores.postgres._sql import T, _broken, _translate, log
+from writ.stores.postgres._sql import T, _broken, _simple, _translate, log
 from writ.stores.postgres._transfer import _Transfer
-from writ.stores.postgres._tx import PgTx, _Batch, _simple
+from writ.stores.postgres._tx import PgTx, _Batch
 from writ.stores.postgres._writer import _Writer
 from writ.stores.rows import (
     LEASE_COLS,

@@ -13,7 +13,7 @@ from psycopg import AsyncRawCursor
 from writ.core.errors import Conflict
 from writ.core.ledger import GENESIS, Sealed, row_from, seal
 from writ.core.models import Lease, Principal, Waiter
-from writ.stores.base import Tx
+from writ.stores.base import LEASE_LIFE, Tx
 from writ.stores.postgres._batch import (
     _RELEASE,
     _ROLLBACK_TO,
@@ -24,7 +24,7 @@ from writ.stores.postgres._batch import (
     _NotYet,
 )
 from writ.stores.postgres._schema import _READ_CLOCK, _READ_ONLY
-from writ.stores.postgres._sql import _copy, _prefix_sql, _related_sql
+from writ.stores.postgres._sql import _copy, _prefix_sql, _related_sql, _simple
 from writ.stores.rows import (
     LEASE_COLS,
     PRINCIPAL_COLS,
@@ -280,6 +280,11 @@ class PgTx(Tx):
             " ORDER BY fencing_token",
             args,
         )
+        return [to_lease(r) for r in rows]
+
+    async def held_leases(self) -> list[Lease]:
+        # the table, never the replica: verify compares what the table holds
+        rows = await self._all(f"SELECT {LEASE_COLS} FROM leases WHERE state = 'held'")
         return [to_lease(r) for r in rows]
 
     async def due_leases(self, now: float, limit: int) -> list[Lease]:
@@ -565,19 +570,18 @@ class PgTx(Tx):
         )
         return [row_from(b, h, s) for s, b, h in rows]
 
-
-async def _simple(
-    conn: psycopg.AsyncConnection[Any], items: Sequence[tuple[str, Sequence[Any]]]
-) -> psycopg.AsyncClientCursor[Any]:
-    """Send ``items`` in one round trip, as one query string of the simple protocol with
-    the values bound by psycopg on this side (quoted as literals): one message and one
-    parse per statement at the server, where a pipeline of the extended protocol costs a
-    Parse/Bind/Execute per statement on both sides (measured: half the client CPU per
-    batch). After the first failing statement the server skips the rest."""
-    cur = psycopg.AsyncClientCursor(conn)
-    args = [value for _, values in items for value in values]
-    await cur.execute(";\n".join(q for q, _ in items), args or None, prepare=False)
-    return cur
+    async def audit_lease_life(
+        self, lock_key: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        rows = await self._all(  # one round trip, an index probe each
+            "(SELECT 0, seq, body, hash FROM audit WHERE lock_key = %s"
+            "  AND event = 'lease.granted' ORDER BY seq LIMIT 1)"
+            " UNION ALL (SELECT 1, seq, body, hash FROM audit WHERE lock_key = %s"
+            "  AND event = ANY(%s) ORDER BY seq DESC LIMIT 1)",
+            (lock_key, lock_key, list(LEASE_LIFE)),
+        )
+        found = {k: row_from(b, h, s) for k, s, b, h in rows}
+        return found.get(0), found.get(1)
 
 
 class _Batch:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from writ.core.errors import Conflict
 from writ.core.ledger import GENESIS, Sealed, row_from, seal
 from writ.core.models import Lease, Principal, Waiter
-from writ.stores.base import Tx
+from writ.stores.base import LEASE_LIFE, Tx
 from writ.stores.rows import (
     LEASE_COLS,
     PRINCIPAL_COLS,
@@ -36,6 +36,9 @@ from writ.stores.sqlite._sql import (
 
 if TYPE_CHECKING:
     from writ.stores.sqlite._store import SQLiteStore
+
+
+_LIFE = ",".join("?" * len(LEASE_LIFE))
 
 
 class SQLiteTx(Tx):
@@ -153,6 +156,10 @@ class SQLiteTx(Tx):
         out = [to_lease(r) for r in self.c.execute(sql, args)]
         self._memo[key] = out
         return list(out)
+
+    async def held_leases(self) -> list[Lease]:
+        rows = self.c.execute(f"SELECT {LEASE_COLS} FROM leases WHERE state = 'held'")
+        return [to_lease(r) for r in rows]
 
     async def due_leases(self, now: float, limit: int) -> list[Lease]:
         rows = self.c.execute(
@@ -425,3 +432,21 @@ class SQLiteTx(Tx):
             "SELECT seq, body, hash FROM audit WHERE lock_key = ? ORDER BY seq", (lock_key,)
         )
         return [row_from(b, h, s) for s, b, h in rows]
+
+    async def audit_lease_life(
+        self, lock_key: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        first = self.c.execute(
+            "SELECT seq, body, hash FROM audit WHERE lock_key = ? AND event = 'lease.granted'"
+            " ORDER BY seq LIMIT 1",
+            (lock_key,),
+        ).fetchone()
+        last = self.c.execute(
+            f"SELECT seq, body, hash FROM audit WHERE lock_key = ? AND event IN ({_LIFE})"
+            " ORDER BY seq DESC LIMIT 1",
+            (lock_key, *LEASE_LIFE),
+        ).fetchone()
+        return (
+            row_from(first[1], first[2], first[0]) if first else None,
+            row_from(last[1], last[2], last[0]) if last else None,
+        )

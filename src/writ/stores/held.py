@@ -1,0 +1,137 @@
+"""The held leases against the ledger: the part of ``writ audit verify`` that covers the
+leases table.
+
+writ serves held leases from the leases table (fence checks, the gate, who holds what),
+and the table is outside the hash chain. So verify checks every held lease against the
+hashed rows of its life, found by its lock key (:meth:`~writ.stores.base.Tx.audit_lease_life`,
+two index probes a lease, however long the ledger is): a ``lease.granted`` row must name
+it; the latest of its grant and renewal rows must agree with the table on holder,
+resource, fencing token, acquisition time and expiry (a renewal row says until when; a
+grant row gives the ttl, so the expiry is the acquisition plus it); the grant must agree on
+the intent, touches and rollback plan; and no row may have ended it (released, expired,
+revoked). The lookup columns that find these rows are checked against the hashed bodies by
+the chain's own check, which runs first.
+
+Each lease is read again with its rows in one snapshot, so a lease granted, renewed or
+ended while verify runs is judged as it stood in that snapshot: never called changed by
+hand for being changed by writ.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from writ.core.bulk import make_way
+from writ.core.clock import rfc3339
+from writ.core.models import Lease
+from writ.stores.base import LEASE_LIFE, Store, Tx
+
+__all__ = ["PAGE", "held_disagrees", "lease_disagrees"]
+
+PAGE = 200  # leases a snapshot: each read holds the store (and SQLite, the loop) briefly
+_ENDS = frozenset(LEASE_LIFE[2:])
+_RENEWED = "renewed until "
+
+
+async def held_disagrees(store: Store) -> tuple[str, str] | None:
+    """``(lease_id, why)`` of the first held lease the ledger does not account for, or None."""
+    ids = [lease.lease_id for lease in await store.read(lambda tx: tx.held_leases())]
+    for i in range(0, len(ids), PAGE):
+        page = ids[i : i + PAGE]
+
+        async def check(tx: Tx, page: list[str] = page) -> tuple[str, str] | None:
+            for lease_id in page:
+                lease = await tx.get_lease(lease_id)
+                if lease is None or lease.state != "held":
+                    continue  # ended since it was listed: its row says so
+                why = lease_disagrees(lease, *await tx.audit_lease_life(lease.lock_key))
+                if why is not None:
+                    return lease_id, why
+            return None
+
+        began = time.perf_counter()
+        found = await store.read(check)
+        if found is not None:
+            return found
+        await make_way(time.perf_counter() - began)
+    return None
+
+
+def lease_disagrees(
+    lease: Lease, grant: dict[str, Any] | None, last: dict[str, Any] | None
+) -> str | None:
+    """Why the ledger's rows do not account for held ``lease``, or None: ``grant`` is the
+    first ``lease.granted`` row naming its lock key, ``last`` the last row of its life."""
+    name = f"held lease {lease.lease_id} on {lease.resource}"
+    if grant is None or grant["event"] != "lease.granted":
+        return (
+            f"{name}: no lease.granted row names its lock key {lease.lock_key!r}: the lease "
+            "was written into the leases table by hand, or its resource or fencing_token "
+            "was changed there"
+        )
+    if last is None or last["seq"] == grant["seq"]:
+        last = grant
+    if last["event"] in _ENDS:
+        return (
+            f"{name}: row {last['seq']} ({last['event']}) ended it, but the leases table "
+            "still holds it: the table was changed by hand"
+        )
+    if last["event"] not in ("lease.granted", "lease.renewed"):
+        return f"{name}: row {last['seq']} of its life cannot be read back"
+    for field, have, want, row in (
+        *_grant_fields(lease, grant, renewed=last is not grant),
+        ("holder", lease.holder, last["lock_holder"], last),
+        ("resource", lease.resource, last["resource"], last),
+        ("fencing_token", lease.fencing_token, last["fencing_token"], last),
+        ("acquired_at", rfc3339(lease.acquired_at), last["lock_acquired_at"], last),
+        ("expires_at", rfc3339(lease.expires_at), _expiry(lease, last), last),
+    ):
+        if have != want:
+            return (
+                f"{name}: the {field} column ({have!r}) disagrees with its row {row['seq']} "
+                f"({row['event']}, {want!r}): the leases table was changed by hand"
+            )
+    return None
+
+
+def _grant_fields(
+    lease: Lease, grant: dict[str, Any], renewed: bool
+) -> list[tuple[str, Any, Any, Any]]:
+    """``(field, table's, row's, row)`` for what only the grant row records: the lease's id,
+    intent, ttl and touches (its notes, as the engine writes them) and its rollback plan."""
+    notes = grant.get("notes") or ""
+    said = f"granted {lease.lease_id} for "
+    out: list[tuple[str, Any, Any, Any]] = [
+        ("lease_id", lease.lease_id, lease.lease_id if notes.startswith(said) else notes, grant)
+    ]
+    said += f"{lease.intent!r}, ttl "
+    out.append(("intent", lease.intent, lease.intent if notes.startswith(said) else notes, grant))
+    ttl, _, touches = notes[len(said) :].partition("s, touches ")
+    if not renewed:  # a renewal may set another ttl, which its row does not carry
+        out.append(("ttl_s", f"{lease.ttl_s:g}", ttl, grant))
+    joined = ",".join(lease.touches)
+    if touches == joined or touches.startswith(joined + "; warning: "):
+        touches = joined
+    out.append(("touches", joined, touches, grant))
+    rb = lease.rollback or {}
+    out += [
+        ("rollback.allowed", bool(rb.get("allowed")), grant["rollback_allowed"], grant),
+        ("rollback.path", rb.get("path"), grant["rollback_path"], grant),
+        ("rollback.key_holder", rb.get("key_holder"), grant["rollback_key_holder"], grant),
+        ("rollback.denominator", rb.get("denominator"), grant["rollback_denominator"], grant),
+    ]
+    if rb.get("override_queue"):  # else the policy's default queue, named in the row
+        out.append(
+            ("rollback.override_queue", rb["override_queue"], grant["human_override_queue"], grant)
+        )
+    return out
+
+
+def _expiry(lease: Lease, last: dict[str, Any]) -> str | None:
+    """The expiry the row ``last`` gives ``lease``, as shown: a renewal's own words, a
+    grant's acquisition plus its ttl (checked against the row's above)."""
+    if last["event"] == "lease.renewed":
+        notes = last.get("notes") or ""
+        return notes[len(_RENEWED) :] if notes.startswith(_RENEWED) else notes
+    return rfc3339(lease.acquired_at + lease.ttl_s)

@@ -1,0 +1,159 @@
+"""Verify covers the held leases: writ serves them from the leases table, outside the hash
+chain, so each held lease is checked against the hashed rows of its life — online, with a
+signed checkpoint, and offline (``--store``), on every store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from tests.stores_fixtures import Backend
+from writ.cli import main
+from writ.core.models import Principal
+from writ.engine import Engine
+from writ.evidence.checkpoint import generate_key, make, verify_store
+from writ.stores import held
+
+YEAR = 365 * 86400.0
+PLAN = {
+    "allowed": True,
+    "path": "/rollback/db",
+    "key_holder": "db-oncall",
+    "override_queue": "db-oncall",
+}
+COLS = (
+    "lease_id, resource, holder, intent, fencing_token, acquired_at, expires_at, ttl_s, "
+    "touches, state, rollback, ended_at, request_id"
+)
+
+# what an intruder with database rights does to the leases table, and the field verify names
+EDITS: dict[str, tuple[str, str]] = {
+    "a year more": ("UPDATE leases SET expires_at = expires_at + {year} WHERE {me}", "expires_at"),
+    "another holder": ("UPDATE leases SET holder = 'cost-agent' WHERE {me}", "holder"),
+    "another token": (
+        "UPDATE leases SET fencing_token = fencing_token + 1000 WHERE {me}",
+        "no lease.granted row",
+    ),
+    "another ttl": (
+        "UPDATE leases SET ttl_s = 3600, expires_at = acquired_at + 3600 WHERE {me}",
+        "ttl_s",
+    ),
+    "another rollback route": (
+        "UPDATE leases SET rollback = replace(rollback, '/rollback/db', '/evil') WHERE {me}",
+        "rollback.path",
+    ),
+    "a lease nobody was granted": (
+        f"INSERT INTO leases ({COLS}) SELECT 'ls_forged', 'routing/edge', 'perf-agent', intent,"
+        " fencing_token + 1000, acquired_at, expires_at, ttl_s, touches, 'held', rollback, NULL,"
+        " NULL FROM leases WHERE {me}",
+        "no lease.granted row",
+    ),
+    "a released lease held again": (
+        "UPDATE leases SET state = 'held', ended_at = NULL WHERE lease_id = '{gone}'",
+        "(lease.released) ended it",
+    ),
+}
+
+
+async def _leases(engine: Engine) -> tuple[Principal, dict[str, Any], dict[str, Any]]:
+    """perf-agent holds prod/db (with a rollback plan); its earlier lease on prod/cache was
+    released."""
+    agent, _ = await engine.add_principal(None, "perf-agent", "agent")
+    await engine.add_principal(None, "cost-agent", "agent")
+    await engine.add_principal(None, "db-oncall", "queue")
+    gone = await engine.acquire(agent, resource="prod/cache", intent="flush")
+    await engine.release(agent, gone["lease_id"])
+    lease = await engine.acquire(agent, resource="prod/db", intent="scale up", rollback=PLAN)
+    return agent, lease, gone
+
+
+async def _cli_verify(url: str) -> dict[str, Any]:
+    args = ["audit", "verify", "--store", url, "--json"]
+    res = await asyncio.to_thread(CliRunner().invoke, main, args)  # the CLI runs its own loop
+    assert res.exit_code == (0 if json.loads(res.output)["ok"] else 1), res.output
+    out: dict[str, Any] = json.loads(res.output)
+    return out
+
+
+async def test_held_leases_as_writ_wrote_them_verify(engine: Engine, backend: Backend) -> None:
+    """Granted, renewed (with another ttl) and released leases verify, online and offline."""
+    agent, lease, _ = await _leases(engine)
+    assert (await engine.verify()).ok
+    await engine.renew(agent, lease["lease_id"], ttl_s=120)
+    assert (await engine.verify()).ok
+    assert (await _cli_verify(backend.url))["ok"]
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+async def test_a_hand_edited_held_lease_fails_verify(
+    engine: Engine, backend: Backend, edit: str
+) -> None:
+    """A held lease changed (or made) by hand in the leases table fails verify — online,
+    with a signed checkpoint, and offline — naming the lease and the field, while every
+    audit row is intact."""
+    _, lease, gone = await _leases(engine)
+    key = generate_key()
+    cp = await make(engine.store, key)
+    sql, field = EDITS[edit]
+    me = f"lease_id = '{lease['lease_id']}'"
+    await backend.sql(sql.format(year=YEAR, me=me, gone=gone["lease_id"]))
+
+    bad = await engine.verify()
+    assert not bad.ok and bad.first_bad_seq is None and field in (bad.reason or ""), bad
+    want = {"a lease nobody was granted": "ls_forged", "a released lease held again": gone}
+    lease_id = want.get(edit, lease)
+    lease_id = lease_id if isinstance(lease_id, str) else lease_id["lease_id"]
+    assert bad.lease_id == lease_id and f"held lease {lease_id}" in (bad.reason or "")
+    assert bad.to_dict()["lease_id"] == lease_id
+
+    out = await verify_store(engine.store, [cp], key.public_key())
+    assert not out.ok and out.lease_id == lease_id and field in (out.reason or "")
+    assert out.checkpoints[0]["ok"]  # the ledger itself still extends the checkpoint
+
+    report = await _cli_verify(backend.url)
+    assert report["ok"] is False and report["lease_id"] == lease_id
+    assert field in report["reason"]
+
+
+async def test_a_renewed_lease_is_checked_against_its_renewal(
+    engine: Engine, backend: Backend
+) -> None:
+    """After a renewal the expiry is the renewal row's: moving it fails verify."""
+    agent, lease, _ = await _leases(engine)
+    await engine.renew(agent, lease["lease_id"], ttl_s=120)
+    await backend.sql(
+        f"UPDATE leases SET expires_at = expires_at + 60 WHERE lease_id = '{lease['lease_id']}'"
+    )
+    bad = await engine.verify()
+    assert not bad.ok and "the expires_at column" in (bad.reason or "")
+    assert "(lease.renewed, " in (bad.reason or "")
+
+
+async def test_leases_changed_by_writ_while_verify_runs_are_not_tampered(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between verify listing the held leases and checking them, a lease is renewed with
+    another ttl, one released and one granted: each is judged as it stands when checked."""
+    agent, lease, _ = await _leases(engine)
+    other = await engine.acquire(agent, resource="prod/queue", intent="drain")
+    monkeypatch.setattr(held, "PAGE", 1)
+    store = engine.store
+    real_read = store.read
+    listed = asyncio.Event()
+
+    async def read(fn: Any, single: bool = False) -> Any:
+        out = await real_read(fn, single)
+        if not listed.is_set():  # the first read lists the held leases
+            listed.set()
+            await engine.renew(agent, lease["lease_id"], ttl_s=300)
+            await engine.release(agent, other["lease_id"])
+            await engine.acquire(agent, resource="prod/web", intent="deploy")
+        return out
+
+    monkeypatch.setattr(store, "read", read)
+    found = await held.held_disagrees(store)
+    assert listed.is_set() and found is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -568,6 +569,56 @@ async def test_failed_rollback_route_is_recorded(world: World) -> None:
     r = await w.post("oncall-jane", f"/v1/rollbacks/{rb['rollback_id']}/approve")
     assert r.json()["status"] == "failed" and r.json()["response_status"] == 500
     assert (await w.rows("rollback.failed"))[-1]["approved_by"] == "oncall-jane"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("path", "/ops/elsewhere"), ("key_holder", "mallory")]
+)
+async def test_a_rollback_pointed_elsewhere_by_hand_is_not_called(
+    world: World, tmp_path: Any, field: str, value: str
+) -> None:
+    """An intruder with database rights points a pending rollback at a route of their
+    choosing (or hands its key to a principal of theirs): the approval fails, naming the
+    field and the lease's grant row, with its rollback.failed row; writ calls nothing."""
+    w = world
+    await w.add("mallory", "human")
+    plan = {
+        "allowed": True,
+        "path": "/ops/rollback?txn=9",
+        "key_holder": "svc-ops-princess",
+        "override_queue": "svc-ops-princess",
+    }
+    lease = (
+        await w.post(
+            "perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x", "rollback": plan}
+        )
+    ).json()
+    rb = (
+        await w.post("cost-agent", "/v1/rollbacks", {"lease_id": lease["lease_id"], "reason": "r"})
+    ).json()
+    conn = sqlite3.connect(str(tmp_path / "w.db"), isolation_level=None)
+    try:
+        conn.execute(
+            "UPDATE objects SET data = json_set(data, ?, ?) WHERE kind = 'rollback' AND id = ?",
+            (f"$.{field}", value, rb["rollback_id"]),
+        )
+    finally:
+        conn.close()
+    before = list(w.rx.paths())
+    who = "mallory" if field == "key_holder" else "oncall-jane"
+    r = await w.post(who, f"/v1/rollbacks/{rb['rollback_id']}/approve")
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["status"] == "failed" and out["response_status"] is None
+    assert f"its {field} ({value!r}) disagrees with the lease's grant" in out["error"]
+    await w.engine.caller.drain()
+    assert [p for p in w.rx.paths() if p not in before and not p.startswith("/page")] == []
+    row = (await w.rows("rollback.failed"))[-1]
+    assert row["approved_by"] == who and "not called" in row["notes"]
+    assert f"its {field} ({value!r})" in row["notes"]
+    assert not await w.rows("rollback.approved")
+    r = await w.post(who, f"/v1/rollbacks/{rb['rollback_id']}/approve")
+    assert r.status_code == 422  # single use: it failed
 
 
 async def test_stuck_lock_wakes_then_pages(world: World) -> None:

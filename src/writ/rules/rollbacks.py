@@ -9,7 +9,9 @@ queue holds the key". A member's rows name the queue in their notes. Approval is
 the policy's ``rollback_base_url``) and records ``executed`` or ``failed`` with the
 response status, the approver as ``approved_by``. A human may later mark an executed
 rollback a *defect* (``rollback_denominator_is_defect: true``): it was a new failure, not
-recovery, and never reads as clean history.
+recovery, and never reads as clean history. The route and key holder are checked against the
+lease's ``lease.granted`` row before the call (:func:`route_disagrees`): the tables that hold
+them are outside the hash, and a route pointed elsewhere by hand is never called.
 """
 
 from __future__ import annotations
@@ -273,6 +275,8 @@ class Rollbacks(Rule):
                     f"rollback {rollback_id} is already {rb['state']}: approval is single-use",
                     status=rb["state"],
                 )
+            if approve and (why := await route_disagrees(tx, rb)) is not None:
+                return await self._not_called(tx, me, rb, why)
             status = "approved" if approve else "denied"
             rb.update(
                 status=status, **({"approved_by": me.name} if approve else {"denied_by": me.name})
@@ -304,7 +308,7 @@ class Rollbacks(Rule):
         rb = await eng.store.transact(decide)
         if isinstance(rb, Forbidden):
             raise rb
-        if not approve:
+        if not approve or rb["state"] == "failed":  # denied, or a route the ledger never recorded
             return public(rb)
         pol = eng.policy
         try:
@@ -345,6 +349,24 @@ class Rollbacks(Rule):
 
         return public(await eng.store.transact(record))
 
+    async def _not_called(
+        self, tx: Tx, me: Principal, rb: dict[str, Any], why: str
+    ) -> dict[str, Any]:
+        """An approval refused before the call: the rollback fails, its route never called."""
+        rb.update(status="failed", approved_by=me.name, executed_at=rfc3339(tx.now()), error=why)
+        await tx.put_object(ROLLBACK, rb["rollback_id"], rb["resource"], "failed", data(rb))
+        rb["state"] = "failed"
+        await tx.append(
+            self._row(
+                rb,
+                "rollback.failed",
+                me.name,
+                f"rollback {rb['rollback_id']} approved by {_who(me, rb)}: not called: {why}",
+                approved_by=me.name,
+            )
+        )
+        return rb
+
     async def defect(self, me: Principal, rollback_id: str, notes: Any) -> dict[str, Any]:
         why = text(notes, "notes")
         if not me.is_human:
@@ -373,6 +395,35 @@ class Rollbacks(Rule):
             return rb
 
         return public(await self.engine.store.transact(fn))
+
+
+async def route_disagrees(tx: Tx, rb: dict[str, Any]) -> str | None:
+    """Why a rollback's route or key holder is not the one its lease's ``lease.granted`` row
+    recorded (hashed: the rollbacks and leases tables are not), or None. writ calls only a
+    route the ledger recorded: one pointed elsewhere by hand would be called, and signed."""
+    lock_key = rb.get("lock_key")
+    grant, _ = await tx.audit_lease_life(lock_key) if isinstance(lock_key, str) else (None, None)
+    said = f"granted {rb.get('lease_id')} for "
+    if (
+        grant is None
+        or grant["event"] != "lease.granted"
+        or not (grant["notes"] or "").startswith(said)
+    ):
+        return (
+            f"no lease.granted row of lease {rb.get('lease_id')} names lock key {lock_key!r}: "
+            "the rollback was changed by hand"
+        )
+    for field, have, want in (
+        ("path", rb.get("path"), grant["rollback_path"] if grant["rollback_allowed"] else None),
+        ("key_holder", rb.get("key_holder"), grant["rollback_key_holder"]),
+    ):
+        if have != want:
+            return (
+                f"its {field} ({have!r}) disagrees with the lease's grant, row {grant['seq']} "
+                f"({want!r}): the rollback was changed by hand, and writ calls only the route "
+                "the ledger recorded"
+            )
+    return None
 
 
 def _who(me: Principal, rb: dict[str, Any]) -> str:

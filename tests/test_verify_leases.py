@@ -15,7 +15,7 @@ from tests.stores_fixtures import Backend
 from writ.cli import main
 from writ.core.models import Principal
 from writ.engine import Engine
-from writ.evidence.checkpoint import generate_key, make, verify_store
+from writ.evidence.checkpoint import generate_key, make, verify_store, write_checkpoint
 from writ.stores import held
 
 YEAR = 365 * 86400.0
@@ -157,3 +157,21 @@ async def test_leases_changed_by_writ_while_verify_runs_are_not_tampered(
     monkeypatch.setattr(store, "read", read)
     found = await held.held_disagrees(store)
     assert listed.is_set() and found is None
+
+
+async def test_the_cli_names_the_lease_not_a_seq(
+    engine: Engine, backend: Backend, tmp_path: Any
+) -> None:
+    """``writ audit verify`` prints a lease the ledger does not account for as itself (no
+    "at seq None"), with and without a checkpoint, and exits 1."""
+    _, lease, _ = await _leases(engine)
+    signed = await make(engine.store, generate_key())
+    write_checkpoint(signed, tmp_path / "cp.txt")
+    await backend.sql(
+        f"UPDATE leases SET holder = 'cost-agent' WHERE lease_id = '{lease['lease_id']}'"
+    )
+    want = f"BROKEN: held lease {lease['lease_id']} on prod/db: the holder column"
+    for more in ([], ["--checkpoint", str(tmp_path / "cp.txt")]):
+        args = ["audit", "verify", "--store", backend.url, *more]
+        res = await asyncio.to_thread(CliRunner().invoke, main, args)
+        assert res.exit_code == 1 and want in res.output and "seq None" not in res.output, more

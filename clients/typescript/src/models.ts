@@ -295,7 +295,11 @@ export interface Verify extends Open {
   ok: boolean;
   rows: number;
   head: string;
+  /** The first row that does not verify; null when the chain is intact. */
   first_bad_seq: number | null;
+  reason?: string;
+  /** A held lease the ledger does not account for (the chain intact: `first_bad_seq` null). */
+  lease_id?: string;
 }
 
 export interface Who extends Open {

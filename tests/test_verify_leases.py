@@ -175,3 +175,28 @@ async def test_the_cli_names_the_lease_not_a_seq(
         args = ["audit", "verify", "--store", backend.url, *more]
         res = await asyncio.to_thread(CliRunner().invoke, main, args)
         assert res.exit_code == 1 and want in res.output and "seq None" not in res.output, more
+
+
+async def test_held_lives_reads_each_held_lease_with_its_two_rows(engine: Engine) -> None:
+    """``Tx.held_lives`` (one statement on PostgreSQL) answers what the lease read and
+    ``audit_lease_life`` answer lease by lease: held leases only, by fencing token."""
+    agent, lease, gone = await _leases(engine)
+    renewed = await engine.acquire(agent, resource="prod/web", intent="deploy")
+    await engine.renew(agent, renewed["lease_id"], ttl_s=90)
+    ids = [renewed["lease_id"], gone["lease_id"], "ls_nobody", lease["lease_id"]]
+
+    async def both(tx: Any) -> tuple[Any, Any]:
+        one = [
+            (l, *await tx.audit_lease_life(l.lock_key))
+            for l in [await tx.get_lease(i) for i in ids]
+            if l is not None and l.state == "held"
+        ]
+        return await tx.held_lives(ids), one
+
+    lives, one = await engine.store.read(both)
+    assert [(l.lease_id, g["seq"], z["event"]) for l, g, z in lives] == [
+        (lease["lease_id"], lives[0][1]["seq"], "lease.granted"),
+        (renewed["lease_id"], lives[1][1]["seq"], "lease.renewed"),
+    ]
+    assert lives == sorted(one, key=lambda t: t[0].fencing_token)
+    assert lives[1][0].ttl_s == 90 and lives[1][1]["event"] == "lease.granted"

@@ -331,6 +331,20 @@ class Tx(ABC):
         granted, renewed, released, expired, revoked), read back as wire rows. Two index
         probes, however many rows the lease has (its ``gate.passed`` rows are never read)."""
 
+    async def held_lives(
+        self, lease_ids: Sequence[str]
+    ) -> list[tuple[Lease, dict[str, Any] | None, dict[str, Any] | None]]:
+        """Each lease of ``lease_ids`` that is still held, as the leases table holds it, with
+        the two rows :meth:`audit_lease_life` gives for its lock key, by fencing token
+        (verify reads them in one snapshot). This default asks lease by lease; a server
+        store answers in one statement."""
+        out = []
+        for lease_id in lease_ids:
+            lease = await self.get_lease(lease_id)
+            if lease is not None and lease.state == "held":
+                out.append((lease, *await self.audit_lease_life(lease.lock_key)))
+        return sorted(out, key=lambda life: life[0].fencing_token)
+
     def notify(self, kind: str, payload: dict[str, Any]) -> None:
         """Deliver ``(kind, payload)`` to every listener after this transaction commits."""
         self.notes.append((kind, payload))

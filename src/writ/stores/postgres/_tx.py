@@ -13,7 +13,7 @@ from psycopg import AsyncRawCursor
 from writ.core.errors import Conflict
 from writ.core.ledger import GENESIS, Sealed, row_from, seal
 from writ.core.models import Lease, Principal, Waiter
-from writ.stores.base import LEASE_LIFE, Tx
+from writ.stores.base import Tx
 from writ.stores.postgres._batch import (
     _RELEASE,
     _ROLLBACK_TO,
@@ -25,6 +25,7 @@ from writ.stores.postgres._batch import (
 )
 from writ.stores.postgres._schema import _READ_CLOCK, _READ_ONLY
 from writ.stores.postgres._sql import _copy, _prefix_sql, _related_sql, _simple
+from writ.stores.postgres._verify import VerifyReads
 from writ.stores.rows import (
     LEASE_COLS,
     PRINCIPAL_COLS,
@@ -64,7 +65,7 @@ class _Outside:
         raise _Again(self.time_first)
 
 
-class PgTx(Tx):
+class PgTx(VerifyReads, Tx):
     """One transaction: in a write batch (``b``), against the live replica and the batch's
     connection; in a read, on a REPEATABLE READ snapshot. A read ``begun`` already has its
     transaction and the time (BEGIN and the clock went first); otherwise the transaction
@@ -280,11 +281,6 @@ class PgTx(Tx):
             " ORDER BY fencing_token",
             args,
         )
-        return [to_lease(r) for r in rows]
-
-    async def held_leases(self) -> list[Lease]:
-        # the table, never the replica: verify compares what the table holds
-        rows = await self._all(f"SELECT {LEASE_COLS} FROM leases WHERE state = 'held'")
         return [to_lease(r) for r in rows]
 
     async def due_leases(self, now: float, limit: int) -> list[Lease]:
@@ -569,19 +565,6 @@ class PgTx(Tx):
             "SELECT seq, body, hash FROM audit WHERE lock_key = %s ORDER BY seq", (lock_key,)
         )
         return [row_from(b, h, s) for s, b, h in rows]
-
-    async def audit_lease_life(
-        self, lock_key: str
-    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        rows = await self._all(  # one round trip, an index probe each
-            "(SELECT 0, seq, body, hash FROM audit WHERE lock_key = %s"
-            "  AND event = 'lease.granted' ORDER BY seq LIMIT 1)"
-            " UNION ALL (SELECT 1, seq, body, hash FROM audit WHERE lock_key = %s"
-            "  AND event = ANY(%s) ORDER BY seq DESC LIMIT 1)",
-            (lock_key, lock_key, list(LEASE_LIFE)),
-        )
-        found = {k: row_from(b, h, s) for k, s, b, h in rows}
-        return found.get(0), found.get(1)
 
 
 class _Batch:

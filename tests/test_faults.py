@@ -564,9 +564,11 @@ async def long_poll(
     after: int,
     wait_s: float,
     ready: asyncio.Queue[None],
+    source: str = "127.0.0.1",
 ) -> tuple[float, dict[str, Any]]:
-    """One ``GET /v1/events`` over a raw socket; returns (time answered, body)."""
-    reader, writer = await asyncio.open_connection(host, port)
+    """One ``GET /v1/events`` over a raw socket from ``source`` (any 127.x.y.z is this
+    host's); returns (time answered, body)."""
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
     try:
         writer.write(
             f"GET /v1/events?resource={prefix}&after_seq={after}&wait_s={wait_s} HTTP/1.1\r\n"
@@ -625,8 +627,9 @@ def p99(latencies: list[float]) -> float:
 async def run_long_polls(tmp: Path, n: int) -> None:
     raise_fd_limit(n + 2048)
     with server_process(f"sqlite:///{tmp / 'writ.db'}", tmp) as srv:
-        # one principal may have a quarter of the connections waiting (writ.api.waits):
-        # the polls come from enough watchers to stay under that
+        # one principal may have a quarter of the connections waiting (writ.api.waits),
+        # and one client a quarter of them open (writ.net.limits): the polls come from
+        # enough watchers to stay under that, each on a host (a loopback address) of its own
         watchers = await add_principals(
             srv.url, "agent", [f"watcher-{i}" for i in range(-(-n // 1000))]
         )
@@ -647,6 +650,7 @@ async def run_long_polls(tmp: Path, n: int) -> None:
                         head,
                         120,
                         ready,
+                        f"127.0.0.{2 + i % len(watchers)}",
                     )
                 )
                 for i in range(n)

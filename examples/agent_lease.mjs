@@ -18,7 +18,7 @@ import {
   Writ,
 } from "../clients/typescript/dist/index.js";
 
-const url = process.env.WRIT_URL ?? "http://127.0.0.1:7411";
+const url = process.env.WRIT_URL ?? "http://127.0.0.1:7421"; // examples/README.md's server
 const adminToken = process.env.WRIT_ADMIN_TOKEN;
 if (!adminToken) {
   console.error("set WRIT_ADMIN_TOKEN to the token `writ serve` was first started with");
@@ -34,7 +34,7 @@ async function register(name, kind = "agent") {
     return { name: p.name, writ: new Writ({ url, token: p.token }) };
   } catch (err) {
     if (err instanceof UnavailableError) {
-      console.error(`no writ server at ${url}: start one with \`writ serve\` (see examples/README.md)`);
+      console.error(`no writ server at ${url}: start one with \`writ serve --port 7421\` (see examples/README.md)`);
       process.exit(1);
     }
     throw err;

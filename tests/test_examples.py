@@ -57,3 +57,14 @@ def test_gate_toy_api(live_server: LiveServer) -> None:
     assert "-> 423 held" in before and "[admin API] POST" not in before
     assert "'writ-fencing-token'" in after and "-> 200" in after
     assert "gate.refused" in after and "gate.passed" in after
+
+
+def test_examples_default_to_the_readme_server() -> None:
+    """Run without WRIT_URL, each example talks to the server examples/README.md starts (7421)."""
+    readme = (EXAMPLES / "README.md").read_text()
+    assert "--port 7421" in readme and "default `http://127.0.0.1:7421`" in readme
+    for path in sorted(EXAMPLES.iterdir()):
+        if path.suffix in {".py", ".mjs", ".sh"}:
+            text = path.read_text()
+            named = {port for port in ("7411", "7421") if f"127.0.0.1:{port}" in text}
+            assert named <= {"7421"}, f"{path.name} defaults to another server: {named}"

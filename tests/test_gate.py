@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import re
 import time
@@ -18,12 +19,14 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
 from tests.server_fixtures import LiveServer, free_port, run_writ, serve_asgi, unique
+from writ.cli import main
 from writ.core.errors import Invalid
 from writ.gate import Gate, Route, load_routes, parse_listen, parse_routes, request_paths
 
@@ -561,6 +564,26 @@ def test_routes_file_is_checked_with_the_entry_named(tmp_path: Path) -> None:
             parse_routes(text)
     with pytest.raises(Invalid, match="cannot read"):
         load_routes(tmp_path / "missing.toml")
+
+
+def test_check_prints_each_routes_attribute(tmp_path: Path) -> None:
+    """writ gate --check shows what a write on each route needs, the lease's touches included."""
+    routes = tmp_path / "routes.toml"
+    routes.write_text(
+        '[[route]]\npath = "/admin/db/*"\nresource = "prod/db"\nattribute = "capacity"\n'
+        '[[route]]\npath = "/admin/cache/*"\nmethods = ["DELETE"]\nresource = "prod/cache"\n'
+    )
+    args = ["gate", "--upstream", "http://127.0.0.1:9", "--routes", str(routes), "--check"]
+    done = CliRunner().invoke(main, args, env={"WRIT_GATE_TOKEN": "t"})
+    assert done.exit_code == 0, done.output
+    first, second = (json.loads(line) for line in done.stdout.splitlines())
+    assert first == {
+        "path": "/admin/db/*",
+        "methods": ["*"],
+        "resource": "prod/db",
+        "attribute": "capacity",
+    }
+    assert second == {"path": "/admin/cache/*", "methods": ["DELETE"], "resource": "prod/cache"}
 
 
 def test_listen_and_path_forms() -> None:

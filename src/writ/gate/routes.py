@@ -193,8 +193,15 @@ def loose_path(raw_path: bytes) -> str:
 
 
 def describe(routes: list[Route]) -> str:
-    """The routes as JSON lines (for ``writ gate --check``)."""
-    return "\n".join(
-        json.dumps({"path": r.path, "methods": sorted(r.methods), "resource": r.resource})
-        for r in routes
-    )
+    """The routes as JSON lines (for ``writ gate --check``), a route's attribute included."""
+    lines = []
+    for r in routes:
+        entry: dict[str, object] = {
+            "path": r.path,
+            "methods": sorted(r.methods),
+            "resource": r.resource,
+        }
+        if r.attribute is not None:
+            entry["attribute"] = r.attribute
+        lines.append(json.dumps(entry))
+    return "\n".join(lines)

@@ -68,6 +68,27 @@ def test_checkpoint_options_come_last(path: tuple[str, ...], options: list[str])
 
 
 @pytest.mark.parametrize(
+    ("path", "option", "says"),
+    [
+        (("serve",), "--metrics-token", ["16 characters", "warned of"]),
+        (("gate",), "--token", ["warned of"]),
+        (("gate",), "--upstream", ["user:password@", "--upstream-headers-file"]),
+        (("mcp",), "--token", ["warned of"]),
+        (("mcp",), "--http-token", ["16 characters", "warned of"]),
+    ],
+)
+def test_help_says_what_start_refuses_or_warns_of(
+    path: tuple[str, ...], option: str, says: list[str]
+) -> None:
+    """A secret's option says that the flag is warned of, and what a start refuses in it."""
+    command = dict(COMMANDS)[path]
+    (param,) = [p for p in command.params if isinstance(p, click.Option) and option in p.opts]
+    text = " ".join((param.help or "").split())
+    for words in says:
+        assert words in text, f"writ {' '.join(path)} {option}: {text}"
+
+
+@pytest.mark.parametrize(
     ("module", "usage"),
     [
         ("writ.cli", "Usage: python -m writ.cli "),

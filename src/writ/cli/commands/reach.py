@@ -88,13 +88,15 @@ def _headers_file(path: str) -> list[tuple[str, str]]:
     "--token",
     envvar=["WRIT_GATE_TOKEN", "WRIT_TOKEN"],
     required=True,
-    help="The gate's own writ token (or WRIT_GATE_TOKEN, then WRIT_TOKEN).",
+    help="The gate's own writ token (or WRIT_GATE_TOKEN, then WRIT_TOKEN; the flag is warned "
+    "of: every user of the host reads a command line).",
 )
 @click.option(
     "--upstream",
     required=True,
     metavar="URL",
-    help="Base URL of the API behind the gate, e.g. http://127.0.0.1:9000.",
+    help="Base URL of the API behind the gate, e.g. http://127.0.0.1:9000. One carrying "
+    "credentials (user:password@) is refused: give them in --upstream-headers-file.",
 )
 @click.option(
     "--listen",
@@ -249,7 +251,8 @@ def gate_command(
     "--token",
     envvar="WRIT_TOKEN",
     required=True,
-    help="The agent's writ token (or WRIT_TOKEN): every tool acts as this principal.",
+    help="The agent's writ token (or WRIT_TOKEN; the flag is warned of): every tool acts as "
+    "this principal.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="HTTP: address to bind.")
 @click.option(
@@ -264,7 +267,8 @@ def gate_command(
     envvar="WRIT_MCP_HTTP_TOKEN",
     default=None,
     help="HTTP (required there, 16 characters or more): the 'Authorization: Bearer <this>' MCP "
-    "clients must send (or WRIT_MCP_HTTP_TOKEN).",
+    "clients must send (or WRIT_MCP_HTTP_TOKEN; the flag is warned of: every user of the host "
+    "reads a command line).",
 )
 @click.option(
     "--allow-human-token",

@@ -83,14 +83,17 @@ from writ.net.options import from_options, limit_options
     envvar="WRIT_METRICS_TOKEN",
     default=None,
     metavar="TOKEN",
-    help="Require 'Authorization: Bearer TOKEN' on /metrics [env WRIT_METRICS_TOKEN].",
+    help="Require 'Authorization: Bearer TOKEN' on /metrics; 16 characters or more, or writ "
+    "serve refuses to start. Give it as the variable: a flag is warned of, since every user of "
+    "the host reads a command line [env WRIT_METRICS_TOKEN].",
 )
 @click.option(
     "--check",
     "check_only",
     envvar="WRIT_CHECK",
     is_flag=True,
-    help="Validate the whole configuration (policy, store, address, logs, tracing) and "
+    help="Validate the whole configuration (policy, store, address, logs, metrics token, "
+    "tracing) and "
     "exit: 0, or 1 with the reasons [env WRIT_CHECK].",
 )
 @click.option(

@@ -64,7 +64,10 @@ def start_api() -> tuple[str, Callable[[], None]]:
 
 
 def start_gate(token: str, upstream: str, routes: Path) -> tuple[subprocess.Popen[str], str]:
-    """`writ gate --url ... --token ... --upstream ... --listen ... --routes ...`"""
+    """`WRIT_GATE_TOKEN=... writ gate --url ... --upstream ... --listen ... --routes ...`
+
+    The token goes in the environment: a command line is readable by every user of the host,
+    and writ gate warns of one given as --token."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -73,8 +76,6 @@ def start_gate(token: str, upstream: str, routes: Path) -> tuple[subprocess.Pope
             "gate",
             "--url",
             URL,
-            "--token",
-            token,
             "--upstream",
             upstream,
             "--listen",
@@ -84,12 +85,14 @@ def start_gate(token: str, upstream: str, routes: Path) -> tuple[subprocess.Pope
         ],
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "WRIT_GATE_TOKEN": token},
     )
     assert proc.stderr is not None
     for line in proc.stderr:  # "writ gate: listening on http://127.0.0.1:PORT -> ..."
         found = re.search(r"listening on (http://\S+)", line)
         if found:
             return proc, found.group(1)
+        print(f"    {line.rstrip()}")  # what the gate says first: whom it acts as, any warning
     sys.exit(f"writ gate did not start (exit {proc.wait()})")
 
 

@@ -57,6 +57,7 @@ def test_gate_toy_api(live_server: LiveServer) -> None:
     assert "-> 423 held" in before and "[admin API] POST" not in before
     assert "'writ-fencing-token'" in after and "-> 200" in after
     assert "gate.refused" in after and "gate.passed" in after
+    assert "writ gate: acting as admin-api-gate-" in before and "warning" not in before
 
 
 def test_examples_default_to_the_readme_server() -> None:

@@ -157,6 +157,37 @@ def test_serve_check_names_every_problem(tmp_path: Path, monkeypatch: pytest.Mon
     assert "pw-not-shown" not in result.output
 
 
+def test_serve_check_refuses_the_workers_serving_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--workers on SQLite, or with --checkpoint-every, is refused by --check as by serving:
+    --check said ok, and the same flags then failed to serve."""
+    import writ.api.app
+
+    monkeypatch.setattr(writ.api.app, "EXTENSIONS", [])  # --checkpoint-every installs one
+    sqlite = f"sqlite:///{tmp_path}/w.db"
+    key = tmp_path / "cp.key"
+    assert CliRunner().invoke(main, ["audit", "keygen", "--out", str(key)]).exit_code == 0
+    port = str(free_port())
+    cases = [
+        (["--workers", "2"], sqlite, "needs a PostgreSQL store"),
+        (
+            ["--workers", "2", "--checkpoint-every", "5", "--checkpoint-key", str(key)],
+            "postgresql://writ@127.0.0.1:1/nowhere",
+            "--checkpoint-every",
+        ),
+    ]
+    for flags, store, says in cases:
+        result = CliRunner().invoke(
+            main, ["serve", "--check", "--port", port, "--store", store, *flags]
+        )
+        assert result.exit_code == 1, result.output
+        assert "writ serve --check: workers: --workers 2 " in result.stderr, result.stderr
+        assert says in result.stderr
+    ok = CliRunner().invoke(main, ["serve", "--check", "--port", port, "--store", sqlite])
+    assert ok.exit_code == 0, ok.output
+
+
 # ----------------------------------------------------------------------------- a process
 class Writ:
     """`writ serve` in a child process, configured by environment variables."""

@@ -189,6 +189,7 @@ def serve(
         problems = check(
             store, host, port, policy, log_level, log_format, shutdown_timeout, metrics_token
         )
+        problems += workers_problems(store, workers, checkpoint_every)
         for p in problems:
             click.echo(f"writ serve --check: {p}", err=True)
         if problems:
@@ -220,6 +221,24 @@ def serve(
         limits=from_options(limits),
         **extra,
     )
+
+
+def workers_problems(store: str, workers: int, checkpoint_every: int | None) -> list[str]:
+    """What serving would refuse in ``--workers`` (as :func:`writ.api.workers.run_workers`
+    does), for ``--check`` to name."""
+    from writ.api.workers import check_workers
+    from writ.core.errors import Invalid
+
+    try:
+        check_workers(store, workers)
+    except Invalid as exc:
+        return [f"workers: {exc.message}"]
+    if workers > 1 and checkpoint_every:
+        return [
+            f"workers: --workers {workers} runs fresh processes that would not carry "
+            "--checkpoint-every: run checkpoints from a single-process writ serve"
+        ]
+    return []
 
 
 def install_checkpointer(key_path: str, directory: str, every: int) -> None:

@@ -298,6 +298,33 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10) -> Any:
 
 
 @contextmanager
+def serve_script(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """``scripts/serve`` (the README's first command) on a free port, with ``env`` as its
+    whole environment: the process, and what it wrote to stderr until the app started.
+    Stopped on leaving."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "serve"
+    proc = subprocess.Popen(
+        [str(script), "--port", str(free_port())],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    seen: list[str] = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if "Application startup complete" in line:
+                break
+        yield proc, seen
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+@contextmanager
 def serve_asgi(app: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn in a thread on a free port; yields its base URL."""
     port = free_port()

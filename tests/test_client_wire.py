@@ -205,6 +205,26 @@ def test_the_cli_says_what_came_back_without_a_traceback(
 LEASE = {"lease_id": "ls_1", "lock_key": "a/b#7", "fencing_token": 7, "ttl_s": 1, "resource": "a/b"}
 
 
+def _held_until_lost(mode: str, handler: Callable[[httpx.Request], httpx.Response]) -> Any:
+    """A lease held through ``handler`` (renewed every 0.1 s) by the sync or the async
+    client, once it is lost (within 5 s), its renewals stopped."""
+    if mode == "sync":
+        client = Client("http://writ.test", "t", transport=httpx.MockTransport(handler))
+        lease = client.lease("a/b", "x", ttl_s=1, renew_every=0.1).acquire()
+        assert lease.lost.wait(5)
+        lease._stop_renewing()
+        return lease
+
+    async def go() -> Any:
+        aclient = AsyncClient("http://writ.test", "t", transport=httpx.MockTransport(handler))
+        alease = await aclient.lease("a/b", "x", ttl_s=1, renew_every=0.1).acquire()
+        await asyncio.wait_for(alease.lost.wait(), 5)
+        await alease._stop_renewing()
+        return alease
+
+    return asyncio.run(go())
+
+
 @pytest.mark.parametrize(
     "renewal",
     [
@@ -231,21 +251,7 @@ def test_renewals_answered_with_no_lease_end_in_lost(mode: str, renewal: bytes) 
         renewals.append(request)
         return httpx.Response(200, content=renewal)
 
-    if mode == "sync":
-        client = Client("http://writ.test", "t", transport=httpx.MockTransport(handler))
-        lease = client.lease("a/b", "x", ttl_s=1, renew_every=0.1).acquire()
-        assert lease.lost.wait(5)
-        lease._stop_renewing()
-    else:
-
-        async def go() -> Any:
-            aclient = AsyncClient("http://writ.test", "t", transport=httpx.MockTransport(handler))
-            alease = await aclient.lease("a/b", "x", ttl_s=1, renew_every=0.1).acquire()
-            await asyncio.wait_for(alease.lost.wait(), 5)
-            await alease._stop_renewing()
-            return alease
-
-        lease = asyncio.run(go())
+    lease = _held_until_lost(mode, handler)
     assert lease.error is not None and lease.error.details["state"] == "unknown"
     assert "the server answered with a lease that has" in lease.error.message or (
         "not a JSON object" in lease.error.message
@@ -430,20 +436,6 @@ def test_a_renewal_failing_unforeseen_is_a_failed_renewal(mode: str) -> None:
         renewals.append(request)
         raise RuntimeError("something nobody foresaw")
 
-    if mode == "sync":
-        client = Client("http://writ.test", "t", transport=httpx.MockTransport(handler))
-        lease = client.lease("a/b", "x", ttl_s=1, renew_every=0.1).acquire()
-        assert lease.lost.wait(5)
-        lease._stop_renewing()
-    else:
-
-        async def go() -> Any:
-            aclient = AsyncClient("http://writ.test", "t", transport=httpx.MockTransport(handler))
-            alease = await aclient.lease("a/b", "x", ttl_s=1, renew_every=0.1).acquire()
-            await asyncio.wait_for(alease.lost.wait(), 5)
-            await alease._stop_renewing()
-            return alease
-
-        lease = asyncio.run(go())
+    lease = _held_until_lost(mode, handler)
     assert lease.error is not None and "something nobody foresaw" in lease.error.message
     assert 2 <= len(renewals) < 40

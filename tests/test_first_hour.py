@@ -245,34 +245,15 @@ def test_scripts_serve_warns_only_when_the_store_has_no_admin(tmp_path: Any) -> 
     """First start without WRIT_ADMIN_TOKEN: the warning. A restart of a store whose admin was
     bootstrapped, without the variable: no warning (it used to say "no admin is bootstrapped")."""
     import os
-    import subprocess
     from pathlib import Path
 
-    from tests.server_fixtures import free_port
+    from tests.server_fixtures import serve_script
 
-    script = Path(__file__).resolve().parent.parent / "scripts" / "serve"
     base = {k: v for k, v in os.environ.items() if not k.startswith("WRIT_")}
 
     def start(store: Path, **env: str) -> str:
-        proc = subprocess.Popen(
-            [str(script), "--port", str(free_port())],
-            env={**base, "WRIT_STORE": f"sqlite:///{store}", **env},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stderr is not None
-        seen = []
-        try:
-            for line in proc.stderr:
-                seen.append(line)
-                if "Application startup complete" in line:
-                    break
-        finally:
-            proc.terminate()
-            proc.wait(20)
-        return "".join(seen)
+        with serve_script({**base, "WRIT_STORE": f"sqlite:///{store}", **env}) as (_, seen):
+            return "".join(seen)
 
     assert "has no admin" in start(tmp_path / "bare.db")
     assert "has no admin" not in start(tmp_path / "w.db", WRIT_ADMIN_TOKEN="change-me")

@@ -548,13 +548,12 @@ async def test_rollback_needs_the_human_key(world: World) -> None:
     assert (await w.rows("rollback.defect"))[-1]["rollback_denominator_is_defect"] is True
 
 
-async def test_failed_rollback_route_is_recorded(world: World) -> None:
-    """A rollback route answering 500 is recorded as failed, with the status."""
-    w = world
-    w.rx.status["/ops/broken"] = 500
+async def _pending_rollback(w: World, path: str, requester: str) -> dict[str, Any]:
+    """perf-agent's lease on prod/db with a rollback plan to ``path`` (key: the queue
+    svc-ops-princess), and ``requester``'s request to roll it back, pending."""
     plan = {
         "allowed": True,
-        "path": "/ops/broken",
+        "path": path,
         "key_holder": "svc-ops-princess",
         "override_queue": "svc-ops-princess",
     }
@@ -563,9 +562,16 @@ async def test_failed_rollback_route_is_recorded(world: World) -> None:
             "perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x", "rollback": plan}
         )
     ).json()
-    rb = (
-        await w.post("perf-agent", "/v1/rollbacks", {"lease_id": lease["lease_id"], "reason": "r"})
-    ).json()
+    asked = await w.post(requester, "/v1/rollbacks", {"lease_id": lease["lease_id"], "reason": "r"})
+    out: dict[str, Any] = asked.json()
+    return out
+
+
+async def test_failed_rollback_route_is_recorded(world: World) -> None:
+    """A rollback route answering 500 is recorded as failed, with the status."""
+    w = world
+    w.rx.status["/ops/broken"] = 500
+    rb = await _pending_rollback(w, "/ops/broken", "perf-agent")
     r = await w.post("oncall-jane", f"/v1/rollbacks/{rb['rollback_id']}/approve")
     assert r.json()["status"] == "failed" and r.json()["response_status"] == 500
     assert (await w.rows("rollback.failed"))[-1]["approved_by"] == "oncall-jane"
@@ -582,20 +588,7 @@ async def test_a_rollback_pointed_elsewhere_by_hand_is_not_called(
     field and the lease's grant row, with its rollback.failed row; writ calls nothing."""
     w = world
     await w.add("mallory", "human")
-    plan = {
-        "allowed": True,
-        "path": "/ops/rollback?txn=9",
-        "key_holder": "svc-ops-princess",
-        "override_queue": "svc-ops-princess",
-    }
-    lease = (
-        await w.post(
-            "perf-agent", "/v1/leases", {"resource": "prod/db", "intent": "x", "rollback": plan}
-        )
-    ).json()
-    rb = (
-        await w.post("cost-agent", "/v1/rollbacks", {"lease_id": lease["lease_id"], "reason": "r"})
-    ).json()
+    rb = await _pending_rollback(w, "/ops/rollback?txn=9", "cost-agent")
     conn = sqlite3.connect(str(tmp_path / "w.db"), isolation_level=None)
     try:
         conn.execute(

@@ -248,32 +248,12 @@ def test_scripts_serve_keeps_the_store_url_off_the_command_line(
 ) -> None:
     """scripts/serve hands WRIT_STORE to writ serve in the environment (it put it on the
     command line as --store, password and all) and names the store without its password."""
-    import subprocess
+    from tests.server_fixtures import serve_script
 
-    from tests.server_fixtures import free_port
-
-    script = Path(__file__).resolve().parent.parent / "scripts" / "serve"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WRIT_")}
     env["WRIT_STORE"] = _with_password(pg_schemas(request))
-    proc = subprocess.Popen(
-        [str(script), "--port", str(free_port())],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    seen = []
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if "Application startup complete" in line:
-                break
+    with serve_script(env) as (proc, seen):
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()  # writ serve (exec'd)
-    finally:
-        proc.terminate()
-        proc.wait(20)
     assert b"serve" in cmdline and PW.encode() not in cmdline, cmdline
     assert "has no admin" in "".join(seen) and PW not in "".join(seen)
 

@@ -455,7 +455,11 @@ async def test_an_existing_store_upgrades_in_place(
 
     async def row(tx: Any) -> None:
         await tx.append(
-            {"event": "principal.added", "agent_id": "operator", "resource": "principals/x"}
+            {
+                "event": "principal.added",
+                "agent_id": "operator",
+                "resource": "principals/perf-agent",
+            }
         )
 
     await old.transact(row)

@@ -262,6 +262,8 @@ class Verification:
     reason: str | None = None
     # a held lease the ledger does not account for (the chain itself verified: no bad seq)
     lease_id: str | None = None
+    # a principal the ledger does not account for (likewise)
+    principal: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -274,6 +276,8 @@ class Verification:
             out["reason"] = self.reason
         if self.lease_id:
             out["lease_id"] = self.lease_id
+        if self.principal:
+            out["principal"] = self.principal
         return out
 
 

@@ -61,6 +61,7 @@ from writ.core.ledger import (
     verify,
 )
 from writ.core.textsafe import printable
+from writ.stores.enrolled import principals_disagree
 from writ.stores.held import held_disagrees
 
 if TYPE_CHECKING:
@@ -384,6 +385,7 @@ class Outcome:
     reason: str | None = None
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     lease_id: str | None = None  # a held lease the ledger does not account for
+    principal: str | None = None  # a principal the ledger does not account for
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -396,6 +398,8 @@ class Outcome:
         }
         if self.lease_id:
             out["lease_id"] = self.lease_id
+        if self.principal:
+            out["principal"] = self.principal
         return out
 
 
@@ -488,6 +492,10 @@ async def verify_store(
     found = await held_disagrees(store)  # the leases table against the rows just verified
     if found is not None:
         return Outcome(False, total, prev, None, found[1], list(report.values()), found[0])
+    found = await principals_disagree(store)  # the principals table likewise
+    if found is not None:
+        cps = list(report.values())
+        return Outcome(False, total, prev, None, found[1], cps, principal=found[0])
     return Outcome(True, total, prev, None, None, list(report.values()))
 
 

@@ -30,6 +30,7 @@ from writ.core.ledger import (
 )
 from writ.stores import Store, open_store, redact
 from writ.stores.base import TABLES
+from writ.stores.enrolled import principals_disagree
 from writ.stores.held import held_disagrees
 
 __all__ = ["migrate", "upgrade", "verify_store"]
@@ -40,7 +41,8 @@ Progress = Callable[[str, int], None]
 async def verify_store(store: Store) -> Verification:
     """Recompute a store's whole hash chain, in constant memory, up to the head the store
     keeps beside it (rows removed from the end are found); then check every held lease
-    against the rows of its life (:mod:`writ.stores.held`)."""
+    against the rows of its life (:mod:`writ.stores.held`), and every principal against
+    its ``principal.*`` rows (:mod:`writ.stores.enrolled`)."""
     kept = await store.read(lambda tx: tx.audit_head())
     chain = await verify_stream(store.audit_records(batch=PAGE), kept)
     if not chain.ok:
@@ -48,6 +50,9 @@ async def verify_store(store: Store) -> Verification:
     found = await held_disagrees(store)
     if found is not None:
         return Verification(False, chain.rows, chain.head, None, found[1], lease_id=found[0])
+    found = await principals_disagree(store)
+    if found is not None:
+        return Verification(False, chain.rows, chain.head, None, found[1], principal=found[0])
     return chain
 
 

@@ -1,0 +1,199 @@
+"""The principals against the ledger: the part of ``writ audit verify`` that covers the
+principals table.
+
+writ serves principals from the principals table (who may act, as what kind, as an
+admin), and the table is outside the hash chain. So verify checks every principal against
+the hashed ``principal.*`` rows of its life, found by their ``resource`` column
+(``principals/NAME``; four index probes a principal, :meth:`~writ.stores.base.Tx.audit_latest`):
+a ``principal.added`` row must name it and agree with the table on its kind, vendor, admin
+flag and wake route; the latest of its ``principal.disabled`` and ``principal.enabled``
+rows says whether it is disabled (and why, and its kind); the latest of its added and
+``principal.queues`` rows gives its queues; the latest of its added, ``principal.rotated``
+and ``principal.enabled`` rows its token's expiry (an enable's row does not say it: not
+compared). What a row does not carry is not compared (a row written by an older writ,
+without notes, vouches only for the principal's existence). Token hashes are in no row.
+
+The principals are read again with their rows in one snapshot, so one added, disabled or
+rotated while verify runs is judged as it stood in that snapshot.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from writ.core.bulk import make_way
+from writ.core.clock import rfc3339
+from writ.core.models import Principal
+from writ.core.wake_routes import redact
+from writ.stores.base import Store, Tx
+
+__all__ = ["PAGE", "principal_disagrees", "principals_disagree"]
+
+PAGE = 200  # principals a snapshot
+_END = 1e18  # audit_latest's "at": after every row
+_ADDED, _ROTATED = "principal.added", "principal.rotated"
+_DISABLED, _ENABLED, _QUEUES = "principal.disabled", "principal.enabled", "principal.queues"
+_REFUSED = "; its token is refused"
+
+Life = tuple["dict[str, Any] | None", ...]
+
+
+async def principals_disagree(store: Store) -> tuple[str, str] | None:
+    """``(name, why)`` of the first principal the ledger does not account for, or None."""
+    names = [p.name for p in await store.read(lambda tx: tx.list_principals())]
+    for i in range(0, len(names), PAGE):
+        page = set(names[i : i + PAGE])
+
+        async def check(tx: Tx, page: set[str] = page) -> tuple[str, str] | None:
+            # read again, from the table, with the rows in this snapshot
+            for p in await tx.list_principals():
+                if p.name in page:
+                    why = principal_disagrees(p, *await _life(tx, p.name))
+                    if why is not None:
+                        return p.name, why
+            return None
+
+        began = time.perf_counter()
+        found = await store.read(check)
+        if found is not None:
+            return found
+        await make_way(time.perf_counter() - began)
+    return None
+
+
+async def _life(tx: Tx, name: str) -> Life:
+    """The added row, and the latest rows for its state, queues and token expiry."""
+    res = [f"principals/{name}"]
+    return (
+        await tx.audit_latest(res, [_ADDED], _END),
+        await tx.audit_latest(res, [_DISABLED, _ENABLED], _END),
+        await tx.audit_latest(res, [_ADDED, _QUEUES], _END),
+        await tx.audit_latest(res, [_ADDED, _ROTATED, _ENABLED], _END),
+    )
+
+
+def principal_disagrees(
+    p: Principal,
+    added: dict[str, Any] | None,
+    state: dict[str, Any] | None,
+    queues: dict[str, Any] | None,
+    token: dict[str, Any] | None,
+) -> str | None:
+    """Why the ledger's rows do not account for principal ``p``, or None: ``added`` is its
+    ``principal.added`` row, ``state``, ``queues`` and ``token`` the latest rows saying
+    whether it is disabled, its queues and its token's expiry (None: no such row)."""
+    name = f"principal {p.name}"
+    if added is None:
+        return (
+            f"{name}: no principal.added row names it (resource principals/{p.name}): the "
+            "principal was written into the principals table by hand"
+        )
+    said = _added_says(p, added)
+    if said is None:
+        return f"{name}: its row {added['seq']} (principal.added) cannot be read back"
+    checks: list[tuple[str, Any, Any, dict[str, Any]]] = [
+        (f, have, said[f], added) for f, have in _added_fields(p, said) if f in said
+    ]
+    if state is None or state["event"] == _ENABLED:
+        checks.append(("disabled", p.disabled_at is not None, False, state or added))
+    if state is not None:
+        checks += _state_fields(p, state)
+    if queues is not None and queues["event"] == _QUEUES:
+        checks.append(("queues", ", ".join(p.queues) or "none", _set_queues(p, queues), queues))
+    elif "queues" in said:
+        checks.append(("queues", ", ".join(p.queues), said["queues"], added))
+    if token is not None and token["event"] == _ROTATED and token.get("notes"):
+        after = (token.get("notes") or "").partition("; the new one expires at ")[2]
+        checks.append(("token_expires_at", rfc3339(p.token_expires_at), after or None, token))
+    elif token is not None and token["event"] == _ADDED and "token_expires_at" in said:
+        want = said["token_expires_at"]
+        checks.append(("token_expires_at", rfc3339(p.token_expires_at), want, added))
+    for field, have, want, row in checks:
+        if have != want:
+            return (
+                f"{name}: the {field} column ({have!r}) disagrees with its row {row['seq']} "
+                f"({row['event']}, {want!r}): the principals table was changed by hand"
+            )
+    return None
+
+
+def _added_fields(p: Principal, said: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``(field, table's)`` as the added row shows it (a wake route redacted, or whole as
+    writ wrote it before it redacted them)."""
+    wake = p.wake
+    if wake is not None and said.get("wake") != wake:
+        wake = redact(wake)
+    return [("kind", p.kind), ("vendor", p.vendor), ("admin", p.admin), ("wake", wake)]
+
+
+def _added_says(p: Principal, row: dict[str, Any]) -> dict[str, Any] | None:
+    """What ``row`` (principal.added) says of ``p``, field by field (none without notes),
+    or None when its notes are not writ's: ``BY added KIND 'NAME'[ (vendor V)][ as admin]
+    [; wake W][; member of Q, ...][; its token expires at T]``."""
+    notes = row.get("notes") or ""
+    if not notes:
+        return {}
+    head = f"{row.get('agent_id')} added "
+    if not notes.startswith(head):
+        return None
+    kind, _, rest = notes[len(head) :].partition(" ")
+    if not rest.startswith(repr(p.name)):
+        return None
+    rest = rest[len(repr(p.name)) :]
+    out: dict[str, Any] = {"kind": kind, "vendor": None}
+    if rest.startswith(" (vendor "):
+        mine = f" (vendor {p.vendor})"
+        if p.vendor and rest.startswith(mine) and _ends_part(rest[len(mine) :]):
+            out["vendor"], rest = p.vendor, rest[len(mine) :]
+        else:  # another vendor (its end cannot be told from the words: all of them)
+            out["vendor"] = rest[len(" (vendor ") :]
+            return out
+    out["admin"] = rest.startswith(" as admin")
+    rest = rest.removeprefix(" as admin")
+    parts = rest.split("; ")
+    if parts[0]:
+        return None
+    out["wake"] = None
+    out["queues"] = ""
+    out["token_expires_at"] = None
+    for part in parts[1:]:
+        key, _, value = part.partition(" ")
+        if key == "wake":
+            out["wake"] = value
+        elif part.startswith("member of "):
+            out["queues"] = part[len("member of ") :]
+        elif part.startswith("its token expires at "):
+            out["token_expires_at"] = part[len("its token expires at ") :]
+        else:
+            return None
+    return out
+
+
+def _ends_part(rest: str) -> bool:
+    return rest == "" or rest.startswith((" as admin", "; "))
+
+
+def _state_fields(p: Principal, row: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+    """What the latest disabled or enabled row says: the kind, and whether (and why) the
+    principal is disabled."""
+    notes = row.get("notes") or ""
+    if not notes:
+        return []
+    verb = "disabled" if row["event"] == _DISABLED else "enabled"
+    kind, _, rest = notes.removeprefix(f"{row.get('agent_id')} {verb} ").partition(" ")
+    out: list[tuple[str, Any, Any, Any]] = [("kind", p.kind, kind, row)]
+    if verb == "disabled":
+        why = rest.removeprefix(f"{p.name}: ").removesuffix(_REFUSED)
+        out += [
+            ("disabled", p.disabled_at is not None, True, row),
+            ("disabled_reason", p.disabled_reason, why, row),
+        ]
+    return out
+
+
+def _set_queues(p: Principal, row: dict[str, Any]) -> str:
+    """The queues a ``principal.queues`` row set (``none`` for none)."""
+    notes = row.get("notes") or ""
+    head = f"{row.get('agent_id')} set the queues of {p.name}: "
+    return notes[len(head) :].rpartition(" (was ")[0] if notes.startswith(head) else notes

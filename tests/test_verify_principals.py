@@ -225,3 +225,21 @@ async def test_the_cli_names_the_principal_not_a_seq(
         args = ["audit", "verify", "--store", backend.url, *more]
         res = await asyncio.to_thread(CliRunner().invoke, main, args)
         assert res.exit_code == 1 and want in res.output and "seq None" not in res.output, more
+
+
+async def test_the_answer_over_http_names_the_principal(engine: Engine, backend: Backend) -> None:
+    """``GET /v1/audit/verify`` (the Python client's ``verify()``) answers a principal the
+    ledger does not account for in ``principal``, with no bad seq."""
+    import httpx
+
+    from writ.api.app import create_app
+    from writ.client import AsyncClient
+
+    await _principals(engine)
+    await backend.sql("UPDATE principals SET admin = true WHERE name = 'jane'")
+    transport = httpx.ASGITransport(app=create_app(engine, start_engine=False))
+    token = "writ_the-bootstrap-admin-token"
+    async with AsyncClient("http://writ.test", token, transport=transport) as admin:
+        out = await admin.verify()
+    assert out["ok"] is False and out["first_bad_seq"] is None and out["principal"] == "jane"
+    assert "the admin column (True)" in out["reason"] and "lease_id" not in out

@@ -300,6 +300,8 @@ export interface Verify extends Open {
   reason?: string;
   /** A held lease the ledger does not account for (the chain intact: `first_bad_seq` null). */
   lease_id?: string;
+  /** A principal the ledger does not account for (the chain intact: `first_bad_seq` null). */
+  principal?: string;
 }
 
 export interface Who extends Open {

@@ -243,3 +243,32 @@ async def test_the_answer_over_http_names_the_principal(engine: Engine, backend:
         out = await admin.verify()
     assert out["ok"] is False and out["first_bad_seq"] is None and out["principal"] == "jane"
     assert "the admin column (True)" in out["reason"] and "lease_id" not in out
+
+
+async def test_principal_lives_reads_each_principal_with_its_rows(engine: Engine) -> None:
+    """``Tx.principal_lives`` (one statement on PostgreSQL) answers what the table read and
+    ``audit_latest`` answer principal by principal: the principals asked for, by name."""
+    from writ.stores.base import PRINCIPAL_LIFE
+
+    await _principals(engine)
+    await engine.principals.enable(None, "old-agent")
+    await engine.principals.set_queues(None, "jane", add=["prod-oncall"])
+    names = ["perf-agent", "jane", "nobody", "old-agent", "admin"]
+
+    async def both(tx: Any) -> tuple[Any, Any]:
+        one = [
+            (p, [await tx.audit_latest([f"principals/{p.name}"], g, 1e18) for g in PRINCIPAL_LIFE])
+            for p in sorted(await tx.list_principals(), key=lambda p: p.name)
+            if p.name in names
+        ]
+        return await tx.principal_lives(names), one
+
+    lives, one = await engine.store.read(both)
+    assert lives == one and [p.name for p, _ in lives] == sorted(set(names) - {"nobody"})
+    jane = dict((p.name, rows) for p, rows in lives)["jane"]
+    assert [r and r["event"] for r in jane] == [
+        "principal.added",
+        None,
+        "principal.queues",
+        "principal.added",
+    ]

@@ -133,6 +133,16 @@ LEASE_LIFE: tuple[str, ...] = (
 )
 """The events of a lease's life, in the order they can come (see :meth:`Tx.audit_lease_life`)."""
 
+PRINCIPAL_LIFE: tuple[tuple[str, ...], ...] = (
+    ("principal.added",),
+    ("principal.disabled", "principal.enabled"),
+    ("principal.added", "principal.queues"),
+    ("principal.added", "principal.rotated", "principal.enabled"),
+)
+"""The rows :meth:`Tx.principal_lives` gives for a principal, the latest of each group: its
+added row, and the latest rows saying whether it is disabled, its queues and its token's
+expiry."""
+
 
 class Tx(ABC):
     """One transaction's view of the store. Methods are ``async`` but must not be awaited
@@ -344,6 +354,22 @@ class Tx(ABC):
             if lease is not None and lease.state == "held":
                 out.append((lease, *await self.audit_lease_life(lease.lock_key)))
         return sorted(out, key=lambda life: life[0].fencing_token)
+
+    async def principal_lives(
+        self, names: Sequence[str]
+    ) -> list[tuple[Principal, list[dict[str, Any] | None]]]:
+        """Each principal of ``names`` as the principals table holds it (never a cache), by
+        name, with the latest row of each group of :data:`PRINCIPAL_LIFE` by the
+        ``resource`` column (``principals/NAME``; None: no such row). Verify reads them in
+        one snapshot. This default asks principal by principal; a server store answers in
+        one statement."""
+        wanted = set(names)
+        out = []
+        for p in sorted(await self.list_principals(), key=lambda p: p.name):
+            if p.name in wanted:
+                res = [f"principals/{p.name}"]
+                out.append((p, [await self.audit_latest(res, g, 1e18) for g in PRINCIPAL_LIFE]))
+        return out
 
     def notify(self, kind: str, payload: dict[str, Any]) -> None:
         """Deliver ``(kind, payload)`` to every listener after this transaction commits."""

@@ -4,7 +4,7 @@ principals table.
 writ serves principals from the principals table (who may act, as what kind, as an
 admin), and the table is outside the hash chain. So verify checks every principal against
 the hashed ``principal.*`` rows of its life, found by their ``resource`` column
-(``principals/NAME``; four index probes a principal, :meth:`~writ.stores.base.Tx.audit_latest`):
+(``principals/NAME``; four index probes a principal, :meth:`~writ.stores.base.Tx.principal_lives`):
 a ``principal.added`` row must name it and agree with the table on its kind, vendor, admin
 flag and wake route; the latest of its ``principal.disabled`` and ``principal.enabled``
 rows says whether it is disabled (and why, and its kind); the latest of its added and
@@ -31,27 +31,23 @@ from writ.stores.base import Store, Tx
 __all__ = ["PAGE", "principal_disagrees", "principals_disagree"]
 
 PAGE = 200  # principals a snapshot
-_END = 1e18  # audit_latest's "at": after every row
 _ADDED, _ROTATED = "principal.added", "principal.rotated"
 _DISABLED, _ENABLED, _QUEUES = "principal.disabled", "principal.enabled", "principal.queues"
 _REFUSED = "; its token is refused"
-
-Life = tuple["dict[str, Any] | None", ...]
 
 
 async def principals_disagree(store: Store) -> tuple[str, str] | None:
     """``(name, why)`` of the first principal the ledger does not account for, or None."""
     names = [p.name for p in await store.read(lambda tx: tx.list_principals())]
     for i in range(0, len(names), PAGE):
-        page = set(names[i : i + PAGE])
+        page = names[i : i + PAGE]
 
-        async def check(tx: Tx, page: set[str] = page) -> tuple[str, str] | None:
+        async def check(tx: Tx, page: list[str] = page) -> tuple[str, str] | None:
             # read again, from the table, with the rows in this snapshot
-            for p in await tx.list_principals():
-                if p.name in page:
-                    why = principal_disagrees(p, *await _life(tx, p.name))
-                    if why is not None:
-                        return p.name, why
+            for p, rows in await tx.principal_lives(page):
+                why = principal_disagrees(p, *rows)
+                if why is not None:
+                    return p.name, why
             return None
 
         began = time.perf_counter()
@@ -60,17 +56,6 @@ async def principals_disagree(store: Store) -> tuple[str, str] | None:
             return found
         await make_way(time.perf_counter() - began)
     return None
-
-
-async def _life(tx: Tx, name: str) -> Life:
-    """The added row, and the latest rows for its state, queues and token expiry."""
-    res = [f"principals/{name}"]
-    return (
-        await tx.audit_latest(res, [_ADDED], _END),
-        await tx.audit_latest(res, [_DISABLED, _ENABLED], _END),
-        await tx.audit_latest(res, [_ADDED, _QUEUES], _END),
-        await tx.audit_latest(res, [_ADDED, _ROTATED, _ENABLED], _END),
-    )
 
 
 def principal_disagrees(

@@ -1,5 +1,6 @@
-"""The PostgreSQL transaction's reads for verify's check of the held leases
-(:mod:`writ.stores.held`): always the tables, never the live replica."""
+"""The PostgreSQL transaction's reads for verify's checks of the held leases
+(:mod:`writ.stores.held`) and of the principals (:mod:`writ.stores.enrolled`): always the
+tables, never the live replica."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from writ.core.ledger import row_from
-from writ.core.models import Lease
-from writ.stores.base import LEASE_LIFE
-from writ.stores.rows import LEASE_COLS, to_lease
+from writ.core.models import Lease, Principal
+from writ.stores.base import LEASE_LIFE, PRINCIPAL_LIFE
+from writ.stores.rows import LEASE_COLS, PRINCIPAL_COLS, to_lease, to_principal
 
 _L_COLS = ", ".join(f"l.{c.strip()}" for c in LEASE_COLS.split(","))
 _N = len(LEASE_COLS.split(","))
@@ -27,6 +28,24 @@ _LIVES = (
     f"   WHERE {_KEY} AND event = ANY(%s)"
     "   ORDER BY seq DESC LIMIT 1) z ON true"
     " WHERE l.lease_id = ANY(%s) AND l.state = 'held'"
+)
+
+# each principal asked for with the latest row of each group of PRINCIPAL_LIFE: an index
+# probe a group (audit_by_resource), all in one statement; the resource built in the
+# index's collation ("C", audit.resource's; principals.name is in the default)
+_P_COLS = ", ".join(f"p.{c.strip()}" for c in PRINCIPAL_COLS.split(","))
+_P_N = len(PRINCIPAL_COLS.split(","))
+_P_LIVES = (
+    f"SELECT {_P_COLS}"
+    + "".join(f", r{i}.seq, r{i}.body, r{i}.hash" for i in range(len(PRINCIPAL_LIFE)))
+    + " FROM principals p"
+    + "".join(
+        " LEFT JOIN LATERAL (SELECT seq, body, hash FROM audit"
+        "   WHERE resource = ('principals/' || p.name) COLLATE \"C\" AND event = ANY(%s)"
+        f"   ORDER BY ts DESC, seq DESC LIMIT 1) r{i} ON true"
+        for i in range(len(PRINCIPAL_LIFE))
+    )
+    + " WHERE p.name = ANY(%s) ORDER BY p.name"
 )
 
 Life = tuple[Lease, "dict[str, Any] | None", "dict[str, Any] | None"]
@@ -63,6 +82,21 @@ class VerifyReads:
                 to_lease(r[:_N]),
                 None if r[_N] is None else row_from(r[_N + 1], r[_N + 2], r[_N]),
                 None if r[_N + 3] is None else row_from(r[_N + 4], r[_N + 5], r[_N + 3]),
+            )
+            for r in rows
+        ]
+
+    async def principal_lives(
+        self, names: Sequence[str]
+    ) -> list[tuple[Principal, list[dict[str, Any] | None]]]:
+        rows = await self._all(_P_LIVES, (*(list(g) for g in PRINCIPAL_LIFE), list(names)))
+        return [
+            (
+                to_principal(r[:_P_N]),
+                [
+                    None if r[k] is None else row_from(r[k + 1], r[k + 2], r[k])
+                    for k in range(_P_N, _P_N + 3 * len(PRINCIPAL_LIFE), 3)
+                ],
             )
             for r in rows
         ]

@@ -149,9 +149,9 @@ async def test_a_hand_edited_principal_fails_verify(
 async def test_rows_of_older_writ_versions_vouch_for_what_they_carry(
     engine: Engine, backend: Backend
 ) -> None:
-    """A principal.added row without notes (existence only), and one as the first writ
-    wrote them (its wake route whole, no queues, no expiry) verify; a kind the old row
-    names is still compared."""
+    """A principal.added row without notes (existence only), one as the first writ wrote
+    them (its wake route whole, no queues, no expiry) and one worded otherwise (its kind
+    alone read) verify; a kind the old row names is still compared."""
     await _principals(engine)
 
     async def rows(tx: Any) -> None:
@@ -167,6 +167,14 @@ async def test_rows_of_older_writ_versions_vouch_for_what_they_carry(
                 "wake pagerduty:R0UT1NGKEY0123456789ABCDEFGHIJKL",
             }
         )
+        await tx.append(
+            {
+                "event": "principal.added",
+                "agent_id": "operator",
+                "resource": "principals/odd",
+                "notes": "operator added agent 'odd', imported from the old registry",
+            }
+        )
 
     await engine.store.transact(rows)
     await backend.sql(
@@ -177,6 +185,10 @@ async def test_rows_of_older_writ_versions_vouch_for_what_they_carry(
         "INSERT INTO principals (name, kind, vendor, wake, admin, token_hash, created_at)"
         " VALUES ('pager', 'queue', 'v1', 'pagerduty:R0UT1NGKEY0123456789ABCDEFGHIJKL',"
         " true, 'h-pager', 1.0)"
+    )
+    await backend.sql(
+        "INSERT INTO principals (name, kind, admin, token_hash, created_at)"
+        " VALUES ('odd', 'agent', false, 'h-odd', 1.0)"
     )
     assert (await engine.verify()).ok, await engine.verify()
     assert (await _cli_verify(backend.url))["ok"]

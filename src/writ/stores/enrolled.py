@@ -10,8 +10,9 @@ flag and wake route; the latest of its ``principal.disabled`` and ``principal.en
 rows says whether it is disabled (and why, and its kind); the latest of its added and
 ``principal.queues`` rows gives its queues; the latest of its added, ``principal.rotated``
 and ``principal.enabled`` rows its token's expiry (an enable's row does not say it: not
-compared). What a row does not carry is not compared (a row written by an older writ,
-without notes, vouches only for the principal's existence). Token hashes are in no row.
+compared). What a row does not carry is not compared: a row without notes, or worded
+otherwise than writ words it today, vouches only for the principal's existence (and the
+kind it names); the chain vouches that writ wrote it. Token hashes are in no row.
 
 The principals are read again with their rows in one snapshot, so one added, disabled or
 rotated while verify runs is judged as it stood in that snapshot.
@@ -75,8 +76,6 @@ def principal_disagrees(
             "principal was written into the principals table by hand"
         )
     said = _added_says(p, added)
-    if said is None:
-        return f"{name}: its row {added['seq']} (principal.added) cannot be read back"
     checks: list[tuple[str, Any, Any, dict[str, Any]]] = [
         (f, have, said[f], added) for f, have in _added_fields(p, said) if f in said
     ]
@@ -85,12 +84,16 @@ def principal_disagrees(
     if state is not None:
         checks += _state_fields(p, state)
     if queues is not None and queues["event"] == _QUEUES:
-        checks.append(("queues", ", ".join(p.queues) or "none", _set_queues(p, queues), queues))
+        set_to = _set_queues(p, queues)
+        if set_to is not None:
+            checks.append(("queues", ", ".join(p.queues) or "none", set_to, queues))
     elif "queues" in said:
         checks.append(("queues", ", ".join(p.queues), said["queues"], added))
-    if token is not None and token["event"] == _ROTATED and token.get("notes"):
-        after = (token.get("notes") or "").partition("; the new one expires at ")[2]
-        checks.append(("token_expires_at", rfc3339(p.token_expires_at), after or None, token))
+    if token is not None and token["event"] == _ROTATED:
+        notes = token.get("notes") or ""
+        if notes.startswith(f"{token.get('agent_id')} rotated the token of {p.name}; "):
+            after = notes.partition("; the new one expires at ")[2] or None
+            checks.append(("token_expires_at", rfc3339(p.token_expires_at), after, token))
     elif token is not None and token["event"] == _ADDED and "token_expires_at" in said:
         want = said["token_expires_at"]
         checks.append(("token_expires_at", rfc3339(p.token_expires_at), want, added))
@@ -112,19 +115,18 @@ def _added_fields(p: Principal, said: dict[str, Any]) -> list[tuple[str, Any]]:
     return [("kind", p.kind), ("vendor", p.vendor), ("admin", p.admin), ("wake", wake)]
 
 
-def _added_says(p: Principal, row: dict[str, Any]) -> dict[str, Any] | None:
-    """What ``row`` (principal.added) says of ``p``, field by field (none without notes),
-    or None when its notes are not writ's: ``BY added KIND 'NAME'[ (vendor V)][ as admin]
-    [; wake W][; member of Q, ...][; its token expires at T]``."""
+def _added_says(p: Principal, row: dict[str, Any]) -> dict[str, Any]:
+    """What ``row`` (principal.added) says of ``p``, field by field, as writ words it:
+    ``BY added KIND 'NAME'[ (vendor V)][ as admin][; wake W][; member of Q, ...][; its
+    token expires at T]``. Notes worded otherwise (none, or another writ's) say nothing,
+    or only the kind: the chain vouches that writ wrote them, whatever they say."""
     notes = row.get("notes") or ""
-    if not notes:
-        return {}
     head = f"{row.get('agent_id')} added "
     if not notes.startswith(head):
-        return None
+        return {}
     kind, _, rest = notes[len(head) :].partition(" ")
     if not rest.startswith(repr(p.name)):
-        return None
+        return {}
     rest = rest[len(repr(p.name)) :]
     out: dict[str, Any] = {"kind": kind, "vendor": None}
     if rest.startswith(" (vendor "):
@@ -138,7 +140,7 @@ def _added_says(p: Principal, row: dict[str, Any]) -> dict[str, Any] | None:
     rest = rest.removeprefix(" as admin")
     parts = rest.split("; ")
     if parts[0]:
-        return None
+        return {"kind": kind}
     out["wake"] = None
     out["queues"] = ""
     out["token_expires_at"] = None
@@ -151,7 +153,7 @@ def _added_says(p: Principal, row: dict[str, Any]) -> dict[str, Any] | None:
         elif part.startswith("its token expires at "):
             out["token_expires_at"] = part[len("its token expires at ") :]
         else:
-            return None
+            return {"kind": kind}
     return out
 
 
@@ -162,23 +164,27 @@ def _ends_part(rest: str) -> bool:
 def _state_fields(p: Principal, row: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
     """What the latest disabled or enabled row says: the kind, and whether (and why) the
     principal is disabled."""
-    notes = row.get("notes") or ""
-    if not notes:
-        return []
     verb = "disabled" if row["event"] == _DISABLED else "enabled"
-    kind, _, rest = notes.removeprefix(f"{row.get('agent_id')} {verb} ").partition(" ")
-    out: list[tuple[str, Any, Any, Any]] = [("kind", p.kind, kind, row)]
+    out: list[tuple[str, Any, Any, Any]] = []
     if verb == "disabled":
-        why = rest.removeprefix(f"{p.name}: ").removesuffix(_REFUSED)
-        out += [
-            ("disabled", p.disabled_at is not None, True, row),
-            ("disabled_reason", p.disabled_reason, why, row),
-        ]
+        out.append(("disabled", p.disabled_at is not None, True, row))
+    notes = row.get("notes") or ""
+    head = f"{row.get('agent_id')} {verb} "
+    kind, _, rest = notes[len(head) :].partition(" ")
+    if not notes.startswith(head) or not rest.startswith(f"{p.name}"):
+        return out  # worded otherwise: its event alone is read
+    out.append(("kind", p.kind, kind, row))
+    if verb == "disabled" and rest.startswith(f"{p.name}: ") and rest.endswith(_REFUSED):
+        why = rest[len(p.name) + 2 : -len(_REFUSED)]
+        out.append(("disabled_reason", p.disabled_reason, why, row))
     return out
 
 
-def _set_queues(p: Principal, row: dict[str, Any]) -> str:
-    """The queues a ``principal.queues`` row set (``none`` for none)."""
+def _set_queues(p: Principal, row: dict[str, Any]) -> str | None:
+    """The queues a ``principal.queues`` row set (``none`` for none), or None when it is
+    worded otherwise."""
     notes = row.get("notes") or ""
     head = f"{row.get('agent_id')} set the queues of {p.name}: "
-    return notes[len(head) :].rpartition(" (was ")[0] if notes.startswith(head) else notes
+    if not notes.startswith(head) or " (was " not in notes:
+        return None
+    return notes[len(head) :].rpartition(" (was ")[0]

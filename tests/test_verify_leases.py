@@ -200,3 +200,55 @@ async def test_held_lives_reads_each_held_lease_with_its_two_rows(engine: Engine
     ]
     assert lives == sorted(one, key=lambda t: t[0].fencing_token)
     assert lives[1][0].ttl_s == 90 and lives[1][1]["event"] == "lease.granted"
+
+
+def test_verify_over_http_with_a_checkpoint_names_the_lease_and_the_principal(
+    tmp_path: Any,
+) -> None:
+    """``writ audit verify --url --checkpoint`` (the server verifies, the CLI checks the
+    checkpoints' rows) passes on what the server found: a hand-edited held lease, then a
+    hand-edited principal, each named as itself and never as a bad seq, exit 1."""
+    import contextlib
+    import sqlite3
+
+    from tests.server_fixtures import serve
+
+    key, cp = str(tmp_path / "cp.key"), str(tmp_path / "cp.txt")
+    assert CliRunner().invoke(main, ["audit", "keygen", "--out", key]).exit_code == 0
+    with serve(tmp_path / "w.db") as srv:
+        _, token = srv.principal("agent", "perf-agent")
+        srv.principal("agent", "cost-agent")
+        with srv.client(token) as agent:
+            lease = agent.acquire("prod/db", "scale up")
+        server = ["--url", srv.url, "--token", srv.admin_token]
+        made = CliRunner().invoke(main, ["audit", "checkpoint", "--key", key, "--out", cp, *server])
+        assert made.exit_code == 0, made.output
+        args = ["audit", "verify", *server, "--checkpoint", cp]
+        assert CliRunner().invoke(main, args).exit_code == 0
+        edits = (
+            (
+                f"UPDATE leases SET holder = 'cost-agent' WHERE lease_id = '{lease['lease_id']}'",
+                "lease_id",
+                lease["lease_id"],
+                f"BROKEN: held lease {lease['lease_id']} on prod/db",
+            ),
+            (
+                "UPDATE principals SET admin = 1 WHERE name = 'cost-agent'",
+                "principal",
+                "cost-agent",
+                "BROKEN: principal cost-agent",
+            ),
+        )
+
+        def by_hand(sql: str) -> None:
+            with contextlib.closing(sqlite3.connect(tmp_path / "w.db", isolation_level=None)) as db:
+                db.execute(sql)
+
+        for sql, field, name, said in edits:
+            by_hand(sql)
+            out = json.loads(CliRunner().invoke(main, [*args, "--json"]).output)
+            assert out["ok"] is False and out[field] == name and out["first_bad_seq"] is None
+            res = CliRunner().invoke(main, args)
+            assert res.exit_code == 1 and said in res.output and "seq None" not in res.output
+            if field == "lease_id":  # put it back, so the principal is what verify finds next
+                by_hand(sql.replace("'cost-agent'", "'perf-agent'"))

@@ -14,7 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
+
+K = TypeVar("K")
+R = TypeVar("R")
 
 #: Rows a bulk read takes per step: a page of leases or audit rows is 5-15 ms of the loop
 #: (10,000 rows a step were 60-90 ms, and eight verifies at once held a fence check up to a
@@ -31,6 +35,20 @@ async def make_way(took: float) -> None:
     await asyncio.sleep(0)
     if time.perf_counter() - t > LATE_S:
         await asyncio.sleep(took)
+
+
+async def first_in_pages(
+    keys: Sequence[K], size: int, judge: Callable[[Sequence[K]], Awaitable[R | None]]
+) -> R | None:
+    """``judge`` each page of ``size`` keys in turn, giving way between pages
+    (:func:`make_way`): the first answer that is not None, or None."""
+    for i in range(0, len(keys), size):
+        began = time.perf_counter()
+        found = await judge(keys[i : i + size])
+        if found is not None:
+            return found
+        await make_way(time.perf_counter() - began)
+    return None
 
 
 class Turns:

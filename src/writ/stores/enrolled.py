@@ -20,10 +20,10 @@ rotated while verify runs is judged as it stood in that snapshot.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from typing import Any
 
-from writ.core.bulk import make_way
+from writ.core.bulk import first_in_pages
 from writ.core.clock import rfc3339
 from writ.core.models import Principal
 from writ.core.wake_routes import redact
@@ -40,23 +40,19 @@ _REFUSED = "; its token is refused"
 async def principals_disagree(store: Store) -> tuple[str, str] | None:
     """``(name, why)`` of the first principal the ledger does not account for, or None."""
     names = [p.name for p in await store.read(lambda tx: tx.list_principals())]
-    for i in range(0, len(names), PAGE):
-        page = names[i : i + PAGE]
 
-        async def check(tx: Tx, page: list[str] = page) -> tuple[str, str] | None:
+    async def judge(page: Sequence[str]) -> tuple[str, str] | None:
+        async def check(tx: Tx) -> tuple[str, str] | None:
             # read again, from the table, with the rows in this snapshot
-            for p, rows in await tx.principal_lives(page):
+            for p, rows in await tx.principal_lives(list(page)):
                 why = principal_disagrees(p, *rows)
                 if why is not None:
                     return p.name, why
             return None
 
-        began = time.perf_counter()
-        found = await store.read(check)
-        if found is not None:
-            return found
-        await make_way(time.perf_counter() - began)
-    return None
+        return await store.read(check)
+
+    return await first_in_pages(names, PAGE, judge)
 
 
 def principal_disagrees(

@@ -19,10 +19,10 @@ hand for being changed by writ.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from typing import Any
 
-from writ.core.bulk import make_way
+from writ.core.bulk import first_in_pages
 from writ.core.clock import rfc3339
 from writ.core.models import Lease
 from writ.stores.base import LEASE_LIFE, Store, Tx
@@ -37,23 +37,19 @@ _RENEWED = "renewed until "
 async def held_disagrees(store: Store) -> tuple[str, str] | None:
     """``(lease_id, why)`` of the first held lease the ledger does not account for, or None."""
     ids = [lease.lease_id for lease in await store.read(lambda tx: tx.held_leases())]
-    for i in range(0, len(ids), PAGE):
-        page = ids[i : i + PAGE]
 
-        async def check(tx: Tx, page: list[str] = page) -> tuple[str, str] | None:
+    async def judge(page: Sequence[str]) -> tuple[str, str] | None:
+        async def check(tx: Tx) -> tuple[str, str] | None:
             # read again: one ended since it was listed is left out (its row says so)
-            for lease, grant, last in await tx.held_lives(page):
+            for lease, grant, last in await tx.held_lives(list(page)):
                 why = lease_disagrees(lease, grant, last)
                 if why is not None:
                     return lease.lease_id, why
             return None
 
-        began = time.perf_counter()
-        found = await store.read(check)
-        if found is not None:
-            return found
-        await make_way(time.perf_counter() - began)
-    return None
+        return await store.read(check)
+
+    return await first_in_pages(ids, PAGE, judge)
 
 
 def lease_disagrees(

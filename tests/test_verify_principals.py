@@ -5,16 +5,16 @@ life — online, with a signed checkpoint, and offline (``--store``), on every s
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from tests.stores_fixtures import Backend
+from tests.verify_fixtures import cli_verify, found_everywhere
 from writ.cli import main
 from writ.engine import Engine
-from writ.evidence.checkpoint import generate_key, make, verify_store, write_checkpoint
+from writ.evidence.checkpoint import generate_key, make, write_checkpoint
 from writ.stores import enrolled
 
 DAY = 86400.0
@@ -98,14 +98,6 @@ async def _principals(engine: Engine) -> None:
     await engine.principals.disable(None, "old-agent", "retired")
 
 
-async def _cli_verify(url: str) -> dict[str, Any]:
-    args = ["audit", "verify", "--store", url, "--json"]
-    res = await asyncio.to_thread(CliRunner().invoke, main, args)  # the CLI runs its own loop
-    assert res.exit_code == (0 if json.loads(res.output)["ok"] else 1), res.output
-    out: dict[str, Any] = json.loads(res.output)
-    return out
-
-
 async def test_principals_as_writ_wrote_them_verify(engine: Engine, backend: Backend) -> None:
     """Added, rotated, disabled, enabled and requeued principals verify, online and
     offline."""
@@ -116,7 +108,7 @@ async def test_principals_as_writ_wrote_them_verify(engine: Engine, backend: Bac
     await engine.principals.rotate(None, "jane")
     await engine.principals.disable(None, "perf-agent", "on leave; back monday")
     assert (await engine.verify()).ok
-    assert (await _cli_verify(backend.url))["ok"]
+    assert (await cli_verify(backend.url))["ok"]
 
 
 @pytest.mark.parametrize("edit", sorted(EDITS))
@@ -132,18 +124,8 @@ async def test_a_hand_edited_principal_fails_verify(
     sql, name, field = EDITS[edit]
     await backend.sql(sql)
 
-    bad = await engine.verify()
-    assert not bad.ok and bad.first_bad_seq is None and field in (bad.reason or ""), bad
-    assert bad.principal == name and f"principal {name}" in (bad.reason or "")
-    assert bad.to_dict()["principal"] == name and "lease_id" not in bad.to_dict()
-
-    out = await verify_store(engine.store, [cp], key.public_key())
-    assert not out.ok and out.principal == name and field in (out.reason or "")
-    assert out.checkpoints[0]["ok"]  # the ledger itself still extends the checkpoint
-
-    report = await _cli_verify(backend.url)
-    assert report["ok"] is False and report["principal"] == name
-    assert field in report["reason"]
+    bad = await found_everywhere(engine, backend.url, cp, key, "principal", name, field)
+    assert f"principal {name}" in (bad.reason or "") and "lease_id" not in bad.to_dict()
 
 
 async def test_rows_of_older_writ_versions_vouch_for_what_they_carry(
@@ -191,7 +173,7 @@ async def test_rows_of_older_writ_versions_vouch_for_what_they_carry(
         " VALUES ('odd', 'agent', false, 'h-odd', 1.0)"
     )
     assert (await engine.verify()).ok, await engine.verify()
-    assert (await _cli_verify(backend.url))["ok"]
+    assert (await cli_verify(backend.url))["ok"]
     await backend.sql("UPDATE principals SET kind = 'human' WHERE name = 'pager'")
     bad = await engine.verify()
     assert bad.principal == "pager" and "the kind column" in (bad.reason or "")

@@ -94,6 +94,9 @@ def test_serve_takes_its_flags_from_the_environment(monkeypatch: pytest.MonkeyPa
     for waits in ("0", "-1", "true", "1.5"):  # a count of requests, at least one
         bad = CliRunner().invoke(main, ["serve", "--max-waits-per-principal", waits])
         assert bad.exit_code == 2 and "--max-waits-per-principal" in bad.output, bad.output
+    for share in ("-1", "true", "1.5", "nan"):  # a count of connections, 0 for no cap
+        bad = CliRunner().invoke(main, ["serve", "--max-connections-per-client", share])
+        assert bad.exit_code == 2 and "--max-connections-per-client" in bad.output, bad.output
     for flag in ("--send-timeout", "--header-timeout", "--body-timeout", "--keepalive-timeout"):
         for seconds in ("nan", "0", "-1", "soon"):  # nan passed every range and was a traceback
             bad = CliRunner().invoke(main, ["serve", flag, seconds])

@@ -17,7 +17,7 @@ import logging
 import threading
 from typing import Any
 
-from writ.client import Client, Lease
+from writ.client import WATCH_WAIT_S, Client, Lease
 from writ.core.errors import LeaseLost, WritError
 
 __all__ = ["watch_lease"]
@@ -26,7 +26,6 @@ log = logging.getLogger("writ.run")
 
 # rows that end a lease other than by its holder's release
 ENDS = frozenset({"lease.revoked", "lease.expired"})
-WAIT_S = 25.0  # each long poll (the client's watch() waits as long)
 PAUSE_S = 1.0  # after a failed poll, before the next
 
 
@@ -46,7 +45,7 @@ def _watch(client: Client, lease: Lease, done: threading.Event) -> None:
             return
         while not (done.is_set() or lease.lost.is_set()):
             try:
-                out = client.events(lease.resource, after, WAIT_S)
+                out = client.events(lease.resource, after, WATCH_WAIT_S)
             except WritError as exc:
                 if 400 <= exc.status < 500:  # not this agent's to read: renewals will tell
                     log.debug("not watching %s: %s", lease.lease_id, exc.message)

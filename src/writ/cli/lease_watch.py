@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from writ.client import WATCH_WAIT_S, Client, Lease
@@ -26,7 +27,7 @@ log = logging.getLogger("writ.run")
 
 # rows that end a lease other than by its holder's release
 ENDS = frozenset({"lease.revoked", "lease.expired"})
-PAUSE_S = 1.0  # after a failed poll, before the next
+PAUSE_S = 1.0  # after a failed poll, or one answered at once with nothing, before the next
 
 
 def watch_lease(client: Client, lease: Lease, done: threading.Event) -> threading.Thread:
@@ -44,6 +45,7 @@ def _watch(client: Client, lease: Lease, done: threading.Event) -> None:
         if _ended(client, lease):  # before that row: a revoke between the grant and now
             return
         while not (done.is_set() or lease.lost.is_set()):
+            asked = time.monotonic()
             try:
                 out = client.events(lease.resource, after, WATCH_WAIT_S)
             except WritError as exc:
@@ -52,11 +54,14 @@ def _watch(client: Client, lease: Lease, done: threading.Event) -> None:
                     return
                 done.wait(PAUSE_S)
                 continue
-            for row in out.get("rows") or []:
+            rows = out.get("rows") or []
+            for row in rows:
                 if row.get("event") in ENDS and row.get("lock_key") == lease.lock_key:
                     if _ended(client, lease, row):
                         return
             after = max(after, int(out.get("next_after_seq") or after))
+            if not rows:  # a long poll that came back at once with nothing: not in a busy loop
+                done.wait(max(0.0, PAUSE_S - (time.monotonic() - asked)))
     except Exception as exc:  # the client closed under it as writ run exits, or worse:
         if not done.is_set():  # either way the renewals still tell a loss
             log.debug("stopped watching %s: %s", lease.lease_id, exc)

@@ -24,18 +24,21 @@ EVENTS = ("lease.granted", "lease.renewed", "lease.released", "lease.denied", "g
 def _row(seq: int, prev: str, ts: float, i: int) -> tuple[Any, ...]:
     """What ``ledger.seal`` makes of a row (the canonical body written out by hand: sealing
     100,000 rows through ``seal`` would take most of this test's time)."""
-    r, event, agent = f"fleet/svc-{i % 97}/db", EVENTS[i % len(EVENTS)], f"agent-{i % 16}"
+    # a lease every five rows: granted, renewed, released (then a refusal and a gate's pass
+    # naming it), so the rows leave no lease open that the leases table does not hold
+    lease, event, agent = i // len(EVENTS), EVENTS[i % len(EVENTS)], f"agent-{i % 16}"
+    r = f"fleet/svc-{lease % 97}/db"
     stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     body = (
-        f'{{"agent_id":"{agent}","approved_by":null,"event":"{event}","fencing_token":{i},'
+        f'{{"agent_id":"{agent}","approved_by":null,"event":"{event}","fencing_token":{lease},'
         f'"human_override_queue":null,"lock_acquired_at":null,"lock_holder":"{agent}",'
-        f'"lock_key":"{r}/{i}","notes":"row {i}","prev_hash":"{prev}","resource":"{r}",'
+        f'"lock_key":"{r}/{lease}","notes":"row {i}","prev_hash":"{prev}","resource":"{r}",'
         '"rollback_allowed":false,"rollback_denominator":null,'
         '"rollback_denominator_is_defect":false,"rollback_key_holder":null,'
         f'"rollback_path":null,"second_key_revoke_provenance":null,"seq":{seq},'
         f'"timestamp":"{stamp}"}}'
     )
-    return seq, ts, event, r, f"{r}/{i}", body, digest(prev, body)
+    return seq, ts, event, r, f"{r}/{lease}", body, digest(prev, body)
 
 
 def test_the_bulk_rows_are_what_seal_makes() -> None:
@@ -45,15 +48,15 @@ def test_the_bulk_rows_are_what_seal_makes() -> None:
         1_778_926_620.5,
         {
             "event": EVENTS[3],
-            "agent_id": "agent-3",
-            "resource": "fleet/svc-3/db",
-            "lock_holder": "agent-3",
-            "lock_key": "fleet/svc-3/db/3",
-            "fencing_token": 3,
-            "notes": "row 3",
+            "agent_id": "agent-8",
+            "resource": "fleet/svc-1/db",
+            "lock_holder": "agent-8",
+            "lock_key": "fleet/svc-1/db/1",
+            "fencing_token": 1,
+            "notes": "row 8",
         },
     )
-    assert _row(7, "ab" * 32, 1_778_926_620.5, 3) == (
+    assert _row(7, "ab" * 32, 1_778_926_620.5, 8) == (
         s.seq,
         s.timestamp,
         s.event,

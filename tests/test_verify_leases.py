@@ -235,3 +235,59 @@ def test_verify_over_http_with_a_checkpoint_names_the_lease_and_the_principal(
             assert res.exit_code == 1 and said in res.output and "seq None" not in res.output
             if field == "lease_id":  # put it back, so the principal is what verify finds next
                 by_hand(sql.replace("'cost-agent'", "'perf-agent'"))
+
+
+# what an intruder does to a lease the ledger holds open, freeing its resource without a revoke
+UNHELD = {
+    "deleted": "DELETE FROM leases WHERE {me}",
+    "marked released": "UPDATE leases SET state = 'released', ended_at = acquired_at WHERE {me}",
+    "marked expired": "UPDATE leases SET state = 'expired', ended_at = expires_at WHERE {me}",
+}
+
+
+@pytest.mark.parametrize("edit", sorted(UNHELD))
+async def test_a_lease_the_ledger_holds_open_gone_from_the_table_fails_verify(
+    engine: Engine, backend: Backend, edit: str
+) -> None:
+    """A lease granted and never ended in the ledger, deleted from the leases table or
+    marked ended there by hand, fails verify — online, with a signed checkpoint made
+    before, and offline — naming the lease, its grant row and its fencing token."""
+    _, lease, _ = await _leases(engine)
+    key = generate_key()
+    cp = await make(engine.store, key)
+    await backend.sql(UNHELD[edit].format(me=f"lease_id = '{lease['lease_id']}'"))
+
+    lease_id = lease["lease_id"]
+    bad = await found_everywhere(
+        engine, backend.url, cp, key, "lease_id", lease_id, "the ledger holds it open"
+    )
+    assert f"lease {lease_id} on prod/db" in (bad.reason or "")
+    assert f"fencing token {lease['fencing_token']}" in (bad.reason or "")
+    assert "the leases table does not hold it" in (bad.reason or "")
+
+
+async def _open_after_walk(engine: Engine) -> held.OpenLeases:
+    """The open leases of every row the store holds now, as verify's walk finds them."""
+    opened = held.OpenLeases()
+    async for chunk in engine.store.audit_records(batch=2):
+        opened.feed(chunk)
+    return opened
+
+
+async def test_leases_ended_by_writ_after_the_walk_are_not_tampered(
+    engine: Engine, backend: Backend
+) -> None:
+    """A lease open when the walk passed its rows, released or expired by writ before the
+    table is read, is judged by the row that ended it; one still held is found held; the
+    walk keeps only the open ones."""
+    agent, lease, _ = await _leases(engine)
+    other = await engine.acquire(agent, resource="prod/queue", intent="drain", ttl_s=5)
+    opened = await _open_after_walk(engine)
+    want = {f"prod/db/{lease['fencing_token']}", f"prod/queue/{other['fencing_token']}"}
+    assert set(opened.keys) == want  # prod/cache's lease was released: not open
+    await engine.release(agent, lease["lease_id"])
+    assert await held.held_disagrees(engine.store, opened) is None  # prod/queue's still held
+    await backend.advance(10)
+    await engine.sweep()
+    assert (await engine.store.read(lambda tx: tx.held_leases())) == []
+    assert await held.held_disagrees(engine.store, opened) is None

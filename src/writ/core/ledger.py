@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -441,10 +441,12 @@ def _columns_parsed(ts: Any, event: Any, resource: Any, lock_key: Any, body: str
 async def verify_stream(
     chunks: AsyncIterable[list[Stored]] | AsyncIterable[list[Record]],
     kept: tuple[int, str] | None = None,
+    each: Callable[[Any], None] | None = None,
 ) -> Verification:
     """:func:`verify` over a store's ``audit_stream`` batches, in constant memory; with
     ``kept``, the head the store keeps beside the chain (read before the chain), which the
-    chain must reach, with the same hash at that seq."""
+    chain must reach, with the same hash at that seq; with ``each``, each chunk is handed to
+    it once verified."""
     seq, head, total = 1, GENESIS, 0
     kept = kept or (0, GENESIS)
     async for chunk in chunks:
@@ -456,6 +458,8 @@ async def verify_stream(
             return Verification(False, total, part.head, part.first_bad_seq, part.reason)
         if (why := kept_row_differs(chunk, kept)) is not None:
             return Verification(False, total, part.head, kept[0], why)
+        if each is not None:
+            each(chunk)
         seq, head = seq + part.rows, part.head
     if (why := chain_short_of(total, kept)) is not None:
         return Verification(False, total, head, total + 1, why)

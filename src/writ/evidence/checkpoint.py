@@ -62,7 +62,7 @@ from writ.core.ledger import (
 )
 from writ.core.textsafe import printable
 from writ.stores.enrolled import principals_disagree
-from writ.stores.held import held_disagrees
+from writ.stores.held import OpenLeases, held_disagrees
 
 if TYPE_CHECKING:
     from writ.engine import Engine
@@ -440,6 +440,7 @@ async def verify_store(
     matched = 0  # highest checkpoint seq found intact
     seq, prev, total = 1, GENESIS, 0
     kept = await store.read(lambda tx: tx.audit_head())  # the head the store keeps
+    opened = OpenLeases()  # the leases the rows leave open, checked against the table
 
     def fail(bad: int, reason: str) -> Outcome:
         for r in report.values():
@@ -477,6 +478,7 @@ async def verify_store(
             matched = s
         if (why := kept_row_differs(chunk, kept)) is not None:
             return fail(kept[0], why)
+        opened.feed(chunk)
         seq, prev = seq + part.rows, part.head
     if (why := chain_short_of(total, kept)) is not None:
         return fail(total + 1, why)
@@ -489,7 +491,7 @@ async def verify_store(
                 f"rows {total + 1}..{missing[0]} were removed"
             ),
         )
-    found = await held_disagrees(store)  # the leases table against the rows just verified
+    found = await held_disagrees(store, opened)  # the leases table against the rows verified
     if found is not None:
         return Outcome(False, total, prev, None, found[1], list(report.values()), found[0])
     found = await principals_disagree(store)  # the principals table likewise

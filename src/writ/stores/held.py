@@ -15,6 +15,13 @@ the chain's own check, which runs first.
 Each lease is read again with its rows in one snapshot, so a lease granted, renewed or
 ended while verify runs is judged as it stood in that snapshot: never called changed by
 hand for being changed by writ.
+
+And the converse: a lease the ledger holds open (a ``lease.granted`` row, no row that ended
+it) must still be held in the table. Deleted there, or marked ended, by hand, it frees its
+resource for the next grant without a human's revoke. Only a pass over the whole chain
+finds the ledger's open leases; verify makes one anyway, and :class:`OpenLeases` keeps them
+as the verified rows go by (their lookup columns are checked against the hashed bodies
+before it sees them).
 """
 
 from __future__ import annotations
@@ -24,19 +31,49 @@ from typing import Any
 
 from writ.core.bulk import first_in_pages
 from writ.core.clock import rfc3339
+from writ.core.ledger import Record
 from writ.core.models import Lease
 from writ.stores.base import LEASE_LIFE, Store, Tx
 
-__all__ = ["PAGE", "held_disagrees", "lease_disagrees"]
+__all__ = ["PAGE", "OpenLeases", "held_disagrees", "lease_disagrees"]
 
 PAGE = 200  # leases a snapshot: each read holds the store (and SQLite, the loop) briefly
 _ENDS = frozenset(LEASE_LIFE[2:])
 _RENEWED = "renewed until "
 
 
-async def held_disagrees(store: Store) -> tuple[str, str] | None:
-    """``(lease_id, why)`` of the first held lease the ledger does not account for, or None."""
-    ids = [lease.lease_id for lease in await store.read(lambda tx: tx.held_leases())]
+class OpenLeases:
+    """The leases the ledger holds open, by lock key (the seq of its grant), as verified
+    rows go by in seq order (:meth:`feed`, a chunk at a time)."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self) -> None:
+        self.keys: dict[str, int] = {}
+
+    def feed(self, chunk: Sequence[Record]) -> None:
+        keys, ends = self.keys, _ENDS
+        for rec in chunk:
+            key = rec[6]
+            if key is not None:
+                event = rec[4]
+                if event == "lease.granted":
+                    keys[key] = rec[0]
+                elif event in ends:
+                    keys.pop(key, None)
+
+
+async def held_disagrees(store: Store, opened: OpenLeases | None = None) -> tuple[str, str] | None:
+    """``(lease_id, why)`` of the first held lease the ledger does not account for, or of
+    the first lease of ``opened`` (the open ones of the rows verified) the table no longer
+    holds; or None."""
+
+    async def listed(tx: Tx) -> tuple[list[str], tuple[str, str] | None]:
+        held = await tx.held_leases()
+        gone = await _unheld(tx, opened.keys, {h.lock_key for h in held}) if opened else None
+        return [h.lease_id for h in held], gone
+
+    ids, gone = await store.read(listed)  # gone: told after the held ones, which say more
 
     async def judge(page: Sequence[str]) -> tuple[str, str] | None:
         async def check(tx: Tx) -> tuple[str, str] | None:
@@ -49,7 +86,29 @@ async def held_disagrees(store: Store) -> tuple[str, str] | None:
 
         return await store.read(check)
 
-    return await first_in_pages(ids, PAGE, judge)
+    found = await first_in_pages(ids, PAGE, judge)
+    return gone if found is None else found
+
+
+async def _unheld(tx: Tx, opened: dict[str, int], held: set[str]) -> tuple[str, str] | None:
+    """The first lease of ``opened`` that is neither held in the table nor ended by a row
+    since the rows verified (read in ``tx``'s snapshot, with ``held``): ``(lease_id, why)``."""
+    for key, seq in sorted(opened.items(), key=lambda kv: kv[1]):
+        if key in held:
+            continue
+        grant, last = await tx.audit_lease_life(key)
+        if last is not None and last["event"] in _ENDS:
+            continue  # ended by writ since its rows were verified
+        notes = (grant or {}).get("notes") or ""
+        lease_id = notes.split(" ", 2)[1] if notes.startswith("granted ") else key
+        resource, _, token = key.rpartition("/")
+        return lease_id, (
+            f"lease {lease_id} on {resource}: the ledger holds it open (row {seq}, "
+            f"lease.granted, fencing token {token}; no row released, expired or revoked it), "
+            "but the leases table does not hold it: it was deleted there, or marked ended, by "
+            "hand, which frees its resource without a revoke"
+        )
+    return None
 
 
 def lease_disagrees(

@@ -31,7 +31,7 @@ from writ.core.ledger import (
 from writ.stores import Store, open_store, redact
 from writ.stores.base import TABLES
 from writ.stores.enrolled import principals_disagree
-from writ.stores.held import held_disagrees
+from writ.stores.held import OpenLeases, held_disagrees
 
 __all__ = ["migrate", "upgrade", "verify_store"]
 
@@ -41,13 +41,15 @@ Progress = Callable[[str, int], None]
 async def verify_store(store: Store) -> Verification:
     """Recompute a store's whole hash chain, in constant memory, up to the head the store
     keeps beside it (rows removed from the end are found); then check every held lease
-    against the rows of its life (:mod:`writ.stores.held`), and every principal against
+    against the rows of its life and every lease the rows leave open against the table
+    (:mod:`writ.stores.held`), and every principal against
     its ``principal.*`` rows (:mod:`writ.stores.enrolled`)."""
     kept = await store.read(lambda tx: tx.audit_head())
-    chain = await verify_stream(store.audit_records(batch=PAGE), kept)
+    opened = OpenLeases()
+    chain = await verify_stream(store.audit_records(batch=PAGE), kept, opened.feed)
     if not chain.ok:
         return chain
-    found = await held_disagrees(store)
+    found = await held_disagrees(store, opened)
     if found is not None:
         return Verification(False, chain.rows, chain.head, None, found[1], lease_id=found[0])
     found = await principals_disagree(store)

@@ -190,9 +190,15 @@ class ServerProcess:
     (SIGTERM), killed (SIGKILL) and started again on the same store and port."""
 
     def __init__(
-        self, store_url: str, tmp: Path, policy: str | None = None, admin_token: str = ADMIN_TOKEN
+        self,
+        store_url: str,
+        tmp: Path,
+        policy: str | None = None,
+        admin_token: str = ADMIN_TOKEN,
+        run_args: str = "",
     ) -> None:
         self.store_url = store_url
+        self.run_args = run_args  # more keyword arguments of run(), as Python source
         self.admin_token = admin_token
         self.log = tmp / f"server-{free_port()}.log"
         self.policy_path: Path | None = None
@@ -207,7 +213,8 @@ class ServerProcess:
         policy = str(self.policy_path) if self.policy_path else None
         code = (
             "from writ.server import run; "
-            f"run({self.store_url!r}, '127.0.0.1', {self.port}, {policy!r}, log_level='warning')"
+            f"run({self.store_url!r}, '127.0.0.1', {self.port}, {policy!r}, log_level='warning'"
+            + (f", {self.run_args})" if self.run_args else ")")
         )
         env = {**os.environ, "WRIT_ADMIN_TOKEN": self.admin_token}
         with self.log.open("ab") as out:
@@ -280,8 +287,10 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def server_process(store_url: str, tmp: Path, policy: str | None = None) -> Iterator[ServerProcess]:
-    s = ServerProcess(store_url, tmp, policy)
+def server_process(
+    store_url: str, tmp: Path, policy: str | None = None, run_args: str = ""
+) -> Iterator[ServerProcess]:
+    s = ServerProcess(store_url, tmp, policy, run_args=run_args)
     try:
         yield s.start()
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from tests.stores_fixtures import Backend
+from tests.verify_fixtures import edit_row, open_db
 from writ.cli import main
 from writ.core.clock import ManualClock, parse_time
-from writ.core.ledger import GENESIS, canonical, seal
+from writ.core.ledger import canonical
 from writ.engine import Engine
 from writ.evidence.checkpoint import (
     Checkpointer,
@@ -48,42 +48,6 @@ async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
     await _fill(e, 10)
     yield e
     await e.stop()
-
-
-def _db(tmp_path: Path) -> sqlite3.Connection:
-    c = sqlite3.connect(tmp_path / "w.db", isolation_level=None)
-    c.execute("DROP TRIGGER IF EXISTS audit_no_update")
-    c.execute("DROP TRIGGER IF EXISTS audit_no_delete")
-    return c
-
-
-def _edit(tmp_path: Path, seq: int, rehash: bool, move_head: bool = True) -> None:
-    """Change the notes of row ``seq`` as someone with write access to the file would;
-    with ``rehash``, re-seal every row from there on so the chain verifies again (and, with
-    ``move_head``, the head the store keeps beside the chain too)."""
-    c = _db(tmp_path)
-    rows = c.execute(
-        "SELECT seq, ts, body FROM audit WHERE seq >= ? ORDER BY seq", (seq,)
-    ).fetchall()
-    prev = c.execute("SELECT hash FROM audit WHERE seq = ?", (seq - 1,)).fetchone()
-    prev_hash = prev[0] if prev else GENESIS
-    for i, (s, ts, body) in enumerate(rows):
-        fields = json.loads(body)
-        if i == 0:
-            fields["notes"] = "nothing to see here"
-        if not rehash:
-            c.execute("UPDATE audit SET body = ? WHERE seq = ?", (canonical(fields), s))
-            break
-        for k in ("seq", "timestamp", "prev_hash"):
-            fields.pop(k)
-        sealed = seal(s, prev_hash, ts, fields)
-        c.execute(
-            "UPDATE audit SET body = ?, hash = ? WHERE seq = ?", (sealed.body, sealed.hash, s)
-        )
-        prev_hash = sealed.hash
-    if rehash and move_head:
-        c.execute("UPDATE audit_head SET hash = ?", (prev_hash,))
-    c.close()
 
 
 async def test_text_format_round_trips_and_signature_holds(engine: Engine) -> None:
@@ -123,7 +87,7 @@ async def test_valid_checkpoint_passes_and_the_ledger_may_grow(engine: Engine) -
 async def test_edited_row_before_checkpoint_is_named(engine: Engine, tmp_path: Path) -> None:
     """A row changed in place (without re-hashing) fails at that row."""
     cp = await make(engine.store, generate_key())
-    _edit(tmp_path, 4, rehash=False)
+    edit_row(tmp_path / "w.db", 4, rehash=False)
     out = await verify_store(engine.store, [cp])
     assert not out.ok and out.first_bad_seq == 4
     assert "row 4" in (out.reason or "") and "checkpoint seq 10" in (out.reason or "")
@@ -138,10 +102,10 @@ async def test_rehashed_rewrite_is_caught_only_by_the_checkpoint(
     early = await make(engine.store, key)  # seq 10
     await _fill(engine, 5, "late")
     late = await make(engine.store, key)  # seq 15
-    _edit(tmp_path, 12, rehash=True, move_head=False)
+    edit_row(tmp_path / "w.db", 12, rehash=True, move_head=False)
     careless = await engine.verify()  # the head kept beside the chain names another row
     assert not careless.ok and careless.first_bad_seq == 15, careless
-    _edit(tmp_path, 12, rehash=True)
+    edit_row(tmp_path / "w.db", 12, rehash=True)
     assert (await engine.verify()).ok  # the chain and its head alone cannot tell
     out = await verify_store(engine.store, [early, late], key.public_key())
     assert not out.ok and out.first_bad_seq == 15
@@ -151,7 +115,7 @@ async def test_rehashed_rewrite_is_caught_only_by_the_checkpoint(
 
 async def test_removed_rows_are_found(engine: Engine, tmp_path: Path) -> None:
     cp = await make(engine.store, generate_key())
-    c = _db(tmp_path)
+    c = open_db(tmp_path / "w.db")
     c.execute("DELETE FROM audit WHERE seq > 7")
     c.close()
     out = await verify_store(engine.store, [cp])
@@ -230,7 +194,7 @@ def test_cli_keygen_checkpoint_verify(tmp_path: Path) -> None:
     assert "extends checkpoint seq 6" in res.output and "the trusted key" in res.output
     res = r.invoke(main, ["audit", "verify", "--store", url])  # unchanged without the option
     assert res.exit_code == 0 and "6 rows" in res.output
-    _edit(tmp_path, 3, rehash=True)
+    edit_row(tmp_path / "w.db", 3, rehash=True)
     res = r.invoke(main, ["audit", "verify", "--store", url, "--checkpoint", str(cpf)])
     assert res.exit_code == 1
     assert "BROKEN at seq 6" in res.output and "rows 1..6 were rewritten" in res.output
@@ -321,7 +285,7 @@ def test_checkpoint_and_verify_through_a_server(tmp_path: Path) -> None:
         )
         assert res.exit_code == 0, res.output
         assert f"extends checkpoint seq {cp.seq}" in res.output
-        _edit(tmp_path, 2, rehash=True)
+        edit_row(tmp_path / "w.db", 2, rehash=True)
         res = r.invoke(main, ["audit", "verify", "--checkpoint", str(cpf), "--json"], env=env)
         assert res.exit_code == 1
         out = json.loads(res.output)
@@ -334,7 +298,7 @@ async def test_checkpoints_that_disagree_at_one_seq_fail(engine: Engine, tmp_pat
     forged. The genuine one (kept off the host) was dropped unseen when the forged one, made
     with the intruder's own key over the rewritten rows, came after it in the list."""
     genuine = await make(engine.store, generate_key())
-    _edit(tmp_path, 4, rehash=True)
+    edit_row(tmp_path / "w.db", 4, rehash=True)
     forged = await make(engine.store, generate_key())
     assert forged.seq == genuine.seq and forged.hash != genuine.hash
     for order in ([genuine, forged], [forged, genuine]):

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
 
 from writ.cli import main
+from writ.core.ledger import GENESIS, canonical, seal
 from writ.engine import Engine
 from writ.evidence.checkpoint import Checkpoint, verify_store
 
@@ -38,3 +41,41 @@ async def found_everywhere(
     report = await cli_verify(url)
     assert report["ok"] is False and report[attr] == name and field in report["reason"]
     return bad
+
+
+def open_db(path: Path) -> sqlite3.Connection:
+    """The SQLite store file at ``path`` with its refusals of updates and deletes dropped."""
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute("DROP TRIGGER IF EXISTS audit_no_update")
+    c.execute("DROP TRIGGER IF EXISTS audit_no_delete")
+    return c
+
+
+def edit_row(path: Path, seq: int, rehash: bool, move_head: bool = True) -> None:
+    """Change the notes of row ``seq`` of the SQLite store at ``path`` as someone with write
+    access to the file would;
+    with ``rehash``, re-seal every row from there on so the chain verifies again (and, with
+    ``move_head``, the head the store keeps beside the chain too)."""
+    c = open_db(path)
+    rows = c.execute(
+        "SELECT seq, ts, body FROM audit WHERE seq >= ? ORDER BY seq", (seq,)
+    ).fetchall()
+    prev = c.execute("SELECT hash FROM audit WHERE seq = ?", (seq - 1,)).fetchone()
+    prev_hash = prev[0] if prev else GENESIS
+    for i, (s, ts, body) in enumerate(rows):
+        fields = json.loads(body)
+        if i == 0:
+            fields["notes"] = "nothing to see here"
+        if not rehash:
+            c.execute("UPDATE audit SET body = ? WHERE seq = ?", (canonical(fields), s))
+            break
+        for k in ("seq", "timestamp", "prev_hash"):
+            fields.pop(k)
+        sealed = seal(s, prev_hash, ts, fields)
+        c.execute(
+            "UPDATE audit SET body = ?, hash = ? WHERE seq = ?", (sealed.body, sealed.hash, s)
+        )
+        prev_hash = sealed.hash
+    if rehash and move_head:
+        c.execute("UPDATE audit_head SET hash = ?", (prev_hash,))
+    c.close()

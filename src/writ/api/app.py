@@ -37,6 +37,7 @@ from writ.api.routers import (
 from writ.api.waits import DEFAULT_CAP
 from writ.core.models import Principal
 from writ.engine import Engine
+from writ.evidence.sentinel import Sentinel
 from writ.telemetry.metrics import Metrics
 
 # Route modules of later features register here: extend(app, engine, auth_dependency).
@@ -85,13 +86,15 @@ def create_app(
     relay_dir: str | None = None,
     settle: bool = False,
     max_waits: int = DEFAULT_CAP,
+    verify_every: float = 0.0,
 ) -> FastAPI:
     """The ASGI app. Starts and stops ``engine`` with the app's lifespan. ``/livez``,
     ``/readyz`` and ``/metrics`` (:mod:`writ.api.ops`) sit in front of it; ``metrics=False``
     measures nothing (``/metrics`` is then 404), ``metrics_token`` guards ``/metrics``.
     ``settle`` (a server process of its own: ``writ serve``) tunes the cycle collector
     once started (:func:`writ.api.lifecycle.settle_heap`). Each principal may have
-    ``max_waits`` requests waiting at once (:mod:`writ.api.waits`)."""
+    ``max_waits`` requests waiting at once (:mod:`writ.api.waits`). ``verify_every`` > 0:
+    the standing verify, a pass that often (:mod:`writ.evidence.sentinel`)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -106,6 +109,8 @@ def create_app(
                 settle_heap()
             yield
         finally:
+            if sentinel is not None:
+                await sentinel.stop()
             if app.relay is not None:
                 await app.relay.stop()
             if start_engine:
@@ -123,7 +128,11 @@ def create_app(
         summary="Vendor-neutral write authority for autonomous agents (protocol v1).",
         lifespan=lifespan,
     )
+    sentinel = Sentinel(engine, verify_every) if verify_every > 0 else None
+    app.state.sentinel = sentinel
     measured = Metrics.for_engine(engine) if metrics else None
+    if measured is not None:
+        measured.sentinel = sentinel
     if measured is not None and app.relay is not None:
         measured.relay = app.relay  # writ_relay_calls_total, writ_relay_role
     app.ops = app.front = OpsFront(app.front, engine, measured, metrics_token)

@@ -10,6 +10,7 @@ from writ.api.app import create_app
 from writ.api.middleware import MAX_HEADERS
 from writ.api.waits import default_cap
 from writ.engine import Engine
+from writ.evidence.sentinel import DEFAULT_EVERY_S
 from writ.net.limits import Limits
 
 log = logging.getLogger("writ.server")
@@ -49,6 +50,7 @@ def run(
     workers: int = 1,
     relay: str | None = None,
     max_waits: int | None = None,
+    verify_every: float = DEFAULT_EVERY_S,
 ) -> None:
     """Serve writ until SIGTERM or SIGINT (``writ serve``), then shut down gracefully
     (:mod:`writ.api.lifecycle`) within ``shutdown_timeout`` seconds, each connection within
@@ -56,7 +58,9 @@ def run(
     only, :mod:`writ.api.workers`); ``relay`` is a directory in which the servers of this
     host elect one writer of leases (:mod:`writ.api.relay`; with ``workers``, one of their
     own unless ``"off"``). Each principal may have ``max_waits`` requests waiting at once
-    on each process (by default a quarter of ``limits.max_connections``: :mod:`writ.api.waits`)."""
+    on each process (by default a quarter of ``limits.max_connections``: :mod:`writ.api.waits`).
+    Every ``verify_every`` seconds (0: never) the standing verify checks the rows written since
+    and the tables (:mod:`writ.evidence.sentinel`)."""
     import os
 
     import uvicorn
@@ -80,7 +84,9 @@ def run(
     if workers != 1:
         from writ.api.workers import AppSettings, run_workers
 
-        settings = AppSettings(log_format, log_level, metrics, metrics_token, relay, max_waits)
+        settings = AppSettings(
+            log_format, log_level, metrics, metrics_token, relay, max_waits, verify_every
+        )
         run_workers(store_url, workers, policy_path, settings, **options)
         return
     traced = tracing.configure()
@@ -98,6 +104,7 @@ def run(
         relay_dir=relay_dir,
         settle=True,
         max_waits=max_waits,
+        verify_every=verify_every,
     )
     config = uvicorn.Config(app, **options)
     DrainingServer(config, app.draining).run()  # type: ignore[attr-defined]

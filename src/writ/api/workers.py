@@ -46,6 +46,7 @@ class AppSettings:
     metrics_token: str | None = None
     relay_dir: str | None = None
     max_waits: int = DEFAULT_CAP
+    verify_every: float = 0.0
 
 
 MAX_WORKERS = 256
@@ -107,6 +108,7 @@ def create_app_from_env() -> Any:
         relay_dir=app.relay_dir,
         settle=True,
         max_waits=app.max_waits,
+        verify_every=app.verify_every,
     )
 
 

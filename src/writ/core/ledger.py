@@ -442,13 +442,17 @@ async def verify_stream(
     chunks: AsyncIterable[list[Stored]] | AsyncIterable[list[Record]],
     kept: tuple[int, str] | None = None,
     each: Callable[[Any], None] | None = None,
+    since: tuple[int, str] = (0, GENESIS),
 ) -> Verification:
     """:func:`verify` over a store's ``audit_stream`` batches, in constant memory; with
     ``kept``, the head the store keeps beside the chain (read before the chain), which the
     chain must reach, with the same hash at that seq; with ``each``, each chunk is handed to
-    it once verified."""
-    seq, head, total = 1, GENESIS, 0
+    it once verified. ``since`` is ``(seq, hash)`` of the row the chunks follow (verified
+    before); the answer counts the rows through the last one verified, those included."""
+    seq, head, total = since[0] + 1, since[1], since[0]
     kept = kept or (0, GENESIS)
+    if 0 < kept[0] == since[0] and kept[1] != since[1]:
+        return Verification(False, total, head, kept[0], _NOT_THE_HEAD.format(kept[0]))
     async for chunk in chunks:
         began = time.perf_counter()
         part = verify(chunk, seq, head)
@@ -466,6 +470,9 @@ async def verify_stream(
     return Verification(True, total, head, None)
 
 
+_NOT_THE_HEAD = "row {} is not the row the store's head names (another hash)"
+
+
 def kept_row_differs(
     chunk: Sequence[Stored] | Sequence[Record], kept: tuple[int, str]
 ) -> str | None:
@@ -473,7 +480,7 @@ def kept_row_differs(
     None (also when the chunk does not hold that seq)."""
     first = chunk[0][0] if chunk else 0
     if chunk and first <= kept[0] <= chunk[-1][0] and chunk[kept[0] - first][2] != kept[1]:
-        return f"row {kept[0]} is not the row the store's head names (another hash)"
+        return _NOT_THE_HEAD.format(kept[0])
     return None
 
 

@@ -61,6 +61,7 @@ from writ.core.ledger import (
     verify,
 )
 from writ.core.textsafe import printable
+from writ.evidence.sentinel import Sentinel
 from writ.stores.enrolled import principals_disagree
 from writ.stores.held import OpenLeases, held_disagrees
 
@@ -508,10 +509,20 @@ class Checkpointer:
     Hooks itself into the engine's periodic duties (after each sweep, about once a second
     in ``writ serve``). Files are ``checkpoint-<seq, 12 digits>.txt``; on start it carries on
     from the newest one in the directory. Copy them off the host to make them worth having.
+
+    It signs only a row the standing verify (``sentinel``: the server's, or one of its own)
+    has just verified, with the tables. When the ledger does not verify, no checkpoint is
+    written (the sentinel logs why): rows rewritten and re-hashed after a pass verified them
+    no longer get the next checkpoint signed over them.
     """
 
     def __init__(
-        self, engine: Engine, key: Ed25519PrivateKey, directory: str | Path, every: int = 1000
+        self,
+        engine: Engine,
+        key: Ed25519PrivateKey,
+        directory: str | Path,
+        every: int = 1000,
+        sentinel: Sentinel | None = None,
     ) -> None:
         if every < 1:
             raise Invalid("checkpoint every N rows needs N >= 1", field="every")
@@ -522,12 +533,17 @@ class Checkpointer:
         newest = _newest(self.directory)
         self.last_seq = newest[0] if newest else 0
         self.written: list[Path] = []
+        self.sentinel = sentinel or Sentinel(engine, every=0)
         engine.add_ticker(self.tick)
 
     async def tick(self) -> Path | None:
-        seq, h, at = await head(self.engine.store)
+        seq, _h, _at = await head(self.engine.store)
         if seq == 0 or seq - self.last_seq < self.every:
             return None
+        verified = await self.sentinel.verified()
+        if verified is None or verified[0] - self.last_seq < self.every:
+            return None
+        seq, h, at = verified
         cp = sign(self.key, seq, h, at)
         path = write_checkpoint(cp, self.directory / f"checkpoint-{seq:012d}.txt")
         self.last_seq = seq

@@ -38,18 +38,34 @@ __all__ = ["migrate", "upgrade", "verify_store"]
 Progress = Callable[[str, int], None]
 
 
-async def verify_store(store: Store) -> Verification:
+async def verify_store(
+    store: Store,
+    since: tuple[int, str] = (0, GENESIS),
+    opened: OpenLeases | None = None,
+    each: Callable[[list[Record]], None] | None = None,
+) -> Verification:
     """Recompute a store's whole hash chain, in constant memory, up to the head the store
     keeps beside it (rows removed from the end are found); then check every held lease
     against the rows of its life and every lease the rows leave open against the table
-    (:mod:`writ.stores.held`), and every principal against
-    its ``principal.*`` rows (:mod:`writ.stores.enrolled`)."""
+    (:mod:`writ.stores.held`), and every principal against its ``principal.*`` rows
+    (:mod:`writ.stores.enrolled`).
+
+    From ``since`` (``(seq, hash)`` of a row verified before, and ``opened``, the leases the
+    rows up to it left open) only the rows after it are walked (``writ serve``'s standing
+    verify: :mod:`writ.evidence.sentinel`); ``each`` sees each chunk once verified."""
     kept = await store.read(lambda tx: tx.audit_head())
-    opened = OpenLeases()
-    chain = await verify_stream(store.audit_records(batch=PAGE), kept, opened.feed)
+    found_open = OpenLeases() if opened is None else opened
+
+    def step(chunk: list[Record]) -> None:
+        found_open.feed(chunk)
+        if each is not None:
+            each(chunk)
+
+    rows = store.audit_records(after_seq=since[0], batch=PAGE)
+    chain = await verify_stream(rows, kept, step, since)
     if not chain.ok:
         return chain
-    found = await held_disagrees(store, opened)
+    found = await held_disagrees(store, found_open)
     if found is not None:
         return Verification(False, chain.rows, chain.head, None, found[1], lease_id=found[0])
     found = await principals_disagree(store)

@@ -248,6 +248,22 @@ class Metrics:
         self.audit_rows = _Family(C, "writ_audit_rows", "Audit rows committed by this process")
         self._relay_families(C, r)
         self.relay: Any = None  # the app's writ.api.relay.Relay, when it has one
+        self.sentinel: Any = None  # the app's writ.evidence.sentinel.Sentinel, when it has one
+        self.verify_ok = Gauge(
+            "writ_audit_verify_ok",
+            "1 if the standing verify's last pass found the ledger and the tables as writ wrote "
+            "them, 0 if not (alert on 0)",
+            registry=None,  # these three are shown from the first pass on (registered then)
+        )
+        self.verified_rows = Gauge(
+            "writ_audit_verified_rows", "Audit rows the standing verify has verified", registry=None
+        )
+        self.verify_end = Gauge(
+            "writ_audit_verify_last_end_timestamp_seconds",
+            "When the standing verify's last pass ended (Unix time)",
+            registry=None,
+        )
+        self._verify_shown = False
         self.batch_phases = _Family(
             C,
             "writ_store_batch_seconds",
@@ -375,6 +391,15 @@ class Metrics:
             now = self.relay.role()
             for role in ("writer", "relaying", "alone"):
                 self.relay_role.labels(role=role).set(int(role == now))
+        last = self.sentinel.last if self.sentinel is not None else None
+        if last is not None:
+            if not self._verify_shown:
+                self._verify_shown = True
+                for g in (self.verify_ok, self.verified_rows, self.verify_end):
+                    self.registry.register(g)
+            self.verify_ok.set(int(last.ok))
+            self.verified_rows.set(self.sentinel.at[0])
+            self.verify_end.set(self.sentinel.last_end)
         if self._engine is not None:
             phases = self.batch_phases.values
             for phase, seconds in self._engine.store.phase_s.items():

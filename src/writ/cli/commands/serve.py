@@ -126,6 +126,17 @@ from writ.net.options import from_options, limit_options
     "[env WRIT_MAX_WAITS_PER_PRINCIPAL].",
 )
 @click.option(
+    "--verify-every",
+    type=click.IntRange(0, 86_400),
+    default=60,
+    show_default=True,
+    metavar="SECONDS",
+    envvar="WRIT_VERIFY_EVERY",
+    help="The standing verify: every SECONDS check the audit rows written since, and the "
+    "leases and principals tables, as writ audit verify does; a break is an ERROR log line and "
+    "writ_audit_verify_ok 0 (0: off; docs/security.md) [env WRIT_VERIFY_EVERY].",
+)
+@click.option(
     "--checkpoint-every",
     type=click.IntRange(min=1),
     default=None,
@@ -163,6 +174,7 @@ def serve(
     workers: int = 1,
     relay: str | None = None,
     max_waits: int | None = None,
+    verify_every: int = 60,
     checkpoint_every: int | None = None,
     checkpoint_key: str = DEFAULT_KEY,
     checkpoint_dir: str = "writ-checkpoints",
@@ -208,6 +220,8 @@ def serve(
         extra["relay"] = relay_dir
     if max_waits is not None:
         extra["max_waits"] = max_waits
+    if verify_every != 60:
+        extra["verify_every"] = verify_every
     api_serve.run(
         store,
         host,
@@ -249,6 +263,7 @@ def install_checkpointer(key_path: str, directory: str, every: int) -> None:
     key = load_private_key(key_path)  # fail at start, not at the first checkpoint
 
     def extend(app: Any, engine: Any, auth: Any) -> None:
-        app.state.checkpointer = Checkpointer(engine, key, directory, every)
+        sentinel = getattr(app.state, "sentinel", None)  # the standing verify, when on
+        app.state.checkpointer = Checkpointer(engine, key, directory, every, sentinel)
 
     server.EXTENSIONS.append(extend)

@@ -364,3 +364,50 @@ def test_files_are_written_through_no_planted_symlink(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="symlink"):
         write_key(tmp_path / "k")
     assert victim.read_text() == "precious"
+
+
+def test_a_ledger_that_does_not_verify_gets_no_checkpoint(tmp_path: Path) -> None:
+    """``writ audit checkpoint`` verifies first, offline (``--store``) and through the
+    server: a row changed in place, or a held lease changed by hand, gets no checkpoint
+    (exit 1, the reason, no file); before, it signed whatever head it found."""
+    import contextlib
+    import sqlite3
+
+    from tests.server_fixtures import serve
+
+    key = tmp_path / "k"
+    write_key(key)
+    r = CliRunner()
+    with serve(tmp_path / "w.db") as srv:
+        _, token = srv.principal("agent", "perf-agent")
+        srv.principal("agent")
+        with srv.client(token) as agent:
+            lease = agent.acquire("prod/db", "scale up")
+        env = srv.env()
+        cpf = tmp_path / "cp.txt"
+        where = (["--store", srv.store_url], [])
+        for args in where:
+            made = [*args, "--key", str(key), "--out", str(cpf)]
+            assert r.invoke(main, ["audit", "checkpoint", *made], env=env).exit_code == 0
+        cpf.unlink()
+        db = tmp_path / "w.db"
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as c:
+            c.execute("UPDATE leases SET holder = 'x' WHERE lease_id = ?", (lease["lease_id"],))
+        for args in where:
+            res = r.invoke(
+                main, ["audit", "checkpoint", *args, "--key", str(key), "--out", str(cpf)], env=env
+            )
+            assert res.exit_code == 1 and not cpf.exists(), res.output
+            assert "does not verify" in res.output and "the holder column" in res.output
+            assert "writ signs no checkpoint" in res.output
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as c:
+            c.execute(
+                "UPDATE leases SET holder = 'perf-agent' WHERE lease_id = ?", (lease["lease_id"],)
+            )
+        edit_row(db, 2, rehash=False)
+        for args in where:
+            res = r.invoke(
+                main, ["audit", "checkpoint", *args, "--key", str(key), "--out", str(cpf)], env=env
+            )
+            assert res.exit_code == 1 and not cpf.exists(), res.output
+            assert "does not verify at seq 2" in res.output

@@ -84,6 +84,7 @@ __all__ = [
     "raw_public",
     "read_checkpoint",
     "sign",
+    "signable",
     "verify_store",
     "write_checkpoint",
     "write_key",
@@ -368,11 +369,41 @@ async def head(store: Store) -> tuple[int, str, str | None]:
 
 
 async def make(store: Store, key: Ed25519PrivateKey) -> Checkpoint:
-    """Sign the current head of ``store``'s ledger."""
-    seq, h, at = await head(store)
-    if seq == 0:
+    """Verify ``store`` as ``writ audit verify`` does, then sign the last row verified: a
+    checkpoint never vouches for a ledger (or tables) that did not verify when it was made."""
+    from writ.stores.migrate import verify_store as verify_all
+
+    out = await verify_all(store)
+    if out.rows == 0 and out.ok:
         raise CheckpointError("the audit log is empty: there is nothing to checkpoint yet")
-    return sign(key, seq, h, at)
+    return sign(key, out.rows, out.head, signable(out.to_dict(), await _row(store, out.rows)))
+
+
+def signable(verified: dict[str, Any], row: dict[str, Any] | None) -> str | None:
+    """The timestamp of the row a checkpoint is to sign, once ``verified`` (a verify's
+    answer) says the ledger verifies through it, with its hash; else :class:`CheckpointError`."""
+    if not verified.get("ok"):
+        at = verified.get("first_bad_seq")
+        raise CheckpointError(
+            f"the ledger does not verify{f' at seq {at}' if at else ''}: {verified.get('reason')}; "
+            "writ signs no checkpoint of it (run writ audit verify, and keep the store as evidence)"
+        )
+    if (
+        row is None
+        or row.get("seq") != verified.get("rows")
+        or row.get("hash") != verified.get("head")
+    ):
+        raise CheckpointError(
+            f"row {verified.get('rows')} is not the row verify ended at (a row was added or "
+            "changed meanwhile, or the server answered otherwise): try again"
+        )
+    timestamp = row.get("timestamp")
+    return timestamp if isinstance(timestamp, str) else None
+
+
+async def _row(store: Store, seq: int) -> dict[str, Any] | None:
+    rows: list[dict[str, Any]] = await store.read(lambda tx: tx.audit_rows(seq - 1, 1))
+    return rows[0] if rows else None
 
 
 @dataclass(slots=True)

@@ -61,7 +61,8 @@ class Sentinel:
         self._due = clock() + every  # clock() of the next pass: not at start (restarts stay cheap)
         self._full_due = 0.0  # clock() of the next whole pass
         self._task: asyncio.Task[Verification] | None = None
-        engine.add_ticker(self.tick)
+        if every > 0:  # else passes run only when asked (a checkpointer's own)
+            engine.add_ticker(self.tick)
 
     async def tick(self) -> None:
         now = self.clock()

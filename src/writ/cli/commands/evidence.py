@@ -250,23 +250,27 @@ def keygen_command(out_path: str) -> None:
 def checkpoint_command(
     key_path: str, out_path: str | None, store: str | None, url: str, token: str | None
 ) -> None:
-    """Sign the audit chain's head (seq, hash, time) with an Ed25519 key.
+    """Verify the store, then sign the audit chain's head (seq, hash, time) with an Ed25519 key.
 
+    The whole chain and the tables are verified first, as `writ audit verify` does (through
+    the server, or offline with --store); a ledger that does not verify gets no checkpoint.
     Keep the checkpoint somewhere the database's writers cannot reach; later,
     `writ audit verify --checkpoint FILE` proves the ledger still extends it.
     """
-    from writ.evidence.checkpoint import load_private_key, make, sign, write_checkpoint
+    from writ.evidence.checkpoint import load_private_key, make, sign, signable, write_checkpoint
 
     key = load_private_key(key_path)
     if store:
         cp = asyncio.run(_with_store(store, lambda e: make(e.store, key)))
     else:
-        with Client(url, token, timeout=60.0) as client:
-            seq = client.last_seq()
-            if not seq:
+        with Client(url, token, timeout=600.0) as client:
+            verified = client.verify()
+            seq = verified.get("rows")
+            if verified.get("ok") and not seq:
                 raise Invalid("the audit log is empty: there is nothing to checkpoint yet")
-            row = client.audit(seq - 1, 1)["rows"][0]
-        cp = sign(key, row["seq"], row["hash"], row["timestamp"])
+            rows = client.audit(seq - 1, 1)["rows"] if isinstance(seq, int) and seq > 0 else []
+        at = signable(verified, rows[0] if rows else None)
+        cp = sign(key, seq, verified["head"], at)
     if out_path:
         write_checkpoint(cp, out_path)
         click.echo(

@@ -126,8 +126,11 @@ class LiveServer:
 
 
 @contextmanager
-def serve(store_path: Path, policy: Any = None) -> Iterator[LiveServer]:
-    """Run a server over the SQLite file ``store_path`` until the block ends."""
+def serve(
+    store_path: Path, policy: Any = None, max_waits: int | None = None
+) -> Iterator[LiveServer]:
+    """Run a server over the SQLite file ``store_path`` until the block ends; ``max_waits``
+    is its ``--max-waits-per-principal``."""
     import uvicorn
 
     from writ.api.app import create_app
@@ -140,7 +143,8 @@ def serve(store_path: Path, policy: Any = None) -> Iterator[LiveServer]:
     port = free_port()
     # as `writ serve` configures it: its protocol, limits and the hot routes' direct answers
     options = uvicorn_options("127.0.0.1", port, "warning")
-    config = uvicorn.Config(create_app(engine), ws="none", lifespan="on", **options)
+    app = create_app(engine) if max_waits is None else create_app(engine, max_waits=max_waits)
+    config = uvicorn.Config(app, ws="none", lifespan="on", **options)
     server = uvicorn.Server(config)
     saved = os.environ.get("WRIT_ADMIN_TOKEN")
     os.environ["WRIT_ADMIN_TOKEN"] = ADMIN_TOKEN  # read when the engine starts

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from tests.server_fixtures import Handler, hostile
+from tests.server_fixtures import Handler, hostile, wait_until
 from writ.cli import main
 from writ.client import AsyncClient, Client, _wire
 from writ.client import _pages as _pages_module
@@ -441,36 +441,40 @@ def test_a_renewal_failing_unforeseen_is_a_failed_renewal(mode: str) -> None:
     assert 2 <= len(renewals) < 40
 
 
-def test_writ_runs_watch_does_not_poll_in_a_busy_loop_when_answers_bring_nothing() -> None:
-    """writ run's watch on its lease long-polls /v1/events; a server (or proxy) answering
-    each poll at once with no rows was asked again at once, as fast as the network went.
-    Polls that bring nothing are now a second apart."""
-    from writ.cli.lease_watch import watch_lease
-
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_leases_watch_does_not_poll_in_a_busy_loop_when_answers_bring_nothing(mode: str) -> None:
+    """A lease's watch (writ run's, client.lease(watch=True)) long-polls /v1/events; a server
+    (or proxy) answering each poll at once with no rows was asked again at once, as fast as
+    the network went. Polls that bring nothing are now a second apart."""
     polls: list[float] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/leases":
             return httpx.Response(201, json={**LEASE, "ttl_s": 3600, "state": "held"})
-        if request.url.path == "/v1/leases/ls_1":
+        if request.url.path.startswith("/v1/leases/ls_1"):
             return httpx.Response(200, json={**LEASE, "state": "held"})
-        if request.url.path == "/v1/audit":
-            return httpx.Response(200, json={"rows": [], "next_after_seq": 0})
-        polls.append(time.monotonic())
+        if request.url.path == "/v1/events":
+            polls.append(time.monotonic())
         return httpx.Response(200, json={"rows": [], "next_after_seq": 0})
 
-    client = Client("http://writ.test", "t", transport=httpx.MockTransport(handler))
-    lease = client.lease("a/b", "x", ttl_s=3600).acquire()
-    done = threading.Event()
-    watching = watch_lease(client, lease, done)
-    try:
-        deadline = time.monotonic() + 10
-        while len(polls) < 2:  # the first poll, and the one after the pause
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-    finally:
-        done.set()
-        watching.join(5)
-        lease._stop_renewing()
+    def two_polls() -> bool:
+        return len(polls) >= 2  # the first poll, and the one after the pause
+
+    if mode == "sync":
+        client = Client("http://writ.test", "t", transport=httpx.MockTransport(handler))
+        with client.lease("a/b", "x", ttl_s=3600, watch=True) as lease:
+            wait_until(two_polls)
+    else:
+
+        async def go() -> Any:
+            aclient = AsyncClient("http://writ.test", "t", transport=httpx.MockTransport(handler))
+            async with aclient.lease("a/b", "x", ttl_s=3600, watch=True) as alease:
+                deadline = time.monotonic() + 10
+                while not two_polls():
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+            return alease
+
+        lease = asyncio.run(go())
     assert polls[1] - polls[0] >= 0.9, polls
     assert not lease.lost.is_set()

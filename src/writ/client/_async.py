@@ -92,8 +92,10 @@ class AsyncClient(_Base, _Routes[Awaitable[Any]]):
         consent_id: str | None = None,
         renew_every: float | None = None,
         on_lost: OnLost | None = None,
+        watch: bool = False,
     ) -> AsyncLease:
-        """A lease held for an ``async with`` block, renewed by an asyncio task."""
+        """A lease held for an ``async with`` block, renewed by an asyncio task (and with
+        ``watch=True`` watched by another: see :meth:`Client.lease`)."""
         return AsyncLease(
             self,
             resource,
@@ -105,6 +107,7 @@ class AsyncClient(_Base, _Routes[Awaitable[Any]]):
             consent_id,
             renew_every,
             on_lost,
+            watch,
         )
 
     async def iter_audit(

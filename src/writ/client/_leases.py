@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from writ.client._base import OnLost, log
 from writ.client._routes import JSON, _renew_req
+from writ.client._watch import TaskWatch, ThreadWatch
 from writ.core.errors import (
     LeaseLost,
     Unavailable,
@@ -82,6 +83,7 @@ class _LeaseState:
         consent_id: str | None,
         renew_every: float | None,
         on_lost: OnLost | None,
+        watch: bool = False,
     ) -> None:
         self.resource = resource
         self.intent = intent
@@ -92,6 +94,8 @@ class _LeaseState:
         self.consent_id = consent_id
         self.renew_every = renew_every
         self.on_lost = on_lost
+        self.watch = watch  # watch the lease's rows for a revoke or expiry (writ.client._watch)
+        self._watch: ThreadWatch | TaskWatch | None = None
         self.data: JSON | None = None  # the latest Lease the server returned
         self.error: LeaseLost | None = None  # why the lease was lost
         self._deadline = 0.0  # local monotonic time by which the server will expire it
@@ -155,16 +159,20 @@ class _LeaseState:
     lost: threading.Event | asyncio.Event
 
     def mark_lost(self, err: LeaseLost) -> None:
-        """Record a loss learned some other way than by renewing (``writ run`` watches its
-        lease's rows): as a refused renewal would, once."""
+        """Record a loss learned some other way than by renewing (the watch saw the lease's
+        revoke or expiry): as a refused renewal would, once."""
         self._lose(err)
 
     def _lose(self, err: LeaseLost) -> None:
-        """Record the loss once: ``error``, the ``lost`` event, the ``on_lost`` callback."""
+        """Record the loss once: ``error``, the ``lost`` event, the ``on_lost`` callback;
+        the watch, if any, stops."""
         if self.error is not None:
             return
         self.error = err
         self.lost.set()
+        watch = self._watch  # close() may be taking it away in another thread
+        if watch is not None:
+            watch.stop()
         log.warning("%s", err.message)
         if self.on_lost is not None:
             try:
@@ -273,6 +281,8 @@ class Lease(_LeaseState):
             target=self._renew_loop, name=f"writ-renew-{self.lease_id}", daemon=True
         )
         self._thread.start()
+        if self.watch:
+            self._watch = ThreadWatch(self.client, self)
         return self
 
     def renew(self) -> JSON:
@@ -303,16 +313,23 @@ class Lease(_LeaseState):
         self._thread = None
 
     def close(self) -> None:
-        """Stop renewing and release. Raises :class:`~writ.LeaseLost` if it was lost."""
+        """Stop renewing and watching, and release. Raises :class:`~writ.LeaseLost` if it
+        was lost."""
         self._stop_renewing()
-        self.check()
+        watch, self._watch = self._watch, None
+        if isinstance(watch, ThreadWatch):
+            watch.stop()  # its long poll cut, not waited out
         try:
+            self.check()
             self.data = self.client.release(self.lease_id)
         except LeaseLost as exc:
             self._lose(exc)
             raise
         except Unavailable as exc:
             self._unreleased(exc)
+        finally:
+            if isinstance(watch, ThreadWatch):  # a poll through a transport passed, which
+                watch.join()  # nothing cuts, is answered by the release's row
 
     def __enter__(self) -> Lease:
         return self.acquire()
@@ -357,6 +374,8 @@ class AsyncLease(_LeaseState):
         self._task = asyncio.get_running_loop().create_task(
             self._renew_loop(), name=f"writ-renew-{self.lease_id}"
         )
+        if self.watch:
+            self._watch = TaskWatch(self.client, self)
         return self
 
     async def renew(self) -> JSON:
@@ -388,8 +407,12 @@ class AsyncLease(_LeaseState):
                 await task
 
     async def close(self) -> None:
-        """Stop renewing and release. Raises :class:`~writ.LeaseLost` if it was lost."""
+        """Stop renewing and watching, and release. Raises :class:`~writ.LeaseLost` if it
+        was lost."""
         await self._stop_renewing()
+        watch, self._watch = self._watch, None
+        if isinstance(watch, TaskWatch):
+            await watch.join()
         self.check()
         try:
             self.data = await self.client.release(self.lease_id)

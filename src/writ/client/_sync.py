@@ -13,7 +13,7 @@ from writ.client import _pages
 from writ.client._base import DEFAULT_TIMEOUT, WATCH_WAIT_S, OnLost, _Base
 from writ.client._leases import Lease
 from writ.client._routes import JSON, _check, _Req, _Routes
-from writ.client._wire import bounded, capped, deadline
+from writ.client._wire import Cancel, bounded, capped, deadline
 
 
 class Client(_Base, _Routes[Any]):
@@ -22,6 +22,8 @@ class Client(_Base, _Routes[Any]):
     ``url`` and ``token`` default to ``WRIT_URL`` and ``WRIT_TOKEN`` (then
     ``http://127.0.0.1:7411``). ``transport`` is passed to httpx (for tests and proxies).
     """
+
+    _cancel: Cancel | None = None  # ends this client's requests at once (a lease's watch)
 
     def __init__(
         self,
@@ -53,7 +55,8 @@ class Client(_Base, _Routes[Any]):
             transport=self._transport,
             follow_redirects=False,
         )
-        return client if self._transport else bounded(client)  # a transport passed is as is
+        # a transport passed is used as is
+        return client if self._transport else bounded(client, self._cancel)
 
     def _send(self, req: _Req) -> Any:
         _check(req)
@@ -70,6 +73,14 @@ class Client(_Base, _Routes[Any]):
         finally:
             deadline.reset(at)
         return self._decode(response, content, req)
+
+    def _own(self) -> Client:
+        """A client like this one with connections of its own, whose requests its ``_cancel``
+        ends at once from any thread (a lease's watch). With a transport passed, this client:
+        the transport is used as is, and nothing could end its requests."""
+        if self._transport is not None:
+            return self
+        return _Own(self.url, self.token, self.timeout, headers=self._headers)
 
     def close(self) -> None:
         self._http.close()
@@ -93,11 +104,15 @@ class Client(_Base, _Routes[Any]):
         consent_id: str | None = None,
         renew_every: float | None = None,
         on_lost: OnLost | None = None,
+        watch: bool = False,
     ) -> Lease:
         """A lease held for a ``with`` block, renewed in a background thread.
 
         ``renew_every`` defaults to ``ttl_s / 3``. ``on_lost(error)`` is called (from the
-        renewal thread) when the lease is lost.
+        renewal or the watch thread) when the lease is lost. ``watch=True`` also long-polls
+        the resource's rows in a thread of its own, so a revoke or an expiry marks the lease
+        lost at once rather than at the next renewal; it holds one request waiting on the
+        server while the lease is held, counted among the principal's waits.
         """
         return Lease(
             self,
@@ -110,6 +125,7 @@ class Client(_Base, _Routes[Any]):
             consent_id,
             renew_every,
             on_lost,
+            watch,
         )
 
     def iter_audit(
@@ -156,3 +172,11 @@ class Client(_Base, _Routes[Any]):
             yield from rows
             if not rows:
                 time.sleep(max(0.0, sent + _pages.QUIET_POLL_S - time.monotonic()))
+
+
+class _Own(Client):
+    """:meth:`Client._own`: a client whose requests its ``_cancel`` ends."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._cancel = Cancel()  # before the pools are made
+        super().__init__(*args, **kwargs)

@@ -12,14 +12,20 @@ error page, a man in the middle on plain HTTP, a WRIT_URL naming something else)
   answers: anything else (not JSON, a list, a number, nested past the parser) is
   :class:`~writ.Unavailable` naming what came back, never a traceback;
 - a redirect is never followed (the token would go with it): a 3xx is
-  :class:`~writ.Unavailable` naming where it pointed.
+  :class:`~writ.Unavailable` naming where it pointed;
+- a sync pool made with a :class:`Cancel` (a lease's watch, :mod:`writ.client._watch`) has
+  its request ended from another thread at once: the long poll under way is not waited out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
+import socket
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -29,7 +35,7 @@ import httpx
 from writ.core.errors import Unavailable
 from writ.core.textsafe import printable
 
-__all__ = ["MAX_ANSWER_BYTES", "bounded", "deadline", "object_of", "too_large"]
+__all__ = ["MAX_ANSWER_BYTES", "Cancel", "bounded", "deadline", "object_of", "too_large"]
 
 #: The most a client reads of one answer. The largest a writ server sends are lists at their
 #: ``limit`` cap (100,000 leases or audit rows): tens of MB.
@@ -51,16 +57,58 @@ def _left(timeout: float | None, late: type[Exception]) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
-class _Stream(httpcore.NetworkStream):
-    """A connection whose reads and writes end by the request's :data:`deadline`."""
+class Cancel:
+    """Ends, from any thread, the requests of the pools made with it (:func:`bounded`): once
+    called, each of their connections is shut down (a read blocked on one returns at once)
+    and every read, write or connect after is refused, so a request under way or about to
+    start fails as a connection closed (:class:`~writ.Unavailable`). One-way."""
 
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._streams: weakref.WeakSet[httpcore.NetworkStream] = weakref.WeakSet()
+        self.cancelled = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            streams = list(self._streams)
+        for stream in streams:
+            sock = stream.get_extra_info("socket")
+            if isinstance(sock, socket.socket):  # the base class's: an SSLSocket's would
+                with contextlib.suppress(OSError):  # drop its TLS state under the reader
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def check(self, late: type[Exception]) -> None:
+        if self.cancelled:
+            raise late("the request was cancelled")
+
+    def add(self, stream: httpcore.NetworkStream) -> None:
+        with self._lock:
+            if not self.cancelled:
+                self._streams.add(stream)
+                return
+        stream.close()
+        raise httpcore.ConnectError("the request was cancelled")
+
+
+class _Stream(httpcore.NetworkStream):
+    """A connection whose reads and writes end by the request's :data:`deadline`, or when
+    its pool's :class:`Cancel` is called."""
+
+    def __init__(self, inner: httpcore.NetworkStream, cancel: Cancel | None = None) -> None:
         self._inner = inner
+        self._cancel = cancel
+        if cancel is not None:
+            cancel.add(inner)
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self._cancel is not None:
+            self._cancel.check(httpcore.ReadError)
         return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if self._cancel is not None:
+            self._cancel.check(httpcore.WriteError)
         self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
 
     def close(self) -> None:
@@ -70,7 +118,7 @@ class _Stream(httpcore.NetworkStream):
         self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.NetworkStream:
         left = _left(timeout, httpcore.ConnectTimeout)
-        return _Stream(self._inner.start_tls(ssl_context, server_hostname, left))
+        return _Stream(self._inner.start_tls(ssl_context, server_hostname, left), self._cancel)
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
@@ -79,8 +127,9 @@ class _Stream(httpcore.NetworkStream):
 class _Backend(httpcore.NetworkBackend):
     """httpcore's sync backend, its connections :class:`_Stream`\\ s."""
 
-    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+    def __init__(self, inner: httpcore.NetworkBackend, cancel: Cancel | None = None) -> None:
         self._inner = inner
+        self._cancel = cancel
 
     def connect_tcp(
         self,
@@ -91,28 +140,30 @@ class _Backend(httpcore.NetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         left = _left(timeout, httpcore.ConnectTimeout)
-        return _Stream(self._inner.connect_tcp(host, port, left, local_address, socket_options))
+        stream = self._inner.connect_tcp(host, port, left, local_address, socket_options)
+        return _Stream(stream, self._cancel)
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
     ) -> httpcore.NetworkStream:
         left = _left(timeout, httpcore.ConnectTimeout)
-        return _Stream(self._inner.connect_unix_socket(path, left, socket_options))
+        return _Stream(self._inner.connect_unix_socket(path, left, socket_options), self._cancel)
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
 
 
-def bounded(client: httpx.Client) -> httpx.Client:
+def bounded(client: httpx.Client, cancel: Cancel | None = None) -> httpx.Client:
     """``client`` with its connections read through :class:`_Backend`: those of the transport
     httpx made, and of those it made for the proxies the environment names (``HTTPS_PROXY``;
     httpx honours them only when it makes the transport itself). httpx takes no network
     backend, so each pool's is wrapped: ``_transport``, ``_mounts``, ``_pool`` and
-    ``_network_backend`` have been where they are since httpx 0.18 and httpcore 0.13."""
+    ``_network_backend`` have been where they are since httpx 0.18 and httpcore 0.13.
+    With ``cancel``, calling it ends the client's requests (:class:`Cancel`)."""
     for transport in (client._transport, *client._mounts.values()):
         if isinstance(transport, httpx.HTTPTransport):
             pool = transport._pool
-            pool._network_backend = _Backend(pool._network_backend)
+            pool._network_backend = _Backend(pool._network_backend, cancel)
     return client
 
 

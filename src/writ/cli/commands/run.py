@@ -21,7 +21,6 @@ from writ.cli._helpers import (
     _csv,
 )
 from writ.cli.commands.lease import _rollback_plan, lease_request_options
-from writ.cli.lease_watch import watch_lease
 from writ.cli.options import api_options
 from writ.cli.spawn import Job
 from writ.cli.wait import live_line
@@ -114,6 +113,7 @@ def run(
                 consent_id=consent_id,
                 renew_every=renew_every,
                 on_lost=lambda _e: wake.set(),
+                watch=True,  # a revoke stops COMMAND now, not at the next renewal
             ).acquire()
         if warning := (lease.data or {}).get("warning"):
             click.echo(printable(f"writ run: warning: {warning}"), err=True)
@@ -128,7 +128,6 @@ def run(
         threading.Thread(
             target=job.reap, args=(wake.set,), name="writ-run-reap", daemon=True
         ).start()
-        watch_lease(client, lease, job.exited)  # a revoke stops COMMAND now, not at renewal
         with _forward_signals(job):
             while not job.exited.is_set() and not lease.lost.is_set():
                 wake.wait()

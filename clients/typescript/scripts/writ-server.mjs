@@ -37,9 +37,9 @@ function freePort() {
 /**
  * Serve writ until `stop()`. Resolves once `GET /v1/health` answers, with the server's `url`.
  * `adminToken` creates the principal `admin` (WRIT_ADMIN_TOKEN); `policy` is the text of a
- * policy file (TOML). Rejects with the server's output if it does not start within `startS`.
+ * policy file (TOML); `args`, more flags for `writ serve`. Rejects with the server's output if it does not start within `startS`.
  */
-export async function startWrit({ adminToken, policy, startS = 60 } = {}) {
+export async function startWrit({ adminToken, policy, args = [], startS = 60 } = {}) {
   const python = findPython();
   if (!python) {
     throw new Error(
@@ -56,7 +56,7 @@ export async function startWrit({ adminToken, policy, startS = 60 } = {}) {
   let lastError;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      return await serveOnce(python, dir, env, policy, startS);
+      return await serveOnce(python, dir, env, policy, args, startS);
     } catch (err) {
       lastError = err;
       // another process took the free port between the probe and the bind: try another
@@ -67,12 +67,13 @@ export async function startWrit({ adminToken, policy, startS = 60 } = {}) {
   throw lastError;
 }
 
-async function serveOnce(python, dir, env, policy, startS) {
+async function serveOnce(python, dir, env, policy, extra, startS) {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const args = ["-m", "writ.cli", "serve", "--store", `sqlite:///${join(dir, "writ.db")}`];
   args.push("--host", "127.0.0.1", "--port", String(port), "--log-level", "warning");
   if (policy) args.push("--policy", join(dir, "writ.toml"));
+  args.push(...extra);
   const child = spawn(python, args, { cwd: dir, env, stdio: ["ignore", "pipe", "pipe"] });
   const killOnExit = () => child.kill("SIGKILL"); // never leave a server behind this process
   process.once("exit", killOnExit);

@@ -518,7 +518,11 @@ export class Writ {
     }) as Promise<Wake>;
   }
 
-  /** Acquire and renew in the background until `release()`; see `withLease()`. */
+  /**
+   * Acquire and renew in the background until `release()`; see `withLease()`. With
+   * `watch: true` the handle also watches its rows: a revoke or an expiry aborts its signal
+   * within about a second (one long poll held on the server, among the principal's waits).
+   */
   async lease(resource: string, options: LeaseOptions): Promise<LeaseHandle> {
     const sent = monotonicS();
     const data = await this.acquire(resource, options);
@@ -529,7 +533,8 @@ export class Writ {
    * Hold write authority on `resource` while `fn` runs: acquire (waiting up to `waitS`),
    * renew in the background, release when `fn` settles, and answer what `fn` answered.
    *
-   * If the lease is lost meanwhile (revoked, expired, renewals refused), `lease.signal`
+   * If the lease is lost meanwhile (revoked, expired, renewals refused; with `watch: true` a
+   * revoke or an expiry is known within about a second, not at the next renewal), `lease.signal`
    * aborts with the `LeaseLostError` as its reason — pass it to whatever does the work —
    * and `withLease` rejects with a `LeaseLostError` (whose `cause` is what `fn` threw, if
    * anything). Otherwise an error thrown by `fn` propagates after the release.

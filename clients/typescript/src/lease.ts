@@ -6,17 +6,45 @@
  * other 4xx), or renewals failed (server down, timeouts) until the lease's own expiry passed.
  * That expiry is estimated locally — the moment the last successful renewal was sent, plus
  * the ttl, on the monotonic clock — so it is never later than the server's.
+ *
+ * With `watch: true` the handle also long-polls its resource's rows (`Writ.watch()`): a row
+ * that ends the lease (`lease.revoked`, `lease.expired`) with its lock key aborts the signal
+ * at once, as the server tells it (`getLease`), naming who revoked it and by which runbook,
+ * rather than at the next renewal (every ttl/3: 20 s at a ttl of 60). What goes wrong with
+ * the watch (a 4xx: not this agent's to read; the server away; an answer that is no page)
+ * leaves the renewals to tell, as without it: after a 4xx it stops, after anything else it
+ * asks again a second later.
  */
 import type { AcquireOptions, Writ } from "./client.js";
 import { LeaseLostError, UnavailableError, WritError } from "./errors.js";
-import type { Lease } from "./models.js";
-import { checkedLease } from "./wire.js";
+import type { AuditRow, Lease } from "./models.js";
+import { QUIET_POLL_S, checkedLease, pause } from "./wire.js";
 
 export interface LeaseOptions extends AcquireOptions {
   /** Seconds between renewals (default `ttlS / 3`). */
   renewEveryS?: number;
   /** Called once, when the lease is lost (before the signal's listeners run). */
   onLost?: (error: LeaseLostError) => void;
+  /**
+   * Watch the lease's rows so that a revoke or an expiry aborts `signal` within about a
+   * second, not at the next renewal (default false). It holds one long poll of
+   * `GET /v1/events` on the server while the lease is held, counted among the principal's
+   * waits (`writ serve --max-waits-per-principal`): opt in knowingly when holding many.
+   */
+  watch?: boolean;
+}
+
+/** Rows that end a lease other than by its holder's release. */
+const ENDS = new Set(["lease.revoked", "lease.expired"]);
+
+/** A value of an answer as text, whatever it is (`String()` of `{"toString": 1}` throws). */
+function said(value: unknown): string {
+  if (typeof value === "string") return value;
+  try {
+    return String(JSON.stringify(value));
+  } catch {
+    return "?";
+  }
 }
 
 function monotonicS(): number {
@@ -40,6 +68,8 @@ export class LeaseHandle {
   #inflight: AbortController | undefined;
   #renewing: Promise<unknown> | undefined;
   #stopped = false;
+  readonly #unwatch = new AbortController();
+  #watching: Promise<void> | undefined;
 
   /** `sentAt`: monotonic seconds when the granting request left (or was answered, after a wait). */
   constructor(client: Writ, data: Lease, options: LeaseOptions, sentAt: number) {
@@ -51,6 +81,8 @@ export class LeaseHandle {
     this.#ttlS = data.ttl_s;
     this.#deadline = sentAt + this.#ttlS;
     this.#schedule(monotonicS() + this.#every);
+    // never rejects, whatever is answered: an unhandled rejection would end the process
+    if (options.watch) this.#watching = this.#watch().catch(() => undefined);
   }
 
   get leaseId(): string {
@@ -120,13 +152,17 @@ export class LeaseHandle {
     }
   }
 
-  /** Stop renewing, without releasing (the lease expires by itself within its ttl). */
+  /**
+   * Stop renewing (and watching), without releasing (the lease expires by itself within its
+   * ttl). The watch's long poll is aborted, not waited out.
+   */
   async stop(): Promise<void> {
     this.#stopped = true;
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;
     this.#inflight?.abort();
-    await this.#renewing?.catch(() => undefined);
+    this.#unwatch.abort();
+    await Promise.all([this.#renewing?.catch(() => undefined), this.#watching]);
   }
 
   /**
@@ -204,11 +240,62 @@ export class LeaseHandle {
     }
   }
 
+  // ---- the watch (options.watch) ----------------------------------------------------------
+  async #watch(): Promise<void> {
+    const signal = this.#unwatch.signal;
+    let cursor: number | undefined;
+    while (!signal.aborted) {
+      try {
+        if (cursor === undefined) {
+          cursor = await this.client.lastSeq({ signal });
+          if (await this.#ended(signal)) return; // before that row: a revoke since the grant
+        }
+        const rows = this.client.watch({ resource: this.resource, afterSeq: cursor, signal });
+        for await (const row of rows) {
+          cursor = Math.max(cursor, row.seq);
+          if (ENDS.has(row.event) && row.lock_key === this.lockKey && (await this.#ended(signal, row))) {
+            return;
+          }
+        }
+        return; // the watch ends only when its signal aborts
+      } catch (exc) {
+        // a 4xx: not this agent's to read; anything else: again a second later. Either
+        // way the renewals still tell a loss.
+        if (signal.aborted || (exc instanceof WritError && exc.status >= 400 && exc.status < 500)) {
+          return;
+        }
+        await pause(QUIET_POLL_S * 1000, signal);
+      }
+    }
+  }
+
+  /** Ask for the lease; if it no longer holds, it is lost, as `row` (the row that ended it) tells. */
+  async #ended(signal: AbortSignal, row?: AuditRow): Promise<boolean> {
+    const data: unknown = await this.client.getLease(this.leaseId, { signal });
+    const state = (data as { state?: unknown }).state;
+    if (typeof state !== "string" || state === "held" || signal.aborted) return false;
+    const how: unknown = row?.second_key_revoke_provenance;
+    let by = "";
+    if (typeof how === "object" && how !== null && "revoked_by" in how && how.revoked_by) {
+      const { revoked_by: who, via_runbook: runbook, after_paging: paged } = how as Record<string, unknown>;
+      by = ` by ${said(who)} (runbook ${said(runbook)}, after paging ${said(paged)})`;
+    }
+    this.#lose(
+      new LeaseLostError(
+        `lease ${this.leaseId} on ${this.resource} was ${state}${by}; acquire again (a new ` +
+          "fencing token) before writing",
+        { lease_id: this.leaseId, state, fencing_token: this.fencingToken },
+      ),
+    );
+    return true;
+  }
+
   #lose(err: LeaseLostError): void {
     if (this.error) return;
     this.error = err;
     this.#stopped = true;
     if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#unwatch.abort();
     try {
       this.#options.onLost?.(err);
     } catch {

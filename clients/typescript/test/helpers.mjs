@@ -8,10 +8,10 @@ export function unique(prefix = "t") {
   return `${prefix}-${randomBytes(4).toString("hex")}`;
 }
 
-/** Start writ (with an optional policy file's text) and answer helpers bound to it. */
-export async function serveWrit({ policy } = {}) {
+/** Start writ (with an optional policy file's text, and more `writ serve` flags) and answer helpers bound to it. */
+export async function serveWrit({ policy, args } = {}) {
   const adminToken = `admin-${randomBytes(12).toString("hex")}`;
-  const server = await startWrit({ adminToken, policy });
+  const server = await startWrit({ adminToken, policy, args });
   const admin = new Writ({ url: server.url, token: adminToken });
   return {
     server,

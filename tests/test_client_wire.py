@@ -478,3 +478,61 @@ def test_a_leases_watch_does_not_poll_in_a_busy_loop_when_answers_bring_nothing(
         lease = asyncio.run(go())
     assert polls[1] - polls[0] >= 0.9, polls
     assert not lease.lost.is_set()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_leases_watch_takes_odd_answers_in_its_stride(mode: str) -> None:
+    """A lease's watch answered pages that are none, a lease whose state is no text and a
+    revoke row whose provenance is no text: nothing crashes, failed polls are a second apart,
+    and the lease is lost once the server says revoked."""
+    odd = [
+        {"rows": "nope"},
+        {"rows": [{"seq": "1"}]},
+        {"rows": [], "next_after_seq": -1},
+        {
+            "rows": [
+                {
+                    "seq": 5,
+                    "event": "lease.revoked",
+                    "lock_key": LEASE["lock_key"],
+                    "second_key_revoke_provenance": {"revoked_by": {"not": "text"}},
+                }
+            ],
+            "next_after_seq": 5,
+        },
+    ]
+    polls: list[float] = []
+    asked = itertools.count()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/v1/leases":
+            return httpx.Response(201, json={**LEASE, "ttl_s": 3600, "state": "held"})
+        if path == "/v1/leases/ls_1":
+            state: Any = {"no": "text"} if next(asked) < 2 else "revoked"
+            return httpx.Response(200, json={**LEASE, "state": state})
+        if path == "/v1/events":
+            polls.append(time.monotonic())
+            return httpx.Response(200, json=odd[min(len(polls) - 1, len(odd) - 1)])
+        return httpx.Response(200, json={"rows": [], "next_after_seq": 0})
+
+    started = time.monotonic()
+    if mode == "sync":
+        client = Client("http://writ.test", "t", transport=httpx.MockTransport(handler))
+        lease: Any = client.lease("a/b", "x", ttl_s=3600, watch=True).acquire()
+        assert lease.lost.wait(15)
+        lease._stop_renewing()
+    else:
+
+        async def go() -> Any:
+            aclient = AsyncClient("http://writ.test", "t", transport=httpx.MockTransport(handler))
+            alease = await aclient.lease("a/b", "x", ttl_s=3600, watch=True).acquire()
+            await asyncio.wait_for(alease.lost.wait(), 15)
+            await alease._stop_renewing()
+            return alease
+
+        lease = asyncio.run(go())
+    # the three failed polls a second apart; those bringing the revoke row at once
+    assert len(polls) <= time.monotonic() - started + 3, polls
+    assert lease.error.details["state"] == "revoked"
+    assert "revoked by {'not': 'text'}" in lease.error.message

@@ -256,6 +256,23 @@ def test_revoked_lease_raises_lease_lost(
     assert lost and lost[0] is exc.value
 
 
+def test_a_renewal_asked_by_hand_and_refused_loses_the_lease(
+    live_server: LiveServer, agent: Client, human: Client
+) -> None:
+    """``lease.renew()`` refused after a revoke raises LeaseLost and loses the lease as a
+    background renewal would: ``lost`` set, ``on_lost`` called once, ``check()`` raising
+    (it raised to the caller alone, and the lease still passed its checks)."""
+    lost: list[writ.LeaseLost] = []
+    with pytest.raises(writ.LeaseLost):
+        with agent.lease(unique("r"), intent="job", ttl_s=600, on_lost=lost.append) as lease:
+            human.revoke(lease.lease_id, "R-7", "oncall", "stuck holder")
+            with pytest.raises(writ.LeaseLost) as exc:
+                lease.renew()
+            assert lease.lost.is_set() and lost == [exc.value]
+            with pytest.raises(writ.LeaseLost):
+                lease.check()
+
+
 def test_body_exception_wins_over_lease_lost(
     live_server: LiveServer, agent: Client, human: Client
 ) -> None:

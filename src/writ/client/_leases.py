@@ -286,11 +286,16 @@ class Lease(_LeaseState):
         return self
 
     def renew(self) -> JSON:
-        """Renew now (the background thread does this on its own)."""
+        """Renew now (the background thread does this on its own). A refusal
+        (:class:`~writ.LeaseLost`) loses the lease, as the thread's would."""
         sent = time.monotonic()
-        data: JSON = self.client._send(
-            _renew_req(self.lease_id, timeout=self._renew_timeout(self.client.timeout))
-        )
+        try:
+            data: JSON = self.client._send(
+                _renew_req(self.lease_id, timeout=self._renew_timeout(self.client.timeout))
+            )
+        except LeaseLost as exc:
+            self._lose(exc)
+            raise
         self._granted(data, sent)
         return data
 
@@ -379,10 +384,16 @@ class AsyncLease(_LeaseState):
         return self
 
     async def renew(self) -> JSON:
+        """Renew now (the background task does this on its own). A refusal
+        (:class:`~writ.LeaseLost`) loses the lease, as the task's would."""
         sent = time.monotonic()
-        data: JSON = await self.client._send(
-            _renew_req(self.lease_id, timeout=self._renew_timeout(self.client.timeout))
-        )
+        try:
+            data: JSON = await self.client._send(
+                _renew_req(self.lease_id, timeout=self._renew_timeout(self.client.timeout))
+            )
+        except LeaseLost as exc:
+            self._lose(exc)
+            raise
         self._granted(data, sent)
         return data
 

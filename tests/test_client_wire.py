@@ -276,7 +276,11 @@ def _pages(answer: Callable[[httpx.Request], dict[str, Any]]) -> tuple[Client, l
 def test_a_server_with_rows_after_every_seq_ends_the_head_search() -> None:
     """last_seq doubles its probe while the server says there are rows after it: one that
     always says so was asked forever. A seq is a BIGINT: past 2**63 the answer is broken."""
-    client, times = _pages(lambda r: {"rows": [{"seq": 1}], "next_after_seq": 1})
+    def always(request: httpx.Request) -> dict[str, Any]:
+        after = int(request.url.params["after_seq"])
+        return {"rows": [{"seq": after + 1}]}
+
+    client, times = _pages(always)
     with pytest.raises(Unavailable) as exc:
         client.last_seq()
     assert "rows after every seq a store can hold" in exc.value.message
@@ -321,6 +325,18 @@ async def test_watch_events_says_a_broken_page_is_a_tool_error() -> None:
     )
     with pytest.raises(ToolError, match="which writ never sends"):
         await server.call_tool("watch_events", {"after_seq": 0, "wait_s": 0})
+
+
+def test_rows_given_again_are_a_broken_page() -> None:
+    """A page whose rows are at or before the seq it was asked after (writ never sends them)
+    is Unavailable: a watch given the same rows again took them as news each time, and asked
+    again at once, in a busy loop."""
+    client, times = _pages(lambda r: {"rows": [{"seq": 7}], "next_after_seq": 7})
+    rows = client.watch(after_seq=6)
+    assert next(rows)["seq"] == 7
+    with pytest.raises(Unavailable, match="rows at or before seq 7"):
+        next(rows)
+    assert len(times) == 2
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -513,7 +529,11 @@ def test_a_leases_watch_takes_odd_answers_in_its_stride(mode: str) -> None:
             return httpx.Response(200, json={**LEASE, "state": state})
         if path == "/v1/events":
             polls.append(time.monotonic())
-            return httpx.Response(200, json=odd[min(len(polls) - 1, len(odd) - 1)])
+            page = odd[min(len(polls) - 1, len(odd) - 1)]
+            if page["rows"] and page["rows"] != "nope" and page.get("next_after_seq"):
+                seq = len(polls)  # a revoke row after each cursor (rows given again are broken)
+                page = {"rows": [{**page["rows"][0], "seq": seq}], "next_after_seq": seq}
+            return httpx.Response(200, json=page)
         return httpx.Response(200, json={"rows": [], "next_after_seq": 0})
 
     started = time.monotonic()

@@ -94,6 +94,10 @@ export function checkedPage(out: AuditPage, cursor: number): { rows: AuditRow[];
   if (!Array.isArray(rows) || !rows.every((r) => typeof r === "object" && r && wholeNumber(r.seq))) {
     throw broken(`the server answered a read of the ledger with rows that are not rows: ${shown(out)}`);
   }
+  // rows given again: a watch took them as news, and asked again at once, in a busy loop
+  if ((rows as AuditRow[]).some((r) => r.seq <= cursor)) {
+    throw broken(`the server answered a read of the ledger with rows at or before seq ${cursor}, the one it was asked after: ${shown(out)}`);
+  }
   if (!wholeNumber(next)) {
     throw broken(`the server answered a read of the ledger with a next_after_seq that is no seq: ${shown(out)}`);
   }

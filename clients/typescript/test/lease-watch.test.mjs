@@ -172,7 +172,14 @@ test("odd answers to the watch crash nothing and are not asked in a busy loop", 
         leaseAsked += 1;
         return answer(leaseAsked < 3 ? { ...lease, state: { no: "text" } } : { ...lease, state: "revoked" });
       }
-      if (path === "/v1/events") return answer(odd[Math.min(polls++, odd.length - 1)]);
+      if (path === "/v1/events") {
+        let page = odd[Math.min(polls++, odd.length - 1)];
+        if (page.next_after_seq === 5) {
+          // a revoke row after each cursor (rows given again are a broken page)
+          page = { rows: [{ ...page.rows[0], seq: 4 + polls }], next_after_seq: 4 + polls };
+        }
+        return answer(page);
+      }
       return answer(lease);
     },
   });

@@ -137,10 +137,19 @@ test("pages that are none are UnavailableError; lastSeq ends", T, async () => {
     assert.ok(err instanceof UnavailableError, `${JSON.stringify(page)}: ${err}`);
   }
   // a server saying there are always rows after: asked forever (hi doubled to Infinity)
-  const { writ, asked } = stubbed(() => json({ rows: [{ seq: 1 }], next_after_seq: 1 }));
+  const { writ, asked } = stubbed((url) => json({ rows: [{ seq: Number(url.searchParams.get("after_seq")) + 1 }] }));
   const err = await writ.lastSeq().catch((e) => e);
   assert.ok(err instanceof UnavailableError, String(err));
   assert.ok(asked.length < 60, `${asked.length} requests`);
+});
+
+test("rows given again are a broken page, not news asked for again at once", T, async () => {
+  const { writ, asked } = stubbed(() => json({ rows: [{ seq: 7 }], next_after_seq: 7 }));
+  const rows = writ.watch({ afterSeq: 6 });
+  assert.equal((await rows.next()).value.seq, 7);
+  const err = await rows.next().catch((e) => e);
+  assert.ok(err instanceof UnavailableError && /rows at or before seq 7/.test(err.message), String(err));
+  assert.equal(asked.length, 2);
 });
 
 test("watch and waitConsent do not poll in a busy loop when answers bring nothing", T, async () => {

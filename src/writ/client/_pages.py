@@ -33,6 +33,8 @@ def page(out: JSON, cursor: int) -> tuple[list[JSON], int]:
         isinstance(r, dict) and isinstance(r.get("seq"), int) for r in rows
     ):
         raise _broken("rows that are not rows", out)
+    if any(r["seq"] <= cursor for r in rows):  # a watch given them again asked in a busy loop
+        raise _broken(f"rows at or before seq {cursor}, the one it was asked after", out)
     if nxt is None:
         return rows, cursor
     if not isinstance(nxt, int) or isinstance(nxt, bool) or not 0 <= nxt <= MAX_SEQ:

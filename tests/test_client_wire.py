@@ -276,6 +276,7 @@ def _pages(answer: Callable[[httpx.Request], dict[str, Any]]) -> tuple[Client, l
 def test_a_server_with_rows_after_every_seq_ends_the_head_search() -> None:
     """last_seq doubles its probe while the server says there are rows after it: one that
     always says so was asked forever. A seq is a BIGINT: past 2**63 the answer is broken."""
+
     def always(request: httpx.Request) -> dict[str, Any]:
         after = int(request.url.params["after_seq"])
         return {"rows": [{"seq": after + 1}]}

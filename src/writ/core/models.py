@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -132,6 +134,21 @@ class Waiter:
     enqueued_at: float
     deadline: float
     lease_id: str | None = None  # set when granted by a handoff
+
+
+def queued_as(w: Waiter) -> str:
+    """What a ``lease.queued`` row says of the waiter it queued, at the end of its notes:
+    ``; waiter ID, request sha256:HEX``, the digest of the request as the waiters table
+    keeps it (see :func:`request_digest`). Verify checks the table against it
+    (:mod:`writ.stores.queued`)."""
+    return f"; waiter {w.waiter_id}, request {request_digest(w.request)}"
+
+
+def request_digest(request: Any) -> str:
+    """``sha256:HEX`` of a queued request's JSON, keys sorted, without spaces: the same for
+    the request the engine queued and for the one read back from the waiters table."""
+    body = json.dumps(request, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
 
 
 def public(obj: dict[str, Any]) -> dict[str, Any]:

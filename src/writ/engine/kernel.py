@@ -34,7 +34,7 @@ from writ.core.errors import (
     WritError,
 )
 from writ.core.ledger import Verification
-from writ.core.models import Lease, Principal, Waiter, new_id
+from writ.core.models import Lease, Principal, Waiter, new_id, queued_as
 from writ.core.policy import Policy
 from writ.core.validate import check_text, check_tree, number
 from writ.engine.defaults import DEFAULT_RULES, load_rule
@@ -358,7 +358,8 @@ class Engine(PrincipalOps, QueueOps):
                 req.resource,
                 blocked.lease,
                 f"queued at position {blocked.position} for up to {req.wait_s:g}s: "
-                + (_unseen_text if hidden else _blocked_text)(req.resource, blocked),
+                + (_unseen_text if hidden else _blocked_text)(req.resource, blocked)
+                + queued_as(w),  # names the waiter and its request, for verify
             )
         )
         return _Queued(w, blocked, now)

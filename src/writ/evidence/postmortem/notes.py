@@ -24,7 +24,13 @@ _EXPIRED = re.compile(
 _USED = re.compile(r"^consent (\S+) from (\S+) used for change (\S+) by (\S+)$")
 _RB_ASK = re.compile(r"^(\S+) asks (\S+) to roll back (\S+): (.*)$")
 _REFUSED = re.compile(r"^refused (['\"])(.*?)\1: (.*)$", re.S)
-_QUEUED = re.compile(r"^queued at position (\d+) for up to (\S+?)s: (.*)$", re.S)
+# the waiter and request a row of today's writ names at its end (models.queued_as) are
+# left out of the reason
+_QUEUED = re.compile(
+    r"^queued at position (\d+) for up to (\S+?)s: (.*?)"
+    r"(?:; waiter \S+, request sha256:[0-9a-f]{64})?$",
+    re.S,
+)
 
 
 def when(ts: str | None, day: bool = False) -> str:

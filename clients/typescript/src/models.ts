@@ -302,6 +302,8 @@ export interface Verify extends Open {
   lease_id?: string;
   /** A principal the ledger does not account for (the chain intact: `first_bad_seq` null). */
   principal?: string;
+  /** A queued request the ledger does not account for (the chain intact: `first_bad_seq` null). */
+  waiter_id?: string;
 }
 
 export interface Who extends Open {

@@ -264,6 +264,8 @@ class Verification:
     lease_id: str | None = None
     # a principal the ledger does not account for (likewise)
     principal: str | None = None
+    # a queued request the ledger does not account for (likewise)
+    waiter_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -278,6 +280,8 @@ class Verification:
             out["lease_id"] = self.lease_id
         if self.principal:
             out["principal"] = self.principal
+        if self.waiter_id:
+            out["waiter_id"] = self.waiter_id
         return out
 
 

@@ -64,6 +64,7 @@ from writ.core.textsafe import printable
 from writ.evidence.sentinel import Sentinel
 from writ.stores.enrolled import principals_disagree
 from writ.stores.held import OpenLeases, held_disagrees
+from writ.stores.queued import waiters_disagree
 
 if TYPE_CHECKING:
     from writ.engine import Engine
@@ -418,6 +419,7 @@ class Outcome:
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     lease_id: str | None = None  # a held lease the ledger does not account for
     principal: str | None = None  # a principal the ledger does not account for
+    waiter_id: str | None = None  # a queued request the ledger does not account for
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -432,6 +434,8 @@ class Outcome:
             out["lease_id"] = self.lease_id
         if self.principal:
             out["principal"] = self.principal
+        if self.waiter_id:
+            out["waiter_id"] = self.waiter_id
         return out
 
 
@@ -530,6 +534,8 @@ async def verify_store(
     if found is not None:
         cps = list(report.values())
         return Outcome(False, total, prev, None, found[1], cps, principal=found[0])
+    if (found := await waiters_disagree(store)) is not None:  # the wait queue likewise
+        return Outcome(False, total, prev, None, found[1], [*report.values()], waiter_id=found[0])
     return Outcome(True, total, prev, None, None, list(report.values()))
 
 

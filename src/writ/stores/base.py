@@ -133,6 +133,10 @@ LEASE_LIFE: tuple[str, ...] = (
 )
 """The events of a lease's life, in the order they can come (see :meth:`Tx.audit_lease_life`)."""
 
+WaiterLife = tuple[Waiter, list[dict[str, Any]], "str | None"]
+"""A queued request with its ``lease.queued`` rows and the lease granted to it, if any
+(:meth:`Tx.waiter_lives`)."""
+
 PRINCIPAL_LIFE: tuple[tuple[str, ...], ...] = (
     ("principal.added",),
     ("principal.disabled", "principal.enabled"),
@@ -369,6 +373,35 @@ class Tx(ABC):
             if p.name in wanted:
                 res = [f"principals/{p.name}"]
                 out.append((p, [await self.audit_latest(res, g, 1e18) for g in PRINCIPAL_LIFE]))
+        return out
+
+    @abstractmethod
+    async def waiter_seqs(self) -> list[int]:
+        """The ``seq`` of every queued request, in order, as the waiters table holds them
+        (verify lists the queue with it, :mod:`writ.stores.queued`)."""
+
+    @abstractmethod
+    async def waiters_between(self, after: int, last: int) -> list[Waiter]:
+        """The queued requests whose ``seq`` is above ``after`` and at most ``last``, FIFO
+        order, read from the waiters table."""
+
+    @abstractmethod
+    async def audit_at(self, resource: str, event: str, at: float) -> list[dict[str, Any]]:
+        """The ``event`` rows on ``resource`` (exact) whose time is the microsecond ``at``
+        shows (a row keeps the clock reading of its transaction to the microsecond), in seq
+        order: one index probe (resource, ts)."""
+
+    async def waiter_lives(self, after: int, last: int) -> list[WaiterLife]:
+        """Each queued request of :meth:`waiters_between` ``after`` and ``last``, with the
+        ``lease.queued`` rows on its resource at its ``enqueued_at`` (:meth:`audit_at`) and
+        the id of a lease granted to it (None: none; :meth:`lease_for_request`). Verify reads
+        them in one snapshot. This default asks waiter by waiter; a server store answers in
+        one statement."""
+        out: list[WaiterLife] = []
+        for w in await self.waiters_between(after, last):
+            rows = await self.audit_at(w.resource, "lease.queued", w.enqueued_at)
+            granted = await self.lease_for_request(w.waiter_id)
+            out.append((w, rows, granted.lease_id if granted else None))
         return out
 
     def notify(self, kind: str, payload: dict[str, Any]) -> None:

@@ -343,6 +343,8 @@ def _verify_over_http(cps: list[Any], trusted: Any, url: str, token: str | None)
             out["lease_id"] = v.get("lease_id")
         elif v.get("principal"):  # the chain held; a principal did not
             out["principal"] = v.get("principal")
+        elif v.get("waiter_id"):  # the chain held; a queued request did not
+            out["waiter_id"] = v.get("waiter_id")
         elif not out["ok"]:
             out["reason"] = f"row {v.get('first_bad_seq')}: {v.get('reason') or 'chain broken'}"
         for cp in sorted(cps, key=lambda c: c.seq):

@@ -1,6 +1,6 @@
 """The PostgreSQL transaction's reads for verify's checks of the held leases
-(:mod:`writ.stores.held`) and of the principals (:mod:`writ.stores.enrolled`): always the
-tables, never the live replica."""
+(:mod:`writ.stores.held`), of the principals (:mod:`writ.stores.enrolled`) and of the wait
+queue (:mod:`writ.stores.queued`): always the tables, never the live replica."""
 
 from __future__ import annotations
 
@@ -8,9 +8,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from writ.core.ledger import row_from
-from writ.core.models import Lease, Principal
-from writ.stores.base import LEASE_LIFE, PRINCIPAL_LIFE
-from writ.stores.rows import LEASE_COLS, PRINCIPAL_COLS, to_lease, to_principal
+from writ.core.models import Lease, Principal, Waiter
+from writ.stores.base import LEASE_LIFE, PRINCIPAL_LIFE, WaiterLife
+from writ.stores.rows import (
+    LEASE_COLS,
+    PRINCIPAL_COLS,
+    WAITER_COLS,
+    to_lease,
+    to_principal,
+    to_waiter,
+)
 
 _L_COLS = ", ".join(f"l.{c.strip()}" for c in LEASE_COLS.split(","))
 _N = len(LEASE_COLS.split(","))
@@ -46,6 +53,21 @@ _P_LIVES = (
         for i in range(len(PRINCIPAL_LIFE))
     )
     + " WHERE p.name = ANY(%s) ORDER BY p.name"
+)
+
+# each queued request of a range of seq with the lease.queued rows on its resource at its
+# enqueued_at (an index probe, audit_by_resource: both resource columns are in "C") and the
+# lease granted to it (leases_by_request), all in one statement: a result row per row found
+_W_COLS = ", ".join(f"w.{c.strip()}" for c in WAITER_COLS.split(","))
+_W_N = len(WAITER_COLS.split(","))
+_W_LIVES = (
+    f"SELECT {_W_COLS}, g.lease_id, q.seq, q.body, q.hash FROM waiters w"
+    " LEFT JOIN LATERAL (SELECT lease_id FROM leases WHERE request_id = w.waiter_id"
+    "   LIMIT 1) g ON true"
+    " LEFT JOIN LATERAL (SELECT seq, body, hash FROM audit WHERE resource = w.resource"
+    "   AND ts >= w.enqueued_at - 1e-6 AND ts <= w.enqueued_at + 1e-6"
+    "   AND event = 'lease.queued' ORDER BY seq LIMIT 64) q ON true"
+    " WHERE w.seq > %s AND w.seq <= %s ORDER BY w.seq, q.seq"
 )
 
 Life = tuple[Lease, "dict[str, Any] | None", "dict[str, Any] | None"]
@@ -100,3 +122,30 @@ class VerifyReads:
             )
             for r in rows
         ]
+
+    async def waiter_seqs(self) -> list[int]:
+        return [r[0] for r in await self._all("SELECT seq FROM waiters ORDER BY seq")]
+
+    async def waiters_between(self, after: int, last: int) -> list[Waiter]:
+        rows = await self._all(
+            f"SELECT {WAITER_COLS} FROM waiters WHERE seq > %s AND seq <= %s ORDER BY seq",
+            (after, last),
+        )
+        return [to_waiter(r) for r in rows]
+
+    async def audit_at(self, resource: str, event: str, at: float) -> list[dict[str, Any]]:
+        rows = await self._all(
+            "SELECT seq, body, hash FROM audit WHERE resource = %s AND ts >= %s AND ts <= %s"
+            " AND event = %s ORDER BY seq",
+            (resource, at - 1e-6, at + 1e-6, event),
+        )
+        return [row_from(b, h, s) for s, b, h in rows]
+
+    async def waiter_lives(self, after: int, last: int) -> list[WaiterLife]:
+        out: list[WaiterLife] = []
+        for r in await self._all(_W_LIVES, (after, last)):
+            if not out or out[-1][0].seq != r[0]:
+                out.append((to_waiter(r[:_W_N]), [], r[_W_N]))
+            if r[_W_N + 1] is not None:
+                out[-1][1].append(row_from(r[_W_N + 2], r[_W_N + 3], r[_W_N + 1]))
+        return out

@@ -17,6 +17,7 @@ from writ.stores.rows import (
     LEASE_COLS,
     PRINCIPAL_COLS,
     PRINCIPAL_INSERT_COLS,
+    WAITER_COLS,
     lease_values,
     principal_values,
     spec_of,
@@ -245,6 +246,16 @@ class SQLiteTx(Tx):
         )
         return [to_waiter(r) for r in rows]
 
+    async def waiter_seqs(self) -> list[int]:
+        return [r[0] for r in self.c.execute("SELECT seq FROM waiters ORDER BY seq")]
+
+    async def waiters_between(self, after: int, last: int) -> list[Waiter]:
+        rows = self.c.execute(
+            f"SELECT {WAITER_COLS} FROM waiters WHERE seq > ? AND seq <= ? ORDER BY seq",
+            (after, last),
+        )
+        return [to_waiter(r) for r in rows]
+
     async def count_waiters_related(
         self, paths: Sequence[str], before_seq: int | None = None
     ) -> int:
@@ -426,6 +437,14 @@ class SQLiteTx(Tx):
             if r and (best is None or r[0] > best[0]):
                 best = r
         return row_from(best[1], best[2], best[0]) if best else None
+
+    async def audit_at(self, resource: str, event: str, at: float) -> list[dict[str, Any]]:
+        rows = self.c.execute(
+            "SELECT seq, body, hash FROM audit WHERE resource = ? AND ts >= ? AND ts <= ?"
+            " AND event = ? ORDER BY seq",
+            (resource, at - 1e-6, at + 1e-6, event),
+        )
+        return [row_from(b, h, s) for s, b, h in rows]
 
     async def audit_for_lock_key(self, lock_key: str) -> list[dict[str, Any]]:
         rows = self.c.execute(

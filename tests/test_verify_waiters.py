@@ -1,0 +1,410 @@
+"""Verify covers the wait queue: writ serves its FIFO queue from the waiters table, outside
+the hash chain, so each queued request is checked against the hashed ``lease.queued`` row
+that queued it — online, with a signed checkpoint, and offline (``--store``), on every
+store."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from tests.stores_fixtures import Backend
+from tests.verify_fixtures import cli_verify, found_everywhere
+from writ.cli import main
+from writ.core.errors import WritError
+from writ.core.models import Principal, Waiter, request_digest
+from writ.engine import Engine
+from writ.evidence.checkpoint import generate_key, make, write_checkpoint
+from writ.stores import queued
+from writ.stores.base import Tx
+
+PLAN = {
+    "allowed": True,
+    "path": "/rollback/db",
+    "key_holder": "db-oncall",
+    "override_queue": "db-oncall",
+}
+COLS = "seq, waiter_id, resource, principal, request, enqueued_at, deadline"
+
+# what an intruder with database rights does to the waiters table ({first} and {second} are
+# the two queued requests, in their order), the waiter verify names and the words it uses
+EDITS: dict[str, tuple[str, str, str]] = {
+    "a request nobody queued, at the front": (
+        f"INSERT INTO waiters ({COLS}) SELECT 0, 'wt_forged', resource, 'perf-agent', request,"
+        " enqueued_at, deadline FROM waiters WHERE {first}",
+        "wt_forged",
+        "no lease.queued row",
+    ),
+    "a waiter jumps the queue": ("UPDATE waiters SET seq = 0 WHERE {second}", "second", "order"),
+    "a waiter sent to the back": (
+        "UPDATE waiters SET seq = 1000 WHERE {first}",
+        "second",
+        "order",
+    ),
+    "another principal": (
+        "UPDATE waiters SET principal = 'perf-agent' WHERE {first}",
+        "first",
+        "the principal column",
+    ),
+    "another resource": (
+        "UPDATE waiters SET resource = 'prod/cache' WHERE {first}",
+        "first",
+        "no lease.queued row",
+    ),
+    "another intent": (
+        "UPDATE waiters SET request = replace(request, 'scale down', 'drop the tables')"
+        " WHERE {first}",
+        "first",
+        "the request column",
+    ),
+    "a longer ttl": (
+        "UPDATE waiters SET request = replace(request, '\"ttl_s\": 30.0', '\"ttl_s\": 3600.0')"
+        " WHERE {first}",
+        "first",
+        "the request column",
+    ),
+    "more touches": (
+        'UPDATE waiters SET request = replace(request, \'"touches": [\', \'"touches": ["prod/keys", \')'
+        " WHERE {first}",
+        "first",
+        "the request column",
+    ),
+    "another rollback route": (
+        "UPDATE waiters SET request = replace(request, '/rollback/db', '/evil') WHERE {first}",
+        "first",
+        "the request column",
+    ),
+    "a later deadline": (
+        "UPDATE waiters SET deadline = deadline + 86400 WHERE {second}",
+        "second",
+        "the deadline column",
+    ),
+    "an earlier enqueued_at": (
+        "UPDATE waiters SET enqueued_at = enqueued_at - 60 WHERE {second}",
+        "second",
+        "no lease.queued row",
+    ),
+}
+
+
+async def _table(engine: Engine) -> list[Waiter]:
+    """The waiters table, in seq order."""
+
+    async def all_(tx: Tx) -> list[Waiter]:
+        return await tx.waiters_between(0, 1 << 62)
+
+    return await engine.store.read(all_)
+
+
+async def _queued(engine: Engine, n: int) -> list[Waiter]:
+    """Wait until the waiters table holds ``n`` requests; they, in seq order."""
+    for _ in range(500):
+        table = await _table(engine)
+        if len(table) == n:
+            return table
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(table)} waiters, not {n}")
+
+
+class Queue:
+    """perf-agent holds prod/db; cost-agent (with a rollback plan) and then jane's agent wait
+    for it (their calls run as tasks, cancelled at the end)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> tuple[dict[str, Any], list[Waiter]]:
+        e = self.engine
+        self.holder, _ = await e.add_principal(None, "perf-agent", "agent")
+        self.cost, _ = await e.add_principal(None, "cost-agent", "agent")
+        self.web, _ = await e.add_principal(None, "web-agent", "agent")
+        await e.add_principal(None, "db-oncall", "queue")
+        lease = await e.acquire(self.holder, resource="prod/db", intent="scale up")
+        self.wait(self.cost, "prod/db", "scale down", rollback=PLAN)
+        await _queued(e, 1)
+        self.wait(self.web, "prod/db", "vacuum")
+        return lease, await _queued(e, 2)
+
+    def wait(self, who: Principal, resource: str, intent: str, **more: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(
+            self.engine.acquire(who, resource=resource, intent=intent, ttl_s=30, wait_s=120, **more)
+        )
+        self.tasks.append(task)
+        return task
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def test_a_queue_as_writ_keeps_it_verifies(engine: Engine, backend: Backend) -> None:
+    """Requests queued, one granted from the queue and one withdrawn: verify says ok,
+    online and offline, every time."""
+    q = Queue(engine)
+    lease, (_, second) = await q.start()
+    try:
+        assert (await engine.verify()).ok
+        assert (await cli_verify(backend.url))["ok"]
+        await engine.release(q.holder, lease["lease_id"])  # the first is granted
+        granted = await asyncio.wait_for(q.tasks[0], 5)
+        assert [w.waiter_id for w in await _queued(engine, 1)] == [second.waiter_id]
+        assert (await engine.verify()).ok
+        q.tasks[1].cancel()  # the second withdraws
+        await asyncio.gather(q.tasks[1], return_exceptions=True)
+        await _queued(engine, 0)
+        await engine.release(q.cost, granted["lease_id"])
+        assert (await engine.verify()).ok
+    finally:
+        await q.stop()
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+async def test_a_hand_edited_waiter_fails_verify(
+    engine: Engine, backend: Backend, edit: str
+) -> None:
+    """A queued request changed (or made) by hand in the waiters table fails verify —
+    online, with a signed checkpoint, and offline — naming the request and what is wrong,
+    while every audit row is intact."""
+    q = Queue(engine)
+    _, (first, second) = await q.start()
+    try:
+        key = generate_key()
+        cp = await make(engine.store, key)
+        sql, name, field = EDITS[edit]
+        mine = {"first": first.waiter_id, "second": second.waiter_id}
+        where = {k: f"waiter_id = '{v}'" for k, v in mine.items()}
+        await backend.sql(sql.format(**where))
+
+        waiter_id = mine.get(name, name)
+        bad = await found_everywhere(engine, backend.url, cp, key, "waiter_id", waiter_id, field)
+        assert f"waiter {waiter_id} on " in (bad.reason or "")
+        assert "lease_id" not in bad.to_dict() and "principal" not in bad.to_dict()
+    finally:
+        await q.stop()
+
+
+async def test_a_granted_request_queued_again_fails_verify(
+    engine: Engine, backend: Backend
+) -> None:
+    """A request granted from the queue and written back into the waiters table (its own
+    id, columns and row: only the grant ended it) fails verify, naming the lease granted."""
+    q = Queue(engine)
+    lease, (first, _) = await q.start()
+    try:
+        kept = await backend.sql(
+            f"SELECT {COLS} FROM waiters WHERE waiter_id = %s", first.waiter_id
+        )
+        await engine.release(q.holder, lease["lease_id"])
+        granted = await asyncio.wait_for(q.tasks[0], 5)
+        await _queued(engine, 1)
+        assert (await engine.verify()).ok
+        await backend.sql(
+            f"INSERT INTO waiters ({COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s)", *kept[0]
+        )
+        bad = await engine.verify()
+        assert not bad.ok and bad.first_bad_seq is None and bad.waiter_id == first.waiter_id
+        assert f"lease {granted['lease_id']} was granted to it" in (bad.reason or "")
+        report = await cli_verify(backend.url)
+        assert report["waiter_id"] == first.waiter_id
+    finally:
+        await q.stop()
+
+
+async def test_the_cli_and_the_answer_over_http_name_the_waiter(
+    engine: Engine, backend: Backend, tmp_path: Any
+) -> None:
+    """``writ audit verify`` prints a queued request the ledger does not account for as
+    itself (no "at seq None"), with and without a checkpoint, exit 1; ``GET
+    /v1/audit/verify`` (the Python client's ``verify()``) answers it in ``waiter_id``."""
+    import httpx
+
+    from writ.api.app import create_app
+    from writ.client import AsyncClient
+
+    q = Queue(engine)
+    _, (first, _) = await q.start()
+    try:
+        write_checkpoint(await make(engine.store, generate_key()), tmp_path / "cp.txt")
+        await backend.sql(
+            f"UPDATE waiters SET principal = 'perf-agent' WHERE waiter_id = '{first.waiter_id}'"
+        )
+        want = f"BROKEN: waiter {first.waiter_id} on prod/db: the principal column ('perf-agent')"
+        for more in ([], ["--checkpoint", str(tmp_path / "cp.txt")]):
+            args = ["audit", "verify", "--store", backend.url, *more]
+            res = await asyncio.to_thread(CliRunner().invoke, main, args)
+            assert res.exit_code == 1 and want in res.output and "seq None" not in res.output
+        await engine.bootstrap_admin("writ_the-bootstrap-admin-token")
+        transport = httpx.ASGITransport(app=create_app(engine, start_engine=False))
+        token = "writ_the-bootstrap-admin-token"
+        async with AsyncClient("http://writ.test", token, transport=transport) as admin:
+            out = await admin.verify()
+        assert out["ok"] is False and out["first_bad_seq"] is None
+        assert out["waiter_id"] == first.waiter_id and "the principal column" in out["reason"]
+        assert "lease_id" not in out and "principal" not in out
+    finally:
+        await q.stop()
+
+
+async def test_rows_of_older_writ_versions_vouch_for_existence(
+    engine: Engine, backend: Backend
+) -> None:
+    """A waiter queued by an older writ (its lease.queued row names no waiter) verifies, and
+    its request is not compared; a request its principal's row does not vouch for fails."""
+    await engine.add_principal(None, "old-agent", "agent")
+
+    async def queue_old(tx: Tx) -> Waiter:
+        now = tx.now()
+        w = await tx.insert_waiter(
+            Waiter(
+                "wt_old", 0, "prod/db", "old-agent", {"intent": "x", "wait_s": 5.0}, now, now + 5
+            )
+        )
+        await tx.append(
+            {
+                "event": "lease.queued",
+                "agent_id": "old-agent",
+                "resource": "prod/db",
+                "notes": "queued at position 1 for up to 5s: prod/db is held by perf-agent",
+            }
+        )
+        return w
+
+    await engine.store.transact(queue_old)
+    assert (await engine.verify()).ok
+    await backend.sql('UPDATE waiters SET request = \'{"intent": "y"}\', deadline = 1e12')
+    assert (await engine.verify()).ok  # existence only: the old row says no more
+    await backend.sql("UPDATE waiters SET principal = 'perf-agent'")
+    bad = await engine.verify()
+    assert not bad.ok and bad.waiter_id == "wt_old" and "no lease.queued row" in (bad.reason or "")
+
+
+async def test_waiters_changed_by_writ_while_verify_runs_are_not_tampered(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between verify listing the queue and checking it, the first request is granted, the
+    second withdrawn and a third queued: each is judged as it stands when checked."""
+    q = Queue(engine)
+    lease, _ = await q.start()
+    monkeypatch.setattr(queued, "PAGE", 1)
+    store = engine.store
+    real_read = store.read
+    listed = asyncio.Event()
+
+    async def read(fn: Any, single: bool = False) -> Any:
+        out = await real_read(fn, single)
+        if not listed.is_set():  # the first read lists the queue
+            listed.set()
+            await engine.release(q.holder, lease["lease_id"])
+            await asyncio.wait_for(q.tasks[0], 5)
+            q.tasks[1].cancel()
+            await asyncio.gather(q.tasks[1], return_exceptions=True)
+            q.wait(q.holder, "prod/db", "again")
+            await _queued(engine, 1)
+        return out
+
+    monkeypatch.setattr(store, "read", read)
+    try:
+        found = await queued.waiters_disagree(store)
+        assert listed.is_set() and found is None
+    finally:
+        await q.stop()
+
+
+async def test_a_busy_queue_verifies_while_writ_serves_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve agents acquire and release three resources in a loop (the queue filling and
+    emptying as they go), while verify runs again and again, a few waiters a page: never
+    a tampering found."""
+    monkeypatch.setattr(queued, "PAGE", 3)
+    agents = [(await engine.add_principal(None, f"agent-{i}", "agent"))[0] for i in range(12)]
+    stop = asyncio.Event()
+    grants = 0
+
+    async def work(agent: Principal) -> None:
+        nonlocal grants
+        rnd = random.Random(agent.name)
+        while not stop.is_set():
+            res = f"prod/r{rnd.randrange(3)}"
+            try:
+                got = await engine.acquire(agent, resource=res, intent="tick", ttl_s=30, wait_s=10)
+            except WritError:
+                continue
+            grants += 1
+            await asyncio.sleep(rnd.random() * 0.01)
+            await engine.release(agent, got["lease_id"])
+
+    workers = [asyncio.create_task(work(a)) for a in agents]
+    seen, verifies = 0, 0
+    try:
+        for _ in range(200):
+            seen = max(seen, len(await _table(engine)))
+            out = await engine.verify()
+            assert out.ok, out
+            verifies += 1
+            if verifies >= 8 and seen >= 4 and grants >= 40:
+                break
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*workers, return_exceptions=True), 20)
+    assert seen >= 4 and grants >= 40, (seen, grants)
+    assert (await engine.verify()).ok
+
+
+async def test_a_long_queue_verifies_over_many_pages(
+    engine: Engine, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty requests queued on five resources, seven a page: ok (the order holds across
+    pages); the last moved to the front fails on its order."""
+    monkeypatch.setattr(queued, "PAGE", 7)
+    holder, _ = await engine.add_principal(None, "holder", "agent")
+    for r in range(5):
+        await engine.acquire(holder, resource=f"prod/r{r}", intent="hold")
+    q = Queue(engine)
+    for i in range(40):
+        who, _ = await engine.add_principal(None, f"w-{i}", "agent")
+        q.wait(who, f"prod/r{i % 5}", f"job {i}")
+        await _queued(engine, i + 1)  # each in its turn: the order of the calls
+    try:
+        table = await _queued(engine, 40)
+        assert [w.request["intent"] for w in table] == [f"job {i}" for i in range(40)]
+        assert (await engine.verify()).ok
+        last = table[-1].waiter_id
+        await backend.sql(f"UPDATE waiters SET seq = 0 WHERE waiter_id = '{last}'")
+        bad = await engine.verify()
+        assert not bad.ok and bad.waiter_id == last and "order" in (bad.reason or "")
+    finally:
+        await q.stop()
+
+
+async def test_waiter_lives_reads_each_waiter_with_its_rows(engine: Engine) -> None:
+    """``Tx.waiter_lives`` (one statement on PostgreSQL) answers what the default asks
+    waiter by waiter: the range of seq, each with its lease.queued row and no grant."""
+    q = Queue(engine)
+    _, (first, second) = await q.start()
+    try:
+
+        async def both(tx: Tx) -> tuple[Any, Any]:
+            return await tx.waiter_lives(0, second.seq), await Tx.waiter_lives(tx, 0, second.seq)
+
+        lives, one = await engine.store.read(both)
+        assert lives == one
+        assert [(w.waiter_id, g) for w, _, g in lives] == [
+            (first.waiter_id, None),
+            (second.waiter_id, None),
+        ]
+        for w, rows, _ in lives:  # on a clock that stood still, both rows are at its time
+            row = queued.queued_row(w, rows)
+            said = f"; waiter {w.waiter_id}, request {request_digest(w.request)}"
+            assert row is not None and row["event"] == "lease.queued"
+            assert row["notes"].endswith(said) and row["agent_id"] == w.principal
+        later = await engine.store.read(lambda tx: tx.waiter_lives(first.seq, second.seq))
+        assert [w.waiter_id for w, _, _ in later] == [second.waiter_id]
+    finally:
+        await q.stop()

@@ -251,6 +251,37 @@ async def test_the_cli_and_the_answer_over_http_name_the_waiter(
         await q.stop()
 
 
+async def test_a_queue_moved_by_writ_migrate_verifies_there(
+    engine: Engine, backend: Backend, tmp_path: Any
+) -> None:
+    """``writ migrate`` copies the queue (each request's seq, times and request as they were)
+    and its final check says ok; a request then moved ahead by hand in the copy fails
+    migrate's verify there."""
+    import sqlite3
+
+    from writ.stores import open_store
+    from writ.stores.migrate import migrate, verify_store
+
+    q = Queue(engine)
+    _, (_, second) = await q.start()
+    try:
+        dst_url = f"sqlite:///{tmp_path / 'dst.db'}"
+        result = await migrate(backend.url, dst_url)
+        assert result["ok"] and result["tables"]["waiters"] == 2, result
+        db = sqlite3.connect(tmp_path / "dst.db", isolation_level=None)
+        db.execute("UPDATE waiters SET seq = 0 WHERE waiter_id = ?", (second.waiter_id,))
+        db.close()
+        dst = open_store(dst_url)
+        await dst.open()
+        try:
+            bad = await verify_store(dst)
+        finally:
+            await dst.close()
+        assert not bad.ok and bad.waiter_id == second.waiter_id and "order" in (bad.reason or "")
+    finally:
+        await q.stop()
+
+
 async def test_rows_of_older_writ_versions_vouch_for_existence(
     engine: Engine, backend: Backend
 ) -> None:

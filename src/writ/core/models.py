@@ -144,6 +144,12 @@ def queued_as(w: Waiter) -> str:
     return f"; waiter {w.waiter_id}, request {request_digest(w.request)}"
 
 
+def waited_as(waiter_id: str | None) -> str:
+    """What a row that ends a queued request's wait (its grant, refusal or withdrawal) says of
+    it, at the end of its notes: ``; waiter ID`` (nothing for a request that never queued)."""
+    return f"; waiter {waiter_id}" if waiter_id else ""
+
+
 def request_digest(request: Any) -> str:
     """``sha256:HEX`` of a queued request's JSON, keys sorted, without spaces: the same for
     the request the engine queued and for the one read back from the waiters table."""

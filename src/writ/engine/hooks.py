@@ -48,6 +48,7 @@ class Request:
     principal: str
     expand: tuple[str, ...] = ()
     default_touches: bool = False  # touches omitted: the authority rule may narrow them
+    waiter_id: str | None = None  # queued as this waiter: the row that ends its wait names it
 
     def to_json(self) -> dict[str, Any]:
         out = {

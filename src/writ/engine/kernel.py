@@ -34,7 +34,7 @@ from writ.core.errors import (
     WritError,
 )
 from writ.core.ledger import Verification
-from writ.core.models import Lease, Principal, Waiter, new_id, queued_as
+from writ.core.models import Lease, Principal, Waiter, new_id, queued_as, waited_as
 from writ.core.policy import Policy
 from writ.core.validate import check_text, check_tree, number
 from writ.engine.defaults import DEFAULT_RULES, load_rule
@@ -375,6 +375,7 @@ class Engine(PrincipalOps, QueueOps):
         deadline = loop.time() + req.wait_s
         blocked, store_now = queued.blocked, queued.now
         waiter = queued.waiter
+        req.waiter_id = waiter.waiter_id  # queued: the row that ends its wait names it
         try:
             while True:
                 remaining = deadline - loop.time()
@@ -466,7 +467,7 @@ class Engine(PrincipalOps, QueueOps):
                         waiter.resource,
                         held[0] if held else None,
                         f"withdrawn {waiter.request.get('intent')!r}: the waiting caller "
-                        "disconnected before a grant",
+                        f"disconnected before a grant{waited_as(waiter.waiter_id)}",
                     )
                 )
                 await self._dispatch(tx, self.blast.expand(waiter.resource))

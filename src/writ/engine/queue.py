@@ -24,7 +24,7 @@ from writ.core.errors import (
     WritError,
     error_from_body,
 )
-from writ.core.models import Lease, Principal, Waiter, data, new_id
+from writ.core.models import Lease, Principal, Waiter, data, new_id, waited_as
 from writ.engine.hooks import SYSTEM, Request, lock_row
 from writ.engine.reads import ReadOps
 from writ.stores.base import Tx
@@ -140,7 +140,8 @@ class QueueOps(ReadOps):
                 req.principal,
                 f"granted {lease.lease_id} for {req.intent!r}, ttl {req.ttl_s:g}s, touches "
                 + ",".join(req.touches)
-                + (f"; warning: {warn}" if warn else ""),
+                + (f"; warning: {warn}" if warn else "")
+                + waited_as(request_id),
             )
         )
         for hook in self._on_grant:
@@ -195,7 +196,7 @@ class QueueOps(ReadOps):
                 req.principal,
                 req.resource,
                 blocker,
-                f"refused {req.intent!r}: {why}",
+                f"refused {req.intent!r}: {why}{waited_as(req.waiter_id)}",
             )
         )
 
@@ -308,6 +309,7 @@ class QueueOps(ReadOps):
             principal=w.principal,
             expand=self.blast.expand(w.resource),
             default_touches=r.get("default_touches") is True,
+            waiter_id=w.waiter_id,
         )
 
     async def end(

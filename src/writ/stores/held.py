@@ -164,8 +164,8 @@ def _grant_fields(
     if not renewed:  # a renewal may set another ttl, which its row does not carry
         out.append(("ttl_s", f"{lease.ttl_s:g}", ttl, grant))
     joined = ",".join(lease.touches)
-    if touches == joined or touches.startswith(joined + "; warning: "):
-        touches = joined
+    if touches == joined or touches.startswith((joined + "; warning: ", joined + "; waiter ")):
+        touches = joined  # then the plan's warnings, and the waiter a queued one was granted to
     out.append(("touches", joined, touches, grant))
     rb = lease.rollback or {}
     out += [

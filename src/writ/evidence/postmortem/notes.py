@@ -24,6 +24,8 @@ _EXPIRED = re.compile(
 _USED = re.compile(r"^consent (\S+) from (\S+) used for change (\S+) by (\S+)$")
 _RB_ASK = re.compile(r"^(\S+) asks (\S+) to roll back (\S+): (.*)$")
 _REFUSED = re.compile(r"^refused (['\"])(.*?)\1: (.*)$", re.S)
+# the queued request a row of today's writ ends the wait of (models.waited_as), left out
+_WAITED = re.compile(r"; waiter [A-Za-z0-9_-]+\Z")
 # the waiter and request a row of today's writ names at its end (models.queued_as) are
 # left out of the reason
 _QUEUED = re.compile(
@@ -64,7 +66,7 @@ def duration(seconds: float | None) -> str:
 def classify_refusal(row: dict[str, Any]) -> tuple[str, str, str]:
     """``(kind, intent, reason)`` of a ``lease.denied``, ``lease.refused`` (not the
     caller's authority: kind ``forbidden``) or ``gate.refused`` row."""
-    notes = row.get("notes") or ""
+    notes = _WAITED.sub("", row.get("notes") or "")
     if row.get("event") == "gate.refused":
         return "gate", "", notes
     if row.get("event") == "lease.refused":

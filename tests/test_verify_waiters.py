@@ -105,6 +105,9 @@ async def _queued(engine: Engine, n: int) -> list[Waiter]:
     for _ in range(500):
         table = await _table(engine)
         if len(table) == n:
+            # and let the calls reach their wait: acquire() withdraws a request cancelled
+            # there, not one cancelled while its queue-join commit is still being answered
+            await asyncio.sleep(0.05)
             return table
         await asyncio.sleep(0.01)
     raise AssertionError(f"{len(table)} waiters, not {n}")
@@ -132,7 +135,9 @@ class Queue:
 
     def wait(self, who: Principal, resource: str, intent: str, **more: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(
-            self.engine.acquire(who, resource=resource, intent=intent, ttl_s=30, wait_s=120, **more)
+            self.engine.acquire(
+                who, resource=resource, intent=intent, **{"ttl_s": 30, "wait_s": 120, **more}
+            )
         )
         self.tasks.append(task)
         return task
@@ -282,6 +287,49 @@ async def test_a_queue_moved_by_writ_migrate_verifies_there(
         await q.stop()
 
 
+ENDED = ("withdrawn", "timed out", "its principal disabled", "granted, its lease unmarked")
+
+
+@pytest.mark.parametrize("how", ENDED)
+async def test_an_ended_wait_written_back_fails_verify(
+    engine: Engine, backend: Backend, how: str
+) -> None:
+    """A request whose wait ended — withdrawn by its caller, timed out, refused as its
+    principal was disabled, or granted (its lease's request_id cleared too) — written back
+    into the waiters table as it was (its own id, columns and row) fails verify: the row
+    that ended it names it."""
+    q = Queue(engine)
+    lease, (first, second) = await q.start()
+    try:
+        gone = second if how != "granted, its lease unmarked" else first
+        if how == "timed out":
+            q.wait(q.holder, "prod/db", "brief", wait_s=0.3)
+            gone = (await _queued(engine, 3))[2]
+        kept = await backend.sql(f"SELECT {COLS} FROM waiters WHERE waiter_id = %s", gone.waiter_id)
+        if how == "timed out":
+            await asyncio.gather(q.tasks[2], return_exceptions=True)
+        elif how == "withdrawn":
+            q.tasks[1].cancel()
+            await asyncio.gather(q.tasks[1], return_exceptions=True)
+        elif how == "its principal disabled":
+            await engine.principals.disable(None, "web-agent", "retired")
+        elif how == "granted, its lease unmarked":
+            await engine.release(q.holder, lease["lease_id"])
+            await asyncio.wait_for(q.tasks[0], 5)
+            await backend.sql("UPDATE leases SET request_id = NULL")
+        table = await _table(engine)
+        assert gone.waiter_id not in [w.waiter_id for w in table]
+        assert (await engine.verify()).ok
+        await backend.sql(
+            f"INSERT INTO waiters ({COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s)", *kept[0]
+        )
+        bad = await engine.verify()
+        assert not bad.ok and bad.first_bad_seq is None and bad.waiter_id == gone.waiter_id, bad
+        assert "ended its wait" in (bad.reason or ""), bad.reason
+    finally:
+        await q.stop()
+
+
 async def test_rows_of_older_writ_versions_vouch_for_existence(
     engine: Engine, backend: Backend
 ) -> None:
@@ -414,28 +462,52 @@ async def test_a_long_queue_verifies_over_many_pages(
         await q.stop()
 
 
-async def test_waiter_lives_reads_each_waiter_with_its_rows(engine: Engine) -> None:
+async def test_waiter_lives_reads_each_waiter_with_its_rows(
+    engine: Engine, backend: Backend
+) -> None:
     """``Tx.waiter_lives`` (one statement on PostgreSQL) answers what the default asks
-    waiter by waiter: the range of seq, each with its lease.queued row and no grant."""
+    waiter by waiter: the range of seq, each with its lease.queued row, no grant, and the
+    row that ended the wait of one withdrawn and written back."""
     q = Queue(engine)
     _, (first, second) = await q.start()
     try:
+        kept = await backend.sql(f"SELECT {COLS} FROM waiters WHERE seq = %s", second.seq)
+        q.tasks[1].cancel()
+        await asyncio.gather(q.tasks[1], return_exceptions=True)
+        await _queued(engine, 1)
+        await backend.sql(
+            f"INSERT INTO waiters ({COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s)", *kept[0]
+        )
 
         async def both(tx: Tx) -> tuple[Any, Any]:
             return await tx.waiter_lives(0, second.seq), await Tx.waiter_lives(tx, 0, second.seq)
 
         lives, one = await engine.store.read(both)
         assert lives == one
-        assert [(w.waiter_id, g) for w, _, g in lives] == [
+        assert [(w.waiter_id, g) for w, _, g, _ in lives] == [
             (first.waiter_id, None),
             (second.waiter_id, None),
         ]
-        for w, rows, _ in lives:  # on a clock that stood still, both rows are at its time
+        assert lives[0][3] is None and lives[1][3]["event"] == "lease.denied"
+        assert lives[1][3]["notes"].endswith(
+            f"disconnected before a grant; waiter {second.waiter_id}"
+        )
+        for w, rows, _, _ in lives:  # on a clock that stood still, both rows are at its time
             row = queued.queued_row(w, rows)
             said = f"; waiter {w.waiter_id}, request {request_digest(w.request)}"
             assert row is not None and row["event"] == "lease.queued"
             assert row["notes"].endswith(said) and row["agent_id"] == w.principal
         later = await engine.store.read(lambda tx: tx.waiter_lives(first.seq, second.seq))
-        assert [w.waiter_id for w, _, _ in later] == [second.waiter_id]
+        assert [w.waiter_id for w, _, _, _ in later] == [second.waiter_id]
     finally:
         await q.stop()
+
+
+def test_the_window_of_a_wait_end_covers_every_wait() -> None:
+    """The store looks for the row that ended a wait until its deadline (the longest wait
+    the engine allows at most) and a stale waiter's grace after it."""
+    from writ.engine.hooks import MAX_WAIT_S
+    from writ.engine.queue import STALE_WAITER_S
+    from writ.stores.base import ENDS_WITHIN_S, LONGEST_WAIT_S
+
+    assert LONGEST_WAIT_S == MAX_WAIT_S and ENDS_WITHIN_S > STALE_WAITER_S

@@ -46,12 +46,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from writ.core.errors import Invalid
-from writ.core.ledger import Record, Sealed
+from writ.core.ledger import Record, Sealed, row_from
 from writ.core.models import Lease, Principal, Waiter
 
 log = logging.getLogger(__name__)
@@ -133,9 +134,14 @@ LEASE_LIFE: tuple[str, ...] = (
 )
 """The events of a lease's life, in the order they can come (see :meth:`Tx.audit_lease_life`)."""
 
-WaiterLife = tuple[Waiter, list[dict[str, Any]], "str | None"]
-"""A queued request with its ``lease.queued`` rows and the lease granted to it, if any
-(:meth:`Tx.waiter_lives`)."""
+WaiterLife = tuple[Waiter, list[dict[str, Any]], "str | None", "dict[str, Any] | None"]
+"""A queued request with its ``lease.queued`` rows, the lease granted to it and the row that
+ended its wait, if any (:meth:`Tx.waiter_lives`)."""
+WAIT_ENDS: tuple[str, ...] = ("lease.granted", "lease.denied", "lease.refused")
+"""The events of the row that ends a wait (a grant from the queue, a refusal, a withdrawal),
+which names the waiter at the end of its notes (:func:`writ.core.models.waited_as`)."""
+LONGEST_WAIT_S = 300.0  # the engine's MAX_WAIT_S: no request waits longer
+ENDS_WITHIN_S = 5.0  # a wait's end is written by then after its deadline (or it is stale)
 
 PRINCIPAL_LIFE: tuple[tuple[str, ...], ...] = (
     ("principal.added",),
@@ -146,6 +152,18 @@ PRINCIPAL_LIFE: tuple[tuple[str, ...], ...] = (
 """The rows :meth:`Tx.principal_lives` gives for a principal, the latest of each group: its
 added row, and the latest rows saying whether it is disabled, its queues and its token's
 expiry."""
+
+
+# in a stored body (canonical JSON: "prev_hash" follows "notes"): the waiter its notes end
+# with (models.waited_as)
+_ENDS_WAIT = re.compile(r'"notes":"(?:[^"\\]|\\.)*; waiter ([A-Za-z0-9_-]+)",')
+
+
+def _wait_window(w: Waiter) -> tuple[float, float]:
+    """When the row that ends ``w``'s wait is looked for: from its ``enqueued_at`` to
+    :data:`ENDS_WITHIN_S` after its deadline (at most :data:`LONGEST_WAIT_S` after it
+    queued). A copy written back later is past its deadline: dropped, never granted."""
+    return w.enqueued_at - 1e-6, min(w.deadline, w.enqueued_at + LONGEST_WAIT_S) + ENDS_WITHIN_S
 
 
 class Tx(ABC):
@@ -386,6 +404,15 @@ class Tx(ABC):
         order, read from the waiters table."""
 
     @abstractmethod
+    async def audit_waits_ended(
+        self, windows: Sequence[tuple[str, float, float]], waiter_ids: Sequence[str]
+    ) -> list[tuple[int, str, str, float, str]]:
+        """``(seq, body, hash, ts, resource)`` of the :data:`WAIT_ENDS` rows on each
+        ``(resource, since, until)``, within that time, that name a waiter (``; waiter ``
+        in their stored body): one of ``waiter_ids``, or any (the caller picks). An index
+        range (resource, ts) a window, as long as its rows."""
+
+    @abstractmethod
     async def audit_at(self, resource: str, event: str, at: float) -> list[dict[str, Any]]:
         """The ``event`` rows on ``resource`` (exact) whose time is the microsecond ``at``
         shows (a row keeps the clock reading of its transaction to the microsecond), in seq
@@ -393,15 +420,44 @@ class Tx(ABC):
 
     async def waiter_lives(self, after: int, last: int) -> list[WaiterLife]:
         """Each queued request of :meth:`waiters_between` ``after`` and ``last``, with the
-        ``lease.queued`` rows on its resource at its ``enqueued_at`` (:meth:`audit_at`) and
-        the id of a lease granted to it (None: none; :meth:`lease_for_request`). Verify reads
-        them in one snapshot. This default asks waiter by waiter; a server store answers in
-        one statement."""
-        out: list[WaiterLife] = []
+        ``lease.queued`` rows on its resource at its ``enqueued_at`` (:meth:`audit_at`), the
+        id of a lease granted to it (None: none; :meth:`lease_for_request`) and the first
+        :data:`WAIT_ENDS` row on its resource naming it (``; waiter ID`` ending its notes)
+        within :func:`_wait_window` (:meth:`with_ends`). Verify reads them in one snapshot.
+        This default asks waiter by waiter; a server store answers in two statements."""
+        lives = []
         for w in await self.waiters_between(after, last):
             rows = await self.audit_at(w.resource, "lease.queued", w.enqueued_at)
             granted = await self.lease_for_request(w.waiter_id)
-            out.append((w, rows, granted.lease_id if granted else None))
+            lives.append((w, rows, granted.lease_id if granted else None))
+        return await self.with_ends(lives)
+
+    async def with_ends(
+        self, lives: Sequence[tuple[Waiter, list[dict[str, Any]], str | None]]
+    ) -> list[WaiterLife]:
+        """``lives`` (of :meth:`waiter_lives`), each with the row that ended its wait: read
+        with one :meth:`audit_waits_ended` window a resource, from the earliest of its waiters
+        to the end of the latest one's wait (so a resource with many waiters is read once)."""
+        windows: dict[str, tuple[float, float]] = {}
+        for w, _, _ in lives:
+            lo, hi = _wait_window(w)
+            was = windows.get(w.resource)
+            windows[w.resource] = (min(lo, was[0]), max(hi, was[1])) if was else (lo, hi)
+        named: dict[tuple[str, str], list[tuple[int, str, str, float, str]]] = {}
+        if windows:
+            asked = [(r, lo, hi) for r, (lo, hi) in sorted(windows.items())]
+            for found in await self.audit_waits_ended(asked, [w.waiter_id for w, _, _ in lives]):
+                m = _ENDS_WAIT.search(found[1])
+                if m:
+                    named.setdefault((m.group(1), found[4]), []).append(found)
+        out: list[WaiterLife] = []
+        for w, rows, granted in lives:
+            lo, hi = _wait_window(w)
+            hits = [f for f in named.get((w.waiter_id, w.resource), []) if lo <= f[3] <= hi]
+            first = min(hits) if hits else None
+            out.append(
+                (w, rows, granted, row_from(first[1], first[2], first[0]) if first else None)
+            )
         return out
 
     def notify(self, kind: str, payload: dict[str, Any]) -> None:

@@ -14,8 +14,13 @@ transaction that queued it, found by its resource and the microsecond of its
 - the queue's order is the ledger's: requests in ``seq`` order were queued by rows in seq
   order (the store draws a waiter's seq in the transaction that appends its row, under the
   same lock), so a request moved ahead of another (or behind it) is found;
-- no lease was granted to it (the leases table names the request a queued lease was granted
-  to, and the grant takes it out of the queue in the same transaction).
+- nothing ended its wait: no lease was granted to it (the leases table names the request a
+  queued lease was granted to), and no ``lease.granted``, ``lease.denied`` or
+  ``lease.refused`` row names it (today's writ ends the notes of the row that grants,
+  refuses or withdraws a queued request with ``; waiter ID``): each takes it out of the
+  queue in its own transaction. The row is looked for on its resource from its
+  ``enqueued_at`` to a few seconds after its deadline: a copy written back later is past
+  its deadline, and dropped, never granted, when the queue reaches it.
 
 A row of an older writ names no waiter: one by the waiter's principal, on its resource, at
 its ``enqueued_at``, vouches for its existence alone (its request, deadline and place are
@@ -33,7 +38,7 @@ from typing import Any
 
 from writ.core.bulk import first_in_pages
 from writ.core.clock import rfc3339
-from writ.core.models import Waiter, request_digest
+from writ.core.models import Waiter, request_digest, waited_as
 from writ.stores.base import Store, Tx, WaiterLife
 
 __all__ = ["PAGE", "queued_row", "waiter_disagrees", "waiters_disagree"]
@@ -56,8 +61,8 @@ async def waiters_disagree(store: Store) -> tuple[str, str] | None:
         async def lives(tx: Tx) -> list[WaiterLife]:
             return await tx.waiter_lives(lo, page[-1])
 
-        for w, rows, granted in await store.read(lives):
-            why = waiter_disagrees(w, rows, granted)
+        for w, rows, granted, ended in await store.read(lives):
+            why = waiter_disagrees(w, rows, granted, ended)
             if why is not None:
                 return w.waiter_id, why
             row = queued_row(w, rows)
@@ -84,10 +89,15 @@ def queued_row(w: Waiter, rows: Sequence[dict[str, Any]]) -> dict[str, Any] | No
     return older
 
 
-def waiter_disagrees(w: Waiter, rows: Sequence[dict[str, Any]], granted: str | None) -> str | None:
+def waiter_disagrees(
+    w: Waiter,
+    rows: Sequence[dict[str, Any]],
+    granted: str | None,
+    ended: dict[str, Any] | None = None,
+) -> str | None:
     """Why the ledger does not account for queued request ``w``, or None: ``rows`` are the
     ``lease.queued`` rows on its resource at its ``enqueued_at``, ``granted`` the id of a
-    lease granted to it (None: none)."""
+    lease granted to it, ``ended`` a row naming it that ended its wait (None: none)."""
     name = f"waiter {w.waiter_id} on {w.resource}"
     row = queued_row(w, rows)
     if row is None:
@@ -100,6 +110,12 @@ def waiter_disagrees(w: Waiter, rows: Sequence[dict[str, Any]], granted: str | N
         return (
             f"{name}: lease {granted} was granted to it, yet the waiters table still queues "
             "it (a grant takes it out of the queue): the table was changed by hand"
+        )
+    if ended is not None and (ended.get("notes") or "").endswith(waited_as(w.waiter_id)):
+        return (
+            f"{name}: row {ended['seq']} ({ended['event']}) ended its wait at "
+            f"{ended.get('timestamp')}, yet the waiters table still queues it: the table was "
+            "changed by hand"
         )
     named = _named(row)
     if named is None:

@@ -5,11 +5,11 @@ queue (:mod:`writ.stores.queued`): always the tables, never the live replica."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from writ.core.ledger import row_from
 from writ.core.models import Lease, Principal, Waiter
-from writ.stores.base import LEASE_LIFE, PRINCIPAL_LIFE, WaiterLife
+from writ.stores.base import LEASE_LIFE, PRINCIPAL_LIFE, WAIT_ENDS, Tx, WaiterLife
 from writ.stores.rows import (
     LEASE_COLS,
     PRINCIPAL_COLS,
@@ -57,9 +57,21 @@ _P_LIVES = (
 
 # each queued request of a range of seq with the lease.queued rows on its resource at its
 # enqueued_at (an index probe, audit_by_resource: both resource columns are in "C") and the
-# lease granted to it (leases_by_request), all in one statement: a result row per row found
+# lease granted to it (leases_by_request), all in one statement: a result row per row found;
+# then the rows that end waits, a window a resource (Tx.with_ends), in a second
 _W_COLS = ", ".join(f"w.{c.strip()}" for c in WAITER_COLS.split(","))
 _W_N = len(WAITER_COLS.split(","))
+_ENDED = (
+    "SELECT a.seq, a.body, a.hash, a.ts, a.resource"
+    " FROM unnest(%s::text[], %s::float8[], %s::float8[]) AS win(resource, since, until)"
+    " JOIN LATERAL (SELECT seq, body, hash, ts, resource FROM audit"
+    '   WHERE resource = win.resource COLLATE "C" AND ts >= win.since AND ts <= win.until'
+    "   AND event = ANY(%s) AND strpos(body, '; waiter ') > 0) a ON true"
+    # only the rows naming a waiter asked about leave the server: what follows the last
+    # "; waiter " of the notes (in a canonical body, "prev_hash" follows them)
+    ' WHERE reverse(split_part(reverse(split_part(a.body, \'","prev_hash":"\', 1)),'
+    " ' retiaw ;', 1)) = ANY(%s) ORDER BY a.seq"
+)
 _W_LIVES = (
     f"SELECT {_W_COLS}, g.lease_id, q.seq, q.body, q.hash FROM waiters w"
     " LEFT JOIN LATERAL (SELECT lease_id FROM leases WHERE request_id = w.waiter_id"
@@ -133,6 +145,14 @@ class VerifyReads:
         )
         return [to_waiter(r) for r in rows]
 
+    async def audit_waits_ended(
+        self, windows: Sequence[tuple[str, float, float]], waiter_ids: Sequence[str]
+    ) -> list[tuple[int, str, str, float, str]]:
+        res, since, until = (list(col) for col in zip(*windows, strict=True))
+        args = (res, since, until, list(WAIT_ENDS), list(waiter_ids))
+        rows = await self._all(_ENDED, args)
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
     async def audit_at(self, resource: str, event: str, at: float) -> list[dict[str, Any]]:
         rows = await self._all(
             "SELECT seq, body, hash FROM audit WHERE resource = %s AND ts >= %s AND ts <= %s"
@@ -142,10 +162,10 @@ class VerifyReads:
         return [row_from(b, h, s) for s, b, h in rows]
 
     async def waiter_lives(self, after: int, last: int) -> list[WaiterLife]:
-        out: list[WaiterLife] = []
+        lives: list[tuple[Waiter, list[dict[str, Any]], str | None]] = []
         for r in await self._all(_W_LIVES, (after, last)):
-            if not out or out[-1][0].seq != r[0]:
-                out.append((to_waiter(r[:_W_N]), [], r[_W_N]))
+            if not lives or lives[-1][0].seq != r[0]:
+                lives.append((to_waiter(r[:_W_N]), [], r[_W_N]))
             if r[_W_N + 1] is not None:
-                out[-1][1].append(row_from(r[_W_N + 2], r[_W_N + 3], r[_W_N + 1]))
-        return out
+                lives[-1][1].append(row_from(r[_W_N + 2], r[_W_N + 3], r[_W_N + 1]))
+        return await Tx.with_ends(cast(Tx, self), lives)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from writ.core.errors import Conflict
 from writ.core.ledger import GENESIS, Sealed, row_from, seal
 from writ.core.models import Lease, Principal, Waiter
-from writ.stores.base import LEASE_LIFE, Tx
+from writ.stores.base import LEASE_LIFE, WAIT_ENDS, Tx
 from writ.stores.rows import (
     LEASE_COLS,
     PRINCIPAL_COLS,
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 
 _LIFE = ",".join("?" * len(LEASE_LIFE))
+_ENDS = ",".join("?" * len(WAIT_ENDS))
 
 
 class SQLiteTx(Tx):
@@ -437,6 +438,19 @@ class SQLiteTx(Tx):
             if r and (best is None or r[0] > best[0]):
                 best = r
         return row_from(best[1], best[2], best[0]) if best else None
+
+    async def audit_waits_ended(
+        self, windows: Sequence[tuple[str, float, float]], waiter_ids: Sequence[str]
+    ) -> list[tuple[int, str, str, float, str]]:  # any waiter: picked in process
+        out: list[tuple[int, str, str, float, str]] = []
+        for resource, since, until in windows:  # an index range each (resource, ts)
+            out += self.c.execute(
+                "SELECT seq, body, hash, ts, resource FROM audit WHERE resource = ?"
+                f" AND ts >= ? AND ts <= ? AND event IN ({_ENDS})"
+                " AND instr(body, '; waiter ') > 0 ORDER BY seq",
+                (resource, since, until, *WAIT_ENDS),
+            ).fetchall()
+        return out
 
     async def audit_at(self, resource: str, event: str, at: float) -> list[dict[str, Any]]:
         rows = self.c.execute(

@@ -516,3 +516,29 @@ def test_the_window_of_a_wait_end_covers_every_wait() -> None:
     from writ.stores.base import ENDS_WITHIN_S, LONGEST_WAIT_S
 
     assert LONGEST_WAIT_S == MAX_WAIT_S and ENDS_WITHIN_S > STALE_WAITER_S
+
+
+async def test_the_rows_ending_waits_are_read_only_within_the_waits() -> None:
+    """``Tx.with_ends`` asks, on each resource, one window for the waits that overlap, and
+    never the time between waits: a request whose enqueued_at was moved a year back costs a
+    window of its own, not a year of its resource's rows."""
+    asked: list[Any] = []
+
+    class Fake:
+        async def audit_waits_ended(self, windows: Any, ids: Any) -> list[Any]:
+            asked.extend(windows)
+            return []
+
+    def w(i: int, resource: str, at: float, wait: float = 60) -> Any:
+        return (Waiter(f"wt_{i}", i, resource, "a", {}, at, at + wait), [], None)
+
+    t = 1.8e9
+    lives = [w(1, "prod/db", t), w(2, "prod/db", t + 30), w(3, "prod/web", t + 1)]
+    lives.append(w(4, "prod/db", t - 365 * 86400))
+    out = await Tx.with_ends(Fake(), lives)  # type: ignore[arg-type]
+    assert [x[3] for x in out] == [None] * 4
+    assert sorted((r, round(lo - t, 3), round(hi - t, 3)) for r, lo, hi in asked) == [
+        ("prod/db", -365.0 * 86400, -365.0 * 86400 + 65),
+        ("prod/db", 0.0, 95.0),
+        ("prod/web", 1.0, 66.0),
+    ]

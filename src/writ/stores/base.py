@@ -436,16 +436,19 @@ class Tx(ABC):
         self, lives: Sequence[tuple[Waiter, list[dict[str, Any]], str | None]]
     ) -> list[WaiterLife]:
         """``lives`` (of :meth:`waiter_lives`), each with the row that ended its wait: read
-        with one :meth:`audit_waits_ended` window a resource, from the earliest of its waiters
-        to the end of the latest one's wait (so a resource with many waiters is read once)."""
-        windows: dict[str, tuple[float, float]] = {}
-        for w, _, _ in lives:
-            lo, hi = _wait_window(w)
-            was = windows.get(w.resource)
-            windows[w.resource] = (min(lo, was[0]), max(hi, was[1])) if was else (lo, hi)
+        with :meth:`audit_waits_ended`, the waits on one resource that overlap in one window
+        (so a resource with many waiters is read once, and never beyond their waits)."""
+        asked: list[tuple[str, float, float]] = []
+        latest: dict[str, int] = {}  # the index in asked of each resource's latest window
+        for lo, hi, res in sorted((*_wait_window(w), w.resource) for w, _, _ in lives):
+            i = latest.get(res)
+            if i is not None and lo <= asked[i][2]:  # overlaps it (sorted by start): widen it
+                asked[i] = (res, asked[i][1], max(hi, asked[i][2]))
+            else:
+                latest[res] = len(asked)
+                asked.append((res, lo, hi))
         named: dict[tuple[str, str], list[tuple[int, str, str, float, str]]] = {}
-        if windows:
-            asked = [(r, lo, hi) for r, (lo, hi) in sorted(windows.items())]
+        if asked:
             for found in await self.audit_waits_ended(asked, [w.waiter_id for w, _, _ in lives]):
                 m = _ENDS_WAIT.search(found[1])
                 if m:

@@ -30,8 +30,8 @@ async def found_everywhere(
     engine: Engine, url: str, cp: Checkpoint, key: Any, attr: str, name: str, field: str
 ) -> Any:
     """Verify online, with the signed checkpoint ``cp`` and offline (the CLI on ``url``)
-    each fail on ``name`` (in ``attr``: ``lease_id`` or ``principal``) with the chain intact,
-    the reason naming ``field``; the online answer, for more."""
+    each fail on ``name`` (in ``attr``: ``lease_id``, ``principal`` or ``policy_object``)
+    with the chain intact, the reason naming ``field``; the online answer, for more."""
     bad = await engine.verify()
     assert not bad.ok and bad.first_bad_seq is None and field in (bad.reason or ""), bad
     assert getattr(bad, attr) == name and bad.to_dict()[attr] == name
@@ -39,7 +39,7 @@ async def found_everywhere(
     assert not out.ok and getattr(out, attr) == name and field in (out.reason or "")
     assert out.checkpoints[0]["ok"]  # the ledger itself still extends the checkpoint
     report = await cli_verify(url)
-    assert report["ok"] is False and report[attr] == name and field in report["reason"]
+    assert report["ok"] is False and report[attr] == name and field in report["reason"], report
     return bad
 
 

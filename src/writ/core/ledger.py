@@ -266,6 +266,8 @@ class Verification:
     principal: str | None = None
     # a queued request the ledger does not account for (likewise)
     waiter_id: str | None = None
+    # a policy object the ledger does not account for, as "KIND ID" (likewise)
+    policy_object: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -282,6 +284,8 @@ class Verification:
             out["principal"] = self.principal
         if self.waiter_id:
             out["waiter_id"] = self.waiter_id
+        if self.policy_object:
+            out["policy_object"] = self.policy_object
         return out
 
 

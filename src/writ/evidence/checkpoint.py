@@ -64,6 +64,7 @@ from writ.core.textsafe import printable
 from writ.evidence.sentinel import Sentinel
 from writ.stores.enrolled import principals_disagree
 from writ.stores.held import OpenLeases, held_disagrees
+from writ.stores.policy_objects import objects_disagree
 from writ.stores.queued import waiters_disagree
 
 if TYPE_CHECKING:
@@ -420,6 +421,7 @@ class Outcome:
     lease_id: str | None = None  # a held lease the ledger does not account for
     principal: str | None = None  # a principal the ledger does not account for
     waiter_id: str | None = None  # a queued request the ledger does not account for
+    policy_object: str | None = None  # a policy object likewise, as "KIND ID"
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -436,6 +438,8 @@ class Outcome:
             out["principal"] = self.principal
         if self.waiter_id:
             out["waiter_id"] = self.waiter_id
+        if self.policy_object:
+            out["policy_object"] = self.policy_object
         return out
 
 
@@ -536,6 +540,10 @@ async def verify_store(
         return Outcome(False, total, prev, None, found[1], cps, principal=found[0])
     if (found := await waiters_disagree(store)) is not None:  # the wait queue likewise
         return Outcome(False, total, prev, None, found[1], [*report.values()], waiter_id=found[0])
+    found = await objects_disagree(store)  # and the policy objects
+    if found is not None:
+        cps = list(report.values())
+        return Outcome(False, total, prev, None, found[1], cps, policy_object=found[0])
     return Outcome(True, total, prev, None, None, list(report.values()))
 
 

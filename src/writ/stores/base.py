@@ -166,6 +166,24 @@ def _wait_window(w: Waiter) -> tuple[float, float]:
     return w.enqueued_at - 1e-6, min(w.deadline, w.enqueued_at + LONGEST_WAIT_S) + ENDS_WITHIN_S
 
 
+OBJECT_COLUMNS: tuple[str, ...] = (
+    "kind",
+    "id",
+    "resource",
+    "state",
+    "data",
+    "created_at",
+    "expires_at",
+)
+"""The columns :meth:`Tx.objects_by_key` gives for each policy object (``data`` decoded)."""
+
+Probe = tuple[str, tuple[str, ...], float, float]
+"""``(resource, events, since, until)``: the rows on ``resource`` (exact) with one of
+``events`` and a time within ``[since, until]``, oldest first, at most :data:`PROBE_ROWS`
+(:meth:`Tx.audit_probes`); an ``until`` of 0 or less asks nothing."""
+PROBE_ROWS = 8
+
+
 class Tx(ABC):
     """One transaction's view of the store. Methods are ``async`` but must not be awaited
     outside the transaction function they were handed to."""
@@ -462,6 +480,31 @@ class Tx(ABC):
                 (w, rows, granted, row_from(first[1], first[2], first[0]) if first else None)
             )
         return out
+
+    @abstractmethod
+    async def object_keys(self, kind: str, states: Sequence[str] | None = None) -> list[str]:
+        """The id of every policy object of ``kind`` (in ``states``, if given), by id: read
+        from the objects table itself (verify compares it with the ledger, see
+        :mod:`writ.stores.policy_objects`)."""
+
+    @abstractmethod
+    async def objects_by_key(self, kind: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The policy objects of ``kind`` among ``ids`` as the objects table holds them, by
+        id: each a dict of :data:`OBJECT_COLUMNS` (``data`` decoded, never merged)."""
+
+    async def audit_probes(self, probes: Sequence[Probe]) -> list[list[dict[str, Any]]]:
+        """The rows of each :data:`Probe`, in order: an index range of the ``resource``
+        column each (``audit_by_resource``), never a parse of the ledger. Verify reads them
+        in one snapshot. This default asks probe by probe; a server store answers in one
+        statement."""
+        return [await self.audit_window(*p) if p[3] > 0 else [] for p in probes]
+
+    @abstractmethod
+    async def audit_window(
+        self, resource: str, events: Sequence[str], since: float, until: float
+    ) -> list[dict[str, Any]]:
+        """The rows of one :data:`Probe`: on ``resource`` with one of ``events``, at a time
+        within ``[since, until]``, oldest first, at most :data:`PROBE_ROWS`."""
 
     def notify(self, kind: str, payload: dict[str, Any]) -> None:
         """Deliver ``(kind, payload)`` to every listener after this transaction commits."""

@@ -32,6 +32,7 @@ from writ.stores import Store, open_store, redact
 from writ.stores.base import TABLES
 from writ.stores.enrolled import principals_disagree
 from writ.stores.held import OpenLeases, held_disagrees
+from writ.stores.policy_objects import objects_disagree
 from writ.stores.queued import waiters_disagree
 
 __all__ = ["migrate", "upgrade", "verify_store"]
@@ -49,8 +50,9 @@ async def verify_store(
     keeps beside it (rows removed from the end are found); then check every held lease
     against the rows of its life and every lease the rows leave open against the table
     (:mod:`writ.stores.held`), every principal against its ``principal.*`` rows
-    (:mod:`writ.stores.enrolled`), and every queued request against its ``lease.queued`` row
-    (:mod:`writ.stores.queued`).
+    (:mod:`writ.stores.enrolled`), every queued request against its ``lease.queued`` row
+    (:mod:`writ.stores.queued`), and the policy objects that hold authority back against the
+    rows that record them (:mod:`writ.stores.policy_objects`).
 
     From ``since`` (``(seq, hash)`` of a row verified before, and ``opened``, the leases the
     rows up to it left open) only the rows after it are walked (``writ serve``'s standing
@@ -75,6 +77,9 @@ async def verify_store(
         return Verification(False, chain.rows, chain.head, None, found[1], principal=found[0])
     if (found := await waiters_disagree(store)) is not None:
         return Verification(False, chain.rows, chain.head, None, found[1], waiter_id=found[0])
+    found = await objects_disagree(store)
+    if found is not None:
+        return Verification(False, chain.rows, chain.head, None, found[1], policy_object=found[0])
     return chain
 
 

@@ -85,6 +85,24 @@ def to_object(r: Sequence[Any]) -> dict[str, Any]:
     return data
 
 
+def object_row(r: Sequence[Any]) -> dict[str, Any]:
+    """A policy object as the objects table holds it, from a row of
+    :data:`~writ.stores.base.OBJECT_COLUMNS` (``data`` decoded): what verify reads."""
+    try:
+        data = loads(r[4])
+    except (ValueError, RecursionError):  # written by hand: verify says it cannot be read
+        data = None
+    return {
+        "kind": r[0],
+        "id": r[1],
+        "resource": r[2],
+        "state": r[3],
+        "data": data,
+        "created_at": r[5],
+        "expires_at": r[6],
+    }
+
+
 # ---- what a store asks for the standing policy objects (objects_related_many) ----
 Spec = tuple[tuple[str, tuple[str, ...]], ...]
 

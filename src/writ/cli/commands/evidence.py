@@ -345,6 +345,8 @@ def _verify_over_http(cps: list[Any], trusted: Any, url: str, token: str | None)
             out["principal"] = v.get("principal")
         elif v.get("waiter_id"):  # the chain held; a queued request did not
             out["waiter_id"] = v.get("waiter_id")
+        elif v.get("policy_object"):  # the chain held; a policy object did not
+            out["policy_object"] = v.get("policy_object")
         elif not out["ok"]:
             out["reason"] = f"row {v.get('first_bad_seq')}: {v.get('reason') or 'chain broken'}"
         for cp in sorted(cps, key=lambda c: c.seq):

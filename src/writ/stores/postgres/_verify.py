@@ -1,6 +1,7 @@
 """The PostgreSQL transaction's reads for verify's checks of the held leases
-(:mod:`writ.stores.held`), of the principals (:mod:`writ.stores.enrolled`) and of the wait
-queue (:mod:`writ.stores.queued`): always the tables, never the live replica."""
+(:mod:`writ.stores.held`), of the principals (:mod:`writ.stores.enrolled`), of the wait
+queue (:mod:`writ.stores.queued`) and of the policy objects
+(:mod:`writ.stores.policy_objects`): always the tables, never the live replica."""
 
 from __future__ import annotations
 
@@ -9,11 +10,21 @@ from typing import Any, cast
 
 from writ.core.ledger import row_from
 from writ.core.models import Lease, Principal, Waiter
-from writ.stores.base import LEASE_LIFE, PRINCIPAL_LIFE, WAIT_ENDS, Tx, WaiterLife
+from writ.stores.base import (
+    LEASE_LIFE,
+    OBJECT_COLUMNS,
+    PRINCIPAL_LIFE,
+    PROBE_ROWS,
+    WAIT_ENDS,
+    Probe,
+    Tx,
+    WaiterLife,
+)
 from writ.stores.rows import (
     LEASE_COLS,
     PRINCIPAL_COLS,
     WAITER_COLS,
+    object_row,
     to_lease,
     to_principal,
     to_waiter,
@@ -82,6 +93,24 @@ _W_LIVES = (
     " WHERE w.seq > %s AND w.seq <= %s ORDER BY w.seq, q.seq"
 )
 
+# the rows of each probe (Tx.audit_probes): an index range each (audit_by_resource), all
+# in one statement; the events of a probe joined by a newline
+_PROBES = (
+    "SELECT p.i, x.seq, x.body, x.hash"
+    " FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[])"
+    "   WITH ORDINALITY AS p(res, evs, lo, hi, i)"
+    " CROSS JOIN LATERAL (SELECT seq, body, hash, ts FROM audit"
+    '   WHERE resource = p.res COLLATE "C" AND ts >= p.lo AND ts <= p.hi'
+    "   AND event = ANY(string_to_array(p.evs, E'\\n'))"
+    f"   ORDER BY ts, seq LIMIT {PROBE_ROWS}) x"
+    " WHERE p.hi > 0 ORDER BY p.i, x.ts, x.seq"
+)
+_WINDOW = (
+    "SELECT seq, body, hash FROM audit WHERE resource = %s AND ts >= %s AND ts <= %s"
+    f" AND event = ANY(%s) ORDER BY ts, seq LIMIT {PROBE_ROWS}"
+)
+_O_COLS = ", ".join(OBJECT_COLUMNS)
+
 Life = tuple[Lease, "dict[str, Any] | None", "dict[str, Any] | None"]
 
 
@@ -134,6 +163,42 @@ class VerifyReads:
             )
             for r in rows
         ]
+
+    async def object_keys(self, kind: str, states: Sequence[str] | None = None) -> list[str]:
+        sql, args = "SELECT id FROM objects WHERE kind = %s", [kind]  # type: str, list[Any]
+        if states:
+            sql, args = sql + " AND state = ANY(%s)", [kind, list(states)]
+        return [r[0] for r in await self._all(sql + " ORDER BY id", args)]
+
+    async def objects_by_key(self, kind: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+        rows = await self._all(
+            f"SELECT {_O_COLS} FROM objects WHERE kind = %s AND id = ANY(%s)",
+            (kind, list(ids)),
+        )
+        return sorted((object_row(r) for r in rows), key=lambda o: str(o["id"]))
+
+    async def audit_window(
+        self, resource: str, events: Sequence[str], since: float, until: float
+    ) -> list[dict[str, Any]]:
+        rows = await self._all(_WINDOW, (resource, since, until, list(events)))
+        return [row_from(b, h, s) for s, b, h in rows]
+
+    async def audit_probes(self, probes: Sequence[Probe]) -> list[list[dict[str, Any]]]:
+        out: list[list[dict[str, Any]]] = [[] for _ in probes]
+        if not probes:
+            return out
+        rows = await self._all(
+            _PROBES,
+            (
+                [p[0] for p in probes],
+                ["\n".join(p[1]) for p in probes],
+                [float(p[2]) for p in probes],
+                [float(p[3]) for p in probes],
+            ),
+        )
+        for i, seq, body, hash_ in rows:
+            out[i - 1].append(row_from(body, hash_, seq))
+        return out
 
     async def waiter_seqs(self) -> list[int]:
         return [r[0] for r in await self._all("SELECT seq FROM waiters ORDER BY seq")]

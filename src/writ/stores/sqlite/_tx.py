@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 from writ.core.errors import Conflict
 from writ.core.ledger import GENESIS, Sealed, row_from, seal
 from writ.core.models import Lease, Principal, Waiter
-from writ.stores.base import LEASE_LIFE, WAIT_ENDS, Tx
+from writ.stores.base import LEASE_LIFE, OBJECT_COLUMNS, PROBE_ROWS, WAIT_ENDS, Tx
 from writ.stores.rows import (
     LEASE_COLS,
     PRINCIPAL_COLS,
     PRINCIPAL_INSERT_COLS,
     WAITER_COLS,
     lease_values,
+    object_row,
     principal_values,
     spec_of,
     to_lease,
@@ -356,6 +357,21 @@ class SQLiteTx(Tx):
         sql += " ORDER BY created_at DESC, id LIMIT ?"
         return [to_object(r) for r in self.c.execute(sql, [*args, limit])]
 
+    async def object_keys(self, kind: str, states: Sequence[str] | None = None) -> list[str]:
+        sql, args = "SELECT id FROM objects WHERE kind = ?", [kind]
+        if states:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            args += list(states)
+        return [r[0] for r in self.c.execute(sql + " ORDER BY id", args)]
+
+    async def objects_by_key(self, kind: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+        rows = self.c.execute(
+            f"SELECT {', '.join(OBJECT_COLUMNS)} FROM objects WHERE kind = ?"
+            f" AND id IN ({','.join('?' * len(ids))}) ORDER BY id",
+            [kind, *ids],
+        )
+        return [object_row(r) for r in rows]
+
     # ledger
     async def append(self, fields: dict[str, Any]) -> Sealed:
         self._w()
@@ -457,6 +473,16 @@ class SQLiteTx(Tx):
             "SELECT seq, body, hash FROM audit WHERE resource = ? AND ts >= ? AND ts <= ?"
             " AND event = ? ORDER BY seq",
             (resource, at - 1e-6, at + 1e-6, event),
+        )
+        return [row_from(b, h, s) for s, b, h in rows]
+
+    async def audit_window(
+        self, resource: str, events: Sequence[str], since: float, until: float
+    ) -> list[dict[str, Any]]:
+        rows = self.c.execute(
+            "SELECT seq, body, hash FROM audit WHERE resource = ? AND ts >= ? AND ts <= ?"
+            f" AND event IN ({','.join('?' * len(events))}) ORDER BY ts, seq LIMIT ?",
+            [resource, since, until, *events, PROBE_ROWS],
         )
         return [row_from(b, h, s) for s, b, h in rows]
 

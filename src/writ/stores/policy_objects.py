@@ -1,0 +1,319 @@
+"""The policy objects against the ledger: the part of ``writ audit verify`` that covers the
+objects table where it gives authority.
+
+writ serves its safety rules' objects from the objects table — the changes whose
+protection holds other agents off, the consents that let one past it, the freezes that
+stop grants — and the table is outside the hash chain. Each object is written in the
+transaction of a hashed row that records it, at the same instant (the object's
+``created_at`` is its row's time), on the same ``resource``. So verify checks every
+object of the kinds that hold authority back against those rows, found by their resource
+and time (an index range a row, ``audit_by_resource``, never a parse of the ledger;
+:meth:`~writ.stores.base.Tx.audit_probes`):
+
+* a **change** (every one, whatever its state: one lapsed by hand no longer protects):
+  its ``change.recorded`` row must agree on the author, the fencing token, the attribute
+  and summary (``ATTR: SUMMARY; protected until T``) and the protection's end (the
+  ``expires_at`` column and ``protected_until``); and a change writ has not lapsed may
+  be marked ``lapsed`` or ``recorded`` only once that end has passed;
+* a **granted consent** (the only state that lets anyone past a protection): its
+  ``consent.requested`` row must name its requester, the change's author and attribute;
+  a ``consent.granted`` row at its ``answered_at`` must name its requester, change,
+  author and attribute, and its answerer; and no ``consent.used`` row on its resource
+  since may have used it (the first few are read);
+* a **freeze** (every one: one lifted or expired by hand no longer stops grants): its
+  ``freeze.created`` row must agree on who froze what (the prefix), until when (the
+  ``expires_at`` column while it stands), the allow list and the reason; a lifted freeze
+  needs a ``freeze.lifted`` row at its ``lifted_at`` by its ``lifted_by``; an expired one
+  an end the created row gave, and passed.
+
+A row worded otherwise than writ words it today (or without notes) vouches for the
+object's existence alone: the chain vouches that writ wrote it. Each page of objects is
+read again with its rows in one snapshot, so an object written by writ while verify runs
+is judged as it stood then. What this does not cover is in docs/security.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from writ.core.bulk import first_in_pages
+from writ.core.clock import parse_time, rfc3339
+from writ.core.errors import Invalid
+from writ.stores.base import Probe, Store, Tx
+
+__all__ = ["KINDS", "PAGE", "object_disagrees", "object_probes", "objects_disagree"]
+
+PAGE = 200  # objects a snapshot
+EPS = 1e-6  # a row's time is its object's created_at to the microsecond it shows
+NEVER = 1e18
+Row = dict[str, Any]
+Obj = dict[str, Any]
+_BY_HAND = "the objects table was changed by hand"
+_ANSWER = re.compile(
+    r" granted (?P<requester>.+?)'s request to undo (?P<attribute>.*) "
+    r"\(change (?P<change_id>\S+) by (?P<author>[^)]*)\)$",
+    re.DOTALL,
+)
+
+
+def _time(text: Any) -> float:
+    """An RFC 3339 time of an object's data as seconds, or 0 (none: asks nothing)."""
+    if not isinstance(text, str):
+        return 0.0
+    try:
+        return parse_time(text)
+    except Invalid:
+        return 0.0
+
+
+def _at(res: str, events: tuple[str, ...], t: float) -> Probe:
+    """The rows of ``events`` on ``res`` at time ``t`` (0: none asked)."""
+    return (res, events, t - EPS, t + EPS if t > 0 else 0.0)
+
+
+def object_probes(o: Obj) -> list[Probe]:
+    """The rows ``o`` is checked against, as :meth:`Tx.audit_probes` asks for them."""
+    res, made, d = o["resource"], o["created_at"], o["data"]
+    made = made if isinstance(made, (int, float)) else 0.0  # a hand-written text: none
+    d = d if isinstance(d, dict) else {}
+    if o["kind"] == "change":
+        return [_at(res, ("change.recorded",), made)]
+    if o["kind"] == "consent":
+        answered = _time(d.get("answered_at"))
+        return [
+            _at(res, ("consent.requested",), made),
+            _at(res, ("consent.granted", "consent.denied"), answered),
+            (res, ("consent.used",), answered - EPS, NEVER if answered else 0.0),
+        ]
+    lifted = _time(d.get("lifted_at")) if o["state"] == "lifted" else 0.0
+    return [_at(res, ("freeze.created",), made), _at(res, ("freeze.lifted",), lifted)]
+
+
+Whys = list[str]  # what disagrees, first first (none: the row accounts for the object)
+
+
+def _differ(name: str, checks: Sequence[tuple[str, Any, Any, Row]]) -> Whys:
+    return [
+        f"{name}: the {field} ({have!r}) disagrees with its row {row['seq']} "
+        f"({row['event']}, {want!r}): {_BY_HAND}"
+        for field, have, want, row in checks
+        if have != want
+    ]
+
+
+def _one_of(name: str, rows: list[Row], what: str, judge: Callable[[Row], Whys]) -> str | None:
+    """None when one of ``rows`` (a probe's, at one instant: writ may write two objects on
+    one resource in one microsecond) accounts for the object; else why the row that comes
+    nearest does not, or that there is none."""
+    if not rows:
+        return (
+            f"{name}: no {what}: it was written into the objects table by hand, or its "
+            "resource or times were changed there"
+        )
+    nearest = min((judge(r) for r in rows), key=len)
+    return nearest[0] if nearest else None
+
+
+def _ended(name: str, state: str, until: str | None, row: Row, now: float) -> Whys:
+    """A protection or freeze marked ended (``state``) while its row says it holds."""
+    if until is None or _time(until) > now + EPS:
+        return [
+            f"{name}: it is marked {state}, but its row {row['seq']} ({row['event']}) says it "
+            f"holds {'until ' + until if until else 'until lifted'}: {_BY_HAND}"
+        ]
+    return []
+
+
+# ---------------------------------------------------------------------------- changes
+def _change(o: Obj, rows: list[list[Row]], now: float) -> str | None:
+    c, name = o["data"], f"change {o['id']} on {o['resource']}"
+    if o["state"] not in ("protected", "recorded", "lapsed"):
+        return f"{name}: its state ({o['state']!r}) is none writ gives a change: {_BY_HAND}"
+
+    def judge(row: Row) -> Whys:
+        checks: list[tuple[str, Any, Any, Row]] = [
+            ("author", c.get("author"), row["agent_id"], row),
+            ("resource", c.get("resource"), row["resource"], row),
+            ("fencing_token", c.get("fencing_token"), row["fencing_token"], row),
+            ("at", c.get("at"), row["timestamp"], row),
+        ]
+        head, sep, until = (row.get("notes") or "").rpartition("; protected until ")
+        attr = str(c.get("attribute"))
+        if sep:  # as writ words it: ATTR: SUMMARY; protected until T
+            checks += [
+                ("attribute", attr, attr if head.startswith(attr + ": ") else head, row),
+                ("summary", f"{attr}: {c.get('summary')}", head, row),
+                ("protected_until", c.get("protected_until"), until, row),
+                ("expires_at column", rfc3339(o["expires_at"]), until, row),
+            ]
+        ended = o["state"] != "protected" and bool(sep)
+        return _differ(name, checks) + (_ended(name, o["state"], until, row, now) if ended else [])
+
+    return _one_of(name, rows[0], "change.recorded row on its resource at its created_at", judge)
+
+
+# ---------------------------------------------------------------------------- consents
+def _consent(o: Obj, rows: list[list[Row]], now: float) -> str | None:
+    c, name = o["data"], f"consent {o['id']} on {o['resource']}"
+    requester, author, attr = c.get("requester"), c.get("author"), c.get("attribute")
+
+    def asked(row: Row) -> Whys:
+        notes = row.get("notes") or ""
+        said = f"{row['agent_id']} asks {author} to undo {attr} ("
+        checks = [("requester", requester, row["agent_id"], row)]
+        if notes.startswith(f"{row['agent_id']} asks ") and not notes.startswith(said):
+            checks.append(("author and attribute", f"{author} to undo {attr}", notes, row))
+        return _differ(name, checks)
+
+    why = _one_of(name, rows[0], "consent.requested row on its resource at its created_at", asked)
+    if why is not None or o["state"] != "granted":
+        return why
+
+    def answered(row: Row) -> Whys:
+        if row["event"] != "consent.granted":
+            return [
+                f"{name}: it is granted, but its row {row['seq']} ({row['event']}) at its "
+                f"answered_at denied it: {_BY_HAND}"
+            ]
+        checks = [("answered_by", c.get("answered_by"), row["agent_id"], row)]
+        said = _ANSWER.search(row.get("notes") or "")
+        if said is not None:  # as writ words it: ... granted R's request to undo A (change C by B)
+            checks += [(k, c.get(k), said[k], row) for k in ("requester", "change_id", "author")]
+            checks.append(("attribute", attr, said["attribute"], row))
+        return _differ(name, checks)
+
+    why = _one_of(name, rows[1], "consent.granted row on its resource at its answered_at", answered)
+    if why is not None:
+        return why
+    for row in rows[2]:
+        if (row.get("notes") or "").startswith(f"consent {o['id']} "):
+            return (
+                f"{name}: it is granted, but row {row['seq']} (consent.used) used it: a "
+                f"consent is used once; {_BY_HAND}"
+            )
+    return None
+
+
+# ---------------------------------------------------------------------------- freezes
+def _froze(row: Row) -> dict[str, Any] | None:
+    """What a ``freeze.created`` row says, as writ words it: ``BY froze PREFIX[ until T][
+    (allowed: A, ...)]: REASON``; None when worded otherwise."""
+    notes = row.get("notes") or ""
+    head = f"{row['agent_id']} froze {row['resource']}"
+    if not notes.startswith(head):
+        return None
+    rest, until, allow = notes[len(head) :], None, ""
+    if rest.startswith(" until "):
+        until, _, rest = rest[len(" until ") :].partition("Z")
+        until += "Z"
+    if rest.startswith(" (allowed: "):
+        allow, _, rest = rest[len(" (allowed: ") :].partition(")")
+    if not rest.startswith(": "):
+        return None
+    return {"until": until, "allow": allow, "reason": rest[2:]}
+
+
+def _freeze(o: Obj, rows: list[list[Row]], now: float) -> str | None:
+    f, name = o["data"], f"freeze {o['id']} on {o['resource']}"
+    state = o["state"]
+    if state not in ("active", "lifted", "expired"):
+        return f"{name}: its state ({state!r}) is none writ gives a freeze: {_BY_HAND}"
+    allow = f.get("allow") or []
+
+    def created(row: Row) -> Whys:
+        checks: list[tuple[str, Any, Any, Row]] = [
+            ("by", f.get("by"), row["agent_id"], row),
+            ("prefix", f.get("prefix"), row["resource"], row),
+            ("at", f.get("at"), row["timestamp"], row),
+        ]
+        said = _froze(row)
+        if said is not None:
+            checks += [
+                ("until", f.get("until"), said["until"], row),
+                ("allow", ", ".join(map(str, allow)), said["allow"], row),
+                ("reason", f.get("reason"), said["reason"], row),
+            ]
+            if state != "lifted":  # a lift clears it
+                checks.append(("expires_at column", rfc3339(o["expires_at"]), said["until"], row))
+        whys = _differ(name, checks)
+        if said is not None and state == "expired":
+            whys += _ended(name, state, said["until"], row, now)
+        return whys
+
+    why = _one_of(name, rows[0], "freeze.created row on its prefix at its created_at", created)
+    if why is not None or state != "lifted":
+        return why
+
+    def lifted(row: Row) -> Whys:
+        checks = [("lifted_by", f.get("lifted_by"), row["agent_id"], row)]
+        notes = row.get("notes") or ""
+        if notes.startswith(f"{row['agent_id']} lifted the freeze on "):
+            want = f"{row['agent_id']} lifted the freeze on {f.get('prefix')} ({f.get('reason')})"
+            checks.append(("reason", want, notes, row))
+        return _differ(name, checks)
+
+    return _one_of(name, rows[1], "freeze.lifted row on its prefix at its lifted_at", lifted)
+
+
+_JUDGES: dict[str, Callable[[Obj, list[list[Row]], float], str | None]] = {
+    "change": _change,
+    "consent": _consent,
+    "freeze": _freeze,
+}
+#: The kinds checked, and the states (None: every one) read of each.
+KINDS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
+    ("consent", ("granted",)),
+    ("freeze", None),
+    ("change", None),
+)
+
+
+def object_disagrees(o: Obj, rows: list[list[Row]], now: float) -> str | None:
+    """Why the ledger's rows (each probe's of :func:`object_probes`) do not account for policy
+    object ``o`` (a dict of :data:`~writ.stores.base.OBJECT_COLUMNS`) at ``now``, or None."""
+    if not isinstance(o["data"], dict):
+        return f"{o['kind']} {o['id']}: its data cannot be read: {_BY_HAND}"
+    return _JUDGES[o["kind"]](o, rows, now)
+
+
+async def objects_disagree(store: Store) -> tuple[str, str] | None:
+    """``("KIND ID", why)`` of the first policy object the ledger does not account for, or
+    None."""
+    for kind, states in KINDS:
+        found = await _kind_disagrees(store, kind, states)
+        if found is not None:
+            return found
+    return None
+
+
+async def _kind_disagrees(
+    store: Store, kind: str, states: tuple[str, ...] | None
+) -> tuple[str, str] | None:
+    async def listed(tx: Tx) -> list[str]:
+        return await tx.object_keys(kind, states)
+
+    async def judge(page: Sequence[str]) -> tuple[str, str] | None:
+        async def check(tx: Tx) -> tuple[str, str] | None:
+            # read again, from the table, with the rows in this snapshot: one no longer in
+            # a state checked (a consent used since) is left out
+            objs = [
+                o
+                for o in await tx.objects_by_key(kind, list(page))
+                if states is None or o["state"] in states
+            ]
+            now = tx.now()
+            probes = [object_probes(o) for o in objs]
+            found = await tx.audit_probes([p for ps in probes for p in ps])
+            at = 0
+            for o, ps in zip(objs, probes, strict=True):
+                why = object_disagrees(o, found[at : at + len(ps)], now)
+                at += len(ps)
+                if why is not None:
+                    return f"{kind} {o['id']}", why
+            return None
+
+        return await store.read(check)
+
+    return await first_in_pages(await store.read(listed), PAGE, judge)

@@ -70,13 +70,15 @@ async def _objects(engine: Engine, backend: Backend, ticking: bool = True) -> di
     gate, _ = await add(None, "the-gate", "agent")
     out: dict[str, Any] = {}
     # a lease that expires (its lock delay), a change past its protection (lapsed)
-    short = await engine.acquire(perf, resource="prod/cache", intent="warm", ttl_s=1)
+    short = await engine.acquire(perf, resource="prod/cache", intent="warm", ttl_s=1, rollback=PLAN)
     out["lapsed"] = await engine.consents.record_change(
         perf, short["lease_id"], "size", "2→4", protect_s=1
     )
     out["expired"] = await engine.consents.ask(cost, out["lapsed"]["change_id"], "too big")
+    out["escalated"] = await engine.consents.ask(cost, out["lapsed"]["change_id"], "still")
     out["brief"] = await engine.freezes.freeze(jane, "staging", "deploy window", until="1s")
     await _later(backend, engine, 1.5)
+    await engine.consents.answer(jane, out["escalated"]["consent_id"], True)  # db-oncall's
     lease = await engine.acquire(
         perf, resource="prod/db", intent="scale", touches=["capacity"], rollback=PLAN
     )
@@ -155,6 +157,7 @@ async def test_every_kind_of_object_as_writ_wrote_it_verifies(
     for name, kind, key, state in (
         ("used", "consent", "consent_id", "used"),
         ("expired", "consent", "consent_id", "expired"),
+        ("escalated", "consent", "consent_id", "granted"),
         ("brief", "freeze", "freeze_id", "expired"),
         ("lapsed", "change", "change_id", "lapsed"),
     ):
@@ -211,6 +214,20 @@ EDITS: dict[str, tuple[str, str, str]] = {
         _set("consent", "granted", _data('"requester": "cost-agent"', '"requester": "jane"')),
         "consent {granted}",
         "the requester",
+    ),
+    "an escalated consent's queue": (
+        _set(
+            "consent", "escalated", _data('"escalated_to": "db-oncall"', '"escalated_to": "jane"')
+        ),
+        "consent {escalated}",
+        "the escalated_to",
+    ),
+    "a change's override queue": (
+        _set(
+            "change", "change", _data('"override_queue": "db-oncall"', '"override_queue": "jane"')
+        ),
+        "change {change}",
+        "the override_queue",
     ),
     "a protected change lapsed": (
         _set("change", "change", "state = 'lapsed'"),
@@ -453,5 +470,40 @@ async def test_audit_probes_answer_as_each_window_does(make_engine: Any, backend
 
     objs, many, one = await engine.store.read(both)
     assert [o["id"] for o in objs] == [out["granted"]["consent_id"]] and many == one
-    assert [len(rows) for rows in many] == [1, 1, 1, 0, 3]  # another consent used since
+    assert [len(rows) for rows in many] == [1, 1, 1, 0, 0, 3]  # another consent used since
     assert [r["event"] for r in many[-1]] == ["lease.granted", "lease.released", "lease.granted"]
+
+
+def test_verify_over_http_names_the_object(tmp_path: Any) -> None:
+    """``GET /v1/audit/verify`` (the Python client's ``verify()``) and ``writ audit verify
+    --url --checkpoint`` (the server verifies, the CLI checks the checkpoint's rows) answer
+    a freeze lifted by hand in ``policy_object``, never as a bad seq, exit 1."""
+    import contextlib
+    import sqlite3
+
+    from tests.server_fixtures import serve
+
+    key, cp = str(tmp_path / "cp.key"), str(tmp_path / "cp.txt")
+    assert CliRunner().invoke(main, ["audit", "keygen", "--out", key]).exit_code == 0
+    with serve(tmp_path / "w.db") as srv:
+        _, token = srv.principal("human", "jane")
+        with srv.client(token) as jane:
+            freeze = jane.freeze("prod/api", "incident 4411")
+        server = ["--url", srv.url, "--token", srv.admin_token]
+        made = CliRunner().invoke(main, ["audit", "checkpoint", "--key", key, "--out", cp, *server])
+        assert made.exit_code == 0, made.output
+        args = ["audit", "verify", *server, "--checkpoint", cp]
+        assert CliRunner().invoke(main, args).exit_code == 0
+        with contextlib.closing(sqlite3.connect(tmp_path / "w.db", isolation_level=None)) as db:
+            db.execute("UPDATE objects SET state = 'lifted', expires_at = NULL")
+        name = f"freeze {freeze['freeze_id']}"
+        with srv.client() as admin:
+            out = admin.verify()
+        assert out["ok"] is False and out["first_bad_seq"] is None
+        assert out["policy_object"] == name and "no freeze.lifted row" in out["reason"]
+        assert "lease_id" not in out and "principal" not in out
+        out = json.loads(CliRunner().invoke(main, [*args, "--json"]).output)
+        assert out["ok"] is False and out["policy_object"] == name and out["first_bad_seq"] is None
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 1 and f"BROKEN: {name} on prod/api" in res.output
+        assert "seq None" not in res.output

@@ -11,15 +11,17 @@ and time (an index range a row, ``audit_by_resource``, never a parse of the ledg
 :meth:`~writ.stores.base.Tx.audit_probes`):
 
 * a **change** (every one, whatever its state: one lapsed by hand no longer protects):
-  its ``change.recorded`` row must agree on the author, the fencing token, the attribute
-  and summary (``ATTR: SUMMARY; protected until T``) and the protection's end (the
+  its ``change.recorded`` row must agree on the author, the fencing token, the override
+  queue its consents escalate to, the attribute and summary (``ATTR: SUMMARY; protected until T``) and the protection's end (the
   ``expires_at`` column and ``protected_until``); and a change writ has not lapsed may
   be marked ``lapsed`` or ``recorded`` only once that end has passed;
 * a **granted consent** (the only state that lets anyone past a protection): its
   ``consent.requested`` row must name its requester, the change's author and attribute;
   a ``consent.granted`` row at its ``answered_at`` must name its requester, change,
-  author and attribute, and its answerer; and no ``consent.used`` row on its resource
-  since may have used it (the first few are read);
+  author and attribute, and its answerer; one answered after it expired, a
+  ``consent.expired`` row before the answer must name the queue it was escalated to (who
+  may answer it then); and no ``consent.used`` row on its resource since may have used it
+  (the first few are read);
 * a **freeze** (every one: one lifted or expired by hand no longer stops grants): its
   ``freeze.created`` row must agree on who froze what (the prefix), until when (the
   ``expires_at`` column while it stands), the allow list and the reason; a lifted freeze
@@ -86,6 +88,12 @@ def object_probes(o: Obj) -> list[Probe]:
             _at(res, ("consent.requested",), made),
             _at(res, ("consent.granted", "consent.denied"), answered),
             (res, ("consent.used",), answered - EPS, NEVER if answered else 0.0),
+            (
+                res,
+                ("consent.expired",),
+                made - EPS,
+                answered + EPS if d.get("escalated_to") else 0.0,
+            ),
         ]
     lifted = _time(d.get("lifted_at")) if o["state"] == "lifted" else 0.0
     return [_at(res, ("freeze.created",), made), _at(res, ("freeze.lifted",), lifted)]
@@ -139,6 +147,8 @@ def _change(o: Obj, rows: list[list[Row]], now: float) -> str | None:
             ("fencing_token", c.get("fencing_token"), row["fencing_token"], row),
             ("at", c.get("at"), row["timestamp"], row),
         ]
+        if "override_queue" in c:  # the queue its consents escalate to (without: the policy's)
+            checks.append(("override_queue", c["override_queue"], row["human_override_queue"], row))
         head, sep, until = (row.get("notes") or "").rpartition("; protected until ")
         attr = str(c.get("attribute"))
         if sep:  # as writ words it: ATTR: SUMMARY; protected until T
@@ -185,6 +195,18 @@ def _consent(o: Obj, rows: list[list[Row]], now: float) -> str | None:
         return _differ(name, checks)
 
     why = _one_of(name, rows[1], "consent.granted row on its resource at its answered_at", answered)
+    if why is None and c.get("escalated_to") is not None:
+
+        def escalated(row: Row) -> Whys:  # who may answer once it expired unanswered
+            checks = [("escalated_to", c["escalated_to"], row["human_override_queue"], row)]
+            notes = row.get("notes") or ""
+            if notes.startswith(f"{author} did not answer "):
+                said = f"{author} did not answer {requester}'s consent request by "
+                checks.append(("requester", said, notes[: len(said)], row))
+            return _differ(name, checks)
+
+        what = "consent.expired row on its resource before its answer"
+        why = _one_of(name, rows[3], what, escalated)
     if why is not None:
         return why
     for row in rows[2]:

@@ -304,6 +304,9 @@ export interface Verify extends Open {
   principal?: string;
   /** A queued request the ledger does not account for (the chain intact: `first_bad_seq` null). */
   waiter_id?: string;
+  /** A policy object the ledger does not account for, as `"KIND ID"` (`"consent cns_…"`;
+   * the chain intact: `first_bad_seq` null). */
+  policy_object?: string;
 }
 
 export interface Who extends Open {

@@ -363,9 +363,10 @@ class _Routes(Generic[R]):
 
     def verify(self) -> R:
         """``GET /v1/audit/verify``: ``{"ok", "rows", "head", "first_bad_seq", "reason"?,
-        "lease_id"?, "principal"?, "waiter_id"?}`` (``lease_id``: a held lease the ledger
-        does not account for; ``principal``: a principal it does not account for;
-        ``waiter_id``: a queued request it does not account for)."""
+        "lease_id"?, "principal"?, "waiter_id"?, "policy_object"?}`` (``lease_id``: a held
+        lease the ledger does not account for; ``principal``: a principal it does not account
+        for; ``waiter_id``: a queued request it does not account for; ``policy_object``: a
+        change, consent or freeze it does not account for, as ``KIND ID``)."""
         return self._send(_Req("GET", "/v1/audit/verify"))
 
     def events(self, resource: str | None = None, after_seq: int = 0, wait_s: float = 0) -> R:

@@ -463,7 +463,9 @@ async def test_audit_probes_answer_as_each_window_does(make_engine: Any, backend
 
     async def both(tx: Any) -> tuple[Any, Any, Any]:
         objs = await tx.objects_by_key("consent", [out["granted"]["consent_id"], "nobody"])
-        probes = [*policy_objects.object_probes(objs[0]), ("prod/db", ("lease.granted",), 0.0, 0.0)]
+        [change] = await tx.objects_by_key("change", [out["change"]["change_id"]])
+        probes = policy_objects.object_probes(objs[0], change["expires_at"])
+        probes.append(("prod/db", ("lease.granted",), 0.0, 0.0))
         probes.append(("prod/db", ("lease.granted", "lease.released"), 0.0, 1e18))
         one = [await tx.audit_window(*p) if p[3] > 0 else [] for p in probes]
         return objs, await tx.audit_probes(probes), one

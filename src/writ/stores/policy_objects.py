@@ -20,8 +20,9 @@ and time (an index range a row, ``audit_by_resource``, never a parse of the ledg
   a ``consent.granted`` row at its ``answered_at`` must name its requester, change,
   author and attribute, and its answerer; one answered after it expired, a
   ``consent.expired`` row before the answer must name the queue it was escalated to (who
-  may answer it then); and no ``consent.used`` row on its resource since may have used it
-  (the first few are read);
+  may answer it then); and no ``consent.used`` row on its resource between the answer and
+  the end of its change's protection may have used it (the first few are read: after that
+  end, or with its change gone, it lets no one past anything);
 * a **freeze** (every one: one lifted or expired by hand no longer stops grants): its
   ``freeze.created`` row must agree on who froze what (the prefix), until when (the
   ``expires_at`` column while it stands), the allow list and the reason; a lifted freeze
@@ -75,8 +76,13 @@ def _at(res: str, events: tuple[str, ...], t: float) -> Probe:
     return (res, events, t - EPS, t + EPS if t > 0 else 0.0)
 
 
-def object_probes(o: Obj) -> list[Probe]:
-    """The rows ``o`` is checked against, as :meth:`Tx.audit_probes` asks for them."""
+def object_probes(o: Obj, protected_until: float | None = None) -> list[Probe]:
+    """The rows ``o`` is checked against, as :meth:`Tx.audit_probes` asks for them; for a
+    consent, ``protected_until`` is the end of its change's protection (the objects
+    table's, checked against its own row), None when there is no such change: a consent
+    lets no one past a protection that ended, so a use after it, or with none, is not
+    looked for (the rows on its resource between its answer and that end are read, until
+    a few uses are found, never the rest of the resource's history)."""
     res, made, d = o["resource"], o["created_at"], o["data"]
     made = made if isinstance(made, (int, float)) else 0.0  # a hand-written text: none
     d = d if isinstance(d, dict) else {}
@@ -84,10 +90,11 @@ def object_probes(o: Obj) -> list[Probe]:
         return [_at(res, ("change.recorded",), made)]
     if o["kind"] == "consent":
         answered = _time(d.get("answered_at"))
+        used_until = (protected_until or 0.0) + EPS if answered else 0.0
         return [
             _at(res, ("consent.requested",), made),
             _at(res, ("consent.granted", "consent.denied"), answered),
-            (res, ("consent.used",), answered - EPS, NEVER if answered else 0.0),
+            (res, ("consent.used",), answered - EPS, used_until),
             (
                 res,
                 ("consent.expired",),
@@ -310,6 +317,22 @@ async def objects_disagree(store: Store) -> tuple[str, str] | None:
     return None
 
 
+def _change_of(o: Obj) -> str:
+    return str((o["data"] if isinstance(o["data"], dict) else {}).get("change_id"))
+
+
+async def _protections(tx: Tx, consents: list[Obj]) -> dict[str, float]:
+    """The end of the protection of each consent's change, by change id (the objects
+    table's ``expires_at``, which the change's own check compares with its row)."""
+    ids = sorted({_change_of(o) for o in consents})
+    changes = await tx.objects_by_key("change", ids) if ids else []
+    return {
+        c["id"]: float(c["expires_at"])
+        for c in changes
+        if isinstance(c["expires_at"], (int, float))
+    }
+
+
 async def _kind_disagrees(
     store: Store, kind: str, states: tuple[str, ...] | None
 ) -> tuple[str, str] | None:
@@ -326,7 +349,8 @@ async def _kind_disagrees(
                 if states is None or o["state"] in states
             ]
             now = tx.now()
-            probes = [object_probes(o) for o in objs]
+            ends = await _protections(tx, objs) if kind == "consent" else {}
+            probes = [object_probes(o, ends.get(_change_of(o))) for o in objs]
             found = await tx.audit_probes([p for ps in probes for p in ps])
             at = 0
             for o, ps in zip(objs, probes, strict=True):

@@ -509,3 +509,39 @@ def test_verify_over_http_names_the_object(tmp_path: Any) -> None:
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 1 and f"BROKEN: {name} on prod/api" in res.output
         assert "seq None" not in res.output
+
+
+async def test_a_consent_answered_by_an_author_set_by_hand_fails_verify(
+    make_engine: Any, backend: Backend
+) -> None:
+    """A pending consent whose author was changed by hand to an agent of the intruder's,
+    which then grants it through writ (writ records that answer as its own), fails verify:
+    its consent.requested row names the change's real author."""
+    engine = await make_engine(POLICY)
+    ids = _ids(await _objects(engine, backend))
+    mallory, _ = await engine.add_principal(None, "mallory-agent", "agent")
+    edit = _data('"author": "perf-agent"', '"author": "mallory-agent"')
+    await backend.sql(_set("consent", "pending", edit).format(**ids))
+    if backend.is_pg:  # behind the server's back: it loads its live replica afresh
+        await backend.sql("UPDATE audit_head SET epoch = epoch + 1")
+    await engine.consents.answer(mallory, ids["pending"], True)
+    bad = await engine.verify()
+    assert bad.policy_object == f"consent {ids['pending']}", bad
+    assert "the author and attribute" in (bad.reason or "") and bad.first_bad_seq is None
+
+
+async def test_migrate_checks_the_objects_it_copied(
+    make_engine: Any, backend: Backend, tmp_path: Any
+) -> None:
+    """``writ migrate``'s final check covers the policy objects: a store with every kind
+    copies and verifies; one whose freeze was lifted by hand copies (the chain is intact)
+    and answers not ok, naming the freeze."""
+    from writ.stores.migrate import migrate
+
+    engine = await make_engine(POLICY)
+    ids = _ids(await _objects(engine, backend))
+    done = await migrate(backend.url, f"sqlite:///{tmp_path / 'copy.db'}")
+    assert done["ok"] and done["verify"]["ok"], done
+    await backend.sql(_set("freeze", "freeze", "state = 'lifted', expires_at = NULL").format(**ids))
+    done = await migrate(backend.url, f"sqlite:///{tmp_path / 'copy2.db'}")
+    assert not done["ok"] and done["verify"]["policy_object"] == f"freeze {ids['freeze']}"

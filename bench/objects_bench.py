@@ -1,0 +1,93 @@
+"""``python -m bench.objects_bench`` — what verify's check of the policy objects costs.
+
+Writes ``--objects`` policy objects through the engine into a store (by default a new SQLite
+file; ``--url`` names another, e.g. a PostgreSQL schema): four in ten protected changes,
+three in ten freezes, three in ten granted consents — the kinds and states
+:mod:`writ.stores.policy_objects` reads. With ``--ledger-rows`` (SQLite only), the store
+first holds a ledger of that many rows built as ``bench.ledger_bench`` builds its own, so
+each probe searches an index of that size. Then it times, best of three, in process: the
+objects check alone (``objects_disagree``), and the whole ``verify_store`` (the chain, the
+held leases, the principals and the objects). Prints one line each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from writ.engine import Engine
+from writ.stores import open_store
+from writ.stores.migrate import verify_store
+from writ.stores.policy_objects import objects_disagree
+
+T = TypeVar("T")
+
+
+async def fill(engine: Engine, n: int) -> None:
+    add = engine.add_principal
+    perf, _ = await add(None, "bench-perf", "agent")
+    cost, _ = await add(None, "bench-cost", "agent")
+    jane, _ = await add(None, "bench-jane", "human")
+    lease = await engine.acquire(perf, resource="bench/db", intent="bench", ttl_s=3600)
+    changes = [
+        await engine.consents.record_change(perf, lease["lease_id"], f"attr-{i}", "x")
+        for i in range(n * 4 // 10)
+    ]
+    for i in range(n * 3 // 10):
+        await engine.freezes.freeze(jane, f"bench/frozen-{i}", "bench")
+    for i in range(n - len(changes) - n * 3 // 10):
+        asked = await engine.consents.ask(cost, changes[i % len(changes)]["change_id"], "b")
+        await engine.consents.answer(perf, asked["consent_id"], True)
+
+
+async def best(fn: Callable[[], Awaitable[T]], runs: int = 3) -> tuple[float, T]:
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        out = await fn()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+async def run(url: str, n: int) -> None:
+    engine = Engine(open_store(url))
+    await engine.start(background=False)
+    try:
+        t = time.perf_counter()
+        await fill(engine, n)
+        print(f"wrote {n:,} objects in {time.perf_counter() - t:.1f}s")
+        dt, found = await best(lambda: objects_disagree(engine.store))
+        assert found is None, found
+        print(f"objects check: {dt * 1000:.0f} ms ({dt / n * 1e6:.0f} us an object)")
+        dt2, v = await best(lambda: verify_store(engine.store))
+        print(f"whole verify_store: {dt2:.2f} s ({v.rows:,} rows, ok={v.ok})")
+    finally:
+        await engine.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.objects_bench", description=__doc__)
+    ap.add_argument("--url", default=None, help="the store (default: a new SQLite file)")
+    ap.add_argument("--objects", type=int, default=1000)
+    ap.add_argument("--ledger-rows", type=int, default=0, help="SQLite: a ledger this long first")
+    args = ap.parse_args(argv)
+    url = args.url
+    if url is None:
+        path = Path(tempfile.mkdtemp(prefix="writ-objects-bench-")) / "writ.db"
+        if args.ledger_rows:
+            from bench.ledger_bench import build
+
+            t = time.perf_counter()
+            build(path, args.ledger_rows, 1000)
+            print(f"built {args.ledger_rows:,} rows in {time.perf_counter() - t:.1f}s")
+        url = f"sqlite:///{path}"
+    asyncio.run(run(url, args.objects))
+
+
+if __name__ == "__main__":
+    main()

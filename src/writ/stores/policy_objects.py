@@ -12,7 +12,7 @@ and time (an index range a row, ``audit_by_resource``, never a parse of the ledg
 
 * a **change** (every one, whatever its state: one lapsed by hand no longer protects):
   its ``change.recorded`` row must agree on the author, the fencing token, the override
-  queue its consents escalate to, the attribute and summary (``ATTR: SUMMARY; protected until T``) and the protection's end (the
+  queue its consents escalate to, the attribute (``ATTR: SUMMARY; protected until T``) and the protection's end (the
   ``expires_at`` column and ``protected_until``); and a change writ has not lapsed may
   be marked ``lapsed`` or ``recorded`` only once that end has passed;
 * a **granted consent** (the only state that lets anyone past a protection): its
@@ -158,10 +158,10 @@ def _change(o: Obj, rows: list[list[Row]], now: float) -> str | None:
             checks.append(("override_queue", c["override_queue"], row["human_override_queue"], row))
         head, sep, until = (row.get("notes") or "").rpartition("; protected until ")
         attr = str(c.get("attribute"))
-        if sep:  # as writ words it: ATTR: SUMMARY; protected until T
+        if sep:  # as writ words it: ATTR: SUMMARY; protected until T (the summary is the
+            # author's words, quoted wherever writ shows them: it gives no authority)
             checks += [
                 ("attribute", attr, attr if head.startswith(attr + ": ") else head, row),
-                ("summary", f"{attr}: {c.get('summary')}", head, row),
                 ("protected_until", c.get("protected_until"), until, row),
                 ("expires_at column", rfc3339(o["expires_at"]), until, row),
             ]

@@ -49,7 +49,9 @@ from writ.stores.base import Probe, Store, Tx
 __all__ = ["KINDS", "PAGE", "object_disagrees", "object_probes", "objects_disagree"]
 
 PAGE = 200  # objects a snapshot
-EPS = 1e-6  # a row's time is its object's created_at to the microsecond it shows
+# a row's time is its object's created_at to the microsecond it shows (half of one either
+# way, and a float's rounding at today's seconds)
+EPS = 2e-6
 NEVER = 1e18
 Row = dict[str, Any]
 Obj = dict[str, Any]
@@ -95,10 +97,12 @@ def object_probes(o: Obj, protected_until: float | None = None) -> list[Probe]:
             _at(res, ("consent.requested",), made),
             _at(res, ("consent.granted", "consent.denied"), answered),
             (res, ("consent.used",), answered - EPS, used_until),
+            # writ expires it at the first sweep after its answer-by time: its row comes
+            # first from then on
             (
                 res,
                 ("consent.expired",),
-                made - EPS,
+                (_time(d.get("expires_at")) or made) - EPS,
                 answered + EPS if d.get("escalated_to") else 0.0,
             ),
         ]

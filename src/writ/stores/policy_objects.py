@@ -12,9 +12,9 @@ and time (an index range a row, ``audit_by_resource``, never a parse of the ledg
 
 * a **change** (every one, whatever its state: one lapsed by hand no longer protects):
   its ``change.recorded`` row must agree on the author, the fencing token, the override
-  queue its consents escalate to, the attribute (``ATTR: SUMMARY; protected until T``) and the protection's end (the
-  ``expires_at`` column and ``protected_until``); and a change writ has not lapsed may
-  be marked ``lapsed`` or ``recorded`` only once that end has passed;
+  queue its consents escalate to, the attribute (``ATTR: SUMMARY; protected until T``)
+  and the protection's end (the ``expires_at`` column and ``protected_until``); and a
+  change may be marked ``lapsed`` or ``recorded`` only once that end has passed;
 * a **granted consent** (the only state that lets anyone past a protection): its
   ``consent.requested`` row must name its requester, the change's author and attribute;
   a ``consent.granted`` row at its ``answered_at`` must name its requester, change,
@@ -30,7 +30,8 @@ and time (an index range a row, ``audit_by_resource``, never a parse of the ledg
   an end the created row gave, and passed.
 
 A row worded otherwise than writ words it today (or without notes) vouches for the
-object's existence alone: the chain vouches that writ wrote it. Each page of objects is
+object's existence and for its own fields (who, where, when) alone: the chain vouches
+that writ wrote it. Each page of objects is
 read again with its rows in one snapshot, so an object written by writ while verify runs
 is judged as it stood then. What this does not cover is in docs/security.md.
 """
@@ -52,7 +53,6 @@ PAGE = 200  # objects a snapshot
 # a row's time is its object's created_at to the microsecond it shows (half of one either
 # way, and a float's rounding at today's seconds)
 EPS = 2e-6
-NEVER = 1e18
 Row = dict[str, Any]
 Obj = dict[str, Any]
 _BY_HAND = "the objects table was changed by hand"

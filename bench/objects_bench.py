@@ -76,17 +76,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--objects", type=int, default=1000)
     ap.add_argument("--ledger-rows", type=int, default=0, help="SQLite: a ledger this long first")
     args = ap.parse_args(argv)
-    url = args.url
-    if url is None:
-        path = Path(tempfile.mkdtemp(prefix="writ-objects-bench-")) / "writ.db"
+    if args.url is not None:
+        asyncio.run(run(args.url, args.objects))
+        return
+    with tempfile.TemporaryDirectory(prefix="writ-objects-bench-") as folder:
+        path = Path(folder) / "writ.db"
         if args.ledger_rows:
             from bench.ledger_bench import build
 
             t = time.perf_counter()
             build(path, args.ledger_rows, 1000)
             print(f"built {args.ledger_rows:,} rows in {time.perf_counter() - t:.1f}s")
-        url = f"sqlite:///{path}"
-    asyncio.run(run(url, args.objects))
+        asyncio.run(run(f"sqlite:///{path}", args.objects))
 
 
 if __name__ == "__main__":

@@ -251,3 +251,28 @@ def test_a_server_says_a_break_within_its_period(tmp_path: Path) -> None:
             db.execute("DELETE FROM leases WHERE lease_id = ?", (lease["lease_id"],))
         wait_until(lambda: "writ_audit_verify_ok 0.0" in http.get("/metrics").text)
         assert f"lease {lease['lease_id']} on prod/db: the ledger holds it open" in srv.logs()
+
+
+async def test_passes_take_at_most_a_twentieth_of_the_time(engine: Engine) -> None:
+    """A pass that took T seconds (a large store's table checks) puts the next one at
+    least 19 T later, whatever ``every`` says."""
+    ticks = Ticks()
+    s = Sentinel(engine, every=60, clock=ticks)
+    real = s._walk
+
+    async def slow() -> Any:
+        ticks.now += 10  # the pass takes ten seconds
+        return await real()
+
+    s._walk = slow  # type: ignore[method-assign]
+    ticks.now += 60
+    await s.tick()
+    await _ended(s, 1)
+    ended = ticks.now
+    for later in (60, 120, 189):
+        ticks.now = ended + later
+        await s.tick()
+        assert s.passes == 1 and (s._task is None or s._task.done()), later
+    ticks.now = ended + 190
+    await s.tick()
+    await _ended(s, 2)

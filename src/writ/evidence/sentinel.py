@@ -9,7 +9,9 @@ the tables as ``writ audit verify`` does (:func:`writ.stores.migrate.verify_stor
 last again: an intruder who rewrote any earlier row and re-hashed the rest to hide it changed
 that row's hash too. The first pass, and one a day, walks the whole chain, which also finds a
 row edited in place behind the point verified (its hash left alone). A pass gives way between
-pages (:mod:`writ.core.bulk`): after the first, it reads only the new rows, 7-13 µs a row.
+pages (:mod:`writ.core.bulk`): after the first, it reads only the new rows, 7-13 µs a row;
+the table checks read the whole of their tables each pass, so a pass that took T seconds
+puts the next one at least 19 T later (passes take at most :data:`SHARE` of the time).
 
 A checkpoint (``--checkpoint-every``) is signed only at a row a pass has just verified
 (:meth:`Sentinel.verified`): rows rewritten and re-hashed after a pass saw them are never
@@ -37,6 +39,9 @@ log = logging.getLogger("writ.audit")
 DEFAULT_EVERY_S = 60.0
 FULL_EVERY_S = 86_400.0  # a pass over the whole chain this often, and at start
 BROKEN_EVERY_S = 600.0  # while the ledger does not verify, passes (all whole) this far apart
+#: the share of the server's time passes may take: after a pass of T seconds the next comes
+#: no sooner than T / SHARE - T later (a large store's table checks stretch the period)
+SHARE = 0.05
 
 
 class Sentinel:
@@ -85,12 +90,15 @@ class Sentinel:
     async def pass_(self) -> Verification:
         """Verify the rows written since the last pass, then the tables; the answer."""
         async with self._lock:
-            if self.clock() >= self._full_due:
+            began = self.clock()
+            if began >= self._full_due:
                 self._full_due = self.clock() + self.full_every
                 self.at, self.opened = (0, GENESIS), OpenLeases()
             out = await self._changed_behind() or await self._walk()
             before, self.last, self.last_end = self.last, out, time.time()
             self.passes += 1
+            ended = self.clock()
+            self._due = max(self._due, ended + (ended - began) * (1 / SHARE - 1))
             if not out.ok:
                 # nothing after a break is vouched for: the next pass walks the whole chain,
                 # and while it stays broken, no more often than every BROKEN_EVERY_S

@@ -260,9 +260,9 @@ async def test_passes_take_at_most_a_twentieth_of_the_time(engine: Engine) -> No
     s = Sentinel(engine, every=60, clock=ticks)
     real = s._walk
 
-    async def slow() -> Any:
+    async def slow(tables: bool = True) -> Any:
         ticks.now += 10  # the pass takes ten seconds
-        return await real()
+        return await real(tables)
 
     s._walk = slow  # type: ignore[method-assign]
     ticks.now += 60
@@ -276,3 +276,22 @@ async def test_passes_take_at_most_a_twentieth_of_the_time(engine: Engine) -> No
     ticks.now = ended + 190
     await s.tick()
     await _ended(s, 2)
+
+
+async def test_a_checkpoints_pass_of_the_chain_leaves_the_last_whole_pass(
+    engine: Engine, backend: Backend
+) -> None:
+    """The checkpointer's pass verifies the chain alone (what a checkpoint signs): it
+    signs over a table changed by hand, and leaves the break the last whole pass found
+    in ``last`` (and so in the metric)."""
+    agent, _ = await engine.add_principal(None, "perf-agent", "agent")
+    lease = await engine.acquire(agent, resource="prod/db", intent="scale up")
+    s = Sentinel(engine, every=60)
+    await backend.sql(f"DELETE FROM leases WHERE lease_id = '{lease['lease_id']}'")
+    broken = await s.pass_()
+    assert not broken.ok and broken.lease_id == lease["lease_id"]
+    await _rows(engine, 2)
+    signed = await s.verified()
+    head = await engine.store.read(lambda tx: tx.audit_head())
+    assert signed is not None and signed[:2] == head
+    assert s.last is broken and s.passes == 1

@@ -45,6 +45,7 @@ async def verify_store(
     since: tuple[int, str] = (0, GENESIS),
     opened: OpenLeases | None = None,
     each: Callable[[list[Record]], None] | None = None,
+    tables: bool = True,
 ) -> Verification:
     """Recompute a store's whole hash chain, in constant memory, up to the head the store
     keeps beside it (rows removed from the end are found); then check every held lease
@@ -56,7 +57,8 @@ async def verify_store(
 
     From ``since`` (``(seq, hash)`` of a row verified before, and ``opened``, the leases the
     rows up to it left open) only the rows after it are walked (``writ serve``'s standing
-    verify: :mod:`writ.evidence.sentinel`); ``each`` sees each chunk once verified."""
+    verify: :mod:`writ.evidence.sentinel`); ``each`` sees each chunk once verified.
+    ``tables=False``: the chain alone (what a checkpoint signs)."""
     kept = await store.read(lambda tx: tx.audit_head())
     found_open = OpenLeases() if opened is None else opened
 
@@ -67,7 +69,7 @@ async def verify_store(
 
     rows = store.audit_records(after_seq=since[0], batch=PAGE)
     chain = await verify_stream(rows, kept, step, since)
-    if not chain.ok:
+    if not chain.ok or not tables:
         return chain
     found = await held_disagrees(store, found_open)
     if found is not None:

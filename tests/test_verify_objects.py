@@ -305,6 +305,18 @@ def _ids(out: dict[str, Any]) -> dict[str, str]:
     return ids
 
 
+# the edits run on PostgreSQL too, one or two of each kind (building the objects waits a real
+# 1.5 s there, the database's clock): the check's SQL is the same for every edit of a kind
+ON_POSTGRES = {
+    "a pending consent granted",
+    "a granted consent for another change",
+    "a protected change lapsed",
+    "a change moved",
+    "a freeze lifted by hand",
+    "a freeze that allows more",
+}
+
+
 @pytest.mark.parametrize("edit", sorted(EDITS))
 async def test_a_hand_edited_object_fails_verify(
     make_engine: Any, backend: Backend, edit: str
@@ -312,6 +324,8 @@ async def test_a_hand_edited_object_fails_verify(
     """A policy object changed (or made) by hand in the objects table so that it gives
     authority fails verify — online, with a signed checkpoint, and offline — naming the
     object and what disagrees, while every audit row is intact."""
+    if backend.is_pg and edit not in ON_POSTGRES:
+        pytest.skip("run on SQLite; on PostgreSQL one or two edits of each kind (ON_POSTGRES)")
     engine = await make_engine(POLICY)
     ids = _ids(await _objects(engine, backend))
     assert (await engine.verify()).ok

@@ -254,6 +254,35 @@ async def test_a_cancelled_waiter_leaves_the_queue(engine: Engine) -> None:
     assert (await asyncio.wait_for(wc, 5))["holder"] == "agent-c"
 
 
+async def test_a_caller_cancelled_as_its_queue_join_commits_leaves_the_queue(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller went away while its queue join was committing (cancelled as the
+    transaction's answer came back, before it began to wait): it leaves the queue with a
+    row that says so, where it stayed queued and was granted a lease nobody collects."""
+    a, b = await adds(engine, "agent-a", "agent-b")
+    lease = await grant(engine, a, "prod/db")
+    real = engine.store.transact
+    armed = [True]
+
+    async def transact(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        out = await real(fn, *args, **kwargs)
+        if armed[0]:  # the queue join committed; its caller is cancelled now
+            armed[0] = False
+            raise asyncio.CancelledError
+        return out
+
+    monkeypatch.setattr(engine.store, "transact", transact)
+    with pytest.raises(asyncio.CancelledError):
+        await engine.acquire(b, resource="prod/db", intent="scale", wait_s=30)
+    assert (await engine.resource_status("prod/db"))["queue"] == []
+    withdrawn = (await rows(engine, "lease.denied"))[-1]
+    assert "withdrawn 'scale'" in withdrawn["notes"] and withdrawn["agent_id"] == "agent-b"
+    await engine.release(a, lease["lease_id"])
+    held = await engine.store.read(lambda tx: tx.held_leases())
+    assert held == []  # nobody was granted prod/db on agent-b's behalf
+
+
 async def test_a_dead_servers_waiter_is_dropped_not_granted(
     engine: Engine, backend: Backend
 ) -> None:

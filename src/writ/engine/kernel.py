@@ -34,7 +34,7 @@ from writ.core.errors import (
     WritError,
 )
 from writ.core.ledger import Verification
-from writ.core.models import Lease, Principal, Waiter, new_id, queued_as, waited_as
+from writ.core.models import Lease, Principal, Waiter, new_id, queued_as
 from writ.core.policy import Policy
 from writ.core.validate import check_text, check_tree, number
 from writ.engine.defaults import DEFAULT_RULES, load_rule
@@ -293,9 +293,13 @@ class Engine(PrincipalOps, QueueOps):
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._grants[waiter_id] = fut
         try:
-            out = await self.store.transact(
-                lambda tx: self._acquire_tx(tx, principal, req, waiter_id)
-            )
+            try:
+                out = await self.store.transact(
+                    lambda tx: self._acquire_tx(tx, principal, req, waiter_id)
+                )
+            except asyncio.CancelledError:  # the queue join may have committed: leave it
+                await asyncio.shield(self._abandon(waiter_id, req))
+                raise
             if isinstance(out, WritError):
                 raise out
             if isinstance(out, Lease):
@@ -418,7 +422,7 @@ class Engine(PrincipalOps, QueueOps):
                 blocked, store_now = out.blocked, out.now
         except asyncio.CancelledError:
             # the caller went away: leave the queue, and give back a lease granted meanwhile
-            await asyncio.shield(self._abandon(waiter))
+            await asyncio.shield(self._abandon(waiter.waiter_id, req))
             raise
 
     async def _recheck_tx(
@@ -454,36 +458,6 @@ class Engine(PrincipalOps, QueueOps):
         err = await self._refuse(tx, req, blocked, waited=True)
         await self._dispatch(tx, req.expand)  # those behind us may go now
         return err
-
-    async def _abandon(self, waiter: Waiter) -> None:
-        async def fn(tx: Tx) -> None:
-            if await tx.delete_waiter(waiter.waiter_id):
-                # leaving the queue is a state change too: its row ends the lease.queued one
-                held = await tx.held_related(self.blast.expand(waiter.resource))
-                await tx.append(
-                    lock_row(
-                        "lease.denied",
-                        waiter.principal,
-                        waiter.resource,
-                        held[0] if held else None,
-                        f"withdrawn {waiter.request.get('intent')!r}: the waiting caller "
-                        f"disconnected before a grant{waited_as(waiter.waiter_id)}",
-                    )
-                )
-                await self._dispatch(tx, self.blast.expand(waiter.resource))
-                return
-            lease = await tx.lease_for_request(waiter.waiter_id)
-            if lease is not None and lease.state == "held":
-                await self._end(
-                    tx,
-                    lease,
-                    "released",
-                    waiter.principal,
-                    notes="released: the waiting caller disconnected before the grant reached it",
-                )
-
-        with contextlib.suppress(WritError):
-            await self.store.transact(fn)
 
     # ------------------------------------------------------------------ the view rules use
     @property

@@ -7,6 +7,7 @@ queued request no longer blocked by a held lease or by an *earlier* conflicting 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -448,6 +449,41 @@ class QueueOps(ReadOps):
 
     # the old private names (rules now call the public ones; removed in the rooms renovation)
     _end = end
+
+    async def _abandon(self, waiter_id: str, req: Request) -> None:
+        """The caller of ``req`` went away (its task cancelled) while it waited, or while its
+        queue join was committing: take ``waiter_id`` out of the queue if it is there, with a
+        row that ends its ``lease.queued`` one, or give back the lease granted to it meanwhile.
+        Nothing if neither (the join never committed)."""
+
+        async def fn(tx: Tx) -> None:
+            if await tx.delete_waiter(waiter_id):
+                held = await tx.held_related(req.expand)
+                await tx.append(
+                    lock_row(
+                        "lease.denied",
+                        req.principal,
+                        req.resource,
+                        held[0] if held else None,
+                        f"withdrawn {req.intent!r}: the waiting caller disconnected before a "
+                        f"grant{waited_as(waiter_id)}",
+                    )
+                )
+                await self._dispatch(tx, req.expand)
+                return
+            lease = await tx.lease_for_request(waiter_id)
+            if lease is not None and lease.state == "held":
+                await self._end(
+                    tx,
+                    lease,
+                    "released",
+                    req.principal,
+                    notes="released: the waiting caller disconnected before the grant reached it",
+                )
+
+        with contextlib.suppress(WritError):
+            await self.store.transact(fn)
+
     _lost = lost
     _own_lease = own_lease
 

@@ -253,6 +253,17 @@ def _seq_of(data: Any) -> int | None:
     return seq if type(seq) is int else None
 
 
+#: What a verify answer may name beside the chain, when the chain itself verified (no bad
+#: seq) but a table writ serves from does not agree with it (:mod:`writ.stores.accounted`):
+#: a held lease (or one the ledger holds open), a principal, a queued request, a policy object
+NAMED: tuple[str, ...] = ("lease_id", "principal", "waiter_id", "policy_object")
+
+
+def named(answer: Any) -> dict[str, str]:
+    """The :data:`NAMED` fields ``answer`` (a verify's result) sets."""
+    return {k: v for k in NAMED if (v := getattr(answer, k))}
+
+
 @dataclass(slots=True)
 class Verification:
     ok: bool
@@ -278,15 +289,7 @@ class Verification:
         }
         if self.reason:
             out["reason"] = self.reason
-        if self.lease_id:
-            out["lease_id"] = self.lease_id
-        if self.principal:
-            out["principal"] = self.principal
-        if self.waiter_id:
-            out["waiter_id"] = self.waiter_id
-        if self.policy_object:
-            out["policy_object"] = self.policy_object
-        return out
+        return out | named(self)
 
 
 def verify(

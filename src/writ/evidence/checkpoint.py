@@ -58,14 +58,13 @@ from writ.core.ledger import (
     GENESIS,
     chain_short_of,
     kept_row_differs,
+    named,
     verify,
 )
 from writ.core.textsafe import printable
 from writ.evidence.sentinel import Sentinel
-from writ.stores.enrolled import principals_disagree
-from writ.stores.held import OpenLeases, held_disagrees
-from writ.stores.policy_objects import objects_disagree
-from writ.stores.queued import waiters_disagree
+from writ.stores.accounted import tables_disagree
+from writ.stores.held import OpenLeases
 
 if TYPE_CHECKING:
     from writ.engine import Engine
@@ -432,15 +431,7 @@ class Outcome:
             "reason": self.reason,
             "checkpoints": self.checkpoints,
         }
-        if self.lease_id:
-            out["lease_id"] = self.lease_id
-        if self.principal:
-            out["principal"] = self.principal
-        if self.waiter_id:
-            out["waiter_id"] = self.waiter_id
-        if self.policy_object:
-            out["policy_object"] = self.policy_object
-        return out
+        return out | named(self)
 
 
 def check_all(checkpoints: Sequence[Checkpoint], trusted: Ed25519PublicKey | None) -> None:
@@ -531,19 +522,10 @@ async def verify_store(
                 f"rows {total + 1}..{missing[0]} were removed"
             ),
         )
-    found = await held_disagrees(store, opened)  # the leases table against the rows verified
+    found = await tables_disagree(store, opened)  # the tables against the rows verified
     if found is not None:
-        return Outcome(False, total, prev, None, found[1], list(report.values()), found[0])
-    found = await principals_disagree(store)  # the principals table likewise
-    if found is not None:
-        cps = list(report.values())
-        return Outcome(False, total, prev, None, found[1], cps, principal=found[0])
-    if (found := await waiters_disagree(store)) is not None:  # the wait queue likewise
-        return Outcome(False, total, prev, None, found[1], [*report.values()], waiter_id=found[0])
-    found = await objects_disagree(store)  # and the policy objects
-    if found is not None:
-        cps = list(report.values())
-        return Outcome(False, total, prev, None, found[1], cps, policy_object=found[0])
+        field, name, why = found
+        return Outcome(False, total, prev, None, why, list(report.values()), **{field: name})
     return Outcome(True, total, prev, None, None, list(report.values()))
 
 

@@ -29,11 +29,9 @@ from writ.core.ledger import (
     verify_stream,
 )
 from writ.stores import Store, open_store, redact
+from writ.stores.accounted import tables_disagree
 from writ.stores.base import TABLES
-from writ.stores.enrolled import principals_disagree
-from writ.stores.held import OpenLeases, held_disagrees
-from writ.stores.policy_objects import objects_disagree
-from writ.stores.queued import waiters_disagree
+from writ.stores.held import OpenLeases
 
 __all__ = ["migrate", "upgrade", "verify_store"]
 
@@ -71,17 +69,10 @@ async def verify_store(
     chain = await verify_stream(rows, kept, step, since)
     if not chain.ok or not tables:
         return chain
-    found = await held_disagrees(store, found_open)
+    found = await tables_disagree(store, found_open)
     if found is not None:
-        return Verification(False, chain.rows, chain.head, None, found[1], lease_id=found[0])
-    found = await principals_disagree(store)
-    if found is not None:
-        return Verification(False, chain.rows, chain.head, None, found[1], principal=found[0])
-    if (found := await waiters_disagree(store)) is not None:
-        return Verification(False, chain.rows, chain.head, None, found[1], waiter_id=found[0])
-    found = await objects_disagree(store)
-    if found is not None:
-        return Verification(False, chain.rows, chain.head, None, found[1], policy_object=found[0])
+        field, name, why = found
+        return Verification(False, chain.rows, chain.head, None, why, **{field: name})
     return chain
 
 

@@ -30,6 +30,7 @@ from writ.cli.commands.serve import install_checkpointer as install_checkpointer
 from writ.cli.options import api_options, existing_store, json_option, store_option
 from writ.client import AsyncClient, Client
 from writ.core.errors import Invalid
+from writ.core.ledger import NAMED
 
 T = TypeVar("T")
 FORMATS = ("md", "html", "json")
@@ -339,14 +340,9 @@ def _verify_over_http(cps: list[Any], trusted: Any, url: str, token: str | None)
             "reason": v.get("reason"),
             "checkpoints": [],
         }
-        if v.get("lease_id"):  # the chain held; a held lease did not
-            out["lease_id"] = v.get("lease_id")
-        elif v.get("principal"):  # the chain held; a principal did not
-            out["principal"] = v.get("principal")
-        elif v.get("waiter_id"):  # the chain held; a queued request did not
-            out["waiter_id"] = v.get("waiter_id")
-        elif v.get("policy_object"):  # the chain held; a policy object did not
-            out["policy_object"] = v.get("policy_object")
+        found = [k for k in NAMED if v.get(k)]  # the chain held; a table did not
+        if found:
+            out[found[0]] = v.get(found[0])
         elif not out["ok"]:
             out["reason"] = f"row {v.get('first_bad_seq')}: {v.get('reason') or 'chain broken'}"
         for cp in sorted(cps, key=lambda c: c.seq):

@@ -1,0 +1,36 @@
+"""The tables writ serves from, against the ledger: every check ``writ audit verify`` makes
+once the chain itself verified, in the order it makes them — the held leases and the leases
+the rows leave open (:mod:`writ.stores.held`), the principals (:mod:`writ.stores.enrolled`),
+the wait queue (:mod:`writ.stores.queued`) and the policy objects
+(:mod:`writ.stores.policy_objects`). Both verifies (:func:`writ.stores.migrate.verify_store`,
+:func:`writ.evidence.checkpoint.verify_store`) ask it, and name what it finds in the field of
+their answer that :data:`~writ.core.ledger.NAMED` lists for its kind."""
+
+from __future__ import annotations
+
+from writ.stores.base import Store
+from writ.stores.enrolled import principals_disagree
+from writ.stores.held import OpenLeases, held_disagrees
+from writ.stores.policy_objects import objects_disagree
+from writ.stores.queued import waiters_disagree
+
+__all__ = ["tables_disagree"]
+
+
+async def tables_disagree(store: Store, opened: OpenLeases) -> tuple[str, str, str] | None:
+    """``(field, name, why)`` of the first thing in the tables the ledger does not account
+    for (``field`` one of :data:`~writ.core.ledger.NAMED`), or None. ``opened``: the leases
+    the rows verified leave open."""
+    found = await held_disagrees(store, opened)
+    if found is not None:
+        return "lease_id", *found
+    found = await principals_disagree(store)
+    if found is not None:
+        return "principal", *found
+    found = await waiters_disagree(store)
+    if found is not None:
+        return "waiter_id", *found
+    found = await objects_disagree(store)
+    if found is not None:
+        return "policy_object", *found
+    return None

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.stores_fixtures import Backend
-from tests.verify_fixtures import cli_verify, found_everywhere
+from tests.verify_fixtures import after_the_listing, cli_verify, found_everywhere
 from writ.cli import main
 from writ.core.models import Principal
 from writ.engine import Engine
@@ -125,19 +125,13 @@ async def test_leases_changed_by_writ_while_verify_runs_are_not_tampered(
     other = await engine.acquire(agent, resource="prod/queue", intent="drain")
     monkeypatch.setattr(held, "PAGE", 1)
     store = engine.store
-    real_read = store.read
-    listed = asyncio.Event()
 
-    async def read(fn: Any, single: bool = False) -> Any:
-        out = await real_read(fn, single)
-        if not listed.is_set():  # the first read lists the held leases
-            listed.set()
-            await engine.renew(agent, lease["lease_id"], ttl_s=300)
-            await engine.release(agent, other["lease_id"])
-            await engine.acquire(agent, resource="prod/web", intent="deploy")
-        return out
+    async def meanwhile() -> None:
+        await engine.renew(agent, lease["lease_id"], ttl_s=300)
+        await engine.release(agent, other["lease_id"])
+        await engine.acquire(agent, resource="prod/web", intent="deploy")
 
-    monkeypatch.setattr(store, "read", read)
+    listed = after_the_listing(monkeypatch, store, meanwhile)
     found = await held.held_disagrees(store)
     assert listed.is_set() and found is None
 

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.stores_fixtures import Backend
-from tests.verify_fixtures import cli_verify, found_everywhere
+from tests.verify_fixtures import after_the_listing, cli_verify, found_everywhere
 from writ.cli import main
 from writ.core.clock import rfc3339
 from writ.engine import Engine
@@ -362,29 +362,23 @@ async def test_objects_changed_by_writ_while_verify_runs_are_not_tampered(
     a = out["agents"]
     monkeypatch.setattr(policy_objects, "PAGE", 1)
     store = engine.store
-    real_read = store.read
-    listed = asyncio.Event()
 
-    async def read(fn: Any, single: bool = False) -> Any:
-        got = await real_read(fn, single)
-        if not listed.is_set():  # the first read lists the granted consents
-            listed.set()
-            await engine.consents.answer(a["perf"], out["pending"]["consent_id"], True)
-            await engine.release(a["cost"], out["lease"]["lease_id"])
-            await engine.acquire(
-                a["cost"],
-                resource="prod/db",
-                intent="shrink again",
-                touches=["capacity"],
-                consent_id=out["granted"]["consent_id"],
-            )
-            await engine.freezes.lift(a["jane"], out["freeze"]["freeze_id"])
-            await engine.freezes.freeze(a["jane"], "prod/api", "again")
-            lease = await engine.acquire(a["perf"], resource="prod/queue", intent="drain")
-            await engine.consents.record_change(a["perf"], lease["lease_id"], "depth", "0")
-        return got
+    async def meanwhile() -> None:
+        await engine.consents.answer(a["perf"], out["pending"]["consent_id"], True)
+        await engine.release(a["cost"], out["lease"]["lease_id"])
+        await engine.acquire(
+            a["cost"],
+            resource="prod/db",
+            intent="shrink again",
+            touches=["capacity"],
+            consent_id=out["granted"]["consent_id"],
+        )
+        await engine.freezes.lift(a["jane"], out["freeze"]["freeze_id"])
+        await engine.freezes.freeze(a["jane"], "prod/api", "again")
+        lease = await engine.acquire(a["perf"], resource="prod/queue", intent="drain")
+        await engine.consents.record_change(a["perf"], lease["lease_id"], "depth", "0")
 
-    monkeypatch.setattr(store, "read", read)
+    listed = after_the_listing(monkeypatch, store, meanwhile)
     found = await policy_objects.objects_disagree(store)
     assert listed.is_set() and found is None
     states = await _states(engine)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.stores_fixtures import Backend
-from tests.verify_fixtures import cli_verify, found_everywhere
+from tests.verify_fixtures import after_the_listing, cli_verify, found_everywhere
 from writ.cli import main
 from writ.engine import Engine
 from writ.evidence.checkpoint import generate_key, make, write_checkpoint
@@ -187,20 +187,14 @@ async def test_principals_changed_by_writ_while_verify_runs_are_not_tampered(
     await _principals(engine)
     monkeypatch.setattr(enrolled, "PAGE", 1)
     store = engine.store
-    real_read = store.read
-    listed = asyncio.Event()
 
-    async def read(fn: Any, single: bool = False) -> Any:
-        out = await real_read(fn, single)
-        if not listed.is_set():  # the first read lists the principals
-            listed.set()
-            await engine.principals.disable(None, "perf-agent", "compromised")
-            await engine.principals.enable(None, "old-agent", expires_in_s=DAY)
-            await engine.principals.rotate(None, "jane", expires_in_s=2 * DAY)
-            await engine.add_principal(None, "new-agent", "agent")
-        return out
+    async def meanwhile() -> None:
+        await engine.principals.disable(None, "perf-agent", "compromised")
+        await engine.principals.enable(None, "old-agent", expires_in_s=DAY)
+        await engine.principals.rotate(None, "jane", expires_in_s=2 * DAY)
+        await engine.add_principal(None, "new-agent", "agent")
 
-    monkeypatch.setattr(store, "read", read)
+    listed = after_the_listing(monkeypatch, store, meanwhile)
     found = await enrolled.principals_disagree(store)
     assert listed.is_set() and found is None
 

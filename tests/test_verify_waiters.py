@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.stores_fixtures import Backend
-from tests.verify_fixtures import cli_verify, found_everywhere
+from tests.verify_fixtures import after_the_listing, cli_verify, found_everywhere
 from writ.cli import main
 from writ.core.errors import WritError
 from writ.core.models import Principal, Waiter, request_digest
@@ -369,22 +369,16 @@ async def test_waiters_changed_by_writ_while_verify_runs_are_not_tampered(
     lease, _ = await q.start()
     monkeypatch.setattr(queued, "PAGE", 1)
     store = engine.store
-    real_read = store.read
-    listed = asyncio.Event()
 
-    async def read(fn: Any, single: bool = False) -> Any:
-        out = await real_read(fn, single)
-        if not listed.is_set():  # the first read lists the queue
-            listed.set()
-            await engine.release(q.holder, lease["lease_id"])
-            await asyncio.wait_for(q.tasks[0], 5)
-            q.tasks[1].cancel()
-            await asyncio.gather(q.tasks[1], return_exceptions=True)
-            q.wait(q.holder, "prod/db", "again")
-            await _queued(engine, 1)
-        return out
+    async def meanwhile() -> None:
+        await engine.release(q.holder, lease["lease_id"])
+        await asyncio.wait_for(q.tasks[0], 5)
+        q.tasks[1].cancel()
+        await asyncio.gather(q.tasks[1], return_exceptions=True)
+        q.wait(q.holder, "prod/db", "again")
+        await _queued(engine, 1)
 
-    monkeypatch.setattr(store, "read", read)
+    listed = after_the_listing(monkeypatch, store, meanwhile)
     try:
         found = await queued.waiters_disagree(store)
         assert listed.is_set() and found is None

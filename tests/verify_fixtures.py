@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,23 @@ def edit_row(path: Path, seq: int, rehash: bool, move_head: bool = True) -> None
     if rehash and move_head:
         c.execute("UPDATE audit_head SET hash = ?", (prev_hash,))
     c.close()
+
+
+def after_the_listing(
+    monkeypatch: Any, store: Any, writ_meanwhile: Callable[[], Awaitable[None]]
+) -> asyncio.Event:
+    """Make ``store``'s first read (a check listing what it will judge) run
+    ``writ_meanwhile`` once it has answered, before the pages are read: writ changing the
+    table while verify runs. The event is set once it ran."""
+    real_read = store.read
+    listed = asyncio.Event()
+
+    async def read(fn: Any, single: bool = False) -> Any:
+        out = await real_read(fn, single)
+        if not listed.is_set():
+            listed.set()
+            await writ_meanwhile()
+        return out
+
+    monkeypatch.setattr(store, "read", read)
+    return listed

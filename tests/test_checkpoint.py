@@ -26,6 +26,7 @@ from writ.evidence.checkpoint import (
     make,
     parse,
     read_checkpoint,
+    signable,
     verify_store,
     write_checkpoint,
     write_key,
@@ -411,3 +412,51 @@ def test_a_ledger_that_does_not_verify_gets_no_checkpoint(tmp_path: Path) -> Non
             )
             assert res.exit_code == 1 and not cpf.exists(), res.output
             assert "does not verify at seq 2" in res.output
+
+
+@pytest.mark.parametrize(
+    ("verified", "row", "said"),
+    [
+        ({"ok": True, "rows": True, "head": "a" * 64}, {"seq": 1}, "which writ never sends"),
+        ({"ok": True, "rows": 3, "head": "a" * 64 + "\nseq: 9"}, {"seq": 3}, "never sends"),
+        ({"ok": True, "rows": "3", "head": "a" * 64}, {"seq": "3"}, "never sends"),
+        ({"ok": True, "rows": 3, "head": "a" * 64}, {"seq": 3, "hash": "b" * 64}, "not the row"),
+    ],
+)
+def test_a_hostile_servers_verify_gets_nothing_signed(
+    tmp_path: Path, verified: dict[str, Any], row: dict[str, Any], said: str
+) -> None:
+    """``writ audit checkpoint --url`` signs what the server's verify answers: a seq that is
+    a boolean or text, a head that is no hash (a newline in it would add a line to the
+    checkpoint), or a row other than the one verified gets nothing signed and no file."""
+    from tests.server_fixtures import serve_asgi
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = verified if scope["path"] == "/v1/audit/verify" else {"rows": [row]}
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+    key, cpf = tmp_path / "k", tmp_path / "cp.txt"
+    write_key(key)
+    with serve_asgi(app) as url:
+        args = ["audit", "checkpoint", "--key", str(key), "--out", str(cpf), "--url", url]
+        res = CliRunner().invoke(main, args, env={"WRIT_TOKEN": "t" * 20})
+    assert res.exit_code == 1 and said in res.output and not cpf.exists(), res.output
+
+
+def test_a_time_no_writ_row_shows_is_not_signed() -> None:
+    """A row's timestamp that does not parse (a newline, text) is left out of what is
+    signed; a good one is signed as writ shows times."""
+    verified = {"ok": True, "rows": 2, "head": "c" * 64}
+    row = {"seq": 2, "hash": "c" * 64, "timestamp": "2026-05-16T02:17:00Z\nseq: 9"}
+    assert signable(verified, row) is None
+    row["timestamp"] = "2026-05-16T02:17:00.5Z"
+    assert signable(verified, row) == "2026-05-16T02:17:00.500000Z"

@@ -52,8 +52,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from writ.core.bulk import PAGE, make_way
-from writ.core.clock import rfc3339
-from writ.core.errors import Invalid
+from writ.core.clock import parse_time, rfc3339
+from writ.core.errors import Invalid, WritError
 from writ.core.ledger import (
     GENESIS,
     chain_short_of,
@@ -382,7 +382,21 @@ async def make(store: Store, key: Ed25519PrivateKey) -> Checkpoint:
 
 def signable(verified: dict[str, Any], row: dict[str, Any] | None) -> str | None:
     """The timestamp of the row a checkpoint is to sign, once ``verified`` (a verify's
-    answer) says the ledger verifies through it, with its hash; else :class:`CheckpointError`."""
+    answer) says the ledger verifies through it, with its hash; else :class:`CheckpointError`.
+    Both may come from a server: what a checkpoint would carry of them (the seq, the hash, the
+    time) must be what writ writes, or nothing is signed."""
+    seq, head = verified.get("rows"), verified.get("head")
+    if not (
+        isinstance(seq, int)
+        and not isinstance(seq, bool)
+        and seq >= 0
+        and isinstance(head, str)
+        and _HEX64.fullmatch(head)
+    ):
+        raise CheckpointError(
+            f"the verify answered rows {printable(repr(seq))[:40]} and head "
+            f"{printable(repr(head))[:80]}, which writ never sends: nothing signed"
+        )
     if not verified.get("ok"):
         at = verified.get("first_bad_seq")
         raise CheckpointError(
@@ -399,7 +413,10 @@ def signable(verified: dict[str, Any], row: dict[str, Any] | None) -> str | None
             "changed meanwhile, or the server answered otherwise): try again"
         )
     timestamp = row.get("timestamp")
-    return timestamp if isinstance(timestamp, str) else None
+    try:
+        return rfc3339(parse_time(timestamp)) if isinstance(timestamp, str) else None
+    except WritError:  # a time no writ row shows: signed without one, as an older row's
+        return None
 
 
 async def _row(store: Store, seq: int) -> dict[str, Any] | None:

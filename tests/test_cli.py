@@ -162,6 +162,7 @@ def test_serve_passes_its_options_to_the_server(
                 "metrics": True,
                 "metrics_token": None,
                 "limits": Limits(),
+                "verify_every": 60,
             },
         )
     ]

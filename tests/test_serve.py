@@ -72,6 +72,7 @@ def test_serve_takes_its_flags_from_the_environment(monkeypatch: pytest.MonkeyPa
         "WRIT_MAX_CONNECTIONS": "64",
         "WRIT_HEADER_TIMEOUT": "2.5",
         "WRIT_MAX_WAITS_PER_PRINCIPAL": "16",
+        "WRIT_VERIFY_EVERY": "30",
     }
     result = CliRunner().invoke(main, ["serve"], env=env)
     assert result.exit_code == 0, result.output
@@ -85,6 +86,7 @@ def test_serve_takes_its_flags_from_the_environment(monkeypatch: pytest.MonkeyPa
                 "metrics": False,
                 "metrics_token": METRICS_TOKEN,
                 "limits": Limits(max_connections=64, header_timeout=2.5),
+                "verify_every": 30,
                 "max_waits": 16,
             },
         )

@@ -220,8 +220,6 @@ def serve(
         extra["relay"] = relay_dir
     if max_waits is not None:
         extra["max_waits"] = max_waits
-    if verify_every != 60:
-        extra["verify_every"] = verify_every
     api_serve.run(
         store,
         host,
@@ -233,6 +231,7 @@ def serve(
         metrics=metrics,
         metrics_token=metrics_token,
         limits=from_options(limits),
+        verify_every=verify_every,
         **extra,
     )
 

@@ -166,6 +166,23 @@ async def test_a_queue_as_writ_keeps_it_verifies(engine: Engine, backend: Backen
         await q.stop()
 
 
+async def test_an_agents_words_cannot_end_another_agents_wait(engine: Engine) -> None:
+    """A grant's notes end with its touches, an agent's words: touches spelled as the
+    suffix that names the waiter a row ends the wait of (``; waiter wt_…``), on another
+    resource and on the waiter's own (queued behind it, never granted while it waits), end
+    nobody's wait: verify still says ok while the real waiters wait."""
+    q = Queue(engine)
+    _, (first, second) = await q.start()
+    try:
+        forged = [f"x; waiter {first.waiter_id}"]
+        await engine.acquire(q.cost, resource="staging/db", intent="copy", touches=forged)
+        q.wait(q.web, "prod/db", "forge", touches=[f"x; waiter {second.waiter_id}"])
+        await _queued(engine, 3)
+        assert (await engine.verify()).ok
+    finally:
+        await q.stop()
+
+
 @pytest.mark.parametrize("edit", sorted(EDITS))
 async def test_a_hand_edited_waiter_fails_verify(
     engine: Engine, backend: Backend, edit: str

@@ -63,8 +63,7 @@ from writ.core.ledger import (
 )
 from writ.core.textsafe import printable
 from writ.evidence.sentinel import Sentinel
-from writ.stores.accounted import tables_disagree
-from writ.stores.held import OpenLeases
+from writ.stores.accounted import Opened, tables_disagree
 
 if TYPE_CHECKING:
     from writ.engine import Engine
@@ -488,7 +487,7 @@ async def verify_store(
     matched = 0  # highest checkpoint seq found intact
     seq, prev, total = 1, GENESIS, 0
     kept = await store.read(lambda tx: tx.audit_head())  # the head the store keeps
-    opened = OpenLeases()  # the leases the rows leave open, checked against the table
+    opened = Opened()  # what the rows leave open, checked against the tables
 
     def fail(bad: int, reason: str) -> Outcome:
         for r in report.values():

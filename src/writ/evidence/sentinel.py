@@ -2,16 +2,17 @@
 so tampering raises an alert (``writ_audit_verify_ok 0``, an ERROR log line) within a minute,
 not at the next time someone thinks of running ``writ audit verify``.
 
-Every ``every`` seconds (``--verify-every``, default 60; the first a period after start) a
-pass walks the rows written since the last one — from the seq and hash it verified last,
-carrying the leases the rows leave open (:class:`~writ.stores.held.OpenLeases`) — then checks
-the tables as ``writ audit verify`` does (:func:`writ.stores.migrate.verify_store`). Before walking on, it reads the row it verified
-last again: an intruder who rewrote any earlier row and re-hashed the rest to hide it changed
-that row's hash too. The first pass, and one a day, walks the whole chain, which also finds a
-row edited in place behind the point verified (its hash left alone). A pass gives way between
-pages (:mod:`writ.core.bulk`): after the first, it reads only the new rows, 7-13 µs a row;
-the table checks read the whole of their tables each pass, so a pass that took T seconds
-puts the next one at least 19 T later (passes take at most :data:`SHARE` of the time).
+Every ``every`` seconds (``--verify-every``, default 60; the first a period after start) a pass
+walks the rows written since the last one — from the seq and hash it verified last, carrying
+what the rows leave open (:class:`~writ.stores.accounted.Opened`) — then checks the tables as
+``writ audit verify`` does (:func:`writ.stores.migrate.verify_store`). Before walking on, it
+reads the row it verified last again: an intruder who rewrote any earlier row and re-hashed the
+rest to hide it changed that row's hash too. The first pass, and one a day, walks the whole
+chain, which also finds a row edited in place behind the point verified (its hash left alone).
+A pass gives way between pages (:mod:`writ.core.bulk`): after the first, it reads only the new
+rows, 7-13 µs a row; the table checks read the whole of their tables each pass, so a pass that
+took T seconds puts the next one at least 19 T later (passes take at most :data:`SHARE` of the
+time).
 
 A checkpoint (``--checkpoint-every``) is signed only at a row a pass has just verified
 (:meth:`Sentinel.verified`): rows rewritten and re-hashed after a pass saw them are never
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from writ.core.ledger import GENESIS, Record, Verification
-from writ.stores.held import OpenLeases
+from writ.stores.accounted import Opened
 
 if TYPE_CHECKING:
     from writ.engine import Engine
@@ -58,7 +59,7 @@ class Sentinel:
     ) -> None:
         self.engine, self.every, self.full_every, self.clock = engine, every, full_every, clock
         self.at: tuple[int, str] = (0, GENESIS)  # the last row verified: seq, hash
-        self.opened = OpenLeases()
+        self.opened = Opened()
         self.last: Verification | None = None  # the last pass's answer
         self.last_end = 0.0  # time.time() the last pass ended
         self.passes = 0
@@ -95,7 +96,7 @@ class Sentinel:
             began = self.clock()
             if began >= self._full_due:
                 self._full_due = self.clock() + self.full_every
-                self.at, self.opened = (0, GENESIS), OpenLeases()
+                self.at, self.opened = (0, GENESIS), Opened()
             out = await self._changed_behind() or await self._walk(tables)
             if out.ok and not tables:
                 return out

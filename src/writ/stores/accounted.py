@@ -8,20 +8,39 @@ their answer that :data:`~writ.core.ledger.NAMED` lists for its kind."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from writ.core.ledger import Record
 from writ.stores.base import Store
 from writ.stores.enrolled import principals_disagree
 from writ.stores.held import OpenLeases, held_disagrees
 from writ.stores.policy_objects import objects_disagree
 from writ.stores.queued import waiters_disagree
 
-__all__ = ["tables_disagree"]
+__all__ = ["Opened", "tables_disagree"]
 
 
-async def tables_disagree(store: Store, opened: OpenLeases) -> tuple[str, str, str] | None:
+class Opened:
+    """What the rows verified leave open, collected as they go by in seq order (one
+    :meth:`feed` a verified chunk, lookup columns already checked against the hashed
+    bodies): the leases (:class:`~writ.stores.held.OpenLeases`). Each is checked against
+    its table once the chain verified: open in the ledger, gone from the table, is an
+    authority freed by hand."""
+
+    __slots__ = ("leases",)
+
+    def __init__(self) -> None:
+        self.leases = OpenLeases()
+
+    def feed(self, chunk: Sequence[Record]) -> None:
+        self.leases.feed(chunk)
+
+
+async def tables_disagree(store: Store, opened: Opened) -> tuple[str, str, str] | None:
     """``(field, name, why)`` of the first thing in the tables the ledger does not account
-    for (``field`` one of :data:`~writ.core.ledger.NAMED`), or None. ``opened``: the leases
-    the rows verified leave open."""
-    found = await held_disagrees(store, opened)
+    for (``field`` one of :data:`~writ.core.ledger.NAMED`), or None. ``opened``: what the
+    rows verified leave open."""
+    found = await held_disagrees(store, opened.leases)
     if found is not None:
         return "lease_id", *found
     found = await principals_disagree(store)

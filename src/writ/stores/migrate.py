@@ -29,9 +29,8 @@ from writ.core.ledger import (
     verify_stream,
 )
 from writ.stores import Store, open_store, redact
-from writ.stores.accounted import tables_disagree
+from writ.stores.accounted import Opened, tables_disagree
 from writ.stores.base import TABLES
-from writ.stores.held import OpenLeases
 
 __all__ = ["migrate", "upgrade", "verify_store"]
 
@@ -41,7 +40,7 @@ Progress = Callable[[str, int], None]
 async def verify_store(
     store: Store,
     since: tuple[int, str] = (0, GENESIS),
-    opened: OpenLeases | None = None,
+    opened: Opened | None = None,
     each: Callable[[list[Record]], None] | None = None,
     tables: bool = True,
 ) -> Verification:
@@ -53,12 +52,12 @@ async def verify_store(
     (:mod:`writ.stores.queued`), and the policy objects that hold authority back against the
     rows that record them (:mod:`writ.stores.policy_objects`).
 
-    From ``since`` (``(seq, hash)`` of a row verified before, and ``opened``, the leases the
+    From ``since`` (``(seq, hash)`` of a row verified before, and ``opened``, what the
     rows up to it left open) only the rows after it are walked (``writ serve``'s standing
     verify: :mod:`writ.evidence.sentinel`); ``each`` sees each chunk once verified.
     ``tables=False``: the chain alone (what a checkpoint signs)."""
     kept = await store.read(lambda tx: tx.audit_head())
-    found_open = OpenLeases() if opened is None else opened
+    found_open = Opened() if opened is None else opened
 
     def step(chunk: list[Record]) -> None:
         found_open.feed(chunk)

@@ -91,6 +91,44 @@ async def test_a_lease_deleted_by_hand_is_found_by_the_next_pass(
     assert "the ledger holds it open" in (out.reason or "")
 
 
+async def test_a_waiter_deleted_by_hand_is_found_by_the_next_pass(
+    engine: Engine, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The waits the rows left open are carried from one pass to the next, like the leases:
+    a request queued before the last pass, deleted by hand after it, is found by a pass that
+    walks only the rows since; a whole pass starts them afresh from the chain."""
+    agent, _ = await engine.add_principal(None, "perf-agent", "agent")
+    other, _ = await engine.add_principal(None, "cost-agent", "agent")
+    await engine.acquire(agent, resource="prod/db", intent="scale up")
+    task = asyncio.create_task(
+        engine.acquire(other, resource="prod/db", intent="scale down", wait_s=120)
+    )
+    try:
+        for _ in range(500):
+            queue = await engine.store.read(lambda tx: tx.waiters_between(0, 1 << 62))
+            if queue:
+                break
+            await asyncio.sleep(0.01)
+        (w,) = queue
+        ticks = Ticks()
+        s = Sentinel(engine, every=60, full_every=3600, clock=ticks)
+        walks = _walked_from(engine, monkeypatch)
+        assert (await s.pass_()).ok and list(s.opened.waits.waits) == [w.waiter_id]
+        await _rows(engine, 2)
+        await backend.sql(f"DELETE FROM waiters WHERE waiter_id = '{w.waiter_id}'")
+        out = await s.pass_()
+        assert walks == [0, s.at[0] - 2] and not out.ok and out.waiter_id == w.waiter_id
+        assert "the ledger holds its wait open" in (out.reason or "")
+        before = s.opened.waits
+        ticks.now += 3600  # a whole pass: the waits collected again, from the first row
+        again = await s.pass_()
+        assert walks[-1] == 0 and s.opened.waits is not before
+        assert not again.ok and again.waiter_id == w.waiter_id
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_a_row_written_since_the_last_pass_changed_by_hand(
     engine: Engine, backend: Backend
 ) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any
 
 import pytest
@@ -550,3 +551,158 @@ async def test_the_rows_ending_waits_are_read_only_within_the_waits() -> None:
         ("prod/db", 0.0, 95.0),
         ("prod/web", 1.0, 66.0),
     ]
+
+
+# what an intruder does to waits the ledger holds open: the request loses its place, and its
+# wait ends without a row; the waiter verify names
+GONE = {
+    "the front of the queue": ("DELETE FROM waiters WHERE {first}", "first"),
+    "the back of the queue": ("DELETE FROM waiters WHERE {second}", "second"),
+    "the whole queue": ("DELETE FROM waiters", "first"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(GONE))
+async def test_a_wait_the_ledger_holds_open_deleted_from_the_table_fails_verify(
+    engine: Engine, backend: Backend, edit: str
+) -> None:
+    """A request queued and never granted, refused or withdrawn in the ledger, deleted from
+    the waiters table by hand, fails verify — online, with a signed checkpoint made before,
+    and offline — naming the waiter and the row that queued it."""
+    if backend.clock is not None:  # the CLI's verify reads the wall clock: the waits are
+        backend.clock.advance(time.time() - backend.clock.now())  # open to it as well
+    q = Queue(engine)
+    _, (first, second) = await q.start()
+    try:
+        key = generate_key()
+        cp = await make(engine.store, key)
+        sql, name = GONE[edit]
+        mine = {"first": first, "second": second}
+        await backend.sql(
+            sql.format(**{k: f"waiter_id = '{w.waiter_id}'" for k, w in mine.items()})
+        )
+
+        gone = mine[name]
+        bad = await found_everywhere(
+            engine, backend.url, cp, key, "waiter_id", gone.waiter_id, "holds its wait open"
+        )
+        assert f"waiter {gone.waiter_id} on prod/db" in (bad.reason or "")
+        assert "the waiters table does not queue it" in (bad.reason or "")
+        assert "lease_id" not in bad.to_dict()
+    finally:
+        await q.stop()
+
+
+async def _open_after_walk(engine: Engine) -> queued.OpenWaits:
+    """The open waits of every row the store holds now, as verify's walk finds them."""
+    opened = queued.OpenWaits()
+    async for chunk in engine.store.audit_records(batch=2):
+        opened.feed(chunk)
+    return opened
+
+
+async def test_waits_ended_by_writ_after_the_walk_are_not_tampered(engine: Engine) -> None:
+    """Waits open when the walk passed their rows — one granted, one withdrawn, one timed
+    out by writ before the table is read — are judged by the rows that ended them."""
+    q = Queue(engine)
+    lease, (first, second) = await q.start()
+    try:
+        q.wait(q.holder, "prod/db", "brief", wait_s=0.5)
+        third = (await _queued(engine, 3))[2]
+        opened = await _open_after_walk(engine)
+        assert set(opened.waits) == {first.waiter_id, second.waiter_id, third.waiter_id}
+        await asyncio.gather(q.tasks[2], return_exceptions=True)  # timed out
+        q.tasks[1].cancel()  # withdrawn
+        await asyncio.gather(q.tasks[1], return_exceptions=True)
+        await engine.release(q.holder, lease["lease_id"])  # granted
+        await asyncio.wait_for(q.tasks[0], 5)
+        assert await _table(engine) == []
+        assert await queued.waiters_disagree(engine.store, opened) is None
+        assert (await engine.verify()).ok
+    finally:
+        await q.stop()
+
+
+async def test_a_wait_past_its_deadline_deleted_by_hand_is_not_tampered(
+    engine: Engine, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request deleted by hand (its caller gone, so no row ends its wait) is found while
+    it could still wait; past its deadline and the grace writ gives a wait's end, it waits
+    for nothing (writ drops such a request unanswered), and verify says ok."""
+    q = Queue(engine)
+    await q.start()
+    try:
+        q.wait(q.holder, "prod/db", "brief", wait_s=2)
+        third = (await _queued(engine, 3))[2]
+        await backend.sql(f"DELETE FROM waiters WHERE waiter_id = '{third.waiter_id}'")
+        await backend.advance(0)  # behind writ's back (PostgreSQL: its replica read afresh)
+        q.tasks[2].cancel()  # its caller leaves: nothing to withdraw, so no row
+        await asyncio.gather(q.tasks[2], return_exceptions=True)
+        bad = await engine.verify()
+        assert not bad.ok and bad.waiter_id == third.waiter_id, bad
+        if backend.clock is not None:
+            await backend.advance(2 + queued.ENDS_WITHIN_S + 0.1)
+        else:  # PostgreSQL's clock and the ledger's times cannot be moved: a real wait
+            monkeypatch.setattr(queued, "ENDS_WITHIN_S", 0.0)
+            await asyncio.sleep(max(third.deadline - (await engine.store.read(_now)), 0) + 0.1)
+        assert (await engine.verify()).ok
+        from writ.evidence.checkpoint import verify_store as with_checkpoints
+
+        assert (await with_checkpoints(engine.store, [await make(engine.store, generate_key())])).ok
+    finally:
+        await q.stop()
+
+
+async def _now(tx: Tx) -> float:
+    return tx.now()
+
+
+def test_the_open_waits_are_collected_from_the_rows_that_name_waiters() -> None:
+    """:class:`queued.OpenWaits` keeps a wait a ``lease.queued`` row names until a row on
+    its resource ends it (one on another resource, or an older writ's row, does not count),
+    and lets it go once the rows are past its deadline and the grace."""
+    import json
+
+    def rec(seq: int, ts: float, event: str, resource: str, notes: str) -> Any:
+        return (seq, json.dumps({"notes": notes}), "h", ts, event, resource, None)
+
+    sha = "sha256:" + "0" * 64
+    t = 1.8e9
+    open_ = queued.OpenWaits()
+    open_.feed(
+        [
+            rec(
+                1,
+                t,
+                "lease.queued",
+                "prod/db",
+                f"queued at position 1 for up to 60s: x; waiter wt_a, request {sha}",
+            ),
+            rec(
+                2,
+                t,
+                "lease.queued",
+                "prod/db",
+                "queued at position 2 for up to 60s: an older writ's",
+            ),
+            rec(
+                3,
+                t,
+                "lease.queued",
+                "prod/web",
+                f"queued at position 1 for up to 2s: x; waiter wt_b, request {sha}",
+            ),
+            rec(
+                4,
+                t + 1,
+                "lease.granted",
+                "staging/db",
+                "granted ls_1 for 'y', ttl 30s, touches x; waiter wt_a",
+            ),
+        ]
+    )
+    assert open_.waits == {"wt_a": ("prod/db", 1, t, t + 60), "wt_b": ("prod/web", 3, t, t + 2)}
+    open_.feed([rec(5, t + 2 + queued.ENDS_WITHIN_S + 0.1, "gate.passed", "prod/db", "")])
+    assert list(open_.waits) == ["wt_a"]  # wt_b's wait is over: let go
+    open_.feed([rec(6, t + 10, "lease.denied", "prod/db", "refused 'y': gone; waiter wt_a")])
+    assert open_.waits == {}

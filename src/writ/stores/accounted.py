@@ -15,7 +15,7 @@ from writ.stores.base import Store
 from writ.stores.enrolled import principals_disagree
 from writ.stores.held import OpenLeases, held_disagrees
 from writ.stores.policy_objects import objects_disagree
-from writ.stores.queued import waiters_disagree
+from writ.stores.queued import OpenWaits, waiters_disagree
 
 __all__ = ["Opened", "tables_disagree"]
 
@@ -23,17 +23,20 @@ __all__ = ["Opened", "tables_disagree"]
 class Opened:
     """What the rows verified leave open, collected as they go by in seq order (one
     :meth:`feed` a verified chunk, lookup columns already checked against the hashed
-    bodies): the leases (:class:`~writ.stores.held.OpenLeases`). Each is checked against
-    its table once the chain verified: open in the ledger, gone from the table, is an
-    authority freed by hand."""
+    bodies): the leases (:class:`~writ.stores.held.OpenLeases`) and the waits
+    (:class:`~writ.stores.queued.OpenWaits`). Each is checked against its table once the
+    chain verified: open in the ledger, gone from the table, is an authority freed (or a
+    place in the queue taken) by hand."""
 
-    __slots__ = ("leases",)
+    __slots__ = ("leases", "waits")
 
     def __init__(self) -> None:
         self.leases = OpenLeases()
+        self.waits = OpenWaits()
 
     def feed(self, chunk: Sequence[Record]) -> None:
         self.leases.feed(chunk)
+        self.waits.feed(chunk)
 
 
 async def tables_disagree(store: Store, opened: Opened) -> tuple[str, str, str] | None:
@@ -46,7 +49,7 @@ async def tables_disagree(store: Store, opened: Opened) -> tuple[str, str, str] 
     found = await principals_disagree(store)
     if found is not None:
         return "principal", *found
-    found = await waiters_disagree(store)
+    found = await waiters_disagree(store, opened.waits)
     if found is not None:
         return "waiter_id", *found
     found = await objects_disagree(store)

@@ -28,29 +28,104 @@ not compared), so an upgraded store with such waiters still verifies.
 
 Each page of waiters is read again with its rows in one snapshot, so a request queued,
 granted, refused or withdrawn while verify runs is judged as it stood in that snapshot.
+
+And the converse: a wait the ledger holds open (a ``lease.queued`` row naming its waiter, no
+row since ending it) must still be queued in the table. Deleted there by hand, the request
+is out of the queue without a row: a lease ended passes it by, granting the request behind
+it. Every way writ ends a wait writes a row naming the waiter (a grant, a refusal at the
+deadline, a withdrawal by a caller gone or a principal disabled, a stale request dropped),
+and :class:`OpenWaits` keeps the open ones as the verified rows go by (only a pass over the
+whole chain finds them; verify makes one anyway). Left out: an older writ's rows, which
+name no waiter, and a wait past its deadline and :data:`ENDS_WITHIN_S`: its caller was
+answered or is gone, so taking the request out takes nobody's place (writ drops it when the
+queue reaches it), and a request a recheck took out of the queue and lost to a later one
+ends with a row only at its deadline (none if its caller left first).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from writ.core.bulk import first_in_pages
 from writ.core.clock import rfc3339
+from writ.core.ledger import Record
 from writ.core.models import Waiter, request_digest, waited_as
-from writ.stores.base import Store, Tx, WaiterLife
+from writ.stores.base import ENDS_WITHIN_S, LONGEST_WAIT_S, WAIT_ENDS, Store, Tx, WaiterLife
 
-__all__ = ["PAGE", "queued_row", "waiter_disagrees", "waiters_disagree"]
+__all__ = ["PAGE", "OpenWaits", "queued_row", "waiter_disagrees", "waiters_disagree"]
 
 PAGE = 200  # waiters a snapshot
 _NAMES = re.compile(r"; waiter (\S+), request (sha256:[0-9a-f]{64})\Z")
+_SAID = "; waiter "  # in the notes of every row that names a waiter (models.waited_as)
+_ENDS = frozenset(WAIT_ENDS)
+_UP_TO = re.compile(r"queued at position \d+ for up to ([^s]+)s: ")
+
+OpenWait = tuple[str, int, float, float]
+"""``(resource, seq, ts, deadline)`` of a wait the ledger holds open: its ``lease.queued``
+row's seq and time, and the deadline the row gives (its time plus the wait it says)."""
 
 
-async def waiters_disagree(store: Store) -> tuple[str, str] | None:
+class OpenWaits:
+    """The waits the ledger holds open, by waiter id, as verified rows go by in seq order
+    (:meth:`feed`, a chunk at a time). Only a ``lease.queued`` row, or a row that can end a
+    wait and says ``; waiter `` in its stored body, is parsed; waits past their deadline and
+    :data:`ENDS_WITHIN_S` by the rows' own time are let go, so the set stays the queue's
+    size."""
+
+    __slots__ = ("soonest", "waits")
+
+    def __init__(self) -> None:
+        self.waits: dict[str, OpenWait] = {}
+        self.soonest = float("inf")  # the earliest deadline among them (or earlier)
+
+    def feed(self, chunk: Sequence[Record]) -> None:
+        waits, ends, said = self.waits, _ENDS, _SAID
+        for rec in chunk:
+            event = rec[4]
+            if event == "lease.queued":
+                if said in rec[1]:  # else an older writ's row: it names no waiter
+                    self._queued(rec)
+            elif waits and event in ends and said in rec[1]:
+                who = _notes(rec[1]).rpartition(said)[2]
+                wait = waits.get(who)
+                if wait is not None and wait[0] == rec[5]:  # on its resource: its end
+                    del waits[who]
+        if waits and chunk and chunk[-1][3] - ENDS_WITHIN_S > self.soonest:
+            self._let_go(chunk[-1][3] - ENDS_WITHIN_S)
+
+    def _queued(self, rec: Record) -> None:
+        notes = _notes(rec[1])
+        m = _NAMES.search(notes)
+        if m is None:
+            return
+        said = _UP_TO.match(notes)
+        try:
+            wait_s = min(float(said.group(1)), LONGEST_WAIT_S) if said else LONGEST_WAIT_S
+        except ValueError:
+            wait_s = LONGEST_WAIT_S
+        deadline = rec[3] + wait_s
+        self.waits[m.group(1)] = (rec[5], rec[0], rec[3], deadline)
+        self.soonest = min(self.soonest, deadline)
+
+    def _let_go(self, before: float) -> None:
+        """Forget the waits whose deadline is before ``before``."""
+        self.waits = {k: w for k, w in self.waits.items() if w[3] >= before}
+        self.soonest = min((w[3] for w in self.waits.values()), default=float("inf"))
+
+
+async def waiters_disagree(store: Store, opened: OpenWaits | None = None) -> tuple[str, str] | None:
     """``(waiter_id, why)`` of the first queued request the ledger does not account for,
-    or None."""
-    seqs = await store.read(lambda tx: tx.waiter_seqs())
+    or of the first wait of ``opened`` (the open ones of the rows verified) the table no
+    longer queues; or None."""
+
+    async def listed(tx: Tx) -> tuple[list[int], tuple[str, str] | None]:
+        gone = await _unqueued(tx, opened.waits) if opened and opened.waits else None
+        return await tx.waiter_seqs(), gone
+
+    seqs, gone = await store.read(listed)  # gone: told after the queued ones, which say more
     after = seqs[0] - 1 if seqs else 0  # each page is the seqs above the last one judged
     ahead: tuple[Waiter, dict[str, Any]] | None = None  # the last waiter a row names
 
@@ -73,7 +148,36 @@ async def waiters_disagree(store: Store) -> tuple[str, str] | None:
             ahead = w, row
         return None
 
-    return await first_in_pages(seqs, PAGE, judge)
+    found = await first_in_pages(seqs, PAGE, judge)
+    return gone if found is None else found
+
+
+async def _unqueued(tx: Tx, opened: dict[str, OpenWait]) -> tuple[str, str] | None:
+    """The first wait of ``opened`` that is not past its deadline (and
+    :data:`ENDS_WITHIN_S`), not in the waiters table and not ended by a row since the rows
+    verified, all read in ``tx``'s snapshot: ``(waiter_id, why)``."""
+    now = tx.now()
+    due = {k: w for k, w in opened.items() if w[3] + ENDS_WITHIN_S >= now}
+    if not due:
+        return None
+    for w in await tx.waiters_between(0, 1 << 62):
+        due.pop(w.waiter_id, None)
+    if not due:
+        return None
+    windows = [(w[0], w[2] - 1e-6, w[3] + ENDS_WITHIN_S) for w in due.values()]
+    for _, body, _, _, resource in await tx.audit_waits_ended(windows, list(due)):
+        who = _notes(body).rpartition(_SAID)[2]
+        if who in due and due[who][0] == resource:
+            del due[who]  # ended by writ since its rows were verified
+    if not due:
+        return None
+    waiter_id, (resource, seq, _, deadline) = min(due.items(), key=lambda kv: kv[1][1])
+    return waiter_id, (
+        f"waiter {waiter_id} on {resource}: the ledger holds its wait open (row {seq}, "
+        f"lease.queued, until {rfc3339(deadline)}; no row granted, refused or withdrew it), "
+        "but the waiters table does not queue it: it was deleted there by hand, which takes "
+        "the request out of the queue without a row (a lease ended passes it by)"
+    )
 
 
 def queued_row(w: Waiter, rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -145,6 +249,12 @@ def _named(row: dict[str, Any]) -> tuple[str, str] | None:
     (an older writ's, or notes worded otherwise)."""
     m = _NAMES.search(row.get("notes") or "")
     return (m.group(1), m.group(2)) if m else None
+
+
+def _notes(body: str) -> str:
+    """The notes of a stored body ("" if it has none that read as text)."""
+    notes = json.loads(body).get("notes")
+    return notes if isinstance(notes, str) else ""
 
 
 def _shown(w: Waiter) -> str:

@@ -659,50 +659,33 @@ async def _now(tx: Tx) -> float:
 
 def test_the_open_waits_are_collected_from_the_rows_that_name_waiters() -> None:
     """:class:`queued.OpenWaits` keeps a wait a ``lease.queued`` row names until a row on
-    its resource ends it (one on another resource, or an older writ's row, does not count),
-    and lets it go once the rows are past its deadline and the grace."""
+    its resource, by its principal, ends it (one on another resource or by another agent,
+    its words ending in the waiter's name, or an older writ's row, does not count), and lets
+    it go once the rows are past its deadline and the grace."""
     import json
 
-    def rec(seq: int, ts: float, event: str, resource: str, notes: str) -> Any:
-        return (seq, json.dumps({"notes": notes}), "h", ts, event, resource, None)
+    def rec(seq: int, ts: float, event: str, on: str, notes: str, by: str = "a") -> Any:
+        return (seq, json.dumps({"agent_id": by, "notes": notes}), "h", ts, event, on, None)
 
-    sha = "sha256:" + "0" * 64
+    def queue(seq: int, on: str, wait: str, name: str = "") -> Any:
+        named = f"; waiter {name}, request sha256:{'0' * 64}" if name else ""
+        return rec(seq, t, "lease.queued", on, f"queued at position 1 for up to {wait}s: x{named}")
+
     t = 1.8e9
     open_ = queued.OpenWaits()
+    grant = "granted ls_1 for 'y', ttl 30s, touches x; waiter wt_a"
     open_.feed(
         [
-            rec(
-                1,
-                t,
-                "lease.queued",
-                "prod/db",
-                f"queued at position 1 for up to 60s: x; waiter wt_a, request {sha}",
-            ),
-            rec(
-                2,
-                t,
-                "lease.queued",
-                "prod/db",
-                "queued at position 2 for up to 60s: an older writ's",
-            ),
-            rec(
-                3,
-                t,
-                "lease.queued",
-                "prod/web",
-                f"queued at position 1 for up to 2s: x; waiter wt_b, request {sha}",
-            ),
-            rec(
-                4,
-                t + 1,
-                "lease.granted",
-                "staging/db",
-                "granted ls_1 for 'y', ttl 30s, touches x; waiter wt_a",
-            ),
+            queue(1, "prod/db", "60", "wt_a"),
+            queue(2, "prod/db", "60"),  # an older writ's
+            queue(3, "prod/web", "2", "wt_b"),
+            rec(4, t + 1, "lease.granted", "staging/db", grant),
+            rec(5, t + 1, "lease.denied", "prod/db", "refused 'z': no; waiter wt_a", by="b"),
         ]
     )
-    assert open_.waits == {"wt_a": ("prod/db", 1, t, t + 60), "wt_b": ("prod/web", 3, t, t + 2)}
-    open_.feed([rec(5, t + 2 + queued.ENDS_WITHIN_S + 0.1, "gate.passed", "prod/db", "")])
+    want = {"wt_a": ("prod/db", 1, t, t + 60, "a"), "wt_b": ("prod/web", 3, t, t + 2, "a")}
+    assert open_.waits == want
+    open_.feed([rec(6, t + 2 + queued.ENDS_WITHIN_S + 0.1, "gate.passed", "prod/db", "")])
     assert list(open_.waits) == ["wt_a"]  # wt_b's wait is over: let go
-    open_.feed([rec(6, t + 10, "lease.denied", "prod/db", "refused 'y': gone; waiter wt_a")])
+    open_.feed([rec(7, t + 10, "lease.denied", "prod/db", "refused 'y': gone; waiter wt_a")])
     assert open_.waits == {}

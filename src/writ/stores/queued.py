@@ -63,9 +63,10 @@ _SAID = "; waiter "  # in the notes of every row that names a waiter (models.wai
 _ENDS = frozenset(WAIT_ENDS)
 _UP_TO = re.compile(r"queued at position \d+ for up to ([^s]+)s: ")
 
-OpenWait = tuple[str, int, float, float]
-"""``(resource, seq, ts, deadline)`` of a wait the ledger holds open: its ``lease.queued``
-row's seq and time, and the deadline the row gives (its time plus the wait it says)."""
+OpenWait = tuple[str, int, float, float, str]
+"""``(resource, seq, ts, deadline, principal)`` of a wait the ledger holds open: its
+``lease.queued`` row's seq and time, the deadline the row gives (its time plus the wait it
+says) and its ``agent_id``, which every row that ends the wait names too."""
 
 
 class OpenWaits:
@@ -89,16 +90,16 @@ class OpenWaits:
                 if said in rec[1]:  # else an older writ's row: it names no waiter
                     self._queued(rec)
             elif waits and event in ends and said in rec[1]:
-                who = _notes(rec[1]).rpartition(said)[2]
-                wait = waits.get(who)
-                if wait is not None and wait[0] == rec[5]:  # on its resource: its end
+                who = _ends(rec[1], rec[5], waits)
+                if who is not None:
                     del waits[who]
         if waits and chunk and chunk[-1][3] - ENDS_WITHIN_S > self.soonest:
             self._let_go(chunk[-1][3] - ENDS_WITHIN_S)
 
     def _queued(self, rec: Record) -> None:
-        notes = _notes(rec[1])
-        m = _NAMES.search(notes)
+        fields = json.loads(rec[1])
+        notes = fields.get("notes")
+        m = _NAMES.search(notes) if isinstance(notes, str) else None
         if m is None:
             return
         said = _UP_TO.match(notes)
@@ -107,7 +108,7 @@ class OpenWaits:
         except ValueError:
             wait_s = LONGEST_WAIT_S
         deadline = rec[3] + wait_s
-        self.waits[m.group(1)] = (rec[5], rec[0], rec[3], deadline)
+        self.waits[m.group(1)] = (rec[5], rec[0], rec[3], deadline, str(fields.get("agent_id")))
         self.soonest = min(self.soonest, deadline)
 
     def _let_go(self, before: float) -> None:
@@ -166,12 +167,12 @@ async def _unqueued(tx: Tx, opened: dict[str, OpenWait]) -> tuple[str, str] | No
         return None
     windows = [(w[0], w[2] - 1e-6, w[3] + ENDS_WITHIN_S) for w in due.values()]
     for _, body, _, _, resource in await tx.audit_waits_ended(windows, list(due)):
-        who = _notes(body).rpartition(_SAID)[2]
-        if who in due and due[who][0] == resource:
+        who = _ends(body, resource, due)
+        if who is not None:
             del due[who]  # ended by writ since its rows were verified
     if not due:
         return None
-    waiter_id, (resource, seq, _, deadline) = min(due.items(), key=lambda kv: kv[1][1])
+    waiter_id, (resource, seq, _, deadline, _) = min(due.items(), key=lambda kv: kv[1][1])
     return waiter_id, (
         f"waiter {waiter_id} on {resource}: the ledger holds its wait open (row {seq}, "
         f"lease.queued, until {rfc3339(deadline)}; no row granted, refused or withdrew it), "
@@ -251,10 +252,17 @@ def _named(row: dict[str, Any]) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
-def _notes(body: str) -> str:
-    """The notes of a stored body ("" if it has none that read as text)."""
-    notes = json.loads(body).get("notes")
-    return notes if isinstance(notes, str) else ""
+def _ends(body: str, resource: str, waits: dict[str, OpenWait]) -> str | None:
+    """The waiter of ``waits`` whose wait the row of stored ``body`` on ``resource`` ends
+    (its notes end with ``; waiter ID``, on the wait's resource, by the wait's principal, as
+    every row writ ends a wait with is: an agent's words elsewhere end nobody's), or None."""
+    fields = json.loads(body)
+    notes = fields.get("notes")
+    who = notes.rpartition(_SAID)[2] if isinstance(notes, str) else ""
+    wait = waits.get(who)
+    if wait is None or wait[0] != resource or wait[4] != fields.get("agent_id"):
+        return None
+    return who
 
 
 def _shown(w: Waiter) -> str:

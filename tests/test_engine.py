@@ -254,6 +254,39 @@ async def test_a_cancelled_waiter_leaves_the_queue(engine: Engine) -> None:
     assert (await asyncio.wait_for(wc, 5))["holder"] == "agent-c"
 
 
+async def test_a_free_waiter_found_by_its_own_recheck_goes_before_those_behind_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first waiter finds its resource free with nobody having served the queue (its
+    blocker gone without a dispatch reaching it): it is granted, and the one behind it waits
+    on. Where its recheck took it out of the queue and served the queue first, the request
+    behind it, conflicting, was granted ahead of it, and it waited on outside the table."""
+    a, b, c = await adds(engine, "agent-a", "agent-b", "agent-c")
+    lease = await grant(engine, a, "prod/db")
+    wb = waiting(engine, b, "prod/db")
+    await queued(engine, "agent-b")
+    wc = waiting(engine, c, "prod/db")
+    await queued(engine, "agent-c")
+
+    async def unserved(tx: Any, paths: Any) -> None:
+        return None
+
+    with monkeypatch.context() as m:  # the release serves nobody
+        m.setattr(engine, "_dispatch", unserved)
+        await engine.release(a, lease["lease_id"])
+    first = (await engine.store.read(lambda tx: tx.waiters_related(["prod/db"])))[0]
+    req = engine._queued_request(first)
+    got = await engine.store.transact(lambda tx: engine._recheck_tx(tx, req, first, False))
+    assert getattr(got, "holder", None) == "agent-b"
+    queue = (await engine.resource_status("prod/db"))["queue"]
+    assert [q["principal"] for q in queue] == ["agent-c"]
+    held = await engine.store.read(lambda tx: tx.held_leases())
+    assert [h.holder for h in held] == ["agent-b"]
+    for task in (wb, wc):
+        task.cancel()
+    await asyncio.gather(wb, wc, return_exceptions=True)
+
+
 async def test_a_caller_cancelled_as_its_queue_join_commits_leaves_the_queue(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

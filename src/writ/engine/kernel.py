@@ -437,21 +437,19 @@ class Engine(PrincipalOps, QueueOps):
         if granted is not None:
             return granted
         blocked = await self._blocked(tx, req, waiter.seq)
-        if blocked is None:  # free, but nobody dispatched yet (e.g. a lock-delay ended)
+        if blocked is None:  # free and first, but nobody served the queue since
+            # this request goes first, as the queue would send it, and those behind it are
+            # served after it: taken out and the queue served before its own grant, one
+            # behind it that conflicts was granted ahead of it
             await tx.delete_waiter(waiter.waiter_id)
+            # the safety rules hold here too: a dispatch may have refused this waiter
+            # already, and its note may not have reached us yet (another server's)
+            err = await self._gates_now(tx, req)
+            if err is not None:
+                await self._deny(tx, req, None, err.message, _deny_event(err))
+            out: Lease | WritError = err or await self._grant(tx, req, waiter.waiter_id)
             await self._dispatch(tx, req.expand)
-            granted = await tx.lease_for_request(waiter.waiter_id)
-            if granted is not None:
-                return granted
-            blocked = await self._blocked(tx, req, None)
-            if blocked is None:
-                # the safety rules hold here too: a dispatch may have refused this waiter
-                # already, and its note may not have reached us yet (another server's)
-                err = await self._gates_now(tx, req)
-                if err is not None:
-                    await self._deny(tx, req, None, err.message, _deny_event(err))
-                    return err
-                return await self._grant(tx, req, waiter.waiter_id)
+            return out
         if not final:
             return _Queued(waiter, blocked, tx.now())
         await tx.delete_waiter(waiter.waiter_id)

@@ -38,8 +38,7 @@ and :class:`OpenWaits` keeps the open ones as the verified rows go by (only a pa
 whole chain finds them; verify makes one anyway). Left out: an older writ's rows, which
 name no waiter, and a wait past its deadline and :data:`ENDS_WITHIN_S`: its caller was
 answered or is gone, so taking the request out takes nobody's place (writ drops it when the
-queue reaches it), and a request a recheck took out of the queue and lost to a later one
-ends with a row only at its deadline (none if its caller left first).
+queue reaches it).
 """
 
 from __future__ import annotations

@@ -184,6 +184,29 @@ async def test_an_agents_words_cannot_end_another_agents_wait(engine: Engine) ->
         await q.stop()
 
 
+async def test_a_row_by_another_agent_does_not_end_a_wait(engine: Engine) -> None:
+    """Every row writ ends a wait with is written as the waiter's principal: a refusal on
+    the waiter's resource by another agent, whose words end in the waiter's name, ends no
+    wait, so the waiter still queued is not called written back after its wait ended
+    (where verify matched the ending rows by resource and name alone, and failed)."""
+    from writ.engine.hooks import lock_row
+
+    q = Queue(engine)
+    _, (first, _second) = await q.start()
+    try:
+        notes = f"refused 'x': frozen: no; waiter {first.waiter_id}"
+        row = lock_row("lease.refused", "perf-agent", "prod/db", None, notes)
+
+        async def append(tx: Tx) -> None:
+            await tx.append(row)
+
+        await engine.store.transact(append)
+        out = await engine.verify()
+        assert out.ok, out.reason
+    finally:
+        await q.stop()
+
+
 @pytest.mark.parametrize("edit", sorted(EDITS))
 async def test_a_hand_edited_waiter_fails_verify(
     engine: Engine, backend: Backend, edit: str

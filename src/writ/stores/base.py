@@ -159,6 +159,14 @@ expiry."""
 _ENDS_WAIT = re.compile(r'"notes":"(?:[^"\\]|\\.)*; waiter ([A-Za-z0-9_-]+)",')
 
 
+def _by(body: str) -> Any:
+    """The ``agent_id`` of a row's stored body (None: unreadable)."""
+    try:
+        return json.loads(body).get("agent_id")
+    except (ValueError, AttributeError):
+        return None
+
+
 def _wait_window(w: Waiter) -> tuple[float, float]:
     """When the row that ends ``w``'s wait is looked for: from its ``enqueued_at`` to
     :data:`ENDS_WITHIN_S` after its deadline (at most :data:`LONGEST_WAIT_S` after it
@@ -440,8 +448,9 @@ class Tx(ABC):
         """Each queued request of :meth:`waiters_between` ``after`` and ``last``, with the
         ``lease.queued`` rows on its resource at its ``enqueued_at`` (:meth:`audit_at`), the
         id of a lease granted to it (None: none; :meth:`lease_for_request`) and the first
-        :data:`WAIT_ENDS` row on its resource naming it (``; waiter ID`` ending its notes)
-        within :func:`_wait_window` (:meth:`with_ends`). Verify reads them in one snapshot.
+        :data:`WAIT_ENDS` row on its resource, by its principal, naming it (``; waiter ID``
+        ending its notes) within :func:`_wait_window` (:meth:`with_ends`). Verify reads them
+        in one snapshot.
         This default asks waiter by waiter; a server store answers in two statements."""
         lives = []
         for w in await self.waiters_between(after, last):
@@ -474,7 +483,11 @@ class Tx(ABC):
         out: list[WaiterLife] = []
         for w, rows, granted in lives:
             lo, hi = _wait_window(w)
-            hits = [f for f in named.get((w.waiter_id, w.resource), []) if lo <= f[3] <= hi]
+            hits = [
+                f
+                for f in named.get((w.waiter_id, w.resource), [])
+                if lo <= f[3] <= hi and _by(f[1]) == w.principal  # writ writes it as the waiter
+            ]
             first = min(hits) if hits else None
             out.append(
                 (w, rows, granted, row_from(first[1], first[2], first[0]) if first else None)

@@ -16,8 +16,9 @@ transaction that queued it, found by its resource and the microsecond of its
   same lock), so a request moved ahead of another (or behind it) is found;
 - nothing ended its wait: no lease was granted to it (the leases table names the request a
   queued lease was granted to), and no ``lease.granted``, ``lease.denied`` or
-  ``lease.refused`` row names it (today's writ ends the notes of the row that grants,
-  refuses or withdraws a queued request with ``; waiter ID``): each takes it out of the
+  ``lease.refused`` row by its principal names it (today's writ ends the notes of the row
+  that grants, refuses or withdraws a queued request with ``; waiter ID``, and writes it as
+  the waiter's principal): each takes it out of the
   queue in its own transaction. The row is looked for on its resource from its
   ``enqueued_at`` to a few seconds after its deadline: a copy written back later is past
   its deadline, and dropped, never granted, when the queue reaches it.

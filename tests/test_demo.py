@@ -62,11 +62,15 @@ def test_down_without_writ_up_with_it(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "<svg" in html and "perf-agent · token 1" in html
 
 
-def test_cli_names_the_files(tmp_path: Path) -> None:
-    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "out")])
+def test_cli_names_the_files_whole_however_long_their_path(tmp_path: Path) -> None:
+    """The files' paths are printed whole, never broken over lines where the terminal is
+    narrower than they are (a path broken in two cannot be copied)."""
+    out = tmp_path / ("deep-" * 20) / "out"
+    res = CliRunner().invoke(main, ["demo", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "out" / "postmortem.html").exists()
-    assert str(tmp_path / "out" / "postmortem.md") in res.output
+    assert (out / "postmortem.html").exists()
+    assert str(out / "postmortem.md") in res.output
+    assert str(out / "postmortem.html") in res.output
 
 
 def test_the_simulated_db_falls_over_after_40s_above_capacity() -> None:

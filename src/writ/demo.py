@@ -602,8 +602,11 @@ def render(result: Result, console: Any) -> None:
         f"Audit ledger: {result.rows} rows, hash chain "
         f"{'verified' if result.verified else 'BROKEN'}, head {result.head[:16]}…"
     )
+    # soft_wrap: a path is never broken over lines, however narrow the terminal
     console.print(
-        "Postmortem written before the demo exited: " + ", ".join(str(p) for p in result.files)
+        "Postmortem written before the demo exited: " + ", ".join(str(p) for p in result.files),
+        soft_wrap=True,
+        highlight=False,
     )
 
 

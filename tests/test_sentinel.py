@@ -129,6 +129,23 @@ async def test_a_waiter_deleted_by_hand_is_found_by_the_next_pass(
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_a_freeze_deleted_by_hand_is_found_by_the_next_pass(
+    engine: Engine, backend: Backend
+) -> None:
+    """The policy objects the rows say stand are carried from one pass to the next too: a
+    freeze made before the last pass (its row not walked again), deleted by hand after it."""
+    jane, _ = await engine.add_principal(None, "jane", "human")
+    frozen = await engine.freezes.freeze(jane, "prod/api", "incident 4411")
+    s = Sentinel(engine, every=60)
+    assert (await s.pass_()).ok
+    seq = s.at[0]
+    await _rows(engine, 2)
+    await backend.sql(f"DELETE FROM objects WHERE id = '{frozen['freeze_id']}'")
+    out = await s.pass_()
+    assert not out.ok and out.policy_object == f"freeze at row {seq}", out
+    assert "lets grants under prod/api through" in (out.reason or "")
+
+
 async def test_a_row_written_since_the_last_pass_changed_by_hand(
     engine: Engine, backend: Backend
 ) -> None:

@@ -14,6 +14,7 @@ from writ.core.ledger import Record
 from writ.stores.base import Store
 from writ.stores.enrolled import principals_disagree
 from writ.stores.held import OpenLeases, held_disagrees
+from writ.stores.open_objects import OpenObjects, objects_gone
 from writ.stores.policy_objects import objects_disagree
 from writ.stores.queued import OpenWaits, waiters_disagree
 
@@ -23,20 +24,23 @@ __all__ = ["Opened", "tables_disagree"]
 class Opened:
     """What the rows verified leave open, collected as they go by in seq order (one
     :meth:`feed` a verified chunk, lookup columns already checked against the hashed
-    bodies): the leases (:class:`~writ.stores.held.OpenLeases`) and the waits
-    (:class:`~writ.stores.queued.OpenWaits`). Each is checked against its table once the
-    chain verified: open in the ledger, gone from the table, is an authority freed (or a
-    place in the queue taken) by hand."""
+    bodies): the leases (:class:`~writ.stores.held.OpenLeases`), the waits
+    (:class:`~writ.stores.queued.OpenWaits`) and the policy objects
+    (:class:`~writ.stores.open_objects.OpenObjects`). Each is checked against its table
+    once the chain verified: open in the ledger, gone from the table, is an authority freed
+    (or a place in the queue taken) by hand."""
 
-    __slots__ = ("leases", "waits")
+    __slots__ = ("leases", "objects", "waits")
 
     def __init__(self) -> None:
         self.leases = OpenLeases()
         self.waits = OpenWaits()
+        self.objects = OpenObjects()
 
     def feed(self, chunk: Sequence[Record]) -> None:
         self.leases.feed(chunk)
         self.waits.feed(chunk)
+        self.objects.feed(chunk)
 
 
 async def tables_disagree(store: Store, opened: Opened) -> tuple[str, str, str] | None:
@@ -52,7 +56,7 @@ async def tables_disagree(store: Store, opened: Opened) -> tuple[str, str, str] 
     found = await waiters_disagree(store, opened.waits)
     if found is not None:
         return "waiter_id", *found
-    found = await objects_disagree(store)
+    found = await objects_disagree(store) or await objects_gone(store, opened.objects)
     if found is not None:
         return "policy_object", *found
     return None

@@ -505,6 +505,15 @@ class Tx(ABC):
         """The policy objects of ``kind`` among ``ids`` as the objects table holds them, by
         id: each a dict of :data:`OBJECT_COLUMNS` (``data`` decoded, never merged)."""
 
+    @abstractmethod
+    async def objects_made(
+        self, probes: Sequence[tuple[str, str, float, float]]
+    ) -> list[list[str]]:
+        """For each ``(kind, resource, since, until)``, the ids of the policy objects of
+        ``kind`` on ``resource`` (exact) made within ``[since, until]`` (their
+        ``created_at``), oldest first: an index range each (``objects_by_resource``). Verify
+        looks for the objects the ledger says exist (:mod:`writ.stores.open_objects`)."""
+
     async def audit_probes(self, probes: Sequence[Probe]) -> list[list[dict[str, Any]]]:
         """The rows of each :data:`Probe`, in order: an index range of the ``resource``
         column each (``audit_by_resource``), never a parse of the ledger. Verify reads them

@@ -47,7 +47,7 @@ from writ.core.clock import parse_time, rfc3339
 from writ.core.errors import Invalid
 from writ.stores.base import Probe, Store, Tx
 
-__all__ = ["KINDS", "PAGE", "object_disagrees", "object_probes", "objects_disagree"]
+__all__ = ["EPS", "KINDS", "PAGE", "froze", "object_disagrees", "object_probes", "objects_disagree"]
 
 PAGE = 200  # objects a snapshot
 # a row's time is its object's created_at to the microsecond it shows (half of one either
@@ -230,7 +230,7 @@ def _consent(o: Obj, rows: list[list[Row]], now: float) -> str | None:
 
 
 # ---------------------------------------------------------------------------- freezes
-def _froze(row: Row) -> dict[str, Any] | None:
+def froze(row: Row) -> dict[str, Any] | None:
     """What a ``freeze.created`` row says, as writ words it: ``BY froze PREFIX[ until T][
     (allowed: A, ...)]: REASON``; None when worded otherwise."""
     notes = row.get("notes") or ""
@@ -261,7 +261,7 @@ def _freeze(o: Obj, rows: list[list[Row]], now: float) -> str | None:
             ("prefix", f.get("prefix"), row["resource"], row),
             ("at", f.get("at"), row["timestamp"], row),
         ]
-        said = _froze(row)
+        said = froze(row)
         if said is not None:
             checks += [
                 ("until", f.get("until"), said["until"], row),

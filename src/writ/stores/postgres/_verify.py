@@ -110,6 +110,15 @@ _WINDOW = (
     f" AND event = ANY(%s) ORDER BY ts, seq LIMIT {PROBE_ROWS}"
 )
 _O_COLS = ", ".join(OBJECT_COLUMNS)
+# the objects of each (kind, resource, since, until) asked for: an index range each
+# (objects_by_resource), all in one statement
+_MADE = (
+    "SELECT p.i, o.id FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[])"
+    "   WITH ORDINALITY AS p(kind, res, lo, hi, i)"
+    ' JOIN objects o ON o.kind = p.kind AND o.resource = p.res COLLATE "C"'
+    "   AND o.created_at >= p.lo AND o.created_at <= p.hi"
+    " ORDER BY p.i, o.created_at, o.id"
+)
 
 Life = tuple[Lease, "dict[str, Any] | None", "dict[str, Any] | None"]
 
@@ -176,6 +185,16 @@ class VerifyReads:
             (kind, list(ids)),
         )
         return sorted((object_row(r) for r in rows), key=lambda o: str(o["id"]))
+
+    async def objects_made(
+        self, probes: Sequence[tuple[str, str, float, float]]
+    ) -> list[list[str]]:
+        out: list[list[str]] = [[] for _ in probes]
+        if probes:
+            cols = ([p[i] for p in probes] for i in range(4))
+            for i, obj_id in await self._all(_MADE, tuple(cols)):
+                out[i - 1].append(obj_id)
+        return out
 
     async def audit_window(
         self, resource: str, events: Sequence[str], since: float, until: float

@@ -372,6 +372,15 @@ class SQLiteTx(Tx):
         )
         return [object_row(r) for r in rows]
 
+    async def objects_made(
+        self, probes: Sequence[tuple[str, str, float, float]]
+    ) -> list[list[str]]:
+        sql = (
+            "SELECT id FROM objects WHERE kind = ? AND resource = ? AND created_at >= ?"
+            " AND created_at <= ? ORDER BY created_at, id"
+        )
+        return [[r[0] for r in self.c.execute(sql, p)] for p in probes]
+
     # ledger
     async def append(self, fields: dict[str, Any]) -> Sealed:
         self._w()

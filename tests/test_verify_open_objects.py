@@ -1,0 +1,202 @@
+"""Verify finds a policy object deleted from the objects table by hand: writ never deletes
+one, and a protected change or a standing freeze gone gives authority away. The walk over
+the chain collects what the ledger says stands (``writ.stores.open_objects``); each must
+still be in the table — online, with a signed checkpoint, and offline (``--store``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.stores_fixtures import Backend
+from tests.verify_fixtures import found_everywhere
+from writ.core.clock import rfc3339
+from writ.core.ledger import GENESIS, Record, seal
+from writ.engine import Engine
+from writ.evidence.checkpoint import generate_key, make
+from writ.stores import open_objects
+from writ.stores.accounted import Opened, tables_disagree
+
+
+async def _setup(engine: Engine, backend: Backend) -> dict[str, Any]:
+    """A protected change on prod/db, a freeze on prod/api until two hours from now and
+    one lifted there, a change that protects nothing: by name, with their agents. A manual
+    clock starts a minute before the host's (the offline CLI reads that) and moves a
+    millisecond each read."""
+    clock = backend.clock
+    if clock is not None:
+        clock.t = max(clock.t, time.time() - 60)
+        clock.now = lambda: clock.advance(0.001)  # type: ignore[method-assign]
+    perf, _ = await engine.add_principal(None, "perf-agent", "agent")
+    jane, _ = await engine.add_principal(None, "jane", "human")
+    lease = await engine.acquire(perf, resource="prod/db", intent="scale", touches=["capacity"])
+    out: dict[str, Any] = {"perf": perf, "jane": jane, "lease": lease}
+    out["change"] = await engine.consents.record_change(
+        perf, lease["lease_id"], "capacity", "4→8", 4, 8
+    )
+    out["recorded"] = await engine.consents.record_change(
+        perf, lease["lease_id"], "replicas", "1→2", protect_s=0
+    )
+    out["freeze"] = await engine.freezes.freeze(jane, "prod/api", "incident 4411", until="2h")
+    out["lifted"] = await engine.freezes.freeze(jane, "prod/api", "load test")
+    await engine.freezes.lift(jane, out["lifted"]["freeze_id"])
+    return out
+
+
+async def _walked(engine: Engine) -> open_objects.OpenObjects:
+    """What stands by every row the store holds now, as verify's walk finds it."""
+    opened = Opened()
+    async for chunk in engine.store.audit_records(batch=2):
+        opened.feed(chunk)
+    return opened.objects
+
+
+async def _seq(engine: Engine, event: str, notes: str) -> int:
+    """The seq of the first row of ``event`` whose notes hold ``notes``."""
+    async for chunk in engine.store.audit_records(batch=100):
+        for seq, body, _, _, ev, _, _ in chunk:
+            if ev == event and notes in body:
+                return seq
+    raise AssertionError(f"no {event} row with {notes!r}")
+
+
+@pytest.mark.parametrize("kind", ["change", "freeze"])
+async def test_a_standing_object_deleted_from_the_table_fails_verify(
+    engine: Engine, backend: Backend, kind: str
+) -> None:
+    """A protected change or an active freeze deleted from the objects table by hand fails
+    verify — online, with a signed checkpoint made before, and offline — named by the row
+    that records it (no id is left to name it), saying what the deletion lets through."""
+    out = await _setup(engine, backend)
+    assert (await engine.verify()).ok
+    key = generate_key()
+    cp = await make(engine.store, key)
+    obj_id = out[kind][f"{kind}_id"]
+    await backend.sql(f"DELETE FROM objects WHERE kind = '{kind}' AND id = '{obj_id}'")
+
+    if kind == "change":
+        seq = await _seq(engine, "change.recorded", "capacity: ")
+        bad = await found_everywhere(
+            engine, backend.url, cp, key, "policy_object", f"change at row {seq}", "no change"
+        )
+        assert "change of 'capacity' on prod/db by perf-agent" in (bad.reason or "")
+        assert "lets any agent undo 'capacity' without asking" in (bad.reason or "")
+    else:
+        seq = await _seq(engine, "freeze.created", "incident 4411")
+        bad = await found_everywhere(
+            engine, backend.url, cp, key, "policy_object", f"freeze at row {seq}", "no freeze"
+        )
+        assert "freeze on prod/api by jane ('incident 4411')" in (bad.reason or "")
+        assert f"until {out['freeze']['until']}" in (bad.reason or "")
+        assert "lets grants under prod/api through" in (bad.reason or "")
+    assert "deleted there by hand" in (bad.reason or "")
+
+
+async def test_the_walk_keeps_what_stands(make_engine: Any, backend: Backend) -> None:
+    """The walk keeps the protected change and the standing freeze, not the freeze writ
+    lifted; the change that protects nothing (its end its own time) is not looked for: none
+    of these deleted gives anything away."""
+    if backend.clock is None:
+        pytest.skip("the objects' cases on PostgreSQL are the deletions above")
+    engine = await make_engine()
+    out = await _setup(engine, backend)
+    kept = await _walked(engine)
+    assert sorted((o.kind, o.until, o.reason) for o in kept.objects.values()) == [
+        ("change", out["recorded"]["protected_until"], None),
+        ("change", out["change"]["protected_until"], None),
+        ("freeze", out["freeze"]["until"], "incident 4411"),
+    ]
+    for kind in ("recorded", "lifted"):
+        k = "change" if kind == "recorded" else "freeze"
+        await backend.sql(f"DELETE FROM objects WHERE id = '{out[kind][f'{k}_id']}'")
+    assert await open_objects.objects_gone(engine.store, kept) is None
+
+
+async def test_objects_ended_after_the_walk_are_not_tampered(
+    make_engine: Any, backend: Backend
+) -> None:
+    """A freeze lifted by writ after the walk passed its rows, and a change whose
+    protection ran out (lapsed by the sweep) since, are still in the table: verify says
+    ok. One deleted by hand is found until its time runs out; after, it gives nothing
+    away and is no longer looked for, as a freeze expired by time."""
+    if backend.clock is None:
+        pytest.skip("a manual clock moves time; on PostgreSQL the deletions above")
+    engine = await make_engine()
+    out = await _setup(engine, backend)
+    brief = await engine.consents.record_change(
+        out["perf"], out["lease"]["lease_id"], "size", "2→4", protect_s=30
+    )
+    short = await engine.freezes.freeze(out["jane"], "prod/web", "deploy", until="40s")
+    kept = await _walked(engine)
+    assert len(kept.objects) == 5  # with the change that protects nothing
+    await engine.freezes.lift(out["jane"], out["freeze"]["freeze_id"])
+    assert await tables_disagree(engine.store, _opened(kept)) is None
+
+    await backend.sql(f"DELETE FROM objects WHERE id = '{brief['change_id']}'")
+    found = await open_objects.objects_gone(engine.store, kept)
+    assert found is not None and "change of 'size'" in found[1], found
+    await backend.advance(31)
+    await engine.sweep()  # size lapses
+    assert await open_objects.objects_gone(engine.store, kept) is None
+    await backend.sql(f"DELETE FROM objects WHERE id = '{short['freeze_id']}'")
+    found = await open_objects.objects_gone(engine.store, kept)
+    assert found is not None and "freeze on prod/web" in found[1], found
+    await backend.advance(10)
+    assert await open_objects.objects_gone(engine.store, kept) is None
+    assert await tables_disagree(engine.store, _opened(kept)) is None
+
+
+def _opened(objects: open_objects.OpenObjects) -> Opened:
+    opened = Opened()
+    opened.objects = objects
+    return opened
+
+
+async def test_two_freezes_of_one_instant_need_two(make_engine: Any, backend: Backend) -> None:
+    """Two freezes on one prefix in one instant (a clock standing still), one deleted: the
+    one left does not stand for both. Two with one reason, one lifted: the lift row does not
+    say which, so both are looked for, and both are there."""
+    if backend.clock is None:
+        pytest.skip("only a manual clock stands still")
+    engine = await make_engine()
+    backend.clock.t = max(backend.clock.t, time.time() - 60)
+    jane, _ = await engine.add_principal(None, "jane", "human")
+    a = await engine.freezes.freeze(jane, "prod/api", "incident")
+    b = await engine.freezes.freeze(jane, "prod/api", "incident")
+    await engine.freezes.lift(jane, a["freeze_id"])
+    kept = await _walked(engine)
+    assert len(kept.objects) == 2  # the lift names no freeze: both kept
+    assert (await engine.verify()).ok
+    await backend.sql(f"DELETE FROM objects WHERE id = '{b['freeze_id']}'")
+    bad = await engine.verify()
+    assert not bad.ok and (bad.policy_object or "").startswith("freeze at row "), bad
+
+
+def _change_row(seq: int, at: float, notes: str | None) -> Record:
+    s = seal(seq, GENESIS, at, {"event": "change.recorded", "resource": "prod/db", "notes": notes})
+    return (s.seq, s.body, s.hash, s.timestamp, s.event, s.resource, s.lock_key)
+
+
+def test_the_walk_drops_what_ended_as_the_rows_go_by() -> None:
+    """Thousands of changes, each protected ten seconds, one a second: the walk keeps what
+    has not ended by the last row's time (and a little it has not looked at yet), never
+    the ledger. Notes worded otherwise are read whole: an end found there counts; none,
+    the change is kept (its end unknown)."""
+    kept = open_objects.OpenObjects()
+    t0 = 1_800_000_000.0
+    rows = [
+        _change_row(i, t0 + i, f"size: {i}; protected until {rfc3339(t0 + i + 10)}")
+        for i in range(1, 5001)
+    ]
+    rows[9] = _change_row(10, t0 + 10, 'attr: "quoted\\n"; protected until 2030-01-01T00:00:00Z')
+    rows[10] = _change_row(11, t0 + 11, "nothing to see here")
+    rows[11] = _change_row(12, t0 + 12, None)
+    for i in range(0, len(rows), 100):
+        kept.feed(rows[i : i + 100])
+    left = kept.objects
+    assert len(left) < 2 * 1024 + 100
+    assert {10, 11, 12} <= set(left) and set(range(4990, 5001)) <= set(left)
+    assert left[10].until == "2030-01-01T00:00:00.000000Z" and left[11].until is None
+    assert left[5000].until == rfc3339(t0 + 5010) and 100 not in left

@@ -18,8 +18,12 @@ seq of the row that records it:
   with that reason; when several match, none is taken as ended (each is still looked for:
   none is deleted by writ, so none is called tampered for being looked for).
 
-Only the ``event`` column is read of the other rows; a body is parsed only for those three
-events. What time ended is dropped as the rows go by (a row's time is past it).
+The feed runs on every row of the chain, so it is kept cheap: only the ``event`` column is
+read of the other rows; of a change's, the notes' last characters where writ words them
+(the body is not parsed: a ledger may hold hundreds of thousands); freeze rows, few, are
+parsed. The rows themselves are kept, and what ended before the last row's time is dropped
+each time the ends kept double (a freeze an hour after its end: writ may lift one not yet
+swept, and that lift must find it).
 
 Consents are not kept: a granted consent deleted takes away the one use it gives its
 requester, a pending one can no longer be answered; neither gives authority.
@@ -205,13 +209,14 @@ async def objects_gone(store: Store, opened: OpenObjects) -> tuple[str, str] | N
     verified) the objects table does not hold, its time not run out; or None. ``name`` is
     ``KIND at row SEQ``: with the object gone, its row is what names it."""
 
+    taken: set[tuple[str, str]] = set()  # (kind, id) found for one: two of an instant need two
+
     async def judge(page: Sequence[tuple[int, Standing]]) -> tuple[str, str] | None:
         async def check(tx: Tx) -> tuple[str, str] | None:
             # one page a snapshot: writ never deletes an object, so one found stays found
             now = tx.now()
             live = [(seq, o) for seq, o in page if _seconds(o.until) > now + EPS]
             probes = [(o.kind, o.resource, o.at - EPS, o.at + EPS) for _, o in live]
-            taken: set[tuple[str, str]] = set()  # two of one instant need two
             for (seq, o), ids in zip(live, await tx.objects_made(probes), strict=True):
                 mine = next((i for i in ids if (o.kind, i) not in taken), None)
                 if mine is None:

@@ -6,8 +6,10 @@ three in ten freezes, three in ten granted consents — the kinds and states
 :mod:`writ.stores.policy_objects` reads. With ``--ledger-rows`` (SQLite only), the store
 first holds a ledger of that many rows built as ``bench.ledger_bench`` builds its own, so
 each probe searches an index of that size. Then it times, best of three, in process: the
-objects check alone (``objects_disagree``), and the whole ``verify_store`` (the chain, the
-held leases, the principals and the objects). Prints one line each.
+objects check alone (``objects_disagree``), the check that each change and freeze the rows say
+stands is still in the table (``objects_gone``, after a walk), and the whole
+``verify_store`` (the chain, the held leases, the principals and the objects). Prints one
+line each.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from typing import TypeVar
 
 from writ.engine import Engine
 from writ.stores import open_store
+from writ.stores.accounted import Opened
 from writ.stores.migrate import verify_store
+from writ.stores.open_objects import objects_gone
 from writ.stores.policy_objects import objects_disagree
 
 T = TypeVar("T")
@@ -64,6 +68,16 @@ async def run(url: str, n: int) -> None:
         dt, found = await best(lambda: objects_disagree(engine.store))
         assert found is None, found
         print(f"objects check: {dt * 1000:.0f} ms ({dt / n * 1e6:.0f} us an object)")
+        opened = Opened()
+        async for chunk in engine.store.audit_records():
+            opened.feed(chunk)
+        standing = len(opened.objects.objects)
+        dt, found = await best(lambda: objects_gone(engine.store, opened.objects))
+        assert found is None, found
+        print(
+            f"deletion check: {dt * 1000:.0f} ms ({standing:,} standing, "
+            f"{dt / max(standing, 1) * 1e6:.0f} us each)"
+        )
         dt2, v = await best(lambda: verify_store(engine.store))
         print(f"whole verify_store: {dt2:.2f} s ({v.rows:,} rows, ok={v.ok})")
     finally:

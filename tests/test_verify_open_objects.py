@@ -204,3 +204,39 @@ def test_the_walk_drops_what_ended_as_the_rows_go_by() -> None:
     assert {10, 11, 12} <= set(left) and set(range(4990, 5001)) <= set(left)
     assert left[10].until == "2030-01-01T00:00:00.000000Z" and left[11].until is None
     assert left[5000].until == rfc3339(t0 + 5010) and 100 not in left
+
+
+def test_verify_over_http_names_a_deleted_freeze_by_its_row(tmp_path: Any) -> None:
+    """``GET /v1/audit/verify`` through a running server, and ``writ audit verify --url``,
+    answer a freeze deleted by hand in ``policy_object`` by the row that records it, never
+    as a bad seq, exit 1."""
+    import contextlib
+    import json
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from tests.server_fixtures import serve
+    from writ.cli import main
+
+    with serve(tmp_path / "w.db") as srv:
+        _, token = srv.principal("human", "jane")
+        with srv.client(token) as jane:
+            jane.freeze("prod/api", "incident 4411")
+        args = ["audit", "verify", "--url", srv.url, "--token", srv.admin_token]
+        assert CliRunner().invoke(main, args).exit_code == 0
+        with contextlib.closing(sqlite3.connect(tmp_path / "w.db", isolation_level=None)) as db:
+            db.execute("DELETE FROM objects WHERE kind = 'freeze'")
+            (seq,) = db.execute("SELECT seq FROM audit WHERE event = 'freeze.created'").fetchone()
+        with srv.client() as admin:
+            out = admin.verify()
+        assert out["ok"] is False and out["first_bad_seq"] is None, out
+        assert out["policy_object"] == f"freeze at row {seq}"
+        assert "lets grants under prod/api through" in out["reason"]
+        res = CliRunner().invoke(main, [*args, "--json"])
+        assert (
+            res.exit_code == 1 and json.loads(res.output)["policy_object"] == f"freeze at row {seq}"
+        )
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 1 and "BROKEN: freeze on prod/api by jane" in res.output
+        assert "seq None" not in res.output

@@ -316,6 +316,38 @@ async def test_a_caller_cancelled_as_its_queue_join_commits_leaves_the_queue(
     assert held == []  # nobody was granted prod/db on agent-b's behalf
 
 
+@pytest.mark.parametrize("wait_s", [0, 30])
+async def test_a_caller_cancelled_as_its_grant_commits_gives_the_lease_back(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, wait_s: float
+) -> None:
+    """The caller went away while the grant of a free resource was committing (a hang-up
+    or a graceful shutdown ending its call, as the transaction's answer came back): the
+    lease it never received is released with a row that says so, where it stayed held, the
+    resource blocked for its whole ttl, its caller retrying behind its own lease."""
+    a, b = await adds(engine, "agent-a", "agent-b")
+    real = engine.store.transact
+    armed = [True]
+
+    async def transact(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        out = await real(fn, *args, **kwargs)
+        if armed[0]:  # the grant committed; its caller is cancelled now
+            armed[0] = False
+            raise asyncio.CancelledError
+        return out
+
+    monkeypatch.setattr(engine.store, "transact", transact)
+    with pytest.raises(asyncio.CancelledError):
+        await engine.acquire(a, resource="prod/db", intent="scale", ttl_s=600, wait_s=wait_s)
+    assert await engine.store.read(lambda tx: tx.held_leases()) == []
+    granted, released = await rows(engine, "lease.granted"), await rows(engine, "lease.released")
+    assert len(granted) == 1 and len(released) == 1
+    assert released[0]["lock_key"] == granted[0]["lock_key"]
+    assert "disconnected before the grant reached it" in released[0]["notes"]
+    assert released[0]["agent_id"] == "agent-a"
+    lease = await grant(engine, b, "prod/db")  # free at once, not in ten minutes
+    assert lease["holder"] == "agent-b"
+
+
 async def test_a_dead_servers_waiter_is_dropped_not_granted(
     engine: Engine, backend: Backend
 ) -> None:

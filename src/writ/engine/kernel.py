@@ -292,13 +292,15 @@ class Engine(PrincipalOps, QueueOps):
         waiter_id = new_id("wt")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._grants[waiter_id] = fut
+        made: list[str] = []  # the leases its attempts granted (one committed, if any)
         try:
             try:
                 out = await self.store.transact(
-                    lambda tx: self._acquire_tx(tx, principal, req, waiter_id)
+                    lambda tx: self._acquire_tx(tx, principal, req, waiter_id, made)
                 )
-            except asyncio.CancelledError:  # the queue join may have committed: leave it
-                await asyncio.shield(self._abandon(waiter_id, req))
+            except asyncio.CancelledError:
+                # the queue join, or the grant, may have committed: leave it, give it back
+                await asyncio.shield(self._abandon(waiter_id, req, made))
                 raise
             if isinstance(out, WritError):
                 raise out
@@ -328,7 +330,7 @@ class Engine(PrincipalOps, QueueOps):
         return lease
 
     async def _acquire_tx(
-        self, tx: Tx, principal: Principal, req: Request, waiter_id: str
+        self, tx: Tx, principal: Principal, req: Request, waiter_id: str, made: list[str]
     ) -> Lease | _Queued | WritError:
         err = await self._gates_now(tx, req, principal)  # disabled since checked: refused
         if err is not None:
@@ -338,7 +340,9 @@ class Engine(PrincipalOps, QueueOps):
         await self._expire_due(tx, req.expand)
         blocked = await self._blocked(tx, req, None)
         if blocked is None:
-            return await self._grant(tx, req)
+            lease = await self._grant(tx, req)
+            made.append(lease.lease_id)
+            return lease
         if req.wait_s <= 0:
             return await self._refuse(tx, req, blocked)
         now = tx.now()

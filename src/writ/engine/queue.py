@@ -450,11 +450,12 @@ class QueueOps(ReadOps):
     # the old private names (rules now call the public ones; removed in the rooms renovation)
     _end = end
 
-    async def _abandon(self, waiter_id: str, req: Request) -> None:
+    async def _abandon(self, waiter_id: str, req: Request, made: Sequence[str] = ()) -> None:
         """The caller of ``req`` went away (its task cancelled) while it waited, or while its
-        queue join was committing: take ``waiter_id`` out of the queue if it is there, with a
-        row that ends its ``lease.queued`` one, or give back the lease granted to it meanwhile.
-        Nothing if neither (the join never committed)."""
+        queue join or its grant was committing: take ``waiter_id`` out of the queue if it is
+        there, with a row that ends its ``lease.queued`` one, or give back the lease granted
+        to it meanwhile (from the queue, or one of ``made``, the leases its attempts granted
+        directly). Nothing if none (nothing committed)."""
 
         async def fn(tx: Tx) -> None:
             if await tx.delete_waiter(waiter_id):
@@ -471,15 +472,17 @@ class QueueOps(ReadOps):
                 )
                 await self._dispatch(tx, req.expand)
                 return
-            lease = await tx.lease_for_request(waiter_id)
-            if lease is not None and lease.state == "held":
-                await self._end(
-                    tx,
-                    lease,
-                    "released",
-                    req.principal,
-                    notes="released: the waiting caller disconnected before the grant reached it",
-                )
+            leases = [await tx.lease_for_request(waiter_id)]
+            leases += [await tx.get_lease(lease_id, for_update=True) for lease_id in made]
+            for lease in leases:
+                if lease is not None and lease.state == "held" and lease.holder == req.principal:
+                    await self._end(
+                        tx,
+                        lease,
+                        "released",
+                        req.principal,
+                        notes="released: the caller disconnected before the grant reached it",
+                    )
 
         with contextlib.suppress(WritError):
             await self.store.transact(fn)

@@ -39,7 +39,7 @@ def test_down_without_writ_up_with_it(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "Without writ: the DB went down at 02:19:00" in text
     assert "With writ:    the DB stayed up" in text
     assert "hash chain verified" in text
-    assert "writ-demo/postmortem.md, writ-demo/postmortem.html" in text
+    assert "\n  writ-demo/postmortem.md\n  writ-demo/postmortem.html" in text
     for step in (
         "REFUSED consent_required",
         "QUEUED behind perf-agent",

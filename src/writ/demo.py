@@ -602,12 +602,9 @@ def render(result: Result, console: Any) -> None:
         f"Audit ledger: {result.rows} rows, hash chain "
         f"{'verified' if result.verified else 'BROKEN'}, head {result.head[:16]}…"
     )
-    # soft_wrap: a path is never broken over lines, however narrow the terminal
-    console.print(
-        "Postmortem written before the demo exited: " + ", ".join(str(p) for p in result.files),
-        soft_wrap=True,
-        highlight=False,
-    )
+    console.print("Postmortem written before the demo exited:")
+    for path in result.files:  # one a line, never broken (soft_wrap), to be copied whole
+        console.print(f"  {path}", soft_wrap=True, highlight=False)
 
 
 SIDE_BY_SIDE = 130  # columns from which both timelines are printed side by side

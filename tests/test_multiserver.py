@@ -404,6 +404,7 @@ def _restart_command(url: str) -> list[str] | None:
 
 
 @pytest.mark.slow
+@pytest.mark.pg_restart
 async def test_postgresql_restart_under_load(
     pg_backend: Backend, tmp_path: Path, request: pytest.FixtureRequest, n_servers: int
 ) -> None:
@@ -413,6 +414,11 @@ async def test_postgresql_restart_under_load(
         pytest.skip(
             "restarts the whole PostgreSQL server: run with WRIT_TEST_PG_RESTART=1 (CI does), "
             "WRIT_SLOW=1 or -m slow"
+        )
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1) > 1:
+        pytest.skip(
+            "restarts the whole PostgreSQL server under the other workers' tests: run it "
+            "alone (scripts/test runs the pg_restart tests after the rest)"
         )
     cmd = _restart_command(pg_backend.url)
     if cmd is None:

@@ -73,6 +73,19 @@ def waiting(engine: Engine, who: Principal, resource: str, **kw: Any) -> asyncio
     return asyncio.create_task(grant(engine, who, resource, **kw))
 
 
+async def two_behind(
+    engine: Engine,
+) -> tuple[Principal, dict[str, Any], asyncio.Task[Any], asyncio.Task[Any]]:
+    """agent-a holds prod/db; agent-b, then agent-c, wait for it (their calls as tasks)."""
+    a, b, c = await adds(engine, "agent-a", "agent-b", "agent-c")
+    lease = await grant(engine, a, "prod/db")
+    wb = waiting(engine, b, "prod/db")
+    await queued(engine, "agent-b")
+    wc = waiting(engine, c, "prod/db")
+    await queued(engine, "agent-c")
+    return a, lease, wb, wc
+
+
 # ------------------------------------------------------------------------- leases
 async def test_acquire_renew_release(engine: Engine, backend: Backend) -> None:
     a = await add(engine, "agent-a")
@@ -238,12 +251,7 @@ async def test_an_unserved_waiter_gets_held_and_leaves_the_queue(engine: Engine)
 
 
 async def test_a_cancelled_waiter_leaves_the_queue(engine: Engine) -> None:
-    a, b, c = await adds(engine, "agent-a", "agent-b", "agent-c")
-    lease = await grant(engine, a, "prod/db")
-    wb = waiting(engine, b, "prod/db")
-    await queued(engine, "agent-b")
-    wc = waiting(engine, c, "prod/db")
-    await queued(engine, "agent-c")
+    a, lease, wb, wc = await two_behind(engine)
     wb.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await wb
@@ -261,12 +269,7 @@ async def test_a_free_waiter_found_by_its_own_recheck_goes_before_those_behind_i
     blocker gone without a dispatch reaching it): it is granted, and the one behind it waits
     on. Where its recheck took it out of the queue and served the queue first, the request
     behind it, conflicting, was granted ahead of it, and it waited on outside the table."""
-    a, b, c = await adds(engine, "agent-a", "agent-b", "agent-c")
-    lease = await grant(engine, a, "prod/db")
-    wb = waiting(engine, b, "prod/db")
-    await queued(engine, "agent-b")
-    wc = waiting(engine, c, "prod/db")
-    await queued(engine, "agent-c")
+    a, lease, wb, wc = await two_behind(engine)
 
     async def unserved(tx: Any, paths: Any) -> None:
         return None

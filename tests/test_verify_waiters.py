@@ -712,3 +712,35 @@ def test_the_open_waits_are_collected_from_the_rows_that_name_waiters() -> None:
     assert list(open_.waits) == ["wt_a"]  # wt_b's wait is over: let go
     open_.feed([rec(7, t + 10, "lease.denied", "prod/db", "refused 'y': gone; waiter wt_a")])
     assert open_.waits == {}
+
+
+async def test_an_agents_refused_change_ends_none_of_its_own_waits(
+    make_engine: Any, backend: Backend
+) -> None:
+    """In closed mode a change to an attribute its lease does not touch is refused with a
+    ``lease.refused`` row by the agent, on its lease's resource, whose notes end with the
+    attribute, the agent's words: spelled ``x; waiter wt_…`` after its own request queued
+    there, it ends no wait. Where it did, verify called the request still queued written
+    back after its wait ended (a false alarm any agent could raise), and a wait deleted by
+    hand after such a row went unfound."""
+    policy = '[authority]\nmode = "closed"\n[[authority.grant]]\nprincipals = ["perf-agent"]\nwrite = ["prod"]\n'
+    engine = await make_engine(policy)
+    perf, _ = await engine.add_principal(None, "perf-agent", "agent")
+    lease = await engine.acquire(perf, resource="prod/db", intent="scale", touches=["capacity"])
+    q = Queue(engine)
+    q.wait(perf, "prod/db", "scale again")  # behind its own lease
+    try:
+        (w,) = await _queued(engine, 1)
+        with pytest.raises(WritError, match="touches only capacity"):
+            await engine.consents.record_change(
+                perf, lease["lease_id"], f"x; waiter {w.waiter_id}", "s"
+            )
+        out = await engine.verify()
+        assert out.ok, out.reason
+        assert (await cli_verify(backend.url))["ok"]
+        await backend.sql(f"DELETE FROM waiters WHERE waiter_id = '{w.waiter_id}'")
+        out = await engine.verify()
+        assert not out.ok and out.waiter_id == w.waiter_id, out
+        assert "deleted there by hand" in (out.reason or "")
+    finally:
+        await q.stop()

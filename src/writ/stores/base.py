@@ -159,12 +159,21 @@ expiry."""
 _ENDS_WAIT = re.compile(r'"notes":"(?:[^"\\]|\\.)*; waiter ([A-Za-z0-9_-]+)",')
 
 
-def _by(body: str) -> Any:
-    """The ``agent_id`` of a row's stored body (None: unreadable)."""
+ENDS_AS: tuple[str, ...] = ("granted ", "refused '", 'refused "', "withdrawn '", 'withdrawn "')
+"""How writ begins the notes of a row that ends a wait (its grant, refusal or withdrawal,
+the intent quoted): a row whose notes end in an agent's words, begun otherwise (``refused
+change to ATTR: …``, ``refused NAME: …``), ends no wait, however those words end."""
+
+
+def ended_by(body: str) -> Any:
+    """The ``agent_id`` of a row's stored body whose notes begin as :data:`ENDS_AS`, else
+    None (unreadable too)."""
     try:
-        return json.loads(body).get("agent_id")
+        row = json.loads(body)
+        notes = row.get("notes")
     except (ValueError, AttributeError):
         return None
+    return row.get("agent_id") if isinstance(notes, str) and notes.startswith(ENDS_AS) else None
 
 
 def _wait_window(w: Waiter) -> tuple[float, float]:
@@ -486,7 +495,7 @@ class Tx(ABC):
             hits = [
                 f
                 for f in named.get((w.waiter_id, w.resource), [])
-                if lo <= f[3] <= hi and _by(f[1]) == w.principal  # writ writes it as the waiter
+                if lo <= f[3] <= hi and ended_by(f[1]) == w.principal  # as writ writes it
             ]
             first = min(hits) if hits else None
             out.append(

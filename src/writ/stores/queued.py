@@ -17,8 +17,9 @@ transaction that queued it, found by its resource and the microsecond of its
 - nothing ended its wait: no lease was granted to it (the leases table names the request a
   queued lease was granted to), and no ``lease.granted``, ``lease.denied`` or
   ``lease.refused`` row by its principal names it (today's writ ends the notes of the row
-  that grants, refuses or withdraws a queued request with ``; waiter ID``, and writes it as
-  the waiter's principal): each takes it out of the
+  that grants, refuses or withdraws a queued request with ``; waiter ID``, begins them as
+  :data:`~writ.stores.base.ENDS_AS` says, and writes it as the waiter's principal; a row
+  whose notes end in an agent's words, begun otherwise, ends no wait): each takes it out of the
   queue in its own transaction. The row is looked for on its resource from its
   ``enqueued_at`` to a few seconds after its deadline: a copy written back later is past
   its deadline, and dropped, never granted, when the queue reaches it.
@@ -53,7 +54,15 @@ from writ.core.bulk import first_in_pages
 from writ.core.clock import rfc3339
 from writ.core.ledger import Record
 from writ.core.models import Waiter, request_digest, waited_as
-from writ.stores.base import ENDS_WITHIN_S, LONGEST_WAIT_S, WAIT_ENDS, Store, Tx, WaiterLife
+from writ.stores.base import (
+    ENDS_AS,
+    ENDS_WITHIN_S,
+    LONGEST_WAIT_S,
+    WAIT_ENDS,
+    Store,
+    Tx,
+    WaiterLife,
+)
 
 __all__ = ["PAGE", "OpenWaits", "queued_row", "waiter_disagrees", "waiters_disagree"]
 
@@ -254,11 +263,13 @@ def _named(row: dict[str, Any]) -> tuple[str, str] | None:
 
 def _ends(body: str, resource: str, waits: dict[str, OpenWait]) -> str | None:
     """The waiter of ``waits`` whose wait the row of stored ``body`` on ``resource`` ends
-    (its notes end with ``; waiter ID``, on the wait's resource, by the wait's principal, as
-    every row writ ends a wait with is: an agent's words elsewhere end nobody's), or None."""
+    (its notes end with ``; waiter ID``, on the wait's resource, by the wait's principal,
+    worded as a wait's end (:data:`~writ.stores.base.ENDS_AS`), as every row writ ends a
+    wait with is: an agent's words elsewhere end nobody's), or None."""
     fields = json.loads(body)
     notes = fields.get("notes")
-    who = notes.rpartition(_SAID)[2] if isinstance(notes, str) else ""
+    ends = isinstance(notes, str) and notes.startswith(ENDS_AS)
+    who = notes.rpartition(_SAID)[2] if ends else ""
     wait = waits.get(who)
     if wait is None or wait[0] != resource or wait[4] != fields.get("agent_id"):
         return None

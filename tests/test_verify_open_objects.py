@@ -5,6 +5,7 @@ still be in the table — online, with a signed checkpoint, and offline (``--sto
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -16,7 +17,7 @@ from writ.core.clock import rfc3339
 from writ.core.ledger import GENESIS, Record, seal
 from writ.engine import Engine
 from writ.evidence.checkpoint import generate_key, make
-from writ.stores import open_objects
+from writ.stores import open_objects, policy_objects
 from writ.stores.accounted import Opened, tables_disagree
 
 
@@ -178,6 +179,70 @@ async def test_two_freezes_of_one_instant_need_two(
         monkeypatch.setattr(open_objects, "PAGE", page)
         bad = await engine.verify()
         assert not bad.ok and (bad.policy_object or "").startswith("freeze at row "), bad
+
+
+async def _lifted_by_hand(backend: Backend, freeze_id: str, like: dict[str, Any]) -> None:
+    """Mark freeze ``freeze_id`` lifted by hand, as writ marked freeze ``like`` (its
+    lifted_by and lifted_at: its lift row's)."""
+    ((data,),) = await backend.sql(f"SELECT data FROM objects WHERE id = '{freeze_id}'")
+    data = json.loads(data)
+    data.update(lifted_by=like["lifted_by"], lifted_at=like["lifted_at"])
+    text = json.dumps(data).replace("'", "''")
+    await backend.sql(
+        f"UPDATE objects SET state = 'lifted', expires_at = NULL, data = '{text}'"
+        f" WHERE id = '{freeze_id}'"
+    )
+
+
+@pytest.mark.parametrize("whose", ["a freeze lifted since", "a freeze lifted before"])
+async def test_a_lift_row_lifts_one_freeze(engine: Engine, backend: Backend, whose: str) -> None:
+    """A lift row names no freeze (``BY lifted the freeze on PREFIX (REASON)``): an
+    intruder who marks a standing freeze lifted by hand, with the lifted_by and lifted_at
+    of another freeze on its prefix with its reason, borrows that freeze's lift row. One lift
+    row lifts one freeze, after it was made: verify fails, naming one of the two (the one
+    lifted before, deleted: the one marked), where it said ok and the freeze stopped no
+    grant under its prefix."""
+    if backend.is_pg and whose == "a freeze lifted before":
+        pytest.skip("on PostgreSQL, one of the two")
+    clock = backend.clock
+    if clock is not None:  # a clock that moves, as a host's does
+        clock.now = lambda: clock.advance(0.001)  # type: ignore[method-assign]
+    jane, _ = await engine.add_principal(None, "jane", "human")
+    if whose == "a freeze lifted before":  # then deleted (a lifted one gives nothing away)
+        other = await engine.freezes.freeze(jane, "prod/web", "incident")
+        other = await engine.freezes.lift(jane, other["freeze_id"])
+        await backend.sql(f"DELETE FROM objects WHERE id = '{other['freeze_id']}'")
+        target = await engine.freezes.freeze(jane, "prod/web", "incident")
+    else:
+        target = await engine.freezes.freeze(jane, "prod/web", "incident")
+        other = await engine.freezes.freeze(jane, "prod/web", "incident")
+        other = await engine.freezes.lift(jane, other["freeze_id"])
+    assert (await engine.verify()).ok
+    await _lifted_by_hand(backend, target["freeze_id"], other)
+    assert await engine.freezes.list() == []  # it stops nothing now
+    bad = await engine.verify()
+    # the two lifted ones are alike but for their rows: the one judged second is named
+    names = {f"freeze {f['freeze_id']}" for f in (target, other)}
+    assert not bad.ok and bad.policy_object in names, bad
+    assert "freeze.lifted row" in (bad.reason or "") and "by hand" in (bad.reason or "")
+
+
+async def test_two_lifts_of_one_instant_lift_two(
+    make_engine: Any, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two freezes on one prefix with one reason, made and lifted by writ in one instant (a
+    clock standing still): each takes a lift row of its own, in one page of the table check
+    or two, and verify says ok."""
+    if backend.clock is None:
+        pytest.skip("only a manual clock stands still")
+    engine = await make_engine()
+    jane, _ = await engine.add_principal(None, "jane", "human")
+    for f in [await engine.freezes.freeze(jane, "prod/api", "incident") for _ in range(2)]:
+        await engine.freezes.lift(jane, f["freeze_id"])
+    for page in (policy_objects.PAGE, 1):
+        monkeypatch.setattr(policy_objects, "PAGE", page)
+        out = await engine.verify()
+        assert out.ok, out.reason
 
 
 def _change_row(seq: int, at: float, notes: str | None) -> Record:

@@ -26,8 +26,9 @@ and time (an index range a row, ``audit_by_resource``, never a parse of the ledg
 * a **freeze** (every one: one lifted or expired by hand no longer stops grants): its
   ``freeze.created`` row must agree on who froze what (the prefix), until when (the
   ``expires_at`` column while it stands), the allow list and the reason; a lifted freeze
-  needs a ``freeze.lifted`` row at its ``lifted_at`` by its ``lifted_by``; an expired one
-  an end the created row gave, and passed.
+  needs a ``freeze.lifted`` row at its ``lifted_at`` by its ``lifted_by``, after the row
+  that made it, that no other freeze took (a lift row names no freeze: each lifts one); an
+  expired one an end the created row gave, and passed.
 
 A row worded otherwise than writ words it today (or without notes) vouches for the
 object's existence and for its own fields (who, where, when) alone: the chain vouches
@@ -248,7 +249,9 @@ def froze(row: Row) -> dict[str, Any] | None:
     return {"until": until, "allow": allow, "reason": rest[2:]}
 
 
-def _freeze(o: Obj, rows: list[list[Row]], now: float) -> str | None:
+def _freeze(
+    o: Obj, rows: list[list[Row]], now: float, lifts: dict[int, str] | None = None
+) -> str | None:
     f, name = o["data"], f"freeze {o['id']} on {o['resource']}"
     state = o["state"]
     if state not in ("active", "lifted", "expired"):
@@ -278,6 +281,7 @@ def _freeze(o: Obj, rows: list[list[Row]], now: float) -> str | None:
     why = _one_of(name, rows[0], "freeze.created row on its prefix at its created_at", created)
     if why is not None or state != "lifted":
         return why
+    made = min(r["seq"] for r in rows[0] if not created(r))
 
     def lifted(row: Row) -> Whys:
         checks = [("lifted_by", f.get("lifted_by"), row["agent_id"], row)]
@@ -285,9 +289,27 @@ def _freeze(o: Obj, rows: list[list[Row]], now: float) -> str | None:
         if notes.startswith(f"{row['agent_id']} lifted the freeze on "):
             want = f"{row['agent_id']} lifted the freeze on {f.get('prefix')} ({f.get('reason')})"
             checks.append(("reason", want, notes, row))
-        return _differ(name, checks)
+        whys = _differ(name, checks)
+        if row["seq"] < made:  # another freeze's, made and lifted before this one
+            whys.append(
+                f"{name}: its freeze.lifted row {row['seq']} comes before the freeze.created "
+                f"row {made} that made it: {_BY_HAND}"
+            )
+        return whys
 
-    return _one_of(name, rows[1], "freeze.lifted row on its prefix at its lifted_at", lifted)
+    mine = [r for r in rows[1] if not lifted(r)]
+    if not mine:
+        return _one_of(name, rows[1], "freeze.lifted row on its prefix at its lifted_at", lifted)
+    # a lift row names no freeze: each lifts one (a lifted freeze takes one no other took)
+    taken = {} if lifts is None else lifts
+    free = next((r["seq"] for r in mine if r["seq"] not in taken), None)
+    if free is None:
+        return (
+            f"{name}: it is marked lifted, but its freeze.lifted row {mine[0]['seq']} lifted "
+            f"freeze {taken[mine[0]['seq']]} (a lift row lifts one freeze): {_BY_HAND}"
+        )
+    taken[free] = o["id"]
+    return None
 
 
 _JUDGES: dict[str, Callable[[Obj, list[list[Row]], float], str | None]] = {
@@ -303,11 +325,17 @@ KINDS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
 )
 
 
-def object_disagrees(o: Obj, rows: list[list[Row]], now: float) -> str | None:
+def object_disagrees(
+    o: Obj, rows: list[list[Row]], now: float, lifts: dict[int, str] | None = None
+) -> str | None:
     """Why the ledger's rows (each probe's of :func:`object_probes`) do not account for policy
-    object ``o`` (a dict of :data:`~writ.stores.base.OBJECT_COLUMNS`) at ``now``, or None."""
+    object ``o`` (a dict of :data:`~writ.stores.base.OBJECT_COLUMNS`) at ``now``, or None.
+    ``lifts``: the freeze each ``freeze.lifted`` row (by seq) was taken by so far, a lifted
+    freeze's added (none: each freeze judged alone)."""
     if not isinstance(o["data"], dict):
         return f"{o['kind']} {o['id']}: its data cannot be read: {_BY_HAND}"
+    if o["kind"] == "freeze":
+        return _freeze(o, rows, now, lifts)
     return _JUDGES[o["kind"]](o, rows, now)
 
 
@@ -343,6 +371,8 @@ async def _kind_disagrees(
     async def listed(tx: Tx) -> list[str]:
         return await tx.object_keys(kind, states)
 
+    lifts: dict[int, str] = {}  # the freeze each lift row lifted, across pages
+
     async def judge(page: Sequence[str]) -> tuple[str, str] | None:
         async def check(tx: Tx) -> tuple[str, str] | None:
             # read again, from the table, with the rows in this snapshot: one no longer in
@@ -358,7 +388,7 @@ async def _kind_disagrees(
             found = await tx.audit_probes([p for ps in probes for p in ps])
             at = 0
             for o, ps in zip(objs, probes, strict=True):
-                why = object_disagrees(o, found[at : at + len(ps)], now)
+                why = object_disagrees(o, found[at : at + len(ps)], now, lifts)
                 at += len(ps)
                 if why is not None:
                     return f"{kind} {o['id']}", why

@@ -224,7 +224,72 @@ async def test_a_lift_row_lifts_one_freeze(engine: Engine, backend: Backend, who
     # the two lifted ones are alike but for their rows: the one judged second is named
     names = {f"freeze {f['freeze_id']}" for f in (target, other)}
     assert not bad.ok and bad.policy_object in names, bad
-    assert "freeze.lifted row" in (bad.reason or "") and "by hand" in (bad.reason or "")
+    assert "freeze.lifted" in (bad.reason or "") and "by hand" in (bad.reason or "")
+
+
+@pytest.mark.parametrize("kind", ["change", "freeze"])
+async def test_one_row_records_one_object(
+    make_engine: Any, backend: Backend, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Two changes (or freezes) on one resource in one instant (a clock standing still):
+    an intruder rewrites the second as a copy of the first (its data but its id), so the
+    protection of 'replicas' (the freeze that allows nobody) is gone while both rows still
+    find an object of their instant. Each row records one object: verify fails, in one page
+    of the table check or two, where it said ok and cost-agent was granted past it."""
+    if backend.clock is None:
+        pytest.skip("only a manual clock stands still")
+    engine = await make_engine()
+    perf, _ = await engine.add_principal(None, "perf-agent", "agent")
+    cost, _ = await engine.add_principal(None, "cost-agent", "agent")
+    jane, _ = await engine.add_principal(None, "jane", "human")
+    if kind == "change":
+        lease = await engine.acquire(perf, resource="prod/db", intent="scale", touches=["*"])
+        first = await engine.consents.record_change(perf, lease["lease_id"], "capacity", "4→8")
+        second = await engine.consents.record_change(perf, lease["lease_id"], "replicas", "1→2")
+        await engine.release(perf, lease["lease_id"])
+    else:
+        first = await engine.freezes.freeze(jane, "prod/db", "deploy", allow=["cost-agent"])
+        second = await engine.freezes.freeze(jane, "prod/db", "incident")
+    assert first["at"] == second["at"] and (await engine.verify()).ok
+    ((data,),) = await backend.sql(f"SELECT data FROM objects WHERE id = '{first[f'{kind}_id']}'")
+    copy = {**json.loads(data), f"{kind}_id": second[f"{kind}_id"]}
+    text = json.dumps(copy).replace("'", "''")
+    await backend.sql(f"UPDATE objects SET data = '{text}' WHERE id = '{second[f'{kind}_id']}'")
+    await engine.acquire(cost, resource="prod/db", intent="undo", touches=["replicas"])
+    names = {f"{kind} {o[f'{kind}_id']}" for o in (first, second)}
+    for page in (policy_objects.PAGE, 1):
+        monkeypatch.setattr(policy_objects, "PAGE", page)
+        bad = await engine.verify()
+        assert not bad.ok and bad.policy_object in names, bad
+        assert "has none of its own" in (bad.reason or ""), bad.reason
+
+
+async def test_a_consent_granted_with_the_answer_of_one_still_granted(
+    engine: Engine, backend: Backend
+) -> None:
+    """cost-agent asks twice to undo perf-agent's change; perf-agent grants one. An intruder
+    marks the other granted with that answer's time and answerer: one consent.granted row
+    answers one consent, so while the one writ granted is unused, verify fails (once used,
+    it is no longer read: see security.md)."""
+    clock = backend.clock
+    if clock is not None:  # a clock that moves, as a host's does
+        clock.now = lambda: clock.advance(0.001)  # type: ignore[method-assign]
+    perf, _ = await engine.add_principal(None, "perf-agent", "agent")
+    cost, _ = await engine.add_principal(None, "cost-agent", "agent")
+    lease = await engine.acquire(perf, resource="prod/db", intent="scale", touches=["*"])
+    change = await engine.consents.record_change(perf, lease["lease_id"], "capacity", "4→8")
+    asked = [await engine.consents.ask(cost, change["change_id"], "need it") for _ in range(2)]
+    granted = await engine.consents.answer(perf, asked[0]["consent_id"], True)
+    assert (await engine.verify()).ok
+    other = asked[1]["consent_id"]
+    ((data,),) = await backend.sql(f"SELECT data FROM objects WHERE id = '{other}'")
+    said = {k: granted[k] for k in ("answered_by", "answered_at")}
+    text = json.dumps({**json.loads(data), "status": "granted", **said}).replace("'", "''")
+    await backend.sql(f"UPDATE objects SET state = 'granted', data = '{text}' WHERE id = '{other}'")
+    bad = await engine.verify()
+    names = {f"consent {c['consent_id']}" for c in asked}
+    assert not bad.ok and bad.policy_object in names, bad
+    assert "(consent.granted) is consent" in (bad.reason or ""), bad.reason
 
 
 async def test_two_lifts_of_one_instant_lift_two(

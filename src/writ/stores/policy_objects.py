@@ -30,10 +30,12 @@ and time (an index range a row, ``audit_by_resource``, never a parse of the ledg
   that made it, that no other freeze took (a lift row names no freeze: each lifts one); an
   expired one an end the created row gave, and passed.
 
-A row worded otherwise than writ words it today (or without notes) vouches for the
-object's existence and for its own fields (who, where, when) alone: the chain vouches
-that writ wrote it. Each page of objects is
-read again with its rows in one snapshot, so an object written by writ while verify runs
+Each row records one object: one that accounts for an object is not taken for another (two
+made in one instant have two rows; one rewritten as a copy of the other, or marked lifted or
+granted with another's lift or answer, borrows a row). A row worded otherwise than writ
+words it today (or without notes) vouches for the object's existence and for its own fields
+(who, where, when) alone: the chain vouches that writ wrote it. Each page of objects is read
+again with its rows in one snapshot, so an object written by writ while verify runs
 is judged as it stood then. What this does not cover is in docs/security.md.
 """
 
@@ -123,17 +125,40 @@ def _differ(name: str, checks: Sequence[tuple[str, Any, Any, Row]]) -> Whys:
     ]
 
 
-def _one_of(name: str, rows: list[Row], what: str, judge: Callable[[Row], Whys]) -> str | None:
+Taken = dict[int, str]  # the object each row that records one was taken by (by seq)
+
+
+def _one_of(
+    name: str,
+    rows: list[Row],
+    what: str,
+    judge: Callable[[Row], Whys],
+    taken: Taken | None = None,
+) -> str | None:
     """None when one of ``rows`` (a probe's, at one instant: writ may write two objects on
-    one resource in one microsecond) accounts for the object; else why the row that comes
-    nearest does not, or that there is none."""
+    one resource in one microsecond) accounts for the object, one no other object took
+    (``taken``, which it joins: writ writes a row for each object); else why the row that
+    comes nearest does not, that another took it, or that there is none."""
     if not rows:
         return (
             f"{name}: no {what}: it was written into the objects table by hand, or its "
             "resource or times were changed there"
         )
-    nearest = min((judge(r) for r in rows), key=len)
-    return nearest[0] if nearest else None
+    judged = [(judge(r), r) for r in rows]
+    mine = [r for whys, r in judged if not whys]
+    if not mine:
+        return min((whys for whys, _ in judged), key=len)[0]
+    if taken is None:
+        return None
+    free = next((r["seq"] for r in mine if r["seq"] not in taken), None)
+    if free is None:
+        row = mine[0]
+        return (
+            f"{name}: its row {row['seq']} ({row['event']}) is {taken[row['seq']]}'s (writ "
+            f"writes a row for each object; this one has none of its own): {_BY_HAND}"
+        )
+    taken[free] = name
+    return None
 
 
 def _ended(name: str, state: str, until: str | None, row: Row, now: float) -> Whys:
@@ -147,7 +172,7 @@ def _ended(name: str, state: str, until: str | None, row: Row, now: float) -> Wh
 
 
 # ---------------------------------------------------------------------------- changes
-def _change(o: Obj, rows: list[list[Row]], now: float) -> str | None:
+def _change(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | None:
     c, name = o["data"], f"change {o['id']} on {o['resource']}"
     if o["state"] not in ("protected", "recorded", "lapsed"):
         return f"{name}: its state ({o['state']!r}) is none writ gives a change: {_BY_HAND}"
@@ -173,11 +198,12 @@ def _change(o: Obj, rows: list[list[Row]], now: float) -> str | None:
         ended = o["state"] != "protected" and bool(sep)
         return _differ(name, checks) + (_ended(name, o["state"], until, row, now) if ended else [])
 
-    return _one_of(name, rows[0], "change.recorded row on its resource at its created_at", judge)
+    what = "change.recorded row on its resource at its created_at"
+    return _one_of(name, rows[0], what, judge, taken)
 
 
 # ---------------------------------------------------------------------------- consents
-def _consent(o: Obj, rows: list[list[Row]], now: float) -> str | None:
+def _consent(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | None:
     c, name = o["data"], f"consent {o['id']} on {o['resource']}"
     requester, author, attr = c.get("requester"), c.get("author"), c.get("attribute")
 
@@ -189,7 +215,8 @@ def _consent(o: Obj, rows: list[list[Row]], now: float) -> str | None:
             checks.append(("author and attribute", f"{author} to undo {attr}", notes, row))
         return _differ(name, checks)
 
-    why = _one_of(name, rows[0], "consent.requested row on its resource at its created_at", asked)
+    what = "consent.requested row on its resource at its created_at"
+    why = _one_of(name, rows[0], what, asked, taken)
     if why is not None or o["state"] != "granted":
         return why
 
@@ -206,7 +233,8 @@ def _consent(o: Obj, rows: list[list[Row]], now: float) -> str | None:
             checks.append(("attribute", attr, said["attribute"], row))
         return _differ(name, checks)
 
-    why = _one_of(name, rows[1], "consent.granted row on its resource at its answered_at", answered)
+    what = "consent.granted row on its resource at its answered_at"
+    why = _one_of(name, rows[1], what, answered, taken)
     if why is None and c.get("escalated_to") is not None:
 
         def escalated(row: Row) -> Whys:  # who may answer once it expired unanswered
@@ -249,9 +277,7 @@ def froze(row: Row) -> dict[str, Any] | None:
     return {"until": until, "allow": allow, "reason": rest[2:]}
 
 
-def _freeze(
-    o: Obj, rows: list[list[Row]], now: float, lifts: dict[int, str] | None = None
-) -> str | None:
+def _freeze(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | None:
     f, name = o["data"], f"freeze {o['id']} on {o['resource']}"
     state = o["state"]
     if state not in ("active", "lifted", "expired"):
@@ -278,7 +304,8 @@ def _freeze(
             whys += _ended(name, state, said["until"], row, now)
         return whys
 
-    why = _one_of(name, rows[0], "freeze.created row on its prefix at its created_at", created)
+    what = "freeze.created row on its prefix at its created_at"
+    why = _one_of(name, rows[0], what, created, taken)
     if why is not None or state != "lifted":
         return why
     made = min(r["seq"] for r in rows[0] if not created(r))
@@ -297,22 +324,11 @@ def _freeze(
             )
         return whys
 
-    mine = [r for r in rows[1] if not lifted(r)]
-    if not mine:
-        return _one_of(name, rows[1], "freeze.lifted row on its prefix at its lifted_at", lifted)
-    # a lift row names no freeze: each lifts one (a lifted freeze takes one no other took)
-    taken = {} if lifts is None else lifts
-    free = next((r["seq"] for r in mine if r["seq"] not in taken), None)
-    if free is None:
-        return (
-            f"{name}: it is marked lifted, but its freeze.lifted row {mine[0]['seq']} lifted "
-            f"freeze {taken[mine[0]['seq']]} (a lift row lifts one freeze): {_BY_HAND}"
-        )
-    taken[free] = o["id"]
-    return None
+    # a lift row names no freeze, and lifts one
+    return _one_of(name, rows[1], "freeze.lifted row on its prefix at its lifted_at", lifted, taken)
 
 
-_JUDGES: dict[str, Callable[[Obj, list[list[Row]], float], str | None]] = {
+_JUDGES: dict[str, Callable[[Obj, list[list[Row]], float, Taken], str | None]] = {
     "change": _change,
     "consent": _consent,
     "freeze": _freeze,
@@ -326,17 +342,15 @@ KINDS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
 
 
 def object_disagrees(
-    o: Obj, rows: list[list[Row]], now: float, lifts: dict[int, str] | None = None
+    o: Obj, rows: list[list[Row]], now: float, taken: Taken | None = None
 ) -> str | None:
     """Why the ledger's rows (each probe's of :func:`object_probes`) do not account for policy
     object ``o`` (a dict of :data:`~writ.stores.base.OBJECT_COLUMNS`) at ``now``, or None.
-    ``lifts``: the freeze each ``freeze.lifted`` row (by seq) was taken by so far, a lifted
-    freeze's added (none: each freeze judged alone)."""
+    ``taken``: the object each row that records one (by seq) was taken by so far, to which
+    ``o``'s join (None: ``o`` judged alone)."""
     if not isinstance(o["data"], dict):
         return f"{o['kind']} {o['id']}: its data cannot be read: {_BY_HAND}"
-    if o["kind"] == "freeze":
-        return _freeze(o, rows, now, lifts)
-    return _JUDGES[o["kind"]](o, rows, now)
+    return _JUDGES[o["kind"]](o, rows, now, {} if taken is None else taken)
 
 
 async def objects_disagree(store: Store) -> tuple[str, str] | None:
@@ -371,7 +385,7 @@ async def _kind_disagrees(
     async def listed(tx: Tx) -> list[str]:
         return await tx.object_keys(kind, states)
 
-    lifts: dict[int, str] = {}  # the freeze each lift row lifted, across pages
+    taken: Taken = {}  # the object each row records, across pages
 
     async def judge(page: Sequence[str]) -> tuple[str, str] | None:
         async def check(tx: Tx) -> tuple[str, str] | None:
@@ -388,7 +402,7 @@ async def _kind_disagrees(
             found = await tx.audit_probes([p for ps in probes for p in ps])
             at = 0
             for o, ps in zip(objs, probes, strict=True):
-                why = object_disagrees(o, found[at : at + len(ps)], now, lifts)
+                why = object_disagrees(o, found[at : at + len(ps)], now, taken)
                 at += len(ps)
                 if why is not None:
                     return f"{kind} {o['id']}", why

@@ -292,6 +292,32 @@ async def test_a_consent_granted_with_the_answer_of_one_still_granted(
     assert "(consent.granted) is consent" in (bad.reason or ""), bad.reason
 
 
+def test_each_object_takes_the_row_nearest_its_time() -> None:
+    """Three consents of one requester on one resource a microsecond apart: a probe finds
+    its neighbours' rows too (the microsecond's margin), and whatever order the objects
+    come in, each takes the row at its own time, so none is left without one (taking the
+    first free row, the middle one took the first's, and the first was called a copy)."""
+    t = 1_800_000_000.0
+    at = [t, t + 1e-6, t + 2e-6]
+    rows = [
+        {"seq": 10 + i, "event": "consent.requested", "agent_id": "cost-agent", "notes": None}
+        | {"timestamp": rfc3339(a), "resource": "prod/db"}
+        for i, a in enumerate(at)
+    ]
+    objs = [
+        {"kind": "consent", "id": f"cns_{i}", "resource": "prod/db", "state": "pending"}
+        | {"data": {"requester": "cost-agent"}, "created_at": a, "expires_at": None}
+        for i, a in enumerate(at)
+    ]
+    found = {0: rows[:2], 1: rows, 2: rows[1:]}  # what each one's probe finds
+    for order in ([1, 2, 0], [1, 0, 2], [2, 1, 0], [0, 1, 2]):
+        taken: dict[int, str] = {}
+        for i in order:
+            why = policy_objects.object_disagrees(objs[i], [found[i], [], [], []], t, taken)
+            assert why is None, (order, why)
+        assert taken == {10 + i: f"consent cns_{i} on prod/db" for i in range(3)}
+
+
 async def test_two_lifts_of_one_instant_lift_two(
     make_engine: Any, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -134,11 +134,13 @@ def _one_of(
     what: str,
     judge: Callable[[Row], Whys],
     taken: Taken | None = None,
+    at: Any = 0.0,
 ) -> str | None:
     """None when one of ``rows`` (a probe's, at one instant: writ may write two objects on
     one resource in one microsecond) accounts for the object, one no other object took
-    (``taken``, which it joins: writ writes a row for each object); else why the row that
-    comes nearest does not, that another took it, or that there is none."""
+    (``taken``, which the one nearest its time ``at`` joins: writ writes a row for each
+    object, at its time); else why the row that comes nearest does not, that another took
+    it, or that there is none."""
     if not rows:
         return (
             f"{name}: no {what}: it was written into the objects table by hand, or its "
@@ -150,6 +152,8 @@ def _one_of(
         return min((whys for whys, _ in judged), key=len)[0]
     if taken is None:
         return None
+    at = at if isinstance(at, (int, float)) else 0.0
+    mine.sort(key=lambda r: abs(_time(r["timestamp"]) - at))
     free = next((r["seq"] for r in mine if r["seq"] not in taken), None)
     if free is None:
         row = mine[0]
@@ -199,7 +203,7 @@ def _change(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | No
         return _differ(name, checks) + (_ended(name, o["state"], until, row, now) if ended else [])
 
     what = "change.recorded row on its resource at its created_at"
-    return _one_of(name, rows[0], what, judge, taken)
+    return _one_of(name, rows[0], what, judge, taken, o["created_at"])
 
 
 # ---------------------------------------------------------------------------- consents
@@ -216,7 +220,7 @@ def _consent(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | N
         return _differ(name, checks)
 
     what = "consent.requested row on its resource at its created_at"
-    why = _one_of(name, rows[0], what, asked, taken)
+    why = _one_of(name, rows[0], what, asked, taken, o["created_at"])
     if why is not None or o["state"] != "granted":
         return why
 
@@ -234,7 +238,7 @@ def _consent(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | N
         return _differ(name, checks)
 
     what = "consent.granted row on its resource at its answered_at"
-    why = _one_of(name, rows[1], what, answered, taken)
+    why = _one_of(name, rows[1], what, answered, taken, _time(c.get("answered_at")))
     if why is None and c.get("escalated_to") is not None:
 
         def escalated(row: Row) -> Whys:  # who may answer once it expired unanswered
@@ -305,7 +309,7 @@ def _freeze(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | No
         return whys
 
     what = "freeze.created row on its prefix at its created_at"
-    why = _one_of(name, rows[0], what, created, taken)
+    why = _one_of(name, rows[0], what, created, taken, o["created_at"])
     if why is not None or state != "lifted":
         return why
     made = min(r["seq"] for r in rows[0] if not created(r))
@@ -325,7 +329,8 @@ def _freeze(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | No
         return whys
 
     # a lift row names no freeze, and lifts one
-    return _one_of(name, rows[1], "freeze.lifted row on its prefix at its lifted_at", lifted, taken)
+    what = "freeze.lifted row on its prefix at its lifted_at"
+    return _one_of(name, rows[1], what, lifted, taken, _time(f.get("lifted_at")))
 
 
 _JUDGES: dict[str, Callable[[Obj, list[list[Row]], float, Taken], str | None]] = {

@@ -12,6 +12,7 @@ import math
 import re
 import time
 from datetime import UTC, datetime
+from typing import overload
 
 from writ.core.errors import Invalid
 
@@ -45,6 +46,10 @@ class ManualClock(Clock):
         return self.t
 
 
+@overload
+def rfc3339(ts: float) -> str: ...
+@overload
+def rfc3339(ts: float | None) -> str | None: ...
 def rfc3339(ts: float | None) -> str | None:
     """``1778926620.5`` → ``'2026-05-16T10:17:00.500000Z'`` (microseconds, UTC).
 

@@ -20,7 +20,8 @@ import secrets
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from writ.core.errors import Unauthenticated
 from writ.engine import Engine
@@ -107,7 +108,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     args = ap.parse_args()
     os.environ.pop("WRIT_ADMIN_TOKEN", None)
-    jobs: list[Callable[[], Awaitable[None]]] = [lambda: _sqlite(args.calls)]
+    jobs: list[Callable[[], Coroutine[Any, Any, None]]] = [lambda: _sqlite(args.calls)]
     if args.postgres:
         jobs.append(lambda: _postgres(args.postgres, args.rounds))
     for job in jobs:

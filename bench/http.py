@@ -227,7 +227,7 @@ class HttpxHTTP:
         await self.c.aclose()
 
 
-KINDS = {"lean": LeanHTTP, "httpx": HttpxHTTP}
+KINDS: dict[str, type[LeanHTTP] | type[HttpxHTTP]] = {"lean": LeanHTTP, "httpx": HttpxHTTP}
 
 
 def client(kind: str, base_url: str, max_conns: int) -> LeanHTTP | HttpxHTTP:

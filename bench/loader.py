@@ -83,15 +83,16 @@ async def run_scenario(
                 continue
             samples.append((i, t0, t1, t2, g.token, g.attempts))
 
-    cpu: dict[str, float | None] = {}
+    cpu: dict[str, float] = {}
+    server: dict[str, float | None] = {}  # None: no server process of its own to meter
 
     async def meter() -> None:
         await asyncio.sleep(max(0.0, t_from - time.perf_counter()))
-        cpu["loader0"], cpu["server0"] = time.process_time(), cpu_seconds(peer.server_pids())
+        cpu["loader0"], server["cpu0"] = time.process_time(), cpu_seconds(peer.server_pids())
         cpu["machine0"], cpu["steal0"] = machine_cpu()
         cpu["wall0"] = time.perf_counter()
         await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
-        cpu["loader1"], cpu["server1"] = time.process_time(), cpu_seconds(peer.server_pids())
+        cpu["loader1"], server["cpu1"] = time.process_time(), cpu_seconds(peer.server_pids())
         cpu["machine1"], cpu["steal1"] = machine_cpu()
         cpu["wall1"] = time.perf_counter()
 
@@ -108,6 +109,7 @@ async def run_scenario(
     lat = sorted(s[3] - s[1] for s in window)
     acq = sorted(s[2] - s[1] for s in window)
     wall = cpu["wall1"] - cpu["wall0"]
+    server0, server1 = server["cpu0"], server["cpu1"]
     out: dict[str, Any] = {
         "scenario": sc.key,
         "title": sc.title,
@@ -126,8 +128,8 @@ async def run_scenario(
         "error_samples": sorted(set(errors))[:5],
         "loader_cpu": round((cpu["loader1"] - cpu["loader0"]) / wall, 2) if wall > 0 else None,
         "server_cpu": (
-            round((cpu["server1"] - cpu["server0"]) / wall, 2)  # type: ignore[operator]
-            if wall > 0 and cpu.get("server0") is not None
+            round((server1 - server0) / wall, 2)
+            if wall > 0 and server0 is not None and server1 is not None
             else None
         ),
     }

@@ -33,8 +33,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from bench.http import HttpxHTTP, LeanHTTP
 
 ADMIN_TOKEN = "bench-admin-" + os.urandom(8).hex()
 TTL_S = 30  # every system grants the same lease length
@@ -92,7 +97,9 @@ def machine_cpu() -> tuple[float, float]:
     return ((user + nice + system + irq + softirq) / tick, steal / tick)
 
 
-def _tail(path: Path, n: int = 15) -> str:
+def _tail(path: Path | None, n: int = 15) -> str:
+    if path is None:  # no server was spawned: no log to show
+        return ""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
     except OSError:
@@ -176,7 +183,7 @@ class Peer:
 HTTP_KIND = "lean"  # or "httpx": set from --http (bench/http.py)
 
 
-def _http(conns: int, base_url: str) -> Any:
+def _http(conns: int, base_url: str) -> LeanHTTP | HttpxHTTP:
     from .http import client
 
     return client(HTTP_KIND, base_url, conns)
@@ -430,7 +437,8 @@ class Etcd(Peer):
         self.http = _http(conns, self._base())
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = _json(*await self.http.request("POST", path, body), f"etcd {path}")
+        status, raw = await self.http.request("POST", path, body)
+        out: dict[str, Any] = _json(status, raw, f"etcd {path}")
         return out
 
     async def acquire(self, i: int, resource: str, wait: bool) -> Grant:
@@ -570,6 +578,15 @@ async def _pg_check(url: str) -> None:
         ) from None
 
 
+async def _show(c: psycopg.AsyncConnection[tuple[Any, ...]], name: str) -> str:
+    """The server's value of one setting (``SHOW name``), as text."""
+    row = await (await c.execute(f"SHOW {name}")).fetchone()
+    if row is None:  # SHOW always answers one row
+        raise RuntimeError(f"PostgreSQL answered SHOW {name} with no row")
+    value: str = row[0]
+    return value
+
+
 class Postgres(Peer):
     """Bare PostgreSQL: INSERT … ON CONFLICT DO NOTHING (a row = a held lock) / DELETE."""
 
@@ -605,7 +622,7 @@ class Postgres(Peer):
         import psycopg
 
         async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as c:
-            self.version = (await (await c.execute("SHOW server_version")).fetchone())[0]
+            self.version = await _show(c, "server_version")
             await c.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
             await c.execute(f"CREATE SCHEMA {self.schema}")
             await c.execute(
@@ -613,8 +630,7 @@ class Postgres(Peer):
                 " expires_at timestamptz NOT NULL)"
             )
             self.settings = {
-                k: (await (await c.execute(f"SHOW {k}")).fetchone())[0]
-                for k in ("fsync", "synchronous_commit", "max_connections")
+                k: await _show(c, k) for k in ("fsync", "synchronous_commit", "max_connections")
             }
 
     async def _start_own(self, tmp: Path, why: str) -> str:

@@ -100,7 +100,7 @@ def summarise(path: str, top: int = 25) -> str:
     stacks = parse(path)
     total = sum(n for _, n in stacks) or 1
     lines = [f"{path}: {total} samples (startup excluded)"]
-    threads = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
     for frames, n in stacks:
         if frames[0].startswith("thread "):
             threads[frames[0][7:]] += n
@@ -115,7 +115,7 @@ def summarise(path: str, top: int = 25) -> str:
             total = sum(n for _, n in stacks) or 1
             lines.append(f"below: the MainThread (event loop) only, {total} samples = 100%")
     lines += ["", "self time by component:"]
-    by = collections.Counter()
+    by: collections.Counter[str] = collections.Counter()
     for frames, n in stacks:
         by[component(frames)] += n
     for name, n in by.most_common():
@@ -126,7 +126,7 @@ def summarise(path: str, top: int = 25) -> str:
         n = sum(c for frames, c in stacks if any(rx.search(fr) for fr in frames))
         lines.append(f"  {100 * n / total:5.1f}%  {label}")
     lines += ["", f"top {top} self-time frames:"]
-    leaf = collections.Counter()
+    leaf: collections.Counter[str] = collections.Counter()
     for frames, n in stacks:
         leaf[frames[-1]] += n
     for fr, n in leaf.most_common(top):

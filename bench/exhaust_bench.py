@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from .peers import free_port
+from bench.peers import free_port
 
 BASELINE = """
 import uvicorn

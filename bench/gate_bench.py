@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from .peers import free_port
+from bench.peers import free_port
 
 ADMIN = "bench-admin-token"
 RESULTS = Path(__file__).parent / "results"

@@ -37,10 +37,9 @@ from typing import Any
 
 import httpx
 
+from bench.peers import free_port
 from writ.core.clock import parse_time, rfc3339
 from writ.core.ledger import GENESIS, seal
-
-from .peers import free_port
 
 START = parse_time("2026-05-01T00:00:00Z")
 STEP = 0.25  # seconds of simulated time between rows

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .peers import Peer, Writ, cpu_seconds, machine_cpu
+from bench.peers import Peer, Writ, cpu_seconds, machine_cpu
 
 
 @dataclass(frozen=True)

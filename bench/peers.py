@@ -184,7 +184,7 @@ HTTP_KIND = "lean"  # or "httpx": set from --http (bench/http.py)
 
 
 def _http(conns: int, base_url: str) -> LeanHTTP | HttpxHTTP:
-    from .http import client
+    from bench.http import client
 
     return client(HTTP_KIND, base_url, conns)
 
@@ -197,7 +197,7 @@ def _json(status: int, body: bytes, what: str, ok: int = 200) -> Any:
 
 async def _get_ok(url: str) -> bytes:
     """One plain GET through a throwaway connection (readiness probes)."""
-    from .http import LeanHTTP
+    from bench.http import LeanHTTP
 
     base, _, path = url.partition("://")[2].partition("/")
     c = LeanHTTP("http://" + base, 1)

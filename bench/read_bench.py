@@ -30,9 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from . import peers
+from bench import peers
 
 READS = {
     "fence": lambda r, g: f"/v1/fence?resource={r}&token={g.token}",
@@ -43,10 +42,48 @@ READS = {
 }
 
 
+async def _measure(
+    peer: peers.Writ, kind: str, resources: list[str], grants: list[peers.Grant], seconds: float
+) -> tuple[float, float, float | None]:
+    """One kind of read by every client at once: (reads/s, p50 ms, server CPU ms per read)."""
+    clients = len(resources)
+    count = 0
+    lat: list[float] = []
+    start = time.perf_counter() + 0.5  # the warm-up ends
+    stop = start + seconds
+
+    async def client(i: int) -> None:
+        nonlocal count
+        path = READS[kind](resources[i], grants[i])
+        http, headers = peer.client(i), peer.headers[i]
+        while (t0 := time.perf_counter()) < stop:
+            status, body = await http.request("GET", path, None, headers)
+            if status != 200:
+                raise RuntimeError(f"{kind}: {status} {body[:200]!r}")
+            if t0 >= start:
+                count += 1
+                lat.append(time.perf_counter() - t0)
+
+    async def cpu_window() -> float | None:
+        await asyncio.sleep(max(start - time.perf_counter(), 0.0))
+        c0 = peers.cpu_seconds(peer.server_pids())
+        await asyncio.sleep(max(stop - time.perf_counter(), 0.0))
+        c1 = peers.cpu_seconds(peer.server_pids())
+        return None if c0 is None or c1 is None else c1 - c0
+
+    cpu, *_ = await asyncio.gather(cpu_window(), *(client(i) for i in range(clients)))
+    lat.sort()
+    rate = count / seconds
+    per_read = cpu / count * 1000 if cpu is not None and count else None
+    return (rate, lat[len(lat) // 2] * 1000 if lat else 0.0, per_read)
+
+
 async def _one_peer(
     name: str, reads: list[str], clients: int, seconds: float, pg_url: str, src: str | None
 ) -> dict[str, tuple[float, float, float | None]]:
-    peer: Any = peers.make(name)
+    peer = peers.make(name)
+    if not isinstance(peer, peers.Writ):  # main() lets only writ peers through
+        raise TypeError(f"{name} is not a writ peer")
     peer.pg_url = pg_url
     peer.src = src
     out: dict[str, tuple[float, float, float | None]] = {}
@@ -57,35 +94,8 @@ async def _one_peer(
             resources = [f"bench/read/r{i}" for i in range(clients)]
             grants = [await peer.acquire(i, resources[i], False, 3600) for i in range(clients)]
             for kind in reads:
-                count = 0
-                lat: list[float] = []
-                start = time.perf_counter() + 0.5  # the warm-up ends
-                stop = start + seconds
-
-                async def client(i: int) -> None:
-                    nonlocal count
-                    path = READS[kind](resources[i], grants[i])  # noqa: B023 - used at once
-                    http, headers = peer.client(i), peer.headers[i]
-                    while (t0 := time.perf_counter()) < stop:  # noqa: B023
-                        status, body = await http.request("GET", path, None, headers)
-                        if status != 200:
-                            raise RuntimeError(f"{kind}: {status} {body[:200]!r}")
-                        if t0 >= start:  # noqa: B023
-                            count += 1
-                            lat.append(time.perf_counter() - t0)
-
-                async def cpu_window() -> float | None:
-                    await asyncio.sleep(max(start - time.perf_counter(), 0.0))  # noqa: B023
-                    c0 = peers.cpu_seconds(peer.server_pids())
-                    await asyncio.sleep(max(stop - time.perf_counter(), 0.0))  # noqa: B023
-                    c1 = peers.cpu_seconds(peer.server_pids())
-                    return None if c0 is None or c1 is None else c1 - c0
-
-                cpu, *_ = await asyncio.gather(cpu_window(), *(client(i) for i in range(clients)))
-                lat.sort()
-                rate = count / seconds
-                per_read = cpu / count * 1000 if cpu is not None and count else None
-                out[kind] = (rate, lat[len(lat) // 2] * 1000 if lat else 0.0, per_read)
+                out[kind] = await _measure(peer, kind, resources, grants, seconds)
+                rate = out[kind][0]
                 print(f"  {name} {kind}: {rate:,.0f} reads/s", file=sys.stderr, flush=True)
         finally:
             await peer.stop()

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import chart, peers
-from .loader import SCENARIOS, Scenario, fill_held, run_scenario
+from bench import chart, peers
+from bench.loader import SCENARIOS, Scenario, fill_held, run_scenario
 
 HERE = Path(__file__).resolve().parent
 SCEN_KEYS = [s.key for s in SCENARIOS] + ["held"]

@@ -1,6 +1,6 @@
 """Benchmark ``writ lint --format jsonl`` over a generated audit log (default 1,000,000 rows).
 
-    python bench/lint_bench.py [--rows N] [--skip-subprocess] [--keep]
+    python -m bench.lint_bench [--rows N] [--skip-subprocess] [--keep]
 
 Writes a JSONL file in a temporary directory — mostly clean rows shaped like writ's own
 ledger, with the seed's bad cases mixed in (agent and portal key holders, missing

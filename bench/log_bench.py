@@ -1,4 +1,4 @@
-"""``python bench/log_bench.py`` — one structured log line, standard library vs structlog.
+"""``python -m bench.log_bench`` — one structured log line, standard library vs structlog.
 
 The measurement behind writ's choice of the standard library for ``--log-format json``
 (:mod:`writ.telemetry.logs`): the access line's fields, rendered to JSON and written to an in-memory

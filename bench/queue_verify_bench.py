@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -64,7 +65,7 @@ async def fill(store: Store, waiters: int, resources: int, between: int = 0) -> 
             )
 
     for i in range(waiters):
-        await store.transact(lambda tx, i=i: one(tx, i))  # type: ignore[misc]
+        await store.transact(functools.partial(one, i=i))
 
 
 async def main(url: str, waiters: int, resources: int, between: int) -> None:

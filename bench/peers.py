@@ -38,6 +38,7 @@ from urllib.parse import urlencode
 
 if TYPE_CHECKING:
     import psycopg
+    from psycopg.rows import TupleRow
 
     from bench.http import HttpxHTTP, LeanHTTP
 
@@ -578,7 +579,7 @@ async def _pg_check(url: str) -> None:
         ) from None
 
 
-async def _show(c: psycopg.AsyncConnection[tuple[Any, ...]], name: str) -> str:
+async def _show(c: psycopg.AsyncConnection[TupleRow], name: str) -> str:
     """The server's value of one setting (``SHOW name``), as text."""
     row = await (await c.execute(f"SHOW {name}")).fetchone()
     if row is None:  # SHOW always answers one row

@@ -656,13 +656,20 @@ async def test_failed_wake_is_a_row(world: World) -> None:
 
 async def test_lock_delay_after_expiry_not_after_release(world: World) -> None:
     """After a holder dies (expiry) conflicting grants wait lock_delay_s; a clean release
-    frees at once; a revoke applies the delay unless waived."""
+    frees at once; a revoke applies the delay unless waived. The row that ends a lease with
+    a delay says until when (``; lock delay until T``), the retry_at of the refusal; a
+    release, or a revoke that waived it, says nothing of one."""
     w = world
     body = {"resource": "prod/db", "intent": "x", "ttl_s": 10}
     await w.post("perf-agent", "/v1/leases", body)
     await w.tick(11)
     r = await w.post("cost-agent", "/v1/leases", body)
     assert r.status_code == 409 and r.json()["error"]["reason"] == "lock_delay"
+    until = r.json()["error"]["retry_at"]
+    notes = (await w.rows("lease.expired"))[-1]["notes"]
+    assert notes.startswith("expired: not renewed") and notes.endswith(
+        f"; lock delay until {until}"
+    )
     await w.tick(5)
     r = await w.post("cost-agent", "/v1/leases", body)
     assert r.status_code == 201
@@ -683,6 +690,10 @@ async def test_lock_delay_after_expiry_not_after_release(world: World) -> None:
         {**revoke, "waive_lock_delay": True},
     )
     assert (await w.post("perf-agent", "/v1/leases", body)).status_code == 201
+    delayed, waived = [r["notes"] for r in await w.rows("lease.revoked")]
+    assert delayed.startswith("revoked perf-agent's lease: stuck; lock delay until ")
+    assert waived.endswith("stuck (lock-delay waived)")
+    assert all("lock delay" not in r["notes"] for r in await w.rows("lease.released"))
 
 
 async def test_waiter_is_granted_when_lock_delay_ends(world: World) -> None:

@@ -150,6 +150,18 @@ def waited_as(waiter_id: str | None) -> str:
     return f"; waiter {waiter_id}" if waiter_id else ""
 
 
+LOCK_DELAYED = "; lock delay until "
+
+
+def lock_delayed(until: float) -> str:
+    """What a row that ends a lease with a lock delay (``lease.expired``, ``lease.revoked``)
+    says of it, at the end of its notes: ``; lock delay until T`` (``T`` as
+    :func:`~writ.core.clock.rfc3339` stamps it: its ``delay`` object's ``until`` and
+    ``expires_at``). A row without it at its end wrote no delay (none, waived, or an older
+    writ's row); writ ends one whose own words would read as a delay ``; no lock delay``."""
+    return f"{LOCK_DELAYED}{rfc3339(until)}"
+
+
 def request_digest(request: Any) -> str:
     """``sha256:HEX`` of a queued request's JSON, keys sorted, without spaces: the same for
     the request the engine queued and for the one read back from the waiters table."""

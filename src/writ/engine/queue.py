@@ -25,7 +25,16 @@ from writ.core.errors import (
     WritError,
     error_from_body,
 )
-from writ.core.models import Lease, Principal, Waiter, data, new_id, waited_as
+from writ.core.models import (
+    LOCK_DELAYED,
+    Lease,
+    Principal,
+    Waiter,
+    data,
+    lock_delayed,
+    new_id,
+    waited_as,
+)
 from writ.engine.hooks import SYSTEM, Request, lock_row
 from writ.engine.reads import ReadOps
 from writ.stores.base import Tx
@@ -323,28 +332,34 @@ class QueueOps(ReadOps):
         extra: dict[str, Any] | None = None,
         lock_delay: bool = False,
     ) -> Lease:
-        """End a held lease (released, expired, revoked), write its row, serve the queue."""
+        """End a held lease (released, expired, revoked), write its row, serve the queue.
+        With ``lock_delay``, the policy's lock delay holds its resource back: a ``delay``
+        object until then, which the row's notes end with (``; lock delay until T``); notes
+        that would read so without one (a revoker's words) end ``; no lock delay``."""
         now = tx.now()
         lease.state = state
         lease.ended_at = now
         await tx.update_lease(lease)
+        delay = self.policy.rule_for(lease.resource).lock_delay_s if lock_delay else 0.0
+        if delay > 0:
+            notes += lock_delayed(now + delay)
+        elif LOCK_DELAYED in notes:  # a revoker's words that would read as a delay: none
+            notes += "; no lock delay"
         await tx.append(self.lease_row(lease, f"lease.{state}", by, notes, **(extra or {})))
-        if lock_delay:
-            delay = self.policy.rule_for(lease.resource).lock_delay_s
-            if delay > 0:
-                await tx.put_object(
-                    "delay",
-                    lease.lease_id,
-                    lease.resource,
-                    "active",
-                    {
-                        "lease_id": lease.lease_id,
-                        "resource": lease.resource,
-                        "holder": lease.holder,
-                        "until": rfc3339(now + delay),
-                    },
-                    expires_at=now + delay,
-                )
+        if delay > 0:
+            await tx.put_object(
+                "delay",
+                lease.lease_id,
+                lease.resource,
+                "active",
+                {
+                    "lease_id": lease.lease_id,
+                    "resource": lease.resource,
+                    "holder": lease.holder,
+                    "until": rfc3339(now + delay),
+                },
+                expires_at=now + delay,
+            )
         for hook in self._on_end:
             await hook(tx, lease)
         await self._dispatch(tx, self.blast.expand(lease.resource))

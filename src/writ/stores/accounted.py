@@ -1,10 +1,12 @@
 """The tables writ serves from, against the ledger: every check ``writ audit verify`` makes
 once the chain itself verified, in the order it makes them — the held leases and the leases
 the rows leave open (:mod:`writ.stores.held`), the principals (:mod:`writ.stores.enrolled`),
-the wait queue (:mod:`writ.stores.queued`) and the policy objects
-(:mod:`writ.stores.policy_objects`). Both verifies (:func:`writ.stores.migrate.verify_store`,
-:func:`writ.evidence.checkpoint.verify_store`) ask it, and name what it finds in the field of
-their answer that :data:`~writ.core.ledger.NAMED` lists for its kind."""
+the wait queue (:mod:`writ.stores.queued`), the policy objects
+(:mod:`writ.stores.policy_objects`), the lock delays (:mod:`writ.stores.lock_delays`) and the
+objects the rows say stand (:mod:`writ.stores.open_objects`). Both verifies
+(:func:`writ.stores.migrate.verify_store`, :func:`writ.evidence.checkpoint.verify_store`) ask
+it, and name what it finds in the field of their answer that :data:`~writ.core.ledger.NAMED`
+lists for its kind."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from writ.core.ledger import Record
 from writ.stores.base import Store
 from writ.stores.enrolled import principals_disagree
 from writ.stores.held import OpenLeases, held_disagrees
+from writ.stores.lock_delays import delays_disagree
 from writ.stores.open_objects import OpenObjects, objects_gone
 from writ.stores.policy_objects import objects_disagree
 from writ.stores.queued import OpenWaits, waiters_disagree
@@ -56,7 +59,11 @@ async def tables_disagree(store: Store, opened: Opened) -> tuple[str, str, str] 
     found = await waiters_disagree(store, opened.waits)
     if found is not None:
         return "waiter_id", *found
-    found = await objects_disagree(store) or await objects_gone(store, opened.objects)
+    found = (
+        await objects_disagree(store)
+        or await delays_disagree(store)
+        or await objects_gone(store, opened.objects)
+    )
     if found is not None:
         return "policy_object", *found
     return None

@@ -16,12 +16,15 @@ seq of the row that records it:
   if ever (``BY froze PREFIX[ until T]…: REASON``); a ``freeze.lifted`` row on its prefix
   (``BY lifted the freeze on PREFIX (REASON)``: no id either) ends the one open freeze there
   with that reason; when several match, none is taken as ended (each is still looked for:
-  none is deleted by writ, so none is called tampered for being looked for).
+  none is deleted by writ, so none is called tampered for being looked for);
+* every **lock delay** whose ending row (``lease.expired``, ``lease.revoked``) says until
+  when (``…; lock delay until T``): nothing but time ends one (an older writ's row, without
+  the suffix, says nothing of a delay, and is not kept).
 
 The feed runs on every row of the chain, so it is kept cheap: only the ``event`` column is
-read of the other rows; of a change's, the notes' last characters where writ words them
-(the body is not parsed: a ledger may hold hundreds of thousands); freeze rows, few, are
-parsed. The rows themselves are kept, and what ended before the last row's time is dropped
+read of the other rows; of a change's, and of a lease's ending row, the notes' last
+characters where writ words them (the body is not parsed: a ledger may hold hundreds of
+thousands); freeze rows, few, are parsed. The rows themselves are kept, and what ended before the last row's time is dropped
 each time the ends kept double (a freeze an hour after its end: writ may lift one not yet
 swept, and that lift must find it).
 
@@ -49,14 +52,17 @@ from writ.core.bulk import first_in_pages
 from writ.core.clock import parse_time, rfc3339
 from writ.core.errors import Invalid
 from writ.core.ledger import Record
+from writ.core.models import LOCK_DELAYED
 from writ.stores.base import Store, Tx
 from writ.stores.policy_objects import EPS, PAGE, froze
 
 __all__ = ["OpenObjects", "Standing", "objects_gone"]
 
 _CHANGE, _FREEZE, _LIFT = "change.recorded", "freeze.created", "freeze.lifted"
-_EVENTS = frozenset((_CHANGE, _FREEZE, _LIFT))
+_DELAYED = frozenset(("lease.expired", "lease.revoked"))  # with a lock delay, when it says so
+_EVENTS = frozenset((_CHANGE, _FREEZE, _LIFT, *_DELAYED))
 _UNTIL = "; protected until "
+_STAMP = 27  # len("2026-05-16T10:17:00.500000Z")
 _NEXT = '","prev_hash":"'  # the key after the notes in a body (its keys sorted)
 # a freeze past its end is kept this much longer: writ lifts one still marked active (its
 # end not yet swept), and that lift must find it, not another on its prefix
@@ -86,23 +92,36 @@ def _seconds(stamp: str | None) -> float:
         return math.inf
 
 
-def _protected_until(body: str) -> str | None:
+def _protected_until(body: str, suffix: str = _UNTIL) -> str | None:
     """The end a ``change.recorded`` row's notes give its protection (``ATTR: SUMMARY;
-    protected until T``), read without parsing the body: its keys are sorted, so its notes
-    run from ``"notes":"`` to ``","prev_hash":"`` (neither can stand inside a string: its
-    quotes would be escaped); a body shaped otherwise is parsed."""
+    protected until T``; with ``suffix`` :data:`~writ.core.models.LOCK_DELAYED`, the end an
+    ending row's give its lock delay), read without parsing the body: its keys are sorted,
+    so its notes run from ``"notes":"`` to ``","prev_hash":"`` (neither can stand inside a
+    string: its quotes would be escaped); a body shaped otherwise is parsed."""
     start, end = body.find('"notes":"'), body.find(_NEXT)
     notes = body[start + 9 : end] if 0 <= start < end else _parsed(body).get("notes")
     if not isinstance(notes, str):
         return None
-    _, sep, until = notes.rpartition(_UNTIL)
+    _, sep, until = notes.rpartition(suffix)
     return _stamp(until) if sep else None
 
 
+def _said_end(body: str, suffix: str) -> str | None:
+    """:func:`_protected_until`, first as writ words it: the notes' last characters
+    (``…SUFFIX T"`` before the next key), the body not parsed; else (a row without the
+    suffix where writ puts it) read whole when the suffix is in it at all."""
+    end = body.find(_NEXT)
+    at = end - _STAMP - len(suffix)
+    if at > 0 and body.startswith(suffix, at) and body[end - 17] == "T":
+        return body[end - _STAMP : end]
+    return _protected_until(body, suffix) if suffix in body else None
+
+
 class Standing(NamedTuple):
-    """An object the ledger says stands: of ``kind`` on ``resource``, made at ``at`` (the
-    time of its row, ``body``); until ``until`` (as writ stamps a time; None: no end
-    known); ``reason`` a freeze's (None: a change, or a row worded otherwise)."""
+    """An object the ledger says stands: of ``kind`` (``change``, ``freeze``, ``delay``) on
+    ``resource``, made at ``at`` (the time of its row, ``body``); until ``until`` (as writ
+    stamps a time; None: no end known); ``reason`` a freeze's (None: a change, a delay, or a
+    row worded otherwise)."""
 
     kind: str
     resource: str
@@ -113,10 +132,13 @@ class Standing(NamedTuple):
 
 
 def _standing(rec: Record) -> Standing:
-    """What the row ``rec`` (``change.recorded`` or ``freeze.created``) says stands."""
+    """What the row ``rec`` (``change.recorded``, ``freeze.created``, or an ending row with
+    a lock delay) says stands."""
     body, resource = rec[1], rec[5]
     if rec[4] == _CHANGE:
         return Standing("change", resource, rec[3], _protected_until(body), body)
+    if rec[4] in _DELAYED:
+        return Standing("delay", resource, rec[3], _said_end(body, LOCK_DELAYED), body)
     row = _parsed(body)
     notes = row.get("notes")
     said = froze(
@@ -132,8 +154,8 @@ def _standing(rec: Record) -> Standing:
 
 
 class OpenObjects:
-    """The protected changes and standing freezes the ledger records, by the seq of the row
-    that records each, as verified rows go by in seq order (:meth:`feed`, a chunk at a
+    """The protected changes, standing freezes and lock delays the ledger records, by the
+    seq of the row that records each, as verified rows go by in seq order (:meth:`feed`, a chunk at a
     time). The rows themselves are kept (no object is made for each: the walk passes
     hundreds of thousands of changes), with the end of each that has one."""
 
@@ -151,8 +173,14 @@ class OpenObjects:
         return {seq: _standing(rec) for seq, rec in self._rows.items()}
 
     def feed(self, chunk: Sequence[Record]) -> None:
-        rows, keep, events = self._rows, self._keep, _EVENTS
+        rows, keep, events, delayed = self._rows, self._keep, _EVENTS, _DELAYED
         for rec in [r for r in chunk if r[4] in events]:
+            if rec[4] in delayed:  # kept only when it says until when
+                ends = _said_end(rec[1], LOCK_DELAYED)
+                if ends is not None:
+                    keep[rec[0]] = ends
+                    rows[rec[0]] = rec
+                continue
             if rec[4] != _CHANGE:
                 self._freeze(rec)
                 continue
@@ -251,6 +279,13 @@ def _why(seq: int, o: Standing) -> str:
             f"until {until or 'a time its row does not say'} (row {seq}, change.recorded at "
             f"{made}), but the objects table holds no change on {o.resource} made then: it "
             f"was deleted there by hand, which lets any agent undo {attr} without asking"
+        )
+    if o.kind == "delay":
+        return (
+            f"lock delay on {o.resource} after {row.get('lock_holder')}'s lease: the ledger "
+            f"says it holds {o.resource} back until {until} (row {seq}, {row.get('event')} at "
+            f"{made}), but the objects table holds no delay on {o.resource} made then: it was "
+            f"deleted there by hand, which frees {o.resource} for the next grant before then"
         )
     reason = f" ({o.reason!r})" if o.reason is not None else ""
     return (

@@ -50,7 +50,19 @@ from writ.core.clock import parse_time, rfc3339
 from writ.core.errors import Invalid
 from writ.stores.base import Probe, Store, Tx
 
-__all__ = ["EPS", "KINDS", "PAGE", "froze", "object_disagrees", "object_probes", "objects_disagree"]
+__all__ = [
+    "BY_HAND",
+    "EPS",
+    "KINDS",
+    "PAGE",
+    "differ",
+    "ended",
+    "froze",
+    "object_disagrees",
+    "object_probes",
+    "objects_disagree",
+    "one_of",
+]
 
 PAGE = 200  # objects a snapshot
 # a row's time is its object's created_at to the microsecond it shows (half of one either
@@ -58,7 +70,7 @@ PAGE = 200  # objects a snapshot
 EPS = 2e-6
 Row = dict[str, Any]
 Obj = dict[str, Any]
-_BY_HAND = "the objects table was changed by hand"
+BY_HAND = "the objects table was changed by hand"
 _ANSWER = re.compile(
     r" granted (?P<requester>.+?)'s request to undo (?P<attribute>.*) "
     r"\(change (?P<change_id>\S+) by (?P<author>[^)]*)\)$",
@@ -116,10 +128,10 @@ def object_probes(o: Obj, protected_until: float | None = None) -> list[Probe]:
 Whys = list[str]  # what disagrees, first first (none: the row accounts for the object)
 
 
-def _differ(name: str, checks: Sequence[tuple[str, Any, Any, Row]]) -> Whys:
+def differ(name: str, checks: Sequence[tuple[str, Any, Any, Row]]) -> Whys:
     return [
         f"{name}: the {field} ({have!r}) disagrees with its row {row['seq']} "
-        f"({row['event']}, {want!r}): {_BY_HAND}"
+        f"({row['event']}, {want!r}): {BY_HAND}"
         for field, have, want, row in checks
         if have != want
     ]
@@ -128,7 +140,7 @@ def _differ(name: str, checks: Sequence[tuple[str, Any, Any, Row]]) -> Whys:
 Taken = dict[int, str]  # the object each row that records one was taken by (by seq)
 
 
-def _one_of(
+def one_of(
     name: str,
     rows: list[Row],
     what: str,
@@ -159,18 +171,18 @@ def _one_of(
         row = mine[0]
         return (
             f"{name}: its row {row['seq']} ({row['event']}) is {taken[row['seq']]}'s (writ "
-            f"writes a row for each object; this one has none of its own): {_BY_HAND}"
+            f"writes a row for each object; this one has none of its own): {BY_HAND}"
         )
     taken[free] = name
     return None
 
 
-def _ended(name: str, state: str, until: str | None, row: Row, now: float) -> Whys:
+def ended(name: str, state: str, until: str | None, row: Row, now: float) -> Whys:
     """A protection or freeze marked ended (``state``) while its row says it holds."""
     if until is None or _time(until) > now + EPS:
         return [
             f"{name}: it is marked {state}, but its row {row['seq']} ({row['event']}) says it "
-            f"holds {'until ' + until if until else 'until lifted'}: {_BY_HAND}"
+            f"holds {'until ' + until if until else 'until lifted'}: {BY_HAND}"
         ]
     return []
 
@@ -179,7 +191,7 @@ def _ended(name: str, state: str, until: str | None, row: Row, now: float) -> Wh
 def _change(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | None:
     c, name = o["data"], f"change {o['id']} on {o['resource']}"
     if o["state"] not in ("protected", "recorded", "lapsed"):
-        return f"{name}: its state ({o['state']!r}) is none writ gives a change: {_BY_HAND}"
+        return f"{name}: its state ({o['state']!r}) is none writ gives a change: {BY_HAND}"
 
     def judge(row: Row) -> Whys:
         checks: list[tuple[str, Any, Any, Row]] = [
@@ -199,11 +211,11 @@ def _change(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | No
                 ("protected_until", c.get("protected_until"), until, row),
                 ("expires_at column", rfc3339(o["expires_at"]), until, row),
             ]
-        ended = o["state"] != "protected" and bool(sep)
-        return _differ(name, checks) + (_ended(name, o["state"], until, row, now) if ended else [])
+        over = o["state"] != "protected" and bool(sep)
+        return differ(name, checks) + (ended(name, o["state"], until, row, now) if over else [])
 
     what = "change.recorded row on its resource at its created_at"
-    return _one_of(name, rows[0], what, judge, taken, o["created_at"])
+    return one_of(name, rows[0], what, judge, taken, o["created_at"])
 
 
 # ---------------------------------------------------------------------------- consents
@@ -217,10 +229,10 @@ def _consent(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | N
         checks = [("requester", requester, row["agent_id"], row)]
         if notes.startswith(f"{row['agent_id']} asks ") and not notes.startswith(said):
             checks.append(("author and attribute", f"{author} to undo {attr}", notes, row))
-        return _differ(name, checks)
+        return differ(name, checks)
 
     what = "consent.requested row on its resource at its created_at"
-    why = _one_of(name, rows[0], what, asked, taken, o["created_at"])
+    why = one_of(name, rows[0], what, asked, taken, o["created_at"])
     if why is not None or o["state"] != "granted":
         return why
 
@@ -228,17 +240,17 @@ def _consent(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | N
         if row["event"] != "consent.granted":
             return [
                 f"{name}: it is granted, but its row {row['seq']} ({row['event']}) at its "
-                f"answered_at denied it: {_BY_HAND}"
+                f"answered_at denied it: {BY_HAND}"
             ]
         checks = [("answered_by", c.get("answered_by"), row["agent_id"], row)]
         said = _ANSWER.search(row.get("notes") or "")
         if said is not None:  # as writ words it: ... granted R's request to undo A (change C by B)
             checks += [(k, c.get(k), said[k], row) for k in ("requester", "change_id", "author")]
             checks.append(("attribute", attr, said["attribute"], row))
-        return _differ(name, checks)
+        return differ(name, checks)
 
     what = "consent.granted row on its resource at its answered_at"
-    why = _one_of(name, rows[1], what, answered, taken, _time(c.get("answered_at")))
+    why = one_of(name, rows[1], what, answered, taken, _time(c.get("answered_at")))
     if why is None and c.get("escalated_to") is not None:
 
         def escalated(row: Row) -> Whys:  # who may answer once it expired unanswered
@@ -247,17 +259,17 @@ def _consent(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | N
             if notes.startswith(f"{author} did not answer "):
                 said = f"{author} did not answer {requester}'s consent request by "
                 checks.append(("requester", said, notes[: len(said)], row))
-            return _differ(name, checks)
+            return differ(name, checks)
 
         what = "consent.expired row on its resource before its answer"
-        why = _one_of(name, rows[3], what, escalated)
+        why = one_of(name, rows[3], what, escalated)
     if why is not None:
         return why
     for row in rows[2]:
         if (row.get("notes") or "").startswith(f"consent {o['id']} "):
             return (
                 f"{name}: it is granted, but row {row['seq']} (consent.used) used it: a "
-                f"consent is used once; {_BY_HAND}"
+                f"consent is used once; {BY_HAND}"
             )
     return None
 
@@ -285,7 +297,7 @@ def _freeze(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | No
     f, name = o["data"], f"freeze {o['id']} on {o['resource']}"
     state = o["state"]
     if state not in ("active", "lifted", "expired"):
-        return f"{name}: its state ({state!r}) is none writ gives a freeze: {_BY_HAND}"
+        return f"{name}: its state ({state!r}) is none writ gives a freeze: {BY_HAND}"
     allow = f.get("allow") or []
 
     def created(row: Row) -> Whys:
@@ -303,13 +315,13 @@ def _freeze(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | No
             ]
             if state != "lifted":  # a lift clears it
                 checks.append(("expires_at column", rfc3339(o["expires_at"]), said["until"], row))
-        whys = _differ(name, checks)
+        whys = differ(name, checks)
         if said is not None and state == "expired":
-            whys += _ended(name, state, said["until"], row, now)
+            whys += ended(name, state, said["until"], row, now)
         return whys
 
     what = "freeze.created row on its prefix at its created_at"
-    why = _one_of(name, rows[0], what, created, taken, o["created_at"])
+    why = one_of(name, rows[0], what, created, taken, o["created_at"])
     if why is not None or state != "lifted":
         return why
     made = min(r["seq"] for r in rows[0] if not created(r))
@@ -320,17 +332,17 @@ def _freeze(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | No
         if notes.startswith(f"{row['agent_id']} lifted the freeze on "):
             want = f"{row['agent_id']} lifted the freeze on {f.get('prefix')} ({f.get('reason')})"
             checks.append(("reason", want, notes, row))
-        whys = _differ(name, checks)
+        whys = differ(name, checks)
         if row["seq"] < made:  # another freeze's, made and lifted before this one
             whys.append(
                 f"{name}: its freeze.lifted row {row['seq']} comes before the freeze.created "
-                f"row {made} that made it: {_BY_HAND}"
+                f"row {made} that made it: {BY_HAND}"
             )
         return whys
 
     # a lift row names no freeze, and lifts one
     what = "freeze.lifted row on its prefix at its lifted_at"
-    return _one_of(name, rows[1], what, lifted, taken, _time(f.get("lifted_at")))
+    return one_of(name, rows[1], what, lifted, taken, _time(f.get("lifted_at")))
 
 
 _JUDGES: dict[str, Callable[[Obj, list[list[Row]], float, Taken], str | None]] = {
@@ -354,7 +366,7 @@ def object_disagrees(
     ``taken``: the object each row that records one (by seq) was taken by so far, to which
     ``o``'s join (None: ``o`` judged alone)."""
     if not isinstance(o["data"], dict):
-        return f"{o['kind']} {o['id']}: its data cannot be read: {_BY_HAND}"
+        return f"{o['kind']} {o['id']}: its data cannot be read: {BY_HAND}"
     return _JUDGES[o["kind"]](o, rows, now, {} if taken is None else taken)
 
 

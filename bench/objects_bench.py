@@ -3,10 +3,12 @@
 Writes ``--objects`` policy objects through the engine into a store (by default a new SQLite
 file; ``--url`` names another, e.g. a PostgreSQL schema): four in ten protected changes,
 three in ten freezes, three in ten granted consents — the kinds and states
-:mod:`writ.stores.policy_objects` reads. With ``--ledger-rows`` (SQLite only), the store
+:mod:`writ.stores.policy_objects` reads; with ``--delays``, that many lock delays besides (a
+lease revoked on a resource of its own, each delay standing an hour), which
+:mod:`writ.stores.lock_delays` reads. With ``--ledger-rows`` (SQLite only), the store
 first holds a ledger of that many rows built as ``bench.ledger_bench`` builds its own, so
 each probe searches an index of that size. Then it times, best of three, in process: the
-objects check alone (``objects_disagree``), the check that each change and freeze the rows say
+objects check alone (``objects_disagree``), the delays' (``delays_disagree``), the check that each change and freeze the rows say
 stands is still in the table (``objects_gone``, after a walk), and the whole
 ``verify_store`` (the chain, the held leases, the principals and the objects). Prints one
 line each.
@@ -22,9 +24,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from writ.core.policy import parse
 from writ.engine import Engine
 from writ.stores import open_store
 from writ.stores.accounted import Opened
+from writ.stores.lock_delays import delays_disagree
 from writ.stores.migrate import verify_store
 from writ.stores.open_objects import objects_gone
 from writ.stores.policy_objects import objects_disagree
@@ -49,6 +53,22 @@ async def fill(engine: Engine, n: int) -> None:
         await engine.consents.answer(perf, asked["consent_id"], True)
 
 
+DELAYED = """
+[[rules]]
+prefix = "bench/delayed"
+lock_delay_s = 3600
+"""
+
+
+async def fill_delays(engine: Engine, n: int) -> None:
+    """``n`` lock delays: a lease on a resource of its own each, revoked."""
+    perf, _ = await engine.add_principal(None, "bench-holder", "agent")
+    ops, _ = await engine.add_principal(None, "bench-ops", "human")
+    for i in range(n):
+        lease = await engine.acquire(perf, resource=f"bench/delayed/{i}", intent="bench")
+        await engine.revoke(ops, lease["lease_id"], "bench", "nobody", "bench")
+
+
 async def best(fn: Callable[[], Awaitable[T]], runs: int = 3) -> tuple[float, T]:
     times = []
     for _ in range(runs):
@@ -58,16 +78,21 @@ async def best(fn: Callable[[], Awaitable[T]], runs: int = 3) -> tuple[float, T]
     return min(times), out
 
 
-async def run(url: str, n: int) -> None:
-    engine = Engine(open_store(url))
+async def run(url: str, n: int, delays: int = 0) -> None:
+    engine = Engine(open_store(url), parse(DELAYED))
     await engine.start(background=False)
     try:
         t = time.perf_counter()
         await fill(engine, n)
-        print(f"wrote {n:,} objects in {time.perf_counter() - t:.1f}s")
+        await fill_delays(engine, delays)
+        print(f"wrote {n:,} objects and {delays:,} delays in {time.perf_counter() - t:.1f}s")
         dt, found = await best(lambda: objects_disagree(engine.store))
         assert found is None, found
         print(f"objects check: {dt * 1000:.0f} ms ({dt / n * 1e6:.0f} us an object)")
+        if delays:
+            dt, found = await best(lambda: delays_disagree(engine.store))
+            assert found is None, found
+            print(f"delays check: {dt * 1000:.0f} ms ({dt / delays * 1e6:.0f} us a delay)")
         opened = Opened()
         async for chunk in engine.store.audit_records():
             opened.feed(chunk)
@@ -88,10 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.objects_bench", description=__doc__)
     ap.add_argument("--url", default=None, help="the store (default: a new SQLite file)")
     ap.add_argument("--objects", type=int, default=1000)
+    ap.add_argument("--delays", type=int, default=0, help="lock delays besides the objects")
     ap.add_argument("--ledger-rows", type=int, default=0, help="SQLite: a ledger this long first")
     args = ap.parse_args(argv)
     if args.url is not None:
-        asyncio.run(run(args.url, args.objects))
+        asyncio.run(run(args.url, args.objects, args.delays))
         return
     with tempfile.TemporaryDirectory(prefix="writ-objects-bench-") as folder:
         path = Path(folder) / "writ.db"
@@ -101,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             t = time.perf_counter()
             build(path, args.ledger_rows, 1000)
             print(f"built {args.ledger_rows:,} rows in {time.perf_counter() - t:.1f}s")
-        asyncio.run(run(f"sqlite:///{path}", args.objects))
+        asyncio.run(run(f"sqlite:///{path}", args.objects, args.delays))
 
 
 if __name__ == "__main__":

@@ -150,6 +150,26 @@ def waited_as(waiter_id: str | None) -> str:
     return f"; waiter {waiter_id}" if waiter_id else ""
 
 
+def named(kind: str, object_id: str) -> str:
+    """What a row that lifts a freeze or answers a consent says of it, at the very end of its
+    notes, after any human's or agent's words: ``; freeze ID`` or ``; consent ID`` (the id
+    writ keeps it by). An older writ's rows end otherwise (with ``)``)."""
+    return f"; {kind} {object_id}"
+
+
+_NAMED = re.compile(r"; (freeze|consent) ((?:frz|cns)_[A-Za-z0-9_-]+)\Z")
+
+
+def named_in(notes: str, kind: str) -> tuple[str, str | None]:
+    """``(head, id)`` of notes that end as :func:`named` words it for ``kind``: writ's own
+    suffix, the last thing in them (words before it that read so are the head's); ``(notes,
+    None)`` for notes that name none (an older writ's row)."""
+    m = _NAMED.search(notes)
+    if m is None or m[1] != kind:
+        return notes, None
+    return notes[: m.start()], m[2]
+
+
 LOCK_DELAYED = "; lock delay until "
 
 

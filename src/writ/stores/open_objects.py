@@ -5,8 +5,8 @@ writ never deletes a policy object, and the ones that hold authority back give i
 deleted: a protected change gone lets any agent undo it without asking; an active freeze
 gone lets grants under its prefix through. The table check
 (:mod:`writ.stores.policy_objects`) reads the objects the table holds; the ones it no longer
-holds only the ledger knows of, and no row names its object's id, nor is there an index by
-event: verify's walk over the whole chain collects them. :class:`OpenObjects` is fed each
+holds only the ledger knows of, and no row that makes one names its id, nor is there an
+index by event: verify's walk over the whole chain collects them. :class:`OpenObjects` is fed each
 verified chunk (lookup columns already checked against the hashed bodies) and keeps, by the
 seq of the row that records it:
 
@@ -14,7 +14,8 @@ seq of the row that records it:
   say until when (``ATTR: SUMMARY; protected until T``); nothing but time ends it;
 * every **freeze** (``freeze.created``) not lifted and not expired: its row says until when,
   if ever (``BY froze PREFIX[ until T]…: REASON``); a ``freeze.lifted`` row on its prefix
-  (``BY lifted the freeze on PREFIX (REASON)``: no id either) ends the one open freeze there
+  (``BY lifted the freeze on PREFIX (REASON)[; freeze ID]``: an id the created row does not
+  give, so it is not matched by) ends the one open freeze there
   with that reason; when several match, none is taken as ended (each is still looked for:
   none is deleted by writ, so none is called tampered for being looked for);
 * every **lock delay** whose ending row (``lease.expired``, ``lease.revoked``) says until
@@ -52,7 +53,7 @@ from writ.core.bulk import first_in_pages
 from writ.core.clock import parse_time, rfc3339
 from writ.core.errors import Invalid
 from writ.core.ledger import Record
-from writ.core.models import LOCK_DELAYED
+from writ.core.models import LOCK_DELAYED, named_in
 from writ.stores.base import Store, Tx
 from writ.stores.policy_objects import EPS, PAGE, froze
 
@@ -217,6 +218,8 @@ class OpenObjects:
         """A ``freeze.lifted`` row: the one standing freeze on its prefix it lifted."""
         row, prefix = _parsed(rec[1]), rec[5]
         notes = row.get("notes")
+        if isinstance(notes, str):  # today's names the freeze, which no created row does
+            notes = named_in(notes, "freeze")[0]
         said = f"{row.get('agent_id')} lifted the freeze on {prefix} ("
         reason = None
         if isinstance(notes, str) and notes.startswith(said) and notes.endswith(")"):

@@ -18,7 +18,8 @@ and time (an index range a row, ``audit_by_resource``, never a parse of the ledg
 * a **granted consent** (the only state that lets anyone past a protection): its
   ``consent.requested`` row must name its requester, the change's author and attribute;
   a ``consent.granted`` row at its ``answered_at`` must name its requester, change,
-  author and attribute, and its answerer; one answered after it expired, a
+  author and attribute, and its answerer, and, as today's writ words it (``…; consent
+  ID``), the consent itself; one answered after it expired, a
   ``consent.expired`` row before the answer must name the queue it was escalated to (who
   may answer it then); and no ``consent.used`` row on its resource between the answer and
   the end of its change's protection may have used it (the first few are read: after that
@@ -27,12 +28,15 @@ and time (an index range a row, ``audit_by_resource``, never a parse of the ledg
   ``freeze.created`` row must agree on who froze what (the prefix), until when (the
   ``expires_at`` column while it stands), the allow list and the reason; a lifted freeze
   needs a ``freeze.lifted`` row at its ``lifted_at`` by its ``lifted_by``, after the row
-  that made it, that no other freeze took (a lift row names no freeze: each lifts one); an
-  expired one an end the created row gave, and passed.
+  that made it, that no other freeze took (each lifts one), naming it as today's writ
+  words it (``…; freeze ID``: an older writ's names none); an expired one an end the
+  created row gave, and passed.
 
 Each row records one object: one that accounts for an object is not taken for another (two
 made in one instant have two rows; one rewritten as a copy of the other, or marked lifted or
-granted with another's lift or answer, borrows a row). A row worded otherwise than writ
+granted with another's lift or answer, borrows a row; today's lift and answer rows name
+their object's id at the very end of their notes, after any human's or agent's words, so
+one never accounts for another: :func:`~writ.core.models.named`). A row worded otherwise than writ
 words it today (or without notes) vouches for the object's existence and for its own fields
 (who, where, when) alone: the chain vouches that writ wrote it. Each page of objects is read
 again with its rows in one snapshot, so an object written by writ while verify runs
@@ -48,6 +52,7 @@ from typing import Any
 from writ.core.bulk import first_in_pages
 from writ.core.clock import parse_time, rfc3339
 from writ.core.errors import Invalid
+from writ.core.models import named_in
 from writ.stores.base import Probe, Store, Tx
 
 __all__ = [
@@ -237,13 +242,19 @@ def _consent(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | N
         return why
 
     def answered(row: Row) -> Whys:
+        its = named_in(row.get("notes") or "", "consent")[1]
+        if its is not None and its != o["id"]:  # another's answer
+            return differ(name, [("id", o["id"], its, row)])
         if row["event"] != "consent.granted":
             return [
                 f"{name}: it is granted, but its row {row['seq']} ({row['event']}) at its "
                 f"answered_at denied it: {BY_HAND}"
             ]
+        head, its = named_in(row.get("notes") or "", "consent")
         checks = [("answered_by", c.get("answered_by"), row["agent_id"], row)]
-        said = _ANSWER.search(row.get("notes") or "")
+        if its is not None:  # today's writ names the consent it answers (models.named)
+            checks.insert(0, ("id", o["id"], its, row))
+        said = _ANSWER.search(head)
         if said is not None:  # as writ words it: ... granted R's request to undo A (change C by B)
             checks += [(k, c.get(k), said[k], row) for k in ("requester", "change_id", "author")]
             checks.append(("attribute", attr, said["attribute"], row))
@@ -327,8 +338,10 @@ def _freeze(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | No
     made = min(r["seq"] for r in rows[0] if not created(r))
 
     def lifted(row: Row) -> Whys:
+        notes, its = named_in(row.get("notes") or "", "freeze")
         checks = [("lifted_by", f.get("lifted_by"), row["agent_id"], row)]
-        notes = row.get("notes") or ""
+        if its is not None:  # today's writ names the freeze it lifts (models.named)
+            checks.insert(0, ("id", o["id"], its, row))
         if notes.startswith(f"{row['agent_id']} lifted the freeze on "):
             want = f"{row['agent_id']} lifted the freeze on {f.get('prefix')} ({f.get('reason')})"
             checks.append(("reason", want, notes, row))
@@ -340,7 +353,7 @@ def _freeze(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | No
             )
         return whys
 
-    # a lift row names no freeze, and lifts one
+    # a lift row lifts one freeze: today's names it, an older writ's did not
     what = "freeze.lifted row on its prefix at its lifted_at"
     return one_of(name, rows[1], what, lifted, taken, _time(f.get("lifted_at")))
 

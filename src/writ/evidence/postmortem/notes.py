@@ -16,7 +16,8 @@ _GRANTED = re.compile(r"^granted (\S+) for (['\"])(.*)\2, ttl (\S+?)s")
 _CHANGE = re.compile(r"^(.*?): (.*); protected until (\S+)$")
 _ASK = re.compile(r"^(\S+) asks (\S+) to undo (\S+) \((.*)\): (.*); answer by (\S+)$")
 _ANSWER = re.compile(
-    r"^(\S+) (granted|denied) (\S+)'s request to undo (\S+) \(change (\S+) by (\S+)\)$"
+    r"^(\S+) (granted|denied) (\S+)'s request to undo (\S+) \(change (\S+) by (\S+)\)"
+    r"(?:; consent \S+)?$"  # the consent today's writ names (models.named)
 )
 _EXPIRED = re.compile(
     r"^(\S+) did not answer (\S+)'s consent request by (\S+): .*escalated to (\S+)"

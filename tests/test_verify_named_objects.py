@@ -5,10 +5,147 @@ judged as before (docs/security.md)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
+from tests.stores_fixtures import Backend
 from writ.core import models
+from writ.core.errors import Frozen
+from writ.engine import Engine
+from writ.rules import consent as consent_rule
+from writ.rules import freezes as freeze_rule
 from writ.stores import policy_objects
+from writ.stores.accounted import Opened
+
+_FAKE = "frz_BBBBBBBBBBBBBBBB"  # the second freeze's id, when a reason names it
+
+
+def _moving(backend: Backend) -> None:
+    clock = backend.clock
+    if clock is not None:  # a clock that moves, as a host's does
+        clock.now = lambda: clock.advance(0.001)  # type: ignore[method-assign]
+
+
+def _older(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows as an older writ wrote them: naming no freeze and no consent."""
+    monkeypatch.setattr(freeze_rule, "named", lambda kind, object_id: "")
+    monkeypatch.setattr(consent_rule, "named", lambda kind, object_id: "")
+
+
+async def _set(backend: Backend, object_id: str, state: str, **data: Any) -> None:
+    ((text,),) = await backend.sql(f"SELECT data FROM objects WHERE id = '{object_id}'")
+    new = json.dumps({**json.loads(text), **data}).replace("'", "''")
+    await backend.sql(
+        f"UPDATE objects SET state = '{state}', expires_at = NULL, data = '{new}'"
+        f" WHERE id = '{object_id}'"
+    )
+
+
+async def _swapped(
+    engine: Engine, backend: Backend, monkeypatch: pytest.MonkeyPatch, reason: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two freezes on prod/web with one reason, the first allowing cost-agent; writ lifts
+    the first. An intruder sets it back to active and marks the second lifted with its
+    lift (lifted_by, lifted_at): cost-agent is let through where the second stopped it."""
+    _moving(backend)
+    ids: Iterator[str] = iter(["frz_AAAAAAAAAAAAAAAA", _FAKE])
+    monkeypatch.setattr(freeze_rule, "new_id", lambda prefix: next(ids))
+    jane, _ = await engine.add_principal(None, "jane", "human")
+    cost, _ = await engine.add_principal(None, "cost-agent", "agent")
+    first = await engine.freezes.freeze(jane, "prod/web", reason, allow=["cost-agent"])
+    second = await engine.freezes.freeze(jane, "prod/web", reason)
+    lift = await engine.freezes.lift(jane, first["freeze_id"])
+    with pytest.raises(Frozen):
+        await engine.acquire(cost, resource="prod/web", intent="deploy")
+    assert (await engine.verify()).ok
+    await _set(backend, first["freeze_id"], "active", lifted_by=None, lifted_at=None)
+    said = {k: lift[k] for k in ("lifted_by", "lifted_at")}
+    await _set(backend, second["freeze_id"], "lifted", **said)
+    await engine.acquire(cost, resource="prod/web", intent="deploy")  # let through now
+    return first, second
+
+
+@pytest.mark.parametrize("reason", ["incident", f"incident; freeze {_FAKE}"])
+async def test_two_freezes_swapped_fail_verify(
+    engine: Engine, backend: Backend, monkeypatch: pytest.MonkeyPatch, reason: str
+) -> None:
+    """The lift row names the freeze writ lifted, after the human's reason: the other one,
+    marked lifted with it, has no lift of its own, even when the reason ends as if it
+    named that one (``; freeze ID`` of the second: writ's own suffix comes last)."""
+    if backend.is_pg and reason != "incident":
+        pytest.skip("on PostgreSQL, the plain reason")
+    first, second = await _swapped(engine, backend, monkeypatch, reason)
+    bad = await engine.verify()
+    assert not bad.ok and bad.policy_object == f"freeze {second['freeze_id']}", bad
+    want = f"the id ('{_FAKE}') disagrees with its row"
+    assert want in (bad.reason or "") and f"'{first['freeze_id']}')" in (bad.reason or "")
+
+
+async def test_an_older_lift_row_is_judged_as_before(
+    make_engine: Any, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older writ's lift row names no freeze: it verifies, and lifts one freeze of its
+    prefix and reason, so the swap is not told apart (docs/security.md)."""
+    if backend.clock is None:
+        pytest.skip("on SQLite")
+    _older(monkeypatch)
+    engine = await make_engine()
+    await _swapped(engine, backend, monkeypatch, "incident")
+    assert (await engine.verify()).ok
+
+
+async def _granted_twice(
+    engine: Engine, backend: Backend
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """cost-agent asks twice to undo perf-agent's change; perf-agent grants the first,
+    which cost-agent uses. An intruder marks the second granted with the first's answer
+    (answered_by, answered_at): one more use of what was granted once."""
+    _moving(backend)
+    perf, _ = await engine.add_principal(None, "perf-agent", "agent")
+    cost, _ = await engine.add_principal(None, "cost-agent", "agent")
+    lease = await engine.acquire(perf, resource="prod/db", intent="scale", touches=["*"])
+    change = await engine.consents.record_change(perf, lease["lease_id"], "capacity", "4→8")
+    await engine.release(perf, lease["lease_id"])
+    asked = [await engine.consents.ask(cost, change["change_id"], "need it") for _ in range(2)]
+    granted = await engine.consents.answer(perf, asked[0]["consent_id"], True)
+    used = await engine.acquire(
+        cost, resource="prod/db", intent="undo", touches=["capacity"],
+        consent_id=granted["consent_id"],
+    )  # fmt: skip
+    await engine.release(cost, used["lease_id"])
+    assert (await engine.verify()).ok
+    said = {k: granted[k] for k in ("answered_by", "answered_at")}
+    await _set(backend, asked[1]["consent_id"], "granted", status="granted", **said)
+    return cost, asked[0], asked[1]
+
+
+async def test_a_consent_granted_with_a_used_ones_answer_fails_verify(
+    engine: Engine, backend: Backend
+) -> None:
+    """The answer row names the consent it answers: the copy, granted with the answer of
+    one since used (no longer read), has no answer of its own, where verify said ok and
+    its requester could be let past the protection a second time."""
+    _, first, second = await _granted_twice(engine, backend)
+    bad = await engine.verify()
+    assert not bad.ok and bad.policy_object == f"consent {second['consent_id']}", bad
+    want = f"the id ('{second['consent_id']}') disagrees with its row"
+    assert want in (bad.reason or "") and f"'{first['consent_id']}')" in (bad.reason or "")
+
+
+async def test_an_older_answer_row_is_judged_as_before(
+    make_engine: Any, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older writ's answer row names no consent: it verifies, and the copy granted with
+    the answer of one since used is not told apart (docs/security.md)."""
+    if backend.clock is None:
+        pytest.skip("on SQLite")
+    _older(monkeypatch)
+    engine = await make_engine()
+    await _granted_twice(engine, backend)
+    assert (await engine.verify()).ok
 
 
 def test_only_writs_own_suffix_names_an_object() -> None:
@@ -64,3 +201,24 @@ def test_an_answer_of_another_consent_does_not_account_for_one() -> None:
     assert why is not None and "the id ('cns_C')" in why
     older = [row(2, head)]
     assert policy_objects.object_disagrees(consent("cns_C"), [asked, older, [], []], t) is None
+
+
+async def test_the_walk_reads_the_reason_before_the_id(make_engine: Any, backend: Backend) -> None:
+    """The walk matches a lift row to the freeze it ends by its prefix and reason (no created
+    row names an id): the id after the reason is left out, and a reason that ends as if it
+    named a freeze is read whole, so of two freezes on a prefix the lifted one is ended and
+    the other kept as standing (reading the id as the reason's, it ended neither)."""
+    if backend.clock is None:
+        pytest.skip("on SQLite")
+    engine = await make_engine()
+    jane, _ = await engine.add_principal(None, "jane", "human")
+    for reason in ("incident", f"incident; freeze {_FAKE}"):
+        prefix = f"prod/{len(reason)}"
+        await engine.freezes.freeze(jane, prefix, "deploy")
+        f = await engine.freezes.freeze(jane, prefix, reason)
+        await engine.freezes.lift(jane, f["freeze_id"])
+    opened = Opened()
+    async for chunk in engine.store.audit_records(batch=2):
+        opened.feed(chunk)
+    kept = [(o.resource, o.reason) for o in opened.objects.objects.values()]
+    assert sorted(kept) == [("prod/37", "deploy"), ("prod/8", "deploy")]

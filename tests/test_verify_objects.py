@@ -270,7 +270,7 @@ EDITS: dict[str, tuple[str, str, str]] = {
             ),
         ),
         "freeze {freeze}",
-        "the reason",
+        "the id",  # today's lift row names the freeze it lifts (older: its reason disagrees)
     ),
     "a freeze expired by hand": (
         _set("freeze", "freeze", "state = 'expired'"),

@@ -21,7 +21,7 @@ from typing import Any
 
 from writ.core.clock import rfc3339
 from writ.core.errors import ConsentRequired, Forbidden, Invalid, NotFound, WritError
-from writ.core.models import Lease, Principal, data, new_id, public
+from writ.core.models import Lease, Principal, data, named, new_id, public
 from writ.core.validate import check_text, json_value, text
 from writ.engine.hooks import SYSTEM, Request, Rule
 from writ.engine.principals import member_of, refusal
@@ -356,7 +356,8 @@ class Consents(Rule):
                     "notes": f"{me.name}"
                     + (f" (member of {member})" if member else "")
                     + f" {consent['status']} {consent['requester']}'s request to undo "
-                    f"{consent['attribute']} (change {consent['change_id']} by {consent['author']})",
+                    f"{consent['attribute']} (change {consent['change_id']} by {consent['author']})"
+                    + named("consent", consent_id),  # the one it answers (models.named)
                 }
             )
             return consent

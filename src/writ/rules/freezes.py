@@ -15,7 +15,7 @@ from writ.core import resources
 from writ.core.clock import parse_duration, parse_time, rfc3339
 from writ.core.errors import Forbidden, Frozen, Invalid, NotFound, WritError
 from writ.core.grants import sees_freeze
-from writ.core.models import Principal, data, new_id, public
+from writ.core.models import Principal, data, named, new_id, public
 from writ.core.validate import check_text, check_tree, text
 from writ.engine.hooks import SYSTEM, Request, Rule
 from writ.stores.base import Tx
@@ -145,7 +145,9 @@ class Freezes(Rule):
                     "resource": f["prefix"],
                     **await self.engine.lock_columns(tx, f["prefix"]),
                     "approved_by": me.name,
-                    "notes": f"{me.name} lifted the freeze on {f['prefix']} ({f['reason']})",
+                    # the freeze it lifts, after the human's reason (models.named)
+                    "notes": f"{me.name} lifted the freeze on {f['prefix']} ({f['reason']})"
+                    + named("freeze", freeze_id),
                 }
             )
             return public({**f, "state": "lifted"})

@@ -196,8 +196,8 @@ async def _lifted_by_hand(backend: Backend, freeze_id: str, like: dict[str, Any]
 
 @pytest.mark.parametrize("whose", ["a freeze lifted since", "a freeze lifted before"])
 async def test_a_lift_row_lifts_one_freeze(engine: Engine, backend: Backend, whose: str) -> None:
-    """A lift row names no freeze (``BY lifted the freeze on PREFIX (REASON)``): an
-    intruder who marks a standing freeze lifted by hand, with the lifted_by and lifted_at
+    """A lift row lifts one freeze (today's names it, ``…; freeze ID``; an older writ's
+    did not, and is judged by this alone): an intruder who marks a standing freeze lifted by hand, with the lifted_by and lifted_at
     of another freeze on its prefix with its reason, borrows that freeze's lift row. One lift
     row lifts one freeze, after it was made: verify fails, naming one of the two (the one
     lifted before, deleted: the one marked), where it said ok and the freeze stopped no

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.stores_fixtures import Backend
-from tests.verify_fixtures import after_the_listing, cli_verify, found_everywhere
+from tests.verify_fixtures import after_the_listing, cli_verify, found_everywhere, walked
 from writ.cli import main
 from writ.core.models import Principal
 from writ.engine import Engine
@@ -262,10 +262,7 @@ async def test_a_lease_the_ledger_holds_open_gone_from_the_table_fails_verify(
 
 async def _open_after_walk(engine: Engine) -> held.OpenLeases:
     """The open leases of every row the store holds now, as verify's walk finds them."""
-    opened = held.OpenLeases()
-    async for chunk in engine.store.audit_records(batch=2):
-        opened.feed(chunk)
-    return opened
+    return (await walked(engine)).leases
 
 
 async def test_leases_ended_by_writ_after_the_walk_are_not_tampered(

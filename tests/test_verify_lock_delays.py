@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import pytest
 
 from tests.stores_fixtures import Backend
-from tests.verify_fixtures import cli_verify, found_everywhere
+from tests.verify_fixtures import cli_verify, found_everywhere, moving, walked
 from writ.core.clock import rfc3339
 from writ.core.ledger import GENESIS, Record, seal
 from writ.engine import Engine
 from writ.evidence.checkpoint import generate_key, make
 from writ.stores import open_objects
-from writ.stores.accounted import Opened, tables_disagree
+from writ.stores.accounted import tables_disagree
 from writ.stores.lock_delays import delays_disagree
 
 POLICY = """
@@ -55,10 +54,7 @@ async def _delays(engine: Engine, backend: Backend, expire: bool = True) -> dict
     5 s delay writ has ended (``done``). By name: each lease, and the agents. A manual clock
     starts a minute before the host's (the offline CLI reads that) and moves a millisecond
     each read."""
-    clock = backend.clock
-    if clock is not None:
-        clock.t = max(clock.t, time.time() - 60)
-        clock.now = lambda: clock.advance(0.001)  # type: ignore[method-assign]
+    moving(backend, near_now=True)
     perf, _ = await engine.add_principal(None, "perf-agent", "agent")
     gone, _ = await engine.add_principal(None, "gone-agent", "agent")
     jane, _ = await engine.add_principal(None, "jane", "human")
@@ -230,13 +226,6 @@ async def test_a_reason_that_reads_as_a_delay_is_none(make_engine: Any, backend:
     assert (await engine.verify()).ok, await engine.verify()
 
 
-async def _walked(engine: Engine) -> Opened:
-    opened = Opened()
-    async for chunk in engine.store.audit_records(batch=2):
-        opened.feed(chunk)
-    return opened
-
-
 async def test_delays_ended_after_the_walk_are_not_tampered(
     make_engine: Any, backend: Backend
 ) -> None:
@@ -248,7 +237,7 @@ async def test_delays_ended_after_the_walk_are_not_tampered(
         pytest.skip("a manual clock moves time (on PostgreSQL: a delay deleted, above)")
     engine = await make_engine(POLICY)
     out = await _delays(engine, backend)
-    opened = await _walked(engine)
+    opened = await walked(engine)
     kept = opened.objects.objects
     delays = await _objects(backend)
     standing = {out[k]["lease_id"] for k in ("cache", "expired", "revoked", "disabled")}

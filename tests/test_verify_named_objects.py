@@ -12,21 +12,15 @@ from typing import Any
 import pytest
 
 from tests.stores_fixtures import Backend
+from tests.verify_fixtures import moving, walked
 from writ.core import models
 from writ.core.errors import Frozen
 from writ.engine import Engine
 from writ.rules import consent as consent_rule
 from writ.rules import freezes as freeze_rule
 from writ.stores import policy_objects
-from writ.stores.accounted import Opened
 
 _FAKE = "frz_BBBBBBBBBBBBBBBB"  # the second freeze's id, when a reason names it
-
-
-def _moving(backend: Backend) -> None:
-    clock = backend.clock
-    if clock is not None:  # a clock that moves, as a host's does
-        clock.now = lambda: clock.advance(0.001)  # type: ignore[method-assign]
 
 
 def _older(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,7 +44,7 @@ async def _swapped(
     """Two freezes on prod/web with one reason, the first allowing cost-agent; writ lifts
     the first. An intruder sets it back to active and marks the second lifted with its
     lift (lifted_by, lifted_at): cost-agent is let through where the second stopped it."""
-    _moving(backend)
+    moving(backend)
     ids: Iterator[str] = iter(["frz_AAAAAAAAAAAAAAAA", _FAKE])
     monkeypatch.setattr(freeze_rule, "new_id", lambda prefix: next(ids))
     jane, _ = await engine.add_principal(None, "jane", "human")
@@ -103,7 +97,7 @@ async def _granted_twice(
     """cost-agent asks twice to undo perf-agent's change; perf-agent grants the first,
     which cost-agent uses. An intruder marks the second granted with the first's answer
     (answered_by, answered_at): one more use of what was granted once."""
-    _moving(backend)
+    moving(backend)
     perf, _ = await engine.add_principal(None, "perf-agent", "agent")
     cost, _ = await engine.add_principal(None, "cost-agent", "agent")
     lease = await engine.acquire(perf, resource="prod/db", intent="scale", touches=["*"])
@@ -217,8 +211,6 @@ async def test_the_walk_reads_the_reason_before_the_id(make_engine: Any, backend
         await engine.freezes.freeze(jane, prefix, "deploy")
         f = await engine.freezes.freeze(jane, prefix, reason)
         await engine.freezes.lift(jane, f["freeze_id"])
-    opened = Opened()
-    async for chunk in engine.store.audit_records(batch=2):
-        opened.feed(chunk)
+    opened = await walked(engine)
     kept = [(o.resource, o.reason) for o in opened.objects.objects.values()]
     assert sorted(kept) == [("prod/37", "deploy"), ("prod/8", "deploy")]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.stores_fixtures import Backend
-from tests.verify_fixtures import found_everywhere
+from tests.verify_fixtures import found_everywhere, moving, walked
 from writ.core.clock import rfc3339
 from writ.core.ledger import GENESIS, Record, seal
 from writ.engine import Engine
@@ -26,10 +26,7 @@ async def _setup(engine: Engine, backend: Backend) -> dict[str, Any]:
     one lifted there, a change that protects nothing: by name, with their agents. A manual
     clock starts a minute before the host's (the offline CLI reads that) and moves a
     millisecond each read."""
-    clock = backend.clock
-    if clock is not None:
-        clock.t = max(clock.t, time.time() - 60)
-        clock.now = lambda: clock.advance(0.001)  # type: ignore[method-assign]
+    moving(backend, near_now=True)
     perf, _ = await engine.add_principal(None, "perf-agent", "agent")
     jane, _ = await engine.add_principal(None, "jane", "human")
     lease = await engine.acquire(perf, resource="prod/db", intent="scale", touches=["capacity"])
@@ -48,10 +45,7 @@ async def _setup(engine: Engine, backend: Backend) -> dict[str, Any]:
 
 async def _walked(engine: Engine) -> open_objects.OpenObjects:
     """What stands by every row the store holds now, as verify's walk finds it."""
-    opened = Opened()
-    async for chunk in engine.store.audit_records(batch=2):
-        opened.feed(chunk)
-    return opened.objects
+    return (await walked(engine)).objects
 
 
 async def _seq(engine: Engine, event: str, notes: str) -> int:
@@ -204,9 +198,7 @@ async def test_a_lift_row_lifts_one_freeze(engine: Engine, backend: Backend, who
     grant under its prefix."""
     if backend.is_pg and whose == "a freeze lifted before":
         pytest.skip("on PostgreSQL, one of the two")
-    clock = backend.clock
-    if clock is not None:  # a clock that moves, as a host's does
-        clock.now = lambda: clock.advance(0.001)  # type: ignore[method-assign]
+    moving(backend)
     jane, _ = await engine.add_principal(None, "jane", "human")
     if whose == "a freeze lifted before":  # then deleted (a lifted one gives nothing away)
         other = await engine.freezes.freeze(jane, "prod/web", "incident")
@@ -271,9 +263,7 @@ async def test_a_consent_granted_with_the_answer_of_one_still_granted(
     marks the other granted with that answer's time and answerer: the consent.granted row
     names the consent it answers, so verify fails (used since, too: test_verify_named_objects;
     an older writ's row, naming none, answers one consent, found while that one is unused)."""
-    clock = backend.clock
-    if clock is not None:  # a clock that moves, as a host's does
-        clock.now = lambda: clock.advance(0.001)  # type: ignore[method-assign]
+    moving(backend)
     perf, _ = await engine.add_principal(None, "perf-agent", "agent")
     cost, _ = await engine.add_principal(None, "cost-agent", "agent")
     lease = await engine.acquire(perf, resource="prod/db", intent="scale", touches=["*"])

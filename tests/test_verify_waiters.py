@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.stores_fixtures import Backend
-from tests.verify_fixtures import after_the_listing, cli_verify, found_everywhere
+from tests.verify_fixtures import after_the_listing, cli_verify, found_everywhere, walked
 from writ.cli import main
 from writ.core.errors import WritError
 from writ.core.models import Principal, Waiter, request_digest
@@ -618,10 +618,7 @@ async def test_a_wait_the_ledger_holds_open_deleted_from_the_table_fails_verify(
 
 async def _open_after_walk(engine: Engine) -> queued.OpenWaits:
     """The open waits of every row the store holds now, as verify's walk finds them."""
-    opened = queued.OpenWaits()
-    async for chunk in engine.store.audit_records(batch=2):
-        opened.feed(chunk)
-    return opened
+    return (await walked(engine)).waits
 
 
 async def test_waits_ended_by_writ_after_the_walk_are_not_tampered(engine: Engine) -> None:

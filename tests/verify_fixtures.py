@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from writ.cli import main
 from writ.core.ledger import GENESIS, canonical, seal
 from writ.engine import Engine
 from writ.evidence.checkpoint import Checkpoint, verify_store
+from writ.stores.accounted import Opened
 
 
 async def cli_verify(url: str) -> dict[str, Any]:
@@ -100,3 +102,24 @@ def after_the_listing(
 
     monkeypatch.setattr(store, "read", read)
     return listed
+
+
+async def walked(engine: Engine) -> Opened:
+    """What every row the store holds now leaves open, as verify's walk finds it (two rows
+    a chunk, so every chunk boundary is crossed)."""
+    opened = Opened()
+    async for chunk in engine.store.audit_records(batch=2):
+        opened.feed(chunk)
+    return opened
+
+
+def moving(backend: Any, near_now: bool = False) -> None:
+    """A manual clock (``backend.clock``; a real one is left alone) that moves a
+    millisecond each read, as a host's does; ``near_now``: from a minute before the host's
+    at the latest (the offline CLI reads the host's)."""
+    clock = backend.clock
+    if clock is None:
+        return
+    if near_now:
+        clock.t = max(clock.t, time.time() - 60)
+    clock.now = lambda: clock.advance(0.001)

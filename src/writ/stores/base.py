@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -154,26 +153,26 @@ added row, and the latest rows saying whether it is disabled, its queues and its
 expiry."""
 
 
-# in a stored body (canonical JSON: "prev_hash" follows "notes"): the waiter its notes end
-# with (models.waited_as)
-_ENDS_WAIT = re.compile(r'"notes":"(?:[^"\\]|\\.)*; waiter ([A-Za-z0-9_-]+)",')
-
-
 ENDS_AS: tuple[str, ...] = ("granted ", "refused '", 'refused "', "withdrawn '", 'withdrawn "')
 """How writ begins the notes of a row that ends a wait (its grant, refusal or withdrawal,
 the intent quoted): a row whose notes end in an agent's words, begun otherwise (``refused
 change to ATTR: …``, ``refused NAME: …``), ends no wait, however those words end."""
 
 
-def ended_by(body: str) -> Any:
-    """The ``agent_id`` of a row's stored body whose notes begin as :data:`ENDS_AS`, else
-    None (unreadable too)."""
+def wait_end(body: str) -> tuple[str, Any] | None:
+    """``(waiter_id, agent_id)`` of a row's stored body that ends a wait as writ words one
+    (notes beginning as :data:`ENDS_AS`, ending ``; waiter ID``), else None (unreadable too).
+    The one reading of a wait's end: the table check's and the walk's
+    (:class:`~writ.stores.queued.OpenWaits`)."""
     try:
         row = json.loads(body)
         notes = row.get("notes")
     except (ValueError, AttributeError):
         return None
-    return row.get("agent_id") if isinstance(notes, str) and notes.startswith(ENDS_AS) else None
+    if not isinstance(notes, str) or not notes.startswith(ENDS_AS):
+        return None
+    _, said, waiter_id = notes.rpartition("; waiter ")
+    return (waiter_id, row.get("agent_id")) if said else None
 
 
 def _wait_window(w: Waiter) -> tuple[float, float]:
@@ -483,19 +482,19 @@ class Tx(ABC):
             else:
                 latest[res] = len(asked)
                 asked.append((res, lo, hi))
-        named: dict[tuple[str, str], list[tuple[int, str, str, float, str]]] = {}
+        named: dict[tuple[str, str], list[tuple[int, str, str, float, str, Any]]] = {}
         if asked:
             for found in await self.audit_waits_ended(asked, [w.waiter_id for w, _, _ in lives]):
-                m = _ENDS_WAIT.search(found[1])
-                if m:
-                    named.setdefault((m.group(1), found[4]), []).append(found)
+                end = wait_end(found[1])
+                if end is not None:
+                    named.setdefault((end[0], found[4]), []).append((*found, end[1]))
         out: list[WaiterLife] = []
         for w, rows, granted in lives:
             lo, hi = _wait_window(w)
             hits = [
-                f
+                f[:5]
                 for f in named.get((w.waiter_id, w.resource), [])
-                if lo <= f[3] <= hi and ended_by(f[1]) == w.principal  # as writ writes it
+                if lo <= f[3] <= hi and f[5] == w.principal  # writ writes it as the waiter
             ]
             first = min(hits) if hits else None
             out.append(

@@ -55,13 +55,13 @@ from writ.core.clock import rfc3339
 from writ.core.ledger import Record
 from writ.core.models import Waiter, request_digest, waited_as
 from writ.stores.base import (
-    ENDS_AS,
     ENDS_WITHIN_S,
     LONGEST_WAIT_S,
     WAIT_ENDS,
     Store,
     Tx,
     WaiterLife,
+    wait_end,
 )
 
 __all__ = ["PAGE", "OpenWaits", "queued_row", "waiter_disagrees", "waiters_disagree"]
@@ -266,14 +266,11 @@ def _ends(body: str, resource: str, waits: dict[str, OpenWait]) -> str | None:
     (its notes end with ``; waiter ID``, on the wait's resource, by the wait's principal,
     worded as a wait's end (:data:`~writ.stores.base.ENDS_AS`), as every row writ ends a
     wait with is: an agent's words elsewhere end nobody's), or None."""
-    fields = json.loads(body)
-    notes = fields.get("notes")
-    ends = isinstance(notes, str) and notes.startswith(ENDS_AS)
-    who = notes.rpartition(_SAID)[2] if ends else ""
-    wait = waits.get(who)
-    if wait is None or wait[0] != resource or wait[4] != fields.get("agent_id"):
+    end = wait_end(body)
+    wait = waits.get(end[0]) if end is not None else None
+    if end is None or wait is None or wait[0] != resource or wait[4] != end[1]:
         return None
-    return who
+    return end[0]
 
 
 def _shown(w: Waiter) -> str:

@@ -451,11 +451,13 @@ async def writ_servers(
     policy: str | None = None,
     relay: Path | None = None,
     log_level: str = "warning",
+    handoff: bool = True,
 ) -> AsyncIterator[list[str]]:
     """``n`` ``writ serve`` processes on one store; yields their base URLs. (Async: the
     test's event loop may be running the proxy the servers connect through.) With
-    ``relay``, they elect a writer in that directory (``--relay``); each server's log is
-    ``tmp/server-<i>.log``."""
+    ``relay``, they elect a writer in that directory (``--relay``), and the others hand it
+    their connections unless ``handoff`` is False (``--no-handoff``: they keep them and relay
+    their lease writes); each server's log is ``tmp/server-<i>.log``."""
     procs: list[asyncio.subprocess.Process] = []
     urls = []
     env = {**os.environ, "WRIT_ADMIN_TOKEN": ADMIN_TOKEN}
@@ -465,6 +467,8 @@ async def writ_servers(
         extra = ["--policy", str(tmp / "writ.toml")]
     if relay is not None:
         extra += ["--relay", str(relay)]
+        if not handoff:
+            extra.append("--no-handoff")
     try:
         for i in range(n):
             port = free_port()
@@ -509,6 +513,54 @@ async def writ_servers(
             except TimeoutError:
                 p.kill()
                 await p.wait()
+
+
+@contextlib.asynccontextmanager
+async def writ_workers(
+    store_url: str, n: int, log_path: Path, *more: str
+) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    """``writ serve --workers n`` (and ``more`` flags) on a port of its own, logging at
+    ``info`` to ``log_path``: its base URL and process, once every worker has started. The
+    supervisor is stopped after (SIGTERM, unless the test ended it)."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "writ.cli",
+            "serve",
+            "--store",
+            store_url,
+            "--port",
+            str(port),
+            "--workers",
+            str(n),
+            "--log-level",
+            "info",
+            *more,
+            env={**os.environ, "WRIT_ADMIN_TOKEN": ADMIN_TOKEN},
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while _text(log_path).count("Application startup complete") < n:
+            assert proc.returncode is None, _text(log_path)[-3000:]
+            assert time.monotonic() < deadline, "writ serve --workers did not come up"
+            await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace")
 
 
 Handler = Callable[[socket.socket, threading.Event], None]

@@ -247,19 +247,27 @@ async def servers(pg_backend: Backend, tmp_path: Path, n_servers: int) -> AsyncI
         yield urls
 
 
-@pytest.mark.parametrize("relay", [False, True], ids=["each-writes", "relayed"])
+@pytest.mark.parametrize("mode", ["each-writes", "relayed", "handed"])
 async def test_contention_across_servers_keeps_every_guarantee(
-    pg_backend: Backend, tmp_path: Path, n_servers: int, relay: bool
+    pg_backend: Backend, tmp_path: Path, n_servers: int, mode: str
 ) -> None:
     """The fault test's workload (waits, renewals, stalls past the ttl, revokes, lock
     delays, a blast-radius group, fenced writes) with its agents spread over several
     servers on one database: the history checker finds no overlap, tokens in grant order,
     every acknowledged grant and release in the one ledger, no lost update. Relayed: the
-    servers elect a writer (``--relay``) and the others send it their lease writes."""
+    servers elect a writer (``--relay --no-handoff``) and the others send it their lease
+    writes. Handed: the others hand the writer their connections (``--relay``)."""
+    relay = mode != "each-writes"
     where = tmp_path / "relay" if relay else None
     level = "info" if relay else "warning"  # a relaying server says so at info
     async with writ_servers(
-        pg_backend.url, n_servers, tmp_path, FAULT_POLICY, relay=where, log_level=level
+        pg_backend.url,
+        n_servers,
+        tmp_path,
+        FAULT_POLICY,
+        relay=where,
+        log_level=level,
+        handoff=mode == "handed",
     ) as urls:
         names = [f"agent-{i:02d}" for i in range(12)]
         tokens = await add_principals(urls[0], "agent", names)
@@ -281,14 +289,23 @@ async def test_contention_across_servers_keeps_every_guarantee(
             assert sum("relays lease writes" in text for text in logs) == n_servers - 1, logs
             outcomes: dict[str, float] = {}
             async with httpx.AsyncClient(timeout=10) as c:
-                for url in urls:
+                for url in urls:  # a connection that asks /metrics first stays: each its own
                     text = (await c.get(f"{url}/metrics")).text
                     for m in re.finditer(
-                        r'^writ_relay_calls_total\{outcome="(\w+)"\} (\S+)$', text, re.M
+                        r'^writ_relay_(?:calls|connections)_total\{\w+="(\w+)"\} (\S+)$',
+                        text,
+                        re.M,
                     ):
                         outcomes[m[1]] = outcomes.get(m[1], 0) + float(m[2])
-            assert outcomes.get("relayed", 0) >= 20 and outcomes.get("lost", 0) == 0, outcomes
-            assert outcomes["served"] == outcomes["relayed"], outcomes
+            assert outcomes.get("lost", 0) == outcomes.get("refused", 0) == 0, outcomes
+            if mode == "relayed":
+                assert outcomes.get("relayed", 0) >= 20, outcomes
+                assert outcomes["served"] == outcomes["relayed"], outcomes
+                assert outcomes.get("handed", 0) == 0, outcomes
+            else:  # the agents of the others were served by the writer
+                assert sum("hands its connections" in text for text in logs) == n_servers - 1
+                assert outcomes.get("handed", 0) >= n_servers - 1, outcomes
+                assert outcomes["adopted"] == outcomes["handed"], outcomes
 
 
 async def test_servers_sixteen_agents_one_resource(servers: list[str]) -> None:

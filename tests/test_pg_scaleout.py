@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
-from tests.server_fixtures import ADMIN_TOKEN, free_port
+from tests.server_fixtures import ADMIN_TOKEN, writ_workers
 from tests.stores_fixtures import Backend, with_query
 from tests.test_engine import add, grant, queued, waiting
 from writ.cli import main
@@ -1352,39 +1351,12 @@ async def test_workers_serve_one_port_from_several_processes(
 ) -> None:
     """``writ serve --workers 3``: three processes accept on one port; a lease taken
     through one connection is held for every other (they agree through PostgreSQL); one
-    worker is the writer and the other two relay their lease writes to it."""
-    port = free_port()
+    worker is the writer and the other two relay their lease writes to it and hand it
+    their connections; on SIGTERM each drains as a single ``writ serve`` does."""
     log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "writ.cli",
-            "serve",
-            "--store",
-            pg_backend.url,
-            "--port",
-            str(port),
-            "--workers",
-            "3",
-            "--log-level",
-            "info",
-            env={**os.environ, "WRIT_ADMIN_TOKEN": ADMIN_TOKEN},
-            stdout=log,
-            stderr=log,
-        )
-    base = f"http://127.0.0.1:{port}"
-    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    try:
+    async with writ_workers(pg_backend.url, 3, log_path) as (base, proc):
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         deadline = time.monotonic() + 30
-        async with httpx.AsyncClient(timeout=1) as probe:
-            while True:
-                assert proc.returncode is None, log_path.read_text()[-3000:]
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await probe.get(f"{base}/v1/health")).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, "writ serve --workers did not come up"
-                await asyncio.sleep(0.1)
         while len(_children(proc.pid)) < 3:
             assert time.monotonic() < deadline, _children(proc.pid)
             await asyncio.sleep(0.1)
@@ -1418,15 +1390,12 @@ async def test_workers_serve_one_port_from_several_processes(
         text = log_path.read_text()
         assert text.count("this server is the writer") == 1, text[-3000:]
         assert text.count("relays lease writes to the writer") == 2, text[-3000:]
+        assert text.count("hands its connections to the writer") == 2, text[-3000:]
         # each worker settled its heap once started (writ.api.lifecycle.settle_heap)
         while log_path.read_text().count("heap settled") < 3:
             assert time.monotonic() < deadline + 30, log_path.read_text()[-3000:]
             await asyncio.sleep(0.05)
         assert log_path.read_text().count("heap settled") == 3
-    finally:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        proc.terminate()  # each worker drains (writ.api.lifecycle.DrainingServer)
+        await asyncio.wait_for(proc.wait(), 30)
+        assert log_path.read_text().count("draining: waiting requests answer 503") == 3

@@ -85,7 +85,9 @@ async def test_relayed_writes_are_answered_as_the_writers_own(
     the engine refuses, another's lease, an unknown lease — and the relaying server's
     store commits nothing: the writer did every write."""
     relay = tmp_path / "relay"
-    async with writ_servers(pg_backend.url, 2, tmp_path, relay=relay, log_level="info") as urls:
+    async with writ_servers(
+        pg_backend.url, 2, tmp_path, relay=relay, log_level="info", handoff=False
+    ) as urls:
         w, (f,) = await _roles(tmp_path, 2)
         writer, follower = urls[w], urls[f]
         a, b = await add_principals(writer, "agent", ["agent-a", "agent-b"])
@@ -167,7 +169,9 @@ async def _one_held(pg_backend: Backend, tmp_path: Path, resource: str) -> Async
     URLs, the writer's and the relaying server's index, the two tokens, the grant and a
     client."""
     relay = tmp_path / "relay"
-    async with writ_servers(pg_backend.url, 2, tmp_path, relay=relay, log_level="info") as urls:
+    async with writ_servers(
+        pg_backend.url, 2, tmp_path, relay=relay, log_level="info", handoff=False
+    ) as urls:
         w, (f,) = await _roles(tmp_path, 2)
         a, b = await add_principals(urls[w], "agent", ["agent-a", "agent-b"])
         async with httpx.AsyncClient(timeout=10) as c:
@@ -229,14 +233,19 @@ async def test_a_relayed_wait_whose_caller_hangs_up_leaves_the_queue(
         assert r.status_code == 201, r.text  # nobody else was handed it
 
 
+@pytest.mark.parametrize("handoff", [False, True], ids=["relayed", "handed"])
 async def test_when_the_writer_dies_another_server_takes_over(
-    pg_backend: Backend, tmp_path: Path
+    pg_backend: Backend, tmp_path: Path, handoff: bool
 ) -> None:
     """SIGKILL the writer: the relaying server writes itself at once (503 only for a call
     that was in the air, never a wrong answer), then becomes the writer; every grant it
-    acknowledged is in the ledger, which verifies."""
+    acknowledged is in the ledger, which verifies. Handed: the client's connection was the
+    writer's and goes with it, as a lone server's crash takes it: at most one call fails,
+    and the client's next connection is the relaying server's."""
     relay = tmp_path / "relay"
-    async with writ_servers(pg_backend.url, 2, tmp_path, relay=relay, log_level="info") as urls:
+    async with writ_servers(
+        pg_backend.url, 2, tmp_path, relay=relay, log_level="info", handoff=handoff
+    ) as urls:
         w, (f,) = await _roles(tmp_path, 2)
         (a,) = await add_principals(urls[f], "agent", ["agent-a"])
         auth = {"Authorization": f"Bearer {a}"}
@@ -253,7 +262,14 @@ async def test_when_the_writer_dies_another_server_takes_over(
             i = 5
             while "this server is the writer" not in _log(tmp_path, f):
                 assert time.monotonic() < deadline, _log(tmp_path, f)[-3000:]
-                r = await c.post(f"{urls[f]}/v1/leases", json=_acquire(f"db/k{i}"), headers=auth)
+                try:
+                    r = await c.post(
+                        f"{urls[f]}/v1/leases", json=_acquire(f"db/k{i}"), headers=auth
+                    )
+                except httpx.TransportError:  # its connection went with the writer
+                    assert handoff
+                    statuses.append(503)
+                    continue
                 statuses.append(r.status_code)
                 if r.status_code == 201:
                     granted.append(r.json()["lease_id"])
@@ -354,7 +370,9 @@ async def test_the_writer_tells_the_relaying_server_over_the_relay_not_by_notify
     row is answered when the writer commits it. Once that server is gone, the writer
     notifies again."""
     relay = tmp_path / "relay"
-    async with writ_servers(pg_backend.url, 2, tmp_path, relay=relay, log_level="info") as urls:
+    async with writ_servers(
+        pg_backend.url, 2, tmp_path, relay=relay, log_level="info", handoff=False
+    ) as urls:
         w, (f,) = await _roles(tmp_path, 2)
         async with _Channel(pg_backend) as channel, httpx.AsyncClient(timeout=30) as c:
             n = 0
@@ -490,7 +508,9 @@ async def test_the_writer_closes_a_connection_that_sends_garbage_and_serves_on(
     connection, and nothing else: the writer still answers the relaying server's calls
     (its store commits nothing)."""
     relay = tmp_path / "relay"
-    async with writ_servers(pg_backend.url, 2, tmp_path, relay=relay, log_level="info") as urls:
+    async with writ_servers(
+        pg_backend.url, 2, tmp_path, relay=relay, log_level="info", handoff=False
+    ) as urls:
         w, (f,) = await _roles(tmp_path, 2)
         sock = str(relay / "writer.sock")
         reader, writer = await asyncio.open_unix_connection(sock)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,7 @@ from writ._version import __version__
 from writ.api.deps import principal
 from writ.api.errors import install_error_handlers
 from writ.api.fast import WritApp
+from writ.api.handoff import Handoff
 from writ.api.openapi import install_openapi
 from writ.api.ops import OpsFront
 from writ.api.routers import (
@@ -87,6 +89,7 @@ def create_app(
     settle: bool = False,
     max_waits: int = DEFAULT_CAP,
     verify_every: float = 0.0,
+    handoff: bool = True,
 ) -> FastAPI:
     """The ASGI app. Starts and stops ``engine`` with the app's lifespan. ``/livez``,
     ``/readyz`` and ``/metrics`` (:mod:`writ.api.ops`) sit in front of it; ``metrics=False``
@@ -94,7 +97,9 @@ def create_app(
     ``settle`` (a server process of its own: ``writ serve``) tunes the cycle collector
     once started (:func:`writ.api.lifecycle.settle_heap`). Each principal may have
     ``max_waits`` requests waiting at once (:mod:`writ.api.waits`). ``verify_every`` > 0:
-    the standing verify, a pass that often (:mod:`writ.evidence.sentinel`)."""
+    the standing verify, a pass that often (:mod:`writ.evidence.sentinel`). With a
+    ``relay_dir``, ``handoff`` hands the connections of a relaying server to the writer
+    while it has room, once ``writ serve`` lends its listener (:mod:`writ.api.handoff`)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -133,6 +138,10 @@ def create_app(
     measured = Metrics.for_engine(engine) if metrics else None
     if measured is not None:
         measured.sentinel = sentinel
+    if app.relay is not None and handoff:
+        token = hashlib.sha256(metrics_token.encode()).hexdigest() if metrics_token else None
+        said = {"metrics": metrics, "metrics_token": token, "max_waits": max_waits}
+        app.relay.handoff = Handoff(app.relay.directory, app.relay.identity, said)
     if measured is not None and app.relay is not None:
         measured.relay = app.relay  # writ_relay_calls_total, writ_relay_role
     app.ops = app.front = OpsFront(app.front, engine, measured, metrics_token)

@@ -52,19 +52,66 @@ def settle_heap() -> None:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, draining waiting requests before its own graceful shutdown."""
+    """uvicorn's server, draining waiting requests before its own graceful shutdown, and
+    lending the write relay's hand-off (:mod:`writ.api.handoff`) its listener: a connection
+    another server hands over is served as one this server accepted. ``draining`` is the
+    app's event (None: read from the app once loaded, as in each of ``--workers``)."""
 
-    def __init__(self, config: uvicorn.Config, draining: asyncio.Event) -> None:
+    def __init__(self, config: uvicorn.Config, draining: asyncio.Event | None = None) -> None:
         super().__init__(config)
         self.draining = draining
+        self._adopting: set[asyncio.Task[None]] = set()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        app = self.config.loaded_app
+        for _ in range(4):  # under uvicorn's own wrappers, if any (trace logging)
+            if hasattr(app, "draining"):
+                break
+            app = getattr(app, "app", None)
+        if self.draining is None and app is not None:
+            self.draining = getattr(app, "draining", None)
+        handoff = getattr(getattr(app, "relay", None), "handoff", None)
+        protocol = self.config.http_protocol_class
+        limits = getattr(protocol, "LIMITS", None)
+        if handoff is not None and limits is not None:
+            handoff.attach(
+                self._adopt,
+                lambda: len(self.server_state.connections),
+                limits.max_connections,
+                {"limits": repr(limits), "keep_alive": self.config.timeout_keep_alive},
+            )
+            protocol.OFFER = handoff.offer  # type: ignore[attr-defined]
+        await super().startup(sockets)
+
+    def _adopt(self, sock: socket.socket, first: bytes) -> None:
+        """Serve ``sock``, a connection another server accepted and handed over having read
+        ``first`` from it, as one this server accepted: its protocol, limits and graceful
+        shutdown."""
+        config = self.config
+        made = config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+        made._adopted, made._read_there = True, first  # type: ignore[attr-defined]
+        task = asyncio.get_running_loop().create_task(_serve(sock, made))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         log.info(
             "draining: waiting requests answer 503, in-flight ones finish (at most %gs)",
             self.config.timeout_graceful_shutdown or 0,
         )
-        self.draining.set()
+        if self.draining is not None:
+            self.draining.set()
         await super().shutdown(sockets)
+
+
+async def _serve(sock: socket.socket, protocol: asyncio.Protocol) -> None:
+    try:
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock)
+    except OSError as exc:  # gone before it was served: its client connects again
+        sock.close()
+        log.warning("hand-off: a handed connection could not be served: %s", exc)
 
 
 def check(

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from writ.api.handoff import Handoff
 from writ.api.middleware import _INTERNAL_ERROR
 from writ.api.relay_wire import (
     _COMPACT,
@@ -179,6 +180,8 @@ class Relay:
         self.max_calls = MAX_CALLS
         self.max_unread = MAX_UNREAD
         self.run: Relayed | None = None  # set by the app before start()
+        # the connections' hand-off to the writer (writ.api.handoff), set by the app
+        self.handoff: Handoff | None = None
         # set when this server begins its graceful shutdown (the app's event)
         self.draining = draining if draining is not None else asyncio.Event()
         self.writer = False
@@ -215,12 +218,19 @@ class Relay:
                 await asyncio.wait_for(self.draining.wait(), self.retry_s)
             if self._stopped.is_set() or self.draining.is_set():
                 self._drain_calls()
+                if self.handoff is not None:  # a draining writer takes no connections
+                    self.handoff.stop_listening()
                 return
+            handoff = self.handoff
             if not self.writer and (self._link is None or self._link.closed):
+                if handoff is not None:
+                    handoff.disconnect()
                 try:
                     await self._elect()
                 except Exception:  # never let the keeper die: write here meanwhile
                     log.exception("relay: electing failed; this server writes itself")
+            elif handoff is not None and not self.writer and not handoff.linked():
+                await handoff.connect()  # the writer was not listening for them yet
 
     async def _elect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -237,6 +247,8 @@ class Relay:
             self.writer = True
             if self.store is not None:
                 self.store.note_sink = self._notes_out
+            if self.handoff is not None:
+                await self.handoff.listen()
             log.info("relay: this server is the writer for %s", self.directory)
             return
         try:
@@ -263,6 +275,8 @@ class Relay:
             return
         self._link = link
         log.info("relay: this server relays lease writes to the writer")
+        if self.handoff is not None:
+            await self.handoff.connect()
 
     def _take_lock(self) -> bool:
         fd = os.open(os.path.join(self.directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
@@ -315,6 +329,9 @@ class Relay:
             store.note_peers.discard(instance)  # NOTIFY again from the next batch
 
     def _let_go(self) -> None:
+        if self.handoff is not None:
+            self.handoff.stop_listening()
+            self.handoff.disconnect()
         if self.store is not None and self.writer:
             self.store.note_sink = None
             self.store.note_peers.clear()

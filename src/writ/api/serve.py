@@ -51,13 +51,15 @@ def run(
     relay: str | None = None,
     max_waits: int | None = None,
     verify_every: float = DEFAULT_EVERY_S,
+    handoff: bool = True,
 ) -> None:
     """Serve writ until SIGTERM or SIGINT (``writ serve``), then shut down gracefully
     (:mod:`writ.api.lifecycle`) within ``shutdown_timeout`` seconds, each connection within
     ``limits``; ``workers`` > 1 runs that many processes on one port (PostgreSQL stores
     only, :mod:`writ.api.workers`); ``relay`` is a directory in which the servers of this
     host elect one writer of leases (:mod:`writ.api.relay`; with ``workers``, one of their
-    own unless ``"off"``). Each principal may have ``max_waits`` requests waiting at once
+    own unless ``"off"``); ``handoff``: the servers relaying to it hand it their connections
+    while it has room (:mod:`writ.api.handoff`). Each principal may have ``max_waits`` requests waiting at once
     on each process (by default a quarter of ``limits.max_connections``: :mod:`writ.api.waits`).
     Every ``verify_every`` seconds (0: never) the standing verify checks the rows written since
     and the tables (:mod:`writ.evidence.sentinel`)."""
@@ -85,7 +87,7 @@ def run(
         from writ.api.workers import AppSettings, run_workers
 
         settings = AppSettings(
-            log_format, log_level, metrics, metrics_token, relay, max_waits, verify_every
+            log_format, log_level, metrics, metrics_token, relay, max_waits, verify_every, handoff
         )
         run_workers(store_url, workers, policy_path, settings, **options)
         return
@@ -105,6 +107,7 @@ def run(
         settle=True,
         max_waits=max_waits,
         verify_every=verify_every,
+        handoff=handoff,
     )
     config = uvicorn.Config(app, **options)
     DrainingServer(config, app.draining).run()  # type: ignore[attr-defined]

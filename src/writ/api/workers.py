@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from writ.api.waits import DEFAULT_CAP
 from writ.core.errors import Invalid
@@ -47,6 +47,7 @@ class AppSettings:
     relay_dir: str | None = None
     max_waits: int = DEFAULT_CAP
     verify_every: float = 0.0
+    handoff: bool = True
 
 
 MAX_WORKERS = 256
@@ -109,7 +110,61 @@ def create_app_from_env() -> Any:
         settle=True,
         max_waits=app.max_waits,
         verify_every=app.verify_every,
+        handoff=app.handoff,
     )
+
+
+def _run_supervised(workers: int, uvicorn_options: dict[str, Any]) -> None:
+    """uvicorn's supervisor over ``workers`` processes on one socket, each serving with
+    writ's :class:`~writ.api.lifecycle.DrainingServer` (its graceful drain, the relay's
+    hand-off) where uvicorn's worker lets it be chosen; else uvicorn's own server."""
+    import uvicorn
+    from uvicorn.supervisors import multiprocess
+
+    worker = getattr(multiprocess, "Process", None)
+    if not isinstance(getattr(worker, "server", None), property):  # another uvicorn
+        uvicorn.run(
+            "writ.api.workers:create_app_from_env",
+            factory=True,
+            workers=workers,
+            **uvicorn_options,
+        )
+        return
+    config = uvicorn.Config(
+        "writ.api.workers:create_app_from_env", factory=True, workers=workers, **uvicorn_options
+    )
+    multiprocess.Process = _worker()  # type: ignore[misc]  # in this supervisor process only
+    multiprocess.Multiprocess(config, sockets=[config.bind_socket()]).run()
+
+
+def _worker() -> type[Any]:
+    """The worker class (made once: pickled by name, ``writ.api.workers._Worker``, into
+    each worker process, which makes it again through the module's ``__getattr__``)."""
+    made = globals().get("_Worker")
+    if made is not None:
+        return cast(type[Any], made)
+    from uvicorn.supervisors.multiprocess import Process
+
+    from writ.api.lifecycle import DrainingServer
+
+    class Worker(Process):
+        """uvicorn's worker process, serving with writ's server."""
+
+        @property
+        def server(self) -> Any:
+            if self._server is None:
+                self._server = DrainingServer(self.config)
+            return self._server
+
+    Worker.__qualname__ = Worker.__name__ = "_Worker"
+    globals()["_Worker"] = Worker
+    return Worker
+
+
+def __getattr__(name: str) -> Any:  # made on first use: importing uvicorn costs a CLI's start
+    if name == "_Worker":
+        return _worker()
+    raise AttributeError(name)
 
 
 def run_workers(
@@ -120,7 +175,6 @@ def run_workers(
     **uvicorn_options: Any,
 ) -> None:
     """Serve with ``workers`` processes behind one listening socket until interrupted."""
-    import uvicorn
 
     from writ.api import app as api_app
 
@@ -144,12 +198,7 @@ def run_workers(
     else:
         os.environ.pop(ENV_POLICY, None)
     try:
-        uvicorn.run(
-            "writ.api.workers:create_app_from_env",
-            factory=True,
-            workers=workers,
-            **uvicorn_options,
-        )
+        _run_supervised(workers, uvicorn_options)
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)

@@ -523,6 +523,46 @@ class _Deadlines:
             self._deadline = None
 
 
+class _Placed:
+    """A connection placed by its first request: served here, or by another process (the
+    write relay's hand-off, :mod:`writ.api.handoff`) when the server running the listener
+    sets ``OFFER`` on its protocol class: given the transport and the first bytes, True once
+    another process serves it, False to serve it here, None to read more first."""
+
+    OFFER: ClassVar[Callable[[Any, bytes], bool | None] | None] = None
+    _first: bytes | None = None  # what a connection not yet placed sent so far
+    _adopted = False  # handed over by another process: never placed again
+    _read_there = b""  # and what that process read of it
+    transport: Any
+    data_received: Callable[[bytes], None]  # the protocol's
+
+    def _place(self) -> None:
+        """Once connected: read first what the process that handed it over read, or begin
+        placing it (:meth:`_placed`)."""
+        if self._adopted:
+            first, self._read_there = self._read_there, b""
+            if first:
+                self.data_received(first)
+        elif type(self).OFFER is not None:
+            self._first = b""
+
+    def _placed(self, data: bytes) -> bytes:
+        """What to serve here of the connection's first bytes so far, with ``data``;
+        nothing while it is not placed yet, or once another process serves it (this one
+        then lets its descriptor go)."""
+        data = (self._first or b"") + data
+        offer = type(self).OFFER
+        placed = offer(self.transport, data) if offer is not None else False
+        if placed is None:
+            self._first = data
+            return b""
+        self._first = None
+        if placed:
+            self.transport.abort()
+            return b""
+        return data
+
+
 def _head_refusal(protocol: Any, limits: Limits, answers: _Answers) -> bytes | None:
     """The answer to a complete head the listener refuses, or None: an absolute-form target
     where only paths are taken, a transfer coding it would hand on undecoded."""
@@ -542,7 +582,7 @@ def guarded_protocol(limits: Limits) -> type[Any]:
     # and those held up by their client (sending a body, not reading an answer), oldest first
     stalled: dict[Any, None] = {}
 
-    class GuardedHttpTools(_Deadlines, Trailers, HttpToolsProtocol, metaclass=_Guarded):
+    class GuardedHttpTools(_Deadlines, _Placed, Trailers, HttpToolsProtocol, metaclass=_Guarded):
         LIMITS: ClassVar[Limits] = limits
         TRAILER_LIMIT, TRAILER_ANSWER = limits.max_header_bytes, answers.trailers
 
@@ -565,6 +605,7 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             super().connection_made(transport)
             idle[self] = None
             self._arm(limits.header_timeout, answers.head_slow)
+            self._place()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -577,6 +618,8 @@ def guarded_protocol(limits: Limits) -> type[Any]:
 
         # -- data ---------------------------------------------------------------------
         def data_received(self, data: bytes) -> None:
+            if self._first is not None and not (data := self._placed(data)):
+                return
             if self._refused:  # answered: read and dropped while the close lingers
                 self._lingered += len(data)
                 if self._lingered > LINGER_BYTES and self.transport is not None:

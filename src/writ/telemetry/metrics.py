@@ -287,6 +287,7 @@ class Metrics:
                     self.batch_phases,
                     self.relay_calls,
                     self.relay_notes,
+                    self.relay_connections,
                     self.http_f,
                 ]
             )
@@ -316,6 +317,14 @@ class Metrics:
             "the write relay instead of a PostgreSQL NOTIFY: sent (as the writer, counted "
             "once per commit) and taken (from the writer)",
             ("way",),
+        )
+        self.relay_connections = _Family(
+            C,
+            "writ_relay_connections",
+            "Client connections through the write relay's hand-off, by how: handed (to the "
+            "writer), adopted (served as the writer, handed by another server), refused (sent "
+            "to the writer but not a connected TCP socket)",
+            ("how",),
         )
         self.relay_role = Gauge(
             "writ_relay_role",
@@ -388,6 +397,9 @@ class Metrics:
                 self.relay_calls.values[(outcome,)] = n
             for way, n in self.relay.notes.items():
                 self.relay_notes.values[(way,)] = n
+            if self.relay.handoff is not None:
+                for how, n in self.relay.handoff.counts.items():
+                    self.relay_connections.values[(how,)] = n
             now = self.relay.role()
             for role in ("writer", "relaying", "alone"):
                 self.relay_role.labels(role=role).set(int(role == now))

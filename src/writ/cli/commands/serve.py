@@ -115,6 +115,15 @@ from writ.net.options import from_options, limit_options
     "[env WRIT_RELAY].",
 )
 @click.option(
+    "--handoff/--no-handoff",
+    envvar="WRIT_HANDOFF",
+    default=True,
+    show_default=True,
+    help="With --relay (or --workers): a server relaying to the host's writer hands it each "
+    "new connection while the writer has a core's room, so the host's servers cost what one "
+    "does (docs/scaling.md) [env WRIT_HANDOFF].",
+)
+@click.option(
     "--max-waits-per-principal",
     "max_waits",
     type=click.IntRange(1),
@@ -173,6 +182,7 @@ def serve(
     check_only: bool = False,
     workers: int = 1,
     relay: str | None = None,
+    handoff: bool = True,
     max_waits: int | None = None,
     verify_every: int = 60,
     checkpoint_every: int | None = None,
@@ -220,6 +230,8 @@ def serve(
         extra["relay"] = relay_dir
     if max_waits is not None:
         extra["max_waits"] = max_waits
+    if not handoff:
+        extra["handoff"] = False
     api_serve.run(
         store,
         host,

@@ -1,0 +1,375 @@
+"""Connection hand-off: a server that relays to the host's writer gives it each new client
+connection whole, while the writer has room.
+
+The write relay (:mod:`writ.api.relay`) sends a server's lease writes to the writer, but the
+relaying server still reads each request and writes each answer: a relayed pair costs the
+host's cores more than a pair one server answers alone (docs/scaling.md: 1.75× at 16
+clients), and on a host with no core to spare two servers wrote less than one. So a
+relaying server hands the writer each connection it accepts, once it has read the first
+request's target: the socket's descriptor crosses a Unix socket (``SCM_RIGHTS``) with the
+bytes read so far, and the writer serves it as one it accepted itself, with its own limits,
+logs and metrics. The client sees one server. (Vault's standby nodes forward requests to the
+active one; here the connection itself moves.) A connection whose first request is for
+``/livez``, ``/readyz`` or ``/metrics`` stays: those say how *this* process is, and a
+scraper of every server must not count the writer's traffic twice. A connection is placed
+by its first request, once.
+
+On ``DIR/handoff.sock`` (``SOCK_SEQPACKET``: one message at a time; each end checks that
+the other runs as this user) the relaying server first says its :func:`digest` — the relay's
+identity and every setting that shapes an answer, so a writer configured otherwise is never
+handed a connection — and the writer answers ``+`` (hand me connections), ``-`` (not now)
+or ``x`` (other settings; it closes). Then each connection is one message, ``c`` and the
+bytes read from it, with its descriptor; the writer says ``+`` or ``-`` again whenever its
+room changes.
+
+Room: the writer takes connections while its process used under :data:`BUSY_OFF` of a core
+over the last :data:`SAMPLE_S` and holds under :data:`ROOM` of its listener's connection
+limit; past either it says ``-`` (and ``+`` again under :data:`BUSY_ON`). A connection a
+relaying server keeps is served as before: its lease writes relayed, the rest answered
+there. So on a host with cores to spare the relaying servers share the HTTP work once the
+writer is busy, and on a host without, the host's servers cost what one does.
+
+What the writer is sent must be one connected TCP socket; anything else is closed, counted
+(``refused``) and ends that server's hand-off socket. A writer that goes away takes the
+connections it was handed with it, as a lone server that dies does; their clients connect
+again, to a server that is the writer by then, or writes itself. A writer that begins its
+graceful shutdown takes no more (the relaying servers keep theirs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from writ.api.relay_wire import _same_user
+
+log = logging.getLogger("writ.relay")
+
+__all__ = ["BUSY_OFF", "BUSY_ON", "OPS", "ROOM", "SOCKET", "Handoff", "away", "digest"]
+
+SOCKET = "handoff.sock"
+OPS = frozenset({b"/livez", b"/readyz", b"/metrics"})  # answered by the server asked
+MAX_FIRST = 4096  # bytes a relaying server reads of a connection before placing it at most
+BUSY_OFF = 0.8  # of a core, over the last SAMPLE_S: the writer takes no more connections
+BUSY_ON = 0.6  # and takes them again under this
+ROOM = 0.9  # of the writer's connection limit it fills with handed connections at most
+SAMPLE_S = 1.0
+HELLO_WAIT_S = 2.0
+MAX_SERVERS = 256  # relaying servers connected at once (as --workers: at most 256)
+_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+_TARGET = 64  # of a target, what is read to tell an ops route from the rest
+
+
+def digest(identity: str, settings: Mapping[str, Any]) -> str:
+    """What two servers must share for one to hand the other its connections: the relay's
+    ``identity`` (store, policy, writ's version), ``settings`` (the app's and the listener's)
+    and every ``WRIT_*`` variable of the environment (the admin token, the webhook secret:
+    hashed here, never said) but the process's own address and relay directory."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith("WRIT_") and k not in ("WRIT_PORT", "WRIT_HOST", "WRIT_RELAY")
+    }
+    said = json.dumps([identity, dict(settings), env], sort_keys=True, default=repr)
+    return hashlib.sha256(said.encode()).hexdigest()
+
+
+def away(first: bytes) -> bool | None:
+    """Whether a connection whose first bytes are ``first`` goes to the writer: not when its
+    first request is for one of :data:`OPS`, nor when it is nothing this can read as HTTP
+    (the listener here answers that); None while its target is not read far enough."""
+    method_end = first.find(b" ", 0, 32)
+    if method_end < 0:
+        return None if len(first) < 32 and b"\n" not in first else False
+    target = first[method_end + 1 : method_end + 1 + _TARGET]
+    for end, char in enumerate(target):
+        if char in b" ?\r\n":
+            return target[:end] not in OPS
+    return None if len(target) < _TARGET else True
+
+
+class Handoff:
+    """One server's end of the hand-off: as the writer, :meth:`listen` (and
+    :meth:`stop_listening`); as a relaying server, :meth:`connect` (and :meth:`disconnect`)
+    and :meth:`offer`. The HTTP server lends it how to serve a socket (:meth:`attach`);
+    without that (an app run by something else than ``writ serve``) it does nothing."""
+
+    def __init__(self, directory: str, identity: str, settings: Mapping[str, Any]) -> None:
+        self.directory = directory
+        self.identity, self.settings = identity, dict(settings)
+        self.digest = digest(identity, settings)
+        # connections this server handed to the writer, took from a relaying server, and
+        # (as the writer) was sent that were not one connected TCP socket:
+        # writ_relay_connections_total
+        self.counts = dict.fromkeys(("handed", "adopted", "refused"), 0)
+        self.busy_off, self.busy_on, self.room = BUSY_OFF, BUSY_ON, ROOM
+        self.sample_s = SAMPLE_S
+        self.cpu: Callable[[], float] = time.process_time
+        self._adopt: Callable[[socket.socket, bytes], None] | None = None
+        self._connections: Callable[[], int] = lambda: 0
+        self._max_connections = 0
+        # the writer's side
+        self._listening: socket.socket | None = None
+        self._peers: dict[int, _Peer] = {}
+        self._open = True  # the writer has room (what it last said)
+        self._sampler: asyncio.Task[None] | None = None
+        # the relaying server's side
+        self._out: socket.socket | None = None
+        self._taken = False  # the writer said "+" last
+        self.refused = False  # the writer said "x": not asked again while this link lasts
+
+    def attach(
+        self,
+        adopt: Callable[[socket.socket, bytes], None],
+        connections: Callable[[], int],
+        max_connections: int,
+        listener: Mapping[str, Any],
+    ) -> None:
+        """How this process's HTTP server serves a socket handed to it with the bytes
+        already read from it (``adopt``), how many connections it holds (``connections``)
+        of at most ``max_connections``, and its ``listener``'s settings (in the
+        :func:`digest`)."""
+        self._adopt, self._connections = adopt, connections
+        self._max_connections = max_connections
+        self.digest = digest(self.identity, {**self.settings, "listener": dict(listener)})
+
+    # -- the writer -------------------------------------------------------------------
+    async def listen(self) -> None:
+        """As the writer: take the connections relaying servers hand over."""
+        if self._adopt is None or self._listening is not None:
+            return
+        path = os.path.join(self.directory, SOCKET)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a writer before this one left it; the relay's lock is ours
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sock.setblocking(False)
+            sock.bind(path)
+            os.chmod(path, 0o600)
+            sock.listen(64)
+        except OSError:
+            sock.close()
+            log.exception("hand-off: cannot listen; the relaying servers keep their connections")
+            return
+        self._listening = sock
+        self._open = True
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
+        self._sampler = asyncio.ensure_future(self._sample())
+
+    def stop_listening(self) -> None:
+        """No more connections: this server is no longer the writer, or is going."""
+        sock, self._listening = self._listening, None
+        if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.directory, SOCKET))
+        if self._sampler is not None:
+            self._sampler.cancel()
+            self._sampler = None
+        for peer in list(self._peers.values()):
+            peer.close()
+
+    def _accept(self) -> None:
+        if self._listening is None:
+            return
+        try:
+            conn, _ = self._listening.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # out of descriptors: the relaying servers keep theirs
+            log.warning("hand-off: cannot accept a relaying server: %s", exc)
+            return
+        if len(self._peers) >= MAX_SERVERS or not _same_user(conn):
+            conn.close()
+            return
+        conn.setblocking(False)
+        peer = _Peer(self, conn)
+        self._peers[peer.fileno] = peer
+        asyncio.get_running_loop().add_reader(peer.fileno, peer.readable)
+
+    def has_room(self, busy: float) -> bool:
+        """Whether the writer takes connections, having used ``busy`` of a core lately."""
+        if self._max_connections and self._connections() >= self.room * self._max_connections:
+            return False
+        return busy < (self.busy_off if self._open else self.busy_on)
+
+    async def _sample(self) -> None:
+        cpu, at = self.cpu(), time.monotonic()
+        while True:
+            await asyncio.sleep(self.sample_s)
+            cpu_now, now = self.cpu(), time.monotonic()
+            busy = (cpu_now - cpu) / max(now - at, 1e-6)
+            cpu, at = cpu_now, now
+            self.say(self.has_room(busy))
+
+    def say(self, room: bool) -> None:
+        """Tell every relaying server whether to hand connections over, when that changes."""
+        if room == self._open:
+            return
+        self._open = room
+        log.info("hand-off: the writer %s connections", "takes" if room else "takes no more")
+        for peer in list(self._peers.values()):
+            if peer.greeted:
+                peer.send(b"+" if room else b"-")
+
+    def adopt(self, fd: int, first: bytes) -> bool:
+        """Serve the connection ``fd`` a relaying server handed over, as if ``first`` had
+        just been read from it; False (and ``fd`` closed) if it is not a connected TCP
+        socket."""
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
+            self.counts["refused"] += 1
+            return False
+        try:
+            ok = sock.type == socket.SOCK_STREAM and sock.family in _FAMILIES
+            if ok:
+                sock.getpeername()  # connected
+        except OSError:
+            ok = False
+        if not ok or self._adopt is None:
+            sock.close()
+            self.counts["refused"] += 1
+            return False
+        sock.setblocking(False)
+        self.counts["adopted"] += 1
+        self._adopt(sock, first)
+        return True
+
+    # -- a relaying server ------------------------------------------------------------
+    async def connect(self) -> None:
+        """As a relaying server, linked to the writer: say this server's digest, and hand
+        connections over while the writer says it has room."""
+        if self._adopt is None or self._out is not None:
+            return
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, os.path.join(self.directory, SOCKET))
+            if not _same_user(sock):
+                raise OSError("the writer's hand-off socket is another user's")
+            await loop.sock_sendall(sock, self.digest.encode())
+            said = await asyncio.wait_for(loop.sock_recv(sock, 64), HELLO_WAIT_S)
+        except (OSError, TimeoutError):
+            sock.close()
+            return
+        if said not in (b"+", b"-"):
+            sock.close()
+            if said == b"x":
+                self.refused = True
+                log.warning(
+                    "hand-off: the writer runs with other settings than this server; this "
+                    "server keeps its connections (and relays their lease writes)"
+                )
+            return
+        self._out, self._taken = sock, said == b"+"
+        loop.add_reader(sock.fileno(), self._heard)
+        log.info("hand-off: this server hands its connections to the writer")
+
+    def _heard(self) -> None:
+        sock = self._out
+        if sock is None:
+            return
+        try:
+            said = sock.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            said = b""
+        if not said:
+            self.disconnect()
+            return
+        self._taken = said[-1:] == b"+"
+
+    def linked(self) -> bool:
+        """Whether this server is connected to the writer's hand-off socket, or was refused
+        on this link (then it does not ask again until the next), or cannot hand off."""
+        return self._out is not None or self.refused or self._adopt is None
+
+    def disconnect(self) -> None:
+        """Keep every connection from now on: the link to the writer is gone."""
+        sock, self._out = self._out, None
+        self._taken = self.refused = False
+        if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+
+    def offer(self, transport: Any, first: bytes) -> bool | None:
+        """Place a connection of which ``first`` was read and nothing answered: True once
+        it is the writer's (this server then closes its own copy of the descriptor; the
+        connection stays open), False to serve it here, None to read more first."""
+        sock = self._out
+        if sock is None or not self._taken:
+            return False
+        placed = away(first[:MAX_FIRST]) if len(first) < MAX_FIRST else True
+        if not placed:
+            return placed
+        conn = transport.get_extra_info("socket")
+        if conn is None:
+            return False
+        try:
+            socket.send_fds(sock, [b"c", first], [conn.fileno()])
+        except (BlockingIOError, InterruptedError):
+            return False  # the writer is not reading: serve it here
+        except OSError:
+            self.disconnect()
+            return False
+        self.counts["handed"] += 1
+        return True
+
+
+class _Peer:
+    """The writer's end of one relaying server's hand-off socket."""
+
+    def __init__(self, handoff: Handoff, conn: socket.socket) -> None:
+        self.handoff = handoff
+        self.conn = conn
+        self.fileno = conn.fileno()
+        self.greeted = False
+
+    def readable(self) -> None:
+        try:
+            data, fds, flags, _addr = socket.recv_fds(self.conn, MAX_FIRST + 64, 2)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, fds, flags = b"", [], 0
+        whole = not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
+        if self.greeted and data and whole and len(fds) == 1 and data[:1] == b"c":
+            if not self.handoff.adopt(fds[0], data[1:]):
+                self.close()  # not what a writ server sends: it is heard no more
+            return
+        for fd in fds:  # nothing else a writ server sends carries a descriptor
+            os.close(fd)
+        if not data:  # the relaying server went
+            self.close()
+        elif not self.greeted and whole and not fds and data == self.handoff.digest.encode():
+            self.greeted = True
+            self.send(b"+" if self.handoff._open else b"-")
+        else:
+            if self.greeted:
+                self.handoff.counts["refused"] += 1
+            else:
+                self.send(b"x")
+            self.close()
+
+    def send(self, said: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(said)
+
+    def close(self) -> None:
+        if self.handoff._peers.pop(self.fileno, None) is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self.fileno)
+        self.conn.close()

@@ -1,0 +1,351 @@
+"""The connection hand-off (writ.api.handoff): a server relaying to the host's writer hands
+it each new connection, placed by its first request. In-process over a real Unix socket and
+real TCP connections, then real ``writ serve`` processes on a real PostgreSQL database (the
+history checker over handed load is in tests/test_multiserver.py, ``handed``; a writer
+that dies, in tests/test_relay.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.server_fixtures import (
+    ADMIN_TOKEN,
+    add_principals,
+    verify,
+    writ_servers,
+    writ_workers,
+)
+from tests.stores_fixtures import Backend
+from tests.test_relay import _acquire, _log, _metric, _roles
+from writ.api.handoff import SOCKET, Handoff, away
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+COMMITS = "writ_store_commit_seconds_count"
+LEASE = b"POST /v1/leases HTTP/1.1\r\nhost: x\r\n"
+
+
+@pytest.mark.parametrize(
+    ("first", "placed"),
+    [
+        (LEASE, True),
+        (b"GET /v1/who?resource=db HTTP/1.1\r\n", True),
+        (b"GET /metrics HTTP/1.1\r\n", False),  # each server's own
+        (b"GET /readyz?x=1 HTTP/1.1\r\n", False),
+        (b"GET /livez HTTP/1.1\r\n", False),
+        (b"GET /metricsx HTTP/1.1\r\n", True),
+        (b"GET /metr", None),  # not read far enough to say
+        (b"POS", None),
+        (b"", None),
+        (b"GET /" + b"a" * 80, True),  # longer than any ops route
+        (b"\x16\x03\x01\x02\x00" + b"\x01" * 40, False),  # TLS, no HTTP: answered here
+        (b"GARBAGE\r\n", False),
+    ],
+)
+def test_a_connection_is_placed_by_its_first_request(first: bytes, placed: bool | None) -> None:
+    assert away(first) is placed
+
+
+class _Transport:
+    """What the listener's protocol gives :meth:`Handoff.offer`: the accepted socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.sock if name == "socket" else None
+
+
+@contextlib.asynccontextmanager
+async def _pair(
+    tmp_path: Path, writer_settings: dict[str, Any] | None = None
+) -> AsyncIterator[tuple[Handoff, Handoff, list[tuple[socket.socket, bytes]]]]:
+    """A writer's hand-off listening in ``tmp_path`` and a relaying server's, connected;
+    what the writer adopted (each socket and the bytes read from it before)."""
+    adopted: list[tuple[socket.socket, bytes]] = []
+    writer = Handoff(str(tmp_path), "writ test", writer_settings or {"a": 1})
+    writer.attach(lambda s, first: adopted.append((s, first)), lambda: 0, 100, {})
+    relaying = Handoff(str(tmp_path), "writ test", {"a": 1})
+    relaying.attach(lambda s, first: None, lambda: 0, 100, {})
+    await writer.listen()
+    try:
+        await relaying.connect()
+        yield writer, relaying, adopted
+    finally:
+        relaying.disconnect()
+        writer.stop_listening()
+        for sock, _ in adopted:
+            sock.close()
+
+
+@contextlib.contextmanager
+def _tcp() -> Any:
+    """A connected TCP pair: the server's end (what a listener accepted), the client's."""
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        client = socket.create_connection(listening.getsockname())
+        accepted, _ = listening.accept()
+    with client, accepted:
+        yield accepted, client
+
+
+async def _until(check: Any, what: str, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+async def test_a_handed_connection_is_the_writers_with_what_was_read(tmp_path: Path) -> None:
+    """The writer serves the very connection (its client's bytes reach the writer's socket
+    and its answers reach the client) and is given first what the relaying server read."""
+    async with _pair(tmp_path) as (writer, relaying, adopted):
+        with _tcp() as (accepted, client):
+            assert relaying.offer(_Transport(accepted), LEASE) is True
+            accepted.close()  # the relaying server lets its descriptor go
+            await _until(lambda: adopted, "the writer adopted nothing")
+            ((sock, first),) = adopted
+            assert first == LEASE
+            assert sock.getpeername() == client.getsockname()
+            client.sendall(b"more")
+            sock.setblocking(True)
+            assert sock.recv(16) == b"more"
+            sock.sendall(b"answer")
+            assert client.recv(16) == b"answer"
+        assert relaying.counts["handed"] == writer.counts["adopted"] == 1
+
+
+async def test_an_ops_route_or_an_unready_request_is_kept(tmp_path: Path) -> None:
+    async with _pair(tmp_path) as (_writer, relaying, adopted):
+        with _tcp() as (accepted, _client):
+            assert relaying.offer(_Transport(accepted), b"GET /metrics HTTP/1.1\r\n") is False
+            assert relaying.offer(_Transport(accepted), b"POST /v1/lea") is None
+        await asyncio.sleep(0.05)
+        assert not adopted and relaying.counts["handed"] == 0
+
+
+async def test_a_writer_of_other_settings_is_handed_nothing(tmp_path: Path) -> None:
+    """Another store, policy, listener or environment: the writer says ``x`` and the
+    relaying server keeps its connections (relaying their lease writes), asking again only
+    on its next link to a writer."""
+    async with _pair(tmp_path, {"a": 2}) as (_writer, relaying, adopted):
+        assert relaying.refused and relaying.linked()
+        with _tcp() as (accepted, _client):
+            assert relaying.offer(_Transport(accepted), LEASE) is False
+        relaying.disconnect()
+        assert not relaying.linked()  # the next link asks again
+    assert not adopted
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def _heard(sock: socket.socket) -> bytes:
+    """What ``sock`` (non-blocking) reads next, without blocking the writer's loop."""
+    return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 8), 5)
+
+
+async def _raw_peer(tmp_path: Path, writer: Handoff) -> socket.socket:
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    peer.setblocking(False)
+    peer.connect(str(tmp_path / SOCKET))
+    peer.sendall(writer.digest.encode())
+    assert await _heard(peer) == b"+"
+    return peer
+
+
+@pytest.mark.parametrize("what", ["pipe", "unix", "listening", "two", "none"])
+async def test_the_writer_serves_only_one_connected_tcp_socket(tmp_path: Path, what: str) -> None:
+    """A same-user process that sends anything but one connected TCP socket (a pipe, a Unix
+    socket, a listening socket, two descriptors in one message, a message without one) gets
+    nothing served, its descriptors closed (none kept open in the writer), and its hand-off
+    socket closed."""
+    async with _pair(tmp_path) as (writer, _relaying, adopted):
+        peer = await _raw_peer(tmp_path, writer)
+        with contextlib.ExitStack() as stack:
+            if what == "pipe":
+                r, w = os.pipe()
+                stack.callback(os.close, r)
+                stack.callback(os.close, w)
+                fds = [r]
+            elif what == "unix":
+                a, b = socket.socketpair()
+                stack.enter_context(a)
+                stack.enter_context(b)
+                fds = [a.fileno()]
+            elif what == "listening":
+                fds = [stack.enter_context(socket.create_server(("127.0.0.1", 0))).fileno()]
+            elif what == "two":
+                accepted, _client = stack.enter_context(_tcp())
+                fds = [accepted.fileno(), accepted.fileno()]
+            else:
+                fds = []
+            before = _open_fds()
+            socket.send_fds(peer, [b"c", LEASE], fds)
+            assert await _heard(peer) == b""  # the writer closed it
+            assert _open_fds() <= before  # what it was sent, closed
+        peer.close()
+        assert not adopted
+        assert writer.counts["refused"] == 1
+        assert len(writer._peers) == 1  # the relaying server's own, still heard
+
+
+async def test_a_descriptor_before_the_hello_is_closed(tmp_path: Path) -> None:
+    async with _pair(tmp_path) as (writer, _relaying, adopted):
+        peer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with peer, _tcp() as (accepted, client):
+            peer.setblocking(False)
+            peer.connect(str(tmp_path / SOCKET))
+            socket.send_fds(peer, [writer.digest.encode()], [accepted.fileno()])
+            assert await _heard(peer) == b"x"  # no writ server sends one with its hello
+            accepted.close()
+            client.setblocking(False)
+            assert await _heard(client) == b""  # the writer kept no copy: it closed
+        assert not adopted
+
+
+async def test_a_busy_writer_says_so_and_is_handed_nothing_until_it_has_room(
+    tmp_path: Path,
+) -> None:
+    """The writer samples its own CPU: past BUSY_OFF of a core it says ``-`` and the
+    relaying server keeps its connections; under BUSY_ON, ``+`` again. A writer holding
+    ROOM of its connection limit has no room either, however idle."""
+    async with _pair(tmp_path) as (writer, relaying, adopted):
+        assert writer.has_room(0.79) and not writer.has_room(0.81)
+        writer.say(False)
+        await _until(lambda: not relaying._taken, "the relaying server did not hear '-'")
+        assert not writer.has_room(0.7) and writer.has_room(0.59)  # hysteresis
+        with _tcp() as (accepted, _client):
+            assert relaying.offer(_Transport(accepted), LEASE) is False
+            writer.say(True)
+            await _until(lambda: relaying._taken, "the relaying server did not hear '+'")
+            assert relaying.offer(_Transport(accepted), LEASE) is True
+        await _until(lambda: adopted, "the writer adopted nothing")
+        held = [89]
+        writer.attach(lambda s, f: None, lambda: held[0], 100, {})
+        assert writer.has_room(0.0)
+        held[0] = 90
+        assert not writer.has_room(0.0)
+
+
+async def test_the_writer_samples_its_cpu(tmp_path: Path) -> None:
+    """Measured, not assumed: a writer whose CPU clock runs as fast as the wall clock says
+    ``-``, and ``+`` once it stops."""
+    async with _pair(tmp_path) as (writer, relaying, _adopted):
+        writer.sample_s = 0.02
+        started = time.monotonic()
+        busy = [True]
+        writer.cpu = lambda: time.monotonic() - started if busy[0] else 0.0
+        writer.stop_listening()
+        relaying.disconnect()
+        await writer.listen()
+        await relaying.connect()
+        await _until(lambda: not relaying._taken, "a busy writer still took connections")
+        busy[0] = False
+        writer.cpu = lambda: 0.0
+        await _until(lambda: relaying._taken, "an idle writer took none")
+
+
+async def test_a_writer_that_stops_listening_is_handed_nothing(tmp_path: Path) -> None:
+    async with _pair(tmp_path) as (writer, relaying, _adopted):
+        assert relaying.linked() and relaying._taken
+        writer.stop_listening()
+        await _until(lambda: not relaying.linked(), "the relaying server did not see it go")
+        with _tcp() as (accepted, _client):
+            assert relaying.offer(_Transport(accepted), LEASE) is False
+        assert not (tmp_path / SOCKET).exists()
+
+
+# -- real servers ----------------------------------------------------------------------
+
+
+async def _handed(c: httpx.AsyncClient, url: str) -> float:
+    return await _metric(c, url, 'writ_relay_connections_total{how="handed"}')
+
+
+async def test_a_relaying_servers_connections_are_served_by_the_writer(
+    pg_backend: Backend, tmp_path: Path
+) -> None:
+    """Through the relaying server's port: grants and refusals as ever, a request whose
+    first bytes come in pieces served whole, the writer doing every write; ``/metrics``
+    asked first stays with the server asked; the ledger verifies."""
+    relay = tmp_path / "relay"
+    async with writ_servers(pg_backend.url, 2, tmp_path, relay=relay, log_level="info") as urls:
+        w, (f,) = await _roles(tmp_path, 2)
+        assert "hands its connections to the writer" in _log(tmp_path, f)
+        (a, b) = await add_principals(urls[w], "agent", ["agent-a", "agent-b"])
+        async with httpx.AsyncClient(timeout=10) as c:  # /metrics first: each server's own
+            before = await _handed(c, urls[f])
+            commits = await _metric(c, urls[f], COMMITS)
+        async with httpx.AsyncClient(timeout=10) as c:
+            lease = f"{urls[f]}/v1/leases"
+            r = await c.post(lease, json=_acquire("db/h"), headers=_bearer(a))
+            assert r.status_code == 201, r.text
+            r = await c.post(lease, json=_acquire("db/h"), headers=_bearer(b))
+            assert r.status_code == 409 and r.json()["error"]["holder"]["holder"] == "agent-a"
+        # a request in pieces: the relaying server reads up to its target, then hands over
+        port = int(urls[f].rsplit(":", 1)[1])
+        body = b'{"resource":"db/pieces","intent":"t","ttl_s":30}'
+        head = (
+            b"POST /v1/lea",
+            b"ses HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + a.encode() + b"\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body,
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head[0])
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(head[1])
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 201"), status
+        async with httpx.AsyncClient(timeout=10) as c:
+            assert await _handed(c, urls[f]) == before + 2
+            adopted = 'writ_relay_connections_total{how="adopted"}'
+            assert await _metric(c, urls[w], adopted) == before + 2
+            assert await _metric(c, urls[f], 'writ_relay_role{role="relaying"}') == 1
+            assert await _metric(c, urls[f], 'writ_relay_calls_total{outcome="relayed"}') == 0
+            assert await _metric(c, urls[f], COMMITS) == commits  # the writer wrote
+        assert (await verify(urls[f]))["ok"] is True
+
+
+async def test_workers_answer_a_waiting_request_503_when_they_stop(
+    pg_backend: Backend, tmp_path: Path
+) -> None:
+    """``writ serve --workers 2`` serves each worker with writ's own server: on SIGTERM a
+    queued acquire, whichever worker holds its connection, is answered 503 at once (not
+    cut off at the shutdown bound) and leaves the queue with a row of its own."""
+    deadline = time.monotonic() + 30
+    more = ("--shutdown-timeout", "60")
+    async with writ_workers(pg_backend.url, 2, tmp_path / "serve.log", *more) as (base, proc):
+        a, b = await add_principals(base, "agent", ["agent-a", "agent-b"])
+        async with httpx.AsyncClient(base_url=base, timeout=60) as c:
+            r = await c.post("/v1/leases", json=_acquire("db/w"), headers=_bearer(a))
+            assert r.status_code == 201, r.text
+            waiting = asyncio.ensure_future(
+                c.post("/v1/leases", json=_acquire("db/w", wait_s=50), headers=_bearer(b))
+            )
+            async with httpx.AsyncClient(base_url=base, timeout=10) as q:
+                while not (await q.get("/v1/resources/db/w", headers=ADMIN)).json().get("queue"):
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+            started = time.monotonic()
+            proc.terminate()
+            r = await asyncio.wait_for(waiting, 30)
+            assert r.status_code == 503, r.text
+            assert time.monotonic() - started < 20  # drained, not cut off at the 60 s bound
+        await asyncio.wait_for(proc.wait(), 60)
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

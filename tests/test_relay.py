@@ -1,5 +1,6 @@
 """The write relay (writ.api.relay): servers on one host elect a writer and the others
-relay lease writes to it. Real ``writ serve`` processes on a real PostgreSQL database; the
+relay lease writes to it. Real ``writ serve`` processes on a real PostgreSQL database, with
+``--no-handoff`` (each keeps its connections: the hand-off is tests/test_handoff.py); the
 history checker over relayed load is in tests/test_multiserver.py (``relayed``)."""
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from tests.server_fixtures import (
 )
 from tests.stores_fixtures import Backend
 from tests.test_relay import _acquire, _log, _metric, _roles
-from writ.api.handoff import SOCKET, Handoff, away
+from writ.api.handoff import MAX_FIRST, SOCKET, Handoff, away
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 COMMITS = "writ_store_commit_seconds_count"
@@ -123,11 +123,15 @@ async def test_a_handed_connection_is_the_writers_with_what_was_read(tmp_path: P
         assert relaying.counts["handed"] == writer.counts["adopted"] == 1
 
 
-async def test_an_ops_route_or_an_unready_request_is_kept(tmp_path: Path) -> None:
+async def test_an_ops_route_an_unready_or_a_large_request_is_kept(tmp_path: Path) -> None:
+    """A first read larger than a hand-off carries (a body sent with its head) is served
+    where it was read: nothing of it is lost."""
     async with _pair(tmp_path) as (_writer, relaying, adopted):
         with _tcp() as (accepted, _client):
             assert relaying.offer(_Transport(accepted), b"GET /metrics HTTP/1.1\r\n") is False
             assert relaying.offer(_Transport(accepted), b"POST /v1/lea") is None
+            large = LEASE + b"x" * MAX_FIRST
+            assert relaying.offer(_Transport(accepted), large) is False
         await asyncio.sleep(0.05)
         assert not adopted and relaying.counts["handed"] == 0
 

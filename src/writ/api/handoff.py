@@ -57,7 +57,7 @@ __all__ = ["BUSY_OFF", "BUSY_ON", "OPS", "ROOM", "SOCKET", "Handoff", "away", "d
 
 SOCKET = "handoff.sock"
 OPS = frozenset({b"/livez", b"/readyz", b"/metrics"})  # answered by the server asked
-MAX_FIRST = 4096  # bytes a relaying server reads of a connection before placing it at most
+MAX_FIRST = 64 << 10  # of a connection's first bytes, what a hand-off carries at most
 BUSY_OFF = 0.8  # of a core, over the last SAMPLE_S: the writer takes no more connections
 BUSY_ON = 0.6  # and takes them again under this
 ROOM = 0.9  # of the writer's connection limit it fills with handed connections at most
@@ -312,7 +312,9 @@ class Handoff:
         sock = self._out
         if sock is None or not self._taken:
             return False
-        placed = away(first[:MAX_FIRST]) if len(first) < MAX_FIRST else True
+        if len(first) > MAX_FIRST:  # more than a hand-off carries: served here
+            return False
+        placed = away(first)
         if not placed:
             return placed
         conn = transport.get_extra_info("socket")

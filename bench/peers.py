@@ -732,15 +732,20 @@ class WritCluster(Writ):
     """Several ``writ serve`` processes on one PostgreSQL database, client ``i`` talking to
     server ``i % servers``: what scaling out buys, and what it costs in agreement."""
 
-    def __init__(self, servers: int = 2, sharded: bool = False, relay: bool = True) -> None:
+    def __init__(
+        self, servers: int = 2, sharded: bool = False, relay: bool = True, handoff: bool = True
+    ) -> None:
         super().__init__("postgres")
         self.servers = servers
         self.sharded = sharded
         self.relay = relay and not sharded
+        self.handoff = handoff and self.relay
         self.name = (
             f"writ-postgres-{servers}shards"
             if sharded
-            else f"writ-postgres-x{servers}" + ("" if relay else "-direct")
+            else f"writ-postgres-x{servers}"
+            + ("" if not relay else "" if handoff else "-relayed")
+            + ("" if relay else "-direct")
         )
         self.description = (
             f"writ HTTP, {servers} servers on one PostgreSQL, each its own store (schema): "
@@ -748,7 +753,10 @@ class WritCluster(Writ):
             if sharded
             else f"writ HTTP, {servers} servers on one PostgreSQL database, "
             + (
-                "relaying lease writes to one writer (--relay, the default with --workers)"
+                "the others handing their connections to one writer (--relay, the default "
+                "with --workers)"
+                if self.handoff
+                else "relaying lease writes to one writer (--relay --no-handoff)"
                 if relay
                 else "each writing itself (--relay off)"
             )
@@ -783,7 +791,8 @@ class WritCluster(Writ):
             return []
         where = tmp / "relay"
         where.mkdir(mode=0o700, exist_ok=True)
-        return [f"relay={where}"]
+        # writ.server.run's keyword arguments arrive as text: an empty one is false
+        return [f"relay={where}"] + ([] if self.handoff else ["handoff="])
 
     def server_pids(self) -> list[int]:
         return super().server_pids() + [p.pid for p, _ in self.others]
@@ -845,6 +854,7 @@ def make(name: str) -> Peer:
         "writ-sqlite": lambda: Writ("sqlite"),
         "writ-postgres": lambda: Writ("postgres"),
         "writ-postgres-x2": lambda: WritCluster(2),
+        "writ-postgres-x2-relayed": lambda: WritCluster(2, handoff=False),
         "writ-postgres-x2-direct": lambda: WritCluster(2, relay=False),
         "writ-postgres-2shards": lambda: WritCluster(2, sharded=True),
         "etcd": Etcd,
@@ -857,6 +867,7 @@ ALL = [
     "writ-sqlite",
     "writ-postgres",
     "writ-postgres-x2",
+    "writ-postgres-x2-relayed",
     "writ-postgres-x2-direct",
     "writ-postgres-2shards",
     "etcd",

@@ -115,19 +115,20 @@ class Load:
     got_at: dict[int, tuple[float, int]] = field(default_factory=dict)  # token -> (t, srv)
     statuses: dict[int, int] = field(default_factory=dict)
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (t, status) of acquires
+    until: float = 0.0  # when the agents stop (time.monotonic); an outage test extends it
 
 
 async def contend(urls: list[str], tokens: list[str], seconds: float, load: Load) -> None:
     """Each agent, on its home server, acquires (waiting), holds a moment, and releases
     through a random server; until ``seconds`` have passed."""
     clients = [httpx.AsyncClient(base_url=u, timeout=30) for u in urls]
-    stop = time.monotonic() + seconds
+    load.until = time.monotonic() + seconds
     rnd = random.Random(6)
 
     async def agent(i: int, token: str) -> None:
         auth = {"Authorization": f"Bearer {token}"}
         home = i % len(clients)
-        while time.monotonic() < stop:
+        while time.monotonic() < load.until:
             try:
                 r = await clients[home].post(
                     "/v1/leases",
@@ -157,7 +158,8 @@ async def contend(urls: list[str], tokens: list[str], seconds: float, load: Load
             load.got_at[tok] = (now, home)
             await asyncio.sleep(0.002)  # the critical section
             srv = rnd.randrange(len(clients))
-            for _attempt in range(50):
+            give_up = time.monotonic() + 15  # past the ttl: then 410
+            while time.monotonic() < give_up:
                 load.release_sent[tok] = (time.perf_counter(), srv)
                 try:
                     rr = await clients[srv].post(
@@ -359,6 +361,8 @@ async def _outage_under_load(
         await asyncio.sleep(0.02)
     t_cut = time.perf_counter()
     restored = await disrupt()
+    # however long the outage took, the agents go on a while after it
+    load.until = max(load.until, time.monotonic() + 4.0)
     await work
     after = [t for t, s in load.timeline if s == 201 and t > restored]
     assert after, f"no grant after the outage: {load.statuses}\n{await db_state(backend)}"

@@ -269,6 +269,81 @@ async def test_a_writer_that_stops_listening_is_handed_nothing(tmp_path: Path) -
         assert not (tmp_path / SOCKET).exists()
 
 
+async def test_a_writer_that_stops_listening_serves_what_it_was_handed_already(
+    tmp_path: Path,
+) -> None:
+    """A connection handed over but not yet read when the writer stops listening (its
+    graceful shutdown begins) is served, not closed unanswered with the hand-off socket;
+    one offered after that is kept by the relaying server."""
+    async with _pair(tmp_path) as (writer, relaying, adopted):
+        with _tcp() as (accepted, _client):
+            assert relaying.offer(_Transport(accepted), LEASE) is True
+        writer.stop_listening()  # before the writer's loop read the hand-off
+        assert [first for _, first in adopted] == [LEASE]
+        with _tcp() as (accepted, _client):
+            assert relaying.offer(_Transport(accepted), LEASE) is False
+        assert writer.counts["adopted"] == 1
+
+
+class _App:
+    """An app ``writ serve`` would run, as DrainingServer reads it: its draining event and
+    its relay's hand-off; it answers 200 to anything."""
+
+    def __init__(self, handoff: Handoff) -> None:
+        self.draining = asyncio.Event()
+        self.relay = type("Relay", (), {"handoff": handoff})()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_a_connection_handed_as_the_writer_shuts_down_is_answered_and_closed(
+    tmp_path: Path,
+) -> None:
+    """Handed (unread) as the writer's graceful shutdown begins, a keep-alive connection is
+    one of those uvicorn shuts down: answered and closed, so the drain does not wait on it (it did, until its keep-alive timeout or the shutdown bound,
+    when it was adopted after uvicorn had shut its connections down)."""
+    import uvicorn
+
+    from writ.api.lifecycle import DrainingServer
+    from writ.net.limits import Limits
+
+    writer = Handoff(str(tmp_path), "writ test", {})
+    config = uvicorn.Config(
+        _App(writer),
+        port=0,
+        lifespan="off",
+        log_config=None,
+        timeout_graceful_shutdown=20,
+        **Limits(keepalive_timeout=30.0).uvicorn_options(),
+    )
+    config.load()
+    server = DrainingServer(config)
+    server.lifespan = config.lifespan_class(config)
+    await server.startup()
+    relaying = Handoff(str(tmp_path), "writ test", {})
+    relaying.attach(lambda s, first: None, lambda: 0, 100, {})
+    relaying.digest = writer.digest  # the same listener's
+    await writer.listen()
+    await relaying.connect()
+    try:
+        with _tcp() as (accepted, client):
+            request = b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n"
+            assert relaying.offer(_Transport(accepted), request) is True
+            accepted.close()
+            started = time.monotonic()
+            await asyncio.wait_for(server.shutdown(), 25)
+            took = time.monotonic() - started
+            assert took < 5, f"the drain waited {took:.1f}s on a handed connection"
+            client.settimeout(5)
+            answer = b"".join(iter(lambda: client.recv(4096), b""))  # to its close
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+    finally:
+        relaying.disconnect()
+        writer.stop_listening()
+
+
 # -- real servers ----------------------------------------------------------------------
 
 

@@ -33,7 +33,8 @@ What the writer is sent must be one connected TCP socket; anything else is close
 (``refused``) and ends that server's hand-off socket. A writer that goes away takes the
 connections it was handed with it, as a lone server that dies does; their clients connect
 again, to a server that is the writer by then, or writes itself. A writer that begins its
-graceful shutdown takes no more (the relaying servers keep theirs).
+graceful shutdown takes no more (the relaying servers keep theirs) and serves, as it drains,
+those handed to it already.
 """
 
 from __future__ import annotations
@@ -165,7 +166,9 @@ class Handoff:
         self._sampler = asyncio.ensure_future(self._sample())
 
     def stop_listening(self) -> None:
-        """No more connections: this server is no longer the writer, or is going."""
+        """No more connections: this server is no longer the writer, or is going. Those
+        already sent are served (:meth:`_Peer.drain`): closing a hand-off socket with them
+        unread would close their clients' connections unanswered."""
         sock, self._listening = self._listening, None
         if sock is not None:
             asyncio.get_running_loop().remove_reader(sock.fileno())
@@ -176,7 +179,7 @@ class Handoff:
             self._sampler.cancel()
             self._sampler = None
         for peer in list(self._peers.values()):
-            peer.close()
+            peer.drain()
 
     def _accept(self) -> None:
         if self._listening is None:
@@ -340,18 +343,19 @@ class _Peer:
         self.fileno = conn.fileno()
         self.greeted = False
 
-    def readable(self) -> None:
+    def readable(self) -> bool:
+        """Take the relaying server's next message; False if there was none to read."""
         try:
             data, fds, flags, _addr = socket.recv_fds(self.conn, MAX_FIRST + 64, 2)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             data, fds, flags = b"", [], 0
         whole = not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
         if self.greeted and data and whole and len(fds) == 1 and data[:1] == b"c":
             if not self.handoff.adopt(fds[0], data[1:]):
                 self.close()  # not what a writ server sends: it is heard no more
-            return
+            return True
         for fd in fds:  # nothing else a writ server sends carries a descriptor
             os.close(fd)
         if not data:  # the relaying server went
@@ -365,6 +369,17 @@ class _Peer:
             else:
                 self.send(b"x")
             self.close()
+        return True
+
+    def drain(self) -> None:
+        """Close, serving first what the relaying server sent: once this end reads no more
+        (``SHUT_RD``) its next hand-off fails (it serves that connection itself), and what
+        it sent before is read to the end of the queue."""
+        with contextlib.suppress(OSError):
+            self.conn.shutdown(socket.SHUT_RD)
+        while self.handoff._peers.get(self.fileno) is self and self.readable():
+            pass
+        self.close()
 
     def send(self, said: bytes) -> None:
         with contextlib.suppress(OSError):

@@ -21,6 +21,7 @@ import gc
 import logging
 import os
 import socket
+from typing import Any
 
 import uvicorn
 
@@ -61,6 +62,7 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.draining = draining
         self._adopting: set[asyncio.Task[None]] = set()
+        self._handoff: Any = None  # the relay's hand-off, once lent the listener
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         app = self.config.loaded_app
@@ -81,6 +83,7 @@ class DrainingServer(uvicorn.Server):
                 {"limits": repr(limits), "keep_alive": self.config.timeout_keep_alive},
             )
             protocol.OFFER = handoff.offer  # type: ignore[attr-defined]
+            self._handoff = handoff
         await super().startup(sockets)
 
     def _adopt(self, sock: socket.socket, first: bytes) -> None:
@@ -103,6 +106,14 @@ class DrainingServer(uvicorn.Server):
         )
         if self.draining is not None:
             self.draining.set()
+        # No more handed connections, and those handed already are connections before
+        # uvicorn shuts each down: one adopted after that would be kept alive past its
+        # answer (the drain waiting on it), one left unread on the hand-off socket closed
+        # unanswered.
+        if self._handoff is not None:
+            self._handoff.stop_listening()
+        if self._adopting:
+            await asyncio.wait(list(self._adopting), timeout=1.0)
         await super().shutdown(sockets)
 
 

@@ -241,6 +241,29 @@ async def test_a_busy_writer_says_so_and_is_handed_nothing_until_it_has_room(
         assert not writer.has_room(0.0)
 
 
+async def test_a_writer_that_fills_its_room_says_so_at_once(tmp_path: Path) -> None:
+    """The connection that fills ROOM of the writer's limit makes it say ``-`` as it is
+    adopted, not at the next CPU sample: a second of hand-offs at the rate connections
+    open would overfill the writer's listener, which then closes its own idle ones (or
+    answers 503) to make room for them while the relaying servers have room."""
+    async with _pair(tmp_path) as (writer, relaying, adopted):
+        assert writer._sampler is not None
+        writer._sampler.cancel()  # no CPU sample in this test
+        held = [89]
+
+        def adopt(sock: socket.socket, first: bytes) -> None:
+            adopted.append((sock, first))
+            held[0] += 1
+
+        writer.attach(adopt, lambda: held[0], 100, {})
+        with _tcp() as (accepted, _client):
+            assert relaying.offer(_Transport(accepted), LEASE) is True
+        await _until(lambda: not relaying._taken, "the writer did not say '-' when full")
+        assert held[0] == 90 and len(adopted) == 1
+        with _tcp() as (accepted, _client):
+            assert relaying.offer(_Transport(accepted), LEASE) is False
+
+
 async def test_the_writer_samples_its_cpu(tmp_path: Path) -> None:
     """Measured, not assumed: a writer whose CPU clock runs as fast as the wall clock says
     ``-``, and ``+`` once it stops."""

@@ -247,6 +247,8 @@ class Handoff:
         sock.setblocking(False)
         self.counts["adopted"] += 1
         self._adopt(sock, first)
+        if self._open and not self.has_room(0.0):  # full now: said at once, not at the next
+            self.say(False)  # sample (a second of hand-offs would overfill its listener)
         return True
 
     # -- a relaying server ------------------------------------------------------------

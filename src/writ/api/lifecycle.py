@@ -78,7 +78,7 @@ class DrainingServer(uvicorn.Server):
         if handoff is not None and limits is not None:
             handoff.attach(
                 self._adopt,
-                lambda: len(self.server_state.connections),
+                lambda: len(self.server_state.connections) + len(self._adopting),
                 limits.max_connections,
                 {"limits": repr(limits), "keep_alive": self.config.timeout_keep_alive},
             )

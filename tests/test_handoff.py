@@ -73,9 +73,9 @@ async def _pair(
     what the writer adopted (each socket and the bytes read from it before)."""
     adopted: list[tuple[socket.socket, bytes]] = []
     writer = Handoff(str(tmp_path), "writ test", writer_settings or {"a": 1})
-    writer.attach(lambda s, first: adopted.append((s, first)), lambda: 0, 100, {})
+    writer.attach(lambda s, first, late: adopted.append((s, first)), lambda: 0, 100, {})
     relaying = Handoff(str(tmp_path), "writ test", {"a": 1})
-    relaying.attach(lambda s, first: None, lambda: 0, 100, {})
+    relaying.attach(lambda s, first, late: None, lambda: 0, 100, {})
     await writer.listen()
     try:
         await relaying.connect()
@@ -235,7 +235,7 @@ async def test_a_busy_writer_says_so_and_is_handed_nothing_until_it_has_room(
             assert relaying.offer(_Transport(accepted), LEASE) is True
         await _until(lambda: adopted, "the writer adopted nothing")
         held = [89]
-        writer.attach(lambda s, f: None, lambda: held[0], 100, {})
+        writer.attach(lambda s, f, late: None, lambda: held[0], 100, {})
         assert writer.has_room(0.0)
         held[0] = 90
         assert not writer.has_room(0.0)
@@ -251,7 +251,7 @@ async def test_a_writer_that_fills_its_room_says_so_at_once(tmp_path: Path) -> N
         writer._sampler.cancel()  # no CPU sample in this test
         held = [89]
 
-        def adopt(sock: socket.socket, first: bytes) -> None:
+        def adopt(sock: socket.socket, first: bytes, late: float) -> None:
             adopted.append((sock, first))
             held[0] += 1
 
@@ -346,7 +346,7 @@ async def test_a_connection_handed_as_the_writer_shuts_down_is_answered_and_clos
     server.lifespan = config.lifespan_class(config)
     await server.startup()
     relaying = Handoff(str(tmp_path), "writ test", {})
-    relaying.attach(lambda s, first: None, lambda: 0, 100, {})
+    relaying.attach(lambda s, first, late: None, lambda: 0, 100, {})
     relaying.digest = writer.digest  # the same listener's
     await writer.listen()
     await relaying.connect()
@@ -365,6 +365,51 @@ async def test_a_connection_handed_as_the_writer_shuts_down_is_answered_and_clos
     finally:
         relaying.disconnect()
         writer.stop_listening()
+
+
+async def test_a_handed_connection_keeps_what_is_left_of_its_heads_deadline(
+    tmp_path: Path,
+) -> None:
+    """The time a connection spent on the relaying server before it was handed is gone
+    from its head's deadline on the writer (before, the writer gave it the whole deadline
+    again: a client sending its head slowly had up to twice --header-timeout)."""
+    import uvicorn
+
+    from writ.api.lifecycle import DrainingServer
+    from writ.net.limits import Limits
+
+    async with _pair(tmp_path) as (writer, relaying, _adopted):
+        got: list[tuple[socket.socket, float]] = []
+        writer.attach(lambda s, first, late: got.append((s, late)), lambda: 0, 100, {})
+        with _tcp() as (accepted, _client):
+            assert relaying.offer(_Transport(accepted), LEASE, 1.25) is True
+        await _until(lambda: got, "the writer adopted nothing")
+        ((sock, late),) = got
+        sock.close()
+        assert late == 1.25
+    config = uvicorn.Config(
+        _App(Handoff(str(tmp_path), "writ test", {})),
+        port=0,
+        lifespan="off",
+        log_config=None,
+        **Limits(header_timeout=2.0).uvicorn_options(),
+    )
+    config.load()
+    server = DrainingServer(config)
+    server.lifespan = config.lifespan_class(config)
+    await server.startup()
+    try:
+        with _tcp() as (accepted, client):
+            started = time.monotonic()
+            server._adopt(socket.socket(fileno=os.dup(accepted.fileno())), b"GET /x", 1.5)
+            client.setblocking(False)
+            loop = asyncio.get_running_loop()
+            answer = await asyncio.wait_for(loop.sock_recv(client, 64), 5)
+            took = time.monotonic() - started
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert took < 1.5, f"the head's deadline ran {took:.2f}s more on the writer"
+    finally:
+        await server.shutdown()
 
 
 # -- real servers ----------------------------------------------------------------------

@@ -18,7 +18,8 @@ On ``DIR/handoff.sock`` (``SOCK_SEQPACKET``: one message at a time; each end che
 the other runs as this user) the relaying server first says its :func:`digest` — the relay's
 identity and every setting that shapes an answer, so a writer configured otherwise is never
 handed a connection — and the writer answers ``+`` (hand me connections), ``-`` (not now)
-or ``x`` (other settings; it closes). Then each connection is one message, ``c`` and the
+or ``x`` (other settings; it closes). Then each connection is one message, ``c``, the
+seconds it has been open (a double: what its head's deadline has left runs on) and the
 bytes read from it, with its descriptor; the writer says ``+`` or ``-`` again whenever its
 room changes.
 
@@ -46,6 +47,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -67,6 +69,7 @@ HELLO_WAIT_S = 2.0
 MAX_SERVERS = 256  # relaying servers connected at once (as --workers: at most 256)
 _FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _TARGET = 64  # of a target, what is read to tell an ops route from the rest
+_LATE = struct.Struct("!d")  # after "c": the seconds the connection was open before
 
 
 def digest(identity: str, settings: Mapping[str, Any]) -> str:
@@ -114,7 +117,7 @@ class Handoff:
         self.busy_off, self.busy_on, self.room = BUSY_OFF, BUSY_ON, ROOM
         self.sample_s = SAMPLE_S
         self.cpu: Callable[[], float] = time.process_time
-        self._adopt: Callable[[socket.socket, bytes], None] | None = None
+        self._adopt: Callable[[socket.socket, bytes, float], None] | None = None
         self._connections: Callable[[], int] = lambda: 0
         self._max_connections = 0
         # the writer's side
@@ -129,13 +132,13 @@ class Handoff:
 
     def attach(
         self,
-        adopt: Callable[[socket.socket, bytes], None],
+        adopt: Callable[[socket.socket, bytes, float], None],
         connections: Callable[[], int],
         max_connections: int,
         listener: Mapping[str, Any],
     ) -> None:
         """How this process's HTTP server serves a socket handed to it with the bytes
-        already read from it (``adopt``), how many connections it holds (``connections``)
+        already read from it and the seconds it was connected there (``adopt``), how many connections it holds (``connections``)
         of at most ``max_connections``, and its ``listener``'s settings (in the
         :func:`digest`)."""
         self._adopt, self._connections = adopt, connections
@@ -224,10 +227,10 @@ class Handoff:
             if peer.greeted:
                 peer.send(b"+" if room else b"-")
 
-    def adopt(self, fd: int, first: bytes) -> bool:
+    def adopt(self, fd: int, first: bytes, late: float = 0.0) -> bool:
         """Serve the connection ``fd`` a relaying server handed over, as if ``first`` had
-        just been read from it; False (and ``fd`` closed) if it is not a connected TCP
-        socket."""
+        just been read from it, ``late`` seconds after it connected (its head's deadline
+        runs from then); False (and ``fd`` closed) if it is not a connected TCP socket."""
         try:
             sock = socket.socket(fileno=fd)
         except OSError:
@@ -246,7 +249,7 @@ class Handoff:
             return False
         sock.setblocking(False)
         self.counts["adopted"] += 1
-        self._adopt(sock, first)
+        self._adopt(sock, first, late)
         if self._open and not self.has_room(0.0):  # full now: said at once, not at the next
             self.say(False)  # sample (a second of hand-offs would overfill its listener)
         return True
@@ -310,8 +313,9 @@ class Handoff:
             asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
 
-    def offer(self, transport: Any, first: bytes) -> bool | None:
-        """Place a connection of which ``first`` was read and nothing answered: True once
+    def offer(self, transport: Any, first: bytes, late: float = 0.0) -> bool | None:
+        """Place a connection of which ``first`` was read and nothing answered, ``late``
+        seconds after it connected (what the writer takes off its head's deadline): True once
         it is the writer's (this server then closes its own copy of the descriptor; the
         connection stays open), False to serve it here, None to read more first."""
         sock = self._out
@@ -326,7 +330,7 @@ class Handoff:
         if conn is None:
             return False
         try:
-            socket.send_fds(sock, [b"c", first], [conn.fileno()])
+            socket.send_fds(sock, [b"c", _LATE.pack(late), first], [conn.fileno()])
         except (BlockingIOError, InterruptedError):
             return False  # the writer is not reading: serve it here
         except OSError:
@@ -354,8 +358,11 @@ class _Peer:
         except OSError:
             data, fds, flags = b"", [], 0
         whole = not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
-        if self.greeted and data and whole and len(fds) == 1 and data[:1] == b"c":
-            if not self.handoff.adopt(fds[0], data[1:]):
+        ok = self.greeted and whole and len(fds) == 1 and len(data) > _LATE.size
+        if ok and data[:1] == b"c":
+            (late,) = _LATE.unpack_from(data, 1)
+            late = late if 0.0 <= late < 3600.0 else 0.0  # (not a number: none)
+            if not self.handoff.adopt(fds[0], data[1 + _LATE.size :], late):
                 self.close()  # not what a writ server sends: it is heard no more
             return True
         for fd in fds:  # nothing else a writ server sends carries a descriptor

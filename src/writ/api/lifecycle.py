@@ -86,15 +86,16 @@ class DrainingServer(uvicorn.Server):
             self._handoff = handoff
         await super().startup(sockets)
 
-    def _adopt(self, sock: socket.socket, first: bytes) -> None:
-        """Serve ``sock``, a connection another server accepted and handed over having read
-        ``first`` from it, as one this server accepted: its protocol, limits and graceful
-        shutdown."""
+    def _adopt(self, sock: socket.socket, first: bytes, late: float = 0.0) -> None:
+        """Serve ``sock``, a connection another server accepted ``late`` seconds ago and
+        handed over having read ``first`` from it, as one this server accepted: its
+        protocol, limits (its head's deadline running from then) and graceful shutdown."""
         config = self.config
         made = config.http_protocol_class(  # type: ignore[call-arg]
             config=config, server_state=self.server_state, app_state=self.lifespan.state
         )
         made._adopted, made._read_there = True, first  # type: ignore[attr-defined]
+        made._late = late  # type: ignore[attr-defined]
         task = asyncio.get_running_loop().create_task(_serve(sock, made))
         self._adopting.add(task)
         task.add_done_callback(self._adopting.discard)

@@ -49,6 +49,7 @@ import logging
 import resource
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from http import HTTPStatus
@@ -526,13 +527,16 @@ class _Deadlines:
 class _Placed:
     """A connection placed by its first request: served here, or by another process (the
     write relay's hand-off, :mod:`writ.api.handoff`) when the server running the listener
-    sets ``OFFER`` on its protocol class: given the transport and the first bytes, True once
-    another process serves it, False to serve it here, None to read more first."""
+    sets ``OFFER`` on its protocol class: given the transport, the first bytes and the
+    seconds since it connected, True once another process serves it, False to serve it
+    here, None to read more first."""
 
-    OFFER: ClassVar[Callable[[Any, bytes], bool | None] | None] = None
+    OFFER: ClassVar[Callable[[Any, bytes, float], bool | None] | None] = None
     _first: bytes | None = None  # what a connection not yet placed sent so far
+    _since = 0.0  # when it connected (time.monotonic)
     _adopted = False  # handed over by another process: never placed again
     _read_there = b""  # and what that process read of it
+    _late = 0.0  # and how long it had been connected there: gone from its head's deadline
     transport: Any
     data_received: Callable[[bytes], None]  # the protocol's
 
@@ -544,7 +548,7 @@ class _Placed:
             if first:
                 self.data_received(first)
         elif type(self).OFFER is not None:
-            self._first = b""
+            self._first, self._since = b"", time.monotonic()
 
     def _placed(self, data: bytes) -> bytes:
         """What to serve here of the connection's first bytes so far, with ``data``;
@@ -552,7 +556,8 @@ class _Placed:
         then lets its descriptor go)."""
         data = (self._first or b"") + data
         offer = type(self).OFFER
-        placed = offer(self.transport, data) if offer is not None else False
+        late = time.monotonic() - self._since
+        placed = offer(self.transport, data, late) if offer is not None else False
         if placed is None:
             self._first = data
             return b""
@@ -604,7 +609,7 @@ def guarded_protocol(limits: Limits) -> type[Any]:
                 return
             super().connection_made(transport)
             idle[self] = None
-            self._arm(limits.header_timeout, answers.head_slow)
+            self._arm(max(limits.header_timeout - self._late, 0.0), answers.head_slow)
             self._place()
 
         def connection_lost(self, exc: Exception | None) -> None:

@@ -215,6 +215,7 @@ async def test_a_descriptor_before_the_hello_is_closed(tmp_path: Path) -> None:
             client.setblocking(False)
             assert await _heard(client) == b""  # the writer kept no copy: it closed
         assert not adopted
+        assert writer.counts["refused"] == 1  # as docs/security.md says
 
 
 async def test_a_busy_writer_says_so_and_is_handed_nothing_until_it_has_room(

@@ -373,9 +373,9 @@ class _Peer:
             self.greeted = True
             self.send(b"+" if self.handoff._open else b"-")
         else:
-            if self.greeted:
+            if self.greeted or fds:  # a descriptor (or a message) no writ server sends
                 self.handoff.counts["refused"] += 1
-            else:
+            if not self.greeted:
                 self.send(b"x")
             self.close()
         return True

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -201,6 +202,25 @@ async def test_the_writer_serves_only_one_connected_tcp_socket(tmp_path: Path, w
         assert not adopted
         assert writer.counts["refused"] == 1
         assert len(writer._peers) == 1  # the relaying server's own, still heard
+
+
+async def test_a_connection_its_client_reset_does_not_end_the_hand_off(tmp_path: Path) -> None:
+    """A client that resets its connection once handed (before the writer reads it) costs
+    nothing else: its descriptor is closed, and the hand-off socket, with the connections
+    queued behind it, stays (before, the writer took it for a relaying server's fault and
+    closed the link: the connection queued behind it was closed unanswered)."""
+    async with _pair(tmp_path) as (writer, relaying, adopted):
+        with _tcp() as (gone, gone_client), _tcp() as (accepted, client):
+            assert relaying.offer(_Transport(gone), LEASE) is True
+            gone_client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            gone_client.close()  # a reset
+            assert relaying.offer(_Transport(accepted), LEASE) is True
+            gone.close()
+            accepted.close()
+            await _until(lambda: adopted, "the connection behind the reset one was lost")
+            ((sock, first),) = adopted
+            assert sock.getpeername() == client.getsockname() and first == LEASE
+        assert relaying.linked() and relaying._taken and writer.counts["refused"] == 0
 
 
 async def test_a_descriptor_before_the_hello_is_closed(tmp_path: Path) -> None:

@@ -30,8 +30,9 @@ relaying server keeps is served as before: its lease writes relayed, the rest an
 there. So on a host with cores to spare the relaying servers share the HTTP work once the
 writer is busy, and on a host without, the host's servers cost what one does.
 
-What the writer is sent must be one connected TCP socket; anything else is closed, counted
-(``refused``) and ends that server's hand-off socket. A writer that goes away takes the
+What the writer is sent must be one TCP socket; anything else is closed, counted
+(``refused``) and ends that server's hand-off socket (one whose client reset it meanwhile is
+only closed). A writer that goes away takes the
 connections it was handed with it, as a lone server that dies does; their clients connect
 again, to a server that is the writer by then, or writes itself. A writer that begins its
 graceful shutdown takes no more (the relaying servers keep theirs) and serves, as it drains,
@@ -230,7 +231,10 @@ class Handoff:
     def adopt(self, fd: int, first: bytes, late: float = 0.0) -> bool:
         """Serve the connection ``fd`` a relaying server handed over, as if ``first`` had
         just been read from it, ``late`` seconds after it connected (its head's deadline
-        runs from then); False (and ``fd`` closed) if it is not a connected TCP socket."""
+        runs from then); False (and ``fd`` closed) if it is not a TCP connection. One whose
+        client is gone already (it reset it after the hand-off) is closed, and True: that
+        is no fault of the relaying server's, whose hand-off socket (and the connections
+        queued on it) must not end for it."""
         try:
             sock = socket.socket(fileno=fd)
         except OSError:
@@ -239,14 +243,18 @@ class Handoff:
             return False
         try:
             ok = sock.type == socket.SOCK_STREAM and sock.family in _FAMILIES
-            if ok:
-                sock.getpeername()  # connected
+            ok = ok and not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
         except OSError:
             ok = False
         if not ok or self._adopt is None:
             sock.close()
             self.counts["refused"] += 1
             return False
+        try:
+            sock.getpeername()
+        except OSError:  # not connected (any more): nothing to serve
+            sock.close()
+            return True
         sock.setblocking(False)
         self.counts["adopted"] += 1
         self._adopt(sock, first, late)

@@ -50,6 +50,11 @@ LEASE = b"POST /v1/leases HTTP/1.1\r\nhost: x\r\n"
         (b"GET /" + b"a" * 80, True),  # longer than any ops route
         (b"\x16\x03\x01\x02\x00" + b"\x01" * 40, False),  # TLS, no HTTP: answered here
         (b"GARBAGE\r\n", False),
+        (b"GET http://writ.example:7411/livez HTTP/1.1\r\n", False),  # absolute form
+        (b"GET HTTPS://writ.example/metrics?x HTTP/1.1\r\n", False),
+        (b"GET http://writ.example/v1/who HTTP/1.1\r\n", True),
+        (b"GET http://writ.example HTTP/1.1\r\n", True),  # the root
+        (b"GET http://writ.exa", None),
     ],
 )
 def test_a_connection_is_placed_by_its_first_request(first: bytes, placed: bool | None) -> None:
@@ -221,6 +226,35 @@ async def test_a_connection_its_client_reset_does_not_end_the_hand_off(tmp_path:
             ((sock, first),) = adopted
             assert sock.getpeername() == client.getsockname() and first == LEASE
         assert relaying.linked() and relaying._taken and writer.counts["refused"] == 0
+
+
+async def test_a_peer_that_says_no_hello_is_closed(tmp_path: Path) -> None:
+    """A same-user process that connects and says nothing holds none of the writer's
+    places for relaying servers for long."""
+    async with _pair(tmp_path) as (writer, _relaying, _adopted):
+        writer.hello_wait_s = 0.05
+        writer.stop_listening()  # listen again: the wait is read as each peer connects
+        await writer.listen()
+        peer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with peer:
+            peer.setblocking(False)
+            peer.connect(str(tmp_path / SOCKET))
+            assert await _heard(peer) == b""  # closed, unheard
+        assert not writer._peers
+
+
+def test_the_digest_is_of_what_shapes_an_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers that differ in their log settings or environment still hand to each other;
+    in the store, policy, version, listener or app settings, not."""
+    from writ.api.handoff import digest
+
+    base = digest("writ 1 store policy", {"max_waits": 8, "listener": {"limits": "L"}})
+    monkeypatch.setenv("WRIT_LOG_LEVEL", "debug")
+    monkeypatch.setenv("WRIT_SHUTDOWN_TIMEOUT", "30")
+    assert digest("writ 1 store policy", {"max_waits": 8, "listener": {"limits": "L"}}) == base
+    assert digest("writ 1 store other", {"max_waits": 8, "listener": {"limits": "L"}}) != base
+    assert digest("writ 1 store policy", {"max_waits": 9, "listener": {"limits": "L"}}) != base
+    assert digest("writ 1 store policy", {"max_waits": 8, "listener": {"limits": "M"}}) != base
 
 
 async def test_a_descriptor_before_the_hello_is_closed(tmp_path: Path) -> None:

@@ -74,16 +74,13 @@ _LATE = struct.Struct("!d")  # after "c": the seconds the connection was open be
 
 
 def digest(identity: str, settings: Mapping[str, Any]) -> str:
-    """What two servers must share for one to hand the other its connections: the relay's
-    ``identity`` (store, policy, writ's version), ``settings`` (the app's and the listener's)
-    and every ``WRIT_*`` variable of the environment (the admin token, the webhook secret:
-    hashed here, never said) but the process's own address and relay directory."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k.startswith("WRIT_") and k not in ("WRIT_PORT", "WRIT_HOST", "WRIT_RELAY")
-    }
-    said = json.dumps([identity, dict(settings), env], sort_keys=True, default=repr)
+    """What two servers must share for one to hand the other its connections, as a digest:
+    the relay's ``identity`` (store, policy, writ's version, the frames' shape) and every
+    ``settings`` that shapes an answer (the listener's limits, the metrics and their token,
+    the waits per principal). How each logs, where it listens and what it does on its own
+    (its outbound calls, its standing verify) need not agree: a handed connection is logged
+    and answered as the writer's."""
+    said = json.dumps([identity, dict(settings)], sort_keys=True, default=repr)
     return hashlib.sha256(said.encode()).hexdigest()
 
 
@@ -95,6 +92,11 @@ def away(first: bytes) -> bool | None:
     if method_end < 0:
         return None if len(first) < 32 and b"\n" not in first else False
     target = first[method_end + 1 : method_end + 1 + _TARGET]
+    if target[:8].lower().startswith((b"http://", b"https://")):  # absolute form: its path
+        path = target.find(b"/", target.index(b"//") + 2)
+        if path < 0:  # the authority not read to its end, or no path (the root)
+            return True if any(c in target for c in b" \r\n") or len(target) >= _TARGET else None
+        target = target[path:]
     for end, char in enumerate(target):
         if char in b" ?\r\n":
             return target[:end] not in OPS
@@ -117,6 +119,7 @@ class Handoff:
         self.counts = dict.fromkeys(("handed", "adopted", "refused"), 0)
         self.busy_off, self.busy_on, self.room = BUSY_OFF, BUSY_ON, ROOM
         self.sample_s = SAMPLE_S
+        self.hello_wait_s = HELLO_WAIT_S
         self.cpu: Callable[[], float] = time.process_time
         self._adopt: Callable[[socket.socket, bytes, float], None] | None = None
         self._connections: Callable[[], int] = lambda: 0
@@ -139,9 +142,9 @@ class Handoff:
         listener: Mapping[str, Any],
     ) -> None:
         """How this process's HTTP server serves a socket handed to it with the bytes
-        already read from it and the seconds it was connected there (``adopt``), how many connections it holds (``connections``)
-        of at most ``max_connections``, and its ``listener``'s settings (in the
-        :func:`digest`)."""
+        already read from it and the seconds it was connected there (``adopt``), how many
+        connections it holds (``connections``) of at most ``max_connections``, and its
+        ``listener``'s settings (in the :func:`digest`)."""
         self._adopt, self._connections = adopt, connections
         self._max_connections = max_connections
         self.digest = digest(self.identity, {**self.settings, "listener": dict(listener)})
@@ -201,7 +204,10 @@ class Handoff:
         conn.setblocking(False)
         peer = _Peer(self, conn)
         self._peers[peer.fileno] = peer
-        asyncio.get_running_loop().add_reader(peer.fileno, peer.readable)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(peer.fileno, peer.readable)
+        # one that says nothing holds a place of MAX_SERVERS: not for long
+        peer.unheard = loop.call_later(self.hello_wait_s, peer.close)
 
     def has_room(self, busy: float) -> bool:
         """Whether the writer takes connections, having used ``busy`` of a core lately."""
@@ -356,6 +362,7 @@ class _Peer:
         self.conn = conn
         self.fileno = conn.fileno()
         self.greeted = False
+        self.unheard: asyncio.TimerHandle | None = None  # closes it unless it says hello
 
     def readable(self) -> bool:
         """Take the relaying server's next message; False if there was none to read."""
@@ -379,6 +386,8 @@ class _Peer:
             self.close()
         elif not self.greeted and whole and not fds and data == self.handoff.digest.encode():
             self.greeted = True
+            if self.unheard is not None:
+                self.unheard.cancel()
             self.send(b"+" if self.handoff._open else b"-")
         else:
             if self.greeted or fds:  # a descriptor (or a message) no writ server sends
@@ -403,6 +412,8 @@ class _Peer:
             self.conn.send(said)
 
     def close(self) -> None:
+        if self.unheard is not None:
+            self.unheard.cancel()
         if self.handoff._peers.pop(self.fileno, None) is not None:
             with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().remove_reader(self.fileno)

@@ -59,8 +59,9 @@ def run(
     only, :mod:`writ.api.workers`); ``relay`` is a directory in which the servers of this
     host elect one writer of leases (:mod:`writ.api.relay`; with ``workers``, one of their
     own unless ``"off"``); ``handoff``: the servers relaying to it hand it their connections
-    while it has room (:mod:`writ.api.handoff`). Each principal may have ``max_waits`` requests waiting at once
-    on each process (by default a quarter of ``limits.max_connections``: :mod:`writ.api.waits`).
+    while it has room (:mod:`writ.api.handoff`). Each principal may have ``max_waits``
+    requests waiting at once on each process (by default a quarter of
+    ``limits.max_connections``: :mod:`writ.api.waits`).
     Every ``verify_every`` seconds (0: never) the standing verify checks the rows written since
     and the tables (:mod:`writ.evidence.sentinel`)."""
     import os

@@ -120,8 +120,8 @@ from writ.net.options import from_options, limit_options
     default=True,
     show_default=True,
     help="With --relay (or --workers): a server relaying to the host's writer hands it each "
-    "new connection while the writer has a core's room, so the host's servers cost what one "
-    "does (docs/scaling.md) [env WRIT_HANDOFF].",
+    "new connection while the writer is not busy, so the host's servers cost what one does "
+    "(docs/operations.md) [env WRIT_HANDOFF].",
 )
 @click.option(
     "--max-waits-per-principal",

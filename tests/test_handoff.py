@@ -375,36 +375,49 @@ class _App:
         await send({"type": "http.response.body", "body": b"ok"})
 
 
+@contextlib.asynccontextmanager
+async def _serving(
+    app: _App, sock: socket.socket | None = None, **limits: Any
+) -> AsyncIterator[Any]:
+    """A started :class:`DrainingServer` of ``app`` within ``limits`` (on ``sock``, if
+    given), shut down after unless the test did."""
+    import uvicorn
+
+    from writ.api.lifecycle import DrainingServer
+    from writ.net.limits import Limits
+
+    config = uvicorn.Config(
+        app,
+        port=0,
+        lifespan="off",
+        log_config=None,
+        timeout_graceful_shutdown=20,
+        **Limits(**limits).uvicorn_options(),
+    )
+    config.load()
+    server = DrainingServer(config)
+    server.lifespan = config.lifespan_class(config)
+    await server.startup(sockets=[sock] if sock is not None else None)
+    try:
+        yield server
+    finally:
+        if any(listener.is_serving() for listener in server.servers):
+            await server.shutdown()
+
+
 async def test_a_connection_handed_as_the_writer_shuts_down_is_answered_and_closed(
     tmp_path: Path,
 ) -> None:
     """Handed (unread) as the writer's graceful shutdown begins, a keep-alive connection is
     one of those uvicorn shuts down: answered and closed, so the drain does not wait on it (it did, until its keep-alive timeout or the shutdown bound,
     when it was adopted after uvicorn had shut its connections down)."""
-    import uvicorn
-
-    from writ.api.lifecycle import DrainingServer
-    from writ.net.limits import Limits
-
     writer = Handoff(str(tmp_path), "writ test", {})
-    config = uvicorn.Config(
-        _App(writer),
-        port=0,
-        lifespan="off",
-        log_config=None,
-        timeout_graceful_shutdown=20,
-        **Limits(keepalive_timeout=30.0).uvicorn_options(),
-    )
-    config.load()
-    server = DrainingServer(config)
-    server.lifespan = config.lifespan_class(config)
-    await server.startup()
     relaying = Handoff(str(tmp_path), "writ test", {})
-    relaying.attach(lambda s, first, late: None, lambda: 0, 100, {})
-    relaying.digest = writer.digest  # the same listener's
-    await writer.listen()
-    await relaying.connect()
-    try:
+    async with _serving(_App(writer), keepalive_timeout=30.0) as server:
+        relaying.attach(lambda s, first, late: None, lambda: 0, 100, {})
+        relaying.digest = writer.digest  # the same listener's
+        await writer.listen()
+        await relaying.connect()
         with _tcp() as (accepted, client):
             request = b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n"
             assert relaying.offer(_Transport(accepted), request) is True
@@ -416,7 +429,6 @@ async def test_a_connection_handed_as_the_writer_shuts_down_is_answered_and_clos
             client.settimeout(5)
             answer = b"".join(iter(lambda: client.recv(4096), b""))  # to its close
             assert answer.startswith(b"HTTP/1.1 200"), answer
-    finally:
         relaying.disconnect()
         writer.stop_listening()
 
@@ -427,11 +439,6 @@ async def test_a_handed_connection_keeps_what_is_left_of_its_heads_deadline(
     """The time a connection spent on the relaying server before it was handed is gone
     from its head's deadline on the writer (before, the writer gave it the whole deadline
     again: a client sending its head slowly had up to twice --header-timeout)."""
-    import uvicorn
-
-    from writ.api.lifecycle import DrainingServer
-    from writ.net.limits import Limits
-
     async with _pair(tmp_path) as (writer, relaying, _adopted):
         got: list[tuple[socket.socket, float]] = []
         writer.attach(lambda s, first, late: got.append((s, late)), lambda: 0, 100, {})
@@ -441,18 +448,9 @@ async def test_a_handed_connection_keeps_what_is_left_of_its_heads_deadline(
         ((sock, late),) = got
         sock.close()
         assert late == 1.25
-    config = uvicorn.Config(
-        _App(Handoff(str(tmp_path), "writ test", {})),
-        port=0,
-        lifespan="off",
-        log_config=None,
-        **Limits(header_timeout=2.0).uvicorn_options(),
-    )
-    config.load()
-    server = DrainingServer(config)
-    server.lifespan = config.lifespan_class(config)
-    await server.startup()
-    try:
+    async with _serving(
+        _App(Handoff(str(tmp_path), "writ test", {})), header_timeout=2.0
+    ) as server:
         with _tcp() as (accepted, client):
             started = time.monotonic()
             server._adopt(socket.socket(fileno=os.dup(accepted.fileno())), b"GET /x", 1.5)
@@ -462,8 +460,33 @@ async def test_a_handed_connection_keeps_what_is_left_of_its_heads_deadline(
             took = time.monotonic() - started
             assert answer.startswith(b"HTTP/1.1 408"), answer
             assert took < 1.5, f"the head's deadline ran {took:.2f}s more on the writer"
-    finally:
-        await server.shutdown()
+
+
+async def test_a_client_that_never_finishes_its_first_line_is_answered_where_it_is(
+    tmp_path: Path,
+) -> None:
+    """A connection not yet placed (its target never comes: ``POS`` and silence) is held to
+    the listener's head deadline like any other: answered 408 by the server it reached,
+    never handed, never kept past it."""
+    placed: list[bytes] = []
+
+    def undecided(_transport: Any, first: bytes, _late: float) -> None:
+        placed.append(first)
+        return None  # never enough to say
+
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        app = _App(Handoff(str(tmp_path), "writ test", {}))
+        async with _serving(app, listening, header_timeout=0.5) as server:
+            server.config.http_protocol_class.OFFER = undecided
+            reader, writer = await asyncio.open_connection(*listening.getsockname())
+            writer.write(b"POS")
+            await writer.drain()
+            started = time.monotonic()
+            answer = await asyncio.wait_for(reader.read(), 5)  # to its close
+            writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 3
+    assert placed == [b"POS"]
 
 
 # -- real servers ----------------------------------------------------------------------

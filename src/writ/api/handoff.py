@@ -52,7 +52,9 @@ import struct
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
+from writ.api.ops import OPS_PATHS
 from writ.api.relay_wire import _same_user
 
 log = logging.getLogger("writ.relay")
@@ -60,7 +62,7 @@ log = logging.getLogger("writ.relay")
 __all__ = ["BUSY_OFF", "BUSY_ON", "OPS", "ROOM", "SOCKET", "Handoff", "away", "digest"]
 
 SOCKET = "handoff.sock"
-OPS = frozenset({b"/livez", b"/readyz", b"/metrics"})  # answered by the server asked
+OPS = frozenset(path.encode() for path in OPS_PATHS)  # answered by the server asked
 MAX_FIRST = 64 << 10  # of a connection's first bytes, what a hand-off carries at most
 BUSY_OFF = 0.8  # of a core, over the last SAMPLE_S: the writer takes no more connections
 BUSY_ON = 0.6  # and takes them again under this
@@ -99,7 +101,7 @@ def away(first: bytes) -> bool | None:
         target = target[path:]
     for end, char in enumerate(target):
         if char in b" ?\r\n":
-            return target[:end] not in OPS
+            return unquote_to_bytes(target[:end]) not in OPS  # as the app reads a path
     return None if len(target) < _TARGET else True
 
 

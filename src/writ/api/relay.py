@@ -217,9 +217,7 @@ class Relay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.draining.wait(), self.retry_s)
             if self._stopped.is_set() or self.draining.is_set():
-                self._drain_calls()
-                if self.handoff is not None:  # a draining writer takes no connections
-                    self.handoff.stop_listening()
+                self._drain_calls()  # (the server stopped the hand-off as it began to drain)
                 return
             handoff = self.handoff
             if not self.writer and (self._link is None or self._link.closed):

@@ -62,6 +62,15 @@ async def _swapped(
     return first, second
 
 
+async def _disagrees(engine: Engine, named: str, claimed: str, row_names: str) -> None:
+    """Verify fails on the policy object ``named``: the id it claims (``claimed``) is not
+    the one its row names (``row_names``)."""
+    bad = await engine.verify()
+    assert not bad.ok and bad.policy_object == named, bad
+    assert f"the id ('{claimed}') disagrees with its row" in (bad.reason or ""), bad
+    assert f"'{row_names}')" in (bad.reason or ""), bad
+
+
 @pytest.mark.parametrize("reason", ["incident", f"incident; freeze {_FAKE}"])
 async def test_two_freezes_swapped_fail_verify(
     engine: Engine, backend: Backend, monkeypatch: pytest.MonkeyPatch, reason: str
@@ -72,10 +81,7 @@ async def test_two_freezes_swapped_fail_verify(
     if backend.is_pg and reason != "incident":
         pytest.skip("on PostgreSQL, the plain reason")
     first, second = await _swapped(engine, backend, monkeypatch, reason)
-    bad = await engine.verify()
-    assert not bad.ok and bad.policy_object == f"freeze {second['freeze_id']}", bad
-    want = f"the id ('{_FAKE}') disagrees with its row"
-    assert want in (bad.reason or "") and f"'{first['freeze_id']}')" in (bad.reason or "")
+    await _disagrees(engine, f"freeze {second['freeze_id']}", _FAKE, first["freeze_id"])
 
 
 async def test_an_older_lift_row_is_judged_as_before(
@@ -123,10 +129,8 @@ async def test_a_consent_granted_with_a_used_ones_answer_fails_verify(
     one since used (no longer read), has no answer of its own, where verify said ok and
     its requester could be let past the protection a second time."""
     _, first, second = await _granted_twice(engine, backend)
-    bad = await engine.verify()
-    assert not bad.ok and bad.policy_object == f"consent {second['consent_id']}", bad
-    want = f"the id ('{second['consent_id']}') disagrees with its row"
-    assert want in (bad.reason or "") and f"'{first['consent_id']}')" in (bad.reason or "")
+    second_id = second["consent_id"]
+    await _disagrees(engine, f"consent {second_id}", second_id, first["consent_id"])
 
 
 async def test_an_older_answer_row_is_judged_as_before(

@@ -210,6 +210,23 @@ async def test_the_writer_serves_only_one_connected_tcp_socket(tmp_path: Path, w
         assert len(writer._peers) == 1  # the relaying server's own, still heard
 
 
+@pytest.mark.parametrize("late", [float("nan"), float("inf"), -1.0, 1e300])
+async def test_a_wait_so_far_that_is_no_number_of_seconds_counts_as_none(
+    tmp_path: Path, late: float
+) -> None:
+    """A peer's message says how long the connection was open before (a double): one that
+    is not a time a connection waits (not a number, infinite, negative, past an hour) takes
+    nothing off the head's deadline, and the connection is served."""
+    async with _pair(tmp_path) as (writer, _relaying, _adopted):
+        got: list[float] = []
+        writer.attach(lambda s, first, at: (got.append(at), s.close()), lambda: 0, 100, {})
+        peer = await _raw_peer(tmp_path, writer)
+        with peer, _tcp() as (accepted, _client):
+            socket.send_fds(peer, [b"c", struct.pack("!d", late), LEASE], [accepted.fileno()])
+            await _until(lambda: got, "the connection was not served")
+        assert got == [0.0]
+
+
 async def test_a_connection_its_client_reset_does_not_end_the_hand_off(tmp_path: Path) -> None:
     """A client that resets its connection once handed (before the writer reads it) costs
     nothing else: its descriptor is closed, and the hand-off socket, with the connections

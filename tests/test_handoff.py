@@ -28,7 +28,8 @@ from tests.server_fixtures import (
 )
 from tests.stores_fixtures import Backend
 from tests.test_relay import _acquire, _log, _metric, _roles, _rows_written
-from writ.api.handoff import MAX_FIRST, SOCKET, Handoff, away
+from writ.api import handoff as handoff_module
+from writ.api.handoff import CREDIT, MAX_FIRST, SOCKET, Handoff, away
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 LEASE = b"POST /v1/leases HTTP/1.1\r\nhost: x\r\n"
@@ -170,7 +171,8 @@ async def _raw_peer(tmp_path: Path, writer: Handoff) -> socket.socket:
     peer.setblocking(False)
     peer.connect(str(tmp_path / SOCKET))
     peer.sendall(writer.digest.encode())
-    assert await _heard(peer) == b"+"
+    said = await _heard(peer)
+    assert said[:1] == b"+" and 0 < struct.unpack("!I", said[1:])[0] <= CREDIT  # credits
     return peer
 
 
@@ -294,8 +296,7 @@ async def test_a_busy_writer_says_so_and_is_handed_nothing_until_it_has_room(
     tmp_path: Path,
 ) -> None:
     """The writer samples its own CPU: past BUSY_OFF of a core it says ``-`` and the
-    relaying server keeps its connections; under BUSY_ON, ``+`` again. A writer holding
-    ROOM of its connection limit has no room either, however idle."""
+    relaying server keeps its connections; under BUSY_ON, ``+`` again."""
     async with _pair(tmp_path) as (writer, relaying, adopted):
         assert writer.has_room(0.79) and not writer.has_room(0.81)
         writer.say(False)
@@ -307,34 +308,104 @@ async def test_a_busy_writer_says_so_and_is_handed_nothing_until_it_has_room(
             await _until(lambda: relaying._taken, "the relaying server did not hear '+'")
             assert relaying.offer(_Transport(accepted), LEASE) is True
         await _until(lambda: adopted, "the writer adopted nothing")
-        held = [89]
-        writer.attach(lambda s, f, late: None, lambda: held[0], 100, {})
-        assert writer.has_room(0.0)
-        held[0] = 90
-        assert not writer.has_room(0.0)
 
 
-async def test_a_writer_that_fills_its_room_says_so_at_once(tmp_path: Path) -> None:
-    """The connection that fills ROOM of the writer's limit makes it say ``-`` as it is
-    adopted, not at the next CPU sample: a second of hand-offs at the rate connections
-    open would overfill the writer's listener, which then closes its own idle ones (or
-    answers 503) to make room for them while the relaying servers have room."""
-    async with _pair(tmp_path) as (writer, relaying, adopted):
-        assert writer._sampler is not None
-        writer._sampler.cancel()  # no CPU sample in this test
-        held = [89]
+@contextlib.asynccontextmanager
+async def _room(
+    tmp_path: Path, held: list[int], servers: int = 1
+) -> AsyncIterator[tuple[Handoff, list[Handoff], list[tuple[socket.socket, bytes]]]]:
+    """A writer holding ``held[0]`` connections of at most 100 (each one it adopts adds
+    one), no CPU sample running, and ``servers`` relaying servers linked to it in turn."""
+    adopted: list[tuple[socket.socket, bytes]] = []
 
-        def adopt(sock: socket.socket, first: bytes, late: float) -> None:
-            adopted.append((sock, first))
-            held[0] += 1
+    def adopt(sock: socket.socket, first: bytes, late: float) -> None:
+        adopted.append((sock, first))
+        held[0] += 1
 
-        writer.attach(adopt, lambda: held[0], 100, {})
-        with _tcp() as (accepted, _client):
-            assert relaying.offer(_Transport(accepted), LEASE) is True
-        await _until(lambda: not relaying._taken, "the writer did not say '-' when full")
-        assert held[0] == 90 and len(adopted) == 1
-        with _tcp() as (accepted, _client):
-            assert relaying.offer(_Transport(accepted), LEASE) is False
+    writer = Handoff(str(tmp_path), "writ test", {"a": 1})
+    writer.attach(adopt, lambda: held[0], 100, {})
+    relaying = [Handoff(str(tmp_path), "writ test", {"a": 1}) for _ in range(servers)]
+    await writer.listen()
+    assert writer._sampler is not None
+    writer._sampler.cancel()  # the test says when room is counted again
+    try:
+        for r in relaying:
+            r.attach(lambda s, first, late: None, lambda: 0, 100, {})
+            await r.connect()
+        yield writer, relaying, adopted
+    finally:
+        for r in relaying:
+            r.disconnect()
+        writer.stop_listening()
+        for sock, _ in adopted:
+            sock.close()
+
+
+async def test_servers_handing_at_the_same_moment_never_overfill_the_writer(
+    tmp_path: Path,
+) -> None:
+    """Two relaying servers offering connections at once, before the writer has read any,
+    hand it no more than ROOM of its limit allows (90 of 100, of which it holds 86): each
+    spends credits the writer gave out of its room, and keeps the rest of its connections
+    (before, the writer said ``-`` only as the connection that filled it was adopted, and
+    those in flight by then overfilled its listener, which closed idle ones to make room)."""
+    async with _room(tmp_path, [86], servers=2) as (writer, (one, two), adopted):
+        assert one.credit == 4 and two.credit == 0 and two._taken  # what was left for it
+        with contextlib.ExitStack() as stack:
+            pairs = [stack.enter_context(_tcp()) for _ in range(6)]
+            placed = [r.offer(_Transport(a), LEASE) for r in (one, two) for a, _ in pairs[:3]]
+            assert placed == [True, True, True, False, False, False]
+            assert one.offer(_Transport(pairs[3][0]), LEASE) is True
+            assert one.offer(_Transport(pairs[4][0]), LEASE) is False  # no credit left
+            await _until(lambda: len(adopted) == 4, "the writer did not adopt the four")
+        assert writer.free() == 0 and one.credit == two.credit == 0
+        assert writer.counts["refused"] == 0
+
+
+async def test_credits_come_again_as_connections_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that spent half its credits is given more with the adoption, out of the room
+    the writer has left; one whose credits ran out at a full writer is given more at the
+    next sample, once connections closed there."""
+    monkeypatch.setattr(handoff_module, "CREDIT", 4)
+    held = [0]
+    async with _room(tmp_path, held) as (writer, (relaying,), adopted):
+        assert relaying.credit == 4
+        with contextlib.ExitStack() as stack:
+            for _ in range(2):
+                accepted, _client = stack.enter_context(_tcp())
+                assert relaying.offer(_Transport(accepted), LEASE) is True
+            await _until(lambda: len(adopted) == 2, "the writer did not adopt two")
+            await _until(lambda: relaying.credit == 4, "spent half, given none")
+            assert writer.free() == 90 - 2 - 4
+            held[0] = 86  # its own listener took connections meanwhile: none left to give
+            placed = []
+            for _ in range(5):
+                accepted, _client = stack.enter_context(_tcp())
+                placed.append(relaying.offer(_Transport(accepted), LEASE))
+                await _until(lambda: len(adopted) == sum(placed) + 2, "not adopted")
+            assert placed == [True, True, True, True, False]  # what it was given, no more
+            assert held[0] == 90 and relaying.credit == 0 and writer.free() == 0
+            held[0] = 50  # closed meanwhile
+            writer.sample_s = 0.01
+            writer._sampler = asyncio.ensure_future(writer._sample())
+            await _until(lambda: relaying.credit == 4, "no credits after connections closed")
+
+
+async def test_a_server_that_hands_past_its_credits_is_heard_no_more(tmp_path: Path) -> None:
+    async with _room(tmp_path, [88], servers=0) as (writer, _, adopted):  # room for two
+        peer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with peer, _tcp() as (accepted, _client):
+            peer.setblocking(False)
+            peer.connect(str(tmp_path / SOCKET))
+            peer.sendall(writer.digest.encode())
+            assert await _heard(peer) == b"+" + struct.pack("!I", 2)
+            for _ in range(3):
+                socket.send_fds(peer, [b"c", struct.pack("!d", 0), LEASE], [accepted.fileno()])
+            assert await _heard(peer) == b""  # closed after the third
+            await _until(lambda: writer.counts["refused"] == 1, "the third was not refused")
+        assert len(adopted) == 2
 
 
 async def test_the_writer_samples_its_cpu(tmp_path: Path) -> None:

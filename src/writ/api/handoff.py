@@ -20,12 +20,16 @@ identity and every setting that shapes an answer, so a writer configured otherwi
 handed a connection — and the writer answers ``+`` (hand me connections), ``-`` (not now)
 or ``x`` (other settings; it closes). Then each connection is one message, ``c``, the
 seconds it has been open (a double: what its head's deadline has left runs on) and the
-bytes read from it, with its descriptor; the writer says ``+`` or ``-`` again whenever its
-room changes.
+bytes read from it, with its descriptor; the writer says ``+`` or ``-`` again whenever it
+changes its mind.
 
 Room: the writer takes connections while its process used under :data:`BUSY_OFF` of a core
-over the last :data:`SAMPLE_S` and holds under :data:`ROOM` of its listener's connection
-limit; past either it says ``-`` (and ``+`` again under :data:`BUSY_ON`). A connection a
+over the last :data:`SAMPLE_S` (past it, ``-``; ``+`` again under :data:`BUSY_ON`). And it
+is never handed more than :data:`ROOM` of its listener's connection limit, however many
+servers hand it connections at the same moment: each ``+`` carries a credit (a count of
+connections that server may hand over; at most :data:`CREDIT` outstanding), a relaying
+server hands a connection only with a credit to spend, and the writer gives credits only
+out of the room it has, counting those it gave and has not been sent yet as taken. A connection a
 relaying server keeps is served as before: its lease writes relayed, the rest answered
 there. So on a host with cores to spare the relaying servers share the HTTP work once the
 writer is busy, and on a host without, the host's servers cost what one does.
@@ -59,7 +63,17 @@ from writ.api.relay_wire import _same_user
 
 log = logging.getLogger("writ.relay")
 
-__all__ = ["BUSY_OFF", "BUSY_ON", "OPS", "ROOM", "SOCKET", "Handoff", "away", "digest"]
+__all__ = [
+    "BUSY_OFF",
+    "BUSY_ON",
+    "CREDIT",
+    "OPS",
+    "ROOM",
+    "SOCKET",
+    "Handoff",
+    "away",
+    "digest",
+]
 
 SOCKET = "handoff.sock"
 OPS = frozenset(path.encode() for path in OPS_PATHS)  # answered by the server asked
@@ -67,12 +81,14 @@ MAX_FIRST = 64 << 10  # of a connection's first bytes, what a hand-off carries a
 BUSY_OFF = 0.8  # of a core, over the last SAMPLE_S: the writer takes no more connections
 BUSY_ON = 0.6  # and takes them again under this
 ROOM = 0.9  # of the writer's connection limit it fills with handed connections at most
+CREDIT = 64  # connections one relaying server may have been allowed and not yet handed
 SAMPLE_S = 1.0
 HELLO_WAIT_S = 2.0
 MAX_SERVERS = 256  # relaying servers connected at once (as --workers: at most 256)
 _FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _TARGET = 64  # of a target, what is read to tell an ops route from the rest
 _LATE = struct.Struct("!d")  # after "c": the seconds the connection was open before
+_GRANT = struct.Struct("!I")  # after "+": the credits given (connections it may hand over)
 
 
 def digest(identity: str, settings: Mapping[str, Any]) -> str:
@@ -134,6 +150,7 @@ class Handoff:
         # the relaying server's side
         self._out: socket.socket | None = None
         self._taken = False  # the writer said "+" last
+        self.credit = 0  # connections the writer allowed this server to hand, not handed yet
         self.refused = False  # the writer said "x": not asked again while this link lasts
 
     def attach(
@@ -212,10 +229,30 @@ class Handoff:
         peer.unheard = loop.call_later(self.hello_wait_s, peer.close)
 
     def has_room(self, busy: float) -> bool:
-        """Whether the writer takes connections, having used ``busy`` of a core lately."""
-        if self._max_connections and self._connections() >= self.room * self._max_connections:
-            return False
+        """Whether the writer takes connections, having used ``busy`` of a core lately (how
+        many it may still be handed is :meth:`free`)."""
         return busy < (self.busy_off if self._open else self.busy_on)
+
+    def free(self) -> int:
+        """Connections the writer may still be handed: :data:`ROOM` of its limit, less those
+        it holds and the credits it gave that were not spent yet (in flight, or to come)."""
+        if not self._max_connections:
+            return CREDIT * MAX_SERVERS
+        given = sum(peer.credit for peer in self._peers.values())
+        return int(self.room * self._max_connections) - self._connections() - given
+
+    def top_up(self, peer: _Peer, said: bool = False) -> None:
+        """Give ``peer`` credits up to :data:`CREDIT` out of :meth:`free`, once it has spent
+        half of them; ``said``: say ``+`` even with none to give (the writer takes
+        connections again)."""
+        if not self._open or not peer.greeted or self._listening is None:
+            return
+        give = 0
+        if peer.credit <= CREDIT // 2:
+            give = max(min(CREDIT - peer.credit, self.free()), 0)
+        if give or said:
+            peer.credit += give
+            peer.send(b"+" + _GRANT.pack(give))
 
     async def _sample(self) -> None:
         cpu, at = self.cpu(), time.monotonic()
@@ -225,6 +262,8 @@ class Handoff:
             busy = (cpu_now - cpu) / max(now - at, 1e-6)
             cpu, at = cpu_now, now
             self.say(self.has_room(busy))
+            for peer in list(self._peers.values()):  # what closed since is room again
+                self.top_up(peer)
 
     def say(self, room: bool) -> None:
         """Tell every relaying server whether to hand connections over, when that changes."""
@@ -233,8 +272,9 @@ class Handoff:
         self._open = room
         log.info("hand-off: the writer %s connections", "takes" if room else "takes no more")
         for peer in list(self._peers.values()):
-            if peer.greeted:
-                peer.send(b"+" if room else b"-")
+            if not room and peer.greeted:
+                peer.send(b"-")  # its credits stay given: some may be in flight
+            self.top_up(peer, said=True)
 
     def adopt(self, fd: int, first: bytes, late: float = 0.0) -> bool:
         """Serve the connection ``fd`` a relaying server handed over, as if ``first`` had
@@ -266,8 +306,6 @@ class Handoff:
         sock.setblocking(False)
         self.counts["adopted"] += 1
         self._adopt(sock, first, late)
-        if self._open and not self.has_room(0.0):  # full now: said at once, not at the next
-            self.say(False)  # sample (a second of hand-offs would overfill its listener)
         return True
 
     # -- a relaying server ------------------------------------------------------------
@@ -288,7 +326,7 @@ class Handoff:
         except (OSError, TimeoutError):
             sock.close()
             return
-        if said not in (b"+", b"-"):
+        if not self._said(said):
             sock.close()
             if said == b"x":
                 self.refused = True
@@ -297,7 +335,7 @@ class Handoff:
                     "server keeps its connections (and relays their lease writes)"
                 )
             return
-        self._out, self._taken = sock, said == b"+"
+        self._out = sock
         loop.add_reader(sock.fileno(), self._heard)
         log.info("hand-off: this server hands its connections to the writer")
 
@@ -311,10 +349,20 @@ class Handoff:
             return
         except OSError:
             said = b""
-        if not said:
+        if not self._said(said):
             self.disconnect()
-            return
-        self._taken = said[-1:] == b"+"
+
+    def _said(self, said: bytes) -> bool:
+        """Take what the writer said: ``+`` and the credits it adds, or ``-``; False for
+        anything else (it went, or refused this server)."""
+        if said[:1] == b"+" and len(said) == 1 + _GRANT.size:
+            self._taken = True
+            self.credit += _GRANT.unpack_from(said, 1)[0]
+        elif said == b"-":
+            self._taken = False
+        else:
+            return False
+        return True
 
     def linked(self) -> bool:
         """Whether this server is connected to the writer's hand-off socket, or was refused
@@ -325,6 +373,7 @@ class Handoff:
         """Keep every connection from now on: the link to the writer is gone."""
         sock, self._out = self._out, None
         self._taken = self.refused = False
+        self.credit = 0
         if sock is not None:
             asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
@@ -335,7 +384,7 @@ class Handoff:
         it is the writer's (this server then closes its own copy of the descriptor; the
         connection stays open), False to serve it here, None to read more first."""
         sock = self._out
-        if sock is None or not self._taken:
+        if sock is None or not self._taken or self.credit <= 0:
             return False
         if len(first) > MAX_FIRST:  # more than a hand-off carries: served here
             return False
@@ -353,6 +402,7 @@ class Handoff:
             self.disconnect()
             return False
         self.counts["handed"] += 1
+        self.credit -= 1
         return True
 
 
@@ -364,6 +414,7 @@ class _Peer:
         self.conn = conn
         self.fileno = conn.fileno()
         self.greeted = False
+        self.credit = 0  # connections it may still hand over (Handoff.top_up)
         self.unheard: asyncio.TimerHandle | None = None  # closes it unless it says hello
 
     def readable(self) -> bool:
@@ -376,11 +427,14 @@ class _Peer:
             data, fds, flags = b"", [], 0
         whole = not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
         ok = self.greeted and whole and len(fds) == 1 and len(data) > _LATE.size
-        if ok and data[:1] == b"c":
+        if ok and data[:1] == b"c" and self.credit > 0:  # (past its credits: refused)
+            self.credit -= 1
             (late,) = _LATE.unpack_from(data, 1)
             late = late if 0.0 <= late < 3600.0 else 0.0  # (not a number: none)
             if not self.handoff.adopt(fds[0], data[1 + _LATE.size :], late):
                 self.close()  # not what a writ server sends: it is heard no more
+            else:
+                self.handoff.top_up(self)
             return True
         for fd in fds:  # nothing else a writ server sends carries a descriptor
             os.close(fd)
@@ -390,7 +444,10 @@ class _Peer:
             self.greeted = True
             if self.unheard is not None:
                 self.unheard.cancel()
-            self.send(b"+" if self.handoff._open else b"-")
+            if self.handoff._open:
+                self.handoff.top_up(self, said=True)
+            else:
+                self.send(b"-")
         else:
             if self.greeted or fds:  # a descriptor (or a message) no writ server sends
                 self.handoff.counts["refused"] += 1

@@ -81,7 +81,7 @@ async def _pair(
     what the writer adopted (each socket and the bytes read from it before)."""
     adopted: list[tuple[socket.socket, bytes]] = []
     writer = Handoff(str(tmp_path), "writ test", writer_settings or {"a": 1})
-    writer.attach(lambda s, first, late: adopted.append((s, first)), lambda: 0, 100, {})
+    writer.attach(lambda s, first, late: adopted.append((s, first)), lambda: 0, 4096, {})
     relaying = Handoff(str(tmp_path), "writ test", {"a": 1})
     relaying.attach(lambda s, first, late: None, lambda: 0, 100, {})
     await writer.listen()
@@ -221,7 +221,7 @@ async def test_a_wait_so_far_that_is_no_number_of_seconds_counts_as_none(
     nothing off the head's deadline, and the connection is served."""
     async with _pair(tmp_path) as (writer, _relaying, _adopted):
         got: list[float] = []
-        writer.attach(lambda s, first, at: (got.append(at), s.close()), lambda: 0, 100, {})
+        writer.attach(lambda s, first, at: (got.append(at), s.close()), lambda: 0, 4096, {})
         peer = await _raw_peer(tmp_path, writer)
         with peer, _tcp() as (accepted, _client):
             socket.send_fds(peer, [b"c", struct.pack("!d", late), LEASE], [accepted.fileno()])

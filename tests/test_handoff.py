@@ -663,3 +663,42 @@ async def test_workers_answer_a_waiting_request_503_when_they_stop(
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def test_a_burst_past_the_writers_room_is_shared_and_every_client_answered(
+    pg_backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """38 connections open at once on the relaying server, each placed by its first line
+    and still sending its head, where the writer has room for 36 (90 % of 40): it is handed
+    no more than that, across the processes (fewer when its credits come back after the
+    burst: the fixture's own connections closing), the relaying server keeps the rest, and
+    every client is answered once its head is whole (before the credits, all 38 were
+    handed)."""
+    monkeypatch.setenv("WRIT_MAX_CONNECTIONS", "40")
+    monkeypatch.setenv("WRIT_MAX_CONNECTIONS_PER_CLIENT", "0")
+    relay = tmp_path / "relay"
+    async with writ_servers(pg_backend.url, 2, tmp_path, relay=relay, log_level="info") as urls:
+        w, (f,) = await _roles(tmp_path, 2)
+        port = int(urls[f].rsplit(":", 1)[1])
+        async with httpx.AsyncClient(timeout=10) as c:  # (the fixture's /v1/health: handed)
+            before = await _handed(c, urls[f])
+        opened = [await asyncio.open_connection("127.0.0.1", port) for _ in range(38)]
+        for _reader, writer in opened:  # placed by this line: the target is read
+            writer.write(b"GET /v1/leases HTTP/1.1\r\n")
+        async with httpx.AsyncClient(timeout=10) as c:  # the burst placed, and adopted
+            deadline = time.monotonic() + 10
+            adopted = 'writ_relay_connections_total{how="adopted"}'
+            while (handed := await _handed(c, urls[f])) < before + 30 or handed != await _metric(
+                c, urls[w], adopted
+            ):
+                assert time.monotonic() < deadline, f"the relaying server handed {handed}"
+                await asyncio.sleep(0.05)
+        for _reader, writer in opened:
+            writer.write(f"host: x\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n\r\n".encode())
+        answers = [await asyncio.wait_for(reader.readline(), 10) for reader, _ in opened]
+        for _reader, writer in opened:
+            writer.close()
+        assert answers == [b"HTTP/1.1 200 OK\r\n"] * 38
+        async with httpx.AsyncClient(timeout=10) as c:
+            assert await _handed(c, urls[f]) == handed <= before + 36
+            assert await _metric(c, urls[w], adopted) == handed

@@ -393,6 +393,27 @@ async def test_credits_come_again_as_connections_close(
             await _until(lambda: relaying.credit == 4, "no credits after connections closed")
 
 
+async def test_credits_the_relaying_server_was_never_told_of_are_not_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A top-up that cannot be said (the relaying server reads no more) is not counted as
+    given: counted, it would hold the writer's room for good."""
+    monkeypatch.setattr(handoff_module, "CREDIT", 2)
+    async with _room(tmp_path, [0], servers=0) as (writer, _, adopted):
+        peer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with peer, _tcp() as (accepted, _client):
+            peer.setblocking(False)
+            peer.connect(str(tmp_path / SOCKET))
+            peer.sendall(writer.digest.encode())
+            assert await _heard(peer) == b"+" + struct.pack("!I", 2)
+            peer.shutdown(socket.SHUT_RD)  # what the writer says next cannot reach it
+            socket.send_fds(peer, [b"c", struct.pack("!d", 0), LEASE], [accepted.fileno()])
+            await _until(lambda: adopted, "the writer adopted nothing")
+            (mine,) = writer._peers.values()
+            assert mine.credit == 1  # the one left, not the top-up it could not say
+            assert writer.free() == 90 - 1 - 1
+
+
 async def test_a_server_that_hands_past_its_credits_is_heard_no_more(tmp_path: Path) -> None:
     async with _room(tmp_path, [88], servers=0) as (writer, _, adopted):  # room for two
         peer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)

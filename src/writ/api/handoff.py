@@ -26,10 +26,11 @@ changes its mind.
 Room: the writer takes connections while its process used under :data:`BUSY_OFF` of a core
 over the last :data:`SAMPLE_S` (past it, ``-``; ``+`` again under :data:`BUSY_ON`). And it
 is never handed more than :data:`ROOM` of its listener's connection limit, however many
-servers hand it connections at the same moment: each ``+`` carries a credit (a count of
+servers hand it connections at the same moment: each ``+`` carries credits (a count of
 connections that server may hand over; at most :data:`CREDIT` outstanding), a relaying
-server hands a connection only with a credit to spend, and the writer gives credits only
-out of the room it has, counting those it gave and has not been sent yet as taken. A connection a
+server hands a connection only with a credit to spend, and the writer gives credits only out
+of the room it has, counting those it gave that were not spent yet as taken (what its own
+listener accepts after that is its limit's to handle, as on a lone server). A connection a
 relaying server keeps is served as before: its lease writes relayed, the rest answered
 there. So on a host with cores to spare the relaying servers share the HTTP work once the
 writer is busy, and on a host without, the host's servers cost what one does.
@@ -250,9 +251,8 @@ class Handoff:
         give = 0
         if peer.credit <= CREDIT // 2:
             give = max(min(CREDIT - peer.credit, self.free()), 0)
-        if give or said:
-            peer.credit += give
-            peer.send(b"+" + _GRANT.pack(give))
+        if (give or said) and peer.send(b"+" + _GRANT.pack(give)):
+            peer.credit += give  # (not given if not said: they would be held up for good)
 
     async def _sample(self) -> None:
         cpu, at = self.cpu(), time.monotonic()
@@ -466,9 +466,13 @@ class _Peer:
             pass
         self.close()
 
-    def send(self, said: bytes) -> None:
-        with contextlib.suppress(OSError):
+    def send(self, said: bytes) -> bool:
+        """Whether ``said`` went (not if the relaying server does not read, or went)."""
+        try:
             self.conn.send(said)
+        except OSError:
+            return False
+        return True
 
     def close(self) -> None:
         if self.unheard is not None:

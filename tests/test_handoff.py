@@ -166,13 +166,17 @@ async def _heard(sock: socket.socket) -> bytes:
     return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 8), 5)
 
 
-async def _raw_peer(tmp_path: Path, writer: Handoff) -> socket.socket:
+async def _raw_peer(tmp_path: Path, writer: Handoff, credits: int | None = None) -> socket.socket:
+    """A process linked to the writer's hand-off socket as a relaying server is, given
+    ``credits`` (some, if None)."""
     peer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     peer.setblocking(False)
     peer.connect(str(tmp_path / SOCKET))
     peer.sendall(writer.digest.encode())
     said = await _heard(peer)
-    assert said[:1] == b"+" and 0 < struct.unpack("!I", said[1:])[0] <= CREDIT  # credits
+    assert said[:1] == b"+"
+    given = struct.unpack("!I", said[1:])[0]
+    assert given == credits if credits is not None else 0 < given <= CREDIT
     return peer
 
 
@@ -400,12 +404,8 @@ async def test_credits_the_relaying_server_was_never_told_of_are_not_given(
     given: counted, it would hold the writer's room for good."""
     monkeypatch.setattr(handoff_module, "CREDIT", 2)
     async with _room(tmp_path, [0], servers=0) as (writer, _, adopted):
-        peer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        peer = await _raw_peer(tmp_path, writer, 2)
         with peer, _tcp() as (accepted, _client):
-            peer.setblocking(False)
-            peer.connect(str(tmp_path / SOCKET))
-            peer.sendall(writer.digest.encode())
-            assert await _heard(peer) == b"+" + struct.pack("!I", 2)
             peer.shutdown(socket.SHUT_RD)  # what the writer says next cannot reach it
             socket.send_fds(peer, [b"c", struct.pack("!d", 0), LEASE], [accepted.fileno()])
             await _until(lambda: adopted, "the writer adopted nothing")
@@ -416,12 +416,8 @@ async def test_credits_the_relaying_server_was_never_told_of_are_not_given(
 
 async def test_a_server_that_hands_past_its_credits_is_heard_no_more(tmp_path: Path) -> None:
     async with _room(tmp_path, [88], servers=0) as (writer, _, adopted):  # room for two
-        peer = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        peer = await _raw_peer(tmp_path, writer, 2)
         with peer, _tcp() as (accepted, _client):
-            peer.setblocking(False)
-            peer.connect(str(tmp_path / SOCKET))
-            peer.sendall(writer.digest.encode())
-            assert await _heard(peer) == b"+" + struct.pack("!I", 2)
             for _ in range(3):
                 socket.send_fds(peer, [b"c", struct.pack("!d", 0), LEASE], [accepted.fileno()])
             assert await _heard(peer) == b""  # closed after the third

@@ -168,8 +168,13 @@ class Rule:
         return None
 
     async def tick(self) -> None:
-        """Runs on every sweep."""
+        """Runs on every sweep at which :meth:`due` says there is work."""
         return None
+
+    async def due(self, tx: Tx, now: float) -> bool:
+        """Whether :meth:`tick` has work at ``now``, asked in the sweep's read (``tx``):
+        False lets an idle sweep write nothing. A rule that does not say ticks every sweep."""
+        return True
 
 
 class AuditTrail(Protocol):

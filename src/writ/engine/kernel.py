@@ -98,6 +98,8 @@ class Engine(PrincipalOps, QueueOps):
         self._on_end: list[Callable[[Tx, Lease], Awaitable[None]]] = []  # lease-ended hooks
         self._on_grant: list[Callable[[Tx, Request, Lease], Awaitable[None]]] = []
         self._tickers: list[Callable[[], Awaitable[Any]]] = []  # periodic duties
+        self._dues: list[Callable[[Tx, float], Awaitable[bool]] | None] = []  # theirs: Rule.due
+        self._swept: tuple[bool, float | None] = (True, None)  # wrote; next expiry its read saw
         self.sweep_interval = 1.0
         self._closing = False
         from writ.engine.fencing import Fencing
@@ -130,6 +132,7 @@ class Engine(PrincipalOps, QueueOps):
             self._on_end.append(r.on_end)
         if kind.tick is not Rule.tick:
             self._tickers.append(r.tick)
+            self._dues.append(r.due if kind.due is not Rule.due else None)
 
     # ------------------------------------------------------------------ compat: new code calls
     # engine.rule(Consents); tests and older callers use these names
@@ -471,6 +474,7 @@ class Engine(PrincipalOps, QueueOps):
     def add_ticker(self, tick: Callable[[], Awaitable[Any]]) -> None:
         """Run ``tick`` on every sweep (after the rules' own periodic duties)."""
         self._tickers.append(tick)
+        self._dues.append(None)
 
     def rule(self, cls: type[R]) -> R:
         """The engine's instance of rule class ``cls`` (e.g. ``engine.rule(Authority)``)."""
@@ -634,7 +638,23 @@ class Engine(PrincipalOps, QueueOps):
 
     # ------------------------------------------------------------------ background
     async def sweep(self) -> int:
-        """Expire every lease past its ttl (and end lock-delays); returns leases expired."""
+        """Expire every lease past its ttl (and end lock-delays), then run the tickers;
+        returns leases expired. A read says first what is due, so an idle sweep writes no
+        transaction (on PostgreSQL, no turn on the chain head's lock, each second on each
+        server). What falls due after it is the next sweep's, and an acquire expires a
+        blocker past its ttl (or ends its lock-delay) itself; the write looks again under
+        the store's lock, where another server's sweep may have been first. A rule's tick
+        runs when its ``due`` says it has work (none comes due by the expiries' writes)."""
+        tickers = list(zip(self._tickers, self._dues, strict=True))
+
+        async def look(tx: Tx) -> tuple[bool, list[bool], float | None]:
+            nxt = await tx.next_expiry()  # first: a store may begin the snapshot with it
+            now = tx.now()
+            ends = (nxt is not None and nxt <= now) or bool(
+                await tx.objects_due("delay", "active", now, 1)
+            )
+            ticks = [d is None or await d(tx, now) for _, d in tickers]
+            return ends, ticks, None if nxt is None else nxt - now
 
         async def fn(tx: Tx) -> int:
             now = tx.now()
@@ -647,16 +667,21 @@ class Engine(PrincipalOps, QueueOps):
                 await self._end_delay(tx, d)
             return len(due)
 
-        n = await self.store.transact(fn)
-        for tick in self._tickers:
-            await tick()
+        ends, ticks, nxt = await self.store.read(look)
+        n = await self.store.transact(fn) if ends else 0
+        self._swept = (ends, nxt)
+        for (tick, _), wanted in zip(tickers, ticks, strict=True):
+            if wanted:
+                await tick()
         return n
 
     async def _sweeper(self) -> None:
         while not self._closing:
             try:
                 await self.sweep()
-                nxt = await self.store.read(_next_due)
+                wrote, nxt = self._swept  # as the sweep's read found it, unless it wrote
+                if wrote:
+                    nxt = await self.store.read(_next_due)
                 delay = (
                     self.sweep_interval
                     if nxt is None

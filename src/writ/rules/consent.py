@@ -381,6 +381,13 @@ class Consents(Rule):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining)
 
+    async def due(self, tx: Tx, now: float) -> bool:
+        """A change past its window, or a consent past its deadline (what tick looks for)."""
+        return bool(
+            await tx.objects_due(CHANGE, "protected", now, 1)
+            or await tx.objects_due(CONSENT, "pending", now, 1)
+        )
+
     async def tick(self) -> None:
         """Lapse changes past their window; expire unanswered consents and escalate them."""
         eng = self.engine

@@ -168,6 +168,9 @@ class Freezes(Rule):
 
         return await eng.store.read(fn)
 
+    async def due(self, tx: Tx, now: float) -> bool:
+        return bool(await tx.objects_due(FREEZE, "active", now, 1))  # what tick ends
+
     async def tick(self) -> None:
         async def fn(tx: Tx) -> None:
             for f in await tx.objects_due(FREEZE, "active", tx.now(), 200):

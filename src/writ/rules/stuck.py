@@ -90,6 +90,13 @@ class Stuck(Rule):
         )
         return route
 
+    async def due(self, tx: Tx, now: float) -> bool:
+        """A hold check to wake or to page at (what tick looks for)."""
+        return bool(
+            await tx.objects_due(HOLDCHECK, "pending", now, 1)
+            or await tx.objects_due(HOLDCHECK, "woken", now, 1)
+        )
+
     async def tick(self) -> None:
         eng = self.engine
 

@@ -1,0 +1,89 @@
+"""The sweep, on SQLite and on PostgreSQL: one read says what is due, and an idle sweep (no
+lease past its ttl, no lock-delay or rule's duty at its end) writes no transaction — on
+PostgreSQL, no turn on the chain head's lock, once a second on every server. What is due is
+still done, and every ticker still runs. Time moves with ``backend.advance``; a commit is
+seen through the store's ``commit_observers``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.stores_fixtures import Backend
+from writ.core.errors import Held
+from writ.engine import Engine
+
+pytestmark = pytest.mark.usefixtures("no_admin_env")
+
+POLICY = '[[rules]]\nprefix = "prod"\nlock_delay_s = 30\nmax_hold_s = 600\n'
+
+
+def _commits(engine: Engine) -> list[float]:
+    seen: list[float] = []
+    engine.store.commit_observers.append(seen.append)
+    return seen
+
+
+async def _events(engine: Engine, event: str) -> list[dict[str, Any]]:
+    return [r for r in (await engine.audit(limit=10_000))["rows"] if r["event"] == event]
+
+
+async def test_an_idle_sweep_writes_no_transaction_and_runs_every_ticker(
+    make_engine: Any, backend: Backend
+) -> None:
+    engine: Engine = await make_engine(POLICY)
+    a, _ = await engine.add_principal(None, "agent-a", "agent")
+    jane, _ = await engine.add_principal(None, "jane", "human")
+    await engine.acquire(a, resource="prod/db", intent="migrate", ttl_s=60)
+    # a freeze and a hold check that end later: each rule has something standing, not yet due
+    await engine.freezes.freeze(jane, "prod/web", "incident", until="2h")
+    ticks: list[int] = []
+
+    async def tick() -> None:
+        ticks.append(1)
+
+    engine.add_ticker(tick)
+    commits = _commits(engine)
+    assert await engine.sweep() == 0
+    assert await engine.sweep() == 0
+    assert commits == [] and len(ticks) == 2
+
+
+async def test_a_sweep_still_expires_a_due_lease_and_ends_a_due_lock_delay(
+    make_engine: Any, backend: Backend
+) -> None:
+    engine: Engine = await make_engine(POLICY)
+    a, _ = await engine.add_principal(None, "agent-a", "agent")
+    lease = await engine.acquire(a, resource="prod/db", intent="migrate", ttl_s=5)
+    commits = _commits(engine)
+    await backend.advance(6)
+    assert await engine.sweep() == 1  # expired; its lock-delay of 30 s begins
+    [expired] = await _events(engine, "lease.expired")
+    assert expired["resource"] == lease["resource"] and len(commits) == 1
+    assert await engine.sweep() == 0 and len(commits) == 1  # the delay is not due: idle
+    with pytest.raises(Held):
+        await engine.acquire(a, resource="prod/db", intent="again", ttl_s=5)
+    await backend.advance(31)
+    assert await engine.sweep() == 0 and len(commits) == 3  # (the refusal's, then the sweep's)
+    [(state,)] = await backend.sql("SELECT state FROM objects WHERE kind = 'delay'")
+    assert state == "done"
+
+
+async def test_a_rules_duty_is_done_by_the_first_sweep_at_its_end(
+    make_engine: Any, backend: Backend
+) -> None:
+    engine: Engine = await make_engine(POLICY)
+    a, _ = await engine.add_principal(None, "agent-a", "agent")
+    jane, _ = await engine.add_principal(None, "jane", "human")
+    await engine.acquire(a, resource="prod/db", intent="migrate", ttl_s=3600)
+    await engine.freezes.freeze(jane, "prod/web", "incident", until="40s")
+    commits = _commits(engine)
+    await engine.sweep()
+    assert commits == [] and await _events(engine, "freeze.expired") == []
+    await backend.advance(41)
+    await engine.sweep()  # the freeze ends (Freezes)
+    assert len(commits) == 1 and len(await _events(engine, "freeze.expired")) == 1
+    await backend.advance(600)
+    await engine.sweep()  # held past max_hold_s: its holder is woken (Stuck)
+    assert len(commits) == 2 and len(await _events(engine, "lease.stuck")) == 1

@@ -59,7 +59,7 @@ async def _metric(c: httpx.AsyncClient, url: str, name: str) -> float:
 
 def _rows_written(tmp: Path, i: int) -> int:
     """The ledger rows server ``i`` committed, by its decision log (one line a row; its
-    store's commit count also moves with its own sweeps, which write nothing)."""
+    store's commit count also moves with its own sweeps when they expire something)."""
     return _log(tmp, i).count("writ.decision:")
 
 

@@ -87,3 +87,24 @@ async def test_a_rules_duty_is_done_by_the_first_sweep_at_its_end(
     await backend.advance(600)
     await engine.sweep()  # held past max_hold_s: its holder is woken (Stuck)
     assert len(commits) == 2 and len(await _events(engine, "lease.stuck")) == 1
+
+
+async def test_a_rule_whose_due_fails_costs_the_sweep_nothing(
+    make_engine: Any, backend: Backend
+) -> None:
+    """A rule's ``due`` that raises (a third party's) makes the sweep do everything, as
+    before it looked first: leases past their ttl still expire, every rule still ticks."""
+    engine: Engine = await make_engine(POLICY)
+    a, _ = await engine.add_principal(None, "agent-a", "agent")
+    jane, _ = await engine.add_principal(None, "jane", "human")
+    await engine.acquire(a, resource="prod/db", intent="migrate", ttl_s=5)
+    await engine.freezes.freeze(jane, "prod/web", "incident", until="40s")
+
+    async def broken(tx: Any, now: float) -> bool:
+        raise RuntimeError("a rule's bug")
+
+    engine._dues[engine._tickers.index(engine.freezes.tick)] = broken
+    await backend.advance(41)
+    assert await engine.sweep() == 1
+    assert len(await _events(engine, "lease.expired")) == 1
+    assert len(await _events(engine, "freeze.expired")) == 1

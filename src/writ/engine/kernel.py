@@ -639,12 +639,10 @@ class Engine(PrincipalOps, QueueOps):
     # ------------------------------------------------------------------ background
     async def sweep(self) -> int:
         """Expire every lease past its ttl (and end lock-delays), then run the tickers;
-        returns leases expired. A read says first what is due, so an idle sweep writes no
-        transaction (on PostgreSQL, no turn on the chain head's lock, each second on each
-        server). What falls due after it is the next sweep's, and an acquire expires a
-        blocker past its ttl (or ends its lock-delay) itself; the write looks again under
-        the store's lock, where another server's sweep may have been first. A rule's tick
-        runs when its ``due`` says it has work (none comes due by the expiries' writes)."""
+        returns leases expired. A read says first what is due, so an idle sweep writes
+        nothing (on PostgreSQL: no turn at the chain head's lock). What falls due after it
+        is the next sweep's (an acquire expires a blocker itself); the write looks again
+        under the lock. A rule ticks when its ``due`` says so; if the look fails, all do."""
         tickers = list(zip(self._tickers, self._dues, strict=True))
 
         async def look(tx: Tx) -> tuple[bool, list[bool], float | None]:
@@ -667,7 +665,11 @@ class Engine(PrincipalOps, QueueOps):
                 await self._end_delay(tx, d)
             return len(due)
 
-        ends, ticks, nxt = await self.store.read(look)
+        try:
+            ends, ticks, nxt = await self.store.read(look)
+        except Exception:  # (a rule's due that raises): everything, as before the look
+            log.warning("sweep: what is due could not be read (%s)", sys.exc_info()[1])
+            ends, ticks, nxt = True, [True] * len(tickers), None
         n = await self.store.transact(fn) if ends else 0
         self._swept = (ends, nxt)
         for (tick, _), wanted in zip(tickers, ticks, strict=True):
@@ -682,11 +684,8 @@ class Engine(PrincipalOps, QueueOps):
                 wrote, nxt = self._swept  # as the sweep's read found it, unless it wrote
                 if wrote:
                     nxt = await self.store.read(_next_due)
-                delay = (
-                    self.sweep_interval
-                    if nxt is None
-                    else min(self.sweep_interval, max(nxt, 0.005))
-                )
+                delay = self.sweep_interval if nxt is None else max(nxt, 0.005)
+                delay = min(delay, self.sweep_interval)
             except asyncio.CancelledError:
                 raise
             except Exception:

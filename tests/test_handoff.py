@@ -719,3 +719,63 @@ async def test_a_burst_past_the_writers_room_is_shared_and_every_client_answered
         async with httpx.AsyncClient(timeout=10) as c:
             assert await _handed(c, urls[f]) == handed <= before + 36
             assert await _metric(c, urls[w], adopted) == handed
+
+
+def _pending(sock: socket.socket) -> list[bytes]:
+    """Every message ``sock`` (non-blocking) has queued, to the end (b"" once closed)."""
+    said: list[bytes] = []
+    while True:
+        try:
+            said.append(sock.recv(64))
+        except BlockingIOError:
+            return said
+        if not said[-1]:
+            return said
+
+
+async def test_a_server_that_reads_nothing_the_writer_says_is_not_given_credits_unsaid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relaying server that reads nothing the writer says fills its hand-off socket: what
+    the writer then cannot send is not counted as said — no credit it was never told of
+    held against the writer's room for good, no ``+`` lost that leaves it not handing
+    while it holds credits — it is cut off once what it sent was served (it links again
+    afresh). Before, a grant the writer could not send was counted as given: that room was
+    the writer's no more, and the server, short of it, was never given more."""
+    monkeypatch.setattr(handoff_module, "CREDIT", 4)
+    held = [0]
+    async with _room(tmp_path, held, servers=0) as (writer, _, adopted):
+        peer = await _raw_peer(tmp_path, writer)  # given 4
+        with peer, _tcp() as (accepted, _client):
+            (theirs,) = writer._peers.values()
+            theirs.conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # full soon
+            for _ in range(64):  # busy, idle again, ...: it reads none of it
+                writer.say(False)
+                writer.say(True)
+            for _ in range(3):  # it spends 3 of its 4; the writer gives 3 again, or tries to
+                socket.send_fds(peer, [b"c", struct.pack("!d", 0), LEASE], [accepted.fileno()])
+            await _until(lambda: len(adopted) == 3, "what it sent was not served")
+            await asyncio.sleep(0.05)
+            said = _pending(peer)
+        told = 4 + sum(struct.unpack("!I", m[1:])[0] for m in said if m[:1] == b"+")
+        counted = sum(p.credit for p in writer._peers.values())
+        assert counted <= told - 3, f"the writer counts {counted} credits, it told {told - 3}"
+        assert said[-1] == b"" and not writer._peers  # cut off: it links again afresh
+        assert writer.free() == 90 - held[0] == 87
+
+
+async def test_a_relaying_server_reads_all_the_writer_said_at_once(tmp_path: Path) -> None:
+    """A relaying server reads everything the writer said since it last looked, not one
+    message a turn of its loop: told more than once a turn (a grant with each adoption, a
+    ``-`` and a ``+``), it fell behind for good, and once its socket was full the writer
+    cut it off."""
+    async with _pair(tmp_path) as (writer, relaying, _adopted):
+        assert writer._sampler is not None
+        writer._sampler.cancel()  # the test says when the writer is busy
+        for _ in range(400):
+            writer.say(False)
+            writer.say(True)
+            await asyncio.sleep(0)  # a turn of the loop
+        await _until(lambda: relaying._taken, "the relaying server did not hear the last '+'")
+        assert relaying.linked() and len(writer._peers) == 1
+        assert not any(p.cut for p in writer._peers.values())

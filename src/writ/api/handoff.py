@@ -30,10 +30,12 @@ servers hand it connections at the same moment: each ``+`` carries credits (a co
 connections that server may hand over; at most :data:`CREDIT` outstanding), a relaying
 server hands a connection only with a credit to spend, and the writer gives credits only out
 of the room it has, counting those it gave that were not spent yet as taken (what its own
-listener accepts after that is its limit's to handle, as on a lone server). A connection a
-relaying server keeps is served as before: its lease writes relayed, the rest answered
-there. So on a host with cores to spare the relaying servers share the HTTP work once the
-writer is busy, and on a host without, the host's servers cost what one does.
+listener accepts after that is its limit's to handle, as on a lone server). A credit counts
+as given once said: a relaying server that leaves its socket full of what it was told is cut
+off, once what it sent is served, and links again afresh. A connection a relaying server
+keeps is served as before: its lease writes relayed, the rest answered there. So on a host
+with cores to spare the relaying servers share the HTTP work once the writer is busy, and on
+a host without, the host's servers cost what one does.
 
 What the writer is sent must be one TCP socket; anything else is closed, counted
 (``refused``) and ends that server's hand-off socket (one whose client reset it meanwhile is
@@ -90,6 +92,7 @@ _FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _TARGET = 64  # of a target, what is read to tell an ops route from the rest
 _LATE = struct.Struct("!d")  # after "c": the seconds the connection was open before
 _GRANT = struct.Struct("!I")  # after "+": the credits given (connections it may hand over)
+_HEARD_AT_ONCE = 1024  # of the writer's messages, what a relaying server reads in one turn
 
 
 def digest(identity: str, settings: Mapping[str, Any]) -> str:
@@ -246,13 +249,13 @@ class Handoff:
         """Give ``peer`` credits up to :data:`CREDIT` out of :meth:`free`, once it has spent
         half of them; ``said``: say ``+`` even with none to give (the writer takes
         connections again)."""
-        if not self._open or not peer.greeted or self._listening is None:
+        if not self._open or not peer.greeted or peer.cut or self._listening is None:
             return
         give = 0
         if peer.credit <= CREDIT // 2:
             give = max(min(CREDIT - peer.credit, self.free()), 0)
         if (give or said) and peer.send(b"+" + _GRANT.pack(give)):
-            peer.credit += give  # (not given if not said: they would be held up for good)
+            peer.credit += give  # counted once said: one not said is the writer's room still
 
     async def _sample(self) -> None:
         cpu, at = self.cpu(), time.monotonic()
@@ -340,17 +343,22 @@ class Handoff:
         log.info("hand-off: this server hands its connections to the writer")
 
     def _heard(self) -> None:
-        sock = self._out
-        if sock is None:
-            return
-        try:
-            said = sock.recv(64)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            said = b""
-        if not self._said(said):
-            self.disconnect()
+        """Take all the writer said since this server last looked (a few hundred messages
+        fill the socket, and the writer cuts off a server that lets it fill; it may say
+        several things a turn of this server's loop)."""
+        for _ in range(_HEARD_AT_ONCE):
+            sock = self._out
+            if sock is None:
+                return
+            try:
+                said = sock.recv(64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                said = b""
+            if not self._said(said):
+                self.disconnect()
+                return
 
     def _said(self, said: bytes) -> bool:
         """Take what the writer said: ``+`` and the credits it adds, or ``-``; False for
@@ -415,6 +423,7 @@ class _Peer:
         self.fileno = conn.fileno()
         self.greeted = False
         self.credit = 0  # connections it may still hand over (Handoff.top_up)
+        self.cut = False  # it read nothing of what it was told for long: going (send)
         self.unheard: asyncio.TimerHandle | None = None  # closes it unless it says hello
 
     def readable(self) -> bool:
@@ -460,6 +469,8 @@ class _Peer:
         """Close, serving first what the relaying server sent: once this end reads no more
         (``SHUT_RD``) its next hand-off fails (it serves that connection itself), and what
         it sent before is read to the end of the queue."""
+        if self.handoff._peers.get(self.fileno) is not self:  # closed meanwhile
+            return
         with contextlib.suppress(OSError):
             self.conn.shutdown(socket.SHUT_RD)
         while self.handoff._peers.get(self.fileno) is self and self.readable():
@@ -467,17 +478,27 @@ class _Peer:
         self.close()
 
     def send(self, said: bytes) -> bool:
-        """Whether ``said`` went (not if the relaying server does not read, or went)."""
+        """Say ``said``; False if it was not said. A relaying server that left so much of
+        what it was told unread that its socket is full is cut off, once what it sent is
+        served (:meth:`drain`): what it was not told — credits, ``+`` — would leave the two
+        ends counting apart for good. It links again afresh, as after a writer that went."""
         try:
             self.conn.send(said)
-        except OSError:
+        except BlockingIOError:
+            if not self.cut and self.handoff._peers.get(self.fileno) is self:
+                self.cut = True
+                log.warning("hand-off: cut off a relaying server that reads nothing it is told")
+                asyncio.get_running_loop().call_soon(self.drain)
+            return False
+        except OSError:  # it went: read to its end (readable)
             return False
         return True
 
     def close(self) -> None:
         if self.unheard is not None:
             self.unheard.cancel()
-        if self.handoff._peers.pop(self.fileno, None) is not None:
+        if self.handoff._peers.get(self.fileno) is self:  # (not a later peer on its number)
+            del self.handoff._peers[self.fileno]
             with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().remove_reader(self.fileno)
         self.conn.close()

@@ -43,6 +43,7 @@ LEASE = b"POST /v1/leases HTTP/1.1\r\nhost: x\r\n"
         (b"GET /metrics HTTP/1.1\r\n", False),  # each server's own
         (b"GET /readyz?x=1 HTTP/1.1\r\n", False),
         (b"GET /livez HTTP/1.1\r\n", False),
+        (b"GET /livez#x HTTP/1.1\r\n", False),  # a fragment, as the app reads the path
         (b"GET /metricsx HTTP/1.1\r\n", True),
         (b"GET /%6Detrics HTTP/1.1\r\n", False),  # percent-encoded, as the app decodes it
         (b"GET /%2Fmetrics HTTP/1.1\r\n", True),  # '//metrics': no probe

@@ -120,7 +120,7 @@ def away(first: bytes) -> bool | None:
             return True if any(c in target for c in b" \r\n") or len(target) >= _TARGET else None
         target = target[path:]
     for end, char in enumerate(target):
-        if char in b" ?\r\n":
+        if char in b" ?#\r\n":  # (a fragment: the app reads the path before it)
             return unquote_to_bytes(target[:end]) not in OPS  # as the app reads a path
     return None if len(target) < _TARGET else True
 
@@ -325,7 +325,7 @@ class Handoff:
             if not _same_user(sock):
                 raise OSError("the writer's hand-off socket is another user's")
             await loop.sock_sendall(sock, self.digest.encode())
-            said = await asyncio.wait_for(loop.sock_recv(sock, 64), HELLO_WAIT_S)
+            said = await asyncio.wait_for(loop.sock_recv(sock, 64), self.hello_wait_s)
         except (OSError, TimeoutError):
             sock.close()
             return

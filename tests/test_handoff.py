@@ -393,7 +393,7 @@ async def test_credits_come_again_as_connections_close(
             assert placed == [True, True, True, True, False]  # what it was given, no more
             assert held[0] == 90 and relaying.credit == 0 and writer.free() == 0
             held[0] = 50  # closed meanwhile
-            writer.sample_s = 0.01
+            writer.sample_s, writer.cpu = 0.01, lambda: 0.0  # (idle: the test's CPU aside)
             writer._sampler = asyncio.ensure_future(writer._sample())
             await _until(lambda: relaying.credit == 4, "no credits after connections closed")
 
@@ -413,6 +413,38 @@ async def test_credits_the_relaying_server_was_never_told_of_are_not_given(
             (mine,) = writer._peers.values()
             assert mine.credit == 1  # the one left, not the top-up it could not say
             assert writer.free() == 90 - 1 - 1
+
+
+async def test_a_server_linked_later_is_given_its_share_of_the_room(tmp_path: Path) -> None:
+    """The first server to link is given all the writer's room (90 of 100); once a second
+    links, the writer asks the first for what it holds past an even share, at its next
+    sample, and gives it to the second: an idle server does not keep the room from the
+    others (what it handed meanwhile is counted first: the two ends stay exact)."""
+    async with _room(tmp_path, [0], servers=2) as (writer, (one, two), adopted):
+        assert one.credit == 90 and two.credit == 0 and writer.share() == 45
+        with _tcp() as (accepted, _client):
+            assert one.offer(_Transport(accepted), LEASE) is True  # in flight as it is asked
+        writer.sample_s, writer.cpu = 0.01, lambda: 0.0  # (idle: the test's CPU aside)
+        writer._sampler = asyncio.ensure_future(writer._sample())
+        # the first keeps 45 and gives back 44 (it handed one); the second is given what is
+        # left of the room, the handed connection held: 90 - 1 - 45
+        await _until(lambda: two.credit == 44, "the second server was given no share")
+        assert one.credit == 45 and len(adopted) == 1
+        assert sorted(p.credit for p in writer._peers.values()) == [44, 45]
+        assert writer.free() == 0
+
+
+async def test_a_server_that_gives_back_what_it_was_not_given_is_heard_no_more(
+    tmp_path: Path,
+) -> None:
+    async with _room(tmp_path, [0], servers=0) as (writer, _, _adopted):
+        peer = await _raw_peer(tmp_path, writer, 90)
+        with peer:
+            (theirs,) = writer._peers.values()
+            theirs.asked = True
+            peer.send(b"r" + struct.pack("!I", 91))
+            assert await _heard(peer) == b""  # closed
+        assert writer.counts["refused"] == 1 and not writer._peers
 
 
 async def test_a_server_that_hands_past_its_credits_is_heard_no_more(tmp_path: Path) -> None:

@@ -27,15 +27,18 @@ Room: the writer takes connections while its process used under :data:`BUSY_OFF`
 over the last :data:`SAMPLE_S` (past it, ``-``; ``+`` again under :data:`BUSY_ON`). And it
 is never handed more than :data:`ROOM` of its listener's connection limit, however many
 servers hand it connections at the same moment: each ``+`` carries credits (a count of
-connections that server may hand over; at most :data:`CREDIT` outstanding), a relaying
-server hands a connection only with a credit to spend, and the writer gives credits only out
-of the room it has, counting those it gave that were not spent yet as taken (what its own
-listener accepts after that is its limit's to handle, as on a lone server). A credit counts
-as given once said: a relaying server that leaves its socket full of what it was told is cut
-off, once what it sent is served, and links again afresh. A connection a relaying server
-keeps is served as before: its lease writes relayed, the rest answered there. So on a host
-with cores to spare the relaying servers share the HTTP work once the writer is busy, and on
-a host without, the host's servers cost what one does.
+connections that server may hand over; at most :data:`CREDIT` outstanding, or an even share
+of the room when more servers are linked than that fills), a relaying server hands a
+connection only with a credit to spend, and the writer gives credits only out of the room it
+has, counting those it gave that were not spent yet as taken (what its own listener accepts
+after that is its limit's to handle, as on a lone server). A server holding more than its
+share (given before others linked) is asked, ``s`` and the share, for the rest back, and
+answers ``r`` and how many, after what it handed meanwhile. A credit counts as given once
+said: a relaying server that leaves its socket full of what it was told is cut off, once
+what it sent is served, and links again afresh. A connection a relaying server keeps is
+served as before: its lease writes relayed, the rest answered there. So on a host with cores
+to spare the relaying servers share the HTTP work once the writer is busy, and on a host
+without, the host's servers cost what one does.
 
 What the writer is sent must be one TCP socket; anything else is closed, counted
 (``refused``) and ends that server's hand-off socket (one whose client reset it meanwhile is
@@ -245,15 +248,25 @@ class Handoff:
         given = sum(peer.credit for peer in self._peers.values())
         return int(self.room * self._max_connections) - self._connections() - given
 
+    def share(self) -> int:
+        """The credits one relaying server may hold: :data:`CREDIT`, or less when the
+        servers linked here would fill :data:`ROOM` of the writer's limit with that much
+        (then each its even part of it)."""
+        if not self._max_connections:
+            return CREDIT
+        linked = sum(peer.greeted for peer in self._peers.values()) or 1
+        return max(1, min(CREDIT, int(self.room * self._max_connections) // linked))
+
     def top_up(self, peer: _Peer, said: bool = False) -> None:
-        """Give ``peer`` credits up to :data:`CREDIT` out of :meth:`free`, once it has spent
+        """Give ``peer`` credits up to :meth:`share` out of :meth:`free`, once it has spent
         half of them; ``said``: say ``+`` even with none to give (the writer takes
         connections again)."""
         if not self._open or not peer.greeted or peer.cut or self._listening is None:
             return
         give = 0
-        if peer.credit <= CREDIT // 2:
-            give = max(min(CREDIT - peer.credit, self.free()), 0)
+        share = self.share()
+        if peer.credit <= share // 2:
+            give = max(min(share - peer.credit, self.free()), 0)
         if (give or said) and peer.send(b"+" + _GRANT.pack(give)):
             peer.credit += give  # counted once said: one not said is the writer's room still
 
@@ -265,7 +278,11 @@ class Handoff:
             busy = (cpu_now - cpu) / max(now - at, 1e-6)
             cpu, at = cpu_now, now
             self.say(self.has_room(busy))
+            share = self.share()
             for peer in list(self._peers.values()):  # what closed since is room again
+                if peer.credit > share and peer.greeted and not (peer.asked or peer.cut):
+                    # given while fewer servers were linked: the rest back, for the others
+                    peer.asked = peer.send(b"s" + _GRANT.pack(share))
                 self.top_up(peer)
 
     def say(self, room: bool) -> None:
@@ -368,6 +385,14 @@ class Handoff:
             self.credit += _GRANT.unpack_from(said, 1)[0]
         elif said == b"-":
             self._taken = False
+        elif said[:1] == b"s" and len(said) == 1 + _GRANT.size and self._out is not None:
+            # keep that many: the rest back (after what this server handed, in order)
+            back = max(self.credit - _GRANT.unpack_from(said, 1)[0], 0)
+            self.credit -= back
+            try:
+                self._out.send(b"r" + _GRANT.pack(back))
+            except OSError:  # not said: the two ends would count apart
+                return False
         else:
             return False
         return True
@@ -423,6 +448,7 @@ class _Peer:
         self.fileno = conn.fileno()
         self.greeted = False
         self.credit = 0  # connections it may still hand over (Handoff.top_up)
+        self.asked = False  # to give back what it holds past its share (Handoff._sample)
         self.cut = False  # it read nothing of what it was told for long: going (send)
         self.unheard: asyncio.TimerHandle | None = None  # closes it unless it says hello
 
@@ -447,8 +473,14 @@ class _Peer:
             return True
         for fd in fds:  # nothing else a writ server sends carries a descriptor
             os.close(fd)
+        back = -1  # credits it gives back, asked to ("r" and how many)
+        if data[:1] == b"r" and len(data) == 1 + _GRANT.size and whole and not fds:
+            back = _GRANT.unpack_from(data, 1)[0]
         if not data:  # the relaying server went
             self.close()
+        elif self.greeted and self.asked and 0 <= back <= self.credit:
+            self.credit -= back
+            self.asked = False
         elif not self.greeted and whole and not fds and data == self.handoff.digest.encode():
             self.greeted = True
             if self.unheard is not None:

@@ -206,6 +206,24 @@ async def test_a_release_path_that_only_begins_like_leases_is_not_a_release(
         assert got.json()["state"] == "held", got.text
 
 
+async def test_the_python_clients_acquire_and_release_take_the_lean_path(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """writ's own client (``writ release``, ``writ run``, ``client.lease``) asks the hot
+    routes as plainly as a bench does: its release once carried a ``{}`` body, which the
+    lean path leaves to the layers, so none of its releases took the short way, nor were
+    relayed to a host's writer (operations.md: the others send it their releases)."""
+    from writ.client import AsyncClient
+
+    async with world(backend, tmp_path, monkeypatch) as w, served(w) as port:
+        layered = _spy_front(w.app)
+        async with AsyncClient(f"http://127.0.0.1:{port}", w.tokens["perf-agent"]) as client:
+            lease = await client.acquire("prod/db/lean", intent="x", ttl_s=30)
+            released = await client.release(lease["lease_id"])
+        assert released["state"] == "released", released
+        assert layered == [], layered
+
+
 def _scope(method: str, path: str, headers: list[tuple[bytes, bytes]], query: bytes = b"") -> Any:
     return {
         "type": "http",

@@ -184,7 +184,8 @@ class _Routes(Generic[R]):
 
     def release(self, lease_id: str) -> R:
         """``POST /v1/leases/{id}/release``; :class:`~writ.LeaseLost` if already lost."""
-        return self._send(_Req("POST", f"/v1/leases/{_id(lease_id)}/release", body={}))
+        # no body: a release as plain as the lean path takes (and relays to a host's writer)
+        return self._send(_Req("POST", f"/v1/leases/{_id(lease_id)}/release"))
 
     def revoke(
         self,

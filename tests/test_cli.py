@@ -276,6 +276,10 @@ def test_fence(agent_env: dict[str, str]) -> None:
     lease = json.loads(ok(["acquire", res, "--intent", "x", "--json"], agent_env).stdout)
     assert "current" in ok(["fence", res, str(lease["fencing_token"])], agent_env).stdout
     assert cli(["fence", res, str(lease["fencing_token"] - 1)], agent_env).exit_code == 1
+    ok(["release", lease["lease_id"]], agent_env)
+    gone = cli(["fence", res, str(lease["fencing_token"])], agent_env)
+    # nothing holds it now: said so, not as Python's None
+    assert gone.exit_code == 1 and gone.stdout == f"stale: nothing holds {res} now\n", gone.stdout
 
 
 # ----------------------------------------------------------------------------- audit

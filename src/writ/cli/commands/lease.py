@@ -288,9 +288,14 @@ def fence(resource: str, fencing_token: int, url: str, token: str | None, as_jso
     if as_json:
         _echo_json(out)
     else:
+        current = out.get("current_token")
         click.echo(
-            f"{'current' if out.get('current') else 'stale'}: current token on {resource} is "
-            f"{out.get('current_token')}"
+            f"{'current' if out.get('current') else 'stale'}: "
+            + (
+                f"nothing holds {resource} now"
+                if current is None
+                else f"current token on {resource} is {current}"
+            )
         )
     if not out.get("current"):
         sys.exit(EXIT_REFUSED)

@@ -12,9 +12,10 @@ the supervisor exits) unless ``--relay`` names one or says ``off``.
 
 The workers are started afresh (not forked), so they learn the store, the policy file and
 the app's settings (logs, metrics, the relay) from the environment this module sets before
-starting them. A worker serves like a single ``writ serve`` but for two things: SIGHUP does not
-reload its policy (restart the workers instead), and on SIGTERM uvicorn's graceful shutdown
-bounds its waiters rather than answering them 503 at once (docs/operations.md).
+starting them. A worker serves like a single ``writ serve`` but for SIGHUP: it does not reload
+its policy (SIGHUP to the supervisor replaces the workers one at a time, each replacement
+reading the policy afresh); on SIGTERM it shuts down as a single server does, its waiters
+answered 503 at once (docs/operations.md).
 """
 
 from __future__ import annotations

@@ -224,6 +224,8 @@ class _Link(_Frames):
     def frame(self, header: list[Any], body: bytes) -> bool:
         if len(header) == 3 and header[0] == 0 and header[1] in ("welcome", "refused"):
             self.theirs = str(header[2])[:200]
+            if header[1] == "refused":
+                self._told = False  # the writer never counted it: no notes to have missed
             if not self.welcome.done():
                 self.welcome.set_result(header[1] == "welcome")
             return True

@@ -4,6 +4,7 @@ next step in the surface's own terms, and no wait for one's own lease."""
 from __future__ import annotations
 
 import io
+import os
 import threading
 from typing import Any
 
@@ -390,3 +391,26 @@ def test_known_prefixes_include_authority_grants(tmp_path: Any) -> None:
         rules=e.policy.rules, authority=SimpleNamespace(grants=[grant])
     )
     assert {"billing/ledger", "audit", "capacity", "prod/db"} <= set(e.known_prefixes())
+
+
+def test_the_live_lines_width_is_columns_or_the_terminals_or_80(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the tables' (cli.md): ``COLUMNS``, else the terminal's width, else 80. A terminal
+    that says it has no columns (a pty nobody sized: ``script``, ``docker exec -t``) cut the
+    live line to its first letter, 'w…'."""
+    from writ.cli import wait
+
+    class Sized(_Tty):
+        def fileno(self) -> int:
+            return 2
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(wait.os, "get_terminal_size", lambda fd: os.terminal_size((0, 0)))
+    assert wait._columns(Sized()) == 80
+    monkeypatch.setattr(wait.os, "get_terminal_size", lambda fd: os.terminal_size((132, 40)))
+    assert wait._columns(Sized()) == 132
+    monkeypatch.setenv("COLUMNS", "100")
+    assert wait._columns(Sized()) == 100
+    monkeypatch.setenv("COLUMNS", "wide")
+    assert wait._columns(Sized()) == 132

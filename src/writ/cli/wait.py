@@ -61,6 +61,20 @@ def _fit(line: str, columns: int) -> str:
     return (cut.rsplit(" ", 1)[0] if " " in cut else cut) + "…"
 
 
+def _columns(out: IO[str]) -> int:
+    """How wide the line may be, as the tables say it (cli.md): ``COLUMNS``, else the
+    terminal's width, else 80 — also when the terminal says 0 (a pty nobody sized)."""
+    with contextlib.suppress(ValueError):
+        given = int(os.environ.get("COLUMNS", ""))
+        if given > 0:
+            return given
+    try:
+        columns = os.get_terminal_size(out.fileno()).columns
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        columns = 0
+    return columns if columns > 0 else 80
+
+
 def _ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
@@ -127,12 +141,7 @@ def live_line(
 
     stop = threading.Event()
     deadline = time.monotonic() + wait
-    if columns is None:
-        try:
-            columns = os.get_terminal_size(out.fileno()).columns
-        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-            columns = 80
-    width = columns
+    width = _columns(out) if columns is None else columns
 
     def show() -> None:
         with Client(url, token, timeout=5) as reader:

@@ -193,6 +193,37 @@ def test_serve_check_refuses_the_workers_serving_would(
     assert ok.exit_code == 0, ok.output
 
 
+def test_serve_check_names_a_bad_checkpoint_key_or_relay_among_the_other_problems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--check says every problem as one of its lines (operations.md): a missing checkpoint
+    key, or a relay directory open to others, was a lone 'writ: invalid: ...' that hid the
+    rest (here a short metrics token)."""
+    import writ.api.app
+
+    monkeypatch.setattr(writ.api.app, "EXTENSIONS", [])
+    monkeypatch.setenv("WRIT_METRICS_TOKEN", "short")
+    sqlite = f"sqlite:///{tmp_path}/w.db"
+    open_dir = tmp_path / "relay"
+    open_dir.mkdir(mode=0o755)
+    open_dir.chmod(0o755)
+    cases = [
+        (
+            ["--checkpoint-every", "5", "--checkpoint-key", str(tmp_path / "none.key")],
+            "checkpoint key: ",
+        ),
+        (["--relay", str(open_dir)], "relay: "),
+    ]
+    for flags, says in cases:
+        result = CliRunner().invoke(
+            main, ["serve", "--check", "--port", str(free_port()), "--store", sqlite, *flags]
+        )
+        assert result.exit_code == 1, result.output
+        lines = result.stderr.splitlines()
+        assert any(l.startswith(f"writ serve --check: {says}") for l in lines), lines
+        assert "writ serve --check: metrics token: use at least 16 characters" in lines, lines
+
+
 # ----------------------------------------------------------------------------- a process
 class Writ:
     """`writ serve` in a child process, configured by environment variables."""

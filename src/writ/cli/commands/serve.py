@@ -202,13 +202,28 @@ def serve(
     password = [("store", "the store URL's password", "WRIT_STORE, PGPASSWORD or ~/.pgpass")]
     metrics_flag = [("metrics_token", "the metrics token", "WRIT_METRICS_TOKEN")]
     warn_of_flags("writ serve", (password if redact(store) != store else []) + metrics_flag)
+    from writ.core.errors import Invalid
+
+    early: list[str] = []  # for --check: said among the other problems, not alone before them
     if checkpoint_every:
-        install_checkpointer(checkpoint_key, checkpoint_dir, checkpoint_every)
-    relay_dir = check_relay(store, relay) if relay is not None else None
+        try:
+            install_checkpointer(checkpoint_key, checkpoint_dir, checkpoint_every)
+        except Invalid as exc:
+            if not check_only:
+                raise
+            early.append(f"checkpoint key: {exc.message}")
+    relay_dir = None
+    if relay is not None:
+        try:
+            relay_dir = check_relay(store, relay)
+        except Invalid as exc:
+            if not check_only:
+                raise
+            early.append(f"relay: {exc.message}")
     if check_only:
         from writ.api.lifecycle import check
 
-        problems = check(
+        problems = early + check(
             store, host, port, policy, log_level, log_format, shutdown_timeout, metrics_token
         )
         problems += workers_problems(store, workers, checkpoint_every)

@@ -228,3 +228,41 @@ async def test_a_relayed_acquire_is_one_trace_across_both_servers(
     assert call.parent.span_id == request.context.span_id
     assert served.parent.span_id == call.context.span_id
     assert acquired.parent.span_id == served.context.span_id
+
+
+async def test_one_server_span_per_request_and_the_engines_spans_inside_it(
+    spans: InMemorySpanExporter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As under ``writ serve``, whose provider is the process's global one: a request through
+    FastAPI's routes is one server span, writ's ``HTTP <method> <route>``, with the engine's
+    and the store's spans inside it. FastAPI's own telemetry (on by default where FastAPI
+    has it) added a second server span per request, which took the engine's spans as its
+    own and, with no caller's traceparent, stood in a trace apart from writ's."""
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracing.enable(provider)
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)  # as set_tracer_provider would
+    engine = Engine(SQLiteStore(f"sqlite:///{tmp_path}/t.db"), None)
+    tracing.instrument(engine)
+    await engine.start(background=False)
+    try:
+        _, token = await engine.add_principal(None, "one-span", "agent")
+        app = create_app(engine, start_engine=False)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://writ"
+        ) as c:
+            spans.clear()
+            r = await c.get("/v1/leases", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200, r.text
+        done = spans.get_finished_spans()
+        servers = [s.name for s in done if s.kind == SpanKind.SERVER]
+        assert servers == ["HTTP GET /v1/leases"], [s.name for s in done]
+        (http,) = [s for s in done if s.kind == SpanKind.SERVER]
+        reads = [s for s in done if s.name == "writ.store.read"]
+        assert reads and all(s.parent.span_id == http.context.span_id for s in reads), done
+    finally:
+        await engine.stop()
+        provider.shutdown()

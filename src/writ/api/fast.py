@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import re
@@ -470,6 +471,10 @@ class WritApp(FastAPI):
         max_waits: int = DEFAULT_CAP,
         **kwargs: Any,
     ) -> None:
+        if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+            # FastAPI's own OpenTelemetry (where it has it, on by default) would add a
+            # second server span per request, around the engine's: writ traces its own
+            kwargs.setdefault("telemetry", {"tracing": False, "metrics": False, "logs": False})
         super().__init__(**kwargs)
         self.state.engine = engine
         # set when the server begins a graceful shutdown: waiting requests answer 503

@@ -281,6 +281,10 @@ def test_a_resource_outside_every_policy_prefix_is_granted_with_a_warning(tmp_pa
     assert outside_known("prod", ["prod/db"]) is None  # above a named prefix
     assert outside_known("capacity/db/x", ["capacity"]) is None
     assert "did you mean prod/db?" in (outside_known("prdo/db", ["prod/db", "capacity"]) or "")
+    # the prefixes as the policy names them: capacity/uni is under 'capacity', which the
+    # warning once listed (the first segment of capacity/db) as a prefix it lies outside
+    under_top = outside_known("capacity/uni", ["capacity/db", "prod/db", "routing/db-tier"])
+    assert under_top is not None and "(capacity/db, prod/db, routing/db-tier)" in under_top
     with serve(tmp_path / "w.db", parse(TYPO_POLICY)) as srv:
         _, token = srv.principal("agent")
         env = srv.env(token)

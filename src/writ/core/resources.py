@@ -171,10 +171,9 @@ def outside_known(resource: str, known: Iterable[str]) -> str | None:
     import difflib
 
     near = difflib.get_close_matches(resource, names, n=1, cutoff=0.6)
-    tops = sorted({p.split("/", 1)[0] for p in names})
     return (
-        f"{resource} is outside every prefix the policy names ({', '.join(tops[:8])}"
-        + (", ..." if len(tops) > 8 else "")
+        f"{resource} is outside every prefix the policy names ({', '.join(names[:8])}"
+        + (", ..." if len(names) > 8 else "")
         + ")"
         + (f"; did you mean {near[0]}?" if near else "; a typo?")
         + " Granted all the same."

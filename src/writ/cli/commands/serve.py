@@ -111,7 +111,7 @@ from writ.net.options import from_options, limit_options
     metavar="DIR|off",
     envvar="WRIT_RELAY",
     help="Servers on this host given the same directory elect one writer and relay lease "
-    "writes to it (PostgreSQL stores; on by default with --workers; docs/scaling.md) "
+    "writes to it (PostgreSQL stores; on by default with --workers; docs/operations.md) "
     "[env WRIT_RELAY].",
 )
 @click.option(

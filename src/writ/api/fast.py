@@ -148,6 +148,8 @@ class FastLeases:
         if route == FENCE:
             return await self._fence(scope, token)
         lease_id = None if route == LEASES else scope["path"].split("/")[3]
+        if lease_id is not None:
+            body = b""  # a release's body, if any, is read by no one (FastAPI's route neither)
         req: dict[str, Any] | None = None
         # FastAPI refuses any other body type
         if lease_id is None and _is_json(_header(scope, b"content-type") or b""):

@@ -24,6 +24,7 @@ from writ.core.clock import parse_time
 from writ.core.errors import Conflict, Forbidden, Held, Invalid, LeaseLost, Unauthenticated
 from writ.core.models import Principal, Waiter
 from writ.engine import DISPATCH_PAGE, Engine
+from writ.engine.queue import SHUTTING_DOWN
 
 pytestmark = pytest.mark.usefixtures("no_admin_env")
 
@@ -319,9 +320,13 @@ async def test_a_caller_cancelled_as_its_queue_join_commits_leaves_the_queue(
     assert held == []  # nobody was granted prod/db on agent-b's behalf
 
 
+@pytest.mark.parametrize(
+    ("cause", "said"),
+    [(None, "the caller disconnected"), (SHUTTING_DOWN, "its server shut down")],
+)
 @pytest.mark.parametrize("wait_s", [0, 30])
 async def test_a_caller_cancelled_as_its_grant_commits_gives_the_lease_back(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch, wait_s: float
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, wait_s: float, cause: Any, said: str
 ) -> None:
     """The caller went away while the grant of a free resource was committing (a hang-up
     or a graceful shutdown ending its call, as the transaction's answer came back): the
@@ -333,9 +338,9 @@ async def test_a_caller_cancelled_as_its_grant_commits_gives_the_lease_back(
 
     async def transact(fn: Any, *args: Any, **kwargs: Any) -> Any:
         out = await real(fn, *args, **kwargs)
-        if armed[0]:  # the grant committed; its caller is cancelled now
+        if armed[0]:  # the grant committed; its caller is cancelled now (a hang-up, a drain)
             armed[0] = False
-            raise asyncio.CancelledError
+            raise asyncio.CancelledError(cause)
         return out
 
     monkeypatch.setattr(engine.store, "transact", transact)
@@ -345,7 +350,7 @@ async def test_a_caller_cancelled_as_its_grant_commits_gives_the_lease_back(
     granted, released = await rows(engine, "lease.granted"), await rows(engine, "lease.released")
     assert len(granted) == 1 and len(released) == 1
     assert released[0]["lock_key"] == granted[0]["lock_key"]
-    assert "disconnected before the grant reached it" in released[0]["notes"]
+    assert f"released: {said} before the grant reached it" in released[0]["notes"]
     assert released[0]["agent_id"] == "agent-a"
     lease = await grant(engine, b, "prod/db")  # free at once, not in ten minutes
     assert lease["holder"] == "agent-b"

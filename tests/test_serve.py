@@ -380,6 +380,7 @@ def test_sigterm_drains_waiters_with_503_and_leaves_nothing_half_done(
     assert verification.ok
     mine = [r for r in rows if r["agent_id"] == "waiter"]
     assert [r["event"] for r in mine] == ["lease.queued", "lease.denied"]
+    assert "'wait': its server shut down before a grant" in mine[1]["notes"]  # not its caller
 
     # the JSON log: a line per request and per decision, no secrets
     lines = w.lines()

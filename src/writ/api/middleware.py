@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from writ.core.errors import Invalid, TooLarge, Unavailable, WritError
+from writ.engine.queue import SHUTTING_DOWN
 from writ.net.credentials import Twice, sole
 
 T = TypeVar("T")
@@ -149,13 +150,13 @@ async def _unless_hung_up(
         raise
     if why is None:
         return task.result()
-    task.cancel()
+    task.cancel(SHUTTING_DOWN if why == "drain" else None)  # (the ledger says which)
     with contextlib.suppress(asyncio.CancelledError):
         await task
     if why == "drain":
         raise Unavailable(
-            "writ is shutting down: this wait ended and left the queue; retry (on another "
-            "server, or once this one is back)"
+            "writ is shutting down: this wait ended (an acquire waiting in the queue left it); "
+            "retry (on another server, or once this one is back)"
         )
     raise Unavailable("the caller hung up while waiting; its place in the queue was given up")
 

@@ -301,9 +301,9 @@ class Engine(PrincipalOps, QueueOps):
                 out = await self.store.transact(
                     lambda tx: self._acquire_tx(tx, principal, req, waiter_id, made)
                 )
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as why:
                 # the queue join, or the grant, may have committed: leave it, give it back
-                await asyncio.shield(self._abandon(waiter_id, req, made))
+                await asyncio.shield(self._abandon(waiter_id, req, made, why))
                 raise
             if isinstance(out, WritError):
                 raise out
@@ -427,9 +427,9 @@ class Engine(PrincipalOps, QueueOps):
                 if isinstance(out, Lease):
                     return out.to_dict()
                 blocked, store_now = out.blocked, out.now
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as why:
             # the caller went away: leave the queue, and give back a lease granted meanwhile
-            await asyncio.shield(self._abandon(waiter.waiter_id, req))
+            await asyncio.shield(self._abandon(waiter.waiter_id, req, (), why))
             raise
 
     async def _recheck_tx(

@@ -47,6 +47,8 @@ log = logging.getLogger("writ.engine")
 
 STALE_WAITER_S = 2.0  # a waiter this far past its deadline has no caller left
 DISPATCH_PAGE = 4  # queued requests read at once when a lease ends (then the rest, if needed)
+# what a waiting call is cancelled with when its server shuts down (its caller did not leave)
+SHUTTING_DOWN = "writ: the server is shutting down"
 Gate = Callable[[Tx, Principal, Request], Awaitable[WritError | None]]
 
 
@@ -465,12 +467,18 @@ class QueueOps(ReadOps):
     # the old private names (rules now call the public ones; removed in the rooms renovation)
     _end = end
 
-    async def _abandon(self, waiter_id: str, req: Request, made: Sequence[str] = ()) -> None:
-        """The caller of ``req`` went away (its task cancelled) while it waited, or while its
+    async def _abandon(
+        self, waiter_id: str, req: Request, made: Sequence[str] = (), why: Any = None
+    ) -> None:
+        """The caller of ``req`` went away (its task cancelled: ``why``, the cancellation,
+        says :data:`SHUTTING_DOWN` when its server drains) while it waited, or while its
         queue join or its grant was committing: take ``waiter_id`` out of the queue if it is
         there, with a row that ends its ``lease.queued`` one, or give back the lease granted
         to it meanwhile (from the queue, or one of ``made``, the leases its attempts granted
         directly). Nothing if none (nothing committed)."""
+        gone, left = ("the waiting caller disconnected", "the caller disconnected")
+        if SHUTTING_DOWN in getattr(why, "args", ()):
+            gone = left = "its server shut down"
 
         async def fn(tx: Tx) -> None:
             if await tx.delete_waiter(waiter_id):
@@ -481,8 +489,7 @@ class QueueOps(ReadOps):
                         req.principal,
                         req.resource,
                         held[0] if held else None,
-                        f"withdrawn {req.intent!r}: the waiting caller disconnected before a "
-                        f"grant{waited_as(waiter_id)}",
+                        f"withdrawn {req.intent!r}: {gone} before a grant{waited_as(waiter_id)}",
                     )
                 )
                 await self._dispatch(tx, req.expand)
@@ -496,7 +503,7 @@ class QueueOps(ReadOps):
                         lease,
                         "released",
                         req.principal,
-                        notes="released: the caller disconnected before the grant reached it",
+                        notes=f"released: {left} before the grant reached it",
                     )
 
         with contextlib.suppress(WritError):

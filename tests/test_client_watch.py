@@ -36,7 +36,7 @@ def waiting(agent: Client, resource: str) -> bool:
     try:
         agent.events(resource, 0, wait_s=0.01)
     except Unavailable as exc:
-        assert "requests waiting" in exc.message, exc.message
+        assert "waiting on this server" in exc.message, exc.message
         return True
     return False
 
@@ -48,7 +48,7 @@ async def awaiting(agent: AsyncClient, resource: str) -> None:
         try:
             await agent.events(resource, 0, wait_s=0.01)
         except Unavailable as exc:
-            assert "requests waiting" in exc.message, exc.message
+            assert "waiting on this server" in exc.message, exc.message
             return
         assert time.monotonic() < deadline, "the watch never waited on the server"
         await asyncio.sleep(0.02)

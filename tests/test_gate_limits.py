@@ -145,7 +145,7 @@ def test_behind_a_trusted_proxy_each_client_is_the_address_the_proxy_saw(
             spoofed = {"X-Forwarded-For": "10.0.0.9, 10.0.0.1"}  # 10.0.0.1 writes its own
             while (r := httpx.get(f"{url}/pub/x", headers=spoofed)).status_code != 429:
                 assert r.status_code == 200 and time.monotonic() < deadline
-            assert "10.0.0.1 already has 1 requests" in r.json()["error"]["message"]
+            assert "10.0.0.1 already has 1 request in flight" in r.json()["error"]["message"]
             r = httpx.get(f"{url}/pub/x", headers={"X-Forwarded-For": "10.0.0.1, 10.0.0.2"})
             assert r.status_code == 200
             assert httpx.get(f"{url}/pub/x").status_code == 200  # the proxy's own

@@ -416,7 +416,7 @@ def test_cli_writes_each_format(tmp_path: Path, incident_db: Path) -> None:
         )
         assert res.exit_code == 0, res.output
         assert out.read_text().startswith(head)
-        assert "refusals" in res.output
+        assert ", 1 refusal, " in res.output  # (one: no plural)
     res = r.invoke(
         main, ["postmortem", "--store", url, "--around", "2026-05-16T10:00:05Z", "--window", "10s"]
     )

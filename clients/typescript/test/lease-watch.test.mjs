@@ -28,7 +28,7 @@ async function waiting(writ, r) {
     await writ.events({ resource: r, afterSeq: 0, waitS: 0.01 });
     return false;
   } catch (err) {
-    if (err instanceof UnavailableError && /requests waiting/.test(err.message)) return true;
+    if (err instanceof UnavailableError && /waiting on this server/.test(err.message)) return true;
     throw err;
   }
 }

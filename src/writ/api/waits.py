@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 
 from writ.core.errors import Unavailable
+from writ.core.textsafe import counted
 from writ.net.caps import PerKey
 
 __all__ = ["DEFAULT_CAP", "Waits", "default_cap"]
@@ -43,7 +44,8 @@ class Waits(PerKey):
         return self.hold(
             principal,
             lambda held: Unavailable(
-                f"{principal} already has {held} requests waiting on this server, the most "
+                f"{principal} already has {counted(held, 'request')} waiting on this server, "
+                "the most "
                 "one principal may have, so that no caller holds every connection; nothing "
                 "was done. Retry once one of them has ended, or ask without waiting (wait_s=0)"
             ),

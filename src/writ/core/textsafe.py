@@ -72,3 +72,8 @@ def json_printable(text: str) -> str:
 def dumps(obj: Any, **kwargs: Any) -> str:
     """``json.dumps(obj, ensure_ascii=False, **kwargs)``, through :func:`json_printable`."""
     return json_printable(json.dumps(obj, ensure_ascii=False, **kwargs))
+
+
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 (``counted(1, "request")``: '1 request')."""
+    return f"{n} {noun}{'s' * (n != 1)}"

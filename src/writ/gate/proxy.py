@@ -20,6 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from writ._version import __version__
 from writ.core.errors import Invalid, TooLarge
+from writ.core.textsafe import counted
 from writ.gate.forwarded import Forwarded
 from writ.gate.headers import header_name as header_name
 from writ.gate.routes import Route, ambiguity, loose_path, request_paths
@@ -310,7 +311,7 @@ class Gate:
         return _error(
             429,
             "too_many_requests",
-            f"{client} already has {cap} requests in flight through this gate, the most one "
+            f"{client} already has {counted(cap, 'request')} in flight through this gate, the most one "
             "client may have, so that no client holds every connection to the upstream; "
             "nothing was forwarded. Retry once one of them has been answered",
         )

@@ -14,6 +14,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from writ.client import AsyncClient
 from writ.core.errors import WritError
+from writ.core.textsafe import counted
 from writ.mcp.refusals import guidance
 from writ.net.caps import PerKey
 
@@ -64,7 +65,7 @@ class ToolContext:
         with self.waits.hold(
             _session_of(request),
             lambda held: ToolError(
-                f"This session already has {held} tool calls waiting on writ, the most one "
+                f"This session already has {counted(held, 'tool call')} waiting on writ, the most one "
                 "session may have, so that it cannot hold every connection this MCP server "
                 "shares with its other sessions. Nothing was done. Call again once one of "
                 "them has returned, or with wait_s=0."

@@ -55,6 +55,7 @@ from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any, ClassVar, cast
 
+from writ.core.textsafe import counted
 from writ.net.caps import PerKey, client_key
 from writ.net.framing import Trailers, coding_refusal
 from writ.net.framing import canned as _canned
@@ -188,7 +189,7 @@ def _answers(limits: Limits) -> _Answers:
         crowded=_canned(
             429,
             "too_many_requests",
-            f"this client already has {limits.per_client} connections open, the most one "
+            f"this client already has {counted(limits.per_client, 'connection')} open, the most one "
             "client may have: send on one of them, or retry once one has closed",
             retry_after=1,
         ),

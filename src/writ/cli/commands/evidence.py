@@ -31,6 +31,7 @@ from writ.cli.options import api_options, existing_store, json_option, store_opt
 from writ.client import AsyncClient, Client
 from writ.core.errors import Invalid
 from writ.core.ledger import NAMED
+from writ.core.textsafe import counted
 
 T = TypeVar("T")
 FORMATS = ("md", "html", "json")
@@ -168,13 +169,12 @@ def postmortem_command(
         text = to_markdown(report)
     if out_path:
         Path(out_path).write_text(text, encoding="utf-8")
-        click.echo(
-            f"wrote {out_path}: {report['source']['rows']} rows, "
-            f"{len(report['holders'])} holders, {len(report['refusals'])} refusals, "
-            f"{len(report['consents'])} consents, {len(report['rollbacks'])} rollbacks, "
-            f"{len(report['revocations'])} revocations",
-            err=True,
-        )
+        counts = [(report["source"]["rows"], "row")] + [
+            (len(report[k + "s"]), k)
+            for k in ("holder", "refusal", "consent", "rollback", "revocation")
+        ]
+        said = ", ".join(counted(n, noun) for n, noun in counts)
+        click.echo(f"wrote {out_path}: {said}", err=True)
     else:
         click.echo(text, nl=False)
 

@@ -477,13 +477,22 @@ async def test_the_writer_samples_its_cpu(tmp_path: Path) -> None:
 
 
 async def test_a_writer_that_stops_listening_is_handed_nothing(tmp_path: Path) -> None:
+    """The relaying server sees the writer go (and tells its relay, which then relays no
+    call it would never answer); one it lets go itself is no news of the writer."""
     async with _pair(tmp_path) as (writer, relaying, _adopted):
+        gone: list[bool] = []
+        relaying.on_gone = lambda: gone.append(True)
         assert relaying.linked() and relaying._taken
         writer.stop_listening()
         await _until(lambda: not relaying.linked(), "the relaying server did not see it go")
+        assert gone == [True]
         with _tcp() as (accepted, _client):
             assert relaying.offer(_Transport(accepted), LEASE) is False
         assert not (tmp_path / SOCKET).exists()
+        await writer.listen()
+        await relaying.connect()
+        relaying.disconnect()
+        assert gone == [True]
 
 
 async def test_a_writer_that_stops_listening_serves_what_it_was_handed_already(

@@ -142,6 +142,7 @@ def create_app(
         token = hashlib.sha256(metrics_token.encode()).hexdigest() if metrics_token else None
         said = {"metrics": metrics, "metrics_token": token, "max_waits": max_waits}
         app.relay.handoff = Handoff(app.relay.directory, app.relay.identity, said)
+        app.relay.handoff.on_gone = app.relay.writer_gone
     if measured is not None and app.relay is not None:
         measured.relay = app.relay  # writ_relay_calls_total, writ_relay_role
     app.ops = app.front = OpsFront(app.front, engine, measured, metrics_token)

@@ -159,6 +159,9 @@ class Handoff:
         self._taken = False  # the writer said "+" last
         self.credit = 0  # connections the writer allowed this server to hand, not handed yet
         self.refused = False  # the writer said "x": not asked again while this link lasts
+        # called when the writer ends the link (it died, or is going): the relay then stops
+        # relaying at once, rather than send the writer a call it will never answer
+        self.on_gone: Callable[[], None] | None = None
 
     def attach(
         self,
@@ -374,7 +377,7 @@ class Handoff:
             except OSError:
                 said = b""
             if not self._said(said):
-                self.disconnect()
+                self._gone()
                 return
 
     def _said(self, said: bytes) -> bool:
@@ -411,6 +414,11 @@ class Handoff:
             asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
 
+    def _gone(self) -> None:
+        self.disconnect()
+        if self.on_gone is not None:
+            self.on_gone()
+
     def offer(self, transport: Any, first: bytes, late: float = 0.0) -> bool | None:
         """Place a connection of which ``first`` was read and nothing answered, ``late``
         seconds after it connected (what the writer takes off its head's deadline): True once
@@ -432,7 +440,7 @@ class Handoff:
         except (BlockingIOError, InterruptedError):
             return False  # the writer is not reading: serve it here
         except OSError:
-            self.disconnect()
+            self._gone()
             return False
         self.counts["handed"] += 1
         self.credit -= 1

@@ -276,6 +276,15 @@ class Relay:
         if self.handoff is not None:
             await self.handoff.connect()
 
+    def writer_gone(self) -> None:
+        """The writer ended this server's hand-off link (it died, or is going): relay no
+        more calls to it, which it would never answer (a client's call would fail 503 where
+        this server can write it); the keeper elects again at its next look."""
+        link = self._link
+        if link is not None and not link.closed:
+            log.info("relay: the writer ended the hand-off; this server writes itself")
+            link.close()
+
     def _take_lock(self) -> bool:
         fd = os.open(os.path.join(self.directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
         try:

@@ -243,8 +243,9 @@ async def test_when_the_writer_dies_another_server_takes_over(
     """SIGKILL the writer: the relaying server writes itself at once (503 only for a call
     that was in the air, never a wrong answer), then becomes the writer; every grant it
     acknowledged is in the ledger, which verifies. Handed: the client's connection was the
-    writer's and goes with it, as a lone server's crash takes it: at most one call fails,
-    and the client's next connection is the relaying server's."""
+    writer's and goes with it, as a lone server's crash takes it; so may the next one, if the
+    relaying server handed it over in the instant the writer was dying (its descriptor sent
+    on a socket that closed with it: measured, 4 of 25 runs): at most two calls fail."""
     relay = tmp_path / "relay"
     async with writ_servers(
         pg_backend.url, 2, tmp_path, relay=relay, log_level="info", handoff=handoff
@@ -280,7 +281,7 @@ async def test_when_the_writer_dies_another_server_takes_over(
                     assert r.status_code == 503, r.text
                 i += 1
                 await asyncio.sleep(0.05)
-            assert statuses.count(503) <= 1, statuses
+            assert statuses.count(503) <= (2 if handoff else 1), statuses
             r = await c.post(f"{urls[f]}/v1/leases", json=_acquire("db/after"), headers=auth)
             assert r.status_code == 201, r.text
             granted.append(r.json()["lease_id"])

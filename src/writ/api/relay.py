@@ -220,6 +220,9 @@ class Relay:
                 self._drain_calls()  # (the server stopped the hand-off as it began to drain)
                 return
             handoff = self.handoff
+            link = self._link
+            if link is not None and link.retired and link.idle() and not link.closed:
+                link.close()  # its calls answered: link again (or write, or be the writer)
             if not self.writer and (self._link is None or self._link.closed):
                 if handoff is not None:
                     handoff.disconnect()
@@ -277,13 +280,14 @@ class Relay:
             await self.handoff.connect()
 
     def writer_gone(self) -> None:
-        """The writer ended this server's hand-off link (it died, or is going): relay no
-        more calls to it, which it would never answer (a client's call would fail 503 where
-        this server can write it); the keeper elects again at its next look."""
+        """The writer ended this server's hand-off link (it died, or drains): send it no new
+        call, which a dead writer would never answer (a client's call would fail 503 where
+        this server can write it); those in the air keep the link for their answers (a
+        draining writer gives them), and the keeper links again once they have them."""
         link = self._link
-        if link is not None and not link.closed:
-            log.info("relay: the writer ended the hand-off; this server writes itself")
-            link.close()
+        if link is not None and not link.closed and not link.retired:
+            log.info("relay: the writer ended the hand-off; this server writes new calls")
+            link.retired = True
 
     def _take_lock(self) -> bool:
         fd = os.open(os.path.join(self.directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
@@ -387,7 +391,7 @@ class Relay:
         falling behind: this server's own core helps, and the database decides either
         way)."""
         link = self._link
-        if link is None or link.closed:
+        if link is None or link.closed or link.retired:
             return None
         if len(link.quick) >= self.spill:
             self.counts["spilled"] += 1

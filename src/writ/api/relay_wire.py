@@ -212,6 +212,13 @@ class _Link(_Frames):
         self._open: dict[int, asyncio.Future[Answer]] = {}
         self.quick: set[int] = set()  # the open calls that do not wait (see Relay.link)
         self._timers: dict[int, asyncio.TimerHandle] = {}
+        # the writer ended the hand-off (it died, or drains): no new call is sent on this
+        # link; those in the air still get their answers (Relay.writer_gone)
+        self.retired = False
+
+    def idle(self) -> bool:
+        """Whether no call on it waits for its answer."""
+        return not self._open
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -1055,3 +1055,34 @@ def test_a_link_that_said_its_instance_looks_up_what_it_missed_once() -> None:
         assert calls == [1] and not link.welcome.result()
 
     asyncio.run(run())
+
+
+async def test_a_link_retired_when_the_hand_off_ends_keeps_its_calls_in_the_air(
+    tmp_path: Path,
+) -> None:
+    """The writer ending the hand-off (it died, or drains) retires the relaying server's
+    link: no new call is relayed (the server writes it), the call in the air still gets the
+    writer's answer on it (a draining writer gives one; a closed link would fail it 503,
+    outcome unknown), and once it has it the keeper links again."""
+    from writ.api.relay_wire import Answer
+
+    release = asyncio.Event()
+
+    async def run(op: str, *_: Any) -> Answer:
+        await release.wait()
+        return Answer(201, b"{}")
+
+    async with _pair(tmp_path, run) as (_writer, relaying):
+        relaying.retry_s = 0.01
+        link, _, answer = _send(relaying)
+        relaying.writer_gone()
+        assert relaying.link() is None and not link.closed  # new calls: written here
+        await asyncio.sleep(0.05)  # the keeper looks (a few times): the call is still out
+        assert not link.closed
+        release.set()
+        assert (await asyncio.wait_for(answer, 5)).status == 201
+
+        async def linked_again() -> bool:
+            return relaying.link() not in (None, link)
+
+        await _until(linked_again, "it did not link again")

@@ -29,15 +29,22 @@ async def _events(engine: Engine, event: str) -> list[dict[str, Any]]:
     return [r for r in (await engine.audit(limit=10_000))["rows"] if r["event"] == event]
 
 
-async def test_an_idle_sweep_writes_no_transaction_and_runs_every_ticker(
-    make_engine: Any, backend: Backend
-) -> None:
+async def _held_and_frozen(make_engine: Any, ttl_s: float, until: str) -> Engine:
+    """An engine where agent-a holds prod/db for ``ttl_s`` (under a max_hold_s of 600: a
+    hold check) and jane froze prod/web ``until``."""
     engine: Engine = await make_engine(POLICY)
     a, _ = await engine.add_principal(None, "agent-a", "agent")
     jane, _ = await engine.add_principal(None, "jane", "human")
-    await engine.acquire(a, resource="prod/db", intent="migrate", ttl_s=60)
+    await engine.acquire(a, resource="prod/db", intent="migrate", ttl_s=ttl_s)
+    await engine.freezes.freeze(jane, "prod/web", "incident", until=until)
+    return engine
+
+
+async def test_an_idle_sweep_writes_no_transaction_and_runs_every_ticker(
+    make_engine: Any, backend: Backend
+) -> None:
     # a freeze and a hold check that end later: each rule has something standing, not yet due
-    await engine.freezes.freeze(jane, "prod/web", "incident", until="2h")
+    engine = await _held_and_frozen(make_engine, 60, "2h")
     ticks: list[int] = []
 
     async def tick() -> None:
@@ -73,11 +80,7 @@ async def test_a_sweep_still_expires_a_due_lease_and_ends_a_due_lock_delay(
 async def test_a_rules_duty_is_done_by_the_first_sweep_at_its_end(
     make_engine: Any, backend: Backend
 ) -> None:
-    engine: Engine = await make_engine(POLICY)
-    a, _ = await engine.add_principal(None, "agent-a", "agent")
-    jane, _ = await engine.add_principal(None, "jane", "human")
-    await engine.acquire(a, resource="prod/db", intent="migrate", ttl_s=3600)
-    await engine.freezes.freeze(jane, "prod/web", "incident", until="40s")
+    engine = await _held_and_frozen(make_engine, 3600, "40s")
     commits = _commits(engine)
     await engine.sweep()
     assert commits == [] and await _events(engine, "freeze.expired") == []
@@ -94,11 +97,7 @@ async def test_a_rule_whose_due_fails_costs_the_sweep_nothing(
 ) -> None:
     """A rule's ``due`` that raises (a third party's) makes the sweep do everything, as
     before it looked first: leases past their ttl still expire, every rule still ticks."""
-    engine: Engine = await make_engine(POLICY)
-    a, _ = await engine.add_principal(None, "agent-a", "agent")
-    jane, _ = await engine.add_principal(None, "jane", "human")
-    await engine.acquire(a, resource="prod/db", intent="migrate", ttl_s=5)
-    await engine.freezes.freeze(jane, "prod/web", "incident", until="40s")
+    engine = await _held_and_frozen(make_engine, 5, "40s")
 
     async def broken(tx: Any, now: float) -> bool:
         raise RuntimeError("a rule's bug")

@@ -447,6 +447,35 @@ async def test_a_server_that_gives_back_what_it_was_not_given_is_heard_no_more(
         assert writer.counts["refused"] == 1 and not writer._peers
 
 
+async def test_a_connection_dropped_for_want_of_descriptors_ends_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer out of file descriptors gets a hand-off whose descriptor the kernel dropped
+    (``MSG_CTRUNC``, none received): that connection is lost (counted, logged) but it is
+    no fault of the relaying server's, whose link — and what is queued behind — stays."""
+    real = socket.recv_fds
+
+    def full(sock: socket.socket, size: int, most: int) -> Any:
+        data, fds, flags, addr = real(sock, size, most)
+        if fds and data[:1] == b"c":
+            for fd in fds:
+                os.close(fd)
+            return data, [], flags | socket.MSG_CTRUNC, addr
+        return data, fds, flags, addr
+
+    async with _room(tmp_path, [0], servers=0) as (writer, _, adopted):
+        peer = await _raw_peer(tmp_path, writer, 90)
+        with peer, _tcp() as (accepted, _client):
+            monkeypatch.setattr(socket, "recv_fds", full)
+            socket.send_fds(peer, [b"c", struct.pack("!d", 0), LEASE], [accepted.fileno()])
+            await _until(lambda: writer.counts["refused"] == 1, "the loss was not counted")
+            monkeypatch.setattr(socket, "recv_fds", real)
+            socket.send_fds(peer, [b"c", struct.pack("!d", 0), LEASE], [accepted.fileno()])
+            await _until(lambda: adopted, "the link did not outlive the loss")
+            (theirs,) = writer._peers.values()
+            assert theirs.credit == 88  # both spent
+
+
 async def test_a_server_that_hands_past_its_credits_is_heard_no_more(tmp_path: Path) -> None:
     async with _room(tmp_path, [88], servers=0) as (writer, _, adopted):  # room for two
         peer = await _raw_peer(tmp_path, writer, 2)

@@ -469,6 +469,15 @@ class _Peer:
         except OSError:
             data, fds, flags = b"", [], 0
         whole = not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
+        dropped = flags & socket.MSG_CTRUNC and not flags & socket.MSG_TRUNC and not fds
+        if dropped and self.greeted and data[:1] == b"c":
+            # its descriptor was dropped on the way in: this process has no room for one
+            # more (no fault of the relaying server's, whose link stays); that connection
+            # is lost, as one a full listener cannot accept
+            log.warning("hand-off: a handed connection was lost: out of file descriptors")
+            self.handoff.counts["refused"] += 1
+            self.credit = max(self.credit - 1, 0)
+            return True
         ok = self.greeted and whole and len(fds) == 1 and len(data) > _LATE.size
         if ok and data[:1] == b"c" and self.credit > 0:  # (past its credits: refused)
             self.credit -= 1

@@ -476,6 +476,21 @@ async def test_a_connection_dropped_for_want_of_descriptors_ends_nothing_else(
             assert theirs.credit == 88  # both spent
 
 
+async def test_the_writer_takes_a_burst_of_hand_offs_in_one_turn(tmp_path: Path) -> None:
+    """Twenty connections handed at once are adopted in one turn of the writer's loop, not
+    one a turn (each turn also serves every connection's reads and writes)."""
+    async with _room(tmp_path, [0], servers=0) as (writer, _, adopted):
+        peer = await _raw_peer(tmp_path, writer, 90)
+        (theirs,) = writer._peers.values()
+        asyncio.get_running_loop().remove_reader(theirs.fileno)  # the test turns the loop
+        with peer, contextlib.ExitStack() as stack:
+            for _ in range(20):
+                accepted, _client = stack.enter_context(_tcp())
+                socket.send_fds(peer, [b"c", struct.pack("!d", 0), LEASE], [accepted.fileno()])
+            theirs.heard()
+            assert len(adopted) == 20
+
+
 async def test_a_server_that_hands_past_its_credits_is_heard_no_more(tmp_path: Path) -> None:
     async with _room(tmp_path, [88], servers=0) as (writer, _, adopted):  # room for two
         peer = await _raw_peer(tmp_path, writer, 2)

@@ -96,6 +96,7 @@ _TARGET = 64  # of a target, what is read to tell an ops route from the rest
 _LATE = struct.Struct("!d")  # after "c": the seconds the connection was open before
 _GRANT = struct.Struct("!I")  # after "+": the credits given (connections it may hand over)
 _HEARD_AT_ONCE = 1024  # of the writer's messages, what a relaying server reads in one turn
+_TAKEN_AT_ONCE = 64  # of a relaying server's hand-offs, what the writer adopts in one turn
 
 
 def digest(identity: str, settings: Mapping[str, Any]) -> str:
@@ -234,7 +235,7 @@ class Handoff:
         peer = _Peer(self, conn)
         self._peers[peer.fileno] = peer
         loop = asyncio.get_running_loop()
-        loop.add_reader(peer.fileno, peer.readable)
+        loop.add_reader(peer.fileno, peer.heard)
         # one that says nothing holds a place of MAX_SERVERS: not for long
         peer.unheard = loop.call_later(self.hello_wait_s, peer.close)
 
@@ -459,6 +460,13 @@ class _Peer:
         self.asked = False  # to give back what it holds past its share (Handoff._sample)
         self.cut = False  # it read nothing of what it was told for long: going (send)
         self.unheard: asyncio.TimerHandle | None = None  # closes it unless it says hello
+
+    def heard(self) -> None:
+        """Take what the relaying server sent, up to :data:`_TAKEN_AT_ONCE` messages a turn
+        of the loop (a burst of hand-offs is not served one a turn)."""
+        for _ in range(_TAKEN_AT_ONCE):
+            if self.handoff._peers.get(self.fileno) is not self or not self.readable():
+                return
 
     def readable(self) -> bool:
         """Take the relaying server's next message; False if there was none to read."""

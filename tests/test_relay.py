@@ -23,7 +23,7 @@ import pytest
 
 from tests.server_fixtures import ADMIN_TOKEN, add_principals, verify, writ_servers
 from tests.stores_fixtures import Backend
-from writ.api.relay import check_directory
+from writ.api.relay import MAX_SOCKET_PATH, check_directory
 from writ.core.errors import Invalid
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -563,6 +563,12 @@ def test_the_relay_directory_must_be_this_users_and_closed(tmp_path: Path) -> No
         check_directory(str(a_file))
     with pytest.raises(Invalid, match="too long"):
         check_directory(str(tmp_path / ("d" * 120)))
+    # as long as the writer's socket may be, one byte too long for the hand-off's
+    edge = str(tmp_path / "e")
+    edge += "e" * (MAX_SOCKET_PATH - len(os.path.join(edge, "handoff.sock")) + 1)
+    assert len(os.path.join(edge, "writer.sock")) <= MAX_SOCKET_PATH
+    with pytest.raises(Invalid, match="too long"):
+        check_directory(edge)
     link = tmp_path / "link"
     link.symlink_to(made)
     with pytest.raises(Invalid, match="symlink"):

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from writ.api.handoff import SOCKET as HANDOFF_SOCKET
 from writ.api.handoff import Handoff
 from writ.api.middleware import _INTERNAL_ERROR
 from writ.api.relay_wire import (
@@ -131,10 +132,11 @@ def check_directory(path: str) -> str:
     """``path`` made (mode 0700) if missing, and refused unless it is a directory of this
     user that no one else may write to or read: it holds the socket bearer tokens cross."""
     path = os.path.abspath(path)
-    if len(os.fsencode(os.path.join(path, SOCKET))) > MAX_SOCKET_PATH:
+    longest = max(SOCKET, HANDOFF_SOCKET, key=len)  # both sockets are made in it
+    if len(os.fsencode(os.path.join(path, longest))) > MAX_SOCKET_PATH:
         raise Invalid(
             f"--relay {path}: too long for a Unix socket path (at most "
-            f"{MAX_SOCKET_PATH - len(SOCKET) - 1} bytes): choose a shorter directory"
+            f"{MAX_SOCKET_PATH - len(longest) - 1} bytes): choose a shorter directory"
         )
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)

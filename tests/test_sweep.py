@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.stores_fixtures import Backend
-from writ.core.errors import Held
+from writ.core.errors import Held, Unavailable
 from writ.engine import Engine
 
 pytestmark = pytest.mark.usefixtures("no_admin_env")
@@ -107,3 +107,24 @@ async def test_a_rule_whose_due_fails_costs_the_sweep_nothing(
     assert await engine.sweep() == 1
     assert len(await _events(engine, "lease.expired")) == 1
     assert len(await _events(engine, "freeze.expired")) == 1
+
+
+async def test_a_store_out_of_reach_fails_the_sweep_once(
+    make_engine: Any, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store out of reach as the sweep looks: the sweep fails (the sweeper says so and
+    tries again), not the look's fallback, which would try a write to it as well."""
+    engine = await _held_and_frozen(make_engine, 5, "40s")
+    written: list[Any] = []
+
+    async def unreachable(fn: Any) -> Any:
+        raise Unavailable("the store is out of reach")
+
+    async def transact(fn: Any) -> Any:
+        written.append(fn)
+
+    monkeypatch.setattr(engine.store, "read", unreachable)
+    monkeypatch.setattr(engine.store, "transact", transact)
+    with pytest.raises(Unavailable):
+        await engine.sweep()
+    assert written == []

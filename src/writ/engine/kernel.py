@@ -667,6 +667,8 @@ class Engine(PrincipalOps, QueueOps):
 
         try:
             ends, ticks, nxt = await self.store.read(look)
+        except Unavailable:
+            raise  # the store is out of reach: the sweeper says so, and tries again
         except Exception:  # (a rule's due that raises): everything, as before the look
             log.warning("sweep: what is due could not be read (%s)", sys.exc_info()[1])
             ends, ticks, nxt = True, [True] * len(tickers), None

@@ -1083,6 +1083,7 @@ async def test_a_link_retired_when_the_hand_off_ends_keeps_its_calls_in_the_air(
         link, _, answer = _send(relaying)
         relaying.writer_gone()
         assert relaying.link() is None and not link.closed  # new calls: written here
+        assert relaying.role() == "alone"  # (writ_relay_role says so)
         await asyncio.sleep(0.05)  # the keeper looks (a few times): the call is still out
         assert not link.closed
         release.set()

@@ -402,11 +402,11 @@ class Relay:
 
     def role(self) -> str:
         """``writer``, ``relaying`` (to a writer), or ``alone`` (writing itself: no writer
-        reachable, between two)."""
+        reachable, between two, or its link retired)."""
         if self.writer:
             return "writer"
         link = self._link
-        return "relaying" if link is not None and not link.closed else "alone"
+        return "relaying" if link is not None and not (link.closed or link.retired) else "alone"
 
 
 @dataclass(slots=True)

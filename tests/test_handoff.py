@@ -841,7 +841,7 @@ async def test_a_server_that_reads_nothing_the_writer_says_is_not_given_credits_
             for _ in range(3):  # it spends 3 of its 4; the writer gives 3 again, or tries to
                 socket.send_fds(peer, [b"c", struct.pack("!d", 0), LEASE], [accepted.fileno()])
             await _until(lambda: len(adopted) == 3, "what it sent was not served")
-            await asyncio.sleep(0.05)
+            await _until(lambda: not writer._peers, "it was not cut off")
             said = _pending(peer)
         told = 4 + sum(struct.unpack("!I", m[1:])[0] for m in said if m[:1] == b"+")
         counted = sum(p.credit for p in writer._peers.values())

@@ -1093,3 +1093,64 @@ async def test_a_link_retired_when_the_hand_off_ends_keeps_its_calls_in_the_air(
             return relaying.link() not in (None, link)
 
         await _until(linked_again, "it did not link again")
+
+
+async def test_a_link_retired_by_a_cut_off_hand_off_relays_again_once_it_links_again(
+    tmp_path: Path,
+) -> None:
+    """The writer cuts off a relaying server's hand-off (it read nothing it was told, or
+    could not say its give-back) and lives on: the hand-off links again at once, and so the
+    relay link is no longer retired, though a long wait is still in the air on it (before,
+    every call was written here, beside the writer, until that wait's answer: up to an
+    hour)."""
+    from writ.api.handoff import Handoff
+    from writ.api.relay import Relay
+    from writ.api.relay_wire import Answer
+
+    where = tmp_path / "relay"
+    where.mkdir(mode=0o700)
+    release = asyncio.Event()
+
+    async def run(op: str, *_: Any) -> Answer:
+        await release.wait()
+        return Answer(201, b"{}")
+
+    writer, relaying = Relay(str(where), identity="same"), Relay(str(where), identity="same")
+    writer.run = run
+    for relay in (writer, relaying):
+        relay.retry_s = 0.01
+        relay.handoff = Handoff(str(where), "same", {})
+        relay.handoff.attach(lambda s, first, late: s.close(), lambda: 0, 100, {})
+    assert relaying.handoff is not None and writer.handoff is not None
+    gone: list[bool] = []
+    await writer.start()
+    await relaying.start()
+    try:
+        assert relaying.handoff._out is not None
+        link, _, answer = _send(relaying, waits=3600)  # a long wait, in the air
+
+        def writer_gone() -> None:
+            relaying.writer_gone()
+            gone.append(link.retired)
+
+        relaying.handoff.on_gone = writer_gone
+        for peer in list(writer.handoff._peers.values()):
+            peer.drain()  # as Handoff cuts one off: the writer lives on
+
+        async def retired() -> bool:
+            return bool(gone)
+
+        await _until(retired, "the cut-off did not reach the relay", 2.0)
+        assert gone == [True]  # retired: written here, until the hand-off links again
+
+        async def relays_again() -> bool:
+            return relaying.link() is link
+
+        await _until(relays_again, "the link stayed retired while the writer lived", 2.0)
+        assert relaying.role() == "relaying"
+        release.set()
+        assert (await asyncio.wait_for(answer, 5)).status == 201
+    finally:
+        release.set()
+        await relaying.stop()
+        await writer.stop()

@@ -65,7 +65,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from writ.api.ops import OPS_PATHS
-from writ.api.relay_wire import _same_user
+from writ.api.relay_wire import _peer_pid, _same_user
 
 log = logging.getLogger("writ.relay")
 
@@ -405,6 +405,10 @@ class Handoff:
         """Whether this server is connected to the writer's hand-off socket, or was refused
         on this link (then it does not ask again until the next), or cannot hand off."""
         return self._out is not None or self.refused or self._adopt is None
+
+    def writer_pid(self) -> int | None:
+        """The process id of the writer this server's hand-off is linked to, or None."""
+        return _peer_pid(self._out)
 
     def disconnect(self) -> None:
         """Keep every connection from now on: the link to the writer is gone."""

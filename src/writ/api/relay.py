@@ -68,6 +68,7 @@ from writ.api.relay_wire import (
     _frame,
     _Frames,
     _Link,
+    _peer_pid,
 )
 from writ.core.errors import Invalid, Unavailable
 from writ.stores.base import Note, Store, shrink_note
@@ -234,6 +235,8 @@ class Relay:
                     log.exception("relay: electing failed; this server writes itself")
             elif handoff is not None and not self.writer and not handoff.linked():
                 await handoff.connect()  # the writer was not listening for them yet
+                if link is not None and link is self._link and link.retired:
+                    self._unretire(link, handoff)
 
     async def _elect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -290,6 +293,17 @@ class Relay:
         if link is not None and not link.closed and not link.retired:
             log.info("relay: the writer ended the hand-off; this server writes new calls")
             link.retired = True
+
+    def _unretire(self, link: _Link, handoff: Handoff) -> None:
+        """Relay on ``link`` again if the hand-off just linked again to the writer at its
+        other end: that writer lives and does not drain (it listens for hand-offs), so it
+        ended the last only to cut this server off (it left what it was told unread, or
+        could not say a give-back). Another writer (the one of ``link`` died) leaves it
+        retired: the keeper links again once it is closed."""
+        theirs = _peer_pid(link.transport.get_extra_info("socket") if link.transport else None)
+        if theirs is not None and theirs == handoff.writer_pid():
+            log.info("relay: the writer took this server's hand-off again; relaying again")
+            link.retired = False
 
     def _take_lock(self) -> bool:
         fd = os.open(os.path.join(self.directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)

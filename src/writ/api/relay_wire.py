@@ -72,6 +72,19 @@ def _same_user(sock: socket.socket | None) -> bool:
     return bool(uid == os.getuid())
 
 
+def _peer_pid(sock: Any) -> int | None:
+    """The id of the process at the other end of a Unix socket, or None (not Linux, or the
+    socket is closed): two sockets whose ends are one process's lead to one writer."""
+    peercred = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or peercred is None:
+        return None
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, peercred, struct.calcsize("iII"))
+    except OSError:
+        return None
+    return struct.unpack("iII", creds)[0] or None
+
+
 def _frame(header: list[Any], body: bytes = b"") -> bytes:
     head = _COMPACT.encode(header).encode()
     return _SIZES.pack(len(head), len(body)) + head + body

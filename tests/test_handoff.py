@@ -865,3 +865,28 @@ async def test_a_relaying_server_reads_all_the_writer_said_at_once(tmp_path: Pat
         await _until(lambda: relaying._taken, "the relaying server did not hear the last '+'")
         assert relaying.linked() and len(writer._peers) == 1
         assert not any(p.cut for p in writer._peers.values())
+
+
+async def test_a_give_back_that_cannot_be_said_ends_the_hand_off_not_the_relay(
+    tmp_path: Path,
+) -> None:
+    """Asked for credits back while its socket to the writer is full (its hand-offs not read
+    yet), a relaying server cannot say its ``r``: it ends its hand-off (and links again
+    afresh), but the writer did not end it and is no less alive: the relay is not told the
+    writer is gone (which retires its link, every call then written beside the writer)."""
+    relaying = Handoff(str(tmp_path), "writ test", {"a": 1})
+    relaying.attach(lambda s, first, late: None, lambda: 0, 100, {})
+    gone: list[int] = []
+    relaying.on_gone = lambda: gone.append(1)
+    ours, writers = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, writers:
+        ours.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # the writer reads nothing of it yet
+                ours.send(b"c" * 1024)
+        relaying._out, relaying._taken, relaying.credit = ours, True, 90
+        asyncio.get_running_loop().add_reader(ours.fileno(), relaying._heard)
+        writers.send(b"s" + struct.pack("!I", 45))
+        await _until(lambda: relaying._out is None, "the hand-off did not end")
+        assert relaying.credit == 0 and not relaying.linked()
+        assert gone == []

@@ -395,7 +395,9 @@ class Handoff:
             self.credit -= back
             try:
                 self._out.send(b"r" + _GRANT.pack(back))
-            except OSError:  # not said: the two ends would count apart
+            except BlockingIOError:  # its socket is full of hand-offs the writer will read:
+                self.disconnect()  # not said, the ends would count apart; it links again
+            except OSError:  # the writer reads no more: it is going
                 return False
         else:
             return False

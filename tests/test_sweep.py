@@ -128,3 +128,29 @@ async def test_a_store_out_of_reach_fails_the_sweep_once(
     with pytest.raises(Unavailable):
         await engine.sweep()
     assert written == []
+
+
+async def test_the_sweeper_waits_for_the_next_expiry_less_the_time_its_ticks_took(
+    make_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle sweep's read says when the next lease expires; the tickers run after it. The
+    sweeper sleeps until then, not that long again from after the tickers (each sweep whose
+    ticks took a while expired its next lease that much late)."""
+    import asyncio
+
+    engine = await _held_and_frozen(make_engine, 5, "2h")
+    engine.sweep_interval = 60.0
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def tick() -> None:
+        await real_sleep(0.3)  # a ticker that takes its time (a pass, a checkpoint)
+
+    async def sleep(delay: float) -> None:
+        slept.append(delay)
+        engine._closing = True
+
+    engine.add_ticker(tick)
+    monkeypatch.setattr("writ.engine.kernel.asyncio.sleep", sleep)
+    await engine._sweeper()
+    assert len(slept) == 1 and 4.0 < slept[0] <= 4.75, slept

@@ -99,7 +99,7 @@ class Engine(PrincipalOps, QueueOps):
         self._on_grant: list[Callable[[Tx, Request, Lease], Awaitable[None]]] = []
         self._tickers: list[Callable[[], Awaitable[Any]]] = []  # periodic duties
         self._dues: list[Callable[[Tx, float], Awaitable[bool]] | None] = []  # theirs: Rule.due
-        self._swept: tuple[bool, float | None] = (True, None)  # wrote; next expiry its read saw
+        self._swept: tuple[bool, float | None] = (True, None)  # wrote; next expiry (loop time)
         self.sweep_interval = 1.0
         self._closing = False
         from writ.engine.fencing import Fencing
@@ -672,8 +672,8 @@ class Engine(PrincipalOps, QueueOps):
         except Exception:  # (a rule's due that raises): everything, as before the look
             log.warning("sweep: what is due could not be read (%s)", sys.exc_info()[1])
             ends, ticks, nxt = True, [True] * len(tickers), None
+        self._swept = (ends, None if nxt is None else asyncio.get_running_loop().time() + nxt)
         n = await self.store.transact(fn) if ends else 0
-        self._swept = (ends, nxt)
         for (tick, _), wanted in zip(tickers, ticks, strict=True):
             if wanted:
                 await tick()
@@ -683,9 +683,9 @@ class Engine(PrincipalOps, QueueOps):
         while not self._closing:
             try:
                 await self.sweep()
-                wrote, nxt = self._swept  # as the sweep's read found it, unless it wrote
-                if wrote:
-                    nxt = await self.store.read(_next_due)
+                wrote, at = self._swept  # as the sweep's read found it, unless it wrote
+                now = asyncio.get_running_loop().time()  # (its tickers ran since the read)
+                nxt = await self.store.read(_next_due) if wrote else at and at - now
                 delay = self.sweep_interval if nxt is None else max(nxt, 0.005)
                 delay = min(delay, self.sweep_interval)
             except asyncio.CancelledError:

@@ -60,29 +60,35 @@ class Answer:
     log: dict[str, Any] = field(default_factory=dict)
 
 
+def _peercred(sock: socket.socket) -> tuple[int, int, int] | None:
+    """The process at the other end of a Unix socket, ``(pid, uid, gid)``; None where the
+    system does not say (not Linux)."""
+    peercred = getattr(socket, "SO_PEERCRED", None)
+    if peercred is None:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, peercred, struct.calcsize("iII"))
+    pid, uid, gid = struct.unpack("iII", creds)  # struct ucred: pid_t, uid_t, gid_t
+    return pid, uid, gid
+
+
 def _same_user(sock: socket.socket | None) -> bool:
     """Whether the process at the other end of a Unix socket runs as this user."""
     if sock is None:
         return False
-    peercred = getattr(socket, "SO_PEERCRED", None)
-    if peercred is None:  # not Linux: the directory's mode is the guard
-        return True
-    creds = sock.getsockopt(socket.SOL_SOCKET, peercred, struct.calcsize("iII"))
-    _pid, uid, _gid = struct.unpack("iII", creds)  # struct ucred: pid_t, uid_t, gid_t
-    return bool(uid == os.getuid())
+    creds = _peercred(sock)
+    return creds is None or creds[1] == os.getuid()  # (not Linux: the directory's mode)
 
 
 def _peer_pid(sock: Any) -> int | None:
     """The id of the process at the other end of a Unix socket, or None (not Linux, or the
     socket is closed): two sockets whose ends are one process's lead to one writer."""
-    peercred = getattr(socket, "SO_PEERCRED", None)
-    if sock is None or peercred is None:
+    if sock is None:
         return None
     try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, peercred, struct.calcsize("iII"))
+        creds = _peercred(sock)
     except OSError:
         return None
-    return struct.unpack("iII", creds)[0] or None
+    return (creds[0] or None) if creds is not None else None
 
 
 def _frame(header: list[Any], body: bytes = b"") -> bytes:

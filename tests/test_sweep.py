@@ -102,7 +102,7 @@ async def test_a_rule_whose_due_fails_costs_the_sweep_nothing(
     async def broken(tx: Any, now: float) -> bool:
         raise RuntimeError("a rule's bug")
 
-    engine._dues[engine._tickers.index(engine.freezes.tick)] = broken
+    engine._dues[engine.freezes.tick] = broken
     await backend.advance(41)
     assert await engine.sweep() == 1
     assert len(await _events(engine, "lease.expired")) == 1

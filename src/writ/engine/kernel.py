@@ -98,7 +98,7 @@ class Engine(PrincipalOps, QueueOps):
         self._on_end: list[Callable[[Tx, Lease], Awaitable[None]]] = []  # lease-ended hooks
         self._on_grant: list[Callable[[Tx, Request, Lease], Awaitable[None]]] = []
         self._tickers: list[Callable[[], Awaitable[Any]]] = []  # periodic duties
-        self._dues: list[Callable[[Tx, float], Awaitable[bool]] | None] = []  # theirs: Rule.due
+        self._dues: dict[Any, Callable[[Tx, float], Awaitable[bool]]] = {}  # a tick's Rule.due
         self._swept: tuple[bool, float | None] = (True, None)  # wrote; next expiry (loop time)
         self.sweep_interval = 1.0
         self._closing = False
@@ -132,7 +132,8 @@ class Engine(PrincipalOps, QueueOps):
             self._on_end.append(r.on_end)
         if kind.tick is not Rule.tick:
             self._tickers.append(r.tick)
-            self._dues.append(r.due if kind.due is not Rule.due else None)
+            if kind.due is not Rule.due:
+                self._dues[r.tick] = r.due
 
     # ------------------------------------------------------------------ compat: new code calls
     # engine.rule(Consents); tests and older callers use these names
@@ -474,7 +475,6 @@ class Engine(PrincipalOps, QueueOps):
     def add_ticker(self, tick: Callable[[], Awaitable[Any]]) -> None:
         """Run ``tick`` on every sweep (after the rules' own periodic duties)."""
         self._tickers.append(tick)
-        self._dues.append(None)
 
     def rule(self, cls: type[R]) -> R:
         """The engine's instance of rule class ``cls`` (e.g. ``engine.rule(Authority)``)."""
@@ -643,7 +643,7 @@ class Engine(PrincipalOps, QueueOps):
         nothing (on PostgreSQL: no turn at the chain head's lock). What falls due after it
         is the next sweep's (an acquire expires a blocker itself); the write looks again
         under the lock. A rule ticks when its ``due`` says so; if the look fails, all do."""
-        tickers = list(zip(self._tickers, self._dues, strict=True))
+        tickers = [(tick, self._dues.get(tick)) for tick in self._tickers]
 
         async def look(tx: Tx) -> tuple[bool, list[bool], float | None]:
             nxt = await tx.next_expiry()  # first: a store may begin the snapshot with it
@@ -684,10 +684,10 @@ class Engine(PrincipalOps, QueueOps):
             try:
                 await self.sweep()
                 wrote, at = self._swept  # as the sweep's read found it, unless it wrote
-                now = asyncio.get_running_loop().time()  # (its tickers ran since the read)
-                nxt = await self.store.read(_next_due) if wrote else at and at - now
-                delay = self.sweep_interval if nxt is None else max(nxt, 0.005)
-                delay = min(delay, self.sweep_interval)
+                nxt = None if at is None else at - asyncio.get_running_loop().time()  # (ticked)
+                if wrote:
+                    nxt = await self.store.read(_next_due)
+                delay = min(self.sweep_interval, float("inf") if nxt is None else max(nxt, 0.005))
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -205,21 +205,21 @@ def serve(
     from writ.core.errors import Invalid
 
     early: list[str] = []  # for --check: said among the other problems, not alone before them
+
+    def checked(what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Invalid as exc:
+            if not check_only:
+                raise
+            early.append(f"{what}: {exc.message}")
+            return None
+
     if checkpoint_every:
-        try:
-            install_checkpointer(checkpoint_key, checkpoint_dir, checkpoint_every)
-        except Invalid as exc:
-            if not check_only:
-                raise
-            early.append(f"checkpoint key: {exc.message}")
-    relay_dir = None
-    if relay is not None:
-        try:
-            relay_dir = check_relay(store, relay)
-        except Invalid as exc:
-            if not check_only:
-                raise
-            early.append(f"relay: {exc.message}")
+        checked(
+            "checkpoint key", install_checkpointer, checkpoint_key, checkpoint_dir, checkpoint_every
+        )
+    relay_dir = checked("relay", check_relay, store, relay) if relay is not None else None
     if check_only:
         from writ.api.lifecycle import check
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import queue
 import re
@@ -92,7 +93,37 @@ def in_background(fn: Callable[[], object], delay: float = 0.0) -> Iterator[None
         raise errors[0]
 
 
+_PORTS = itertools.count()
+PORT_BLOCK = 2000  # ports each xdist worker counts through, from PORT_BASE up
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+PORT_BASE = 10000
+
+
 def free_port() -> int:
+    """A port for a server these tests start, free when asked. Not one ``bind(0)`` picks:
+    those come from the kernel's ephemeral range, where any outgoing connection (a client's
+    to PostgreSQL, on any xdist worker) may take it before the server binds it (CI saw a
+    server fail so: "address already in use"). So each worker counts through a block of its
+    own below that range, skipping any port in use; the ephemeral way only if no block fits."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    base = PORT_BASE + PORT_BLOCK * (int(worker) if worker.isdigit() else 0)
+    if base + PORT_BLOCK <= _ephemeral_low():
+        for _ in range(PORT_BLOCK):
+            port = base + next(_PORTS) % PORT_BLOCK
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

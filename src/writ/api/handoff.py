@@ -19,9 +19,16 @@ the other runs as this user) the relaying server first says its :func:`digest` â
 identity and every setting that shapes an answer, so a writer configured otherwise is never
 handed a connection â€” and the writer answers ``+`` (hand me connections), ``-`` (not now)
 or ``x`` (other settings; it closes). Then each connection is one message, ``c``, the
-seconds it has been open (a double: what its head's deadline has left runs on) and the
-bytes read from it, with its descriptor; the writer says ``+`` or ``-`` again whenever it
-changes its mind.
+seconds it has been open (a double: what its head's deadline has left runs on), its number
+on this link and the bytes read from it, with its descriptor; the writer says ``+`` or ``-``
+again whenever it changes its mind.
+
+A hand-off is acknowledged: the relaying server keeps its copy of the descriptor, unread,
+until the writer says ``a`` and its number (taken: said *before* it reads a byte; nothing is
+adopted that was not, unless the relaying server's end is closed whole) or ``n`` (serve it
+here). When the link ends, all the writer said is read first; what it never said ``a`` of it
+never read, so the relaying server serves those itself: a connection handed in the instant
+the writer dies is not lost with it, and none is served twice (:class:`_Leaving`).
 
 Room: the writer takes connections while its process used under :data:`BUSY_OFF` of a core
 over the last :data:`SAMPLE_S` (past it, ``-``; ``+`` again under :data:`BUSY_ON`). And it
@@ -42,9 +49,9 @@ without, the host's servers cost what one does.
 
 What the writer is sent must be one TCP socket; anything else is closed, counted
 (``refused``) and ends that server's hand-off socket (one whose client reset it meanwhile is
-only closed). A writer that goes away takes the
-connections it was handed with it, as a lone server that dies does; their clients connect
-again, to a server that is the writer by then, or writes itself. A writer that begins its
+only closed). A writer that goes away takes the connections it adopted with it, as a lone
+server that dies does; their clients connect again, to a server that is the writer by then,
+or writes itself. A writer that begins its
 graceful shutdown takes no more (the relaying servers keep theirs) and serves, as it drains,
 those handed to it already.
 """
@@ -54,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -66,6 +74,7 @@ from urllib.parse import unquote_to_bytes
 
 from writ.api.ops import OPS_PATHS
 from writ.api.relay_wire import _peer_pid, _same_user
+from writ.core.textsafe import counted
 
 log = logging.getLogger("writ.relay")
 
@@ -73,6 +82,7 @@ __all__ = [
     "BUSY_OFF",
     "BUSY_ON",
     "CREDIT",
+    "LEAVE_WAIT_S",
     "OPS",
     "ROOM",
     "SOCKET",
@@ -93,7 +103,11 @@ HELLO_WAIT_S = 2.0
 MAX_SERVERS = 256  # relaying servers connected at once (as --workers: at most 256)
 _FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _TARGET = 64  # of a target, what is read to tell an ops route from the rest
-_LATE = struct.Struct("!d")  # after "c": the seconds the connection was open before
+_HAND = struct.Struct("!dI")  # after "c": the seconds it was open before, and its number
+_ID = struct.Struct("!I")  # after "a" (the writer took it) or "n" (it did not): the number
+LEAVE_WAIT_S = 5.0  # a link let go with hand-offs unsettled: how long the writer has to close
+# hand-offs not settled yet: each one's number and what settles it (True: the writer took it)
+_Parked = dict[int, Callable[[bool], None] | None]
 _GRANT = struct.Struct("!I")  # after "+": the credits given (connections it may hand over)
 _HEARD_AT_ONCE = 1024  # of the writer's messages, what a relaying server reads in one turn
 _TAKEN_AT_ONCE = 64  # of a relaying server's hand-offs, what the writer adopts in one turn
@@ -139,10 +153,10 @@ class Handoff:
         self.directory = directory
         self.identity, self.settings = identity, dict(settings)
         self.digest = digest(identity, settings)
-        # connections this server handed to the writer, took from a relaying server, and
-        # (as the writer) was sent that were not one connected TCP socket:
-        # writ_relay_connections_total
-        self.counts = dict.fromkeys(("handed", "adopted", "refused"), 0)
+        # connections this server handed to the writer, took from a relaying server, (as
+        # the writer) was sent that were not one connected TCP socket, and handed that the
+        # writer did not take (served here after all): writ_relay_connections_total
+        self.counts = dict.fromkeys(("handed", "adopted", "refused", "returned"), 0)
         self.busy_off, self.busy_on, self.room = BUSY_OFF, BUSY_ON, ROOM
         self.sample_s = SAMPLE_S
         self.hello_wait_s = HELLO_WAIT_S
@@ -160,6 +174,10 @@ class Handoff:
         self._taken = False  # the writer said "+" last
         self.credit = 0  # connections the writer allowed this server to hand, not handed yet
         self.refused = False  # the writer said "x": not asked again while this link lasts
+        self._parked: _Parked = {}  # handed on this link, not said "a" or "n" of yet
+        self._numbers = itertools.count(1)
+        self.leave_wait_s = LEAVE_WAIT_S
+        self._leaving: set[_Leaving] = set()  # links ended, read to the writer's close
         # called when the writer ends the link (it died, or is going): the relay then stops
         # relaying at once, rather than send the writer a call it will never answer
         self.on_gone: Callable[[], None] | None = None
@@ -300,13 +318,20 @@ class Handoff:
                 peer.send(b"-")  # its credits stay given: some may be in flight
             self.top_up(peer, said=True)
 
-    def adopt(self, fd: int, first: bytes, late: float = 0.0) -> bool:
+    def adopt(
+        self,
+        fd: int,
+        first: bytes,
+        late: float = 0.0,
+        took: Callable[[], bool] | None = None,
+    ) -> bool:
         """Serve the connection ``fd`` a relaying server handed over, as if ``first`` had
         just been read from it, ``late`` seconds after it connected (its head's deadline
-        runs from then); False (and ``fd`` closed) if it is not a TCP connection. One whose
-        client is gone already (it reset it after the hand-off) is closed, and True: that
-        is no fault of the relaying server's, whose hand-off socket (and the connections
-        queued on it) must not end for it."""
+        runs from then), once ``took`` (tell the relaying server so) says it may; False (and
+        ``fd`` closed) if it is not a TCP connection. One ``took`` could not be said of is
+        closed (the relaying server serves its own copy), and so is one whose client is gone
+        already (it reset it after the hand-off); both True: no fault of the relaying
+        server's, whose hand-off socket (and the connections queued on it) must not end."""
         try:
             sock = socket.socket(fileno=fd)
         except OSError:
@@ -325,6 +350,11 @@ class Handoff:
         try:
             sock.getpeername()
         except OSError:  # not connected (any more): nothing to serve
+            if took is not None:
+                took()
+            sock.close()
+            return True
+        if took is not None and not took():
             sock.close()
             return True
         sock.setblocking(False)
@@ -375,7 +405,7 @@ class Handoff:
                 said = sock.recv(64)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
+            except OSError:  # its end closed with hand-offs unread: read on (_Leaving)
                 said = b""
             if not self._said(said):
                 self._gone()
@@ -389,6 +419,8 @@ class Handoff:
             self.credit += _GRANT.unpack_from(said, 1)[0]
         elif said == b"-":
             self._taken = False
+        elif said[:1] in (b"a", b"n") and len(said) == 1 + _ID.size:
+            self._settled(self._parked, said)
         elif said[:1] == b"s" and len(said) == 1 + _GRANT.size and self._out is not None:
             # keep that many: the rest back (after what this server handed, in order)
             back = max(self.credit - _GRANT.unpack_from(said, 1)[0], 0)
@@ -413,24 +445,44 @@ class Handoff:
         return _peer_pid(self._out)
 
     def disconnect(self) -> None:
-        """Keep every connection from now on: the link to the writer is gone."""
+        """Keep every connection from now on: the link to the writer is gone (those handed
+        on it that the writer has not settled are settled as it closes: :class:`_Leaving`)."""
         sock, self._out = self._out, None
         self._taken = self.refused = False
         self.credit = 0
+        parked, self._parked = self._parked, {}
         if sock is not None:
             asyncio.get_running_loop().remove_reader(sock.fileno())
-            sock.close()
+            _Leaving(self, sock, parked) if parked else sock.close()
+
+    def _settled(self, parked: _Parked, said: bytes) -> None:
+        """The writer said ``a`` (it took the connection of that number) or ``n``."""
+        number = _ID.unpack_from(said, 1)[0]
+        if number not in parked:  # (none of this link's, or settled already)
+            return
+        settle = parked.pop(number)
+        taken = said[:1] == b"a"
+        if not taken:
+            self.counts["returned"] += 1
+        if settle is not None:
+            settle(taken)
 
     def _gone(self) -> None:
         self.disconnect()
         if self.on_gone is not None:
             self.on_gone()
 
-    def offer(self, transport: Any, first: bytes, late: float = 0.0) -> bool | None:
+    def offer(
+        self,
+        transport: Any,
+        first: bytes,
+        late: float = 0.0,
+        settle: Callable[[bool], None] | None = None,
+    ) -> bool | None:
         """Place a connection of which ``first`` was read and nothing answered, ``late``
         seconds after it connected (what the writer takes off its head's deadline): True once
-        it is the writer's (this server then closes its own copy of the descriptor; the
-        connection stays open), False to serve it here, None to read more first."""
+        handed (then ``settle(True)`` when the writer took it: let this copy go; or
+        ``settle(False)``: serve it here), False to serve it here, None to read more first."""
         sock = self._out
         if sock is None or not self._taken or self.credit <= 0:
             return False
@@ -442,16 +494,84 @@ class Handoff:
         conn = transport.get_extra_info("socket")
         if conn is None:
             return False
+        number = next(self._numbers) & 0xFFFFFFFF
         try:
-            socket.send_fds(sock, [b"c", _LATE.pack(late), first], [conn.fileno()])
+            socket.send_fds(sock, [b"c", _HAND.pack(late, number), first], [conn.fileno()])
         except (BlockingIOError, InterruptedError):
             return False  # the writer is not reading: serve it here
         except OSError:
             self._gone()
             return False
+        self._parked[number] = settle
         self.counts["handed"] += 1
         self.credit -= 1
         return True
+
+
+class _Leaving:
+    """A relaying server's hand-off link that ended (the writer closed it, or died), or that
+    it let go of, with hand-offs unsettled: its sends stopped (``SHUT_WR``), it is read to the
+    writer's close; what is left then the writer never read, and is served here. If the
+    writer does not close within :data:`LEAVE_WAIT_S`, what is left is let go (the writer's
+    copy, if it takes one, is that connection's last)."""
+
+    def __init__(
+        self,
+        handoff: Handoff,
+        sock: socket.socket,
+        parked: _Parked,
+    ) -> None:
+        self.handoff, self.sock, self.parked = handoff, sock, parked
+        self.errors = 0
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(sock.fileno(), self.heard)
+        self.timer = loop.call_later(handoff.leave_wait_s, self.end, True)
+        handoff._leaving.add(self)
+
+    def heard(self) -> None:
+        for _ in range(_HEARD_AT_ONCE):  # (as Handoff._heard)
+            try:
+                said = self.sock.recv(64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # (once: its end closed with hand-offs unread; read on)
+                self.errors += 1
+                if self.errors > 1:  # what it said cannot be read: none served twice
+                    self.end(True)
+                    return
+                continue
+            if not said:  # its close: all it said is read
+                self.end(False)
+                return
+            if said[:1] in (b"a", b"n") and len(said) == 1 + _ID.size:
+                self.handoff._settled(self.parked, said)
+            if not self.parked:
+                self.end(False)
+                return
+
+    def end(self, let_go: bool) -> None:
+        """Close; what is left unsettled is served here, or (``let_go``) let go."""
+        if self not in self.handoff._leaving:
+            return
+        self.handoff._leaving.discard(self)
+        self.timer.cancel()
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()
+        parked, self.parked = self.parked, {}
+        if parked and let_go:
+            log.warning(
+                "hand-off: the writer did not close its end in %gs; letting go of %s it "
+                "may still take",
+                self.handoff.leave_wait_s,
+                counted(len(parked), "connection"),
+            )
+        for settle in parked.values():
+            self.handoff.counts["returned"] += not let_go
+            if settle is not None:
+                settle(let_go)
 
 
 class _Peer:
@@ -484,20 +604,24 @@ class _Peer:
             data, fds, flags = b"", [], 0
         whole = not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
         dropped = flags & socket.MSG_CTRUNC and not flags & socket.MSG_TRUNC and not fds
-        if dropped and self.greeted and data[:1] == b"c":
+        if dropped and self.greeted and data[:1] == b"c" and len(data) > _HAND.size:
             # its descriptor was dropped on the way in: this process has no room for one
-            # more (no fault of the relaying server's, whose link stays); that connection
-            # is lost, as one a full listener cannot accept
-            log.warning("hand-off: a handed connection was lost: out of file descriptors")
+            # more (no fault of the relaying server's, whose link stays); the relaying
+            # server serves that connection itself
+            log.warning("hand-off: a handed connection was not taken: out of file descriptors")
             self.handoff.counts["refused"] += 1
             self.credit = max(self.credit - 1, 0)
+            self.send(b"n" + data[1 + 8 : 1 + _HAND.size])
             return True
-        ok = self.greeted and whole and len(fds) == 1 and len(data) > _LATE.size
+        ok = self.greeted and whole and len(fds) == 1 and len(data) > _HAND.size
         if ok and data[:1] == b"c" and self.credit > 0:  # (past its credits: refused)
             self.credit -= 1
-            (late,) = _LATE.unpack_from(data, 1)
+            late, number = _HAND.unpack_from(data, 1)
             late = late if 0.0 <= late < 3600.0 else 0.0  # (not a number: none)
-            if not self.handoff.adopt(fds[0], data[1 + _LATE.size :], late):
+            took = b"a" + _ID.pack(number)
+            if not self.handoff.adopt(
+                fds[0], data[1 + _HAND.size :], late, lambda: self.told(took)
+            ):
                 self.close()  # not what a writ server sends: it is heard no more
             else:
                 self.handoff.top_up(self)
@@ -540,6 +664,20 @@ class _Peer:
             pass
         self.close()
 
+    def told(self, took: bytes) -> bool:
+        """Say ``took`` (the writer takes a connection) before it reads a byte of it: True
+        once said, or when the relaying server's end is closed whole (it died, or let go of
+        its copy: the writer's is the connection's last); False when its socket is full (it
+        serves its own copy, once the link ends)."""
+        try:
+            self.conn.send(took)
+        except BlockingIOError:
+            self._cut()
+            return False
+        except OSError:
+            return True
+        return True
+
     def send(self, said: bytes) -> bool:
         """Say ``said``; False if it was not said. A relaying server that left so much of
         what it was told unread that its socket is full is cut off, once what it sent is
@@ -548,14 +686,17 @@ class _Peer:
         try:
             self.conn.send(said)
         except BlockingIOError:
-            if not self.cut and self.handoff._peers.get(self.fileno) is self:
-                self.cut = True
-                log.warning("hand-off: cut off a relaying server that reads nothing it is told")
-                asyncio.get_running_loop().call_soon(self.drain)
+            self._cut()
             return False
         except OSError:  # it went: read to its end (readable)
             return False
         return True
+
+    def _cut(self) -> None:
+        if not self.cut and self.handoff._peers.get(self.fileno) is self:
+            self.cut = True
+            log.warning("hand-off: cut off a relaying server that reads nothing it is told")
+            asyncio.get_running_loop().call_soon(self.drain)
 
     def close(self) -> None:
         if self.unheard is not None:

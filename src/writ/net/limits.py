@@ -49,7 +49,6 @@ import logging
 import resource
 import socket
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from http import HTTPStatus
@@ -59,6 +58,7 @@ from writ.core.textsafe import counted
 from writ.net.caps import PerKey, client_key
 from writ.net.framing import Trailers, coding_refusal
 from writ.net.framing import canned as _canned
+from writ.net.placed import Placed
 
 __all__ = ["GATE_LIMITS", "Limits", "direct_answer"]
 
@@ -525,50 +525,6 @@ class _Deadlines:
             self._deadline = None
 
 
-class _Placed:
-    """A connection placed by its first request: served here, or by another process (the
-    write relay's hand-off, :mod:`writ.api.handoff`) when the server running the listener
-    sets ``OFFER`` on its protocol class: given the transport, the first bytes and the
-    seconds since it connected, True once another process serves it, False to serve it
-    here, None to read more first."""
-
-    OFFER: ClassVar[Callable[[Any, bytes, float], bool | None] | None] = None
-    _first: bytes | None = None  # what a connection not yet placed sent so far
-    _since = 0.0  # when it connected (time.monotonic)
-    _adopted = False  # handed over by another process: never placed again
-    _read_there = b""  # and what that process read of it
-    _late = 0.0  # and how long it had been connected there: gone from its head's deadline
-    transport: Any
-    data_received: Callable[[bytes], None]  # the protocol's
-
-    def _place(self) -> None:
-        """Once connected: read first what the process that handed it over read, or begin
-        placing it (:meth:`_placed`)."""
-        if self._adopted:
-            first, self._read_there = self._read_there, b""
-            if first:
-                self.data_received(first)
-        elif type(self).OFFER is not None:
-            self._first, self._since = b"", time.monotonic()
-
-    def _placed(self, data: bytes) -> bytes:
-        """What to serve here of the connection's first bytes so far, with ``data``;
-        nothing while it is not placed yet, or once another process serves it (this one
-        then lets its descriptor go)."""
-        data = (self._first or b"") + data
-        offer = type(self).OFFER
-        late = time.monotonic() - self._since
-        placed = offer(self.transport, data, late) if offer is not None else False
-        if placed is None:
-            self._first = data
-            return b""
-        self._first = None
-        if placed:
-            self.transport.abort()
-            return b""
-        return data
-
-
 def _head_refusal(protocol: Any, limits: Limits, answers: _Answers) -> bytes | None:
     """The answer to a complete head the listener refuses, or None: an absolute-form target
     where only paths are taken, a transfer coding it would hand on undecoded."""
@@ -583,13 +539,13 @@ def guarded_protocol(limits: Limits) -> type[Any]:
 
     answers = _answers(limits)
     shares = _Shares(limits.per_client)  # each client's open connections
-    # this listener's connections with no request in progress, oldest first
-    idle: dict[Any, None] = {}
+    idle: dict[Any, None] = {}  # its connections with no request in progress, oldest first
     # and those held up by their client (sending a body, not reading an answer), oldest first
     stalled: dict[Any, None] = {}
 
-    class GuardedHttpTools(_Deadlines, _Placed, Trailers, HttpToolsProtocol, metaclass=_Guarded):
+    class GuardedHttpTools(_Deadlines, Placed, Trailers, HttpToolsProtocol, metaclass=_Guarded):
         LIMITS: ClassVar[Limits] = limits
+        IDLE, HEAD_SLOW = idle, answers.head_slow  # (Placed)
         TRAILER_LIMIT, TRAILER_ANSWER = limits.max_header_bytes, answers.trailers
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -1061,6 +1061,32 @@ async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
         await a.close()
 
 
+async def test_a_process_heard_for_the_first_time_is_answered_with_a_hello(
+    pg_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of two processes that open a store one after the other, the first said its hello
+    before the second listened: the second's hello is answered at once, so each knows of
+    the other now rather than at the first's next round of hellos (made a minute here).
+    Before, a writer and a server relaying to it that started together could miss each
+    other's hellos, and the writer, its relaying server gone, had heard nobody to NOTIFY."""
+    from writ.stores.postgres import _listen
+
+    monkeypatch.setattr(_listen, "HELLO_EVERY", 60.0)
+    a = await _open(pg_backend)  # its hello: nobody listens yet
+    try:
+        b = await _open(pg_backend)  # its hello: A hears a process it did not know
+        try:
+            for _ in range(1000):  # (10 s at most: the next round is a minute away)
+                if a.instance in b._heard_at:
+                    break
+                await asyncio.sleep(0.01)
+            assert a.instance in b._heard_at and b.instance in a._heard_at
+        finally:
+            await b.close()
+    finally:
+        await a.close()
+
+
 async def test_servers_told_over_the_relay_do_not_make_a_batch_notify(
     pg_backend: Backend,
 ) -> None:

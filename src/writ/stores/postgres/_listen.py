@@ -52,8 +52,12 @@ def _payloads(instance: str, notes: Sequence[tuple[str, dict[str, Any]]]) -> lis
 # docs/scaling.md) and tells nobody anything: its own notes are delivered at commit.
 # Servers relaying to this one (store.note_peers) are given its notes over the relay
 # instead: hearing from them alone does not make a batch NOTIFY (docs/scaling.md).
+# A process heard for the first time is answered with a hello at once (at most one answer
+# every GREET_EVERY seconds): it may have said its own before this one listened, and the two
+# would not know of each other until the next round.
 HELLO_EVERY = 5.0
 HEARD_FOR = 2.5 * HELLO_EVERY
+GREET_EVERY = 1.0
 MAX_HEARD = 256  # processes told apart by their hellos; beyond that, any other one counts
 
 
@@ -66,6 +70,7 @@ class _Listener:
     _others_at = float("-inf")
     _heard_at: dict[str, float]
     _pruned_at = float("-inf")  # when _heard_at was last pruned (at most once a second)
+    _greet = False  # a process not heard before spoke: say hello (it may have missed ours)
     # the last ledger row the writer's notes over the relay told of (0: none since the last
     # look-up), what notes_lost looks up from: this server's own NOTIFY echo, when it wrote
     # itself meanwhile, may be ahead of the writer's notes still in the air
@@ -114,13 +119,19 @@ class _Listener:
                 self._listening.set()
                 delay = 0.05
                 hello = json.dumps({"i": self.instance, "n": [["hello", {}]]})
+                greeted_at = float("-inf")
                 while not self._closed:
                     # also the liveness check of a quiet connection
                     await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, hello))
+                    self._greet = False
                     until = time.monotonic() + HELLO_EVERY
                     async for n in conn.notifies(timeout=HELLO_EVERY):
                         self._on_notify(n.payload)
-                        if time.monotonic() >= until:
+                        now = time.monotonic()
+                        if self._greet and now - greeted_at >= GREET_EVERY:
+                            greeted_at = now
+                            break  # answered now
+                        if now >= until:
                             break
             except asyncio.CancelledError:
                 raise
@@ -193,6 +204,7 @@ class _Listener:
             if len(heard) >= MAX_HEARD:  # a crowd, or someone inventing ids: count them all
                 self._others_at = now
                 return
+        self._greet = self._greet or sender not in heard
         heard[sender] = now
 
     def _heard_others(self) -> bool:

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import os
 import queue
+import random
 import re
 import resource
 import select
@@ -93,8 +94,8 @@ def in_background(fn: Callable[[], object], delay: float = 0.0) -> Iterator[None
         raise errors[0]
 
 
-_PORTS = itertools.count()
-PORT_BLOCK = 2000  # ports each xdist worker counts through, from PORT_BASE up
+PORT_BLOCK = 5000  # ports each xdist worker counts through, from PORT_BASE up
+_PORTS = itertools.count(random.randrange(PORT_BLOCK))  # (two sessions at once: apart)
 
 
 def _ephemeral_low() -> int:
@@ -112,13 +113,15 @@ def free_port() -> int:
     those come from the kernel's ephemeral range, where any outgoing connection (a client's
     to PostgreSQL, on any xdist worker) may take it before the server binds it (CI saw a
     server fail so: "address already in use"). So each worker counts through a block of its
-    own below that range, skipping any port in use; the ephemeral way only if no block fits."""
+    own below that range, from a random place in it, skipping any port a server could not
+    bind (as a server binds: SO_REUSEADDR); the ephemeral way only if no block fits."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
     base = PORT_BASE + PORT_BLOCK * (int(worker) if worker.isdigit() else 0)
     if base + PORT_BLOCK <= _ephemeral_low():
         for _ in range(PORT_BLOCK):
             port = base + next(_PORTS) % PORT_BLOCK
             with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     s.bind(("127.0.0.1", port))
                 except OSError:

@@ -212,3 +212,22 @@ async def test_a_writer_that_never_closes_a_link_let_go_keeps_what_it_may_take(
         assert await _answer(reader) == WRITERS
         client.close()
         assert relaying.counts["returned"] == 0
+
+
+async def test_hand_offs_queued_behind_a_reset_are_taken_by_the_writer(tmp_path: Path) -> None:
+    """A relaying server that goes (SIGKILL, or its process ends) with something the writer
+    said unread resets its link: the writer's next read fails (ECONNRESET) with the
+    hand-offs it sent before still queued behind the error. Its copies went with it, so the
+    writer's are those connections' last: it takes them. Reading the error as the end of
+    the link closed them unanswered."""
+    from tests.test_handoff import LEASE, _raw_peer, _room, _tcp
+
+    async with _room(tmp_path, [0], servers=0) as (writer, _, adopted):
+        peer = await _raw_peer(tmp_path, writer, 90)
+        with _tcp() as (one, _client1), _tcp() as (two, _client2):
+            socket.send_fds(peer, [b"c", struct.pack("!dI", 0, 1), LEASE], [one.fileno()])
+            await _until(lambda: adopted, "the first was not adopted")  # its "a", unread
+            socket.send_fds(peer, [b"c", struct.pack("!dI", 0, 2), LEASE], [two.fileno()])
+            peer.close()  # as its process ends: the "a" unread, the second queued
+            await _until(lambda: not writer._peers, "the link did not end")
+            assert len(adopted) == 2, "a hand-off queued behind the reset was dropped"

@@ -600,6 +600,8 @@ class _Peer:
             data, fds, flags, _addr = socket.recv_fds(self.conn, MAX_FIRST + 64, 2)
         except (BlockingIOError, InterruptedError):
             return False
+        except ConnectionResetError:  # it went with what it was told unread: what it sent
+            return True  # before is queued behind the error, and its copies went with it
         except OSError:
             data, fds, flags = b"", [], 0
         whole = not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)

@@ -231,3 +231,34 @@ async def test_hand_offs_queued_behind_a_reset_are_taken_by_the_writer(tmp_path:
             peer.close()  # as its process ends: the "a" unread, the second queued
             await _until(lambda: not writer._peers, "the link did not end")
             assert len(adopted) == 2, "a hand-off queued behind the reset was dropped"
+
+
+async def test_an_a_that_could_not_be_said_is_no_hand_off_taken(tmp_path: Path) -> None:
+    """The writer's ``a`` fails for want of memory (ENOBUFS; the relaying server still has
+    its end open): not said, the relaying server keeps its copy parked and serves it once
+    the link ends, so the writer must not serve it too. Only a relaying end closed whole
+    (EPIPE, ECONNRESET) lets the writer take what it could not say ``a`` of."""
+    import errno
+
+    from tests.test_handoff import LEASE, _raw_peer, _room, _tcp
+
+    class _NoRoom:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def send(self, said: bytes) -> int:
+            if said[:1] == b"a":
+                raise OSError(errno.ENOBUFS, os.strerror(errno.ENOBUFS))
+            return self.sock.send(said)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.sock, name)
+
+    async with _room(tmp_path, [0], servers=0) as (writer, _, adopted):
+        peer = await _raw_peer(tmp_path, writer, 90)
+        (theirs,) = writer._peers.values()
+        theirs.conn = _NoRoom(theirs.conn)  # type: ignore[assignment]
+        with peer, _tcp() as (accepted, _client):
+            socket.send_fds(peer, [b"c", struct.pack("!dI", 0, 1), LEASE], [accepted.fileno()])
+            await _until(lambda: not writer._peers, "the link was not ended")
+            assert not adopted, "taken without an 'a' said: served by both servers"

@@ -669,15 +669,15 @@ class _Peer:
     def told(self, took: bytes) -> bool:
         """Say ``took`` (the writer takes a connection) before it reads a byte of it: True
         once said, or when the relaying server's end is closed whole (it died, or let go of
-        its copy: the writer's is the connection's last); False when its socket is full (it
-        serves its own copy, once the link ends)."""
+        its copy: the writer's is the connection's last); False when it could not be said
+        otherwise (its socket full, no memory): it serves its own copy once the link ends."""
         try:
             self.conn.send(took)
-        except BlockingIOError:
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        except OSError:
             self._cut()
             return False
-        except OSError:
-            return True
         return True
 
     def send(self, said: bytes) -> bool:

@@ -262,3 +262,42 @@ async def test_an_a_that_could_not_be_said_is_no_hand_off_taken(tmp_path: Path) 
             socket.send_fds(peer, [b"c", struct.pack("!dI", 0, 1), LEASE], [accepted.fileno()])
             await _until(lambda: not writer._peers, "the link was not ended")
             assert not adopted, "taken without an 'a' said: served by both servers"
+
+
+async def test_a_connection_parked_as_its_server_shuts_down_is_settled_first(
+    tmp_path: Path,
+) -> None:
+    """The relaying server begins its graceful shutdown with a hand-off unsettled, then the
+    writer goes without having taken it: the connection is answered where it was accepted
+    (and closed after). Closed as an idle one at the shutdown, it was lost with the writer:
+    its client had sent its request and got nothing."""
+    async with _linked(tmp_path) as (_relaying, server, writer, port):
+        reader, client = await _ask(port)
+        _number, fd = await writer.handed()
+        os.close(fd)
+        stopping = asyncio.ensure_future(server.shutdown())
+        await _until(lambda: not server.servers[0].is_serving(), "no shutdown began")
+        writer.conn.close()  # as a SIGKILL does
+        answer = await _answer(reader)
+        await asyncio.wait_for(stopping, 5)
+        client.close()
+        assert _served_here(answer), answer
+
+
+async def test_a_connection_parked_as_its_server_shuts_down_is_the_writers_once_taken(
+    tmp_path: Path,
+) -> None:
+    """And one the writer takes meanwhile is the writer's alone: the shutdown lets the
+    relaying server's copy go, not answered there."""
+    async with _linked(tmp_path) as (_relaying, server, writer, port):
+        reader, client = await _ask(port)
+        number, fd = await writer.handed()
+        stopping = asyncio.ensure_future(server.shutdown())
+        await _until(lambda: not server.servers[0].is_serving(), "no shutdown began")
+        writer.say(b"a", number)
+        await asyncio.wait_for(stopping, 5)
+        with socket.socket(fileno=fd) as theirs:
+            theirs.setblocking(True)
+            theirs.sendall(WRITERS)
+        assert await _answer(reader) == WRITERS
+        client.close()

@@ -28,6 +28,7 @@ class Placed:
     _read_there = b""  # and what that process read of it
     _late = 0.0  # and how long it had been connected there: gone from its head's deadline
     _parked: bytes | None = None  # handed, not settled yet: what was read of it
+    _shut = False  # the server's graceful shutdown began while it was parked
     # the listener's connections with no request in progress (closed first for room: a
     # parked one is none of them), its head's deadline and how it is answered
     IDLE: ClassVar[dict[Any, None]]
@@ -71,6 +72,15 @@ class Placed:
         self._disarm()
         self.transport.pause_reading()
 
+    def shutdown(self) -> None:
+        """The server's graceful shutdown: a parked connection is settled first (its client
+        sent a request; closed now, it would be answered by nobody if the other process
+        does not take it), then shut down as any other."""
+        if self._parked is not None:
+            self._shut = True
+            return
+        super().shutdown()  # type: ignore[misc]
+
     def _settle(self, taken: bool) -> None:
         """The other process took the connection (``taken``: let this copy go), or not
         (serve it here, from its first bytes)."""
@@ -86,3 +96,5 @@ class Placed:
         self._arm(max(self.LIMITS.header_timeout - late, 0.0), self.HEAD_SLOW)
         transport.resume_reading()
         self.data_received(data)
+        if self._shut:
+            self.shutdown()  # (its answer, then the close)

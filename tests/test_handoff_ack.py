@@ -301,3 +301,28 @@ async def test_a_connection_parked_as_its_server_shuts_down_is_the_writers_once_
             theirs.sendall(WRITERS)
         assert await _answer(reader) == WRITERS
         client.close()
+
+
+async def test_a_writer_that_settles_nothing_holds_no_more_than_a_share_parked(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A writer that gives credits without end and never says ``a`` or ``n`` (one stuck,
+    or a same-user process posing as one) keeps what it is handed parked in the relaying
+    server: at most :data:`CREDIT` of them; the rest are served where they were accepted.
+    Unbounded, it held every one of the relaying server's connection slots (a parked one is
+    never idle, so never closed for room), where before it held none of them."""
+    from writ.api import handoff as handoff_module
+
+    monkeypatch.setattr(handoff_module, "CREDIT", 2)
+    async with _linked(tmp_path) as (relaying, _server, writer, port):
+        held = [await _ask(port) for _ in range(2)]
+        for _ in range(2):
+            _number, fd = await writer.handed()
+            os.close(fd)
+        reader, client = await _ask(port)
+        answer = await _answer(reader)
+        client.close()
+        assert _served_here(answer), answer
+        assert len(relaying._parked) == 2
+        for _reader, held_client in held:
+            held_client.close()

@@ -484,8 +484,8 @@ class Handoff:
         handed (then ``settle(True)`` when the writer took it: let this copy go; or
         ``settle(False)``: serve it here), False to serve it here, None to read more first."""
         sock = self._out
-        if sock is None or not self._taken or self.credit <= 0:
-            return False
+        if sock is None or not self._taken or self.credit <= 0 or len(self._parked) >= CREDIT:
+            return False  # (that many unsettled: the writer is not answering; serve here)
         if len(first) > MAX_FIRST:  # more than a hand-off carries: served here
             return False
         placed = away(first)

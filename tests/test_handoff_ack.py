@@ -326,3 +326,24 @@ async def test_a_writer_that_settles_nothing_holds_no_more_than_a_share_parked(
         assert len(relaying._parked) == 2
         for _reader, held_client in held:
             held_client.close()
+
+
+async def test_the_time_a_connection_waits_parked_is_not_its_clients(tmp_path: Path) -> None:
+    """Served here after all, a connection's head has what its deadline had left when it
+    was handed: the wait for the writer's word was this server's, not the client's (it had
+    none left once parked longer than the deadline, and was answered 408 before the rest
+    of its head could come)."""
+    async with _linked(tmp_path, header_timeout=0.5) as (relaying, _server, writer, port):
+        reader, client = await asyncio.open_connection("127.0.0.1", port)
+        client.write(REQUEST[:10])  # its target: enough to hand it over
+        await client.drain()
+        number, fd = await writer.handed()
+        os.close(fd)
+        await asyncio.sleep(0.8)  # parked past the deadline, through no fault of its own
+        writer.say(b"n", number)
+        await _until(lambda: relaying.counts["returned"] == 1, "the 'n' was not heard")
+        client.write(REQUEST[10:])  # the rest of its head, at once
+        await client.drain()
+        answer = await _answer(reader)
+        client.close()
+        assert _served_here(answer), answer

@@ -28,6 +28,7 @@ class Placed:
     _read_there = b""  # and what that process read of it
     _late = 0.0  # and how long it had been connected there: gone from its head's deadline
     _parked: bytes | None = None  # handed, not settled yet: what was read of it
+    _parked_at = 0.0  # since when (time.monotonic): no time of its client's
     _shut = False  # the server's graceful shutdown began while it was parked
     # the listener's connections with no request in progress (closed first for room: a
     # parked one is none of them), its head's deadline and how it is answered
@@ -67,7 +68,7 @@ class Placed:
 
     def _park(self, data: bytes) -> None:
         """Handed: read nothing more and answer nothing (no deadline) until settled."""
-        self._parked = data
+        self._parked, self._parked_at = data, time.monotonic()
         self.IDLE.pop(self, None)
         self._disarm()
         self.transport.pause_reading()
@@ -91,8 +92,8 @@ class Placed:
         if taken:
             transport.abort()
             return
-        self.IDLE[self] = None  # its head's deadline runs on from when it connected
-        late = time.monotonic() - self._since
+        self.IDLE[self] = None  # its head's deadline runs on from where it was handed
+        late = self._parked_at - self._since
         self._arm(max(self.LIMITS.header_timeout - late, 0.0), self.HEAD_SLOW)
         transport.resume_reading()
         self.data_received(data)

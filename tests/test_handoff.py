@@ -894,3 +894,60 @@ async def test_a_give_back_that_cannot_be_said_ends_the_hand_off_not_the_relay(
         await _until(lambda: relaying._out is None, "the hand-off did not end")
         assert relaying.credit == 0 and not relaying.linked()
         assert gone == []
+
+
+async def test_a_writer_that_cannot_listen_says_so_once_and_listens_when_it_can(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A writer that cannot listen for hand-offs (here something else holds the socket's
+    path; in life, no descriptor to spare at the moment it was elected) says so once, not at
+    each of its keeper's retries, and listens once it can: the relaying servers then hand
+    it their connections. Before, it tried once, at its election."""
+    writer = Handoff(str(tmp_path), "writ test", {"a": 1})
+    writer.attach(lambda s, first, late: s.close(), lambda: 0, 100, {})
+    (tmp_path / SOCKET).mkdir()  # not a socket, and not to be unlinked as one
+    with caplog.at_level("INFO", logger="writ.relay"):
+        for _ in range(3):
+            await writer.listen()
+        assert writer.unlistened and writer._listening is None
+        (tmp_path / SOCKET).rmdir()
+        await writer.listen()
+    try:
+        said = [r.getMessage() for r in caplog.records]
+        assert sum("cannot listen" in m for m in said) == 1, said
+        assert any("listens for connections again" in m for m in said), said
+        relaying = Handoff(str(tmp_path), "writ test", {"a": 1})
+        relaying.attach(lambda s, first, late: None, lambda: 0, 100, {})
+        await relaying.connect()
+        assert relaying._out is not None and not writer.unlistened
+        relaying.disconnect()
+    finally:
+        writer.stop_listening()
+
+
+async def test_the_writers_keeper_listens_for_hand_offs_once_it_can(
+    pg_backend: Backend, tmp_path: Path
+) -> None:
+    """Real servers: the writer elected while it cannot listen for hand-offs (something
+    holds the socket's path) writes as the writer, its relaying server keeping its
+    connections; once the path is free the writer's keeper listens, and the relaying server
+    hands it its connections."""
+    relay = tmp_path / "relay"
+    relay.mkdir(mode=0o700)
+    (relay / SOCKET).mkdir()
+    async with writ_servers(pg_backend.url, 2, tmp_path, relay=relay, log_level="info") as urls:
+        w, (f,) = await _roles(tmp_path, 2)
+        assert "hand-off: cannot listen" in _log(tmp_path, w)
+        assert "hands its connections to the writer" not in _log(tmp_path, f)
+        (relay / SOCKET).rmdir()
+        deadline = time.monotonic() + 10
+        while "hands its connections to the writer" not in _log(tmp_path, f):
+            assert time.monotonic() < deadline, _log(tmp_path, f)[-2000:]
+            await asyncio.sleep(0.05)
+        assert "listens for connections again" in _log(tmp_path, w)
+        async with httpx.AsyncClient(timeout=10) as c:  # (its /metrics: placed, stays here)
+            before = await _handed(c, urls[f])
+            async with httpx.AsyncClient(timeout=10) as other:  # a connection of its own
+                r = await other.get(f"{urls[f]}/v1/leases", headers=_bearer(ADMIN_TOKEN))
+            assert r.status_code == 200, r.text
+            assert await _handed(c, urls[f]) == before + 1

@@ -1,12 +1,10 @@
 """Connection hand-off: a server that relays to the host's writer gives it each new client
 connection whole, while the writer has room.
 
-The write relay (:mod:`writ.api.relay`) sends a server's lease writes to the writer, but the
-relaying server still reads each request and writes each answer: a relayed pair costs the
-host's cores more than a pair one server answers alone (docs/scaling.md: 1.75× at 16
-clients), and on a host with no core to spare two servers wrote less than one. So a
-relaying server hands the writer each connection it accepts, once it has read the first
-request's target: the socket's descriptor crosses a Unix socket (``SCM_RIGHTS``) with the
+The write relay (:mod:`writ.api.relay`) sends a server's lease writes to the writer, but a
+relayed pair costs the host's cores more than a pair one server answers alone (1.75× at 16
+clients, docs/scaling.md). So a relaying server hands the writer each connection it
+accepts, once it has read the first request's target: the socket's descriptor crosses a Unix socket (``SCM_RIGHTS``) with the
 bytes read so far, and the writer serves it as one it accepted itself, with its own limits,
 logs and metrics. The client sees one server. (Vault's standby nodes forward requests to the
 active one; here the connection itself moves.) A connection whose first request is for
@@ -48,12 +46,9 @@ to spare the relaying servers share the HTTP work once the writer is busy, and o
 without, the host's servers cost what one does.
 
 What the writer is sent must be one TCP socket; anything else is closed, counted
-(``refused``) and ends that server's hand-off socket (one whose client reset it meanwhile is
-only closed). A writer that goes away takes the connections it adopted with it, as a lone
-server that dies does; their clients connect again, to a server that is the writer by then,
-or writes itself. A writer that begins its
-graceful shutdown takes no more (the relaying servers keep theirs) and serves, as it drains,
-those handed to it already.
+(``refused``) and ends that server's hand-off socket. A writer that goes away takes the
+connections it adopted with it, as a lone server that dies does; one that begins its
+graceful shutdown takes no more and serves, as it drains, those handed to it already.
 """
 
 from __future__ import annotations
@@ -158,14 +153,14 @@ class Handoff:
         # writer did not take (served here after all): writ_relay_connections_total
         self.counts = dict.fromkeys(("handed", "adopted", "refused", "returned"), 0)
         self.busy_off, self.busy_on, self.room = BUSY_OFF, BUSY_ON, ROOM
-        self.sample_s = SAMPLE_S
-        self.hello_wait_s = HELLO_WAIT_S
+        self.sample_s, self.hello_wait_s = SAMPLE_S, HELLO_WAIT_S
         self.cpu: Callable[[], float] = time.process_time
         self._adopt: Callable[[socket.socket, bytes, float], None] | None = None
         self._connections: Callable[[], int] = lambda: 0
         self._max_connections = 0
         # the writer's side
         self._listening: socket.socket | None = None
+        self.unlistened = False  # it could not listen: its keeper tries again
         self._peers: dict[int, _Peer] = {}
         self._open = True  # the writer has room (what it last said)
         self._sampler: asyncio.Task[None] | None = None
@@ -193,29 +188,34 @@ class Handoff:
         already read from it and the seconds it was connected there (``adopt``), how many
         connections it holds (``connections``) of at most ``max_connections``, and its
         ``listener``'s settings (in the :func:`digest`)."""
-        self._adopt, self._connections = adopt, connections
-        self._max_connections = max_connections
+        self._adopt, self._connections, self._max_connections = adopt, connections, max_connections
         self.digest = digest(self.identity, {**self.settings, "listener": dict(listener)})
 
     # -- the writer -------------------------------------------------------------------
     async def listen(self) -> None:
-        """As the writer: take the connections relaying servers hand over."""
+        """As the writer: take the connections relaying servers hand over (the relay's keeper
+        calls it again while it could not: out of descriptors, say)."""
         if self._adopt is None or self._listening is not None:
             return
-        path = os.path.join(self.directory, SOCKET)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # a writer before this one left it; the relay's lock is ours
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        path, sock = os.path.join(self.directory, SOCKET), None
         try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # a writer before this one left it; the relay's lock is ours
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             sock.setblocking(False)
             sock.bind(path)
             os.chmod(path, 0o600)
             sock.listen(64)
-        except OSError:
-            sock.close()
-            log.exception("hand-off: cannot listen; the relaying servers keep their connections")
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            if not self.unlistened:  # (said once, not at every retry)
+                log.warning("hand-off: cannot listen (%s); the relaying servers keep theirs", exc)
+            self.unlistened = True
             return
-        self._listening = sock
+        if self.unlistened:
+            log.info("hand-off: the writer listens for connections again")
+        self._listening, self.unlistened = sock, False
         self._open = True
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
         self._sampler = asyncio.ensure_future(self._sample())

@@ -237,6 +237,8 @@ class Relay:
                 await handoff.connect()  # the writer was not listening for them yet
                 if link is not None and link is self._link and link.retired:
                     self._unretire(link, handoff)
+            elif handoff is not None and self.writer and handoff.unlistened:
+                await handoff.listen()  # it could not (out of descriptors, say): again
 
     async def _elect(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1087,6 +1087,35 @@ async def test_a_process_heard_for_the_first_time_is_answered_with_a_hello(
         await a.close()
 
 
+async def test_a_hello_answered_loses_none_of_the_notes_that_came_with_it(
+    pg_backend: Backend,
+) -> None:
+    """A stranger's hello and another process's note committed together reach the listener
+    in one read: it answers the hello without dropping the note behind it. Before, it broke
+    out of psycopg's ``notifies()`` after the hello to answer it, and the notes read with it
+    that were not yet yielded went with the generator (a grant's wake-up lost)."""
+    store = await _open(pg_backend)
+    got: list[tuple[str, dict[str, Any]]] = []
+    heard = asyncio.Event()
+
+    def deliver(notes: Any) -> None:
+        got.extend(notes)
+        if any(kind == "mark" for kind, _ in notes):
+            heard.set()
+
+    store._deliver_foreign = deliver  # type: ignore[method-assign]
+    try:
+        hello = json.dumps({"i": "stranger", "n": [["hello", {}]]})
+        note = json.dumps({"i": "other", "n": [["mark", {}]]})
+        await pg_backend.sql(  # one transaction: delivered together
+            "SELECT pg_notify(%s, %s), pg_notify(%s, %s)", store.channel, hello, store.channel, note
+        )
+        await asyncio.wait_for(heard.wait(), 10)
+        assert [kind for kind, _ in got] == ["hello", "mark"]
+    finally:
+        await store.close()
+
+
 async def test_servers_told_over_the_relay_do_not_make_a_batch_notify(
     pg_backend: Backend,
 ) -> None:

@@ -125,14 +125,14 @@ class _Listener:
                     await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, hello))
                     self._greet = False
                     until = time.monotonic() + HELLO_EVERY
-                    async for n in conn.notifies(timeout=HELLO_EVERY):
-                        self._on_notify(n.payload)
-                        now = time.monotonic()
+                    while (now := time.monotonic()) < until:
                         if self._greet and now - greeted_at >= GREET_EVERY:
                             greeted_at = now
                             break  # answered now
-                        if now >= until:
-                            break
+                        # a batch read at once, whole: a break out of notifies() drops the
+                        # rest of the one it is in
+                        async for n in conn.notifies(timeout=until - now, stop_after=1):
+                            self._on_notify(n.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the listener must outlive an outage

@@ -1087,6 +1087,46 @@ async def test_a_process_heard_for_the_first_time_is_answered_with_a_hello(
         await a.close()
 
 
+async def test_a_second_stranger_within_a_greeting_is_answered_once_it_may_be(
+    pg_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes heard for the first time within GREET_EVERY of each other: the first is
+    answered at once, the second as soon as the next answer may be (GREET_EVERY after the
+    first), not at the next round of hellos (made a minute here). Before, the second waited
+    for some other notification to arrive, or for the round: the relaying servers of a
+    writer started together (``--workers``) could miss it for a round."""
+    from writ.stores.postgres import _listen
+
+    monkeypatch.setattr(_listen, "HELLO_EVERY", 60.0)
+    monkeypatch.setattr(_listen, "GREET_EVERY", 2.0)
+    async with await psycopg.AsyncConnection.connect(
+        pg_backend._pg_conninfo(), autocommit=True
+    ) as ear:
+        store = pg_backend.open_store()
+        assert isinstance(store, PostgresStore)
+        await ear.execute(sql.SQL("LISTEN {}").format(sql.Identifier(store.channel)))
+
+        async def its_hello() -> bool:
+            async for n in ear.notifies(timeout=10):
+                if json.loads(n.payload)["i"] == store.instance:
+                    return True
+            return False
+
+        async def stranger(name: str) -> None:
+            hello = json.dumps({"i": name, "n": [["hello", {}]]})
+            await pg_backend.sql("SELECT pg_notify(%s, %s)", store.channel, hello)
+
+        await store.open()
+        try:
+            assert await its_hello()  # its first
+            await stranger("one")
+            assert await its_hello()  # answered at once
+            await stranger("two")  # within GREET_EVERY of that answer
+            assert await its_hello()  # GREET_EVERY after the first answer, not a minute
+        finally:
+            await store.close()
+
+
 async def test_a_hello_answered_loses_none_of_the_notes_that_came_with_it(
     pg_backend: Backend,
 ) -> None:

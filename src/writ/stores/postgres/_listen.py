@@ -130,8 +130,9 @@ class _Listener:
                             greeted_at = now
                             break  # answered now
                         # a batch read at once, whole: a break out of notifies() drops the
-                        # rest of the one it is in
-                        async for n in conn.notifies(timeout=until - now, stop_after=1):
+                        # rest of the one it is in; an answer held back is due GREET_EVERY on
+                        wait = min(until, greeted_at + GREET_EVERY) if self._greet else until
+                        async for n in conn.notifies(timeout=wait - now, stop_after=1):
                             self._on_notify(n.payload)
             except asyncio.CancelledError:
                 raise

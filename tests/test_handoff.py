@@ -951,3 +951,31 @@ async def test_the_writers_keeper_listens_for_hand_offs_once_it_can(
                 r = await other.get(f"{urls[f]}/v1/leases", headers=_bearer(ADMIN_TOKEN))
             assert r.status_code == 200, r.text
             assert await _handed(c, urls[f]) == before + 1
+
+
+async def test_a_relaying_server_with_no_descriptor_to_spare_links_when_it_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relaying server whose keeper asks to link to the writer while it has no descriptor
+    to spare stays unlinked, and links at a later round. Before, the hand-off socket was
+    made outside the try: the keeper's call raised EMFILE, which ended the keeper itself (no
+    election again when the writer went, no hand-off again)."""
+    writer = Handoff(str(tmp_path), "writ test", {"a": 1})
+    writer.attach(lambda s, first, late: s.close(), lambda: 0, 100, {})
+    await writer.listen()
+    relaying = Handoff(str(tmp_path), "writ test", {"a": 1})
+    relaying.attach(lambda s, first, late: None, lambda: 0, 100, {})
+
+    def no_descriptor(*_args: Any, **_kwargs: Any) -> socket.socket:
+        raise OSError(24, "Too many open files")
+
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(handoff_module.socket, "socket", no_descriptor)
+            await relaying.connect()
+        assert not relaying.linked()
+        await relaying.connect()
+        assert relaying.linked() and relaying._out is not None
+        relaying.disconnect()
+    finally:
+        writer.stop_listening()

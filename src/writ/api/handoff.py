@@ -148,9 +148,8 @@ class Handoff:
         self.directory = directory
         self.identity, self.settings = identity, dict(settings)
         self.digest = digest(identity, settings)
-        # connections this server handed to the writer, took from a relaying server, (as
-        # the writer) was sent that were not one connected TCP socket, and handed that the
-        # writer did not take (served here after all): writ_relay_connections_total
+        # writ_relay_connections_total: handed to the writer, taken from a relaying server,
+        # sent (to the writer) not one TCP socket, handed and not taken (served here)
         self.counts = dict.fromkeys(("handed", "adopted", "refused", "returned"), 0)
         self.busy_off, self.busy_on, self.room = BUSY_OFF, BUSY_ON, ROOM
         self.sample_s, self.hello_wait_s = SAMPLE_S, HELLO_WAIT_S
@@ -368,17 +367,18 @@ class Handoff:
         connections over while the writer says it has room."""
         if self._adopt is None or self._out is not None:
             return
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sock.setblocking(False)
-        try:
+        loop, sock = asyncio.get_running_loop(), None
+        try:  # (out of descriptors too: its keeper tries again)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            sock.setblocking(False)
             await loop.sock_connect(sock, os.path.join(self.directory, SOCKET))
             if not _same_user(sock):
                 raise OSError("the writer's hand-off socket is another user's")
             await loop.sock_sendall(sock, self.digest.encode())
             said = await asyncio.wait_for(loop.sock_recv(sock, 64), self.hello_wait_s)
         except (OSError, TimeoutError):
-            sock.close()
+            if sock is not None:
+                sock.close()
             return
         if not self._said(said):
             sock.close()

@@ -94,8 +94,7 @@ def in_background(fn: Callable[[], object], delay: float = 0.0) -> Iterator[None
         raise errors[0]
 
 
-PORT_BLOCK = 5000  # ports each xdist worker counts through, from PORT_BASE up
-_PORTS = itertools.count(random.randrange(PORT_BLOCK))  # (two sessions at once: apart)
+_PORTS = itertools.count(random.randrange(1 << 16))  # (two sessions at once: apart)
 
 
 def _ephemeral_low() -> int:
@@ -113,13 +112,16 @@ def free_port() -> int:
     those come from the kernel's ephemeral range, where any outgoing connection (a client's
     to PostgreSQL, on any xdist worker) may take it before the server binds it (CI saw a
     server fail so: "address already in use"). So each worker counts through a block of its
-    own below that range, from a random place in it, skipping any port a server could not
-    bind (as a server binds: SO_REUSEADDR); the ephemeral way only if no block fits."""
+    own below that range (shared out among the workers), from a random place in it, skipping
+    any port a server could not bind (as a server binds: SO_REUSEADDR); the ephemeral way
+    only if the blocks would be too small."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
-    base = PORT_BASE + PORT_BLOCK * (int(worker) if worker.isdigit() else 0)
-    if base + PORT_BLOCK <= _ephemeral_low():
-        for _ in range(PORT_BLOCK):
-            port = base + next(_PORTS) % PORT_BLOCK
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")
+    block = (_ephemeral_low() - PORT_BASE) // max(int(workers) if workers.isdigit() else 1, 1)
+    base = PORT_BASE + block * (int(worker) if worker.isdigit() else 0)
+    if block >= 100:  # (each worker a block of its own, however many workers)
+        for _ in range(block):
+            port = base + next(_PORTS) % block
             with socket.socket() as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:

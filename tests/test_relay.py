@@ -643,6 +643,39 @@ async def test_a_writer_that_cannot_listen_lets_the_lock_go(tmp_path: Path) -> N
         await first.stop()
 
 
+async def test_a_writer_elected_as_its_server_begins_to_drain_takes_no_hand_offs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its graceful shutdown begins while the election makes the writer's socket: it does
+    not then listen for hand-offs (it listened, after its server had stopped listening, and
+    took connections from relaying servers into a drain that had shut its own down)."""
+    from writ.api.handoff import SOCKET as HANDOFF
+    from writ.api.handoff import Handoff
+    from writ.api.relay import Relay
+
+    where = tmp_path / "relay"
+    where.mkdir(mode=0o700)
+    relay = Relay(str(where))
+    handoff = Handoff(str(where), "writ test", {})
+    handoff.attach(lambda s, first, late: s.close(), lambda: 0, 100, {})
+    relay.handoff = handoff
+    loop = asyncio.get_running_loop()
+    made = loop.create_unix_server
+
+    async def draining_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        server = await made(*args, **kwargs)
+        relay.draining.set()  # the server began its graceful shutdown meanwhile
+        return server
+
+    monkeypatch.setattr(loop, "create_unix_server", draining_meanwhile)
+    await relay.start()
+    try:
+        assert relay.role() == "writer"
+        assert handoff._listening is None and not (where / HANDOFF).exists()
+    finally:
+        await relay.stop()
+
+
 @contextlib.asynccontextmanager
 async def _pair(
     tmp_path: Path, run: Any, identity: str = "same", **writer_options: Any

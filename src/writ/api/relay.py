@@ -255,7 +255,7 @@ class Relay:
             self.writer = True
             if self.store is not None:
                 self.store.note_sink = self._notes_out
-            if self.handoff is not None:
+            if self.handoff is not None and not self.draining.is_set():  # (drains: none)
                 await self.handoff.listen()
             log.info("relay: this server is the writer for %s", self.directory)
             return

@@ -161,3 +161,37 @@ async def test_the_sweeper_waits_for_the_next_expiry_less_the_time_its_ticks_too
     sweeper = asyncio.ensure_future(engine._sweeper())
     await asyncio.wait_for(sweeper, 30)
     assert len(slept) == 1 and 4.0 < slept[0] <= 4.75, slept
+
+
+async def test_the_sweeper_wakes_when_a_lock_delay_ends(
+    make_engine: Any, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease expires into a lock-delay of 30 s: the sweeper's next wake-up is the delay's
+    end, after the sweep that began it and after an idle one, so the queue it holds back is
+    served then. Before, it counted only lease expiries, and slept its whole interval (here
+    made a minute; a second by default): a waiter behind a lock-delay got the resource up to
+    that much late."""
+    import asyncio
+
+    engine: Engine = await make_engine(POLICY)
+    engine.sweep_interval = 60.0
+    a, _ = await engine.add_principal(None, "agent-a", "agent")
+    await engine.acquire(a, resource="prod/db", intent="migrate", ttl_s=5)
+    await backend.advance(6)  # past its ttl: the first sweep expires it, its delay begins
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+    sweeper: asyncio.Task[None] | None = None
+
+    async def sleep(delay: float, *args: Any) -> Any:
+        # only the sweeper's own wait between sweeps is taken (see the test above)
+        if asyncio.current_task() is not sweeper or delay < 1.0:
+            return await real_sleep(delay, *args)
+        slept.append(delay)
+        await backend.advance(10)
+        engine._closing = len(slept) == 2
+
+    monkeypatch.setattr("writ.engine.kernel.asyncio.sleep", sleep)
+    sweeper = asyncio.ensure_future(engine._sweeper())
+    await asyncio.wait_for(sweeper, 30)
+    assert len(slept) == 2, slept
+    assert 29.0 < slept[0] <= 30.0 and 19.0 < slept[1] <= 20.0, slept  # (the delay's end)

@@ -646,13 +646,9 @@ class Engine(PrincipalOps, QueueOps):
         tickers = [(tick, self._dues.get(tick)) for tick in self._tickers]
 
         async def look(tx: Tx) -> tuple[bool, list[bool], float | None]:
-            nxt = await tx.next_expiry()  # first: a store may begin the snapshot with it
-            now = tx.now()
-            ends = (nxt is not None and nxt <= now) or bool(
-                await tx.objects_due("delay", "active", now, 1)
-            )
-            ticks = [d is None or await d(tx, now) for _, d in tickers]
-            return ends, ticks, None if nxt is None else nxt - now
+            nxt = await _next_due(tx, self.sweep_interval)
+            ticks = [d is None or await d(tx, tx.now()) for _, d in tickers]
+            return nxt is not None and nxt <= 0, ticks, nxt
 
         async def fn(tx: Tx) -> int:
             now = tx.now()
@@ -686,7 +682,7 @@ class Engine(PrincipalOps, QueueOps):
                 wrote, at = self._swept  # as the sweep's read found it, unless it wrote
                 nxt = None if at is None else at - asyncio.get_running_loop().time()  # (ticked)
                 if wrote:
-                    nxt = await self.store.read(_next_due)
+                    nxt = await self.store.read(lambda tx: _next_due(tx, self.sweep_interval))
                 delay = min(self.sweep_interval, float("inf") if nxt is None else max(nxt, 0.005))
             except asyncio.CancelledError:
                 raise
@@ -698,9 +694,13 @@ class Engine(PrincipalOps, QueueOps):
             await asyncio.sleep(delay)
 
 
-async def _next_due(tx: Tx) -> float | None:
-    nxt = await tx.next_expiry()
-    return None if nxt is None else nxt - tx.now()
+async def _next_due(tx: Tx, within: float) -> float | None:
+    """Seconds to the next lease expiry or lock-delay end (a delay's only if ``within``)."""
+    nxt = await tx.next_expiry()  # first: a store may begin the snapshot with it
+    now = tx.now()
+    for delay in await tx.objects_due("delay", "active", now + within, 1):  # (the first)
+        nxt = min(nxt, delay["expires_at_ts"]) if nxt is not None else delay["expires_at_ts"]
+    return None if nxt is None else nxt - now
 
 
 if TYPE_CHECKING:

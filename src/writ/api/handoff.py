@@ -4,13 +4,13 @@ connection whole, while the writer has room.
 The write relay (:mod:`writ.api.relay`) sends a server's lease writes to the writer, but a
 relayed pair costs the host's cores more than a pair one server answers alone (1.75× at 16
 clients, docs/scaling.md). So a relaying server hands the writer each connection it
-accepts, once it has read the first request's target: the socket's descriptor crosses a Unix socket (``SCM_RIGHTS``) with the
-bytes read so far, and the writer serves it as one it accepted itself, with its own limits,
-logs and metrics. The client sees one server. (Vault's standby nodes forward requests to the
-active one; here the connection itself moves.) A connection whose first request is for
-``/livez``, ``/readyz`` or ``/metrics`` stays: those say how *this* process is, and a
-scraper of every server must not count the writer's traffic twice. A connection is placed
-by its first request, once.
+accepts, once it has read the first request's target: the descriptor crosses a Unix socket
+(``SCM_RIGHTS``) with the bytes read so far, and the writer serves it as one it accepted
+itself, with its own limits, logs and metrics. The client sees one server. (Vault's
+standby nodes forward requests to the active one; here the connection itself moves.) A
+connection whose first request is for ``/livez``, ``/readyz`` or ``/metrics`` stays: those
+say how *this* process is, and a scraper of every server must not count the writer's
+traffic twice. A connection is placed by its first request, once.
 
 On ``DIR/handoff.sock`` (``SOCK_SEQPACKET``: one message at a time; each end checks that
 the other runs as this user) the relaying server first says its :func:`digest` — the relay's

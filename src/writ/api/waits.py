@@ -45,8 +45,8 @@ class Waits(PerKey):
             principal,
             lambda held: Unavailable(
                 f"{principal} already has {counted(held, 'request')} waiting on this server, "
-                "the most "
-                "one principal may have, so that no caller holds every connection; nothing "
-                "was done. Retry once one of them has ended, or ask without waiting (wait_s=0)"
+                "the most one principal may have, so that no caller holds every connection; "
+                "nothing was done. Retry once one of them has ended, or ask without waiting "
+                "(wait_s=0)"
             ),
         )

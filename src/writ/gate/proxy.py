@@ -311,8 +311,8 @@ class Gate:
         return _error(
             429,
             "too_many_requests",
-            f"{client} already has {counted(cap, 'request')} in flight through this gate, the most one "
-            "client may have, so that no client holds every connection to the upstream; "
+            f"{client} already has {counted(cap, 'request')} in flight through this gate, the "
+            "most one client may have, so that no client holds every connection to the upstream; "
             "nothing was forwarded. Retry once one of them has been answered",
         )
 

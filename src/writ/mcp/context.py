@@ -65,8 +65,8 @@ class ToolContext:
         with self.waits.hold(
             _session_of(request),
             lambda held: ToolError(
-                f"This session already has {counted(held, 'tool call')} waiting on writ, the most one "
-                "session may have, so that it cannot hold every connection this MCP server "
+                f"This session already has {counted(held, 'tool call')} waiting on writ, the most "
+                "one session may have, so that it cannot hold every connection this MCP server "
                 "shares with its other sessions. Nothing was done. Call again once one of "
                 "them has returned, or with wait_s=0."
             ),

@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.test_handoff import _App, _serving, _until
 from writ.api.handoff import SOCKET, Handoff
 
@@ -32,17 +34,18 @@ class _Writer:
         self.conn = conn
 
     async def handed(self) -> tuple[int, int]:
-        """The next hand-off: its number and the descriptor."""
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                data, fds, _flags, _addr = socket.recv_fds(self.conn, 70000, 2)
-            except BlockingIOError:
-                assert time.monotonic() < deadline, "nothing was handed"
-                await asyncio.sleep(0.01)
-                continue
-            assert data[:1] == b"c" and len(fds) == 1, (data, fds)
-            return struct.unpack_from("!dI", data, 1)[1], fds[0]
+        """The next hand-off (waited for as the socket turns readable): its number and the
+        descriptor."""
+        loop = asyncio.get_running_loop()
+        readable = loop.create_future()
+        loop.add_reader(self.conn.fileno(), lambda: readable.done() or readable.set_result(None))
+        try:
+            await asyncio.wait_for(readable, 5)
+        finally:
+            loop.remove_reader(self.conn.fileno())
+        data, fds, _flags, _addr = socket.recv_fds(self.conn, 70000, 2)
+        assert data[:1] == b"c" and len(fds) == 1, (data, fds)
+        return struct.unpack_from("!dI", data, 1)[1], fds[0]
 
     async def closed_by_them(self) -> None:
         """Read to the relaying server's end of its sends (its SHUT_WR)."""
@@ -328,18 +331,31 @@ async def test_a_writer_that_settles_nothing_holds_no_more_than_a_share_parked(
             held_client.close()
 
 
-async def test_the_time_a_connection_waits_parked_is_not_its_clients(tmp_path: Path) -> None:
+class _Clock:
+    """``time`` as writ.net.placed reads it, moved on by hand (``ahead``)."""
+
+    ahead = 0.0
+
+    @classmethod
+    def monotonic(cls) -> float:
+        return time.monotonic() + cls.ahead
+
+
+async def test_the_time_a_connection_waits_parked_is_not_its_clients(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Served here after all, a connection's head has what its deadline had left when it
     was handed: the wait for the writer's word was this server's, not the client's (it had
     none left once parked longer than the deadline, and was answered 408 before the rest
     of its head could come)."""
+    monkeypatch.setattr("writ.net.placed.time", _Clock)
     async with _linked(tmp_path, header_timeout=0.5) as (relaying, _server, writer, port):
         reader, client = await asyncio.open_connection("127.0.0.1", port)
         client.write(REQUEST[:10])  # its target: enough to hand it over
         await client.drain()
         number, fd = await writer.handed()
         os.close(fd)
-        await asyncio.sleep(0.8)  # parked past the deadline, through no fault of its own
+        monkeypatch.setattr(_Clock, "ahead", 0.8)  # parked past the deadline, no fault of its
         writer.say(b"n", number)
         await _until(lambda: relaying.counts["returned"] == 1, "the 'n' was not heard")
         client.write(REQUEST[10:])  # the rest of its head, at once

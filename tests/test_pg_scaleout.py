@@ -1494,3 +1494,33 @@ async def test_workers_serve_one_port_from_several_processes(
         proc.terminate()  # each worker drains (writ.api.lifecycle.DrainingServer)
         await asyncio.wait_for(proc.wait(), 30)
         assert log_path.read_text().count("draining: waiting requests answer 503") == 3
+
+
+async def test_a_notification_that_is_not_writs_is_dropped_whole(pg_backend: Backend) -> None:
+    """Anyone who may connect may NOTIFY on the store's channel: what is not JSON, JSON
+    nested past the parser's depth, the wrong shapes, are dropped with a warning —
+    nothing delivered, nobody counted as heard, no hello owed. An id that is not text
+    (a boolean, a number) is only a name: heard, answered once, delivered nothing as fact."""
+    a = await _open(pg_backend)
+    delivered: list[tuple[str, dict[str, Any]]] = []
+    a.set_listener(lambda kind, payload: delivered.append((kind, payload)))
+    try:
+        heard = set(a._heard_at)
+        a._greet = False
+        for text in (
+            "not json",
+            "[" * 100_000 + "]" * 100_000,  # nested past the parser's depth
+            json.dumps([1, 2]),
+            json.dumps({"i": "x"}),
+            json.dumps({"i": "x", "n": {"audit": {}}}),
+            json.dumps({"i": "x", "n": [["audit", "seq"]]}),
+            json.dumps({"i": "x", "n": [["audit"]]}),
+            json.dumps({"i": "x", "n": [["audit", {"seq": 1}], 7]}),  # one bad: all dropped
+        ):
+            a._on_notify(text)
+        assert delivered == [] and set(a._heard_at) == heard and not a._greet
+        a._on_notify(json.dumps({"i": True, "n": [["audit", {"seq": 1}]]}))
+        assert "True" in a._heard_at and a._greet
+        assert delivered and all(p.get("unverified") for _, p in delivered)
+    finally:
+        await a.close()

@@ -91,6 +91,32 @@ def test_a_watching_lease_is_lost_as_soon_as_a_human_revokes_it(one_wait: LiveSe
         wait_until(lambda: not waiting(agent, res))  # nothing of it left on the server
 
 
+def test_a_lease_revoked_before_its_watch_began_is_told_with_who_revoked_it(
+    one_wait: LiveServer,
+) -> None:
+    """Revoked between the grant and the watch's first look (a watch thread slow to start
+    on a loaded machine: `writ run`'s test saw it in CI), the loss still names who revoked
+    it and by which runbook, from the row found behind the watch's start. Before, it said
+    only 'was revoked'."""
+    from writ.client._watch import steps
+
+    human_name, human = one_wait.principal("human")
+    _, token = one_wait.principal("agent")
+    with one_wait.client(token) as agent:
+        lease = agent.lease(unique("svc"), "long job", ttl_s=60).acquire()
+        revoked_by(lease.lease_id, one_wait, human)  # before any watch looked
+        watch = steps(lease)
+        ask = next(watch)
+        with pytest.raises(StopIteration):  # (as ThreadWatch drives it)
+            for _ in range(10):
+                ask = watch.send(getattr(agent, ask.method)(*ask.args))
+        err = lease.error
+        assert err is not None and err.details["state"] == "revoked"
+        assert f"revoked by {human_name}" in err.message and "runbook R-44" in err.message
+        with pytest.raises(LeaseLost):
+            lease.close()
+
+
 def test_without_watch_a_revoke_is_learned_at_the_renewal(one_wait: LiveServer) -> None:
     """watch defaults to False: no request waits on the server, and a revoke is told by the
     next renewal (3 s away here), as before."""

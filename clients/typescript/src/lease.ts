@@ -18,7 +18,7 @@
 import type { AcquireOptions, Writ } from "./client.js";
 import { LeaseLostError, UnavailableError, WritError } from "./errors.js";
 import type { AuditRow, Lease } from "./models.js";
-import { QUIET_POLL_S, checkedLease, pause } from "./wire.js";
+import { QUIET_POLL_S, checkedLease, checkedPage, pause } from "./wire.js";
 
 export interface LeaseOptions extends AcquireOptions {
   /** Seconds between renewals (default `ttlS / 3`). */
@@ -36,6 +36,8 @@ export interface LeaseOptions extends AcquireOptions {
 
 /** Rows that end a lease other than by its holder's release. */
 const ENDS = new Set(["lease.revoked", "lease.expired"]);
+/** Ledger rows before the watch began searched for the one that ended its lease. */
+const LOOK_BACK = 1000;
 
 /** A value of an answer as text, whatever it is (`String()` of `{"toString": 1}` throws). */
 function said(value: unknown): string {
@@ -248,7 +250,7 @@ export class LeaseHandle {
       try {
         if (cursor === undefined) {
           cursor = await this.client.lastSeq({ signal });
-          if (await this.#ended(signal)) return; // before that row: a revoke since the grant
+          if (await this.#ended(signal, undefined, cursor)) return; // a revoke since the grant
         }
         const rows = this.client.watch({ resource: this.resource, afterSeq: cursor, signal });
         for await (const row of rows) {
@@ -269,11 +271,16 @@ export class LeaseHandle {
     }
   }
 
-  /** Ask for the lease; if it no longer holds, it is lost, as `row` (the row that ended it) tells. */
-  async #ended(signal: AbortSignal, row?: AuditRow): Promise<boolean> {
+  /**
+   * Ask for the lease; if it no longer holds, it is lost, as `row` (the row that ended it)
+   * tells — or, ended before the watch began at ledger row `head`, the row found among the
+   * `LOOK_BACK` before it.
+   */
+  async #ended(signal: AbortSignal, row?: AuditRow, head?: number): Promise<boolean> {
     const data: unknown = await this.client.getLease(this.leaseId, { signal });
     const state = (data as { state?: unknown }).state;
     if (typeof state !== "string" || state === "held" || signal.aborted) return false;
+    if (row === undefined && head !== undefined) row = await this.#endingRow(signal, Math.max(head - LOOK_BACK, 0));
     const how: unknown = row?.second_key_revoke_provenance;
     let by = "";
     if (typeof how === "object" && how !== null && "revoked_by" in how && how.revoked_by) {
@@ -288,6 +295,16 @@ export class LeaseHandle {
       ),
     );
     return true;
+  }
+
+  /** The row after `after` that ended this lease, or undefined: one page of its resource's rows. */
+  async #endingRow(signal: AbortSignal, after: number): Promise<AuditRow | undefined> {
+    try {
+      const page = await this.client.events({ resource: this.resource, afterSeq: after, waitS: 0 }, { signal });
+      return checkedPage(page, after).rows.find((r) => ENDS.has(r.event) && r.lock_key === this.lockKey);
+    } catch {
+      return undefined; // (the loss is told all the same, without who)
+    }
   }
 
   #lose(err: LeaseLostError): void {

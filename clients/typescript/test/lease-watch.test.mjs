@@ -80,6 +80,29 @@ test("with watch, a revoke aborts the signal within a couple of seconds, naming 
   await waitUntil(async () => !(await waiting(a.writ, r)), { timeoutS: 2, what: "the poll gone" });
 });
 
+test("a revoke before the watch's first look still names who revoked", T, async () => {
+  // The watch's first ask (the ledger's head) is held until the lease is revoked: a watch
+  // slow to start. Before, the loss said only "was revoked".
+  const a = await w.principal();
+  const h = await w.principal("human");
+  const revokedFirst = deferred();
+  const lastSeq = a.writ.lastSeq.bind(a.writ);
+  a.writ.lastSeq = async (call) => {
+    await revokedFirst.promise;
+    return lastSeq(call);
+  };
+  const lease = await a.writ.lease(resource(), { intent: "long job", ttlS: 60, watch: true });
+  try {
+    await h.writ.revoke(lease.leaseId, provenance(h.name));
+    revokedFirst.resolve();
+    assert.ok((await abortedWithin(lease.signal, 10)) !== null, "the signal never aborted");
+    assert.equal(lease.signal.reason.state, "revoked");
+    assert.match(lease.signal.reason.message, new RegExp(`revoked by ${h.name} \\(runbook R-44`));
+  } finally {
+    await lease.stop().catch(() => {});
+  }
+});
+
 test("without watch no request waits, and a revoke is learned at the renewal", T, async () => {
   const a = await w.principal();
   const h = await w.principal("human");

@@ -42,6 +42,7 @@ __all__ = ["ENDS", "PAUSE_S", "Ask", "TaskWatch", "ThreadWatch", "steps"]
 ENDS = frozenset({"lease.revoked", "lease.expired"})
 PAUSE_S = _pages.QUIET_POLL_S  # after a failed poll, or one answered at once with nothing
 JOIN_S = 5.0  # the most a release waits for the watch's thread once its request is cut
+LOOK_BACK = 1000  # ledger rows before the watch began searched for the one that ended its lease
 
 
 class Ask(NamedTuple):
@@ -60,7 +61,7 @@ def steps(lease: _LeaseState) -> Steps:
     4xx (not this agent's to read) ends it quietly; any other failure of a poll is retried a
     second later, and a failure asking for the head or the lease ends it (the renewals tell)."""
     after = yield Ask("last_seq")
-    if (yield from _ended(lease)):  # before that row: a revoke between the grant and now
+    if (yield from _ended(lease, head=after)):  # a revoke between the grant and now
         return
     while True:
         asked = time.monotonic()
@@ -81,13 +82,18 @@ def steps(lease: _LeaseState) -> Steps:
             yield Ask("pause", (max(0.0, PAUSE_S - (time.monotonic() - asked)),))
 
 
-def _ended(lease: _LeaseState, row: dict[str, Any] | None = None) -> Generator[Ask, Any, bool]:
+def _ended(
+    lease: _LeaseState, row: dict[str, Any] | None = None, head: int | None = None
+) -> Generator[Ask, Any, bool]:
     """Ask the server for the lease; if it no longer holds, mark it lost, saying who ended
-    it when ``row`` (the row that did) tells. True if so."""
+    it when ``row`` (the row that did) tells — or, ended before the watch began at ledger row
+    ``head``, the row found among the :data:`LOOK_BACK` before it. True if so."""
     data = yield Ask("get_lease", (lease.lease_id,))
     state = data.get("state") if isinstance(data, dict) else None
     if not isinstance(state, str) or state == "held":  # held, or no answer to go by
         return False
+    if row is None and head is not None:
+        row = yield from _ending_row(lease, max(head - LOOK_BACK, 0))
     how = (row or {}).get("second_key_revoke_provenance")
     by = ""
     if isinstance(how, dict) and how.get("revoked_by"):
@@ -105,6 +111,17 @@ def _ended(lease: _LeaseState, row: dict[str, Any] | None = None) -> Generator[A
         )
     )
     return True
+
+
+def _ending_row(lease: _LeaseState, after: int) -> Generator[Ask, Any, dict[str, Any] | None]:
+    """The row after ``after`` that ended ``lease`` (revoked or expired), or None: one page of
+    its resource's rows (the watch begins as the lease is granted, so its rows are recent)."""
+    try:
+        rows, _ = _pages.page((yield Ask("events", (lease.resource, after, 0))), after)
+    except WritError:
+        return None
+    ours = (r for r in rows if r.get("event") in ENDS and r.get("lock_key") == lease.lock_key)
+    return next(ours, None)
 
 
 class ThreadWatch:

@@ -363,3 +363,27 @@ async def test_the_time_a_connection_waits_parked_is_not_its_clients(
         answer = await _answer(reader)
         client.close()
         assert _served_here(answer), answer
+
+
+async def test_what_a_writer_says_of_no_hand_off_is_nothing_and_a_garbled_word_ends_the_link(
+    tmp_path: Path,
+) -> None:
+    """An ``a`` of a number never handed (or settled already) settles nothing: the
+    connection stays parked. A word no writer says (an ``a`` cut short) ends the link: the
+    relaying server stops its sends and, once the writer has read them and closed, serves
+    what it never took where it was accepted."""
+    async with _linked(tmp_path) as (relaying, _server, writer, port):
+        reader, client = await _ask(port)
+        number, fd = await writer.handed()
+        os.close(fd)
+        writer.say(b"a", number + 1000)  # no hand-off of this link
+        writer.say(b"n", number + 1000)
+        writer.conn.send(b"a\x00")  # garbled: not a word of the hand-off
+        await writer.closed_by_them()  # the relaying server let the link go
+        assert relaying._parked == {} and relaying._leaving  # (still its to settle)
+        writer.conn.close()
+        answer = await _answer(reader)
+        client.close()
+        assert _served_here(answer), answer
+        assert relaying.counts["handed"] == relaying.counts["returned"] == 1
+        assert not relaying.linked()

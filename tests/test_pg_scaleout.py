@@ -658,6 +658,35 @@ async def test_a_failing_transaction_in_a_shared_batch_takes_nothing_with_it(
         await store.close()
 
 
+@pytest.mark.parametrize("draws", [1, 3])
+async def test_a_draw_outside_the_head_lock_fails_the_batch_which_is_decided_again(
+    pg_backend: Backend, draws: int
+) -> None:
+    """The replica hands out tokens and queue places itself; ``writ_batch`` checks that the
+    sequences end where the batch's draws did. A draw by anyone else (a writer outside the
+    head lock) fails the batch, which is decided again on the database's counters, so no
+    token or queue place is handed out twice, whether the batch drew one or several."""
+    store = await _open(pg_backend)
+    store.solo_after = 0.0  # decide on the replica at once (as a server alone for a while)
+    try:
+        for i in range(3):
+            await store.transact(lambda tx, i=i: _grant(tx, f"warm/{i}"))  # type: ignore[misc]
+        assert store.alone_batches >= 2  # the batches are optimistic: one writ_batch call
+        ((token,),) = await pg_backend.sql("SELECT nextval('fencing_token')")
+        ((place,),) = await pg_backend.sql("SELECT nextval('waiters_seq_seq')")
+        leases = await asyncio.gather(
+            *(store.transact(lambda tx, i=i: _grant(tx, f"t/{i}")) for i in range(draws))  # type: ignore[misc]
+        )
+        assert min(l.fencing_token for l in leases) > token
+        waiters = await asyncio.gather(
+            *(store.transact(lambda tx, i=i: _join(tx, f"w-{i}")) for i in range(draws))  # type: ignore[misc]
+        )
+        assert min(w.seq for w in waiters) > place
+        assert (await _chain(store)).ok
+    finally:
+        await store.close()
+
+
 async def test_a_statement_that_fails_in_a_batch_fails_only_its_transaction(
     pg_backend: Backend,
 ) -> None:
@@ -1315,6 +1344,7 @@ async def test_a_forged_notification_never_decides_for_a_waiter(pg_backend: Back
 # ---------------------------------------------------------------------- upgrade in place
 _DOWNGRADE = """
 DELETE FROM writ_migrations WHERE name = %s;
+DELETE FROM writ_migrations WHERE name = %s;
 DROP FUNCTION writ_batch(bigint, bigint, jsonb, jsonb, jsonb, jsonb, jsonb, bigint, text, float8, bigint, int, int, bigint, bigint, bigint, bigint, text, jsonb);
 DROP FUNCTION writ_rows(jsonb, jsonb, jsonb, jsonb, jsonb);
 DELETE FROM writ_migrations WHERE name = %s;
@@ -1330,6 +1360,7 @@ DELETE FROM writ_migrations WHERE name = %s;
 REPLICA_MIGRATION = next(name for name, _ in MIGRATIONS if name.startswith("live replica"))
 BATCH_MIGRATION = next(name for name, _ in MIGRATIONS if name.startswith("a batch's rows in"))
 BY_KEY_MIGRATION = next(name for name, _ in MIGRATIONS if name.startswith("a batch's rows found"))
+LAST_CALL_MIGRATION = next(name for name, _ in MIGRATIONS if name.startswith("a batch's last"))
 
 
 async def test_upgrade_in_place_keeps_the_old_rows_verifying_and_in_force(
@@ -1354,7 +1385,7 @@ async def test_upgrade_in_place_keeps_the_old_rows_verifying_and_in_force(
         await engine.release(p_old, done["lease_id"])
     finally:
         await engine.stop()
-    names = iter([BY_KEY_MIGRATION, BATCH_MIGRATION, REPLICA_MIGRATION])
+    names = iter([LAST_CALL_MIGRATION, BY_KEY_MIGRATION, BATCH_MIGRATION, REPLICA_MIGRATION])
     for stmt in _DOWNGRADE.strip().split(";\n"):  # the rows stay as the first design wrote them
         stmt = stmt.strip().rstrip(";")
         if stmt:
@@ -1362,7 +1393,12 @@ async def test_upgrade_in_place_keeps_the_old_rows_verifying_and_in_force(
     rows_before = (await pg_backend.sql("SELECT count(*) FROM audit"))[0][0]
 
     out = await upgrade(pg_backend.url)
-    assert out["ok"] and out["applied"] == [REPLICA_MIGRATION, BATCH_MIGRATION, BY_KEY_MIGRATION]
+    assert out["ok"] and out["applied"] == [
+        REPLICA_MIGRATION,
+        BATCH_MIGRATION,
+        BY_KEY_MIGRATION,
+        LAST_CALL_MIGRATION,
+    ]
     assert out["verify"]["rows"] == rows_before
 
     store = await _open(pg_backend)

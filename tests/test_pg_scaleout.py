@@ -22,7 +22,7 @@ import httpx
 import psycopg
 import pytest
 from click.testing import CliRunner
-from psycopg import sql
+from psycopg import pq, sql
 
 from tests.server_fixtures import ADMIN_TOKEN, writ_workers
 from tests.stores_fixtures import Backend, with_query
@@ -35,6 +35,7 @@ from writ.engine import Engine
 from writ.stores import Store, Tx
 from writ.stores.migrate import upgrade
 from writ.stores.postgres import MIGRATIONS, PgTx, PostgresStore
+from writ.stores.postgres._writer import _Writer
 
 
 def _lease(resource: str, token: int, now: float, lease_id: str | None = None) -> Lease:
@@ -229,6 +230,48 @@ async def _blocked_on_a_lock(pg_backend: Backend, pid: int) -> None:
     raise AssertionError(f"backend {pid} never waited for a lock")
 
 
+async def test_the_lone_call_goes_through_libpq_as_psycopg_would(pg_backend: Backend) -> None:
+    """A lone batch's statement goes through libpq itself (``_Writer.lone``): its errors
+    are psycopg's classes and leave the connection usable; a statement deallocated behind
+    writ's back, or prepared as another query, is prepared again; an argument of a type it
+    does not send is refused before anything is sent; and a call cancelled in the air is
+    cancelled on the server too, as psycopg's own wait does, so the connection is left idle,
+    not busy with an answer nobody reads."""
+    writer = _Writer()
+    conn = await psycopg.AsyncConnection.connect(pg_backend._pg_conninfo(), autocommit=True)
+    try:
+        add = "SELECT $1::bigint + $2::bigint, $3::text, $4::float8"
+        await writer.lone(conn, add, (1, 2, "x", 0.1))
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await writer.lone(conn, "SELECT $1::int / $2::int", (1, 0))
+        await writer.lone(conn, add, (1, 2, None, 1e300))  # the other query, prepared again
+        await conn.execute("DEALLOCATE ALL")
+        await writer.lone(conn, add, (3, 4, "y", 2.5))
+        with pytest.raises(TypeError, match="bool"):
+            await writer.lone(conn, add, (True, 1, "z", 1.0))
+        cur = await conn.execute("SELECT name FROM pg_prepared_statements")
+        assert [r[0] for r in await cur.fetchall()] == ["writ_lone"]
+
+        sleeping = asyncio.ensure_future(writer.lone(conn, "SELECT pg_sleep($1::float8)", (60.0,)))
+        async with await psycopg.AsyncConnection.connect(
+            pg_backend._pg_conninfo(), autocommit=True
+        ) as watch:
+            look = "SELECT state FROM pg_stat_activity WHERE pid = %s"
+            pid = conn.info.backend_pid
+            for _ in range(2000):
+                if (await (await watch.execute(look, (pid,))).fetchone()) == ("active",):
+                    break
+                await asyncio.sleep(0.005)
+            sleeping.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(sleeping, 10)
+            assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+            assert (await (await conn.execute("SELECT 1")).fetchone()) == (1,)
+            assert (await (await watch.execute(look, (pid,))).fetchone()) == ("idle",)
+    finally:
+        await conn.close()
+
+
 class _HeldBack:
     """The store's prepared commit, held back until ``go`` is set (``sent`` says it is in
     the air): what arrives meanwhile is decided ahead. With ``each``, every commit waits
@@ -237,21 +280,16 @@ class _HeldBack:
     def __init__(self, store: PostgresStore, each: bool = False) -> None:
         self.sent, self.go = asyncio.Event(), asyncio.Event()
         self.each = each
-        real = store._writer.cursor
-        test = self
+        real = store._writer.lone
 
-        class Cursor:
-            def __init__(self, conn: Any) -> None:
-                self.cur = real(conn)
+        async def lone(*args: Any) -> None:
+            self.sent.set()
+            await self.go.wait()
+            if self.each:
+                self.go.clear()
+            await real(*args)
 
-            async def execute(self, *args: Any, **kwargs: Any) -> Any:
-                test.sent.set()
-                await test.go.wait()
-                if test.each:
-                    test.go.clear()
-                return await self.cur.execute(*args, **kwargs)
-
-        store._writer.cursor = Cursor  # type: ignore[method-assign, assignment]
+        store._writer.lone = lone  # type: ignore[method-assign]
         store._busy = True  # as when several arrive during each commit
 
     async def in_the_air(self) -> None:

@@ -558,7 +558,7 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
         b.committing = True
         if alone:
             b.pending.clear()
-            send = b.alone(self._writer.cursor(b.conn), _WRIT_BATCH_TYPED, args)
+            send = b.alone(self._writer, _WRIT_BATCH_TYPED, args)
             # several arrive while a commit is in the air: decide them, while this server
             # is still alone and its lesson of the database clock fresh (as _optimistic)
             if self._busy and self._optimistic(live, 1):

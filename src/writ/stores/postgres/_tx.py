@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import AsyncRawCursor
 
 from writ.core.errors import Conflict
 from writ.core.ledger import GENESIS, Sealed, row_from, seal
@@ -43,6 +42,7 @@ from writ.stores.rows import (
 
 if TYPE_CHECKING:
     from writ.stores.postgres._store import PostgresStore
+    from writ.stores.postgres._writer import _Writer
 
 
 class _Again(Exception):
@@ -650,14 +650,14 @@ class _Batch:
         if self.failed is not None:
             raise self.failed
 
-    async def alone(self, cur: AsyncRawCursor[Any], query: str, args: Sequence[Any]) -> None:
-        """Send ``query`` (``$n`` placeholders) as a prepared statement on its own, on
-        ``cur``, a cursor of this batch's connection: nothing else was sent, so it is the
-        whole transaction (the connection is in autocommit)."""
+    async def alone(self, writer: _Writer, query: str, args: Sequence[Any]) -> None:
+        """Send ``query`` (``$n`` placeholders) as a prepared statement on its own, on this
+        batch's connection (``writer.lone``): nothing else was sent, so it is the whole
+        transaction (the connection is in autocommit)."""
         self._may_send()
         self.lock_unsent = False
         try:
-            await cur.execute(query, args, prepare=True)
+            await writer.lone(self.conn, query, args)
         except BaseException as exc:
             self.failed = exc
             raise

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import AsyncRawCursor, pq
+from psycopg import errors, generators, pq
 from psycopg_pool import AsyncConnectionPool
 
 _Pool = AsyncConnectionPool[Any]
+# the name of the lone batch's statement, prepared once on each connection it runs on
+_LONE = b"writ_lone"
+_ACTIVE = pq.TransactionStatus.ACTIVE
 
 
 class _Writer:
@@ -24,7 +29,10 @@ class _Writer:
 
     def __init__(self) -> None:
         self.held: tuple[_Pool, psycopg.AsyncConnection[Any]] | None = None
-        self._raw: AsyncRawCursor[Any] | None = None
+        # the query the lone statement is prepared as, on each connection (forgotten with it)
+        self._prepared: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], str] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @contextlib.asynccontextmanager
     async def use(
@@ -47,18 +55,36 @@ class _Writer:
             if kept:
                 self.held = (pool, conn)
             else:
-                self._raw = None
                 await pool.putconn(conn)
 
-    def cursor(self, conn: psycopg.AsyncConnection[Any]) -> AsyncRawCursor[Any]:
-        """One raw cursor of ``conn``, used again for every lone batch (a cursor made per
-        call, and the query's conversion from ``%s``, cost 15-20 µs a call)."""
-        if self._raw is None or self._raw.connection is not conn:
-            self._raw = AsyncRawCursor(conn)
-        return self._raw
+    async def lone(
+        self, conn: psycopg.AsyncConnection[Any], query: str, args: Sequence[Any]
+    ) -> None:
+        """Run ``query`` (``$n`` placeholders, each typed in the query) with ``args`` on
+        ``conn`` as a prepared statement on its own, through libpq itself: a lone batch's
+        one round trip. psycopg's cursor (adapting each argument, its prepared-statement
+        bookkeeping, its result handling) cost 20-25 µs more a call than this, measured with
+        the batch's 19 arguments (68 against 45 µs of this process's CPU). The arguments go
+        as text: ``None``, ``int``, ``float`` (``repr`` reads back exactly) or ``str``."""
+        params = [_text(a) for a in args]
+        async with conn.lock:
+            if self._prepared.get(conn) != query:
+                await self._prepare(conn, query)
+            try:
+                await _round_trip(conn, lambda pg: pg.send_query_prepared(_LONE, params))
+            except errors.InvalidSqlStatementName:  # deallocated behind writ's back
+                self._prepared.pop(conn, None)
+                await self._prepare(conn, query)
+                await _round_trip(conn, lambda pg: pg.send_query_prepared(_LONE, params))
+
+    async def _prepare(self, conn: psycopg.AsyncConnection[Any], query: str) -> None:
+        if self._prepared.pop(conn, None) is not None:  # prepared as another query
+            await _round_trip(conn, lambda pg: pg.send_query(b"DEALLOCATE " + _LONE))
+        await _round_trip(conn, lambda pg: pg.send_prepare(_LONE, query.encode()))
+        self._prepared[conn] = query
 
     async def close(self) -> None:
-        held, self.held, self._raw = self.held, None, None
+        held, self.held = self.held, None
         if held is not None:
             await self._give_back(held)
 
@@ -66,3 +92,70 @@ class _Writer:
     async def _give_back(held: tuple[_Pool, psycopg.AsyncConnection[Any]]) -> None:
         with contextlib.suppress(Exception):
             await held[0].putconn(held[1])
+
+
+def _text(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    kind = type(value)
+    if kind is str:
+        return value.encode()  # type: ignore[no-any-return]
+    if kind is int:
+        return str(value).encode()
+    if kind is float:
+        return repr(value).encode()
+    raise TypeError(f"a lone batch's argument cannot be a {kind.__name__}")
+
+
+async def _round_trip(conn: psycopg.AsyncConnection[Any], send: Callable[[Any], None]) -> None:
+    """Send one command with ``send(pgconn)`` and read its results (``conn.lock`` held),
+    raising the first error as psycopg would. Interrupted while the command is in the air
+    (its task cancelled), it does as psycopg's own wait does: asks the server to cancel it
+    and reads its end, so the connection is not left busy; failing that, closes it."""
+    pg = conn.pgconn
+    send(pg)
+    try:
+        if pg.flush():  # not all sent at once (a full socket buffer): psycopg's way
+            results = await conn.wait(generators.execute(pg))
+        else:
+            results = await _results(pg)
+    except BaseException:
+        if pg.transaction_status == _ACTIVE:
+            try:
+                await asyncio.wait_for(_cancel(conn), 5.0)
+            except BaseException:
+                pg.finish()
+                raise
+        raise
+    for result in results:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            raise errors.error_from_result(result, encoding=conn.info.encoding)
+
+
+async def _results(pg: Any) -> list[Any]:
+    """The results of the command in the air on ``pg`` (nonblocking), once all are in."""
+    loop = asyncio.get_running_loop()
+    while True:
+        pg.consume_input()
+        if not pg.is_busy():
+            break
+        readable = loop.create_future()
+        loop.add_reader(pg.socket, _wake, readable)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(pg.socket)
+    results = []
+    while (result := pg.get_result()) is not None:
+        results.append(result)
+    return results
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _cancel(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.cancel_safe(timeout=5.0)
+    await conn.wait(generators.execute(conn.pgconn))

@@ -249,8 +249,13 @@ async def test_the_lone_call_goes_through_libpq_as_psycopg_would(pg_backend: Bac
         await writer.lone(conn, add, (3, 4, "y", 2.5))
         with pytest.raises(TypeError, match="bool"):
             await writer.lone(conn, add, (True, 1, "z", 1.0))
-        cur = await conn.execute("SELECT name FROM pg_prepared_statements")
-        assert [r[0] for r in await cur.fetchall()] == ["writ_lone"]
+        with pytest.raises(psycopg.DataError, match="NUL"):  # libpq would cut it short
+            await writer.lone(conn, add, (1, 1, "ab\x00cd", 1.0))
+        # more than the socket takes at once: sent as psycopg sends it
+        size = "SELECT length($1::text)"
+        await writer.lone(conn, size, ("x" * 20_000_000,))
+        cur = await conn.execute("SELECT name, statement FROM pg_prepared_statements")
+        assert await cur.fetchall() == [("writ_lone", size)]
 
         sleeping = asyncio.ensure_future(writer.lone(conn, "SELECT pg_sleep($1::float8)", (60.0,)))
         async with await psycopg.AsyncConnection.connect(

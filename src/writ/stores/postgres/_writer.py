@@ -102,6 +102,8 @@ def _text(value: Any) -> bytes | None:
         return None
     kind = type(value)
     if kind is str:
+        if "\x00" in value:  # libpq would end a text argument there: refuse it, as psycopg does
+            raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
         return value.encode()  # type: ignore[no-any-return]
     if kind is int:
         return str(value).encode()

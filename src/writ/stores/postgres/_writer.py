@@ -138,22 +138,26 @@ async def _round_trip(conn: psycopg.AsyncConnection[Any], send: Callable[[Any], 
 
 
 async def _results(pg: Any) -> list[Any]:
-    """The results of the command in the air on ``pg`` (nonblocking), once all are in."""
+    """The results of the command in the air on ``pg`` (nonblocking), once all are in.
+    Each is taken only once libpq has it whole (``is_busy`` false, as psycopg's own fetch
+    does): ``get_result`` while busy waits for the server inside libpq, blocking the event
+    loop — and an error comes before the ReadyForQuery that ends its statement (PostgreSQL
+    sends an error at once), so after one the rest may not be here yet."""
     loop = asyncio.get_running_loop()
+    results: list[Any] = []
+    pg.consume_input()
     while True:
-        pg.consume_input()
-        if not pg.is_busy():
-            break
-        readable = loop.create_future()
-        loop.add_reader(pg.socket, _wake, readable)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(pg.socket)
-    results = []
-    while (result := pg.get_result()) is not None:
+        while pg.is_busy():
+            readable = loop.create_future()
+            loop.add_reader(pg.socket, _wake, readable)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(pg.socket)
+            pg.consume_input()
+        if (result := pg.get_result()) is None:
+            return results
         results.append(result)
-    return results
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

@@ -1,0 +1,126 @@
+"""The lone batch's call through libpq itself (``_Writer.lone``), where the network is in
+the way: it never waits for the server on the event loop's thread.
+
+Every test here needs ``WRIT_TEST_POSTGRES_URL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tests.stores_fixtures import Backend
+from writ.stores.postgres._writer import _Writer
+
+pytestmark = pytest.mark.asyncio
+
+
+# The proxy: its own process, as the client under test may hold the event loop (and the
+# GIL, inside libpq's wait) until the server's answer has come through
+_PROXY = """
+import asyncio, struct, sys
+
+host, port, stall = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+
+async def pipe(r, w):
+    try:
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+    except Exception:
+        pass
+    w.close()
+
+async def messages(r, w):
+    last = b""
+    try:
+        while True:
+            head = await r.readexactly(5)
+            body = await r.readexactly(struct.unpack("!i", head[1:])[0] - 4)
+            if head[:1] == b"Z" and last == b"E":
+                await asyncio.sleep(stall)
+            w.write(head + body)
+            await w.drain()
+            last = head[:1]
+    except Exception:
+        pass
+    w.close()
+
+async def serve(cr, cw):
+    sr, sw = await asyncio.open_connection(host, port)
+    await asyncio.gather(pipe(cr, sw), messages(sr, cw))
+
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+@contextlib.contextmanager
+def _stalling_proxy(conninfo: str, stall: float) -> Iterator[str]:
+    """A TCP proxy to the server of ``conninfo``, yielding a conninfo through it: it passes
+    the server's messages on one by one and holds back a ReadyForQuery that follows an
+    error for ``stall`` seconds (as a lost segment would), the error itself going at once
+    (PostgreSQL flushes an error as soon as it is raised)."""
+    params = conninfo_to_dict(conninfo)
+    host, port = params.get("host") or "127.0.0.1", str(params.get("port") or 5432)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PROXY, str(host), port, str(stall)], stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        through = int(proc.stdout.readline())
+        yield make_conninfo(
+            conninfo, host="127.0.0.1", port=through, sslmode="disable", gssencmode="disable"
+        )
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_a_lone_call_waits_for_the_server_off_the_event_loop(pg_backend: Backend) -> None:
+    """An error reaches the client before the ReadyForQuery that ends the statement; the
+    lone call reads its results only while libpq has them all (as psycopg's own fetch
+    does): asking libpq for the next one before then blocks the whole process in libpq's
+    wait until the rest arrives (here 1.5 s; a lost segment, a stalled network: longer)."""
+    stall = 1.5
+    writer = _Writer()
+    with _stalling_proxy(pg_backend._pg_conninfo(), stall) as through:
+        conn = await psycopg.AsyncConnection.connect(through, autocommit=True)
+        try:
+            ticks: list[float] = []
+
+            async def tick() -> None:
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks.append(time.perf_counter())
+
+            ticker = asyncio.ensure_future(tick())
+            await asyncio.sleep(0.05)
+            began = time.perf_counter()
+            try:
+                with pytest.raises(psycopg.errors.DivisionByZero):
+                    await writer.lone(conn, "SELECT $1::int / $2::int", (1, 0))
+                ended = time.perf_counter()
+            finally:
+                ticker.cancel()
+            assert ended - began >= stall * 0.9  # it did wait for the statement's end
+            times = [began, *(t for t in ticks if t > began), ended]
+            still = max(b - a for a, b in itertools.pairwise(times))
+            assert still < stall / 3, f"the event loop stood still {still:.2f} s"
+            assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            await writer.lone(conn, "SELECT $1::int / $2::int", (4, 2))  # still usable
+        finally:
+            await conn.close()

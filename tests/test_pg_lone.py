@@ -124,3 +124,20 @@ async def test_a_lone_call_waits_for_the_server_off_the_event_loop(pg_backend: B
             await writer.lone(conn, "SELECT $1::int / $2::int", (4, 2))  # still usable
         finally:
             await conn.close()
+
+
+async def test_a_lone_statement_prepared_unbeknown_is_prepared_again(pg_backend: Backend) -> None:
+    """A call cancelled while its prepare was in the air (the server prepared it before the
+    cancel landed) leaves the statement on the server with the writer not knowing: the next
+    call's prepare finds it there, replaces it, and runs — where every lone batch on that
+    connection failed with DuplicatePreparedStatement while it lived."""
+    writer = _Writer()
+    conn = await psycopg.AsyncConnection.connect(pg_backend._pg_conninfo(), autocommit=True)
+    try:
+        await conn.execute("PREPARE writ_lone AS SELECT 'stale'")  # as the cancelled call left it
+        await writer.lone(conn, "SELECT $1::int / $2::int", (4, 2))
+        cur = await conn.execute("SELECT statement FROM pg_prepared_statements")
+        assert await cur.fetchall() == [("SELECT $1::int / $2::int",)]
+        await writer.lone(conn, "SELECT $1::int / $2::int", (6, 3))
+    finally:
+        await conn.close()

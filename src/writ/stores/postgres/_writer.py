@@ -83,7 +83,13 @@ class _Writer:
     async def _prepare(self, conn: psycopg.AsyncConnection[Any], query: str) -> None:
         if self._prepared.pop(conn, None) is not None:  # prepared as another query
             await _round_trip(conn, lambda pg: pg.send_query(b"DEALLOCATE " + _LONE))
-        await _round_trip(conn, lambda pg: pg.send_prepare(_LONE, query.encode()))
+        try:
+            await _round_trip(conn, lambda pg: pg.send_prepare(_LONE, query.encode()))
+        except errors.DuplicatePreparedStatement:
+            # a call cancelled while its prepare (or DEALLOCATE) was in the air, done on the
+            # server before the cancel landed: there, unbeknown to this writer
+            await _round_trip(conn, lambda pg: pg.send_query(b"DEALLOCATE " + _LONE))
+            await _round_trip(conn, lambda pg: pg.send_prepare(_LONE, query.encode()))
         self._prepared[conn] = query
 
     async def close(self) -> None:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -139,5 +140,31 @@ async def test_a_lone_statement_prepared_unbeknown_is_prepared_again(pg_backend:
         cur = await conn.execute("SELECT statement FROM pg_prepared_statements")
         assert await cur.fetchall() == [("SELECT $1::int / $2::int",)]
         await writer.lone(conn, "SELECT $1::int / $2::int", (6, 3))
+    finally:
+        await conn.close()
+
+
+async def test_a_cancelled_lone_call_stays_cancelled_when_its_cancel_fails(
+    pg_backend: Backend,
+) -> None:
+    """A call cancelled in the air whose cancel request fails (the server unreachable for
+    it, or no answer within 5 s) closes its connection and is still cancelled, as
+    psycopg's own wait does: the cancel's error must not replace the cancellation (the
+    task would go on, its cancellation swallowed, with a TimeoutError or an
+    OperationalError for the store to act on)."""
+    writer = _Writer()
+    conn = await psycopg.AsyncConnection.connect(pg_backend._pg_conninfo(), autocommit=True)
+
+    async def unreachable(**_: Any) -> None:
+        raise psycopg.OperationalError("the cancel request could not be sent")
+
+    conn.cancel_safe = unreachable  # type: ignore[method-assign]
+    try:
+        sleeping = asyncio.ensure_future(writer.lone(conn, "SELECT pg_sleep($1::float8)", (30.0,)))
+        await asyncio.sleep(0.2)
+        sleeping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(sleeping, 10)
+        assert conn.closed
     finally:
         await conn.close()

@@ -134,9 +134,12 @@ async def _round_trip(conn: psycopg.AsyncConnection[Any], send: Callable[[Any], 
         if pg.transaction_status == _ACTIVE:
             try:
                 await asyncio.wait_for(_cancel(conn), 5.0)
-            except BaseException:
+            except BaseException as ex:
                 pg.finish()
-                raise
+                # a new interruption goes up; an error of the cancel (or its 5 s) does not
+                # replace the one being handled (as psycopg's wait)
+                if not isinstance(ex, Exception):
+                    raise
         raise
     for result in results:
         if result.status == pq.ExecStatus.FATAL_ERROR:

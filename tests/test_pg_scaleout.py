@@ -1103,6 +1103,18 @@ async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
             seqs.setdefault(int(payload.get("seq", 0)), asyncio.Event()).set()
 
         a.set_listener(note)
+        # what A's batches decided (for the failure message: CI failed once on the last
+        # assertion, raw having heard B's hello and neither B's commit nor A's)
+        decided: list[tuple[bool, bool, int]] = []
+        commit = a._commit
+
+        async def spy(b: Any, ok: Any) -> Any:
+            try:
+                return await commit(b, ok)
+            finally:
+                decided.append((b.optimistic, b.notify, len(b.notes)))
+
+        a._commit = spy  # type: ignore[method-assign]
         for i in range(3):
             await a.transact(lambda tx, i=i: _grant(tx, f"alone/{i}"))  # type: ignore[misc]
         heard = await _heard(raw)
@@ -1125,7 +1137,10 @@ async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
             assert a._heard_others() and "hello" not in delivered
             await a.transact(lambda tx: _grant(tx, "shared/0"))
             heard = await _heard(raw)
-            assert (a.instance, "audit") in heard
+            assert (a.instance, "audit") in heard, (
+                f"A {a.instance}, B {b.instance}; A heard {a._heard_at}; A's batches "
+                f"(optimistic, notify, notes) {decided}; retries {a.retries}; {delivered=}"
+            )
         finally:
             await b.close()
     finally:

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -96,6 +97,36 @@ async def test_concurrent_transactions_share_commits_and_keep_their_order(
         tokens = [l.fencing_token for l in leases]
         assert tokens == sorted(tokens) and len(set(tokens)) == 32
         assert (await _chain(store)).ok
+    finally:
+        await store.close()
+
+
+async def test_a_lone_request_after_a_quiet_commit_goes_without_waiting_a_tick(
+    pg_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain waits one tick of the loop before a batch, for the requests arriving in
+    that tick to join it — unless it holds one request and the last commit saw no others
+    arrive (one client): that one goes at once. Requests that come together still share."""
+    store = await _open(pg_backend)
+    ticks: list[int] = []
+    real = asyncio.sleep
+
+    async def sleep(delay: float, *args: Any) -> Any:
+        if delay == 0 and sys._getframe(1).f_code.co_name == "_drain":
+            ticks.append(len(store._queue))
+        return await real(delay, *args)
+
+    try:
+        await store.transact(lambda tx: _grant(tx, "quiet/0"))
+        monkeypatch.setattr(asyncio, "sleep", sleep)
+        for i in range(1, 4):
+            await store.transact(lambda tx, i=i: _grant(tx, f"quiet/{i}"))  # type: ignore[misc]
+        assert ticks == []
+        batches = store.batches
+        await asyncio.gather(
+            *(store.transact(lambda tx, i=i: _grant(tx, f"together/{i}")) for i in range(3))  # type: ignore[misc]
+        )
+        assert ticks and ticks[0] == 3 and store.batches == batches + 1
     finally:
         await store.close()
 

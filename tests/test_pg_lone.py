@@ -91,6 +91,19 @@ def _stalling_proxy(conninfo: str, stall: float) -> Iterator[str]:
         proc.wait()
 
 
+async def _running(pg_backend: Backend, pid: int) -> None:
+    """Return once PostgreSQL shows backend ``pid`` running a statement (10 s at most)."""
+    async with await psycopg.AsyncConnection.connect(
+        pg_backend._pg_conninfo(), autocommit=True
+    ) as watch:
+        look = "SELECT state FROM pg_stat_activity WHERE pid = %s"
+        for _ in range(2000):
+            if (await (await watch.execute(look, (pid,))).fetchone()) == ("active",):
+                return
+            await asyncio.sleep(0.005)
+    raise AssertionError(f"backend {pid} never ran the statement")
+
+
 async def test_a_lone_call_waits_for_the_server_off_the_event_loop(pg_backend: Backend) -> None:
     """An error reaches the client before the ReadyForQuery that ends the statement; the
     lone call reads its results only while libpq has them all (as psycopg's own fetch
@@ -127,6 +140,47 @@ async def test_a_lone_call_waits_for_the_server_off_the_event_loop(pg_backend: B
             await conn.close()
 
 
+async def test_the_lone_call_goes_through_libpq_as_psycopg_would(pg_backend: Backend) -> None:
+    """A lone batch's statement goes through libpq itself (``_Writer.lone``): its errors
+    are psycopg's classes and leave the connection usable; a statement deallocated behind
+    writ's back, or prepared as another query, is prepared again; an argument of a type it
+    does not send is refused before anything is sent; and a call cancelled in the air is
+    cancelled on the server too, as psycopg's own wait does, so the connection is left idle,
+    not busy with an answer nobody reads."""
+    writer = _Writer()
+    conn = await psycopg.AsyncConnection.connect(pg_backend._pg_conninfo(), autocommit=True)
+    try:
+        add = "SELECT $1::bigint + $2::bigint, $3::text, $4::float8"
+        await writer.lone(conn, add, (1, 2, "x", 0.1))
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await writer.lone(conn, "SELECT $1::int / $2::int", (1, 0))
+        await writer.lone(conn, add, (1, 2, None, 1e300))  # the other query, prepared again
+        await conn.execute("DEALLOCATE ALL")
+        await writer.lone(conn, add, (3, 4, "y", 2.5))
+        with pytest.raises(TypeError, match="bool"):
+            await writer.lone(conn, add, (True, 1, "z", 1.0))
+        with pytest.raises(psycopg.DataError, match="NUL"):  # libpq would cut it short
+            await writer.lone(conn, add, (1, 1, "ab\x00cd", 1.0))
+        # more than the socket takes at once: sent as psycopg sends it
+        size = "SELECT length($1::text)"
+        await writer.lone(conn, size, ("x" * 20_000_000,))
+        cur = await conn.execute("SELECT name, statement FROM pg_prepared_statements")
+        assert await cur.fetchall() == [("writ_lone", size)]
+
+        sleeping = asyncio.ensure_future(writer.lone(conn, "SELECT pg_sleep($1::float8)", (60.0,)))
+        await _running(pg_backend, conn.info.backend_pid)
+        sleeping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(sleeping, 10)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert (await (await conn.execute("SELECT 1")).fetchone()) == (1,)
+        look = "SELECT state FROM pg_stat_activity WHERE pid = %s"
+        rows = await pg_backend.sql(look, conn.info.backend_pid)
+        assert rows == [("idle",)]  # nothing left running on the server
+    finally:
+        await conn.close()
+
+
 async def test_a_lone_statement_prepared_unbeknown_is_prepared_again(pg_backend: Backend) -> None:
     """A call cancelled while its prepare was in the air (the server prepared it before the
     cancel landed) leaves the statement on the server with the writer not knowing: the next
@@ -161,7 +215,7 @@ async def test_a_cancelled_lone_call_stays_cancelled_when_its_cancel_fails(
     conn.cancel_safe = unreachable  # type: ignore[method-assign]
     try:
         sleeping = asyncio.ensure_future(writer.lone(conn, "SELECT pg_sleep($1::float8)", (30.0,)))
-        await asyncio.sleep(0.2)
+        await _running(pg_backend, conn.info.backend_pid)  # in the air, not before it
         sleeping.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(sleeping, 10)

@@ -23,7 +23,7 @@ import httpx
 import psycopg
 import pytest
 from click.testing import CliRunner
-from psycopg import pq, sql
+from psycopg import sql
 
 from tests.server_fixtures import ADMIN_TOKEN, writ_workers
 from tests.stores_fixtures import Backend, with_query
@@ -36,7 +36,6 @@ from writ.engine import Engine
 from writ.stores import Store, Tx
 from writ.stores.migrate import upgrade
 from writ.stores.postgres import MIGRATIONS, PgTx, PostgresStore
-from writ.stores.postgres._writer import _Writer
 
 
 def _lease(resource: str, token: int, now: float, lease_id: str | None = None) -> Lease:
@@ -259,53 +258,6 @@ async def _blocked_on_a_lock(pg_backend: Backend, pid: int) -> None:
                 return
             await asyncio.sleep(0.005)
     raise AssertionError(f"backend {pid} never waited for a lock")
-
-
-async def test_the_lone_call_goes_through_libpq_as_psycopg_would(pg_backend: Backend) -> None:
-    """A lone batch's statement goes through libpq itself (``_Writer.lone``): its errors
-    are psycopg's classes and leave the connection usable; a statement deallocated behind
-    writ's back, or prepared as another query, is prepared again; an argument of a type it
-    does not send is refused before anything is sent; and a call cancelled in the air is
-    cancelled on the server too, as psycopg's own wait does, so the connection is left idle,
-    not busy with an answer nobody reads."""
-    writer = _Writer()
-    conn = await psycopg.AsyncConnection.connect(pg_backend._pg_conninfo(), autocommit=True)
-    try:
-        add = "SELECT $1::bigint + $2::bigint, $3::text, $4::float8"
-        await writer.lone(conn, add, (1, 2, "x", 0.1))
-        with pytest.raises(psycopg.errors.DivisionByZero):
-            await writer.lone(conn, "SELECT $1::int / $2::int", (1, 0))
-        await writer.lone(conn, add, (1, 2, None, 1e300))  # the other query, prepared again
-        await conn.execute("DEALLOCATE ALL")
-        await writer.lone(conn, add, (3, 4, "y", 2.5))
-        with pytest.raises(TypeError, match="bool"):
-            await writer.lone(conn, add, (True, 1, "z", 1.0))
-        with pytest.raises(psycopg.DataError, match="NUL"):  # libpq would cut it short
-            await writer.lone(conn, add, (1, 1, "ab\x00cd", 1.0))
-        # more than the socket takes at once: sent as psycopg sends it
-        size = "SELECT length($1::text)"
-        await writer.lone(conn, size, ("x" * 20_000_000,))
-        cur = await conn.execute("SELECT name, statement FROM pg_prepared_statements")
-        assert await cur.fetchall() == [("writ_lone", size)]
-
-        sleeping = asyncio.ensure_future(writer.lone(conn, "SELECT pg_sleep($1::float8)", (60.0,)))
-        async with await psycopg.AsyncConnection.connect(
-            pg_backend._pg_conninfo(), autocommit=True
-        ) as watch:
-            look = "SELECT state FROM pg_stat_activity WHERE pid = %s"
-            pid = conn.info.backend_pid
-            for _ in range(2000):
-                if (await (await watch.execute(look, (pid,))).fetchone()) == ("active",):
-                    break
-                await asyncio.sleep(0.005)
-            sleeping.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await asyncio.wait_for(sleeping, 10)
-            assert conn.info.transaction_status == pq.TransactionStatus.IDLE
-            assert (await (await conn.execute("SELECT 1")).fetchone()) == (1,)
-            assert (await (await watch.execute(look, (pid,))).fetchone()) == ("idle",)
-    finally:
-        await conn.close()
 
 
 class _HeldBack:

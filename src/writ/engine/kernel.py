@@ -696,11 +696,11 @@ class Engine(PrincipalOps, QueueOps):
 
 async def _next_due(tx: Tx, within: float) -> float | None:
     """Seconds to the next lease expiry or lock-delay end (a delay's only if ``within``)."""
-    nxt = await tx.next_expiry()  # first: a store may begin the snapshot with it
+    expiry = await tx.next_expiry()  # first: a store may begin the snapshot with it
     now = tx.now()
-    for delay in await tx.objects_due("delay", "active", now + within, 1):  # (the first)
-        nxt = min(nxt, delay["expires_at_ts"]) if nxt is not None else delay["expires_at_ts"]
-    return None if nxt is None else nxt - now
+    ends = [d["expires_at_ts"] for d in await tx.objects_due("delay", "active", now + within, 1)]
+    ends += [] if expiry is None else [expiry]
+    return min(ends) - now if ends else None
 
 
 if TYPE_CHECKING:

@@ -81,15 +81,18 @@ class _Writer:
                 await _round_trip(conn, lambda pg: pg.send_query_prepared(_LONE, params))
 
     async def _prepare(self, conn: psycopg.AsyncConnection[Any], query: str) -> None:
+        def prepare(pg: Any) -> None:
+            pg.send_prepare(_LONE, query.encode())
+
         if self._prepared.pop(conn, None) is not None:  # prepared as another query
-            await _round_trip(conn, lambda pg: pg.send_query(b"DEALLOCATE " + _LONE))
+            await _round_trip(conn, _deallocate)
         try:
-            await _round_trip(conn, lambda pg: pg.send_prepare(_LONE, query.encode()))
+            await _round_trip(conn, prepare)
         except errors.DuplicatePreparedStatement:
             # a call cancelled while its prepare (or DEALLOCATE) was in the air, done on the
             # server before the cancel landed: there, unbeknown to this writer
-            await _round_trip(conn, lambda pg: pg.send_query(b"DEALLOCATE " + _LONE))
-            await _round_trip(conn, lambda pg: pg.send_prepare(_LONE, query.encode()))
+            await _round_trip(conn, _deallocate)
+            await _round_trip(conn, prepare)
         self._prepared[conn] = query
 
     async def close(self) -> None:
@@ -101,6 +104,10 @@ class _Writer:
     async def _give_back(held: tuple[_Pool, psycopg.AsyncConnection[Any]]) -> None:
         with contextlib.suppress(Exception):
             await held[0].putconn(held[1])
+
+
+def _deallocate(pg: Any) -> None:
+    pg.send_query(b"DEALLOCATE " + _LONE)
 
 
 def _text(value: Any) -> bytes | None:

@@ -115,14 +115,16 @@ async def test_a_lone_call_waits_for_the_server_off_the_event_loop(pg_backend: B
         conn = await psycopg.AsyncConnection.connect(through, autocommit=True)
         try:
             ticks: list[float] = []
+            ticking = asyncio.Event()
 
             async def tick() -> None:
                 while True:
                     await asyncio.sleep(0.01)
                     ticks.append(time.perf_counter())
+                    ticking.set()
 
             ticker = asyncio.ensure_future(tick())
-            await asyncio.sleep(0.05)
+            await ticking.wait()  # the loop's heartbeat runs
             began = time.perf_counter()
             try:
                 with pytest.raises(psycopg.errors.DivisionByZero):

@@ -103,6 +103,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "summarise with python -m bench.profile FILE)",
     )
     ap.add_argument("--profile-rate", type=int, default=250, help="py-spy samples/s")
+    ap.add_argument(
+        "--path",
+        action="store_true",
+        help="stamp each request's critical path inside a writ server (one client: c1) and "
+        "print where its time goes, segment by segment (bench/path.py)",
+    )
     a = ap.parse_args(argv)
     a.duration = a.duration if a.duration is not None else (3.0 if a.quick else 10.0)
     a.warmup = a.warmup if a.warmup is not None else (0.5 if a.quick else 2.0)
@@ -176,6 +182,34 @@ def profiled(peer: peers.Writ, out: Path, stamp: str, rate: int) -> peers.Writ:
     return peer
 
 
+class Traced(peers.Writ):
+    """Mixed in front of a writ peer's class (see :func:`traced`): its server runs through
+    bench/path.py, which stamps each request's path and writes the stamps when it stops."""
+
+    out_file: Path
+
+    def profile_argv(self, tmp: Path) -> list[str]:
+        # -P: bench/ is not put on the path (its http.py would hide the standard library's)
+        return [sys.executable, "-P", str(HERE / "path.py"), "serve", str(self.out_file)]
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self.out_file.exists():
+            from bench import path
+
+            log(f"  path of one request (python -m bench.path {self.out_file}):")
+            log(path.table(str(self.out_file)))
+
+
+def traced(peer: peers.Writ, out: Path, stamp: str) -> peers.Writ:
+    """``peer`` (one writ server) with its server's critical path stamped (bench/path.py)."""
+    peer.__class__ = type(f"Traced{type(peer).__name__}", (Traced, type(peer)), {})
+    assert isinstance(peer, Traced)
+    peer.profile = "path"
+    peer.out_file = out / f"path-{peer.name}-{stamp}.json"
+    return peer
+
+
 def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -191,6 +225,8 @@ async def bench_peer(
     peer = peers.make(name)
     if a.profile and isinstance(peer, peers.Writ):
         peer = profiled(peer, Path(a.out), stamp, a.profile_rate)
+    elif a.path and isinstance(peer, peers.Writ) and not isinstance(peer, peers.WritCluster):
+        peer = traced(peer, Path(a.out), stamp)
     if isinstance(peer, peers.Writ):
         peer.pg_url = a.pg_url
         peer.src = str(Path(a.writ_src).resolve()) if a.writ_src else None  # noqa: ASYNC240 - setup, outside any measured window

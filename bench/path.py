@@ -14,12 +14,12 @@ when the server stops; the run then prints, for acquires and releases apart, the
     back → done   after the commit: results read, callers settled, the request's task resumed
     done → answer the answer built (the lease's dict, JSON)
     answer → out  the answer's one write (a loader woken on the same CPU runs inside it)
-    out → in      until the next request's bytes: the loader, the kernel, the event loop
+    out → next    until the next request begins: the loader, the kernel, the event loop
 
 On the SQLite store ``store → done`` is one segment (its COMMIT runs in a worker thread).
 Only a serial client gives a path: a request whose lean path begins while another is open
-(clients at once) is counted as overlapped and left out. The wrapping costs about 1-2 µs a
-stamp; the segments are the server's own, not the loader's view (``pairs/s`` and ``p50``
+(clients at once) is counted as overlapped and left out. Each wrapper costs a microsecond or
+so; the segments are the server's own, not the loader's view (``pairs/s`` and ``p50``
 stay the loader's). ``python -m bench.path FILE`` prints a written file's table again."""
 
 from __future__ import annotations

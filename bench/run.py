@@ -110,6 +110,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "print where its time goes, segment by segment (bench/path.py)",
     )
     a = ap.parse_args(argv)
+    if a.profile and a.path:
+        ap.error("--profile and --path each wrap the server: use one at a time")
     a.duration = a.duration if a.duration is not None else (3.0 if a.quick else 10.0)
     a.warmup = a.warmup if a.warmup is not None else (0.5 if a.quick else 2.0)
     a.held = a.held if a.held is not None else (10_000 if a.quick else 100_000)
@@ -225,7 +227,9 @@ async def bench_peer(
     peer = peers.make(name)
     if a.profile and isinstance(peer, peers.Writ):
         peer = profiled(peer, Path(a.out), stamp, a.profile_rate)
-    elif a.path and isinstance(peer, peers.Writ) and not isinstance(peer, peers.WritCluster):
+    elif a.path and isinstance(peer, peers.WritCluster):
+        log(f"== {name}: several servers, not stamped (--path follows one server's requests)")
+    elif a.path and isinstance(peer, peers.Writ):
         peer = traced(peer, Path(a.out), stamp)
     if isinstance(peer, peers.Writ):
         peer.pg_url = a.pg_url
@@ -508,6 +512,7 @@ async def main(a: argparse.Namespace) -> int:
             "writ_src": a.writ_src,
             "writ_commit": writ_commit(a.writ_src),
             "profiled": a.profile,
+            "path_stamped": a.path,  # the servers ran with bench/path.py's stamps
         },
         "peers": {},
         "results": {},

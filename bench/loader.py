@@ -89,10 +89,12 @@ async def run_scenario(
     async def meter() -> None:
         await asyncio.sleep(max(0.0, t_from - time.perf_counter()))
         cpu["loader0"], server["cpu0"] = time.process_time(), cpu_seconds(peer.server_pids())
+        server["db0"] = cpu_seconds(peer.db_pids())
         cpu["machine0"], cpu["steal0"] = machine_cpu()
         cpu["wall0"] = time.perf_counter()
         await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
         cpu["loader1"], server["cpu1"] = time.process_time(), cpu_seconds(peer.server_pids())
+        server["db1"] = cpu_seconds(peer.db_pids())
         cpu["machine1"], cpu["steal1"] = machine_cpu()
         cpu["wall1"] = time.perf_counter()
 
@@ -133,8 +135,15 @@ async def run_scenario(
             else None
         ),
     }
+    db0, db1 = server["db0"], server["db1"]
+    # the database the server stands on (writ-postgres: PostgreSQL's processes), or None
+    out["db_cpu"] = (
+        round((db1 - db0) / wall, 2) if wall > 0 and db0 is not None and db1 is not None else None
+    )
     if out["server_cpu"] is not None and out["pairs_per_s"]:
         out["server_cpu_ms_per_pair"] = round(1000 * out["server_cpu"] / out["pairs_per_s"], 3)
+    if out["db_cpu"] is not None and out["pairs_per_s"]:
+        out["db_cpu_ms_per_pair"] = round(1000 * out["db_cpu"] / out["pairs_per_s"], 3)
     # drift inside the window: first vs last quarter (a store that slows as history grows)
     q = (t_end - t_from) / 4
     if q > 0:
@@ -145,7 +154,7 @@ async def run_scenario(
     # everything else the machine did meanwhile (other processes; steal = the hypervisor's)
     if wall > 0:
         busy = (cpu["machine1"] - cpu["machine0"]) / wall
-        own = (out["loader_cpu"] or 0) + (out["server_cpu"] or 0)
+        own = (out["loader_cpu"] or 0) + (out["server_cpu"] or 0) + (out["db_cpu"] or 0)
         out["other_cpu"] = round(max(0.0, busy - own), 2)
         out["steal_cpu"] = round((cpu["steal1"] - cpu["steal0"]) / wall, 2)
     if sc.contended:

@@ -86,6 +86,19 @@ def cpu_seconds(pids: list[int]) -> float | None:
     return total
 
 
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL process on the machine (postmaster, backends, WAL writer, ...)."""
+    pids = []
+    for stat in glob.glob("/proc/[0-9]*/comm"):
+        try:
+            with open(stat) as f:
+                if f.read().strip() in ("postgres", "postmaster"):
+                    pids.append(int(stat.split("/")[2]))
+        except OSError:
+            continue
+    return pids
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, steal) CPU seconds of the whole machine so far, from /proc/stat."""
     try:
@@ -120,6 +133,11 @@ class Peer:
     # -- process management ----------------------------------------------------------
     def server_pids(self) -> list[int]:
         return [self.proc.pid] if self.proc else []
+
+    def db_pids(self) -> list[int]:
+        """The processes of a database this peer's server stands on (metered apart from the
+        rest of the machine); none of its own for most."""
+        return []
 
     def _spawn(self, argv: list[str], tmp: Path, env: dict[str, str] | None = None) -> None:
         self.log = tmp / f"{self.name}.log"
@@ -276,6 +294,11 @@ class Writ(Peer):
 
     def profile_argv(self, tmp: Path) -> list[str]:
         return []
+
+    def db_pids(self) -> list[int]:
+        # PostgreSQL's processes: part of what a writ-postgres pair costs the machine, not
+        # "other" work on a shared one
+        return postgres_pids() if self.store != "sqlite" else []
 
     def run_options(self, tmp: Path) -> list[str]:
         """More keyword arguments of ``writ.server.run``, as ``name=value``."""
@@ -605,15 +628,7 @@ class Postgres(Peer):
 
     def server_pids(self) -> list[int]:
         """Every postgres process on the machine (backends, WAL writer, ...)."""
-        pids = []
-        for stat in glob.glob("/proc/[0-9]*/comm"):
-            try:
-                with open(stat) as f:
-                    if f.read().strip() in ("postgres", "postmaster"):
-                        pids.append(int(stat.split("/")[2]))
-            except OSError:
-                continue
-        return pids
+        return postgres_pids()
 
     async def start(self, tmp: Path) -> None:
         try:

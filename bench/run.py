@@ -257,7 +257,8 @@ async def bench_peer(
                 f"   {sc.title:34s} {r['pairs_per_s'] or 0:9,.0f} pairs/s  p50 {r['pair_p50_ms']} ms"
                 f"  p99 {r['pair_p99_ms']} ms  errors {r['errors']}"
                 f"  (¼ {r.get('pairs_per_s_first_quarter')}→{r.get('pairs_per_s_last_quarter')})"
-                f"  cpu loader {r['loader_cpu']} server {r['server_cpu']} other {r.get('other_cpu')}"
+                f"  cpu loader {r['loader_cpu']} server {r['server_cpu']} db {r.get('db_cpu')}"
+                f" other {r.get('other_cpu')}"
                 f" steal {r.get('steal_cpu')}  ({time.perf_counter() - t:.0f}s)"
             )
             if r["errors"]:
@@ -359,7 +360,7 @@ def table(results: dict[str, dict[str, Any]], skipped: dict[str, str]) -> str:
         head += [f"{w}÷peer" for w in writs]
         if sc.contended:
             head += ["handoff p50 ms", "handoff p99 ms", "in arrival order", "tries/grant"]
-        head += ["errors", "CPU loader/server/other"]
+        head += ["errors", "CPU loader/server/db/other"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "|".join("---" for _ in head) + "|")
         for p, r in rows:
@@ -401,7 +402,10 @@ def table(results: dict[str, dict[str, Any]], skipped: dict[str, str]) -> str:
                 ]
             cells += [
                 str(r["errors"]),
-                "/".join(_f(r.get(k), "{:.2f}") for k in ("loader_cpu", "server_cpu", "other_cpu")),
+                "/".join(
+                    _f(r.get(k), "{:.2f}")
+                    for k in ("loader_cpu", "server_cpu", "db_cpu", "other_cpu")
+                ),
             ]
             lines.append("| " + " | ".join(cells) + " |")
     for w in writs:

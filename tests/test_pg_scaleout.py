@@ -1049,14 +1049,17 @@ async def test_batches_keep_their_connection_and_give_it_back_when_it_failed(
 _MARK = "writ_test_mark"  # a channel of the test's own, which no server listens to
 
 
-async def _heard(conn: Any) -> list[tuple[str, Any]]:
+async def _heard(conn: Any, log: list[Any] | None = None) -> list[tuple[str, Any]]:
     """The notes a raw LISTEN connection has been sent so far, with their sender: it
     notifies itself on a channel of its own and reads up to that mark (NOTIFY arrives in
-    commit order across channels, so everything committed before the mark comes first)."""
+    commit order across channels, so everything committed before the mark comes first).
+    Every notification read goes into ``log`` too (a failure's evidence)."""
     await conn.execute("SELECT pg_notify(%s, 'mark')", (_MARK,))
     out: list[tuple[str, Any]] = []
     async with asyncio.timeout(10):
         async for n in conn.notifies():
+            if log is not None:
+                log.append((n.channel == _MARK, n.pid, n.payload[:60]))
             if n.channel == _MARK:
                 return out
             msg = json.loads(n.payload)
@@ -1089,28 +1092,35 @@ async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
         # what A's batches decided (for the failure message: CI failed once on the last
         # assertion, raw having heard B's hello and neither B's commit nor A's)
         decided: list[tuple[bool, bool, int]] = []
-        commit = a._commit
+        raw_log: list[Any] = []  # every notification raw read: (a mark?, sender pid, payload)
 
-        async def spy(b: Any, ok: Any) -> Any:
-            try:
-                return await commit(b, ok)
-            finally:
-                decided.append((b.optimistic, b.notify, len(b.notes)))
+        def spy_on(store: PostgresStore, into: list[tuple[bool, bool, int]]) -> None:
+            commit = store._commit
 
-        a._commit = spy  # type: ignore[method-assign]
+            async def spy(b: Any, ok: Any) -> Any:
+                try:
+                    return await commit(b, ok)
+                finally:
+                    into.append((b.optimistic, b.notify, len(b.notes)))
+
+            store._commit = spy  # type: ignore[method-assign]
+
+        spy_on(a, decided)
         for i in range(3):
             await a.transact(lambda tx, i=i: _grant(tx, f"alone/{i}"))  # type: ignore[misc]
-        heard = await _heard(raw)
+        heard = await _heard(raw, raw_log)
         assert [k for _, k in heard if k != "hello"] == []  # nothing but (at most) hellos
         assert delivered.count("audit") == 3  # delivered here, at commit
         assert a._heard_seq >= (await a.read(lambda tx: tx.audit_head()))[0]
 
         a._listening.clear()  # as while its LISTEN connection is down: it cannot tell
         await a.transact(lambda tx: _grant(tx, "deaf/0"))
-        assert (a.instance, "audit") in await _heard(raw)
+        assert (a.instance, "audit") in await _heard(raw, raw_log)
         a._listening.set()
 
         b = await _open(pg_backend)  # its LISTEN connection says hello
+        b_decided: list[tuple[bool, bool, int]] = []
+        spy_on(b, b_decided)
         try:
             # B's first commit reaches A after B's hello (NOTIFY is in commit order)
             await b.transact(lambda tx: _grant(tx, "b/0"))
@@ -1119,10 +1129,11 @@ async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
                 await seqs.setdefault(seq, asyncio.Event()).wait()
             assert a._heard_others() and "hello" not in delivered
             await a.transact(lambda tx: _grant(tx, "shared/0"))
-            heard = await _heard(raw)
+            heard = await _heard(raw, raw_log)
             assert (a.instance, "audit") in heard, (
                 f"A {a.instance}, B {b.instance}; A heard {a._heard_at}; A's batches "
-                f"(optimistic, notify, notes) {decided}; retries {a.retries}; {delivered=}"
+                f"(optimistic, notify, notes) {decided}; B's {b_decided}; retries "
+                f"{a.retries}; {delivered=}; raw read (mark?, pid, payload) {raw_log}"
             )
         finally:
             await b.close()

@@ -1056,8 +1056,10 @@ async def _heard(conn: Any, log: list[Any] | None = None) -> list[tuple[str, Any
     Every notification read goes into ``log`` too (a failure's evidence)."""
     await conn.execute("SELECT pg_notify(%s, 'mark')", (_MARK,))
     out: list[tuple[str, Any]] = []
-    async with asyncio.timeout(10):
-        async for n in conn.notifies():
+    # closed on the way out, not left suspended (holding the connection's lock, with the
+    # notifications it reads meanwhile kept by nobody) until the loop finalizes it
+    async with asyncio.timeout(10), contextlib.aclosing(conn.notifies()) as notes:
+        async for n in notes:
             if log is not None:
                 log.append((n.channel == _MARK, n.pid, n.payload[:60]))
             if n.channel == _MARK:

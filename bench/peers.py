@@ -86,6 +86,14 @@ def cpu_seconds(pids: list[int]) -> float | None:
     return total
 
 
+# a writ server as the bench runs it: python -c SERVE STORE_URL PORT [name=value ...]
+SERVE = (
+    "import sys; from writ.server import run; "
+    "run(sys.argv[1], '127.0.0.1', int(sys.argv[2]), log_level='warning', "
+    "**dict(a.split('=', 1) for a in sys.argv[3:]))"
+)
+
+
 def postgres_pids() -> list[int]:
     """Every PostgreSQL process on the machine (postmaster, backends, WAL writer, ...)."""
     pids = []
@@ -275,12 +283,7 @@ class Writ(Peer):
             sep = "&" if "?" in self.pg_url else "?"
             self.store_url = f"{self.pg_url}{sep}schema={self.schema}"
         self.port = free_port()
-        code = (
-            "import sys; from writ.server import run; "
-            "run(sys.argv[1], '127.0.0.1', int(sys.argv[2]), log_level='warning', "
-            "**dict(a.split('=', 1) for a in sys.argv[3:]))"
-        )
-        self.server_argv = [sys.executable, "-c", code, self.store_url, str(self.port)]
+        self.server_argv = [sys.executable, "-c", SERVE, self.store_url, str(self.port)]
         self.server_argv += self.run_options(tmp)
         argv = list(self.server_argv)
         if self.profile:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bench import path
+from bench import path, peers
 from tests.server_fixtures import ADMIN_TOKEN, free_port, gone_within, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,13 +99,9 @@ def test_requests_in_the_air_together_are_left_out_and_counted(
 def _serve(store: str, out: Path) -> tuple[subprocess.Popen[bytes], int]:
     """A writ server on ``store`` run through bench/path.py, as ``bench.run --path`` runs it."""
     port = free_port()
-    code = (
-        "import sys; from writ.server import run; "
-        "run(sys.argv[1], '127.0.0.1', int(sys.argv[2]), log_level='warning')"
-    )
     wrapper = [sys.executable, "-P", str(ROOT / "bench" / "path.py"), "serve", str(out)]
     proc = subprocess.Popen(
-        [*wrapper, sys.executable, "-c", code, store, str(port)],
+        [*wrapper, sys.executable, "-c", peers.SERVE, store, str(port)],
         env={**os.environ, "WRIT_ADMIN_TOKEN": ADMIN_TOKEN},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

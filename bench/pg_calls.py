@@ -75,6 +75,13 @@ class Line:
         self.conn.close()
 
 
+class Update(Line):
+    """A one-row ``UPDATE`` of a table of its own, the time as its value."""
+
+    def args(self) -> Params:
+        return [repr(time.time()).encode()]
+
+
 class Batch(Line):
     """``writ_batch`` on a writ schema of its own, called as a lone server's batches call it:
     the version the head holds, the next token drawn by an acquire (``rows``) or nothing
@@ -190,10 +197,6 @@ def make_lines(url: str, tag: str) -> list[Line]:
         asyncio.run(_schema(url, s))
     off = ["SET synchronous_commit = off"]
     update = f"UPDATE {table} SET ts = $1::float8 WHERE id = 1"
-
-    class Update(Line):
-        def args(self) -> Params:
-            return [repr(time.time()).encode()]
 
     trip = Line("round trip", url, "SELECT 1", [])
     update_off = Update("UPDATE, commit not flushed", url, update, off)

@@ -582,7 +582,9 @@ async def writ_workers(
         deadline = time.monotonic() + 30
         while _text(log_path).count("Application startup complete") < n:
             assert proc.returncode is None, _text(log_path)[-3000:]
-            assert time.monotonic() < deadline, "writ serve --workers did not come up"
+            assert time.monotonic() < deadline, (
+                f"writ serve --workers did not come up in 30 s: {_text(log_path)[-3000:]}"
+            )
             await asyncio.sleep(0.05)
         yield f"http://127.0.0.1:{port}", proc
     finally:

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -1046,15 +1047,20 @@ async def test_batches_keep_their_connection_and_give_it_back_when_it_failed(
 
 
 # ------------------------------------------------------------------------ notifications
-_MARK = "writ_test_mark"  # a channel of the test's own, which no server listens to
+_MARK = "writ_test_mark"  # a channel no server listens to; each read's mark is its own
 
 
 async def _heard(conn: Any, log: list[Any] | None = None) -> list[tuple[str, Any]]:
     """The notes a raw LISTEN connection has been sent so far, with their sender: it
-    notifies itself on a channel of its own and reads up to that mark (NOTIFY arrives in
+    notifies itself on the mark channel and reads up to that mark (NOTIFY arrives in
     commit order across channels, so everything committed before the mark comes first).
-    Every notification read goes into ``log`` too (a failure's evidence)."""
-    await conn.execute("SELECT pg_notify(%s, 'mark')", (_MARK,))
+    The mark is this read's own (a random payload): every test on the database shares the
+    channel, and another test's mark, read first, ended a read early once — everything
+    committed between the two came a read late, and CI failed on it (the lone-server and
+    relay-notes tests). Every notification read goes into ``log`` too (a failure's
+    evidence)."""
+    mine = secrets.token_hex(8)
+    await conn.execute("SELECT pg_notify(%s, %s)", (_MARK, mine))
     out: list[tuple[str, Any]] = []
     # closed on the way out, not left suspended (holding the connection's lock, with the
     # notifications it reads meanwhile kept by nobody) until the loop finalizes it
@@ -1063,10 +1069,32 @@ async def _heard(conn: Any, log: list[Any] | None = None) -> list[tuple[str, Any
             if log is not None:
                 log.append((n.channel == _MARK, n.pid, n.payload[:60]))
             if n.channel == _MARK:
-                return out
+                if n.payload == mine:
+                    return out
+                continue  # another test's mark
             msg = json.loads(n.payload)
             out += [(msg["i"], kind) for kind, _ in msg["n"]]
     raise AssertionError("the mark never came back")
+
+
+async def test_a_read_of_the_channel_ends_at_its_own_mark_not_another_tests(
+    pg_backend: Backend,
+) -> None:
+    """The tests' reader of a store's channel (``_heard``) reads up to its own mark: a
+    mark another test sent on the shared mark channel before a note was committed does not
+    end the read before that note."""
+    channel = "writ_t_" + secrets.token_hex(6)
+    async with (
+        await psycopg.AsyncConnection.connect(pg_backend._pg_conninfo(), autocommit=True) as raw,
+        await psycopg.AsyncConnection.connect(pg_backend._pg_conninfo(), autocommit=True) as other,
+    ):
+        for name in (channel, _MARK):
+            await raw.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
+        note = json.dumps({"i": "someone", "n": [["audit", {"seq": 1}]]})
+        await other.execute("SELECT pg_notify(%s, 'another test')", (_MARK,))
+        await other.execute("SELECT pg_notify(%s, %s)", (channel, note))
+        assert await _heard(raw) == [("someone", "audit")]
+        assert await _heard(raw) == []  # nothing left behind for the next read
 
 
 async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
@@ -1117,7 +1145,11 @@ async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
 
         a._listening.clear()  # as while its LISTEN connection is down: it cannot tell
         await a.transact(lambda tx: _grant(tx, "deaf/0"))
-        assert (a.instance, "audit") in await _heard(raw, raw_log)
+        heard = await _heard(raw, raw_log)
+        assert (a.instance, "audit") in heard, (
+            f"A {a.instance}; listening {a._listening.is_set()}; A's batches (optimistic, "
+            f"notify, notes) {decided}; {delivered=}; raw read (mark?, pid, payload) {raw_log}"
+        )
         a._listening.set()
 
         b = await _open(pg_backend)  # its LISTEN connection says hello

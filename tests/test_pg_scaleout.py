@@ -1055,10 +1055,9 @@ async def _heard(conn: Any, log: list[Any] | None = None) -> list[tuple[str, Any
     notifies itself on the mark channel and reads up to that mark (NOTIFY arrives in
     commit order across channels, so everything committed before the mark comes first).
     The mark is this read's own (a random payload): every test on the database shares the
-    channel, and another test's mark, read first, ended a read early once — everything
-    committed between the two came a read late, and CI failed on it (the lone-server and
-    relay-notes tests). Every notification read goes into ``log`` too (a failure's
-    evidence)."""
+    channel, and another test's mark, read first, ended reads early — everything committed
+    between the two came a read late, and CI failed on it (the lone-server and relay-notes
+    tests). Every notification read goes into ``log`` too (a failure's evidence)."""
     mine = secrets.token_hex(8)
     await conn.execute("SELECT pg_notify(%s, %s)", (_MARK, mine))
     out: list[tuple[str, Any]] = []

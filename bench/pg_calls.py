@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -35,8 +37,10 @@ import psycopg
 from psycopg import pq
 
 from bench.peers import DEFAULT_PG_URL
+from writ.core.errors import Unavailable
 from writ.stores import open_store
 from writ.stores.postgres._schema import _WRIT_BATCH_TYPED
+from writ.stores.postgres._writer import _text
 
 BLOCK = 50  # calls of one line before the next line's turn
 
@@ -136,44 +140,23 @@ class Batch(Line):
                     ]
                 ]
             )
-            a[6] = json.dumps(
-                [
-                    [
-                        self.seq,
-                        now,
-                        "lease.granted",
-                        "bench/r0",
-                        f"bench/r0/{self.token}",
-                        _BODY,
-                        _HASH,
-                    ]
-                ]
-            )
+            a[6] = self._audit(now, "lease.granted")
             a[13], a[14] = self.token, 1
         elif self.rows:  # a release: the lease ended and its row
             a[3] = json.dumps([[self.lease, "released", now, 30.0, now, self.version]])
-            a[6] = json.dumps(
-                [
-                    [
-                        self.seq,
-                        now,
-                        "lease.released",
-                        "bench/r0",
-                        f"bench/r0/{self.token}",
-                        _BODY,
-                        _HASH,
-                    ]
-                ]
-            )
+            a[6] = self._audit(now, "lease.released")
             self.lease = None
         return _params(a)
 
+    def _audit(self, now: float, event: str) -> str:
+        """The call's one audit row, as ``writ_batch`` takes it."""
+        row = [self.seq, now, event, "bench/r0", f"bench/r0/{self.token}", _BODY, _HASH]
+        return json.dumps([row])
+
 
 def _params(values: list[Any]) -> Params:
-    return [
-        None if v is None else (repr(v) if isinstance(v, float) else str(v)).encode()
-        for v in values
-    ]
+    """The arguments as the store's lone call sends them (libpq's text parameters)."""
+    return [_text(v) for v in values]
 
 
 async def _schema(url: str, schema: str) -> None:
@@ -258,16 +241,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=3000, help="calls a line (default 3,000)")
     ap.add_argument("--pg-url", default=DEFAULT_PG_URL, help="the PostgreSQL to measure")
     a = ap.parse_args(argv)
+    if a.calls < 1:
+        ap.error("--calls: at least 1")
     tag = f"{os.getpid()}"
     lines: list[Line] = []
     try:
         lines = make_lines(a.pg_url, tag)
         run(lines, a.calls)
         print(table(lines))
+    except (psycopg.OperationalError, Unavailable) as exc:  # not reachable: say so, plainly
+        print(f"bench.pg_calls: PostgreSQL: {exc}".rstrip(), file=sys.stderr)
+        return 2
     finally:
         for line in lines:
             line.close()
-        drop(a.pg_url, tag)
+        with contextlib.suppress(psycopg.OperationalError):  # nothing made, or unreachable
+            drop(a.pg_url, tag)
     return 0
 
 

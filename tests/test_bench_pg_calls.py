@@ -13,20 +13,35 @@ import pytest
 from bench import pg_calls
 
 URL = os.environ.get("WRIT_TEST_POSTGRES_URL")
-pytestmark = pytest.mark.skipif(not URL, reason="WRIT_TEST_POSTGRES_URL is not set")
+needs_pg = pytest.mark.skipif(not URL, reason="WRIT_TEST_POSTGRES_URL is not set")
 
 
 def _left(tag: str) -> list[str]:
+    """What run ``tag`` made that is still there: its own names, exactly (another run's,
+    under another worker's process id, may share a prefix with them)."""
     assert URL
+    table, schemas = pg_calls._names(tag)
     with psycopg.connect(URL) as c:
         got = c.execute(
-            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s"
-            " UNION ALL SELECT relname FROM pg_class WHERE relname LIKE %s",
-            (f"bench_calls_{tag}%", f"bench_calls_{tag}%"),
+            "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)"
+            " UNION ALL SELECT relname FROM pg_class WHERE relname = %s",
+            (schemas, table),
         ).fetchall()
     return [r[0] for r in got]
 
 
+def test_a_postgresql_it_cannot_reach_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert pg_calls.main(["--pg-url", "postgresql://nobody@127.0.0.1:1/none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench.pg_calls: PostgreSQL: ") and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        pg_calls.main(["--calls", "0"])
+    assert "--calls: at least 1" in capsys.readouterr().err
+
+
+@needs_pg
 def test_its_calls_are_the_stores_and_what_it_made_is_dropped(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -40,6 +55,7 @@ def test_its_calls_are_the_stores_and_what_it_made_is_dropped(
     assert _left(tag) == []
 
 
+@needs_pg
 def test_each_batch_line_moves_the_head_and_the_leases_as_the_store_would() -> None:
     assert URL
     tag = f"t{os.getpid()}"

@@ -19,8 +19,9 @@ when the server stops; the run then prints, for acquires and releases apart, the
 On the SQLite store ``store → done`` is one segment (its COMMIT runs in a worker thread).
 Only a serial client gives a path: a request whose lean path begins while another is open
 (clients at once) is counted as overlapped and left out. Each wrapper costs about 0.8 µs
-(two stamps around an async call, measured apart); the segments are the server's own, not the loader's view (``pairs/s`` and ``p50``
-stay the loader's). ``python -m bench.path FILE`` prints a written file's table again."""
+(two stamps around an async call, measured apart); the segments are the server's own, not
+the loader's view (``pairs/s`` and ``p50`` stay the loader's). ``python -m bench.path FILE``
+prints a written file's table again."""
 
 from __future__ import annotations
 

@@ -1119,7 +1119,8 @@ async def test_a_lone_server_notifies_nobody_and_starts_when_another_says_hello(
 
         a.set_listener(note)
         # what A's batches decided (for the failure message: CI failed once on the last
-        # assertion, raw having heard B's hello and neither B's commit nor A's)
+        # assertion, raw having heard B's hello and neither B's commit nor A's — another
+        # test's mark had ended raw's read early, see _heard)
         decided: list[tuple[bool, bool, int]] = []
         raw_log: list[Any] = []  # every notification raw read: (a mark?, sender pid, payload)
 

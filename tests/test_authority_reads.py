@@ -278,6 +278,8 @@ async def test_in_closed_mode_only_a_gate_that_may_observe_adds_its_rows(
         assert "a-stranger-gate" in r.json()["error"]["message"], r.text
         assert await w.rows("gate.refused") == before
         await w.add("the-gate", "portal")
+        await w.add("a-caller", "agent")
+        body["caller_token"] = w.tokens["a-caller"]
         r = await w.post("the-gate", "/v1/gate/check", body)
         assert r.status_code == 200 and r.json()["passed"] is False, r.text
         [row] = [x for x in await w.rows("gate.refused") if x not in before]

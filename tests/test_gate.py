@@ -400,14 +400,17 @@ def test_replayed_lower_token_is_refused(rig: Rig) -> None:
 # ----------------------------------------------------------------------------- evidence
 def test_every_mutating_request_is_one_audit_row(rig: Rig) -> None:
     """Each checked request leaves exactly one gate.passed or gate.refused row, naming the
-    caller, the method and path, and the lock holder."""
+    caller, the method and path, and the lock holder; one that names no one (no writ token,
+    or an unknown one) leaves none: anyone could fill the ledger with them."""
     seq = rig.admin.last_seq()
     lease = rig.acquire(rig.agent_token)
     try:
         sent = [
             (rig.http.post("/admin/db/1", headers=rig.headers(rig.agent_token, lease)), "passed"),
             (rig.http.delete("/admin/db/2", headers=rig.headers(rig.other_token)), "refused"),
-            (rig.http.put("/admin/db/3"), "refused"),
+            (rig.http.put("/admin/db/3"), None),  # no writ token: no row
+            (rig.http.put("/admin/db/3", headers=rig.headers("writ_unknown")), None),
+            (rig.http.put("/admin/db/3", headers=rig.headers(rig.human_token)), "refused"),
             (rig.http.get("/admin/db/4"), None),  # a read: no row
             (rig.http.patch("/admin/db/5", headers=rig.headers(rig.agent_token, lease)), "passed"),
         ]
@@ -422,7 +425,7 @@ def test_every_mutating_request_is_one_audit_row(rig: Rig) -> None:
         assert f"{method} /admin/db/{n}" in row["notes"]
         assert row["resource"] == rig.db and row["lock_holder"] == rig.agent
     assert rows[0]["agent_id"] == rig.agent and rows[0]["fencing_token"] == lease["fencing_token"]
-    assert rows[1]["agent_id"] == rig.other and rows[2]["agent_id"] == "unknown"
+    assert rows[1]["agent_id"] == rig.other and rows[2]["agent_id"] == rig.human
     assert rig.admin.verify()["ok"]
 
 

@@ -76,7 +76,11 @@ async def test_gate_metrics_count_passed_refused_and_upstream_latency(
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=down), base_url="http://gate.test"
         ) as c:
-            failed = await c.post("/admin/x")
+            # no writ token: refused at the gate, writ not asked (and no row)
+            anonymous = await c.post("/admin/x")
+            assert anonymous.status_code == 423, anonymous.text
+            assert anonymous.json()["error"]["code"] == "unauthenticated"
+            failed = await c.post("/admin/x", headers={"Authorization": f"Bearer {token}"})
             assert failed.status_code == 503 and failed.headers["retry-after"] == "1"
             unavailable = samples((await c.get("/metrics")).text)
         await down.aclose()

@@ -98,9 +98,18 @@ class Fencing:
         path = str(path)[:512]
         attribute = str(attribute)[:128] if attribute else None
         try:
-            caller: Principal | None = await self.engine.authenticate(caller_token)
+            caller = await self.engine.authenticate(caller_token)
         except Unauthenticated:
-            caller = None
+            # a refusal that names no one writes no row (anyone could fill the ledger with
+            # them) and tells nothing of who holds the resource
+            return {
+                "passed": False,
+                "code": "unauthenticated",
+                "reason": "no valid writ token in Authorization",
+                "holder": None,
+                "caller": "unknown",
+                "fencing_token": None,
+            }
         try:
             token = int(fencing_token) if fencing_token not in (None, "") else None
         except (TypeError, ValueError):
@@ -113,9 +122,7 @@ class Fencing:
             highest = int(mark["token"]) if mark else 0
             lease = await tx.get_lease(lease_id) if isinstance(lease_id, str) and lease_id else None
             code, why = "held", ""
-            if caller is None:
-                code, why = "unauthenticated", "no valid writ token in Authorization"
-            elif lease is None or token is None:
+            if lease is None or token is None:
                 why = "no Writ-Lease / Writ-Fencing-Token of a lease on this resource"
             elif lease.holder != caller.name:
                 why = f"lease {lease.lease_id} belongs to {lease.holder}, not {caller.name}"
@@ -148,7 +155,7 @@ class Fencing:
                 )
             else:
                 code = "passed"
-            who = caller.name if caller else "unknown"
+            who = caller.name
             await tx.append(
                 lock_row(
                     "gate.passed" if code == "passed" else "gate.refused",
@@ -173,10 +180,11 @@ class Fencing:
         return await self.engine.store.transact(fn)
 
     async def _holder(
-        self, tx: Tx, caller: Principal | None, resource: str, current: Lease | None
+        self, tx: Tx, caller: Principal, resource: str, current: Lease | None
     ) -> dict[str, Any] | None:
         """The ``holder`` of a gate answer. In closed mode only for a caller who may observe
-        ``resource`` (an unknown caller, or one who may not, learns nothing of who holds it),
+        ``resource`` (one who may not learns nothing of who holds it; an unknown caller is
+        answered before, with no holder),
         with writ's wake route for an agent (see :meth:`Authority.holder_view`)."""
         if current is None:
             return None
@@ -184,6 +192,6 @@ class Fencing:
         info = await self.engine.holder_info(tx, current)
         if not auth.settings.closed:
             return info
-        if caller is None or not auth.observable(caller, current.resource):
+        if not auth.observable(caller, current.resource):
             return None
         return await auth.holder_view(tx, caller.name, info, current)

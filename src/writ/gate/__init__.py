@@ -22,12 +22,12 @@ be reached the gate fails closed: ``503``, never an unchecked write.
 Bodies stream both ways (nothing is buffered), connections to the upstream are pooled.
 """
 
+from writ.gate.headers import FORWARDED as FORWARDED
+from writ.gate.headers import HOP_BY_HOP as HOP_BY_HOP
+from writ.gate.headers import METHOD_OVERRIDES as METHOD_OVERRIDES
+from writ.gate.headers import WRIT_HEADERS as WRIT_HEADERS
 from writ.gate.listen import DEFAULT_LISTEN as DEFAULT_LISTEN
 from writ.gate.listen import serve as serve
-from writ.gate.proxy import FORWARDED as FORWARDED
-from writ.gate.proxy import HOP_BY_HOP as HOP_BY_HOP
-from writ.gate.proxy import METHOD_OVERRIDES as METHOD_OVERRIDES
-from writ.gate.proxy import WRIT_HEADERS as WRIT_HEADERS
 from writ.gate.proxy import Gate as Gate
 from writ.gate.routes import MUTATING as MUTATING
 from writ.gate.routes import Route as Route

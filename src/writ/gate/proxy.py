@@ -22,8 +22,14 @@ from writ._version import __version__
 from writ.core.errors import Invalid, TooLarge
 from writ.core.textsafe import counted
 from writ.gate.forwarded import Forwarded
+from writ.gate.headers import (
+    FORWARDED,
+    HOP_BY_HOP,
+    METHOD_OVERRIDES,
+    WRIT_HEADERS,
+)
 from writ.gate.headers import header_name as header_name
-from writ.gate.routes import Route, ambiguity, loose_path, request_paths
+from writ.gate.routes import Route, ambiguity, loose_path, request_paths, route_of
 from writ.net.caps import PerKey
 from writ.net.credentials import Twice, sole
 from writ.telemetry.metrics import CONTENT_TYPE_LATEST, GateMetrics
@@ -33,39 +39,6 @@ log = logging.getLogger("writ.gate")
 GATED_POOL_WAIT_S = 5.0
 # a writ token anywhere in a header value, however it is spaced (Bearer\twrit_…, a list)
 _WRIT_TOKEN = re.compile(rb"(?:^|[^A-Za-z0-9_-])writ_")
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# headers only the gate may set towards the upstream, or only writ may read
-WRIT_HEADERS = frozenset(
-    {
-        "writ-lease",
-        "writ-fencing-token",
-        "writ-holder",
-        "writ-resource",
-        "writ-authorization",
-    }
-)
-# set by the gate itself towards the upstream, never passed on from the caller (an
-# X-Forwarded-For from a --trust-forwarded-for address is extended instead)
-FORWARDED = frozenset(
-    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
-)
-# headers an upstream may take as the request's real method: judged as that method
-METHOD_OVERRIDES = frozenset(
-    {"x-http-method-override", "x-http-method", "x-method-override", "x-original-method"}
-)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAX_FORM = 1 << 20  # a form on a mapped path is read (for its _method field) up to this
 UPSTREAM_CONNECTIONS = 100  # to the upstream, for each of the two pools (and to writ)
@@ -107,6 +80,7 @@ def _refusal_text(method: str, path: str, resource: str, decision: Mapping[str, 
         else f"Nobody holds {resource} right now"
     )
     if code == "unauthenticated":
+        who = "Who holds it is told to callers writ knows"
         nxt = (
             "Send your own writ token as 'Authorization: Bearer <token>' (or "
             "'Writ-Authorization: Bearer <token>') with Writ-Lease and Writ-Fencing-Token"
@@ -320,20 +294,18 @@ class Gate:
     def route_for(
         self, method: str, path: str, headers: Headers, extra: Iterable[str] = ()
     ) -> Route | None:
-        """The first route (in file order) this request falls under, or None. Every method
-        the request may be taken as counts: its own, each method-override header (any
-        spelling, comma lists) and ``extra`` (a ``_method`` query or form field)."""
+        """The route this request falls under (:func:`writ.gate.routes.route_of`), or None.
+        Every method the request may be taken as counts: its own, each method-override
+        header (any spelling, comma lists) and ``extra`` (a ``_method`` query or form
+        field); and every path an upstream may read it as. Raises ``Invalid`` when its
+        readings fall under routes that no one lease covers."""
         methods = {method.upper(), *(m.strip().upper() for m in extra if m.strip())}
         for name, value in headers.raw:
             if header_name(name) in METHOD_OVERRIDES:
                 methods.update(
                     v.strip().upper() for v in value.decode("latin-1").split(",") if v.strip()
                 )
-        paths = request_paths(path)
-        for route in self.routes:
-            if route.matches(methods, paths):
-                return route
-        return None
+        return route_of(self.routes, sorted(methods), request_paths(path))
 
     def mapped(self, path: str, raw_path: bytes | None = None) -> bool:
         """Whether ``path`` lies on a mapped prefix (any route's, whatever the method). With
@@ -368,16 +340,20 @@ class Gate:
             )
         if method == "CONNECT":  # a tunnel, not a request the gate can judge or forward
             return _error(405, "invalid", "CONNECT is not forwarded: the gate is no tunnel")
+        if method == "TRACE":  # echoed back whole by the upstream, the gate's credentials too
+            return _error(405, "invalid", "TRACE is not forwarded: the upstream would echo it")
         raw_path: bytes = scope.get("raw_path") or path.encode()
         why = ambiguity(raw_path)
-        if why and self.mapped(path, raw_path):
+        # behind an upstream path prefix, any of it may climb out of the prefix (/../x)
+        if why and (self._prefix or self.mapped(path, raw_path)):
             log.info("refused %s %r: %s", method, raw_path, why)
             return _error(
                 400,
                 "invalid",
                 f"path {raw_path.decode('latin-1')!r} has {why}, which an upstream may read "
-                "as another path than the gate does; on a mapped route it is refused: send "
-                "the plain path (decoded, no ';' parameters, no empty or dot segments)",
+                "as another path than the gate does; on a mapped route, or behind an "
+                "upstream path prefix, it is refused: send the plain path (decoded, no ';' "
+                "parameters, no empty or dot segments)",
             )
         headers = Headers(scope=scope)
         extra = _method_fields(scope.get("query_string") or b"")
@@ -402,7 +378,10 @@ class Gate:
                 extra += _form_methods(ctype, headers.get("content-type", ""), body)
             except Invalid as exc:
                 return _error(400, "invalid", exc.message)
-        route = self.route_for(method, path, headers, extra)
+        try:
+            route = self.route_for(method, path, headers, extra)
+        except Invalid as exc:
+            return _error(400, "invalid", exc.message)
         if route is None:
             return await self._forward(scope, receive, headers, None, body)
         decision = await self.decide(route, method, path, headers)
@@ -425,6 +404,14 @@ class Gate:
                 caller = _bearer(_text(sole(named)))
         except Twice as twice:
             return _error(400, "invalid", f"{twice}: the gate does not guess which is yours")
+        if caller is None:  # refused here: writ is not asked, and no row names no one
+            reason = "no writ token in Authorization"
+            log.info("refused %s %s (unauthenticated): %s", method, path, reason)
+            why = {"code": "unauthenticated", "reason": reason}
+            text = _refusal_text(method, path, route.resource, why)
+            return _error(
+                423, "unauthenticated", text, holder=None, reason=reason, resource=route.resource
+            )
         body = {
             "caller_token": caller,
             "lease_id": (headers.get("writ-lease") or "").strip()[:128] or None,
@@ -558,6 +545,8 @@ class Gate:
         query: bytes = scope.get("query_string") or b""
         target = self._prefix + raw_path + (b"?" + query if query else b"")
         url = self.upstream.copy_with(raw_path=target)
+        if url.raw_path != target:  # what was judged is what is sent, or nothing is
+            return _error(400, "invalid", f"the path {raw_path!r} would reach the upstream changed")
         has_body = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
         out_headers = self._upstream_headers(scope, headers, passed)
         if body is not None:  # read already (a form): sent as read, with its length

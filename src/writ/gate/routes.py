@@ -9,7 +9,7 @@ import posixpath
 import re
 import tomllib
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
@@ -59,8 +59,11 @@ class Route:
 
     def matches(self, methods: Iterable[str], paths: Iterable[str]) -> bool:
         """Glob match (``fnmatch``, case-insensitive: ``*`` also crosses ``/``); a route
-        ``/admin/db/*`` also covers ``/admin/db`` itself."""
+        ``/admin/db/*`` also covers ``/admin/db`` itself. A HEAD is also taken as a GET:
+        web frameworks run a GET's handler for it (and drop the body)."""
         wanted = set(methods)
+        if "HEAD" in wanted:
+            wanted.add("GET")
         if not (self.methods & wanted or ("*" in self.methods and wanted - SAFE)):
             return False
         return self.covers(paths)
@@ -78,6 +81,46 @@ class Route:
         """The literal start of the glob (before any wildcard), without a final ``/``."""
         cut = min((i for i, c in enumerate(self.path) if c in "*?["), default=len(self.path))
         return self.path[:cut].rstrip("/").lower()
+
+
+def route_of(routes: Sequence[Route], methods: Iterable[str], paths: Iterable[str]) -> Route | None:
+    """The route a request falls under, read every way an upstream may read it.
+
+    Each reading (one of its ``methods``, one of its ``paths``) falls under the first route, in
+    file order, that matches it. When readings fall under different routes, the request needs
+    what each of them needs: the route returned asks for the widest of their resources (each
+    of the others is it or below it, so a lease that covers it covers them all) and for the
+    attribute any of them names. When no resource is the widest, or two attributes are named,
+    :class:`~writ.errors.Invalid` is raised: the gate does not guess which reading the
+    upstream acts on. None when no reading falls under a route."""
+    paths = list(paths)
+    found = list(
+        dict.fromkeys(
+            r
+            for m in methods
+            for p in paths
+            for r in [next((r for r in routes if r.matches((m,), (p,))), None)]
+            if r is not None
+        )
+    )
+    if len(found) <= 1:
+        return found[0] if found else None
+    widest = [r for r in found if all(resources.under(o.resource, r.resource) for o in found)]
+    attributes = sorted({r.attribute for r in found if r.attribute})
+    if not widest or len(attributes) > 1:
+        raise Invalid(
+            "the request may be read as falling under routes "
+            + ", ".join(
+                f"{r.path} ({r.resource}{f', {r.attribute}' if r.attribute else ''})" for r in found
+            )
+            + " (by its method override, its path's spellings or its method), which no one "
+            "lease covers: send it in a form that falls under one route",
+            field="path",
+        )
+    first = found[0]
+    return Route(
+        first.path, widest[0].resource, first.methods, attributes[0] if attributes else None
+    )
 
 
 def parse_routes(text: str, source: str = "routes.toml") -> list[Route]:

@@ -277,8 +277,8 @@ def test_plain_is_what_the_layers_would_pass_on_untouched() -> None:
         [auth, (b"content-length", b"0"), (b"x-other", b"y" * 100)],
     ]
     for headers in ok:
-        assert _plain(_scope("POST", LEASES, headers)), headers
-    assert _plain(_scope("GET", FENCE, [auth], b"resource=a%2Fb&token=1"))
+        assert _plain(_scope("POST", LEASES, headers), MAX_HEADERS), headers
+    assert _plain(_scope("GET", FENCE, [auth], b"resource=a%2Fb&token=1"), MAX_HEADERS)
     refused = [
         [auth, auth],
         [auth, (b"content-length", b"1"), (b"content-length", b"1")],
@@ -291,9 +291,9 @@ def test_plain_is_what_the_layers_would_pass_on_untouched() -> None:
         [auth, (b"x-big", b"y" * MAX_HEADERS)],
     ]
     for headers in refused:
-        assert not _plain(_scope("POST", LEASES, headers)), headers[-1][:2]
-    assert not _plain(_scope("POST", "/v1/leases/ls_\x01/release", [auth]))
-    assert not _plain(_scope("GET", FENCE, [auth], b"resource=a%00&token=1"))
+        assert not _plain(_scope("POST", LEASES, headers), MAX_HEADERS), headers[-1][:2]
+    assert not _plain(_scope("POST", "/v1/leases/ls_\x01/release", [auth]), MAX_HEADERS)
+    assert not _plain(_scope("GET", FENCE, [auth], b"resource=a%00&token=1"), MAX_HEADERS)
 
 
 def _request(method: str, path: str, token: str, body: bytes = b"", *extra: str) -> bytes:

@@ -23,6 +23,7 @@ from writ.api.deps import principal
 from writ.api.errors import install_error_handlers
 from writ.api.fast import WritApp
 from writ.api.handoff import Handoff
+from writ.api.middleware import MAX_HEADERS
 from writ.api.openapi import install_openapi
 from writ.api.ops import OpsFront
 from writ.api.routers import (
@@ -90,6 +91,7 @@ def create_app(
     max_waits: int = DEFAULT_CAP,
     verify_every: float = 0.0,
     handoff: bool = True,
+    max_headers: int = MAX_HEADERS,
 ) -> FastAPI:
     """The ASGI app. Starts and stops ``engine`` with the app's lifespan. ``/livez``,
     ``/readyz`` and ``/metrics`` (:mod:`writ.api.ops`) sit in front of it; ``metrics=False``
@@ -99,7 +101,8 @@ def create_app(
     ``max_waits`` requests waiting at once (:mod:`writ.api.waits`). ``verify_every`` > 0:
     the standing verify, a pass that often (:mod:`writ.evidence.sentinel`). With a
     ``relay_dir``, ``handoff`` hands the connections of a relaying server to the writer
-    while it has room, once ``writ serve`` lends its listener (:mod:`writ.api.handoff`)."""
+    while it has room, once ``writ serve`` lends its listener (:mod:`writ.api.handoff`).
+    ``max_headers`` is the listener's ``--max-header-bytes``, which the app checks too."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -128,6 +131,7 @@ def create_app(
         engine,
         relay_dir,
         max_waits,
+        max_headers,
         title="writ",
         version=__version__,
         summary="Vendor-neutral write authority for autonomous agents (protocol v1).",

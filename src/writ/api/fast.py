@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.message
 import inspect
 import json
 import logging
@@ -65,6 +66,9 @@ _UNTRACED: contextlib.nullcontext[dict[str, str]] = contextlib.nullcontext({})
 _LENGTH_DIGITS = len(str(MAX_BODY))
 # a fencing token as the lean path takes it: what FastAPI's int parameter reads the same way
 _TOKEN = re.compile(r"0|-?[1-9][0-9]{0,18}")
+# a body longer than this is kept as what it says, written compactly, once it is read: a
+# request that waits minutes holds no padding (see _compact)
+_COMPACT_ABOVE = 4096
 
 
 class FastLeases:
@@ -124,29 +128,30 @@ class FastLeases:
     async def take(
         self, route: str, scope: Scope, receive: Receive
     ) -> tuple[_Outcome | None, Receive] | None:
-        """Read the body of a request for ``route`` and :meth:`answer` it: the answer (None
-        when the lean path does not take it) and the ``receive`` to pass it on with, which
-        hands back what was read first; None if the client went away before its body."""
-        body = b""
-        if route != FENCE:  # a fencing check's body, if any, is left unread
-            got = await _body(receive)
-            if got is None:
-                return None
-            body = got
-        out = await self.answer(route, scope, body, receive)
-        if out is None and route != FENCE:
-            receive = _replay([_whole(body)], receive)
-        return out, receive
+        """Read the body of a request for ``route`` and answer it: the answer (None when the
+        lean path does not take it: FastAPI then answers it, nothing having been done) and
+        the ``receive`` to pass it on with, which hands back what was read first; None if
+        the client went away before its body. What the request holds while it works (and
+        waits) is what it says (:func:`_compact`), not the bytes it came in."""
+        if route == FENCE:  # a fencing check's body, if any, is left unread
+            return await self._fence(scope, _bearer(scope)), receive
+        body = await _body(receive)
+        if body is None:
+            return None
+        taken = self._taken(route, scope, body)
+        if taken is None:
+            return None, _replay([_whole(_compact(body))], receive)
+        del body
+        return await self._answer(scope, receive, *taken), receive
 
-    async def answer(
-        self, route: str, scope: Scope, body: bytes, receive: Receive
-    ) -> _Outcome | None:
-        """The answer to a request for ``route`` (see :meth:`route`) with this ``body``, or
-        None when the lean path does not take it (bad JSON, unknown, rare or repeated
-        fields, a missing token...): FastAPI then answers it, nothing having been done."""
+    def _taken(
+        self, route: str, scope: Scope, body: bytes
+    ) -> tuple[str, str | None, dict[str, Any] | None, bytes] | None:
+        """What the lean path takes of a write (``LEASES`` or ``RELEASE``) with this
+        ``body`` — its bearer token, the lease id of a release, an acquire's request and the
+        body to relay — or None (bad JSON, unknown, rare or repeated fields, a missing
+        token...)."""
         token = _bearer(scope)
-        if route == FENCE:
-            return await self._fence(scope, token)
         lease_id = None if route == LEASES else scope["path"].split("/")[3]
         if lease_id is not None:
             body = b""  # a release's body, if any, is read by no one (FastAPI's route neither)
@@ -156,16 +161,31 @@ class FastLeases:
             req = self._acquire_request(body)
         if not (token and ((lease_id is not None and not body) or req is not None)):
             return None
+        return token, lease_id, req, _compact(body)
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        token: str,
+        lease_id: str | None,
+        req: dict[str, Any] | None,
+        body: bytes,
+    ) -> _Outcome:
+        """The answer to a write the lean path took (:meth:`_taken`)."""
         wait_s = req.get("wait_s", 0) if req is not None else 0
         if not wait_s:
             return await self._write(scope, receive, token, lease_id, req, body, 0)
         # it may wait, holding its connection meanwhile: counted against its principal
-        # (writ.api.waits) here, where the connection is, wherever it is written
+        # (writ.api.waits) here, where the connection is, wherever it is written — once
+        # it is known to be a request that may wait (FastAPI checks the body first too)
         try:
             me = await self.engine.authenticate(token)
+            assert req is not None
+            self.engine.validate_request(me, **_asked(req))  # as engine.acquire will
             with self.waits.one(me.name):
                 return await self._write(scope, receive, token, lease_id, req, body, wait_s, me)
-        except WritError as err:  # an unknown token, or its principal waits enough
+        except WritError as err:  # an unknown token, a bad request, or enough waits
             return _refusal(err)
 
     async def _write(
@@ -225,16 +245,7 @@ class FastLeases:
         # its fields are checked by the engine (validate_request) as FastAPI's are
         # by _Body: text only, nested at most 32 levels; the path by TextURL
         note["writ.lease"] = req
-        work = self.engine.acquire(
-            me,
-            resource=req.get("resource"),
-            intent=req.get("intent"),
-            ttl_s=req.get("ttl_s", 30),
-            wait_s=req.get("wait_s", 0),
-            touches=req.get("touches"),
-            consent_id=None,
-            rollback=None,
-        )
+        work = self.engine.acquire(me, **_asked(req), consent_id=None, rollback=None)
         if req.get("wait_s"):
             out = await _unless_hung_up(receive, work, draining)
         else:
@@ -398,13 +409,37 @@ async def _body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
+def _asked(req: dict[str, Any]) -> dict[str, Any]:
+    """An acquire's fields as the engine takes them (``Engine.validate_request``)."""
+    return {
+        "resource": req.get("resource"),
+        "intent": req.get("intent"),
+        "ttl_s": req.get("ttl_s", 30),
+        "wait_s": req.get("wait_s", 0),
+        "touches": req.get("touches"),
+    }
+
+
 def _whole(body: bytes) -> Message:
     return {"type": "http.request", "body": body, "more_body": False}
 
 
-def _plain(scope: Scope) -> bool:
+def _compact(body: bytes) -> bytes:
+    """``body`` as what it says: over ``_COMPACT_ABOVE`` bytes, JSON is written again
+    compactly (the same value, as ``json.loads`` reads both: FastAPI's reading too), so a
+    request padded to 1 MiB with spaces holds its few fields, not the padding, for the
+    minutes it may wait. Anything else is kept as it came."""
+    if len(body) <= _COMPACT_ABOVE:
+        return body
+    try:
+        return json.dumps(json.loads(body), separators=(",", ":")).encode()
+    except (ValueError, RecursionError):  # not JSON: FastAPI answers it as it is
+        return body
+
+
+def _plain(scope: Scope, max_headers: int) -> bool:
     """Whether :class:`LimitBody` and :class:`TextURL` would pass this request on untouched:
-    its headers within ``MAX_HEADERS``, at most one ``Authorization``, one plain
+    its headers within ``max_headers``, at most one ``Authorization``, one plain
     ``Content-Length`` within ``MAX_BODY`` or none (and no ``Transfer-Encoding``: then
     there is no body), its path and query text. Anything else is theirs to answer."""
     size = 0
@@ -421,7 +456,7 @@ def _plain(scope: Scope) -> bool:
             length = True
         elif k == b"transfer-encoding":
             return False
-    return size <= MAX_HEADERS and url_problem(scope["path"], scope["query_string"]) is None
+    return size <= max_headers and url_problem(scope["path"], scope["query_string"]) is None
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -441,12 +476,16 @@ def _bearer(scope: Scope) -> str:
 
 def _is_json(content_type: bytes) -> bool:
     """Whether FastAPI reads a body of this ``Content-Type`` as JSON: ``application/json``
-    or ``application/*+json``, parameters allowed (anything else, or none, is 422 there)."""
+    or ``application/*+json``, parameters allowed, read as FastAPI reads it (with
+    ``email.message``: ``application/x/y+json`` is no type at all there). Anything else, or
+    none, is for FastAPI to answer."""
     if content_type == b"application/json":
         return True
-    kind = content_type.split(b";", 1)[0].strip().lower()
-    return kind == b"application/json" or (
-        kind.startswith(b"application/") and kind.endswith(b"+json")
+    message = email.message.Message()
+    message["content-type"] = content_type.decode("latin-1")
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
     )
 
 
@@ -471,6 +510,7 @@ class WritApp(FastAPI):
         engine: Engine,
         relay_dir: str | None = None,
         max_waits: int = DEFAULT_CAP,
+        max_headers: int = MAX_HEADERS,
         **kwargs: Any,
     ) -> None:
         if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
@@ -493,7 +533,8 @@ class WritApp(FastAPI):
         if self.relay is not None:
             self.relay.run = leases.relayed
         self.leases = leases
-        self.front: ASGIApp = LimitBody(TextURL(leases))
+        self.max_headers = max_headers  # the listener's --max-header-bytes
+        self.front: ASGIApp = LimitBody(TextURL(leases), max_headers)
         self.ops: OpsFront | None = None  # the outermost layer, once create_app puts it there
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -508,7 +549,7 @@ class WritApp(FastAPI):
             return None
         scope = cycle.scope
         route = self.leases.route(scope)
-        if route is None or not _plain(scope):
+        if route is None or not _plain(scope, self.max_headers):
             return None
         return cast(
             "Coroutine[Any, Any, None]",

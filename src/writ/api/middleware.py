@@ -26,18 +26,20 @@ MAX_HEADERS = 16 << 10  # 16 KiB of request headers in all
 # ----------------------------------------------------------------------------- middleware
 class LimitBody:
     """Before the app reads anything: refuse request bodies over ``MAX_BODY`` and header
-    blocks over ``MAX_HEADERS`` (413), and more than one ``Authorization`` header (422)."""
+    blocks over ``max_headers`` (413; the listener's ``--max-header-bytes``, by default
+    ``MAX_HEADERS``), and more than one ``Authorization`` header (422)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_headers: int = MAX_HEADERS) -> None:
         self.app = app
+        self.max_headers = max_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = scope.get("headers") or []
-        if sum(len(k) + len(v) for k, v in headers) > MAX_HEADERS:
-            await _send_error(send, TooLarge(f"request headers exceed {MAX_HEADERS} bytes"))
+        if sum(len(k) + len(v) for k, v in headers) > self.max_headers:
+            await _send_error(send, TooLarge(f"request headers exceed {self.max_headers} bytes"))
             return
         try:
             sole(headers)  # one credential, or none (writ.net.credentials)

@@ -82,13 +82,22 @@ def run(
     ]
     logs.setup(log_format, log_level, [s for s in secrets if s])
     options = uvicorn_options(host, port, log_level, limits, shutdown_timeout)
+    listener = options["http"].LIMITS
     if max_waits is None:  # of the connections the listener allows (below the file limit)
-        max_waits = default_cap(options["http"].LIMITS.max_connections)
+        max_waits = default_cap(listener.max_connections)
     if workers != 1:
         from writ.api.workers import AppSettings, run_workers
 
         settings = AppSettings(
-            log_format, log_level, metrics, metrics_token, relay, max_waits, verify_every, handoff
+            log_format,
+            log_level,
+            metrics,
+            metrics_token,
+            relay,
+            max_waits,
+            verify_every,
+            handoff,
+            listener.max_header_bytes,
         )
         run_workers(store_url, workers, policy_path, settings, **options)
         return
@@ -109,6 +118,7 @@ def run(
         max_waits=max_waits,
         verify_every=verify_every,
         handoff=handoff,
+        max_headers=listener.max_header_bytes,
     )
     config = uvicorn.Config(app, **options)
     DrainingServer(config, app.draining).run()  # type: ignore[attr-defined]

@@ -27,6 +27,7 @@ import tempfile
 from dataclasses import asdict, dataclass, replace
 from typing import Any, cast
 
+from writ.api.middleware import MAX_HEADERS
 from writ.api.waits import DEFAULT_CAP
 from writ.core.errors import Invalid
 
@@ -49,6 +50,7 @@ class AppSettings:
     max_waits: int = DEFAULT_CAP
     verify_every: float = 0.0
     handoff: bool = True
+    max_headers: int = MAX_HEADERS  # the listener's --max-header-bytes
 
 
 MAX_WORKERS = 256
@@ -112,6 +114,7 @@ def create_app_from_env() -> Any:
         max_waits=app.max_waits,
         verify_every=app.verify_every,
         handoff=app.handoff,
+        max_headers=app.max_headers,
     )
 
 

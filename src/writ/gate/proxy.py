@@ -544,9 +544,15 @@ class Gate:
         raw_path: bytes = scope.get("raw_path") or str(scope["path"]).encode()
         query: bytes = scope.get("query_string") or b""
         target = self._prefix + raw_path + (b"?" + query if query else b"")
-        url = self.upstream.copy_with(raw_path=target)
-        if url.raw_path != target:  # what was judged is what is sent, or nothing is
-            return _error(400, "invalid", f"the path {raw_path!r} would reach the upstream changed")
+        try:
+            url = self.upstream.copy_with(raw_path=target)
+        except UnicodeDecodeError:
+            url = None
+        # the path judged is the path sent, or nothing is (httpx removes dot segments)
+        if url is None or url.raw_path.partition(b"?")[0] != target.partition(b"?")[0]:
+            return _error(
+                400, "invalid", f"the target {raw_path!r} would reach the upstream changed"
+            )
         has_body = "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
         out_headers = self._upstream_headers(scope, headers, passed)
         if body is not None:  # read already (a form): sent as read, with its length

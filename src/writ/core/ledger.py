@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -135,6 +135,63 @@ def seal(seq: int, prev_hash: str, at: float, fields: dict[str, Any]) -> Sealed:
     )
 
 
+class NotText(str):
+    """A value read from a column writ keeps text in that held something else there (on
+    SQLite, a BLOB: ``CAST(body AS BLOB)`` keeps the bytes and changes only the stored
+    type), given as text so a reader can still show it; ``stored`` names what it was.
+    Never what writ wrote: :func:`verify` and :func:`row_from` name the row (see
+    :func:`as_text`)."""
+
+    stored: str
+
+
+_STORED_NAMES: dict[type, str] = {bytes: "a BLOB", int: "an integer", float: "a real number"}
+_STORED_NAMES |= {str: "text", type(None): "NULL"}
+
+
+def stored_name(value: Any) -> str:
+    """How a store holds ``value``, in words ("a BLOB", "text", "NULL", ...)."""
+    if isinstance(value, NotText):
+        return value.stored
+    return _STORED_NAMES.get(type(value), f"a {type(value).__name__}")
+
+
+def as_text(value: Any) -> str:
+    """``value`` (a column read back) as text: itself when it is text, else a
+    :class:`NotText` of it (bytes decoded as UTF-8, a bad byte as U+FFFD)."""
+    if value.__class__ is str or isinstance(value, NotText):
+        return value
+    shown = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    out = NotText("" if value is None else shown)
+    out.stored = stored_name(value)
+    return out
+
+
+# what writ stores in each column of a stored row (a Record), in Record order
+_STORED_AS: tuple[tuple[str, tuple[type, ...], str], ...] = (
+    ("seq", (int,), "an integer"),
+    ("body", (str,), "text"),
+    ("hash", (str,), "text"),
+    ("ts", (float, int), "a real number"),
+    ("event", (str,), "text"),
+    ("resource", (str,), "text"),
+    ("lock_key", (str, type(None)), "text"),
+)
+
+
+def stored_wrong(rec: Sequence[Any]) -> str | None:
+    """Why a stored row (a :data:`Stored` or :data:`Record`) holds a column in another type
+    than writ stores it in (``row 7's body is stored as a BLOB, not text``), or None."""
+    for (name, types, want), value in zip(_STORED_AS, rec, strict=False):
+        if value.__class__ not in types:
+            seq = rec[0] if rec[0].__class__ is int else "?"
+            return (
+                f"row {seq}'s {name} is stored as {stored_name(value)}, not {want}: the row "
+                "was changed by hand"
+            )
+    return None
+
+
 UNREADABLE = "unreadable"
 """The event of a stub row: a stored body writ cannot read (see :func:`row_from`)."""
 
@@ -231,11 +288,15 @@ def unreadable_row(seq: int | None, hash_: str, why: str) -> dict[str, Any]:
 def row_from(body: str, hash_: str, seq: int | None = None) -> dict[str, Any]:
     """The wire row (fields in PROTOCOL.md order) from a stored body and hash.
 
-    Never raises: a body edited by hand into something writ cannot read (not a JSON
-    object, nested too deep, a field of the wrong type, a time that is not one, another
+    Never raises: a body edited by hand into something writ cannot read (not text, such
+    as a SQLite BLOB, or a hash that is not; not a JSON object, nested too deep, a field of the wrong type, a time that is not one, another
     ``seq`` than the store's, when ``seq`` is given) reads as :func:`unreadable_row`, so
     one edited row cannot stop a read, a report or an export.
     """
+    if body.__class__ is not str or hash_.__class__ is not str:
+        col, value = ("body", body) if body.__class__ is not str else ("hash", hash_)
+        stored = f"its {col} is stored as {stored_name(value)}, not text (changed by hand)"
+        return unreadable_row(seq, as_text(hash_), stored)
     try:
         data = loads(body)  # a hand-written lone surrogate reads as U+FFFD, never a failed read
     except RecursionError:
@@ -311,6 +372,8 @@ def verify(
         bad: str | None = None
         if seq != expect:
             bad = f"seq {seq} where {expect} was expected (a row is missing or extra)"
+        elif body.__class__ is not str or hash_.__class__ is not str:
+            bad = stored_wrong(rec)  # a BLOB, say: never what writ wrote, whatever its bytes
         elif sha((prev + body).encode()).hexdigest() != hash_:
             bad = "hash does not match the row's bytes (the row or its hash was changed)"
         elif (
@@ -335,23 +398,27 @@ def verify(
         if bad is None and len(rec) > 3:
             # the lookup columns against the body; fast path inline (see _columns_disagree)
             ts, event, resource, lock_key = rec[3:]
-            if not (
-                ts.__class__ is float
-                and body[-42:-29] == '"timestamp":"'
-                and body[-10] == "."
-                and body[-3:] == 'Z"}'
-                and (us := body[-9:-3]).isdigit()
-                and (sec := seconds[body[-29:-10]]) is not None
-                and -1e-6 <= ts - sec - int(us) * 1e-6 <= 1e-6
-                and (body.find("{", 1) < 0 or _keys_once(body))
-                and body.find(f'"event":{enc(event)},') > 0
-                and body.find(f'"resource":{enc(resource)},') > 0
-                and body.find(
-                    '"lock_key":null,' if lock_key is None else f'"lock_key":{enc(lock_key)},'
+            try:
+                ok = (
+                    ts.__class__ is float
+                    and body[-42:-29] == '"timestamp":"'
+                    and body[-10] == "."
+                    and body[-3:] == 'Z"}'
+                    and (us := body[-9:-3]).isdigit()
+                    and (sec := seconds[body[-29:-10]]) is not None
+                    and -1e-6 <= ts - sec - int(us) * 1e-6 <= 1e-6
+                    and (body.find("{", 1) < 0 or _keys_once(body))
+                    and body.find(f'"event":{enc(event)},') > 0
+                    and body.find(f'"resource":{enc(resource)},') > 0
+                    and body.find(
+                        '"lock_key":null,' if lock_key is None else f'"lock_key":{enc(lock_key)},'
+                    )
+                    > 0
                 )
-                > 0
-            ):
-                bad = _columns_disagree(rec, body)
+            except TypeError:  # a column not stored as text (a BLOB): named below
+                ok = False
+            if not ok:
+                bad = stored_wrong(rec) or _columns_disagree(rec, body)
         if bad:
             return Verification(False, n, prev, seq if seq == expect else expect, bad)
         prev, expect, n = hash_, expect + 1, n + 1
@@ -462,6 +529,10 @@ async def verify_stream(
     before); the answer counts the rows through the last one verified, those included."""
     seq, head, total = since[0] + 1, since[1], since[0]
     kept = kept or (0, GENESIS)
+    if kept[0].__class__ is not int or kept[1].__class__ is not str:  # a BLOB, say
+        what = stored_name(kept[0] if kept[0].__class__ is not int else kept[1])
+        odd = f"the store's head (audit_head) is stored as {what}: it was changed by hand"
+        return Verification(False, total, head, None, odd)
     if 0 < kept[0] == since[0] and kept[1] != since[1]:
         return Verification(False, total, head, kept[0], _NOT_THE_HEAD.format(kept[0]))
     async for chunk in chunks:
@@ -503,6 +574,19 @@ def chain_short_of(total: int, kept: tuple[int, str]) -> str | None:
             f"{total + 1}..{kept[0]} were removed"
         )
     return None
+
+
+async def text_pages(pages: AsyncIterator[list[Any]]) -> AsyncIterator[list[Stored]]:
+    """Pages of stored ``(seq, body, hash)`` as text: a body or hash stored as something
+    else (a SQLite BLOB) as :class:`NotText`, so a reader can show or export it (JSON) and
+    :func:`verify` and :func:`row_from` still name the row."""
+    async for rows in pages:
+        yield [
+            r
+            if r[1].__class__ is str and r[2].__class__ is str
+            else (r[0], as_text(r[1]), as_text(r[2]))
+            for r in rows
+        ]
 
 
 def iter_rows(stored: Iterable[tuple[int, str, str]]) -> Iterator[dict[str, Any]]:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from writ.core.ledger import GENESIS, Record, Verification
+from writ.core.ledger import GENESIS, UNREADABLE, Record, Verification
 from writ.stores.accounted import Opened
 
 if TYPE_CHECKING:
@@ -81,6 +81,8 @@ class Sentinel:
     def _done(self, task: asyncio.Task[Verification]) -> None:
         self._task = None
         if not task.cancelled() and task.exception() is not None:
+            # the metrics keep the last pass that ran: writ_audit_verify_last_end_timestamp_seconds
+            # goes stale, which deploy/alerts.yml's WritLedgerVerifyStale alerts on
             log.warning("the standing verify could not run: %s", task.exception())
 
     async def stop(self) -> None:
@@ -138,7 +140,11 @@ class Sentinel:
             return None
         row = await self._row(seq)
         if row is not None and row.get("hash") == hash_:
-            return None
+            if row.get("event") != UNREADABLE:
+                return None
+            # its hash kept, its body no longer one writ reads (stored as a BLOB, say)
+            why = f"{row.get('notes')}; it was changed since writ verified it"
+            return Verification(False, seq, hash_, seq, why)
         return Verification(
             False,
             seq,

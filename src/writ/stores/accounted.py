@@ -1,6 +1,6 @@
 """The tables writ serves from, against the ledger: every check ``writ audit verify`` makes
-once the chain itself verified, in the order it makes them — the held leases and the leases
-the rows leave open (:mod:`writ.stores.held`), the principals (:mod:`writ.stores.enrolled`),
+once the chain itself verified, in the order it makes them — the held leases, the leases
+the rows leave open and the fencing-token counter (:mod:`writ.stores.held`), the principals (:mod:`writ.stores.enrolled`),
 the wait queue (:mod:`writ.stores.queued`), the policy objects
 (:mod:`writ.stores.policy_objects`), the lock delays (:mod:`writ.stores.lock_delays`) and the
 objects the rows say stand (:mod:`writ.stores.open_objects`). Both verifies
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from writ.core.ledger import Record
 from writ.stores.base import Store
 from writ.stores.enrolled import principals_disagree
-from writ.stores.held import OpenLeases, held_disagrees
+from writ.stores.held import OpenLeases, counter_below, held_disagrees
 from writ.stores.lock_delays import delays_disagree
 from writ.stores.open_objects import OpenObjects, objects_gone
 from writ.stores.policy_objects import objects_disagree
@@ -50,7 +50,7 @@ async def tables_disagree(store: Store, opened: Opened) -> tuple[str, str, str] 
     """``(field, name, why)`` of the first thing in the tables the ledger does not account
     for (``field`` one of :data:`~writ.core.ledger.NAMED`), or None. ``opened``: what the
     rows verified leave open."""
-    found = await held_disagrees(store, opened.leases)
+    found = await held_disagrees(store, opened.leases) or await counter_below(store, opened.leases)
     if found is not None:
         return "lease_id", *found
     found = await principals_disagree(store)

@@ -51,7 +51,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, S
 from typing import Any, TypeVar
 
 from writ.core.errors import Invalid
-from writ.core.ledger import Record, Sealed, row_from
+from writ.core.ledger import Record, Sealed, row_from, text_pages
 from writ.core.models import Lease, Principal, Waiter
 
 log = logging.getLogger(__name__)
@@ -148,9 +148,8 @@ PRINCIPAL_LIFE: tuple[tuple[str, ...], ...] = (
     ("principal.added", "principal.queues"),
     ("principal.added", "principal.rotated", "principal.enabled"),
 )
-"""The rows :meth:`Tx.principal_lives` gives for a principal, the latest of each group: its
-added row, and the latest rows saying whether it is disabled, its queues and its token's
-expiry."""
+"""The rows :meth:`Tx.principal_lives` gives a principal, the latest of each group: its
+added row, and the latest saying if it is disabled, its queues, its token's expiry."""
 
 
 ENDS_AS: tuple[str, ...] = ("granted ", "refused '", 'refused "', "withdrawn '", 'withdrawn "')
@@ -212,6 +211,10 @@ class Tx(ABC):
     @abstractmethod
     async def next_token(self) -> int:
         """The next fencing token: greater than every token this store ever handed out."""
+
+    @abstractmethod
+    async def token_counter(self) -> int:
+        """The last fencing token handed out, as the store keeps it (0: none; for verify)."""
 
     # ---- principals ---------------------------------------------------------------------
     @abstractmethod
@@ -368,8 +371,7 @@ class Tx(ABC):
         since: float | None = None,
         until: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Rows in seq order after ``after_seq``, optionally under ``prefix`` and within
-        ``[since, until]``."""
+        """Rows after ``after_seq`` in seq order, under ``prefix``, in ``[since, until]``."""
 
     @abstractmethod
     async def audit_head(self) -> tuple[int, str]:
@@ -381,8 +383,7 @@ class Tx(ABC):
     async def audit_latest(
         self, resources: Sequence[str], events: Sequence[str], at: float
     ) -> dict[str, Any] | None:
-        """The last row at or before ``at`` for one of ``resources`` (exact) with one of
-        ``events``."""
+        """The last row at or before ``at`` on one of ``resources`` (exact), of ``events``."""
 
     @abstractmethod
     async def audit_for_lock_key(self, lock_key: str) -> list[dict[str, Any]]:
@@ -665,7 +666,7 @@ class Store(ABC):
     ) -> AsyncIterator[list[tuple[int, str, str]]]:
         """Stored ``(seq, body, hash)`` triples in seq order, in batches (for verify and
         export of ledgers of any size in constant memory)."""
-        return self._audit_pages("seq, body, hash", after_seq, batch)
+        return text_pages(self._audit_pages("seq, body, hash", after_seq, batch))
 
     def audit_records(self, after_seq: int = 0, batch: int = 10_000) -> AsyncIterator[list[Record]]:
         """Like :meth:`audit_stream`, each row with the lookup columns the store keeps

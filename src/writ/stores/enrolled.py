@@ -20,6 +20,7 @@ rotated while verify runs is judged as it stood in that snapshot.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,6 +73,13 @@ def principal_disagrees(
             "principal was written into the principals table by hand"
         )
     said = _added_says(p, added)
+    if said is None:
+        return (
+            f"{name}: its row {added['seq']} (principal.added) does not read as writ words "
+            f"one ({_shown(added.get('notes'))}), so it vouches for none of the kind, vendor, "
+            "admin flag and wake route the principals table gives it: the table was changed "
+            "by hand, or the row cannot tell"
+        )
     checks: list[tuple[str, Any, Any, dict[str, Any]]] = [
         (f, have, said[f], added) for f, have in _added_fields(p, said) if f in said
     ]
@@ -102,6 +110,11 @@ def principal_disagrees(
     return None
 
 
+def _shown(notes: Any) -> str:
+    text = repr(notes)
+    return text if len(text) <= 120 else text[:119] + "…"
+
+
 def _added_fields(p: Principal, said: dict[str, Any]) -> list[tuple[str, Any]]:
     """``(field, table's)`` as the added row shows it (a wake route redacted, or whole as
     writ wrote it before it redacted them)."""
@@ -111,11 +124,19 @@ def _added_fields(p: Principal, said: dict[str, Any]) -> list[tuple[str, Any]]:
     return [("kind", p.kind), ("vendor", p.vendor), ("admin", p.admin), ("wake", wake)]
 
 
-def _added_says(p: Principal, row: dict[str, Any]) -> dict[str, Any]:
+def _added_says(p: Principal, row: dict[str, Any]) -> dict[str, Any] | None:
     """What ``row`` (principal.added) says of ``p``, field by field, as writ words it:
     ``BY added KIND 'NAME'[ (vendor V)][ as admin][; wake W][; member of Q, ...][; its
-    token expires at T]``. Notes worded otherwise (none, or another writ's) say nothing,
-    or only the kind: the chain vouches that writ wrote them, whatever they say."""
+    token expires at T]``. Notes worded otherwise from their start (none, or another
+    writ's) say nothing, or only the kind when they go on otherwise right after the name:
+    the chain vouches that writ wrote them, whatever they say. Notes that go on in writ's
+    words after the name (a vendor, ``as admin``, ``; ``) but do not read to their end as
+    writ's words are None: they vouch for nothing, and the principal disagrees with them.
+
+    The vendor is free text, so its end is not told by the first ``)``: each ``)`` is tried,
+    the table's own vendor first, and a reading counts only when the rest reads to its end
+    (``(vendor Acme) as admin)`` is the vendor ``Acme) as admin``, never ``Acme`` and
+    an admin flag)."""
     notes = row.get("notes") or ""
     head = f"{row.get('agent_id')} added "
     if not notes.startswith(head):
@@ -124,37 +145,39 @@ def _added_says(p: Principal, row: dict[str, Any]) -> dict[str, Any]:
     if not rest.startswith(repr(p.name)):
         return {}
     rest = rest[len(repr(p.name)) :]
-    out: dict[str, Any] = {"kind": kind, "vendor": None}
-    if rest.startswith(" (vendor "):
-        mine = f" (vendor {p.vendor})"
-        if p.vendor and rest.startswith(mine) and _ends_part(rest[len(mine) :]):
-            out["vendor"], rest = p.vendor, rest[len(mine) :]
-        else:  # another vendor (its end cannot be told from the words: all of them)
-            out["vendor"] = rest[len(" (vendor ") :]
-            return out
-    out["admin"] = rest.startswith(" as admin")
+    if rest and not rest.startswith((_VENDOR, " as admin", "; ")):
+        return {"kind": kind}  # worded otherwise after the name: an older writ's words
+    if not rest.startswith(_VENDOR):
+        tail = _tail(rest)
+        return None if tail is None else {"kind": kind, "vendor": None, **tail}
+    readings = []  # (vendor, what follows it) for each ")" after which the rest reads
+    for i in range(len(_VENDOR) + 1, len(rest)):
+        if rest[i] == ")" and (tail := _tail(rest[i + 1 :])) is not None:
+            readings.append((rest[len(_VENDOR) : i], tail))
+    if not readings:
+        return None
+    vendor, tail = next((r for r in readings if r[0] == p.vendor), readings[0])
+    return {"kind": kind, "vendor": vendor, **tail}
+
+
+_VENDOR = " (vendor "
+_EXPIRES = re.compile(r"; its token expires at ([^;\s]+)\Z")
+_MEMBER = re.compile(r"; member of ([a-z0-9._-]+(?:, [a-z0-9._-]+)*)\Z")
+
+
+def _tail(rest: str) -> dict[str, Any] | None:
+    """``[ as admin][; wake W][; member of Q, ...][; its token expires at T]`` read to its
+    end (read from the end: a wake route may hold ``; ``), or None."""
+    out: dict[str, Any] = {"admin": rest.startswith(" as admin")}
     rest = rest.removeprefix(" as admin")
-    parts = rest.split("; ")
-    if parts[0]:
-        return {"kind": kind}
-    out["wake"] = None
-    out["queues"] = ""
-    out["token_expires_at"] = None
-    for part in parts[1:]:
-        key, _, value = part.partition(" ")
-        if key == "wake":
-            out["wake"] = value
-        elif part.startswith("member of "):
-            out["queues"] = part[len("member of ") :]
-        elif part.startswith("its token expires at "):
-            out["token_expires_at"] = part[len("its token expires at ") :]
-        else:
-            return {"kind": kind}
-    return out
-
-
-def _ends_part(rest: str) -> bool:
-    return rest == "" or rest.startswith((" as admin", "; "))
+    found = _EXPIRES.search(rest)
+    out["token_expires_at"] = found[1] if found else None
+    rest = rest[: found.start()] if found else rest
+    found = _MEMBER.search(rest)
+    out["queues"] = found[1] if found else ""
+    rest = rest[: found.start()] if found else rest
+    out["wake"] = rest[len("; wake ") :] if rest.startswith("; wake ") else None
+    return out if rest == "" or out["wake"] else None
 
 
 def _state_fields(p: Principal, row: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:

@@ -35,7 +35,7 @@ from writ.core.ledger import Record
 from writ.core.models import Lease
 from writ.stores.base import LEASE_LIFE, Store, Tx
 
-__all__ = ["PAGE", "OpenLeases", "held_disagrees", "lease_disagrees"]
+__all__ = ["PAGE", "OpenLeases", "counter_below", "held_disagrees", "lease_disagrees"]
 
 PAGE = 200  # leases a snapshot: each read holds the store (and SQLite, the loop) briefly
 _ENDS = frozenset(LEASE_LIFE[2:])
@@ -44,23 +44,58 @@ _RENEWED = "renewed until "
 
 class OpenLeases:
     """The leases the ledger holds open, by lock key (the seq of its grant), as verified
-    rows go by in seq order (:meth:`feed`, a chunk at a time)."""
+    rows go by in seq order (:meth:`feed`, a chunk at a time); and the largest fencing token
+    a grant row names (``top``: token, lock key, seq), which the store's counter must not
+    be below (:func:`counter_below`)."""
 
-    __slots__ = ("keys",)
+    __slots__ = ("keys", "top")
 
     def __init__(self) -> None:
         self.keys: dict[str, int] = {}
+        self.top: tuple[int, str, int] = (0, "", 0)
 
     def feed(self, chunk: Sequence[Record]) -> None:
-        keys, ends = self.keys, _ENDS
+        keys, ends, top = self.keys, _ENDS, self.top[0]
         for rec in chunk:
             key = rec[6]
             if key is not None:
                 event = rec[4]
                 if event == "lease.granted":
                     keys[key] = rec[0]
+                    # a lock key is RESOURCE/TOKEN (Lease.lock_key), checked against the body
+                    token = key[key.rfind("/") + 1 :]
+                    if token.isdigit() and int(token) > top:
+                        top = int(token)
+                        self.top = (top, key, rec[0])
                 elif event in ends:
                     keys.pop(key, None)
+
+
+async def counter_below(store: Store, opened: OpenLeases) -> tuple[str, str] | None:
+    """``(lease_id, why)`` when the store's fencing-token counter (SQLite: ``meta``;
+    PostgreSQL: the ``fencing_token`` sequence) is below the largest token a grant row
+    names: lowered by hand, the next grant would reuse a token, and a holder's stale token
+    would pass the fence again. None when it is not. Read after the chain (the counter only
+    grows), so a grant written meanwhile never makes it look low."""
+    token, key, seq = opened.top
+    if token == 0:
+        return None
+
+    async def read(tx: Tx) -> tuple[int, dict[str, Any] | None]:
+        counter = await tx.token_counter()
+        return counter, (await tx.audit_lease_life(key))[0] if counter < token else None
+
+    counter, grant = await store.read(read)
+    if counter >= token:
+        return None
+    notes = (grant or {}).get("notes") or ""
+    lease_id = notes.split(" ", 2)[1] if notes.startswith("granted ") else key
+    return lease_id, (
+        f"the store's fencing-token counter ({counter}) is below fencing token {token}, "
+        f"which row {seq} (lease.granted, lease {lease_id} on {key.rpartition('/')[0]}) "
+        f"granted: it was lowered by hand, so the next grant would reuse token {counter + 1} "
+        "and a stale holder's writes would pass the fence"
+    )
 
 
 async def held_disagrees(store: Store, opened: OpenLeases | None = None) -> tuple[str, str] | None:

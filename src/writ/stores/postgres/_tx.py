@@ -170,6 +170,10 @@ class PgTx(VerifyReads, Tx):
         b.token += 1
         return b.token
 
+    async def token_counter(self) -> int:
+        sql = "SELECT coalesce(pg_sequence_last_value('fencing_token'), 0)"
+        return int((await self._one(sql))[0])
+
     # ---- principals -----------------------------------------------------------------
     async def insert_principal(self, principal: Principal, token_hash: str) -> None:
         self._w()

@@ -78,6 +78,10 @@ class SQLiteTx(Tx):
         self.store._token += 1
         return self.store._token
 
+    async def token_counter(self) -> int:
+        r = self.c.execute("SELECT value FROM meta WHERE key = 'fencing_token'").fetchone()
+        return int(r[0]) if r and r[0].__class__ is int else 0  # a BLOB, say: no counter
+
     # principals
     async def insert_principal(self, principal: Principal, token_hash: str) -> None:
         self._w()

@@ -35,6 +35,12 @@ async def collect(source: StoreSource | HttpSource, query: Query) -> dict[str, A
             if ans.get("lock_holder") not in (None, "none"):
                 start[res] = ans
     verification = await _verify(source, rows, query)
+    # who answers from the rows; a leases-table column that disagrees with them is named
+    changed = [
+        c for a in start.values() for c in (a.get("lease") or {}).get("changed_by_hand") or []
+    ]
+    if changed:
+        verification["changed_by_hand"] = changed
     return build(
         rows,
         query,

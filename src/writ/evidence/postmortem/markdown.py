@@ -439,8 +439,12 @@ def _md_tail(rep: dict[str, Any], t: Clock) -> list[str]:
 def verification_text(v: dict[str, Any], esc: Callable[[Any], str] = md_text) -> list[str]:
     """Plain statements of what was verified, and what was not; the reasons (which quote
     rows) through ``esc`` (the HTML report escapes its own)."""
+    changed = [
+        f"- **Leases table:** {esc(why)}"
+        for why in (v or {}).get("changed_by_hand") or []
+    ][:20]
     if not v or not v.get("rows"):
-        return ["No rows, nothing to verify."]
+        return ["No rows, nothing to verify.", *changed]
     out = [
         f"- Each of the {v['rows']} rows used was re-hashed: hash = sha256(prev_hash + "
         f"canonical JSON of the row); {v['rows_ok']} match."
@@ -474,6 +478,7 @@ def verification_text(v: dict[str, Any], esc: Callable[[Any], str] = md_text) ->
         )
     for b in (v.get("bad") or [])[:20]:
         out.append(f"- **Problem:** {esc(b['reason'])}")
+    out += changed
     out.append(
         "- Not proven here: that rows before and after this range are intact, or that "
         "the whole chain was not rewritten and re-hashed. `writ audit verify` checks the "

@@ -262,6 +262,12 @@ def _summary(rep: dict[str, Any]) -> list[str]:
                 else f"BROKEN, {len(v.get('bad') or [])} problem(s) found: see below."
             )
         )
+    if v.get("changed_by_hand"):
+        out.append(
+            f"Leases table: {len(v['changed_by_hand'])} column(s) of a lease held when the "
+            "window opened disagree with its hashed rows (changed by hand); the report shows "
+            "what the rows say: see below."
+        )
     return out
 
 

@@ -439,10 +439,8 @@ def _md_tail(rep: dict[str, Any], t: Clock) -> list[str]:
 def verification_text(v: dict[str, Any], esc: Callable[[Any], str] = md_text) -> list[str]:
     """Plain statements of what was verified, and what was not; the reasons (which quote
     rows) through ``esc`` (the HTML report escapes its own)."""
-    changed = [
-        f"- **Leases table:** {esc(why)}"
-        for why in (v or {}).get("changed_by_hand") or []
-    ][:20]
+    hand = ((v or {}).get("changed_by_hand") or [])[:20]
+    changed = [f"- **Leases table:** {esc(why)}" for why in hand]
     if not v or not v.get("rows"):
         return ["No rows, nothing to verify.", *changed]
     out = [

@@ -25,6 +25,7 @@ from writ.evidence.lint import (
     load_principals,
     worst,
 )
+from writ.evidence.lint.rules import object_pairs
 
 # --------------------------------------------------------------------------- the seed's rows
 # Copied from shared/seed/000_c10cdcec91e9a8fa.txt as posted (fragments: --fragment mode).
@@ -197,6 +198,10 @@ def F(**fields: Any) -> dict[str, Any]:
 
 CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # rule id: (a row that triggers it, a row that does not)
+    "duplicate-field": (
+        object_pairs([*F(lock_holder="").items(), ("lock_holder", "perf-agent")]),
+        object_pairs(list(F().items())),
+    ),
     "missing-lock-holder": (F(lock_holder=...), F(lock_holder="none")),
     "missing-column": (F(timestamp=...), F()),
     "key-holder-portal": (F(rollback_key_holder="vendor-portal-button"), F()),
@@ -640,11 +645,15 @@ def test_cli_principals_file_not_utf8_or_too_deep_exits_2_with_one_line(runner, 
     assert "Traceback" not in res.output
 
 
-def test_cli_a_server_answering_json_nested_too_deep_exits_2(runner, monkeypatch):
-    import httpx
+def test_cli_a_server_answering_json_nested_too_deep_exits_2(runner):
+    from tests.server_fixtures import hostile
 
-    monkeypatch.setattr(httpx, "get", lambda *a, **k: httpx.Response(200, content=b"[" * DEEP))
-    res = runner.invoke(lint_command, ["--server", "http://registry.invalid", "-"], input="")
+    def deep(conn, stop):
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {DEEP}\r\nConnection: close\r\n\r\n"
+        conn.sendall(head.encode() + b"[" * DEEP)
+
+    with hostile(deep) as url:
+        res = runner.invoke(lint_command, ["--server", url, "-"], input="")
     assert res.exit_code == 2, res.output
     assert "nested too deeply" in res.stderr
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import reprlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -29,9 +30,10 @@ DEFAULT_KEY = "writ-checkpoint.key"  # the audit checkpoint signing key
 
 EXIT_STATUS: dict[str, str] = {
     "0": "done",
-    "1": "refused or failed: one line `writ: CODE: message` on stderr, no traceback",
+    "1": "refused or failed: one line `writ: CODE: message` on stderr, no traceback (an "
+    "answer that is not writ's: `writ: unavailable: the server answered ...`)",
     "2": "usage error: a missing argument or option, or a bad value (`invalid` naming a "
-    "field, e.g. --ttl 0)",
+    "field, e.g. --ttl 0; --ttl nan, --until before --since, --out in no folder)",
     "3": "`consent ask --wait`: nobody answered in time",
     "75": "`writ run`: the lease was lost while COMMAND ran, and COMMAND was stopped",
     "127": "`writ run`: COMMAND could not be started",
@@ -131,14 +133,38 @@ def _csv(value: str | None) -> list[str] | None:
     return items
 
 
-def _json_or_text(value: str | None) -> Any:
-    """``--before 4`` is the number 4, ``--before '{"n": 4}'`` an object, else a string."""
+def _finite(text: str) -> float:
+    out = float(text)
+    if not math.isfinite(out):  # 1e400 reads as inf
+        raise _NotJSON(text)
+    return out
+
+
+class _NotJSON(Exception):
+    """A number JSON cannot carry (``NaN``, ``Infinity``, ``1e400``)."""
+
+
+def _json_or_text(value: str | None, flag: str = "value") -> Any:
+    """``--before 4`` is the number 4, ``--before '{"n": 4}'`` an object, else a string.
+    JSON with a number no JSON carries (``NaN``, ``Infinity``, ``1e400``) or nested past the
+    parser is :class:`Invalid` (exit 2), never sent as a string nor a traceback."""
     if value is None:
         return None
     try:
-        return json.loads(value)
+        return json.loads(value, parse_constant=_refuse_constant, parse_float=_finite)
+    except _NotJSON as exc:
+        raise Invalid(
+            f"{flag} holds {printable(str(exc))}, a number JSON cannot carry",
+            field=flag.lstrip("-"),
+        ) from None
+    except RecursionError:
+        raise Invalid(f"{flag} is JSON nested too deeply", field=flag.lstrip("-")) from None
     except ValueError:
         return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJSON(name)
 
 
 def _run_offline(store_url: str, fn: Callable[[Any], Awaitable[T]]) -> T:

@@ -3,9 +3,10 @@ writ.cli.commands)."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -71,3 +72,74 @@ def warn_of_flags(command: str, secrets: list[tuple[str, str, str]]) -> None:
                 f"this host can read it (use {instead})",
                 err=True,
             )
+
+
+# ----------------------------------------------------------------------------- bad input
+# A value no request can carry is refused as it is read, as one line `writ: invalid: ...` and
+# exit 2 (writ.cli._helpers.Refused: an Invalid naming a field is a usage error), never a
+# traceback from the JSON encoder ("Out of range float values are not JSON compliant"), from
+# SQLite ("Python int too large to convert to SQLite INTEGER") or from the calendar.
+
+LAST_SEQ = (1 << 63) - 1  # a seq, a fencing token: a signed 64-bit integer in every store
+
+
+def _refuse(param: click.Parameter | None, message: str) -> NoReturn:
+    flag = (param.opts[0] if param.opts else param.name) if param is not None else "a value"
+    if param is not None and param.param_type_name == "argument":
+        flag = (param.name or "argument").upper()
+    raise Invalid(f"{flag}: {message}", field=flag)
+
+
+class FiniteSeconds(click.FloatRange):
+    """A number of seconds that a request can carry: never ``nan``, ``inf`` or ``1e400``
+    (``float`` reads them all, and JSON has none of them). The server checks the range."""
+
+    name = "seconds"
+
+    def fail(
+        self, message: str, param: click.Parameter | None = None, ctx: click.Context | None = None
+    ) -> NoReturn:
+        _refuse(param, message)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        out = super().convert(value, param, ctx)
+        if not math.isfinite(out):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return out
+
+
+class SeqNumber(click.IntRange):
+    """A seq or a fencing token: a whole number from 0 to 2**63 - 1."""
+
+    name = "integer"
+
+    def __init__(self) -> None:
+        super().__init__(0, LAST_SEQ)
+
+    def fail(
+        self, message: str, param: click.Parameter | None = None, ctx: click.Context | None = None
+    ) -> NoReturn:
+        _refuse(param, message)
+
+
+def writable_file(path: str | None, flag: str = "--out") -> str | None:
+    """``path`` once a file can be written there: its folder exists and may be written, and
+    it is not a folder. Checked before any work is done (a report built for minutes, then a
+    traceback for a typo in the folder's name). A write that still fails (``/dev/full``: no
+    space) is :func:`write_failed`."""
+    if path is None:
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise Invalid(f"{flag} {path}: there is no folder {folder}", field="out")
+    if os.path.isdir(path):
+        raise Invalid(f"{flag} {path}: is a folder, not a file", field="out")
+    target = path if os.path.exists(path) else folder
+    if not os.access(target, os.W_OK):
+        raise Invalid(f"{flag} {path}: permission denied", field="out")
+    return path
+
+
+def write_failed(path: str, exc: OSError, flag: str = "--out") -> Invalid:
+    """A write to ``path`` that failed, as one line (exit 2)."""
+    return Invalid(f"{flag} {path}: cannot write: {exc.strerror or exc}", field="out")

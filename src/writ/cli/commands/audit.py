@@ -8,6 +8,7 @@ from typing import IO, Any
 
 import click
 
+from writ.cli import answers
 from writ.cli._helpers import (
     EXIT_REFUSED,
     _client,
@@ -20,7 +21,14 @@ from writ.cli.commands.evidence import (
     verify_checkpoint_command,
     verify_checkpoints,
 )
-from writ.cli.options import api_options, existing_store, json_option, store_option
+from writ.cli.options import (
+    SeqNumber,
+    api_options,
+    existing_store,
+    json_option,
+    store_option,
+    write_failed,
+)
 from writ.client import DEFAULT_URL
 from writ.core.textsafe import dumps
 
@@ -68,7 +76,7 @@ def audit_verify(
         out = _run_offline(existing_store(store), check)
     else:
         with _client(url, token, timeout=600.0) as client:
-            out = client.verify()
+            out = answers.verify(client.verify())
     if as_json:
         _echo_json(out)
     elif out.get("ok"):
@@ -87,7 +95,9 @@ def audit_verify(
 
 
 @audit.command("export")
-@click.option("--after-seq", type=int, default=0, show_default=True, help="Start after this seq.")
+@click.option(
+    "--after-seq", type=SeqNumber(), default=0, show_default=True, help="Start after this seq."
+)
 @click.option(
     "--resource", default=None, metavar="PREFIX", help="Only rows on this resource or below it."
 )
@@ -113,17 +123,26 @@ def audit_export(
     token: str | None,
 ) -> None:
     """Export audit rows as JSON Lines, one row per line, in seq order."""
-    with (
-        open(out_path, "w", encoding="utf-8") if out_path else contextlib.nullcontext(sys.stdout)
-    ) as out:
-        if store:
-            n = _export_offline(existing_store(store), after_seq, resource, since, until, out)
-        else:
-            n = 0
-            with _client(url, token, timeout=60.0) as client:
-                for row in client.iter_audit(after_seq, resource, since, until, page=10_000):
-                    out.write(dumps(row) + "\n")
-                    n += 1
+    if store:
+        store = existing_store(store)
+    try:
+        with (
+            open(out_path, "w", encoding="utf-8")
+            if out_path
+            else contextlib.nullcontext(sys.stdout)
+        ) as out:
+            if store:
+                n = _export_offline(store, after_seq, resource, since, until, out)
+            else:
+                n = 0
+                with _client(url, token, timeout=60.0) as client:
+                    for row in client.iter_audit(after_seq, resource, since, until, page=10_000):
+                        out.write(dumps(row) + "\n")
+                        n += 1
+    except OSError as exc:
+        if not out_path or isinstance(exc, BrokenPipeError):
+            raise
+        raise write_failed(out_path, exc) from None
     if out_path:
         click.echo(f"exported {n} rows to {out_path}", err=True)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from writ.cli import answers
 from writ.cli._helpers import (
     EXIT_NO_ANSWER,
     EXIT_REFUSED,
@@ -16,7 +17,7 @@ from writ.cli._helpers import (
     _echo_json,
     _json_or_text,
 )
-from writ.cli.options import api_options, json_option
+from writ.cli.options import FiniteSeconds, api_options, json_option
 from writ.client._pages import QUIET_POLL_S
 from writ.core.textsafe import printable
 
@@ -33,7 +34,7 @@ from writ.core.textsafe import printable
 @click.option(
     "--protect",
     "protect_s",
-    type=float,
+    type=FiniteSeconds(),
     default=None,
     metavar="SECONDS",
     help="Revert-protection window (default: the policy's protect_s).",
@@ -52,10 +53,10 @@ def change(
     as_json: bool,
 ) -> None:
     """Record a change made under lease LEASE_ID; it is protected from other agents' undo."""
+    was, now = _json_or_text(before, "--before"), _json_or_text(after, "--after")
     with _client(url, token) as client:
-        out = client.change(
-            lease_id, attribute, summary, _json_or_text(before), _json_or_text(after), protect_s
-        )
+        out = client.change(lease_id, attribute, summary, was, now, protect_s)
+    answers.fields(out, "the change", text=("change_id", "resource"))
     if as_json:
         _echo_json(out)
     else:
@@ -70,6 +71,10 @@ def change(
 @click.group()
 def consent() -> None:
     """Ask for, answer and follow consent to undo another agent's protected change."""
+
+
+def _consent(body: Any) -> dict[str, Any]:
+    return answers.fields(body, "the consent", text=("consent_id", "status"))
 
 
 def _consent_line(c: dict[str, Any]) -> str:
@@ -91,7 +96,7 @@ def _consent_line(c: dict[str, Any]) -> str:
 @click.option("--reason", required=True, help="Why you need to undo the change.")
 @click.option(
     "--wait",
-    type=float,
+    type=FiniteSeconds(),
     default=0,
     show_default=True,
     metavar="SECONDS",
@@ -104,14 +109,14 @@ def consent_ask(
 ) -> None:
     """Ask the author of change CHANGE_ID for consent to undo it."""
     with _client(url, token) as client:
-        c = client.ask_consent(change_id, reason)
+        c = _consent(client.ask_consent(change_id, reason))
         deadline = time.monotonic() + wait
         while wait and c.get("status") == "pending":
             sent = time.monotonic()
             left = deadline - sent
             if left <= 0:
                 break
-            c = client.consent(str(c.get("consent_id")), wait_s=min(left, 300))
+            c = _consent(client.consent(str(c.get("consent_id")), wait_s=min(left, 300)))
             if c.get("status") == "pending":  # answered sooner than asked: not again at once
                 time.sleep(max(0.0, min(sent + QUIET_POLL_S, deadline) - time.monotonic()))
     _echo_json(c) if as_json else click.echo(_consent_line(c))
@@ -126,7 +131,9 @@ def consent_ask(
 def _answer_consent(grant: bool) -> Callable[..., None]:
     def answer(consent_id: str, url: str, token: str | None, as_json: bool) -> None:
         with _client(url, token) as client:
-            c = client.grant_consent(consent_id) if grant else client.deny_consent(consent_id)
+            c = _consent(
+                client.grant_consent(consent_id) if grant else client.deny_consent(consent_id)
+            )
         _echo_json(c) if as_json else click.echo(_consent_line(c))
 
     return answer
@@ -144,7 +151,7 @@ for _verb, _grant in (("grant", True), ("deny", False)):
 @click.argument("consent_id")
 @click.option(
     "--wait",
-    type=float,
+    type=FiniteSeconds(),
     default=0,
     show_default=True,
     metavar="SECONDS",
@@ -155,5 +162,5 @@ for _verb, _grant in (("grant", True), ("deny", False)):
 def consent_show(consent_id: str, wait: float, url: str, token: str | None, as_json: bool) -> None:
     """Show consent CONSENT_ID."""
     with _client(url, token) as client:
-        c = client.consent(consent_id, wait_s=min(wait, 300))
+        c = _consent(client.consent(consent_id, wait_s=min(wait, 300)))
     _echo_json(c) if as_json else click.echo(_consent_line(c))

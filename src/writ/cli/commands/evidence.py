@@ -25,9 +25,17 @@ from typing import Any, TypeVar
 
 import click
 
+from writ.cli import answers
 from writ.cli._helpers import DEFAULT_KEY
 from writ.cli.commands.serve import install_checkpointer as install_checkpointer
-from writ.cli.options import api_options, existing_store, json_option, store_option
+from writ.cli.options import (
+    api_options,
+    existing_store,
+    json_option,
+    store_option,
+    writable_file,
+    write_failed,
+)
 from writ.client import AsyncClient, Client
 from writ.core.errors import Invalid
 from writ.core.ledger import NAMED
@@ -59,6 +67,62 @@ async def _with_store(url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
 
 
 # ----------------------------------------------------------------------------- postmortem
+def _when(value: str | float, flag: str) -> float:
+    """A time a report can name (the years 1 to 9999), else :class:`Invalid` naming ``flag``."""
+    from writ.core.clock import parse_time
+
+    try:
+        return parse_time(value)
+    except Invalid as exc:
+        raise Invalid(f"{flag}: {exc.message}", field=flag) from None
+
+
+def _in_range(t: float) -> bool:
+    try:
+        _when(t, "")
+    except Invalid:
+        return False
+    return True
+
+
+def _query(
+    resources: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    around: str | None,
+    window: str,
+) -> Any:
+    """The report's :class:`~writ.evidence.postmortem.Query`; a window that ends before it
+    begins, or reaches past the years 1 to 9999, is :class:`Invalid` (exit 2)."""
+    from writ.core.clock import parse_duration
+    from writ.evidence.postmortem import Query
+
+    lo: float | None
+    hi: float | None
+    if around:
+        at = _when(around, "--around")
+        try:
+            half = parse_duration(window)
+        except Invalid as exc:
+            raise Invalid(f"--window: {exc.message}", field="--window") from None
+        if not _in_range(at - half) or not _in_range(at + half):
+            raise Invalid(
+                f"--window: {window} either side of --around {around} reaches past the years "
+                "1 to 9999",
+                field="--window",
+            )
+        lo, hi = at - half, at + half
+    else:
+        lo = _when(since, "--since") if since else None
+        hi = _when(until, "--until") if until else None
+    if lo is not None and hi is not None and hi < lo:
+        raise Invalid(
+            f"--until: {until} is before --since {since}: the window ends before it begins",
+            field="--until",
+        )
+    return Query(list(resources), lo, hi)
+
+
 @click.command("postmortem")
 @click.option(
     "--resource",
@@ -132,19 +196,12 @@ def postmortem_command(
     the hash verification of the rows used. Reads indexed slices of the ledger (resource
     prefix and time range), from a store (--store, offline) or a server (--url/--token).
     """
-    from writ.core.clock import parse_duration, parse_time
-    from writ.evidence.postmortem import Query, collect, to_json, to_markdown
+    from writ.evidence.postmortem import collect, to_json, to_markdown
 
     if around and (since or until):
         raise click.UsageError("give --around (with --window) or --since/--until, not both")
-    if around:
-        query = Query.around(around, parse_duration(window), resources)
-    else:
-        query = Query(
-            list(resources),
-            parse_time(since) if since else None,
-            parse_time(until) if until else None,
-        )
+    query = _query(resources, since, until, around, window)
+    writable_file(out_path)  # before the report is built, not after
     query.limit, query.title = limit, title
     if fmt is None:  # from --out's suffix, else md
         suffix = Path(out_path or "").suffix.lstrip(".").replace("markdown", "md")
@@ -168,7 +225,10 @@ def postmortem_command(
     else:
         text = to_markdown(report)
     if out_path:
-        Path(out_path).write_text(text, encoding="utf-8")
+        try:
+            Path(out_path).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise write_failed(out_path, exc) from None
         counts = [(report["source"]["rows"], "row")] + [
             (len(report[k + "s"]), k)
             for k in ("holder", "refusal", "consent", "rollback", "revocation")
@@ -265,11 +325,11 @@ def checkpoint_command(
         cp = asyncio.run(_with_store(store, lambda e: make(e.store, key)))
     else:
         with Client(url, token, timeout=600.0) as client:
-            verified = client.verify()
-            seq = verified.get("rows")
-            if verified.get("ok") and not seq:
+            verified = answers.verify(client.verify())
+            seq = verified["rows"]
+            if verified["ok"] and not seq:
                 raise Invalid("the audit log is empty: there is nothing to checkpoint yet")
-            rows = client.audit(seq - 1, 1)["rows"] if isinstance(seq, int) and seq > 0 else []
+            rows = _audit_row(client, seq) if seq > 0 else []
         at = signable(verified, rows[0] if rows else None)
         cp = sign(key, seq, verified["head"], at)
     if out_path:
@@ -324,6 +384,16 @@ def verify_checkpoints(
         sys.exit(1)
 
 
+def _audit_row(client: Client, seq: int) -> list[dict[str, Any]]:
+    """The audit row at ``seq`` (``[]`` past the end), once its seq and hash are what writ sends."""
+    from writ.cli._helpers import _items
+
+    rows = _items(client.audit(seq - 1, 1), "rows")[:1]
+    for row in rows:
+        answers.fields(row, "the audit page", ints=("seq",), text=("hash",))
+    return rows
+
+
 def _verify_over_http(cps: list[Any], trusted: Any, url: str, token: str | None) -> dict[str, Any]:
     """The server recomputes the chain; the rows at each checkpoint seq must still carry the
     signed hashes."""
@@ -331,9 +401,9 @@ def _verify_over_http(cps: list[Any], trusted: Any, url: str, token: str | None)
 
     check_all(cps, trusted)
     with Client(url, token, timeout=600.0) as client:
-        v = client.verify()
+        v = answers.verify(client.verify())
         out: dict[str, Any] = {
-            "ok": bool(v.get("ok")),
+            "ok": v["ok"],
             "rows": v.get("rows"),
             "head": v.get("head"),
             "first_bad_seq": v.get("first_bad_seq"),
@@ -346,7 +416,7 @@ def _verify_over_http(cps: list[Any], trusted: Any, url: str, token: str | None)
         elif not out["ok"]:
             out["reason"] = f"row {v.get('first_bad_seq')}: {v.get('reason') or 'chain broken'}"
         for cp in sorted(cps, key=lambda c: c.seq):
-            rows = client.audit(cp.seq - 1, 1).get("rows") or []
+            rows = _audit_row(client, cp.seq)
             got = rows[0]["hash"] if rows and rows[0]["seq"] == cp.seq else None
             ok = got == cp.hash
             out["checkpoints"].append({"seq": cp.seq, "hash": cp.hash, "file": cp.source, "ok": ok})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from writ.cli import answers
 from writ.cli._helpers import (
     _client,
     _csv,
@@ -44,7 +45,11 @@ def freeze(
 ) -> None:
     """Freeze PREFIX: new grants under it get 423 frozen (humans and queues only)."""
     with _client(url, token) as client:
-        f = client.freeze(prefix, reason, until, _csv(allow))
+        f = answers.fields(
+            client.freeze(prefix, reason, until, _csv(allow)),
+            "the freeze",
+            text=("freeze_id", "prefix"),
+        )
     if as_json:
         _echo_json(f)
     else:
@@ -64,7 +69,7 @@ def freeze(
 def unfreeze(freeze_id: str, url: str, token: str | None, as_json: bool) -> None:
     """Lift freeze FREEZE_ID."""
     with _client(url, token) as client:
-        f = client.lift_freeze(freeze_id)
+        f = answers.fields(client.lift_freeze(freeze_id), "the unfreeze", text=("prefix",))
     _echo_json(f) if as_json else click.echo(f"lifted freeze {freeze_id} on {f.get('prefix')}")
 
 

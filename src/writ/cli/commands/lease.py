@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
+from writ.cli import answers
 from writ.cli._helpers import (
     EXIT_REFUSED,
     _before_wait,
@@ -19,7 +20,7 @@ from writ.cli._helpers import (
     _table,
     _until,
 )
-from writ.cli.options import api_options, json_option
+from writ.cli.options import FiniteSeconds, SeqNumber, api_options, json_option
 from writ.cli.wait import live_line
 from writ.core.errors import WritError
 from writ.core.textsafe import printable
@@ -93,10 +94,12 @@ def lease_request_options(f: F) -> F:
 @click.command()
 @click.argument("resource")
 @lease_request_options
-@click.option("--ttl", type=float, default=30, show_default=True, help="Lease ttl in seconds.")
+@click.option(
+    "--ttl", type=FiniteSeconds(), default=30, show_default=True, help="Lease ttl in seconds."
+)
 @click.option(
     "--wait",
-    type=float,
+    type=FiniteSeconds(),
     default=0,
     show_default=True,
     help="Seconds to wait in the FIFO queue while it is held.",
@@ -130,6 +133,7 @@ def acquire(
         me = _before_wait(client, url, token, resource, wait)
         with live_line(url, token, resource, wait, me):
             lease = client.acquire(resource, intent, ttl, wait, _csv(touches), consent_id, plan)
+    answers.lease(lease, "the acquire")
     if quiet:
         click.echo(lease["lease_id"])
     elif as_json:
@@ -144,13 +148,15 @@ def acquire(
 
 @click.command()
 @click.argument("lease_id")
-@click.option("--ttl", type=float, default=None, help="New ttl in seconds (default: its own).")
+@click.option(
+    "--ttl", type=FiniteSeconds(), default=None, help="New ttl in seconds (default: its own)."
+)
 @api_options
 @json_option
 def renew(lease_id: str, ttl: float | None, url: str, token: str | None, as_json: bool) -> None:
     """Renew lease LEASE_ID for another ttl (410 lease_lost once it is gone)."""
     with _client(url, token) as client:
-        lease = client.renew(lease_id, ttl)
+        lease = answers.lease(client.renew(lease_id, ttl), "the renewal")
     _echo_json(lease) if as_json else click.echo(_lease_line("renewed", lease))
 
 
@@ -161,7 +167,7 @@ def renew(lease_id: str, ttl: float | None, url: str, token: str | None, as_json
 def release(lease_id: str, url: str, token: str | None, as_json: bool) -> None:
     """Release lease LEASE_ID (the next waiter is served at once)."""
     with _client(url, token) as client:
-        lease = client.release(lease_id)
+        lease = answers.lease(client.release(lease_id), "the release")
     _echo_json(lease) if as_json else click.echo(_lease_line("released", lease))
 
 
@@ -189,7 +195,9 @@ def revoke(
 ) -> None:
     """Force-release lease LEASE_ID (humans and queues only), recording the provenance."""
     with _client(url, token) as client:
-        lease = client.revoke(lease_id, runbook, paged, reason, waive_lock_delay)
+        lease = answers.lease(
+            client.revoke(lease_id, runbook, paged, reason, waive_lock_delay), "the revocation"
+        )
     _echo_json(lease) if as_json else click.echo(_lease_line("revoked", lease))
 
 
@@ -245,7 +253,7 @@ def who(resource: str, at: str | None, url: str, token: str | None, as_json: boo
         except WritError as exc:
             raise click.BadParameter(exc.message, param_hint="--at") from exc
     with _client(url, token) as client:
-        out = client.who(resource, at)
+        out = answers.who(client.who(resource, at))
     if as_json:
         _echo_json(out)
         return
@@ -278,13 +286,18 @@ def who(resource: str, at: str | None, url: str, token: str | None, as_json: boo
 
 @click.command()
 @click.argument("resource")
-@click.argument("fencing_token", type=int)
+@click.argument("fencing_token", type=SeqNumber())
 @api_options
 @json_option
 def fence(resource: str, fencing_token: int, url: str, token: str | None, as_json: bool) -> None:
     """Exit 0 if FENCING_TOKEN is the current token on RESOURCE, else 1."""
     with _client(url, token) as client:
-        out = client.fence(resource, fencing_token)
+        out = answers.fields(
+            client.fence(resource, fencing_token),
+            "the fence check",
+            bools=("current",),
+            maybe_ints=("current_token",),
+        )
     if as_json:
         _echo_json(out)
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import IO, Any
 
 import click
 
-from writ.core.errors import Invalid
+from writ.core.errors import Invalid, WritError
 from writ.core.textsafe import dumps, printable
 from writ.evidence.lint import (
     VERDICTS,
@@ -67,23 +68,42 @@ class LintRun:
 
 
 def fetch_principals(url: str, token: str | None, timeout: float = 10.0) -> dict[str, str]:
-    """name -> kind from a writ server's registry (``GET {url}/v1/principals``)."""
+    """name -> kind from a writ server's registry (``GET {url}/v1/principals``).
+
+    Read as the writ client reads any answer (:mod:`writ.client._wire`): the whole exchange
+    ends within ``timeout`` (not each read: a byte a second held the run for minutes), the
+    body is refused past ``MAX_ANSWER_BYTES`` (an endless body grew memory until MemoryError),
+    and a redirect is not followed. Any failure is :class:`Invalid`, its text escaped."""
     import httpx  # only when asked: lint itself needs no network
+
+    from writ.client._wire import bounded, capped, deadline
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     target = url.rstrip("/") + "/v1/principals"
+    at = deadline.set(time.monotonic() + timeout)
     try:
-        resp = httpx.get(target, headers=headers, timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise Invalid(f"cannot reach {target}: {exc}") from None
+        with (
+            bounded(httpx.Client(headers=headers, timeout=timeout)) as http,
+            http.stream("GET", target) as resp,
+        ):
+            body = capped(resp.iter_bytes(), target, "GET /v1/principals")
+    except httpx.TimeoutException:
+        raise Invalid(f"no whole answer from {printable(target)} within {timeout:g}s") from None
+    except (httpx.HTTPError, ValueError) as exc:  # ValueError: httpx's refusal of a bad URL
+        raise Invalid(printable(f"cannot reach {target}: {exc}")) from None
+    except WritError as exc:  # the answer was larger than a client reads
+        raise Invalid(printable(exc.message)) from None
+    finally:
+        deadline.reset(at)
     if resp.status_code != 200:
-        raise Invalid(f"GET {target} answered {resp.status_code}: {resp.text[:200]}")
+        shown = body[:200].decode("utf-8", "replace")
+        raise Invalid(printable(f"GET {target} answered {resp.status_code}: {shown}"))
     try:
-        return parse_principals(resp.json())
-    except ValueError:
-        raise Invalid(f"GET {target} did not answer JSON") from None
+        return parse_principals(json.loads(body))
     except RecursionError:
         raise Invalid(f"GET {target} answered JSON nested too deeply") from None
+    except ValueError:
+        raise Invalid(f"GET {target} did not answer JSON") from None
 
 
 def _open(name: str) -> IO[bytes]:
@@ -263,7 +283,8 @@ def lint_command(
     try:
         kinds = _principals(principals_files, server, token)
     except (OSError, Invalid) as exc:
-        click.echo(f"writ lint: principals: {getattr(exc, 'message', None) or exc}", err=True)
+        why = getattr(exc, "message", None) or exc
+        click.echo(printable(f"writ lint: principals: {why}"), err=True)
         ctx.exit(2)
     try:
         state = run(files, Linter(fragment=fragment, kinds=kinds), fmt, out=sys.stdout)

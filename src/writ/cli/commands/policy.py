@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from writ.cli import answers
 from writ.cli._helpers import _echo_json
 from writ.cli.options import api_options, existing_store, json_option, store_option
 from writ.client import Client
@@ -116,7 +117,7 @@ def explain_command(
         out = decide(load(file).authority, p, resource).to_dict()
     else:
         with Client(url, token or None) as client:
-            out = client.authority(name, resource)
+            out = answers.authority(client.authority(name, resource))
     _echo_json(out) if as_json else click.echo(_describe(out))
 
 
@@ -127,7 +128,13 @@ def reload_command(url: str, token: str | None, as_json: bool) -> None:
     """Make the server read its policy file again (admin; also SIGHUP): new grants apply to
     new requests at once, held leases keep their term. A bad file changes nothing."""
     with Client(url, token or None) as client:
-        out = client.reload_policy()
+        out = answers.fields(
+            client.reload_policy(),
+            "the policy reload",
+            text=("mode",),
+            maybe_text=("source",),
+            ints=("grants", "rules"),
+        )
     if as_json:
         _echo_json(out)
         return
@@ -151,7 +158,7 @@ def wake_command(lease_id: str, reason: str, url: str, token: str | None, as_jso
     window is answered with the time it was woken and calls nobody. Each is an audit row.
     """
     with Client(url, token or None) as client:
-        out = client.wake(lease_id, reason)
+        out = answers.wake(client.wake(lease_id, reason))
     if as_json:
         _echo_json(out)
     elif out.get("already_woken_at"):

@@ -5,11 +5,13 @@ every admin token is lost, and the way to rotate ``admin`` without one)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
 
+from writ.cli import answers
 from writ.cli._helpers import (
     _client,
     _echo_json,
@@ -19,6 +21,7 @@ from writ.cli._helpers import (
 )
 from writ.cli.options import api_options, json_option, store_option
 from writ.client import Client
+from writ.core.errors import Invalid
 from writ.core.models import KINDS
 
 T = TypeVar("T")
@@ -36,12 +39,17 @@ def parse_expires(value: str | None) -> float | None:
     from writ.core.clock import parse_duration
 
     try:
-        return float(value)
+        secs = float(value)
     except ValueError:
         try:
             return parse_duration(value)
         except Exception as exc:
             raise click.BadParameter(str(exc), param_hint="--expires-in") from None
+    if not math.isfinite(secs):  # JSON carries no nan or inf: a traceback from the encoder
+        raise Invalid(
+            f"--expires-in: {value!r} is not a finite number of seconds", field="--expires-in"
+        )
+    return secs
 
 
 def expires_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -273,6 +281,7 @@ def principal_add(
     else:
         with _client(url, token) as client:
             out = client.add_principal(name, kind, vendor, wake, admin, list(queues), secs)
+        answers.fields(out, "the new principal", text=("name", "kind", "token"))
     if quiet:
         click.echo(out["token"])
         return

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from writ.cli import answers
 from writ.cli._helpers import (
     EXIT_REFUSED,
     _client,
@@ -22,6 +23,10 @@ from writ.core.textsafe import printable
 @click.group()
 def rollback() -> None:
     """Request rollbacks; approve or deny them with the human-held key."""
+
+
+def _rollback(body: Any) -> dict[str, Any]:
+    return answers.fields(body, "the rollback", text=("rollback_id", "status"))
 
 
 def _rollback_line(r: dict[str, Any]) -> str:
@@ -66,14 +71,14 @@ def rollback_request(
     if (lease_id is None) == (change_id is None):
         raise click.UsageError("give exactly one of --lease LEASE_ID or --change CHANGE_ID")
     with _client(url, token) as client:
-        r = client.request_rollback(reason, lease_id=lease_id, change_id=change_id)
+        r = _rollback(client.request_rollback(reason, lease_id=lease_id, change_id=change_id))
     _echo_json(r) if as_json else click.echo(_rollback_line(r))
 
 
 def _answer_rollback(approve: bool) -> Callable[..., None]:
     def answer(rollback_id: str, url: str, token: str | None, as_json: bool) -> None:
         with _client(url, token, timeout=60.0) as client:
-            r = (
+            r = _rollback(
                 client.approve_rollback(rollback_id)
                 if approve
                 else client.deny_rollback(rollback_id)
@@ -107,7 +112,7 @@ def rollback_defect(
 ) -> None:
     """Mark executed rollback ROLLBACK_ID as a new defect, not a recovery (humans only)."""
     with _client(url, token) as client:
-        r = client.rollback_defect(rollback_id, notes)
+        r = _rollback(client.rollback_defect(rollback_id, notes))
     _echo_json(r) if as_json else click.echo(_rollback_line(r))
 
 
@@ -118,7 +123,7 @@ def rollback_defect(
 def rollback_show(rollback_id: str, url: str, token: str | None, as_json: bool) -> None:
     """Show rollback ROLLBACK_ID and its outcome."""
     with _client(url, token) as client:
-        r = client.get_rollback(rollback_id)
+        r = _rollback(client.get_rollback(rollback_id))
     _echo_json(r) if as_json else click.echo(_rollback_line(r))
 
 

@@ -21,7 +21,7 @@ from writ.cli._helpers import (
     _csv,
 )
 from writ.cli.commands.lease import _rollback_plan, lease_request_options
-from writ.cli.options import api_options
+from writ.cli.options import FiniteSeconds, api_options
 from writ.cli.spawn import Job
 from writ.cli.wait import live_line
 from writ.core.errors import LeaseLost
@@ -37,14 +37,14 @@ SECONDS = Seconds(0, 3600)  # not inf either: a grace must end
 @lease_request_options
 @click.option(
     "--ttl",
-    type=float,
+    type=FiniteSeconds(),
     default=30,
     show_default=True,
     help="Lease ttl in seconds; renewed every ttl/3 while CMD runs.",
 )
 @click.option(
     "--wait",
-    type=float,
+    type=FiniteSeconds(),
     default=30,
     show_default=True,
     help="Seconds to wait in the queue for the lease.",

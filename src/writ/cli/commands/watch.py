@@ -9,7 +9,7 @@ import click
 from writ.cli._helpers import (
     _client,
 )
-from writ.cli.options import api_options, json_option
+from writ.cli.options import SeqNumber, api_options, json_option
 from writ.core.textsafe import dumps, printable
 
 
@@ -30,7 +30,7 @@ def _row_line(row: dict[str, Any]) -> str:
 @click.argument("prefix", required=False)
 @click.option(
     "--after-seq",
-    type=int,
+    type=SeqNumber(),
     default=None,
     metavar="SEQ",
     help="Start after this seq (default: only rows from now on; 0 replays all).",

@@ -47,7 +47,9 @@ rows may span lines, as people paste them) and JSON arrays: a top-level ``[`` is
 by element, never parsed whole. ``{"rows": [...]}`` (writ's ``GET /v1/audit``) gives one row per
 element (that object is parsed whole, up to 64 MiB). A malformed value becomes an
 :class:`Unreadable` row naming its line, and reading goes on at the next line (for a value that
-spanned lines, at the next line beginning with ``{`` or ``[``).
+spanned lines, at the next line beginning with ``{`` or ``[``). An object that gives a key
+twice is read as a :class:`~writ.evidence.lint.rules.Duplicated` dict, so the
+``duplicate-field`` rule can say so (a plain dict keeps only the last value).
 
 The package: :mod:`.kinds` (principal kinds), :mod:`.rules` (the RULES table and its checks),
 :mod:`.linter` (verdicts, findings, the Linter) and :mod:`.rows` (reading rows).

@@ -83,11 +83,23 @@ def parse_principals(data: Any) -> dict[str, str]:
     return out
 
 
+#: The largest principals file read: a registry of 100,000 principals is a few MiB; a larger
+#: file (or ``/dev/zero``) is refused unread past this, never read whole into memory.
+MAX_PRINCIPALS_FILE = 16 << 20
+
+
 def load_principals(path: str | Path) -> dict[str, str]:
-    """Read a principals file, JSON or TOML (by extension; otherwise JSON, then TOML)."""
+    """Read a principals file, JSON or TOML (by extension; otherwise JSON, then TOML), of at
+    most :data:`MAX_PRINCIPALS_FILE` bytes."""
     p = Path(path)
+    with p.open("rb") as f:  # an OSError is the caller's "cannot read"
+        data = f.read(MAX_PRINCIPALS_FILE + 1)
+    if len(data) > MAX_PRINCIPALS_FILE:
+        raise Invalid(
+            f"{p.name} is larger than {MAX_PRINCIPALS_FILE >> 20} MiB: not a principals map"
+        )
     try:
-        text = p.read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Invalid(
             f"{p.name} is not UTF-8 text ({exc.reason} at byte {exc.start + 1})"

@@ -10,6 +10,7 @@ from typing import IO, Any
 
 from writ.core.ledger import FIELDS
 from writ.evidence.lint.linter import Unreadable, _json_type
+from writ.evidence.lint.rules import object_pairs
 
 # --------------------------------------------------------------------------- reading rows
 
@@ -199,7 +200,7 @@ class _Reader:
                 return self.advance(len(self.buf))
 
     def rows(self) -> Iterator[RowItem]:
-        raw = json.JSONDecoder().raw_decode
+        raw = json.JSONDecoder(object_pairs_hook=object_pairs).raw_decode
         advance, n = self.advance, 0
         in_array, want_value, opened = False, True, 0
         while self.fill() and not self.buf:  # a read may end inside a first character

@@ -48,12 +48,42 @@ def _blank(v: Any) -> bool:
     return v is None or (v.__class__ is str and (not v or v.isspace()))
 
 
+def _no_text(v: Any) -> bool:
+    """Whether ``v`` names nothing: a name, a time, a route or a queue is a non-empty string,
+    and anything else (``null``, ``""``, ``[]``, ``{}``, ``0``, ``false``, ``NaN``) is read as
+    the value missing."""
+    return not (isinstance(v, str) and v and not v.isspace())
+
+
+def _json_kind(v: Any) -> str:
+    return {list: "array", dict: "object", bool: "boolean", type(None): "null"}.get(
+        type(v), "number" if isinstance(v, int | float) else "string"
+    )
+
+
+def _why_empty(col: str, v: Any) -> str:
+    """Why a name column ``col`` holding ``v`` names nothing: empty, or not text at all."""
+    if _blank(v):
+        return f"{col} is empty"
+    return f"{col} is a JSON {_json_kind(v)} ({quoted(v)}), not text"
+
+
 def _true(v: Any) -> bool:
-    """JSON true, and what people write for it ("true", "yes", 1)."""
+    """JSON true, and what people write for it ("true", "yes", 1, 1.0)."""
     return (
         v is True
-        or (type(v) is int and v == 1)
+        or (type(v) in (int, float) and v == 1)
         or (isinstance(v, str) and v.strip().lower() in ("true", "yes", "1"))
+    )
+
+
+def _boolean(v: Any) -> bool:
+    """Whether ``v`` says true or false: JSON true or false, a number equal to 1 or 0, or
+    what people write for them ("true"/"yes"/"1", "false"/"no"/"0")."""
+    return (
+        type(v) is bool
+        or (type(v) in (int, float) and v in (0, 1))
+        or (isinstance(v, str) and v.strip().lower() in ("true", "yes", "1", "false", "no", "0"))
     )
 
 
@@ -65,15 +95,63 @@ def _how(guessed: bool) -> str:
     )
 
 
+class Duplicated(dict[str, Any]):
+    """A row whose JSON object gave a key more than once: ``duplicates`` maps each such key to
+    every value it was given, in order (the row itself holds the last, as :mod:`json` does)."""
+
+    __slots__ = ("duplicates",)
+    duplicates: dict[str, list[Any]]
+
+
+def object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The ``object_pairs_hook`` rows are read with: a dict, or a :class:`Duplicated` one when
+    a key comes twice (``{"lock_holder": "", "lock_holder": "perf-agent"}``), so the
+    ``duplicate-field`` rule sees what a plain dict would silently drop."""
+    row = dict(pairs)
+    if len(row) == len(pairs):
+        return row
+    out = Duplicated(row)
+    seen: dict[str, list[Any]] = {}
+    for k, v in pairs:
+        seen.setdefault(k, []).append(v)
+    out.duplicates = {k: vs for k, vs in seen.items() if len(vs) > 1}
+    return out
+
+
+_DUPLICATES_NAMED = 20  # keys a row's duplicate-field findings name one by one, at most
+
+
+def _duplicate_field(row: Row, lt: Linter) -> list[Hit] | None:
+    dups: dict[str, list[Any]] | None = getattr(row, "duplicates", None)
+    if not dups:
+        return None
+    hits: list[Hit] = []
+    for key, values in list(dups.items())[:_DUPLICATES_NAMED]:
+        shown = ", then ".join(quoted(v) for v in values[:3]) + (", ..." if len(values) > 3 else "")
+        hits.append(
+            (
+                key,
+                f"{quoted(key)} is given {len(values)} times in this row ({shown}): readers "
+                "disagree on which one counts (the first, the last, or neither), so the row "
+                "says two things at once and is contaminated evidence",
+                False,
+            )
+        )
+    if len(dups) > _DUPLICATES_NAMED:
+        more = len(dups) - _DUPLICATES_NAMED
+        hits.append(("*", f"and {more:,} more keys are given more than once", False))
+    return hits
+
+
 def _missing_lock_holder(row: Row, lt: Linter) -> list[Hit] | None:
     present = "lock_holder" in row
-    if (present and not _blank(row["lock_holder"])) or (not present and lt.fragment):
+    if (present and not _no_text(row["lock_holder"])) or (not present and lt.fragment):
         return None
-    why = "is empty" if present else "is missing"
+    why = _why_empty("lock_holder", row["lock_holder"]) if present else "lock_holder is missing"
     return [
         (
             "lock_holder",
-            f"lock_holder {why}: the row cannot say who held write authority; "
+            f"{why}: the row cannot say who held write authority; "
             "it is contaminated evidence, not an incident record",
             False,
         )
@@ -86,9 +164,19 @@ def _missing_column(row: Row, lt: Linter) -> list[Hit] | None:
         if col == "lock_holder":
             continue  # its own rule
         if col in row:
-            if not _blank(row[col]):
+            v = row[col]
+            if col == "rollback_allowed":  # true or false, not a name
+                if _boolean(v):
+                    continue
+                why = (
+                    f"{col} is empty"
+                    if _blank(v)
+                    else f"{col} is {quoted(v)}, which says neither true nor false"
+                )
+            elif not _no_text(v):
                 continue
-            why = f"{col} is empty"
+            else:
+                why = _why_empty(col, v)
         elif lt.fragment:
             continue
         else:
@@ -125,6 +213,9 @@ def _principal(fld: str, kind: str, says: str) -> Callable[[Row, Linter], list[H
         k, guessed = lt.kind(name)
         if k != kind:  # (a blank name is kind "blank")
             return None
+        if not isinstance(name, str):  # kind "unknown": a value that is not text names nobody
+            why = f"{_why_empty(fld, name)}: it names no principal"
+            return [(fld, f"{why}; give the key to a human queue, by name", False)]
         return [
             (fld, f"{fld} {quoted(name)} {says}{_how(guessed) if k != 'unknown' else ''}", guessed)
         ]
@@ -132,12 +223,17 @@ def _principal(fld: str, kind: str, says: str) -> Callable[[Row, Linter], list[H
     return check
 
 
-def _needs(flag: str, fld: str, reason: str) -> Callable[[Row, Linter], list[Hit] | None]:
-    """A rule that fires when ``flag`` is true and ``fld`` is blank."""
+def _needs(
+    flag: str, fld: str, reason: str, empty: Callable[[Any], bool] = _no_text
+) -> Callable[[Row, Linter], list[Hit] | None]:
+    """A rule that fires when ``flag`` is true and ``fld`` is ``empty`` (by default: not
+    text, see :func:`_no_text`; the reason then says what it holds instead)."""
 
     def check(row: Row, lt: Linter) -> list[Hit] | None:
-        if _true(row.get(flag)) and _blank(row.get(fld)):
-            return [(fld, reason, False)]
+        v = row.get(fld)
+        if _true(row.get(flag)) and empty(v):
+            shown = "" if _blank(v) else f" ({_why_empty(fld, v)})"
+            return [(fld, reason + shown, False)]
         return None
 
     return check
@@ -163,11 +259,11 @@ def _rollback_path_not_route(row: Row, lt: Linter) -> list[Hit] | None:
 def _queue(row: Row) -> tuple[str, Any]:
     """The override queue and the field it came from (the standard name, else a variant)."""
     v = row.get(QUEUE_FIELD)
-    if not _blank(v):
+    if not _no_text(v):
         return QUEUE_FIELD, v
     for alt in QUEUE_FIELD_VARIANTS:
         v = row.get(alt)
-        if not _blank(v):
+        if not _no_text(v):
             return alt, v
     return QUEUE_FIELD, None
 
@@ -175,10 +271,16 @@ def _queue(row: Row) -> tuple[str, Any]:
 def _rollback_path_without_queue(row: Row, lt: Linter) -> list[Hit] | None:
     if _blank(row.get("rollback_path")) or _queue(row)[1] is not None:
         return None
+    held = [
+        _why_empty(f, row[f])
+        for f in (QUEUE_FIELD, *QUEUE_FIELD_VARIANTS)
+        if f in row and not _blank(row[f])
+    ]
     return [
         (
             QUEUE_FIELD,
-            "rollback_path with no human_override_queue: no queue name? no rollback",
+            "rollback_path with no human_override_queue: no queue name? no rollback"
+            + (f" ({'; '.join(held)})" if held else ""),
             False,
         )
     ]
@@ -188,7 +290,7 @@ def _queue_field_variant(row: Row, lt: Linter) -> list[Hit] | None:
     hits = None
     for alt in QUEUE_FIELD_VARIANTS:
         if alt in row:
-            read = "read as" if _blank(row.get(QUEUE_FIELD)) else "ignored next to"
+            read = "read as" if _no_text(row.get(QUEUE_FIELD)) else "ignored next to"
             hits = hits or []
             hits.append(
                 (
@@ -246,13 +348,23 @@ _PROVENANCE_TEXT = {
 }
 
 
+def _names(v: Any, number: bool = False) -> bool:
+    """Whether a provenance value says something: text, a list holding text (who was paged),
+    or, for when, a finite number (epoch seconds); never ``[]``, ``{}``, ``0`` or ``false``."""
+    if isinstance(v, list):
+        return any(_names(x) for x in v)
+    if number and type(v) in (int, float):
+        return bool(v == v and abs(v) != float("inf") and v > 0)
+    return not _no_text(v)
+
+
 def provenance_parts(value: Any) -> set[str]:
     """Which of who, runbook, when, paged a provenance object or sentence names."""
     if isinstance(value, Mapping):
         return {
             part
             for part, keys in _PROVENANCE_KEYS.items()
-            if any(not _blank(value.get(k)) and value.get(k) != [] for k in keys)
+            if any(_names(value.get(k), part == "when") for k in keys)
         }
     if isinstance(value, str):
         return {part for part, rx in _PROVENANCE_TEXT.items() if rx.search(value)}
@@ -281,6 +393,13 @@ def _revoke_provenance_incomplete(row: Row, lt: Linter) -> list[Hit] | None:
 _KH, _AB, _Q, _RP = "rollback_key_holder", "approved_by", QUEUE_FIELD, "rollback_path"
 _PROV = "second_key_revoke_provenance"
 RULES: tuple[Rule, ...] = (
+    Rule(
+        "duplicate-field",
+        "any",
+        "contaminated",
+        "the row's JSON object gives one key more than once",
+        _duplicate_field,
+    ),
     Rule(
         "missing-lock-holder",
         "lock_holder",
@@ -406,6 +525,7 @@ RULES: tuple[Rule, ...] = (
             _PROV,
             "second_key_revoked is a bare boolean: name who revoked, via which runbook, "
             "when, and who was paged in second_key_revoke_provenance",
+            lambda v: _blank(v) or (not isinstance(v, Mapping | str)),
         ),
     ),
     Rule(

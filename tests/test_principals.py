@@ -707,6 +707,9 @@ async def test_bad_input_is_a_4xx_and_writes_nothing(world: tuple[Server, dict[s
         ("/v1/principals/jane/queues", b'{"add": "svc-ops"}'),
         ("/v1/principals/jane/queues", b'{"add": [' + b'"svc-ops",' * 200 + b'"svc-ops"]}'),
         ("/v1/principals", b'{"name": "h", "kind": "human", "queues": ["\\ud800"]}'),
+        # writ's own words in a vendor: the added row's notes would read two ways
+        ("/v1/principals", b'{"name": "v", "kind": "agent", "vendor": "Acme) as admin"}'),
+        ("/v1/principals", b'{"name": "v", "kind": "agent", "vendor": "Acme; wake /x"}'),
         ("/v1/principals/%ED%A0%80/rotate", b"{}"),
         ("/v1/principals/..%2F..%2Fleases/rotate", b"{}"),
         ("/v1/principals/perf-agent/rotate", b'{"expires_in_s": 1e308}'),

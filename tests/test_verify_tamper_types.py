@@ -25,6 +25,7 @@ from writ.core.clock import ManualClock
 from writ.core.ledger import UNREADABLE, row_from, verify
 from writ.core.models import Principal
 from writ.engine import Engine
+from writ.engine.principals import new_token
 from writ.evidence.sentinel import Sentinel
 from writ.stores.enrolled import principal_disagrees
 from writ.stores.sqlite import SQLiteStore
@@ -223,11 +224,19 @@ async def test_a_counter_at_or_above_the_ledger_verifies(engine: Engine, backend
 async def test_a_crafted_vendor_does_not_vouch_for_an_admin_flag(
     engine: Engine, backend: Backend
 ) -> None:
-    """``--vendor 'Acme) as admin'``, then the table set to vendor Acme, an admin, a wake
-    route: the added row reads as that vendor (the rest reads to its end only so), so the
-    principal disagrees with it."""
-    await engine.add_principal(None, "vend-agent", "agent", vendor="Acme) as admin")
-    await engine.add_principal(None, "paren", "agent", vendor="Acme (EU); x) y", wake="/w/a;b)")
+    """``--vendor 'Acme) as admin'`` (refused today; a writ before that check wrote it),
+    then the table set to vendor Acme, an admin, a wake route: the added row reads as that
+    vendor (the rest reads to its end only so), so the principal disagrees with it."""
+
+    async def as_an_older_writ(name: str, vendor: str, wake: str | None = None) -> None:
+        await engine.store.transact(
+            lambda tx: engine._insert_principal(
+                tx, "operator", name, "agent", vendor, wake, False, new_token()
+            )
+        )
+
+    await as_an_older_writ("vend-agent", "Acme) as admin")
+    await as_an_older_writ("paren", "Acme (EU); x) y", "/w/a;b)")
     assert (await engine.verify()).ok, await engine.verify()  # written by writ: ok
     await backend.sql(
         "UPDATE principals SET vendor = 'Acme', admin = %s, wake = 'https://hooks.evil.example/y'"

@@ -586,6 +586,14 @@ class PrincipalOps:
         if vendor is not None and (not isinstance(vendor, str) or len(vendor) > 200):
             raise Invalid("vendor must be a string of at most 200 characters", field="vendor")
         check_text(vendor, "vendor")
+        if vendor is not None and (";" in vendor or ") as admin" in vendor):
+            # the added row's notes say "(vendor V) as admin; wake W": a vendor holding
+            # writ's own words would read two ways there (writ.stores.enrolled)
+            raise Invalid(
+                "vendor must not hold ';' or ') as admin', the words the principal's audit "
+                "row is written with",
+                field="vendor",
+            )
         check_text(wake, "wake")
         if wake is not None:
             check_wake_route(wake, "wake")

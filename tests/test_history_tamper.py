@@ -180,3 +180,5 @@ def test_writ_who_over_http_names_the_holder_and_the_rows_intent(tmp_path: Any) 
     assert res.exit_code == 0, res.output
     said = " ".join(res.output.split())  # wrapped at the console's width
     assert f"perf-agent (lock key {lease['lock_key']}, intent {INTENT!r})" in said, said
+    # and it says which columns of the table disagree with the rows (on stderr)
+    assert "writ: warning: lease " in res.output and "changed by hand" in said, said

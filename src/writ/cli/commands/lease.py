@@ -267,6 +267,10 @@ def who(resource: str, at: str | None, url: str, token: str | None, as_json: boo
             "why): this answer rests on it",
             err=True,
         )
+    lease = out.get("lease") if isinstance(out.get("lease"), dict) else {}
+    hand = lease.get("changed_by_hand")
+    for why in hand if isinstance(hand, list) else []:  # the leases table against its rows
+        click.echo(f"writ: warning: {printable(str(why))}", err=True)
     if holder == "none":
         print_line(f"{resource} at {out.get('at')}: nobody (lock_holder none)")
     elif out.get("hidden"):  # a blast-radius neighbour's lease that the caller may not see
@@ -276,7 +280,6 @@ def who(resource: str, at: str | None, url: str, token: str | None, as_json: boo
             f"{resource} at {out.get('at')}: unknown (the row naming the holder is unreadable)"
         )
     else:
-        lease = out.get("lease") or {}
         print_line(
             f"{resource} at {out.get('at')}: {holder} (lock key {out.get('lock_key')}"
             + (f", intent {lease['intent']!r}" if lease.get("intent") else "")

@@ -119,7 +119,7 @@ def install() -> None:
     from writ.stores.sqlite import _store as sqlite_store
 
     _around(HttpToolsProtocol, "on_message_begin", lambda *a, **k: _begin(), None)
-    _around(fast.FastLeases, "answer", lambda _self, route, *a, **k: _lean(route), None)
+    _around(fast.FastLeases, "take", lambda _self, route, *a, **k: _lean(route), None)
     for store in (pg_store.PostgresStore, sqlite_store.SQLiteStore):
         _around(store, "transact", lambda *a, **k: _stamp("store"), "done")
     _around(_writer, "_round_trip", lambda *a, **k: _stamp("sent"), "back")

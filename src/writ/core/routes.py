@@ -50,6 +50,12 @@ def check_route(value: Any, field: str) -> str:
             f"{field} must be a route like /ops/rollback?txn=8841 or https://...", field=field
         )
     problem = route_problem(value)
+    if problem is None:  # and one writ can call: as httpx, which calls it, reads a URL
+        absolute = value.strip().startswith(("http://", "https://"))
+        try:
+            _origin(value.strip() if absolute else "http://writ.invalid" + value.strip())
+        except ValueError as exc:
+            problem = f"is not a URL writ can call ({exc})"
     if problem:
         shown = value if len(value) <= 200 else value[:200] + "..."
         raise Invalid(

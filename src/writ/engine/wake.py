@@ -157,11 +157,13 @@ class Caller:
                 asked = retry_after_s(r.headers.get("retry-after"))
                 if asked is not None:
                     delay = asked
-            except (httpx.HTTPError, TimeoutError) as exc:
+            except (httpx.HTTPError, httpx.InvalidURL, TimeoutError) as exc:
                 text = f"{type(exc).__name__}: {exc}".replace(out.url, out.shown)
                 if isinstance(exc, TimeoutError):
                     text = f"no answer within {self.timeout * CALL_SPAN:g}s"
                 last = CallResult(out.shown, False, None, i, text)
+                if isinstance(exc, httpx.InvalidURL):  # no attempt can call it: failed now
+                    return last
             if i < attempts:
                 delay = min(delay, self.max_delay)
                 if on_retry is not None:

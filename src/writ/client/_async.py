@@ -12,7 +12,7 @@ import httpx
 from writ.client import _pages, _wire
 from writ.client._base import DEFAULT_TIMEOUT, WATCH_WAIT_S, OnLost, _Base
 from writ.client._leases import AsyncLease
-from writ.client._routes import JSON, _check, _Req, _Routes
+from writ.client._routes import JSON, _check, _Req, _Routes, _unsendable
 
 
 class AsyncClient(_Base, _Routes[Awaitable[Any]]):
@@ -65,6 +65,8 @@ class AsyncClient(_Base, _Routes[Awaitable[Any]]):
                         raise _wire.too_large(self.url, what)
         except (httpx.RequestError, TimeoutError) as exc:  # RequestError: DecodingError too
             raise self._unavailable(req, exc) from exc
+        except httpx.InvalidURL as exc:
+            raise _unsendable(req, exc) from exc
         return self._decode(response, bytes(content), req)
 
     def _send(self, req: _Req) -> Awaitable[Any]:

@@ -3,6 +3,7 @@ and the request value and quoting helpers they use."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -31,12 +32,25 @@ class _Req:
 
 def _check(req: _Req) -> None:
     """Refuse, before anything is sent, a query or body holding a string that is not text
-    (:func:`writ.core.validate.check_body`, the server's own check): the CLI and the MCP tools
-    get the server's 422 message without a request, and no encoder fails half-way."""
+    (:func:`writ.core.validate.check_body`, the server's own check) or a number JSON has no
+    word for (NaN, an infinity, ``1e400`` as read): the CLI and the MCP tools get a 422's
+    message without a request, and no encoder fails half-way."""
     if req.params:
         check_body(dict(req.params))
     if req.body is not None:
         check_body(req.body)
+        try:
+            json.dumps(req.body, allow_nan=False)
+        except ValueError:
+            raise Invalid(
+                f"{req.method} {req.path}: a number in the request is not finite (NaN or an "
+                "infinity), which JSON cannot carry"
+            ) from None
+
+
+def _unsendable(req: _Req, exc: Exception) -> Invalid:
+    """A request httpx will not build (a URL too long: a resource of 70,000 characters)."""
+    return Invalid(f"{req.method} {req.path[:200]}: this request cannot be sent ({exc})")
 
 
 def _drop_none(d: Mapping[str, Any]) -> dict[str, Any]:

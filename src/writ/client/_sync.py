@@ -12,7 +12,7 @@ import httpx
 from writ.client import _pages
 from writ.client._base import DEFAULT_TIMEOUT, WATCH_WAIT_S, OnLost, _Base
 from writ.client._leases import Lease
-from writ.client._routes import JSON, _check, _Req, _Routes
+from writ.client._routes import JSON, _check, _Req, _Routes, _unsendable
 from writ.client._wire import Cancel, bounded, capped, deadline
 
 
@@ -70,6 +70,8 @@ class Client(_Base, _Routes[Any]):
                 content = capped(response.iter_bytes(), self.url, f"{req.method} {req.path}")
         except httpx.RequestError as exc:  # TransportError, and DecodingError (a bad gzip)
             raise self._unavailable(req, exc) from exc
+        except httpx.InvalidURL as exc:
+            raise _unsendable(req, exc) from exc
         finally:
             deadline.reset(at)
         return self._decode(response, content, req)

@@ -267,7 +267,8 @@ def who(resource: str, at: str | None, url: str, token: str | None, as_json: boo
             "why): this answer rests on it",
             err=True,
         )
-    lease = out.get("lease") if isinstance(out.get("lease"), dict) else {}
+    got = out.get("lease")
+    lease: dict[str, Any] = got if isinstance(got, dict) else {}
     hand = lease.get("changed_by_hand")
     for why in hand if isinstance(hand, list) else []:  # the leases table against its rows
         click.echo(f"writ: warning: {printable(str(why))}", err=True)

@@ -75,7 +75,8 @@ async def _objects(engine: Engine, backend: Backend, ticking: bool = True) -> di
         perf, short["lease_id"], "size", "2→4", protect_s=1
     )
     out["expired"] = await engine.consents.ask(cost, out["lapsed"]["change_id"], "too big")
-    out["escalated"] = await engine.consents.ask(cost, out["lapsed"]["change_id"], "still")
+    # another requester: while one's ask is pending, asking again is the same ask
+    out["escalated"] = await engine.consents.ask(gate, out["lapsed"]["change_id"], "still")
     out["brief"] = await engine.freezes.freeze(jane, "staging", "deploy window", until="1s")
     await _later(backend, engine, 1.5)
     await engine.consents.answer(jane, out["escalated"]["consent_id"], True)  # db-oncall's
@@ -93,9 +94,9 @@ async def _objects(engine: Engine, backend: Backend, ticking: bool = True) -> di
     await engine.consents.answer(perf, out["used"]["consent_id"], True)
     out["denied"] = await ask(cost, out["change"]["change_id"], "again")
     await engine.consents.answer(perf, out["denied"]["consent_id"], False)
-    out["pending"] = await ask(cost, out["change"]["change_id"], "later")
     out["granted"] = await ask(cost, out["change"]["change_id"], "and once more")
     await engine.consents.answer(jane, out["granted"]["consent_id"], True)
+    out["pending"] = await ask(cost, out["change"]["change_id"], "later")
     await engine.gate_check(
         gate, perf_token, lease["lease_id"], lease["fencing_token"], "prod/db", "POST", "/x"
     )

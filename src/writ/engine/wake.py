@@ -23,9 +23,10 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -40,6 +41,20 @@ log = logging.getLogger("writ.wake")
 #: a call (connect, send, the answer's status and headers) ends within this many timeouts in
 #: all: httpx's timeout bounds each of them, and each read of a head sent a byte at a time
 CALL_SPAN = 3
+#: attempts in flight at once: per kind, and per host within a kind. The kinds share no slot
+#: and together need no more than the pool's connections, so wakes (to routes agents name)
+#: never keep a page (a human's queue) or an approved rollback waiting for a connection; and
+#: within a kind one host (a route that accepts and never answers) holds only its share.
+LANES: dict[str, tuple[int, int]] = {"page": (40, 16), "rollback": (20, 8), "wake": (40, 8)}
+
+
+class _Share:
+    """A host's slots within a kind, and how many calls use or wait for them."""
+
+    __slots__ = ("slots", "users")
+
+    def __init__(self, n: int) -> None:
+        self.slots, self.users = asyncio.Semaphore(n), 0
 
 
 @dataclass(slots=True)
@@ -101,13 +116,39 @@ class Caller:
         self.sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep  # tests record the waits
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._lanes = {kind: asyncio.Semaphore(n) for kind, (n, _) in LANES.items()}
+        self._hosts: dict[tuple[str, str], _Share] = {}
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
-                timeout=self.timeout, transport=self.transport, follow_redirects=False
+                timeout=self.timeout,
+                transport=self.transport,
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=sum(n for n, _ in LANES.values())),
             )
         return self._client
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, kind: str, url: str) -> AsyncIterator[None]:
+        """Hold a slot of ``url``'s host within ``kind``, then of ``kind`` (:data:`LANES`):
+        a call waiting for a busy host holds none of its kind's slots. Any other kind
+        counts as a wake (a route writ was not told to trust)."""
+        kind = kind if kind in LANES else "wake"
+        try:
+            host = urlsplit(url).netloc.lower()
+        except ValueError:
+            host = url
+        key = (kind, host)
+        share = self._hosts.get(key) or self._hosts.setdefault(key, _Share(LANES[kind][1]))
+        share.users += 1
+        try:
+            async with share.slots, self._lanes[kind]:
+                yield
+        finally:
+            share.users -= 1
+            if not share.users:
+                del self._hosts[key]
 
     def secret(self) -> str | None:
         """The ``webhook_secret`` that signs generic calls (policy, else the environment)."""
@@ -119,16 +160,18 @@ class Caller:
         """POST ``payload`` as JSON to ``url`` (signed when a secret is set): a rollback route."""
         body = json.dumps(payload, separators=(",", ":"), default=str).encode()
         out = paging.Outbound(url, body, url, {"Content-Type": "application/json"}, True)
-        return await self.send(out, attempts)
+        return await self.send(out, attempts, kind="rollback")
 
     async def send(
         self,
         out: paging.Outbound,
         attempts: int,
         on_retry: Callable[[CallResult, float], Awaitable[None]] | None = None,
+        kind: str = "page",
     ) -> CallResult:
         """Make the request ``out``; retry on network errors, 429 and 5xx up to ``attempts``,
-        waiting the backoff or the answer's ``Retry-After`` (at most ``max_delay``)."""
+        waiting the backoff or the answer's ``Retry-After`` (at most ``max_delay``). Each
+        attempt holds a slot of ``kind`` (:meth:`_slot`); a wait between attempts holds none."""
         last: CallResult = CallResult(out.shown, False, None, 0, "not attempted")
         secret = self.secret()
         for i in range(1, attempts + 1):
@@ -143,6 +186,7 @@ class Caller:
                     # read: its status is the answer (a route sending a byte a second, or
                     # gigabytes, held the call, an approver's request and writ's memory)
                     async with (
+                        self._slot(kind, out.url),
                         asyncio.timeout(self.timeout * CALL_SPAN),
                         self._http().stream(
                             "POST", out.url, content=out.body, headers=headers
@@ -235,7 +279,7 @@ class Caller:
                     )[:2000]
                     await self.engine.store.transact(lambda tx: tx.append(fields))
 
-                result = await self.send(out, self.retries, attempt_row)
+                result = await self.send(out, self.retries, attempt_row, kind=kind)
         verb = "delivered" if result.ok else "failed"
         if action == "resolve" and result.ok:
             verb = "resolved"
@@ -265,3 +309,4 @@ class Caller:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        self._lanes = {kind: asyncio.Semaphore(n) for kind, (n, _) in LANES.items()}

@@ -10,6 +10,11 @@ Unanswered by ``consent_timeout_s``, the request becomes ``expired`` — never `
 and escalates to the author's override queue (the one in the author's rollback plan, or the
 policy's default), which is paged and may still grant or deny. A granted consent is used
 by one grant of its requester on a lease that the change blocks, then it is ``used``.
+
+Each ask wakes the author, so an ask is not repeated: a requester asking again about a change
+while its own ask is pending gets that ask back (the same id, 201 as before; nothing written,
+nobody woken), and at most :data:`PENDING_PER_CHANGE` asks about a change await its author
+at once (one more is 409 ``conflict``, and writes nothing).
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ import functools
 from typing import Any
 
 from writ.core.clock import rfc3339
-from writ.core.errors import ConsentRequired, Forbidden, Invalid, NotFound, WritError
+from writ.core.errors import (
+    Conflict,
+    ConsentRequired,
+    Forbidden,
+    Invalid,
+    NotFound,
+    WritError,
+)
 from writ.core.models import Lease, Principal, data, named, new_id, public
 from writ.core.validate import check_text, json_value, text
 from writ.engine.hooks import SYSTEM, Request, Rule
@@ -29,6 +41,9 @@ from writ.rules.authority import Authority
 from writ.stores.base import Tx
 
 CHANGE, CONSENT = "change", "consent"
+#: consent asks about one change that may await its author at once (each wakes the author
+#: and may page its queue; a requester asking again while its own is pending gets that one)
+PENDING_PER_CHANGE = 8
 
 
 class Consents(Rule):
@@ -218,6 +233,10 @@ class Consents(Rule):
             eng.rule(Authority).check_observe(me, change["resource"], f"change {change_id}")
             if change["author"] == me.name:
                 raise Invalid("this is your own change: you need nobody's consent to touch it")
+            # read and written in one transaction (writes are serialised): no two of its own
+            mine = await self._pending(tx, me, change)
+            if mine is not None:
+                return mine
             now = tx.now()
             timeout = eng.policy.rule_for(change["resource"]).consent_timeout_s
             consent = {
@@ -268,6 +287,32 @@ class Consents(Rule):
             return consent
 
         return await eng.store.transact(fn)
+
+    async def _pending(
+        self, tx: Tx, me: Principal, change: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """``me``'s pending ask about ``change``, as its answer was (asked again: the same
+        ask, nothing written and nobody woken again), or None when it may ask. With
+        :data:`PENDING_PER_CHANGE` asks of others pending, :class:`Conflict`: each ask wakes
+        the author and, unanswered, pages its queue. An ask past its deadline no longer
+        counts: it is expired (the sweeper may not have said so yet) and escalated."""
+        now = tx.now()
+        pending = [
+            c
+            for c in await tx.objects_related(CONSENT, [change["resource"]], ["pending"])
+            if c.get("change_id") == change["change_id"] and (c.get("expires_at_ts") or 0) > now
+        ]
+        for c in pending:
+            if c.get("requester") == me.name:
+                return data(c)
+        if len(pending) >= PENDING_PER_CHANGE:
+            raise Conflict(
+                f"{len(pending)} consent requests about change {change['change_id']} already "
+                f"await {change['author']}'s answer: ask again after {pending[0]['expires_at']}",
+                change_id=change["change_id"],
+                retry_at=pending[0]["expires_at"],
+            )
+        return None
 
     async def answer(self, me: Principal, consent_id: str, grant: bool) -> dict[str, Any]:
         eng = self.engine

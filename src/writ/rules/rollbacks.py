@@ -12,6 +12,11 @@ rollback a *defect* (``rollback_denominator_is_defect: true``): it was a new fai
 recovery, and never reads as clean history. The route and key holder are checked against the
 lease's ``lease.granted`` row before the call (:func:`route_disagrees`): the tables that hold
 them are outside the hash, and a route pointed elsewhere by hand is never called.
+
+Each request pages the key holder, so a request is not repeated: a principal asking again
+for a lease while its own request is pending gets that request back (the same id, 201 as
+before; nothing written, nobody paged), and at most :data:`PENDING_PER_LEASE` requests of a
+lease await the key at once (one more is 409 ``conflict`` naming them, and writes nothing).
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from writ.core.clock import rfc3339
-from writ.core.errors import Forbidden, Invalid, NotFound
-from writ.core.models import Principal, data, new_id, public
+from writ.core.errors import Conflict, Forbidden, Invalid, NotFound
+from writ.core.models import Lease, Principal, data, new_id, public
 from writ.core.routes import check_route, host_problem, resolve
 from writ.core.validate import check_text, text
 from writ.engine.hooks import Rule
@@ -34,6 +39,9 @@ from writ.stores.base import Tx
 
 ROLLBACK = "rollback"
 KEY_RULE = "agents may request rollback; only the human queue holds the key"
+#: rollback requests of one lease that may await its key at once (each pages the key holder;
+#: a principal asking again while its own is pending gets that one back)
+PENDING_PER_LEASE = 4
 
 
 class Rollbacks(Rule):
@@ -162,6 +170,10 @@ class Rollbacks(Rule):
                     "page a human instead",
                     lease_id=lease.lease_id,
                 )
+            # read and written in one transaction (writes are serialised): no two of its own
+            mine = await self._pending(tx, me, lease)
+            if mine is not None:
+                return mine
             now = tx.now()
             rb = {
                 "rollback_id": new_id("rb"),
@@ -206,6 +218,29 @@ class Rollbacks(Rule):
             return rb
 
         return await eng.store.transact(fn)
+
+    async def _pending(self, tx: Tx, me: Principal, lease: Lease) -> dict[str, Any] | None:
+        """``me``'s pending request to roll ``lease`` back, as its answer was (asked again:
+        the same request, nothing written and nobody paged again), or None when it may ask.
+        With :data:`PENDING_PER_LEASE` requests of others pending, :class:`Conflict`: each
+        new request pages the key holder, so N principals could page it N times."""
+        pending = [
+            rb
+            for rb in await tx.objects_related(ROLLBACK, [lease.resource], ["pending"])
+            if rb.get("lease_id") == lease.lease_id
+        ]
+        for rb in pending:
+            if rb.get("requested_by") == me.name:
+                return data(rb)
+        if len(pending) >= PENDING_PER_LEASE:
+            raise Conflict(
+                f"{len(pending)} rollback requests of lease {lease.lease_id} already await "
+                f"{pending[0]['key_holder']}'s key, who was paged for each: follow one "
+                f"(GET /v1/rollbacks/{pending[0]['rollback_id']}) until it is decided",
+                lease_id=lease.lease_id,
+                pending=[rb["rollback_id"] for rb in pending],
+            )
+        return None
 
     async def get(self, rollback_id: str) -> dict[str, Any]:
         rb = await self.engine.store.read(lambda tx: tx.get_object(ROLLBACK, rollback_id))

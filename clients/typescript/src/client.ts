@@ -206,6 +206,8 @@ export class Writ {
   }
 
   async #send(method: string, url: URL, body: unknown, call: CallOptions): Promise<unknown> {
+    // first: a body that cannot be sent is refused before a timer or listener is set
+    const sent = body === undefined ? undefined : jsonBody(body, `${method} ${url.pathname}`);
     const timeoutS = (call.timeoutS ?? this.timeoutS) + Math.max(call.waitS ?? 0, 0);
     const controller = new AbortController();
     let timedOut = false;
@@ -227,7 +229,7 @@ export class Writ {
       const response = await this.#fetch(url, {
         method,
         headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
+        body: sent,
         signal: controller.signal,
         redirect: "error",
       });
@@ -868,4 +870,24 @@ export interface AcquireOptions {
   rollback?: RollbackPlan;
   /** Aborts the acquire (and a wait in the queue). */
   signal?: AbortSignal;
+}
+
+/** A request's body as JSON, or InvalidError before anything is sent: a number JSON cannot
+ * carry (NaN, an infinity, which JSON.stringify would send as null: another request than
+ * the one asked), a BigInt or a cycle (JSON.stringify's TypeError). */
+function jsonBody(body: unknown, what: string): string {
+  try {
+    return JSON.stringify(body, (key, value: unknown) => {
+      if (typeof value === "number" && !Number.isFinite(value)) {
+        throw new InvalidError(
+          `${what}: ${key ? `${key} is ` : ""}${value}, a number JSON cannot carry`,
+          key ? { field: key } : {},
+        );
+      }
+      return value;
+    });
+  } catch (exc) {
+    if (exc instanceof WritError) throw exc;
+    throw new InvalidError(`${what}: the body cannot be written as JSON (${String(exc)})`);
+  }
 }

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import { test } from "node:test";
-import { UnavailableError, Writ, WritError, parseRetryAfter } from "../dist/index.js";
+import { InvalidError, UnavailableError, Writ, WritError, parseRetryAfter } from "../dist/index.js";
 
 const T = { timeout: 30_000 };
 
@@ -172,4 +172,18 @@ test("retryAfterS is at most an hour, however far the server's Retry-After", T, 
   assert.equal(parseRetryAfter("9".repeat(400)), 3600);
   assert.equal(parseRetryAfter("Fri, 31 Dec 9999 23:59:59 GMT"), 3600);
   assert.equal(parseRetryAfter("12"), 12);
+});
+
+test("a body JSON cannot carry is InvalidError, and nothing is sent", T, async () => {
+  const { writ, asked } = stubbed(() => json({}));
+  for (const [call, field] of [
+    [() => writ.acquire("a/b", { intent: "x", ttlS: Number.POSITIVE_INFINITY }), "ttl_s"],
+    [() => writ.acquire("a/b", { intent: "x", waitS: Number.NaN }), "wait_s"],
+    [() => writ.acquire("a/b", { intent: "x", ttlS: 10n }), undefined],
+  ]) {
+    const err = await call().catch((e) => e);
+    assert.ok(err instanceof InvalidError, String(err));
+    if (field) assert.equal(err.details.field, field);
+  }
+  assert.equal(asked.length, 0);
 });

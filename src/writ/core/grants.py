@@ -185,6 +185,18 @@ def observable(s: Settings, p: Principal, resource: str | None) -> bool:
     return any(g.observes(resource) for g in s.grants if g.applies(p))
 
 
+def may_filter(s: Settings, p: Principal, prefix: str) -> bool:
+    """May ``p`` read the ledger filtered to ``prefix``? When it may observe ``prefix``, or
+    something below it (the page leaves out the rows it may not read). Not a resource it
+    neither observes nor stands above: the page's cursor, moving past the rows left out,
+    would tell when and how often that resource was written."""
+    if not prefix or observable(s, p, prefix):
+        return True
+    return any(
+        resources.under(o, prefix) for g in s.grants if g.applies(p) for o in (*g.write, *g.observe)
+    )
+
+
 LOCK_COLUMNS = ("lock_holder", "lock_key", "lock_acquired_at", "fencing_token")
 # rows about no resource, whatever their ``resource`` column says (``principals/NAME``,
 # ``policy``; ``freezes`` for a refused lift): for humans and queues

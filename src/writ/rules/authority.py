@@ -61,6 +61,7 @@ from writ.core.grants import (
 )
 from writ.core.grants import (
     _list,
+    may_filter,
 )
 from writ.core.grants import (
     decide as decide,
@@ -203,6 +204,23 @@ class Authority(Rule):
             return principals
         return [p if p["name"] == me.name else {**p, "wake": None} for p in principals]
 
+    def check_filter(self, me: Principal, prefix: str | None) -> None:
+        """Raise 403 unless ``me`` may read the ledger filtered to ``prefix``
+        (:func:`~writ.core.grants.may_filter`): in closed mode an agent or portal filters to
+        what it observes or stands above, never to a resource it may not observe, whose
+        rows the page's cursor would tell of (when, and how many)."""
+        if prefix and not may_filter(self.settings, me, prefix):
+            d = self.decide(me, prefix)
+            raise Forbidden(d.message, rule=d.rule, may=d.may)
+
+    def verification(self, me: Principal, found: dict[str, Any]) -> dict[str, Any]:
+        """``GET /v1/audit/verify`` for ``me``: in closed mode an agent or portal is told
+        whether the ledger verifies and where it breaks, not the reason or what it names
+        (a lease, a principal, a queued request of resources it may not observe)."""
+        if not self.settings.closed or me.kind in READ_ALL:
+            return found
+        return {k: found[k] for k in ("ok", "rows", "head", "first_bad_seq") if k in found}
+
     def visible_page(self, me: Principal, page: dict[str, Any]) -> dict[str, Any]:
         """An audit/events page as ``me`` may read it (:func:`row_view`: rows left out, lock
         columns of what it may not observe blanked); ``next_after_seq`` still moves past
@@ -221,6 +239,7 @@ class Authority(Rule):
         eng = self.engine
         if not self.settings.closed or me.kind in READ_ALL:
             return await eng.events(prefix, after_seq, wait_s, limit)
+        self.check_filter(me, prefix)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:

@@ -27,6 +27,7 @@ async def audit(
     since: str | None = None,
     until: str | None = None,
 ) -> Any:
+    engine.authority.check_filter(me, resource)
     return await audit_response(
         engine,
         after_seq,
@@ -40,7 +41,7 @@ async def audit(
 
 @router.get("/v1/audit/verify", tags=["audit"])
 async def audit_verify(me: Me, engine: EngineDep) -> dict[str, Any]:
-    return (await engine.verify()).to_dict()
+    return engine.authority.verification(me, (await engine.verify()).to_dict())
 
 
 @router.get("/v1/events", tags=["audit"])

@@ -13,6 +13,7 @@ from writ.core.clock import parse_time, rfc3339
 from writ.core.errors import WritError
 from writ.core.ledger import UNREADABLE, Verification
 from writ.core.models import Lease
+from writ.core.polls import Polls
 from writ.core.validate import number
 from writ.engine.hooks import MAX_WAIT_S
 from writ.stores.base import Tx
@@ -25,7 +26,9 @@ if TYPE_CHECKING:
 class History:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._watches: dict[tuple[Any, ...], _Watch] = {}
+        # the events long polls asking the same question share one reader (writ.core.polls)
+        self._polls: Polls[dict[str, Any]] = Polls(lambda: engine.audit_changed)
+        self._watches = self._polls.watches
         self._verify_run: asyncio.Task[None] | None = None  # the verify running now
         self._verify_next: asyncio.Future[Verification] | None = None  # the one asked for next
 
@@ -142,54 +145,18 @@ class History:
         out = await self.audit(after, limit, prefix)
         if out["rows"] or deadline <= loop.time():
             return out
+
         # Wait with every long-poll asking the same question: one task re-reads after each
         # commit for all of them, so 1,000 watchers cost one query per commit, and none of
         # them wakes up until a row matches (each waking on every commit starves the loop).
-        key = (prefix, after, limit)
-        watch = self._watches.get(key)
-        if watch is None or watch.answer.done():
-            watch = self._watches[key] = _Watch(loop.create_future())
-            watch.task = loop.create_task(self._watch(key, watch))
-        watch.waiters += 1
-        try:
-            found = await asyncio.wait_for(asyncio.shield(watch.answer), deadline - loop.time())
-            return {**found, "rows": list(found["rows"])}
-        except TimeoutError:
-            return {"rows": [], "next_after_seq": after}
-        finally:
-            watch.waiters -= 1
-            if watch.waiters == 0 and not watch.answer.done():  # nobody is waiting any more
-                if self._watches.get(key) is watch:
-                    del self._watches[key]
-                if watch.idle:  # between reads; a read in progress ends the task after it
-                    watch.task.cancel()
+        async def found() -> dict[str, Any] | None:
+            out = await self.audit(after, limit, prefix)
+            return out if out["rows"] else None
 
-    async def _watch(self, key: tuple[Any, ...], watch: _Watch) -> None:
-        """Re-read ``key``'s rows after every commit until some exist; answer the watchers.
-        Each read starts after the latest commit it was told of, so no row is missed."""
-        prefix, after, limit = key
-        try:
-            while True:
-                changed = self.engine.audit_changed
-                out = await self.audit(after, limit, prefix)
-                if out["rows"]:
-                    watch.answer.set_result(out)
-                    return
-                if watch.waiters == 0:
-                    return
-                watch.idle = True
-                try:
-                    await changed.wait()
-                finally:
-                    watch.idle = False
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a store error reaches every watcher, as it would one
-            watch.answer.set_exception(exc)
-            watch.answer.exception()  # retrieved: the watchers may all have timed out
-        finally:
-            if self._watches.get(key) is watch:
-                del self._watches[key]
+        page = await self._polls.wait((prefix, after, limit), found, deadline - loop.time())
+        if page is None:
+            return {"rows": [], "next_after_seq": after}
+        return {**page, "rows": list(page["rows"])}
 
     async def verify(self) -> Verification:
         """Recompute the whole hash chain, batch by batch (constant memory), up to the head
@@ -229,18 +196,6 @@ class History:
 def _retrieved(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
-
-
-class _Watch:
-    """The long-polls waiting for the same rows, and the task that looks for them."""
-
-    __slots__ = ("answer", "idle", "task", "waiters")
-
-    def __init__(self, answer: asyncio.Future[dict[str, Any]]) -> None:
-        self.answer = answer
-        self.task: asyncio.Task[None]
-        self.waiters = 0
-        self.idle = False  # waiting for a commit (not reading the store)
 
 
 _END_EVENTS = ("lease.released", "lease.expired", "lease.revoked")

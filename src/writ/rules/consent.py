@@ -20,7 +20,6 @@ at once (one more is 409 ``conflict``, and writes nothing).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from typing import Any
 
@@ -34,8 +33,9 @@ from writ.core.errors import (
     WritError,
 )
 from writ.core.models import Lease, Principal, data, named, new_id, public
+from writ.core.polls import Polls
 from writ.core.validate import check_text, json_value, text
-from writ.engine.hooks import SYSTEM, Request, Rule
+from writ.engine.hooks import SYSTEM, EngineView, Request, Rule
 from writ.engine.principals import member_of, refusal
 from writ.rules.authority import Authority
 from writ.stores.base import Tx
@@ -51,6 +51,11 @@ class Consents(Rule):
 
     name = "consents"
     gate_priority = 50  # after principals, authority and freezes
+
+    def __init__(self, engine: EngineView) -> None:
+        super().__init__(engine)
+        # the long polls of one consent share one reader (writ.core.polls)
+        self._polls: Polls[dict[str, Any]] = Polls(lambda: engine.audit_changed)
 
     # ------------------------------------------------------------------ changes
     async def record_change(
@@ -411,20 +416,28 @@ class Consents(Rule):
         return public(out)
 
     async def get(self, consent_id: str, wait_s: float = 0) -> dict[str, Any]:
-        """A consent; with ``wait_s``, wait until it is no longer pending (long poll)."""
+        """A consent; with ``wait_s``, wait until it is no longer pending (long poll). The
+        polls of one consent share one read after each commit (:class:`Polls`): a
+        thousand of them cost one read a commit, not a thousand."""
         eng = self.engine
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        while True:
-            changed = eng.audit_changed
+
+        async def read() -> dict[str, Any]:
             c = await eng.store.read(lambda tx: tx.get_object(CONSENT, consent_id))
             if c is None:
                 raise NotFound(f"no consent {consent_id!r}", consent_id=consent_id)
-            remaining = deadline - loop.time()
-            if c["state"] != "pending" or remaining <= 0:
-                return public(c)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+            return c
+
+        async def settled() -> dict[str, Any] | None:
+            c = await read()
+            return c if c["state"] != "pending" else None
+
+        c = await read()
+        if c["state"] != "pending" or deadline <= loop.time():
+            return public(c)
+        done = await self._polls.wait(consent_id, settled, deadline - loop.time())
+        return public(done if done is not None else await read())
 
     async def due(self, tx: Tx, now: float) -> bool:
         """A change past its window, or a consent past its deadline (what tick looks for)."""

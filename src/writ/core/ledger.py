@@ -529,9 +529,7 @@ async def verify_stream(
     before); the answer counts the rows through the last one verified, those included."""
     seq, head, total = since[0] + 1, since[1], since[0]
     kept = kept or (0, GENESIS)
-    if kept[0].__class__ is not int or kept[1].__class__ is not str:  # a BLOB, say
-        what = stored_name(kept[0] if kept[0].__class__ is not int else kept[1])
-        odd = f"the store's head (audit_head) is stored as {what}: it was changed by hand"
+    if (odd := kept_stored_oddly(kept)) is not None:
         return Verification(False, total, head, None, odd)
     if 0 < kept[0] == since[0] and kept[1] != since[1]:
         return Verification(False, total, head, kept[0], _NOT_THE_HEAD.format(kept[0]))
@@ -553,6 +551,15 @@ async def verify_stream(
 
 
 _NOT_THE_HEAD = "row {} is not the row the store's head names (another hash)"
+
+
+def kept_stored_oddly(kept: tuple[Any, Any]) -> str | None:
+    """Why the head a store keeps is not ``(int, str)`` (a BLOB, text in the seq), or None:
+    check it before :func:`kept_row_differs` or :func:`chain_short_of` use it."""
+    if kept[0].__class__ is not int or kept[1].__class__ is not str:
+        what = stored_name(kept[0] if kept[0].__class__ is not int else kept[1])
+        return f"the store's head (audit_head) is stored as {what}: it was changed by hand"
+    return None
 
 
 def kept_row_differs(

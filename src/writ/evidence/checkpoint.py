@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -58,6 +59,7 @@ from writ.core.ledger import (
     GENESIS,
     chain_short_of,
     kept_row_differs,
+    kept_stored_oddly,
     named,
     verify,
 )
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
     from writ.engine import Engine
     from writ.stores.base import Store
 
+log = logging.getLogger("writ.audit")
 __all__ = [
     "Checkpoint",
     "CheckpointError",
@@ -489,12 +492,14 @@ async def verify_store(
     kept = await store.read(lambda tx: tx.audit_head())  # the head the store keeps
     opened = Opened()  # what the rows leave open, checked against the tables
 
-    def fail(bad: int, reason: str) -> Outcome:
+    def fail(bad: int | None, reason: str) -> Outcome:
         for r in report.values():
             if r["ok"] is None:
                 r["ok"] = False
         return Outcome(False, total, prev, bad, reason, list(report.values()))
 
+    if (odd := kept_stored_oddly(kept)) is not None:
+        return fail(None, odd)
     async for chunk in store.audit_records(batch=PAGE):
         began = time.perf_counter()
         part = verify(chunk, seq, prev)
@@ -557,6 +562,12 @@ class Checkpointer:
     has just verified, with the tables. When the ledger does not verify, no checkpoint is
     written (the sentinel logs why): rows rewritten and re-hashed after a pass verified them
     no longer get the next checkpoint signed over them.
+
+    Before signing, it reads its newest file again: a checkpoint that does not verify by its
+    own key, or whose row the ledger no longer holds with the signed hash (rewritten and
+    re-hashed after it was signed, while the server was down, say), stops the signing, with
+    an ERROR line naming its seq (:attr:`refused`), for as long as it stands: the files
+    outlive the process, so a restart does not sign over the rewrite either.
     """
 
     def __init__(
@@ -576,6 +587,7 @@ class Checkpointer:
         newest = _newest(self.directory)
         self.last_seq = newest[0] if newest else 0
         self.written: list[Path] = []
+        self.refused: str | None = None  # why the newest checkpoint stops the signing
         self.sentinel = sentinel or Sentinel(engine, every=0)
         engine.add_ticker(self.tick)
 
@@ -587,8 +599,41 @@ class Checkpointer:
         if verified is None or verified[0] - self.last_seq < self.every:
             return None
         seq, h, at = verified
+        why = await self._newest_differs()
+        if why is not None:
+            if why != self.refused:
+                log.error("writ signs no checkpoint: %s", why)
+            self.refused = why
+            return None
+        self.refused = None
         cp = sign(self.key, seq, h, at)
         path = write_checkpoint(cp, self.directory / f"checkpoint-{seq:012d}.txt")
         self.last_seq = seq
         self.written.append(path)
         return path
+
+    async def _newest_differs(self) -> str | None:
+        """Why the newest checkpoint file in the directory does not hold (by this key, and
+        against the ledger's row at its seq), or None (also when there is none)."""
+        newest = _newest(self.directory)
+        if newest is None:
+            return None
+        seq, path = newest
+        try:
+            cp = read_checkpoint(path)
+            cp.check_signature(self.key.public_key())
+        except (CheckpointError, OSError) as exc:
+            return f"the newest checkpoint, seq {seq} ({path}), does not verify: {exc}"
+        if cp.seq != seq:
+            return f"the newest checkpoint {path} says seq {cp.seq}, not seq {seq}"
+        row = await _row(self.engine.store, seq)
+        got = row.get("hash") if row is not None and row.get("seq") == seq else None
+        if got != cp.hash:
+            now = f"now {got[:12]}…" if isinstance(got, str) else "the row is gone"
+            return (
+                f"row {seq} no longer has the hash checkpoint seq {seq} ({path}) signed "
+                f"({cp.hash[:12]}…, {now}): rows up to it were rewritten and re-hashed, or "
+                "removed, after it was signed (run writ audit verify --checkpoint, and keep "
+                "the store as evidence)"
+            )
+        return None

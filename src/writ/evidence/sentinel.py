@@ -17,6 +17,14 @@ time).
 A checkpoint (``--checkpoint-every``) is signed only at a row a pass has just verified
 (:meth:`Sentinel.verified`): rows rewritten and re-hashed after a pass saw them are never
 vouched for by the next checkpoint.
+
+A row found with another hash than the one a pass verified (:attr:`Sentinel.rewritten`:
+rewritten and re-hashed, or removed) stays a break for the life of the process: the whole
+walk that follows a break would find the re-hashed chain consistent, and must not clear the
+alert, or let a checkpoint be signed over the rewrite. The furthest row verified
+(:attr:`Sentinel.vouched`) is read again by every pass, whole passes included. A pass that
+could not run (the store unreachable) is no break; a table changed by hand, or a row that
+had not been verified yet, verifies again once mended.
 """
 
 from __future__ import annotations
@@ -59,6 +67,9 @@ class Sentinel:
     ) -> None:
         self.engine, self.every, self.full_every, self.clock = engine, every, full_every, clock
         self.at: tuple[int, str] = (0, GENESIS)  # the last row verified: seq, hash
+        self.vouched: tuple[int, str] = (0, GENESIS)  # the furthest row verified: never reset
+        #: a row changed after a pass verified it: the answer of every pass from then on
+        self.rewritten: Verification | None = None
         self.opened = Opened()
         self.last: Verification | None = None  # the last pass's answer
         self.last_end = 0.0  # time.time() the last pass ended
@@ -100,6 +111,10 @@ class Sentinel:
                 self._full_due = self.clock() + self.full_every
                 self.at, self.opened = (0, GENESIS), Opened()
             out = await self._changed_behind() or await self._walk(tables)
+            if self.rewritten is None and self.at[0] >= self.vouched[0]:
+                self.vouched = self.at
+            elif self.rewritten is not None and out.ok:
+                out = self.rewritten  # a whole walk of the re-hashed chain clears nothing
             if out.ok and not tables:
                 return out
             before, self.last, self.last_end = self.last, out, time.time()
@@ -124,7 +139,7 @@ class Sentinel:
         ledger does not verify (or holds no row). The tables are left to the passes."""
         out = await self.pass_(tables=False)
         seq, hash_ = self.at
-        if not out.ok or seq == 0:
+        if not out.ok or seq == 0 or self.rewritten is not None:
             return None
         row = await self._row(seq)
         return (seq, hash_, row.get("timestamp")) if row and row.get("hash") == hash_ else None
@@ -134,10 +149,14 @@ class Sentinel:
         return rows[0] if rows and rows[0].get("seq") == seq else None
 
     async def _changed_behind(self) -> Verification | None:
-        """A failed answer if the last row verified no longer has the hash it had."""
-        seq, hash_ = self.at
-        if seq == 0:
-            return None
+        """A failed answer if the last row verified, or the furthest (:attr:`vouched`), no
+        longer has the hash it had."""
+        for seq, hash_ in dict.fromkeys((self.vouched, self.at)):
+            if seq > 0 and (out := await self._changed(seq, hash_)) is not None:
+                return out
+        return None
+
+    async def _changed(self, seq: int, hash_: str) -> Verification | None:
         row = await self._row(seq)
         if row is not None and row.get("hash") == hash_:
             if row.get("event") != UNREADABLE:
@@ -145,7 +164,12 @@ class Sentinel:
             # its hash kept, its body no longer one writ reads (stored as a BLOB, say)
             why = f"{row.get('notes')}; it was changed since writ verified it"
             return Verification(False, seq, hash_, seq, why)
-        return Verification(
+        return self._rewrite(seq, hash_)
+
+    def _rewrite(self, seq: int, hash_: str) -> Verification:
+        """The answer for row ``seq`` found without the hash ``hash_`` a pass verified; kept
+        in :attr:`rewritten` (the first one found) for the life of the process."""
+        out = Verification(
             False,
             seq,
             hash_,
@@ -153,11 +177,21 @@ class Sentinel:
             f"row {seq} no longer has the hash writ verified ({hash_[:12]}…): rows up to it "
             "were rewritten and re-hashed, or removed, since",
         )
+        self.rewritten = self.rewritten or out
+        return out
 
     async def _walk(self, tables: bool = True) -> Verification:
         from writ.stores.migrate import verify_store
 
+        seq, hash_ = self.vouched
+
         def step(chunk: list[Record]) -> None:
+            first = chunk[0][0]
+            if first <= seq <= chunk[-1][0] and chunk[seq - first][2] != hash_:
+                self._rewrite(seq, hash_)  # rewritten since it was read again, before the walk
             self.at = (chunk[-1][0], chunk[-1][2])
 
-        return await verify_store(self.engine.store, self.at, self.opened, step, tables)
+        before = self.rewritten
+        out = await verify_store(self.engine.store, self.at, self.opened, step, tables)
+        found = self.rewritten  # found by this walk: its answer, whatever the tables say
+        return found if found is not None and found is not before else out

@@ -3,10 +3,13 @@ writ.cli.commands)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import IO, Any, NoReturn, TypeVar
+from urllib.parse import unquote, urlparse
 
 import click
 
@@ -143,3 +146,96 @@ def writable_file(path: str | None, flag: str = "--out") -> str | None:
 def write_failed(path: str, exc: OSError, flag: str = "--out") -> Invalid:
     """A write to ``path`` that failed, as one line (exit 2)."""
     return Invalid(f"{flag} {path}: cannot write: {exc.strerror or exc}", field="out")
+
+
+# ----------------------------------------------------------------------------- output files
+# An output file never lands on a database: `--out w.db` (or a symlink to it, or to its -wal)
+# once truncated the store behind an `exported 1 rows` and exit 0. Refused, before anything
+# is read or written: the store's own file and its -wal/-shm/-journal (after symlinks, or a
+# hard link to them), and any existing SQLite database (a file that starts with the SQLite
+# header) or the -wal/-shm/-journal beside one, whether --store names it or not.
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def _sqlite_path(store: str | None) -> str | None:
+    """The file of a ``sqlite:///`` store URL, as :class:`SQLiteStore` reads it."""
+    if not store or not store.lower().startswith("sqlite:"):
+        return None
+    path = unquote(urlparse(store).path)
+    path = path[1:] if path.startswith("/") else path
+    return None if not path or path == ":memory:" else path
+
+
+def _is_sqlite(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:  # absent, a folder, unreadable: not a database we can see
+        return False
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def not_a_database(path: str | None, store: str | None = None, flag: str = "--out") -> str | None:
+    """``path`` once writing it cannot destroy a database: refused (``invalid``, exit 2) when,
+    after symlinks, it is the SQLite file of ``store`` or its -wal/-shm/-journal, or any
+    existing SQLite database or one's -wal/-shm/-journal."""
+    if path is None:
+        return None
+    real = os.path.realpath(path)
+    named = _sqlite_path(store)
+    if named is not None:
+        db = os.path.realpath(named)
+        for end in ("", *SQLITE_SIDECARS):
+            if real == db + end or _same_file(path, db + end):
+                what = f"the store's {end} file" if end else "the store"
+                raise Invalid(
+                    f"{flag} {path}: is {what} ({db + end}): refusing to overwrite it",
+                    field="out",
+                )
+    for end in ("", *SQLITE_SIDECARS):
+        if real.endswith(end) and _is_sqlite(base := real[: len(real) - len(end)]):
+            what = f"the {end} file of the SQLite database {base}" if end else "a SQLite database"
+            raise Invalid(f"{flag} {path}: is {what}: refusing to overwrite it", field="out")
+    return path
+
+
+def output_file(path: str | None, store: str | None = None, flag: str = "--out") -> str | None:
+    """:func:`writable_file` and :func:`not_a_database`: checked before any work is done."""
+    return not_a_database(writable_file(path, flag), store, flag)
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: str) -> Iterator[IO[str]]:
+    """A text file written beside ``path`` (after symlinks) and renamed over it when the
+    block ends without an error: a failed write leaves ``path`` as it was, never half a
+    file. The new file has the mode ``open(path, "w")`` would give a new one. Anything but
+    a regular file (``/dev/null``, ``/dev/full``, a pipe) is written as it is, never replaced."""
+    real = os.path.realpath(path)
+    if os.path.exists(real) and not os.path.isfile(real):
+        with open(real, "w", encoding="utf-8") as f:
+            yield f
+        return
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(real)}.", suffix=".tmp", dir=os.path.dirname(real)
+    )
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with open(fd, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, real)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

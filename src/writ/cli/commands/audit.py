@@ -26,6 +26,8 @@ from writ.cli.options import (
     api_options,
     existing_store,
     json_option,
+    output_file,
+    replaced_atomically,
     store_option,
     write_failed,
 )
@@ -125,11 +127,14 @@ def audit_export(
     """Export audit rows as JSON Lines, one row per line, in seq order."""
     if store:
         store = existing_store(store)
+    output_file(out_path, store)  # never the store's own file, nor any SQLite database
+
     try:
+        # a temp file beside --out, renamed over it when the export is complete: --out is
+        # not touched before then, so a store that fails to open (or fails half-way) leaves
+        # it as it was
         with (
-            open(out_path, "w", encoding="utf-8")
-            if out_path
-            else contextlib.nullcontext(sys.stdout)
+            replaced_atomically(out_path) if out_path else contextlib.nullcontext(sys.stdout)
         ) as out:
             if store:
                 n = _export_offline(store, after_seq, resource, since, until, out)

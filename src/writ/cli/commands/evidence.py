@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,8 +33,10 @@ from writ.cli.options import (
     api_options,
     existing_store,
     json_option,
+    not_a_database,
+    output_file,
+    replaced_atomically,
     store_option,
-    writable_file,
     write_failed,
 )
 from writ.client import AsyncClient, Client
@@ -201,7 +204,7 @@ def postmortem_command(
     if around and (since or until):
         raise click.UsageError("give --around (with --window) or --since/--until, not both")
     query = _query(resources, since, until, around, window)
-    writable_file(out_path)  # before the report is built, not after
+    output_file(out_path, store)  # before the report is built; never a database
     query.limit, query.title = limit, title
     if fmt is None:  # from --out's suffix, else md
         suffix = Path(out_path or "").suffix.lstrip(".").replace("markdown", "md")
@@ -226,7 +229,8 @@ def postmortem_command(
         text = to_markdown(report)
     if out_path:
         try:
-            Path(out_path).write_text(text, encoding="utf-8")
+            with replaced_atomically(out_path) as f:
+                f.write(text)
         except OSError as exc:
             raise write_failed(out_path, exc) from None
         counts = [(report["source"]["rows"], "row")] + [
@@ -267,6 +271,8 @@ def demo_command(out_dir: str, mode: str) -> None:
     """
     from writ.demo import run
 
+    for name in ("postmortem.md", "postmortem.html"):  # what run() writes there
+        not_a_database(os.path.join(out_dir, name), flag="--out")
     run(out_dir, mode=mode)
 
 
@@ -285,6 +291,8 @@ def keygen_command(out_path: str) -> None:
     database host; give FILE.pub to whoever verifies)."""
     from writ.evidence.checkpoint import key_id, load_private_key, raw_public, write_key
 
+    not_a_database(out_path)  # write_key makes the folder, so only this is checked here
+    not_a_database(out_path + ".pub")
     priv, pub = write_key(out_path)
     kid = key_id(raw_public(load_private_key(priv).public_key()))
     click.echo(f"wrote {priv} (private, keep it secret) and {pub} (public); key id {kid}")
@@ -320,6 +328,7 @@ def checkpoint_command(
     """
     from writ.evidence.checkpoint import load_private_key, make, sign, signable, write_checkpoint
 
+    not_a_database(out_path, store)  # write_checkpoint would os.replace the store with it
     key = load_private_key(key_path)
     if store:
         cp = asyncio.run(_with_store(store, lambda e: make(e.store, key)))

@@ -136,6 +136,8 @@ def test_compact_keeps_what_a_body_says_and_anything_else_as_it_came() -> None:
     assert len(_compact(padded)) < 100
     not_json = b"{" * 5000
     assert _compact(not_json) is not_json
+    # what was already read from the body is written, not the body read again
+    assert _compact(b"{}" + b" " * 5000, {"resource": "a"}) == b'{"resource":"a"}'
 
 
 def test_the_listeners_header_limit_is_the_apps(tmp_path: Path) -> None:

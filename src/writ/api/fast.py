@@ -161,7 +161,7 @@ class FastLeases:
             req = self._acquire_request(body)
         if not (token and ((lease_id is not None and not body) or req is not None)):
             return None
-        return token, lease_id, req, _compact(body)
+        return token, lease_id, req, _compact(body, req)  # an acquire's, read once
 
     async def _answer(
         self,
@@ -424,15 +424,17 @@ def _whole(body: bytes) -> Message:
     return {"type": "http.request", "body": body, "more_body": False}
 
 
-def _compact(body: bytes) -> bytes:
+def _compact(body: bytes, said: dict[str, Any] | None = None) -> bytes:
     """``body`` as what it says: over ``_COMPACT_ABOVE`` bytes, JSON is written again
     compactly (the same value, as ``json.loads`` reads both: FastAPI's reading too), so a
     request padded to 1 MiB with spaces holds its few fields, not the padding, for the
-    minutes it may wait. Anything else is kept as it came."""
+    minutes it may wait. ``said``: the value already read from ``body`` (not read again).
+    Anything else is kept as it came."""
     if len(body) <= _COMPACT_ABOVE:
         return body
     try:
-        return json.dumps(json.loads(body), separators=(",", ":")).encode()
+        value = json.loads(body) if said is None else said
+        return json.dumps(value, separators=(",", ":")).encode()
     except (ValueError, RecursionError):  # not JSON: FastAPI answers it as it is
         return body
 

@@ -154,6 +154,7 @@ async def test_checkpointer_writes_one_every_n_rows(engine: Engine, tmp_path: Pa
     assert sorted(p.name for p in folder.iterdir()) == [
         "checkpoint-000000000010.txt",
         "checkpoint-000000000015.txt",
+        "verified.txt",  # the mark: the furthest row verified, a checkpoint too
     ]
     cps = [read_checkpoint(p) for p in sorted(folder.iterdir())]
     assert (await verify_store(engine.store, cps, key.public_key())).ok

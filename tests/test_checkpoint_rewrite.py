@@ -15,13 +15,15 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from tests.verify_fixtures import edit_row
+from tests.verify_fixtures import edit_row, open_db
 from writ.api.app import create_app
 from writ.cli import main
 from writ.core.clock import ManualClock
 from writ.core.errors import Unavailable
+from writ.core.ledger import GENESIS
 from writ.engine import Engine
 from writ.evidence.checkpoint import (
+    MARK,
     Checkpointer,
     generate_key,
     read_checkpoint,
@@ -90,7 +92,8 @@ async def test_a_rewrite_a_pass_saw_stays_a_break(
         assert not out.ok and out.first_bad_seq == 15
         assert "row 15 no longer has the hash writ verified" in (out.reason or "")
         assert s.last is not None and not s.last.ok and s.rewritten is not None
-        assert _files(cps) == [first.name]
+        assert _files(cps) == [first.name, MARK]  # the mark: row 15 as verified, not since
+        assert read_checkpoint(cps / MARK).seq == 15 and cp.marked[0] == 15
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://writ") as http:
             assert "writ_audit_verify_ok 0.0" in (await http.get("/metrics")).text
@@ -105,9 +108,9 @@ async def test_a_rewrite_under_a_checkpoint_gets_none_signed_after_a_restart(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Rewritten and re-hashed through the newest checkpoint's row while the server was down:
-    the new process's standing verify starts from genesis and finds the chain consistent, but
-    the checkpointer finds its newest file no longer held by the ledger and signs nothing,
-    naming the seq — after another restart too."""
+    a whole walk from genesis finds the chain consistent, but the new process's verify starts
+    from the furthest row the files vouch for, finds row 10 with another hash, and signs
+    nothing, naming the seq — after another restart too."""
     db, cps, key = tmp_path / "w.db", tmp_path / "cps", generate_key()
     engine = await _engine(db)
     try:
@@ -126,13 +129,112 @@ async def test_a_rewrite_under_a_checkpoint_gets_none_signed_after_a_restart(
             await _rows(engine, 10, f"r{restart}")
             with caplog.at_level(logging.INFO, logger="writ.audit"):
                 assert await cp.tick() is None and await cp.tick() is None
-            assert cp.sentinel.last is None or cp.sentinel.last.ok  # the chain verifies
-            assert cp.refused is not None and "row 10 no longer has the hash" in cp.refused
+            last = cp.sentinel.last
+            assert last is not None and not last.ok and last.first_bad_seq == 10, last
+            assert "row 10 no longer has the hash" in (last.reason or "")
         finally:
             await engine.stop()
-        assert _files(cps) == [first.name]
+        assert _files(cps) == [first.name]  # no mark: nothing was verified past the checkpoint
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 2 and all("checkpoint seq 10" in e for e in errors), errors
+    assert len(errors) == 2 and all("at seq 10: row 10" in e for e in errors), errors
+
+
+async def _marked(db: Path, cps: Path, key: Any, rows: int, name: str = "a") -> int:
+    """A server's life: ``rows`` rows, a pass of its standing verify, the mark signed over
+    the row it verified last; that seq. No checkpoint is due (``every``)."""
+    engine = await _engine(db)
+    try:
+        app = create_app(engine, start_engine=False, verify_every=3600)
+        cp = Checkpointer(engine, key, cps, every=100, sentinel=app.state.sentinel)
+        await _rows(engine, rows, name)
+        assert (await app.state.sentinel.pass_()).ok
+        assert await cp.tick() is None
+        mark = read_checkpoint(cps / MARK)
+        assert (mark.seq, mark.hash) == app.state.sentinel.vouched == cp.marked
+        return mark.seq
+    finally:
+        await engine.stop()
+
+
+async def _first_pass(db: Path, cps: Path, key: Any) -> tuple[Any, str]:
+    """A new process on ``db``: its standing verify's first pass, and /metrics."""
+    engine = await _engine(db)
+    try:
+        app = create_app(engine, start_engine=False, verify_every=3600)
+        Checkpointer(engine, key, cps, every=100, sentinel=app.state.sentinel)
+        out = await app.state.sentinel.pass_()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://writ") as http:
+            return out, (await http.get("/metrics")).text
+    finally:
+        await engine.stop()
+
+
+async def test_rows_rewritten_while_no_server_ran_are_found_by_the_first_pass(
+    tmp_path: Path,
+) -> None:
+    """Rows past the newest checkpoint (there is none here), verified by a pass and signed in
+    the mark, then rewritten and re-hashed while no server ran: a whole walk finds the chain
+    consistent, but the next process's first pass reads the marked row again and breaks."""
+    db, cps, key = tmp_path / "w.db", tmp_path / "cps", generate_key()
+    seq = await _marked(db, cps, key, 12)
+    edit_row(db, 7, rehash=True)
+    out, metrics = await _first_pass(db, cps, key)
+    assert not out.ok and out.first_bad_seq == seq, out
+    assert f"row {seq} no longer has the hash writ verified" in (out.reason or "")
+    assert "writ_audit_verify_ok 0.0" in metrics
+
+
+async def test_rows_removed_while_no_server_ran_are_found_by_the_first_pass(
+    tmp_path: Path,
+) -> None:
+    """The last rows deleted and the head moved back while no server ran: found too."""
+    db, cps, key = tmp_path / "w.db", tmp_path / "cps", generate_key()
+    seq = await _marked(db, cps, key, 12)
+    c = open_db(db)
+    prev = c.execute("SELECT hash FROM audit WHERE seq = ?", (seq - 3,)).fetchone()[0]
+    c.execute("DELETE FROM audit WHERE seq > ?", (seq - 3,))
+    c.execute("UPDATE audit_head SET seq = ?, hash = ?", (seq - 3, prev))
+    c.close()
+    out, _ = await _first_pass(db, cps, key)
+    assert not out.ok and out.first_bad_seq == seq, out
+
+
+async def test_the_mark_follows_the_verify_and_is_a_checkpoint(tmp_path: Path) -> None:
+    """The mark moves on with the passes (one file, rewritten), holds the row's time, and
+    verifies as a checkpoint; the ledger still verifies on the next start."""
+    db, cps, key = tmp_path / "w.db", tmp_path / "cps", generate_key()
+    first = await _marked(db, cps, key, 5)
+    second = await _marked(db, cps, key, 5, "b")
+    assert second == first + 5 and _files(cps) == [MARK]
+    out, metrics = await _first_pass(db, cps, key)
+    assert out.ok and "writ_audit_verify_ok 1.0" in metrics
+    store = SQLiteStore(f"sqlite:///{db}")
+    await store.open()
+    try:
+        mark = read_checkpoint(cps / MARK)
+        assert mark.time is not None
+        checked = await verify_store(store, [mark], key.public_key())
+    finally:
+        await store.close()
+    assert checked.ok and checked.checkpoints[0]["ok"] is True, checked
+
+
+async def test_a_mark_by_another_key_vouches_for_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mark that does not verify by the server's key is named in an ERROR line and
+    ignored: the rows it would vouch for are read as a process with no mark reads them."""
+    db, cps, key = tmp_path / "w.db", tmp_path / "cps", generate_key()
+    await _marked(db, cps, generate_key(), 6)
+    engine = await _engine(db)
+    try:
+        with caplog.at_level(logging.ERROR, logger="writ.audit"):
+            cp = Checkpointer(engine, key, cps, every=100)
+        assert cp.marked == (0, GENESIS) and cp.sentinel.vouched == (0, GENESIS)
+        assert any(MARK in r.getMessage() for r in caplog.records)
+    finally:
+        await engine.stop()
 
 
 async def test_a_newest_checkpoint_that_does_not_verify_stops_the_signing(

@@ -73,6 +73,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("writ.audit")
 __all__ = [
+    "MARK",
     "Checkpoint",
     "CheckpointError",
     "Checkpointer",
@@ -97,6 +98,9 @@ FORMAT = "1"
 MAX_FILE = 64 << 10  # a checkpoint or a PEM key is well under 1 KiB; a larger file is refused
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _FILE = re.compile(r"checkpoint-(\d+)\.txt")
+#: the server's signed mark of the furthest row its standing verify verified (a checkpoint
+#: file, rewritten as the verify moves on; :class:`Checkpointer`)
+MARK = "verified.txt"
 _KNOWN = frozenset(
     ("writ-checkpoint", "seq", "hash", "time", "signed_at", "key_id", "public_key", "signature")
 )  # any other line is kept, in order, as an extra (still signed)
@@ -568,6 +572,12 @@ class Checkpointer:
     re-hashed after it was signed, while the server was down, say), stops the signing, with
     an ERROR line naming its seq (:attr:`refused`), for as long as it stands: the files
     outlive the process, so a restart does not sign over the rewrite either.
+
+    Between checkpoints it keeps :data:`MARK` (``verified.txt``, a checkpoint file too),
+    signed over the furthest row the standing verify has verified, rewritten as that moves
+    on. On start, the furthest row the mark or the newest checkpoint vouches for is handed to
+    the standing verify (:meth:`_seed`): its first pass then finds rows rewritten and
+    re-hashed, or removed, while no server ran, up to the last pass before the stop.
     """
 
     def __init__(
@@ -589,9 +599,51 @@ class Checkpointer:
         self.written: list[Path] = []
         self.refused: str | None = None  # why the newest checkpoint stops the signing
         self.sentinel = sentinel or Sentinel(engine, every=0)
+        self.marked = self._seed()  # the row the mark signs: seq, hash
+        self._mark_failed: str | None = None
         engine.add_ticker(self.tick)
 
+    def _seed(self) -> tuple[int, str]:
+        """The furthest row the mark or the newest checkpoint vouches for (by this key), made
+        the standing verify's :attr:`~writ.evidence.sentinel.Sentinel.vouched`: a process
+        that starts afresh then reads that row again at its first pass, as it would a row it
+        verified itself. A file that does not verify by this key vouches for nothing (the
+        newest checkpoint's is logged when signing is due; the mark's here)."""
+        newest = _newest(self.directory)
+        best = (0, GENESIS)
+        for path in (newest[1] if newest else None, self.directory / MARK):
+            if path is None or not path.exists():
+                continue
+            try:
+                cp = read_checkpoint(path)
+                cp.check_signature(self.key.public_key())
+            except CheckpointError as exc:
+                if path.name == MARK:
+                    log.error("writ ignores %s: it does not verify: %s", path, exc)
+                continue
+            best = max(best, (cp.seq, cp.hash), key=lambda m: m[0])
+        if best[0] > self.sentinel.vouched[0] and self.sentinel.rewritten is None:
+            self.sentinel.vouched = best
+        return best
+
+    async def _mark(self) -> None:
+        """Sign :data:`MARK` over the standing verify's furthest row, once it moved on."""
+        seq, h = self.sentinel.vouched
+        if seq <= self.marked[0] or self.sentinel.rewritten is not None:
+            return
+        row = await _row(self.engine.store, seq)
+        at = row.get("timestamp") if row is not None and row.get("hash") == h else None
+        try:
+            write_checkpoint(sign(self.key, seq, h, at), self.directory / MARK)
+        except OSError as exc:
+            if str(exc) != self._mark_failed:
+                log.warning("writ could not write %s: %s", self.directory / MARK, exc)
+            self._mark_failed = str(exc)
+            return
+        self.marked, self._mark_failed = (seq, h), None
+
     async def tick(self) -> Path | None:
+        await self._mark()
         seq, _h, _at = await head(self.engine.store)
         if seq == 0 or seq - self.last_seq < self.every:
             return None

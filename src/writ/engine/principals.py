@@ -425,10 +425,13 @@ class Principals(Rule):
 
 
 def member_of(me: Principal, queue: str | None) -> bool:
-    """True when ``me`` is ``queue`` itself or a human member of it."""
+    """True when ``me`` is ``queue`` itself (a queue or a person, never an agent or portal
+    that a stored plan named) or a human member of it."""
     if not queue:
         return False
-    return me.name == queue or (me.kind == "human" and queue in me.queues)
+    if me.name == queue:
+        return me.kind in ("queue", "human")
+    return me.kind == "human" and queue in me.queues
 
 
 # names writ itself writes into rows where a principal's name goes: never a principal's

@@ -45,6 +45,17 @@ class ReadOps:
         """The human queue paged for ``lease``: its rollback plan's, else the policy's."""
         return (lease.rollback or {}).get("override_queue") or self.policy.default_override_queue
 
+    async def human_queue(self, tx: Tx, name: str | None) -> str | None:
+        """``name`` when it is a principal a page or an escalation may go to (a queue, or a
+        person), else the policy's ``default_override_queue``: a plan stored before writ
+        checked the queue of one that allows no rollback may name an agent (itself, even),
+        a portal or nobody registered."""
+        default = self.policy.default_override_queue
+        if not name or name == default:
+            return default
+        p = await tx.get_principal(name)
+        return name if p is not None and p.kind in ("queue", "human") else default
+
     def lease_row(
         self, lease: Lease, event: str, agent: str, notes: str, **extra: Any
     ) -> dict[str, Any]:

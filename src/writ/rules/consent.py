@@ -122,7 +122,7 @@ class Consents(Rule):
                 "fencing_token": lease.fencing_token,
                 "at": rfc3339(now),
                 "protected_until": rfc3339(now + window),
-                "override_queue": eng.override_queue(lease),
+                "override_queue": await eng.human_queue(tx, eng.override_queue(lease)),
             }
             await tx.put_object(
                 CHANGE,
@@ -138,6 +138,7 @@ class Consents(Rule):
                     "change.recorded",
                     me.name,
                     f"{attr}: {summ}; protected until {change['protected_until']}",
+                    human_override_queue=change["override_queue"],
                 )
             )
             return change
@@ -351,9 +352,8 @@ class Consents(Rule):
                 queue = consent.get("escalated_to")
                 if queue is None:
                     change = await tx.get_object(CHANGE, consent["change_id"])
-                    queue = (change or {}).get(
-                        "override_queue"
-                    ) or eng.policy.default_override_queue
+                    queue = (change or {}).get("override_queue")
+                queue = await eng.human_queue(tx, queue)
                 if not (member_of(me_now, queue) or (queue is None and me_now.admin)):
                     raise Forbidden(
                         "this consent expired unanswered and was escalated: only its override "
@@ -458,7 +458,7 @@ class Consents(Rule):
                 )
             for c in await tx.objects_due(CONSENT, "pending", tx.now(), 200):
                 change = await tx.get_object(CHANGE, c["change_id"])
-                queue = (change or {}).get("override_queue") or eng.policy.default_override_queue
+                queue = await eng.human_queue(tx, (change or {}).get("override_queue"))
                 c.update(status="expired", escalated_to=queue)
                 await tx.put_object(
                     CONSENT, c["consent_id"], c["resource"], "expired", data(c), None

@@ -49,7 +49,10 @@ class Rollbacks(Rule):
 
     async def check_plan(self, plan: dict[str, Any]) -> dict[str, Any]:
         """Validate a lease's rollback plan at acquire: a literal route, and a key held by a
-        human queue (a person is accepted with a warning; an agent or portal never)."""
+        human queue (a person is accepted with a warning; an agent or portal never). What a
+        plan gives is checked whether or not it allows a rollback: its ``override_queue`` is
+        paged for a stuck lock and takes an unanswered consent (an agent naming itself there
+        answered its own escalations), and every field lands in the grant's row."""
         allowed = plan.get("allowed", False)
         if not isinstance(allowed, bool):
             raise Invalid("rollback.allowed must be true or false", field="rollback.allowed")
@@ -62,10 +65,8 @@ class Rollbacks(Rule):
         unknown = set(plan) - {"allowed", "path", "key_holder", "override_queue", "denominator"}
         if unknown:
             raise Invalid(f"rollback has unknown fields {sorted(unknown)}", field="rollback")
-        if not allowed:
-            return out
         missing = [k for k in ("path", "key_holder", "override_queue") if not out.get(k)]
-        if missing:
+        if allowed and missing:
             raise Invalid(
                 "rollback.allowed=true needs "
                 + ", ".join(f"rollback.{m}" for m in missing)
@@ -73,11 +74,14 @@ class Rollbacks(Rule):
                 " (no queue name, no rollback)",
                 field="rollback",
             )
-        out["path"] = check_route(out["path"], "rollback.path")
-        self._check_host(out["path"])
+        if out["path"] is not None:
+            out["path"] = check_route(out["path"], "rollback.path")
+            self._check_host(out["path"])
         warnings: list[str] = []
         for key in ("key_holder", "override_queue"):
             name = out[key]
+            if name is None:
+                continue
             p = await self.engine.principal(name)
             if p is None:
                 raise Invalid(

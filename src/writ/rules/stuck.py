@@ -125,7 +125,7 @@ class Stuck(Rule):
                 lease = await _still_held(tx, hc, now)
                 if lease is None:
                     continue
-                queue = eng.override_queue(lease)
+                queue = await eng.human_queue(tx, eng.override_queue(lease))
                 q = await tx.get_principal(queue) if queue else None
                 route = q.wake if q else None
                 row = eng.lease_row(

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from typing import Any
 
-__all__ = ["UNSAFE", "dumps", "hex_escaped", "json_printable", "printable"]
+__all__ = ["UNSAFE", "dumps", "hex_escaped", "json_printable", "printable", "visible"]
 
 # C0 and C1 controls and DEL; line and paragraph separators; bidirectional marks, embeddings,
 # overrides and isolates; zero-width characters, the byte-order mark; lone surrogates (which
@@ -37,6 +38,24 @@ UNSAFE = re.compile(f"[{_C0}{_BEYOND_C0}]")
 # other unsafe character can only sit inside a string, where \uXXXX means the same character
 _UNSAFE_IN_JSON = re.compile(f"[{_BEYOND_C0}]")
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+# what a reader sees nothing of: spaces and separators, controls, format characters (zero-width
+# ones, bidi marks, the soft hyphen, the byte-order mark), lone surrogates; and the blank letters
+# (Hangul fillers, the blank braille pattern) that render as space
+_UNSEEN = frozenset(("Zs", "Zl", "Zp", "Cc", "Cf", "Cs"))
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def visible(text: str) -> bool:
+    """Whether ``text`` holds a character a reader sees: a runbook, a page, a reason or a name
+    of zero-width spaces, bidi marks or soft hyphens says nothing, as an empty one does."""
+    if text.isascii():
+        if text.isprintable():  # the common case, at C speed
+            return bool(text) and not text.isspace()
+        return any(" " < c < "\x7f" for c in text)
+    category = unicodedata.category
+    return any(category(c) not in _UNSEEN and c not in _BLANK_LETTERS for c in text)
 
 
 def _hex(m: re.Match[str]) -> str:

@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 from writ.core.errors import Invalid
+from writ.core.textsafe import visible
 
 MAX_TEXT = 2000
 MAX_DEPTH = 32  # nesting of a free-form JSON value (a scalar is 0, ``[]`` is 1)
@@ -139,10 +140,11 @@ def number(value: Any, field: str, lo: float, hi: float) -> float:
 
 
 def text(value: Any, field: str, required: bool = True, limit: int = MAX_TEXT) -> str | None:
-    """``value`` stripped: a non-empty string of at most ``limit`` characters of text."""
+    """``value`` stripped: a string of at most ``limit`` characters of text, of which a reader
+    sees at least one (zero-width spaces, bidi marks or soft hyphens alone are no words)."""
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not visible(value):
         raise Invalid(f"{field} is required: a few plain words", field=field)
     if len(value) > limit:
         raise Invalid(f"{field} is at most {limit} characters", field=field)

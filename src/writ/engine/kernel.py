@@ -36,7 +36,8 @@ from writ.core.errors import (
 from writ.core.ledger import Verification
 from writ.core.models import Lease, Principal, Waiter, new_id, queued_as
 from writ.core.policy import Policy
-from writ.core.validate import check_text, check_tree, number
+from writ.core.textsafe import visible
+from writ.core.validate import check_text, check_tree, number, text
 from writ.engine.defaults import DEFAULT_RULES, load_rule
 from writ.engine.hooks import MAX_TTL_S, MAX_WAIT_S, R, Request, Rule, lock_row
 from writ.engine.principals import RESERVED_NAMES as RESERVED_NAMES
@@ -247,7 +248,7 @@ class Engine(PrincipalOps, QueueOps):
         check_tree(touches, "touches")
         check_text(consent_id, "consent_id")
         check_tree(rollback, "rollback")
-        if not isinstance(intent, str) or not intent.strip():
+        if not isinstance(intent, str) or not visible(intent):
             raise Invalid(
                 "intent is required: say in a few words what you will change", field="intent"
             )
@@ -548,16 +549,14 @@ class Engine(PrincipalOps, QueueOps):
             await self.lease_refusal(principal, lease_id, err)
             raise err
         fields_ = {"runbook": runbook, "paged": paged, "reason": reason}
-        missing = [k for k, v in fields_.items() if not isinstance(v, str) or not v.strip()]
+        missing = [k for k, v in fields_.items() if not isinstance(v, str) or not visible(v)]
         if missing:
+            how = "(runbook followed, who was paged, and why), in words a reader sees"
             raise Invalid(
-                "a revoke must say how: "
-                + ", ".join(missing)
-                + " required (runbook followed, who was paged, and why)",
-                fields=missing,
+                f"a revoke must say how: {', '.join(missing)} required {how}", fields=missing
             )
         for field, value in fields_.items():
-            check_text(value, field)
+            text(value, field)  # text, and at most MAX_TEXT characters
 
         async def fn(tx: Tx) -> Lease | WritError:
             lease = (

@@ -29,6 +29,7 @@ from writ.core.clock import rfc3339
 from writ.core.errors import Conflict, Forbidden, Invalid, NotFound
 from writ.core.models import Lease, Principal, data, new_id, public
 from writ.core.routes import check_route, host_problem, resolve
+from writ.core.textsafe import visible
 from writ.core.validate import check_text, text
 from writ.engine.hooks import Rule
 from writ.engine.principals import member_of, refusal
@@ -59,7 +60,7 @@ class Rollbacks(Rule):
         out: dict[str, Any] = {"allowed": allowed}
         for key in ("path", "key_holder", "override_queue", "denominator"):
             v = plan.get(key)
-            if v is not None and (not isinstance(v, str) or not v.strip()):
+            if v is not None and (not isinstance(v, str) or not visible(v)):
                 raise Invalid(f"rollback.{key} must be a non-empty string", field=f"rollback.{key}")
             out[key] = v
         unknown = set(plan) - {"allowed", "path", "key_holder", "override_queue", "denominator"}

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from writ.core.routes import route_problem
+from writ.core.textsafe import visible
 
 BORING_COLUMNS = ("timestamp", "agent_id", "resource", "lock_holder", "rollback_allowed")
 QUEUE_FIELD = "human_override_queue"
@@ -45,14 +46,14 @@ def quoted(value: Any) -> str:
 
 
 def _blank(v: Any) -> bool:
-    return v is None or (v.__class__ is str and (not v or v.isspace()))
+    return v is None or (v.__class__ is str and not visible(v))
 
 
 def _no_text(v: Any) -> bool:
-    """Whether ``v`` names nothing: a name, a time, a route or a queue is a non-empty string,
-    and anything else (``null``, ``""``, ``[]``, ``{}``, ``0``, ``false``, ``NaN``) is read as
-    the value missing."""
-    return not (isinstance(v, str) and v and not v.isspace())
+    """Whether ``v`` names nothing: a name, a time, a route or a queue is a string a reader
+    sees something of, and anything else (``null``, ``""``, ``[]``, ``{}``, ``0``, ``false``,
+    ``NaN``, zero-width spaces or bidi marks alone) is read as the value missing."""
+    return not (isinstance(v, str) and visible(v))
 
 
 def _json_kind(v: Any) -> str:

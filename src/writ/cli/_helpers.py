@@ -13,6 +13,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
+from writ.cli.table import echo_line
 from writ.cli.wait import SelfHeld, check_not_self
 from writ.client import DEFAULT_TIMEOUT, Client
 from writ.core.errors import Held, Invalid, Unavailable, WritError
@@ -73,7 +74,7 @@ class Refused(click.ClickException):
         text = self.error.phrased("cli", **self.hint)  # the next step as a command and flag
         if self.option:
             text += f" (option {self.option})"
-        click.echo(printable(f"writ: {self.error.code}: {text}"), err=True)
+        echo_line(printable(f"writ: {self.error.code}: {text}"), err=True)
 
 
 class Failed(click.ClickException):
@@ -84,7 +85,7 @@ class Failed(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click reads it from the instance
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(printable(f"writ: {self.message}"), err=True)
+        echo_line(printable(f"writ: {self.message}"), err=True)
 
 
 def _hint_context(ctx: click.Context, exc: WritError) -> dict[str, Any]:

@@ -8,19 +8,64 @@ ones (``wrap``: intents, reasons) wrap between words. When even the remaining co
 (names longer than the terminal is wide), each row is printed as a block of ``column  value``
 lines instead, wrapped between words. All text passes through
 :func:`writ.core.textsafe.printable`, and cells are plain text, never rich markup.
+
+A line of prose or a row (``writ who``, ``writ watch``, a rollback's or a consent's line,
+``writ lint``'s findings, an error) is never left to the terminal to wrap: a terminal wraps a
+long line at its width, and what follows starts a line of its own at column 0, so agent text
+padded to a multiple of the width (with spaces, or with anything) printed as a row or an answer
+writ never wrote. Such a line is folded by writ (:func:`fold`), every piece after the first
+beginning with :data:`CONTINUED`: a line of prose at the console's width, a row of ``writ
+watch`` (and the other one-line answers) on a terminal only, as into a pipe or a file it stays
+one line.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import IO, Any
+
+import click
 
 from writ.core.textsafe import printable
 
-__all__ = ["console", "print_line", "print_table"]
+__all__ = ["CONTINUED", "console", "echo_line", "fold", "print_line", "print_table"]
 
 GAP = 2  # rich's padding between two columns (box=None, pad_edge=False)
 MIN_WRAP = 12  # a wrapped column is never squeezed below this many cells
+CONTINUED = "  \u21b3 "  # "  ↳ ": begins every piece of a folded line after the first
+
+
+def fold(line: str, width: int) -> str:
+    """``line`` wrapped between words into lines of at most ``width`` cells, each after the
+    first beginning with :data:`CONTINUED`, so that no piece of it begins a line as writ's
+    own lines do (a word longer than a line is cut)."""
+    from rich.cells import cell_len
+    from rich.console import Console
+    from rich.text import Text
+
+    if width <= 2 * len(CONTINUED) or cell_len(line) <= width:
+        return line
+    pieces = Text(line).wrap(Console(width=width), width - len(CONTINUED), overflow="fold")
+    return "\n".join(
+        [pieces[0].plain.rstrip(), *(CONTINUED + p.plain.rstrip() for p in pieces[1:])]
+    )
+
+
+def terminal_width(stream: Any) -> int | None:
+    """The width of the terminal ``stream`` writes to; None when it writes elsewhere."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def echo_line(line: str, err: bool = False, file: IO[str] | None = None) -> None:
+    """Echo ``line`` (already :func:`printable`), folded (:func:`fold`) on a terminal."""
+    stream = file or (sys.stderr if err else sys.stdout)
+    width = terminal_width(stream)
+    click.echo(fold(line, width) if width else line, file=stream)
 
 
 def console() -> Any:
@@ -107,7 +152,8 @@ def _records(con: Any, columns: Sequence[str], cells: list[list[str]]) -> None:
 
 
 def print_line(text: str, out: Any = None) -> None:
-    """One line of prose, escaped, wrapped between words at the console's width."""
+    """One line of prose, escaped, folded at the console's width (:func:`fold`)."""
     from rich.text import Text
 
-    (out or console()).print(Text(printable(text)), overflow="fold")
+    con = out or console()
+    con.print(Text(fold(printable(text), con.width)), no_wrap=True, crop=False, overflow="ignore")

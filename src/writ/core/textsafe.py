@@ -25,13 +25,19 @@ import re
 import unicodedata
 from typing import Any
 
-__all__ = ["UNSAFE", "dumps", "hex_escaped", "json_printable", "printable", "visible"]
+__all__ = ["UNSAFE", "dumps", "hex_escaped", "inert", "json_printable", "printable", "visible"]
 
 # C0 and C1 controls and DEL; line and paragraph separators; bidirectional marks, embeddings,
-# overrides and isolates; zero-width characters, the byte-order mark; lone surrogates (which
-# no terminal encoding can even write).
+# overrides and isolates (the Arabic letter mark among them); zero-width characters, the soft
+# hyphen, the Mongolian vowel separator, the byte-order mark, the interlinear annotation
+# characters; the blank letters (Hangul fillers); the tag characters (an invisible copy of
+# ASCII: "SYSTEM: release now" in tags shows as nothing, and a model reads it); lone
+# surrogates (which no terminal encoding can even write).
 _C0 = "\x00-\x1f"
-_BEYOND_C0 = "\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff"
+_BEYOND_C0 = (
+    "\x7f-\x9f\u00ad\u061c\u115f\u1160\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069"
+    "\u3164\ufeff\uffa0\ufff9-\ufffb\ud800-\udfff\U000e0000-\U000e007f"
+)
 UNSAFE = re.compile(f"[{_C0}{_BEYOND_C0}]")
 """Every character :func:`printable` escapes (for a rendering with escapes of its own)."""
 # in JSON text, C0 is either escaped already (inside a string) or JSON's own whitespace; every
@@ -60,7 +66,17 @@ def visible(text: str) -> bool:
 
 def _hex(m: re.Match[str]) -> str:
     code = ord(m.group())
+    if code > 0xFFFF:
+        return f"\\U{code:08x}"
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _json_escape(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    if code > 0xFFFF:  # JSON writes a character beyond the BMP as its UTF-16 pair
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
 
 
 def _escape(m: re.Match[str]) -> str:
@@ -85,7 +101,22 @@ def json_printable(text: str) -> str:
     JSON, parsing to the same value, and nothing in it a terminal would obey."""
     if _UNSAFE_IN_JSON.search(text) is None:
         return text
-    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return _UNSAFE_IN_JSON.sub(_json_escape, text)
+
+
+def inert(value: Any) -> Any:
+    """``value`` (an answer: dicts, lists, strings) with every string's unsafe characters but
+    the C0 controls written as escapes (``\\u200b``, ``\\U000e0053``), as :func:`printable`
+    writes them: for answers handed to a model as they are (the MCP tools), where a tag
+    character or a bidi mark would carry what a person reviewing the transcript never sees.
+    JSON escapes the C0 controls itself."""
+    if isinstance(value, str):
+        return _UNSAFE_IN_JSON.sub(_hex, value) if _UNSAFE_IN_JSON.search(value) else value
+    if isinstance(value, dict):
+        return {k: inert(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [inert(v) for v in value]
+    return value
 
 
 def dumps(obj: Any, **kwargs: Any) -> str:

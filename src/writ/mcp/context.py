@@ -14,7 +14,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from writ.client import AsyncClient
 from writ.core.errors import WritError
-from writ.core.textsafe import counted
+from writ.core.textsafe import counted, inert
 from writ.mcp.refusals import guidance
 from writ.net.caps import PerKey
 
@@ -102,4 +102,8 @@ class ToolContext:
             result = await aw
         except WritError as err:
             raise ToolError(guidance(err)) from err
-        return dict(result) if isinstance(result, dict) else {"result": result}
+        # what an agent wrote reaches the model with its invisible characters shown
+        shown: dict[str, Any] = inert(
+            dict(result) if isinstance(result, dict) else {"result": result}
+        )
+        return shown

@@ -18,6 +18,7 @@ from writ.cli._helpers import (
     _json_or_text,
 )
 from writ.cli.options import FiniteSeconds, api_options, json_option
+from writ.cli.table import echo_line
 from writ.client._pages import QUIET_POLL_S
 from writ.core.textsafe import printable
 
@@ -119,7 +120,7 @@ def consent_ask(
             c = _consent(client.consent(str(c.get("consent_id")), wait_s=min(left, 300)))
             if c.get("status") == "pending":  # answered sooner than asked: not again at once
                 time.sleep(max(0.0, min(sent + QUIET_POLL_S, deadline) - time.monotonic()))
-    _echo_json(c) if as_json else click.echo(_consent_line(c))
+    _echo_json(c) if as_json else echo_line(_consent_line(c))
     if wait:
         status_ = c.get("status")
         if status_ == "denied":
@@ -134,7 +135,7 @@ def _answer_consent(grant: bool) -> Callable[..., None]:
             c = _consent(
                 client.grant_consent(consent_id) if grant else client.deny_consent(consent_id)
             )
-        _echo_json(c) if as_json else click.echo(_consent_line(c))
+        _echo_json(c) if as_json else echo_line(_consent_line(c))
 
     return answer
 
@@ -163,4 +164,4 @@ def consent_show(consent_id: str, wait: float, url: str, token: str | None, as_j
     """Show consent CONSENT_ID."""
     with _client(url, token) as client:
         c = _consent(client.consent(consent_id, wait_s=min(wait, 300)))
-    _echo_json(c) if as_json else click.echo(_consent_line(c))
+    _echo_json(c) if as_json else echo_line(_consent_line(c))

@@ -17,6 +17,7 @@ from typing import IO, Any
 
 import click
 
+from writ.cli.table import fold, terminal_width
 from writ.core.errors import Invalid, WritError
 from writ.core.textsafe import dumps, printable
 from writ.evidence.lint import (
@@ -185,12 +186,13 @@ def _text(out: IO[str], result: Result, n: int, name: str | None) -> None:
     warn = len(result.warnings)
     extra = f" ({warn} warning{'s' * (warn != 1)})" if warn and result.verdict == "accept" else ""
     click.echo(f"{printable(where)}: {label}{extra}", file=out)
+    width = terminal_width(out)
     for f in result.findings:
         tag = "warning" if f.is_warning else f.verdict
         styled = click.style(f"{tag:<12}", fg="cyan" if f.is_warning else _STYLE[f.verdict])
-        click.echo(
-            f"  {styled} {f.rule:<28} {printable(f.reason)}", file=out
-        )  # reasons name their field
+        line = f"  {tag:<12} {f.rule:<28} {printable(f.reason)}"  # reasons name their field
+        line = fold(line, width) if width and width > 40 else line
+        click.echo(f"  {styled}{line[14:]}", file=out)  # the tag styled, folded as plain text
 
 
 def _text_summary(out: IO[str], state: LintRun) -> None:

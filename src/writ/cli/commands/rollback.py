@@ -16,6 +16,7 @@ from writ.cli._helpers import (
     _items,
 )
 from writ.cli.options import api_options, json_option
+from writ.cli.table import echo_line
 from writ.core.textsafe import printable
 
 
@@ -72,7 +73,7 @@ def rollback_request(
         raise click.UsageError("give exactly one of --lease LEASE_ID or --change CHANGE_ID")
     with _client(url, token) as client:
         r = _rollback(client.request_rollback(reason, lease_id=lease_id, change_id=change_id))
-    _echo_json(r) if as_json else click.echo(_rollback_line(r))
+    _echo_json(r) if as_json else echo_line(_rollback_line(r))
 
 
 def _answer_rollback(approve: bool) -> Callable[..., None]:
@@ -83,7 +84,7 @@ def _answer_rollback(approve: bool) -> Callable[..., None]:
                 if approve
                 else client.deny_rollback(rollback_id)
             )
-        _echo_json(r) if as_json else click.echo(_rollback_line(r))
+        _echo_json(r) if as_json else echo_line(_rollback_line(r))
         if approve and r.get("status") == "failed":
             sys.exit(EXIT_REFUSED)
 
@@ -113,7 +114,7 @@ def rollback_defect(
     """Mark executed rollback ROLLBACK_ID as a new defect, not a recovery (humans only)."""
     with _client(url, token) as client:
         r = _rollback(client.rollback_defect(rollback_id, notes))
-    _echo_json(r) if as_json else click.echo(_rollback_line(r))
+    _echo_json(r) if as_json else echo_line(_rollback_line(r))
 
 
 @rollback.command("show")
@@ -124,7 +125,7 @@ def rollback_show(rollback_id: str, url: str, token: str | None, as_json: bool) 
     """Show rollback ROLLBACK_ID and its outcome."""
     with _client(url, token) as client:
         r = _rollback(client.get_rollback(rollback_id))
-    _echo_json(r) if as_json else click.echo(_rollback_line(r))
+    _echo_json(r) if as_json else echo_line(_rollback_line(r))
 
 
 @rollback.command("list")
@@ -145,4 +146,4 @@ def rollback_list(status_: str | None, url: str, token: str | None, as_json: boo
         _echo_json(body)
         return
     for r in _items(body, "rollbacks"):
-        click.echo(_rollback_line(r))
+        echo_line(_rollback_line(r))

@@ -10,6 +10,7 @@ from writ.cli._helpers import (
     _client,
 )
 from writ.cli.options import SeqNumber, api_options, json_option
+from writ.cli.table import echo_line
 from writ.core.textsafe import dumps, printable
 
 
@@ -44,6 +45,6 @@ def watch(
     with _client(url, token) as client:
         try:
             for row in client.watch(prefix, after_seq):
-                click.echo(dumps(row) if as_json else _row_line(row))
+                click.echo(dumps(row)) if as_json else echo_line(_row_line(row))
         except KeyboardInterrupt:
             return

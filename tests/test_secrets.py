@@ -193,6 +193,18 @@ def test_a_writ_token_is_redacted_wherever_a_log_line_carries_it() -> None:
         assert "writ_migrations" in line
 
 
+def test_a_writ_token_run_on_into_a_word_is_redacted_too() -> None:
+    """A token with a letter, digit, ``_`` or ``-`` right after it (``${TOKEN}_old``, a path's
+    ``${TOKEN}x``) was left whole in the line: the match wanted its end there."""
+    from writ.engine.principals import new_token
+    from writ.telemetry.logs import Scrub
+
+    token = new_token()
+    for text in (f"rotate WRIT_TOKEN={token}_old and {token}2", f"/v1/leases/{token}x/release"):
+        line = Scrub().clean(text)
+        assert token[5:30] not in line and "writ_[redacted]" in line, line
+
+
 def test_the_gates_log_lines_never_carry_its_credentials() -> None:
     """``writ gate`` logs through logging.basicConfig's handler, now scrubbed of its token
     and its --upstream-headers-file values."""

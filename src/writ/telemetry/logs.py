@@ -45,9 +45,10 @@ DECISION = logging.getLogger("writ.decision")
 FORMATS = ("console", "json")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',]+")
 _PD = re.compile(r"pagerduty:[A-Za-z0-9_-]+")
-# a token writ made (writ_ and 43 of base64url), wherever a line carries it: a path it was
-# pasted into, an agent's intent, a traceback's text
-_WRIT_TOKEN = re.compile(r"writ_[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
+# a token writ made (writ_ and 43 of base64url, and whatever runs on from it unbroken: a token
+# pasted as ${TOKEN}_old kept its whole), wherever a line carries it: a path it was pasted
+# into, an agent's intent, a traceback's text
+_WRIT_TOKEN = re.compile(r"writ_[A-Za-z0-9_-]{43,}")
 
 
 class Scrub:

@@ -17,6 +17,8 @@ member holds the other members and what lies below them, never what lies above t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -102,6 +104,12 @@ class BlastRadius:
     @property
     def groups(self) -> list[tuple[frozenset[str], tuple[str, ...]]]:
         return list(self._groups)
+
+    def digest(self) -> str:
+        """What conflicts with what, as a hex digest: the merged groups' members (their names
+        do not matter). Servers sharing a store must agree on it."""
+        members = sorted(m for _names, m in self._groups)
+        return hashlib.sha256(json.dumps(members).encode()).hexdigest()
 
     def expand(self, resource: str) -> tuple[str, ...]:
         """``resource`` plus every member of each group related to it (sorted, unique)."""

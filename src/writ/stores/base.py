@@ -578,6 +578,7 @@ class Store(ABC):
     #: listener as a ``principals`` note, and reads are costly enough to remember tokens
     #: briefly (see :mod:`writ.engine.principals`). A store without it is asked on every request.
     announces_principal_changes = False
+    fingerprint: str | None = None  # the blast radius's digest (a store shared checks it)
 
     def __init__(self) -> None:
         self._listener: Listener | None = None

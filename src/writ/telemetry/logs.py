@@ -121,6 +121,23 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
+_WRIT_REFUSAL = re.compile(r"writ\.core\.errors\.\w+: (.+)")
+
+
+class StartFailed(logging.Filter):
+    """A start that failed on a refusal writ words itself (a store it cannot reach, another
+    blast radius on a shared store) is logged as that one line, not as the traceback
+    Starlette hands uvicorn as the message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        if isinstance(msg, str) and msg.startswith("Traceback (most recent call last):"):
+            said = _WRIT_REFUSAL.fullmatch(msg.rstrip().rsplit("\n", 1)[-1])
+            if said is not None:
+                record.msg, record.args = f"writ cannot start: {said.group(1)}", None
+        return True
+
+
 def setup(fmt: str = "console", level: str = "info", secrets: list[str] | None = None) -> None:
     """Send writ's and uvicorn's logs to stderr in ``fmt`` at ``level``."""
     if fmt not in FORMATS:
@@ -128,6 +145,7 @@ def setup(fmt: str = "console", level: str = "info", secrets: list[str] | None =
     handler = logging.StreamHandler(sys.stderr)
     inner = JsonFormatter() if fmt == "json" else ConsoleFormatter()
     handler.setFormatter(Scrubbed(inner, Scrub(secrets)))
+    handler.addFilter(StartFailed())
     lean_records()
     lvl = getattr(logging, level.upper())
     for name in ("writ", "uvicorn", "uvicorn.error"):

@@ -8,6 +8,7 @@ import contextlib
 import json
 import random
 import time
+import zlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,8 @@ class _Listener:
     _heard_at: dict[str, float]
     _pruned_at = float("-inf")  # when _heard_at was last pruned (at most once a second)
     _greet = False  # a process not heard before spoke: say hello (it may have missed ours)
+    differs: str | None = None  # why this process must not serve: another blast radius runs
+    fingerprint: str | None
     # the last ledger row the writer's notes over the relay told of (0: none since the last
     # look-up), what notes_lost looks up from: this server's own NOTIFY echo, when it wrote
     # itself meanwhile, may be ahead of the writer's notes still in the air
@@ -109,6 +112,10 @@ class _Listener:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, **self._kwargs)
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                differs = await self._hold_fingerprint(conn)
+                if differs is not None and differs != self.differs and lost_at is not None:
+                    log.error("%s", differs)  # at start, open() refuses with it
+                self.differs = differs
                 if lost_at is not None:
                     await self._resync(conn, time.monotonic() - lost_at)
                     lost_at = None
@@ -149,6 +156,31 @@ class _Listener:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close()
+
+    async def _hold_fingerprint(self, conn: psycopg.AsyncConnection[Any]) -> str | None:
+        """Hold, for the connection's life, a shared advisory lock naming the blast radius
+        this process runs (:attr:`fingerprint`); why not to go on when another process on
+        the store holds one naming another. A grant on one server would not exclude what
+        the other's groups make conflict: two holders on one blast radius."""
+        if self.fingerprint is None:
+            return None
+        space = zlib.crc32(f"writ-blast-radius:{self.channel}".encode()) & 0x7FFFFFFF
+        mine = int(self.fingerprint[:8], 16) & 0x7FFFFFFF
+        await conn.execute("SELECT pg_advisory_lock_shared(%s, %s)", (space, mine))
+        cur = await conn.execute(
+            "SELECT count(DISTINCT objid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND objsubid = 2 AND classid::int8 = %s AND objid::int8 <> %s"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            (space, mine),
+        )
+        row = await cur.fetchone()
+        if not row or not row[0]:
+            return None
+        return (
+            f"another writ server on this store runs another blast radius ({row[0]} other): "
+            "a grant on one would not exclude what the other's [blast_radius] groups make "
+            "conflict; stop every server on the store, then start them all with one policy"
+        )
 
     def _on_notify(self, text: str) -> None:
         """A notification on the store's channel. Anyone who may connect to the database may

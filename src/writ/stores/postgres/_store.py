@@ -18,7 +18,7 @@ from psycopg import errors as pgerrors
 from psycopg import pq, sql
 from psycopg_pool import AsyncConnectionPool
 
-from writ.core.errors import Invalid, Unavailable, WritError
+from writ.core.errors import Conflict, Invalid, Unavailable, WritError
 from writ.stores import SECRET_OPTIONS, redact
 from writ.stores.base import Store, Tx
 from writ.stores.postgres import _schema
@@ -220,6 +220,9 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
             await asyncio.wait_for(self._listening.wait(), self.pool_timeout + 5)
         except TimeoutError:
             log.warning("PostgreSQL store: the LISTEN connection is not up yet; retrying")
+        if self.differs is not None:  # another server runs another blast radius
+            await self.close()
+            raise Conflict(self.differs)
 
     async def _migrate(self, c: psycopg.AsyncConnection[Any]) -> None:
         """Apply missing migrations, recorded in ``writ_migrations``, under an advisory

@@ -469,16 +469,9 @@ def _html_tail(rep: dict[str, Any], t: Clock) -> list[str]:
             body += _empty(LINT_CLEAN)
     o.append(_section("Contaminated or suspicious rows (lint)", body, flagged))
 
-    lines = verification_text(v, str)  # escaped below, as HTML
     status = _badge("verified", "ok") if v.get("ok") else _badge("problems", "broken")
-    o.append(
-        _section(
-            "Chain verification",
-            f"<p>{status}</p><ul class='summary'>"
-            + "".join(f"<li>{_md_inline(x[2:])}</li>" for x in lines)
-            + "</ul>",
-        )
-    )
+    items = verification_items(v)
+    o.append(_section("Chain verification", f"<p>{status}</p><ul class='summary'>{items}</ul>"))
 
     body = _table(TIMELINE_COLUMNS, timeline_cells(rep, t), ["t", "s", "n", "n", "n", "n"])
     if rep["timeline_quiet"]:
@@ -504,6 +497,18 @@ def _html_tail(rep: dict[str, Any], t: Clock) -> list[str]:
         "Self-contained: no scripts, no network.</footer></body></html>"
     )
     return o
+
+
+# what verification_text quotes (rows' text) keeps its * and ` out of the markdown rendered
+_INERT = str.maketrans({"*": "\ue000", "`": "\ue001"})
+_BACK = str.maketrans({"\ue000": "*", "\ue001": "`"})
+
+
+def verification_items(v: dict[str, Any]) -> str:
+    """The verification section's ``<li>`` items: writ's own ``**`` and backticks rendered,
+    the text its reasons quote (an intent, a column edited by hand) shown as it is."""
+    lines = verification_text(v, lambda x: printable(x).translate(_INERT))
+    return "".join(f"<li>{_md_inline(x[2:]).translate(_BACK)}</li>" for x in lines)
 
 
 def _md_inline(s: str) -> str:

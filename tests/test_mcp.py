@@ -506,3 +506,33 @@ async def test_another_agents_hidden_characters_reach_the_model_as_escapes(
         text = " ".join(getattr(c, "text", "") for c in result.content)
         assert "routine check" in text and text.isascii(), text
         assert "U000e0053" in json.dumps(result.structured_content), result.structured_content
+
+
+async def test_sessions_together_cannot_take_every_connection(
+    live_server: LiveServer, people: People
+) -> None:
+    """Sessions cost nothing to open: each within its own share, together they once took all
+    the client's connections, and another session's calls failed as "writ cannot be
+    reached". --max-waits caps the waits of all of them: one more is a tool error saying so
+    (nothing done), and calls that do not wait still answer at once."""
+    env = {"WRIT_URL": live_server.url, "WRIT_TOKEN": people.a_token}
+    args = ["mcp", "--transport", "http", "--port", "0", "--http-token", HTTP_TOKEN]
+    with run_writ([*args, "--max-waits-per-session", "2", "--max-waits", "3"], env) as url:
+        async with _session_at(url) as a, _session_at(url) as b, _session_at(url) as c:
+            head = (await call(a, "watch_events", resource=people.resource, wait_s=0))[
+                "next_after_seq"
+            ]
+            ask = {"resource": people.resource, "after_seq": head, "wait_s": 60}
+            # each within its session's share; four over the server's three
+            calls = [asyncio.ensure_future(s.call_tool("watch_events", ask)) for s in (a, a, b, c)]
+            done, waiting = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+            first = done.pop().result()  # the others wait: no event under the resource yet
+            text = " ".join(getattr(x, "text", "") for x in first.content)
+            assert first.is_error and "3 tool calls waiting" in text, text
+            assert "across all its sessions" in text and len(waiting) == 3
+            lease = await call(c, "acquire_write_authority", resource=people.resource, intent="x")
+            results = await asyncio.gather(*waiting)
+            assert all(not r.is_error for r in results), [r.content for r in results]
+            await call(c, "release_lease", lease_id=lease["lease_id"])
+            again = await call(c, "watch_events", **ask)  # the server's waits are back
+            assert again["rows"]

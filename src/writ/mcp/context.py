@@ -24,6 +24,10 @@ MAX_EVENTS = 200
 #: of the 100 connections the client keeps for requests that wait, which every session of
 #: this server shares (as writ serve caps each principal's waits at a quarter of its own).
 WAITS_PER_SESSION = 25
+#: Tool calls all the sessions of one server may have waiting at once: sessions cost nothing
+#: to open, so four of 25 each took all 100 connections, and a fifth session's calls failed
+#: as "writ cannot be reached". The rest of the connections stay for calls that do not wait.
+WAITS_IN_ALL = 75
 
 
 def _discard(aw: Awaitable[Any]) -> None:
@@ -46,12 +50,17 @@ class ToolContext:
     """The client the tools call writ with, and whose token it is (checked once)."""
 
     def __init__(
-        self, client: AsyncClient, allow_human: bool = False, waits: int = WAITS_PER_SESSION
+        self,
+        client: AsyncClient,
+        allow_human: bool = False,
+        waits: int = WAITS_PER_SESSION,
+        waits_in_all: int = WAITS_IN_ALL,
     ) -> None:
         self.client = client
         self.allow_human = allow_human
         self.identity: dict[str, Any] = {}
         self.waits = PerKey(waits)  # each session's tool calls that wait, by session
+        self.all_waits = PerKey(waits_in_all)  # the server's, all under one key
 
     @contextlib.contextmanager
     def waiting(self, request: Context[Any, Any] | None, wait_s: float) -> Iterator[None]:
@@ -62,13 +71,24 @@ class ToolContext:
         if not wait_s or request is None:  # (None: called without the SDK, in no session)
             yield
             return
-        with self.waits.hold(
-            _session_of(request),
-            lambda held: ToolError(
-                f"This session already has {counted(held, 'tool call')} waiting on writ, the most "
-                "one session may have, so that it cannot hold every connection this MCP server "
-                "shares with its other sessions. Nothing was done. Call again once one of "
-                "them has returned, or with wait_s=0."
+        with (
+            self.all_waits.hold(
+                "all",
+                lambda held: ToolError(
+                    f"This MCP server already has {counted(held, 'tool call')} waiting on writ, "
+                    "across all its sessions: the most it lets wait, so that calls which do not "
+                    "wait always find a connection. Nothing was done. Call again with wait_s=0 (it "
+                    "answers at once, held or not), or once a waiting call has returned."
+                ),
+            ),
+            self.waits.hold(
+                _session_of(request),
+                lambda held: ToolError(
+                    f"This session already has {counted(held, 'tool call')} waiting on writ, the most "
+                    "one session may have, so that it cannot hold every connection this MCP server "
+                    "shares with its other sessions. Nothing was done. Call again once one of "
+                    "them has returned, or with wait_s=0."
+                ),
             ),
         ):
             yield

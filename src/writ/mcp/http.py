@@ -12,7 +12,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from writ.client import AsyncClient
-from writ.mcp.context import WAITS_PER_SESSION
+from writ.mcp.context import WAITS_IN_ALL, WAITS_PER_SESSION
 from writ.mcp.server import DEFAULT_HTTP_PORT, create_server
 from writ.net.credentials import Twice, sole
 from writ.net.limits import Limits
@@ -89,11 +89,17 @@ async def serve(
     allow_human: bool = False,
     limits: Limits | None = None,
     waits_per_session: int = WAITS_PER_SESSION,
+    waits_in_all: int = WAITS_IN_ALL,
 ) -> None:
     """Run the MCP server until its client goes away (stdio) or it is interrupted (http);
     each HTTP connection within ``limits``, each session with at most ``waits_per_session``
-    tool calls waiting."""
-    server = create_server(client, allow_human=allow_human, waits_per_session=waits_per_session)
+    tool calls waiting, and all of them with at most ``waits_in_all``."""
+    server = create_server(
+        client,
+        allow_human=allow_human,
+        waits_per_session=waits_per_session,
+        waits_in_all=waits_in_all,
+    )
     try:
         if transport == "stdio":
             await server.run_stdio_async()

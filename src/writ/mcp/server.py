@@ -10,7 +10,7 @@ from mcp.server.mcpserver import MCPServer
 from writ._version import __version__
 from writ.client import AsyncClient
 from writ.mcp import resources
-from writ.mcp.context import WAITS_PER_SESSION, ToolContext
+from writ.mcp.context import WAITS_IN_ALL, WAITS_PER_SESSION, ToolContext
 from writ.mcp.tools import authority, consent, leases, reads, rollbacks
 
 DEFAULT_HTTP_PORT = 7413
@@ -55,6 +55,7 @@ def create_server(
     name: str = "writ",
     allow_human: bool = False,
     waits_per_session: int = WAITS_PER_SESSION,
+    waits_in_all: int = WAITS_IN_ALL,
 ) -> MCPServer[Any]:
     """An :class:`MCPServer` whose tools call writ through ``client`` (one principal).
 
@@ -68,7 +69,7 @@ def create_server(
         instructions=INSTRUCTIONS,
         log_level="WARNING",
     )
-    ctx = ToolContext(client, allow_human, waits_per_session)
+    ctx = ToolContext(client, allow_human, waits_per_session, waits_in_all)
     for module in (leases, consent, rollbacks, reads, authority):  # the order of TOOL_NAMES
         module.register(server, ctx)
     resources.register(server, ctx)

@@ -285,6 +285,15 @@ def gate_command(
     "one more is a tool error, nothing done. The sessions share one client and one "
     "principal's waits on writ.",
 )
+@click.option(
+    "--max-waits",
+    type=click.IntRange(1, 90),
+    default=75,
+    show_default=True,
+    help="Tool calls that wait all the sessions together may have at once (sessions cost "
+    "nothing to open); one more is a tool error, nothing done. The rest of the client's 100 "
+    "connections stay for calls that do not wait.",
+)
 @_allow_down
 @log_level_option
 @limit_options()
@@ -298,6 +307,7 @@ def mcp_command(
     http_token: str | None,
     allow_human_token: bool,
     max_waits_per_session: int,
+    max_waits: int,
     allow_server_down: bool,
     log_level: str,
     **limits: Any,
@@ -349,6 +359,7 @@ def mcp_command(
                 allow_human_token,
                 from_options(limits),
                 max_waits_per_session,
+                max_waits,
             )
         )
     except KeyboardInterrupt:

@@ -387,3 +387,26 @@ async def test_what_a_writer_says_of_no_hand_off_is_nothing_and_a_garbled_word_e
         assert _served_here(answer), answer
         assert relaying.counts["handed"] == relaying.counts["returned"] == 1
         assert not relaying.linked()
+
+
+async def test_hand_offs_a_silent_writer_leaves_unsettled_say_it_is_stalled(
+    tmp_path: Path,
+) -> None:
+    """A writer that takes hand-offs and says nothing of them (a stopped process) is
+    ``stalled`` once the oldest has waited ``settle_s`` with no word from it; a word from it
+    (an ``a``) makes it not."""
+    async with _linked(tmp_path) as (relaying, _server, writer, port):
+        relaying.settle_s = 0.2
+        assert not relaying.stalled()  # nothing handed
+        reader, client = await _ask(port)
+        number, fd = await writer.handed()
+        assert not relaying.stalled()
+        await _until(relaying.stalled, "a silent writer was never found stalled")
+        writer.say(b"a", number)
+        await _until(lambda: not relaying._parked, "the writer's a was never read")
+        assert not relaying.stalled()
+        with socket.socket(fileno=fd) as theirs:
+            theirs.setblocking(True)
+            theirs.sendall(WRITERS)
+        assert await _answer(reader) == WRITERS
+        client.close()

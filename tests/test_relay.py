@@ -293,6 +293,38 @@ async def test_when_the_writer_dies_another_server_takes_over(
         assert (await verify(urls[f]))["ok"] is True
 
 
+async def test_a_stopped_writer_is_let_go_and_its_servers_answer_again(
+    pg_backend: Backend, tmp_path: Path
+) -> None:
+    """SIGSTOP the writer, the hand-off on: the relaying server kept handing it each new
+    connection, which waited for an ``a`` that never came — every client hung, with no
+    bound, while readiness said 200. Now hand-offs left unsettled past SETTLE_S, the writer
+    silent, end the link: what was handed is let go, and the relaying server serves what it
+    accepts next itself (its lease writes relayed, within the relay's own 30-s bound)."""
+    relay = tmp_path / "relay"
+    async with writ_servers(
+        pg_backend.url, 2, tmp_path, relay=relay, log_level="info", handoff=True
+    ) as urls:
+        w, (f,) = await _roles(tmp_path, 2)
+        pid = int(re.findall(r"Started server process \[(\d+)\]", _log(tmp_path, w))[0])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            answered = None
+            deadline = time.monotonic() + 25
+            async with httpx.AsyncClient(timeout=12) as c:
+                while answered is None:
+                    assert time.monotonic() < deadline, _log(tmp_path, f)[-3000:]
+                    try:
+                        r = await c.get(f"{urls[f]}/v1/health")
+                    except httpx.TransportError:  # handed to the stopped writer, let go
+                        continue
+                    answered = r.status_code
+            assert answered == 200
+            assert "the writer settled no connection handed to it" in _log(tmp_path, f)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
 async def _wait_through(url: str, token: str, resource: str) -> asyncio.Task[httpx.Response]:
     """An acquire that queues for ``resource`` (held by someone else), in the background."""
     client = httpx.AsyncClient(timeout=30)

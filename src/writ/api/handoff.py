@@ -65,9 +65,8 @@ import struct
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
-from writ.api.ops import OPS_PATHS
+from writ.api.handoff_first import OPS, away
 from writ.api.relay_wire import _peer_pid, _same_user
 from writ.core.textsafe import counted
 
@@ -87,7 +86,6 @@ __all__ = [
 ]
 
 SOCKET = "handoff.sock"
-OPS = frozenset(path.encode() for path in OPS_PATHS)  # answered by the server asked
 MAX_FIRST = 64 << 10  # of a connection's first bytes, what a hand-off carries at most
 BUSY_OFF = 0.8  # of a core, over the last SAMPLE_S: the writer takes no more connections
 BUSY_ON = 0.6  # and takes them again under this
@@ -97,10 +95,12 @@ SAMPLE_S = 1.0
 HELLO_WAIT_S = 2.0
 MAX_SERVERS = 256  # relaying servers connected at once (as --workers: at most 256)
 _FAMILIES = (socket.AF_INET, socket.AF_INET6)
-_TARGET = 64  # of a target, what is read to tell an ops route from the rest
 _HAND = struct.Struct("!dI")  # after "c": the seconds it was open before, and its number
 _ID = struct.Struct("!I")  # after "a" (the writer took it) or "n" (it did not): the number
 LEAVE_WAIT_S = 5.0  # a link let go with hand-offs unsettled: how long the writer has to close
+#: hand-offs unsettled this long, the writer silent meanwhile: it is not answering (a stopped
+#: process), and its relaying servers let the link go (the relay's keeper, :meth:`stalled`)
+SETTLE_S = 3.0
 # hand-offs not settled yet: each one's number and what settles it (True: the writer took it)
 _Parked = dict[int, Callable[[bool], None] | None]
 _GRANT = struct.Struct("!I")  # after "+": the credits given (connections it may hand over)
@@ -117,25 +117,6 @@ def digest(identity: str, settings: Mapping[str, Any]) -> str:
     and answered as the writer's."""
     said = json.dumps([identity, dict(settings)], sort_keys=True, default=repr)
     return hashlib.sha256(said.encode()).hexdigest()
-
-
-def away(first: bytes) -> bool | None:
-    """Whether a connection whose first bytes are ``first`` goes to the writer: not when its
-    first request is for one of :data:`OPS`, nor when it is nothing this can read as HTTP
-    (the listener here answers that); None while its target is not read far enough."""
-    method_end = first.find(b" ", 0, 32)
-    if method_end < 0:
-        return None if len(first) < 32 and b"\n" not in first else False
-    target = first[method_end + 1 : method_end + 1 + _TARGET]
-    if target[:8].lower().startswith((b"http://", b"https://")):  # absolute form: its path
-        path = target.find(b"/", target.index(b"//") + 2)
-        if path < 0:  # the authority not read to its end, or no path (the root)
-            return True if any(c in target for c in b" \r\n") or len(target) >= _TARGET else None
-        target = target[path:]
-    for end, char in enumerate(target):
-        if char in b" ?#\r\n":  # (a fragment: the app reads the path before it)
-            return unquote_to_bytes(target[:end]) not in OPS  # as the app reads a path
-    return None if len(target) < _TARGET else True
 
 
 class Handoff:
@@ -171,6 +152,10 @@ class Handoff:
         self._parked: _Parked = {}  # handed on this link, not said "a" or "n" of yet
         self._numbers = itertools.count(1)
         self.leave_wait_s = LEAVE_WAIT_S
+        self.settle_s = SETTLE_S
+        # time.monotonic() the writer last said something, or the first hand-off it has not
+        # settled since was made
+        self._waited_since = 0.0
         self._leaving: set[_Leaving] = set()  # links ended, read to the writer's close
         # called when the writer ends the link (it died, or is going): the relay then stops
         # relaying at once, rather than send the writer a call it will never answer
@@ -414,6 +399,7 @@ class Handoff:
     def _said(self, said: bytes) -> bool:
         """Take what the writer said: ``+`` and the credits it adds, or ``-``; False for
         anything else (it went, or refused this server)."""
+        self._waited_since = time.monotonic()
         if said[:1] == b"+" and len(said) == 1 + _GRANT.size:
             self._taken = True
             self.credit += _GRANT.unpack_from(said, 1)[0]
@@ -439,6 +425,10 @@ class Handoff:
         """Whether this server is connected to the writer's hand-off socket, or was refused
         on this link (then it does not ask again until the next), or cannot hand off."""
         return self._out is not None or self.refused or self._adopt is None
+
+    def stalled(self) -> bool:
+        """Whether hand-offs wait to be settled past :attr:`settle_s`, the writer silent."""
+        return bool(self._parked) and time.monotonic() - self._waited_since > self.settle_s
 
     def writer_pid(self) -> int | None:
         """The process id of the writer this server's hand-off is linked to, or None."""
@@ -495,6 +485,8 @@ class Handoff:
         if conn is None:
             return False
         number = next(self._numbers) & 0xFFFFFFFF
+        if not self._parked:
+            self._waited_since = time.monotonic()
         try:
             socket.send_fds(sock, [b"c", _HAND.pack(late, number), first], [conn.fileno()])
         except (BlockingIOError, InterruptedError):

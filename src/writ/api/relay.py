@@ -224,6 +224,15 @@ class Relay:
                 return
             handoff = self.handoff
             link = self._link
+            if handoff is not None and not self.writer and handoff.stalled():
+                # a writer that settles nothing it is handed (a stopped process): the link
+                # goes, and what it never took is let go after LEAVE_WAIT_S (:class:`_Leaving`)
+                log.warning(
+                    "relay: the writer settled no connection handed to it in %gs; this server "
+                    "serves its own",
+                    handoff.settle_s,
+                )
+                handoff.disconnect()
             if link is not None and link.retired and link.idle() and not link.closed:
                 link.close()  # its calls answered: link again (or write, or be the writer)
             if not self.writer and (self._link is None or self._link.closed):

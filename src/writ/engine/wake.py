@@ -25,7 +25,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from writ.engine import Engine
 
 log = logging.getLogger("writ.wake")
+T = TypeVar("T")
 #: a call (connect, send, the answer's status and headers) ends within this many timeouts in
 #: all: httpx's timeout bounds each of them, and each read of a head sent a byte at a time
 CALL_SPAN = 3
@@ -230,10 +231,17 @@ class Caller:
         """
         self._spawn(self._call(kind, route, payload, row, after))
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def carry(self, coro: Awaitable[T]) -> Awaitable[T]:
+        """Run ``coro`` (a call and the row of its outcome) to its end whatever becomes of
+        the request that started it: its client gone, or its task cancelled by a shutdown,
+        which waits for it as for any call (:meth:`drain`)."""
+        return asyncio.shield(self._spawn(coro))
 
     def resolve(self, route: str | None, payload: dict[str, Any], row: dict[str, Any]) -> None:
         """Resolve the PagerDuty incident a page on ``route`` opened (dedup key: the id in

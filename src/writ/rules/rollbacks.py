@@ -31,7 +31,7 @@ from writ.core.models import Lease, Principal, data, new_id, public
 from writ.core.routes import check_route, host_problem, resolve
 from writ.core.textsafe import visible
 from writ.core.validate import check_text, text
-from writ.engine.hooks import Rule
+from writ.engine.hooks import SYSTEM, Rule
 from writ.engine.principals import member_of, refusal
 from writ.engine.wake import CallResult
 from writ.rules.authority import Authority
@@ -43,6 +43,9 @@ KEY_RULE = "agents may request rollback; only the human queue holds the key"
 #: rollback requests of one lease that may await its key at once (each pages the key holder;
 #: a principal asking again while its own is pending gets that one back)
 PENDING_PER_LEASE = 4
+#: an approved rollback with no outcome this long after its approval (a call takes 9 s at
+#: most): its server stopped before it recorded one; it fails, its outcome unknown
+UNKNOWN_AFTER_S = 60.0
 
 
 class Rollbacks(Rule):
@@ -321,7 +324,8 @@ class Rollbacks(Rule):
             rb.update(
                 status=status, **({"approved_by": me.name} if approve else {"denied_by": me.name})
             )
-            await tx.put_object(ROLLBACK, rollback_id, rb["resource"], status, data(rb))
+            due = tx.now() + UNKNOWN_AFTER_S if approve else None  # (see tick)
+            await tx.put_object(ROLLBACK, rollback_id, rb["resource"], status, data(rb), due)
             rb["state"] = status  # as stored now: the answer and the route's payload say so
             holder = await tx.get_principal(rb["key_holder"]) if rb.get("key_holder") else None
             if holder is not None and holder.wake:  # its page is answered: resolve it
@@ -350,6 +354,12 @@ class Rollbacks(Rule):
             raise rb
         if not approve or rb["state"] == "failed":  # denied, or a route the ledger never recorded
             return public(rb)
+        # the call and its outcome's row, carried to their end if this request is not
+        return public(await eng.caller.carry(self._execute(me, rb)))
+
+    async def _execute(self, me: Principal, rb: dict[str, Any]) -> dict[str, Any]:
+        """Call an approved rollback's route, then record what it answered."""
+        eng, rollback_id = self.engine, rb["rollback_id"]
         pol = eng.policy
         try:
             url = resolve(rb["path"], pol.rollback_base_url)
@@ -387,7 +397,34 @@ class Rollbacks(Rule):
             )
             return cur
 
-        return public(await eng.store.transact(record))
+        out: dict[str, Any] = await eng.store.transact(record)
+        return out
+
+    async def due(self, tx: Tx, now: float) -> bool:
+        return bool(await tx.objects_due(ROLLBACK, "approved", now, 1))
+
+    async def tick(self) -> None:
+        """An approved rollback whose outcome no server recorded within UNKNOWN_AFTER_S (its
+        server stopped, or died, between the approval and the answer) fails, its outcome
+        unknown: approval is single-use, so it stayed ``approved`` for ever."""
+
+        async def fn(tx: Tx) -> None:
+            for rb in await tx.objects_due(ROLLBACK, "approved", tx.now(), 200):
+                why = (
+                    f"no outcome was recorded within {UNKNOWN_AFTER_S:g} s of its approval (the "
+                    "server stopped while calling its route?): the route may have been called; "
+                    "look before a new rollback is approved"
+                )
+                rb.update(status="failed", executed_at=rfc3339(tx.now()), error=why)
+                await tx.put_object(ROLLBACK, rb["rollback_id"], rb["resource"], "failed", data(rb))
+                rb["state"] = "failed"
+                approver = rb.get("approved_by") or "nobody"
+                notes = f"rollback {rb['rollback_id']} approved by {approver}: {why}"
+                await tx.append(
+                    self._row(rb, "rollback.failed", SYSTEM, notes, approved_by=approver)
+                )
+
+        await self.engine.store.transact(fn)
 
     async def _not_called(
         self, tx: Tx, me: Principal, rb: dict[str, Any], why: str

@@ -892,6 +892,44 @@ async def test_a_writer_that_is_going_answers_new_calls_not_run(tmp_path: Path) 
         await asyncio.wait_for(stopping, 5)
 
 
+async def test_a_going_writer_tells_its_servers_and_nothing_sent_is_lost(tmp_path: Path) -> None:
+    """The writer says ``going`` as its shutdown begins: its servers relay no new call (they
+    write it themselves), and it reads what they sent before they read that, answering it
+    *not run*, until they close their links. Before, it closed its connections at once: a
+    call sent but unread was reset, one still queued on the relaying side was dropped, and
+    both failed 503 "outcome unknown" (one of them granted all the same)."""
+    from writ.api.relay_wire import NOT_RUN, Answer
+
+    async def run(op: str, *_: Any) -> Answer:
+        return Answer(201, b"{}")
+
+    async with _pair(tmp_path, run) as (writer, relaying):
+        link = relaying.link()
+        assert link is not None
+        stopping = asyncio.ensure_future(writer.stop())
+        await writer._stopped.wait()
+        _, _, raced = _send(relaying)  # sent before it read "going"
+        assert (await asyncio.wait_for(raced, 5)).status == NOT_RUN
+        deadline = time.monotonic() + 5
+        while not link.retired:  # the writer's "going", read
+            assert time.monotonic() < deadline, "the writer's going was never read"
+            await asyncio.sleep(0.01)
+        assert relaying.link() is None  # new calls: written here
+        await asyncio.wait_for(stopping, 5)
+
+
+async def test_a_call_never_sent_when_its_link_ends_is_not_run(tmp_path: Path) -> None:
+    """A call still queued on the relaying side when its link ends never reached the writer:
+    it is answered *not run* (its server writes it), not 503 "outcome unknown"."""
+    from writ.api.relay_wire import NOT_RUN
+
+    async with _pair(tmp_path, _never, stop_wait_s=0.1) as (_writer, relaying):
+        link, _, unsent = _send(relaying)  # queued for this step of the loop, not written
+        assert link.transport is not None
+        link.transport.abort()  # the link ends before the step's flush
+        assert (await asyncio.wait_for(unsent, 5)).status == NOT_RUN
+
+
 async def test_a_writer_that_does_not_answer_in_time_is_left(tmp_path: Path) -> None:
     """A writer that stops answering (a stopped process, a blocked loop) keeps its socket
     open: past the deadline the call fails 503 (outcome unknown) and the link ends, so the

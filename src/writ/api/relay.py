@@ -59,6 +59,7 @@ from writ.api.middleware import _INTERNAL_ERROR
 from writ.api.relay_wire import (
     _COMPACT,
     DEADLINE_S,
+    GOING_WAIT_S,
     MAX_BODY,
     MAX_INSTANCE,
     MAX_TRACEPARENT,
@@ -392,6 +393,8 @@ class Relay:
         then close each connection."""
         self._stopped.set()
         self.draining.set()
+        for conn in list(self._conns):  # send no new call: write them yourselves
+            conn.send([0, "going"])
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
         self._drain_calls()
@@ -406,6 +409,12 @@ class Relay:
             _done, stuck = await asyncio.wait(set(self._tasks), timeout=self.stop_wait_s)
             for task in stuck:  # a call that does not end holds no shutdown up for long
                 task.cancel()
+        # each server closes its link once it has its answers and has read "going"; what it
+        # sent before it read that is answered not run meanwhile, never reset unread
+        for _ in range(int(GOING_WAIT_S / 0.01)):
+            if not self._conns:
+                break
+            await asyncio.sleep(0.01)
         for conn in list(self._conns):
             conn.close()
         self.writer = False

@@ -25,7 +25,7 @@ from writ.stores.base import Store
 
 log = logging.getLogger("writ.relay")
 
-__all__ = ["CANCEL_WAIT_S", "DEADLINE_S", "LOST", "NOT_RUN", "Answer"]
+__all__ = ["CANCEL_WAIT_S", "DEADLINE_S", "GOING_WAIT_S", "LOST", "NOT_RUN", "Answer"]
 
 _SIZES = struct.Struct(">II")
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -34,13 +34,16 @@ MAX_BODY = 8 << 20  # a request's body is at most 1 MiB (LimitBody); an answer i
 MAX_INSTANCE = 64  # a store's instance id (PostgreSQL's: 12 hex digits)
 MAX_TRACEPARENT = 64  # W3C's traceparent is 55 characters
 # the frames' shape, named in a server's identity: servers whose frames differ never relay
-# to each other (2: a call carries its traceparent)
-WIRE = 2
+# to each other (2: a call carries its traceparent; 3: a writer says "going")
+WIRE = 3
 CANCEL_WAIT_S = 10.0  # after a cancel, how long a server waits for the writer's last word
 # a call that does not wait is answered within the store's own bounds (a pool checkout,
 # a statement: seconds); one unanswered after this long means the writer is stuck
 DEADLINE_S = 30.0
 NOT_RUN = 0  # an answer's status: the writer did not run the call (it is going): write it
+#: a writer that is going said so (``[0, "going"]``): how long it waits for its servers to
+#: close their links, answering *not run* to what they sent before they read it
+GOING_WAIT_S = 1.0
 LOST = (
     "the writer server this one relays lease writes to went away before answering: the "
     "request may or may not have taken effect; read the lease back (GET /v1/leases) before "
@@ -168,6 +171,10 @@ class _Frames(asyncio.Protocol):
         out, self._out = self._out, []
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(out))
+            self.sent()
+
+    def sent(self) -> None:
+        """What :meth:`flush` wrote is on its way (a link counts its calls sent)."""
 
     def unread(self) -> int:
         """Bytes sent that the other end has not read yet (or not yet sent at all)."""
@@ -231,9 +238,14 @@ class _Link(_Frames):
         self._open: dict[int, asyncio.Future[Answer]] = {}
         self.quick: set[int] = set()  # the open calls that do not wait (see Relay.link)
         self._timers: dict[int, asyncio.TimerHandle] = {}
+        # calls whose frames wait in this step's output: never sent, if the link ends first
+        self._unsent: list[int] = []
         # the writer ended the hand-off (it died, or drains): no new call is sent on this
         # link; those in the air still get their answers (Relay.writer_gone)
         self.retired = False
+
+    def sent(self) -> None:
+        self._unsent.clear()
 
     def idle(self) -> bool:
         """Whether no call on it waits for its answer."""
@@ -257,6 +269,11 @@ class _Link(_Frames):
             return True
         if header == [0, "notes"]:
             return self._notes(body)
+        if header == [0, "going"]:  # the writer shuts down: no new call on this link
+            if not self.retired:
+                log.info("relay: the writer is going; this server writes new calls")
+            self.retired = True
+            return True
         if len(header) != 5:
             return False
         call_id, status, retry, principal, meta = header
@@ -295,8 +312,13 @@ class _Link(_Frames):
             self.store.notes_lost()  # what the writer's notes said meanwhile may be lost
         if not self.welcome.done():
             self.welcome.set_result(False)
-        for fut in self._open.values():
-            if not fut.done():
+        unsent = set(self._unsent)
+        for call_id, fut in self._open.items():
+            if fut.done():
+                continue
+            if call_id in unsent:  # never reached the writer: this server writes it
+                fut.set_result(Answer(NOT_RUN, b"", None, None, {}))
+            else:
                 fut.set_exception(Unavailable(LOST))
         self._open.clear()
         for call_id in list(self._timers):
@@ -340,6 +362,7 @@ class _Link(_Frames):
             self.deadline_s + _bounded(waits), self._expire, call_id
         )
         self.put(frame)
+        self._unsent.append(call_id)
         return call_id, fut
 
     def _expire(self, call_id: int) -> None:

@@ -107,6 +107,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if start_engine:
+            # servers sharing a store must agree on what conflicts (an offline command, which
+            # grants nothing, does not say)
+            engine.store.fingerprint = engine.blast.digest()
             await engine.start()
         try:
             if app.relay is not None:

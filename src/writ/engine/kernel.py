@@ -178,7 +178,6 @@ class Engine(PrincipalOps, QueueOps):
         """Open the store, create the bootstrap admin, start the sweeper."""
         self._closing = False  # an engine may be started again after stop()
         self.store.set_listener(self._on_note)
-        self.store.fingerprint = self.blast.digest()  # servers sharing a store must agree
         await self.store.open()
         self._audit_seq = (await self.store.read(lambda tx: tx.audit_head()))[0]
         self.auth_cache.enabled = (

@@ -73,6 +73,7 @@ class _Listener:
     _pruned_at = float("-inf")  # when _heard_at was last pruned (at most once a second)
     _greet = False  # a process not heard before spoke: say hello (it may have missed ours)
     differs: str | None = None  # why this process must not serve: another blast radius runs
+    _opened_listening = False  # open() has waited for the LISTEN connection
     fingerprint: str | None
     # the last ledger row the writer's notes over the relay told of (0: none since the last
     # look-up), what notes_lost looks up from: this server's own NOTIFY echo, when it wrote
@@ -113,8 +114,11 @@ class _Listener:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, **self._kwargs)
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                 differs = await self._hold_fingerprint(conn)
-                if differs is not None and differs != self.differs and lost_at is not None:
-                    log.error("%s", differs)  # at start, open() refuses with it
+                if differs != self.differs and self._opened_listening:  # (at start: open())
+                    if differs is None:
+                        log.warning("no other blast radius runs on this store: writes again")
+                    else:
+                        log.error("%s: this server writes nothing meanwhile", differs)
                 self.differs = differs
                 if lost_at is not None:
                     await self._resync(conn, time.monotonic() - lost_at)

@@ -219,7 +219,14 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
         try:
             await asyncio.wait_for(self._listening.wait(), self.pool_timeout + 5)
         except TimeoutError:
+            if self.fingerprint is not None:  # a server: it cannot tell its blast radius
+                await self.close()
+                raise Unavailable(
+                    "the PostgreSQL LISTEN connection did not come up: this server can tell "
+                    "no other its blast radius, nor hear them"
+                ) from None
             log.warning("PostgreSQL store: the LISTEN connection is not up yet; retrying")
+        self._opened_listening = True  # from now on, a blast radius found differing is logged
         if self.differs is not None:  # another server runs another blast radius
             await self.close()
             raise Conflict(self.differs)
@@ -294,6 +301,8 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
         # a connection mid-statement nor cuts a commit in half: the outcome is the same as
         # if it had waited.
         self._pool_or_fail()
+        if self.differs is not None:  # found after start: it writes nothing while it stands
+            raise Unavailable(self.differs)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.append((fn, fut))
@@ -693,4 +702,4 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
             return f"the schema is at migration {have}; this writ expects {len(_schema.MIGRATIONS)}"
         if not self._listening.is_set():
             return "the PostgreSQL LISTEN connection is down (reconnecting): waits would not hear other servers"
-        return None
+        return self.differs

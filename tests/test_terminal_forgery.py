@@ -108,5 +108,27 @@ def test_characters_a_reader_cannot_see_are_shown(hidden: str) -> None:
     assert printable(text) != text and printable(text).isascii()
     out = dumps({"intent": text})
     assert json.loads(out) == {"intent": text} and out.isascii()
-    shown = inert({"rows": [{"intent": text}], "n": 1})
+
+
+@pytest.mark.parametrize("hidden", [TAGS, "\u202e", "\u2066", "\ufe01", "\U000e0100"])
+def test_what_hides_text_from_a_person_reaches_a_model_escaped(hidden: str) -> None:
+    """MCP answers escape what hides text from a person but not from a model; what text
+    needs (a zero-width non-joiner in Persian, an emoji's selector) and a change's own
+    before and after stay exact."""
+    shown = inert({"rows": [{"intent": f"check{hidden}"}], "n": 1, "before": hidden})
     assert shown["rows"][0]["intent"].isascii() and shown["n"] == 1
+    assert shown["before"] == hidden
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 \u2764\ufe0f"
+    assert inert({"intent": persian}) == {"intent": persian}
+
+
+def test_fold_measures_as_a_terminal_counting_each_code_point_does() -> None:
+    """A skin-toned emoji is 2 cells to rich and 4 columns to xterm or tmux (wcwidth): folded
+    by rich's measure alone, padding of them still pushed a fake row to column 0 there."""
+    from writ.cli.table import _columns
+
+    line = "x" * 20 + " " * 300 + "\U0001f44d\U0001f3fd" * 19 + "    99 2026-12-07 lease.revoked"
+    for width in (80, 120):
+        out = fold(line, width)
+        assert all(_columns(x) <= width for x in out.splitlines()), out
+        assert _starts(out) == [out.splitlines()[0]]

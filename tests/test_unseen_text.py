@@ -15,6 +15,8 @@ from writ.core.textsafe import visible
 from writ.evidence.lint import check_row
 
 UNSEEN = ["\u200b", "\u2060", "\x9b", "\x80", "\u00ad", "\u202e", "\ufeff", "\u3164", " \u200b "]
+# default-ignorable, whatever their category: selectors, the combining grapheme joiner
+UNSEEN += ["\ufe0f", "\u034f", "\U000e0100", "\u17b4"]
 
 
 @pytest.mark.parametrize("value", ["", " ", "\t\n", "\x7f", *UNSEEN])

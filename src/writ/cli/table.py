@@ -37,20 +37,55 @@ MIN_WRAP = 12  # a wrapped column is never squeezed below this many cells
 CONTINUED = "  \u21b3 "  # "  ↳ ": begins every piece of a folded line after the first
 
 
+def _columns(text: str) -> int:
+    """The columns a terminal that measures each code point alone (wcwidth: xterm, tmux)
+    gives ``text``: a skin-toned emoji is 4 there, where rich counts the cluster as 2."""
+    import unicodedata
+
+    return sum(
+        0
+        if unicodedata.category(c) in ("Mn", "Me", "Cf")
+        else 2
+        if unicodedata.east_asian_width(c) in ("W", "F")
+        else 1
+        for c in text
+    )
+
+
+def _chop(piece: str, limit: int) -> list[str]:
+    """``piece`` cut where it would pass ``limit`` by either measure."""
+    from rich.cells import cell_len
+
+    out, cur = [], ""
+    for c in piece:
+        if cur and max(cell_len(cur + c), _columns(cur + c)) > limit:
+            out.append(cur)
+            cur = ""
+        cur += c
+    return [*out, cur]
+
+
 def fold(line: str, width: int) -> str:
-    """``line`` wrapped between words into lines of at most ``width`` cells, each after the
-    first beginning with :data:`CONTINUED`, so that no piece of it begins a line as writ's
-    own lines do (a word longer than a line is cut)."""
+    """``line`` wrapped between words into lines of at most ``width`` columns (by rich's
+    measure and by a terminal's that counts each code point), each after the first
+    beginning with :data:`CONTINUED`, so that no piece of it begins a line as writ's own
+    lines do (a word longer than a line is cut)."""
     from rich.cells import cell_len
     from rich.console import Console
     from rich.text import Text
 
-    if width <= 2 * len(CONTINUED) or cell_len(line) <= width:
+    if width <= 2 * len(CONTINUED) or max(cell_len(line), _columns(line)) <= width:
         return line
-    pieces = Text(line).wrap(Console(width=width), width - len(CONTINUED), overflow="fold")
-    return "\n".join(
-        [pieces[0].plain.rstrip(), *(CONTINUED + p.plain.rstrip() for p in pieces[1:])]
-    )
+    limit = width - len(CONTINUED)
+    wrapped = Text(line).wrap(Console(width=width), limit, overflow="fold")
+    pieces = [
+        part
+        for p in wrapped
+        for part in (
+            [p.plain.rstrip()] if _columns(p.plain.rstrip()) <= limit else _chop(p.plain, limit)
+        )
+    ]
+    return "\n".join([pieces[0], *(CONTINUED + p for p in pieces[1:])])
 
 
 def terminal_width(stream: Any) -> int | None:

@@ -31,13 +31,17 @@ __all__ = ["UNSAFE", "dumps", "hex_escaped", "inert", "json_printable", "printab
 # overrides and isolates (the Arabic letter mark among them); zero-width characters, the soft
 # hyphen, the Mongolian vowel separator, the byte-order mark, the interlinear annotation
 # characters; the blank letters (Hangul fillers); the tag characters (an invisible copy of
-# ASCII: "SYSTEM: release now" in tags shows as nothing, and a model reads it); lone
-# surrogates (which no terminal encoding can even write).
+# ASCII: "SYSTEM: release now" in tags shows as nothing, and a model reads it) and the rest of
+# their plane; the variation selectors but the emoji ones (U+FE0E, U+FE0F: bytes smuggled as
+# selectors show as nothing either); lone surrogates (which no terminal encoding can write).
 _C0 = "\x00-\x1f"
 _BEYOND_C0 = (
     "\x7f-\x9f\u00ad\u061c\u115f\u1160\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069"
-    "\u3164\ufeff\uffa0\ufff9-\ufffb\ud800-\udfff\U000e0000-\U000e007f"
+    "\u3164\ufe00-\ufe0d\ufeff\uffa0\ufff9-\ufffb\ud800-\udfff\U000e0000-\U000e0fff"
 )
+# of those, what hides text from a reader that a model still reads (the bidi embeddings,
+# overrides and isolates, the tag characters, the selectors): what MCP answers escape
+_SMUGGLED = re.compile("[\u202a-\u202e\u2066-\u2069\ufe00-\ufe0d\U000e0000-\U000e0fff]")
 UNSAFE = re.compile(f"[{_C0}{_BEYOND_C0}]")
 """Every character :func:`printable` escapes (for a rendering with escapes of its own)."""
 # in JSON text, C0 is either escaped already (inside a string) or JSON's own whitespace; every
@@ -50,7 +54,12 @@ _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # ones, bidi marks, the soft hyphen, the byte-order mark), lone surrogates; and the blank letters
 # (Hangul fillers, the blank braille pattern) that render as space
 _UNSEEN = frozenset(("Zs", "Zl", "Zp", "Cc", "Cf", "Cs"))
-_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# and Unicode's other default-ignorable characters, whatever their category (the combining
+# grapheme joiner, the variation selectors, Khmer's inherent vowels, ...)
+_IGNORABLE = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2800\u3164\ufe00-\ufe0f\uffa0"
+    "\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
 
 
 def visible(text: str) -> bool:
@@ -61,7 +70,7 @@ def visible(text: str) -> bool:
             return bool(text) and not text.isspace()
         return any(" " < c < "\x7f" for c in text)
     category = unicodedata.category
-    return any(category(c) not in _UNSEEN and c not in _BLANK_LETTERS for c in text)
+    return any(category(c) not in _UNSEEN and not _IGNORABLE.match(c) for c in text)
 
 
 def _hex(m: re.Match[str]) -> str:
@@ -105,15 +114,16 @@ def json_printable(text: str) -> str:
 
 
 def inert(value: Any) -> Any:
-    """``value`` (an answer: dicts, lists, strings) with every string's unsafe characters but
-    the C0 controls written as escapes (``\\u200b``, ``\\U000e0053``), as :func:`printable`
-    writes them: for answers handed to a model as they are (the MCP tools), where a tag
-    character or a bidi mark would carry what a person reviewing the transcript never sees.
-    JSON escapes the C0 controls itself."""
+    """``value`` (an answer: dicts, lists, strings) with every string's characters that hide
+    text from a person but not from a model (tag characters, bidi overrides and isolates,
+    variation selectors but the emoji ones) written as escapes (``\\U000e0053``): for answers
+    handed to a model as they are (the MCP tools). What a change says it was and became
+    (``before``, ``after``) is left exact, as a model may write it back; so is the rest of
+    what text needs (zero-width joiners in Persian or in emoji, a soft hyphen)."""
     if isinstance(value, str):
-        return _UNSAFE_IN_JSON.sub(_hex, value) if _UNSAFE_IN_JSON.search(value) else value
+        return _SMUGGLED.sub(_hex, value) if _SMUGGLED.search(value) else value
     if isinstance(value, dict):
-        return {k: inert(v) for k, v in value.items()}
+        return {k: v if k in ("before", "after") else inert(v) for k, v in value.items()}
     if isinstance(value, list):
         return [inert(v) for v in value]
     return value

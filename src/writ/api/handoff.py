@@ -67,7 +67,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from writ.api.handoff_first import OPS, away
-from writ.api.relay_wire import _peer_pid, _same_user
+from writ.api.relay_wire import _peer_pid, _same_user, _shut
 from writ.core.textsafe import counted
 
 log = logging.getLogger("writ.relay")
@@ -150,6 +150,7 @@ class Handoff:
         self.credit = 0  # connections the writer allowed this server to hand, not handed yet
         self.refused = False  # the writer said "x": not asked again while this link lasts
         self._parked: _Parked = {}  # handed on this link, not said "a" or "n" of yet
+        self._socks: dict[int, int] = {}  # their descriptors, by number
         self._numbers = itertools.count(1)
         self.leave_wait_s = LEAVE_WAIT_S
         self.settle_s = SETTLE_S
@@ -434,10 +435,14 @@ class Handoff:
         """The process id of the writer this server's hand-off is linked to, or None."""
         return _peer_pid(self._out)
 
-    def disconnect(self) -> None:
+    def disconnect(self, stalled: bool = False) -> None:
         """Keep every connection from now on: the link to the writer is gone (those handed
-        on it that the writer has not settled are settled as it closes: :class:`_Leaving`)."""
-        sock, self._out = self._out, None
+        on it that the writer has not settled are settled as it closes: :class:`_Leaving`;
+        ``stalled``, a writer that settles nothing: they are shut down now, its copies too)."""
+        for number in self._parked if stalled else ():
+            with contextlib.suppress(OSError, KeyError):
+                _shut(self._socks[number])  # the client sees its end
+        sock, self._out, self._socks = self._out, None, {}
         self._taken = self.refused = False
         self.credit = 0
         parked, self._parked = self._parked, {}
@@ -448,6 +453,7 @@ class Handoff:
     def _settled(self, parked: _Parked, said: bytes) -> None:
         """The writer said ``a`` (it took the connection of that number) or ``n``."""
         number = _ID.unpack_from(said, 1)[0]
+        self._socks.pop(number, None)
         if number not in parked:  # (none of this link's, or settled already)
             return
         settle = parked.pop(number)
@@ -494,7 +500,7 @@ class Handoff:
         except OSError:
             self._gone()
             return False
-        self._parked[number] = settle
+        self._parked[number], self._socks[number] = settle, conn.fileno()
         self.counts["handed"] += 1
         self.credit -= 1
         return True

@@ -233,7 +233,7 @@ class Relay:
                     "serves its own",
                     handoff.settle_s,
                 )
-                handoff.disconnect()
+                handoff.disconnect(stalled=True)
             if link is not None and link.retired and link.idle() and not link.closed:
                 link.close()  # its calls answered: link again (or write, or be the writer)
             if not self.writer and (self._link is None or self._link.closed):

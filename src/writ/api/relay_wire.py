@@ -82,6 +82,16 @@ def _same_user(sock: socket.socket | None) -> bool:
     return creds is None or creds[1] == os.getuid()  # (not Linux: the directory's mode)
 
 
+def _shut(fd: int) -> None:
+    """Shut the connection of descriptor ``fd`` down both ways: every copy of it (one sent
+    to another process, say) sees its end, and so does its client."""
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.detach()
+
+
 def _peer_pid(sock: Any) -> int | None:
     """The id of the process at the other end of a Unix socket, or None (not Linux, or the
     socket is closed): two sockets whose ends are one process's lead to one writer."""

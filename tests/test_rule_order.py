@@ -39,7 +39,7 @@ def test_hooks_run_in_the_recorded_order() -> None:
     assert _owners(e._gates) == ["Principals", "Authority", "Freezes", "Consents"]
     assert _owners(e._on_grant) == ["Consents", "Stuck"]
     assert _owners(e._on_end) == ["Stuck"]
-    assert _owners(e._tickers) == ["Consents", "Freezes", "Stuck"]
+    assert _owners(e._tickers) == ["Consents", "Rollbacks", "Freezes", "Stuck"]
 
 
 def test_the_app_adds_its_metrics_after_the_rules() -> None:
@@ -54,7 +54,7 @@ def test_a_checkpointer_ticks_after_the_rules(tmp_path: Any) -> None:
     """Checkpointer registers through add_ticker: it runs after the rules' periodic duties."""
     e = _engine()
     cpr = Checkpointer(e, generate_key(), tmp_path)
-    assert _owners(e._tickers) == ["Consents", "Freezes", "Stuck", "Checkpointer"]
+    assert _owners(e._tickers) == ["Consents", "Rollbacks", "Freezes", "Stuck", "Checkpointer"]
     assert e._tickers[-1] == cpr.tick
 
 

@@ -26,7 +26,7 @@ MAX_EVENTS = 200
 WAITS_PER_SESSION = 25
 #: Tool calls all the sessions of one server may have waiting at once: sessions cost nothing
 #: to open, so four of 25 each took all 100 connections, and a fifth session's calls failed
-#: as "writ cannot be reached". The rest of the connections stay for calls that do not wait.
+#: as "writ cannot be reached". Under the 100, one more is told so at once.
 WAITS_IN_ALL = 75
 
 
@@ -76,8 +76,8 @@ class ToolContext:
                 "all",
                 lambda held: ToolError(
                     f"This MCP server already has {counted(held, 'tool call')} waiting on writ, "
-                    "across all its sessions: the most it lets wait, so that calls which do not "
-                    "wait always find a connection. Nothing was done. Call again with wait_s=0 (it "
+                    "across all its sessions: the most it lets wait, under the connections its "
+                    "client keeps for them. Nothing was done. Call again with wait_s=0 (it "
                     "answers at once, held or not), or once a waiting call has returned."
                 ),
             ),

@@ -291,8 +291,8 @@ def gate_command(
     default=75,
     show_default=True,
     help="Tool calls that wait all the sessions together may have at once (sessions cost "
-    "nothing to open); one more is a tool error, nothing done. The rest of the client's 100 "
-    "connections stay for calls that do not wait.",
+    "nothing to open); one more is a tool error at once, nothing done, where over the "
+    "client's 100 connections for waiting calls it failed after 12 s as unreachable.",
 )
 @_allow_down
 @log_level_option

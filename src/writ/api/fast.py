@@ -247,7 +247,7 @@ class FastLeases:
         note["writ.lease"] = req
         work = self.engine.acquire(me, **_asked(req), consent_id=None, rollback=None)
         if req.get("wait_s"):
-            out = await _unless_hung_up(receive, work, draining)
+            out = await _unless_hung_up(receive, work, draining, self.engine.give_back)
         else:
             out = await work
         note["writ.lease"] = out
@@ -584,13 +584,21 @@ class WritApp(FastAPI):
                 return
             status, answer, retry = out
             headers = [_JSON] if retry is None else [_JSON, (b"retry-after", b"%d" % retry)]
-            await direct_answer(cycle, status, answer, headers)
+            if not await direct_answer(cycle, status, answer, headers):
+                await self._undelivered(route, status, scope)
         except BaseException:
             status = failed(status)
             raise
         finally:
             if metrics is not None:
                 record(metrics, scope["method"], route, status, time.perf_counter() - start, answer)
+
+    async def _undelivered(self, route: str, status: int, scope: Scope) -> None:
+        """An answer its client was gone for: a grant (201) is given back, as nobody holds it
+        but the ledger."""
+        lease = scope.get("writ.lease")
+        if route == LEASES and status == 201 and isinstance(lease, dict):
+            await asyncio.shield(self.leases.engine.give_back(lease))
 
     async def full_stack(self, scope: Scope, receive: Receive, send: Send) -> None:
         await super().__call__(scope, receive, send)

@@ -127,23 +127,33 @@ _INTERNAL_ERROR = {
 }
 
 
-async def waiting(request: Any, who: str, work: Callable[[], Awaitable[T]]) -> T:
+async def waiting(
+    request: Any,
+    who: str,
+    work: Callable[[], Awaitable[T]],
+    give_back: Callable[[T, bool], Awaitable[None]] | None = None,
+) -> T:
     """A FastAPI route's request that may wait: ``work()`` counted against principal
     ``who``'s waiting requests (:mod:`writ.api.waits`: at its cap, 503 and ``work`` is never
     called), and ended if its caller hangs up or the server drains (:func:`_unless_hung_up`)."""
     app = request.app
     with app.waits.one(who):
-        return await _unless_hung_up(request.receive, work(), app.draining)
+        return await _unless_hung_up(request.receive, work(), app.draining, give_back)
 
 
 async def _unless_hung_up(
-    receive: Receive, work: Awaitable[T], draining: asyncio.Event | None = None
+    receive: Receive,
+    work: Awaitable[T],
+    draining: asyncio.Event | None = None,
+    give_back: Callable[[T, bool], Awaitable[None]] | None = None,
 ) -> T:
     """Await ``work`` (maybe a wait in the queue), cancelling it if the client disconnects
     (``receive`` is the request's): a caller who hung up gives up its place in the queue, and
     any lease granted meanwhile (the engine's cancellation path). Servers do not cancel a
     handler on disconnect. The same happens when ``draining`` is set (a graceful shutdown):
-    the wait ends, its request leaves the queue, and the caller gets 503 with Retry-After."""
+    the wait ends, its request leaves the queue, and the caller gets 503 with Retry-After.
+    Work that was done as the caller went (both in one turn of the loop) is ``give_back``'s,
+    with whether the server drains: its answer would reach nobody."""
     task = asyncio.ensure_future(work)
     try:
         why = await _interrupted(task, receive, draining)
@@ -154,7 +164,9 @@ async def _unless_hung_up(
         return task.result()
     task.cancel(SHUTTING_DOWN if why == "drain" else None)  # (the ledger says which)
     with contextlib.suppress(asyncio.CancelledError):
-        await task
+        done = await task
+        if give_back is not None:  # it ended as its caller went: nobody takes its answer
+            await asyncio.shield(give_back(done, why == "drain"))
     if why == "drain":
         raise Unavailable(
             "writ is shutting down: this wait ended (an acquire waiting in the queue left it); "
@@ -181,10 +193,11 @@ async def _interrupted(
             {fut, watch} if drain is None else {fut, watch, drain},
             return_when=asyncio.FIRST_COMPLETED,
         )
+        gone = watch.done() or (drain is not None and drain.done())  # (with fut, maybe)
     finally:
         watch.cancel()
         if drain is not None:
             drain.cancel()
-    if fut.done():
+    if fut.done() and not gone:
         return None
     return "drain" if draining is not None and draining.is_set() else "hangup"

@@ -398,6 +398,8 @@ class Engine(PrincipalOps, QueueOps):
                 if not fut.done() and timeout > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(fut), timeout)
+                    if (me := asyncio.current_task()) is not None and me.cancelling():
+                        raise asyncio.CancelledError  # (3.11's wait_for returned, cancelled)
                 if fut.done():
                     try:
                         got = await self._collect(fut.result(), waiter)
@@ -419,9 +421,8 @@ class Engine(PrincipalOps, QueueOps):
                 except Unavailable:
                     if final:
                         raise
-                    # the store is out of reach for now (a database restart): keep our place
-                    # in the queue and look again, rather than answer 503 and leave an entry
-                    # behind that would be granted a lease nobody collects
+                    # the store is out of reach for now (a database restart): keep our place and
+                    # look again, not answer 503 and leave an entry granted a lease nobody takes
                     await asyncio.sleep(min(0.25, max(deadline - loop.time(), 0.0)))
                     continue
                 if isinstance(out, WritError):

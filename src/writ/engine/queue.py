@@ -509,6 +509,25 @@ class QueueOps(ReadOps):
         with contextlib.suppress(WritError):
             await self.store.transact(fn)
 
+    async def give_back(self, lease: dict[str, Any], shutting_down: bool = False) -> None:
+        """Release ``lease`` (an acquire's answer) if it is still held as granted: its caller
+        was gone when the answer was ready (it hung up as the grant committed, or its server
+        drains), so nobody holds it but the ledger, for a whole ttl."""
+        left = "its server shut down" if shutting_down else "the caller disconnected"
+
+        async def fn(tx: Tx) -> None:
+            held = await tx.get_lease(str(lease.get("lease_id")), for_update=True)
+            if (
+                held is not None
+                and held.state == "held"
+                and (held.fencing_token == lease.get("fencing_token"))
+            ):
+                notes = f"released: {left} before the grant reached it"
+                await self._end(tx, held, "released", held.holder, notes=notes)
+
+        with contextlib.suppress(WritError):
+            await self.store.transact(fn)
+
     _lost = lost
     _own_lease = own_lease
 

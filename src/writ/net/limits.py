@@ -393,7 +393,7 @@ class _OneSend:
 
 async def direct_answer(
     cycle: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
-) -> None:
+) -> bool:
     """Answer ``cycle``'s request (uvicorn's ``RequestResponseCycle``) with ``status``,
     ``headers`` and ``body`` in one write, as the two ``send`` calls of the ASGI messages
     would (the server's default headers, ``Content-Length``, ``Connection: close`` when the
@@ -404,11 +404,12 @@ async def direct_answer(
     For an app's ``writ_direct(cycle)``: given that hook, this protocol runs the coroutine it
     returns in place of the app for that request (None: the app as usual), inside
     ``cycle.run_asgi`` so a failure is answered and logged as the app's would be.
-    ``headers`` are the app's own, never the client's: they are not checked again."""
+    ``headers`` are the app's own, never the client's: they are not checked again. False
+    when nothing was written: its client was gone (or an answer had begun)."""
     if cycle.flow.write_paused and not cycle.disconnected:
         await cycle.flow.drain()
     if cycle.disconnected or cycle.response_started:
-        return
+        return False
     cycle.response_started = True
     cycle.waiting_for_100_continue = False
     head = [_STATUS_LINES[status]]
@@ -428,6 +429,7 @@ async def direct_answer(
     if not cycle.keep_alive:
         transport.close()
     cycle.on_response()
+    return True
 
 
 def _status_line(status: int) -> bytes:

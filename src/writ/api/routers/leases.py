@@ -38,7 +38,8 @@ async def acquire(me: Me, engine: EngineDep, body: AcquireIn, request: Request) 
         )
 
     # one that may wait holds its connection meanwhile: counted against its principal
-    lease = await (waiting(request, me.name, work) if body.wait_s > 0 else work())
+    given_back = engine.give_back  # a grant its caller was gone for, when it was ready
+    lease = await (waiting(request, me.name, work, given_back) if body.wait_s > 0 else work())
     request.scope["writ.lease"] = lease
     return lease
 

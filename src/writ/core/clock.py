@@ -30,6 +30,11 @@ class Clock:
         self._last = t
         return t
 
+    def floor(self, t: float) -> None:
+        """Never run back before ``t`` (the newest row a store holds: a restart, or another
+        process, after the host clock stepped back). A manual clock keeps its own time."""
+        self._last = max(self._last, t)
+
 
 class ManualClock(Clock):
     """A clock that moves only when told to (for tests and the demo)."""

@@ -125,8 +125,16 @@ class SQLiteStore(Store):
             self._w = self._connect()
             self._migrate(self._w)
             self._r = self._w if self.memory else self._connect()
+            self._floor(self._w)
         except sqlite3.Error as exc:
             raise Unavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+
+    def _floor(self, c: sqlite3.Connection) -> None:
+        """Ledger time never runs backwards: not before the newest row, whoever wrote it
+        (PostgreSQL's batch does the same with ``greatest(clock_timestamp(), head ts)``)."""
+        row = c.execute("SELECT ts FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is not None and isinstance(row[0], int | float):
+            self.clock.floor(float(row[0]))
 
     def _migrate(self, c: sqlite3.Connection) -> None:
         c.execute("BEGIN IMMEDIATE")
@@ -211,6 +219,7 @@ class SQLiteStore(Store):
             if version != self._data_version:
                 self._known.clear()
                 self._data_version = version
+                self._floor(c)  # its rows' time may be ahead of this process's clock
             r = c.execute(_HEADS).fetchone()
             self._head = (r[1], r[2]) if r[1] is not None else (0, GENESIS)
             self._token = int(r[0])

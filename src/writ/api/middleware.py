@@ -193,7 +193,7 @@ async def _interrupted(
             {fut, watch} if drain is None else {fut, watch, drain},
             return_when=asyncio.FIRST_COMPLETED,
         )
-        gone = watch.done() or (drain is not None and drain.done())  # (with fut, maybe)
+        gone = watch.done()  # (with fut, maybe: its answer would reach nobody)
     finally:
         watch.cancel()
         if drain is not None:

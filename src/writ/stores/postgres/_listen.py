@@ -113,13 +113,7 @@ class _Listener:
             try:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, **self._kwargs)
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-                differs = await self._hold_fingerprint(conn)
-                if differs != self.differs and self._opened_listening:  # (at start: open())
-                    if differs is None:
-                        log.warning("no other blast radius runs on this store: writes again")
-                    else:
-                        log.error("%s: this server writes nothing meanwhile", differs)
-                self.differs = differs
+                self._differs(await self._hold_fingerprint(conn, take=True))
                 if lost_at is not None:
                     await self._resync(conn, time.monotonic() - lost_at)
                     lost_at = None
@@ -134,6 +128,8 @@ class _Listener:
                 while not self._closed:
                     # also the liveness check of a quiet connection
                     await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, hello))
+                    if self.differs is not None:  # another radius: is it gone yet?
+                        self._differs(await self._hold_fingerprint(conn))
                     self._greet = False
                     until = time.monotonic() + HELLO_EVERY
                     while (now := time.monotonic()) < until:
@@ -161,16 +157,28 @@ class _Listener:
                     with contextlib.suppress(Exception):
                         await conn.close()
 
-    async def _hold_fingerprint(self, conn: psycopg.AsyncConnection[Any]) -> str | None:
-        """Hold, for the connection's life, a shared advisory lock naming the blast radius
-        this process runs (:attr:`fingerprint`); why not to go on when another process on
-        the store holds one naming another. A grant on one server would not exclude what
-        the other's groups make conflict: two holders on one blast radius."""
+    def _differs(self, differs: str | None) -> None:
+        if differs != self.differs and self._opened_listening:  # (at start: open() says it)
+            if differs is None:
+                log.warning("no other blast radius runs on this store: writes again")
+            else:
+                log.error("%s: this server writes nothing meanwhile", differs)
+        self.differs = differs
+
+    async def _hold_fingerprint(
+        self, conn: psycopg.AsyncConnection[Any], take: bool = False
+    ) -> str | None:
+        """Hold (``take``: on a new connection), for the connection's life, a shared advisory
+        lock naming the blast radius this process runs (:attr:`fingerprint`); why not to go
+        on when another process on the store holds one naming another. A grant on one server
+        would not exclude what the other's groups make conflict: two holders on one blast
+        radius. While one does, it is asked again every HELLO_EVERY."""
         if self.fingerprint is None:
             return None
         space = zlib.crc32(f"writ-blast-radius:{self.channel}".encode()) & 0x7FFFFFFF
         mine = int(self.fingerprint[:8], 16) & 0x7FFFFFFF
-        await conn.execute("SELECT pg_advisory_lock_shared(%s, %s)", (space, mine))
+        if take:
+            await conn.execute("SELECT pg_advisory_lock_shared(%s, %s)", (space, mine))
         cur = await conn.execute(
             "SELECT count(DISTINCT objid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
             " AND objsubid = 2 AND classid::int8 = %s AND objid::int8 <> %s"

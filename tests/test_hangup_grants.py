@@ -84,3 +84,53 @@ async def test_a_grant_the_lean_path_could_not_deliver_is_given_back(engine: Eng
     assert back["notes"].startswith("released: the caller disconnected before the grant")
     await app._undelivered(LEASES, 201, {"writ.lease": lease})  # twice: nothing more
     assert len(await rows(engine, "lease.released")) == 1
+
+
+async def test_a_grant_done_in_the_turn_its_caller_hangs_up_is_given_back() -> None:
+    """The work and the hang-up wake on one event: the caller is answered 503 and the
+    grant goes to ``give_back`` (before, the lease went to a caller that had hung up)."""
+    woke = asyncio.Event()
+    given: list[Any] = []
+
+    async def work() -> dict[str, Any]:
+        await woke.wait()
+        return {"lease_id": "ls_1", "fencing_token": 1}
+
+    async def receive() -> dict[str, Any]:
+        await woke.wait()
+        return {"type": "http.disconnect"}
+
+    async def give_back(lease: dict[str, Any], draining: bool) -> None:
+        given.append((lease["lease_id"], draining))
+
+    call = asyncio.ensure_future(_unless_hung_up(receive, work(), None, give_back))
+    await asyncio.sleep(0)
+    woke.set()
+    with pytest.raises(Unavailable, match="hung up"):
+        await call
+    assert given == [("ls_1", False)]
+
+
+async def test_a_cancel_its_caller_handled_before_does_not_end_a_wait(engine: Engine) -> None:
+    """A task that caught a cancel of its own (and went on) then waits in the queue: its
+    wait is not taken for a cancelled one — the lease is granted and held, not given back."""
+    holder, waiter = await adds(engine, "holder", "waiter")
+    held = await engine.acquire(holder, resource="c/r", intent="h", ttl_s=60)
+
+    async def caller() -> dict[str, Any]:
+        me = asyncio.current_task()
+        assert me is not None
+        me.cancel()
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            pass  # handled, and not uncancel()ed: cancelling() stays 1
+        return await engine.acquire(waiter, resource="c/r", intent="w", ttl_s=60, wait_s=5)
+
+    call = asyncio.ensure_future(caller())
+    await queued(engine, "waiter")
+    await engine.release(holder, held["lease_id"])
+    lease = await call
+    assert lease["holder"] == "waiter" and lease["state"] == "held"
+    now = await engine.store.read(lambda tx: tx.get_lease(lease["lease_id"]))
+    assert now is not None and now.state == "held"

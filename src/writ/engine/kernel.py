@@ -8,9 +8,8 @@ Waiting is a FIFO queue kept in the store, shared by all conflicting resources. 
 that cannot be granted joins it (``lease.queued``); whenever a lease ends or a waiter leaves,
 :meth:`Engine._dispatch` grants, inside that same transaction, every queued request that is
 no longer blocked by a held lease or by an *earlier* conflicting waiter — so nobody is
-overtaken, and the waiter learns of its grant from a notification, not by polling. A
-waiter also sleeps until the moment its blocker would expire, so an expired holder is
-replaced on time even when nobody sweeps.
+overtaken, and the waiter learns of its grant from a notification, not by polling. A waiter
+sleeps until its blocker would expire, so an expired holder is replaced on time.
 """
 
 from __future__ import annotations
@@ -396,10 +395,12 @@ class Engine(PrincipalOps, QueueOps):
                 if blocked.until is not None:
                     timeout = min(timeout, max(blocked.until - store_now, 0.0) + 0.001)
                 if not fut.done() and timeout > 0:
+                    me = asyncio.current_task()
+                    n = me.cancelling() if me is not None else 0  # cancels before this wait
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(fut), timeout)
-                    if (me := asyncio.current_task()) is not None and me.cancelling():
-                        raise asyncio.CancelledError  # (3.11's wait_for returned, cancelled)
+                    if me is not None and me.cancelling() > n:  # (3.11's wait_for returned)
+                        raise asyncio.CancelledError
                 if fut.done():
                     try:
                         got = await self._collect(fut.result(), waiter)
@@ -470,8 +471,7 @@ class Engine(PrincipalOps, QueueOps):
     # ------------------------------------------------------------------ the view rules use
     @property
     def audit_changed(self) -> asyncio.Event:
-        """Set when audit rows were appended; the engine swaps in a fresh event each time,
-        so a waiter must re-read this property on every loop."""
+        """Set when audit rows were appended (a fresh event each time: re-read it)."""
         return self._audit_changed
 
     def add_ticker(self, tick: Callable[[], Awaitable[Any]]) -> None:

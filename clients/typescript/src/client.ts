@@ -12,6 +12,7 @@
  */
 import {
   InvalidError,
+  LeaseLostError,
   UnauthenticatedError,
   UnavailableError,
   WritError,
@@ -528,7 +529,18 @@ export class Writ {
   async lease(resource: string, options: LeaseOptions): Promise<LeaseHandle> {
     const sent = monotonicS();
     const data = await this.acquire(resource, options);
-    return new LeaseHandle(this, data, options, options.waitS ? monotonicS() : sent);
+    // the server's ttl ran from some moment after `sent`: counting from it is never late
+    const handle = new LeaseHandle(this, data, options, sent);
+    if (monotonicS() - sent > handle.renewEvery) {
+      // the answer took longer than a renewal's period (a wait in the queue, a pause):
+      // renew at once, so the clock is set from a request that did not wait
+      try {
+        await handle.renew();
+      } catch (err) {
+        if (err instanceof LeaseLostError) throw err;
+      }
+    }
+    return handle;
   }
 
   /**

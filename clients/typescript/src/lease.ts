@@ -108,9 +108,27 @@ export class LeaseHandle {
     return this.error !== undefined;
   }
 
-  /** Throws the `LeaseLostError` once the lease is lost. Call it before each write. */
+  /**
+   * Throws the `LeaseLostError` once the lease is lost, or once it is past the time by which
+   * it must have been renewed and was not (a long synchronous stretch kept the renewals from
+   * running): its clock, not only what the renewals said. Call it before each write.
+   */
   check(): void {
+    if (!this.error && monotonicS() >= this.#deadline) {
+      this.#lose(
+        new LeaseLostError(
+          `lease ${this.leaseId} on ${this.resource} could not be renewed before it expired ` +
+            `(ttl ${this.#ttlS}s): no renewal ran in time; treat it as lost`,
+          { lease_id: this.leaseId, state: "unknown", fencing_token: this.fencingToken },
+        ),
+      );
+    }
     if (this.error) throw this.error;
+  }
+
+  /** Seconds between renewals. */
+  get renewEvery(): number {
+    return this.#every;
   }
 
   /** `Writ-Lease` and `Writ-Fencing-Token` for a request through `writ gate` (checks first). */

@@ -251,3 +251,38 @@ test("a callback that fails after the loss: LeaseLostError, with the callback's 
   assert.equal(err.state, "revoked");
   assert.ok(err.cause instanceof TypeError);
 });
+
+test("check() reads the clock: a synchronous stretch past the ttl loses the lease at once", T, async () => {
+  // the renewals never ran during it (the event loop was busy): before, check() passed and
+  // the signal stayed unaborted on a lease the server had already let go
+  const a = await w.principal();
+  const lease = await a.writ.lease(resource(), { intent: "busy", ttlS: 1, renewEveryS: 5 });
+  try {
+    const until = Date.now() + 1200;
+    while (Date.now() < until) {
+      // busy, as a large JSON.parse or synchronous file I/O keeps it
+    }
+    assert.throws(() => lease.check(), LeaseLostError);
+    assert.throws(() => lease.headers(), LeaseLostError);
+    assert.equal(lease.signal.aborted, true);
+  } finally {
+    await lease.release().catch(() => undefined);
+  }
+});
+
+test("an acquire answered later than a renewal's period is renewed before it is handed over", T, async () => {
+  // a holder that lets its 1-s lease run out: the waiter's answer comes after a wait longer
+  // than its renewal period, so the client renews at once (a fresh clock) before returning
+  const a = await w.principal();
+  const b = await w.principal();
+  const r = resource();
+  const first = await a.writ.acquire(r, { intent: "hold", ttlS: 1 });
+  const lease = await b.writ.lease(r, { intent: "next", ttlS: 30, waitS: 10, renewEveryS: 0.2 });
+  try {
+    assert.notEqual(lease.fencingToken, first.fencing_token);
+    const rows = await b.writ.audit({ resource: r });
+    assert.ok(rows.rows.some((row) => row.event === "lease.renewed" && row.agent_id === b.name));
+  } finally {
+    await lease.release();
+  }
+});

@@ -99,6 +99,9 @@ class _LeaseState:
         self.data: JSON | None = None  # the latest Lease the server returned
         self.error: LeaseLost | None = None  # why the lease was lost
         self._deadline = 0.0  # local monotonic time by which the server will expire it
+        # counted lost this long before that, renewals failing (writ run: its --grace, so
+        # that what it stops is stopped before the server lets another take the resource)
+        self.margin_s = 0.0
 
     def __repr__(self) -> str:
         """``<Lease prod/db held by perf-agent: ls_…, fencing token 8841, expires …>``."""
@@ -152,7 +155,12 @@ class _LeaseState:
         return {"Writ-Lease": self.lease_id, "Writ-Fencing-Token": str(self.fencing_token)}
 
     def check(self) -> None:
-        """Raise :class:`~writ.LeaseLost` if the lease was lost (expired, revoked)."""
+        """Raise :class:`~writ.LeaseLost` if the lease was lost (expired, revoked), or is
+        past the time by which it must have been renewed and was not (a paused process, a
+        long stretch of work that kept the renewals from running): its clock, not only what
+        the renewals said."""
+        if self.error is None and 0 < self._lost_at <= time.monotonic():
+            self._lose(self._expired_error(None))
         if self.error is not None:
             raise self.error
 
@@ -186,29 +194,36 @@ class _LeaseState:
         every = self.renew_every if self.renew_every is not None else self.ttl_s / 3
         return max(every, 0.01)
 
+    @property
+    def _lost_at(self) -> float:
+        return self._deadline - self.margin_s
+
     def _granted(self, data: JSON, sent: float) -> None:
         """Record a grant or renewal whose request left at monotonic ``sent``."""
         self.ttl_s = _checked_lease(data)
         self.data = data
         self._deadline = sent + self.ttl_s
 
-    def _acquired(self, data: JSON, sent: float) -> None:
-        """Record the grant of an acquire sent at monotonic ``sent``; after a wait in the
-        queue the clock starts at the answer."""
-        self._granted(data, time.monotonic() if self.wait_s else sent)
+    def _acquired(self, data: JSON, sent: float) -> bool:
+        """Record the grant of an acquire sent at monotonic ``sent``: the server's ttl ran
+        from some moment after that, so counting from it is never late. True when the
+        answer took longer than a renewal's period (a wait in the queue; a pause): then
+        renew at once, so the clock is set from a request that did not wait."""
+        self._granted(data, sent)
+        return time.monotonic() - sent > self._every
 
     def _renew_failed(self, exc: WritError) -> float | None:
         """After a failed renewal: when to retry, or None once the lease is lost."""
         if self._fatal(exc):
             self._lose(self._lost_error(exc))
             return None
-        if time.monotonic() >= self._deadline:
+        if time.monotonic() >= self._lost_at:
             self._lose(self._expired_error(exc))
             return None
         log.info("renewing %s failed, retrying: %s", self.lease_id, exc.message)
         return time.monotonic() + self._retry_pause()
 
-    def _unreleased(self, exc: Unavailable) -> None:
+    def _unreleased(self, exc: WritError) -> None:
         log.warning(
             "could not release %s (it expires by itself within %gs): %s",
             self.lease_id,
@@ -234,10 +249,11 @@ class _LeaseState:
             cause=exc.code,
         )
 
-    def _expired_error(self, exc: WritError) -> LeaseLost:
+    def _expired_error(self, exc: WritError | None) -> LeaseLost:
+        why = exc.message if exc is not None else "no renewal ran in time"
         return LeaseLost(
             f"lease {self.lease_id} on {self.resource} could not be renewed before it expired "
-            f"(ttl {self.ttl_s:g}s): {exc.message}; treat it as lost",
+            f"(ttl {self.ttl_s:g}s): {why}; treat it as lost",
             lease_id=self.lease_id,
             state="unknown",
             fencing_token=self.fencing_token,
@@ -276,7 +292,9 @@ class Lease(_LeaseState):
             self.consent_id,
             self.rollback,
         )
-        self._acquired(data, sent)
+        if self._acquired(data, sent):
+            with contextlib.suppress(Unavailable):  # (a refusal: lost, raised)
+                self.renew()
         self._thread = threading.Thread(
             target=self._renew_loop, name=f"writ-renew-{self.lease_id}", daemon=True
         )
@@ -301,7 +319,7 @@ class Lease(_LeaseState):
 
     def _renew_loop(self) -> None:
         due = time.monotonic() + self._every
-        while not self._stop.wait(max(0.0, min(due, self._deadline) - time.monotonic())):
+        while not self._stop.wait(max(0.0, min(due, self._lost_at) - time.monotonic())):
             try:
                 self.renew()
                 due = time.monotonic() + self._every
@@ -330,7 +348,7 @@ class Lease(_LeaseState):
         except LeaseLost as exc:
             self._lose(exc)
             raise
-        except Unavailable as exc:
+        except WritError as exc:  # unreachable, or refused for now (429, 408, a 5xx)
             self._unreleased(exc)
         finally:
             if isinstance(watch, ThreadWatch):  # a poll through a transport passed, which
@@ -375,7 +393,9 @@ class AsyncLease(_LeaseState):
             self.consent_id,
             self.rollback,
         )
-        self._acquired(data, sent)
+        if self._acquired(data, sent):
+            with contextlib.suppress(Unavailable):  # (a refusal: lost, raised)
+                await self.renew()
         self._task = asyncio.get_running_loop().create_task(
             self._renew_loop(), name=f"writ-renew-{self.lease_id}"
         )
@@ -400,7 +420,7 @@ class AsyncLease(_LeaseState):
     async def _renew_loop(self) -> None:
         due = time.monotonic() + self._every
         while True:
-            await asyncio.sleep(max(0.0, min(due, self._deadline) - time.monotonic()))
+            await asyncio.sleep(max(0.0, min(due, self._lost_at) - time.monotonic()))
             try:
                 await self.renew()
                 due = time.monotonic() + self._every
@@ -430,7 +450,7 @@ class AsyncLease(_LeaseState):
         except LeaseLost as exc:
             self._lose(exc)
             raise
-        except Unavailable as exc:
+        except WritError as exc:  # unreachable, or refused for now (429, 408, a 5xx)
             self._unreleased(exc)
 
     async def __aenter__(self) -> AsyncLease:

@@ -114,7 +114,11 @@ def run(
                 renew_every=renew_every,
                 on_lost=lambda _e: wake.set(),
                 watch=True,  # a revoke stops COMMAND now, not at the next renewal
-            ).acquire()
+            )
+            # renewals failing, COMMAND is stopped --grace before the server's expiry, so
+            # its SIGKILL lands before another may be granted the resource (up to half the ttl)
+            lease.margin_s = min(grace, ttl / 2)
+            lease.acquire()
         if warning := (lease.data or {}).get("warning"):
             click.echo(printable(f"writ run: warning: {warning}"), err=True)
         try:

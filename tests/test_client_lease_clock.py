@@ -39,9 +39,14 @@ def test_a_pause_between_the_grant_and_its_reading_is_not_a_held_lease(
 
 
 def test_a_fresh_answer_starts_no_extra_renewal(live_server: LiveServer) -> None:
+    """An answer read within a renewal's period is trusted from the acquire's send: no
+    renewal row right after the grant (after a late one, there is: the test above)."""
     _, token = live_server.principal("agent", unique("quick"))
-    with live_server.client(token) as c, c.lease(f"{unique('q')}/db", "x", ttl_s=30) as lease:
-        assert lease.data is not None and lease.data.get("renewed_at") is None
+    resource = f"{unique('q')}/db"
+    with live_server.client(token) as c, c.lease(resource, "x", ttl_s=30) as lease:
+        rows = c.audit(resource=resource)["rows"]
+        assert [r["event"] for r in rows] == ["lease.granted"], rows
+        assert rows[0]["lock_key"] == lease.lock_key
 
 
 def test_check_and_headers_read_the_clock(live_server: LiveServer) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO, Any, NoReturn, TypeVar
 from urllib.parse import unquote, urlparse
@@ -15,6 +14,7 @@ import click
 
 from writ.client import DEFAULT_URL
 from writ.core.errors import Invalid
+from writ.core.files import replacing
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -223,19 +223,7 @@ def replaced_atomically(path: str) -> Iterator[IO[str]]:
         with open(real, "w", encoding="utf-8") as f:
             yield f
         return
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{os.path.basename(real)}.", suffix=".tmp", dir=os.path.dirname(real)
-    )
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with open(fd, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, real)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    umask = os.umask(0)
+    os.umask(umask)
+    with replacing(real, 0o666 & ~umask) as f:
+        yield f

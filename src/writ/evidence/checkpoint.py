@@ -33,12 +33,10 @@ keygen``).
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -55,6 +53,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from writ.core.bulk import PAGE, make_way
 from writ.core.clock import parse_time, rfc3339
 from writ.core.errors import Invalid, WritError
+from writ.core.files import replacing
 from writ.core.ledger import (
     GENESIS,
     chain_short_of,
@@ -330,19 +329,8 @@ def write_checkpoint(cp: Checkpoint, path: str | Path) -> Path:
     """Write atomically (a reader never sees half a checkpoint)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    # a new file of a name no one could plant a symlink at (the directory may be /tmp)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        os.fchmod(fd, 0o644)  # public: a checkpoint is for copying elsewhere
-        with open(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(cp.text())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with replacing(p, 0o644, newline="\n") as f:  # public: a checkpoint is for copying elsewhere
+        f.write(cp.text())
     return p
 
 

@@ -23,6 +23,7 @@ import uvicorn
 
 from tests.server_fixtures import LiveServer, free_port, hostile, run_writ, unique
 from writ.gate import Gate, Route, ambiguity
+from writ.gate.bodies import MAX_FORM
 
 
 class _Quiet(WSGIRequestHandler):
@@ -290,6 +291,98 @@ def test_two_content_types_on_a_mapped_path_are_refused(rig: GateRig) -> None:
     )
     assert out.startswith(b"HTTP/1.1 400 "), out[:200]
     assert len(rig.upstream.seen) == before
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body", "status"),
+    [
+        # Rack reads a POST with no type as a form; its MethodOverride (Rails) then runs it
+        (None, b"_method=DELETE", 423),
+        ("", b"_method=DELETE", 423),
+        # PHP cuts the type at ';', ',' or a space: a form to Symfony and Laravel
+        ("application/x-www-form-urlencoded, text/plain", b"_method=DELETE", 400),
+        ("application/x-www-form-urlencoded,x", b"_method=DELETE", 400),
+        ("application/x-www-form-urlencoded x", b"_method=DELETE", 400),
+        ("multipart/form-data, x; boundary=B", b"_method=DELETE", 400),
+        ("; charset=utf-8", b"_method=DELETE", 400),
+        # Laravel reads a JSON body's keys as the request's fields
+        ("application/json", b'{"_method": "DELETE"}', 423),
+        ("Application/Vnd.Api+JSON; charset=utf-8", b'{"a": 1, "_method": "delete"}', 423),
+        ("application/json", b'{"_method": "GET", "_method": "DELETE"}', 423),
+        ("text/json", b'{"_method": "DELETE"}', 423),
+        ('text/plain; x="+json"', b'{"_method": "DELETE"}', 423),
+        ("application/json", b'{"_method": ["DELETE"]}', 400),
+        ("application/json", b'{"_method": {"x": "DELETE"}}', 400),
+    ],
+)
+def test_a_method_field_in_any_body_an_upstream_reads_as_fields_is_judged(
+    rig: GateRig, ctype: str | None, body: bytes, status: int
+) -> None:
+    """A POST on the DELETE-only route whose body names DELETE, in a body the gate once
+    read as no form (no type, a type PHP cuts to a form's, JSON): judged as the DELETE it
+    names (423: no lease), or refused when the gate cannot read it plainly; never passed on."""
+    before = len(rig.upstream.seen)
+    headers = {} if ctype is None else {"Content-Type": ctype}
+    got, answer = rig.send("POST", "/admin/cache/all", headers, body)
+    assert got == status, answer
+    assert len(rig.upstream.seen) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "ctype", "body"),
+    [
+        ("POST", None, b"a=1&method=DELETE"),
+        ("POST", "application/json", b'{"method": "DELETE", "x": {"_method": "DELETE"}}'),
+        ("POST", "application/json", b'{"_method": "DELETE"'),  # no JSON: no parser finds it
+        ("POST", "text/plain", b"_method=DELETE"),  # no framework reads a field from it
+        ("PUT", None, b"_method=DELETE" + b"x" * (MAX_FORM + 1)),  # not read: no 413
+        ("PUT", "application/json", b'{"_method": "DELETE"}'),  # overrides are a POST's
+    ],
+)
+def test_a_body_that_names_no_other_method_passes_whole(
+    rig: GateRig, method: str, ctype: str | None, body: bytes
+) -> None:
+    headers = {} if ctype is None else {"Content-Type": ctype}
+    status, answer = rig.send(method, "/admin/cache/all", headers, body)
+    assert status == 200, answer
+    assert env(rig)["REQUEST_METHOD"] == method and env(rig)["body"] == body
+
+
+def test_a_json_post_over_the_bound_on_a_mapped_path_is_refused_413(rig: GateRig) -> None:
+    before = len(rig.upstream.seen)
+    body = b'{"x": "' + b"y" * MAX_FORM + b'"}'
+    status, answer = rig.send(
+        "POST", "/admin/cache/all", {"Content-Type": "application/json"}, body
+    )
+    assert status == 413, answer
+    assert len(rig.upstream.seen) == before
+
+
+def test_the_row_of_a_passed_override_names_the_method_it_was_judged_as(
+    rig: GateRig, live_server: LiveServer
+) -> None:
+    """A POST that says it is a DELETE passes on a DELETE lease's route; writ's row says
+    so, not just POST."""
+    with live_server.client(rig.token) as c:
+        lease = c.acquire(f"{rig.res}/cache", "flush")
+    with live_server.client() as admin:
+        seq = admin.last_seq()
+    try:
+        headers = {
+            "Authorization": f"Bearer {rig.token}",
+            "Writ-Lease": lease["lease_id"],
+            "Writ-Fencing-Token": str(lease["fencing_token"]),
+            "X-HTTP-Method-Override": "DELETE",
+        }
+        status, answer = rig.send("POST", "/admin/cache/all?_method=patch", headers)
+        assert status == 200, answer
+    finally:
+        with live_server.client(rig.token) as c:
+            c.release(lease["lease_id"])
+    with live_server.client() as admin:
+        rows = [r for r in admin.iter_audit(seq) if r["event"] == "gate.passed"]
+    assert len(rows) == 1, rows
+    assert rows[0]["notes"].startswith("POST (AS DELETE, PATCH) /admin/cache/all via "), rows
 
 
 # ----------------------------------------------------------------------------- paths

@@ -94,7 +94,7 @@ class Fencing:
             ("attribute", attribute),
         ):
             check_text(value, field)
-        method = str(method)[:16].upper()
+        method = str(method)[:64].upper()
         path = str(path)[:512]
         attribute = str(attribute)[:128] if attribute else None
         try:

@@ -10,7 +10,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote
 
 import httpx
 from starlette.background import BackgroundTask
@@ -21,6 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from writ._version import __version__
 from writ.core.errors import Invalid, TooLarge
 from writ.core.textsafe import counted
+from writ.gate.bodies import MAX_FORM, body_kind, body_methods, method_fields
 from writ.gate.forwarded import Forwarded
 from writ.gate.headers import (
     FORWARDED,
@@ -39,8 +39,6 @@ log = logging.getLogger("writ.gate")
 GATED_POOL_WAIT_S = 5.0
 # a writ token anywhere in a header value, however it is spaced (Bearer\twrit_…, a list)
 _WRIT_TOKEN = re.compile(rb"(?:^|[^A-Za-z0-9_-])writ_")
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-MAX_FORM = 1 << 20  # a form on a mapped path is read (for its _method field) up to this
 UPSTREAM_CONNECTIONS = 100  # to the upstream, for each of the two pools (and to writ)
 
 
@@ -299,12 +297,7 @@ class Gate:
         header (any spelling, comma lists) and ``extra`` (a ``_method`` query or form
         field); and every path an upstream may read it as. Raises ``Invalid`` when its
         readings fall under routes that no one lease covers."""
-        methods = {method.upper(), *(m.strip().upper() for m in extra if m.strip())}
-        for name, value in headers.raw:
-            if header_name(name) in METHOD_OVERRIDES:
-                methods.update(
-                    v.strip().upper() for v in value.decode("latin-1").split(",") if v.strip()
-                )
+        methods = {method.upper(), *readings(headers, extra)}
         return route_of(self.routes, sorted(methods), request_paths(path))
 
     def mapped(self, path: str, raw_path: bytes | None = None) -> bool:
@@ -356,35 +349,33 @@ class Gate:
                 "parameters, no empty or dot segments)",
             )
         headers = Headers(scope=scope)
-        extra = _method_fields(scope.get("query_string") or b"")
+        extra = method_fields(scope.get("query_string") or b"")
         body: bytes | None = None
-        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
-        many_types = len(headers.getlist("content-type")) > 1
-        if (many_types or ctype in FORM_TYPES) and self.mapped(path):
-            if many_types:
-                return _error(
-                    400,
-                    "invalid",
-                    "more than one Content-Type: an upstream may read the body as the other one",
-                )
-            # a form may carry _method: read it (bounded) to judge the method it names
+        types = headers.getlist("content-type")
+        if (types or method == "POST") and self.mapped(path):
             try:
-                body = await _read_all(receive, MAX_FORM)
-            except TooLarge as exc:
-                return _error(413, "too_large", exc.message)
-            except httpx.ReadError:
-                return _error(400, "invalid", "the client went away before its form was read")
-            try:
-                extra += _form_methods(ctype, headers.get("content-type", ""), body)
+                kind = body_kind(method, types)
             except Invalid as exc:
                 return _error(400, "invalid", exc.message)
+            if kind is not None:
+                # a body that may carry _method: read it (bounded) to judge the method it names
+                try:
+                    body = await _read_all(receive, MAX_FORM)
+                except TooLarge as exc:
+                    return _error(413, "too_large", exc.message)
+                except httpx.ReadError:
+                    return _error(400, "invalid", "the client went away before its body was read")
+                try:
+                    extra += body_methods(kind, types[0] if types else "", body)
+                except Invalid as exc:
+                    return _error(400, "invalid", exc.message)
         try:
             route = self.route_for(method, path, headers, extra)
         except Invalid as exc:
             return _error(400, "invalid", exc.message)
         if route is None:
             return await self._forward(scope, receive, headers, None, body)
-        decision = await self.decide(route, method, path, headers)
+        decision = await self.decide(route, _as_read(method, headers, extra), path, headers)
         if isinstance(decision, Response):
             self.metrics.refused.labels(_code_of(decision)).inc()
             return decision
@@ -609,54 +600,32 @@ async def _read_all(receive: Receive, limit: int) -> bytes:
     async for chunk in _body(receive):
         size += len(chunk)
         if size > limit:
-            raise TooLarge(f"a form body on a mapped route is read whole, up to {limit} bytes")
+            raise TooLarge(
+                f"a body that may carry a _method field (a form, JSON, or a POST with no "
+                f"Content-Type) on a mapped route is read whole, up to {limit} bytes"
+            )
         parts.append(chunk)
     return b"".join(parts)
 
 
-def _field_name(name: str) -> str:
-    """A form field's name as the frameworks that honour ``_method`` may read it: PHP turns
-    ``.``, spaces and ``[`` into ``_`` and drops leading spaces (``.method`` is ``_method``)."""
-    return re.sub(r"[. \[]", "_", name.lstrip(" ")).lower()
+def readings(headers: Headers, extra: Iterable[str] = ()) -> list[str]:
+    """The methods a request says it is besides its own: each method-override header (any
+    spelling, comma lists) and ``extra`` (its ``_method`` query or body fields)."""
+    methods = {m.strip().upper() for m in extra if m.strip()}
+    for name, value in headers.raw:
+        if header_name(name) in METHOD_OVERRIDES:
+            methods.update(
+                v.strip().upper() for v in value.decode("latin-1").split(",") if v.strip()
+            )
+    return sorted(methods)
 
 
-def _method_fields(query: bytes) -> list[str]:
-    """Values of ``_method`` (any case, any spelling a framework folds onto it, ``&`` or
-    ``;`` between fields) in a query string or urlencoded form."""
-    text = query.decode("latin-1").replace(";", "&")
-    return [v for k, v in parse_qsl(text, keep_blank_values=True) if _field_name(k) == "_method"]
-
-
-# a multipart part's name, however it is written: name="x", name='x', name=x, name*=UTF-8''x
-_PART = re.compile(
-    rb"""\bname(?:\*\s*=\s*(?:[\w-]*'[\w-]*')?|\s*=\s*["']?)([^"';\r\n]*)""", re.IGNORECASE
-)
-
-
-def _form_methods(ctype: str, header: str, body: bytes) -> list[str]:
-    """The ``_method`` fields of a form body. A multipart one is parsed only enough to
-    find them: a ``_method`` part that cannot be read plainly is refused (Invalid)."""
-    if ctype == "application/x-www-form-urlencoded":
-        return _method_fields(body)
-    named = [
-        m
-        for m in _PART.findall(body)
-        if _field_name(unquote(m.decode("latin-1")).strip()) == "_method"
-    ]
-    if not named:
-        return []
-    found = re.findall(
-        rb'content-disposition:\s*form-data;\s*name="_method"\r\n\r\n([A-Za-z, ]{1,64})\r\n',
-        body,
-        re.IGNORECASE,
-    )
-    if len(found) != len(named):
-        raise Invalid(
-            "a multipart form with a '_method' part the gate cannot read plainly: send the "
-            "method as the request's own",
-            field="_method",
-        )
-    return [m.decode("ascii") for m in found]
+def _as_read(method: str, headers: Headers, extra: Iterable[str]) -> str:
+    """The method as the gate judged it, for writ's row: ``POST (as DELETE)`` when the
+    request also says it is another."""
+    others = [m for m in readings(headers, extra) if m != method.upper()]
+    text = (f"{method} (as {', '.join(others)})" if others else method)[:64]
+    return "".join(c if c.isascii() and c.isprintable() else "?" for c in text)
 
 
 def _code_of(refusal: Response) -> str:

@@ -432,7 +432,7 @@ def _held_up_by_not_reading(port: int) -> socket.socket:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.settimeout(10)
     s.connect(("127.0.0.1", port))
-    s.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 40)
+    s.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 40)  # (--max-pipelined 64)
     assert s.recv(100).startswith(b"HTTP/1.1 200 ")  # its first head is in: busy
     return s
 
@@ -446,7 +446,8 @@ def test_a_client_holding_up_every_connection_makes_room_for_a_newcomer(
     place of the one held up longest. A slow body is told why (408); an unread answer is
     reset, since it would never drain."""
     one = ("--max-connections-per-client", "0")  # the whole listener, from one address
-    with writ(tmp_path, *serve_args(tmp_path, "--max-connections", "8", *one)) as srv:
+    args = serve_args(tmp_path, "--max-connections", "8", "--max-pipelined", "64", *one)
+    with writ(tmp_path, *args) as srv:
         socks = [held_up(srv.port) for _ in range(8)]
         try:
             deadline = time.monotonic() + 10  # until the unread answers have filled up
@@ -478,7 +479,8 @@ def test_a_client_that_never_reads_its_answers_is_reset_after_the_send_timeout(
     through a gate, a connection to the upstream): with the listener far from full, nothing
     made room. Now one that reads nothing of its answer for --send-timeout seconds is reset,
     and one that reads goes on."""
-    with writ(tmp_path, *serve_args(tmp_path, "--send-timeout", "1")) as srv:
+    args = serve_args(tmp_path, "--send-timeout", "1", "--max-pipelined", "64")
+    with writ(tmp_path, *args) as srv:
         stuck = _held_up_by_not_reading(srv.port)  # its first answer's head read, no more
         reading = _held_up_by_not_reading(srv.port)
         try:
@@ -695,3 +697,84 @@ async def test_a_refused_head_is_closed_in_stages(monkeypatch: pytest.MonkeyPatc
     protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2048)
     protocol.data_received(b"a" * (limits.LINGER_BYTES + 1))  # past the courtesy: closed now
     assert wire.closed and len(wire.writes) == 1
+
+
+async def _ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An app that answers every request 200 ``ok``."""
+    if scope["type"] != "http":
+        return
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    )
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_a_connection_queues_at_most_max_pipelined_requests() -> None:
+    """Pipelined requests past the queue a connection may hold are not parsed into memory:
+    they are dropped, the ones queued are answered in order, and the last answer closes the
+    connection. Within the queue, a pipelining client is answered whole and kept."""
+    import asyncio
+
+    request = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+    protocol, wire = _connected(_ok, max_pipelined=4)
+    protocol.data_received(request * 10_000)  # one read's worth, and far more
+    assert len(protocol.pipeline) == 4
+    protocol.data_received(request * 10_000)  # more after: dropped too
+    async with asyncio.timeout(10):
+        await wire.gone.wait()
+    answers = b"".join(wire.writes).split(b"HTTP/1.1 ")[1:]
+    assert len(answers) == 5, len(answers)  # the one in progress and the four queued
+    assert all(a.startswith(b"200 ") and a.endswith(b"ok") for a in answers)
+    assert b"connection: close" in answers[-1] and b"connection: close" not in answers[-2]
+
+    protocol, wire = _connected(_ok, max_pipelined=4)
+    protocol.data_received(request * 5)
+    async with asyncio.timeout(10):
+        while b"".join(wire.writes).count(b"HTTP/1.1 200 ") < 5:
+            wire.wrote.clear()
+            await wire.wrote.wait()
+    assert not wire.closed and b"connection: close" not in b"".join(wire.writes)
+    protocol.connection_lost(None)
+
+
+def test_a_client_pipelining_without_end_is_cut_off_with_memory_bounded(tmp_path: Path) -> None:
+    """A real server (default limits): one connection sends 120,000 pipelined requests in
+    one go; it gets at most 33 answers, the server's memory stays flat, and another client
+    is answered meanwhile."""
+    with writ(tmp_path, *serve_args(tmp_path)) as srv:
+        before = _rss(srv.pid)
+        with connect(srv.port) as s:
+            with contextlib.suppress(OSError):  # closed while still sending: its own doing
+                s.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n" * 120_000)
+            got = answer(s)
+        assert 1 <= got.count(b"HTTP/1.1 200 ") <= 33, got.count(b"HTTP/1.1 200 ")
+        growth = (_rss(srv.pid) - before) / 2**20
+        assert growth < 24, f"server RSS grew by {growth:.0f} MiB"
+        status, took = health(srv.port)
+        assert status == 200 and took < 5
+
+
+async def test_a_closing_connection_whose_answer_is_never_read_is_reset_too() -> None:
+    """An answer that closes its connection (``Connection: close``) still held in the
+    server's buffer because the client reads nothing: the send deadline resets it all the
+    same, where a plain close would wait for the client for ever."""
+    import asyncio
+
+    class Stuck(_Wire):
+        aborted = False
+
+        def get_write_buffer_size(self) -> int:
+            return 1 << 20  # a megabyte of answer the client has not read
+
+        def abort(self) -> None:
+            self.aborted = True
+            self.gone.set()
+
+    protocol, _ = _connected(_ok, send_timeout=0.05)
+    wire = Stuck()
+    protocol.connection_made(wire)
+    wire.closed = True  # closing: what is buffered goes first, then the close
+    protocol.pause_writing()
+    async with asyncio.timeout(5):
+        await wire.gone.wait()
+    assert wire.aborted

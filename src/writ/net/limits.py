@@ -78,9 +78,12 @@ class Limits:
     max_connections: int = 4096
     max_connections_per_client: int | None = None  # None: a quarter of max_connections
     origin_form_only: bool = False  # refuse absolute-form targets (GET http://host/path)
+    # requests one connection may have queued behind the one being answered (pipelined):
+    # past this the rest it sends is dropped and it is closed once the queue is answered
+    max_pipelined: int = 32
 
     def __post_init__(self) -> None:
-        for name in ("max_header_bytes", "max_request_line", "max_connections"):
+        for name in ("max_header_bytes", "max_request_line", "max_connections", "max_pipelined"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_connections_per_client is not None and self.max_connections_per_client < 0:
@@ -309,7 +312,11 @@ def _unread(protocol: Any) -> None:
     """The send deadline passed: the client read nothing of its answer for that long."""
     protocol._send_deadline = None
     transport = protocol.transport
-    if transport is not None and not transport.is_closing():
+    # a connection closing once its answers are out (Connection: close) that its client
+    # will not read waits for ever all the same: reset it too
+    if transport is not None and (
+        not transport.is_closing() or transport.get_write_buffer_size() > 0
+    ):
         log.info("reset a connection whose client read none of its answer in time")
         _reset(transport)
 
@@ -493,6 +500,22 @@ def _refuse(protocol: Any, answer: bytes) -> None:
         transport.close()
 
 
+def _overflowed(protocol: Any) -> None:
+    """A request beyond the queue a connection may pipeline: it and all the connection sends
+    after are read and dropped, and the connection closes once what it queued is answered
+    (its last answer says ``Connection: close``). A client may retry the unanswered ones on a
+    new connection, as HTTP/1.1 lets it (RFC 9112, 9.3.2); memory holds no more of them."""
+    protocol._disarm()
+    protocol._refused = True  # what it sends from now on is dropped
+    protocol.pipeline[0][0].keep_alive = False  # the newest queued: its answer closes
+    log.info(
+        "%s pipelined more than %d requests on one connection: the rest it sent is dropped "
+        "and the connection closes once those are answered",
+        protocol._client or "a client",
+        len(protocol.pipeline),
+    )
+
+
 class _Deadlines:
     """A connection's one deadline (its head's or its body's): when it passes, the
     connection is answered and closed (:func:`_expired`); and, while its client reads
@@ -601,6 +624,11 @@ def guarded_protocol(limits: Limits) -> type[Any]:
                 self._arm(limits.header_timeout, answers.head_slow)
 
         def on_headers_complete(self) -> None:
+            if self._refused:  # past its pipeline's queue already: dropped, as the rest
+                return
+            if len(self.pipeline) >= limits.max_pipelined:
+                _overflowed(self)
+                return
             if (refusal := _head_refusal(self, limits, answers)) is not None:
                 _refuse(self, refusal)
                 return

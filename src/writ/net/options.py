@@ -52,6 +52,13 @@ _OPTIONS: tuple[tuple[str, click.ParamType[Any], str], ...] = (
         "Largest block of request headers; more is 413, refused while read.",
     ),
     (
+        "--max-pipelined",
+        click.IntRange(1),
+        "Requests one connection may have queued behind the one being answered "
+        "(HTTP/1.1 pipelining); past it the rest is dropped and the connection closes "
+        "once those are answered.",
+    ),
+    (
         "--header-timeout",
         Seconds(0, min_open=True),
         "Seconds a client has to send a request's line and headers (408 after).",
@@ -113,6 +120,7 @@ def from_options(options: dict[str, Any], base: Limits | None = None) -> Limits:
     return replace(
         base or Limits(),
         max_header_bytes=options.pop("max_header_bytes"),
+        max_pipelined=options.pop("max_pipelined"),
         header_timeout=options.pop("header_timeout"),
         body_timeout=options.pop("body_timeout"),
         keepalive_timeout=options.pop("keepalive_timeout"),

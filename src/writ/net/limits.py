@@ -505,6 +505,8 @@ def _overflowed(protocol: Any) -> None:
     after are read and dropped, and the connection closes once what it queued is answered
     (its last answer says ``Connection: close``). A client may retry the unanswered ones on a
     new connection, as HTTP/1.1 lets it (RFC 9112, 9.3.2); memory holds no more of them."""
+    if protocol._refused:  # dropped as the rest
+        return
     protocol._disarm()
     protocol._refused = True  # what it sends from now on is dropped
     protocol.pipeline[0][0].keep_alive = False  # the newest queued: its answer closes
@@ -578,14 +580,12 @@ def guarded_protocol(limits: Limits) -> type[Any]:
             self._deadline: Any = None  # asyncio.TimerHandle of the head or body deadline
             self._in_head = True  # the parser is between requests, or reading a head
             self._head_bytes = self._line_bytes = 0
-            self._line_done = False
-            self._tail = b""
-            self._refused = False  # answered and closing: ignore anything more it sends
-            self._lingered = 0  # bytes it sent since
+            self._line_done, self._tail = False, b""
+            # answered and closing: ignore anything more it sends (and count it: _lingered)
+            self._refused, self._lingered = False, 0
             self._rejected = False  # turned away at connect: never one of the connections
             self._client: str | None = None  # the client it is counted against (_Shares)
 
-        # -- connection ---------------------------------------------------------------
         def connection_made(self, transport: Any) -> None:
             if not _admitted(self, transport, shares, idle, stalled, answers):
                 return
@@ -624,11 +624,8 @@ def guarded_protocol(limits: Limits) -> type[Any]:
                 self._arm(limits.header_timeout, answers.head_slow)
 
         def on_headers_complete(self) -> None:
-            if self._refused:  # past its pipeline's queue already: dropped, as the rest
-                return
-            if len(self.pipeline) >= limits.max_pipelined:
-                _overflowed(self)
-                return
+            if self._refused or len(self.pipeline) >= limits.max_pipelined:
+                return _overflowed(self)  # past its queue (or refused): dropped
             if (refusal := _head_refusal(self, limits, answers)) is not None:
                 _refuse(self, refusal)
                 return

@@ -47,7 +47,8 @@ async def audit_response(
     """The answer to ``GET /v1/audit``: a plain dict for a page or less, else a stream.
     ``view`` filters each page to what the caller may read (the authority rule); the pages
     and ``next_after_seq`` follow the rows read, shown or not, as a single read would."""
-    first = await engine.audit(after_seq, min(limit, PAGE), prefix, since, until)
+    async with engine.bulk.page():  # a filtered first page is bulk work too (core.bulk)
+        first = await engine.audit(after_seq, min(limit, PAGE), prefix, since, until)
     if limit <= PAGE or len(first["rows"]) < PAGE:
         return view(first)
 
@@ -88,7 +89,8 @@ async def paged_response(
     ``view`` filters a page to what the caller may see. Each page is read on its own
     (a lease that changes between two pages is shown as its page found it), and none is
     shown twice: the pages follow the tokens down."""
-    first, floor = await page(min(limit, PAGE), None, limit <= PAGE)
+    async with turns.page():  # the first page takes its turn as the others do
+        first, floor = await page(min(limit, PAGE), None, limit <= PAGE)
     if limit <= PAGE or floor is None:
         return {key: view(first)}
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import ast
 import asyncio
 import re
+import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from writ.core import resources
-from writ.core.bulk import PAGE
+from writ.core.bulk import PAGE, make_way
 from writ.core.clock import parse_time, rfc3339
 from writ.core.errors import WritError
 from writ.core.ledger import UNREADABLE, Verification
@@ -21,6 +23,10 @@ from writ.stores.migrate import verify_store
 
 if TYPE_CHECKING:
     from writ.engine import Engine
+
+
+#: Rows of the ledger a filtered read walks in one step (about a millisecond of the loop).
+WINDOW = 5000
 
 
 class History:
@@ -130,9 +136,35 @@ class History:
     async def _rows(
         self, after: int, n: int, prefix: str | None, since: float | None, until: float | None
     ) -> list[dict[str, Any]]:
-        return await self.engine.store.read(
-            lambda tx: tx.audit_rows(after, n, prefix, since, until)
-        )
+        """Up to ``n`` rows after ``after`` under the filters, at a bounded cost a step. An
+        index of a filter finds few rows at once, but a broad one (``resource=prod`` over
+        most of the ledger) is walked whole and sorted to answer ``limit=1``: 90-200 ms of
+        the loop on 300,000 rows. So a filtered read walks the rows after ``after`` in seq
+        order when they are few, uses the index when it holds few, and otherwise walks the
+        ledger :data:`WINDOW` rows a step, making way for others between steps."""
+        store = self.engine.store
+        if not prefix and since is None and until is None:
+            return await store.read(lambda tx: tx.audit_rows(after, n))
+        head = (await store.read(lambda tx: tx.audit_head()))[0]
+        if head - after <= WINDOW:
+            return await store.read(lambda tx: tx.audit_rows(after, n, prefix, since, until, head))
+        many = await store.read(lambda tx: tx.audit_candidates(prefix, since, until, WINDOW))
+        if many < WINDOW:
+            return await store.read(lambda tx: tx.audit_rows(after, n, prefix, since, until))
+        rows: list[dict[str, Any]] = []
+        lo = after
+        while lo < head and len(rows) < n:
+            began, hi, want = time.perf_counter(), min(lo + WINDOW, head), n - len(rows)
+            rows += await store.read(self._window(lo, hi, want, prefix, since, until))
+            lo = hi
+            await make_way(time.perf_counter() - began)
+        return rows
+
+    @staticmethod
+    def _window(
+        lo: int, hi: int, n: int, prefix: str | None, since: float | None, until: float | None
+    ) -> Callable[[Tx], Awaitable[list[dict[str, Any]]]]:
+        return lambda tx: tx.audit_rows(lo, n, prefix, since, until, hi)
 
     async def events(
         self, prefix: str | None = None, after_seq: int = 0, wait_s: Any = 0, limit: int = 1000

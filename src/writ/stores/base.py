@@ -32,14 +32,10 @@ Rules every backend keeps:
   ``store.note_sink`` after commit — writ's write relay, :mod:`writ.api.relay` — and take
   them with ``store.take_notes``; ``store.notes_lost()`` says that way broke, and the store
   delivers what may have been missed meanwhile, as after its own listening connection broke.
-* **Related lookups** (``held_related``, ``waiters_related``, ``objects_related``) return
-  the records whose resource is equal to, an ancestor of, or a descendant of any of the given
-  paths, using indexes (see :func:`writ.core.resources.related_clauses`), so their cost does not
-  grow with the number of leases held.
+* **Related lookups** (``held_related``, ``waiters_related``, ``objects_related``) find
+  the records on, above or below the given paths by indexes (``related_clauses``).
 * Driver errors never escape: a backend raises :class:`writ.errors.Unavailable` when the
   database cannot be reached, and the engine's own errors pass through unchanged.
-
-Stores are chosen by URL scheme (:func:`writ.stores.open_store`).
 """
 
 from __future__ import annotations
@@ -50,7 +46,6 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from writ.core.errors import Invalid
 from writ.core.ledger import Record, Sealed, row_from, text_pages
 from writ.core.models import Lease, Principal, Waiter
 
@@ -72,56 +67,6 @@ def shrink_note(payload: dict[str, Any]) -> dict[str, Any]:
         elif len(json.dumps(v)) <= 500:
             out[k] = v
     return out
-
-
-#: The columns of each table in a dump (:meth:`Store.export_rows`), tables in dump order,
-#: the same for every backend. Times are float seconds since the epoch; ``touches``,
-#: ``rollback``, ``request`` and ``data`` are decoded JSON; audit rows carry their stored
-#: ``body`` and ``hash`` unchanged.
-TABLES: dict[str, tuple[str, ...]] = {
-    "principals": (
-        "name",
-        "kind",
-        "vendor",
-        "wake",
-        "admin",
-        "token_hash",
-        "created_at",
-        "queues",
-        "disabled_at",
-        "disabled_reason",
-        "token_expires_at",
-    ),
-    "leases": (
-        "lease_id",
-        "resource",
-        "holder",
-        "intent",
-        "fencing_token",
-        "acquired_at",
-        "expires_at",
-        "ttl_s",
-        "touches",
-        "state",
-        "rollback",
-        "ended_at",
-        "request_id",
-    ),
-    "waiters": ("seq", "waiter_id", "resource", "principal", "request", "enqueued_at", "deadline"),
-    "objects": ("kind", "id", "resource", "state", "data", "created_at", "expires_at"),
-    "audit": ("seq", "ts", "event", "resource", "lock_key", "body", "hash"),
-}
-
-
-def check_empty(url: str, counts: dict[str, int]) -> None:
-    """Refuse to import into a store that already holds records (for backends)."""
-    held = {t: n for t, n in counts.items() if n}
-    if held:
-        raise Invalid(
-            f"store {url} is not empty ("
-            + ", ".join(f"{n} {t}" for t, n in held.items())
-            + "): import into a new, empty store"
-        )
 
 
 LEASE_LIFE: tuple[str, ...] = (
@@ -370,8 +315,18 @@ class Tx(ABC):
         prefix: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        upto: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Rows after ``after_seq`` in seq order, under ``prefix``, in ``[since, until]``."""
+        """Rows after ``after_seq`` in seq order, under ``prefix``, in ``[since, until]``;
+        with ``upto``, only rows up to that seq, read in seq order (no index of the filters:
+        the cost of a window is its width, however many rows the filters match elsewhere)."""
+
+    async def audit_candidates(
+        self, prefix: str | None, since: float | None, until: float | None, cap: int
+    ) -> int:
+        """How many rows an indexed read under these filters would visit, counted up to
+        ``cap``; 0 where the database plans its own reads (one read is best there)."""
+        return 0
 
     @abstractmethod
     async def audit_head(self) -> tuple[int, str]:
@@ -687,7 +642,7 @@ class Store(ABC):
         snapshot, in the order :meth:`import_rows` needs: ``meta`` (one row,
         ``{"fencing_token": last token handed out}``), then ``principals``, ``leases``,
         ``waiters``, ``objects`` and ``audit`` (in seq order), with the columns of
-        :data:`TABLES`. Rows are the same plain JSON values on every backend (JSON columns
+        :data:`~writ.stores.tables.TABLES`. Rows are the same plain JSON values on every backend (JSON columns
         decoded, booleans as booleans); ``token_hash`` is included, so a dump is a secret.
         """
 

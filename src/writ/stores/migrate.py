@@ -30,7 +30,7 @@ from writ.core.ledger import (
 )
 from writ.stores import Store, open_store, redact
 from writ.stores.accounted import Opened, tables_disagree
-from writ.stores.base import TABLES
+from writ.stores.tables import TABLES
 
 __all__ = ["migrate", "upgrade", "verify_store"]
 

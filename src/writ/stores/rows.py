@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from writ.core.models import Lease, Principal, Waiter
 from writ.core.validate import loads
-from writ.stores.base import TABLES
+from writ.stores.tables import TABLES
 
 LEASE_COLS = (
     "lease_id, resource, holder, intent, fencing_token, acquired_at, expires_at, ttl_s, "

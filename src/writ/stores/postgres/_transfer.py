@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from psycopg_pool import AsyncConnectionPool
 
 from writ.core.errors import Invalid
-from writ.stores.base import TABLES, check_empty
 from writ.stores.postgres._batch import _Live
 from writ.stores.postgres._sql import _translate
 from writ.stores.rows import (
@@ -19,6 +18,7 @@ from writ.stores.rows import (
     import_row,
     kept,
 )
+from writ.stores.tables import TABLES, check_empty
 
 
 class _Transfer:

@@ -527,8 +527,12 @@ class PgTx(VerifyReads, Tx):
         prefix: str | None = None,
         since: float | None = None,
         until: float | None = None,
+        upto: int | None = None,
     ) -> list[dict[str, Any]]:
         where, args = ["seq > %s"], [after_seq]  # type: list[str], list[Any]
+        if upto is not None:
+            where.append("seq <= %s")
+            args.append(upto)
         if prefix:
             clause, more = _prefix_sql("resource", prefix)
             where.append(clause)

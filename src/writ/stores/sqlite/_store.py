@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 from writ.core.clock import Clock
 from writ.core.errors import Invalid, Unavailable, WritError
 from writ.core.ledger import GENESIS
-from writ.stores.base import TABLES, Store, Tx, check_empty
+from writ.stores.base import Store, Tx
 from writ.stores.rows import (
     export_row,
     export_sql,
@@ -33,6 +33,7 @@ from writ.stores.rows import (
 from writ.stores.sqlite import _schema
 from writ.stores.sqlite._sql import _HEADS, _IMPORTED_HEAD, T, _run_now, _tolerate
 from writ.stores.sqlite._tx import SQLiteTx
+from writ.stores.tables import TABLES, check_empty
 
 # A batch of one transaction commits on the event loop while recent commits took less than
 # this: handing a lone COMMIT to the worker thread and back cost more CPU than the fsync

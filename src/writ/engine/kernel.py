@@ -182,9 +182,9 @@ class Engine(PrincipalOps, QueueOps):
         self.auth_cache.enabled = (
             self.store.announces_principal_changes or self.store.principals_generation() is not None
         )
-        token = os.environ.get("WRIT_ADMIN_TOKEN")
-        if token:
+        if token := os.environ.get("WRIT_ADMIN_TOKEN"):
             await self.bootstrap_admin(token)
+        self._sweeps = background  # the sweeper ends leases and serves the queue
         if background:
             self._tasks.append(asyncio.get_running_loop().create_task(self._sweeper()))
 
@@ -392,7 +392,8 @@ class Engine(PrincipalOps, QueueOps):
             while True:
                 remaining = deadline - loop.time()
                 timeout = remaining
-                if blocked.until is not None:
+                # the first in line looks at its blocker's end; the sweeper serves the rest
+                if blocked.until is not None and (blocked.position <= 1 or not self._sweeps):
                     timeout = min(timeout, max(blocked.until - store_now, 0.0) + 0.001)
                 if not fut.done() and timeout > 0:
                     me = asyncio.current_task()
@@ -422,8 +423,7 @@ class Engine(PrincipalOps, QueueOps):
                 except Unavailable:
                     if final:
                         raise
-                    # the store is out of reach for now (a database restart): keep our place and
-                    # look again, not answer 503 and leave an entry granted a lease nobody takes
+                    # out of reach for now (a restart): keep our place, look again (not a 503)
                     await asyncio.sleep(min(0.25, max(deadline - loop.time(), 0.0)))
                     continue
                 if isinstance(out, WritError):

@@ -5,12 +5,19 @@ asked for by a different principal, on a conflicting resource, whose ``touches``
 change's attribute (or ``*``), is refused with 409 ``consent_required`` naming the change,
 its author and ``protected_until``. The requester asks the author (``POST /v1/consents``),
 who is woken through its ``wake`` route; the author or a human/queue grants or denies (once
-expired and escalated: only the override queue or a human member of it).
+expired and escalated: only the override queue or a human member of it). Anyone else's try
+is refused (403) on the record: a ``consent.refused`` row naming who tried what.
 Unanswered by ``consent_timeout_s``, the request becomes ``expired`` — never ``denied`` —
 and escalates to the author's override queue (the one in the author's rollback plan, or the
 policy's default), which is paged and may still grant or deny. A granted consent is used
-by one grant of its requester on a lease that the change blocks, then it is ``used``.
+by one grant of its requester on a lease that the change blocks, then it is ``used``; while
+its change blocks, it also lets its requester past the older changes of the same author on
+the same attribute of the same resource (undoing the newest undoes them), and a refusal
+names the newest of those, the one to ask about. A grant it did not let past anything
+leaves it granted.
 
+A change that no longer protects (recorded with ``protect_s`` 0, or past its window) needs
+no consent: an ask about it is 409 ``conflict`` and writes nothing, wakes nobody.
 Each ask wakes the author, so an ask is not repeated: a requester asking again about a change
 while its own ask is pending gets that ask back (the same id, 201 as before; nothing written,
 nobody woken), and at most :data:`PENDING_PER_CHANGE` asks about a change await its author
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from writ.core.clock import rfc3339
@@ -155,59 +163,82 @@ class Consents(Rule):
         return public(c)
 
     # ------------------------------------------------------------------ the gate
-    async def gate(self, tx: Tx, me: Principal | None, req: Request) -> WritError | None:
-        """Refuse a grant that would undo another principal's protected change."""
+    async def _blocking(self, tx: Tx, req: Request) -> list[dict[str, Any]]:
+        """The protected changes of others that ``req`` would undo, oldest first."""
         now = tx.now()
         touches = set(req.touches)
-        for c in await self.engine.policy_objects(tx, req.expand, CHANGE):
-            if (c.get("expires_at_ts") or 0) <= now or c["author"] == req.principal:
-                continue
-            if not ("*" in touches or c["attribute"] in touches or c["attribute"] == "*"):
-                continue
-            if req.consent_id:
-                consent = await tx.get_object(CONSENT, req.consent_id)
-                if (
-                    consent is not None
-                    and consent["state"] == "granted"
-                    and consent["change_id"] == c["change_id"]
-                    and consent["requester"] == req.principal
-                ):
-                    continue
-            if me is not None and not self.engine.rule(Authority).observable(me, c["resource"]):
-                return ConsentRequired(  # closed mode: a change the caller may not observe
-                    f"{req.resource} is protected until {c['protected_until']} by a recent "
-                    "change in its blast radius, on a resource you may not observe: retry "
-                    "after that, or ask a human to look",
-                    protected_until=c["protected_until"],
-                )
-            return ConsentRequired(
-                # the attribute and summary are another agent's words: quoted, never read
-                # as writ's (a newline and "Next: ..." in them would pass for guidance)
-                f"{c['author']} changed {c['attribute']!r} on {c['resource']} at {c['at']} "
-                f"(summary: {c['summary']!r}); it is protected until {c['protected_until']}. "
-                "Ask first: "
-                f'POST /v1/consents {{"change_id": "{c["change_id"]}", "reason": ...}}, '
-                "then retry with the granted consent_id",
-                change=public(c),
-                author=c["author"],
-                protected_until=c["protected_until"],
-                ask={
-                    "method": "POST",
-                    "path": "/v1/consents",
-                    "body": {"change_id": c["change_id"]},
-                },
-            )
+        return sorted(
+            (
+                c
+                for c in await self.engine.policy_objects(tx, req.expand, CHANGE)
+                if (c.get("expires_at_ts") or 0) > now
+                and c["author"] != req.principal
+                and ("*" in touches or c["attribute"] in touches or c["attribute"] == "*")
+            ),
+            key=_recorded,
+        )
+
+    async def _consent(self, tx: Tx, req: Request) -> dict[str, Any] | None:
+        """The granted consent ``req`` names, if it is its requester's."""
+        if not req.consent_id:
+            return None
+        consent = await tx.get_object(CONSENT, req.consent_id)
+        if consent is None or consent["state"] != "granted":
+            return None
+        return consent if consent["requester"] == req.principal else None
+
+    async def gate(self, tx: Tx, me: Principal | None, req: Request) -> WritError | None:
+        """Refuse a grant that would undo another principal's protected change.
+
+        A granted consent about change C lets its requester past C and past every older
+        change of C's author on C's attribute of C's resource, while C itself still stands
+        in the way (:func:`_covers`): undoing the newest change undoes the state the older
+        ones led to. A refusal names the newest change of the group it stops at, the one
+        to ask about."""
+        blocking = await self._blocking(tx, req)
+        if not blocking:
+            return None
+        covers = _covers(await self._consent(tx, req), blocking)
+        for c in blocking:
+            if not covers(c):
+                return self._refusal(me, req, max(filter(_same_as(c), blocking), key=_recorded))
         return None
 
+    def _refusal(self, me: Principal | None, req: Request, c: dict[str, Any]) -> WritError:
+        if me is not None and not self.engine.rule(Authority).observable(me, c["resource"]):
+            return ConsentRequired(  # closed mode: a change the caller may not observe
+                f"{req.resource} is protected until {c['protected_until']} by a recent "
+                "change in its blast radius, on a resource you may not observe: retry "
+                "after that, or ask a human to look",
+                protected_until=c["protected_until"],
+            )
+        return ConsentRequired(
+            # the attribute and summary are another agent's words: quoted, never read
+            # as writ's (a newline and "Next: ..." in them would pass for guidance)
+            f"{c['author']} changed {c['attribute']!r} on {c['resource']} at {c['at']} "
+            f"(summary: {c['summary']!r}); it is protected until {c['protected_until']}. "
+            "Ask first: "
+            f'POST /v1/consents {{"change_id": "{c["change_id"]}", "reason": ...}}, '
+            "then retry with the granted consent_id",
+            change=public(c),
+            author=c["author"],
+            protected_until=c["protected_until"],
+            ask={
+                "method": "POST",
+                "path": "/v1/consents",
+                "body": {"change_id": c["change_id"]},
+            },
+        )
+
     async def on_grant(self, tx: Tx, req: Request, lease: Lease) -> None:
-        if not req.consent_id:
+        """Mark the consent ``req`` names used, when the gate let the grant past a change by
+        it (in this transaction, so the same changes): a grant that needed no consent, or
+        not this one, leaves it granted."""
+        consent = await self._consent(tx, req)
+        if consent is None:
             return
-        consent = await tx.get_object(CONSENT, req.consent_id)
-        if (
-            consent is None
-            or consent["state"] != "granted"
-            or consent["requester"] != req.principal
-        ):
+        covers = _covers(consent, blocking := await self._blocking(tx, req))
+        if not any(covers(c) for c in blocking):
             return
         consent.update(status="used", used_by_lease=lease.lease_id, used_at=rfc3339(tx.now()))
         await tx.put_object(
@@ -239,6 +270,14 @@ class Consents(Rule):
             eng.rule(Authority).check_observe(me, change["resource"], f"change {change_id}")
             if change["author"] == me.name:
                 raise Invalid("this is your own change: you need nobody's consent to touch it")
+            if change["state"] != "protected" or (change.get("expires_at_ts") or 0) <= tx.now():
+                # an ask wakes the author and, unanswered, pages a queue: not for nothing
+                raise Conflict(
+                    f"change {change_id} is no longer protected (it was until "
+                    f"{change['protected_until']}): no consent needed, acquire without one",
+                    change_id=change_id,
+                    protected_until=change["protected_until"],
+                )
             # read and written in one transaction (writes are serialised): no two of its own
             mine = await self._pending(tx, me, change)
             if mine is not None:
@@ -323,7 +362,7 @@ class Consents(Rule):
     async def answer(self, me: Principal, consent_id: str, grant: bool) -> dict[str, Any]:
         eng = self.engine
 
-        async def fn(tx: Tx) -> dict[str, Any]:
+        async def fn(tx: Tx) -> dict[str, Any] | Forbidden:
             consent = await tx.get_object(CONSENT, consent_id, for_update=True)
             if consent is None:
                 raise NotFound(f"no consent {consent_id!r}", consent_id=consent_id)
@@ -338,33 +377,22 @@ class Consents(Rule):
             state = consent["state"]
             if state == "pending" and tx.now() >= (consent.get("expires_at_ts") or 0):
                 state = "expired"  # the sweeper has not got to it yet; humans may still answer
-            if me.name == consent["requester"]:
-                raise Forbidden("you cannot answer your own consent request")
-            member = None
-            if state == "pending":
-                if me.name != consent["author"] and not me.is_human:
-                    raise Forbidden(
-                        f"only the author ({consent['author']}) or a human/queue may answer this consent"
-                    )
-            elif state == "expired":
-                # escalated: only its override queue or a human member of it (PROTOCOL v1.1);
-                # with no queue to escalate to, an admin
-                queue = consent.get("escalated_to")
-                if queue is None:
-                    change = await tx.get_object(CHANGE, consent["change_id"])
-                    queue = (change or {}).get("override_queue")
-                queue = await eng.human_queue(tx, queue)
-                if not (member_of(me_now, queue) or (queue is None and me_now.admin)):
-                    raise Forbidden(
-                        "this consent expired unanswered and was escalated: only its override "
-                        f"queue ({queue or 'none: then an admin'}) or a human member of it may "
-                        "answer it now",
-                        queue=queue,
-                    )
-                if queue and me.name != queue:
-                    member = queue
-            else:
-                raise Invalid(f"consent {consent_id} is already {state}", status=state)
+            try:
+                member = await self._answerer(tx, me_now, consent, state)
+            except Forbidden as refused:  # a decision too: the postmortem reads who tried
+                await tx.append(
+                    {
+                        "event": "consent.refused",
+                        "agent_id": me.name,
+                        "resource": consent["resource"],
+                        **await eng.lock_columns(tx, consent["resource"]),
+                        "notes": f"{me.name} may not {'grant' if grant else 'deny'} "
+                        f"{consent['requester']}'s request to undo {consent['attribute']} "
+                        f"(change {consent['change_id']} by {consent['author']}): "
+                        f"{refused.message}" + named("consent", consent_id),
+                    }
+                )
+                return refused  # returned, not raised: the row commits
             now = tx.now()
             consent.update(
                 status="granted" if grant else "denied",
@@ -413,7 +441,41 @@ class Consents(Rule):
             return consent
 
         out = await eng.store.transact(fn)
+        if isinstance(out, Forbidden):
+            raise out
         return public(out)
+
+    async def _answerer(
+        self, tx: Tx, me: Principal, consent: dict[str, Any], state: str
+    ) -> str | None:
+        """Raise :class:`Forbidden` unless ``me`` (as it stands now) may answer ``consent``
+        in ``state`` (pending, or expired: escalated); :class:`Invalid` once it is answered.
+        The queue ``me`` answers it as a member of, if it does."""
+        if me.name == consent["requester"]:
+            raise Forbidden("you cannot answer your own consent request")
+        if state == "pending":
+            if me.name != consent["author"] and not me.is_human:
+                raise Forbidden(
+                    f"only the author ({consent['author']}) or a human/queue may answer this consent"
+                )
+            return None
+        if state != "expired":
+            raise Invalid(f"consent {consent['consent_id']} is already {state}", status=state)
+        # escalated: only its override queue or a human member of it (PROTOCOL v1.1); with
+        # no queue to escalate to, an admin
+        queue = consent.get("escalated_to")
+        if queue is None:
+            change = await tx.get_object(CHANGE, consent["change_id"])
+            queue = (change or {}).get("override_queue")
+        queue = await self.engine.human_queue(tx, queue)
+        if not (member_of(me, queue) or (queue is None and me.admin)):
+            raise Forbidden(
+                "this consent expired unanswered and was escalated: only its override "
+                f"queue ({queue or 'none: then an admin'}) or a human member of it may "
+                "answer it now",
+                queue=queue,
+            )
+        return queue if queue and me.name != queue else None
 
     async def get(self, consent_id: str, wait_s: float = 0) -> dict[str, Any]:
         """A consent; with ``wait_s``, wait until it is no longer pending (long poll). The
@@ -487,3 +549,28 @@ class Consents(Rule):
                 )
 
         await eng.store.transact(fn)
+
+
+def _recorded(c: dict[str, Any]) -> str:
+    """When a change was recorded: RFC 3339 in UTC to the microsecond, so its text sorts as
+    its time does."""
+    return str(c["at"])
+
+
+def _same_as(c: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
+    """Whether a change is by ``c``'s author, on ``c``'s resource and attribute."""
+    key = (c["author"], c["resource"], c["attribute"])
+    return lambda d: (d["author"], d["resource"], d["attribute"]) == key
+
+
+def _covers(
+    consent: dict[str, Any] | None, blocking: list[dict[str, Any]]
+) -> Callable[[dict[str, Any]], bool]:
+    """Which of the ``blocking`` changes a granted ``consent`` lets its requester past: its
+    own change, while that still blocks, and every change of its author on the same
+    resource and attribute recorded no later than it (undoing the newest undoes them all)."""
+    own = next((c for c in blocking if consent and c["change_id"] == consent["change_id"]), None)
+    if own is None:
+        return lambda _c: False
+    same = _same_as(own)
+    return lambda c: same(c) and _recorded(c) <= _recorded(own)

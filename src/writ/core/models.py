@@ -151,13 +151,14 @@ def waited_as(waiter_id: str | None) -> str:
 
 
 def named(kind: str, object_id: str) -> str:
-    """What a row that lifts a freeze or answers a consent says of it, at the very end of its
-    notes, after any human's or agent's words: ``; freeze ID`` or ``; consent ID`` (the id
-    writ keeps it by). An older writ's rows end otherwise (with ``)``)."""
+    """What a row that lifts a freeze, answers a consent, or asks for or decides a rollback
+    says of it, at the very end of its notes, after any human's or agent's words: ``; freeze
+    ID``, ``; consent ID`` or ``; rollback ID`` (the id writ keeps it by). An older writ's rows
+    end otherwise."""
     return f"; {kind} {object_id}"
 
 
-_NAMED = re.compile(r"; (freeze|consent) ((?:frz|cns)_[A-Za-z0-9_-]+)\Z")
+_NAMED = re.compile(r"; (freeze|consent|rollback) ((?:frz|cns|rb)_[A-Za-z0-9_-]+)\Z")
 
 
 def named_in(notes: str, kind: str) -> tuple[str, str | None]:

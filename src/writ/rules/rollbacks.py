@@ -11,7 +11,11 @@ response status, the approver as ``approved_by``. A human may later mark an exec
 rollback a *defect* (``rollback_denominator_is_defect: true``): it was a new failure, not
 recovery, and never reads as clean history. The route and key holder are checked against the
 lease's ``lease.granted`` row before the call (:func:`route_disagrees`): the tables that hold
-them are outside the hash, and a route pointed elsewhere by hand is never called.
+them are outside the hash, and a route pointed elsewhere by hand is never called. So is the
+rollback itself (:func:`writ.core.rollback_rows.rollback_disagrees`): its request's row must
+say who asked and why, and no row may have decided it yet (``; rollback ID`` ends the
+request's, the approval's and the denial's notes); one set back to pending or made by hand
+is refused (409 ``conflict``, a ``rollback.refused`` row), its route not called.
 
 Each request pages the key holder, so a request is not repeated: a principal asking again
 for a lease while its own request is pending gets that request back (the same id, 201 as
@@ -22,12 +26,14 @@ lease await the key at once (one more is 409 ``conflict`` naming them, and write
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 from urllib.parse import urlsplit
 
 from writ.core.clock import rfc3339
 from writ.core.errors import Conflict, Forbidden, Invalid, NotFound
-from writ.core.models import Lease, Principal, data, new_id, public
+from writ.core.models import Lease, Principal, data, named, new_id, public
+from writ.core.rollback_rows import rollback_disagrees
 from writ.core.routes import check_route, host_problem, resolve
 from writ.core.textsafe import visible
 from writ.core.validate import check_text, text
@@ -36,7 +42,9 @@ from writ.engine.principals import member_of, refusal
 from writ.engine.wake import CallResult
 from writ.rules.authority import Authority
 from writ.rules.consent import CHANGE
-from writ.stores.base import Tx
+from writ.stores.base import PROBE_ROWS, Tx
+
+log = logging.getLogger("writ.audit")  # a table changed by hand: as verify names it
 
 ROLLBACK = "rollback"
 KEY_RULE = "agents may request rollback; only the human queue holds the key"
@@ -212,7 +220,8 @@ class Rollbacks(Rule):
                 rb,
                 "rollback.requested",
                 me.name,
-                f"{me.name} asks {plan['key_holder']} to roll back {lease.lock_key}: {why}",
+                f"{me.name} asks {plan['key_holder']} to roll back {lease.lock_key}: {why}"
+                + named(ROLLBACK, rb["rollback_id"]),  # (models.named: verify, and approval)
             )
             await tx.append(row)
             holder = await tx.get_principal(plan["key_holder"])
@@ -287,7 +296,7 @@ class Rollbacks(Rule):
     async def answer(self, me: Principal, rollback_id: str, approve: bool) -> dict[str, Any]:
         eng = self.engine
 
-        async def decide(tx: Tx) -> dict[str, Any] | Forbidden:
+        async def decide(tx: Tx) -> dict[str, Any] | Forbidden | Conflict:
             rb = await tx.get_object(ROLLBACK, rollback_id, for_update=True)
             if rb is None:
                 raise NotFound(f"no rollback {rollback_id!r}", rollback_id=rollback_id)
@@ -320,6 +329,10 @@ class Rollbacks(Rule):
                 )
             if approve and (why := await route_disagrees(tx, rb)) is not None:
                 return await self._not_called(tx, me, rb, why)
+            # the table is outside the hash: its request, and no decision, must be in the rows
+            why = await rollback_disagrees(tx, rollback_id, rb, "pending", PROBE_ROWS)
+            if why is not None:
+                return await _tampered(tx, me, rb, rollback_id, approve, why)
             status = "approved" if approve else "denied"
             rb.update(
                 status=status, **({"approved_by": me.name} if approve else {"denied_by": me.name})
@@ -343,14 +356,15 @@ class Rollbacks(Rule):
                     f"rollback.{status}",
                     me.name,
                     f"{_who(me, rb)} {status} {rb['requested_by']}'s rollback of {rb['lock_key']}"
-                    + (f"; calling {rb['path']}" if approve else ""),
+                    + (f"; calling {rb['path']}" if approve else "")
+                    + named(ROLLBACK, rollback_id),
                     approved_by=me.name if approve else None,
                 )
             )
             return rb
 
         rb = await eng.store.transact(decide)
-        if isinstance(rb, Forbidden):
+        if isinstance(rb, Forbidden | Conflict):  # refused, and its row written
             raise rb
         if not approve or rb["state"] == "failed":  # denied, or a route the ledger never recorded
             return public(rb)
@@ -501,6 +515,31 @@ async def route_disagrees(tx: Tx, rb: dict[str, Any]) -> str | None:
                 "the ledger recorded"
             )
     return None
+
+
+async def _tampered(
+    tx: Tx, me: Principal, rb: dict[str, Any], rollback_id: str, approve: bool, why: str
+) -> Conflict:
+    """An answer to a rollback the ledger does not account for (``why``): refused, its route
+    never called, and a ``rollback.refused`` row says so; the rollback stays as the table
+    has it, for ``writ audit verify`` to name. The row takes nothing of the table's words
+    (who asked and why): they are what was changed."""
+    verb = "approve" if approve else "deny"
+    log.error("tampering: %s may not %s rollback %s: %s", me.name, verb, rollback_id, why)
+    await tx.append(
+        {
+            "event": "rollback.refused",
+            "agent_id": me.name,
+            "resource": rb["resource"],
+            "lock_holder": "none",
+            "notes": f"{me.name} may not {verb} rollback {rollback_id}: {why}",
+        }
+    )
+    done = "approved, and its route not called" if approve else "denied"
+    return Conflict(
+        f"{why}: not {done} (writ audit verify names what disagrees)",
+        rollback_id=rollback_id,
+    )
 
 
 def _who(me: Principal, rb: dict[str, Any]) -> str:

@@ -30,7 +30,12 @@ and time (an index range a row, ``audit_by_resource``, never a parse of the ledg
   needs a ``freeze.lifted`` row at its ``lifted_at`` by its ``lifted_by``, after the row
   that made it, that no other freeze took (each lifts one), naming it as today's writ
   words it (``…; freeze ID``: an older writ's names none); an expired one an end the
-  created row gave, and passed.
+  created row gave, and passed;
+* a **pending or approved rollback** (the states in which writ may yet call its route): its
+  ``rollback.requested`` row at its ``requested_at`` must say who asked, for which lease and
+  route, and why, and no later row may have decided it but, for an approved one, its
+  approval (:func:`writ.core.rollback_rows.rollback_disagrees`, which the approval asks too,
+  before it calls a route). Its rows are read a probe's rows at a time, as many as it has.
 
 Each row records one object: one that accounts for an object is not taken for another (two
 made in one instant have two rows; one rewritten as a copy of the other, or marked lifted or
@@ -53,7 +58,8 @@ from writ.core.bulk import first_in_pages
 from writ.core.clock import parse_time, rfc3339
 from writ.core.errors import Invalid
 from writ.core.models import named_in
-from writ.stores.base import Probe, Store, Tx
+from writ.core.rollback_rows import rollback_disagrees
+from writ.stores.base import PROBE_ROWS, Probe, Store, Tx
 
 __all__ = [
     "BY_HAND",
@@ -368,6 +374,7 @@ KINDS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("consent", ("granted",)),
     ("freeze", None),
     ("change", None),
+    ("rollback", ("pending", "approved")),
 )
 
 
@@ -409,6 +416,17 @@ async def _protections(tx: Tx, consents: list[Obj]) -> dict[str, float]:
     }
 
 
+async def _rollbacks_disagree(tx: Tx, objs: list[Obj], taken: Taken) -> tuple[str, str] | None:
+    """``("rollback ID", why)`` of the first of ``objs`` its rows do not account for."""
+    for o in objs:
+        if not isinstance(o["data"], dict):
+            return f"rollback {o['id']}", f"rollback {o['id']}: its data cannot be read: {BY_HAND}"
+        why = await rollback_disagrees(tx, o["id"], o["data"], o["state"], PROBE_ROWS, taken)
+        if why is not None:
+            return f"rollback {o['id']}", why
+    return None
+
+
 async def _kind_disagrees(
     store: Store, kind: str, states: tuple[str, ...] | None
 ) -> tuple[str, str] | None:
@@ -426,6 +444,8 @@ async def _kind_disagrees(
                 for o in await tx.objects_by_key(kind, list(page))
                 if states is None or o["state"] in states
             ]
+            if kind == "rollback":
+                return await _rollbacks_disagree(tx, objs, taken)
             now = tx.now()
             ends = await _protections(tx, objs) if kind == "consent" else {}
             probes = [object_probes(o, ends.get(_change_of(o))) for o in objs]

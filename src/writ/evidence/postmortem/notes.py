@@ -23,7 +23,10 @@ _EXPIRED = re.compile(
     r"^(\S+) did not answer (\S+)'s consent request by (\S+): .*escalated to (\S+)"
 )
 _USED = re.compile(r"^consent (\S+) from (\S+) used for change (\S+) by (\S+)$")
-_RB_ASK = re.compile(r"^(\S+) asks (\S+) to roll back (\S+): (.*)$")
+_RB_ASK = re.compile(
+    r"^(\S+) asks (\S+) to roll back (\S+): (.*?)"
+    r"(?:; rollback \S+)?$"  # the rollback today's writ names (models.named)
+)
 _REFUSED = re.compile(r"^refused (['\"])(.*?)\1: (.*)$", re.S)
 # the queued request a row of today's writ ends the wait of (models.waited_as), left out
 _WAITED = re.compile(r"; waiter [A-Za-z0-9_-]+\Z")

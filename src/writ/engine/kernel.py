@@ -439,12 +439,12 @@ class Engine(PrincipalOps, QueueOps):
     async def _recheck_tx(
         self, tx: Tx, req: Request, waiter: Waiter, final: bool
     ) -> Lease | _Queued | WritError:
-        granted = await tx.lease_for_request(waiter.waiter_id)
+        granted = await self._granted_to(tx, req, waiter)  # (never one set there by hand)
         if granted is not None:
             return granted
         # expire what is due among the blockers: that dispatches, maybe to this waiter
         await self._expire_due(tx, req.expand)
-        granted = await tx.lease_for_request(waiter.waiter_id)
+        granted = await self._granted_to(tx, req, waiter)
         if granted is not None:
             return granted
         blocked = await self._blocked(tx, req, waiter.seq)

@@ -22,6 +22,7 @@ from writ.core.errors import (
     LeaseLost,
     NotFound,
     Unauthenticated,
+    Unavailable,
     WritError,
     error_from_body,
 )
@@ -274,6 +275,25 @@ class QueueOps(ReadOps):
             {"waiter_id": w.waiter_id, "lease_id": lease.lease_id, "lease": lease.to_dict()},
         )
 
+    async def _granted_to(self, tx: Tx, req: Request, waiter: Waiter) -> Lease | WritError | None:
+        """The lease granted to queued request ``waiter`` (None: none yet). One the leases
+        table names for it (``request_id``) that another principal holds, or on another
+        resource, was not granted to it — the column was set by hand — and is never its
+        answer: the request leaves the queue, with a row that ends its wait, and its caller
+        gets :class:`Unavailable` (ask again)."""
+        lease = await tx.lease_for_request(waiter.waiter_id)
+        if lease is None or _granted(lease, waiter):
+            return lease
+        _tampered(lease, waiter)
+        why = (
+            "the leases table names a lease it did not grant to this request as its own (it "
+            "was changed by hand): this request is withdrawn; ask again"
+        )
+        if await tx.delete_waiter(waiter.waiter_id):
+            await self._deny(tx, req, None, why)
+            await self._dispatch(tx, req.expand)
+        return Unavailable(f"writ cannot answer this request: {why}", waiter_id=waiter.waiter_id)
+
     async def _collect(self, note: dict[str, Any], waiter: Waiter) -> dict[str, Any] | None:
         """The outcome a ``granted`` note announces for ``waiter``: the lease, or the error
         raised; None when an unverified note (another process's, see :meth:`_on_note`) is
@@ -288,6 +308,9 @@ class QueueOps(ReadOps):
 
         async def look(tx: Tx) -> tuple[Lease | None, bool]:
             lease = await tx.lease_for_request(waiter.waiter_id)
+            if lease is not None and not _granted(lease, waiter):
+                _tampered(lease, waiter)  # not its answer: the recheck withdraws the request
+                return None, True
             queued = lease is None and any(
                 w.waiter_id == waiter.waiter_id for w in await tx.waiters_of(waiter.principal)
             )
@@ -497,7 +520,11 @@ class QueueOps(ReadOps):
             leases = [await tx.lease_for_request(waiter_id)]
             leases += [await tx.get_lease(lease_id, for_update=True) for lease_id in made]
             for lease in leases:
-                if lease is not None and lease.state == "held" and lease.holder == req.principal:
+                if (
+                    lease is not None
+                    and lease.state == "held"
+                    and (lease.holder, lease.resource) == (req.principal, req.resource)
+                ):
                     await self._end(
                         tx,
                         lease,
@@ -530,6 +557,25 @@ class QueueOps(ReadOps):
 
     _lost = lost
     _own_lease = own_lease
+
+
+def _granted(lease: Lease, waiter: Waiter) -> bool:
+    """Whether ``lease``, which the leases table names as granted to ``waiter``'s request,
+    can be: its holder the request's principal, on the request's resource."""
+    return lease.holder == waiter.principal and lease.resource == waiter.resource
+
+
+def _tampered(lease: Lease, waiter: Waiter) -> None:
+    log.error(
+        "tampering: the leases table names lease %s (%s on %s) as granted to request %s of %s "
+        "on %s: its request_id was changed by hand; not answered with it",
+        lease.lease_id,
+        lease.holder,
+        lease.resource,
+        waiter.waiter_id,
+        waiter.principal,
+        waiter.resource,
+    )
 
 
 def _deny_event(err: WritError) -> str:

@@ -276,3 +276,38 @@ def test_the_json_output_keeps_its_shape_with_a_short_reason():
         "… (1,000,006 characters) is an agent: agents may request rollback; only a human queue"
         " holds the key (kind guessed from the name; give --principals or --server to be sure)"
     )
+
+
+def test_a_value_of_too_many_objects_is_one_unreadable_row(monkeypatch):
+    """A line of 22 million ``{}`` (``{"a":[{},...]}``, 63 MiB) took 1.7 GB, and the same
+    as ``{"rows":[{},...]}`` ran 12 minutes, each empty object a row: the 64 MiB cap counts
+    characters, and an object costs Python 64 bytes and more for its 2. Now a value that
+    builds more objects than the bound stops being read there: one unreadable row, and the
+    next line is judged. (The bound, 1,000,000, is lowered here.)"""
+    monkeypatch.setattr(rows_module, "_MAX_CONTAINERS", 1000)
+    many = ",".join(["{}"] * 1001)
+    for line in ('{"a":[' + many + "]}", '{"rows":[' + many + "]}"):
+        rows = read(line + '\n{"seq": 2}\n')
+        why = "JSON value of over 1,000 objects (more than writ lint holds)"
+        assert rows == [(1, Unreadable(1, why)), (2, {"seq": 2})], rows[:3]
+    at_the_bound = ",".join(['{"seq": 1}'] * 999)  # and the object that holds them
+    assert len(read('{"rows":[' + at_the_bound + "]}\n")) == 999
+    # an array of rows is read element by element: each row is a value of its own
+    assert len(read("[" + many + "]\n")) == 1001
+
+
+def test_a_value_of_too_many_arrays_is_one_unreadable_row(monkeypatch):
+    """Arrays are built without a hook: a value in more text than ``_SCAN`` whose ``[`` from
+    where it starts pass the bound is read by Python's own scanner, which counts them; a long
+    value with few arrays is read as before, and so is what follows it."""
+    monkeypatch.setattr(rows_module, "_MAX_CONTAINERS", 1000)
+    monkeypatch.setattr(rows_module, "_SCAN", 1000)
+    many = '{"a":[' + ",".join(["[]"] * 1001) + "]}"
+    few = '{"b":[' + ",".join(["[]"] * 999) + '], "pad": "' + "x" * 5000 + '"}'
+    for binary in (False, True):
+        text = "\n".join([many, few, '{"c": [[1], [2]]}', ""])
+        rows = read(text.encode() if binary else text)
+        why = "JSON value of over 1,000 arrays (more than writ lint holds)"
+        assert rows[0] == (1, Unreadable(1, why))
+        assert len(rows) == 3 and len(rows[1][1]["b"]) == 999
+        assert rows[2] == (3, {"c": [[1], [2]]})

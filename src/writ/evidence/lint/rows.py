@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import json.decoder
+import json.scanner
 import re
 import sys
 from collections.abc import Iterator
@@ -17,6 +19,10 @@ from writ.evidence.lint.rules import object_pairs
 _CHUNK = 1 << 16  # read this much, then on to the end of the line (up to _LINE more)
 _LINE = 1 << 20  # the most one readline takes: a longer line is read in pieces
 _MAX_VALUE = 64 << 20  # characters one JSON value (not an array's element) may span
+#: objects, and as many arrays, one top-level value may build (each costs Python 56-64 bytes
+#: and more, where its text may take 2: ``{}``); the 64 MiB of text held 22 million
+_MAX_CONTAINERS = 1_000_000
+_SCAN = 2 << 20  # a value in less text than this builds at most ~1M arrays: not counted
 _NEAR_END = 16  # a syntax error this close to where the text read so far stops may be a cut
 _WS = re.compile(r"[ \t\n\r]*")
 _NOT_BLANK = re.compile(r"[^ \t\r]")
@@ -67,8 +73,68 @@ def _whole_utf8(data: bytes) -> int:
     return len(data)
 
 
+class _TooMany(ValueError):
+    """A value that builds more than :data:`_MAX_CONTAINERS` objects, or arrays."""
+
+
+class _Decoder:
+    """``raw_decode`` for the reader, counting what a value builds: each object in the hook
+    the C scanner calls (:func:`~writ.evidence.lint.rules.object_pairs`); arrays it builds
+    without a hook, so a value whose text could hold more than the bound (its ``[`` from
+    where it starts, counted once a buffer, as the reader moves on) is read by the
+    pure-Python scanner, which counts them too. Past the bound, :class:`_TooMany`."""
+
+    __slots__ = ("arrays", "at", "fast", "objects", "open", "slow")
+
+    def __init__(self) -> None:
+        self.objects = self.arrays = 0
+        self.at, self.open = -1, 0  # ``open``: the ``[`` in the buffer from ``at`` (-1: none)
+        self.fast = json.JSONDecoder(object_pairs_hook=self._pairs).raw_decode
+        slow = _Counting(object_pairs_hook=self._pairs)
+        plain = getattr(json.decoder, "JSONArray")  # noqa: B009 (not in the stubs)
+
+        def parse_array(s_and_end: tuple[str, int], scan_once: Any) -> Any:
+            self.arrays += 1
+            if self.arrays > _MAX_CONTAINERS:
+                raise _TooMany("arrays")
+            return plain(s_and_end, scan_once)
+
+        slow.parse_array = parse_array
+        slow.scan_once = getattr(json.scanner, "py_make_scanner")(slow)  # noqa: B009
+        self.slow = slow.raw_decode
+
+    def _pairs(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        self.objects += 1
+        if self.objects > _MAX_CONTAINERS:
+            raise _TooMany("objects")
+        return object_pairs(pairs)
+
+    def __call__(self, buf: str, pos: int) -> tuple[Any, int]:
+        self.objects = self.arrays = 0
+        if len(buf) - pos <= _SCAN:
+            return self.fast(buf, pos)
+        if self.at < 0:  # a buffer not counted yet
+            self.at, self.open = pos, buf.count("[", pos)
+        self.open -= buf.count("[", self.at, pos)
+        self.at = pos
+        return (self.slow if self.open > _MAX_CONTAINERS else self.fast)(buf, pos)
+
+    def forget(self) -> None:
+        """The buffer changed: count its ``[`` again when a value asks."""
+        self.at = -1
+
+
+class _Counting(json.JSONDecoder):
+    """A decoder whose scanner is Python's own, which reads arrays with ``parse_array``."""
+
+    parse_array: Any
+    scan_once: Any
+
+
 def _unparsable(exc: RecursionError | ValueError) -> str:
     """Why a value that is JSON could not be read: Python's limits, not a syntax error."""
+    if isinstance(exc, _TooMany):
+        return f"JSON value of over {_MAX_CONTAINERS:,} {exc} (more than writ lint holds)"
     if isinstance(exc, RecursionError):
         return "JSON value nested too deeply to read"
     if "integer string conversion" in str(exc):
@@ -104,7 +170,8 @@ def iter_rows(stream: IO[Any]) -> Iterator[RowItem]:
     that begins with ``{`` or ``[``). A value Python cannot hold (nested deeper than its stack,
     an integer over its digit limit) is unreadable too, and reading resumes at the next line.
     So is a value over 64 MiB: the rest of its line is read in pieces and dropped, so no read
-    asks for more than that and the memory held stays bounded whatever the input.
+    asks for more than that and the memory held stays bounded whatever the input. So is one
+    that builds over 1,000,000 objects, or arrays (:class:`_Decoder`), read no further.
     """
     return _Reader(stream).rows()
 
@@ -119,7 +186,18 @@ class _Reader:
     is dropped to its newline in pieces, unread.
     """
 
-    __slots__ = ("bad", "buf", "carry", "eof", "line", "line_bytes", "nl", "pos", "stream")
+    __slots__ = (
+        "bad",
+        "buf",
+        "carry",
+        "decode",
+        "eof",
+        "line",
+        "line_bytes",
+        "nl",
+        "pos",
+        "stream",
+    )
 
     def __init__(self, stream: IO[Any]) -> None:
         self.stream = stream
@@ -128,6 +206,7 @@ class _Reader:
         self.carry = b""
         self.line_bytes = 0  # bytes read of the line ``buf`` ends inside (0: it ends a line)
         self.nl: bytes | str = "\n"  # the stream's newline, b"\n" for a binary stream
+        self.decode = _Decoder()
 
     def fill(self, size: int = 0) -> bool:
         """Append a chunk (``size``, at least ``_CHUNK``, never past the cap), dropping what was
@@ -146,6 +225,7 @@ class _Reader:
         if self.eof:
             return False
         self.buf, self.pos = self.buf[self.pos :] + text, 0
+        self.decode.forget()
         return True
 
     def _bytes(self, chunk: bytes) -> str:
@@ -176,6 +256,7 @@ class _Reader:
         if nl >= 0 or self.eof:
             return self.advance(nl + 1 if nl >= 0 else len(self.buf))
         self.buf, self.pos, self.carry, self.line_bytes = "", 0, b"", 0
+        self.decode.forget()
         while piece := self.stream.readline(_LINE):
             if piece[-1:] == self.nl:
                 self.line += 1
@@ -200,7 +281,7 @@ class _Reader:
                 return self.advance(len(self.buf))
 
     def rows(self) -> Iterator[RowItem]:
-        raw = json.JSONDecoder(object_pairs_hook=object_pairs).raw_decode
+        raw = self.decode
         advance, n = self.advance, 0
         in_array, want_value, opened = False, True, 0
         while self.fill() and not self.buf:  # a read may end inside a first character

@@ -97,6 +97,11 @@ async def test_a_queue_members_grant_after_expiry_lets_past_both_changes(
     assert await _status(w, consent) == "used"
     assert (await w.rows("consent.used"))[-1]["approved_by"] == "oncall-jane"
     await _lint_clean(w)
+    # the postmortem reads a member's answer as the answer it is, not as an expiry alone
+    [c] = [
+        c for c in build(await w.rows(), Query(["prod"]))["consents"] if c["status"] != "pending"
+    ]
+    assert c["status"] == "used" and c["answered_by"] == "oncall-jane", c
 
 
 # ------------------------------------------------------------------ asks about nothing

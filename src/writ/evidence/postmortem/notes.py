@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 _GRANTED = re.compile(r"^granted (\S+) for (['\"])(.*)\2, ttl (\S+?)s")
 _CHANGE = re.compile(r"^(.*?): (.*); protected until (\S+)$")
 _ASK = re.compile(r"^(\S+) asks (\S+) to undo (\S+) \((.*)\): (.*); answer by (\S+)$")
-_ANSWER = re.compile(
-    r"^(\S+) (granted|denied) (\S+)'s request to undo (\S+) \(change (\S+) by (\S+)\)"
+_ANSWER = re.compile(  # a queue member's answer names the queue: "jane (member of Q) granted"
+    r"^(\S+)(?: \(member of \S+\))? (granted|denied) (\S+)'s request to undo (\S+) "
+    r"\(change (\S+) by (\S+)\)"
     r"(?:; consent \S+)?$"  # the consent today's writ names (models.named)
 )
 _EXPIRED = re.compile(

@@ -11,6 +11,17 @@
  * a route is one short method.
  */
 import {
+  answerLimit,
+  checkedHeaders,
+  jsonBody,
+  normalizeUrl,
+  pathParam,
+  positiveSeconds,
+  refusedArguments,
+  seconds,
+  wellFormed,
+} from "./args.js";
+import {
   InvalidError,
   LeaseLostError,
   UnauthenticatedError,
@@ -48,13 +59,16 @@ import type {
 } from "./models.js";
 import type { Answer, CallOptions, MethodOf, Operation, RequestOptions, Route } from "./routes.js";
 import {
+  type AnswerLimits,
   MAX_ANSWER_BYTES,
+  MAX_ANSWER_VALUES,
   QUIET_POLL_S,
   checkedObject,
   checkedPage,
   endlessHead,
   pause,
   readCapped,
+  timerMs,
 } from "./wire.js";
 
 export const VERSION = "0.1.0";
@@ -74,14 +88,19 @@ export interface WritOptions {
   url?: string;
   /** Sent as `Authorization: Bearer …`. Default: `WRIT_TOKEN`. */
   token?: string;
-  /** Per-call timeout in seconds (default 10); long-polls add their wait. */
+  /** Per-call timeout in seconds (default 10), finite and greater than 0; long-polls add their wait. */
   timeoutS?: number;
-  /** Extra headers on every call. */
+  /** Extra headers on every call (names and values checked at construction, never quoted). */
   headers?: Record<string, string>;
   /** The `fetch` to use (default: the platform's). */
   fetch?: typeof fetch;
   /** The most read of one answer, in bytes (default 256 MiB); a longer one is an `UnavailableError`. */
   maxAnswerBytes?: number;
+  /**
+   * The most JSON values (objects, arrays, their members) parsed from one answer (default
+   * 4,000,000); one holding more is an `UnavailableError`, dropped before it is parsed.
+   */
+  maxAnswerValues?: number;
 }
 
 type Schemas = components["schemas"];
@@ -90,37 +109,6 @@ function env(name: string): string | undefined {
   const proc = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process;
   const value = proc?.env?.[name];
   return value ? value : undefined;
-}
-
-function normalizeUrl(url: string): string {
-  let out = url.trim().replace(/\/+$/, "");
-  if (!out.includes("://")) out = `http://${out}`;
-  const authority = (out.split("://", 2)[1] ?? "").split("/", 1)[0] ?? "";
-  if (authority.includes("@")) {
-    // fetch refused the URL, quoting it (password and all) in its error, which every
-    // "not reachable" message carried on; refused here, never quoted
-    throw new InvalidError(
-      "the writ server's URL carries credentials (user:password@): writ authenticates " +
-        "with the bearer token; remove them from the URL",
-      { field: "url" },
-    );
-  }
-  return out;
-}
-
-/** One path parameter, refusing what a URL parser would turn into another route. */
-function pathParam(name: string, value: unknown, keepSlashes: boolean): string {
-  const text = String(value);
-  const segments = keepSlashes ? text.split("/") : [text];
-  for (const segment of segments) {
-    // WHATWG URLs resolve "." and ".." (and %2e%2e) segments: /v1/leases/../principals
-    if (segment === "" || /^(\.|%2e){1,2}$/i.test(segment)) {
-      throw new InvalidError(`${name} ${JSON.stringify(text)} is not a valid path parameter`, {
-        field: name,
-      });
-    }
-  }
-  return segments.map(encodeURIComponent).join("/");
 }
 
 function monotonicS(): number {
@@ -139,17 +127,16 @@ export class Writ {
   readonly timeoutS: number;
   readonly #headers: Record<string, string>;
   readonly #fetch: typeof fetch;
-  readonly #maxAnswerBytes: number;
+  readonly #limits: AnswerLimits;
 
   constructor(options: WritOptions = {}) {
     this.url = normalizeUrl(options.url ?? env("WRIT_URL") ?? DEFAULT_URL);
     this.#token = options.token ?? env("WRIT_TOKEN");
-    this.timeoutS = options.timeoutS ?? DEFAULT_TIMEOUT_S;
-    if (!(this.timeoutS > 0)) throw new InvalidError("timeoutS must be a positive number");
+    this.timeoutS = positiveSeconds("timeoutS", options.timeoutS ?? DEFAULT_TIMEOUT_S);
     this.#headers = {
       accept: "application/json",
       "user-agent": `writ-typescript/${VERSION}`,
-      ...options.headers,
+      ...checkedHeaders(options.headers),
     };
     if (this.#token) {
       // a header value: printable ASCII only (a newline would be a header injection)
@@ -165,7 +152,10 @@ export class Writ {
       throw new Error("no fetch in this runtime: Node 18 or later, or pass options.fetch");
     }
     this.#fetch = f;
-    this.#maxAnswerBytes = options.maxAnswerBytes ?? MAX_ANSWER_BYTES;
+    this.#limits = {
+      bytes: answerLimit("maxAnswerBytes", options.maxAnswerBytes, MAX_ANSWER_BYTES),
+      values: answerLimit("maxAnswerValues", options.maxAnswerValues, MAX_ANSWER_VALUES),
+    };
   }
 
   /**
@@ -199,7 +189,7 @@ export class Writ {
     });
     const url = new URL(this.url + path);
     for (const [key, value] of Object.entries((options.query ?? {}) as Record<string, unknown>)) {
-      if (value !== undefined && value !== null) url.searchParams.set(key, String(value));
+      if (value !== undefined && value !== null) url.searchParams.set(key, wellFormed(key, String(value)));
     }
     return (await this.#send(method.toUpperCase(), url, options.body, options)) as Answer<
       Operation<P, M>
@@ -209,13 +199,14 @@ export class Writ {
   async #send(method: string, url: URL, body: unknown, call: CallOptions): Promise<unknown> {
     // first: a body that cannot be sent is refused before a timer or listener is set
     const sent = body === undefined ? undefined : jsonBody(body, `${method} ${url.pathname}`);
-    const timeoutS = (call.timeoutS ?? this.timeoutS) + Math.max(call.waitS ?? 0, 0);
+    const callS = call.timeoutS === undefined ? this.timeoutS : positiveSeconds("timeoutS", call.timeoutS);
+    const timeoutS = callS + (call.waitS === undefined ? 0 : seconds("waitS", call.waitS));
     const controller = new AbortController();
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
       controller.abort();
-    }, timeoutS * 1000);
+    }, timerMs(timeoutS * 1000));
     const outer = call.signal;
     const onAbort = () => controller.abort(outer?.reason);
     if (outer?.aborted) onAbort();
@@ -236,10 +227,17 @@ export class Writ {
       });
       status = response.status;
       retryAfter = response.headers.get("retry-after");
-      text = await readCapped(response, this.#maxAnswerBytes, `${method} ${url.pathname}`);
+      text = await readCapped(response, this.#limits, `${method} ${url.pathname}`);
     } catch (exc) {
       if (outer?.aborted) throw outer.reason ?? exc;
       if (exc instanceof WritError) throw exc; // an answer too long to read
+      if (!timedOut && refusedArguments(url, method, headers, sent)) {
+        // fetch's TypeError quotes the refused value (a header's: a token): never passed on
+        throw new InvalidError(
+          `${method} ${url.pathname} could not be sent: fetch refused its method, URL or a ` +
+            "header (not quoted here, in case it carries a secret); nothing was sent",
+        );
+      }
       const cause = (exc as { cause?: { code?: string; message?: string } }).cause;
       const why = timedOut
         ? `no answer within ${timeoutS}s`
@@ -527,6 +525,8 @@ export class Writ {
    * within about a second (one long poll held on the server, among the principal's waits).
    */
   async lease(resource: string, options: LeaseOptions): Promise<LeaseHandle> {
+    // checked before the acquire: refused by the handle, the lease would be left held
+    if (options.renewEveryS !== undefined) positiveSeconds("renewEveryS", options.renewEveryS);
     const sent = monotonicS();
     const data = await this.acquire(resource, options);
     // the server's ttl ran from some moment after `sent`: counting from it is never late
@@ -626,6 +626,7 @@ export class Writ {
     options: { waitS?: number } = {},
     call: CallOptions = {},
   ): Promise<Consent> {
+    if (options.waitS !== undefined) seconds("waitS", options.waitS);
     const body: Schemas["ConsentIn"] = { change_id: changeId, reason };
     const asked = (await this.request("post", "/v1/consents", { ...call, body })) as Consent;
     if (!options.waitS) return asked;
@@ -634,7 +635,7 @@ export class Writ {
 
   /** `GET /v1/consents/{id}`; with `waitS` it long-polls while the consent is `pending`. */
   consent(consentId: string, options: { waitS?: number } = {}, call: CallOptions = {}): Promise<Consent> {
-    const waitS = options.waitS || undefined;
+    const waitS = (options.waitS === undefined ? 0 : seconds("waitS", options.waitS)) || undefined;
     return this.request("get", "/v1/consents/{consent_id}", {
       ...call,
       path: { consent_id: consentId },
@@ -648,7 +649,7 @@ export class Writ {
     consentId: string,
     options: { waitS: number; signal?: AbortSignal },
   ): Promise<Consent> {
-    const deadline = monotonicS() + options.waitS;
+    const deadline = monotonicS() + seconds("waitS", options.waitS);
     for (;;) {
       const sent = monotonicS();
       const left = deadline - sent;
@@ -804,6 +805,7 @@ export class Writ {
     options: { resource?: string; afterSeq?: number; waitS?: number } = {},
     call: CallOptions = {},
   ): Promise<AuditPage> {
+    if (options.waitS !== undefined) seconds("waitS", options.waitS);
     return this.request("get", "/v1/events", {
       ...call,
       query: defined({
@@ -849,6 +851,7 @@ export class Writ {
     options: { resource?: string; afterSeq?: number; waitS?: number; signal?: AbortSignal } = {},
   ): AsyncGenerator<AuditRow, void, undefined> {
     const { resource, waitS = WATCH_WAIT_S, signal } = options;
+    seconds("waitS", waitS);
     try {
       let cursor = options.afterSeq ?? (await this.lastSeq({ signal }));
       while (!signal?.aborted) {
@@ -882,24 +885,4 @@ export interface AcquireOptions {
   rollback?: RollbackPlan;
   /** Aborts the acquire (and a wait in the queue). */
   signal?: AbortSignal;
-}
-
-/** A request's body as JSON, or InvalidError before anything is sent: a number JSON cannot
- * carry (NaN, an infinity, which JSON.stringify would send as null: another request than
- * the one asked), a BigInt or a cycle (JSON.stringify's TypeError). */
-function jsonBody(body: unknown, what: string): string {
-  try {
-    return JSON.stringify(body, (key, value: unknown) => {
-      if (typeof value === "number" && !Number.isFinite(value)) {
-        throw new InvalidError(
-          `${what}: ${key ? `${key} is ` : ""}${value}, a number JSON cannot carry`,
-          key ? { field: key } : {},
-        );
-      }
-      return value;
-    });
-  } catch (exc) {
-    if (exc instanceof WritError) throw exc;
-    throw new InvalidError(`${what}: the body cannot be written as JSON (${String(exc)})`);
-  }
 }

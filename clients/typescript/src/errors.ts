@@ -9,9 +9,11 @@
  *     ├── ConflictError           409  conflict          (also the base of the two refusals below)
  *     │   ├── HeldError           409  held              a conflicting lease is held: `holder`
  *     │   └── ConsentRequiredError 409 consent_required  a protected change: `change`, `ask`
+ *     ├── RequestTimeoutError     408  timeout           the request's head or body came too slowly (retry)
  *     ├── LeaseLostError          410  lease_lost        the lease expired, was revoked or released
  *     ├── TooLargeError           413  too_large         request body or headers too large
  *     ├── FrozenError             423  frozen            a human froze the prefix: `freeze`
+ *     ├── TooManyRequestsError    429  too_many_requests this client has the most connections it may (retry)
  *     └── UnavailableError        503  unavailable       the store is down, or the server unreachable
  *
  * Every detail of the error body (`{"error": {"code", "message", ...details}}`) is in
@@ -42,7 +44,7 @@ export class WritError extends Error {
   readonly status: number;
   /** Everything in the error body besides `code` and `message`. */
   readonly details: Readonly<Record<string, unknown>>;
-  /** Seconds to wait before retrying, when the answer carried `Retry-After` (409 held, 503). */
+  /** Seconds to wait before retrying, when the answer carried `Retry-After` (409 held, 429, 503). */
   readonly retryAfterS: number | undefined;
 
   constructor(message: string, details: Record<string, unknown> = {}, options: WritErrorOptions = {}) {
@@ -155,6 +157,16 @@ export class ConsentRequiredError extends ConflictError {
   }
 }
 
+/**
+ * 408 `timeout`: writ's listener did not receive the request's head or body in time (a slow
+ * link, a stalled sender), or closed the slowest connection to make room. Nothing was done:
+ * retry. A lease's renewals and release count it as a failure for now, not a refusal.
+ */
+export class RequestTimeoutError extends WritError {
+  static override readonly code = "timeout";
+  static override readonly status = 408;
+}
+
 /** 410 `lease_lost`: expired, revoked or released. Acquire again (a new fencing token). */
 export class LeaseLostError extends WritError {
   static override readonly code = "lease_lost";
@@ -182,6 +194,17 @@ export class FrozenError extends WritError {
   }
 }
 
+/**
+ * 429 `too_many_requests`: this client (its address) already has the most connections writ's
+ * listener allows one client, usually long polls held open. Nothing was done: retry after
+ * `retryAfterS` (writ sends `Retry-After: 1`), or close a connection first. A lease's renewals
+ * and release count it as a failure for now, not a refusal.
+ */
+export class TooManyRequestsError extends WritError {
+  static override readonly code = "too_many_requests";
+  static override readonly status = 429;
+}
+
 /** 503 `unavailable`: the store is down, or the server could not be reached (status 0). */
 export class UnavailableError extends WritError {
   static override readonly code = "unavailable";
@@ -202,11 +225,30 @@ const BY_CODE: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>([
   ["conflict", ConflictError],
   ["held", HeldError],
   ["consent_required", ConsentRequiredError],
+  ["timeout", RequestTimeoutError],
   ["lease_lost", LeaseLostError],
   ["too_large", TooLargeError],
   ["frozen", FrozenError],
+  ["too_many_requests", TooManyRequestsError],
   ["unavailable", UnavailableError],
 ]);
+
+/**
+ * Whether `err` refuses only for now, so the same request may succeed later: a 408 or a 429
+ * (writ's listener: too slow, too many connections), anything carrying `Retry-After` (a 503),
+ * or no answer at all (status 0). A lease's renewals retry these until its expiry; its
+ * release leaves the lease to expire by itself.
+ */
+export function isTransient(err: WritError): boolean {
+  if (err instanceof LeaseLostError) return false;
+  return (
+    err.status === 0 ||
+    err.status >= 500 ||
+    err.status === 408 ||
+    err.status === 429 ||
+    err.retryAfterS !== undefined
+  );
+}
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);

@@ -3,7 +3,8 @@
  * is released, and an `AbortSignal` that aborts the moment the client learns it is lost.
  *
  * Lost means: a renewal was refused (410 `lease_lost` after a revoke or an expiry, or any
- * other 4xx), or renewals failed (server down, timeouts) until the lease's own expiry passed.
+ * other 4xx but those that refuse only for now: 408, 429, one with `Retry-After`), or renewals
+ * failed (server down, timeouts, refused for now) until the lease's own expiry passed.
  * That expiry is estimated locally — the moment the last successful renewal was sent, plus
  * the ttl, on the monotonic clock — so it is never later than the server's.
  *
@@ -16,12 +17,13 @@
  * asks again a second later.
  */
 import type { AcquireOptions, Writ } from "./client.js";
-import { LeaseLostError, UnavailableError, WritError } from "./errors.js";
+import { positiveSeconds, warn } from "./args.js";
+import { LeaseLostError, UnavailableError, WritError, isTransient } from "./errors.js";
 import type { AuditRow, Lease } from "./models.js";
-import { QUIET_POLL_S, checkedLease, checkedPage, pause } from "./wire.js";
+import { QUIET_POLL_S, checkedLease, checkedPage, pause, timerMs } from "./wire.js";
 
 export interface LeaseOptions extends AcquireOptions {
-  /** Seconds between renewals (default `ttlS / 3`). */
+  /** Seconds between renewals (default `ttlS / 3`): a finite number greater than 0. */
   renewEveryS?: number;
   /** Called once, when the lease is lost (before the signal's listeners run). */
   onLost?: (error: LeaseLostError) => void;
@@ -79,6 +81,7 @@ export class LeaseHandle {
     this.resource = data.resource;
     this.data = checkedLease(data);
     this.warning = data.warning;
+    if (options.renewEveryS !== undefined) positiveSeconds("renewEveryS", options.renewEveryS);
     this.#options = options;
     this.#ttlS = data.ttl_s;
     this.#deadline = sentAt + this.#ttlS;
@@ -187,8 +190,9 @@ export class LeaseHandle {
 
   /**
    * Stop renewing and release. Rejects with the `LeaseLostError` if the lease was lost.
-   * When the server cannot be reached, resolves to undefined: the lease then expires by
-   * itself within its ttl.
+   * When the server cannot be reached or refuses the release otherwise (a 429 or 408 for
+   * now, a 5xx, ...), emits a warning (`process.emitWarning`, code `WRIT_UNRELEASED`) and
+   * resolves to undefined: the lease then expires by itself within its ttl.
    */
   async release(): Promise<Lease | undefined> {
     await this.stop();
@@ -200,8 +204,14 @@ export class LeaseHandle {
         this.#lose(exc);
         throw exc;
       }
-      if (exc instanceof UnavailableError) return undefined;
-      throw exc;
+      if (!(exc instanceof WritError)) throw exc;
+      // unreachable, or refused for now (429, 408, a 5xx): the work is done all the same
+      warn(
+        `could not release ${this.leaseId} on ${this.resource} (it expires by itself within ` +
+          `${this.#ttlS}s): ${exc.message}`,
+        "WRIT_UNRELEASED",
+      );
+      return undefined;
     }
     this.#lost.abort(
       new LeaseLostError(`lease ${this.leaseId} on ${this.resource} was released`, {
@@ -218,12 +228,17 @@ export class LeaseHandle {
     return Math.max(this.#options.renewEveryS ?? this.#ttlS / 3, 0.01);
   }
 
+  /** Seconds to the next try after a renewal failed for now (`Retry-After` if longer). */
+  #retryPause(err: WritError): number {
+    return Math.max(Math.min(Math.max(this.#ttlS / 10, 0.05), 1), err.retryAfterS ?? 0);
+  }
+
   #schedule(at: number): void {
     if (this.#stopped) return;
     const delayS = Math.max(0, Math.min(at, this.#deadline) - monotonicS());
     this.#timer = setTimeout(() => {
       this.#renewing = this.#tick();
-    }, delayS * 1000);
+    }, timerMs(delayS * 1000));
   }
 
   async #tick(): Promise<void> {
@@ -236,8 +251,9 @@ export class LeaseHandle {
         exc instanceof WritError
           ? exc
           : new UnavailableError(String(exc), {}, { status: 0, cause: exc });
-      if (err.status >= 400 && err.status < 500) {
-        // refused (410 lost, 403, 404, ...) rather than failed in transit or 5xx
+      if (err.status >= 400 && err.status < 500 && !isTransient(err)) {
+        // refused (410 lost, 403, 404, ...) rather than failed in transit, 5xx, or refused
+        // for now (408, 429: writ's listener, too slow or too many connections)
         const lost =
           err instanceof LeaseLostError
             ? err
@@ -255,7 +271,8 @@ export class LeaseHandle {
           ),
         );
       } else {
-        this.#schedule(monotonicS() + Math.min(Math.max(this.#ttlS / 10, 0.05), 1));
+        // (never later than the lease's deadline: #schedule tries once more then)
+        this.#schedule(monotonicS() + this.#retryPause(err));
       }
     }
   }
@@ -279,12 +296,12 @@ export class LeaseHandle {
         }
         return; // the watch ends only when its signal aborts
       } catch (exc) {
-        // a 4xx: not this agent's to read; anything else: again a second later. Either
-        // way the renewals still tell a loss.
-        if (signal.aborted || (exc instanceof WritError && exc.status >= 400 && exc.status < 500)) {
-          return;
-        }
-        await pause(QUIET_POLL_S * 1000, signal);
+        // a 4xx: not this agent's to read; anything else (408 and 429 too): again a second
+        // later, or after Retry-After. Either way the renewals still tell a loss.
+        const refused = exc instanceof WritError && exc.status >= 400 && exc.status < 500;
+        if (signal.aborted || (refused && !isTransient(exc))) return;
+        const after = exc instanceof WritError ? (exc.retryAfterS ?? 0) : 0;
+        await pause(Math.max(QUIET_POLL_S, after) * 1000, signal);
       }
     }
   }

@@ -13,6 +13,8 @@ import {
   InvalidError,
   LeaseLostError,
   NotFoundError,
+  RequestTimeoutError,
+  TooManyRequestsError,
   UnauthenticatedError,
   UnavailableError,
   VERSION,
@@ -425,6 +427,8 @@ describe("request() and errors", () => {
       lease_lost: LeaseLostError,
       frozen: FrozenError,
       unavailable: UnavailableError,
+      timeout: RequestTimeoutError,
+      too_many_requests: TooManyRequestsError,
     };
     for (const [code, cls] of Object.entries(classes)) {
       const err = errorFromBody(418, { error: { code, message: "m", extra: 1 } });
@@ -560,6 +564,7 @@ test("the package exports the client, the lease handle, every error class and is
     "MAX_WAIT_S", "WATCH_WAIT_S", "WritError", "InvalidError", "UnauthenticatedError",
     "ForbiddenError", "NotFoundError", "ConflictError", "HeldError", "ConsentRequiredError",
     "LeaseLostError", "TooLargeError", "FrozenError", "UnavailableError", "isUnreadableRow",
+    "RequestTimeoutError", "TooManyRequestsError",
   ];
   assert.deepEqual(Object.keys(mod).sort(), [...expected].sort());
   for (const name of expected.filter((n) => n.endsWith("Error") && n !== "WritError")) {

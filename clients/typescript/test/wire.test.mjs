@@ -60,6 +60,60 @@ test("an endless answer is read up to maxAnswerBytes, then dropped", T, async ()
   }
 });
 
+test("an answer of millions of tiny values is dropped before it is parsed, and settles at once", T, async () => {
+  // [{},{},...] of 60 MB: JSON.parse took about 22 bytes of memory per byte (a 1 GB heap ran
+  // out) and, at 230 MB, minutes of a blocked event loop
+  let written = 0;
+  const srv = await hostile((req, res) => {
+    res.writeHead(200, { "content-type": "application/json" });
+    res.write("[");
+    const chunk = Buffer.from("{},".repeat(65536));
+    const more = () => {
+      while (written < 60 * 2 ** 20) {
+        written += chunk.length;
+        if (!res.write(chunk)) return;
+      }
+      res.end("{}]");
+    };
+    res.on("drain", more);
+    more();
+  });
+  try {
+    const started = performance.now();
+    const err = await new Writ({ url: srv.url, token: "x" }).whoami().catch((e) => e);
+    const tookS = (performance.now() - started) / 1000;
+    assert.ok(err instanceof UnavailableError, String(err));
+    assert.match(err.message, /more than 4000000 JSON values/);
+    assert.ok(tookS < 5, `settled after ${tookS} s`);
+    assert.ok(written < 30 * 2 ** 20, `the server wrote ${written} bytes`);
+  } finally {
+    await srv.stop();
+  }
+});
+
+test("values are counted outside strings; maxAnswerValues sets the bound", T, async () => {
+  // braces, brackets and commas in a string (escaped quotes too) are not values
+  const s = `\\"${"{[,".repeat(2_000_000)}"`;
+  const { writ } = stubbed(() => json({ s }));
+  assert.equal((await writ.whoami()).s, s);
+  const small = stubbed(() => json({ rows: [1, 2, 3] }), { maxAnswerValues: 3 });
+  const err = await small.writ.whoami().catch((e) => e);
+  assert.ok(err instanceof UnavailableError && /more than 3 JSON values/.test(err.message), String(err));
+  assert.deepEqual(await stubbed(() => json({ rows: [1, 2] }), { maxAnswerValues: 3 }).writ.whoami(), { rows: [1, 2] });
+  for (const bad of [0, -1, 1.5, Number.NaN, Number.POSITIVE_INFINITY]) {
+    for (const option of ["maxAnswerValues", "maxAnswerBytes"]) {
+      const refused = (() => {
+        try {
+          return new Writ({ [option]: bad });
+        } catch (e) {
+          return e;
+        }
+      })();
+      assert.ok(refused instanceof InvalidError && refused.details.field === option, `${option} ${bad}: ${refused}`);
+    }
+  }
+});
+
 test("a redirect is never followed: the other host never sees the token", T, async () => {
   const seen = [];
   const other = await hostile((req, res) => {

@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 
 from tests.server_fixtures import hostile
 from writ.cli import main
+from writ.core.errors import Unavailable
 
 
 def _answering(body: bytes) -> Any:
@@ -197,3 +198,107 @@ def test_a_full_disk_for_out_is_one_line_and_exit_2(args, tmp_path, monkeypatch)
     assert res.exit_code == 2, (res.output, res.exception)
     (line,) = res.stderr.splitlines()
     assert line.startswith("writ: invalid: --out /dev/full: cannot write"), line
+
+
+# --------------------------------------------------------------------------- wrong types
+# A field of the wrong type inside an answer (a lease's expires_at a number, queues a number,
+# names that are numbers) was an AttributeError or TypeError traceback from the table or the
+# line built from it.
+LEASE = {
+    "lease_id": "ls_1",
+    "lock_key": "prod/db",
+    "resource": "prod/db",
+    "holder": "me",
+    "state": "held",
+    "fencing_token": 1,
+    "ttl_s": 30,
+    "expires_at": "2999-01-01T00:00:00Z",
+}
+WRONG_TYPES = [
+    (["status"], {"leases": [{"resource": "prod/db", "holder": "a", "expires_at": 5}]}),
+    (["principal", "list"], {"principals": [{"name": "bob", "kind": "human", "queues": 7}]}),
+    (["principal", "list"], {"principals": [{"name": "bob", "kind": "human", "queues": [1]}]}),
+    (["freezes"], {"freezes": [{"freeze_id": "frz_1", "prefix": "prod", "allow": 5}]}),
+    (
+        ["freeze", "prod", "--reason", "r"],
+        {"freeze_id": "frz_1", "prefix": "prod", "allow": [1, 2]},
+    ),
+    (["principal", "queues", "bob", "--add", "oncall"], {"name": "bob", "queues": [1, 2]}),
+    (["principal", "queues", "bob", "--add", "oncall"], {"name": "bob", "queues": "oncall"}),
+    (["policy", "reload"], {"mode": "open", "grants": 1, "rules": 1, "warnings": 5}),
+    (["acquire", "prod/db", "--intent", "x"], {**LEASE, "rollback": 5}),
+    (["acquire", "prod/db", "--intent", "x"], {**LEASE, "rollback": {"warnings": 5}}),
+    # --wait reads GET /v1/resources/... first (is the caller the holder?)
+    (["acquire", "prod/db", "--intent", "x", "--wait", "5"], {"name": "me", "conflicting": 5}),
+    (["acquire", "prod/db", "--intent", "x", "--wait", "5"], {"name": "me", "lease": [1]}),
+    (
+        ["acquire", "prod/db", "--intent", "x", "--wait", "5"],
+        {"name": "me", "queue": [{"position": "x"}]},
+    ),
+    (
+        ["run", "prod/db", "--intent", "x", "--wait", "5", "--", "true"],
+        {"name": "me", "conflicting": 5},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "body"), WRONG_TYPES, ids=[" ".join(a) + f" {b}" for a, b in WRONG_TYPES]
+)
+def test_a_field_of_the_wrong_type_is_unavailable_in_one_line(
+    args: list[str], body: dict[str, Any]
+) -> None:
+    with hostile(_answering(json.dumps(body).encode())) as url:
+        res = writ(url, *args)
+    assert res.exit_code == 1, (res.exit_code, res.output, res.exception)
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    (line,) = res.stderr.splitlines()
+    assert line.startswith("writ: unavailable: the server answered"), line
+    assert "which writ never sends" in line
+
+
+def test_the_wait_line_reads_only_a_state_writ_sends() -> None:
+    from writ.cli import answers
+    from writ.cli.wait import status_line
+
+    good = {"conflicting": [LEASE], "queue": [{"position": 2, "principal": "me"}]}
+    line = status_line(answers.resource(good, "prod/db"), "me", "prod/db", 10)
+    assert "held by me" in line and "2nd of 1 in queue" in line
+    with pytest.raises(Unavailable, match="a conflicting that is not a list of objects"):
+        answers.resource({"conflicting": [5]}, "prod/db")
+
+
+# --------------------------------------------------------------------------- bad URLs, ids
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://127.0.0.1:abc", "cannot be used: Invalid port"),
+        ("http://[::1", "cannot be used"),
+        ("http://xn--.com", "cannot be used"),
+        ("//user:s3cret@127.0.0.1:1", "names no host"),
+        ("http:////user:s3cret@127.0.0.1:1", "names no host"),
+    ],
+)
+def test_a_url_that_cannot_be_used_is_one_line_and_exit_2(url: str, says: str) -> None:
+    res = writ(url, "status")
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    (line,) = res.stderr.splitlines()
+    assert line.startswith("writ: invalid: the writ server's URL") and says in line, line
+    assert line.endswith("(option --url)") and "s3cret" not in res.output
+
+
+def test_a_host_idna_cannot_encode_is_unavailable_in_one_line() -> None:
+    res = writ("http://a..b", "status")
+    assert res.exit_code == 1, (res.exit_code, res.output, res.exception)
+    (line,) = res.stderr.splitlines()
+    assert line.startswith("writ: unavailable: writ server not reachable at http://a..b"), line
+
+
+@pytest.mark.parametrize(
+    "args", [["consent", "show", ""], ["renew", ""], ["release", ""], ["rollback", "show", ""]]
+)
+def test_an_empty_id_is_invalid_before_any_request(args: list[str]) -> None:
+    res = writ("http://127.0.0.1:9", *args)  # nothing listens: a request would be unavailable
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    (line,) = res.stderr.splitlines()
+    assert line.startswith("writ: invalid: the id is empty"), line

@@ -13,6 +13,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
+from writ.cli import answers
 from writ.cli.table import echo_line
 from writ.cli.wait import SelfHeld, check_not_self
 from writ.client import DEFAULT_TIMEOUT, Client
@@ -46,6 +47,7 @@ FIELD_OPTIONS = {
     "ttl_s": "--ttl",
     "wait_s": "--wait",
     "touches": "--touches",
+    "url": "--url",
     "consent_id": "--consent",
     "intent": "--intent",
     "protect_s": "--protect",
@@ -211,15 +213,18 @@ def _lease_line(verb: str, lease: dict[str, Any]) -> str:
     )
 
 
-def _items(body: Any, key: str) -> list[dict[str, Any]]:
-    """The list ``body[key]`` of objects; a server's answer that holds anything else there is
-    :class:`~writ.Unavailable`, not a traceback in the table."""
+def _items(body: Any, key: str, **checks: Iterable[str]) -> list[dict[str, Any]]:
+    """The list ``body[key]`` of objects, each passing :func:`writ.cli.answers.fields`'s
+    ``checks`` (``maybe_names=("queues",)``); a server's answer that holds anything else there
+    is :class:`~writ.Unavailable`, not a traceback in the table."""
     items = body if isinstance(body, list) else body.get(key) or []
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise Unavailable(
             f"the server answered with a {key} list that is not a list of objects, which writ "
             f"never sends: {printable(reprlib.repr(items))}"
         )
+    for item in items:
+        answers.fields(item, f"the {key} list", **checks)
     return items
 
 

@@ -22,7 +22,7 @@ from writ.client._leases import _checked_lease
 from writ.core.errors import Unavailable
 from writ.core.textsafe import printable
 
-__all__ = ["authority", "fields", "lease", "verify", "wake", "who"]
+__all__ = ["authority", "fields", "lease", "resource", "verify", "wake", "who"]
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -47,6 +47,14 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def _names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(i, str) for i in v)
+
+
+def _objects(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(i, dict) for i in v)
+
+
 def fields(
     body: Any,
     what: str,
@@ -56,10 +64,11 @@ def fields(
     ints: Iterable[str] = (),
     maybe_ints: Iterable[str] = (),
     bools: Iterable[str] = (),
+    maybe_names: Iterable[str] = (),
 ) -> dict[str, Any]:
     """``body`` once it is an object whose ``text`` fields are non-empty strings, ``ints``
-    whole numbers of 0 or more and ``bools`` JSON booleans; the ``maybe_`` ones may also be
-    absent or ``null``."""
+    whole numbers of 0 or more, ``bools`` JSON booleans and ``maybe_names`` lists of strings
+    (queues, an allow list, warnings); the ``maybe_`` ones may also be absent or ``null``."""
     if not isinstance(body, dict):
         raise bad(what, "something that is not a JSON object", body)
     checks = (
@@ -68,6 +77,7 @@ def fields(
         (ints, False, _int, "a whole number"),
         (maybe_ints, True, _int, "a whole number"),
         (bools, False, lambda v: isinstance(v, bool), "true or false"),
+        (maybe_names, True, _names, "a list of names"),
     )
     for names, optional, ok, kind in checks:
         for name in names:
@@ -84,7 +94,27 @@ def lease(body: Any, what: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise bad(what, "something that is not a JSON object", body)
     _checked_lease(body)
+    plan = body.get("rollback")
+    if plan is not None:
+        fields(plan, f"{what}'s rollback plan", maybe_names=("warnings",))
     return fields(body, what, text=("resource", "holder", "state"))
+
+
+def resource(answer: Any, name: str) -> dict[str, Any]:
+    """``GET /v1/resources/{resource}`` as a wait reads it (:mod:`writ.cli.wait`): the leases
+    it conflicts with and its queue lists of objects, its lease an object or ``null``, a place
+    in the queue a whole number."""
+    what = f"the state of {name}"
+    body = fields(answer, what)
+    for key in ("conflicting", "queue"):
+        if body.get(key) is not None and not _objects(body[key]):
+            raise bad(what, f"a {key} that is not a list of objects", body)
+    if body.get("lease") is not None and not isinstance(body["lease"], dict):
+        raise bad(what, "a lease that is not an object", body)
+    for place in body.get("queue") or []:
+        if place.get("position") is not None and not _int(place["position"]):
+            raise bad(what, "a queue position that is not a whole number", body)
+    return body
 
 
 def who(answer: Any) -> dict[str, Any]:

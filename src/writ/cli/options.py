@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import stat
 from collections.abc import Callable, Iterator
 from typing import IO, Any, NoReturn, TypeVar
 from urllib.parse import unquote, urlparse
@@ -168,12 +169,31 @@ def _sqlite_path(store: str | None) -> str | None:
     return None if not path or path == ":memory:" else path
 
 
-def _is_sqlite(path: str) -> bool:
+def _regular(path: str) -> bool:
+    """Is ``path`` (links followed) a regular file? Asked of the path as given, never of its
+    realpath: ``/dev/fd/N`` of a pipe has a realpath that names nothing."""
     try:
-        with open(path, "rb") as f:
-            return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
-    except OSError:  # absent, a folder, unreadable: not a database we can see
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):  # absent, a dangling link, a NUL in the name
         return False
+
+
+def _is_sqlite(path: str) -> bool:
+    """Does ``path`` start with the SQLite header? Only a regular file is opened to look: a
+    FIFO's open waited for a writer for ever, and a device's open may do something."""
+    if not _regular(path):
+        return False
+    try:  # O_NONBLOCK: a FIFO put there since the stat is opened and seen, never waited on
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError:  # gone, unreadable: not a database we can see
+        return False
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        try:
+            return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+        except OSError:
+            return False
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -213,17 +233,29 @@ def output_file(path: str | None, store: str | None = None, flag: str = "--out")
 
 
 @contextlib.contextmanager
-def replaced_atomically(path: str) -> Iterator[IO[str]]:
-    """A text file written beside ``path`` (after symlinks) and renamed over it when the
-    block ends without an error: a failed write leaves ``path`` as it was, never half a
-    file. The new file has the mode ``open(path, "w")`` would give a new one. Anything but
-    a regular file (``/dev/null``, ``/dev/full``, a pipe) is written as it is, never replaced."""
-    real = os.path.realpath(path)
-    if os.path.exists(real) and not os.path.isfile(real):
-        with open(real, "w", encoding="utf-8") as f:
+def replaced_atomically(
+    path: str, mode: int | None = None, newline: str | None = None, follow: bool = True
+) -> Iterator[IO[str]]:
+    """A text file written beside ``path`` (after symlinks; with ``follow=False`` a symlink
+    at ``path`` is itself replaced) and renamed over it when the block ends without an
+    error: a failed write leaves ``path`` as it was, never half a file. The new file has
+    ``mode``, by default the one ``open(path, "w")`` would give a new one. Anything that
+    exists and is not a regular file (``/dev/null``, ``/dev/full``, a FIFO, ``/dev/fd/N`` of
+    a pipe, or a symlink to one of them) is opened as it is and written, never replaced.
+    Every failure is an :class:`OSError` (:func:`write_failed`)."""
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)  # the path as given, links followed
+    except FileNotFoundError:  # nothing there yet, or a dangling link: made at its target
+        special = False
+    except ValueError as exc:  # a NUL in the name
+        raise OSError(str(exc)) from None
+    if special:
+        with open(path, "w", encoding="utf-8", newline=newline) as f:
             yield f
         return
-    umask = os.umask(0)
-    os.umask(umask)
-    with replacing(real, 0o666 & ~umask) as f:
+    if mode is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    with replacing(os.path.realpath(path) if follow else path, mode, newline) as f:
         yield f

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from writ.cli import answers
 from writ.client import Client
 from writ.core.errors import WritError
 from writ.core.textsafe import printable
@@ -85,9 +86,10 @@ def check_not_self(client: Client, resource: str) -> str | None:
     return the caller's name (None when it cannot be read: the request goes ahead)."""
     try:
         me = str(client.whoami().get("name") or "") or None
-        state = client.resource(resource)
+        answer = client.resource(resource)
     except WritError:
         return None  # the request itself will say what is wrong
+    state = answers.resource(answer, resource)  # one that is not writ's: Unavailable
     for lease in state.get("conflicting") or ([state["lease"]] if state.get("lease") else []):
         if me and isinstance(lease, dict) and lease.get("holder") == me:
             raise SelfHeld(me, lease)
@@ -147,7 +149,7 @@ def live_line(
         with Client(url, token, timeout=5) as reader:
             while not stop.is_set():
                 with contextlib.suppress(WritError):
-                    state = reader.resource(resource)
+                    state = answers.resource(reader.resource(resource), resource)
                     if not stop.is_set():
                         line = status_line(state, me, resource, deadline - time.monotonic())
                         out.write("\r\x1b[K" + _fit(line, width))

@@ -65,6 +65,8 @@ class AsyncClient(_Base, _Routes[Awaitable[Any]]):
                         raise _wire.too_large(self.url, what)
         except (httpx.RequestError, TimeoutError) as exc:  # RequestError: DecodingError too
             raise self._unavailable(req, exc) from exc
+        except UnicodeError as exc:  # a host IDNA cannot encode ("a..b"), from the resolver
+            raise self._unavailable(req, exc) from exc
         except httpx.InvalidURL as exc:
             raise _unsendable(req, exc) from exc
         return self._decode(response, bytes(content), req)

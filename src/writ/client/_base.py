@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,6 +18,7 @@ from writ.core.errors import (
     LeaseLost,
     Unauthenticated,
     Unavailable,
+    WritError,
     error_from_body,
 )
 
@@ -30,18 +32,64 @@ OnLost = Callable[[LeaseLost], None]
 
 
 def _normalize_url(url: str) -> str:
+    """The server's URL, as httpx will use it; :class:`Invalid` (``field`` ``url``) for one it
+    will not build (``http://127.0.0.1:abc``, ``http://[::1``: httpx's ``InvalidURL`` was a
+    traceback), one with no host (``//host``, ``http:////user:pw@host``) or one carrying
+    credentials. The URL is never quoted in these errors: it may hold a password."""
     url = url.strip().rstrip("/")
     if "://" not in url:
         url = "http://" + url
     if "@" in url.split("://", 1)[1].split("/", 1)[0]:
-        # httpx sent them as Basic credentials in place of the bearer token, and every
-        # message naming the server quoted the password; refused, never quoted
+        raise _credentials()
+    try:
+        parsed = httpx.URL(url)
+        host = parsed.host  # decoded here: "xn--.com" is an IDNAError, a ValueError
+    except (httpx.InvalidURL, ValueError) as exc:  # UnicodeError (a bad IDNA label) too
         raise Invalid(
-            "the writ server's URL carries credentials (user:password@): writ authenticates "
-            "with the bearer token (--token, WRIT_TOKEN); remove them from the URL",
+            f"the writ server's URL cannot be used: {exc} (set WRIT_URL or --url to a URL "
+            "like http://127.0.0.1:7411)",
+            field="url",
+        ) from None
+    if parsed.userinfo:
+        raise _credentials()
+    if not host:
+        # "//user:pw@host" became "http:////user:pw@host": no host, and the rest a path
+        raise Invalid(
+            "the writ server's URL names no host (set WRIT_URL or --url to a URL like "
+            "http://127.0.0.1:7411)",
             field="url",
         )
     return url
+
+
+def _credentials() -> Invalid:
+    # httpx sent them as Basic credentials in place of the bearer token, and every message
+    # naming the server quoted the password; refused, never quoted
+    return Invalid(
+        "the writ server's URL carries credentials (user:password@): writ authenticates "
+        "with the bearer token (--token, WRIT_TOKEN); remove them from the URL",
+        field="url",
+    )
+
+
+def _seconds(value: float, field: str) -> float:
+    """A timeout: a finite number of seconds above 0 (NaN made every call fail with a
+    ``ValueError`` out of httpx, an infinity with an ``OverflowError``)."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = math.nan
+    if not (math.isfinite(out) and out > 0):
+        raise Invalid(
+            f"{field} must be a finite number of seconds above 0, not {value!r}", field=field
+        )
+    return out
+
+
+def refused(exc: WritError) -> bool:
+    """A refusal that asking again will not change: a 4xx, but not 408 (the request took too
+    long) nor 429 (too many requests), which are refusals for now, like a 5xx."""
+    return 400 <= exc.status < 500 and exc.status not in (408, 429)
 
 
 class _Base:
@@ -57,7 +105,7 @@ class _Base:
     ) -> None:
         self.url = _normalize_url(url or os.environ.get("WRIT_URL") or DEFAULT_URL)
         self.token = token if token is not None else (os.environ.get("WRIT_TOKEN") or None)
-        self.timeout = float(timeout)
+        self.timeout = _seconds(timeout, "timeout")
         self._headers = {"User-Agent": f"writ-python/{__version__}", **(headers or {})}
         if self.token:
             # a header value carries printable ASCII only; refused here, never echoed (the

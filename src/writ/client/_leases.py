@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from writ.client._base import OnLost, log
-from writ.client._routes import JSON, _renew_req
+from writ.client._base import OnLost, log, refused
+from writ.client._routes import JSON, _names, _renew_req
 from writ.client._watch import TaskWatch, ThreadWatch
 from writ.core.errors import (
     LeaseLost,
@@ -89,7 +89,7 @@ class _LeaseState:
         self.intent = intent
         self.ttl_s = float(ttl_s)
         self.wait_s = float(wait_s)
-        self.touches = touches
+        self.touches = _names(touches, "touches")  # a lone string: Invalid, at once
         self.rollback = rollback
         self.consent_id = consent_id
         self.renew_every = renew_every
@@ -261,8 +261,9 @@ class _LeaseState:
 
     @staticmethod
     def _fatal(exc: WritError) -> bool:
-        """A renewal refused (410 lost, 403, 404, ...) rather than failed in transit or 5xx."""
-        return 400 <= exc.status < 500
+        """A renewal refused (410 lost, 403, 404, ...) rather than failed in transit, a 5xx,
+        or refused for now (408, 429: :func:`writ.client._base.refused`)."""
+        return refused(exc)
 
 
 class Lease(_LeaseState):

@@ -4,7 +4,9 @@ and the request value and quoting helpers they use."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+import reprlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -33,8 +35,15 @@ class _Req:
 def _check(req: _Req) -> None:
     """Refuse, before anything is sent, a query or body holding a string that is not text
     (:func:`writ.core.validate.check_body`, the server's own check) or a number JSON has no
-    word for (NaN, an infinity, ``1e400`` as read): the CLI and the MCP tools get a 422's
-    message without a request, and no encoder fails half-way."""
+    word for (NaN, an infinity, ``1e400`` as read), in a body, a query, a wait or a timeout:
+    the CLI and the MCP tools get a 422's message without a request, and no encoder fails
+    half-way (``wait_s=inf`` was an ``OverflowError`` out of httpx)."""
+    waits = {"wait_s": req.wait_s, "timeout": req.timeout}
+    for name, value in {**waits, **(req.params or {})}.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise Invalid(
+                f"{req.method} {req.path}: {name} is {value}, not a finite number", field=name
+            )
     if req.params:
         check_body(dict(req.params))
     if req.body is not None:
@@ -74,10 +83,33 @@ def _path(value: str) -> str:
 def _id(value: str) -> str:
     """Quote an id for one URL path segment: ``/``, ``?``, ``#`` and ``%`` are escaped, and
     an id that is ``.`` or ``..`` is sent with its dots escaped, so no id is ever resolved
-    into another path."""
+    into another path. An empty id is refused: sent, ``/v1/leases/`` was answered with a
+    redirect, blamed on the URL."""
     check_text(str(value), "id")
+    if not str(value):
+        raise Invalid("the id is empty: give the id writ answered with", field="id")
     text = quote(str(value), safe="")
     return text.replace(".", "%2E") if text in (".", "..") else text
+
+
+def _names(value: Iterable[str] | None, field: str) -> list[str] | None:
+    """A list argument (``touches``, ``queues``, ``allow``, ...) as a list; a lone string is
+    refused, never read one name per character (``touches="capacity"`` was sent as
+    ``["c", "a", "p", ...]``, and a consent check on ``capacity`` was never made)."""
+    if value is None:
+        return None
+    if isinstance(value, str | bytes | bytearray | memoryview):
+        raise Invalid(
+            f"{field} is one string ({reprlib.repr(value)}), not a list of names: "
+            f"pass {field}=[...]",
+            field=field,
+        )
+    try:
+        return list(value)
+    except TypeError:
+        raise Invalid(
+            f"{field} must be a list of names, not {type(value).__name__}", field=field
+        ) from None
 
 
 def _renew_req(lease_id: str, ttl_s: float | None = None, timeout: float | None = None) -> _Req:
@@ -118,7 +150,7 @@ class _Routes(Generic[R]):
                 "kind": kind,
                 "vendor": vendor,
                 "wake": wake,
-                "queues": queues or None,
+                "queues": _names(queues, "queues") or None,
                 "expires_in_s": expires_in_s,
             }
         )
@@ -148,7 +180,7 @@ class _Routes(Generic[R]):
         self, name: str, add: list[str] | None = None, remove: list[str] | None = None
     ) -> R:
         """``POST /v1/principals/{name}/queues`` (admin): a human's queue membership."""
-        body = {"add": list(add or []), "remove": list(remove or [])}
+        body = {"add": _names(add, "add") or [], "remove": _names(remove, "remove") or []}
         return self._send(_Req("POST", f"/v1/principals/{_id(name)}/queues", body=body))
 
     def principals(self) -> R:
@@ -185,7 +217,7 @@ class _Routes(Generic[R]):
                 "intent": intent,
                 "ttl_s": ttl_s,
                 "wait_s": wait_s,
-                "touches": list(touches) if touches is not None else None,
+                "touches": _names(touches, "touches"),
                 "consent_id": consent_id,
                 "rollback": dict(rollback) if rollback is not None else None,
             }
@@ -341,7 +373,7 @@ class _Routes(Generic[R]):
                 "prefix": prefix,
                 "reason": reason,
                 "until": until,
-                "allow": list(allow) if allow is not None else None,
+                "allow": _names(allow, "allow"),
             }
         )
         return self._send(_Req("POST", "/v1/freezes", body=body))

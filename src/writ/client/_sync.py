@@ -70,6 +70,8 @@ class Client(_Base, _Routes[Any]):
                 content = capped(response.iter_bytes(), self.url, f"{req.method} {req.path}")
         except httpx.RequestError as exc:  # TransportError, and DecodingError (a bad gzip)
             raise self._unavailable(req, exc) from exc
+        except UnicodeError as exc:  # a host IDNA cannot encode ("a..b"), from the resolver
+            raise self._unavailable(req, exc) from exc
         except httpx.InvalidURL as exc:
             raise _unsendable(req, exc) from exc
         finally:

@@ -28,7 +28,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from writ.client import _pages
-from writ.client._base import WATCH_WAIT_S, log
+from writ.client._base import WATCH_WAIT_S, log, refused
 from writ.core.errors import LeaseLost, WritError
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def steps(lease: _LeaseState) -> Steps:
             out = yield Ask("events", (lease.resource, after, WATCH_WAIT_S))
             rows, after = _pages.page(out, after)
         except WritError as exc:
-            if 400 <= exc.status < 500:  # not this agent's to read: renewals will tell
+            if refused(exc):  # not this agent's to read: renewals will tell
                 log.debug("not watching %s: %s", lease.lease_id, exc.message)
                 return
             yield Ask("pause", (PAUSE_S,))

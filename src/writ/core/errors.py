@@ -269,12 +269,22 @@ def error_from_body(status: int, body: Any, surface: Surface = "python") -> Writ
     is the fact and ``surface``'s next step instead of the HTTP one."""
     err = body.get("error") if isinstance(body, dict) else None
     if not isinstance(err, dict):
-        exc = WritError(f"HTTP {status}: {str(body)[:200]}")
-        return exc
+        return _answered(WritError(f"HTTP {status}: {str(body)[:200]}"), status, None)
     details = {k: v for k, v in err.items() if k not in ("code", "message")}
-    cls = _BY_CODE.get(str(err.get("code")), WritError)
+    code = err.get("code")
+    cls = _BY_CODE.get(str(code), WritError)
     out = cls(str(err.get("message", "")), **details)
     if out.fact != out.message:  # it ends with the HTTP step: word it for this surface
         out.message = out.phrased(surface)
         out.args = (out.message,)
-    return out
+    return _answered(out, status, code if cls is WritError else None)
+
+
+def _answered(err: WritError, status: int, code: Any) -> WritError:
+    """``err`` with the answer's own HTTP status, and the code of one no class has
+    (``too_many_requests`` 429, ``timeout`` 408): they read as ``error`` 500."""
+    if 400 <= status <= 599:
+        vars(err)["status"] = status  # on this error only: the class keeps its own
+    if isinstance(code, str) and code:
+        vars(err)["code"] = code
+    return err

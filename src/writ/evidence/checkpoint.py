@@ -33,6 +33,7 @@ keygen``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -143,34 +144,53 @@ def key_id(public: bytes) -> str:
 
 
 def write_key(path: str | Path, key: Ed25519PrivateKey | None = None) -> tuple[Path, Path]:
-    """Write a private key (PEM, mode 0600) and its public key (``PATH.pub``)."""
+    """Write a private key (PEM, mode 0600) and its public key (``PATH.pub``), both new
+    files: either name taken (a file, a symlink, even a dangling one) is refused, so a
+    second run never replaces the public key verifiers trust. A write that fails is
+    :class:`CheckpointError`, and leaves neither file behind."""
     key = key or generate_key()
     priv = Path(path)
     pub = priv.with_name(priv.name + ".pub")
-    if priv.exists():
-        raise CheckpointError(f"{priv} exists: refusing to overwrite a signing key")
-    if pub.is_symlink():  # never written through: it may point anywhere
-        raise CheckpointError(f"{pub} is a symlink: refusing to write the public key there")
-    priv.parent.mkdir(parents=True, exist_ok=True)
+    for taken, what in ((priv, "a signing key"), (pub, "the public key verifiers trust")):
+        if os.path.lexists(taken):  # never written through: a symlink may point anywhere
+            there = "is a symlink" if os.path.islink(taken) else "exists"
+            raise CheckpointError(f"{taken} {there}: refusing to overwrite {what}")
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     try:
-        fd = os.open(pub, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        priv.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CheckpointError(f"cannot write {pub}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(
-            key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
+        raise CheckpointError(f"cannot write {priv}: {exc.strerror or exc}") from None
+    _new_file(priv, pem, 0o600)
+    try:
+        _new_file(pub, public, 0o644)
+    except CheckpointError:
+        with contextlib.suppress(OSError):  # made just now: no key without its public key
+            priv.unlink()
+        raise
     return priv, pub
+
+
+def _new_file(path: Path, data: bytes, mode: int) -> None:
+    """``data`` in a file made at ``path`` (never one already there, nor through a symlink)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except FileExistsError:
+        raise CheckpointError(f"{path} exists: refusing to overwrite it") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:

@@ -37,6 +37,7 @@ from writ.cli.options import (
     output_file,
     replaced_atomically,
     store_option,
+    writable_file,
     write_failed,
 )
 from writ.client import AsyncClient, Client
@@ -326,9 +327,9 @@ def checkpoint_command(
     Keep the checkpoint somewhere the database's writers cannot reach; later,
     `writ audit verify --checkpoint FILE` proves the ledger still extends it.
     """
-    from writ.evidence.checkpoint import load_private_key, make, sign, signable, write_checkpoint
+    from writ.evidence.checkpoint import load_private_key, make, sign, signable
 
-    not_a_database(out_path, store)  # write_checkpoint would os.replace the store with it
+    _checkpoint_out(out_path, store)
     key = load_private_key(key_path)
     if store:
         cp = asyncio.run(_with_store(store, lambda e: make(e.store, key)))
@@ -342,12 +343,29 @@ def checkpoint_command(
         at = signable(verified, rows[0] if rows else None)
         cp = sign(key, seq, verified["head"], at)
     if out_path:
-        write_checkpoint(cp, out_path)
+        try:  # its folder is made, as the server's checkpoint folder is
+            os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+            # the writer of every --out: a FIFO, /dev/fd/N or a device is written, not replaced;
+            # a symlink to a file is itself replaced, never written through (checkpoints.md)
+            with replaced_atomically(out_path, 0o644, "\n", follow=False) as f:  # public
+                f.write(cp.text())
+        except OSError as exc:
+            raise write_failed(out_path, exc) from None
         click.echo(
             f"checkpoint of seq {cp.seq} (hash {cp.hash[:16]}…) written to {out_path}", err=True
         )
     else:
         click.echo(cp.text(), nl=False)
+
+
+def _checkpoint_out(out_path: str | None, store: str | None) -> None:
+    """``--out`` of ``writ audit checkpoint``, checked before the ledger is verified: never a
+    database, and writable where its folder exists already (else it is made at the end)."""
+    if out_path is None:
+        return
+    not_a_database(out_path, store)  # it would be replaced by the checkpoint
+    if os.path.isdir(os.path.dirname(os.path.abspath(out_path))):
+        writable_file(out_path)
 
 
 def verify_checkpoints(

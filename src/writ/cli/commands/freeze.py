@@ -49,6 +49,8 @@ def freeze(
             client.freeze(prefix, reason, until, _csv(allow)),
             "the freeze",
             text=("freeze_id", "prefix"),
+            maybe_text=("until",),
+            maybe_names=("allow",),
         )
     if as_json:
         _echo_json(f)
@@ -97,6 +99,6 @@ def freezes(include_lifted: bool, url: str, token: str | None, as_json: bool) ->
                 ",".join(f.get("allow") or []),
                 f.get("reason"),
             )
-            for f in _items(body, "freezes")
+            for f in _items(body, "freezes", maybe_names=("allow",))
         ],
     )

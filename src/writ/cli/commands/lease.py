@@ -208,7 +208,7 @@ def revoke(
 def status(prefix: str | None, url: str, token: str | None, as_json: bool) -> None:
     """Show held leases under PREFIX (default: everywhere) with their waiters."""
     with _client(url, token) as client:
-        leases = _items(client.status(prefix), "leases")
+        leases = _items(client.status(prefix), "leases", maybe_text=("expires_at",))
     if as_json:
         _echo_json({"leases": leases})
         return

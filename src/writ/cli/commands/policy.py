@@ -134,6 +134,7 @@ def reload_command(url: str, token: str | None, as_json: bool) -> None:
             text=("mode",),
             maybe_text=("source",),
             ints=("grants", "rules"),
+            maybe_names=("warnings",),
         )
     if as_json:
         _echo_json(out)

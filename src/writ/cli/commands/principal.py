@@ -208,6 +208,7 @@ def queues(
         lambda engine: engine.principals.set_queues(None, name, list(add), list(remove)),
         lambda client: client.principal_queues(name, list(add), list(remove)),
     )
+    answers.fields(out, "the queue membership", maybe_names=("queues",))
     _show(
         out, as_json, f"{name} is a member of: {', '.join(out.get('queues') or []) or 'no queue'}"
     )
@@ -326,6 +327,6 @@ def principal_list(url: str, token: str | None, as_json: bool) -> None:
                 if p.get("disabled")
                 else (f"expires {p['token_expires_at']}" if p.get("token_expires_at") else ""),
             )
-            for p in _items(body, "principals")
+            for p in _items(body, "principals", maybe_names=("queues",))
         ],
     )

@@ -717,8 +717,20 @@ async def test_a_connection_queues_at_most_max_pipelined_requests() -> None:
 
     request = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
     protocol, wire = _connected(_ok, max_pipelined=4)
+    begun = 0
+    real_begin = protocol.on_message_begin
+
+    def counted() -> None:
+        nonlocal begun
+        begun += 1
+        real_begin()
+
+    protocol.on_message_begin = counted
+    protocol.parser = type(protocol.parser)(protocol)  # its callbacks are read when it is made
     protocol.data_received(request * 10_000)  # one read's worth, and far more
     assert len(protocol.pipeline) == 4
+    assert begun == 6  # the one in progress, four queued, the one past: the rest unparsed
+    assert protocol.flow.read_paused  # and read no more, answers or not
     protocol.data_received(request * 10_000)  # more after: dropped too
     async with asyncio.timeout(10):
         await wire.gone.wait()
@@ -726,6 +738,7 @@ async def test_a_connection_queues_at_most_max_pipelined_requests() -> None:
     assert len(answers) == 5, len(answers)  # the one in progress and the four queued
     assert all(a.startswith(b"200 ") and a.endswith(b"ok") for a in answers)
     assert b"connection: close" in answers[-1] and b"connection: close" not in answers[-2]
+    assert protocol.flow.read_paused
 
     protocol, wire = _connected(_ok, max_pipelined=4)
     protocol.data_received(request * 5)
@@ -752,6 +765,7 @@ def test_a_client_pipelining_without_end_is_cut_off_with_memory_bounded(tmp_path
         assert growth < 24, f"server RSS grew by {growth:.0f} MiB"
         status, took = health(srv.port)
         assert status == 200 and took < 5
+        assert "Invalid HTTP request" not in srv.logs()  # a parse writ stopped: no such line
 
 
 async def test_a_closing_connection_whose_answer_is_never_read_is_reset_too() -> None:

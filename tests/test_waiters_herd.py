@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from writ.core.errors import ConsentRequired
 from writ.engine import Engine
+from writ.rules.consent import Consents
 from writ.stores.sqlite import SQLiteStore
 
 
@@ -53,5 +55,44 @@ async def test_only_the_first_waiter_looks_again_when_its_blocker_ends(
         for w in waits:
             w.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
+    finally:
+        await engine.stop()
+
+
+async def _queued(engine: Engine, n: int) -> None:
+    """Until ``n`` requests are queued (each acquire task queues in its first steps)."""
+    async with asyncio.timeout(10):
+        while True:
+            changed = engine.audit_changed  # set by the next commit (a lease.queued row)
+            if len(await engine.store.read(lambda tx: tx.waiter_seqs())) >= n:
+                return
+            await changed.wait()
+
+
+async def test_a_waiter_behind_one_refused_at_the_hand_off_is_served_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease ends; the first in line is refused by the safety rules (its acquire would
+    undo the holder's fresh change); the one behind it gets the free resource then, not at
+    its own deadline (it no longer looks at the blocker's end: it was not first)."""
+    monkeypatch.delenv("WRIT_ADMIN_TOKEN", raising=False)
+    engine = Engine(SQLiteStore(f"sqlite:///{tmp_path / 'w.db'}"))
+    await engine.start(background=True)
+    try:
+        a, _ = await engine.add_principal(None, "a", "agent")
+        b, _ = await engine.add_principal(None, "b", "agent")
+        c, _ = await engine.add_principal(None, "c", "agent")
+        kw: dict[str, Any] = {"resource": "prod/db", "ttl_s": 30, "wait_s": 30}
+        held = await engine.acquire(a, intent="scale", touches=["capacity"], **kw)
+        wb = asyncio.create_task(engine.acquire(b, intent="undo", touches=["capacity"], **kw))
+        await _queued(engine, 1)
+        wc = asyncio.create_task(engine.acquire(c, intent="route", touches=["routing"], **kw))
+        await _queued(engine, 2)
+        await engine.rule(Consents).record_change(a, held["lease_id"], "capacity", "4->8")
+        await engine.release(a, held["lease_id"])
+        with pytest.raises(ConsentRequired):
+            await wb
+        granted = await asyncio.wait_for(wc, 5)  # before: at c's deadline, 30 s on
+        assert granted["holder"] == "c"
     finally:
         await engine.stop()

@@ -249,31 +249,33 @@ class QueueOps(ReadOps):
                 continue
             # one that conflicts with an earlier candidate waits behind it (or its grant)
             in_line = any(self.blast.conflicts(w.resource, e) for e in earlier)
+            if not in_line and not await self._offer(tx, w):
+                continue  # refused and gone: nobody waits behind it any more
             earlier.append(w.resource)
-            if not in_line:
-                await self._offer(tx, w)
             if all(resources.under(p, w.resource) for p in paths):
                 return True
         return False
 
-    async def _offer(self, tx: Tx, w: Waiter) -> None:
+    async def _offer(self, tx: Tx, w: Waiter) -> bool:
         """Grant a queued request if nothing blocks it (or refuse it by the safety rules),
-        take it out of the queue, and notify its waiter."""
+        take it out of the queue, and notify its waiter. False when it was refused: those
+        behind it no longer wait behind it."""
         req = self._queued_request(w)
         if await self._blocked(tx, req, w.seq) is not None:
-            return
+            return True
         err = await self._gates_now(tx, req)
         await tx.delete_waiter(w.waiter_id)
         if err is not None:
             await self._deny(tx, req, None, err.message, _deny_event(err))
             tx.notify("granted", {"waiter_id": w.waiter_id, "error": err.to_body()["error"]})
-            return
+            return False
         lease = await self._grant(tx, req, w.waiter_id)
         # the lease travels with the note: its waiter answers without reading it back
         tx.notify(
             "granted",
             {"waiter_id": w.waiter_id, "lease_id": lease.lease_id, "lease": lease.to_dict()},
         )
+        return True
 
     async def _granted_to(self, tx: Tx, req: Request, waiter: Waiter) -> Lease | WritError | None:
         """The lease granted to queued request ``waiter`` (None: none yet). One the leases

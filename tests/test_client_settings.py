@@ -138,6 +138,8 @@ def _renewals(statuses: list[int]) -> tuple[httpx.MockTransport, threading.Event
         if request.url.path.endswith("/renew"):
             status = left.pop(0) if left else 200
             seen.append(status)
+            if status == 404:  # not writ's answer: an ingress's page while it redeploys
+                return httpx.Response(404, html="<html>404 Not Found</html>")
             if status != 200:
                 return httpx.Response(status, json=REFUSED[status])
             done.set()
@@ -146,8 +148,10 @@ def _renewals(statuses: list[int]) -> tuple[httpx.MockTransport, threading.Event
     return httpx.MockTransport(answer), done, seen
 
 
-@pytest.mark.parametrize("status", [429, 408])
+@pytest.mark.parametrize("status", [429, 408, 404])
 def test_a_renewal_refused_for_now_is_asked_again(status: int) -> None:
+    """429 and 408 are writ's refusals for now; a 4xx that is no writ answer at all (an
+    ingress's page) is not writ refusing the lease: each is asked again, as a 5xx is."""
     transport, done, seen = _renewals([status, status])
     lost: list[WritError] = []
     on_lost: Callable[[Any], None] = lost.append

@@ -27,6 +27,8 @@ export interface WritErrorOptions {
   code?: string;
   retryAfterS?: number;
   cause?: unknown;
+  /** The answer was no writ error object (a proxy's or an ingress's page). */
+  foreign?: boolean;
 }
 
 /** The JSON body of every refusal. */
@@ -46,6 +48,8 @@ export class WritError extends Error {
   readonly details: Readonly<Record<string, unknown>>;
   /** Seconds to wait before retrying, when the answer carried `Retry-After` (409 held, 429, 503). */
   readonly retryAfterS: number | undefined;
+  /** True when the answer was not writ's error object (a proxy's page, say): not writ's refusal. */
+  readonly foreign: boolean;
 
   constructor(message: string, details: Record<string, unknown> = {}, options: WritErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
@@ -55,12 +59,19 @@ export class WritError extends Error {
     this.status = options.status ?? cls.status;
     this.details = details;
     this.retryAfterS = options.retryAfterS;
+    this.foreign = options.foreign ?? false;
   }
 
   /** The same error, with `cause` (what a callback threw when the lease was lost under it). */
   withCause(cause: unknown): this {
     const cls = this.constructor as ErrorClass;
-    const options = { status: this.status, code: this.code, retryAfterS: this.retryAfterS, cause };
+    const options = {
+      status: this.status,
+      code: this.code,
+      retryAfterS: this.retryAfterS,
+      cause,
+      foreign: this.foreign,
+    };
     return new cls(this.message, { ...this.details }, options) as this;
   }
 
@@ -246,7 +257,8 @@ export function isTransient(err: WritError): boolean {
     err.status >= 500 ||
     err.status === 408 ||
     err.status === 429 ||
-    err.retryAfterS !== undefined
+    err.retryAfterS !== undefined ||
+    err.foreign // a 4xx page of something between: not writ refusing
   );
 }
 
@@ -282,7 +294,11 @@ export function errorFromBody(status: number, body: unknown, retryAfter?: string
     } catch {
       text = "(a body nested too deeply to show)"; // RangeError: JSON.stringify recursed too deep
     }
-    return new WritError(`HTTP ${status}: ${String(text).slice(0, 200)}`, {}, { status, retryAfterS });
+    return new WritError(`HTTP ${status}: ${String(text).slice(0, 200)}`, {}, {
+      status,
+      retryAfterS,
+      foreign: true,
+    });
   }
   const { code, message, ...details } = err;
   const cls = BY_CODE.get(String(code)) ?? WritError;

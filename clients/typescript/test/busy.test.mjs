@@ -167,3 +167,25 @@ test("408 on a renewal is retried, and on the release leaves the lease to expire
   assert.ok(handle.error instanceof LeaseLostError);
   await handle.stop();
 });
+
+test("a 4xx page that is no writ answer (an ingress redeploying) is retried, not a loss", T, async () => {
+  const lease = { lease_id: "ls_1", lock_key: "a/b#7", fencing_token: 7, ttl_s: 30, resource: "a/b" };
+  const asked = [];
+  const writ = new Writ({
+    url: "http://writ.invalid",
+    token: "x",
+    fetch: async (url) => {
+      const what = new URL(url).pathname.split("/").pop();
+      asked.push(what);
+      if (what === "leases") return new Response(JSON.stringify(lease), { status: 201 });
+      if (what === "renew" && asked.filter((x) => x === "renew").length <= 2) {
+        return new Response("<html>404 Not Found</html>", { status: 404 });
+      }
+      return new Response(JSON.stringify(lease), { status: 200 });
+    },
+  });
+  const handle = await writ.lease("a/b", { intent: "x", renewEveryS: 0.02 });
+  await waitUntil(() => asked.filter((x) => x === "renew").length >= 3, { what: "a renewal after the pages" });
+  assert.equal(handle.lost, false, String(handle.error));
+  await handle.stop();
+});

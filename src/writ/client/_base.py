@@ -87,9 +87,11 @@ def _seconds(value: float, field: str) -> float:
 
 
 def refused(exc: WritError) -> bool:
-    """A refusal that asking again will not change: a 4xx, but not 408 (the request took too
-    long) nor 429 (too many requests), which are refusals for now, like a 5xx."""
-    return 400 <= exc.status < 500 and exc.status not in (408, 429)
+    """A refusal that asking again will not change: writ's own 4xx, but not 408 (the request
+    took too long) nor 429 (too many requests), which are refusals for now, like a 5xx. A 4xx
+    that is not writ's error object (an ingress's 404 page mid-deploy) is for now too."""
+    foreign = vars(exc).get("foreign", False)
+    return 400 <= exc.status < 500 and exc.status not in (408, 429) and not foreign
 
 
 class _Base:

@@ -268,8 +268,10 @@ def error_from_body(status: int, body: Any, surface: Surface = "python") -> Writ
     """Rebuild the typed error from a response body (used by the client): its ``message``
     is the fact and ``surface``'s next step instead of the HTTP one."""
     err = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(err, dict):
-        return _answered(WritError(f"HTTP {status}: {str(body)[:200]}"), status, None)
+    if not isinstance(err, dict):  # not writ's words (a proxy's page, say): for now only
+        out = _answered(WritError(f"HTTP {status}: {str(body)[:200]}"), status, None)
+        vars(out)["foreign"] = True
+        return out
     details = {k: v for k, v in err.items() if k not in ("code", "message")}
     code = err.get("code")
     cls = _BY_CODE.get(str(code), WritError)

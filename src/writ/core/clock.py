@@ -147,3 +147,14 @@ def _parse_time(text: str | float | int, now: float | None = None) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
+
+
+def time_or_zero(text: object) -> float:
+    """An RFC 3339 time kept in a record's data as seconds, or 0 when it is none (not a
+    string, or not a time): what verify's probes ask about nothing."""
+    if not isinstance(text, str):
+        return 0.0
+    try:
+        return parse_time(text)
+    except Invalid:
+        return 0.0

@@ -23,8 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from writ.core.clock import parse_time
-from writ.core.errors import Invalid
+from writ.core.clock import time_or_zero
 from writ.core.models import named_in
 
 __all__ = ["ASKED", "DECIDED", "rollback_disagrees"]
@@ -45,15 +44,6 @@ class Window(Protocol):
     async def audit_window(
         self, resource: str, events: Sequence[str], since: float, until: float
     ) -> list[Row]: ...
-
-
-def _time(text: Any) -> float:
-    if not isinstance(text, str):
-        return 0.0
-    try:
-        return parse_time(text)
-    except Invalid:
-        return 0.0
 
 
 def _asked(rb_id: str, rb: dict[str, Any], name: str, row: Row) -> list[str]:
@@ -102,7 +92,11 @@ async def _decisions(
     """The rows on the rollback's resource after its request row ``asked`` that decided it,
     read ``page`` rows (the store's probe size) at a time: there are few (its own, and its
     lease's other requests')."""
-    res, since, until = str(rb.get("resource")), _time(asked["timestamp"]) - EPS, tx.now() + 1e5
+    res, since, until = (
+        str(rb.get("resource")),
+        time_or_zero(asked["timestamp"]) - EPS,
+        tx.now() + 1e5,
+    )
     seen, out = {asked["seq"]}, []
     while True:
         rows = await tx.audit_window(res, DECIDED, since, until)
@@ -112,7 +106,7 @@ async def _decisions(
         if len(rows) < page:
             return out
         # on from the last row's instant; past it once a page holds nothing new there
-        last = _time(rows[-1]["timestamp"])
+        last = time_or_zero(rows[-1]["timestamp"])
         since = last - EPS if fresh else last + EPS
 
 
@@ -134,7 +128,7 @@ async def rollback_disagrees(
     name = f"rollback {rb_id} on {rb.get('resource')}"
     if rb.get("rollback_id") != rb_id:  # another's, copied under this id
         return f"{name}: its data is rollback {rb.get('rollback_id')!r}'s: {BY_HAND}"
-    at = _time(rb.get("requested_at"))
+    at = time_or_zero(rb.get("requested_at"))
     rows = (
         await tx.audit_window(str(rb.get("resource")), (ASKED,), at - EPS, at + EPS) if at else []
     )

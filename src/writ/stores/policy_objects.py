@@ -55,8 +55,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from writ.core.bulk import first_in_pages
-from writ.core.clock import parse_time, rfc3339
-from writ.core.errors import Invalid
+from writ.core.clock import rfc3339, time_or_zero
 from writ.core.models import named_in
 from writ.core.rollback_rows import rollback_disagrees
 from writ.stores.base import PROBE_ROWS, Probe, Store, Tx
@@ -89,16 +88,6 @@ _ANSWER = re.compile(
 )
 
 
-def _time(text: Any) -> float:
-    """An RFC 3339 time of an object's data as seconds, or 0 (none: asks nothing)."""
-    if not isinstance(text, str):
-        return 0.0
-    try:
-        return parse_time(text)
-    except Invalid:
-        return 0.0
-
-
 def _at(res: str, events: tuple[str, ...], t: float) -> Probe:
     """The rows of ``events`` on ``res`` at time ``t`` (0: none asked)."""
     return (res, events, t - EPS, t + EPS if t > 0 else 0.0)
@@ -117,7 +106,7 @@ def object_probes(o: Obj, protected_until: float | None = None) -> list[Probe]:
     if o["kind"] == "change":
         return [_at(res, ("change.recorded",), made)]
     if o["kind"] == "consent":
-        answered = _time(d.get("answered_at"))
+        answered = time_or_zero(d.get("answered_at"))
         used_until = (protected_until or 0.0) + EPS if answered else 0.0
         return [
             _at(res, ("consent.requested",), made),
@@ -128,11 +117,11 @@ def object_probes(o: Obj, protected_until: float | None = None) -> list[Probe]:
             (
                 res,
                 ("consent.expired",),
-                (_time(d.get("expires_at")) or made) - EPS,
+                (time_or_zero(d.get("expires_at")) or made) - EPS,
                 answered + EPS if d.get("escalated_to") else 0.0,
             ),
         ]
-    lifted = _time(d.get("lifted_at")) if o["state"] == "lifted" else 0.0
+    lifted = time_or_zero(d.get("lifted_at")) if o["state"] == "lifted" else 0.0
     return [_at(res, ("freeze.created",), made), _at(res, ("freeze.lifted",), lifted)]
 
 
@@ -176,7 +165,7 @@ def one_of(
     if taken is None:
         return None
     at = at if isinstance(at, (int, float)) else 0.0
-    mine.sort(key=lambda r: abs(_time(r["timestamp"]) - at))
+    mine.sort(key=lambda r: abs(time_or_zero(r["timestamp"]) - at))
     free = next((r["seq"] for r in mine if r["seq"] not in taken), None)
     if free is None:
         row = mine[0]
@@ -190,7 +179,7 @@ def one_of(
 
 def ended(name: str, state: str, until: str | None, row: Row, now: float) -> Whys:
     """A protection or freeze marked ended (``state``) while its row says it holds."""
-    if until is None or _time(until) > now + EPS:
+    if until is None or time_or_zero(until) > now + EPS:
         return [
             f"{name}: it is marked {state}, but its row {row['seq']} ({row['event']}) says it "
             f"holds {'until ' + until if until else 'until lifted'}: {BY_HAND}"
@@ -267,7 +256,7 @@ def _consent(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | N
         return differ(name, checks)
 
     what = "consent.granted row on its resource at its answered_at"
-    why = one_of(name, rows[1], what, answered, taken, _time(c.get("answered_at")))
+    why = one_of(name, rows[1], what, answered, taken, time_or_zero(c.get("answered_at")))
     if why is None and c.get("escalated_to") is not None:
 
         def escalated(row: Row) -> Whys:  # who may answer once it expired unanswered
@@ -361,7 +350,7 @@ def _freeze(o: Obj, rows: list[list[Row]], now: float, taken: Taken) -> str | No
 
     # a lift row lifts one freeze: today's names it, an older writ's did not
     what = "freeze.lifted row on its prefix at its lifted_at"
-    return one_of(name, rows[1], what, lifted, taken, _time(f.get("lifted_at")))
+    return one_of(name, rows[1], what, lifted, taken, time_or_zero(f.get("lifted_at")))
 
 
 _JUDGES: dict[str, Callable[[Obj, list[list[Row]], float, Taken], str | None]] = {

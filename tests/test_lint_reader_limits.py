@@ -311,3 +311,19 @@ def test_a_value_of_too_many_arrays_is_one_unreadable_row(monkeypatch):
         assert rows[0] == (1, Unreadable(1, why))
         assert len(rows) == 3 and len(rows[1][1]["b"]) == 999
         assert rows[2] == (3, {"c": [[1], [2]]})
+
+
+def test_a_value_of_too_many_strings_or_numbers_is_one_unreadable_row(monkeypatch):
+    """A 63 MiB line of short strings (``["ab","ab",...]``) took 1.1 GB, of ``1.5`` 790 MB:
+    a value in more text than ``_SCAN`` with more ``,`` than the bound is read by Python's
+    own scanner, which counts strings and numbers too; one with fewer is read as before."""
+    monkeypatch.setattr(rows_module, "_MAX_VALUES", 1000)
+    monkeypatch.setattr(rows_module, "_SCAN", 1000)
+    for item in ('"ab"', "1.5", "7"):
+        many = '{"a":[' + ",".join([item] * 1100) + "]}"
+        rows = read(many + '\n{"seq": 2}\n')
+        why = "JSON value of over 1,000 strings and numbers (more than writ lint holds)"
+        assert rows == [(1, Unreadable(1, why)), (2, {"seq": 2})], rows[:2]
+    few = '{"a":[' + ",".join(['"ab"'] * 400) + '], "pad": "' + "x" * 5000 + '"}'
+    [(_, row)] = read(few + "\n")
+    assert len(row["a"]) == 400 and row["pad"] == "x" * 5000

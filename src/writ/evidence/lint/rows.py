@@ -22,6 +22,7 @@ _MAX_VALUE = 64 << 20  # characters one JSON value (not an array's element) may 
 #: objects, and as many arrays, one top-level value may build (each costs Python 56-64 bytes
 #: and more, where its text may take 2: ``{}``); the 64 MiB of text held 22 million
 _MAX_CONTAINERS = 1_000_000
+_MAX_VALUES = 2_000_000  # strings and numbers a value may build (a short string: ~50 bytes)
 _SCAN = 2 << 20  # a value in less text than this builds at most ~1M arrays: not counted
 _NEAR_END = 16  # a syntax error this close to where the text read so far stops may be a cut
 _WS = re.compile(r"[ \t\n\r]*")
@@ -84,40 +85,58 @@ class _Decoder:
     where it starts, counted once a buffer, as the reader moves on) is read by the
     pure-Python scanner, which counts them too. Past the bound, :class:`_TooMany`."""
 
-    __slots__ = ("arrays", "at", "fast", "objects", "open", "slow")
+    __slots__ = ("arrays", "at", "commas", "fast", "objects", "open", "slow", "values")
 
     def __init__(self) -> None:
-        self.objects = self.arrays = 0
-        self.at, self.open = -1, 0  # ``open``: the ``[`` in the buffer from ``at`` (-1: none)
+        self.objects = self.arrays = self.values = 0
+        # ``open``, ``commas``: the ``[`` and ``,`` in the buffer from ``at`` (-1: none)
+        self.at, self.open, self.commas = -1, 0, 0
         self.fast = json.JSONDecoder(object_pairs_hook=self._pairs).raw_decode
-        slow = _Counting(object_pairs_hook=self._pairs)
+        slow = _Counting(
+            object_pairs_hook=self._pairs,
+            parse_int=lambda t: self._value(int(t)),
+            parse_float=lambda t: self._value(float(t)),
+        )
         plain = getattr(json.decoder, "JSONArray")  # noqa: B009 (not in the stubs)
+        scan = slow.parse_string
 
         def parse_array(s_and_end: tuple[str, int], scan_once: Any) -> Any:
             self.arrays += 1
             if self.arrays > _MAX_CONTAINERS:
-                raise _TooMany("arrays")
+                raise _TooMany(f"{_MAX_CONTAINERS:,} arrays")
             return plain(s_and_end, scan_once)
 
-        slow.parse_array = parse_array
+        def parse_string(*args: Any) -> Any:
+            self._value(None)
+            return scan(*args)
+
+        slow.parse_array, slow.parse_string = parse_array, parse_string
         slow.scan_once = getattr(json.scanner, "py_make_scanner")(slow)  # noqa: B009
         self.slow = slow.raw_decode
 
     def _pairs(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         self.objects += 1
         if self.objects > _MAX_CONTAINERS:
-            raise _TooMany("objects")
+            raise _TooMany(f"{_MAX_CONTAINERS:,} objects")
         return object_pairs(pairs)
 
+    def _value(self, value: Any) -> Any:
+        self.values += 1
+        if self.values > _MAX_VALUES:
+            raise _TooMany(f"{_MAX_VALUES:,} strings and numbers")
+        return value
+
     def __call__(self, buf: str, pos: int) -> tuple[Any, int]:
-        self.objects = self.arrays = 0
+        self.objects = self.arrays = self.values = 0
         if len(buf) - pos <= _SCAN:
             return self.fast(buf, pos)
         if self.at < 0:  # a buffer not counted yet
-            self.at, self.open = pos, buf.count("[", pos)
+            self.at, self.open, self.commas = pos, buf.count("[", pos), buf.count(",", pos)
         self.open -= buf.count("[", self.at, pos)
+        self.commas -= buf.count(",", self.at, pos)
         self.at = pos
-        return (self.slow if self.open > _MAX_CONTAINERS else self.fast)(buf, pos)
+        many = self.open > _MAX_CONTAINERS or self.commas > _MAX_VALUES
+        return (self.slow if many else self.fast)(buf, pos)
 
     def forget(self) -> None:
         """The buffer changed: count its ``[`` again when a value asks."""
@@ -128,13 +147,14 @@ class _Counting(json.JSONDecoder):
     """A decoder whose scanner is Python's own, which reads arrays with ``parse_array``."""
 
     parse_array: Any
+    parse_string: Any
     scan_once: Any
 
 
 def _unparsable(exc: RecursionError | ValueError) -> str:
     """Why a value that is JSON could not be read: Python's limits, not a syntax error."""
     if isinstance(exc, _TooMany):
-        return f"JSON value of over {_MAX_CONTAINERS:,} {exc} (more than writ lint holds)"
+        return f"JSON value of over {exc} (more than writ lint holds)"
     if isinstance(exc, RecursionError):
         return "JSON value nested too deeply to read"
     if "integer string conversion" in str(exc):

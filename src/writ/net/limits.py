@@ -513,7 +513,7 @@ _DROPPED.disabled = True
 
 def _overflowed(protocol: Any) -> None:
     """A request beyond the queue a connection may pipeline: it and all the connection sent
-    after are dropped unparsed, it is read no more, and it closes once what it queued is
+    after are dropped unparsed, and it closes once what it queued is
     answered (its last answer says ``Connection: close``). A client may retry the unanswered
     ones on a new connection, as HTTP/1.1 lets it (RFC 9112, 9.3.2)."""
     if protocol._refused:  # dropped as the rest
@@ -521,9 +521,9 @@ def _overflowed(protocol: Any) -> None:
     protocol._disarm()
     protocol._refused = True  # what it sends from now on is dropped
     protocol.pipeline[0][0].keep_alive = False  # the newest queued: its answer closes
-    flow = protocol.flow
-    flow.pause_reading()
-    flow.resume_reading = lambda: None  # uvicorn resumes after each answer: not this one
+    # what it sends from now on is still read, and dropped unparsed (up to LINGER_BYTES):
+    # left unread, the close after the last answer would be a reset that destroys answers
+    # the client has not read yet, to requests that ran
     protocol.logger = _DROPPED
     log.info(
         "%s pipelined more than %d requests on one connection: the rest it sent is dropped "

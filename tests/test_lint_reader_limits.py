@@ -319,8 +319,9 @@ def test_a_value_of_too_many_strings_or_numbers_is_one_unreadable_row(monkeypatc
     own scanner, which counts strings and numbers too; one with fewer is read as before."""
     monkeypatch.setattr(rows_module, "_MAX_VALUES", 1000)
     monkeypatch.setattr(rows_module, "_SCAN", 1000)
-    for item in ('"ab"', "1.5", "7"):
-        many = '{"a":[' + ",".join([item] * 1100) + "]}"
+    keys = "{" + ",".join(f'"k{i}":null' for i in range(1100)) + "}"  # keys count too
+    for item in ('"ab"', "1.5", "7", keys):
+        many = '{"a":[' + ",".join([item] * 1100) + "]}" if item != keys else keys
         rows = read(many + '\n{"seq": 2}\n')
         why = "JSON value of over 1,000 strings and numbers (more than writ lint holds)"
         assert rows == [(1, Unreadable(1, why)), (2, {"seq": 2})], rows[:2]

@@ -111,6 +111,7 @@ class _Decoder:
             return scan(*args)
 
         slow.parse_array, slow.parse_string = parse_array, parse_string
+        slow.memo = _Keys(self._value)  # an object's keys go through its setdefault
         slow.scan_once = getattr(json.scanner, "py_make_scanner")(slow)  # noqa: B009
         self.slow = slow.raw_decode
 
@@ -143,11 +144,25 @@ class _Decoder:
         self.at = -1
 
 
+class _Keys(dict[str, str]):
+    """The scanner's memo of keys (``JSONObject`` calls ``memo.setdefault`` for each key,
+    which it reads without ``parse_string``): each key counted as it is read."""
+
+    def __init__(self, count: Any) -> None:
+        super().__init__()
+        self._count = count
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._count(None)
+        return super().setdefault(key, default)
+
+
 class _Counting(json.JSONDecoder):
     """A decoder whose scanner is Python's own, which reads arrays with ``parse_array``."""
 
     parse_array: Any
     parse_string: Any
+    memo: Any
     scan_once: Any
 
 

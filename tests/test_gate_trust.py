@@ -281,15 +281,31 @@ def test_an_unreadable_multipart_method_is_refused_and_a_plain_form_passes_whole
     assert env(rig)["body"] == b"a=1&b=" + b"x" * 5000
 
 
-def test_two_content_types_on_a_mapped_path_are_refused(rig: GateRig) -> None:
-    """The gate would read the first, the upstream may read the other (a form with _method)."""
+@pytest.mark.parametrize("second", [b"Content-Type", b"Content_Type", b"CONTENT_TYPE"])
+def test_two_content_types_on_a_mapped_path_are_refused(rig: GateRig, second: bytes) -> None:
+    """The gate would read the first, the upstream may read the other (a form with _method),
+    whatever its spelling: a WSGI or CGI upstream may take ``Content_Type`` for it."""
     before = len(rig.upstream.seen)
     out = rig.raw(
         b"POST /admin/cache/all HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
-        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 14\r\n"
+        + second
+        + b": application/x-www-form-urlencoded\r\nContent-Length: 14\r\n"
         b"Connection: close\r\n\r\n_method=DELETE"
     )
     assert out.startswith(b"HTTP/1.1 400 "), out[:200]
+    assert len(rig.upstream.seen) == before
+
+
+def test_a_content_type_spelled_with_underscores_alone_is_read_as_one(rig: GateRig) -> None:
+    """``Content_Type: application/x-www-form-urlencoded`` alone, on a PUT with
+    ``_method=DELETE``: read as the form it may be to the upstream, and judged as a DELETE."""
+    before = len(rig.upstream.seen)
+    out = rig.raw(
+        b"PUT /admin/cache/all HTTP/1.1\r\nHost: x\r\n"
+        b"Content_Type: application/x-www-form-urlencoded\r\nContent-Length: 14\r\n"
+        b"Connection: close\r\n\r\n_method=DELETE"
+    )
+    assert out.startswith(b"HTTP/1.1 423 "), out[:200]
     assert len(rig.upstream.seen) == before
 
 

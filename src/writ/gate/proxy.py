@@ -351,7 +351,8 @@ class Gate:
         headers = Headers(scope=scope)
         extra = method_fields(scope.get("query_string") or b"")
         body: bytes | None = None
-        types = headers.getlist("content-type")
+        # every spelling a WSGI/CGI upstream may take for it (Content_Type too)
+        types = [v.decode("latin-1") for k, v in headers.raw if header_name(k) == "content-type"]
         if (types or method == "POST") and self.mapped(path):
             try:
                 kind = body_kind(method, types)

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.server_fixtures import hostile
+from tests.test_client_settings import UNUSABLE_URLS
 from writ.cli import main
 from writ.core.errors import Unavailable
 
@@ -269,16 +270,7 @@ def test_the_wait_line_reads_only_a_state_writ_sends() -> None:
 
 
 # --------------------------------------------------------------------------- bad URLs, ids
-@pytest.mark.parametrize(
-    ("url", "says"),
-    [
-        ("http://127.0.0.1:abc", "cannot be used: Invalid port"),
-        ("http://[::1", "cannot be used"),
-        ("http://xn--.com", "cannot be used"),
-        ("//user:s3cret@127.0.0.1:1", "names no host"),
-        ("http:////user:s3cret@127.0.0.1:1", "names no host"),
-    ],
-)
+@pytest.mark.parametrize(("url", "says"), UNUSABLE_URLS)
 def test_a_url_that_cannot_be_used_is_one_line_and_exit_2(url: str, says: str) -> None:
     res = writ(url, "status")
     assert res.exit_code == 2, (res.exit_code, res.output, res.exception)

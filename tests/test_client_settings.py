@@ -22,20 +22,21 @@ from writ.core.errors import Invalid, Unavailable, WritError, error_from_body
 CLIENTS = [writ.Client, writ.AsyncClient]
 
 
+# URLs a client cannot use, and what its refusal says (the CLI's too: test_cli_bad_answers)
+UNUSABLE_URLS = [
+    ("http://127.0.0.1:abc", "cannot be used: Invalid port"),
+    ("http://[::1", "cannot be used"),
+    ("http://xn--.com", "cannot be used"),
+    ("//user:s3cret@127.0.0.1:1", "names no host"),
+    ("http:////user:s3cret@127.0.0.1:1", "names no host"),
+    ("http://user:s3cret@127.0.0.1:1", "carries credentials"),
+    ("http://a@user:s3cret@127.0.0.1:1", "carries credentials"),
+    ("http://:7411", "names no host"),
+]
+
+
 @pytest.mark.parametrize("cls", CLIENTS)
-@pytest.mark.parametrize(
-    ("url", "says"),
-    [
-        ("http://127.0.0.1:abc", "cannot be used: Invalid port"),
-        ("http://[::1", "cannot be used"),
-        ("http://xn--.com", "cannot be used"),
-        ("//user:s3cret@127.0.0.1:1", "names no host"),
-        ("http:////user:s3cret@127.0.0.1:1", "names no host"),
-        ("http://user:s3cret@127.0.0.1:1", "carries credentials"),
-        ("http://a@user:s3cret@127.0.0.1:1", "carries credentials"),
-        ("http://:7411", "names no host"),
-    ],
-)
+@pytest.mark.parametrize(("url", "says"), UNUSABLE_URLS)
 def test_a_url_that_cannot_be_used_is_invalid_and_never_quoted(
     cls: type[Any], url: str, says: str
 ) -> None:

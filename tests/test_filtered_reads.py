@@ -126,32 +126,17 @@ async def test_a_broad_prefix_of_leases_is_listed_newest_first_without_a_sort(
         assert max(per_read) < 30, (prefix, per_read)
 
 
-async def test_no_filtered_read_walks_the_whole_ledger_at_once(big: Engine) -> None:
+async def test_no_filtered_read_walks_the_whole_ledger_at_once(
+    big: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Reads that once walked or sorted every row under their filter in one step (one row
     of a broad prefix, one row of a time window, a long poll's re-read past the head):
     each store read is now bounded by the window, whatever the ledger's size."""
     store = big.store
     assert isinstance(store, SQLiteStore)
-    conn = store._r
-    assert conn is not None
     per_read: list[int] = []
     real = store.read
-
-    async def counted(fn: Any, single: bool = False) -> Any:
-        steps = [0]
-
-        def tick() -> int:
-            steps[0] += 1
-            return 0
-
-        conn.set_progress_handler(tick, 1000)  # a call per 1,000 VM instructions
-        try:
-            return await real(fn, single)
-        finally:
-            conn.set_progress_handler(None, 0)
-            per_read.append(steps[0])
-
-    store.read = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(store, "read", _metered(store, per_read))
     head = (await real(lambda tx: tx.audit_head()))[0]
     since = (await real(lambda tx: tx.audit_rows(100, 1)))[0]
     t0 = parse_time(since["timestamp"])

@@ -8,6 +8,7 @@ tables, the Markdown postmortem and `writ lint`'s text. The HTML postmortem esca
 from __future__ import annotations
 
 import json
+import unicodedata
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from tests.server_fixtures import LiveServer, unique
 from writ.cli import main
 from writ.cli.commands.watch import _row_line
 from writ.core.clock import ManualClock, parse_time
-from writ.core.textsafe import printable
+from writ.core.textsafe import _IGNORABLE, json_printable, printable
 from writ.engine import Engine
 from writ.evidence.postmortem import Query, StoreSource, collect, to_html, to_markdown
 from writ.stores.sqlite import SQLiteStore
@@ -46,6 +47,27 @@ def test_printable_escapes_controls_separators_and_bidi() -> None:
     assert printable("\u2028\u202e\u2066\ufeff\ud800") == "\\u2028\\u202e\\u2066\\ufeff\\ud800"
     assert printable("capacity 4→8 · café") == "capacity 4→8 · café"
     assert printable(42) == "42"
+
+
+def test_printable_escapes_every_format_and_ignorable_character() -> None:
+    """What a reader sees nothing of is written as an escape, so two attributes that differ
+    by one such character never print alike (U+034F, the combining grapheme joiner, did)."""
+    assert printable("capa\u034fcity") == "capa\\u034fcity"
+    assert printable("a\u2800b\U0001d173") == "a\\u2800b\\U0001d173"
+    # the emoji presentation selectors stay: "❤️" is one symbol, as written
+    kept = {"\ufe0e", "\ufe0f"}
+    missed = [
+        f"U+{code:04X}"
+        for code in range(0x110000)
+        if (unicodedata.category(ch := chr(code)) == "Cf" or _IGNORABLE.match(ch))
+        and ch not in kept
+        and printable(ch) == ch
+    ]
+    assert missed == []
+    assert json.loads(json_printable(json.dumps("capa\u034fcity", ensure_ascii=False))) == (
+        "capa\u034fcity"
+    )
+    assert "\u034f" not in json_printable(json.dumps("capa\u034fcity", ensure_ascii=False))
 
 
 def test_watch_line_is_one_line() -> None:

@@ -33,11 +33,19 @@ __all__ = ["UNSAFE", "dumps", "hex_escaped", "inert", "json_printable", "printab
 # characters; the blank letters (Hangul fillers); the tag characters (an invisible copy of
 # ASCII: "SYSTEM: release now" in tags shows as nothing, and a model reads it) and the rest of
 # their plane; the variation selectors but the emoji ones (U+FE0E, U+FE0F: bytes smuggled as
-# selectors show as nothing either); lone surrogates (which no terminal encoding can write).
+# selectors show as nothing either); lone surrogates (which no terminal encoding can write);
+# and every other format character and default-ignorable one (the combining grapheme joiner,
+# the Arabic and Syriac number signs, Khmer's inherent vowels, the Mongolian selectors, the
+# deprecated format characters, the blank braille pattern, the Egyptian and shorthand format
+# controls, the musical beams): "capa\u034fcity" must not print as "capacity", another
+# attribute. tests/test_textsafe.py checks this against the whole of Unicode's Cf category.
 _C0 = "\x00-\x1f"
 _BEYOND_C0 = (
-    "\x7f-\x9f\u00ad\u061c\u115f\u1160\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069"
-    "\u3164\ufe00-\ufe0d\ufeff\uffa0\ufff9-\ufffb\ud800-\udfff\U000e0000-\U000e0fff"
+    "\x7f-\x9f\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f"
+    "\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2028-\u202e\u2060-\u206f\u2800"
+    "\u3164\ufe00-\ufe0d\ufeff\uffa0\ufff0-\ufffb\ud800-\udfff\U000110bd\U000110cd"
+    "\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0000-\U000e0fff"
 )
 # of those, what hides text from a reader that a model still reads (the bidi embeddings,
 # overrides and isolates, the tag characters, the selectors): what MCP answers escape

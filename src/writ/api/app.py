@@ -139,6 +139,11 @@ def create_app(
         version=__version__,
         summary="Vendor-neutral write authority for autonomous agents (protocol v1).",
         lifespan=lifespan,
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN (a major version,
+        # no integrity check) into writ's origin, where an operator pastes an admin token:
+        # the schema is served (/openapi.json), a viewer of the operator's choosing reads it
+        docs_url=None,
+        redoc_url=None,
     )
     sentinel = Sentinel(engine, verify_every) if verify_every > 0 else None
     app.state.sentinel = sentinel

@@ -5,8 +5,12 @@ the bar, or beside it in the lane's label rows when the bar is too short), a das
 each request that waited in the queue, change diamonds on the bars, and above them rows of
 marks, each labelled with the principal who acted: ✕ a refusal or a denial, ✓ a grant or an
 approval, ○ a consent asked or expired, ▲ a rollback asked, ■ a revocation, a flag for a stuck
-lock's wake or page. Marks that would touch are stacked into further rows — the lane grows —
-so no label covers another. Every mark has a tooltip (``<title>``) with its row's seq and notes.
+lock's wake or page. Marks of one kind and label that would touch are one mark with a count
+(``✕ name ×N``); other marks that would touch are stacked into further rows — the lane grows —
+so no label covers another, and what finds no row among a lane's first ``MAX_ROWS`` is folded
+into "+N more" marks: a flood of refusals draws a chart of bounded size. Every mark has a
+tooltip (``<title>``) with its row's seq and notes, or, for a counted one, the count and the
+stretch it covers (the tables list each row).
 
 The time axis fits the activity: when the rows cover less than half of the asked window, the
 axis spans the rows (with a little margin) and a hatched, zig-zag band at the edge stands for
@@ -25,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from writ.core.clock import rfc3339
+from writ.core.clock import parse_time, rfc3339
 from writ.core.resources import under
 from writ.evidence.postmortem.layout import (
     AMBER,
@@ -56,6 +60,19 @@ __all__ = ["GEOMETRIES", "text_width", "timeline_svg"]
 
 
 _Bar = tuple[_Lane, dict[str, Any], float, float, str | None]
+LEGEND = (
+    ("bar", "holder"),
+    ("wait", "waited in queue"),
+    ("deny", "refused / denied"),
+    ("grant", "granted / approved"),
+    ("diamond", "change recorded"),
+    ("ask", "consent asked / expired"),
+    ("tri", "rollback asked"),
+    ("square", "revoked"),
+    ("flag", "stuck, wake or page"),
+    ("band", "frozen"),
+)
+_KINDS = {**dict(LEGEND), "": "holder or wait label"}
 
 
 def _place_marks(
@@ -69,7 +86,7 @@ def _place_marks(
     ) -> None:
         lane = lanes.get(str(res))
         if lane is not None and at:
-            lane.items.append(_Item(ax.x(at), kind, label, color, tip))
+            lane.items.append(_Item(ax.x(at), kind, label, color, tip, at))
 
     # -- what goes in the rows: marks with the name of who acted
     for r in rep["refusals"]:
@@ -168,26 +185,14 @@ def _place_marks(
         )
         if inside is None:
             tip = _tip(f"{name} holds {h['resource']}")
-            lane.items.append(_Item(x1, None, name, colors.get(name, GREY), tip))
+            lane.items.append(_Item(x1, None, name, colors.get(name, GREY), tip, h["from"]))
         bars.append((lane, h, x1, wdt, inside))
     return bars
 
 
 def _legend(ax: _Axis, g: Geometry, texts: _Texts, out: list[str]) -> float:
     """Draw the legend at the top (in as many lines as it needs); its bottom edge."""
-    # -- legend
-    legend = [
-        ("bar", "holder"),
-        ("wait", "waited in queue"),
-        ("deny", "refused / denied"),
-        ("grant", "granted / approved"),
-        ("diamond", "change recorded"),
-        ("ask", "consent asked / expired"),
-        ("tri", "rollback asked"),
-        ("square", "revoked"),
-        ("flag", "stuck, wake or page"),
-        ("band", "frozen"),
-    ]
+    legend = list(LEGEND)
     if ax.before or ax.after:
         legend.append(("break", "no rows (cut)"))
     lx, ly = 10.0, 16.0
@@ -400,18 +405,16 @@ def timeline_svg(rep: dict[str, Any], geometry: str = "wide") -> str:
         for it in lane.items:
             yr = lane.row_y(g, it.row)
             mark = _mark(it.kind, it.x, yr, it.color) if it.kind else ""
-            label = ""
-            if it.label:
+            label, text = "", it.text
+            if text:
                 fill = it.color if it.color != AMBER else "#92400e"
                 if it.flip:
                     lx0 = it.x - 9 if it.kind else it.x
-                    label = (
-                        texts.put(it.label, lx0, yr + 4, fill=fill, anchor="end", force=True) or ""
-                    )
+                    label = texts.put(text, lx0, yr + 4, fill=fill, anchor="end", force=True) or ""
                 else:
                     lx0 = it.x + 9 if it.kind else it.x - 7
-                    label = texts.put(it.label, lx0, yr + 4, fill=fill, force=True) or ""
-            out.append(f"<g>{it.tip}{mark}{label}</g>")
+                    label = texts.put(text, lx0, yr + 4, fill=fill, force=True) or ""
+            out.append(f"<g>{_title(it, bool(w.get('multi_day')))}{mark}{label}</g>")
     if not lanes:
         out.append(
             texts.put(
@@ -453,6 +456,21 @@ def timeline_svg(rep: dict[str, Any], geometry: str = "wide") -> str:
         svg = svg.replace(f'id="{pid}"', f'id="{pid}-{geometry}"')
         svg = svg.replace(f"url(#{pid})", f"url(#{pid}-{geometry})")
     return svg
+
+
+def _title(it: _Item, multi: bool) -> str:
+    """The tooltip of a mark; of a group or a "+N more" mark, how many rows it stands for,
+    of what, and over which stretch (the tables list each row)."""
+    if it.n == 1 and it.folded is None:
+        return it.tip
+    stretch = f"{when(it.at, multi)}–{when(it.until, multi)}" if it.at else ""
+    over = f"over {duration(parse_time(it.until) - parse_time(it.at))}" if it.at else ""
+    if it.folded is not None:
+        kinds = ", ".join(f"{n} {_KINDS.get(k, k)}" for k, n in sorted(it.folded.items()))
+        head = f"{it.n} more rows not drawn (the lane's rows are full): {kinds}"
+        return _tip(head, stretch, over, "see the tables")
+    what = f"{it.n} × {_KINDS.get(it.kind, it.kind)}" if it.kind else f"{it.n} times"
+    return _tip(what, it.label, stretch, over, "see the tables")
 
 
 def _zigzag(x: float, top: float, bottom: float) -> str:

@@ -128,6 +128,7 @@ figure{margin:0}
  main{padding:12px 6px 32px}section{padding:12px 10px}header{padding:20px 14px 16px}}
 .todo li{color:#374151}
 footer{color:var(--muted);font-size:12px;text-align:center;padding:0 0 30px}
+h1,.meta,p,li,td{overflow-wrap:anywhere}
 """
 
 _BADGE = {

@@ -33,6 +33,7 @@ RED, GREEN, NAVY, AMBER, VIOLET, INK, ORANGE, GREY = (
     "#6b7280",
 )
 MAX_LANES = 24
+MAX_ROWS = 8  # rows of marks in a lane; the rest fold into "+N more" marks in a row above
 ZOOM_BELOW = 0.5  # zoom when the rows cover less than this share of the window
 BREAK = 30.0  # width of the band that stands for an empty stretch
 ROW = 17.0  # height of one row of marks and labels
@@ -181,25 +182,84 @@ class _Axis:
 # ----------------------------------------------------------------------------- lanes
 @dataclass
 class _Item:
-    """A mark (or a bare label) in a lane's rows above the bars."""
+    """A mark (or a bare label) in a lane's rows above the bars; it may stand for several rows
+    of the ledger: marks that would stack are grouped (``n``, from ``at`` to ``until``), and what
+    does not fit in a lane's rows is folded into a "+N more" mark (``folded``: count by kind)."""
 
     x: float
     kind: str | None
     label: str | None
     color: str
     tip: str
+    at: str = ""  # the (first) row's time
     row: int = 0
     flip: bool = False  # the label sits left of the mark (it would pass the right edge)
+    n: int = 1
+    until: str = ""  # the last row's time, when grouped
+    folded: dict[str, int] | None = None
+    room: float = 0.0  # width kept for the label, whatever its count grows to
+
+    @property
+    def text(self) -> str | None:
+        """The label as drawn: with its count when it stands for several rows."""
+        if self.folded is not None:
+            return f"+{self.n} more"
+        if self.n > 1:
+            return f"{self.label} ×{self.n}" if self.label else f"×{self.n}"
+        return self.label
 
     def span(self, limit: float) -> tuple[float, float]:
-        if not self.label:
+        text = self.text
+        if not text:
             return (self.x - 7, self.x + 7)
-        tw = text_width(self.label)
+        tw = max(text_width(text), self.room)
         lead = 9 if self.kind else -7
         self.flip = self.x + lead + tw > limit
         if self.flip:
             return (self.x - (9 if self.kind else 0) - tw, self.x + 7)
         return (self.x - 7, self.x + lead + tw)
+
+    def absorb(self, other: _Item) -> None:
+        """Count ``other`` (a mark or a group) in this one."""
+        if self.folded is not None:
+            kind = other.kind or ""
+            self.folded[kind] = self.folded.get(kind, 0) + other.n
+        self.n += other.n
+        times = [t for t in (self.at, self.until, other.at, other.until) if t]
+        self.at, self.until = (min(times), max(times)) if times else ("", "")
+
+
+def _group(items: list[_Item], limit: float) -> list[_Item]:
+    """``items`` (left to right) with each mark that would touch the last one of its kind,
+    label and colour counted in that one instead: a flood of refusals is one counted mark per
+    label's width of the axis, not a row per refusal."""
+    out: list[_Item] = []
+    last: dict[tuple[str | None, str | None, str], _Item] = {}
+    for it in items:
+        key = (it.kind, it.label, it.color)
+        g = last.get(key)
+        if g is not None and it.span(limit)[0] < g.span(limit)[1] + 4:
+            g.absorb(it)
+        else:
+            last[key] = it
+            out.append(it)
+    return out
+
+
+def _fold(items: list[_Item], limit: float) -> list[_Item]:
+    """``items`` (left to right, past a lane's last row) as "+N more" marks in one row, each
+    from the first item it counts; each keeps room for the largest count, so none grows into
+    the next."""
+    room = text_width(f"+{sum(i.n for i in items)} more")
+    out: list[_Item] = []
+    for it in items:
+        m = _Item(it.x, None, None, GREY, "", it.at, n=0, folded={}, room=room)
+        if out and m.span(limit)[0] < out[-1].span(limit)[1] + 4:
+            m = out[-1]
+        else:
+            out.append(m)
+        m.absorb(it)
+    return out
 
 
 @dataclass
@@ -211,18 +271,30 @@ class _Lane:
     top: float = 0.0
 
     def stack(self, limit: float) -> None:
-        """Give each item the lowest row where it touches no other item."""
-        taken: list[list[tuple[float, float]]] = []
-        for it in sorted(self.items, key=lambda i: i.x):
+        """Group the items that would stack (:func:`_group`), then give each the lowest row
+        where it touches no other; what finds no row among the first ``MAX_ROWS`` is folded
+        into "+N more" marks in one row above them. Items come left to right, so an item
+        touches a row exactly when it starts before that row's right edge: a row is one
+        number, and the stacking costs the sort."""
+        items = _group(sorted(self.items, key=lambda i: i.x), limit)
+        ends: list[float] = []  # each row's right edge so far
+        placed, over = [], []
+        for it in items:
             a, b = it.span(limit)
-            r = 0
-            while r < len(taken) and any(a < y + 4 and x < b + 4 for x, y in taken[r]):
-                r += 1
-            if r == len(taken):
-                taken.append([])
-            taken[r].append((a, b))
+            r = next((r for r, end in enumerate(ends) if a >= end + 4), len(ends))
+            if r == MAX_ROWS:
+                over.append(it)
+                continue
+            if r == len(ends):
+                ends.append(b)
+            ends[r] = max(ends[r], b)
             it.row = r
-        self.rows = len(taken)
+            placed.append(it)
+        more = _fold(over, limit)
+        for m in more:
+            m.row = len(ends)
+        self.items = placed + more
+        self.rows = len(ends) + (1 if more else 0)
 
     def height(self, g: Geometry) -> float:
         return (

@@ -4,6 +4,7 @@ request path is read (every spelling an upstream might decode it to)."""
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import posixpath
 import re
@@ -200,14 +201,17 @@ def request_paths(path: str) -> set[str]:
     ``/admin/./db/x``, ``/x/../admin/db/x``, ``/admin%2Fdb/x`` and ``/admin\\db\\x`` cannot
     slip a write past a route for ``/admin/db/*``; nor can ``//host/admin/db/x`` (a URL parser
     reads a network-path reference: host ``host``, path ``/admin/db/x``), a compatibility
-    form (``/ａdmin/db``, full-width), trailing dots or spaces on a segment (``/admin/db.``,
-    as Windows servers read it) or a format suffix (``/admin/db.json``, as Rails reads
-    ``/admin/db``).
+    form (``/ａdmin/db``, full-width), a letter another case mapping makes ASCII
+    (``/adm\u0131n/db``: a case-insensitive router matches ``ı`` and ``İ`` to ``i``), trailing
+    dots or spaces on a segment (``/admin/db.``, as Windows servers read it) or a format
+    suffix (``/admin/db.json``, as Rails reads ``/admin/db``). The work is linear in the
+    path's length.
     """
     out = {path}
     for p in (path, unquote(path)):
         p = p.replace("\\", "/")
         forms = [p, unicodedata.normalize("NFKC", p)]
+        forms += [folded for f in forms if (folded := ascii_folded(f)) != f]
         if p.startswith("//"):  # //authority/rest
             forms.append("/" + p[2:].partition("/")[2])
         for form in forms:
@@ -216,12 +220,36 @@ def request_paths(path: str) -> set[str]:
             out.update((form, norm))
             if form.endswith("/") and norm != "/":
                 out.add(norm + "/")
-            trimmed = re.sub(r"(?<=[^/.])[. ]+(?=/|$)", "", norm)  # trailing dots and spaces
+            # trailing dots and spaces off each segment (one of dots alone is a dot segment);
+            # per segment, as a regex over the path backtracks on ". . . ." (quadratic)
+            trimmed = "/".join(seg.rstrip(". ") or seg for seg in norm.split("/"))
             out.add(trimmed)
             head, _, last = trimmed.rpartition("/")
             if "." in last.strip("."):
                 out.add(f"{head}/{last.split('.')[0]}")  # a format suffix cut off
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _ascii_letters(c: str) -> str:
+    """The ASCII letters a non-ASCII character ``c`` is taken for by some case-insensitive
+    match (Python's ``re.IGNORECASE``, Java's ``toLowerCase`` and ``equalsIgnoreCase``, a
+    case fold), or ``c`` itself: ``ı`` and ``İ`` are ``i``, ``ſ`` is ``s``, ``K`` (Kelvin) is
+    ``k``, ``ß`` is ``ss``."""
+    for form in (c.lower(), c.upper(), c.casefold()):
+        # İ lowers to i and a combining dot above: a router comparing characters sees the i
+        base = form.rstrip("".join(x for x in form if unicodedata.combining(x)))
+        if base and base.isascii() and base.isalpha():
+            return base.lower()
+    return c
+
+
+def ascii_folded(text: str) -> str:
+    """``text`` with each character that a case-insensitive match may take for ASCII letters
+    written as them (:func:`_ascii_letters`)."""
+    if text.isascii():
+        return text
+    return "".join(c if c.isascii() else _ascii_letters(c) for c in text)
 
 
 def loose_path(raw_path: bytes) -> str:
@@ -232,7 +260,7 @@ def loose_path(raw_path: bytes) -> str:
     text = re.sub(r"%[uU]([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), text)
     text = unicodedata.normalize("NFKC", unquote(text, errors="replace"))
     text = re.sub(r";[^/]*", "", text.replace("\\", "/"))
-    return re.sub(r"[\x00-\x20\x7f\ufffd]", "", text).lower()
+    return ascii_folded(re.sub(r"[\x00-\x20\x7f\ufffd]", "", text)).lower()
 
 
 def describe(routes: list[Route]) -> str:

@@ -313,7 +313,9 @@ class Consents(Rule):
                 **await eng.lock_columns(tx, change["resource"]),
                 "human_override_queue": change.get("override_queue"),
                 "notes": f"{me.name} asks {change['author']} to undo {change['attribute']} "
-                f"({change['summary']}): {why}; answer by {consent['expires_at']}",
+                f"({change['summary']}): {why}; answer by {consent['expires_at']}"
+                # the ask its answer names (models.named): the postmortem pairs them by it
+                + named("consent", consent["consent_id"]),
             }
             await tx.append({"event": "consent.requested", **row})
             author = await tx.get_principal(change["author"])

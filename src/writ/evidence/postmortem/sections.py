@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import defaultdict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from writ.evidence.postmortem.notes import (
-    _ANSWER,
-    _ASK,
-    _CHANGE,
-    _EXPIRED,
-    _GRANTED,
     _QUEUED,
-    _RB_ASK,
     _USED,
+    UNKNOWN,
     _plain,
     _secs,
+    answer_said,
+    ask_said,
+    change_said,
     classify_refusal,
+    expired_said,
+    granted,
+    rollback_asked,
+    rollback_named,
+    undo_split,
+    waiter_of,
 )
 from writ.evidence.postmortem.query import END_EVENTS
 
@@ -72,9 +77,9 @@ def _holders(
             continue
         if ev == "lease.granted":
             h = opened(r, r.get("timestamp"), r.get("seq"), False)
-            m = _GRANTED.match(r.get("notes") or "")
-            if m:
-                h["intent"], h["ttl_s"] = m.group(3), float(m.group(4))
+            said = granted(r.get("notes") or "")
+            if said:
+                h["intent"], h["ttl_s"] = said
             continue
         if ev in ("lease.denied", "lease.queued", "lease.refused"):
             continue  # these name the blocker, whose own rows tell its story
@@ -97,13 +102,13 @@ def _changes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         if r.get("event") != "change.recorded":
             continue
-        m = _CHANGE.match(r.get("notes") or "")
+        said = change_said(r.get("notes") or "")
         out.append(
             {
                 **_plain(r),
-                "attribute": m.group(1) if m else None,
-                "summary": m.group(2) if m else r.get("notes"),
-                "protected_until": m.group(3) if m else None,
+                "attribute": said[0] if said else UNKNOWN,
+                "summary": said[1] if said else r.get("notes"),
+                "protected_until": said[2] if said else None,
             }
         )
     return out
@@ -111,13 +116,27 @@ def _changes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _refusals(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     refusals, waits = [], []
-    queued: dict[tuple[str, str], dict[str, Any]] = {}
+    by_id: dict[str, dict[str, Any]] = {}  # today's waits, by the waiter each row names
+    by_who: dict[tuple[str, str], dict[str, Any]] = {}  # an older writ's, by who and where
+
+    def ended(r: dict[str, Any], who: Any) -> dict[str, Any] | None:
+        """The wait row ``r`` (by ``who``) ends: the one it names, its principal's; for an
+        older writ's row (or the end of an older writ's wait), its principal's last on its
+        resource."""
+        wid = waiter_of(r)
+        if wid is not None and wid in by_id:
+            return by_id.pop(wid) if by_id[wid]["agent"] == who else None
+        w = by_who.get((str(who), str(r.get("resource"))))
+        if w is None or w["outcome"] != "waiting" or (wid and w["waiter_id"]):
+            return None
+        return by_who.pop((str(who), str(r.get("resource"))))
+
     for r in rows:
         ev = r.get("event")
         if ev in ("lease.denied", "lease.refused", "gate.refused"):
             kind, intent, why = classify_refusal(r)
             refusals.append({**_plain(r), "kind": kind, "intent": intent, "reason": why})
-            w = queued.pop((str(r.get("agent_id")), str(r.get("resource"))), None)
+            w = ended(r, r.get("agent_id"))
             if w is not None:
                 w.update(outcome="refused", until=r.get("timestamp"), end_seq=r.get("seq"))
         elif ev == "lease.queued":
@@ -127,14 +146,17 @@ def _refusals(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
                 "position": int(m.group(1)) if m else None,
                 "wait_s": float(m.group(2)) if m else None,
                 "reason": m.group(3) if m else r.get("notes"),
+                "waiter_id": m.group(4) if m else None,
                 "outcome": "waiting",
                 "until": None,
                 "end_seq": None,
             }
             waits.append(w)
-            queued[(str(r.get("agent_id")), str(r.get("resource")))] = w
+            if w["waiter_id"]:
+                by_id[w["waiter_id"]] = w
+            by_who[(str(r.get("agent_id")), str(r.get("resource")))] = w
         elif ev == "lease.granted":
-            w = queued.pop((str(r.get("lock_holder")), str(r.get("resource"))), None)
+            w = ended(r, r.get("lock_holder"))
             if w is not None:
                 w.update(
                     outcome="granted",
@@ -147,97 +169,165 @@ def _refusals(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
     return refusals, waits
 
 
-def _consents(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    pending: dict[tuple[str, str, str], deque[dict[str, Any]]] = defaultdict(deque)
-    granted: dict[tuple[str, str], deque[dict[str, Any]]] = defaultdict(deque)
+Consent = dict[str, Any]
+Asks = dict[tuple[str, str], list[Consent]]
+
+
+def _consents(rows: list[dict[str, Any]]) -> list[Consent]:
+    """Each ask, with what became of it. Today's asks and answers name the consent (``;
+    consent ID``): an answer and a use go to the ask they name; an expiry to the ask of its
+    requester, author and answer-by time. An older writ's rows (no id) are paired as they
+    always were: an answer with the first unanswered ask of its requester, author and
+    attribute, a use with the first granted one of its requester and author."""
+    out: list[Consent] = []
+    by_id: dict[str, Consent] = {}
+    older: Asks = defaultdict(list)  # the asks that name no consent, by requester and author
+    by_deadline: dict[tuple[str, str, str], list[Consent]] = defaultdict(list)
+    changes: dict[tuple[str, str], list[str]] = defaultdict(list)  # ATTR: SUMMARY, by author
     for r in rows:
         ev, notes = r.get("event"), r.get("notes") or ""
-        if ev == "consent.requested":
-            m = _ASK.match(notes)
-            c = {
-                "seq": r.get("seq"),
-                "at": r.get("timestamp"),
-                "resource": r.get("resource"),
-                "requester": m.group(1) if m else r.get("agent_id"),
-                "author": m.group(2) if m else None,
-                "attribute": m.group(3) if m else None,
-                "change": m.group(4) if m else None,
-                "reason": m.group(5) if m else notes,
-                "answer_by": m.group(6) if m else None,
-                "status": "pending",
-                "answered_by": None,
-                "answered_at": None,
-                "answer_seq": None,
-                "expired_at": None,
-                "escalated_to": None,
-                "used_at": None,
-                "used_seq": None,
-                "holder": r.get("lock_holder"),
-            }
+        if ev == "change.recorded":
+            head, sep, _ = notes.rpartition("; protected until ")
+            if sep:
+                changes[(str(r.get("resource")), str(r.get("agent_id")))].append(head)
+        elif ev == "consent.requested":
+            c = _asked(r, changes)
             out.append(c)
-            pending[(str(c["requester"]), str(c["author"]), str(c["attribute"]))].append(c)
+            if c["consent_id"]:
+                by_id[c["consent_id"]] = c
+            else:
+                older[(c["requester"], c["author"])].append(c)
+            if c["answer_by"]:
+                by_deadline[(c["requester"], c["author"], c["answer_by"])].append(c)
         elif ev == "consent.expired":
-            m = _EXPIRED.match(notes)
-            cand = _first_pending(pending, m.group(2), m.group(1)) if m else None
-            if m and cand is not None:
-                cand.update(
-                    status="expired",
-                    expired_at=r.get("timestamp"),
-                    escalated_to=m.group(4),
-                    expired_seq=r.get("seq"),
-                )
+            _expired(r, by_deadline, older)
         elif ev in ("consent.granted", "consent.denied"):
-            m = _ANSWER.match(notes)
-            if m:
-                q = pending.get((m.group(3), m.group(6), m.group(4)))
-                c2 = q.popleft() if q else None
-                if c2 is not None:
-                    c2.update(
-                        status=m.group(2),
-                        answered_by=m.group(1),
-                        answered_at=r.get("timestamp"),
-                        answer_seq=r.get("seq"),
-                        change_id=m.group(5),
-                    )
-                    if c2["status"] == "granted":
-                        granted[(str(c2["requester"]), str(c2["author"]))].append(c2)
+            _answered(r, by_id, older)
         elif ev == "consent.used":
             m = _USED.match(notes)
-            if m:
-                g = granted.get((str(r.get("agent_id")), m.group(4)))
-                c3 = g.popleft() if g else None
-                if c3 is not None:
-                    c3.update(status="used", used_at=r.get("timestamp"), used_seq=r.get("seq"))
+            if m is None:
+                continue
+            c2 = by_id.get(m.group(1))
+            if c2 is None:
+                key = (str(r.get("agent_id")), m.group(4))
+                c2 = next((c for c in older.get(key, ()) if c["status"] == "granted"), None)
+            if c2 is not None and c2["status"] == "granted":
+                c2.update(status="used", used_at=r.get("timestamp"), used_seq=r.get("seq"))
     for c in out:
         c["seconds"] = _secs(c["at"], c["answered_at"])
+        del c["_rest"]
     return out
 
 
-def _first_pending(
-    pending: dict[tuple[str, str, str], deque[dict[str, Any]]], requester: str, author: str
-) -> dict[str, Any] | None:
-    for (req, auth, _attr), q in pending.items():
-        if req == requester and auth == author:
-            for c in q:
-                if c["status"] == "pending":
-                    return c
-    return None
+def _asked(r: dict[str, Any], changes: dict[tuple[str, str], list[str]]) -> Consent:
+    notes = r.get("notes") or ""
+    said = ask_said(notes)
+    author = said["author"] or UNKNOWN
+    rest = said["rest"]
+    parts = (
+        undo_split(rest, None, reversed(changes.get((str(r.get("resource")), author), [])))
+        if rest is not None
+        else None
+    )
+    return {
+        "seq": r.get("seq"),
+        "at": r.get("timestamp"),
+        "resource": r.get("resource"),
+        "consent_id": said["consent_id"],
+        "requester": said["requester"] or r.get("agent_id") or UNKNOWN,
+        "author": author,
+        "attribute": parts[0] if parts else UNKNOWN,
+        "change": parts[1] if parts else UNKNOWN,
+        "reason": parts[2] if parts else notes,
+        "answer_by": said["answer_by"],
+        "status": "pending",
+        "answered_by": None,
+        "answered_at": None,
+        "answer_seq": None,
+        "expired_at": None,
+        "escalated_to": None,
+        "used_at": None,
+        "used_seq": None,
+        "holder": r.get("lock_holder"),
+        "_rest": rest,  # the agents' words, parted again once an answer names the attribute
+    }
+
+
+def _expired(
+    r: dict[str, Any], by_deadline: dict[tuple[str, str, str], list[Consent]], older: Asks
+) -> None:
+    said = expired_said(r.get("notes") or "")
+    if said is None:
+        return
+    author, requester, by, queue = said
+    pending = [c for c in by_deadline.get((requester, author, by), ()) if c["status"] == "pending"]
+    if not pending:  # an ask whose answer-by time its row does not say
+        pending = [
+            c
+            for c in older.get((requester, author), ())
+            if c["status"] == "pending" and c["answer_by"] is None
+        ]
+    if pending:
+        pending[0].update(
+            status="expired",
+            expired_at=r.get("timestamp"),
+            escalated_to=queue,
+            expired_seq=r.get("seq"),
+        )
+
+
+def _answered(r: dict[str, Any], by_id: dict[str, Consent], older: Asks) -> None:
+    said = answer_said(r.get("notes") or "")
+    if said is None:
+        return
+    attr = said["attribute"]
+    c = by_id.get(said["consent_id"]) if said["consent_id"] else None
+    if c is None:  # an older writ's ask (or answer): the first unanswered one like it
+        c = next(
+            (
+                c
+                for c in older.get((said["requester"], said["author"]), ())
+                if c["status"] in ("pending", "expired")
+                and (c["attribute"] == attr or (c["_rest"] or "").startswith(attr + " ("))
+            ),
+            None,
+        )
+    if c is None or c["status"] not in ("pending", "expired"):
+        return
+    c.update(
+        status=said["status"],
+        answered_by=said["by"],
+        answered_at=r.get("timestamp"),
+        answer_seq=r.get("seq"),
+        change_id=said["change_id"],
+    )
+    if c["author"] == UNKNOWN:  # an ask worded otherwise: its answer names them
+        c.update(requester=said["requester"], author=said["author"])
+    if c["attribute"] != attr:  # the answer names the attribute exactly
+        parts = undo_split(c["_rest"], attr) if c["_rest"] is not None else None
+        c.update(attribute=attr)
+        if parts:
+            c.update(change=parts[1], reason=parts[2])
 
 
 def _rollbacks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each rollback request, with its decision, outcome and defect. Today's rows name the
+    rollback (``; rollback ID``, an outcome's ``rollback ID approved by``): each goes to the
+    one it names. An older writ's go to the first undecided request on their lock key."""
     out: list[dict[str, Any]] = []
-    by_key: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
+    by_id: dict[str, dict[str, Any]] = {}
+    by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         ev = str(r.get("event"))
         if not ev.startswith("rollback."):
             continue
         key = str(r.get("lock_key"))
         if ev == "rollback.requested":
-            m = _RB_ASK.match(r.get("notes") or "")
+            rb_id, reason = rollback_asked(r)
             rb = {
                 "seq": r.get("seq"),
                 "at": r.get("timestamp"),
+                "rollback_id": rb_id,
                 "resource": r.get("resource"),
                 "lock_key": r.get("lock_key"),
                 "holder": r.get("lock_holder"),
@@ -245,7 +335,7 @@ def _rollbacks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "key_holder": r.get("rollback_key_holder"),
                 "queue": r.get("human_override_queue"),
                 "path": r.get("rollback_path"),
-                "reason": m.group(4) if m else r.get("notes"),
+                "reason": reason,
                 "status": "pending",
                 "decided_by": None,
                 "decided_at": None,
@@ -257,29 +347,11 @@ def _rollbacks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
             out.append(rb)
             by_key[key].append(rb)
+            if rb_id:
+                by_id[rb_id] = rb
             continue
-        q = by_key.get(key)
-        cur = next((x for x in (q or []) if x["status"] in ("pending", "approved")), None)
-        if cur is None and ev != "rollback.defect":
-            continue
-        if ev in ("rollback.approved", "rollback.denied"):
-            assert cur is not None
-            cur.update(
-                status=ev.split(".")[1],
-                decided_by=r.get("agent_id"),
-                decided_at=r.get("timestamp"),
-                decision_seq=r.get("seq"),
-            )
-        elif ev in ("rollback.executed", "rollback.failed"):
-            assert cur is not None
-            cur.update(
-                status=ev.split(".")[1],
-                result=r.get("notes"),
-                result_at=r.get("timestamp"),
-                result_seq=r.get("seq"),
-            )
-        elif ev == "rollback.defect":
-            done = [x for x in (q or []) if x["status"] in ("executed", "failed")]
+        if ev == "rollback.defect":  # names none: the last one on its key that ran
+            done = [x for x in by_key.get(key, ()) if x["status"] in ("executed", "failed")]
             if done:
                 done[-1]["defect"] = {
                     "by": r.get("agent_id"),
@@ -287,7 +359,44 @@ def _rollbacks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "seq": r.get("seq"),
                     "notes": r.get("notes"),
                 }
+            continue
+        cur = _decided(r, key, by_id, by_key)
+        if cur is None:
+            continue
+        if ev in ("rollback.approved", "rollback.denied"):
+            cur.update(
+                status=ev.split(".")[1],
+                decided_by=r.get("agent_id"),
+                decided_at=r.get("timestamp"),
+                decision_seq=r.get("seq"),
+            )
+        elif ev in ("rollback.executed", "rollback.failed"):
+            cur.update(
+                status=ev.split(".")[1],
+                result=r.get("notes"),
+                result_at=r.get("timestamp"),
+                result_seq=r.get("seq"),
+            )
     return out
+
+
+def _decided(
+    r: dict[str, Any],
+    key: str,
+    by_id: dict[str, dict[str, Any]],
+    by_key: dict[str, list[dict[str, Any]]],
+) -> dict[str, Any] | None:
+    """The request a decision or outcome row ``r`` is about: the one it names; for an
+    older writ's row, the first undecided one on its lock key."""
+    rb_id = rollback_named(r)
+    if rb_id is not None and rb_id in by_id:
+        return by_id[rb_id]
+    undecided: Iterable[dict[str, Any]] = (
+        x
+        for x in by_key.get(key, ())
+        if x["status"] in ("pending", "approved") and not (rb_id and x["rollback_id"])
+    )
+    return next(iter(undecided), None)
 
 
 def _lint(rows: list[dict[str, Any]], kinds: dict[str, str]) -> dict[str, Any]:

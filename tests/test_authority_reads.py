@@ -18,6 +18,7 @@ from tests.stores_fixtures import Backend
 from tests.test_authority import POLICY, World, world
 from writ.api.fast import FastLeases
 from writ.core.errors import Invalid
+from writ.rules import authority as authority_rule
 
 # prod/db and billing/db share a blast radius; perf-agent observes prod and routing only
 BLAST = '[blast_radius]\ndb-tier = ["prod/db", "billing/db"]\n' + POLICY
@@ -174,6 +175,44 @@ async def test_the_events_long_poll_does_not_end_on_a_row_it_may_not_read(
         assert (await w.lease("admin", "prod/db")).status_code == 201
         page = (await asyncio.wait_for(poll, 30)).json()
         assert [r["resource"] for r in page["rows"]] == ["prod/db"], page
+
+
+async def test_the_events_long_poll_walks_past_unreadable_rows_in_steps_and_a_budget(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent's poll over rows it may not read walked them all in one go, never giving
+    way (limit=1: one row a read), and then waited out its wait_s: 20 such polls held the
+    server 27 s and cost another agent its lease. Now it reads them a step at a time,
+    giving way between steps, and past a budget answers an empty page that keeps its place;
+    the next poll goes on from there to the row it may read."""
+    monkeypatch.setattr(authority_rule, "WALK", 10)
+    monkeypatch.setattr(authority_rule, "WALK_BUDGET", 40)
+    gave_way: list[float] = []
+    real = authority_rule.make_way
+
+    async def counted(took: float) -> None:
+        gave_way.append(took)
+        await real(took)
+
+    monkeypatch.setattr(authority_rule, "make_way", counted)
+    async with world(backend, tmp_path, monkeypatch) as w:
+        after = (await w.get("admin", "/v1/audit", limit=100_000)).json()["next_after_seq"]
+        for i in range(30):  # 60 rows cost-agent may not read
+            lease = (await w.lease("admin", f"billing/x{i}")).json()
+            await w.post("admin", f"/v1/leases/{lease['lease_id']}/release", {})
+        assert (await w.lease("admin", "prod/db")).status_code == 201
+        poll = w.get("cost-agent", "/v1/events", after_seq=after, limit=1, wait_s=60)
+        page = (await asyncio.wait_for(poll, 30)).json()  # not at its 60-s deadline
+        assert page["rows"] == [] and after + 40 <= page["next_after_seq"] < after + 60, page
+        assert len(gave_way) >= 3
+        seen: list[str] = []
+        for _ in range(5):
+            poll = w.get("cost-agent", "/v1/events", after_seq=page["next_after_seq"], limit=1)
+            page = (await asyncio.wait_for(poll, 30)).json()
+            seen += [r["resource"] for r in page["rows"]]
+            if seen:
+                break
+        assert seen == ["prod/db"], page
 
 
 @pytest.mark.parametrize(

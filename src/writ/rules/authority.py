@@ -29,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from typing import Any
 
 from writ.core import policy as policy_file  # load looked up at call time (tests patch it)
 from writ.core import resources
+from writ.core.bulk import make_way
 from writ.core.clock import rfc3339
 from writ.core.errors import Forbidden, Invalid, LeaseLost, NotFound, WritError
 from writ.core.grants import (
@@ -98,6 +100,10 @@ log = logging.getLogger("writ.authority")
 
 WAKE = "wake"  # policy-object kind: when a lease's holder was last woken through writ
 WAKE_EVERY_S = 30.0
+# an agent's events long-poll in closed mode: rows read a step, and rows it may not read
+# walked past in one request before it answers an empty page that keeps its place
+WALK = 1000
+WALK_BUDGET = 20_000
 
 
 # ----------------------------------------------------------------------------- the rule
@@ -235,19 +241,37 @@ class Authority(Rule):
         self, me: Principal, prefix: str | None, after_seq: int, wait_s: float, limit: int
     ) -> dict[str, Any]:
         """``GET /v1/events`` for ``me``: the long-poll ends on a row ``me`` may read, not on
-        one it may not (its timing would tell of the row)."""
+        one it may not (its timing would tell of the row).
+
+        It walks past the rows ``me`` may not read :data:`WALK` at a time whatever its
+        ``limit``, making way for others between steps, and at most :data:`WALK_BUDGET` of
+        them a request: then it answers an empty page that keeps its place (its
+        ``next_after_seq`` says as much of those rows as a page at the deadline would). One
+        walk that never gave way held the server for seconds on a large ledger."""
         eng = self.engine
         if not self.settings.closed or me.kind in READ_ALL:
             return await eng.events(prefix, after_seq, wait_s, limit)
         self.check_filter(me, prefix)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
+        walked = 0
         while True:
+            began = time.perf_counter()
             left = max(0.0, deadline - loop.time())
-            page = self.visible_page(me, await eng.events(prefix, after_seq, left, limit))
-            if page["rows"] or deadline <= loop.time():
-                return page
-            after_seq = page["next_after_seq"]
+            page = await eng.events(prefix, after_seq, left, max(limit, WALK))
+            rows: list[dict[str, Any]] = []
+            for row in page["rows"]:
+                walked += 1
+                after_seq = row["seq"]
+                if (seen := row_view(self.settings, me, row)) is not None:
+                    rows.append(seen)
+                    if len(rows) == limit:
+                        break
+            else:
+                after_seq = page["next_after_seq"]
+            if rows or deadline <= loop.time() or walked >= WALK_BUDGET:
+                return {**page, "rows": rows, "next_after_seq": after_seq}
+            await make_way(time.perf_counter() - began)
 
     # -- changes -------------------------------------------------------------------------
     async def check_change(

@@ -4,7 +4,10 @@ A rollback route must name the call that undoes a change. A link to a Grafana da
 a Kibana app or a cloud console names a page a person looks at — even when the word
 "dashboard" is nowhere in it (``https://grafana.example.com/d/aB3xQ/db-latency``). The
 one detector here, :func:`dashboard_page`, is what :func:`writ.core.routes.route_problem` asks, so
-the same rule refuses a rollback plan at acquire and rejects a row in ``writ lint``.
+the same rule refuses a rollback plan at acquire and rejects a row in ``writ lint``. It judges
+every way the route may be read (``routes._readings``): the host as httpx connects to it (no
+trailing dot, no user or port, IDNA) and the path as a server reads it (percent-decoded,
+dot segments resolved, ...) — ``https://app.datadoghq.com./apm`` and ``/%64/uid`` are pages too.
 
 Two kinds of evidence, either enough:
 
@@ -22,7 +25,7 @@ Two kinds of evidence, either enough:
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from collections.abc import Iterable
 
 __all__ = ["dashboard_page"]
 
@@ -88,23 +91,22 @@ _PATHS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 _PROMETHEUS = re.compile(r"(^|/)(graph|alerts)\?", re.I)
 
 
-def dashboard_page(route: str) -> str | None:
+def dashboard_page(route: str, hosts: Iterable[str], paths: Iterable[str]) -> str | None:
     """What product page ``route`` (a path or an http(s) URL) is, or None when it looks like
-    a call. Judged by its host and by its path shape (see the module docstring)."""
+    a call. Judged by its ``#`` fragment, by each host (lower case, no trailing dot) and by
+    each path (with its ``?query``) it may be read as (see the module docstring)."""
     if "#" in route:
         return "a page of a single-page app (a '#' fragment is never sent to a server)"
-    parts = urlsplit(route)
-    host = (parts.hostname or "").lower()
-    if host:
+    for host in hosts:
         for suffix, product, apis in _HOSTS:
             if host == suffix or host.endswith("." + suffix):
                 if not any(host.startswith(api) for api in apis):
                     return f"a page of {product} ({host})"
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    for pattern, what in _PATHS:
-        if pattern.search(path):
-            return what
-    ui = _PROMETHEUS.search(path)
-    if ui is not None and "expr=" in path[ui.end() :].lower():
-        return "the Prometheus UI"
+    for path in paths:
+        for pattern, what in _PATHS:
+            if pattern.search(path):
+                return what
+        ui = _PROMETHEUS.search(path)
+        if ui is not None and "expr=" in path[ui.end() :].lower():
+            return "the Prometheus UI"
     return None

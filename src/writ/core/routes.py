@@ -2,8 +2,10 @@
 
 A route is *literal* when it is a path beginning with ``/`` or an ``http(s)://`` URL, with no
 spaces, that names what it calls — not a dashboard, console or button label, nor a page of a
-well-known dashboard product even without the word (:mod:`writ.core.dashboards`). The same test
-decides at acquire time (a rollback plan) and in ``writ lint`` (``rollback_path``).
+well-known dashboard product even without the word (:mod:`writ.core.dashboards`) in any way a
+caller, a server or a person reads it (:func:`_readings`), and one httpx, which calls it, can
+call. The same test decides at acquire time (a rollback plan) and in ``writ lint``
+(``rollback_path``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 import re
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from writ.core.dashboards import dashboard_page
 from writ.core.errors import Invalid
@@ -35,12 +37,79 @@ def route_problem(value: Any) -> str | None:
         urlsplit(value.strip())
     except ValueError as exc:  # "http://[::1": a bracketed host that does not end
         return f"is not a valid URL ({exc})"
-    if _SMELL.search(value.replace("_", " ").replace("-", " ")):
+    hosts, paths = _readings(value.strip())
+    if any(_smells(text) for text in (value, *hosts, *paths)):
         return "is a dashboard, console or button, not the rollback entry point"
-    page = dashboard_page(value.strip())
+    page = dashboard_page(value.strip(), hosts, paths)
     if page:
         return f"is {page}, a page to look at, not the rollback entry point"
+    absolute = value.strip().startswith(("http://", "https://"))
+    try:  # and one writ can call: as httpx, which calls it, reads a URL
+        _origin(value.strip() if absolute else "http://writ.invalid" + value.strip())
+    except ValueError as exc:
+        return f"is not a URL writ can call ({exc})"
     return None
+
+
+def _smells(text: str) -> bool:
+    return bool(_SMELL.search(text.replace("_", " ").replace("-", " ")))
+
+
+def _readings(route: str) -> tuple[list[str], list[str]]:
+    """The hosts and the paths (with their ``?query``) a literal ``route`` may be read as. A
+    dashboard in any reading is a dashboard, so each is judged:
+
+    * the host as httpx, which calls it, connects to it (:func:`_origin`: IDNA, lower case,
+      no trailing dot, no user, no port), and percent-decoded, as a browser opens it;
+    * the path as given, and as a server reads it: percent-decoded once, a backslash taken
+      for a slash (as browsers and some servers do), runs of slashes merged (as nginx
+      does), its dot segments resolved;
+    * the route with every backslash a slash (a browser opens ``https://host\\d\\uid`` at
+      ``/d/uid``);
+    * a relative route as :func:`resolve` calls it, a path, and one beginning with ``//``
+      also as the URL a browser takes it for.
+    """
+    hosts: list[str] = []
+    paths: list[str] = []
+    for text in dict.fromkeys((route, route.replace("\\", "/"))):
+        if text.startswith(("http://", "https://")):
+            urls = [(text, True)]
+        else:
+            urls = [("http://writ.invalid/" + text.lstrip("/"), False)]
+            if text.startswith("//"):
+                urls.append(("https:" + text, True))
+        for url, has_host in urls:
+            try:
+                parts = urlsplit(url)
+            except ValueError:  # only another reading of the route can fail here
+                continue
+            if has_host:
+                try:
+                    host = _origin(url)[0]
+                except ValueError:  # not callable (refused as such) yet judged by its name
+                    host = (parts.hostname or "").rstrip(".")
+                hosts += [host, unquote(host).lower().rstrip(".")]
+            query = f"?{parts.query}" if parts.query else ""
+            decoded = re.sub(r"/{2,}", "/", unquote(parts.path).replace("\\", "/"))
+            decoded_query = query and "?" + unquote(parts.query)
+            paths += [
+                parts.path + query,
+                decoded + decoded_query,
+                _resolved(decoded) + decoded_query,
+            ]
+    return [h for h in dict.fromkeys(hosts) if h], list(dict.fromkeys(paths))
+
+
+def _resolved(path: str) -> str:
+    """``path`` with its ``.`` and ``..`` segments resolved (RFC 3986 5.2.4)."""
+    out: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if len(out) > 1:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    return "/".join(out) or "/"
 
 
 def check_route(value: Any, field: str) -> str:
@@ -50,12 +119,6 @@ def check_route(value: Any, field: str) -> str:
             f"{field} must be a route like /ops/rollback?txn=8841 or https://...", field=field
         )
     problem = route_problem(value)
-    if problem is None:  # and one writ can call: as httpx, which calls it, reads a URL
-        absolute = value.strip().startswith(("http://", "https://"))
-        try:
-            _origin(value.strip() if absolute else "http://writ.invalid" + value.strip())
-        except ValueError as exc:
-            problem = f"is not a URL writ can call ({exc})"
     if problem:
         shown = value if len(value) <= 200 else value[:200] + "..."
         raise Invalid(

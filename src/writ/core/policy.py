@@ -17,6 +17,9 @@
     lock_delay_s = 5
     consent_timeout_s = 120
 
+A lease is held to the strictest settings among the rules of all it holds back
+(:meth:`Policy.governing`): a lease on ``prod`` meets the rule of ``prod/db`` too.
+
 ``[authority]`` (who may ever be a writer, on what) is described in :mod:`writ.rules.authority`.
 
 A bad file fails with its line and the reason (:class:`PolicyError`), at ``writ serve``
@@ -79,6 +82,11 @@ class Policy:
     source: str | None = None
     authority: AuthoritySettings = field(default_factory=AuthoritySettings)  # see authority.py
     identity: list[JwtIssuer] = field(default_factory=list)  # [[identity.jwt]] (identity.py)
+    # governing's answers, for the blast radius they were worked out with (a reload makes a
+    # new Policy, so a new cache)
+    _governs: tuple[BlastRadius | None, dict[str, Rule]] = field(
+        default_factory=lambda: (None, {}), init=False, repr=False, compare=False
+    )
 
     def rule_for(self, resource: str) -> Rule:
         """The rule of the most specific prefix covering ``resource`` (or the defaults)."""
@@ -86,6 +94,44 @@ class Policy:
             if under(resource, rule.prefix):
                 return rule
         return Rule()
+
+    def governing(self, resource: str) -> Rule:
+        """The settings a lease on ``resource`` is held to: the strictest of the rules of all
+        it holds back — its own (:meth:`rule_for`), that of every other member of its blast
+        radius (``expand``), and those of prefixes below any of them. A lease on ``prod``, or
+        on ``capacity/db`` grouped with ``prod/db``, writes ``prod/db`` too, and is held to
+        ``prod/db``'s rule. Strictest: the longest lock delay and protect window, the shortest
+        max hold, page delay and consent timeout. Cached per resource (the acquire path)."""
+        blast, cache = self._governs
+        if blast is not self.blast:
+            cache = {}
+            self._governs = (self.blast, cache)
+        hit = cache.get(resource)
+        if hit is not None:
+            return hit
+        paths = self.blast.expand(resource)
+        own = self.rule_for(resource)
+        below = tuple(p + "/" for p in paths)  # the rules of prefixes under any of them
+        found = {
+            own,
+            *map(self.rule_for, paths),
+            *(r for r in self.rules if r.prefix.startswith(below)),
+        }
+        rule = own
+        if len(found) > 1:
+            holds = [r.max_hold_s for r in found if r.max_hold_s]  # 0 and None: never stuck
+            rule = replace(
+                own,
+                protect_s=max(r.protect_s for r in found),
+                max_hold_s=min(holds, default=own.max_hold_s),
+                page_after_s=min(r.page_after_s for r in found),
+                lock_delay_s=max(r.lock_delay_s for r in found),
+                consent_timeout_s=min(r.consent_timeout_s for r in found),
+            )
+        if len(cache) >= 100_000:  # bounded; a policy's hot resources come back at once
+            cache.clear()
+        cache[resource] = rule
+        return rule
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -61,6 +61,7 @@ class Blocked:
     until: float | None  # when the blocker would expire on its own (store clock)
     position: int  # 1 + conflicting waiters ahead
     reason: str = "held"  # "held" | "queue" | "lock_delay"
+    waits_on: str | None = None  # "queue": the resource of the first waiter ahead
 
 
 @dataclass(slots=True)
@@ -125,7 +126,8 @@ class QueueOps(ReadOps):
             head = self.blast.expand(ahead[0].resource)
             head_held = await tx.held_related(head)
             first = min(head_held, key=lambda l: l.expires_at) if head_held else None
-            return Blocked(first, first.expires_at if first else now + 0.05, position, "queue")
+            until = first.expires_at if first else now + 0.05
+            return Blocked(first, until, position, "queue", ahead[0].resource)
         return None
 
     async def _grant(self, tx: Tx, req: Request, request_id: str | None = None) -> Lease:
@@ -367,7 +369,7 @@ class QueueOps(ReadOps):
         lease.state = state
         lease.ended_at = now
         await tx.update_lease(lease)
-        delay = self.policy.rule_for(lease.resource).lock_delay_s if lock_delay else 0.0
+        delay = self.policy.governing(lease.resource).lock_delay_s if lock_delay else 0.0
         if delay > 0:
             notes += lock_delayed(now + delay)
         elif LOCK_DELAYED in notes:  # a revoker's words that would read as a delay: none
@@ -599,6 +601,9 @@ def _blocked_text(resource: str, b: Blocked) -> str:
         return f"{resource} is in lock-delay after its holder died, until {rfc3339(b.until)}"
     if b.lease is None:
         return f"{resource} has {b.position - 1} conflicting request(s) queued ahead"
+    # behind a queue, the lease blocks the first waiter, whose resource it may be the only
+    # one to conflict with (bob on prod, alice on prod/db, carol asking prod/cache)
+    resource = b.waits_on or resource
     l = b.lease
     on = "" if l.resource == resource else f" (on {l.resource})"
     text = (
@@ -613,10 +618,12 @@ def _blocked_text(resource: str, b: Blocked) -> str:
 def _unseen_text(resource: str, b: Blocked) -> str:
     """:func:`_blocked_text` for an asker who may not observe the blocker's resource (a
     member of the blast radius, closed mode): neither it nor its holder is named."""
-    text = (
+    if b.reason == "queue":  # the lease blocks the first waiter, maybe not ``resource``
+        return (
+            f"{b.position - 1} conflicting request(s) queued ahead; the first waits on a "
+            f"lease on a resource you may not observe, until {rfc3339(b.until)}"
+        )
+    return (
         f"{resource} is held through its blast radius, by a lease on a resource you may "
         f"not observe, until {rfc3339(b.until)}"
     )
-    if b.reason == "queue":
-        text = f"{b.position - 1} conflicting request(s) queued ahead; the first waits on: " + text
-    return text

@@ -108,7 +108,7 @@ class Consents(Rule):
             if refused is not None:
                 return refused
             now = tx.now()
-            policy_window = eng.policy.rule_for(lease.resource).protect_s
+            policy_window = eng.policy.governing(lease.resource).protect_s
             if protect_s is not None and protect_s > policy_window and not me.is_human:
                 # an agent may shorten its change's protection, not hold others off longer
                 # than the policy says (a human may)
@@ -283,7 +283,7 @@ class Consents(Rule):
             if mine is not None:
                 return mine
             now = tx.now()
-            timeout = eng.policy.rule_for(change["resource"]).consent_timeout_s
+            timeout = eng.policy.governing(change["resource"]).consent_timeout_s
             consent = {
                 "consent_id": new_id("cns"),
                 "change_id": change_id,

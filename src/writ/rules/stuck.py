@@ -28,7 +28,7 @@ class Stuck(Rule):
     name = "stuck"
 
     async def on_grant(self, tx: Tx, req: Request, lease: Lease) -> None:
-        limit = self.engine.policy.rule_for(lease.resource).max_hold_s
+        limit = self.engine.policy.governing(lease.resource).max_hold_s
         if limit is not None and limit > 0:
             await tx.put_object(
                 HOLDCHECK,
@@ -40,7 +40,7 @@ class Stuck(Rule):
             )
 
     async def on_end(self, tx: Tx, lease: Lease) -> None:
-        limit = self.engine.policy.rule_for(lease.resource).max_hold_s
+        limit = self.engine.policy.governing(lease.resource).max_hold_s
         if limit is not None and limit > 0:
             await self._resolve_pages(tx, lease)
         if lease.state != "expired":
@@ -106,7 +106,7 @@ class Stuck(Rule):
                 lease = await _still_held(tx, hc, now)
                 if lease is None:
                     continue
-                page_after = eng.policy.rule_for(lease.resource).page_after_s
+                page_after = eng.policy.governing(lease.resource).page_after_s
                 wake_route = await self._wake(
                     tx,
                     lease,

@@ -60,6 +60,24 @@ async def test_an_approval_goes_to_the_rollback_it_names(make_engine: Any) -> No
     }
 
 
+async def test_a_defect_goes_to_the_rollback_it_names(make_engine: Any) -> None:
+    """Two rollbacks of one lease run, one after the other; a human marks the first a
+    defect. The report shows the first's defect (not the last one that ran on the key)."""
+    e, p = await _engine(make_engine)
+    lease = await e.acquire(
+        p["perf-agent"], resource="prod/db", intent="scale up", ttl_s=600, rollback=PLAN
+    )
+    ran = []
+    for who in ("cost-agent", "evil-agent"):
+        rb = await e.rollbacks.request(p[who], lease_id=lease["lease_id"], reason=who)
+        await e.rollbacks.answer(p["svc-ops-princess"], rb["rollback_id"], True)
+        ran.append(rb["rollback_id"])
+    await e.rollbacks.defect(p["svc-ops-princess"], ran[0], "made it worse")
+    rep = await _report(e)
+    got = {r["rollback_id"]: (r["status"], bool(r["defect"])) for r in rep["rollbacks"]}
+    assert got == {ran[0]: ("executed", True), ran[1]: ("executed", False)}
+
+
 async def test_an_answer_or_expiry_goes_to_the_consent_it_names(
     make_engine: Any, backend: Any
 ) -> None:

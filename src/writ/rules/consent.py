@@ -538,7 +538,9 @@ class Consents(Rule):
                         **row,
                         "event": "consent.expired",
                         "notes": f"{c['author']} did not answer {c['requester']}'s consent request by "
-                        f"{c['expires_at']}: expired (not denied); escalated to {queue or 'nobody: no queue'}",
+                        f"{c['expires_at']}: expired (not denied); escalated to {queue or 'nobody: no queue'}"
+                        # the ask it ends (models.named): the postmortem pairs them by it
+                        + named("consent", c["consent_id"]),
                     }
                 )
                 q = await tx.get_principal(queue) if queue else None

@@ -478,7 +478,8 @@ class Rollbacks(Rule):
                     rb,
                     "rollback.defect",
                     me.name,
-                    f"{me.name}: the rollback was a new defect, not recovery: {why}",
+                    f"{me.name}: the rollback was a new defect, not recovery: {why}"
+                    + named("rollback", rb["rollback_id"]),
                     approved_by=rb.get("approved_by"),
                     rollback_denominator_is_defect=True,
                 )

@@ -181,13 +181,15 @@ def answer_said(notes: str) -> dict[str, Any] | None:
     return {**dict(zip(keys, m.groups(), strict=True)), "consent_id": consent_id}
 
 
-def expired_said(notes: str) -> tuple[str, str, str, str] | None:
-    """``(author, requester, answer_by, escalated_to)`` of a ``consent.expired`` row."""
-    m = _EXPIRED.match(notes)
+def expired_said(notes: str) -> tuple[str, str, str, str, str | None] | None:
+    """``(author, requester, answer_by, escalated_to, consent_id)`` of a ``consent.expired``
+    row (an older writ's names no consent: its id None)."""
+    head, consent_id = named_in(notes, "consent")
+    m = _EXPIRED.match(head)
     if m is None:
         return None
     queue = NO_QUEUE if m.group(4) == "nobody: no queue" else m.group(4)
-    return m.group(1), m.group(2), m.group(3), queue
+    return m.group(1), m.group(2), m.group(3), queue, consent_id
 
 
 def rollback_asked(row: dict[str, Any]) -> tuple[str | None, str]:
@@ -206,14 +208,14 @@ def rollback_asked(row: dict[str, Any]) -> tuple[str | None, str]:
 
 
 def rollback_named(row: dict[str, Any]) -> str | None:
-    """The rollback a decision or outcome row names: an approval's or denial's at its end
-    (``; rollback ID``), an outcome's at its start (``rollback ID approved by …``); None in
-    an older writ's approval or denial, or a defect's."""
+    """The rollback a decision, outcome or defect row names: an approval's, denial's or
+    defect's at its end (``; rollback ID``), an outcome's at its start (``rollback ID approved
+    by …``); None in an older writ's approval, denial or defect."""
     notes = row.get("notes") or ""
     if row.get("event") in ("rollback.executed", "rollback.failed"):
         m = _RB_DONE.match(notes)
         return m.group(1) if m else None
-    if row.get("event") in ("rollback.approved", "rollback.denied"):
+    if row.get("event") in ("rollback.approved", "rollback.denied", "rollback.defect"):
         return named_in(notes, "rollback")[1]
     return None
 

@@ -200,7 +200,7 @@ def _consents(rows: list[dict[str, Any]]) -> list[Consent]:
             if c["answer_by"]:
                 by_deadline[(c["requester"], c["author"], c["answer_by"])].append(c)
         elif ev == "consent.expired":
-            _expired(r, by_deadline, older)
+            _expired(r, by_id, by_deadline, older)
         elif ev in ("consent.granted", "consent.denied"):
             _answered(r, by_id, older)
         elif ev == "consent.used":
@@ -254,13 +254,22 @@ def _asked(r: dict[str, Any], changes: dict[tuple[str, str], list[str]]) -> Cons
 
 
 def _expired(
-    r: dict[str, Any], by_deadline: dict[tuple[str, str, str], list[Consent]], older: Asks
+    r: dict[str, Any],
+    by_id: dict[str, Consent],
+    by_deadline: dict[tuple[str, str, str], list[Consent]],
+    older: Asks,
 ) -> None:
     said = expired_said(r.get("notes") or "")
     if said is None:
         return
-    author, requester, by, queue = said
-    pending = [c for c in by_deadline.get((requester, author, by), ()) if c["status"] == "pending"]
+    author, requester, by, queue, consent_id = said
+    named = by_id.get(consent_id) if consent_id else None
+    if named is not None:  # the ask it names; an older writ's: the one with its deadline
+        pending = [named] if named["status"] == "pending" else []
+    else:
+        pending = [
+            c for c in by_deadline.get((requester, author, by), ()) if c["status"] == "pending"
+        ]
     if not pending:  # an ask whose answer-by time its row does not say
         pending = [
             c
@@ -350,8 +359,13 @@ def _rollbacks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if rb_id:
                 by_id[rb_id] = rb
             continue
-        if ev == "rollback.defect":  # names none: the last one on its key that ran
-            done = [x for x in by_key.get(key, ()) if x["status"] in ("executed", "failed")]
+        if ev == "rollback.defect":  # the one it names; an older writ's: the last that ran
+            named = by_id.get(rollback_named(r) or "")
+            done = (
+                [named]
+                if named is not None
+                else [x for x in by_key.get(key, ()) if x["status"] in ("executed", "failed")]
+            )
             if done:
                 done[-1]["defect"] = {
                     "by": r.get("agent_id"),

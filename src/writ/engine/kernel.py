@@ -25,18 +25,13 @@ from typing import TYPE_CHECKING, Any, cast
 from writ.core import resources
 from writ.core.bulk import Turns
 from writ.core.clock import rfc3339
-from writ.core.errors import (
-    Forbidden,
-    Invalid,
-    NotFound,
-    Unavailable,
-    WritError,
-)
+from writ.core.errors import Forbidden, Invalid, NotFound, Unavailable, WritError
 from writ.core.ledger import Verification
 from writ.core.models import Lease, Principal, Waiter, new_id, queued_as
 from writ.core.policy import Policy
 from writ.core.textsafe import visible
 from writ.core.validate import check_text, check_tree, number, text
+from writ.engine import blast_overlaps as overlaps
 from writ.engine.defaults import DEFAULT_RULES, load_rule
 from writ.engine.hooks import MAX_TTL_S, MAX_WAIT_S, R, Request, Rule, lock_row
 from writ.engine.principals import RESERVED_NAMES as RESERVED_NAMES
@@ -179,6 +174,7 @@ class Engine(PrincipalOps, QueueOps):
         self.store.set_listener(self._on_note)
         await self.store.open()
         self._audit_seq = (await self.store.read(lambda tx: tx.audit_head()))[0]
+        await overlaps.at_start(self)  # held leases the blast-radius groups now make overlap
         self.auth_cache.enabled = (
             self.store.announces_principal_changes or self.store.principals_generation() is not None
         )

@@ -19,6 +19,7 @@ from writ.core.policy import Policy
 from writ.core.resources import BlastRadius
 from writ.core.validate import number
 from writ.core.wake_routes import redact
+from writ.engine import blast_overlaps as overlaps
 from writ.engine.hooks import lock_row
 from writ.stores.base import Store, Tx
 
@@ -39,6 +40,9 @@ class ReadOps:
     store: Store
     policy: Policy
     blast: BlastRadius
+    # the leases held in a blast-radius group when the engine started: only these may be
+    # overtaken by a higher token covering what they cover (set at start: blast_overlaps)
+    overlapped: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ helpers for rows
     def override_queue(self, lease: Lease) -> str | None:
@@ -83,15 +87,13 @@ class ReadOps:
         return (await tx.objects_related_many(POLICY_OBJECTS, paths))[kind]
 
     async def holder(self, tx: Tx, resource: str) -> Lease | None:
-        """The lease that holds write authority over ``resource`` now, if any (one
-        statement, the time asked after it: a single read, see Store.read)."""
-        covering = self.blast.covering(resource)
+        """The lease that holds write authority over ``resource`` now, if any, by the rule
+        ``who`` follows too (:mod:`writ.engine.blast_overlaps`). One statement, the time
+        asked after it (a single read, see Store.read); a second only where covering leases
+        overlap (leases held across a restart that changed the groups)."""
         held = await tx.held_related(self.blast.expand(resource))
         now = tx.now()
-        for lease in held:
-            if lease.expires_at > now and lease.resource in covering:
-                return lease
-        return None
+        return await overlaps.holder(tx, held, self.blast.covering(resource), now, self.overlapped)
 
     async def refusal_row(
         self, event: str, actor: Principal | None, resource: str, err: WritError

@@ -17,6 +17,7 @@ from writ.core.ledger import UNREADABLE, Verification
 from writ.core.models import Lease
 from writ.core.polls import Polls
 from writ.core.validate import number
+from writ.engine.blast_overlaps import latest_grant
 from writ.engine.hooks import MAX_WAIT_S
 from writ.stores.base import Tx
 from writ.stores.migrate import verify_store
@@ -42,8 +43,11 @@ class History:
         """Who held write authority on ``resource`` at ``at`` (default now), from the ledger.
 
         A lease on the resource, on an ancestor of it, or on a member of a blast-radius group
-        it is in (or an ancestor of one) counts (``BlastRadius.covering``); such leases
-        exclude each other, so at most one answers.
+        it is in (or an ancestor of one) counts (``BlastRadius.covering``): the latest grant
+        on them answers while its lease is held, and nobody after, even where a lease of a
+        lower token covering it is still held (they overlap only when the groups changed
+        under them). The fence and the gate follow the same rule:
+        :mod:`writ.engine.blast_overlaps`.
 
         A row the answer rests on that the store cannot read back (a stub, event
         ``unreadable``: see :func:`~writ.core.ledger.row_from`) is named in an added
@@ -52,15 +56,13 @@ class History:
         are the rows the answer reads anyway.
         """
         resources.validate(resource)
-        covering = sorted(self.engine.blast.covering(resource))
+        covering = self.engine.blast.covering(resource)
 
         async def fn(tx: Tx) -> dict[str, Any]:
             t = tx.now() if at is None else at
             # a time from the wire names a whole microsecond (as rows are shown): include
             # the rows stamped within it, e.g. a grant asked about at its own acquired_at
-            grant = await tx.audit_latest(
-                covering, ["lease.granted"], t if at is None else t + 5e-7
-            )
+            grant = await latest_grant(tx, covering, t if at is None else t + 5e-7)
             if grant is not None and grant["event"] == UNREADABLE:
                 return {
                     "resource": resource,

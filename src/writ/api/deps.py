@@ -14,7 +14,8 @@ from writ.engine import Engine
 
 
 async def principal(request: Request) -> Principal:
-    """The caller, from ``Authorization: Bearer <token>``; 401 otherwise."""
+    """The caller, from ``Authorization: Bearer <token>``; 401 otherwise. A request that
+    waits asks again before it answers (:func:`writ.api.middleware.waiting`)."""
     auth = request.headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

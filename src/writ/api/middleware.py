@@ -1,7 +1,8 @@
 """The ASGI pieces in front of the app: the body and header limits (:class:`LimitBody`), the
 raw JSON answers they send, the answer to an unexpected exception, and :func:`_unless_hung_up`
 (a wait that ends when its caller hangs up or the server drains), counted against its
-principal by :func:`waiting`."""
+principal by :func:`waiting`, which also ends a read's wait once its caller's credential is
+refused (:func:`_while_accepted`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from writ.api.deps import principal
 from writ.core.errors import Invalid, TooLarge, Unavailable, WritError
+from writ.core.models import Principal
 from writ.engine.queue import SHUTTING_DOWN
 from writ.net.credentials import Twice, sole
 
@@ -132,13 +135,55 @@ async def waiting(
     who: str,
     work: Callable[[], Awaitable[T]],
     give_back: Callable[[T, bool], Awaitable[None]] | None = None,
+    caller: Principal | None = None,
 ) -> T:
     """A FastAPI route's request that may wait: ``work()`` counted against principal
     ``who``'s waiting requests (:mod:`writ.api.waits`: at its cap, 503 and ``work`` is never
-    called), and ended if its caller hangs up or the server drains (:func:`_unless_hung_up`)."""
+    called), and ended if its caller hangs up or the server drains (:func:`_unless_hung_up`).
+    With ``caller`` (who the request's credential named when it arrived: a long poll, whose
+    answer is data) it is answered only while that credential still authenticates
+    (:func:`_while_accepted`)."""
     app = request.app
     with app.waits.one(who):
-        return await _unless_hung_up(request.receive, work(), app.draining, give_back)
+        job = work() if caller is None else _while_accepted(request, caller, work())
+        return await _unless_hung_up(request.receive, job, app.draining, give_back)
+
+
+async def _while_accepted(request: Any, caller: Principal, work: Awaitable[T]) -> T:
+    """Await ``work`` while the credential the request arrived with still authenticates,
+    and answer with its result only if it still does. It was checked once, at arrival; the
+    wait may last minutes, and a caller disabled or rotated meanwhile, or whose token or
+    JWT expired meanwhile, must not be answered with what was written since. It is
+    checked again as a fresh request with it would be (:func:`writ.api.deps.principal`:
+    the same 401) each time a change to ``caller`` commits on this server, which so ends
+    the wait at once, and when ``work`` is done, which covers a change made on another
+    server sharing the store (heard of as a fresh request would hear of it) or by hand. A
+    refusal ends ``work`` and is raised."""
+    cache = request.app.state.engine.auth_cache
+    seen = caller.checked_gen  # the principals this server knew of when it was checked
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            change = cache.watch(caller.name)
+            if seen != cache.generation:  # a principal changed since: maybe before the watch
+                seen = cache.generation
+                with contextlib.suppress(Unavailable):  # the store or the JWKS, for now
+                    await principal(request)
+                continue
+            changed = asyncio.ensure_future(change.wait())
+            try:
+                await asyncio.wait({task, changed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+    except asyncio.CancelledError as stop:  # its caller went, or the server drains
+        task.cancel(stop.args[0] if stop.args else None)
+        raise
+    except BaseException:
+        task.cancel()
+        raise
+    out = task.result()
+    await principal(request)
+    return out
 
 
 async def _unless_hung_up(

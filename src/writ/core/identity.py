@@ -9,7 +9,9 @@
     claim = "sub"                                                    # names the principal
 
 A bearer token that is a JWT whose ``iss`` is a configured issuer acts as the registered
-principal its ``claim`` names — if that principal exists and is not disabled. The token's
+principal its ``claim`` names — if that principal exists and is not disabled, and the JWT
+was issued (``iat``) after the principal's last rotate or enable, if any
+(:mod:`writ.engine.cutoff`). The token's
 signature (by a key of the issuer's JWKS, chosen by ``kid``), ``exp``, ``nbf``, ``iss`` and
 ``aud`` are checked by PyJWT; anything else is 401. Only asymmetric algorithms are
 accepted (``none`` and the HMAC family never are: a JWKS publishes public keys, and an
@@ -19,12 +21,14 @@ Keys are fetched with httpx (no redirects; :data:`FETCH_TIMEOUT_S` for the whole
 per read; at most :data:`JWKS_MAX_BYTES`) and parsed by PyJWT's :class:`jwt.PyJWKSet`, kept
 for :data:`JWKS_LIFESPAN_S`, and fetched again for an unknown ``kid`` at most once per
 :data:`REFRESH_COOLDOWN_S` per issuer — a failed fetch counts too — so tokens with made-up
-``kid`` values cannot make writ hammer the issuer. An issuer that cannot be reached, or
-sends what is not a key set, leaves the last good set in use (503 only while writ never
-had one; why is logged, not told to the caller); so does a fetch under way, which a JWT
-signed with a known key never waits for. An ``http://`` ``jwks_url`` is accepted
-only on a loopback address; a ``jwks_file`` (relative to the policy file) is re-read
-for an unknown ``kid`` when it changed, with the same bound.
+``kid`` values cannot make writ hammer the issuer. A JWT signed with a key writ knows never
+waits for a fetch: once the set is older than its lifespan it is fetched again in the
+background, and the last good set answers meanwhile; only an unknown ``kid`` waits (for a
+key the issuer may just have added). An issuer that cannot be reached, or sends what is
+not a key set, leaves the last good set in use (503 while writ never had one, and for an
+unknown ``kid`` whose fetch failed; why is logged, not told to the caller). An ``http://``
+``jwks_url`` is accepted only on a loopback address; a ``jwks_file`` (relative to the
+policy file) is re-read for an unknown ``kid`` when it changed, with the same bound.
 """
 
 from __future__ import annotations
@@ -230,6 +234,18 @@ def _said(exc: Exception) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def _issued(iat: Any) -> float | None:
+    """A verified ``iat`` as seconds, or None when it is no number (PyJWT takes a string of
+    digits too, which is no NumericDate). PyJWT refused one in the future: an integer past
+    a float's range is far in the past, after no cut-off, as good as none."""
+    if not isinstance(iat, (int, float)) or isinstance(iat, bool):
+        return None
+    try:
+        return float(iat)
+    except OverflowError:
+        return None
+
+
 def looks_like_jwt(token: str) -> bool:
     """A compact JWS (three base64url parts), not a writ token."""
     return token.count(".") == 2 and not token.startswith("writ_")
@@ -241,9 +257,10 @@ class _Unread(Exception):
 
 class _Keys:
     """One issuer's keys: the last good JWK Set, fetched or read again when it is older
-    than :data:`JWKS_LIFESPAN_S` or lacks a ``kid`` asked for — at most once per
-    :data:`REFRESH_COOLDOWN_S`, failed attempts included. While the issuer cannot be
-    reached, and while a fetch is under way, the last good set stays in use."""
+    than :data:`JWKS_LIFESPAN_S` (in the background) or lacks a ``kid`` asked for (the
+    request waits) — at most once per :data:`REFRESH_COOLDOWN_S`, failed attempts
+    included. While the issuer cannot be reached, and while a fetch is under way, the last
+    good set stays in use."""
 
     def __init__(self, issuer: JwtIssuer) -> None:
         self.issuer = issuer
@@ -254,6 +271,8 @@ class _Keys:
         self._tried = float("-inf")  # when it was last tried, ok or not
         self._file_mtime: float | None = None
         self._tls: ssl.SSLContext | None = None  # made on the first fetch, then kept
+        # the last background refresh, held here: the loop holds a task only weakly
+        self.refreshing: asyncio.Task[None] | None = None
 
     def _match(self, kid: str) -> PyJWK | None:
         if self._set is None:
@@ -330,18 +349,17 @@ class _Keys:
 
     async def key(self, kid: str) -> PyJWK:
         found = self._match(kid)
-        if found is not None and (
-            self.clock() - self._got < JWKS_LIFESPAN_S or self._lock.locked()
-        ):
-            return found  # fresh, or a fetch is under way: the last good set meanwhile
-        async with self._lock:  # one fetch at a time per issuer
+        if found is not None:
+            if self.clock() - self._got >= JWKS_LIFESPAN_S:
+                self._refresh_later()  # stale: the last good set meanwhile, never waited for
+            return found
+        # an unknown kid waits for a fetch (a new key of the issuer's), at most one at a time
+        async with self._lock:
             now = self.clock()
             found = self._match(kid)
-            if found is not None and now - self._got < JWKS_LIFESPAN_S:
-                return found
+            if found is not None:
+                return found  # the fetch it waited for brought it
             if now - self._tried < REFRESH_COOLDOWN_S:
-                if found is not None:
-                    return found  # due for a refresh, which failed a moment ago
                 if self._set is None:
                     raise Unavailable(
                         f"cannot read the JWKS of {self.issuer.issuer} (last tried "
@@ -351,25 +369,45 @@ class _Keys:
                     f"no key {kid!r} in the JWKS of {self.issuer.issuer} (read "
                     f"{now - self._tried:.0f}s ago; at most once per {REFRESH_COOLDOWN_S:g}s)"
                 )
-            self._tried = now
-            try:
-                keys = await self._load()
-            except _Unread as exc:
-                where = self.issuer.jwks_url or self.issuer.jwks_file
-                kept = "; keeping the last good set" if self._set is not None else ""
-                log.warning("JWKS of %s (%s): %s%s", self.issuer.issuer, where, exc, kept)
-                if found is not None:
-                    return found
+            if not await self._refresh(now):
                 raise Unavailable(
                     f"cannot read the JWKS of {self.issuer.issuer} (writ's log says why); "
                     "try again later"
-                ) from None
-            self.fetches += 1
-            self._set, self._got = keys, now
+                )
             found = self._match(kid)
         if found is None:
             raise Unauthenticated(f"no key {kid!r} in the JWKS of {self.issuer.issuer}")
         return found
+
+    async def _refresh(self, now: float) -> bool:
+        """Fetch or read the set again (holding the lock); whether a good set was had. A
+        failure is logged, and the last good set stays in use."""
+        self._tried = now
+        try:
+            keys = await self._load()
+        except _Unread as exc:
+            where = self.issuer.jwks_url or self.issuer.jwks_file
+            kept = "; keeping the last good set" if self._set is not None else ""
+            log.warning("JWKS of %s (%s): %s%s", self.issuer.issuer, where, exc, kept)
+            return False
+        self.fetches += 1
+        self._set, self._got = keys, now
+        return True
+
+    def _refresh_later(self) -> None:
+        """Refresh a stale set in the background, unless a fetch is under way or one was
+        tried within :data:`REFRESH_COOLDOWN_S`."""
+        under_way = self._lock.locked() or (self.refreshing and not self.refreshing.done())
+        if under_way or self.clock() - self._tried < REFRESH_COOLDOWN_S:
+            return
+
+        async def refresh() -> None:
+            async with self._lock:
+                now = self.clock()
+                if now - self._got >= JWKS_LIFESPAN_S and now - self._tried >= REFRESH_COOLDOWN_S:
+                    await self._refresh(now)
+
+        self.refreshing = asyncio.get_running_loop().create_task(refresh())
 
     fetches = 0  # successful fetches or reads (for tests)
 
@@ -400,9 +438,10 @@ class Identity:
     def handles(self, token: str) -> bool:
         return bool(self.issuers) and looks_like_jwt(token)
 
-    async def verify(self, token: str) -> tuple[str, JwtIssuer]:
-        """The principal name a JWT vouches for, and its issuer (whose :meth:`~JwtIssuer.refuses`
-        the principal must pass); :class:`Unauthenticated` otherwise."""
+    async def verify(self, token: str) -> tuple[str, JwtIssuer, float | None]:
+        """The principal name a JWT vouches for, its issuer (whose :meth:`~JwtIssuer.refuses`
+        the principal must pass) and when it was issued (its ``iat``; None when it has no
+        number there); :class:`Unauthenticated` otherwise."""
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -442,4 +481,4 @@ class Identity:
             raise Unauthenticated(
                 f"the JWT's {issuer.claim!r} claim names no principal (1-64 of a-z 0-9 . _ -)"
             )
-        return name, issuer
+        return name, issuer, _issued(claims.get("iat"))

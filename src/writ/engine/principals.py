@@ -4,15 +4,18 @@ expiry, and the on-call queues a human is a member of.
 A principal has one token at a time, stored hashed. ``rotate`` replaces it (the old one is
 refused from that commit on), ``disable`` refuses it and takes the principal out of play
 (its held leases are revoked, its queued requests leave the queue), ``enable`` brings the
-principal back with a fresh token. ``expires_in_s`` on create or rotate gives the token an
-end. Each is one store transaction with its audit row.
+principal back with a fresh token. Rotate and enable also cut off the JWTs issued for the
+principal until then (:mod:`writ.engine.cutoff`), and rotate takes its queued requests
+out of the queue: each was asked with a credential that is refused now. ``expires_in_s``
+on create or rotate gives the token an end. Each is one store transaction with its audit
+row.
 
 Tokens that were refused must stay refused everywhere at once. The engine remembers the
-tokens it accepted only briefly (:data:`AUTH_CACHE_S`) and forgets every one of them when
-a principal changes: on a ``principals`` notification — sent by each change made here
-and, in PostgreSQL, by a trigger on any change to the table, hand edits included — after
-the store's listener reconnects (``resync``), and, in SQLite, when the store's count of
-principal changes (kept by triggers, read on every request) moved.
+tokens it accepted only briefly (:mod:`writ.engine.auth_cache`) and forgets every one of
+them when a principal changes: on a ``principals`` notification — sent by each change made
+here and, in PostgreSQL, by a trigger on any change to the table, hand edits included —
+after the store's listener reconnects (``resync``), and, in SQLite, when the store's count
+of principal changes (kept by triggers, read on every request) moved.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ import hashlib
 import logging
 import re
 import secrets
-import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from writ.core.clock import rfc3339
@@ -38,6 +39,9 @@ from writ.core.identity import Identity
 from writ.core.models import KINDS, NAME, Principal
 from writ.core.validate import check_text, number, text, text_problem
 from writ.core.wake_routes import check_wake_route, redact
+from writ.engine.auth_cache import AUTH_CACHE_S as AUTH_CACHE_S
+from writ.engine.auth_cache import AuthCache as AuthCache
+from writ.engine.cutoff import cut_off, cut_off_at, refuse_early
 from writ.engine.hooks import SYSTEM, Request, Rule
 from writ.stores.base import Store, Tx
 
@@ -64,10 +68,6 @@ def new_token() -> str:
     return "writ_" + secrets.token_urlsafe(32)
 
 
-#: How long a server that reads principals from a remote store may reuse what it read
-#: (seconds): the bound on a missed notification. Within a process, changes made here
-#: and notifications clear it at once.
-AUTH_CACHE_S = 0.5
 #: The longest ``expires_in_s`` accepted: ten years.
 MAX_EXPIRES_S = 10 * 365 * 86_400
 DISABLE_RUNBOOK = "principal.disable"
@@ -115,46 +115,6 @@ def refusal(p: Principal, now: float) -> Unauthenticated | None:
     return None
 
 
-@dataclass(slots=True)
-class _Remembered:
-    principal: Principal
-    until: float  # time.monotonic()
-
-
-class AuthCache:
-    """Token hash → principal, for stores whose reads are remote. Entries live at most
-    :data:`AUTH_CACHE_S`; :meth:`forget` drops them all and makes reads that began before
-    it unable to store what they read (a generation counter)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.generation = 0
-        self.store_generation: int | None = None  # the store's count of principal changes
-        self._entries: dict[str, _Remembered] = {}
-
-    def get(self, token_hash: str) -> Principal | None:
-        if not self.enabled:
-            return None
-        e = self._entries.get(token_hash)
-        if e is None:
-            return None
-        if time.monotonic() >= e.until:
-            del self._entries[token_hash]
-            return None
-        return e.principal
-
-    def put(self, token_hash: str, p: Principal, generation: int) -> None:
-        if not self.enabled or generation != self.generation or p.token_expires_at is not None:
-            return  # an expiring token is checked against the store's clock every time
-        if len(self._entries) > 100_000:
-            self._entries.clear()
-        self._entries[token_hash] = _Remembered(p, time.monotonic() + AUTH_CACHE_S)
-
-    def forget(self) -> None:
-        self.generation += 1
-        self._entries.clear()
-
-
 class Principals(Rule):
     """The lifecycle operations, hooked into the engine (``engine.principals``)."""
 
@@ -189,9 +149,22 @@ class Principals(Rule):
 
     def _changed(self, tx: Tx, name: str) -> None:
         tx.notify("principals", {"name": name})
+        cache = self.engine.auth_cache
         # at once too: a grant later in this commit reads its principal again (queue.py)
-        self.engine.auth_cache.forget()
-        tx.after_commit(self.engine.auth_cache.forget)
+        cache.forget()
+        tx.after_commit(cache.forget)
+        tx.after_commit(lambda: cache.changed(name))  # its waiting requests check again
+
+    async def _withdraw(self, tx: Tx, name: str, notes: str, err: WritError) -> list[str]:
+        """Take ``name``'s queued requests out of the queue, each refused with ``err`` (its
+        waiting caller gets it, wherever it waits); their ids."""
+        withdrawn: list[str] = []
+        for w in await tx.waiters_of(name):
+            if not await tx.delete_waiter(w.waiter_id):
+                continue
+            await self.engine.withdraw(tx, w, notes, err)
+            withdrawn.append(w.waiter_id)
+        return withdrawn
 
     @staticmethod
     async def check_queues(tx: Tx, names: Any, field: str) -> list[str]:
@@ -219,8 +192,9 @@ class Principals(Rule):
     async def rotate(
         self, actor: Principal | None, name: str, expires_in_s: Any = None
     ) -> dict[str, Any]:
-        """A new token for ``name`` (admin, or the principal itself); the old one is
-        refused from this commit on."""
+        """A new token for ``name`` (admin, or the principal itself); the old one, and every
+        JWT issued for it until now, are refused from this commit on, and its queued
+        requests leave the queue."""
         if actor is not None and not actor.admin and actor.name != name:
             err = Forbidden(
                 f"{actor.name} may rotate only its own token (an admin may rotate any)",
@@ -244,7 +218,7 @@ class Principals(Rule):
         # never lengthen or lift it
         bounded = actor is not None and not actor.admin
 
-        async def fn(tx: Tx) -> Principal:
+        async def fn(tx: Tx) -> tuple[Principal, list[str]]:
             p = await self._get(tx, name)
             if p.disabled_at is not None:
                 raise Invalid(
@@ -271,11 +245,23 @@ class Principals(Rule):
                     ),
                 }
             )
+            await cut_off(tx, name, by, "principal.rotated")
+            err = Unauthenticated(
+                f"the token of {name} was rotated while this request waited: its credential "
+                "is refused; ask again with the new token (or a JWT issued since)",
+                principal=name,
+            )
+            withdrawn = await self._withdraw(tx, name, f"{by} rotated the token of {name}", err)
             self._changed(tx, name)
-            return p
+            return p, withdrawn
 
-        p = await self.engine.store.transact(fn)
-        return {"name": p.name, "token": token, "token_expires_at": rfc3339(p.token_expires_at)}
+        p, withdrawn = await self.engine.store.transact(fn)
+        return {
+            "name": p.name,
+            "token": token,
+            "token_expires_at": rfc3339(p.token_expires_at),
+            "withdrawn": withdrawn,
+        }
 
     async def disable(self, actor: Principal | None, name: str, reason: Any) -> dict[str, Any]:
         """Refuse ``name``'s token, revoke its held leases, take its requests out of the
@@ -333,16 +319,11 @@ class Principals(Rule):
                     lock_delay=True,
                 )
                 revoked.append(lease.lease_id)
-            withdrawn: list[str] = []
             err = Unauthenticated(
                 f"principal {name} was disabled while this request waited: {why}",
                 principal=name,
             )
-            for w in await tx.waiters_of(name):
-                if not await tx.delete_waiter(w.waiter_id):
-                    continue
-                await eng.withdraw(tx, w, f"{name} was disabled by {by}: {why}", err)
-                withdrawn.append(w.waiter_id)
+            withdrawn = await self._withdraw(tx, name, f"{name} was disabled by {by}: {why}", err)
             self._changed(tx, name)
             return {**p.to_dict(), "revoked": revoked, "withdrawn": withdrawn}
 
@@ -351,7 +332,8 @@ class Principals(Rule):
     async def enable(
         self, actor: Principal | None, name: str, expires_in_s: Any = None
     ) -> dict[str, Any]:
-        """Accept ``name`` again, with a fresh token (admin only)."""
+        """Accept ``name`` again, with a fresh token (admin only); JWTs issued for it until
+        now stay refused."""
         by = await self._admin(actor, "enable principals", name)
         ttl = expires_in(expires_in_s)
         token = new_token()
@@ -373,6 +355,7 @@ class Principals(Rule):
                     "notes": f"{by} enabled {p.kind} {name} with a fresh token",
                 }
             )
+            await cut_off(tx, name, by, "principal.enabled")
             self._changed(tx, name)
             return p
 
@@ -499,13 +482,13 @@ class PrincipalOps:
         """The registered, enabled principal a JWT from a configured issuer names."""
         from writ.engine.principals import refusal
 
-        name, issuer = await self.identity.verify(token)
+        name, issuer, iat = await self.identity.verify(token)
 
-        async def by_name(tx: Tx) -> tuple[Principal | None, float]:
-            return await tx.get_principal(name), tx.now()
+        async def by_name(tx: Tx) -> tuple[Principal | None, float | None, float]:
+            return await tx.get_principal(name), await cut_off_at(tx, name), tx.now()
 
         generation = self.auth_cache.generation
-        p, now = await self.store.read(by_name)
+        p, cut, now = await self.store.read(by_name)
         if p is None:
             raise Unauthenticated(
                 f"the JWT names {name[:64]!r}, which is not a registered principal: "
@@ -518,6 +501,7 @@ class PrincipalOps:
         why = issuer.refuses(p)
         if why is not None:
             raise Unauthenticated(f"the JWT from {issuer.issuer} may not act as {name}: {why}")
+        refuse_early(name, issuer.issuer, iat, cut)  # issued before a rotate or an enable
         # a copy: p may be shared
         return dataclasses.replace(p, signed_in_by=issuer.issuer, checked_gen=generation)
 

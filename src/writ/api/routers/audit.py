@@ -57,4 +57,5 @@ async def events(
     def work() -> Awaitable[dict[str, Any]]:
         return engine.authority.events(me, resource, after_seq, wait_s, limit)
 
-    return await (work() if wait_s <= 0 else waiting(request, me.name, work))
+    # a long poll is answered only while its caller's credential still authenticates
+    return await (work() if wait_s <= 0 else waiting(request, me.name, work, caller=me))

@@ -66,4 +66,7 @@ async def get_consent(
     engine.authority.check_observe(me, consent["resource"], f"consent {consent_id}")
     if wait_s <= 0:
         return consent
-    return await waiting(request, me.name, lambda: engine.consents.get(consent_id, wait_s))
+    # answered only while its caller's credential still authenticates
+    return await waiting(
+        request, me.name, lambda: engine.consents.get(consent_id, wait_s), caller=me
+    )

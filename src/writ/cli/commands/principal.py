@@ -106,7 +106,9 @@ def rotate(
     token: str | None,
     as_json: bool,
 ) -> None:
-    """Give NAME a new token and print it; the old token is refused at once.
+    """Give NAME a new token and print it; the old token is refused at once, and so is
+    every JWT issued for NAME until now (its iat). NAME's queued requests leave the queue,
+    and its long polls are answered 401, not with what was written since.
 
     An admin may rotate any principal (admin included: this is how WRIT_ADMIN_TOKEN is
     rotated); any principal may rotate its own token.
@@ -120,7 +122,14 @@ def rotate(
         lambda client: client.rotate_principal(name, secs),
     )
     until = out.get("token_expires_at")
-    _show(out, as_json, f"rotated {name}" + (f" (expires {until})" if until else ""))
+    withdrawn = out.get("withdrawn") or []
+    _show(
+        out,
+        as_json,
+        f"rotated {name}"
+        + (f" (expires {until})" if until else "")
+        + (f": {len(withdrawn)} queued request(s) withdrawn" if withdrawn else ""),
+    )
 
 
 @click.command("disable")
@@ -132,8 +141,9 @@ def rotate(
 def disable(
     name: str, reason: str, store: str | None, url: str, token: str | None, as_json: bool
 ) -> None:
-    """Disable NAME (admin): its token is refused at once, its held leases are revoked
-    (via runbook principal.disable) and its queued requests leave the queue."""
+    """Disable NAME (admin): its token and its JWTs are refused at once, its held leases
+    are revoked (via runbook principal.disable), its queued requests leave the queue, and
+    its long polls are answered 401."""
     out = _act(
         store,
         url,
@@ -164,7 +174,8 @@ def enable(
     token: str | None,
     as_json: bool,
 ) -> None:
-    """Enable NAME again (admin) and print its fresh token (the old one stays refused)."""
+    """Enable NAME again (admin) and print its fresh token. The old token stays refused,
+    and so does every JWT issued for NAME until now (its iat)."""
     secs = parse_expires(expires_in)
     out = _act(
         store,

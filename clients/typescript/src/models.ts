@@ -36,11 +36,14 @@ export interface NewPrincipal extends Principal {
   token: string;
 }
 
-/** `POST /v1/principals/{name}/rotate` (v1.1): the new token; the old one is refused from now. */
+/** `POST /v1/principals/{name}/rotate` (v1.1): the new token; the old one, and every JWT for
+ * the principal issued until now, are refused from now. */
 export interface RotatedToken extends Open {
   name: string;
   token: string;
   token_expires_at: string | null;
+  /** The ids of its queued requests that left the queue (asked with the old token). */
+  withdrawn: string[];
 }
 
 /** `POST /v1/principals/{name}/disable` (v1.1): the principal, what was revoked and withdrawn. */

@@ -23,5 +23,14 @@ from writ.mcp.server import DEFAULT_HTTP_PORT as DEFAULT_HTTP_PORT
 from writ.mcp.server import INSTRUCTIONS as INSTRUCTIONS
 from writ.mcp.server import TOOL_NAMES as TOOL_NAMES
 from writ.mcp.server import create_server as create_server
+from writ.mcp.sessions import SessionLimits as SessionLimits
 
-__all__ = ["DEFAULT_HTTP_PORT", "INSTRUCTIONS", "TOOL_NAMES", "create_server", "guidance", "serve"]
+__all__ = [
+    "DEFAULT_HTTP_PORT",
+    "INSTRUCTIONS",
+    "TOOL_NAMES",
+    "SessionLimits",
+    "create_server",
+    "guidance",
+    "serve",
+]

@@ -16,7 +16,8 @@ from writ.client import AsyncClient
 from writ.core.errors import WritError
 from writ.core.textsafe import counted, inert
 from writ.mcp.refusals import guidance
-from writ.net.caps import PerKey
+from writ.mcp.sessions import in_a_session
+from writ.net.caps import PerKey, client_key
 
 HUMAN_KINDS = ("human", "queue")
 MAX_EVENTS = 200
@@ -36,14 +37,20 @@ def _discard(aw: Awaitable[Any]) -> None:
 
 
 def _session_of(request: Context[Any, Any]) -> str:
-    """Which MCP session a tool call belongs to: over HTTP its ``Mcp-Session-Id`` (the SDK
-    hands each request a connection of its own, and refuses an id it did not issue); over
-    stdio, the one session of the process."""
+    """Whose share of the waits a tool call counts against: over stdio, the one session of
+    the process; over HTTP, its session (its ``Mcp-Session-Id``, which the SDK refuses
+    unless it issued it), or, on the newer protocol, which has no sessions, its client (its
+    address, as its connections and sessions are counted): each such call on its own was a
+    share of its own, so one client had as many waiting as it sent."""
     http = request.request_context.request
     if http is None:
         return "stdio"
-    sid = getattr(http, "headers", {}).get("mcp-session-id")
-    return str(sid) if sid else f"request {id(http):x}"  # stateless: each call on its own
+    headers = getattr(http, "headers", {})
+    sid = headers.get("mcp-session-id")
+    if sid and in_a_session(headers.get("mcp-protocol-version")):
+        return f"session {sid}"
+    peer = getattr(http, "client", None)
+    return f"client {client_key(str(peer.host) if peer else '')}"
 
 
 class ToolContext:
@@ -64,13 +71,17 @@ class ToolContext:
 
     @contextlib.contextmanager
     def waiting(self, request: Context[Any, Any] | None, wait_s: float) -> Iterator[None]:
-        """Count one tool call of ``request``'s session that may wait (``wait_s`` > 0) while
-        the block runs; :class:`ToolError`, nothing done, when its session has as many as
-        it may already: the sessions of one server share its client and its principal's
-        waits on writ, so one session must not take them all."""
+        """Count one tool call that may wait (``wait_s`` > 0) against ``request``'s session,
+        or its client when it has none (:func:`_session_of`), while the block runs;
+        :class:`ToolError`, nothing done, when that one has as many as it may already: the
+        sessions of one server share its client and its principal's waits on writ, so one
+        session must not take them all. Enter it before anything is sent to writ, so that
+        "nothing was done" holds."""
         if not wait_s or request is None:  # (None: called without the SDK, in no session)
             yield
             return
+        share = _session_of(request)
+        who = "client" if share.startswith("client ") else "session"
         with (
             self.all_waits.hold(
                 "all",
@@ -82,10 +93,10 @@ class ToolContext:
                 ),
             ),
             self.waits.hold(
-                _session_of(request),
+                share,
                 lambda held: ToolError(
-                    f"This session already has {counted(held, 'tool call')} waiting on writ, the most "
-                    "one session may have, so that it cannot hold every connection this MCP server "
+                    f"This {who} already has {counted(held, 'tool call')} waiting on writ, the most "
+                    f"one {who} may have, so that it cannot hold every connection this MCP server "
                     "shares with its other sessions. Nothing was done. Call again once one of "
                     "them has returned, or with wait_s=0."
                 ),

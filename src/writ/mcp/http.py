@@ -6,14 +6,16 @@ import hmac
 import ipaddress
 import json
 import sys
-from typing import Literal
+from typing import Any, Literal
 
+from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from writ.client import AsyncClient
 from writ.mcp.context import WAITS_IN_ALL, WAITS_PER_SESSION
 from writ.mcp.server import DEFAULT_HTTP_PORT, create_server
+from writ.mcp.sessions import SessionLimits, SessionShares
 from writ.net.credentials import Twice, sole
 from writ.net.limits import Limits
 from writ.net.listen import bind, listening_url
@@ -78,6 +80,30 @@ def rebinding_guard(host: str) -> TransportSecuritySettings | None:
     )
 
 
+def http_app(
+    server: MCPServer[Any],
+    host: str,
+    path: str,
+    http_token: str | None,
+    sessions: SessionLimits,
+) -> ASGIApp:
+    """``server`` as streamable HTTP at ``path``: its sessions within ``sessions`` (the SDK's
+    own defaults let one client hold 10,000 for 30 minutes), each client's share of them
+    kept, behind the bearer token when there is one."""
+    app: ASGIApp = server.streamable_http_app(
+        streamable_http_path=path,
+        host=host,
+        transport_security=rebinding_guard(host),
+        max_sessions=sessions.max_sessions,
+        session_idle_timeout=sessions.idle_s,
+    )
+    if sessions.client_share:
+        app = SessionShares(app, sessions.client_share, sessions.idle_s)
+    if http_token:
+        app = RequireBearer(app, http_token)
+    return app
+
+
 async def serve(
     client: AsyncClient,
     transport: Literal["stdio", "http"] = "stdio",
@@ -90,10 +116,12 @@ async def serve(
     limits: Limits | None = None,
     waits_per_session: int = WAITS_PER_SESSION,
     waits_in_all: int = WAITS_IN_ALL,
+    sessions: SessionLimits | None = None,
 ) -> None:
     """Run the MCP server until its client goes away (stdio) or it is interrupted (http);
-    each HTTP connection within ``limits``, each session with at most ``waits_per_session``
-    tool calls waiting, and all of them with at most ``waits_in_all``."""
+    each HTTP connection within ``limits``, the HTTP sessions within ``sessions``, each
+    session with at most ``waits_per_session`` tool calls waiting, and all of them with at
+    most ``waits_in_all``."""
     server = create_server(
         client,
         allow_human=allow_human,
@@ -106,11 +134,7 @@ async def serve(
             return
         import uvicorn
 
-        app: ASGIApp = server.streamable_http_app(
-            streamable_http_path=path, host=host, transport_security=rebinding_guard(host)
-        )
-        if http_token:
-            app = RequireBearer(app, http_token)
+        app = http_app(server, host, path, http_token, sessions or SessionLimits())
         sock = bind(host, port)
         config = uvicorn.Config(
             app,

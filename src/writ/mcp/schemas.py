@@ -31,6 +31,10 @@ def _number(value: Any) -> Any:
     raise ValueError(f"a number is required, not {kind}")
 
 
+#: After the ``Field`` in ``Annotated[...]``, never before it: placed first, it hid the type
+#: from the constraints, so the schema published "ge"/"le" (no client reads them) instead of
+#: "minimum"/"maximum", and a ``null`` for an optional number failed in the constraint with
+#: no message ("Error executing tool").
 NUMBER = BeforeValidator(_number)
 
 # An id as writ hands them out (``ls_3kq9…``: letters, digits, ``_`` and ``-``), checked

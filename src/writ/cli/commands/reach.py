@@ -294,6 +294,30 @@ def gate_command(
     "nothing to open); one more is a tool error at once, nothing done, where over the "
     "client's 100 connections for waiting calls it failed after 12 s as unreachable.",
 )
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="HTTP: MCP sessions (clients on a protocol with the initialize handshake) open at "
+    "once; one more is refused (503) until one ends or idles out. The SDK's own 10,000 let one "
+    "holder of the HTTP token take them all.",
+)
+@click.option(
+    "--max-sessions-per-client",
+    type=click.IntRange(0),
+    default=None,
+    help="HTTP: MCP sessions one client (its address; an IPv6 client its /64) may have open; "
+    "one more is 429, no session made. Default: a quarter of --max-sessions; 0: no such cap.",
+)
+@click.option(
+    "--session-idle-s",
+    type=click.FloatRange(1, 86400),
+    default=600,
+    show_default=True,
+    help="HTTP: an MCP session with no request in flight for this many seconds is closed (its "
+    "client starts a new one); the SDK's own was 30 minutes.",
+)
 @_allow_down
 @log_level_option
 @limit_options()
@@ -308,6 +332,9 @@ def mcp_command(
     allow_human_token: bool,
     max_waits_per_session: int,
     max_waits: int,
+    max_sessions: int,
+    max_sessions_per_client: int | None,
+    session_idle_s: float,
     allow_server_down: bool,
     log_level: str,
     **limits: Any,
@@ -324,7 +351,7 @@ def mcp_command(
         import anyio
 
         from writ.client import AsyncClient
-        from writ.mcp import serve
+        from writ.mcp import SessionLimits, serve
     except ImportError as exc:  # pragma: no cover - needs the extra
         raise click.ClickException(
             f"writ mcp needs the MCP SDK: pip install 'writ[mcp]' ({exc})"
@@ -360,6 +387,7 @@ def mcp_command(
                 from_options(limits),
                 max_waits_per_session,
                 max_waits,
+                SessionLimits(max_sessions, max_sessions_per_client, session_idle_s),
             )
         )
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from writ.mcp.context import ToolContext
@@ -36,12 +37,12 @@ def register(server: MCPServer[Any], ctx: ToolContext) -> None:
         after: Annotated[Any, Field(description="the value after (any JSON)")] = None,
         protect_s: Annotated[
             float | None,
-            NUMBER,
             Field(
                 description="how long other agents need your consent to undo it (default: policy)",
                 ge=0,
                 le=86400,
             ),
+            NUMBER,
         ] = None,
     ) -> dict[str, Any]:
         """Record a change you made under your lease. For a while (protect_s) another agent
@@ -68,22 +69,30 @@ def register(server: MCPServer[Any], ctx: ToolContext) -> None:
         ],
         wait_s: Annotated[
             float,
-            NUMBER,
             Field(
                 description="wait up to this many seconds for an answer before returning",
                 ge=0,
                 le=300,
             ),
+            NUMBER,
         ] = 0,
         request: Context[Any, Any] | None = None,
     ) -> dict[str, Any]:
         """Ask the author of a protected change (or a human) to let you touch it. Returns the
         consent with its status (pending, granted, denied, expired); when granted, pass its
         consent_id to acquire_write_authority. It is single-use."""
-        consent = await _call(client.ask_consent(change_id, reason))
-        if wait_s and consent.get("status") == "pending":
-            with ctx.waiting(request, wait_s):
-                consent = await _call(client.consent(consent["consent_id"], wait_s))
+        with ctx.waiting(request, wait_s):  # before the ask: refused, it asked nothing
+            consent = await _call(client.ask_consent(change_id, reason))
+            if wait_s and consent.get("status") == "pending":
+                try:
+                    consent = await _call(client.consent(consent["consent_id"], wait_s))
+                except ToolError as err:  # asked all the same: its id is the model's to keep
+                    asked, why = consent["consent_id"], str(err).splitlines()[0]
+                    consent["next"] = (
+                        f"Your consent request {asked} was made and is pending, but waiting for "
+                        f"its answer failed ({why}). Do not ask again: wait with "
+                        f"get_consent(consent_id={asked!r}, wait_s=...)."
+                    )
         return consent
 
     @server.tool(annotations=_READ)
@@ -93,12 +102,12 @@ def register(server: MCPServer[Any], ctx: ToolContext) -> None:
         ],
         wait_s: Annotated[
             float,
-            NUMBER,
             Field(
                 description="wait up to this many seconds while it is still pending",
                 ge=0,
                 le=300,
             ),
+            NUMBER,
         ] = 0,
         request: Context[Any, Any] | None = None,
     ) -> dict[str, Any]:

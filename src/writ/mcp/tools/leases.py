@@ -32,23 +32,23 @@ def _take_and_give_back(server: MCPServer[Any], ctx: ToolContext) -> None:
         ],
         ttl_s: Annotated[
             float,
-            NUMBER,
             Field(
                 description="lease time-to-live in seconds; renew before it runs out (renew_lease) "
                 "or you lose write authority. Pick more than your slowest step.",
                 ge=1,
                 le=3600,
             ),
+            NUMBER,
         ] = 300,
         wait_s: Annotated[
             float,
-            NUMBER,
             Field(
                 description="if someone else holds it, wait up to this many seconds in the FIFO "
                 "queue instead of being refused at once",
                 ge=0,
                 le=300,
             ),
+            NUMBER,
         ] = 0,
         touches: Annotated[
             list[str] | None,
@@ -106,12 +106,12 @@ def _take_and_give_back(server: MCPServer[Any], ctx: ToolContext) -> None:
         lease_id: LeaseId,
         ttl_s: Annotated[
             float | None,
-            NUMBER,
             Field(
                 description="new time-to-live from now, in seconds (default: the lease's own)",
                 ge=1,
                 le=3600,
             ),
+            NUMBER,
         ] = None,
     ) -> dict[str, Any]:
         """Extend your lease (same fencing token). Fails with lease_lost if it already expired

@@ -24,39 +24,38 @@ def register(server: MCPServer[Any], ctx: ToolContext) -> None:
         ] = None,
         after_seq: Annotated[
             int | None,
-            NUMBER,
             Field(
                 description="return events after this seq (next_after_seq of your previous call); "
                 "default: only events from now on",
                 ge=0,
             ),
+            NUMBER,
         ] = None,
         wait_s: Annotated[
             float,
-            NUMBER,
             Field(
                 description="wait up to this many seconds for the first new event",
                 ge=0,
                 le=120,
             ),
+            NUMBER,
         ] = 20,
         limit: Annotated[
-            int, NUMBER, Field(description="at most this many events", ge=1, le=MAX_EVENTS)
+            int, Field(description="at most this many events", ge=1, le=MAX_EVENTS), NUMBER
         ] = 50,
         request: Context[Any, Any] | None = None,
     ) -> dict[str, Any]:
         """Wait for audit events (grants, releases, expiries, changes, consents, rollbacks)
         under a resource. Returns {rows, next_after_seq}: pass next_after_seq back to continue
         where you left off."""
-        cursor = await _call(client.last_seq()) if after_seq is None else {"result": after_seq}
-        start = int(cursor["result"])
 
-        async def read() -> dict[str, Any]:  # a page that is none is a tool error too
+        async def read(start: int) -> dict[str, Any]:  # a page that is none is a tool error too
             rows, nxt = page(await client.events(resource, start, wait_s), start)
             return {"rows": rows, "next_after_seq": nxt}
 
-        with ctx.waiting(request, wait_s):
-            out = await _call(read())
+        with ctx.waiting(request, wait_s):  # before any call: refused, it sent nothing
+            cursor = await _call(client.last_seq()) if after_seq is None else {"result": after_seq}
+            out = await _call(read(int(cursor["result"])))
         rows = out["rows"][:limit]
         return {"rows": rows, "next_after_seq": rows[-1]["seq"] if rows else out["next_after_seq"]}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
@@ -237,3 +238,31 @@ def test_readings_no_one_lease_covers_are_invalid() -> None:
     two_attributes = [*ROUTES[:2], Route("/a/*", "p", frozenset({"POST"}), "labels")]
     with pytest.raises(Invalid, match="no one"):
         route_of(two_attributes, ["DELETE", "POST"], request_paths("/a/db/x"))
+
+
+NON_ASCII = [
+    Route("/straße/*", "prod/street"),
+    Route("/kılavuz/*", "prod/guide"),
+    Route("/maße/*", "prod/measures"),
+    Route("/masse/*", "prod/mass"),
+]
+
+
+def test_routes_with_letters_a_router_folds_are_read_both_ways() -> None:
+    """A route's own non-ASCII letters fold as a request's do: /kilavuz/x is what a
+    case-insensitive router serves for /kılavuz/* (Python's re and Java match ı to i). A
+    fold to several letters is none a router makes: /maße/x is the /maße/* route's alone,
+    not a reading under /masse/* too (400 for every such request)."""
+    assert route_of(NON_ASCII, ["POST"], request_paths("/kilavuz/x")) == NON_ASCII[1]
+    assert route_of(NON_ASCII, ["POST"], request_paths("/KILAVUZ/x")) == NON_ASCII[1]
+    assert route_of(NON_ASCII, ["POST"], request_paths("/maße/x")) == NON_ASCII[2]
+    assert route_of(NON_ASCII, ["POST"], request_paths("/masse/x")) == NON_ASCII[3]
+
+
+def test_an_ambiguous_path_on_a_non_ascii_route_is_on_its_prefix() -> None:
+    """/stra%00ße/x may be /straße/x to an upstream that drops the NUL: it lies on the
+    route's prefix, so the gate refuses it as ambiguous instead of passing it unchecked."""
+    gate = Gate("http://127.0.0.1:9", "t", "http://127.0.0.1:9", NON_ASCII)
+    for raw in (b"/stra%00%C3%9Fe/x", b"/k%00%C4%B1lavuz/x", b"/k%00ilavuz/x"):
+        assert gate.mapped(unquote(raw.decode()), raw), raw
+    assert not gate.mapped("/elsewhere/x", b"/else%00where/x")

@@ -310,7 +310,7 @@ class Gate:
         lows = {p.lower() for p in paths}
         if any(
             r.covers(paths)
-            or any(low == r.prefix() or low.startswith(r.prefix() + "/") for low in lows)
+            or any(low == pre or low.startswith(pre + "/") for low in lows for pre in r.prefixes())
             for r in self.routes
         ):
             return True
@@ -318,7 +318,7 @@ class Gate:
             return False
         loose = loose_path(raw_path)
         lows = {loose, *(p.lower() for p in request_paths(loose))}
-        return any(low.startswith(r.prefix()) for low in lows for r in self.routes)
+        return any(low.startswith(pre) for low in lows for r in self.routes for pre in r.prefixes())
 
     async def handle(self, scope: Scope, receive: Receive) -> Response:
         """Decide and forward one HTTP request; the answer to send back."""

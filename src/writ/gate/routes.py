@@ -70,18 +70,24 @@ class Route:
         return self.covers(paths)
 
     def covers(self, paths: Iterable[str]) -> bool:
-        """Whether any of ``paths`` falls under this route, whatever the method."""
-        pattern = self.path.lower()
-        bare = pattern[:-2] if pattern.endswith("/*") else None
+        """Whether any of ``paths`` falls under this route, whatever the method: as written,
+        and with the letters a case-insensitive router takes for ASCII folded on both sides
+        (:func:`ascii_folded`: a route ``/kılavuz/*`` covers ``/kilavuz/x``)."""
+        patterns = {self.path.lower(), ascii_folded(self.path).lower()}
+        bares = {p[:-2] for p in patterns if p.endswith("/*")}
         return any(
-            fnmatch.fnmatchcase(low := p.lower(), pattern) or low == bare or low == f"{bare}/"
+            any(fnmatch.fnmatchcase(low := p.lower(), pattern) for pattern in patterns)
+            or low in bares
+            or low.rstrip("/") in bares
             for p in paths
         )
 
-    def prefix(self) -> str:
-        """The literal start of the glob (before any wildcard), without a final ``/``."""
+    def prefixes(self) -> set[str]:
+        """The literal start of the glob (before any wildcard), without a final ``/``: as
+        written, and folded (:func:`ascii_folded`), lower case."""
         cut = min((i for i, c in enumerate(self.path) if c in "*?["), default=len(self.path))
-        return self.path[:cut].rstrip("/").lower()
+        literal = self.path[:cut].rstrip("/")
+        return {literal.lower(), ascii_folded(literal).lower()}
 
 
 def route_of(routes: Sequence[Route], methods: Iterable[str], paths: Iterable[str]) -> Route | None:
@@ -232,14 +238,15 @@ def request_paths(path: str) -> set[str]:
 
 @functools.lru_cache(maxsize=4096)
 def _ascii_letters(c: str) -> str:
-    """The ASCII letters a non-ASCII character ``c`` is taken for by some case-insensitive
-    match (Python's ``re.IGNORECASE``, Java's ``toLowerCase`` and ``equalsIgnoreCase``, a
-    case fold), or ``c`` itself: ``ı`` and ``İ`` are ``i``, ``ſ`` is ``s``, ``K`` (Kelvin) is
-    ``k``, ``ß`` is ``ss``."""
-    for form in (c.lower(), c.upper(), c.casefold()):
+    """The ASCII letter a non-ASCII character ``c`` is taken for by a case-insensitive match
+    that compares one character at a time (Python's ``re.IGNORECASE``, Java's
+    ``toLowerCase`` and ``equalsIgnoreCase``), or ``c`` itself: ``ı`` and ``İ`` are ``i``,
+    ``ſ`` is ``s``, ``K`` (Kelvin) is ``k``. A fold to several letters (``ß`` to ``ss``) is
+    none such a router makes: ``/maße`` and ``/masse`` stay two paths."""
+    for form in (c.lower(), c.upper()):
         # İ lowers to i and a combining dot above: a router comparing characters sees the i
         base = form.rstrip("".join(x for x in form if unicodedata.combining(x)))
-        if base and base.isascii() and base.isalpha():
+        if len(base) == 1 and base.isascii() and base.isalpha():
             return base.lower()
     return c
 
@@ -255,12 +262,13 @@ def ascii_folded(text: str) -> str:
 def loose_path(raw_path: bytes) -> str:
     """What an ambiguous raw path may come to once an upstream drops or folds what makes it
     ambiguous (controls and spaces, ``;`` parameters, ``%uXXXX`` escapes, bytes that are not
-    UTF-8, compatibility characters): lower case, for a prefix test."""
+    UTF-8, compatibility characters): lower case, for a prefix test (its folded forms are
+    :func:`request_paths`')."""
     text = raw_path.decode("latin-1")
     text = re.sub(r"%[uU]([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), text)
     text = unicodedata.normalize("NFKC", unquote(text, errors="replace"))
     text = re.sub(r";[^/]*", "", text.replace("\\", "/"))
-    return ascii_folded(re.sub(r"[\x00-\x20\x7f\ufffd]", "", text)).lower()
+    return re.sub(r"[\x00-\x20\x7f\ufffd]", "", text).lower()
 
 
 def describe(routes: list[Route]) -> str:

@@ -54,6 +54,22 @@ def test_the_strictest_rule_of_all_a_lease_holds_back_governs_it() -> None:
     assert pol.governing("prod/db") is pol.governing("prod/db")  # cached
 
 
+def test_only_what_a_rule_names_counts_against_the_others() -> None:
+    """A rule below that names only its lock delay leaves a lease on prod the protection,
+    page delay and consent timeout prod's rule names (its unnamed settings are the
+    built-in ones: they made prod's 60-s protection 900 s and its one-hour consent timeout
+    two minutes)."""
+    pol = parse(
+        '[[rules]]\nprefix = "prod"\nprotect_s = 60\npage_after_s = 600\n'
+        "consent_timeout_s = 3600\n"
+        '[[rules]]\nprefix = "prod/db/replica"\nlock_delay_s = 2\n'
+    )
+    rule = pol.governing("prod")
+    assert (rule.protect_s, rule.page_after_s, rule.consent_timeout_s) == (60, 600, 3600)
+    assert rule.lock_delay_s == 2
+    assert pol.rule_for("prod/db/replica").named == {"lock_delay_s"}
+
+
 @pytest.mark.parametrize("alias", ALIASES)
 async def test_a_lock_delay_holds_after_a_lease_through_a_group_member_or_ancestor(
     make_engine: Any, backend: Backend, alias: str

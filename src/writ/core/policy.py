@@ -53,9 +53,12 @@ class Rule:
     page_after_s: float = 60.0
     lock_delay_s: float = 0.0
     consent_timeout_s: float = 120.0
+    # the settings the policy file names for this prefix (the rest are the built-in ones):
+    # only those count when a lease is held to the rules of all it holds back (governing)
+    named: frozenset[str] = field(default=frozenset(), compare=False)
 
 
-RULE_KEYS = {f.name for f in fields(Rule)}
+RULE_KEYS = {f.name for f in fields(Rule)} - {"named"}
 TOP_KEYS = {
     "rollback_base_url",
     "default_override_queue",
@@ -101,7 +104,10 @@ class Policy:
         radius (``expand``), and those of prefixes below any of them. A lease on ``prod``, or
         on ``capacity/db`` grouped with ``prod/db``, writes ``prod/db`` too, and is held to
         ``prod/db``'s rule. Strictest: the longest lock delay and protect window, the shortest
-        max hold, page delay and consent timeout. Cached per resource (the acquire path)."""
+        max hold, page delay and consent timeout — of what each of the others names: a rule
+        for ``prod/db/replica`` that sets only ``lock_delay_s`` leaves a lease on ``prod``
+        its own protection, page delay and consent timeout. Cached per resource (the
+        acquire path)."""
         blast, cache = self._governs
         if blast is not self.blast:
             cache = {}
@@ -119,14 +125,18 @@ class Policy:
         }
         rule = own
         if len(found) > 1:
-            holds = [r.max_hold_s for r in found if r.max_hold_s]  # 0 and None: never stuck
+
+            def values(key: str) -> list[Any]:  # own's, and what the others name
+                return [getattr(r, key) for r in found if r is own or key in r.named]
+
+            holds = [v for v in values("max_hold_s") if v]  # 0 and None: never stuck
             rule = replace(
                 own,
-                protect_s=max(r.protect_s for r in found),
+                protect_s=max(values("protect_s")),
                 max_hold_s=min(holds, default=own.max_hold_s),
-                page_after_s=min(r.page_after_s for r in found),
-                lock_delay_s=max(r.lock_delay_s for r in found),
-                consent_timeout_s=min(r.consent_timeout_s for r in found),
+                page_after_s=min(values("page_after_s")),
+                lock_delay_s=max(values("lock_delay_s")),
+                consent_timeout_s=min(values("consent_timeout_s")),
             )
         if len(cache) >= 100_000:  # bounded; a policy's hot resources come back at once
             cache.clear()
@@ -145,7 +155,7 @@ class Policy:
             "blast_radius": {
                 "+".join(sorted(names)): list(members) for names, members in self.blast.groups
             },
-            "rules": [{f.name: getattr(r, f.name) for f in fields(Rule)} for r in self.rules],
+            "rules": [{k: getattr(r, k) for k in sorted(RULE_KEYS)} for r in self.rules],
             "source": self.source,
             "authority": self.authority.to_dict(),
             "identity": {"jwt": [i.to_dict() for i in self.identity]},
@@ -269,7 +279,7 @@ def parse(text: str, path: str = "<policy>") -> Policy:
                     _line_of(text, key, start or 1) or start,
                 )
             values[key] = float(v)
-        pol.rules.append(replace(Rule(), **values))
+        pol.rules.append(replace(Rule(), **values, named=frozenset(values) - {"prefix"}))
     pol.authority = parse_authority(data.get("authority"), text, path)
     pol.rules.sort(key=lambda r: (-len(r.prefix.split("/")) if r.prefix else 1, r.prefix))
     pol.identity = parse_identity(data.get("identity"), text, path)

@@ -1,4 +1,5 @@
-"""The tables of a dump (``writ export`` / ``writ import``), the same for every backend."""
+"""The tables of a dump (``Store.export_rows`` / ``import_rows``, as ``writ migrate`` copies a
+store), the same for every backend."""
 
 from __future__ import annotations
 

@@ -59,6 +59,11 @@ class Rule:
 
 
 RULE_KEYS = {f.name for f in fields(Rule)} - {"named"}
+# The longest any rule setting may be: a day, the API's own bound on a change's protect_s.
+# Unbounded, the times worked out from them (a lock delay's end, a window's end) left what
+# a timestamp can hold: inf, nan or 1e20 made change, revoke, acquire and the sweep fail.
+MAX_RULE_S = 86_400
+_LONG_NUMBER = re.compile(r"[0-9][0-9_]{4300,}")
 TOP_KEYS = {
     "rollback_base_url",
     "default_override_queue",
@@ -186,6 +191,10 @@ def parse(text: str, path: str = "<policy>") -> Policy:
         raise PolicyError(path, f"not valid TOML: {exc}", line) from None
     except RecursionError:  # tomllib recurses into nested arrays and inline tables
         raise PolicyError(path, "not a policy: values nested too deeply") from None
+    except ValueError:  # an integer past Python's limit of digits to read (int_max_str_digits)
+        long = _LONG_NUMBER.search(text)
+        at = text.count("\n", 0, long.start()) + 1 if long else None
+        raise PolicyError(path, "not a policy: a number with thousands of digits", at) from None
     for key in data:
         if key not in TOP_KEYS:
             raise PolicyError(
@@ -268,22 +277,30 @@ def parse(text: str, path: str = "<policy>") -> Policy:
             raise PolicyError(path, f"two rules for prefix {prefix!r}", start)
         seen.add(prefix)
         values: dict[str, Any] = {"prefix": prefix}
-        for key in RULE_KEYS - {"prefix"}:
-            if key not in raw:
+        for key, v in raw.items():  # in the file's order: the first bad one is reported
+            if key == "prefix":
                 continue
-            v = raw[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            # a comparison refuses nan and inf too, and an integer past a float's range
+            # (whose float() would raise) before any conversion
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_RULE_S:
                 raise PolicyError(
                     path,
-                    f"{key} must be a number of seconds >= 0, not {v!r}",
+                    f"{key} must be a number of seconds from 0 to {MAX_RULE_S} (a day), "
+                    f"not {_shown(v)}",
                     _line_of(text, key, start or 1) or start,
                 )
-            values[key] = float(v)
+            values[key] = float(v) + 0.0  # (-0.0 reads as 0)
         pol.rules.append(replace(Rule(), **values, named=frozenset(values) - {"prefix"}))
     pol.authority = parse_authority(data.get("authority"), text, path)
     pol.rules.sort(key=lambda r: (-len(r.prefix.split("/")) if r.prefix else 1, r.prefix))
     pol.identity = parse_identity(data.get("identity"), text, path)
     return pol
+
+
+def _shown(value: Any) -> str:
+    """A refused value as the message quotes it: a long one cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
 
 
 def _host_text(host: str, port: int | None) -> str:

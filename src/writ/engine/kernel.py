@@ -665,10 +665,10 @@ class Engine(PrincipalOps, QueueOps):
             log.warning("sweep: what is due could not be read (%s)", sys.exc_info()[1])
             ends, ticks, nxt = True, [True] * len(tickers), None
         self._swept = (ends, None if nxt is None else asyncio.get_running_loop().time() + nxt)
-        n = await self.store.transact(fn) if ends else 0
+        n = await self._end_due(fn) if ends else 0  # one that fails: the others still end
         for (tick, _), wanted in zip(tickers, ticks, strict=True):
             if wanted:
-                await tick()
+                await self._tick(tick)  # one that fails: the others still run
         return n
 
     async def _sweeper(self) -> None:

@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from writ.core import resources
 from writ.core.clock import rfc3339
@@ -41,6 +41,7 @@ from writ.engine.reads import ReadOps
 from writ.stores.base import Tx
 
 if TYPE_CHECKING:
+    from writ.engine.kernel import Engine
     from writ.engine.principals import AuthCache
     from writ.rules.authority import Authority
 
@@ -414,6 +415,18 @@ class QueueOps(ReadOps):
         for d in await self.policy_objects(tx, paths, "delay"):
             if (d.get("expires_at_ts") or 0) <= now:
                 await self._end_delay(tx, d)
+
+    async def _end_due(self, sweep: Callable[[Tx], Awaitable[int]]) -> int:
+        """The sweep's write, kept going past a lease or lock delay whose end fails."""
+        from writ.engine.sweep_ends import end_due
+
+        return await end_due(cast("Engine", self), sweep)
+
+    async def _tick(self, tick: Callable[[], Awaitable[Any]]) -> None:
+        """A periodic duty of the sweep, run so that one which fails stops no other."""
+        from writ.engine.sweep_ends import ticked
+
+        await ticked(tick)
 
     async def _end_delay(self, tx: Tx, delay: dict[str, Any]) -> None:
         """Mark a lock-delay past its end done, and serve the queue it held back."""

@@ -2,7 +2,9 @@
 httpx, which calls it, connects to it (a trailing dot, a user, a port, an IDNA full stop
 change nothing), and the path as a server reads it (percent-decoded once, a backslash as a
 slash, runs of slashes merged, dot segments resolved): ``https://app.datadoghq.com./apm/home``
-and ``/%64/<uid>`` were granted while their plain spellings were refused. The acquire check
+and ``/%64/<uid>`` were granted while their plain spellings were refused. A query is judged
+as given, and decoded only as the Prometheus UI's: its encoded slashes and words are the
+call's arguments (``?target=svc%2Fd%2Fapi`` is no Grafana dashboard). The acquire check
 (a real app, over each store) and ``writ lint`` give one verdict on every route, a URL httpx
 cannot call included."""
 
@@ -35,7 +37,7 @@ SPELLINGS = [
     ("https://h.example.com//en-US/app/search/x", "https://h.example.com/en-US/app/search/x"),
     ("/ops/%64ashboard", "/ops/dashboard"),
     ("/ops/%63onsole", "/ops/console"),
-    ("/ops/rollback?view=%64ashboard", "/ops/rollback?view=dashboard"),
+    ("/grafana/graph?%670.%65xpr=up", "/grafana/graph?g0.expr=up"),
 ]
 # calls, in spellings that stay calls
 CALLS = [
@@ -45,6 +47,11 @@ CALLS = [
     "/data/d1/rollback",
     "https://api.datadoghq.com./api/v1/events",
     "https://ops.example.com:443/api/v1/deploys/842/../843/rollback",
+    # a query's encoded slashes and words are the call's arguments, not a page's path or label
+    "https://deploy.internal/v1/rollback?target=svc%2Fd%2Fapi",
+    "https://rollback.internal/api/v2/rollback?path=%2Fapp%2Flogs%2Fx",
+    "/undo?query=a%20ui%20b",
+    "/ops/rollback?view=%64ashboard",
 ]
 UNCALLABLE = ["http://127.0.0.1:abc/undo", "https://ops.inter\u00adnal/rollback"]
 

@@ -8,6 +8,8 @@ the same rule refuses a rollback plan at acquire and rejects a row in ``writ lin
 every way the route may be read (``routes._readings``): the host as httpx connects to it (no
 trailing dot, no user or port, IDNA) and the path as a server reads it (percent-decoded,
 dot segments resolved, ...) — ``https://app.datadoghq.com./apm`` and ``/%64/uid`` are pages too.
+A query is judged as given; decoded, only for the Prometheus UI's ``expr=`` (its other
+encoded words and slashes are the call's arguments: ``?target=svc%2Fd%2Fapi`` is no page).
 
 Two kinds of evidence, either enough:
 
@@ -91,10 +93,14 @@ _PATHS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 _PROMETHEUS = re.compile(r"(^|/)(graph|alerts)\?", re.I)
 
 
-def dashboard_page(route: str, hosts: Iterable[str], paths: Iterable[str]) -> str | None:
+def dashboard_page(
+    route: str, hosts: Iterable[str], paths: Iterable[str], queried: Iterable[str] = ()
+) -> str | None:
     """What product page ``route`` (a path or an http(s) URL) is, or None when it looks like
     a call. Judged by its ``#`` fragment, by each host (lower case, no trailing dot) and by
-    each path (with its ``?query``) it may be read as (see the module docstring)."""
+    each path it may be read as (see the module docstring); and as the Prometheus UI also by
+    each decoded path with its decoded ``?query`` (``queried``: a query's other words and
+    slashes are the call's arguments, never a page's shape)."""
     if "#" in route:
         return "a page of a single-page app (a '#' fragment is never sent to a server)"
     for host in hosts:
@@ -102,10 +108,12 @@ def dashboard_page(route: str, hosts: Iterable[str], paths: Iterable[str]) -> st
             if host == suffix or host.endswith("." + suffix):
                 if not any(host.startswith(api) for api in apis):
                     return f"a page of {product} ({host})"
+    paths = list(paths)
     for path in paths:
         for pattern, what in _PATHS:
             if pattern.search(path):
                 return what
+    for path in (*paths, *queried):
         ui = _PROMETHEUS.search(path)
         if ui is not None and "expr=" in path[ui.end() :].lower():
             return "the Prometheus UI"

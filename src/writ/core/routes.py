@@ -37,10 +37,10 @@ def route_problem(value: Any) -> str | None:
         urlsplit(value.strip())
     except ValueError as exc:  # "http://[::1": a bracketed host that does not end
         return f"is not a valid URL ({exc})"
-    hosts, paths = _readings(value.strip())
+    hosts, paths, queried = _readings(value.strip())
     if any(_smells(text) for text in (value, *hosts, *paths)):
         return "is a dashboard, console or button, not the rollback entry point"
-    page = dashboard_page(value.strip(), hosts, paths)
+    page = dashboard_page(value.strip(), hosts, paths, queried)
     if page:
         return f"is {page}, a page to look at, not the rollback entry point"
     absolute = value.strip().startswith(("http://", "https://"))
@@ -55,15 +55,18 @@ def _smells(text: str) -> bool:
     return bool(_SMELL.search(text.replace("_", " ").replace("-", " ")))
 
 
-def _readings(route: str) -> tuple[list[str], list[str]]:
-    """The hosts and the paths (with their ``?query``) a literal ``route`` may be read as. A
-    dashboard in any reading is a dashboard, so each is judged:
+def _readings(route: str) -> tuple[list[str], list[str], list[str]]:
+    """The hosts, the paths and the decoded paths with their decoded ``?query`` a literal
+    ``route`` may be read as. A dashboard in any reading is a dashboard, so each is judged:
 
     * the host as httpx, which calls it, connects to it (:func:`_origin`: IDNA, lower case,
       no trailing dot, no user, no port), and percent-decoded, as a browser opens it;
-    * the path as given, and as a server reads it: percent-decoded once, a backslash taken
-      for a slash (as browsers and some servers do), runs of slashes merged (as nginx
-      does), its dot segments resolved;
+    * the path as given (with its ``?query`` as given), and as a server reads it:
+      percent-decoded once, a backslash taken for a slash (as browsers and some servers
+      do), runs of slashes merged (as nginx does), its dot segments resolved. A decoded
+      query is the call's arguments, where an encoded path or words are data
+      (``?target=svc%2Fd%2Fapi`` names no Grafana dashboard), so it is judged only as the
+      Prometheus UI's (:func:`writ.core.dashboards.dashboard_page`);
     * the route with every backslash a slash (a browser opens ``https://host\\d\\uid`` at
       ``/d/uid``);
     * a relative route as :func:`resolve` calls it, a path, and one beginning with ``//``
@@ -71,6 +74,7 @@ def _readings(route: str) -> tuple[list[str], list[str]]:
     """
     hosts: list[str] = []
     paths: list[str] = []
+    queried: list[str] = []
     for text in dict.fromkeys((route, route.replace("\\", "/"))):
         if text.startswith(("http://", "https://")):
             urls = [(text, True)]
@@ -91,13 +95,15 @@ def _readings(route: str) -> tuple[list[str], list[str]]:
                 hosts += [host, unquote(host).lower().rstrip(".")]
             query = f"?{parts.query}" if parts.query else ""
             decoded = re.sub(r"/{2,}", "/", unquote(parts.path).replace("\\", "/"))
-            decoded_query = query and "?" + unquote(parts.query)
-            paths += [
-                parts.path + query,
-                decoded + decoded_query,
-                _resolved(decoded) + decoded_query,
-            ]
-    return [h for h in dict.fromkeys(hosts) if h], list(dict.fromkeys(paths))
+            paths += [parts.path + query, decoded, _resolved(decoded)]
+            if query:
+                decoded_query = "?" + unquote(parts.query)
+                queried += [decoded + decoded_query, _resolved(decoded) + decoded_query]
+    return (
+        [h for h in dict.fromkeys(hosts) if h],
+        list(dict.fromkeys(paths)),
+        list(dict.fromkeys(queried)),
+    )
 
 
 def _resolved(path: str) -> str:

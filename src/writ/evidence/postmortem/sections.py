@@ -10,6 +10,7 @@ from writ.evidence.postmortem.notes import (
     _QUEUED,
     _USED,
     UNKNOWN,
+    Changes,
     _plain,
     _secs,
     answer_said,
@@ -183,13 +184,13 @@ def _consents(rows: list[dict[str, Any]]) -> list[Consent]:
     by_id: dict[str, Consent] = {}
     older: Asks = defaultdict(list)  # the asks that name no consent, by requester and author
     by_deadline: dict[tuple[str, str, str], list[Consent]] = defaultdict(list)
-    changes: dict[tuple[str, str], list[str]] = defaultdict(list)  # ATTR: SUMMARY, by author
+    changes = Changes()  # each author's on each resource: the one an ask names
     for r in rows:
         ev, notes = r.get("event"), r.get("notes") or ""
         if ev == "change.recorded":
             head, sep, _ = notes.rpartition("; protected until ")
             if sep:
-                changes[(str(r.get("resource")), str(r.get("agent_id")))].append(head)
+                changes.add(str(r.get("resource")), str(r.get("agent_id")), head)
         elif ev == "consent.requested":
             c = _asked(r, changes)
             out.append(c)
@@ -219,13 +220,13 @@ def _consents(rows: list[dict[str, Any]]) -> list[Consent]:
     return out
 
 
-def _asked(r: dict[str, Any], changes: dict[tuple[str, str], list[str]]) -> Consent:
+def _asked(r: dict[str, Any], changes: Changes) -> Consent:
     notes = r.get("notes") or ""
     said = ask_said(notes)
     author = said["author"] or UNKNOWN
     rest = said["rest"]
     parts = (
-        undo_split(rest, None, reversed(changes.get((str(r.get("resource")), author), [])))
+        changes.asked(str(r.get("resource")), author, rest) or undo_split(rest)
         if rest is not None
         else None
     )

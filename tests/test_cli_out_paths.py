@@ -340,7 +340,7 @@ def test_keygen_where_it_cannot_write_is_one_line(tmp_path: Path) -> None:
 def test_keygen_leaves_no_private_key_without_its_public_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import writ.evidence.checkpoint as checkpoint
+    import writ.evidence.keys as keys
 
     real = os.open
 
@@ -349,7 +349,7 @@ def test_keygen_leaves_no_private_key_without_its_public_key(
             raise PermissionError(13, "Permission denied")
         return real(path, *args, **kw)
 
-    monkeypatch.setattr(checkpoint.os, "open", no_pub)
+    monkeypatch.setattr(keys.os, "open", no_pub)
     res = cli(["audit", "keygen", "--out", str(tmp_path / "k")])
     assert res.exit_code == 1 and "cannot write" in res.stderr, res.output
     assert list(tmp_path.iterdir()) == []

@@ -73,6 +73,10 @@ async def _chain(store: Store) -> Any:
     return verify(triples)
 
 
+async def _close(backend: Backend) -> None:
+    await (await _open(backend)).close()
+
+
 async def _open(backend: Backend) -> PostgresStore:
     store = backend.open_store()
     assert isinstance(store, PostgresStore)
@@ -1509,6 +1513,9 @@ async def test_upgrade_in_place_keeps_the_old_rows_verifying_and_in_force(
 
 
 def test_cli_upgrade_reports_and_verifies(pg_backend: Backend) -> None:
+    nothing = CliRunner().invoke(main, ["migrate", "--upgrade", pg_backend.url])
+    assert nothing.exit_code != 0 and "not a writ store" in nothing.output, nothing.output
+    asyncio.run(_close(pg_backend))  # a store of today's schema: nothing to upgrade
     result = CliRunner().invoke(main, ["migrate", "--upgrade", pg_backend.url])
     assert result.exit_code == 0, result.output
     assert "upgraded" in result.output and "audit head seq 0" in result.output

@@ -3,6 +3,7 @@ messages, logs, reports and other users' reach (docs/security.md, "Secrets on th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
@@ -91,6 +92,13 @@ def test_a_postmortem_names_its_store_without_the_password(
     """``writ postmortem --store`` names the store it read in the report (shared in incident
     reviews): the password is *** there (the report carried the URL as given)."""
     url = _with_password(pg_schemas(request))
+
+    async def make() -> None:  # a postmortem reads a store; it makes none
+        store = open_store(url)
+        await store.open()
+        await store.close()
+
+    asyncio.run(make())
     for fmt in ("md", "json", "html"):
         result = CliRunner().invoke(
             main,

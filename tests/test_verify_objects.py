@@ -17,6 +17,7 @@ from tests.stores_fixtures import Backend
 from tests.verify_fixtures import after_the_listing, cli_verify, found_everywhere
 from writ.cli import main
 from writ.core.clock import rfc3339
+from writ.core.errors import Invalid
 from writ.engine import Engine
 from writ.evidence.checkpoint import generate_key, make, write_checkpoint
 from writ.stores import policy_objects
@@ -542,9 +543,9 @@ async def test_a_consent_answered_by_an_author_set_by_hand_fails_verify(
 async def test_migrate_checks_the_objects_it_copied(
     make_engine: Any, backend: Backend, tmp_path: Any
 ) -> None:
-    """``writ migrate``'s final check covers the policy objects: a store with every kind
-    copies and verifies; one whose freeze was lifted by hand copies (the chain is intact)
-    and answers not ok, naming the freeze."""
+    """``writ migrate``'s check covers the policy objects: a store with every kind copies
+    and verifies; one whose freeze was lifted by hand is refused before the copy commits
+    (the chain is intact; its tables are not), naming the freeze, and nothing is copied."""
     from writ.stores.migrate import migrate
 
     engine = await make_engine(POLICY)
@@ -552,5 +553,6 @@ async def test_migrate_checks_the_objects_it_copied(
     done = await migrate(backend.url, f"sqlite:///{tmp_path / 'copy.db'}")
     assert done["ok"] and done["verify"]["ok"], done
     await backend.sql(_set("freeze", "freeze", "state = 'lifted', expires_at = NULL").format(**ids))
-    done = await migrate(backend.url, f"sqlite:///{tmp_path / 'copy2.db'}")
-    assert not done["ok"] and done["verify"]["policy_object"] == f"freeze {ids['freeze']}"
+    with pytest.raises(Invalid) as refused:
+        await migrate(backend.url, f"sqlite:///{tmp_path / 'copy2.db'}")
+    assert refused.value.details["policy_object"] == f"freeze {ids['freeze']}"

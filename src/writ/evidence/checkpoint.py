@@ -25,7 +25,7 @@ with the key you trust (``--pubkey``): a forger can always sign with a key of th
 
 Keys are PEM files: the private key PKCS#8 (written mode 0600, refused when other users
 may read it), the public key SubjectPublicKeyInfo next to it as ``KEY.pub`` (``writ audit
-keygen``).
+keygen``; :mod:`writ.evidence.keys`).
 
 :class:`Checkpointer` writes one every N rows from inside ``writ serve`` (an engine ticker).
 """
@@ -33,10 +33,7 @@ keygen``).
 from __future__ import annotations
 
 import base64
-import contextlib
-import hashlib
 import logging
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -64,6 +61,16 @@ from writ.core.ledger import (
     verify,
 )
 from writ.core.textsafe import printable
+from writ.evidence.keys import MAX_FILE as MAX_FILE
+from writ.evidence.keys import (
+    CheckpointError,
+    generate_key,
+    key_id,
+    load_private_key,
+    raw_public,
+    read_small,
+    write_key,
+)
 from writ.evidence.sentinel import Sentinel
 from writ.stores.accounted import Opened, tables_disagree
 
@@ -95,7 +102,6 @@ __all__ = [
 ]
 
 FORMAT = "1"
-MAX_FILE = 64 << 10  # a checkpoint or a PEM key is well under 1 KiB; a larger file is refused
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _FILE = re.compile(r"checkpoint-(\d+)\.txt")
 #: the server's signed mark of the furthest row its standing verify verified (a checkpoint
@@ -106,111 +112,14 @@ _KNOWN = frozenset(
 )  # any other line is kept, in order, as an extra (still signed)
 
 
-class CheckpointError(Invalid):
-    """A checkpoint file or key that cannot be used (unreadable, malformed, bad signature)."""
-
-
-# ----------------------------------------------------------------------------- keys
-def _read_small(path: str | Path, what: str, private: bool = False) -> bytes:
-    """``path``'s bytes, refused unread past :data:`MAX_FILE` (a checkpoint or a key is
-    small; a file of gigabytes, or ``/dev/zero``, is not one). A ``private`` key that
-    other users may read is refused (its group may: the server's, say)."""
-    try:
-        with open(path, "rb") as f:
-            if private and os.fstat(f.fileno()).st_mode & 0o004:
-                raise CheckpointError(
-                    f"{what} {path}: other users may read it (mode "
-                    f"{os.fstat(f.fileno()).st_mode & 0o777:o}); anyone who read it can "
-                    f"sign checkpoints: chmod 600 {path}, and make a new key if it was shared"
-                )
-            data = f.read(MAX_FILE + 1)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_FILE:
-        raise CheckpointError(f"{path} is larger than {MAX_FILE} bytes: not a {what}")
-    return data
-
-
-def generate_key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-def raw_public(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def key_id(public: bytes) -> str:
-    return hashlib.sha256(public).hexdigest()[:16]
-
-
-def write_key(path: str | Path, key: Ed25519PrivateKey | None = None) -> tuple[Path, Path]:
-    """Write a private key (PEM, mode 0600) and its public key (``PATH.pub``), both new
-    files: either name taken (a file, a symlink, even a dangling one) is refused, so a
-    second run never replaces the public key verifiers trust. A write that fails is
-    :class:`CheckpointError`, and leaves neither file behind."""
-    key = key or generate_key()
-    priv = Path(path)
-    pub = priv.with_name(priv.name + ".pub")
-    for taken, what in ((priv, "a signing key"), (pub, "the public key verifiers trust")):
-        if os.path.lexists(taken):  # never written through: a symlink may point anywhere
-            there = "is a symlink" if os.path.islink(taken) else "exists"
-            raise CheckpointError(f"{taken} {there}: refusing to overwrite {what}")
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    try:
-        priv.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write {priv}: {exc.strerror or exc}") from None
-    _new_file(priv, pem, 0o600)
-    try:
-        _new_file(pub, public, 0o644)
-    except CheckpointError:
-        with contextlib.suppress(OSError):  # made just now: no key without its public key
-            priv.unlink()
-        raise
-    return priv, pub
-
-
-def _new_file(path: Path, data: bytes, mode: int) -> None:
-    """``data`` in a file made at ``path`` (never one already there, nor through a symlink)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    except FileExistsError:
-        raise CheckpointError(f"{path} exists: refusing to overwrite it") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-    except OSError as exc:
-        path.unlink(missing_ok=True)
-        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def load_private_key(path: str | Path) -> Ed25519PrivateKey:
-    data = _read_small(path, "signing key", private=True)
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path} is not a PEM private key: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise CheckpointError(f"{path} is not an Ed25519 key (writ audit keygen makes one)")
-    return key
-
-
+# ----------------------------------------------------------------------------- the key to trust
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
     """A public key from a PEM public key, a PEM private key, or a checkpoint file."""
-    data = _read_small(path, "public key")
+    data = read_small(path, "public key")
     if b"PRIVATE KEY" in data:
         return load_private_key(path).public_key()
     if data.startswith(b"writ-checkpoint:"):
-        return Ed25519PublicKey.from_public_bytes(parse(data.decode()).public_key)
+        return Ed25519PublicKey.from_public_bytes(_parse_bytes(data, path).public_key)
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
@@ -338,8 +247,12 @@ def _normal(text: str) -> str:
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
+    return _parse_bytes(read_small(path, "checkpoint"), path)
+
+
+def _parse_bytes(data: bytes, path: str | Path) -> Checkpoint:
     try:
-        text = _read_small(path, "checkpoint").decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
     return parse(text, str(path))
@@ -568,7 +481,9 @@ class Checkpointer:
 
     Hooks itself into the engine's periodic duties (after each sweep, about once a second
     in ``writ serve``). Files are ``checkpoint-<seq, 12 digits>.txt``; on start it carries on
-    from the newest one in the directory. Copy them off the host to make them worth having.
+    from the newest one in the directory when that verifies by its key (a newest file that
+    does not, junk included, is refused when the next is due, below; it is never waited
+    for). Copy them off the host to make them worth having.
 
     It signs only a row the standing verify (``sentinel``: the server's, or one of its own)
     has just verified, with the tables. When the ledger does not verify, no checkpoint is
@@ -577,9 +492,10 @@ class Checkpointer:
 
     Before signing, it reads its newest file again: a checkpoint that does not verify by its
     own key, or whose row the ledger no longer holds with the signed hash (rewritten and
-    re-hashed after it was signed, while the server was down, say), stops the signing, with
-    an ERROR line naming its seq (:attr:`refused`), for as long as it stands: the files
-    outlive the process, so a restart does not sign over the rewrite either.
+    re-hashed after it was signed, while the server was down, say, or removed: the ledger
+    ends before it), stops the signing, with an ERROR line naming its seq (:attr:`refused`),
+    for as long as it stands: the files outlive the process, so a restart does not sign over
+    the rewrite either.
 
     Between checkpoints it keeps :data:`MARK` (``verified.txt``, a checkpoint file too),
     signed over the furthest row the standing verify has verified, rewritten as that moves
@@ -602,8 +518,7 @@ class Checkpointer:
         self.key = key
         self.directory = Path(directory)
         self.every = int(every)
-        newest = _newest(self.directory)
-        self.last_seq = newest[0] if newest else 0
+        self.last_seq = 0  # the newest checkpoint's seq, once it verifies by this key (_seed)
         self.written: list[Path] = []
         self.refused: str | None = None  # why the newest checkpoint stops the signing
         self.sentinel = sentinel or Sentinel(engine, every=0)
@@ -619,6 +534,8 @@ class Checkpointer:
         newest checkpoint's is logged when signing is due; the mark's here)."""
         newest = _newest(self.directory)
         best = (0, GENESIS)
+        # only a checkpoint that verifies names the seq the next one counts from: a junk
+        # checkpoint-000099999999.txt would have it wait, silently, for rows that never come
         for path in (newest[1] if newest else None, self.directory / MARK):
             if path is None or not path.exists():
                 continue
@@ -629,6 +546,8 @@ class Checkpointer:
                 if path.name == MARK:
                     log.error("writ ignores %s: it does not verify: %s", path, exc)
                 continue
+            if newest is not None and path == newest[1] and cp.seq == newest[0]:
+                self.last_seq = cp.seq
             best = max(best, (cp.seq, cp.hash), key=lambda m: m[0])
         if best[0] > self.sentinel.vouched[0] and self.sentinel.rewritten is None:
             self.sentinel.vouched = best
@@ -653,24 +572,30 @@ class Checkpointer:
     async def tick(self) -> Path | None:
         await self._mark()
         seq, _h, _at = await head(self.engine.store)
+        if seq < self.last_seq:  # the ledger ends before the newest checkpoint: say so
+            short = f"the ledger ends at seq {seq}, before checkpoint seq {self.last_seq}"
+            self._refuse(await self._newest_differs() or short)
+            return None
         if seq == 0 or seq - self.last_seq < self.every:
             return None
         verified = await self.sentinel.verified()
         if verified is None or verified[0] - self.last_seq < self.every:
             return None
         seq, h, at = verified
-        why = await self._newest_differs()
-        if why is not None:
-            if why != self.refused:
-                log.error("writ signs no checkpoint: %s", why)
-            self.refused = why
+        if self._refuse(await self._newest_differs()):
             return None
-        self.refused = None
         cp = sign(self.key, seq, h, at)
         path = write_checkpoint(cp, self.directory / f"checkpoint-{seq:012d}.txt")
         self.last_seq = seq
         self.written.append(path)
         return path
+
+    def _refuse(self, why: str | None) -> bool:
+        """Whether the signing stops for ``why``: logged once, while the same reason stands."""
+        if why is not None and why != self.refused:
+            log.error("writ signs no checkpoint: %s", why)
+        self.refused = why
+        return why is not None
 
     async def _newest_differs(self) -> str | None:
         """Why the newest checkpoint file in the directory does not hold (by this key, and

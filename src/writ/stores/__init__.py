@@ -16,7 +16,17 @@ from urllib.parse import unquote, urlsplit
 from writ.core.errors import Invalid
 from writ.stores.base import Store, Tx
 
-__all__ = ["BACKENDS", "DEFAULT_URL", "SECRET_OPTIONS", "Store", "Tx", "open_store", "redact"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_URL",
+    "SECRET_OPTIONS",
+    "OlderSchema",
+    "Store",
+    "Tx",
+    "check_schema",
+    "open_store",
+    "redact",
+]
 
 DEFAULT_URL = "sqlite:///writ.db"
 BACKENDS: dict[str, str] = {
@@ -55,8 +65,38 @@ def redact(url: str) -> str:
     return url
 
 
+class OlderSchema(Invalid):
+    """A store an older writ made, opened ``read_only``: upgrade it first (``writ migrate
+    --upgrade``), which a command that only reads never does for it."""
+
+
+def check_schema(url: str, versions: set[int] | None, expected: int) -> None:
+    """Refuse to read, without changing it, a store that is not writ's (``versions`` None: it
+    has no ``writ_migrations`` table) or whose schema is not this writ's (``versions``: the
+    migrations it records; ``expected``: how many this writ has)."""
+    where = redact(url)
+    if versions is None:
+        raise Invalid(
+            f"{where} is not a writ store (it has no writ_migrations table): check the URL; "
+            "nothing was changed"
+        )
+    have = max(versions, default=0)
+    if not versions >= set(range(1, expected + 1)):
+        raise OlderSchema(
+            f"the store {where} has an older schema (migration {have}; this writ's is "
+            f"{expected}): stop its servers and run 'writ migrate --upgrade {where}' first"
+        )
+    if have > expected:
+        raise Invalid(
+            f"the store {where} has a newer schema (migration {have}; this writ's is "
+            f"{expected}): use the writ that upgraded it"
+        )
+
+
 def open_store(url: str, **options: Any) -> Store:
-    """Build (not yet open) the store for ``url``; ``await store.open()`` before use."""
+    """Build (not yet open) the store for ``url``; ``await store.open()`` before use.
+    ``read_only=True``: opening creates, migrates and changes nothing (it refuses, as
+    :func:`check_schema` says, a store that is not writ's or not at this writ's schema)."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     target = BACKENDS.get(scheme)
     try:

@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 
 from writ.core.ledger import Record, Sealed, row_from, text_pages
 from writ.core.models import Lease, Principal, Waiter
+from writ.stores.rows import Unreadable, left_out
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +363,11 @@ class Tx(ABC):
         store answers in one statement."""
         out = []
         for lease_id in lease_ids:
-            lease = await self.get_lease(lease_id)
+            try:
+                lease = await self.get_lease(lease_id)
+            except Unreadable as exc:  # written by hand since it was listed: verify names it
+                left_out(self).append(exc)
+                continue
             if lease is not None and lease.state == "held":
                 out.append((lease, *await self.audit_lease_life(lease.lock_key)))
         return sorted(out, key=lambda life: life[0].fencing_token)

@@ -16,6 +16,14 @@ kind it names); the chain vouches that writ wrote it. Token hashes are in no row
 
 The principals are read again with their rows in one snapshot, so one added, disabled or
 rotated while verify runs is judged as it stood in that snapshot.
+
+A principal whose name writ refuses to add (reserved for writ's own rows, or not a name) is
+changed by hand whatever rows name it: rows appended after the last signed checkpoint may
+be forged, and a principal ``writ`` acts as any other. One the table holds in a form writ
+cannot read (queues that are not JSON, a time stored as text:
+:class:`~writ.stores.rows.Unreadable`) is changed by hand too, named after any principal
+that can be read and disagrees (:func:`~writ.stores.rows.told`): a decoy never hides an
+admin written in by hand.
 """
 
 from __future__ import annotations
@@ -26,9 +34,10 @@ from typing import Any
 
 from writ.core.bulk import first_in_pages
 from writ.core.clock import rfc3339
-from writ.core.models import Principal
+from writ.core.models import NAME, Principal
 from writ.core.wake_routes import redact
 from writ.stores.base import Store, Tx
+from writ.stores.rows import Unreadable, left_out, told
 
 __all__ = ["PAGE", "principal_disagrees", "principals_disagree"]
 
@@ -36,24 +45,33 @@ PAGE = 200  # principals a snapshot
 _ADDED, _ROTATED = "principal.added", "principal.rotated"
 _DISABLED, _ENABLED, _QUEUES = "principal.disabled", "principal.enabled", "principal.queues"
 _REFUSED = "; its token is refused"
+#: The names writ writes into rows itself, which it never gives a principal
+#: (:data:`writ.engine.principals.RESERVED_NAMES`, which a store does not import).
+RESERVED = frozenset({"writ", "none", "operator", "unknown"})
 
 
 async def principals_disagree(store: Store) -> tuple[str, str] | None:
     """``(name, why)`` of the first principal the ledger does not account for, or None."""
-    names = [p.name for p in await store.read(lambda tx: tx.list_principals())]
+
+    async def listed(tx: Tx) -> tuple[list[str], list[Unreadable]]:
+        return [p.name for p in await tx.list_principals()], list(left_out(tx))
+
+    names, unread = await store.read(listed)
 
     async def judge(page: Sequence[str]) -> tuple[str, str] | None:
-        async def check(tx: Tx) -> tuple[str, str] | None:
+        async def check(tx: Tx) -> tuple[tuple[str, str] | None, list[Unreadable]]:
             # read again, from the table, with the rows in this snapshot
             for p, rows in await tx.principal_lives(list(page)):
                 why = principal_disagrees(p, *rows)
                 if why is not None:
-                    return p.name, why
-            return None
+                    return (p.name, why), left_out(tx)
+            return None, left_out(tx)
 
-        return await store.read(check)
+        found, more = await store.read(check)
+        unread.extend(more)
+        return found
 
-    return await first_in_pages(names, PAGE, judge)
+    return told(await first_in_pages(names, PAGE, judge), unread)
 
 
 def principal_disagrees(
@@ -67,6 +85,13 @@ def principal_disagrees(
     ``principal.added`` row, ``state``, ``queues`` and ``token`` the latest rows saying
     whether it is disabled, its queues and its token's expiry (None: no such row)."""
     name = f"principal {p.name}"
+    refused = _refused(p.name)
+    if refused is not None:
+        return (
+            f"{name}: {refused}, which writ never gives a principal: the principal was written "
+            "into the principals table by hand (and any row that names it after the last "
+            "signed checkpoint)"
+        )
     if added is None:
         return (
             f"{name}: no principal.added row names it (resource principals/{p.name}): the "
@@ -107,6 +132,16 @@ def principal_disagrees(
                 f"{name}: the {field} column ({have!r}) disagrees with its row {row['seq']} "
                 f"({row['event']}, {want!r}): the principals table was changed by hand"
             )
+    return None
+
+
+def _refused(name: str) -> str | None:
+    """Why writ refuses to add a principal named ``name`` (as ``add_principal`` does), or
+    None."""
+    if not NAME.fullmatch(name) or name.strip(".") == "":
+        return f"its name {name!r} is not one writ takes (1-64 of a-z 0-9 . _ -, not only dots)"
+    if name in RESERVED:
+        return f"its name {name!r} is reserved for writ's own rows"
     return None
 
 

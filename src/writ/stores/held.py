@@ -22,6 +22,15 @@ resource for the next grant without a human's revoke. Only a pass over the whole
 finds the ledger's open leases; verify makes one anyway, and :class:`OpenLeases` keeps them
 as the verified rows go by (their lookup columns are checked against the hashed bodies
 before it sees them).
+
+A held lease the table holds in a form writ cannot read (a cell that is not JSON, a time
+stored as text: :class:`~writ.stores.rows.Unreadable`) is changed by hand too, and named so;
+it never hides a lease that can be read and disagrees (:func:`~writ.stores.rows.told`), nor
+reads as deleted. Two held leases on one resource, or one above the other, conflict under
+any blast radius, so writ never holds both (unless a ``lease.overlapped`` row says writ
+found them so at a start: :mod:`writ.engine.blast_overlaps`); and a fencing-token counter at
+the largest token a store keeps leaves every grant without one. Neither is a state writ
+makes.
 """
 
 from __future__ import annotations
@@ -33,11 +42,24 @@ from writ.core.bulk import first_in_pages
 from writ.core.clock import rfc3339
 from writ.core.ledger import Record
 from writ.core.models import Lease
+from writ.core.resources import ancestors
 from writ.stores.base import LEASE_LIFE, Store, Tx
+from writ.stores.rows import Unreadable, left_out, told
 
-__all__ = ["PAGE", "OpenLeases", "counter_below", "held_disagrees", "lease_disagrees"]
+__all__ = [
+    "LAST_TOKEN",
+    "PAGE",
+    "OpenLeases",
+    "counter_below",
+    "held_disagrees",
+    "lease_disagrees",
+]
 
 PAGE = 200  # leases a snapshot: each read holds the store (and SQLite, the loop) briefly
+#: The largest fencing token a store keeps (a signed 64-bit integer: SQLite's INTEGER,
+#: PostgreSQL's bigint sequence): a counter there leaves the next grant no token.
+LAST_TOKEN = 2**63 - 1
+_OVERLAPPED = "lease.overlapped"  # writ.engine.blast_overlaps.EVENT
 _ENDS = frozenset(LEASE_LIFE[2:])
 _RENEWED = "renewed until "
 
@@ -76,16 +98,22 @@ async def counter_below(store: Store, opened: OpenLeases) -> tuple[str, str] | N
     PostgreSQL: the ``fencing_token`` sequence) is below the largest token a grant row
     names: lowered by hand, the next grant would reuse a token, and a holder's stale token
     would pass the fence again. None when it is not. Read after the chain (the counter only
-    grows), so a grant written meanwhile never makes it look low."""
+    grows), so a grant written meanwhile never makes it look low. And ``("", why)`` when it
+    is at :data:`LAST_TOKEN`, which writ's grants (a token each) never bring it near:
+    raised by hand, every grant fails (no lease is named)."""
     token, key, seq = opened.top
-    if token == 0:
-        return None
 
     async def read(tx: Tx) -> tuple[int, dict[str, Any] | None]:
         counter = await tx.token_counter()
         return counter, (await tx.audit_lease_life(key))[0] if counter < token else None
 
     counter, grant = await store.read(read)
+    if counter >= LAST_TOKEN:
+        return "", (
+            f"the store's fencing-token counter ({counter}) is at the largest fencing token a "
+            f"store keeps ({LAST_TOKEN}), which writ's grants, a token each, never bring it "
+            "near: it was raised by hand, and every grant fails for want of a token"
+        )
     if counter >= token:
         return None
     notes = (grant or {}).get("notes") or ""
@@ -103,31 +131,78 @@ async def held_disagrees(store: Store, opened: OpenLeases | None = None) -> tupl
     the first lease of ``opened`` (the open ones of the rows verified) the table no longer
     holds; or None."""
 
-    async def listed(tx: Tx) -> tuple[list[str], tuple[str, str] | None]:
+    async def listed(tx: Tx) -> tuple[list[str], tuple[str, str] | None, list[Unreadable]]:
         held = await tx.held_leases()
-        gone = await _unheld(tx, opened.keys, {h.lock_key for h in held}) if opened else None
-        return [h.lease_id for h in held], gone
+        unread = list(left_out(tx))  # held, as the read asked for held ones
+        later = await _overlapping(tx, held)
+        if later is None and opened:
+            keys, ids = {h.lock_key for h in held}, {u.key for u in unread}
+            later = await _unheld(tx, opened.keys, keys, ids)
+        return [h.lease_id for h in held], later, unread
 
-    ids, gone = await store.read(listed)  # gone: told after the held ones, which say more
+    # later: told after the held ones, which say more; unread: after everything read
+    ids, later, unread = await store.read(listed)
 
     async def judge(page: Sequence[str]) -> tuple[str, str] | None:
-        async def check(tx: Tx) -> tuple[str, str] | None:
+        async def check(tx: Tx) -> tuple[tuple[str, str] | None, list[Unreadable]]:
             # read again: one ended since it was listed is left out (its row says so)
             for lease, grant, last in await tx.held_lives(list(page)):
                 why = lease_disagrees(lease, grant, last)
                 if why is not None:
-                    return lease.lease_id, why
-            return None
+                    return (lease.lease_id, why), left_out(tx)
+            return None, left_out(tx)
 
-        return await store.read(check)
+        found, more = await store.read(check)
+        unread.extend(more)
+        return found
 
     found = await first_in_pages(ids, PAGE, judge)
-    return gone if found is None else found
+    return told(found or later, unread)
 
 
-async def _unheld(tx: Tx, opened: dict[str, int], held: set[str]) -> tuple[str, str] | None:
+async def _overlapping(tx: Tx, held: Sequence[Lease]) -> tuple[str, str] | None:
+    """``(lease_id, why)`` of the higher token of the first two ``held`` leases on one
+    resource, or one above the other, that no ``lease.overlapped`` row about the lower one
+    explains; or None. Such leases conflict whatever the ``[blast_radius]`` groups, so writ
+    never grants one while the other is held (one ending first); writ records the leases it
+    found overlapping at a start (:mod:`writ.engine.blast_overlaps`), which groups alone make."""
+    on: dict[str, list[Lease]] = {}
+    for lease in held:
+        on.setdefault(lease.resource, []).append(lease)
+    pairs = set()
+    for lease in held:
+        for at in (lease.resource, *ancestors(lease.resource)):
+            for other in on.get(at, ()):
+                if other is not lease:
+                    low, high = sorted((other, lease), key=lambda l: l.fencing_token)
+                    pairs.add((high.fencing_token, low.fencing_token, high.lease_id, low.lease_id))
+    by_id = {l.lease_id: l for l in held}
+    for _, _, high_id, low_id in sorted(pairs):
+        high, low = by_id[high_id], by_id[low_id]
+        rows = await tx.audit_for_lock_key(low.lock_key)
+        if any(r["event"] == _OVERLAPPED for r in rows):
+            continue
+        where = (
+            f"both on {high.resource}"
+            if high.resource == low.resource
+            else f"{high.resource} and {low.resource}, one above the other"
+        )
+        return high.lease_id, (
+            f"held lease {high.lease_id} (fencing token {high.fencing_token}) and held lease "
+            f"{low.lease_id} (fencing token {low.fencing_token}) conflict whatever the blast "
+            f"radius ({where}), and writ never grants a lease while a conflicting one is held "
+            f"(no {_OVERLAPPED} row records them): the leases table, or the ledger after its "
+            "last signed checkpoint, was changed by hand"
+        )
+    return None
+
+
+async def _unheld(
+    tx: Tx, opened: dict[str, int], held: set[str], unread: set[str]
+) -> tuple[str, str] | None:
     """The first lease of ``opened`` that is neither held in the table nor ended by a row
-    since the rows verified (read in ``tx``'s snapshot, with ``held``): ``(lease_id, why)``."""
+    since the rows verified (read in ``tx``'s snapshot, with ``held``): ``(lease_id, why)``.
+    One the table holds in a form writ cannot read (``unread``: their ids) is not gone."""
     for key, seq in sorted(opened.items(), key=lambda kv: kv[1]):
         if key in held:
             continue
@@ -136,6 +211,8 @@ async def _unheld(tx: Tx, opened: dict[str, int], held: set[str]) -> tuple[str, 
             continue  # ended by writ since its rows were verified
         notes = (grant or {}).get("notes") or ""
         lease_id = notes.split(" ", 2)[1] if notes.startswith("granted ") else key
+        if lease_id in unread:
+            continue  # named as unreadable
         resource, _, token = key.rpartition("/")
         return lease_id, (
             f"lease {lease_id} on {resource}: the ledger holds it open (row {seq}, "

@@ -3,10 +3,13 @@ in place: ``writ migrate --upgrade URL``.
 
 Everything is copied — principals with their token hashes, leases, the wait queue, the
 policy objects, the fencing-token counter, and the audit ledger row for row (body and hash
-as stored) — into an empty destination, in one destination transaction. The chain is
-checked twice: as it streams out of the source, up to the head the source keeps beside it
-(a broken source chain, or one whose last rows were removed, aborts the copy before anything
-is committed), and again, read back from the destination, after commit.
+as stored) — into an empty destination, in one destination transaction. The source is
+opened read-only (nothing created, migrated or written). Its chain is checked as it streams
+out, up to the head the source keeps beside it, and then its tables against the rows, as
+``writ audit verify`` checks them: a broken source chain, one whose last rows were removed,
+or tables changed by hand abort the copy before anything is committed. The destination's
+fencing-token counter is raised to at least the largest token a grant row names. The whole
+store is verified again, read back from the destination, after commit.
 
 Stop the servers on the source first: rows written to the source after the export's
 snapshot are not copied.
@@ -28,7 +31,7 @@ from writ.core.ledger import (
     verify,
     verify_stream,
 )
-from writ.stores import Store, open_store, redact
+from writ.stores import OlderSchema, Store, open_store, redact
 from writ.stores.accounted import Opened, tables_disagree
 from writ.stores.tables import TABLES
 
@@ -77,10 +80,13 @@ async def verify_store(
 
 class _Copy:
     """The export stream on its way to the destination: counts rows, reports progress,
-    and verifies the ledger as it passes (raising before the destination commits)."""
+    verifies the ledger as it passes, then the source's tables against it (raising before
+    the destination commits)."""
 
-    def __init__(self, progress: Progress | None) -> None:
+    def __init__(self, src: Store, progress: Progress | None) -> None:
+        self.src = src
         self.progress = progress
+        self.opened = Opened()  # what the rows verified leave open, and the largest grant
         self.counts: dict[str, int] = {}
         self.seq, self.head = 1, GENESIS
         self.last: tuple[int, str] = (0, GENESIS)
@@ -120,6 +126,7 @@ class _Copy:
                     raise self._refuse(part.first_bad_seq or self.seq, part.reason or "")
                 if (why := kept_row_differs(triples, self.kept)) is not None:
                     raise self._refuse(self.kept[0], why)
+                self.opened.feed(triples)  # lookup columns checked against the bodies
                 self.seq, self.head = self.seq + part.rows, part.head
                 self.last = triples[-1][0], triples[-1][2]
             if table != "meta":
@@ -129,6 +136,16 @@ class _Copy:
             yield table, rows
         if (why := chain_short_of(self.seq - 1, self.kept)) is not None:
             raise self._refuse(self.seq, why)  # before the destination commits
+        found = await tables_disagree(self.src, self.opened)
+        if found is not None:
+            raise Invalid(
+                f"the source's tables do not verify: {found[2]}; nothing was copied (run "
+                "'writ audit verify' on the source)",
+                **{found[0]: found[1]},
+            )
+        # a counter lowered by hand below a granted token must not come along (the next
+        # grant would hand that token out again): at least the largest the ledger granted
+        yield "meta", [{"fencing_token": self.opened.leases.top[0]}]
 
 
 async def migrate(
@@ -138,19 +155,20 @@ async def migrate(
 
     ``progress(table, rows_copied_so_far)`` is called after each batch. Returns
     ``{"ok", "source", "destination", "tables": {table: rows}, "fencing_token",
-    "head": {"seq", "hash"}, "verify": {...}}``; ``ok`` is true when the destination's
-    chain verifies and ends at the source's last row. Raises :class:`~writ.errors.Invalid`
-    when the destination is not empty or the source chain is broken (nothing is copied),
-    :class:`~writ.errors.Unavailable` when a store cannot be reached.
+    "head": {"seq", "hash"}, "verify": {...}, "reason"}``; ``ok`` is true when the
+    destination verifies and its chain ends at the source's last row (``reason``, None then,
+    says why not). Raises :class:`~writ.errors.Invalid` when the source is no writ store at
+    this writ's schema, the destination is not empty, or the source does not verify (nothing
+    is copied), :class:`~writ.errors.Unavailable` when a store cannot be reached.
     """
     if src_url == dst_url:
         raise Invalid("--from and --to name the same store")
-    src, dst = open_store(src_url), open_store(dst_url)
+    src, dst = open_store(src_url, read_only=True), open_store(dst_url)
     await src.open()
     try:
         await dst.open()
         try:
-            copy = _Copy(progress)
+            copy = _Copy(src, progress)
             loaded = await dst.import_rows(copy.tap(src.export_rows(batch)))
             checked = await verify_store(dst)
             dst_head = await dst.read(lambda tx: tx.audit_head())
@@ -159,10 +177,10 @@ async def migrate(
     finally:
         await src.close()
     tables = {t: loaded.get(t, 0) for t in TABLES}
+    reason = _differs(checked, dst_head, copy, tables)
     return {
-        "ok": checked.ok
-        and dst_head == copy.last
-        and tables == {t: copy.counts.get(t, 0) for t in tables},
+        "ok": reason is None,
+        "reason": reason and f"the destination {redact(dst_url)}: {reason}",
         "source": redact(src_url),
         "destination": redact(dst_url),
         "tables": tables,
@@ -172,14 +190,38 @@ async def migrate(
     }
 
 
+def _differs(
+    checked: Verification, head: tuple[int, str], copy: _Copy, tables: dict[str, int]
+) -> str | None:
+    """Why the destination, read back after commit, is not the source's copy, or None."""
+    sent = {t: copy.counts.get(t, 0) for t in tables}
+    if not checked.ok:
+        at = f" at seq {checked.first_bad_seq}" if checked.first_bad_seq else ""
+        return f"it does not verify{at}: {checked.reason}"
+    if head != copy.last:
+        return f"its chain ends at seq {head[0]}, the source's at seq {copy.last[0]}"
+    if tables != sent:
+        return f"it holds {tables} rows, the source sent {sent}"
+    return None
+
+
 async def upgrade(url: str) -> dict[str, Any]:
     """Bring the store at ``url`` up to this writ's schema in place — the migrations it
     lacks, each in the store's migration table — then verify its whole chain.
 
     Stop every server on the store first (a server of the older writ is refused once the
     PostgreSQL store is upgraded). Returns ``{"ok", "store", "applied": [names],
-    "head": {"seq", "hash"}, "verify": {...}}``; ``ok`` when the chain verifies.
+    "head": {"seq", "hash"}, "verify": {...}}``; ``ok`` when the chain verifies. Raises
+    :class:`~writ.errors.Invalid` when there is no writ store at ``url`` (nothing is created)
+    or its schema is newer than this writ's.
     """
+    probe = open_store(url, read_only=True)
+    try:
+        await probe.open()  # refuses what is no writ store, or a newer one's
+    except OlderSchema:
+        pass  # what an upgrade is for
+    else:
+        await probe.close()
     store = open_store(url)
     await store.open()  # opening a store applies the migrations it lacks
     try:

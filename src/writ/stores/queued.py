@@ -41,6 +41,11 @@ whole chain finds them; verify makes one anyway). Left out: an older writ's rows
 name no waiter, and a wait past its deadline and :data:`ENDS_WITHIN_S`: its caller was
 answered or is gone, so taking the request out takes nobody's place (writ drops it when the
 queue reaches it).
+
+A queued request the table holds in a form writ cannot read (a request that is not JSON, a
+deadline stored as text: :class:`~writ.stores.rows.Unreadable`) is changed by hand too,
+named after any request that can be read and disagrees (:func:`~writ.stores.rows.told`),
+and never read as deleted.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from writ.stores.base import (
     WaiterLife,
     wait_end,
 )
+from writ.stores.rows import Unreadable, left_out, told
 
 __all__ = ["PAGE", "OpenWaits", "queued_row", "waiter_disagrees", "waiters_disagree"]
 
@@ -131,11 +137,12 @@ async def waiters_disagree(store: Store, opened: OpenWaits | None = None) -> tup
     or of the first wait of ``opened`` (the open ones of the rows verified) the table no
     longer queues; or None."""
 
-    async def listed(tx: Tx) -> tuple[list[int], tuple[str, str] | None]:
+    async def listed(tx: Tx) -> tuple[list[int], tuple[str, str] | None, list[Unreadable]]:
         gone = await _unqueued(tx, opened.waits) if opened and opened.waits else None
-        return await tx.waiter_seqs(), gone
+        return await tx.waiter_seqs(), gone, list(left_out(tx))
 
-    seqs, gone = await store.read(listed)  # gone: told after the queued ones, which say more
+    # gone: told after the queued ones, which say more; unread: after everything read
+    seqs, gone, unread = await store.read(listed)
     after = seqs[0] - 1 if seqs else 0  # each page is the seqs above the last one judged
     ahead: tuple[Waiter, dict[str, Any]] | None = None  # the last waiter a row names
 
@@ -143,10 +150,12 @@ async def waiters_disagree(store: Store, opened: OpenWaits | None = None) -> tup
         nonlocal after, ahead
         lo, after = after, page[-1]
 
-        async def lives(tx: Tx) -> list[WaiterLife]:
-            return await tx.waiter_lives(lo, page[-1])
+        async def lives(tx: Tx) -> tuple[list[WaiterLife], list[Unreadable]]:
+            return await tx.waiter_lives(lo, page[-1]), left_out(tx)
 
-        for w, rows, granted, ended in await store.read(lives):
+        read, more = await store.read(lives)
+        unread.extend(u for u in more if u.key not in {v.key for v in unread})
+        for w, rows, granted, ended in read:
             why = waiter_disagrees(w, rows, granted, ended)
             if why is not None:
                 return w.waiter_id, why
@@ -159,7 +168,7 @@ async def waiters_disagree(store: Store, opened: OpenWaits | None = None) -> tup
         return None
 
     found = await first_in_pages(seqs, PAGE, judge)
-    return gone if found is None else found
+    return told(found or gone, unread)
 
 
 async def _unqueued(tx: Tx, opened: dict[str, OpenWait]) -> tuple[str, str] | None:
@@ -172,6 +181,8 @@ async def _unqueued(tx: Tx, opened: dict[str, OpenWait]) -> tuple[str, str] | No
         return None
     for w in await tx.waiters_between(0, 1 << 62):
         due.pop(w.waiter_id, None)
+    for bad in left_out(tx):  # queued, in a form writ cannot read: named as such
+        due.pop(bad.key, None)
     if not due:
         return None
     windows = [(w[0], w[2] - 1e-6, w[3] + ENDS_WITHIN_S) for w in due.values()]

@@ -3,19 +3,32 @@ queries and for dumps (:meth:`~writ.stores.base.Store.export_rows`).
 
 JSON columns are read with :func:`writ.core.validate.loads`: a value that is not text (a lone
 surrogate, stored before writ refused them or written by hand) reads back with U+FFFD in
-its place, so no read and no grant ever fails on it."""
+its place, so no read and no grant ever fails on it.
+
+A cell writ cannot read at all — not JSON, JSON of another shape, or a column stored as
+another type than writ stores it in (text in a time column, a time of infinity):
+written by hand — makes its row :class:`Unreadable`. The converters raise it, so a read that
+decides something (a grant, a fence check, a token) fails rather than guess; the reads that
+list rows (the principals, the leases, the held leases and the queue verify reads) leave the
+row out with an ERROR line (:func:`readable`) and keep it for verify, which names it
+(:func:`left_out`, :func:`told`)."""
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import types
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
 
+from writ.core.ledger import stored_name
 from writ.core.models import Lease, Principal, Waiter
 from writ.core.validate import loads
 from writ.stores.tables import TABLES
+
+log = logging.getLogger("writ.audit")  # a table changed by hand: as verify names it
+T = TypeVar("T")
 
 LEASE_COLS = (
     "lease_id, resource, holder, intent, fencing_token, acquired_at, expires_at, ttl_s, "
@@ -29,8 +42,139 @@ WAITER_COLS = "seq, waiter_id, resource, principal, request, enqueued_at, deadli
 OBJECT_COLS = "data, state, expires_at"
 
 
+class Unreadable(ValueError):
+    """A row of a table writ serves from, holding a cell writ cannot read back (written by
+    hand): ``table``, the row's ``key`` (its lease id, name or waiter id) and the
+    ``column``. Its message is what verify says of the row."""
+
+    def __init__(self, table: str, key: Any, column: str, value: Any, what: str) -> None:
+        self.table, self.column = table, column
+        self.key = key if isinstance(key, str) else repr(key)
+        shown = repr(value)
+        shown = shown if len(shown) <= 120 else shown[:119] + "…"
+        super().__init__(
+            f"{_NOUNS[table]} {self.key}: its {column} column ({shown}) cannot be read "
+            f"({what}): the {table} table was changed by hand"
+        )
+
+
+_NOUNS = {"leases": "lease", "principals": "principal", "waiters": "waiter"}
+Kinds = frozenset[type]
+_NONE: type = type(None)
+_TEXT: Kinds = frozenset({str})
+_MAYBE_TEXT: Kinds = frozenset({str, _NONE})
+_WHOLE: Kinds = frozenset({int})
+_FLAG: Kinds = frozenset({bool, int})
+# a time (or a ttl): a number, and a finite one (no clock reads infinity or NaN, and no
+# time shows them)
+_TIME: Kinds = frozenset({int, float})
+_MAYBE_TIME: Kinds = frozenset({int, float, _NONE})
+_WANT = {_TEXT: "text", _MAYBE_TEXT: "text", _WHOLE: "an integer", _FLAG: "0 or 1"}
+_WANT |= {_TIME: "a number", _MAYBE_TIME: "a number"}
+
+
+class _Shape:
+    """A table's columns as a converter reads them: the types writ stores in each, and
+    which hold times and flags (worked out once: a check is about a microsecond a row)."""
+
+    __slots__ = ("cols", "flags", "kinds", "table", "times")
+
+    def __init__(self, table: str, cols: Sequence[tuple[str, Kinds]]) -> None:
+        self.table, self.cols = table, tuple(cols)
+        self.kinds = tuple(k for _, k in cols)
+        self.times = tuple(i for i, (_, k) in enumerate(cols) if k in (_TIME, _MAYBE_TIME))
+        self.flags = tuple(i for i, (_, k) in enumerate(cols) if k is _FLAG)
+
+    def check(self, key: Any, r: Sequence[Any]) -> None:
+        """Raise :class:`Unreadable` at the first cell of ``r`` not as writ stores it."""
+        if all(map(frozenset.__contains__, self.kinds, map(type, r))):
+            for i in self.times:
+                v = r[i]
+                if v is not None and v - v != 0:  # infinity or NaN
+                    break
+            else:
+                if all(r[i] in (0, 1) for i in self.flags):
+                    return
+        for (column, ok), cell in zip(self.cols, r, strict=True):
+            why = _wrong(ok, cell)
+            if why is not None:
+                raise Unreadable(self.table, key, column, cell, why)
+
+
+def _wrong(ok: Kinds, v: Any) -> str | None:
+    """Why ``v`` is not what writ stores in a column of the types ``ok``, or None."""
+    if type(v) not in ok:
+        return f"stored as {stored_name(v)}, not {_WANT[ok]}"
+    if ok in (_TIME, _MAYBE_TIME) and v is not None and v - v != 0:
+        return "not a finite number"
+    if ok is _FLAG and v not in (0, 1):
+        return "not 0 or 1"
+    return None
+
+
+_LEASE = _Shape(
+    "leases",
+    (
+        ("lease_id", _TEXT),
+        ("resource", _TEXT),
+        ("holder", _TEXT),
+        ("intent", _TEXT),
+        ("fencing_token", _WHOLE),
+        ("acquired_at", _TIME),
+        ("expires_at", _TIME),
+        ("ttl_s", _TIME),
+        ("touches", _TEXT),
+        ("state", _TEXT),
+        ("rollback", _MAYBE_TEXT),
+        ("ended_at", _MAYBE_TIME),
+    ),
+)
+_PRINCIPAL = _Shape(
+    "principals",
+    (
+        ("name", _TEXT),
+        ("kind", _TEXT),
+        ("vendor", _MAYBE_TEXT),
+        ("wake", _MAYBE_TEXT),
+        ("admin", _FLAG),
+        ("created_at", _TIME),
+        ("queues", _MAYBE_TEXT),
+        ("disabled_at", _MAYBE_TIME),
+        ("disabled_reason", _MAYBE_TEXT),
+        ("token_expires_at", _MAYBE_TIME),
+    ),
+)
+_WAITER = _Shape(
+    "waiters",
+    (
+        ("seq", _WHOLE),
+        ("waiter_id", _TEXT),
+        ("resource", _TEXT),
+        ("principal", _TEXT),
+        ("request", _TEXT),
+        ("enqueued_at", _TIME),
+        ("deadline", _TIME),
+    ),
+)
+
+
+def _json(table: str, key: Any, column: str, text: str, shape: type) -> Any:
+    """The JSON cell ``text``, which must hold a ``shape`` (a list: of strings)."""
+    try:
+        value = loads(text)
+    except (ValueError, RecursionError):
+        raise Unreadable(table, key, column, text, "not JSON") from None
+    if not isinstance(value, shape) or (
+        isinstance(value, list) and not all(isinstance(v, str) for v in value)
+    ):
+        what = "a list of names" if shape is list else "an object"
+        raise Unreadable(table, key, column, text, f"not {what}")
+    return value
+
+
 def to_lease(r: Sequence[Any]) -> Lease:
-    """A :class:`Lease` from a row of ``LEASE_COLS``."""
+    """A :class:`Lease` from a row of ``LEASE_COLS``; :class:`Unreadable` if it cannot be."""
+    _LEASE.check(r[0], r)
     return Lease(
         lease_id=r[0],
         resource=r[1],
@@ -40,15 +184,17 @@ def to_lease(r: Sequence[Any]) -> Lease:
         acquired_at=r[5],
         expires_at=r[6],
         ttl_s=r[7],
-        touches=loads(r[8]),
+        touches=_json("leases", r[0], "touches", r[8], list),
         state=r[9],
-        rollback=loads(r[10]) if r[10] else None,
+        rollback=_json("leases", r[0], "rollback", r[10], dict) if r[10] else None,
         ended_at=r[11],
     )
 
 
 def to_principal(r: Sequence[Any]) -> Principal:
-    """A :class:`Principal` from a row of ``PRINCIPAL_COLS``."""
+    """A :class:`Principal` from a row of ``PRINCIPAL_COLS``; :class:`Unreadable` if it
+    cannot be."""
+    _PRINCIPAL.check(r[0], r)
     return Principal(
         name=r[0],
         kind=r[1],
@@ -56,7 +202,7 @@ def to_principal(r: Sequence[Any]) -> Principal:
         wake=r[3],
         admin=bool(r[4]),
         created_at=r[5],
-        queues=json.loads(r[6]) if r[6] else [],
+        queues=_json("principals", r[0], "queues", r[6], list) if r[6] else [],
         disabled_at=r[7],
         disabled_reason=r[8],
         token_expires_at=r[9],
@@ -64,16 +210,61 @@ def to_principal(r: Sequence[Any]) -> Principal:
 
 
 def to_waiter(r: Sequence[Any]) -> Waiter:
-    """A :class:`Waiter` from a row of ``WAITER_COLS``."""
+    """A :class:`Waiter` from a row of ``WAITER_COLS``; :class:`Unreadable` if it cannot
+    be."""
+    _WAITER.check(r[1], r)
     return Waiter(
         waiter_id=r[1],
         seq=r[0],
         resource=r[2],
         principal=r[3],
-        request=loads(r[4]),
+        request=_json("waiters", r[1], "request", r[4], dict),
         enqueued_at=r[5],
         deadline=r[6],
     )
+
+
+def read_one(tx: Any, convert: Callable[[Sequence[Any]], T], r: Sequence[Any]) -> T | None:
+    """``convert(r)``, or None for a row that cannot be read: then an ERROR line names it,
+    and ``tx`` keeps it for verify (:func:`left_out`)."""
+    try:
+        return convert(r)
+    except Unreadable as exc:
+        left_out(tx).append(exc)
+        log.error("%s; left out of this read (writ audit verify names it)", exc)
+        return None
+
+
+def readable(
+    tx: Any, rows: Iterable[Sequence[Any]], convert: Callable[[Sequence[Any]], T]
+) -> list[T]:
+    """Each of ``rows`` converted, but those that cannot be read (:func:`read_one`): what a
+    read that lists rows answers, where one row written by hand must not fail them all."""
+    out = []
+    for r in rows:
+        got = read_one(tx, convert, r)
+        if got is not None:
+            out.append(got)
+    return out
+
+
+def left_out(tx: Any) -> list[Unreadable]:
+    """The rows ``tx``'s reads have left out so far, as they could not be read."""
+    found: list[Unreadable] = vars(tx).setdefault("_left_out", [])
+    return found
+
+
+def told(found: tuple[str, str] | None, unread: Sequence[Unreadable]) -> tuple[str, str] | None:
+    """A verify check's answer (``(name, why)``): what it ``found`` among the rows it read,
+    the first row it could not read said after it; else that row, as changed by hand; else
+    None. A row that cannot be read never hides one that can: an admin written in by hand
+    is named, whatever decoy beside it cannot be read."""
+    if not unread:
+        return found
+    first = unread[0]
+    if found is None:
+        return first.key, str(first)
+    return found[0], f"{found[1]}; and {first}"
 
 
 def to_object(r: Sequence[Any]) -> dict[str, Any]:

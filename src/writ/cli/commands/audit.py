@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 from typing import IO, Any
@@ -13,9 +14,9 @@ from writ.cli._helpers import (
     EXIT_REFUSED,
     _client,
     _echo_json,
-    _run_offline,
 )
 from writ.cli.commands.evidence import (
+    _with_store,
     checkpoint_command,
     keygen_command,
     verify_checkpoint_command,
@@ -32,7 +33,7 @@ from writ.cli.options import (
     write_failed,
 )
 from writ.client import DEFAULT_URL
-from writ.core.textsafe import dumps
+from writ.core.textsafe import dumps, printable
 
 
 # ----------------------------------------------------------------------------- audit
@@ -75,21 +76,27 @@ def audit_verify(
         async def check(engine: Any) -> dict[str, Any]:
             return dict((await engine.verify()).to_dict())
 
-        out = _run_offline(existing_store(store), check)
+        out = asyncio.run(_with_store(store, check))  # read-only
     else:
         with _client(url, token, timeout=600.0) as client:
             out = answers.verify(client.verify())
+    # every line escaped: a reason quotes the tables (a principal's name, a lease's cells),
+    # which someone with database rights writes, and a server's answer is its own
     if as_json:
         _echo_json(out)
     elif out.get("ok"):
-        click.echo(f"ok: {out.get('rows')} rows, head {out.get('head')}")
+        click.echo(printable(f"ok: {out.get('rows')} rows, head {out.get('head')}"))
     elif out.get("first_bad_seq") is None and out.get("reason"):  # the chain held; a lease did not
-        click.echo(f"BROKEN: {out['reason']} ({out.get('rows')} rows verified)", err=True)
+        click.echo(
+            printable(f"BROKEN: {out['reason']} ({out.get('rows')} rows verified)"), err=True
+        )
     else:
         reason = f": {out['reason']}" if out.get("reason") else ""
         click.echo(
-            f"BROKEN at seq {out.get('first_bad_seq')}{reason} "
-            f"({out.get('rows')} rows verified before it)",
+            printable(
+                f"BROKEN at seq {out.get('first_bad_seq')}{reason} "
+                f"({out.get('rows')} rows verified before it)"
+            ),
             err=True,
         )
     if not out.get("ok"):
@@ -186,7 +193,7 @@ def _export_offline(
                 n += 1
         return n
 
-    return _run_offline(store_url, export)
+    return asyncio.run(_with_store(store_url, export))  # read-only
 
 
 audit.add_command(keygen_command)

@@ -43,7 +43,7 @@ from writ.cli.options import (
 from writ.client import AsyncClient, Client
 from writ.core.errors import Invalid
 from writ.core.ledger import NAMED
-from writ.core.textsafe import counted
+from writ.core.textsafe import counted, printable
 
 T = TypeVar("T")
 FORMATS = ("md", "html", "json")
@@ -58,11 +58,13 @@ def _api(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 async def _with_store(url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
-    """Open a store read-mostly (no sweeper, no bootstrap admin) with an engine over it."""
+    """Open a store read-only (no sweeper, no bootstrap admin; nothing created, migrated or
+    written: a store that is not writ's, or not at this writ's schema, is refused) with an
+    engine over it."""
     from writ.engine import Engine
     from writ.stores import open_store
 
-    engine = Engine(open_store(existing_store(url)))
+    engine = Engine(open_store(existing_store(url), read_only=True))
     await engine.store.open()
     try:
         return await fn(engine)
@@ -395,18 +397,20 @@ def verify_checkpoints(
     out["trusted_key"] = key_id(raw_public(trusted)) if trusted else None
     if as_json:
         click.echo(json.dumps(out, indent=2))
-    elif out["ok"]:
+    elif out["ok"]:  # escaped: a checkpoint file and a server's answer are not ours
         for cp in cps:
             click.echo(
-                f"ok: the ledger extends checkpoint seq {cp.seq} ({cp.name}, signed "
-                f"{cp.signed_at} by key {key_id(cp.public_key)}"
-                + (", the trusted key" if trusted else "; pass --pubkey to check who signed it")
-                + ")"
+                printable(
+                    f"ok: the ledger extends checkpoint seq {cp.seq} ({cp.name}, signed "
+                    f"{cp.signed_at} by key {key_id(cp.public_key)}"
+                    + (", the trusted key" if trusted else "; pass --pubkey to check who signed it")
+                    + ")"
+                )
             )
-        click.echo(f"ok: {out['rows']} rows, head {out['head']}")
-    else:
+        click.echo(printable(f"ok: {out['rows']} rows, head {out['head']}"))
+    else:  # a reason quotes the tables, which someone with database rights writes
         at = "" if out["first_bad_seq"] is None else f" at seq {out['first_bad_seq']}"
-        click.echo(f"BROKEN{at}: {out['reason']}", err=True)
+        click.echo(printable(f"BROKEN{at}: {out['reason']}"), err=True)
     if not out["ok"]:
         sys.exit(1)
 
@@ -440,8 +444,9 @@ def _verify_over_http(cps: list[Any], trusted: Any, url: str, token: str | None)
         found = [k for k in NAMED if v.get(k)]  # the chain held; a table did not
         if found:
             out[found[0]] = v.get(found[0])
-        elif not out["ok"]:
-            out["reason"] = f"row {v.get('first_bad_seq')}: {v.get('reason') or 'chain broken'}"
+        elif not out["ok"]:  # a bad row; or a table that names nothing (the token counter)
+            said, seq = v.get("reason") or "chain broken", v.get("first_bad_seq")
+            out["reason"] = said if seq is None else f"row {seq}: {said}"
         for cp in sorted(cps, key=lambda c: c.seq):
             rows = _audit_row(client, cp.seq)
             got = rows[0]["hash"] if rows and rows[0]["seq"] == cp.seq else None

@@ -15,6 +15,7 @@ from writ.cli.options import api_options, existing_store, json_option, store_opt
 from writ.client import Client
 from writ.core.models import KINDS, Principal
 from writ.core.policy import Policy
+from writ.core.textsafe import printable
 
 __all__ = ["authority_lines", "explain_command", "policy", "reload_command", "wake_command"]
 
@@ -48,17 +49,16 @@ def authority_lines(pol: Policy, store: str | None) -> list[str]:
 
 
 def _principals(store: str) -> dict[str, Principal]:
-    from writ.engine import Engine
     from writ.stores import open_store
 
     async def go() -> dict[str, Principal]:
-        engine = Engine(open_store(existing_store(store)))
-        await engine.start(background=False)
+        opened = open_store(existing_store(store), read_only=True)  # nothing written
+        await opened.open()
         try:
-            rows = await engine.store.read(lambda tx: tx.list_principals())
+            rows = await opened.read(lambda tx: tx.list_principals())
             return {p.name: p for p in rows}
         finally:
-            await engine.stop()
+            await opened.close()
 
     return asyncio.run(go())
 
@@ -139,12 +139,14 @@ def reload_command(url: str, token: str | None, as_json: bool) -> None:
     if as_json:
         _echo_json(out)
         return
-    click.echo(
-        f"reloaded {out.get('source') or '(no policy file)'}: authority {out.get('mode')}, "
-        f"{out.get('grants')} grant(s), {out.get('rules')} rule(s)"
+    click.echo(  # the server's words: escaped
+        printable(
+            f"reloaded {out.get('source') or '(no policy file)'}: authority {out.get('mode')}, "
+            f"{out.get('grants')} grant(s), {out.get('rules')} rule(s)"
+        )
     )
     for warning in out.get("warnings") or []:
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(printable(f"warning: {warning}"), err=True)
 
 
 @click.command("wake")
@@ -162,13 +164,19 @@ def wake_command(lease_id: str, reason: str, url: str, token: str | None, as_jso
         out = answers.wake(client.wake(lease_id, reason))
     if as_json:
         _echo_json(out)
-    elif out.get("already_woken_at"):
+    elif out.get("already_woken_at"):  # the server's words: escaped
         click.echo(
-            f"{out['holder']} was already woken at {out['already_woken_at']}; "
-            "writ does not call again within 30 s"
+            printable(
+                f"{out['holder']} was already woken at {out['already_woken_at']}; "
+                "writ does not call again within 30 s"
+            )
         )
     else:
-        click.echo(f"writ is waking {out['holder']} (lease {out['lease_id']} on {out['resource']})")
+        click.echo(
+            printable(
+                f"writ is waking {out['holder']} (lease {out['lease_id']} on {out['resource']})"
+            )
+        )
 
 
 @click.group()
@@ -201,8 +209,8 @@ def policy_check(file: str, store: str | None, as_json: bool) -> None:
             f"{'-' if r.max_hold_s is None else f'{r.max_hold_s:g}'} page_after_s={r.page_after_s:g} "
             f"lock_delay_s={r.lock_delay_s:g} consent_timeout_s={r.consent_timeout_s:g}"
         )
-    for line in authority_lines(pol, store):
-        click.echo(line, err=line.startswith("warning:"))
+    for line in authority_lines(pol, store):  # names from the store: escaped
+        click.echo(printable(line), err=line.startswith("warning:"))
 
 
 policy.add_command(explain_command)

@@ -23,6 +23,7 @@ from writ.cli.options import api_options, json_option, store_option
 from writ.client import Client
 from writ.core.errors import Invalid
 from writ.core.models import KINDS
+from writ.core.textsafe import printable
 
 T = TypeVar("T")
 
@@ -81,10 +82,10 @@ def _act(
 def _show(out: dict[str, Any], as_json: bool, line: str) -> None:
     if as_json:
         _echo_json(out)
-    else:
-        click.echo(line)
+    else:  # lines with the server's words (an expiry, queues, a token): escaped
+        click.echo(printable(line))
         if out.get("token"):
-            click.echo(f"token: {out['token']}")
+            click.echo(printable(f"token: {out['token']}"))
     if out.get("token"):
         click.echo(_ONCE, err=True)
 
@@ -295,13 +296,14 @@ def principal_add(
             out = client.add_principal(name, kind, vendor, wake, admin, list(queues), secs)
         answers.fields(out, "the new principal", text=("name", "kind", "token"))
     if quiet:
-        click.echo(out["token"])
+        click.echo(printable(out["token"]))
         return
     if as_json:
         _echo_json(out)
-    else:
-        click.echo(f"added {out.get('kind')} {out.get('name')}" + (" (admin)" if admin else ""))
-        click.echo(f"token: {out['token']}")
+    else:  # the server's words: escaped
+        admin_ = " (admin)" if admin else ""
+        click.echo(printable(f"added {out.get('kind')} {out.get('name')}{admin_}"))
+        click.echo(printable(f"token: {out['token']}"))
     click.echo(
         "This token is shown only once: store it now (e.g. export WRIT_TOKEN=...). "
         "writ keeps only its hash.",

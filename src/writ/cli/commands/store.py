@@ -12,6 +12,7 @@ from writ.cli._helpers import (
     _echo_json,
 )
 from writ.cli.options import json_option
+from writ.core.textsafe import printable
 
 
 # ----------------------------------------------------------------------------- migrate
@@ -38,7 +39,9 @@ def migrate(src: str | None, dst: str | None, upgrade_url: str | None, as_json: 
 
     Principals (token hashes), leases, the wait queue, policy objects, the fencing-token
     counter and the audit log row for row. Stop the servers on the source (or the
-    upgraded store) first. Exits 1 if the copy or the upgraded chain does not verify.
+    upgraded store) first. The source is only read; a source that does not verify (its
+    chain, or its tables against it) is refused before anything is committed. Exits 1 if
+    the copy or the upgraded chain does not verify.
     """
     from writ.stores.migrate import migrate as copy_store
     from writ.stores.migrate import upgrade
@@ -75,5 +78,7 @@ def migrate(src: str | None, dst: str | None, upgrade_url: str | None, as_json: 
             f"{'copied' if out.get('ok') else 'COPY DOES NOT VERIFY'}: {out.get('source')} -> "
             f"{out.get('destination')} ({tables}); audit head seq {head.get('seq')}"
         )
+        if out.get("reason"):  # it quotes the tables, which hand edits write: escaped
+            click.echo(printable(f"writ: {out['reason']}"), err=True)
     if not out.get("ok"):
         sys.exit(EXIT_REFUSED)

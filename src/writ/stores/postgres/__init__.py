@@ -33,7 +33,8 @@ docs/postgres.md):
 * **Caveat:** PostgreSQL's commit acknowledges durability on the primary; with asynchronous
   replication a failover can lose acknowledged grants. Use synchronous replication.
 
-The package: :mod:`._schema` (MIGRATIONS and the fixed statements), :mod:`._sql` (SQL
+The package: :mod:`._schema` (MIGRATIONS and the fixed statements), :mod:`._migrations`
+(applying them at open, or checking them for a command that only reads), :mod:`._sql` (SQL
 helpers), :mod:`._batch` (the replica and the batch's connection), :mod:`._tx` (:class:`PgTx`
 and the batch) and :mod:`._store` (:class:`PostgresStore`).
 """

@@ -1,4 +1,4 @@
-"""PostgresStore: the pool, batching, LISTEN/NOTIFY, migrations, export and import."""
+"""PostgresStore: the pool, batching, LISTEN/NOTIFY, export and import (see :mod:`._migrations`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlparse, urlunparse
 
 import psycopg
 from psycopg import errors as pgerrors
-from psycopg import pq, sql
+from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 
 from writ.core.errors import Conflict, Invalid, Unavailable, WritError
@@ -25,12 +25,12 @@ from writ.stores.postgres import _schema
 from writ.stores.postgres._batch import _fail, _Item, _Live, _Retry, _Split, _undone
 from writ.stores.postgres._gather import _Ahead, _Gather
 from writ.stores.postgres._listen import _Listener, _payloads
+from writ.stores.postgres._migrations import _Migrations
 from writ.stores.postgres._reads import _Reads
 from writ.stores.postgres._schema import (
     _CATCH_UP,
     _CATCH_UP_QUEUE,
     _LOCK_HEAD,
-    _MIGRATION_LOCK,
     _SCHEMA_NAME,
     _WRIT_BATCH,
     _WRIT_BATCH_TYPED,
@@ -57,7 +57,7 @@ def _unescaped(password: str) -> str:
     return unquote(password)
 
 
-class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
+class PostgresStore(_Reads, _Listener, _Transfer, _Gather, _Migrations, Store):
     """``postgresql://[USER[:PASSWORD]@]HOST[:PORT]/DBNAME[?schema=NAME&pool_max=10...]``.
 
     Caveats: needs PostgreSQL 12 or newer; acknowledged grants survive a failover only
@@ -73,7 +73,7 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
     solo_after = 0.5  # seconds without another server's write before batches go optimistic
     gather_s = 0.002  # how long a batch of queue joins may wait for company (see _company)
 
-    def __init__(self, url: str, clock: Any = None, **_ignored: Any) -> None:
+    def __init__(self, url: str, clock: Any = None, read_only: bool = False, **_: Any) -> None:
         super().__init__()
         if clock is not None:
             raise Invalid(
@@ -81,6 +81,7 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
                 "a clock= option is only for the SQLite store"
             )
         self.url = redact(url)  # what messages and reports may show (no password)
+        self.read_only = read_only  # opened without migrating (see _Migrations)
         parsed = urlparse(url)
         if not parsed.path.strip("/"):
             raise Invalid(
@@ -208,7 +209,7 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
         with _translate("open the store"):
             conn = await psycopg.AsyncConnection.connect(self._conninfo, **self._kwargs)
             try:
-                await self._migrate(conn)
+                await self._schema_at_open(conn)
             finally:
                 await conn.close()
             pool = self._new_pool()
@@ -230,39 +231,6 @@ class PostgresStore(_Reads, _Listener, _Transfer, _Gather, Store):
         if self.differs is not None:  # another server runs another blast radius
             await self.close()
             raise Conflict(self.differs)
-
-    async def _migrate(self, c: psycopg.AsyncConnection[Any]) -> None:
-        """Apply missing migrations, recorded in ``writ_migrations``, under an advisory
-        transaction lock so that servers starting together do not race. Nothing is
-        locked or created when the schema is current: a server may run as a role that is
-        not allowed DDL (see docs/postgres.md, "Hardening the ledger")."""
-        cur = await c.execute("SELECT to_regclass('writ_migrations') IS NOT NULL")
-        row = await cur.fetchone()
-        if row and row[0]:
-            cur = await c.execute("SELECT version FROM writ_migrations")
-            if {r[0] for r in await cur.fetchall()} >= set(range(1, len(_schema.MIGRATIONS) + 1)):
-                return
-        async with c.transaction():
-            await c.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            if self.schema:
-                await c.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-                )
-            await c.execute(
-                "CREATE TABLE IF NOT EXISTS writ_migrations (version integer PRIMARY KEY,"
-                " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
-            )
-            cur = await c.execute("SELECT version FROM writ_migrations")
-            have = {r[0] for r in await cur.fetchall()}
-            for version, (name, script) in enumerate(_schema.MIGRATIONS, start=1):
-                if version in have:
-                    continue
-                script = script.replace("WRIT_CHANNEL", self.channel)
-                self.applied.append(name)
-                await c.execute(script.encode())  # several statements: simple query protocol
-                await c.execute(
-                    "INSERT INTO writ_migrations (version, name) VALUES (%s, %s)", (version, name)
-                )
 
     async def close(self) -> None:
         if self._closed:

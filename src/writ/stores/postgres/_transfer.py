@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from writ.core.errors import Invalid
@@ -19,6 +20,17 @@ from writ.stores.rows import (
     kept,
 )
 from writ.stores.tables import TABLES, check_empty
+
+
+def _unstorable(url: str, table: str, exc: psycopg.Error) -> Invalid:
+    """A dump's row PostgreSQL refuses (a NUL byte in a text, a number that is not one, a
+    duplicate key): the data is at fault, not the connection, so no retry would help and no
+    traceback says more than the driver's line (writ writes no such value itself)."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return Invalid(
+        f"the {table} rows cannot be stored in {url}: {reason}. The data is bad (changed by "
+        "hand?): nothing was imported; run 'writ audit verify' on the source and repair it"
+    )
 
 
 class _Transfer:
@@ -83,11 +95,14 @@ class _Transfer:
                     if table not in TABLES:
                         raise Invalid(f"cannot import unknown table {table!r}")
                     cols = TABLES[table]
-                    async with conn.cursor().copy(
-                        f"COPY {table} ({', '.join(cols)}) FROM STDIN"
-                    ) as copy:
-                        for r in rows:
-                            await copy.write_row(import_row(table, r))
+                    try:
+                        async with conn.cursor().copy(
+                            f"COPY {table} ({', '.join(cols)}) FROM STDIN"
+                        ) as copy:
+                            for r in rows:
+                                await copy.write_row(import_row(table, r))
+                    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                        raise _unstorable(self.url, table, exc) from None
                     counts[table] = counts.get(table, 0) + len(rows)
                     if table == "leases" and rows:
                         token = max(token, max(int(r["fencing_token"]) for r in rows))

@@ -32,6 +32,7 @@ from writ.stores.rows import (
     WAITER_COLS,
     lease_values,
     principal_values,
+    readable,
     to_lease,
     to_object,
     to_principal,
@@ -206,7 +207,7 @@ class PgTx(VerifyReads, Tx):
 
     async def list_principals(self) -> list[Principal]:
         rows = await self._all(f"SELECT {PRINCIPAL_COLS} FROM principals ORDER BY name")
-        return [to_principal(r) for r in rows]
+        return readable(self, rows, to_principal)
 
     async def update_principal(self, principal: Principal, token_hash: str | None = None) -> None:
         self._w()
@@ -330,7 +331,7 @@ class PgTx(VerifyReads, Tx):
             " ORDER BY fencing_token DESC LIMIT %s",
             [*args, limit],
         )
-        return [to_lease(r) for r in rows]
+        return readable(self, rows, to_lease)
 
     # ---- wait queue -----------------------------------------------------------------
     async def insert_waiter(self, waiter: Waiter) -> Waiter:

@@ -25,6 +25,8 @@ from writ.stores.rows import (
     PRINCIPAL_COLS,
     WAITER_COLS,
     object_row,
+    read_one,
+    readable,
     to_lease,
     to_principal,
     to_waiter,
@@ -131,7 +133,7 @@ class VerifyReads:
 
     async def held_leases(self) -> list[Lease]:
         rows = await self._all(f"SELECT {LEASE_COLS} FROM leases WHERE state = 'held'")
-        return [to_lease(r) for r in rows]
+        return readable(self, rows, to_lease)
 
     async def audit_lease_life(
         self, lock_key: str
@@ -151,11 +153,12 @@ class VerifyReads:
         rows.sort(key=lambda r: r[4])  # by fencing token, as the default answers
         return [
             (
-                to_lease(r[:_N]),
+                lease,
                 None if r[_N] is None else row_from(r[_N + 1], r[_N + 2], r[_N]),
                 None if r[_N + 3] is None else row_from(r[_N + 4], r[_N + 5], r[_N + 3]),
             )
             for r in rows
+            if (lease := read_one(self, to_lease, r[:_N])) is not None
         ]
 
     async def principal_lives(
@@ -164,13 +167,14 @@ class VerifyReads:
         rows = await self._all(_P_LIVES, (*(list(g) for g in PRINCIPAL_LIFE), list(names)))
         return [
             (
-                to_principal(r[:_P_N]),
+                p,
                 [
                     None if r[k] is None else row_from(r[k + 1], r[k + 2], r[k])
                     for k in range(_P_N, _P_N + 3 * len(PRINCIPAL_LIFE), 3)
                 ],
             )
             for r in rows
+            if (p := read_one(self, to_principal, r[:_P_N])) is not None
         ]
 
     async def object_keys(self, kind: str, states: Sequence[str] | None = None) -> list[str]:
@@ -227,7 +231,7 @@ class VerifyReads:
             f"SELECT {WAITER_COLS} FROM waiters WHERE seq > %s AND seq <= %s ORDER BY seq",
             (after, last),
         )
-        return [to_waiter(r) for r in rows]
+        return readable(self, rows, to_waiter)
 
     async def audit_waits_ended(
         self, windows: Sequence[tuple[str, float, float]], waiter_ids: Sequence[str]
@@ -247,9 +251,12 @@ class VerifyReads:
 
     async def waiter_lives(self, after: int, last: int) -> list[WaiterLife]:
         lives: list[tuple[Waiter, list[dict[str, Any]], str | None]] = []
+        seq = None  # of the waiter of the result rows read last
         for r in await self._all(_W_LIVES, (after, last)):
-            if not lives or lives[-1][0].seq != r[0]:
-                lives.append((to_waiter(r[:_W_N]), [], r[_W_N]))
-            if r[_W_N + 1] is not None:
+            if r[0] != seq:  # a waiter's first result row (a row per lease.queued row found)
+                seq, w = r[0], read_one(self, to_waiter, r[:_W_N])
+                if w is not None:
+                    lives.append((w, [], r[_W_N]))
+            if lives and lives[-1][0].seq == r[0] and r[_W_N + 1] is not None:
                 lives[-1][1].append(row_from(r[_W_N + 2], r[_W_N + 3], r[_W_N + 1]))
         return await Tx.with_ends(cast(Tx, self), lives)

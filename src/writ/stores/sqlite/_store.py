@@ -18,11 +18,12 @@ from collections.abc import (
 )
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from writ.core.clock import Clock
 from writ.core.errors import Invalid, Unavailable, WritError
 from writ.core.ledger import GENESIS
+from writ.stores import check_schema
 from writ.stores.base import Store, Tx
 from writ.stores.rows import (
     export_row,
@@ -75,9 +76,13 @@ def _owner_only(path: str) -> None:
 class SQLiteStore(Store):
     """``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``."""
 
-    def __init__(self, url: str, clock: Clock | None = None) -> None:
+    def __init__(self, url: str, clock: Clock | None = None, read_only: bool = False) -> None:
         super().__init__()
         self.url = url
+        # a command that only reads (audit verify, export, postmortem, migrate --from): the
+        # file is neither created, nor migrated, nor switched to WAL, nor written
+        self.read_only = read_only
+        self.applied: list[str] = []  # migrations this store applied when it opened
         parsed = urlparse(url)
         path = unquote(parsed.path)
         if parsed.netloc:
@@ -106,11 +111,16 @@ class SQLiteStore(Store):
         self.transactions = 0
 
     def _connect(self) -> sqlite3.Connection:
+        read_only = self.read_only and not self.memory
         conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            f"file:{quote(os.path.abspath(self.path))}?mode=ro" if read_only else self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=30.0,
+            uri=read_only,
         )
         conn.execute("PRAGMA busy_timeout = 30000")
-        if not self.memory:
+        if not self.memory and not self.read_only:
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         return conn
@@ -118,17 +128,37 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         if self._w is not None:
             return
-        if not self.memory:
+        if self.read_only and not self.memory and not os.path.isfile(self.path):  # noqa: ASYNC240
+            raise Invalid(f"no store at {self.path} (from {self.url}): check the path")
+        if not self.memory and not self.read_only:
             parent = os.path.dirname(os.path.abspath(self.path))  # noqa: ASYNC240 - once, at open
             os.makedirs(parent, exist_ok=True)
             _owner_only(self.path)
         try:
             self._w = self._connect()
-            self._migrate(self._w)
+            if self.read_only:
+                check_schema(self.url, self._versions(self._w), len(_schema.MIGRATIONS))
+            else:
+                self._migrate(self._w)
             self._r = self._w if self.memory else self._connect()
             self._floor(self._w)
-        except sqlite3.Error as exc:
-            raise Unavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+        except BaseException as exc:
+            for conn in {id(x): x for x in (self._r, self._w) if x is not None}.values():
+                conn.close()
+            self._w = self._r = None
+            if isinstance(exc, sqlite3.Error):
+                raise Unavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+            raise
+
+    @staticmethod
+    def _versions(c: sqlite3.Connection) -> set[int] | None:
+        """The migrations the store records, or None when it has no migration table."""
+        if not c.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'writ_migrations'"
+        ).fetchone():
+            return None
+        versions = c.execute("SELECT version FROM writ_migrations").fetchall()
+        return {v for (v,) in versions if isinstance(v, int)}
 
     def _floor(self, c: sqlite3.Connection) -> None:
         """Ledger time never runs backwards: not before the newest row, whoever wrote it
@@ -145,18 +175,21 @@ class SQLiteStore(Store):
                 " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
             )
             have = {r[0] for r in c.execute("SELECT version FROM writ_migrations")}
+            applied = []
             for version, (name, sql) in enumerate(_schema.MIGRATIONS, start=1):
                 if version in have:
                     continue
                 for stmt in sql.split(";\n"):
                     if stmt.strip():
                         c.execute(stmt)
+                applied.append(name)
                 c.execute(
                     "INSERT INTO writ_migrations (version, name, applied_at)"
                     " VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
                     (version, name),
                 )
             c.execute("COMMIT")
+            self.applied += applied
         except BaseException:
             c.execute("ROLLBACK")
             raise

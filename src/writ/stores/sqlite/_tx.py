@@ -21,6 +21,7 @@ from writ.stores.rows import (
     lease_values,
     object_row,
     principal_values,
+    readable,
     spec_of,
     to_lease,
     to_object,
@@ -113,7 +114,7 @@ class SQLiteTx(Tx):
 
     async def list_principals(self) -> list[Principal]:
         rows = self.c.execute(f"SELECT {PRINCIPAL_COLS} FROM principals ORDER BY name")
-        return [to_principal(r) for r in rows]
+        return readable(self, rows, to_principal)
 
     async def update_principal(self, principal: Principal, token_hash: str | None = None) -> None:
         self._w()
@@ -170,7 +171,7 @@ class SQLiteTx(Tx):
 
     async def held_leases(self) -> list[Lease]:
         rows = self.c.execute(f"SELECT {LEASE_COLS} FROM leases WHERE state = 'held'")
-        return [to_lease(r) for r in rows]
+        return readable(self, rows, to_lease)
 
     async def due_leases(self, now: float, limit: int) -> list[Lease]:
         rows = self.c.execute(
@@ -214,7 +215,7 @@ class SQLiteTx(Tx):
             " ORDER BY fencing_token DESC LIMIT ?",
             [*args, limit],
         )
-        return [to_lease(r) for r in rows]
+        return readable(self, rows, to_lease)
 
     # waiters
     async def insert_waiter(self, waiter: Waiter) -> Waiter:
@@ -268,7 +269,7 @@ class SQLiteTx(Tx):
             f"SELECT {WAITER_COLS} FROM waiters WHERE seq > ? AND seq <= ? ORDER BY seq",
             (after, last),
         )
-        return [to_waiter(r) for r in rows]
+        return readable(self, rows, to_waiter)
 
     async def count_waiters_related(
         self, paths: Sequence[str], before_seq: int | None = None

@@ -190,6 +190,20 @@ async def test_a_decoy_never_hides_an_admin_written_in_by_hand(
         assert f"principal {first}: its queues column ('not json') cannot be read" in reason
 
 
+async def test_a_decoy_in_another_table_never_hides_an_admin_written_in_by_hand(
+    engine: Engine, backend: Backend, queue: Cast
+) -> None:
+    """The decoy in the leases table (checked before the principals): verify still names
+    mallory, and the lease it cannot read after her."""
+    lease = queue.lease["lease_id"]
+    await backend.sql(f"UPDATE leases SET touches = 'not json' WHERE lease_id = '{lease}'")
+    await backend.sql(MALLORY.format(admin="true" if backend.is_pg else 1))
+    for bad in ((await engine.verify()).to_dict(), await cli_verify(backend.url)):
+        reason = str(bad.get("reason"))
+        assert bad.get("principal") == "mallory", bad
+        assert "no principal.added row names it" in reason and lease in reason, reason
+
+
 async def test_an_unreadable_held_lease_is_not_called_deleted(
     engine: Engine, backend: Backend, queue: Cast
 ) -> None:

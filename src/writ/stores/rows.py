@@ -254,6 +254,14 @@ def left_out(tx: Any) -> list[Unreadable]:
     return found
 
 
+class UnreadOnly(tuple[str, str]):
+    """A verify check's answer that names only a row writ could not read: the tables after
+    it are checked still (:func:`writ.stores.accounted.tables_disagree`), so that a decoy in
+    one table hides nothing written by hand in another."""
+
+    __slots__ = ()
+
+
 def told(found: tuple[str, str] | None, unread: Sequence[Unreadable]) -> tuple[str, str] | None:
     """A verify check's answer (``(name, why)``): what it ``found`` among the rows it read,
     the first row it could not read said after it; else that row, as changed by hand; else
@@ -263,7 +271,7 @@ def told(found: tuple[str, str] | None, unread: Sequence[Unreadable]) -> tuple[s
         return found
     first = unread[0]
     if found is None:
-        return first.key, str(first)
+        return UnreadOnly((first.key, str(first)))
     return found[0], f"{found[1]}; and {first}"
 
 

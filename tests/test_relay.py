@@ -973,20 +973,6 @@ async def test_the_writer_checks_a_relayed_release_path_as_the_front_would() -> 
         assert a.status == 422, (op, lease, body, a)
 
 
-async def test_a_connection_with_too_many_calls_in_progress_is_closed(tmp_path: Path) -> None:
-    """No writ server has more than ``max_calls`` calls in progress at once: a peer that does
-    is cut off (its calls fail, outcome unknown), and the writer serves the next server."""
-    from writ.core.errors import Unavailable
-
-    async with _pair(tmp_path, _never, stop_wait_s=0.1, max_calls=3) as (_writer, relaying):
-        link = relaying.link()
-        answers = [_send(relaying, waits=10)[2] for _ in range(4)]
-        for answer in answers:
-            with pytest.raises(Unavailable):
-                await asyncio.wait_for(answer, 5)
-        assert link is not None and link.closed
-
-
 async def test_a_writer_stops_within_its_bound_whatever_a_call_does(tmp_path: Path) -> None:
     """A call that never ends (a stuck engine) does not hold the writer's shutdown: past
     ``stop_wait_s`` it is cancelled."""

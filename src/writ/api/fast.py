@@ -351,6 +351,13 @@ class FastLeases:
             logged = {k: lease[k] for k in ("resource", "lease_id", "fencing_token") if k in lease}
         return Answer(status, answer, retry, note.get("writ.principal"), logged)
 
+    async def unheard(self, status: int, lease: Any) -> None:
+        """A write's answer that reached nobody (its client hung up before it, or, relayed,
+        its call was reported lost, or its link ended, first): a grant (201) is given back,
+        as nobody holds it but the ledger."""
+        if status == 201 and isinstance(lease, dict):
+            await asyncio.shield(self.engine.give_back(lease))
+
     async def _fence(self, scope: Scope, token: str) -> _Outcome | None:
         """``GET /v1/fence?resource=R&token=N``: each parameter once, nothing else, a plain
         integer token and a bearer token; None for anything else (FastAPI answers it)."""
@@ -533,7 +540,7 @@ class WritApp(FastAPI):
         )
         leases = FastLeases(self.full_stack, engine, self.draining, self.relay, self.waits)
         if self.relay is not None:
-            self.relay.run = leases.relayed
+            self.relay.run, self.relay.unheard = leases.relayed, leases.unheard
         self.leases = leases
         self.max_headers = max_headers  # the listener's --max-header-bytes
         self.front: ASGIApp = LimitBody(TextURL(leases), max_headers)
@@ -596,9 +603,8 @@ class WritApp(FastAPI):
     async def _undelivered(self, route: str, status: int, scope: Scope) -> None:
         """An answer its client was gone for: a grant (201) is given back, as nobody holds it
         but the ledger."""
-        lease = scope.get("writ.lease")
-        if route == LEASES and status == 201 and isinstance(lease, dict):
-            await asyncio.shield(self.leases.engine.give_back(lease))
+        if route == LEASES:
+            await self.leases.unheard(status, scope.get("writ.lease"))
 
     async def full_stack(self, scope: Scope, receive: Receive, send: Send) -> None:
         await super().__call__(scope, receive, send)

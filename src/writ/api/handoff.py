@@ -67,7 +67,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from writ.api.handoff_first import OPS, away
-from writ.api.relay_wire import _peer_pid, _same_user, _shut
+from writ.api.relay_wire import _answerable, _peer_pid, _same_user, _shut
 from writ.core.textsafe import counted
 
 log = logging.getLogger("writ.relay")
@@ -314,9 +314,12 @@ class Handoff:
         just been read from it, ``late`` seconds after it connected (its head's deadline
         runs from then), once ``took`` (tell the relaying server so) says it may; False (and
         ``fd`` closed) if it is not a TCP connection. One ``took`` could not be said of is
-        closed (the relaying server serves its own copy), and so is one whose client is gone
-        already (it reset it after the hand-off); both True: no fault of the relaying
-        server's, whose hand-off socket (and the connections queued on it) must not end."""
+        closed (the relaying server serves its own copy), and so is one that cannot be
+        answered: its client reset it after the hand-off, or the relaying server shut it
+        (this writer stalled, :meth:`disconnect`: its client saw its end, so its request must
+        not run now; checked once ``took`` is said, which stops a relaying server that reads
+        it from shutting it). Both True: no fault of the relaying server's, whose hand-off
+        socket (and the connections queued on it) must not end."""
         try:
             sock = socket.socket(fileno=fd)
         except OSError:
@@ -332,14 +335,7 @@ class Handoff:
             sock.close()
             self.counts["refused"] += 1
             return False
-        try:
-            sock.getpeername()
-        except OSError:  # not connected (any more): nothing to serve
-            if took is not None:
-                took()
-            sock.close()
-            return True
-        if took is not None and not took():
+        if (took is not None and not took()) or not _answerable(sock):
             sock.close()
             return True
         sock.setblocking(False)
@@ -438,7 +434,8 @@ class Handoff:
     def disconnect(self, stalled: bool = False) -> None:
         """Keep every connection from now on: the link to the writer is gone (those handed
         on it that the writer has not settled are settled as it closes: :class:`_Leaving`;
-        ``stalled``, a writer that settles nothing: they are shut down now, its copies too)."""
+        ``stalled``, a writer that settles nothing: they are shut down now, its copies too,
+        and a writer that comes back drops them unserved: :meth:`adopt`)."""
         for number in self._parked if stalled else ():
             with contextlib.suppress(OSError, KeyError):
                 _shut(self._socks[number])  # the client sees its end

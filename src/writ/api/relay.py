@@ -58,12 +58,14 @@ from writ.api.handoff import Handoff
 from writ.api.middleware import _INTERNAL_ERROR
 from writ.api.relay_wire import (
     _COMPACT,
+    _SIZES,
     DEADLINE_S,
     GOING_WAIT_S,
     MAX_BODY,
     MAX_INSTANCE,
     MAX_TRACEPARENT,
     NOT_RUN,
+    QUEUED,
     WIRE,
     Answer,
     _frame,
@@ -93,8 +95,10 @@ SPILL = 16
 MAX_REFUSED = 64  # identities a writer logs refusing, each once
 HELLO_WAIT_S = 2.0  # how long a server waits for the writer's welcome
 STOP_WAIT_S = 10.0  # how long a writer that stops waits for the calls it started
-MAX_CALLS = 4096  # calls of one connection in progress at the writer (a server sends <= SPILL
-# that do not wait, and one per waiting caller): more is no writ server's
+# calls of one link in progress at the writer: a server sends no more (past it, it writes the
+# next itself), and the writer answers one more *not run* (a call its server gave up on, its
+# caller told it was lost, may still run there)
+MAX_CALLS = 4096
 _INTERNAL = json.dumps(_INTERNAL_ERROR, separators=(",", ":")).encode()
 _TOO_LARGE = (
     b'{"error":{"code":"internal","message":"the answer was too large to relay: the request '
@@ -108,6 +112,9 @@ Relayed = Callable[
     [str, str, "str | None", bytes, "str | None", "asyncio.Event", "asyncio.Event", "str | None"],
     Awaitable[Answer],
 ]
+# what is done with an answer that reaches no caller (its status, and the lease it names):
+# a grant is given back (``FastLeases.unheard``)
+Unheard = Callable[[int, dict[str, Any]], Awaitable[None]]
 
 
 def identity_of(engine: Any) -> str:
@@ -184,6 +191,7 @@ class Relay:
         self.max_calls = MAX_CALLS
         self.max_unread = MAX_UNREAD
         self.run: Relayed | None = None  # set by the app before start()
+        self.unheard: Unheard | None = None  # set by the app: gives back a grant told nobody
         # the connections' hand-off to the writer (writ.api.handoff), set by the app
         self.handoff: Handoff | None = None
         # set when this server begins its graceful shutdown (the app's event)
@@ -271,10 +279,15 @@ class Relay:
             return
         try:
             _, link = await loop.create_unix_connection(
-                lambda: _Link(self.identity, self.deadline_s, self.store, self.notes), path
+                lambda: _Link(
+                    self.identity, self.deadline_s, self.store, self.notes, self.give_back
+                ),
+                path,
             )
         except OSError:
             return  # no writer listening (yet, or any more): write here meanwhile
+        if link.transport is not None:  # past this, paused: its calls are written here
+            link.transport.set_write_buffer_limits(high=QUEUED)
         try:
             welcome = await asyncio.wait_for(asyncio.shield(link.welcome), HELLO_WAIT_S)
         except (TimeoutError, Unavailable):
@@ -316,6 +329,16 @@ class Relay:
         if theirs is not None and theirs == handoff.writer_pid():
             log.info("relay: the writer took this server's hand-off again; relaying again")
             link.retired = False
+
+    def give_back(self, status: int, lease: dict[str, Any]) -> None:
+        """An answer no caller will read (its call was reported lost, or its link ended
+        before it could be sent): a grant is given back (:attr:`unheard`), as one whose
+        client hung up is, rather than held by nobody for its whole ttl."""
+        if status != 201 or self.unheard is None:
+            return
+        task = asyncio.ensure_future(self.unheard(status, lease))
+        self._tasks.add(task)  # (stop waits for it too)
+        task.add_done_callback(self._tasks.discard)
 
     def _take_lock(self) -> bool:
         fd = os.open(os.path.join(self.directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
@@ -423,13 +446,19 @@ class Relay:
 
     def link(self) -> _Link | None:
         """The live link to the writer, or None: this server writes itself — also while
-        ``spill`` calls of this server that do not wait are in the air at the writer (it is
-        falling behind: this server's own core helps, and the database decides either
-        way)."""
+        ``spill`` calls of this server that do not wait are in the air at the writer, or
+        :data:`QUEUED` bytes of its calls wait for the writer to read them (it is falling
+        behind: this server's own core helps, and the database decides either way), or
+        ``max_calls`` are in progress there (the writer takes no more on one link)."""
         link = self._link
         if link is None or link.closed or link.retired:
             return None
-        if len(link.quick) >= self.spill:
+        if (
+            len(link.quick) >= self.spill
+            or link.paused
+            or link.held >= QUEUED
+            or len(link._open) >= self.max_calls
+        ):
             self.counts["spilled"] += 1
             return None
         return link
@@ -455,7 +484,12 @@ class _Call:
 
 class _Serving(_Frames):
     """The writer's end of one relaying server's connection: its hello, then its calls,
-    run and answered."""
+    run and answered.
+
+    It stops reading while its own writes back up (the relaying server reads every answer
+    as it comes, so it is stuck or slow): it holds no more answers than the calls it took.
+    A grant whose answer it never wrote (the connection ended first) is given back
+    (``Relay.give_back``): nobody was told of it."""
 
     def __init__(self, relay: Relay) -> None:
         super().__init__()
@@ -463,6 +497,23 @@ class _Serving(_Frames):
         self.greeted = False
         self.instance = ""  # the relaying server's store instance, once greeted
         self.calls: dict[int, _Call] = {}
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def unsent(self, frames: list[bytes]) -> None:
+        """Answers never written: a grant's is given back, the lease named by what its
+        frame names for the access log (its id and fencing token)."""
+        for frame in frames:
+            n_head = _SIZES.unpack_from(frame)[0]
+            header = json.loads(frame[_SIZES.size : _SIZES.size + n_head])
+            if len(header) == 5 and header[0] and header[1] == 201:
+                self.relay.give_back(201, header[4])
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -514,7 +565,6 @@ class _Serving(_Frames):
             len(header) != 6
             or header[1] not in ("acquire", "release")
             or call_id in self.calls
-            or len(self.calls) >= self.relay.max_calls
             or type(header[2]) is not str
             or (header[3] is not None and type(header[3]) is not str)
             or (header[4] is not None and type(header[4]) is not str)
@@ -524,7 +574,9 @@ class _Serving(_Frames):
             or run is None
         ):
             return False
-        if self.relay._stopped.is_set():  # this writer is going: its server writes it
+        # this writer is going, or has as many of this server's calls as it takes (one its
+        # server forgot may still run here): its server writes it
+        if self.relay._stopped.is_set() or len(self.calls) >= self.relay.max_calls:
             self.send([call_id, NOT_RUN, None, None, {}])
             return True
         call = _Call(asyncio.Event(), asyncio.Event())
@@ -552,7 +604,7 @@ class _Serving(_Frames):
             body = a.body
             if len(body) > MAX_BODY:  # no writ answer is; never send what is refused
                 header[1], header[2], body = 500, None, _TOO_LARGE
-            self.send(header, body)
+            self.send(header, body)  # (a grant never written is given back: unsent)
             self.relay.counts["served"] += 1
         finally:
             self.calls.pop(call_id, None)

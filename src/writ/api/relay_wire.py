@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -25,7 +26,7 @@ from writ.stores.base import Store
 
 log = logging.getLogger("writ.relay")
 
-__all__ = ["CANCEL_WAIT_S", "DEADLINE_S", "GOING_WAIT_S", "LOST", "NOT_RUN", "Answer"]
+__all__ = ["CANCEL_WAIT_S", "DEADLINE_S", "GOING_WAIT_S", "LOST", "NOT_RUN", "QUEUED", "Answer"]
 
 _SIZES = struct.Struct(">II")
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -40,6 +41,9 @@ CANCEL_WAIT_S = 10.0  # after a cancel, how long a server waits for the writer's
 # a call that does not wait is answered within the store's own bounds (a pool checkout,
 # a statement: seconds); one unanswered after this long means the writer is stuck
 DEADLINE_S = 30.0
+#: bytes of calls a relaying server holds for the writer to read (its link's buffer, and the
+#: calls of this step of the loop, each): past either, its next lease write is written there
+QUEUED = 1 << 20
 NOT_RUN = 0  # an answer's status: the writer did not run the call (it is going): write it
 #: a writer that is going said so (``[0, "going"]``): how long it waits for its servers to
 #: close their links, answering *not run* to what they sent before they read it
@@ -90,6 +94,26 @@ def _shut(fd: int) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     finally:
         sock.detach()
+
+
+# a TCP connection's states (tcpi_state) in which this end has not shut its sending side:
+# ESTABLISHED, and CLOSE_WAIT (its client shut its own after sending its request)
+_ANSWERABLE = frozenset({1, 8})
+
+
+def _answerable(sock: socket.socket) -> bool:
+    """Whether a TCP connection may still be answered: connected, and not shut down by
+    :func:`_shut` (a relaying server that let a stalled writer's hand-offs go shut them,
+    its clients saw their end; the writer, back, must not run their requests). Told by the
+    connection's state (``TCP_INFO``), not its bytes: a client may have shut its sending
+    side after its request, or sent more. Elsewhere than Linux: whether it is connected."""
+    try:
+        if not hasattr(socket, "TCP_INFO"):
+            sock.getpeername()
+            return True
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] in _ANSWERABLE
+    except OSError:
+        return False
 
 
 def _peer_pid(sock: Any) -> int | None:
@@ -162,7 +186,7 @@ class _Frames(asyncio.Protocol):
         self.closed = True  # no call is sent on it from now
         self.buf.clear()
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()  # (a peer that sent that may read nothing either)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -179,12 +203,22 @@ class _Frames(asyncio.Protocol):
 
     def flush(self) -> None:
         out, self._out = self._out, []
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(out))
-            self.sent()
+        if not out:
+            return
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(b"".join(out))
+            if not transport.is_closing():  # (a write that failed at once sent nothing)
+                self.sent()
+                return
+        self.unsent(out)
 
     def sent(self) -> None:
         """What :meth:`flush` wrote is on its way (a link counts its calls sent)."""
+
+    def unsent(self, frames: list[bytes]) -> None:
+        """What :meth:`flush` took was never sent: the connection ended first (the writer
+        gives back the grants nobody was told of)."""
 
     def unread(self) -> int:
         """Bytes sent that the other end has not read yet (or not yet sent at all)."""
@@ -196,16 +230,6 @@ class _Frames(asyncio.Protocol):
         self.closed = True  # nothing more is read from it or sent on it
         if self.transport is not None:
             self.transport.close()
-
-    # flow control: a peer that does not read what it is sent is not read from either, so
-    # its answers do not pile up here
-    def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
 
     def frame(self, header: list[Any], body: bytes) -> bool:
         raise NotImplementedError
@@ -227,7 +251,15 @@ def _bounded(waits: Any) -> float:
 class _Link(_Frames):
     """A server's connection to the writer: its hello, then calls multiplexed by id; a call
     unanswered after its deadline, or a broken connection, fails every call still open
-    (:data:`LOST`) and ends the link (the server writes itself, then links again)."""
+    (:data:`LOST`) and ends the link (the server writes itself, then links again).
+
+    It always reads: what it is sent is the answers to its own open calls (and the writer's
+    notes, which the writer bounds), so it never stops reading because the writer reads its
+    calls slowly — two ends that each stopped reading while their writes backed up waited
+    for each other until the deadline. What it bounds instead is the calls it holds for the
+    writer (:data:`QUEUED`: :attr:`paused`, :attr:`held`; ``Relay.link``). An answer to a
+    call it no longer waits for (reported lost) that is a grant is handed to ``unheard``:
+    nobody was told of it, so it is given back."""
 
     def __init__(
         self,
@@ -235,8 +267,10 @@ class _Link(_Frames):
         deadline_s: float = DEADLINE_S,
         store: Store | None = None,
         notes: dict[str, int] | None = None,
+        unheard: Callable[[int, dict[str, Any]], None] | None = None,
     ) -> None:
         super().__init__()
+        self.unheard = unheard  # takes a late answer's status and what it names (a grant's)
         self.identity = identity
         self.deadline_s = deadline_s
         self.store = store  # takes the writer's notes
@@ -253,9 +287,21 @@ class _Link(_Frames):
         # the writer ended the hand-off (it died, or drains): no new call is sent on this
         # link; those in the air still get their answers (Relay.writer_gone)
         self.retired = False
+        self.paused = False  # its buffer holds QUEUED bytes (Relay._elect sets the limit)
+        self.held = 0  # bytes of the calls of this step of the loop, not written yet
 
     def sent(self) -> None:
         self._unsent.clear()
+        self.held = 0
+
+    def unsent(self, frames: list[bytes]) -> None:
+        self.held = 0  # (the link has ended: lost() answers those calls not run)
+
+    def pause_writing(self) -> None:
+        self.paused = True  # (reading goes on: see the class docstring)
+
+    def resume_writing(self) -> None:
+        self.paused = False
 
     def idle(self) -> bool:
         """Whether no call on it waits for its answer."""
@@ -298,6 +344,8 @@ class _Link(_Frames):
         self._done(call_id)
         if fut is not None and not fut.done():
             fut.set_result(Answer(status, body, retry, principal, meta))
+        elif self.unheard is not None:  # its caller was told it was lost: nobody holds it
+            self.unheard(status, meta)
         return True
 
     def _notes(self, body: bytes) -> bool:
@@ -363,6 +411,7 @@ class _Link(_Frames):
         frame = _frame([call_id, op, token, lease, request_id, traceparent], body)
         if len(frame) - _SIZES.size - len(body) > MAX_HEADER:
             return None
+        self.held += len(frame)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Answer] = loop.create_future()
         self._open[call_id] = fut
@@ -382,7 +431,8 @@ class _Link(_Frames):
         if call_id in self._open:
             log.warning("relay: the writer did not answer a call in time: writing here")
             self.closed = True
-            self.close()
+            if self.transport is not None:  # at once: a close waits to send what the
+                self.transport.abort()  # writer does not read, and never ends
             self.lost()
 
     def cancel(self, call_id: int, why: str) -> None:

@@ -27,6 +27,7 @@ import pytest
 
 from tests.stores_fixtures import Backend
 from tests.test_identity import RSA_ISS, Clock, Jwks, Key
+from tests.test_principals import Server
 from writ.api.app import create_app
 from writ.core import identity
 from writ.core.identity import JWKS_LIFESPAN_S
@@ -40,28 +41,12 @@ pytestmark = pytest.mark.usefixtures("no_admin_env")
 SECRET = {"resource": "prod/secret-db", "intent": "rotate the root password", "ttl_s": 5}
 
 
-class Srv:
-    """One engine behind its own in-process HTTP app."""
+class Srv(Server):
+    """One engine behind its own in-process HTTP app (``app``: to reach its relay, waits)."""
 
     def __init__(self, engine: Engine, app: Any, http: httpx.AsyncClient) -> None:
-        self.engine, self.app, self.http = engine, app, http
-
-    async def call(
-        self, token: str, method: str, path: str, body: Any = None, **params: Any
-    ) -> httpx.Response:
-        return await self.http.request(
-            method,
-            path,
-            json=body,
-            params=params or None,
-            headers={"Authorization": f"Bearer {token}"},
-        )
-
-    async def ok(self, token: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        r = await self.call(token, method, path, body)
-        assert r.status_code in (200, 201), r.text
-        out: dict[str, Any] = r.json()
-        return out
+        super().__init__(engine, http)
+        self.app = app
 
     async def head(self, token: str) -> int:
         """Where the ledger ends now (an events cursor)."""

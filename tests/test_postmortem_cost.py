@@ -4,11 +4,9 @@ it names by one pass over it, not by trying each ``: `` of each change its autho
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
+from tests.test_postmortem_chart_bounds import _lines
 from writ.evidence.postmortem import Query, build
 
 T = "2026-05-16T10:00:00.000000Z"
@@ -39,25 +37,6 @@ def _rows(n: int, summary: str) -> list[dict[str, Any]]:
         }
         for seq, (ev, who, notes) in enumerate(said, 1)
     ]
-
-
-def _lines(fn: Callable[[], object]) -> int:
-    """The Python lines ``fn`` executes: a measure of its work that no machine's speed moves."""
-    count = 0
-    before = sys.gettrace()
-
-    def trace(frame: FrameType, event: str, arg: object) -> Any:
-        nonlocal count
-        if event == "line":
-            count += 1
-        return trace
-
-    sys.settrace(trace)
-    try:
-        fn()
-    finally:
-        sys.settrace(before)
-    return count
 
 
 def test_asks_on_changes_full_of_colons_cost_work_linear_in_them() -> None:

@@ -124,6 +124,7 @@ async def test_fence_gate_and_who_name_the_higher_token_on_every_member(
     for resource in ("svc/a", "svc/b"):
         refused = await held.gate(engine, "alice", resource)
         assert not refused["passed"] and refused["holder"]["holder"] == "bob"
+        assert "a higher fencing token was granted over it" in refused["reason"], refused
 
 
 async def test_once_the_higher_token_ends_the_lower_writes_nothing_it_covered(

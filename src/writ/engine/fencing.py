@@ -51,6 +51,17 @@ class Fencing:
 
         return await self.engine.store.read(fn, single=True)  # the check before each write
 
+    def _not_holding(self, lease: Lease, resource: str) -> str:
+        """Why ``lease`` does not hold ``resource``: it does not cover it, or it does by the
+        blast-radius groups and a higher token was granted over it since (the groups changed
+        under it: :mod:`writ.engine.blast_overlaps`)."""
+        if lease.resource in self.engine.blast.covering(resource):
+            return (
+                f"lease {lease.lease_id} on {lease.resource} no longer holds {resource}: a "
+                "higher fencing token was granted over it"
+            )
+        return f"lease {lease.lease_id} on {lease.resource} does not cover {resource}"
+
     async def _may_write(self, tx: Tx, lease: Lease | None, resource: str) -> bool:
         """Whether ``lease``'s holder may write ``resource`` itself: always in open mode; in
         closed mode only with a grant for it. A lease on another member of the blast radius
@@ -134,7 +145,7 @@ class Fencing:
                 code = "lease_lost"
                 why = f"lease {lease.lease_id} is {'expired' if lease.state == 'held' else lease.state}"
             elif current is None or current.lease_id != lease.lease_id:
-                why = f"lease {lease.lease_id} on {lease.resource} does not cover {resource}"
+                why = self._not_holding(lease, resource)
             elif not await self._may_write(tx, lease, resource):
                 code, why = "forbidden", self.engine.authority.decide(caller, resource).message
             elif token != lease.fencing_token:

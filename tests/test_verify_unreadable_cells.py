@@ -20,6 +20,7 @@ from tests.stores_fixtures import Backend
 from tests.test_verify_waiters import Queue
 from tests.verify_fixtures import cli_verify
 from writ.api.app import create_app
+from writ.core.errors import Unavailable
 from writ.core.models import Lease, Waiter, new_id
 from writ.engine import RESERVED_NAMES, Engine
 from writ.engine.blast_overlaps import EVENT as OVERLAPPED
@@ -342,3 +343,29 @@ async def test_two_held_leases_a_lease_overlapped_row_records_verify(
     await _second_holder(engine, "prod/db", overlapped=True)
     assert (await engine.verify()).ok, await engine.verify()
     assert (await cli_verify(backend.url))["ok"]
+
+
+async def test_an_unreadable_due_lease_stops_no_other_from_expiring(
+    engine: Engine, backend: Backend
+) -> None:
+    """Two leases past their ttl, one of them changed by hand so that writ cannot read it:
+    the sweep expires the other (it expired neither, its fallback failing on the same read),
+    and verify names the one it cannot read. PostgreSQL's servers decide on every held
+    lease, in memory: there an unreadable one stops every write (it fails closed)."""
+    agent, _ = await engine.add_principal(None, "sweep-agent", "agent")
+    one = await engine.acquire(agent, resource="x/one", intent="work", ttl_s=1)
+    two = await engine.acquire(agent, resource="x/two", intent="work", ttl_s=1)
+    await backend.sql(
+        f"UPDATE leases SET touches = 'not json' WHERE lease_id = '{one['lease_id']}'"
+    )
+    await backend.advance(2)
+    if backend.is_pg:
+        with pytest.raises(Unavailable):
+            await engine.sweep()
+        assert not (await engine.verify()).ok
+        return
+    assert await engine.sweep() == 1
+    states = {l["lease_id"]: l["state"] for l in await engine.list_leases(state=None)}
+    assert states.get(two["lease_id"]) == "expired", states
+    bad = await engine.verify()
+    assert not bad.ok and bad.lease_id == one["lease_id"], bad

@@ -296,7 +296,7 @@ class PgTx(VerifyReads, Tx):
             " ORDER BY expires_at LIMIT %s",
             (now, limit),
         )
-        return [to_lease(r) for r in rows]
+        return readable(self, rows, to_lease)  # one written by hand stops no other's end
 
     async def next_expiry(self) -> float | None:
         if self.b is not None:

@@ -179,7 +179,7 @@ class SQLiteTx(Tx):
             " ORDER BY expires_at LIMIT ?",
             (now, limit),
         )
-        return [to_lease(r) for r in rows]
+        return readable(self, rows, to_lease)  # one written by hand stops no other's end
 
     async def next_expiry(self) -> float | None:
         r = self.c.execute("SELECT min(expires_at) FROM leases WHERE state = 'held'").fetchone()

@@ -73,8 +73,7 @@ class Route:
         """Whether any of ``paths`` falls under this route, whatever the method: as written,
         and with the letters a case-insensitive router takes for ASCII folded on both sides
         (:func:`ascii_folded`: a route ``/kılavuz/*`` covers ``/kilavuz/x``)."""
-        patterns = {self.path.lower(), ascii_folded(self.path).lower()}
-        bares = {p[:-2] for p in patterns if p.endswith("/*")}
+        patterns, bares = _patterns(self.path)
         return any(
             any(fnmatch.fnmatchcase(low := p.lower(), pattern) for pattern in patterns)
             or low in bares
@@ -82,12 +81,26 @@ class Route:
             for p in paths
         )
 
-    def prefixes(self) -> set[str]:
+    def prefixes(self) -> frozenset[str]:
         """The literal start of the glob (before any wildcard), without a final ``/``: as
         written, and folded (:func:`ascii_folded`), lower case."""
-        cut = min((i for i, c in enumerate(self.path) if c in "*?["), default=len(self.path))
-        literal = self.path[:cut].rstrip("/")
-        return {literal.lower(), ascii_folded(literal).lower()}
+        return _prefixes(self.path)
+
+
+# a route's readings, worked out once per routes file, not on every request
+@functools.lru_cache(maxsize=1024)
+def _patterns(path: str) -> tuple[frozenset[str], frozenset[str]]:
+    """A route glob's lower-case forms, as written and folded, and those of them that end
+    ``/*`` without it (the route's own path)."""
+    patterns = frozenset({path.lower(), ascii_folded(path).lower()})
+    return patterns, frozenset(p[:-2] for p in patterns if p.endswith("/*"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _prefixes(path: str) -> frozenset[str]:
+    cut = min((i for i, c in enumerate(path) if c in "*?["), default=len(path))
+    literal = path[:cut].rstrip("/")
+    return frozenset({literal.lower(), ascii_folded(literal).lower()})
 
 
 def route_of(routes: Sequence[Route], methods: Iterable[str], paths: Iterable[str]) -> Route | None:
